@@ -1,0 +1,242 @@
+// Command lemonproxy is an IMAP proxy that gives mobile clients a modern
+// protocol (IDLE, CONDSTORE/QRESYNC, NOTIFY, COMPRESS) in front of any IMAP
+// server.
+//
+// Usage:
+//
+//	lemonproxy serve -listen 127.0.0.1:1143 -upstream imap.example.com:993 -upstream-security tls
+//	lemonproxy demo
+//	lemonproxy version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/internal/config"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `lemonproxy: an IMAP proxy for mobile mail.
+
+Commands:
+  serve    run the proxy in front of an upstream IMAP server
+  demo     run the proxy in front of a built-in demo server
+  version  print the version
+
+Run "lemonproxy COMMAND -h" for a command's flags.
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stdout, stderr, false)
+	case "demo":
+		return serve(args[1:], stdout, stderr, true)
+	case "version":
+		fmt.Fprintln(stdout, "lemonproxy", proxy.Version)
+		return 0
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "lemonproxy: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+// extensions is the set of protocol extensions every session gets.
+func extensions() []proxy.Extension {
+	return []proxy.Extension{idle.New()}
+}
+
+func serve(args []string, stdout, stderr io.Writer, demo bool) int {
+	name := "serve"
+	if demo {
+		name = "demo"
+	}
+	fs := flag.NewFlagSet("lemonproxy "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	settings, err := config.Parse(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "lemonproxy:", err)
+		return 2
+	}
+	level, err := settings.Level()
+	if err != nil {
+		fmt.Fprintln(stderr, "lemonproxy:", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	if demo && settings.Upstream == "" {
+		up, err := startDemoUpstream()
+		if err != nil {
+			log.Error("starting the demo upstream", "err", err)
+			return 1
+		}
+		defer up.Close()
+		settings.Upstream = up.Addr
+		settings.UpstreamSecurity = "none"
+	}
+
+	var certs *config.CertReloader
+	if settings.TLSCert != "" || settings.TLSKey != "" {
+		if certs, err = config.NewCertReloader(settings.TLSCert, settings.TLSKey); err != nil {
+			log.Error("TLS certificate", "err", err)
+			return 1
+		}
+	} else if settings.ListenTLS != "" {
+		log.Error("-listen-tls needs -tls-cert and -tls-key")
+		return 2
+	}
+	cfg, err := settings.ProxyConfig(certs, log)
+	if err != nil {
+		log.Error("configuration", "err", err)
+		return 2
+	}
+	cfg.Extensions = extensions()
+	if err := os.MkdirAll(settings.Data, 0o700); err != nil {
+		log.Error("data directory", "err", err)
+		return 1
+	}
+	srv, err := proxy.NewServer(cfg)
+	if err != nil {
+		log.Error("starting", "err", err)
+		return 1
+	}
+
+	var listeners []struct {
+		ln  net.Listener
+		tls bool
+	}
+	listen := func(addr string, isTLS bool) bool {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			log.Error("listen", "addr", addr, "err", err)
+			return false
+		}
+		listeners = append(listeners, struct {
+			ln  net.Listener
+			tls bool
+		}{ln, isTLS})
+		log.Info("listening", "addr", ln.Addr().String(), "tls", isTLS, "upstream", settings.Upstream)
+		return true
+	}
+	if settings.Listen != "" && !listen(settings.Listen, false) {
+		return 1
+	}
+	if settings.ListenTLS != "" && !listen(settings.ListenTLS, true) {
+		return 1
+	}
+	if len(listeners) == 0 {
+		log.Error("no listener: set -listen or -listen-tls")
+		return 2
+	}
+	if demo {
+		fmt.Fprintf(stdout, "lemonproxy demo: proxy on %s in front of a built-in server on %s.\n", listeners[0].ln.Addr(), settings.Upstream)
+		fmt.Fprintf(stdout, "Log in as %q with password %q, for example:\n", demoUser, demoPass)
+		fmt.Fprintf(stdout, "  python3 -c 'import imaplib; c=imaplib.IMAP4(\"127.0.0.1\", %d); c.login(\"%s\",\"%s\"); print(c.select(\"INBOX\")); print(c.fetch(\"1:*\", \"(FLAGS BODY[HEADER.FIELDS (SUBJECT)])\"))'\n",
+			listeners[0].ln.Addr().(*net.TCPAddr).Port, demoUser, demoPass)
+		fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
+	}
+
+	var wg sync.WaitGroup
+	for _, l := range listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(l.ln, l.tls); err != nil {
+				log.Error("serve", "err", err)
+			}
+		}()
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
+	for s := range sig {
+		if s == syscall.SIGHUP {
+			if certs == nil {
+				log.Info("SIGHUP: no certificate to reload")
+				continue
+			}
+			if err := certs.Reload(); err != nil {
+				log.Error("SIGHUP: certificate reload failed; keeping the old one", "err", err)
+			} else {
+				log.Info("SIGHUP: certificate reloaded")
+			}
+			continue
+		}
+		log.Info("shutting down", "signal", s.String())
+		break
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	err = srv.Shutdown(ctx)
+	wg.Wait()
+	if err != nil {
+		log.Error("shutdown", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+const (
+	demoUser = "demo"
+	demoPass = "demo"
+)
+
+// startDemoUpstream starts an in-memory IMAP server holding the demo user
+// and a few messages.
+func startDemoUpstream() (*memupstream.Server, error) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if err := up.AddUser(demoUser, demoPass); err != nil {
+		up.Close()
+		return nil, err
+	}
+	msgs := []struct {
+		subject, body string
+		flags         []imap.Flag
+	}{
+		{"Welcome to lemonproxy", "This message reached you through lemonproxy.", []imap.Flag{imap.FlagSeen}},
+		{"Lunch?", "Are you free at noon?", nil},
+		{"Your invoice", "Please find your invoice attached (not really).", []imap.Flag{imap.FlagFlagged}},
+	}
+	for i, m := range msgs {
+		msg := fmt.Sprintf("From: Demo Sender <sender@example.org>\r\nTo: demo@example.org\r\nSubject: %s\r\nDate: Mon, 2 Nov 2026 10:%02d:00 +0000\r\nMessage-ID: <demo-%d@example.org>\r\n\r\n%s\r\n", m.subject, i, i, m.body)
+		if err := up.Append(demoUser, "INBOX", m.flags, []byte(msg)); err != nil {
+			up.Close()
+			return nil, err
+		}
+	}
+	return up, nil
+}

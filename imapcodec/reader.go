@@ -1,0 +1,271 @@
+package imapcodec
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+)
+
+// LiteralHeader describes the literal announced at the end of a line.
+type LiteralHeader struct {
+	// Size is the number of octets that follow the line's CRLF.
+	Size int64
+	// NonSync is true for "{n+}" (RFC 7888 LITERAL+ and LITERAL-): the sender
+	// does not wait for a continuation request.
+	NonSync bool
+	// Binary is true for "~{n}" (RFC 3516 literal8).
+	Binary bool
+	// Start is the offset in the line where the header ("{" or "~") begins.
+	Start int
+}
+
+// Format appends the header's wire form ("~{n+}") to b.
+func (h LiteralHeader) Format(b []byte) []byte {
+	if h.Binary {
+		b = append(b, '~')
+	}
+	b = append(b, '{')
+	b = strconv.AppendInt(b, h.Size, 10)
+	if h.NonSync {
+		b = append(b, '+')
+	}
+	return append(b, '}')
+}
+
+// Reader reads IMAP lines and literals from a byte stream.
+//
+// After ReadLine returns a line that ends in a literal header, the literal's
+// bytes are available through Literal (or ReadLiteral); whatever part of the
+// literal the caller leaves unread is skipped by the next ReadLine.
+type Reader struct {
+	br     *bufio.Reader
+	lim    Limits
+	remain int64 // unread bytes of the current literal
+	line   []byte
+	// partial is set when a read deadline interrupted a line: the bytes
+	// read so far are kept and the next ReadLine continues the line, so
+	// deadlines can be used to wake a blocked reader without losing data.
+	partial bool
+}
+
+// NewReader returns a Reader over r with the given limits.
+func NewReader(r io.Reader, lim Limits) *Reader {
+	lim = lim.WithDefaults()
+	return &Reader{br: bufio.NewReaderSize(r, 4096), lim: lim}
+}
+
+// Limits returns the limits in force.
+func (r *Reader) Limits() Limits { return r.lim }
+
+// Buffered returns how many bytes have been read from the underlying stream
+// but not yet consumed. The STARTTLS handling uses it to detect (and discard)
+// plaintext pipelined behind the STARTTLS command.
+func (r *Reader) Buffered() int { return r.br.Buffered() }
+
+// ReadLine reads one line of text and returns it without its line ending. If
+// the line ends in a literal header, lit describes it and the header is still
+// part of line (at lit.Start). The returned slice is valid until the next call.
+//
+// A bare LF is accepted as a line ending, as most servers do.
+func (r *Reader) ReadLine() (line []byte, lit *LiteralHeader, err error) {
+	if r.remain > 0 {
+		if _, err := r.br.Discard(int(min(r.remain, int64(^uint(0)>>1)))); err != nil {
+			return nil, nil, err
+		}
+		r.remain = 0
+	}
+	if !r.partial {
+		r.line = r.line[:0]
+	}
+	r.partial = false
+	for {
+		chunk, err := r.br.ReadSlice('\n')
+		if len(r.line)+len(chunk) > r.lim.MaxLine+2 {
+			return nil, nil, fmt.Errorf("imapcodec: %w (limit %d bytes)", ErrLineTooLong, r.lim.MaxLine)
+		}
+		r.line = append(r.line, chunk...)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if err == io.EOF && len(r.line) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		var te interface{ Timeout() bool }
+		if errors.As(err, &te) && te.Timeout() {
+			r.partial = true
+		}
+		return nil, nil, err
+	}
+	line = r.line[:len(r.line)-1]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	if len(line) > r.lim.MaxLine {
+		return nil, nil, fmt.Errorf("imapcodec: %w (limit %d bytes)", ErrLineTooLong, r.lim.MaxLine)
+	}
+	h, ok, err := parseLiteralHeader(line)
+	if err != nil {
+		return line, nil, err
+	}
+	if !ok {
+		return line, nil, nil
+	}
+	if h.Size > r.lim.MaxLiteral {
+		return line, &h, fmt.Errorf("imapcodec: %w: %d bytes announced, limit %d", ErrLiteralTooLarge, h.Size, r.lim.MaxLiteral)
+	}
+	r.remain = h.Size
+	return line, &h, nil
+}
+
+// parseLiteralHeader recognises "{n}", "{n+}" and "~{n}" at the end of line.
+func parseLiteralHeader(line []byte) (LiteralHeader, bool, error) {
+	n := len(line)
+	if n < 3 || line[n-1] != '}' {
+		return LiteralHeader{}, false, nil
+	}
+	open := bytes.LastIndexByte(line, '{')
+	if open < 0 {
+		return LiteralHeader{}, false, nil
+	}
+	digits := line[open+1 : n-1]
+	var h LiteralHeader
+	if len(digits) > 0 && digits[len(digits)-1] == '+' {
+		h.NonSync = true
+		digits = digits[:len(digits)-1]
+	}
+	if len(digits) == 0 {
+		return LiteralHeader{}, false, nil
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return LiteralHeader{}, false, nil
+		}
+	}
+	if len(digits) > 18 {
+		return LiteralHeader{}, false, fmt.Errorf("imapcodec: %w: literal size %q out of range", ErrLiteralTooLarge, digits)
+	}
+	size, err := strconv.ParseInt(string(digits), 10, 64)
+	if err != nil {
+		return LiteralHeader{}, false, fmt.Errorf("imapcodec: %w: bad literal size %q", ErrSyntax, digits)
+	}
+	h.Size = size
+	h.Start = open
+	if open > 0 && line[open-1] == '~' {
+		h.Binary = true
+		h.Start = open - 1
+	}
+	return h, true, nil
+}
+
+// Literal returns a reader for the unread rest of the current literal. It
+// returns io.EOF at the literal's end and io.ErrUnexpectedEOF if the stream
+// ends early.
+func (r *Reader) Literal() io.Reader { return (*literalReader)(r) }
+
+type literalReader Reader
+
+func (lr *literalReader) Read(p []byte) (int, error) {
+	r := (*Reader)(lr)
+	if r.remain <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > r.remain {
+		p = p[:r.remain]
+	}
+	n, err := r.br.Read(p)
+	r.remain -= int64(n)
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// ReadLiteral reads the whole current literal into memory. The caller must
+// have checked its size against its own limit.
+func (r *Reader) ReadLiteral() ([]byte, error) {
+	buf := make([]byte, r.remain)
+	_, err := io.ReadFull(r.Literal(), buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// LiteralRemaining returns how many bytes of the current literal are unread.
+func (r *Reader) LiteralRemaining() int64 { return r.remain }
+
+// A Segment is one line of a command or response plus the literal that ends
+// it, if any. A whole command or response is a sequence of segments of which
+// only the last has no literal.
+type Segment struct {
+	// Text is the line without its CRLF; a literal header, if any, has been
+	// removed (see Literal).
+	Text []byte
+	// Literal is the announced literal, nil for the last segment.
+	Literal *LiteralHeader
+	// Data holds the literal's bytes when it was read into memory.
+	Data []byte
+}
+
+// ContinueFunc is called by ReadSegments before a synchronising literal is
+// read, so the caller can send its continuation request ("+ ...") or refuse
+// the literal by returning an error.
+type ContinueFunc func(h LiteralHeader) error
+
+// ReadSegments reads a whole command or response into memory, literals
+// included, refusing literals larger than Limits.MaxInlineLiteral with an
+// error wrapping ErrLiteralTooLarge. cont is called before each synchronising
+// literal; it may be nil.
+func (r *Reader) ReadSegments(cont ContinueFunc) ([]Segment, error) {
+	var segs []Segment
+	total := 0
+	for {
+		line, lit, err := r.ReadLine()
+		if err != nil {
+			return segs, err
+		}
+		total += len(line)
+		if total > r.lim.MaxLine*4 {
+			return segs, fmt.Errorf("imapcodec: %w (command of more than %d bytes of text)", ErrLineTooLong, r.lim.MaxLine*4)
+		}
+		if lit == nil {
+			segs = append(segs, Segment{Text: bytes.Clone(line)})
+			return segs, nil
+		}
+		seg := Segment{Text: bytes.Clone(line[:lit.Start]), Literal: lit}
+		segs = append(segs, seg)
+		if lit.Size > r.lim.MaxInlineLiteral {
+			return segs, fmt.Errorf("imapcodec: %w: %d bytes, limit %d", ErrLiteralTooLarge, lit.Size, r.lim.MaxInlineLiteral)
+		}
+		if !lit.NonSync && cont != nil {
+			if err := cont(*lit); err != nil {
+				return segs, err
+			}
+		}
+		data, err := r.ReadLiteral()
+		if err != nil {
+			return segs, err
+		}
+		segs[len(segs)-1].Data = data
+	}
+}
+
+// AppendSegments appends the wire form of segs to b, with each literal's
+// header in its original form and CRLF line endings.
+func AppendSegments(b []byte, segs []Segment) []byte {
+	for _, s := range segs {
+		b = append(b, s.Text...)
+		if s.Literal != nil {
+			b = s.Literal.Format(b)
+			b = append(b, '\r', '\n')
+			b = append(b, s.Data...)
+		}
+	}
+	return append(b, '\r', '\n')
+}

@@ -1,0 +1,179 @@
+package imapcodec
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-imap/v2"
+)
+
+// AppendQuoted appends s as a quoted string. s must not contain CR, LF or
+// NUL (see CanQuote).
+func AppendQuoted(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '"' || c == '\\' {
+			b = append(b, '\\')
+		}
+		b = append(b, c)
+	}
+	return append(b, '"')
+}
+
+// CanQuote reports whether s can be sent as a quoted string (RFC 3501
+// quoted: 7-bit, no CR, LF or NUL; we also keep quoted strings short).
+func CanQuote(s string) bool {
+	if len(s) > 1024 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == 0 || c == '\r' || c == '\n' || c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// IsAtom reports whether s can be sent as a bare atom.
+func IsAtom(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !isAtomChar(c) || c == '%' || c == '*' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// AppendString appends s as an atom if it is one (and is not NIL), else as a
+// quoted string if it can be one, else as a literal (synchronising unless
+// nonSync). Callers that write commands must handle the continuation request a
+// synchronising literal needs.
+func AppendString(b []byte, s string, nonSync bool) []byte {
+	switch {
+	case IsAtom(s) && !strings.EqualFold(s, "NIL"):
+		return append(b, s...)
+	case CanQuote(s):
+		return AppendQuoted(b, s)
+	}
+	b = LiteralHeader{Size: int64(len(s)), NonSync: nonSync}.Format(b)
+	b = append(b, '\r', '\n')
+	return append(b, s...)
+}
+
+// AppendValue appends v in wire form: atoms as they are, strings quoted when
+// possible (literals stay literals), lists with their members.
+func AppendValue(b []byte, v Value) []byte {
+	switch v := v.(type) {
+	case Atom:
+		return append(b, v...)
+	case String:
+		if !v.Literal && CanQuote(string(v.Data)) {
+			return AppendQuoted(b, string(v.Data))
+		}
+		b = LiteralHeader{Size: int64(len(v.Data)), Binary: v.Binary}.Format(b)
+		b = append(b, '\r', '\n')
+		return append(b, v.Data...)
+	case List:
+		b = append(b, '(')
+		for i, e := range v {
+			if i > 0 {
+				b = append(b, ' ')
+			}
+			b = AppendValue(b, e)
+		}
+		return append(b, ')')
+	}
+	return b
+}
+
+// AppendStatus appends a status response line: "tag OK [code] text\r\n".
+func AppendStatus(b []byte, tag, status, code, text string) []byte {
+	b = append(b, tag...)
+	b = append(b, ' ')
+	b = append(b, status...)
+	b = append(b, ' ')
+	if code != "" {
+		b = append(b, '[')
+		b = append(b, code...)
+		b = append(b, "] "...)
+	}
+	b = append(b, sanitizeText(text)...)
+	return append(b, '\r', '\n')
+}
+
+// sanitizeText keeps CR and LF out of human-readable text, so a message that
+// quotes peer input cannot inject protocol lines.
+func sanitizeText(s string) string {
+	if !strings.ContainsAny(s, "\r\n\x00") {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == 0 {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// ParseNumSet parses a sequence set ("1:3,5,7:*"); "*" is represented as 0,
+// as in go-imap. It accepts "$" (RFC 5182 SEARCHRES) only when allowDollar.
+func ParseNumSet(s string) (imap.SeqSet, error) {
+	var set imap.SeqSet
+	if s == "" {
+		return nil, errSyntax("empty sequence set")
+	}
+	for _, part := range strings.Split(s, ",") {
+		a, b, isRange := strings.Cut(part, ":")
+		start, err := parseSeqNum(a)
+		if err != nil {
+			return nil, err
+		}
+		stop := start
+		if isRange {
+			if stop, err = parseSeqNum(b); err != nil {
+				return nil, err
+			}
+		}
+		set.AddRange(start, stop)
+	}
+	return set, nil
+}
+
+func parseSeqNum(s string) (uint32, error) {
+	if s == "*" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n == 0 || (len(s) > 1 && s[0] == '0') {
+		return 0, errSyntax("bad sequence number " + strconv.Quote(s))
+	}
+	return uint32(n), nil
+}
+
+// ParseUIDSet parses a UID set.
+func ParseUIDSet(s string) (imap.UIDSet, error) {
+	seq, err := ParseNumSet(s)
+	if err != nil {
+		return nil, err
+	}
+	var set imap.UIDSet
+	for _, r := range seq {
+		set.AddRange(imap.UID(r.Start), imap.UID(r.Stop))
+	}
+	return set, nil
+}
+
+func errSyntax(msg string) error {
+	return &syntaxError{msg}
+}
+
+type syntaxError struct{ msg string }
+
+func (e *syntaxError) Error() string { return "imapcodec: syntax error: " + e.msg }
+func (e *syntaxError) Unwrap() error { return ErrSyntax }

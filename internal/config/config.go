@@ -1,0 +1,235 @@
+// Package config holds lemonproxy's settings: their names, defaults and
+// documentation, the command-line flags and the TOML configuration file that
+// mirrors them (same names; flags given on the command line win over the file).
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// Settings are the values an operator sets. The toml keys are the flag
+// names.
+type Settings struct {
+	Listen             string `toml:"listen"`
+	ListenTLS          string `toml:"listen-tls"`
+	TLSCert            string `toml:"tls-cert"`
+	TLSKey             string `toml:"tls-key"`
+	AllowPlaintextAuth bool   `toml:"allow-plaintext-auth"`
+
+	Upstream           string   `toml:"upstream"`
+	UpstreamSecurity   string   `toml:"upstream-security"`
+	UpstreamCA         string   `toml:"upstream-ca"`
+	UpstreamServerName string   `toml:"upstream-server-name"`
+	UpstreamInsecure   bool     `toml:"upstream-insecure-skip-verify"`
+	UpstreamTimeout    Duration `toml:"upstream-timeout"`
+
+	PoolIdlePerAccount int      `toml:"pool-idle-per-account"`
+	PoolIdleTotal      int      `toml:"pool-idle-total"`
+	PoolIdleTimeout    Duration `toml:"pool-idle-timeout"`
+
+	Data     string `toml:"data"`
+	LogLevel string `toml:"log-level"`
+
+	MaxLine          int      `toml:"max-line"`
+	MaxLiteral       int64    `toml:"max-literal"`
+	MaxAppend        int64    `toml:"max-append"`
+	MaxDepth         int      `toml:"max-depth"`
+	AuthFailureDelay Duration `toml:"auth-failure-delay"`
+	PreAuthTimeout   Duration `toml:"preauth-timeout"`
+	IdleTimeout      Duration `toml:"idle-timeout"`
+}
+
+// Duration is a time.Duration written "30s" in the file and on the command
+// line.
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Defaults returns the default settings.
+func Defaults() Settings {
+	return Settings{
+		Listen:             "127.0.0.1:1143",
+		UpstreamSecurity:   "none",
+		UpstreamTimeout:    Duration{30 * time.Second},
+		PoolIdlePerAccount: 2,
+		PoolIdleTotal:      1000,
+		PoolIdleTimeout:    Duration{5 * time.Minute},
+		Data:               "./lemonproxy-data",
+		LogLevel:           "info",
+		MaxLine:            imapcodec.DefaultMaxLine,
+		MaxLiteral:         imapcodec.DefaultMaxInlineLiteral,
+		MaxAppend:          64 << 20,
+		MaxDepth:           imapcodec.DefaultMaxDepth,
+		AuthFailureDelay:   Duration{2 * time.Second},
+		PreAuthTimeout:     Duration{60 * time.Second},
+		IdleTimeout:        Duration{30 * time.Minute},
+	}
+}
+
+// Flags registers a flag for every setting on fs, bound to s.
+func (s *Settings) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&s.Listen, "listen", s.Listen, "plain IMAP listen address (STARTTLS offered when a certificate is set); empty disables")
+	fs.StringVar(&s.ListenTLS, "listen-tls", s.ListenTLS, "implicit-TLS IMAP listen address (port 993 style); needs -tls-cert and -tls-key")
+	fs.StringVar(&s.TLSCert, "tls-cert", s.TLSCert, "PEM certificate chain file; re-read on SIGHUP")
+	fs.StringVar(&s.TLSKey, "tls-key", s.TLSKey, "PEM private key file; re-read on SIGHUP")
+	fs.BoolVar(&s.AllowPlaintextAuth, "allow-plaintext-auth", s.AllowPlaintextAuth, "allow passwords over unencrypted non-loopback connections")
+	fs.StringVar(&s.Upstream, "upstream", s.Upstream, "upstream IMAP server HOST:PORT")
+	fs.StringVar(&s.UpstreamSecurity, "upstream-security", s.UpstreamSecurity, "upstream transport: none, starttls or tls")
+	fs.StringVar(&s.UpstreamCA, "upstream-ca", s.UpstreamCA, "PEM file of CA certificates to verify the upstream with (default: system roots)")
+	fs.StringVar(&s.UpstreamServerName, "upstream-server-name", s.UpstreamServerName, "name to verify the upstream certificate against (default: host of -upstream)")
+	fs.BoolVar(&s.UpstreamInsecure, "upstream-insecure-skip-verify", s.UpstreamInsecure, "do not verify the upstream's certificate (testing only)")
+	fs.TextVar(&s.UpstreamTimeout, "upstream-timeout", s.UpstreamTimeout, "timeout for dialling the upstream and for each upstream response")
+	fs.IntVar(&s.PoolIdlePerAccount, "pool-idle-per-account", s.PoolIdlePerAccount, "idle upstream connections kept per account")
+	fs.IntVar(&s.PoolIdleTotal, "pool-idle-total", s.PoolIdleTotal, "idle upstream connections kept in total")
+	fs.TextVar(&s.PoolIdleTimeout, "pool-idle-timeout", s.PoolIdleTimeout, "close idle upstream connections after this long")
+	fs.StringVar(&s.Data, "data", s.Data, "directory for persistent state")
+	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "log level: debug, info, warn or error")
+	fs.IntVar(&s.MaxLine, "max-line", s.MaxLine, "longest command line a client may send, in bytes")
+	fs.Int64Var(&s.MaxLiteral, "max-literal", s.MaxLiteral, "largest literal in any command but APPEND, in bytes")
+	fs.Int64Var(&s.MaxAppend, "max-append", s.MaxAppend, "largest message an APPEND may carry, in bytes")
+	fs.IntVar(&s.MaxDepth, "max-depth", s.MaxDepth, "deepest parenthesis nesting in a command")
+	fs.TextVar(&s.AuthFailureDelay, "auth-failure-delay", s.AuthFailureDelay, "delay before answering a failed login")
+	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
+	fs.TextVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "disconnect logged-in clients silent for this long (at least 30m per RFC 3501)")
+}
+
+// Parse parses args into settings: defaults, then the file named by -config
+// (if any), then the flags given on the command line.
+func Parse(fs *flag.FlagSet, args []string) (Settings, error) {
+	s := Defaults()
+	var path string
+	fs.StringVar(&path, "config", "", "TOML configuration file; keys are the flag names")
+	s.Flags(fs)
+	if err := fs.Parse(args); err != nil {
+		return s, err
+	}
+	if path == "" {
+		return s, nil
+	}
+	fromFile := Defaults()
+	if err := LoadFile(path, &fromFile); err != nil {
+		return s, err
+	}
+	// Re-apply the flags that were given explicitly on top of the file.
+	again := flag.NewFlagSet("", flag.ContinueOnError)
+	fromFile.Flags(again)
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "config" || err != nil {
+			return
+		}
+		err = again.Set(f.Name, f.Value.String())
+	})
+	return fromFile, err
+}
+
+// LoadFile reads a TOML file into s, rejecting unknown keys so that a typo
+// does not silently leave a default in force.
+func LoadFile(path string, s *Settings) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return Decode(string(b), s)
+}
+
+// Decode parses TOML text into s.
+func Decode(text string, s *Settings) error {
+	md, err := toml.Decode(text, s)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return fmt.Errorf("config: unknown settings: %s", strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// LogLevel parses the log-level setting.
+func (s *Settings) Level() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s.LogLevel)); err != nil {
+		return l, fmt.Errorf("config: log-level %q: want debug, info, warn or error", s.LogLevel)
+	}
+	return l, nil
+}
+
+// ProxyConfig turns settings into the proxy's configuration. certs serves
+// the client-facing certificate (nil when none is configured).
+func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Config, error) {
+	var cfg proxy.Config
+	if s.Upstream == "" {
+		return cfg, errors.New("config: no upstream: set -upstream HOST:PORT")
+	}
+	sec, err := upstream.ParseSecurity(s.UpstreamSecurity)
+	if err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	cfg.Upstream = upstream.Config{
+		Addr:     s.Upstream,
+		Security: sec,
+		Timeout:  s.UpstreamTimeout.Duration,
+		Limits: imapcodec.Limits{
+			MaxLine:    16 << 20, // a SEARCH of a large mailbox is one long line
+			MaxLiteral: 1 << 40,  // message bodies stream; no need to cap them
+		},
+	}
+	if sec != upstream.SecurityNone {
+		tc := &tls.Config{ServerName: s.UpstreamServerName, InsecureSkipVerify: s.UpstreamInsecure, MinVersion: tls.VersionTLS12}
+		if s.UpstreamCA != "" {
+			pem, err := os.ReadFile(s.UpstreamCA)
+			if err != nil {
+				return cfg, fmt.Errorf("config: upstream-ca: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return cfg, fmt.Errorf("config: upstream-ca %s: no certificates found", s.UpstreamCA)
+			}
+			tc.RootCAs = pool
+		}
+		cfg.Upstream.TLS = tc
+	}
+	cfg.Pool = upstream.PoolConfig{
+		MaxIdlePerAccount: s.PoolIdlePerAccount,
+		MaxIdle:           s.PoolIdleTotal,
+		IdleTimeout:       s.PoolIdleTimeout.Duration,
+	}
+	if certs != nil {
+		cfg.TLS = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
+	}
+	cfg.AllowPlaintextAuth = s.AllowPlaintextAuth
+	cfg.Limits = imapcodec.Limits{MaxLine: s.MaxLine, MaxInlineLiteral: s.MaxLiteral, MaxDepth: s.MaxDepth}
+	cfg.MaxAppendLiteral = s.MaxAppend
+	cfg.AuthFailureDelay = s.AuthFailureDelay.Duration
+	cfg.PreAuthTimeout = s.PreAuthTimeout.Duration
+	cfg.IdleTimeout = s.IdleTimeout.Duration
+	cfg.Logger = log
+	return cfg, nil
+}

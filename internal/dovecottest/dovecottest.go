@@ -1,0 +1,538 @@
+// Package dovecottest runs private Dovecot IMAP servers for tests.
+//
+// The proxy has to interoperate with real servers, and hand-written fakes
+// only ever agree with our own reading of the RFCs. Each call to Start
+// therefore launches a separate Dovecot master process, configured from a
+// generated file in a fresh temporary directory and listening on a free
+// loopback port, so that tests can run many servers side by side without
+// systemd, without the system-wide Dovecot and without root-owned state
+// leaking between tests.
+//
+// Dovecot is found as "dovecot" on PATH or as /usr/sbin/dovecot. When it is
+// missing the calling test is skipped, unless the environment variable
+// LEMONPROXY_REQUIRE_DOVECOT is 1 (as scripts/test.sh sets it), in which case
+// the test fails: CI must not go green by silently skipping these tests.
+package dovecottest
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+)
+
+// RequireEnv names the environment variable that turns a missing Dovecot
+// binary into a test failure instead of a skip.
+const RequireEnv = "LEMONPROXY_REQUIRE_DOVECOT"
+
+// Timeouts. They are generous because CI machines are small and a test run
+// may start dozens of servers in parallel.
+const (
+	startTimeout = 10 * time.Second // until the greeting arrives
+	stopTimeout  = 5 * time.Second  // from SIGTERM to SIGKILL
+	dialTimeout  = 5 * time.Second
+	startTries   = 5 // attempts with a new port when the port was taken
+)
+
+// Profile selects what the server advertises, so that the proxy can be
+// tested both against a modern server and against an old one whose missing
+// extensions it has to cope with.
+type Profile int
+
+const (
+	// Full is Dovecot's own capability list, which includes CONDSTORE,
+	// QRESYNC and NOTIFY, plus COMPRESS=DEFLATE from the imap_zlib plugin.
+	Full Profile = iota
+	// Legacy advertises only IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE
+	// NAMESPACE UIDPLUS after login.
+	Legacy
+	// LegacyNoIdle is Legacy without IDLE.
+	LegacyNoIdle
+)
+
+// String returns the profile's name, for use in subtest names.
+func (p Profile) String() string {
+	switch p {
+	case Full:
+		return "Full"
+	case Legacy:
+		return "Legacy"
+	case LegacyNoIdle:
+		return "LegacyNoIdle"
+	}
+	return "Profile(" + strconv.Itoa(int(p)) + ")"
+}
+
+// Server is a running Dovecot instance owned by one test.
+//
+// Only the advertised capabilities differ between profiles: Dovecot still
+// executes commands of extensions that a Legacy profile does not advertise
+// (IDLE, CONDSTORE, ENABLE QRESYNC, ...) if a client sends them anyway.
+type Server struct {
+	// Addr is the host:port of the plain-text IMAP listener on 127.0.0.1.
+	Addr string
+	// Dir is the temporary directory holding the configuration, the log,
+	// Dovecot's runtime state and the users' maildirs (Dir/home/USER).
+	// It is removed when the test ends.
+	Dir string
+	// Profile is the profile the server was started with.
+	Profile Profile
+
+	instance string // instance_name; unique, so it identifies our processes
+
+	cmd     *exec.Cmd
+	done    chan struct{} // closed once cmd has exited
+	waitErr error         // cmd.Wait's result; valid after done is closed
+
+	stopOnce sync.Once
+	stopErr  error
+
+	mu    sync.Mutex        // guards users and the passwd file
+	users map[string]string // user name -> password
+}
+
+// Start starts a private Dovecot for the test and registers a cleanup that
+// stops it and removes its directory. The server has the users "alice"
+// (password "alicepass") and "bob" ("bobpass"); AddUser adds more.
+//
+// Start must be called from the test's goroutine, as it may call t.Fatal
+// or t.Skip.
+func Start(t testing.TB, p Profile) *Server {
+	t.Helper()
+	bin, err := findDovecot()
+	if err != nil {
+		msg := fmt.Sprintf("dovecottest: dovecot not found (%v); install dovecot-imapd or run scripts/test.sh", err)
+		if os.Getenv(RequireEnv) == "1" {
+			t.Fatalf("%s; failing because %s=1", msg, RequireEnv)
+		}
+		t.Skip(msg)
+	}
+
+	s := &Server{
+		Profile: p,
+		users:   map[string]string{"alice": "alicepass", "bob": "bobpass"},
+	}
+	params := configParams{}
+	if p == Full {
+		params.Compress = true
+	} else {
+		params.Capabilities = p.capabilities()
+	}
+	if err := currentIDs(&params, os.Geteuid()); err != nil {
+		t.Fatalf("dovecottest: %v", err)
+	}
+	// Registered before the stop cleanup so that it runs after it.
+	dir, err := makeDir(params.MailUID, params.MailGID)
+	if dir != "" {
+		t.Cleanup(func() { os.RemoveAll(dir) })
+	}
+	if err != nil {
+		t.Fatalf("dovecottest: %v", err)
+	}
+	s.Dir = dir
+	params.Dir = dir
+	s.instance = "dovecottest-" + strings.TrimPrefix(filepath.Base(dir), "dovecottest-")
+	params.Instance = s.instance
+	if err := s.writePasswd(); err != nil {
+		t.Fatalf("dovecottest: %v", err)
+	}
+
+	for try := 1; ; try++ {
+		err = s.start(bin, params)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errPortInUse) || try == startTries {
+			t.Fatalf("dovecottest: starting %v server: %v", p, err)
+		}
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("dovecottest: tail of %s server's log:\n%s", s.Profile, s.LogTail())
+		}
+		if err := s.Stop(); err != nil {
+			t.Errorf("dovecottest: %v", err)
+		}
+	})
+	return s
+}
+
+// findDovecot looks in /usr/sbin as well as on PATH because /usr/sbin is
+// often not on an unprivileged user's PATH.
+func findDovecot() (string, error) {
+	bin, err := exec.LookPath("dovecot")
+	if err == nil {
+		return bin, nil
+	}
+	if _, serr := os.Stat("/usr/sbin/dovecot"); serr == nil {
+		return "/usr/sbin/dovecot", nil
+	}
+	return "", err
+}
+
+// makeDir creates the server's directory. It is made world-searchable
+// (0711), since Dovecot's unprivileged processes (auth as "dovecot", mail
+// processes as the mail uid) need to reach files inside it. It is not
+// created with t.TempDir: that directory is private to root and has a long
+// name, while Dovecot's UNIX sockets live below it and socket paths are
+// limited to about 100 bytes.
+func makeDir(mailUID, mailGID int) (string, error) {
+	dir, err := os.MkdirTemp("", "dovecottest-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return dir, err
+	}
+	home := filepath.Join(dir, "home")
+	if err := os.Mkdir(home, 0o755); err != nil {
+		return dir, err
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(home, mailUID, mailGID); err != nil {
+			return dir, err
+		}
+	}
+	return dir, nil
+}
+
+// errPortInUse marks a start that failed because another process took the
+// chosen port between freePort and Dovecot's bind; Start retries those.
+var errPortInUse = errors.New("port already in use")
+
+// start writes the configuration for a fresh port and starts Dovecot,
+// returning once it has greeted a client.
+func (s *Server) start(bin string, params configParams) error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	params.Port = port
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+
+	var conf bytes.Buffer
+	if err := configTemplate.Execute(&conf, params); err != nil {
+		return err
+	}
+	confPath := filepath.Join(s.Dir, "dovecot.conf")
+	if err := os.WriteFile(confPath, conf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	// Start each attempt with an empty log, so that the port-in-use check
+	// below sees only this attempt's errors.
+	if err := os.Remove(filepath.Join(s.Dir, "dovecot.log")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	// Errors that happen before Dovecot opens log_path, such as
+	// configuration errors, go to stderr.
+	stderr, err := os.Create(filepath.Join(s.Dir, "dovecot.stderr"))
+	if err != nil {
+		return err
+	}
+	defer stderr.Close()
+
+	// -F keeps the master in the foreground, so the PID we get is the
+	// master's and it stays our child, rather than a daemon we would have
+	// to find through a pid file.
+	cmd := exec.Command(bin, "-F", "-c", confPath)
+	cmd.Stdout = stderr
+	cmd.Stderr = stderr
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
+	s.done = make(chan struct{})
+	go func() {
+		s.waitErr = cmd.Wait()
+		close(s.done)
+	}()
+
+	if err := s.waitReady(); err != nil {
+		s.kill()
+		tail := s.LogTail()
+		if strings.Contains(tail, "Address already in use") {
+			err = fmt.Errorf("%w: %v", errPortInUse, err)
+		}
+		return fmt.Errorf("%v; log tail:\n%s", err, tail)
+	}
+	return nil
+}
+
+// freePort asks the kernel for a free loopback port. It is free only until
+// someone else takes it, hence the retries in Start.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitReady waits until the server sends its greeting. A listening socket
+// alone is not enough: imap-login delays the greeting until the auth
+// service is up. The greeting must also carry our instance name, so that a
+// different server that grabbed the port cannot be mistaken for ours.
+func (s *Server) waitReady() error {
+	deadline := time.Now().Add(startTimeout)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.done:
+			return fmt.Errorf("dovecot exited during startup: %v", s.waitErr)
+		default:
+		}
+		line, err := readGreeting(s.Addr, time.Until(deadline))
+		if err == nil {
+			if strings.HasPrefix(line, "* OK ") && strings.Contains(line, s.instance) {
+				return nil
+			}
+			err = fmt.Errorf("unexpected greeting %q", line)
+		}
+		lastErr = err
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("no greeting within %v: %v", startTimeout, lastErr)
+}
+
+func readGreeting(addr string, timeout time.Duration) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, min(timeout, time.Second))
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return strings.TrimRight(line, "\r\n"), err
+}
+
+// Stop stops the server: SIGTERM to all of its processes, then SIGKILL if
+// any is left after 5s. It returns once every process has gone. Stop is
+// called automatically when the test ends; tests may call it earlier, for
+// example to see how the proxy copes with a backend going away. It is safe
+// to call more than once.
+//
+// The whole process group is signalled, not only the master: Dovecot's
+// master exits about a second after SIGTERM without waiting for its
+// children, and an imap process serving a client then lingers for up to
+// another ten seconds, whereas a group-wide SIGTERM ends all of them within
+// milliseconds.
+func (s *Server) Stop() error {
+	s.stopOnce.Do(func() { s.stopErr = s.stop() })
+	return s.stopErr
+}
+
+func (s *Server) stop() error {
+	var errs []error
+	select {
+	case <-s.done:
+		errs = append(errs, fmt.Errorf("dovecot (%s) exited before it was stopped: %v", s.Profile, s.waitErr))
+	default:
+	}
+	pgid := s.cmd.Process.Pid
+	signalGroup(pgid, syscall.SIGTERM)
+	if !s.waitGone(stopTimeout) {
+		out, _ := exec.Command("ps", "-o", "pid,ppid,stat,user,wchan:20,args", "-g", strconv.Itoa(pgid)).CombinedOutput()
+		errs = append(errs, fmt.Errorf("dovecot (%s) did not exit within %v of SIGTERM; killed\n%s", s.Profile, stopTimeout, out))
+		s.kill()
+	}
+	return errors.Join(errs...)
+}
+
+// kill SIGKILLs all of Dovecot's processes and waits for them to go.
+func (s *Server) kill() {
+	signalGroup(s.cmd.Process.Pid, syscall.SIGKILL)
+	s.waitGone(stopTimeout)
+}
+
+// waitGone waits until the master has been reaped and no process is left
+// in its process group, and reports whether that happened within timeout.
+// Polling the group after the master has been reaped is safe because a
+// process group's ID cannot be reused while the group has members.
+func (s *Server) waitGone(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case <-s.done:
+			if !groupAlive(s.cmd.Process.Pid) {
+				return true
+			}
+		default:
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// LogTail returns the last lines of Dovecot's log and anything it wrote to
+// stderr, for diagnosing test failures.
+func (s *Server) LogTail() string {
+	const maxLines = 40
+	var b strings.Builder
+	for _, name := range []string{"dovecot.stderr", "dovecot.log"} {
+		data, err := os.ReadFile(filepath.Join(s.Dir, name))
+		if err != nil || len(bytes.TrimSpace(data)) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(lines) > maxLines {
+			lines = lines[len(lines)-maxLines:]
+		}
+		fmt.Fprintf(&b, "==> %s <==\n%s\n", name, strings.Join(lines, "\n"))
+	}
+	return b.String()
+}
+
+// AddUser adds a user to the server, usable as soon as AddUser returns.
+//
+// Dovecot notices the change by itself: its passwd-file driver re-reads the
+// file when the file's mtime or size has changed, which a new line always
+// does. But it checks at most once per second, so a change made in the same
+// second as an earlier login would go unseen until the next second; AddUser
+// therefore sleeps into the next second, up to one second. Existing users
+// cannot be changed, since a new password of the same length written in
+// the same second as the old one would not be noticed at all.
+func (s *Server) AddUser(t testing.TB, name, pass string) {
+	t.Helper()
+	if name == "" || strings.ContainsAny(name, ":\r\n@%/ ") || strings.ContainsAny(pass, ":\r\n") {
+		t.Fatalf("dovecottest: AddUser(%q, %q): unsupported characters", name, pass)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.users[name]; ok {
+		t.Fatalf("dovecottest: AddUser: user %q already exists", name)
+	}
+	s.users[name] = pass
+	if err := s.writePasswdLocked(); err != nil {
+		t.Fatalf("dovecottest: AddUser: %v", err)
+	}
+	next := time.Now().Truncate(time.Second).Add(time.Second + 10*time.Millisecond)
+	time.Sleep(time.Until(next))
+}
+
+func (s *Server) writePasswd() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writePasswdLocked()
+}
+
+// writePasswdLocked replaces the passwd file atomically, so that Dovecot
+// never reads a half-written file. It must be readable by the "dovecot"
+// user, as which the auth process reads it.
+func (s *Server) writePasswdLocked() error {
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(s.users)) {
+		fmt.Fprintf(&b, "%s:{PLAIN}%s\n", name, s.users[name])
+	}
+	path := filepath.Join(s.Dir, "passwd")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Dial returns a new connection to the server, closed when the test ends.
+// The server's greeting has not been read yet.
+func (s *Server) Dial(t testing.TB) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", s.Addr, dialTimeout)
+	if err != nil {
+		t.Fatalf("dovecottest: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Login returns a client that is logged in to the server as user, for
+// setting up and checking mailboxes directly rather than through the
+// proxy. The client is closed when the test ends.
+func (s *Server) Login(t testing.TB, user, pass string) *imapclient.Client {
+	t.Helper()
+	c, err := s.login(user, pass)
+	if err != nil {
+		t.Fatalf("dovecottest: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (s *Server) login(user, pass string) (*imapclient.Client, error) {
+	conn, err := net.DialTimeout("tcp", s.Addr, dialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	c := imapclient.New(conn, nil)
+	if err := c.Login(user, pass).Wait(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("login as %q: %w", user, err)
+	}
+	return c, nil
+}
+
+// Append stores msg in the user's mailbox, creating the mailbox if needed,
+// and returns the new message's UID. It uses a connection of its own, so
+// the message arrives like mail delivered by someone else.
+func (s *Server) Append(t testing.TB, user, pass, mailbox string, flags []string, msg []byte) uint32 {
+	t.Helper()
+	uid, err := s.appendMsg(user, pass, mailbox, flags, msg)
+	if err != nil {
+		t.Fatalf("dovecottest: Append to %s/%s: %v", user, mailbox, err)
+	}
+	return uid
+}
+
+func (s *Server) appendMsg(user, pass, mailbox string, flags []string, msg []byte) (uint32, error) {
+	c, err := s.login(user, pass)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if !strings.EqualFold(mailbox, "INBOX") {
+		err := c.Create(mailbox, nil).Wait()
+		var imapErr *imap.Error
+		if err != nil && !(errors.As(err, &imapErr) && imapErr.Code == imap.ResponseCodeAlreadyExists) {
+			return 0, fmt.Errorf("create: %w", err)
+		}
+	}
+	opts := &imap.AppendOptions{}
+	for _, f := range flags {
+		opts.Flags = append(opts.Flags, imap.Flag(f))
+	}
+	cmd := c.Append(mailbox, int64(len(msg)), opts)
+	if _, err := cmd.Write(msg); err != nil {
+		return 0, err
+	}
+	if err := cmd.Close(); err != nil {
+		return 0, err
+	}
+	data, err := cmd.Wait()
+	if err != nil {
+		return 0, err
+	}
+	if data.UID == 0 {
+		return 0, errors.New("server sent no APPENDUID")
+	}
+	if err := c.Logout().Wait(); err != nil {
+		return 0, fmt.Errorf("logout: %w", err)
+	}
+	return uint32(data.UID), nil
+}

@@ -1,0 +1,11 @@
+//go:build unix && !linux
+
+package dovecottest
+
+import "syscall"
+
+// sysProcAttr puts Dovecot in a process group of its own, so that Stop can
+// signal all of its processes at once.
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true}
+}

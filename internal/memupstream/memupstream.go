@@ -1,0 +1,123 @@
+// Package memupstream runs go-imap's in-memory IMAP server (imapmemserver) as
+// an upstream for lemonproxy: the demo's built-in server, and a second kind of
+// upstream in tests, one that truly lacks CONDSTORE, QRESYNC, NOTIFY and
+// COMPRESS.
+package memupstream
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+)
+
+// Server is a running in-memory IMAP server.
+type Server struct {
+	Addr  string
+	mem   *imapmemserver.Server
+	srv   *imapserver.Server
+	ln    net.Listener
+	users map[string]*imapmemserver.User
+	done  chan struct{}
+}
+
+// Options configures Start.
+type Options struct {
+	// Addr to listen on; default "127.0.0.1:0".
+	Addr string
+	// Caps beyond IMAP4rev1 to advertise (e.g. imap.CapLiteralPlus).
+	Caps []imap.Cap
+	// Logger for the server's errors; default discards them.
+	Logger *log.Logger
+}
+
+// DefaultCaps are the capabilities Start advertises when Options.Caps is nil.
+var DefaultCaps = []imap.Cap{imap.CapNamespace, imap.CapUIDPlus, imap.CapMove, imap.CapLiteralPlus}
+
+// Start starts a server; add users with AddUser.
+func Start(opt Options) (*Server, error) {
+	if opt.Addr == "" {
+		opt.Addr = "127.0.0.1:0"
+	}
+	caps := imap.CapSet{imap.CapIMAP4rev1: {}}
+	capList := opt.Caps
+	if capList == nil {
+		capList = DefaultCaps
+	}
+	for _, c := range capList {
+		caps[c] = struct{}{}
+	}
+	logger := opt.Logger
+	if logger == nil {
+		logger = log.New(discard{}, "", 0)
+	}
+	mem := imapmemserver.New()
+	srv := imapserver.New(&imapserver.Options{
+		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return mem.NewSession(), nil, nil
+		},
+		Caps:         caps,
+		InsecureAuth: true,
+		Logger:       logger,
+	})
+	ln, err := net.Listen("tcp", opt.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("memupstream: %w", err)
+	}
+	s := &Server{Addr: ln.Addr().String(), mem: mem, srv: srv, ln: ln, users: map[string]*imapmemserver.User{}, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		srv.Serve(ln)
+	}()
+	return s, nil
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// AddUser adds a user with an empty INBOX.
+func (s *Server) AddUser(name, pass string) error {
+	u := imapmemserver.NewUser(name, pass)
+	if err := u.Create("INBOX", nil); err != nil {
+		return fmt.Errorf("memupstream: create INBOX: %w", err)
+	}
+	s.mem.AddUser(u)
+	s.users[name] = u
+	return nil
+}
+
+// Append stores a message for user in mailbox, creating the mailbox if it
+// does not exist.
+func (s *Server) Append(user, mailbox string, flags []imap.Flag, msg []byte) error {
+	u, ok := s.users[user]
+	if !ok {
+		return fmt.Errorf("memupstream: no user %q", user)
+	}
+	u.Create(mailbox, nil) // exists already: fine
+	_, err := u.Append(mailbox, literal{bytes.NewReader(msg)}, &imap.AppendOptions{Flags: flags, Time: time.Now()})
+	if err != nil {
+		return fmt.Errorf("memupstream: append: %w", err)
+	}
+	return nil
+}
+
+type literal struct{ *bytes.Reader }
+
+func (l literal) Size() int64 { return l.Reader.Size() }
+
+// Close stops the server and closes its connections.
+func (s *Server) Close() error {
+	err := s.srv.Close()
+	<-s.done
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}

@@ -1,0 +1,240 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// coreCommand is a command the session core answers or relays with
+// bookkeeping of its own.
+type coreCommand struct {
+	minState, maxState State // maxState 0 means no upper bound
+	handle             func(s *Session, ctx context.Context, cmd *imapcodec.Command) error
+}
+
+var coreCommands map[string]coreCommand
+
+func init() {
+	coreCommands = map[string]coreCommand{
+		"CAPABILITY":   {handle: (*Session).cmdCapability},
+		"NOOP":         {handle: (*Session).cmdNoop},
+		"LOGOUT":       {handle: (*Session).cmdLogout},
+		"ID":           {handle: (*Session).cmdID},
+		"STARTTLS":     {maxState: StateNotAuthenticated, handle: (*Session).cmdStartTLS},
+		"LOGIN":        {maxState: StateNotAuthenticated, handle: (*Session).cmdLogin},
+		"AUTHENTICATE": {maxState: StateNotAuthenticated, handle: (*Session).cmdAuthenticate},
+		"ENABLE":       {minState: StateAuthenticated, maxState: StateAuthenticated, handle: (*Session).cmdEnable},
+		"SELECT":       {minState: StateAuthenticated, handle: (*Session).cmdSelect},
+		"EXAMINE":      {minState: StateAuthenticated, handle: (*Session).cmdSelect},
+		"CLOSE":        {minState: StateSelected, handle: (*Session).cmdClose},
+		"UNSELECT":     {minState: StateSelected, handle: (*Session).cmdClose},
+	}
+}
+
+// knownCommands are the RFC 3501 commands (and common extensions') names,
+// for telling "not in this state" from "unknown".
+var knownCommands = map[string]bool{
+	"CREATE": true, "DELETE": true, "RENAME": true, "SUBSCRIBE": true, "UNSUBSCRIBE": true,
+	"LIST": true, "LSUB": true, "STATUS": true, "APPEND": true, "CHECK": true, "EXPUNGE": true,
+	"SEARCH": true, "FETCH": true, "STORE": true, "COPY": true, "MOVE": true, "UID FETCH": true,
+	"UID STORE": true, "UID COPY": true, "UID MOVE": true, "UID SEARCH": true, "UID EXPUNGE": true,
+	"NAMESPACE": true, "IDLE": true, "GETQUOTA": true, "GETQUOTAROOT": true, "SORT": true,
+	"THREAD": true, "UID SORT": true, "UID THREAD": true,
+}
+
+// selectedOnly are relayed commands that need a selected mailbox; the core
+// refuses them itself in the authenticated state rather than relaying them to
+// a connection that might, from an earlier lease, still have one selected.
+var selectedOnly = map[string]bool{
+	"CHECK": true, "EXPUNGE": true, "SEARCH": true, "FETCH": true, "STORE": true, "COPY": true,
+	"MOVE": true, "UID FETCH": true, "UID STORE": true, "UID COPY": true, "UID MOVE": true,
+	"UID SEARCH": true, "UID EXPUNGE": true, "SORT": true, "THREAD": true, "UID SORT": true,
+	"UID THREAD": true,
+}
+
+// relayable are upstream capabilities a relay can pass on unchanged: they
+// add commands or response data that need no help from the proxy. Anything
+// not listed (CONDSTORE, QRESYNC, NOTIFY, COMPRESS, IDLE, IMAP4rev2, UTF8=...)
+// is either provided by an extension or not offered.
+var relayable = []string{
+	"NAMESPACE", "UIDPLUS", "MOVE", "ESEARCH", "ESORT", "SEARCHRES", "SPECIAL-USE",
+	"CREATE-SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "LIST-MYRIGHTS", "BINARY", "CATENATE",
+	"MULTIAPPEND", "SORT", "SORT=DISPLAY", "CHILDREN", "WITHIN", "CONTEXT=SEARCH", "CONTEXT=SORT",
+	"QUOTA", "ACL", "METADATA", "METADATA-SERVER", "STATUS=SIZE", "SAVEDATE", "OBJECTID",
+	"PREVIEW", "SPECIAL-USE", "URL-PARTIAL", "FUZZY", "MAILBOX-REFERRALS", "LOGIN-REFERRALS",
+}
+
+var relayablePrefixes = []string{"THREAD=", "I18NLEVEL=", "QUOTA=", "RIGHTS=", "APPENDLIMIT=", "SNIPPET="}
+
+func relayableCaps(up upstream.Caps) []string {
+	var out []string
+	for _, c := range relayable {
+		if v, ok := up[c]; ok {
+			out = append(out, v)
+		}
+	}
+	for _, p := range relayablePrefixes {
+		out = append(out, sortedStrings(up.WithPrefix(p))...)
+	}
+	return out
+}
+
+func (s *Session) cmdCapability(ctx context.Context, cmd *imapcodec.Command) error {
+	if !cmd.Args.AtEnd() {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "CAPABILITY takes no arguments.")
+	}
+	s.Write([]byte("* CAPABILITY " + strings.Join(s.capabilities(), " ") + "\r\n"))
+	return s.WriteStatus(cmd.Tag, "OK", "", "Capability completed.")
+}
+
+func (s *Session) cmdNoop(ctx context.Context, cmd *imapcodec.Command) error {
+	if s.state == StateNotAuthenticated {
+		return s.WriteStatus(cmd.Tag, "OK", "", "NOOP completed.")
+	}
+	return s.relaySimple(ctx, cmd)
+}
+
+func (s *Session) cmdLogout(ctx context.Context, cmd *imapcodec.Command) error {
+	s.Write([]byte("* BYE Logging out\r\n"))
+	s.WriteStatus(cmd.Tag, "OK", "", "Logout completed.")
+	s.Flush()
+	s.byeOnce.Do(func() {}) // the BYE has been sent
+	s.setState(StateLogout)
+	return nil
+}
+
+func (s *Session) cmdID(ctx context.Context, cmd *imapcodec.Command) error {
+	if s.state != StateNotAuthenticated && s.upCaps.Has("ID") {
+		return s.relaySimple(ctx, cmd)
+	}
+	s.Write([]byte(`* ID ("name" "lemonproxy" "version" ` + string(imapcodec.AppendQuoted(nil, Version)) + ")\r\n"))
+	return s.WriteStatus(cmd.Tag, "OK", "", "ID completed.")
+}
+
+func (s *Session) cmdStartTLS(ctx context.Context, cmd *imapcodec.Command) error {
+	if !s.canStartTLS() {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "STARTTLS not available.")
+	}
+	s.WriteStatus(cmd.Tag, "OK", "", "Begin TLS negotiation now.")
+	if err := s.Flush(); err != nil {
+		return err
+	}
+	return s.starttls()
+}
+
+func (s *Session) cmdEnable(ctx context.Context, cmd *imapcodec.Command) error {
+	args, err := cmd.Args.Values()
+	if err != nil || len(args) == 0 {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "ENABLE needs at least one capability name.")
+	}
+	var enabled []string
+	for _, a := range args {
+		name, ok := a.(imapcodec.Atom)
+		if !ok {
+			return s.WriteStatus(cmd.Tag, "BAD", "", "ENABLE takes atoms.")
+		}
+		up := strings.ToUpper(string(name))
+		if s.enabled[up] {
+			continue
+		}
+		for _, e := range s.srv.enablers {
+			if e.Enable(s, up) {
+				s.enabled[up] = true
+				enabled = append(enabled, string(name))
+				break
+			}
+		}
+	}
+	line := "* ENABLED"
+	for _, n := range enabled {
+		line += " " + n
+	}
+	s.Write([]byte(line + "\r\n"))
+	return s.WriteStatus(cmd.Tag, "OK", "", "Enabled.")
+}
+
+// cmdSelect relays SELECT and EXAMINE, arguments untouched, and tracks the
+// selected mailbox. The upstream connection stays leased while a mailbox is
+// selected: sequence numbers are a property of the connection, and until the
+// mailbox hub gives every session its own sequence view, giving the
+// connection back would let the client's numbers drift.
+func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
+	var v imapcodec.Value
+	err := cmd.Args.SP()
+	if err == nil {
+		v, err = cmd.Args.Value()
+	}
+	mailbox, ok := imapcodec.AsString(v)
+	if err != nil || !ok {
+		return s.WriteStatus(cmd.Tag, "BAD", "", cmd.Name+" needs a mailbox name.")
+	}
+	if strings.EqualFold(mailbox, "INBOX") {
+		mailbox = "INBOX"
+	}
+	up, err := s.leaseAny(ctx)
+	if err != nil {
+		return s.upstreamUnavailable(cmd.Tag, err)
+	}
+	// Whatever happens now, the previous mailbox is closed.
+	wasSelected := s.state == StateSelected
+	s.setState(StateAuthenticated)
+	up.Selected = ""
+	head, err := s.relayCommand(ctx, up, cmd.Tag, cmd.Segments)
+	if err != nil {
+		return err
+	}
+	if head.Name == "OK" {
+		up.Selected = mailbox
+		up.ReadOnly = cmd.Name == "EXAMINE" || head.Code == "READ-ONLY"
+		s.setState(StateSelected)
+		s.selected, s.readOnly = mailbox, up.ReadOnly
+	} else if wasSelected {
+		s.log.Debug("select failed; no mailbox selected now")
+	}
+	s.releaseIfUnpinned()
+	return nil
+}
+
+// cmdClose handles CLOSE (relayed: it expunges) and UNSELECT (relayed when
+// the upstream has it, emulated otherwise).
+func (s *Session) cmdClose(ctx context.Context, cmd *imapcodec.Command) error {
+	if !cmd.Args.AtEnd() {
+		return s.WriteStatus(cmd.Tag, "BAD", "", cmd.Name+" takes no arguments.")
+	}
+	up, err := s.Upstream(ctx)
+	if err != nil {
+		return s.upstreamUnavailable(cmd.Tag, err)
+	}
+	if cmd.Name == "UNSELECT" && !s.upCaps.Has("UNSELECT") {
+		if err := up.Unselect(ctx); err != nil {
+			var se *upstream.StatusError
+			if errors.As(err, &se) {
+				return s.WriteStatus(cmd.Tag, se.Head.Name, se.Head.Code, se.Head.Text)
+			}
+			return s.upstreamFailed(cmd.Tag, err)
+		}
+		s.setState(StateAuthenticated)
+		s.releaseIfUnpinned()
+		return s.WriteStatus(cmd.Tag, "OK", "", "Unselect completed.")
+	}
+	head, err := s.relayCommand(ctx, up, cmd.Tag, cmd.Segments)
+	if err != nil {
+		return err
+	}
+	if head.Name == "OK" {
+		up.Selected = ""
+		s.setState(StateAuthenticated)
+	}
+	s.releaseIfUnpinned()
+	return nil
+}
+
+func sortedStrings(l []string) []string {
+	slices.Sort(l)
+	return l
+}

@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"log/slog"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// Config configures a Server. Zero values select the documented defaults.
+type Config struct {
+	// Upstream says how to reach the real IMAP server.
+	Upstream upstream.Config
+	// Pool bounds the idle upstream connections kept for reuse.
+	Pool upstream.PoolConfig
+
+	// TLS, if set, serves the implicit-TLS listener and STARTTLS on plain
+	// listeners. Use a GetCertificate callback to allow reloading.
+	TLS *tls.Config
+	// AllowPlaintextAuth permits LOGIN and AUTHENTICATE PLAIN on connections
+	// that are neither TLS nor loopback. Off by default: such listeners
+	// advertise LOGINDISABLED until STARTTLS.
+	AllowPlaintextAuth bool
+
+	// Limits bounds what clients may send; Limits.MaxInlineLiteral is the
+	// literal limit for every command but APPEND.
+	Limits imapcodec.Limits
+	// MaxAppendLiteral is the largest message an APPEND may carry.
+	// Default 64 MiB.
+	MaxAppendLiteral int64
+
+	// AuthFailureDelay is how long a failed login waits before its NO.
+	// Default 2 s.
+	AuthFailureDelay time.Duration
+	// PreAuthTimeout disconnects clients that do not log in in time.
+	// Default 60 s.
+	PreAuthTimeout time.Duration
+	// IdleTimeout disconnects authenticated clients silent for longer
+	// (RFC 3501 asks for at least 30 minutes). Default 30 minutes.
+	IdleTimeout time.Duration
+	// ShutdownTimeout bounds how long Shutdown waits for sessions to end.
+	// Default 10 s.
+	ShutdownTimeout time.Duration
+
+	// Extensions add protocol behaviour; see Extension.
+	Extensions []Extension
+
+	// Logger receives the server's logs; never a password or message body.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.Limits = c.Limits.WithDefaults()
+	if c.MaxAppendLiteral <= 0 {
+		c.MaxAppendLiteral = 64 << 20
+	}
+	if c.Limits.MaxLiteral < c.MaxAppendLiteral {
+		c.Limits.MaxLiteral = c.MaxAppendLiteral
+	}
+	if c.AuthFailureDelay == 0 {
+		c.AuthFailureDelay = 2 * time.Second
+	}
+	if c.PreAuthTimeout <= 0 {
+		c.PreAuthTimeout = 60 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 30 * time.Minute
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Upstream.Security == "" {
+		c.Upstream.Security = upstream.SecurityNone
+	}
+	return c
+}

@@ -1,0 +1,498 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// errClientStream means the client's response stream was cut in the middle
+// of a response; nothing more can be said to the client.
+var errClientStream = errors.New("response to the client cut short")
+
+// upstreamError wraps a failure of the upstream connection during a relay.
+type upstreamError struct{ err error }
+
+func (e *upstreamError) Error() string { return "upstream: " + e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
+// relay forwards a command the core does not interpret, streaming it from
+// the client to the upstream as it arrives: a 50 MB APPEND passes through
+// without being held in memory. The client's tag is replaced by one of the
+// upstream connection's own, and restored on the tagged response.
+func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapcodec.Segment) error {
+	limit := s.srv.cfg.Limits.MaxInlineLiteral
+	if cmd.Name == "APPEND" {
+		limit = s.srv.cfg.MaxAppendLiteral
+	}
+	if lit := first.Literal; lit != nil && lit.Size > limit {
+		return s.refuseLiteral(cmd.Tag, lit, limit)
+	}
+	up, err := s.Upstream(ctx)
+	if err != nil {
+		if err := s.discardRest(first.Literal); err != nil {
+			return err
+		}
+		return s.upstreamUnavailable(cmd.Tag, err)
+	}
+	upTag := up.NextTag()
+	w := up.Writer()
+	pending := append([]byte(upTag), first.Text[len(cmd.Tag):]...)
+	for lit := first.Literal; lit != nil; {
+		if lit.Size > limit {
+			// Part of the command is already upstream and cannot be
+			// withdrawn: give up that connection.
+			up.MarkBroken()
+			if err := s.refuseLiteral(cmd.Tag, lit, limit); err != nil {
+				return err
+			}
+			return s.afterUpstreamLoss()
+		}
+		caps := up.Caps()
+		nonSync := caps.Has("LITERAL+") || caps.Has("LITERAL-") && lit.Size <= 4096
+		pending = imapcodec.LiteralHeader{Size: lit.Size, NonSync: nonSync, Binary: lit.Binary}.Format(pending)
+		pending = append(pending, '\r', '\n')
+		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
+		w.Write(pending)
+		pending = pending[:0]
+		if !nonSync {
+			if err := w.Flush(); err != nil {
+				return s.abandonCommand(cmd.Tag, lit, err)
+			}
+			head, accepted, err := s.awaitContinuation(up, upTag)
+			if err != nil {
+				return s.abandonCommand(cmd.Tag, lit, err)
+			}
+			if !accepted {
+				// The upstream refused the command before its literal:
+				// pass its answer on. A synchronising client literal was
+				// never invited, so there is nothing more to read.
+				if err := s.discardRest(lit); err != nil {
+					return err
+				}
+				s.writeTagged(cmd.Tag, upTag, head)
+				s.releaseIfUnpinned()
+				return nil
+			}
+		}
+		if !lit.NonSync {
+			s.Write([]byte("+ Ready for literal data\r\n"))
+			if err := s.Flush(); err != nil {
+				up.MarkBroken()
+				return err
+			}
+		}
+		s.nc.SetReadDeadline(time.Now().Add(s.srv.cfg.IdleTimeout))
+		if _, err := io.Copy(deadlineWriter{w, up, s.srv.cfg.Upstream.Timeout}, s.r.Literal()); err != nil {
+			if s.r.LiteralRemaining() > 0 && !isWriteErr(err) {
+				// The client went away mid-literal; the upstream is left
+				// mid-command and cannot be reused.
+				up.MarkBroken()
+				s.releaseIfUnpinned()
+				return fmt.Errorf("client cut a literal short: %w", err)
+			}
+			return s.abandonCommand(cmd.Tag, lit, err)
+		}
+		line, next, err := s.r.ReadLine()
+		if err != nil {
+			up.MarkBroken()
+			s.releaseIfUnpinned()
+			return err
+		}
+		if next != nil {
+			line = line[:next.Start]
+		}
+		pending = append(pending, line...)
+		lit = next
+	}
+	pending = append(pending, '\r', '\n')
+	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
+	w.Write(pending)
+	if err := w.Flush(); err != nil {
+		return s.upstreamFailed(cmd.Tag, err)
+	}
+	if _, err := s.relayResponses(ctx, up, upTag, cmd.Tag); err != nil {
+		return s.relayFailed(cmd.Tag, err)
+	}
+	s.releaseIfUnpinned()
+	return nil
+}
+
+// isWriteErr tells errors writing to the upstream from errors reading the
+// client during a literal copy.
+func isWriteErr(err error) bool {
+	var we *writeError
+	return errors.As(err, &we)
+}
+
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
+
+// deadlineWriter writes to the upstream, renewing its deadline per write so
+// a slow but moving client literal never times out, and marks write errors.
+type deadlineWriter struct {
+	w       *bufio.Writer
+	up      *upstream.Conn
+	timeout time.Duration
+}
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	d.up.SetDeadline(time.Now().Add(d.timeout))
+	n, err := d.w.Write(p)
+	if err != nil {
+		return n, &writeError{err}
+	}
+	return n, nil
+}
+
+// abandonCommand handles an upstream failure in the middle of sending a
+// command: the client's rest of the command is read and dropped (so the
+// client stays in step), and the client is told the upstream is gone.
+func (s *Session) abandonCommand(tag string, lit *imapcodec.LiteralHeader, cause error) error {
+	if s.up != nil {
+		s.up.MarkBroken()
+	}
+	if lit != nil && (lit.NonSync || s.r.LiteralRemaining() < lit.Size) {
+		// The client is sending the literal: take it and the rest.
+		if _, err := io.Copy(io.Discard, s.r.Literal()); err != nil {
+			return err
+		}
+		_, next, err := s.r.ReadLine()
+		if err != nil {
+			return err
+		}
+		if err := s.discardRest(next); err != nil {
+			return err
+		}
+	}
+	return s.upstreamFailed(tag, cause)
+}
+
+// awaitContinuation reads upstream responses until the continuation request
+// for a synchronising literal (accepted) or the command's tagged response
+// (refused), relaying untagged responses meanwhile.
+func (s *Session) awaitContinuation(up *upstream.Conn, upTag string) (imapcodec.ResponseHead, bool, error) {
+	r := up.Reader()
+	for {
+		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
+		line, lit, err := r.ReadLine()
+		if err != nil {
+			up.MarkBroken()
+			return imapcodec.ResponseHead{}, false, &upstreamError{err}
+		}
+		head, err := imapcodec.ParseResponseHead(line)
+		if err != nil {
+			up.MarkBroken()
+			return head, false, &upstreamError{err}
+		}
+		switch head.Tag {
+		case "+":
+			return head, true, nil
+		case upTag:
+			return head, false, nil
+		case "*":
+			if err := s.relayUntagged(up, line, lit, head); err != nil {
+				return head, false, err
+			}
+		default:
+			up.MarkBroken()
+			return head, false, &upstreamError{fmt.Errorf("unexpected tag %q", head.Tag)}
+		}
+	}
+}
+
+// relaySimple relays a command held whole in memory and answers from the
+// upstream's responses.
+func (s *Session) relaySimple(ctx context.Context, cmd *imapcodec.Command) error {
+	up, err := s.Upstream(ctx)
+	if err != nil {
+		return s.upstreamUnavailable(cmd.Tag, err)
+	}
+	if _, err := s.relayCommand(ctx, up, cmd.Tag, cmd.Segments); err != nil {
+		return err
+	}
+	s.releaseIfUnpinned()
+	return nil
+}
+
+// relayCommand sends a command held in memory (the client's segments, its
+// tag replaced) and relays the responses. It returns the head of the tagged
+// response. Failures are answered to the client; the error is non-nil only
+// when the session must end.
+func (s *Session) relayCommand(ctx context.Context, up *upstream.Conn, tag string, segs []imapcodec.Segment) (imapcodec.ResponseHead, error) {
+	upTag := up.NextTag()
+	w := up.Writer()
+	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
+	w.WriteString(upTag)
+	for i, seg := range segs {
+		text := seg.Text
+		if i == 0 {
+			text = text[len(tag):]
+		}
+		w.Write(text)
+		if seg.Literal == nil {
+			break
+		}
+		caps := up.Caps()
+		nonSync := caps.Has("LITERAL+") || caps.Has("LITERAL-") && seg.Literal.Size <= 4096
+		w.Write(imapcodec.LiteralHeader{Size: seg.Literal.Size, NonSync: nonSync, Binary: seg.Literal.Binary}.Format(nil))
+		w.WriteString("\r\n")
+		if !nonSync {
+			if err := w.Flush(); err != nil {
+				return imapcodec.ResponseHead{}, s.upstreamFailed(tag, err)
+			}
+			head, ok, err := s.awaitContinuation(up, upTag)
+			if err != nil {
+				return head, s.relayFailed(tag, err)
+			}
+			if !ok {
+				s.writeTagged(tag, upTag, head)
+				return head, nil
+			}
+		}
+		w.Write(seg.Data)
+	}
+	w.WriteString("\r\n")
+	if err := w.Flush(); err != nil {
+		return imapcodec.ResponseHead{}, s.upstreamFailed(tag, err)
+	}
+	head, err := s.relayResponses(ctx, up, upTag, tag)
+	if err != nil {
+		return head, s.relayFailed(tag, err)
+	}
+	return head, nil
+}
+
+// relayResponses relays upstream responses to the client until the tagged
+// response for upTag, which is passed on under the client's tag.
+func (s *Session) relayResponses(ctx context.Context, up *upstream.Conn, upTag, tag string) (imapcodec.ResponseHead, error) {
+	r := up.Reader()
+	for {
+		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
+		line, lit, err := r.ReadLine()
+		if err != nil {
+			up.MarkBroken()
+			return imapcodec.ResponseHead{}, &upstreamError{err}
+		}
+		head, err := imapcodec.ParseResponseHead(line)
+		if err != nil {
+			up.MarkBroken()
+			return head, &upstreamError{fmt.Errorf("unparsable response: %w", err)}
+		}
+		switch head.Tag {
+		case upTag:
+			up.Seen()
+			if lit != nil {
+				up.MarkBroken()
+				return head, &upstreamError{errors.New("literal in a tagged response")}
+			}
+			return head, s.writeTagged(tag, upTag, head)
+		case "*":
+			if err := s.relayUntagged(up, line, lit, head); err != nil {
+				return head, err
+			}
+		default:
+			up.MarkBroken()
+			return head, &upstreamError{fmt.Errorf("unexpected response tag %q", truncate(head.Tag))}
+		}
+	}
+}
+
+// writeTagged writes the upstream's tagged response under the client's tag.
+func (s *Session) writeTagged(tag, upTag string, head imapcodec.ResponseHead) error {
+	code := head.Code
+	if code == "CAPABILITY" {
+		code += " " + strings.Join(s.capabilities(), " ")
+	} else if head.CodeArg != "" {
+		code += " " + head.CodeArg
+	}
+	return s.WriteStatus(tag, head.Name, code, head.Text)
+}
+
+// relayUntagged relays one untagged response whose first line has been read,
+// through the response filters. Responses whose literals fit in memory are
+// filtered whole; larger ones are streamed.
+func (s *Session) relayUntagged(up *upstream.Conn, line []byte, lit *imapcodec.LiteralHeader, head imapcodec.ResponseHead) error {
+	r := up.Reader()
+	inline := s.srv.cfg.Limits.MaxInlineLiteral
+	seg := imapcodec.Segment{Text: line, Literal: lit}
+	if lit != nil {
+		seg.Text = line[:lit.Start]
+	}
+	seg.Text = append([]byte(nil), seg.Text...)
+	segs := []imapcodec.Segment{seg}
+	for lit != nil && lit.Size <= inline {
+		data, err := r.ReadLiteral()
+		if err != nil {
+			up.MarkBroken()
+			return &upstreamError{err}
+		}
+		segs[len(segs)-1].Data = data
+		var next []byte
+		next, lit, err = r.ReadLine()
+		if err != nil {
+			up.MarkBroken()
+			return &upstreamError{err}
+		}
+		seg := imapcodec.Segment{Literal: lit}
+		if lit != nil {
+			next = next[:lit.Start]
+		}
+		seg.Text = append([]byte(nil), next...)
+		segs = append(segs, seg)
+	}
+	resp := &Response{Head: head, Segments: segs, Streamed: lit != nil}
+	resp = s.filterResponse(resp)
+	if resp == nil {
+		if lit != nil {
+			return s.streamRest(up, io.Discard)
+		}
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	w := s.w
+	for _, seg := range resp.Segments {
+		w.Write(seg.Text)
+		if seg.Literal != nil {
+			w.Write(seg.Literal.Format(nil))
+			w.WriteString("\r\n")
+			w.Write(seg.Data)
+		}
+	}
+	if !resp.Streamed {
+		_, err := w.WriteString("\r\n")
+		return err
+	}
+	return s.streamRest(up, w)
+}
+
+// streamRest copies the rest of a response with a large literal, whose
+// header has been written, from the upstream to w, line by line and literal
+// by literal.
+func (s *Session) streamRest(up *upstream.Conn, w io.Writer) error {
+	r := up.Reader()
+	for {
+		if _, err := io.Copy(clientWriter{w, s}, r.Literal()); err != nil {
+			up.MarkBroken()
+			if isWriteErr(err) {
+				return errClientStream
+			}
+			return fmt.Errorf("%w: %w", errClientStream, &upstreamError{err})
+		}
+		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
+		line, lit, err := r.ReadLine()
+		if err != nil {
+			up.MarkBroken()
+			return fmt.Errorf("%w: %w", errClientStream, &upstreamError{err})
+		}
+		if _, err := w.Write(line); err != nil {
+			return errClientStream
+		}
+		if lit == nil {
+			_, err := io.WriteString(w, "\r\n")
+			return err
+		}
+		io.WriteString(w, "\r\n")
+	}
+}
+
+// clientWriter renews the client's write deadline as a long literal flows.
+type clientWriter struct {
+	w io.Writer
+	s *Session
+}
+
+func (c clientWriter) Write(p []byte) (int, error) {
+	c.s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	c.s.up.SetDeadline(time.Now().Add(c.s.srv.cfg.Upstream.Timeout))
+	n, err := c.w.Write(p)
+	if err != nil {
+		return n, &writeError{err}
+	}
+	return n, nil
+}
+
+// writeTimeout bounds how long a write to a client may block: a client that
+// stops reading must not hold its upstream connection forever.
+const writeTimeout = 2 * time.Minute
+
+// filterResponse applies the core's own rewriting and the extensions'
+// response filters.
+func (s *Session) filterResponse(resp *Response) *Response {
+	switch {
+	case resp.Head.Name == "CAPABILITY" && !resp.Streamed:
+		resp.Segments = []imapcodec.Segment{{Text: []byte("* CAPABILITY " + strings.Join(s.capabilities(), " "))}}
+	case resp.Head.Name == "BYE":
+		// The upstream is closing this connection; the client is told
+		// what that means for it when the command fails.
+		return nil
+	case resp.Head.IsStatus() && resp.Head.Code == "CAPABILITY":
+		resp.Segments = []imapcodec.Segment{{Text: imapcodec.AppendStatus(nil, "*", resp.Head.Name,
+			"CAPABILITY "+strings.Join(s.capabilities(), " "), resp.Head.Text)}}
+		resp.Segments[0].Text = resp.Segments[0].Text[:len(resp.Segments[0].Text)-2]
+	}
+	for _, f := range s.srv.filters {
+		if resp = f.FilterResponse(s, resp); resp == nil {
+			return nil
+		}
+	}
+	return resp
+}
+
+// relayFailed turns a relay error into the client's answer.
+func (s *Session) relayFailed(tag string, err error) error {
+	if errors.Is(err, errClientStream) {
+		if s.up != nil {
+			s.up.MarkBroken()
+		}
+		return err
+	}
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		return s.upstreamFailed(tag, err)
+	}
+	return err
+}
+
+// upstreamFailed answers a command whose upstream connection failed. The
+// connection is dropped; in the authenticated state the session goes on
+// (the next command leases another), in the selected state it ends.
+func (s *Session) upstreamFailed(tag string, err error) error {
+	s.log.Warn("upstream connection failed", "err", err)
+	if s.up != nil {
+		s.up.MarkBroken()
+		s.releaseUpstream(false)
+	}
+	s.WriteStatus(tag, "NO", "UNAVAILABLE", "Lost the connection to the upstream server.")
+	return s.afterUpstreamLoss()
+}
+
+// afterUpstreamLoss ends a selected session whose upstream connection is
+// gone, and lets an authenticated one continue.
+func (s *Session) afterUpstreamLoss() error {
+	if s.up != nil && s.up.Broken() {
+		s.releaseUpstream(false)
+	}
+	if s.state == StateSelected {
+		return errUpstreamLost
+	}
+	return nil
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}

@@ -1,0 +1,203 @@
+// Package proxy is lemonproxy's session core: it accepts IMAP clients, runs
+// the RFC 3501 state machine for each, authenticates them against the
+// upstream server, answers what the proxy owns (CAPABILITY, ENABLE, ID,
+// STARTTLS, LOGOUT, the selected-state bookkeeping) and relays everything else
+// to an upstream connection leased from a per-account pool.
+//
+// Protocol extensions plug in through the Extension interfaces; the core
+// knows none of them by name.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// Version is the proxy's version, set by the build.
+var Version = "0.1.0-dev"
+
+// Server serves IMAP clients on any number of listeners.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	pool *upstream.Pool
+
+	commands map[string]CommandHandler
+	filters  []ResponseFilter
+	enablers []Enabler
+	capProvs []CapabilityProvider
+	hooks    []SessionHook
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*Session]struct{}
+	closing   bool
+	wg        sync.WaitGroup // sessions and the pool's janitor
+	nextID    atomic.Uint64
+}
+
+// NewServer returns a Server for cfg. Call Shutdown to release it.
+func NewServer(cfg Config) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if cfg.Upstream.Addr == "" {
+		return nil, errors.New("proxy: no upstream address configured")
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		pool:      upstream.NewPool(cfg.Pool),
+		commands:  map[string]CommandHandler{},
+		listeners: map[net.Listener]struct{}{},
+		sessions:  map[*Session]struct{}{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	for _, ext := range cfg.Extensions {
+		if h, ok := ext.(CommandHandler); ok {
+			for _, name := range h.Commands() {
+				if _, taken := s.commands[name]; !taken {
+					s.commands[name] = h
+				}
+			}
+		}
+		if f, ok := ext.(ResponseFilter); ok {
+			s.filters = append(s.filters, f)
+		}
+		if e, ok := ext.(Enabler); ok {
+			s.enablers = append(s.enablers, e)
+		}
+		if c, ok := ext.(CapabilityProvider); ok {
+			s.capProvs = append(s.capProvs, c)
+		}
+		if h, ok := ext.(SessionHook); ok {
+			s.hooks = append(s.hooks, h)
+		}
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.pool.Run(s.ctx)
+	}()
+	return s, nil
+}
+
+// Pool returns the server's upstream connection pool (for metrics and tests).
+func (s *Server) Pool() *upstream.Pool { return s.pool }
+
+// Serve accepts clients on ln until ln is closed or Shutdown is called. With
+// implicitTLS, every connection starts with a TLS handshake (port 993 style).
+func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
+	if implicitTLS && s.cfg.TLS == nil {
+		return errors.New("proxy: implicit TLS listener without a TLS configuration")
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return net.ErrClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTemporaryAccept) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			// Out of file descriptors and the like: back off, keep going.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Error("accept failed", "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if implicitTLS {
+			nc = tls.Server(nc, s.cfg.TLS)
+		}
+		if !s.startSession(nc, implicitTLS) {
+			nc.Close()
+		}
+	}
+}
+
+var errTemporaryAccept = errors.New("temporary accept error")
+
+func (s *Server) startSession(nc net.Conn, isTLS bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	sess := newSession(s, nc, isTLS)
+	s.sessions[sess] = struct{}{}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		sess.serve(s.ctx)
+		s.mu.Lock()
+		delete(s.sessions, sess)
+		s.mu.Unlock()
+	}()
+	return true
+}
+
+// Sessions returns the number of open client sessions.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Shutdown stops accepting, tells every client "* BYE", closes the client and
+// upstream connections, and waits (up to ctx or Config.ShutdownTimeout) for
+// the sessions to end.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	sessions := make([]*Session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range sessions {
+		sess.bye("Server shutting down")
+	}
+	s.cancel()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownTimeout)
+	defer cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("proxy: shutdown: %d sessions still open: %w", s.Sessions(), ctx.Err())
+	}
+}

@@ -1,0 +1,456 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// Session is one client connection.
+//
+// One goroutine runs the session: it reads a command, handles or relays it,
+// and writes the responses. Writes go through a mutex so that an extension
+// may write from another goroutine (IDLE's relay, later the hub's pushes).
+type Session struct {
+	srv *Server
+	log *slog.Logger
+	id  uint64
+
+	nc    net.Conn
+	r     *imapcodec.Reader
+	wmu   sync.Mutex
+	w     *bufio.Writer
+	isTLS bool
+
+	state    State
+	user     string // upstream login name
+	pass     string // kept in memory only, to open more upstream connections
+	account  string // pool key: the authenticated upstream identity
+	upCaps   upstream.Caps
+	selected string
+	readOnly bool
+
+	up      *upstream.Conn // leased upstream connection, if any
+	enabled map[string]bool
+	values  map[any]any // per-extension state, see Value
+
+	byeOnce sync.Once
+	closed  chan struct{}
+}
+
+func newSession(srv *Server, nc net.Conn, isTLS bool) *Session {
+	id := srv.nextID.Add(1)
+	s := &Session{
+		srv:     srv,
+		id:      id,
+		nc:      nc,
+		isTLS:   isTLS,
+		enabled: map[string]bool{},
+		values:  map[any]any{},
+		closed:  make(chan struct{}),
+	}
+	s.log = srv.log.With("session", id, "remote", nc.RemoteAddr().String())
+	s.r = imapcodec.NewReader(nc, srv.cfg.Limits)
+	s.w = bufio.NewWriterSize(nc, 4096)
+	return s
+}
+
+// State returns the session's current state.
+func (s *Session) State() State { return s.state }
+
+// Logger returns the session's logger.
+func (s *Session) Logger() *slog.Logger { return s.log }
+
+// Account returns the pool key of the authenticated upstream identity.
+func (s *Session) Account() string { return s.account }
+
+// Selected returns the selected mailbox ("" if none).
+func (s *Session) Selected() string { return s.selected }
+
+// UpstreamCaps returns the upstream's capabilities (nil before login).
+func (s *Session) UpstreamCaps() upstream.Caps { return s.upCaps }
+
+// Enabled reports whether the client enabled name (RFC 5161).
+func (s *Session) Enabled(name string) bool { return s.enabled[strings.ToUpper(name)] }
+
+// Value returns the per-session value an extension stored under key.
+func (s *Session) Value(key any) any { return s.values[key] }
+
+// SetValue stores per-session state for an extension; use an unexported key
+// type, as with context.Context.
+func (s *Session) SetValue(key, v any) { s.values[key] = v }
+
+// Write queues raw protocol bytes for the client (they must be whole lines).
+func (s *Session) Write(b []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err := s.w.Write(b)
+	return err
+}
+
+// WriteStatus queues a status response: "tag OK [code] text".
+func (s *Session) WriteStatus(tag, status, code, text string) error {
+	return s.Write(imapcodec.AppendStatus(nil, tag, status, code, text))
+}
+
+// Flush sends everything queued. The session flushes before it waits for
+// the client, so a burst of responses leaves in as few packets as possible.
+func (s *Session) Flush() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return s.w.Flush()
+}
+
+// ReadLine reads one line from the client, for extensions that take over the
+// conversation (IDLE's DONE, AUTHENTICATE's responses). It flushes first.
+func (s *Session) ReadLine(timeout time.Duration) ([]byte, *imapcodec.LiteralHeader, error) {
+	if err := s.Flush(); err != nil {
+		return nil, nil, err
+	}
+	s.nc.SetReadDeadline(time.Now().Add(timeout))
+	return s.r.ReadLine()
+}
+
+// IdleTimeout is the configured autologout timer for authenticated clients.
+func (s *Session) IdleTimeout() time.Duration { return s.srv.cfg.IdleTimeout }
+
+// bye sends an untagged BYE and closes the client connection; the session
+// goroutine then ends. Safe to call from any goroutine, more than once.
+func (s *Session) bye(text string) {
+	s.byeOnce.Do(func() {
+		s.wmu.Lock()
+		s.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		s.w.Write(imapcodec.AppendStatus(nil, "*", "BYE", "", text))
+		s.w.Flush()
+		s.wmu.Unlock()
+		s.nc.Close()
+	})
+}
+
+func (s *Session) serve(ctx context.Context) {
+	defer s.cleanup()
+	s.log.Debug("session start", "tls", s.isTLS)
+	greeting := "CAPABILITY " + strings.Join(s.capabilities(), " ")
+	s.WriteStatus("*", "OK", greeting, "lemonproxy ready.")
+	for s.state != StateLogout {
+		if err := s.Flush(); err != nil {
+			return
+		}
+		timeout := s.srv.cfg.IdleTimeout
+		if s.state == StateNotAuthenticated {
+			timeout = s.srv.cfg.PreAuthTimeout
+		}
+		s.nc.SetReadDeadline(time.Now().Add(timeout))
+		line, lit, err := s.r.ReadLine()
+		if err != nil {
+			s.readFailed(err)
+			return
+		}
+		if err := s.dispatch(ctx, line, lit); err != nil {
+			if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+				s.log.Info("session ended", "err", err)
+			}
+			s.bye(byeText(err))
+			return
+		}
+	}
+}
+
+// byeText is the text of the BYE that ends a session after err.
+func byeText(err error) string {
+	switch {
+	case errors.Is(err, errUpstreamLost):
+		return "Lost the connection to the upstream server."
+	case errors.Is(err, imapcodec.ErrLineTooLong):
+		return "Line too long."
+	case errors.Is(err, imapcodec.ErrLiteralTooLarge):
+		return "Literal too large."
+	}
+	return "Internal error, closing the connection."
+}
+
+// readFailed ends the session after a failed read from the client.
+func (s *Session) readFailed(err error) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, imapcodec.ErrLineTooLong):
+		s.log.Info("client sent an over-long line")
+		s.bye("Line too long.")
+	case errors.Is(err, imapcodec.ErrLiteralTooLarge):
+		s.bye("Literal too large.")
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		s.log.Info("client timed out", "state", s.state.String())
+		s.bye("Autologout; idle for too long.")
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		s.log.Debug("client disconnected")
+	default:
+		s.log.Info("client read failed", "err", err)
+		s.bye("Read error.")
+	}
+}
+
+func (s *Session) cleanup() {
+	s.nc.Close()
+	if s.up != nil {
+		s.releaseUpstream(true)
+	}
+	for _, h := range s.srv.hooks {
+		h.SessionClosed(s)
+	}
+	s.pass = ""
+	close(s.closed)
+	s.log.Debug("session end")
+}
+
+func (s *Session) setState(st State) {
+	if s.state == st {
+		return
+	}
+	s.state = st
+	if st != StateSelected {
+		s.selected, s.readOnly = "", false
+	}
+	for _, h := range s.srv.hooks {
+		h.StateChanged(s, st)
+	}
+}
+
+// capabilities lists what the proxy advertises in the current state.
+func (s *Session) capabilities() []string {
+	caps := []string{"IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE"}
+	if s.state == StateNotAuthenticated {
+		if s.canStartTLS() {
+			caps = append(caps, "STARTTLS")
+		}
+		if s.plaintextAuthOK() {
+			caps = append(caps, "AUTH=PLAIN")
+		} else {
+			caps = append(caps, "LOGINDISABLED")
+		}
+	} else {
+		caps = append(caps, "UNSELECT")
+		caps = append(caps, relayableCaps(s.upCaps)...)
+	}
+	for _, p := range s.srv.capProvs {
+		caps = append(caps, p.Capabilities(s.state, s.upCaps)...)
+	}
+	return dedupe(caps)
+}
+
+func dedupe(l []string) []string {
+	seen := map[string]bool{}
+	out := l[:0]
+	for _, w := range l {
+		u := strings.ToUpper(w)
+		if !seen[u] {
+			seen[u] = true
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func (s *Session) canStartTLS() bool { return s.srv.cfg.TLS != nil && !s.isTLS }
+
+// plaintextAuthOK reports whether a password may cross this connection:
+// it is TLS, or loopback, or the operator allowed plaintext explicitly.
+func (s *Session) plaintextAuthOK() bool {
+	if s.isTLS || s.srv.cfg.AllowPlaintextAuth {
+		return true
+	}
+	if ta, ok := s.nc.RemoteAddr().(*net.TCPAddr); ok && ta.IP.IsLoopback() {
+		return true
+	}
+	return false
+}
+
+// errUpstreamLost ends a session whose pinned upstream connection failed.
+var errUpstreamLost = errors.New("upstream connection lost")
+
+// dispatch handles one command whose first line has been read.
+func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.LiteralHeader) error {
+	first := imapcodec.Segment{Text: line, Literal: lit}
+	if lit != nil {
+		first.Text = line[:lit.Start]
+	}
+	cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{first}, s.srv.cfg.Limits)
+	if err != nil {
+		tag := "*"
+		if cmd != nil {
+			tag = cmd.Tag
+		}
+		if err := s.discardRest(lit); err != nil {
+			return err
+		}
+		return s.WriteStatus(tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
+	}
+	s.log.Debug("command", "name", cmd.Name, "state", s.state.String())
+	if h, ok := s.srv.commands[cmd.Name]; ok {
+		full, ok, err := s.readRest(cmd.Tag, first, s.srv.cfg.Limits.MaxInlineLiteral)
+		if err != nil || !ok {
+			return err
+		}
+		cmd, err = imapcodec.ParseCommand(full, s.srv.cfg.Limits)
+		if err != nil {
+			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
+		}
+		return h.Handle(ctx, s, cmd)
+	}
+	if fn, ok := coreCommands[cmd.Name]; ok {
+		if s.state < fn.minState || (fn.maxState != 0 && s.state > fn.maxState) {
+			if err := s.discardRest(lit); err != nil {
+				return err
+			}
+			return s.WriteStatus(cmd.Tag, "BAD", "", stateError(cmd.Name, s.state))
+		}
+		full, ok, err := s.readRest(cmd.Tag, first, s.srv.cfg.Limits.MaxInlineLiteral)
+		if err != nil || !ok {
+			return err
+		}
+		cmd, err = imapcodec.ParseCommand(full, s.srv.cfg.Limits)
+		if err != nil {
+			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
+		}
+		return fn.handle(s, ctx, cmd)
+	}
+	if s.state == StateNotAuthenticated {
+		if err := s.discardRest(lit); err != nil {
+			return err
+		}
+		if knownCommands[cmd.Name] {
+			return s.WriteStatus(cmd.Tag, "BAD", "", stateError(cmd.Name, s.state))
+		}
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Unknown command "+cmd.Name+".")
+	}
+	if s.state == StateAuthenticated && selectedOnly[cmd.Name] {
+		if err := s.discardRest(lit); err != nil {
+			return err
+		}
+		return s.WriteStatus(cmd.Tag, "BAD", "", stateError(cmd.Name, s.state))
+	}
+	return s.relay(ctx, cmd, first)
+}
+
+func stateError(name string, st State) string {
+	switch st {
+	case StateNotAuthenticated:
+		return name + " not allowed before authentication; log in first."
+	case StateAuthenticated:
+		return name + " needs a selected mailbox."
+	}
+	return name + " not allowed in the " + st.String() + " state."
+}
+
+// plainErr turns a codec error into text for a client.
+func plainErr(err error) string {
+	return strings.TrimPrefix(err.Error(), "imapcodec: ")
+}
+
+// readRest completes a command whose first segment has been read, reading
+// literals of up to limit bytes into memory (and sending the continuation
+// request a synchronising literal needs). If a literal is too large the
+// client is answered and ok is false.
+func (s *Session) readRest(tag string, first imapcodec.Segment, limit int64) (segs []imapcodec.Segment, ok bool, err error) {
+	first.Text = append([]byte(nil), first.Text...)
+	segs = []imapcodec.Segment{first}
+	total := len(first.Text)
+	for lit := first.Literal; lit != nil; {
+		if lit.Size > limit {
+			return nil, false, s.refuseLiteral(tag, lit, limit)
+		}
+		if !lit.NonSync {
+			if err := s.Write([]byte("+ Ready for literal data\r\n")); err != nil {
+				return nil, false, err
+			}
+			if err := s.Flush(); err != nil {
+				return nil, false, err
+			}
+		}
+		data, err := s.r.ReadLiteral()
+		if err != nil {
+			return nil, false, err
+		}
+		segs[len(segs)-1].Data = data
+		line, next, err := s.r.ReadLine()
+		if err != nil {
+			return nil, false, err
+		}
+		total += len(line)
+		if total > s.srv.cfg.Limits.MaxLine {
+			return nil, false, fmt.Errorf("%w: command text", imapcodec.ErrLineTooLong)
+		}
+		seg := imapcodec.Segment{Text: append([]byte(nil), line...), Literal: next}
+		if next != nil {
+			seg.Text = seg.Text[:next.Start]
+		}
+		segs = append(segs, seg)
+		lit = next
+	}
+	return segs, true, nil
+}
+
+// refuseLiteral answers a command whose literal exceeds limit. A
+// synchronising literal is simply refused (the client will not send it);
+// a non-synchronising one is read and thrown away with the rest of the
+// command, so the connection stays in step.
+func (s *Session) refuseLiteral(tag string, lit *imapcodec.LiteralHeader, limit int64) error {
+	if lit.NonSync {
+		if err := s.discardRest(lit); err != nil {
+			return err
+		}
+	}
+	return s.WriteStatus(tag, "NO", "TOOBIG", fmt.Sprintf("Literal of %d bytes exceeds the limit of %d bytes.", lit.Size, limit))
+}
+
+// discardRest skips the rest of a command that is refused without being
+// read. After a synchronising literal the client waits for our answer, so
+// there is nothing more to skip; non-synchronising literals and the lines
+// after them are read and dropped.
+func (s *Session) discardRest(lit *imapcodec.LiteralHeader) error {
+	for lit != nil && lit.NonSync {
+		if _, err := io.Copy(io.Discard, s.r.Literal()); err != nil {
+			return err
+		}
+		var err error
+		if _, lit, err = s.r.ReadLine(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// starttls upgrades the connection. Whatever the client pipelined after
+// the STARTTLS command arrived in plaintext and is discarded, not executed
+// (CVE-2011-0411 class of injection).
+func (s *Session) starttls() error {
+	if n := s.r.Buffered(); n > 0 {
+		s.log.Warn("discarding plaintext pipelined after STARTTLS", "bytes", n)
+	}
+	s.nc.SetDeadline(time.Now().Add(s.srv.cfg.PreAuthTimeout))
+	tc := tls.Server(s.nc, s.srv.cfg.TLS)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("STARTTLS handshake: %w", err)
+	}
+	s.nc.SetDeadline(time.Time{})
+	s.wmu.Lock()
+	s.nc = tc
+	s.w = bufio.NewWriterSize(tc, 4096)
+	s.wmu.Unlock()
+	s.r = imapcodec.NewReader(tc, s.srv.cfg.Limits)
+	s.isTLS = true
+	return nil
+}

@@ -1,0 +1,470 @@
+// Package upstream manages the proxy's connections to the real IMAP server:
+// dialling with the configured transport security, authenticating, running
+// the proxy's own commands, and pooling authenticated connections per account
+// so that client sessions can lease one for a command and give it back.
+//
+// It speaks the wire protocol through package imapcodec rather than go-imap's
+// imapclient, because the proxy must relay arbitrary commands and responses
+// byte for byte (unknown FETCH items, VANISHED, unsolicited STATUS...), which
+// imapclient cannot do.
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+)
+
+// Security selects how the connection to the upstream is protected.
+type Security string
+
+const (
+	SecurityNone     Security = "none"     // plain TCP
+	SecurityStartTLS Security = "starttls" // STARTTLS after the greeting
+	SecurityTLS      Security = "tls"      // implicit TLS
+)
+
+// ParseSecurity validates a -upstream-security value.
+func ParseSecurity(s string) (Security, error) {
+	switch Security(strings.ToLower(s)) {
+	case SecurityNone, "":
+		return SecurityNone, nil
+	case SecurityStartTLS:
+		return SecurityStartTLS, nil
+	case SecurityTLS:
+		return SecurityTLS, nil
+	}
+	return "", fmt.Errorf("upstream security %q: want none, starttls or tls", s)
+}
+
+// Config says how to reach the upstream server.
+type Config struct {
+	Addr     string
+	Security Security
+	// TLS is used for SecurityStartTLS and SecurityTLS; its ServerName
+	// defaults to the host part of Addr. Certificates are verified unless
+	// the caller sets InsecureSkipVerify.
+	TLS *tls.Config
+	// Timeout bounds dialling, the greeting and each of the proxy's own
+	// commands. Default 30 s.
+	Timeout time.Duration
+	Limits  imapcodec.Limits
+}
+
+func (c *Config) timeout() time.Duration {
+	if c.Timeout <= 0 {
+		return 30 * time.Second
+	}
+	return c.Timeout
+}
+
+// Errors returned by Dial and Login.
+var (
+	// ErrUnavailable wraps every failure to reach or talk to the upstream.
+	ErrUnavailable = errors.New("upstream unavailable")
+	// ErrAuthFailed means the upstream rejected the credentials.
+	ErrAuthFailed = errors.New("authentication failed")
+	// ErrClosed is returned for commands on a connection that broke.
+	ErrClosed = errors.New("upstream connection closed")
+)
+
+// StatusError is a tagged NO or BAD answer to one of the proxy's own commands.
+type StatusError struct {
+	Command string
+	Head    imapcodec.ResponseHead
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("upstream answered %s to %s: %s", e.Head.Name, e.Command, e.Head.Text)
+}
+
+// Conn is one connection to the upstream server. It is not safe for
+// concurrent use: whoever leased it owns it.
+type Conn struct {
+	nc   net.Conn
+	r    *imapcodec.Reader
+	w    *bufio.Writer
+	cfg  *Config
+	caps Caps
+
+	tagSeq atomic.Uint64
+	broken bool
+
+	// Selected is the mailbox selected on this connection ("" if none) and
+	// ReadOnly whether it was opened with EXAMINE.
+	Selected string
+	ReadOnly bool
+
+	account  string
+	lastUsed time.Time
+	lastSeen time.Time // last time the upstream answered
+}
+
+var connID atomic.Uint64
+
+// Dial connects to the upstream, reads its greeting and sets up TLS as
+// configured. Errors wrap ErrUnavailable.
+func Dial(ctx context.Context, cfg *Config) (*Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout())
+	defer cancel()
+	d := net.Dialer{}
+	nc, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial %s: %w", ErrUnavailable, cfg.Addr, err)
+	}
+	if cfg.Security == SecurityTLS {
+		tc := tls.Client(nc, tlsConfigFor(cfg))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("%w: TLS with %s: %w", ErrUnavailable, cfg.Addr, err)
+		}
+		nc = tc
+	}
+	c := newConn(nc, cfg)
+	if err := c.start(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return c, nil
+}
+
+func newConn(nc net.Conn, cfg *Config) *Conn {
+	c := &Conn{nc: nc, cfg: cfg, r: imapcodec.NewReader(nc, cfg.Limits), w: bufio.NewWriterSize(nc, 4096)}
+	c.tagSeq.Store(connID.Add(1) << 20)
+	now := time.Now()
+	c.lastUsed, c.lastSeen = now, now
+	return c
+}
+
+func tlsConfigFor(cfg *Config) *tls.Config {
+	var tc *tls.Config
+	if cfg.TLS != nil {
+		tc = cfg.TLS.Clone()
+	} else {
+		tc = &tls.Config{}
+	}
+	if tc.ServerName == "" {
+		host, _, err := net.SplitHostPort(cfg.Addr)
+		if err != nil {
+			host = cfg.Addr
+		}
+		tc.ServerName = host
+	}
+	if tc.MinVersion == 0 {
+		tc.MinVersion = tls.VersionTLS12
+	}
+	return tc
+}
+
+// start reads the greeting, performs STARTTLS if configured and learns the
+// capabilities.
+func (c *Conn) start(ctx context.Context) error {
+	defer c.watch(ctx)()
+	line, _, err := c.r.ReadLine()
+	if err != nil {
+		return fmt.Errorf("reading greeting from %s: %w", c.cfg.Addr, err)
+	}
+	h, err := imapcodec.ParseResponseHead(line)
+	if err != nil || h.Tag != "*" {
+		return fmt.Errorf("bad greeting from %s: %q", c.cfg.Addr, truncate(line))
+	}
+	switch h.Name {
+	case "OK":
+	case "PREAUTH":
+		return fmt.Errorf("upstream %s greeted with PREAUTH; refusing an unauthenticated session", c.cfg.Addr)
+	default:
+		return fmt.Errorf("upstream %s refused the connection: %s %s", c.cfg.Addr, h.Name, h.Text)
+	}
+	if h.Code == "CAPABILITY" {
+		c.caps = ParseCaps(h.CodeArg)
+	}
+	if c.caps == nil || c.cfg.Security == SecurityStartTLS {
+		if err := c.refreshCaps(ctx); err != nil {
+			return err
+		}
+	}
+	if c.cfg.Security != SecurityStartTLS {
+		return nil
+	}
+	if !c.caps.Has("STARTTLS") {
+		return fmt.Errorf("upstream %s does not offer STARTTLS", c.cfg.Addr)
+	}
+	if _, err := c.Exec(ctx, "STARTTLS", nil); err != nil {
+		return err
+	}
+	// Anything the server sent after its OK arrived in plaintext and could
+	// have been injected by a man in the middle: refuse it.
+	if c.r.Buffered() > 0 {
+		return fmt.Errorf("upstream %s sent %d bytes after the STARTTLS response: possible injection, closing", c.cfg.Addr, c.r.Buffered())
+	}
+	tc := tls.Client(c.nc, tlsConfigFor(c.cfg))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS with %s: %w", c.cfg.Addr, err)
+	}
+	c.nc = tc
+	c.r = imapcodec.NewReader(tc, c.cfg.Limits)
+	c.w = bufio.NewWriterSize(tc, 4096)
+	c.caps = nil
+	return c.refreshCaps(ctx)
+}
+
+// watch applies ctx's deadline (or the default timeout) to the socket and
+// interrupts blocked I/O when ctx is cancelled. Call the returned function
+// when the operation is done.
+func (c *Conn) watch(ctx context.Context) func() {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(c.cfg.timeout())
+	}
+	c.nc.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(time.Unix(1, 0)) })
+	return func() {
+		stop()
+		c.nc.SetDeadline(time.Time{})
+	}
+}
+
+// Watch is watch for callers outside the package that drive the connection
+// through Reader and Writer (the relay).
+func (c *Conn) Watch(ctx context.Context) func() { return c.watch(ctx) }
+
+// SetDeadline sets the socket deadline; the zero time removes it.
+func (c *Conn) SetDeadline(t time.Time) error { return c.nc.SetDeadline(t) }
+
+func (c *Conn) refreshCaps(ctx context.Context) error {
+	_, err := c.Exec(ctx, "CAPABILITY", func(r *Response) {
+		if r.Head.Tag == "*" && r.Head.Name == "CAPABILITY" {
+			c.caps = ParseCaps(r.Head.Text)
+		}
+	})
+	return err
+}
+
+// Caps returns the capabilities the upstream announced last.
+func (c *Conn) Caps() Caps { return c.caps }
+
+// Reader and Writer give the relay direct access to the wire. Whoever uses
+// them must leave the connection between commands, or mark it broken.
+func (c *Conn) Reader() *imapcodec.Reader { return c.r }
+func (c *Conn) Writer() *bufio.Writer     { return c.w }
+
+// NextTag returns a fresh tag for a command on this connection.
+func (c *Conn) NextTag() string {
+	return "L" + strconv.FormatUint(c.tagSeq.Add(1), 36)
+}
+
+// MarkBroken records that the connection is no longer in a known state; the
+// pool closes it instead of reusing it.
+func (c *Conn) MarkBroken() { c.broken = true }
+
+// Broken reports whether the connection was marked broken.
+func (c *Conn) Broken() bool { return c.broken }
+
+// Seen records that the upstream answered just now.
+func (c *Conn) Seen() { c.lastSeen = time.Now() }
+
+// Close closes the network connection.
+func (c *Conn) Close() error {
+	c.broken = true
+	return c.nc.Close()
+}
+
+// Logout sends LOGOUT and closes the connection, waiting briefly.
+func (c *Conn) Logout() {
+	if !c.broken {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c.Exec(ctx, "LOGOUT", nil)
+		cancel()
+	}
+	c.Close()
+}
+
+// Response is a whole response read into memory.
+type Response struct {
+	Head     imapcodec.ResponseHead
+	Segments []imapcodec.Segment
+}
+
+// Exec runs one of the proxy's own commands (cmd without tag and CRLF; it must
+// not contain synchronising literals) and returns the tagged response. Each
+// untagged response is passed to onUntagged if it is not nil. A tagged NO or
+// BAD is returned as a *StatusError; an I/O failure marks the connection
+// broken and wraps ErrClosed.
+func (c *Conn) Exec(ctx context.Context, cmd string, onUntagged func(*Response)) (*Response, error) {
+	if c.broken {
+		return nil, ErrClosed
+	}
+	defer c.watch(ctx)()
+	tag := c.NextTag()
+	c.w.WriteString(tag)
+	c.w.WriteByte(' ')
+	c.w.WriteString(cmd)
+	c.w.WriteString("\r\n")
+	if err := c.w.Flush(); err != nil {
+		c.broken = true
+		return nil, fmt.Errorf("%w: sending %s: %w", ErrClosed, verb(cmd), err)
+	}
+	c.lastUsed = time.Now()
+	for {
+		resp, err := c.ReadResponse()
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading response to %s: %w", ErrClosed, verb(cmd), err)
+		}
+		switch resp.Head.Tag {
+		case tag:
+			if resp.Head.Name != "OK" {
+				return resp, &StatusError{Command: verb(cmd), Head: resp.Head}
+			}
+			if resp.Head.Code == "CAPABILITY" {
+				c.caps = ParseCaps(resp.Head.CodeArg)
+			}
+			return resp, nil
+		case "*":
+			if resp.Head.Name == "BYE" {
+				c.broken = true
+			}
+			if onUntagged != nil {
+				onUntagged(resp)
+			}
+		case "+":
+			c.broken = true
+			return nil, fmt.Errorf("%w: unexpected continuation request after %s", ErrClosed, verb(cmd))
+		default:
+			c.broken = true
+			return nil, fmt.Errorf("%w: response with unknown tag %q after %s", ErrClosed, resp.Head.Tag, verb(cmd))
+		}
+	}
+}
+
+// ReadResponse reads one whole response into memory.
+func (c *Conn) ReadResponse() (*Response, error) {
+	segs, err := c.r.ReadSegments(nil)
+	if err != nil {
+		c.broken = true
+		return nil, err
+	}
+	h, err := imapcodec.ParseResponseHead(segs[0].Text)
+	if err != nil {
+		c.broken = true
+		return nil, err
+	}
+	c.lastSeen = time.Now()
+	return &Response{Head: h, Segments: segs}, nil
+}
+
+func verb(cmd string) string {
+	v, _, _ := strings.Cut(cmd, " ")
+	return v
+}
+
+func truncate(b []byte) string {
+	if len(b) > 80 {
+		b = b[:80]
+	}
+	return string(b)
+}
+
+// Login authenticates with user and pass: AUTHENTICATE PLAIN (with SASL-IR
+// when offered) if the server offers it, else LOGIN. A rejection wraps
+// ErrAuthFailed; other failures wrap ErrUnavailable.
+func (c *Conn) Login(ctx context.Context, user, pass string) error {
+	var cmd string
+	switch {
+	case c.caps.Has("AUTH=PLAIN") && c.caps.Has("SASL-IR"):
+		ir := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pass))
+		cmd = "AUTHENTICATE PLAIN " + ir
+	case c.caps.Has("LOGINDISABLED"):
+		return fmt.Errorf("%w: upstream %s has LOGINDISABLED and no AUTH=PLAIN with SASL-IR", ErrUnavailable, c.cfg.Addr)
+	case imapcodec.CanQuote(user) && imapcodec.CanQuote(pass):
+		b := []byte("LOGIN ")
+		b = imapcodec.AppendQuoted(b, user)
+		b = append(b, ' ')
+		b = imapcodec.AppendQuoted(b, pass)
+		cmd = string(b)
+	default:
+		return fmt.Errorf("%w: credentials need literals and the upstream offers no AUTH=PLAIN with SASL-IR", ErrAuthFailed)
+	}
+	_, err := c.Exec(ctx, cmd, nil)
+	var se *StatusError
+	if errors.As(err, &se) {
+		return fmt.Errorf("%w: %s", ErrAuthFailed, se.Head.Text)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	// Capabilities change after login; learn them unless the OK told us.
+	if _, err := c.Exec(ctx, "CAPABILITY", func(r *Response) {
+		if r.Head.Name == "CAPABILITY" {
+			c.caps = ParseCaps(r.Head.Text)
+		}
+	}); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Select makes mailbox the selected mailbox of the connection (read-only
+// with EXAMINE), or, for mailbox "", leaves the selected state. It does
+// nothing when the connection is already in that state. The untagged
+// responses of the SELECT are passed to onUntagged.
+func (c *Conn) Select(ctx context.Context, mailbox string, readOnly bool, onUntagged func(*Response)) error {
+	if mailbox == c.Selected && readOnly == c.ReadOnly && mailbox != "" {
+		return nil
+	}
+	if mailbox == "" {
+		return c.Unselect(ctx)
+	}
+	cmd := "SELECT "
+	if readOnly {
+		cmd = "EXAMINE "
+	}
+	b := imapcodec.AppendString([]byte(cmd), mailbox, true)
+	if !c.caps.Has("LITERAL+") && strings.Contains(string(b), "\r\n") {
+		return fmt.Errorf("mailbox name needs a literal and the upstream lacks LITERAL+")
+	}
+	c.Selected = ""
+	if _, err := c.Exec(ctx, string(b), onUntagged); err != nil {
+		return err
+	}
+	c.Selected, c.ReadOnly = mailbox, readOnly
+	return nil
+}
+
+// Unselect leaves the selected state without expunging: UNSELECT where the
+// upstream offers it, else EXAMINE of the same mailbox followed by CLOSE
+// (CLOSE on a read-only mailbox expunges nothing).
+func (c *Conn) Unselect(ctx context.Context) error {
+	if c.Selected == "" {
+		return nil
+	}
+	if c.caps.Has("UNSELECT") {
+		if _, err := c.Exec(ctx, "UNSELECT", nil); err != nil {
+			return err
+		}
+		c.Selected = ""
+		return nil
+	}
+	if !c.ReadOnly {
+		if err := c.Select(ctx, c.Selected, true, nil); err != nil {
+			return err
+		}
+	}
+	if _, err := c.Exec(ctx, "CLOSE", nil); err != nil {
+		return err
+	}
+	c.Selected = ""
+	return nil
+}
+
+// LastUsed returns when the connection last carried a command.
+func (c *Conn) LastUsed() time.Time { return c.lastUsed }
