@@ -197,6 +197,10 @@ func (r *Reader) ReadLiteral() ([]byte, error) {
 	return buf, nil
 }
 
+// CancelLiteral forgets the current literal without reading it: for a
+// synchronising literal that was refused, the peer never sends its bytes.
+func (r *Reader) CancelLiteral() { r.remain = 0 }
+
 // LiteralRemaining returns how many bytes of the current literal are unread.
 func (r *Reader) LiteralRemaining() int64 { return r.remain }
 

@@ -111,7 +111,8 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		s.log.Warn("upstream unreachable at login", "err", err)
 		return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 	}
-	if err := c.Login(ctx, user, pass); err != nil {
+	text, err := c.Login(ctx, user, pass)
+	if err != nil {
 		c.Close()
 		if errors.Is(err, upstream.ErrAuthFailed) {
 			s.log.Info("login failed", "user", user)
@@ -128,7 +129,10 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	s.up = c
 	s.setState(StateAuthenticated)
 	s.releaseIfUnpinned()
-	return s.WriteStatus(tag, "OK", "CAPABILITY "+strings.Join(s.capabilities(), " "), "Logged in.")
+	if text == "" {
+		text = "Logged in."
+	}
+	return s.WriteStatus(tag, "OK", "CAPABILITY "+strings.Join(s.capabilities(), " "), text)
 }
 
 // authFailed answers a failed login after the configured delay, which slows

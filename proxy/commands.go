@@ -14,7 +14,10 @@ import (
 // bookkeeping of its own.
 type coreCommand struct {
 	minState, maxState State // maxState 0 means no upper bound
-	handle             func(s *Session, ctx context.Context, cmd *imapcodec.Command) error
+	// preAuthOnly restricts the command to the not-authenticated state
+	// (maxState cannot say so: its zero value means no bound).
+	preAuthOnly bool
+	handle      func(s *Session, ctx context.Context, cmd *imapcodec.Command) error
 }
 
 var coreCommands map[string]coreCommand
@@ -25,9 +28,9 @@ func init() {
 		"NOOP":         {handle: (*Session).cmdNoop},
 		"LOGOUT":       {handle: (*Session).cmdLogout},
 		"ID":           {handle: (*Session).cmdID},
-		"STARTTLS":     {maxState: StateNotAuthenticated, handle: (*Session).cmdStartTLS},
-		"LOGIN":        {maxState: StateNotAuthenticated, handle: (*Session).cmdLogin},
-		"AUTHENTICATE": {maxState: StateNotAuthenticated, handle: (*Session).cmdAuthenticate},
+		"STARTTLS":     {preAuthOnly: true, handle: (*Session).cmdStartTLS},
+		"LOGIN":        {preAuthOnly: true, handle: (*Session).cmdLogin},
+		"AUTHENTICATE": {preAuthOnly: true, handle: (*Session).cmdAuthenticate},
 		"ENABLE":       {minState: StateAuthenticated, maxState: StateAuthenticated, handle: (*Session).cmdEnable},
 		"SELECT":       {minState: StateAuthenticated, handle: (*Session).cmdSelect},
 		"EXAMINE":      {minState: StateAuthenticated, handle: (*Session).cmdSelect},

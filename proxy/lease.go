@@ -87,7 +87,7 @@ func (s *Session) dialUpstream(ctx context.Context) (*upstream.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Login(ctx, s.user, s.pass); err != nil {
+	if _, err := c.Login(ctx, s.user, s.pass); err != nil {
 		c.Close()
 		return nil, err
 	}

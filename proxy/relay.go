@@ -55,8 +55,11 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 			}
 			return s.afterUpstreamLoss()
 		}
+		// A synchronising literal stays synchronising upstream and the
+		// client gets the upstream's own continuation request (or its
+		// refusal), exactly as with a direct connection.
 		caps := up.Caps()
-		nonSync := caps.Has("LITERAL+") || caps.Has("LITERAL-") && lit.Size <= 4096
+		nonSync := lit.NonSync && (caps.Has("LITERAL+") || caps.Has("LITERAL-") && lit.Size <= 4096)
 		pending = imapcodec.LiteralHeader{Size: lit.Size, NonSync: nonSync, Binary: lit.Binary}.Format(pending)
 		pending = append(pending, '\r', '\n')
 		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
@@ -67,6 +70,9 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 				return s.abandonCommand(cmd.Tag, lit, err)
 			}
 			head, accepted, err := s.awaitContinuation(up, upTag)
+			if accepted && !lit.NonSync {
+				s.Write(continuationLine(head))
+			}
 			if err != nil {
 				return s.abandonCommand(cmd.Tag, lit, err)
 			}
@@ -83,7 +89,6 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 			}
 		}
 		if !lit.NonSync {
-			s.Write([]byte("+ Ready for literal data\r\n"))
 			if err := s.Flush(); err != nil {
 				up.MarkBroken()
 				return err
@@ -123,6 +128,14 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 	}
 	s.releaseIfUnpinned()
 	return nil
+}
+
+// continuationLine is the client's copy of an upstream continuation request.
+func continuationLine(head imapcodec.ResponseHead) []byte {
+	if head.Text == "" {
+		return []byte("+ \r\n")
+	}
+	return []byte("+ " + head.Text + "\r\n")
 }
 
 // isWriteErr tells errors writing to the upstream from errors reading the

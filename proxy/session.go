@@ -311,11 +311,17 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 		return h.Handle(ctx, s, cmd)
 	}
 	if fn, ok := coreCommands[cmd.Name]; ok {
-		if s.state < fn.minState || (fn.maxState != 0 && s.state > fn.maxState) {
+		if s.state < fn.minState {
 			if err := s.discardRest(lit); err != nil {
 				return err
 			}
 			return s.WriteStatus(cmd.Tag, "BAD", "", stateError(cmd.Name, s.state))
+		}
+		if (fn.maxState != 0 && s.state > fn.maxState) || (fn.preAuthOnly && s.state != StateNotAuthenticated) {
+			if err := s.discardRest(lit); err != nil {
+				return err
+			}
+			return s.WriteStatus(cmd.Tag, "BAD", "", cmd.Name+" not allowed in the "+s.state.String()+" state.")
 		}
 		full, ok, err := s.readRest(cmd.Tag, first, s.srv.cfg.Limits.MaxInlineLiteral)
 		if err != nil || !ok {
@@ -350,7 +356,7 @@ func stateError(name string, st State) string {
 	case StateNotAuthenticated:
 		return name + " not allowed before authentication; log in first."
 	case StateAuthenticated:
-		return name + " needs a selected mailbox."
+		return "No mailbox selected."
 	}
 	return name + " not allowed in the " + st.String() + " state."
 }
@@ -408,10 +414,8 @@ func (s *Session) readRest(tag string, first imapcodec.Segment, limit int64) (se
 // a non-synchronising one is read and thrown away with the rest of the
 // command, so the connection stays in step.
 func (s *Session) refuseLiteral(tag string, lit *imapcodec.LiteralHeader, limit int64) error {
-	if lit.NonSync {
-		if err := s.discardRest(lit); err != nil {
-			return err
-		}
+	if err := s.discardRest(lit); err != nil {
+		return err
 	}
 	return s.WriteStatus(tag, "NO", "TOOBIG", fmt.Sprintf("Literal of %d bytes exceeds the limit of %d bytes.", lit.Size, limit))
 }
@@ -421,6 +425,9 @@ func (s *Session) refuseLiteral(tag string, lit *imapcodec.LiteralHeader, limit 
 // there is nothing more to skip; non-synchronising literals and the lines
 // after them are read and dropped.
 func (s *Session) discardRest(lit *imapcodec.LiteralHeader) error {
+	if lit != nil && !lit.NonSync {
+		s.r.CancelLiteral()
+	}
 	for lit != nil && lit.NonSync {
 		if _, err := io.Copy(io.Discard, s.r.Literal()); err != nil {
 			return err
@@ -428,6 +435,9 @@ func (s *Session) discardRest(lit *imapcodec.LiteralHeader) error {
 		var err error
 		if _, lit, err = s.r.ReadLine(); err != nil {
 			return err
+		}
+		if lit != nil && !lit.NonSync {
+			s.r.CancelLiteral()
 		}
 	}
 	return nil

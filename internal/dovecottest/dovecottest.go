@@ -332,7 +332,9 @@ func readGreeting(addr string, timeout time.Duration) (string, error) {
 // master exits about a second after SIGTERM without waiting for its
 // children, and an imap process serving a client then lingers for up to
 // another ten seconds, whereas a group-wide SIGTERM ends all of them within
-// milliseconds.
+// milliseconds. The signal is repeated because the master may still
+// restart a child that died before the master itself got to handle its
+// SIGTERM, and such a late child would otherwise keep running.
 func (s *Server) Stop() error {
 	s.stopOnce.Do(func() { s.stopErr = s.stop() })
 	return s.stopErr
@@ -345,11 +347,9 @@ func (s *Server) stop() error {
 		errs = append(errs, fmt.Errorf("dovecot (%s) exited before it was stopped: %v", s.Profile, s.waitErr))
 	default:
 	}
-	pgid := s.cmd.Process.Pid
-	signalGroup(pgid, syscall.SIGTERM)
-	if !s.waitGone(stopTimeout) {
-		out, _ := exec.Command("ps", "-o", "pid,ppid,stat,user,wchan:20,args", "-g", strconv.Itoa(pgid)).CombinedOutput()
-		errs = append(errs, fmt.Errorf("dovecot (%s) did not exit within %v of SIGTERM; killed\n%s", s.Profile, stopTimeout, out))
+	if !s.signalUntilGone(syscall.SIGTERM, stopTimeout) {
+		errs = append(errs, fmt.Errorf("dovecot (%s) did not exit within %v of SIGTERM; killed these:\n%s",
+			s.Profile, stopTimeout, groupProcs(s.cmd.Process.Pid)))
 		s.kill()
 	}
 	return errors.Join(errs...)
@@ -357,26 +357,34 @@ func (s *Server) stop() error {
 
 // kill SIGKILLs all of Dovecot's processes and waits for them to go.
 func (s *Server) kill() {
-	signalGroup(s.cmd.Process.Pid, syscall.SIGKILL)
-	s.waitGone(stopTimeout)
+	s.signalUntilGone(syscall.SIGKILL, stopTimeout)
 }
 
-// waitGone waits until the master has been reaped and no process is left
-// in its process group, and reports whether that happened within timeout.
-// Polling the group after the master has been reaped is safe because a
-// process group's ID cannot be reused while the group has members.
-func (s *Server) waitGone(timeout time.Duration) bool {
+// signalUntilGone sends sig to Dovecot's process group every 100ms until
+// the master has been reaped and no process is left in the group, and
+// reports whether that happened within timeout. Signalling the group after
+// the master has been reaped is safe because a process group's ID cannot
+// be reused while the group has members.
+func (s *Server) signalUntilGone(sig syscall.Signal, timeout time.Duration) bool {
+	const resend = 100 * time.Millisecond
+	pgid := s.cmd.Process.Pid
 	deadline := time.Now().Add(timeout)
+	var sent time.Time
 	for {
 		select {
 		case <-s.done:
-			if !groupAlive(s.cmd.Process.Pid) {
+			if !groupAlive(pgid) {
 				return true
 			}
 		default:
 		}
-		if time.Now().After(deadline) {
+		now := time.Now()
+		if now.After(deadline) {
 			return false
+		}
+		if now.Sub(sent) >= resend {
+			signalGroup(pgid, sig)
+			sent = now
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -1,6 +1,14 @@
 package dovecottest
 
-import "syscall"
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
 
 // sysProcAttr puts Dovecot in a process group of its own, so that Stop can
 // signal all of its processes at once, and asks the kernel to SIGTERM the
@@ -8,4 +16,28 @@ import "syscall"
 // aborted run does not leave servers behind.
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+}
+
+// groupProcs describes the processes in the process group pgid, one line
+// each, for error messages.
+func groupProcs(pgid int) string {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var b strings.Builder
+	for _, path := range stats {
+		stat, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		// The fields after the parenthesized command name are state,
+		// ppid and pgrp.
+		_, rest, ok := bytes.Cut(stat, []byte(") "))
+		f := strings.Fields(string(rest))
+		if !ok || len(f) < 3 || f[2] != strconv.Itoa(pgid) {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(path), "cmdline"))
+		cmdline = bytes.TrimRight(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}), " ")
+		fmt.Fprintf(&b, "pid %s ppid %s state %s: %s\n", filepath.Base(filepath.Dir(path)), f[1], f[0], cmdline)
+	}
+	return b.String()
 }

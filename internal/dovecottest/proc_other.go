@@ -9,3 +9,9 @@ import "syscall"
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }
+
+// groupProcs would describe the processes in the process group; there is
+// no portable way to list them.
+func groupProcs(pgid int) string {
+	return "(process list not available on this system)\n"
+}

@@ -377,14 +377,16 @@ func truncate(b []byte) string {
 // Login authenticates with user and pass: AUTHENTICATE PLAIN (with SASL-IR
 // when offered) if the server offers it, else LOGIN. A rejection wraps
 // ErrAuthFailed; other failures wrap ErrUnavailable.
-func (c *Conn) Login(ctx context.Context, user, pass string) error {
+//
+// It returns the text of the upstream's OK, which the proxy passes on.
+func (c *Conn) Login(ctx context.Context, user, pass string) (string, error) {
 	var cmd string
 	switch {
 	case c.caps.Has("AUTH=PLAIN") && c.caps.Has("SASL-IR"):
 		ir := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pass))
 		cmd = "AUTHENTICATE PLAIN " + ir
 	case c.caps.Has("LOGINDISABLED"):
-		return fmt.Errorf("%w: upstream %s has LOGINDISABLED and no AUTH=PLAIN with SASL-IR", ErrUnavailable, c.cfg.Addr)
+		return "", fmt.Errorf("%w: upstream %s has LOGINDISABLED and no AUTH=PLAIN with SASL-IR", ErrUnavailable, c.cfg.Addr)
 	case imapcodec.CanQuote(user) && imapcodec.CanQuote(pass):
 		b := []byte("LOGIN ")
 		b = imapcodec.AppendQuoted(b, user)
@@ -392,15 +394,15 @@ func (c *Conn) Login(ctx context.Context, user, pass string) error {
 		b = imapcodec.AppendQuoted(b, pass)
 		cmd = string(b)
 	default:
-		return fmt.Errorf("%w: credentials need literals and the upstream offers no AUTH=PLAIN with SASL-IR", ErrAuthFailed)
+		return "", fmt.Errorf("%w: credentials need literals and the upstream offers no AUTH=PLAIN with SASL-IR", ErrAuthFailed)
 	}
-	_, err := c.Exec(ctx, cmd, nil)
+	resp, err := c.Exec(ctx, cmd, nil)
 	var se *StatusError
 	if errors.As(err, &se) {
-		return fmt.Errorf("%w: %s", ErrAuthFailed, se.Head.Text)
+		return "", fmt.Errorf("%w: %s", ErrAuthFailed, se.Head.Text)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	// Capabilities change after login; learn them unless the OK told us.
 	if _, err := c.Exec(ctx, "CAPABILITY", func(r *Response) {
@@ -408,9 +410,9 @@ func (c *Conn) Login(ctx context.Context, user, pass string) error {
 			c.caps = ParseCaps(r.Head.Text)
 		}
 	}); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	return nil
+	return resp.Head.Text, nil
 }
 
 // Select makes mailbox the selected mailbox of the connection (read-only

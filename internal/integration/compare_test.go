@@ -1,0 +1,143 @@
+package integration
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+)
+
+// script is one scripted session: every command a typical client uses, and
+// some it gets wrong. It runs once directly against Dovecot and once through
+// the proxy, each as a fresh user of the same server.
+func script(c *rawClient, user, pass string) []string {
+	msg1 := string(sampleMessage(1, "first body\r\nwith two lines"))
+	msg2 := string(sampleMessage(2, strings.Repeat("long body line\r\n", 200)))
+	steps := []struct {
+		cmd  string
+		lits []string
+	}{
+		{cmd: fmt.Sprintf("LOGIN %s %s", user, pass)},
+		{cmd: `LIST "" "*"`},
+		{cmd: "CREATE cmp"},
+		{cmd: "CREATE cmp.sub"},
+		{cmd: `LIST "" "cmp*"`},
+		{cmd: `LSUB "" "*"`},
+		{cmd: "SUBSCRIBE cmp"},
+		{cmd: `LSUB "" "*"`},
+		{cmd: fmt.Sprintf(`APPEND cmp (\Seen) "02-Nov-2026 10:00:00 +0000" {%d}`, len(msg1)), lits: []string{msg1}},
+		{cmd: fmt.Sprintf(`APPEND cmp () "02-Nov-2026 11:00:00 +0000" {%d+}`, len(msg2)), lits: []string{msg2}},
+		{cmd: `APPEND nosuchbox {5}`, lits: []string{"hello"}},
+		{cmd: "STATUS cmp (MESSAGES RECENT UNSEEN UIDNEXT)"},
+		{cmd: "SELECT cmp"},
+		{cmd: "FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE)"},
+		{cmd: "FETCH 1 BODY.PEEK[]"},
+		{cmd: "FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)] BODY.PEEK[TEXT]<0.20>)"},
+		{cmd: "UID FETCH 1:* (FLAGS)"},
+		{cmd: `STORE 1 +FLAGS (\Flagged)`},
+		{cmd: `UID STORE 2 +FLAGS.SILENT (\Answered)`},
+		{cmd: "SEARCH FLAGGED"},
+		{cmd: `UID SEARCH SUBJECT "message 2"`},
+		{cmd: "SEARCH CHARSET UTF-8 BODY {4}", lits: []string{"body"}},
+		{cmd: "COPY 1 INBOX"},
+		{cmd: "UID COPY 2 INBOX"},
+		{cmd: "FETCH 99 FLAGS"},
+		{cmd: "FETCH 1 (FLAGS"},
+		{cmd: "STORE 2 +FLAGS (\\Deleted)"},
+		{cmd: "EXPUNGE"},
+		{cmd: "NOOP"},
+		{cmd: "CHECK"},
+		{cmd: "STATUS INBOX (MESSAGES UIDNEXT UNSEEN)"},
+		{cmd: "EXAMINE INBOX"},
+		{cmd: "FETCH 1:* (FLAGS UID)"},
+		{cmd: "UNSELECT"},
+		{cmd: "FETCH 1 FLAGS"},
+		{cmd: "SELECT cmp"},
+		{cmd: "CLOSE"},
+		{cmd: "RENAME cmp.sub cmp.renamed"},
+		{cmd: `LIST "" "cmp*"`},
+		{cmd: "DELETE cmp.renamed"},
+		{cmd: "UNSUBSCRIBE cmp"},
+		{cmd: "DELETE cmp"},
+		{cmd: "DELETE cmp"},
+		{cmd: "NAMESPACE"},
+		{cmd: "XNOSUCHCOMMAND"},
+		{cmd: "LOGOUT"},
+	}
+	var out []string
+	for _, s := range steps {
+		shown := s.cmd
+		if strings.HasPrefix(shown, "LOGIN ") {
+			shown = "LOGIN ***"
+		}
+		out = append(out, ">> "+shown)
+		out = append(out, c.cmd(s.cmd, s.lits...)...)
+	}
+	return out
+}
+
+var normalizers = []struct {
+	re   *regexp.Regexp
+	repl string
+}{
+	// Tags differ by construction.
+	{regexp.MustCompile(`^c\d+ `), "TAG "},
+	// Dovecot's timing note on tagged responses.
+	{regexp.MustCompile(` \(\d+\.\d+ \+ \d+\.\d+( \+ \d+\.\d+)? secs\)\.`), "."},
+	// UIDVALIDITY is per user and mailbox creation time.
+	{regexp.MustCompile(`UIDVALIDITY \d+`), "UIDVALIDITY N"},
+	{regexp.MustCompile(`(COPYUID|APPENDUID) \d+`), "$1 N"},
+	// Capability lists are the proxy's own by design.
+	{regexp.MustCompile(`\[CAPABILITY [^\]]*\] `), "[CAPABILITY ...] "},
+	{regexp.MustCompile(`^\* CAPABILITY .*`), "* CAPABILITY ..."},
+}
+
+func normalize(lines []string) []string {
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		for _, n := range normalizers {
+			l = n.re.ReplaceAllString(l, n.repl)
+		}
+		out[i] = l
+	}
+	return out
+}
+
+// TestCompareDirectAndProxied runs the same session directly against Dovecot
+// and through lemonproxy and expects the same responses, line for line, tags,
+// capability lists, per-user identifiers and Dovecot's timing notes aside.
+func TestCompareDirectAndProxied(t *testing.T) {
+	for _, p := range profiles {
+		t.Run(p.String(), func(t *testing.T) {
+			dc := dovecottest.Start(t, p)
+			dc.AddUser(t, "direct", "pw-direct")
+			dc.AddUser(t, "proxied", "pw-proxied")
+			addr, _ := startProxy(t, dc.Addr)
+
+			direct := normalize(script(dialRaw(t, dc.Addr), "direct", "pw-direct"))
+			proxied := normalize(script(dialRaw(t, addr), "proxied", "pw-proxied"))
+			if len(direct) != len(proxied) {
+				t.Errorf("direct: %d lines, proxied: %d lines", len(direct), len(proxied))
+			}
+			for i := 0; i < max(len(direct), len(proxied)); i++ {
+				var d, q string
+				if i < len(direct) {
+					d = direct[i]
+				}
+				if i < len(proxied) {
+					q = proxied[i]
+				}
+				if d == q {
+					continue
+				}
+				t.Errorf("line %d differs:\n direct:  %q\n proxied: %q", i, d, q)
+			}
+			if t.Failed() {
+				t.Logf("direct transcript:\n%s", strings.Join(direct, "\n"))
+				t.Logf("proxied transcript:\n%s", strings.Join(proxied, "\n"))
+			}
+		})
+	}
+}

@@ -1,0 +1,133 @@
+package proxy_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+)
+
+// What the proxy advertises against memupstream's default capabilities.
+const (
+	preAuthCaps  = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE AUTH=PLAIN"
+	postAuthCaps = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UNSELECT NAMESPACE UIDPLUS MOVE IDLE"
+)
+
+// newMemProxy starts memupstream with user alice and a proxy in front.
+func newMemProxy(t *testing.T) (*memupstream.Server, *testProxy) {
+	t.Helper()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	return up, startProxy(t, baseConfig(up.Addr), proxyOpts{})
+}
+
+func TestGreetingAndCapability(t *testing.T) {
+	t.Parallel()
+	_, p := newMemProxy(t)
+	c := dial(t, p.addr)
+	if want := "* OK [CAPABILITY " + preAuthCaps + "] lemonproxy ready."; c.greeting != want {
+		t.Fatalf("greeting %q, want %q", c.greeting, want)
+	}
+	c.expectDo("a", "CAPABILITY",
+		"* CAPABILITY "+preAuthCaps,
+		"a OK Capability completed.")
+	c.expectDo("b", "CAPABILITY extra", "b BAD CAPABILITY takes no arguments.")
+	c.expectDo("l", "LOGIN alice secret", "l OK [CAPABILITY "+postAuthCaps+"] *")
+	c.expectDo("c", "CAPABILITY",
+		"* CAPABILITY "+postAuthCaps,
+		"c OK Capability completed.")
+	c.expectDo("d", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "d OK [READ-WRITE] *")
+	c.expectDo("e", "CAPABILITY",
+		"* CAPABILITY "+postAuthCaps,
+		"e OK Capability completed.")
+}
+
+// TestCapabilityFiltering checks that upstream capabilities the proxy cannot
+// relay transparently are never advertised, whatever the upstream offers,
+// and that IDLE follows the upstream.
+func TestCapabilityFiltering(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		upCaps, want string
+	}{
+		{
+			upCaps: "IMAP4rev1 LITERAL+ IDLE CONDSTORE QRESYNC NOTIFY COMPRESS=DEFLATE UNSELECT NAMESPACE UIDPLUS MOVE ENABLE IMAP4rev2 UTF8=ACCEPT X-FOO THREAD=REFERENCES",
+			want:   "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UNSELECT NAMESPACE UIDPLUS MOVE THREAD=REFERENCES IDLE",
+		},
+		{
+			upCaps: "IMAP4rev1 CONDSTORE",
+			want:   "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UNSELECT",
+		},
+	} {
+		f := startFakeUpstream(t, tc.upCaps)
+		p := startProxy(t, baseConfig(f.addr()), proxyOpts{})
+		c := dial(t, p.addr)
+		c.expectDo("l", "LOGIN u p", "l OK [CAPABILITY "+tc.want+"] *")
+		c.expectDo("c", "CAPABILITY", "* CAPABILITY "+tc.want, "c OK Capability completed.")
+		for _, w := range strings.Fields(tc.want) {
+			for _, bad := range []string{"CONDSTORE", "QRESYNC", "NOTIFY", "COMPRESS=DEFLATE", "IMAP4rev2", "X-FOO"} {
+				if w == bad {
+					t.Errorf("advertised %s", bad)
+				}
+			}
+		}
+	}
+}
+
+func TestStateMachine(t *testing.T) {
+	t.Parallel()
+	up, p := newMemProxy(t)
+	if err := up.Append("alice", "INBOX", nil, []byte("Subject: x\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, p.addr)
+
+	// Not authenticated.
+	c.expectDo("a1", "SELECT INBOX", "a1 BAD SELECT not allowed before authentication; log in first.")
+	c.expectDo("a2", "FETCH 1 FLAGS", "a2 BAD FETCH not allowed before authentication; log in first.")
+	c.expectDo("a3", "ENABLE IDLE", "a3 BAD ENABLE not allowed before authentication; log in first.")
+	c.expectDo("a4", "IDLE", "a4 BAD IDLE not allowed before authentication; log in first.")
+	c.expectDo("a5", "LIST \"\" *", "a5 BAD LIST not allowed before authentication; log in first.")
+	c.expectDo("a6", "FROBNICATE", "a6 BAD Unknown command FROBNICATE.")
+	c.expectDo("a7", "NOOP", "a7 OK NOOP completed.")
+	c.expectDo("a8", "STARTTLS", "a8 BAD STARTTLS not available.")
+	c.expectDo("a9", "ID NIL", `* ID ("name" "lemonproxy" "version" "*`, "a9 OK ID completed.")
+
+	// Authenticated.
+	c.expectDo("b0", "LOGIN alice secret", "b0 OK [CAPABILITY "+postAuthCaps+"] *")
+	c.expectDo("b1", "LOGIN alice secret", "b1 BAD LOGIN not allowed in the authenticated state.")
+	c.expectDo("b2", "AUTHENTICATE PLAIN", "b2 BAD AUTHENTICATE not allowed in the authenticated state.")
+	c.expectDo("b3", "FETCH 1 FLAGS", "b3 BAD No mailbox selected.")
+	c.expectDo("b4", "UID FETCH 1 FLAGS", "b4 BAD No mailbox selected.")
+	c.expectDo("b5", "CLOSE", "b5 BAD No mailbox selected.")
+	c.expectDo("b6", "UNSELECT", "b6 BAD No mailbox selected.")
+	c.expectDo("b7", "ENABLE X-NOTHING", "* ENABLED", "b7 OK Enabled.")
+	c.expectDo("b8", "ENABLE", "b8 BAD ENABLE needs at least one capability name.")
+	c.expectDo("b9", "ENABLE \"QUOTED\"", "b9 BAD ENABLE takes atoms.")
+	c.expectDo("b10", "STARTTLS", "b10 BAD STARTTLS not allowed in the authenticated state.")
+	c.expectDo("b11", "SELECT", "b11 BAD SELECT needs a mailbox name.")
+
+	// Selected.
+	c.expectDo("c0", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "c0 OK [READ-WRITE] *")
+	c.expectDo("c1", "ENABLE X-NOTHING", "c1 BAD ENABLE not allowed in the selected state.")
+	c.expectDo("c2", "FETCH 1 (FLAGS)", "* 1 FETCH (UID 1 FLAGS ())", "c2 OK FETCH completed")
+	c.expectDo("c3", "SELECT NOSUCH", "* OK [CLOSED] Previous mailbox is now closed", "c3 NO [NONEXISTENT] No such mailbox")
+	// A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1).
+	c.expectDo("c4", "FETCH 1 (FLAGS)", "c4 BAD No mailbox selected.")
+
+	// Logout.
+	c.expectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
+	if rest := c.expectClosed(); len(rest) != 0 {
+		t.Fatalf("after LOGOUT: %q", rest)
+	}
+}
+
+func TestLogoutBeforeLogin(t *testing.T) {
+	t.Parallel()
+	_, p := newMemProxy(t)
+	c := dial(t, p.addr)
+	c.expectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
+	if rest := c.expectClosed(); len(rest) != 0 {
+		t.Fatalf("after LOGOUT: %q", rest)
+	}
+	waitFor(t, "the session to end", func() bool { return p.srv.Sessions() == 0 })
+}
