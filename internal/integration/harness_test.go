@@ -25,8 +25,11 @@ import (
 var profiles = []dovecottest.Profile{dovecottest.Full, dovecottest.Legacy, dovecottest.LegacyNoIdle}
 
 // startProxy runs a proxy in front of upstreamAddr and returns its address.
-func startProxy(t testing.TB, upstreamAddr string) (string, *proxy.Server) {
+func startProxy(t testing.TB, upstreamAddr string, exts ...proxy.Extension) (string, *proxy.Server) {
 	t.Helper()
+	if exts == nil {
+		exts = []proxy.Extension{idle.New()}
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -34,7 +37,7 @@ func startProxy(t testing.TB, upstreamAddr string) (string, *proxy.Server) {
 	srv, err := proxy.NewServer(proxy.Config{
 		Upstream:         upstream.Config{Addr: upstreamAddr, Timeout: 10 * time.Second},
 		AuthFailureDelay: 10 * time.Millisecond,
-		Extensions:       []proxy.Extension{idle.New()},
+		Extensions:       exts,
 		Logger:           log,
 	})
 	if err != nil {
