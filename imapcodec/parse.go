@@ -293,7 +293,7 @@ func ParseCommand(segs []Segment, lim Limits) (*Command, error) {
 	if err != nil {
 		return cmd, fmt.Errorf("imapcodec: %w: missing command name", ErrSyntax)
 	}
-	cmd.Name = strings.ToUpper(name)
+	cmd.Name = upperASCII(name)
 	if cmd.Name == "UID" {
 		if err := p.SP(); err != nil {
 			return cmd, fmt.Errorf("imapcodec: %w: UID without a command", ErrSyntax)
@@ -302,9 +302,27 @@ func ParseCommand(segs []Segment, lim Limits) (*Command, error) {
 		if err != nil {
 			return cmd, fmt.Errorf("imapcodec: %w: UID without a command", ErrSyntax)
 		}
-		cmd.Name = "UID " + strings.ToUpper(sub)
+		cmd.Name = "UID " + upperASCII(sub)
 	}
 	return cmd, nil
+}
+
+// upperASCII upper-cases the ASCII letters of s and nothing else. IMAP
+// keywords are ASCII: strings.ToUpper would also map non-ASCII letters onto
+// them ("capabılıty" to "CAPABILITY") and replace invalid UTF-8 with U+FFFD.
+func upperASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if 'a' <= s[i] && s[i] <= 'z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if 'a' <= b[j] && b[j] <= 'z' {
+					b[j] -= 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
 }
 
 // ParseTag returns the tag at the start of a line, or "" if there is none;
@@ -377,7 +395,7 @@ func ParseResponseHead(line []byte) (ResponseHead, error) {
 	if name == "" {
 		return h, fmt.Errorf("imapcodec: %w: response without a name", ErrSyntax)
 	}
-	h.Name = strings.ToUpper(name)
+	h.Name = upperASCII(name)
 	if !h.IsStatus() || h.HasNum {
 		h.Text = rest
 		return h, nil
@@ -397,5 +415,37 @@ func parseRespText(s string) (code, arg, text string) {
 	}
 	inner := s[1 : end-1]
 	code, arg, _ = strings.Cut(inner, " ")
-	return strings.ToUpper(code), arg, strings.TrimPrefix(s[end:], " ")
+	return upperASCII(code), arg, strings.TrimPrefix(s[end:], " ")
+}
+
+// Position is a place in a parser's input: segment index and byte offset in
+// that segment's text.
+type Position struct{ Seg, Off int }
+
+// Pos returns the parser's current position, for callers that rewrite a
+// command in place (the proxy's sequence-number translation).
+func (p *Parser) Pos() Position { return Position{p.i, p.pos} }
+
+// Peek returns the next byte of the current line without consuming it; ok is
+// false at the end of a line or before a literal.
+func (p *Parser) Peek() (c byte, ok bool) { return p.peek() }
+
+// OpenList consumes a "(" if there is one.
+func (p *Parser) OpenList() bool {
+	if c, ok := p.peek(); ok && c == '(' && p.depth < p.lim.MaxDepth {
+		p.depth++
+		p.pos++
+		return true
+	}
+	return false
+}
+
+// CloseList consumes a ")" if there is one.
+func (p *Parser) CloseList() bool {
+	if c, ok := p.peek(); ok && c == ')' {
+		p.depth--
+		p.pos++
+		return true
+	}
+	return false
 }

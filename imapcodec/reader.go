@@ -71,11 +71,17 @@ func (r *Reader) Buffered() int { return r.br.Buffered() }
 //
 // A bare LF is accepted as a line ending, as most servers do.
 func (r *Reader) ReadLine() (line []byte, lit *LiteralHeader, err error) {
-	if r.remain > 0 {
-		if _, err := r.br.Discard(int(min(r.remain, int64(^uint(0)>>1)))); err != nil {
+	for r.remain > 0 {
+		// Account for what was skipped even on error, so that a read
+		// deadline interrupting the skip does not skip those bytes twice.
+		n, err := r.br.Discard(int(min(r.remain, int64(^uint(0)>>1))))
+		r.remain -= int64(n)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF // the stream ended inside the literal
+			}
 			return nil, nil, err
 		}
-		r.remain = 0
 	}
 	if !r.partial {
 		r.line = r.line[:0]
@@ -195,6 +201,20 @@ func (r *Reader) ReadLiteral() ([]byte, error) {
 		return nil, err
 	}
 	return buf, nil
+}
+
+// TakeBuffered returns the bytes read from the underlying stream but not yet
+// consumed, and forgets them. A protocol layer that starts mid-stream
+// (COMPRESS) must decode them as the first bytes of the new layer.
+func (r *Reader) TakeBuffered() []byte {
+	n := r.br.Buffered()
+	if n == 0 {
+		return nil
+	}
+	b, _ := r.br.Peek(n)
+	b = append([]byte(nil), b...)
+	r.br.Discard(n)
+	return b
 }
 
 // CancelLiteral forgets the current literal without reading it: for a

@@ -113,12 +113,15 @@ func sanitizeText(s string) string {
 	if !strings.ContainsAny(s, "\r\n\x00") {
 		return s
 	}
-	return strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' || r == 0 {
-			return ' '
+	// Byte by byte: strings.Map would also turn bytes that are not valid
+	// UTF-8 into U+FFFD.
+	b := []byte(s)
+	for i, c := range b {
+		if c == '\r' || c == '\n' || c == 0 {
+			b[i] = ' '
 		}
-		return r
-	}, s)
+	}
+	return string(b)
 }
 
 // ParseNumSet parses a sequence set ("1:3,5,7:*"); "*" is represented as 0,

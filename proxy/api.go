@@ -69,9 +69,8 @@ func (s *Session) WriteTagged(tag string, head imapcodec.ResponseHead) error {
 // client (ReadLine returns a timeout error; no input is lost).
 func (s *Session) Interrupt() { s.nc.SetReadDeadline(time.Unix(1, 0)) }
 
-// Release gives the upstream connection back to the pool unless the session
-// must keep it (a mailbox is selected).
-func (s *Session) Release() { s.releaseIfUnpinned() }
+// Release gives the upstream connection back to the pool.
+func (s *Session) Release() { s.release() }
 
 // UpstreamFailed answers tag after a failure of the upstream connection and
 // drops it. A non-nil result means the session must end.

@@ -49,6 +49,7 @@ func (s *Session) cmdAuthenticate(ctx context.Context, cmd *imapcodec.Command) e
 			return s.WriteStatus(cmd.Tag, "BAD", "", "Malformed initial response.")
 		}
 		hasIR = true
+		ir = []byte{} // "=" is an empty response (RFC 4959), not an absent one
 		if v != "=" {
 			if ir, err = base64.StdEncoding.DecodeString(v); err != nil {
 				return s.WriteStatus(cmd.Tag, "BAD", "", "Initial response is not valid base64.")
@@ -128,7 +129,7 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	s.log.Info("logged in")
 	s.up = c
 	s.setState(StateAuthenticated)
-	s.releaseIfUnpinned()
+	s.release()
 	if text == "" {
 		text = "Logged in."
 	}

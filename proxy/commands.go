@@ -2,10 +2,11 @@ package proxy
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"slices"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 )
@@ -95,11 +96,17 @@ func (s *Session) cmdCapability(ctx context.Context, cmd *imapcodec.Command) err
 	return s.WriteStatus(cmd.Tag, "OK", "", "Capability completed.")
 }
 
+// cmdNoop answers NOOP. In the selected state it asks the hub's watcher to
+// check the upstream now and reports what changed; otherwise there is
+// nothing to learn.
 func (s *Session) cmdNoop(ctx context.Context, cmd *imapcodec.Command) error {
-	if s.state == StateNotAuthenticated {
-		return s.WriteStatus(cmd.Tag, "OK", "", "NOOP completed.")
+	if s.mbox != nil {
+		s.SyncMailbox(ctx, syncTimeout)
+		if err := s.deliver(true); err != nil {
+			return err
+		}
 	}
-	return s.relaySimple(ctx, cmd)
+	return s.WriteStatus(cmd.Tag, "OK", "", "NOOP completed.")
 }
 
 func (s *Session) cmdLogout(ctx context.Context, cmd *imapcodec.Command) error {
@@ -120,6 +127,9 @@ func (s *Session) cmdID(ctx context.Context, cmd *imapcodec.Command) error {
 }
 
 func (s *Session) cmdStartTLS(ctx context.Context, cmd *imapcodec.Command) error {
+	if !cmd.Args.AtEnd() {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "STARTTLS takes no arguments.")
+	}
 	if !s.canStartTLS() {
 		return s.WriteStatus(cmd.Tag, "BAD", "", "STARTTLS not available.")
 	}
@@ -161,11 +171,11 @@ func (s *Session) cmdEnable(ctx context.Context, cmd *imapcodec.Command) error {
 	return s.WriteStatus(cmd.Tag, "OK", "", "Enabled.")
 }
 
-// cmdSelect relays SELECT and EXAMINE, arguments untouched, and tracks the
-// selected mailbox. The upstream connection stays leased while a mailbox is
-// selected: sequence numbers are a property of the connection, and until the
-// mailbox hub gives every session its own sequence view, giving the
-// connection back would let the client's numbers drift.
+// cmdSelect relays SELECT and EXAMINE, arguments untouched, and subscribes
+// the session to the mailbox's watcher in the hub. The session's view of the
+// mailbox is the hub's state at that moment; the upstream's EXISTS and
+// [UNSEEN] are rewritten to match it, so the client's sequence numbers are
+// the session's from the first response on.
 func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 	var v imapcodec.Value
 	err := cmd.Args.SP()
@@ -179,53 +189,94 @@ func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 	if strings.EqualFold(mailbox, "INBOX") {
 		mailbox = "INBOX"
 	}
+	// Whatever happens now, the previous mailbox is closed (RFC 3501 6.3.1).
+	s.setState(StateAuthenticated)
 	up, err := s.leaseAny(ctx)
 	if err != nil {
 		return s.upstreamUnavailable(cmd.Tag, err)
 	}
-	// Whatever happens now, the previous mailbox is closed.
-	wasSelected := s.state == StateSelected
-	s.setState(StateAuthenticated)
 	up.Selected = ""
+	var collected []*Response
+	s.collect = &collected
 	head, err := s.relayCommand(ctx, up, cmd.Tag, cmd.Segments)
+	s.collect = nil
 	if err != nil {
 		return err
 	}
-	if head.Name == "OK" {
-		up.Selected = mailbox
-		up.ReadOnly = cmd.Name == "EXAMINE" || head.Code == "READ-ONLY"
-		s.setState(StateSelected)
-		s.selected, s.readOnly = mailbox, up.ReadOnly
-	} else if wasSelected {
-		s.log.Debug("select failed; no mailbox selected now")
+	if head.Tag == "" { // failed and already answered
+		s.release()
+		return nil
 	}
-	s.releaseIfUnpinned()
-	return nil
+	if head.Name != "OK" {
+		s.release()
+		for _, r := range collected {
+			s.writeResponse(r)
+		}
+		return s.writeTagged(cmd.Tag, "", head)
+	}
+	readOnly := cmd.Name == "EXAMINE" || head.Code == "READ-ONLY"
+	up.Selected, up.ReadOnly = mailbox, readOnly
+	s.release()
+
+	m := &selectedMailbox{name: mailbox, readOnly: readOnly}
+	sub, err := s.srv.hub.Watch(ctx, hub.Key{Account: s.account, Mailbox: mailbox}, s.watcherDial(), s.notify(m))
+	if err != nil {
+		s.log.Warn("cannot watch mailbox", "mailbox", mailbox, "err", err)
+		return s.WriteStatus(cmd.Tag, "NO", "UNAVAILABLE", "Cannot open the mailbox now; try again later.")
+	}
+	m.sub, m.state = sub, sub.State()
+	// The watcher may have been running for other sessions and not have
+	// heard yet of changes this client already made through pooled
+	// connections (CLOSE, APPEND in the authenticated state): catch up, so
+	// that SELECT reports them.
+	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	if err := sub.Sync(sctx); err != nil {
+		s.log.Debug("mailbox sync failed", "err", err)
+	}
+	cancel()
+	snap := m.state.Snapshot()
+	m.view, m.pos = snap.UIDs, snap.Highest
+	for _, r := range collected {
+		switch {
+		case r.Head.Name == "EXISTS" && r.Head.HasNum:
+			r.Segments = []imapcodec.Segment{{Text: fmt.Appendf(nil, "* %d EXISTS", len(m.view))}}
+		case r.Head.Name == "OK" && r.Head.Code == "UNSEEN":
+			seq := m.firstUnseen()
+			if seq == 0 {
+				continue
+			}
+			r.Segments = []imapcodec.Segment{{Text: fmt.Appendf(nil, "* OK [UNSEEN %d] %s", seq, r.Head.Text)}}
+		}
+		s.writeResponse(r)
+	}
+	s.mbox = m
+	s.setState(StateSelected)
+	return s.writeTagged(cmd.Tag, "", head)
 }
 
-// cmdClose handles CLOSE (relayed: it expunges) and UNSELECT (relayed when
-// the upstream has it, emulated otherwise).
+// cmdClose handles CLOSE (relayed: it expunges) and UNSELECT (answered by
+// the proxy: the session holds no upstream connection to unselect).
 func (s *Session) cmdClose(ctx context.Context, cmd *imapcodec.Command) error {
 	if !cmd.Args.AtEnd() {
 		return s.WriteStatus(cmd.Tag, "BAD", "", cmd.Name+" takes no arguments.")
+	}
+	if cmd.Name == "UNSELECT" {
+		s.setState(StateAuthenticated)
+		return s.WriteStatus(cmd.Tag, "OK", "", "Unselect completed.")
+	}
+	if s.mbox.readOnly {
+		// CLOSE of a read-only mailbox expunges nothing (RFC 3501 6.4.2).
+		s.setState(StateAuthenticated)
+		return s.WriteStatus(cmd.Tag, "OK", "", "Close completed.")
 	}
 	up, err := s.Upstream(ctx)
 	if err != nil {
 		return s.upstreamUnavailable(cmd.Tag, err)
 	}
-	if cmd.Name == "UNSELECT" && !s.upCaps.Has("UNSELECT") {
-		if err := up.Unselect(ctx); err != nil {
-			var se *upstream.StatusError
-			if errors.As(err, &se) {
-				return s.WriteStatus(cmd.Tag, se.Head.Name, se.Head.Code, se.Head.Text)
-			}
-			return s.upstreamFailed(cmd.Tag, err)
-		}
-		s.setState(StateAuthenticated)
-		s.releaseIfUnpinned()
-		return s.WriteStatus(cmd.Tag, "OK", "", "Unselect completed.")
-	}
+	m := s.mbox
+	s.mbox = nil // CLOSE sends no EXPUNGE responses: nothing to translate or deliver
 	head, err := s.relayCommand(ctx, up, cmd.Tag, cmd.Segments)
+	s.mbox = m
 	if err != nil {
 		return err
 	}
@@ -233,7 +284,7 @@ func (s *Session) cmdClose(ctx context.Context, cmd *imapcodec.Command) error {
 		up.Selected = ""
 		s.setState(StateAuthenticated)
 	}
-	s.releaseIfUnpinned()
+	s.release()
 	return nil
 }
 

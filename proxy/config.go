@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 )
@@ -15,6 +16,9 @@ type Config struct {
 	Upstream upstream.Config
 	// Pool bounds the idle upstream connections kept for reuse.
 	Pool upstream.PoolConfig
+	// Hub tunes the mailbox watchers (polling interval, IDLE renewal,
+	// grace period, reconnect backoff).
+	Hub hub.Config
 
 	// TLS, if set, serves the implicit-TLS listener and STARTTLS on plain
 	// listeners. Use a GetCertificate callback to allow reloading.
@@ -73,6 +77,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Hub.Logger == nil {
+		c.Hub.Logger = c.Logger
 	}
 	if c.Upstream.Security == "" {
 		c.Upstream.Security = upstream.SecurityNone

@@ -435,7 +435,8 @@ type fakeUpstream struct {
 	chunk    []byte
 
 	mu       sync.Mutex
-	commands []string // every command line received (tags stripped)
+	commands []string   // every command line received (tags stripped)
+	byConn   [][]string // the same, per connection
 	appended []appendRecord
 	conns    atomic.Int64
 	wg       sync.WaitGroup
@@ -480,6 +481,18 @@ func (f *fakeUpstream) received() []string {
 	return append([]string(nil), f.commands...)
 }
 
+// connCommands returns the commands received on each connection, in the
+// order the connections were accepted.
+func (f *fakeUpstream) connCommands() [][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([][]string, len(f.byConn))
+	for i, l := range f.byConn {
+		out[i] = append([]string(nil), l...)
+	}
+	return out
+}
+
 func (f *fakeUpstream) appends() []appendRecord {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -500,6 +513,8 @@ func (f *fakeUpstream) serve() {
 			return
 		}
 		f.open[nc] = struct{}{}
+		id := len(f.byConn)
+		f.byConn = append(f.byConn, nil)
 		f.mu.Unlock()
 		f.conns.Add(1)
 		f.wg.Add(1)
@@ -511,14 +526,14 @@ func (f *fakeUpstream) serve() {
 				f.mu.Unlock()
 				nc.Close()
 			}()
-			f.session(nc)
+			f.session(nc, id)
 		}()
 	}
 }
 
 // session serves one connection. It is deliberately simple: one command at
 // a time, literals only at the end of APPEND.
-func (f *fakeUpstream) session(nc net.Conn) {
+func (f *fakeUpstream) session(nc net.Conn, id int) {
 	br := bufio.NewReader(nc)
 	bw := bufio.NewWriter(nc)
 	fmt.Fprintf(bw, "* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN] fake ready\r\n")
@@ -535,12 +550,15 @@ func (f *fakeUpstream) session(nc net.Conn) {
 		name = strings.ToUpper(name)
 		f.mu.Lock()
 		f.commands = append(f.commands, rest)
+		f.byConn[id] = append(f.byConn[id], rest)
 		f.mu.Unlock()
 		switch name {
 		case "CAPABILITY":
 			fmt.Fprintf(bw, "* CAPABILITY %s\r\n%s OK done\r\n", f.caps, tag)
 		case "AUTHENTICATE", "LOGIN":
 			fmt.Fprintf(bw, "%s OK logged in\r\n", tag)
+		case "LIST":
+			fmt.Fprintf(bw, "* LIST () \"/\" INBOX\r\n%s OK LIST done\r\n", tag)
 		case "NOOP", "CHECK":
 			fmt.Fprintf(bw, "%s OK %s done\r\n", tag, name)
 		case "SELECT", "EXAMINE":
@@ -549,7 +567,7 @@ func (f *fakeUpstream) session(nc net.Conn) {
 			if name == "EXAMINE" {
 				code = "READ-ONLY"
 			}
-			fmt.Fprintf(bw, "* 1 EXISTS\r\n* FLAGS (\\Seen)\r\n%s OK [%s] %s done\r\n", tag, code, name)
+			fmt.Fprintf(bw, "* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n* FLAGS (\\Seen)\r\n%s OK [%s] %s done\r\n", tag, code, name)
 		case "CLOSE", "UNSELECT":
 			if selected == "" {
 				fmt.Fprintf(bw, "%s BAD no mailbox selected\r\n", tag)
@@ -557,8 +575,13 @@ func (f *fakeUpstream) session(nc net.Conn) {
 				selected = ""
 				fmt.Fprintf(bw, "%s OK %s done\r\n", tag, name)
 			}
-		case "FETCH":
-			fmt.Fprintf(bw, "* 1 FETCH (BODY[] {%d}\r\n", f.bodySize)
+		case "FETCH", "UID":
+			// The one message has sequence number 1 and UID 1.
+			if !strings.Contains(strings.ToUpper(args), "BODY[]") {
+				fmt.Fprintf(bw, "* 1 FETCH (UID 1 FLAGS ())\r\n%s OK %s done\r\n", tag, name)
+				break
+			}
+			fmt.Fprintf(bw, "* 1 FETCH (UID 1 BODY[] {%d}\r\n", f.bodySize)
 			for left := f.bodySize; left > 0; {
 				n := min(left, int64(len(f.chunk)))
 				bw.Write(f.chunk[:n])
@@ -566,12 +589,27 @@ func (f *fakeUpstream) session(nc net.Conn) {
 			}
 			fmt.Fprintf(bw, ")\r\n%s OK FETCH done\r\n", tag)
 		case "APPEND":
-			n, ok := literalSize(strings.TrimSuffix(line, "+}") + "}")
+			n, ok := literalSize(strings.Replace(line, "+}", "}", 1))
 			if !ok {
 				fmt.Fprintf(bw, "%s BAD APPEND needs a literal\r\n", tag)
 				break
 			}
-			if !strings.HasSuffix(line, "+}") {
+			nonSync := strings.HasSuffix(line, "+}")
+			if strings.HasPrefix(args, "NoSuchBox ") {
+				// Refused before the literal; a non-synchronising one
+				// comes anyway and is skipped.
+				if nonSync {
+					if _, err := io.CopyN(io.Discard, br, n); err != nil {
+						return
+					}
+					if _, err := br.ReadString('\n'); err != nil {
+						return
+					}
+				}
+				fmt.Fprintf(bw, "%s NO [TRYCREATE] no such mailbox\r\n", tag)
+				break
+			}
+			if !nonSync {
 				fmt.Fprintf(bw, "+ go ahead\r\n")
 				bw.Flush()
 			}
@@ -607,4 +645,101 @@ func newSummer() *summer { return &summer{sha256.New()} }
 func (s *summer) sum() (out [32]byte) {
 	copy(out[:], s.Sum(nil))
 	return out
+}
+
+// forwarder is a TCP relay in front of an upstream that counts the
+// connections the proxy opens.
+type forwarder struct {
+	ln     net.Listener
+	target string
+	dials  atomic.Int64
+	refuse atomic.Bool // hang up on new connections at once
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	open   map[net.Conn]struct{}
+}
+
+func startForwarder(t testing.TB, target string) *forwarder {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &forwarder{ln: ln, target: target, open: map[net.Conn]struct{}{}}
+	f.wg.Add(1)
+	go f.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		f.mu.Lock()
+		for c := range f.open {
+			c.Close()
+		}
+		f.mu.Unlock()
+		f.wg.Wait()
+	})
+	return f
+}
+
+func (f *forwarder) addr() string { return f.ln.Addr().String() }
+
+// cut closes every forwarded connection, as an upstream restart would.
+func (f *forwarder) cut() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.open {
+		c.Close()
+		delete(f.open, c)
+	}
+}
+
+func (f *forwarder) track(c net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.open == nil {
+		return false
+	}
+	f.open[c] = struct{}{}
+	return true
+}
+
+func (f *forwarder) serve() {
+	defer f.wg.Done()
+	defer func() {
+		f.mu.Lock()
+		for c := range f.open {
+			c.Close()
+		}
+		f.open = nil
+		f.mu.Unlock()
+	}()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		f.dials.Add(1)
+		if f.refuse.Load() {
+			c.Close()
+			continue
+		}
+		u, err := net.Dial("tcp", f.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		if !f.track(c) || !f.track(u) {
+			c.Close()
+			u.Close()
+			return
+		}
+		f.wg.Add(2)
+		pipe := func(dst, src net.Conn) {
+			defer f.wg.Done()
+			io.Copy(dst, src)
+			dst.Close()
+			src.Close()
+		}
+		go pipe(u, c)
+		go pipe(c, u)
+	}
 }

@@ -19,8 +19,8 @@ const checkAfter = 30 * time.Second
 // bringing it into the session's state: no mailbox selected in the
 // authenticated state, the session's mailbox in the selected state.
 //
-// The session keeps the lease until releaseIfUnpinned, which the core calls
-// after every command.
+// The session keeps the lease until release, which the core calls after
+// every command.
 func (s *Session) Upstream(ctx context.Context) (*upstream.Conn, error) {
 	return s.lease(ctx, true)
 }
@@ -36,18 +36,17 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 		return s.up, nil
 	}
 	if s.up != nil {
-		// The pinned connection broke. In the selected state the client's
-		// sequence numbers lived on it; they cannot be restored faithfully.
-		s.releaseUpstream(false)
-		if s.state == StateSelected {
-			return nil, errUpstreamLost
-		}
+		s.releaseUpstream()
 	}
 	if s.account == "" {
 		return nil, errors.New("not authenticated")
 	}
+	mailbox, readOnly := "", false
+	if restore && s.mbox != nil {
+		mailbox, readOnly = s.mbox.name, s.mbox.readOnly
+	}
 	for {
-		c := s.srv.pool.Get(s.account, s.selected)
+		c := s.srv.pool.Get(s.account, mailbox)
 		if c == nil {
 			break
 		}
@@ -57,11 +56,16 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 				continue
 			}
 		}
-		if restore || c.Selected != "" && s.selected == "" {
-			if err := c.Select(ctx, s.selected, s.readOnly, nil); err != nil {
+		fresh := c.Selected != mailbox || c.ReadOnly != readOnly
+		if restore || c.Selected != "" && mailbox == "" {
+			if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {
 				c.Close()
 				continue
 			}
+		}
+		if err := s.catchUp(ctx, c, fresh); err != nil {
+			c.Close()
+			continue
 		}
 		s.up = c
 		return c, nil
@@ -70,14 +74,34 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 	if err != nil {
 		return nil, err
 	}
-	if s.selected != "" {
-		if err := c.Select(ctx, s.selected, s.readOnly, nil); err != nil {
+	if mailbox != "" {
+		if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {
 			c.Close()
 			return nil, err
 		}
+		s.catchUp(ctx, c, true)
 	}
 	s.up = c
 	return c, nil
+}
+
+// catchUp makes sure a connection with the session's mailbox selected has
+// seen every message the session's client may name: a connection that just
+// selected it has; one that has been idle in the pool since the mailbox
+// changed runs NOOP first (its answers are dropped: the client hears of
+// changes from the hub).
+func (s *Session) catchUp(ctx context.Context, c *upstream.Conn, fresh bool) error {
+	if s.mbox == nil || c.Selected != s.mbox.name {
+		return nil
+	}
+	highest := s.mbox.state.HighestModSeq()
+	if !fresh && c.SyncedTo < highest {
+		if _, err := c.Exec(ctx, "NOOP", nil); err != nil {
+			return err
+		}
+	}
+	c.SyncedTo = highest
+	return nil
 }
 
 // dialUpstream opens and authenticates a new upstream connection with the
@@ -94,22 +118,19 @@ func (s *Session) dialUpstream(ctx context.Context) (*upstream.Conn, error) {
 	return c, nil
 }
 
-// pinned reports whether the session must keep its upstream connection
-// between commands (see cmdSelect).
-func (s *Session) pinned() bool { return s.state == StateSelected }
-
-// releaseIfUnpinned gives the upstream connection back to the pool unless
-// the session's state lives on it.
-func (s *Session) releaseIfUnpinned() {
-	if s.up != nil && (!s.pinned() || s.up.Broken()) {
-		s.releaseUpstream(false)
+// release gives the upstream connection back to the pool after a
+// command. No session keeps a connection between commands: in the selected
+// state its view of the mailbox lives in the hub (see selected.go).
+func (s *Session) release() {
+	if s.up != nil {
+		s.releaseUpstream()
 	}
 }
 
-// releaseUpstream gives the connection back (or closes it if broken). At the
-// end of a session the connection goes back too; a mailbox still selected on
-// it is unselected by whoever leases it next.
-func (s *Session) releaseUpstream(final bool) {
+// releaseUpstream gives the connection back (or closes it if broken). A
+// mailbox still selected on it is kept: the next lease for the same mailbox
+// finds it ready, and any other lease changes or leaves it first.
+func (s *Session) releaseUpstream() {
 	c := s.up
 	s.up = nil
 	if c.Broken() {
@@ -122,10 +143,6 @@ func (s *Session) releaseUpstream(final bool) {
 // upstreamUnavailable answers a command that could not get an upstream
 // connection.
 func (s *Session) upstreamUnavailable(tag string, err error) error {
-	if errors.Is(err, errUpstreamLost) {
-		s.WriteStatus(tag, "NO", "UNAVAILABLE", "Lost the connection to the upstream server.")
-		return err
-	}
 	s.log.Warn("no upstream connection", "err", err)
 	return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 }

@@ -84,7 +84,7 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 					return err
 				}
 				s.writeTagged(cmd.Tag, upTag, head)
-				s.releaseIfUnpinned()
+				s.release()
 				return nil
 			}
 		}
@@ -100,7 +100,7 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 				// The client went away mid-literal; the upstream is left
 				// mid-command and cannot be reused.
 				up.MarkBroken()
-				s.releaseIfUnpinned()
+				s.release()
 				return fmt.Errorf("client cut a literal short: %w", err)
 			}
 			return s.abandonCommand(cmd.Tag, lit, err)
@@ -108,7 +108,7 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 		line, next, err := s.r.ReadLine()
 		if err != nil {
 			up.MarkBroken()
-			s.releaseIfUnpinned()
+			s.release()
 			return err
 		}
 		if next != nil {
@@ -126,7 +126,7 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 	if _, err := s.relayResponses(ctx, up, upTag, cmd.Tag); err != nil {
 		return s.relayFailed(cmd.Tag, err)
 	}
-	s.releaseIfUnpinned()
+	s.release()
 	return nil
 }
 
@@ -233,7 +233,7 @@ func (s *Session) relaySimple(ctx context.Context, cmd *imapcodec.Command) error
 	if _, err := s.relayCommand(ctx, up, cmd.Tag, cmd.Segments); err != nil {
 		return err
 	}
-	s.releaseIfUnpinned()
+	s.release()
 	return nil
 }
 
@@ -322,6 +322,18 @@ func (s *Session) relayResponses(ctx context.Context, up *upstream.Conn, upTag, 
 
 // writeTagged writes the upstream's tagged response under the client's tag.
 func (s *Session) writeTagged(tag, upTag string, head imapcodec.ResponseHead) error {
+	if s.collect != nil {
+		return nil // the caller (SELECT) writes the answer itself
+	}
+	t := s.xlate
+	if err := s.beforeTagged(); err != nil {
+		return err
+	}
+	if t != nil && t.fromName != "" {
+		// The upstream's error names the command we sent; the client
+		// sent another.
+		head.Text = strings.Replace(head.Text, t.toName, t.fromName, 1)
+	}
 	code := head.Code
 	if code == "CAPABILITY" {
 		code += " " + strings.Join(s.capabilities(), " ")
@@ -373,7 +385,7 @@ func (s *Session) relayUntagged(up *upstream.Conn, line []byte, lit *imapcodec.L
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	s.renewWriteDeadline()
 	w := s.w
 	for _, seg := range resp.Segments {
 		w.Write(seg.Text)
@@ -427,7 +439,7 @@ type clientWriter struct {
 }
 
 func (c clientWriter) Write(p []byte) (int, error) {
-	c.s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	c.s.renewWriteDeadline()
 	c.s.up.SetDeadline(time.Now().Add(c.s.srv.cfg.Upstream.Timeout))
 	n, err := c.w.Write(p)
 	if err != nil {
@@ -446,6 +458,10 @@ func (s *Session) filterResponse(resp *Response) *Response {
 	switch {
 	case resp.Head.Name == "CAPABILITY" && !resp.Streamed:
 		resp.Segments = []imapcodec.Segment{{Text: []byte("* CAPABILITY " + strings.Join(s.capabilities(), " "))}}
+	case resp.Head.Name == "OK" && resp.Head.Code == "CLOSED":
+		// RFC 7162 [CLOSED] reports the upstream connection's own
+		// mailbox switch, which the client never saw.
+		return nil
 	case resp.Head.Name == "BYE":
 		// The upstream is closing this connection; the client is told
 		// what that means for it when the command fails.
@@ -455,10 +471,19 @@ func (s *Session) filterResponse(resp *Response) *Response {
 			"CAPABILITY "+strings.Join(s.capabilities(), " "), resp.Head.Text)}}
 		resp.Segments[0].Text = resp.Segments[0].Text[:len(resp.Segments[0].Text)-2]
 	}
+	if s.mbox != nil && s.collect == nil {
+		if resp = s.filterSelected(resp); resp == nil {
+			return nil
+		}
+	}
 	for _, f := range s.srv.filters {
 		if resp = f.FilterResponse(s, resp); resp == nil {
 			return nil
 		}
+	}
+	if s.collect != nil && !resp.Streamed {
+		*s.collect = append(*s.collect, resp)
+		return nil
 	}
 	return resp
 }
@@ -479,26 +504,23 @@ func (s *Session) relayFailed(tag string, err error) error {
 }
 
 // upstreamFailed answers a command whose upstream connection failed. The
-// connection is dropped; in the authenticated state the session goes on
-// (the next command leases another), in the selected state it ends.
+// connection is dropped; the session goes on (see afterUpstreamLoss).
 func (s *Session) upstreamFailed(tag string, err error) error {
 	s.log.Warn("upstream connection failed", "err", err)
 	if s.up != nil {
 		s.up.MarkBroken()
-		s.releaseUpstream(false)
+		s.releaseUpstream()
 	}
 	s.WriteStatus(tag, "NO", "UNAVAILABLE", "Lost the connection to the upstream server.")
 	return s.afterUpstreamLoss()
 }
 
-// afterUpstreamLoss ends a selected session whose upstream connection is
-// gone, and lets an authenticated one continue.
+// afterUpstreamLoss drops a broken upstream connection. The session goes
+// on: the next command leases another connection, and in the selected state
+// the client's view of the mailbox lives in the hub, not on the connection.
 func (s *Session) afterUpstreamLoss() error {
 	if s.up != nil && s.up.Broken() {
-		s.releaseUpstream(false)
-	}
-	if s.state == StateSelected {
-		return errUpstreamLost
+		s.releaseUpstream()
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 )
 
@@ -30,6 +31,7 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	pool *upstream.Pool
+	hub  *hub.Hub
 
 	commands map[string]CommandHandler
 	filters  []ResponseFilter
@@ -41,7 +43,7 @@ type Server struct {
 	cancel context.CancelFunc
 
 	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
+	listeners map[*net.Listener]struct{} // keyed by address: a Listener need not be hashable
 	sessions  map[*Session]struct{}
 	closing   bool
 	wg        sync.WaitGroup // sessions and the pool's janitor
@@ -58,8 +60,9 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		pool:      upstream.NewPool(cfg.Pool),
+		hub:       hub.New(cfg.Hub),
 		commands:  map[string]CommandHandler{},
-		listeners: map[net.Listener]struct{}{},
+		listeners: map[*net.Listener]struct{}{},
 		sessions:  map[*Session]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -92,6 +95,9 @@ func NewServer(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// Hub returns the server's mailbox hub (for metrics and tests).
+func (s *Server) Hub() *hub.Hub { return s.hub }
+
 // Pool returns the server's upstream connection pool (for metrics and tests).
 func (s *Server) Pool() *upstream.Pool { return s.pool }
 
@@ -107,11 +113,11 @@ func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 		ln.Close()
 		return net.ErrClosed
 	}
-	s.listeners[ln] = struct{}{}
+	s.listeners[&ln] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.listeners, ln)
+		delete(s.listeners, &ln)
 		s.mu.Unlock()
 	}()
 	var delay time.Duration
@@ -179,16 +185,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
 	for ln := range s.listeners {
-		ln.Close()
+		(*ln).Close()
 	}
 	sessions := make([]*Session, 0, len(s.sessions))
 	for sess := range s.sessions {
 		sessions = append(sessions, sess)
 	}
 	s.mu.Unlock()
+	// In parallel: a bye can take a few seconds when its client does not
+	// read.
+	var byes sync.WaitGroup
 	for _, sess := range sessions {
-		sess.bye("Server shutting down")
+		byes.Go(func() { sess.bye("Server shutting down") })
 	}
+	byes.Wait()
 	s.cancel()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -196,8 +206,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer cancel()
 	select {
 	case <-done:
+		s.hub.Close()
 		return nil
 	case <-ctx.Done():
+		s.hub.Close()
 		return fmt.Errorf("proxy: shutdown: %d sessions still open: %w", s.Sessions(), ctx.Err())
 	}
 }

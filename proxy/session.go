@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -29,25 +30,41 @@ type Session struct {
 	id  uint64
 
 	nc    net.Conn
+	tr    Transport // the byte stream to the client: nc, or a layer on it
 	r     *imapcodec.Reader
 	wmu   sync.Mutex
 	w     *bufio.Writer
 	isTLS bool
 
-	state    State
-	user     string // upstream login name
-	pass     string // kept in memory only, to open more upstream connections
-	account  string // pool key: the authenticated upstream identity
-	upCaps   upstream.Caps
-	selected string
-	readOnly bool
+	state   State
+	user    string // upstream login name
+	pass    string // kept in memory only, to open more upstream connections
+	account string // pool key: the authenticated upstream identity
+	upCaps  upstream.Caps
 
-	up      *upstream.Conn // leased upstream connection, if any
+	up     *upstream.Conn // leased upstream connection, if any
+	mbox   *selectedMailbox
+	idling atomic.Bool
+	// sentFlags holds the flags the current command's own answers told the
+	// client (by UID), so the delivery after it does not repeat them.
+	sentFlags map[uint32]string
+	// xlate translates the upstream's answers to the current command in
+	// the selected state; nil otherwise.
+	xlate *translation
+	// collect, when set, receives the untagged responses of the command
+	// being relayed instead of the client, and the tagged response is left
+	// to the caller (SELECT rewrites them once its view is known).
+	collect *[]*Response
 	enabled map[string]bool
 	values  map[any]any // per-extension state, see Value
 
 	byeOnce sync.Once
 	closed  chan struct{}
+	// raw is the accepted connection (under TLS, if any); unlike nc it
+	// never changes, so bye may use it from any goroutine.
+	raw net.Conn
+	// ending is set by bye: the write deadline it set must not be renewed.
+	ending atomic.Bool
 }
 
 func newSession(srv *Server, nc net.Conn, isTLS bool) *Session {
@@ -56,15 +73,56 @@ func newSession(srv *Server, nc net.Conn, isTLS bool) *Session {
 		srv:     srv,
 		id:      id,
 		nc:      nc,
+		raw:     nc,
 		isTLS:   isTLS,
 		enabled: map[string]bool{},
 		values:  map[any]any{},
 		closed:  make(chan struct{}),
 	}
 	s.log = srv.log.With("session", id, "remote", nc.RemoteAddr().String())
-	s.r = imapcodec.NewReader(nc, srv.cfg.Limits)
-	s.w = bufio.NewWriterSize(nc, 4096)
+	s.setTransport(connTransport{nc})
 	return s
+}
+
+// Transport is the byte stream between the session and its client: the
+// network connection, or a layer on top of it such as COMPRESS's deflate.
+// Flush is called at the end of every burst of responses, after the
+// session's own buffer has been written to the transport.
+type Transport interface {
+	io.Reader
+	io.Writer
+	Flush() error
+}
+
+type connTransport struct{ net.Conn }
+
+func (connTransport) Flush() error { return nil }
+
+func (s *Session) setTransport(tr Transport) {
+	s.tr = tr
+	s.r = imapcodec.NewReader(tr, s.srv.cfg.Limits)
+	s.w = bufio.NewWriterSize(tr, 4096)
+}
+
+// WrapTransport layers a new transport over the current one, for an
+// extension that changes the encoding of the stream from the next byte on
+// (COMPRESS). Call it after the response that starts the new encoding has
+// been flushed. Bytes the client already sent that the session has read
+// from the old transport but not yet consumed are passed to wrap as
+// pending: they belong to the new encoding.
+func (s *Session) WrapTransport(wrap func(base Transport, pending []byte) (Transport, error)) error {
+	if err := s.Flush(); err != nil {
+		return err
+	}
+	pending := s.r.TakeBuffered()
+	tr, err := wrap(s.tr, pending)
+	if err != nil {
+		return err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.setTransport(tr)
+	return nil
 }
 
 // State returns the session's current state.
@@ -77,7 +135,12 @@ func (s *Session) Logger() *slog.Logger { return s.log }
 func (s *Session) Account() string { return s.account }
 
 // Selected returns the selected mailbox ("" if none).
-func (s *Session) Selected() string { return s.selected }
+func (s *Session) Selected() string {
+	if s.mbox == nil {
+		return ""
+	}
+	return s.mbox.name
+}
 
 // UpstreamCaps returns the upstream's capabilities (nil before login).
 func (s *Session) UpstreamCaps() upstream.Caps { return s.upCaps }
@@ -96,7 +159,7 @@ func (s *Session) SetValue(key, v any) { s.values[key] = v }
 func (s *Session) Write(b []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	s.renewWriteDeadline()
 	_, err := s.w.Write(b)
 	return err
 }
@@ -111,8 +174,11 @@ func (s *Session) WriteStatus(tag, status, code, text string) error {
 func (s *Session) Flush() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	return s.w.Flush()
+	s.renewWriteDeadline()
+	if err := s.w.Flush(); err != nil {
+		return err
+	}
+	return s.tr.Flush()
 }
 
 // ReadLine reads one line from the client, for extensions that take over the
@@ -132,13 +198,37 @@ func (s *Session) IdleTimeout() time.Duration { return s.srv.cfg.IdleTimeout }
 // goroutine then ends. Safe to call from any goroutine, more than once.
 func (s *Session) bye(text string) {
 	s.byeOnce.Do(func() {
+		// The session goroutine may hold wmu while blocked writing to a
+		// client that does not read (a large literal is streamed under
+		// it): cut that write short rather than wait out writeTimeout,
+		// which would hold up Shutdown for minutes.
+		s.ending.Store(true)
+		s.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
 		s.wmu.Lock()
-		s.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		s.nc.SetWriteDeadline(time.Now().Add(byeTimeout))
 		s.w.Write(imapcodec.AppendStatus(nil, "*", "BYE", "", text))
-		s.w.Flush()
+		if s.w.Flush() == nil {
+			s.tr.Flush()
+		}
 		s.wmu.Unlock()
 		s.nc.Close()
 	})
+}
+
+// byeTimeout bounds how long bye waits to get its BYE out.
+const byeTimeout = 2 * time.Second
+
+// renewWriteDeadline gives the next write to the client writeTimeout,
+// unless bye is ending the session: its shorter deadline stays in force.
+func (s *Session) renewWriteDeadline() {
+	if s.ending.Load() {
+		return
+	}
+	s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if s.ending.Load() {
+		// bye ran meanwhile and its deadline may have been overwritten.
+		s.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
+	}
 }
 
 func (s *Session) serve(ctx context.Context) {
@@ -170,15 +260,26 @@ func (s *Session) serve(ctx context.Context) {
 	}
 }
 
+// A byeTexter error names the text of the BYE that ends the session, for
+// failures a layer such as COMPRESS detects (corrupt compressed input).
+type byeTexter interface{ ByeText() string }
+
 // byeText is the text of the BYE that ends a session after err.
 func byeText(err error) string {
+	var bt byeTexter
 	switch {
-	case errors.Is(err, errUpstreamLost):
-		return "Lost the connection to the upstream server."
+	case errors.As(err, &bt):
+		return bt.ByeText()
+	case errors.Is(err, ErrIdleTimeout):
+		return "Autologout; idle for too long."
 	case errors.Is(err, imapcodec.ErrLineTooLong):
 		return "Line too long."
 	case errors.Is(err, imapcodec.ErrLiteralTooLarge):
 		return "Literal too large."
+	case errors.Is(err, os.ErrDeadlineExceeded) && !errors.As(err, new(*upstreamError)):
+		// The client stalled in the middle of a command (a literal
+		// that never came): the same autologout as between commands.
+		return "Autologout; idle for too long."
 	}
 	return "Internal error, closing the connection."
 }
@@ -197,6 +298,9 @@ func (s *Session) readFailed(err error) {
 		s.bye("Autologout; idle for too long.")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		s.log.Debug("client disconnected")
+	case errors.As(err, new(byeTexter)):
+		s.log.Info("client read failed", "err", err)
+		s.bye(byeText(err))
 	default:
 		s.log.Info("client read failed", "err", err)
 		s.bye("Read error.")
@@ -206,8 +310,9 @@ func (s *Session) readFailed(err error) {
 func (s *Session) cleanup() {
 	s.nc.Close()
 	if s.up != nil {
-		s.releaseUpstream(true)
+		s.releaseUpstream()
 	}
+	s.closeMailbox()
 	for _, h := range s.srv.hooks {
 		h.SessionClosed(s)
 	}
@@ -222,7 +327,7 @@ func (s *Session) setState(st State) {
 	}
 	s.state = st
 	if st != StateSelected {
-		s.selected, s.readOnly = "", false
+		s.closeMailbox()
 	}
 	for _, h := range s.srv.hooks {
 		h.StateChanged(s, st)
@@ -277,9 +382,6 @@ func (s *Session) plaintextAuthOK() bool {
 	}
 	return false
 }
-
-// errUpstreamLost ends a session whose pinned upstream connection failed.
-var errUpstreamLost = errors.New("upstream connection lost")
 
 // dispatch handles one command whose first line has been read.
 func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.LiteralHeader) error {
@@ -348,7 +450,44 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 		}
 		return s.WriteStatus(cmd.Tag, "BAD", "", stateError(cmd.Name, s.state))
 	}
+	if s.state == StateSelected {
+		return s.relaySelected(ctx, cmd, first)
+	}
 	return s.relay(ctx, cmd, first)
+}
+
+// relaySelected relays a command in the selected state, translating
+// sequence numbers (see translate.go). APPEND streams as in any state.
+func (s *Session) relaySelected(ctx context.Context, cmd *imapcodec.Command, first imapcodec.Segment) error {
+	if cmd.Name == "APPEND" {
+		s.xlate = &translation{clientTag: cmd.Tag, allowExpunge: true,
+			syncAfter: targetIsSelected(&imapcodec.Command{Name: cmd.Name, Segments: []imapcodec.Segment{first}}, s.mbox.name)}
+		defer func() { s.xlate = nil }()
+		return s.relay(ctx, cmd, first)
+	}
+	full, ok, err := s.readRest(cmd.Tag, first, s.srv.cfg.Limits.MaxInlineLiteral)
+	if err != nil || !ok {
+		return err
+	}
+	cmd, err = imapcodec.ParseCommand(full, s.srv.cfg.Limits)
+	if err != nil {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
+	}
+	segs, t, err := s.translateCommand(cmd)
+	if err != nil {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+err.Error()+".")
+	}
+	up, err := s.Upstream(ctx)
+	if err != nil {
+		return s.upstreamUnavailable(cmd.Tag, err)
+	}
+	s.xlate = t
+	defer func() { s.xlate = nil }()
+	if _, err := s.relayCommand(ctx, up, cmd.Tag, segs); err != nil {
+		return err
+	}
+	s.release()
+	return nil
 }
 
 func stateError(name string, st State) string {
@@ -458,9 +597,8 @@ func (s *Session) starttls() error {
 	s.nc.SetDeadline(time.Time{})
 	s.wmu.Lock()
 	s.nc = tc
-	s.w = bufio.NewWriterSize(tc, 4096)
+	s.setTransport(connTransport{tc})
 	s.wmu.Unlock()
-	s.r = imapcodec.NewReader(tc, s.srv.cfg.Limits)
 	s.isTLS = true
 	return nil
 }

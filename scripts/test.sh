@@ -26,6 +26,7 @@ missing=()
 dpkg -s dovecot-imapd >/dev/null 2>&1 || missing+=(dovecot-imapd)
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [ "${#missing[@]}" -gt 0 ]; then
 	echo "test.sh: installing ${missing[*]}" >&2
@@ -44,6 +45,13 @@ if [ -s /run/dovecot/master.pid ] && "${sudo[@]}" kill -0 "$(cat /run/dovecot/ma
 	else
 		"${sudo[@]}" service dovecot stop || true
 	fi
+fi
+
+# Node clients for the integration tests (ImapFlow), pinned by the lock file.
+node_dir=internal/integration/testdata/node
+if [ ! -d "$node_dir/node_modules" ]; then
+	echo "test.sh: npm ci in $node_dir" >&2
+	(cd "$node_dir" && npm ci --no-audit --no-fund)
 fi
 
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then

@@ -25,6 +25,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -68,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // extensions is the set of protocol extensions every session gets.
 func extensions() []proxy.Extension {
-	return []proxy.Extension{idle.New()}
+	return []proxy.Extension{idle.New(), compress.New()}
 }
 
 func serve(args []string, stdout, stderr io.Writer, demo bool) int {
@@ -130,6 +131,13 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		return 1
 	}
 
+	// Handle signals before announcing the listeners: a SIGHUP or SIGTERM
+	// sent as soon as the address is known must not kill the process with
+	// the default action.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
+
 	var listeners []struct {
 		ln  net.Listener
 		tls bool
@@ -176,9 +184,6 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		}()
 	}
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sig)
 	for s := range sig {
 		if s == syscall.SIGHUP {
 			if certs == nil {

@@ -1,15 +1,17 @@
-// Package idle gives clients the IDLE command (RFC 2177).
+// Package idle gives every client the IDLE command (RFC 2177), whatever the
+// upstream offers.
 //
-// Today it relays IDLE to the session's upstream connection: the client is
-// told "+ idling" once the upstream has accepted, every response the upstream
-// sends meanwhile is relayed (through the session's response filters), and
-// the client's DONE ends the upstream IDLE. Because servers may drop a
-// connection that idles for 30 minutes (RFC 2177 asks clients to re-issue
-// IDLE at least every 29 minutes), the extension silently re-issues the
-// upstream IDLE every Reissue period; the client notices nothing.
+// An idling client holds no upstream connection: in the selected state the
+// mailbox hub's watcher (one upstream IDLE, or NOOP polling, per watched
+// mailbox) notifies the session, which writes the changes at once. In the
+// authenticated state there is nothing to report until NOTIFY arrives, so
+// IDLE just waits for DONE.
 //
-// IDLE is advertised only when the upstream offers it; the mailbox hub will
-// serve IDLE for every upstream without holding a connection per client.
+// The client's IDLE ends with DONE, or with the autologout timer
+// (Session.IdleTimeout, 30 minutes by default; RFC 2177 asks clients to
+// re-issue IDLE at least every 29 minutes). Optionally, KeepAlive sends
+// "* OK Still here" at an interval, for networks that drop silent
+// connections; it is off by default to spare phones' batteries.
 package idle
 
 import (
@@ -26,9 +28,9 @@ import (
 
 // Extension implements IDLE. The zero value is ready to use.
 type Extension struct {
-	// Reissue is how long an upstream IDLE runs before it is renewed.
-	// Default 25 minutes.
-	Reissue time.Duration
+	// KeepAlive, if positive, is the interval of "* OK Still here"
+	// responses during IDLE. Default off.
+	KeepAlive time.Duration
 }
 
 // New returns the IDLE extension with default settings.
@@ -36,27 +38,14 @@ func New() *Extension { return &Extension{} }
 
 func (e *Extension) Name() string { return "idle" }
 
-func (e *Extension) Capabilities(st proxy.State, up upstream.Caps) []string {
-	if st >= proxy.StateAuthenticated && up.Has("IDLE") {
+func (e *Extension) Capabilities(st proxy.State, _ upstream.Caps) []string {
+	if st >= proxy.StateAuthenticated {
 		return []string{"IDLE"}
 	}
 	return nil
 }
 
 func (e *Extension) Commands() []string { return []string{"IDLE"} }
-
-func (e *Extension) reissue() time.Duration {
-	if e.Reissue <= 0 {
-		return 25 * time.Minute
-	}
-	return e.Reissue
-}
-
-// result is what the upstream relay goroutine reports when an IDLE ends.
-type result struct {
-	head imapcodec.ResponseHead
-	err  error
-}
 
 func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec.Command) error {
 	if !cmd.Args.AtEnd() {
@@ -65,120 +54,46 @@ func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec
 	if s.State() < proxy.StateAuthenticated {
 		return s.WriteStatus(cmd.Tag, "BAD", "", "IDLE not allowed before authentication; log in first.")
 	}
-	if !s.UpstreamCaps().Has("IDLE") {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "IDLE is not supported by this server.")
+	s.SetIdling(true)
+	defer s.SetIdling(false)
+	if err := s.DeliverChanges(); err != nil {
+		return err
 	}
-	up, err := s.Upstream(ctx)
-	if err != nil {
-		return s.UpstreamUnavailable(cmd.Tag, err)
+	if err := s.Write([]byte("+ idling\r\n")); err != nil {
+		return err
 	}
-	defer s.Release()
-
-	started := make(chan struct{}, 1)
-	start := func() (string, <-chan result, error) {
-		tag := up.NextTag()
-		w := up.Writer()
-		w.WriteString(tag + " IDLE\r\n")
-		if err := w.Flush(); err != nil {
-			up.MarkBroken()
-			return "", nil, err
-		}
-		done := make(chan result, 1)
-		go func() {
-			head, err := s.RelayResponses(up, tag, e.reissue()+5*time.Minute, func() error {
-				select {
-				case started <- struct{}{}:
-				default:
-				}
-				return s.Flush()
-			})
-			s.Interrupt() // before done: the session resets its deadline after
-			done <- result{head, err}
-		}()
-		return tag, done, nil
-	}
-	// waitStarted waits for the upstream's continuation request, or for the
-	// IDLE to end without one (refused, or the connection failed).
-	waitStarted := func(done <-chan result) (result, bool) {
-		select {
-		case <-started:
-			return result{}, true
-		case r := <-done:
-			return r, false
-		}
-	}
-	finish := func(done <-chan result) result {
-		w := up.Writer()
-		w.WriteString("DONE\r\n")
-		if err := w.Flush(); err != nil {
-			up.MarkBroken()
-		}
-		return <-done
-	}
-
-	_, done, err := start()
-	if err != nil {
-		return s.UpstreamFailed(cmd.Tag, err)
-	}
-	if r, ok := waitStarted(done); !ok {
-		if r.err != nil {
-			return s.UpstreamFailed(cmd.Tag, r.err)
-		}
-		return s.WriteTagged(cmd.Tag, r.head)
-	}
-	s.Write([]byte("+ idling\r\n"))
 	deadline := time.Now().Add(s.IdleTimeout())
 	for {
-		renew := time.Now().Add(e.reissue())
-		wait := time.Until(renew)
-		if d := time.Until(deadline); d < wait {
-			wait = d
+		wait := time.Until(deadline)
+		if e.KeepAlive > 0 && e.KeepAlive < wait {
+			wait = e.KeepAlive
 		}
-		line, lit, err := s.ReadLine(max(wait, time.Millisecond))
+		// WaitLine flushes first, so delivered changes leave at once.
+		line, lit, err := s.WaitLine(max(wait, time.Millisecond))
 		switch {
 		case err == nil && lit == nil && strings.EqualFold(string(line), "DONE"):
-			r := finish(done)
-			if r.err != nil {
-				return s.UpstreamFailed(cmd.Tag, r.err)
+			s.SetIdling(false)
+			if err := s.DeliverChanges(); err != nil {
+				return err
 			}
-			return s.WriteTagged(cmd.Tag, r.head)
+			return s.WriteStatus(cmd.Tag, "OK", "", "Idle completed.")
 		case err == nil:
-			r := finish(done)
-			if r.err != nil {
-				return s.UpstreamFailed(cmd.Tag, r.err)
-			}
 			return s.WriteStatus(cmd.Tag, "BAD", "", "Expected DONE.")
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			select {
-			case r := <-done:
-				// The upstream ended the IDLE on its own.
-				if r.err != nil {
-					return s.UpstreamFailed(cmd.Tag, r.err)
-				}
-				return s.WriteTagged(cmd.Tag, r.head)
-			default:
-			}
+			// Woken by the hub, by the keep-alive timer, or timed out.
 			if !time.Now().Before(deadline) {
-				finish(done)
-				return errors.New("client idle for too long")
+				return proxy.ErrIdleTimeout
 			}
-			// Renew the upstream IDLE; the client sees nothing of it.
-			if r := finish(done); r.err != nil {
-				return s.UpstreamFailed(cmd.Tag, r.err)
-			}
-			if _, done, err = start(); err != nil {
-				return s.UpstreamFailed(cmd.Tag, err)
-			}
-			if r, ok := waitStarted(done); !ok {
-				if r.err != nil {
-					return s.UpstreamFailed(cmd.Tag, r.err)
+			if s.HasNews() {
+				if err := s.DeliverChanges(); err != nil {
+					return err
 				}
-				return s.WriteTagged(cmd.Tag, r.head)
+			} else if e.KeepAlive > 0 {
+				if err := s.Write([]byte("* OK Still here\r\n")); err != nil {
+					return err
+				}
 			}
 		default:
-			// The client went away: end the upstream IDLE cleanly so the
-			// connection can serve again.
-			finish(done)
 			return err
 		}
 	}

@@ -36,6 +36,7 @@ type Settings struct {
 	UpstreamServerName string   `toml:"upstream-server-name"`
 	UpstreamInsecure   bool     `toml:"upstream-insecure-skip-verify"`
 	UpstreamTimeout    Duration `toml:"upstream-timeout"`
+	UpstreamCompress   string   `toml:"upstream-compress"`
 
 	PoolIdlePerAccount int      `toml:"pool-idle-per-account"`
 	PoolIdleTotal      int      `toml:"pool-idle-total"`
@@ -102,6 +103,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.UpstreamServerName, "upstream-server-name", s.UpstreamServerName, "name to verify the upstream certificate against (default: host of -upstream)")
 	fs.BoolVar(&s.UpstreamInsecure, "upstream-insecure-skip-verify", s.UpstreamInsecure, "do not verify the upstream's certificate (testing only)")
 	fs.TextVar(&s.UpstreamTimeout, "upstream-timeout", s.UpstreamTimeout, "timeout for dialling the upstream and for each upstream response")
+	fs.StringVar(&s.UpstreamCompress, "upstream-compress", s.UpstreamCompress, "COMPRESS=DEFLATE towards the upstream when it offers it: auto (the default, empty: only if the upstream is not on loopback), on or off")
 	fs.IntVar(&s.PoolIdlePerAccount, "pool-idle-per-account", s.PoolIdlePerAccount, "idle upstream connections kept per account")
 	fs.IntVar(&s.PoolIdleTotal, "pool-idle-total", s.PoolIdleTotal, "idle upstream connections kept in total")
 	fs.TextVar(&s.PoolIdleTimeout, "pool-idle-timeout", s.PoolIdleTimeout, "close idle upstream connections after this long")
@@ -192,9 +194,14 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	if err != nil {
 		return cfg, fmt.Errorf("config: %w", err)
 	}
+	compress, err := upstream.ParseCompressPolicy(s.UpstreamCompress)
+	if err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
 	cfg.Upstream = upstream.Config{
 		Addr:     s.Upstream,
 		Security: sec,
+		Compress: compress,
 		Timeout:  s.UpstreamTimeout.Duration,
 		Limits: imapcodec.Limits{
 			MaxLine:    16 << 20, // a SEARCH of a large mailbox is one long line

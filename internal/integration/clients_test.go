@@ -24,11 +24,7 @@ func TestPythonImaplib(t *testing.T) {
 			dc := dovecottest.Start(t, p)
 			addr, _ := startProxy(t, dc.Addr)
 			host, port, _ := net.SplitHostPort(addr)
-			idle := "1"
-			if p == dovecottest.LegacyNoIdle {
-				idle = "0"
-			}
-			out, err := exec.Command(py, "testdata/imaplib_session.py", host, port, "alice", "alicepass", idle).CombinedOutput()
+			out, err := exec.Command(py, "testdata/imaplib_session.py", host, port, "alice", "alicepass").CombinedOutput()
 			if err != nil || !bytes.Contains(out, []byte("PASS")) {
 				t.Fatalf("imaplib session failed: %v\n%s", err, out)
 			}

@@ -92,15 +92,37 @@ var normalizers = []struct {
 	// Capability lists are the proxy's own by design.
 	{regexp.MustCompile(`\[CAPABILITY [^\]]*\] `), "[CAPABILITY ...] "},
 	{regexp.MustCompile(`^\* CAPABILITY .*`), "* CAPABILITY ..."},
+	// Continuation requests carry free text.
+	{regexp.MustCompile(`^\+ .*`), "+ ..."},
 }
 
+// dropped are lines left out of both transcripts:
+//   - Dovecot's RFC 7162 [CLOSED] describes its connection's mailbox switch;
+//     the proxy does not offer QRESYNC yet and drops it (its client never
+//     saw that switch).
+//   - RECENT updates: \Recent belongs to one upstream connection, and the
+//     proxy's sessions share connections (RFC 9051 dropped \Recent). The
+//     proxy relays RECENT in SELECT's answer only.
+var dropped = regexp.MustCompile(`^\* OK \[CLOSED\]|^\* \d+ RECENT$`)
+
+// uidItem moves a FETCH response's UID item to the front: the order of
+// FETCH data items carries no meaning (RFC 3501 7.4.2), and the proxy sends
+// sequence-number FETCHes upstream as UID FETCH, whose answers put UID first.
+var uidItem = regexp.MustCompile(`^(\* \d+ FETCH \()(.*) (UID \d+)(\)?)$`)
+
 func normalize(lines []string) []string {
-	out := make([]string, len(lines))
-	for i, l := range lines {
+	out := make([]string, 0, len(lines))
+	for _, l := range lines {
+		if dropped.MatchString(l) {
+			continue
+		}
 		for _, n := range normalizers {
 			l = n.re.ReplaceAllString(l, n.repl)
 		}
-		out[i] = l
+		if m := uidItem.FindStringSubmatch(l); m != nil && m[4] == ")" {
+			l = m[1] + m[3] + " " + m[2] + ")"
+		}
+		out = append(out, l)
 	}
 	return out
 }

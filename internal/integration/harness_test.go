@@ -25,21 +25,23 @@ import (
 var profiles = []dovecottest.Profile{dovecottest.Full, dovecottest.Legacy, dovecottest.LegacyNoIdle}
 
 // startProxy runs a proxy in front of upstreamAddr and returns its address.
-func startProxy(t testing.TB, upstreamAddr string, exts ...proxy.Extension) (string, *proxy.Server) {
+func startProxy(t testing.TB, upstreamAddr string, opts ...func(*proxy.Config)) (string, *proxy.Server) {
 	t.Helper()
-	if exts == nil {
-		exts = []proxy.Extension{idle.New()}
-	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	srv, err := proxy.NewServer(proxy.Config{
+	cfg := proxy.Config{
 		Upstream:         upstream.Config{Addr: upstreamAddr, Timeout: 10 * time.Second},
 		AuthFailureDelay: 10 * time.Millisecond,
-		Extensions:       exts,
+		Extensions:       []proxy.Extension{idle.New()},
 		Logger:           log,
-	})
+	}
+	cfg.Hub.PollInterval = 300 * time.Millisecond
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := proxy.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

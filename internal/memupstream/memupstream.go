@@ -6,6 +6,7 @@ package memupstream
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -35,6 +36,12 @@ type Options struct {
 	Caps []imap.Cap
 	// Logger for the server's errors; default discards them.
 	Logger *log.Logger
+	// TLS, if set, makes the server offer STARTTLS with this configuration,
+	// or, with ImplicitTLS, serve TLS from the first byte (port 993 style).
+	// Default: plain TCP without STARTTLS.
+	TLS *tls.Config
+	// ImplicitTLS serves TLS from the first byte; it needs TLS.
+	ImplicitTLS bool
 }
 
 // DefaultCaps are the capabilities Start advertises when Options.Caps is nil.
@@ -57,6 +64,13 @@ func Start(opt Options) (*Server, error) {
 	if logger == nil {
 		logger = log.New(discard{}, "", 0)
 	}
+	if opt.ImplicitTLS && opt.TLS == nil {
+		return nil, errors.New("memupstream: ImplicitTLS needs TLS")
+	}
+	var startTLS *tls.Config
+	if !opt.ImplicitTLS {
+		startTLS = opt.TLS
+	}
 	mem := imapmemserver.New()
 	srv := imapserver.New(&imapserver.Options{
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
@@ -65,10 +79,14 @@ func Start(opt Options) (*Server, error) {
 		Caps:         caps,
 		InsecureAuth: true,
 		Logger:       logger,
+		TLSConfig:    startTLS,
 	})
 	ln, err := net.Listen("tcp", opt.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("memupstream: %w", err)
+	}
+	if opt.ImplicitTLS {
+		ln = tls.NewListener(ln, opt.TLS)
 	}
 	s := &Server{Addr: ln.Addr().String(), mem: mem, srv: srv, ln: ln, users: map[string]*imapmemserver.User{}, done: make(chan struct{})}
 	go func() {

@@ -59,6 +59,9 @@ type Config struct {
 	// commands. Default 30 s.
 	Timeout time.Duration
 	Limits  imapcodec.Limits
+	// Compress says when to use COMPRESS=DEFLATE with the upstream
+	// (default auto: with non-loopback upstreams that offer it).
+	Compress CompressPolicy
 }
 
 func (c *Config) timeout() time.Duration {
@@ -97,13 +100,19 @@ type Conn struct {
 	cfg  *Config
 	caps Caps
 
-	tagSeq atomic.Uint64
-	broken bool
+	tagSeq     atomic.Uint64
+	broken     bool
+	compressed bool // COMPRESS=DEFLATE is on, see compress.go
 
 	// Selected is the mailbox selected on this connection ("" if none) and
 	// ReadOnly whether it was opened with EXAMINE.
 	Selected string
 	ReadOnly bool
+	// SyncedTo is the proxy's mod-sequence of the selected mailbox up to
+	// which this connection is known to have seen the mailbox. A server
+	// shows a connection new messages only when it syncs (at a command),
+	// so a lessee whose client knows more sends NOOP first.
+	SyncedTo uint64
 
 	account  string
 	lastUsed time.Time
@@ -412,6 +421,9 @@ func (c *Conn) Login(ctx context.Context, user, pass string) (string, error) {
 	}); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
+	if err := c.startCompression(ctx); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	return resp.Head.Text, nil
 }
 
@@ -470,3 +482,7 @@ func (c *Conn) Unselect(ctx context.Context) error {
 
 // LastUsed returns when the connection last carried a command.
 func (c *Conn) LastUsed() time.Time { return c.lastUsed }
+
+// SetReadDeadline sets the read deadline; a deadline in the past wakes a
+// reader blocked in ReadLine (the partial line is kept, see imapcodec).
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }

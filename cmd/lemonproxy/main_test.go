@@ -1,0 +1,612 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// binary is the lemonproxy command built once by TestMain.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lemonproxy-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "lemonproxy")
+	args := []string{"build", "-o", binary}
+	if raceEnabled() {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, ".")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building lemonproxy:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// raceEnabled reports whether this test binary was built with -race, so
+// that the command under test is too.
+func raceEnabled() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" && s.Value == "true" {
+			return true
+		}
+	}
+	return false
+}
+
+// output is an io.Writer safe to read while a process writes to it.
+type output struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.Write(p)
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
+}
+
+func (o *output) Len() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.Len()
+}
+
+// proc is a running lemonproxy.
+type proc struct {
+	cmd            *exec.Cmd
+	stdout, stderr *output
+	done           chan struct{}
+	err            error // of Wait, once done is closed
+}
+
+// start runs lemonproxy with args in a fresh working directory (the default
+// data directory is relative).
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(binary, args...), stdout: &output{}, stderr: &output{}, done: make(chan struct{})}
+	p.cmd.Dir = t.TempDir()
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("lemonproxy %q\nstdout:\n%s\nstderr:\n%s", args, p.stdout, p.stderr)
+		}
+	})
+	return p
+}
+
+// runLP runs lemonproxy to completion and returns its exit code.
+func runLP(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	p := start(t, args...)
+	return p.wait(t, 10*time.Second), p.stdout.String(), p.stderr.String()
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("lemonproxy still running after %v", timeout)
+	}
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		if st, ok := ee.Sys().(syscall.WaitStatus); ok && st.Signaled() {
+			t.Fatalf("lemonproxy killed by %v", st.Signal())
+		}
+		return ee.ExitCode()
+	}
+	if p.err != nil {
+		t.Fatal(p.err)
+	}
+	return 0
+}
+
+func (p *proc) signal(t *testing.T, s os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor waits until o, from byte offset from on, matches re, and returns
+// the submatches.
+func (p *proc) waitFor(t *testing.T, o *output, from int, re string) []string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m := rx.FindStringSubmatch(o.String()[from:]); m != nil {
+			return m
+		}
+		select {
+		case <-p.done:
+			if m := rx.FindStringSubmatch(o.String()[from:]); m != nil {
+				return m
+			}
+			t.Fatalf("lemonproxy exited (%v) without printing %q", p.err, re)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lemonproxy did not print %q", re)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// listenAddr waits for the "listening" log line of the plain (tls=false) or
+// implicit-TLS listener and returns its address.
+func (p *proc) listenAddr(t *testing.T, isTLS bool) string {
+	t.Helper()
+	return p.waitFor(t, p.stderr, 0, fmt.Sprintf(`msg=listening addr=(\S+) tls=%v`, isTLS))[1]
+}
+
+// stop sends sig and checks that the process exits 0 within a few seconds.
+func (p *proc) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	mark := p.stderr.Len()
+	p.signal(t, sig)
+	if code := p.wait(t, 5*time.Second); code != 0 {
+		t.Errorf("exit code %d after %v; want 0", code, sig)
+	}
+	p.waitFor(t, p.stderr, mark, `msg="shutting down" signal=`+sig.String()+`\n(?s:.*)msg=stopped\n`)
+}
+
+// client is a raw IMAP client.
+type client struct {
+	t  *testing.T
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func newClient(t *testing.T, nc net.Conn) *client {
+	t.Helper()
+	c := &client{t: t, nc: nc, br: bufio.NewReader(nc)}
+	t.Cleanup(func() { nc.Close() })
+	if g := c.readLine(); !strings.HasPrefix(g, "* OK") {
+		t.Fatalf("greeting %q", g)
+	}
+	return c
+}
+
+func dialIMAP(t *testing.T, addr string) *client {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newClient(t, nc)
+}
+
+func (c *client) readLine() string {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := c.br.ReadString('\n')
+	if err != nil {
+		c.t.Fatalf("reading from the proxy: %v (got %q)", err, line)
+	}
+	return strings.TrimSuffix(line, "\r\n")
+}
+
+func (c *client) send(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.nc, s); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// do sends "tag line" and returns the untagged responses and the tagged
+// status line.
+func (c *client) do(tag, line string) (untagged []string, status string) {
+	c.t.Helper()
+	c.send(tag + " " + line + "\r\n")
+	for {
+		l := c.readLine()
+		if strings.HasPrefix(l, tag+" ") {
+			return untagged, l
+		}
+		untagged = append(untagged, l)
+	}
+}
+
+// ok is do that requires a tagged OK.
+func (c *client) ok(tag, line string) []string {
+	c.t.Helper()
+	u, st := c.do(tag, line)
+	if !strings.HasPrefix(st, tag+" OK") {
+		c.t.Fatalf("%s %s: %q %q", tag, line, u, st)
+	}
+	return u
+}
+
+func contains(lines []string, s string) bool {
+	for _, l := range lines {
+		if l == s {
+			return true
+		}
+	}
+	return false
+}
+
+// startUpstream starts an in-memory upstream with user and n messages.
+func startUpstream(t *testing.T, user, pass string, n int) *memupstream.Server {
+	t.Helper()
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	if err := up.AddUser(user, pass); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		msg := fmt.Sprintf("Subject: message %d\r\n\r\nhello\r\n", i)
+		if err := up.Append(user, "INBOX", []imap.Flag{}, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return up
+}
+
+func TestVersion(t *testing.T) {
+	code, stdout, stderr := runLP(t, "version")
+	if code != 0 || stdout != "lemonproxy "+proxy.Version+"\n" || stderr != "" {
+		t.Errorf("lemonproxy version: exit %d, stdout %q, stderr %q; want 0, %q, empty", code, stdout, stderr, "lemonproxy "+proxy.Version+"\n")
+	}
+}
+
+func TestUsage(t *testing.T) {
+	code, stdout, stderr := runLP(t, "frobnicate")
+	if code != 2 || stdout != "" || !strings.HasPrefix(stderr, `lemonproxy: unknown command "frobnicate"`) || !strings.Contains(stderr, usage) {
+		t.Errorf("unknown command: exit %d, stdout %q, stderr %q; want 2 with the usage on stderr", code, stdout, stderr)
+	}
+	code, stdout, stderr = runLP(t)
+	if code != 2 || stdout != "" || stderr != usage {
+		t.Errorf("no command: exit %d, stdout %q, stderr %q; want 2 with the usage on stderr", code, stdout, stderr)
+	}
+	code, stdout, stderr = runLP(t, "help")
+	if code != 0 || stdout != usage || stderr != "" {
+		t.Errorf("help: exit %d, stdout %q, stderr %q; want 0 with the usage on stdout", code, stdout, stderr)
+	}
+}
+
+func TestServeUsageErrors(t *testing.T) {
+	certFile, keyFile := writeCert(t, t.TempDir(), "a")
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no upstream", []string{"serve"}, 2, "no upstream: set -upstream HOST:PORT"},
+		{"unknown flag", []string{"serve", "-bogus"}, 2, "flag provided but not defined: -bogus"},
+		{"bad duration", []string{"serve", "-upstream", "u:143", "-idle-timeout", "soon"}, 2, `invalid value "soon" for flag -idle-timeout`},
+		{"bad log level", []string{"serve", "-upstream", "u:143", "-log-level", "loud"}, 2, `log-level "loud"`},
+		{"bad security", []string{"serve", "-upstream", "u:143", "-upstream-security", "ssl"}, 2, `upstream security \"ssl\"`},
+		{"missing config", []string{"serve", "-config", "/nonexistent/lemonproxy.toml"}, 2, "/nonexistent/lemonproxy.toml"},
+		{"tls listener without certificate", []string{"serve", "-upstream", "u:143", "-listen", "", "-listen-tls", "127.0.0.1:0"}, 2, "-listen-tls needs -tls-cert and -tls-key"},
+		{"no listener", []string{"serve", "-upstream", "u:143", "-listen", ""}, 2, "no listener"},
+		{"missing key", []string{"serve", "-upstream", "u:143", "-tls-cert", certFile, "-tls-key", keyFile + ".missing"}, 1, "TLS certificate"},
+		{"help", []string{"serve", "-h"}, 0, "-upstream-security"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runLP(t, tc.args...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Errorf("lemonproxy %q: exit %d, stderr %q; want %d and %q", tc.args, code, stderr, tc.code, tc.want)
+			}
+			if strings.Contains(stderr, "msg=listening") {
+				t.Errorf("lemonproxy %q listened before failing", tc.args)
+			}
+		})
+	}
+}
+
+func TestDemo(t *testing.T) {
+	p := start(t, "demo", "-listen", "127.0.0.1:0")
+	addr := p.waitFor(t, p.stdout, 0, `proxy on (127\.0\.0\.1:\d+) in front of a built-in server`)[1]
+	if !strings.Contains(p.stdout.String(), `Log in as "demo" with password "demo"`) {
+		t.Errorf("demo output lacks the credentials: %q", p.stdout)
+	}
+	c := dialIMAP(t, addr)
+	c.ok("a1", "LOGIN demo demo")
+	if u := c.ok("a2", "SELECT INBOX"); !contains(u, "* 3 EXISTS") {
+		t.Errorf("SELECT INBOX: %q; want * 3 EXISTS", u)
+	}
+	u := c.ok("a3", "FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+	if !strings.Contains(strings.Join(u, "\n"), "Subject: Lunch?") {
+		t.Errorf("FETCH: %q", u)
+	}
+
+	// The idle client is told the server is going away.
+	begin := time.Now()
+	p.signal(t, syscall.SIGTERM)
+	if l := c.readLine(); !strings.HasPrefix(l, "* BYE ") {
+		t.Errorf("after SIGTERM the client read %q; want * BYE", l)
+	}
+	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if rest, err := io.ReadAll(c.br); err != nil || len(rest) != 0 {
+		t.Errorf("after BYE: %q, %v; want the connection closed", rest, err)
+	}
+	if code := p.wait(t, 5*time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM; want 0", code)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("shutdown took %v", d)
+	}
+	p.waitFor(t, p.stderr, 0, `msg="shutting down" signal=terminated`)
+	p.waitFor(t, p.stderr, 0, `msg=stopped`)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func TestServeConfigFile(t *testing.T) {
+	up := startUpstream(t, "alice", "secret", 1)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "lemonproxy.toml")
+	// listen is invalid: it must be overridden by the flag. The other keys
+	// must be kept.
+	text := fmt.Sprintf("listen = \"256.0.0.1:1\"\nupstream = %q\nupstream-security = \"none\"\ndata = %q\nlog-level = \"debug\"\nauth-failure-delay = \"10ms\"\n",
+		up.Addr, filepath.Join(dir, "data"))
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listen := freePort(t)
+	p := start(t, "serve", "-config", conf, "-listen", listen)
+	p.waitFor(t, p.stderr, 0, `msg=listening addr=`+regexp.QuoteMeta(listen)+` tls=false upstream=`+regexp.QuoteMeta(up.Addr))
+
+	c := dialIMAP(t, listen)
+	c.ok("a1", `LOGIN alice "secret"`)
+	if u := c.ok("a2", "SELECT INBOX"); !contains(u, "* 1 EXISTS") {
+		t.Errorf("SELECT INBOX: %q; want * 1 EXISTS", u)
+	}
+	// log-level debug from the file is in force.
+	p.waitFor(t, p.stderr, 0, `level=DEBUG`)
+	if _, err := os.Stat(filepath.Join(dir, "data")); err != nil {
+		t.Errorf("data directory from the file: %v", err)
+	}
+	// SIGHUP without certificates changes nothing.
+	mark := p.stderr.Len()
+	p.signal(t, syscall.SIGHUP)
+	p.waitFor(t, p.stderr, mark, `msg="SIGHUP: no certificate to reload"`)
+	c.ok("a3", "NOOP")
+	c.ok("a4", "LOGOUT")
+	p.stop(t, syscall.SIGTERM)
+}
+
+func TestSIGHUPReloadsCertificate(t *testing.T) {
+	up := startUpstream(t, "alice", "secret", 0)
+	dir := t.TempDir()
+	certA, keyA := writeCert(t, filepath.Join(dir, "a"), "cert-a")
+	certB, keyB := writeCert(t, filepath.Join(dir, "b"), "cert-b")
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	copyFile(t, certA, certFile)
+	copyFile(t, keyA, keyFile)
+
+	p := start(t, "serve", "-listen", "", "-listen-tls", "127.0.0.1:0", "-tls-cert", certFile, "-tls-key", keyFile,
+		"-upstream", up.Addr, "-data", filepath.Join(dir, "data"))
+	addr := p.listenAddr(t, true)
+
+	served := func() (string, *client) {
+		t.Helper()
+		nc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cn := nc.ConnectionState().PeerCertificates[0].Subject.CommonName
+		return cn, newClient(t, nc)
+	}
+	cn, old := served()
+	if cn != "cert-a" {
+		t.Fatalf("served %q; want cert-a", cn)
+	}
+	old.ok("a1", "LOGIN alice secret")
+
+	// A broken file: the reload fails and the old certificate stays.
+	if err := os.WriteFile(certFile, []byte("-----BEGIN CERTIFICATE-----\ngarbage\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mark := p.stderr.Len()
+	p.signal(t, syscall.SIGHUP)
+	p.waitFor(t, p.stderr, mark, `level=ERROR msg="SIGHUP: certificate reload failed; keeping the old one" err=".*`+regexp.QuoteMeta(certFile))
+	if cn, _ := served(); cn != "cert-a" {
+		t.Errorf("after a failed reload: served %q; want cert-a", cn)
+	}
+
+	// New files: new connections get the new certificate.
+	copyFile(t, certB, certFile)
+	copyFile(t, keyB, keyFile)
+	mark = p.stderr.Len()
+	p.signal(t, syscall.SIGHUP)
+	p.waitFor(t, p.stderr, mark, `msg="SIGHUP: certificate reloaded"`)
+	cn, c := served()
+	if cn != "cert-b" {
+		t.Errorf("after reload: served %q; want cert-b", cn)
+	}
+	c.ok("b1", "LOGIN alice secret")
+
+	// The connection made before the reloads is still up.
+	old.ok("a2", "NOOP")
+	if u := old.ok("a3", "SELECT INBOX"); !contains(u, "* 0 EXISTS") {
+		t.Errorf("SELECT on the old connection: %q", u)
+	}
+	p.stop(t, syscall.SIGTERM)
+}
+
+func TestLogsHideSecrets(t *testing.T) {
+	const (
+		user      = "carol"
+		pass      = "Zq9-unique-P@ss-4242"
+		wrongPass = "Wr0ng-unique-P@ss-7777"
+		litPass   = "L1teral-unique-P@ss-5151"
+	)
+	up := startUpstream(t, user, pass, 1)
+	if err := up.AddUser("dave", litPass); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "serve", "-listen", "127.0.0.1:0", "-upstream", up.Addr, "-log-level", "debug", "-auth-failure-delay", "10ms")
+	addr := p.listenAddr(t, false)
+
+	c := dialIMAP(t, addr)
+	c.ok("a1", fmt.Sprintf("LOGIN %s %q", user, pass))
+	c.ok("a2", "SELECT INBOX")
+	c.ok("a3", "LOGOUT")
+
+	c = dialIMAP(t, addr)
+	if _, st := c.do("b1", fmt.Sprintf("LOGIN %s %q", user, wrongPass)); !strings.HasPrefix(st, "b1 NO") {
+		t.Errorf("LOGIN with a wrong password: %q", st)
+	}
+	sasl := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pass))
+	c.ok("b2", "AUTHENTICATE PLAIN "+sasl)
+	c.ok("b3", "LOGOUT")
+
+	// A password in a synchronising literal.
+	c = dialIMAP(t, addr)
+	c.send(fmt.Sprintf("c1 LOGIN dave {%d}\r\n", len(litPass)))
+	if l := c.readLine(); !strings.HasPrefix(l, "+") {
+		t.Fatalf("literal: %q; want a continuation request", l)
+	}
+	c.send(litPass + "\r\n")
+	if l := c.readLine(); !strings.HasPrefix(l, "c1 OK") {
+		t.Fatalf("LOGIN with a literal password: %q", l)
+	}
+	// AUTHENTICATE without an initial response, then a wrong one.
+	wrongSASL := base64.StdEncoding.EncodeToString([]byte("\x00dave\x00" + wrongPass))
+	c2 := dialIMAP(t, addr)
+	c2.send("d1 AUTHENTICATE PLAIN\r\n")
+	if l := c2.readLine(); !strings.HasPrefix(l, "+") {
+		t.Fatalf("AUTHENTICATE: %q; want a continuation request", l)
+	}
+	c2.send(wrongSASL + "\r\n")
+	if l := c2.readLine(); !strings.HasPrefix(l, "d1 NO") {
+		t.Errorf("AUTHENTICATE with a wrong password: %q", l)
+	}
+	p.stop(t, syscall.SIGINT)
+
+	logs := p.stderr.String()
+	for _, secret := range []string{pass, wrongPass, litPass, sasl, wrongSASL} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("the log contains the secret %q:\n%s", secret, logs)
+		}
+	}
+	// The log is not simply empty.
+	for _, want := range []string{`msg="logged in"`, `msg="login failed"`, "user=carol", "level=DEBUG"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log lacks %q:\n%s", want, logs)
+		}
+	}
+}
+
+// writeCert writes a self-signed certificate for 127.0.0.1 with common name
+// cn to base+"-cert.pem" and its key to base+"-key.pem".
+func writeCert(t *testing.T, base, cn string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = base+"-cert.pem", base+"-key.pem"
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

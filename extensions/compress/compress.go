@@ -1,0 +1,232 @@
+// Package compress gives clients COMPRESS=DEFLATE (RFC 4978).
+//
+// Once authenticated, a client may send "COMPRESS DEFLATE"; the tagged OK
+// goes out uncompressed and from the byte after its CRLF both directions
+// are raw deflate (RFC 1951, no zlib header), inside TLS if the connection
+// has it. The proxy's side costs almost nothing while the client is idle:
+//
+//   - Responses are compressed burst by burst (a burst ends whenever the
+//     session flushes: at the end of every command's responses, before it
+//     waits for the client, and after each push during IDLE). No deflate
+//     state survives a burst; the next one is primed with the last 2 KiB of
+//     plaintext sent. See package deflate.
+//   - The inflater for the client's data is dropped whenever the client has
+//     sent a whole deflate block and nothing more, and rebuilt from the
+//     plaintext window the client may still refer to when bytes arrive.
+//
+// docs/compress.md has the measurements behind these choices.
+//
+// Protocol decisions (RFC 4978 section 3 lists the results):
+//   - COMPRESS before authentication: BAD. The command is defined only in
+//     the authenticated and selected states (its ABNF extends command-auth);
+//     the core answers every command used in the wrong state with BAD.
+//   - An argument other than DEFLATE, or none, or more: BAD ("invalid or
+//     unknown argument").
+//   - COMPRESS when compression is already on: NO [COMPRESSIONACTIVE], as
+//     Dovecot and most servers answer; RFC 4978 allows BAD too.
+//   - Compressed data that is not valid raw deflate (or starts with a zlib
+//     header) ends the session with "* BYE", compressed.
+package compress
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+
+	"github.com/lemonproxy/lemonproxy/extensions/compress/deflate"
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// Extension implements COMPRESS=DEFLATE. The zero value is ready to use.
+type Extension struct {
+	// DictSize is how much recently sent plaintext each session keeps as
+	// the dictionary of its next response burst: 0 selects 2 KiB, the most
+	// used is 8 KiB, a negative size keeps none.
+	DictSize int
+
+	activations atomic.Int64
+	active      atomic.Int64
+	corrupt     atomic.Int64
+	plainIn     atomic.Int64 // client to proxy, after inflating
+	compIn      atomic.Int64
+	plainOut    atomic.Int64 // proxy to client, before deflating
+	compOut     atomic.Int64
+}
+
+// New returns the extension with default settings.
+func New() *Extension { return &Extension{} }
+
+// Stats are counters over all sessions of the extension.
+type Stats struct {
+	Activations int64 // COMPRESS commands that succeeded
+	Active      int64 // sessions compressing now
+	Corrupt     int64 // sessions ended by invalid compressed input
+	// Bytes of sessions that have ended or flushed: plaintext and
+	// compressed, in each direction.
+	PlainIn, CompressedIn, PlainOut, CompressedOut int64
+}
+
+// Stats returns the extension's counters.
+func (e *Extension) Stats() Stats {
+	return Stats{
+		Activations:   e.activations.Load(),
+		Active:        e.active.Load(),
+		Corrupt:       e.corrupt.Load(),
+		PlainIn:       e.plainIn.Load(),
+		CompressedIn:  e.compIn.Load(),
+		PlainOut:      e.plainOut.Load(),
+		CompressedOut: e.compOut.Load(),
+	}
+}
+
+func (e *Extension) Name() string { return "compress" }
+
+// Capabilities advertises COMPRESS=DEFLATE once the client is authenticated,
+// whatever the upstream offers: the proxy compresses its own connection.
+func (e *Extension) Capabilities(st proxy.State, _ upstream.Caps) []string {
+	if st == proxy.StateAuthenticated || st == proxy.StateSelected {
+		return []string{"COMPRESS=DEFLATE"}
+	}
+	return nil
+}
+
+func (e *Extension) Commands() []string { return []string{"COMPRESS"} }
+
+type sessionKey struct{}
+
+func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec.Command) error {
+	if s.State() != proxy.StateAuthenticated && s.State() != proxy.StateSelected {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "COMPRESS not allowed before authentication; log in first.")
+	}
+	var mech string
+	err := cmd.Args.SP()
+	if err == nil {
+		mech, err = cmd.Args.Atom()
+	}
+	if err != nil || !cmd.Args.AtEnd() {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Usage: COMPRESS DEFLATE.")
+	}
+	if !strings.EqualFold(mech, "DEFLATE") {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Unknown compression mechanism; only DEFLATE is supported.")
+	}
+	if s.Value(sessionKey{}) != nil {
+		return s.WriteStatus(cmd.Tag, "NO", "COMPRESSIONACTIVE", "DEFLATE compression is already active.")
+	}
+	if err := s.WriteStatus(cmd.Tag, "OK", "", "DEFLATE active."); err != nil {
+		return err
+	}
+	var t *transport
+	err = s.WrapTransport(func(base proxy.Transport, pending []byte) (proxy.Transport, error) {
+		t = &transport{
+			ext:  e,
+			base: base,
+			r:    deflate.NewReader(base, pending),
+			w:    deflate.NewWriter(base, e.DictSize),
+		}
+		return t, nil
+	})
+	if err != nil {
+		return err
+	}
+	s.SetValue(sessionKey{}, t)
+	e.activations.Add(1)
+	e.active.Add(1)
+	s.Logger().Debug("COMPRESS=DEFLATE active")
+	return nil
+}
+
+// StateChanged is part of proxy.SessionHook.
+func (e *Extension) StateChanged(*proxy.Session, proxy.State) {}
+
+// SessionClosed releases the session's compression state.
+func (e *Extension) SessionClosed(s *proxy.Session) {
+	t, _ := s.Value(sessionKey{}).(*transport)
+	if t == nil {
+		return
+	}
+	t.close()
+	e.active.Add(-1)
+}
+
+// transport is the deflate layer between the session and its connection.
+// The session reads from one goroutine and writes under its own lock, so
+// the two halves need no locking of their own.
+type transport struct {
+	ext  *Extension
+	base proxy.Transport
+	r    *deflate.Reader
+	w    *deflate.Writer
+
+	lastIn, lastPlainIn   int64 // reader counters already added to ext
+	lastOut, lastPlainOut int64
+	closed                atomic.Bool
+	corruptOnce           atomic.Bool
+}
+
+func (t *transport) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err != nil {
+		t.countIn()
+		var ce *deflate.CorruptError
+		switch {
+		case errors.Is(err, deflate.ErrZlibHeader):
+			err = t.corruptError(err, "Compressed data starts with a zlib header; COMPRESS=DEFLATE is raw deflate (RFC 1951).")
+		case errors.As(err, &ce):
+			err = t.corruptError(err, "Corrupt compressed data.")
+		case errors.Is(err, deflate.ErrStreamLost):
+			err = t.corruptError(err, "Compression state lost.")
+		}
+	}
+	return n, err
+}
+
+func (t *transport) corruptError(err error, text string) error {
+	if t.corruptOnce.CompareAndSwap(false, true) {
+		t.ext.corrupt.Add(1)
+	}
+	return &byeError{err: err, text: text}
+}
+
+func (t *transport) Write(p []byte) (int, error) { return t.w.Write(p) }
+
+// Flush compresses the burst and sends it.
+func (t *transport) Flush() error {
+	err := t.w.Flush()
+	plain, comp := t.w.Stats()
+	t.ext.plainOut.Add(plain - t.lastPlainOut)
+	t.ext.compOut.Add(comp - t.lastOut)
+	t.lastPlainOut, t.lastOut = plain, comp
+	if err != nil {
+		return err
+	}
+	return t.base.Flush()
+}
+
+func (t *transport) countIn() {
+	comp, plain, _ := t.r.Stats()
+	t.ext.compIn.Add(comp - t.lastIn)
+	t.ext.plainIn.Add(plain - t.lastPlainIn)
+	t.lastIn, t.lastPlainIn = comp, plain
+}
+
+// close runs when the session has ended: no more reads.
+func (t *transport) close() {
+	if t.closed.CompareAndSwap(false, true) {
+		t.countIn()
+		t.r.Close()
+	}
+}
+
+// byeError ends the session with a BYE of its own text (the session core
+// looks for a ByeText method).
+type byeError struct {
+	err  error
+	text string
+}
+
+func (e *byeError) Error() string   { return "COMPRESS: " + e.err.Error() }
+func (e *byeError) Unwrap() error   { return e.err }
+func (e *byeError) ByeText() string { return e.text }

@@ -1,0 +1,302 @@
+package compress_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/flate"
+
+	"github.com/lemonproxy/lemonproxy/extensions/compress/deflate"
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+)
+
+func hasCap(lines []string, c string) bool {
+	for _, l := range lines {
+		if strings.HasPrefix(l, "* CAPABILITY ") && strings.Contains(l+" ", " "+c+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+func message(i int, body string) string {
+	return fmt.Sprintf("From: Sender %d <s%d@example.org>\r\nTo: alice@example.org\r\nSubject: message %d\r\n"+
+		"Date: Mon, 2 Nov 2026 10:%02d:00 +0000\r\nMessage-ID: <m%d@example.org>\r\n\r\n%s\r\n", i, i, i, i%60, i, body)
+}
+
+// TestSession runs a whole session through compression: capability
+// advertisement, APPEND with a synchronising literal (whose continuation
+// request must be flushed), SELECT, FETCH, a second COMPRESS, LOGOUT.
+func TestSession(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	c := dial(t, e.addr)
+	if hasCap(c.cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
+		t.Fatal("COMPRESS=DEFLATE advertised before authentication")
+	}
+	c.mustOK("LOGIN alice secret")
+	if !hasCap(c.cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
+		t.Fatal("COMPRESS=DEFLATE not advertised after authentication")
+	}
+	c.compress()
+	if !hasCap(c.cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
+		t.Fatal("CAPABILITY fails after COMPRESS")
+	}
+	body := strings.Repeat("All work and no play makes Jack a dull boy.\r\n", 2000)
+	msg := message(1, body)
+	c.mustOK(fmt.Sprintf("APPEND INBOX (\\Seen) {%d}", len(msg)), msg)
+	msg2 := message(2, "short")
+	c.mustOK(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(msg2), msg2))
+	c.mustOK("SELECT INBOX")
+	lines := c.mustOK("FETCH 1:* (BODY[])")
+	if !strings.HasSuffix(lines[0], msg+")") || !strings.HasSuffix(lines[1], msg2+")") {
+		t.Fatalf("FETCH through compression: %d lines, %.200q", len(lines), lines)
+	}
+	if got := c.cmd("COMPRESS DEFLATE"); tagged(got) != "NO [COMPRESSIONACTIVE] DEFLATE compression is already active." {
+		t.Fatalf("second COMPRESS: %q", got)
+	}
+	c.cmd("LOGOUT")
+	st := e.ext.Stats()
+	if st.Activations != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	waitFor(t, "the session to end", func() bool { return e.ext.Stats().Active == 0 })
+	st = e.ext.Stats()
+	if st.CompressedOut == 0 || st.PlainOut < 10*st.CompressedOut || st.PlainIn < 2*st.CompressedIn {
+		t.Fatalf("compression did not pay off: %+v", st)
+	}
+}
+
+func TestBadCommands(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	c := dial(t, e.addr)
+	if got := tagged(c.cmd("COMPRESS DEFLATE")); !strings.HasPrefix(got, "BAD ") {
+		t.Fatalf("COMPRESS before login: %q, want BAD", got)
+	}
+	c.mustOK("LOGIN alice secret")
+	for _, cmd := range []string{"COMPRESS", "COMPRESS GZIP", "COMPRESS DEFLATE DEFLATE", "COMPRESS (DEFLATE)"} {
+		if got := tagged(c.cmd(cmd)); !strings.HasPrefix(got, "BAD ") {
+			t.Fatalf("%s: %q, want BAD", cmd, got)
+		}
+	}
+	// Still uncompressed and working; lower case works too.
+	c.mustOK("NOOP")
+	c.mustOK("compress deflate")
+	c.startCompression(1)
+	c.mustOK("NOOP")
+}
+
+// TestPipelined sends the first compressed command in the same packet as
+// COMPRESS itself: the proxy must decode it as compressed.
+func TestPipelined(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	c := dial(t, e.addr)
+	c.mustOK("LOGIN alice secret")
+	var z bytes.Buffer
+	fw, _ := flate.NewWriter(&z, 6)
+	fw.Write([]byte("p1 NOOP\r\n"))
+	fw.Flush()
+	c.nc.Write(append([]byte("p0 COMPRESS DEFLATE\r\n"), z.Bytes()...))
+	if l := c.readLine(); l != "p0 OK DEFLATE active." {
+		t.Fatalf("got %q", l)
+	}
+	pending := c.r.TakeBuffered()
+	c.r = imapcodec.NewReader(flate.NewReader(io_multi(pending, c.nc)), imapcodec.Limits{})
+	if l := c.readLine(); !strings.HasPrefix(l, "p1 OK") {
+		t.Fatalf("pipelined command: %q", l)
+	}
+}
+
+func TestTLS(t *testing.T) {
+	srvCfg, cliCfg := selfSignedTLS(t)
+	e := newEnv(t, envOpts{tls: srvCfg})
+	tc, err := tls.Dial("tcp", e.addr, cliCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, tc)
+	c.mustOK("LOGIN alice secret")
+	c.compress()
+	c.mustOK("SELECT INBOX")
+	c.mustOK("LOGOUT")
+}
+
+// TestIdlePush checks that a message arriving during IDLE reaches the
+// client compressed, at once (the burst is flushed).
+func TestIdlePush(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	c := dial(t, e.addr)
+	c.mustOK("LOGIN alice secret")
+	c.compress()
+	c.mustOK("SELECT INBOX")
+	c.write([]byte("i1 IDLE\r\n"))
+	if l := c.readLine(); !strings.HasPrefix(l, "+") {
+		t.Fatalf("IDLE: %q", l)
+	}
+	// imapserver sends its "+" before it listens for updates: give it a
+	// moment, or the APPEND may slip in unseen.
+	time.Sleep(200 * time.Millisecond)
+	other := dial(t, e.addr)
+	other.mustOK("LOGIN alice secret")
+	m := message(3, "pushed")
+	other.mustOK(fmt.Sprintf("APPEND INBOX {%d}", len(m)), m)
+	// imapmemserver tells idling sessions at once.
+	if l := c.readLine(); l != "* 1 EXISTS" {
+		t.Fatalf("during IDLE: %q", l)
+	}
+	c.write([]byte("DONE\r\n"))
+	for {
+		l := c.readLine()
+		if strings.HasPrefix(l, "i1 ") {
+			if !strings.HasPrefix(l, "i1 OK") {
+				t.Fatalf("IDLE ended with %q", l)
+			}
+			break
+		}
+	}
+	c.mustOK("NOOP")
+}
+
+// TestCorruptInput sends bytes that are not raw deflate after COMPRESS:
+// the session must end with a BYE that says so (compressed, since the
+// client's side of the stream is unreadable but the proxy's is fine).
+func TestCorruptInput(t *testing.T) {
+	cases := map[string][]byte{
+		"reserved block type": {0xff, 0xff, 0xff, 0xff, 0xff},
+		"zlib header":         nil, // filled below
+		"plain text":          []byte("c3 NOOP\r\n"),
+		"bad stored length":   {0x00, 0x05, 0x00, 0x05, 0x00, 'h', 'e', 'l', 'l', 'o'},
+	}
+	var zb bytes.Buffer
+	zb.Write([]byte{0x78, 0x9c})
+	fw, _ := flate.NewWriter(&zb, 6)
+	fw.Write([]byte("c3 NOOP\r\n"))
+	fw.Flush()
+	cases["zlib header"] = zb.Bytes()
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, envOpts{})
+			c := dial(t, e.addr)
+			c.mustOK("LOGIN alice secret")
+			c.mustOK("COMPRESS DEFLATE")
+			pending := c.r.TakeBuffered()
+			c.r = imapcodec.NewReader(flate.NewReader(io_multi(pending, c.nc)), imapcodec.Limits{})
+			c.nc.Write(data)
+			bye := c.expectBye()
+			want := "* BYE Corrupt compressed data."
+			if name == "zlib header" {
+				want = "* BYE Compressed data starts with a zlib header"
+			}
+			if !strings.HasPrefix(bye, want) {
+				t.Fatalf("got %q, want %q", bye, want)
+			}
+			waitFor(t, "the session to end", func() bool { return e.ext.Stats().Active == 0 })
+			if st := e.ext.Stats(); st.Corrupt != 1 {
+				t.Fatalf("stats %+v", st)
+			}
+		})
+	}
+}
+
+// TestVanish: a client that turns compression on and disappears, at every
+// point, leaves nothing behind (TestMain checks for goroutines).
+func TestVanish(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	for i := range 4 {
+		c := dial(t, e.addr)
+		c.mustOK("LOGIN alice secret")
+		switch i {
+		case 0: // right after sending COMPRESS
+			c.write([]byte("z COMPRESS DEFLATE\r\n"))
+		case 1: // after the OK
+			c.compress()
+		case 2: // in the middle of a compressed command
+			c.compress()
+			var z bytes.Buffer
+			fw, _ := flate.NewWriter(&z, 1)
+			fw.Write([]byte("x1 SELECT INB"))
+			fw.Flush()
+			c.nc.Write(z.Bytes()[:z.Len()-3])
+		case 3: // in the middle of a compressed literal
+			c.compress()
+			c.write([]byte("x2 APPEND INBOX {100000+}\r\n" + strings.Repeat("x", 5000)))
+		}
+		time.Sleep(20 * time.Millisecond)
+		c.nc.Close()
+	}
+	waitFor(t, "the sessions to end", func() bool { return e.ext.Stats().Active == 0 })
+	if st := e.ext.Stats(); st.Activations != 4 || st.Corrupt != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestLongLine checks that the decompressed side is bounded like the plain
+// one: a compressed bomb of a line ends with "Line too long".
+func TestLongLine(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	c := dial(t, e.addr)
+	c.mustOK("LOGIN alice secret")
+	c.compress()
+	// 16 MiB of 'a' compress to ~16 KiB.
+	line := bytes.Repeat([]byte("a"), 16<<20)
+	go func() {
+		c.fw.Write(line)
+		c.fw.Flush()
+	}()
+	if bye := c.expectBye(); bye != "* BYE Line too long." {
+		t.Fatalf("got %q", bye)
+	}
+}
+
+// TestReaderReleasedWhenIdle checks through a whole session that the
+// inflater is not held between commands.
+func TestReaderReleasedWhenIdle(t *testing.T) {
+	var src chanReader = make(chan []byte, 10)
+	r := deflate.NewReader(src, nil)
+	var z bytes.Buffer
+	fw, _ := flate.NewWriter(&z, 6)
+	buf := make([]byte, 4096)
+	for i := range 20 {
+		fmt.Fprintf(fw, "a%d UID FETCH 1:* (FLAGS)\r\n", i)
+		fw.Flush()
+		src <- append([]byte(nil), z.Bytes()...)
+		z.Reset()
+		n, err := r.Read(buf)
+		if err != nil || !strings.HasPrefix(string(buf[:n]), fmt.Sprintf("a%d ", i)) {
+			t.Fatalf("read %q, %v", buf[:n], err)
+		}
+		// The next read blocks in the source: the inflater must be gone.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r.Read(buf)
+		}()
+		time.Sleep(5 * time.Millisecond)
+		if r.Active() {
+			t.Fatalf("command %d: inflater held while waiting for the client", i)
+		}
+		src <- nil // wakes the read with a timeout
+		<-done
+	}
+}
+
+// chanReader returns the byte slices sent to it; nil is a timeout.
+type chanReader chan []byte
+
+func (c chanReader) Read(p []byte) (int, error) {
+	b := <-c
+	if b == nil {
+		return 0, &net.OpError{Op: "read", Err: timeoutError{}}
+	}
+	return copy(p, b), nil
+}
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }

@@ -1,0 +1,249 @@
+// Package hub watches mailboxes on the upstream server on behalf of every
+// client session that has them selected: one watcher, and one upstream
+// connection, per (account, mailbox), however many sessions watch it.
+//
+// A watcher keeps its mailbox EXAMINEd on a connection of its own, with IDLE
+// running where the upstream offers it (renewed before the 29-minute limit)
+// and NOOP polling where it does not. It turns what the upstream reports
+// (EXISTS, EXPUNGE, FETCH FLAGS) into changes keyed by UID in the mailbox's
+// syncstate.Mailbox, and tells each watching session that there is news by
+// calling its notify function. Sessions then pull the changes since the
+// mod-sequence they last saw, when the protocol lets them tell their client:
+// nothing is queued per session, so a slow client cannot hold up the hub or
+// make it drop anything.
+//
+// When the connection drops, the watcher reconnects with exponential backoff
+// and jitter and reconciles the whole mailbox (UID FETCH 1:* (FLAGS)) with
+// the state, so every change made meanwhile is reported. A watcher stops a
+// grace period after its last session left.
+//
+// Everything is keyed by the authenticated upstream identity: a watcher of
+// one account never feeds another account's sessions.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/syncstate"
+)
+
+// Config tunes the hub. Zero values select the defaults.
+type Config struct {
+	// PollInterval is how often a watcher polls with NOOP when the upstream
+	// has no IDLE. Default 30 s.
+	PollInterval time.Duration
+	// IdleRenew is how long an upstream IDLE runs before it is renewed.
+	// Default 25 minutes (RFC 2177 allows servers to drop at 30).
+	IdleRenew time.Duration
+	// Grace is how long a watcher lives on after its last session left, so
+	// a client that re-selects at once finds it warm. Default 10 s.
+	Grace time.Duration
+	// MinBackoff and MaxBackoff bound the reconnect delay. Defaults 200 ms
+	// and 30 s.
+	MinBackoff, MaxBackoff time.Duration
+	// Timeout bounds each of the watcher's own commands. Default 30 s.
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.PollInterval <= 0 {
+		c.PollInterval = 30 * time.Second
+	}
+	if c.IdleRenew <= 0 {
+		c.IdleRenew = 25 * time.Minute
+	}
+	if c.Grace <= 0 {
+		c.Grace = 10 * time.Second
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = 200 * time.Millisecond
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 30 * time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Key identifies a watched mailbox: the authenticated upstream identity
+// and the mailbox name.
+type Key struct {
+	Account string
+	Mailbox string
+}
+
+// DialFunc opens an authenticated upstream connection for a watcher.
+type DialFunc func(ctx context.Context) (*upstream.Conn, error)
+
+// Hub owns all watchers.
+type Hub struct {
+	cfg    Config
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	boxes  map[Key]*box
+	wg     sync.WaitGroup
+}
+
+// New returns a hub. Close stops its watchers.
+func New(cfg Config) *Hub {
+	h := &Hub{cfg: cfg.withDefaults(), boxes: map[Key]*box{}}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	return h
+}
+
+// Close stops every watcher and waits for them.
+func (h *Hub) Close() {
+	h.cancel()
+	h.wg.Wait()
+}
+
+// Watchers returns the number of running watchers.
+func (h *Hub) Watchers() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.boxes)
+}
+
+// ErrUIDValidity is reported by Subscription.Err when the mailbox's
+// UIDVALIDITY changed under the session: its UIDs mean nothing any more.
+var ErrUIDValidity = errors.New("the mailbox's UIDVALIDITY changed")
+
+// Subscription is one session's interest in a mailbox.
+type Subscription struct {
+	box    *box
+	notify func()
+	state  *syncstate.Mailbox // the state the session started with
+}
+
+// Watch subscribes to a mailbox, starting its watcher if needed, and waits
+// until the watcher has the mailbox's complete state. notify is called
+// (from the watcher's goroutine; it must not block) whenever the state
+// changed.
+func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) (*Subscription, error) {
+	h.mu.Lock()
+	b, ok := h.boxes[key]
+	if !ok {
+		b = newBox(h, key, dial)
+		h.boxes[key] = b
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			b.run()
+		}()
+	}
+	sub := &Subscription{box: b, notify: notify}
+	b.subs[sub] = struct{}{}
+	if b.graceTimer != nil {
+		b.graceTimer.Stop()
+		b.graceTimer = nil
+	}
+	h.mu.Unlock()
+
+	select {
+	case <-b.ready:
+	case <-ctx.Done():
+		sub.Close()
+		return nil, ctx.Err()
+	case <-b.stopped:
+		sub.Close()
+		return nil, fmt.Errorf("hub: watcher for %q stopped", key.Mailbox)
+	}
+	if err := b.readyErr; err != nil {
+		sub.Close()
+		return nil, err
+	}
+	sub.state = b.state()
+	return sub, nil
+}
+
+// State returns the mailbox state the subscription follows.
+func (s *Subscription) State() *syncstate.Mailbox { return s.state }
+
+// Err returns ErrUIDValidity once the mailbox's UIDVALIDITY changed.
+func (s *Subscription) Err() error {
+	if s.box.state() != s.state {
+		return ErrUIDValidity
+	}
+	return nil
+}
+
+// Sync makes the watcher ask the upstream for news now (ending IDLE or
+// polling early) and returns once every change the upstream reported in
+// answer is in the state. A session calls it after changing the mailbox
+// through its own connection (EXPUNGE, MOVE, APPEND), so its client hears
+// of the change before the command's tagged OK, as with a direct connection.
+func (s *Subscription) Sync(ctx context.Context) error {
+	return s.box.sync(ctx)
+}
+
+// Apply records changes the session learned first-hand (the upstream's
+// answer to its own STORE) and tells every watching session, this one
+// included.
+func (s *Subscription) Apply(c syncstate.Changes) {
+	if s.state.Apply(c) {
+		s.box.notifyAll()
+	}
+}
+
+// Close ends the subscription; the watcher stops after the grace period if
+// nobody else watches.
+func (s *Subscription) Close() {
+	b := s.box
+	h := b.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := b.subs[s]; !ok {
+		return
+	}
+	delete(b.subs, s)
+	if len(b.subs) == 0 && b.graceTimer == nil {
+		b.graceTimer = time.AfterFunc(h.cfg.Grace, func() {
+			h.mu.Lock()
+			if len(b.subs) > 0 || h.boxes[b.key] != b {
+				h.mu.Unlock()
+				return
+			}
+			delete(h.boxes, b.key)
+			h.mu.Unlock()
+			b.cancel()
+		})
+	}
+}
+
+// notifyAll tells every subscriber that the state changed.
+func (b *box) notifyAll() {
+	b.hub.mu.Lock()
+	subs := make([]*Subscription, 0, len(b.subs))
+	for s := range b.subs {
+		subs = append(subs, s)
+	}
+	b.hub.mu.Unlock()
+	for _, s := range subs {
+		s.notify()
+	}
+}
+
+// backoff returns the delay before reconnect attempt n (0-based): doubling
+// from MinBackoff up to MaxBackoff, with full jitter in its upper half so
+// that many watchers cut off together do not reconnect in lockstep.
+func (h *Hub) backoff(n int) time.Duration {
+	d := h.cfg.MinBackoff << min(n, 20)
+	if d <= 0 || d > h.cfg.MaxBackoff {
+		d = h.cfg.MaxBackoff
+	}
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}

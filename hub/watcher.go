@@ -1,0 +1,542 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/syncstate"
+)
+
+// box is one watched mailbox: its state, its subscribers and its watcher.
+type box struct {
+	hub    *Hub
+	key    Key
+	dial   DialFunc
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	subs       map[*Subscription]struct{} // guarded by hub.mu
+	graceTimer *time.Timer                // guarded by hub.mu
+
+	st       atomic.Pointer[syncstate.Mailbox]
+	ready    chan struct{} // closed once the first full sync is done
+	readyErr error
+	stopped  chan struct{}
+
+	wake     chan struct{} // signalled by sync for a watcher not reading
+	syncMu   sync.Mutex
+	syncReqs []chan error   // waiting Sync calls
+	conn     *upstream.Conn // current connection, for interrupting reads
+}
+
+func newBox(h *Hub, key Key, dial DialFunc) *box {
+	b := &box{hub: h, key: key, dial: dial, subs: map[*Subscription]struct{}{}, ready: make(chan struct{}), stopped: make(chan struct{}), wake: make(chan struct{}, 1)}
+	b.ctx, b.cancel = context.WithCancel(h.ctx)
+	return b
+}
+
+func (b *box) state() *syncstate.Mailbox { return b.st.Load() }
+
+// sync asks the watcher for a round trip to the upstream and waits for it.
+func (b *box) sync(ctx context.Context) error {
+	done := make(chan error, 1)
+	b.syncMu.Lock()
+	b.syncReqs = append(b.syncReqs, done)
+	if b.conn != nil {
+		// The watcher is in IDLE, blocked in a read: wake it. Done under
+		// the lock so it cannot hit a command the watcher runs after
+		// leaving IDLE (see setConn).
+		b.conn.SetReadDeadline(time.Unix(1, 0))
+	}
+	b.syncMu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.stopped:
+		return errors.New("hub: watcher stopped")
+	}
+}
+
+// takeSyncs removes and returns the pending Sync requests.
+func (b *box) takeSyncs() []chan error {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
+	r := b.syncReqs
+	b.syncReqs = nil
+	return r
+}
+
+func (b *box) pendingSyncs() bool {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
+	return len(b.syncReqs) > 0
+}
+
+// setConn publishes the connection while the watcher idles on it (reads
+// may be interrupted) and withdraws it (nil) before the watcher runs
+// commands on it.
+func (b *box) setConn(c *upstream.Conn) {
+	b.syncMu.Lock()
+	b.conn = c
+	b.syncMu.Unlock()
+}
+
+// run is the watcher goroutine: connect, sync, watch; reconnect on failure.
+func (b *box) run() {
+	defer close(b.stopped)
+	defer func() {
+		for _, r := range b.takeSyncs() {
+			r <- errors.New("hub: watcher stopped")
+		}
+	}()
+	log := b.hub.cfg.Logger.With("watcher", b.key.Mailbox)
+	readyOnce := sync.OnceFunc(func() { close(b.ready) })
+	defer readyOnce()
+	for attempt := 0; ; attempt++ {
+		w := &watch{box: b, log: log}
+		err := w.serve(readyOnce)
+		if b.ctx.Err() != nil {
+			return
+		}
+		if w.synced {
+			attempt = 0
+		}
+		if !w.synced && attempt == 0 && !isReady(b.ready) {
+			// The very first connection failed: the session that asked
+			// is waiting; tell it rather than retry in the background.
+			b.readyErr = err
+			readyOnce()
+			b.hub.mu.Lock()
+			if b.hub.boxes[b.key] == b {
+				delete(b.hub.boxes, b.key)
+			}
+			b.hub.mu.Unlock()
+			return
+		}
+		d := b.hub.backoff(attempt)
+		log.Warn("watcher connection lost; reconnecting", "err", err, "delay", d)
+		select {
+		case <-time.After(d):
+		case <-b.ctx.Done():
+			return
+		}
+	}
+}
+
+func isReady(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// watch is one connection's lifetime of a watcher.
+type watch struct {
+	box    *box
+	log    interface{ Warn(string, ...any) }
+	conn   *upstream.Conn
+	view   []uint32 // the connection's message sequence: UIDs by seqnum
+	synced bool
+
+	batch     syncstate.Changes
+	needFetch bool
+}
+
+func (w *watch) serve(ready func()) error {
+	b := w.box
+	ctx := b.ctx
+	conn, err := b.dial(ctx)
+	if err != nil {
+		return err
+	}
+	w.conn = conn
+	// Stopping the watcher must wake a read blocked in IDLE.
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	defer func() {
+		b.setConn(nil)
+		if ctx.Err() != nil {
+			conn.Logout()
+		} else {
+			conn.Close()
+		}
+	}()
+	if err := w.fullSync(ctx); err != nil {
+		return err
+	}
+	w.synced = true
+	ready()
+	if conn.Caps().Has("IDLE") {
+		return w.idleLoop(ctx)
+	}
+	return w.pollLoop(ctx)
+}
+
+func (w *watch) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, w.box.hub.cfg.Timeout)
+}
+
+// fullSync EXAMINEs the mailbox, fetches every UID and flag set, and
+// reconciles the state with it.
+func (w *watch) fullSync(ctx context.Context) error {
+	b := w.box
+	octx, cancel := w.opCtx(ctx)
+	defer cancel()
+	var uidValidity uint32
+	err := w.conn.Select(octx, b.key.Mailbox, true, func(r *upstream.Response) {
+		if r.Head.Code == "UIDVALIDITY" {
+			v, _ := strconv.ParseUint(strings.TrimSpace(r.Head.CodeArg), 10, 32)
+			uidValidity = uint32(v)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("hub: EXAMINE %q: %w", b.key.Mailbox, err)
+	}
+	var msgs []syncstate.Message
+	_, err = w.conn.Exec(octx, "UID FETCH 1:* (FLAGS)", func(r *upstream.Response) {
+		if r.Head.Name != "FETCH" {
+			return
+		}
+		if uid, flags, ok := parseFetch(r); ok && flags != nil {
+			msgs = append(msgs, syncstate.Message{UID: uid, Flags: flags})
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("hub: UID FETCH 1:* (FLAGS) in %q: %w", b.key.Mailbox, err)
+	}
+	slices.SortFunc(msgs, func(a, b syncstate.Message) int { return int(int64(a.UID) - int64(b.UID)) })
+	w.view = make([]uint32, len(msgs))
+	for i, m := range msgs {
+		w.view[i] = m.UID
+	}
+	st := b.state()
+	changed := false
+	if st == nil || st.UIDValidity() != uidValidity {
+		if st != nil {
+			w.log.Warn("UIDVALIDITY changed; dropping the old state", "old", st.UIDValidity(), "new", uidValidity)
+		}
+		st = syncstate.New(uidValidity)
+		b.st.Store(st)
+		changed = true
+	}
+	if st.Reconcile(msgs) {
+		changed = true
+	}
+	if changed {
+		b.notifyAll()
+	}
+	return nil
+}
+
+// handle processes one untagged response from the watcher's connection.
+func (w *watch) handle(r *upstream.Response) {
+	h := r.Head
+	if h.Tag != "*" {
+		return
+	}
+	switch {
+	case h.Name == "EXISTS" && h.HasNum:
+		if int(h.Num) > len(w.view) {
+			w.needFetch = true
+		}
+	case h.Name == "EXPUNGE" && h.HasNum:
+		n := int(h.Num)
+		if n < 1 || n > len(w.view) {
+			return
+		}
+		uid := w.view[n-1]
+		w.view = slices.Delete(w.view, n-1, n)
+		w.batch.Expunged = append(w.batch.Expunged, uid)
+	case h.Name == "FETCH" && h.HasNum:
+		uid, flags, ok := parseFetch(r)
+		if !ok {
+			n := int(h.Num)
+			if n < 1 || n > len(w.view) {
+				return
+			}
+			uid = w.view[n-1]
+		}
+		if flags != nil {
+			w.batch.Upsert = append(w.batch.Upsert, syncstate.Message{UID: uid, Flags: flags})
+		}
+	}
+}
+
+// commit applies the collected batch to the state and notifies.
+func (w *watch) commit() {
+	c := w.batch
+	w.batch = syncstate.Changes{}
+	if len(c.Upsert) == 0 && len(c.Expunged) == 0 {
+		return
+	}
+	if w.box.state().Apply(c) {
+		w.box.notifyAll()
+	}
+}
+
+// fetchNew fetches the messages that arrived since the last known UID.
+func (w *watch) fetchNew(ctx context.Context) error {
+	w.needFetch = false
+	var last uint32
+	if len(w.view) > 0 {
+		last = w.view[len(w.view)-1]
+	}
+	octx, cancel := w.opCtx(ctx)
+	defer cancel()
+	var added []syncstate.Message
+	_, err := w.conn.Exec(octx, fmt.Sprintf("UID FETCH %d:* (FLAGS)", last+1), func(r *upstream.Response) {
+		if r.Head.Name == "FETCH" {
+			if uid, flags, ok := parseFetch(r); ok && uid > last && flags != nil {
+				added = append(added, syncstate.Message{UID: uid, Flags: flags})
+				return
+			}
+		}
+		w.handle(r)
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(added, func(a, b syncstate.Message) int { return int(int64(a.UID) - int64(b.UID)) })
+	for _, m := range added {
+		w.view = append(w.view, m.UID)
+	}
+	w.batch.Upsert = append(w.batch.Upsert, added...)
+	return nil
+}
+
+// poll runs NOOP (and fetches new messages) and answers pending Syncs.
+func (w *watch) poll(ctx context.Context) error {
+	syncs := w.box.takeSyncs()
+	octx, cancel := w.opCtx(ctx)
+	_, err := w.conn.Exec(octx, "NOOP", w.handle)
+	cancel()
+	if err == nil && w.needFetch {
+		err = w.fetchNew(ctx)
+	}
+	w.commit()
+	for _, s := range syncs {
+		s <- err
+	}
+	return err
+}
+
+func (w *watch) pollLoop(ctx context.Context) error {
+	t := time.NewTicker(w.box.hub.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		if w.box.pendingSyncs() {
+			if err := w.poll(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			if err := w.poll(ctx); err != nil {
+				return err
+			}
+		case <-w.box.wake:
+		}
+	}
+}
+
+// idleLoop keeps IDLE running, leaving it to fetch new messages, to answer
+// Sync requests and to renew it.
+func (w *watch) idleLoop(ctx context.Context) error {
+	renewEvery := w.box.hub.cfg.IdleRenew
+	for {
+		tag := w.conn.NextTag()
+		wr := w.conn.Writer()
+		wr.WriteString(tag + " IDLE\r\n")
+		if err := wr.Flush(); err != nil {
+			return err
+		}
+		renewAt := time.Now().Add(renewEvery)
+		inIdle := false
+		w.box.setConn(w.conn)
+		for {
+			// See box.sync: the deadline is set before pending requests
+			// are checked, so a request cannot slip between the two.
+			w.conn.SetReadDeadline(renewAt)
+			leave := ctx.Err() != nil || w.needFetch || !time.Now().Before(renewAt) || (inIdle && w.box.pendingSyncs())
+			if leave && inIdle {
+				break
+			}
+			line, lit, err := w.conn.Reader().ReadLine()
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					continue
+				}
+				return err
+			}
+			r, err := w.readRest(line, lit)
+			if err != nil {
+				return err
+			}
+			switch r.Head.Tag {
+			case "+":
+				inIdle = true
+			case "*":
+				if r.Head.Name == "BYE" {
+					return fmt.Errorf("upstream said BYE: %s", r.Head.Text)
+				}
+				w.handle(r)
+				if w.conn.Reader().Buffered() == 0 {
+					w.commit()
+				}
+			case tag:
+				return fmt.Errorf("upstream ended IDLE: %s %s", r.Head.Name, r.Head.Text)
+			default:
+				return fmt.Errorf("unexpected response tag %q", r.Head.Tag)
+			}
+		}
+		// Leave IDLE: DONE, then the tagged OK.
+		w.box.setConn(nil)
+		w.conn.SetReadDeadline(time.Time{})
+		wr.WriteString("DONE\r\n")
+		if err := wr.Flush(); err != nil {
+			return err
+		}
+		octx, cancel := w.opCtx(ctx)
+		err := w.readUntil(octx, tag)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if w.box.pendingSyncs() {
+			if err := w.poll(ctx); err != nil {
+				return err
+			}
+		} else if w.needFetch {
+			if err := w.fetchNew(ctx); err != nil {
+				return err
+			}
+		}
+		w.commit()
+	}
+}
+
+// readRest completes a response whose first line has been read.
+func (w *watch) readRest(line []byte, lit *imapcodec.LiteralHeader) (*upstream.Response, error) {
+	seg := imapcodec.Segment{Text: append([]byte(nil), line...), Literal: lit}
+	if lit != nil {
+		seg.Text = seg.Text[:lit.Start]
+	}
+	segs := []imapcodec.Segment{seg}
+	r := w.conn.Reader()
+	for lit != nil {
+		if lit.Size > r.Limits().MaxInlineLiteral {
+			return nil, fmt.Errorf("literal of %d bytes in an unsolicited response", lit.Size)
+		}
+		data, err := r.ReadLiteral()
+		if err != nil {
+			return nil, err
+		}
+		segs[len(segs)-1].Data = data
+		var next []byte
+		next, lit, err = r.ReadLine()
+		if err != nil {
+			return nil, err
+		}
+		s := imapcodec.Segment{Text: append([]byte(nil), next...), Literal: lit}
+		if lit != nil {
+			s.Text = s.Text[:lit.Start]
+		}
+		segs = append(segs, s)
+	}
+	h, err := imapcodec.ParseResponseHead(segs[0].Text)
+	if err != nil {
+		return nil, err
+	}
+	return &upstream.Response{Head: h, Segments: segs}, nil
+}
+
+// readUntil reads responses until the tagged one for tag.
+func (w *watch) readUntil(ctx context.Context, tag string) error {
+	defer w.conn.Watch(ctx)()
+	for {
+		r, err := w.conn.ReadResponse()
+		if err != nil {
+			return err
+		}
+		switch r.Head.Tag {
+		case tag:
+			if r.Head.Name != "OK" {
+				return fmt.Errorf("upstream answered %s: %s", r.Head.Name, r.Head.Text)
+			}
+			return nil
+		case "*":
+			w.handle(r)
+		}
+	}
+}
+
+// parseFetch extracts the UID and FLAGS of a FETCH response. flags is nil
+// when the response has no FLAGS item; ok is false when it has no UID.
+func parseFetch(r *upstream.Response) (uid uint32, flags []string, ok bool) {
+	p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
+	// Skip "* n FETCH ".
+	for i := 0; i < 3; i++ {
+		if _, err := p.Atom(); err != nil {
+			return 0, nil, false
+		}
+		if err := p.SP(); err != nil {
+			return 0, nil, false
+		}
+	}
+	v, err := p.Value()
+	if err != nil {
+		return 0, nil, false
+	}
+	items, isList := v.(imapcodec.List)
+	if !isList {
+		return 0, nil, false
+	}
+	for i := 0; i+1 < len(items); i += 2 {
+		name, _ := items[i].(imapcodec.Atom)
+		switch strings.ToUpper(string(name)) {
+		case "UID":
+			if a, isAtom := items[i+1].(imapcodec.Atom); isAtom {
+				if n, err := strconv.ParseUint(string(a), 10, 32); err == nil {
+					uid, ok = uint32(n), true
+				}
+			}
+		case "FLAGS":
+			if l, isList := items[i+1].(imapcodec.List); isList {
+				flags = make([]string, 0, len(l))
+				for _, f := range l {
+					if a, isAtom := f.(imapcodec.Atom); isAtom {
+						flags = append(flags, string(a))
+					}
+				}
+			}
+		}
+	}
+	return uid, flags, ok
+}

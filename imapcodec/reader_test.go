@@ -1,0 +1,910 @@
+package imapcodec
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// lineResult is what one ReadLine call is expected to return.
+type lineResult struct {
+	line string
+	lit  *LiteralHeader
+	err  error // compared with errors.Is; nil means success
+}
+
+func checkLine(t *testing.T, what string, gotLine []byte, gotLit *LiteralHeader, gotErr error, want lineResult) {
+	t.Helper()
+	if want.err != nil {
+		if !errors.Is(gotErr, want.err) {
+			t.Fatalf("%s: err = %v, want %v", what, gotErr, want.err)
+		}
+		return
+	}
+	if gotErr != nil {
+		t.Fatalf("%s: unexpected error %v", what, gotErr)
+	}
+	if string(gotLine) != want.line {
+		t.Fatalf("%s: line = %q, want %q", what, gotLine, want.line)
+	}
+	switch {
+	case want.lit == nil && gotLit != nil:
+		t.Fatalf("%s: lit = %+v, want none", what, *gotLit)
+	case want.lit != nil && gotLit == nil:
+		t.Fatalf("%s: no literal, want %+v", what, *want.lit)
+	case want.lit != nil && *gotLit != *want.lit:
+		t.Fatalf("%s: lit = %+v, want %+v", what, *gotLit, *want.lit)
+	}
+}
+
+func TestLimitsWithDefaults(t *testing.T) {
+	tests := []struct {
+		in, want Limits
+	}{
+		{Limits{}, Limits{DefaultMaxLine, DefaultMaxLiteral, DefaultMaxInlineLiteral, DefaultMaxDepth}},
+		{Limits{-1, -1, -1, -1}, Limits{DefaultMaxLine, DefaultMaxLiteral, DefaultMaxInlineLiteral, DefaultMaxDepth}},
+		{Limits{10, 20, 5, 3}, Limits{10, 20, 5, 3}},
+		// MaxInlineLiteral is clamped to MaxLiteral.
+		{Limits{MaxLiteral: 100}, Limits{DefaultMaxLine, 100, 100, DefaultMaxDepth}},
+		{Limits{MaxLiteral: 100, MaxInlineLiteral: 1000}, Limits{DefaultMaxLine, 100, 100, DefaultMaxDepth}},
+	}
+	for _, tt := range tests {
+		if got := tt.in.WithDefaults(); got != tt.want {
+			t.Errorf("%+v.WithDefaults() = %+v, want %+v", tt.in, got, tt.want)
+		}
+	}
+	if got := NewReader(strings.NewReader(""), Limits{MaxLine: 7}).Limits(); got.MaxLine != 7 || got.MaxDepth != DefaultMaxDepth {
+		t.Errorf("Reader.Limits() = %+v", got)
+	}
+}
+
+func TestLiteralHeaderFormat(t *testing.T) {
+	tests := []struct {
+		h    LiteralHeader
+		want string
+	}{
+		{LiteralHeader{Size: 0}, "{0}"},
+		{LiteralHeader{Size: 5}, "{5}"},
+		{LiteralHeader{Size: 5, NonSync: true}, "{5+}"},
+		{LiteralHeader{Size: 12345, Binary: true}, "~{12345}"},
+		{LiteralHeader{Size: 7, Binary: true, NonSync: true}, "~{7+}"},
+		{LiteralHeader{Size: 1 << 40, Start: 99}, "{1099511627776}"},
+	}
+	for _, tt := range tests {
+		if got := string(tt.h.Format([]byte("x "))); got != "x "+tt.want {
+			t.Errorf("%+v.Format = %q, want %q", tt.h, got, "x "+tt.want)
+		}
+	}
+}
+
+func TestReadLine(t *testing.T) {
+	small := Limits{MaxLine: 10, MaxLiteral: 100}
+	tests := []struct {
+		name string
+		in   string
+		lim  Limits
+		want lineResult
+	}{
+		{"crlf", "a1 NOOP\r\nrest", Limits{}, lineResult{line: "a1 NOOP"}},
+		{"bare lf", "a1 NOOP\nrest", Limits{}, lineResult{line: "a1 NOOP"}},
+		{"empty crlf", "\r\n", Limits{}, lineResult{line: ""}},
+		{"empty lf", "\n", Limits{}, lineResult{line: ""}},
+		{"inner cr kept", "a\rb\r\n", Limits{}, lineResult{line: "a\rb"}},
+		{"only last cr stripped", "x\r\r\n", Limits{}, lineResult{line: "x\r"}},
+		{"nul kept", "a\x00b\r\n", Limits{}, lineResult{line: "a\x00b"}},
+		{"eof at start", "", Limits{}, lineResult{err: io.EOF}},
+		{"eof mid-line", "a1 NOOP", Limits{}, lineResult{err: io.ErrUnexpectedEOF}},
+		{"eof after cr", "a1 NOOP\r", Limits{}, lineResult{err: io.ErrUnexpectedEOF}},
+
+		// Line length: MaxLine excludes the line ending.
+		{"maxline crlf", "0123456789\r\n", small, lineResult{line: "0123456789"}},
+		{"maxline lf", "0123456789\n", small, lineResult{line: "0123456789"}},
+		{"maxline+1 crlf", "0123456789A\r\n", small, lineResult{err: ErrLineTooLong}},
+		{"maxline+1 lf", "0123456789A\n", small, lineResult{err: ErrLineTooLong}},
+		{"maxline+1 cr only", "0123456789\r\r\n", small, lineResult{err: ErrLineTooLong}},
+		{"long without newline", strings.Repeat("x", 50), small, lineResult{err: ErrLineTooLong}},
+		{"maxline then eof", "0123456789", small, lineResult{err: io.ErrUnexpectedEOF}},
+		{"header counts towards maxline", "abcdef{100}\r\n", small, lineResult{err: ErrLineTooLong}},
+		{"default maxline", strings.Repeat("x", DefaultMaxLine) + "\r\n", Limits{}, lineResult{line: strings.Repeat("x", DefaultMaxLine)}},
+		{"default maxline+1", strings.Repeat("x", DefaultMaxLine+1) + "\r\n", Limits{}, lineResult{err: ErrLineTooLong}},
+		{"default maxline+1 lf", strings.Repeat("x", DefaultMaxLine+1) + "\n", Limits{}, lineResult{err: ErrLineTooLong}},
+		{"huge line", strings.Repeat("x", 1<<20), Limits{}, lineResult{err: ErrLineTooLong}},
+
+		// Literal headers.
+		{"sync", "a LOGIN {5}\r\n", Limits{}, lineResult{line: "a LOGIN {5}", lit: &LiteralHeader{Size: 5, Start: 8}}},
+		{"sync lf", "a LOGIN {5}\n", Limits{}, lineResult{line: "a LOGIN {5}", lit: &LiteralHeader{Size: 5, Start: 8}}},
+		{"nonsync", "a LOGIN {5+}\r\n", Limits{}, lineResult{line: "a LOGIN {5+}", lit: &LiteralHeader{Size: 5, NonSync: true, Start: 8}}},
+		{"binary", "a APPEND x ~{5}\r\n", Limits{}, lineResult{line: "a APPEND x ~{5}", lit: &LiteralHeader{Size: 5, Binary: true, Start: 11}}},
+		{"binary nonsync", "~{5+}\r\n", Limits{}, lineResult{line: "~{5+}", lit: &LiteralHeader{Size: 5, Binary: true, NonSync: true, Start: 0}}},
+		{"zero", "{0}\r\n", Limits{}, lineResult{line: "{0}", lit: &LiteralHeader{Size: 0, Start: 0}}},
+		{"leading zeros", "x {007}\r\n", Limits{}, lineResult{line: "x {007}", lit: &LiteralHeader{Size: 7, Start: 2}}},
+		{"last brace wins", "x {1}{2}\r\n", Limits{}, lineResult{line: "x {1}{2}", lit: &LiteralHeader{Size: 2, Start: 5}}},
+		{"tilde not adjacent", "x ~ {2}\r\n", Limits{}, lineResult{line: "x ~ {2}", lit: &LiteralHeader{Size: 2, Start: 4}}},
+		{"at maxliteral", "{100}\r\n", small, lineResult{line: "{100}", lit: &LiteralHeader{Size: 100}}},
+		{"over maxliteral", "{101}\r\n", small, lineResult{err: ErrLiteralTooLarge}},
+		{"over default maxliteral", fmt.Sprintf("{%d}\r\n", DefaultMaxLiteral+1), Limits{}, lineResult{err: ErrLiteralTooLarge}},
+		{"18 digits", "{999999999999999999}\r\n", Limits{}, lineResult{err: ErrLiteralTooLarge}},
+		{"19 digits", "{1000000000000000000}\r\n", Limits{}, lineResult{err: ErrLiteralTooLarge}},
+		{"40 digits", "{" + strings.Repeat("9", 40) + "}\r\n", Limits{}, lineResult{err: ErrLiteralTooLarge}},
+
+		// Lines that merely end in "}".
+		{"letters", "a {abc}\r\n", Limits{}, lineResult{line: "a {abc}"}},
+		{"no open brace", "x}\r\n", Limits{}, lineResult{line: "x}"}},
+		{"lone close", "}\r\n", Limits{}, lineResult{line: "}"}},
+		{"empty braces", "a {}\r\n", Limits{}, lineResult{line: "a {}"}},
+		{"plus only", "a {+}\r\n", Limits{}, lineResult{line: "a {+}"}},
+		{"double plus", "a {5++}\r\n", Limits{}, lineResult{line: "a {5++}"}},
+		{"leading plus", "a {+5}\r\n", Limits{}, lineResult{line: "a {+5}"}},
+		{"negative", "a {-1}\r\n", Limits{}, lineResult{line: "a {-1}"}},
+		{"space inside", "a { 5}\r\n", Limits{}, lineResult{line: "a { 5}"}},
+		{"minus", "a {5-}\r\n", Limits{}, lineResult{line: "a {5-}"}},
+		{"not at end", "a {5} \r\n", Limits{}, lineResult{line: "a {5} "}},
+		{"unclosed", "a {5\r\n", Limits{}, lineResult{line: "a {5"}},
+		{"inner brace", "a {5x}\r\n", Limits{}, lineResult{line: "a {5x}"}},
+		{"quoted braces", "a \"{5}\"\r\n", Limits{}, lineResult{line: "a \"{5}\""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewReader(strings.NewReader(tt.in), tt.lim)
+			line, lit, err := r.ReadLine()
+			checkLine(t, "ReadLine", line, lit, err, tt.want)
+			if tt.want.err == nil {
+				if tt.want.lit != nil {
+					if got := r.LiteralRemaining(); got != tt.want.lit.Size {
+						t.Errorf("LiteralRemaining = %d, want %d", got, tt.want.lit.Size)
+					}
+				} else if got := r.LiteralRemaining(); got != 0 {
+					t.Errorf("LiteralRemaining = %d, want 0", got)
+				}
+			}
+		})
+	}
+}
+
+// TestReadLineSequence checks how lines and literals follow each other.
+func TestReadLineSequence(t *testing.T) {
+	type step struct {
+		// readLit, if >= 0, reads that many literal bytes (after ReadLine)
+		// and checks they equal litData.
+		readLit int
+		litData string
+		want    lineResult
+	}
+	tests := []struct {
+		name  string
+		in    string
+		steps []step
+	}{
+		{
+			name: "unread literal is skipped",
+			in:   "a LOGIN {5}\r\nhello {3+}\r\nbob\r\nb NOOP\r\n",
+			steps: []step{
+				{readLit: -1, want: lineResult{line: "a LOGIN {5}", lit: &LiteralHeader{Size: 5, Start: 8}}},
+				{readLit: -1, want: lineResult{line: " {3+}", lit: &LiteralHeader{Size: 3, NonSync: true, Start: 1}}},
+				{readLit: -1, want: lineResult{line: ""}},
+				{readLit: -1, want: lineResult{line: "b NOOP"}},
+				{readLit: -1, want: lineResult{err: io.EOF}},
+			},
+		},
+		{
+			name: "partly read literal",
+			in:   "a {10}\r\n0123456789\r\nb NOOP\r\n",
+			steps: []step{
+				{readLit: 4, litData: "0123", want: lineResult{line: "a {10}", lit: &LiteralHeader{Size: 10, Start: 2}}},
+				{readLit: -1, want: lineResult{line: ""}},
+				{readLit: -1, want: lineResult{line: "b NOOP"}},
+			},
+		},
+		{
+			name: "literal containing line endings and headers",
+			in:   "a {12}\r\n{3}\r\nx\ny\r\n\r\n\r\nb\n",
+			steps: []step{
+				{readLit: 12, litData: "{3}\r\nx\ny\r\n\r\n", want: lineResult{line: "a {12}", lit: &LiteralHeader{Size: 12, Start: 2}}},
+				{readLit: -1, want: lineResult{line: ""}},
+				{readLit: -1, want: lineResult{line: "b"}},
+			},
+		},
+		{
+			name: "zero-length literal",
+			in:   "a {0}\r\n\r\n",
+			steps: []step{
+				{readLit: 0, want: lineResult{line: "a {0}", lit: &LiteralHeader{Size: 0, Start: 2}}},
+				{readLit: -1, want: lineResult{line: ""}},
+				{readLit: -1, want: lineResult{err: io.EOF}},
+			},
+		},
+		{
+			name: "eof in unread literal",
+			in:   "a {10}\r\nabc",
+			steps: []step{
+				{readLit: -1, want: lineResult{line: "a {10}", lit: &LiteralHeader{Size: 10, Start: 2}}},
+				{readLit: -1, want: lineResult{err: io.ErrUnexpectedEOF}},
+			},
+		},
+		{
+			name: "eof right after literal",
+			in:   "a {3}\r\nabc",
+			steps: []step{
+				{readLit: -1, want: lineResult{line: "a {3}", lit: &LiteralHeader{Size: 3, Start: 2}}},
+				{readLit: -1, want: lineResult{err: io.EOF}},
+			},
+		},
+		{
+			name: "eof mid-line after literal",
+			in:   "a {3}\r\nabc)",
+			steps: []step{
+				{readLit: 3, litData: "abc", want: lineResult{line: "a {3}", lit: &LiteralHeader{Size: 3, Start: 2}}},
+				{readLit: -1, want: lineResult{err: io.ErrUnexpectedEOF}},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewReader(strings.NewReader(tt.in), Limits{})
+			for i, st := range tt.steps {
+				line, lit, err := r.ReadLine()
+				checkLine(t, fmt.Sprintf("step %d", i), line, lit, err, st.want)
+				if st.readLit >= 0 {
+					buf := make([]byte, st.readLit)
+					if _, err := io.ReadFull(r.Literal(), buf); err != nil {
+						t.Fatalf("step %d: reading literal: %v", i, err)
+					}
+					if string(buf) != st.litData {
+						t.Fatalf("step %d: literal = %q, want %q", i, buf, st.litData)
+					}
+					if want := lit.Size - int64(st.readLit); r.LiteralRemaining() != want {
+						t.Fatalf("step %d: LiteralRemaining = %d, want %d", i, r.LiteralRemaining(), want)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestLiteralReader(t *testing.T) {
+	r := NewReader(strings.NewReader("a {5}\r\nhello\r\nb {3}\r\nab"), Limits{})
+	// No literal yet: Literal is empty.
+	if n, err := r.Literal().Read(make([]byte, 4)); n != 0 || err != io.EOF {
+		t.Fatalf("Literal before any line: %d, %v", n, err)
+	}
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	// Reads are capped at the literal's end.
+	buf := make([]byte, 100)
+	n, err := r.Literal().Read(buf)
+	if err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("Literal().Read = %q, %v", buf[:n], err)
+	}
+	if n, err := r.Literal().Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("Literal().Read at end = %d, %v", n, err)
+	}
+	// An empty Read inside a literal consumes nothing.
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.Literal().Read(nil); n != 0 || err != nil {
+		t.Fatalf("empty Read = %d, %v", n, err)
+	}
+	// The stream ends one byte early.
+	data, err := io.ReadAll(r.Literal())
+	if string(data) != "ab" || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("ReadAll(truncated literal) = %q, %v; want \"ab\", ErrUnexpectedEOF", data, err)
+	}
+}
+
+func TestReadLiteral(t *testing.T) {
+	r := NewReader(strings.NewReader("a {5}\r\nhello{0}\r\n\r\nc {4}\r\nabc"), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := r.ReadLiteral(); err != nil || string(b) != "hello" {
+		t.Fatalf("ReadLiteral = %q, %v", b, err)
+	}
+	if r.LiteralRemaining() != 0 {
+		t.Fatalf("LiteralRemaining = %d", r.LiteralRemaining())
+	}
+	line, lit, err := r.ReadLine()
+	checkLine(t, "second line", line, lit, err, lineResult{line: "{0}", lit: &LiteralHeader{}})
+	if b, err := r.ReadLiteral(); err != nil || len(b) != 0 {
+		t.Fatalf("ReadLiteral({0}) = %q, %v", b, err)
+	}
+	if line, _, err := r.ReadLine(); err != nil || len(line) != 0 {
+		t.Fatalf("ReadLine = %q, %v", line, err)
+	}
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := r.ReadLiteral(); !errors.Is(err, io.ErrUnexpectedEOF) || b != nil {
+		t.Fatalf("ReadLiteral(truncated) = %q, %v; want nil, ErrUnexpectedEOF", b, err)
+	}
+}
+
+func TestBuffered(t *testing.T) {
+	r := NewReader(strings.NewReader("a STARTTLS\r\nb NOOP\r\n"), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Buffered(); got != len("b NOOP\r\n") {
+		t.Fatalf("Buffered = %d, want %d", got, len("b NOOP\r\n"))
+	}
+	r = NewReader(strings.NewReader("a STARTTLS\r\n"), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Buffered(); got != 0 {
+		t.Fatalf("Buffered = %d, want 0", got)
+	}
+}
+
+// patternReader generates n bytes of a fixed pattern without holding them.
+type patternReader struct{ off, n int64 }
+
+func patternByte(off int64) byte { return byte(off*7 + off/251) }
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	if p.off >= p.n {
+		return 0, io.EOF
+	}
+	if rem := p.n - p.off; int64(len(b)) > rem {
+		b = b[:rem]
+	}
+	for i := range b {
+		b[i] = patternByte(p.off + int64(i))
+	}
+	p.off += int64(len(b))
+	return len(b), nil
+}
+
+// patternChecker verifies data written to it against the pattern.
+type patternChecker struct {
+	off int64
+	bad bool
+}
+
+func (c *patternChecker) Write(b []byte) (int, error) {
+	for i, x := range b {
+		if x != patternByte(c.off+int64(i)) {
+			c.bad = true
+		}
+	}
+	c.off += int64(len(b))
+	return len(b), nil
+}
+
+func totalAlloc() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.TotalAlloc
+}
+
+func TestLiteralStreamingLarge(t *testing.T) {
+	const size = 10 << 20
+	const allocBound = 1 << 20 // far below the literal's size
+	newStream := func() io.Reader {
+		return io.MultiReader(
+			strings.NewReader(fmt.Sprintf("a APPEND INBOX {%d}\r\n", size)),
+			&patternReader{n: size},
+			strings.NewReader("\r\nb NOOP\r\n"),
+		)
+	}
+
+	t.Run("Literal", func(t *testing.T) {
+		r := NewReader(newStream(), Limits{})
+		_, lit, err := r.ReadLine()
+		if err != nil || lit == nil || lit.Size != size {
+			t.Fatalf("ReadLine: lit %+v, err %v", lit, err)
+		}
+		buf := make([]byte, 32*1024)
+		var chk patternChecker
+		before := totalAlloc()
+		n, err := io.CopyBuffer(&chk, r.Literal(), buf)
+		allocated := totalAlloc() - before
+		if err != nil || n != size || chk.bad {
+			t.Fatalf("copied %d bytes, err %v, corrupt %v", n, err, chk.bad)
+		}
+		if allocated > allocBound {
+			t.Errorf("streaming a %d-byte literal allocated %d bytes", size, allocated)
+		}
+		line, _, err := r.ReadLine()
+		if err != nil || string(line) != "" {
+			t.Fatalf("line after literal = %q, %v", line, err)
+		}
+		if line, _, err = r.ReadLine(); err != nil || string(line) != "b NOOP" {
+			t.Fatalf("next command = %q, %v", line, err)
+		}
+	})
+
+	t.Run("skip", func(t *testing.T) {
+		r := NewReader(newStream(), Limits{})
+		if _, _, err := r.ReadLine(); err != nil {
+			t.Fatal(err)
+		}
+		before := totalAlloc()
+		line, lit, err := r.ReadLine()
+		allocated := totalAlloc() - before
+		if err != nil || lit != nil || len(line) != 0 {
+			t.Fatalf("ReadLine after skipped literal = %q, %v, %v", line, lit, err)
+		}
+		if allocated > allocBound {
+			t.Errorf("skipping a %d-byte literal allocated %d bytes", size, allocated)
+		}
+	})
+
+	t.Run("ReadSegments refuses", func(t *testing.T) {
+		r := NewReader(newStream(), Limits{})
+		before := totalAlloc()
+		segs, err := r.ReadSegments(func(LiteralHeader) error {
+			t.Error("continuation requested for a refused literal")
+			return nil
+		})
+		allocated := totalAlloc() - before
+		if !errors.Is(err, ErrLiteralTooLarge) {
+			t.Fatalf("ReadSegments err = %v, want ErrLiteralTooLarge", err)
+		}
+		if len(segs) != 1 || segs[0].Data != nil {
+			t.Fatalf("segments = %+v", segs)
+		}
+		if allocated > allocBound {
+			t.Errorf("refusing a %d-byte literal allocated %d bytes", size, allocated)
+		}
+	})
+}
+
+func TestReadLineAllocs(t *testing.T) {
+	r := NewReader(io.MultiReader(
+		strings.NewReader("warm up\r\n"),
+		&repeatReader{s: "a1 UID FETCH 1:* (FLAGS)\r\n"},
+	), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		if _, _, err := r.ReadLine(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// The line buffer is reused; at most the literal header escapes.
+	if allocs > 1 {
+		t.Errorf("ReadLine allocates %v times per line", allocs)
+	}
+}
+
+type repeatReader struct {
+	s   string
+	off int
+}
+
+func (r *repeatReader) Read(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		c := copy(b[n:], r.s[r.off:])
+		n += c
+		r.off = (r.off + c) % len(r.s)
+	}
+	return n, nil
+}
+
+// pipe returns a Reader over one end of a net.Pipe and a function that
+// writes to the other end in the background and waits for the write.
+func pipe(t *testing.T) (net.Conn, *Reader, func(string) <-chan error) {
+	t.Helper()
+	server, client := net.Pipe()
+	t.Cleanup(func() {
+		server.Close()
+		client.Close()
+	})
+	write := func(s string) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := client.Write([]byte(s))
+			done <- err
+		}()
+		return done
+	}
+	return server, NewReader(server, Limits{}), write
+}
+
+func wait(t *testing.T, done <-chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("write did not complete")
+	}
+}
+
+func expectTimeout(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("err = %v, want a deadline error", err)
+	}
+}
+
+// timeoutUntilWritten calls ReadLine with short deadlines until the
+// background write done has been consumed; every call must time out.
+func timeoutUntilWritten(t *testing.T, conn net.Conn, r *Reader, done <-chan error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		line, _, err := r.ReadLine()
+		expectTimeout(t, err)
+		if line != nil {
+			t.Fatalf("ReadLine returned %q with a timeout", line)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			conn.SetReadDeadline(time.Time{})
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("write did not complete")
+		}
+	}
+}
+
+func TestReadLineDeadlineKeepsPartialLine(t *testing.T) {
+	conn, r, write := pipe(t)
+
+	// Half a line arrives; the deadline interrupts the wait for the rest.
+	timeoutUntilWritten(t, conn, r, write("a1 UID FE"))
+	// More of it, and another timeout.
+	timeoutUntilWritten(t, conn, r, write("TCH 1:*"))
+
+	done := write(" (FLAGS)\r\na2 NOOP\r\n")
+	line, lit, err := r.ReadLine()
+	checkLine(t, "resumed line", line, lit, err, lineResult{line: "a1 UID FETCH 1:* (FLAGS)"})
+	line, lit, err = r.ReadLine()
+	checkLine(t, "next line", line, lit, err, lineResult{line: "a2 NOOP"})
+	wait(t, done)
+}
+
+// TestReadLineDeadlineKeepsPartialLiteralHeader interrupts a line in the
+// middle of its literal header.
+func TestReadLineDeadlineKeepsPartialLiteralHeader(t *testing.T) {
+	conn, r, write := pipe(t)
+	timeoutUntilWritten(t, conn, r, write("a LOGIN {1"))
+	done := write("2}\r\n")
+	line, lit, err := r.ReadLine()
+	checkLine(t, "line", line, lit, err, lineResult{line: "a LOGIN {12}", lit: &LiteralHeader{Size: 12, Start: 8}})
+	wait(t, done)
+}
+
+func TestReadLineDeadlineBetweenLines(t *testing.T) {
+	conn, r, write := pipe(t)
+	conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, _, err := r.ReadLine()
+	expectTimeout(t, err)
+	conn.SetReadDeadline(time.Time{})
+	done := write("a1 NOOP\r\n")
+	line, lit, err := r.ReadLine()
+	checkLine(t, "line", line, lit, err, lineResult{line: "a1 NOOP"})
+	wait(t, done)
+}
+
+// TestReadLineDeadlineWhileSkippingLiteral interrupts the skipping of an
+// unread literal: the bytes skipped before the deadline must not be skipped
+// again.
+func TestReadLineDeadlineWhileSkippingLiteral(t *testing.T) {
+	conn, r, write := pipe(t)
+	done := write("a APPEND x {10}\r\n0123")
+	line, lit, err := r.ReadLine()
+	checkLine(t, "header", line, lit, err, lineResult{line: "a APPEND x {10}", lit: &LiteralHeader{Size: 10, Start: 11}})
+	wait(t, done)
+
+	conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, _, err = r.ReadLine()
+	expectTimeout(t, err)
+	if got := r.LiteralRemaining(); got != 6 {
+		t.Errorf("LiteralRemaining after interrupted skip = %d, want 6", got)
+	}
+
+	conn.SetReadDeadline(time.Time{})
+	done = write("456789\r\nb NOOP\r\n")
+	line, lit, err = r.ReadLine()
+	checkLine(t, "end of command", line, lit, err, lineResult{line: ""})
+	line, lit, err = r.ReadLine()
+	checkLine(t, "next command", line, lit, err, lineResult{line: "b NOOP"})
+	wait(t, done)
+}
+
+func TestLiteralDeadline(t *testing.T) {
+	conn, r, write := pipe(t)
+	done := write("a {10}\r\n0123")
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, done)
+	conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	buf := make([]byte, 10)
+	n, err := io.ReadFull(r.Literal(), buf)
+	expectTimeout(t, err)
+	if n != 4 || string(buf[:n]) != "0123" || r.LiteralRemaining() != 6 {
+		t.Fatalf("read %q, remaining %d", buf[:n], r.LiteralRemaining())
+	}
+	conn.SetReadDeadline(time.Time{})
+	done = write("456789\r\n")
+	rest, err := io.ReadAll(r.Literal())
+	if err != nil || string(rest) != "456789" {
+		t.Fatalf("rest of literal = %q, %v", rest, err)
+	}
+	line, _, err := r.ReadLine()
+	if err != nil || len(line) != 0 {
+		t.Fatalf("ReadLine = %q, %v", line, err)
+	}
+	wait(t, done)
+}
+
+func TestReadSegments(t *testing.T) {
+	type want struct {
+		segs  []Segment
+		conts []LiteralHeader
+		err   error
+	}
+	lit := func(size int64, start int) *LiteralHeader { return &LiteralHeader{Size: size, Start: start} }
+	tests := []struct {
+		name    string
+		in      string
+		lim     Limits
+		contErr error
+		want    want
+	}{
+		{
+			name: "no literal",
+			in:   "a1 NOOP\r\nnext",
+			want: want{segs: []Segment{{Text: []byte("a1 NOOP")}}},
+		},
+		{
+			name: "two synchronising literals",
+			in:   "a LOGIN {3}\r\nbob {4}\r\npass\r\nnext",
+			want: want{
+				segs: []Segment{
+					{Text: []byte("a LOGIN "), Literal: lit(3, 8), Data: []byte("bob")},
+					{Text: []byte(" "), Literal: lit(4, 1), Data: []byte("pass")},
+					{Text: []byte("")},
+				},
+				conts: []LiteralHeader{*lit(3, 8), *lit(4, 1)},
+			},
+		},
+		{
+			name: "non-synchronising literal",
+			in:   "a LOGIN {3+}\r\nbob pw\r\n",
+			want: want{
+				segs: []Segment{
+					{Text: []byte("a LOGIN "), Literal: &LiteralHeader{Size: 3, NonSync: true, Start: 8}, Data: []byte("bob")},
+					{Text: []byte(" pw")},
+				},
+			},
+		},
+		{
+			name: "binary literal",
+			in:   "a APPEND x ~{3}\r\na\x00b\r\n",
+			want: want{
+				segs: []Segment{
+					{Text: []byte("a APPEND x "), Literal: &LiteralHeader{Size: 3, Binary: true, Start: 11}, Data: []byte("a\x00b")},
+					{Text: []byte("")},
+				},
+				conts: []LiteralHeader{{Size: 3, Binary: true, Start: 11}},
+			},
+		},
+		{
+			name: "empty literal",
+			in:   "a {0}\r\n\r\n",
+			want: want{
+				segs:  []Segment{{Text: []byte("a "), Literal: lit(0, 2), Data: []byte{}}, {Text: []byte("")}},
+				conts: []LiteralHeader{*lit(0, 2)},
+			},
+		},
+		{
+			name: "inline limit exact",
+			in:   "a {4}\r\nabcd\r\n",
+			lim:  Limits{MaxInlineLiteral: 4},
+			want: want{
+				segs:  []Segment{{Text: []byte("a "), Literal: lit(4, 2), Data: []byte("abcd")}, {Text: []byte("")}},
+				conts: []LiteralHeader{*lit(4, 2)},
+			},
+		},
+		{
+			name: "inline limit exceeded",
+			in:   "a {5}\r\nabcde\r\n",
+			lim:  Limits{MaxInlineLiteral: 4},
+			want: want{segs: []Segment{{Text: []byte("a "), Literal: lit(5, 2)}}, err: ErrLiteralTooLarge},
+		},
+		{
+			name: "inline limit exceeded by non-synchronising literal",
+			in:   "a {5+}\r\nabcde\r\n",
+			lim:  Limits{MaxInlineLiteral: 4},
+			want: want{segs: []Segment{{Text: []byte("a "), Literal: &LiteralHeader{Size: 5, NonSync: true, Start: 2}}}, err: ErrLiteralTooLarge},
+		},
+		{
+			name: "second literal exceeds inline limit",
+			in:   "a {1}\r\nx {5}\r\nabcde\r\n",
+			lim:  Limits{MaxInlineLiteral: 4},
+			want: want{
+				segs: []Segment{
+					{Text: []byte("a "), Literal: lit(1, 2), Data: []byte("x")},
+					{Text: []byte(" "), Literal: lit(5, 1)},
+				},
+				conts: []LiteralHeader{*lit(1, 2)},
+				err:   ErrLiteralTooLarge,
+			},
+		},
+		{
+			name:    "continuation refused",
+			in:      "a {3}\r\nabc\r\n",
+			contErr: errRefused,
+			want: want{
+				segs:  []Segment{{Text: []byte("a "), Literal: lit(3, 2)}},
+				conts: []LiteralHeader{*lit(3, 2)},
+				err:   errRefused,
+			},
+		},
+		{
+			name: "over MaxLiteral",
+			in:   "a {101}\r\n",
+			lim:  Limits{MaxLiteral: 100},
+			want: want{err: ErrLiteralTooLarge},
+		},
+		{
+			name: "text limit is four lines",
+			in:   strings.Repeat("aaaaaa{0}\r\n", 5) + "\r\n",
+			lim:  Limits{MaxLine: 10},
+			want: want{
+				segs:  slices.Repeat([]Segment{{Text: []byte("aaaaaa"), Literal: lit(0, 6), Data: []byte{}}}, 4),
+				conts: slices.Repeat([]LiteralHeader{*lit(0, 6)}, 4),
+				err:   ErrLineTooLong,
+			},
+		},
+		{
+			name: "eof in literal",
+			in:   "a {5}\r\nab",
+			want: want{segs: []Segment{{Text: []byte("a "), Literal: lit(5, 2)}}, conts: []LiteralHeader{*lit(5, 2)}, err: io.ErrUnexpectedEOF},
+		},
+		{
+			name: "eof after literal",
+			in:   "a {2}\r\nab",
+			want: want{segs: []Segment{{Text: []byte("a "), Literal: lit(2, 2), Data: []byte("ab")}}, conts: []LiteralHeader{*lit(2, 2)}, err: io.EOF},
+		},
+		{
+			name: "eof",
+			in:   "",
+			want: want{err: io.EOF},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewReader(strings.NewReader(tt.in), tt.lim)
+			var conts []LiteralHeader
+			segs, err := r.ReadSegments(func(h LiteralHeader) error {
+				conts = append(conts, h)
+				return tt.contErr
+			})
+			if tt.want.err == nil && err != nil || tt.want.err != nil && !errors.Is(err, tt.want.err) {
+				t.Fatalf("err = %v, want %v", err, tt.want.err)
+			}
+			if !segmentsEqual(segs, tt.want.segs) {
+				t.Errorf("segments =\n%s\nwant\n%s", fmtSegs(segs), fmtSegs(tt.want.segs))
+			}
+			if fmt.Sprint(conts) != fmt.Sprint(tt.want.conts) {
+				t.Errorf("continuations = %+v, want %+v", conts, tt.want.conts)
+			}
+		})
+	}
+}
+
+var errRefused = errors.New("refused")
+
+func TestReadSegmentsNilContinue(t *testing.T) {
+	r := NewReader(strings.NewReader("* 1 FETCH (BODY[] {5}\r\nhello)\r\n* 2 EXISTS\r\n"), Limits{})
+	segs, err := r.ReadSegments(nil)
+	if err != nil || len(segs) != 2 || string(segs[0].Data) != "hello" || string(segs[1].Text) != ")" {
+		t.Fatalf("ReadSegments = %s, %v", fmtSegs(segs), err)
+	}
+	segs, err = r.ReadSegments(nil)
+	if err != nil || len(segs) != 1 || string(segs[0].Text) != "* 2 EXISTS" {
+		t.Fatalf("ReadSegments = %s, %v", fmtSegs(segs), err)
+	}
+}
+
+// TestReadSegmentsCopies checks that segments do not alias the reader's
+// line buffer.
+func TestReadSegmentsCopies(t *testing.T) {
+	r := NewReader(strings.NewReader("a {1}\r\nx b\r\nc d\r\n"), Limits{})
+	segs, err := r.ReadSegments(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ReadSegments(nil); err != nil {
+		t.Fatal(err)
+	}
+	if string(segs[0].Text) != "a " || string(segs[1].Text) != " b" {
+		t.Fatalf("segments changed by a later read: %s", fmtSegs(segs))
+	}
+}
+
+func TestAppendSegments(t *testing.T) {
+	for _, in := range []string{
+		"a1 NOOP\r\n",
+		"\r\n",
+		"a LOGIN {3}\r\nbob {4+}\r\npass\r\n",
+		"a APPEND INBOX (\\Seen) ~{3}\r\na\x00b\r\n",
+		"* 1 FETCH (BODY[] {0}\r\n)\r\n",
+	} {
+		segs, err := NewReader(strings.NewReader(in), Limits{}).ReadSegments(nil)
+		if err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		if got := string(AppendSegments(nil, segs)); got != in {
+			t.Errorf("AppendSegments(ReadSegments(%q)) = %q", in, got)
+		}
+	}
+	// Bare LF and leading zeros are normalised.
+	segs, err := NewReader(strings.NewReader("a {03}\nabc\n"), Limits{}).ReadSegments(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(AppendSegments([]byte("x"), segs)); got != "xa {3}\r\nabc\r\n" {
+		t.Errorf("AppendSegments = %q", got)
+	}
+}
+
+func segmentsEqual(a, b []Segment) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i].Text, b[i].Text) || !bytes.Equal(a[i].Data, b[i].Data) ||
+			(a[i].Data == nil) != (b[i].Data == nil) ||
+			(a[i].Literal == nil) != (b[i].Literal == nil) ||
+			a[i].Literal != nil && *a[i].Literal != *b[i].Literal {
+			return false
+		}
+	}
+	return true
+}
+
+func fmtSegs(segs []Segment) string {
+	var b strings.Builder
+	for _, s := range segs {
+		fmt.Fprintf(&b, "  {Text: %q", s.Text)
+		if s.Literal != nil {
+			fmt.Fprintf(&b, ", Literal: %+v, Data: %q (nil %v)", *s.Literal, s.Data, s.Data == nil)
+		}
+		b.WriteString("}\n")
+	}
+	return b.String()
+}
+
+// TestCancelLiteral: after a refused synchronising literal the peer never
+// sends its bytes, so the next line follows the header directly.
+func TestCancelLiteral(t *testing.T) {
+	r := NewReader(strings.NewReader("a APPEND x {5}\r\nb NOOP\r\n"), Limits{})
+	if _, lit, err := r.ReadLine(); err != nil || lit == nil {
+		t.Fatalf("ReadLine: %v %v", lit, err)
+	}
+	r.CancelLiteral()
+	if r.LiteralRemaining() != 0 {
+		t.Fatalf("LiteralRemaining = %d", r.LiteralRemaining())
+	}
+	line, lit, err := r.ReadLine()
+	checkLine(t, "next command", line, lit, err, lineResult{line: "b NOOP"})
+}

@@ -1,0 +1,534 @@
+package config
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+func newFlagSet() *flag.FlagSet {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func parse(t *testing.T, args ...string) Settings {
+	t.Helper()
+	s, err := Parse(newFlagSet(), args)
+	if err != nil {
+		t.Fatalf("Parse(%q): %v", args, err)
+	}
+	return s
+}
+
+func writeFile(t *testing.T, name, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaults(t *testing.T) {
+	want := Settings{
+		Listen:             "127.0.0.1:1143",
+		UpstreamSecurity:   "none",
+		UpstreamTimeout:    Duration{30 * time.Second},
+		PoolIdlePerAccount: 2,
+		PoolIdleTotal:      1000,
+		PoolIdleTimeout:    Duration{5 * time.Minute},
+		Data:               "./lemonproxy-data",
+		LogLevel:           "info",
+		MaxLine:            imapcodec.DefaultMaxLine,
+		MaxLiteral:         imapcodec.DefaultMaxInlineLiteral,
+		MaxAppend:          64 << 20,
+		MaxDepth:           imapcodec.DefaultMaxDepth,
+		AuthFailureDelay:   Duration{2 * time.Second},
+		PreAuthTimeout:     Duration{60 * time.Second},
+		IdleTimeout:        Duration{30 * time.Minute},
+	}
+	if got := Defaults(); got != want {
+		t.Errorf("Defaults() = %+v\nwant %+v", got, want)
+	}
+	if got := parse(t); got != want {
+		t.Errorf("Parse() without arguments = %+v\nwant the defaults %+v", got, want)
+	}
+}
+
+// TestEveryFieldHasFlagAndKey checks that every setting has a flag and a
+// toml key of the same name, so that the file mirrors the flags.
+func TestEveryFieldHasFlagAndKey(t *testing.T) {
+	var s Settings
+	fs := newFlagSet()
+	s.Flags(fs)
+	typ := reflect.TypeFor[Settings]()
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		key := f.Tag.Get("toml")
+		if key == "" {
+			t.Errorf("field %s has no toml key", f.Name)
+			continue
+		}
+		if fs.Lookup(key) == nil {
+			t.Errorf("field %s: no flag -%s", f.Name, key)
+		}
+	}
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n != typ.NumField() {
+		t.Errorf("%d flags for %d settings", n, typ.NumField())
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	s := parse(t, "-listen", "0.0.0.0:143", "-upstream", "imap.example.org:993", "-upstream-security", "tls",
+		"-upstream-timeout", "5s", "-allow-plaintext-auth", "-max-append", "1048576", "-log-level", "debug")
+	want := Defaults()
+	want.Listen = "0.0.0.0:143"
+	want.Upstream = "imap.example.org:993"
+	want.UpstreamSecurity = "tls"
+	want.UpstreamTimeout = Duration{5 * time.Second}
+	want.AllowPlaintextAuth = true
+	want.MaxAppend = 1 << 20
+	want.LogLevel = "debug"
+	if s != want {
+		t.Errorf("Parse = %+v\nwant %+v", s, want)
+	}
+}
+
+const fullFile = `
+listen = "10.0.0.1:143"
+listen-tls = "10.0.0.1:993"
+tls-cert = "/etc/lemonproxy/cert.pem"
+tls-key = "/etc/lemonproxy/key.pem"
+allow-plaintext-auth = true
+upstream = "imap.example.org:993"
+upstream-security = "tls"
+upstream-ca = "/etc/ssl/ca.pem"
+upstream-server-name = "mail.example.org"
+upstream-insecure-skip-verify = true
+upstream-timeout = "45s"
+pool-idle-per-account = 3
+pool-idle-total = 50
+pool-idle-timeout = "90s"
+data = "/var/lib/lemonproxy"
+log-level = "warn"
+max-line = 100000
+max-literal = 200000
+max-append = 300000
+max-depth = 12
+auth-failure-delay = "500ms"
+preauth-timeout = "20s"
+idle-timeout = "31m"
+`
+
+var fullFileSettings = Settings{
+	Listen:             "10.0.0.1:143",
+	ListenTLS:          "10.0.0.1:993",
+	TLSCert:            "/etc/lemonproxy/cert.pem",
+	TLSKey:             "/etc/lemonproxy/key.pem",
+	AllowPlaintextAuth: true,
+	Upstream:           "imap.example.org:993",
+	UpstreamSecurity:   "tls",
+	UpstreamCA:         "/etc/ssl/ca.pem",
+	UpstreamServerName: "mail.example.org",
+	UpstreamInsecure:   true,
+	UpstreamTimeout:    Duration{45 * time.Second},
+	PoolIdlePerAccount: 3,
+	PoolIdleTotal:      50,
+	PoolIdleTimeout:    Duration{90 * time.Second},
+	Data:               "/var/lib/lemonproxy",
+	LogLevel:           "warn",
+	MaxLine:            100000,
+	MaxLiteral:         200000,
+	MaxAppend:          300000,
+	MaxDepth:           12,
+	AuthFailureDelay:   Duration{500 * time.Millisecond},
+	PreAuthTimeout:     Duration{20 * time.Second},
+	IdleTimeout:        Duration{31 * time.Minute},
+}
+
+func TestParseFile(t *testing.T) {
+	path := writeFile(t, "lemonproxy.toml", fullFile)
+	if s := parse(t, "-config", path); s != fullFileSettings {
+		t.Errorf("Parse(-config) = %+v\nwant %+v", s, fullFileSettings)
+	}
+	// A partial file keeps the defaults for what it does not set.
+	path = writeFile(t, "partial.toml", "upstream = \"u:143\"\n")
+	want := Defaults()
+	want.Upstream = "u:143"
+	if s := parse(t, "-config", path); s != want {
+		t.Errorf("Parse(-config partial) = %+v\nwant %+v", s, want)
+	}
+}
+
+func TestParseFlagsOverrideFile(t *testing.T) {
+	path := writeFile(t, "lemonproxy.toml", fullFile)
+	for _, args := range [][]string{
+		{"-config", path, "-listen", "B:1", "-upstream-timeout", "7s", "-allow-plaintext-auth=false", "-max-depth", "3"},
+		// The position of -config does not matter.
+		{"-listen", "B:1", "-upstream-timeout", "7s", "-config", path, "-allow-plaintext-auth=false", "-max-depth", "3"},
+	} {
+		s := parse(t, args...)
+		want := fullFileSettings
+		want.Listen = "B:1"
+		want.UpstreamTimeout = Duration{7 * time.Second}
+		want.AllowPlaintextAuth = false
+		want.MaxDepth = 3
+		if s != want {
+			t.Errorf("Parse(%q) = %+v\nwant %+v", args, s, want)
+		}
+	}
+}
+
+// TestParseFlagEqualToDefaultOverridesFile checks that a flag given on the
+// command line wins even when its value is the default.
+func TestParseFlagEqualToDefaultOverridesFile(t *testing.T) {
+	path := writeFile(t, "lemonproxy.toml", "listen = \"A:1\"\nlog-level = \"debug\"\n")
+	s := parse(t, "-config", path, "-listen", Defaults().Listen, "-log-level", "info")
+	if s.Listen != Defaults().Listen || s.LogLevel != "info" {
+		t.Errorf("Listen %q LogLevel %q; want the command line's %q and info", s.Listen, s.LogLevel, Defaults().Listen)
+	}
+	// An empty flag value (disable the plain listener) wins too.
+	s = parse(t, "-config", path, "-listen", "")
+	if s.Listen != "" {
+		t.Errorf("Listen %q; want the command line's empty value", s.Listen)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, file string
+		args       []string
+		want       []string
+	}{
+		{name: "unknown key", file: "listen = \"a:1\"\nlistne = \"b:2\"\n", want: []string{"unknown settings", "listne"}},
+		{name: "unknown keys", file: "foo = 1\nbar = 2\n", want: []string{"unknown settings", "foo", "bar"}},
+		{name: "unknown table", file: "[upstream-pool]\nsize = 3\n", want: []string{"unknown settings", "upstream-pool"}},
+		{name: "bad duration in file", file: "upstream-timeout = \"soon\"\n", want: []string{"soon"}},
+		{name: "duration without unit", file: "idle-timeout = \"30\"\n", want: []string{"missing unit"}},
+		{name: "wrong type", file: "max-line = \"big\"\n", want: []string{"max-line"}},
+		{name: "syntax", file: "listen = \n", want: []string{"config:"}},
+		{name: "bad duration flag", args: []string{"-upstream-timeout", "soon"}, want: []string{"upstream-timeout", "soon"}},
+		{name: "bad duration flag over file", file: "listen = \"a:1\"\n", args: []string{"-idle-timeout", "x"}, want: []string{"idle-timeout"}},
+		{name: "bad int flag", args: []string{"-max-line", "many"}, want: []string{"max-line"}},
+		{name: "unknown flag", args: []string{"-listne", "a:1"}, want: []string{"listne"}},
+		{name: "missing file", args: []string{"-config", "/nonexistent/lemonproxy.toml"}, want: []string{"/nonexistent/lemonproxy.toml"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if tc.file != "" {
+				args = append([]string{"-config", writeFile(t, "c.toml", tc.file)}, args...)
+			}
+			_, err := Parse(newFlagSet(), args)
+			if err == nil {
+				t.Fatalf("Parse(%q) succeeded", args)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseHelp(t *testing.T) {
+	if _, err := Parse(newFlagSet(), []string{"-h"}); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("Parse(-h) = %v; want flag.ErrHelp", err)
+	}
+}
+
+func TestDecode(t *testing.T) {
+	s := Defaults()
+	if err := Decode("max-append = 5\nupstream-timeout = \"1m30s\"\n", &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.MaxAppend != 5 || s.UpstreamTimeout.Duration != 90*time.Second || s.Listen != Defaults().Listen {
+		t.Errorf("Decode: %+v", s)
+	}
+	b, err := s.UpstreamTimeout.MarshalText()
+	if err != nil || string(b) != "1m30s" {
+		t.Errorf("MarshalText = %q, %v", b, err)
+	}
+}
+
+func TestLevel(t *testing.T) {
+	for in, want := range map[string]slog.Level{
+		"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError,
+		"DEBUG": slog.LevelDebug, "Warn": slog.LevelWarn,
+	} {
+		s := Settings{LogLevel: in}
+		got, err := s.Level()
+		if err != nil || got != want {
+			t.Errorf("Level(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "verbose", "trace"} {
+		s := Settings{LogLevel: in}
+		_, err := s.Level()
+		if err == nil {
+			t.Errorf("Level(%q) succeeded", in)
+			continue
+		}
+		if want := `log-level "` + in + `"`; !strings.Contains(err.Error(), want) {
+			t.Errorf("Level(%q) error %q does not contain %q", in, err, want)
+		}
+	}
+}
+
+var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestProxyConfig(t *testing.T) {
+	s := Defaults()
+	s.Upstream = "imap.example.org:143"
+	s.AllowPlaintextAuth = true
+	s.MaxLine, s.MaxLiteral, s.MaxAppend, s.MaxDepth = 1000, 2000, 3000, 7
+	s.PoolIdlePerAccount, s.PoolIdleTotal = 4, 40
+	cfg, err := s.ProxyConfig(nil, discardLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Upstream.Addr != "imap.example.org:143" || cfg.Upstream.Security != upstream.SecurityNone || cfg.Upstream.TLS != nil {
+		t.Errorf("Upstream = %+v; want plain imap.example.org:143 without TLS", cfg.Upstream)
+	}
+	if cfg.Upstream.Timeout != 30*time.Second {
+		t.Errorf("Upstream.Timeout = %v", cfg.Upstream.Timeout)
+	}
+	if cfg.TLS != nil {
+		t.Error("client TLS configured without certificates")
+	}
+	if cfg.Pool != (upstream.PoolConfig{MaxIdlePerAccount: 4, MaxIdle: 40, IdleTimeout: 5 * time.Minute}) {
+		t.Errorf("Pool = %+v", cfg.Pool)
+	}
+	if cfg.Limits != (imapcodec.Limits{MaxLine: 1000, MaxInlineLiteral: 2000, MaxDepth: 7}) || cfg.MaxAppendLiteral != 3000 {
+		t.Errorf("Limits = %+v, MaxAppendLiteral %d", cfg.Limits, cfg.MaxAppendLiteral)
+	}
+	if !cfg.AllowPlaintextAuth || cfg.AuthFailureDelay != 2*time.Second || cfg.PreAuthTimeout != time.Minute || cfg.IdleTimeout != 30*time.Minute {
+		t.Errorf("cfg = %+v", cfg)
+	}
+	if cfg.Logger != discardLog {
+		t.Error("Logger not passed on")
+	}
+}
+
+func TestProxyConfigErrors(t *testing.T) {
+	emptyCA := writeFile(t, "empty.pem", "no certificates here\n")
+	for _, tc := range []struct {
+		name string
+		edit func(*Settings)
+		want string
+	}{
+		{"no upstream", func(s *Settings) { s.Upstream = "" }, "no upstream"},
+		{"bad security", func(s *Settings) { s.UpstreamSecurity = "ssl" }, `"ssl"`},
+		{"CA without certificates", func(s *Settings) { s.UpstreamSecurity = "tls"; s.UpstreamCA = emptyCA }, "no certificates found"},
+		{"missing CA file", func(s *Settings) { s.UpstreamSecurity = "starttls"; s.UpstreamCA = "/nonexistent/ca.pem" }, "/nonexistent/ca.pem"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := Defaults()
+			s.Upstream = "imap.example.org:993"
+			tc.edit(&s)
+			_, err := s.ProxyConfig(nil, discardLog)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("ProxyConfig: %v; want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestProxyConfigTLS(t *testing.T) {
+	certA, keyA, caPEM := writeCert(t, "a")
+	caFile := writeFile(t, "ca.pem", string(caPEM))
+	certs, err := NewCertReloader(certA, keyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sec := range []string{"tls", "starttls", "TLS"} {
+		s := Defaults()
+		s.Upstream = "imap.example.org:993"
+		s.UpstreamSecurity = sec
+		s.UpstreamCA = caFile
+		s.UpstreamServerName = "mail.example.org"
+		s.UpstreamInsecure = true
+		cfg, err := s.ProxyConfig(certs, discardLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := upstream.ParseSecurity(sec)
+		if cfg.Upstream.Security != want {
+			t.Errorf("%s: Security = %q", sec, cfg.Upstream.Security)
+		}
+		ut := cfg.Upstream.TLS
+		if ut == nil {
+			t.Fatalf("%s: no upstream TLS config", sec)
+		}
+		if ut.MinVersion != tls.VersionTLS12 {
+			t.Errorf("%s: upstream MinVersion = %x; want TLS 1.2", sec, ut.MinVersion)
+		}
+		if ut.ServerName != "mail.example.org" || !ut.InsecureSkipVerify {
+			t.Errorf("%s: upstream ServerName %q InsecureSkipVerify %v", sec, ut.ServerName, ut.InsecureSkipVerify)
+		}
+		if ut.RootCAs == nil || !ut.RootCAs.Equal(poolOf(t, caPEM)) {
+			t.Errorf("%s: upstream RootCAs are not the -upstream-ca file's", sec)
+		}
+		if cfg.TLS == nil || cfg.TLS.MinVersion != tls.VersionTLS12 || cfg.TLS.GetCertificate == nil {
+			t.Fatalf("%s: client TLS = %+v; want MinVersion TLS 1.2 and GetCertificate", sec, cfg.TLS)
+		}
+		c, err := cfg.TLS.GetCertificate(&tls.ClientHelloInfo{})
+		if err != nil || c == nil || commonName(t, c) != "a" {
+			t.Errorf("%s: GetCertificate = %v, %v; want certificate a", sec, c, err)
+		}
+	}
+	// Without -upstream-ca the system roots are used.
+	s := Defaults()
+	s.Upstream = "imap.example.org:993"
+	s.UpstreamSecurity = "tls"
+	cfg, err := s.ProxyConfig(nil, discardLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Upstream.TLS == nil || cfg.Upstream.TLS.RootCAs != nil || cfg.Upstream.TLS.InsecureSkipVerify {
+		t.Errorf("upstream TLS = %+v; want system roots, verified", cfg.Upstream.TLS)
+	}
+}
+
+func TestCertReloader(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	copyCert := func(name string) {
+		c, k, _ := writeCert(t, name)
+		for src, dst := range map[string]string{c: certFile, k: keyFile} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	current := func(r *CertReloader) string {
+		c, err := r.GetCertificate(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return commonName(t, c)
+	}
+
+	if _, err := NewCertReloader(certFile, keyFile); err == nil {
+		t.Fatal("NewCertReloader succeeded without files")
+	}
+	copyCert("a")
+	r, err := NewCertReloader(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := current(r); got != "a" {
+		t.Fatalf("certificate %q; want a", got)
+	}
+	if err := os.WriteFile(certFile, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Reload(); err == nil || !strings.Contains(err.Error(), certFile) {
+		t.Errorf("Reload of a broken file: %v; want an error naming %s", err, certFile)
+	}
+	if got := current(r); got != "a" {
+		t.Errorf("after a failed reload: certificate %q; want a kept", got)
+	}
+	copyCert("b")
+	if err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := current(r); got != "b" {
+		t.Errorf("after reload: certificate %q; want b", got)
+	}
+}
+
+// writeCert writes a self-signed certificate with common name cn and its
+// key to PEM files, and returns their paths and the certificate's PEM.
+func writeCert(t *testing.T, cn string) (certFile, keyFile string, certPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: cn},
+		DNSNames:              []string{cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	certFile = writeFile(t, cn+"-cert.pem", string(certPEM))
+	keyFile = writeFile(t, cn+"-key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})))
+	return certFile, keyFile, certPEM
+}
+
+func poolOf(t *testing.T, pemBytes []byte) *x509.CertPool {
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(pemBytes) {
+		t.Fatal("no certificates")
+	}
+	return p
+}
+
+func commonName(t *testing.T, c *tls.Certificate) string {
+	t.Helper()
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf.Subject.CommonName
+}
+
+// FuzzDecode checks that no configuration text makes Decode panic, and
+// that a successful decode leaves settings that survive a second decode of
+// the same text unchanged.
+func FuzzDecode(f *testing.F) {
+	f.Add(fullFile)
+	f.Fuzz(func(t *testing.T, text string) {
+		s := Defaults()
+		if err := Decode(text, &s); err != nil {
+			return
+		}
+		again := Defaults()
+		if err := Decode(text, &again); err != nil {
+			t.Fatalf("second Decode failed: %v", err)
+		}
+		if s != again {
+			t.Fatalf("Decode is not deterministic: %+v vs %+v", s, again)
+		}
+		_, _ = s.Level()
+	})
+}

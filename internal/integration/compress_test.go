@@ -1,0 +1,453 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/flate"
+
+	"github.com/lemonproxy/lemonproxy/extensions/compress"
+	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// startCompressProxy runs a proxy with the COMPRESS and IDLE extensions in
+// front of the upstream ucfg describes and returns its address and the
+// COMPRESS extension (whose counters tell whether clients used it).
+func startCompressProxy(t testing.TB, ucfg upstream.Config) (string, *compress.Extension) {
+	t.Helper()
+	if ucfg.Timeout == 0 {
+		ucfg.Timeout = 20 * time.Second
+	}
+	ext := compress.New()
+	log := slog.New(slog.DiscardHandler)
+	if testing.Verbose() && os.Getenv("LEMON_TEST_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	srv, err := proxy.NewServer(proxy.Config{
+		Upstream:         ucfg,
+		AuthFailureDelay: 10 * time.Millisecond,
+		Extensions:       []proxy.Extension{ext, idle.New()},
+		Logger:           log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln, false)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		<-done
+	})
+	return ln.Addr().String(), ext
+}
+
+// runPython runs testdata/compress_client.py in mode and decodes its JSON.
+func runPython(t *testing.T, addr, mode string) map[string]any {
+	t.Helper()
+	py := requireTool(t, "python3")
+	host, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(py, "testdata/compress_client.py", host, port, "alice", "alicepass", mode)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("compress_client.py %s: %v\n%s%s", mode, err, out, stderr.Bytes())
+	}
+	var res map[string]any
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("compress_client.py %s: %v: %s", mode, err, out)
+	}
+	t.Logf("%s: %s", mode, bytes.TrimSpace(out))
+	if res["ok"] != true {
+		t.Fatalf("compress_client.py %s failed: %s", mode, out)
+	}
+	return res
+}
+
+// TestCompressPythonZlib drives the proxy with a hand-written client that
+// uses zlib raw deflate: a 10 MB APPEND and FETCH, an IDLE push, and input
+// that is not (raw) deflate.
+func TestCompressPythonZlib(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr, ext := startCompressProxy(t, upstream.Config{Addr: dc.Addr})
+	t.Run("big", func(t *testing.T) {
+		res := runPython(t, addr, "big")
+		// The body is 60% text and 40% base64 of random bytes: the wire
+		// must carry clearly less than the plaintext both ways.
+		for _, dir := range []string{"out", "in"} {
+			wire, plain := res["wire_"+dir].(float64), res["plain_"+dir].(float64)
+			if plain < 10<<20 || wire > 0.8*plain {
+				t.Errorf("%s: %v bytes on the wire for %v of plaintext", dir, wire, plain)
+			}
+		}
+	})
+	t.Run("idle", func(t *testing.T) {
+		res := runPython(t, addr, "idle")
+		// Dovecot itself waits about 0.5 s before telling an idling
+		// client; anything beyond a few seconds means a missing flush.
+		if lat := res["push_latency_s"].(float64); lat > 3 {
+			t.Errorf("push took %.1f s", lat)
+		}
+	})
+	before := ext.Stats().Corrupt
+	for _, mode := range []string{"corrupt", "zlib"} {
+		t.Run(mode, func(t *testing.T) {
+			res := runPython(t, addr, mode)
+			want := "* BYE Corrupt compressed data."
+			if mode == "zlib" {
+				want = "* BYE Compressed data starts with a zlib header"
+			}
+			if last := res["last"].(string); !strings.HasPrefix(last, want) {
+				t.Errorf("last line %q, want %q", last, want)
+			}
+		})
+	}
+	if st := ext.Stats(); st.Activations < 4 || st.Corrupt != before+2 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestCompressMbsync syncs through the proxy with mbsync, which turns on
+// COMPRESS by itself, and checks every message arrives intact.
+func TestCompressMbsync(t *testing.T) {
+	mbsync := requireTool(t, "mbsync")
+	dc := dovecottest.Start(t, dovecottest.Full)
+	want := map[string][]byte{}
+	for i := 1; i <= 30; i++ {
+		m := sampleMessage(i, strings.Repeat(fmt.Sprintf("line %d of message %d, compressible text\r\n", i, i), i*20))
+		dc.Append(t, "alice", "alicepass", "INBOX", nil, m)
+		want[fmt.Sprintf("<m%d@example.org>", i)] = m
+	}
+	m := sampleMessage(100, "in a folder")
+	dc.Append(t, "alice", "alicepass", "Work", []string{`\Seen`}, m)
+	want["<m100@example.org>"] = m
+
+	addr, ext := startCompressProxy(t, upstream.Config{Addr: dc.Addr})
+	host, port, _ := net.SplitHostPort(addr)
+	dir := t.TempDir()
+	local := filepath.Join(dir, "mail") + "/"
+	cfg := fmt.Sprintf(`IMAPAccount proxy
+Host %s
+Port %s
+User alice
+Pass alicepass
+SSLType None
+AuthMechs LOGIN
+
+IMAPStore remote
+Account proxy
+
+MaildirStore local
+Path %s
+Inbox %sINBOX
+SubFolders Verbatim
+
+Channel all
+Far :remote:
+Near :local:
+Patterns *
+Create Both
+SyncState *
+Sync All
+`, host, port, local, local)
+	if err := os.MkdirAll(local, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rc := filepath.Join(dir, "mbsyncrc")
+	if err := os.WriteFile(rc, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func() {
+		t.Helper()
+		cmd := exec.Command(mbsync, "-c", rc, "-a")
+		cmd.Env = append(os.Environ(), "HOME="+dir)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("mbsync: %v\n%s", err, out)
+		}
+	}
+	run()
+	if st := ext.Stats(); st.Activations == 0 {
+		t.Fatalf("mbsync did not use COMPRESS: %+v", st)
+	}
+	got := map[string][]byte{}
+	filepath.Walk(local, func(path string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() || !strings.Contains(path, "/cur/") && !strings.Contains(path, "/new/") {
+			return nil
+		}
+		b, _ := os.ReadFile(path)
+		for id := range want {
+			if bytes.Contains(b, []byte("Message-ID: "+id)) {
+				got[id] = b
+			}
+		}
+		return nil
+	})
+	tuid := regexp.MustCompile(`(?m)^X-TUID: .*\n`)
+	for id, m := range want {
+		g := tuid.ReplaceAll(got[id], nil)
+		if !bytes.Equal(g, bytes.ReplaceAll(m, []byte("\r\n"), []byte("\n"))) {
+			t.Errorf("message %s: synced copy differs (%d bytes, want %d)", id, len(got[id]), len(m))
+		}
+	}
+	// Upload through compression.
+	up := sampleMessage(200, strings.Repeat("written on the phone\r\n", 500))
+	name := fmt.Sprintf("%d.local.lemon:2,S", time.Now().Unix())
+	if err := os.WriteFile(filepath.Join(local, "INBOX", "cur", name), up, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run()
+	c := dialRaw(t, dc.Addr)
+	mustOK(t, c.cmd("LOGIN alice alicepass"))
+	mustOK(t, c.cmd("SELECT INBOX"))
+	lines := mustOK(t, c.cmd(`UID SEARCH HEADER Message-ID "<m200@example.org>"`))
+	if lines[0] == "* SEARCH" {
+		t.Fatalf("uploaded message not on the server: %q", lines)
+	}
+	st := ext.Stats()
+	t.Logf("compress stats: %+v", st)
+	if st.Activations < 2 || st.PlainOut < 3*st.CompressedOut {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// imapflowSync runs the ImapFlow script against addr.
+func imapflowSync(t *testing.T, addr string) map[string]any {
+	t.Helper()
+	node := requireTool(t, "node")
+	if _, err := os.Stat("testdata/node/node_modules/imapflow"); err != nil {
+		if os.Getenv(dovecottest.RequireEnv) == "1" {
+			t.Fatal("imapflow not installed (scripts/test.sh runs npm ci in testdata/node)")
+		}
+		t.Skip("imapflow not installed: run npm ci in internal/integration/testdata/node")
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(node, "imapflow_sync.mjs", host, port, "alice", "alicepass")
+	cmd.Dir = "testdata/node"
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("imapflow: %v\n%s", err, stderr.Bytes())
+	}
+	var res map[string]any
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("imapflow output: %v: %.300s", err, out)
+	}
+	return res
+}
+
+// TestCompressImapFlow syncs with ImapFlow (which turns on COMPRESS when
+// offered) through the proxy and directly, and compares the two.
+func TestCompressImapFlow(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	var seeded []string
+	for i := 1; i <= 40; i++ {
+		m := sampleMessage(i, strings.Repeat(fmt.Sprintf("body line %d\r\n", i), 50+i*10))
+		dc.Append(t, "alice", "alicepass", "INBOX", nil, m)
+		seeded = append(seeded, string(m))
+	}
+	dc.Append(t, "alice", "alicepass", "Work", []string{`\Flagged`}, sampleMessage(41, "work"))
+	addr, ext := startCompressProxy(t, upstream.Config{Addr: dc.Addr})
+
+	proxied := imapflowSync(t, addr)
+	direct := imapflowSync(t, dc.Addr)
+	if proxied["compressed"] != true {
+		t.Fatalf("ImapFlow did not use COMPRESS through the proxy")
+	}
+	if st := ext.Stats(); st.Activations != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	msgs, _ := proxied["messages"].([]any)
+	if len(msgs) != 41 {
+		t.Fatalf("ImapFlow saw %d messages through the proxy, want 41", len(msgs))
+	}
+	var sources []string
+	for _, m := range msgs[:40] {
+		mm := m.(map[string]any)
+		src, _ := base64.StdEncoding.DecodeString(mm["source"].(string))
+		sources = append(sources, string(src))
+	}
+	if !reflect.DeepEqual(sources, seeded) {
+		t.Errorf("sources through the proxy differ from what was stored")
+	}
+	// \Recent goes to whichever session saw a message first.
+	for _, res := range []map[string]any{proxied, direct} {
+		for _, m := range res["messages"].([]any) {
+			mm := m.(map[string]any)
+			var flags []any
+			for _, f := range mm["flags"].([]any) {
+				if f != `\Recent` {
+					flags = append(flags, f)
+				}
+			}
+			mm["flags"] = flags
+		}
+	}
+	if !reflect.DeepEqual(proxied["messages"], direct["messages"]) || !reflect.DeepEqual(proxied["mailboxes"], direct["mailboxes"]) {
+		pj, _ := json.Marshal(proxied)
+		dj, _ := json.Marshal(direct)
+		t.Errorf("proxied and direct syncs differ:\nproxied %.500s\ndirect  %.500s", pj, dj)
+	}
+}
+
+// recorder is a TCP forwarder that records what each connection sends
+// upstream.
+type recorder struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	sent  []*bytes.Buffer
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func startRecorder(t *testing.T, target string) *recorder {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &recorder{ln: ln}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			buf := new(bytes.Buffer)
+			r.mu.Lock()
+			r.conns = append(r.conns, c, u)
+			r.sent = append(r.sent, buf)
+			r.mu.Unlock()
+			r.wg.Add(2)
+			go func() {
+				defer r.wg.Done()
+				io.Copy(u, io.TeeReader(c, lockedWriter{&r.mu, buf}))
+				u.Close()
+			}()
+			go func() {
+				defer r.wg.Done()
+				io.Copy(c, u)
+				c.Close()
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		r.mu.Lock()
+		for _, c := range r.conns {
+			c.Close()
+		}
+		r.mu.Unlock()
+		r.wg.Wait()
+	})
+	return r
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+// streams returns what each connection has sent so far.
+func (r *recorder) streams() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out [][]byte
+	for _, b := range r.sent {
+		out = append(out, append([]byte(nil), b.Bytes()...))
+	}
+	return out
+}
+
+// TestCompressUpstream turns on compression towards Dovecot and checks on
+// the wire that the proxy's commands after login travel compressed, while
+// clients (one compressing, one not) see the same mailbox as directly.
+func TestCompressUpstream(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	for i := 1; i <= 10; i++ {
+		dc.Append(t, "alice", "alicepass", "INBOX", nil, sampleMessage(i, strings.Repeat("compress me\r\n", 100)))
+	}
+	rec := startRecorder(t, dc.Addr)
+	addr, _ := startCompressProxy(t, upstream.Config{Addr: rec.ln.Addr().String(), Compress: upstream.CompressOn})
+
+	res := runPython(t, addr, "big") // compressed client, compressed upstream
+	if res["size"].(float64) != 10<<20 {
+		t.Fatalf("result %v", res)
+	}
+	c := dialRaw(t, addr) // plain client, compressed upstream
+	mustOK(t, c.cmd("LOGIN alice alicepass"))
+	mustOK(t, c.cmd("SELECT INBOX"))
+	lines := mustOK(t, c.cmd("FETCH 1:10 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+	if len(lines) != 11 || !strings.Contains(lines[9], "Subject: message 10") {
+		t.Fatalf("FETCH through a compressed upstream: %q", lines)
+	}
+	mustOK(t, c.cmd("LOGOUT"))
+
+	// Every connection the proxy opened turned compression on right
+	// after login, and what followed inflates to its commands.
+	var all []byte
+	for i, wire := range rec.streams() {
+		at := bytes.Index(wire, []byte(" COMPRESS DEFLATE\r\n"))
+		if at < 0 {
+			t.Fatalf("connection %d never sent COMPRESS: %.300q", i, wire)
+		}
+		after := wire[at+len(" COMPRESS DEFLATE\r\n"):]
+		plain, err := io.ReadAll(flate.NewReader(bytes.NewReader(after)))
+		if err != io.ErrUnexpectedEOF && err != nil {
+			t.Fatalf("connection %d: inflating what it sent: %v", i, err)
+		}
+		// (Short commands may travel in stored blocks, so plaintext on
+		// the wire proves nothing; that it all inflates does.)
+		if len(plain) == 0 {
+			t.Fatalf("connection %d: %d bytes sent after COMPRESS inflate to nothing", i, len(after))
+		}
+		all = append(all, plain...)
+	}
+	for _, cmd := range []string{"APPEND INBOX", "SELECT INBOX", "FETCH 1:10 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])"} {
+		if !bytes.Contains(all, []byte(cmd)) {
+			t.Errorf("%q not found in the inflated upstream streams", cmd)
+		}
+	}
+}

@@ -1,0 +1,295 @@
+package proxy_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// Limits for the bad-input tests: small, so that exceeding them is cheap.
+const (
+	testMaxLine   = 1024
+	testMaxInline = 4096
+	testMaxAppend = 64 << 10
+	testMaxLit    = 1 << 20
+)
+
+func badInputProxy(t *testing.T, tweak func(*proxy.Config)) (*memupstream.Server, *testProxy) {
+	t.Helper()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	cfg := baseConfig(up.Addr)
+	cfg.Limits = imapcodec.Limits{MaxLine: testMaxLine, MaxInlineLiteral: testMaxInline, MaxLiteral: testMaxLit}
+	cfg.MaxAppendLiteral = testMaxAppend
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	return up, startProxy(t, cfg, proxyOpts{})
+}
+
+func TestOverlongLine(t *testing.T) {
+	t.Parallel()
+	_, p := badInputProxy(t, nil)
+	for _, state := range []string{"not authenticated", "authenticated"} {
+		t.Run(state, func(t *testing.T) {
+			c := dial(t, p.addr)
+			if state == "authenticated" {
+				c.login("alice", "secret")
+			}
+			c.send("a NOOP " + strings.Repeat("x", testMaxLine))
+			rest := c.expectClosed()
+			assertLines(t, "over-long line", rest, []string{"* BYE Line too long."})
+		})
+	}
+	// Exactly at the limit is fine.
+	c := dial(t, p.addr)
+	c.expectDo("a", "LOGIN alice "+strings.Repeat("x", testMaxLine-len("a LOGIN alice ")), "a NO [AUTHENTICATIONFAILED] Authentication failed.")
+	waitFor(t, "the failed sessions to end", func() bool { return p.srv.Sessions() == 1 })
+}
+
+func TestSyntaxErrors(t *testing.T) {
+	t.Parallel()
+	_, p := badInputProxy(t, nil)
+	c := dial(t, p.addr)
+	c.expectDo("a", `LOGIN (alice secret`, "a BAD LOGIN needs a user name and a password.")
+	c.expectDo("b", `LOGIN "alice secret`, "b BAD LOGIN needs a user name and a password.")
+	c.expectDo("c", `LOGIN alice) secret`, "c BAD LOGIN needs a user name and a password.")
+	c.expectDo("d", `LOGIN "al\ice" secret`, "d BAD LOGIN needs a user name and a password.")
+	c.expectDo("e", `ENABLE (X`, "e BAD ENABLE not allowed before authentication; log in first.")
+	// No tag, or a tag that cannot be one.
+	c.send("")
+	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.send(`"x" NOOP`)
+	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.send("f+ NOOP")
+	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.expectDo("g", "", "g BAD Error in IMAP command: syntax error: missing command name")
+	c.expectDo("h", "UID", "h BAD Error in IMAP command: syntax error: UID without a command")
+	c.expectDo("i", "NOOP", "i OK NOOP completed.")
+	c.login("alice", "secret")
+	c.expectDo("j", "SELECT (INBOX", "j BAD SELECT needs a mailbox name.")
+	c.expectDo("k", `SELECT "INBOX`, "k BAD SELECT needs a mailbox name.")
+	c.expectDo("l", `ENABLE (X`, "l BAD ENABLE needs at least one capability name.")
+	c.expectDo("m", "ENABLE "+strings.Repeat("(", 40), "m BAD ENABLE needs at least one capability name.")
+	c.expectDo("n", "NOOP", "n OK NOOP completed.")
+}
+
+func TestLiteralTooLarge(t *testing.T) {
+	t.Parallel()
+	_, p := badInputProxy(t, nil)
+	toobig := func(tag string, size, limit int) string {
+		return fmt.Sprintf("%s NO [TOOBIG] Literal of %d bytes exceeds the limit of %d bytes.", tag, size, limit)
+	}
+
+	c := dial(t, p.addr)
+	// Synchronising, pre-auth (inline limit): refused, never invited.
+	c.send(fmt.Sprintf("a LOGIN alice {%d}", testMaxInline+1))
+	c.expect(toobig("a", testMaxInline+1, testMaxInline))
+	c.expectDo("b", "NOOP", "b OK NOOP completed.")
+	// Non-synchronising: the literal is read and thrown away with the rest
+	// of the command; the next command in the same write is answered.
+	big := bytes.Repeat([]byte("y"), testMaxInline+1)
+	c.write(fmt.Appendf(nil, "c LOGIN alice {%d+}\r\n%s {3+}\r\nabc\r\nd NOOP\r\n", len(big), big))
+	c.expect(toobig("c", len(big), testMaxInline), "d OK NOOP completed.")
+	// A literal within the limit followed by one over it.
+	c.send("e LOGIN {5}")
+	c.expect("+ *")
+	c.send(fmt.Sprintf("alice {%d}", testMaxInline+1))
+	c.expect(toobig("e", testMaxInline+1, testMaxInline))
+	c.expectDo("f", "NOOP", "f OK NOOP completed.")
+
+	c.login("alice", "secret")
+	// The second literal of a relayed command is over the limit: the
+	// first is already upstream, so that connection is given up; in the
+	// authenticated state the session goes on with another one.
+	c.send("ga LIST {3}")
+	c.expect("+ *")
+	c.send(fmt.Sprintf(`abc {%d}`, testMaxInline+1))
+	c.expect(toobig("ga", testMaxInline+1, testMaxInline))
+	c.expectDo("gb", `LIST "" INBOX`, `* LIST () "/" INBOX`, "gb OK LIST completed")
+
+	c.expectDo("g", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "g OK [READ-WRITE] SELECT completed")
+	// APPEND has its own, larger limit.
+	c.send(fmt.Sprintf("h APPEND INBOX {%d}", testMaxAppend+1))
+	c.expect(toobig("h", testMaxAppend+1, testMaxAppend))
+	c.expectDo("i", "NOOP", "i OK NOOP completed.")
+	big = bytes.Repeat([]byte("z"), testMaxAppend+1)
+	c.write(fmt.Appendf(nil, "j APPEND INBOX {%d+}\r\n%s\r\nk NOOP\r\n", len(big), big))
+	c.expect(toobig("j", len(big), testMaxAppend), "k OK NOOP completed.")
+	// An APPEND at the limit goes through.
+	ok := testMessage("ok", testMaxAppend)[:testMaxAppend]
+	c.write(fmt.Appendf(nil, "l APPEND INBOX {%d+}\r\n%s\r\n", len(ok), ok))
+	c.expect("* 1 EXISTS", "l OK [APPENDUID 1 1] APPEND completed")
+	// Other commands have the inline limit.
+	c.send(fmt.Sprintf("m SEARCH TEXT {%d}", testMaxInline+1))
+	c.expect(toobig("m", testMaxInline+1, testMaxInline))
+	c.expectDo("o", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "o OK FETCH completed")
+	// The same in the selected state: the session holds no upstream
+	// connection of its own, so it goes on too.
+	c.send("n SEARCH TEXT {3}")
+	c.expect("+ *")
+	c.send(fmt.Sprintf("abc TEXT {%d}", testMaxInline+1))
+	c.expect(toobig("n", testMaxInline+1, testMaxInline))
+	c.expectDo("n2", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "n2 OK FETCH completed")
+	if n := p.srv.Pool().Idle(); n != 1 {
+		t.Errorf("%d idle upstream connections, want 1 (the broken ones closed)", n)
+	}
+
+	// Over the absolute limit: nothing can be done but hang up.
+	c = dial(t, p.addr)
+	c.send(fmt.Sprintf("p LOGIN {%d}", testMaxLit+1))
+	assertLines(t, "literal over MaxLiteral", c.expectClosed(), []string{"* BYE Literal too large."})
+}
+
+func TestLiteralNeverArrives(t *testing.T) {
+	t.Parallel()
+	_, p := badInputProxy(t, func(cfg *proxy.Config) {
+		cfg.PreAuthTimeout = 300 * time.Millisecond
+		cfg.IdleTimeout = 300 * time.Millisecond
+	})
+	t.Run("pre-auth", func(t *testing.T) {
+		c := dial(t, p.addr)
+		c.send("a LOGIN alice {6}")
+		c.expect("+ *")
+		c.write([]byte("sec"))
+		start := time.Now()
+		rest := c.expectClosed()
+		assertLines(t, "literal never completed", rest, []string{"* BYE Autologout; idle for too long."})
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("took %v to time out", d)
+		}
+	})
+	t.Run("APPEND", func(t *testing.T) {
+		c := dial(t, p.addr)
+		c.login("alice", "secret")
+		c.send("a APPEND INBOX {100}")
+		c.expect("+ *")
+		c.write([]byte("Subject: never finished\r\n"))
+		rest := c.expectClosed()
+		assertLines(t, "literal never completed", rest, []string{"* BYE Autologout; idle for too long."})
+		waitFor(t, "the session to end", func() bool { return p.srv.Sessions() == 0 })
+		if n := p.srv.Pool().Idle(); n != 0 {
+			t.Errorf("%d idle upstream connections after an APPEND cut short, want 0", n)
+		}
+	})
+	t.Run("idle client", func(t *testing.T) {
+		c := dial(t, p.addr)
+		rest := c.expectClosed()
+		assertLines(t, "silent client", rest, []string{"* BYE Autologout; idle for too long."})
+	})
+}
+
+func TestDisconnectMidLiteral(t *testing.T) {
+	t.Parallel()
+	_, p := badInputProxy(t, nil)
+	c := dial(t, p.addr)
+	c.login("alice", "secret")
+	if n := p.srv.Pool().Idle(); n != 1 {
+		t.Fatalf("%d idle upstream connections after login, want 1", n)
+	}
+	c.send("a APPEND INBOX {1000}")
+	c.expect("+ *")
+	c.write(bytes.Repeat([]byte("x"), 100))
+	time.Sleep(20 * time.Millisecond) // let the proxy relay what it got
+	c.close()
+	waitFor(t, "the session to end", func() bool { return p.srv.Sessions() == 0 })
+	// The upstream connection was mid-APPEND: it must not be reused.
+	if n := p.srv.Pool().Idle(); n != 0 {
+		t.Fatalf("%d idle upstream connections after a client vanished mid-literal, want 0", n)
+	}
+	// A new session works normally. (go-imap stores the truncated message
+	// when its connection closes mid-literal, so the mailbox is not
+	// checked; Dovecot does not.)
+	c2 := dial(t, p.addr)
+	c2.login("alice", "secret")
+	c2.expectDo("b", "NOOP", "b OK NOOP completed.")
+}
+
+// TestBinaryGarbage feeds random bytes, NULs and all, to a session in each
+// state: every line gets a BAD (or the session ends with a BYE), nothing
+// panics (a panic in a session would kill the test binary) and the server
+// keeps serving. The seeds are fixed so that a failure is reproducible.
+func TestBinaryGarbage(t *testing.T) {
+	t.Parallel()
+	_, p := badInputProxy(t, func(cfg *proxy.Config) {
+		cfg.Limits = imapcodec.Limits{} // lines of random bytes can be long
+		// Garbage relayed upstream can leave go-imap waiting for more
+		// (the proxy then answers NO [UNAVAILABLE] and redials): keep
+		// those waits short.
+		cfg.Upstream.Timeout = 300 * time.Millisecond
+	})
+	for seed := range uint64(8) {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			rnd := rand.New(rand.NewPCG(seed, 99))
+			garbage := make([]byte, 8<<10)
+			for i := range garbage {
+				garbage[i] = byte(rnd.UintN(256))
+			}
+			if seed%4 == 2 {
+				// Random tokens, literal headers among them.
+				toks := []string{"{3}\r\n", "{2+}\r\n", "~{4}\r\n", "{0}\r\n", "a ", "UID ", "FETCH ", "APPEND ", "LOGIN ", "\x00", "\r\n", "(", ")", "\"", "* ", "+ ", "\xff"}
+				garbage = garbage[:0]
+				for len(garbage) < 8<<10 {
+					garbage = append(garbage, toks[rnd.UintN(uint(len(toks)))]...)
+				}
+			}
+			if seed%4 == 3 {
+				// Mostly NULs and line ends.
+				for i := range garbage {
+					garbage[i] = []byte{0, 0, 0, '\n', '\r', '{', '}', '"', '('}[rnd.UintN(9)]
+				}
+			}
+			c := dial(t, p.addr)
+			if (seed+seed/4)%2 == 1 { // each kind of garbage in both states
+				c.login("alice", "secret")
+			}
+			// The server may hang up half-way: write errors are expected.
+			c.nc.SetWriteDeadline(time.Now().Add(ioTimeout))
+			_, werr := c.nc.Write(append(garbage, "\r\nzz9 NOOP\r\n"...))
+			var lines []string
+			for {
+				c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+				line, err := c.br.ReadString('\n')
+				if err != nil {
+					if isReset(err) {
+						// Closed with our garbage unread: the
+						// kernel may have dropped the BYE.
+						t.Logf("connection reset after %d lines", len(lines))
+						break
+					}
+					if len(lines) == 0 || !strings.HasPrefix(lines[len(lines)-1], "* BYE ") {
+						t.Fatalf("connection closed without BYE (%v, write %v) after %q", err, werr, lines)
+					}
+					break
+				}
+				line = strings.TrimSuffix(line, "\r\n")
+				lines = append(lines, line)
+				if strings.HasPrefix(line, "zz9 ") {
+					if line != "zz9 OK NOOP completed." {
+						t.Fatalf("NOOP after garbage: %q", line)
+					}
+					break
+				}
+			}
+			for _, l := range lines {
+				if strings.HasPrefix(l, "zz9 ") || strings.HasPrefix(l, "+ ") {
+					continue
+				}
+				_, rest, _ := strings.Cut(l, " ")
+				if !strings.HasPrefix(rest, "BAD ") && !strings.HasPrefix(rest, "BYE ") && !strings.HasPrefix(rest, "NO ") {
+					t.Errorf("garbage answered with %q", l)
+				}
+			}
+			t.Logf("%d responses, last %q", len(lines), lines[max(len(lines)-1, 0):])
+			c.close()
+		})
+	}
+	waitFor(t, "the sessions to end", func() bool { return p.srv.Sessions() == 0 })
+	dial(t, p.addr).expectDo("a", "NOOP", "a OK NOOP completed.")
+}

@@ -1,0 +1,124 @@
+package proxy_test
+
+import (
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// pooledProxy starts memupstream with alice (one message) and bob (none)
+// behind a counting forwarder, and a proxy with the given pool bounds.
+func pooledProxy(t *testing.T, pool upstream.PoolConfig) (*forwarder, *testProxy) {
+	t.Helper()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret", "bob", "hunter2")
+	if err := up.Append("alice", "INBOX", nil, testMessage("for alice", 100)); err != nil {
+		t.Fatal(err)
+	}
+	fw := startForwarder(t, up.Addr)
+	cfg := baseConfig(fw.addr())
+	cfg.Pool = pool
+	return fw, startProxy(t, cfg, proxyOpts{})
+}
+
+func checkPool(t *testing.T, p *testProxy, fw *forwarder, idle int, dials int64) {
+	t.Helper()
+	if n := p.srv.Pool().Idle(); n != idle {
+		t.Errorf("pool has %d idle connections, want %d", n, idle)
+	}
+	if n := fw.dials.Load(); n != dials {
+		t.Errorf("the proxy opened %d upstream connections, want %d", n, dials)
+	}
+}
+
+func TestPoolReturnsConnection(t *testing.T) {
+	t.Parallel()
+	fw, p := pooledProxy(t, upstream.PoolConfig{})
+	c := dial(t, p.addr)
+	checkPool(t, p, fw, 0, 0)
+	c.login("alice", "secret")
+	checkPool(t, p, fw, 1, 1)
+	c.expectDo("a", `LIST "" *`, `* LIST () "/" INBOX`, "a OK LIST completed")
+	checkPool(t, p, fw, 1, 1)
+	c.expectDo("b", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "b OK STATUS completed")
+	checkPool(t, p, fw, 1, 1)
+	// In the selected state the session holds no connection between
+	// commands either; the mailbox's watcher has one of its own, outside
+	// the pool.
+	c.expectDo("c", "EXAMINE INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "c OK [READ-ONLY] *")
+	checkPool(t, p, fw, 1, 2)
+	c.expectDo("d", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "d OK FETCH completed")
+	checkPool(t, p, fw, 1, 2)
+	c.expectDo("e", "UNSELECT", "e OK Unselect completed.")
+	checkPool(t, p, fw, 1, 2)
+	c.expectDo("f", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "f OK [READ-WRITE] *")
+	c.expectDo("g", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "g OK FETCH completed")
+	c.expectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
+	c.expectClosed()
+	waitFor(t, "the session to end", func() bool { return p.srv.Sessions() == 0 })
+	if n := p.srv.Pool().Idle(); n != 1 {
+		t.Errorf("pool has %d idle connections after LOGOUT, want 1", n)
+	}
+	// The next session's commands use it (after its own login).
+	dials := fw.dials.Load()
+	c2 := dial(t, p.addr)
+	c2.login("alice", "secret")
+	checkPool(t, p, fw, 2, dials+1)
+	c2.expectDo("a", "FETCH 1 (FLAGS)", "a BAD No mailbox selected.")
+	c2.expectDo("b", `LIST "" *`, `* LIST () "/" INBOX`, "b OK LIST completed")
+	checkPool(t, p, fw, 2, dials+1)
+}
+
+// TestPoolSharedBetweenSessions: with room for one idle connection per
+// account, the second login's connection replaces the first's in the pool,
+// and the first session's later commands run on it: no new dial.
+func TestPoolSharedBetweenSessions(t *testing.T) {
+	t.Parallel()
+	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1})
+	a := dial(t, p.addr)
+	a.login("alice", "secret")
+	b := dial(t, p.addr)
+	b.login("alice", "secret")
+	checkPool(t, p, fw, 1, 2)
+	for i := range 3 {
+		a.expectDo("a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "a OK STATUS completed")
+		b.expectDo("b", `LIST "" INBOX`, `* LIST () "/" INBOX`, "b OK LIST completed")
+		checkPool(t, p, fw, 1, 2)
+		if t.Failed() {
+			t.Fatalf("round %d", i)
+		}
+	}
+}
+
+// TestPoolNeverAcrossAccounts: when bob's session needs a connection and
+// the pool holds only alice's, the proxy dials a new one for bob.
+func TestPoolNeverAcrossAccounts(t *testing.T) {
+	t.Parallel()
+	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1})
+	alice := dial(t, p.addr)
+	alice.login("alice", "secret")
+	b1 := dial(t, p.addr)
+	b1.login("bob", "hunter2")
+	b2 := dial(t, p.addr)
+	b2.login("bob", "hunter2")
+	checkPool(t, p, fw, 2, 3) // one each; b1's login connection was dropped
+	// b1 takes bob's only pooled connection and holds it while it waits
+	// for its APPEND's literal.
+	b1.send("a APPEND INBOX {10}")
+	b1.expect("+ *")
+	checkPool(t, p, fw, 1, 3)
+	// Only alice's is left: b2 must not get it.
+	b2.expectDo("a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 0)", "a OK STATUS completed")
+	checkPool(t, p, fw, 2, 4)
+	if n := p.srv.Pool().IdleFor(fw.addr() + "\x00alice"); n != 1 {
+		t.Errorf("alice has %d idle connections, want 1", n)
+	}
+	b1.send("0123456789")
+	b1.expect("a OK [APPENDUID 1 1] APPEND completed")
+	alice.expectDo("a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "a OK STATUS completed")
+	b2.expectDo("b", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "b OK STATUS completed")
+	checkPool(t, p, fw, 2, 4)
+	// Wrong password for an account with pooled connections: refused.
+	bad := dial(t, p.addr)
+	bad.expectDo("l", "LOGIN alice hunter2", "l NO [AUTHENTICATIONFAILED] Authentication failed.")
+}

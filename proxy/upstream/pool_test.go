@@ -1,0 +1,237 @@
+package upstream
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// The pool tests check for leaked goroutines one by one (goroutines that
+// existed before the test are not theirs to answer for): this package's
+// other tests are not written with a package-wide goleak check in mind.
+func noLeaks(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// stubConn is a net.Conn that swallows writes, has nothing to read and
+// records whether it was closed and whether a LOGOUT was written.
+type stubConn struct {
+	closed atomic.Bool
+	mu     sync.Mutex
+	wrote  []byte
+}
+
+func (c *stubConn) Read([]byte) (int, error) { return 0, io.EOF }
+func (c *stubConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.wrote = append(c.wrote, p...)
+	c.mu.Unlock()
+	return len(p), nil
+}
+func (c *stubConn) Close() error                     { c.closed.Store(true); return nil }
+func (c *stubConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c *stubConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c *stubConn) SetDeadline(time.Time) error      { return nil }
+func (c *stubConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *stubConn) SetWriteDeadline(time.Time) error { return nil }
+
+var stubCfg = &Config{Addr: "upstream.test:143"}
+
+func newStub(selected string) (*Conn, *stubConn) {
+	sc := &stubConn{}
+	c := newConn(sc, stubCfg)
+	c.Selected = selected
+	return c, sc
+}
+
+func TestPoolGetPut(t *testing.T) {
+	noLeaks(t)
+	p := NewPool(PoolConfig{})
+	if c := p.Get("a", ""); c != nil {
+		t.Fatal("Get from an empty pool returned a connection")
+	}
+	c1, s1 := newStub("")
+	p.Put("a", c1)
+	if p.Idle() != 1 || p.IdleFor("a") != 1 || p.IdleFor("b") != 0 {
+		t.Fatalf("after Put: Idle %d, a %d, b %d", p.Idle(), p.IdleFor("a"), p.IdleFor("b"))
+	}
+	// Accounts never share.
+	if c := p.Get("b", ""); c != nil {
+		t.Fatal("Get for account b returned account a's connection")
+	}
+	if c := p.Get("a", ""); c != c1 {
+		t.Fatal("Get did not return the pooled connection")
+	}
+	if p.Idle() != 0 || p.IdleFor("a") != 0 {
+		t.Fatalf("after Get: Idle %d, a %d", p.Idle(), p.IdleFor("a"))
+	}
+	if s1.closed.Load() {
+		t.Fatal("Get closed the connection it returned")
+	}
+
+	// Broken connections are closed, not kept.
+	c2, s2 := newStub("")
+	c2.MarkBroken()
+	p.Put("a", c2)
+	if p.Idle() != 0 || !s2.closed.Load() {
+		t.Fatalf("broken connection: Idle %d, closed %v", p.Idle(), s2.closed.Load())
+	}
+}
+
+func TestPoolPrefersSelectedMailbox(t *testing.T) {
+	noLeaks(t)
+	p := NewPool(PoolConfig{MaxIdlePerAccount: 3})
+	inbox, _ := newStub("INBOX")
+	none, _ := newStub("")
+	sent, _ := newStub("Sent")
+	p.Put("a", inbox)
+	p.Put("a", none)
+	p.Put("a", sent)
+	if c := p.Get("a", "INBOX"); c != inbox {
+		t.Errorf("Get(INBOX) did not return the connection with INBOX selected")
+	}
+	if c := p.Get("a", "Drafts"); c != sent {
+		t.Errorf("Get(Drafts) did not return the most recently used connection")
+	}
+	if c := p.Get("a", ""); c != none {
+		t.Errorf("Get(\"\") did not return the connection with nothing selected")
+	}
+	if p.Idle() != 0 {
+		t.Errorf("Idle %d after taking everything", p.Idle())
+	}
+}
+
+func TestPoolPerAccountBound(t *testing.T) {
+	noLeaks(t)
+	p := NewPool(PoolConfig{MaxIdlePerAccount: 2})
+	var conns []*Conn
+	var stubs []*stubConn
+	for range 3 {
+		c, s := newStub("")
+		conns, stubs = append(conns, c), append(stubs, s)
+		p.Put("a", c)
+	}
+	b, sb := newStub("")
+	p.Put("b", b)
+	if p.IdleFor("a") != 2 || p.IdleFor("b") != 1 || p.Idle() != 3 {
+		t.Fatalf("IdleFor(a) %d, IdleFor(b) %d, Idle %d; want 2, 1, 3", p.IdleFor("a"), p.IdleFor("b"), p.Idle())
+	}
+	// The account's oldest went.
+	if !stubs[0].closed.Load() || stubs[1].closed.Load() || stubs[2].closed.Load() || sb.closed.Load() {
+		t.Fatalf("closed: %v %v %v b %v; want only the first", stubs[0].closed.Load(), stubs[1].closed.Load(), stubs[2].closed.Load(), sb.closed.Load())
+	}
+	if got := p.Get("a", ""); got != conns[2] {
+		t.Error("Get did not return the most recent connection")
+	}
+	if got := p.Get("a", ""); got != conns[1] {
+		t.Error("second Get did not return the other connection")
+	}
+	if got := p.Get("a", ""); got != nil {
+		t.Error("third Get returned a connection")
+	}
+}
+
+func TestPoolTotalBound(t *testing.T) {
+	noLeaks(t)
+	p := NewPool(PoolConfig{MaxIdlePerAccount: 5, MaxIdle: 3})
+	a1, s1 := newStub("")
+	a2, s2 := newStub("")
+	b1, s3 := newStub("")
+	b2, s4 := newStub("")
+	p.Put("a", a1)
+	p.Put("a", a2)
+	p.Put("b", b1)
+	// Using a connection makes it recent again.
+	if p.Get("a", "") != a2 {
+		t.Fatal("Get(a) did not return a2")
+	}
+	p.Put("a", a2)
+	p.Put("b", b2) // over MaxIdle: the least recently used (a1) goes
+	if p.Idle() != 3 || p.IdleFor("a") != 1 || p.IdleFor("b") != 2 {
+		t.Fatalf("Idle %d, a %d, b %d; want 3, 1, 2", p.Idle(), p.IdleFor("a"), p.IdleFor("b"))
+	}
+	if !s1.closed.Load() || s2.closed.Load() || s3.closed.Load() || s4.closed.Load() {
+		t.Fatalf("closed: a1 %v a2 %v b1 %v b2 %v; want only a1", s1.closed.Load(), s2.closed.Load(), s3.closed.Load(), s4.closed.Load())
+	}
+	if p.Get("a", "") != a2 {
+		t.Fatal("a's remaining connection is not a2")
+	}
+}
+
+func TestPoolExpiry(t *testing.T) {
+	noLeaks(t)
+	p := NewPool(PoolConfig{IdleTimeout: 50 * time.Millisecond})
+	old, sOld := newStub("")
+	p.Put("a", old)
+	time.Sleep(80 * time.Millisecond)
+	fresh, sFresh := newStub("")
+	p.Put("b", fresh)
+	// Get expires what is too old, for every account.
+	if c := p.Get("a", ""); c != nil {
+		t.Fatal("Get returned an expired connection")
+	}
+	if !sOld.closed.Load() {
+		t.Error("the expired connection was not closed")
+	}
+	if p.Idle() != 1 || sFresh.closed.Load() {
+		t.Fatalf("Idle %d, fresh closed %v", p.Idle(), sFresh.closed.Load())
+	}
+	if c := p.Get("b", ""); c != fresh {
+		t.Fatal("the fresh connection was not returned")
+	}
+}
+
+// TestPoolRun checks the janitor expires idle connections without a Get,
+// and closes the pool (logging out what is idle) when its context ends.
+func TestPoolRun(t *testing.T) {
+	noLeaks(t)
+	p := NewPool(PoolConfig{IdleTimeout: 100 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	c1, s1 := newStub("")
+	p.Put("a", c1)
+	// The janitor ticks every max(IdleTimeout/4, 1s).
+	deadline := time.Now().Add(3 * time.Second)
+	for p.Idle() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the janitor did not expire an idle connection")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !s1.closed.Load() {
+		t.Error("the expired connection was not closed")
+	}
+
+	c2, s2 := newStub("")
+	p.Put("a", c2)
+	cancel()
+	<-done
+	if !s2.closed.Load() {
+		t.Error("Close did not close an idle connection")
+	}
+	s2.mu.Lock()
+	wrote := string(s2.wrote)
+	s2.mu.Unlock()
+	if want := " LOGOUT\r\n"; len(wrote) < len(want) || wrote[len(wrote)-len(want):] != want {
+		t.Errorf("Close wrote %q, want a LOGOUT", wrote)
+	}
+	if p.Idle() != 0 {
+		t.Errorf("Idle %d after Close", p.Idle())
+	}
+	// A connection given back after Close is closed.
+	c3, s3 := newStub("")
+	p.Put("a", c3)
+	if p.Idle() != 0 || !s3.closed.Load() {
+		t.Errorf("Put after Close: Idle %d, closed %v", p.Idle(), s3.closed.Load())
+	}
+}

@@ -1,0 +1,293 @@
+// Package syncstate keeps the proxy's own view of a mailbox's messages: per
+// UID the flags and the mod-sequence of their last change, the expunged UIDs
+// with the mod-sequence of their expunge, and the mailbox's highest
+// mod-sequence.
+//
+// It is the one source of truth from which client sessions learn what
+// changed: a session remembers only the mod-sequence it has been told about
+// and, when the protocol allows, asks for the changes since then. That keeps
+// per-session memory constant (no event queue to overflow), lets a slow
+// client catch up with one coalesced delta, and is exactly the bookkeeping
+// CONDSTORE and QRESYNC (RFC 7162) need.
+//
+// Mod-sequences are the proxy's own: they start at 1 (never 0, RFC 7162
+// §3.1.1), and every change (a new message, a flag change, an expunge)
+// gets a strictly larger one.
+package syncstate
+
+import (
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// A Mailbox is the state of one mailbox of one account at one UIDVALIDITY.
+// It is safe for concurrent use.
+type Mailbox struct {
+	mu          sync.RWMutex
+	uidValidity uint32
+	highest     uint64
+	msgs        map[uint32]msg
+	uids        []uint32 // sorted; replaced, never modified (snapshots share it)
+	log         []change // ordered by modseq; stale entries skipped
+	live        int      // entries of log that are not stale
+	flagSets    flagInterner
+}
+
+type msg struct {
+	flags  uint32 // index into flagSets
+	modseq uint64
+}
+
+type change struct {
+	modseq   uint64
+	uid      uint32
+	expunged bool
+}
+
+// New returns an empty mailbox state. Its HIGHESTMODSEQ is 1.
+func New(uidValidity uint32) *Mailbox {
+	return &Mailbox{uidValidity: uidValidity, highest: 1, msgs: map[uint32]msg{}}
+}
+
+// UIDValidity returns the UIDVALIDITY the state belongs to.
+func (m *Mailbox) UIDValidity() uint32 { return m.uidValidity }
+
+// Snapshot is a consistent view of the mailbox at one mod-sequence. UIDs is
+// shared and must not be modified.
+type Snapshot struct {
+	UIDs    []uint32
+	Highest uint64
+}
+
+// Snapshot returns the current message list and HIGHESTMODSEQ.
+func (m *Mailbox) Snapshot() Snapshot {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return Snapshot{UIDs: m.uids, Highest: m.highest}
+}
+
+// HighestModSeq returns the mailbox's HIGHESTMODSEQ.
+func (m *Mailbox) HighestModSeq() uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.highest
+}
+
+// Flags returns a message's flags and mod-sequence.
+func (m *Mailbox) Flags(uid uint32) (flags []string, modseq uint64, ok bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	e, ok := m.msgs[uid]
+	if !ok {
+		return nil, 0, false
+	}
+	return m.flagSets.get(e.flags), e.modseq, true
+}
+
+// Message is a message as the upstream reported it.
+type Message struct {
+	UID   uint32
+	Flags []string
+}
+
+// Changes is a batch of changes to apply at once.
+type Changes struct {
+	// Upsert holds messages that are new or whose flags may have changed;
+	// a message whose flags are unchanged costs nothing.
+	Upsert []Message
+	// Expunged holds UIDs that no longer exist; unknown UIDs are ignored.
+	Expunged []uint32
+}
+
+// Apply applies a batch and reports whether anything changed. Each actual
+// change gets its own mod-sequence.
+func (m *Mailbox) Apply(c Changes) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.applyLocked(c)
+}
+
+func (m *Mailbox) applyLocked(c Changes) bool {
+	changed := false
+	var added []uint32
+	for _, u := range c.Upsert {
+		fs := m.flagSets.intern(u.Flags)
+		e, ok := m.msgs[u.UID]
+		if ok && e.flags == fs {
+			continue
+		}
+		m.highest++
+		if ok {
+			m.live-- // the old log entry is stale now
+		} else {
+			added = append(added, u.UID)
+		}
+		m.msgs[u.UID] = msg{flags: fs, modseq: m.highest}
+		m.log = append(m.log, change{modseq: m.highest, uid: u.UID})
+		m.live++
+		changed = true
+	}
+	var removed []uint32
+	for _, uid := range c.Expunged {
+		if _, ok := m.msgs[uid]; !ok {
+			continue
+		}
+		delete(m.msgs, uid)
+		m.highest++
+		m.log = append(m.log, change{modseq: m.highest, uid: uid, expunged: true})
+		// The message's last flag change is stale; the expunge is live.
+		removed = append(removed, uid)
+		changed = true
+	}
+	if len(added) > 0 || len(removed) > 0 {
+		m.uids = mergeUIDs(m.uids, added, removed)
+	}
+	if len(m.log) > 1024 && m.live < len(m.log)/2 {
+		m.compactLocked()
+	}
+	return changed
+}
+
+// mergeUIDs returns a new sorted list: old plus added minus removed.
+func mergeUIDs(old, added, removed []uint32) []uint32 {
+	slices.Sort(added)
+	var gone map[uint32]bool
+	if len(removed) > 0 {
+		gone = make(map[uint32]bool, len(removed))
+		for _, u := range removed {
+			gone[u] = true
+		}
+	}
+	out := make([]uint32, 0, len(old)+len(added)-len(removed))
+	i, j := 0, 0
+	for i < len(old) || j < len(added) {
+		var u uint32
+		if j == len(added) || i < len(old) && old[i] < added[j] {
+			u = old[i]
+			i++
+		} else {
+			u = added[j]
+			j++
+		}
+		if !gone[u] && (len(out) == 0 || out[len(out)-1] != u) {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// compactLocked drops stale log entries (flag changes superseded by a
+// later change of the same message).
+func (m *Mailbox) compactLocked() {
+	out := m.log[:0]
+	for _, c := range m.log {
+		if c.expunged {
+			out = append(out, c)
+			continue
+		}
+		if e, ok := m.msgs[c.uid]; ok && e.modseq == c.modseq {
+			out = append(out, c)
+		}
+	}
+	clear(m.log[len(out):])
+	m.log = out
+	m.live = len(out)
+}
+
+// Change is one entry of ChangesSince.
+type Change struct {
+	UID      uint32
+	ModSeq   uint64
+	Expunged bool
+	Flags    []string // current flags; nil for an expunge
+}
+
+// ChangesSince calls fn for every message changed or expunged after modseq,
+// in mod-sequence order, each message once with its latest state. It costs
+// time in the number of changes, not in the size of the mailbox.
+func (m *Mailbox) ChangesSince(modseq uint64, fn func(Change)) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	i := sort.Search(len(m.log), func(i int) bool { return m.log[i].modseq > modseq })
+	for _, c := range m.log[i:] {
+		if c.expunged {
+			fn(Change{UID: c.uid, ModSeq: c.modseq, Expunged: true})
+			continue
+		}
+		e, ok := m.msgs[c.uid]
+		if !ok || e.modseq != c.modseq {
+			continue // superseded
+		}
+		fn(Change{UID: c.uid, ModSeq: c.modseq, Flags: m.flagSets.get(e.flags)})
+	}
+}
+
+// Reconcile compares the state with the complete message list the upstream
+// reported and applies the differences: messages missing from all are
+// expunged, new ones added, changed flags updated. It reports whether
+// anything changed.
+func (m *Mailbox) Reconcile(all []Message) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := make(map[uint32]bool, len(all))
+	for _, u := range all {
+		seen[u.UID] = true
+	}
+	var gone []uint32
+	for _, uid := range m.uids {
+		if !seen[uid] {
+			gone = append(gone, uid)
+		}
+	}
+	return m.applyLocked(Changes{Upsert: all, Expunged: gone})
+}
+
+// flagInterner stores each distinct flag set once per mailbox: most
+// messages share one of a handful of sets.
+type flagInterner struct {
+	sets  [][]string
+	index map[string]uint32
+}
+
+func (f *flagInterner) intern(flags []string) uint32 {
+	norm := NormalizeFlags(flags)
+	key := strings.Join(norm, " ")
+	if f.index == nil {
+		f.index = map[string]uint32{}
+	}
+	if i, ok := f.index[key]; ok {
+		return i
+	}
+	i := uint32(len(f.sets))
+	f.sets = append(f.sets, norm)
+	f.index[key] = i
+	return i
+}
+
+func (f *flagInterner) get(i uint32) []string { return f.sets[i] }
+
+// systemFlags are matched case-insensitively and written in their
+// canonical spelling.
+var systemFlags = map[string]string{
+	`\seen`: `\Seen`, `\answered`: `\Answered`, `\flagged`: `\Flagged`,
+	`\deleted`: `\Deleted`, `\draft`: `\Draft`,
+}
+
+// NormalizeFlags returns flags sorted, deduplicated, system flags in their
+// canonical spelling, without \Recent (a per-connection flag that a shared
+// state cannot represent).
+func NormalizeFlags(flags []string) []string {
+	out := make([]string, 0, len(flags))
+	for _, f := range flags {
+		if c, ok := systemFlags[strings.ToLower(f)]; ok {
+			f = c
+		} else if strings.EqualFold(f, `\Recent`) {
+			continue
+		}
+		out = append(out, f)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
