@@ -195,8 +195,15 @@ func (s *Subscription) Sync(ctx context.Context) error {
 // included.
 func (s *Subscription) Apply(c syncstate.Changes) {
 	if s.state.Apply(c) {
+		s.box.lastRead.Store(time.Now().UnixNano())
 		s.box.notifyAll()
 	}
+}
+
+// LastChangeRead returns when the watcher read the upstream line that led to
+// the latest change, for measuring the proxy's own push latency.
+func (s *Subscription) LastChangeRead() time.Time {
+	return time.Unix(0, s.box.lastRead.Load())
 }
 
 // Close ends the subscription; the watcher stops after the grace period if

@@ -29,6 +29,7 @@ type box struct {
 	graceTimer *time.Timer                // guarded by hub.mu
 
 	st       atomic.Pointer[syncstate.Mailbox]
+	lastRead atomic.Int64 // when the upstream line behind the latest change was read (UnixNano)
 	ready    chan struct{} // closed once the first full sync is done
 	readyErr error
 	stopped  chan struct{}
@@ -158,6 +159,7 @@ type watch struct {
 
 	batch     syncstate.Changes
 	needFetch bool
+	firstRead time.Time // when the first line of the uncommitted batch was read
 }
 
 func (w *watch) serve(ready func()) error {
@@ -284,6 +286,12 @@ func (w *watch) handle(r *upstream.Response) {
 func (w *watch) commit() {
 	c := w.batch
 	w.batch = syncstate.Changes{}
+	readAt := w.firstRead
+	w.firstRead = time.Time{}
+	if readAt.IsZero() {
+		readAt = time.Now()
+	}
+	w.box.lastRead.Store(readAt.UnixNano())
 	if len(c.Upsert) == 0 && len(c.Expunged) == 0 {
 		return
 	}
@@ -391,6 +399,9 @@ func (w *watch) idleLoop(ctx context.Context) error {
 					continue
 				}
 				return err
+			}
+			if w.firstRead.IsZero() {
+				w.firstRead = time.Now()
 			}
 			r, err := w.readRest(line, lit)
 			if err != nil {

@@ -48,6 +48,12 @@ type Config struct {
 	// Default 10 s.
 	ShutdownTimeout time.Duration
 
+	// PushLatency, if set, is called with the proxy's own latency for each
+	// push to an idling client: from the hub's watcher reading the
+	// upstream's line to the session's socket write. For benchmarks and
+	// metrics.
+	PushLatency func(time.Duration)
+
 	// Extensions add protocol behaviour; see Extension.
 	Extensions []Extension
 

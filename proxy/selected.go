@@ -159,8 +159,23 @@ func (s *Session) deliver(allowExpunge bool) error {
 	return s.Write(b)
 }
 
-// DeliverChanges is deliver for extensions (IDLE).
-func (s *Session) DeliverChanges() error { return s.deliver(true) }
+// DeliverChanges is deliver for IDLE: it writes the changes and flushes them
+// at once.
+func (s *Session) DeliverChanges() error {
+	if !s.HasNews() {
+		return nil
+	}
+	if err := s.deliver(true); err != nil {
+		return err
+	}
+	if err := s.Flush(); err != nil {
+		return err
+	}
+	if cb := s.srv.cfg.PushLatency; cb != nil && s.mbox != nil {
+		cb(time.Since(s.mbox.sub.LastChangeRead()))
+	}
+	return nil
+}
 
 // HasNews reports whether the selected mailbox changed since the client was
 // last told.
