@@ -477,6 +477,11 @@ func (s *Session) relaySelected(ctx context.Context, cmd *imapcodec.Command, fir
 	if err != nil {
 		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+err.Error()+".")
 	}
+	// Report what is already known first, so the client's view (and the
+	// translation of this command's answers) includes it.
+	if err := s.deliver(t.allowExpunge); err != nil {
+		return err
+	}
 	up, err := s.Upstream(ctx)
 	if err != nil {
 		return s.upstreamUnavailable(cmd.Tag, err)

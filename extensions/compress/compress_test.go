@@ -244,7 +244,7 @@ func TestLongLine(t *testing.T) {
 	// 16 MiB of 'a' compress to ~16 KiB.
 	line := bytes.Repeat([]byte("a"), 16<<20)
 	go func() {
-		c.fw.Write(line)
+		c.w.Write(line)
 		c.fw.Flush()
 	}()
 	if bye := c.expectBye(); bye != "* BYE Line too long." {

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
+	"github.com/lemonproxy/lemonproxy/extensions/compress/deflate"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -107,7 +108,7 @@ type client struct {
 	nc  net.Conn
 	r   *imapcodec.Reader
 	w   io.Writer
-	fw  *flate.Writer // nil until compression is on
+	fw  interface{ Flush() error } // nil until compression is on
 	seq int
 }
 
@@ -236,6 +237,15 @@ func (c *client) startCompression(level int) {
 		c.t.Fatal(err)
 	}
 	c.fw, c.w = fw, fw
+}
+
+// startLightCompression is startCompression with package deflate's codec
+// on the client side too, so that thousands of clients fit in memory.
+func (c *client) startLightCompression() {
+	pending := c.r.TakeBuffered()
+	c.r = imapcodec.NewReader(deflate.NewReader(c.nc, pending), imapcodec.Limits{MaxLiteral: 1 << 30, MaxLine: 1 << 20})
+	w := deflate.NewWriter(c.nc, 0)
+	c.fw, c.w = w, w
 }
 
 // compress runs COMPRESS DEFLATE and switches the client over.
