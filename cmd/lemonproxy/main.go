@@ -68,8 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 // extensions is the set of protocol extensions every session gets.
-func extensions() []proxy.Extension {
-	return []proxy.Extension{idle.New(), compress.New()}
+func extensions(s config.Settings) []proxy.Extension {
+	return []proxy.Extension{&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration}, compress.New()}
 }
 
 func serve(args []string, stdout, stderr io.Writer, demo bool) int {
@@ -120,7 +120,7 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		log.Error("configuration", "err", err)
 		return 2
 	}
-	cfg.Extensions = extensions()
+	cfg.Extensions = extensions(settings)
 	if err := os.MkdirAll(settings.Data, 0o700); err != nil {
 		log.Error("data directory", "err", err)
 		return 1

@@ -52,6 +52,11 @@ type Settings struct {
 	AuthFailureDelay Duration `toml:"auth-failure-delay"`
 	PreAuthTimeout   Duration `toml:"preauth-timeout"`
 	IdleTimeout      Duration `toml:"idle-timeout"`
+
+	PollInterval  Duration `toml:"poll-interval"`
+	WatchGrace    Duration `toml:"watch-grace"`
+	IdleRenew     Duration `toml:"idle-renew"`
+	IdleKeepAlive Duration `toml:"idle-keepalive"`
 }
 
 // Duration is a time.Duration written "30s" in the file and on the command
@@ -87,6 +92,9 @@ func Defaults() Settings {
 		AuthFailureDelay:   Duration{2 * time.Second},
 		PreAuthTimeout:     Duration{60 * time.Second},
 		IdleTimeout:        Duration{30 * time.Minute},
+		PollInterval:       Duration{30 * time.Second},
+		WatchGrace:         Duration{10 * time.Second},
+		IdleRenew:          Duration{25 * time.Minute},
 	}
 }
 
@@ -116,6 +124,10 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.AuthFailureDelay, "auth-failure-delay", s.AuthFailureDelay, "delay before answering a failed login")
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
 	fs.TextVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "disconnect logged-in clients silent for this long (at least 30m per RFC 3501)")
+	fs.TextVar(&s.PollInterval, "poll-interval", s.PollInterval, "how often a mailbox watcher polls with NOOP when the upstream has no IDLE")
+	fs.TextVar(&s.WatchGrace, "watch-grace", s.WatchGrace, "how long a mailbox watcher outlives its last session")
+	fs.TextVar(&s.IdleRenew, "idle-renew", s.IdleRenew, "how long a watcher's upstream IDLE runs before it is renewed (under 29m)")
+	fs.TextVar(&s.IdleKeepAlive, "idle-keepalive", s.IdleKeepAlive, "interval of \"* OK Still here\" to idling clients; 0 (the default) sends none, to spare batteries")
 }
 
 // Parse parses args into settings: defaults, then the file named by -config
@@ -237,6 +249,9 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.AuthFailureDelay = s.AuthFailureDelay.Duration
 	cfg.PreAuthTimeout = s.PreAuthTimeout.Duration
 	cfg.IdleTimeout = s.IdleTimeout.Duration
+	cfg.Hub.PollInterval = s.PollInterval.Duration
+	cfg.Hub.Grace = s.WatchGrace.Duration
+	cfg.Hub.IdleRenew = s.IdleRenew.Duration
 	cfg.Logger = log
 	return cfg, nil
 }

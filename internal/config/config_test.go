@@ -65,6 +65,9 @@ func TestDefaults(t *testing.T) {
 		AuthFailureDelay:   Duration{2 * time.Second},
 		PreAuthTimeout:     Duration{60 * time.Second},
 		IdleTimeout:        Duration{30 * time.Minute},
+		PollInterval:       Duration{30 * time.Second},
+		WatchGrace:         Duration{10 * time.Second},
+		IdleRenew:          Duration{25 * time.Minute},
 	}
 	if got := Defaults(); got != want {
 		t.Errorf("Defaults() = %+v\nwant %+v", got, want)
@@ -139,6 +142,10 @@ max-depth = 12
 auth-failure-delay = "500ms"
 preauth-timeout = "20s"
 idle-timeout = "31m"
+poll-interval = "45s"
+watch-grace = "3s"
+idle-renew = "20m"
+idle-keepalive = "10m"
 `
 
 var fullFileSettings = Settings{
@@ -165,6 +172,10 @@ var fullFileSettings = Settings{
 	AuthFailureDelay:   Duration{500 * time.Millisecond},
 	PreAuthTimeout:     Duration{20 * time.Second},
 	IdleTimeout:        Duration{31 * time.Minute},
+	PollInterval:       Duration{45 * time.Second},
+	WatchGrace:         Duration{3 * time.Second},
+	IdleRenew:          Duration{20 * time.Minute},
+	IdleKeepAlive:      Duration{10 * time.Minute},
 }
 
 func TestParseFile(t *testing.T) {
