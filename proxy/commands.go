@@ -64,11 +64,13 @@ var selectedOnly = map[string]bool{
 // relayable are upstream capabilities a relay can pass on unchanged: they
 // add commands or response data that need no help from the proxy. Anything
 // not listed (CONDSTORE, QRESYNC, NOTIFY, COMPRESS, IDLE, IMAP4rev2, UTF8=...)
-// is either provided by an extension or not offered.
+// is either provided by an extension or not offered. SEARCHRES and
+// CONTEXT=SEARCH/SORT are left out because their state lives on one upstream
+// connection, and sessions use whichever connection the pool lends.
 var relayable = []string{
-	"NAMESPACE", "UIDPLUS", "MOVE", "ESEARCH", "ESORT", "SEARCHRES", "SPECIAL-USE",
+	"NAMESPACE", "UIDPLUS", "MOVE", "ESEARCH", "ESORT", "SPECIAL-USE",
 	"CREATE-SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "LIST-MYRIGHTS", "BINARY", "CATENATE",
-	"MULTIAPPEND", "SORT", "SORT=DISPLAY", "CHILDREN", "WITHIN", "CONTEXT=SEARCH", "CONTEXT=SORT",
+	"MULTIAPPEND", "SORT", "SORT=DISPLAY", "CHILDREN", "WITHIN",
 	"QUOTA", "ACL", "METADATA", "METADATA-SERVER", "STATUS=SIZE", "SAVEDATE", "OBJECTID",
 	"PREVIEW", "SPECIAL-USE", "URL-PARTIAL", "FUZZY", "MAILBOX-REFERRALS", "LOGIN-REFERRALS",
 }

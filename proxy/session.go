@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 )
@@ -270,6 +271,8 @@ func byeText(err error) string {
 	switch {
 	case errors.As(err, &bt):
 		return bt.ByeText()
+	case errors.Is(err, hub.ErrUIDValidity):
+		return "The mailbox's UIDVALIDITY changed; please reconnect."
 	case errors.Is(err, ErrIdleTimeout):
 		return "Autologout; idle for too long."
 	case errors.Is(err, imapcodec.ErrLineTooLong):
