@@ -475,12 +475,6 @@ func (f *fakeUpstream) close() {
 	f.wg.Wait()
 }
 
-func (f *fakeUpstream) received() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.commands...)
-}
-
 // connCommands returns the commands received on each connection, in the
 // order the connections were accepted.
 func (f *fakeUpstream) connCommands() [][]string {

@@ -259,7 +259,7 @@ func (m *selectedMailbox) translateSeqSet(s string) (string, error) {
 	return b.String(), nil
 }
 
-var errInvalidSeq = errors.New("Invalid messageset") // Dovecot's words, which admins know
+var errInvalidSeq = errors.New("invalid messageset") // Dovecot's words, which admins know
 
 func parseSeq(s string, n uint32) (uint32, error) {
 	if s == "*" {

@@ -478,7 +478,7 @@ func (s *Session) relaySelected(ctx context.Context, cmd *imapcodec.Command, fir
 	}
 	segs, t, err := s.translateCommand(cmd)
 	if err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+err.Error()+".")
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
 	}
 	// Report what is already known first, so the client's view (and the
 	// translation of this command's answers) includes it.
@@ -506,6 +506,14 @@ func stateError(name string, st State) string {
 		return "No mailbox selected."
 	}
 	return name + " not allowed in the " + st.String() + " state."
+}
+
+// sentence capitalises the first letter of an error message for a client.
+func sentence(s string) string {
+	if s == "" || s[0] < 'a' || s[0] > 'z' {
+		return s
+	}
+	return string(s[0]-'a'+'A') + s[1:]
 }
 
 // plainErr turns a codec error into text for a client.
