@@ -1,0 +1,109 @@
+package statestore
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+func TestSaveLoadReopen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sv, err := s.Load("alice\x00INBOX"); err != nil || sv != nil {
+		t.Fatalf("Load of an unknown key = %v, %v; want nil, nil", sv, err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.Save("alice\x00INBOX", Batch{UIDValidity: 7, Highest: 4, Upsert: []Message{
+		{UID: 1, ModSeq: 2, Flags: []string{`\Seen`}},
+		{UID: 2, ModSeq: 3, Flags: nil},
+		{UID: 3, ModSeq: 4, Flags: []string{`\Flagged`, `\Seen`}},
+	}}))
+	must(s.Save("alice\x00INBOX", Batch{UIDValidity: 7, Highest: 6,
+		Upsert:   []Message{{UID: 2, ModSeq: 5, Flags: []string{`\Seen`}}},
+		Expunged: []Expunge{{UID: 3, ModSeq: 6}},
+	}))
+	must(s.Save("bob\x00INBOX", Batch{UIDValidity: 9, Highest: 2, Upsert: []Message{{UID: 10, ModSeq: 2, Flags: []string{"$Junk"}}}}))
+	must(s.Close())
+
+	s, err = OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.Load("alice\x00INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Saved{UIDValidity: 7, Highest: 6,
+		Messages: []Message{{UID: 1, ModSeq: 2, Flags: []string{`\Seen`}}, {UID: 2, ModSeq: 5, Flags: []string{`\Seen`}}},
+		Expunged: []Expunge{{UID: 3, ModSeq: 6}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("after reopen: got %+v\nwant %+v", got, want)
+	}
+	bob, _ := s.Load("bob\x00INBOX")
+	if bob == nil || bob.UIDValidity != 9 || len(bob.Messages) != 1 || bob.Messages[0].Flags[0] != "$Junk" {
+		t.Fatalf("bob's state mixed up: %+v", bob)
+	}
+
+	// A new UIDVALIDITY starts over.
+	must(s.Save("alice\x00INBOX", Batch{Reset: true, UIDValidity: 8, Highest: 1}))
+	got, _ = s.Load("alice\x00INBOX")
+	if got.UIDValidity != 8 || got.Highest != 1 || len(got.Messages) != 0 || len(got.Expunged) != 0 {
+		t.Fatalf("after reset: %+v", got)
+	}
+	must(s.Drop("alice\x00INBOX"))
+	if got, _ := s.Load("alice\x00INBOX"); got != nil {
+		t.Fatalf("after drop: %+v", got)
+	}
+}
+
+func TestCorruptRecord(t *testing.T) {
+	s, err := OpenBolt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Save("k", Batch{UIDValidity: 1, Highest: 2, Upsert: []Message{{UID: 1, ModSeq: 2}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("k")).Bucket(bktMsgs).Put(u32(1), []byte{0xff})
+	})
+	if _, err := s.Load("k"); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Load of a corrupt record: %v, want ErrCorrupt", err)
+	}
+}
+
+// BenchmarkBytesPerMessage reports the store's size per message for a
+// 100,000-message mailbox (issue 4's target: at most 64 bytes).
+func BenchmarkBytesPerMessage(b *testing.B) {
+	const n = 100_000
+	for i := 0; i < b.N; i++ {
+		s, err := OpenBolt(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		batch := Batch{UIDValidity: 1, Highest: n + 1}
+		flags := [][]string{{`\Seen`}, nil, {`\Answered`, `\Seen`}, {`\Flagged`, `\Seen`}}
+		for u := 1; u <= n; u++ {
+			batch.Upsert = append(batch.Upsert, Message{UID: uint32(u), ModSeq: uint64(u + 1), Flags: flags[u%len(flags)]})
+		}
+		if err := s.Save("k", batch); err != nil {
+			b.Fatal(err)
+		}
+		size, _ := s.Size()
+		b.ReportMetric(float64(size)/n, "bytes/msg")
+		s.Close()
+	}
+}
