@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/statestore"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 )
 
@@ -50,6 +51,10 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Timeout bounds each of the watcher's own commands. Default 30 s.
 	Timeout time.Duration
+	// Store, if set, persists every mailbox's state (mod-sequences survive
+	// a restart); a watcher starts from the saved state and reconciles it
+	// with the upstream.
+	Store statestore.Store
 	Logger  *slog.Logger
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/statestore"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 )
 
@@ -231,11 +232,15 @@ func (w *watch) fullSync(ctx context.Context) error {
 	}
 	st := b.state()
 	changed := false
+	if st == nil {
+		st = b.load(uidValidity)
+	}
 	if st == nil || st.UIDValidity() != uidValidity {
 		if st != nil {
 			w.log.Warn("UIDVALIDITY changed; dropping the old state", "old", st.UIDValidity(), "new", uidValidity)
 		}
 		st = syncstate.New(uidValidity)
+		b.persistTo(st)
 		b.st.Store(st)
 		changed = true
 	}
@@ -246,6 +251,46 @@ func (w *watch) fullSync(ctx context.Context) error {
 		b.notifyAll()
 	}
 	return nil
+}
+
+// storeKey is the mailbox's key in the Store.
+func (b *box) storeKey() string { return b.key.Account + "\x00" + b.key.Mailbox }
+
+// load returns the saved state for uidValidity, or nil.
+func (b *box) load(uidValidity uint32) *syncstate.Mailbox {
+	store := b.hub.cfg.Store
+	if store == nil {
+		return nil
+	}
+	sv, err := store.Load(b.storeKey())
+	if err != nil {
+		b.hub.cfg.Logger.Error("loading saved mailbox state; starting afresh", "mailbox", b.key.Mailbox, "err", err)
+		return nil
+	}
+	if sv == nil || sv.UIDValidity != uidValidity {
+		return nil
+	}
+	st := syncstate.Restore(sv)
+	b.persistTo(st)
+	b.st.Store(st)
+	return st
+}
+
+// persistTo makes st save its changes in the hub's Store.
+func (b *box) persistTo(st *syncstate.Mailbox) {
+	store := b.hub.cfg.Store
+	if store == nil {
+		return
+	}
+	key := b.storeKey()
+	log := b.hub.cfg.Logger
+	st.SetPersister(func(batch statestore.Batch) error {
+		err := store.Save(key, batch)
+		if err != nil {
+			log.Error("saving mailbox state", "mailbox", b.key.Mailbox, "err", err)
+		}
+		return err
+	})
 }
 
 // handle processes one untagged response from the watcher's connection.

@@ -16,10 +16,13 @@
 package syncstate
 
 import (
+	"cmp"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/lemonproxy/lemonproxy/statestore"
 )
 
 // A Mailbox is the state of one mailbox of one account at one UIDVALIDITY.
@@ -33,6 +36,41 @@ type Mailbox struct {
 	log         []change // ordered by modseq; stale entries skipped
 	live        int      // entries of log that are not stale
 	flagSets    flagInterner
+	persist     Persister
+	saved       bool // whether anything was persisted yet (else the first save resets)
+}
+
+// Persister saves a batch of changes durably. The state calls it inside
+// Apply, before Apply returns, so a change is on disk before any session
+// is told of it. An error is the persister's to report; the in-memory state
+// goes on.
+type Persister func(statestore.Batch) error
+
+// SetPersister makes the state save every change with p.
+func (m *Mailbox) SetPersister(p Persister) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.persist = p
+}
+
+// Restore rebuilds a state from what a Store saved.
+func Restore(sv *statestore.Saved) *Mailbox {
+	m := New(sv.UIDValidity)
+	m.highest = max(sv.Highest, 1)
+	m.saved = true
+	m.uids = make([]uint32, 0, len(sv.Messages))
+	for _, msgSaved := range sv.Messages {
+		m.msgs[msgSaved.UID] = msg{flags: m.flagSets.intern(msgSaved.Flags), modseq: msgSaved.ModSeq}
+		m.uids = append(m.uids, msgSaved.UID)
+		m.log = append(m.log, change{modseq: msgSaved.ModSeq, uid: msgSaved.UID})
+	}
+	slices.Sort(m.uids)
+	for _, x := range sv.Expunged {
+		m.log = append(m.log, change{modseq: x.ModSeq, uid: x.UID, expunged: true})
+	}
+	slices.SortFunc(m.log, func(a, b change) int { return cmp.Compare(a.modseq, b.modseq) })
+	m.live = len(m.log)
+	return m
 }
 
 type msg struct {
@@ -112,6 +150,7 @@ func (m *Mailbox) Apply(c Changes) bool {
 func (m *Mailbox) applyLocked(c Changes) bool {
 	changed := false
 	var added []uint32
+	var batch statestore.Batch
 	for _, u := range c.Upsert {
 		fs := m.flagSets.intern(u.Flags)
 		e, ok := m.msgs[u.UID]
@@ -128,6 +167,9 @@ func (m *Mailbox) applyLocked(c Changes) bool {
 		m.log = append(m.log, change{modseq: m.highest, uid: u.UID})
 		m.live++
 		changed = true
+		if m.persist != nil {
+			batch.Upsert = append(batch.Upsert, statestore.Message{UID: u.UID, ModSeq: m.highest, Flags: m.flagSets.get(fs)})
+		}
 	}
 	var removed []uint32
 	for _, uid := range c.Expunged {
@@ -137,9 +179,20 @@ func (m *Mailbox) applyLocked(c Changes) bool {
 		delete(m.msgs, uid)
 		m.highest++
 		m.log = append(m.log, change{modseq: m.highest, uid: uid, expunged: true})
-		// The message's last flag change is stale; the expunge is live.
+		// The message's last flag change is stale; the expunge is live:
+		// the count of live entries stays the same.
 		removed = append(removed, uid)
 		changed = true
+		if m.persist != nil {
+			batch.Expunged = append(batch.Expunged, statestore.Expunge{UID: uid, ModSeq: m.highest})
+		}
+	}
+	if changed && m.persist != nil || m.persist != nil && !m.saved {
+		batch.Reset = !m.saved
+		batch.UIDValidity, batch.Highest = m.uidValidity, m.highest
+		if m.persist(batch) == nil {
+			m.saved = true
+		}
 	}
 	if len(added) > 0 || len(removed) > 0 {
 		m.uids = mergeUIDs(m.uids, added, removed)

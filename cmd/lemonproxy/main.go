@@ -30,6 +30,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/statestore"
 )
 
 func main() {
@@ -125,6 +126,13 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		log.Error("data directory", "err", err)
 		return 1
 	}
+	store, err := statestore.OpenBolt(settings.Data)
+	if err != nil {
+		log.Error("sync state store", "err", err)
+		return 1
+	}
+	defer store.Close()
+	cfg.Hub.Store = store
 	srv, err := proxy.NewServer(cfg)
 	if err != nil {
 		log.Error("starting", "err", err)
