@@ -54,8 +54,8 @@ type Config struct {
 	// Store, if set, persists every mailbox's state (mod-sequences survive
 	// a restart); a watcher starts from the saved state and reconciles it
 	// with the upstream.
-	Store statestore.Store
-	Logger  *slog.Logger
+	Store  statestore.Store
+	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {

@@ -30,7 +30,7 @@ type box struct {
 	graceTimer *time.Timer                // guarded by hub.mu
 
 	st       atomic.Pointer[syncstate.Mailbox]
-	lastRead atomic.Int64 // when the upstream line behind the latest change was read (UnixNano)
+	lastRead atomic.Int64  // when the upstream line behind the latest change was read (UnixNano)
 	ready    chan struct{} // closed once the first full sync is done
 	readyErr error
 	stopped  chan struct{}
