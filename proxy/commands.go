@@ -51,6 +51,15 @@ var knownCommands = map[string]bool{
 	"THREAD": true, "UID SORT": true, "UID THREAD": true,
 }
 
+// neverRelayed are commands that change the upstream connection itself
+// (its encoding, its login, what it reports unasked): relayed, they would
+// spoil a pooled connection for the next lessee. Unless an extension
+// implements them, the proxy answers them as unknown.
+var neverRelayed = map[string]bool{
+	"COMPRESS": true, "NOTIFY": true, "UNAUTHENTICATE": true, "IDLE": true,
+	"XCLIENT": true, "STARTTLS": true, "LOGIN": true, "AUTHENTICATE": true, "ENABLE": true,
+}
+
 // selectedOnly are relayed commands that need a selected mailbox; the core
 // refuses them itself in the authenticated state rather than relaying them to
 // a connection that might, from an earlier lease, still have one selected.

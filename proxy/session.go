@@ -447,6 +447,12 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 		}
 		return s.WriteStatus(cmd.Tag, "BAD", "", "Unknown command "+cmd.Name+".")
 	}
+	if neverRelayed[cmd.Name] {
+		if err := s.discardRest(lit); err != nil {
+			return err
+		}
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Unknown command "+cmd.Name+".")
+	}
 	if s.state == StateAuthenticated && selectedOnly[cmd.Name] {
 		if err := s.discardRest(lit); err != nil {
 			return err
