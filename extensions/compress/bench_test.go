@@ -94,6 +94,8 @@ func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); retur
 // the CPU cost in ms per MB of plaintext.
 func BenchmarkMobileSync(b *testing.B) {
 	rec := mobileSync()
+	c, srv := rec.size()
+	b.Logf("recording: %d commands (%d bytes), %d response bursts (%d bytes)", len(rec.client), c, len(rec.server), srv)
 	var plain int
 	// server-4k cuts the server side into bursts of at most 4 KiB, as the
 	// proxy flushes during IDLE after every read from the upstream: there

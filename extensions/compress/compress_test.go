@@ -32,7 +32,7 @@ func message(i int, body string) string {
 // TestSession runs a whole session through compression: capability
 // advertisement, APPEND with a synchronising literal (whose continuation
 // request must be flushed), SELECT, FETCH, a second COMPRESS, LOGOUT.
-func TestSession(t *testing.T) {
+func TestCompressSession(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
 	if hasCap(c.cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
@@ -71,7 +71,7 @@ func TestSession(t *testing.T) {
 	}
 }
 
-func TestBadCommands(t *testing.T) {
+func TestCompressBadCommands(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
 	if got := tagged(c.cmd("COMPRESS DEFLATE")); !strings.HasPrefix(got, "BAD ") {
@@ -92,7 +92,7 @@ func TestBadCommands(t *testing.T) {
 
 // TestPipelined sends the first compressed command in the same packet as
 // COMPRESS itself: the proxy must decode it as compressed.
-func TestPipelined(t *testing.T) {
+func TestCompressPipelined(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
 	c.mustOK("LOGIN alice secret")
@@ -111,7 +111,7 @@ func TestPipelined(t *testing.T) {
 	}
 }
 
-func TestTLS(t *testing.T) {
+func TestCompressTLS(t *testing.T) {
 	srvCfg, cliCfg := selfSignedTLS(t)
 	e := newEnv(t, envOpts{tls: srvCfg})
 	tc, err := tls.Dial("tcp", e.addr, cliCfg)
@@ -127,7 +127,7 @@ func TestTLS(t *testing.T) {
 
 // TestIdlePush checks that a message arriving during IDLE reaches the
 // client compressed, at once (the burst is flushed).
-func TestIdlePush(t *testing.T) {
+func TestCompressIdlePush(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
 	c.mustOK("LOGIN alice secret")
@@ -164,7 +164,7 @@ func TestIdlePush(t *testing.T) {
 // TestCorruptInput sends bytes that are not raw deflate after COMPRESS:
 // the session must end with a BYE that says so (compressed, since the
 // client's side of the stream is unreadable but the proxy's is fine).
-func TestCorruptInput(t *testing.T) {
+func TestCompressCorruptInput(t *testing.T) {
 	cases := map[string][]byte{
 		"reserved block type": {0xff, 0xff, 0xff, 0xff, 0xff},
 		"zlib header":         nil, // filled below
@@ -204,7 +204,7 @@ func TestCorruptInput(t *testing.T) {
 
 // TestVanish: a client that turns compression on and disappears, at every
 // point, leaves nothing behind (TestMain checks for goroutines).
-func TestVanish(t *testing.T) {
+func TestCompressVanish(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	for i := range 4 {
 		c := dial(t, e.addr)
@@ -236,7 +236,7 @@ func TestVanish(t *testing.T) {
 
 // TestLongLine checks that the decompressed side is bounded like the plain
 // one: a compressed bomb of a line ends with "Line too long".
-func TestLongLine(t *testing.T) {
+func TestCompressLongLine(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
 	c.mustOK("LOGIN alice secret")
@@ -254,7 +254,7 @@ func TestLongLine(t *testing.T) {
 
 // TestReaderReleasedWhenIdle checks through a whole session that the
 // inflater is not held between commands.
-func TestReaderReleasedWhenIdle(t *testing.T) {
+func TestCompressReaderReleasedWhenIdle(t *testing.T) {
 	var src chanReader = make(chan []byte, 10)
 	r := deflate.NewReader(src, nil)
 	var z bytes.Buffer

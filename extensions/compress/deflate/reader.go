@@ -102,8 +102,10 @@ type Reader struct {
 	// ready holds plaintext a speculative decode proved complete (see
 	// speculate), served before anything else; specEnd is the stream
 	// offset up to which the last speculation looked.
-	ready   []byte
-	specEnd int64
+	ready    []byte
+	specEnd  int64
+	specCp   int64 // block (checkpoint) that specWork counts for
+	specWork int64
 
 	wakes   int64
 	specs   int64
@@ -448,10 +450,17 @@ func (r *Reader) fill() error {
 // as is the stalled decoder. If no block ends within the real bytes (the
 // peer is simply not done sending), nothing changes.
 
+// Each speculation re-decodes the current block, so it is bounded: in the
+// compressed bytes it looks at, in the plaintext it keeps, and in the work
+// spent on one block in total (a block that inflates enormously, sent in
+// small pieces, would otherwise cost a full decode per piece). A block
+// beyond these bounds is only returned once its end has been read, as a
+// plain inflater would.
 const (
-	specPadding   = 8       // zero bytes after the real ones
-	maxSpecInput  = 1 << 20 // compressed bytes from the checkpoint
-	maxSpecOutput = 4 << 20 // plaintext kept while looking for a boundary
+	specPadding      = 8         // zero bytes after the real ones
+	maxSpecInput     = 256 << 10 // compressed bytes from the checkpoint
+	maxSpecOutput    = 1 << 20   // plaintext kept while looking for a boundary
+	maxSpecBlockWork = 16 << 20  // plaintext decoded speculating on one block
 )
 
 // speculate looks for block boundaries in real, the compressed bytes from
@@ -459,7 +468,10 @@ const (
 // last boundary found and its plaintext is in r.ready.
 func (r *Reader) speculate(real []byte) bool {
 	r.specEnd = r.base + int64(r.end)
-	if len(real) > maxSpecInput {
+	if r.specCp != r.cpComp {
+		r.specCp, r.specWork = r.cpComp, 0
+	}
+	if len(real) > maxSpecInput || r.specWork > maxSpecBlockWork {
 		return false
 	}
 	r.specs++
@@ -501,6 +513,7 @@ func (r *Reader) speculate(real []byte) bool {
 	var out bytes.Buffer
 	_, err := io.Copy(&out, io.LimitReader(fr, maxSpecOutput+1))
 	_ = err // an error is expected: the padding is not a valid block
+	r.specWork += int64(out.Len())
 	if !found || outLen > int64(out.Len()) || out.Len() > maxSpecOutput || cp.UncompressedOffset < r.produced {
 		*win = (*win)[:0]
 		winPool.Put(win)
