@@ -217,6 +217,20 @@ func (r *Reader) TakeBuffered() []byte {
 	return b
 }
 
+// Peek returns up to n bytes that can be read next, reading from the
+// underlying stream if nothing is buffered. With a read deadline in the past
+// it tells, without waiting, whether the peer sent something (a timeout
+// error means nothing arrived; io.EOF that the peer closed).
+func (r *Reader) Peek(n int) ([]byte, error) {
+	if b := r.br.Buffered(); b > 0 {
+		return r.br.Peek(min(n, b))
+	}
+	if _, err := r.br.Peek(1); err != nil {
+		return nil, err
+	}
+	return r.br.Peek(min(n, r.br.Buffered()))
+}
+
 // CancelLiteral forgets the current literal without reading it: for a
 // synchronising literal that was refused, the peer never sends its bytes.
 func (r *Reader) CancelLiteral() { r.remain = 0 }

@@ -50,6 +50,10 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 		if c == nil {
 			break
 		}
+		if !c.Alive() {
+			c.Close()
+			continue
+		}
 		if time.Since(c.LastUsed()) > checkAfter {
 			if _, err := c.Exec(ctx, "NOOP", nil); err != nil {
 				c.Close()
@@ -57,7 +61,7 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 			}
 		}
 		fresh := c.Selected != mailbox || c.ReadOnly != readOnly
-		if restore || c.Selected != "" && mailbox == "" {
+		if restore {
 			if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {
 				c.Close()
 				continue

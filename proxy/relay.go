@@ -35,7 +35,13 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 	if lit := first.Literal; lit != nil && lit.Size > limit {
 		return s.refuseLiteral(cmd.Tag, lit, limit)
 	}
-	up, err := s.Upstream(ctx)
+	// In the authenticated state a pooled connection may keep another
+	// session's mailbox selected: LIST, STATUS, CREATE, APPEND and the like
+	// do not care, and its unsolicited mailbox data is dropped (see
+	// filterResponse). Re-selecting it later would cost far more. Only
+	// DELETE and RENAME, which may hit that very mailbox, unselect first.
+	restore := s.state != StateAuthenticated || cmd.Name == "DELETE" || cmd.Name == "RENAME"
+	up, err := s.lease(ctx, restore)
 	if err != nil {
 		if err := s.discardRest(first.Literal); err != nil {
 			return err
@@ -475,6 +481,12 @@ func (s *Session) filterResponse(resp *Response) *Response {
 		if resp = s.filterSelected(resp); resp == nil {
 			return nil
 		}
+	}
+	if s.mbox == nil && s.collect == nil && s.state == StateAuthenticated &&
+		(resp.Head.HasNum || resp.Head.Name == "VANISHED" || resp.Head.Name == "FLAGS") {
+		// Mailbox data of a mailbox the connection, not the client, has
+		// selected (see relay).
+		return nil
 	}
 	for _, f := range s.srv.filters {
 		if resp = f.FilterResponse(s, resp); resp == nil {

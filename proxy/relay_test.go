@@ -180,9 +180,12 @@ func TestUnselectEmulated(t *testing.T) {
 	c.expectDo("b", "UNSELECT", "b OK Unselect completed.")
 	c.expectDo("c", "FETCH 1 FLAGS", "c BAD No mailbox selected.")
 	c.expectDo("d", `LIST "" *`, `* LIST () "/" INBOX`, "d OK LIST done")
+	c.expectDo("e", "DELETE Trash", "e BAD unknown command")
 
 	// The session's connection (the first: the mailbox watcher has its
-	// own) saw the SELECT, then EXAMINE and CLOSE before the LIST.
+	// own) saw the SELECT; LIST ran with INBOX still selected there (it does
+	// not care); DELETE, which might hit that very mailbox, came after
+	// EXAMINE and CLOSE, the emulated UNSELECT.
 	conns := f.connCommands()
 	var cmds []string
 	for _, cmd := range conns[0] {
@@ -190,7 +193,7 @@ func TestUnselectEmulated(t *testing.T) {
 			cmds = append(cmds, cmd)
 		}
 	}
-	want := []string{"SELECT INBOX", "EXAMINE INBOX", "CLOSE", `LIST "" *`}
+	want := []string{"SELECT INBOX", `LIST "" *`, "EXAMINE INBOX", "CLOSE", "DELETE Trash"}
 	if strings.Join(cmds, "|") != strings.Join(want, "|") {
 		t.Fatalf("upstream connection saw %q, want %q (all connections: %q)", cmds, want, conns)
 	}

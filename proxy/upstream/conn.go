@@ -486,3 +486,43 @@ func (c *Conn) LastUsed() time.Time { return c.lastUsed }
 // SetReadDeadline sets the read deadline; a deadline in the past wakes a
 // reader blocked in ReadLine (the partial line is kept, see imapcodec).
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
+
+// Alive reports, without waiting, whether an idle connection still looks
+// usable: the server has not closed it or reset it, and has not said BYE.
+// The pool's connections can die while idle (server restart, autologout);
+// this catches that for the price of one system call, before a client's
+// command is sent into a dead connection.
+func (c *Conn) Alive() bool {
+	if c.broken {
+		return false
+	}
+	if c.r.Buffered() == 0 {
+		switch socketState(c.nc) {
+		case socketIdle:
+			return true
+		case socketClosed:
+			c.broken = true
+			return false
+		}
+	}
+	// Something arrived (or the socket cannot be inspected): look at it,
+	// waiting at most a moment.
+	c.nc.SetReadDeadline(time.Now().Add(time.Millisecond))
+	b, err := c.r.Peek(5)
+	c.nc.SetReadDeadline(time.Time{})
+	var ne net.Error
+	switch {
+	case err == nil:
+		// Unsolicited data waits; only a BYE means the end.
+		if len(b) == 5 && strings.EqualFold(string(b), "* BYE") {
+			c.broken = true
+			return false
+		}
+		return true
+	case errors.As(err, &ne) && ne.Timeout():
+		return true
+	default:
+		c.broken = true
+		return false
+	}
+}
