@@ -197,8 +197,10 @@ func (s *Subscription) Sync(ctx context.Context) error {
 
 // Apply records changes the session learned first-hand (the upstream's
 // answer to its own STORE) and tells every watching session, this one
-// included.
+// included. Only flags of messages the state has change: the session's
+// connection may still show a message the watcher saw expunged.
 func (s *Subscription) Apply(c syncstate.Changes) {
+	c.FlagsOnly = true
 	if s.state.Apply(c) {
 		s.box.lastRead.Store(time.Now().UnixNano())
 		s.box.notifyAll()

@@ -122,13 +122,15 @@ func (b *box) run() {
 		if !w.synced && attempt == 0 && !isReady(b.ready) {
 			// The very first connection failed: the session that asked
 			// is waiting; tell it rather than retry in the background.
+			// The box goes first, so that a Watch after this one's
+			// failure starts a new watcher instead of finding this one.
 			b.readyErr = err
-			readyOnce()
 			b.hub.mu.Lock()
 			if b.hub.boxes[b.key] == b {
 				delete(b.hub.boxes, b.key)
 			}
 			b.hub.mu.Unlock()
+			readyOnce()
 			return
 		}
 		d := b.hub.backoff(attempt)
@@ -204,32 +206,37 @@ func (w *watch) fullSync(ctx context.Context) error {
 	octx, cancel := w.opCtx(ctx)
 	defer cancel()
 	var uidValidity uint32
+	w.view, w.batch, w.needFetch = nil, syncstate.Changes{}, false
 	err := w.conn.Select(octx, b.key.Mailbox, true, func(r *upstream.Response) {
 		if r.Head.Code == "UIDVALIDITY" {
 			v, _ := strconv.ParseUint(strings.TrimSpace(r.Head.CodeArg), 10, 32)
 			uidValidity = uint32(v)
 		}
+		w.handle(r) // EXISTS
 	})
 	if err != nil {
 		return fmt.Errorf("hub: EXAMINE %q: %w", b.key.Mailbox, err)
 	}
-	var msgs []syncstate.Message
-	_, err = w.conn.Exec(octx, "UID FETCH 1:* (FLAGS)", func(r *upstream.Response) {
-		if r.Head.Name != "FETCH" {
-			return
-		}
-		if uid, flags, ok := parseFetch(r); ok && flags != nil {
-			msgs = append(msgs, syncstate.Message{UID: uid, Flags: flags})
-		}
-	})
+	// The listing goes through handle like any other response, so that
+	// flag changes, expunges and new messages the upstream reports during
+	// it land where they belong; the batch then holds every message's
+	// latest flags.
+	_, err = w.conn.Exec(octx, "UID FETCH 1:* (FLAGS)", w.handle)
 	if err != nil {
 		return fmt.Errorf("hub: UID FETCH 1:* (FLAGS) in %q: %w", b.key.Mailbox, err)
 	}
-	slices.SortFunc(msgs, func(a, b syncstate.Message) int { return int(int64(a.UID) - int64(b.UID)) })
-	w.view = make([]uint32, len(msgs))
-	for i, m := range msgs {
-		w.view[i] = m.UID
+	flags := make(map[uint32][]string, len(w.view))
+	for _, m := range w.batch.Upsert {
+		flags[m.UID] = m.Flags
 	}
+	w.batch = syncstate.Changes{}
+	msgs := make([]syncstate.Message, 0, len(w.view))
+	for _, uid := range w.view {
+		if f, ok := flags[uid]; ok && uid != 0 {
+			msgs = append(msgs, syncstate.Message{UID: uid, Flags: f})
+		}
+	}
+	w.needFetch = slices.Contains(w.view, 0)
 	st := b.state()
 	changed := false
 	if st == nil {
@@ -294,32 +301,51 @@ func (b *box) persistTo(st *syncstate.Mailbox) {
 }
 
 // handle processes one untagged response from the watcher's connection.
+//
+// w.view is the connection's message sequence: each message's UID by
+// sequence number, 0 for a message that EXISTS announced and whose UID is
+// not known yet. Keeping every position, known or not, keeps sequence
+// numbers right whatever order the upstream reports things in: new
+// messages, expunges and flag changes (with or without UID) also arrive
+// during the watcher's own FETCH commands.
 func (w *watch) handle(r *upstream.Response) {
 	h := r.Head
-	if h.Tag != "*" {
+	if h.Tag != "*" || !h.HasNum {
 		return
 	}
-	switch {
-	case h.Name == "EXISTS" && h.HasNum:
-		if int(h.Num) > len(w.view) {
+	n := int(h.Num)
+	switch h.Name {
+	case "EXISTS":
+		if n > len(w.view) {
+			w.view = append(w.view, make([]uint32, n-len(w.view))...)
 			w.needFetch = true
 		}
-	case h.Name == "EXPUNGE" && h.HasNum:
-		n := int(h.Num)
+	case "EXPUNGE":
 		if n < 1 || n > len(w.view) {
 			return
 		}
 		uid := w.view[n-1]
 		w.view = slices.Delete(w.view, n-1, n)
-		w.batch.Expunged = append(w.batch.Expunged, uid)
-	case h.Name == "FETCH" && h.HasNum:
+		if uid != 0 {
+			w.batch.Expunged = append(w.batch.Expunged, uid)
+		}
+	case "FETCH":
+		if n < 1 {
+			return
+		}
 		uid, flags, ok := parseFetch(r)
-		if !ok {
-			n := int(h.Num)
-			if n < 1 || n > len(w.view) {
-				return
-			}
+		if n > len(w.view) { // before its EXISTS
+			w.view = append(w.view, make([]uint32, n-len(w.view))...)
+		}
+		switch {
+		case ok && flags != nil:
+			w.view[n-1] = uid
+		case w.view[n-1] != 0:
 			uid = w.view[n-1]
+		default:
+			// A message not fetched yet: the fetch reports its flags.
+			w.needFetch = true
+			return
 		}
 		if flags != nil {
 			w.batch.Upsert = append(w.batch.Upsert, syncstate.Message{UID: uid, Flags: flags})
@@ -329,6 +355,11 @@ func (w *watch) handle(r *upstream.Response) {
 
 // commit applies the collected batch to the state and notifies.
 func (w *watch) commit() {
+	if w.needFetch && len(w.batch.Upsert) == 0 && len(w.batch.Expunged) == 0 {
+		// Only an EXISTS so far: the new messages are committed after
+		// the fetch, and their clock started with the EXISTS line.
+		return
+	}
 	c := w.batch
 	w.batch = syncstate.Changes{}
 	readAt := w.firstRead
@@ -345,34 +376,22 @@ func (w *watch) commit() {
 	}
 }
 
-// fetchNew fetches the messages that arrived since the last known UID.
+// fetchNew fetches the messages whose UIDs are not known yet: those from
+// the first unknown position on (new messages come last, in UID order).
 func (w *watch) fetchNew(ctx context.Context) error {
 	w.needFetch = false
-	var last uint32
-	if len(w.view) > 0 {
-		last = w.view[len(w.view)-1]
+	z := slices.Index(w.view, 0)
+	if z < 0 {
+		return nil
+	}
+	from := uint32(1)
+	if z > 0 {
+		from = w.view[z-1] + 1
 	}
 	octx, cancel := w.opCtx(ctx)
 	defer cancel()
-	var added []syncstate.Message
-	_, err := w.conn.Exec(octx, fmt.Sprintf("UID FETCH %d:* (FLAGS)", last+1), func(r *upstream.Response) {
-		if r.Head.Name == "FETCH" {
-			if uid, flags, ok := parseFetch(r); ok && uid > last && flags != nil {
-				added = append(added, syncstate.Message{UID: uid, Flags: flags})
-				return
-			}
-		}
-		w.handle(r)
-	})
-	if err != nil {
-		return err
-	}
-	slices.SortFunc(added, func(a, b syncstate.Message) int { return int(int64(a.UID) - int64(b.UID)) })
-	for _, m := range added {
-		w.view = append(w.view, m.UID)
-	}
-	w.batch.Upsert = append(w.batch.Upsert, added...)
-	return nil
+	_, err := w.conn.Exec(octx, fmt.Sprintf("UID FETCH %d:* (FLAGS)", from), w.handle)
+	return err
 }
 
 // poll runs NOOP (and fetches new messages) and answers pending Syncs.
@@ -445,9 +464,7 @@ func (w *watch) idleLoop(ctx context.Context) error {
 				}
 				return err
 			}
-			if w.firstRead.IsZero() {
-				w.firstRead = time.Now()
-			}
+			readAt := time.Now()
 			r, err := w.readRest(line, lit)
 			if err != nil {
 				return err
@@ -456,6 +473,11 @@ func (w *watch) idleLoop(ctx context.Context) error {
 			case "+":
 				inIdle = true
 			case "*":
+				// Only untagged data starts the batch's clock: the
+				// "+ idling" continuation is not a change.
+				if w.firstRead.IsZero() {
+					w.firstRead = readAt
+				}
 				if r.Head.Name == "BYE" {
 					return fmt.Errorf("upstream said BYE: %s", r.Head.Text)
 				}

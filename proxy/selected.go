@@ -93,9 +93,11 @@ func (s *Session) deliver(allowExpunge bool) error {
 	if err := m.sub.Err(); err != nil {
 		return err
 	}
+	// Cleared before the snapshot is taken: the hub notifies after it
+	// changed the state, so a change the snapshot misses sets it again.
+	m.news.Store(false)
 	snap := m.state.Snapshot()
 	if snap.Highest == m.pos {
-		m.news.Store(false)
 		return nil
 	}
 	var expunged []uint32
@@ -109,6 +111,11 @@ func (s *Session) deliver(allowExpunge bool) error {
 		last = m.view[len(m.view)-1]
 	}
 	m.state.ChangesSince(m.pos, func(c syncstate.Change) {
+		if c.ModSeq > snap.Highest {
+			// Recorded after the snapshot, whose message list becomes
+			// the client's view below: reported next time, against it.
+			return
+		}
 		if c.UID > last {
 			return // new: reported by EXISTS below
 		}
@@ -122,9 +129,9 @@ func (s *Session) deliver(allowExpunge bool) error {
 		}
 	})
 	if len(expunged) > 0 && !allowExpunge {
-		return nil // m.news stays set: delivered at the next chance
+		m.news.Store(true) // delivered at the next chance
+		return nil
 	}
-	m.news.Store(false)
 	var b []byte
 	// Expunges in descending sequence order, so each number is valid
 	// against the client's view at the time it reads it.

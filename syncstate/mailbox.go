@@ -137,6 +137,11 @@ type Changes struct {
 	Upsert []Message
 	// Expunged holds UIDs that no longer exist; unknown UIDs are ignored.
 	Expunged []uint32
+	// FlagsOnly makes Upsert change only the flags of messages the state
+	// has and ignore the others: for flags a session saw on a connection of
+	// its own, which may still show a message that the state already has
+	// as expunged (UIDs are never reused: it must not come back).
+	FlagsOnly bool
 }
 
 // Apply applies a batch and reports whether anything changed. Each actual
@@ -154,7 +159,7 @@ func (m *Mailbox) applyLocked(c Changes) bool {
 	for _, u := range c.Upsert {
 		fs := m.flagSets.intern(u.Flags)
 		e, ok := m.msgs[u.UID]
-		if ok && e.flags == fs {
+		if ok && e.flags == fs || !ok && c.FlagsOnly {
 			continue
 		}
 		m.highest++

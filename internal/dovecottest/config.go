@@ -59,7 +59,9 @@ func (p Profile) capabilities() string {
 //     exhausted by many concurrent servers).
 //   - imap-login runs in "high-performance" mode (service_count = 0) and the
 //     process limits are raised so that load tests are not throttled by the
-//     default of 100 processes per service.
+//     default of 100 processes per service: internal/bench holds 10,000
+//     direct IDLE connections (one imap process each) plus one appending
+//     connection per account.
 //   - chroot is disabled for imap-login and anvil: it gains nothing in tests
 //     and is impossible when not running as root.
 //   - imaps, pop3, lmtp and submission are not listened on; the only TCP
@@ -124,7 +126,7 @@ service anvil {
   }
 }
 service imap {
-  process_limit = 10000
+  process_limit = 20000
 }
 {{- if .Compress}}
 

@@ -93,7 +93,9 @@ type Server struct {
 	// Profile is the profile the server was started with.
 	Profile Profile
 
-	instance string // instance_name; unique, so it identifies our processes
+	instance string       // instance_name; unique, so it identifies our processes
+	bin      string       // the dovecot binary, for Restart
+	params   configParams // the configuration, for Restart
 
 	cmd     *exec.Cmd
 	done    chan struct{} // closed once cmd has exited
@@ -152,8 +154,9 @@ func Start(t testing.TB, p Profile) *Server {
 		t.Fatalf("dovecottest: %v", err)
 	}
 
+	s.bin = bin
 	for try := 1; ; try++ {
-		err = s.start(bin, params)
+		err = s.start(bin, params, 0)
 		if err == nil {
 			break
 		}
@@ -215,14 +218,17 @@ func makeDir(mailUID, mailGID int) (string, error) {
 // chosen port between freePort and Dovecot's bind; Start retries those.
 var errPortInUse = errors.New("port already in use")
 
-// start writes the configuration for a fresh port and starts Dovecot,
-// returning once it has greeted a client.
-func (s *Server) start(bin string, params configParams) error {
-	port, err := freePort()
-	if err != nil {
-		return err
+// start writes the configuration for port (a fresh one if 0) and starts
+// Dovecot, returning once it has greeted a client.
+func (s *Server) start(bin string, params configParams, port int) error {
+	if port == 0 {
+		var err error
+		if port, err = freePort(); err != nil {
+			return err
+		}
 	}
 	params.Port = port
+	s.params = params
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 
 	var conf bytes.Buffer
@@ -257,10 +263,11 @@ func (s *Server) start(bin string, params configParams) error {
 		return err
 	}
 	s.cmd = cmd
-	s.done = make(chan struct{})
+	done := make(chan struct{})
+	s.done = done
 	go func() {
 		s.waitErr = cmd.Wait()
-		close(s.done)
+		close(done)
 	}()
 
 	if err := s.waitReady(); err != nil {
@@ -390,6 +397,39 @@ func (s *Server) signalUntilGone(sig syscall.Signal, timeout time.Duration) bool
 	}
 }
 
+// Restart stops the server as Stop does (its clients are disconnected),
+// calls whileDown, if not nil, while no Dovecot process is running (a test
+// may change the users' maildirs below Dir/home there, as another mail
+// program would), and starts it again on the same port with the same
+// configuration and mail data, for tests of how clients reconnect. It
+// returns once the server greets clients again. It must not be called
+// after Stop.
+func (s *Server) Restart(t testing.TB, whileDown func()) {
+	t.Helper()
+	if err := s.stop(); err != nil {
+		t.Fatalf("dovecottest: Restart: %v", err)
+	}
+	if whileDown != nil {
+		whileDown()
+	}
+	_, portStr, _ := net.SplitHostPort(s.Addr)
+	port, _ := strconv.Atoi(portStr)
+	// Dovecot binds with SO_REUSEADDR, so connections of the old
+	// instance lingering in TIME_WAIT do not keep the port; another
+	// process grabbing it meanwhile would, hence the retries.
+	deadline := time.Now().Add(startTimeout)
+	for {
+		err := s.start(s.bin, s.params, port)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, errPortInUse) || time.Now().After(deadline) {
+			t.Fatalf("dovecottest: restarting %v server on port %d: %v", s.Profile, port, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // LogTail returns the last lines of Dovecot's log and anything it wrote to
 // stderr, for diagnosing test failures.
 func (s *Server) LogTail() string {
@@ -431,6 +471,28 @@ func (s *Server) AddUser(t testing.TB, name, pass string) {
 	s.users[name] = pass
 	if err := s.writePasswdLocked(); err != nil {
 		t.Fatalf("dovecottest: AddUser: %v", err)
+	}
+	next := time.Now().Truncate(time.Second).Add(time.Second + 10*time.Millisecond)
+	time.Sleep(time.Until(next))
+}
+
+// AddUsers adds many users at once, like AddUser but sleeping into the next
+// second only once, for load tests with thousands of accounts.
+func (s *Server) AddUsers(t testing.TB, users map[string]string) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, pass := range users {
+		if name == "" || strings.ContainsAny(name, ":\r\n@%/ ") || strings.ContainsAny(pass, ":\r\n") {
+			t.Fatalf("dovecottest: AddUsers(%q, %q): unsupported characters", name, pass)
+		}
+		if _, ok := s.users[name]; ok {
+			t.Fatalf("dovecottest: AddUsers: user %q already exists", name)
+		}
+		s.users[name] = pass
+	}
+	if err := s.writePasswdLocked(); err != nil {
+		t.Fatalf("dovecottest: AddUsers: %v", err)
 	}
 	next := time.Now().Truncate(time.Second).Add(time.Second + 10*time.Millisecond)
 	time.Sleep(time.Until(next))

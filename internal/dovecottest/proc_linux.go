@@ -18,6 +18,34 @@ func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 }
 
+// PIDs returns the process IDs of all of the server's processes: the master
+// and every process it started (login, auth, imap ...), for measuring what
+// the server costs (e.g. the PSS in /proc/PID/smaps_rollup).
+func (s *Server) PIDs() []int {
+	return groupPIDs(s.cmd.Process.Pid)
+}
+
+// groupPIDs lists the processes in the process group pgid.
+func groupPIDs(pgid int) []int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var pids []int
+	for _, path := range stats {
+		stat, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		_, rest, ok := bytes.Cut(stat, []byte(") "))
+		f := strings.Fields(string(rest))
+		if !ok || len(f) < 3 || f[2] != strconv.Itoa(pgid) {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(path))); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 // groupProcs describes the processes in the process group pgid, one line
 // each, for error messages.
 func groupProcs(pgid int) string {

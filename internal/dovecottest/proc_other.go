@@ -15,3 +15,7 @@ func sysProcAttr() *syscall.SysProcAttr {
 func groupProcs(pgid int) string {
 	return "(process list not available on this system)\n"
 }
+
+// PIDs would return the server's process IDs; there is no portable way to
+// list a process group, so it returns only the master's.
+func (s *Server) PIDs() []int { return []int{s.cmd.Process.Pid} }

@@ -1,0 +1,566 @@
+package syncstate
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+)
+
+// changes collects ChangesSince's output.
+func changes(m *Mailbox, since uint64) []Change {
+	var out []Change
+	m.ChangesSince(since, func(c Change) { out = append(out, c) })
+	return out
+}
+
+func msgs(flags []string, uids ...uint32) []Message {
+	out := make([]Message, len(uids))
+	for i, u := range uids {
+		out[i] = Message{UID: u, Flags: flags}
+	}
+	return out
+}
+
+func TestStateNewStartsAtOne(t *testing.T) {
+	m := New(42)
+	if got := m.UIDValidity(); got != 42 {
+		t.Fatalf("UIDValidity = %d, want 42", got)
+	}
+	if got := m.HighestModSeq(); got != 1 {
+		t.Fatalf("HIGHESTMODSEQ of a new state = %d, want 1 (never 0, RFC 7162 3.1.1)", got)
+	}
+	snap := m.Snapshot()
+	if len(snap.UIDs) != 0 || snap.Highest != 1 {
+		t.Fatalf("Snapshot = %+v, want empty at 1", snap)
+	}
+	if c := changes(m, 0); len(c) != 0 {
+		t.Fatalf("ChangesSince(0) of a new state = %+v", c)
+	}
+	// An empty batch, and one of unknown expunges, change nothing.
+	if m.Apply(Changes{}) || m.Apply(Changes{Expunged: []uint32{7}}) {
+		t.Fatal("empty batch reported a change")
+	}
+	if got := m.HighestModSeq(); got != 1 {
+		t.Fatalf("HIGHESTMODSEQ after no-op batches = %d, want 1", got)
+	}
+}
+
+// Every actual change gets its own mod-sequence, one more than the last,
+// in batch order: upserts first, then expunges.
+func TestStateModSeqPerChange(t *testing.T) {
+	m := New(1)
+	if !m.Apply(Changes{Upsert: msgs(nil, 10, 11, 12)}) {
+		t.Fatal("adding messages reported no change")
+	}
+	for i, uid := range []uint32{10, 11, 12} {
+		_, ms, ok := m.Flags(uid)
+		if !ok || ms != uint64(2+i) {
+			t.Fatalf("message %d: modseq %d ok=%v, want %d", uid, ms, ok, 2+i)
+		}
+	}
+	if h := m.HighestModSeq(); h != 4 {
+		t.Fatalf("HIGHESTMODSEQ = %d, want 4", h)
+	}
+	m.Apply(Changes{Upsert: []Message{{UID: 11, Flags: []string{`\Seen`}}}, Expunged: []uint32{10, 12}})
+	if h := m.HighestModSeq(); h != 7 {
+		t.Fatalf("HIGHESTMODSEQ after 1 flag change and 2 expunges = %d, want 7", h)
+	}
+	want := []Change{
+		{UID: 11, ModSeq: 5, Flags: []string{`\Seen`}},
+		{UID: 10, ModSeq: 6, Expunged: true},
+		{UID: 12, ModSeq: 7, Expunged: true},
+	}
+	if got := changes(m, 4); !reflect.DeepEqual(got, want) {
+		t.Fatalf("ChangesSince(4) = %+v\nwant %+v", got, want)
+	}
+	if got := m.Snapshot(); !reflect.DeepEqual(got.UIDs, []uint32{11}) || got.Highest != 7 {
+		t.Fatalf("Snapshot = %+v", got)
+	}
+	// Expunging again, or an unknown UID, is no change.
+	if m.Apply(Changes{Expunged: []uint32{10, 99}}) {
+		t.Fatal("expunging an expunged message reported a change")
+	}
+	if h := m.HighestModSeq(); h != 7 {
+		t.Fatalf("HIGHESTMODSEQ moved to %d on a no-op", h)
+	}
+}
+
+// Flags equal after normalisation cost nothing: no change, no modseq, no
+// log entry.
+func TestStateUnchangedFlagsCostNothing(t *testing.T) {
+	m := New(1)
+	m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: []string{`\Seen`, `$Label1`}}}})
+	h, logLen := m.HighestModSeq(), len(m.log)
+	same := [][]string{
+		{`$Label1`, `\Seen`},
+		{`\SEEN`, `$Label1`},
+		{`\seen`, `$Label1`, `\Recent`},
+		{`$Label1`, `\Seen`, `\Seen`},
+	}
+	for _, f := range same {
+		if m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: f}}}) {
+			t.Errorf("flags %q reported as a change of [$Label1 \\Seen]", f)
+		}
+	}
+	if m.Reconcile([]Message{{UID: 1, Flags: []string{`\Recent`, `\Seen`, `$Label1`}}}) {
+		t.Error("Reconcile with the same message reported a change")
+	}
+	if m.HighestModSeq() != h || len(m.log) != logLen {
+		t.Fatalf("no-op upserts moved HIGHESTMODSEQ %d -> %d, log %d -> %d", h, m.HighestModSeq(), logLen, len(m.log))
+	}
+	// A keyword differing in case is a different flag as far as the state
+	// goes (it is kept as the server spelled it).
+	if !m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: []string{`\Seen`, `$Label2`}}}}) {
+		t.Fatal("a real flag change was not reported")
+	}
+}
+
+// ChangesSince reports each message once, with its latest flags, in
+// mod-sequence order; expunges included; changes at or before since left out.
+func TestStateChangesSinceLatestStateOnce(t *testing.T) {
+	m := New(1)
+	m.Apply(Changes{Upsert: msgs(nil, 1, 2, 3, 4)})         // 2..5
+	m.Apply(Changes{Upsert: msgs([]string{`\Seen`}, 2)})    // 6
+	m.Apply(Changes{Upsert: msgs([]string{`\Flagged`}, 1)}) // 7
+	m.Apply(Changes{Upsert: msgs([]string{`\Seen`, `\Flagged`}, 2)})
+	m.Apply(Changes{Expunged: []uint32{3}})                 // 9
+	m.Apply(Changes{Upsert: msgs([]string{`\Deleted`}, 4)}) // 10
+	m.Apply(Changes{Expunged: []uint32{4}})                 // 11
+	m.Apply(Changes{Upsert: msgs(nil, 5)})                  // 12
+
+	all := []Change{
+		{UID: 1, ModSeq: 7, Flags: []string{`\Flagged`}},
+		{UID: 2, ModSeq: 8, Flags: []string{`\Flagged`, `\Seen`}},
+		{UID: 3, ModSeq: 9, Expunged: true},
+		{UID: 4, ModSeq: 11, Expunged: true},
+		{UID: 5, ModSeq: 12, Flags: []string{}},
+	}
+	for since := uint64(0); since <= 13; since++ {
+		var want []Change
+		for _, c := range all {
+			if c.ModSeq > since {
+				want = append(want, c)
+			}
+		}
+		if got := changes(m, since); !reflect.DeepEqual(got, want) {
+			t.Errorf("ChangesSince(%d) = %+v\nwant %+v", since, got, want)
+		}
+	}
+}
+
+// ChangesSince costs time in the number of changes after since, not in the
+// size of the mailbox: with 100,000 messages, asking for the last 10 changes
+// visits 10 log entries. The structural check below is exact; the timing
+// check compares against a full scan of the same state with a margin of
+// two orders of magnitude below the expected ratio (10 vs 100,000).
+func TestStateChangesSinceCostIndependentOfSize(t *testing.T) {
+	const n = 100_000
+	m := New(1)
+	m.Apply(Changes{Upsert: msgs(nil, seqUIDs(1, n)...)})
+	base := m.HighestModSeq()
+	for i := uint32(0); i < 10; i++ {
+		m.Apply(Changes{Upsert: []Message{{UID: 1 + i*9973, Flags: []string{`\Seen`}}}})
+	}
+	got := changes(m, base)
+	if len(got) != 10 {
+		t.Fatalf("ChangesSince(base) reported %d changes, want 10", len(got))
+	}
+	// The entries ChangesSince visits are those after its binary search.
+	visited := len(m.log) - sort.Search(len(m.log), func(i int) bool { return m.log[i].modseq > base })
+	if visited != 10 {
+		t.Fatalf("ChangesSince(base) visits %d log entries, want 10", visited)
+	}
+
+	timeIt := func(since uint64, runs int) time.Duration {
+		var ds []time.Duration
+		for r := 0; r < runs; r++ {
+			start := time.Now()
+			k := 0
+			m.ChangesSince(since, func(Change) { k++ })
+			ds = append(ds, time.Since(start))
+		}
+		slices.Sort(ds)
+		return ds[len(ds)/2]
+	}
+	small := timeIt(base, 201)
+	full := timeIt(0, 5)
+	t.Logf("ChangesSince: last 10 of %d messages %v, full scan %v", n, small, full)
+	if small*100 > full {
+		t.Fatalf("ChangesSince for 10 changes took %v, a full scan %v: cost depends on the mailbox size", small, full)
+	}
+}
+
+func seqUIDs(lo, hi uint32) []uint32 {
+	out := make([]uint32, 0, hi-lo+1)
+	for u := lo; u <= hi; u++ {
+		out = append(out, u)
+	}
+	return out
+}
+
+func TestStateReconcile(t *testing.T) {
+	m := New(1)
+	m.Apply(Changes{Upsert: []Message{
+		{UID: 1, Flags: []string{`\Seen`}},
+		{UID: 2, Flags: nil},
+		{UID: 3, Flags: nil},
+		{UID: 4, Flags: []string{`\Flagged`}},
+		{UID: 5, Flags: nil},
+	}})
+	h := m.HighestModSeq() // 6
+	upstream := []Message{
+		{UID: 1, Flags: []string{`\Seen`, `\Recent`}}, // unchanged
+		{UID: 2, Flags: []string{`\Answered`}},        // changed
+		// 3 expunged
+		{UID: 4, Flags: []string{`\flagged`}}, // unchanged (case)
+		{UID: 5, Flags: nil},                  // unchanged
+		{UID: 6, Flags: []string{`\Seen`}},    // new
+	}
+	if !m.Reconcile(upstream) {
+		t.Fatal("Reconcile reported no change")
+	}
+	want := []Change{
+		{UID: 2, ModSeq: h + 1, Flags: []string{`\Answered`}},
+		{UID: 6, ModSeq: h + 2, Flags: []string{`\Seen`}},
+		{UID: 3, ModSeq: h + 3, Expunged: true},
+	}
+	if got := changes(m, h); !reflect.DeepEqual(got, want) {
+		t.Fatalf("changes after Reconcile = %+v\nwant %+v", got, want)
+	}
+	if got := m.Snapshot().UIDs; !reflect.DeepEqual(got, []uint32{1, 2, 4, 5, 6}) {
+		t.Fatalf("UIDs after Reconcile = %v", got)
+	}
+	if m.Reconcile(upstream) {
+		t.Fatal("a second Reconcile with the same list reported a change")
+	}
+	if m.HighestModSeq() != h+3 {
+		t.Fatalf("HIGHESTMODSEQ = %d, want %d", m.HighestModSeq(), h+3)
+	}
+	// An empty mailbox upstream expunges everything.
+	if !m.Reconcile(nil) {
+		t.Fatal("Reconcile(nil) reported no change")
+	}
+	if got := m.Snapshot().UIDs; len(got) != 0 {
+		t.Fatalf("UIDs after Reconcile(nil) = %v", got)
+	}
+	var exp []uint32
+	for _, c := range changes(m, h+3) {
+		if !c.Expunged {
+			t.Fatalf("unexpected change %+v", c)
+		}
+		exp = append(exp, c.UID)
+	}
+	if !reflect.DeepEqual(exp, []uint32{1, 2, 4, 5, 6}) {
+		t.Fatalf("expunged %v", exp)
+	}
+}
+
+func TestStateNormalizeFlags(t *testing.T) {
+	for _, tc := range []struct{ in, want []string }{
+		{nil, []string{}},
+		{[]string{`\Recent`}, []string{}},
+		{[]string{`\RECENT`, `\recent`}, []string{}},
+		{[]string{`\seen`, `\ANSWERED`, `\fLaGgEd`, `\deleted`, `\DRAFT`}, []string{`\Answered`, `\Deleted`, `\Draft`, `\Flagged`, `\Seen`}},
+		{[]string{`\Seen`, `\seen`, `\SEEN`}, []string{`\Seen`}},
+		{[]string{`$Forwarded`, `\Seen`, `$Forwarded`}, []string{`$Forwarded`, `\Seen`}},
+		{[]string{`$label`, `$Label`}, []string{`$Label`, `$label`}}, // keywords keep their spelling
+		{[]string{`\Unknown`}, []string{`\Unknown`}},
+	} {
+		got := NormalizeFlags(tc.in)
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("NormalizeFlags(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	// The input is not modified.
+	in := []string{`\seen`, `\Recent`, `a`}
+	NormalizeFlags(in)
+	if !reflect.DeepEqual(in, []string{`\seen`, `\Recent`, `a`}) {
+		t.Fatalf("NormalizeFlags modified its input: %q", in)
+	}
+}
+
+// A snapshot is immutable: later changes do not show through it.
+func TestStateSnapshotImmutable(t *testing.T) {
+	m := New(1)
+	m.Apply(Changes{Upsert: msgs(nil, 1, 2, 3)})
+	snap := m.Snapshot()
+	keep := slices.Clone(snap.UIDs)
+	m.Apply(Changes{Upsert: msgs(nil, 4), Expunged: []uint32{2}})
+	m.Reconcile(msgs(nil, 1, 5))
+	if !reflect.DeepEqual(snap.UIDs, keep) || snap.Highest != 4 {
+		t.Fatalf("snapshot changed to %+v, want %v at 4", snap, keep)
+	}
+}
+
+// model is the obvious implementation of Mailbox: every message with its
+// flags and modseq, every expunge with its modseq; ChangesSince is a scan.
+type model struct {
+	highest  uint64
+	msgs     map[uint32]modelMsg
+	expunged []Change
+}
+
+type modelMsg struct {
+	flags  []string
+	modseq uint64
+}
+
+func newModel() *model { return &model{highest: 1, msgs: map[uint32]modelMsg{}} }
+
+func (d *model) apply(c Changes) bool {
+	changed := false
+	for _, u := range c.Upsert {
+		f := NormalizeFlags(u.Flags)
+		if e, ok := d.msgs[u.UID]; ok && slices.Equal(e.flags, f) {
+			continue
+		}
+		d.highest++
+		d.msgs[u.UID] = modelMsg{f, d.highest}
+		changed = true
+	}
+	for _, uid := range c.Expunged {
+		if _, ok := d.msgs[uid]; !ok {
+			continue
+		}
+		delete(d.msgs, uid)
+		d.highest++
+		d.expunged = append(d.expunged, Change{UID: uid, ModSeq: d.highest, Expunged: true})
+		changed = true
+	}
+	return changed
+}
+
+func (d *model) reconcile(all []Message) bool {
+	seen := map[uint32]bool{}
+	for _, u := range all {
+		seen[u.UID] = true
+	}
+	var gone []uint32
+	for _, uid := range d.uids() {
+		if !seen[uid] {
+			gone = append(gone, uid)
+		}
+	}
+	return d.apply(Changes{Upsert: all, Expunged: gone})
+}
+
+func (d *model) uids() []uint32 {
+	var out []uint32
+	for u := range d.msgs {
+		out = append(out, u)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (d *model) changesSince(since uint64) []Change {
+	var out []Change
+	for u, e := range d.msgs {
+		if e.modseq > since {
+			out = append(out, Change{UID: u, ModSeq: e.modseq, Flags: e.flags})
+		}
+	}
+	for _, c := range d.expunged {
+		if c.ModSeq > since {
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(a, b Change) int { return int(int64(a.ModSeq) - int64(b.ModSeq)) })
+	return out
+}
+
+// Random operations on a Mailbox and on the model agree, before and after
+// the log is compacted, and compaction keeps the log bounded when most
+// changes are flag changes of the same few messages.
+func TestStateCompactionAgreesWithModel(t *testing.T) {
+	flagSets := [][]string{
+		nil, {`\Seen`}, {`\SEEN`, `\Recent`}, {`\Flagged`}, {`\Seen`, `\Flagged`},
+		{`$Label1`}, {`\Deleted`, `\Seen`}, {`\answered`},
+	}
+	for seed := uint64(1); seed <= 3; seed++ {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 99))
+			m, d := New(1), newModel()
+			next := uint32(1)
+			compactions := 0
+			check := func(step int) {
+				t.Helper()
+				probes := 1
+				if step%50 == 0 {
+					probes = 4
+				}
+				if m.HighestModSeq() != d.highest {
+					t.Fatalf("step %d: HIGHESTMODSEQ %d, model %d", step, m.HighestModSeq(), d.highest)
+				}
+				if got, want := m.Snapshot().UIDs, d.uids(); !slices.Equal(got, want) {
+					t.Fatalf("step %d: UIDs %v, model %v", step, got, want)
+				}
+				for k := 0; k < probes; k++ {
+					since := d.highest - min(d.highest, rng.Uint64N(64))
+					if k == 1 {
+						since = 0
+					} else if k > 1 {
+						since = rng.Uint64N(d.highest + 2)
+					}
+					got, want := changes(m, since), d.changesSince(since)
+					if len(got) == 0 && len(want) == 0 {
+						continue
+					}
+					if !reflect.DeepEqual(got, want) {
+						t.Fatalf("step %d: ChangesSince(%d):\n got %+v\nwant %+v", step, since, got, want)
+					}
+				}
+			}
+			for step := 0; step < 5000; step++ {
+				before := len(m.log)
+				var c Changes
+				live := d.uids()
+				switch op := rng.IntN(100); {
+				case op < 2: // reconcile with a mutated full list
+					var all []Message
+					for _, u := range live {
+						if rng.IntN(20) == 0 {
+							continue // expunged upstream
+						}
+						f := d.msgs[u].flags
+						if rng.IntN(5) == 0 {
+							f = flagSets[rng.IntN(len(flagSets))]
+						}
+						all = append(all, Message{UID: u, Flags: f})
+					}
+					for k := rng.IntN(3); k > 0; k-- {
+						all = append(all, Message{UID: next, Flags: flagSets[rng.IntN(len(flagSets))]})
+						next++
+					}
+					if got, want := m.Reconcile(all), d.reconcile(all); got != want {
+						t.Fatalf("step %d: Reconcile reported %v, model %v", step, got, want)
+					}
+					check(step)
+					continue
+				case op < 10 || len(live) < 5: // new messages
+					for k := 1 + rng.IntN(3); k > 0; k-- {
+						c.Upsert = append(c.Upsert, Message{UID: next, Flags: flagSets[rng.IntN(len(flagSets))]})
+						next++
+					}
+				case op < 12: // expunges, some unknown
+					for k := 1 + rng.IntN(2); k > 0; k-- {
+						c.Expunged = append(c.Expunged, uint32(rng.IntN(int(next)+2)))
+					}
+				default: // flag changes of a few hot messages, some repeated in one batch
+					for k := 1 + rng.IntN(4); k > 0; k-- {
+						u := live[rng.IntN(min(len(live), 8))]
+						c.Upsert = append(c.Upsert, Message{UID: u, Flags: flagSets[rng.IntN(len(flagSets))]})
+					}
+					if rng.IntN(30) == 0 {
+						c.Expunged = append(c.Expunged, live[rng.IntN(len(live))])
+					}
+				}
+				if got, want := m.Apply(c), d.apply(c); got != want {
+					t.Fatalf("step %d: Apply(%+v) reported %v, model %v", step, c, got, want)
+				}
+				if len(m.log) < before {
+					compactions++
+				}
+				check(step)
+			}
+			if compactions == 0 {
+				t.Fatal("the log was never compacted; the test does not cover compaction")
+			}
+			// Live entries: one per message, one per expunge.
+			if max := 2*1024 + len(d.msgs) + len(d.expunged); len(m.log) > max {
+				t.Fatalf("log holds %d entries after compaction, want at most %d", len(m.log), max)
+			}
+			t.Logf("%d compactions; log %d entries for %d messages, %d expunges, HIGHESTMODSEQ %d",
+				compactions, len(m.log), len(d.msgs), len(d.expunged), d.highest)
+		})
+	}
+}
+
+// Many flag changes of few messages keep the log (the state's memory)
+// bounded.
+func TestStateLogBoundedUnderFlagChurn(t *testing.T) {
+	m := New(1)
+	m.Apply(Changes{Upsert: msgs(nil, seqUIDs(1, 300)...)})
+	for i := 0; i < 100_000; i++ {
+		f := []string{`\Flagged`}
+		if (i/300)%2 == 1 {
+			f = nil
+		}
+		m.Apply(Changes{Upsert: msgs(f, uint32(1+i%300))})
+	}
+	if m.HighestModSeq() != 1+300+100_000 {
+		t.Fatalf("HIGHESTMODSEQ = %d", m.HighestModSeq())
+	}
+	if len(m.log) > 2*1024+300 {
+		t.Fatalf("log grew to %d entries for 300 messages", len(m.log))
+	}
+	if n := len(changes(m, 0)); n != 300 {
+		t.Fatalf("ChangesSince(0) = %d changes, want 300", n)
+	}
+}
+
+// Concurrent writers and readers (run with -race): readers always see a
+// consistent state, with modseqs strictly increasing within one
+// ChangesSince.
+func TestStateConcurrentUse(t *testing.T) {
+	m := New(1)
+	m.Apply(Changes{Upsert: msgs(nil, seqUIDs(1, 100)...)})
+	var writers, readers sync.WaitGroup
+	stop := make(chan struct{})
+	for w := 0; w < 2; w++ {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			for i := 0; i < 2000; i++ {
+				u := uint32(1 + (i*7+w)%100)
+				m.Apply(Changes{Upsert: []Message{{UID: u, Flags: []string{fmt.Sprint("$k", i%3)}}}})
+			}
+		}()
+	}
+	errs := make(chan error, 1)
+	report := func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	}
+	for r := 0; r < 4; r++ {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				snap := m.Snapshot()
+				last := uint64(0)
+				seen := map[uint32]bool{}
+				m.ChangesSince(snap.Highest-min(snap.Highest, 300), func(c Change) {
+					if c.ModSeq <= last || seen[c.UID] {
+						report(fmt.Errorf("out of order or repeated: %+v after %d", c, last))
+					}
+					last = c.ModSeq
+					seen[c.UID] = true
+				})
+				if len(snap.UIDs) != 100 {
+					report(fmt.Errorf("snapshot of %d messages", len(snap.UIDs)))
+				}
+			}
+		}()
+	}
+	writers.Wait()
+	close(stop)
+	readers.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+}
