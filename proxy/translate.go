@@ -31,6 +31,7 @@ type translation struct {
 	seqResults   bool   // search results are UIDs that the client wants as sequence numbers
 	stripUID     bool   // a UID item the client did not ask for is removed from FETCH responses
 	silent       bool   // STORE .SILENT sent without .SILENT: FETCH answers are recorded, not relayed
+	store        bool   // the command is a STORE: its FLAGS answers go into the hub
 	allowExpunge bool   // EXPUNGE responses may accompany the command's answer
 	syncAfter    bool   // the command changes the mailbox: sync with the hub before answering
 }
@@ -68,6 +69,7 @@ func (s *Session) translateCommand(cmd *imapcodec.Command) ([]imapcodec.Segment,
 		if base == "STORE" {
 			t.allowExpunge = isUID
 			t.stripUID = !isUID
+			t.store = true
 			// STORE ... FLAGS.SILENT goes upstream without .SILENT: its
 			// answers tell the hub the new flags at once, and the client
 			// still sees none of them (RFC 3501 6.4.6).
@@ -532,16 +534,22 @@ func (s *Session) translateFetch(resp *Response) *Response {
 		return nil
 	}
 	t := s.xlate
-	// Any FLAGS the upstream reports are current: the hub learns them now
-	// (other sessions hear at once), and the delivery after this command
-	// does not repeat them to this client.
+	// FLAGS the client sees here are not repeated by the delivery after
+	// this command. The answers to the session's own STORE also go into
+	// the hub at once (other sessions hear without waiting for the
+	// watcher): they are the flags right after the change. Other FETCH
+	// answers are not trusted that far: the leased connection may lag
+	// behind a change the watcher already recorded, and its older flags
+	// must not undo it.
 	if !resp.Streamed {
 		if flags, ok := fetchFlags(resp.Segments); ok {
 			if s.sentFlags == nil {
 				s.sentFlags = map[uint32]string{}
 			}
 			s.sentFlags[uid] = flags
-			m.sub.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: uid, Flags: strings.Fields(flags)}}})
+			if t != nil && t.store {
+				m.sub.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: uid, Flags: strings.Fields(flags)}}})
+			}
 		}
 	}
 	if t != nil && t.silent {
