@@ -275,9 +275,12 @@ func TestCompressReaderReleasedWhenIdle(t *testing.T) {
 			defer close(done)
 			r.Read(buf)
 		}()
-		time.Sleep(5 * time.Millisecond)
-		if r.Active() {
-			t.Fatalf("command %d: inflater held while waiting for the client", i)
+		// Give the reading goroutine time to get there, however loaded
+		// the machine: the inflater must be dropped by the time it waits.
+		for deadline := time.Now().Add(2 * time.Second); r.Active(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("command %d: inflater held while waiting for the client", i)
+			}
 		}
 		src <- nil // wakes the read with a timeout
 		<-done
