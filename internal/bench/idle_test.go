@@ -185,7 +185,6 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) 
 		Sources: 8, Concurrency: 64, Appenders: 16, AppendRate: appendRate(b),
 	}
 	cl := startClients(b, spec)
-	b.Logf("%d sessions idle after %s s", n, cl.ready)
 	time.Sleep(settle)
 
 	m1 := measureSelf()
@@ -208,8 +207,8 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) 
 			writeHeapProfile(b, profPath)
 		}
 		watchers, pooled := srv.Hub().Watchers(), srv.Pool().Idle()
-		b.Logf("proxy: heap in use %.0f B/session (alloc %.0f), stack %.0f B/session, RSS %.0f B/session (%.0f after FreeOSMemory), %.2f goroutines/session",
-			per(m1.heapInuse, m0.heapInuse), per(m1.heapAlloc, m0.heapAlloc), per(m1.stack, m0.stack),
+		b.Logf("%d sessions idle after %s s; proxy: heap in use %.0f B/session (alloc %.0f), stack %.0f B/session, RSS %.0f B/session (%.0f after FreeOSMemory), %.2f goroutines/session",
+			n, cl.ready, per(m1.heapInuse, m0.heapInuse), per(m1.heapAlloc, m0.heapAlloc), per(m1.stack, m0.stack),
 			per(m1.rss, m0.rssScavenged), per(m1.rssScavenged, m0.rssScavenged),
 			float64(m1.goroutines-m0.goroutines)/float64(n))
 		b.Logf("upstream: %d connections (%d watchers, %d pooled idle); Dovecot %d processes, PSS %.0f B/session, RSS %.0f B/session",
@@ -222,7 +221,7 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) 
 		report(float64(watchers)/float64(n), "watchers/session")
 		report(float64(pooled)/float64(n), "pooled/session")
 	} else {
-		b.Logf("Dovecot direct: %d processes, PSS %.0f B/session, RSS %.0f B/session", dcProcs, per(dcPSS, dcPSS0), per(dcRSS, dcRSS0))
+		b.Logf("%d sessions idle after %s s; Dovecot direct: %d processes, PSS %.0f B/session, RSS %.0f B/session", n, cl.ready, dcProcs, per(dcPSS, dcPSS0), per(dcRSS, dcRSS0))
 	}
 	report(float64(conns)/float64(n), "upconns/session")
 	report(per(dcPSS, dcPSS0), "dovecot-pss-B/session")
@@ -242,8 +241,9 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) 
 			b.Logf("CPU profile of the rounds written to %s", path)
 		}()
 	}
-	load, _ := os.ReadFile("/proc/loadavg")
-	b.Logf("load average before the rounds: %s", strings.TrimSpace(string(load)))
+	loadData, _ := os.ReadFile("/proc/loadavg")
+	load := strings.Fields(string(loadData))
+	load = load[:min(3, len(load))]
 	self0, busy0, total0 := cpuTimes()
 	rounds := 0
 	for b.Loop() {
@@ -262,8 +262,10 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) 
 		var appendMs, roundMs float64
 		var p50, p90, p99, mx, probe50, probe99 int64
 		fmt.Sscan(strings.TrimPrefix(line, "ROUND "), &got, &missing, &appendMs, &roundMs, &p50, &p90, &p99, &mx, &probe50, &probe99)
-		b.Logf("round %d: %d EXISTS (%d missing), %d proxy pushes; appends took %.0f ms, round %.0f ms; end to end p50 %d ms, p99 %d ms, max %d ms; Dovecot NOOP p50 %.1f ms, p99 %.1f ms%s",
-			rounds, got, missing, pushes, appendMs, roundMs, p50/1000, p99/1000, mx/1000, float64(probe50)/1e3, float64(probe99)/1e3, pushInfo)
+		// Straight to stderr: the testing package keeps only the first
+		// ten lines a benchmark logs.
+		fmt.Fprintf(os.Stderr, "%s: round %d: %d EXISTS (%d missing), %d proxy pushes; appends took %.0f ms, round %.0f ms; end to end p50 %d ms, p99 %d ms, max %d ms; Dovecot NOOP p50 %.1f ms, p99 %.1f ms%s\n",
+			b.Name(), rounds, got, missing, pushes, appendMs, roundMs, p50/1000, p99/1000, mx/1000, float64(probe50)/1e3, float64(probe99)/1e3, pushInfo)
 		if missing > 0 {
 			b.Errorf("round %d: %d sessions saw no EXISTS", rounds, missing)
 		}
@@ -271,8 +273,8 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) 
 	self1, busy1, total1 := cpuTimes()
 	machineBusy := 100 * float64(busy1-busy0) / float64(max(total1-total0, 1))
 	proxyCPU := float64(self1-self0) / float64(time.Millisecond) / float64(rounds)
-	b.Logf("during the rounds the machine was %.0f%% busy; this process (the proxy) used %.0f ms of CPU per round (%.1f µs per push)",
-		machineBusy, proxyCPU, 1000*proxyCPU/float64(n))
+	b.Logf("during the rounds the machine was %.0f%% busy (load average before: %s); this process (the proxy) used %.0f ms of CPU per round (%.1f µs per push)",
+		machineBusy, strings.Join(load, " "), proxyCPU, 1000*proxyCPU/float64(n))
 	report(machineBusy, "machine-busy-%")
 	if viaProxy {
 		report(proxyCPU*1000/float64(n), "proxy-cpu-us/push")
