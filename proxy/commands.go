@@ -197,8 +197,23 @@ func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 	if err != nil || !ok {
 		return s.WriteStatus(cmd.Tag, "BAD", "", cmd.Name+" needs a mailbox name.")
 	}
+	segs := cmd.Segments
+	params, err := s.selectParams(cmd)
+	if err != nil {
+		return s.WriteStatus(cmd.Tag, "BAD", "", sentence(err.Error())+".")
+	}
+	if params != nil {
+		// The parameters are the extensions'; the upstream gets a plain
+		// command.
+		segs = selectCommand(cmd.Tag, cmd.Name, mailbox)
+	}
 	if strings.EqualFold(mailbox, "INBOX") {
 		mailbox = "INBOX"
+	}
+	if s.mbox != nil {
+		for _, h := range s.srv.selectHooks {
+			h.SelectClosing(s)
+		}
 	}
 	// Whatever happens now, the previous mailbox is closed (RFC 3501 6.3.1).
 	s.setState(StateAuthenticated)
@@ -209,7 +224,7 @@ func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 	up.Selected = ""
 	var collected []*Response
 	s.collect = &collected
-	head, err := s.relayCommand(ctx, up, cmd.Tag, cmd.Segments)
+	head, err := s.relayCommand(ctx, up, cmd.Tag, segs)
 	s.collect = nil
 	if err != nil {
 		return err
@@ -262,7 +277,70 @@ func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 	}
 	s.mbox = m
 	s.setState(StateSelected)
+	for _, h := range s.srv.selectHooks {
+		if err := h.SelectOpened(s, params); err != nil {
+			return err
+		}
+	}
 	return s.writeTagged(cmd.Tag, "", head)
+}
+
+// selectParams parses the parameter list of SELECT or EXAMINE (RFC 4466
+// 2.4) after the mailbox name and hands each parameter to the extension that
+// implements it. It returns nil when the command has none.
+func (s *Session) selectParams(cmd *imapcodec.Command) (map[string]any, error) {
+	p := cmd.Args
+	if p.AtEnd() {
+		return nil, nil
+	}
+	if err := p.SP(); err != nil {
+		return nil, fmt.Errorf("unexpected text after the mailbox name")
+	}
+	v, err := p.Value()
+	list, ok := v.(imapcodec.List)
+	if err != nil || !ok || !p.AtEnd() {
+		return nil, fmt.Errorf("%s parameters must be one parenthesised list", cmd.Name)
+	}
+	params := map[string]any{}
+	for i := 0; i < len(list); i++ {
+		a, ok := list[i].(imapcodec.Atom)
+		if !ok {
+			return nil, fmt.Errorf("%s parameter names are atoms", cmd.Name)
+		}
+		name := strings.ToUpper(string(a))
+		var arg imapcodec.List
+		if i+1 < len(list) {
+			if l, ok := list[i+1].(imapcodec.List); ok {
+				arg = l
+				i++
+			}
+		}
+		h := s.srv.selectParams[name]
+		if h == nil {
+			return nil, fmt.Errorf("unknown %s parameter %s", cmd.Name, name)
+		}
+		if _, dup := params[name]; dup {
+			return nil, fmt.Errorf("%s parameter %s given twice", cmd.Name, name)
+		}
+		val, err := h.SelectParam(s, name, arg)
+		if err != nil {
+			return nil, err
+		}
+		params[name] = val
+	}
+	return params, nil
+}
+
+// selectCommand builds "tag SELECT mailbox" for the upstream.
+func selectCommand(tag, name, mailbox string) []imapcodec.Segment {
+	head := []byte(tag + " " + name + " ")
+	if imapcodec.CanQuote(mailbox) {
+		return []imapcodec.Segment{{Text: imapcodec.AppendQuoted(head, mailbox)}}
+	}
+	return []imapcodec.Segment{
+		{Text: head, Literal: &imapcodec.LiteralHeader{Size: int64(len(mailbox))}, Data: []byte(mailbox)},
+		{Text: nil},
+	}
 }
 
 // cmdClose handles CLOSE (relayed: it expunges) and UNSELECT (answered by

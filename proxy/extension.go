@@ -97,3 +97,76 @@ func (s State) String() string {
 	}
 	return "unknown"
 }
+
+// SelectParamHandler implements parameters of SELECT and EXAMINE (RFC 4466
+// 2.4), such as CONDSTORE and QRESYNC. The core parses the parameter list;
+// each parameter is an atom, optionally followed by a parenthesised value
+// (arg is nil when there is none). SelectParam is called before the
+// upstream sees the command and returns what SelectHook.SelectOpened will
+// get for the parameter; an error is answered with BAD and the selected
+// mailbox stays as it was. Parameters are never relayed: the upstream gets
+// a plain SELECT.
+type SelectParamHandler interface {
+	SelectParams() []string
+	SelectParam(s *Session, name string, arg imapcodec.List) (any, error)
+}
+
+// SelectHook is told around SELECT and EXAMINE. SelectClosing is called when
+// the command closes a mailbox the client had selected (before any of the
+// new mailbox's responses); SelectOpened after the new mailbox's untagged
+// responses were written and before the tagged OK, so it may add responses
+// of its own (RFC 7162's HIGHESTMODSEQ, VANISHED (EARLIER), FETCH). params
+// holds what SelectParam returned, by parameter name.
+type SelectHook interface {
+	SelectClosing(s *Session)
+	SelectOpened(s *Session, params map[string]any) error
+}
+
+// CommandRewriter changes client commands before they are relayed. It sees
+// the commands named by RewriteCommands (the client's names, "FETCH",
+// "UID FETCH", "STATUS"...) in the authenticated and selected states, read
+// whole, and in the selected state already translated into their UID form.
+// It may change c.Segments, answer the command itself (c.Answer), set the
+// code of the tagged OK (c.OKCode) and keep per-command data in c.Data for
+// its ResponseFilter (see Session.Relayed). An error is answered with BAD
+// and the command is not relayed.
+type CommandRewriter interface {
+	RewriteCommands() []string
+	RewriteCommand(s *Session, c *Relayed) error
+}
+
+// ChangeReporter shapes what a session reports about its selected mailbox:
+// every FETCH response the session sends (relayed answers and unsolicited
+// flag changes) and expunges.
+type ChangeReporter interface {
+	// FetchItems returns data items to add after the UID item of a FETCH
+	// response about uid (for example "MODSEQ (12)"), or nil. When it
+	// returns items the UID item is kept even if the client did not ask
+	// for it, and the answers to STORE .SILENT are reported with UID and
+	// these items alone.
+	FetchItems(s *Session, uid uint32) []byte
+	// ReportExpunged appends its own report of expunged messages (UIDs
+	// and the client's sequence numbers, in descending sequence order) to
+	// b and returns true, or returns false to let the core send EXPUNGE.
+	ReportExpunged(s *Session, b []byte, uids, seqs []uint32) ([]byte, bool)
+	// ExpungesHeld is called when expunges must wait (during FETCH, STORE
+	// and SEARCH); it returns a response to send now, or nil.
+	ExpungesHeld(s *Session) []byte
+}
+
+// Relayed is a client command on its way upstream, for CommandRewriter.
+type Relayed struct {
+	Tag  string
+	Name string // the client's command name, upper case
+	// Segments is what will be sent upstream, the tag included.
+	Segments []imapcodec.Segment
+	// Answer, when set by a rewriter, is the tagged response: the command
+	// is not relayed, and the core reports mailbox changes before it as
+	// after any command.
+	Answer *imapcodec.ResponseHead
+	// OKCode replaces the response code of the tagged OK (for example
+	// "MODIFIED 7,9").
+	OKCode string
+	// Data is the rewriter's own, for its response filter.
+	Data any
+}

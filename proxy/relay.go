@@ -341,7 +341,9 @@ func (s *Session) writeTagged(tag, upTag string, head imapcodec.ResponseHead) er
 		head.Text = strings.Replace(head.Text, t.toName, t.fromName, 1)
 	}
 	code := head.Code
-	if code == "CAPABILITY" {
+	if s.cmd != nil && s.cmd.OKCode != "" && head.Name == "OK" {
+		code = s.cmd.OKCode
+	} else if code == "CAPABILITY" {
 		code += " " + strings.Join(s.capabilities(), " ")
 	} else if head.CodeArg != "" {
 		code += " " + head.CodeArg

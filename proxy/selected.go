@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -130,18 +131,31 @@ func (s *Session) deliver(allowExpunge bool) error {
 	})
 	if len(expunged) > 0 && !allowExpunge {
 		m.news.Store(true) // delivered at the next chance
+		if r := s.srv.reporter; r != nil {
+			if b := r.ExpungesHeld(s); b != nil {
+				return s.Write(b)
+			}
+		}
 		return nil
 	}
 	var b []byte
 	// Expunges in descending sequence order, so each number is valid
 	// against the client's view at the time it reads it.
-	seqs := make([]uint32, 0, len(expunged))
-	for _, uid := range expunged {
-		seqs = append(seqs, m.seqOf(uid))
-	}
-	slices.Sort(seqs)
-	for i := len(seqs) - 1; i >= 0; i-- {
-		b = fmt.Appendf(b, "* %d EXPUNGE\r\n", seqs[i])
+	if len(expunged) > 0 {
+		slices.SortFunc(expunged, func(a, b uint32) int { return cmp.Compare(b, a) })
+		seqs := make([]uint32, 0, len(expunged))
+		for _, uid := range expunged {
+			seqs = append(seqs, m.seqOf(uid))
+		}
+		reported := false
+		if r := s.srv.reporter; r != nil {
+			b, reported = r.ReportExpunged(s, b, expunged, seqs)
+		}
+		if !reported {
+			for _, seq := range seqs {
+				b = fmt.Appendf(b, "* %d EXPUNGE\r\n", seq)
+			}
+		}
 	}
 	// From here on, sequence numbers are those of the new snapshot.
 	m.view = snap.UIDs
@@ -154,7 +168,13 @@ func (s *Session) deliver(allowExpunge bool) error {
 		if s.sentFlags != nil && s.sentFlags[f.uid] == strings.Join(f.flags, " ") {
 			continue // the client just saw these in its own STORE's answer
 		}
-		b = fmt.Appendf(b, "* %d FETCH (FLAGS (%s))\r\n", seq, strings.Join(f.flags, " "))
+		b = fmt.Appendf(b, "* %d FETCH (", seq)
+		if r := s.srv.reporter; r != nil {
+			if items := r.FetchItems(s, f.uid); items != nil {
+				b = fmt.Appendf(b, "UID %d %s ", f.uid, items)
+			}
+		}
+		b = fmt.Appendf(b, "FLAGS (%s))\r\n", strings.Join(f.flags, " "))
 	}
 	newCount := len(m.view)
 	if newCount > 0 && m.view[newCount-1] > last {

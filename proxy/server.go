@@ -36,8 +36,14 @@ type Server struct {
 	commands map[string]CommandHandler
 	filters  []ResponseFilter
 	enablers []Enabler
-	capProvs []CapabilityProvider
-	hooks    []SessionHook
+	// selectParams, selectHooks, rewriters and reporter are the
+	// extensions' hooks into SELECT and the relay (see extension.go).
+	selectParams map[string]SelectParamHandler
+	selectHooks  []SelectHook
+	rewriters    map[string][]CommandRewriter
+	reporter     ChangeReporter
+	capProvs     []CapabilityProvider
+	hooks        []SessionHook
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -57,13 +63,15 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, errors.New("proxy: no upstream address configured")
 	}
 	s := &Server{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		pool:      upstream.NewPool(cfg.Pool),
-		hub:       hub.New(cfg.Hub),
-		commands:  map[string]CommandHandler{},
-		listeners: map[*net.Listener]struct{}{},
-		sessions:  map[*Session]struct{}{},
+		cfg:          cfg,
+		log:          cfg.Logger,
+		pool:         upstream.NewPool(cfg.Pool),
+		hub:          hub.New(cfg.Hub),
+		commands:     map[string]CommandHandler{},
+		selectParams: map[string]SelectParamHandler{},
+		rewriters:    map[string][]CommandRewriter{},
+		listeners:    map[*net.Listener]struct{}{},
+		sessions:     map[*Session]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, ext := range cfg.Extensions {
@@ -85,6 +93,24 @@ func NewServer(cfg Config) (*Server, error) {
 		}
 		if h, ok := ext.(SessionHook); ok {
 			s.hooks = append(s.hooks, h)
+		}
+		if h, ok := ext.(SelectParamHandler); ok {
+			for _, name := range h.SelectParams() {
+				if _, taken := s.selectParams[name]; !taken {
+					s.selectParams[name] = h
+				}
+			}
+		}
+		if h, ok := ext.(SelectHook); ok {
+			s.selectHooks = append(s.selectHooks, h)
+		}
+		if r, ok := ext.(CommandRewriter); ok {
+			for _, name := range r.RewriteCommands() {
+				s.rewriters[name] = append(s.rewriters[name], r)
+			}
+		}
+		if r, ok := ext.(ChangeReporter); ok && s.reporter == nil {
+			s.reporter = r
 		}
 	}
 	s.wg.Add(1)

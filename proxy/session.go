@@ -52,6 +52,9 @@ type Session struct {
 	// xlate translates the upstream's answers to the current command in
 	// the selected state; nil otherwise.
 	xlate *translation
+	// cmd is the command being relayed, as the extensions' rewriters left
+	// it (see CommandRewriter); nil when none is.
+	cmd *Relayed
 	// collect, when set, receives the untagged responses of the command
 	// being relayed instead of the client, and the tagged response is left
 	// to the caller (SELECT rewrites them once its view is known).
@@ -462,7 +465,55 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 	if s.state == StateSelected {
 		return s.relaySelected(ctx, cmd, first)
 	}
+	if len(s.srv.rewriters[cmd.Name]) > 0 {
+		return s.relayRewritten(ctx, cmd, first)
+	}
 	return s.relay(ctx, cmd, first)
+}
+
+// relayRewritten relays a command in the authenticated state that an
+// extension rewrites (see CommandRewriter): it is read whole first.
+func (s *Session) relayRewritten(ctx context.Context, cmd *imapcodec.Command, first imapcodec.Segment) error {
+	full, ok, err := s.readRest(cmd.Tag, first, s.srv.cfg.Limits.MaxInlineLiteral)
+	if err != nil || !ok {
+		return err
+	}
+	cmd, err = imapcodec.ParseCommand(full, s.srv.cfg.Limits)
+	if err != nil {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
+	}
+	rc, err := s.rewrite(cmd, cmd.Segments)
+	if err != nil {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
+	}
+	s.cmd = rc
+	defer func() { s.cmd = nil }()
+	if rc.Answer != nil {
+		return s.writeTagged(cmd.Tag, "", *rc.Answer)
+	}
+	up, err := s.lease(ctx, false)
+	if err != nil {
+		return s.upstreamUnavailable(cmd.Tag, err)
+	}
+	if _, err := s.relayCommand(ctx, up, cmd.Tag, rc.Segments); err != nil {
+		return err
+	}
+	s.release()
+	return nil
+}
+
+// rewrite passes a command to the extensions that rewrite it.
+func (s *Session) rewrite(cmd *imapcodec.Command, segs []imapcodec.Segment) (*Relayed, error) {
+	rc := &Relayed{Tag: cmd.Tag, Name: cmd.Name, Segments: segs}
+	for _, r := range s.srv.rewriters[cmd.Name] {
+		if err := r.RewriteCommand(s, rc); err != nil {
+			return nil, err
+		}
+		if rc.Answer != nil {
+			break
+		}
+	}
+	return rc, nil
 }
 
 // relaySelected relays a command in the selected state, translating
@@ -491,13 +542,22 @@ func (s *Session) relaySelected(ctx context.Context, cmd *imapcodec.Command, fir
 	if err := s.deliver(t.allowExpunge); err != nil {
 		return err
 	}
+	rc, err := s.rewrite(cmd, segs)
+	if err != nil {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
+	}
+	s.cmd = rc
+	defer func() { s.cmd = nil }()
+	s.xlate = t
+	defer func() { s.xlate = nil }()
+	if rc.Answer != nil {
+		return s.writeTagged(cmd.Tag, "", *rc.Answer)
+	}
 	up, err := s.Upstream(ctx)
 	if err != nil {
 		return s.upstreamUnavailable(cmd.Tag, err)
 	}
-	s.xlate = t
-	defer func() { s.xlate = nil }()
-	if _, err := s.relayCommand(ctx, up, cmd.Tag, segs); err != nil {
+	if _, err := s.relayCommand(ctx, up, cmd.Tag, rc.Segments); err != nil {
 		return err
 	}
 	s.release()

@@ -129,7 +129,7 @@ func rewriteFirstArg(segs []imapcodec.Segment, tag, name string, m *selectedMail
 }
 
 // unsilenceRe matches the data item name of STORE: "+FLAGS.SILENT" etc.
-var unsilenceRe = regexp.MustCompile(`(?i)^([^ ]+ UID STORE [^ ]+ [+-]?FLAGS)\.SILENT`)
+var unsilenceRe = regexp.MustCompile(`(?i)^([^ ]+ UID STORE [^ ]+ (?:\([^)]*\) )?[+-]?FLAGS)\.SILENT`)
 
 // unsilence removes .SILENT from a translated STORE command and reports
 // whether it did.
@@ -258,6 +258,68 @@ func rewriteSearch(segs []imapcodec.Segment, cmd *imapcodec.Command, m *selected
 type searchWalker struct {
 	p        *imapcodec.Parser
 	onSeqSet func(imapcodec.Position, string) error
+	// onModSeq, if set, is told of each MODSEQ key: where it starts, its
+	// arguments and where they end.
+	onModSeq func(start imapcodec.Position, args []imapcodec.Value, end imapcodec.Position) error
+}
+
+// ReplaceModSeqKeys finds the MODSEQ search keys (RFC 7162 3.1.5) of a
+// SEARCH, SORT or THREAD command, in its UID form or not, and replaces each
+// key with its arguments by what fn returns for them (the mod-sequence last,
+// after the entry name and type when given). It reports whether there was
+// any.
+func ReplaceModSeqKeys(segs []imapcodec.Segment, fn func(args []imapcodec.Value) (string, error)) (bool, error) {
+	p := imapcodec.NewParser(segs, imapcodec.Limits{})
+	if _, err := p.Atom(); err != nil { // tag
+		return false, err
+	}
+	p.SP()
+	name, err := p.Atom()
+	if err != nil {
+		return false, err
+	}
+	if strings.EqualFold(name, "UID") {
+		p.SP()
+		if name, err = p.Atom(); err != nil {
+			return false, err
+		}
+	}
+	type repl struct {
+		start, end imapcodec.Position
+		text       string
+	}
+	var repls []repl
+	w := searchWalker{p: p, onSeqSet: func(imapcodec.Position, string) error { return nil },
+		onModSeq: func(start imapcodec.Position, args []imapcodec.Value, end imapcodec.Position) error {
+			if start.Seg != end.Seg {
+				return fmt.Errorf("MODSEQ search key split by a literal")
+			}
+			text, err := fn(args)
+			if err != nil {
+				return err
+			}
+			repls = append(repls, repl{start, end, text})
+			return nil
+		}}
+	switch strings.ToUpper(name) {
+	case "SEARCH":
+		err = w.search()
+	case "SORT":
+		err = w.sortOrThread(true)
+	case "THREAD":
+		err = w.sortOrThread(false)
+	default:
+		return false, fmt.Errorf("not a search command: %s", name)
+	}
+	if err != nil {
+		return false, err
+	}
+	for i := len(repls) - 1; i >= 0; i-- {
+		r := repls[i]
+		t := segs[r.start.Seg].Text
+		segs[r.start.Seg].Text = slices.Concat(t[:r.start.Off], []byte(r.text), t[r.end.Off:])
+	}
+	return len(repls) > 0, nil
 }
 
 func (w *searchWalker) search() error {
@@ -380,11 +442,16 @@ func (w *searchWalker) keyAfterAtom(pos imapcodec.Position, a string) error {
 		if err != nil {
 			return err
 		}
+		args := []imapcodec.Value{v}
 		if _, quoted := v.(imapcodec.String); quoted { // entry name, entry type, value
 			p.SP()
-			p.Value()
+			t, _ := p.Value()
 			p.SP()
-			_, err = p.Value()
+			v, err = p.Value()
+			args = append(args, t, v)
+		}
+		if err == nil && w.onModSeq != nil {
+			err = w.onModSeq(pos, args, p.Pos())
 		}
 		return err
 	}
@@ -552,10 +619,20 @@ func (s *Session) translateFetch(resp *Response) *Response {
 			}
 		}
 	}
-	if t != nil && t.silent {
-		return nil
+	var items []byte
+	if r := s.srv.reporter; r != nil {
+		items = r.FetchItems(s, uid)
 	}
-	if t != nil && t.stripUID {
+	if t != nil && t.silent {
+		if items == nil {
+			return nil
+		}
+		resp.Segments = []imapcodec.Segment{{Text: fmt.Appendf(nil, "* %d FETCH (UID %d %s)", seq, uid, items)}}
+		return resp
+	}
+	if items != nil {
+		seg = slices.Concat(seg[:uidEnd], []byte(" "), items, seg[uidEnd:])
+	} else if t != nil && t.stripUID {
 		// Remove "UID n" and one space next to it.
 		if uidEnd < len(seg) && seg[uidEnd] == ' ' {
 			uidEnd++

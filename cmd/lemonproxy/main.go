@@ -26,6 +26,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -70,7 +71,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // extensions is the set of protocol extensions every session gets.
 func extensions(s config.Settings) []proxy.Extension {
-	return []proxy.Extension{&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration}, compress.New()}
+	return []proxy.Extension{&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration}, compress.New(), condstore.New()}
 }
 
 func serve(args []string, stdout, stderr io.Writer, demo bool) int {

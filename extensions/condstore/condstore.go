@@ -1,0 +1,343 @@
+// Package condstore gives every client CONDSTORE and QRESYNC (RFC 7162),
+// whatever the upstream supports.
+//
+// The mod-sequences clients see are the proxy's own, kept by the hub's
+// shared state of each mailbox (package syncstate, persisted by package
+// statestore): every change the hub's watcher sees, or a session makes
+// through the proxy, gets a new, strictly larger mod-sequence, and every
+// expunge is logged with one. So the same code answers in front of an
+// upstream with QRESYNC, with CONDSTORE only, or with neither, and the
+// numbers stay monotonic across upstream reconnects, proxy restarts and a
+// change of upstream server. The upstream's own mod-sequences are never
+// relayed: its HIGHESTMODSEQ and NOMODSEQ codes are dropped, and the
+// MODSEQ items, CHANGEDSINCE, UNCHANGEDSINCE and MODSEQ search keys a
+// client sends are answered here and stripped before the command goes
+// upstream. docs/condstore.md records the design and its trade-offs.
+package condstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/syncstate"
+)
+
+// Extension implements RFC 7162 for every session. It has no state of its
+// own: what it needs per session lives in the session's enabled set and in
+// the command being relayed.
+type Extension struct{}
+
+// New returns the CONDSTORE/QRESYNC extension.
+func New() *Extension { return &Extension{} }
+
+func (*Extension) Name() string { return "condstore" }
+
+// Capabilities advertises both words once the client is authenticated:
+// they describe mailboxes, which exist only then.
+func (*Extension) Capabilities(st proxy.State, _ upstream.Caps) []string {
+	if st >= proxy.StateAuthenticated {
+		return []string{"CONDSTORE", "QRESYNC"}
+	}
+	return nil
+}
+
+// Enable accepts ENABLE CONDSTORE and ENABLE QRESYNC; QRESYNC implies
+// CONDSTORE (RFC 7162 3.2.3).
+func (*Extension) Enable(s *proxy.Session, name string) bool {
+	switch name {
+	case "CONDSTORE":
+		return true
+	case "QRESYNC":
+		s.SetEnabled("CONDSTORE")
+		return true
+	}
+	return false
+}
+
+// enableCondStore handles a CONDSTORE-enabling command (RFC 7162 3.1).
+// When it enables CONDSTORE while a mailbox is selected, the client has not
+// been told the mailbox's HIGHESTMODSEQ yet: it is sent now.
+func enableCondStore(s *proxy.Session) {
+	if s.Enabled("CONDSTORE") {
+		return
+	}
+	s.SetEnabled("CONDSTORE")
+	if m := s.Mailbox(); m != nil {
+		s.Write(fmt.Appendf(nil, "* OK [HIGHESTMODSEQ %d] Highest\r\n", m.ModSeq()))
+	}
+}
+
+// FilterResponse drops the upstream's own mod-sequence codes and completes
+// the answers to rewritten commands.
+func (*Extension) FilterResponse(s *proxy.Session, resp *proxy.Response) *proxy.Response {
+	h := resp.Head
+	if h.Name == "OK" && (h.Code == "HIGHESTMODSEQ" || h.Code == "NOMODSEQ") {
+		return nil // the upstream's mod-sequences, not ours
+	}
+	rc := s.Relayed()
+	if rc == nil || resp.Streamed || len(resp.Segments) != 1 {
+		return resp
+	}
+	switch d := rc.Data.(type) {
+	case *searchData:
+		switch h.Name {
+		case "SEARCH", "SORT":
+			resp.Segments[0].Text = d.completeSearch(s, resp.Segments[0].Text)
+		case "ESEARCH":
+			resp.Segments[0].Text = d.completeESearch(s, resp.Segments[0].Text)
+		}
+	case *statusData:
+		if h.Name == "STATUS" {
+			resp.Segments[0].Text = d.complete(resp.Segments[0].Text)
+		}
+	}
+	return resp
+}
+
+// FetchItems adds MODSEQ to every FETCH response once CONDSTORE is enabled
+// (RFC 7162 3.1.4: UID and MODSEQ in all of them, solicited or not).
+func (*Extension) FetchItems(s *proxy.Session, uid uint32) []byte {
+	if !s.Enabled("CONDSTORE") {
+		return nil
+	}
+	m := s.Mailbox()
+	if m == nil {
+		return nil
+	}
+	_, modseq, ok := m.State().Flags(uid)
+	if !ok {
+		// Expunged in the state, not yet for the client: what the
+		// client already knows is the safe value.
+		modseq = m.ModSeq()
+	}
+	return fmt.Appendf(nil, "MODSEQ (%d)", modseq)
+}
+
+// ReportExpunged sends VANISHED instead of EXPUNGE once QRESYNC is enabled
+// (RFC 7162 3.2.10).
+func (*Extension) ReportExpunged(s *proxy.Session, b []byte, uids, seqs []uint32) ([]byte, bool) {
+	if !s.Enabled("QRESYNC") {
+		return b, false
+	}
+	b = append(b, "* VANISHED "...)
+	b = appendUIDSet(b, slices.Sorted(slices.Values(uids)))
+	return append(b, "\r\n"...), true
+}
+
+// ExpungesHeld is called when expunges wait for the end of a FETCH, STORE or
+// SEARCH while the command's FETCH responses may have carried higher
+// mod-sequences: the HIGHESTMODSEQ sent here, below the held expunges, keeps
+// a client that loses the connection now from skipping them on its next
+// resync (RFC 7162 3.2, errata 3509).
+func (*Extension) ExpungesHeld(s *proxy.Session) []byte {
+	m := s.Mailbox()
+	if m == nil || !s.Enabled("CONDSTORE") {
+		return nil
+	}
+	return fmt.Appendf(nil, "* OK [HIGHESTMODSEQ %d] Highest\r\n", m.ModSeq())
+}
+
+// SelectParams names the SELECT/EXAMINE parameters of RFC 7162.
+func (*Extension) SelectParams() []string { return []string{"CONDSTORE", "QRESYNC"} }
+
+// qresyncParams are the client's QRESYNC SELECT parameters (RFC 7162 3.2.5).
+type qresyncParams struct {
+	uidValidity uint32
+	modseq      uint64
+	knownUIDs   []uidRange // nil: every UID
+}
+
+// SelectParam checks CONDSTORE and QRESYNC.
+func (*Extension) SelectParam(s *proxy.Session, name string, arg imapcodec.List) (any, error) {
+	if name == "CONDSTORE" {
+		if arg != nil {
+			return nil, errors.New("CONDSTORE takes no value")
+		}
+		return true, nil
+	}
+	if !s.Enabled("QRESYNC") {
+		return nil, errors.New("QRESYNC must be enabled first (ENABLE QRESYNC)")
+	}
+	return parseQResync(arg)
+}
+
+func parseQResync(arg imapcodec.List) (*qresyncParams, error) {
+	if len(arg) < 2 || len(arg) > 4 {
+		return nil, errors.New("QRESYNC needs (uidvalidity modseq [known-uids [(seq-match-data)]])")
+	}
+	var q qresyncParams
+	uv, err := number(arg[0], 1, 1<<32-1)
+	if err != nil {
+		return nil, fmt.Errorf("bad QRESYNC UIDVALIDITY: %w", err)
+	}
+	q.uidValidity = uint32(uv)
+	if q.modseq, err = number(arg[1], 1, 1<<63-1); err != nil {
+		return nil, fmt.Errorf("bad QRESYNC mod-sequence: %w", err)
+	}
+	if len(arg) >= 3 {
+		a, ok := arg[2].(imapcodec.Atom)
+		if !ok {
+			return nil, errors.New("bad QRESYNC known UIDs")
+		}
+		if q.knownUIDs, err = parseUIDRanges(string(a), false); err != nil {
+			return nil, fmt.Errorf("bad QRESYNC known UIDs: %w", err)
+		}
+	}
+	if len(arg) == 4 {
+		// The sequence match data lets a server without a complete
+		// expunge log narrow its answer; ours is complete, so it is
+		// only checked.
+		l, ok := arg[3].(imapcodec.List)
+		if !ok || len(l) != 2 {
+			return nil, errors.New("bad QRESYNC sequence match data")
+		}
+		for _, v := range l {
+			a, ok := v.(imapcodec.Atom)
+			if !ok {
+				return nil, errors.New("bad QRESYNC sequence match data")
+			}
+			if _, err := parseUIDRanges(string(a), false); err != nil {
+				return nil, fmt.Errorf("bad QRESYNC sequence match data: %w", err)
+			}
+		}
+	}
+	return &q, nil
+}
+
+// SelectClosing sends [CLOSED] when SELECT or EXAMINE closes a selected
+// mailbox (RFC 7162 3.2.11): it tells the client where the old mailbox's
+// responses end.
+func (*Extension) SelectClosing(s *proxy.Session) {
+	s.Write([]byte("* OK [CLOSED] Previous mailbox closed.\r\n"))
+}
+
+// SelectOpened reports HIGHESTMODSEQ when CONDSTORE is on, and for a
+// QRESYNC SELECT what changed since the client's mod-sequence: VANISHED
+// (EARLIER) first, then the FETCH of each changed message in
+// mod-sequence order, so a client cut off midway resyncs from a point that
+// loses nothing.
+func (*Extension) SelectOpened(s *proxy.Session, params map[string]any) error {
+	if params["CONDSTORE"] != nil || params["QRESYNC"] != nil {
+		s.SetEnabled("CONDSTORE")
+	}
+	if !s.Enabled("CONDSTORE") {
+		return nil
+	}
+	m := s.Mailbox()
+	highest := m.ModSeq()
+	b := fmt.Appendf(nil, "* OK [HIGHESTMODSEQ %d] Highest\r\n", highest)
+	if q, _ := params["QRESYNC"].(*qresyncParams); q != nil && q.uidValidity == m.State().UIDValidity() {
+		b = resync(b, m, q)
+	}
+	return s.Write(b)
+}
+
+// resync appends the QRESYNC answer for a client that knew the mailbox at
+// q.modseq.
+func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
+	st := m.State()
+	highest := m.ModSeq()
+	type changed struct {
+		seq    uint32
+		uid    uint32
+		modseq uint64
+		flags  []string
+	}
+	var vanished []uint32
+	var fetches []changed
+	if q.modseq > highest {
+		// A mod-sequence from the future: not one of ours (a lost
+		// state, or another server's). Resync everything the client
+		// can hold: all flags, and every known UID that is gone.
+		for i, uid := range m.UIDs() {
+			flags, modseq, ok := st.Flags(uid)
+			if ok {
+				fetches = append(fetches, changed{uint32(i + 1), uid, min(modseq, highest), flags})
+			}
+		}
+		for _, r := range q.knownUIDs {
+			for u := r.lo; u <= r.hi && u != 0; u++ {
+				if m.SeqOf(u) == 0 {
+					vanished = append(vanished, u)
+				}
+				if u == r.hi || u-r.lo > maxKnownScan {
+					break
+				}
+			}
+		}
+	} else {
+		st.ChangesSince(q.modseq, func(c syncstate.Change) {
+			if c.ModSeq > highest {
+				return // the client hears of it as a change after SELECT
+			}
+			if c.Expunged {
+				if q.knownUIDs == nil || inRanges(q.knownUIDs, c.UID) {
+					vanished = append(vanished, c.UID)
+				}
+				return
+			}
+			if seq := m.SeqOf(c.UID); seq != 0 {
+				fetches = append(fetches, changed{seq, c.UID, c.ModSeq, c.Flags})
+			}
+		})
+	}
+	if len(vanished) > 0 {
+		slices.Sort(vanished)
+		b = append(b, "* VANISHED (EARLIER) "...)
+		b = appendUIDSet(b, vanished)
+		b = append(b, "\r\n"...)
+	}
+	for _, f := range fetches {
+		b = fmt.Appendf(b, "* %d FETCH (UID %d FLAGS (%s) MODSEQ (%d))\r\n", f.seq, f.uid, strings.Join(f.flags, " "), f.modseq)
+	}
+	return b
+}
+
+// maxKnownScan bounds the walk over one range of a client's known UIDs when
+// its mod-sequence is unusable.
+const maxKnownScan = 1 << 20
+
+// RewriteCommands names the commands whose RFC 7162 parts are answered here.
+func (*Extension) RewriteCommands() []string {
+	return []string{"FETCH", "UID FETCH", "STORE", "UID STORE", "SEARCH", "UID SEARCH",
+		"SORT", "UID SORT", "THREAD", "UID THREAD", "STATUS"}
+}
+
+// RewriteCommand dispatches to the command's rewriter.
+func (e *Extension) RewriteCommand(s *proxy.Session, c *proxy.Relayed) error {
+	switch strings.TrimPrefix(c.Name, "UID ") {
+	case "FETCH":
+		return rewriteFetch(s, c)
+	case "STORE":
+		return rewriteStore(s, c)
+	case "SEARCH", "SORT", "THREAD":
+		return rewriteSearch(s, c)
+	case "STATUS":
+		return rewriteStatus(s, c)
+	}
+	return nil
+}
+
+// number parses a number atom within [lo, hi].
+func number(v imapcodec.Value, lo, hi uint64) (uint64, error) {
+	a, ok := v.(imapcodec.Atom)
+	if !ok {
+		return 0, errors.New("not a number")
+	}
+	n, err := strconv.ParseUint(string(a), 10, 64)
+	if err != nil || n < lo || n > hi || len(a) > 1 && a[0] == '0' {
+		return 0, fmt.Errorf("%q is not a number from %d to %d", string(a), lo, hi)
+	}
+	return n, nil
+}
+
+// context for MailboxState in STATUS; the session's own context is not
+// reachable from a rewriter, and the wait is bounded by the core.
+var bg = context.Background()
