@@ -31,6 +31,7 @@ type Mailbox struct {
 	mu          sync.RWMutex
 	uidValidity uint32
 	highest     uint64
+	base        uint64 // the log is complete for changes after base
 	msgs        map[uint32]msg
 	uids        []uint32 // sorted; replaced, never modified (snapshots share it)
 	log         []change // ordered by modseq; stale entries skipped
@@ -70,6 +71,13 @@ func Restore(sv *statestore.Saved) *Mailbox {
 	}
 	slices.SortFunc(m.log, func(a, b change) int { return cmp.Compare(a.modseq, b.modseq) })
 	m.live = len(m.log)
+	// The saved state does not record where its log began; the oldest
+	// entry left bounds it (a later start only makes clients resync in
+	// full, never miss a change).
+	m.base = m.highest
+	if len(m.log) > 0 {
+		m.base = m.log[0].modseq - 1
+	}
 	return m
 }
 
@@ -85,8 +93,26 @@ type change struct {
 }
 
 // New returns an empty mailbox state. Its HIGHESTMODSEQ is 1.
-func New(uidValidity uint32) *Mailbox {
-	return &Mailbox{uidValidity: uidValidity, highest: 1, msgs: map[uint32]msg{}}
+func New(uidValidity uint32) *Mailbox { return NewAt(uidValidity, 1) }
+
+// NewAt returns an empty mailbox state whose mod-sequences start above base
+// (at least 1). A state made anew for a mailbox whose old state was lost
+// should start above every mod-sequence the old one handed out, so that
+// clients holding one of those are recognised (see Base); the hub uses the
+// clock for this.
+func NewAt(uidValidity uint32, base uint64) *Mailbox {
+	base = max(base, 1)
+	return &Mailbox{uidValidity: uidValidity, highest: base, base: base, msgs: map[uint32]msg{}}
+}
+
+// Base returns the mod-sequence from which on the state knows every change:
+// asked for the changes since an older one (a client's mod-sequence from a
+// lost state, or from another server), ChangesSince would miss some, and
+// the caller must resynchronise the client in full instead.
+func (m *Mailbox) Base() uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.base
 }
 
 // UIDValidity returns the UIDVALIDITY the state belongs to.

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/lemonproxy/lemonproxy/statestore"
 )
 
 // changes collects ChangesSince's output.
@@ -562,5 +564,41 @@ func TestStateConcurrentUse(t *testing.T) {
 	case err := <-errs:
 		t.Fatal(err)
 	default:
+	}
+}
+
+// TestStateBase: a state knows every change after its base, which NewAt
+// sets and Restore derives from the oldest saved entry.
+func TestStateBase(t *testing.T) {
+	m := NewAt(7, 1000)
+	if m.Base() != 1000 || m.HighestModSeq() != 1000 {
+		t.Fatalf("NewAt: base %d highest %d", m.Base(), m.HighestModSeq())
+	}
+	m.Apply(Changes{Upsert: []Message{{UID: 1}, {UID: 2, Flags: []string{`\Seen`}}}})
+	if got := m.HighestModSeq(); got != 1002 {
+		t.Fatalf("highest %d, want 1002", got)
+	}
+	if New(7).Base() != 1 || NewAt(7, 0).Base() != 1 {
+		t.Fatal("base below 1")
+	}
+	var saved []statestore.Batch
+	m = NewAt(7, 500)
+	m.SetPersister(func(b statestore.Batch) error { saved = append(saved, b); return nil })
+	m.Apply(Changes{Upsert: []Message{{UID: 1}, {UID: 2}, {UID: 3}}}) // 501..503
+	m.Apply(Changes{Expunged: []uint32{1}})                           // 504
+	sv := &statestore.Saved{UIDValidity: 7, Highest: m.HighestModSeq()}
+	for _, b := range saved {
+		for _, u := range b.Upsert {
+			if u.UID != 1 {
+				sv.Messages = append(sv.Messages, u)
+			}
+		}
+		sv.Expunged = append(sv.Expunged, b.Expunged...)
+	}
+	r := Restore(sv)
+	// The oldest entry left is UID 2 at 502: the restored log is complete
+	// after 501, one later than the original's 500 (conservative).
+	if r.Base() != 501 || r.HighestModSeq() != 504 {
+		t.Fatalf("restored: base %d highest %d", r.Base(), r.HighestModSeq())
 	}
 }

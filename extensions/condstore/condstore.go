@@ -252,26 +252,21 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 	}
 	var vanished []uint32
 	var fetches []changed
-	if q.modseq > highest {
-		// A mod-sequence from the future: not one of ours (a lost
-		// state, or another server's). Resync everything the client
-		// can hold: all flags, and every known UID that is gone.
+	if q.modseq > highest || q.modseq < st.Base() {
+		// Not a mod-sequence the state can answer from: one from the
+		// future (another server's) or from before the state's log
+		// began (a state that was lost and rebuilt). Resync everything
+		// the client may hold: the flags of every message, and as
+		// vanished every UID up to the largest the client knows or the
+		// mailbox has that does not exist now (RFC 7162 allows
+		// reporting UIDs the client never had).
 		for i, uid := range m.UIDs() {
 			flags, modseq, ok := st.Flags(uid)
 			if ok {
 				fetches = append(fetches, changed{uint32(i + 1), uid, min(modseq, highest), flags})
 			}
 		}
-		for _, r := range q.knownUIDs {
-			for u := r.lo; u <= r.hi && u != 0; u++ {
-				if m.SeqOf(u) == 0 {
-					vanished = append(vanished, u)
-				}
-				if u == r.hi || u-r.lo > maxKnownScan {
-					break
-				}
-			}
-		}
+		vanished = absentUIDs(m.UIDs(), q.knownUIDs)
 	} else {
 		st.ChangesSince(q.modseq, func(c syncstate.Change) {
 			if c.ModSeq > highest {
@@ -300,9 +295,37 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 	return b
 }
 
-// maxKnownScan bounds the walk over one range of a client's known UIDs when
-// its mod-sequence is unusable.
-const maxKnownScan = 1 << 20
+// maxAbsentScan bounds the UIDs absentUIDs looks at, so that a client's
+// "1:4294967295" costs no more than a large mailbox.
+const maxAbsentScan = 1 << 22
+
+// absentUIDs returns the UIDs in known (all UIDs up to the largest in view
+// when known is nil) that are not in view, sorted.
+func absentUIDs(view []uint32, known []uidRange) []uint32 {
+	if known == nil {
+		if len(view) == 0 {
+			return nil
+		}
+		known = []uidRange{{1, view[len(view)-1]}}
+	}
+	var out []uint32
+	scanned := 0
+	for _, r := range known {
+		i, _ := slices.BinarySearch(view, r.lo)
+		for u := uint64(r.lo); u <= uint64(r.hi) && scanned < maxAbsentScan; u++ {
+			scanned++
+			for i < len(view) && uint64(view[i]) < u {
+				i++
+			}
+			if i < len(view) && uint64(view[i]) == u {
+				continue
+			}
+			out = append(out, uint32(u))
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
 
 // RewriteCommands names the commands whose RFC 7162 parts are answered here.
 func (*Extension) RewriteCommands() []string {

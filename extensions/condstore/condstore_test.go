@@ -188,6 +188,14 @@ func TestQResyncSelect(t *testing.T) {
 		// Up to date: nothing to report.
 		{"EXAMINE INBOX (QRESYNC (1 10 1:4 (1:2 2:4)))", append(append([]string{"* OK [CLOSED] Previous mailbox closed."}, selectHead(2, 5, `\flagged`)...),
 			"* OK [HIGHESTMODSEQ 10] Highest", "OK [READ-ONLY] EXAMINE completed")},
+		// A mod-sequence the state never handed out: everything the
+		// client may hold is resynchronised.
+		{"EXAMINE INBOX (QRESYNC (1 99))", append(append([]string{"* OK [CLOSED] Previous mailbox closed."}, selectHead(2, 5, `\flagged`)...),
+			"* OK [HIGHESTMODSEQ 10] Highest", "* VANISHED (EARLIER) 1,3", `* 1 FETCH (UID 2 FLAGS (\Flagged) MODSEQ (6))`, `* 2 FETCH (UID 4 FLAGS () MODSEQ (5))`,
+			"OK [READ-ONLY] EXAMINE completed")},
+		{"EXAMINE INBOX (QRESYNC (1 99 2:6))", append(append([]string{"* OK [CLOSED] Previous mailbox closed."}, selectHead(2, 5, `\flagged`)...),
+			"* OK [HIGHESTMODSEQ 10] Highest", "* VANISHED (EARLIER) 3,5:6", `* 1 FETCH (UID 2 FLAGS (\Flagged) MODSEQ (6))`, `* 2 FETCH (UID 4 FLAGS () MODSEQ (5))`,
+			"OK [READ-ONLY] EXAMINE completed")},
 		// Another UIDVALIDITY: the client must resync in full; nothing
 		// else is said.
 		{"EXAMINE INBOX (QRESYNC (7 5))", append(append([]string{"* OK [CLOSED] Previous mailbox closed."}, selectHead(2, 5, `\flagged`)...),
