@@ -54,13 +54,24 @@ type Config struct {
 	// Store, if set, persists every mailbox's state (mod-sequences survive
 	// a restart); a watcher starts from the saved state and reconciles it
 	// with the upstream.
-	Store  statestore.Store
-	Logger *slog.Logger
+	Store statestore.Store
+	// ModSeqBase gives the mod-sequence a new mailbox state starts from.
+	// The default, the clock in microseconds, puts a state made anew (the
+	// saved one was lost, or the mailbox was never seen) above every
+	// mod-sequence an older state of the mailbox handed out, so that
+	// clients holding one get a full resync rather than an incomplete one
+	// (see syncstate.Mailbox.Base). Tests set it to return 1 for readable
+	// numbers.
+	ModSeqBase func() uint64
+	Logger     *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
 	if c.PollInterval <= 0 {
 		c.PollInterval = 30 * time.Second
+	}
+	if c.ModSeqBase == nil {
+		c.ModSeqBase = func() uint64 { return uint64(time.Now().UnixMicro()) }
 	}
 	if c.IdleRenew <= 0 {
 		c.IdleRenew = 25 * time.Minute

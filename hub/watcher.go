@@ -246,7 +246,7 @@ func (w *watch) fullSync(ctx context.Context) error {
 		if st != nil {
 			w.log.Warn("UIDVALIDITY changed; dropping the old state", "old", st.UIDValidity(), "new", uidValidity)
 		}
-		st = syncstate.New(uidValidity)
+		st = syncstate.NewAt(uidValidity, b.hub.cfg.ModSeqBase())
 		b.persistTo(st)
 		b.st.Store(st)
 		changed = true

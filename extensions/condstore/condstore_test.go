@@ -10,6 +10,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -41,7 +42,10 @@ func newEnv(t *testing.T, n int) *env {
 			t.Fatal(err)
 		}
 	}
-	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{idle.New(), condstore.New()}})
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{
+		Extensions: []proxy.Extension{idle.New(), condstore.New()},
+		Hub:        hub.Config{ModSeqBase: func() uint64 { return 1 }},
+	})
 	return &env{up: up, p: p}
 }
 
