@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -145,36 +144,23 @@ func TestHubFanOut(t *testing.T) {
 	}
 	t.Logf("%d sessions logged in, selected and idling in %v", users*perUser, time.Since(start))
 
-	port := portOf(t, dc.Addr)
 	countConns := func(when string) {
 		t.Helper()
-		// Connections the pool just evicted may take a moment to leave
-		// the kernel's table on a loaded machine: let the count settle.
-		var n, w, idle int
-		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			n = upstreamConns(t, port)
-			w, idle = srv.Hub().Watchers(), srv.Pool().Idle()
-			if n == w+idle && n <= users+users || time.Now().After(deadline) {
-				break
-			}
-		}
-		// KNOWN ISSUE (open, issue 3): in about one run in three on a loaded
-		// machine one connection more than watchers + pooled stays open
-		// (21 for 20); not yet explained. It is allowed here, logged, and
-		// reported in the session notes rather than hidden.
-		if n == w+idle+1 {
-			t.Logf("%s: one upstream connection beyond watchers and pool (known issue)", when)
-			n--
-		}
+		// Every connection is opened, handed back and closed before the
+		// proxy answers the command that used it, so the count is exact
+		// as soon as the clients have their answers: no settling time
+		// and no tolerance.
+		n := upstreamConns(t, dc.Addr)
+		w, idle := srv.Hub().Watchers(), srv.Pool().Idle()
 		t.Logf("%s: %d upstream connections (%d watchers, %d idle in the pool) for %d idling sessions", when, n, w, idle, users*perUser)
 		if w != users {
 			t.Fatalf("%s: %d watchers, want %d (one per user)", when, w, users)
 		}
 		if n > users+users {
-			t.Fatalf("%s: %d upstream connections, want at most %d watchers + %d pooled", when, n, users, users)
+			t.Fatalf("%s: %d upstream connections, want at most %d watchers + %d pooled\n%s", when, n, users, users, describeConns(t, dc.Addr))
 		}
 		if n != w+idle {
-			t.Fatalf("%s: %d upstream connections, but %d watchers and %d pooled", when, n, w, idle)
+			t.Fatalf("%s: %d upstream connections, but %d watchers and %d pooled\n%s", when, n, w, idle, describeConns(t, dc.Addr))
 		}
 	}
 	countConns("all idling")
@@ -1841,46 +1827,109 @@ func appendMany(t testing.TB, dc *dovecottest.Server, user, pass, mailbox, prefi
 	}
 }
 
-// upstreamConns counts ESTABLISHED TCP connections whose remote end is
-// port on the loopback: the proxy's connections to Dovecot, plus the
-// test's own direct ones (close those first).
-func upstreamConns(t testing.TB, port int) int {
+// upstreamConns counts this process's ESTABLISHED TCP connections to addr
+// (Dovecot's listener): the proxy's connections to Dovecot, plus the test's
+// own direct ones (close those first).
+//
+// Both conditions matter. /proc/net/tcp lists every socket of the network
+// namespace, other processes' included, and a connection of another
+// process can have Dovecot's port number as its remote port without having
+// anything to do with Dovecot: Dovecot's port is an ephemeral one, and a
+// client that binds a local address of its own before connecting
+// (internal/bench's clients bind 127.0.0.2 to 127.0.0.9, port 0) may be
+// given the same number on its address, since the listener only holds it
+// on 127.0.0.1. The server side of such a connection (local 127.0.0.1:P,
+// remote 127.0.0.x:<Dovecot's port number>) used to be counted: at 10,000
+// benchmark sessions, about 1,250 per source address, one run in three
+// found one, which was the unexplained "21 for 20" of TestHubFanOut.
+func upstreamConns(t testing.TB, addr string) int {
 	t.Helper()
 	n := 0
-	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				continue
-			}
-			t.Fatal(err)
-		}
-		for _, l := range strings.Split(string(data), "\n")[1:] {
-			fs := strings.Fields(l)
-			if len(fs) < 4 || fs[3] != "01" { // ESTABLISHED
-				continue
-			}
-			_, rport, ok := strings.Cut(fs[2], ":")
-			if !ok {
-				continue
-			}
-			p, err := strconv.ParseUint(rport, 16, 32)
-			if err == nil && int(p) == port {
-				n++
-			}
+	for _, s := range tcpSockets(t) {
+		if s.state == "01" && s.remote == addr && s.ours { // 01: ESTABLISHED
+			n++
 		}
 	}
 	return n
 }
 
-func portOf(t testing.TB, addr string) int {
+// tcpSocket is one line of /proc/net/tcp.
+type tcpSocket struct {
+	local, remote string // host:port
+	state         string // hex, "01" is ESTABLISHED
+	inode         string
+	ours          bool // held by this process
+}
+
+// tcpSockets lists the namespace's IPv4 TCP sockets (the test's servers
+// listen on 127.0.0.1 only) and marks those this process holds.
+func tcpSockets(t testing.TB) []tcpSocket {
 	t.Helper()
-	_, p, err := net.SplitHostPort(addr)
+	ours := map[string]bool{}
+	fds, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, _ := strconv.Atoi(p)
-	return n
+	for _, fd := range fds {
+		l, err := os.Readlink("/proc/self/fd/" + fd.Name())
+		if inode, ok := strings.CutPrefix(l, "socket:["); err == nil && ok {
+			ours[strings.TrimSuffix(inode, "]")] = true
+		}
+	}
+	data, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []tcpSocket
+	for _, l := range strings.Split(string(data), "\n")[1:] {
+		fs := strings.Fields(l)
+		if len(fs) < 10 {
+			continue
+		}
+		local, err1 := procNetAddr(fs[1])
+		remote, err2 := procNetAddr(fs[2])
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, tcpSocket{local: local, remote: remote, state: fs[3], inode: fs[9], ours: ours[fs[9]]})
+	}
+	return out
+}
+
+// procNetAddr turns /proc/net/tcp's "0100007F:A409" into "127.0.0.1:42000".
+func procNetAddr(s string) (string, error) {
+	h, p, ok := strings.Cut(s, ":")
+	if !ok || len(h) != 8 {
+		return "", fmt.Errorf("bad address %q", s)
+	}
+	ip, err := strconv.ParseUint(h, 16, 32)
+	if err != nil {
+		return "", err
+	}
+	port, err := strconv.ParseUint(p, 16, 16)
+	if err != nil {
+		return "", err
+	}
+	// The address is in network byte order, printed as a host-order
+	// (little-endian) word.
+	a := net.IPv4(byte(ip), byte(ip>>8), byte(ip>>16), byte(ip>>24))
+	return net.JoinHostPort(a.String(), strconv.FormatUint(port, 10)), nil
+}
+
+// describeConns lists the ESTABLISHED sockets that involve addr's port
+// number, for a failure message.
+func describeConns(t testing.TB, addr string) string {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	var b strings.Builder
+	for _, s := range tcpSockets(t) {
+		_, lp, _ := net.SplitHostPort(s.local)
+		_, rp, _ := net.SplitHostPort(s.remote)
+		if s.state == "01" && (lp == port || rp == port) {
+			fmt.Fprintf(&b, "  %s -> %s (this process: %v)\n", s.local, s.remote, s.ours)
+		}
+	}
+	return b.String()
 }
 
 // maildirFile finds the file of a message in a user's INBOX maildir by its
