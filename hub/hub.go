@@ -30,6 +30,8 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 	"github.com/lemonproxy/lemonproxy/statestore"
 	"github.com/lemonproxy/lemonproxy/syncstate"
@@ -63,12 +65,21 @@ type Config struct {
 	// (see syncstate.Mailbox.Base). Tests set it to return 1 for readable
 	// numbers.
 	ModSeqBase func() uint64
+	// StateCache is how many states of mailboxes nobody watches any more
+	// stay in memory (least recently used first out), so that a mailbox
+	// selected again soon starts from memory instead of the Store; it is
+	// still reconciled with the upstream. States of mailboxes beyond it
+	// cost disk only. Default 256; negative keeps none.
+	StateCache int
 	Logger     *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
 	if c.PollInterval <= 0 {
 		c.PollInterval = 30 * time.Second
+	}
+	if c.StateCache == 0 {
+		c.StateCache = 256
 	}
 	if c.ModSeqBase == nil {
 		c.ModSeqBase = func() uint64 { return uint64(time.Now().UnixMicro()) }
@@ -112,13 +123,55 @@ type Hub struct {
 	mu     sync.Mutex
 	boxes  map[Key]*box
 	wg     sync.WaitGroup
+	// cold holds the states of recently unwatched mailboxes (nil when
+	// Config.StateCache is negative).
+	cold *lru.Cache[Key, *syncstate.Mailbox]
 }
 
 // New returns a hub. Close stops its watchers.
 func New(cfg Config) *Hub {
 	h := &Hub{cfg: cfg.withDefaults(), boxes: map[Key]*box{}}
+	if h.cfg.StateCache > 0 {
+		h.cold, _ = lru.New[Key, *syncstate.Mailbox](h.cfg.StateCache)
+	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	return h
+}
+
+// keepCold remembers the state of a watcher that stopped because nobody
+// watches its mailbox any more.
+// A newer watcher of the same mailbox may already run (it started from the
+// Store, and its state is ahead of this one): then this one is dropped.
+func (h *Hub) keepCold(b *box) {
+	st := b.state()
+	if st == nil || h.cold == nil || h.ctx.Err() != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, live := h.boxes[b.key]; !live {
+		h.cold.Add(b.key, st)
+	}
+}
+
+// takeCold returns and forgets a remembered state, or nil.
+func (h *Hub) takeCold(k Key) *syncstate.Mailbox {
+	if h.cold == nil {
+		return nil
+	}
+	st, ok := h.cold.Peek(k)
+	if ok {
+		h.cold.Remove(k)
+	}
+	return st
+}
+
+// ColdStates returns how many unwatched mailbox states are held in memory.
+func (h *Hub) ColdStates() int {
+	if h.cold == nil {
+		return 0
+	}
+	return h.cold.Len()
 }
 
 // Close stops every watcher and waits for them.

@@ -114,6 +114,7 @@ func (b *box) run() {
 		w := &watch{box: b, log: log}
 		err := w.serve(readyOnce)
 		if b.ctx.Err() != nil {
+			b.hub.keepCold(b)
 			return
 		}
 		if w.synced {
@@ -265,6 +266,10 @@ func (b *box) storeKey() string { return b.key.Account + "\x00" + b.key.Mailbox 
 
 // load returns the saved state for uidValidity, or nil.
 func (b *box) load(uidValidity uint32) *syncstate.Mailbox {
+	if st := b.hub.takeCold(b.key); st != nil && st.UIDValidity() == uidValidity {
+		b.st.Store(st) // its persister still saves under the same key
+		return st
+	}
 	store := b.hub.cfg.Store
 	if store == nil {
 		return nil

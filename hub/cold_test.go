@@ -1,0 +1,58 @@
+package hub
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestColdStateCache: the state of a mailbox nobody watches any more stays
+// in memory (bounded, least recently used first out) and is reused, and
+// reconciled, when the mailbox is watched again; with the cache off it is
+// dropped.
+func TestColdStateCache(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cache int
+	}{{"on", 0}, {"off", -1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, "alice")
+			e.appendMsg("alice", "INBOX", "one")
+			h := testHub(t, Config{Grace: 20 * time.Millisecond, StateCache: tc.cache})
+			key := Key{"alice", "INBOX"}
+			sub, err := h.Watch(context.Background(), key, e.dial("alice", false), func() {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st1 := sub.State()
+			high1 := st1.HighestModSeq()
+			sub.Close()
+			waitFor(t, newNotifier(), "the watcher to stop", func() bool { return h.Watchers() == 0 })
+			wantCold := 1
+			if tc.cache < 0 {
+				wantCold = 0
+			}
+			waitFor(t, newNotifier(), "the cold state", func() bool { return h.ColdStates() == wantCold })
+			e.appendMsg("alice", "INBOX", "two") // while nobody watches
+
+			sub, err = h.Watch(context.Background(), key, e.dial("alice", false), func() {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			st2 := sub.State()
+			if (st2 == st1) != (tc.cache >= 0) {
+				t.Fatalf("state reused: %v, want %v", st2 == st1, tc.cache >= 0)
+			}
+			if h.ColdStates() != 0 {
+				t.Fatalf("%d cold states while watched", h.ColdStates())
+			}
+			if got := len(st2.Snapshot().UIDs); got != 2 {
+				t.Fatalf("%d messages after the re-watch, want 2 (reconciled)", got)
+			}
+			if tc.cache >= 0 && st2.HighestModSeq() <= high1 {
+				t.Fatalf("HIGHESTMODSEQ %d after a missed append, was %d", st2.HighestModSeq(), high1)
+			}
+		})
+	}
+}
