@@ -170,3 +170,20 @@ type Relayed struct {
 	// Data is the rewriter's own, for its response filter.
 	Data any
 }
+
+// Pusher sends what an extension has queued for a session (NOTIFY's
+// events) whenever the session may send unsolicited responses: between
+// commands and during IDLE. The extension calls Session.Wake when it has
+// something; Push runs on the session's goroutine.
+type Pusher interface {
+	Push(s *Session) error
+}
+
+// CommandObserver is told of every relayed command once it has been
+// answered: its name, the text of its first line (the tag included), and
+// the status of the tagged response ("OK", "NO", "BAD", or "" if the
+// command failed without one). NOTIFY uses it to learn of changes a session
+// made itself.
+type CommandObserver interface {
+	CommandDone(s *Session, name string, line []byte, status string)
+}

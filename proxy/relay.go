@@ -332,6 +332,7 @@ func (s *Session) writeTagged(tag, upTag string, head imapcodec.ResponseHead) er
 		return nil // the caller (SELECT) writes the answer itself
 	}
 	t := s.xlate
+	s.lastTagged = head.Name
 	if err := s.beforeTagged(); err != nil {
 		return err
 	}

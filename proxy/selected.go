@@ -53,6 +53,8 @@ func (s *Session) notify(m *selectedMailbox) func() {
 		m.news.Store(true)
 		if s.idling.Load() {
 			s.Interrupt()
+		} else if s.pushSelected.Load() != PushSelectedOff {
+			s.Wake()
 		}
 	}
 }
@@ -169,10 +171,15 @@ func (s *Session) deliver(allowExpunge bool) error {
 			continue // the client just saw these in its own STORE's answer
 		}
 		b = fmt.Appendf(b, "* %d FETCH (", seq)
+		var items []byte
 		if r := s.srv.reporter; r != nil {
-			if items := r.FetchItems(s, f.uid); items != nil {
-				b = fmt.Appendf(b, "UID %d %s ", f.uid, items)
-			}
+			items = r.FetchItems(s, f.uid)
+		}
+		switch {
+		case items != nil:
+			b = fmt.Appendf(b, "UID %d %s ", f.uid, items)
+		case s.fetchUID:
+			b = fmt.Appendf(b, "UID %d ", f.uid)
 		}
 		b = fmt.Appendf(b, "FLAGS (%s))\r\n", strings.Join(f.flags, " "))
 	}
@@ -186,13 +193,16 @@ func (s *Session) deliver(allowExpunge bool) error {
 	return s.Write(b)
 }
 
-// DeliverChanges is deliver for IDLE: it writes the changes and flushes them
-// at once.
+// DeliverChanges is deliver for IDLE: it writes the changes, and whatever
+// the extensions' pushers have queued, and flushes them at once.
 func (s *Session) DeliverChanges() error {
 	if !s.HasNews() {
 		return nil
 	}
 	if err := s.deliver(true); err != nil {
+		return err
+	}
+	if err := s.push(); err != nil {
 		return err
 	}
 	if err := s.Flush(); err != nil {
@@ -206,7 +216,7 @@ func (s *Session) DeliverChanges() error {
 
 // HasNews reports whether the selected mailbox changed since the client was
 // last told.
-func (s *Session) HasNews() bool { return s.mbox != nil && s.mbox.news.Load() }
+func (s *Session) HasNews() bool { return s.wake.Load() || s.mbox != nil && s.mbox.news.Load() }
 
 // ErrIdleTimeout ends a session that idled past its autologout timer.
 var ErrIdleTimeout = errors.New("client idle for too long")

@@ -42,6 +42,8 @@ type Server struct {
 	selectHooks  []SelectHook
 	rewriters    map[string][]CommandRewriter
 	reporter     ChangeReporter
+	pushers      []Pusher
+	observers    []CommandObserver
 	capProvs     []CapabilityProvider
 	hooks        []SessionHook
 
@@ -111,6 +113,12 @@ func NewServer(cfg Config) (*Server, error) {
 		}
 		if r, ok := ext.(ChangeReporter); ok && s.reporter == nil {
 			s.reporter = r
+		}
+		if p, ok := ext.(Pusher); ok {
+			s.pushers = append(s.pushers, p)
+		}
+		if o, ok := ext.(CommandObserver); ok {
+			s.observers = append(s.observers, o)
 		}
 	}
 	s.wg.Add(1)

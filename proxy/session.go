@@ -55,6 +55,13 @@ type Session struct {
 	// cmd is the command being relayed, as the extensions' rewriters left
 	// it (see CommandRewriter); nil when none is.
 	cmd *Relayed
+	// wake, between and pushSelected drive pushes between commands (see
+	// push.go); lastTagged is the status of the last relayed command's
+	// tagged response, for CommandObserver.
+	wake, between atomic.Bool
+	pushSelected  atomic.Int32
+	fetchUID      bool
+	lastTagged    string
 	// collect, when set, receives the untagged responses of the command
 	// being relayed instead of the client, and the tagged response is left
 	// to the caller (SELECT rewrites them once its view is known).
@@ -248,8 +255,7 @@ func (s *Session) serve(ctx context.Context) {
 		if s.state == StateNotAuthenticated {
 			timeout = s.srv.cfg.PreAuthTimeout
 		}
-		s.nc.SetReadDeadline(time.Now().Add(timeout))
-		line, lit, err := s.r.ReadLine()
+		line, lit, err := s.readCommand(time.Now().Add(timeout))
 		if err != nil {
 			s.readFailed(err)
 			return
@@ -461,6 +467,10 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 			return err
 		}
 		return s.WriteStatus(cmd.Tag, "BAD", "", stateError(cmd.Name, s.state))
+	}
+	s.lastTagged = ""
+	if len(s.srv.observers) > 0 {
+		defer s.observe(cmd.Name, first.Text)
 	}
 	if s.state == StateSelected {
 		return s.relaySelected(ctx, cmd, first)
