@@ -6,6 +6,7 @@
 //
 //	lemonproxy serve -listen 127.0.0.1:1143 -upstream imap.example.com:993 -upstream-security tls
 //	lemonproxy demo
+//	lemonproxy conformance -target imap.example.com:993 -tls -user U -pass P
 //	lemonproxy version
 package main
 
@@ -25,6 +26,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"github.com/lemonproxy/lemonproxy/conformance"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
@@ -43,6 +45,8 @@ const usage = `lemonproxy: an IMAP proxy for mobile mail.
 Commands:
   serve    run the proxy in front of an upstream IMAP server
   demo     run the proxy in front of a built-in demo server
+  conformance
+           test an IMAP server (or lemonproxy) RFC section by RFC section
   version  print the version
 
 Run "lemonproxy COMMAND -h" for a command's flags.
@@ -58,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stdout, stderr, false)
 	case "demo":
 		return serve(args[1:], stdout, stderr, true)
+	case "conformance":
+		return conformance.Main(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "lemonproxy", proxy.Version)
 		return 0

@@ -1,0 +1,339 @@
+package conformance
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+)
+
+// T is a scenario's environment: its connections, its mailboxes and their
+// cleanup.
+type T struct {
+	cfg  Config
+	caps map[string]bool
+	base string // unique mailbox name stem for this scenario
+	tr   *transcript
+
+	clients   []*Client
+	setup     *Client // target connection for fixtures and cleanup
+	outside   *Client // connection making "outside" changes
+	outsideMb string  // mailbox selected on outside
+	mailboxes []string
+	subs      []string
+	k         int
+	note      string
+}
+
+// Note records an observation shown with a passing result (the Lemonade
+// report uses it).
+func (t *T) Note(s string) { t.note = s }
+
+// Has reports whether the server advertised (or the run forced) cap.
+func (t *T) Has(cap string) bool { return t.caps[cap] }
+
+// Connect opens a connection to the target; the greeting has been read.
+func (t *T) Connect() (*Client, error) {
+	c, err := Dial(t.cfg.Target, t.cfg.Timeout, t.tr, fmt.Sprintf("c%d", len(t.clients)+1))
+	if err != nil {
+		return nil, err
+	}
+	t.clients = append(t.clients, c)
+	return c, nil
+}
+
+// Login opens a connection to the target and logs in.
+func (t *T) Login() (*Client, error) {
+	c, err := t.Connect()
+	if err != nil {
+		return nil, err
+	}
+	if err := login(c, t.cfg.User, t.cfg.Pass); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// setupClient returns the connection used for fixtures.
+func (t *T) setupClient() (*Client, error) {
+	if t.setup != nil {
+		return t.setup, nil
+	}
+	c, err := Dial(t.cfg.Target, t.cfg.Timeout, t.tr, "setup")
+	if err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	t.clients = append(t.clients, c)
+	if err := login(c, t.cfg.User, t.cfg.Pass); err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	t.setup = c
+	return c, nil
+}
+
+// Outside returns the connection that makes changes behind the tested
+// connection's back.
+func (t *T) Outside() (*Client, error) {
+	if t.outside != nil {
+		return t.outside, nil
+	}
+	c, err := Dial(t.cfg.Outside, t.cfg.Timeout, t.tr, "outside")
+	if err != nil {
+		return nil, fmt.Errorf("outside connection: %w", err)
+	}
+	t.clients = append(t.clients, c)
+	if err := login(c, t.cfg.User2, t.cfg.Pass2); err != nil {
+		return nil, fmt.Errorf("outside connection: %w", err)
+	}
+	t.outside = c
+	return c, nil
+}
+
+// Name returns a fresh mailbox name for this scenario and registers it
+// for deletion at the end. It does not create the mailbox.
+func (t *T) Name() string {
+	t.k++
+	n := t.base + "-" + strconv.Itoa(t.k)
+	t.mailboxes = append(t.mailboxes, n)
+	return n
+}
+
+// Mailbox creates a mailbox holding n test messages and returns its name
+// and the messages' UIDs in order.
+func (t *T) Mailbox(n int) (string, []uint32, error) {
+	name := t.Name()
+	c, err := t.setupClient()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := mustOK(c, "CREATE "+quote(name)); err != nil {
+		return "", nil, fmt.Errorf("setup: %w", err)
+	}
+	for i := range n {
+		res, err := c.Append(name, "", testMessage(name, i+1, 0))
+		if err != nil {
+			return "", nil, fmt.Errorf("setup: %w", err)
+		}
+		if !res.OK() {
+			return "", nil, fmt.Errorf("setup: APPEND refused: %s", status(res))
+		}
+	}
+	uids, err := t.uids(c, name)
+	if err != nil {
+		return "", nil, fmt.Errorf("setup: %w", err)
+	}
+	if len(uids) != n {
+		return "", nil, fmt.Errorf("setup: appended %d messages, mailbox holds %d", n, len(uids))
+	}
+	return name, uids, nil
+}
+
+// uids lists the UIDs of a mailbox, using EXAMINE so that nothing changes.
+func (t *T) uids(c *Client, name string) ([]uint32, error) {
+	if err := mustOK(c, "EXAMINE "+quote(name)); err != nil {
+		return nil, err
+	}
+	res, err := c.Do("UID SEARCH ALL")
+	if err != nil {
+		return nil, err
+	}
+	if !res.OK() {
+		return nil, fmt.Errorf("UID SEARCH ALL: %s", status(res))
+	}
+	s, err := search(res.Untagged)
+	if err != nil {
+		return nil, err
+	}
+	if err := mustOK(c, "CLOSE"); err != nil {
+		return nil, err
+	}
+	return s.Nums, nil
+}
+
+// SetupStore runs "STORE args" on mailbox through the setup connection
+// (SELECT, STORE, CLOSE), to prepare flags before the scenario looks.
+func (t *T) SetupStore(mailbox, args string) error {
+	c, err := t.setupClient()
+	if err != nil {
+		return err
+	}
+	for _, cmd := range []string{"SELECT " + quote(mailbox), "STORE " + args, "CLOSE"} {
+		if err := mustOK(c, cmd); err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+	}
+	return nil
+}
+
+// outsideSelect selects mailbox on the outside connection, unless it is
+// already selected there.
+func (t *T) outsideSelect(mailbox string) (*Client, error) {
+	c, err := t.Outside()
+	if err != nil {
+		return nil, err
+	}
+	if t.outsideMb != mailbox {
+		if err := mustOK(c, "SELECT "+quote(mailbox)); err != nil {
+			return nil, fmt.Errorf("outside: %w", err)
+		}
+		t.outsideMb = mailbox
+	}
+	return c, nil
+}
+
+// OutsideStore changes flags of the message with uid from the outside
+// connection, e.g. OutsideStore(mb, 2, `+FLAGS (\Flagged)`).
+func (t *T) OutsideStore(mailbox string, uid uint32, change string) error {
+	c, err := t.outsideSelect(mailbox)
+	if err != nil {
+		return err
+	}
+	op, flags, _ := strings.Cut(change, " ")
+	if err := mustOK(c, fmt.Sprintf("UID STORE %d %s.SILENT %s", uid, op, flags)); err != nil {
+		return fmt.Errorf("outside: %w", err)
+	}
+	return nil
+}
+
+// OutsideExpunge expunges the messages with the given UIDs from the
+// outside connection.
+func (t *T) OutsideExpunge(mailbox string, uids ...uint32) error {
+	c, err := t.outsideSelect(mailbox)
+	if err != nil {
+		return err
+	}
+	if err := mustOK(c, fmt.Sprintf(`UID STORE %s +FLAGS.SILENT (\Deleted)`, uidList(uids))); err != nil {
+		return fmt.Errorf("outside: %w", err)
+	}
+	if err := mustOK(c, "EXPUNGE"); err != nil {
+		return fmt.Errorf("outside: %w", err)
+	}
+	return nil
+}
+
+// OutsideAppend appends a test message from the outside connection.
+func (t *T) OutsideAppend(mailbox string) error {
+	c, err := t.Outside()
+	if err != nil {
+		return err
+	}
+	t.k++
+	res, err := c.Append(mailbox, "", testMessage(mailbox, 100+t.k, 0))
+	if err != nil {
+		return fmt.Errorf("outside: %w", err)
+	}
+	if !res.OK() {
+		return fmt.Errorf("outside: APPEND refused: %s", status(res))
+	}
+	return nil
+}
+
+// OutsideDo runs an authenticated-state command (CREATE, RENAME ...) on
+// the outside connection.
+func (t *T) OutsideDo(cmd string) error {
+	c, err := t.Outside()
+	if err != nil {
+		return err
+	}
+	if err := mustOK(c, cmd); err != nil {
+		return fmt.Errorf("outside: %w", err)
+	}
+	return nil
+}
+
+// Subscribed registers a subscription to be removed at cleanup.
+func (t *T) Subscribed(name string) { t.subs = append(t.subs, name) }
+
+// cleanup deletes what the scenario created and closes its connections.
+func (t *T) cleanup() error {
+	var errs []string
+	if len(t.mailboxes) > 0 || len(t.subs) > 0 {
+		// A fresh connection: the scenario's own may be in any state
+		// (compressed, idling, broken).
+		c, err := Dial(t.cfg.Target, t.cfg.Timeout, nil, "cleanup")
+		if err == nil {
+			defer c.Close()
+			err = login(c, t.cfg.User, t.cfg.Pass)
+		}
+		if err != nil {
+			errs = append(errs, err.Error())
+		} else {
+			for _, s := range t.subs {
+				c.Do("UNSUBSCRIBE " + quote(s))
+			}
+			// Children first: names made later may be below earlier ones.
+			for i := len(t.mailboxes) - 1; i >= 0; i-- {
+				res, err := c.Do("DELETE " + quote(t.mailboxes[i]))
+				if err != nil {
+					errs = append(errs, err.Error())
+					break
+				}
+				if !res.OK() && res.Status.Code != "NONEXISTENT" && !strings.Contains(strings.ToLower(res.Status.Text), "exist") {
+					errs = append(errs, "DELETE "+t.mailboxes[i]+": "+status(res))
+				}
+			}
+			c.Do("LOGOUT")
+		}
+	}
+	for _, c := range t.clients {
+		c.Close()
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// mustOK runs cmd and requires a tagged OK.
+func mustOK(c *Client, cmd string) error {
+	_, err := doOK(c, cmd)
+	return err
+}
+
+// doOK runs cmd, requires a tagged OK and returns the result.
+func doOK(c *Client, cmd string) (*Reply, error) {
+	res, err := c.Do(cmd)
+	if err != nil {
+		return res, err
+	}
+	if !res.OK() {
+		return res, fmt.Errorf("%s: expected OK, got %q", firstWord(cmd), status(res))
+	}
+	return res, nil
+}
+
+// testMessage builds a small RFC 5322 message; size pads the body.
+func testMessage(mailbox string, n, size int) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "From: Conformance <conformance@example.org>\r\n")
+	fmt.Fprintf(&b, "To: Test <test@example.org>\r\n")
+	fmt.Fprintf(&b, "Subject: Message %d\r\n", n)
+	fmt.Fprintf(&b, "Date: Mon, 2 Nov 2026 10:00:%02d +0000\r\n", n%60)
+	fmt.Fprintf(&b, "Message-ID: <%s.%d@conformance.example.org>\r\n", mailbox, n)
+	b.WriteString("\r\n")
+	fmt.Fprintf(&b, "Body of message %d.\r\n", n)
+	line := "The quick brown fox jumps over the lazy dog, again and again.\r\n"
+	for b.Len() < size {
+		b.WriteString(line)
+	}
+	return []byte(b.String())
+}
+
+func uidList(uids []uint32) string {
+	s := make([]string, len(uids))
+	for i, u := range uids {
+		s[i] = strconv.FormatUint(uint64(u), 10)
+	}
+	return strings.Join(s, ",")
+}
+
+func asAtom(v imapcodec.Value) (string, bool) {
+	a, ok := v.(imapcodec.Atom)
+	return string(a), ok
+}
+
+// since returns how long ago start was, for reasons.
+func since(start time.Time) string { return time.Since(start).Round(time.Millisecond).String() }

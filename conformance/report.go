@@ -1,0 +1,180 @@
+package conformance
+
+import (
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// RFCSummary counts the outcomes of one RFC's scenarios.
+type RFCSummary struct {
+	RFC                     int
+	Title                   string
+	Passed, Failed, Skipped int
+}
+
+// Summary returns the per-RFC counts in report order.
+func (r *Report) Summary() []RFCSummary {
+	var out []RFCSummary
+	for _, rfc := range RFCs {
+		s := RFCSummary{RFC: rfc.Number, Title: rfc.Title}
+		for _, res := range r.Results {
+			if res.RFC != rfc.Number {
+				continue
+			}
+			switch res.Outcome {
+			case Pass:
+				s.Passed++
+			case Fail:
+				s.Failed++
+			case Skip:
+				s.Skipped++
+			}
+		}
+		if s.Passed+s.Failed+s.Skipped > 0 {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// CountLine is the closing line: "N passed, M failed" plus ", K skipped"
+// when any were skipped.
+func (r *Report) CountLine() string {
+	s := fmt.Sprintf("%d passed, %d failed", r.Passed, r.Failed)
+	if r.Skipped > 0 {
+		s += fmt.Sprintf(", %d skipped", r.Skipped)
+	}
+	return s
+}
+
+// WriteText writes one line per scenario, a per-RFC table and the count
+// line: what an operator reads at a glance.
+func (r *Report) WriteText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, res := range r.Results {
+		reason := res.Reason
+		if res.Cleanup != "" {
+			reason += " (cleanup: " + res.Cleanup + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\tRFC %d §%s\t%s\t%s\n", res.Outcome, res.ID, res.RFC, res.Section, res.Level, oneLine(reason))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nTarget %s, %.1fs\n\n", r.Target, r.Seconds)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RFC\tTitle\tPassed\tFailed\tSkipped")
+	for _, s := range r.Summary() {
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\n", s.RFC, s.Title, s.Passed, s.Failed, s.Skipped)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "\n%s\n", r.CountLine())
+	return err
+}
+
+// oneLine keeps a reason on its report line.
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\r", " ")
+	return strings.ReplaceAll(s, "\n", " ")
+}
+
+// WriteJSON writes the whole report as JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// JUnit XML, as CI systems read it: one testsuite per RFC.
+type junitSuites struct {
+	XMLName  xml.Name     `xml:"testsuites"`
+	Name     string       `xml:"name,attr"`
+	Tests    int          `xml:"tests,attr"`
+	Failures int          `xml:"failures,attr"`
+	Skipped  int          `xml:"skipped,attr"`
+	Time     string       `xml:"time,attr"`
+	Suites   []junitSuite `xml:"testsuite"`
+}
+
+type junitSuite struct {
+	Name     string      `xml:"name,attr"`
+	Tests    int         `xml:"tests,attr"`
+	Failures int         `xml:"failures,attr"`
+	Skipped  int         `xml:"skipped,attr"`
+	Time     string      `xml:"time,attr"`
+	Cases    []junitCase `xml:"testcase"`
+}
+
+type junitCase struct {
+	Name      string        `xml:"name,attr"`
+	Classname string        `xml:"classname,attr"`
+	Time      string        `xml:"time,attr"`
+	Failure   *junitMessage `xml:"failure,omitempty"`
+	Skipped   *junitMessage `xml:"skipped,omitempty"`
+	SystemOut string        `xml:"system-out,omitempty"`
+}
+
+type junitMessage struct {
+	Message string `xml:"message,attr"`
+	Type    string `xml:"type,attr,omitempty"`
+	Body    string `xml:",chardata"`
+}
+
+func seconds(f float64) string { return strconv.FormatFloat(f, 'f', 3, 64) }
+
+// WriteJUnit writes the report as JUnit XML.
+func (r *Report) WriteJUnit(w io.Writer) error {
+	out := junitSuites{Name: "lemonproxy conformance " + r.Target, Tests: len(r.Results),
+		Failures: r.Failed, Skipped: r.Skipped, Time: seconds(r.Seconds)}
+	for _, rfc := range RFCs {
+		s := junitSuite{Name: fmt.Sprintf("RFC %d %s", rfc.Number, rfc.Title)}
+		var total float64
+		for _, res := range r.Results {
+			if res.RFC != rfc.Number {
+				continue
+			}
+			total += res.Duration
+			c := junitCase{
+				Name:      fmt.Sprintf("%s (§%s %s)", res.ID, res.Section, res.Level),
+				Classname: fmt.Sprintf("conformance.rfc%d", res.RFC),
+				Time:      seconds(res.Duration),
+				SystemOut: res.Summary,
+			}
+			switch res.Outcome {
+			case Fail:
+				s.Failures++
+				c.Failure = &junitMessage{Message: oneLine(res.Reason), Type: string(res.Level), Body: res.Transcript}
+			case Skip:
+				s.Skipped++
+				c.Skipped = &junitMessage{Message: res.Reason}
+			case Pass:
+				if res.Reason != "" {
+					c.SystemOut += "\n" + res.Reason
+				}
+			}
+			s.Cases = append(s.Cases, c)
+		}
+		if len(s.Cases) == 0 {
+			continue
+		}
+		s.Tests, s.Time = len(s.Cases), seconds(total)
+		out.Suites = append(out.Suites, s)
+	}
+	if _, err := io.WriteString(w, xml.Header); err != nil {
+		return err
+	}
+	enc := xml.NewEncoder(w)
+	enc.Indent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, "\n")
+	return err
+}

@@ -1,0 +1,353 @@
+package conformance
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Level is the strength of the requirement a scenario checks (RFC 2119),
+// or Info for a report that cannot fail.
+type Level string
+
+// Requirement levels.
+const (
+	Must    Level = "MUST"
+	MustNot Level = "MUST NOT"
+	Should  Level = "SHOULD"
+	Info    Level = "INFO"
+)
+
+// Scenario is one check of one requirement.
+type Scenario struct {
+	// ID is unique and stable, e.g. "7162-unchangedsince-modified"; the
+	// number is the RFC.
+	ID      string
+	RFC     int
+	Section string // "3.1.3"
+	Level   Level
+	// Caps are the capabilities the scenario needs; it is skipped when
+	// the server does not advertise one of them after login.
+	Caps []string
+	// Summary says in one line what is checked, in our own words.
+	Summary string
+	// Run performs the check: nil means pass, a skip error (see skipf)
+	// skip, any other error a failure whose text is the reason.
+	Run func(t *T) error
+}
+
+// Outcome of a scenario.
+type Outcome string
+
+// Outcomes.
+const (
+	Pass Outcome = "PASS"
+	Fail Outcome = "FAIL"
+	Skip Outcome = "SKIP"
+)
+
+// Result is the outcome of one scenario.
+type Result struct {
+	ID       string  `json:"id"`
+	RFC      int     `json:"rfc"`
+	Section  string  `json:"section"`
+	Level    Level   `json:"level"`
+	Summary  string  `json:"summary"`
+	Outcome  Outcome `json:"outcome"`
+	Reason   string  `json:"reason,omitempty"`
+	Duration float64 `json:"seconds"`
+	// Cleanup is set when the scenario could not remove what it created.
+	Cleanup string `json:"cleanup,omitempty"`
+	// Transcript holds the last lines exchanged, for failures only.
+	Transcript string `json:"transcript,omitempty"`
+}
+
+// Report is the outcome of a run.
+type Report struct {
+	Target   string    `json:"target"`
+	Started  time.Time `json:"started"`
+	Seconds  float64   `json:"seconds"`
+	Caps     []string  `json:"capabilities"`
+	Results  []Result  `json:"results"`
+	Passed   int       `json:"passed"`
+	Failed   int       `json:"failed"`
+	Skipped  int       `json:"skipped"`
+	RunID    string    `json:"run_id"`
+	Scenario int       `json:"scenarios"`
+}
+
+// Failures returns the IDs of the failed scenarios, sorted.
+func (r *Report) Failures() []string {
+	var out []string
+	for _, res := range r.Results {
+		if res.Outcome == Fail {
+			out = append(out, res.ID)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Result returns the result of scenario id.
+func (r *Report) Result(id string) (Result, bool) {
+	for _, res := range r.Results {
+		if res.ID == id {
+			return res, true
+		}
+	}
+	return Result{}, false
+}
+
+// Config says what to test and how.
+type Config struct {
+	// Target is the server under test; User and Pass log in to it.
+	Target     Endpoint
+	User, Pass string
+	// Outside is where changes "made by someone else" come from. Its zero
+	// value means Target. Pointing it at the upstream behind a proxy
+	// checks that the proxy notices changes it did not make itself.
+	Outside Endpoint
+	// User2 and Pass2 log in to Outside; empty means User and Pass. They
+	// must reach the same mailboxes (the same account, or a login such as
+	// Dovecot's master user that opens it).
+	User2, Pass2 string
+	// Only, when set, runs only the scenarios whose ID matches.
+	Only *regexp.Regexp
+	// Timeout bounds every wait for a response to a command. Default 10s.
+	Timeout time.Duration
+	// EventWait is how long an unsolicited event (IDLE, NOTIFY) may take
+	// to arrive after the change that causes it. Default 6s: Dovecot
+	// delays IDLE notifications by about half a second on purpose, and
+	// other servers poll.
+	EventWait time.Duration
+	// QuietWait is how long the suite listens to show that something is
+	// not sent (no tagged OK before DONE, no events after NOTIFY NONE).
+	// Default 1.5s.
+	QuietWait time.Duration
+	// ForceCaps are added to what the server advertises, so scenarios run
+	// that would be skipped: the suite's own "it can fail" test uses it
+	// against a server that lacks the extensions.
+	ForceCaps []string
+	// Prefix starts every mailbox name the suite creates. Default "lpconf".
+	Prefix string
+	// Parallel is how many scenarios run at once. Default 1. Each
+	// scenario uses its own mailboxes, so they do not disturb each other,
+	// but a server may limit connections per user.
+	Parallel int
+	// Progress, if set, is called after each scenario (from the goroutine
+	// that ran it).
+	Progress func(Result)
+}
+
+func (c Config) withDefaults() Config {
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.EventWait <= 0 {
+		c.EventWait = 6 * time.Second
+	}
+	if c.QuietWait <= 0 {
+		c.QuietWait = 1500 * time.Millisecond
+	}
+	if c.Outside.Addr == "" {
+		c.Outside = c.Target
+	}
+	if c.User2 == "" {
+		c.User2, c.Pass2 = c.User, c.Pass
+	}
+	if c.Prefix == "" {
+		c.Prefix = "lpconf"
+	}
+	if c.Parallel <= 0 {
+		c.Parallel = 1
+	}
+	return c
+}
+
+// Target returns a configuration for a plain-text server at addr: the
+// entry point for pointing the suite at a proxy under test.
+func Target(addr, user, pass string) Config {
+	return Config{Target: Endpoint{Addr: addr}, User: user, Pass: pass}
+}
+
+// RunTarget runs every scenario against a plain-text server at addr.
+func RunTarget(ctx context.Context, addr, user, pass string) (*Report, error) {
+	return Run(ctx, Target(addr, user, pass))
+}
+
+// Run runs the suite. It returns an error only when the target cannot be
+// reached or logged in to at all; every scenario's outcome is in the
+// report.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg = cfg.withDefaults()
+	start := time.Now()
+	caps, err := probe(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range cfg.ForceCaps {
+		caps[strings.ToUpper(c)] = true
+	}
+	runID := randomHex(3)
+	rep := &Report{Target: cfg.Target.Addr, Started: start, RunID: runID}
+	for c := range caps {
+		rep.Caps = append(rep.Caps, c)
+	}
+	slices.Sort(rep.Caps)
+
+	var todo []*Scenario
+	for _, s := range Scenarios() {
+		if cfg.Only == nil || cfg.Only.MatchString(s.ID) {
+			todo = append(todo, s)
+		}
+	}
+	rep.Results = make([]Result, len(todo))
+	rep.Scenario = len(todo)
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range min(cfg.Parallel, max(len(todo), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				res := runOne(ctx, cfg, caps, runID, i, todo[i])
+				rep.Results[i] = res
+				if cfg.Progress != nil {
+					cfg.Progress(res)
+				}
+			}
+		}()
+	}
+	for i := range todo {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	for _, r := range rep.Results {
+		switch r.Outcome {
+		case Pass:
+			rep.Passed++
+		case Fail:
+			rep.Failed++
+		case Skip:
+			rep.Skipped++
+		}
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	return rep, nil
+}
+
+// probe logs in once to learn the capabilities advertised after login.
+func probe(cfg Config) (map[string]bool, error) {
+	c, err := Dial(cfg.Target, cfg.Timeout, nil, "probe")
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if err := login(c, cfg.User, cfg.Pass); err != nil {
+		return nil, err
+	}
+	caps, err := capabilities(c)
+	if err != nil {
+		return nil, err
+	}
+	c.Do("LOGOUT")
+	return caps, nil
+}
+
+// login logs in with LOGIN.
+func login(c *Client, user, pass string) error {
+	res, err := c.Do("LOGIN " + quote(user) + " " + quote(pass))
+	if err != nil {
+		return fmt.Errorf("login as %s: %w", user, err)
+	}
+	if !res.OK() {
+		return fmt.Errorf("login as %s refused: %s", user, status(res))
+	}
+	return nil
+}
+
+// capabilities asks for CAPABILITY and returns the words upper-cased.
+func capabilities(c *Client) (map[string]bool, error) {
+	res, err := c.Do("CAPABILITY")
+	if err != nil {
+		return nil, err
+	}
+	r := find(res.Untagged, "CAPABILITY")
+	if !res.OK() || r == nil {
+		return nil, fmt.Errorf("CAPABILITY: expected an untagged CAPABILITY and OK, got %s / %s", describe(res.Untagged), status(res))
+	}
+	caps := map[string]bool{}
+	for _, v := range r.Fields {
+		if w, ok := asAtom(v); ok {
+			caps[strings.ToUpper(w)] = true
+		}
+	}
+	return caps, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// skipError marks a scenario that could not be run for a reason other than
+// the server's fault.
+type skipError struct{ reason string }
+
+func (e *skipError) Error() string { return e.reason }
+
+func skipf(format string, args ...any) error {
+	return &skipError{fmt.Sprintf(format, args...)}
+}
+
+// failf formats a failure reason.
+func failf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+func runOne(ctx context.Context, cfg Config, caps map[string]bool, runID string, idx int, s *Scenario) (res Result) {
+	res = Result{ID: s.ID, RFC: s.RFC, Section: s.Section, Level: s.Level, Summary: s.Summary}
+	start := time.Now()
+	defer func() { res.Duration = time.Since(start).Round(time.Millisecond).Seconds() }()
+	for _, c := range s.Caps {
+		if !caps[c] {
+			res.Outcome, res.Reason = Skip, "capability "+c+" not advertised"
+			return res
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		res.Outcome, res.Reason = Skip, "not run: "+err.Error()
+		return res
+	}
+	t := &T{cfg: cfg, caps: caps, base: fmt.Sprintf("%s-%s-%d", cfg.Prefix, runID, idx), tr: &transcript{}}
+	err := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("panic in scenario: %v\n%s", p, debug.Stack())
+			}
+		}()
+		return s.Run(t)
+	}()
+	if cerr := t.cleanup(); cerr != nil {
+		res.Cleanup = cerr.Error()
+	}
+	var skip *skipError
+	switch {
+	case err == nil:
+		res.Outcome, res.Reason = Pass, t.note
+	case errors.As(err, &skip):
+		res.Outcome, res.Reason = Skip, skip.reason
+	default:
+		res.Outcome, res.Reason = Fail, err.Error()
+		res.Transcript = t.tr.String()
+	}
+	return res
+}
