@@ -259,7 +259,7 @@ func (c *Client) NextTag() string {
 func (c *Client) WriteLine(line string) error { return c.writeLine(line) }
 
 func (c *Client) writeLine(line string) error {
-	c.tr.add(c.name, "C: ", line)
+	c.tr.add(c.name, "C: ", redact(line))
 	return c.write([]byte(line + "\r\n"))
 }
 
@@ -449,6 +449,16 @@ func (c *Client) Append(mailbox, flags string, msg []byte) (*Reply, error) {
 	res.Status = more.Status
 	res.Untagged = append(res.Untagged, more.Untagged...)
 	return res, err
+}
+
+// redact hides the credentials of a LOGIN command from transcripts,
+// which end up in reports.
+func redact(line string) string {
+	tag, rest, _ := strings.Cut(line, " ")
+	if len(rest) >= 6 && strings.EqualFold(rest[:6], "LOGIN ") {
+		return tag + " LOGIN (credentials hidden)"
+	}
+	return line
 }
 
 // firstWord returns a command's name for error messages.

@@ -3,6 +3,7 @@ package conformance
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"regexp"
 	"slices"
@@ -10,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 )
 
 // onlyFromEnv lets a developer run part of the suite in the tests:
@@ -98,3 +102,119 @@ func TestDovecotFull(t *testing.T) {
 		t.Errorf("Dovecot failures changed:\n got %s\nwant %s", strings.Join(got, " "), strings.Join(want, " "))
 	}
 }
+
+// TestItCanFail runs the suite against go-imap's in-memory server, which
+// implements none of CONDSTORE, QRESYNC, NOTIFY and COMPRESS, with those
+// capabilities forced on in the suite's view. Every scenario of those
+// extensions must then fail, with a reason that says what was expected
+// and what came.
+func TestItCanFail(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	if err := up.AddUser("u", "p"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Target(up.Addr, "u", "p")
+	cfg.ForceCaps = []string{"CONDSTORE", "QRESYNC", "NOTIFY", "COMPRESS=DEFLATE"}
+	cfg.Only = onlyFromEnv(t)
+	cfg.Timeout = 5 * time.Second
+	cfg.Parallel = 4
+	rep := runAgainst(t, cfg)
+	forced := map[int]bool{7162: true, 5465: true, 4978: true}
+	var passedForced, failedOther []string
+	for _, r := range rep.Results {
+		if r.Outcome == Skip {
+			t.Errorf("%s skipped: %s", r.ID, r.Reason)
+		}
+		if r.Cleanup != "" {
+			t.Errorf("%s did not clean up: %s", r.ID, r.Cleanup)
+		}
+		switch {
+		case forced[r.RFC] && r.Outcome == Pass:
+			passedForced = append(passedForced, r.ID)
+		case !forced[r.RFC] && r.Outcome == Fail:
+			failedOther = append(failedOther, r.ID)
+		}
+		if r.Outcome == Fail && !usefulReason(r.Reason) {
+			t.Errorf("%s: reason does not say what was expected and what came: %q", r.ID, r.Reason)
+		}
+	}
+	// These pass because they check that something is refused or not
+	// sent, which a server without the extension does by default.
+	wantPassed := []string{"4978-compress-before-login", "4978-unknown-mechanism",
+		"5465-flagchange-alone-bad", "5465-messageexpunge-alone-bad", "5465-messagenew-alone-bad"}
+	// go-imap does not know CONDSTORE (forced on) and accepts a bare ENABLE.
+	wantFailedOther := []string{"5161-enable-enabled", "5161-enable-mixed", "5161-enable-needs-argument"}
+	if cfg.Only == nil {
+		slices.Sort(passedForced)
+		slices.Sort(failedOther)
+		if !slices.Equal(passedForced, wantPassed) {
+			t.Errorf("scenarios of the missing extensions that passed:\n got %v\nwant %v", passedForced, wantPassed)
+		}
+		if !slices.Equal(failedOther, wantFailedOther) {
+			t.Errorf("other failures:\n got %v\nwant %v", failedOther, wantFailedOther)
+		}
+	}
+	// A few reasons in full: the server's refusal or the missing item.
+	for id, parts := range map[string][]string{
+		"7162-select-highestmodseq":     {`SELECT "lpconf-`, "(CONDSTORE): expected OK", "BAD"},
+		"7162-enabling-enable":          {"unsolicited FETCH lacks MODSEQ", "* 3 FETCH (UID 3"},
+		"7162-enable-qresync":           {"ENABLE QRESYNC: expected * ENABLED QRESYNC, got * ENABLED"},
+		"7162-no-vanished-during-fetch": {"never reported", "EXPUNGE"},
+		"4978-compressed-session":       {"COMPRESS DEFLATE: expected OK", "BAD"},
+		"5465-other-messagenew":         {"NOTIFY SET (mailboxes", "expected OK", "BAD"},
+		"5465-flagchange-has-uid":       {"NOTIFY SET (selected", "BAD"},
+	} {
+		r, ok := rep.Result(id)
+		if !ok {
+			continue // filtered out by LEMONPROXY_CONFORMANCE_ONLY
+		}
+		for _, p := range parts {
+			if r.Outcome != Fail || !strings.Contains(r.Reason, p) {
+				t.Errorf("%s: %s %q, want a failure mentioning %q", id, r.Outcome, r.Reason, p)
+			}
+		}
+	}
+}
+
+// usefulReason reports whether a failure reason says what came (a quoted
+// response, "got", "nothing") or what was missing.
+func usefulReason(s string) bool {
+	for _, w := range []string{"got", "lacks", "never", "expected", `"`} {
+		if strings.Contains(s, w) {
+			return len(s) > 20
+		}
+	}
+	return false
+}
+
+// TestDocsListEveryScenario keeps docs/conformance.md in step with the
+// code: every scenario appears in its table with its section and level.
+func TestDocsListEveryScenario(t *testing.T) {
+	doc, err := os.ReadFile("../docs/conformance.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, s := range Scenarios() {
+		if ids[s.ID] {
+			t.Errorf("duplicate scenario ID %s", s.ID)
+		}
+		ids[s.ID] = true
+		row := fmt.Sprintf("| `%s` | %s | %s |", s.ID, s.Section, s.Level)
+		if !strings.Contains(string(doc), row) {
+			t.Errorf("docs/conformance.md lacks the row %q", row)
+		}
+		if s.Summary == "" || s.RFC == 0 || s.Section == "" || s.Run == nil {
+			t.Errorf("%s is incomplete", s.ID)
+		}
+	}
+	if len(ids) < 80 {
+		t.Errorf("%d scenarios, the suite promises at least 80", len(ids))
+	}
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

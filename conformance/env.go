@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
@@ -300,7 +299,7 @@ func doOK(c *Client, cmd string) (*Reply, error) {
 		return res, err
 	}
 	if !res.OK() {
-		return res, fmt.Errorf("%s: expected OK, got %q", firstWord(cmd), status(res))
+		return res, fmt.Errorf("%s: expected OK, got %q", shorten(cmd), status(res))
 	}
 	return res, nil
 }
@@ -334,6 +333,3 @@ func asAtom(v imapcodec.Value) (string, bool) {
 	a, ok := v.(imapcodec.Atom)
 	return string(a), ok
 }
-
-// since returns how long ago start was, for reasons.
-func since(start time.Time) string { return time.Since(start).Round(time.Millisecond).String() }

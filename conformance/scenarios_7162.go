@@ -199,7 +199,7 @@ func condstore7162() []*Scenario {
 					return err
 				}
 				if _, ok := highest(res.Untagged); !ok && findCode(res.Untagged, "NOMODSEQ") == nil {
-					return failf("plain SELECT of a fresh mailbox sent neither HIGHESTMODSEQ nor NOMODSEQ: %s", describe(res.Untagged))
+					return failf("plain SELECT of a fresh mailbox: expected OK [HIGHESTMODSEQ n] or OK [NOMODSEQ], got neither: %s", describe(res.Untagged))
 				}
 				return nil
 			}},

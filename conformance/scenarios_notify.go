@@ -30,12 +30,14 @@ func listFor(mailbox string, ok func(listData) bool) func(*Response) bool {
 }
 
 // notifyEvent sets up NOTIFY with spec (MBOX replaced by the quoted
-// mailbox name) on a logged-in connection, makes a change from outside and
+// mailbox name; "" when the caller did already) on a logged-in connection, makes a change from outside and
 // waits, sending nothing, for the event match accepts. It returns the
 // matching response.
 func notifyEvent(t *T, c *Client, spec, mb string, change func() error, what string, match func(*Response) bool) (*Response, error) {
-	if err := mustOK(c, "NOTIFY SET "+strings.ReplaceAll(spec, "MBOX", quote(mb))); err != nil {
-		return nil, err
+	if spec != "" {
+		if err := mustOK(c, "NOTIFY SET "+strings.ReplaceAll(spec, "MBOX", quote(mb))); err != nil {
+			return nil, err
+		}
 	}
 	if err := change(); err != nil {
 		return nil, err
@@ -499,7 +501,10 @@ func flagChangeEvent(t *T, orNoop bool) (*Response, error) {
 		return ok && f.Seq == 2 && f.HasFlag(`\Flagged`)
 	}
 	what := "* 2 FETCH (FLAGS (\\Flagged) ...)"
-	r, err := notifyEvent(t, c, "(selected (MessageNew MessageExpunge FlagChange))", mb,
+	if err := mustOK(c, "NOTIFY SET (selected (MessageNew MessageExpunge FlagChange))"); err != nil {
+		return nil, err
+	}
+	r, err := notifyEvent(t, c, "", mb,
 		func() error { return t.OutsideStore(mb, uids[1], `+FLAGS (\Flagged)`) }, what, isChange)
 	if err == nil || !orNoop {
 		return r, err

@@ -49,7 +49,7 @@ func (t *T) loginQresync() (*Client, error) {
 		return nil, err
 	}
 	if names, _ := enabledList(res.Untagged); !slices.Contains(names, "QRESYNC") {
-		return nil, failf("ENABLE QRESYNC did not answer * ENABLED QRESYNC: %s", describe(res.Untagged))
+		return nil, failf("ENABLE QRESYNC: expected * ENABLED QRESYNC, got %s", describe(res.Untagged))
 	}
 	return c, nil
 }
