@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"strings"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/hub"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 )
 
@@ -70,4 +73,61 @@ func (s *Session) MailboxState(ctx context.Context, name string) (st *syncstate.
 		s.log.Debug("mailbox sync failed", "mailbox", name, "err", err)
 	}
 	return sub.State(), sub.Close, nil
+}
+
+// UpstreamDialer returns a function that opens a new upstream connection
+// logged in as the session's user, for an extension's own long-lived
+// connection (NOTIFY's account watcher). It captures the credentials, not
+// the session.
+func (s *Session) UpstreamDialer() func(ctx context.Context) (*upstream.Conn, error) {
+	return s.watcherDial()
+}
+
+// WatchMailbox subscribes to the hub's watcher of a mailbox of the
+// session's account: notify is called (from the watcher's goroutine, so it
+// must not block) whenever the mailbox's state changed. The caller must call
+// release when done.
+func (s *Session) WatchMailbox(ctx context.Context, name string, notify func()) (st *syncstate.Mailbox, release func(), err error) {
+	if strings.EqualFold(name, "INBOX") {
+		name = "INBOX"
+	}
+	sub, err := s.srv.hub.Watch(ctx, hub.Key{Account: s.account, Mailbox: name}, s.watcherDial(), notify)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sub.State(), sub.Close, nil
+}
+
+// FetchUIDs fetches data items of messages of the selected mailbox by UID
+// on a leased connection and relays the FETCH responses to the client in
+// its numbering, through the usual filters (NOTIFY's MessageNew fetch
+// attributes). An upstream failure is logged and otherwise ignored: the
+// client still has the EXISTS and can fetch itself. A returned error means
+// the client is gone.
+func (s *Session) FetchUIDs(ctx context.Context, uids, items string) error {
+	if s.mbox == nil {
+		return nil
+	}
+	up, err := s.Upstream(ctx)
+	if err != nil {
+		s.log.Warn("cannot fetch new messages for NOTIFY", "err", err)
+		return nil
+	}
+	defer s.release()
+	tag := up.NextTag()
+	w := up.Writer()
+	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
+	w.WriteString(tag + " UID FETCH " + uids + " " + items + "\r\n")
+	if err := w.Flush(); err != nil {
+		up.MarkBroken()
+		s.log.Warn("cannot fetch new messages for NOTIFY", "err", err)
+		return nil
+	}
+	if _, err := s.RelayResponses(up, tag, s.srv.cfg.Upstream.Timeout, nil); err != nil {
+		if errors.As(err, new(*writeError)) {
+			return err
+		}
+		s.log.Warn("cannot fetch new messages for NOTIFY", "err", err)
+	}
+	return nil
 }

@@ -234,6 +234,7 @@ func (s *Session) WaitLine(timeout time.Duration) ([]byte, *imapcodec.LiteralHea
 	if s.HasNews() {
 		return nil, nil, os.ErrDeadlineExceeded
 	}
+	s.r.Release() // an idling client may send nothing for half an hour
 	return s.r.ReadLine()
 }
 

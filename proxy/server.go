@@ -13,6 +13,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -240,10 +241,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer cancel()
 	select {
 	case <-done:
-		s.hub.Close()
+		s.closeShared()
 		return nil
 	case <-ctx.Done():
-		s.hub.Close()
+		s.closeShared()
 		return fmt.Errorf("proxy: shutdown: %d sessions still open: %w", s.Sessions(), ctx.Err())
+	}
+}
+
+// closeShared stops what sessions share: the hub, and extensions that
+// keep goroutines of their own (those implementing io.Closer).
+func (s *Server) closeShared() {
+	s.hub.Close()
+	for _, ext := range s.cfg.Extensions {
+		if c, ok := ext.(io.Closer); ok {
+			c.Close()
+		}
 	}
 }

@@ -1,7 +1,7 @@
 package proxy
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -34,7 +34,7 @@ type Session struct {
 	tr    Transport // the byte stream to the client: nc, or a layer on it
 	r     *imapcodec.Reader
 	wmu   sync.Mutex
-	w     *bufio.Writer
+	w     *burstWriter // holds a buffer only during a burst (writebuf.go)
 	isTLS bool
 
 	state   State
@@ -109,10 +109,16 @@ type connTransport struct{ net.Conn }
 
 func (connTransport) Flush() error { return nil }
 
+// setTransport starts reading and writing through tr. Neither side holds
+// a buffer while the session waits for its client: the reader gives its
+// buffer back before each wait (see serve), the writer after each burst.
 func (s *Session) setTransport(tr Transport) {
+	if s.r != nil {
+		s.r.Release() // WrapTransport took what it held
+	}
 	s.tr = tr
 	s.r = imapcodec.NewReader(tr, s.srv.cfg.Limits)
-	s.w = bufio.NewWriterSize(tr, 4096)
+	s.w = &burstWriter{dst: tr}
 }
 
 // WrapTransport layers a new transport over the current one, for an
@@ -255,6 +261,7 @@ func (s *Session) serve(ctx context.Context) {
 		if s.state == StateNotAuthenticated {
 			timeout = s.srv.cfg.PreAuthTimeout
 		}
+		s.r.Release() // nothing to hold while the client thinks
 		line, lit, err := s.readCommand(time.Now().Add(timeout))
 		if err != nil {
 			s.readFailed(err)
@@ -470,7 +477,7 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 	}
 	s.lastTagged = ""
 	if len(s.srv.observers) > 0 {
-		defer s.observe(cmd.Name, first.Text)
+		defer s.observe(cmd.Name, bytes.Clone(first.Text)) // the reader reuses its buffer
 	}
 	if s.state == StateSelected {
 		return s.relaySelected(ctx, cmd, first)

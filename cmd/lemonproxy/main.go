@@ -26,10 +26,12 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"github.com/lemonproxy/lemonproxy/accountwatch"
 	"github.com/lemonproxy/lemonproxy/conformance"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -77,7 +79,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // extensions is the set of protocol extensions every session gets.
 func extensions(s config.Settings) []proxy.Extension {
-	return []proxy.Extension{&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration}, compress.New(), condstore.New()}
+	return []proxy.Extension{
+		&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration},
+		compress.New(),
+		condstore.New(),
+		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: s.NotifyPollInterval.Duration, Grace: s.WatchGrace.Duration}}),
+	}
 }
 
 func serve(args []string, stdout, stderr io.Writer, demo bool) int {

@@ -57,6 +57,8 @@ type Settings struct {
 	WatchGrace    Duration `toml:"watch-grace"`
 	IdleRenew     Duration `toml:"idle-renew"`
 	IdleKeepAlive Duration `toml:"idle-keepalive"`
+
+	NotifyPollInterval Duration `toml:"notify-poll-interval"`
 }
 
 // Duration is a time.Duration written "30s" in the file and on the command
@@ -93,6 +95,7 @@ func Defaults() Settings {
 		PreAuthTimeout:     Duration{60 * time.Second},
 		IdleTimeout:        Duration{30 * time.Minute},
 		PollInterval:       Duration{30 * time.Second},
+		NotifyPollInterval: Duration{30 * time.Second},
 		WatchGrace:         Duration{10 * time.Second},
 		IdleRenew:          Duration{25 * time.Minute},
 	}
@@ -125,6 +128,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
 	fs.TextVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "disconnect logged-in clients silent for this long (at least 30m per RFC 3501)")
 	fs.TextVar(&s.PollInterval, "poll-interval", s.PollInterval, "how often a mailbox watcher polls with NOOP when the upstream has no IDLE")
+	fs.TextVar(&s.NotifyPollInterval, "notify-poll-interval", s.NotifyPollInterval, "how often NOTIFY's account watcher polls LIST, LSUB and STATUS for mailboxes other than the selected one and INBOX")
 	fs.TextVar(&s.WatchGrace, "watch-grace", s.WatchGrace, "how long a mailbox watcher outlives its last session")
 	fs.TextVar(&s.IdleRenew, "idle-renew", s.IdleRenew, "how long a watcher's upstream IDLE runs before it is renewed (under 29m)")
 	fs.TextVar(&s.IdleKeepAlive, "idle-keepalive", s.IdleKeepAlive, "interval of \"* OK Still here\" to idling clients; 0 (the default) sends none, to spare batteries")

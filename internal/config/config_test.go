@@ -68,6 +68,7 @@ func TestDefaults(t *testing.T) {
 		PollInterval:       Duration{30 * time.Second},
 		WatchGrace:         Duration{10 * time.Second},
 		IdleRenew:          Duration{25 * time.Minute},
+		NotifyPollInterval: Duration{30 * time.Second},
 	}
 	if got := Defaults(); got != want {
 		t.Errorf("Defaults() = %+v\nwant %+v", got, want)
@@ -146,6 +147,7 @@ poll-interval = "45s"
 watch-grace = "3s"
 idle-renew = "20m"
 idle-keepalive = "10m"
+notify-poll-interval = "2m"
 `
 
 var fullFileSettings = Settings{
@@ -176,6 +178,7 @@ var fullFileSettings = Settings{
 	WatchGrace:         Duration{3 * time.Second},
 	IdleRenew:          Duration{20 * time.Minute},
 	IdleKeepAlive:      Duration{10 * time.Minute},
+	NotifyPollInterval: Duration{2 * time.Minute},
 }
 
 func TestParseFile(t *testing.T) {

@@ -120,6 +120,7 @@ func (p *Pool) Put(account string, c *Conn) {
 	}
 	c.account = account
 	c.lastUsed = time.Now()
+	c.r.Release() // an idle connection holds no read buffer
 	if l := p.byAccount[account]; len(l) >= p.cfg.MaxIdlePerAccount {
 		p.lru.Remove(l[0]) // the account's oldest
 	}

@@ -1,0 +1,673 @@
+// Package accountwatch watches the mailbox list of an upstream account: which
+// mailboxes exist, which are subscribed, and their STATUS counters. NOTIFY
+// (RFC 5465) needs that for every mailbox a client cares about besides the
+// selected one. Watching each of them with its own IDLE would cost one
+// upstream connection per mailbox. Instead one connection per account,
+// shared by every session of the account that set NOTIFY, polls: LIST and
+// LSUB, then STATUS of each mailbox (one LIST-STATUS where the upstream
+// offers it). It compares each poll with the one before and reports the
+// differences as events.
+//
+// Polls run every Config.PollInterval and at once when the proxy learns of a
+// change itself (Manager.Poke: a session created a mailbox, appended a
+// message, or the hub saw new mail in INBOX), so changes made through the
+// proxy are announced without waiting for the interval.
+package accountwatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// Config tunes the watchers. Zero values select the defaults.
+type Config struct {
+	// PollInterval is the time between two polls of an account. Default
+	// 30 s.
+	PollInterval time.Duration
+	// Grace is how long a watcher lives on after its last subscriber left.
+	// Default 10 s.
+	Grace time.Duration
+	// Timeout bounds each upstream command. Default 30 s.
+	Timeout time.Duration
+	// MaxMailboxes bounds how many mailboxes of one account are watched.
+	// Default 10,000.
+	MaxMailboxes int
+	Logger       *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.PollInterval <= 0 {
+		c.PollInterval = 30 * time.Second
+	}
+	if c.Grace <= 0 {
+		c.Grace = 10 * time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.MaxMailboxes <= 0 {
+		c.MaxMailboxes = 10000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Status is what STATUS says of a mailbox.
+type Status struct {
+	Messages, UIDNext, UIDValidity, Unseen uint32
+	// UpModSeq is the upstream's HIGHESTMODSEQ where it has CONDSTORE:
+	// used only to notice flag changes, never shown to clients.
+	UpModSeq uint64
+}
+
+// Mailbox is one mailbox of the account.
+type Mailbox struct {
+	Name       string
+	Delim      string // "" when the upstream has no hierarchy
+	Attrs      []string
+	Subscribed bool
+	// Selectable is false for \Noselect and \NonExistent entries, which
+	// have no STATUS.
+	Selectable bool
+	Status     Status
+}
+
+// Kind is the kind of an Event.
+type Kind int
+
+const (
+	Created Kind = iota
+	Deleted
+	Renamed
+	Subscribed
+	Unsubscribed
+	// Messages: MESSAGES, UIDNEXT or UIDVALIDITY changed (new mail or
+	// expunges).
+	Messages
+	// Flags: UNSEEN or the upstream's HIGHESTMODSEQ changed without a
+	// change of messages.
+	Flags
+)
+
+func (k Kind) String() string {
+	return [...]string{"created", "deleted", "renamed", "subscribed", "unsubscribed", "messages", "flags"}[k]
+}
+
+// Event is one difference between two polls.
+type Event struct {
+	Kind    Kind
+	Mailbox Mailbox
+	OldName string // for Renamed
+}
+
+// DialFunc opens an authenticated upstream connection for the account.
+type DialFunc func(ctx context.Context) (*upstream.Conn, error)
+
+// Manager owns the account watchers.
+type Manager struct {
+	cfg    Config
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	accts  map[string]*watcher
+	wg     sync.WaitGroup
+}
+
+// New returns a manager. Close stops its watchers.
+func New(cfg Config) *Manager {
+	m := &Manager{cfg: cfg.withDefaults(), accts: map[string]*watcher{}}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	return m
+}
+
+// Close stops every watcher and waits for them.
+func (m *Manager) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// Watchers returns the number of running watchers (each holds at most one
+// upstream connection).
+func (m *Manager) Watchers() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.accts)
+}
+
+// Sub is one subscriber's registration.
+type Sub struct {
+	w  *watcher
+	fn func([]Event)
+}
+
+// Watch subscribes fn to the events of account and returns once the first
+// poll is done, so that Mailboxes answers at once. fn is called from the
+// watcher's goroutine and must not block.
+func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, fn func([]Event)) (*Sub, error) {
+	m.mu.Lock()
+	w := m.accts[account]
+	if w == nil {
+		w = &watcher{m: m, account: account, dial: dial, subs: map[*Sub]struct{}{},
+			ready: make(chan struct{}), poke: make(chan []string, 1)}
+		w.ctx, w.cancel = context.WithCancel(m.ctx)
+		m.accts[account] = w
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			w.run()
+		}()
+	}
+	s := &Sub{w: w, fn: fn}
+	w.subs[s] = struct{}{}
+	if w.graceTimer != nil {
+		w.graceTimer.Stop()
+		w.graceTimer = nil
+	}
+	m.mu.Unlock()
+	select {
+	case <-w.ready:
+	case <-ctx.Done():
+		s.Close()
+		return nil, ctx.Err()
+	}
+	if w.readyErr != nil {
+		s.Close()
+		return nil, w.readyErr
+	}
+	return s, nil
+}
+
+// Mailboxes returns the mailboxes as of the latest poll, sorted by name.
+func (s *Sub) Mailboxes() []Mailbox {
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	out := make([]Mailbox, 0, len(s.w.boxes))
+	for _, b := range s.w.boxes {
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(a, b Mailbox) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Close ends the subscription; the watcher stops after the grace period if
+// nobody else watches the account.
+func (s *Sub) Close() {
+	w := s.w
+	m := w.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := w.subs[s]; !ok {
+		return
+	}
+	delete(w.subs, s)
+	if len(w.subs) == 0 && w.graceTimer == nil {
+		w.graceTimer = time.AfterFunc(m.cfg.Grace, func() {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if len(w.subs) > 0 || m.accts[w.account] != w {
+				return
+			}
+			delete(m.accts, w.account)
+			w.cancel()
+		})
+	}
+}
+
+// Poke asks the account's watcher, if there is one, to poll now: the
+// mailboxes named, or everything when none is. Pokes coalesce.
+func (m *Manager) Poke(account string, mailboxes ...string) {
+	m.mu.Lock()
+	w := m.accts[account]
+	m.mu.Unlock()
+	if w == nil {
+		return
+	}
+	if len(mailboxes) == 0 {
+		mailboxes = []string{allMailboxes}
+	}
+	for {
+		select {
+		case w.poke <- mailboxes:
+			return
+		default:
+		}
+		// A poke is pending: merge with it.
+		select {
+		case old := <-w.poke:
+			mailboxes = mergeNames(old, mailboxes)
+		default:
+		}
+	}
+}
+
+// allMailboxes in a poke means a full poll.
+const allMailboxes = "\x00all"
+
+func mergeNames(a, b []string) []string {
+	if slices.Contains(a, allMailboxes) || slices.Contains(b, allMailboxes) {
+		return []string{allMailboxes}
+	}
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// watcher polls one account.
+type watcher struct {
+	m       *Manager
+	account string
+	dial    DialFunc
+	ctx     context.Context
+	cancel  context.CancelFunc
+
+	subs       map[*Sub]struct{} // guarded by m.mu
+	graceTimer *time.Timer       // guarded by m.mu
+
+	ready    chan struct{}
+	readyErr error
+	poke     chan []string
+
+	mu    sync.Mutex
+	boxes map[string]Mailbox
+	conn  *upstream.Conn // used by the watcher goroutine only
+}
+
+func (w *watcher) log() *slog.Logger { return w.m.cfg.Logger.With("account_watcher", w.account) }
+
+func (w *watcher) run() {
+	defer func() {
+		if w.conn != nil {
+			w.conn.Logout()
+		}
+	}()
+	first := true
+	failures := 0
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var only []string
+	for {
+		select {
+		case <-w.ctx.Done():
+			if first {
+				w.readyErr = w.ctx.Err()
+				close(w.ready)
+			}
+			return
+		case <-timer.C:
+			only = nil
+		case names := <-w.poke:
+			only = names
+			if slices.Contains(only, allMailboxes) {
+				only = nil
+			}
+		}
+		err := w.poll(only)
+		if first {
+			first = false
+			w.readyErr = err
+			close(w.ready)
+			if err != nil {
+				w.m.mu.Lock()
+				if w.m.accts[w.account] == w {
+					delete(w.m.accts, w.account)
+				}
+				w.m.mu.Unlock()
+				return
+			}
+		}
+		d := w.m.cfg.PollInterval
+		if err != nil {
+			failures++
+			if w.conn != nil {
+				w.conn.Close()
+				w.conn = nil
+			}
+			d = min(time.Second<<min(failures, 5), w.m.cfg.PollInterval)
+			w.log().Warn("account poll failed", "err", err, "retry_in", d)
+		} else {
+			failures = 0
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(d)
+	}
+}
+
+// poll asks the upstream for the account's mailboxes (or only the named
+// ones' STATUS) and reports the differences.
+func (w *watcher) poll(only []string) error {
+	ctx, cancel := context.WithTimeout(w.ctx, w.m.cfg.Timeout)
+	defer cancel()
+	if w.conn == nil || w.conn.Broken() {
+		c, err := w.dial(ctx)
+		if err != nil {
+			return fmt.Errorf("accountwatch: dial: %w", err)
+		}
+		w.conn = c
+	}
+	c := w.conn
+	w.mu.Lock()
+	old := w.boxes
+	w.mu.Unlock()
+	var next map[string]Mailbox
+	if only != nil && old != nil {
+		next = make(map[string]Mailbox, len(old))
+		for k, v := range old {
+			next[k] = v
+		}
+		for _, name := range only {
+			b, ok := next[name]
+			if !ok || !b.Selectable {
+				continue
+			}
+			st, err := status(ctx, c, name)
+			if err != nil {
+				return err
+			}
+			if st != nil {
+				b.Status = *st
+				next[name] = b
+			}
+		}
+	} else {
+		var err error
+		if next, err = w.list(ctx, c); err != nil {
+			return err
+		}
+	}
+	w.mu.Lock()
+	w.boxes = next
+	w.mu.Unlock()
+	if old == nil {
+		return nil
+	}
+	if evs := diff(old, next); len(evs) > 0 {
+		w.m.mu.Lock()
+		subs := make([]*Sub, 0, len(w.subs))
+		for s := range w.subs {
+			subs = append(subs, s)
+		}
+		w.m.mu.Unlock()
+		for _, s := range subs {
+			s.fn(evs)
+		}
+	}
+	return nil
+}
+
+// statusItems are asked of every mailbox; HIGHESTMODSEQ only where the
+// upstream has CONDSTORE.
+func statusItems(c *upstream.Conn) string {
+	if c.Caps().Has("CONDSTORE") {
+		return "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ)"
+	}
+	return "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)"
+}
+
+// list runs LIST (with STATUS where LIST-STATUS is offered) and LSUB.
+func (w *watcher) list(ctx context.Context, c *upstream.Conn) (map[string]Mailbox, error) {
+	boxes := map[string]Mailbox{}
+	listStatus := c.Caps().Has("LIST-STATUS")
+	cmd := `LIST "" "*"`
+	if listStatus {
+		cmd += " RETURN (STATUS " + statusItems(c) + ")"
+	}
+	var perr error
+	tagged, err := c.Exec(ctx, cmd, func(r *upstream.Response) {
+		switch r.Head.Name {
+		case "LIST":
+			b, err := parseList(r)
+			if err != nil {
+				perr = err
+				return
+			}
+			if len(boxes) < w.m.cfg.MaxMailboxes {
+				boxes[b.Name] = b
+			}
+		case "STATUS":
+			name, st, err := parseStatus(r)
+			if err == nil {
+				if b, ok := boxes[name]; ok {
+					b.Status = *st
+					boxes[name] = b
+				}
+			}
+		}
+	})
+	if err := commandErr(cmd, tagged, err); err != nil {
+		return nil, err
+	}
+	if perr != nil {
+		return nil, perr
+	}
+	tagged, err = c.Exec(ctx, `LSUB "" "*"`, func(r *upstream.Response) {
+		if r.Head.Name != "LSUB" {
+			return
+		}
+		if b, err := parseList(r); err == nil {
+			if have, ok := boxes[b.Name]; ok {
+				have.Subscribed = true
+				boxes[b.Name] = have
+			}
+		}
+	})
+	if err := commandErr("LSUB", tagged, err); err != nil {
+		return nil, err
+	}
+	if !listStatus {
+		for name, b := range boxes {
+			if !b.Selectable {
+				continue
+			}
+			st, err := status(ctx, c, name)
+			if err != nil {
+				return nil, err
+			}
+			if st != nil {
+				b.Status = *st
+				boxes[name] = b
+			}
+		}
+	}
+	return boxes, nil
+}
+
+// status runs STATUS for one mailbox; nil if the upstream refused (the
+// mailbox went away between LIST and STATUS).
+func status(ctx context.Context, c *upstream.Conn, name string) (*Status, error) {
+	cmd := string(imapcodec.AppendQuoted([]byte("STATUS "), name)) + " " + statusItems(c)
+	var st *Status
+	tagged, err := c.Exec(ctx, cmd, func(r *upstream.Response) {
+		if r.Head.Name == "STATUS" {
+			if n, s, err := parseStatus(r); err == nil && n == name {
+				st = s
+			}
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("accountwatch: STATUS: %w", err)
+	}
+	if tagged.Head.Name != "OK" {
+		return nil, nil
+	}
+	return st, nil
+}
+
+func commandErr(cmd string, tagged *upstream.Response, err error) error {
+	if err != nil {
+		return fmt.Errorf("accountwatch: %s: %w", cmd, err)
+	}
+	if tagged.Head.Name != "OK" {
+		return fmt.Errorf("accountwatch: %s: %s %s", cmd, tagged.Head.Name, tagged.Head.Text)
+	}
+	return nil
+}
+
+// parseList parses "* LIST (attrs) delim name [extended]".
+func parseList(r *upstream.Response) (Mailbox, error) {
+	p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
+	for range 2 { // "*", LIST
+		if _, err := p.Atom(); err != nil {
+			return Mailbox{}, err
+		}
+		p.SP()
+	}
+	v, err := p.Value()
+	attrs, ok := v.(imapcodec.List)
+	if err != nil || !ok {
+		return Mailbox{}, errors.New("accountwatch: bad LIST attributes")
+	}
+	p.SP()
+	dv, err := p.Value()
+	if err != nil {
+		return Mailbox{}, errors.New("accountwatch: bad LIST delimiter")
+	}
+	delim, _ := imapcodec.AsString(dv)
+	p.SP()
+	nv, err := p.Value()
+	name, ok := imapcodec.AsString(nv)
+	if err != nil || !ok {
+		return Mailbox{}, errors.New("accountwatch: bad LIST mailbox name")
+	}
+	if strings.EqualFold(name, "INBOX") {
+		name = "INBOX"
+	}
+	b := Mailbox{Name: name, Delim: delim, Selectable: true}
+	for _, a := range attrs {
+		s, _ := a.(imapcodec.Atom)
+		switch strings.ToLower(string(s)) {
+		case `\noselect`, `\nonexistent`:
+			b.Selectable = false
+		case `\subscribed`, `\marked`, `\unmarked`:
+			continue // per connection or reported separately
+		}
+		b.Attrs = append(b.Attrs, string(s))
+	}
+	return b, nil
+}
+
+// parseStatus parses "* STATUS name (item n ...)".
+func parseStatus(r *upstream.Response) (string, *Status, error) {
+	p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
+	for range 2 {
+		if _, err := p.Atom(); err != nil {
+			return "", nil, err
+		}
+		p.SP()
+	}
+	nv, err := p.Value()
+	name, ok := imapcodec.AsString(nv)
+	if err != nil || !ok {
+		return "", nil, errors.New("accountwatch: bad STATUS mailbox")
+	}
+	if strings.EqualFold(name, "INBOX") {
+		name = "INBOX"
+	}
+	p.SP()
+	v, err := p.Value()
+	l, ok := v.(imapcodec.List)
+	if err != nil || !ok {
+		return "", nil, errors.New("accountwatch: bad STATUS items")
+	}
+	var st Status
+	for i := 0; i+1 < len(l); i += 2 {
+		k, _ := l[i].(imapcodec.Atom)
+		a, _ := l[i+1].(imapcodec.Atom)
+		n, err := strconv.ParseUint(string(a), 10, 64)
+		if err != nil {
+			continue
+		}
+		switch strings.ToUpper(string(k)) {
+		case "MESSAGES":
+			st.Messages = uint32(n)
+		case "UIDNEXT":
+			st.UIDNext = uint32(n)
+		case "UIDVALIDITY":
+			st.UIDValidity = uint32(n)
+		case "UNSEEN":
+			st.Unseen = uint32(n)
+		case "HIGHESTMODSEQ":
+			st.UpModSeq = n
+		}
+	}
+	return name, &st, nil
+}
+
+// diff compares two polls. A mailbox that disappeared while one with the
+// same UIDVALIDITY (and hierarchy delimiter) appeared is taken as renamed:
+// servers keep a mailbox's UIDVALIDITY across RENAME.
+func diff(old, next map[string]Mailbox) []Event {
+	var evs []Event
+	var gone, added []Mailbox
+	for name, o := range old {
+		if _, ok := next[name]; !ok {
+			gone = append(gone, o)
+		}
+	}
+	for name, n := range next {
+		if _, ok := old[name]; !ok {
+			added = append(added, n)
+		}
+	}
+	byName := func(a, b Mailbox) int { return strings.Compare(a.Name, b.Name) }
+	slices.SortFunc(gone, byName)
+	slices.SortFunc(added, byName)
+	for _, g := range gone {
+		i := slices.IndexFunc(added, func(a Mailbox) bool {
+			return g.Status.UIDValidity != 0 && a.Status.UIDValidity == g.Status.UIDValidity && a.Delim == g.Delim
+		})
+		if i < 0 {
+			evs = append(evs, Event{Kind: Deleted, Mailbox: g})
+			continue
+		}
+		evs = append(evs, Event{Kind: Renamed, Mailbox: added[i], OldName: g.Name})
+		added = slices.Delete(added, i, i+1)
+	}
+	for _, a := range added {
+		evs = append(evs, Event{Kind: Created, Mailbox: a})
+		if a.Subscribed {
+			evs = append(evs, Event{Kind: Subscribed, Mailbox: a})
+		}
+	}
+	names := make([]string, 0, len(next))
+	for name := range next {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		n := next[name]
+		o, ok := old[name]
+		if !ok {
+			continue
+		}
+		switch {
+		case n.Subscribed && !o.Subscribed:
+			evs = append(evs, Event{Kind: Subscribed, Mailbox: n})
+		case !n.Subscribed && o.Subscribed:
+			evs = append(evs, Event{Kind: Unsubscribed, Mailbox: n})
+		}
+		switch a, b := o.Status, n.Status; {
+		case a.Messages != b.Messages || a.UIDNext != b.UIDNext || a.UIDValidity != b.UIDValidity:
+			evs = append(evs, Event{Kind: Messages, Mailbox: n})
+		case a.Unseen != b.Unseen || a.UpModSeq != b.UpModSeq:
+			evs = append(evs, Event{Kind: Flags, Mailbox: n})
+		}
+	}
+	return evs
+}

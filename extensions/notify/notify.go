@@ -1,0 +1,733 @@
+// Package notify gives every client NOTIFY (RFC 5465), whatever the upstream
+// offers.
+//
+// What a client hears is always produced here, never relayed: the upstream
+// (even one with NOTIFY of its own, such as Dovecot 2.3, whose departures
+// from the RFC are listed in docs/notify.md) is only a source of changes.
+// Changes come from three places, chosen to keep the upstream's connection
+// count small:
+//
+//   - the selected mailbox: the hub's watcher the session already uses; the
+//     core pushes its changes between commands (proxy.SetPushSelected);
+//   - INBOX: the hub's watcher of INBOX (one IDLE per account, shared),
+//     which makes the account watcher refresh INBOX's STATUS at once;
+//   - every other mailbox: the account watcher (package accountwatch), one
+//     polling connection per account shared by all its NOTIFY sessions, poked
+//     at once when a session of the account changes something through the
+//     proxy.
+package notify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/accountwatch"
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+)
+
+// Config tunes NOTIFY.
+type Config struct {
+	// Accounts configures the account watchers (poll interval and so on).
+	Accounts accountwatch.Config
+	// MaxQueued is how many events may wait for one session before it is
+	// told NOTIFICATIONOVERFLOW and its NOTIFY is turned off. Default
+	// 1,000.
+	MaxQueued int
+}
+
+// Extension implements NOTIFY. Close stops its account watchers.
+type Extension struct {
+	cfg Config
+	mgr *accountwatch.Manager
+}
+
+// New returns the NOTIFY extension.
+func New(cfg Config) *Extension {
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = 1000
+	}
+	return &Extension{cfg: cfg, mgr: accountwatch.New(cfg.Accounts)}
+}
+
+func (*Extension) Name() string { return "notify" }
+
+// Close stops the account watchers; the proxy calls it at shutdown.
+func (e *Extension) Close() error {
+	e.mgr.Close()
+	return nil
+}
+
+// Accounts returns the account watchers (for metrics and tests).
+func (e *Extension) Accounts() *accountwatch.Manager { return e.mgr }
+
+func (*Extension) Capabilities(st proxy.State, _ upstream.Caps) []string {
+	if st >= proxy.StateAuthenticated {
+		return []string{"NOTIFY"}
+	}
+	return nil
+}
+
+func (*Extension) Commands() []string { return []string{"NOTIFY"} }
+
+// Events this implementation supports, in the order NO [BADEVENT] lists them.
+var supported = []string{"MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange"}
+
+// Filter kinds.
+const (
+	fSelected        = "SELECTED"
+	fSelectedDelayed = "SELECTED-DELAYED"
+	fInboxes         = "INBOXES"
+	fPersonal        = "PERSONAL"
+	fSubscribed      = "SUBSCRIBED"
+	fSubtree         = "SUBTREE"
+	fMailboxes       = "MAILBOXES"
+)
+
+// group is one event group of NOTIFY SET.
+type group struct {
+	filter string
+	names  []string
+	// events
+	messages, flags, mailboxName, subscription bool
+	fetchAtts                                  imapcodec.List // MessageNew's, selected only
+}
+
+func (g *group) selected() bool { return g.filter == fSelected || g.filter == fSelectedDelayed }
+
+// state is a session's NOTIFY state.
+type state struct {
+	mu       sync.Mutex
+	groups   []*group // without the selected group
+	sel      *group
+	queue    []accountwatch.Event
+	overflow bool
+	// suppress holds changes the session made itself, which it SHOULD
+	// not be told of (RFC 5465 5): key -> expiry.
+	suppress map[string]time.Time
+
+	acct         *accountwatch.Sub
+	inboxRelease func()
+	lastUID      uint32 // the newest message MessageNew's FETCH covered
+}
+
+type stateKey struct{}
+
+func sessionState(s *proxy.Session) *state {
+	st, _ := s.Value(stateKey{}).(*state)
+	return st
+}
+
+// errBadEvent carries NO [BADEVENT].
+type errBadEvent struct{ name string }
+
+func (e *errBadEvent) Error() string { return "unsupported event " + e.name }
+
+// parseSet parses the arguments of NOTIFY SET after "SET".
+func parseSet(p *imapcodec.Parser) (status bool, groups []*group, err error) {
+	vals, err := p.Values()
+	if err != nil {
+		return false, nil, err
+	}
+	if len(vals) > 0 {
+		if a, ok := vals[0].(imapcodec.Atom); ok {
+			if !strings.EqualFold(string(a), "STATUS") {
+				return false, nil, errors.New("expected STATUS or an event group")
+			}
+			status = true
+			vals = vals[1:]
+		}
+	}
+	if len(vals) == 0 {
+		return false, nil, errors.New("NOTIFY SET needs event groups")
+	}
+	var bad *errBadEvent
+	haveSelected := false
+	for _, v := range vals {
+		l, ok := v.(imapcodec.List)
+		if !ok || len(l) < 2 {
+			return false, nil, errors.New("an event group is (filter events)")
+		}
+		g, err := parseGroup(l)
+		var be *errBadEvent
+		if errors.As(err, &be) {
+			if bad == nil {
+				bad = be
+			}
+		} else if err != nil {
+			return false, nil, err
+		}
+		if g.selected() {
+			if haveSelected {
+				return false, nil, errors.New("selected or selected-delayed may be given once")
+			}
+			haveSelected = true
+		}
+		groups = append(groups, g)
+	}
+	if bad != nil {
+		return false, nil, bad
+	}
+	return status, groups, nil
+}
+
+func parseGroup(l imapcodec.List) (*group, error) {
+	a, ok := l[0].(imapcodec.Atom)
+	if !ok {
+		return nil, errors.New("bad mailbox filter")
+	}
+	g := &group{filter: strings.ToUpper(string(a))}
+	rest := l[1:]
+	switch g.filter {
+	case fSelected, fSelectedDelayed, fInboxes, fPersonal, fSubscribed:
+	case fSubtree, fMailboxes:
+		if len(rest) < 2 {
+			return nil, fmt.Errorf("%s needs mailbox names", strings.ToLower(g.filter))
+		}
+		switch v := rest[0].(type) {
+		case imapcodec.List:
+			if len(v) == 0 {
+				return nil, errors.New("empty mailbox list")
+			}
+			for _, e := range v {
+				n, ok := imapcodec.AsString(e)
+				if !ok {
+					return nil, errors.New("bad mailbox name")
+				}
+				g.names = append(g.names, canonical(n))
+			}
+		default:
+			n, ok := imapcodec.AsString(v)
+			if !ok {
+				return nil, errors.New("bad mailbox name")
+			}
+			g.names = []string{canonical(n)}
+		}
+		rest = rest[1:]
+	default:
+		return nil, fmt.Errorf("unknown mailbox filter %s", a)
+	}
+	if len(rest) != 1 {
+		return nil, errors.New("an event group is (filter events)")
+	}
+	if a, ok := rest[0].(imapcodec.Atom); ok && strings.EqualFold(string(a), "NONE") {
+		return g, nil
+	}
+	evs, ok := rest[0].(imapcodec.List)
+	if !ok || len(evs) == 0 {
+		return nil, errors.New("events are a parenthesised list or NONE")
+	}
+	var newMsg, expunge, flagChange, annotation bool
+	var bad *errBadEvent
+	for i := 0; i < len(evs); i++ {
+		a, ok := evs[i].(imapcodec.Atom)
+		if !ok {
+			return nil, errors.New("bad event")
+		}
+		switch name := strings.ToUpper(string(a)); name {
+		case "MESSAGENEW":
+			newMsg = true
+			if i+1 < len(evs) {
+				if atts, ok := evs[i+1].(imapcodec.List); ok {
+					if !g.selected() {
+						return nil, errors.New("MessageNew fetch attributes are only allowed for the selected mailbox")
+					}
+					g.fetchAtts = atts
+					i++
+				}
+			}
+		case "MESSAGEEXPUNGE":
+			expunge = true
+		case "FLAGCHANGE":
+			flagChange = true
+		case "ANNOTATIONCHANGE":
+			annotation = true
+			bad = &errBadEvent{string(a)}
+		case "MAILBOXNAME":
+			g.mailboxName = true
+		case "SUBSCRIPTIONCHANGE":
+			g.subscription = true
+		default:
+			// MailboxMetadataChange, ServerMetadataChange and
+			// events of extensions we do not know.
+			if bad == nil {
+				bad = &errBadEvent{string(a)}
+			}
+		}
+	}
+	if newMsg != expunge {
+		return nil, errors.New("MessageNew and MessageExpunge must be given together")
+	}
+	if (flagChange || annotation) && !newMsg {
+		return nil, errors.New("FlagChange and AnnotationChange need MessageNew and MessageExpunge")
+	}
+	g.messages, g.flags = newMsg, flagChange
+	if bad != nil {
+		return g, bad
+	}
+	return g, nil
+}
+
+func canonical(name string) string {
+	if strings.EqualFold(name, "INBOX") {
+		return "INBOX"
+	}
+	return name
+}
+
+// Handle runs NOTIFY SET and NOTIFY NONE.
+func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec.Command) error {
+	if s.State() < proxy.StateAuthenticated {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY not allowed before authentication; log in first.")
+	}
+	p := cmd.Args
+	if err := p.SP(); err != nil {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY needs SET or NONE.")
+	}
+	verb, err := p.Atom()
+	if err != nil {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY needs SET or NONE.")
+	}
+	switch strings.ToUpper(verb) {
+	case "NONE":
+		if !p.AtEnd() {
+			return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY NONE takes no arguments.")
+		}
+		e.stop(s)
+		return s.WriteStatus(cmd.Tag, "OK", "", "NOTIFY completed.")
+	case "SET":
+	default:
+		return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY needs SET or NONE.")
+	}
+	withStatus, groups, err := parseSet(p)
+	var bad *errBadEvent
+	if errors.As(err, &bad) {
+		return s.WriteStatus(cmd.Tag, "NO", "BADEVENT ("+strings.Join(supported, " ")+")", "Unsupported event "+bad.name+".")
+	}
+	if err != nil {
+		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in NOTIFY: "+err.Error()+".")
+	}
+	e.stop(s)
+	st := &state{suppress: map[string]time.Time{}}
+	for _, g := range groups {
+		if g.selected() {
+			st.sel = g
+		} else {
+			st.groups = append(st.groups, g)
+		}
+	}
+	if err := e.start(ctx, s, st); err != nil {
+		s.Logger().Warn("NOTIFY: cannot watch the account", "err", err)
+		return s.WriteStatus(cmd.Tag, "NO", "UNAVAILABLE", "Cannot watch the mailboxes now; try again later.")
+	}
+	// NOTIFY SET is an implicit NOOP (RFC 5465 3.1).
+	if err := s.DeliverPending(true); err != nil {
+		return err
+	}
+	if withStatus {
+		if err := e.writeInitialStatus(ctx, s, st); err != nil {
+			return err
+		}
+	}
+	return s.WriteStatus(cmd.Tag, "OK", "", "NOTIFY completed.")
+}
+
+// start makes st the session's NOTIFY state and subscribes to its sources.
+func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) error {
+	if m := s.Mailbox(); m != nil {
+		if uids := m.UIDs(); len(uids) > 0 {
+			st.lastUID = uids[len(uids)-1]
+		}
+	}
+	if len(st.groups) > 0 {
+		sub, err := e.mgr.Watch(ctx, s.Account(), accountwatch.DialFunc(s.UpstreamDialer()), func(evs []accountwatch.Event) {
+			e.enqueue(s, st, evs)
+		})
+		if err != nil {
+			return err
+		}
+		st.acct = sub
+		if st.wantsMessages("INBOX", nil) {
+			// INBOX through the hub's IDLE watcher: its changes make the
+			// account watcher refresh INBOX's STATUS at once.
+			account := s.Account()
+			_, release, err := s.WatchMailbox(ctx, "INBOX", func() { e.mgr.Poke(account, "INBOX") })
+			if err == nil {
+				st.inboxRelease = release
+			} else {
+				s.Logger().Debug("NOTIFY: no INBOX watcher; polling only", "err", err)
+			}
+		}
+	}
+	s.SetValue(stateKey{}, st)
+	mode := proxy.PushSelectedOff
+	if st.sel != nil && st.sel.messages {
+		mode = proxy.PushSelectedNow
+		if st.sel.filter == fSelectedDelayed {
+			mode = proxy.PushSelectedDelayed
+		}
+	}
+	s.SetFetchUID(st.sel != nil && st.sel.flags)
+	s.SetPushSelected(mode)
+	return nil
+}
+
+// stop ends the session's NOTIFY (NOTIFY NONE, a new NOTIFY SET, overflow,
+// logout).
+func (e *Extension) stop(s *proxy.Session) {
+	st := sessionState(s)
+	if st == nil {
+		return
+	}
+	s.SetValue(stateKey{}, nil)
+	s.SetPushSelected(proxy.PushSelectedOff)
+	s.SetFetchUID(false)
+	if st.acct != nil {
+		st.acct.Close()
+	}
+	if st.inboxRelease != nil {
+		st.inboxRelease()
+	}
+}
+
+// enqueue is the account watcher's callback: queue and wake the session.
+func (e *Extension) enqueue(s *proxy.Session, st *state, evs []accountwatch.Event) {
+	st.mu.Lock()
+	if !st.overflow {
+		if len(st.queue)+len(evs) > e.cfg.MaxQueued {
+			st.overflow = true
+			st.queue = nil
+		} else {
+			st.queue = append(st.queue, evs...)
+		}
+	}
+	st.mu.Unlock()
+	s.Wake()
+}
+
+// matches returns the first non-selected group whose filter covers the
+// mailbox b (nil if none). subscribed tells whether b is subscribed.
+func (st *state) match(name string, subscribed bool, want func(*group) bool) *group {
+	for _, g := range st.groups {
+		if !want(g) {
+			continue
+		}
+		switch g.filter {
+		case fInboxes:
+			if name == "INBOX" {
+				return g
+			}
+		case fPersonal:
+			return g
+		case fSubscribed:
+			if subscribed {
+				return g
+			}
+		case fMailboxes:
+			if slices.Contains(g.names, name) {
+				return g
+			}
+		case fSubtree:
+			for _, n := range g.names {
+				if name == n || strings.HasPrefix(name, n) && len(name) > len(n) && strings.ContainsRune("/.", rune(name[len(n)])) {
+					return g
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// wantsMessages reports whether message events of a mailbox are wanted.
+func (st *state) wantsMessages(name string, b *accountwatch.Mailbox) bool {
+	sub := b != nil && b.Subscribed
+	return st.match(name, sub, func(g *group) bool { return g.messages }) != nil
+}
+
+// Push writes what the session has to hear: the FETCH of new messages of
+// the selected mailbox that MessageNew asked for, queued account events,
+// and the overflow notice.
+func (e *Extension) Push(s *proxy.Session) error {
+	st := sessionState(s)
+	if st == nil {
+		return nil
+	}
+	if err := e.fetchNew(s, st); err != nil {
+		return err
+	}
+	st.mu.Lock()
+	evs, overflow := st.queue, st.overflow
+	st.queue = nil
+	st.mu.Unlock()
+	if overflow {
+		e.stop(s)
+		return s.Write([]byte("* OK [NOTIFICATIONOVERFLOW] Too many events; NOTIFY is now off.\r\n"))
+	}
+	var b []byte
+	now := time.Now()
+	for _, ev := range evs {
+		b = e.render(s, st, ev, now, b)
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	return s.Write(b)
+}
+
+// render appends the responses for one account event.
+func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, now time.Time, b []byte) []byte {
+	mb := ev.Mailbox
+	key := ev.Kind.String() + "\x00" + mb.Name
+	if exp, ok := st.suppress[key]; ok {
+		delete(st.suppress, key)
+		if now.Before(exp) {
+			return b // the session made this change itself
+		}
+	}
+	switch ev.Kind {
+	case accountwatch.Messages, accountwatch.Flags:
+		if m := s.Mailbox(); m != nil && m.Name() == mb.Name {
+			return b // the selected mailbox reports itself
+		}
+		want := func(g *group) bool { return g.messages }
+		if ev.Kind == accountwatch.Flags {
+			want = func(g *group) bool { return g.flags }
+		}
+		if st.match(mb.Name, mb.Subscribed, want) == nil {
+			return b
+		}
+		return e.appendStatus(s, b, mb, false)
+	case accountwatch.Created, accountwatch.Deleted, accountwatch.Renamed:
+		g := st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.mailboxName })
+		if g == nil && ev.Kind == accountwatch.Renamed {
+			g = st.match(ev.OldName, mb.Subscribed, func(g *group) bool { return g.mailboxName })
+		}
+		if g == nil {
+			return b
+		}
+		attrs := mb.Attrs
+		if ev.Kind == accountwatch.Deleted {
+			attrs = []string{`\NonExistent`}
+		}
+		b = appendList(b, attrs, mb)
+		if ev.Kind == accountwatch.Renamed {
+			b = append(b, ` ("OLDNAME" (`...)
+			b = imapcodec.AppendString(b, ev.OldName, false)
+			b = append(b, "))"...)
+		}
+		return append(b, "\r\n"...)
+	case accountwatch.Subscribed, accountwatch.Unsubscribed:
+		if st.match(mb.Name, true, func(g *group) bool { return g.subscription }) == nil {
+			return b
+		}
+		attrs := slices.Clone(mb.Attrs)
+		if ev.Kind == accountwatch.Subscribed {
+			attrs = append(attrs, `\Subscribed`)
+		}
+		b = appendList(b, attrs, mb)
+		return append(b, "\r\n"...)
+	}
+	return b
+}
+
+// appendList appends "* LIST (attrs) delim name" without CRLF.
+func appendList(b []byte, attrs []string, mb accountwatch.Mailbox) []byte {
+	b = append(b, "* LIST ("...)
+	b = append(b, strings.Join(attrs, " ")...)
+	b = append(b, ") "...)
+	if mb.Delim == "" {
+		b = append(b, "NIL"...)
+	} else {
+		b = imapcodec.AppendQuoted(b, mb.Delim)
+	}
+	b = append(b, ' ')
+	return imapcodec.AppendString(b, mb.Name, false)
+}
+
+// appendStatus appends a STATUS response for a mailbox: MESSAGES, UIDNEXT
+// and UNSEEN, UIDVALIDITY when initial (NOTIFY SET STATUS), and the proxy's
+// HIGHESTMODSEQ once CONDSTORE is enabled.
+func (e *Extension) appendStatus(s *proxy.Session, b []byte, mb accountwatch.Mailbox, initial bool) []byte {
+	b = append(b, "* STATUS "...)
+	b = imapcodec.AppendString(b, mb.Name, false)
+	b = fmt.Appendf(b, " (MESSAGES %d UIDNEXT %d", mb.Status.Messages, mb.Status.UIDNext)
+	if initial {
+		b = fmt.Appendf(b, " UIDVALIDITY %d", mb.Status.UIDValidity)
+	}
+	b = fmt.Appendf(b, " UNSEEN %d", mb.Status.Unseen)
+	if s.Enabled("CONDSTORE") {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		state, release, err := s.MailboxState(ctx, mb.Name)
+		cancel()
+		if err == nil {
+			b = fmt.Appendf(b, " HIGHESTMODSEQ %d", state.HighestModSeq())
+			release()
+		}
+	}
+	return append(b, ")\r\n"...)
+}
+
+// writeInitialStatus answers NOTIFY SET STATUS: the STATUS of every
+// non-selected mailbox whose message events the client asked for.
+func (e *Extension) writeInitialStatus(ctx context.Context, s *proxy.Session, st *state) error {
+	if st.acct == nil {
+		return nil
+	}
+	var b []byte
+	for _, mb := range st.acct.Mailboxes() {
+		if !mb.Selectable || !st.wantsMessages(mb.Name, &mb) {
+			continue
+		}
+		if m := s.Mailbox(); m != nil && m.Name() == mb.Name {
+			continue
+		}
+		b = e.appendStatus(s, b, mb, true)
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	return s.Write(b)
+}
+
+// fetchNew sends the FETCH that MessageNew's fetch attributes ask for, for
+// messages of the selected mailbox the client heard of since the last time.
+func (e *Extension) fetchNew(s *proxy.Session, st *state) error {
+	m := s.Mailbox()
+	if m == nil || st.sel == nil || len(st.sel.fetchAtts) == 0 {
+		return nil
+	}
+	uids := m.UIDs()
+	i, _ := slices.BinarySearch(uids, st.lastUID+1)
+	if i >= len(uids) {
+		return nil
+	}
+	fresh := uids[i:]
+	st.lastUID = fresh[len(fresh)-1]
+	set := fmt.Sprintf("%d:%d", fresh[0], fresh[len(fresh)-1])
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return s.FetchUIDs(ctx, set, string(imapcodec.AppendValue(nil, st.sel.fetchAtts)))
+}
+
+// SessionClosed releases the session's subscriptions.
+func (e *Extension) SessionClosed(s *proxy.Session) { e.stop(s) }
+
+// StateChanged keeps MessageNew's fetch from covering a newly selected
+// mailbox's old messages.
+func (e *Extension) StateChanged(s *proxy.Session, state proxy.State) {
+	st := sessionState(s)
+	if st == nil || state != proxy.StateSelected {
+		return
+	}
+	st.lastUID = 0
+	if m := s.Mailbox(); m != nil {
+		if uids := m.UIDs(); len(uids) > 0 {
+			st.lastUID = uids[len(uids)-1]
+		}
+	}
+}
+
+// CommandDone learns of changes the session made itself: they are
+// announced to the account's other sessions at once (a poll now instead of
+// at the next interval), and mailbox-name and subscription events for them
+// are not told to this session.
+func (e *Extension) CommandDone(s *proxy.Session, name string, line []byte, status string) {
+	if status != "OK" {
+		return
+	}
+	args := commandArgs(line)
+	account := s.Account()
+	st := sessionState(s)
+	note := func(kind accountwatch.Kind, mailbox string) {
+		if st != nil {
+			st.suppress[kind.String()+"\x00"+canonical(mailbox)] = time.Now().Add(2*e.pollInterval() + time.Minute)
+		}
+	}
+	switch name {
+	case "CREATE":
+		if len(args) >= 1 {
+			note(accountwatch.Created, args[0])
+		}
+		e.mgr.Poke(account)
+	case "DELETE":
+		if len(args) >= 1 {
+			note(accountwatch.Deleted, args[0])
+		}
+		e.mgr.Poke(account)
+	case "RENAME":
+		if len(args) >= 2 {
+			note(accountwatch.Renamed, args[1])
+		}
+		e.mgr.Poke(account)
+	case "SUBSCRIBE":
+		if len(args) >= 1 {
+			note(accountwatch.Subscribed, args[0])
+		}
+		e.mgr.Poke(account)
+	case "UNSUBSCRIBE":
+		if len(args) >= 1 {
+			note(accountwatch.Unsubscribed, args[0])
+		}
+		e.mgr.Poke(account)
+	case "APPEND":
+		if len(args) >= 1 {
+			e.mgr.Poke(account, canonical(args[0]))
+		}
+	case "COPY", "MOVE", "UID COPY", "UID MOVE":
+		if len(args) >= 2 {
+			targets := []string{canonical(args[len(args)-1])}
+			if m := s.Mailbox(); m != nil && name != "COPY" && name != "UID COPY" {
+				targets = append(targets, m.Name())
+			}
+			e.mgr.Poke(account, targets...)
+		}
+	case "EXPUNGE", "UID EXPUNGE", "STORE", "UID STORE", "CLOSE":
+		if m := s.Mailbox(); m != nil {
+			e.mgr.Poke(account, m.Name())
+		}
+	}
+}
+
+func (e *Extension) pollInterval() time.Duration {
+	if e.cfg.Accounts.PollInterval > 0 {
+		return e.cfg.Accounts.PollInterval
+	}
+	return 30 * time.Second
+}
+
+// commandArgs returns the string arguments of a command's first line after
+// its tag and name ("UID" counts as part of the name), as far as they
+// parse.
+func commandArgs(line []byte) []string {
+	p := imapcodec.NewParser([]imapcodec.Segment{{Text: line}}, imapcodec.Limits{})
+	var vals []imapcodec.Value
+	for !p.AtEnd() {
+		if len(vals) > 0 && p.SP() != nil {
+			break
+		}
+		v, err := p.Value()
+		if err != nil {
+			break // a literal follows, or the rest does not parse
+		}
+		vals = append(vals, v)
+	}
+	skip := 2
+	if len(vals) > 1 {
+		if a, ok := vals[1].(imapcodec.Atom); ok && strings.EqualFold(string(a), "UID") {
+			skip = 3
+		}
+	}
+	var out []string
+	for i := skip; i < len(vals); i++ {
+		if str, ok := imapcodec.AsString(vals[i]); ok {
+			out = append(out, str)
+		}
+	}
+	return out
+}

@@ -1,0 +1,229 @@
+package notify_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+	"go.uber.org/goleak"
+
+	"github.com/lemonproxy/lemonproxy/accountwatch"
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/hub"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type env struct {
+	up  *memupstream.Server
+	p   *imaptest.Proxy
+	ext *notify.Extension
+}
+
+// newEnv starts go-imap's in-memory server (no NOTIFY, no IDLE) with alice
+// and bob, and the proxy in front with fast polling.
+func newEnv(t *testing.T, cfg notify.Config) *env {
+	t.Helper()
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	up.AddUser("alice", "secret")
+	up.AddUser("bob", "secret")
+	if cfg.Accounts.PollInterval == 0 {
+		cfg.Accounts.PollInterval = time.Hour // pokes only, unless a test wants polls
+	}
+	ext := notify.New(cfg)
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{
+		Extensions: []proxy.Extension{idle.New(), condstore.New(), ext},
+		Hub:        hub.Config{PollInterval: 50 * time.Millisecond, ModSeqBase: func() uint64 { return 1 }},
+	})
+	return &env{up: up, p: p, ext: ext}
+}
+
+func (e *env) login(t *testing.T, user string) *imaptest.Client {
+	return imaptest.Login(t, e.p.Addr, user, "secret")
+}
+
+// expect reads unsolicited responses until it has seen each wanted line, in
+// order, failing on a line not wanted before the last one came.
+func expect(t *testing.T, c *imaptest.Client, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		l, err := c.TryReadLine(5 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for %q: %v", w, err)
+		}
+		if l != w {
+			t.Fatalf("got %q, want %q", l, w)
+		}
+	}
+}
+
+// quiet checks that nothing arrives for a while.
+func quiet(t *testing.T, c *imaptest.Client, d time.Duration) {
+	t.Helper()
+	if l, err := c.TryReadLine(d); err == nil {
+		t.Fatalf("unexpected %q", l)
+	}
+}
+
+func TestSyntax(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	c := imaptest.Dial(t, e.p.Addr)
+	if got := imaptest.Tagged(c.Cmd("NOTIFY NONE")); !strings.HasPrefix(got, "BAD") {
+		t.Errorf("before login: %q", got)
+	}
+	c.MustOK("LOGIN alice secret")
+	if caps := c.Cmd("CAPABILITY")[0]; !strings.Contains(caps, " NOTIFY") {
+		t.Errorf("capabilities %q", caps)
+	}
+	for cmd, want := range map[string]string{
+		"NOTIFY":                                    "BAD",
+		"NOTIFY FOO":                                "BAD",
+		"NOTIFY NONE x":                             "BAD",
+		"NOTIFY SET":                                "BAD",
+		"NOTIFY SET (selected (MessageNew))":        "BAD", // without MessageExpunge
+		"NOTIFY SET (selected (MessageExpunge))":    "BAD",
+		"NOTIFY SET (selected (FlagChange))":        "BAD",
+		"NOTIFY SET (personal (MessageNew (FLAGS) MessageExpunge))": "BAD", // fetch attributes outside selected
+		"NOTIFY SET (selected NONE) (selected-delayed NONE)":        "BAD",
+		"NOTIFY SET (everything (MailboxName))":                     "BAD",
+		"NOTIFY SET (subtree (MailboxName))":                        "BAD",
+		"NOTIFY SET (mailboxes () (MailboxName))":                   "BAD",
+		"NOTIFY SET (personal ())":                                  "BAD",
+		"NOTIFY SET STATUSX (personal (MailboxName))":               "BAD",
+		"NOTIFY SET (personal (MessageNew MessageExpunge AnnotationChange))": "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
+		"NOTIFY SET (personal (MailboxMetadataChange))":                      "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
+		"NOTIFY SET (personal (XUnknown))":                                   "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
+		"NOTIFY SET (selected (MessageNew (UID) MessageExpunge FlagChange)) (inboxes NONE)": "OK",
+		"NOTIFY SET (subtree Lists (MailboxName)) (mailboxes (a b) (SubscriptionChange))":   "OK",
+		"NOTIFY NONE": "OK",
+	} {
+		if got := imaptest.Tagged(c.Cmd(cmd)); !strings.HasPrefix(got, want) {
+			t.Errorf("%s: %q, want %s", cmd, got, want)
+		}
+	}
+}
+
+// TestSelectedBetweenCommands: with NOTIFY (selected ...), changes of the
+// selected mailbox arrive while the client sends nothing, new messages with
+// the fetch attributes asked for, flag changes with UID (RFC 5465 5.1, 5.2).
+func TestSelectedBetweenCommands(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	a := e.login(t, "alice")
+	a.MustOK("SELECT INBOX")
+	a.MustOK("NOTIFY SET (selected (MessageNew (UID FLAGS) MessageExpunge FlagChange))")
+	b := e.login(t, "alice")
+	b.MustOK("SELECT INBOX")
+	b.MustOK("APPEND INBOX {7+}\r\nSubj: 1")
+	expect(t, a, "* 1 EXISTS", `* 1 FETCH (UID 1 FLAGS ())`)
+	b.MustOK("STORE 1 +FLAGS (\\Flagged)")
+	expect(t, a, `* 1 FETCH (UID 1 FLAGS (\Flagged))`)
+	b.MustOK("STORE 1 +FLAGS (\\Deleted)")
+	expect(t, a, `* 1 FETCH (UID 1 FLAGS (\Deleted \Flagged))`)
+	b.MustOK("EXPUNGE")
+	expect(t, a, "* 1 EXPUNGE")
+	a.MustOK("NOTIFY NONE")
+	b.MustOK("APPEND INBOX {7+}\r\nSubj: 2")
+	quiet(t, a, 300*time.Millisecond)
+	if got := a.MustOK("NOOP"); got[0] != "* 1 EXISTS" {
+		t.Fatalf("after NOTIFY NONE the change waits for a command: %q", got)
+	}
+}
+
+// TestOtherMailboxes: mailbox creation, renaming, deletion, subscription and
+// new messages in mailboxes other than the selected one, announced at once
+// when made through the proxy; the session that made a mailbox change is
+// not told of it (RFC 5465 5.3-5.6).
+func TestOtherMailboxes(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	a := e.login(t, "alice")
+	got := a.MustOK("NOTIFY SET STATUS (personal (MessageNew MessageExpunge MailboxName SubscriptionChange))")
+	if got[0] != "* STATUS INBOX (MESSAGES 0 UIDNEXT 1 UIDVALIDITY 1 UNSEEN 0)" {
+		t.Fatalf("NOTIFY SET STATUS: %q", got)
+	}
+	b := e.login(t, "alice")
+	b.MustOK("CREATE foo")
+	expect(t, a, `* LIST () "/" foo`)
+	b.MustOK("APPEND foo {7+}\r\nSubj: 1")
+	expect(t, a, "* STATUS foo (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+	b.MustOK("RENAME foo bar")
+	expect(t, a, `* LIST () "/" bar ("OLDNAME" (foo))`)
+	b.MustOK("SUBSCRIBE bar")
+	expect(t, a, `* LIST (\Subscribed) "/" bar`)
+	b.MustOK("DELETE bar")
+	expect(t, a, `* LIST (\NonExistent) "/" bar`)
+	// A's own change: B hears of it, A does not.
+	b.MustOK("NOTIFY SET (personal (MailboxName))")
+	a.MustOK("CREATE mine")
+	expect(t, b, `* LIST () "/" mine`)
+	quiet(t, a, 300*time.Millisecond)
+	// Bob's mailboxes are not alice's business.
+	bob := e.login(t, "bob")
+	bob.MustOK("CREATE bobs")
+	quiet(t, a, 300*time.Millisecond)
+}
+
+// TestOverflow: a session that falls too far behind is told
+// NOTIFICATIONOVERFLOW and its NOTIFY is off (RFC 5465 5.8).
+func TestOverflow(t *testing.T) {
+	e := newEnv(t, notify.Config{MaxQueued: 2})
+	a := e.login(t, "alice")
+	a.MustOK("NOTIFY SET (personal (MailboxName))")
+	// Three mailboxes made directly on the upstream, then one through the
+	// proxy: its poll finds four new mailboxes at once.
+	direct, err := imapclient.DialInsecure(e.up.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	if err := direct.Login("alice", "secret").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"d1", "d2", "d3"} {
+		if err := direct.Create(n, nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := e.login(t, "alice")
+	b.MustOK("CREATE p1")
+	expect(t, a, "* OK [NOTIFICATIONOVERFLOW] Too many events; NOTIFY is now off.")
+	b.MustOK("CREATE p2")
+	quiet(t, a, 300*time.Millisecond)
+	a.MustOK("NOOP")
+}
+
+// TestPolling: a change made directly on the upstream, which the proxy
+// cannot see coming, is found by the account watcher's next poll.
+func TestPolling(t *testing.T) {
+	e := newEnv(t, notify.Config{Accounts: accountwatch.Config{PollInterval: 100 * time.Millisecond}})
+	a := e.login(t, "alice")
+	a.MustOK("NOTIFY SET (subtree Work (MessageNew MessageExpunge MailboxName))")
+	direct, err := imapclient.DialInsecure(e.up.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	if err := direct.Login("alice", "secret").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.Create("Other", nil).Wait(); err != nil { // outside the subtree
+		t.Fatal(err)
+	}
+	if err := direct.Create("Work/Reports", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, a, `* LIST () "/" Work/Reports`)
+	quiet(t, a, 300*time.Millisecond)
+	if n := e.ext.Accounts().Watchers(); n != 1 {
+		t.Fatalf("%d account watchers for one account", n)
+	}
+}
