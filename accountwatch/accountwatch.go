@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -237,6 +238,11 @@ func (m *Manager) Poke(account string, mailboxes ...string) {
 	if len(mailboxes) == 0 {
 		mailboxes = []string{allMailboxes}
 	}
+	defer func() {
+		if c := w.idling.Load(); c != nil {
+			c.SetDeadline(time.Unix(1, 0)) // wake the IDLE wait
+		}
+	}()
 	for {
 		select {
 		case w.poke <- mailboxes:
@@ -282,6 +288,10 @@ type watcher struct {
 	mu    sync.Mutex
 	boxes map[string]Mailbox
 	conn  *upstream.Conn // used by the watcher goroutine only
+	// notifySet records that the upstream's NOTIFY is set on conn;
+	// idling holds conn while it waits in IDLE, for Poke to interrupt.
+	notifySet bool
+	idling    atomic.Pointer[upstream.Conn]
 }
 
 func (w *watcher) log() *slog.Logger { return w.m.cfg.Logger.With("account_watcher", w.account) }
@@ -297,21 +307,34 @@ func (w *watcher) run() {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	var only []string
+	waitIdle := false // wait in the upstream's IDLE with its NOTIFY set
 	for {
-		select {
-		case <-w.ctx.Done():
-			if first {
-				w.readyErr = w.ctx.Err()
-				close(w.ready)
+		if waitIdle {
+			names, err := w.idleWait(w.m.cfg.PollInterval)
+			if w.ctx.Err() != nil {
+				return
 			}
-			return
-		case <-timer.C:
-			only = nil
-		case names := <-w.poke:
+			if err != nil {
+				w.log().Info("upstream NOTIFY wait failed; polling", "err", err)
+				w.dropConn()
+			}
 			only = names
-			if slices.Contains(only, allMailboxes) {
+		} else {
+			select {
+			case <-w.ctx.Done():
+				if first {
+					w.readyErr = w.ctx.Err()
+					close(w.ready)
+				}
+				return
+			case <-timer.C:
 				only = nil
+			case names := <-w.poke:
+				only = names
 			}
+		}
+		if slices.Contains(only, allMailboxes) {
+			only = nil
 		}
 		err := w.poll(only)
 		if first {
@@ -328,16 +351,16 @@ func (w *watcher) run() {
 			}
 		}
 		d := w.m.cfg.PollInterval
+		waitIdle = false
 		if err != nil {
 			failures++
-			if w.conn != nil {
-				w.conn.Close()
-				w.conn = nil
-			}
+			w.dropConn()
 			d = min(time.Second<<min(failures, 5), w.m.cfg.PollInterval)
 			w.log().Warn("account poll failed", "err", err, "retry_in", d)
 		} else {
 			failures = 0
+			caps := w.conn.Caps()
+			waitIdle = caps.Has("NOTIFY") && caps.Has("IDLE")
 		}
 		if !timer.Stop() {
 			select {
@@ -347,6 +370,117 @@ func (w *watcher) run() {
 		}
 		timer.Reset(d)
 	}
+}
+
+func (w *watcher) dropConn() {
+	if w.conn != nil {
+		w.conn.Close()
+		w.conn = nil
+	}
+	w.notifySet = false
+}
+
+// notifyCmd is what the watcher asks of an upstream that has NOTIFY: its
+// events only wake the watcher, which then polls; what clients hear is
+// always made by the proxy (Dovecot 2.3's NOTIFY departs from RFC 5465).
+const notifyCmd = "NOTIFY SET (personal (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange))"
+
+// idleWait waits in IDLE, with the upstream's NOTIFY set, for the upstream
+// to report a change, for a poke, or for d. It returns what to poll: the
+// mailboxes named by the upstream's STATUS events or the poke, or nil for
+// everything.
+func (w *watcher) idleWait(d time.Duration) ([]string, error) {
+	c := w.conn
+	ctx, cancel := context.WithTimeout(w.ctx, w.m.cfg.Timeout)
+	if !w.notifySet {
+		// Once per connection: Dovecot 2.3 delivers nothing after a
+		// second NOTIFY SET on a connection.
+		if _, err := c.Exec(ctx, notifyCmd, nil); err != nil {
+			cancel()
+			return nil, fmt.Errorf("NOTIFY SET: %w", err)
+		}
+		w.notifySet = true
+	}
+	cancel()
+	tag := c.NextTag()
+	c.SetDeadline(time.Now().Add(w.m.cfg.Timeout))
+	c.Writer().WriteString(tag + " IDLE\r\n")
+	if err := c.Writer().Flush(); err != nil {
+		return nil, err
+	}
+	r, err := c.ReadResponse()
+	if err != nil {
+		return nil, err
+	}
+	if r.Head.Tag != "+" {
+		return nil, fmt.Errorf("IDLE refused: %s %s", r.Head.Name, r.Head.Text)
+	}
+	deadline := time.Now().Add(d)
+	var names []string
+	full := false
+	note := func(r *upstream.Response) {
+		if r.Head.Tag != "*" {
+			return
+		}
+		if r.Head.Name == "STATUS" {
+			if name, _, err := parseStatus(r); err == nil {
+				names = append(names, name)
+				return
+			}
+		}
+		if r.Head.Name != "OK" || r.Head.Code != "" { // "* OK Still here" is no news
+			full = true
+		}
+	}
+	w.idling.Store(c)
+	for len(names) == 0 && !full {
+		// A poke interrupts the read by moving the deadline (Poke).
+		select {
+		case p := <-w.poke:
+			names = append(names, p...)
+			continue
+		default:
+		}
+		if !time.Now().Before(deadline) {
+			full = true
+			break
+		}
+		c.SetDeadline(deadline)
+		r, err := c.WaitResponse()
+		if err != nil {
+			if w.ctx.Err() == nil && isTimeout(err) && !c.Broken() {
+				continue
+			}
+			w.idling.Store(nil)
+			return nil, err
+		}
+		note(r)
+	}
+	w.idling.Store(nil)
+	c.SetDeadline(time.Now().Add(w.m.cfg.Timeout))
+	c.Writer().WriteString("DONE\r\n")
+	if err := c.Writer().Flush(); err != nil {
+		return nil, err
+	}
+	for {
+		r, err := c.ReadResponse()
+		if err != nil {
+			return nil, err
+		}
+		if r.Head.Tag == tag {
+			break
+		}
+		note(r)
+	}
+	if full {
+		return nil, nil
+	}
+	return names, nil
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // poll asks the upstream for the account's mailboxes (or only the named
@@ -500,11 +634,11 @@ func status(ctx context.Context, c *upstream.Conn, name string) (*Status, error)
 			}
 		}
 	})
+	if errors.As(err, new(*upstream.StatusError)) || err == nil && tagged.Head.Name != "OK" {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("accountwatch: STATUS: %w", err)
-	}
-	if tagged.Head.Name != "OK" {
-		return nil, nil
 	}
 	return st, nil
 }

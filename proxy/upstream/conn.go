@@ -362,6 +362,26 @@ func (c *Conn) ReadResponse() (*Response, error) {
 		c.broken = true
 		return nil, err
 	}
+	return c.parseResponse(segs)
+}
+
+// WaitResponse is ReadResponse for a connection waiting for news (IDLE): a
+// read deadline that passes between responses, or within a line (the
+// reader keeps what it has), leaves the connection usable; only one within
+// a literal breaks it.
+func (c *Conn) WaitResponse() (*Response, error) {
+	segs, err := c.r.ReadSegments(nil)
+	if err != nil {
+		var ne net.Error
+		if !(errors.As(err, &ne) && ne.Timeout()) || c.r.LiteralRemaining() > 0 {
+			c.broken = true
+		}
+		return nil, err
+	}
+	return c.parseResponse(segs)
+}
+
+func (c *Conn) parseResponse(segs []imapcodec.Segment) (*Response, error) {
 	h, err := imapcodec.ParseResponseHead(segs[0].Text)
 	if err != nil {
 		c.broken = true
