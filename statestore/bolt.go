@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -57,10 +58,13 @@ func (s *Bolt) Load(key string) (*Saved, error) {
 			return nil
 		}
 		meta := b.Get(keyMeta)
-		if len(meta) != 12 {
+		if len(meta) != 12 && len(meta) != 20 { // 12: before Base was saved
 			return ErrCorrupt
 		}
 		sv := &Saved{UIDValidity: binary.BigEndian.Uint32(meta), Highest: binary.BigEndian.Uint64(meta[4:])}
+		if len(meta) == 20 {
+			sv.Base = binary.BigEndian.Uint64(meta[12:])
+		}
 		flagSets := map[uint64][]string{}
 		if fb := b.Bucket(bktFlags); fb != nil {
 			err := fb.ForEach(func(k, v []byte) error {
@@ -179,7 +183,7 @@ func (s *Bolt) Save(key string, batch Batch) error {
 				return err
 			}
 		}
-		meta := append(u32(batch.UIDValidity), u64(batch.Highest)...)
+		meta := slices.Concat(u32(batch.UIDValidity), u64(batch.Highest), u64(batch.Base))
 		return b.Put(keyMeta, meta)
 	})
 	if err != nil {

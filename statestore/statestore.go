@@ -32,8 +32,11 @@ type Expunge struct {
 type Saved struct {
 	UIDValidity uint32
 	Highest     uint64
-	Messages    []Message // by ascending UID
-	Expunged    []Expunge // by ascending mod-sequence
+	// Base is the mod-sequence after which the state knows every change
+	// (syncstate.Mailbox.Base); 0 when the file predates it.
+	Base     uint64
+	Messages []Message // by ascending UID
+	Expunged []Expunge // by ascending mod-sequence
 }
 
 // Batch is one atomic update of a mailbox's state.
@@ -42,6 +45,7 @@ type Batch struct {
 	Reset       bool
 	UIDValidity uint32
 	Highest     uint64
+	Base        uint64
 	Upsert      []Message
 	Expunged    []Expunge
 }

@@ -71,12 +71,16 @@ func Restore(sv *statestore.Saved) *Mailbox {
 	}
 	slices.SortFunc(m.log, func(a, b change) int { return cmp.Compare(a.modseq, b.modseq) })
 	m.live = len(m.log)
-	// The saved state does not record where its log began; the oldest
-	// entry left bounds it (a later start only makes clients resync in
+	// Where the log began is saved; files from before that get the oldest
+	// entry left as a bound (a later start only makes clients resync in
 	// full, never miss a change).
-	m.base = m.highest
-	if len(m.log) > 0 {
+	switch {
+	case sv.Base > 0:
+		m.base = sv.Base
+	case len(m.log) > 0:
 		m.base = m.log[0].modseq - 1
+	default:
+		m.base = m.highest
 	}
 	return m
 }
@@ -220,7 +224,7 @@ func (m *Mailbox) applyLocked(c Changes) bool {
 	}
 	if changed && m.persist != nil || m.persist != nil && !m.saved {
 		batch.Reset = !m.saved
-		batch.UIDValidity, batch.Highest = m.uidValidity, m.highest
+		batch.UIDValidity, batch.Highest, batch.Base = m.uidValidity, m.highest, m.base
 		if m.persist(batch) == nil {
 			m.saved = true
 		}

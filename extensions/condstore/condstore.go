@@ -218,7 +218,7 @@ func (*Extension) SelectClosing(s *proxy.Session) {
 	s.Write([]byte("* OK [CLOSED] Previous mailbox closed.\r\n"))
 }
 
-// SelectOpened reports HIGHESTMODSEQ when CONDSTORE is on, and for a
+// SelectOpened reports HIGHESTMODSEQ, and for a
 // QRESYNC SELECT what changed since the client's mod-sequence: VANISHED
 // (EARLIER) first, then the FETCH of each changed message in
 // mod-sequence order, so a client cut off midway resyncs from a point that
@@ -227,9 +227,8 @@ func (*Extension) SelectOpened(s *proxy.Session, params map[string]any) error {
 	if params["CONDSTORE"] != nil || params["QRESYNC"] != nil {
 		s.SetEnabled("CONDSTORE")
 	}
-	if !s.Enabled("CONDSTORE") {
-		return nil
-	}
+	// Every SELECT gets HIGHESTMODSEQ, not only a CONDSTORE-enabling one:
+	// every mailbox has persistent mod-sequences here (RFC 7162 3.1.2.1).
 	m := s.Mailbox()
 	highest := m.ModSeq()
 	b := fmt.Appendf(nil, "* OK [HIGHESTMODSEQ %d] Highest\r\n", highest)
@@ -266,7 +265,24 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 				fetches = append(fetches, changed{uint32(i + 1), uid, min(modseq, highest), flags})
 			}
 		}
-		vanished = absentUIDs(m.UIDs(), q.knownUIDs)
+		known := q.knownUIDs
+		if known == nil {
+			// Every UID up to the largest the mailbox ever had, as
+			// far as the state knows (expunged ones included).
+			last := uint32(0)
+			if uids := m.UIDs(); len(uids) > 0 {
+				last = uids[len(uids)-1]
+			}
+			st.ChangesSince(0, func(c syncstate.Change) {
+				if c.Expunged {
+					last = max(last, c.UID)
+				}
+			})
+			if last > 0 {
+				known = []uidRange{{1, last}}
+			}
+		}
+		vanished = absentUIDs(m.UIDs(), known)
 	} else {
 		st.ChangesSince(q.modseq, func(c syncstate.Change) {
 			if c.ModSeq > highest {
@@ -299,15 +315,8 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 // "1:4294967295" costs no more than a large mailbox.
 const maxAbsentScan = 1 << 22
 
-// absentUIDs returns the UIDs in known (all UIDs up to the largest in view
-// when known is nil) that are not in view, sorted.
+// absentUIDs returns the UIDs in known that are not in view, sorted.
 func absentUIDs(view []uint32, known []uidRange) []uint32 {
-	if known == nil {
-		if len(view) == 0 {
-			return nil
-		}
-		known = []uidRange{{1, view[len(view)-1]}}
-	}
 	var out []uint32
 	scanned := 0
 	for _, r := range known {

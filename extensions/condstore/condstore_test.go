@@ -118,13 +118,14 @@ func TestHighestModSeqNeverZero(t *testing.T) {
 	}
 }
 
-// TestNoCondStoreNoModSeq: a client that never enables CONDSTORE sees no
-// MODSEQ, no HIGHESTMODSEQ and plain EXPUNGE.
+// TestNoCondStoreNoModSeq: a client that never enables CONDSTORE sees
+// HIGHESTMODSEQ on SELECT (RFC 7162 3.1.2.1: with every SELECT), but no
+// MODSEQ and plain EXPUNGE.
 func TestNoCondStoreNoModSeq(t *testing.T) {
 	e := newEnv(t, 2)
 	c := e.login(t)
 	run(t, c, []step{
-		{"SELECT INBOX", append(selectHead(2, 3, ""), "OK [READ-WRITE] SELECT completed")},
+		{"SELECT INBOX", append(selectHead(2, 3, ""), "* OK [HIGHESTMODSEQ 3] Highest", "OK [READ-WRITE] SELECT completed")},
 		{"STORE 1 +FLAGS (\\Deleted)", []string{`* 1 FETCH (FLAGS (\deleted))`, "OK STORE completed"}},
 		{"EXPUNGE", []string{"* 1 EXPUNGE", "OK EXPUNGE completed"}},
 	})
@@ -174,7 +175,7 @@ func TestQResyncSelect(t *testing.T) {
 	e := newEnv(t, 4)
 	c := e.login(t)
 	c.MustOK("SELECT INBOX")
-	c.MustOK("STORE 2 +FLAGS (\\Flagged)")        // modseq 6
+	c.MustOK("STORE 2 +FLAGS (\\Flagged)")          // modseq 6
 	c.MustOK("STORE 1,3 +FLAGS.SILENT (\\Deleted)") // 7, 8
 	c.MustOK("EXPUNGE")                             // 9, 10
 	c.MustOK("LOGOUT")

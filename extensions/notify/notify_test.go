@@ -86,23 +86,23 @@ func TestSyntax(t *testing.T) {
 		t.Errorf("capabilities %q", caps)
 	}
 	for cmd, want := range map[string]string{
-		"NOTIFY":                                    "BAD",
-		"NOTIFY FOO":                                "BAD",
-		"NOTIFY NONE x":                             "BAD",
-		"NOTIFY SET":                                "BAD",
-		"NOTIFY SET (selected (MessageNew))":        "BAD", // without MessageExpunge
-		"NOTIFY SET (selected (MessageExpunge))":    "BAD",
-		"NOTIFY SET (selected (FlagChange))":        "BAD",
-		"NOTIFY SET (personal (MessageNew (FLAGS) MessageExpunge))": "BAD", // fetch attributes outside selected
-		"NOTIFY SET (selected NONE) (selected-delayed NONE)":        "BAD",
-		"NOTIFY SET (everything (MailboxName))":                     "BAD",
-		"NOTIFY SET (subtree (MailboxName))":                        "BAD",
-		"NOTIFY SET (mailboxes () (MailboxName))":                   "BAD",
-		"NOTIFY SET (personal ())":                                  "BAD",
-		"NOTIFY SET STATUSX (personal (MailboxName))":               "BAD",
-		"NOTIFY SET (personal (MessageNew MessageExpunge AnnotationChange))": "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
-		"NOTIFY SET (personal (MailboxMetadataChange))":                      "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
-		"NOTIFY SET (personal (XUnknown))":                                   "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
+		"NOTIFY":                                 "BAD",
+		"NOTIFY FOO":                             "BAD",
+		"NOTIFY NONE x":                          "BAD",
+		"NOTIFY SET":                             "BAD",
+		"NOTIFY SET (selected (MessageNew))":     "BAD", // without MessageExpunge
+		"NOTIFY SET (selected (MessageExpunge))": "BAD",
+		"NOTIFY SET (selected (FlagChange))":     "BAD",
+		"NOTIFY SET (personal (MessageNew (FLAGS) MessageExpunge))":                         "BAD", // fetch attributes outside selected
+		"NOTIFY SET (selected NONE) (selected-delayed NONE)":                                "BAD",
+		"NOTIFY SET (everything (MailboxName))":                                             "BAD",
+		"NOTIFY SET (subtree (MailboxName))":                                                "BAD",
+		"NOTIFY SET (mailboxes () (MailboxName))":                                           "BAD",
+		"NOTIFY SET (personal ())":                                                          "BAD",
+		"NOTIFY SET STATUSX (personal (MailboxName))":                                       "BAD",
+		"NOTIFY SET (personal (MessageNew MessageExpunge AnnotationChange))":                "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
+		"NOTIFY SET (personal (MailboxMetadataChange))":                                     "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
+		"NOTIFY SET (personal (XUnknown))":                                                  "NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]",
 		"NOTIFY SET (selected (MessageNew (UID) MessageExpunge FlagChange)) (inboxes NONE)": "OK",
 		"NOTIFY SET (subtree Lists (MailboxName)) (mailboxes (a b) (SubscriptionChange))":   "OK",
 		"NOTIFY NONE": "OK",
