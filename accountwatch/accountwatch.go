@@ -433,6 +433,9 @@ func (w *watcher) idleWait(d time.Duration) ([]string, error) {
 		}
 	}
 	w.idling.Store(c)
+	// Stopping the watcher must not wait for the IDLE to time out.
+	stopWake := context.AfterFunc(w.ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stopWake()
 	for len(names) == 0 && !full {
 		// A poke interrupts the read by moving the deadline (Poke).
 		select {
@@ -447,8 +450,12 @@ func (w *watcher) idleWait(d time.Duration) ([]string, error) {
 		}
 		c.SetDeadline(deadline)
 		r, err := c.WaitResponse()
+		if w.ctx.Err() != nil {
+			w.idling.Store(nil)
+			return nil, w.ctx.Err()
+		}
 		if err != nil {
-			if w.ctx.Err() == nil && isTimeout(err) && !c.Broken() {
+			if isTimeout(err) && !c.Broken() {
 				continue
 			}
 			w.idling.Store(nil)
