@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -183,6 +184,9 @@ type env struct {
 	t     *testing.T
 	mem   *memupstream.Server
 	relay *relay
+	// noIdle leads to relay through a stripper that removes IDLE from
+	// the capability lists (started on first use).
+	noIdle string
 }
 
 func newEnv(t *testing.T, users ...string) *env {
@@ -203,7 +207,14 @@ func newEnv(t *testing.T, users ...string) *env {
 // dial returns a watcher's DialFunc for user through the relay. With noIdle
 // the connection pretends the upstream lacks IDLE, so the watcher polls.
 func (e *env) dial(user string, noIdle bool) DialFunc {
-	cfg := &upstream.Config{Addr: e.relay.addr(), Timeout: 5 * time.Second}
+	addr := e.relay.addr()
+	if noIdle {
+		if e.noIdle == "" {
+			e.noIdle = startIdleStripper(e.t, addr)
+		}
+		addr = e.noIdle
+	}
+	cfg := &upstream.Config{Addr: addr, Timeout: 5 * time.Second}
 	return func(ctx context.Context) (*upstream.Conn, error) {
 		c, err := upstream.Dial(ctx, cfg)
 		if err != nil {
@@ -213,8 +224,8 @@ func (e *env) dial(user string, noIdle bool) DialFunc {
 			c.Close()
 			return nil, err
 		}
-		if noIdle {
-			delete(c.Caps(), "IDLE")
+		if noIdle && c.Caps().Has("IDLE") {
+			return nil, fmt.Errorf("the stripper let IDLE through: %v", c.Caps())
 		}
 		return c, nil
 	}
@@ -330,4 +341,70 @@ func (w traceWriter) Write(p []byte) (int, error) {
 	}
 	fmt.Fprintf(os.Stderr, "%s%q\n", dir, p)
 	return len(p), nil
+}
+
+// startIdleStripper forwards connections to target and removes the word
+// IDLE from the capability lists the upstream sends, so that a watcher
+// polls. (The parsed capability sets are shared between connections and
+// must not be edited instead.) Cutting target's relay ends the stripped
+// connections too.
+func startIdleStripper(t *testing.T, target string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, u)
+			mu.Unlock()
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				io.Copy(u, c)
+				u.Close()
+				c.Close()
+			}()
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				defer u.Close()
+				br := bufio.NewReader(u)
+				for {
+					line, err := br.ReadString('\n')
+					if strings.HasPrefix(line, "* CAPABILITY ") || strings.Contains(line, "[CAPABILITY ") {
+						line = strings.Replace(line, " IDLE", "", 1)
+					}
+					if _, werr := io.WriteString(c, line); werr != nil || err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }

@@ -459,6 +459,8 @@ func (w *watch) idleLoop(ctx context.Context) error {
 			if leave && inIdle {
 				break
 			}
+			// IDLE may last 25 minutes: wait without a read buffer.
+			w.conn.Reader().Release()
 			line, lit, err := w.conn.Reader().ReadLine()
 			if err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {

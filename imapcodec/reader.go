@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 )
 
 // LiteralHeader describes the literal announced at the end of a line.
@@ -40,8 +41,13 @@ func (h LiteralHeader) Format(b []byte) []byte {
 // After ReadLine returns a line that ends in a literal header, the literal's
 // bytes are available through Literal (or ReadLiteral); whatever part of the
 // literal the caller leaves unread is skipped by the next ReadLine.
+//
+// The read buffer (4 KiB) comes from a pool shared by all Readers when the
+// first read needs it. A Reader that will wait a long time for its next
+// input (a session between commands) can give it back with Release.
 type Reader struct {
-	br     *bufio.Reader
+	br     *bufio.Reader // nil while the Reader holds no buffer
+	src    source        // what br reads from
 	lim    Limits
 	remain int64 // unread bytes of the current literal
 	line   []byte
@@ -49,12 +55,96 @@ type Reader struct {
 	// read so far are kept and the next ReadLine continues the line, so
 	// deadlines can be used to wake a blocked reader without losing data.
 	partial bool
+	// released is set by Release: the next read waits with first instead
+	// of a pooled buffer.
+	released bool
+	first    [firstReadSize]byte
+}
+
+// bufSize is the size of a Reader's buffer.
+const bufSize = 4096
+
+// firstReadSize is the buffer a released Reader reads into while it waits:
+// a phone's idle commands (DONE, IDLE, NOOP) fit; a longer command costs one
+// more read, which finds the rest already there.
+const firstReadSize = 64
+
+// maxKeptLine is the largest line buffer Release keeps.
+const maxKeptLine = 256
+
+// bufPool holds the buffers of Readers that do not need one now.
+var bufPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
+
+// source is the stream under a Reader's buffer: first what a released
+// Reader's first read got (and that read's error), then r.
+type source struct {
+	r       io.Reader
+	pending []byte
+	err     error
+}
+
+func (s *source) Read(p []byte) (int, error) {
+	if len(s.pending) > 0 {
+		n := copy(p, s.pending)
+		s.pending = s.pending[n:]
+		return n, nil
+	}
+	if err := s.err; err != nil {
+		s.err = nil
+		return 0, err
+	}
+	return s.r.Read(p)
 }
 
 // NewReader returns a Reader over r with the given limits.
 func NewReader(r io.Reader, lim Limits) *Reader {
 	lim = lim.WithDefaults()
-	return &Reader{br: bufio.NewReaderSize(r, 4096), lim: lim}
+	return &Reader{src: source{r: r}, lim: lim}
+}
+
+// buf returns the Reader's buffer, taking one from the pool if it holds
+// none. A released Reader first waits for input with its small buffer; if
+// that read fails (a read deadline, the end of the stream) without data,
+// the error is returned and the Reader stays without a buffer.
+func (r *Reader) buf() (*bufio.Reader, error) {
+	if r.br != nil {
+		return r.br, nil
+	}
+	if r.released {
+		n, err := r.src.Read(r.first[:])
+		if n == 0 && err != nil {
+			return nil, err
+		}
+		r.src.pending, r.src.err = r.first[:n], err
+		r.released = false
+	}
+	r.br = bufPool.Get().(*bufio.Reader)
+	r.br.Reset(&r.src)
+	return r.br, nil
+}
+
+// Release gives the Reader's buffer back to the pool if nothing is
+// buffered, so that a Reader that waits a long time for input holds only a
+// few bytes: the next read waits with a small buffer of the Reader's own
+// and takes a pooled buffer again once input arrives. It also drops a line
+// buffer grown by a long line. A line interrupted by a read deadline is
+// kept (see ReadLine), and so is the state of the current literal. Release
+// does nothing if bytes are buffered.
+//
+// An error the underlying stream returned together with data and not yet
+// reported is dropped; a network connection reports it again on the next
+// read (a closed connection, a deadline in the past).
+func (r *Reader) Release() {
+	if r.br == nil || r.br.Buffered() > 0 || len(r.src.pending) > 0 || r.src.err != nil {
+		return
+	}
+	r.br.Reset(nil)
+	bufPool.Put(r.br)
+	r.br = nil
+	r.released = true
+	if !r.partial && cap(r.line) > maxKeptLine {
+		r.line = nil
+	}
 }
 
 // Limits returns the limits in force.
@@ -63,7 +153,13 @@ func (r *Reader) Limits() Limits { return r.lim }
 // Buffered returns how many bytes have been read from the underlying stream
 // but not yet consumed. The STARTTLS handling uses it to detect (and discard)
 // plaintext pipelined behind the STARTTLS command.
-func (r *Reader) Buffered() int { return r.br.Buffered() }
+func (r *Reader) Buffered() int {
+	n := len(r.src.pending)
+	if r.br != nil {
+		n += r.br.Buffered()
+	}
+	return n
+}
 
 // ReadLine reads one line of text and returns it without its line ending. If
 // the line ends in a literal header, lit describes it and the header is still
@@ -74,8 +170,12 @@ func (r *Reader) ReadLine() (line []byte, lit *LiteralHeader, err error) {
 	for r.remain > 0 {
 		// Account for what was skipped even on error, so that a read
 		// deadline interrupting the skip does not skip those bytes twice.
-		n, err := r.br.Discard(int(min(r.remain, int64(^uint(0)>>1))))
-		r.remain -= int64(n)
+		br, err := r.buf()
+		if err == nil {
+			var n int
+			n, err = br.Discard(int(min(r.remain, int64(^uint(0)>>1))))
+			r.remain -= int64(n)
+		}
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF // the stream ended inside the literal
@@ -88,7 +188,11 @@ func (r *Reader) ReadLine() (line []byte, lit *LiteralHeader, err error) {
 	}
 	r.partial = false
 	for {
-		chunk, err := r.br.ReadSlice('\n')
+		var chunk []byte
+		br, err := r.buf()
+		if err == nil {
+			chunk, err = br.ReadSlice('\n')
+		}
 		if len(r.line)+len(chunk) > r.lim.MaxLine+2 {
 			return nil, nil, fmt.Errorf("imapcodec: %w (limit %d bytes)", ErrLineTooLong, r.lim.MaxLine)
 		}
@@ -184,7 +288,14 @@ func (lr *literalReader) Read(p []byte) (int, error) {
 	if int64(len(p)) > r.remain {
 		p = p[:r.remain]
 	}
-	n, err := r.br.Read(p)
+	br, err := r.buf()
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, err
+	}
+	n, err := br.Read(p)
 	r.remain -= int64(n)
 	if err == io.EOF {
 		err = io.ErrUnexpectedEOF
@@ -207,13 +318,15 @@ func (r *Reader) ReadLiteral() ([]byte, error) {
 // consumed, and forgets them. A protocol layer that starts mid-stream
 // (COMPRESS) must decode them as the first bytes of the new layer.
 func (r *Reader) TakeBuffered() []byte {
-	n := r.br.Buffered()
-	if n == 0 {
+	if r.Buffered() == 0 {
 		return nil
 	}
+	n := r.br.Buffered() // a Reader with bytes buffered holds its buffer
 	b, _ := r.br.Peek(n)
 	b = append([]byte(nil), b...)
 	r.br.Discard(n)
+	b = append(b, r.src.pending...)
+	r.src.pending = nil
 	return b
 }
 
@@ -222,13 +335,17 @@ func (r *Reader) TakeBuffered() []byte {
 // it tells, without waiting, whether the peer sent something (a timeout
 // error means nothing arrived; io.EOF that the peer closed).
 func (r *Reader) Peek(n int) ([]byte, error) {
-	if b := r.br.Buffered(); b > 0 {
-		return r.br.Peek(min(n, b))
-	}
-	if _, err := r.br.Peek(1); err != nil {
+	br, err := r.buf()
+	if err != nil {
 		return nil, err
 	}
-	return r.br.Peek(min(n, r.br.Buffered()))
+	if b := br.Buffered(); b > 0 {
+		return br.Peek(min(n, b))
+	}
+	if _, err := br.Peek(1); err != nil {
+		return nil, err
+	}
+	return br.Peek(min(n, br.Buffered()))
 }
 
 // CancelLiteral forgets the current literal without reading it: for a

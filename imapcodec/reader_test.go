@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"runtime"
@@ -907,4 +908,303 @@ func TestCancelLiteral(t *testing.T) {
 	}
 	line, lit, err := r.ReadLine()
 	checkLine(t, "next command", line, lit, err, lineResult{line: "b NOOP"})
+}
+
+// released reports whether r holds no buffer.
+func released(r *Reader) bool { return r.br == nil }
+
+// TestReleaseBetweenLines: a released Reader holds no buffer while it
+// waits, and reads the next line whole, short or long.
+func TestReleaseBetweenLines(t *testing.T) {
+	conn, r, write := pipe(t)
+	done := write("a1 NOOP\r\n")
+	line, lit, err := r.ReadLine()
+	checkLine(t, "first", line, lit, err, lineResult{line: "a1 NOOP"})
+	wait(t, done)
+	if released(r) {
+		t.Fatal("Reader without a buffer after reading")
+	}
+	r.Release()
+	if !released(r) {
+		t.Fatal("Release kept the buffer with nothing buffered")
+	}
+	// Waiting (and timing out) takes no buffer.
+	conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, _, err = r.ReadLine()
+	expectTimeout(t, err)
+	if !released(r) {
+		t.Fatal("a read that timed out took a buffer")
+	}
+	conn.SetReadDeadline(time.Time{})
+
+	for _, n := range []int{1, firstReadSize - 2, firstReadSize - 1, firstReadSize, firstReadSize + 1, bufSize - 2, bufSize, 3 * bufSize, DefaultMaxLine} {
+		want := "a2 " + strings.Repeat("x", max(n-3, 0))
+		want = want[:n]
+		done := write(want + "\r\nb NOOP\r\n")
+		line, lit, err := r.ReadLine()
+		checkLine(t, fmt.Sprintf("%d-byte line", n), line, lit, err, lineResult{line: want})
+		line, lit, err = r.ReadLine()
+		checkLine(t, fmt.Sprintf("line after the %d-byte line", n), line, lit, err, lineResult{line: "b NOOP"})
+		wait(t, done)
+		r.Release()
+		if !released(r) {
+			t.Fatalf("after the %d-byte line: Release kept the buffer", n)
+		}
+		if cap(r.line) > maxKeptLine {
+			t.Fatalf("after the %d-byte line: Release kept a line buffer of %d bytes", n, cap(r.line))
+		}
+	}
+	// The line limit holds for a line that starts in the small buffer.
+	done = write(strings.Repeat("y", DefaultMaxLine+1) + "\r\n")
+	_, _, err = r.ReadLine()
+	if !errors.Is(err, ErrLineTooLong) {
+		t.Fatalf("over-long line after Release: err = %v", err)
+	}
+	conn.Close()
+	<-done
+}
+
+// TestReleaseKeepsBufferedInput: Release does nothing while bytes are
+// buffered, and nothing read is lost.
+func TestReleaseKeepsBufferedInput(t *testing.T) {
+	r := NewReader(strings.NewReader("a1 NOOP\r\na2 IDLE\r\nDONE\r\n"), Limits{})
+	r.Release() // nothing read yet: no effect
+	want := []string{"a1 NOOP", "a2 IDLE", "DONE"}
+	for i, w := range want {
+		line, lit, err := r.ReadLine()
+		checkLine(t, fmt.Sprintf("line %d", i), line, lit, err, lineResult{line: w})
+		r.Release()
+		if i < len(want)-1 && released(r) {
+			t.Fatalf("line %d: Release dropped %d buffered bytes", i, r.Buffered())
+		}
+	}
+	if _, _, err := r.ReadLine(); err != io.EOF {
+		t.Fatalf("at the end: err = %v, want io.EOF", err)
+	}
+}
+
+// TestReleaseKeepsPartialLine: a line interrupted by deadlines, with
+// Release between the attempts (as IDLE does), comes out whole.
+func TestReleaseKeepsPartialLine(t *testing.T) {
+	conn, r, write := pipe(t)
+	timeoutUntilWritten(t, conn, r, write("a1 UID FE"))
+	r.Release()
+	if !released(r) {
+		t.Fatal("Release kept the buffer")
+	}
+	timeoutUntilWritten(t, conn, r, write("TCH 1:*"))
+	r.Release()
+	conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, _, err := r.ReadLine()
+	expectTimeout(t, err)
+	conn.SetReadDeadline(time.Time{})
+	done := write(" (FLAGS)\r\na2 NOOP\r\n")
+	line, lit, err := r.ReadLine()
+	checkLine(t, "resumed line", line, lit, err, lineResult{line: "a1 UID FETCH 1:* (FLAGS)"})
+	line, lit, err = r.ReadLine()
+	checkLine(t, "next line", line, lit, err, lineResult{line: "a2 NOOP"})
+	wait(t, done)
+}
+
+// TestReleaseInLiteral: released between a literal's header and its bytes
+// (a synchronising literal: the peer waits for "+"), the Reader reads or
+// skips the literal as usual.
+func TestReleaseInLiteral(t *testing.T) {
+	for _, skip := range []bool{false, true} {
+		t.Run(fmt.Sprintf("skip=%v", skip), func(t *testing.T) {
+			conn, r, write := pipe(t)
+			done := write("a APPEND x {100}\r\n")
+			line, lit, err := r.ReadLine()
+			checkLine(t, "header", line, lit, err, lineResult{line: "a APPEND x {100}", lit: &LiteralHeader{Size: 100, Start: 11}})
+			wait(t, done)
+			r.Release()
+			if !released(r) {
+				t.Fatal("Release kept the buffer")
+			}
+			conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			if _, err := r.Literal().Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("literal read before the bytes came: %v", err)
+			}
+			conn.SetReadDeadline(time.Time{})
+			data := strings.Repeat("0123456789", 10)
+			done = write(data + "\r\nb NOOP\r\n")
+			if !skip {
+				got, err := r.ReadLiteral()
+				if err != nil || string(got) != data {
+					t.Fatalf("literal = %q, %v", got, err)
+				}
+			}
+			line, lit, err = r.ReadLine()
+			checkLine(t, "end of command", line, lit, err, lineResult{line: ""})
+			line, lit, err = r.ReadLine()
+			checkLine(t, "next command", line, lit, err, lineResult{line: "b NOOP"})
+			wait(t, done)
+		})
+	}
+}
+
+// dataEOFReader returns its data and io.EOF from the same Read.
+type dataEOFReader struct{ data string }
+
+func (d *dataEOFReader) Read(p []byte) (int, error) {
+	n := copy(p, d.data)
+	d.data = d.data[n:]
+	if len(d.data) == 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// TestReleaseFirstReadError: an error that comes with the first read's
+// data is reported after the data; one without data leaves the Reader
+// released.
+func TestReleaseFirstReadError(t *testing.T) {
+	src := &dataEOFReader{data: "a1 NOOP\r\n"}
+	r := NewReader(io.MultiReader(strings.NewReader("a0 IDLE\r\n"), src), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	r.Release()
+	line, lit, err := r.ReadLine()
+	checkLine(t, "line", line, lit, err, lineResult{line: "a1 NOOP"})
+	if _, _, err := r.ReadLine(); err != io.EOF {
+		t.Fatalf("err = %v, want io.EOF", err)
+	}
+
+	r = NewReader(io.MultiReader(strings.NewReader("a0 IDLE\r\n"), &dataEOFReader{data: "a1 NO"}), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	r.Release()
+	if _, _, err := r.ReadLine(); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("half a line, then EOF: err = %v, want io.ErrUnexpectedEOF", err)
+	}
+	r = NewReader(strings.NewReader("a0 IDLE\r\n"), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	r.Release()
+	if _, _, err := r.ReadLine(); err != io.EOF {
+		t.Fatalf("EOF while released: err = %v, want io.EOF", err)
+	}
+	if !released(r) {
+		t.Fatal("a read that failed without data took a buffer")
+	}
+	if _, err := r.Peek(1); err != io.EOF {
+		t.Fatalf("Peek: err = %v, want io.EOF", err)
+	}
+}
+
+// TestReleaseTakeBuffered: bytes the first read got after the line are
+// handed over by TakeBuffered (COMPRESS starts mid-stream).
+func TestReleaseTakeBuffered(t *testing.T) {
+	r := NewReader(io.MultiReader(strings.NewReader("a0 IDLE\r\n"), strings.NewReader("a1 COMPRESS DEFLATE\r\n\x01\x02\x03")), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	r.Release()
+	line, lit, err := r.ReadLine()
+	checkLine(t, "line", line, lit, err, lineResult{line: "a1 COMPRESS DEFLATE"})
+	if got := r.TakeBuffered(); string(got) != "\x01\x02\x03" {
+		t.Fatalf("TakeBuffered = %q", got)
+	}
+	if got := r.Buffered(); got != 0 {
+		t.Fatalf("Buffered after TakeBuffered = %d", got)
+	}
+}
+
+// chopReader returns its data in pieces of random size, with a timeout
+// (and no data) now and then, like a network connection with a deadline
+// used to wake the reader.
+type chopReader struct {
+	data []byte
+	rnd  *rand.Rand
+}
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+func (c *chopReader) Read(p []byte) (int, error) {
+	if c.rnd.IntN(4) == 0 {
+		return 0, timeoutError{}
+	}
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), len(c.data), 1+c.rnd.IntN(200))
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// TestReleaseEquivalence reads random streams of lines and literals in
+// random pieces, with timeouts between them, once calling Release before
+// every ReadLine and literal read and once never: the results must be the
+// same.
+func TestReleaseEquivalence(t *testing.T) {
+	lim := Limits{MaxLine: 300, MaxLiteral: 5000}
+	for seed := range uint64(300) {
+		rnd := rand.New(rand.NewPCG(seed, 1))
+		var stream []byte
+		for range 1 + rnd.IntN(30) {
+			line := strings.Repeat("x", rnd.IntN(320))
+			switch rnd.IntN(4) {
+			case 0:
+				n := rnd.IntN(6000)
+				line = fmt.Sprintf("%s {%d}", line, n)
+				stream = append(stream, line+"\r\n"...)
+				stream = append(stream, bytes.Repeat([]byte{'L'}, n)...)
+			case 1:
+				stream = append(stream, line+"\n"...)
+			default:
+				stream = append(stream, line+"\r\n"...)
+			}
+		}
+		if rnd.IntN(2) == 0 {
+			stream = stream[:rnd.IntN(len(stream)+1)]
+		}
+		pieceSeed := rnd.Uint64()
+		run := func(release bool) []string {
+			r := NewReader(&chopReader{data: stream, rnd: rand.New(rand.NewPCG(pieceSeed, 2))}, lim)
+			var out []string
+			buf := make([]byte, 1+rnd.IntN(100))
+			for range 100000 {
+				if release {
+					r.Release()
+				}
+				line, lit, err := r.ReadLine()
+				if errors.Is(err, timeoutError{}) {
+					continue
+				}
+				if err != nil {
+					return append(out, "error: "+err.Error())
+				}
+				out = append(out, fmt.Sprintf("%q %+v", line, lit))
+				if lit == nil || lit.Size%3 == 0 {
+					continue // left to be skipped
+				}
+				var data []byte
+				for r.LiteralRemaining() > 0 {
+					if release {
+						r.Release()
+					}
+					n, err := r.Literal().Read(buf)
+					data = append(data, buf[:n]...)
+					if err != nil && !errors.Is(err, timeoutError{}) {
+						return append(out, "literal error: "+err.Error())
+					}
+				}
+				out = append(out, fmt.Sprintf("literal %d bytes", len(data)))
+			}
+			t.Fatal("no end")
+			return nil
+		}
+		a, b := run(false), run(true)
+		if !slices.Equal(a, b) {
+			t.Fatalf("seed %d: without Release\n%s\nwith Release\n%s", seed, strings.Join(a, "\n"), strings.Join(b, "\n"))
+		}
+	}
 }
