@@ -123,6 +123,11 @@ func (p *lemonproxyProc) kill() {
 func TestKillRestartQResync(t *testing.T) {
 	dc := dovecottest.Start(t, dovecottest.Legacy)
 	u := csSeed(t, dc, "INBOX", 6)
+	// Gap: a mailbox with a UID expunged before the proxy ever saw it.
+	g := csSeed(t, dc, "Gap", 3)
+	dg := csDirect(t, dc, "Gap")
+	dg.MustOK(fmt.Sprintf(`UID STORE %d +FLAGS.SILENT (\Deleted)`, g[1]))
+	dg.MustOK(fmt.Sprintf(`UID EXPUNGE %d`, g[1]))
 	bin := buildLemonproxy(t)
 	data := t.TempDir()
 
@@ -155,6 +160,22 @@ func TestKillRestartQResync(t *testing.T) {
 	if !seen {
 		t.Fatalf("NOOP before the kill: no FETCH for UID %d: %q", u[1], r.lines)
 	}
+	// In Gap every message changes after the client's mod-sequence,
+	// one twice: no entry of the saved change log is as old as it.
+	cg := csLogin(t, p1.addr, "QRESYNC")
+	rg := cg.selectMailbox("SELECT Gap", []uint32{g[0], g[2]})
+	hg0, uvg := rg.highestModSeq(t), rg.codes["UIDVALIDITY"][0]
+	for _, ch := range []struct {
+		uid  uint32
+		flag string
+	}{{g[0], `\Seen`}, {g[2], `\Seen`}, {g[0], `$Twice`}} {
+		dg.MustOK(fmt.Sprintf(`UID STORE %d +FLAGS (%s)`, ch.uid, ch.flag))
+		// One watcher round each, so each gets its own mod-sequence.
+		if r := cg.mustRun("NOOP"); len(r.fetches) != 1 || r.fetches[0].uid != ch.uid {
+			t.Fatalf("Gap: NOOP: %q", r.lines)
+		}
+	}
+
 	s := csLogin(t, p1.addr, "")
 	hPre := csStatusItems(t, s, "STATUS INBOX (HIGHESTMODSEQ)")["HIGHESTMODSEQ"]
 	if hPre <= h0 {
@@ -210,6 +231,17 @@ func TestKillRestartQResync(t *testing.T) {
 	// From what the proxy had handed out before the kill: exactly the
 	// changes made around it.
 	resync(c2, hPre, []uint32{u[4], u[5]}, []uint32{u[0], u[3], added2[0]})
+
+	// Gap: exactly its two changed messages; its UID expunged before the
+	// proxy knew the mailbox is no news to this client.
+	cmd := fmt.Sprintf("SELECT Gap (QRESYNC (%s %d))", uvg, hg0)
+	r = c2.selectMailbox(cmd, []uint32{g[0], g[2]})
+	csWantUIDs(t, cmd+": VANISHED (EARLIER)", r.earlier)
+	csWantUIDs(t, cmd+": FETCH", r.fetchUIDs(), g[0], g[2])
+	for _, f := range r.fetches {
+		want := map[uint32][]string{g[0]: {`\Seen`, `$Twice`}, g[2]: {`\Seen`}}[f.uid]
+		csWantFlags(t, f.line, f.flags, want...)
+	}
 
 	// A second reconnect, from the new HIGHESTMODSEQ: nothing.
 	c3 := csLogin(t, p2.addr, "QRESYNC")
