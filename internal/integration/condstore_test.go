@@ -520,6 +520,7 @@ func TestCondstoreDovecot(t *testing.T) {
 			t.Run("TwoClients", func(t *testing.T) { csTwoClients(t, dc, addr) })
 			t.Run("UnchangedSinceOutside", func(t *testing.T) { csUnchangedSinceOutside(t, dc, addr) })
 			t.Run("HeldExpunge", func(t *testing.T) { csHeldExpunge(t, dc, addr) })
+			t.Run("OwnExpunge", func(t *testing.T) { csOwnExpunge(t, dc, addr) })
 		})
 	}
 }
@@ -898,6 +899,57 @@ func csExpunge(t *testing.T, dc *dovecottest.Server, addr string) {
 	for _, c := range []*csClient{q, cs, cs2} {
 		if want := []uint32{u[0], u[2]}; !slices.Equal(c.view, want) {
 			t.Errorf("view %v, want %v", c.view, want)
+		}
+	}
+}
+
+// csOwnExpunge: a QRESYNC client's own EXPUNGE and UID EXPUNGE are
+// reported with VANISHED, and their tagged OK carries the new
+// HIGHESTMODSEQ (RFC 7162 3.2.7, 3.2.9: "If at least one message got
+// expunged and QRESYNC was enabled, the server MUST send the updated
+// per-mailbox modification sequence using the HIGHESTMODSEQ response code
+// in the tagged OK response"). A CONDSTORE-only client hears EXPUNGE.
+func csOwnExpunge(t *testing.T, dc *dovecottest.Server, addr string) {
+	u := csSeed(t, dc, "Own", 4)
+	q := csLogin(t, addr, "QRESYNC")
+	q.selectMailbox("SELECT Own", u)
+	cs := csLogin(t, addr, "CONDSTORE")
+	cs.selectMailbox("SELECT Own", u)
+
+	taggedHighest := func(r csResp) uint64 {
+		t.Helper()
+		m := regexp.MustCompile(`^OK \[HIGHESTMODSEQ (\d+)\]`).FindStringSubmatch(r.tagged)
+		if m == nil {
+			t.Errorf("want OK [HIGHESTMODSEQ n] after an expunge with QRESYNC (RFC 7162 3.2.7/3.2.9), got %q", r.lines)
+			return 0
+		}
+		n, _ := strconv.ParseUint(m[1], 10, 64)
+		return n
+	}
+	for i, cmd := range []string{"EXPUNGE", fmt.Sprintf("UID EXPUNGE %d", u[2])} {
+		uid := []uint32{u[0], u[2]}[i]
+		r := q.mustRun(fmt.Sprintf(`UID STORE %d +FLAGS.SILENT (\Deleted)`, uid))
+		if len(r.fetches) != 1 {
+			t.Fatalf("STORE .SILENT: %q", r.lines)
+		}
+		stored := r.fetches[0].modseq
+		seq := uint32(slices.Index(cs.view, uid) + 1)
+		r = q.mustRun(cmd)
+		if want := fmt.Sprintf("* VANISHED %d", uid); len(r.lines) != 2 || r.lines[0] != want {
+			t.Errorf("%s: want %q and the tagged OK, got %q", cmd, want, r.lines)
+		}
+		h := taggedHighest(r)
+		if h != 0 && h <= stored {
+			t.Errorf("%s: HIGHESTMODSEQ %d not above the \\Deleted change's %d", cmd, h, stored)
+		}
+		if h != 0 {
+			if got := csStatusItems(t, csLogin(t, addr, ""), "STATUS Own (HIGHESTMODSEQ)")["HIGHESTMODSEQ"]; got != h {
+				t.Errorf("%s: tagged HIGHESTMODSEQ %d, STATUS says %d", cmd, h, got)
+			}
+		}
+		r = cs.mustRun("NOOP")
+		if !slices.Equal(r.expunges, []uint32{seq}) || len(r.vanished) != 0 {
+			t.Errorf("CONDSTORE client after %s: want * %d EXPUNGE, got %q", cmd, seq, r.lines)
 		}
 	}
 }
