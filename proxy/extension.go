@@ -167,6 +167,11 @@ type Relayed struct {
 	// OKCode replaces the response code of the tagged OK (for example
 	// "MODIFIED 7,9").
 	OKCode string
+	// OKCodeFunc, if set and OKCode is not, gives the code of the tagged
+	// OK, computed after the command's own changes were reported to the
+	// client (QRESYNC's HIGHESTMODSEQ after EXPUNGE); "" keeps the
+	// upstream's.
+	OKCodeFunc func() string
 	// Data is the rewriter's own, for its response filter.
 	Data any
 }

@@ -342,8 +342,15 @@ func (s *Session) writeTagged(tag, upTag string, head imapcodec.ResponseHead) er
 		head.Text = strings.Replace(head.Text, t.toName, t.fromName, 1)
 	}
 	code := head.Code
-	if s.cmd != nil && s.cmd.OKCode != "" && head.Name == "OK" {
-		code = s.cmd.OKCode
+	var extCode string
+	if c := s.cmd; c != nil && head.Name == "OK" {
+		extCode = c.OKCode
+		if extCode == "" && c.OKCodeFunc != nil {
+			extCode = c.OKCodeFunc()
+		}
+	}
+	if extCode != "" {
+		code = extCode
 	} else if code == "CAPABILITY" {
 		code += " " + strings.Join(s.capabilities(), " ")
 	} else if head.CodeArg != "" {

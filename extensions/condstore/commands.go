@@ -1,12 +1,14 @@
 package condstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -20,6 +22,9 @@ import (
 
 // maxModSeq is the largest mod-sequence RFC 7162 allows (63 bits).
 const maxModSeq = math.MaxInt64
+
+// syncWait bounds the wait for the hub's watcher before a conditional STORE.
+const syncWait = 5 * time.Second
 
 // uidHead parses "tag UID NAME set" and returns the tag, the set and the
 // parser after it.
@@ -215,6 +220,11 @@ func rewriteStore(s *proxy.Session, c *proxy.Relayed) error {
 	if err != nil {
 		return err
 	}
+	// The state must know of every change the upstream has made so far
+	// (the watcher's IDLE may lag): one round trip of the watcher first.
+	// A change landing between this and the STORE is still overwritten;
+	// docs/condstore.md says why that window is accepted.
+	s.SyncMailbox(context.Background(), syncWait)
 	st := m.State()
 	var keep, modified []uint32
 	for _, uid := range st.Snapshot().UIDs {

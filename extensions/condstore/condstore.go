@@ -294,6 +294,11 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 				}
 				return
 			}
+			if q.knownUIDs != nil && !inRanges(q.knownUIDs, c.UID) {
+				// Only the messages the client knows (RFC 7162
+				// 3.2.5.1); new ones it learns of from EXISTS.
+				return
+			}
 			if seq := m.SeqOf(c.UID); seq != 0 {
 				fetches = append(fetches, changed{seq, c.UID, c.ModSeq, c.Flags})
 			}
@@ -339,7 +344,7 @@ func absentUIDs(view []uint32, known []uidRange) []uint32 {
 // RewriteCommands names the commands whose RFC 7162 parts are answered here.
 func (*Extension) RewriteCommands() []string {
 	return []string{"FETCH", "UID FETCH", "STORE", "UID STORE", "SEARCH", "UID SEARCH",
-		"SORT", "UID SORT", "THREAD", "UID THREAD", "STATUS"}
+		"SORT", "UID SORT", "THREAD", "UID THREAD", "STATUS", "EXPUNGE", "UID EXPUNGE"}
 }
 
 // RewriteCommand dispatches to the command's rewriter.
@@ -353,6 +358,18 @@ func (e *Extension) RewriteCommand(s *proxy.Session, c *proxy.Relayed) error {
 		return rewriteSearch(s, c)
 	case "STATUS":
 		return rewriteStatus(s, c)
+	case "EXPUNGE":
+		// With QRESYNC the tagged OK of EXPUNGE carries the new
+		// HIGHESTMODSEQ (RFC 7162 3.2.7), once the client has been told
+		// of the expunges.
+		if s.Enabled("QRESYNC") {
+			c.OKCodeFunc = func() string {
+				if m := s.Mailbox(); m != nil {
+					return fmt.Sprintf("HIGHESTMODSEQ %d", m.ModSeq())
+				}
+				return ""
+			}
+		}
 	}
 	return nil
 }
