@@ -6,8 +6,8 @@ package bench
 //
 // The child opens Sessions connections to Addr from the loopback addresses
 // 127.0.0.2, 127.0.0.3, ... (one ephemeral port range each), logs session i
-// in as account i % Users, selects INBOX and starts IDLE, then prints
-// "READY n seconds". Then it obeys commands on its standard input, one a
+// in as account i % Users (and, with Compress, turns on COMPRESS=DEFLATE),
+// selects INBOX and starts IDLE, then prints "READY n seconds". Then it obeys commands on its standard input, one a
 // line:
 //
 //	ROUND  APPEND one message to every account's INBOX directly on Dovecot
@@ -26,6 +26,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"compress/flate"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,6 +58,8 @@ type clientSpec struct {
 	// AppendRate paces a round's APPENDs (per second, all accounts
 	// together); 0 sends them as fast as Appenders connections can.
 	AppendRate float64
+	// Compress: each session sends COMPRESS DEFLATE after LOGIN.
+	Compress bool
 }
 
 func userName(i int) string { return fmt.Sprintf("u%05d", i) }
@@ -131,7 +134,43 @@ func clientMain() int {
 type lineConn struct {
 	nc  net.Conn
 	r   *bufio.Reader
+	w   io.Writer // nc, or a deflate layer on it
 	seq int
+}
+
+// compress turns on COMPRESS=DEFLATE (RFC 4978). The client's commands go
+// out as stored deflate blocks, which any inflater must accept and which
+// need no compressor state: a stateful deflater per session would cost
+// the client process about 1 MB each. The responses are inflated.
+func (c *lineConn) compress() error {
+	if err := c.cmd("COMPRESS DEFLATE", false); err != nil {
+		return err
+	}
+	// The proxy sends nothing after the OK before the next command, but
+	// whatever was read ahead belongs to the compressed stream.
+	ahead, _ := c.r.Peek(c.r.Buffered())
+	in := io.MultiReader(bytes.NewReader(bytes.Clone(ahead)), c.nc)
+	c.r = bufio.NewReaderSize(flate.NewReader(in), 1024)
+	c.w = storedBlocks{c.nc}
+	return nil
+}
+
+// storedBlocks writes each Write as non-final stored deflate blocks.
+type storedBlocks struct{ w io.Writer }
+
+func (s storedBlocks) Write(p []byte) (int, error) {
+	done := 0
+	for len(p) > 0 {
+		n := min(len(p), 0xffff)
+		// BFINAL 0, BTYPE 00, padding to the byte; LEN and NLEN.
+		block := append([]byte{0, byte(n), byte(n >> 8), ^byte(n), ^byte(n >> 8)}, p[:n]...)
+		if _, err := s.w.Write(block); err != nil {
+			return done, err
+		}
+		done += n
+		p = p[n:]
+	}
+	return done, nil
 }
 
 func dialFrom(ip net.IP, addr string) (*lineConn, error) {
@@ -140,7 +179,7 @@ func dialFrom(ip net.IP, addr string) (*lineConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &lineConn{nc: nc, r: bufio.NewReaderSize(nc, 1024)}
+	c := &lineConn{nc: nc, r: bufio.NewReaderSize(nc, 1024), w: nc}
 	nc.SetDeadline(time.Now().Add(setupTimeout))
 	if _, err := c.readLine(); err != nil { // greeting
 		nc.Close()
@@ -159,7 +198,7 @@ func (c *lineConn) readLine() (string, error) {
 func (c *lineConn) cmd(text string, wantCont bool) error {
 	c.seq++
 	tag := fmt.Sprintf("b%d", c.seq)
-	if _, err := io.WriteString(c.nc, tag+" "+text+"\r\n"); err != nil {
+	if _, err := io.WriteString(c.w, tag+" "+text+"\r\n"); err != nil {
 		return err
 	}
 	return c.await(tag, wantCont)
@@ -227,6 +266,9 @@ func (c *clientState) openSession(i int) (*idleSession, error) {
 			continue
 		}
 		err = lc.cmd("LOGIN "+userName(acct)+" "+userPass(acct), false)
+		if err == nil && c.spec.Compress {
+			err = lc.compress()
+		}
 		if err == nil {
 			err = lc.cmd("SELECT INBOX", false)
 		}

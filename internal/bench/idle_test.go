@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -41,7 +42,22 @@ const (
 	// cpuProfileEnv names a file prefix: each benchmark writes a CPU
 	// profile of its rounds (not of the setup) to PREFIX-NAME.pprof.
 	cpuProfileEnv = "LEMONPROXY_BENCH_CPUPROFILE"
+	// compressEnv, if "1", makes BenchmarkIdleProxy's sessions turn on
+	// COMPRESS=DEFLATE right after LOGIN (the sub-benchmarks are then
+	// named Legacy+COMPRESS and Full+COMPRESS).
+	compressEnv = "LEMONPROXY_BENCH_COMPRESS"
 )
+
+func compressOn(b *testing.B) bool {
+	switch os.Getenv(compressEnv) {
+	case "", "0":
+		return false
+	case "1":
+		return true
+	}
+	b.Fatalf("%s=%q: want 1 or 0", compressEnv, os.Getenv(compressEnv))
+	return false
+}
 
 func appendRate(b *testing.B) float64 {
 	s := os.Getenv(appendRateEnv)
@@ -90,9 +106,14 @@ func sessionCounts(b *testing.B) []int {
 // Run with -benchtime=Nx (N rounds) and a long -timeout; see
 // docs/benchmarks.md.
 func BenchmarkIdleProxy(b *testing.B) {
+	compress := compressOn(b)
 	for _, p := range []dovecottest.Profile{dovecottest.Legacy, dovecottest.Full} {
 		for _, n := range sessionCounts(b) {
-			b.Run(fmt.Sprintf("%v/sessions=%d", p, n), func(b *testing.B) { benchIdle(b, p, n, true) })
+			name := fmt.Sprintf("%v/sessions=%d", p, n)
+			if compress {
+				name = fmt.Sprintf("%v+COMPRESS/sessions=%d", p, n)
+			}
+			b.Run(name, func(b *testing.B) { benchIdle(b, p, n, true, compress) })
 		}
 	}
 }
@@ -102,7 +123,7 @@ func BenchmarkIdleProxy(b *testing.B) {
 // all its processes) per idle session, and the end-to-end push latency.
 func BenchmarkIdleDirect(b *testing.B) {
 	for _, n := range sessionCounts(b) {
-		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchIdle(b, dovecottest.Legacy, n, false) })
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchIdle(b, dovecottest.Legacy, n, false, false) })
 	}
 }
 
@@ -146,7 +167,7 @@ func (r *pushRecorder) stop(want int) int {
 	}
 }
 
-func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) {
+func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy, compress bool) {
 	users := max(1, n/sessionsPerUser)
 	checkFileLimit(b, n+users+1000)
 	raiseLimits(b, n)
@@ -155,6 +176,9 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) 
 		runtime.MemProfileRate = 512
 		defer func() { runtime.MemProfileRate = 512 * 1024 }()
 		profPath = fmt.Sprintf("%s-%v-%d.pprof", prefix, profile, n)
+		if compress {
+			profPath = fmt.Sprintf("%s-%v+COMPRESS-%d.pprof", prefix, profile, n)
+		}
 	}
 
 	dc := dovecottest.Start(b, profile)
@@ -163,8 +187,6 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) 
 		accounts[userName(i)] = userPass(i)
 	}
 	dc.AddUsers(b, accounts)
-	_, portStr, _ := net.SplitHostPort(dc.Addr)
-	dcPort, _ := strconv.Atoi(portStr)
 	dcPSS0, dcRSS0, dcProcs0 := procsMem(dc.PIDs())
 	// Registered after Start's cleanup, so it runs before Dovecot is
 	// stopped, once the clients (and the proxy) are gone: thousands of
@@ -178,17 +200,18 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool) 
 		srv, target = startProxy(b, dc.Addr, rec.record)
 	}
 	m0 := measureSelf()
-	conns0 := establishedTo(dcPort, appenderIP)
+	conns0 := establishedTo(dc.Addr, appenderIP)
 
 	spec := clientSpec{
 		Addr: target, Dovecot: dc.Addr, Sessions: n, Users: users,
 		Sources: 8, Concurrency: 64, Appenders: 16, AppendRate: appendRate(b),
+		Compress: compress,
 	}
 	cl := startClients(b, spec)
 	time.Sleep(settle)
 
 	m1 := measureSelf()
-	conns := establishedTo(dcPort, appenderIP) - conns0
+	conns := establishedTo(dc.Addr, appenderIP) - conns0
 	dcPSS, dcRSS, dcProcs := procsMem(dc.PIDs())
 	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
 	// b.Loop resets reported metrics when it starts: collect them here and
@@ -341,7 +364,7 @@ func writeHeapProfile(b *testing.B, path string) {
 func startProxy(b *testing.B, upstreamAddr string, push func(time.Duration)) (*proxy.Server, string) {
 	cfg := proxy.Config{
 		Upstream:    upstream.Config{Addr: upstreamAddr, Timeout: time.Minute},
-		Extensions:  []proxy.Extension{idle.New()},
+		Extensions:  []proxy.Extension{idle.New(), compress.New()},
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
 		PushLatency: push,
 	}

@@ -68,15 +68,24 @@ func procsMem(pids []int) (pss, rss uint64, n int) {
 	return pss, rss, n
 }
 
-// establishedTo counts ESTABLISHED TCP connections (IPv4) whose remote end is
-// port on any address, leaving out those from skip (the appenders).
-func establishedTo(port int, skip net.IP) int {
+// establishedTo counts ESTABLISHED TCP connections (IPv4) to addr (Dovecot's
+// IP and port), leaving out those from skip (the appenders). The remote
+// address must match as a whole: the client process binds 127.0.0.2 and
+// up, port 0, and may be given Dovecot's port number on those addresses,
+// so the proxy's side of such a client connection also has that number as
+// its remote port.
+func establishedTo(addr string, skip net.IP) int {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return -1
+	}
+	p, _ := strconv.Atoi(port)
+	want := fmt.Sprintf("%s:%04X", hexIP(net.ParseIP(host)), p)
 	f, err := os.Open("/proc/net/tcp")
 	if err != nil {
 		return -1
 	}
 	defer f.Close()
-	want := fmt.Sprintf(":%04X", port)
 	skipHex := hexIP(skip)
 	n := 0
 	sc := bufio.NewScanner(f)
@@ -86,7 +95,7 @@ func establishedTo(port int, skip net.IP) int {
 			continue
 		}
 		local, remote := fields[1], fields[2]
-		if !strings.HasSuffix(remote, want) || strings.HasPrefix(local, skipHex+":") {
+		if remote != want || strings.HasPrefix(local, skipHex+":") {
 			continue
 		}
 		n++
