@@ -381,22 +381,40 @@ func (w *watch) commit() {
 	}
 }
 
-// fetchNew fetches the messages whose UIDs are not known yet: those from
-// the first unknown position on (new messages come last, in UID order).
-func (w *watch) fetchNew(ctx context.Context) error {
+// fetchNewCommand returns the command that fetches the messages whose UIDs
+// are not known yet, those from the first unknown position on (new
+// messages come last, in UID order), or "" if there are none; the fetch
+// will report them, so needFetch is cleared.
+func (w *watch) fetchNewCommand() string {
 	w.needFetch = false
 	z := slices.Index(w.view, 0)
 	if z < 0 {
-		return nil
+		return ""
 	}
 	from := uint32(1)
 	if z > 0 {
 		from = w.view[z-1] + 1
 	}
+	return fmt.Sprintf("UID FETCH %d:* (FLAGS)", from)
+}
+
+// fetchNew fetches the messages whose UIDs are not known yet.
+func (w *watch) fetchNew(ctx context.Context) error {
+	cmd := w.fetchNewCommand()
+	if cmd == "" {
+		return nil
+	}
 	octx, cancel := w.opCtx(ctx)
 	defer cancel()
-	_, err := w.conn.Exec(octx, fmt.Sprintf("UID FETCH %d:* (FLAGS)", from), w.handle)
+	_, err := w.conn.Exec(octx, cmd, w.handle)
 	return err
+}
+
+// answer answers Sync requests.
+func answer(syncs []chan error, err error) {
+	for _, s := range syncs {
+		s <- err
+	}
 }
 
 // poll runs NOOP (and fetches new messages) and answers pending Syncs.
@@ -409,9 +427,7 @@ func (w *watch) poll(ctx context.Context) error {
 		err = w.fetchNew(ctx)
 	}
 	w.commit()
-	for _, s := range syncs {
-		s <- err
-	}
+	answer(syncs, err)
 	return err
 }
 
@@ -498,33 +514,72 @@ func (w *watch) idleLoop(ctx context.Context) error {
 				return fmt.Errorf("unexpected response tag %q", r.Head.Tag)
 			}
 		}
-		// Leave IDLE: DONE, then the tagged OK.
-		w.box.setConn(nil)
-		w.conn.SetReadDeadline(time.Time{})
-		wr.WriteString("DONE\r\n")
-		if err := wr.Flush(); err != nil {
+		if err := w.leaveIdle(ctx, tag); err != nil {
 			return err
 		}
-		octx, cancel := w.opCtx(ctx)
-		err := w.readUntil(octx, tag)
-		cancel()
-		if err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if w.box.pendingSyncs() {
-			if err := w.poll(ctx); err != nil {
-				return err
-			}
-		} else if w.needFetch {
-			if err := w.fetchNew(ctx); err != nil {
-				return err
-			}
-		}
-		w.commit()
 	}
+}
+
+// leaveIdle ends the IDLE command tag and does what made the watcher leave
+// it. DONE goes out in one write with the commands that follow it (RFC
+// 3501 lets a client send commands without waiting for the previous
+// answers): NOOP for the waiting Sync requests, UID FETCH for new messages
+// whose UIDs are unknown. The upstream answers them all in one round trip
+// instead of one for DONE and one for each command. The answers arrive in
+// order, IDLE's tagged OK first, and every untagged response among them
+// goes through handle as it comes, so the sequence view stays right
+// whatever the upstream reports in between.
+func (w *watch) leaveIdle(ctx context.Context, tag string) error {
+	w.box.setConn(nil)
+	w.conn.SetReadDeadline(time.Time{})
+	wr := w.conn.Writer()
+	wr.WriteString("DONE\r\n")
+	var syncs []chan error
+	var tags []string
+	if ctx.Err() == nil {
+		if w.box.pendingSyncs() {
+			// Taken before the NOOP is sent: the NOOP's answers
+			// include every change made before these requests.
+			syncs = w.box.takeSyncs()
+			t := w.conn.NextTag()
+			wr.WriteString(t + " NOOP\r\n")
+			tags = append(tags, t)
+		}
+		if cmd := w.fetchNewCommand(); cmd != "" {
+			t := w.conn.NextTag()
+			wr.WriteString(t + " " + cmd + "\r\n")
+			tags = append(tags, t)
+		}
+	}
+	err := wr.Flush()
+	if err == nil {
+		octx, cancel := w.opCtx(ctx)
+		err = w.readUntil(octx, tag)
+		for _, t := range tags {
+			if err == nil {
+				err = w.readUntil(octx, t)
+			}
+		}
+		cancel()
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err == nil && w.needFetch {
+		// The NOOP (or the fetch itself) reported more new messages.
+		err = w.fetchNew(ctx)
+	}
+	if err != nil {
+		answer(syncs, err)
+		return err
+	}
+	w.commit()
+	answer(syncs, nil)
+	if w.box.pendingSyncs() {
+		// Requests that came while the answers were on their way.
+		return w.poll(ctx)
+	}
+	return nil
 }
 
 // readRest completes a response whose first line has been read.
