@@ -32,6 +32,8 @@ type translation struct {
 	stripUID     bool   // a UID item the client did not ask for is removed from FETCH responses
 	silent       bool   // STORE .SILENT sent without .SILENT: FETCH answers are recorded, not relayed
 	store        bool   // the command is a STORE: its FLAGS answers go into the hub
+	storeOp      byte   // '+', '-' or '=': what the STORE does with storeFlags
+	storeFlags   []string
 	allowExpunge bool   // EXPUNGE responses may accompany the command's answer
 	syncAfter    bool   // the command changes the mailbox: sync with the hub before answering
 }
@@ -74,6 +76,7 @@ func (s *Session) translateCommand(cmd *imapcodec.Command) ([]imapcodec.Segment,
 			// answers tell the hub the new flags at once, and the client
 			// still sees none of them (RFC 3501 6.4.6).
 			t.silent = unsilence(segs)
+			t.storeOp, t.storeFlags = storeOperation(segs[0].Text)
 		}
 		if base == "MOVE" {
 			t.syncAfter = true
@@ -614,7 +617,7 @@ func (s *Session) translateFetch(resp *Response) *Response {
 				s.sentFlags = map[uint32]string{}
 			}
 			s.sentFlags[uid] = flags
-			if t != nil && t.store {
+			if t != nil && t.store && t.storeResult(flags) {
 				m.sub.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: uid, Flags: strings.Fields(flags)}}})
 			}
 		}
@@ -726,4 +729,60 @@ func fetchFlags(segs []imapcodec.Segment) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// storeRe matches a STORE in its UID form: the operation and the flags.
+var storeRe = regexp.MustCompile(`(?i)^\S+ UID STORE \S+ (?:\([^)]*\) )?([+-]?)FLAGS(?:\.SILENT)? \(?([^)]*)\)?$`)
+
+// storeOperation returns what a STORE does: '+', '-' or '=' with its flags
+// (normalised), or 0 when the command does not parse.
+func storeOperation(text []byte) (byte, []string) {
+	m := storeRe.FindSubmatch(text)
+	if m == nil {
+		return 0, nil
+	}
+	op := byte('=')
+	if len(m[1]) == 1 {
+		op = m[1][0]
+	}
+	return op, syncstate.NormalizeFlags(strings.Fields(string(m[2])))
+}
+
+// storeResult reports whether flags (a FETCH answer during a STORE, as
+// fetchFlags gives them) can be the result of the STORE. A pooled
+// connection may also deliver an older report about the same message
+// queued before the STORE; it must not be taken as the message's new
+// state. Keywords compare case-insensitively (servers differ in case).
+func (t *translation) storeResult(flags string) bool {
+	if t.storeOp == 0 {
+		return false
+	}
+	have := map[string]bool{}
+	for _, f := range strings.Fields(flags) {
+		have[strings.ToLower(f)] = true
+	}
+	switch t.storeOp {
+	case '+':
+		for _, f := range t.storeFlags {
+			if !have[strings.ToLower(f)] {
+				return false
+			}
+		}
+	case '-':
+		for _, f := range t.storeFlags {
+			if have[strings.ToLower(f)] {
+				return false
+			}
+		}
+	case '=':
+		if len(have) != len(t.storeFlags) {
+			return false
+		}
+		for _, f := range t.storeFlags {
+			if !have[strings.ToLower(f)] {
+				return false
+			}
+		}
+	}
+	return true
 }
