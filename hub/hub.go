@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -126,7 +127,14 @@ type Hub struct {
 	// cold holds the states of recently unwatched mailboxes (nil when
 	// Config.StateCache is negative).
 	cold *lru.Cache[Key, *syncstate.Mailbox]
+	// changes counts batches of changes fanned out, notified the
+	// subscriptions told of them (for metrics).
+	changes, notified atomic.Int64
 }
+
+// Counts returns how many batches of changes the watchers fanned out, and
+// to how many subscriptions in all, since the hub started.
+func (h *Hub) Counts() (changes, notified int64) { return h.changes.Load(), h.notified.Load() }
 
 // New returns a hub. Close stops its watchers.
 func New(cfg Config) *Hub {
@@ -310,6 +318,8 @@ func (b *box) notifyAll() {
 		subs = append(subs, s)
 	}
 	b.hub.mu.Unlock()
+	b.hub.changes.Add(1)
+	b.hub.notified.Add(int64(len(subs)))
 	for _, s := range subs {
 		s.notify()
 	}

@@ -128,6 +128,7 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	s.log = s.log.With("user", user)
 	s.log.Info("logged in")
 	s.up = c
+	s.leased.Store(true)
 	s.setState(StateAuthenticated)
 	s.release()
 	if text == "" {
@@ -139,6 +140,7 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 // authFailed answers a failed login after the configured delay, which slows
 // down password guessing.
 func (s *Session) authFailed(tag string) error {
+	s.srv.countError(ErrAuthFailed)
 	if d := s.srv.cfg.AuthFailureDelay; d > 0 {
 		s.Flush()
 		time.Sleep(d)

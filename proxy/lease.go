@@ -72,6 +72,7 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 			continue
 		}
 		s.up = c
+		s.leased.Store(true)
 		return c, nil
 	}
 	c, err := s.dialUpstream(ctx)
@@ -86,6 +87,7 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 		s.catchUp(ctx, c, true)
 	}
 	s.up = c
+	s.leased.Store(true)
 	return c, nil
 }
 
@@ -137,6 +139,7 @@ func (s *Session) release() {
 func (s *Session) releaseUpstream() {
 	c := s.up
 	s.up = nil
+	s.leased.Store(false)
 	if c.Broken() {
 		c.Close()
 		return
@@ -148,5 +151,6 @@ func (s *Session) releaseUpstream() {
 // connection.
 func (s *Session) upstreamUnavailable(tag string, err error) error {
 	s.log.Warn("no upstream connection", "err", err)
+	s.srv.countError(ErrUpstreamUnavailable)
 	return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 }

@@ -43,6 +43,7 @@ type Server struct {
 	selectHooks  []SelectHook
 	rewriters    map[string][]CommandRewriter
 	reporter     ChangeReporter
+	counters     serverCounters
 	pushers      []Pusher
 	observers    []CommandObserver
 	capProvs     []CapabilityProvider
@@ -195,6 +196,7 @@ func (s *Server) startSession(nc net.Conn, isTLS bool) bool {
 	}
 	sess := newSession(s, nc, isTLS)
 	s.sessions[sess] = struct{}{}
+	s.counters.opened.Add(1)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

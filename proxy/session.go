@@ -62,6 +62,10 @@ type Session struct {
 	pushSelected  atomic.Int32
 	fetchUID      bool
 	lastTagged    string
+	// stateMirror and leased mirror state and up for Server.Stats, which
+	// reads them from another goroutine.
+	stateMirror atomic.Int32
+	leased      atomic.Bool
 	// collect, when set, receives the untagged responses of the command
 	// being relayed instead of the client, and the tagged response is left
 	// to the caller (SELECT rewrites them once its view is known).
@@ -270,6 +274,7 @@ func (s *Session) serve(ctx context.Context) {
 		if err := s.dispatch(ctx, line, lit); err != nil {
 			if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 				s.log.Info("session ended", "err", err)
+				s.srv.countError(ErrSessionFailed)
 			}
 			s.bye(byeText(err))
 			return
@@ -309,11 +314,14 @@ func (s *Session) readFailed(err error) {
 	switch {
 	case errors.Is(err, imapcodec.ErrLineTooLong):
 		s.log.Info("client sent an over-long line")
+		s.srv.countError(ErrLineTooLong)
 		s.bye("Line too long.")
 	case errors.Is(err, imapcodec.ErrLiteralTooLarge):
+		s.srv.countError(ErrLiteralTooLarge)
 		s.bye("Literal too large.")
 	case errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		s.log.Info("client timed out", "state", s.state.String())
+		s.srv.countError(ErrClientTimeout)
 		s.bye("Autologout; idle for too long.")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		s.log.Debug("client disconnected")
@@ -345,6 +353,7 @@ func (s *Session) setState(st State) {
 		return
 	}
 	s.state = st
+	s.stateMirror.Store(int32(st))
 	if st != StateSelected {
 		s.closeMailbox()
 	}

@@ -34,8 +34,8 @@ type translation struct {
 	store        bool   // the command is a STORE: its FLAGS answers go into the hub
 	storeOp      byte   // '+', '-' or '=': what the STORE does with storeFlags
 	storeFlags   []string
-	allowExpunge bool   // EXPUNGE responses may accompany the command's answer
-	syncAfter    bool   // the command changes the mailbox: sync with the hub before answering
+	allowExpunge bool // EXPUNGE responses may accompany the command's answer
+	syncAfter    bool // the command changes the mailbox: sync with the hub before answering
 }
 
 // seqCommands take a sequence set as their first argument.

@@ -34,6 +34,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/metrics"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/statestore"
 )
@@ -84,6 +85,30 @@ func extensions(s config.Settings) []proxy.Extension {
 		compress.New(),
 		condstore.New(),
 		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: s.NotifyPollInterval.Duration, Grace: s.WatchGrace.Duration}}),
+	}
+}
+
+// withMetrics hooks the event-fed metrics into the configuration and the
+// extensions, and returns how to register the rest once the server exists.
+func withMetrics(m *metrics.Metrics, cfg *proxy.Config) func(*proxy.Server) {
+	cfg.PushLatency = m.ObservePush
+	src := metrics.Sources{}
+	for _, e := range cfg.Extensions {
+		switch e := e.(type) {
+		case *condstore.Extension:
+			e.OnResync = m.ObserveResync
+		case *compress.Extension:
+			src.Compress = func() (int64, int64, int64, int64, int64) {
+				st := e.Stats()
+				return st.PlainIn, st.CompressedIn, st.PlainOut, st.CompressedOut, st.Active
+			}
+		case *notify.Extension:
+			src.AccountWatchers = e.Accounts().Watchers
+		}
+	}
+	return func(srv *proxy.Server) {
+		src.Server = srv
+		m.Register(src)
 	}
 }
 
@@ -147,10 +172,27 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 	}
 	defer store.Close()
 	cfg.Hub.Store = store
+	var met *metrics.Metrics
+	var registerMetrics func(*proxy.Server)
+	if settings.Metrics != "" {
+		met = metrics.New()
+		registerMetrics = withMetrics(met, &cfg)
+	}
 	srv, err := proxy.NewServer(cfg)
 	if err != nil {
 		log.Error("starting", "err", err)
 		return 1
+	}
+	if met != nil {
+		registerMetrics(srv)
+		ln, err := net.Listen("tcp", settings.Metrics)
+		if err != nil {
+			log.Error("metrics listen", "addr", settings.Metrics, "err", err)
+			return 1
+		}
+		mctx, stopMetrics := context.WithCancel(context.Background())
+		defer stopMetrics()
+		go met.Serve(mctx, ln, log)
 	}
 
 	// Handle signals before announcing the listeners: a SIGHUP or SIGTERM
@@ -206,6 +248,9 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		}()
 	}
 
+	if met != nil {
+		met.SetReady(true)
+	}
 	for s := range sig {
 		if s == syscall.SIGHUP {
 			if certs == nil {
@@ -221,6 +266,9 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		}
 		log.Info("shutting down", "signal", s.String())
 		break
+	}
+	if met != nil {
+		met.SetReady(false)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()

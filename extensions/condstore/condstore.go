@@ -32,7 +32,11 @@ import (
 // Extension implements RFC 7162 for every session. It has no state of its
 // own: what it needs per session lives in the session's enabled set and in
 // the command being relayed.
-type Extension struct{}
+type Extension struct {
+	// OnResync, if set, is told the size in bytes of each QRESYNC
+	// SELECT's answer (HIGHESTMODSEQ, VANISHED and FETCH), for metrics.
+	OnResync func(bytes int)
+}
 
 // New returns the CONDSTORE/QRESYNC extension.
 func New() *Extension { return &Extension{} }
@@ -223,7 +227,7 @@ func (*Extension) SelectClosing(s *proxy.Session) {
 // (EARLIER) first, then the FETCH of each changed message in
 // mod-sequence order, so a client cut off midway resyncs from a point that
 // loses nothing.
-func (*Extension) SelectOpened(s *proxy.Session, params map[string]any) error {
+func (e *Extension) SelectOpened(s *proxy.Session, params map[string]any) error {
 	if params["CONDSTORE"] != nil || params["QRESYNC"] != nil {
 		s.SetEnabled("CONDSTORE")
 	}
@@ -232,8 +236,13 @@ func (*Extension) SelectOpened(s *proxy.Session, params map[string]any) error {
 	m := s.Mailbox()
 	highest := m.ModSeq()
 	b := fmt.Appendf(nil, "* OK [HIGHESTMODSEQ %d] Highest\r\n", highest)
-	if q, _ := params["QRESYNC"].(*qresyncParams); q != nil && q.uidValidity == m.State().UIDValidity() {
-		b = resync(b, m, q)
+	if q, _ := params["QRESYNC"].(*qresyncParams); q != nil {
+		if q.uidValidity == m.State().UIDValidity() {
+			b = resync(b, m, q)
+		}
+		if e.OnResync != nil {
+			e.OnResync(len(b))
+		}
 	}
 	return s.Write(b)
 }

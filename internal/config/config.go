@@ -59,6 +59,8 @@ type Settings struct {
 	IdleKeepAlive Duration `toml:"idle-keepalive"`
 
 	NotifyPollInterval Duration `toml:"notify-poll-interval"`
+
+	Metrics string `toml:"metrics"`
 }
 
 // Duration is a time.Duration written "30s" in the file and on the command
@@ -128,6 +130,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
 	fs.TextVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "disconnect logged-in clients silent for this long (at least 30m per RFC 3501)")
 	fs.TextVar(&s.PollInterval, "poll-interval", s.PollInterval, "how often a mailbox watcher polls with NOOP when the upstream has no IDLE")
+	fs.StringVar(&s.Metrics, "metrics", s.Metrics, "address of the HTTP listener for Prometheus metrics (/metrics), /healthz and /readyz; empty: off")
 	fs.TextVar(&s.NotifyPollInterval, "notify-poll-interval", s.NotifyPollInterval, "how often NOTIFY's account watcher polls LIST, LSUB and STATUS for mailboxes other than the selected one and INBOX")
 	fs.TextVar(&s.WatchGrace, "watch-grace", s.WatchGrace, "how long a mailbox watcher outlives its last session")
 	fs.TextVar(&s.IdleRenew, "idle-renew", s.IdleRenew, "how long a watcher's upstream IDLE runs before it is renewed (under 29m)")

@@ -1,0 +1,184 @@
+// Package metrics exports what an operator of lemonproxy watches:
+// Prometheus metrics, and the health and readiness endpoints a load
+// balancer or an orchestrator probes. It runs on its own HTTP listener
+// (-metrics ADDR), never on the IMAP ports.
+//
+// Most figures are read from the server when Prometheus scrapes (gauge and
+// counter functions over proxy.Server.Stats and the extensions' counters), so
+// sessions pay nothing for them; only the push latency and resync size
+// histograms are observed as events happen.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// Sources are what the metrics read. Server is required; the others are
+// optional and their metrics are left out when nil.
+type Sources struct {
+	Server *proxy.Server
+	// Compress returns the COMPRESS extension's byte counters.
+	Compress func() (plainIn, compressedIn, plainOut, compressedOut, active int64)
+	// AccountWatchers returns the number of NOTIFY account watchers (one
+	// upstream connection each).
+	AccountWatchers func() int
+}
+
+// Metrics holds the registry and the histograms fed by events.
+type Metrics struct {
+	reg         *prometheus.Registry
+	pushLatency prometheus.Histogram
+	resyncBytes prometheus.Histogram
+	ready       atomic.Bool
+}
+
+const ns = "lemonproxy"
+
+// New builds the metrics. Hook ObservePush into proxy.Config.PushLatency and
+// ObserveResync into the condstore extension before the server starts, then
+// call Register with the server.
+func New() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.pushLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: ns, Name: "push_latency_seconds",
+		Help:    "The proxy's own latency of a push to an idling client: from the watcher reading the upstream's line to the client socket write.",
+		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1},
+	})
+	m.resyncBytes = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: ns, Name: "qresync_answer_bytes",
+		Help:    "Size of the answer to a QRESYNC SELECT or EXAMINE (HIGHESTMODSEQ, VANISHED (EARLIER), FETCH).",
+		Buckets: prometheus.ExponentialBuckets(64, 4, 10),
+	})
+	m.reg.MustRegister(m.pushLatency, m.resyncBytes)
+	return m
+}
+
+// ObservePush records one push latency (proxy.Config.PushLatency).
+func (m *Metrics) ObservePush(d time.Duration) { m.pushLatency.Observe(d.Seconds()) }
+
+// ObserveResync records the size of one QRESYNC answer.
+func (m *Metrics) ObserveResync(bytes int) { m.resyncBytes.Observe(float64(bytes)) }
+
+// Register adds the metrics read from the server and the extensions.
+func (m *Metrics) Register(src Sources) {
+	srv := src.Server
+	// One Stats walk per scrape, shared by the functions below.
+	var cached atomic.Pointer[statsAt]
+	stats := func() proxy.Stats {
+		if c := cached.Load(); c != nil && time.Since(c.at) < time.Second {
+			return c.st
+		}
+		st := srv.Stats()
+		cached.Store(&statsAt{st, time.Now()})
+		return st
+	}
+	for st := proxy.StateNotAuthenticated; st <= proxy.StateLogout; st++ {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: ns, Name: "sessions", Help: "Open client sessions by IMAP state.",
+			ConstLabels: prometheus.Labels{"state": st.String()},
+		}, func() float64 { return float64(stats().SessionsByState[st]) }))
+	}
+	role := func(name string, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: ns, Name: "upstream_connections", Help: "Upstream connections by role: " + help,
+			ConstLabels: prometheus.Labels{"role": name},
+		}, f))
+	}
+	const roles = "leased (running a session's command), pooled (idle, kept for reuse), watcher (one per watched mailbox, IDLE or polling), account (NOTIFY's one per account)."
+	role("leased", roles, func() float64 { return float64(stats().UpstreamLeased) })
+	role("pooled", roles, func() float64 { return float64(stats().UpstreamIdle) })
+	role("watcher", roles, func() float64 { return float64(stats().Watchers) })
+	if src.AccountWatchers != nil {
+		role("account", roles, func() float64 { return float64(src.AccountWatchers()) })
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: ns, Name: "watchers", Help: "Mailbox watchers of the hub (one per watched account and mailbox).",
+	}, func() float64 { return float64(stats().Watchers) }))
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: ns, Name: "sessions_opened_total", Help: "Client sessions accepted since start.",
+	}, func() float64 { return float64(stats().SessionsOpened) }))
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: ns, Name: "change_batches_total", Help: "Batches of mailbox changes the watchers fanned out.",
+	}, func() float64 { c, _ := srv.Hub().Counts(); return float64(c) }))
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: ns, Name: "change_notifications_total", Help: "Sessions notified of a batch of changes, summed.",
+	}, func() float64 { _, n := srv.Hub().Counts(); return float64(n) }))
+	for _, k := range proxy.ErrorKinds() {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: ns, Name: "errors_total", Help: "Errors by kind.",
+			ConstLabels: prometheus.Labels{"kind": k.String()},
+		}, func() float64 { return float64(stats().Errors[k]) }))
+	}
+	if src.Compress != nil {
+		bytes := func(dir, form string, pick func(pi, ci, po, co int64) int64) {
+			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Namespace: ns, Name: "compress_bytes_total",
+				Help:        "Bytes through COMPRESS=DEFLATE sessions, by direction and form (plain or compressed), counted when a session flushes or ends.",
+				ConstLabels: prometheus.Labels{"direction": dir, "form": form},
+			}, func() float64 { pi, ci, po, co, _ := src.Compress(); return float64(pick(pi, ci, po, co)) }))
+		}
+		bytes("in", "plain", func(pi, _, _, _ int64) int64 { return pi })
+		bytes("in", "compressed", func(_, ci, _, _ int64) int64 { return ci })
+		bytes("out", "plain", func(_, _, po, _ int64) int64 { return po })
+		bytes("out", "compressed", func(_, _, _, co int64) int64 { return co })
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: ns, Name: "compress_sessions", Help: "Sessions with COMPRESS=DEFLATE on.",
+		}, func() float64 { _, _, _, _, a := src.Compress(); return float64(a) }))
+	}
+}
+
+type statsAt struct {
+	st proxy.Stats
+	at time.Time
+}
+
+// SetReady sets what /readyz answers: ready once the IMAP listeners are up,
+// not ready while shutting down.
+func (m *Metrics) SetReady(ok bool) { m.ready.Store(ok) }
+
+// Handler serves /metrics, /healthz (the process answers) and /readyz (it
+// accepts IMAP connections).
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !m.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// Serve serves Handler on ln until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) error {
+	hs := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		hs.Shutdown(sctx)
+	})
+	defer stop()
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,87 @@
+package metrics_test
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/metrics"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestMetrics: the exported figures follow what the sessions do.
+func TestMetrics(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	up.AddUser("alice", "secret")
+	m := metrics.New()
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{
+		Extensions:       []proxy.Extension{idle.New()},
+		PushLatency:      m.ObservePush,
+		AuthFailureDelay: time.Millisecond,
+	})
+	m.Register(metrics.Sources{Server: p.Srv})
+	hs := httptest.NewServer(m.Handler())
+	defer hs.Close()
+
+	if code, _ := get(t, hs.URL+"/healthz"); code != 200 {
+		t.Fatalf("/healthz: %d", code)
+	}
+	if code, _ := get(t, hs.URL+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz before ready: %d", code)
+	}
+	m.SetReady(true)
+	if code, _ := get(t, hs.URL+"/readyz"); code != 200 {
+		t.Fatalf("/readyz: %d", code)
+	}
+
+	a := imaptest.Login(t, p.Addr, "alice", "secret")
+	a.MustOK("SELECT INBOX")
+	b := imaptest.Dial(t, p.Addr)
+	if got := imaptest.Tagged(b.Cmd("LOGIN alice wrong")); !strings.HasPrefix(got, "NO") {
+		t.Fatalf("bad login: %q", got)
+	}
+	time.Sleep(1100 * time.Millisecond) // the stats snapshot is cached for a second
+	_, body := get(t, hs.URL+"/metrics")
+	for _, want := range []string{
+		`lemonproxy_sessions{state="selected"} 1`,
+		`lemonproxy_sessions{state="not-authenticated"} 1`,
+		`lemonproxy_errors_total{kind="auth_failed"} 1`,
+		`lemonproxy_upstream_connections{role="watcher"} 1`,
+		`lemonproxy_watchers 1`,
+		`lemonproxy_sessions_opened_total 2`,
+		`lemonproxy_push_latency_seconds_count 0`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(body, want+"\n") && !strings.Contains(body, want+" ") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(body)
+	}
+}

@@ -1,0 +1,76 @@
+package proxy
+
+import "sync/atomic"
+
+// ErrorKind classifies what went wrong, for the operator's metrics.
+type ErrorKind int
+
+const (
+	ErrAuthFailed          ErrorKind = iota // a login the upstream refused
+	ErrUpstreamUnavailable                  // no upstream connection could be had
+	ErrClientTimeout                        // a client silent past its timeout
+	ErrLineTooLong                          // a client line over the limit
+	ErrLiteralTooLarge                      // a client literal over the limit
+	ErrSessionFailed                        // a session ended by another error (upstream loss, corrupt input...)
+	numErrorKinds
+)
+
+var errorKindNames = [numErrorKinds]string{"auth_failed", "upstream_unavailable", "client_timeout", "line_too_long", "literal_too_large", "session_failed"}
+
+func (k ErrorKind) String() string { return errorKindNames[k] }
+
+// Stats is a snapshot of the server for metrics.
+type Stats struct {
+	// SessionsByState counts open sessions per State.
+	SessionsByState [StateLogout + 1]int
+	// UpstreamLeased counts sessions holding an upstream connection now.
+	UpstreamLeased int
+	// UpstreamIdle counts pooled idle upstream connections.
+	UpstreamIdle int
+	// Watchers counts the hub's mailbox watchers (one upstream connection
+	// each).
+	Watchers int
+	// SessionsOpened counts sessions since start.
+	SessionsOpened int64
+	// Errors counts errors since start, by ErrorKind.
+	Errors [numErrorKinds]int64
+}
+
+// ErrorKinds lists every ErrorKind, for exporting Stats.Errors.
+func ErrorKinds() []ErrorKind {
+	out := make([]ErrorKind, numErrorKinds)
+	for i := range out {
+		out[i] = ErrorKind(i)
+	}
+	return out
+}
+
+// serverCounters are the Server's counters.
+type serverCounters struct {
+	opened atomic.Int64
+	errs   [numErrorKinds]atomic.Int64
+}
+
+func (s *Server) countError(k ErrorKind) { s.counters.errs[k].Add(1) }
+
+// Stats returns a snapshot of the server's sessions, upstream connections
+// and counters. It walks the sessions: cheap at a scrape every few
+// seconds, not meant for a hot path.
+func (s *Server) Stats() Stats {
+	var st Stats
+	s.mu.Lock()
+	for sess := range s.sessions {
+		st.SessionsByState[sess.stateMirror.Load()]++
+		if sess.leased.Load() {
+			st.UpstreamLeased++
+		}
+	}
+	s.mu.Unlock()
+	st.UpstreamIdle = s.pool.Idle()
+	st.Watchers = s.hub.Watchers()
+	st.SessionsOpened = s.counters.opened.Load()
+	for i := range st.Errors {
+		st.Errors[i] = s.counters.errs[i].Load()
+	}
+	return st
+}
