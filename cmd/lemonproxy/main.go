@@ -33,6 +33,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/internal/config"
+	"github.com/lemonproxy/lemonproxy/internal/listen"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/metrics"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -206,11 +207,19 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		ln  net.Listener
 		tls bool
 	}
-	listen := func(addr string, isTLS bool) bool {
+	balancers, err := listen.ParsePrefixes(settings.ProxyProtocol)
+	if err != nil {
+		log.Error("proxy-protocol", "err", err)
+		return 2
+	}
+	listenOn := func(addr string, isTLS bool) bool {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			log.Error("listen", "addr", addr, "err", err)
 			return false
+		}
+		if len(balancers) > 0 {
+			ln = listen.ProxyProtocol(ln, balancers)
 		}
 		listeners = append(listeners, struct {
 			ln  net.Listener
@@ -219,10 +228,10 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		log.Info("listening", "addr", ln.Addr().String(), "tls", isTLS, "upstream", settings.Upstream)
 		return true
 	}
-	if settings.Listen != "" && !listen(settings.Listen, false) {
+	if settings.Listen != "" && !listenOn(settings.Listen, false) {
 		return 1
 	}
-	if settings.ListenTLS != "" && !listen(settings.ListenTLS, true) {
+	if settings.ListenTLS != "" && !listenOn(settings.ListenTLS, true) {
 		return 1
 	}
 	if len(listeners) == 0 {
