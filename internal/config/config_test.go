@@ -546,3 +546,16 @@ func FuzzDecode(f *testing.F) {
 		_, _ = s.Level()
 	})
 }
+
+// TestSampleConfig: the sample in docs/deploy parses and sets what it says.
+func TestSampleConfig(t *testing.T) {
+	s := parse(t, "-config", "../../docs/deploy/lemonproxy.toml")
+	if s.Upstream != "imap.internal.example:993" || s.UpstreamSecurity != "tls" || s.Metrics != "127.0.0.1:9143" ||
+		s.ListenTLS != "0.0.0.0:993" || s.Data != "/var/lib/lemonproxy" {
+		t.Fatalf("sample parsed as %+v", s)
+	}
+	d := Defaults()
+	if s.PollInterval != d.PollInterval || s.MaxAppend != d.MaxAppend || s.PoolIdleTotal != d.PoolIdleTotal || s.NotifyPollInterval != d.NotifyPollInterval {
+		t.Fatalf("sample's documented defaults differ from the code's: %+v", s)
+	}
+}
