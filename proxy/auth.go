@@ -122,8 +122,18 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		s.log.Warn("upstream failed during login", "err", err)
 		return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 	}
+	account := s.srv.cfg.Upstream.Addr + "\x00" + user
+	s.srv.limits.succeeded(s.addr)
+	if !s.srv.limits.login(account) {
+		c.Logout()
+		c.Close()
+		s.srv.countError(ErrTooManySessions)
+		s.log.Warn("too many sessions for one account", "user", user)
+		return s.WriteStatus(tag, "NO", "LIMIT", "Too many sessions for this account; log out elsewhere first.")
+	}
+	s.counted = true
 	s.user, s.pass = user, pass
-	s.account = s.srv.cfg.Upstream.Addr + "\x00" + user
+	s.account = account
 	s.upCaps = c.Caps()
 	s.log = s.log.With("user", user)
 	s.log.Info("logged in")
@@ -141,7 +151,7 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 // down password guessing.
 func (s *Session) authFailed(tag string) error {
 	s.srv.countError(ErrAuthFailed)
-	if d := s.srv.cfg.AuthFailureDelay; d > 0 {
+	if d := s.srv.limits.failed(s.addr, s.srv.cfg.AuthFailureDelay); d > 0 {
 		s.Flush()
 		time.Sleep(d)
 	}

@@ -44,6 +44,9 @@ type Config struct {
 	// IdleTimeout disconnects authenticated clients silent for longer
 	// (RFC 3501 asks for at least 30 minutes). Default 30 minutes.
 	IdleTimeout time.Duration
+	// Abuse bounds connections per address, sessions per account,
+	// commands before login, and slows down password guessing.
+	Abuse AbuseLimits
 	// ShutdownTimeout bounds how long Shutdown waits for sessions to end.
 	// Default 10 s.
 	ShutdownTimeout time.Duration

@@ -44,6 +44,7 @@ type Server struct {
 	rewriters    map[string][]CommandRewriter
 	reporter     ChangeReporter
 	counters     serverCounters
+	limits       *limiter
 	pushers      []Pusher
 	observers    []CommandObserver
 	capProvs     []CapabilityProvider
@@ -74,6 +75,7 @@ func NewServer(cfg Config) (*Server, error) {
 		commands:     map[string]CommandHandler{},
 		selectParams: map[string]SelectParamHandler{},
 		rewriters:    map[string][]CommandRewriter{},
+		limits:       newLimiter(cfg.Abuse),
 		listeners:    map[*net.Listener]struct{}{},
 		sessions:     map[*Session]struct{}{},
 	}
@@ -194,12 +196,27 @@ func (s *Server) startSession(nc net.Conn, isTLS bool) bool {
 	if s.closing {
 		return false
 	}
+	addr := addrOf(nc)
+	if !s.limits.connect(addr) {
+		s.countError(ErrTooManyConns)
+		s.log.Warn("too many connections from one address", "remote", addr.String())
+		s.wg.Add(1)
+		go func() { // the BYE must not hold up the accept loop
+			defer s.wg.Done()
+			defer nc.Close()
+			nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			nc.Write([]byte("* BYE Too many connections from your address.\r\n"))
+		}()
+		return true
+	}
 	sess := newSession(s, nc, isTLS)
+	sess.addr = addr
 	s.sessions[sess] = struct{}{}
 	s.counters.opened.Add(1)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer s.limits.disconnect(addr)
 		sess.serve(s.ctx)
 		s.mu.Lock()
 		delete(s.sessions, sess)

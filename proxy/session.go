@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -66,6 +67,12 @@ type Session struct {
 	// reads them from another goroutine.
 	stateMirror atomic.Int32
 	leased      atomic.Bool
+	// addr is the client's address, for the per-address limits;
+	// preAuthCmds counts commands before login; counted tells whether
+	// the session counts against its account's session limit.
+	addr        netip.Addr
+	preAuthCmds int
+	counted     bool
 	// collect, when set, receives the untagged responses of the command
 	// being relayed instead of the client, and the tagged response is left
 	// to the caller (SELECT rewrites them once its view is known).
@@ -271,6 +278,14 @@ func (s *Session) serve(ctx context.Context) {
 			s.readFailed(err)
 			return
 		}
+		if s.state == StateNotAuthenticated {
+			if s.preAuthCmds++; s.srv.limits.cfg.PreAuthCommands > 0 && s.preAuthCmds > s.srv.limits.cfg.PreAuthCommands {
+				s.srv.countError(ErrPreAuthCommands)
+				s.log.Info("too many commands before login")
+				s.bye("Too many commands before login.")
+				return
+			}
+		}
 		if err := s.dispatch(ctx, line, lit); err != nil {
 			if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 				s.log.Info("session ended", "err", err)
@@ -336,6 +351,9 @@ func (s *Session) readFailed(err error) {
 
 func (s *Session) cleanup() {
 	s.nc.Close()
+	if s.counted {
+		s.srv.limits.logout(s.account)
+	}
 	if s.up != nil {
 		s.releaseUpstream()
 	}

@@ -12,10 +12,14 @@ const (
 	ErrLineTooLong                          // a client line over the limit
 	ErrLiteralTooLarge                      // a client literal over the limit
 	ErrSessionFailed                        // a session ended by another error (upstream loss, corrupt input...)
+	ErrTooManyConns                         // a connection over the per-address limit
+	ErrTooManySessions                      // a login over the per-account limit
+	ErrPreAuthCommands                      // a client over the command limit before login
 	numErrorKinds
 )
 
-var errorKindNames = [numErrorKinds]string{"auth_failed", "upstream_unavailable", "client_timeout", "line_too_long", "literal_too_large", "session_failed"}
+var errorKindNames = [numErrorKinds]string{"auth_failed", "upstream_unavailable", "client_timeout", "line_too_long", "literal_too_large", "session_failed",
+	"too_many_connections", "too_many_sessions", "preauth_commands"}
 
 func (k ErrorKind) String() string { return errorKindNames[k] }
 

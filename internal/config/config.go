@@ -62,6 +62,11 @@ type Settings struct {
 
 	Metrics       string `toml:"metrics"`
 	ProxyProtocol string `toml:"proxy-protocol"`
+
+	ConnsPerIP          int      `toml:"conns-per-ip"`
+	SessionsPerUser     int      `toml:"sessions-per-user"`
+	PreAuthCommands     int      `toml:"preauth-commands"`
+	AuthFailureMaxDelay Duration `toml:"auth-failure-max-delay"`
 }
 
 // Duration is a time.Duration written "30s" in the file and on the command
@@ -82,25 +87,29 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // Defaults returns the default settings.
 func Defaults() Settings {
 	return Settings{
-		Listen:             "127.0.0.1:1143",
-		UpstreamSecurity:   "none",
-		UpstreamTimeout:    Duration{30 * time.Second},
-		PoolIdlePerAccount: 2,
-		PoolIdleTotal:      1000,
-		PoolIdleTimeout:    Duration{5 * time.Minute},
-		Data:               "./lemonproxy-data",
-		LogLevel:           "info",
-		MaxLine:            imapcodec.DefaultMaxLine,
-		MaxLiteral:         imapcodec.DefaultMaxInlineLiteral,
-		MaxAppend:          64 << 20,
-		MaxDepth:           imapcodec.DefaultMaxDepth,
-		AuthFailureDelay:   Duration{2 * time.Second},
-		PreAuthTimeout:     Duration{60 * time.Second},
-		IdleTimeout:        Duration{30 * time.Minute},
-		PollInterval:       Duration{30 * time.Second},
-		NotifyPollInterval: Duration{30 * time.Second},
-		WatchGrace:         Duration{10 * time.Second},
-		IdleRenew:          Duration{25 * time.Minute},
+		Listen:              "127.0.0.1:1143",
+		UpstreamSecurity:    "none",
+		UpstreamTimeout:     Duration{30 * time.Second},
+		PoolIdlePerAccount:  2,
+		PoolIdleTotal:       1000,
+		PoolIdleTimeout:     Duration{5 * time.Minute},
+		Data:                "./lemonproxy-data",
+		LogLevel:            "info",
+		MaxLine:             imapcodec.DefaultMaxLine,
+		MaxLiteral:          imapcodec.DefaultMaxInlineLiteral,
+		MaxAppend:           64 << 20,
+		MaxDepth:            imapcodec.DefaultMaxDepth,
+		AuthFailureDelay:    Duration{2 * time.Second},
+		PreAuthTimeout:      Duration{60 * time.Second},
+		IdleTimeout:         Duration{30 * time.Minute},
+		PollInterval:        Duration{30 * time.Second},
+		NotifyPollInterval:  Duration{30 * time.Second},
+		ConnsPerIP:          2000,
+		SessionsPerUser:     50,
+		PreAuthCommands:     25,
+		AuthFailureMaxDelay: Duration{30 * time.Second},
+		WatchGrace:          Duration{10 * time.Second},
+		IdleRenew:           Duration{25 * time.Minute},
 	}
 }
 
@@ -131,6 +140,10 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
 	fs.TextVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "disconnect logged-in clients silent for this long (at least 30m per RFC 3501)")
 	fs.TextVar(&s.PollInterval, "poll-interval", s.PollInterval, "how often a mailbox watcher polls with NOOP when the upstream has no IDLE")
+	fs.IntVar(&s.ConnsPerIP, "conns-per-ip", s.ConnsPerIP, "most simultaneous connections from one client address (loopback exempt); -1: no limit")
+	fs.IntVar(&s.SessionsPerUser, "sessions-per-user", s.SessionsPerUser, "most simultaneous logged-in sessions of one account; -1: no limit")
+	fs.IntVar(&s.PreAuthCommands, "preauth-commands", s.PreAuthCommands, "most commands a client may send before it logs in; -1: no limit")
+	fs.TextVar(&s.AuthFailureMaxDelay, "auth-failure-max-delay", s.AuthFailureMaxDelay, "cap of the failed-login delay, which doubles with each failure from one address")
 	fs.StringVar(&s.ProxyProtocol, "proxy-protocol", s.ProxyProtocol, "comma-separated addresses or CIDR prefixes of load balancers whose connections start with a PROXY protocol header (v1/v2) giving the real client address; empty: off")
 	fs.StringVar(&s.Metrics, "metrics", s.Metrics, "address of the HTTP listener for Prometheus metrics (/metrics), /healthz and /readyz; empty: off")
 	fs.TextVar(&s.NotifyPollInterval, "notify-poll-interval", s.NotifyPollInterval, "how often NOTIFY's account watcher polls LIST, LSUB and STATUS for mailboxes other than the selected one and INBOX")
@@ -258,6 +271,8 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.AuthFailureDelay = s.AuthFailureDelay.Duration
 	cfg.PreAuthTimeout = s.PreAuthTimeout.Duration
 	cfg.IdleTimeout = s.IdleTimeout.Duration
+	cfg.Abuse = proxy.AbuseLimits{ConnsPerIP: s.ConnsPerIP, SessionsPerUser: s.SessionsPerUser,
+		PreAuthCommands: s.PreAuthCommands, AuthFailureMaxDelay: s.AuthFailureMaxDelay.Duration}
 	cfg.Hub.PollInterval = s.PollInterval.Duration
 	cfg.Hub.Grace = s.WatchGrace.Duration
 	cfg.Hub.IdleRenew = s.IdleRenew.Duration
