@@ -567,3 +567,20 @@ func TestSampleConfig(t *testing.T) {
 		t.Fatalf("sample's documented defaults differ from the code's: %+v", s)
 	}
 }
+
+// FuzzParseFile: any configuration file parses or is refused with an error.
+func FuzzParseFile(f *testing.F) {
+	f.Add(fullFile)
+	f.Add("upstream = \"u:143\"\n")
+	f.Add("max-line = -1\npoll-interval = \"-5s\"\n")
+	f.Add("[[x]]\ny = 1")
+	f.Fuzz(func(t *testing.T, text string) {
+		path := filepath.Join(t.TempDir(), "f.toml")
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fs := flag.NewFlagSet("fuzz", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		Parse(fs, []string{"-config", path})
+	})
+}
