@@ -35,6 +35,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/listen"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/load"
 	"github.com/lemonproxy/lemonproxy/metrics"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/statestore"
@@ -51,6 +52,7 @@ Commands:
   demo     run the proxy in front of a built-in demo server
   conformance
            test an IMAP server (or lemonproxy) RFC section by RFC section
+  load     generate load (idle, push, resync, fetch, mixed) and measure
   version  print the version
 
 Run "lemonproxy COMMAND -h" for a command's flags.
@@ -68,6 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stdout, stderr, true)
 	case "conformance":
 		return conformance.Main(args[1:], stdout, stderr)
+	case "load":
+		return load.Main(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "lemonproxy", proxy.Version)
 		return 0

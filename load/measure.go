@@ -1,0 +1,323 @@
+package load
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Measurements of other processes come from /proc (Linux). Where /proc is
+// missing they read as zero and the metrics are left out.
+
+var selfPID = os.Getpid()
+
+// clockTick is the unit of utime and stime in /proc/PID/stat (USER_HZ,
+// 100 on every Linux architecture Go supports).
+const clockTick = 10 * time.Millisecond
+
+// procKB returns the value of a "Key:   123 kB" line of a /proc file, in
+// bytes, or 0.
+func procKB(path, key string) int64 {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, key); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				v, _ := strconv.ParseInt(f[0], 10, 64)
+				return v * 1024
+			}
+		}
+	}
+	return 0
+}
+
+// rssOf returns a process's resident set size (VmRSS), bytes.
+func rssOf(pid int) int64 { return procKB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") }
+
+// procStat holds the fields of /proc/PID/stat the tool uses.
+type procStat struct {
+	ppid  int
+	state byte
+	cpu   time.Duration // utime + stime
+}
+
+func readStat(pid int) (procStat, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, false
+	}
+	// The command name is in parentheses and may contain anything.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 || i+2 >= len(data) {
+		return procStat{}, false
+	}
+	f := strings.Fields(string(data[i+2:]))
+	// state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
+	// cmajflt utime stime ...
+	if len(f) < 13 {
+		return procStat{}, false
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return procStat{ppid: ppid, state: f[0][0], cpu: time.Duration(ut+st) * clockTick}, true
+}
+
+// cpuOf returns a process's CPU time (user and system).
+func cpuOf(pid int) time.Duration {
+	st, _ := readStat(pid)
+	return st.cpu
+}
+
+// treePIDs returns root and all its live descendants.
+func treePIDs(root int) []int {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	children := map[int][]int{}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(d))
+		if err != nil {
+			continue
+		}
+		if st, ok := readStat(pid); ok && st.state != 'Z' {
+			children[st.ppid] = append(children[st.ppid], pid)
+		}
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", root)); err != nil {
+		return nil
+	}
+	out := []int{root}
+	for i := 0; i < len(out); i++ {
+		out = append(out, children[out[i]]...)
+	}
+	return out
+}
+
+// treeMem sums the proportional set size (Pss in smaps_rollup) of a
+// process tree, bytes, and counts its processes.
+func treeMem(root int) (pss int64, procs int) {
+	pids := treePIDs(root)
+	// Reading smaps_rollup of 20,000 processes takes seconds: in parallel.
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range min(8, runtime.GOMAXPROCS(0)*2) {
+		wg.Go(func() {
+			for pid := range work {
+				p := procKB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Pss:")
+				if p == 0 {
+					continue // gone, or a kernel thread
+				}
+				mu.Lock()
+				pss += p
+				procs++
+				mu.Unlock()
+			}
+		})
+	}
+	for _, pid := range pids {
+		work <- pid
+	}
+	close(work)
+	wg.Wait()
+	return pss, procs
+}
+
+// treeCPU returns the CPU time of each process of a tree.
+func treeCPU(root int) map[int]time.Duration {
+	out := map[int]time.Duration{}
+	for _, pid := range treePIDs(root) {
+		if st, ok := readStat(pid); ok {
+			out[pid] = st.cpu
+		}
+	}
+	return out
+}
+
+// cpuDelta is the CPU the processes of after used since before: a process
+// that appeared meanwhile counts from zero (processes that ended meanwhile
+// are lost, which undercounts a little).
+func cpuDelta(before, after map[int]time.Duration) time.Duration {
+	var d time.Duration
+	for pid, t := range after {
+		d += t - before[pid]
+	}
+	return d
+}
+
+// selfCPU returns this process's CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages.
+func loadAvg() [3]float64 {
+	var out [3]float64
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return out
+	}
+	f := strings.Fields(string(data))
+	for i := 0; i < 3 && i < len(f); i++ {
+		out[i], _ = strconv.ParseFloat(f[i], 64)
+	}
+	return out
+}
+
+// LoadAvg1 returns the one-minute load average (0 without /proc).
+func LoadAvg1() float64 { return loadAvg()[0] }
+
+// procAddr renders an address the way /proc/net/tcp and tcp6 write it:
+// the address's 32-bit words in native byte order, in hex, then the port.
+func procAddr(ap netip.AddrPort) string {
+	a := ap.Addr().Unmap()
+	var b strings.Builder
+	if a.Is4() {
+		v := a.As4()
+		fmt.Fprintf(&b, "%08X", binary.NativeEndian.Uint32(v[:]))
+	} else {
+		v := a.As16()
+		for i := 0; i < 16; i += 4 {
+			fmt.Fprintf(&b, "%08X", binary.NativeEndian.Uint32(v[i:i+4]))
+		}
+	}
+	fmt.Fprintf(&b, ":%04X", ap.Port())
+	return b.String()
+}
+
+// establishedTo counts ESTABLISHED TCP connections whose remote end is
+// addr, leaving out those whose local end is in skip. The remote address
+// must match as a whole (address and port): a client port may equal the
+// upstream's port number.
+func establishedTo(addr string, skip map[string]bool) int {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return -1
+	}
+	want4 := procAddr(ap)
+	want6 := procAddr(netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port()))
+	n := 0
+	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		f, err := os.Open(file)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 4 || fields[3] != "01" {
+				continue
+			}
+			if fields[2] != want4 && fields[2] != want6 {
+				continue
+			}
+			if skip[fields[1]] {
+				continue
+			}
+			n++
+		}
+		f.Close()
+	}
+	return n
+}
+
+// localProcAddr is a connection's local address as /proc/net/tcp writes
+// it, for establishedTo's skip set.
+func localProcAddr(nc net.Conn) string {
+	ap, err := netip.ParseAddrPort(nc.LocalAddr().String())
+	if err != nil {
+		return ""
+	}
+	return procAddr(ap)
+}
+
+// fileLimit returns the soft open-file limit after raising it to the hard
+// limit.
+func fileLimit() uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+	}
+	return rl.Cur
+}
+
+// ownedProcess reports whether pid exists, for the -target-pid and
+// -dovecot checks.
+func processExists(pid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return err == nil
+}
+
+// Machine describes where a run happened.
+type Machine struct {
+	CPUs        int        `json:"cpus"`
+	CPUModel    string     `json:"cpu_model,omitempty"`
+	MemoryBytes int64      `json:"memory_bytes,omitempty"`
+	Kernel      string     `json:"kernel,omitempty"`
+	GoVersion   string     `json:"go_version"`
+	FileLimit   uint64     `json:"file_limit"`
+	LoadBefore  [3]float64 `json:"load_before"`
+	LoadAfter   [3]float64 `json:"load_after"`
+	// BusyPercent is how busy the machine's CPUs were during the run
+	// (/proc/stat), all processes together.
+	BusyPercent float64 `json:"busy_percent"`
+}
+
+func machineInfo() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), FileLimit: fileLimit(), LoadBefore: loadAvg()}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	m.MemoryBytes = procKB("/proc/meminfo", "MemTotal:")
+	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(data))
+	}
+	return m
+}
+
+// cpuJiffies returns the machine's busy and total time from /proc/stat.
+func cpuJiffies() (busy, total uint64) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 5 {
+		return 0, 0
+	}
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total
+}

@@ -1,0 +1,395 @@
+package load
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+)
+
+// seriesEnv turns on TestSeries, the runs behind docs/load.md.
+const seriesEnv = "LEMONPROXY_LOAD_SERIES"
+
+// TestSeries runs the measurements behind docs/load.md: lemonproxy serve
+// (built from ./cmd/lemonproxy, a process of its own) in front of a
+// private Dovecot (internal/dovecottest), beside the same load directly
+// on Dovecot; the load runs in this test's process. Each run starts a
+// fresh Dovecot and proxy and writes its result as JSON to
+// LEMONPROXY_LOAD_OUT (default ../docs/load), named
+// SCENARIO-LABEL-SIZE.json; "go run ./load/loadplot" makes the plots. As
+// root, with an open-file limit of 20,000:
+//
+//	LEMONPROXY_LOAD_SERIES=all go test -run TestSeries -timeout 10h ./load/
+//
+// Environment:
+//
+//	LEMONPROXY_LOAD_SERIES   comma-separated: idle, idle-compress, push, resync,
+//	                         fetch, fetch-compress, mixed; or all
+//	LEMONPROXY_LOAD_TARGETS  proxy, dovecot or both (default both)
+//	LEMONPROXY_LOAD_SIZES    idle and push session counts (default: proxy
+//	                         1000,5000,10000,15500; Dovecot 1000,5000,10000,19000;
+//	                         sizes beyond the open-file limit are skipped)
+//	LEMONPROXY_LOAD_MESSAGES resync mailbox sizes (default 1000,10000,100000)
+//	LEMONPROXY_LOAD_MIXED    mixed: CLIENTS/DURATION (default 1000/10m)
+//	LEMONPROXY_LOAD_MAXLOAD  wait before each run until the 1-minute load average
+//	                         is below this (default 1.5) ...
+//	LEMONPROXY_LOAD_WAIT     ... for at most this long (default 20m); the load
+//	                         average is recorded in every result either way
+//	LEMONPROXY_LOAD_OUT      where the JSON results go
+func TestSeries(t *testing.T) {
+	spec := os.Getenv(seriesEnv)
+	if spec == "" {
+		t.Skipf("set %s to run the measurement series (see docs/load.md)", seriesEnv)
+	}
+	items := map[string]bool{}
+	for f := range strings.SplitSeq(spec, ",") {
+		items[strings.TrimSpace(f)] = true
+	}
+	if items["all"] {
+		for _, s := range []string{"idle", "idle-compress", "push", "resync", "fetch", "fetch-compress", "mixed"} {
+			items[s] = true
+		}
+	}
+	out := envOr("LEMONPROXY_LOAD_OUT", "../docs/load")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	targets := []string{"proxy", "dovecot"}
+	if v := os.Getenv("LEMONPROXY_LOAD_TARGETS"); v != "" && v != "both" {
+		targets = strings.Split(v, ",")
+	}
+	limit := fileLimit()
+	raiseInotify(t, 20000)
+	s := &series{t: t, out: out, bin: buildProxy(t)}
+
+	sizes := func(target string) []int {
+		def := "1000,5000,10000,15500"
+		if target == "dovecot" {
+			def = "1000,5000,10000,19000"
+		}
+		var ns []int
+		for f := range strings.SplitSeq(envOr("LEMONPROXY_LOAD_SIZES", def), ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				t.Fatalf("LEMONPROXY_LOAD_SIZES: %q", f)
+			}
+			// The proxy holds a socket per client, one per watcher (a
+			// fifth of the clients) and up to 1,000 pooled upstream
+			// connections; the load's process one per client.
+			need := uint64(n + 100)
+			if target == "proxy" {
+				need = uint64(n + n/5 + 1000 + 100)
+			}
+			if need > limit {
+				t.Logf("%s with %d sessions needs about %d open files, the limit is %d: skipped", target, n, need, limit)
+				continue
+			}
+			ns = append(ns, n)
+		}
+		return ns
+	}
+	for _, target := range targets {
+		for _, item := range []struct {
+			name     string
+			scenario string
+			compress bool
+		}{{"idle", "idle", false}, {"idle-compress", "idle", true}, {"push", "push", false}} {
+			if !items[item.name] {
+				continue
+			}
+			ns := sizes(target)
+			if item.compress {
+				ns = filterSizes(ns, 1000, 10000) // enough to see the difference
+			}
+			for _, n := range ns {
+				label := target
+				profile := dovecottest.Legacy
+				if item.compress {
+					label += "-compress"
+					if target == "dovecot" {
+						profile = dovecottest.Full // COMPRESS comes with imap_zlib
+					}
+				}
+				name := fmt.Sprintf("%s-%s-%d", item.scenario, label, n)
+				t.Run(name, func(t *testing.T) {
+					s.run(t, name, target, profile, n/5, func(cfg *Config) {
+						cfg.Scenario, cfg.Clients, cfg.Compress, cfg.Label = item.scenario, n, item.compress, label
+						cfg.Duration, cfg.Settle = 10*time.Second, 5*time.Second
+						if item.scenario == "push" {
+							cfg.Rate, cfg.Duration = 100, 30*time.Second
+						}
+					})
+				})
+			}
+		}
+		if items["resync"] {
+			for f := range strings.SplitSeq(envOr("LEMONPROXY_LOAD_MESSAGES", "1000,10000,100000"), ",") {
+				m, _ := strconv.Atoi(strings.TrimSpace(f))
+				// Directly, Dovecot's full profile (QRESYNC); behind the
+				// proxy, the Legacy one (the proxy's own QRESYNC).
+				profile := dovecottest.Legacy
+				if target == "dovecot" {
+					profile = dovecottest.Full
+				}
+				name := fmt.Sprintf("resync-%s-%d", target, m)
+				t.Run(name, func(t *testing.T) {
+					s.run(t, name, target, profile, 1, func(cfg *Config) {
+						cfg.Scenario, cfg.Label, cfg.Clients, cfg.Messages, cfg.Changes, cfg.Rounds = "resync", target, 4, m, 15, 3
+					})
+				})
+			}
+		}
+		for _, comp := range []bool{false, true} {
+			if !items["fetch"] && !comp || !items["fetch-compress"] && comp {
+				continue
+			}
+			label, profile := target, dovecottest.Legacy
+			if comp {
+				label += "-compress"
+				if target == "dovecot" {
+					profile = dovecottest.Full
+				}
+			}
+			name := "fetch-" + label
+			t.Run(name, func(t *testing.T) {
+				s.run(t, name, target, profile, 1, func(cfg *Config) {
+					cfg.Scenario, cfg.Label, cfg.Compress = "fetch", label, comp
+					cfg.Clients, cfg.Messages, cfg.Size, cfg.Duration = 4, 100, 100<<10, 30*time.Second
+				})
+			})
+		}
+		if items["mixed"] {
+			clients, dur := 1000, 10*time.Minute
+			if v := os.Getenv("LEMONPROXY_LOAD_MIXED"); v != "" {
+				c, d, _ := strings.Cut(v, "/")
+				clients, _ = strconv.Atoi(c)
+				var err error
+				if dur, err = time.ParseDuration(d); err != nil || clients < 1 {
+					t.Fatalf("LEMONPROXY_LOAD_MIXED=%q: want CLIENTS/DURATION", v)
+				}
+			}
+			profile := dovecottest.Legacy
+			if target == "dovecot" {
+				profile = dovecottest.Full
+			}
+			name := fmt.Sprintf("mixed-%s-%d", target, clients)
+			t.Run(name, func(t *testing.T) {
+				s.run(t, name, target, profile, max(clients/5, 1), func(cfg *Config) {
+					cfg.Scenario, cfg.Label, cfg.Clients, cfg.Duration, cfg.Rate = "mixed", target, clients, dur, 20
+				})
+			})
+		}
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func filterSizes(ns []int, keep ...int) []int {
+	var out []int
+	for _, n := range ns {
+		for _, k := range keep {
+			if n == k {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+type series struct {
+	t   *testing.T
+	out string
+	bin string
+}
+
+// run starts Dovecot (and the proxy, for target "proxy") with accounts
+// u00000... (passwords p00000...), runs the load with the configuration
+// set makes, and writes the result.
+func (s *series) run(t *testing.T, name, target string, profile dovecottest.Profile, accounts int, set func(*Config)) {
+	waitQuiet(t)
+	dc := dovecottest.Start(t, profile)
+	accts, err := PatternAccounts("u%05d", "p%05d", accounts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := make(map[string]string, len(accts))
+	for _, a := range accts {
+		users[a.User] = a.Pass
+	}
+	dc.AddUsers(t, users)
+	master := dovecotMaster(t, dc)
+	// Registered after Start's cleanup, so it runs first: thousands of
+	// imap processes take a while to log out, longer than Stop waits.
+	t.Cleanup(func() { waitFewProcs(t, master, 20, 5*time.Minute) })
+	sources, _ := ParseSources("127.0.0.2-127.0.0.9")
+	cfg := Config{
+		Target: dc.Addr, Outside: dc.Addr, Upstream: dc.Addr, DovecotPID: master,
+		Accounts: accts, Sources: sources, Progress: os.Stderr, ProgressEvery: 10 * time.Second,
+	}
+	notes := []string{fmt.Sprintf("Dovecot %s profile (internal/dovecottest)", profile)}
+	if target == "proxy" {
+		addr, pid := s.startProxy(t, dc.Addr)
+		cfg.Target, cfg.TargetPID = addr, pid
+		notes = append(notes, "lemonproxy serve with its defaults in front of it, in a process of its own")
+	} else {
+		notes = append(notes, "clients connected directly to Dovecot")
+	}
+	notes = append(notes, "the load in another process on the same machine (go test -run TestSeries ./load/)")
+	cfg.Notes = notes
+	set(&cfg)
+	res, err := Run(context.Background(), cfg)
+	if res != nil {
+		var b strings.Builder
+		res.WriteTable(&b)
+		t.Logf("\n%s", b.String())
+		f, ferr := os.Create(filepath.Join(s.out, name+".json"))
+		if ferr != nil {
+			t.Fatal(ferr)
+		}
+		res.WriteJSON(f)
+		f.Close()
+	}
+	if err != nil {
+		t.Errorf("%s: %v", name, err)
+	}
+	if res != nil && res.Errors > 0 {
+		t.Errorf("%s: %d errors", name, res.Errors)
+	}
+}
+
+// waitQuiet waits until the machine's load average is below
+// LEMONPROXY_LOAD_MAXLOAD, for at most LEMONPROXY_LOAD_WAIT.
+func waitQuiet(t *testing.T) {
+	maxLoad, _ := strconv.ParseFloat(envOr("LEMONPROXY_LOAD_MAXLOAD", "1.5"), 64)
+	wait, err := time.ParseDuration(envOr("LEMONPROXY_LOAD_WAIT", "20m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(wait)
+	for LoadAvg1() >= maxLoad && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Second)
+	}
+	if l := LoadAvg1(); l >= maxLoad {
+		t.Logf("load average %.2f after waiting %v: measuring anyway", l, wait)
+	}
+}
+
+// buildProxy builds lemonproxy into a temporary directory.
+func buildProxy(t *testing.T) string {
+	bin := filepath.Join(t.TempDir(), "lemonproxy")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/lemonproxy/lemonproxy/cmd/lemonproxy")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building lemonproxy: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startProxy runs "lemonproxy serve" in front of upstream and returns its
+// address and process.
+func (s *series) startProxy(t *testing.T, upstream string) (string, int) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	logf, err := os.Create(filepath.Join(dir, "lemonproxy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(s.bin, "serve", "-listen", addr, "-upstream", upstream, "-data", filepath.Join(dir, "data"), "-log-level", "warn")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			<-done
+		}
+		logf.Close()
+		if data, _ := os.ReadFile(logf.Name()); len(data) > 0 {
+			lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+			t.Logf("lemonproxy's log (%d lines), last ones:\n%s", len(lines), strings.Join(lines[max(0, len(lines)-10):], "\n"))
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if strings.HasPrefix(line, "* OK") {
+				return addr, cmd.Process.Pid
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lemonproxy serve did not greet on %s", addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dovecotMaster returns the PID of the Dovecot master process: the one of
+// its processes this process started.
+func dovecotMaster(t *testing.T, dc *dovecottest.Server) int {
+	for _, pid := range dc.PIDs() {
+		if st, ok := readStat(pid); ok && st.ppid == os.Getpid() {
+			return pid
+		}
+	}
+	t.Fatal("no Dovecot master process found")
+	return 0
+}
+
+// waitFewProcs waits until the process tree of root has at most n
+// processes.
+func waitFewProcs(t *testing.T, root, n int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for len(treePIDs(root)) > n && time.Now().Before(deadline) {
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// raiseInotify lifts the inotify limits Dovecot needs for thousands of
+// IDLE processes (as root; otherwise Dovecot falls back to polling).
+func raiseInotify(t *testing.T, sessions int) {
+	for path, want := range map[string]int{
+		"/proc/sys/fs/inotify/max_user_instances": 4 * sessions,
+		"/proc/sys/fs/inotify/max_user_watches":   40 * sessions,
+	} {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		if cur, _ := strconv.Atoi(strings.TrimSpace(string(data))); cur >= want {
+			continue
+		}
+		if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0o644); err != nil {
+			t.Logf("cannot raise %s to %d: %v", path, want, err)
+		}
+	}
+}
