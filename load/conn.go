@@ -269,7 +269,7 @@ type trace struct {
 	next  int
 }
 
-const traceLines = 30
+const traceLines = 60
 
 func (t *trace) add(prefix string, line []byte) {
 	t.mu.Lock()

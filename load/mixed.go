@@ -358,7 +358,7 @@ func (r *runner) mutate(m *acctModel, op string, rng *rand.Rand, st *mixedStats)
 		uid, serial := m.uidNext, m.nextSerial
 		m.nextSerial++
 		f := []flagBits{0, 0, fSeen, fFlagged, fSeen | fFlagged}[rng.IntN(5)]
-		m.begin(map[uint32]flagBits{uid: f}, nil)
+		m.begin(r.now(), map[uint32]flagBits{uid: f}, nil)
 		m.own = append(m.own, uid)
 		m.serial[uid] = serial
 		m.mu.Unlock()
@@ -384,7 +384,7 @@ func (r *runner) mutate(m *acctModel, op string, rng *rand.Rand, st *mixedStats)
 	case "flags":
 		u := m.own[rng.IntN(len(m.own))]
 		f := m.state[u] ^ []flagBits{fSeen, fFlagged, fAnswered}[rng.IntN(3)]
-		m.begin(map[uint32]flagBits{u: f}, nil)
+		m.begin(r.now(), map[uint32]flagBits{u: f}, nil)
 		m.mu.Unlock()
 		if err := send(fmt.Sprintf("UID STORE %d FLAGS.SILENT %s", u, f)); err != nil {
 			return err
@@ -392,13 +392,13 @@ func (r *runner) mutate(m *acctModel, op string, rng *rand.Rand, st *mixedStats)
 		st.flagChanges.Add(1)
 	case "expunge":
 		u := m.own[rng.IntN(len(m.own))]
-		m.begin(map[uint32]flagBits{u: m.state[u] | fDeleted}, nil)
+		m.begin(r.now(), map[uint32]flagBits{u: m.state[u] | fDeleted}, nil)
 		m.mu.Unlock()
 		if err := send(fmt.Sprintf("UID STORE %d +FLAGS.SILENT (\\Deleted)", u)); err != nil {
 			return err
 		}
 		m.mu.Lock()
-		m.begin(nil, []uint32{u})
+		m.begin(r.now(), nil, []uint32{u})
 		m.mu.Unlock()
 		if err := send(fmt.Sprintf("UID EXPUNGE %d", u)); err != nil {
 			return err
@@ -414,7 +414,7 @@ func (r *runner) mutate(m *acctModel, op string, rng *rand.Rand, st *mixedStats)
 
 // check checks a client's view (taken at time at) against its account's
 // model; it returns errCheck after counting an inconsistency.
-func (r *runner) check(mc *mixedClient, at time.Duration, when string, st *mixedStats) error {
+func (r *runner) check(mc *mixedClient, c *conn, at time.Duration, when string, st *mixedStats) error {
 	state, err := mc.v.state()
 	if err != nil {
 		return protoErr(fmt.Errorf("%s: %w", when, err))
@@ -441,7 +441,10 @@ func (r *runner) check(mc *mixedClient, at time.Duration, when string, st *mixed
 	} else {
 		detail += "; " + m.describe(state)
 	}
-	r.errs.add(res.kind, "client %d (%s) %s: %s", mc.id, r.cfg.Accounts[mc.acct].User, when, detail)
+	if c != nil && c.trace != nil {
+		detail += "; last lines: " + c.trace.String()
+	}
+	r.errs.add(res.kind, "client %d (%s) %s (checked at %v): %s", mc.id, r.cfg.Accounts[mc.acct].User, when, at.Round(time.Millisecond), detail)
 	return errCheck
 }
 
@@ -537,7 +540,7 @@ func (r *runner) mixedCycle(mc *mixedClient, useQ bool, end time.Time, sem chan 
 	if err := protoErr(mc.v.settle(c, apply)); err != nil {
 		return err
 	}
-	if err := r.check(mc, at, "after resync", st); err != nil {
+	if err := r.check(mc, c, at, "after resync", st); err != nil {
 		return err
 	}
 	if err := r.checkBodies(mc, c, apply, st); err != nil {
@@ -613,7 +616,7 @@ wait:
 	if err := protoErr(mc.v.settle(c, apply)); err != nil {
 		return err
 	}
-	if err := r.check(mc, checkAt, "after IDLE", st); err != nil {
+	if err := r.check(mc, c, checkAt, "after IDLE", st); err != nil {
 		return err
 	}
 	if mc.rng.IntN(2) == 0 {
@@ -659,7 +662,7 @@ func (r *runner) checkBodies(mc *mixedClient, c *conn, apply func(*resp) error, 
 			if err != nil {
 				return protoErr(err)
 			}
-			if d.hasBody && slices.Contains(want, d.uid) {
+			if d.hasBody && !d.nilBody && slices.Contains(want, d.uid) {
 				got[d.uid] = true
 				st.bodies.Add(1)
 				if exp := message(mc.acct, serial[d.uid], r.cfg.Size, "mixed"); !bytes.Equal(d.body, exp) && bad == nil {

@@ -27,6 +27,12 @@ type version struct {
 	// commit is when the change's tagged OK arrived (run time); -1 while
 	// the change is in flight (a client may see it before the OK).
 	commit time.Duration
+	// what the change was, for error messages: the UID and its flags
+	// afterwards (gone: expunged).
+	uid   uint32
+	flags flagBits
+	gone  bool
+	start time.Duration // when the command was sent
 }
 
 type acctModel struct {
@@ -52,21 +58,24 @@ func newAcctModel(acct int, v view, uidNext uint32) *acctModel {
 		m.state[x.uid] = x.flags
 		m.hash += msgHash(x.uid, x.flags)
 	}
-	m.hist = append(m.hist, version{m.hash, len(m.state), 0})
+	m.hist = append(m.hist, version{hash: m.hash, count: len(m.state)})
 	return m
 }
 
-// begin records the state after a change about to be sent (in flight).
-// set changes or adds a message; remove expunges one.
-func (m *acctModel) begin(set map[uint32]flagBits, remove []uint32) {
+// begin records the state after a change about to be sent at time at (in
+// flight). set changes or adds a message; remove expunges one.
+func (m *acctModel) begin(at time.Duration, set map[uint32]flagBits, remove []uint32) {
+	v := version{commit: -1, start: at}
 	for u, f := range set {
 		if old, ok := m.state[u]; ok {
 			m.hash -= msgHash(u, old)
 		}
 		m.state[u] = f
 		m.hash += msgHash(u, f)
+		v.uid, v.flags = u, f
 	}
 	for _, u := range remove {
+		v.uid, v.gone = u, true
 		if old, ok := m.state[u]; ok {
 			m.hash -= msgHash(u, old)
 			delete(m.state, u)
@@ -75,7 +84,8 @@ func (m *acctModel) begin(set map[uint32]flagBits, remove []uint32) {
 			m.own = slices.Delete(m.own, i, i+1)
 		}
 	}
-	m.hist = append(m.hist, version{m.hash, len(m.state), -1})
+	v.hash, v.count = m.hash, len(m.state)
+	m.hist = append(m.hist, v)
 }
 
 // commit marks the last change as committed at t.
@@ -159,5 +169,25 @@ func (m *acctModel) describe(st map[uint32]flagBits) string {
 	if len(parts) == 0 {
 		return "equal to the latest version but matching none recorded"
 	}
-	return fmt.Sprintf("against the latest version (%d): %s", len(m.hist)-1, strings.Join(parts, "; "))
+	// The history of the UIDs that differ.
+	var hist []string
+	for i, v := range m.hist {
+		if v.uid == 0 {
+			continue
+		}
+		vf, inView := st[v.uid]
+		mf, inModel := m.state[v.uid]
+		if inView == inModel && vf == mf {
+			continue
+		}
+		what := fmt.Sprintf("%d %s", v.uid, v.flags)
+		if v.gone {
+			what = fmt.Sprintf("%d expunged", v.uid)
+		}
+		hist = append(hist, fmt.Sprintf("v%d %s sent at %v, OK at %v", i, what, v.start.Round(time.Millisecond), v.commit.Round(time.Millisecond)))
+	}
+	if len(hist) > 12 {
+		hist = hist[len(hist)-12:]
+	}
+	return fmt.Sprintf("against the latest version (%d): %s; history: %s", len(m.hist)-1, strings.Join(parts, "; "), strings.Join(hist, ", "))
 }

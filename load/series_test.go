@@ -40,7 +40,7 @@ const seriesEnv = "LEMONPROXY_LOAD_SERIES"
 //	                         1000,5000,10000,15500; Dovecot 1000,5000,10000,19000;
 //	                         sizes beyond the open-file limit are skipped)
 //	LEMONPROXY_LOAD_MESSAGES resync mailbox sizes (default 1000,10000,100000)
-//	LEMONPROXY_LOAD_MIXED    mixed: CLIENTS/DURATION (default 1000/10m)
+//	LEMONPROXY_LOAD_MIXED    mixed: CLIENTS/DURATION[/ACCOUNTS] (default 1000/10m/200)
 //	LEMONPROXY_LOAD_MAXLOAD  wait before each run until the 1-minute load average
 //	                         is below this (default 1.5) ...
 //	LEMONPROXY_LOAD_WAIT     ... for at most this long (default 20m); the load
@@ -169,14 +169,23 @@ func TestSeries(t *testing.T) {
 			})
 		}
 		if items["mixed"] {
-			clients, dur := 1000, 10*time.Minute
+			clients, dur, accounts := 1000, 10*time.Minute, 0
 			if v := os.Getenv("LEMONPROXY_LOAD_MIXED"); v != "" {
-				c, d, _ := strings.Cut(v, "/")
-				clients, _ = strconv.Atoi(c)
+				f := strings.Split(v, "/")
+				clients, _ = strconv.Atoi(f[0])
 				var err error
-				if dur, err = time.ParseDuration(d); err != nil || clients < 1 {
-					t.Fatalf("LEMONPROXY_LOAD_MIXED=%q: want CLIENTS/DURATION", v)
+				if len(f) < 2 || len(f) > 3 || clients < 1 {
+					t.Fatalf("LEMONPROXY_LOAD_MIXED=%q: want CLIENTS/DURATION[/ACCOUNTS]", v)
 				}
+				if dur, err = time.ParseDuration(f[1]); err != nil {
+					t.Fatalf("LEMONPROXY_LOAD_MIXED=%q: %v", v, err)
+				}
+				if len(f) == 3 {
+					accounts, _ = strconv.Atoi(f[2])
+				}
+			}
+			if accounts < 1 {
+				accounts = max(clients/5, 1)
 			}
 			profile := dovecottest.Legacy
 			if target == "dovecot" {
@@ -184,7 +193,7 @@ func TestSeries(t *testing.T) {
 			}
 			name := fmt.Sprintf("mixed-%s-%d", target, clients)
 			t.Run(name, func(t *testing.T) {
-				s.run(t, name, target, profile, max(clients/5, 1), func(cfg *Config) {
+				s.run(t, name, target, profile, accounts, func(cfg *Config) {
 					cfg.Scenario, cfg.Label, cfg.Clients, cfg.Duration, cfg.Rate = "mixed", target, clients, dur, 20
 				})
 			})

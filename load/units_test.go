@@ -76,6 +76,17 @@ func TestViewApply(t *testing.T) {
 	if !slices.Equal(v.msgs, want) {
 		t.Errorf("view %v, want %v", v.msgs, want)
 	}
+	// A message in the middle whose UID is not known yet vanishes.
+	w := view{msgs: []vmsg{{1, 0}, {0, 0}, {13, 0}, {0, 0}}}
+	w.vanish([]uint32{12, 2, 20})
+	if want := []vmsg{{1, 0}, {13, 0}}; !slices.Equal(w.msgs, want) {
+		t.Errorf("after VANISHED 2,12,20: %v, want %v", w.msgs, want)
+	}
+	w = view{msgs: []vmsg{{5, 0}, {0, 0}, {9, 0}}}
+	w.vanish([]uint32{3, 10})
+	if len(w.msgs) != 3 {
+		t.Errorf("VANISHED of UIDs no unknown message can have removed one: %v", w.msgs)
+	}
 	for _, l := range []string{"* 1 EXISTS", "* 3 EXPUNGE", "* 3 FETCH (FLAGS ())", "* 2 FETCH (UID 99)"} {
 		w := view{msgs: slices.Clone(want)}
 		if err := w.apply(respOf(t, l)); err == nil {
@@ -113,11 +124,11 @@ func TestQResyncReconstruction(t *testing.T) {
 func TestModelCheck(t *testing.T) {
 	m := newAcctModel(0, view{msgs: []vmsg{{1, 0}}}, 2)
 	at := func(s int) time.Duration { return time.Duration(s) * time.Second }
-	m.begin(map[uint32]flagBits{2: fSeen}, nil) // version 1
+	m.begin(0, map[uint32]flagBits{2: fSeen}, nil) // version 1
 	m.commit(at(10))
-	m.begin(map[uint32]flagBits{1: fFlagged}, nil) // version 2
+	m.begin(0, map[uint32]flagBits{1: fFlagged}, nil) // version 2
 	m.commit(at(20))
-	m.begin(nil, []uint32{2}) // version 3, in flight
+	m.begin(0, nil, []uint32{2}) // version 3, in flight
 	views := []view{
 		{msgs: []vmsg{{1, 0}}},
 		{msgs: []vmsg{{1, 0}, {2, fSeen}}},

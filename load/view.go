@@ -77,6 +77,7 @@ type fetchData struct {
 	modseq   uint64
 	body     []byte
 	hasBody  bool
+	nilBody  bool // BODY[] NIL: a message expunged meanwhile (RFC 2180 4.1.3)
 }
 
 // parseFetch parses "* n FETCH (...)".
@@ -122,11 +123,16 @@ func parseFetch(r *resp) (fetchData, error) {
 				d.modseq, _ = strconv.ParseUint(string(a), 10, 64)
 			}
 		case "BODY[]":
-			s, ok := imapcodec.AsString(items[i+1])
-			if !ok && !imapcodec.IsNil(items[i+1]) {
+			d.hasBody = true
+			if imapcodec.IsNil(items[i+1]) {
+				d.nilBody = true
+				break
+			}
+			s, ok := items[i+1].(imapcodec.String)
+			if !ok {
 				return d, fmt.Errorf("BODY[] is not a string")
 			}
-			d.body, d.hasBody = []byte(s), true
+			d.body = s.Data
 		}
 	}
 	return d, nil
@@ -206,15 +212,6 @@ func (v *view) placeholders() int {
 	return n
 }
 
-// maxUID is the largest UID the view knows.
-func (v *view) maxUID() uint32 {
-	var u uint32
-	for _, m := range v.msgs {
-		u = max(u, m.uid)
-	}
-	return u
-}
-
 // apply applies an untagged response received while the mailbox is
 // selected. It reports protocol errors: numbers out of range, a UID that
 // contradicts the one known for a sequence number.
@@ -253,20 +250,52 @@ func (v *view) apply(r *resp) error {
 	return nil
 }
 
-// vanish removes UIDs. A UID the view does not know but that is above all
-// it knows was one of the messages announced by EXISTS whose UID is not
-// fetched yet: one of those goes (they are alike until fetched).
+// vanish removes UIDs. A UID the view does not know may be one of the
+// messages whose UID it has not learnt yet: if there are such messages
+// between the known UIDs around it, one of them goes (they are alike until
+// their UIDs are known).
 func (v *view) vanish(uids []uint32) {
-	top := v.maxUID()
 	for _, u := range uids {
 		i := slices.IndexFunc(v.msgs, func(m vmsg) bool { return m.uid == u })
-		if i < 0 && u > top {
-			i = slices.IndexFunc(v.msgs, func(m vmsg) bool { return m.uid == 0 })
+		if i < 0 {
+			i = v.unknownSlot(u)
 		}
 		if i >= 0 {
 			v.msgs = slices.Delete(v.msgs, i, i+1)
 		}
 	}
+}
+
+// unknownSlot returns the index of a message without a known UID that
+// could have UID u (between the known UIDs below and above u), or -1.
+func (v *view) unknownSlot(u uint32) int {
+	for i, m := range v.msgs {
+		if m.uid != 0 {
+			if m.uid > u {
+				return -1
+			}
+			continue
+		}
+		// The known UIDs around the run of unknown ones this is in.
+		below := uint32(0)
+		for j := i - 1; j >= 0; j-- {
+			if v.msgs[j].uid != 0 {
+				below = v.msgs[j].uid
+				break
+			}
+		}
+		above := ^uint32(0)
+		for j := i + 1; j < len(v.msgs); j++ {
+			if v.msgs[j].uid != 0 {
+				above = v.msgs[j].uid
+				break
+			}
+		}
+		if below < u && u < above {
+			return i
+		}
+	}
+	return -1
 }
 
 func (v *view) applyFetch(d fetchData) error {
