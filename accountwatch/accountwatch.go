@@ -83,6 +83,11 @@ type Mailbox struct {
 	// have no STATUS.
 	Selectable bool
 	Status     Status
+	// ModSeq is the proxy's own HIGHESTMODSEQ of the mailbox (see
+	// WatchOptions.Refresh), 0 when not known.
+	ModSeq uint64
+	// hasStatus tells whether Status came from the upstream in this poll.
+	hasStatus bool
 }
 
 // Kind is the kind of an Event.
@@ -149,19 +154,41 @@ func (m *Manager) Watchers() int {
 
 // Sub is one subscriber's registration.
 type Sub struct {
-	w  *watcher
-	fn func([]Event)
+	w    *watcher
+	fn   func([]Event)
+	opts WatchOptions
 }
+
+// WatchOptions say what a subscriber needs beyond the mailbox list and
+// STATUS counters.
+type WatchOptions struct {
+	// Refresh brings the proxy's own state of a mailbox up to date on the
+	// watcher's connection and returns its HIGHESTMODSEQ (the hub's
+	// Refresh). Without it ModSeq stays 0.
+	Refresh RefreshFunc
+	// ModSeqs asks for every mailbox's ModSeq (a CONDSTORE client): each
+	// mailbox is refreshed once, and again whenever it changes.
+	ModSeqs bool
+	// FlagChanges asks for flag changes in every mailbox. STATUS shows
+	// them only through UNSEEN, or the upstream's HIGHESTMODSEQ where it
+	// has CONDSTORE; without that, each timed poll refreshes every
+	// mailbox, which sees every flag.
+	FlagChanges bool
+}
+
+// RefreshFunc refreshes the proxy's state of a mailbox on c and returns its
+// HIGHESTMODSEQ.
+type RefreshFunc func(ctx context.Context, mailbox string, c *upstream.Conn) (uint64, error)
 
 // Watch subscribes fn to the events of account and returns once the first
 // poll is done, so that Mailboxes answers at once. fn is called from the
 // watcher's goroutine and must not block.
-func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, fn func([]Event)) (*Sub, error) {
+func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, opts WatchOptions, fn func([]Event)) (*Sub, error) {
 	m.mu.Lock()
 	w := m.accts[account]
 	if w == nil {
 		w = &watcher{m: m, account: account, dial: dial, subs: map[*Sub]struct{}{},
-			ready: make(chan struct{}), poke: make(chan []string, 1)}
+			ready: make(chan struct{}), poke: make(chan []string, 1), modseqs: make(chan struct{})}
 		w.ctx, w.cancel = context.WithCancel(m.ctx)
 		m.accts[account] = w
 		m.wg.Add(1)
@@ -170,7 +197,23 @@ func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, fn f
 			w.run()
 		}()
 	}
-	s := &Sub{w: w, fn: fn}
+	s := &Sub{w: w, fn: fn, opts: opts}
+	if isNew := w.boxes0 == nil; !isNew {
+		// A running watcher's last poll may be older than this
+		// subscriber: events from comparing it with the next poll could
+		// report changes made before the subscriber came. It joins after
+		// a poll that starts now, which is its baseline.
+		m.mu.Unlock()
+		if err := w.awaitPoll(ctx); err != nil {
+			return nil, err
+		}
+		m.mu.Lock()
+		if m.accts[account] != w {
+			m.mu.Unlock()
+			return m.Watch(ctx, account, dial, opts, fn) // it stopped meanwhile
+		}
+	}
+	w.boxes0 = &struct{}{}
 	w.subs[s] = struct{}{}
 	if w.graceTimer != nil {
 		w.graceTimer.Stop()
@@ -186,6 +229,16 @@ func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, fn f
 	if w.readyErr != nil {
 		s.Close()
 		return nil, w.readyErr
+	}
+	if opts.ModSeqs && opts.Refresh != nil {
+		// A watcher started for others may not know them yet.
+		m.Poke(account)
+		select {
+		case <-w.modseqs:
+		case <-ctx.Done():
+			s.Close()
+			return nil, ctx.Err()
+		}
 	}
 	return s, nil
 }
@@ -258,6 +311,24 @@ func (m *Manager) Poke(account string, mailboxes ...string) {
 	}
 }
 
+// awaitPoll asks for a full poll and waits until one that started after
+// the call is done.
+func (w *watcher) awaitPoll(ctx context.Context) error {
+	ch := make(chan error, 1)
+	w.mu.Lock()
+	w.waiters = append(w.waiters, ch)
+	w.mu.Unlock()
+	w.m.Poke(w.account)
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.ctx.Done():
+		return w.ctx.Err()
+	}
+}
+
 // allMailboxes in a poke means a full poll.
 const allMailboxes = "\x00all"
 
@@ -284,6 +355,14 @@ type watcher struct {
 	ready    chan struct{}
 	readyErr error
 	poke     chan []string
+	// modseqs is closed once every mailbox's ModSeq is known.
+	modseqs     chan struct{}
+	modseqsDone bool
+	// boxes0 is set (guarded by m.mu) once the watcher has a subscriber;
+	// later subscribers wait for a poll first (see Watch). waiters are
+	// told when the next full poll that starts after they came is done.
+	boxes0  *struct{}
+	waiters []chan error
 
 	mu    sync.Mutex
 	boxes map[string]Mailbox
@@ -355,7 +434,7 @@ func (w *watcher) run() {
 		if err != nil {
 			failures++
 			w.dropConn()
-			d = min(time.Second<<min(failures, 5), w.m.cfg.PollInterval)
+			d = min(100*time.Millisecond<<min(failures-1, 8), w.m.cfg.PollInterval) // the first retry at once: a dropped connection is usually just that
 			w.log().Warn("account poll failed", "err", err, "retry_in", d)
 		} else {
 			failures = 0
@@ -492,9 +571,20 @@ func isTimeout(err error) bool {
 
 // poll asks the upstream for the account's mailboxes (or only the named
 // ones' STATUS) and reports the differences.
-func (w *watcher) poll(only []string) error {
+func (w *watcher) poll(only []string) (err error) {
 	ctx, cancel := context.WithTimeout(w.ctx, w.m.cfg.Timeout)
 	defer cancel()
+	if only == nil {
+		w.mu.Lock()
+		waiters := w.waiters
+		w.waiters = nil
+		w.mu.Unlock()
+		defer func() {
+			for _, ch := range waiters {
+				ch <- err
+			}
+		}()
+	}
 	if w.conn == nil || w.conn.Broken() {
 		c, err := w.dial(ctx)
 		if err != nil {
@@ -522,7 +612,7 @@ func (w *watcher) poll(only []string) error {
 				return err
 			}
 			if st != nil {
-				b.Status = *st
+				b.Status, b.hasStatus = *st, true
 				next[name] = b
 			}
 		}
@@ -531,25 +621,137 @@ func (w *watcher) poll(only []string) error {
 		if next, err = w.list(ctx, c); err != nil {
 			return err
 		}
+		// A mailbox missing from LIST is gone only if STATUS says so too.
+		// A LIST that leaves out a mailbox that still exists cannot be
+		// trusted at all (Dovecot 2.3 answers LIST with INBOX alone while
+		// its mailbox list index is being rebuilt after a RENAME): the
+		// poll is dropped and retried, rather than reporting deletions,
+		// or a rename as a deletion and a creation.
+		for name, o := range old {
+			if _, ok := next[name]; ok || !o.Selectable {
+				continue
+			}
+			st, err := status(ctx, c, name)
+			if err != nil {
+				return err
+			}
+			if st != nil {
+				return fmt.Errorf("accountwatch: LIST left out %q, which exists: incomplete", name)
+			}
+		}
+		// A new mailbox without STATUS (LIST-STATUS skipped it) gets one:
+		// its UIDVALIDITY tells a rename from a creation.
+		for name, b := range next {
+			if _, ok := old[name]; !ok && b.Selectable && !b.hasStatus && old != nil {
+				if st, err := status(ctx, c, name); err != nil {
+					return err
+				} else if st != nil {
+					b.Status, b.hasStatus = *st, true
+					next[name] = b
+				}
+			}
+		}
+		for name, b := range next {
+			if o, ok := old[name]; ok {
+				b.ModSeq = o.ModSeq
+				if b.Selectable && !b.hasStatus {
+					// No STATUS this time (the mailbox is going away,
+					// or the upstream skipped it): not a change.
+					b.Status = o.Status
+				}
+				next[name] = b
+			}
+		}
+	}
+	w.m.mu.Lock()
+	subs := make([]*Sub, 0, len(w.subs))
+	var opts WatchOptions
+	for s := range w.subs {
+		subs = append(subs, s)
+		if s.opts.Refresh != nil {
+			opts.Refresh = s.opts.Refresh
+		}
+		opts.ModSeqs = opts.ModSeqs || s.opts.ModSeqs
+		opts.FlagChanges = opts.FlagChanges || s.opts.FlagChanges
+	}
+	w.m.mu.Unlock()
+	var evs []Event
+	if old != nil {
+		evs = diff(old, next)
+	}
+	if opts.Refresh != nil && (opts.ModSeqs || opts.FlagChanges) {
+		var err error
+		if evs, err = w.refresh(ctx, c, opts, only == nil, old, next, evs); err != nil {
+			return err
+		}
 	}
 	w.mu.Lock()
 	w.boxes = next
 	w.mu.Unlock()
-	if old == nil {
-		return nil
-	}
-	if evs := diff(old, next); len(evs) > 0 {
-		w.m.mu.Lock()
-		subs := make([]*Sub, 0, len(w.subs))
-		for s := range w.subs {
-			subs = append(subs, s)
-		}
-		w.m.mu.Unlock()
+	if len(evs) > 0 && old != nil {
 		for _, s := range subs {
 			s.fn(evs)
 		}
 	}
 	return nil
+}
+
+// refresh brings the proxy's state of the mailboxes that need it up to
+// date and records their ModSeq in next: those never refreshed (when
+// ModSeqs are wanted), those with events, and on a timed poll every
+// mailbox when flag changes are wanted and STATUS cannot show them. A
+// mailbox whose ModSeq moved without an event gets a Flags event.
+func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptions, timed bool, old, next map[string]Mailbox, evs []Event) ([]Event, error) {
+	changed := map[string]int{} // name -> index of its Messages/Flags event
+	for i, ev := range evs {
+		if ev.Kind == Messages || ev.Kind == Flags {
+			changed[ev.Mailbox.Name] = i
+		}
+	}
+	everything := timed && opts.FlagChanges && !c.Caps().Has("CONDSTORE")
+	names := make([]string, 0, len(next))
+	for name, b := range next {
+		_, ch := changed[name]
+		if b.Selectable && (everything || ch || opts.ModSeqs && b.ModSeq == 0) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		ms, err := opts.Refresh(ctx, name, c)
+		if err != nil {
+			if c.Broken() {
+				return evs, fmt.Errorf("accountwatch: refreshing %q: %w", name, err)
+			}
+			w.log().Debug("refresh failed", "mailbox", name, "err", err)
+			continue
+		}
+		b := next[name]
+		prev := b.ModSeq
+		b.ModSeq = ms
+		next[name] = b
+		if i, ok := changed[name]; ok {
+			evs[i].Mailbox.ModSeq = ms
+		} else if prev != 0 && ms != prev && old != nil {
+			// A change STATUS did not show (yet): report it with fresh
+			// counters, as new mail if they moved.
+			kind := Flags
+			if st, err := status(ctx, c, name); err == nil && st != nil {
+				o := old[name].Status
+				if st.Messages != o.Messages || st.UIDNext != o.UIDNext || st.UIDValidity != o.UIDValidity {
+					kind = Messages
+				}
+				b.Status, b.hasStatus = *st, true
+				next[name] = b
+			}
+			evs = append(evs, Event{Kind: kind, Mailbox: b})
+		}
+	}
+	if opts.ModSeqs && !w.modseqsDone {
+		w.modseqsDone = true
+		close(w.modseqs)
+	}
+	return evs, nil
 }
 
 // statusItems are asked of every mailbox; HIGHESTMODSEQ only where the
@@ -585,7 +787,7 @@ func (w *watcher) list(ctx context.Context, c *upstream.Conn) (map[string]Mailbo
 			name, st, err := parseStatus(r)
 			if err == nil {
 				if b, ok := boxes[name]; ok {
-					b.Status = *st
+					b.Status, b.hasStatus = *st, true
 					boxes[name] = b
 				}
 			}
@@ -621,7 +823,7 @@ func (w *watcher) list(ctx context.Context, c *upstream.Conn) (map[string]Mailbo
 				return nil, err
 			}
 			if st != nil {
-				b.Status = *st
+				b.Status, b.hasStatus = *st, true
 				boxes[name] = b
 			}
 		}

@@ -95,15 +95,15 @@ func TestWatchAndPoke(t *testing.T) {
 		events <- struct{}{}
 	}
 	ctx := context.Background()
-	s1, err := m.Watch(ctx, "alice", dial("alice", "a"), fn)
+	s1, err := m.Watch(ctx, "alice", dial("alice", "a"), WatchOptions{}, fn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2, err := m.Watch(ctx, "alice", dial("alice", "a"), func([]Event) {})
+	s2, err := m.Watch(ctx, "alice", dial("alice", "a"), WatchOptions{}, func([]Event) {})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := m.Watch(ctx, "bob", dial("bob", "b"), fn)
+	sb, err := m.Watch(ctx, "bob", dial("bob", "b"), WatchOptions{}, fn)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -222,6 +222,9 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 			b.run()
 		}()
 	}
+	if b.dial == nil {
+		b.dial = dial // a box of Refresh, which starts a watcher for it
+	}
 	sub := &Subscription{box: b, notify: notify}
 	b.subs[sub] = struct{}{}
 	if b.graceTimer != nil {

@@ -131,3 +131,23 @@ func (s *Session) FetchUIDs(ctx context.Context, uids, items string) error {
 	}
 	return nil
 }
+
+// MailboxRefresher returns a function that brings the hub's state of a
+// mailbox of the session's account up to date on a connection the caller
+// lends (logged in as the session's user), without a watcher of its own,
+// and returns the mailbox's HIGHESTMODSEQ: NOTIFY's account watcher reports
+// the proxy's mod-sequences of every mailbox on its one connection. It
+// captures the account, not the session.
+func (s *Session) MailboxRefresher() func(ctx context.Context, mailbox string, c *upstream.Conn) (uint64, error) {
+	h, account := s.srv.hub, s.account
+	return func(ctx context.Context, mailbox string, c *upstream.Conn) (uint64, error) {
+		if strings.EqualFold(mailbox, "INBOX") {
+			mailbox = "INBOX"
+		}
+		st, err := h.Refresh(ctx, hub.Key{Account: account, Mailbox: mailbox}, c)
+		if err != nil {
+			return 0, err
+		}
+		return st.HighestModSeq(), nil
+	}
+}

@@ -346,7 +346,12 @@ func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) erro
 		}
 	}
 	if len(st.groups) > 0 {
-		sub, err := e.mgr.Watch(ctx, s.Account(), accountwatch.DialFunc(s.UpstreamDialer()), func(evs []accountwatch.Event) {
+		opts := accountwatch.WatchOptions{
+			Refresh:     s.MailboxRefresher(),
+			ModSeqs:     s.Enabled("CONDSTORE"),
+			FlagChanges: anyFlags(st.groups),
+		}
+		sub, err := e.mgr.Watch(ctx, s.Account(), accountwatch.DialFunc(s.UpstreamDialer()), opts, func(evs []accountwatch.Event) {
 			e.enqueue(s, st, evs)
 		})
 		if err != nil {
@@ -398,6 +403,11 @@ func (e *Extension) stop(s *proxy.Session) {
 
 // enqueue is the account watcher's callback: queue and wake the session.
 func (e *Extension) enqueue(s *proxy.Session, st *state, evs []accountwatch.Event) {
+	// Only what this session asked for counts against its queue.
+	evs = slices.DeleteFunc(slices.Clone(evs), func(ev accountwatch.Event) bool { return !st.wants(ev) })
+	if len(evs) == 0 {
+		return
+	}
 	st.mu.Lock()
 	if !st.overflow {
 		if len(st.queue)+len(evs) > e.cfg.MaxQueued {
@@ -442,6 +452,29 @@ func (st *state) match(name string, subscribed bool, want func(*group) bool) *gr
 		}
 	}
 	return nil
+}
+
+// anyFlags reports whether a group of other mailboxes asks for FlagChange.
+func anyFlags(groups []*group) bool {
+	return slices.ContainsFunc(groups, func(g *group) bool { return g.flags })
+}
+
+// wants reports whether any of the session's filters asks for an event.
+// (The selected mailbox is excluded later: it can change meanwhile.)
+func (st *state) wants(ev accountwatch.Event) bool {
+	mb := ev.Mailbox
+	switch ev.Kind {
+	case accountwatch.Messages:
+		return st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.messages }) != nil
+	case accountwatch.Flags:
+		return st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.flags }) != nil
+	case accountwatch.Created, accountwatch.Deleted, accountwatch.Renamed:
+		want := func(g *group) bool { return g.mailboxName }
+		return st.match(mb.Name, mb.Subscribed, want) != nil || ev.Kind == accountwatch.Renamed && st.match(ev.OldName, mb.Subscribed, want) != nil
+	case accountwatch.Subscribed, accountwatch.Unsubscribed:
+		return st.match(mb.Name, true, func(g *group) bool { return g.subscription }) != nil
+	}
+	return false
 }
 
 // wantsMessages reports whether message events of a mailbox are wanted.
@@ -561,14 +594,10 @@ func (e *Extension) appendStatus(s *proxy.Session, b []byte, mb accountwatch.Mai
 		b = fmt.Appendf(b, " UIDVALIDITY %d", mb.Status.UIDValidity)
 	}
 	b = fmt.Appendf(b, " UNSEEN %d", mb.Status.Unseen)
-	if s.Enabled("CONDSTORE") {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		state, release, err := s.MailboxState(ctx, mb.Name)
-		cancel()
-		if err == nil {
-			b = fmt.Appendf(b, " HIGHESTMODSEQ %d", state.HighestModSeq())
-			release()
-		}
+	if s.Enabled("CONDSTORE") && mb.ModSeq != 0 {
+		// The proxy's own, kept current by the account watcher on its
+		// one connection (never the upstream's).
+		b = fmt.Appendf(b, " HIGHESTMODSEQ %d", mb.ModSeq)
 	}
 	return append(b, ")\r\n"...)
 }
