@@ -16,8 +16,9 @@ import (
 // Usage is the synopsis of the subcommand.
 const Usage = `lemonproxy conformance -target HOST:PORT -user U -pass P [-user2 U2 -pass2 P2]
     [-tls|-starttls] [-insecure] [-outside HOST:PORT] [-only REGEXP]
+    [-outside-user U -outside-pass P] [-outside-security plain|tls|starttls]
     [-format text|json|junit] [-out FILE] [-timeout D] [-event-wait D]
-    [-parallel N] [-force-caps "CAP ..."] [-outside-security plain|tls|starttls] [-list]`
+    [-parallel N] [-force-caps "CAP ..."] [-list]`
 
 // Main runs the conformance subcommand with args (after the word
 // "conformance") and returns the exit status: 0 when no scenario failed,
@@ -42,8 +43,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Target.Addr, "target", "", "server to test, HOST:PORT (required)")
 	fs.StringVar(&cfg.User, "user", "", "user name (required)")
 	fs.StringVar(&cfg.Pass, "pass", "", "password (required)")
-	fs.StringVar(&cfg.User2, "user2", "", "user for the outside connection (default: -user); must reach the same mailboxes")
-	fs.StringVar(&cfg.Pass2, "pass2", "", "password for the outside connection (default: -pass)")
+	fs.StringVar(&cfg.User2, "user2", "", "a second, different account on the target, for the NOTIFY isolation scenario (skipped without it)")
+	fs.StringVar(&cfg.Pass2, "pass2", "", "password of -user2")
+	fs.StringVar(&cfg.OutsideUser, "outside-user", "", "user for the outside connection (default: -user); must reach the same mailboxes")
+	fs.StringVar(&cfg.OutsidePass, "outside-pass", "", "password for the outside connection (default: -pass)")
 	fs.BoolVar(&useTLS, "tls", false, "implicit TLS (port 993 style)")
 	fs.BoolVar(&useSTLS, "starttls", false, "STARTTLS before logging in")
 	fs.BoolVar(&cfg.Target.Insecure, "insecure", false, "do not verify the server certificate")

@@ -12,7 +12,7 @@ func Scenarios() []*Scenario {
 	var all []*Scenario
 	for _, group := range [][]*Scenario{
 		base3501(), enable5161(), idle2177(), compress4978(),
-		condstore7162(), qresync7162(), notify5465(), lemonade5550(),
+		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(), lemonade5550(),
 	} {
 		all = append(all, group...)
 	}

@@ -420,9 +420,15 @@ func condstore7162() []*Scenario {
 				if err != nil {
 					return err
 				}
+				// The set of messages counts, not the number of FETCH
+				// responses: a server may send more than one for a
+				// message (an unsolicited one reporting the STORE's
+				// change, then the answer), which RFC 3501 §7.4.2 allows.
 				var seqs []uint32
 				for _, f := range fetches(res.Untagged) {
-					seqs = append(seqs, f.Seq)
+					if !slices.Contains(seqs, f.Seq) {
+						seqs = append(seqs, f.Seq)
+					}
 				}
 				if !sameSet(seqs, []uint32{2}) {
 					return failf("expected a FETCH for message 2 only, got %s", describe(res.Untagged))

@@ -17,6 +17,29 @@ func statusFor(mailbox string) func(*Response) bool {
 	}
 }
 
+// statusWhere matches an untagged STATUS about mailbox whose items satisfy
+// ok. A scenario waiting for the STATUS that announces a change uses it: a
+// server may first send another STATUS of the mailbox (one that does not
+// show the change yet, say because the server saw the mailbox appear in the
+// same poll), which is not the announcement asked for.
+func statusWhere(mailbox string, ok func(items map[string]uint64) bool) func(*Response) bool {
+	return func(r *Response) bool {
+		if !r.Untagged("STATUS") {
+			return false
+		}
+		name, items, err := r.statusItems()
+		return err == nil && name == mailbox && ok(items)
+	}
+}
+
+// messagesIs is a statusWhere condition: MESSAGES is n.
+func messagesIs(n uint64) func(map[string]uint64) bool {
+	return func(items map[string]uint64) bool {
+		v, ok := items["MESSAGES"]
+		return ok && v == n
+	}
+}
+
 // listFor matches an untagged LIST response naming mailbox that satisfies
 // ok.
 func listFor(mailbox string, ok func(listData) bool) func(*Response) bool {
@@ -200,7 +223,7 @@ func notify5465() []*Scenario {
 					return err
 				}
 				r, err := notifyEvent(t, c, "(mailboxes MBOX "+messages+")", mb, func() error { return t.OutsideAppend(mb) },
-					"* STATUS "+mb+" (MESSAGES 1 UIDNEXT n)", statusFor(mb))
+					"* STATUS "+mb+" (MESSAGES 1 UIDNEXT n)", statusWhere(mb, messagesIs(1)))
 				if err != nil {
 					return err
 				}
@@ -222,7 +245,7 @@ func notify5465() []*Scenario {
 					return err
 				}
 				r, err := notifyEvent(t, c, "(mailboxes MBOX "+messages+")", mb, func() error { return t.OutsideExpunge(mb, uids[0]) },
-					"* STATUS "+mb+" (MESSAGES 1 ...)", statusFor(mb))
+					"* STATUS "+mb+" (MESSAGES 1 ...)", statusWhere(mb, messagesIs(1)))
 				if err != nil {
 					return err
 				}
@@ -246,7 +269,7 @@ func notify5465() []*Scenario {
 					return err
 				}
 				r, err := notifyEvent(t, c, "(mailboxes MBOX "+messages+")", mb, func() error { return t.OutsideAppend(mb) },
-					"* STATUS "+mb+" (... HIGHESTMODSEQ n)", statusFor(mb))
+					"* STATUS "+mb+" (MESSAGES 1 ... HIGHESTMODSEQ n)", statusWhere(mb, messagesIs(1)))
 				if err != nil {
 					return err
 				}
@@ -263,7 +286,7 @@ func notify5465() []*Scenario {
 					return err
 				}
 				mb := t.Name()
-				_, err = notifyEvent(t, c, "(personal (MailboxName))", mb, func() error { return t.OutsideDo("CREATE " + quote(mb)) },
+				_, err = notifyEvent(t, c, "(personal (MailboxName))", mb, func() error { return t.OutsideCreate(mb) },
 					"* LIST () delim "+mb, listFor(mb, func(d listData) bool { return !d.has(`\NonExistent`) }))
 				return err
 			}},
@@ -394,7 +417,7 @@ func notify5465() []*Scenario {
 					return err
 				}
 				_, err = notifyEvent(t, c, "(mailboxes MBOX "+messages+")", mb, func() error { return t.OutsideAppend(mb) },
-					"* STATUS "+mb+" (...) after the second NOTIFY SET", statusFor(mb))
+					"* STATUS "+mb+" (MESSAGES 1 ...) after the second NOTIFY SET", statusWhere(mb, messagesIs(1)))
 				return err
 			}},
 		{ID: "5465-subtree", RFC: 5465, Section: "6.5", Level: Must, Caps: nt,
@@ -414,7 +437,7 @@ func notify5465() []*Scenario {
 				}
 				child := mb + delim + "child"
 				t.mailboxes = append(t.mailboxes, child)
-				if err := mustOK(sc, "CREATE "+quote(child)); err != nil {
+				if err := createFresh(sc, child); err != nil {
 					return fmt.Errorf("setup: %w", err)
 				}
 				c, err := t.Login()

@@ -470,7 +470,7 @@ func compress4978() []*Scenario {
 				if err != nil {
 					return err
 				}
-				if err := mustOK(sc, "CREATE "+quote(mb)); err != nil {
+				if err := createFresh(sc, mb); err != nil {
 					return err
 				}
 				msg := testMessage(mb, 1, 200*1024)

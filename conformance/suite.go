@@ -115,9 +115,14 @@ type Config struct {
 	// value means Target. Pointing it at the upstream behind a proxy
 	// checks that the proxy notices changes it did not make itself.
 	Outside Endpoint
-	// User2 and Pass2 log in to Outside; empty means User and Pass. They
-	// must reach the same mailboxes (the same account, or a login such as
-	// Dovecot's master user that opens it).
+	// OutsideUser and OutsidePass log in to Outside; empty means User and
+	// Pass. They must reach the same mailboxes (the same account, or a
+	// login such as Dovecot's master user that opens it).
+	OutsideUser, OutsidePass string
+	// User2 and Pass2, if set, log in to a second, different account on
+	// Target: the isolation scenario checks that its changes are never
+	// announced to User's sessions. Scenarios that need it are skipped
+	// without it.
 	User2, Pass2 string
 	// Only, when set, runs only the scenarios whose ID matches.
 	Only *regexp.Regexp
@@ -160,8 +165,8 @@ func (c Config) withDefaults() Config {
 	if c.Outside.Addr == "" {
 		c.Outside = c.Target
 	}
-	if c.User2 == "" {
-		c.User2, c.Pass2 = c.User, c.Pass
+	if c.OutsideUser == "" {
+		c.OutsideUser, c.OutsidePass = c.User, c.Pass
 	}
 	if c.Prefix == "" {
 		c.Prefix = "lpconf"
