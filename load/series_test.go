@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,9 +44,13 @@ const seriesEnv = "LEMONPROXY_LOAD_SERIES"
 //	LEMONPROXY_LOAD_MESSAGES resync mailbox sizes (default 1000,10000,100000)
 //	LEMONPROXY_LOAD_MIXED    mixed: CLIENTS/DURATION[/ACCOUNTS] (default 1000/10m/200)
 //	LEMONPROXY_LOAD_MAXLOAD  wait before each run until the 1-minute load average
-//	                         is below this (default 1.5) ...
+//	                         is below this (default 1.5) and no other test binary
+//	                         runs ...
 //	LEMONPROXY_LOAD_WAIT     ... for at most this long (default 20m); the load
 //	                         average is recorded in every result either way
+//	LEMONPROXY_LOAD_ONLY     run only the runs whose name matches this regular
+//	                         expression (e.g. 'idle-.*-1000$')
+//	LEMONPROXY_LOAD_DRYRUN   list the runs without running them
 //	LEMONPROXY_LOAD_OUT      where the JSON results go
 func TestSeries(t *testing.T) {
 	spec := os.Getenv(seriesEnv)
@@ -98,106 +104,122 @@ func TestSeries(t *testing.T) {
 		}
 		return ns
 	}
-	for _, target := range targets {
-		for _, item := range []struct {
-			name     string
-			scenario string
-			compress bool
-		}{{"idle", "idle", false}, {"idle-compress", "idle", true}, {"push", "push", false}} {
-			if !items[item.name] {
-				continue
-			}
-			ns := sizes(target)
-			if item.compress {
-				ns = filterSizes(ns, 1000, 10000) // enough to see the difference
-			}
-			for _, n := range ns {
+	// The runs, in order of importance; at each size the proxy and the
+	// direct run follow each other, so that they meet similar machines.
+	type run struct {
+		name, target string
+		profile      dovecottest.Profile
+		accounts     int
+		set          func(*Config)
+	}
+	var runs []run
+	direct := func(target string, full bool) dovecottest.Profile {
+		// Directly, Dovecot's full profile where the clients need QRESYNC
+		// or COMPRESS; behind the proxy always the Legacy one (the
+		// proxy's own QRESYNC and COMPRESS).
+		if target == "dovecot" && full {
+			return dovecottest.Full
+		}
+		return dovecottest.Legacy
+	}
+	for _, item := range []struct {
+		name     string
+		scenario string
+		compress bool
+	}{{"idle", "idle", false}, {"push", "push", false}, {"idle-compress", "idle", true}} {
+		if !items[item.name] {
+			continue
+		}
+		for _, n := range []int{1000, 5000, 10000, 15500, 19000} {
+			for _, target := range targets {
+				ns := sizes(target)
+				if item.compress {
+					ns = filterSizes(ns, 1000, 10000) // enough to see the difference
+				}
+				if !slices.Contains(ns, n) {
+					continue
+				}
 				label := target
-				profile := dovecottest.Legacy
 				if item.compress {
 					label += "-compress"
-					if target == "dovecot" {
-						profile = dovecottest.Full // COMPRESS comes with imap_zlib
+				}
+				runs = append(runs, run{fmt.Sprintf("%s-%s-%d", item.scenario, label, n), target, direct(target, item.compress), n / 5, func(cfg *Config) {
+					cfg.Scenario, cfg.Clients, cfg.Compress, cfg.Label = item.scenario, n, item.compress, label
+					cfg.Duration, cfg.Settle = 10*time.Second, 5*time.Second
+					if item.scenario == "push" {
+						cfg.Rate, cfg.Duration = 100, 30*time.Second
 					}
-				}
-				name := fmt.Sprintf("%s-%s-%d", item.scenario, label, n)
-				t.Run(name, func(t *testing.T) {
-					s.run(t, name, target, profile, n/5, func(cfg *Config) {
-						cfg.Scenario, cfg.Clients, cfg.Compress, cfg.Label = item.scenario, n, item.compress, label
-						cfg.Duration, cfg.Settle = 10*time.Second, 5*time.Second
-						if item.scenario == "push" {
-							cfg.Rate, cfg.Duration = 100, 30*time.Second
-						}
-					})
-				})
+				}})
 			}
 		}
-		if items["resync"] {
-			for f := range strings.SplitSeq(envOr("LEMONPROXY_LOAD_MESSAGES", "1000,10000,100000"), ",") {
-				m, _ := strconv.Atoi(strings.TrimSpace(f))
-				// Directly, Dovecot's full profile (QRESYNC); behind the
-				// proxy, the Legacy one (the proxy's own QRESYNC).
-				profile := dovecottest.Legacy
-				if target == "dovecot" {
-					profile = dovecottest.Full
-				}
-				name := fmt.Sprintf("resync-%s-%d", target, m)
-				t.Run(name, func(t *testing.T) {
-					s.run(t, name, target, profile, 1, func(cfg *Config) {
-						cfg.Scenario, cfg.Label, cfg.Clients, cfg.Messages, cfg.Changes, cfg.Rounds = "resync", target, 4, m, 15, 3
-					})
-				})
+	}
+	if items["resync"] {
+		for f := range strings.SplitSeq(envOr("LEMONPROXY_LOAD_MESSAGES", "1000,10000,100000"), ",") {
+			m, _ := strconv.Atoi(strings.TrimSpace(f))
+			for _, target := range targets {
+				runs = append(runs, run{fmt.Sprintf("resync-%s-%d", target, m), target, direct(target, true), 1, func(cfg *Config) {
+					cfg.Scenario, cfg.Label, cfg.Clients, cfg.Messages, cfg.Changes, cfg.Rounds = "resync", target, 4, m, 15, 3
+				}})
 			}
 		}
-		for _, comp := range []bool{false, true} {
-			if !items["fetch"] && !comp || !items["fetch-compress"] && comp {
-				continue
-			}
-			label, profile := target, dovecottest.Legacy
+	}
+	for _, comp := range []bool{false, true} {
+		if !items["fetch"] && !comp || !items["fetch-compress"] && comp {
+			continue
+		}
+		for _, target := range targets {
+			label := target
 			if comp {
 				label += "-compress"
-				if target == "dovecot" {
-					profile = dovecottest.Full
-				}
 			}
-			name := "fetch-" + label
-			t.Run(name, func(t *testing.T) {
-				s.run(t, name, target, profile, 1, func(cfg *Config) {
-					cfg.Scenario, cfg.Label, cfg.Compress = "fetch", label, comp
-					cfg.Clients, cfg.Messages, cfg.Size, cfg.Duration = 4, 100, 100<<10, 30*time.Second
-				})
-			})
+			runs = append(runs, run{"fetch-" + label, target, direct(target, comp), 1, func(cfg *Config) {
+				cfg.Scenario, cfg.Label, cfg.Compress = "fetch", label, comp
+				cfg.Clients, cfg.Messages, cfg.Size, cfg.Duration = 4, 100, 100<<10, 30*time.Second
+			}})
 		}
-		if items["mixed"] {
-			clients, dur, accounts := 1000, 10*time.Minute, 0
-			if v := os.Getenv("LEMONPROXY_LOAD_MIXED"); v != "" {
-				f := strings.Split(v, "/")
-				clients, _ = strconv.Atoi(f[0])
-				var err error
-				if len(f) < 2 || len(f) > 3 || clients < 1 {
-					t.Fatalf("LEMONPROXY_LOAD_MIXED=%q: want CLIENTS/DURATION[/ACCOUNTS]", v)
-				}
-				if dur, err = time.ParseDuration(f[1]); err != nil {
-					t.Fatalf("LEMONPROXY_LOAD_MIXED=%q: %v", v, err)
-				}
-				if len(f) == 3 {
-					accounts, _ = strconv.Atoi(f[2])
-				}
+	}
+	if items["mixed"] {
+		clients, dur, accounts := 1000, 10*time.Minute, 0
+		if v := os.Getenv("LEMONPROXY_LOAD_MIXED"); v != "" {
+			f := strings.Split(v, "/")
+			clients, _ = strconv.Atoi(f[0])
+			var err error
+			if len(f) < 2 || len(f) > 3 || clients < 1 {
+				t.Fatalf("LEMONPROXY_LOAD_MIXED=%q: want CLIENTS/DURATION[/ACCOUNTS]", v)
 			}
-			if accounts < 1 {
-				accounts = max(clients/5, 1)
+			if dur, err = time.ParseDuration(f[1]); err != nil {
+				t.Fatalf("LEMONPROXY_LOAD_MIXED=%q: %v", v, err)
 			}
-			profile := dovecottest.Legacy
-			if target == "dovecot" {
-				profile = dovecottest.Full
+			if len(f) == 3 {
+				accounts, _ = strconv.Atoi(f[2])
 			}
-			name := fmt.Sprintf("mixed-%s-%d", target, clients)
-			t.Run(name, func(t *testing.T) {
-				s.run(t, name, target, profile, accounts, func(cfg *Config) {
-					cfg.Scenario, cfg.Label, cfg.Clients, cfg.Duration, cfg.Rate = "mixed", target, clients, dur, 20
-				})
-			})
 		}
+		if accounts < 1 {
+			accounts = max(clients/5, 1)
+		}
+		for _, target := range targets {
+			runs = append(runs, run{fmt.Sprintf("mixed-%s-%d", target, clients), target, direct(target, true), accounts, func(cfg *Config) {
+				cfg.Scenario, cfg.Label, cfg.Clients, cfg.Duration, cfg.Rate = "mixed", target, clients, dur, 20
+			}})
+		}
+	}
+	if only := os.Getenv("LEMONPROXY_LOAD_ONLY"); only != "" {
+		re, err := regexp.Compile(only)
+		if err != nil {
+			t.Fatalf("LEMONPROXY_LOAD_ONLY: %v", err)
+		}
+		runs = slices.DeleteFunc(runs, func(r run) bool { return !re.MatchString(r.name) })
+	}
+	var names []string
+	for _, r := range runs {
+		names = append(names, r.name)
+	}
+	t.Logf("%d runs: %s", len(runs), strings.Join(names, " "))
+	if os.Getenv("LEMONPROXY_LOAD_DRYRUN") != "" {
+		return
+	}
+	for _, r := range runs {
+		t.Run(r.name, func(t *testing.T) { s.run(t, r.name, r.target, r.profile, r.accounts, r.set) })
 	}
 }
 
@@ -230,7 +252,7 @@ type series struct {
 // u00000... (passwords p00000...), runs the load with the configuration
 // set makes, and writes the result.
 func (s *series) run(t *testing.T, name, target string, profile dovecottest.Profile, accounts int, set func(*Config)) {
-	waitQuiet(t)
+	quiet := waitQuiet(t)
 	dc := dovecottest.Start(t, profile)
 	accts, err := PatternAccounts("u%05d", "p%05d", accounts)
 	if err != nil {
@@ -258,7 +280,7 @@ func (s *series) run(t *testing.T, name, target string, profile dovecottest.Prof
 	} else {
 		notes = append(notes, "clients connected directly to Dovecot")
 	}
-	notes = append(notes, "the load in another process on the same machine (go test -run TestSeries ./load/)")
+	notes = append(notes, "the load in another process on the same machine (go test -run TestSeries ./load/)", quiet)
 	cfg.Notes = notes
 	set(&cfg)
 	res, err := Run(context.Background(), cfg)
@@ -282,20 +304,48 @@ func (s *series) run(t *testing.T, name, target string, profile dovecottest.Prof
 }
 
 // waitQuiet waits until the machine's load average is below
-// LEMONPROXY_LOAD_MAXLOAD, for at most LEMONPROXY_LOAD_WAIT.
-func waitQuiet(t *testing.T) {
+// LEMONPROXY_LOAD_MAXLOAD and no other test binary runs, for at most
+// LEMONPROXY_LOAD_WAIT, and describes the machine for the result's notes.
+func waitQuiet(t *testing.T) string {
 	maxLoad, _ := strconv.ParseFloat(envOr("LEMONPROXY_LOAD_MAXLOAD", "1.5"), 64)
 	wait, err := time.ParseDuration(envOr("LEMONPROXY_LOAD_WAIT", "20m"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(wait)
-	for LoadAvg1() >= maxLoad && time.Now().Before(deadline) {
+	start := time.Now()
+	for (LoadAvg1() >= maxLoad || len(otherTests()) > 0) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Second)
 	}
-	if l := LoadAvg1(); l >= maxLoad {
-		t.Logf("load average %.2f after waiting %v: measuring anyway", l, wait)
+	l, others := LoadAvg1(), otherTests()
+	if l >= maxLoad || len(others) > 0 {
+		t.Logf("load average %.2f, other tests running: %q after waiting %v: measuring anyway", l, others, wait)
+		return fmt.Sprintf("measured on a busy machine after waiting %v: load average %.2f, other test binaries running: %s",
+			time.Since(start).Round(time.Second), l, strings.Join(others, "; "))
 	}
+	return fmt.Sprintf("machine quiet before the run (load average %.2f, no other test binary) after waiting %v", l, time.Since(start).Round(time.Second))
+}
+
+// otherTests lists the other test binaries running on the machine
+// (other engineers' runs on a shared machine): their names.
+func otherTests() []string {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	var out []string
+	for _, d := range dirs {
+		pid, _ := strconv.Atoi(filepath.Base(d))
+		if pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil || len(cmdline) == 0 {
+			continue
+		}
+		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+		if strings.HasSuffix(argv0, ".test") {
+			out = append(out, filepath.Base(argv0))
+		}
+	}
+	return out
 }
 
 // buildProxy builds lemonproxy into a temporary directory.

@@ -184,7 +184,7 @@ func generate(results []*load.Result, dir, format string) ([]string, error) {
 			continue
 		}
 		path := filepath.Join(dir, c.file+"."+format)
-		if err := p.Save(16*vg.Centimeter, 10*vg.Centimeter, path); err != nil {
+		if err := p.Save(18*vg.Centimeter, 12*vg.Centimeter, path); err != nil {
 			return files, err
 		}
 		files = append(files, path)
@@ -286,6 +286,7 @@ func (c chart) plot(results []*load.Result) (*plot.Plot, bool, error) {
 	}
 	p.Add(plotter.NewGrid())
 	n := 0
+	yMax := 0.0
 	for _, label := range labelsOf(results, c.scenario) {
 		for _, l := range c.lines {
 			if len(l.labels) > 0 && !slices.Contains(l.labels, label) {
@@ -294,6 +295,9 @@ func (c chart) plot(results []*load.Result) (*plot.Plot, bool, error) {
 			xys := points(results, c.scenario, label, l.metric, c.x, c.div)
 			if len(xys) == 0 || (c.logY && slices.ContainsFunc(xys, func(v plotter.XY) bool { return v.Y <= 0 })) {
 				continue
+			}
+			for _, xy := range xys {
+				yMax = max(yMax, xy.Y)
 			}
 			ln, pts, err := plotter.NewLinePoints(xys)
 			if err != nil {
@@ -310,6 +314,13 @@ func (c chart) plot(results []*load.Result) (*plot.Plot, bool, error) {
 			p.Legend.Add(legendName(label, l.name), ln, pts)
 			n++
 		}
+	}
+	// Room above the lines for the legend.
+	if c.logY {
+		p.Y.Max = yMax * 30
+	} else {
+		p.Y.Min = 0
+		p.Y.Max = yMax * (1.15 + 0.12*float64(n))
 	}
 	return p, n > 0, nil
 }
