@@ -188,7 +188,7 @@ func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, opts
 	w := m.accts[account]
 	if w == nil {
 		w = &watcher{m: m, account: account, dial: dial, subs: map[*Sub]struct{}{},
-			ready: make(chan struct{}), poke: make(chan []string, 1), modseqs: make(chan struct{})}
+			ready: make(chan struct{}), poke: make(chan []string, 1)}
 		w.ctx, w.cancel = context.WithCancel(m.ctx)
 		m.accts[account] = w
 		m.wg.Add(1)
@@ -231,13 +231,12 @@ func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, opts
 		return nil, w.readyErr
 	}
 	if opts.ModSeqs && opts.Refresh != nil {
-		// A watcher started for others may not know them yet.
-		m.Poke(account)
-		select {
-		case <-w.modseqs:
-		case <-ctx.Done():
+		// A watcher started for others may not know them yet: a poll
+		// that starts now, with this subscriber counted, refreshes every
+		// mailbox whose ModSeq is unknown.
+		if err := w.awaitPoll(ctx); err != nil {
 			s.Close()
-			return nil, ctx.Err()
+			return nil, err
 		}
 	}
 	return s, nil
@@ -355,9 +354,6 @@ type watcher struct {
 	ready    chan struct{}
 	readyErr error
 	poke     chan []string
-	// modseqs is closed once every mailbox's ModSeq is known.
-	modseqs     chan struct{}
-	modseqsDone bool
 	// boxes0 is set (guarded by m.mu) once the watcher has a subscriber;
 	// later subscribers wait for a poll first (see Watch). waiters are
 	// told when the next full poll that starts after they came is done.
@@ -746,10 +742,6 @@ func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptio
 			}
 			evs = append(evs, Event{Kind: kind, Mailbox: b})
 		}
-	}
-	if opts.ModSeqs && !w.modseqsDone {
-		w.modseqsDone = true
-		close(w.modseqs)
 	}
 	return evs, nil
 }

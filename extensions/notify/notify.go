@@ -535,7 +535,10 @@ func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, n
 		if st.match(mb.Name, mb.Subscribed, want) == nil {
 			return b
 		}
-		return e.appendStatus(s, b, mb, false)
+		// A flag change is told with UIDVALIDITY and, under CONDSTORE,
+		// HIGHESTMODSEQ (RFC 5465 5.1); new mail and expunges with the
+		// counters.
+		return e.appendStatus(s, b, mb, ev.Kind == accountwatch.Flags)
 	case accountwatch.Created, accountwatch.Deleted, accountwatch.Renamed:
 		g := st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.mailboxName })
 		if g == nil && ev.Kind == accountwatch.Renamed {
@@ -584,13 +587,13 @@ func appendList(b []byte, attrs []string, mb accountwatch.Mailbox) []byte {
 }
 
 // appendStatus appends a STATUS response for a mailbox: MESSAGES, UIDNEXT
-// and UNSEEN, UIDVALIDITY when initial (NOTIFY SET STATUS), and the proxy's
-// HIGHESTMODSEQ once CONDSTORE is enabled.
-func (e *Extension) appendStatus(s *proxy.Session, b []byte, mb accountwatch.Mailbox, initial bool) []byte {
+// and UNSEEN, UIDVALIDITY when withUIDValidity (NOTIFY SET STATUS, flag
+// changes), and the proxy's HIGHESTMODSEQ once CONDSTORE is enabled.
+func (e *Extension) appendStatus(s *proxy.Session, b []byte, mb accountwatch.Mailbox, withUIDValidity bool) []byte {
 	b = append(b, "* STATUS "...)
 	b = imapcodec.AppendString(b, mb.Name, false)
 	b = fmt.Appendf(b, " (MESSAGES %d UIDNEXT %d", mb.Status.Messages, mb.Status.UIDNext)
-	if initial {
+	if withUIDValidity {
 		b = fmt.Appendf(b, " UIDVALIDITY %d", mb.Status.UIDValidity)
 	}
 	b = fmt.Appendf(b, " UNSEEN %d", mb.Status.Unseen)
