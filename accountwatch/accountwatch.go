@@ -312,20 +312,28 @@ func (m *Manager) Poke(account string, mailboxes ...string) {
 
 // awaitPoll asks for a full poll and waits until one that started after
 // the call is done.
+// A failed poll (a lost connection, an incomplete LIST) is retried a few
+// times: the watcher reconnects at once.
 func (w *watcher) awaitPoll(ctx context.Context) error {
-	ch := make(chan error, 1)
-	w.mu.Lock()
-	w.waiters = append(w.waiters, ch)
-	w.mu.Unlock()
-	w.m.Poke(w.account)
-	select {
-	case err := <-ch:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-w.ctx.Done():
-		return w.ctx.Err()
+	var err error
+	for range 5 {
+		ch := make(chan error, 1)
+		w.mu.Lock()
+		w.waiters = append(w.waiters, ch)
+		w.mu.Unlock()
+		w.m.Poke(w.account)
+		select {
+		case err = <-ch:
+			if err == nil {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.ctx.Done():
+			return w.ctx.Err()
+		}
 	}
+	return err
 }
 
 // allMailboxes in a poke means a full poll.
