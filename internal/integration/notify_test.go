@@ -18,18 +18,9 @@ package integration
 // it at the same moment, so a short silence then means the session
 // filtered it out, not that the poll had not run yet.
 //
-// Scenarios that fail show bugs, reported as found (see each one's
-// comment): ConnectionsCondstore (every mailbox NOTIFY reports a STATUS of
-// gets a hub watcher, one upstream connection each, once CONDSTORE is
-// enabled), FlagChangeOther on Legacy (flag changes that leave UNSEEN as
-// it is go unreported in mailboxes other than the selected one),
-// OverflowScope (events outside a session's filter count towards its
-// NOTIFICATIONOVERFLOW), and on Full, OutsideRename (Dovecot's LIST on the
-// account watcher's connection goes wrong after an outside RENAME, and the
-// watcher reports existing mailboxes as deleted) and, now and then,
-// OutsideDelete or any scenario that deletes a mailbox (a LIST-STATUS that
-// still lists a mailbox being deleted, without its STATUS, becomes
-// "* STATUS name (MESSAGES 0 UIDNEXT 0 UNSEEN 0)").
+// Some scenarios were written for bugs these tests found (fixed in
+// 7866bd4; each one's comment says what it was): ConnectionsCondstore,
+// FlagChangeOther, OverflowScope, OutsideRename and OutsideDelete.
 
 import (
 	"flag"
@@ -256,6 +247,26 @@ func (c *ntClient) silent(d time.Duration) {
 	}
 }
 
+// create runs CREATE and reports whether it was answered OK, tolerating
+// NO [ALREADYEXISTS] for a mailbox that did not exist: Dovecot 2.3 answers
+// that now and then, having created the mailbox, when another session of
+// the account lists at the same moment, as the account watcher does
+// (docs/conformance.md, "Not scenarios, but seen").
+func (c *ntClient) create(name string) bool {
+	c.t.Helper()
+	got := c.Cmd("CREATE " + name)
+	switch tagged := imaptest.Tagged(got); {
+	case strings.HasPrefix(tagged, "OK"):
+		return true
+	case strings.HasPrefix(tagged, "NO [ALREADYEXISTS]"):
+		c.t.Logf("%s: CREATE %s: %q (Dovecot's CREATE race)", c.name, name, tagged)
+		return false
+	default:
+		c.t.Fatalf("%s: CREATE %s: %q", c.name, name, got)
+		return false
+	}
+}
+
 // ntAppend is an APPEND command (LITERAL+) of a small message.
 func ntAppend(mailbox, subject string) string {
 	msg := "From: someone@example.org\r\nSubject: " + subject + "\r\n\r\nHello.\r\n"
@@ -390,7 +401,7 @@ func ntSelectedDelayed(t testing.TB, e *ntEnv, px *ntProxy) {
 func ntInboxes(t testing.TB, e *ntEnv, px *ntProxy) {
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE Other")
+	d.create("Other")
 	c := px.login(t, u)
 	c.MustOK("NOTIFY SET (inboxes " + ntMsgs + ")")
 	d.MustOK(ntAppend("INBOX", "one"))
@@ -418,13 +429,14 @@ func ntPersonal(t testing.TB, e *ntEnv, px *ntProxy) {
 	c := px.login(t, u)
 	c.MustOK("NOTIFY SET (personal " + ntAll + ")")
 	d := e.direct(t, u)
-	d.MustOK("CREATE Work")
+	d.create("Work")
 	c.expect(`* LIST ` + e.leaf() + ` "." Work`)
 	d.MustOK(ntAppend("Work", "one"))
 	c.expect("* STATUS Work (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 	d.MustOK("SELECT Work")
 	d.MustOK(`STORE 1 +FLAGS (\Seen)`)
-	c.expect("* STATUS Work (MESSAGES 1 UIDNEXT 2 UNSEEN 0)")
+	// A flag change elsewhere is told with UIDVALIDITY (RFC 5465 5.1).
+	c.expectRE(regexp.MustCompile(`^\* STATUS Work \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 0\)$`))
 	d.MustOK("SUBSCRIBE Work")
 	c.expect(`* LIST ` + e.leaf(`\Subscribed`) + ` "." Work`)
 	d.MustOK("UNSUBSCRIBE Work")
@@ -444,8 +456,8 @@ func ntPersonal(t testing.TB, e *ntEnv, px *ntProxy) {
 func ntSubscribed(t testing.TB, e *ntEnv, px *ntProxy) {
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE Sub")
-	d.MustOK("CREATE Always")
+	d.create("Sub")
+	d.create("Always")
 	d.MustOK("SUBSCRIBE Always")
 	c := px.login(t, u)
 	c.MustOK("NOTIFY SET (subscribed (MessageNew MessageExpunge SubscriptionChange))")
@@ -473,15 +485,15 @@ func ntSubscribed(t testing.TB, e *ntEnv, px *ntProxy) {
 func ntSubtree(t testing.TB, e *ntEnv, px *ntProxy) {
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE Lists")
+	d.create("Lists")
 	c := px.login(t, u)
 	c.MustOK("NOTIFY SET (subtree Lists (MessageNew MessageExpunge MailboxName))")
 	probe := px.login(t, u)
 	probe.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))")
-	d.MustOK("CREATE Listserv")
+	d.create("Listserv")
 	probe.expect(`* LIST ` + e.leaf() + ` "." Listserv`)
 	c.silent(ntSilence)
-	d.MustOK("CREATE Lists.go")
+	d.create("Lists.go")
 	c.expect(`* LIST ` + e.leaf() + ` "." Lists.go`)
 	probe.expect(`* LIST ` + e.leaf() + ` "." Lists.go`)
 	d.MustOK(ntAppend("Listserv", "outside"))
@@ -500,7 +512,7 @@ func ntMailboxes(t testing.TB, e *ntEnv, px *ntProxy) {
 	u := e.user(t)
 	d := e.direct(t, u)
 	for _, m := range []string{"A", "B", "C"} {
-		d.MustOK("CREATE " + m)
+		d.create(m)
 	}
 	c := px.login(t, u)
 	c.MustOK("NOTIFY SET (mailboxes (A B) (MessageNew MessageExpunge MailboxName))")
@@ -513,7 +525,7 @@ func ntMailboxes(t testing.TB, e *ntEnv, px *ntProxy) {
 	c.expect("* STATUS A (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 	d.MustOK(ntAppend("B", "named too"))
 	c.expect("* STATUS B (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
-	d.MustOK("CREATE E")
+	d.create("E")
 	probe.expect("* STATUS A (MESSAGES 1 UIDNEXT 2 UNSEEN 1)", "* STATUS B (MESSAGES 1 UIDNEXT 2 UNSEEN 1)",
 		`* LIST `+e.leaf()+` "." E`)
 	c.silent(ntSilence)
@@ -531,7 +543,7 @@ func ntIdle(t testing.TB, e *ntEnv, px *ntProxy) {
 	c.MustOK("NOTIFY SET (personal " + ntAll + ")")
 	c.Write("i1 IDLE\r\n")
 	c.expect("+ idling")
-	d.MustOK("CREATE Idle")
+	d.create("Idle")
 	c.expect(`* LIST ` + e.leaf() + ` "." Idle`)
 	d.MustOK(ntAppend("Idle", "one"))
 	c.expect("* STATUS Idle (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
@@ -567,7 +579,7 @@ func ntNone(t testing.TB, e *ntEnv, px *ntProxy) {
 	d := e.direct(t, u)
 	d.MustOK(ntAppend("INBOX", "one"))
 	probe.expect("* 1 EXISTS")
-	d.MustOK("CREATE Gone")
+	d.create("Gone")
 	probe.expect(`* LIST ` + e.leaf() + ` "." Gone`)
 	c.silent(ntSilence)
 	got := c.MustOK("NOOP")
@@ -580,8 +592,8 @@ func ntNone(t testing.TB, e *ntEnv, px *ntProxy) {
 func ntReplace(t testing.TB, e *ntEnv, px *ntProxy) {
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE First")
-	d.MustOK("CREATE Second")
+	d.create("First")
+	d.create("Second")
 	c := px.login(t, u)
 	probe := px.login(t, u)
 	probe.MustOK("NOTIFY SET (personal " + ntMsgs + ")")
@@ -603,8 +615,8 @@ func ntReplace(t testing.TB, e *ntEnv, px *ntProxy) {
 func ntStatus(t testing.TB, e *ntEnv, px *ntProxy) {
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE A")
-	d.MustOK("CREATE B")
+	d.create("A")
+	d.create("B")
 	d.MustOK(ntAppend("A", "one"))
 	uv := map[string]string{}
 	for _, m := range []string{"INBOX", "A", "B"} {
@@ -650,7 +662,7 @@ var ntModSeqRE = regexp.MustCompile(`^\* STATUS A \(MESSAGES (\d+) UIDNEXT (\d+)
 func ntStatusCondstore(t testing.TB, e *ntEnv, px *ntProxy) {
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE A")
+	d.create("A")
 	d.MustOK(ntAppend("A", "one"))
 	c := px.login(t, u)
 	c.MustOK("ENABLE CONDSTORE")
@@ -708,7 +720,7 @@ func ntOverflow(t testing.TB, e *ntEnv, _ *ntProxy) {
 	px := e.proxy(t, notify.Config{MaxQueued: 2})
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE Drafts")
+	d.create("Drafts")
 	c := px.login(t, u)
 	c.MustOK("SELECT INBOX")
 	c.MustOK("NOTIFY SET (selected " + ntMsgs + ") (personal (MailboxName))")
@@ -720,7 +732,7 @@ func ntOverflow(t testing.TB, e *ntEnv, _ *ntProxy) {
 	// never has more than one to hear of.
 	finish := c.busy("Drafts")
 	for i := range 3 {
-		d.MustOK(fmt.Sprintf("CREATE Flood%d", i))
+		d.create(fmt.Sprintf("Flood%d", i))
 		probe.expect(fmt.Sprintf(`* LIST %s "." Flood%d`, e.leaf(), i))
 	}
 	got := finish()
@@ -732,7 +744,7 @@ func ntOverflow(t testing.TB, e *ntEnv, _ *ntProxy) {
 	// pushed any more.
 	d.MustOK(ntAppend("INBOX", "one"))
 	probe.expect("* 1 EXISTS")
-	d.MustOK("CREATE After")
+	d.create("After")
 	probe.expect(`* LIST ` + e.leaf() + ` "." After`)
 	c.silent(ntSilence)
 	// Until NOTIFY SET, an implicit NOOP (RFC 5465 3.1).
@@ -740,7 +752,7 @@ func ntOverflow(t testing.TB, e *ntEnv, _ *ntProxy) {
 	if got[0] != "* 1 EXISTS" {
 		t.Fatalf("NOTIFY SET after the overflow: %q", got)
 	}
-	d.MustOK("CREATE Again")
+	d.create("Again")
 	c.expect(`* LIST ` + e.leaf() + ` "." Again`)
 }
 
@@ -786,7 +798,7 @@ func ntIsolation(t testing.TB, e *ntEnv, px *ntProxy) {
 	u1, u2 := e.user(t), e.user(t)
 	d1, d2 := e.direct(t, u1), e.direct(t, u2)
 	for _, d := range []*ntClient{d1, d2} {
-		d.MustOK("CREATE Same")
+		d.create("Same")
 	}
 	c1, c2 := px.login(t, u1), px.login(t, u2)
 	for _, c := range []*ntClient{c1, c2} {
@@ -797,7 +809,7 @@ func ntIsolation(t testing.TB, e *ntEnv, px *ntProxy) {
 	c2.expect("* STATUS Same (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 	d2.MustOK(ntAppend("INBOX", "theirs"))
 	c2.expect("* 1 EXISTS")
-	d2.MustOK("CREATE Same.Kid")
+	d2.create("Same.Kid")
 	c2.expect(`* LIST ` + e.leaf() + ` "." Same.Kid`)
 	d2.MustOK("SUBSCRIBE Same")
 	c2.expect(`* LIST ` + e.parent(`\Subscribed`) + ` "." Same`)
@@ -831,7 +843,7 @@ func ntOwnChanges(t testing.TB, e *ntEnv, _ *ntProxy) {
 		}
 	}
 	start := time.Now()
-	a.MustOK("CREATE Mine")
+	created := a.create("Mine")
 	check("CREATE", start, b.expect(`* LIST `+e.leaf()+` "." Mine`))
 	start = time.Now()
 	a.MustOK(ntAppend("Mine", "one"))
@@ -852,7 +864,7 @@ func ntOwnChanges(t testing.TB, e *ntEnv, _ *ntProxy) {
 		if err != nil {
 			break
 		}
-		if strings.HasPrefix(l, "* LIST") {
+		if strings.HasPrefix(l, "* LIST") && (created || !strings.HasSuffix(l, `"." Mine`)) {
 			t.Errorf("the session that made the change was told of it: %q", l)
 		}
 	}
@@ -871,7 +883,7 @@ func ntOutsideLatency(t testing.TB, e *ntEnv, px *ntProxy) {
 	}
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE Far")
+	d.create("Far")
 	c := px.login(t, u)
 	c.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))")
 	var worst time.Duration
@@ -889,7 +901,7 @@ func ntOutsideLatency(t testing.TB, e *ntEnv, px *ntProxy) {
 		}
 	}
 	start := time.Now()
-	d.MustOK("CREATE Farther")
+	d.create("Farther")
 	worst = max(worst, c.expect(`* LIST `+e.leaf()+` "." Farther`).Sub(start))
 	if worst > limit {
 		t.Errorf("%v: an outside change took up to %v to arrive, want at most %v", e.profile, worst, limit)
@@ -902,9 +914,10 @@ func ntOutsideLatency(t testing.TB, e *ntEnv, px *ntProxy) {
 //
 // With enable set ("ENABLE CONDSTORE"), the sessions enable CONDSTORE
 // first, so that NOTIFY's STATUS responses carry HIGHESTMODSEQ: the budget
-// is the same. It fails now: the extension takes each STATUS response's
-// HIGHESTMODSEQ from Session.MailboxState, which opens (and keeps for the
-// hub's grace period) a hub watcher, one upstream connection, per mailbox.
+// is the same. (It was not: the extension took each STATUS response's
+// HIGHESTMODSEQ from Session.MailboxState, which opened, and kept for the
+// hub's grace period, a hub watcher, one upstream connection, per mailbox:
+// 5 per account here.)
 func ntConnections(t testing.TB, e *ntEnv, enable string) {
 	// A proxy of its own, shut down when the subtest ends: what it holds
 	// upstream is all that is counted.
@@ -913,7 +926,7 @@ func ntConnections(t testing.TB, e *ntEnv, enable string) {
 	for _, u := range users {
 		d := e.direct(t, u)
 		for i := range 5 {
-			d.MustOK(fmt.Sprintf("CREATE Box%d", i))
+			d.create(fmt.Sprintf("Box%d", i))
 		}
 		d.MustOK("LOGOUT")
 		d.Close()
@@ -964,12 +977,13 @@ func ntConnections(t testing.TB, e *ntEnv, enable string) {
 // changes that happened). The changes are timed as in the scenario that
 // first showed otherwise: RENAME right after new mail in two other
 // mailboxes (whose upstream NOTIFY events then arrive just after the
-// rename); a few rounds, as the timing varies. It fails now on Full:
-// Dovecot's imap process holding the account watcher's connection (NOTIFY
-// set) logs "Corrupted mailbox list index", answers LIST "" "*" with INBOX
-// alone for a second, then crashes (signal 11); the watcher takes each LIST
-// at its word and the clients hear that every other mailbox was deleted,
-// then created again.
+// rename); a few rounds, as the timing varies. On Full, Dovecot's imap
+// process holding the account watcher's connection (NOTIFY set) then logs
+// "Corrupted mailbox list index", answers LIST "" "*" with INBOX alone for
+// a second, and crashes (signal 11). The watcher used to take each LIST at
+// its word, and clients heard that every other mailbox was deleted, then
+// created again; it now retries such a LIST, but the rename of the second
+// round still does not arrive within ntWait, hence the skip.
 func ntOutsideRename(t testing.TB, e *ntEnv, px *ntProxy) {
 	if e.profile == dovecottest.Full {
 		// KNOWN ISSUE (issue 5): with the upstream's NOTIFY set on the
@@ -985,7 +999,7 @@ func ntOutsideRename(t testing.TB, e *ntEnv, px *ntProxy) {
 	const rounds = 3
 	for r := range rounds {
 		for _, m := range []string{"A", "B", "C"} {
-			d.MustOK(fmt.Sprint("CREATE ", m, r))
+			d.create(fmt.Sprint(m, r))
 		}
 	}
 	for r := range rounds {
@@ -1025,16 +1039,16 @@ func ntOutsideRename(t testing.TB, e *ntEnv, px *ntProxy) {
 // ntOutsideDelete: mailboxes deleted from outside, one after the other, are
 // each reported as deleted (RFC 5465 5.4), never with a STATUS of a mailbox
 // that is gone (whose UIDNEXT 0 no STATUS may carry: RFC 3501 2.3.1.1).
-// It fails now and then on Full: Dovecot's LIST-STATUS may still list a
-// mailbox being deleted, followed by "* NO Mailbox doesn't exist" instead
-// of its STATUS, and the watcher takes the missing STATUS for zeros
-// ("* STATUS Doomed1 (MESSAGES 0 UIDNEXT 0 UNSEEN 0)").
+// (On Full, Dovecot's LIST-STATUS may still list a mailbox being deleted,
+// followed by "* NO Mailbox doesn't exist" instead of its STATUS; the
+// watcher used to take the missing STATUS for zeros, and clients got
+// "* STATUS Doomed1 (MESSAGES 0 UIDNEXT 0 UNSEEN 0)" now and then.)
 func ntOutsideDelete(t testing.TB, e *ntEnv, px *ntProxy) {
 	u := e.user(t)
 	d := e.direct(t, u)
 	const n = 8
 	for i := range n {
-		d.MustOK(fmt.Sprintf("CREATE Doomed%d", i))
+		d.create(fmt.Sprintf("Doomed%d", i))
 		d.MustOK(ntAppend(fmt.Sprintf("Doomed%d", i), "doomed"))
 	}
 	c := px.login(t, u)
@@ -1062,14 +1076,13 @@ func ntLogErrors(e *ntEnv) string {
 // flag change there is reported with STATUS, which carries the new
 // HIGHESTMODSEQ once CONDSTORE is enabled (RFC 5465 5.1; RFC 7162 3.1.2.1:
 // every flag change raises the mailbox's mod-sequence). \Flagged leaves
-// UNSEEN as it is, so only the mod-sequence shows the change. It fails now
-// on Legacy: the account watcher compares only MESSAGES, UIDNEXT,
-// UIDVALIDITY and UNSEEN there (HIGHESTMODSEQ only where the upstream
-// advertises CONDSTORE), so such a change is never seen.
+// UNSEEN as it is, so only the mod-sequence shows the change. (On Legacy
+// the account watcher used to compare only MESSAGES, UIDNEXT, UIDVALIDITY
+// and UNSEEN, so such a change was never reported.)
 func ntFlagChangeOther(t testing.TB, e *ntEnv, px *ntProxy) {
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE A")
+	d.create("A")
 	d.MustOK(ntAppend("A", "a"))
 	c := px.login(t, u)
 	c.MustOK("ENABLE CONDSTORE")
@@ -1101,14 +1114,14 @@ func ntU64(s string) uint64 {
 
 // ntOverflowScope: NOTIFICATIONOVERFLOW is for a session that cannot keep up
 // with its events (RFC 5465 5.8). Changes its filter does not cover are not
-// its events: many of them at once must not turn its NOTIFY off. It fails
-// now: the extension counts every event of the account towards MaxQueued
-// (enqueue) and filters only when it writes them (render).
+// its events: many of them at once must not turn its NOTIFY off. (The
+// extension used to count every event of the account towards MaxQueued and
+// filter only when it wrote them.)
 func ntOverflowScope(t testing.TB, e *ntEnv, _ *ntProxy) {
 	px := e.proxy(t, notify.Config{MaxQueued: 2})
 	u := e.user(t)
 	d := e.direct(t, u)
-	d.MustOK("CREATE Drafts")
+	d.create("Drafts")
 	c := px.login(t, u)
 	c.MustOK("NOTIFY SET (inboxes " + ntMsgs + ")")
 	probe := px.login(t, u)
@@ -1116,7 +1129,7 @@ func ntOverflowScope(t testing.TB, e *ntEnv, _ *ntProxy) {
 	// As in ntOverflow, but none of the three changes is c's business.
 	finish := c.busy("Drafts")
 	for i := range 3 {
-		d.MustOK(fmt.Sprintf("CREATE Elsewhere%d", i))
+		d.create(fmt.Sprintf("Elsewhere%d", i))
 		probe.expect(fmt.Sprintf(`* LIST %s "." Elsewhere%d`, e.leaf(), i))
 	}
 	if got := finish(); len(got) != 1 {
@@ -1151,7 +1164,8 @@ func (c *ntClient) expectAny() string {
 // an unknown event gets BAD, and an unsupported one NO [BADEVENT event]
 // without the list of supported events; (subscribed ...) is not
 // re-evaluated when subscriptions change; the session's own CREATE is
-// reported to it; new mail in INBOX is reported twice under (inboxes ...).
+// reported to it; new mail in INBOX is reported twice under (inboxes ...);
+// a flag change in another mailbox is reported without UIDVALIDITY.
 // A second NOTIFY SET on a connection does deliver on 2.3.19.1, for the
 // selected mailbox and others (selected-second-set, second-notify-set).
 func TestNotifyDovecotReference(t *testing.T) {
@@ -1558,7 +1572,7 @@ var ntRefProbes = []struct {
 		rfc: "EXPUNGE for an expunge in the selected mailbox, with no command running",
 		run: func(r *ntRef) string {
 			r.outside().MustOK(ntAppend("INBOX", "doomed"))
-			r.outside().MustOK("CREATE Trash")
+			r.outside().create("Trash")
 			r.selectNotify("(selected "+ntMsgs+")", 0)
 			r.outside().MustOK("UID MOVE 1 Trash") // an expunge without a flag change first
 			return r.events()
@@ -1577,7 +1591,7 @@ var ntRefProbes = []struct {
 	{id: "other-new", section: "5.2",
 		rfc: "STATUS with at least MESSAGES and UIDNEXT for new mail in another mailbox",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Other")
+			r.outside().create("Other")
 			r.c.MustOK("NOTIFY SET (personal " + ntMsgs + ")")
 			r.outside().MustOK(ntAppend("Other", "new"))
 			return r.first()
@@ -1587,8 +1601,8 @@ var ntRefProbes = []struct {
 	{id: "other-expunge", section: "5.3",
 		rfc: "STATUS with at least MESSAGES and UIDNEXT for an expunge in another mailbox",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Other")
-			r.outside().MustOK("CREATE Trash")
+			r.outside().create("Other")
+			r.outside().create("Trash")
 			r.outside().MustOK(ntAppend("Other", "doomed"))
 			r.c.MustOK("NOTIFY SET (mailboxes Other " + ntMsgs + ")")
 			r.outside().MustOK("SELECT Other")
@@ -1599,7 +1613,7 @@ var ntRefProbes = []struct {
 	{id: "other-flag-condstore", section: "5.1",
 		rfc: "STATUS for a flag change in another mailbox, with HIGHESTMODSEQ once CONDSTORE is enabled",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Other")
+			r.outside().create("Other")
 			r.outside().MustOK(ntAppend("Other", "flagged"))
 			r.c.MustOK("ENABLE CONDSTORE")
 			r.c.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge FlagChange))")
@@ -1607,11 +1621,11 @@ var ntRefProbes = []struct {
 			r.outside().MustOK(`STORE 1 +FLAGS (\Flagged)`)
 			return r.events()
 		},
-		proxy: "* STATUS Other (MESSAGES 1 UIDNEXT 2 UNSEEN 1 HIGHESTMODSEQ N)", dovecot: "* STATUS Other (HIGHESTMODSEQ N)", follows: "both"},
+		proxy: "* STATUS Other (MESSAGES 1 UIDNEXT 2 UIDVALIDITY N UNSEEN 1 HIGHESTMODSEQ N)", dovecot: "* STATUS Other (HIGHESTMODSEQ N)", follows: "proxy"},
 	{id: "condstore-new", section: "5.2",
 		rfc: "STATUS carries HIGHESTMODSEQ once CONDSTORE is enabled",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Other")
+			r.outside().create("Other")
 			r.c.MustOK("ENABLE CONDSTORE")
 			r.c.MustOK("NOTIFY SET (personal " + ntMsgs + ")")
 			r.outside().MustOK(ntAppend("Other", "new"))
@@ -1622,7 +1636,7 @@ var ntRefProbes = []struct {
 	{id: "status-indicator", section: "3.1",
 		rfc: "NOTIFY SET STATUS: STATUS (MESSAGES UIDNEXT UIDVALIDITY) of each non-selected mailbox with message events, before the tagged OK",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE A")
+			r.outside().create("A")
 			r.outside().MustOK(ntAppend("A", "a"))
 			return r.untagged("NOTIFY SET STATUS (personal " + ntMsgs + ")")
 		},
@@ -1631,14 +1645,14 @@ var ntRefProbes = []struct {
 		rfc: "LIST for a new mailbox",
 		run: func(r *ntRef) string {
 			r.c.MustOK("NOTIFY SET (personal (MailboxName))")
-			r.outside().MustOK("CREATE New")
+			r.outside().create("New")
 			return r.first()
 		},
 		proxy: `* LIST () "." New`},
 	{id: "mailbox-rename", section: "5.4",
 		rfc: "LIST of the new name with OLDNAME for a rename",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Old")
+			r.outside().create("Old")
 			r.c.MustOK("NOTIFY SET (personal (MailboxName))")
 			r.outside().MustOK("RENAME Old New")
 			return r.first()
@@ -1647,7 +1661,7 @@ var ntRefProbes = []struct {
 	{id: "mailbox-delete", section: "5.4",
 		rfc: `LIST with \NonExistent for a deleted mailbox`,
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Old")
+			r.outside().create("Old")
 			r.c.MustOK("NOTIFY SET (personal (MailboxName))")
 			r.outside().MustOK("DELETE Old")
 			return r.first()
@@ -1656,7 +1670,7 @@ var ntRefProbes = []struct {
 	{id: "subscription", section: "5.5",
 		rfc: `LIST with \Subscribed for a new subscription, without for an unsubscription`,
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Sub")
+			r.outside().create("Sub")
 			r.c.MustOK("NOTIFY SET (personal (SubscriptionChange))")
 			r.outside().MustOK("SUBSCRIBE Sub")
 			got := r.first()
@@ -1667,7 +1681,7 @@ var ntRefProbes = []struct {
 	{id: "subscribed-reevaluated", section: "6.4",
 		rfc: "(subscribed ...) is re-evaluated when subscriptions change: new mail in a newly subscribed mailbox is reported",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Sub")
+			r.outside().create("Sub")
 			r.c.MustOK("NOTIFY SET (subscribed " + ntMsgs + ")")
 			r.outside().MustOK("SUBSCRIBE Sub")
 			time.Sleep(time.Second)
@@ -1678,7 +1692,7 @@ var ntRefProbes = []struct {
 	{id: "inboxes-other", section: "6.3",
 		rfc: "(inboxes ...) covers the mailboxes an MDA delivers to; a server that cannot tell MUST treat it as personal",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Other")
+			r.outside().create("Other")
 			r.c.MustOK("NOTIFY SET (inboxes " + ntMsgs + ")")
 			r.outside().MustOK(ntAppend("Other", "new"))
 			return r.events()
@@ -1698,7 +1712,7 @@ var ntRefProbes = []struct {
 	{id: "second-notify-set", section: "3.1",
 		rfc: "a second NOTIFY SET replaces the first, and events keep coming",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Other")
+			r.outside().create("Other")
 			r.c.MustOK("NOTIFY SET (personal " + ntMsgs + ")")
 			r.c.MustOK("NOTIFY SET (personal " + ntMsgs + ")")
 			r.outside().MustOK(ntAppend("Other", "new"))
@@ -1708,7 +1722,7 @@ var ntRefProbes = []struct {
 	{id: "idle", section: "4",
 		rfc: "events arrive during IDLE",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Other")
+			r.outside().create("Other")
 			r.c.MustOK("NOTIFY SET (personal " + ntMsgs + ")")
 			r.c.Write("i IDLE\r\n")
 			r.c.expectRE(regexp.MustCompile(`^\+ `))
@@ -1722,7 +1736,7 @@ var ntRefProbes = []struct {
 	{id: "notify-none", section: "3.2",
 		rfc: "nothing after NOTIFY NONE",
 		run: func(r *ntRef) string {
-			r.outside().MustOK("CREATE Other")
+			r.outside().create("Other")
 			r.c.MustOK("NOTIFY SET (personal " + ntMsgs + ")")
 			r.c.MustOK("NOTIFY NONE")
 			r.outside().MustOK(ntAppend("Other", "new"))
@@ -1733,20 +1747,23 @@ var ntRefProbes = []struct {
 		rfc: "the session that created a mailbox SHOULD not be told of it",
 		run: func(r *ntRef) string {
 			r.c.MustOK("NOTIFY SET (personal (MailboxName))")
-			if got := r.c.Cmd("CREATE Mine"); !strings.HasPrefix(imaptest.Tagged(got), "OK") {
-				// Seen twice through the proxy under load, never
-				// since: say what Dovecot has.
-				return fmt.Sprintf("CREATE Mine: %q; the account has %q; Dovecot's log: %s",
-					got, r.outside().MustOK(`LIST "" "*"`), ntLogErrors(r.e))
+			for i := 1; ; i++ {
+				if r.c.create(fmt.Sprint("Mine", i)) {
+					break
+				}
+				// Dovecot's CREATE race (see create): not the
+				// client's own change as far as anyone can tell;
+				// whatever it brings is let pass.
+				r.events()
 			}
 			return r.events()
 		},
-		proxy: "nothing", dovecot: `* LIST () "." Mine`, follows: "the proxy (a SHOULD)"},
+		proxy: "nothing", dovecot: `* LIST () "." Mine1`, follows: "the proxy (a SHOULD)"},
 	{id: "selected-delayed-expunge", section: "6.2",
 		rfc: "selected-delayed: an expunge waits for a command that allows it",
 		run: func(r *ntRef) string {
 			r.outside().MustOK(ntAppend("INBOX", "doomed"))
-			r.outside().MustOK("CREATE Trash")
+			r.outside().create("Trash")
 			r.selectNotify("(selected-delayed "+ntMsgs+")", ntRefSettle)
 			r.outside().MustOK("UID MOVE 1 Trash")
 			got := r.events()
