@@ -73,7 +73,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.MaxLag, "max-lag", 0, "mixed: how late a change may reach a client (5s)")
 	fs.DurationVar(&cfg.IdleMin, "idle-min", 0, "mixed: shortest IDLE (2s)")
 	fs.DurationVar(&cfg.IdleMax, "idle-max", 0, "mixed: longest IDLE (10s)")
-	fs.IntVar(&cfg.OutsideConns, "outside-conns", 0, "outside connections at most (16)")
+	fs.IntVar(&cfg.OutsideConns, "outside-conns", 0, "outside connections at most (push: one per account as far as the open-file limit allows; others 16)")
 	fs.Int64Var(&cfg.Seed, "seed", 0, "mixed: random seed (default: from the clock; printed in the result)")
 	fs.StringVar(&cfg.Label, "label", "", "name of the run in results and plots, e.g. proxy or dovecot")
 	fs.StringVar(&format, "format", "table", "output: table or json")

@@ -271,8 +271,8 @@ func (c Config) validate() error {
 	if c.IdleMin <= 0 || c.IdleMax < c.IdleMin {
 		bad("idle times: want 0 < idle-min <= idle-max")
 	}
-	if c.OutsideConns < 1 || c.OutsideConns > 1000 {
-		bad("outside-conns %d: want 1 to 1000", c.OutsideConns)
+	if c.OutsideConns < 1 || c.OutsideConns > 5000 {
+		bad("outside-conns %d: want 1 to 5000", c.OutsideConns)
 	}
 	switch c.QResync {
 	case "auto", "on", "off":

@@ -23,7 +23,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		// limit allows: logging in for every APPEND would load the
 		// server with logins.
 		budget := int(fileLimit()) - max(cfg.Clients, 10) - 200
-		cfg.OutsideConns = max(16, min(len(cfg.Accounts), max(cfg.Clients, 10), budget, 1000))
+		cfg.OutsideConns = max(16, min(len(cfg.Accounts), max(cfg.Clients, 10), budget, 4000))
 	}
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
