@@ -391,9 +391,16 @@ func (w *watcher) run() {
 	defer timer.Stop()
 	var only []string
 	waitIdle := false // wait in the upstream's IDLE with its NOTIFY set
+	// Full polls run every PollInterval from the start of the previous
+	// one, whatever partial polls (pokes, the upstream's NOTIFY) happen
+	// in between: a change just after a mailbox was polled is seen by the
+	// next full poll at most PollInterval later. (Resetting the interval
+	// after every partial poll let an account poked more often than that
+	// go without a full poll, so changes in its other mailboxes waited.)
+	var nextFull time.Time
 	for {
-		if waitIdle {
-			names, err := w.idleWait(w.m.cfg.PollInterval)
+		if waitIdle && time.Until(nextFull) > 0 {
+			names, err := w.idleWait(time.Until(nextFull))
 			if w.ctx.Err() != nil {
 				return
 			}
@@ -416,9 +423,13 @@ func (w *watcher) run() {
 				only = names
 			}
 		}
+		if time.Until(nextFull) <= 0 {
+			only = nil // a full poll is due
+		}
 		if slices.Contains(only, allMailboxes) {
 			only = nil
 		}
+		began := time.Now()
 		err := w.poll(only)
 		if first {
 			first = false
@@ -433,12 +444,16 @@ func (w *watcher) run() {
 				return
 			}
 		}
-		d := w.m.cfg.PollInterval
+		if only == nil {
+			nextFull = began.Add(w.m.cfg.PollInterval)
+		}
+		d := max(time.Until(nextFull), 0)
 		waitIdle = false
 		if err != nil {
 			failures++
 			w.dropConn()
 			d = min(100*time.Millisecond<<min(failures-1, 8), w.m.cfg.PollInterval) // the first retry at once: a dropped connection is usually just that
+			nextFull = time.Now().Add(d)
 			w.log().Warn("account poll failed", "err", err, "retry_in", d)
 		} else {
 			failures = 0

@@ -153,3 +153,82 @@ func TestWatchAndPoke(t *testing.T) {
 		t.Fatalf("%d watchers after every subscriber left", n)
 	}
 }
+
+// TestPokesDoNotDelayFullPolls: partial polls (a session's own change in
+// INBOX pokes INBOX alone) more often than PollInterval must not put off
+// the full poll that finds changes elsewhere: a change in another mailbox
+// is seen within PollInterval. (The interval used to restart after every
+// poll, partial ones included.)
+func TestPokesDoNotDelayFullPolls(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	up.AddUser("alice", "a")
+	direct, err := imapclient.DialInsecure(up.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	if err := direct.Login("alice", "a").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.Create("Work", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	dial := func(ctx context.Context) (*upstream.Conn, error) {
+		c, err := upstream.Dial(ctx, &upstream.Config{Addr: up.Addr, Timeout: 5 * time.Second})
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.Login(ctx, "alice", "a"); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	const interval = 400 * time.Millisecond
+	m := New(Config{PollInterval: interval, Grace: 10 * time.Millisecond})
+	defer m.Close()
+	seen := make(chan time.Time, 10)
+	s, err := m.Watch(context.Background(), "alice", dial, WatchOptions{}, func(evs []Event) {
+		for _, k := range kinds(evs) {
+			if k == "messages Work" {
+				seen <- time.Now()
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // INBOX pokes every 50 ms, as a busy session's APPENDs would make
+		defer close(done)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				m.Poke("alice", "INBOX")
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	time.Sleep(interval / 2)
+	changed := time.Now()
+	up.Append("alice", "Work", nil, []byte("Subject: x\r\n\r\nx\r\n"))
+	select {
+	case at := <-seen:
+		// One interval, plus room for the poll itself on a busy machine.
+		if d := at.Sub(changed); d > interval+300*time.Millisecond {
+			t.Fatalf("new message in Work seen after %v with INBOX poked every 50 ms, want within the poll interval %v", d, interval)
+		}
+	case <-time.After(10 * interval):
+		t.Fatalf("new message in Work not seen within %v while INBOX was poked every 50 ms (poll interval %v)", 10*interval, interval)
+	}
+}

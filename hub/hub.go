@@ -277,6 +277,7 @@ func (s *Subscription) Sync(ctx context.Context) error {
 func (s *Subscription) Apply(c syncstate.Changes) {
 	c.FlagsOnly = true
 	if s.state.Apply(c) {
+		s.box.lastWait.Store(0)
 		s.box.lastRead.Store(time.Now().UnixNano())
 		s.box.notifyAll()
 	}
@@ -286,6 +287,13 @@ func (s *Subscription) Apply(c syncstate.Changes) {
 // the latest change, for measuring the proxy's own push latency.
 func (s *Subscription) LastChangeRead() time.Time {
 	return time.Unix(0, s.box.lastRead.Load())
+}
+
+// LastChangeWait returns how much of the time since LastChangeRead the
+// watcher spent waiting for the upstream's answers (leaving IDLE, fetching
+// the UIDs of new messages): the upstream's share of the push latency.
+func (s *Subscription) LastChangeWait() time.Duration {
+	return time.Duration(s.box.lastWait.Load())
 }
 
 // Close ends the subscription; the watcher stops after the grace period if

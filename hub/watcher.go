@@ -31,6 +31,7 @@ type box struct {
 
 	st       atomic.Pointer[syncstate.Mailbox]
 	lastRead atomic.Int64  // when the upstream line behind the latest change was read (UnixNano)
+	lastWait atomic.Int64  // how long of the time since then the watcher waited for the upstream's answers (ns)
 	ready    chan struct{} // closed once the first full sync is done
 	readyErr error
 	stopped  chan struct{}
@@ -163,7 +164,8 @@ type watch struct {
 
 	batch     syncstate.Changes
 	needFetch bool
-	firstRead time.Time // when the first line of the uncommitted batch was read
+	firstRead time.Time     // when the first line of the uncommitted batch was read
+	batchWait time.Duration // time the uncommitted batch waited for the upstream's answers
 }
 
 func (w *watch) serve(ready func()) error {
@@ -367,11 +369,12 @@ func (w *watch) commit() {
 	}
 	c := w.batch
 	w.batch = syncstate.Changes{}
-	readAt := w.firstRead
-	w.firstRead = time.Time{}
+	readAt, wait := w.firstRead, w.batchWait
+	w.firstRead, w.batchWait = time.Time{}, 0
 	if readAt.IsZero() {
 		readAt = time.Now()
 	}
+	w.box.lastWait.Store(int64(wait))
 	w.box.lastRead.Store(readAt.UnixNano())
 	if len(c.Upsert) == 0 && len(c.Expunged) == 0 {
 		return
@@ -406,7 +409,9 @@ func (w *watch) fetchNew(ctx context.Context) error {
 	}
 	octx, cancel := w.opCtx(ctx)
 	defer cancel()
+	sent := time.Now()
 	_, err := w.conn.Exec(octx, cmd, w.handle)
+	w.batchWait += time.Since(sent)
 	return err
 }
 
@@ -553,6 +558,9 @@ func (w *watch) leaveIdle(ctx context.Context, tag string) error {
 	}
 	err := wr.Flush()
 	if err == nil {
+		// Waiting for these answers is the upstream's time, not the
+		// proxy's: it is recorded apart (Subscription.LastChangeWait).
+		sent := time.Now()
 		octx, cancel := w.opCtx(ctx)
 		err = w.readUntil(octx, tag)
 		for _, t := range tags {
@@ -561,6 +569,7 @@ func (w *watch) leaveIdle(ctx context.Context, tag string) error {
 			}
 		}
 		cancel()
+		w.batchWait += time.Since(sent)
 	}
 	if err == nil {
 		err = ctx.Err()

@@ -67,7 +67,9 @@ func New() *Metrics {
 }
 
 // ObservePush records one push latency (proxy.Config.PushLatency).
-func (m *Metrics) ObservePush(d time.Duration) { m.pushLatency.Observe(d.Seconds()) }
+func (m *Metrics) ObservePush(total, upstream time.Duration) {
+	m.pushLatency.Observe(total.Seconds())
+}
 
 // ObserveResync records the size of one QRESYNC answer.
 func (m *Metrics) ObserveResync(bytes int) { m.resyncBytes.Observe(float64(bytes)) }

@@ -51,11 +51,13 @@ type Config struct {
 	// Default 10 s.
 	ShutdownTimeout time.Duration
 
-	// PushLatency, if set, is called with the proxy's own latency for each
-	// push to an idling client: from the hub's watcher reading the
-	// upstream's line to the session's socket write. For benchmarks and
-	// metrics.
-	PushLatency func(time.Duration)
+	// PushLatency, if set, is called for each push to an idling client
+	// with its latency, from the hub's watcher reading the upstream's line
+	// to the session's socket write, and the part of it the watcher spent
+	// waiting for the upstream's answers (for a new message: leaving IDLE
+	// and fetching its UID), so that the proxy's own share is
+	// total-upstream. For benchmarks and metrics.
+	PushLatency func(total, upstream time.Duration)
 
 	// Extensions add protocol behaviour; see Extension.
 	Extensions []Extension

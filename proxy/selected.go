@@ -209,7 +209,7 @@ func (s *Session) DeliverChanges() error {
 		return err
 	}
 	if cb := s.srv.cfg.PushLatency; cb != nil && s.mbox != nil {
-		cb(time.Since(s.mbox.sub.LastChangeRead()))
+		cb(time.Since(s.mbox.sub.LastChangeRead()), s.mbox.sub.LastChangeWait())
 	}
 	return nil
 }

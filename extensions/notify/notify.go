@@ -429,11 +429,11 @@ func (st *state) match(name string, subscribed bool, want func(*group) bool) *gr
 			continue
 		}
 		switch g.filter {
-		case fInboxes:
-			if name == "INBOX" {
-				return g
-			}
-		case fPersonal:
+		case fInboxes, fPersonal:
+			// RFC 5465 6.3: a server that cannot tell which mailboxes
+			// receive mail (Sieve may file it anywhere) MUST treat
+			// inboxes as personal; the proxy cannot see the upstream's
+			// delivery rules.
 			return g
 		case fSubscribed:
 			if subscribed {
