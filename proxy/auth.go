@@ -74,7 +74,7 @@ func (s *Session) cmdAuthenticate(ctx context.Context, cmd *imapcodec.Command) e
 	for {
 		if !hasIR {
 			s.Write([]byte("+ \r\n"))
-			line, lit, err := s.ReadLine(s.srv.cfg.PreAuthTimeout)
+			line, lit, err := s.ReadLine(s.cfg.PreAuthTimeout)
 			if err != nil {
 				return err
 			}
@@ -151,7 +151,7 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 // down password guessing.
 func (s *Session) authFailed(tag string) error {
 	s.srv.countError(ErrAuthFailed)
-	if d := s.srv.limits.failed(s.addr, s.srv.cfg.AuthFailureDelay); d > 0 {
+	if d := s.srv.limits.failed(s.addr, s.cfg.AuthFailureDelay); d > 0 {
 		s.Flush()
 		time.Sleep(d)
 	}

@@ -11,6 +11,9 @@ import (
 )
 
 // Config configures a Server. Zero values select the documented defaults.
+//
+// Server.Reload may change some fields while the server runs (see
+// Server.Reload for which); the others are fixed when the server starts.
 type Config struct {
 	// Upstream says how to reach the real IMAP server.
 	Upstream upstream.Config
@@ -34,6 +37,14 @@ type Config struct {
 	// MaxAppendLiteral is the largest message an APPEND may carry.
 	// Default 64 MiB.
 	MaxAppendLiteral int64
+	// MaxCommandBytes bounds the literals of one command together (the
+	// messages of a MULTIAPPEND, the parts of a CATENATE, many literals in
+	// a SEARCH): each literal is also bounded by its own limit. Commands
+	// other than APPEND are read into memory before they are relayed, so
+	// this is also what one command may make a session hold. Default
+	// MaxAppendLiteral + Limits.MaxInlineLiteral: the largest message plus
+	// one literal of other arguments (64 MiB + 64 KiB).
+	MaxCommandBytes int64
 
 	// AuthFailureDelay is how long a failed login waits before its NO.
 	// Default 2 s.
@@ -74,6 +85,9 @@ func (c Config) withDefaults() Config {
 	if c.Limits.MaxLiteral < c.MaxAppendLiteral {
 		c.Limits.MaxLiteral = c.MaxAppendLiteral
 	}
+	if c.MaxCommandBytes <= 0 {
+		c.MaxCommandBytes = c.MaxAppendLiteral + c.Limits.MaxInlineLiteral
+	}
 	if c.AuthFailureDelay == 0 {
 		c.AuthFailureDelay = 2 * time.Second
 	}
@@ -83,6 +97,7 @@ func (c Config) withDefaults() Config {
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 30 * time.Minute
 	}
+	c.Abuse = c.Abuse.withDefaults()
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
@@ -96,4 +111,18 @@ func (c Config) withDefaults() Config {
 		c.Upstream.Security = upstream.SecurityNone
 	}
 	return c
+}
+
+// reloadable copies from c the fields Server.Reload may change into into
+// (both with their defaults applied) and returns the result.
+func (c Config) reloadable(into Config) Config {
+	into.AllowPlaintextAuth = c.AllowPlaintextAuth
+	into.Limits = c.Limits
+	into.MaxAppendLiteral = c.MaxAppendLiteral
+	into.MaxCommandBytes = c.MaxCommandBytes
+	into.AuthFailureDelay = c.AuthFailureDelay
+	into.PreAuthTimeout = c.PreAuthTimeout
+	into.IdleTimeout = c.IdleTimeout
+	into.Abuse = c.Abuse
+	return into
 }

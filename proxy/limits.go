@@ -56,10 +56,11 @@ func (l AbuseLimits) withDefaults() AbuseLimits {
 }
 
 // limiter tracks connections per address, sessions per account and login
-// failures per address.
+// failures per address. Its limits may change while it runs (see
+// Server.Reload); every check reads them under mu.
 type limiter struct {
-	cfg      AbuseLimits
 	mu       sync.Mutex
+	cfg      AbuseLimits
 	conns    map[netip.Addr]int
 	sessions map[string]int
 	failures map[netip.Addr]failures
@@ -72,6 +73,14 @@ type failures struct {
 
 func newLimiter(cfg AbuseLimits) *limiter {
 	return &limiter{cfg: cfg.withDefaults(), conns: map[netip.Addr]int{}, sessions: map[string]int{}, failures: map[netip.Addr]failures{}}
+}
+
+// setConfig changes the limits. Connections and sessions already counted
+// stay; a lower limit refuses new ones until enough have ended.
+func (l *limiter) setConfig(cfg AbuseLimits) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cfg = cfg.withDefaults()
 }
 
 // addrOf returns a connection's client address (the zero Addr if unknown).

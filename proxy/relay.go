@@ -28,12 +28,14 @@ func (e *upstreamError) Unwrap() error { return e.err }
 // without being held in memory. The client's tag is replaced by one of the
 // upstream connection's own, and restored on the tagged response.
 func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapcodec.Segment) error {
-	limit := s.srv.cfg.Limits.MaxInlineLiteral
+	limit := s.cfg.Limits.MaxInlineLiteral
 	if cmd.Name == "APPEND" {
-		limit = s.srv.cfg.MaxAppendLiteral
+		limit = s.cfg.MaxAppendLiteral
 	}
-	if lit := first.Literal; lit != nil && lit.Size > limit {
-		return s.refuseLiteral(cmd.Tag, lit, limit)
+	if lit := first.Literal; lit != nil {
+		if why := s.literalTooBig(lit, limit, 0); why != "" {
+			return s.refuseLiteral(cmd.Tag, lit, why)
+		}
 	}
 	// In the authenticated state a pooled connection may keep another
 	// session's mailbox selected: LIST, STATUS, CREATE, APPEND and the like
@@ -51,16 +53,20 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 	upTag := up.NextTag()
 	w := up.Writer()
 	pending := append([]byte(upTag), first.Text[len(cmd.Tag):]...)
+	// litTotal counts the command's literals for MaxCommandBytes: every
+	// message of a MULTIAPPEND, every part of a CATENATE.
+	var litTotal int64
 	for lit := first.Literal; lit != nil; {
-		if lit.Size > limit {
+		if why := s.literalTooBig(lit, limit, litTotal); why != "" {
 			// Part of the command is already upstream and cannot be
 			// withdrawn: give up that connection.
 			up.MarkBroken()
-			if err := s.refuseLiteral(cmd.Tag, lit, limit); err != nil {
+			if err := s.refuseLiteral(cmd.Tag, lit, why); err != nil {
 				return err
 			}
 			return s.afterUpstreamLoss()
 		}
+		litTotal += lit.Size
 		// A synchronising literal stays synchronising upstream and the
 		// client gets the upstream's own continuation request (or its
 		// refusal), exactly as with a direct connection.
@@ -100,7 +106,7 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 				return err
 			}
 		}
-		s.nc.SetReadDeadline(time.Now().Add(s.srv.cfg.IdleTimeout))
+		s.nc.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
 		if _, err := io.Copy(deadlineWriter{w, up, s.srv.cfg.Upstream.Timeout}, s.r.Literal()); err != nil {
 			if s.r.LiteralRemaining() > 0 && !isWriteErr(err) {
 				// The client went away mid-literal; the upstream is left
@@ -364,7 +370,7 @@ func (s *Session) writeTagged(tag, upTag string, head imapcodec.ResponseHead) er
 // filtered whole; larger ones are streamed.
 func (s *Session) relayUntagged(up *upstream.Conn, line []byte, lit *imapcodec.LiteralHeader, head imapcodec.ResponseHead) error {
 	r := up.Reader()
-	inline := s.srv.cfg.Limits.MaxInlineLiteral
+	inline := s.cfg.Limits.MaxInlineLiteral
 	seg := imapcodec.Segment{Text: line, Literal: lit}
 	if lit != nil {
 		seg.Text = line[:lit.Start]

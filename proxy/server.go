@@ -29,10 +29,16 @@ var Version = "0.1.0-dev"
 
 // Server serves IMAP clients on any number of listeners.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	pool *upstream.Pool
-	hub  *hub.Hub
+	// cfg is the configuration the server started with, defaults
+	// applied; live is cfg with the run-time settings of the last Reload.
+	// Each session takes the live one current when it starts (Session.cfg),
+	// so one session sees one consistent set of limits and timeouts.
+	cfg      Config
+	live     atomic.Pointer[Config]
+	reloadMu sync.Mutex // serialises Reloads
+	log      *slog.Logger
+	pool     *upstream.Pool
+	hub      *hub.Hub
 
 	commands map[string]CommandHandler
 	filters  []ResponseFilter
@@ -79,6 +85,7 @@ func NewServer(cfg Config) (*Server, error) {
 		listeners:    map[*net.Listener]struct{}{},
 		sessions:     map[*Session]struct{}{},
 	}
+	s.live.Store(&cfg)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, ext := range cfg.Extensions {
 		if h, ok := ext.(CommandHandler); ok {
@@ -131,6 +138,28 @@ func NewServer(cfg Config) (*Server, error) {
 		s.pool.Run(s.ctx)
 	}()
 	return s, nil
+}
+
+// Reload changes the settings that may change while the server runs:
+// Limits, MaxAppendLiteral, MaxCommandBytes, AllowPlaintextAuth,
+// AuthFailureDelay, PreAuthTimeout, IdleTimeout and Abuse. Zero values
+// select the defaults, as in NewServer; the other fields of cfg are
+// ignored (changing them needs a new Server).
+//
+// Sessions that start afterwards use the new values; sessions already open
+// keep those they started with, except the abuse limits the server checks
+// for everyone at each connection and login (Abuse.ConnsPerIP,
+// Abuse.SessionsPerUser, Abuse.AuthFailureMaxDelay and
+// Abuse.AuthFailureWindow), which apply at once. Lowering a limit ends
+// nothing already counted: connections and sessions beyond the new limit
+// stay until they end. Safe to call from any goroutine.
+func (s *Server) Reload(cfg Config) {
+	cfg = cfg.withDefaults()
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	next := cfg.reloadable(*s.live.Load())
+	s.live.Store(&next)
+	s.limits.setConfig(next.Abuse)
 }
 
 // Hub returns the server's mailbox hub (for metrics and tests).

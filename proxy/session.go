@@ -28,6 +28,9 @@ import (
 // may write from another goroutine (IDLE's relay, later the hub's pushes).
 type Session struct {
 	srv *Server
+	// cfg is the server's configuration when the session started: later
+	// Reloads leave this session's limits and timeouts as they were.
+	cfg *Config
 	log *slog.Logger
 	id  uint64
 
@@ -93,6 +96,7 @@ func newSession(srv *Server, nc net.Conn, isTLS bool) *Session {
 	id := srv.nextID.Add(1)
 	s := &Session{
 		srv:     srv,
+		cfg:     srv.live.Load(),
 		id:      id,
 		nc:      nc,
 		raw:     nc,
@@ -128,7 +132,7 @@ func (s *Session) setTransport(tr Transport) {
 		s.r.Release() // WrapTransport took what it held
 	}
 	s.tr = tr
-	s.r = imapcodec.NewReader(tr, s.srv.cfg.Limits)
+	s.r = imapcodec.NewReader(tr, s.cfg.Limits)
 	s.w = &burstWriter{dst: tr}
 }
 
@@ -220,7 +224,7 @@ func (s *Session) ReadLine(timeout time.Duration) ([]byte, *imapcodec.LiteralHea
 }
 
 // IdleTimeout is the configured autologout timer for authenticated clients.
-func (s *Session) IdleTimeout() time.Duration { return s.srv.cfg.IdleTimeout }
+func (s *Session) IdleTimeout() time.Duration { return s.cfg.IdleTimeout }
 
 // bye sends an untagged BYE and closes the client connection; the session
 // goroutine then ends. Safe to call from any goroutine, more than once.
@@ -268,9 +272,9 @@ func (s *Session) serve(ctx context.Context) {
 		if err := s.Flush(); err != nil {
 			return
 		}
-		timeout := s.srv.cfg.IdleTimeout
+		timeout := s.cfg.IdleTimeout
 		if s.state == StateNotAuthenticated {
-			timeout = s.srv.cfg.PreAuthTimeout
+			timeout = s.cfg.PreAuthTimeout
 		}
 		s.r.Release() // nothing to hold while the client thinks
 		line, lit, err := s.readCommand(time.Now().Add(timeout))
@@ -279,7 +283,7 @@ func (s *Session) serve(ctx context.Context) {
 			return
 		}
 		if s.state == StateNotAuthenticated {
-			if s.preAuthCmds++; s.srv.limits.cfg.PreAuthCommands > 0 && s.preAuthCmds > s.srv.limits.cfg.PreAuthCommands {
+			if s.preAuthCmds++; s.cfg.Abuse.PreAuthCommands > 0 && s.preAuthCmds > s.cfg.Abuse.PreAuthCommands {
 				s.srv.countError(ErrPreAuthCommands)
 				s.log.Info("too many commands before login")
 				s.bye("Too many commands before login.")
@@ -420,7 +424,7 @@ func (s *Session) canStartTLS() bool { return s.srv.cfg.TLS != nil && !s.isTLS }
 // plaintextAuthOK reports whether a password may cross this connection:
 // it is TLS, or loopback, or the operator allowed plaintext explicitly.
 func (s *Session) plaintextAuthOK() bool {
-	if s.isTLS || s.srv.cfg.AllowPlaintextAuth {
+	if s.isTLS || s.cfg.AllowPlaintextAuth {
 		return true
 	}
 	if ta, ok := s.nc.RemoteAddr().(*net.TCPAddr); ok && ta.IP.IsLoopback() {
@@ -435,7 +439,7 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 	if lit != nil {
 		first.Text = line[:lit.Start]
 	}
-	cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{first}, s.srv.cfg.Limits)
+	cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{first}, s.cfg.Limits)
 	if err != nil {
 		tag := "*"
 		if cmd != nil {
@@ -448,11 +452,11 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 	}
 	s.log.Debug("command", "name", cmd.Name, "state", s.state.String())
 	if h, ok := s.srv.commands[cmd.Name]; ok {
-		full, ok, err := s.readRest(cmd.Tag, first, s.srv.cfg.Limits.MaxInlineLiteral)
+		full, ok, err := s.readRest(cmd.Tag, first, s.cfg.Limits.MaxInlineLiteral)
 		if err != nil || !ok {
 			return err
 		}
-		cmd, err = imapcodec.ParseCommand(full, s.srv.cfg.Limits)
+		cmd, err = imapcodec.ParseCommand(full, s.cfg.Limits)
 		if err != nil {
 			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
 		}
@@ -471,11 +475,11 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 			}
 			return s.WriteStatus(cmd.Tag, "BAD", "", cmd.Name+" not allowed in the "+s.state.String()+" state.")
 		}
-		full, ok, err := s.readRest(cmd.Tag, first, s.srv.cfg.Limits.MaxInlineLiteral)
+		full, ok, err := s.readRest(cmd.Tag, first, s.cfg.Limits.MaxInlineLiteral)
 		if err != nil || !ok {
 			return err
 		}
-		cmd, err = imapcodec.ParseCommand(full, s.srv.cfg.Limits)
+		cmd, err = imapcodec.ParseCommand(full, s.cfg.Limits)
 		if err != nil {
 			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
 		}
@@ -518,11 +522,11 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 // relayRewritten relays a command in the authenticated state that an
 // extension rewrites (see CommandRewriter): it is read whole first.
 func (s *Session) relayRewritten(ctx context.Context, cmd *imapcodec.Command, first imapcodec.Segment) error {
-	full, ok, err := s.readRest(cmd.Tag, first, s.srv.cfg.Limits.MaxInlineLiteral)
+	full, ok, err := s.readRest(cmd.Tag, first, s.cfg.Limits.MaxInlineLiteral)
 	if err != nil || !ok {
 		return err
 	}
-	cmd, err = imapcodec.ParseCommand(full, s.srv.cfg.Limits)
+	cmd, err = imapcodec.ParseCommand(full, s.cfg.Limits)
 	if err != nil {
 		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
 	}
@@ -569,11 +573,11 @@ func (s *Session) relaySelected(ctx context.Context, cmd *imapcodec.Command, fir
 		defer func() { s.xlate = nil }()
 		return s.relay(ctx, cmd, first)
 	}
-	full, ok, err := s.readRest(cmd.Tag, first, s.srv.cfg.Limits.MaxInlineLiteral)
+	full, ok, err := s.readRest(cmd.Tag, first, s.cfg.Limits.MaxInlineLiteral)
 	if err != nil || !ok {
 		return err
 	}
-	cmd, err = imapcodec.ParseCommand(full, s.srv.cfg.Limits)
+	cmd, err = imapcodec.ParseCommand(full, s.cfg.Limits)
 	if err != nil {
 		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
 	}
@@ -632,17 +636,19 @@ func plainErr(err error) string {
 }
 
 // readRest completes a command whose first segment has been read, reading
-// literals of up to limit bytes into memory (and sending the continuation
-// request a synchronising literal needs). If a literal is too large the
-// client is answered and ok is false.
+// literals of up to limit bytes, and MaxCommandBytes together, into memory
+// (and sending the continuation request a synchronising literal needs). If
+// a literal is too large the client is answered and ok is false.
 func (s *Session) readRest(tag string, first imapcodec.Segment, limit int64) (segs []imapcodec.Segment, ok bool, err error) {
 	first.Text = append([]byte(nil), first.Text...)
 	segs = []imapcodec.Segment{first}
 	total := len(first.Text)
+	var litTotal int64
 	for lit := first.Literal; lit != nil; {
-		if lit.Size > limit {
-			return nil, false, s.refuseLiteral(tag, lit, limit)
+		if why := s.literalTooBig(lit, limit, litTotal); why != "" {
+			return nil, false, s.refuseLiteral(tag, lit, why)
 		}
+		litTotal += lit.Size
 		if !lit.NonSync {
 			if err := s.Write([]byte("+ Ready for literal data\r\n")); err != nil {
 				return nil, false, err
@@ -661,7 +667,7 @@ func (s *Session) readRest(tag string, first imapcodec.Segment, limit int64) (se
 			return nil, false, err
 		}
 		total += len(line)
-		if total > s.srv.cfg.Limits.MaxLine {
+		if total > s.cfg.Limits.MaxLine {
 			return nil, false, fmt.Errorf("%w: command text", imapcodec.ErrLineTooLong)
 		}
 		seg := imapcodec.Segment{Text: append([]byte(nil), line...), Literal: next}
@@ -674,15 +680,30 @@ func (s *Session) readRest(tag string, first imapcodec.Segment, limit int64) (se
 	return segs, true, nil
 }
 
-// refuseLiteral answers a command whose literal exceeds limit. A
-// synchronising literal is simply refused (the client will not send it);
-// a non-synchronising one is read and thrown away with the rest of the
-// command, so the connection stays in step.
-func (s *Session) refuseLiteral(tag string, lit *imapcodec.LiteralHeader, limit int64) error {
+// literalTooBig tells whether lit, coming after literals of earlier bytes
+// in the same command, is over limit (the limit of each literal) or
+// brings the command over MaxCommandBytes; if so it returns why, for the
+// client, and "" otherwise.
+func (s *Session) literalTooBig(lit *imapcodec.LiteralHeader, limit, earlier int64) string {
+	switch {
+	case lit.Size > limit:
+		return fmt.Sprintf("Literal of %d bytes exceeds the limit of %d bytes.", lit.Size, limit)
+	case lit.Size > s.cfg.MaxCommandBytes-earlier:
+		return fmt.Sprintf("Literals of %d bytes in one command exceed the limit of %d bytes.", earlier+lit.Size, s.cfg.MaxCommandBytes)
+	}
+	return ""
+}
+
+// refuseLiteral answers a command whose literal is too big with
+// NO [TOOBIG] and why (see literalTooBig). A synchronising literal is
+// simply refused (the client will not send it); a non-synchronising one is
+// read and thrown away with the rest of the command, so the connection
+// stays in step.
+func (s *Session) refuseLiteral(tag string, lit *imapcodec.LiteralHeader, why string) error {
 	if err := s.discardRest(lit); err != nil {
 		return err
 	}
-	return s.WriteStatus(tag, "NO", "TOOBIG", fmt.Sprintf("Literal of %d bytes exceeds the limit of %d bytes.", lit.Size, limit))
+	return s.WriteStatus(tag, "NO", "TOOBIG", why)
 }
 
 // discardRest skips the rest of a command that is refused without being
@@ -715,7 +736,7 @@ func (s *Session) starttls() error {
 	if n := s.r.Buffered(); n > 0 {
 		s.log.Warn("discarding plaintext pipelined after STARTTLS", "bytes", n)
 	}
-	s.nc.SetDeadline(time.Now().Add(s.srv.cfg.PreAuthTimeout))
+	s.nc.SetDeadline(time.Now().Add(s.cfg.PreAuthTimeout))
 	tc := tls.Server(s.nc, s.srv.cfg.TLS)
 	if err := tc.Handshake(); err != nil {
 		return fmt.Errorf("STARTTLS handshake: %w", err)

@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -137,7 +138,10 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		fmt.Fprintln(stderr, "lemonproxy:", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	// A LevelVar, so that a reload can change the level.
+	logLevel := new(slog.LevelVar)
+	logLevel.Set(level)
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 
 	if demo && settings.Upstream == "" {
 		up, err := startDemoUpstream()
@@ -264,17 +268,10 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 	if met != nil {
 		met.SetReady(true)
 	}
+	rl := &reloader{name: fs.Name(), args: args, demo: demo, settings: settings, level: logLevel, certs: certs, srv: srv, log: log}
 	for s := range sig {
 		if s == syscall.SIGHUP {
-			if certs == nil {
-				log.Info("SIGHUP: no certificate to reload")
-				continue
-			}
-			if err := certs.Reload(); err != nil {
-				log.Error("SIGHUP: certificate reload failed; keeping the old one", "err", err)
-			} else {
-				log.Info("SIGHUP: certificate reloaded")
-			}
+			rl.reload()
 			continue
 		}
 		log.Info("shutting down", "signal", s.String())
@@ -293,6 +290,101 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// reloader re-reads the configuration on SIGHUP and applies what can change
+// while the proxy runs (see config.Reload and proxy.Server.Reload).
+type reloader struct {
+	name     string   // of the flag set
+	args     []string // the command line, re-parsed on each reload
+	demo     bool
+	settings config.Settings // in force
+	level    *slog.LevelVar
+	certs    *config.CertReloader // nil without a certificate
+	srv      *proxy.Server
+	log      *slog.Logger
+}
+
+// reload reads the configuration file and the command line again, exactly
+// as at start, and checks the result as start would. If it is invalid, it
+// logs an error and changes nothing. Otherwise it applies the settings that
+// can change at run time (the log level at once; limits and timeouts to
+// new sessions; the certificate, re-read even if its files are the same, to
+// new connections) and warns about each changed setting that needs a
+// restart, which stays as it was.
+func (r *reloader) reload() {
+	next, err := r.read()
+	if err != nil {
+		r.log.Error("SIGHUP: invalid configuration; keeping the old one", "err", err)
+		return
+	}
+	merged, applied, restart := config.Reload(r.settings, next)
+	level, _ := merged.Level() // checked by read
+	cfg, err := merged.ProxyConfig(r.certs, r.log)
+	if err != nil { // the upstream CA file of the running proxy is gone, say
+		r.log.Error("SIGHUP: invalid configuration; keeping the old one", "err", err)
+		return
+	}
+	if r.certs != nil {
+		// The last check, and the first change: Load keeps the old
+		// certificate if the new one does not load.
+		if err := r.certs.Load(merged.TLSCert, merged.TLSKey); err != nil {
+			r.log.Error("SIGHUP: invalid configuration; keeping the old one", "err", err)
+			return
+		}
+		r.log.Info("SIGHUP: certificate reloaded")
+	}
+	r.level.Set(level)
+	r.srv.Reload(cfg)
+	r.settings = merged
+	for _, key := range restart {
+		r.log.Warn("SIGHUP: setting changed; needs a restart", "setting", key)
+	}
+	r.log.Info("SIGHUP: configuration reloaded", "changed", list(applied), "needs-restart", list(restart))
+}
+
+// read parses the command line (and so the -config file) again and checks
+// the result as serve does at start.
+func (r *reloader) read() (config.Settings, error) {
+	fs := flag.NewFlagSet(r.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	next, err := config.Parse(fs, r.args)
+	if err != nil {
+		return next, err
+	}
+	if r.demo && next.Upstream == "" {
+		next.Upstream, next.UpstreamSecurity = r.settings.Upstream, r.settings.UpstreamSecurity
+	}
+	if _, err := next.Level(); err != nil {
+		return next, err
+	}
+	if next.TLSCert == "" && next.TLSKey == "" && next.ListenTLS != "" {
+		return next, errors.New("-listen-tls needs -tls-cert and -tls-key")
+	}
+	if r.certs == nil && (next.TLSCert != "" || next.TLSKey != "") {
+		// Not applied (see config.Reload), but it must load at restart.
+		if _, err := config.NewCertReloader(next.TLSCert, next.TLSKey); err != nil {
+			return next, err
+		}
+	}
+	if next.Listen == "" && next.ListenTLS == "" {
+		return next, errors.New("no listener: set -listen or -listen-tls")
+	}
+	if _, err := next.ProxyConfig(nil, r.log); err != nil {
+		return next, err
+	}
+	if _, err := listen.ParsePrefixes(next.ProxyProtocol); err != nil {
+		return next, fmt.Errorf("proxy-protocol: %w", err)
+	}
+	return next, nil
+}
+
+// list formats setting names for the log.
+func list(keys []string) string {
+	if len(keys) == 0 {
+		return "none"
+	}
+	return strings.Join(keys, ",")
 }
 
 const (

@@ -433,10 +433,10 @@ func TestServeConfigFile(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "data")); err != nil {
 		t.Errorf("data directory from the file: %v", err)
 	}
-	// SIGHUP without certificates changes nothing.
+	// SIGHUP with the file unchanged changes nothing.
 	mark := p.stderr.Len()
 	p.signal(t, syscall.SIGHUP)
-	p.waitFor(t, p.stderr, mark, `msg="SIGHUP: no certificate to reload"`)
+	p.waitFor(t, p.stderr, mark, `level=INFO msg="SIGHUP: configuration reloaded" changed=none needs-restart=none\n`)
 	c.ok("a3", "NOOP")
 	c.ok("a4", "LOGOUT")
 	p.stop(t, syscall.SIGTERM)
@@ -476,7 +476,7 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 	}
 	mark := p.stderr.Len()
 	p.signal(t, syscall.SIGHUP)
-	p.waitFor(t, p.stderr, mark, `level=ERROR msg="SIGHUP: certificate reload failed; keeping the old one" err=".*`+regexp.QuoteMeta(certFile))
+	p.waitFor(t, p.stderr, mark, `level=ERROR msg="SIGHUP: invalid configuration; keeping the old one" err=".*`+regexp.QuoteMeta(certFile))
 	if cn, _ := served(); cn != "cert-a" {
 		t.Errorf("after a failed reload: served %q; want cert-a", cn)
 	}
@@ -498,6 +498,80 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 	if u := old.ok("a3", "SELECT INBOX"); !contains(u, "* 0 EXISTS") {
 		t.Errorf("SELECT on the old connection: %q", u)
 	}
+	p.stop(t, syscall.SIGTERM)
+}
+
+// TestSIGHUPReloadsConfig: SIGHUP reads the file and the command line
+// again. Changed limits apply to new sessions (and logins), the log level
+// at once, the command line still wins over the file; an invalid file
+// changes nothing; a changed listen address is reported as needing a
+// restart and the old listener stays.
+func TestSIGHUPReloadsConfig(t *testing.T) {
+	up := startUpstream(t, "alice", "secret", 0)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "lemonproxy.toml")
+	listen := freePort(t)
+	write := func(listen, extra string) {
+		t.Helper()
+		text := fmt.Sprintf("listen = %q\nupstream = %q\ndata = %q\nauth-failure-delay = \"5s\"\n%s",
+			listen, up.Addr, filepath.Join(dir, "data"), extra)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(listen, "")
+	// The flag overrides the file's auth-failure-delay, at start and at
+	// every reload.
+	p := start(t, "serve", "-config", conf, "-auth-failure-delay", "10ms")
+	hup := func(want ...string) {
+		t.Helper()
+		mark := p.stderr.Len()
+		p.signal(t, syscall.SIGHUP)
+		for _, w := range want {
+			p.waitFor(t, p.stderr, mark, w)
+		}
+	}
+	p.waitFor(t, p.stderr, 0, `msg=listening addr=`+regexp.QuoteMeta(listen)+` `)
+	a := dialIMAP(t, listen)
+	a.ok("a1", "LOGIN alice secret")
+
+	// Lower limits and a new log level.
+	write(listen, "sessions-per-user = 1\npreauth-commands = 2\nlog-level = \"debug\"\n")
+	hup(`level=INFO msg="SIGHUP: configuration reloaded" changed=log-level,sessions-per-user,preauth-commands needs-restart=none\n`)
+	mark := p.stderr.Len()
+	limited := func(tag string) {
+		t.Helper()
+		b := dialIMAP(t, listen)
+		if _, st := b.do(tag+"1", "LOGIN alice secret"); st != tag+"1 NO [LIMIT] Too many sessions for this account; log out elsewhere first." {
+			t.Errorf("second session of alice: %q; want NO [LIMIT]", st)
+		}
+		b.ok(tag+"2", "NOOP")
+		b.send(tag + "3 NOOP\r\n")
+		if l := b.readLine(); l != "* BYE Too many commands before login." {
+			t.Errorf("third command before login: %q; want * BYE", l)
+		}
+	}
+	limited("b")
+	p.waitFor(t, p.stderr, mark, `level=DEBUG msg=command `)
+	a.ok("a2", "NOOP") // the session opened before goes on
+
+	// Invalid files: nothing changes.
+	for _, tc := range []struct{ extra, err string }{
+		{"sessions-per-user = \"many\"\n", `sessions-per-user`},
+		{"sessions-per-user = 5\nupstream-security = \"ssl\"\n", `upstream security .*ssl`},
+	} {
+		write(listen, tc.extra)
+		hup(`level=ERROR msg="SIGHUP: invalid configuration; keeping the old one" err=".*` + tc.err)
+		limited("c")
+	}
+
+	// A new listen address needs a restart: warned about, not applied; the
+	// rest is applied.
+	write(freePort(t), "sessions-per-user = 2\n")
+	hup(`level=WARN msg="SIGHUP: setting changed; needs a restart" setting=listen\n`,
+		`level=INFO msg="SIGHUP: configuration reloaded" changed=log-level,sessions-per-user,preauth-commands needs-restart=listen\n`)
+	d := dialIMAP(t, listen)
+	d.ok("d1", "LOGIN alice secret")
 	p.stop(t, syscall.SIGTERM)
 }
 

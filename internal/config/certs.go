@@ -3,21 +3,23 @@ package config
 import (
 	"crypto/tls"
 	"fmt"
+	"sync"
 	"sync/atomic"
 )
 
 // CertReloader serves a certificate loaded from files and replaces it when
-// Reload is called (on SIGHUP), without dropping connections. A failed reload
-// keeps the previous certificate.
+// Reload or Load is called (on SIGHUP), without dropping connections. A
+// failed reload keeps the previous certificate.
 type CertReloader struct {
+	mu                sync.Mutex // serialises Reload and Load, guards the file names
 	certFile, keyFile string
 	cert              atomic.Pointer[tls.Certificate]
 }
 
 // NewCertReloader loads the certificate and key.
 func NewCertReloader(certFile, keyFile string) (*CertReloader, error) {
-	r := &CertReloader{certFile: certFile, keyFile: keyFile}
-	if err := r.Reload(); err != nil {
+	r := &CertReloader{}
+	if err := r.Load(certFile, keyFile); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -25,10 +27,23 @@ func NewCertReloader(certFile, keyFile string) (*CertReloader, error) {
 
 // Reload re-reads the files.
 func (r *CertReloader) Reload() error {
-	c, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	r.mu.Lock()
+	certFile, keyFile := r.certFile, r.keyFile
+	r.mu.Unlock()
+	return r.Load(certFile, keyFile)
+}
+
+// Load reads a certificate and key from (possibly other) files and, if they
+// load, serves them from now on and reads them on the next Reload. If
+// they do not, everything stays as it was.
+func (r *CertReloader) Load(certFile, keyFile string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
-		return fmt.Errorf("config: loading certificate %s: %w", r.certFile, err)
+		return fmt.Errorf("config: loading certificate %s: %w", certFile, err)
 	}
+	r.certFile, r.keyFile = certFile, keyFile
 	r.cert.Store(&c)
 	return nil
 }

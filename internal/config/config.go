@@ -48,6 +48,7 @@ type Settings struct {
 	MaxLine          int      `toml:"max-line"`
 	MaxLiteral       int64    `toml:"max-literal"`
 	MaxAppend        int64    `toml:"max-append"`
+	MaxCommandBytes  int64    `toml:"max-command-bytes"`
 	MaxDepth         int      `toml:"max-depth"`
 	AuthFailureDelay Duration `toml:"auth-failure-delay"`
 	PreAuthTimeout   Duration `toml:"preauth-timeout"`
@@ -135,6 +136,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&s.MaxLine, "max-line", s.MaxLine, "longest command line a client may send, in bytes")
 	fs.Int64Var(&s.MaxLiteral, "max-literal", s.MaxLiteral, "largest literal in any command but APPEND, in bytes")
 	fs.Int64Var(&s.MaxAppend, "max-append", s.MaxAppend, "largest message an APPEND may carry, in bytes")
+	fs.Int64Var(&s.MaxCommandBytes, "max-command-bytes", s.MaxCommandBytes, "most literal bytes one command may carry in all (MULTIAPPEND, CATENATE, many literals); 0: max-append + max-literal")
 	fs.IntVar(&s.MaxDepth, "max-depth", s.MaxDepth, "deepest parenthesis nesting in a command")
 	fs.TextVar(&s.AuthFailureDelay, "auth-failure-delay", s.AuthFailureDelay, "delay before answering a failed login")
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
@@ -268,6 +270,7 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.AllowPlaintextAuth = s.AllowPlaintextAuth
 	cfg.Limits = imapcodec.Limits{MaxLine: s.MaxLine, MaxInlineLiteral: s.MaxLiteral, MaxDepth: s.MaxDepth}
 	cfg.MaxAppendLiteral = s.MaxAppend
+	cfg.MaxCommandBytes = s.MaxCommandBytes
 	cfg.AuthFailureDelay = s.AuthFailureDelay.Duration
 	cfg.PreAuthTimeout = s.PreAuthTimeout.Duration
 	cfg.IdleTimeout = s.IdleTimeout.Duration

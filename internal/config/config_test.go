@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -143,6 +144,7 @@ log-level = "warn"
 max-line = 100000
 max-literal = 200000
 max-append = 300000
+max-command-bytes = 400000
 max-depth = 12
 auth-failure-delay = "500ms"
 preauth-timeout = "20s"
@@ -174,6 +176,7 @@ var fullFileSettings = Settings{
 	MaxLine:             100000,
 	MaxLiteral:          200000,
 	MaxAppend:           300000,
+	MaxCommandBytes:     400000,
 	MaxDepth:            12,
 	AuthFailureDelay:    Duration{500 * time.Millisecond},
 	PreAuthTimeout:      Duration{20 * time.Second},
@@ -324,7 +327,7 @@ func TestProxyConfig(t *testing.T) {
 	s := Defaults()
 	s.Upstream = "imap.example.org:143"
 	s.AllowPlaintextAuth = true
-	s.MaxLine, s.MaxLiteral, s.MaxAppend, s.MaxDepth = 1000, 2000, 3000, 7
+	s.MaxLine, s.MaxLiteral, s.MaxAppend, s.MaxDepth, s.MaxCommandBytes = 1000, 2000, 3000, 7, 4000
 	s.PoolIdlePerAccount, s.PoolIdleTotal = 4, 40
 	cfg, err := s.ProxyConfig(nil, discardLog)
 	if err != nil {
@@ -342,8 +345,8 @@ func TestProxyConfig(t *testing.T) {
 	if cfg.Pool != (upstream.PoolConfig{MaxIdlePerAccount: 4, MaxIdle: 40, IdleTimeout: 5 * time.Minute}) {
 		t.Errorf("Pool = %+v", cfg.Pool)
 	}
-	if cfg.Limits != (imapcodec.Limits{MaxLine: 1000, MaxInlineLiteral: 2000, MaxDepth: 7}) || cfg.MaxAppendLiteral != 3000 {
-		t.Errorf("Limits = %+v, MaxAppendLiteral %d", cfg.Limits, cfg.MaxAppendLiteral)
+	if cfg.Limits != (imapcodec.Limits{MaxLine: 1000, MaxInlineLiteral: 2000, MaxDepth: 7}) || cfg.MaxAppendLiteral != 3000 || cfg.MaxCommandBytes != 4000 {
+		t.Errorf("Limits = %+v, MaxAppendLiteral %d, MaxCommandBytes %d", cfg.Limits, cfg.MaxAppendLiteral, cfg.MaxCommandBytes)
 	}
 	if !cfg.AllowPlaintextAuth || cfg.AuthFailureDelay != 2*time.Second || cfg.PreAuthTimeout != time.Minute || cfg.IdleTimeout != 30*time.Minute {
 		t.Errorf("cfg = %+v", cfg)
@@ -482,6 +485,115 @@ func TestCertReloader(t *testing.T) {
 	}
 	if got := current(r); got != "b" {
 		t.Errorf("after reload: certificate %q; want b", got)
+	}
+}
+
+// TestMaxCommandBytes: the setting's flag and key; 0 (the default) leaves
+// the proxy's default, max-append + max-literal, in force.
+func TestMaxCommandBytes(t *testing.T) {
+	if d := Defaults().MaxCommandBytes; d != 0 {
+		t.Errorf("default max-command-bytes %d; want 0", d)
+	}
+	if s := parse(t, "-max-command-bytes", "123456"); s.MaxCommandBytes != 123456 {
+		t.Errorf("flag: MaxCommandBytes %d", s.MaxCommandBytes)
+	}
+	path := writeFile(t, "c.toml", "max-command-bytes = 654321\n")
+	if s := parse(t, "-config", path); s.MaxCommandBytes != 654321 {
+		t.Errorf("file: MaxCommandBytes %d", s.MaxCommandBytes)
+	}
+	if s := parse(t, "-config", path, "-max-command-bytes", "7"); s.MaxCommandBytes != 7 {
+		t.Errorf("flag over file: MaxCommandBytes %d", s.MaxCommandBytes)
+	}
+	if _, err := Parse(newFlagSet(), []string{"-max-command-bytes", "lots"}); err == nil {
+		t.Error("-max-command-bytes lots accepted")
+	}
+	s := Defaults()
+	s.Upstream = "u:143"
+	cfg, err := s.ProxyConfig(nil, discardLog)
+	if err != nil || cfg.MaxCommandBytes != 0 {
+		t.Errorf("ProxyConfig: MaxCommandBytes %d, %v; want 0 (the proxy's default)", cfg.MaxCommandBytes, err)
+	}
+}
+
+func TestReload(t *testing.T) {
+	cur := Defaults()
+	cur.Upstream = "u:143"
+	cur.TLSCert, cur.TLSKey = "/a/cert.pem", "/a/key.pem"
+	next := cur
+	if merged, applied, restart := Reload(cur, next); merged != cur || applied != nil || restart != nil {
+		t.Errorf("unchanged: %+v %q %q", merged, applied, restart)
+	}
+	next.LogLevel = "debug"
+	next.SessionsPerUser = 3
+	next.Listen = "0.0.0.0:143"
+	next.TLSCert = "/b/cert.pem"
+	next.Upstream = "v:143"
+	next.MaxCommandBytes = 99
+	merged, applied, restart := Reload(cur, next)
+	if want := []string{"listen", "tls-cert", "upstream", "log-level", "max-command-bytes", "sessions-per-user"}; !slices.Equal(Diff(cur, next), want) {
+		t.Errorf("Diff = %q; want %q", Diff(cur, next), want)
+	}
+	if want := []string{"tls-cert", "log-level", "max-command-bytes", "sessions-per-user"}; !slices.Equal(applied, want) {
+		t.Errorf("applied %q; want %q", applied, want)
+	}
+	if want := []string{"listen", "upstream"}; !slices.Equal(restart, want) {
+		t.Errorf("restart %q; want %q", restart, want)
+	}
+	want := cur
+	want.LogLevel, want.SessionsPerUser, want.TLSCert, want.MaxCommandBytes = "debug", 3, "/b/cert.pem", 99
+	if merged != want {
+		t.Errorf("merged %+v\nwant %+v", merged, want)
+	}
+
+	// Turning TLS on or off needs a restart.
+	plain := cur
+	plain.TLSCert, plain.TLSKey = "", ""
+	if _, applied, restart := Reload(plain, cur); applied != nil || !slices.Equal(restart, []string{"tls-cert", "tls-key"}) {
+		t.Errorf("TLS on: applied %q restart %q", applied, restart)
+	}
+	if merged, applied, restart := Reload(cur, plain); merged != cur || applied != nil || !slices.Equal(restart, []string{"tls-cert", "tls-key"}) {
+		t.Errorf("TLS off: merged %+v applied %q restart %q", merged, applied, restart)
+	}
+
+	// Every reloadable name is a setting.
+	keys := map[string]bool{}
+	typ := reflect.TypeFor[Settings]()
+	for i := range typ.NumField() {
+		keys[typ.Field(i).Tag.Get("toml")] = true
+	}
+	for k := range reloadable {
+		if !keys[k] || !Reloadable(k) {
+			t.Errorf("reloadable %q is not a setting", k)
+		}
+	}
+	if Reloadable("listen") || Reloadable("data") {
+		t.Error("listen or data reloadable")
+	}
+}
+
+func TestCertReloaderLoad(t *testing.T) {
+	certA, keyA, _ := writeCert(t, "a")
+	certB, keyB, _ := writeCert(t, "b")
+	r, err := NewCertReloader(certA, keyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := func() string {
+		c, _ := r.GetCertificate(nil)
+		return commonName(t, c)
+	}
+	if err := r.Load(certB, keyB+".missing"); err == nil || current() != "a" {
+		t.Errorf("Load of a missing key: %v, serving %s; want an error and a kept", err, current())
+	}
+	if err := r.Load(certB, keyB); err != nil || current() != "b" {
+		t.Fatalf("Load(b): %v, serving %s", err, current())
+	}
+	// Reload now reads b's files.
+	if err := os.Remove(keyB); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Reload(); err == nil || !strings.Contains(err.Error(), certB) || current() != "b" {
+		t.Errorf("Reload after b's key went: %v, serving %s; want an error naming %s, b kept", err, current(), certB)
 	}
 }
 
