@@ -79,14 +79,14 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 		pending = pending[:0]
 		if !nonSync {
 			if err := w.Flush(); err != nil {
-				return s.abandonCommand(cmd.Tag, lit, err)
+				return s.abandonUninvited(cmd.Tag, lit, err)
 			}
 			head, accepted, err := s.awaitContinuation(up, upTag)
 			if accepted && !lit.NonSync {
 				s.Write(continuationLine(head))
 			}
 			if err != nil {
-				return s.abandonCommand(cmd.Tag, lit, err)
+				return s.abandonUninvited(cmd.Tag, lit, err)
 			}
 			if !accepted {
 				// The upstream refused the command before its literal:
@@ -199,6 +199,21 @@ func (s *Session) abandonCommand(tag string, lit *imapcodec.LiteralHeader, cause
 			return err
 		}
 	}
+	return s.upstreamFailed(tag, cause)
+}
+
+// abandonUninvited is abandonCommand for an upstream failure before the
+// upstream invited the literal. A client that announced a synchronising
+// literal has not been invited either and will not send it: the reader
+// must forget it, or it would take the client's next command for the
+// literal's bytes and the session would hang (proxy/faults_test.go
+// TestFaultUpstreamCutDuringAppend). A non-synchronising literal is on its
+// way and is read and dropped as usual.
+func (s *Session) abandonUninvited(tag string, lit *imapcodec.LiteralHeader, cause error) error {
+	if lit.NonSync {
+		return s.abandonCommand(tag, lit, cause)
+	}
+	s.r.CancelLiteral()
 	return s.upstreamFailed(tag, cause)
 }
 

@@ -295,10 +295,29 @@ func (s *Session) serve(ctx context.Context) {
 				s.log.Info("session ended", "err", err)
 				s.srv.countError(ErrSessionFailed)
 			}
+			if errors.Is(err, errClientStream) {
+				s.hangUp()
+				return
+			}
 			s.bye(byeText(err))
 			return
 		}
 	}
+}
+
+// hangUp ends a session whose response stream was cut in the middle of a
+// response (errClientStream: the upstream connection broke while a FETCH
+// literal was being streamed). The client is reading the literal or line:
+// a BYE now would be taken as part of it, as bytes of the message body
+// (and where few bytes were missing, as its end, a corrupt message that
+// looks complete). So the connection is closed without one: the client
+// sees it end in the middle of the response, which no client takes for
+// success (proxy/faults_test.go TestFaultUpstreamCutMidFetch).
+func (s *Session) hangUp() {
+	s.byeOnce.Do(func() {
+		s.ending.Store(true)
+		s.nc.Close()
+	})
 }
 
 // A byeTexter error names the text of the BYE that ends the session, for
