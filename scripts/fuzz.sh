@@ -8,7 +8,9 @@
 #   scripts/fuzz.sh [DURATION] [REGEXP]
 #
 # DURATION is per target (default 10m); REGEXP picks targets by name.
-# FUZZ_PARALLEL sets -parallel (default: all cores). Logs go to
+# FUZZ_PARALLEL sets -parallel (default: all cores). New inputs are
+# minimised for at most 10 s (go test's default, 60 s, left slow targets
+# such as FuzzInflate minimising most of the run). Logs go to
 # ${FUZZ_LOG:-/tmp/lemonproxy-fuzz}/TARGET.log.
 set -u
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ grep -rl --include='*_test.go' '^func Fuzz' . | sort | while read -r file; do
 		echo "$target" | grep -Eq "$pick" || continue
 		out="$log/$target.log"
 		# shellcheck disable=SC2086
-		go test -run '^$' -fuzz "^$target\$" -fuzztime "$dur" $par "$dir" >"$out" 2>&1
+		go test -run '^$' -fuzz "^$target\$" -fuzztime "$dur" -fuzzminimizetime 10s $par "$dir" >"$out" 2>&1
 		rc=$?
 		last=$(grep -E '^fuzz: elapsed' "$out" | tail -1)
 		if [ $rc -eq 0 ]; then
