@@ -220,6 +220,10 @@ func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, opts
 	}
 	w.boxes0 = &struct{}{}
 	w.subs[s] = struct{}{}
+	// Connect with the latest subscriber's credentials from now on: if
+	// the account's password changed, the old ones stop working (every
+	// subscriber is of this account).
+	w.dial = dial
 	if w.graceTimer != nil {
 		w.graceTimer.Stop()
 		w.graceTimer = nil
@@ -357,7 +361,7 @@ func mergeNames(a, b []string) []string {
 type watcher struct {
 	m       *Manager
 	account string
-	dial    DialFunc
+	dial    DialFunc // guarded by m.mu
 	ctx     context.Context
 	cancel  context.CancelFunc
 
@@ -608,7 +612,10 @@ func (w *watcher) poll(only []string) (err error) {
 		}()
 	}
 	if w.conn == nil || w.conn.Broken() {
-		c, err := w.dial(ctx)
+		w.m.mu.Lock()
+		dial := w.dial
+		w.m.mu.Unlock()
+		c, err := dial(ctx)
 		if err != nil {
 			return fmt.Errorf("accountwatch: dial: %w", err)
 		}

@@ -2,14 +2,18 @@ package accountwatch
 
 import (
 	"context"
+	"errors"
 	"reflect"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2/imapclient"
 	"go.uber.org/goleak"
 
+	"github.com/lemonproxy/lemonproxy/internal/faultnet"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 )
@@ -230,5 +234,72 @@ func TestPokesDoNotDelayFullPolls(t *testing.T) {
 		}
 	case <-time.After(10 * interval):
 		t.Fatalf("new message in Work not seen within %v while INBOX was poked every 50 ms (poll interval %v)", 10*interval, interval)
+	}
+}
+
+// TestLatestCredentials: the account watcher reconnects with the
+// credentials of the latest subscriber. The first subscriber's password
+// stops working, a second subscriber comes with the new one, the watcher's
+// connection is cut: its next poll must still find a new mailbox.
+func TestLatestCredentials(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	up.AddUser("alice", "a")
+	relay := faultnet.Start(t, up.Addr)
+	good := func(ctx context.Context) (*upstream.Conn, error) {
+		c, err := upstream.Dial(ctx, &upstream.Config{Addr: relay.Addr(), Timeout: 5 * time.Second})
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.Login(ctx, "alice", "a"); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	var revoked atomic.Bool
+	old := func(ctx context.Context) (*upstream.Conn, error) {
+		if revoked.Load() {
+			return nil, errors.New("LOGIN: NO [AUTHENTICATIONFAILED] (the old password)")
+		}
+		return good(ctx)
+	}
+	m := New(Config{PollInterval: 100 * time.Millisecond, Grace: 10 * time.Millisecond})
+	defer m.Close()
+	created := make(chan struct{}, 1)
+	s1, err := m.Watch(context.Background(), "alice", old, WatchOptions{}, func(evs []Event) {
+		if slices.Contains(kinds(evs), "created Work") {
+			created <- struct{}{}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	revoked.Store(true)
+	s2, err := m.Watch(context.Background(), "alice", good, WatchOptions{}, func([]Event) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	relay.CutAll()
+	direct, err := imapclient.DialInsecure(up.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	if err := direct.Login("alice", "a").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.Create("Work", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-created:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event for a new mailbox after the watcher's connection was cut and the first subscriber's password revoked")
 	}
 }

@@ -222,9 +222,12 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 			b.run()
 		}()
 	}
-	if b.dial == nil {
-		b.dial = dial // a box of Refresh, which starts a watcher for it
-	}
+	// The watcher (re)connects with the credentials of the latest
+	// session to subscribe (a box of Refresh has none until then): if
+	// the account's password changes, sessions that logged in with the
+	// new one keep the watcher going once the old one stops working.
+	// Every subscriber is of the same upstream account (the key).
+	b.dial = dial
 	sub := &Subscription{box: b, notify: notify}
 	b.subs[sub] = struct{}{}
 	if b.graceTimer != nil {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -576,4 +577,39 @@ func TestHubBackoff(t *testing.T) {
 
 func syncStateChange(uid uint32, flags ...string) syncstate.Changes {
 	return syncstate.Changes{Upsert: []syncstate.Message{{UID: uid, Flags: flags}}}
+}
+
+// TestWatcherUsesLatestCredentials: a watcher reconnects with the
+// credentials of the latest session to subscribe. The first session's
+// password stops working (changed on the server); a second session, logged
+// in with the new one, subscribes; the connection is cut; the watcher must
+// come back and report changes. (It used to keep the first session's dial
+// for good, and retried a login that could never succeed.)
+func TestWatcherUsesLatestCredentials(t *testing.T) {
+	e := newEnv(t, "alice")
+	h := testHub(t, Config{MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	var revoked atomic.Bool
+	good := e.dial("alice", false)
+	old := func(ctx context.Context) (*upstream.Conn, error) {
+		if revoked.Load() {
+			return nil, errors.New("LOGIN: NO [AUTHENTICATIONFAILED] (the old password)")
+		}
+		return good(ctx)
+	}
+	n := newNotifier()
+	a, err := h.Watch(context.Background(), Key{"alice", "INBOX"}, old, n.notify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	revoked.Store(true)
+	b, err := h.Watch(context.Background(), Key{"alice", "INBOX"}, good, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	e.relay.cut()
+	e.appendMsg("alice", "INBOX", "after the cut")
+	st := a.State()
+	waitFor(t, n, "the new message after the reconnect", func() bool { return len(st.Snapshot().UIDs) == 1 })
 }

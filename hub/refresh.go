@@ -23,6 +23,7 @@ import (
 func (h *Hub) Refresh(ctx context.Context, key Key, c *upstream.Conn) (*syncstate.Mailbox, error) {
 	h.mu.Lock()
 	if b, ok := h.boxes[key]; ok {
+		watched := b.dial != nil // a real watcher runs (dial is guarded by h.mu)
 		h.mu.Unlock()
 		select {
 		case <-b.ready:
@@ -32,7 +33,7 @@ func (h *Hub) Refresh(ctx context.Context, key Key, c *upstream.Conn) (*syncstat
 		if st := b.state(); st != nil {
 			// The watcher may not have heard of the change that made
 			// the caller ask (Dovecot's IDLE lags): one round trip.
-			if b.readyErr == nil && b.dial != nil {
+			if b.readyErr == nil && watched {
 				if err := b.sync(ctx); err != nil {
 					return nil, err
 				}

@@ -22,7 +22,7 @@ import (
 type box struct {
 	hub    *Hub
 	key    Key
-	dial   DialFunc
+	dial   DialFunc // guarded by hub.mu
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -171,7 +171,10 @@ type watch struct {
 func (w *watch) serve(ready func()) error {
 	b := w.box
 	ctx := b.ctx
-	conn, err := b.dial(ctx)
+	b.hub.mu.Lock()
+	dial := b.dial // Watch replaces it under hub.mu
+	b.hub.mu.Unlock()
+	conn, err := dial(ctx)
 	if err != nil {
 		return err
 	}
