@@ -74,19 +74,7 @@ func TestWatchAndPoke(t *testing.T) {
 	defer up.Close()
 	up.AddUser("alice", "a")
 	up.AddUser("bob", "b")
-	dial := func(user, pass string) DialFunc {
-		return func(ctx context.Context) (*upstream.Conn, error) {
-			c, err := upstream.Dial(ctx, &upstream.Config{Addr: up.Addr, Timeout: 5 * time.Second})
-			if err != nil {
-				return nil, err
-			}
-			if _, err := c.Login(ctx, user, pass); err != nil {
-				c.Close()
-				return nil, err
-			}
-			return c, nil
-		}
-	}
+	dial := func(user, pass string) DialFunc { return loginDial(up.Addr, user, pass) }
 	m := New(Config{PollInterval: time.Hour, Grace: 10 * time.Millisecond})
 	defer m.Close()
 	var mu sync.Mutex
@@ -181,17 +169,7 @@ func TestPokesDoNotDelayFullPolls(t *testing.T) {
 	if err := direct.Create("Work", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	dial := func(ctx context.Context) (*upstream.Conn, error) {
-		c, err := upstream.Dial(ctx, &upstream.Config{Addr: up.Addr, Timeout: 5 * time.Second})
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Login(ctx, "alice", "a"); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
-	}
+	dial := loginDial(up.Addr, "alice", "a")
 	const interval = 400 * time.Millisecond
 	m := New(Config{PollInterval: interval, Grace: 10 * time.Millisecond})
 	defer m.Close()
@@ -249,17 +227,7 @@ func TestLatestCredentials(t *testing.T) {
 	defer up.Close()
 	up.AddUser("alice", "a")
 	relay := faultnet.Start(t, up.Addr)
-	good := func(ctx context.Context) (*upstream.Conn, error) {
-		c, err := upstream.Dial(ctx, &upstream.Config{Addr: relay.Addr(), Timeout: 5 * time.Second})
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Login(ctx, "alice", "a"); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
-	}
+	good := loginDial(relay.Addr(), "alice", "a")
 	var revoked atomic.Bool
 	old := func(ctx context.Context) (*upstream.Conn, error) {
 		if revoked.Load() {
@@ -301,5 +269,20 @@ func TestLatestCredentials(t *testing.T) {
 	case <-created:
 	case <-time.After(5 * time.Second):
 		t.Fatal("no event for a new mailbox after the watcher's connection was cut and the first subscriber's password revoked")
+	}
+}
+
+// loginDial returns a DialFunc that connects to addr and logs in.
+func loginDial(addr, user, pass string) DialFunc {
+	return func(ctx context.Context) (*upstream.Conn, error) {
+		c, err := upstream.Dial(ctx, &upstream.Config{Addr: addr, Timeout: 5 * time.Second})
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.Login(ctx, user, pass); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
 	}
 }
