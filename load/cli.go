@@ -62,6 +62,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Settle, "settle", 0, "wait before measuring idle memory, and for late pushes (2s)")
 	fs.DurationVar(&cfg.RunTimeout, "run-timeout", 0, "bound on the whole run (default: from the duration, clients and messages)")
 	fs.IntVar(&cfg.TargetPID, "target-pid", 0, "the target's process, for its RSS and CPU (a local lemonproxy)")
+	fs.StringVar(&cfg.TargetMetrics, "target-metrics", "", "a lemonproxy's metrics URL (http://ADDR/metrics of its -metrics listener), for its heap")
 	fs.IntVar(&cfg.DovecotPID, "dovecot", 0, "a Dovecot master process: PSS and CPU of it and its children")
 	fs.StringVar(&cfg.Upstream, "upstream", "", "count ESTABLISHED connections to this IP:PORT (the proxy's upstream)")
 	fs.StringVar(&cfg.Mailbox, "mailbox", "", "resync's and fetch's mailbox on the first account (lemonload-resync, lemonload-fetch)")

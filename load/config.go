@@ -69,6 +69,10 @@ type Config struct {
 
 	// TargetPID is the target's process, for its RSS and CPU (0: none).
 	TargetPID int
+	// TargetMetrics is a lemonproxy's Prometheus endpoint
+	// (http://HOST:PORT/metrics, its -metrics listener): idle reads the
+	// proxy's heap from it (empty: heap not measured).
+	TargetMetrics string
 	// DovecotPID is a Dovecot master process: the PSS and CPU of it and
 	// all its descendants are measured (0: none).
 	DovecotPID int

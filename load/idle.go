@@ -112,6 +112,8 @@ func (r *runner) readPushes(s *idler, closed *atomic.Int64) {
 // upstream connections.
 type targetMem struct {
 	rss          int64
+	heapInuse    float64 // the proxy's HeapInuse (Config.TargetMetrics)
+	heapLive     float64 // the heap its last GC found live
 	pss          int64
 	procs        int
 	upconns      int
@@ -125,6 +127,13 @@ func (r *runner) measureMem() targetMem {
 	var m targetMem
 	if r.cfg.TargetPID != 0 {
 		m.rss = rssOf(r.cfg.TargetPID)
+	}
+	if r.cfg.TargetMetrics != "" {
+		v, err := scrapeMetrics(r.cfg.TargetMetrics, heapInuseMetric, heapLiveMetric)
+		if err != nil {
+			r.errs.add("metrics", "%v", err)
+		}
+		m.heapInuse, m.heapLive = v[heapInuseMetric], v[heapLiveMetric]
 	}
 	if r.cfg.DovecotPID != 0 {
 		m.pss, m.procs = treeMem(r.cfg.DovecotPID)
@@ -140,6 +149,12 @@ func (r *runner) measureMem() targetMem {
 	m.toolHeap, m.toolStacks, m.toolRoutines = ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine()
 	return m
 }
+
+// The Go collector's names for the proxy's heap figures.
+const (
+	heapInuseMetric = "go_memstats_heap_inuse_bytes"
+	heapLiveMetric  = "go_gc_heap_live_bytes"
+)
 
 // runIdle runs the idle scenario, and with push the push scenario on top
 // of it.
@@ -215,6 +230,14 @@ func (r *runner) runIdle(push bool) error {
 	if cfg.TargetPID != 0 {
 		res.add("target-rss-per-session", per(m1.rss, m0.rss), "B")
 		res.add("target-rss", float64(m1.rss), "B")
+	}
+	if cfg.TargetMetrics != "" {
+		// HeapInuse counts garbage not yet collected, live heap only what
+		// the last GC marked (possibly before the last sessions opened):
+		// an upper and a lower figure.
+		res.add("target-heap-inuse-per-session", (m1.heapInuse-m0.heapInuse)/float64(n), "B")
+		res.add("target-heap-live-per-session", (m1.heapLive-m0.heapLive)/float64(n), "B")
+		res.add("target-heap-inuse", m1.heapInuse, "B")
 	}
 	if cfg.DovecotPID != 0 {
 		res.add("dovecot-pss-per-session", per(m1.pss, m0.pss), "B")

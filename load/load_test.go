@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -27,6 +29,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/metrics"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
@@ -126,6 +129,9 @@ func TestIdle(t *testing.T) {
 			cfg := e.config("idle")
 			cfg.Clients, cfg.Duration, cfg.Compress = 6, 300*time.Millisecond, comp
 			cfg.TargetPID = os.Getpid() // the proxy runs in the test
+			ms := httptest.NewServer(metrics.New().Handler())
+			defer ms.Close()
+			cfg.TargetMetrics = ms.URL + "/metrics"
 			cfg.Sources, _ = ParseSources("127.0.0.2-127.0.0.3")
 			res := run(t, cfg)
 			noErrors(t, res)
@@ -144,10 +150,33 @@ func TestIdle(t *testing.T) {
 				t.Errorf("upstream-connections = %v, want at least the 2 watchers", n)
 			}
 			metric(t, res, "target-rss-per-session")
+			metric(t, res, "target-heap-live-per-session")
+			metric(t, res, "target-heap-inuse-per-session")
+			if h := metric(t, res, "target-heap-inuse"); h < 1<<20 {
+				t.Errorf("target-heap-inuse = %v B: not this process's heap", h)
+			}
 			if n := metric(t, res, "sessions-closed"); n != 0 {
 				t.Errorf("sessions-closed = %v", n)
 			}
 		})
+	}
+}
+
+// A metrics endpoint that does not answer is an error of the run, not a
+// silent zero.
+func TestIdleMetricsUnreachable(t *testing.T) {
+	e := newEnv(t, 1)
+	cfg := e.config("idle")
+	cfg.Clients, cfg.Duration = 1, 100*time.Millisecond
+	ms := httptest.NewServer(http.NotFoundHandler())
+	cfg.TargetMetrics = ms.URL + "/metrics"
+	ms.Close()
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if res.ErrorKinds["metrics"] == 0 {
+		t.Errorf("errors %v, want kind metrics", res.ErrorKinds)
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,6 +17,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Measurements of other processes come from /proc (Linux). Where /proc is
@@ -320,4 +325,41 @@ func cpuJiffies() (busy, total uint64) {
 		}
 	}
 	return busy, total
+}
+
+// scrapeMetrics reads the named gauges from a Prometheus text endpoint
+// (a lemonproxy's -metrics listener). Metrics it lacks are left out of
+// the map; an unreachable endpoint is an error.
+func scrapeMetrics(url string, names ...string) (map[string]float64, error) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return nil, fmt.Errorf("scraping %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scraping %s: %s", url, resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("scraping %s: %w", url, err)
+	}
+	out := make(map[string]float64, len(names))
+	for _, name := range names {
+		f, ok := fams[name]
+		if !ok || len(f.GetMetric()) == 0 {
+			continue
+		}
+		m := f.GetMetric()[0]
+		switch {
+		case m.GetGauge() != nil:
+			out[name] = m.GetGauge().GetValue()
+		case m.GetUntyped() != nil:
+			out[name] = m.GetUntyped().GetValue()
+		case m.GetCounter() != nil:
+			out[name] = m.GetCounter().GetValue()
+		}
+	}
+	return out, nil
 }

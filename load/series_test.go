@@ -274,8 +274,8 @@ func (s *series) run(t *testing.T, name, target string, profile dovecottest.Prof
 	}
 	notes := []string{fmt.Sprintf("Dovecot %s profile (internal/dovecottest)", profile)}
 	if target == "proxy" {
-		addr, pid := s.startProxy(t, dc.Addr)
-		cfg.Target, cfg.TargetPID = addr, pid
+		addr, murl, pid := s.startProxy(t, dc.Addr)
+		cfg.Target, cfg.TargetPID, cfg.TargetMetrics = addr, pid, murl
 		notes = append(notes, "lemonproxy serve with its defaults in front of it, in a process of its own")
 	} else {
 		notes = append(notes, "clients connected directly to Dovecot")
@@ -360,19 +360,15 @@ func buildProxy(t *testing.T) string {
 
 // startProxy runs "lemonproxy serve" in front of upstream and returns its
 // address and process.
-func (s *series) startProxy(t *testing.T, upstream string) (string, int) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+func (s *series) startProxy(t *testing.T, upstream string) (addr, metricsURL string, pid int) {
+	addr, maddr := freeAddr(t), freeAddr(t)
+	metricsURL = "http://" + maddr + "/metrics"
 	dir := t.TempDir()
 	logf, err := os.Create(filepath.Join(dir, "lemonproxy.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(s.bin, "serve", "-listen", addr, "-upstream", upstream, "-data", filepath.Join(dir, "data"), "-log-level", "warn")
+	cmd := exec.Command(s.bin, "serve", "-listen", addr, "-upstream", upstream, "-data", filepath.Join(dir, "data"), "-log-level", "warn", "-metrics", maddr)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -402,7 +398,7 @@ func (s *series) startProxy(t *testing.T, upstream string) (string, int) {
 			line, _ := bufio.NewReader(c).ReadString('\n')
 			c.Close()
 			if strings.HasPrefix(line, "* OK") {
-				return addr, cmd.Process.Pid
+				return addr, metricsURL, cmd.Process.Pid
 			}
 		}
 		if time.Now().After(deadline) {
@@ -410,6 +406,16 @@ func (s *series) startProxy(t *testing.T, upstream string) (string, int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// freeAddr returns a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // dovecotMaster returns the PID of the Dovecot master process: the one of

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"sync/atomic"
 	"time"
 
@@ -51,7 +52,12 @@ const ns = "lemonproxy"
 // call Register with the server.
 func New() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
-	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Beside the MemStats figures, the heap the last GC found live
+	// (go_gc_heap_live_bytes): with 100k idle sessions it is the figure
+	// that says how much memory they need, garbage left out.
+	gc := collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+		collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)}))
+	m.reg.MustRegister(gc, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.pushLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: ns, Name: "push_latency_seconds",
 		Help:    "The proxy's own latency of a push to an idling client: from the watcher reading the upstream's line to the client socket write.",

@@ -76,6 +76,8 @@ func TestMetrics(t *testing.T) {
 		`lemonproxy_sessions_opened_total 2`,
 		`lemonproxy_push_latency_seconds_count 0`,
 		`go_goroutines`,
+		`go_memstats_heap_inuse_bytes`,
+		`go_gc_heap_live_bytes`,
 	} {
 		if !strings.Contains(body, want+"\n") && !strings.Contains(body, want+" ") {
 			t.Errorf("/metrics lacks %q", want)
