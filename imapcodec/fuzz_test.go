@@ -347,7 +347,7 @@ func FuzzParseCommand(f *testing.F) {
 				}
 				return
 			}
-			if tag := ParseTag(segs[0].Text); len(tag) > 64 || strings.ContainsAny(tag, " +*[(){\"") {
+			if tag := ParseTag(segs[0].Text); len(tag) > 64 || strings.ContainsAny(tag, " +*%\\[(){\"") {
 				t.Fatalf("ParseTag(%q) = %q", segs[0].Text, tag)
 			}
 			cmd, err := ParseCommand(segs, lim)
@@ -357,7 +357,7 @@ func FuzzParseCommand(f *testing.F) {
 				}
 				continue
 			}
-			if cmd.Tag == "" || cmd.Name == "" || cmd.Name != upperASCII(cmd.Name) {
+			if cmd.Tag == "" || strings.ContainsAny(cmd.Tag, " +*%\\[(){\"") || cmd.Name == "" || cmd.Name != upperASCII(cmd.Name) {
 				t.Fatalf("ParseCommand gave tag %q, name %q", cmd.Tag, cmd.Name)
 			}
 			if tag := ParseTag(segs[0].Text); tag != "" && tag != cmd.Tag {

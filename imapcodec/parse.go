@@ -282,7 +282,7 @@ type Command struct {
 func ParseCommand(segs []Segment, lim Limits) (*Command, error) {
 	p := NewParser(segs, lim)
 	tag, err := p.Atom()
-	if err != nil || strings.ContainsAny(tag, "+[") {
+	if err != nil || !validTag(tag) {
 		return nil, fmt.Errorf("imapcodec: %w: missing or invalid tag", ErrSyntax)
 	}
 	cmd := &Command{Tag: tag, Segments: segs, Args: p}
@@ -325,12 +325,18 @@ func upperASCII(s string) string {
 	return s
 }
 
+// validTag tells whether an atom can be a command's tag. Atom is lenient
+// (flags and LIST patterns are atoms to it); RFC 3501's tag is
+// ASTRING-CHARs except "+", so no list wildcard, backslash or bracketed
+// section either. Dovecot refuses the same.
+func validTag(tag string) bool { return !strings.ContainsAny(tag, `+[*%\`) }
+
 // ParseTag returns the tag at the start of a line, or "" if there is none;
 // used to answer a command that could not be read whole.
 func ParseTag(line []byte) string {
 	p := NewParser([]Segment{{Text: line}}, Limits{})
 	tag, err := p.Atom()
-	if err != nil || strings.ContainsAny(tag, "+[*") || len(tag) > 64 {
+	if err != nil || !validTag(tag) || len(tag) > 64 {
 		return ""
 	}
 	return tag

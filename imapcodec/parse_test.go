@@ -386,6 +386,12 @@ func TestParseCommandErrors(t *testing.T) {
 		{"+ NOOP", false, ""},
 		{"a+ NOOP", false, ""},
 		{"a[1] NOOP", false, ""},
+		// RFC 3501 §9: a tag is ASTRING-CHARs but "+": no list wildcards
+		// or quoted-specials (Dovecot refuses them too).
+		{"a* NOOP", false, ""},
+		{"a% NOOP", false, ""},
+		{`a\ NOOP`, false, ""},
+		{"* NOOP", false, ""},
 		{`"a1" NOOP`, false, ""},
 		{"(a1) NOOP", false, ""},
 		{"{2}\r\na1 NOOP", false, ""},
