@@ -69,6 +69,10 @@ func TestSyntaxErrors(t *testing.T) {
 	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
 	c.send("f+ NOOP")
 	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.send("f* NOOP")
+	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.send(`f\ NOOP`)
+	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
 	c.expectDo("g", "", "g BAD Error in IMAP command: syntax error: missing command name")
 	c.expectDo("h", "UID", "h BAD Error in IMAP command: syntax error: UID without a command")
 	c.expectDo("i", "NOOP", "i OK NOOP completed.")
@@ -140,11 +144,18 @@ func TestLiteralTooLarge(t *testing.T) {
 	if n := p.srv.Pool().Idle(); n != 1 {
 		t.Errorf("%d idle upstream connections, want 1 (the broken ones closed)", n)
 	}
+	// Every refusal counts for the operator's metrics.
+	if got := p.srv.Stats().Errors[proxy.ErrLiteralTooLarge]; got != 8 {
+		t.Errorf("Errors[ErrLiteralTooLarge] = %d after 8 TOOBIG refusals", got)
+	}
 
 	// Over the absolute limit: nothing can be done but hang up.
 	c = dial(t, p.addr)
 	c.send(fmt.Sprintf("p LOGIN {%d}", testMaxLit+1))
 	assertLines(t, "literal over MaxLiteral", c.expectClosed(), []string{"* BYE Literal too large."})
+	if got := p.srv.Stats().Errors[proxy.ErrLiteralTooLarge]; got != 9 {
+		t.Errorf("Errors[ErrLiteralTooLarge] = %d after 8 refusals and a BYE", got)
+	}
 }
 
 func TestLiteralNeverArrives(t *testing.T) {

@@ -719,6 +719,7 @@ func (s *Session) literalTooBig(lit *imapcodec.LiteralHeader, limit, earlier int
 // read and thrown away with the rest of the command, so the connection
 // stays in step.
 func (s *Session) refuseLiteral(tag string, lit *imapcodec.LiteralHeader, why string) error {
+	s.srv.countError(ErrLiteralTooLarge)
 	if err := s.discardRest(lit); err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@ const (
 	ErrUpstreamUnavailable                  // no upstream connection could be had
 	ErrClientTimeout                        // a client silent past its timeout
 	ErrLineTooLong                          // a client line over the limit
-	ErrLiteralTooLarge                      // a client literal over the limit
+	ErrLiteralTooLarge                      // a client literal or command over a limit: NO [TOOBIG], or BYE past MaxLiteral
 	ErrSessionFailed                        // a session ended by another error (upstream loss, corrupt input...)
 	ErrTooManyConns                         // a connection over the per-address limit
 	ErrTooManySessions                      // a login over the per-account limit
