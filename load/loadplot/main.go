@@ -123,6 +123,18 @@ var charts = []chart{
 			{metric: "dovecot-pss-per-session", name: "Dovecot PSS behind the proxy", labels: []string{"proxy", "proxy-compress"}},
 			{metric: "target-rss+dovecot-pss-per-session", name: "proxy RSS + Dovecot PSS", labels: []string{"proxy", "proxy-compress"}},
 			{metric: "dovecot-pss-per-session", name: "Dovecot PSS", labels: []string{"dovecot", "dovecot-compress"}},
+			{metric: "target-heap-inuse-per-session", name: "proxy heap in use", labels: []string{"proxy", "proxy-compress"}},
+		},
+	},
+	{
+		// The push runs hold their sessions idle before the APPENDs begin
+		// and measure the proxy's heap then.
+		file: "idle-heap", title: "Proxy heap per idle session (before the APPENDs of the push runs)", scenario: "push", x: "clients",
+		xLabel: "idle sessions", yLabel: "KiB per idle session", div: 1024,
+		lines: []line{
+			{metric: "target-heap-inuse-per-session", name: "heap in use (with garbage)", labels: []string{"proxy"}},
+			{metric: "target-heap-live-per-session", name: "heap live at the last GC", labels: []string{"proxy"}},
+			{metric: "target-rss-per-session", name: "RSS", labels: []string{"proxy"}},
 		},
 	},
 	{
