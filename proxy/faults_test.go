@@ -94,7 +94,7 @@ func startFaultEnv(t *testing.T) *faultEnv {
 	e.fn = faultnet.Start(t, up.Addr)
 	cfg := baseConfig(e.fn.Addr())
 	cfg.Upstream.Timeout = faultUpTimeout
-	cfg.Pool = upstream.PoolConfig{MaxIdlePerAccount: 1}
+	cfg.Pool = upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: -1}
 	e.p = startProxy(t, cfg, proxyOpts{})
 
 	e.by = dial(t, e.p.addr)

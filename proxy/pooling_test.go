@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy/upstream"
@@ -74,7 +75,7 @@ func TestPoolReturnsConnection(t *testing.T) {
 // and the first session's later commands run on it: no new dial.
 func TestPoolSharedBetweenSessions(t *testing.T) {
 	t.Parallel()
-	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1})
+	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: -1})
 	a := dial(t, p.addr)
 	a.login("alice", "secret")
 	b := dial(t, p.addr)
@@ -90,11 +91,38 @@ func TestPoolSharedBetweenSessions(t *testing.T) {
 	}
 }
 
+// TestPoolKeepsSurplusForParallelSessions: two sessions of one account
+// busy at once give back two connections where the account may keep one;
+// the surplus stays for SurplusGrace, so both sessions' next commands
+// run without dialling and logging in again.
+func TestPoolKeepsSurplusForParallelSessions(t *testing.T) {
+	t.Parallel()
+	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: time.Minute})
+	a := dial(t, p.addr)
+	a.login("alice", "secret")
+	b := dial(t, p.addr)
+	b.login("alice", "secret")
+	checkPool(t, p, fw, 2, 2)
+	// a holds one connection (waiting for its APPEND's literal) while b
+	// runs commands on the other.
+	for i := range 3 {
+		a.send("a APPEND INBOX {10}")
+		a.expect("+ *")
+		b.expectDo("b", `LIST "" INBOX`, `* LIST () "/" INBOX`, "b OK LIST completed")
+		a.send("0123456789")
+		a.expect("a OK [APPENDUID 1 *")
+		checkPool(t, p, fw, 2, 2)
+		if t.Failed() {
+			t.Fatalf("round %d", i)
+		}
+	}
+}
+
 // TestPoolNeverAcrossAccounts: when bob's session needs a connection and
 // the pool holds only alice's, the proxy dials a new one for bob.
 func TestPoolNeverAcrossAccounts(t *testing.T) {
 	t.Parallel()
-	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1})
+	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: -1})
 	alice := dial(t, p.addr)
 	alice.login("alice", "secret")
 	b1 := dial(t, p.addr)

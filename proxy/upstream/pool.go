@@ -10,9 +10,17 @@ import (
 
 // PoolConfig bounds the idle connections a Pool keeps.
 type PoolConfig struct {
-	// MaxIdlePerAccount is how many idle connections one account may keep.
-	// Default 2.
+	// MaxIdlePerAccount is how many idle connections one account may keep
+	// for longer than SurplusGrace. Default 2.
 	MaxIdlePerAccount int
+	// SurplusGrace is how long connections beyond MaxIdlePerAccount stay
+	// idle before they are closed. When more sessions of one account are
+	// busy at once than MaxIdlePerAccount (a client with several
+	// connections fetching in parallel), closing each surplus connection
+	// as it comes back would make the next command dial, log in and
+	// select again, every command; kept for a while, they are reused.
+	// Default 10 seconds; negative: closed at once.
+	SurplusGrace time.Duration
 	// MaxIdle is how many idle connections all accounts together may keep;
 	// the least recently used go first. Default 1000.
 	MaxIdle int
@@ -30,6 +38,9 @@ func (c PoolConfig) withDefaults() PoolConfig {
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 5 * time.Minute
 	}
+	if c.SurplusGrace == 0 {
+		c.SurplusGrace = 10 * time.Second
+	}
 	return c
 }
 
@@ -44,14 +55,15 @@ type Pool struct {
 	cfg       PoolConfig
 	mu        sync.Mutex
 	lru       *simplelru.LRU[*Conn, string] // all idle conns, oldest first
-	byAccount map[string][]*Conn
-	evicted   []*Conn // closed outside the lock
+	byAccount map[string][]*Conn            // oldest first
+	over      map[string]bool               // accounts with more than MaxIdlePerAccount idle
+	evicted   []*Conn                       // closed outside the lock
 	closed    bool
 }
 
 // NewPool returns an empty pool.
 func NewPool(cfg PoolConfig) *Pool {
-	p := &Pool{cfg: cfg.withDefaults(), byAccount: map[string][]*Conn{}}
+	p := &Pool{cfg: cfg.withDefaults(), byAccount: map[string][]*Conn{}, over: map[string]bool{}}
 	p.lru, _ = simplelru.NewLRU[*Conn, string](p.cfg.MaxIdle, func(c *Conn, account string) {
 		p.removeLocked(account, c)
 		p.evicted = append(p.evicted, c)
@@ -118,24 +130,42 @@ func (p *Pool) Put(account string, c *Conn) {
 		p.evicted = append(p.evicted, c)
 		return
 	}
+	now := time.Now()
 	c.account = account
-	c.lastUsed = time.Now()
+	c.lastUsed = now
 	c.r.Release() // an idle connection holds no read buffer
 	if l := p.byAccount[account]; len(l) >= p.cfg.MaxIdlePerAccount {
-		p.lru.Remove(l[0]) // the account's oldest
+		if p.cfg.SurplusGrace < 0 {
+			p.lru.Remove(l[0]) // the account's oldest
+		} else {
+			p.over[account] = true
+		}
 	}
 	p.byAccount[account] = append(p.byAccount[account], c)
 	p.lru.Add(c, account)
+	p.expireLocked(now)
 }
 
-// expireLocked evicts connections idle for longer than IdleTimeout.
+// expireLocked evicts connections idle for longer than IdleTimeout, and an
+// account's connections beyond MaxIdlePerAccount idle for longer than
+// SurplusGrace, oldest first.
 func (p *Pool) expireLocked(now time.Time) {
 	for {
 		c, _, ok := p.lru.GetOldest()
 		if !ok || now.Sub(c.lastUsed) < p.cfg.IdleTimeout {
-			return
+			break
 		}
 		p.lru.RemoveOldest()
+	}
+	for account := range p.over {
+		l := p.byAccount[account]
+		for len(l) > p.cfg.MaxIdlePerAccount && now.Sub(l[0].lastUsed) >= p.cfg.SurplusGrace {
+			p.lru.Remove(l[0]) // removes it from byAccount too
+			l = p.byAccount[account]
+		}
+		if len(l) <= p.cfg.MaxIdlePerAccount {
+			delete(p.over, account)
+		}
 	}
 }
 
@@ -155,7 +185,11 @@ func (p *Pool) IdleFor(account string) int {
 
 // Run expires idle connections until ctx is done, then closes the pool.
 func (p *Pool) Run(ctx context.Context) {
-	t := time.NewTicker(max(p.cfg.IdleTimeout/4, time.Second))
+	every := p.cfg.IdleTimeout / 4
+	if p.cfg.SurplusGrace > 0 {
+		every = min(every, p.cfg.SurplusGrace/2)
+	}
+	t := time.NewTicker(max(every, time.Second))
 	defer t.Stop()
 	for {
 		select {
@@ -180,6 +214,7 @@ func (p *Pool) Close() {
 		all = append(all, l...)
 	}
 	p.byAccount = map[string][]*Conn{}
+	p.over = map[string]bool{}
 	p.lru.Purge()
 	p.evicted = nil
 	p.mu.Unlock()

@@ -110,7 +110,7 @@ func TestPoolPrefersSelectedMailbox(t *testing.T) {
 
 func TestPoolPerAccountBound(t *testing.T) {
 	noLeaks(t)
-	p := NewPool(PoolConfig{MaxIdlePerAccount: 2})
+	p := NewPool(PoolConfig{MaxIdlePerAccount: 2, SurplusGrace: -1})
 	var conns []*Conn
 	var stubs []*stubConn
 	for range 3 {
@@ -136,6 +136,58 @@ func TestPoolPerAccountBound(t *testing.T) {
 	if got := p.Get("a", ""); got != nil {
 		t.Error("third Get returned a connection")
 	}
+}
+
+// With more sessions of one account busy at once than MaxIdlePerAccount,
+// the surplus connections they give back stay for SurplusGrace, so the
+// next round of commands reuses them instead of logging in again; then
+// the oldest go, down to MaxIdlePerAccount.
+func TestPoolSurplusGrace(t *testing.T) {
+	noLeaks(t)
+	p := NewPool(PoolConfig{MaxIdlePerAccount: 2, SurplusGrace: time.Hour})
+	var conns []*Conn
+	var stubs []*stubConn
+	for range 4 {
+		c, s := newStub("INBOX")
+		conns, stubs = append(conns, c), append(stubs, s)
+		p.Put("a", c)
+	}
+	if p.IdleFor("a") != 4 {
+		t.Fatalf("IdleFor(a) = %d within the grace, want 4", p.IdleFor("a"))
+	}
+	// A second round of four commands gets all four back.
+	for i := range 4 {
+		if c := p.Get("a", "INBOX"); c != conns[3-i] {
+			t.Fatalf("Get %d: not the most recent idle connection", i)
+		}
+	}
+	for i, s := range stubs {
+		if s.closed.Load() {
+			t.Fatalf("connection %d closed within the grace", i)
+		}
+	}
+
+	// Past the grace, the surplus (the least recently used) is closed.
+	q := NewPool(PoolConfig{MaxIdlePerAccount: 2, SurplusGrace: time.Millisecond})
+	for _, c := range conns {
+		q.Put("a", c)
+	}
+	b, sb := newStub("")
+	q.Put("b", b)
+	time.Sleep(5 * time.Millisecond)
+	q.Put("b", q.Get("b", "")) // any use of the pool expires
+	if q.IdleFor("a") != 2 || q.IdleFor("b") != 1 {
+		t.Fatalf("past the grace: IdleFor(a) %d, IdleFor(b) %d; want 2, 1", q.IdleFor("a"), q.IdleFor("b"))
+	}
+	if !stubs[0].closed.Load() || !stubs[1].closed.Load() || stubs[2].closed.Load() || stubs[3].closed.Load() || sb.closed.Load() {
+		t.Fatalf("closed: %v %v %v %v b %v; want the two oldest of a", stubs[0].closed.Load(), stubs[1].closed.Load(), stubs[2].closed.Load(), stubs[3].closed.Load(), sb.closed.Load())
+	}
+	if got := q.Get("a", ""); got != conns[3] {
+		t.Error("the most recent connection did not stay")
+	}
+	q.Put("a", conns[3])
+	q.Close()
+	p.Close()
 }
 
 func TestPoolTotalBound(t *testing.T) {
