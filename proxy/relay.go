@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -107,7 +108,7 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 			}
 		}
 		s.nc.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
-		if _, err := io.Copy(deadlineWriter{w, up, s.srv.cfg.Upstream.Timeout}, s.r.Literal()); err != nil {
+		if _, err := copyLiteral(deadlineWriter{w, up, s.srv.cfg.Upstream.Timeout}, s.r.Literal()); err != nil {
 			if s.r.LiteralRemaining() > 0 && !isWriteErr(err) {
 				// The client went away mid-literal; the upstream is left
 				// mid-command and cannot be reused.
@@ -445,7 +446,7 @@ func (s *Session) relayUntagged(up *upstream.Conn, line []byte, lit *imapcodec.L
 func (s *Session) streamRest(up *upstream.Conn, w io.Writer) error {
 	r := up.Reader()
 	for {
-		if _, err := io.Copy(clientWriter{w, s}, r.Literal()); err != nil {
+		if _, err := copyLiteral(clientWriter{w, s}, r.Literal()); err != nil {
 			up.MarkBroken()
 			if isWriteErr(err) {
 				return errClientStream
@@ -470,6 +471,18 @@ func (s *Session) streamRest(up *upstream.Conn, w io.Writer) error {
 }
 
 // clientWriter renews the client's write deadline as a long literal flows.
+// copyBufs holds the buffers copyLiteral streams through.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyLiteral is io.Copy with a pooled buffer: a literal reader has no
+// WriteTo, so io.Copy would allocate 32 KiB for every streamed literal,
+// which at hundreds of MB/s of bodies is most of the proxy's garbage.
+func copyLiteral(dst io.Writer, src io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	return io.CopyBuffer(dst, src, *bp)
+}
+
 type clientWriter struct {
 	w io.Writer
 	s *Session
