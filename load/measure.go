@@ -57,6 +57,10 @@ type procStat struct {
 	ppid  int
 	state byte
 	cpu   time.Duration // utime + stime
+	// reaped is the CPU of its children that have ended and been waited
+	// for (cutime + cstime): Dovecot's master reaps its imap processes,
+	// so a process tree's CPU includes sessions that ended meanwhile.
+	reaped time.Duration
 }
 
 func readStat(pid int) (procStat, bool) {
@@ -71,14 +75,16 @@ func readStat(pid int) (procStat, bool) {
 	}
 	f := strings.Fields(string(data[i+2:]))
 	// state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
-	// cmajflt utime stime ...
-	if len(f) < 13 {
+	// cmajflt utime stime cutime cstime ...
+	if len(f) < 15 {
 		return procStat{}, false
 	}
 	ppid, _ := strconv.Atoi(f[1])
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return procStat{ppid: ppid, state: f[0][0], cpu: time.Duration(ut+st) * clockTick}, true
+	cut, _ := strconv.ParseInt(f[13], 10, 64)
+	cst, _ := strconv.ParseInt(f[14], 10, 64)
+	return procStat{ppid: ppid, state: f[0][0], cpu: time.Duration(ut+st) * clockTick, reaped: time.Duration(cut+cst) * clockTick}, true
 }
 
 // cpuOf returns a process's CPU time (user and system).
@@ -140,24 +146,31 @@ func treeMem(root int) (pss int64, procs int) {
 	return pss, procs
 }
 
-// treeCPU returns the CPU time of each process of a tree.
+// treeCPU returns the CPU time of each process of a tree, with that of its
+// children that ended.
 func treeCPU(root int) map[int]time.Duration {
 	out := map[int]time.Duration{}
 	for _, pid := range treePIDs(root) {
 		if st, ok := readStat(pid); ok {
-			out[pid] = st.cpu
+			out[pid] = st.cpu + st.reaped
 		}
 	}
 	return out
 }
 
-// cpuDelta is the CPU the processes of after used since before: a process
-// that appeared meanwhile counts from zero (processes that ended meanwhile
-// are lost, which undercounts a little).
+// cpuDelta is the CPU the processes of a tree used between two treeCPU
+// snapshots. A process that appeared meanwhile counts from zero. One that
+// ended meanwhile was reaped by its parent in the tree, whose figure now
+// holds all of its CPU, so what it had used before is taken off again.
 func cpuDelta(before, after map[int]time.Duration) time.Duration {
 	var d time.Duration
 	for pid, t := range after {
 		d += t - before[pid]
+	}
+	for pid, t := range before {
+		if _, ok := after[pid]; !ok {
+			d -= t
+		}
 	}
 	return d
 }

@@ -226,3 +226,16 @@ func TestMessageDeterministic(t *testing.T) {
 		t.Error("different serials, same message")
 	}
 }
+
+// cpuDelta counts a process that ended between the snapshots by what it
+// used after the first: its parent's figure then holds all of its CPU.
+func TestCPUDelta(t *testing.T) {
+	ms := time.Millisecond
+	before := map[int]time.Duration{1: 10 * ms, 2: 5 * ms, 3: 7 * ms}
+	// 2 ended after using 3 ms more, reaped by 1 (which used 1 ms itself);
+	// 3 used 2 ms more; 4 started and used 4 ms.
+	after := map[int]time.Duration{1: (10 + 1 + 5 + 3) * ms, 3: 9 * ms, 4: 4 * ms}
+	if got, want := cpuDelta(before, after), (1+3+2+4)*ms; got != want {
+		t.Errorf("cpuDelta = %v, want %v", got, want)
+	}
+}
