@@ -175,7 +175,7 @@ var charts = []chart{
 		file: "fetch-cpu", title: "Server CPU per MB of bodies fetched", scenario: "fetch", bars: true,
 		yLabel: "ms of CPU per MB", div: 1,
 		lines: []line{
-			{metric: "target-cpu-per-MB", name: "proxy", labels: []string{"proxy", "proxy-compress"}},
+			{metric: "target-cpu-per-MB", name: "proxy", labels: []string{"proxy", "proxy-compress", "proxy-1client"}},
 			{metric: "dovecot-cpu-per-MB", name: "Dovecot"},
 		},
 	},
