@@ -36,7 +36,9 @@ const seriesEnv = "LEMONPROXY_LOAD_SERIES"
 // Environment:
 //
 //	LEMONPROXY_LOAD_SERIES   comma-separated: idle, idle-compress, push, resync,
-//	                         fetch, fetch-compress, fetch-single, mixed; or all
+//	                         fetch, fetch-compress, fetch-single, fetch-pinned,
+//	                         mixed; or all (fetch-pinned only runs with the
+//	                         test itself under "taskset -c 0": see below)
 //	LEMONPROXY_LOAD_TARGETS  proxy, dovecot or both (default both)
 //	LEMONPROXY_LOAD_SIZES    idle and push session counts (default: proxy
 //	                         1000,5000,10000,15500; Dovecot 1000,5000,10000,19000;
@@ -62,7 +64,7 @@ func TestSeries(t *testing.T) {
 		items[strings.TrimSpace(f)] = true
 	}
 	if items["all"] {
-		for _, s := range []string{"idle", "idle-compress", "push", "resync", "fetch", "fetch-compress", "fetch-single", "mixed"} {
+		for _, s := range []string{"idle", "idle-compress", "push", "resync", "fetch", "fetch-compress", "fetch-single", "fetch-pinned", "mixed"} {
 			items[s] = true
 		}
 	}
@@ -111,6 +113,7 @@ func TestSeries(t *testing.T) {
 		profile      dovecottest.Profile
 		accounts     int
 		set          func(*Config)
+		proxyCPUs    string // taskset's CPU list for the proxy ("": any)
 	}
 	var runs []run
 	direct := func(target string, full bool) dovecottest.Profile {
@@ -149,7 +152,7 @@ func TestSeries(t *testing.T) {
 					if item.scenario == "push" {
 						cfg.Rate, cfg.Duration = 100, 30*time.Second
 					}
-				}})
+				}, ""})
 			}
 		}
 	}
@@ -159,28 +162,40 @@ func TestSeries(t *testing.T) {
 			for _, target := range targets {
 				runs = append(runs, run{fmt.Sprintf("resync-%s-%d", target, m), target, direct(target, true), 1, func(cfg *Config) {
 					cfg.Scenario, cfg.Label, cfg.Clients, cfg.Messages, cfg.Changes, cfg.Rounds = "resync", target, 4, m, 15, 3
-				}})
+				}, ""})
 			}
 		}
 	}
 	// fetch: four clients, which keep both vCPUs busy (the figure is then
-	// CPU per MB of the whole path); fetch-single: one client, whose
-	// stream the proxy's extra hop delays but which leaves CPU to spare.
+	// CPU per MB of the whole path); fetch-single: one client.
+	// fetch-pinned: four clients, Dovecot and the load on CPU 0 and the
+	// proxy on CPU 1, as if the proxy had a host of its own (the usual
+	// deployment) while Dovecot and its clients have the same CPU as
+	// when they talk directly. It needs the test started under
+	// "taskset -c 0", so that Dovecot inherits that CPU.
 	for _, f := range []struct {
 		item    string
 		comp    bool
 		clients int
 		suffix  string
-	}{{"fetch", false, 4, ""}, {"fetch-compress", true, 4, "-compress"}, {"fetch-single", false, 1, "-1client"}} {
+	}{{"fetch", false, 4, ""}, {"fetch-compress", true, 4, "-compress"}, {"fetch-single", false, 1, "-1client"}, {"fetch-pinned", false, 4, "-pinned"}} {
 		if !items[f.item] {
 			continue
+		}
+		proxyCPUs := ""
+		if f.item == "fetch-pinned" {
+			if own := allowedCPUs(t); own != "0" {
+				t.Logf("fetch-pinned skipped: this process may run on CPUs %q; start it under \"taskset -c 0\"", own)
+				continue
+			}
+			proxyCPUs = "1"
 		}
 		for _, target := range targets {
 			label := target + f.suffix
 			runs = append(runs, run{"fetch-" + label, target, direct(target, f.comp), 1, func(cfg *Config) {
 				cfg.Scenario, cfg.Label, cfg.Compress = "fetch", label, f.comp
 				cfg.Clients, cfg.Messages, cfg.Size, cfg.Duration = f.clients, 100, 100<<10, 30*time.Second
-			}})
+			}, proxyCPUs})
 		}
 	}
 	if items["mixed"] {
@@ -205,7 +220,7 @@ func TestSeries(t *testing.T) {
 		for _, target := range targets {
 			runs = append(runs, run{fmt.Sprintf("mixed-%s-%d", target, clients), target, direct(target, true), accounts, func(cfg *Config) {
 				cfg.Scenario, cfg.Label, cfg.Clients, cfg.Duration, cfg.Rate = "mixed", target, clients, dur, 20
-			}})
+			}, ""})
 		}
 	}
 	if only := os.Getenv("LEMONPROXY_LOAD_ONLY"); only != "" {
@@ -224,6 +239,7 @@ func TestSeries(t *testing.T) {
 		return
 	}
 	for _, r := range runs {
+		s.proxyCPUs = r.proxyCPUs
 		t.Run(r.name, func(t *testing.T) { s.run(t, r.name, r.target, r.profile, r.accounts, r.set) })
 	}
 }
@@ -248,9 +264,25 @@ func filterSizes(ns []int, keep ...int) []int {
 }
 
 type series struct {
-	t   *testing.T
-	out string
-	bin string
+	t         *testing.T
+	out       string
+	bin       string
+	proxyCPUs string // the current run's CPUs for the proxy (taskset -c), or ""
+}
+
+// allowedCPUs returns the CPUs this process may run on
+// (Cpus_allowed_list), e.g. "0-1".
+func allowedCPUs(t *testing.T) string {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // run starts Dovecot (and the proxy, for target "proxy") with accounts
@@ -282,8 +314,14 @@ func (s *series) run(t *testing.T, name, target string, profile dovecottest.Prof
 		addr, murl, pid := s.startProxy(t, dc.Addr)
 		cfg.Target, cfg.TargetPID, cfg.TargetMetrics = addr, pid, murl
 		notes = append(notes, "lemonproxy serve with its defaults in front of it, in a process of its own")
+		if s.proxyCPUs != "" {
+			notes = append(notes, fmt.Sprintf("the proxy on CPU %s, Dovecot and the load on CPU %s (taskset)", s.proxyCPUs, allowedCPUs(t)))
+		}
 	} else {
 		notes = append(notes, "clients connected directly to Dovecot")
+		if own := allowedCPUs(t); own != "0-1" && own != "" {
+			notes = append(notes, fmt.Sprintf("Dovecot and the load on CPU %s (taskset)", own))
+		}
 	}
 	notes = append(notes, "the load in another process on the same machine (go test -run TestSeries ./load/)", quiet)
 	cfg.Notes = notes
@@ -381,7 +419,11 @@ func (s *series) startProxy(t *testing.T, upstream string) (addr, metricsURL str
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(s.bin, "serve", "-listen", addr, "-upstream", upstream, "-data", filepath.Join(dir, "data"), "-log-level", "warn", "-metrics", maddr)
+	args := []string{s.bin, "serve", "-listen", addr, "-upstream", upstream, "-data", filepath.Join(dir, "data"), "-log-level", "warn", "-metrics", maddr}
+	if s.proxyCPUs != "" {
+		args = append([]string{"taskset", "-c", s.proxyCPUs}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
