@@ -19,7 +19,10 @@ type PoolConfig struct {
 	// connections fetching in parallel), closing each surplus connection
 	// as it comes back would make the next command dial, log in and
 	// select again, every command; kept for a while, they are reused.
-	// Default 10 seconds; negative: closed at once.
+	// Default 2 seconds (commands of busy sessions follow each other within
+	// milliseconds; an idle phone's next command may be minutes away, and
+	// an upstream connection kept for it costs the server a process);
+	// negative: closed at once.
 	SurplusGrace time.Duration
 	// MaxIdle is how many idle connections all accounts together may keep;
 	// the least recently used go first. Default 1000.
@@ -39,7 +42,7 @@ func (c PoolConfig) withDefaults() PoolConfig {
 		c.IdleTimeout = 5 * time.Minute
 	}
 	if c.SurplusGrace == 0 {
-		c.SurplusGrace = 10 * time.Second
+		c.SurplusGrace = 2 * time.Second
 	}
 	return c
 }
