@@ -105,17 +105,7 @@ func TestWatchAndPoke(t *testing.T) {
 	if mbs := s1.Mailboxes(); len(mbs) != 1 || mbs[0].Name != "INBOX" {
 		t.Fatalf("initial mailboxes %+v", mbs)
 	}
-	direct, err := imapclient.DialInsecure(up.Addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer direct.Close()
-	if err := direct.Login("alice", "a").Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if err := direct.Create("Work", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
+	createDirectly(t, up.Addr, "alice", "a", "Work")
 	m.Poke("alice")
 	select {
 	case <-events:
@@ -158,17 +148,7 @@ func TestPokesDoNotDelayFullPolls(t *testing.T) {
 	}
 	defer up.Close()
 	up.AddUser("alice", "a")
-	direct, err := imapclient.DialInsecure(up.Addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer direct.Close()
-	if err := direct.Login("alice", "a").Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if err := direct.Create("Work", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
+	createDirectly(t, up.Addr, "alice", "a", "Work")
 	dial := loginDial(up.Addr, "alice", "a")
 	const interval = 400 * time.Millisecond
 	m := New(Config{PollInterval: interval, Grace: 10 * time.Millisecond})
@@ -254,17 +234,7 @@ func TestLatestCredentials(t *testing.T) {
 	}
 	defer s2.Close()
 	relay.CutAll()
-	direct, err := imapclient.DialInsecure(up.Addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer direct.Close()
-	if err := direct.Login("alice", "a").Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if err := direct.Create("Work", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
+	createDirectly(t, up.Addr, "alice", "a", "Work")
 	select {
 	case <-created:
 	case <-time.After(5 * time.Second):
@@ -272,17 +242,26 @@ func TestLatestCredentials(t *testing.T) {
 	}
 }
 
+// createDirectly creates a mailbox over a connection of its own, as
+// another client of the account would.
+func createDirectly(t *testing.T, addr, user, pass, mailbox string) {
+	t.Helper()
+	c, err := imapclient.DialInsecure(addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(mailbox, nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // loginDial returns a DialFunc that connects to addr and logs in.
 func loginDial(addr, user, pass string) DialFunc {
 	return func(ctx context.Context) (*upstream.Conn, error) {
-		c, err := upstream.Dial(ctx, &upstream.Config{Addr: addr, Timeout: 5 * time.Second})
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Login(ctx, user, pass); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
+		return upstream.DialLogin(ctx, &upstream.Config{Addr: addr, Timeout: 5 * time.Second}, user, pass)
 	}
 }

@@ -216,12 +216,8 @@ func (e *env) dial(user string, noIdle bool) DialFunc {
 	}
 	cfg := &upstream.Config{Addr: addr, Timeout: 5 * time.Second}
 	return func(ctx context.Context) (*upstream.Conn, error) {
-		c, err := upstream.Dial(ctx, cfg)
+		c, err := upstream.DialLogin(ctx, cfg, user, user+"pass")
 		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Login(ctx, user, user+"pass"); err != nil {
-			c.Close()
 			return nil, err
 		}
 		if noIdle && c.Caps().Has("IDLE") {

@@ -29,15 +29,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 	}
 	cfg := &upstream.Config{Addr: up.Addr}
 	dial := func(ctx context.Context) (*upstream.Conn, error) {
-		c, err := upstream.Dial(ctx, cfg)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Login(ctx, "u", "p"); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
+		return upstream.DialLogin(ctx, cfg, "u", "p")
 	}
 	dir := t.TempDir()
 	key := hub.Key{Account: "acct", Mailbox: "INBOX"}

@@ -215,15 +215,7 @@ func (s *scriptServer) serve(c net.Conn) {
 func (s *scriptServer) dial() DialFunc {
 	cfg := &upstream.Config{Addr: s.ln.Addr().String(), Timeout: 5 * time.Second}
 	return func(ctx context.Context) (*upstream.Conn, error) {
-		c, err := upstream.Dial(ctx, cfg)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Login(ctx, "alice", "alicepass"); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
+		return upstream.DialLogin(ctx, cfg, "alice", "alicepass")
 	}
 }
 

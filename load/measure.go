@@ -31,20 +31,27 @@ var selfPID = os.Getpid()
 // 100 on every Linux architecture Go supports).
 const clockTick = 10 * time.Millisecond
 
-// procKB returns the value of a "Key:   123 kB" line of a /proc file, in
-// bytes, or 0.
-func procKB(path, key string) int64 {
+// procField returns the value of a "Key:   value" line of a /proc file
+// (key with its colon), trimmed, or "".
+func procField(path, key string) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return 0
+		return ""
 	}
 	for line := range strings.SplitSeq(string(data), "\n") {
 		if rest, ok := strings.CutPrefix(line, key); ok {
-			if f := strings.Fields(rest); len(f) > 0 {
-				v, _ := strconv.ParseInt(f[0], 10, 64)
-				return v * 1024
-			}
+			return strings.TrimSpace(rest)
 		}
+	}
+	return ""
+}
+
+// procKB returns the value of a "Key:   123 kB" line of a /proc file, in
+// bytes, or 0.
+func procKB(path, key string) int64 {
+	if f := strings.Fields(procField(path, key)); len(f) > 0 {
+		v, _ := strconv.ParseInt(f[0], 10, 64)
+		return v * 1024
 	}
 	return 0
 }

@@ -184,7 +184,7 @@ func TestSeries(t *testing.T) {
 		}
 		proxyCPUs := ""
 		if f.item == "fetch-pinned" {
-			if own := allowedCPUs(t); own != "0" {
+			if own := allowedCPUs(); own != "0" {
 				t.Logf("fetch-pinned skipped: this process may run on CPUs %q; start it under \"taskset -c 0\"", own)
 				continue
 			}
@@ -272,18 +272,7 @@ type series struct {
 
 // allowedCPUs returns the CPUs this process may run on
 // (Cpus_allowed_list), e.g. "0-1".
-func allowedCPUs(t *testing.T) string {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
-}
+func allowedCPUs() string { return procField("/proc/self/status", "Cpus_allowed_list:") }
 
 // run starts Dovecot (and the proxy, for target "proxy") with accounts
 // u00000... (passwords p00000...), runs the load with the configuration
@@ -315,11 +304,11 @@ func (s *series) run(t *testing.T, name, target string, profile dovecottest.Prof
 		cfg.Target, cfg.TargetPID, cfg.TargetMetrics = addr, pid, murl
 		notes = append(notes, "lemonproxy serve with its defaults in front of it, in a process of its own")
 		if s.proxyCPUs != "" {
-			notes = append(notes, fmt.Sprintf("the proxy on CPU %s, Dovecot and the load on CPU %s (taskset)", s.proxyCPUs, allowedCPUs(t)))
+			notes = append(notes, fmt.Sprintf("the proxy on CPU %s, Dovecot and the load on CPU %s (taskset)", s.proxyCPUs, allowedCPUs()))
 		}
 	} else {
 		notes = append(notes, "clients connected directly to Dovecot")
-		if own := allowedCPUs(t); own != "0-1" && own != "" {
+		if own := allowedCPUs(); own != "0-1" && own != "" {
 			notes = append(notes, fmt.Sprintf("Dovecot and the load on CPU %s (taskset)", own))
 		}
 	}

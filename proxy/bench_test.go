@@ -54,15 +54,7 @@ func benchFanOut(b *testing.B, kind string, n int) {
 	}
 	defer srv.Shutdown(context.Background())
 	dial := func(ctx context.Context) (*upstream.Conn, error) {
-		c, err := upstream.Dial(ctx, &srv.cfg.Upstream)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Login(ctx, "u", "p"); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
+		return upstream.DialLogin(ctx, &srv.cfg.Upstream, "u", "p")
 	}
 
 	conn := &discardConn{}

@@ -113,15 +113,7 @@ func (s *Session) catchUp(ctx context.Context, c *upstream.Conn, fresh bool) err
 // dialUpstream opens and authenticates a new upstream connection with the
 // session's credentials.
 func (s *Session) dialUpstream(ctx context.Context) (*upstream.Conn, error) {
-	c, err := upstream.Dial(ctx, &s.srv.cfg.Upstream)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := c.Login(ctx, s.user, s.pass); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
+	return upstream.DialLogin(ctx, &s.srv.cfg.Upstream, s.user, s.pass)
 }
 
 // release gives the upstream connection back to the pool after a

@@ -65,15 +65,7 @@ func (s *Session) watcherDial() hub.DialFunc {
 	cfg := &s.srv.cfg.Upstream
 	user, pass := s.user, s.pass
 	return func(ctx context.Context) (*upstream.Conn, error) {
-		c, err := upstream.Dial(ctx, cfg)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Login(ctx, user, pass); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
+		return upstream.DialLogin(ctx, cfg, user, pass)
 	}
 }
 

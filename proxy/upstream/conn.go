@@ -403,6 +403,21 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
+// DialLogin dials cfg's server and logs in as user; on a failed login the
+// connection is closed. It is what every new upstream connection of an
+// account starts with (leases, watchers).
+func DialLogin(ctx context.Context, cfg *Config, user, pass string) (*Conn, error) {
+	c, err := Dial(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Login(ctx, user, pass); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
 // Login authenticates with user and pass: AUTHENTICATE PLAIN (with SASL-IR
 // when offered) if the server offers it, else LOGIN. A rejection wraps
 // ErrAuthFailed; other failures wrap ErrUnavailable.

@@ -108,16 +108,23 @@ func TestPoolPrefersSelectedMailbox(t *testing.T) {
 	}
 }
 
+// putStubs puts n new stub connections with mailbox selected into p for
+// account, oldest first.
+func putStubs(p *Pool, account, mailbox string, n int) ([]*Conn, []*stubConn) {
+	var conns []*Conn
+	var stubs []*stubConn
+	for range n {
+		c, s := newStub(mailbox)
+		conns, stubs = append(conns, c), append(stubs, s)
+		p.Put(account, c)
+	}
+	return conns, stubs
+}
+
 func TestPoolPerAccountBound(t *testing.T) {
 	noLeaks(t)
 	p := NewPool(PoolConfig{MaxIdlePerAccount: 2, SurplusGrace: -1})
-	var conns []*Conn
-	var stubs []*stubConn
-	for range 3 {
-		c, s := newStub("")
-		conns, stubs = append(conns, c), append(stubs, s)
-		p.Put("a", c)
-	}
+	conns, stubs := putStubs(p, "a", "", 3)
 	b, sb := newStub("")
 	p.Put("b", b)
 	if p.IdleFor("a") != 2 || p.IdleFor("b") != 1 || p.Idle() != 3 {
@@ -145,13 +152,7 @@ func TestPoolPerAccountBound(t *testing.T) {
 func TestPoolSurplusGrace(t *testing.T) {
 	noLeaks(t)
 	p := NewPool(PoolConfig{MaxIdlePerAccount: 2, SurplusGrace: time.Hour})
-	var conns []*Conn
-	var stubs []*stubConn
-	for range 4 {
-		c, s := newStub("INBOX")
-		conns, stubs = append(conns, c), append(stubs, s)
-		p.Put("a", c)
-	}
+	conns, stubs := putStubs(p, "a", "INBOX", 4)
 	if p.IdleFor("a") != 4 {
 		t.Fatalf("IdleFor(a) = %d within the grace, want 4", p.IdleFor("a"))
 	}
