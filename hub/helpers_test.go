@@ -20,8 +20,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 	"github.com/lemonproxy/lemonproxy/syncstate"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 func TestMain(m *testing.M) {

@@ -33,9 +33,9 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 	"github.com/lemonproxy/lemonproxy/statestore"
 	"github.com/lemonproxy/lemonproxy/syncstate"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Config tunes the hub. Zero values select the defaults.

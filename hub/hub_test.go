@@ -13,8 +13,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 	"github.com/lemonproxy/lemonproxy/syncstate"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Watch returns only once the watcher has the mailbox's complete state.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // scriptServer is an IMAP server just capable enough for a watcher, which

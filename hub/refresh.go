@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 	"github.com/lemonproxy/lemonproxy/syncstate"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Refresh brings the state of a mailbox nobody watches up to date on a

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 func response(t *testing.T, line string) *upstream.Response {

@@ -20,11 +20,11 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/lemonproxy/lemonproxy/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"

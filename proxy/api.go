@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // This file holds what the core offers extensions that take over a command

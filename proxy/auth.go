@@ -10,7 +10,7 @@ import (
 	"github.com/emersion/go-sasl"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // The proxy holds no user database: a login succeeds exactly when the same

@@ -13,8 +13,8 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 	"github.com/lemonproxy/lemonproxy/syncstate"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // BenchmarkFanOut measures the hub's fan-out of one change to 10,000

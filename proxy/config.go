@@ -7,7 +7,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Config configures a Server. Zero values select the documented defaults.

@@ -4,7 +4,7 @@ import (
 	"context"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // An Extension adds protocol behaviour to every session. The session core

@@ -31,7 +31,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/internal/faultnet"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 const (

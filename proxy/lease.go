@@ -5,7 +5,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // checkAfter is how long a pooled connection may sit unused before it is

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/hub"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 	"github.com/lemonproxy/lemonproxy/syncstate"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // This file holds what the core offers extensions about mailboxes: the

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // pooledProxy starts memupstream with alice (one message) and bob (none)

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // errClientStream means the client's response stream was cut in the middle

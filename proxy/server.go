@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/hub"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Version is the proxy's version, set by the build.

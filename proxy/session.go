@@ -18,7 +18,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Session is one client connection.

@@ -27,12 +27,12 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/lemonproxy/lemonproxy/accountwatch"
 	"github.com/lemonproxy/lemonproxy/conformance"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/listen"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"

@@ -19,7 +19,7 @@ import (
 
 	"github.com/klauspost/compress/flate"
 
-	"github.com/lemonproxy/lemonproxy/extensions/compress/deflate"
+	"github.com/lemonproxy/lemonproxy/internal/deflate"
 )
 
 // burstWriter is a compressor under test: Write a burst, then Flush.

@@ -34,10 +34,10 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"github.com/lemonproxy/lemonproxy/extensions/compress/deflate"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/deflate"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Extension implements COMPRESS=DEFLATE. The zero value is ready to use.

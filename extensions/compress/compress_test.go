@@ -11,8 +11,8 @@ import (
 
 	"github.com/klauspost/compress/flate"
 
-	"github.com/lemonproxy/lemonproxy/extensions/compress/deflate"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/deflate"
 )
 
 func hasCap(lines []string, c string) bool {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/klauspost/compress/flate"
 
-	"github.com/lemonproxy/lemonproxy/extensions/compress/deflate"
+	"github.com/lemonproxy/lemonproxy/internal/deflate"
 )
 
 // fuzzSource hands out data in pieces whose sizes come from the fuzzer,

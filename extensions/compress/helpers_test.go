@@ -24,12 +24,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
-	"github.com/lemonproxy/lemonproxy/extensions/compress/deflate"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/deflate"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // TestMain fails the package if a test leaves a goroutine behind.

@@ -26,10 +26,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/lemonproxy/lemonproxy/accountwatch"
+	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Config tunes NOTIFY.

@@ -8,10 +8,10 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"go.uber.org/goleak"
 
-	"github.com/lemonproxy/lemonproxy/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"

@@ -17,13 +17,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lemonproxy/lemonproxy/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Environment variables that tune BenchmarkNotify.

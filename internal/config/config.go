@@ -18,7 +18,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Settings are the values an operator sets. The toml keys are the flag

@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 func newFlagSet() *flag.FlagSet {

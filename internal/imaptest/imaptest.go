@@ -15,7 +15,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // IOTimeout bounds every read and write of a Client.

@@ -19,7 +19,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 var profiles = []dovecottest.Profile{dovecottest.Full, dovecottest.Legacy, dovecottest.LegacyNoIdle}

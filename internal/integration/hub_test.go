@@ -28,8 +28,8 @@ import (
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
 	"github.com/lemonproxy/lemonproxy/syncstate"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // pushBudget is how long a change made directly on the upstream may take to

@@ -11,7 +11,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/internal/listen"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // serveWith starts a proxy on a PROXY-protocol listener trusting trusted.

@@ -15,7 +15,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/internal/faultnet"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
-	"github.com/lemonproxy/lemonproxy/proxy/upstream"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

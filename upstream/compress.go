@@ -8,8 +8,8 @@ import (
 	"net"
 	"strings"
 
-	"github.com/lemonproxy/lemonproxy/extensions/compress/deflate"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/deflate"
 )
 
 // CompressPolicy says when the proxy compresses its connections to the

@@ -1,0 +1,69 @@
+package accountwatch
+
+import (
+	"slices"
+	"strings"
+)
+
+// diff compares two polls. A mailbox that disappeared while one with the
+// same UIDVALIDITY (and hierarchy delimiter) appeared is taken as renamed:
+// servers keep a mailbox's UIDVALIDITY across RENAME.
+func diff(old, next map[string]Mailbox) []Event {
+	var evs []Event
+	var gone, added []Mailbox
+	for name, o := range old {
+		if _, ok := next[name]; !ok {
+			gone = append(gone, o)
+		}
+	}
+	for name, n := range next {
+		if _, ok := old[name]; !ok {
+			added = append(added, n)
+		}
+	}
+	byName := func(a, b Mailbox) int { return strings.Compare(a.Name, b.Name) }
+	slices.SortFunc(gone, byName)
+	slices.SortFunc(added, byName)
+	for _, g := range gone {
+		i := slices.IndexFunc(added, func(a Mailbox) bool {
+			return g.Status.UIDValidity != 0 && a.Status.UIDValidity == g.Status.UIDValidity && a.Delim == g.Delim
+		})
+		if i < 0 {
+			evs = append(evs, Event{Kind: Deleted, Mailbox: g})
+			continue
+		}
+		evs = append(evs, Event{Kind: Renamed, Mailbox: added[i], OldName: g.Name})
+		added = slices.Delete(added, i, i+1)
+	}
+	for _, a := range added {
+		evs = append(evs, Event{Kind: Created, Mailbox: a})
+		if a.Subscribed {
+			evs = append(evs, Event{Kind: Subscribed, Mailbox: a})
+		}
+	}
+	names := make([]string, 0, len(next))
+	for name := range next {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		n := next[name]
+		o, ok := old[name]
+		if !ok {
+			continue
+		}
+		switch {
+		case n.Subscribed && !o.Subscribed:
+			evs = append(evs, Event{Kind: Subscribed, Mailbox: n})
+		case !n.Subscribed && o.Subscribed:
+			evs = append(evs, Event{Kind: Unsubscribed, Mailbox: n})
+		}
+		switch a, b := o.Status, n.Status; {
+		case a.Messages != b.Messages || a.UIDNext != b.UIDNext || a.UIDValidity != b.UIDValidity:
+			evs = append(evs, Event{Kind: Messages, Mailbox: n})
+		case a.Unseen != b.Unseen || a.UpModSeq != b.UpModSeq:
+			evs = append(evs, Event{Kind: Flags, Mailbox: n})
+		}
+	}
+	return evs
+}
