@@ -17,7 +17,8 @@ import (
 // credentials log in to the upstream. That first upstream connection then
 // joins the account's pool.
 
-func (s *Session) cmdLogin(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdLogin(ctx context.Context, x *Exchange) error {
+	cmd := x.cmd
 	args, err := cmd.Args.Values()
 	if err != nil || len(args) != 2 {
 		return s.WriteStatus(cmd.Tag, "BAD", "", "LOGIN needs a user name and a password.")
@@ -33,7 +34,8 @@ func (s *Session) cmdLogin(ctx context.Context, cmd *imapcodec.Command) error {
 	return s.authenticate(ctx, cmd.Tag, user, pass)
 }
 
-func (s *Session) cmdAuthenticate(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdAuthenticate(ctx context.Context, x *Exchange) error {
+	cmd := x.cmd
 	if err := cmd.Args.SP(); err != nil {
 		return s.WriteStatus(cmd.Tag, "BAD", "", "AUTHENTICATE needs a mechanism name.")
 	}
@@ -74,7 +76,7 @@ func (s *Session) cmdAuthenticate(ctx context.Context, cmd *imapcodec.Command) e
 	for {
 		if !hasIR {
 			s.Write([]byte("+ \r\n"))
-			line, lit, err := s.ReadLine(s.cfg.PreAuthTimeout)
+			line, lit, err := s.readLineWithin(s.cfg.PreAuthTimeout)
 			if err != nil {
 				return err
 			}

@@ -71,7 +71,7 @@ func benchFanOut(b *testing.B, kind string, n int) {
 		snap := m.state.Snapshot()
 		m.view, m.pos = snap.UIDs, snap.Highest
 		s.mbox, s.state = m, StateSelected
-		s.SetIdling(true)
+		s.SetUpdates(UpdatesAll)
 		sessions[i] = s
 	}
 	sub := sessions[0].mbox.sub
@@ -96,7 +96,7 @@ func benchFanOut(b *testing.B, kind string, n int) {
 		conn.written.Store(0)
 		sub.Apply(c) // the hub: state change, then notify every session
 		for _, s := range sessions {
-			if err := s.DeliverChanges(); err != nil {
+			if err := s.PushNow(); err != nil {
 				b.Fatal(err)
 			}
 		}

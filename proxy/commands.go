@@ -18,7 +18,7 @@ type coreCommand struct {
 	// preAuthOnly restricts the command to the not-authenticated state
 	// (maxState cannot say so: its zero value means no bound).
 	preAuthOnly bool
-	handle      func(s *Session, ctx context.Context, cmd *imapcodec.Command) error
+	handle      func(s *Session, ctx context.Context, x *Exchange) error
 }
 
 var coreCommands map[string]coreCommand
@@ -102,68 +102,71 @@ func relayableCaps(up upstream.Caps) []string {
 	return out
 }
 
-func (s *Session) cmdCapability(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdCapability(ctx context.Context, x *Exchange) error {
+	cmd := x.cmd
 	if !cmd.Args.AtEnd() {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "CAPABILITY takes no arguments.")
+		return x.done("BAD", "", "CAPABILITY takes no arguments.")
 	}
 	s.Write([]byte("* CAPABILITY " + strings.Join(s.capabilities(), " ") + "\r\n"))
-	return s.WriteStatus(cmd.Tag, "OK", "", "Capability completed.")
+	return x.done("OK", "", "Capability completed.")
 }
 
 // cmdNoop answers NOOP. In the selected state it asks the hub's watcher to
 // check the upstream now and reports what changed; otherwise there is
 // nothing to learn.
-func (s *Session) cmdNoop(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdNoop(ctx context.Context, x *Exchange) error {
 	if s.mbox != nil {
-		s.SyncMailbox(ctx, syncTimeout)
-		if err := s.deliver(true); err != nil {
+		s.syncMailbox(ctx, syncTimeout)
+		if _, err := s.deliver(x, true); err != nil {
 			return err
 		}
 	}
-	return s.WriteStatus(cmd.Tag, "OK", "", "NOOP completed.")
+	return x.done("OK", "", "NOOP completed.")
 }
 
-func (s *Session) cmdLogout(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdLogout(ctx context.Context, x *Exchange) error {
 	s.Write([]byte("* BYE Logging out\r\n"))
-	s.WriteStatus(cmd.Tag, "OK", "", "Logout completed.")
+	x.done("OK", "", "Logout completed.")
 	s.Flush()
 	s.byeOnce.Do(func() {}) // the BYE has been sent
 	s.setState(StateLogout)
 	return nil
 }
 
-func (s *Session) cmdID(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdID(ctx context.Context, x *Exchange) error {
 	if s.state != StateNotAuthenticated && s.upCaps.Has("ID") {
-		return s.relaySimple(ctx, cmd)
+		return s.relayWhole(ctx, x)
 	}
 	s.Write([]byte(`* ID ("name" "lemonproxy" "version" ` + string(imapcodec.AppendQuoted(nil, Version)) + ")\r\n"))
-	return s.WriteStatus(cmd.Tag, "OK", "", "ID completed.")
+	return x.done("OK", "", "ID completed.")
 }
 
-func (s *Session) cmdStartTLS(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdStartTLS(ctx context.Context, x *Exchange) error {
+	cmd := x.cmd
 	if !cmd.Args.AtEnd() {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "STARTTLS takes no arguments.")
+		return x.done("BAD", "", "STARTTLS takes no arguments.")
 	}
 	if !s.canStartTLS() {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "STARTTLS not available.")
+		return x.done("BAD", "", "STARTTLS not available.")
 	}
-	s.WriteStatus(cmd.Tag, "OK", "", "Begin TLS negotiation now.")
+	x.done("OK", "", "Begin TLS negotiation now.")
 	if err := s.Flush(); err != nil {
 		return err
 	}
 	return s.starttls()
 }
 
-func (s *Session) cmdEnable(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdEnable(ctx context.Context, x *Exchange) error {
+	cmd := x.cmd
 	args, err := cmd.Args.Values()
 	if err != nil || len(args) == 0 {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "ENABLE needs at least one capability name.")
+		return x.done("BAD", "", "ENABLE needs at least one capability name.")
 	}
 	var enabled []string
 	for _, a := range args {
 		name, ok := a.(imapcodec.Atom)
 		if !ok {
-			return s.WriteStatus(cmd.Tag, "BAD", "", "ENABLE takes atoms.")
+			return x.done("BAD", "", "ENABLE takes atoms.")
 		}
 		up := strings.ToUpper(string(name))
 		if s.enabled[up] {
@@ -182,7 +185,7 @@ func (s *Session) cmdEnable(ctx context.Context, cmd *imapcodec.Command) error {
 		line += " " + n
 	}
 	s.Write([]byte(line + "\r\n"))
-	return s.WriteStatus(cmd.Tag, "OK", "", "Enabled.")
+	return x.done("OK", "", "Enabled.")
 }
 
 // cmdSelect relays SELECT and EXAMINE, arguments untouched, and subscribes
@@ -190,7 +193,8 @@ func (s *Session) cmdEnable(ctx context.Context, cmd *imapcodec.Command) error {
 // mailbox is the hub's state at that moment; the upstream's EXISTS and
 // [UNSEEN] are rewritten to match it, so the client's sequence numbers are
 // the session's from the first response on.
-func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
+	cmd := x.cmd
 	var v imapcodec.Value
 	err := cmd.Args.SP()
 	if err == nil {
@@ -198,12 +202,12 @@ func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 	}
 	mailbox, ok := imapcodec.AsString(v)
 	if err != nil || !ok {
-		return s.WriteStatus(cmd.Tag, "BAD", "", cmd.Name+" needs a mailbox name.")
+		return x.done("BAD", "", cmd.Name+" needs a mailbox name.")
 	}
 	segs := cmd.Segments
 	params, err := s.selectParams(cmd)
 	if err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", sentence(err.Error())+".")
+		return x.done("BAD", "", sentence(err.Error())+".")
 	}
 	if params != nil {
 		// The parameters are the extensions'; the upstream gets a plain
@@ -226,9 +230,10 @@ func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 	}
 	up.Selected = ""
 	var collected []*Response
-	s.collect = &collected
-	head, err := s.relayCommand(ctx, up, cmd.Tag, segs)
-	s.collect = nil
+	x.Segments = segs
+	x.collect = &collected
+	head, err := s.relayCommand(up, x)
+	x.collect = nil
 	if err != nil {
 		return err
 	}
@@ -241,7 +246,7 @@ func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 		for _, r := range collected {
 			s.writeResponse(r)
 		}
-		return s.writeTagged(cmd.Tag, "", head)
+		return s.writeTagged(x, head)
 	}
 	readOnly := cmd.Name == "EXAMINE" || head.Code == "READ-ONLY"
 	up.Selected, up.ReadOnly = mailbox, readOnly
@@ -251,7 +256,7 @@ func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 	sub, err := s.srv.hub.Watch(ctx, hub.Key{Account: s.account, Mailbox: mailbox}, s.watcherDial(), s.notify(m))
 	if err != nil {
 		s.log.Warn("cannot watch mailbox", "mailbox", mailbox, "err", err)
-		return s.WriteStatus(cmd.Tag, "NO", "UNAVAILABLE", "Cannot open the mailbox now; try again later.")
+		return x.done("NO", "UNAVAILABLE", "Cannot open the mailbox now; try again later.")
 	}
 	m.sub, m.state = sub, sub.State()
 	// The watcher may have been running for other sessions and not have
@@ -285,7 +290,7 @@ func (s *Session) cmdSelect(ctx context.Context, cmd *imapcodec.Command) error {
 			return err
 		}
 	}
-	return s.writeTagged(cmd.Tag, "", head)
+	return s.writeTagged(x, head)
 }
 
 // selectParams parses the parameter list of SELECT or EXAMINE (RFC 4466
@@ -348,26 +353,27 @@ func selectCommand(tag, name, mailbox string) []imapcodec.Segment {
 
 // cmdClose handles CLOSE (relayed: it expunges) and UNSELECT (answered by
 // the proxy: the session holds no upstream connection to unselect).
-func (s *Session) cmdClose(ctx context.Context, cmd *imapcodec.Command) error {
+func (s *Session) cmdClose(ctx context.Context, x *Exchange) error {
+	cmd := x.cmd
 	if !cmd.Args.AtEnd() {
-		return s.WriteStatus(cmd.Tag, "BAD", "", cmd.Name+" takes no arguments.")
+		return x.done("BAD", "", cmd.Name+" takes no arguments.")
 	}
 	if cmd.Name == "UNSELECT" {
 		s.setState(StateAuthenticated)
-		return s.WriteStatus(cmd.Tag, "OK", "", "Unselect completed.")
+		return x.done("OK", "", "Unselect completed.")
 	}
 	if s.mbox.readOnly {
 		// CLOSE of a read-only mailbox expunges nothing (RFC 3501 6.4.2).
 		s.setState(StateAuthenticated)
-		return s.WriteStatus(cmd.Tag, "OK", "", "Close completed.")
+		return x.done("OK", "", "Close completed.")
 	}
-	up, err := s.Upstream(ctx)
+	up, err := s.upstreamConn(ctx)
 	if err != nil {
 		return s.upstreamUnavailable(cmd.Tag, err)
 	}
 	m := s.mbox
 	s.mbox = nil // CLOSE sends no EXPUNGE responses: nothing to translate or deliver
-	head, err := s.relayCommand(ctx, up, cmd.Tag, cmd.Segments)
+	head, err := s.relayCommand(up, x)
 	s.mbox = m
 	if err != nil {
 		return err
@@ -378,6 +384,14 @@ func (s *Session) cmdClose(ctx context.Context, cmd *imapcodec.Command) error {
 	}
 	s.release()
 	return nil
+}
+
+// done writes the tagged answer of a command the core answers itself.
+// Unlike Reply it reports no mailbox changes: the core's own commands that
+// may do so (NOOP) do it themselves.
+func (x *Exchange) done(status, code, text string) error {
+	x.status, x.answered = status, true
+	return x.s.WriteStatus(x.Tag, status, code, text)
 }
 
 func sortedStrings(l []string) []string {

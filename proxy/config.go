@@ -15,7 +15,7 @@ import (
 // Server.Reload may change some fields while the server runs (see
 // Server.Reload for which); the others are fixed when the server starts.
 type Config struct {
-	// Upstream says how to reach the real IMAP server.
+	// upstreamConn says how to reach the real IMAP server.
 	Upstream upstream.Config
 	// Pool bounds the idle upstream connections kept for reuse.
 	Pool upstream.PoolConfig

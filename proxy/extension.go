@@ -8,17 +8,36 @@ import (
 )
 
 // An Extension adds protocol behaviour to every session. The session core
-// knows no extension by name: it asks each registered extension, in order,
-// for its capability words, its commands, the ENABLE names it accepts and
-// what it wants to do with relayed responses, through the optional
-// interfaces below. An extension implements only those it needs.
+// knows no extension by name: it finds out what an extension does from the
+// optional interfaces below, each one stage of a session's life with one
+// contract, and calls every extension that implements it.
 //
-// The model is a CoreDNS plugin or a Caddy module: everything about NOTIFY,
-// say, lives in one package under extensions/ and is wired in by adding it to
-// Config.Extensions.
+// Order. Config.Extensions is the chain, outermost first, as CoreDNS's
+// plugin.cfg: where several extensions implement the same interface they
+// are called in that order (a command passes through the CommandHandlers
+// in it, each ResponseFilter sees what the one before it returned, the
+// FETCH items of ChangeReporters appear in it). The order is one list,
+// written down once (extensions.Chain), never the accident of registration.
+//
+// The model is CoreDNS's plugins for the chain and Caddy's modules for the
+// lifecycle: everything about NOTIFY, say, lives in one package under
+// extensions/ and is wired in by its place in the chain.
 type Extension interface {
-	// Name identifies the extension in logs and metrics.
+	// Name identifies the extension in logs, metrics and errors.
 	Name() string
+}
+
+// Provisioner is given, once, when the server is built, the services the
+// core offers extensions beyond the session they are called for: the
+// mailbox service (state, watchers and refreshes of any mailbox of an
+// account). An error stops NewServer.
+type Provisioner interface {
+	Provision(svc Services) error
+}
+
+// Services are what Provisioner receives.
+type Services struct {
+	Mailboxes *MailboxService
 }
 
 // CapabilityProvider adds capability words to CAPABILITY responses. up holds
@@ -28,27 +47,47 @@ type CapabilityProvider interface {
 	Capabilities(state State, up upstream.Caps) []string
 }
 
-// CommandHandler implements client commands. Commands returns the upper-cased
-// names it handles ("IDLE", "UID FETCH"); the first extension to claim a name
-// wins. Handle is called with the whole command read (literals included, up to
-// the inline literal limit); it must write the tagged response itself.
+// CommandHandler is a link of the command chain. Commands names the
+// commands it sees (upper case; "UID FETCH" is its own name). For each
+// such command the core makes an Exchange and passes it down the chain:
+// each handler may
+//   - answer the command itself (x.Reply, and any untagged responses
+//     before it) and return without calling next;
+//   - change the command on its way upstream (x.Segments), filter the
+//     untagged answers (x.Filter) or the tagged one (x.OnTagged), then call
+//     next;
+//   - look at the outcome after next returned (x.Status).
+//
+// The end of the chain is the core: its own commands (SELECT, NOOP...) or
+// the relay to the upstream. In the selected state commands with sequence
+// numbers reach the chain already in their UID form (x.Segments), with
+// x.Name still what the client sent.
+//
+// APPEND is streamed from client to upstream (x.Streamed): its segments
+// hold only the first line and must not be changed. Every other command is
+// read whole first, up to the inline literal limit.
 //
 // A returned error ends the session (after a BYE if the client is still
 // there); protocol-level failures are answered with NO or BAD instead.
 type CommandHandler interface {
 	Commands() []string
-	Handle(ctx context.Context, s *Session, cmd *imapcodec.Command) error
+	ServeCommand(ctx context.Context, x *Exchange, next Next) error
 }
 
+// Next passes an exchange on down the command chain.
+type Next func(ctx context.Context, x *Exchange) error
+
 // Enabler accepts names of the ENABLE command (RFC 5161). Enable is called for
-// each name the client asks for; it returns true if the name is now enabled,
-// and then the session lists it in its untagged ENABLED response.
+// each name the client asks for, in chain order until one accepts it; it
+// returns true if the name is now enabled, and then the session lists it in
+// its untagged ENABLED response.
 type Enabler interface {
 	Enable(s *Session, name string) bool
 }
 
 // ResponseFilter sees every untagged response relayed from the upstream
-// before the client does. It may return resp unchanged, a replacement, or nil
+// before the client does, after the core's own rewriting and the current
+// exchange's filters. It may return resp unchanged, a replacement, or nil
 // to drop it. When resp.Streamed is true the response carries a literal too
 // large to hold in memory; only its first segment is present and the filter
 // must return it unchanged or nil.
@@ -56,13 +95,59 @@ type ResponseFilter interface {
 	FilterResponse(s *Session, resp *Response) *Response
 }
 
-// SessionHook is told when sessions change state, so an extension can set up
-// and release per-session resources.
+// SessionHook follows a session's life, so an extension can set up and
+// release per-session resources and push what it has queued.
 type SessionHook interface {
 	// StateChanged is called after the session entered state.
 	StateChanged(s *Session, state State)
 	// SessionClosed is called once, when the session ends.
 	SessionClosed(s *Session)
+	// Push writes what the extension has queued for the session (NOTIFY's
+	// events). The core calls it, on the session's goroutine, whenever the
+	// session may send unsolicited responses after the extension called
+	// Session.Wake: between commands and during IDLE.
+	Push(s *Session) error
+}
+
+// SelectHook implements SELECT and EXAMINE parameters (RFC 4466 2.4, such
+// as CONDSTORE and QRESYNC) and is told around the mailbox switch.
+//
+// SelectParam is called for each parameter named by SelectParams, before
+// the upstream sees the command (which never gets the parameters: it gets a
+// plain SELECT); arg is nil when the parameter has no value. Its result is
+// what SelectOpened gets under the parameter's name; an error is answered
+// with BAD and the selected mailbox stays as it was. SelectClosing is called
+// when the command closes a mailbox the client had selected, before any of
+// the new mailbox's responses; SelectOpened after the new mailbox's untagged
+// responses and before the tagged OK, so it may add responses of its own.
+type SelectHook interface {
+	SelectParams() []string
+	SelectParam(s *Session, name string, arg imapcodec.List) (any, error)
+	SelectClosing(s *Session)
+	SelectOpened(s *Session, params map[string]any) error
+}
+
+// ChangeReporter shapes what a session reports about its selected mailbox:
+// every FETCH response the session sends (relayed answers and unsolicited
+// flag changes) and expunges. Several compose: items are joined in chain
+// order, the first reporter to report expunges reports them, and every
+// reporter's held-expunge response is sent.
+type ChangeReporter interface {
+	// FetchItems returns data items to add after the UID item of a FETCH
+	// response about uid (for example "MODSEQ (12)"), or nil; unsolicited
+	// is true for the core's own reports of flag changes. A non-nil
+	// result, even empty, keeps the UID item even if the client did not
+	// ask for it. The answers to STORE .SILENT are reported with UID and
+	// these items when there are any.
+	FetchItems(s *Session, uid uint32, unsolicited bool) []byte
+	// ReportExpunged appends its own report of expunged messages (UIDs
+	// and the client's sequence numbers, in descending sequence order) to
+	// b and returns true, or returns false to let the next reporter or
+	// the core (EXPUNGE) report them.
+	ReportExpunged(s *Session, b []byte, uids, seqs []uint32) ([]byte, bool)
+	// ExpungesHeld is called when expunges must wait (during FETCH, STORE
+	// and SEARCH); it returns a response to send now, or nil.
+	ExpungesHeld(s *Session) []byte
 }
 
 // Response is an untagged response on its way from the upstream to a client.
@@ -96,99 +181,4 @@ func (s State) String() string {
 		return "logout"
 	}
 	return "unknown"
-}
-
-// SelectParamHandler implements parameters of SELECT and EXAMINE (RFC 4466
-// 2.4), such as CONDSTORE and QRESYNC. The core parses the parameter list;
-// each parameter is an atom, optionally followed by a parenthesised value
-// (arg is nil when there is none). SelectParam is called before the
-// upstream sees the command and returns what SelectHook.SelectOpened will
-// get for the parameter; an error is answered with BAD and the selected
-// mailbox stays as it was. Parameters are never relayed: the upstream gets
-// a plain SELECT.
-type SelectParamHandler interface {
-	SelectParams() []string
-	SelectParam(s *Session, name string, arg imapcodec.List) (any, error)
-}
-
-// SelectHook is told around SELECT and EXAMINE. SelectClosing is called when
-// the command closes a mailbox the client had selected (before any of the
-// new mailbox's responses); SelectOpened after the new mailbox's untagged
-// responses were written and before the tagged OK, so it may add responses
-// of its own (RFC 7162's HIGHESTMODSEQ, VANISHED (EARLIER), FETCH). params
-// holds what SelectParam returned, by parameter name.
-type SelectHook interface {
-	SelectClosing(s *Session)
-	SelectOpened(s *Session, params map[string]any) error
-}
-
-// CommandRewriter changes client commands before they are relayed. It sees
-// the commands named by RewriteCommands (the client's names, "FETCH",
-// "UID FETCH", "STATUS"...) in the authenticated and selected states, read
-// whole, and in the selected state already translated into their UID form.
-// It may change c.Segments, answer the command itself (c.Answer), set the
-// code of the tagged OK (c.OKCode) and keep per-command data in c.Data for
-// its ResponseFilter (see Session.Relayed). An error is answered with BAD
-// and the command is not relayed.
-type CommandRewriter interface {
-	RewriteCommands() []string
-	RewriteCommand(s *Session, c *Relayed) error
-}
-
-// ChangeReporter shapes what a session reports about its selected mailbox:
-// every FETCH response the session sends (relayed answers and unsolicited
-// flag changes) and expunges.
-type ChangeReporter interface {
-	// FetchItems returns data items to add after the UID item of a FETCH
-	// response about uid (for example "MODSEQ (12)"), or nil. When it
-	// returns items the UID item is kept even if the client did not ask
-	// for it, and the answers to STORE .SILENT are reported with UID and
-	// these items alone.
-	FetchItems(s *Session, uid uint32) []byte
-	// ReportExpunged appends its own report of expunged messages (UIDs
-	// and the client's sequence numbers, in descending sequence order) to
-	// b and returns true, or returns false to let the core send EXPUNGE.
-	ReportExpunged(s *Session, b []byte, uids, seqs []uint32) ([]byte, bool)
-	// ExpungesHeld is called when expunges must wait (during FETCH, STORE
-	// and SEARCH); it returns a response to send now, or nil.
-	ExpungesHeld(s *Session) []byte
-}
-
-// Relayed is a client command on its way upstream, for CommandRewriter.
-type Relayed struct {
-	Tag  string
-	Name string // the client's command name, upper case
-	// Segments is what will be sent upstream, the tag included.
-	Segments []imapcodec.Segment
-	// Answer, when set by a rewriter, is the tagged response: the command
-	// is not relayed, and the core reports mailbox changes before it as
-	// after any command.
-	Answer *imapcodec.ResponseHead
-	// OKCode replaces the response code of the tagged OK (for example
-	// "MODIFIED 7,9").
-	OKCode string
-	// OKCodeFunc, if set and OKCode is not, gives the code of the tagged
-	// OK, computed after the command's own changes were reported to the
-	// client (QRESYNC's HIGHESTMODSEQ after EXPUNGE); "" keeps the
-	// upstream's.
-	OKCodeFunc func() string
-	// Data is the rewriter's own, for its response filter.
-	Data any
-}
-
-// Pusher sends what an extension has queued for a session (NOTIFY's
-// events) whenever the session may send unsolicited responses: between
-// commands and during IDLE. The extension calls Session.Wake when it has
-// something; Push runs on the session's goroutine.
-type Pusher interface {
-	Push(s *Session) error
-}
-
-// CommandObserver is told of every relayed command once it has been
-// answered: its name, the text of its first line (the tag included), and
-// the status of the tagged response ("OK", "NO", "BAD", or "" if the
-// command failed without one). NOTIFY uses it to learn of changes a session
-// made itself.
-type CommandObserver interface {
-	CommandDone(s *Session, name string, line []byte, status string)
 }

@@ -14,14 +14,14 @@ import (
 // client's own command would cost that command.
 const checkAfter = 30 * time.Second
 
-// Upstream returns the session's upstream connection, leasing one from the
+// upstreamConn returns the session's upstream connection, leasing one from the
 // account's pool (or dialling and logging in) if the session holds none, and
 // bringing it into the session's state: no mailbox selected in the
 // authenticated state, the session's mailbox in the selected state.
 //
 // The session keeps the lease until release, which the core calls after
 // every command.
-func (s *Session) Upstream(ctx context.Context) (*upstream.Conn, error) {
+func (s *Session) upstreamConn(ctx context.Context) (*upstream.Conn, error) {
 	return s.lease(ctx, true)
 }
 

@@ -7,12 +7,14 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/hub"
+	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // This file holds what the core offers extensions about mailboxes: the
-// selected mailbox as the client knows it, and the hub's state of any other.
+// selected mailbox as the client knows it, and, through the MailboxService
+// every Provisioner gets, the hub's state of any mailbox of an account.
 
 // Mailbox is an extension's view of the session's selected mailbox.
 type Mailbox struct{ m *selectedMailbox }
@@ -40,114 +42,140 @@ func (m *Mailbox) UIDs() []uint32 { return m.m.view }
 
 // SeqOf returns the client's sequence number of uid, or 0 if the client
 // does not know the message.
-func (m *Mailbox) SeqOf(uid uint32) uint32 { return m.m.seqOf(uid) }
+func (m *Mailbox) SeqOf(uid uint32) uint32 { return m.m.view.seqOf(uid) }
+
+// UIDOf returns the UID of the client's sequence number seq, or 0.
+func (m *Mailbox) UIDOf(seq uint32) uint32 { return m.m.view.uidOf(seq) }
 
 // ModSeq returns the mod-sequence up to which the client has been told of
 // every change.
 func (m *Mailbox) ModSeq() uint64 { return m.m.pos }
 
+// Sync asks the hub's watcher to check the upstream now, waiting at most
+// timeout, so that the state includes everything the upstream knows
+// (before a conditional STORE, say).
+func (m *Mailbox) Sync(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return m.m.sub.Sync(ctx)
+}
+
 // SetEnabled marks an extension as enabled for the session without an
 // ENABLE command (RFC 7162's CONDSTORE-enabling commands do this).
 func (s *Session) SetEnabled(name string) { s.enabled[strings.ToUpper(name)] = true }
 
-// Relayed returns the command being relayed, as the rewriters left it, or
-// nil.
-func (s *Session) Relayed() *Relayed { return s.cmd }
+// An Account is an authenticated upstream identity as an extension may
+// keep it beyond one command: its name (the key of the pool, the hub and
+// every per-account structure) and what opens connections logged in as it.
+// It holds the credentials, not the session.
+type Account struct {
+	Name string
+	dial hub.DialFunc
+}
 
-// MailboxState returns the hub's state of a mailbox of the session's
-// account, up to date with the upstream, whether or not the session has it
-// selected. The caller must call release when done; the hub keeps the
-// mailbox watched for its grace period after that, so asking again soon is
-// cheap.
-func (s *Session) MailboxState(ctx context.Context, name string) (st *syncstate.Mailbox, release func(), err error) {
-	if strings.EqualFold(name, "INBOX") {
-		name = "INBOX"
+// Dial opens a new upstream connection logged in as the account, for an
+// extension's own long-lived connection (NOTIFY's account watcher).
+func (a Account) Dial(ctx context.Context) (*upstream.Conn, error) {
+	if a.dial == nil {
+		return nil, errors.New("proxy: not authenticated")
 	}
-	sub, err := s.srv.hub.Watch(ctx, hub.Key{Account: s.account, Mailbox: name}, s.watcherDial(), func() {})
+	return a.dial(ctx)
+}
+
+// UpstreamAccount returns the session's authenticated upstream identity
+// (its Name is empty before login).
+func (s *Session) UpstreamAccount() Account {
+	if s.account == "" {
+		return Account{}
+	}
+	return Account{Name: s.account, dial: s.watcherDial()}
+}
+
+// MailboxService gives extensions the hub's state of any mailbox of an
+// account, whether or not a session has it selected.
+type MailboxService struct{ hub *hub.Hub }
+
+// canonicalMailbox spells INBOX as the hub keys it.
+func canonicalMailbox(name string) string {
+	if strings.EqualFold(name, "INBOX") {
+		return "INBOX"
+	}
+	return name
+}
+
+// State returns the hub's state of a mailbox, up to date with the upstream.
+// The caller must call release when done; the hub keeps the mailbox
+// watched for its grace period after that, so asking again soon is cheap.
+func (ms *MailboxService) State(ctx context.Context, a Account, name string) (st *syncstate.Mailbox, release func(), err error) {
+	sub, err := ms.hub.Watch(ctx, hub.Key{Account: a.Name, Mailbox: canonicalMailbox(name)}, a.dial, func() {})
 	if err != nil {
 		return nil, nil, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	if err := sub.Sync(sctx); err != nil {
-		s.log.Debug("mailbox sync failed", "mailbox", name, "err", err)
-	}
+	sub.Sync(sctx) // on failure the state is as the watcher last saw it
 	return sub.State(), sub.Close, nil
 }
 
-// UpstreamDialer returns a function that opens a new upstream connection
-// logged in as the session's user, for an extension's own long-lived
-// connection (NOTIFY's account watcher). It captures the credentials, not
-// the session.
-func (s *Session) UpstreamDialer() func(ctx context.Context) (*upstream.Conn, error) {
-	return s.watcherDial()
-}
-
-// WatchMailbox subscribes to the hub's watcher of a mailbox of the
-// session's account: notify is called (from the watcher's goroutine, so it
-// must not block) whenever the mailbox's state changed. The caller must call
-// release when done.
-func (s *Session) WatchMailbox(ctx context.Context, name string, notify func()) (st *syncstate.Mailbox, release func(), err error) {
-	if strings.EqualFold(name, "INBOX") {
-		name = "INBOX"
-	}
-	sub, err := s.srv.hub.Watch(ctx, hub.Key{Account: s.account, Mailbox: name}, s.watcherDial(), notify)
+// Watch subscribes to the hub's watcher of a mailbox: notify is called
+// (from the watcher's goroutine, so it must not block) whenever the
+// mailbox's state changed. The caller must call release when done.
+func (ms *MailboxService) Watch(ctx context.Context, a Account, name string, notify func()) (st *syncstate.Mailbox, release func(), err error) {
+	sub, err := ms.hub.Watch(ctx, hub.Key{Account: a.Name, Mailbox: canonicalMailbox(name)}, a.dial, notify)
 	if err != nil {
 		return nil, nil, err
 	}
 	return sub.State(), sub.Close, nil
 }
 
-// FetchUIDs fetches data items of messages of the selected mailbox by UID
-// on a leased connection and relays the FETCH responses to the client in
-// its numbering, through the usual filters (NOTIFY's MessageNew fetch
-// attributes). An upstream failure is logged and otherwise ignored: the
-// client still has the EXISTS and can fetch itself. A returned error means
-// the client is gone.
-func (s *Session) FetchUIDs(ctx context.Context, uids, items string) error {
-	if s.mbox == nil {
-		return nil
-	}
-	up, err := s.Upstream(ctx)
+// Refresh brings the hub's state of a mailbox up to date on a connection
+// the caller lends (logged in as the account), without a watcher of its
+// own, and returns the mailbox's HIGHESTMODSEQ: NOTIFY's account watcher
+// reports the proxy's mod-sequences of every mailbox on its one connection.
+func (ms *MailboxService) Refresh(ctx context.Context, a Account, name string, c *upstream.Conn) (uint64, error) {
+	st, err := ms.hub.Refresh(ctx, hub.Key{Account: a.Name, Mailbox: canonicalMailbox(name)}, c)
 	if err != nil {
-		s.log.Warn("cannot fetch new messages for NOTIFY", "err", err)
-		return nil
+		return 0, err
+	}
+	return st.HighestModSeq(), nil
+}
+
+// Relay runs a command of the proxy's own (not the client's: command is
+// its text without tag, "UID FETCH 7:9 (ENVELOPE)") on a leased upstream
+// connection in the session's state, and relays its untagged answers to
+// the client in the client's terms, through the usual filters, as if they
+// were unsolicited (NOTIFY's MessageNew fetch attributes). Its tagged
+// answer is not relayed. An upstream failure is returned as an error that
+// is not a client failure: the client still has what it was told and can
+// ask itself. A returned error that wraps ErrClientGone means the client
+// is gone.
+func (s *Session) Relay(ctx context.Context, command string) error {
+	cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte("proxy " + command)}}, s.cfg.Limits)
+	if err != nil {
+		return err
+	}
+	x := s.newExchange(cmd, false)
+	up, err := s.lease(ctx, true)
+	if err != nil {
+		return err
 	}
 	defer s.release()
-	tag := up.NextTag()
+	upTag := up.NextTag()
 	w := up.Writer()
 	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
-	w.WriteString(tag + " UID FETCH " + uids + " " + items + "\r\n")
+	w.WriteString(upTag + " " + command + "\r\n")
 	if err := w.Flush(); err != nil {
 		up.MarkBroken()
-		s.log.Warn("cannot fetch new messages for NOTIFY", "err", err)
-		return nil
+		return err
 	}
-	if _, err := s.RelayResponses(up, tag, s.srv.cfg.Upstream.Timeout, nil); err != nil {
-		if errors.As(err, new(*writeError)) {
-			return err
+	if _, err := s.readResponses(x, up, upTag, nil); err != nil {
+		if errors.As(err, new(*writeError)) || errors.Is(err, errClientStream) {
+			return errors.Join(ErrClientGone, err)
 		}
-		s.log.Warn("cannot fetch new messages for NOTIFY", "err", err)
+		return err
 	}
 	return nil
 }
 
-// MailboxRefresher returns a function that brings the hub's state of a
-// mailbox of the session's account up to date on a connection the caller
-// lends (logged in as the session's user), without a watcher of its own,
-// and returns the mailbox's HIGHESTMODSEQ: NOTIFY's account watcher reports
-// the proxy's mod-sequences of every mailbox on its one connection. It
-// captures the account, not the session.
-func (s *Session) MailboxRefresher() func(ctx context.Context, mailbox string, c *upstream.Conn) (uint64, error) {
-	h, account := s.srv.hub, s.account
-	return func(ctx context.Context, mailbox string, c *upstream.Conn) (uint64, error) {
-		if strings.EqualFold(mailbox, "INBOX") {
-			mailbox = "INBOX"
-		}
-		st, err := h.Refresh(ctx, hub.Key{Account: account, Mailbox: mailbox}, c)
-		if err != nil {
-			return 0, err
-		}
-		return st.HighestModSeq(), nil
-	}
-}
+// ErrClientGone marks errors that mean the client cannot be written to.
+var ErrClientGone = errors.New("proxy: client gone")

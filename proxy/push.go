@@ -10,60 +10,83 @@ import (
 )
 
 // Pushes between commands. RFC 3501 lets a server send unsolicited
-// responses at any time, and NOTIFY (RFC 5465) relies on it: a client that
-// set NOTIFY hears of changes while it sends nothing, without IDLE. The
-// session's goroutine waits in a read of the client's next command; Wake
-// cuts that read short (the codec keeps a partially read line), the session
-// writes what is pending, and goes back to reading with the same deadline.
+// responses at any time; IDLE (RFC 2177) and NOTIFY (RFC 5465) rely on it: a
+// client hears of changes while it sends nothing. The session's goroutine
+// waits in a read of the client's next line; Wake cuts that read short (the
+// codec keeps a partially read line), the session writes what is pending,
+// and goes back to reading with the same deadline. IDLE and the wait for
+// the next command are the same wait (WaitLine); what may be pushed during
+// it is the session's Updates setting.
 
-// Modes of SetPushSelected.
+// Updates says when changes of the selected mailbox reach the client
+// outside the answers to its commands.
+type Updates int32
+
 const (
-	// PushSelectedOff reports changes of the selected mailbox only with
-	// the responses to commands (RFC 3501's rule).
-	PushSelectedOff int32 = iota
-	// PushSelectedDelayed pushes them between commands, except expunges,
-	// which wait for a command (NOTIFY's selected-delayed).
-	PushSelectedDelayed
-	// PushSelectedNow pushes them all between commands (NOTIFY's
-	// selected).
-	PushSelectedNow
+	// UpdatesWithCommands reports them only with the responses to
+	// commands (RFC 3501's rule).
+	UpdatesWithCommands Updates = iota
+	// UpdatesNoExpunge pushes them between commands too, except
+	// expunges, which wait for a command that allows them.
+	UpdatesNoExpunge
+	// UpdatesAll pushes them all as they come.
+	UpdatesAll
 )
 
-// Wake makes the session call the extensions' pushers as soon as it may:
-// at once if it waits for a command or in IDLE, else after the command
-// that runs. It is safe to call from any goroutine.
-func (s *Session) Wake() {
-	s.wake.Store(true)
-	if s.between.Load() || s.idling.Load() {
-		s.Interrupt()
-	}
-}
-
-// SetPushSelected sets how changes of the selected mailbox reach the client
-// between commands (PushSelectedOff, PushSelectedDelayed, PushSelectedNow).
-func (s *Session) SetPushSelected(mode int32) {
-	s.pushSelected.Store(mode)
-	if mode != PushSelectedOff && s.HasNews() {
+// SetUpdates sets when changes of the selected mailbox reach the client
+// (IDLE sets UpdatesAll for its length; NOTIFY sets what its selected
+// filter asks) and returns the previous setting.
+func (s *Session) SetUpdates(u Updates) Updates {
+	prev := Updates(s.updates.Swap(int32(u)))
+	if u != UpdatesWithCommands && s.hasNews() {
 		s.Wake()
 	}
+	return prev
 }
 
-// SetFetchUID makes the FETCH responses that report flag changes of the
-// selected mailbox carry the message's UID (NOTIFY's FlagChange).
-func (s *Session) SetFetchUID(on bool) { s.fetchUID = on }
+// Wake makes the session push as soon as it may: the selected mailbox's
+// changes (as Updates allows) and the extensions' queued data (see
+// SessionHook.Push), at once if it waits for its client, else after the
+// command that runs. It is safe to call from any goroutine.
+func (s *Session) Wake() {
+	s.wake.Store(true)
+	if s.between.Load() {
+		s.interrupt()
+	}
+}
 
-// DeliverPending reports the selected mailbox's changes now, for an
-// extension's Push; expunges only when allowExpunge.
-func (s *Session) DeliverPending(allowExpunge bool) error { return s.deliver(allowExpunge) }
+// interrupt wakes the session goroutine if it is blocked reading from the
+// client (the read returns a timeout error; no input is lost).
+func (s *Session) interrupt() { s.nc.SetReadDeadline(time.Unix(1, 0)) }
 
-// readCommand reads the next command line, pushing whatever is pending
-// whenever Wake interrupts the wait, until deadline.
-func (s *Session) readCommand(deadline time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
+// WaitLine waits for the next line from the client until deadline, pushing
+// what Wake asks for meanwhile, for a handler that takes over the
+// conversation (IDLE's DONE). It flushes first and holds no read buffer
+// while it waits. At the deadline it returns os.ErrDeadlineExceeded.
+func (s *Session) WaitLine(deadline time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
+	if err := s.Flush(); err != nil {
+		return nil, nil, err
+	}
+	s.r.Release() // an idling client may send nothing for half an hour
+	return s.readLine(deadline)
+}
+
+// PushNow writes at once what is pending for the client as Updates allows
+// (and whatever the extensions queued), and flushes: IDLE calls it when it
+// starts.
+func (s *Session) PushNow() error {
+	s.wake.Store(true)
+	return s.pushBetween()
+}
+
+// readLine reads the next line, pushing whatever is pending whenever Wake
+// interrupts the wait, until deadline.
+func (s *Session) readLine(deadline time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
 	for {
 		s.nc.SetReadDeadline(deadline)
 		s.between.Store(true)
 		if s.wake.Load() {
-			s.Interrupt()
+			s.interrupt()
 		}
 		line, lit, err := s.r.ReadLine()
 		s.between.Store(false)
@@ -79,17 +102,25 @@ func (s *Session) readCommand(deadline time.Time) ([]byte, *imapcodec.LiteralHea
 
 // pushBetween writes what is pending between two commands.
 func (s *Session) pushBetween() error {
-	// Only after a Wake: with expunges held back (PushSelectedDelayed) the
+	// Only after a Wake: with expunges held back (UpdatesNoExpunge) the
 	// news stay pending, and must not make the session spin.
-	if mode := s.pushSelected.Load(); mode != PushSelectedOff && s.wake.Load() && s.mbox != nil && s.mbox.news.Load() {
-		if err := s.deliver(mode == PushSelectedNow); err != nil {
+	delivered := false
+	if mode := Updates(s.updates.Load()); mode != UpdatesWithCommands && s.wake.Load() && s.mbox != nil && s.mbox.news.Load() {
+		var err error
+		if delivered, err = s.deliver(nil, mode == UpdatesAll); err != nil {
 			return err
 		}
 	}
 	if err := s.push(); err != nil {
 		return err
 	}
-	return s.Flush()
+	if err := s.Flush(); err != nil {
+		return err
+	}
+	if cb := s.srv.cfg.PushLatency; cb != nil && delivered && s.mbox != nil {
+		cb(time.Since(s.mbox.sub.LastChangeRead()), s.mbox.sub.LastChangeWait())
+	}
+	return nil
 }
 
 // push runs the extensions' pushers if Wake asked for it.
@@ -97,17 +128,10 @@ func (s *Session) push() error {
 	if !s.wake.Swap(false) {
 		return nil
 	}
-	for _, p := range s.srv.pushers {
-		if err := p.Push(s); err != nil {
+	for _, h := range s.srv.hooks {
+		if err := h.Push(s); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// observe tells the command observers that a relayed command ended.
-func (s *Session) observe(name string, line []byte) {
-	for _, o := range s.srv.observers {
-		o.CommandDone(s, name, line, s.lastTagged)
-	}
 }

@@ -28,7 +28,8 @@ func (e *upstreamError) Unwrap() error { return e.err }
 // the client to the upstream as it arrives: a 50 MB APPEND passes through
 // without being held in memory. The client's tag is replaced by one of the
 // upstream connection's own, and restored on the tagged response.
-func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapcodec.Segment) error {
+func (s *Session) relay(ctx context.Context, x *Exchange) error {
+	cmd, first := x.cmd, x.Segments[0]
 	limit := s.cfg.Limits.MaxInlineLiteral
 	if cmd.Name == "APPEND" {
 		limit = s.cfg.MaxAppendLiteral
@@ -82,7 +83,7 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 			if err := w.Flush(); err != nil {
 				return s.abandonUninvited(cmd.Tag, lit, err)
 			}
-			head, accepted, err := s.awaitContinuation(up, upTag)
+			head, accepted, err := s.awaitContinuation(x, up, upTag)
 			if accepted && !lit.NonSync {
 				s.Write(continuationLine(head))
 			}
@@ -96,7 +97,7 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 				if err := s.discardRest(lit); err != nil {
 					return err
 				}
-				s.writeTagged(cmd.Tag, upTag, head)
+				s.writeTagged(x, head)
 				s.release()
 				return nil
 			}
@@ -136,7 +137,7 @@ func (s *Session) relay(ctx context.Context, cmd *imapcodec.Command, first imapc
 	if err := w.Flush(); err != nil {
 		return s.upstreamFailed(cmd.Tag, err)
 	}
-	if _, err := s.relayResponses(ctx, up, upTag, cmd.Tag); err != nil {
+	if _, err := s.relayResponses(x, up, upTag); err != nil {
 		return s.relayFailed(cmd.Tag, err)
 	}
 	s.release()
@@ -221,7 +222,7 @@ func (s *Session) abandonUninvited(tag string, lit *imapcodec.LiteralHeader, cau
 // awaitContinuation reads upstream responses until the continuation request
 // for a synchronising literal (accepted) or the command's tagged response
 // (refused), relaying untagged responses meanwhile.
-func (s *Session) awaitContinuation(up *upstream.Conn, upTag string) (imapcodec.ResponseHead, bool, error) {
+func (s *Session) awaitContinuation(x *Exchange, up *upstream.Conn, upTag string) (imapcodec.ResponseHead, bool, error) {
 	r := up.Reader()
 	for {
 		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
@@ -241,7 +242,7 @@ func (s *Session) awaitContinuation(up *upstream.Conn, upTag string) (imapcodec.
 		case upTag:
 			return head, false, nil
 		case "*":
-			if err := s.relayUntagged(up, line, lit, head); err != nil {
+			if err := s.relayUntagged(x, up, line, lit, head); err != nil {
 				return head, false, err
 			}
 		default:
@@ -251,25 +252,27 @@ func (s *Session) awaitContinuation(up *upstream.Conn, upTag string) (imapcodec.
 	}
 }
 
-// relaySimple relays a command held whole in memory and answers from the
-// upstream's responses.
-func (s *Session) relaySimple(ctx context.Context, cmd *imapcodec.Command) error {
-	up, err := s.Upstream(ctx)
+// relayWhole relays a command held whole in memory and answers from the
+// upstream's responses: the end of the command chain for every command
+// the core relays without streaming it.
+func (s *Session) relayWhole(ctx context.Context, x *Exchange) error {
+	up, err := s.lease(ctx, s.state != StateAuthenticated || x.Name == "DELETE" || x.Name == "RENAME")
 	if err != nil {
-		return s.upstreamUnavailable(cmd.Tag, err)
+		return s.upstreamUnavailable(x.Tag, err)
 	}
-	if _, err := s.relayCommand(ctx, up, cmd.Tag, cmd.Segments); err != nil {
+	if _, err := s.relayCommand(up, x); err != nil {
 		return err
 	}
 	s.release()
 	return nil
 }
 
-// relayCommand sends a command held in memory (the client's segments, its
-// tag replaced) and relays the responses. It returns the head of the tagged
+// relayCommand sends a command held in memory (x.Segments, the client's tag
+// replaced) and relays the responses. It returns the head of the tagged
 // response. Failures are answered to the client; the error is non-nil only
 // when the session must end.
-func (s *Session) relayCommand(ctx context.Context, up *upstream.Conn, tag string, segs []imapcodec.Segment) (imapcodec.ResponseHead, error) {
+func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.ResponseHead, error) {
+	tag, segs := x.Tag, x.Segments
 	upTag := up.NextTag()
 	w := up.Writer()
 	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
@@ -291,12 +294,12 @@ func (s *Session) relayCommand(ctx context.Context, up *upstream.Conn, tag strin
 			if err := w.Flush(); err != nil {
 				return imapcodec.ResponseHead{}, s.upstreamFailed(tag, err)
 			}
-			head, ok, err := s.awaitContinuation(up, upTag)
+			head, ok, err := s.awaitContinuation(x, up, upTag)
 			if err != nil {
 				return head, s.relayFailed(tag, err)
 			}
 			if !ok {
-				s.writeTagged(tag, upTag, head)
+				s.writeTagged(x, head)
 				return head, nil
 			}
 		}
@@ -306,7 +309,7 @@ func (s *Session) relayCommand(ctx context.Context, up *upstream.Conn, tag strin
 	if err := w.Flush(); err != nil {
 		return imapcodec.ResponseHead{}, s.upstreamFailed(tag, err)
 	}
-	head, err := s.relayResponses(ctx, up, upTag, tag)
+	head, err := s.relayResponses(x, up, upTag)
 	if err != nil {
 		return head, s.relayFailed(tag, err)
 	}
@@ -315,7 +318,21 @@ func (s *Session) relayCommand(ctx context.Context, up *upstream.Conn, tag strin
 
 // relayResponses relays upstream responses to the client until the tagged
 // response for upTag, which is passed on under the client's tag.
-func (s *Session) relayResponses(ctx context.Context, up *upstream.Conn, upTag, tag string) (imapcodec.ResponseHead, error) {
+func (s *Session) relayResponses(x *Exchange, up *upstream.Conn, upTag string) (imapcodec.ResponseHead, error) {
+	head, err := s.readResponses(x, up, upTag, nil)
+	if err != nil {
+		return head, err
+	}
+	return head, s.writeTagged(x, head)
+}
+
+// readResponses relays the upstream's untagged responses to the client
+// until the tagged response for upTag, which it returns without writing
+// it. Each continuation request ("+") is passed to onContinue (an error
+// from it stops the relay; nil onContinue makes one an upstream failure).
+// On failure the upstream connection is marked broken. Responses are
+// flushed to the client whenever the upstream has nothing more buffered.
+func (s *Session) readResponses(x *Exchange, up *upstream.Conn, upTag string, onContinue func() error) (imapcodec.ResponseHead, error) {
 	r := up.Reader()
 	for {
 		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
@@ -336,10 +353,23 @@ func (s *Session) relayResponses(ctx context.Context, up *upstream.Conn, upTag, 
 				up.MarkBroken()
 				return head, &upstreamError{errors.New("literal in a tagged response")}
 			}
-			return head, s.writeTagged(tag, upTag, head)
-		case "*":
-			if err := s.relayUntagged(up, line, lit, head); err != nil {
+			return head, nil
+		case "+":
+			if onContinue == nil {
+				up.MarkBroken()
+				return head, &upstreamError{errors.New("unexpected continuation request")}
+			}
+			if err := onContinue(); err != nil {
 				return head, err
+			}
+		case "*":
+			if err := s.relayUntagged(x, up, line, lit, head); err != nil {
+				return head, err
+			}
+			if r.Buffered() == 0 {
+				if err := s.Flush(); err != nil {
+					return head, &writeError{err}
+				}
 			}
 		default:
 			up.MarkBroken()
@@ -348,43 +378,44 @@ func (s *Session) relayResponses(ctx context.Context, up *upstream.Conn, upTag, 
 	}
 }
 
-// writeTagged writes the upstream's tagged response under the client's tag.
-func (s *Session) writeTagged(tag, upTag string, head imapcodec.ResponseHead) error {
-	if s.collect != nil {
+// writeTagged writes the tagged response of x: the upstream's, or the
+// proxy's own (Exchange.Reply), under the client's tag, after the changes
+// the protocol lets the client hear of at this point and the OnTagged
+// hooks.
+func (s *Session) writeTagged(x *Exchange, head imapcodec.ResponseHead) error {
+	if x.collect != nil {
 		return nil // the caller (SELECT) writes the answer itself
 	}
-	t := s.xlate
-	s.lastTagged = head.Name
-	if err := s.beforeTagged(); err != nil {
+	if x.answered {
+		return nil
+	}
+	x.answered = true
+	x.status = head.Name
+	if err := s.beforeTagged(x); err != nil {
 		return err
 	}
-	if t != nil && t.fromName != "" {
+	if t := x.xlate; t != nil && t.fromName != "" {
 		// The upstream's error names the command we sent; the client
 		// sent another.
 		head.Text = strings.Replace(head.Text, t.toName, t.fromName, 1)
 	}
-	code := head.Code
-	var extCode string
-	if c := s.cmd; c != nil && head.Name == "OK" {
-		extCode = c.OKCode
-		if extCode == "" && c.OKCodeFunc != nil {
-			extCode = c.OKCodeFunc()
-		}
+	if head.Code == "CAPABILITY" {
+		head.CodeArg = strings.Join(s.capabilities(), " ")
 	}
-	if extCode != "" {
-		code = extCode
-	} else if code == "CAPABILITY" {
-		code += " " + strings.Join(s.capabilities(), " ")
-	} else if head.CodeArg != "" {
+	for _, f := range x.onTagged {
+		f(&head)
+	}
+	code := head.Code
+	if head.CodeArg != "" {
 		code += " " + head.CodeArg
 	}
-	return s.WriteStatus(tag, head.Name, code, head.Text)
+	return s.WriteStatus(x.Tag, head.Name, code, head.Text)
 }
 
 // relayUntagged relays one untagged response whose first line has been read,
 // through the response filters. Responses whose literals fit in memory are
 // filtered whole; larger ones are streamed.
-func (s *Session) relayUntagged(up *upstream.Conn, line []byte, lit *imapcodec.LiteralHeader, head imapcodec.ResponseHead) error {
+func (s *Session) relayUntagged(x *Exchange, up *upstream.Conn, line []byte, lit *imapcodec.LiteralHeader, head imapcodec.ResponseHead) error {
 	r := up.Reader()
 	inline := s.cfg.Limits.MaxInlineLiteral
 	seg := imapcodec.Segment{Text: line, Literal: lit}
@@ -414,7 +445,7 @@ func (s *Session) relayUntagged(up *upstream.Conn, line []byte, lit *imapcodec.L
 		segs = append(segs, seg)
 	}
 	resp := &Response{Head: head, Segments: segs, Streamed: lit != nil}
-	resp = s.filterResponse(resp)
+	resp = s.filterResponse(x, resp)
 	if resp == nil {
 		if lit != nil {
 			return s.streamRest(up, io.Discard)
@@ -502,9 +533,9 @@ func (c clientWriter) Write(p []byte) (int, error) {
 // stops reading must not hold its upstream connection forever.
 const writeTimeout = 2 * time.Minute
 
-// filterResponse applies the core's own rewriting and the extensions'
-// response filters.
-func (s *Session) filterResponse(resp *Response) *Response {
+// filterResponse applies the core's own rewriting, the exchange's filters
+// and the extensions' response filters.
+func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 	switch {
 	case resp.Head.Name == "CAPABILITY" && !resp.Streamed:
 		resp.Segments = []imapcodec.Segment{{Text: []byte("* CAPABILITY " + strings.Join(s.capabilities(), " "))}}
@@ -521,24 +552,29 @@ func (s *Session) filterResponse(resp *Response) *Response {
 			"CAPABILITY "+strings.Join(s.capabilities(), " "), resp.Head.Text)}}
 		resp.Segments[0].Text = resp.Segments[0].Text[:len(resp.Segments[0].Text)-2]
 	}
-	if s.mbox != nil && s.collect == nil {
-		if resp = s.filterSelected(resp); resp == nil {
+	collecting := x != nil && x.collect != nil
+	if s.mbox != nil && !collecting {
+		if resp = s.filterSelected(x, resp); resp == nil {
 			return nil
 		}
 	}
-	if s.mbox == nil && s.collect == nil && s.state == StateAuthenticated &&
-		(resp.Head.HasNum || resp.Head.Name == "VANISHED" || resp.Head.Name == "FLAGS") {
+	if s.mbox == nil && !collecting && s.state == StateAuthenticated && (resp.Head.HasNum || resp.Head.Name == "FLAGS") {
 		// Mailbox data of a mailbox the connection, not the client, has
 		// selected (see relay).
 		return nil
+	}
+	if x != nil {
+		if resp = x.filter(resp); resp == nil {
+			return nil
+		}
 	}
 	for _, f := range s.srv.filters {
 		if resp = f.FilterResponse(s, resp); resp == nil {
 			return nil
 		}
 	}
-	if s.collect != nil && !resp.Streamed {
-		*s.collect = append(*s.collect, resp)
+	if collecting && !resp.Streamed {
+		*x.collect = append(*x.collect, resp)
 		return nil
 	}
 	return resp

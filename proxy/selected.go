@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -32,28 +30,17 @@ type selectedMailbox struct {
 	readOnly bool
 	sub      *hub.Subscription
 	state    *syncstate.Mailbox
-	view     []uint32
+	view     seqView
 	pos      uint64
 	news     atomic.Bool // set by the hub when the state changed
 }
 
-// seqOf returns the client's sequence number of uid, or 0.
-func (m *selectedMailbox) seqOf(uid uint32) uint32 {
-	i, ok := slices.BinarySearch(m.view, uid)
-	if !ok {
-		return 0
-	}
-	return uint32(i + 1)
-}
-
-// notify is the hub's callback: note the news and wake the session if it
-// is waiting in IDLE.
+// notify is the hub's callback: note the news, and wake the session if
+// its client may hear of them between commands (see Updates).
 func (s *Session) notify(m *selectedMailbox) func() {
 	return func() {
 		m.news.Store(true)
-		if s.idling.Load() {
-			s.Interrupt()
-		} else if s.pushSelected.Load() != PushSelectedOff {
+		if Updates(s.updates.Load()) != UpdatesWithCommands {
 			s.Wake()
 		}
 	}
@@ -79,21 +66,23 @@ func (s *Session) closeMailbox() {
 
 // deliver tells the client what changed in the selected mailbox since it
 // was last told: EXPUNGE (only when allowExpunge; otherwise everything waits,
-// so sequence numbers stay consistent), FETCH FLAGS, EXISTS.
-func (s *Session) deliver(allowExpunge bool) error {
+// so sequence numbers stay consistent), FETCH FLAGS, EXISTS. x is the
+// command in flight, if any: flags its own answers told the client are not
+// repeated. It reports whether it wrote anything.
+func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 	m := s.mbox
 	if m == nil || !m.news.Load() {
-		return nil
+		return false, nil
 	}
 	if err := m.sub.Err(); err != nil {
-		return err
+		return false, err
 	}
 	// Cleared before the snapshot is taken: the hub notifies after it
 	// changed the state, so a change the snapshot misses sets it again.
 	m.news.Store(false)
 	snap := m.state.Snapshot()
 	if snap.Highest == m.pos {
-		return nil
+		return false, nil
 	}
 	var expunged []uint32
 	type flagChange struct {
@@ -101,10 +90,7 @@ func (s *Session) deliver(allowExpunge bool) error {
 		flags []string
 	}
 	var flagged []flagChange
-	last := uint32(0)
-	if len(m.view) > 0 {
-		last = m.view[len(m.view)-1]
-	}
+	last := m.view.last()
 	m.state.ChangesSince(m.pos, func(c syncstate.Change) {
 		if c.ModSeq > snap.Highest {
 			// Recorded after the snapshot, whose message list becomes
@@ -114,7 +100,7 @@ func (s *Session) deliver(allowExpunge bool) error {
 		if c.UID > last {
 			return // new: reported by EXISTS below
 		}
-		if m.seqOf(c.UID) == 0 {
+		if m.view.seqOf(c.UID) == 0 {
 			return
 		}
 		if c.Expunged {
@@ -125,12 +111,14 @@ func (s *Session) deliver(allowExpunge bool) error {
 	})
 	if len(expunged) > 0 && !allowExpunge {
 		m.news.Store(true) // delivered at the next chance
-		if r := s.srv.reporter; r != nil {
-			if b := r.ExpungesHeld(s); b != nil {
-				return s.Write(b)
-			}
+		var b []byte
+		for _, r := range s.srv.reporters {
+			b = append(b, r.ExpungesHeld(s)...)
 		}
-		return nil
+		if len(b) == 0 {
+			return false, nil
+		}
+		return true, s.Write(b)
 	}
 	var b []byte
 	// Expunges in descending sequence order, so each number is valid
@@ -139,11 +127,13 @@ func (s *Session) deliver(allowExpunge bool) error {
 		slices.SortFunc(expunged, func(a, b uint32) int { return cmp.Compare(b, a) })
 		seqs := make([]uint32, 0, len(expunged))
 		for _, uid := range expunged {
-			seqs = append(seqs, m.seqOf(uid))
+			seqs = append(seqs, m.view.seqOf(uid))
 		}
 		reported := false
-		if r := s.srv.reporter; r != nil {
-			b, reported = r.ReportExpunged(s, b, expunged, seqs)
+		for _, r := range s.srv.reporters {
+			if b, reported = r.ReportExpunged(s, b, expunged, seqs); reported {
+				break
+			}
 		}
 		if !reported {
 			for _, seq := range seqs {
@@ -155,89 +145,43 @@ func (s *Session) deliver(allowExpunge bool) error {
 	m.view = snap.UIDs
 	m.pos = snap.Highest
 	for _, f := range flagged {
-		seq := m.seqOf(f.uid)
+		seq := m.view.seqOf(f.uid)
 		if seq == 0 {
 			continue
 		}
-		if s.sentFlags != nil && s.sentFlags[f.uid] == strings.Join(f.flags, " ") {
-			continue // the client just saw these in its own STORE's answer
+		if x != nil && x.seenFlags != nil && x.seenFlags[f.uid] == strings.Join(f.flags, " ") {
+			continue // the client just saw these in its own command's answer
 		}
 		b = fmt.Appendf(b, "* %d FETCH (", seq)
-		var items []byte
-		if r := s.srv.reporter; r != nil {
-			items = r.FetchItems(s, f.uid)
-		}
-		switch {
-		case items != nil:
-			b = fmt.Appendf(b, "UID %d %s ", f.uid, items)
-		case s.fetchUID:
+		if items := s.fetchItems(f.uid, true); items != nil {
 			b = fmt.Appendf(b, "UID %d ", f.uid)
+			if len(items) > 0 {
+				b = append(append(b, items...), ' ')
+			}
 		}
 		b = fmt.Appendf(b, "FLAGS (%s))\r\n", strings.Join(f.flags, " "))
 	}
-	newCount := len(m.view)
-	if newCount > 0 && m.view[newCount-1] > last {
-		b = fmt.Appendf(b, "* %d EXISTS\r\n", newCount)
+	if m.view.last() > last {
+		b = fmt.Appendf(b, "* %d EXISTS\r\n", len(m.view))
 	}
 	if len(b) == 0 {
-		return nil
+		return false, nil
 	}
-	return s.Write(b)
+	return true, s.Write(b)
 }
 
-// DeliverChanges is deliver for IDLE: it writes the changes, and whatever
-// the extensions' pushers have queued, and flushes them at once.
-func (s *Session) DeliverChanges() error {
-	if !s.HasNews() {
-		return nil
-	}
-	if err := s.deliver(true); err != nil {
-		return err
-	}
-	if err := s.push(); err != nil {
-		return err
-	}
-	if err := s.Flush(); err != nil {
-		return err
-	}
-	if cb := s.srv.cfg.PushLatency; cb != nil && s.mbox != nil {
-		cb(time.Since(s.mbox.sub.LastChangeRead()), s.mbox.sub.LastChangeWait())
-	}
-	return nil
-}
+// hasNews reports whether an extension asked to push or the selected
+// mailbox changed since the client was last told.
+func (s *Session) hasNews() bool { return s.wake.Load() || s.mbox != nil && s.mbox.news.Load() }
 
-// HasNews reports whether the selected mailbox changed since the client was
-// last told.
-func (s *Session) HasNews() bool { return s.wake.Load() || s.mbox != nil && s.mbox.news.Load() }
-
-// ErrIdleTimeout ends a session that idled past its autologout timer.
+// ErrIdleTimeout ends a session that waited for its client past the
+// autologout timer.
 var ErrIdleTimeout = errors.New("client idle for too long")
 
-// WaitLine is ReadLine for IDLE: it returns os.ErrDeadlineExceeded at once
-// if the mailbox has news, and otherwise when the hub reports news while it
-// waits (see SetIdling) or the timeout expires.
-func (s *Session) WaitLine(timeout time.Duration) ([]byte, *imapcodec.LiteralHeader, error) {
-	if err := s.Flush(); err != nil {
-		return nil, nil, err
-	}
-	s.nc.SetReadDeadline(time.Now().Add(timeout))
-	// Checked after the deadline is set: news that arrives later
-	// interrupts the read instead.
-	if s.HasNews() {
-		return nil, nil, os.ErrDeadlineExceeded
-	}
-	s.r.Release() // an idling client may send nothing for half an hour
-	return s.r.ReadLine()
-}
-
-// SetIdling marks the session as waiting in IDLE: the hub's notifications
-// then interrupt its read of the client so that changes go out at once.
-func (s *Session) SetIdling(on bool) { s.idling.Store(on) }
-
-// SyncMailbox asks the hub's watcher to check the upstream now, waiting at
+// syncMailbox asks the hub's watcher to check the upstream now, waiting at
 // most timeout, so the client's next delivery includes what the upstream
 // knows (NOOP; after EXPUNGE, MOVE, APPEND).
-func (s *Session) SyncMailbox(ctx context.Context, timeout time.Duration) {
+func (s *Session) syncMailbox(ctx context.Context, timeout time.Duration) {
 	if s.mbox == nil {
 		return
 	}
@@ -248,117 +192,27 @@ func (s *Session) SyncMailbox(ctx context.Context, timeout time.Duration) {
 	}
 }
 
-// translateSeqSet turns a sequence set in the client's numbering into the
-// equivalent UID set. A range maps to the range of its end points' UIDs:
-// every UID between two UIDs of the view belongs to the view or to a message
-// already expunged, since new messages always get higher UIDs. "*" is the
-// client's last message, not the upstream's.
-func (m *selectedMailbox) translateSeqSet(s string) (string, error) {
-	n := uint32(len(m.view))
-	if s == "$" {
-		return "", errors.New("the search result variable $ is not supported")
-	}
-	var b strings.Builder
-	for i, part := range strings.Split(s, ",") {
-		lo, hi, isRange := strings.Cut(part, ":")
-		a, err := parseSeq(lo, n)
-		if err != nil {
-			return "", err
-		}
-		z := a
-		if isRange {
-			if z, err = parseSeq(hi, n); err != nil {
-				return "", err
-			}
-		}
-		if a > z {
-			a, z = z, a
-		}
-		if n == 0 || z > n {
-			return "", errInvalidSeq
-		}
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.FormatUint(uint64(m.view[a-1]), 10))
-		if z != a {
-			b.WriteByte(':')
-			b.WriteString(strconv.FormatUint(uint64(m.view[z-1]), 10))
-		}
-	}
-	return b.String(), nil
-}
-
-var errInvalidSeq = errors.New("invalid messageset") // Dovecot's words, which admins know
-
-func parseSeq(s string, n uint32) (uint32, error) {
-	if s == "*" {
-		if n == 0 {
-			return 0, errInvalidSeq
-		}
-		return n, nil
-	}
-	v, err := strconv.ParseUint(s, 10, 32)
-	if err != nil || v == 0 {
-		return 0, fmt.Errorf("bad message sequence number %q", s)
-	}
-	return uint32(v), nil
-}
-
-// isSeqSet reports whether an atom looks like a sequence set.
-func isSeqSet(a string) bool {
-	if a == "" {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		c := a[i]
-		if !(c >= '0' && c <= '9' || c == ':' || c == ',' || c == '*') {
-			return false
-		}
-	}
-	return true
-}
-
-// uidsToSeqs maps UIDs (in a SEARCH or SORT result) to the client's
-// sequence numbers, dropping messages the client does not know.
-func (m *selectedMailbox) uidsToSeqs(fields []string) []string {
-	out := fields[:0]
-	for _, f := range fields {
-		u, err := strconv.ParseUint(f, 10, 32)
-		if err != nil {
-			out = append(out, f)
-			continue
-		}
-		if seq := m.seqOf(uint32(u)); seq != 0 {
-			out = append(out, strconv.FormatUint(uint64(seq), 10))
-		}
-	}
-	return out
-}
-
 // syncTimeout bounds how long a command waits for the hub's watcher to
 // confirm a change the session made itself.
 const syncTimeout = 5 * time.Second
 
-// beforeTagged runs just before the tagged response of a relayed command in
-// the selected state: it waits for the hub to see the command's own changes
+// beforeTagged runs just before the tagged response of a command in the
+// selected state: it waits for the hub to see the command's own changes
 // (EXPUNGE, MOVE, APPEND or COPY into the mailbox), then reports every
 // change the protocol allows at this point.
-func (s *Session) beforeTagged() error {
-	t := s.xlate
-	s.xlate = nil
-	defer func() { s.sentFlags = nil }()
+func (s *Session) beforeTagged(x *Exchange) error {
 	if s.mbox == nil {
 		return nil
 	}
 	allowExpunge := true
-	if t != nil {
+	if t := x.xlate; t != nil {
 		if t.syncAfter {
-			s.SyncMailbox(context.Background(), syncTimeout)
+			s.syncMailbox(context.Background(), syncTimeout)
 		}
 		allowExpunge = t.allowExpunge
 	}
-	return s.deliver(allowExpunge)
+	_, err := s.deliver(x, allowExpunge)
+	return err
 }
 
 // firstUnseen returns the sequence number of the first message without

@@ -40,21 +40,18 @@ type Server struct {
 	pool     *upstream.Pool
 	hub      *hub.Hub
 
-	commands map[string]CommandHandler
-	filters  []ResponseFilter
-	enablers []Enabler
-	// selectParams, selectHooks, rewriters and reporter are the
-	// extensions' hooks into SELECT and the relay (see extension.go).
-	selectParams map[string]SelectParamHandler
+	// The extensions' hooks, each in chain order (see Extension).
+	chain        map[string][]CommandHandler // by command name
+	filters      []ResponseFilter
+	enablers     []Enabler
+	selectParams map[string]SelectHook // by parameter name
 	selectHooks  []SelectHook
-	rewriters    map[string][]CommandRewriter
-	reporter     ChangeReporter
-	counters     serverCounters
-	limits       *limiter
-	pushers      []Pusher
-	observers    []CommandObserver
+	reporters    []ChangeReporter
 	capProvs     []CapabilityProvider
 	hooks        []SessionHook
+	mailboxes    *MailboxService
+	counters     serverCounters
+	limits       *limiter
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -78,21 +75,45 @@ func NewServer(cfg Config) (*Server, error) {
 		log:          cfg.Logger,
 		pool:         upstream.NewPool(cfg.Pool),
 		hub:          hub.New(cfg.Hub),
-		commands:     map[string]CommandHandler{},
-		selectParams: map[string]SelectParamHandler{},
-		rewriters:    map[string][]CommandRewriter{},
+		chain:        map[string][]CommandHandler{},
+		selectParams: map[string]SelectHook{},
 		limits:       newLimiter(cfg.Abuse),
 		listeners:    map[*net.Listener]struct{}{},
 		sessions:     map[*Session]struct{}{},
 	}
 	s.live.Store(&cfg)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	for _, ext := range cfg.Extensions {
+	s.mailboxes = &MailboxService{hub: s.hub}
+	if err := s.register(cfg.Extensions); err != nil {
+		s.hub.Close()
+		return nil, err
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.pool.Run(s.ctx)
+	}()
+	return s, nil
+}
+
+// register wires the extensions in, in chain order, and provisions them.
+// Two extensions with the same name, or claiming the same SELECT
+// parameter, are a configuration error.
+func (s *Server) register(exts []Extension) error {
+	names := map[string]bool{}
+	for _, ext := range exts {
+		if names[ext.Name()] {
+			return fmt.Errorf("proxy: extension %q configured twice", ext.Name())
+		}
+		names[ext.Name()] = true
+		if p, ok := ext.(Provisioner); ok {
+			if err := p.Provision(Services{Mailboxes: s.mailboxes}); err != nil {
+				return fmt.Errorf("proxy: extension %s: %w", ext.Name(), err)
+			}
+		}
 		if h, ok := ext.(CommandHandler); ok {
 			for _, name := range h.Commands() {
-				if _, taken := s.commands[name]; !taken {
-					s.commands[name] = h
-				}
+				s.chain[name] = append(s.chain[name], h)
 			}
 		}
 		if f, ok := ext.(ResponseFilter); ok {
@@ -107,37 +128,20 @@ func NewServer(cfg Config) (*Server, error) {
 		if h, ok := ext.(SessionHook); ok {
 			s.hooks = append(s.hooks, h)
 		}
-		if h, ok := ext.(SelectParamHandler); ok {
-			for _, name := range h.SelectParams() {
-				if _, taken := s.selectParams[name]; !taken {
-					s.selectParams[name] = h
-				}
-			}
-		}
 		if h, ok := ext.(SelectHook); ok {
+			for _, name := range h.SelectParams() {
+				if other, taken := s.selectParams[name]; taken {
+					return fmt.Errorf("proxy: SELECT parameter %s claimed by %s and %s", name, other.(Extension).Name(), ext.Name())
+				}
+				s.selectParams[name] = h
+			}
 			s.selectHooks = append(s.selectHooks, h)
 		}
-		if r, ok := ext.(CommandRewriter); ok {
-			for _, name := range r.RewriteCommands() {
-				s.rewriters[name] = append(s.rewriters[name], r)
-			}
-		}
-		if r, ok := ext.(ChangeReporter); ok && s.reporter == nil {
-			s.reporter = r
-		}
-		if p, ok := ext.(Pusher); ok {
-			s.pushers = append(s.pushers, p)
-		}
-		if o, ok := ext.(CommandObserver); ok {
-			s.observers = append(s.observers, o)
+		if r, ok := ext.(ChangeReporter); ok {
+			s.reporters = append(s.reporters, r)
 		}
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.pool.Run(s.ctx)
-	}()
-	return s, nil
+	return nil
 }
 
 // Reload changes the settings that may change while the server runs:

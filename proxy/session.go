@@ -47,25 +47,12 @@ type Session struct {
 	account string // pool key: the authenticated upstream identity
 	upCaps  upstream.Caps
 
-	up     *upstream.Conn // leased upstream connection, if any
-	mbox   *selectedMailbox
-	idling atomic.Bool
-	// sentFlags holds the flags the current command's own answers told the
-	// client (by UID), so the delivery after it does not repeat them.
-	sentFlags map[uint32]string
-	// xlate translates the upstream's answers to the current command in
-	// the selected state; nil otherwise.
-	xlate *translation
-	// cmd is the command being relayed, as the extensions' rewriters left
-	// it (see CommandRewriter); nil when none is.
-	cmd *Relayed
-	// wake, between and pushSelected drive pushes between commands (see
-	// push.go); lastTagged is the status of the last relayed command's
-	// tagged response, for CommandObserver.
+	up   *upstream.Conn // leased upstream connection, if any
+	mbox *selectedMailbox
+	// wake and between drive pushes while the session waits for its
+	// client; updates is its Updates setting (see push.go).
 	wake, between atomic.Bool
-	pushSelected  atomic.Int32
-	fetchUID      bool
-	lastTagged    string
+	updates       atomic.Int32
 	// stateMirror and leased mirror state and up for Server.Stats, which
 	// reads them from another goroutine.
 	stateMirror atomic.Int32
@@ -76,12 +63,8 @@ type Session struct {
 	addr        netip.Addr
 	preAuthCmds int
 	counted     bool
-	// collect, when set, receives the untagged responses of the command
-	// being relayed instead of the client, and the tagged response is left
-	// to the caller (SELECT rewrites them once its view is known).
-	collect *[]*Response
-	enabled map[string]bool
-	values  map[any]any // per-extension state, see Value
+	enabled     map[string]bool
+	values      map[any]any // per-extension state, see Value
 
 	byeOnce sync.Once
 	closed  chan struct{}
@@ -166,17 +149,6 @@ func (s *Session) Logger() *slog.Logger { return s.log }
 // Account returns the pool key of the authenticated upstream identity.
 func (s *Session) Account() string { return s.account }
 
-// Selected returns the selected mailbox ("" if none).
-func (s *Session) Selected() string {
-	if s.mbox == nil {
-		return ""
-	}
-	return s.mbox.name
-}
-
-// UpstreamCaps returns the upstream's capabilities (nil before login).
-func (s *Session) UpstreamCaps() upstream.Caps { return s.upCaps }
-
 // Enabled reports whether the client enabled name (RFC 5161).
 func (s *Session) Enabled(name string) bool { return s.enabled[strings.ToUpper(name)] }
 
@@ -213,9 +185,9 @@ func (s *Session) Flush() error {
 	return s.tr.Flush()
 }
 
-// ReadLine reads one line from the client, for extensions that take over the
+// readLineWithin reads one line from the client, for extensions that take over the
 // conversation (IDLE's DONE, AUTHENTICATE's responses). It flushes first.
-func (s *Session) ReadLine(timeout time.Duration) ([]byte, *imapcodec.LiteralHeader, error) {
+func (s *Session) readLineWithin(timeout time.Duration) ([]byte, *imapcodec.LiteralHeader, error) {
 	if err := s.Flush(); err != nil {
 		return nil, nil, err
 	}
@@ -277,7 +249,7 @@ func (s *Session) serve(ctx context.Context) {
 			timeout = s.cfg.PreAuthTimeout
 		}
 		s.r.Release() // nothing to hold while the client thinks
-		line, lit, err := s.readCommand(time.Now().Add(timeout))
+		line, lit, err := s.readLine(time.Now().Add(timeout))
 		if err != nil {
 			s.readFailed(err)
 			return
@@ -452,7 +424,10 @@ func (s *Session) plaintextAuthOK() bool {
 	return false
 }
 
-// dispatch handles one command whose first line has been read.
+// dispatch handles one command whose first line has been read: it checks
+// the command against the session's state, reads it whole unless it
+// streams, translates it in the selected state, and passes its exchange
+// down the extensions' chain to the core's handling.
 func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.LiteralHeader) error {
 	first := imapcodec.Segment{Text: line, Literal: lit}
 	if lit != nil {
@@ -470,165 +445,80 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 		return s.WriteStatus(tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
 	}
 	s.log.Debug("command", "name", cmd.Name, "state", s.state.String())
-	if h, ok := s.srv.commands[cmd.Name]; ok {
+	handlers := s.srv.chain[cmd.Name]
+	core, isCore := coreCommands[cmd.Name]
+	// An extension's own command (IDLE, NOTIFY, COMPRESS: never relayed)
+	// is the extension's to check; the core checks the others.
+	owned := neverRelayed[cmd.Name] && len(handlers) > 0
+	refuse := ""
+	switch {
+	case owned:
+	case isCore && s.state < core.minState:
+		refuse = stateError(cmd.Name, s.state)
+	case isCore && (core.maxState != 0 && s.state > core.maxState || core.preAuthOnly && s.state != StateNotAuthenticated):
+		refuse = cmd.Name + " not allowed in the " + s.state.String() + " state."
+	case isCore:
+	case s.state == StateNotAuthenticated && knownCommands[cmd.Name]:
+		refuse = stateError(cmd.Name, s.state)
+	case s.state == StateNotAuthenticated || neverRelayed[cmd.Name]:
+		refuse = "Unknown command " + cmd.Name + "."
+	case s.state == StateAuthenticated && selectedOnly[cmd.Name]:
+		refuse = stateError(cmd.Name, s.state)
+	}
+	if refuse != "" {
+		if err := s.discardRest(lit); err != nil {
+			return err
+		}
+		return s.WriteStatus(cmd.Tag, "BAD", "", refuse)
+	}
+	// APPEND streams from the client to the upstream as it arrives, and
+	// so does, in the authenticated state, a command the core relays and
+	// no extension handles. Everything else is read whole.
+	streamed := !isCore && !owned && (cmd.Name == "APPEND" || s.state == StateAuthenticated && len(handlers) == 0)
+	if !streamed {
 		full, ok, err := s.readRest(cmd.Tag, first, s.cfg.Limits.MaxInlineLiteral)
 		if err != nil || !ok {
 			return err
 		}
-		cmd, err = imapcodec.ParseCommand(full, s.cfg.Limits)
-		if err != nil {
+		if cmd, err = imapcodec.ParseCommand(full, s.cfg.Limits); err != nil {
 			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
 		}
-		return h.Handle(ctx, s, cmd)
+	} else {
+		first.Text = bytes.Clone(first.Text) // the reader reuses its buffer
+		cmd.Segments = []imapcodec.Segment{first}
 	}
-	if fn, ok := coreCommands[cmd.Name]; ok {
-		if s.state < fn.minState {
-			if err := s.discardRest(lit); err != nil {
+	x := s.newExchange(cmd, streamed)
+	var last Next
+	switch {
+	case isCore:
+		last = func(ctx context.Context, x *Exchange) error { return core.handle(s, ctx, x) }
+	case owned:
+		last = func(ctx context.Context, x *Exchange) error {
+			return x.Reply("BAD", "", "Unknown command "+x.Name+".")
+		}
+	case streamed:
+		last = s.relay
+	default:
+		last = s.relayWhole
+	}
+	if s.state == StateSelected && !isCore && !owned {
+		if err := s.translateCommand(x); err != nil {
+			if streamed {
+				if err := s.discardRest(lit); err != nil {
+					return err
+				}
+			}
+			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
+		}
+		// Report what is already known first, so the client's view (and
+		// the translation of this command's answers) includes it.
+		if !streamed {
+			if _, err := s.deliver(x, x.xlate.allowExpunge); err != nil {
 				return err
 			}
-			return s.WriteStatus(cmd.Tag, "BAD", "", stateError(cmd.Name, s.state))
-		}
-		if (fn.maxState != 0 && s.state > fn.maxState) || (fn.preAuthOnly && s.state != StateNotAuthenticated) {
-			if err := s.discardRest(lit); err != nil {
-				return err
-			}
-			return s.WriteStatus(cmd.Tag, "BAD", "", cmd.Name+" not allowed in the "+s.state.String()+" state.")
-		}
-		full, ok, err := s.readRest(cmd.Tag, first, s.cfg.Limits.MaxInlineLiteral)
-		if err != nil || !ok {
-			return err
-		}
-		cmd, err = imapcodec.ParseCommand(full, s.cfg.Limits)
-		if err != nil {
-			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
-		}
-		return fn.handle(s, ctx, cmd)
-	}
-	if s.state == StateNotAuthenticated {
-		if err := s.discardRest(lit); err != nil {
-			return err
-		}
-		if knownCommands[cmd.Name] {
-			return s.WriteStatus(cmd.Tag, "BAD", "", stateError(cmd.Name, s.state))
-		}
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Unknown command "+cmd.Name+".")
-	}
-	if neverRelayed[cmd.Name] {
-		if err := s.discardRest(lit); err != nil {
-			return err
-		}
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Unknown command "+cmd.Name+".")
-	}
-	if s.state == StateAuthenticated && selectedOnly[cmd.Name] {
-		if err := s.discardRest(lit); err != nil {
-			return err
-		}
-		return s.WriteStatus(cmd.Tag, "BAD", "", stateError(cmd.Name, s.state))
-	}
-	s.lastTagged = ""
-	if len(s.srv.observers) > 0 {
-		defer s.observe(cmd.Name, bytes.Clone(first.Text)) // the reader reuses its buffer
-	}
-	if s.state == StateSelected {
-		return s.relaySelected(ctx, cmd, first)
-	}
-	if len(s.srv.rewriters[cmd.Name]) > 0 {
-		return s.relayRewritten(ctx, cmd, first)
-	}
-	return s.relay(ctx, cmd, first)
-}
-
-// relayRewritten relays a command in the authenticated state that an
-// extension rewrites (see CommandRewriter): it is read whole first.
-func (s *Session) relayRewritten(ctx context.Context, cmd *imapcodec.Command, first imapcodec.Segment) error {
-	full, ok, err := s.readRest(cmd.Tag, first, s.cfg.Limits.MaxInlineLiteral)
-	if err != nil || !ok {
-		return err
-	}
-	cmd, err = imapcodec.ParseCommand(full, s.cfg.Limits)
-	if err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
-	}
-	rc, err := s.rewrite(cmd, cmd.Segments)
-	if err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
-	}
-	s.cmd = rc
-	defer func() { s.cmd = nil }()
-	if rc.Answer != nil {
-		return s.writeTagged(cmd.Tag, "", *rc.Answer)
-	}
-	up, err := s.lease(ctx, false)
-	if err != nil {
-		return s.upstreamUnavailable(cmd.Tag, err)
-	}
-	if _, err := s.relayCommand(ctx, up, cmd.Tag, rc.Segments); err != nil {
-		return err
-	}
-	s.release()
-	return nil
-}
-
-// rewrite passes a command to the extensions that rewrite it.
-func (s *Session) rewrite(cmd *imapcodec.Command, segs []imapcodec.Segment) (*Relayed, error) {
-	rc := &Relayed{Tag: cmd.Tag, Name: cmd.Name, Segments: segs}
-	for _, r := range s.srv.rewriters[cmd.Name] {
-		if err := r.RewriteCommand(s, rc); err != nil {
-			return nil, err
-		}
-		if rc.Answer != nil {
-			break
 		}
 	}
-	return rc, nil
-}
-
-// relaySelected relays a command in the selected state, translating
-// sequence numbers (see translate.go). APPEND streams as in any state.
-func (s *Session) relaySelected(ctx context.Context, cmd *imapcodec.Command, first imapcodec.Segment) error {
-	if cmd.Name == "APPEND" {
-		s.xlate = &translation{clientTag: cmd.Tag, allowExpunge: true,
-			syncAfter: targetIsSelected(&imapcodec.Command{Name: cmd.Name, Segments: []imapcodec.Segment{first}}, s.mbox.name)}
-		defer func() { s.xlate = nil }()
-		return s.relay(ctx, cmd, first)
-	}
-	full, ok, err := s.readRest(cmd.Tag, first, s.cfg.Limits.MaxInlineLiteral)
-	if err != nil || !ok {
-		return err
-	}
-	cmd, err = imapcodec.ParseCommand(full, s.cfg.Limits)
-	if err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
-	}
-	segs, t, err := s.translateCommand(cmd)
-	if err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
-	}
-	// Report what is already known first, so the client's view (and the
-	// translation of this command's answers) includes it.
-	if err := s.deliver(t.allowExpunge); err != nil {
-		return err
-	}
-	rc, err := s.rewrite(cmd, segs)
-	if err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
-	}
-	s.cmd = rc
-	defer func() { s.cmd = nil }()
-	s.xlate = t
-	defer func() { s.xlate = nil }()
-	if rc.Answer != nil {
-		return s.writeTagged(cmd.Tag, "", *rc.Answer)
-	}
-	up, err := s.Upstream(ctx)
-	if err != nil {
-		return s.upstreamUnavailable(cmd.Tag, err)
-	}
-	if _, err := s.relayCommand(ctx, up, cmd.Tag, rc.Segments); err != nil {
-		return err
-	}
-	s.release()
-	return nil
+	return s.serveChain(ctx, x, handlers, 0, last)
 }
 
 func stateError(name string, st State) string {

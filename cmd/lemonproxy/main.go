@@ -30,9 +30,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/conformance"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
-	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
-	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/listen"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -82,16 +80,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "lemonproxy: unknown command %q\n\n%s", args[0], usage)
 	return 2
-}
-
-// extensions is the set of protocol extensions every session gets.
-func extensions(s config.Settings) []proxy.Extension {
-	return []proxy.Extension{
-		&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration},
-		compress.New(),
-		condstore.New(),
-		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: s.NotifyPollInterval.Duration, Grace: s.WatchGrace.Duration}}),
-	}
 }
 
 // withMetrics hooks the event-fed metrics into the configuration and the

@@ -34,7 +34,6 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/deflate"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -97,9 +96,12 @@ func (e *Extension) Commands() []string { return []string{"COMPRESS"} }
 
 type sessionKey struct{}
 
-func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec.Command) error {
+// ServeCommand runs COMPRESS DEFLATE: the tagged OK goes out plain, and
+// everything after it, both ways, is compressed.
+func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, _ proxy.Next) error {
+	s, cmd := x.Session(), x.Command()
 	if s.State() != proxy.StateAuthenticated && s.State() != proxy.StateSelected {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "COMPRESS not allowed before authentication; log in first.")
+		return x.Reply("BAD", "", "COMPRESS not allowed before authentication; log in first.")
 	}
 	var mech string
 	err := cmd.Args.SP()
@@ -107,15 +109,15 @@ func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec
 		mech, err = cmd.Args.Atom()
 	}
 	if err != nil || !cmd.Args.AtEnd() {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Usage: COMPRESS DEFLATE.")
+		return x.Reply("BAD", "", "Usage: COMPRESS DEFLATE.")
 	}
 	if !strings.EqualFold(mech, "DEFLATE") {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Unknown compression mechanism; only DEFLATE is supported.")
+		return x.Reply("BAD", "", "Unknown compression mechanism; only DEFLATE is supported.")
 	}
 	if s.Value(sessionKey{}) != nil {
-		return s.WriteStatus(cmd.Tag, "NO", "COMPRESSIONACTIVE", "DEFLATE compression is already active.")
+		return x.Reply("NO", "COMPRESSIONACTIVE", "DEFLATE compression is already active.")
 	}
-	if err := s.WriteStatus(cmd.Tag, "OK", "", "DEFLATE active."); err != nil {
+	if err := x.Reply("OK", "", "DEFLATE active."); err != nil {
 		return err
 	}
 	var t *transport
@@ -140,6 +142,9 @@ func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec
 
 // StateChanged is part of proxy.SessionHook.
 func (e *Extension) StateChanged(*proxy.Session, proxy.State) {}
+
+// Push is part of proxy.SessionHook: COMPRESS queues nothing.
+func (e *Extension) Push(*proxy.Session) error { return nil }
 
 // SessionClosed releases the session's compression state.
 func (e *Extension) SessionClosed(s *proxy.Session) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/syncstate"
@@ -28,8 +29,8 @@ const syncWait = 5 * time.Second
 
 // uidHead parses "tag UID NAME set" and returns the tag, the set and the
 // parser after it.
-func uidHead(c *proxy.Relayed) (tag, set string, p *imapcodec.Parser, err error) {
-	p = imapcodec.NewParser(c.Segments, imapcodec.Limits{})
+func uidHead(x *proxy.Exchange) (tag, set string, p *imapcodec.Parser, err error) {
+	p = imapcodec.NewParser(x.Segments, imapcodec.Limits{})
 	if tag, err = p.Atom(); err != nil {
 		return
 	}
@@ -48,34 +49,38 @@ func uidHead(c *proxy.Relayed) (tag, set string, p *imapcodec.Parser, err error)
 	return
 }
 
-// fetchData is what FETCH's rewriter tells the response filter.
-func rewriteFetch(s *proxy.Session, c *proxy.Relayed) error {
+// rewriteFetch answers the MODSEQ item and the CHANGEDSINCE and VANISHED
+// modifiers of FETCH (RFC 7162 3.1.4, 3.2.6) from the proxy's state and
+// asks the upstream for the rest. It reports whether it answered the
+// command itself.
+func rewriteFetch(x *proxy.Exchange) (bool, error) {
+	s := x.Session()
 	m := s.Mailbox()
-	if m == nil || len(c.Segments) != 1 {
-		return nil
+	if m == nil || len(x.Segments) != 1 {
+		return false, nil
 	}
-	tag, set, p, err := uidHead(c)
+	tag, set, p, err := uidHead(x)
 	if err != nil {
-		return nil // the upstream will say what is wrong
+		return false, nil // the upstream will say what is wrong
 	}
 	if p.SP() != nil {
-		return nil
+		return false, nil
 	}
 	items, err := p.Value()
 	if err != nil {
-		return nil
+		return false, nil
 	}
 	var mods imapcodec.List
 	if p.MaybeSP() {
 		v, err := p.Value()
 		l, ok := v.(imapcodec.List)
 		if err != nil || !ok {
-			return errors.New("FETCH modifiers must be a parenthesised list")
+			return false, errors.New("FETCH modifiers must be a parenthesised list")
 		}
 		mods = l
 	}
 	if !p.AtEnd() {
-		return errors.New("unexpected text after the FETCH modifiers")
+		return false, errors.New("unexpected text after the FETCH modifiers")
 	}
 	wantModSeq := false
 	switch v := items.(type) {
@@ -105,47 +110,47 @@ func rewriteFetch(s *proxy.Session, c *proxy.Relayed) error {
 		switch strings.ToUpper(string(a)) {
 		case "CHANGEDSINCE":
 			if hasChangedSince || i+1 >= len(mods) {
-				return errors.New("CHANGEDSINCE needs one mod-sequence")
+				return false, errors.New("CHANGEDSINCE needs one mod-sequence")
 			}
 			i++
 			if changedSince, err = number(mods[i], 1, maxModSeq); err != nil {
-				return fmt.Errorf("bad CHANGEDSINCE mod-sequence: %w", err)
+				return false, fmt.Errorf("bad CHANGEDSINCE mod-sequence: %w", err)
 			}
 			hasChangedSince = true
 		case "VANISHED":
 			if vanished {
-				return errors.New("VANISHED given twice")
+				return false, errors.New("VANISHED given twice")
 			}
 			vanished = true
 		default:
-			return fmt.Errorf("unknown FETCH modifier %s", imapcodec.AppendValue(nil, mods[i]))
+			return false, fmt.Errorf("unknown FETCH modifier %s", imapcodec.AppendValue(nil, mods[i]))
 		}
 	}
 	if vanished {
 		switch {
-		case c.Name != "UID FETCH":
-			return errors.New("the VANISHED modifier is only allowed with UID FETCH")
+		case x.Name != "UID FETCH":
+			return false, errors.New("the VANISHED modifier is only allowed with UID FETCH")
 		case !s.Enabled("QRESYNC"):
-			return errors.New("the VANISHED modifier needs QRESYNC enabled (ENABLE QRESYNC)")
+			return false, errors.New("the VANISHED modifier needs QRESYNC enabled (ENABLE QRESYNC)")
 		case !hasChangedSince:
-			return errors.New("the VANISHED modifier needs CHANGEDSINCE")
+			return false, errors.New("the VANISHED modifier needs CHANGEDSINCE")
 		}
 	}
 	if !wantModSeq && !hasChangedSince {
-		return nil
+		return false, nil
 	}
 	enableCondStore(s)
 	uids := set
 	if hasChangedSince {
 		// "*" stands for the largest UID there is, which may be below a
 		// UID expunged since: VANISHED must still report that one.
-		ranges, err := parseUIDRanges(set, true)
+		ranges, err := imapcodec.ParseUIDSet(set)
 		if err != nil {
-			return err
+			return false, err
 		}
 		var changed, gone []uint32
 		m.State().ChangesSince(changedSince, func(ch syncstate.Change) {
-			if !inRanges(ranges, ch.UID) {
+			if !ranges.Contains(imap.UID(ch.UID)) {
 				return
 			}
 			if ch.Expunged {
@@ -157,18 +162,19 @@ func rewriteFetch(s *proxy.Session, c *proxy.Relayed) error {
 		if vanished && len(gone) > 0 {
 			slices.Sort(gone)
 			b := appendUIDSet([]byte("* VANISHED (EARLIER) "), gone)
-			s.Write(append(b, "\r\n"...))
+			if err := s.Write(append(b, "\r\n"...)); err != nil {
+				return true, err
+			}
 		}
 		if len(changed) == 0 {
-			c.Answer = &imapcodec.ResponseHead{Name: "OK", Text: "Fetch completed."}
-			return nil
+			return true, x.Reply("OK", "", "Fetch completed.")
 		}
 		slices.Sort(changed)
 		uids = string(appendUIDSet(nil, changed))
 	}
 	line := fmt.Appendf(nil, "%s UID FETCH %s ", tag, uids)
-	c.Segments = []imapcodec.Segment{{Text: imapcodec.AppendValue(line, items)}}
-	return nil
+	x.Segments = []imapcodec.Segment{{Text: imapcodec.AppendValue(line, items)}}
+	return false, nil
 }
 
 // rewriteStore implements STORE (UNCHANGEDSINCE m) (RFC 7162 3.1.3): the
@@ -176,24 +182,30 @@ func rewriteFetch(s *proxy.Session, c *proxy.Relayed) error {
 // others are stored upstream. The check and the store are not atomic
 // against a change by another client in between; docs/condstore.md says
 // why that is accepted.
-func rewriteStore(s *proxy.Session, c *proxy.Relayed) error {
+func rewriteStore(x *proxy.Exchange) (bool, error) {
+	s := x.Session()
 	m := s.Mailbox()
-	if m == nil || len(c.Segments) != 1 {
-		return nil
+	if m == nil || len(x.Segments) != 1 {
+		return false, nil
 	}
-	tag, set, p, err := uidHead(c)
-	if err != nil || p.SP() != nil {
-		return nil
+	// "tag UID STORE set [(mods)] item flags", decoded into its parts.
+	p := imapcodec.NewParser(x.Segments, imapcodec.Limits{})
+	tag, err := p.Atom()
+	for range 2 { // UID STORE
+		if err == nil {
+			if err = p.SP(); err == nil {
+				_, err = p.Atom()
+			}
+		}
 	}
-	if ch, ok := p.Peek(); !ok || ch != '(' {
-		return nil // no modifiers
+	if err != nil {
+		return false, nil
 	}
-	v, err := p.Value()
-	mods, _ := v.(imapcodec.List)
-	if err != nil || p.SP() != nil {
-		return errors.New("bad STORE modifiers")
+	sa, err := imapcodec.ParseStoreArgs(p)
+	if err != nil || sa.Modifiers == nil {
+		return false, nil // no modifiers, or the upstream says what is wrong
 	}
-	rest := p.Rest()
+	mods := sa.Modifiers
 	var unchangedSince uint64
 	has := false
 	for i := 0; i < len(mods); i++ {
@@ -201,34 +213,36 @@ func rewriteStore(s *proxy.Session, c *proxy.Relayed) error {
 		switch strings.ToUpper(string(a)) {
 		case "UNCHANGEDSINCE":
 			if has || i+1 >= len(mods) {
-				return errors.New("UNCHANGEDSINCE needs one mod-sequence")
+				return false, errors.New("UNCHANGEDSINCE needs one mod-sequence")
 			}
 			i++
 			if unchangedSince, err = number(mods[i], 0, maxModSeq); err != nil {
-				return fmt.Errorf("bad UNCHANGEDSINCE mod-sequence: %w", err)
+				return false, fmt.Errorf("bad UNCHANGEDSINCE mod-sequence: %w", err)
 			}
 			has = true
 		default:
-			return fmt.Errorf("unknown STORE modifier %s", imapcodec.AppendValue(nil, mods[i]))
+			return false, fmt.Errorf("unknown STORE modifier %s", imapcodec.AppendValue(nil, mods[i]))
 		}
 	}
 	if !has {
-		return errors.New("empty STORE modifier list")
+		return false, errors.New("empty STORE modifier list")
 	}
 	enableCondStore(s)
-	ranges, err := parseUIDRanges(set, true)
+	ranges, err := imapcodec.ParseUIDSet(sa.Set)
 	if err != nil {
-		return err
+		return false, err
 	}
 	// The state must know of every change the upstream has made so far
 	// (the watcher's IDLE may lag): one round trip of the watcher first.
 	// A change landing between this and the STORE is still overwritten;
 	// docs/condstore.md says why that window is accepted.
-	s.SyncMailbox(context.Background(), syncWait)
+	if err := m.Sync(context.Background(), syncWait); err != nil {
+		s.Logger().Debug("mailbox sync before a conditional STORE failed", "err", err)
+	}
 	st := m.State()
 	var keep, modified []uint32
 	for _, uid := range st.Snapshot().UIDs {
-		if !inRanges(ranges, uid) {
+		if !ranges.Contains(imap.UID(uid)) {
 			continue
 		}
 		_, modseq, ok := st.Flags(uid)
@@ -241,8 +255,9 @@ func rewriteStore(s *proxy.Session, c *proxy.Relayed) error {
 			keep = append(keep, uid)
 		}
 	}
+	code := ""
 	if len(modified) > 0 {
-		if c.Name == "STORE" {
+		if x.Name == "STORE" {
 			seqs := make([]uint32, 0, len(modified))
 			for _, uid := range modified {
 				if seq := m.SeqOf(uid); seq != 0 {
@@ -253,63 +268,89 @@ func rewriteStore(s *proxy.Session, c *proxy.Relayed) error {
 			modified = seqs
 		}
 		if len(modified) > 0 {
-			c.OKCode = "MODIFIED " + string(appendUIDSet(nil, modified))
+			code = "MODIFIED " + string(appendUIDSet(nil, modified))
 		}
 	}
 	if len(keep) == 0 {
 		text := "Store completed."
-		if c.OKCode != "" {
+		if code != "" {
 			text = "Conditional STORE failed."
 		}
-		c.Answer = &imapcodec.ResponseHead{Name: "OK", Text: text}
-		return nil
+		return true, x.Reply("OK", code, text)
 	}
-	line := fmt.Appendf(nil, "%s UID STORE %s %s", tag, appendUIDSet(nil, keep), rest)
-	c.Segments = []imapcodec.Segment{{Text: line}}
-	return nil
+	if code != "" {
+		x.OnTagged(func(h *imapcodec.ResponseHead) {
+			if h.Name == "OK" {
+				h.Code, h.CodeArg = code, ""
+			}
+		})
+	}
+	// The upstream gets the STORE without the modifiers, for the
+	// messages left.
+	sa.Set, sa.Modifiers = string(appendUIDSet(nil, keep)), nil
+	line := fmt.Appendf(nil, "%s UID STORE ", tag)
+	x.Segments = []imapcodec.Segment{{Text: imapcodec.AppendStoreArgs(line, sa)}}
+	return false, nil
 }
 
-// searchData is what the search rewriter tells the response filter.
+// searchData says how the results of a search with MODSEQ are completed.
 type searchData struct {
 	uids bool // results are UIDs, not sequence numbers
 }
 
 // rewriteSearch replaces each MODSEQ search key (RFC 7162 3.1.5) with the
 // UIDs of the messages whose mod-sequence is at least the one given, from
-// the proxy's state, and marks the command so that its results get their
+// the proxy's state, and completes the command's results with their
 // (MODSEQ n).
-func rewriteSearch(s *proxy.Session, c *proxy.Relayed) error {
+func rewriteSearch(x *proxy.Exchange) error {
+	s := x.Session()
 	m := s.Mailbox()
 	if m == nil {
 		return nil
 	}
-	found, err := proxy.ReplaceModSeqKeys(c.Segments, func(args []imapcodec.Value) (string, error) {
+	n, err := imapcodec.ReplaceSearchKeys(x.Segments, func(k imapcodec.SearchKey) (string, bool, error) {
+		if k.Name != "MODSEQ" {
+			return "", false, nil
+		}
+		args := k.Args
 		if len(args) == 3 {
 			name, ok := imapcodec.AsString(args[0])
 			if !ok || !strings.HasPrefix(name, "/flags/") && !strings.HasPrefix(name, "/shared/") && !strings.HasPrefix(name, "/priv/") {
-				return "", errors.New("bad MODSEQ entry name")
+				return "", false, errors.New("bad MODSEQ entry name")
 			}
 			typ, _ := imapcodec.AsString(args[1])
 			switch strings.ToLower(typ) {
 			case "priv", "shared", "all":
 			default:
-				return "", errors.New("bad MODSEQ entry type")
+				return "", false, errors.New("bad MODSEQ entry type")
 			}
 		}
 		n, err := number(args[len(args)-1], 0, maxModSeq)
 		if err != nil {
-			return "", fmt.Errorf("bad MODSEQ search key: %w", err)
+			return "", false, fmt.Errorf("bad MODSEQ search key: %w", err)
 		}
-		return modSeqCriterion(m, n), nil
+		return modSeqCriterion(m, n), true, nil
 	})
 	if err != nil {
 		return err
 	}
-	if !found {
+	if n == 0 {
 		return nil
 	}
 	enableCondStore(s)
-	c.Data = &searchData{uids: strings.HasPrefix(c.Name, "UID ")}
+	d := &searchData{uids: strings.HasPrefix(x.Name, "UID ")}
+	x.Filter(func(resp *proxy.Response) *proxy.Response {
+		if resp.Streamed || len(resp.Segments) != 1 {
+			return resp
+		}
+		switch resp.Head.Name {
+		case "SEARCH", "SORT":
+			resp.Segments[0].Text = d.completeSearch(s, resp.Segments[0].Text)
+		case "ESEARCH":
+			resp.Segments[0].Text = d.completeESearch(s, resp.Segments[0].Text)
+		}
+		return resp
+	})
 	return nil
 }
 
@@ -354,14 +395,12 @@ func modSeqCriterion(m *proxy.Mailbox, n uint64) string {
 func (d *searchData) maxModSeqOf(m *proxy.Mailbox, nums []uint32) (uint64, bool) {
 	var highest uint64
 	found := false
-	view := m.UIDs()
 	for _, n := range nums {
 		uid := n
 		if !d.uids {
-			if n == 0 || int(n) > len(view) {
+			if uid = m.UIDOf(n); uid == 0 {
 				continue
 			}
-			uid = view[n-1]
 		}
 		if _, modseq, ok := m.State().Flags(uid); ok {
 			highest = max(highest, modseq)
@@ -405,17 +444,12 @@ func (d *searchData) completeESearch(s *proxy.Session, text []byte) []byte {
 				nums = append(nums, uint32(n))
 			}
 		case "ALL":
-			ranges, err := parseUIDRanges(fields[i+1], false)
-			if err != nil {
+			set, err := imapcodec.ParseNumSet(fields[i+1])
+			if err != nil || set.Dynamic() {
 				continue
 			}
-			for _, r := range ranges {
-				for n := r.lo; n <= r.hi && n != 0; n++ {
-					nums = append(nums, n)
-					if n == r.hi {
-						break
-					}
-				}
+			if all, ok := set.Nums(); ok {
+				nums = append(nums, all...)
 			}
 		}
 	}
@@ -434,11 +468,12 @@ type statusData struct {
 
 // rewriteStatus answers the HIGHESTMODSEQ item of STATUS (RFC 7162 3.1.6)
 // from the hub's state of the mailbox and asks the upstream for the rest.
-func rewriteStatus(s *proxy.Session, c *proxy.Relayed) error {
-	if len(c.Segments) != 1 {
+func (e *Extension) rewriteStatus(x *proxy.Exchange) error {
+	s := x.Session()
+	if len(x.Segments) != 1 {
 		return nil
 	}
-	p := imapcodec.NewParser(c.Segments, imapcodec.Limits{})
+	p := imapcodec.NewParser(x.Segments, imapcodec.Limits{})
 	tag, err := p.Atom()
 	if err != nil || p.SP() != nil {
 		return nil
@@ -477,7 +512,7 @@ func rewriteStatus(s *proxy.Session, c *proxy.Relayed) error {
 		kept = imapcodec.List{imapcodec.Atom("MESSAGES")}
 		d.dropMessages = true
 	}
-	if st, release, err := s.MailboxState(bg, mailbox); err == nil {
+	if st, release, err := e.mailboxes.State(context.Background(), s.UpstreamAccount(), mailbox); err == nil {
 		d.highest, d.known = st.HighestModSeq(), true
 		release()
 	} else {
@@ -485,8 +520,13 @@ func rewriteStatus(s *proxy.Session, c *proxy.Relayed) error {
 	}
 	line := imapcodec.AppendQuoted([]byte(tag+" STATUS "), mailbox)
 	line = append(line, ' ')
-	c.Segments = []imapcodec.Segment{{Text: imapcodec.AppendValue(line, kept)}}
-	c.Data = d
+	x.Segments = []imapcodec.Segment{{Text: imapcodec.AppendValue(line, kept)}}
+	x.Filter(func(resp *proxy.Response) *proxy.Response {
+		if resp.Head.Name == "STATUS" && !resp.Streamed && len(resp.Segments) == 1 {
+			resp.Segments[0].Text = d.complete(resp.Segments[0].Text)
+		}
+		return resp
+	})
 	return nil
 }
 
@@ -508,58 +548,6 @@ func (d *statusData) complete(text []byte) []byte {
 		out = append(out, "HIGHESTMODSEQ", strconv.FormatUint(d.highest, 10))
 	}
 	return fmt.Appendf(text[:open:open], "(%s)", strings.Join(out, " "))
-}
-
-// uidRange is an inclusive range of UIDs (or sequence numbers).
-type uidRange struct{ lo, hi uint32 }
-
-// parseUIDRanges parses a set of numbers. "*" is accepted only when
-// allowStar, and stands for the largest possible number: a UID set with
-// "n:*" then covers every UID from n on, including UIDs expunged above the
-// largest one left.
-func parseUIDRanges(s string, allowStar bool) ([]uidRange, error) {
-	if s == "" {
-		return nil, errors.New("empty set")
-	}
-	var out []uidRange
-	for part := range strings.SplitSeq(s, ",") {
-		lo, hi, isRange := strings.Cut(part, ":")
-		a, err := setNumber(lo, allowStar)
-		if err != nil {
-			return nil, err
-		}
-		z := a
-		if isRange {
-			if z, err = setNumber(hi, allowStar); err != nil {
-				return nil, err
-			}
-		}
-		if a > z {
-			a, z = z, a
-		}
-		out = append(out, uidRange{a, z})
-	}
-	return out, nil
-}
-
-func setNumber(s string, allowStar bool) (uint32, error) {
-	if s == "*" && allowStar {
-		return math.MaxUint32, nil
-	}
-	n, err := strconv.ParseUint(s, 10, 32)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("bad number %q in a set", s)
-	}
-	return uint32(n), nil
-}
-
-func inRanges(rs []uidRange, n uint32) bool {
-	for _, r := range rs {
-		if n >= r.lo && n <= r.hi {
-			return true
-		}
-	}
-	return false
 }
 
 // appendUIDSet appends sorted numbers as a compact set: "1:3,7,9:10".

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/syncstate"
@@ -33,6 +34,7 @@ import (
 // own: what it needs per session lives in the session's enabled set and in
 // the command being relayed.
 type Extension struct {
+	mailboxes *proxy.MailboxService
 	// OnResync, if set, is told the size in bytes of each QRESYNC
 	// SELECT's answer (HIGHESTMODSEQ, VANISHED and FETCH), for metrics.
 	OnResync func(bytes int)
@@ -42,6 +44,12 @@ type Extension struct {
 func New() *Extension { return &Extension{} }
 
 func (*Extension) Name() string { return "condstore" }
+
+// Provision takes the mailbox service STATUS HIGHESTMODSEQ is answered from.
+func (e *Extension) Provision(svc proxy.Services) error {
+	e.mailboxes = svc.Mailboxes
+	return nil
+}
 
 // Capabilities advertises both words once the client is authenticated:
 // they describe mailboxes, which exist only then.
@@ -78,36 +86,23 @@ func enableCondStore(s *proxy.Session) {
 	}
 }
 
-// FilterResponse drops the upstream's own mod-sequence codes and completes
-// the answers to rewritten commands.
+// FilterResponse drops the upstream's own mod-sequence codes, and its
+// VANISHED responses: those concern the leased connection's mailbox view,
+// and the client hears of expunges from the proxy's state.
 func (*Extension) FilterResponse(s *proxy.Session, resp *proxy.Response) *proxy.Response {
 	h := resp.Head
 	if h.Name == "OK" && (h.Code == "HIGHESTMODSEQ" || h.Code == "NOMODSEQ") {
 		return nil // the upstream's mod-sequences, not ours
 	}
-	rc := s.Relayed()
-	if rc == nil || resp.Streamed || len(resp.Segments) != 1 {
-		return resp
-	}
-	switch d := rc.Data.(type) {
-	case *searchData:
-		switch h.Name {
-		case "SEARCH", "SORT":
-			resp.Segments[0].Text = d.completeSearch(s, resp.Segments[0].Text)
-		case "ESEARCH":
-			resp.Segments[0].Text = d.completeESearch(s, resp.Segments[0].Text)
-		}
-	case *statusData:
-		if h.Name == "STATUS" {
-			resp.Segments[0].Text = d.complete(resp.Segments[0].Text)
-		}
+	if h.Name == "VANISHED" {
+		return nil
 	}
 	return resp
 }
 
 // FetchItems adds MODSEQ to every FETCH response once CONDSTORE is enabled
 // (RFC 7162 3.1.4: UID and MODSEQ in all of them, solicited or not).
-func (*Extension) FetchItems(s *proxy.Session, uid uint32) []byte {
+func (*Extension) FetchItems(s *proxy.Session, uid uint32, _ bool) []byte {
 	if !s.Enabled("CONDSTORE") {
 		return nil
 	}
@@ -155,7 +150,7 @@ func (*Extension) SelectParams() []string { return []string{"CONDSTORE", "QRESYN
 type qresyncParams struct {
 	uidValidity uint32
 	modseq      uint64
-	knownUIDs   []uidRange // nil: every UID
+	knownUIDs   imap.UIDSet // nil: every UID
 }
 
 // SelectParam checks CONDSTORE and QRESYNC.
@@ -190,7 +185,7 @@ func parseQResync(arg imapcodec.List) (*qresyncParams, error) {
 		if !ok {
 			return nil, errors.New("bad QRESYNC known UIDs")
 		}
-		if q.knownUIDs, err = parseUIDRanges(string(a), false); err != nil {
+		if q.knownUIDs, err = staticUIDSet(string(a)); err != nil {
 			return nil, fmt.Errorf("bad QRESYNC known UIDs: %w", err)
 		}
 	}
@@ -207,7 +202,7 @@ func parseQResync(arg imapcodec.List) (*qresyncParams, error) {
 			if !ok {
 				return nil, errors.New("bad QRESYNC sequence match data")
 			}
-			if _, err := parseUIDRanges(string(a), false); err != nil {
+			if _, err := staticUIDSet(string(a)); err != nil {
 				return nil, fmt.Errorf("bad QRESYNC sequence match data: %w", err)
 			}
 		}
@@ -288,7 +283,8 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 				}
 			})
 			if last > 0 {
-				known = []uidRange{{1, last}}
+				known = imap.UIDSetNum()
+				known.AddRange(1, imap.UID(last))
 			}
 		}
 		vanished = absentUIDs(m.UIDs(), known)
@@ -298,12 +294,12 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 				return // the client hears of it as a change after SELECT
 			}
 			if c.Expunged {
-				if q.knownUIDs == nil || inRanges(q.knownUIDs, c.UID) {
+				if q.knownUIDs == nil || q.knownUIDs.Contains(imap.UID(c.UID)) {
 					vanished = append(vanished, c.UID)
 				}
 				return
 			}
-			if q.knownUIDs != nil && !inRanges(q.knownUIDs, c.UID) {
+			if q.knownUIDs != nil && !q.knownUIDs.Contains(imap.UID(c.UID)) {
 				// Only the messages the client knows (RFC 7162
 				// 3.2.5.1); new ones it learns of from EXISTS.
 				return
@@ -325,17 +321,30 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 	return b
 }
 
+// staticUIDSet parses a UID set without "*" (QRESYNC's known UIDs and
+// sequence match data).
+func staticUIDSet(s string) (imap.UIDSet, error) {
+	set, err := imapcodec.ParseUIDSet(s)
+	if err != nil {
+		return nil, err
+	}
+	if set.Dynamic() {
+		return nil, errors.New("\"*\" is not allowed here")
+	}
+	return set, nil
+}
+
 // maxAbsentScan bounds the UIDs absentUIDs looks at, so that a client's
 // "1:4294967295" costs no more than a large mailbox.
 const maxAbsentScan = 1 << 22
 
 // absentUIDs returns the UIDs in known that are not in view, sorted.
-func absentUIDs(view []uint32, known []uidRange) []uint32 {
+func absentUIDs(view []uint32, known imap.UIDSet) []uint32 {
 	var out []uint32
 	scanned := 0
 	for _, r := range known {
-		i, _ := slices.BinarySearch(view, r.lo)
-		for u := uint64(r.lo); u <= uint64(r.hi) && scanned < maxAbsentScan; u++ {
+		i, _ := slices.BinarySearch(view, uint32(r.Start))
+		for u := uint64(r.Start); u <= uint64(r.Stop) && scanned < maxAbsentScan; u++ {
 			scanned++
 			for i < len(view) && uint64(view[i]) < u {
 				i++
@@ -350,37 +359,53 @@ func absentUIDs(view []uint32, known []uidRange) []uint32 {
 	return slices.Compact(out)
 }
 
-// RewriteCommands names the commands whose RFC 7162 parts are answered here.
-func (*Extension) RewriteCommands() []string {
+// Commands names the commands whose RFC 7162 parts are answered here.
+func (*Extension) Commands() []string {
 	return []string{"FETCH", "UID FETCH", "STORE", "UID STORE", "SEARCH", "UID SEARCH",
 		"SORT", "UID SORT", "THREAD", "UID THREAD", "STATUS", "EXPUNGE", "UID EXPUNGE"}
 }
 
-// RewriteCommand dispatches to the command's rewriter.
-func (e *Extension) RewriteCommand(s *proxy.Session, c *proxy.Relayed) error {
-	switch strings.TrimPrefix(c.Name, "UID ") {
+// ServeCommand answers the command's RFC 7162 parts and passes the rest on.
+func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	s := x.Session()
+	var answered bool
+	var err error
+	switch strings.TrimPrefix(x.Name, "UID ") {
 	case "FETCH":
-		return rewriteFetch(s, c)
+		answered, err = rewriteFetch(x)
 	case "STORE":
-		return rewriteStore(s, c)
+		answered, err = rewriteStore(x)
 	case "SEARCH", "SORT", "THREAD":
-		return rewriteSearch(s, c)
+		err = rewriteSearch(x)
 	case "STATUS":
-		return rewriteStatus(s, c)
+		err = e.rewriteStatus(x)
 	case "EXPUNGE":
 		// With QRESYNC the tagged OK of EXPUNGE carries the new
 		// HIGHESTMODSEQ (RFC 7162 3.2.7), once the client has been told
 		// of the expunges.
 		if s.Enabled("QRESYNC") {
-			c.OKCodeFunc = func() string {
-				if m := s.Mailbox(); m != nil {
-					return fmt.Sprintf("HIGHESTMODSEQ %d", m.ModSeq())
+			x.OnTagged(func(h *imapcodec.ResponseHead) {
+				if m := s.Mailbox(); m != nil && h.Name == "OK" {
+					h.Code, h.CodeArg = "HIGHESTMODSEQ", strconv.FormatUint(m.ModSeq(), 10)
 				}
-				return ""
-			}
+			})
 		}
 	}
-	return nil
+	if err != nil {
+		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": "+sentence(err.Error())+".")
+	}
+	if answered {
+		return nil
+	}
+	return next(ctx, x)
+}
+
+// sentence capitalises the first letter of an error message for a client.
+func sentence(s string) string {
+	if s == "" || s[0] < 'a' || s[0] > 'z' {
+		return s
+	}
+	return string(s[0]-'a'+'A') + s[1:]
 }
 
 // number parses a number atom within [lo, hi].
@@ -395,7 +420,3 @@ func number(v imapcodec.Value, lo, hi uint64) (uint64, error) {
 	}
 	return n, nil
 }
-
-// context for MailboxState in STATUS; the session's own context is not
-// reachable from a rewriter, and the wait is bounded by the core.
-var bg = context.Background()

@@ -3,6 +3,7 @@ package condstore
 import (
 	"testing"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
 
@@ -29,7 +30,7 @@ func FuzzQResyncParams(f *testing.F) {
 			t.Fatalf("out of range accepted: %q -> %+v", arg, q)
 		}
 		for _, r := range q.knownUIDs {
-			if r.lo == 0 || r.lo > r.hi {
+			if r.Start == 0 || r.Stop == 0 || r.Start > r.Stop {
 				t.Fatalf("bad range accepted: %q -> %+v", arg, r)
 			}
 		}
@@ -42,18 +43,18 @@ func FuzzUIDSet(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, set string) {
-		ranges, err := parseUIDRanges(set, true)
-		if err != nil {
+		ranges, err := imapcodec.ParseUIDSet(set)
+		if err != nil || ranges.Dynamic() {
 			return
 		}
 		var nums []uint32
 		for _, r := range ranges {
-			if r.hi-r.lo > 1000 {
+			if r.Stop-r.Start > 1000 {
 				return
 			}
-			for n := r.lo; n <= r.hi; n++ {
+			for n := uint32(r.Start); n <= uint32(r.Stop); n++ {
 				nums = append(nums, n)
-				if n == r.hi {
+				if n == uint32(r.Stop) {
 					break
 				}
 			}
@@ -67,12 +68,12 @@ func FuzzUIDSet(f *testing.F) {
 				sorted[j-1], sorted[j] = sorted[j], sorted[j-1]
 			}
 		}
-		back, err := parseUIDRanges(string(appendUIDSet(nil, sorted)), false)
+		back, err := imapcodec.ParseUIDSet(string(appendUIDSet(nil, sorted)))
 		if err != nil {
 			t.Fatalf("%q formatted unparsable: %v", set, err)
 		}
 		for _, n := range nums {
-			if !inRanges(back, n) {
+			if !back.Contains(imap.UID(n)) {
 				t.Fatalf("%q lost %d", set, n)
 			}
 		}

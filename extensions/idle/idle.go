@@ -21,7 +21,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -47,16 +46,19 @@ func (e *Extension) Capabilities(st proxy.State, _ upstream.Caps) []string {
 
 func (e *Extension) Commands() []string { return []string{"IDLE"} }
 
-func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec.Command) error {
-	if !cmd.Args.AtEnd() {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "IDLE takes no arguments.")
+// ServeCommand runs IDLE: the session pushes every change of the selected
+// mailbox (and what other extensions queue) as it comes, until DONE.
+func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, _ proxy.Next) error {
+	s := x.Session()
+	if !x.Command().Args.AtEnd() {
+		return x.Reply("BAD", "", "IDLE takes no arguments.")
 	}
 	if s.State() < proxy.StateAuthenticated {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "IDLE not allowed before authentication; log in first.")
+		return x.Reply("BAD", "", "IDLE not allowed before authentication; log in first.")
 	}
-	s.SetIdling(true)
-	defer s.SetIdling(false)
-	if err := s.DeliverChanges(); err != nil {
+	prev := s.SetUpdates(proxy.UpdatesAll)
+	defer s.SetUpdates(prev)
+	if err := s.PushNow(); err != nil {
 		return err
 	}
 	if err := s.Write([]byte("+ idling\r\n")); err != nil {
@@ -64,34 +66,24 @@ func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec
 	}
 	deadline := time.Now().Add(s.IdleTimeout())
 	for {
-		wait := time.Until(deadline)
-		if e.KeepAlive > 0 && e.KeepAlive < wait {
-			wait = e.KeepAlive
+		wait := deadline
+		if k := time.Now().Add(e.KeepAlive); e.KeepAlive > 0 && k.Before(deadline) {
+			wait = k
 		}
-		// WaitLine flushes first, so delivered changes leave at once.
-		line, lit, err := s.WaitLine(max(wait, time.Millisecond))
+		// WaitLine flushes first, and pushes what comes while it waits.
+		line, lit, err := s.WaitLine(wait)
 		switch {
 		case err == nil && lit == nil && strings.EqualFold(string(line), "DONE"):
-			s.SetIdling(false)
-			if err := s.DeliverChanges(); err != nil {
-				return err
-			}
-			return s.WriteStatus(cmd.Tag, "OK", "", "Idle completed.")
+			s.SetUpdates(prev)
+			return x.Reply("OK", "", "Idle completed.")
 		case err == nil:
-			return s.WriteStatus(cmd.Tag, "BAD", "", "Expected DONE.")
+			return x.Reply("BAD", "", "Expected DONE.")
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// Woken by the hub, by the keep-alive timer, or timed out.
 			if !time.Now().Before(deadline) {
 				return proxy.ErrIdleTimeout
 			}
-			if s.HasNews() {
-				if err := s.DeliverChanges(); err != nil {
-					return err
-				}
-			} else if e.KeepAlive > 0 {
-				if err := s.Write([]byte("* OK Still here\r\n")); err != nil {
-					return err
-				}
+			if err := s.Write([]byte("* OK Still here\r\n")); err != nil {
+				return err
 			}
 		default:
 			return err

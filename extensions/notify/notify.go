@@ -44,8 +44,9 @@ type Config struct {
 
 // Extension implements NOTIFY. Close stops its account watchers.
 type Extension struct {
-	cfg Config
-	mgr *accountwatch.Manager
+	cfg       Config
+	mgr       *accountwatch.Manager
+	mailboxes *proxy.MailboxService
 }
 
 // New returns the NOTIFY extension.
@@ -74,7 +75,35 @@ func (*Extension) Capabilities(st proxy.State, _ upstream.Caps) []string {
 	return nil
 }
 
-func (*Extension) Commands() []string { return []string{"NOTIFY"} }
+// Provision takes the mailbox service: the hub's INBOX watcher and the
+// refresh of other mailboxes' states on the account watcher's connection.
+func (e *Extension) Provision(svc proxy.Services) error {
+	e.mailboxes = svc.Mailboxes
+	return nil
+}
+
+// Commands names NOTIFY, which the extension runs, and the commands by
+// which a session changes mailboxes itself, which it watches go by (see
+// changed).
+func (*Extension) Commands() []string {
+	return []string{"NOTIFY", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "APPEND",
+		"COPY", "MOVE", "UID COPY", "UID MOVE", "EXPUNGE", "UID EXPUNGE", "STORE", "UID STORE", "CLOSE"}
+}
+
+// ServeCommand runs NOTIFY, and learns of the changes the session's other
+// commands made once they succeeded.
+func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	if x.Name == "NOTIFY" {
+		return e.notify(ctx, x)
+	}
+	if err := next(ctx, x); err != nil {
+		return err
+	}
+	if x.Status() == "OK" {
+		e.changed(x.Session(), x.Name, x.Command().Segments[0].Text)
+	}
+	return nil
+}
 
 // Events this implementation supports, in the order NO [BADEVENT] lists them.
 var supported = []string{"MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange"}
@@ -281,37 +310,38 @@ func canonical(name string) string {
 	return name
 }
 
-// Handle runs NOTIFY SET and NOTIFY NONE.
-func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec.Command) error {
+// notify runs NOTIFY SET and NOTIFY NONE.
+func (e *Extension) notify(ctx context.Context, x *proxy.Exchange) error {
+	s, cmd := x.Session(), x.Command()
 	if s.State() < proxy.StateAuthenticated {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY not allowed before authentication; log in first.")
+		return x.Reply("BAD", "", "NOTIFY not allowed before authentication; log in first.")
 	}
 	p := cmd.Args
 	if err := p.SP(); err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY needs SET or NONE.")
+		return x.Reply("BAD", "", "NOTIFY needs SET or NONE.")
 	}
 	verb, err := p.Atom()
 	if err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY needs SET or NONE.")
+		return x.Reply("BAD", "", "NOTIFY needs SET or NONE.")
 	}
 	switch strings.ToUpper(verb) {
 	case "NONE":
 		if !p.AtEnd() {
-			return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY NONE takes no arguments.")
+			return x.Reply("BAD", "", "NOTIFY NONE takes no arguments.")
 		}
 		e.stop(s)
-		return s.WriteStatus(cmd.Tag, "OK", "", "NOTIFY completed.")
+		return x.Reply("OK", "", "NOTIFY completed.")
 	case "SET":
 	default:
-		return s.WriteStatus(cmd.Tag, "BAD", "", "NOTIFY needs SET or NONE.")
+		return x.Reply("BAD", "", "NOTIFY needs SET or NONE.")
 	}
 	withStatus, groups, err := parseSet(p)
 	var bad *errBadEvent
 	if errors.As(err, &bad) {
-		return s.WriteStatus(cmd.Tag, "NO", "BADEVENT ("+strings.Join(supported, " ")+")", "Unsupported event "+bad.name+".")
+		return x.Reply("NO", "BADEVENT ("+strings.Join(supported, " ")+")", "Unsupported event "+bad.name+".")
 	}
 	if err != nil {
-		return s.WriteStatus(cmd.Tag, "BAD", "", "Error in NOTIFY: "+err.Error()+".")
+		return x.Reply("BAD", "", "Error in NOTIFY: "+err.Error()+".")
 	}
 	e.stop(s)
 	st := &state{suppress: map[string]time.Time{}}
@@ -324,18 +354,16 @@ func (e *Extension) Handle(ctx context.Context, s *proxy.Session, cmd *imapcodec
 	}
 	if err := e.start(ctx, s, st); err != nil {
 		s.Logger().Warn("NOTIFY: cannot watch the account", "err", err)
-		return s.WriteStatus(cmd.Tag, "NO", "UNAVAILABLE", "Cannot watch the mailboxes now; try again later.")
-	}
-	// NOTIFY SET is an implicit NOOP (RFC 5465 3.1).
-	if err := s.DeliverPending(true); err != nil {
-		return err
+		return x.Reply("NO", "UNAVAILABLE", "Cannot watch the mailboxes now; try again later.")
 	}
 	if withStatus {
 		if err := e.writeInitialStatus(ctx, s, st); err != nil {
 			return err
 		}
 	}
-	return s.WriteStatus(cmd.Tag, "OK", "", "NOTIFY completed.")
+	// NOTIFY SET is an implicit NOOP (RFC 5465 3.1): Reply reports the
+	// selected mailbox's changes before the tagged OK.
+	return x.Reply("OK", "", "NOTIFY completed.")
 }
 
 // start makes st the session's NOTIFY state and subscribes to its sources.
@@ -346,12 +374,15 @@ func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) erro
 		}
 	}
 	if len(st.groups) > 0 {
+		acct := s.UpstreamAccount()
 		opts := accountwatch.WatchOptions{
-			Refresh:     s.MailboxRefresher(),
+			Refresh: func(ctx context.Context, mailbox string, c *upstream.Conn) (uint64, error) {
+				return e.mailboxes.Refresh(ctx, acct, mailbox, c)
+			},
 			ModSeqs:     s.Enabled("CONDSTORE"),
 			FlagChanges: anyFlags(st.groups),
 		}
-		sub, err := e.mgr.Watch(ctx, s.Account(), accountwatch.DialFunc(s.UpstreamDialer()), opts, func(evs []accountwatch.Event) {
+		sub, err := e.mgr.Watch(ctx, acct.Name, acct.Dial, opts, func(evs []accountwatch.Event) {
 			e.enqueue(s, st, evs)
 		})
 		if err != nil {
@@ -361,8 +392,7 @@ func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) erro
 		if st.wantsMessages("INBOX", nil) {
 			// INBOX through the hub's IDLE watcher: its changes make the
 			// account watcher refresh INBOX's STATUS at once.
-			account := s.Account()
-			_, release, err := s.WatchMailbox(ctx, "INBOX", func() { e.mgr.Poke(account, "INBOX") })
+			_, release, err := e.mailboxes.Watch(ctx, acct, "INBOX", func() { e.mgr.Poke(acct.Name, "INBOX") })
 			if err == nil {
 				st.inboxRelease = release
 			} else {
@@ -371,15 +401,14 @@ func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) erro
 		}
 	}
 	s.SetValue(stateKey{}, st)
-	mode := proxy.PushSelectedOff
+	mode := proxy.UpdatesWithCommands
 	if st.sel != nil && st.sel.messages {
-		mode = proxy.PushSelectedNow
+		mode = proxy.UpdatesAll
 		if st.sel.filter == fSelectedDelayed {
-			mode = proxy.PushSelectedDelayed
+			mode = proxy.UpdatesNoExpunge
 		}
 	}
-	s.SetFetchUID(st.sel != nil && st.sel.flags)
-	s.SetPushSelected(mode)
+	s.SetUpdates(mode)
 	return nil
 }
 
@@ -391,8 +420,7 @@ func (e *Extension) stop(s *proxy.Session) {
 		return
 	}
 	s.SetValue(stateKey{}, nil)
-	s.SetPushSelected(proxy.PushSelectedOff)
-	s.SetFetchUID(false)
+	s.SetUpdates(proxy.UpdatesWithCommands)
 	if st.acct != nil {
 		st.acct.Close()
 	}
@@ -641,11 +669,36 @@ func (e *Extension) fetchNew(s *proxy.Session, st *state) error {
 	}
 	fresh := uids[i:]
 	st.lastUID = fresh[len(fresh)-1]
-	set := fmt.Sprintf("%d:%d", fresh[0], fresh[len(fresh)-1])
+	cmd := fmt.Sprintf("UID FETCH %d:%d %s", fresh[0], fresh[len(fresh)-1], imapcodec.AppendValue(nil, st.sel.fetchAtts))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return s.FetchUIDs(ctx, set, string(imapcodec.AppendValue(nil, st.sel.fetchAtts)))
+	if err := s.Relay(ctx, cmd); err != nil {
+		if errors.Is(err, proxy.ErrClientGone) {
+			return err
+		}
+		// The client has the EXISTS and can fetch itself.
+		s.Logger().Warn("cannot fetch new messages for NOTIFY", "err", err)
+	}
+	return nil
 }
+
+// FetchItems keeps the UID in the FETCH responses that report flag
+// changes of the selected mailbox when the client asked for FlagChange
+// there (RFC 5465 5.2).
+func (e *Extension) FetchItems(s *proxy.Session, _ uint32, unsolicited bool) []byte {
+	if st := sessionState(s); unsolicited && st != nil && st.sel != nil && st.sel.flags {
+		return []byte{}
+	}
+	return nil
+}
+
+// ReportExpunged leaves expunges to the other reporters and the core.
+func (e *Extension) ReportExpunged(_ *proxy.Session, b []byte, _, _ []uint32) ([]byte, bool) {
+	return b, false
+}
+
+// ExpungesHeld has nothing to say.
+func (e *Extension) ExpungesHeld(*proxy.Session) []byte { return nil }
 
 // SessionClosed releases the session's subscriptions.
 func (e *Extension) SessionClosed(s *proxy.Session) { e.stop(s) }
@@ -665,14 +718,12 @@ func (e *Extension) StateChanged(s *proxy.Session, state proxy.State) {
 	}
 }
 
-// CommandDone learns of changes the session made itself: they are
-// announced to the account's other sessions at once (a poll now instead of
-// at the next interval), and mailbox-name and subscription events for them
-// are not told to this session.
-func (e *Extension) CommandDone(s *proxy.Session, name string, line []byte, status string) {
-	if status != "OK" {
-		return
-	}
+// changed learns of changes the session made itself with a command that
+// succeeded (line is its first line): they are announced to the account's
+// other sessions at once (a poll now instead of at the next interval), and
+// mailbox-name and subscription events for them are not told to this
+// session.
+func (e *Extension) changed(s *proxy.Session, name string, line []byte) {
 	args := commandArgs(line)
 	account := s.Account()
 	st := sessionState(s)

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"github.com/lemonproxy/lemonproxy/extensions/compress"
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
+	"github.com/lemonproxy/lemonproxy/internal/config"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// extensions is the chain of protocol extensions every session gets, in
+// the order the core calls them (see proxy.Extension): this list is to
+// lemonproxy what plugin.cfg is to CoreDNS. The order is part of the
+// design; change it only with a reason here.
+//
+//  1. idle owns IDLE, and compress owns COMPRESS: commands no other
+//     extension sees, so their place does not matter; first, so that
+//     the commands a session waits in are found at once.
+//  2. notify sees every command that changes mailboxes go by and reads its
+//     outcome (x.Status) to announce the change to the account's other
+//     sessions. It comes before condstore, which answers some of those
+//     commands itself (a conditional STORE that stores nothing): notify
+//     sees their outcome too.
+//  3. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
+//     EXPUNGE and answers the RFC 7162 parts from the proxy's state; last,
+//     so the command it passes on goes straight to the relay.
+func extensions(s config.Settings) []proxy.Extension {
+	return []proxy.Extension{
+		&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration},
+		compress.New(),
+		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: s.NotifyPollInterval.Duration, Grace: s.WatchGrace.Duration}}),
+		condstore.New(),
+	}
+}

@@ -1,0 +1,148 @@
+package proxy_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// chainExt is an extension that leaves a mark at every seam of the core,
+// so a test can see in which order the core calls several of them.
+type chainExt struct {
+	name  string
+	trace *[]string
+	// answers, if set, is a command the extension answers itself.
+	answers string
+}
+
+func (e *chainExt) Name() string { return e.name }
+
+func (e *chainExt) Commands() []string { return []string{"LIST", "XTEST", "FETCH"} }
+
+func (e *chainExt) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	*e.trace = append(*e.trace, e.name+">"+x.Name)
+	if x.Name == e.answers {
+		return x.Reply("OK", "", "answered by "+e.name)
+	}
+	x.Filter(func(r *proxy.Response) *proxy.Response {
+		if r.Head.Name == "LIST" {
+			r.Segments[0].Text = append(r.Segments[0].Text, e.name...)
+		}
+		return r
+	})
+	x.OnTagged(func(h *imapcodec.ResponseHead) { h.Text += " " + e.name })
+	err := next(ctx, x)
+	*e.trace = append(*e.trace, e.name+"<"+x.Status())
+	return err
+}
+
+func (e *chainExt) FilterResponse(s *proxy.Session, r *proxy.Response) *proxy.Response {
+	if r.Head.Name == "LIST" {
+		r.Segments[0].Text = append(r.Segments[0].Text, strings.ToUpper(e.name)...)
+	}
+	return r
+}
+
+func (e *chainExt) FetchItems(s *proxy.Session, uid uint32, unsolicited bool) []byte {
+	return []byte("X-" + strings.ToUpper(e.name) + " NIL")
+}
+
+func (e *chainExt) ReportExpunged(s *proxy.Session, b []byte, uids, seqs []uint32) ([]byte, bool) {
+	return b, false
+}
+
+func (e *chainExt) ExpungesHeld(*proxy.Session) []byte { return nil }
+
+// TestChainOrder: a command passes through the extensions' handlers in the
+// order of Config.Extensions, each filter and tagged hook in the same
+// order, the first handler that answers ends the chain, and every handler
+// before it sees the outcome; ChangeReporters' FETCH items compose in that
+// order too.
+func TestChainOrder(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	if err := up.AddUser("u", "p"); err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Append("u", "INBOX", []imap.Flag{imap.FlagSeen}, []byte("Subject: x\r\n\r\nx\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	var trace []string
+	a := &chainExt{name: "a", trace: &trace}
+	b := &chainExt{name: "b", trace: &trace, answers: "XTEST"}
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{a, b}})
+	c := imaptest.Login(t, p.Addr, "u", "p")
+
+	got := c.MustOK(`LIST "" INBOX`)
+	if want := `* LIST (\HasNoChildren) "/" INBOXabAB`; len(got) != 2 || !strings.HasPrefix(got[0], "* LIST") || !strings.HasSuffix(got[0], "INBOXabAB") {
+		t.Errorf("LIST through two extensions: %q, want %q (exchange filters in chain order, then the ResponseFilters)", got, want)
+	}
+	if tagged := imaptest.Tagged(got); !strings.HasSuffix(tagged, " a b") {
+		t.Errorf("tagged answer %q: want the OnTagged hooks of a then b", tagged)
+	}
+	if want := "a>LIST b>LIST b<OK a<OK"; strings.Join(trace, " ") != want {
+		t.Errorf("trace %q, want %q", strings.Join(trace, " "), want)
+	}
+
+	trace = nil
+	got = c.Cmd("XTEST")
+	if tagged := imaptest.Tagged(got); tagged != "OK answered by b a" {
+		t.Errorf("XTEST: %q, want b's answer with a's tagged hook", got)
+	}
+	if want := "a>XTEST b>XTEST a<OK"; strings.Join(trace, " ") != want {
+		t.Errorf("trace %q, want %q: b answers and ends the chain, a sees the outcome", strings.Join(trace, " "), want)
+	}
+
+	c.MustOK("SELECT INBOX")
+	got = c.MustOK("FETCH 1 (FLAGS)")
+	if want := `* 1 FETCH (UID 1 X-A NIL X-B NIL FLAGS (`; !strings.HasPrefix(got[0], want) {
+		t.Errorf("FETCH: %q, want %q", got[0], want)
+	}
+}
+
+// TestChainConfigErrors: an extension twice, or two extensions claiming the
+// same SELECT parameter, are refused when the server is built.
+func TestChainConfigErrors(t *testing.T) {
+	var trace []string
+	cfg := proxy.Config{
+		Upstream:   upstream.Config{Addr: "127.0.0.1:1"},
+		Logger:     imaptest.Logger(),
+		Extensions: []proxy.Extension{&chainExt{name: "a", trace: &trace}, &chainExt{name: "a", trace: &trace}},
+	}
+	if srv, err := proxy.NewServer(cfg); err == nil || !strings.Contains(err.Error(), `"a" configured twice`) {
+		if srv != nil {
+			srv.Shutdown(context.Background())
+		}
+		t.Errorf("two extensions named a: %v", err)
+	}
+	cfg.Extensions = []proxy.Extension{selectParamExt{"x"}, selectParamExt{"y"}}
+	if srv, err := proxy.NewServer(cfg); err == nil || !strings.Contains(err.Error(), "SELECT parameter P claimed by x and y") {
+		if srv != nil {
+			srv.Shutdown(context.Background())
+		}
+		t.Errorf("a SELECT parameter claimed twice: %v", err)
+	}
+}
+
+type selectParamExt struct{ name string }
+
+func (e selectParamExt) Name() string               { return e.name }
+func (selectParamExt) SelectParams() []string       { return []string{"P"} }
+func (selectParamExt) SelectClosing(*proxy.Session) {}
+func (selectParamExt) SelectOpened(*proxy.Session, map[string]any) error {
+	return nil
+}
+func (selectParamExt) SelectParam(*proxy.Session, string, imapcodec.List) (any, error) {
+	return nil, nil
+}

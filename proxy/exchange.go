@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"context"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+)
+
+// An Exchange is one client command on its way through the session: made
+// when the command has been read, passed through the extensions' command
+// chain (CommandHandler), the core's own handling or the relay, and the
+// tagged answer; then dropped. Everything that concerns only the command in
+// flight lives here, not on the Session: how its answers are translated,
+// which flags its own answers told the client, the filters and tagged-answer
+// hooks extensions added, their per-command data, and the outcome. The
+// model is net/http's Request.
+type Exchange struct {
+	// Tag is the client's tag.
+	Tag string
+	// Name is the command name as the client sent it, upper case
+	// ("FETCH", "UID STORE").
+	Name string
+	// Segments is the command as it goes upstream, the client's tag
+	// included (the relay puts its own in its place). In the selected
+	// state commands with sequence numbers are already in their UID form.
+	// Handlers may replace it, except when Streamed.
+	Segments []imapcodec.Segment
+
+	s        *Session
+	cmd      *imapcodec.Command // as the client sent it
+	streamed bool
+
+	// xlate translates the upstream's answers in the selected state.
+	xlate *translation
+	// collect, when set, receives the untagged responses instead of the
+	// client, and the tagged response is left to the caller (SELECT
+	// rewrites them once its view is known).
+	collect *[]*Response
+	// seenFlags holds the flags the command's own answers told the client
+	// (by UID), so the delivery after it does not repeat them.
+	seenFlags map[uint32]string
+	filters   []func(*Response) *Response
+	onTagged  []func(*imapcodec.ResponseHead)
+	values    map[any]any
+	status    string
+	answered  bool
+}
+
+// newExchange makes the exchange of a command read (whole, or its first
+// segment when streamed).
+func (s *Session) newExchange(cmd *imapcodec.Command, streamed bool) *Exchange {
+	return &Exchange{Tag: cmd.Tag, Name: cmd.Name, Segments: cmd.Segments, s: s, cmd: cmd, streamed: streamed}
+}
+
+// Session returns the session the command came from.
+func (x *Exchange) Session() *Session { return x.s }
+
+// Command returns the command as the client sent it, parsed; its Args
+// parser is positioned after the name. For a streamed command it holds the
+// first line only.
+func (x *Exchange) Command() *imapcodec.Command { return x.cmd }
+
+// Streamed reports whether the command streams from the client to the
+// upstream as it arrives (APPEND; commands no extension handles in the
+// authenticated state): Segments then hold its first line only.
+func (x *Exchange) Streamed() bool { return x.streamed }
+
+// Reply answers the command with a tagged status response of the proxy's
+// own, for a handler that does not pass the command on. As for every
+// command, the selected mailbox's changes are reported first and the
+// OnTagged hooks run.
+func (x *Exchange) Reply(status, code, text string) error {
+	return x.s.writeTagged(x, imapcodec.ResponseHead{Name: status, Code: code, Text: text})
+}
+
+// Filter adds a filter for the untagged responses relayed in answer to this
+// command, run before the extensions' ResponseFilters. Filters run in the
+// order added; each sees what the one before returned, and may return nil
+// to drop the response (see ResponseFilter for streamed responses).
+func (x *Exchange) Filter(f func(*Response) *Response) { x.filters = append(x.filters, f) }
+
+// OnTagged adds a hook that may change the tagged response just before it
+// is written, after the changes it follows have been reported to the
+// client (QRESYNC's HIGHESTMODSEQ after EXPUNGE). Hooks run in the order
+// added.
+func (x *Exchange) OnTagged(f func(head *imapcodec.ResponseHead)) {
+	x.onTagged = append(x.onTagged, f)
+}
+
+// Value returns what an extension stored for this command under key.
+func (x *Exchange) Value(key any) any { return x.values[key] }
+
+// SetValue stores per-command data for an extension; use an unexported key
+// type, as with context.Context.
+func (x *Exchange) SetValue(key, v any) {
+	if x.values == nil {
+		x.values = map[any]any{}
+	}
+	x.values[key] = v
+}
+
+// Status returns the status of the tagged response sent ("OK", "NO",
+// "BAD"), or "" if none was (the command failed without one, or it is
+// still running).
+func (x *Exchange) Status() string { return x.status }
+
+// serveChain passes x through handlers from i on, then to last.
+func (s *Session) serveChain(ctx context.Context, x *Exchange, hs []CommandHandler, i int, last Next) error {
+	if i == len(hs) {
+		return last(ctx, x)
+	}
+	return hs[i].ServeCommand(ctx, x, func(ctx context.Context, x *Exchange) error {
+		return s.serveChain(ctx, x, hs, i+1, last)
+	})
+}
+
+// filter runs the exchange's own filters.
+func (x *Exchange) filter(resp *Response) *Response {
+	for _, f := range x.filters {
+		if resp = f(resp); resp == nil {
+			return nil
+		}
+	}
+	return resp
+}
+
+// noteFlags records the flags a FETCH answer told the client.
+func (x *Exchange) noteFlags(uid uint32, flags string) {
+	if x.seenFlags == nil {
+		x.seenFlags = map[uint32]string{}
+	}
+	x.seenFlags[uid] = flags
+}

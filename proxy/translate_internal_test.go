@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+)
+
+// Answers to translated searches: UIDs become the client's sequence
+// numbers (testView: UIDs 3 5 9 10 20), unknown UIDs are left out, and
+// the parts that are not numbers stay as they are.
+func TestTranslateSearchResults(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"* SEARCH 3 9 20", "* SEARCH 1 3 5"},
+		{"* SEARCH 4 9", "* SEARCH 3"},
+		{"* SEARCH", "* SEARCH"},
+		{"* SEARCH 10 20 (MODSEQ 917162500)", "* SEARCH 4 5 (MODSEQ 917162500)"},
+		{"* SORT 20 3", "* SORT 5 1"},
+	} {
+		if got := string(searchToSeqs([]byte(tt.in), testView)); got != tt.want {
+			t.Errorf("%q -> %q, want %q", tt.in, got, tt.want)
+		}
+	}
+	// RFC 5256's example shape.
+	in := "* THREAD (3)(5 9)(10 (20)(4))"
+	if got, want := string(threadToSeqs([]byte(in), testView)), "* THREAD (1)(2 3)(4 (5)(0))"; got != want {
+		t.Errorf("%q -> %q, want %q", in, got, want)
+	}
+}
+
+// ESEARCH (RFC 4731): the client's tag replaces the upstream's, and a
+// translated search's UID results become sequence numbers.
+func TestTranslateESearch(t *testing.T) {
+	for _, tt := range []struct {
+		in         string
+		seqResults bool
+		want       string
+	}{
+		{`* ESEARCH (TAG "u7") UID MIN 3 MAX 20 COUNT 5 ALL 3:5,9:10,20`, true, `* ESEARCH (TAG "A282") MIN 1 MAX 5 COUNT 5 ALL 1:5`},
+		{`* ESEARCH (TAG "u7") UID ALL 9,20 MODSEQ 42`, true, `* ESEARCH (TAG "A282") ALL 3,5 MODSEQ 42`},
+		{`* ESEARCH (TAG "u7") UID COUNT 0`, true, `* ESEARCH (TAG "A282") COUNT 0`},
+		{`* ESEARCH (TAG "u7") UID MIN 9 ALL 9:20`, false, `* ESEARCH (TAG "A282") UID MIN 9 ALL 9:20`},
+		{`* ESEARCH UID MIN 4`, true, `* ESEARCH`},
+	} {
+		if got := string(translateESearch([]byte(tt.in), "A282", tt.seqResults, testView)); got != tt.want {
+			t.Errorf("%q -> %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// STORE goes upstream in its UID form, without .SILENT, decoded once.
+func TestTranslateStore(t *testing.T) {
+	for _, tt := range []struct {
+		cmd, up string
+		silent  bool
+		op      byte
+	}{
+		{`a STORE 2:3 +FLAGS.SILENT (\Deleted)`, `a UID STORE 5:9 +FLAGS (\Deleted)`, true, '+'},
+		{`a STORE * FLAGS \Seen $Work`, `a UID STORE 20 FLAGS (\Seen $Work)`, false, 0},
+		{`a UID STORE 9 (UNCHANGEDSINCE 7) -FLAGS.SILENT (\Seen)`, `a UID STORE 9 (UNCHANGEDSINCE 7) -FLAGS (\Seen)`, true, '-'},
+	} {
+		s := &Session{mbox: &selectedMailbox{view: testView}}
+		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(tt.cmd)}}, imapcodec.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := s.newExchange(cmd, false)
+		if err := s.translateCommand(x); err != nil {
+			t.Fatalf("%s: %v", tt.cmd, err)
+		}
+		if got := string(x.Segments[0].Text); got != tt.up {
+			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
+		}
+		if x.xlate.silent != tt.silent || x.xlate.store == nil || x.xlate.store.Op != tt.op {
+			t.Errorf("%s: translation %+v", tt.cmd, x.xlate)
+		}
+	}
+}
+
+// Search keys with sequence sets are translated wherever they stand.
+func TestTranslateSearchCommand(t *testing.T) {
+	for _, tt := range []struct{ cmd, up string }{
+		{`a SEARCH 2:3 UNSEEN`, `a UID SEARCH UID 5:9 UNSEEN`},
+		{`a SEARCH OR 1 (NOT 5) SUBJECT "2:3"`, `a UID SEARCH OR UID 3 (NOT UID 20) SUBJECT "2:3"`},
+		{`a SEARCH RETURN (MIN) CHARSET UTF-8 *`, `a UID SEARCH RETURN (MIN) CHARSET UTF-8 UID 20`},
+		{`a SORT (DATE) UTF-8 1:2`, `a UID SORT (DATE) UTF-8 UID 3:5`},
+	} {
+		s := &Session{mbox: &selectedMailbox{view: testView}}
+		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(tt.cmd)}}, imapcodec.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := s.newExchange(cmd, false)
+		if err := s.translateCommand(x); err != nil {
+			t.Fatalf("%s: %v", tt.cmd, err)
+		}
+		if got := string(x.Segments[0].Text); got != tt.up {
+			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
+		}
+	}
+	s := &Session{mbox: &selectedMailbox{view: testView}}
+	cmd, _ := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte("a SEARCH 7")}}, imapcodec.Limits{})
+	if err := s.translateCommand(s.newExchange(cmd, false)); err == nil {
+		t.Error("SEARCH 7 beyond the client's 5 messages: want an error")
+	}
+}
