@@ -8,7 +8,7 @@
 // count small:
 //
 //   - the selected mailbox: the hub's watcher the session already uses; the
-//     core pushes its changes between commands (proxy.SetPushSelected);
+//     core pushes its changes between commands (proxy.Session.SetUpdates);
 //   - INBOX: the hub's watcher of INBOX (one IDLE per account, shared),
 //     which makes the account watcher refresh INBOX's STATUS at once;
 //   - every other mailbox: the account watcher (package accountwatch), one
