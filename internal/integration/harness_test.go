@@ -66,9 +66,13 @@ func startProxy(t testing.TB, upstreamAddr string, opts ...func(*proxy.Config)) 
 }
 
 // requireTool finds a client program; missing in CI (where the test script
-// installs it) is a failure, elsewhere a skip.
+// installs it) is a failure, elsewhere a skip. Under -short it always skips:
+// external clients belong to the full tier.
 func requireTool(t testing.TB, name string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skipf("needs %s; skipped under -short", name)
+	}
 	p, err := exec.LookPath(name)
 	if err != nil {
 		if os.Getenv(dovecottest.RequireEnv) == "1" {
