@@ -194,14 +194,14 @@ func (p *Proxy) Shutdown() error {
 		select {
 		case p.serveErr = <-p.served:
 		case <-time.After(5 * time.Second):
-			p.serveErr = errors.New("Serve did not return after Shutdown")
+			p.serveErr = errors.New("serve did not return after shutdown")
 		}
 	})
 	if p.shutdownErr != nil {
-		return fmt.Errorf("Shutdown: %w", p.shutdownErr)
+		return fmt.Errorf("shutdown: %w", p.shutdownErr)
 	}
 	if p.serveErr != nil {
-		return fmt.Errorf("Serve: %w", p.serveErr)
+		return fmt.Errorf("serve: %w", p.serveErr)
 	}
 	return nil
 }
