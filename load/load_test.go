@@ -261,6 +261,16 @@ func TestFetch(t *testing.T) {
 	}
 }
 
+// skipMixedIfShort skips a mixed-scenario test under -short: each runs the
+// load for seconds by design (the scenario's idle and lag windows), which
+// belongs to the full tier.
+func skipMixedIfShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("mixed load scenario runs for seconds; skipped under -short")
+	}
+}
+
 func mixedConfig(e *env) Config {
 	cfg := e.config("mixed")
 	cfg.Clients, cfg.Rate, cfg.Duration = 8, 20, 6*time.Second
@@ -271,6 +281,7 @@ func mixedConfig(e *env) Config {
 }
 
 func TestMixed(t *testing.T) {
+	skipMixedIfShort(t)
 	e := newEnv(t, 3)
 	cfg := mixedConfig(e)
 	cfg.Compress = true
@@ -306,6 +317,7 @@ func containsLine(lines []string, want string) bool {
 // TestMixedAgainstDovecotStyleTarget: the target itself is the outside
 // (changes through the proxy) and clients resync in full.
 func TestMixedFullResync(t *testing.T) {
+	skipMixedIfShort(t)
 	e := newEnv(t, 2)
 	cfg := mixedConfig(e)
 	cfg.Outside, cfg.QResync, cfg.Clients, cfg.Duration = "", "off", 4, 4*time.Second
@@ -321,6 +333,7 @@ func TestMixedFullResync(t *testing.T) {
 // broken proxy would: every new message's EXISTS, or every flag change.
 // The mixed scenario must report errors.
 func TestMixedDetectsBrokenPushes(t *testing.T) {
+	skipMixedIfShort(t)
 	for _, tc := range []struct {
 		name  string
 		drop  *regexp.Regexp

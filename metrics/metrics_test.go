@@ -62,6 +62,7 @@ func TestMetrics(t *testing.T) {
 	a := imaptest.Login(t, p.Addr, "alice", "secret")
 	a.MustOK("SELECT INBOX")
 	b := imaptest.Dial(t, p.Addr)
+	b.MustGreetOK()
 	if got := imaptest.Tagged(b.Cmd("LOGIN alice wrong")); !strings.HasPrefix(got, "NO") {
 		t.Fatalf("bad login: %q", got)
 	}

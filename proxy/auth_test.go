@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 )
 
@@ -21,98 +22,98 @@ func TestLogin(t *testing.T) {
 	cfg := baseConfig(up.Addr)
 	const delay = 150 * time.Millisecond
 	cfg.AuthFailureDelay = delay
-	p := startProxy(t, cfg, proxyOpts{})
+	p := startProxy(t, cfg)
 
-	c := dial(t, p.addr)
+	c := imaptest.Dial(t, p.Addr)
 	start := time.Now()
-	c.expectDo("a", "LOGIN alice wrong", "a NO [AUTHENTICATIONFAILED] Authentication failed.")
+	c.ExpectDo("a", "LOGIN alice wrong", "a NO [AUTHENTICATIONFAILED] Authentication failed.")
 	if d := time.Since(start); d < delay {
 		t.Errorf("failed LOGIN answered after %v, want at least %v", d, delay)
 	}
 	start = time.Now()
-	c.expectDo("b", "LOGIN nobody secret", "b NO [AUTHENTICATIONFAILED] Authentication failed.")
+	c.ExpectDo("b", "LOGIN nobody secret", "b NO [AUTHENTICATIONFAILED] Authentication failed.")
 	if d := time.Since(start); d < delay {
 		t.Errorf("LOGIN of unknown user answered after %v, want at least %v", d, delay)
 	}
-	c.expectDo("c", "LOGIN", "c BAD LOGIN needs a user name and a password.")
-	c.expectDo("d", "LOGIN alice", "d BAD LOGIN needs a user name and a password.")
-	c.expectDo("e", "LOGIN alice secret extra", "e BAD LOGIN needs a user name and a password.")
-	c.expectDo("f", "LOGIN (alice) secret", "f BAD LOGIN needs a user name and a password.")
+	c.ExpectDo("c", "LOGIN", "c BAD LOGIN needs a user name and a password.")
+	c.ExpectDo("d", "LOGIN alice", "d BAD LOGIN needs a user name and a password.")
+	c.ExpectDo("e", "LOGIN alice secret extra", "e BAD LOGIN needs a user name and a password.")
+	c.ExpectDo("f", "LOGIN (alice) secret", "f BAD LOGIN needs a user name and a password.")
 	// The session is still usable after failures; quoted strings work.
-	c.expectDo("g", `LOGIN "alice" "secret"`, "g "+loggedIn)
-	c.expectDo("h", "NOOP", "h OK NOOP completed.")
+	c.ExpectDo("g", `LOGIN "alice" "secret"`, "g "+loggedIn)
+	c.ExpectDo("h", "NOOP", "h OK NOOP completed.")
 
 	// A literal password (synchronising: the client waits for "+").
-	c2 := dial(t, p.addr)
-	c2.send("a LOGIN alice {6}")
-	c2.expect("+ *")
-	c2.send("secret")
-	c2.expect("a " + loggedIn)
+	c2 := imaptest.Dial(t, p.Addr)
+	c2.Send("a LOGIN alice {6}")
+	c2.Expect("+ *")
+	c2.Send("secret")
+	c2.Expect("a " + loggedIn)
 }
 
 func TestAuthenticatePlain(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
-	p := startProxy(t, baseConfig(up.Addr), proxyOpts{})
+	p := startProxy(t, baseConfig(up.Addr))
 
 	t.Run("SASL-IR", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.expectDo("a", "AUTHENTICATE PLAIN "+plainIR("", "alice", "secret"), "a "+loggedIn)
-		c.expectDo("b", "NOOP", "b OK NOOP completed.")
+		c := imaptest.Dial(t, p.Addr)
+		c.ExpectDo("a", "AUTHENTICATE PLAIN "+plainIR("", "alice", "secret"), "a "+loggedIn)
+		c.ExpectDo("b", "NOOP", "b OK NOOP completed.")
 	})
 	t.Run("SASL-IR with authzid equal to the user", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.expectDo("a", "authenticate plain "+plainIR("alice", "alice", "secret"), "a "+loggedIn)
+		c := imaptest.Dial(t, p.Addr)
+		c.ExpectDo("a", "authenticate plain "+plainIR("alice", "alice", "secret"), "a "+loggedIn)
 	})
 	t.Run("continuation", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.send("a AUTHENTICATE PLAIN")
-		c.expect("+ ")
-		c.send(plainIR("", "alice", "secret"))
-		c.expect("a " + loggedIn)
+		c := imaptest.Dial(t, p.Addr)
+		c.Send("a AUTHENTICATE PLAIN")
+		c.Expect("+ ")
+		c.Send(plainIR("", "alice", "secret"))
+		c.Expect("a " + loggedIn)
 	})
 	t.Run("cancelled", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.send("a AUTHENTICATE PLAIN")
-		c.expect("+ ")
-		c.send("*")
-		c.expect("a BAD AUTHENTICATE cancelled.")
-		c.expectDo("b", "CAPABILITY", "* CAPABILITY "+preAuthCaps, "b OK Capability completed.")
+		c := imaptest.Dial(t, p.Addr)
+		c.Send("a AUTHENTICATE PLAIN")
+		c.Expect("+ ")
+		c.Send("*")
+		c.Expect("a BAD AUTHENTICATE cancelled.")
+		c.ExpectDo("b", "CAPABILITY", "* CAPABILITY "+preAuthCaps, "b OK Capability completed.")
 	})
 	t.Run("bad base64", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.send("a AUTHENTICATE PLAIN")
-		c.expect("+ ")
-		c.send("!!!not base64!!!")
-		c.expect("a BAD Response is not valid base64.")
-		c.expectDo("b", "AUTHENTICATE PLAIN %%%", "b BAD Initial response is not valid base64.")
-		c.expectDo("c", "AUTHENTICATE PLAIN abc def", "c BAD Malformed initial response.")
-		c.expectDo("d", "AUTHENTICATE", "d BAD AUTHENTICATE needs a mechanism name.")
-		c.expectDo("e", "NOOP", "e OK NOOP completed.")
+		c := imaptest.Dial(t, p.Addr)
+		c.Send("a AUTHENTICATE PLAIN")
+		c.Expect("+ ")
+		c.Send("!!!not base64!!!")
+		c.Expect("a BAD Response is not valid base64.")
+		c.ExpectDo("b", "AUTHENTICATE PLAIN %%%", "b BAD Initial response is not valid base64.")
+		c.ExpectDo("c", "AUTHENTICATE PLAIN abc def", "c BAD Malformed initial response.")
+		c.ExpectDo("d", "AUTHENTICATE", "d BAD AUTHENTICATE needs a mechanism name.")
+		c.ExpectDo("e", "NOOP", "e OK NOOP completed.")
 	})
 	t.Run("literal response", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.send("a AUTHENTICATE PLAIN")
-		c.expect("+ ")
-		c.send("{4+}")
-		c.send("abcd")
-		c.expect("a BAD AUTHENTICATE responses are base64 lines, not literals.")
-		c.expectDo("b", "NOOP", "b OK NOOP completed.")
+		c := imaptest.Dial(t, p.Addr)
+		c.Send("a AUTHENTICATE PLAIN")
+		c.Expect("+ ")
+		c.Send("{4+}")
+		c.Send("abcd")
+		c.Expect("a BAD AUTHENTICATE responses are base64 lines, not literals.")
+		c.ExpectDo("b", "NOOP", "b OK NOOP completed.")
 	})
 	t.Run("other mechanism", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.expectDo("a", "AUTHENTICATE CRAM-MD5", "a NO Unsupported authentication mechanism; use PLAIN.")
-		c.expectDo("b", "AUTHENTICATE XOAUTH2 "+plainIR("", "alice", "secret"), "b NO Unsupported authentication mechanism; use PLAIN.")
-		c.expectDo("c", "NOOP", "c OK NOOP completed.")
+		c := imaptest.Dial(t, p.Addr)
+		c.ExpectDo("a", "AUTHENTICATE CRAM-MD5", "a NO Unsupported authentication mechanism; use PLAIN.")
+		c.ExpectDo("b", "AUTHENTICATE XOAUTH2 "+plainIR("", "alice", "secret"), "b NO Unsupported authentication mechanism; use PLAIN.")
+		c.ExpectDo("c", "NOOP", "c OK NOOP completed.")
 	})
 	t.Run("wrong password", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.expectDo("a", "AUTHENTICATE PLAIN "+plainIR("", "alice", "nope"), "a NO [AUTHENTICATIONFAILED] Authentication failed.")
+		c := imaptest.Dial(t, p.Addr)
+		c.ExpectDo("a", "AUTHENTICATE PLAIN "+plainIR("", "alice", "nope"), "a NO [AUTHENTICATIONFAILED] Authentication failed.")
 		// Empty initial response ("="): PLAIN needs a message.
-		c.expectDo("b", "AUTHENTICATE PLAIN =", "b NO [AUTHENTICATIONFAILED] Authentication failed.")
+		c.ExpectDo("b", "AUTHENTICATE PLAIN =", "b NO [AUTHENTICATIONFAILED] Authentication failed.")
 		// An authorization identity other than the user is refused.
-		c.expectDo("c", "AUTHENTICATE PLAIN "+plainIR("bob", "alice", "secret"), "c NO [AUTHENTICATIONFAILED] Authentication failed.")
-		c.expectDo("d", "AUTHENTICATE PLAIN "+plainIR("", "alice", "secret"), "d "+loggedIn)
+		c.ExpectDo("c", "AUTHENTICATE PLAIN "+plainIR("bob", "alice", "secret"), "c NO [AUTHENTICATIONFAILED] Authentication failed.")
+		c.ExpectDo("d", "AUTHENTICATE PLAIN "+plainIR("", "alice", "secret"), "d "+loggedIn)
 	})
 }
 
@@ -125,11 +126,11 @@ func TestUpstreamUnreachable(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	p := startProxy(t, baseConfig(addr), proxyOpts{})
-	c := dial(t, p.addr)
-	c.expectDo("a", "LOGIN alice secret", "a NO [UNAVAILABLE] The upstream server is unavailable; try again later.")
-	c.expectDo("b", "AUTHENTICATE PLAIN "+plainIR("", "alice", "secret"), "b NO [UNAVAILABLE] The upstream server is unavailable; try again later.")
-	c.expectDo("c", "NOOP", "c OK NOOP completed.")
+	p := startProxy(t, baseConfig(addr))
+	c := imaptest.Dial(t, p.Addr)
+	c.ExpectDo("a", "LOGIN alice secret", "a NO [UNAVAILABLE] The upstream server is unavailable; try again later.")
+	c.ExpectDo("b", "AUTHENTICATE PLAIN "+plainIR("", "alice", "secret"), "b NO [UNAVAILABLE] The upstream server is unavailable; try again later.")
+	c.ExpectDo("c", "NOOP", "c OK NOOP completed.")
 }
 
 // TestPlaintextAuthPolicy simulates a client that is neither on loopback nor
@@ -140,25 +141,25 @@ func TestPlaintextAuthPolicy(t *testing.T) {
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	remote := net.ParseIP("203.0.113.5")
 
-	p := startProxy(t, baseConfig(up.Addr), proxyOpts{remoteIP: remote})
-	c := dial(t, p.addr)
+	p := startProxy(t, baseConfig(up.Addr), imaptest.RemoteIP(remote))
+	c := imaptest.Dial(t, p.Addr)
 	const disabled = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE LOGINDISABLED"
-	if want := "* OK [CAPABILITY " + disabled + "] lemonproxy ready."; c.greeting != want {
-		t.Fatalf("greeting %q, want %q", c.greeting, want)
+	if want := "* OK [CAPABILITY " + disabled + "] lemonproxy ready."; c.Greeting != want {
+		t.Fatalf("greeting %q, want %q", c.Greeting, want)
 	}
-	c.expectDo("a", "CAPABILITY", "* CAPABILITY "+disabled, "a OK Capability completed.")
+	c.ExpectDo("a", "CAPABILITY", "* CAPABILITY "+disabled, "a OK Capability completed.")
 	const privacy = " NO [PRIVACYREQUIRED] Plaintext authentication is disabled on this connection; use STARTTLS."
-	c.expectDo("b", "LOGIN alice secret", "b"+privacy)
-	c.expectDo("c", "AUTHENTICATE PLAIN "+plainIR("", "alice", "secret"), "c"+privacy)
-	c.expectDo("d", "AUTHENTICATE PLAIN", "d"+privacy)
-	c.expectDo("e", "SELECT INBOX", "e BAD SELECT not allowed before authentication; log in first.")
+	c.ExpectDo("b", "LOGIN alice secret", "b"+privacy)
+	c.ExpectDo("c", "AUTHENTICATE PLAIN "+plainIR("", "alice", "secret"), "c"+privacy)
+	c.ExpectDo("d", "AUTHENTICATE PLAIN", "d"+privacy)
+	c.ExpectDo("e", "SELECT INBOX", "e BAD SELECT not allowed before authentication; log in first.")
 
 	cfg := baseConfig(up.Addr)
 	cfg.AllowPlaintextAuth = true
-	p2 := startProxy(t, cfg, proxyOpts{remoteIP: remote})
-	c2 := dial(t, p2.addr)
-	if want := "* OK [CAPABILITY " + preAuthCaps + "] lemonproxy ready."; c2.greeting != want {
-		t.Fatalf("greeting with AllowPlaintextAuth %q, want %q", c2.greeting, want)
+	p2 := startProxy(t, cfg, imaptest.RemoteIP(remote))
+	c2 := imaptest.Dial(t, p2.Addr)
+	if want := "* OK [CAPABILITY " + preAuthCaps + "] lemonproxy ready."; c2.Greeting != want {
+		t.Fatalf("greeting with AllowPlaintextAuth %q, want %q", c2.Greeting, want)
 	}
-	c2.expectDo("a", "LOGIN alice secret", "a "+loggedIn)
+	c2.ExpectDo("a", "LOGIN alice secret", "a "+loggedIn)
 }

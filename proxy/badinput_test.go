@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -21,7 +22,7 @@ const (
 	testMaxLit    = 1 << 20
 )
 
-func badInputProxy(t *testing.T, tweak func(*proxy.Config)) (*memupstream.Server, *testProxy) {
+func badInputProxy(t *testing.T, tweak func(*proxy.Config)) (*memupstream.Server, *imaptest.Proxy) {
 	t.Helper()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	cfg := baseConfig(up.Addr)
@@ -30,7 +31,7 @@ func badInputProxy(t *testing.T, tweak func(*proxy.Config)) (*memupstream.Server
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	return up, startProxy(t, cfg, proxyOpts{})
+	return up, startProxy(t, cfg)
 }
 
 func TestOverlongLine(t *testing.T) {
@@ -38,50 +39,50 @@ func TestOverlongLine(t *testing.T) {
 	_, p := badInputProxy(t, nil)
 	for _, state := range []string{"not authenticated", "authenticated"} {
 		t.Run(state, func(t *testing.T) {
-			c := dial(t, p.addr)
+			c := imaptest.Dial(t, p.Addr)
 			if state == "authenticated" {
-				c.login("alice", "secret")
+				c.LoginTagged("alice", "secret")
 			}
-			c.send("a NOOP " + strings.Repeat("x", testMaxLine))
-			rest := c.expectClosed()
-			assertLines(t, "over-long line", rest, []string{"* BYE Line too long."})
+			c.Send("a NOOP " + strings.Repeat("x", testMaxLine))
+			rest := c.ExpectClosed()
+			imaptest.AssertLines(t, "over-long line", rest, []string{"* BYE Line too long."})
 		})
 	}
 	// Exactly at the limit is fine.
-	c := dial(t, p.addr)
-	c.expectDo("a", "LOGIN alice "+strings.Repeat("x", testMaxLine-len("a LOGIN alice ")), "a NO [AUTHENTICATIONFAILED] Authentication failed.")
-	waitFor(t, "the failed sessions to end", func() bool { return p.srv.Sessions() == 1 })
+	c := imaptest.Dial(t, p.Addr)
+	c.ExpectDo("a", "LOGIN alice "+strings.Repeat("x", testMaxLine-len("a LOGIN alice ")), "a NO [AUTHENTICATIONFAILED] Authentication failed.")
+	imaptest.WaitFor(t, "the failed sessions to end", func() bool { return p.Srv.Sessions() == 1 })
 }
 
 func TestSyntaxErrors(t *testing.T) {
 	t.Parallel()
 	_, p := badInputProxy(t, nil)
-	c := dial(t, p.addr)
-	c.expectDo("a", `LOGIN (alice secret`, "a BAD LOGIN needs a user name and a password.")
-	c.expectDo("b", `LOGIN "alice secret`, "b BAD LOGIN needs a user name and a password.")
-	c.expectDo("c", `LOGIN alice) secret`, "c BAD LOGIN needs a user name and a password.")
-	c.expectDo("d", `LOGIN "al\ice" secret`, "d BAD LOGIN needs a user name and a password.")
-	c.expectDo("e", `ENABLE (X`, "e BAD ENABLE not allowed before authentication; log in first.")
+	c := imaptest.Dial(t, p.Addr)
+	c.ExpectDo("a", `LOGIN (alice secret`, "a BAD LOGIN needs a user name and a password.")
+	c.ExpectDo("b", `LOGIN "alice secret`, "b BAD LOGIN needs a user name and a password.")
+	c.ExpectDo("c", `LOGIN alice) secret`, "c BAD LOGIN needs a user name and a password.")
+	c.ExpectDo("d", `LOGIN "al\ice" secret`, "d BAD LOGIN needs a user name and a password.")
+	c.ExpectDo("e", `ENABLE (X`, "e BAD ENABLE not allowed before authentication; log in first.")
 	// No tag, or a tag that cannot be one.
-	c.send("")
-	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
-	c.send(`"x" NOOP`)
-	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
-	c.send("f+ NOOP")
-	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
-	c.send("f* NOOP")
-	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
-	c.send(`f\ NOOP`)
-	c.expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
-	c.expectDo("g", "", "g BAD Error in IMAP command: syntax error: missing command name")
-	c.expectDo("h", "UID", "h BAD Error in IMAP command: syntax error: UID without a command")
-	c.expectDo("i", "NOOP", "i OK NOOP completed.")
-	c.login("alice", "secret")
-	c.expectDo("j", "SELECT (INBOX", "j BAD SELECT needs a mailbox name.")
-	c.expectDo("k", `SELECT "INBOX`, "k BAD SELECT needs a mailbox name.")
-	c.expectDo("l", `ENABLE (X`, "l BAD ENABLE needs at least one capability name.")
-	c.expectDo("m", "ENABLE "+strings.Repeat("(", 40), "m BAD ENABLE needs at least one capability name.")
-	c.expectDo("n", "NOOP", "n OK NOOP completed.")
+	c.Send("")
+	c.Expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.Send(`"x" NOOP`)
+	c.Expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.Send("f+ NOOP")
+	c.Expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.Send("f* NOOP")
+	c.Expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.Send(`f\ NOOP`)
+	c.Expect("* BAD Error in IMAP command: syntax error: missing or invalid tag")
+	c.ExpectDo("g", "", "g BAD Error in IMAP command: syntax error: missing command name")
+	c.ExpectDo("h", "UID", "h BAD Error in IMAP command: syntax error: UID without a command")
+	c.ExpectDo("i", "NOOP", "i OK NOOP completed.")
+	c.LoginTagged("alice", "secret")
+	c.ExpectDo("j", "SELECT (INBOX", "j BAD SELECT needs a mailbox name.")
+	c.ExpectDo("k", `SELECT "INBOX`, "k BAD SELECT needs a mailbox name.")
+	c.ExpectDo("l", `ENABLE (X`, "l BAD ENABLE needs at least one capability name.")
+	c.ExpectDo("m", "ENABLE "+strings.Repeat("(", 40), "m BAD ENABLE needs at least one capability name.")
+	c.ExpectDo("n", "NOOP", "n OK NOOP completed.")
 }
 
 func TestLiteralTooLarge(t *testing.T) {
@@ -91,69 +92,69 @@ func TestLiteralTooLarge(t *testing.T) {
 		return fmt.Sprintf("%s NO [TOOBIG] Literal of %d bytes exceeds the limit of %d bytes.", tag, size, limit)
 	}
 
-	c := dial(t, p.addr)
+	c := imaptest.Dial(t, p.Addr)
 	// Synchronising, pre-auth (inline limit): refused, never invited.
-	c.send(fmt.Sprintf("a LOGIN alice {%d}", testMaxInline+1))
-	c.expect(toobig("a", testMaxInline+1, testMaxInline))
-	c.expectDo("b", "NOOP", "b OK NOOP completed.")
+	c.Send(fmt.Sprintf("a LOGIN alice {%d}", testMaxInline+1))
+	c.Expect(toobig("a", testMaxInline+1, testMaxInline))
+	c.ExpectDo("b", "NOOP", "b OK NOOP completed.")
 	// Non-synchronising: the literal is read and thrown away with the rest
 	// of the command; the next command in the same write is answered.
 	big := bytes.Repeat([]byte("y"), testMaxInline+1)
-	c.write(fmt.Appendf(nil, "c LOGIN alice {%d+}\r\n%s {3+}\r\nabc\r\nd NOOP\r\n", len(big), big))
-	c.expect(toobig("c", len(big), testMaxInline), "d OK NOOP completed.")
+	c.WriteBytes(fmt.Appendf(nil, "c LOGIN alice {%d+}\r\n%s {3+}\r\nabc\r\nd NOOP\r\n", len(big), big))
+	c.Expect(toobig("c", len(big), testMaxInline), "d OK NOOP completed.")
 	// A literal within the limit followed by one over it.
-	c.send("e LOGIN {5}")
-	c.expect("+ *")
-	c.send(fmt.Sprintf("alice {%d}", testMaxInline+1))
-	c.expect(toobig("e", testMaxInline+1, testMaxInline))
-	c.expectDo("f", "NOOP", "f OK NOOP completed.")
+	c.Send("e LOGIN {5}")
+	c.Expect("+ *")
+	c.Send(fmt.Sprintf("alice {%d}", testMaxInline+1))
+	c.Expect(toobig("e", testMaxInline+1, testMaxInline))
+	c.ExpectDo("f", "NOOP", "f OK NOOP completed.")
 
-	c.login("alice", "secret")
+	c.LoginTagged("alice", "secret")
 	// The second literal of a relayed command is over the limit: the
 	// first is already upstream, so that connection is given up; in the
 	// authenticated state the session goes on with another one.
-	c.send("ga LIST {3}")
-	c.expect("+ *")
-	c.send(fmt.Sprintf(`abc {%d}`, testMaxInline+1))
-	c.expect(toobig("ga", testMaxInline+1, testMaxInline))
-	c.expectDo("gb", `LIST "" INBOX`, `* LIST () "/" INBOX`, "gb OK LIST completed")
+	c.Send("ga LIST {3}")
+	c.Expect("+ *")
+	c.Send(fmt.Sprintf(`abc {%d}`, testMaxInline+1))
+	c.Expect(toobig("ga", testMaxInline+1, testMaxInline))
+	c.ExpectDo("gb", `LIST "" INBOX`, `* LIST () "/" INBOX`, "gb OK LIST completed")
 
-	c.expectDo("g", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "g OK [READ-WRITE] SELECT completed")
+	c.ExpectDo("g", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "g OK [READ-WRITE] SELECT completed")
 	// APPEND has its own, larger limit.
-	c.send(fmt.Sprintf("h APPEND INBOX {%d}", testMaxAppend+1))
-	c.expect(toobig("h", testMaxAppend+1, testMaxAppend))
-	c.expectDo("i", "NOOP", "i OK NOOP completed.")
+	c.Send(fmt.Sprintf("h APPEND INBOX {%d}", testMaxAppend+1))
+	c.Expect(toobig("h", testMaxAppend+1, testMaxAppend))
+	c.ExpectDo("i", "NOOP", "i OK NOOP completed.")
 	big = bytes.Repeat([]byte("z"), testMaxAppend+1)
-	c.write(fmt.Appendf(nil, "j APPEND INBOX {%d+}\r\n%s\r\nk NOOP\r\n", len(big), big))
-	c.expect(toobig("j", len(big), testMaxAppend), "k OK NOOP completed.")
+	c.WriteBytes(fmt.Appendf(nil, "j APPEND INBOX {%d+}\r\n%s\r\nk NOOP\r\n", len(big), big))
+	c.Expect(toobig("j", len(big), testMaxAppend), "k OK NOOP completed.")
 	// An APPEND at the limit goes through.
 	ok := testMessage("ok", testMaxAppend)[:testMaxAppend]
-	c.write(fmt.Appendf(nil, "l APPEND INBOX {%d+}\r\n%s\r\n", len(ok), ok))
-	c.expect("* 1 EXISTS", "l OK [APPENDUID 1 1] APPEND completed")
+	c.WriteBytes(fmt.Appendf(nil, "l APPEND INBOX {%d+}\r\n%s\r\n", len(ok), ok))
+	c.Expect("* 1 EXISTS", "l OK [APPENDUID 1 1] APPEND completed")
 	// Other commands have the inline limit.
-	c.send(fmt.Sprintf("m SEARCH TEXT {%d}", testMaxInline+1))
-	c.expect(toobig("m", testMaxInline+1, testMaxInline))
-	c.expectDo("o", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "o OK FETCH completed")
+	c.Send(fmt.Sprintf("m SEARCH TEXT {%d}", testMaxInline+1))
+	c.Expect(toobig("m", testMaxInline+1, testMaxInline))
+	c.ExpectDo("o", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "o OK FETCH completed")
 	// The same in the selected state: the session holds no upstream
 	// connection of its own, so it goes on too.
-	c.send("n SEARCH TEXT {3}")
-	c.expect("+ *")
-	c.send(fmt.Sprintf("abc TEXT {%d}", testMaxInline+1))
-	c.expect(toobig("n", testMaxInline+1, testMaxInline))
-	c.expectDo("n2", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "n2 OK FETCH completed")
-	if n := p.srv.Pool().Idle(); n != 1 {
+	c.Send("n SEARCH TEXT {3}")
+	c.Expect("+ *")
+	c.Send(fmt.Sprintf("abc TEXT {%d}", testMaxInline+1))
+	c.Expect(toobig("n", testMaxInline+1, testMaxInline))
+	c.ExpectDo("n2", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "n2 OK FETCH completed")
+	if n := p.Srv.Pool().Idle(); n != 1 {
 		t.Errorf("%d idle upstream connections, want 1 (the broken ones closed)", n)
 	}
 	// Every refusal counts for the operator's metrics.
-	if got := p.srv.Stats().Errors[proxy.ErrLiteralTooLarge]; got != 8 {
+	if got := p.Srv.Stats().Errors[proxy.ErrLiteralTooLarge]; got != 8 {
 		t.Errorf("Errors[ErrLiteralTooLarge] = %d after 8 TOOBIG refusals", got)
 	}
 
 	// Over the absolute limit: nothing can be done but hang up.
-	c = dial(t, p.addr)
-	c.send(fmt.Sprintf("p LOGIN {%d}", testMaxLit+1))
-	assertLines(t, "literal over MaxLiteral", c.expectClosed(), []string{"* BYE Literal too large."})
-	if got := p.srv.Stats().Errors[proxy.ErrLiteralTooLarge]; got != 9 {
+	c = imaptest.Dial(t, p.Addr)
+	c.Send(fmt.Sprintf("p LOGIN {%d}", testMaxLit+1))
+	imaptest.AssertLines(t, "literal over MaxLiteral", c.ExpectClosed(), []string{"* BYE Literal too large."})
+	if got := p.Srv.Stats().Errors[proxy.ErrLiteralTooLarge]; got != 9 {
 		t.Errorf("Errors[ErrLiteralTooLarge] = %d after 8 refusals and a BYE", got)
 	}
 }
@@ -165,61 +166,61 @@ func TestLiteralNeverArrives(t *testing.T) {
 		cfg.IdleTimeout = 300 * time.Millisecond
 	})
 	t.Run("pre-auth", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.send("a LOGIN alice {6}")
-		c.expect("+ *")
-		c.write([]byte("sec"))
+		c := imaptest.Dial(t, p.Addr)
+		c.Send("a LOGIN alice {6}")
+		c.Expect("+ *")
+		c.WriteBytes([]byte("sec"))
 		start := time.Now()
-		rest := c.expectClosed()
-		assertLines(t, "literal never completed", rest, []string{"* BYE Autologout; idle for too long."})
+		rest := c.ExpectClosed()
+		imaptest.AssertLines(t, "literal never completed", rest, []string{"* BYE Autologout; idle for too long."})
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("took %v to time out", d)
 		}
 	})
 	t.Run("APPEND", func(t *testing.T) {
-		c := dial(t, p.addr)
-		c.login("alice", "secret")
-		c.send("a APPEND INBOX {100}")
-		c.expect("+ *")
-		c.write([]byte("Subject: never finished\r\n"))
-		rest := c.expectClosed()
-		assertLines(t, "literal never completed", rest, []string{"* BYE Autologout; idle for too long."})
-		waitFor(t, "the session to end", func() bool { return p.srv.Sessions() == 0 })
-		if n := p.srv.Pool().Idle(); n != 0 {
+		c := imaptest.Dial(t, p.Addr)
+		c.LoginTagged("alice", "secret")
+		c.Send("a APPEND INBOX {100}")
+		c.Expect("+ *")
+		c.WriteBytes([]byte("Subject: never finished\r\n"))
+		rest := c.ExpectClosed()
+		imaptest.AssertLines(t, "literal never completed", rest, []string{"* BYE Autologout; idle for too long."})
+		imaptest.WaitFor(t, "the session to end", func() bool { return p.Srv.Sessions() == 0 })
+		if n := p.Srv.Pool().Idle(); n != 0 {
 			t.Errorf("%d idle upstream connections after an APPEND cut short, want 0", n)
 		}
 	})
 	t.Run("idle client", func(t *testing.T) {
-		c := dial(t, p.addr)
-		rest := c.expectClosed()
-		assertLines(t, "silent client", rest, []string{"* BYE Autologout; idle for too long."})
+		c := imaptest.Dial(t, p.Addr)
+		rest := c.ExpectClosed()
+		imaptest.AssertLines(t, "silent client", rest, []string{"* BYE Autologout; idle for too long."})
 	})
 }
 
 func TestDisconnectMidLiteral(t *testing.T) {
 	t.Parallel()
 	_, p := badInputProxy(t, nil)
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
-	if n := p.srv.Pool().Idle(); n != 1 {
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
+	if n := p.Srv.Pool().Idle(); n != 1 {
 		t.Fatalf("%d idle upstream connections after login, want 1", n)
 	}
-	c.send("a APPEND INBOX {1000}")
-	c.expect("+ *")
-	c.write(bytes.Repeat([]byte("x"), 100))
+	c.Send("a APPEND INBOX {1000}")
+	c.Expect("+ *")
+	c.WriteBytes(bytes.Repeat([]byte("x"), 100))
 	time.Sleep(20 * time.Millisecond) // let the proxy relay what it got
-	c.close()
-	waitFor(t, "the session to end", func() bool { return p.srv.Sessions() == 0 })
+	c.Close()
+	imaptest.WaitFor(t, "the session to end", func() bool { return p.Srv.Sessions() == 0 })
 	// The upstream connection was mid-APPEND: it must not be reused.
-	if n := p.srv.Pool().Idle(); n != 0 {
+	if n := p.Srv.Pool().Idle(); n != 0 {
 		t.Fatalf("%d idle upstream connections after a client vanished mid-literal, want 0", n)
 	}
 	// A new session works normally. (go-imap stores the truncated message
 	// when its connection closes mid-literal, so the mailbox is not
 	// checked; Dovecot does not.)
-	c2 := dial(t, p.addr)
-	c2.login("alice", "secret")
-	c2.expectDo("b", "NOOP", "b OK NOOP completed.")
+	c2 := imaptest.Dial(t, p.Addr)
+	c2.LoginTagged("alice", "secret")
+	c2.ExpectDo("b", "NOOP", "b OK NOOP completed.")
 }
 
 // TestBinaryGarbage feeds random bytes, NULs and all, to a session in each
@@ -256,19 +257,19 @@ func TestBinaryGarbage(t *testing.T) {
 					garbage[i] = []byte{0, 0, 0, '\n', '\r', '{', '}', '"', '('}[rnd.UintN(9)]
 				}
 			}
-			c := dial(t, p.addr)
+			c := imaptest.Dial(t, p.Addr)
 			if (seed+seed/4)%2 == 1 { // each kind of garbage in both states
-				c.login("alice", "secret")
+				c.LoginTagged("alice", "secret")
 			}
 			// The server may hang up half-way: write errors are expected.
-			c.nc.SetWriteDeadline(time.Now().Add(ioTimeout))
-			_, werr := c.nc.Write(append(garbage, "\r\nzz9 NOOP\r\n"...))
+			c.Conn.SetWriteDeadline(time.Now().Add(imaptest.IOTimeout))
+			_, werr := c.Conn.Write(append(garbage, "\r\nzz9 NOOP\r\n"...))
 			var lines []string
 			for {
-				c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-				line, err := c.br.ReadString('\n')
+				c.Conn.SetReadDeadline(time.Now().Add(imaptest.IOTimeout))
+				line, err := c.R.ReadString('\n')
 				if err != nil {
-					if isReset(err) {
+					if imaptest.IsReset(err) {
 						// Closed with our garbage unread: the
 						// kernel may have dropped the BYE.
 						t.Logf("connection reset after %d lines", len(lines))
@@ -298,9 +299,9 @@ func TestBinaryGarbage(t *testing.T) {
 				}
 			}
 			t.Logf("%d responses, last %q", len(lines), lines[max(len(lines)-1, 0):])
-			c.close()
+			c.Close()
 		})
 	}
-	waitFor(t, "the sessions to end", func() bool { return p.srv.Sessions() == 0 })
-	dial(t, p.addr).expectDo("a", "NOOP", "a OK NOOP completed.")
+	imaptest.WaitFor(t, "the sessions to end", func() bool { return p.Srv.Sessions() == 0 })
+	imaptest.Dial(t, p.Addr).ExpectDo("a", "NOOP", "a OK NOOP completed.")
 }

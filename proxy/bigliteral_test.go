@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"testing"
+
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
 // TestLargeLiteralsStream sends a 50 MB APPEND and FETCHes a 50 MB body
@@ -33,34 +35,34 @@ func TestLargeLiteralsStream(t *testing.T) {
 
 	f := startFakeUpstream(t, "IMAP4rev1 LITERAL+")
 	f.bodySize, f.chunk = size, chunk
-	p := startProxy(t, baseConfig(f.addr()), proxyOpts{})
-	c := dial(t, p.addr)
-	c.login("u", "p")
-	c.expectDo("s", "SELECT INBOX", "* 1 EXISTS", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "s OK [READ-WRITE] SELECT done")
+	p := startProxy(t, baseConfig(f.addr()))
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("u", "p")
+	c.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "s OK [READ-WRITE] SELECT done")
 
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 
 	// APPEND, synchronising literal.
-	c.send(fmt.Sprintf("a APPEND INBOX {%d}", size))
-	c.expect("+ *")
+	c.Send(fmt.Sprintf("a APPEND INBOX {%d}", size))
+	c.Expect("+ *")
 	for left := size; left > 0; left -= len(chunk) {
-		c.write(chunk[:min(left, len(chunk))])
+		c.WriteBytes(chunk[:min(left, len(chunk))])
 	}
-	c.write([]byte("\r\n"))
-	c.expect("a OK [APPENDUID 1 1] APPEND done")
+	c.WriteBytes([]byte("\r\n"))
+	c.Expect("a OK [APPENDUID 1 1] APPEND done")
 
 	// FETCH, read straight into the hash.
-	c.send("f FETCH 1 BODY[]")
-	if got, want := c.readLine(), fmt.Sprintf("* 1 FETCH (BODY[] {%d}", size); got != want {
+	c.Send("f FETCH 1 BODY[]")
+	if got, want := c.ReadRawLine(), fmt.Sprintf("* 1 FETCH (BODY[] {%d}", size); got != want {
 		t.Fatalf("FETCH: got %q, want %q", got, want)
 	}
 	h := newSummer()
-	if _, err := io.CopyN(h, c.br, size); err != nil {
+	if _, err := io.CopyN(h, c.R, size); err != nil {
 		t.Fatalf("reading the FETCH literal: %v", err)
 	}
-	c.expect(")", "f OK FETCH done")
+	c.Expect(")", "f OK FETCH done")
 
 	runtime.ReadMemStats(&after)
 	alloc := after.TotalAlloc - before.TotalAlloc

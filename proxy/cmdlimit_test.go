@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
@@ -23,59 +24,59 @@ func TestCommandLiteralTotal(t *testing.T) {
 	}
 	x := func(n int) string { return strings.Repeat("x", n) }
 
-	c := dial(t, p.addr)
+	c := imaptest.Dial(t, p.Addr)
 	// Before login, read into memory, synchronising literals (each under
 	// testMaxInline): the third is refused before it is invited.
-	c.send("a LOGIN {4000}")
-	c.expect("+ *")
-	c.send(x(4000) + " {4000}")
-	c.expect("+ *")
-	c.send(x(4000) + " {4000}")
-	c.expect(toobig("a", 12000))
-	c.expectDo("b", "NOOP", "b OK NOOP completed.")
+	c.Send("a LOGIN {4000}")
+	c.Expect("+ *")
+	c.Send(x(4000) + " {4000}")
+	c.Expect("+ *")
+	c.Send(x(4000) + " {4000}")
+	c.Expect(toobig("a", 12000))
+	c.ExpectDo("b", "NOOP", "b OK NOOP completed.")
 	// Non-synchronising: the rest of the command is read and thrown away;
 	// the next command in the same write is answered.
-	c.write([]byte("c LOGIN {4000+}\r\n" + x(4000) + " {4000+}\r\n" + x(4000) + " {4000+}\r\n" + x(4000) + "\r\nd NOOP\r\n"))
-	c.expect(toobig("c", 12000), "d OK NOOP completed.")
+	c.WriteBytes([]byte("c LOGIN {4000+}\r\n" + x(4000) + " {4000+}\r\n" + x(4000) + " {4000+}\r\n" + x(4000) + "\r\nd NOOP\r\n"))
+	c.Expect(toobig("c", 12000), "d OK NOOP completed.")
 
-	c.login("alice", "secret")
+	c.LoginTagged("alice", "secret")
 	// Authenticated, streamed to the upstream: an APPEND of two messages
 	// (the MULTIAPPEND form) whose second brings the command over. The
 	// first message is already upstream, so that connection is given up
 	// and the session goes on with another.
 	msg := string(testMessage("m", 6000)[:6000])
-	c.send("e APPEND INBOX {6000}")
-	c.expect("+ *")
-	c.send(msg + " {6000}")
-	c.expect(toobig("e", 12000))
-	c.expectDo("f", `LIST "" INBOX`, `* LIST () "/" INBOX`, "f OK LIST completed")
-	c.write([]byte("g APPEND INBOX {6000+}\r\n" + msg + " {6000+}\r\n" + msg + "\r\nh NOOP\r\n"))
-	c.expect(toobig("g", 12000), "h OK NOOP completed.")
+	c.Send("e APPEND INBOX {6000}")
+	c.Expect("+ *")
+	c.Send(msg + " {6000}")
+	c.Expect(toobig("e", 12000))
+	c.ExpectDo("f", `LIST "" INBOX`, `* LIST () "/" INBOX`, "f OK LIST completed")
+	c.WriteBytes([]byte("g APPEND INBOX {6000+}\r\n" + msg + " {6000+}\r\n" + msg + "\r\nh NOOP\r\n"))
+	c.Expect(toobig("g", 12000), "h OK NOOP completed.")
 	// One message under max-append but over the command's limit.
-	c.send("i APPEND INBOX {12000}")
-	c.expect(toobig("i", 12000))
-	c.expectDo("i2", "NOOP", "i2 OK NOOP completed.")
+	c.Send("i APPEND INBOX {12000}")
+	c.Expect(toobig("i", 12000))
+	c.ExpectDo("i2", "NOOP", "i2 OK NOOP completed.")
 
 	// Selected, read into memory: exactly at the limit passes, one byte
 	// more does not.
-	if got := c.do("j", "SELECT INBOX"); !strings.HasPrefix(got[len(got)-1], "j OK ") {
+	if got := c.Do("j", "SELECT INBOX"); !strings.HasPrefix(got[len(got)-1], "j OK ") {
 		t.Fatalf("SELECT INBOX: %q", got)
 	}
-	c.send("k SEARCH TEXT {4000}")
-	c.expect("+ *")
-	c.send(x(4000) + " TEXT {4000}")
-	c.expect("+ *")
-	c.send(x(4000) + " TEXT {2000}")
-	c.expect("+ *")
-	c.send(x(2000))
-	c.expect("* SEARCH*", "k OK SEARCH*")
-	c.send("l SEARCH TEXT {4000}")
-	c.expect("+ *")
-	c.send(x(4000) + " TEXT {4000}")
-	c.expect("+ *")
-	c.send(x(4000) + " TEXT {2001}")
-	c.expect(toobig("l", 10001))
-	if got := c.do("m", "NOOP"); got[len(got)-1] != "m OK NOOP completed." {
+	c.Send("k SEARCH TEXT {4000}")
+	c.Expect("+ *")
+	c.Send(x(4000) + " TEXT {4000}")
+	c.Expect("+ *")
+	c.Send(x(4000) + " TEXT {2000}")
+	c.Expect("+ *")
+	c.Send(x(2000))
+	c.Expect("* SEARCH*", "k OK SEARCH*")
+	c.Send("l SEARCH TEXT {4000}")
+	c.Expect("+ *")
+	c.Send(x(4000) + " TEXT {4000}")
+	c.Expect("+ *")
+	c.Send(x(4000) + " TEXT {2001}")
+	c.Expect(toobig("l", 10001))
+	if got := c.Do("m", "NOOP"); got[len(got)-1] != "m OK NOOP completed." {
 		t.Fatalf("NOOP after a refused SEARCH: %q", got)
 	}
 
@@ -84,15 +85,15 @@ func TestCommandLiteralTotal(t *testing.T) {
 	t.Run("default", func(t *testing.T) {
 		t.Parallel()
 		_, p := badInputProxy(t, nil)
-		c := dial(t, p.addr)
-		c.login("alice", "secret")
+		c := imaptest.Dial(t, p.Addr)
+		c.LoginTagged("alice", "secret")
 		msg := testMessage("m", testMaxAppend)[:testMaxAppend]
-		c.send(fmt.Sprintf("a APPEND INBOX {%d}", len(msg)))
-		c.expect("+ *")
-		c.write(msg)
-		c.send(fmt.Sprintf(" {%d}", testMaxInline+1))
-		c.expect(fmt.Sprintf("a NO [TOOBIG] Literals of %d bytes in one command exceed the limit of %d bytes.",
+		c.Send(fmt.Sprintf("a APPEND INBOX {%d}", len(msg)))
+		c.Expect("+ *")
+		c.WriteBytes(msg)
+		c.Send(fmt.Sprintf(" {%d}", testMaxInline+1))
+		c.Expect(fmt.Sprintf("a NO [TOOBIG] Literals of %d bytes in one command exceed the limit of %d bytes.",
 			testMaxAppend+testMaxInline+1, testMaxAppend+testMaxInline))
-		c.expectDo("b", "NOOP", "b OK NOOP completed.")
+		c.ExpectDo("b", "NOOP", "b OK NOOP completed.")
 	})
 }

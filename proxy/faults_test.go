@@ -29,6 +29,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/lemonproxy/lemonproxy/internal/faultnet"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -69,7 +70,7 @@ const (
 type faultEnv struct {
 	up         *memupstream.Server
 	fn         *faultnet.Relay
-	p          *testProxy
+	p          *imaptest.Proxy
 	big, small []byte
 
 	by       *client
@@ -95,47 +96,47 @@ func startFaultEnv(t *testing.T) *faultEnv {
 	cfg := baseConfig(e.fn.Addr())
 	cfg.Upstream.Timeout = faultUpTimeout
 	cfg.Pool = upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: -1}
-	e.p = startProxy(t, cfg, proxyOpts{})
+	e.p = startProxy(t, cfg)
 
-	e.by = dial(t, e.p.addr)
-	e.by.login("alice", "secret")
+	e.by = imaptest.Dial(t, e.p.Addr)
+	e.by.LoginTagged("alice", "secret")
 	e.selectInbox(e.by, "s")
-	e.by.send("i IDLE")
-	e.by.expect("+ idling")
+	e.by.Send("i IDLE")
+	e.by.Expect("+ idling")
 	e.lastPush = time.Now()
 	return e
 }
 
 // selectInbox selects INBOX and checks the first and the tagged line.
 func (e *faultEnv) selectInbox(c *client, tag string) {
-	c.t.Helper()
-	got := c.do(tag, "SELECT INBOX")
+	c.T().Helper()
+	got := c.Do(tag, "SELECT INBOX")
 	if got[0] != fmt.Sprintf("* %d EXISTS", e.exists) || !strings.HasPrefix(got[len(got)-1], tag+" OK [READ-WRITE] ") {
-		c.t.Fatalf("SELECT INBOX: %q", got)
+		c.T().Fatalf("SELECT INBOX: %q", got)
 	}
 }
 
 // login dials the proxy and logs in as alice.
 func (e *faultEnv) login(t *testing.T) *client {
 	t.Helper()
-	c := dial(t, e.p.addr)
-	c.login("alice", "secret")
+	c := imaptest.Dial(t, e.p.Addr)
+	c.LoginTagged("alice", "secret")
 	return c
 }
 
 // logout ends c's session normally.
 func logout(c *client) {
-	c.t.Helper()
-	c.expectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
-	c.expectClosed()
+	c.T().Helper()
+	c.ExpectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
+	c.ExpectClosed()
 }
 
 // expectOK runs a command and checks that its tagged answer is OK.
 func expectOK(c *client, tag, command string) []string {
-	c.t.Helper()
-	got := c.do(tag, command)
+	c.T().Helper()
+	got := c.Do(tag, command)
 	if !strings.HasPrefix(got[len(got)-1], tag+" OK") {
-		c.t.Fatalf("%s: %q", command, got)
+		c.T().Fatalf("%s: %q", command, got)
 	}
 	return got
 }
@@ -146,7 +147,7 @@ func waitFired(t *testing.T, h *faultnet.Handle) *faultnet.Conn {
 	select {
 	case <-h.Fired():
 		return h.Conn()
-	case <-time.After(ioTimeout):
+	case <-time.After(imaptest.IOTimeout):
 		t.Fatalf("%v never fired", h)
 		return nil
 	}
@@ -169,7 +170,7 @@ func expectClosed(t *testing.T, conn *faultnet.Conn) {
 	t.Helper()
 	select {
 	case <-conn.Done():
-	case <-time.After(ioTimeout):
+	case <-time.After(imaptest.IOTimeout):
 		t.Fatalf("upstream connection %d still open: the proxy kept a connection in an unknown state", conn.ID)
 	}
 }
@@ -196,9 +197,9 @@ func liveHeap() uint64 {
 func (e *faultEnv) settled(t *testing.T) proxy.Stats {
 	t.Helper()
 	var st proxy.Stats
-	deadline := time.Now().Add(ioTimeout)
+	deadline := time.Now().Add(imaptest.IOTimeout)
 	for {
-		st = e.p.srv.Stats()
+		st = e.p.Srv.Stats()
 		open := e.fn.Open()
 		if st.UpstreamLeased == 0 && open == st.UpstreamIdle+st.Watchers {
 			return st
@@ -222,8 +223,8 @@ func (e *faultEnv) baseline(t *testing.T) faultBaseline {
 // must be as before.
 func (e *faultEnv) checkRecovered(t *testing.T, b faultBaseline) {
 	t.Helper()
-	waitFor(t, "the sessions to end", func() bool {
-		return e.p.srv.Stats().SessionsByState == b.stats.SessionsByState
+	imaptest.WaitFor(t, "the sessions to end", func() bool {
+		return e.p.Srv.Stats().SessionsByState == b.stats.SessionsByState
 	})
 	st := e.settled(t)
 	if st.UpstreamIdle != b.stats.UpstreamIdle || st.Watchers != b.stats.Watchers {
@@ -257,31 +258,31 @@ func (e *faultEnv) checkBystander(t *testing.T, c *client) {
 	// time to get back into IDLE after its last news.
 	time.Sleep(time.Until(e.lastPush.Add(250 * time.Millisecond)))
 	msg := testMessage("bystander", 200)
-	c.write(fmt.Appendf(nil, "ba APPEND INBOX {%d+}\r\n%s\r\n", len(msg), msg))
-	got := c.readUntilTagged("ba")
+	c.WriteBytes(fmt.Appendf(nil, "ba APPEND INBOX {%d+}\r\n%s\r\n", len(msg), msg))
+	got := c.ReadUntilTagged("ba")
 	if !strings.HasPrefix(got[len(got)-1], "ba OK [APPENDUID ") {
 		t.Fatalf("APPEND after the fault: %q", got)
 	}
 	e.exists++
 	e.lastPush = time.Now()
-	e.by.expect(fmt.Sprintf("* %d EXISTS", e.exists))
-	e.by.send("DONE")
-	e.by.expect("i OK Idle completed.")
-	e.by.expectDo("bf", fmt.Sprintf("FETCH %d (RFC822.SIZE)", e.exists), fmt.Sprintf("* %d FETCH (RFC822.SIZE %d)", e.exists, len(msg)), "bf OK FETCH completed")
-	e.by.expectDo("bn", "NOOP", "bn OK NOOP completed.")
-	e.by.send("i IDLE")
-	e.by.expect("+ idling")
+	e.by.Expect(fmt.Sprintf("* %d EXISTS", e.exists))
+	e.by.Send("DONE")
+	e.by.Expect("i OK Idle completed.")
+	e.by.ExpectDo("bf", fmt.Sprintf("FETCH %d (RFC822.SIZE)", e.exists), fmt.Sprintf("* %d FETCH (RFC822.SIZE %d)", e.exists, len(msg)), "bf OK FETCH completed")
+	e.by.ExpectDo("bn", "NOOP", "bn OK NOOP completed.")
+	e.by.Send("i IDLE")
+	e.by.Expect("+ idling")
 }
 
 // expectBody FETCHes message n's body and compares it with msg (without
 // printing megabytes when it differs).
 func expectBody(c *client, tag string, n int, msg []byte) {
-	c.t.Helper()
-	c.send(fmt.Sprintf("%s FETCH %d (BODY.PEEK[])", tag, n))
-	if got, want := c.readResponse(), fetchBody(n, msg); got != want {
-		c.t.Fatalf("FETCH %d: got %d bytes (%q...), want %d", n, len(got), got[:min(len(got), 60)], len(want))
+	c.T().Helper()
+	c.Send(fmt.Sprintf("%s FETCH %d (BODY.PEEK[])", tag, n))
+	if got, want := c.ReadLine(), fetchBody(n, msg); got != want {
+		c.T().Fatalf("FETCH %d: got %d bytes (%q...), want %d", n, len(got), got[:min(len(got), 60)], len(want))
 	}
-	c.expect(tag + " OK FETCH completed")
+	c.Expect(tag + " OK FETCH completed")
 }
 
 // TestFaultUpstreamCutMidFetch: the upstream connection breaks while the
@@ -304,13 +305,13 @@ func TestFaultUpstreamCutMidFetch(t *testing.T) {
 		e.selectInbox(c, "s")
 		h := e.fn.Add(faultnet.Fault{Match: []byte("BODY.PEEK[]"), MatchDir: faultnet.ToServer,
 			Dir: faultnet.ToClient, After: faultBigSize / 2, Action: faultnet.Cut})
-		c.send("f FETCH 1 (BODY.PEEK[])")
-		if got, want := c.readLine(), fmt.Sprintf("* 1 FETCH (BODY[] {%d}", len(e.big)); got != want {
+		c.Send("f FETCH 1 (BODY.PEEK[])")
+		if got, want := c.ReadRawLine(), fmt.Sprintf("* 1 FETCH (BODY[] {%d}", len(e.big)); got != want {
 			t.Fatalf("FETCH: got %q, want %q", got, want)
 		}
-		c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-		got, err := io.ReadAll(io.LimitReader(c.br, int64(len(e.big))+4096))
-		if err != nil && !isReset(err) {
+		c.Conn.SetReadDeadline(time.Now().Add(imaptest.IOTimeout))
+		got, err := io.ReadAll(io.LimitReader(c.R, int64(len(e.big))+4096))
+		if err != nil && !imaptest.IsReset(err) {
 			t.Fatalf("reading the cut literal: %v after %d bytes", err, len(got))
 		}
 		if len(got) >= len(e.big) || !bytes.Equal(got, e.big[:len(got)]) {
@@ -338,7 +339,7 @@ func TestFaultUpstreamCutMidFetch(t *testing.T) {
 		e.selectInbox(c, "s")
 		h := e.fn.Add(faultnet.Fault{Match: []byte("BODY.PEEK[]"), MatchDir: faultnet.ToServer,
 			Dir: faultnet.ToClient, After: faultSmallSize / 2, Action: faultnet.Cut})
-		c.expectDo("f", "FETCH 2 (BODY.PEEK[])", "f "+lostUpstream)
+		c.ExpectDo("f", "FETCH 2 (BODY.PEEK[])", "f "+lostUpstream)
 		expectClosed(t, waitFired(t, h))
 		expectBody(c, "g", 2, e.small)
 		e.checkBystander(t, c)
@@ -373,26 +374,26 @@ func TestFaultUpstreamCutDuringAppend(t *testing.T) {
 	}{
 		{"before the continuation request",
 			faultnet.Fault{Match: []byte("APPEND Archive"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Cut},
-			func(c *client) { c.send(fmt.Sprintf("a APPEND Archive {%d}", len(msg))) },
+			func(c *client) { c.Send(fmt.Sprintf("a APPEND Archive {%d}", len(msg))) },
 			-1},
 		{"mid-literal",
 			faultnet.Fault{Match: []byte("APPEND Archive"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, After: 256 << 10, Action: faultnet.Cut},
 			func(c *client) {
-				c.send(fmt.Sprintf("a APPEND Archive {%d}", len(msg)))
-				c.expect("+ *")
-				c.write(append(msg[:len(msg):len(msg)], "\r\n"...))
+				c.Send(fmt.Sprintf("a APPEND Archive {%d}", len(msg)))
+				c.Expect("+ *")
+				c.WriteBytes(append(msg[:len(msg):len(msg)], "\r\n"...))
 			},
 			-1},
 		{"mid-literal, non-synchronising",
 			faultnet.Fault{Match: []byte("APPEND Archive"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, After: 256 << 10, Action: faultnet.Cut},
-			func(c *client) { c.write(fmt.Appendf(nil, "a APPEND Archive {%d+}\r\n%s\r\n", len(msg), msg)) },
+			func(c *client) { c.WriteBytes(fmt.Appendf(nil, "a APPEND Archive {%d+}\r\n%s\r\n", len(msg), msg)) },
 			-1},
 		{"after the literal",
 			faultnet.Fault{Match: []byte(marker), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Cut},
 			func(c *client) {
-				c.send(fmt.Sprintf("a APPEND Archive {%d}", len(msg)))
-				c.expect("+ *")
-				c.write(append(msg[:len(msg):len(msg)], "\r\n"...))
+				c.Send(fmt.Sprintf("a APPEND Archive {%d}", len(msg)))
+				c.Expect("+ *")
+				c.WriteBytes(append(msg[:len(msg):len(msg)], "\r\n"...))
 			},
 			1},
 	}
@@ -403,10 +404,10 @@ func TestFaultUpstreamCutDuringAppend(t *testing.T) {
 			expectOK(c, "c", "CREATE Archive")
 			h := e.fn.Add(tc.fault)
 			tc.send(c)
-			c.expect("a " + lostUpstream)
+			c.Expect("a " + lostUpstream)
 			expectClosed(t, waitFired(t, h))
 
-			got := c.do("s", "STATUS Archive (MESSAGES)")
+			got := c.Do("s", "STATUS Archive (MESSAGES)")
 			var n int
 			if len(got) != 2 || got[1] != "s OK STATUS completed" {
 				t.Fatalf("STATUS after the fault: %q", got)
@@ -422,10 +423,10 @@ func TestFaultUpstreamCutDuringAppend(t *testing.T) {
 			}
 			// The session goes on.
 			ok := testMessage("ok", 300)
-			c.write(fmt.Appendf(nil, "b APPEND Archive {%d}\r\n", len(ok)))
-			c.expect("+ *")
-			c.write(append(ok, "\r\n"...))
-			c.expect("b OK [APPENDUID *")
+			c.WriteBytes(fmt.Appendf(nil, "b APPEND Archive {%d}\r\n", len(ok)))
+			c.Expect("+ *")
+			c.WriteBytes(append(ok, "\r\n"...))
+			c.Expect("b OK [APPENDUID *")
 			expectOK(c, "d", "DELETE Archive") // frees what the upstream stored
 			e.checkBystander(t, c)
 			logout(c)
@@ -478,16 +479,16 @@ func TestFaultUpstreamGarbage(t *testing.T) {
 			h := e.fn.Add(faultnet.Fault{Match: []byte(match), MatchDir: faultnet.ToServer,
 				Dir: faultnet.ToClient, Action: faultnet.Replace, Data: []byte(tc.garbage)})
 			start := time.Now()
-			c.expectDo("g", cmd, "g "+lostUpstream)
+			c.ExpectDo("g", cmd, "g "+lostUpstream)
 			took := time.Since(start)
 			if tc.stall && took < faultUpTimeout-100*time.Millisecond || took > faultUpTimeout+3*time.Second || !tc.stall && took >= faultUpTimeout {
 				t.Errorf("answered after %v (upstream timeout %v, stall %v)", took, faultUpTimeout, tc.stall)
 			}
 			expectDropped(t, waitFired(t, h))
 			if tc.selected {
-				c.expectDo("h", "FETCH 2 (RFC822.SIZE)", fmt.Sprintf("* 2 FETCH (RFC822.SIZE %d)", len(e.small)), "h OK FETCH completed")
+				c.ExpectDo("h", "FETCH 2 (RFC822.SIZE)", fmt.Sprintf("* 2 FETCH (RFC822.SIZE %d)", len(e.small)), "h OK FETCH completed")
 			} else {
-				c.expectDo("h", "STATUS INBOX (MESSAGES)", fmt.Sprintf("* STATUS INBOX (MESSAGES %d)", e.exists), "h OK STATUS completed")
+				c.ExpectDo("h", "STATUS INBOX (MESSAGES)", fmt.Sprintf("* STATUS INBOX (MESSAGES %d)", e.exists), "h OK STATUS completed")
 			}
 			e.checkBystander(t, c)
 			logout(c)
@@ -497,10 +498,10 @@ func TestFaultUpstreamGarbage(t *testing.T) {
 	t.Run("greeting", func(t *testing.T) {
 		b := e.baseline(t)
 		h := e.fn.Add(faultnet.Fault{Dir: faultnet.ToClient, Action: faultnet.Replace, Data: junk})
-		c := dial(t, e.p.addr)
-		c.expectDo("l", "LOGIN alice secret", "l NO [UNAVAILABLE] The upstream server is unavailable; try again later.")
+		c := imaptest.Dial(t, e.p.Addr)
+		c.ExpectDo("l", "LOGIN alice secret", "l NO [UNAVAILABLE] The upstream server is unavailable; try again later.")
 		expectDropped(t, waitFired(t, h))
-		c.login("alice", "secret")
+		c.LoginTagged("alice", "secret")
 		e.checkBystander(t, c)
 		logout(c)
 		e.checkRecovered(t, b)
@@ -519,17 +520,17 @@ func TestFaultClientCutMidLiteral(t *testing.T) {
 		expectOK(c, "c", "CREATE Archive")
 		h := e.fn.Add(faultnet.Fault{Match: []byte("APPEND Archive"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
 		msg := testMessage("never finished", 1<<20)
-		c.send(fmt.Sprintf("a APPEND Archive {%d}", len(msg)))
-		c.expect("+ *")
-		c.write(msg[:256<<10])
+		c.Send(fmt.Sprintf("a APPEND Archive {%d}", len(msg)))
+		c.Expect("+ *")
+		c.WriteBytes(msg[:256<<10])
 		conn := waitFired(t, h)
 		// All but what waits in the proxy's 4 KiB write buffer.
-		waitFor(t, "the proxy to relay the start of the literal", func() bool { return conn.Bytes(faultnet.ToServer) >= 240<<10 })
-		c.close()
+		imaptest.WaitFor(t, "the proxy to relay the start of the literal", func() bool { return conn.Bytes(faultnet.ToServer) >= 240<<10 })
+		c.Close()
 		expectDropped(t, conn)
 
 		c2 := e.login(t)
-		got := c2.do("s", "STATUS Archive (MESSAGES)")
+		got := c2.Do("s", "STATUS Archive (MESSAGES)")
 		t.Logf("after the cut: %q (go-imap keeps truncated messages)", got)
 		expectOK(c2, "d", "DELETE Archive")
 		e.checkBystander(t, c2)
@@ -542,17 +543,17 @@ func TestFaultClientCutMidLiteral(t *testing.T) {
 		e.selectInbox(c, "s")
 		// A small receive buffer, so the proxy cannot get the whole
 		// 4 MiB into socket buffers before the client goes.
-		if err := c.nc.(*net.TCPConn).SetReadBuffer(16 << 10); err != nil {
+		if err := c.Conn.(*net.TCPConn).SetReadBuffer(16 << 10); err != nil {
 			t.Fatal(err)
 		}
 		h := e.fn.Add(faultnet.Fault{Match: []byte("BODY.PEEK[]"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
-		c.send("f FETCH 1 (BODY.PEEK[])")
-		c.readLine()
-		c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-		if _, err := io.CopyN(io.Discard, c.br, 64<<10); err != nil {
+		c.Send("f FETCH 1 (BODY.PEEK[])")
+		c.ReadRawLine()
+		c.Conn.SetReadDeadline(time.Now().Add(imaptest.IOTimeout))
+		if _, err := io.CopyN(io.Discard, c.R, 64<<10); err != nil {
 			t.Fatal(err)
 		}
-		c.close()
+		c.Close()
 		expectDropped(t, waitFired(t, h))
 
 		c2 := e.login(t)

@@ -2,22 +2,11 @@ package proxy_test
 
 import (
 	"bufio"
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"log/slog"
-	"math/big"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -37,18 +27,6 @@ import (
 // server, upstream and client a test starts is shut down in its Cleanup.
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-// ioTimeout bounds every read a scripted client does.
-const ioTimeout = 10 * time.Second
-
-// quietLogger keeps the proxy's logs out of the test output unless -v and
-// LEMON_TEST_LOG=1 ask for them.
-func quietLogger() *slog.Logger {
-	if os.Getenv("LEMON_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
 }
 
 // startUpstream starts an in-memory upstream with the given users
@@ -68,199 +46,28 @@ func startUpstream(t testing.TB, opt memupstream.Options, userPass ...string) *m
 	return up
 }
 
-// testProxy is a running proxy.Server with one listener.
-type testProxy struct {
-	srv    *proxy.Server
-	addr   string
-	served chan error
-
-	once        sync.Once
-	shutdownErr error
-	serveErr    error
-}
-
-// proxyOpts tweaks startProxy.
-type proxyOpts struct {
-	implicitTLS bool
-	// remoteIP, if set, makes accepted connections report this remote
-	// address, simulating a client that is not on loopback.
-	remoteIP net.IP
-}
-
 // baseConfig is the configuration most tests use, against upstream addr.
 func baseConfig(addr string) proxy.Config {
 	return proxy.Config{
 		Upstream:         upstream.Config{Addr: addr, Timeout: 5 * time.Second},
 		AuthFailureDelay: 10 * time.Millisecond,
 		Extensions:       []proxy.Extension{idle.New()},
-		Logger:           quietLogger(),
+		Logger:           imaptest.Logger(),
 	}
 }
 
-// startProxy starts a server for cfg on a fresh loopback listener and shuts
-// it down (checking that Serve returns) when the test ends.
-func startProxy(t testing.TB, cfg proxy.Config, opts proxyOpts) *testProxy {
+// startProxy starts a server for cfg, whose upstream address is already
+// set (baseConfig), with the harness's options.
+func startProxy(t testing.TB, cfg proxy.Config, opts ...imaptest.Option) *imaptest.Proxy {
 	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = quietLogger()
-	}
-	srv, err := proxy.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ln net.Listener
-	ln, err = net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if opts.remoteIP != nil {
-		ln = fakeRemoteListener{ln, opts.remoteIP}
-	}
-	p := &testProxy{srv: srv, addr: addr, served: make(chan error, 1)}
-	go func() { p.served <- srv.Serve(ln, opts.implicitTLS) }()
-	t.Cleanup(func() {
-		if err := p.shutdown(); err != nil {
-			t.Error(err)
-		}
-	})
-	return p
+	return imaptest.StartProxy(t, cfg.Upstream.Addr, cfg, opts...)
 }
 
-// shutdown shuts the server down once and reports what went wrong with
-// Shutdown or Serve.
-func (p *testProxy) shutdown() error {
-	p.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		p.shutdownErr = p.srv.Shutdown(ctx)
-		select {
-		case p.serveErr = <-p.served:
-		case <-time.After(5 * time.Second):
-			p.serveErr = errors.New("Serve did not return after Shutdown")
-		}
-	})
-	if p.shutdownErr != nil {
-		return fmt.Errorf("Shutdown: %w", p.shutdownErr)
-	}
-	if p.serveErr != nil {
-		return fmt.Errorf("Serve: %w", p.serveErr)
-	}
-	return nil
-}
+// client is the harness's scripted client, under the name the tests use.
+type client = imaptest.Client
 
-// fakeRemoteListener makes its connections look as if they came from ip.
-type fakeRemoteListener struct {
-	net.Listener
-	ip net.IP
-}
-
-func (l fakeRemoteListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return fakeRemoteConn{c, &net.TCPAddr{IP: l.ip, Port: 40000}}, nil
-}
-
-type fakeRemoteConn struct {
-	net.Conn
-	remote net.Addr
-}
-
-func (c fakeRemoteConn) RemoteAddr() net.Addr { return c.remote }
-
-// client is a scripted raw-protocol IMAP client.
-type client struct {
-	t        testing.TB
-	nc       net.Conn
-	br       *bufio.Reader
-	greeting string
-}
-
-// dial connects to the proxy and reads the greeting.
-func dial(t testing.TB, addr string) *client {
-	t.Helper()
-	nc, err := net.DialTimeout("tcp", addr, ioTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := newClient(t, nc)
-	c.greeting = c.readLine()
-	return c
-}
-
-// dialTLS connects with implicit TLS and reads the greeting.
-func dialTLS(t testing.TB, addr string, cfg *tls.Config) *client {
-	t.Helper()
-	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", addr, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := newClient(t, nc)
-	c.greeting = c.readLine()
-	return c
-}
-
-func newClient(t testing.TB, nc net.Conn) *client {
-	c := &client{t: t, nc: nc, br: bufio.NewReader(nc)}
-	t.Cleanup(func() { nc.Close() })
-	return c
-}
-
-// write sends raw bytes.
-func (c *client) write(b []byte) {
-	c.t.Helper()
-	c.nc.SetWriteDeadline(time.Now().Add(ioTimeout))
-	if _, err := c.nc.Write(b); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-// send sends one line, adding CRLF.
-func (c *client) send(line string) {
-	c.t.Helper()
-	c.write([]byte(line + "\r\n"))
-}
-
-// readLine reads one line and returns it without CRLF.
-func (c *client) readLine() string {
-	c.t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-	line, err := c.br.ReadString('\n')
-	if err != nil {
-		c.t.Fatalf("read: %v (partial %q)", err, line)
-	}
-	if !strings.HasSuffix(line, "\r\n") {
-		c.t.Fatalf("line without CRLF: %q", line)
-	}
-	return strings.TrimSuffix(line, "\r\n")
-}
-
-// readResponse reads one response: a line, and if it ends in a literal
-// header, the literal and the lines after it, all joined with their CRLFs
-// ("* 1 FETCH (BODY[] {5}\r\nhello)").
-func (c *client) readResponse() string {
-	c.t.Helper()
-	var sb strings.Builder
-	for {
-		line := c.readLine()
-		sb.WriteString(line)
-		n, ok := literalSize(line)
-		if !ok {
-			return sb.String()
-		}
-		sb.WriteString("\r\n")
-		buf := make([]byte, n)
-		c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-		if _, err := io.ReadFull(c.br, buf); err != nil {
-			c.t.Fatalf("reading literal of %d bytes: %v", n, err)
-		}
-		sb.Write(buf)
-	}
-}
-
-// literalSize recognises a "{n}" at the end of a server line.
+// literalSize recognises a "{n}" at the end of a line, for fakeUpstream's
+// APPEND.
 func literalSize(line string) (int64, bool) {
 	if !strings.HasSuffix(line, "}") {
 		return 0, false
@@ -271,155 +78,6 @@ func literalSize(line string) (int64, bool) {
 	}
 	n, err := strconv.ParseInt(line[i+1:len(line)-1], 10, 64)
 	return n, err == nil
-}
-
-// readUntilTagged reads responses up to and including the one tagged tag.
-func (c *client) readUntilTagged(tag string) []string {
-	c.t.Helper()
-	var out []string
-	for {
-		r := c.readResponse()
-		out = append(out, r)
-		if strings.HasPrefix(r, tag+" ") {
-			return out
-		}
-		if strings.HasPrefix(r, "* BYE") {
-			// Keep reading: a BYE is followed by the tagged answer or EOF.
-			c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-			if _, err := c.br.Peek(1); err != nil {
-				c.t.Fatalf("connection closed after %q while waiting for %s", r, tag)
-			}
-		}
-	}
-}
-
-// do sends "tag command" and returns every response up to the tagged one.
-func (c *client) do(tag, command string) []string {
-	c.t.Helper()
-	c.send(tag + " " + command)
-	return c.readUntilTagged(tag)
-}
-
-// expect reads len(want) responses and compares them exactly. A want
-// ending in "*" matches any line with that prefix.
-func (c *client) expect(want ...string) {
-	c.t.Helper()
-	for i, w := range want {
-		got := c.readResponse()
-		if !match(got, w) {
-			c.t.Fatalf("response %d: got %q, want %q", i, got, w)
-		}
-	}
-}
-
-// expectDo runs a command and compares all its responses exactly (see
-// expect for patterns).
-func (c *client) expectDo(tag, command string, want ...string) {
-	c.t.Helper()
-	got := c.do(tag, command)
-	assertLines(c.t, command, got, want)
-}
-
-func assertLines(t testing.TB, what string, got, want []string) {
-	t.Helper()
-	ok := len(got) == len(want)
-	for i := 0; ok && i < len(got); i++ {
-		ok = match(got[i], want[i])
-	}
-	if !ok {
-		t.Fatalf("%s:\ngot:\n\t%s\nwant:\n\t%s", what, strings.Join(got, "\n\t"), strings.Join(want, "\n\t"))
-	}
-}
-
-func match(got, want string) bool {
-	if p, ok := strings.CutSuffix(want, "*"); ok {
-		return strings.HasPrefix(got, p)
-	}
-	return got == want
-}
-
-// expectClosed checks that the server closes the connection (after
-// whatever remaining lines, which are returned).
-func (c *client) expectClosed() []string {
-	c.t.Helper()
-	var rest []string
-	c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-	for {
-		line, err := c.br.ReadString('\n')
-		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err) {
-				if line != "" {
-					rest = append(rest, line)
-				}
-				return rest
-			}
-			c.t.Fatalf("waiting for the server to close: %v (lines so far %q)", err, rest)
-		}
-		rest = append(rest, strings.TrimSuffix(line, "\r\n"))
-	}
-}
-
-func isReset(err error) bool {
-	return err != nil && (strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "broken pipe"))
-}
-
-// login logs in with LOGIN and checks the OK.
-func (c *client) login(user, pass string) {
-	c.t.Helper()
-	got := c.do("L", "LOGIN "+user+" "+pass)
-	if len(got) != 1 || !strings.HasPrefix(got[0], "L OK [CAPABILITY ") {
-		c.t.Fatalf("LOGIN %s: %q", user, got)
-	}
-}
-
-// close closes the client connection.
-func (c *client) close() { c.nc.Close() }
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// selfSignedTLS returns a server config with a fresh self-signed certificate
-// for 127.0.0.1 and a client config that trusts it. The server config has no
-// MinVersion of its own: tests see what the proxy does with a caller's config.
-func selfSignedTLS(t testing.TB) (server, clientCfg *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "lemonproxy test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}}
-	clientCfg = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
-	return server, clientCfg
 }
 
 // fakeUpstream is a tiny raw-TCP IMAP server for what memupstream cannot

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -17,25 +18,25 @@ func TestConnsPerIP(t *testing.T) {
 	cfg := baseConfig(up.Addr)
 	cfg.AllowPlaintextAuth = true
 	cfg.Abuse.ConnsPerIP = 2
-	p := startProxy(t, cfg, proxyOpts{remoteIP: net.ParseIP("203.0.113.5")})
-	a := dial(t, p.addr)
-	b := dial(t, p.addr)
-	c := dial(t, p.addr)
-	if c.greeting != "* BYE Too many connections from your address." {
-		t.Fatalf("third connection: %q", c.greeting)
+	p := startProxy(t, cfg, imaptest.RemoteIP(net.ParseIP("203.0.113.5")))
+	a := imaptest.Dial(t, p.Addr)
+	b := imaptest.Dial(t, p.Addr)
+	c := imaptest.Dial(t, p.Addr)
+	if c.Greeting != "* BYE Too many connections from your address." {
+		t.Fatalf("third connection: %q", c.Greeting)
 	}
-	c.expectClosed()
-	if !strings.HasPrefix(a.greeting, "* OK") || !strings.HasPrefix(b.greeting, "* OK") {
-		t.Fatalf("greetings %q, %q", a.greeting, b.greeting)
+	c.ExpectClosed()
+	if !strings.HasPrefix(a.Greeting, "* OK") || !strings.HasPrefix(b.Greeting, "* OK") {
+		t.Fatalf("greetings %q, %q", a.Greeting, b.Greeting)
 	}
-	a.login("alice", "secret")
-	b.close()
-	waitFor(t, "the closed connection's place", func() bool {
-		d := dial(t, p.addr)
-		defer d.close()
-		return strings.HasPrefix(d.greeting, "* OK")
+	a.LoginTagged("alice", "secret")
+	b.Close()
+	imaptest.WaitFor(t, "the closed connection's place", func() bool {
+		d := imaptest.Dial(t, p.Addr)
+		defer d.Close()
+		return strings.HasPrefix(d.Greeting, "* OK")
 	})
-	if got := p.srv.Stats().Errors[proxy.ErrTooManyConns]; got < 1 {
+	if got := p.Srv.Stats().Errors[proxy.ErrTooManyConns]; got < 1 {
 		t.Fatalf("too_many_connections counted %d", got)
 	}
 }
@@ -46,16 +47,16 @@ func TestSessionsPerUser(t *testing.T) {
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	cfg := baseConfig(up.Addr)
 	cfg.Abuse.SessionsPerUser = 2
-	p := startProxy(t, cfg, proxyOpts{})
-	a := dial(t, p.addr)
-	a.login("alice", "secret")
-	b := dial(t, p.addr)
-	b.login("alice", "secret")
-	c := dial(t, p.addr)
-	c.expectDo("x", "LOGIN alice secret", "x NO [LIMIT] Too many sessions for this account; log out elsewhere first.")
-	a.expectDo("l", "LOGOUT", "* BYE*", "l OK*")
-	waitFor(t, "the logged-out session's place", func() bool {
-		return strings.HasPrefix(c.do("y", "LOGIN alice secret")[0], "y OK")
+	p := startProxy(t, cfg)
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret")
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret")
+	c := imaptest.Dial(t, p.Addr)
+	c.ExpectDo("x", "LOGIN alice secret", "x NO [LIMIT] Too many sessions for this account; log out elsewhere first.")
+	a.ExpectDo("l", "LOGOUT", "* BYE*", "l OK*")
+	imaptest.WaitFor(t, "the logged-out session's place", func() bool {
+		return strings.HasPrefix(c.Do("y", "LOGIN alice secret")[0], "y OK")
 	})
 }
 
@@ -65,15 +66,15 @@ func TestPreAuthCommands(t *testing.T) {
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	cfg := baseConfig(up.Addr)
 	cfg.Abuse.PreAuthCommands = 3
-	p := startProxy(t, cfg, proxyOpts{})
-	c := dial(t, p.addr)
+	p := startProxy(t, cfg)
+	c := imaptest.Dial(t, p.Addr)
 	for i := range 3 {
-		c.expectDo("n", "NOOP", "n OK NOOP completed.")
+		c.ExpectDo("n", "NOOP", "n OK NOOP completed.")
 		_ = i
 	}
-	c.send("n NOOP")
-	c.expect("* BYE Too many commands before login.")
-	c.expectClosed()
+	c.Send("n NOOP")
+	c.Expect("* BYE Too many commands before login.")
+	c.ExpectClosed()
 }
 
 // TestAuthFailureDelayGrows: each failure from one address doubles the
@@ -83,12 +84,12 @@ func TestAuthFailureDelayGrows(t *testing.T) {
 	cfg := baseConfig(up.Addr)
 	cfg.AuthFailureDelay = 40 * time.Millisecond
 	cfg.Abuse.AuthFailureMaxDelay = 160 * time.Millisecond
-	p := startProxy(t, cfg, proxyOpts{})
-	c := dial(t, p.addr)
+	p := startProxy(t, cfg)
+	c := imaptest.Dial(t, p.Addr)
 	var took []time.Duration
 	for range 4 {
 		start := time.Now()
-		c.expectDo("x", "LOGIN alice wrong", "x NO [AUTHENTICATIONFAILED] Authentication failed.")
+		c.ExpectDo("x", "LOGIN alice wrong", "x NO [AUTHENTICATIONFAILED] Authentication failed.")
 		took = append(took, time.Since(start))
 	}
 	// 40, 80, 160, 160 ms (capped), each plus a round trip upstream.
@@ -97,10 +98,10 @@ func TestAuthFailureDelayGrows(t *testing.T) {
 			t.Fatalf("failure %d answered after %v, want about %v ms (all: %v)", i+1, took[i], min, took)
 		}
 	}
-	c.login("alice", "secret")
-	d := dial(t, p.addr)
+	c.LoginTagged("alice", "secret")
+	d := imaptest.Dial(t, p.Addr)
 	start := time.Now()
-	d.expectDo("x", "LOGIN alice wrong", "x NO [AUTHENTICATIONFAILED] Authentication failed.")
+	d.ExpectDo("x", "LOGIN alice wrong", "x NO [AUTHENTICATIONFAILED] Authentication failed.")
 	if el := time.Since(start); el > 150*time.Millisecond {
 		t.Fatalf("after a success the delay did not reset: %v", el)
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 )
 
@@ -51,7 +52,7 @@ func TestLogsNeverHoldSecrets(t *testing.T) {
 	var logs lockedBuffer
 	cfg := baseConfig(up.Addr)
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p := startProxy(t, cfg, proxyOpts{})
+	p := startProxy(t, cfg)
 
 	plain := func(user, pw string) string {
 		return base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pw))
@@ -60,51 +61,51 @@ func TestLogsNeverHoldSecrets(t *testing.T) {
 
 	// LOGIN with a quoted password; APPEND and FETCH BODY[] of a message;
 	// an APPEND the upstream refuses; a command with a syntax error.
-	c := dial(t, p.addr)
-	c.expectDo("a1", fmt.Sprintf("LOGIN alice %q", pass), "a1 OK [CAPABILITY *")
+	c := imaptest.Dial(t, p.Addr)
+	c.ExpectDo("a1", fmt.Sprintf("LOGIN alice %q", pass), "a1 OK [CAPABILITY *")
 	msg := "From: alice@example.org\r\nSubject: " + bodyWord + "\r\n\r\n" + bodyWord + "\r\n"
-	c.send(fmt.Sprintf("a2 APPEND INBOX {%d}", len(msg)))
-	c.expect("+ *")
-	c.send(msg)
-	c.expect("a2 OK *")
-	if got := c.do("a3", "SELECT INBOX"); got[len(got)-1] != "a3 OK [READ-WRITE] SELECT completed" {
+	c.Send(fmt.Sprintf("a2 APPEND INBOX {%d}", len(msg)))
+	c.Expect("+ *")
+	c.Send(msg)
+	c.Expect("a2 OK *")
+	if got := c.Do("a3", "SELECT INBOX"); got[len(got)-1] != "a3 OK [READ-WRITE] SELECT completed" {
 		t.Fatalf("SELECT INBOX: %q", got)
 	}
-	got := c.do("a4", "FETCH 1 BODY[]") // not PEEK: the answer carries \Seen too
+	got := c.Do("a4", "FETCH 1 BODY[]") // not PEEK: the answer carries \Seen too
 	if !strings.Contains(strings.Join(got, "\n"), "BODY[] {"+fmt.Sprint(len(msg))+"}\r\n"+msg+")") || got[len(got)-1] != "a4 OK FETCH completed" {
 		t.Fatalf("FETCH 1 BODY[]: %q", got)
 	}
 	refused := "Subject: " + errWord + "\r\n\r\n" + errWord + "\r\n"
-	c.write(fmt.Appendf(nil, "a5 APPEND NoSuchMailbox {%d+}\r\n%s\r\n", len(refused), refused))
-	c.expect("a5 NO *")
-	c.expectDo("a6", `SEARCH TEXT "`+errWord, "a6 BAD *")
-	c.expectDo("a7", "LOGOUT", "* BYE*", "a7 OK*")
+	c.WriteBytes(fmt.Appendf(nil, "a5 APPEND NoSuchMailbox {%d+}\r\n%s\r\n", len(refused), refused))
+	c.Expect("a5 NO *")
+	c.ExpectDo("a6", `SEARCH TEXT "`+errWord, "a6 BAD *")
+	c.ExpectDo("a7", "LOGOUT", "* BYE*", "a7 OK*")
 
 	// A wrong password, then AUTHENTICATE PLAIN with an initial response.
-	c = dial(t, p.addr)
-	c.expectDo("b1", fmt.Sprintf("LOGIN alice %q", wrongPass), "b1 NO [AUTHENTICATIONFAILED] Authentication failed.")
-	c.expectDo("b2", "AUTHENTICATE PLAIN "+sasl, "b2 OK [CAPABILITY *")
+	c = imaptest.Dial(t, p.Addr)
+	c.ExpectDo("b1", fmt.Sprintf("LOGIN alice %q", wrongPass), "b1 NO [AUTHENTICATIONFAILED] Authentication failed.")
+	c.ExpectDo("b2", "AUTHENTICATE PLAIN "+sasl, "b2 OK [CAPABILITY *")
 
 	// AUTHENTICATE PLAIN without an initial response, wrong then right.
-	c = dial(t, p.addr)
-	c.send("c1 AUTHENTICATE PLAIN")
-	c.expect("+ ")
-	c.send(wrongSASL)
-	c.expect("c1 NO [AUTHENTICATIONFAILED] Authentication failed.")
-	c.send("c2 AUTHENTICATE PLAIN")
-	c.expect("+ ")
-	c.send(sasl)
-	c.expect("c2 OK [CAPABILITY *")
+	c = imaptest.Dial(t, p.Addr)
+	c.Send("c1 AUTHENTICATE PLAIN")
+	c.Expect("+ ")
+	c.Send(wrongSASL)
+	c.Expect("c1 NO [AUTHENTICATIONFAILED] Authentication failed.")
+	c.Send("c2 AUTHENTICATE PLAIN")
+	c.Expect("+ ")
+	c.Send(sasl)
+	c.Expect("c2 OK [CAPABILITY *")
 
 	// A password in a synchronising literal.
-	c = dial(t, p.addr)
-	c.send(fmt.Sprintf("d1 LOGIN bob {%d}", len(litPass)))
-	c.expect("+ *")
-	c.send(litPass)
-	c.expect("d1 OK [CAPABILITY *")
+	c = imaptest.Dial(t, p.Addr)
+	c.Send(fmt.Sprintf("d1 LOGIN bob {%d}", len(litPass)))
+	c.Expect("+ *")
+	c.Send(litPass)
+	c.Expect("d1 OK [CAPABILITY *")
 
 	// Shut down so that every session has logged its end.
-	if err := p.shutdown(); err != nil {
+	if err := p.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	out := logs.String()

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"testing"
 
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 )
 
@@ -15,12 +16,12 @@ func TestConnectionCommandsNeverRelayed(t *testing.T) {
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	cfg := baseConfig(up.Addr)
 	cfg.Extensions = nil // no IDLE, no COMPRESS
-	p := startProxy(t, cfg, proxyOpts{})
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
-	c.expectDo("a1", "COMPRESS DEFLATE", "a1 BAD Unknown command COMPRESS.")
-	c.expectDo("a2", "NOTIFY NONE", "a2 BAD Unknown command NOTIFY.")
-	c.expectDo("a3", "UNAUTHENTICATE", "a3 BAD Unknown command UNAUTHENTICATE.")
-	c.expectDo("a4", "IDLE", "a4 BAD Unknown command IDLE.")
-	c.expectDo("a5", `LIST "" INBOX`, `* LIST () "/" INBOX`, "a5 OK *")
+	p := startProxy(t, cfg)
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
+	c.ExpectDo("a1", "COMPRESS DEFLATE", "a1 BAD Unknown command COMPRESS.")
+	c.ExpectDo("a2", "NOTIFY NONE", "a2 BAD Unknown command NOTIFY.")
+	c.ExpectDo("a3", "UNAUTHENTICATE", "a3 BAD Unknown command UNAUTHENTICATE.")
+	c.ExpectDo("a4", "IDLE", "a4 BAD Unknown command IDLE.")
+	c.ExpectDo("a5", `LIST "" INBOX`, `* LIST () "/" INBOX`, "a5 OK *")
 }

@@ -4,13 +4,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // pooledProxy starts memupstream with alice (one message) and bob (none)
 // behind a counting forwarder, and a proxy with the given pool bounds.
-func pooledProxy(t *testing.T, pool upstream.PoolConfig) (*forwarder, *testProxy) {
+func pooledProxy(t *testing.T, pool upstream.PoolConfig) (*forwarder, *imaptest.Proxy) {
 	t.Helper()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret", "bob", "hunter2")
 	if err := up.Append("alice", "INBOX", nil, testMessage("for alice", 100)); err != nil {
@@ -19,12 +20,12 @@ func pooledProxy(t *testing.T, pool upstream.PoolConfig) (*forwarder, *testProxy
 	fw := startForwarder(t, up.Addr)
 	cfg := baseConfig(fw.addr())
 	cfg.Pool = pool
-	return fw, startProxy(t, cfg, proxyOpts{})
+	return fw, startProxy(t, cfg)
 }
 
-func checkPool(t *testing.T, p *testProxy, fw *forwarder, idle int, dials int64) {
+func checkPool(t *testing.T, p *imaptest.Proxy, fw *forwarder, idle int, dials int64) {
 	t.Helper()
-	if n := p.srv.Pool().Idle(); n != idle {
+	if n := p.Srv.Pool().Idle(); n != idle {
 		t.Errorf("pool has %d idle connections, want %d", n, idle)
 	}
 	if n := fw.dials.Load(); n != dials {
@@ -35,38 +36,38 @@ func checkPool(t *testing.T, p *testProxy, fw *forwarder, idle int, dials int64)
 func TestPoolReturnsConnection(t *testing.T) {
 	t.Parallel()
 	fw, p := pooledProxy(t, upstream.PoolConfig{})
-	c := dial(t, p.addr)
+	c := imaptest.Dial(t, p.Addr)
 	checkPool(t, p, fw, 0, 0)
-	c.login("alice", "secret")
+	c.LoginTagged("alice", "secret")
 	checkPool(t, p, fw, 1, 1)
-	c.expectDo("a", `LIST "" *`, `* LIST () "/" INBOX`, "a OK LIST completed")
+	c.ExpectDo("a", `LIST "" *`, `* LIST () "/" INBOX`, "a OK LIST completed")
 	checkPool(t, p, fw, 1, 1)
-	c.expectDo("b", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "b OK STATUS completed")
+	c.ExpectDo("b", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "b OK STATUS completed")
 	checkPool(t, p, fw, 1, 1)
 	// In the selected state the session holds no connection between
 	// commands either; the mailbox's watcher has one of its own, outside
 	// the pool.
-	c.expectDo("c", "EXAMINE INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "c OK [READ-ONLY] *")
+	c.ExpectDo("c", "EXAMINE INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "c OK [READ-ONLY] *")
 	checkPool(t, p, fw, 1, 2)
-	c.expectDo("d", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "d OK FETCH completed")
+	c.ExpectDo("d", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "d OK FETCH completed")
 	checkPool(t, p, fw, 1, 2)
-	c.expectDo("e", "UNSELECT", "e OK Unselect completed.")
+	c.ExpectDo("e", "UNSELECT", "e OK Unselect completed.")
 	checkPool(t, p, fw, 1, 2)
-	c.expectDo("f", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "f OK [READ-WRITE] *")
-	c.expectDo("g", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "g OK FETCH completed")
-	c.expectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
-	c.expectClosed()
-	waitFor(t, "the session to end", func() bool { return p.srv.Sessions() == 0 })
-	if n := p.srv.Pool().Idle(); n != 1 {
+	c.ExpectDo("f", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "f OK [READ-WRITE] *")
+	c.ExpectDo("g", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "g OK FETCH completed")
+	c.ExpectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
+	c.ExpectClosed()
+	imaptest.WaitFor(t, "the session to end", func() bool { return p.Srv.Sessions() == 0 })
+	if n := p.Srv.Pool().Idle(); n != 1 {
 		t.Errorf("pool has %d idle connections after LOGOUT, want 1", n)
 	}
 	// The next session's commands use it (after its own login).
 	dials := fw.dials.Load()
-	c2 := dial(t, p.addr)
-	c2.login("alice", "secret")
+	c2 := imaptest.Dial(t, p.Addr)
+	c2.LoginTagged("alice", "secret")
 	checkPool(t, p, fw, 2, dials+1)
-	c2.expectDo("a", "FETCH 1 (FLAGS)", "a BAD No mailbox selected.")
-	c2.expectDo("b", `LIST "" *`, `* LIST () "/" INBOX`, "b OK LIST completed")
+	c2.ExpectDo("a", "FETCH 1 (FLAGS)", "a BAD No mailbox selected.")
+	c2.ExpectDo("b", `LIST "" *`, `* LIST () "/" INBOX`, "b OK LIST completed")
 	checkPool(t, p, fw, 2, dials+1)
 }
 
@@ -76,14 +77,14 @@ func TestPoolReturnsConnection(t *testing.T) {
 func TestPoolSharedBetweenSessions(t *testing.T) {
 	t.Parallel()
 	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: -1})
-	a := dial(t, p.addr)
-	a.login("alice", "secret")
-	b := dial(t, p.addr)
-	b.login("alice", "secret")
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret")
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret")
 	checkPool(t, p, fw, 1, 2)
 	for i := range 3 {
-		a.expectDo("a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "a OK STATUS completed")
-		b.expectDo("b", `LIST "" INBOX`, `* LIST () "/" INBOX`, "b OK LIST completed")
+		a.ExpectDo("a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "a OK STATUS completed")
+		b.ExpectDo("b", `LIST "" INBOX`, `* LIST () "/" INBOX`, "b OK LIST completed")
 		checkPool(t, p, fw, 1, 2)
 		if t.Failed() {
 			t.Fatalf("round %d", i)
@@ -98,19 +99,19 @@ func TestPoolSharedBetweenSessions(t *testing.T) {
 func TestPoolKeepsSurplusForParallelSessions(t *testing.T) {
 	t.Parallel()
 	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: time.Minute})
-	a := dial(t, p.addr)
-	a.login("alice", "secret")
-	b := dial(t, p.addr)
-	b.login("alice", "secret")
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret")
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret")
 	checkPool(t, p, fw, 2, 2)
 	// a holds one connection (waiting for its APPEND's literal) while b
 	// runs commands on the other.
 	for i := range 3 {
-		a.send("a APPEND INBOX {10}")
-		a.expect("+ *")
-		b.expectDo("b", `LIST "" INBOX`, `* LIST () "/" INBOX`, "b OK LIST completed")
-		a.send("0123456789")
-		a.expect("a OK [APPENDUID 1 *")
+		a.Send("a APPEND INBOX {10}")
+		a.Expect("+ *")
+		b.ExpectDo("b", `LIST "" INBOX`, `* LIST () "/" INBOX`, "b OK LIST completed")
+		a.Send("0123456789")
+		a.Expect("a OK [APPENDUID 1 *")
 		checkPool(t, p, fw, 2, 2)
 		if t.Failed() {
 			t.Fatalf("round %d", i)
@@ -123,30 +124,30 @@ func TestPoolKeepsSurplusForParallelSessions(t *testing.T) {
 func TestPoolNeverAcrossAccounts(t *testing.T) {
 	t.Parallel()
 	fw, p := pooledProxy(t, upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: -1})
-	alice := dial(t, p.addr)
-	alice.login("alice", "secret")
-	b1 := dial(t, p.addr)
-	b1.login("bob", "hunter2")
-	b2 := dial(t, p.addr)
-	b2.login("bob", "hunter2")
+	alice := imaptest.Dial(t, p.Addr)
+	alice.LoginTagged("alice", "secret")
+	b1 := imaptest.Dial(t, p.Addr)
+	b1.LoginTagged("bob", "hunter2")
+	b2 := imaptest.Dial(t, p.Addr)
+	b2.LoginTagged("bob", "hunter2")
 	checkPool(t, p, fw, 2, 3) // one each; b1's login connection was dropped
 	// b1 takes bob's only pooled connection and holds it while it waits
 	// for its APPEND's literal.
-	b1.send("a APPEND INBOX {10}")
-	b1.expect("+ *")
+	b1.Send("a APPEND INBOX {10}")
+	b1.Expect("+ *")
 	checkPool(t, p, fw, 1, 3)
 	// Only alice's is left: b2 must not get it.
-	b2.expectDo("a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 0)", "a OK STATUS completed")
+	b2.ExpectDo("a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 0)", "a OK STATUS completed")
 	checkPool(t, p, fw, 2, 4)
-	if n := p.srv.Pool().IdleFor(fw.addr() + "\x00alice"); n != 1 {
+	if n := p.Srv.Pool().IdleFor(fw.addr() + "\x00alice"); n != 1 {
 		t.Errorf("alice has %d idle connections, want 1", n)
 	}
-	b1.send("0123456789")
-	b1.expect("a OK [APPENDUID 1 1] APPEND completed")
-	alice.expectDo("a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "a OK STATUS completed")
-	b2.expectDo("b", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "b OK STATUS completed")
+	b1.Send("0123456789")
+	b1.Expect("a OK [APPENDUID 1 1] APPEND completed")
+	alice.ExpectDo("a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "a OK STATUS completed")
+	b2.ExpectDo("b", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "b OK STATUS completed")
 	checkPool(t, p, fw, 2, 4)
 	// Wrong password for an account with pooled connections: refused.
-	bad := dial(t, p.addr)
-	bad.expectDo("l", "LOGIN alice hunter2", "l NO [AUTHENTICATIONFAILED] Authentication failed.")
+	bad := imaptest.Dial(t, p.Addr)
+	bad.ExpectDo("l", "LOGIN alice hunter2", "l NO [AUTHENTICATIONFAILED] Authentication failed.")
 }

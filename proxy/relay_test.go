@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
 // testMessage returns a message of about size bytes with varied content,
@@ -50,9 +52,9 @@ func TestRelaySelectFetch(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
-	c.expectDo("s", "SELECT INBOX",
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
+	c.ExpectDo("s", "SELECT INBOX",
 		"* 2 EXISTS",
 		"* 0 RECENT",
 		"* OK [UNSEEN 1] First unseen message",
@@ -61,7 +63,7 @@ func TestRelaySelectFetch(t *testing.T) {
 		"* FLAGS ()",
 		`* OK [PERMANENTFLAGS (\*)] Permanent flags`,
 		"s OK [READ-WRITE] SELECT completed")
-	got := c.do("f", "FETCH 1:2 BODY.PEEK[]")
+	got := c.Do("f", "FETCH 1:2 BODY.PEEK[]")
 	want := []string{fetchBody(1, small), fetchBody(2, big), "f OK FETCH completed"}
 	if len(got) != len(want) {
 		t.Fatalf("FETCH: %d responses, want %d", len(got), len(want))
@@ -71,7 +73,7 @@ func TestRelaySelectFetch(t *testing.T) {
 			t.Fatalf("FETCH response %d differs (len %d, want %d)", i, len(got[i]), len(want[i]))
 		}
 	}
-	c.expectDo("u", "UID FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
+	c.ExpectDo("u", "UID FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
 		"* 2 FETCH (UID 2 BODY[HEADER.FIELDS (\"SUBJECT\")] {16}\r\nSubject: big\r\n\r\n)",
 		"u OK UID FETCH completed")
 }
@@ -79,38 +81,38 @@ func TestRelaySelectFetch(t *testing.T) {
 func TestRelayAppend(t *testing.T) {
 	t.Parallel()
 	_, p := newMemProxy(t)
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
 
 	// Synchronising literal: the client waits for the continuation.
 	m1 := testMessage("sync", 2000)
-	c.send(fmt.Sprintf(`a APPEND INBOX (\Seen) {%d}`, len(m1)))
-	c.expect("+ *")
-	c.write(append(m1, "\r\n"...))
-	c.expect("a OK [APPENDUID 1 1] APPEND completed")
+	c.Send(fmt.Sprintf(`a APPEND INBOX (\Seen) {%d}`, len(m1)))
+	c.Expect("+ *")
+	c.WriteBytes(append(m1, "\r\n"...))
+	c.Expect("a OK [APPENDUID 1 1] APPEND completed")
 
 	// LITERAL+: everything in one write, no continuation request.
 	m2 := testMessage("nonsync", 100<<10)
-	c.write(fmt.Appendf(nil, "b APPEND INBOX {%d+}\r\n%s\r\n", len(m2), m2))
-	c.expect("b OK [APPENDUID 1 2] APPEND completed")
+	c.WriteBytes(fmt.Appendf(nil, "b APPEND INBOX {%d+}\r\n%s\r\n", len(m2), m2))
+	c.Expect("b OK [APPENDUID 1 2] APPEND completed")
 
 	// Literal mailbox name and message, both synchronising.
-	c.send("c APPEND {5}")
-	c.expect("+ *")
-	c.send(fmt.Sprintf("INBOX {%d}", len(m1)))
-	c.expect("+ *")
-	c.write(append(m1, "\r\n"...))
-	c.expect("c OK [APPENDUID 1 3] APPEND completed")
+	c.Send("c APPEND {5}")
+	c.Expect("+ *")
+	c.Send(fmt.Sprintf("INBOX {%d}", len(m1)))
+	c.Expect("+ *")
+	c.WriteBytes(append(m1, "\r\n"...))
+	c.Expect("c OK [APPENDUID 1 3] APPEND completed")
 
 	// go-imap takes the literal before it finds the mailbox missing.
-	c.send("d APPEND NoSuchBox {10}")
-	c.expect("+ *")
-	c.send("0123456789")
-	c.expect("d NO [TRYCREATE] No such mailbox")
-	c.expectDo("e", "NOOP", "e OK NOOP completed.")
+	c.Send("d APPEND NoSuchBox {10}")
+	c.Expect("+ *")
+	c.Send("0123456789")
+	c.Expect("d NO [TRYCREATE] No such mailbox")
+	c.ExpectDo("e", "NOOP", "e OK NOOP completed.")
 
-	c.expectDo("s", "SELECT INBOX", "* 3 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
-	c.expectDo("f", "FETCH 1:3 (FLAGS BODY.PEEK[])",
+	c.ExpectDo("s", "SELECT INBOX", "* 3 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
+	c.ExpectDo("f", "FETCH 1:3 (FLAGS BODY.PEEK[])",
 		fmt.Sprintf("* 1 FETCH (FLAGS (\\seen) BODY[] {%d}\r\n%s)", len(m1), m1),
 		fmt.Sprintf("* 2 FETCH (FLAGS () BODY[] {%d}\r\n%s)", len(m2), m2),
 		fmt.Sprintf("* 3 FETCH (FLAGS () BODY[] {%d}\r\n%s)", len(m1), m1),
@@ -125,11 +127,11 @@ func TestRelayCloseUnselect(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
 	selectInbox := func(tag string, exists int) {
 		t.Helper()
-		got := c.do(tag, "SELECT INBOX")
+		got := c.Do(tag, "SELECT INBOX")
 		if got[0] != fmt.Sprintf("* %d EXISTS", exists) || got[len(got)-1] != tag+" OK [READ-WRITE] SELECT completed" {
 			t.Fatalf("SELECT: %q", got)
 		}
@@ -140,27 +142,27 @@ func TestRelayCloseUnselect(t *testing.T) {
 	// With .SILENT the client SHOULD NOT be sent the new flags (RFC 3501
 	// 6.4.6); the proxy currently echoes them from the mailbox hub, which
 	// the RFC tolerates, so only the tagged answer is checked.
-	got := withoutFlagUpdates(c.do("b", `STORE 1 +FLAGS.SILENT (\Deleted)`))
-	assertLines(t, "STORE", got, []string{"b OK STORE completed"})
-	c.expectDo("c", "UNSELECT", "c OK Unselect completed.")
-	c.expectDo("d", "FETCH 1 FLAGS", "d BAD No mailbox selected.")
-	c.expectDo("e", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 3)", "e OK STATUS completed")
-	c.expectDo("e2", "UNSELECT", "e2 BAD No mailbox selected.")
+	got := withoutFlagUpdates(c.Do("b", `STORE 1 +FLAGS.SILENT (\Deleted)`))
+	imaptest.AssertLines(t, "STORE", got, []string{"b OK STORE completed"})
+	c.ExpectDo("c", "UNSELECT", "c OK Unselect completed.")
+	c.ExpectDo("d", "FETCH 1 FLAGS", "d BAD No mailbox selected.")
+	c.ExpectDo("e", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 3)", "e OK STATUS completed")
+	c.ExpectDo("e2", "UNSELECT", "e2 BAD No mailbox selected.")
 
 	// CLOSE does.
 	selectInbox("f", 3)
-	c.expectDo("g", "CLOSE extra", "g BAD CLOSE takes no arguments.")
-	c.expectDo("h", "CLOSE", "h OK CLOSE completed")
+	c.ExpectDo("g", "CLOSE extra", "g BAD CLOSE takes no arguments.")
+	c.ExpectDo("h", "CLOSE", "h OK CLOSE completed")
 	// CLOSE of a read-only mailbox expunges nothing.
 	selectInbox("h1", 2)
-	assertLines(t, "STORE", withoutFlagUpdates(c.do("h2", `STORE 2 +FLAGS.SILENT (\Deleted)`)), []string{"h2 OK STORE completed"})
-	c.expectDo("h3", "EXAMINE INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "h3 OK [READ-ONLY] *")
-	c.expectDo("h4", "CLOSE", "h4 OK Close completed.")
-	c.expectDo("i", "FETCH 1 FLAGS", "i BAD No mailbox selected.")
-	c.expectDo("j", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 2)", "j OK STATUS completed")
+	imaptest.AssertLines(t, "STORE", withoutFlagUpdates(c.Do("h2", `STORE 2 +FLAGS.SILENT (\Deleted)`)), []string{"h2 OK STORE completed"})
+	c.ExpectDo("h3", "EXAMINE INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "h3 OK [READ-ONLY] *")
+	c.ExpectDo("h4", "CLOSE", "h4 OK Close completed.")
+	c.ExpectDo("i", "FETCH 1 FLAGS", "i BAD No mailbox selected.")
+	c.ExpectDo("j", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 2)", "j OK STATUS completed")
 	// Connections go back to the pool after each command, whatever the
 	// state.
-	if n := p.srv.Pool().Idle(); n != 1 {
+	if n := p.Srv.Pool().Idle(); n != 1 {
 		t.Errorf("pool has %d idle connections after CLOSE, want 1", n)
 	}
 }
@@ -173,14 +175,14 @@ func TestRelayCloseUnselect(t *testing.T) {
 func TestUnselectEmulated(t *testing.T) {
 	t.Parallel()
 	f := startFakeUpstream(t, "IMAP4rev1 LITERAL+")
-	p := startProxy(t, baseConfig(f.addr()), proxyOpts{})
-	c := dial(t, p.addr)
-	c.expectDo("l", "LOGIN u p", "l OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UNSELECT IDLE] *")
-	c.expectDo("a", "SELECT INBOX", "* 1 EXISTS", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "a OK [READ-WRITE] SELECT done")
-	c.expectDo("b", "UNSELECT", "b OK Unselect completed.")
-	c.expectDo("c", "FETCH 1 FLAGS", "c BAD No mailbox selected.")
-	c.expectDo("d", `LIST "" *`, `* LIST () "/" INBOX`, "d OK LIST done")
-	c.expectDo("e", "DELETE Trash", "e BAD unknown command")
+	p := startProxy(t, baseConfig(f.addr()))
+	c := imaptest.Dial(t, p.Addr)
+	c.ExpectDo("l", "LOGIN u p", "l OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UNSELECT IDLE] *")
+	c.ExpectDo("a", "SELECT INBOX", "* 1 EXISTS", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "a OK [READ-WRITE] SELECT done")
+	c.ExpectDo("b", "UNSELECT", "b OK Unselect completed.")
+	c.ExpectDo("c", "FETCH 1 FLAGS", "c BAD No mailbox selected.")
+	c.ExpectDo("d", `LIST "" *`, `* LIST () "/" INBOX`, "d OK LIST done")
+	c.ExpectDo("e", "DELETE Trash", "e BAD unknown command")
 
 	// The session's connection (the first: the mailbox watcher has its
 	// own) saw the SELECT; LIST ran with INBOX still selected there (it does
@@ -212,14 +214,14 @@ func TestRelayPipelined(t *testing.T) {
 	if err := up.Append("alice", "INBOX", nil, testMessage("x", 100)); err != nil {
 		t.Fatal(err)
 	}
-	c := dial(t, p.addr)
+	c := imaptest.Dial(t, p.Addr)
 	msg := []byte("Subject: piped\r\n\r\nhi\r\n")
-	c.write(fmt.Appendf(nil, "a CAPABILITY\r\nb LOGIN alice secret\r\nc NOOP\r\n"+
+	c.WriteBytes(fmt.Appendf(nil, "a CAPABILITY\r\nb LOGIN alice secret\r\nc NOOP\r\n"+
 		"d APPEND INBOX {%d+}\r\n%s\r\ne SELECT INBOX\r\nf FETCH 2 (FLAGS BODY[])\r\ng ENABLE X\r\n"+
 		"h UNSELECT\r\ni LIST \"\" INBOX\r\nj LOGOUT\r\n", len(msg), msg))
 	var got []string
 	for _, tag := range []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"} {
-		got = append(got, c.readUntilTagged(tag)...)
+		got = append(got, c.ReadUntilTagged(tag)...)
 	}
 	got = withoutFlagUpdates(got)
 	want := []string{
@@ -239,55 +241,55 @@ func TestRelayPipelined(t *testing.T) {
 		"* BYE Logging out",
 		"j OK Logout completed.",
 	}
-	assertLines(t, "pipelined commands", got, want)
-	c.expectClosed()
+	imaptest.AssertLines(t, "pipelined commands", got, want)
+	c.ExpectClosed()
 }
 
 func TestIdle(t *testing.T) {
 	t.Parallel()
 	_, p := newMemProxy(t)
-	a := dial(t, p.addr)
-	a.login("alice", "secret")
-	a.expectDo("s", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
-	a.expectDo("x", "IDLE now", "x BAD IDLE takes no arguments.")
-	a.send("i IDLE")
-	a.expect("+ idling")
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret")
+	a.ExpectDo("s", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
+	a.ExpectDo("x", "IDLE now", "x BAD IDLE takes no arguments.")
+	a.Send("i IDLE")
+	a.Expect("+ idling")
 
-	b := dial(t, p.addr)
-	b.login("alice", "secret")
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret")
 	// go-imap queues an update that arrives just before a connection's IDLE
 	// has started and reports it only with the next one, so give the
 	// mailbox watcher (whose IDLE starts after SELECT has answered) time
 	// to get there. Dovecot has no such gap.
 	time.Sleep(300 * time.Millisecond)
 	msg := testMessage("pushed", 500)
-	b.write(fmt.Appendf(nil, "a APPEND INBOX {%d+}\r\n%s\r\n", len(msg), msg))
-	b.expect("a OK [APPENDUID 1 1] APPEND completed")
+	b.WriteBytes(fmt.Appendf(nil, "a APPEND INBOX {%d+}\r\n%s\r\n", len(msg), msg))
+	b.Expect("a OK [APPENDUID 1 1] APPEND completed")
 
-	a.expect("* 1 EXISTS")
-	a.send("DONE")
-	a.expect("i OK Idle completed.")
-	a.expectDo("f", "FETCH 1 (BODY.PEEK[])", fmt.Sprintf("* 1 FETCH (BODY[] {%d}\r\n%s)", len(msg), msg), "f OK FETCH completed")
+	a.Expect("* 1 EXISTS")
+	a.Send("DONE")
+	a.Expect("i OK Idle completed.")
+	a.ExpectDo("f", "FETCH 1 (BODY.PEEK[])", fmt.Sprintf("* 1 FETCH (BODY[] {%d}\r\n%s)", len(msg), msg), "f OK FETCH completed")
 
 	// IDLE in the authenticated state, ended by something else than DONE.
-	b.send("j IDLE")
-	b.expect("+ idling")
-	b.send("NOT-DONE")
-	b.expect("j BAD Expected DONE.")
-	b.expectDo("k", "NOOP", "k OK NOOP completed.")
+	b.Send("j IDLE")
+	b.Expect("+ idling")
+	b.Send("NOT-DONE")
+	b.Expect("j BAD Expected DONE.")
+	b.ExpectDo("k", "NOOP", "k OK NOOP completed.")
 }
 
 func TestIdleWithoutUpstreamIdle(t *testing.T) {
 	t.Parallel()
 	f := startFakeUpstream(t, "IMAP4rev1 LITERAL+")
-	p := startProxy(t, baseConfig(f.addr()), proxyOpts{})
-	c := dial(t, p.addr)
-	c.login("u", "p")
+	p := startProxy(t, baseConfig(f.addr()))
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("u", "p")
 	// IDLE is the proxy's, whatever the upstream offers.
-	c.send("i IDLE")
-	c.expect("+ idling")
-	c.send("done")
-	c.expect("i OK Idle completed.")
+	c.Send("i IDLE")
+	c.Expect("+ idling")
+	c.Send("done")
+	c.Expect("i OK Idle completed.")
 }
 
 // TestRelayUpstreamBAD checks that a relayed command refused by the upstream
@@ -296,14 +298,14 @@ func TestIdleWithoutUpstreamIdle(t *testing.T) {
 func TestRelayUpstreamBAD(t *testing.T) {
 	t.Parallel()
 	_, p := newMemProxy(t)
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
-	got := c.do("a", "STATUS INBOX (MESSAGES")
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
+	got := c.Do("a", "STATUS INBOX (MESSAGES")
 	if len(got) != 1 || !strings.HasPrefix(got[0], "a BAD ") {
 		t.Fatalf("STATUS with unbalanced parenthesis: %q", got)
 	}
-	c.expectDo("c", "FROBNICATE", "c BAD Unknown command")
-	c.expectDo("d", "NOOP", "d OK NOOP completed.")
+	c.ExpectDo("c", "FROBNICATE", "c BAD Unknown command")
+	c.ExpectDo("d", "NOOP", "d OK NOOP completed.")
 }
 
 // TestAppendRefusedBeforeLiteral: an upstream that refuses an APPEND before
@@ -313,15 +315,15 @@ func TestRelayUpstreamBAD(t *testing.T) {
 func TestAppendRefusedBeforeLiteral(t *testing.T) {
 	t.Parallel()
 	f := startFakeUpstream(t, "IMAP4rev1 LITERAL+")
-	p := startProxy(t, baseConfig(f.addr()), proxyOpts{})
-	c := dial(t, p.addr)
-	c.login("u", "p")
-	c.send("a APPEND NoSuchBox {10}")
-	c.expect("a NO [TRYCREATE] no such mailbox")
-	c.expectDo("b", "NOOP", "b OK NOOP completed.")
+	p := startProxy(t, baseConfig(f.addr()))
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("u", "p")
+	c.Send("a APPEND NoSuchBox {10}")
+	c.Expect("a NO [TRYCREATE] no such mailbox")
+	c.ExpectDo("b", "NOOP", "b OK NOOP completed.")
 	// Non-synchronising: the literal comes anyway and is dropped.
-	c.write([]byte("c APPEND NoSuchBox {10+}\r\n0123456789\r\nd NOOP\r\n"))
-	c.expect("c NO [TRYCREATE] no such mailbox", "d OK NOOP completed.")
+	c.WriteBytes([]byte("c APPEND NoSuchBox {10+}\r\n0123456789\r\nd NOOP\r\n"))
+	c.Expect("c NO [TRYCREATE] no such mailbox", "d OK NOOP completed.")
 	if n := f.conns.Load(); n != 1 {
 		t.Errorf("the proxy opened %d upstream connections, want 1", n)
 	}
@@ -333,26 +335,26 @@ func TestAppendRefusedBeforeLiteral(t *testing.T) {
 func TestSelectSeesOwnChanges(t *testing.T) {
 	t.Parallel()
 	_, p := newMemProxy(t)
-	watcher := dial(t, p.addr)
-	watcher.login("alice", "secret")
-	watcher.expectDo("s", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
+	watcher := imaptest.Dial(t, p.Addr)
+	watcher.LoginTagged("alice", "secret")
+	watcher.ExpectDo("s", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
 
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
 	msg := testMessage("mine", 200)
 	for round := range 5 {
-		c.write(fmt.Appendf(nil, "a APPEND INBOX {%d+}\r\n%s\r\n", len(msg), msg))
-		c.expect("a OK [APPENDUID 1 *")
-		got := c.do("b", "SELECT INBOX")
+		c.WriteBytes(fmt.Appendf(nil, "a APPEND INBOX {%d+}\r\n%s\r\n", len(msg), msg))
+		c.Expect("a OK [APPENDUID 1 *")
+		got := c.Do("b", "SELECT INBOX")
 		if got[0] != "* 1 EXISTS" {
 			t.Fatalf("round %d: SELECT after APPEND: %q", round, got)
 		}
-		assertLines(t, "STORE", withoutFlagUpdates(c.do("c", `STORE 1 +FLAGS.SILENT (\Deleted)`)), []string{"c OK STORE completed"})
-		c.expectDo("d", "CLOSE", "d OK CLOSE completed")
-		got = c.do("e", "SELECT INBOX")
+		imaptest.AssertLines(t, "STORE", withoutFlagUpdates(c.Do("c", `STORE 1 +FLAGS.SILENT (\Deleted)`)), []string{"c OK STORE completed"})
+		c.ExpectDo("d", "CLOSE", "d OK CLOSE completed")
+		got = c.Do("e", "SELECT INBOX")
 		if got[0] != "* 0 EXISTS" {
 			t.Fatalf("round %d: SELECT after CLOSE: %q", round, got)
 		}
-		c.expectDo("f", "UNSELECT", "f OK Unselect completed.")
+		c.ExpectDo("f", "UNSELECT", "f OK Unselect completed.")
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
 // TestShutdown: every client, whatever it is doing, is told "* BYE" and
@@ -12,44 +14,44 @@ func TestShutdown(t *testing.T) {
 	t.Parallel()
 	_, p := newMemProxy(t)
 
-	preAuth := dial(t, p.addr)
+	preAuth := imaptest.Dial(t, p.Addr)
 
-	authed := dial(t, p.addr)
-	authed.login("alice", "secret")
+	authed := imaptest.Dial(t, p.Addr)
+	authed.LoginTagged("alice", "secret")
 
-	selected := dial(t, p.addr)
-	selected.login("alice", "secret")
-	selected.expectDo("s", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "s OK [READ-WRITE] SELECT completed")
+	selected := imaptest.Dial(t, p.Addr)
+	selected.LoginTagged("alice", "secret")
+	selected.ExpectDo("s", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "s OK [READ-WRITE] SELECT completed")
 
-	idling := dial(t, p.addr)
-	idling.login("alice", "secret")
-	idling.send("i IDLE")
-	idling.expect("+ idling")
+	idling := imaptest.Dial(t, p.Addr)
+	idling.LoginTagged("alice", "secret")
+	idling.Send("i IDLE")
+	idling.Expect("+ idling")
 
-	midLiteral := dial(t, p.addr)
-	midLiteral.login("alice", "secret")
-	midLiteral.send("a APPEND INBOX {100}")
-	midLiteral.expect("+ *")
-	midLiteral.write([]byte("Subject: half"))
+	midLiteral := imaptest.Dial(t, p.Addr)
+	midLiteral.LoginTagged("alice", "secret")
+	midLiteral.Send("a APPEND INBOX {100}")
+	midLiteral.Expect("+ *")
+	midLiteral.WriteBytes([]byte("Subject: half"))
 
-	waitFor(t, "five sessions", func() bool { return p.srv.Sessions() == 5 })
+	imaptest.WaitFor(t, "five sessions", func() bool { return p.Srv.Sessions() == 5 })
 	start := time.Now()
-	if err := p.shutdown(); err != nil {
+	if err := p.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("Shutdown took %v", d)
 	}
 	for name, c := range map[string]*client{"pre-auth": preAuth, "authenticated": authed, "selected": selected, "idling": idling, "mid-literal": midLiteral} {
-		assertLines(t, name, c.expectClosed(), []string{"* BYE Server shutting down"})
+		imaptest.AssertLines(t, name, c.ExpectClosed(), []string{"* BYE Server shutting down"})
 	}
-	if n := p.srv.Sessions(); n != 0 {
+	if n := p.Srv.Sessions(); n != 0 {
 		t.Errorf("%d sessions after Shutdown", n)
 	}
-	if n := p.srv.Pool().Idle(); n != 0 {
+	if n := p.Srv.Pool().Idle(); n != 0 {
 		t.Errorf("%d idle upstream connections after Shutdown", n)
 	}
-	if nc, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
+	if nc, err := net.DialTimeout("tcp", p.Addr, time.Second); err == nil {
 		nc.Close()
 		t.Error("the listener still accepts after Shutdown")
 	}
@@ -59,11 +61,11 @@ func TestShutdown(t *testing.T) {
 func TestShutdownIdle(t *testing.T) {
 	t.Parallel()
 	_, p := newMemProxy(t)
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
-	c.expectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
-	c.expectClosed()
-	if err := p.shutdown(); err != nil {
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
+	c.ExpectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
+	c.ExpectClosed()
+	if err := p.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -75,16 +77,16 @@ func TestShutdownStuckClients(t *testing.T) {
 	t.Parallel()
 	f := startFakeUpstream(t, "IMAP4rev1 LITERAL+")
 	f.bodySize, f.chunk = 50<<20, make([]byte, 64<<10)
-	p := startProxy(t, baseConfig(f.addr()), proxyOpts{})
+	p := startProxy(t, baseConfig(f.addr()))
 	for range 3 {
-		c := dial(t, p.addr)
-		c.login("u", "p")
-		c.expectDo("s", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "s OK [READ-WRITE] *")
-		c.send("f FETCH 1 BODY[]") // and never read the answer
+		c := imaptest.Dial(t, p.Addr)
+		c.LoginTagged("u", "p")
+		c.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "s OK [READ-WRITE] *")
+		c.Send("f FETCH 1 BODY[]") // and never read the answer
 	}
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
-	if err := p.shutdown(); err != nil {
+	if err := p.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Since(start); d > 6*time.Second {

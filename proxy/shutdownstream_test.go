@@ -20,16 +20,16 @@ func TestShutdownDuringStreamedFetch(t *testing.T) {
 	e := startFaultEnv(t)
 	c := e.login(t)
 	e.selectInbox(c, "s")
-	c.send("f FETCH 1 (BODY.PEEK[])")
+	c.Send("f FETCH 1 (BODY.PEEK[])")
 	// Let the proxy fill the socket buffers and block in the write.
 	time.Sleep(300 * time.Millisecond)
 	done := make(chan error, 1)
-	go func() { done <- e.p.srv.Shutdown(context.Background()) }()
+	go func() { done <- e.p.Srv.Shutdown(context.Background()) }()
 	// Only now read, slowly at first: the BYE's 2 s run out before the
 	// body is through.
 	time.Sleep(2500 * time.Millisecond)
-	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	got, err := io.ReadAll(c.br)
+	c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c.R)
 	if err != nil {
 		t.Fatalf("reading the FETCH response: %v", err)
 	}

@@ -1,62 +1,44 @@
 package proxy_test
 
 import (
-	"bufio"
 	"crypto/tls"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 var remoteIP = net.ParseIP("203.0.113.5")
 
-// startTLS upgrades c after a STARTTLS OK was read, checking that the server
-// sent nothing more in plaintext.
-func (c *client) startTLS(cfg *tls.Config) {
-	c.t.Helper()
-	if n := c.br.Buffered(); n > 0 {
-		b, _ := c.br.Peek(n)
-		c.t.Fatalf("server sent %q in plaintext after the STARTTLS OK", b)
-	}
-	tc := tls.Client(c.nc, cfg)
-	tc.SetDeadline(time.Now().Add(ioTimeout))
-	if err := tc.Handshake(); err != nil {
-		c.t.Fatalf("TLS handshake: %v", err)
-	}
-	tc.SetDeadline(time.Time{})
-	c.nc = tc
-	c.br = bufio.NewReader(tc)
-}
-
 func TestStartTLS(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
-	srvTLS, cliTLS := selfSignedTLS(t)
+	srvTLS, cliTLS := imaptest.SelfSignedTLS(t)
 	cfg := baseConfig(up.Addr)
 	cfg.TLS = srvTLS
-	p := startProxy(t, cfg, proxyOpts{remoteIP: remoteIP})
+	p := startProxy(t, cfg, imaptest.RemoteIP(remoteIP))
 
-	c := dial(t, p.addr)
+	c := imaptest.Dial(t, p.Addr)
 	const before = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE STARTTLS LOGINDISABLED"
-	if want := "* OK [CAPABILITY " + before + "] lemonproxy ready."; c.greeting != want {
-		t.Fatalf("greeting %q, want %q", c.greeting, want)
+	if want := "* OK [CAPABILITY " + before + "] lemonproxy ready."; c.Greeting != want {
+		t.Fatalf("greeting %q, want %q", c.Greeting, want)
 	}
-	c.expectDo("a", "CAPABILITY", "* CAPABILITY "+before, "a OK Capability completed.")
-	c.expectDo("b", "LOGIN alice secret", "b NO [PRIVACYREQUIRED] Plaintext authentication is disabled on this connection; use STARTTLS.")
-	c.expectDo("c", "STARTTLS extra", "c BAD STARTTLS takes no arguments.")
-	c.expectDo("d", "STARTTLS", "d OK Begin TLS negotiation now.")
-	c.startTLS(cliTLS)
+	c.ExpectDo("a", "CAPABILITY", "* CAPABILITY "+before, "a OK Capability completed.")
+	c.ExpectDo("b", "LOGIN alice secret", "b NO [PRIVACYREQUIRED] Plaintext authentication is disabled on this connection; use STARTTLS.")
+	c.ExpectDo("c", "STARTTLS extra", "c BAD STARTTLS takes no arguments.")
+	c.ExpectDo("d", "STARTTLS", "d OK Begin TLS negotiation now.")
+	c.StartTLS(cliTLS)
 	const after = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE AUTH=PLAIN"
-	c.expectDo("e", "CAPABILITY", "* CAPABILITY "+after, "e OK Capability completed.")
-	c.expectDo("f", "STARTTLS", "f BAD STARTTLS not available.")
-	c.expectDo("g", "LOGIN alice secret", "g "+loggedIn)
-	c.expectDo("h", "STARTTLS", "h BAD STARTTLS not allowed in the authenticated state.")
-	c.expectDo("i", "NOOP", "i OK NOOP completed.")
-	c.expectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
-	c.expectClosed()
+	c.ExpectDo("e", "CAPABILITY", "* CAPABILITY "+after, "e OK Capability completed.")
+	c.ExpectDo("f", "STARTTLS", "f BAD STARTTLS not available.")
+	c.ExpectDo("g", "LOGIN alice secret", "g "+loggedIn)
+	c.ExpectDo("h", "STARTTLS", "h BAD STARTTLS not allowed in the authenticated state.")
+	c.ExpectDo("i", "NOOP", "i OK NOOP completed.")
+	c.ExpectDo("z", "LOGOUT", "* BYE Logging out", "z OK Logout completed.")
+	c.ExpectClosed()
 }
 
 // TestStartTLSInjection pipelines a command behind STARTTLS in the same
@@ -65,38 +47,38 @@ func TestStartTLS(t *testing.T) {
 func TestStartTLSInjection(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
-	srvTLS, cliTLS := selfSignedTLS(t)
+	srvTLS, cliTLS := imaptest.SelfSignedTLS(t)
 	cfg := baseConfig(up.Addr)
 	cfg.TLS = srvTLS
-	p := startProxy(t, cfg, proxyOpts{})
+	p := startProxy(t, cfg)
 
-	c := dial(t, p.addr)
-	c.write([]byte("a STARTTLS\r\nb CAPABILITY\r\nc LOGIN alice secret\r\n"))
-	c.expect("a OK Begin TLS negotiation now.")
-	c.startTLS(cliTLS)
+	c := imaptest.Dial(t, p.Addr)
+	c.WriteBytes([]byte("a STARTTLS\r\nb CAPABILITY\r\nc LOGIN alice secret\r\n"))
+	c.Expect("a OK Begin TLS negotiation now.")
+	c.StartTLS(cliTLS)
 	// The first thing seen over TLS answers a command sent over TLS.
-	c.expectDo("d", "NOOP", "d OK NOOP completed.")
+	c.ExpectDo("d", "NOOP", "d OK NOOP completed.")
 	// And the injected LOGIN did not take effect.
-	c.expectDo("e", "SELECT INBOX", "e BAD SELECT not allowed before authentication; log in first.")
+	c.ExpectDo("e", "SELECT INBOX", "e BAD SELECT not allowed before authentication; log in first.")
 }
 
 func TestImplicitTLS(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
-	srvTLS, cliTLS := selfSignedTLS(t)
+	srvTLS, cliTLS := imaptest.SelfSignedTLS(t)
 	cfg := baseConfig(up.Addr)
 	cfg.TLS = srvTLS
 	// Not on loopback, but on TLS: passwords are fine, STARTTLS is not
 	// offered again.
-	p := startProxy(t, cfg, proxyOpts{implicitTLS: true, remoteIP: remoteIP})
+	p := startProxy(t, cfg, imaptest.ImplicitTLS(), imaptest.RemoteIP(remoteIP))
 
-	c := dialTLS(t, p.addr, cliTLS)
-	if want := "* OK [CAPABILITY " + preAuthCaps + "] lemonproxy ready."; c.greeting != want {
-		t.Fatalf("greeting %q, want %q", c.greeting, want)
+	c := imaptest.DialTLS(t, p.Addr, cliTLS)
+	if want := "* OK [CAPABILITY " + preAuthCaps + "] lemonproxy ready."; c.Greeting != want {
+		t.Fatalf("greeting %q, want %q", c.Greeting, want)
 	}
-	c.expectDo("a", "STARTTLS", "a BAD STARTTLS not available.")
-	c.expectDo("b", "LOGIN alice secret", "b "+loggedIn)
-	c.expectDo("c", "LIST \"\" *", `* LIST () "/" INBOX`, "c OK LIST completed")
+	c.ExpectDo("a", "STARTTLS", "a BAD STARTTLS not available.")
+	c.ExpectDo("b", "LOGIN alice secret", "b "+loggedIn)
+	c.ExpectDo("c", "LIST \"\" *", `* LIST () "/" INBOX`, "c OK LIST completed")
 }
 
 // TestTLSMinVersion checks that a TLS 1.1 client is refused, on the implicit
@@ -107,38 +89,38 @@ func TestImplicitTLS(t *testing.T) {
 func TestTLSMinVersion(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
-	srvTLS, cliTLS := selfSignedTLS(t)
+	srvTLS, cliTLS := imaptest.SelfSignedTLS(t)
 	old := cliTLS.Clone()
 	old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 
 	cfg := baseConfig(up.Addr)
 	cfg.TLS = srvTLS
-	implicit := startProxy(t, cfg, proxyOpts{implicitTLS: true})
-	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", implicit.addr, old)
+	implicit := startProxy(t, cfg, imaptest.ImplicitTLS())
+	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: imaptest.IOTimeout}, "tcp", implicit.Addr, old)
 	if err == nil {
 		nc.Close()
 		t.Fatalf("implicit TLS: a TLS 1.1 handshake succeeded (version %x)", nc.ConnectionState().Version)
 	}
 	t.Logf("implicit TLS, TLS 1.1 client: %v", err)
 	// A modern client still gets in.
-	modern := dialTLS(t, implicit.addr, cliTLS)
-	modern.expectDo("a", "NOOP", "a OK NOOP completed.")
-	modern.close()
+	modern := imaptest.DialTLS(t, implicit.Addr, cliTLS)
+	modern.ExpectDo("a", "NOOP", "a OK NOOP completed.")
+	modern.Close()
 
-	plain := startProxy(t, cfg, proxyOpts{})
-	c := dial(t, plain.addr)
-	c.expectDo("a", "STARTTLS", "a OK Begin TLS negotiation now.")
-	tc := tls.Client(c.nc, old)
-	tc.SetDeadline(time.Now().Add(ioTimeout))
+	plain := startProxy(t, cfg)
+	c := imaptest.Dial(t, plain.Addr)
+	c.ExpectDo("a", "STARTTLS", "a OK Begin TLS negotiation now.")
+	tc := tls.Client(c.Conn, old)
+	tc.SetDeadline(time.Now().Add(imaptest.IOTimeout))
 	if err := tc.Handshake(); err == nil {
 		t.Fatalf("STARTTLS: a TLS 1.1 handshake succeeded")
 	}
-	waitFor(t, "the sessions to end", func() bool { return implicit.srv.Sessions() == 0 && plain.srv.Sessions() == 0 })
+	imaptest.WaitFor(t, "the sessions to end", func() bool { return implicit.Srv.Sessions() == 0 && plain.Srv.Sessions() == 0 })
 }
 
 func TestImplicitTLSWithoutConfig(t *testing.T) {
 	t.Parallel()
-	srv, err := proxy.NewServer(proxy.Config{Upstream: baseConfig("127.0.0.1:1").Upstream, Logger: quietLogger()})
+	srv, err := proxy.NewServer(proxy.Config{Upstream: baseConfig("127.0.0.1:1").Upstream, Logger: imaptest.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 )
 
@@ -19,30 +20,30 @@ func TestUpstreamConnectionsCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	fw := startForwarder(t, up.Addr)
-	p := startProxy(t, baseConfig(fw.addr()), proxyOpts{})
-	authed := dial(t, p.addr)
-	authed.login("alice", "secret")
-	selected := dial(t, p.addr)
-	selected.login("alice", "secret")
-	selected.expectDo("s", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
-	waitFor(t, "two pooled connections", func() bool { return p.srv.Pool().Idle() == 2 })
+	p := startProxy(t, baseConfig(fw.addr()))
+	authed := imaptest.Dial(t, p.Addr)
+	authed.LoginTagged("alice", "secret")
+	selected := imaptest.Dial(t, p.Addr)
+	selected.LoginTagged("alice", "secret")
+	selected.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
+	imaptest.WaitFor(t, "two pooled connections", func() bool { return p.Srv.Pool().Idle() == 2 })
 
 	fw.cut()
 	time.Sleep(50 * time.Millisecond)
 
 	retry := func(c *client, tag, command string, want ...string) {
 		t.Helper()
-		got := c.do(tag, command)
+		got := c.Do(tag, command)
 		if len(got) == 1 && got[0] == tag+" NO [UNAVAILABLE] Lost the connection to the upstream server." {
-			got = c.do(tag, command)
+			got = c.Do(tag, command)
 		}
-		assertLines(t, command+" after the upstream connections were cut", got, want)
+		imaptest.AssertLines(t, command+" after the upstream connections were cut", got, want)
 	}
 	retry(authed, "a", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "a OK STATUS completed")
 	retry(selected, "b", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "b OK FETCH completed")
 	// Both sessions go on normally.
-	authed.expectDo("c", `LIST "" INBOX`, `* LIST () "/" INBOX`, "c OK LIST completed")
-	selected.expectDo("d", "UID FETCH 1 (FLAGS)", "* 1 FETCH (UID 1 FLAGS ())", "d OK UID FETCH completed")
+	authed.ExpectDo("c", `LIST "" INBOX`, `* LIST () "/" INBOX`, "c OK LIST completed")
+	selected.ExpectDo("d", "UID FETCH 1 (FLAGS)", "* 1 FETCH (UID 1 FLAGS ())", "d OK UID FETCH completed")
 }
 
 // TestUpstreamDown: the upstream goes away after a session logged in. Its
@@ -52,23 +53,23 @@ func TestUpstreamDown(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	fw := startForwarder(t, up.Addr)
-	p := startProxy(t, baseConfig(fw.addr()), proxyOpts{})
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
+	p := startProxy(t, baseConfig(fw.addr()))
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
 	fw.refuse.Store(true)
 	fw.cut()
 	time.Sleep(50 * time.Millisecond)
 	for i := range 2 {
-		got := c.do("a", "STATUS INBOX (MESSAGES)")
+		got := c.Do("a", "STATUS INBOX (MESSAGES)")
 		if len(got) != 1 || !strings.HasPrefix(got[0], "a NO [UNAVAILABLE] ") {
 			t.Fatalf("STATUS %d with the upstream down: %q", i, got)
 		}
 	}
-	c2 := dial(t, p.addr)
-	c2.expectDo("l", "LOGIN alice secret", "l NO [UNAVAILABLE] The upstream server is unavailable; try again later.")
+	c2 := imaptest.Dial(t, p.Addr)
+	c2.ExpectDo("l", "LOGIN alice secret", "l NO [UNAVAILABLE] The upstream server is unavailable; try again later.")
 	fw.refuse.Store(false)
-	c.expectDo("b", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 0)", "b OK STATUS completed")
-	c2.expectDo("m", "LOGIN alice secret", "m "+loggedIn)
+	c.ExpectDo("b", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 0)", "b OK STATUS completed")
+	c2.ExpectDo("m", "LOGIN alice secret", "m "+loggedIn)
 }
 
 func TestIdleAutologout(t *testing.T) {
@@ -76,20 +77,20 @@ func TestIdleAutologout(t *testing.T) {
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	cfg := baseConfig(up.Addr)
 	cfg.IdleTimeout = 300 * time.Millisecond
-	p := startProxy(t, cfg, proxyOpts{})
+	p := startProxy(t, cfg)
 	for _, selectFirst := range []bool{false, true} {
-		c := dial(t, p.addr)
-		c.login("alice", "secret")
+		c := imaptest.Dial(t, p.Addr)
+		c.LoginTagged("alice", "secret")
 		if selectFirst {
-			c.expectDo("s", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
+			c.ExpectDo("s", "SELECT INBOX", "* 0 EXISTS", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
 		}
-		c.send("i IDLE")
-		c.expect("+ idling")
-		assertLines(t, "IDLE past the autologout timer", c.expectClosed(), []string{"* BYE Autologout; idle for too long."})
+		c.Send("i IDLE")
+		c.Expect("+ idling")
+		imaptest.AssertLines(t, "IDLE past the autologout timer", c.ExpectClosed(), []string{"* BYE Autologout; idle for too long."})
 	}
 	// Without IDLE too.
-	c := dial(t, p.addr)
-	c.login("alice", "secret")
-	assertLines(t, "silent authenticated client", c.expectClosed(), []string{"* BYE Autologout; idle for too long."})
-	waitFor(t, "the sessions to end", func() bool { return p.srv.Sessions() == 0 })
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
+	imaptest.AssertLines(t, "silent authenticated client", c.ExpectClosed(), []string{"* BYE Autologout; idle for too long."})
+	imaptest.WaitFor(t, "the sessions to end", func() bool { return p.Srv.Sessions() == 0 })
 }

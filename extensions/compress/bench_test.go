@@ -234,9 +234,9 @@ func idleHeap(b *testing.B, n int, mode string) (heap, stack float64) {
 	}
 	// Warm up pools and the upstream connection, then take the baseline.
 	warm := dial(b, e.addr)
-	warm.mustOK("LOGIN alice secret")
-	warm.mustOK("SELECT INBOX")
-	warm.mustOK("CLOSE")
+	warm.MustOK("LOGIN alice secret")
+	warm.MustOK("SELECT INBOX")
+	warm.MustOK("CLOSE")
 	h0, s0 := memNow()
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleClients$", "-test.v")
@@ -299,17 +299,17 @@ func TestIdleClients(t *testing.T) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			c := dial(t, addr)
-			c.mustOK("LOGIN alice secret")
+			c.MustOK("LOGIN alice secret")
 			if mode == "compress" {
-				c.mustOK("COMPRESS DEFLATE")
-				c.startLightCompression()
+				c.MustOK("COMPRESS DEFLATE")
+				c.StartLightCompression()
 			}
-			c.mustOK("SELECT INBOX")
-			c.mustOK("FETCH 1:20 (FLAGS ENVELOPE)")
-			c.mustOK("CLOSE")
-			c.mustOK("NOOP")
+			c.MustOK("SELECT INBOX")
+			c.MustOK("FETCH 1:20 (FLAGS ENVELOPE)")
+			c.MustOK("CLOSE")
+			c.MustOK("NOOP")
 			mu.Lock()
-			conns = append(conns, c.nc)
+			conns = append(conns, c.Conn)
 			mu.Unlock()
 		}()
 	}

@@ -11,8 +11,8 @@ import (
 
 	"github.com/klauspost/compress/flate"
 
-	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/deflate"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
 func hasCap(lines []string, c string) bool {
@@ -35,36 +35,36 @@ func message(i int, body string) string {
 func TestCompressSession(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
-	if hasCap(c.cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
+	if hasCap(c.Cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
 		t.Fatal("COMPRESS=DEFLATE advertised before authentication")
 	}
-	c.mustOK("LOGIN alice secret")
-	if !hasCap(c.cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
+	c.MustOK("LOGIN alice secret")
+	if !hasCap(c.Cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
 		t.Fatal("COMPRESS=DEFLATE not advertised after authentication")
 	}
-	c.compress()
-	if !hasCap(c.cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
+	c.Compress()
+	if !hasCap(c.Cmd("CAPABILITY"), "COMPRESS=DEFLATE") {
 		t.Fatal("CAPABILITY fails after COMPRESS")
 	}
 	body := strings.Repeat("All work and no play makes Jack a dull boy.\r\n", 2000)
 	msg := message(1, body)
-	c.mustOK(fmt.Sprintf("APPEND INBOX (\\Seen) {%d}", len(msg)), msg)
+	c.MustOK(fmt.Sprintf("APPEND INBOX (\\Seen) {%d}", len(msg)), msg)
 	msg2 := message(2, "short")
-	c.mustOK(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(msg2), msg2))
-	c.mustOK("SELECT INBOX")
-	lines := c.mustOK("FETCH 1:* (BODY[])")
+	c.MustOK(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(msg2), msg2))
+	c.MustOK("SELECT INBOX")
+	lines := c.MustOK("FETCH 1:* (BODY[])")
 	if !strings.HasSuffix(lines[0], msg+")") || !strings.HasSuffix(lines[1], msg2+")") {
 		t.Fatalf("FETCH through compression: %d lines, %.200q", len(lines), lines)
 	}
-	if got := c.cmd("COMPRESS DEFLATE"); tagged(got) != "NO [COMPRESSIONACTIVE] DEFLATE compression is already active." {
+	if got := c.Cmd("COMPRESS DEFLATE"); imaptest.Tagged(got) != "NO [COMPRESSIONACTIVE] DEFLATE compression is already active." {
 		t.Fatalf("second COMPRESS: %q", got)
 	}
-	c.cmd("LOGOUT")
+	c.Cmd("LOGOUT")
 	st := e.ext.Stats()
 	if st.Activations != 1 {
 		t.Fatalf("stats %+v", st)
 	}
-	waitFor(t, "the session to end", func() bool { return e.ext.Stats().Active == 0 })
+	imaptest.WaitFor(t, "the session to end", func() bool { return e.ext.Stats().Active == 0 })
 	st = e.ext.Stats()
 	if st.CompressedOut == 0 || st.PlainOut < 10*st.CompressedOut || st.PlainIn < 2*st.CompressedIn {
 		t.Fatalf("compression did not pay off: %+v", st)
@@ -74,20 +74,20 @@ func TestCompressSession(t *testing.T) {
 func TestCompressBadCommands(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
-	if got := tagged(c.cmd("COMPRESS DEFLATE")); !strings.HasPrefix(got, "BAD ") {
+	if got := imaptest.Tagged(c.Cmd("COMPRESS DEFLATE")); !strings.HasPrefix(got, "BAD ") {
 		t.Fatalf("COMPRESS before login: %q, want BAD", got)
 	}
-	c.mustOK("LOGIN alice secret")
+	c.MustOK("LOGIN alice secret")
 	for _, cmd := range []string{"COMPRESS", "COMPRESS GZIP", "COMPRESS DEFLATE DEFLATE", "COMPRESS (DEFLATE)"} {
-		if got := tagged(c.cmd(cmd)); !strings.HasPrefix(got, "BAD ") {
+		if got := imaptest.Tagged(c.Cmd(cmd)); !strings.HasPrefix(got, "BAD ") {
 			t.Fatalf("%s: %q, want BAD", cmd, got)
 		}
 	}
 	// Still uncompressed and working; lower case works too.
-	c.mustOK("NOOP")
-	c.mustOK("compress deflate")
-	c.startCompression(1)
-	c.mustOK("NOOP")
+	c.MustOK("NOOP")
+	c.MustOK("compress deflate")
+	c.StartCompression(1)
+	c.MustOK("NOOP")
 }
 
 // TestPipelined sends the first compressed command in the same packet as
@@ -95,34 +95,34 @@ func TestCompressBadCommands(t *testing.T) {
 func TestCompressPipelined(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
-	c.mustOK("LOGIN alice secret")
+	c.MustOK("LOGIN alice secret")
 	var z bytes.Buffer
 	fw, _ := flate.NewWriter(&z, 6)
 	fw.Write([]byte("p1 NOOP\r\n"))
 	fw.Flush()
-	c.nc.Write(append([]byte("p0 COMPRESS DEFLATE\r\n"), z.Bytes()...))
-	if l := c.readLine(); l != "p0 OK DEFLATE active." {
+	c.Conn.Write(append([]byte("p0 COMPRESS DEFLATE\r\n"), z.Bytes()...))
+	if l := c.ReadLine(); l != "p0 OK DEFLATE active." {
 		t.Fatalf("got %q", l)
 	}
-	pending := c.r.TakeBuffered()
-	c.r = imapcodec.NewReader(flate.NewReader(io_multi(pending, c.nc)), imapcodec.Limits{})
-	if l := c.readLine(); !strings.HasPrefix(l, "p1 OK") {
+	c.InflateResponses()
+	if l := c.ReadLine(); !strings.HasPrefix(l, "p1 OK") {
 		t.Fatalf("pipelined command: %q", l)
 	}
 }
 
 func TestCompressTLS(t *testing.T) {
-	srvCfg, cliCfg := selfSignedTLS(t)
+	srvCfg, cliCfg := imaptest.SelfSignedTLS(t)
 	e := newEnv(t, envOpts{tls: srvCfg})
 	tc, err := tls.Dial("tcp", e.addr, cliCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newClient(t, tc)
-	c.mustOK("LOGIN alice secret")
-	c.compress()
-	c.mustOK("SELECT INBOX")
-	c.mustOK("LOGOUT")
+	c := imaptest.NewClient(t, tc)
+	c.MustGreetOK()
+	c.MustOK("LOGIN alice secret")
+	c.Compress()
+	c.MustOK("SELECT INBOX")
+	c.MustOK("LOGOUT")
 }
 
 // TestIdlePush checks that a message arriving during IDLE reaches the
@@ -130,27 +130,27 @@ func TestCompressTLS(t *testing.T) {
 func TestCompressIdlePush(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
-	c.mustOK("LOGIN alice secret")
-	c.compress()
-	c.mustOK("SELECT INBOX")
-	c.write([]byte("i1 IDLE\r\n"))
-	if l := c.readLine(); !strings.HasPrefix(l, "+") {
+	c.MustOK("LOGIN alice secret")
+	c.Compress()
+	c.MustOK("SELECT INBOX")
+	c.WriteBytes([]byte("i1 IDLE\r\n"))
+	if l := c.ReadLine(); !strings.HasPrefix(l, "+") {
 		t.Fatalf("IDLE: %q", l)
 	}
 	// imapserver sends its "+" before it listens for updates: give it a
 	// moment, or the APPEND may slip in unseen.
 	time.Sleep(200 * time.Millisecond)
 	other := dial(t, e.addr)
-	other.mustOK("LOGIN alice secret")
+	other.MustOK("LOGIN alice secret")
 	m := message(3, "pushed")
-	other.mustOK(fmt.Sprintf("APPEND INBOX {%d}", len(m)), m)
+	other.MustOK(fmt.Sprintf("APPEND INBOX {%d}", len(m)), m)
 	// imapmemserver tells idling sessions at once.
-	if l := c.readLine(); l != "* 1 EXISTS" {
+	if l := c.ReadLine(); l != "* 1 EXISTS" {
 		t.Fatalf("during IDLE: %q", l)
 	}
-	c.write([]byte("DONE\r\n"))
+	c.WriteBytes([]byte("DONE\r\n"))
 	for {
-		l := c.readLine()
+		l := c.ReadLine()
 		if strings.HasPrefix(l, "i1 ") {
 			if !strings.HasPrefix(l, "i1 OK") {
 				t.Fatalf("IDLE ended with %q", l)
@@ -158,7 +158,7 @@ func TestCompressIdlePush(t *testing.T) {
 			break
 		}
 	}
-	c.mustOK("NOOP")
+	c.MustOK("NOOP")
 }
 
 // TestCorruptInput sends bytes that are not raw deflate after COMPRESS:
@@ -181,12 +181,11 @@ func TestCompressCorruptInput(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t, envOpts{})
 			c := dial(t, e.addr)
-			c.mustOK("LOGIN alice secret")
-			c.mustOK("COMPRESS DEFLATE")
-			pending := c.r.TakeBuffered()
-			c.r = imapcodec.NewReader(flate.NewReader(io_multi(pending, c.nc)), imapcodec.Limits{})
-			c.nc.Write(data)
-			bye := c.expectBye()
+			c.MustOK("LOGIN alice secret")
+			c.MustOK("COMPRESS DEFLATE")
+			c.InflateResponses()
+			c.Conn.Write(data)
+			bye := c.ExpectBye()
 			want := "* BYE Corrupt compressed data."
 			if name == "zlib header" {
 				want = "* BYE Compressed data starts with a zlib header"
@@ -194,7 +193,7 @@ func TestCompressCorruptInput(t *testing.T) {
 			if !strings.HasPrefix(bye, want) {
 				t.Fatalf("got %q, want %q", bye, want)
 			}
-			waitFor(t, "the session to end", func() bool { return e.ext.Stats().Active == 0 })
+			imaptest.WaitFor(t, "the session to end", func() bool { return e.ext.Stats().Active == 0 })
 			if st := e.ext.Stats(); st.Corrupt != 1 {
 				t.Fatalf("stats %+v", st)
 			}
@@ -208,27 +207,27 @@ func TestCompressVanish(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	for i := range 4 {
 		c := dial(t, e.addr)
-		c.mustOK("LOGIN alice secret")
+		c.MustOK("LOGIN alice secret")
 		switch i {
 		case 0: // right after sending COMPRESS
-			c.write([]byte("z COMPRESS DEFLATE\r\n"))
+			c.WriteBytes([]byte("z COMPRESS DEFLATE\r\n"))
 		case 1: // after the OK
-			c.compress()
+			c.Compress()
 		case 2: // in the middle of a compressed command
-			c.compress()
+			c.Compress()
 			var z bytes.Buffer
 			fw, _ := flate.NewWriter(&z, 1)
 			fw.Write([]byte("x1 SELECT INB"))
 			fw.Flush()
-			c.nc.Write(z.Bytes()[:z.Len()-3])
+			c.Conn.Write(z.Bytes()[:z.Len()-3])
 		case 3: // in the middle of a compressed literal
-			c.compress()
-			c.write([]byte("x2 APPEND INBOX {100000+}\r\n" + strings.Repeat("x", 5000)))
+			c.Compress()
+			c.WriteBytes([]byte("x2 APPEND INBOX {100000+}\r\n" + strings.Repeat("x", 5000)))
 		}
 		time.Sleep(20 * time.Millisecond)
-		c.nc.Close()
+		c.Conn.Close()
 	}
-	waitFor(t, "the sessions to end", func() bool { return e.ext.Stats().Active == 0 })
+	imaptest.WaitFor(t, "the sessions to end", func() bool { return e.ext.Stats().Active == 0 })
 	if st := e.ext.Stats(); st.Activations != 4 || st.Corrupt != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -239,15 +238,14 @@ func TestCompressVanish(t *testing.T) {
 func TestCompressLongLine(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	c := dial(t, e.addr)
-	c.mustOK("LOGIN alice secret")
-	c.compress()
+	c.MustOK("LOGIN alice secret")
+	c.Compress()
 	// 16 MiB of 'a' compress to ~16 KiB.
 	line := bytes.Repeat([]byte("a"), 16<<20)
 	go func() {
-		c.w.Write(line)
-		c.fw.Flush()
+		c.TryWrite(line)
 	}()
-	if bye := c.expectBye(); bye != "* BYE Line too long." {
+	if bye := c.ExpectBye(); bye != "* BYE Line too long." {
 		t.Fatalf("got %q", bye)
 	}
 }

@@ -87,6 +87,7 @@ func selectHead(n, uidNext int, flags string) []string {
 func TestCapabilityAndEnable(t *testing.T) {
 	e := newEnv(t, 0)
 	c := imaptest.Dial(t, e.p.Addr)
+	c.MustGreetOK()
 	if caps := c.Cmd("CAPABILITY")[0]; strings.Contains(caps, "CONDSTORE") {
 		t.Errorf("before login: %q", caps)
 	}

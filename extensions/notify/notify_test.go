@@ -78,6 +78,7 @@ func quiet(t *testing.T, c *imaptest.Client, d time.Duration) {
 func TestSyntax(t *testing.T) {
 	e := newEnv(t, notify.Config{})
 	c := imaptest.Dial(t, e.p.Addr)
+	c.MustGreetOK()
 	if got := imaptest.Tagged(c.Cmd("NOTIFY NONE")); !strings.HasPrefix(got, "BAD") {
 		t.Errorf("before login: %q", got)
 	}

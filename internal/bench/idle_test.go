@@ -2,12 +2,10 @@ package bench
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -22,6 +20,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -369,36 +368,18 @@ func writeHeapProfile(b *testing.B, path string) {
 	b.Logf("heap profile written to %s", path)
 }
 
-// startProxy runs a proxy in front of Dovecot in this process.
+// startProxy runs a proxy in front of Dovecot in this process. It stays a
+// wrapper for the benchmark's settings: thousands of sessions need minute-long
+// upstream and shutdown timeouts, and errors must show whatever LEMON_TEST_LOG
+// says.
 func startProxy(b *testing.B, upstreamAddr string, push func(total, upstream time.Duration)) (*proxy.Server, string) {
-	cfg := proxy.Config{
-		Upstream:    upstream.Config{Addr: upstreamAddr, Timeout: time.Minute},
+	p := imaptest.StartProxy(b, upstreamAddr, proxy.Config{
+		Upstream:    upstream.Config{Timeout: time.Minute},
 		Extensions:  []proxy.Extension{idle.New(), compress.New()},
-		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+		Logger:      imaptest.StderrLogger(slog.LevelError),
 		PushLatency: push,
-	}
-	srv, err := proxy.NewServer(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln, false)
-	}()
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			b.Errorf("shutdown: %v", err)
-		}
-		<-done
-	})
-	return srv, ln.Addr().String()
+	}, imaptest.ShutdownTimeout(time.Minute))
+	return p.Srv, p.Addr
 }
 
 // clients is the child process holding the client sessions.

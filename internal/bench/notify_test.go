@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -507,31 +507,10 @@ func upstreamTo(port int) int {
 // startNotifyProxy runs a proxy with IDLE, CONDSTORE/QRESYNC and NOTIFY in
 // front of Dovecot in this process.
 func startNotifyProxy(b *testing.B, upstreamAddr string, ext *notify.Extension) (*proxy.Server, string) {
-	cfg := proxy.Config{
-		Upstream:   upstream.Config{Addr: upstreamAddr, Timeout: time.Minute},
+	p := imaptest.StartProxy(b, upstreamAddr, proxy.Config{
+		Upstream:   upstream.Config{Timeout: time.Minute},
 		Extensions: []proxy.Extension{idle.New(), condstore.New(), ext},
-		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
-	}
-	srv, err := proxy.NewServer(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln, false)
-	}()
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			b.Errorf("shutdown: %v", err)
-		}
-		<-done
-	})
-	return srv, ln.Addr().String()
+		Logger:     imaptest.StderrLogger(slog.LevelError),
+	}, imaptest.ShutdownTimeout(time.Minute))
+	return p.Srv, p.Addr
 }

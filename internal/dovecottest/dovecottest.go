@@ -38,7 +38,8 @@ import (
 )
 
 // RequireEnv names the environment variable that turns a missing Dovecot
-// binary into a test failure instead of a skip.
+// binary into a test failure instead of a skip. It does not apply under
+// -short, where Start always skips.
 const RequireEnv = "LEMONPROXY_REQUIRE_DOVECOT"
 
 // Timeouts. They are generous because CI machines are small and a test run
@@ -113,10 +114,17 @@ type Server struct {
 // stops it and removes its directory. The server has the users "alice"
 // (password "alicepass") and "bob" ("bobpass"); AddUser adds more.
 //
+// Under -short, Start skips the test even when RequireEnv is set: the short
+// tier (go test -short ./...) is the quick one that needs no Dovecot, and
+// every test that needs a server comes through here.
+//
 // Start must be called from the test's goroutine, as it may call t.Fatal
 // or t.Skip.
 func Start(t testing.TB, p Profile) *Server {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("dovecottest: needs Dovecot; skipped under -short")
+	}
 	bin, err := findDovecot()
 	if err != nil {
 		msg := fmt.Sprintf("dovecottest: dovecot not found (%v); install dovecot-imapd or run scripts/test.sh", err)

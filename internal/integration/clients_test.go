@@ -126,9 +126,9 @@ Sync All
 			}
 			run()
 			c := dialRaw(t, dc.Addr)
-			mustOK(t, c.cmd("LOGIN alice alicepass"))
-			mustOK(t, c.cmd("SELECT INBOX"))
-			lines := mustOK(t, c.cmd(`UID SEARCH HEADER Message-ID "<m200@example.org>"`))
+			mustOK(t, c.Cmd("LOGIN alice alicepass"))
+			mustOK(t, c.Cmd("SELECT INBOX"))
+			lines := mustOK(t, c.Cmd(`UID SEARCH HEADER Message-ID "<m200@example.org>"`))
 			if lines[0] == "* SEARCH" {
 				t.Fatalf("uploaded message not on the server: %q", lines)
 			}

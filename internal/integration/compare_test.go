@@ -7,12 +7,13 @@ import (
 	"testing"
 
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
 // script is one scripted session: every command a typical client uses, and
 // some it gets wrong. It runs once directly against Dovecot and once through
 // the proxy, each as a fresh user of the same server.
-func script(c *rawClient, user, pass string) []string {
+func script(c *imaptest.Client, user, pass string) []string {
 	msg1 := string(sampleMessage(1, "first body\r\nwith two lines"))
 	msg2 := string(sampleMessage(2, strings.Repeat("long body line\r\n", 200)))
 	steps := []struct {
@@ -82,7 +83,7 @@ func script(c *rawClient, user, pass string) []string {
 			shown = "LOGIN ***"
 		}
 		out = append(out, ">> "+shown)
-		out = append(out, c.cmd(s.cmd, s.lits...)...)
+		out = append(out, c.Cmd(s.cmd, s.lits...)...)
 	}
 	return out
 }

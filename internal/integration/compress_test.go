@@ -2,12 +2,10 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -24,6 +22,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -37,37 +36,11 @@ func startCompressProxy(t testing.TB, ucfg upstream.Config) (string, *compress.E
 		ucfg.Timeout = 20 * time.Second
 	}
 	ext := compress.New()
-	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() && os.Getenv("LEMON_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	srv, err := proxy.NewServer(proxy.Config{
-		Upstream:         ucfg,
-		AuthFailureDelay: 10 * time.Millisecond,
-		Extensions:       []proxy.Extension{ext, idle.New()},
-		Logger:           log,
+	p := imaptest.StartProxy(t, ucfg.Addr, proxy.Config{
+		Upstream:   ucfg,
+		Extensions: []proxy.Extension{ext, idle.New()},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln, false)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		<-done
-	})
-	return ln.Addr().String(), ext
+	return p.Addr, ext
 }
 
 // runPython runs testdata/compress_client.py in mode and decodes its JSON.
@@ -227,9 +200,9 @@ Sync All
 	}
 	run()
 	c := dialRaw(t, dc.Addr)
-	mustOK(t, c.cmd("LOGIN alice alicepass"))
-	mustOK(t, c.cmd("SELECT INBOX"))
-	lines := mustOK(t, c.cmd(`UID SEARCH HEADER Message-ID "<m200@example.org>"`))
+	mustOK(t, c.Cmd("LOGIN alice alicepass"))
+	mustOK(t, c.Cmd("SELECT INBOX"))
+	lines := mustOK(t, c.Cmd(`UID SEARCH HEADER Message-ID "<m200@example.org>"`))
 	if lines[0] == "* SEARCH" {
 		t.Fatalf("uploaded message not on the server: %q", lines)
 	}
@@ -417,13 +390,13 @@ func TestCompressUpstream(t *testing.T) {
 		t.Fatalf("result %v", res)
 	}
 	c := dialRaw(t, addr) // plain client, compressed upstream
-	mustOK(t, c.cmd("LOGIN alice alicepass"))
-	mustOK(t, c.cmd("SELECT INBOX"))
-	lines := mustOK(t, c.cmd("FETCH 1:10 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+	mustOK(t, c.Cmd("LOGIN alice alicepass"))
+	mustOK(t, c.Cmd("SELECT INBOX"))
+	lines := mustOK(t, c.Cmd("FETCH 1:10 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
 	if len(lines) != 11 || !strings.Contains(lines[9], "Subject: message 10") {
 		t.Fatalf("FETCH through a compressed upstream: %q", lines)
 	}
-	mustOK(t, c.cmd("LOGOUT"))
+	mustOK(t, c.Cmd("LOGOUT"))
 
 	// Every connection the proxy opened turned compression on right
 	// after login, and what followed inflates to its commands.

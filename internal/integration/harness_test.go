@@ -4,11 +4,7 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -16,8 +12,8 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
-	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -25,50 +21,32 @@ import (
 var profiles = []dovecottest.Profile{dovecottest.Full, dovecottest.Legacy, dovecottest.LegacyNoIdle}
 
 // startProxy runs a proxy in front of upstreamAddr and returns its address.
+// It wraps imaptest.StartProxy with this package's defaults, which the
+// tests rely on: IDLE, a 10 s upstream timeout (Dovecot under a loaded CI
+// machine is slow) and a 300 ms poll interval, so that polling upstreams
+// are noticed within a test's patience; opts edit the result.
 func startProxy(t testing.TB, upstreamAddr string, opts ...func(*proxy.Config)) (string, *proxy.Server) {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
 	cfg := proxy.Config{
-		Upstream:         upstream.Config{Addr: upstreamAddr, Timeout: 10 * time.Second},
-		AuthFailureDelay: 10 * time.Millisecond,
-		Extensions:       []proxy.Extension{idle.New()},
-		Logger:           log,
+		Upstream:   upstream.Config{Timeout: 10 * time.Second},
+		Extensions: []proxy.Extension{idle.New()},
 	}
 	cfg.Hub.PollInterval = 300 * time.Millisecond
 	for _, o := range opts {
 		o(&cfg)
 	}
-	srv, err := proxy.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln, false)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		<-done
-	})
-	return ln.Addr().String(), srv
+	p := imaptest.StartProxy(t, upstreamAddr, cfg)
+	return p.Addr, p.Srv
 }
 
 // requireTool finds a client program; missing in CI (where the test script
-// installs it) is a failure, elsewhere a skip.
+// installs it) is a failure, elsewhere a skip. Under -short it always skips:
+// external clients belong to the full tier.
 func requireTool(t testing.TB, name string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skipf("needs %s; skipped under -short", name)
+	}
 	p, err := exec.LookPath(name)
 	if err != nil {
 		if os.Getenv(dovecottest.RequireEnv) == "1" {
@@ -79,102 +57,20 @@ func requireTool(t testing.TB, name string) string {
 	return p
 }
 
-// rawClient is a scripted IMAP client that records every response line.
-type rawClient struct {
-	t   testing.TB
-	nc  net.Conn
-	r   *imapcodec.Reader
-	seq int
-}
-
-func dialRaw(t testing.TB, addr string) *rawClient {
+// dialRaw connects a scripted client to addr. Reads wait up to 20 s rather
+// than the harness's 10: Dovecot with the race detector on a small CI
+// machine can take that long over a big FETCH.
+func dialRaw(t testing.TB, addr string) *imaptest.Client {
 	t.Helper()
-	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	c := &rawClient{t: t, nc: nc, r: imapcodec.NewReader(nc, imapcodec.Limits{MaxLiteral: 1 << 30})}
-	c.readLine() // greeting
+	c := imaptest.Dial(t, addr)
+	c.Timeout = 20 * time.Second
 	return c
 }
 
-// readLine reads one response line; a literal is appended to it as
-// "{n}\r\n<data>" so transcripts keep message contents.
-func (c *rawClient) readLine() string {
-	c.t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(20 * time.Second))
-	var b strings.Builder
-	for {
-		line, lit, err := c.r.ReadLine()
-		if err != nil {
-			c.t.Fatalf("read: %v", err)
-		}
-		b.Write(line)
-		if lit == nil {
-			return b.String()
-		}
-		data, err := c.r.ReadLiteral()
-		if err != nil {
-			c.t.Fatalf("read literal: %v", err)
-		}
-		b.WriteString("\r\n")
-		b.Write(data)
-	}
-}
-
-// cmd sends a command (tag added) and returns all response lines up to and
-// including the tagged one. A "{n}" synchronising literal in the command is
-// sent after the server's continuation request: write it as
-// cmd("APPEND x {3}", "abc").
-func (c *rawClient) cmd(text string, literals ...string) []string {
-	c.t.Helper()
-	c.seq++
-	tag := fmt.Sprintf("c%d", c.seq)
-	parts := append([]string{tag + " " + text}, literals...)
-	var out []string
-	for i, p := range parts {
-		c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.WriteString(c.nc, p); err != nil {
-			c.t.Fatal(err)
-		}
-		if i < len(parts)-1 {
-			if _, err := io.WriteString(c.nc, "\r\n"); err != nil {
-				c.t.Fatal(err)
-			}
-			if !strings.HasSuffix(p, "+}") {
-				for {
-					l := c.readLine()
-					out = append(out, l)
-					if strings.HasPrefix(l, "+") {
-						break
-					}
-					if strings.HasPrefix(l, tag+" ") {
-						return out
-					}
-				}
-			}
-		}
-	}
-	io.WriteString(c.nc, "\r\n")
-	for {
-		l := c.readLine()
-		out = append(out, l)
-		if strings.HasPrefix(l, tag+" ") {
-			return out
-		}
-	}
-}
-
-// last returns the tagged line of a response list, without its tag.
-func last(lines []string) string {
-	_, rest, _ := strings.Cut(lines[len(lines)-1], " ")
-	return rest
-}
-
+// mustOK fails the test unless a response ends in a tagged OK.
 func mustOK(t testing.TB, lines []string) []string {
 	t.Helper()
-	if !strings.HasPrefix(last(lines), "OK") {
+	if !strings.HasPrefix(imaptest.Tagged(lines), "OK") {
 		t.Fatalf("want OK, got %q", lines)
 	}
 	return lines

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -26,6 +25,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/syncstate"
@@ -766,7 +766,13 @@ func TestHubSlowClient(t *testing.T) {
 	// The proxy's socket buffers are small, so that they cannot absorb
 	// what the slow client does not read (Linux would otherwise let the
 	// send buffer grow to megabytes).
-	addr := startProxySmallBuffers(t, dc.Addr)
+	// Small socket buffers on the proxy's client side, so that the slow
+	// session's backlog fills them quickly.
+	p := imaptest.StartProxy(t, dc.Addr, proxy.Config{
+		Upstream:   upstream.Config{Timeout: 10 * time.Second},
+		Extensions: []proxy.Extension{idle.New()},
+	}, imaptest.SmallBuffers(4096))
+	addr := p.Addr
 
 	fast := startFollowing(openIdlers(t, addr, sameUser, samePass, "INBOX", 1)[0])
 	slow, err := dialHubClient(addr, "slow", 4096)
@@ -955,54 +961,6 @@ func bytesOf(lines []string) int {
 		n += len(l) + 2
 	}
 	return n
-}
-
-// startProxySmallBuffers is startProxy with small socket buffers on the
-// client connections the proxy accepts.
-func startProxySmallBuffers(t *testing.T, upstreamAddr string, opts ...func(*proxy.Config)) string {
-	t.Helper()
-	cfg := proxy.Config{
-		Upstream:         upstream.Config{Addr: upstreamAddr, Timeout: 10 * time.Second},
-		AuthFailureDelay: 10 * time.Millisecond,
-		Extensions:       []proxy.Extension{idle.New()},
-		Logger:           slog.New(slog.DiscardHandler),
-	}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	srv, err := proxy.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(smallBufListener{ln}, false)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		<-done
-	})
-	return ln.Addr().String()
-}
-
-type smallBufListener struct{ net.Listener }
-
-func (l smallBufListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetWriteBuffer(4096)
-		tc.SetReadBuffer(4096)
-	}
-	return c, err
 }
 
 // TestHubIsolation: alice and bob each have an INBOX and a "Shared" folder;

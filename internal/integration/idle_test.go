@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"io"
 	"regexp"
 	"strings"
 	"testing"
@@ -20,10 +19,10 @@ func TestIdle(t *testing.T) {
 			dc := dovecottest.Start(t, p)
 			addr, _ := startProxy(t, dc.Addr, func(c *proxy.Config) { c.Hub.IdleRenew = 700 * time.Millisecond })
 			c := dialRaw(t, addr)
-			mustOK(t, c.cmd("LOGIN alice alicepass"))
-			mustOK(t, c.cmd("SELECT INBOX"))
-			io.WriteString(c.nc, "i1 IDLE\r\n")
-			if l := c.readLine(); l != "+ idling" {
+			mustOK(t, c.Cmd("LOGIN alice alicepass"))
+			mustOK(t, c.Cmd("SELECT INBOX"))
+			c.Write("i1 IDLE\r\n")
+			if l := c.ReadLine(); l != "+ idling" {
 				t.Fatalf("IDLE: got %q, want continuation", l)
 			}
 			exists := regexp.MustCompile(`^\* (\d+) EXISTS$`)
@@ -33,7 +32,7 @@ func TestIdle(t *testing.T) {
 				}
 				dc.Append(t, "alice", "alicepass", "INBOX", nil, sampleMessage(n, "pushed"))
 				for {
-					l := c.readLine()
+					l := c.ReadLine()
 					if m := exists.FindStringSubmatch(l); m != nil {
 						if m[1] != string(rune('0'+n)) {
 							t.Fatalf("got %q, want %d EXISTS", l, n)
@@ -45,9 +44,9 @@ func TestIdle(t *testing.T) {
 					}
 				}
 			}
-			io.WriteString(c.nc, "DONE\r\n")
+			c.Write("DONE\r\n")
 			for {
-				l := c.readLine()
+				l := c.ReadLine()
 				if strings.HasPrefix(l, "i1 ") {
 					if !strings.HasPrefix(l, "i1 OK") {
 						t.Fatalf("IDLE ended with %q", l)
@@ -56,7 +55,7 @@ func TestIdle(t *testing.T) {
 				}
 			}
 			// The session goes on normally.
-			got := mustOK(t, c.cmd("FETCH 1:* (FLAGS)"))
+			got := mustOK(t, c.Cmd("FETCH 1:* (FLAGS)"))
 			if len(got) != 3 {
 				t.Fatalf("FETCH after IDLE: %q", got)
 			}
