@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/syncstate"
@@ -618,7 +620,14 @@ func (s *Session) translateFetch(resp *Response) *Response {
 			}
 			s.sentFlags[uid] = flags
 			if t != nil && t.store && t.storeResult(flags) {
-				m.sub.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: uid, Flags: strings.Fields(flags)}}})
+				// No context reaches here: the claim gets a short
+				// timeout of its own. If it fails, the watcher's own
+				// report of the change comes later.
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if _, _, err := m.sub.Own(ctx, uid, strings.Fields(flags)); err != nil {
+					s.log.Debug("own STORE answer not recorded in the hub", "uid", uid, "err", err)
+				}
+				cancel()
 			}
 		}
 	}
