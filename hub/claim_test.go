@@ -574,3 +574,35 @@ func TestClaimsBounded(t *testing.T) {
 	}
 	u.quiet(100 * time.Millisecond)
 }
+
+// A full resync (after a reconnect) forgets every claim: its listing is the
+// truth, and a later report of the flags once claimed is someone else's
+// change, applied like any other.
+func TestFullSyncForgetsClaims(t *testing.T) {
+	u := startFake(t, true, 10)
+	h := testHub(t, Config{MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+	sub, _ := watchLogged(t, h, u.dial(), 10)
+	st := sub.State()
+	u.expect("IDLE")
+	own(t, sub, 10, `\Flagged`)
+	// Meanwhile someone else set other flags; the connection drops
+	// before the watcher hears of either change.
+	u.mu.Lock()
+	u.flags[10] = `\Answered`
+	u.mu.Unlock()
+	u.cut()
+	u.expect("IDLE") // reconnected, listed, idling again
+	if f, _, _ := st.Flags(10); strings.Join(f, " ") != `\Answered` {
+		t.Fatalf("flags %q after the resync, want \\Answered", f)
+	}
+	high := st.HighestModSeq()
+	u.push(`* 1 FETCH (UID 10 FLAGS (\Flagged))`)
+	deadline := time.Now().Add(5 * time.Second)
+	for st.HighestModSeq() == high && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if f, _, _ := st.Flags(10); strings.Join(f, " ") != `\Flagged` {
+		t.Fatalf("flags %q after a report of \\Flagged, want \\Flagged", f)
+	}
+	u.quiet(50 * time.Millisecond)
+}
