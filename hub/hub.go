@@ -12,6 +12,25 @@
 // nothing is queued per session, so a slow client cannot hold up the hub or
 // make it drop anything.
 //
+// # One writer per mailbox
+//
+// A mailbox's state has one writer: the mailbox's own goroutine (the
+// watcher). What the watcher reads from the upstream, what sessions learn
+// first-hand from the answers to their own STORE commands, and full resyncs
+// all become changes there, one after the other. A session hands its STORE
+// answer to the watcher as a claim (Subscription.Own) and waits for the
+// mod-sequence the watcher gave it. This matters because the watcher's
+// connection reports the session's change again later, and may report the
+// message's older flags first (Dovecot delays IDLE notifications): were the
+// session to write the state itself, that stale report would undo its
+// change and the next report redo it, and every session would hear of two
+// changes that were not. The watcher instead holds reports that contradict
+// a standing claim until a round trip to the upstream (NOOP) that started
+// after the claim has completed; the connection's latest report is then
+// the truth, whether the contradiction was stale or a later change by
+// someone else (see claim). Hub.Refresh writes the state of a mailbox that
+// has no watcher, and is its only writer meanwhile.
+//
 // When the connection drops, the watcher reconnects with exponential backoff
 // and jitter and reconciles the whole mailbox (UID FETCH 1:* (FLAGS)) with
 // the state, so every change made meanwhile is reported. A watcher stops a
@@ -271,19 +290,6 @@ func (s *Subscription) Err() error {
 // of the change before the command's tagged OK, as with a direct connection.
 func (s *Subscription) Sync(ctx context.Context) error {
 	return s.box.sync(ctx)
-}
-
-// Apply records changes the session learned first-hand (the upstream's
-// answer to its own STORE) and tells every watching session, this one
-// included. Only flags of messages the state has change: the session's
-// connection may still show a message the watcher saw expunged.
-func (s *Subscription) Apply(c syncstate.Changes) {
-	c.FlagsOnly = true
-	if s.state.Apply(c) {
-		s.box.lastWait.Store(0)
-		s.box.lastRead.Store(time.Now().UnixNano())
-		s.box.notifyAll()
-	}
 }
 
 // LastChangeRead returns when the watcher read the upstream line that led to

@@ -13,7 +13,6 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
@@ -308,19 +307,23 @@ func TestIsolationBetweenAccounts(t *testing.T) {
 	if na.n.Load() != naBefore || sa.State().HighestModSeq() != aliceHigh {
 		t.Fatalf("alice's subscription saw bob's change")
 	}
-	// Apply through one account's subscription notifies only that
+	// Own through one account's subscription notifies only that
 	// account's subscribers (the session's own STORE answers).
-	sb.Apply(syncStateChange(2, `\Answered`))
-	waitFor(t, nb, "Apply", func() bool { f, _, _ := sb.State().Flags(2); return len(f) == 1 })
+	if _, ok, err := sb.Own(context.Background(), 2, []string{`\Answered`}); !ok || err != nil {
+		t.Fatalf("Own: %v, %v", ok, err)
+	}
+	waitFor(t, nb, "Own", func() bool { f, _, _ := sb.State().Flags(2); return len(f) == 1 })
 	time.Sleep(50 * time.Millisecond)
 	if na.n.Load() != naBefore {
-		t.Fatal("alice was notified of bob's Apply")
+		t.Fatal("alice was notified of bob's Own")
 	}
 }
 
-// Subscription.Apply records a session's first-hand changes and notifies
-// every subscriber of the mailbox, itself included; a no-op notifies none.
-func TestWatchApplyNotifiesAll(t *testing.T) {
+// Subscription.Own records a session's first-hand changes and notifies
+// every subscriber of the mailbox, itself included, before it returns; a
+// claim that changes nothing notifies none and returns the mod-sequence the
+// message had.
+func TestWatchOwnNotifiesAll(t *testing.T) {
 	e := newEnv(t, "alice")
 	e.appendMsg("alice", "INBOX", "one")
 	h := testHub(t, Config{})
@@ -340,16 +343,27 @@ func TestWatchApplyNotifiesAll(t *testing.T) {
 		t.Fatal("two sessions of one mailbox follow different states")
 	}
 	b1, b2 := n1.n.Load(), n2.n.Load()
-	s1.Apply(syncStateChange(1, `\Seen`))
+	high := s1.State().HighestModSeq()
+	modseq, ok, err := s1.Own(context.Background(), 1, []string{`\Seen`})
+	if err != nil || !ok || modseq != high+1 {
+		t.Fatalf("Own = %d, %v, %v; want %d, true, nil", modseq, ok, err, high+1)
+	}
 	if n1.n.Load() != b1+1 || n2.n.Load() != b2+1 {
-		t.Fatalf("Apply notified %d and %d times, want 1 and 1", n1.n.Load()-b1, n2.n.Load()-b2)
+		t.Fatalf("Own notified %d and %d times, want 1 and 1", n1.n.Load()-b1, n2.n.Load()-b2)
 	}
 	if s2.LastChangeRead().IsZero() || time.Since(s2.LastChangeRead()) > time.Second {
 		t.Fatalf("LastChangeRead = %v", s2.LastChangeRead())
 	}
-	s2.Apply(syncStateChange(1, `\SEEN`, `\Recent`))
+	again, ok, err := s2.Own(context.Background(), 1, []string{`\SEEN`, `\Recent`})
+	if err != nil || !ok || again != modseq {
+		t.Fatalf("Own of the same flags = %d, %v, %v; want %d, true, nil", again, ok, err, modseq)
+	}
 	if n1.n.Load() != b1+1 || n2.n.Load() != b2+1 {
-		t.Fatal("an Apply that changed nothing notified")
+		t.Fatal("an Own that changed nothing notified")
+	}
+	// A message the state does not have is not brought in.
+	if _, ok, err := s1.Own(context.Background(), 99, []string{`\Seen`}); ok || err != nil {
+		t.Fatalf("Own of an unknown UID = %v, %v; want false, nil", ok, err)
 	}
 }
 
@@ -573,10 +587,6 @@ func TestHubBackoff(t *testing.T) {
 			t.Fatalf("backoff(%d) has no jitter: %d distinct values", n, len(seen))
 		}
 	}
-}
-
-func syncStateChange(uid uint32, flags ...string) syncstate.Changes {
-	return syncstate.Changes{Upsert: []syncstate.Message{{UID: uid, Flags: flags}}}
 }
 
 // TestWatcherUsesLatestCredentials: a watcher reconnects with the

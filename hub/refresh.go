@@ -20,6 +20,13 @@ import (
 // watched, so a session selecting it meanwhile waits for the refresh and
 // then gets a watcher of its own that starts from the refreshed state:
 // there is never more than one state of a mailbox in use.
+//
+// The calling goroutine is the only writer of the state while it refreshes
+// a mailbox without a watcher, as a watcher's goroutine is of its own (see
+// box): the box registered for the refresh keeps a watcher from starting
+// until the refresh is done, and no session can hand it claims before then
+// (Hub.Watch returns only once the box is ready). Refreshing a watched
+// mailbox asks its watcher for a round trip instead of writing its state.
 func (h *Hub) Refresh(ctx context.Context, key Key, c *upstream.Conn) (*syncstate.Mailbox, error) {
 	h.mu.Lock()
 	if b, ok := h.boxes[key]; ok {

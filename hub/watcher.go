@@ -19,6 +19,16 @@ import (
 )
 
 // box is one watched mailbox: its state, its subscribers and its watcher.
+//
+// The box's goroutine (run, and everything it calls) is the only writer of
+// its syncstate.Mailbox while it runs: the watcher's reports, the sessions'
+// own STORE answers (claims, see Subscription.Own) and the full resyncs all
+// go through it, one after the other, so each change gets its mod-sequence
+// in the order the box decided on it and a session's own change can be told
+// from a stale report of it (see claim). Sessions only read the state. A box
+// without a goroutine (Hub.Refresh) is written by the goroutine refreshing
+// it, and by nobody else: it is registered in Hub.boxes meanwhile, so no
+// watcher starts for the mailbox until the refresh is done.
 type box struct {
 	hub    *Hub
 	key    Key
@@ -36,10 +46,16 @@ type box struct {
 	readyErr error
 	stopped  chan struct{}
 
-	wake     chan struct{} // signalled by sync for a watcher not reading
-	syncMu   sync.Mutex
-	syncReqs []chan error   // waiting Sync calls
-	conn     *upstream.Conn // current connection, for interrupting reads
+	wake      chan struct{} // signalled by sync and own for a watcher not reading
+	syncMu    sync.Mutex
+	syncReqs  []chan error   // waiting Sync calls
+	claimReqs []*claimReq    // claims waiting for the box's goroutine
+	conn      *upstream.Conn // current connection, for interrupting reads
+
+	// Owned by the box's goroutine (see claim).
+	claims   map[uint32]*claim // standing claims by UID
+	trips    uint64            // round trips (NOOP) started
+	needTrip bool              // a held report (or too many claims) wants a round trip
 }
 
 func newBox(h *Hub, key Key, dial DialFunc) *box {
@@ -62,17 +78,14 @@ func (b *box) sync(ctx context.Context) error {
 		b.conn.SetReadDeadline(time.Unix(1, 0))
 	}
 	b.syncMu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
+	b.signal()
 	select {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-b.stopped:
-		return errors.New("hub: watcher stopped")
+		return errStopped
 	}
 }
 
@@ -105,7 +118,10 @@ func (b *box) run() {
 	defer close(b.stopped)
 	defer func() {
 		for _, r := range b.takeSyncs() {
-			r <- errors.New("hub: watcher stopped")
+			r <- errStopped
+		}
+		for _, r := range b.takeClaims() {
+			r.reply <- claimReply{err: fmt.Errorf("hub: claiming UID %d in %q: %w", r.uid, b.key.Mailbox, errStopped)}
 		}
 	}()
 	log := b.hub.cfg.Logger.With("watcher", b.key.Mailbox)
@@ -137,10 +153,25 @@ func (b *box) run() {
 		}
 		d := b.hub.backoff(attempt)
 		log.Warn("watcher connection lost; reconnecting", "err", err, "delay", d)
-		select {
-		case <-time.After(d):
-		case <-b.ctx.Done():
+		if !b.backOff(d) {
 			return
+		}
+	}
+}
+
+// backOff waits d before a reconnect, serving claims meanwhile (the state
+// is still the one sessions follow); it reports false if the box stopped.
+func (b *box) backOff(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		b.serveClaims()
+		select {
+		case <-t.C:
+			return true
+		case <-b.ctx.Done():
+			return false
+		case <-b.wake:
 		}
 	}
 }
@@ -243,6 +274,7 @@ func (w *watch) fullSync(ctx context.Context) error {
 		}
 	}
 	w.needFetch = slices.Contains(w.view, 0)
+	b.forgetClaims()
 	st := b.state()
 	changed := false
 	if st == nil {
@@ -379,6 +411,7 @@ func (w *watch) commit() {
 	}
 	w.box.lastWait.Store(int64(wait))
 	w.box.lastRead.Store(readAt.UnixNano())
+	w.box.orderReports(&c)
 	if len(c.Upsert) == 0 && len(c.Expunged) == 0 {
 		return
 	}
@@ -425,9 +458,11 @@ func answer(syncs []chan error, err error) {
 	}
 }
 
-// poll runs NOOP (and fetches new messages) and answers pending Syncs.
+// poll runs NOOP (and fetches new messages), settles the claims made
+// before it and answers pending Syncs.
 func (w *watch) poll(ctx context.Context) error {
 	syncs := w.box.takeSyncs()
+	trip := w.box.startTrip()
 	octx, cancel := w.opCtx(ctx)
 	_, err := w.conn.Exec(octx, "NOOP", w.handle)
 	cancel()
@@ -435,15 +470,22 @@ func (w *watch) poll(ctx context.Context) error {
 		err = w.fetchNew(ctx)
 	}
 	w.commit()
+	if err == nil {
+		w.box.resolveClaims(trip)
+	}
 	answer(syncs, err)
 	return err
 }
+
+// wantsTrip reports whether a Sync or a held report waits for a round trip.
+func (b *box) wantsTrip() bool { return b.needTrip || b.pendingSyncs() }
 
 func (w *watch) pollLoop(ctx context.Context) error {
 	t := time.NewTicker(w.box.hub.cfg.PollInterval)
 	defer t.Stop()
 	for {
-		if w.box.pendingSyncs() {
+		w.box.serveClaims()
+		if w.box.wantsTrip() {
 			if err := w.poll(ctx); err != nil {
 				return err
 			}
@@ -479,7 +521,8 @@ func (w *watch) idleLoop(ctx context.Context) error {
 			// See box.sync: the deadline is set before pending requests
 			// are checked, so a request cannot slip between the two.
 			w.conn.SetReadDeadline(renewAt)
-			leave := ctx.Err() != nil || w.needFetch || !time.Now().Before(renewAt) || (inIdle && w.box.pendingSyncs())
+			w.box.serveClaims()
+			leave := ctx.Err() != nil || w.needFetch || !time.Now().Before(renewAt) || (inIdle && w.box.wantsTrip())
 			if leave && inIdle {
 				break
 			}
@@ -544,11 +587,14 @@ func (w *watch) leaveIdle(ctx context.Context, tag string) error {
 	wr.WriteString("DONE\r\n")
 	var syncs []chan error
 	var tags []string
+	var trip uint64
 	if ctx.Err() == nil {
-		if w.box.pendingSyncs() {
+		if w.box.wantsTrip() {
 			// Taken before the NOOP is sent: the NOOP's answers
-			// include every change made before these requests.
+			// include every change made before these requests
+			// (and before the claims standing now).
 			syncs = w.box.takeSyncs()
+			trip = w.box.startTrip()
 			t := w.conn.NextTag()
 			wr.WriteString(t + " NOOP\r\n")
 			tags = append(tags, t)
@@ -586,9 +632,13 @@ func (w *watch) leaveIdle(ctx context.Context, tag string) error {
 		return err
 	}
 	w.commit()
+	if trip != 0 {
+		w.box.resolveClaims(trip)
+	}
 	answer(syncs, nil)
-	if w.box.pendingSyncs() {
-		// Requests that came while the answers were on their way.
+	if w.box.wantsTrip() {
+		// Requests that came while the answers were on their way, or
+		// reports among them that a claim holds.
 		return w.poll(ctx)
 	}
 	return nil

@@ -83,7 +83,7 @@ func benchFanOut(b *testing.B, kind string, n int) {
 		var c syncstate.Changes
 		if kind == "new-message" {
 			// As the watcher would: the new message goes into the
-			// state, then every subscriber hears of it (Subscription.Apply
+			// state, then every subscriber hears of it (Subscription.Own
 			// changes only known messages' flags; giving the new one
 			// its flags makes it notify).
 			uid++
@@ -94,7 +94,7 @@ func benchFanOut(b *testing.B, kind string, n int) {
 		}
 		i++
 		conn.written.Store(0)
-		sub.Apply(c) // the hub: state change, then notify every session
+		sub.Own(context.Background(), c.Upsert[0].UID, c.Upsert[0].Flags) // the hub: state change, then notify every session
 		for _, s := range sessions {
 			if err := s.PushNow(); err != nil {
 				b.Fatal(err)

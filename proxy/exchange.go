@@ -27,6 +27,7 @@ type Exchange struct {
 	Segments []imapcodec.Segment
 
 	s        *Session
+	ctx      context.Context
 	cmd      *imapcodec.Command // as the client sent it
 	streamed bool
 
@@ -48,9 +49,13 @@ type Exchange struct {
 
 // newExchange makes the exchange of a command read (whole, or its first
 // segment when streamed).
-func (s *Session) newExchange(cmd *imapcodec.Command, streamed bool) *Exchange {
-	return &Exchange{Tag: cmd.Tag, Name: cmd.Name, Segments: cmd.Segments, s: s, cmd: cmd, streamed: streamed}
+func (s *Session) newExchange(ctx context.Context, cmd *imapcodec.Command, streamed bool) *Exchange {
+	return &Exchange{Tag: cmd.Tag, Name: cmd.Name, Segments: cmd.Segments, s: s, ctx: ctx, cmd: cmd, streamed: streamed}
 }
+
+// Context returns the context the command runs in: it ends when the
+// server shuts down.
+func (x *Exchange) Context() context.Context { return x.ctx }
 
 // Session returns the session the command came from.
 func (x *Exchange) Session() *Session { return x.s }

@@ -154,7 +154,7 @@ func (s *Session) Relay(ctx context.Context, command string) error {
 	if err != nil {
 		return err
 	}
-	x := s.newExchange(cmd, false)
+	x := s.newExchange(ctx, cmd, false)
 	up, err := s.lease(ctx, true)
 	if err != nil {
 		return err

@@ -487,7 +487,7 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 		first.Text = bytes.Clone(first.Text) // the reader reuses its buffer
 		cmd.Segments = []imapcodec.Segment{first}
 	}
-	x := s.newExchange(cmd, streamed)
+	x := s.newExchange(ctx, cmd, streamed)
 	var last Next
 	switch {
 	case isCore:

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -409,7 +410,15 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 		if flags, ok := fetchFlags(resp.Segments); ok {
 			x.noteFlags(uid, flags)
 			if t != nil && t.store != nil && storeResult(t.store, flags) {
-				m.sub.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: uid, Flags: strings.Fields(flags)}}})
+				// A claim, handed to the mailbox's one writer (the hub's
+				// watcher), which orders it against its own reports.
+				// If it fails, the watcher's own report of the change
+				// comes later.
+				ctx, cancel := context.WithTimeout(x.Context(), syncTimeout)
+				if _, _, err := m.sub.Own(ctx, uid, strings.Fields(flags)); err != nil {
+					s.log.Debug("own STORE answer not recorded in the hub", "uid", uid, "err", err)
+				}
+				cancel()
 			}
 		}
 	}

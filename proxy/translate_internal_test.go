@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"testing"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -64,7 +65,7 @@ func TestTranslateStore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		x := s.newExchange(cmd, false)
+		x := s.newExchange(context.Background(), cmd, false)
 		if err := s.translateCommand(x); err != nil {
 			t.Fatalf("%s: %v", tt.cmd, err)
 		}
@@ -90,7 +91,7 @@ func TestTranslateSearchCommand(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		x := s.newExchange(cmd, false)
+		x := s.newExchange(context.Background(), cmd, false)
 		if err := s.translateCommand(x); err != nil {
 			t.Fatalf("%s: %v", tt.cmd, err)
 		}
@@ -100,7 +101,7 @@ func TestTranslateSearchCommand(t *testing.T) {
 	}
 	s := &Session{mbox: &selectedMailbox{view: testView}}
 	cmd, _ := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte("a SEARCH 7")}}, imapcodec.Limits{})
-	if err := s.translateCommand(s.newExchange(cmd, false)); err == nil {
+	if err := s.translateCommand(s.newExchange(context.Background(), cmd, false)); err == nil {
 		t.Error("SEARCH 7 beyond the client's 5 messages: want an error")
 	}
 }
