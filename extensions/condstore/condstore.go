@@ -112,11 +112,27 @@ func (*Extension) FetchItems(s *proxy.Session, uid uint32, _ bool) []byte {
 	}
 	_, modseq, ok := m.State().Flags(uid)
 	if !ok {
-		// Expunged in the state, not yet for the client: what the
-		// client already knows is the safe value.
-		modseq = m.ModSeq()
+		modseq = expungedModSeq(m.State(), m.ModSeq(), uid)
 	}
 	return fmt.Appendf(nil, "MODSEQ (%d)", modseq)
+}
+
+// expungedModSeq is the MODSEQ to report for a message the state has
+// expunged and the client has not been told of yet (its FETCH answered on a
+// connection that still has it). It must not be lower than any MODSEQ some
+// session was already told for the message (a MODSEQ only grows, RFC 7162
+// 3.1; the client's own position can be lower than what another, more up to
+// date session heard), nor reach the expunge's own mod-sequence, which the
+// client has not been told of: the one just below the expunge is both. pos
+// is the mod-sequence up to which the client was told everything.
+func expungedModSeq(st *syncstate.Mailbox, pos uint64, uid uint32) uint64 {
+	modseq := pos
+	st.ChangesSince(pos, func(c syncstate.Change) {
+		if c.UID == uid && c.Expunged {
+			modseq = max(modseq, c.ModSeq-1)
+		}
+	})
+	return modseq
 }
 
 // ReportExpunged sends VANISHED instead of EXPUNGE once QRESYNC is enabled

@@ -162,6 +162,10 @@ type propRun struct {
 	uidValidity    uint32
 
 	snaps []*propSnap // what a client knew after each step
+	// told holds, by UID, the highest MODSEQ any session was told: a
+	// message's MODSEQ only grows (RFC 7162 3.1), as every session sees
+	// it, not only each on its own.
+	told map[uint32]uint64
 }
 
 // propSnap is the mailbox as a client selecting it after some step saw it:
@@ -227,7 +231,8 @@ func (r *propRun) start() {
 
 func (r *propRun) openClients() {
 	r.actor = imaptest.Login(r.t, r.p.Addr, propUser, propPass)
-	r.actor.MustOK("SELECT INBOX")
+	r.actorOK("ENABLE CONDSTORE") // its answers carry MODSEQ, checked by sawModSeq
+	r.actorOK("SELECT INBOX")
 	r.actorStale = false
 	r.direct = imaptest.Login(r.t, r.up.Addr, propUser, propPass)
 	r.direct.MustOK("SELECT INBOX")
@@ -409,13 +414,39 @@ func (r *propRun) appendProxy() {
 	uid := r.next
 	msg := fmt.Sprintf("Subject: proxy %d\r\n\r\nbody", uid)
 	r.logf("proxy APPEND uid %d flags %v", uid, flags)
-	got := r.actor.MustOK(fmt.Sprintf("APPEND INBOX (%s) {%d}", strings.Join(flags, " "), len(msg)), msg)
+	got := r.actorOK(fmt.Sprintf("APPEND INBOX (%s) {%d}", strings.Join(flags, " "), len(msg)), msg)
 	if want := fmt.Sprintf("[APPENDUID %d %d]", r.uidValidity, uid); !strings.Contains(imaptest.Tagged(got), want) {
 		r.t.Fatalf("APPEND through the proxy: %q, want %s", got, want)
 	}
 	r.next++
 	r.flags[uid] = canonFlags(flags)
 	r.changedAt[uid] = r.ops
+}
+
+// actorOK runs a command of the actor, which must succeed, and checks the
+// MODSEQ of every FETCH it is told against what all sessions were told.
+func (r *propRun) actorOK(cmd string, literals ...string) []string {
+	r.t.Helper()
+	lines := r.actor.MustOK(cmd, literals...)
+	for _, l := range lines {
+		if x, ok := propParseLine(r.t, l); ok && x.kind == "FETCH" && x.fetch.hasModSeq {
+			r.sawModSeq("actor "+cmd, l, x.fetch.uid, x.fetch.modseq)
+		}
+	}
+	return lines
+}
+
+// sawModSeq checks that a session is not told a lower MODSEQ for a message
+// than any session was told before.
+func (r *propRun) sawModSeq(who, line string, uid uint32, modseq uint64) {
+	r.t.Helper()
+	if r.told == nil {
+		r.told = map[uint32]uint64{}
+	}
+	if prev := r.told[uid]; modseq < prev {
+		r.t.Fatalf("%s: %q: MODSEQ of UID %d went back from %d, which a session was told before", who, line, uid, prev)
+	}
+	r.told[uid] = max(r.told[uid], modseq)
 }
 
 // store1 runs one STORE on uids and applies it to the model.
@@ -436,7 +467,7 @@ func (r *propRun) store1(viaProxy bool, uids []uint32, op string, flags []string
 	if viaProxy {
 		r.logf("proxy %s", cmd)
 		r.actorCatchUp()
-		r.actor.MustOK(cmd)
+		r.actorOK(cmd)
 	} else {
 		r.logf("upstream %s", cmd)
 		r.direct.MustOK("NOOP") // so that the upstream session knows every UID
@@ -496,7 +527,7 @@ func (r *propRun) expunge(viaProxy bool, uids []uint32) {
 // as a real client would have: it names only messages it knows.
 func (r *propRun) actorCatchUp() {
 	if r.actorStale {
-		r.actor.MustOK("NOOP")
+		r.actorOK("NOOP")
 		r.actorStale = false
 	}
 }
@@ -837,6 +868,7 @@ func (o *propObserver) apply(what string, resp propResponse) {
 			if f.modseq < o.modseqs[f.uid] {
 				t.Fatalf("observer %s: %q: MODSEQ of UID %d went back from %d", what, l, f.uid, o.modseqs[f.uid])
 			}
+			o.r.sawModSeq("observer "+what, l, f.uid, f.modseq)
 			o.modseqs[f.uid] = f.modseq
 			o.highest = max(o.highest, f.modseq)
 			if f.hasFlags {
