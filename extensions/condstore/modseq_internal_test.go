@@ -15,12 +15,12 @@ import (
 // to 1, as imaptest's stress mode saw ("MODSEQ dropped").
 func TestExpungedModSeqNeverGoesBack(t *testing.T) {
 	st := syncstate.New(7)
-	st.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: 10}, {UID: 11}}}) // modseqs 2, 3
+	st.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: 10}, {UID: 11}}})                   // modseqs 2, 3
 	st.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: 10, Flags: []string{`\Flagged`}}}}) // 4
 	_, told, _ := st.Flags(10)
 	st.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: 11, Flags: []string{`\Seen`}}}}) // 5
-	st.Apply(syncstate.Changes{Expunged: []uint32{10}})                                          // 6
-	lagging := uint64(3) // the client knows the mailbox as of modseq 3
+	st.Apply(syncstate.Changes{Expunged: []uint32{10}})                                           // 6
+	lagging := uint64(3)                                                                          // the client knows the mailbox as of modseq 3
 	got := expungedModSeq(st, lagging, 10)
 	if got < told || got >= 6 {
 		t.Errorf("expunged UID 10, told MODSEQ %d before, expunged at 6: reported %d", told, got)
