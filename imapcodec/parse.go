@@ -199,6 +199,51 @@ func (p *Parser) Value() (Value, error) {
 	return Atom(a), nil
 }
 
+// AString reads an astring (RFC 3501): a quoted string, a literal, or a
+// run of ASTRING-CHARs. Unlike Atom it takes "[" and "]" as plain
+// characters, without balancing them: mailbox names such as "a]b", "a[b"
+// or "[Gmail]/Drafts" are astrings, while Atom reads brackets as the
+// sections of fetch attributes. List wildcards and "\" are accepted too;
+// the upstream judges the name.
+func (p *Parser) AString() (string, error) {
+	if p.atLiteral() {
+		v, err := p.Value()
+		if err != nil {
+			return "", err
+		}
+		s, _ := AsString(v)
+		return s, nil
+	}
+	t := p.text()
+	if len(t) > 0 && t[0] == '"' {
+		v, err := p.quoted()
+		if err != nil {
+			return "", err
+		}
+		s, _ := AsString(v)
+		return s, nil
+	}
+	i := 0
+	for i < len(t) && isAStringChar(t[i]) {
+		i++
+	}
+	if i == 0 {
+		return "", p.errorf("expected a string")
+	}
+	p.pos += i
+	return string(t[:i]), nil
+}
+
+// isAStringChar reports whether c may appear in an unquoted astring as
+// AString reads it.
+func isAStringChar(c byte) bool {
+	switch c {
+	case '(', ')', '{', ' ', '"':
+		return false
+	}
+	return c > 0x1f && c < 0x7f
+}
+
 func (p *Parser) quoted() (Value, error) {
 	t := p.text()
 	var b []byte

@@ -134,3 +134,49 @@ func FuzzParseStoreArgs(f *testing.F) {
 		}
 	})
 }
+
+// Mailbox names are astrings: brackets need not balance (#16.13).
+func TestAString(t *testing.T) {
+	for _, tt := range []struct{ in, want, rest string }{
+		{`a[b`, `a[b`, ``},
+		{`a]b rest`, `a]b`, ` rest`},
+		{`[Gmail]/Drafts (CONDSTORE)`, `[Gmail]/Drafts`, ` (CONDSTORE)`},
+		{"!#$&'+,-.0123456789:;<=>?@^_`|[}", "!#$&'+,-.0123456789:;<=>?@^_`|[}", ``},
+		{`"a b"x`, `a b`, `x`},
+	} {
+		p := NewParser([]Segment{{Text: []byte(tt.in)}}, Limits{})
+		got, err := p.AString()
+		if err != nil || got != tt.want || p.Rest() != tt.rest {
+			t.Errorf("AString(%q) = %q, %v, rest %q; want %q, rest %q", tt.in, got, err, p.Rest(), tt.want, tt.rest)
+		}
+	}
+	p := NewParser([]Segment{{Text: []byte("x "), Literal: &LiteralHeader{Size: 3}, Data: []byte("a]b")}, {}}, Limits{})
+	p.Atom()
+	p.SP()
+	if got, err := p.AString(); err != nil || got != "a]b" {
+		t.Errorf("literal: %q, %v", got, err)
+	}
+	for _, bad := range []string{``, ` x`, `(x)`, `"open`} {
+		if got, err := NewParser([]Segment{{Text: []byte(bad)}}, Limits{}).AString(); err == nil {
+			t.Errorf("AString(%q) = %q, want an error", bad, got)
+		}
+	}
+}
+
+// FuzzAString: AString never panics and never reads past the text it
+// returns (unquoted: exactly its length).
+func FuzzAString(f *testing.F) {
+	for _, s := range []string{`a]b c`, `"q\"x" y`, `[x`, `{3}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		p := NewParser([]Segment{{Text: []byte(in)}}, Limits{})
+		got, err := p.AString()
+		if err != nil || strings.HasPrefix(in, `"`) {
+			return
+		}
+		if !strings.HasPrefix(in, got) || p.Rest() != in[len(got):] {
+			t.Fatalf("%q: got %q, rest %q", in, got, p.Rest())
+		}
+	})
+}

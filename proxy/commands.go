@@ -195,13 +195,12 @@ func (s *Session) cmdEnable(ctx context.Context, x *Exchange) error {
 // the session's from the first response on.
 func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 	cmd := x.cmd
-	var v imapcodec.Value
+	var mailbox string
 	err := cmd.Args.SP()
 	if err == nil {
-		v, err = cmd.Args.Value()
+		mailbox, err = cmd.Args.AString()
 	}
-	mailbox, ok := imapcodec.AsString(v)
-	if err != nil || !ok {
+	if err != nil {
 		return x.done("BAD", "", cmd.Name+" needs a mailbox name.")
 	}
 	segs := cmd.Segments

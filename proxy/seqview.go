@@ -72,6 +72,33 @@ func (v seqView) uidSet(set imap.SeqSet) (imap.UIDSet, error) {
 	return out, nil
 }
 
+// uidSetWithin is uidSet for search keys: numbers beyond the client's last
+// message match nothing instead of being an error (RFC 9051 6.4.4: "1:*"
+// in an empty mailbox, "1000" in a mailbox of five, which clients send and
+// Dovecot answers with an empty result). The set may come out empty.
+func (v seqView) uidSetWithin(set imap.SeqSet) imap.UIDSet {
+	n := uint32(len(v))
+	var out imap.UIDSet
+	for _, r := range set {
+		a, z := r.Start, r.Stop
+		if a == 0 {
+			a = n
+		}
+		if z == 0 {
+			z = n
+		}
+		if a > z {
+			a, z = z, a
+		}
+		z = min(z, n)
+		if a == 0 || a > z {
+			continue
+		}
+		out.AddRange(imap.UID(v[a-1]), imap.UID(v[z-1]))
+	}
+	return out
+}
+
 // seqSet turns UIDs into the client's sequence numbers as a set, leaving
 // out the messages the client does not know. "n:*" covers every message
 // from n on.

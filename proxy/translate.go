@@ -233,9 +233,9 @@ func rewriteSearch(segs []imapcodec.Segment, view seqView) error {
 		if err != nil {
 			return "", false, err
 		}
-		uids, err := view.uidSet(seqs)
-		if err != nil {
-			return "", false, err
+		uids := view.uidSetWithin(seqs)
+		if len(uids) == 0 {
+			return "NOT ALL", true, nil // only numbers the client has no message for
 		}
 		return "UID " + uids.String(), true, nil
 	})

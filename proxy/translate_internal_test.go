@@ -99,9 +99,39 @@ func TestTranslateSearchCommand(t *testing.T) {
 			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
 		}
 	}
+}
+
+// Out-of-range sequence numbers in search keys match nothing, as RFC 9051
+// 6.4.4 has it, instead of being an error: "SEARCH 1:*" in an empty
+// mailbox, "SEARCH 1000" in a mailbox of five (#16.12).
+func TestTranslateSearchOutOfRange(t *testing.T) {
+	for _, tt := range []struct {
+		view    seqView
+		cmd, up string
+	}{
+		{nil, `a SEARCH 1:*`, `a UID SEARCH NOT ALL`},
+		{nil, `a SEARCH *`, `a UID SEARCH NOT ALL`},
+		{testView, `a SEARCH 1000`, `a UID SEARCH NOT ALL`},
+		{testView, `a SEARCH 4:1000`, `a UID SEARCH UID 10:20`},
+		{testView, `a SEARCH RETURN () OR 1000 2`, `a UID SEARCH RETURN () OR NOT ALL UID 5`},
+	} {
+		s := &Session{mbox: &selectedMailbox{view: tt.view}}
+		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(tt.cmd)}}, imapcodec.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := s.newExchange(context.Background(), cmd, false)
+		if err := s.translateCommand(x); err != nil {
+			t.Fatalf("%s: %v", tt.cmd, err)
+		}
+		if got := string(x.Segments[0].Text); got != tt.up {
+			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
+		}
+	}
+	// Elsewhere a number beyond the last message stays an error.
 	s := &Session{mbox: &selectedMailbox{view: testView}}
-	cmd, _ := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte("a SEARCH 7")}}, imapcodec.Limits{})
+	cmd, _ := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte("a FETCH 7 FLAGS")}}, imapcodec.Limits{})
 	if err := s.translateCommand(s.newExchange(context.Background(), cmd, false)); err == nil {
-		t.Error("SEARCH 7 beyond the client's 5 messages: want an error")
+		t.Error("FETCH 7 beyond the client's 5 messages: want an error")
 	}
 }

@@ -481,9 +481,8 @@ func (e *Extension) rewriteStatus(x *proxy.Exchange) error {
 	if _, err := p.Atom(); err != nil || p.SP() != nil {
 		return nil
 	}
-	mv, err := p.Value()
-	mailbox, ok := imapcodec.AsString(mv)
-	if err != nil || !ok || p.SP() != nil {
+	mailbox, err := p.AString()
+	if err != nil || p.SP() != nil {
 		return nil
 	}
 	v, err := p.Value()

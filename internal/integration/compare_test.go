@@ -22,6 +22,10 @@ func script(c *imaptest.Client, user, pass string) []string {
 	}{
 		{cmd: fmt.Sprintf("LOGIN %s %s", user, pass)},
 		{cmd: `LIST "" "*"`},
+		// Brackets are valid in mailbox names (astring): not found, not
+		// a syntax error (#16.13).
+		{cmd: "SELECT a[b"},
+		{cmd: "SELECT a]b"},
 		{cmd: "CREATE cmp"},
 		{cmd: "CREATE cmp.sub"},
 		{cmd: `LIST "" "cmp*"`},
@@ -42,6 +46,13 @@ func script(c *imaptest.Client, user, pass string) []string {
 		{cmd: "SEARCH FLAGGED"},
 		{cmd: `UID SEARCH SUBJECT "message 2"`},
 		{cmd: "SEARCH CHARSET UTF-8 BODY {4}", lits: []string{"body"}},
+		// Numbers beyond the last message match nothing (#16.12).
+		{cmd: "SEARCH 1000"},
+		{cmd: "SEARCH 2:1000 UNSEEN"},
+		// A body fetch sets \Seen; the client is told in the answer and
+		// not once more by the next NOOP (#16.14).
+		{cmd: "FETCH 2 BODY[TEXT]<0.10>"},
+		{cmd: "NOOP"},
 		{cmd: "COPY 1 INBOX"},
 		{cmd: "UID COPY 2 INBOX"},
 		{cmd: "FETCH 99 FLAGS"},
@@ -68,6 +79,8 @@ func script(c *imaptest.Client, user, pass string) []string {
 		{cmd: "FETCH 1:* (FLAGS)"},
 		{cmd: "UID FETCH 1:* (FLAGS)"},
 		{cmd: "SEARCH ALL"},
+		{cmd: "SEARCH 1:*"},
+		{cmd: "SEARCH *"},
 		{cmd: "UID SEARCH ALL"},
 		{cmd: "STORE 1 +FLAGS (\\Seen)"},
 		{cmd: "CLOSE"},
