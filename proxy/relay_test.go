@@ -358,3 +358,37 @@ func TestSelectSeesOwnChanges(t *testing.T) {
 		c.ExpectDo("f", "UNSELECT", "f OK Unselect completed.")
 	}
 }
+
+// TestImplicitSeenNotEchoed: a FETCH of a body sets \Seen, and its answer
+// tells the client so; the change is the session's own, and the next
+// command does not report it once more (#16.14; Dovecot sends nothing
+// either). Another session does hear of it. go-imap's server tells the
+// watcher at once, so here the watcher's report tends to come before the
+// FETCH's tagged answer; the interleaving that used to echo (the report
+// after it, Dovecot's IDLE delay) is what TestCompareDirectAndProxied's
+// FETCH BODY[TEXT] then NOOP runs into.
+func TestImplicitSeenNotEchoed(t *testing.T) {
+	t.Parallel()
+	up, p := newMemProxy(t)
+	for i := range 2 {
+		if err := up.Append("alice", "INBOX", nil, testMessage(fmt.Sprint(i), 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := imaptest.Dial(t, p.Addr)
+	other.LoginTagged("alice", "secret")
+	other.Do("o1", "SELECT INBOX")
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("alice", "secret")
+	c.Do("a", "SELECT INBOX")
+	got := c.Do("b", "FETCH 2 BODY[TEXT]")
+	if !strings.Contains(strings.ToLower(strings.Join(got, "\n")), `\seen`) {
+		t.Fatalf("FETCH BODY[TEXT] answer without \\Seen: %q", got)
+	}
+	for i := range 3 {
+		c.ExpectDo(fmt.Sprintf("n%d", i), "NOOP", fmt.Sprintf("n%d OK NOOP completed.", i))
+	}
+	c.ExpectDo("f", "FETCH 2 FLAGS", `* 2 FETCH (FLAGS (\seen))`, "f OK FETCH completed") // go-imap's spelling
+	got = other.Do("o2", "NOOP")
+	imaptest.AssertLines(t, "the other session's NOOP", got, []string{`* 2 FETCH (FLAGS (\Seen))`, "o2 OK NOOP completed."})
+}

@@ -32,6 +32,7 @@ type translation struct {
 	stripUID     bool   // a UID item the client did not ask for is removed from FETCH responses
 	silent       bool   // STORE .SILENT sent without .SILENT: FETCH answers are recorded, not relayed
 	store        *imapcodec.StoreArgs
+	setsSeen     bool // a FETCH of a body without PEEK: its answers may show \Seen set by it
 	allowExpunge bool // EXPUNGE responses may accompany the command's answer
 	syncAfter    bool // the command changes the mailbox: sync with the hub before answering
 }
@@ -84,6 +85,7 @@ func (s *Session) translateCommand(x *Exchange) error {
 		case "FETCH":
 			t.allowExpunge = isUID
 			t.stripUID = !isUID && !fetchAsksUID(cmd)
+			t.setsSeen = !m.readOnly && fetchSetsSeen(cmd)
 		case "STORE":
 			t.allowExpunge = isUID
 			t.stripUID = !isUID
@@ -186,6 +188,31 @@ func fetchAsksUID(cmd *imapcodec.Command) bool {
 					return true
 				}
 			}
+		}
+	}
+	return false
+}
+
+// fetchSetsSeen reports whether a FETCH command's items set \Seen
+// (RFC 3501 6.4.5: BODY[...], BINARY[...], RFC822 and RFC822.TEXT without
+// .PEEK).
+func fetchSetsSeen(cmd *imapcodec.Command) bool {
+	p := imapcodec.NewParser(cmd.Segments, imapcodec.Limits{})
+	vals, err := p.Values()
+	if err != nil {
+		return false
+	}
+	sets := func(v imapcodec.Value) bool {
+		a, ok := v.(imapcodec.Atom)
+		if !ok {
+			return false
+		}
+		u := strings.ToUpper(string(a))
+		return strings.HasPrefix(u, "BODY[") || strings.HasPrefix(u, "BINARY[") || u == "RFC822" || u == "RFC822.TEXT"
+	}
+	for _, v := range vals {
+		if l, ok := v.(imapcodec.List); ok && slices.ContainsFunc(l, sets) || sets(v) {
+			return true
 		}
 	}
 	return false
@@ -406,16 +433,23 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	// answers are not trusted that far: the leased connection may lag
 	// behind a change the watcher already recorded, and its older flags
 	// must not undo it.
-	if !resp.Streamed && x != nil {
+	if x != nil {
 		if flags, ok := fetchFlags(resp.Segments); ok {
 			x.noteFlags(uid, flags)
-			if t != nil && t.store != nil && storeResult(t.store, flags) {
+			claim := ""
+			switch {
+			case t != nil && t.store != nil && storeResult(t.store, flags):
+				claim = flags
+			case t != nil && t.setsSeen:
+				claim = "" // s.seenByFetch(uid, flags)
+			}
+			if claim != "" {
 				// A claim, handed to the mailbox's one writer (the hub's
 				// watcher), which orders it against its own reports.
 				// If it fails, the watcher's own report of the change
 				// comes later.
 				ctx, cancel := context.WithTimeout(x.Context(), syncTimeout)
-				if _, _, err := m.sub.Own(ctx, uid, strings.Fields(flags)); err != nil {
+				if _, _, err := m.sub.Own(ctx, uid, strings.Fields(claim)); err != nil {
 					s.log.Debug("own STORE answer not recorded in the hub", "uid", uid, "err", err)
 				}
 				cancel()
@@ -449,6 +483,23 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	}
 	resp.Segments[0].Text = slices.Concat([]byte("* "), []byte(strconv.FormatUint(uint64(seq), 10)), rest[i:])
 	return resp
+}
+
+// seenByFetch returns what the state's flags of uid become when the FETCH
+// that answered flags set \Seen, or "" when it did not (the answer lacks
+// \Seen, or the state has it already). Only \Seen is added: the leased
+// connection may lag behind other changes the state already has. Claimed
+// like a STORE's answer, the change is the session's own, and the client
+// is not told of it a second time when the watcher reports it (#16.14).
+func (s *Session) seenByFetch(uid uint32, flags string) string {
+	if !slices.Contains(strings.Fields(flags), `\Seen`) {
+		return ""
+	}
+	cur, _, ok := s.mbox.state.Flags(uid)
+	if !ok || slices.Contains(cur, `\Seen`) {
+		return ""
+	}
+	return strings.Join(syncstate.NormalizeFlags(append(slices.Clone(cur), `\Seen`)), " ")
 }
 
 // fetchItems joins the ChangeReporters' items for uid, in chain order; nil
@@ -518,36 +569,47 @@ func findFetchUID(line []byte) (uid uint32, start, end int, ok bool) {
 }
 
 // fetchFlags extracts the FLAGS item of a FETCH response as a normalised
-// space-separated list.
+// space-separated list. It reads the items one by one, so that it finds
+// FLAGS in a streamed response too (only the text before its large literal
+// is at hand) when FLAGS comes before the literal, as servers send it.
 func fetchFlags(segs []imapcodec.Segment) (string, bool) {
 	p := imapcodec.NewParser(segs, imapcodec.Limits{})
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 3; i++ { // "*", n, FETCH
 		if _, err := p.Atom(); err != nil {
 			return "", false
 		}
 		p.SP()
 	}
-	v, err := p.Value()
-	l, ok := v.(imapcodec.List)
-	if err != nil || !ok {
+	if !p.OpenList() {
 		return "", false
 	}
-	for i := 0; i+1 < len(l); i += 2 {
-		if a, _ := l[i].(imapcodec.Atom); strings.EqualFold(string(a), "FLAGS") {
-			fl, ok := l[i+1].(imapcodec.List)
-			if !ok {
-				return "", false
-			}
-			var flags []string
-			for _, f := range fl {
-				if a, ok := f.(imapcodec.Atom); ok {
-					flags = append(flags, string(a))
-				}
-			}
-			return strings.Join(syncstate.NormalizeFlags(flags), " "), true
+	for first := true; ; first = false {
+		if !first && p.SP() != nil {
+			return "", false
 		}
+		name, err := p.Atom()
+		if err != nil || p.SP() != nil {
+			return "", false
+		}
+		v, err := p.Value()
+		if err != nil {
+			return "", false
+		}
+		if !strings.EqualFold(name, "FLAGS") {
+			continue
+		}
+		fl, ok := v.(imapcodec.List)
+		if !ok {
+			return "", false
+		}
+		var flags []string
+		for _, f := range fl {
+			if a, ok := f.(imapcodec.Atom); ok {
+				flags = append(flags, string(a))
+			}
+		}
+		return strings.Join(syncstate.NormalizeFlags(flags), " "), true
 	}
-	return "", false
 }
 
 // storeResult reports whether flags (a FETCH answer during a STORE, as

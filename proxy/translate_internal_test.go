@@ -135,3 +135,45 @@ func TestTranslateSearchOutOfRange(t *testing.T) {
 		t.Error("FETCH 7 beyond the client's 5 messages: want an error")
 	}
 }
+
+// FLAGS is found before a body literal, also when the response streams
+// (only its first segment at hand).
+func TestFetchFlags(t *testing.T) {
+	for _, tt := range []struct {
+		segs  []imapcodec.Segment
+		flags string
+		ok    bool
+	}{
+		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (UID 7 FLAGS (\Seen \answered))`)}}, `\Answered \Seen`, true},
+		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (UID 7 FLAGS (\Seen) BODY[] `), Literal: &imapcodec.LiteralHeader{Size: 1 << 20}}}, `\Seen`, true},
+		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (UID 7 BODY[] `), Literal: &imapcodec.LiteralHeader{Size: 3}, Data: []byte("abc")}, {Text: []byte(` FLAGS ())`)}}, ``, true},
+		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (UID 7 BODY[] `), Literal: &imapcodec.LiteralHeader{Size: 1 << 20}}}, ``, false},
+		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (UID 7)`)}}, ``, false},
+	} {
+		flags, ok := fetchFlags(tt.segs)
+		if flags != tt.flags || ok != tt.ok {
+			t.Errorf("%q: %q, %v; want %q, %v", tt.segs[0].Text, flags, ok, tt.flags, tt.ok)
+		}
+	}
+}
+
+func TestFetchSetsSeen(t *testing.T) {
+	for cmd, want := range map[string]bool{
+		`a FETCH 1 BODY[TEXT]`:                true,
+		`a UID FETCH 1 (FLAGS BODY[]<0.10>)`:  true,
+		`a FETCH 1 (RFC822)`:                  true,
+		`a FETCH 1 BINARY[1]`:                 true,
+		`a FETCH 1 (BODY.PEEK[] RFC822.SIZE)`: false,
+		`a FETCH 1 (RFC822.HEADER FLAGS)`:     false,
+		`a FETCH 1 (BODYSTRUCTURE BODY)`:      false,
+		`a FETCH 1 (BINARY.PEEK[1] ENVELOPE)`: false,
+	} {
+		c, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(cmd)}}, imapcodec.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fetchSetsSeen(c); got != want {
+			t.Errorf("%s: %v, want %v", cmd, got, want)
+		}
+	}
+}
