@@ -131,7 +131,7 @@ type SelectHook interface {
 // every FETCH response the session sends (relayed answers and unsolicited
 // flag changes) and expunges. Several compose: items are joined in chain
 // order, the first reporter to report expunges reports them, and every
-// reporter's held-expunge response is sent.
+// reporter's held-expunge response and batch end is sent, in chain order.
 type ChangeReporter interface {
 	// FetchItems returns data items to add after the UID item of a FETCH
 	// response about uid (for example "MODSEQ (12)"), or nil; unsolicited
@@ -148,6 +148,13 @@ type ChangeReporter interface {
 	// ExpungesHeld is called when expunges must wait (during FETCH, STORE
 	// and SEARCH); it returns a response to send now, or nil.
 	ExpungesHeld(s *Session) []byte
+	// BatchDone appends what follows a batch of changes the core has
+	// just reported (b holds the batch; the client's view and mod-sequence
+	// are already those after it). uncovered tells whether the batch
+	// reported expunges with a mod-sequence above every flag change it
+	// reported: no MODSEQ the client was told covers them, and QRESYNC
+	// closes such a batch with the mailbox's HIGHESTMODSEQ.
+	BatchDone(s *Session, b []byte, uncovered bool) []byte
 }
 
 // Response is an untagged response on its way from the upstream to a client.

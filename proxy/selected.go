@@ -85,9 +85,11 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 		return false, nil
 	}
 	var expunged []uint32
+	var lastExpunge uint64 // the highest mod-sequence among them
 	type flagChange struct {
-		uid   uint32
-		flags []string
+		uid    uint32
+		flags  []string
+		modseq uint64
 	}
 	var flagged []flagChange
 	last := m.view.last()
@@ -105,8 +107,9 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 		}
 		if c.Expunged {
 			expunged = append(expunged, c.UID)
+			lastExpunge = max(lastExpunge, c.ModSeq)
 		} else {
-			flagged = append(flagged, flagChange{c.UID, c.Flags})
+			flagged = append(flagged, flagChange{c.UID, c.Flags, c.ModSeq})
 		}
 	})
 	if len(expunged) > 0 && !allowExpunge {
@@ -144,6 +147,7 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 	// From here on, sequence numbers are those of the new snapshot.
 	m.view = snap.UIDs
 	m.pos = snap.Highest
+	var lastFlag uint64 // the highest mod-sequence of the flag changes reported
 	for _, f := range flagged {
 		seq := m.view.seqOf(f.uid)
 		if seq == 0 {
@@ -160,12 +164,16 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 			}
 		}
 		b = fmt.Appendf(b, "FLAGS (%s))\r\n", strings.Join(f.flags, " "))
+		lastFlag = max(lastFlag, f.modseq)
 	}
 	if m.view.last() > last {
 		b = fmt.Appendf(b, "* %d EXISTS\r\n", len(m.view))
 	}
 	if len(b) == 0 {
 		return false, nil
+	}
+	for _, r := range s.srv.reporters {
+		b = r.BatchDone(s, b, lastExpunge > lastFlag)
 	}
 	return true, s.Write(b)
 }

@@ -159,6 +159,20 @@ func (*Extension) ExpungesHeld(s *proxy.Session) []byte {
 	return fmt.Appendf(nil, "* OK [HIGHESTMODSEQ %d] Highest\r\n", m.ModSeq())
 }
 
+// BatchDone closes a batch of changes whose VANISHED no FETCH MODSEQ of
+// the batch covers with the mailbox's HIGHESTMODSEQ (RFC 7162 3.2.10 with
+// 6): each expunge has a mod-sequence of its own, and a QRESYNC client that
+// keeps the highest mod-sequence it was told as its HIGHESTMODSEQ would
+// otherwise resync from below it and be told of the expunge again
+// (#16.15). The answer to EXPUNGE carries it in its tagged OK as well.
+func (*Extension) BatchDone(s *proxy.Session, b []byte, uncovered bool) []byte {
+	m := s.Mailbox()
+	if !uncovered || m == nil || !s.Enabled("QRESYNC") {
+		return b
+	}
+	return fmt.Appendf(b, "* OK [HIGHESTMODSEQ %d] Highest\r\n", m.ModSeq())
+}
+
 // SelectParams names the SELECT/EXAMINE parameters of RFC 7162.
 func (*Extension) SelectParams() []string { return []string{"CONDSTORE", "QRESYNC"} }
 

@@ -163,7 +163,7 @@ func TestRFCFlow(t *testing.T) {
 		{"STATUS INBOX (HIGHESTMODSEQ)", []string{"* STATUS INBOX (HIGHESTMODSEQ 6)", "OK STATUS completed"}},
 		// 3.2.10: VANISHED instead of EXPUNGE once QRESYNC is on.
 		{"STORE 2:3 +FLAGS.SILENT (\\Deleted)", []string{"* 2 FETCH (UID 2 MODSEQ (7))", "* 3 FETCH (UID 3 MODSEQ (8))", "OK STORE completed"}},
-		{"EXPUNGE", []string{"* VANISHED 2:3", "OK [HIGHESTMODSEQ 10] EXPUNGE completed"}}, // 3.2.7
+		{"EXPUNGE", []string{"* VANISHED 2:3", "* OK [HIGHESTMODSEQ 10] Highest", "OK [HIGHESTMODSEQ 10] EXPUNGE completed"}}, // 3.2.7
 		// 3.2.6: UID FETCH VANISHED reports expunges up to the highest UID.
 		{"UID FETCH 1:* (FLAGS) (CHANGEDSINCE 4 VANISHED)", []string{"* VANISHED (EARLIER) 2:3", `* 1 FETCH (UID 1 MODSEQ (5) FLAGS (\seen))`, "OK UID FETCH completed"}},
 		{"UID FETCH 1:2 (FLAGS) (CHANGEDSINCE 6 VANISHED)", []string{"* VANISHED (EARLIER) 2", "OK Fetch completed."}},
@@ -276,6 +276,9 @@ func TestOutsideChanges(t *testing.T) {
 	other.MustOK("STORE 2 +FLAGS (\\Answered)") // modseq 5
 	other.MustOK("STORE 3 +FLAGS (\\Deleted)")  // 6
 	other.MustOK("EXPUNGE")                     // 7
-	run(t, q, []step{{"NOOP", []string{"* VANISHED 3", `* 2 FETCH (UID 2 MODSEQ (5) FLAGS (\Answered))`, "OK NOOP completed."}}})
+	// The expunge (7) comes after the flag change (5): the batch ends with
+	// HIGHESTMODSEQ, so that a client keeping the highest MODSEQ it was
+	// told does not resync from 5 and hear of UID 3 again (#16.15).
+	run(t, q, []step{{"NOOP", []string{"* VANISHED 3", `* 2 FETCH (UID 2 MODSEQ (5) FLAGS (\Answered))`, "* OK [HIGHESTMODSEQ 7] Highest", "OK NOOP completed."}}})
 	run(t, cs, []step{{"NOOP", []string{"* 3 EXPUNGE", `* 2 FETCH (UID 2 MODSEQ (5) FLAGS (\Answered))`, "OK NOOP completed."}}})
 }
