@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -134,11 +135,53 @@ func (s *Session) cmdLogout(ctx context.Context, x *Exchange) error {
 }
 
 func (s *Session) cmdID(ctx context.Context, x *Exchange) error {
+	if err := checkIDArgs(x.cmd); err != nil {
+		return x.done("BAD", "", "Error in IMAP command ID: "+err.Error()+".")
+	}
 	if s.state != StateNotAuthenticated && s.upCaps.Has("ID") {
 		return s.relayWhole(ctx, x)
 	}
 	s.Write([]byte(`* ID ("name" "lemonproxy" "version" ` + string(imapcodec.AppendQuoted(nil, Version)) + ")\r\n"))
 	return x.done("OK", "", "ID completed.")
+}
+
+// checkIDArgs checks the argument of ID (RFC 2971 3.1): NIL, or a list of
+// at most 30 field-value pairs whose fields are strings of at most 30
+// octets and values strings of at most 1024 octets or NIL (#16.19: the
+// proxy answered anything, 5,000 unbalanced parentheses included).
+func checkIDArgs(cmd *imapcodec.Command) error {
+	p := cmd.Args
+	if p.SP() != nil {
+		return errors.New("ID needs NIL or a parenthesised list")
+	}
+	v, err := p.Value()
+	if err != nil || !p.AtEnd() {
+		return errors.New("ID needs NIL or a parenthesised list")
+	}
+	if imapcodec.IsNil(v) {
+		return nil
+	}
+	l, ok := v.(imapcodec.List)
+	if !ok || len(l)%2 != 0 {
+		return errors.New("ID needs NIL or a list of field-value pairs")
+	}
+	if len(l) > 60 {
+		return errors.New("ID allows at most 30 field-value pairs")
+	}
+	for i := 0; i < len(l); i += 2 {
+		field, ok := l[i].(imapcodec.String)
+		if !ok || len(field.Data) > 30 {
+			return errors.New("ID fields are strings of at most 30 octets")
+		}
+		if imapcodec.IsNil(l[i+1]) {
+			continue
+		}
+		value, ok := l[i+1].(imapcodec.String)
+		if !ok || len(value.Data) > 1024 {
+			return errors.New("ID values are strings of at most 1024 octets, or NIL")
+		}
+	}
+	return nil
 }
 
 func (s *Session) cmdStartTLS(ctx context.Context, x *Exchange) error {

@@ -91,6 +91,12 @@ func TestStateMachine(t *testing.T) {
 	c.ExpectDo("a7", "NOOP", "a7 OK NOOP completed.")
 	c.ExpectDo("a8", "STARTTLS", "a8 BAD STARTTLS not available.")
 	c.ExpectDo("a9", "ID NIL", `* ID ("name" "lemonproxy" "version" "*`, "a9 OK ID completed.")
+	c.ExpectDo("a10", `ID ("name" "k9" "os" NIL)`, `* ID ("name" "lemonproxy" "version" "*`, "a10 OK ID completed.")
+	// RFC 2971's syntax is checked (#16.19).
+	c.ExpectDo("a11", "ID "+strings.Repeat("(", 50), "a11 BAD *")
+	c.ExpectDo("a12", `ID ("name")`, "a12 BAD Error in IMAP command ID: ID needs NIL or a list of field-value pairs.")
+	c.ExpectDo("a13", `ID (name "x")`, "a13 BAD Error in IMAP command ID: ID fields are strings of at most 30 octets.")
+	c.ExpectDo("a14", "ID", "a14 BAD Error in IMAP command ID: ID needs NIL or a parenthesised list.")
 
 	// Authenticated.
 	c.ExpectDo("b0", "LOGIN alice secret", "b0 OK [CAPABILITY "+postAuthCaps+"] *")

@@ -227,14 +227,24 @@ func parseQResync(arg imapcodec.List) (*qresyncParams, error) {
 		if !ok || len(l) != 2 {
 			return nil, errors.New("bad QRESYNC sequence match data")
 		}
-		for _, v := range l {
+		var sizes [2]uint64
+		for i, v := range l {
 			a, ok := v.(imapcodec.Atom)
 			if !ok {
 				return nil, errors.New("bad QRESYNC sequence match data")
 			}
-			if _, err := staticUIDSet(string(a)); err != nil {
+			set, err := staticUIDSet(string(a))
+			if err != nil {
 				return nil, fmt.Errorf("bad QRESYNC sequence match data: %w", err)
 			}
+			for _, r := range set {
+				sizes[i] += uint64(r.Stop) - uint64(r.Start) + 1
+			}
+		}
+		// Each known sequence number pairs with a known UID (RFC 7162
+		// 3.2.5.2); Dovecot refuses sets of different sizes too.
+		if sizes[0] != sizes[1] {
+			return nil, errors.New("QRESYNC sequence match data: the sequence set and the UID set differ in size")
 		}
 	}
 	return &q, nil

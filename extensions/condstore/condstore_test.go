@@ -231,6 +231,7 @@ func TestBadInput(t *testing.T) {
 		"SELECT INBOX (QRESYNC (1 x))",
 		"SELECT INBOX (QRESYNC (1 1 a:b))",
 		"SELECT INBOX (QRESYNC (1 1 1:2 (1)))",
+		"SELECT INBOX (QRESYNC (1 1 1:5 (1:3 1:5)))", // seq-match sets of different sizes (#16.19)
 		"SELECT INBOX (QRESYNC 1 1)",
 		"SELECT INBOX (QRESYNC (1 99999999999999999999))",
 		"SELECT INBOX (CONDSTORE (1))",
