@@ -296,6 +296,12 @@ func parseGroup(l imapcodec.List) (*group, error) {
 	if (flagChange || annotation) && !newMsg {
 		return nil, errors.New("FlagChange and AnnotationChange need MessageNew and MessageExpunge")
 	}
+	if g.selected() && (g.mailboxName || g.subscription) {
+		// Mailbox and subscription events concern other mailboxes, not
+		// the one selected (RFC 5465 5.3, 5.4, 6.1; #16.16). Dovecot
+		// accepts them and never sends them; the proxy says so.
+		return nil, errors.New("only message events apply to selected and selected-delayed")
+	}
 	g.messages, g.flags = newMsg, flagChange
 	if bad != nil {
 		return g, bad
@@ -379,7 +385,10 @@ func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) erro
 			Refresh: func(ctx context.Context, mailbox string, c *upstream.Conn) (uint64, error) {
 				return e.mailboxes.Refresh(ctx, acct, mailbox, c)
 			},
-			ModSeqs:     s.Enabled("CONDSTORE"),
+			// The proxy always has CONDSTORE: STATUS for FlagChange
+			// carries HIGHESTMODSEQ whether or not the client enabled it
+			// (RFC 5465 5.2; #16.16).
+			ModSeqs:     s.Enabled("CONDSTORE") || anyFlags(st.groups),
 			FlagChanges: anyFlags(st.groups),
 		}
 		sub, err := e.mgr.Watch(ctx, acct.Name, acct.Dial, opts, func(evs []accountwatch.Event) {
@@ -566,7 +575,7 @@ func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, n
 		// A flag change is told with UIDVALIDITY and, under CONDSTORE,
 		// HIGHESTMODSEQ (RFC 5465 5.1); new mail and expunges with the
 		// counters.
-		return e.appendStatus(s, b, mb, ev.Kind == accountwatch.Flags)
+		return e.appendStatus(s, b, mb, ev.Kind == accountwatch.Flags, ev.Kind == accountwatch.Flags)
 	case accountwatch.Created, accountwatch.Deleted, accountwatch.Renamed:
 		g := st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.mailboxName })
 		if g == nil && ev.Kind == accountwatch.Renamed {
@@ -616,8 +625,9 @@ func appendList(b []byte, attrs []string, mb accountwatch.Mailbox) []byte {
 
 // appendStatus appends a STATUS response for a mailbox: MESSAGES, UIDNEXT
 // and UNSEEN, UIDVALIDITY when withUIDValidity (NOTIFY SET STATUS, flag
-// changes), and the proxy's HIGHESTMODSEQ once CONDSTORE is enabled.
-func (e *Extension) appendStatus(s *proxy.Session, b []byte, mb accountwatch.Mailbox, withUIDValidity bool) []byte {
+// changes), and the proxy's HIGHESTMODSEQ once CONDSTORE is enabled or
+// when the status is for FlagChange (flagChange), which needs it.
+func (e *Extension) appendStatus(s *proxy.Session, b []byte, mb accountwatch.Mailbox, withUIDValidity, flagChange bool) []byte {
 	b = append(b, "* STATUS "...)
 	b = imapcodec.AppendString(b, mb.Name, false)
 	b = fmt.Appendf(b, " (MESSAGES %d UIDNEXT %d", mb.Status.Messages, mb.Status.UIDNext)
@@ -625,7 +635,7 @@ func (e *Extension) appendStatus(s *proxy.Session, b []byte, mb accountwatch.Mai
 		b = fmt.Appendf(b, " UIDVALIDITY %d", mb.Status.UIDValidity)
 	}
 	b = fmt.Appendf(b, " UNSEEN %d", mb.Status.Unseen)
-	if s.Enabled("CONDSTORE") && mb.ModSeq != 0 {
+	if (flagChange || s.Enabled("CONDSTORE")) && mb.ModSeq != 0 {
 		// The proxy's own, kept current by the account watcher on its
 		// one connection (never the upstream's).
 		b = fmt.Appendf(b, " HIGHESTMODSEQ %d", mb.ModSeq)
@@ -647,7 +657,7 @@ func (e *Extension) writeInitialStatus(ctx context.Context, s *proxy.Session, st
 		if m := s.Mailbox(); m != nil && m.Name() == mb.Name {
 			continue
 		}
-		b = e.appendStatus(s, b, mb, true)
+		b = e.appendStatus(s, b, mb, true, st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.flags }) != nil)
 	}
 	if len(b) == 0 {
 		return nil

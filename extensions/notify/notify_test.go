@@ -94,6 +94,10 @@ func TestSyntax(t *testing.T) {
 		"NOTIFY SET (selected (MessageNew))":     "BAD", // without MessageExpunge
 		"NOTIFY SET (selected (MessageExpunge))": "BAD",
 		"NOTIFY SET (selected (FlagChange))":     "BAD",
+		// Only message events apply to the selected mailbox (#16.16).
+		"NOTIFY SET (selected (MailboxName))":                                               "BAD",
+		"NOTIFY SET (selected-delayed (SubscriptionChange))":                                "BAD",
+		"NOTIFY SET (selected (MessageNew MessageExpunge MailboxName))":                     "BAD",
 		"NOTIFY SET (personal (MessageNew (FLAGS) MessageExpunge))":                         "BAD", // fetch attributes outside selected
 		"NOTIFY SET (selected NONE) (selected-delayed NONE)":                                "BAD",
 		"NOTIFY SET (everything (MailboxName))":                                             "BAD",
@@ -226,5 +230,29 @@ func TestPolling(t *testing.T) {
 	quiet(t, a, 300*time.Millisecond)
 	if n := e.ext.Accounts().Watchers(); n != 1 {
 		t.Fatalf("%d account watchers for one account", n)
+	}
+}
+
+// TestFlagChangeStatus: for FlagChange in other mailboxes the STATUS carries
+// UIDVALIDITY and HIGHESTMODSEQ, whether or not the client enabled
+// CONDSTORE: the proxy always supports it (RFC 5465 5.2; imaptest's notify
+// test and Dovecot expect it; #16.16). Without FlagChange, no
+// HIGHESTMODSEQ unless CONDSTORE is enabled.
+func TestFlagChangeStatus(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	a := e.login(t, "alice")
+	a.MustOK("CREATE foo")
+	a.MustOK("APPEND foo {7+}\r\nSubj: 1")
+	got := a.MustOK("NOTIFY SET STATUS (mailboxes foo (MessageNew MessageExpunge FlagChange))")
+	if want := "* STATUS foo (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 2 UNSEEN 1 HIGHESTMODSEQ 2)"; got[0] != want {
+		t.Fatalf("NOTIFY SET STATUS with FlagChange: %q, want %q first", got, want)
+	}
+	b := e.login(t, "alice")
+	b.MustOK("SELECT foo")
+	b.MustOK(`STORE 1 +FLAGS (\Flagged)`)
+	expect(t, a, "* STATUS foo (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 2 UNSEEN 1 HIGHESTMODSEQ 3)")
+	got = a.MustOK("NOTIFY SET STATUS (mailboxes foo (MessageNew MessageExpunge))")
+	if want := "* STATUS foo (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 2 UNSEEN 1)"; got[0] != want {
+		t.Fatalf("NOTIFY SET STATUS without FlagChange: %q, want %q first", got, want)
 	}
 }

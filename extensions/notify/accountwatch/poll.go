@@ -405,7 +405,7 @@ func (w *watcher) poll(only []string) (err error) {
 	}
 	if opts.Refresh != nil && (opts.ModSeqs || opts.FlagChanges) {
 		var err error
-		if evs, err = w.refresh(ctx, c, opts, only == nil, old, next, evs); err != nil {
+		if evs, err = w.refresh(ctx, c, opts, only, old, next, evs); err != nil {
 			return err
 		}
 	}
@@ -422,10 +422,13 @@ func (w *watcher) poll(only []string) (err error) {
 
 // refresh brings the proxy's state of the mailboxes that need it up to
 // date and records their ModSeq in next: those never refreshed (when
-// ModSeqs are wanted), those with events, and on a timed poll every
-// mailbox when flag changes are wanted and STATUS cannot show them. A
-// mailbox whose ModSeq moved without an event gets a Flags event.
-func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptions, timed bool, old, next map[string]Mailbox, evs []Event) ([]Event, error) {
+// ModSeqs are wanted), those with events, those a poke named (only: a
+// session changed them, perhaps only their flags) and on a timed poll
+// (only is nil) every mailbox when flag changes are wanted and STATUS
+// cannot show them. A mailbox whose ModSeq moved without an event gets a
+// Flags event.
+func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptions, only []string, old, next map[string]Mailbox, evs []Event) ([]Event, error) {
+	timed := only == nil
 	changed := map[string]int{} // name -> index of its Messages/Flags event
 	for i, ev := range evs {
 		if ev.Kind == Messages || ev.Kind == Flags {
@@ -436,7 +439,8 @@ func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptio
 	names := make([]string, 0, len(next))
 	for name, b := range next {
 		_, ch := changed[name]
-		if b.Selectable && (everything || ch || opts.ModSeqs && b.ModSeq == 0) {
+		poked := opts.FlagChanges && slices.Contains(only, name)
+		if b.Selectable && (everything || ch || poked || opts.ModSeqs && b.ModSeq == 0) {
 			names = append(names, name)
 		}
 	}
