@@ -316,6 +316,13 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		switch {
 		case r.Head.Name == "EXISTS" && r.Head.HasNum:
 			r.Segments = []imapcodec.Segment{{Text: fmt.Appendf(nil, "* %d EXISTS", len(m.view))}}
+		case r.Head.Name == "RECENT" && r.Head.HasNum:
+			// \Recent belongs to one upstream connection, and sessions
+			// share connections: the proxy drops it everywhere, as
+			// IMAP4rev2 did (docs/hardening.md).
+			r.Segments = []imapcodec.Segment{{Text: []byte("* 0 RECENT")}}
+		case r.Head.Name == "FLAGS" && !r.Streamed:
+			m.noteFlagList(r.Segments)
 		case r.Head.Name == "OK" && r.Head.Code == "UNSEEN":
 			seq := m.firstUnseen()
 			if seq == 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -33,6 +34,55 @@ type selectedMailbox struct {
 	view     seqView
 	pos      uint64
 	news     atomic.Bool // set by the hub when the state changed
+	// flagList is the mailbox's flags as the client was last told them
+	// (SELECT's FLAGS response, and every FLAGS after it), by lower-case
+	// name: a FETCH with a keyword not in it is preceded by a new FLAGS
+	// response (RFC 3501 7.2.6).
+	flagList map[string]string
+}
+
+// noteFlagList records a FLAGS response the client is sent.
+func (m *selectedMailbox) noteFlagList(segs []imapcodec.Segment) {
+	p := imapcodec.NewParser(segs, imapcodec.Limits{})
+	p.Atom() // *
+	p.SP()
+	p.Atom() // FLAGS
+	p.SP()
+	v, err := p.Value()
+	l, ok := v.(imapcodec.List)
+	if err != nil || !ok {
+		return
+	}
+	m.flagList = map[string]string{}
+	for _, f := range l {
+		if a, ok := f.(imapcodec.Atom); ok {
+			m.flagList[strings.ToLower(string(a))] = string(a)
+		}
+	}
+}
+
+// newKeywords returns the FLAGS response to send before a FETCH with
+// these flags when one of them is a keyword the client was not told of,
+// and records it; nil otherwise. System flags are always known.
+func (m *selectedMailbox) newKeywords(flags []string) []byte {
+	if m.flagList == nil {
+		return nil // no FLAGS seen (yet): nothing to compare with
+	}
+	added := false
+	for _, f := range flags {
+		if strings.HasPrefix(f, `\`) {
+			continue
+		}
+		if _, ok := m.flagList[strings.ToLower(f)]; !ok {
+			m.flagList[strings.ToLower(f)] = f
+			added = true
+		}
+	}
+	if !added {
+		return nil
+	}
+	list := slices.Sorted(maps.Values(m.flagList))
+	return fmt.Appendf(nil, "* FLAGS (%s)\r\n", strings.Join(list, " "))
 }
 
 // notify is the hub's callback: note the news, and wake the session if
@@ -156,6 +206,7 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 		if x != nil && x.seenFlags != nil && x.seenFlags[f.uid] == strings.Join(f.flags, " ") {
 			continue // the client just saw these in its own command's answer
 		}
+		b = append(b, m.newKeywords(f.flags)...)
 		b = fmt.Appendf(b, "* %d FETCH (", seq)
 		if items := s.fetchItems(f.uid, true); items != nil {
 			b = fmt.Appendf(b, "UID %d ", f.uid)

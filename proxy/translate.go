@@ -112,10 +112,10 @@ func (s *Session) translateCommand(x *Exchange) error {
 			segs[0].Text = slices.Concat([]byte(cmd.Tag+" UID "+name+" "+uids), rest)
 		}
 	case searchCommands[base]:
+		if err := rewriteSearch(segs, m.view, !isUID); err != nil {
+			return err
+		}
 		if !isUID {
-			if err := rewriteSearch(segs, m.view); err != nil {
-				return err
-			}
 			t.seqResults = true
 			t.allowExpunge = false
 		}
@@ -245,11 +245,23 @@ func targetIsSelected(cmd *imapcodec.Command, selected string) bool {
 	return name == selected
 }
 
-// rewriteSearch turns SEARCH, SORT or THREAD into its UID form with every
-// sequence set among the search keys translated.
-func rewriteSearch(segs []imapcodec.Segment, view seqView) error {
+// rewriteSearch translates the search keys of SEARCH, SORT or THREAD: with
+// toUID, the command goes into its UID form with every sequence set
+// translated; in both forms RECENT and NEW match nothing and OLD matches
+// everything, since the proxy has no \Recent (docs/hardening.md).
+func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
 	_, err := imapcodec.ReplaceSearchKeys(segs, func(k imapcodec.SearchKey) (string, bool, error) {
-		if k.Name != "" {
+		switch k.Name {
+		case "RECENT", "NEW":
+			return "NOT ALL", true, nil
+		case "OLD":
+			return "ALL", true, nil
+		case "":
+			if toUID {
+				break
+			}
+			return "", false, nil
+		default:
 			return "", false, nil
 		}
 		a := string(k.Args[0].(imapcodec.Atom))
@@ -266,6 +278,11 @@ func rewriteSearch(segs []imapcodec.Segment, view seqView) error {
 		}
 		return "UID " + uids.String(), true, nil
 	})
+	if !toUID {
+		// The UID form goes upstream as it is when its criteria do not
+		// parse: the upstream says what is wrong.
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -288,6 +305,11 @@ func (s *Session) filterSelected(x *Exchange, resp *Response) *Response {
 		}
 	case "FETCH":
 		return s.translateFetch(x, resp)
+	case "FLAGS":
+		if !resp.Streamed {
+			m.noteFlagList(resp.Segments)
+		}
+		return resp
 	}
 	var t *translation
 	if x != nil {
@@ -433,6 +455,11 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	// answers are not trusted that far: the leased connection may lag
 	// behind a change the watcher already recorded, and its older flags
 	// must not undo it.
+	if flags, ok := fetchFlags(resp.Segments); ok {
+		if kw := m.newKeywords(strings.Fields(flags)); kw != nil {
+			s.Write(kw) // before this FETCH (RFC 3501 7.2.6)
+		}
+	}
 	if x != nil {
 		if flags, ok := fetchFlags(resp.Segments); ok {
 			x.noteFlags(uid, flags)
@@ -475,6 +502,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 		}
 		seg = slices.Concat(seg[:uidStart], seg[uidEnd:])
 	}
+	seg = dropRecent(seg)
 	// "* n FETCH" -> "* seq FETCH"
 	rest := seg[2:]
 	i := bytes.IndexByte(rest, ' ')
@@ -500,6 +528,36 @@ func (s *Session) seenByFetch(uid uint32, flags string) string {
 		return ""
 	}
 	return strings.Join(syncstate.NormalizeFlags(append(slices.Clone(cur), `\Seen`)), " ")
+}
+
+// dropRecent removes \Recent from the FLAGS item of a FETCH response's
+// first segment: the proxy has no \Recent (see rewriteSearch).
+func dropRecent(seg []byte) []byte {
+	i := indexFold(seg, "FLAGS (")
+	if i < 0 {
+		return seg
+	}
+	open := i + len("FLAGS (")
+	end := bytes.IndexByte(seg[open:], ')')
+	if end < 0 {
+		return seg
+	}
+	flags := strings.Fields(string(seg[open : open+end]))
+	kept := slices.DeleteFunc(slices.Clone(flags), func(f string) bool { return strings.EqualFold(f, `\Recent`) })
+	if len(kept) == len(flags) {
+		return seg
+	}
+	return slices.Concat(seg[:open], []byte(strings.Join(kept, " ")), seg[open+end:])
+}
+
+// indexFold is bytes.Index ignoring ASCII case.
+func indexFold(s []byte, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(string(s[i:i+len(sub)]), sub) {
+			return i
+		}
+	}
+	return -1
 }
 
 // fetchItems joins the ChangeReporters' items for uid, in chain order; nil

@@ -177,3 +177,68 @@ func TestFetchSetsSeen(t *testing.T) {
 		}
 	}
 }
+
+// The proxy has no \Recent (IMAP4rev2 dropped it; its sessions share
+// upstream connections): RECENT and NEW match nothing, OLD everything, in
+// both forms; \Recent is dropped from FETCH FLAGS (#16.17).
+func TestNoRecent(t *testing.T) {
+	for _, tt := range []struct{ cmd, up string }{
+		{`a SEARCH RECENT`, `a UID SEARCH NOT ALL`},
+		{`a UID SEARCH OR NEW 1:* NOT OLD`, `a UID SEARCH OR NOT ALL 1:* NOT ALL`},
+		{`a UID SEARCH (UNSEEN`, `a UID SEARCH (UNSEEN`},
+	} {
+		s := &Session{mbox: &selectedMailbox{view: testView}}
+		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(tt.cmd)}}, imapcodec.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := s.newExchange(context.Background(), cmd, false)
+		if err := s.translateCommand(x); err != nil {
+			t.Fatalf("%s: %v", tt.cmd, err)
+		}
+		if got := string(x.Segments[0].Text); got != tt.up {
+			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
+		}
+	}
+	for in, want := range map[string]string{
+		`* 1 FETCH (UID 3 FLAGS (\Seen \Recent))`:       `* 1 FETCH (UID 3 FLAGS (\Seen))`,
+		`* 1 FETCH (FLAGS (\recent) UID 3)`:             `* 1 FETCH (FLAGS () UID 3)`,
+		`* 1 FETCH (UID 3 FLAGS ($Junk))`:               `* 1 FETCH (UID 3 FLAGS ($Junk))`,
+		`* 1 FETCH (UID 3 BODY[HEADER.FIELDS (FLAGS)] `: `* 1 FETCH (UID 3 BODY[HEADER.FIELDS (FLAGS)] `,
+	} {
+		if got := string(dropRecent([]byte(in))); got != want {
+			t.Errorf("%q -> %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A FETCH with a keyword the client was not told of is preceded by a FLAGS
+// response that lists it (RFC 3501 7.2.6; #16.17).
+func TestNewKeywords(t *testing.T) {
+	m := &selectedMailbox{}
+	if b := m.newKeywords([]string{"$x"}); b != nil {
+		t.Errorf("before any FLAGS: %q", b)
+	}
+	m.noteFlagList([]imapcodec.Segment{{Text: []byte(`* FLAGS (\Answered \Seen $Forwarded)`)}})
+	if b := m.newKeywords([]string{`\Seen`, "$forwarded"}); b != nil {
+		t.Errorf("known flags: %q", b)
+	}
+	if b, want := string(m.newKeywords([]string{`\Flagged`, "$new"})), "* FLAGS ($Forwarded $new \\Answered \\Seen)\r\n"; b != want {
+		t.Errorf("new keyword: %q, want %q", b, want)
+	}
+	if b := m.newKeywords([]string{"$new"}); b != nil {
+		t.Errorf("told once: %q", b)
+	}
+}
+
+func TestZeroRecent(t *testing.T) {
+	for in, want := range map[string]string{
+		`* STATUS cmp (MESSAGES 2 RECENT 2 UNSEEN 1)`: `* STATUS cmp (MESSAGES 2 RECENT 0 UNSEEN 1)`,
+		`* STATUS "a (b" (recent 5)`:                   `* STATUS "a (b" (recent 0)`,
+		`* STATUS cmp (MESSAGES 2)`:                    `* STATUS cmp (MESSAGES 2)`,
+	} {
+		if got := string(zeroRecent([]byte(in))); got != want {
+			t.Errorf("%q -> %q, want %q", in, got, want)
+		}
+	}
+}
