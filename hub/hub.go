@@ -292,6 +292,47 @@ func (s *Subscription) Sync(ctx context.Context) error {
 	return s.box.sync(ctx)
 }
 
+// Resync makes the watcher of key start over, on a new connection with a
+// full sync, because a session was told a UIDVALIDITY by the upstream that
+// the state does not have: the mailbox was deleted and re-created under
+// the watcher, whose connection may still show the old one (Dovecot keeps
+// it selected until the connection syncs, and may then only say BYE). It
+// returns once the box's state has uidValidity, or with an error when ctx
+// ends first. Sessions that have the old state find out from
+// Subscription.Err (ErrUIDValidity) at their next delivery.
+func (h *Hub) Resync(ctx context.Context, key Key, uidValidity uint32) error {
+	h.mu.Lock()
+	b := h.boxes[key]
+	h.mu.Unlock()
+	if b == nil {
+		return nil // nobody watches: the next Watch starts afresh
+	}
+	if st := b.state(); st != nil && st.UIDValidity() == uidValidity {
+		return nil
+	}
+	if c := b.live.Load(); c != nil {
+		c.Abort() // the watcher's read or command fails: it reconnects
+	}
+	select {
+	case b.wake <- struct{}{}: // a polling watcher, not reading
+	default:
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if st := b.state(); st != nil && st.UIDValidity() == uidValidity {
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("hub: %q did not resync to UIDVALIDITY %d: %w", key.Mailbox, uidValidity, ctx.Err())
+		case <-b.stopped:
+			return errors.New("hub: watcher stopped")
+		}
+	}
+}
+
 // LastChangeRead returns when the watcher read the upstream line that led to
 // the latest change, for measuring the proxy's own push latency.
 func (s *Subscription) LastChangeRead() time.Time {

@@ -45,6 +45,8 @@ type box struct {
 	ready    chan struct{} // closed once the first full sync is done
 	readyErr error
 	stopped  chan struct{}
+	// live is the watcher's connection while it has one, for Resync.
+	live atomic.Pointer[upstream.Conn]
 
 	wake      chan struct{} // signalled by sync and own for a watcher not reading
 	syncMu    sync.Mutex
@@ -210,6 +212,8 @@ func (w *watch) serve(ready func()) error {
 		return err
 	}
 	w.conn = conn
+	b.live.Store(conn)
+	defer b.live.Store(nil)
 	// Stopping the watcher must wake a read blocked in IDLE.
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -246,8 +250,7 @@ func (w *watch) fullSync(ctx context.Context) error {
 	w.view, w.batch, w.needFetch = nil, syncstate.Changes{}, false
 	err := w.conn.Select(octx, b.key.Mailbox, true, func(r *upstream.Response) {
 		if r.Head.Code == "UIDVALIDITY" {
-			v, _ := strconv.ParseUint(strings.TrimSpace(r.Head.CodeArg), 10, 32)
-			uidValidity = uint32(v)
+			uidValidity = upstream.ParseUIDValidity(r.Head.CodeArg)
 		}
 		w.handle(r) // EXISTS
 	})

@@ -226,10 +226,14 @@ func (r *Reader) ReadLine() (line []byte, lit *LiteralHeader, err error) {
 	if !ok {
 		return line, nil, nil
 	}
+	r.remain = h.Size
 	if h.Size > r.lim.MaxLiteral {
+		// The literal is pending as any other: the next ReadLine skips
+		// its bytes (a non-synchronising literal the peer sends anyway),
+		// and CancelLiteral forgets a synchronising one it will not send.
+		// So a caller may refuse the command and go on.
 		return line, &h, fmt.Errorf("imapcodec: %w: %d bytes announced, limit %d", ErrLiteralTooLarge, h.Size, r.lim.MaxLiteral)
 	}
-	r.remain = h.Size
 	return line, &h, nil
 }
 

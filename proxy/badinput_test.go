@@ -150,12 +150,22 @@ func TestLiteralTooLarge(t *testing.T) {
 		t.Errorf("Errors[ErrLiteralTooLarge] = %d after 8 TOOBIG refusals", got)
 	}
 
-	// Over the absolute limit: nothing can be done but hang up.
+	// Over the codec's absolute limit too: refused the same way, and the
+	// session goes on (#16.9: it used to end with * BYE Literal too
+	// large., and a phone saving an oversized draft reconnected and
+	// retried in a loop).
 	c = imaptest.Dial(t, p.Addr)
 	c.Send(fmt.Sprintf("p LOGIN {%d}", testMaxLit+1))
-	imaptest.AssertLines(t, "literal over MaxLiteral", c.ExpectClosed(), []string{"* BYE Literal too large."})
-	if got := p.Srv.Stats().Errors[proxy.ErrLiteralTooLarge]; got != 9 {
-		t.Errorf("Errors[ErrLiteralTooLarge] = %d after 8 refusals and a BYE", got)
+	c.Expect(toobig("p", testMaxLit+1, testMaxInline))
+	c.ExpectDo("q", "NOOP", "q OK NOOP completed.")
+	c.LoginTagged("alice", "secret")
+	c.Send(fmt.Sprintf("r APPEND INBOX {%d}", testMaxLit+1))
+	c.Expect(toobig("r", testMaxLit+1, testMaxAppend))
+	huge := bytes.Repeat([]byte("h"), testMaxLit+1)
+	c.WriteBytes(fmt.Appendf(nil, "s APPEND INBOX {%d+}\r\n%s\r\nt NOOP\r\n", len(huge), huge))
+	c.Expect(toobig("s", len(huge), testMaxAppend), "t OK NOOP completed.")
+	if got := p.Srv.Stats().Errors[proxy.ErrLiteralTooLarge]; got != 11 {
+		t.Errorf("Errors[ErrLiteralTooLarge] = %d after 11 refusals", got)
 	}
 }
 

@@ -291,25 +291,42 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		return s.writeTagged(x, head)
 	}
 	readOnly := cmd.Name == "EXAMINE" || head.Code == "READ-ONLY"
-	up.Selected, up.ReadOnly = mailbox, readOnly
+	var uidValidity uint32
+	for _, r := range collected {
+		if r.Head.Code == "UIDVALIDITY" {
+			uidValidity = upstream.ParseUIDValidity(r.Head.CodeArg)
+		}
+	}
+	up.Selected, up.ReadOnly, up.UIDValidity = mailbox, readOnly, uidValidity
 	s.release()
 
 	m := &selectedMailbox{name: mailbox, readOnly: readOnly}
-	sub, err := s.srv.hub.Watch(ctx, hub.Key{Account: s.account, Mailbox: mailbox}, s.watcherDial(), s.notify(m))
-	if err != nil {
+	key := hub.Key{Account: s.account, Mailbox: mailbox}
+	if err := s.watchSelected(ctx, m, key); err != nil {
 		s.log.Warn("cannot watch mailbox", "mailbox", mailbox, "err", err)
 		return x.done("NO", "UNAVAILABLE", "Cannot open the mailbox now; try again later.")
 	}
-	m.sub, m.state = sub, sub.State()
-	// The watcher may have been running for other sessions and not have
-	// heard yet of changes this client already made through pooled
-	// connections (CLOSE, APPEND in the authenticated state): catch up, so
-	// that SELECT reports them.
-	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
-	if err := sub.Sync(sctx); err != nil {
-		s.log.Debug("mailbox sync failed", "err", err)
+	if uidValidity != 0 && m.state.UIDValidity() != uidValidity {
+		// The mailbox was deleted and re-created under the hub's
+		// watcher (#16.8): its state is of the old one. The watcher
+		// starts over; this session waits for the new state, and the
+		// sessions of the old one hear of it at their next command.
+		m.sub.Close()
+		rctx, cancel := context.WithTimeout(ctx, syncTimeout)
+		err := s.srv.hub.Resync(rctx, key, uidValidity)
+		cancel()
+		if err == nil {
+			err = s.watchSelected(ctx, m, key)
+		}
+		if err == nil && m.state.UIDValidity() != uidValidity {
+			m.sub.Close()
+			err = fmt.Errorf("state has UIDVALIDITY %d, the upstream %d", m.state.UIDValidity(), uidValidity)
+		}
+		if err != nil {
+			s.log.Warn("mailbox changed under its watcher", "mailbox", mailbox, "err", err)
+			return x.done("NO", "UNAVAILABLE", "The mailbox changed while it was opened; try again.")
+		}
 	}
-	cancel()
 	snap := m.state.Snapshot()
 	m.view, m.pos = snap.UIDs, snap.Highest
 	for _, r := range collected {
@@ -340,6 +357,24 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		}
 	}
 	return s.writeTagged(x, head)
+}
+
+// watchSelected subscribes m to the hub's watcher of key and brings the
+// watcher up to date: it may have been running for other sessions and not
+// have heard yet of changes this client made through pooled connections
+// (CLOSE, APPEND in the authenticated state), which SELECT must report.
+func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub.Key) error {
+	sub, err := s.srv.hub.Watch(ctx, key, s.watcherDial(), s.notify(m))
+	if err != nil {
+		return err
+	}
+	m.sub, m.state = sub, sub.State()
+	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	if err := sub.Sync(sctx); err != nil {
+		s.log.Debug("mailbox sync failed", "err", err)
+	}
+	cancel()
+	return nil
 }
 
 // selectParams parses the parameter list of SELECT or EXAMINE (RFC 4466

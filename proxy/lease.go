@@ -60,6 +60,11 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 				continue
 			}
 		}
+		if mailbox != "" && c.Selected == mailbox && c.UIDValidity != 0 && c.UIDValidity != s.mbox.state.UIDValidity() {
+			// The connection has another mailbox of that name open, one
+			// deleted and re-created since (#16.8): select it again.
+			c.Selected = ""
+		}
 		fresh := c.Selected != mailbox || c.ReadOnly != readOnly
 		if restore {
 			if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {

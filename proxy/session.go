@@ -250,6 +250,15 @@ func (s *Session) serve(ctx context.Context) {
 		}
 		s.r.Release() // nothing to hold while the client thinks
 		line, lit, err := s.readLine(time.Now().Add(timeout))
+		if errors.Is(err, imapcodec.ErrLiteralTooLarge) && lit != nil {
+			// A literal over every limit (an APPEND over max-append):
+			// the command is refused, the session goes on (#16.9).
+			if err := s.refuseOversized(line, lit); err != nil {
+				s.readFailed(err)
+				return
+			}
+			continue
+		}
 		if err != nil {
 			s.readFailed(err)
 			return
@@ -601,6 +610,25 @@ func (s *Session) literalTooBig(lit *imapcodec.LiteralHeader, limit, earlier int
 		return fmt.Sprintf("Literals of %d bytes in one command exceed the limit of %d bytes.", earlier+lit.Size, s.cfg.MaxCommandBytes)
 	}
 	return ""
+}
+
+// refuseOversized answers a command whose first line announced a literal
+// over the codec's own limit (Limits.MaxLiteral, at least max-append) with
+// NO [TOOBIG]. A client that announced a synchronising literal is never
+// invited and sends nothing more of the command; a non-synchronising one
+// is read and thrown away with the rest of the command (RFC 7888 4 lets
+// the server do either; this keeps a well-behaved session).
+func (s *Session) refuseOversized(line []byte, lit *imapcodec.LiteralHeader) error {
+	tag := imapcodec.ParseTag(line)
+	if tag == "" {
+		tag = "*"
+	}
+	// The limit that applies to the command, as literalTooBig says it.
+	limit := s.cfg.Limits.MaxInlineLiteral
+	if cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: line[:lit.Start]}}, s.cfg.Limits); err == nil && cmd.Name == "APPEND" {
+		limit = s.cfg.MaxAppendLiteral
+	}
+	return s.refuseLiteral(tag, lit, fmt.Sprintf("Literal of %d bytes exceeds the limit of %d bytes.", lit.Size, limit))
 }
 
 // refuseLiteral answers a command whose literal is too big with

@@ -468,7 +468,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 			case t != nil && t.store != nil && storeResult(t.store, flags):
 				claim = flags
 			case t != nil && t.setsSeen:
-				claim = "" // s.seenByFetch(uid, flags)
+				claim = s.seenByFetch(uid, flags)
 			}
 			if claim != "" {
 				// A claim, handed to the mailbox's one writer (the hub's

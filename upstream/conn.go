@@ -108,6 +108,12 @@ type Conn struct {
 	// ReadOnly whether it was opened with EXAMINE.
 	Selected string
 	ReadOnly bool
+	// UIDValidity is the selected mailbox's UIDVALIDITY as the SELECT that
+	// opened it reported it (0 if unknown). A mailbox deleted and
+	// re-created under the same name has another one: a connection that
+	// still has the old one selected must select again before it serves
+	// the new one.
+	UIDValidity uint32
 	// SyncedTo is the proxy's mod-sequence of the selected mailbox up to
 	// which this connection is known to have seen the mailbox. A server
 	// shows a connection new messages only when it syncs (at a command),
@@ -287,6 +293,11 @@ func (c *Conn) Close() error {
 	c.broken = true
 	return c.nc.Close()
 }
+
+// Abort closes the network connection from any goroutine: the goroutine
+// that owns the Conn sees its reads and writes fail and marks it broken
+// itself. (Close marks it broken at once, which only the owner may do.)
+func (c *Conn) Abort() error { return c.nc.Close() }
 
 // Logout sends LOGOUT and closes the connection, waiting briefly.
 func (c *Conn) Logout() {
@@ -481,12 +492,30 @@ func (c *Conn) Select(ctx context.Context, mailbox string, readOnly bool, onUnta
 	if !c.caps.Has("LITERAL+") && strings.Contains(string(b), "\r\n") {
 		return fmt.Errorf("mailbox name needs a literal and the upstream lacks LITERAL+")
 	}
-	c.Selected = ""
-	if _, err := c.Exec(ctx, string(b), onUntagged); err != nil {
+	c.Selected, c.UIDValidity = "", 0
+	var uidValidity uint32
+	if _, err := c.Exec(ctx, string(b), func(r *Response) {
+		if r.Head.Code == "UIDVALIDITY" {
+			uidValidity = ParseUIDValidity(r.Head.CodeArg)
+		}
+		if onUntagged != nil {
+			onUntagged(r)
+		}
+	}); err != nil {
 		return err
 	}
-	c.Selected, c.ReadOnly = mailbox, readOnly
+	c.Selected, c.ReadOnly, c.UIDValidity = mailbox, readOnly, uidValidity
 	return nil
+}
+
+// ParseUIDValidity reads the argument of a [UIDVALIDITY n] response code;
+// 0 when it is not a valid one.
+func ParseUIDValidity(arg string) uint32 {
+	v, err := strconv.ParseUint(strings.TrimSpace(arg), 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(v)
 }
 
 // Unselect leaves the selected state without expunging: UNSELECT where the
