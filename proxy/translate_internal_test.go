@@ -234,8 +234,8 @@ func TestNewKeywords(t *testing.T) {
 func TestZeroRecent(t *testing.T) {
 	for in, want := range map[string]string{
 		`* STATUS cmp (MESSAGES 2 RECENT 2 UNSEEN 1)`: `* STATUS cmp (MESSAGES 2 RECENT 0 UNSEEN 1)`,
-		`* STATUS "a (b" (recent 5)`:                   `* STATUS "a (b" (recent 0)`,
-		`* STATUS cmp (MESSAGES 2)`:                    `* STATUS cmp (MESSAGES 2)`,
+		`* STATUS "a (b" (recent 5)`:                  `* STATUS "a (b" (recent 0)`,
+		`* STATUS cmp (MESSAGES 2)`:                   `* STATUS cmp (MESSAGES 2)`,
 	} {
 		if got := string(zeroRecent([]byte(in))); got != want {
 			t.Errorf("%q -> %q, want %q", in, got, want)
