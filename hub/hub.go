@@ -91,6 +91,9 @@ type Config struct {
 	// still reconciled with the upstream. States of mailboxes beyond it
 	// cost disk only. Default 256; negative keeps none.
 	StateCache int
+	// ExpungeLog bounds every state's expunge log (see
+	// syncstate.LogLimits); zero values keep everything.
+	ExpungeLog syncstate.LogLimits
 	Logger     *slog.Logger
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -286,13 +287,18 @@ func (w *watch) fullSync(ctx context.Context) error {
 		}
 		st = syncstate.NewAt(uidValidity, b.hub.cfg.ModSeqBase())
 		b.persistTo(st)
-		b.st.Store(st)
 		changed = true
 	}
-	if st.Reconcile(msgs) {
+	// A state loaded or made here is published only once it is saved:
+	// sessions must not start from mod-sequences that are not on disk.
+	rc, err := st.Reconcile(msgs)
+	if err != nil {
+		return fmt.Errorf("hub: reconciling %q: %w", b.key.Mailbox, err)
+	}
+	if b.st.Swap(st) != st {
 		changed = true
 	}
-	if changed {
+	if changed || rc {
 		b.notifyAll()
 	}
 	return nil
@@ -304,8 +310,7 @@ func (b *box) storeKey() string { return b.key.Account + "\x00" + b.key.Mailbox 
 // load returns the saved state for uidValidity, or nil.
 func (b *box) load(uidValidity uint32) *syncstate.Mailbox {
 	if st := b.hub.takeCold(b.key); st != nil && st.UIDValidity() == uidValidity {
-		b.st.Store(st) // its persister still saves under the same key
-		return st
+		return st // its persister still saves under the same key
 	}
 	store := b.hub.cfg.Store
 	if store == nil {
@@ -321,12 +326,13 @@ func (b *box) load(uidValidity uint32) *syncstate.Mailbox {
 	}
 	st := syncstate.Restore(sv)
 	b.persistTo(st)
-	b.st.Store(st)
 	return st
 }
 
-// persistTo makes st save its changes in the hub's Store.
+// persistTo makes st save its changes in the hub's Store and bounds its
+// expunge log.
 func (b *box) persistTo(st *syncstate.Mailbox) {
+	st.SetLogLimits(b.hub.cfg.ExpungeLog)
 	store := b.hub.cfg.Store
 	if store == nil {
 		return
@@ -336,7 +342,13 @@ func (b *box) persistTo(st *syncstate.Mailbox) {
 	st.SetPersister(func(batch statestore.Batch) error {
 		err := store.Save(key, batch)
 		if err != nil {
-			log.Error("saving mailbox state", "mailbox", b.key.Mailbox, "err", err)
+			// ErrNoState is expected after the file was rebuilt: the
+			// state retries with a full save at once.
+			level := slog.LevelError
+			if errors.Is(err, statestore.ErrNoState) {
+				level = slog.LevelWarn
+			}
+			log.Log(context.Background(), level, "saving mailbox state failed; its changes are held back", "mailbox", b.key.Mailbox, "err", err)
 		}
 		return err
 	})
@@ -395,12 +407,15 @@ func (w *watch) handle(r *upstream.Response) {
 	}
 }
 
-// commit applies the collected batch to the state and notifies.
-func (w *watch) commit() {
+// commit applies the collected batch to the state and notifies. If the
+// state cannot save the batch, nobody is told of it and the error ends the
+// connection: the watcher reconnects, and its full resync reports the same
+// changes again (see syncstate.Mailbox.Apply).
+func (w *watch) commit() error {
 	if w.needFetch && len(w.batch.Upsert) == 0 && len(w.batch.Expunged) == 0 {
 		// Only an EXISTS so far: the new messages are committed after
 		// the fetch, and their clock started with the EXISTS line.
-		return
+		return nil
 	}
 	c := w.batch
 	w.batch = syncstate.Changes{}
@@ -413,11 +428,16 @@ func (w *watch) commit() {
 	w.box.lastRead.Store(readAt.UnixNano())
 	w.box.orderReports(&c)
 	if len(c.Upsert) == 0 && len(c.Expunged) == 0 {
-		return
+		return nil
 	}
-	if w.box.state().Apply(c) {
+	changed, err := w.box.state().Apply(c)
+	if err != nil {
+		return fmt.Errorf("hub: recording changes in %q: %w", w.box.key.Mailbox, err)
+	}
+	if changed {
 		w.box.notifyAll()
 	}
+	return nil
 }
 
 // fetchNewCommand returns the command that fetches the messages whose UIDs
@@ -469,9 +489,11 @@ func (w *watch) poll(ctx context.Context) error {
 	if err == nil && w.needFetch {
 		err = w.fetchNew(ctx)
 	}
-	w.commit()
+	if cerr := w.commit(); err == nil {
+		err = cerr
+	}
 	if err == nil {
-		w.box.resolveClaims(trip)
+		err = w.box.resolveClaims(trip)
 	}
 	answer(syncs, err)
 	return err
@@ -557,7 +579,9 @@ func (w *watch) idleLoop(ctx context.Context) error {
 				}
 				w.handle(r)
 				if w.conn.Reader().Buffered() == 0 {
-					w.commit()
+					if err := w.commit(); err != nil {
+						return err
+					}
 				}
 			case tag:
 				return fmt.Errorf("upstream ended IDLE: %s %s", r.Head.Name, r.Head.Text)
@@ -627,13 +651,15 @@ func (w *watch) leaveIdle(ctx context.Context, tag string) error {
 		// The NOOP (or the fetch itself) reported more new messages.
 		err = w.fetchNew(ctx)
 	}
+	if err == nil {
+		err = w.commit()
+	}
+	if err == nil && trip != 0 {
+		err = w.box.resolveClaims(trip)
+	}
 	if err != nil {
 		answer(syncs, err)
 		return err
-	}
-	w.commit()
-	if trip != 0 {
-		w.box.resolveClaims(trip)
 	}
 	answer(syncs, nil)
 	if w.box.wantsTrip() {

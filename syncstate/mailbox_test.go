@@ -1,6 +1,7 @@
 package syncstate
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
@@ -44,7 +45,7 @@ func TestStateNewStartsAtOne(t *testing.T) {
 		t.Fatalf("ChangesSince(0) of a new state = %+v", c)
 	}
 	// An empty batch, and one of unknown expunges, change nothing.
-	if m.Apply(Changes{}) || m.Apply(Changes{Expunged: []uint32{7}}) {
+	if applied(m.Apply(Changes{})) || applied(m.Apply(Changes{Expunged: []uint32{7}})) {
 		t.Fatal("empty batch reported a change")
 	}
 	if got := m.HighestModSeq(); got != 1 {
@@ -56,7 +57,7 @@ func TestStateNewStartsAtOne(t *testing.T) {
 // in batch order: upserts first, then expunges.
 func TestStateModSeqPerChange(t *testing.T) {
 	m := New(1)
-	if !m.Apply(Changes{Upsert: msgs(nil, 10, 11, 12)}) {
+	if !applied(m.Apply(Changes{Upsert: msgs(nil, 10, 11, 12)})) {
 		t.Fatal("adding messages reported no change")
 	}
 	for i, uid := range []uint32{10, 11, 12} {
@@ -84,7 +85,7 @@ func TestStateModSeqPerChange(t *testing.T) {
 		t.Fatalf("Snapshot = %+v", got)
 	}
 	// Expunging again, or an unknown UID, is no change.
-	if m.Apply(Changes{Expunged: []uint32{10, 99}}) {
+	if applied(m.Apply(Changes{Expunged: []uint32{10, 99}})) {
 		t.Fatal("expunging an expunged message reported a change")
 	}
 	if h := m.HighestModSeq(); h != 7 {
@@ -105,11 +106,11 @@ func TestStateUnchangedFlagsCostNothing(t *testing.T) {
 		{`$Label1`, `\Seen`, `\Seen`},
 	}
 	for _, f := range same {
-		if m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: f}}}) {
+		if applied(m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: f}}})) {
 			t.Errorf("flags %q reported as a change of [$Label1 \\Seen]", f)
 		}
 	}
-	if m.Reconcile([]Message{{UID: 1, Flags: []string{`\Recent`, `\Seen`, `$Label1`}}}) {
+	if applied(m.Reconcile([]Message{{UID: 1, Flags: []string{`\Recent`, `\Seen`, `$Label1`}}})) {
 		t.Error("Reconcile with the same message reported a change")
 	}
 	if m.HighestModSeq() != h || len(m.log) != logLen {
@@ -117,7 +118,7 @@ func TestStateUnchangedFlagsCostNothing(t *testing.T) {
 	}
 	// A keyword differing in case is a different flag as far as the state
 	// goes (it is kept as the server spelled it).
-	if !m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: []string{`\Seen`, `$Label2`}}}}) {
+	if !applied(m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: []string{`\Seen`, `$Label2`}}}})) {
 		t.Fatal("a real flag change was not reported")
 	}
 }
@@ -223,7 +224,7 @@ func TestStateReconcile(t *testing.T) {
 		{UID: 5, Flags: nil},                  // unchanged
 		{UID: 6, Flags: []string{`\Seen`}},    // new
 	}
-	if !m.Reconcile(upstream) {
+	if !applied(m.Reconcile(upstream)) {
 		t.Fatal("Reconcile reported no change")
 	}
 	want := []Change{
@@ -237,14 +238,14 @@ func TestStateReconcile(t *testing.T) {
 	if got := m.Snapshot().UIDs; !reflect.DeepEqual(got, []uint32{1, 2, 4, 5, 6}) {
 		t.Fatalf("UIDs after Reconcile = %v", got)
 	}
-	if m.Reconcile(upstream) {
+	if applied(m.Reconcile(upstream)) {
 		t.Fatal("a second Reconcile with the same list reported a change")
 	}
 	if m.HighestModSeq() != h+3 {
 		t.Fatalf("HIGHESTMODSEQ = %d, want %d", m.HighestModSeq(), h+3)
 	}
 	// An empty mailbox upstream expunges everything.
-	if !m.Reconcile(nil) {
+	if !applied(m.Reconcile(nil)) {
 		t.Fatal("Reconcile(nil) reported no change")
 	}
 	if got := m.Snapshot().UIDs; len(got) != 0 {
@@ -439,7 +440,7 @@ func TestStateCompactionAgreesWithModel(t *testing.T) {
 						all = append(all, Message{UID: next, Flags: flagSets[rng.IntN(len(flagSets))]})
 						next++
 					}
-					if got, want := m.Reconcile(all), d.reconcile(all); got != want {
+					if got, want := applied(m.Reconcile(all)), d.reconcile(all); got != want {
 						t.Fatalf("step %d: Reconcile reported %v, model %v", step, got, want)
 					}
 					check(step)
@@ -462,7 +463,7 @@ func TestStateCompactionAgreesWithModel(t *testing.T) {
 						c.Expunged = append(c.Expunged, live[rng.IntN(len(live))])
 					}
 				}
-				if got, want := m.Apply(c), d.apply(c); got != want {
+				if got, want := applied(m.Apply(c)), d.apply(c); got != want {
 					t.Fatalf("step %d: Apply(%+v) reported %v, model %v", step, c, got, want)
 				}
 				if len(m.log) < before {
@@ -600,5 +601,85 @@ func TestStateBase(t *testing.T) {
 	// after 501, one later than the original's 500 (conservative).
 	if r.Base() != 501 || r.HighestModSeq() != 504 {
 		t.Fatalf("restored: base %d highest %d", r.Base(), r.HighestModSeq())
+	}
+}
+
+// applied is Apply's or Reconcile's change report for a state that must
+// not fail to save.
+func applied(changed bool, err error) bool {
+	if err != nil {
+		panic(err)
+	}
+	return changed
+}
+
+// TestSaveFailureTakesBatchBack: a batch the persister cannot save leaves
+// the state exactly as it was (mod-sequences, messages, log); the next save
+// after a failure is a full one (the store may have lost the mailbox), and
+// the retried changes get the same mod-sequences, since none was told.
+func TestSaveFailureTakesBatchBack(t *testing.T) {
+	m := NewAt(7, 100)
+	var saved []statestore.Batch
+	failures := 0
+	m.SetPersister(func(b statestore.Batch) error {
+		if failures > 0 {
+			failures--
+			return statestore.ErrNoState
+		}
+		saved = append(saved, b)
+		return nil
+	})
+	applied(m.Apply(Changes{Upsert: msgs(nil, 1, 2, 3)})) // 101..103
+	if len(saved) != 1 || !saved[0].Reset || len(saved[0].Upsert) != 3 {
+		t.Fatalf("first save %+v, want the whole state", saved)
+	}
+	snap := m.Snapshot()
+	failures = 2 // the incremental save and the full one
+	changed, err := m.Apply(Changes{Upsert: msgs([]string{`\Seen`}, 1, 4), Expunged: []uint32{2}})
+	if !errors.Is(err, statestore.ErrNoState) || changed {
+		t.Fatalf("Apply with a failing store = %v, %v; want false and the store's error", changed, err)
+	}
+	if got := m.Snapshot(); got.Highest != snap.Highest || !slices.Equal(got.UIDs, snap.UIDs) {
+		t.Fatalf("after a failed save: %+v, want %+v", got, snap)
+	}
+	if f, ms, ok := m.Flags(1); len(f) != 0 || ms != 101 || !ok {
+		t.Fatalf("UID 1 after a failed save: %v at %d", f, ms)
+	}
+	if _, _, ok := m.Flags(4); ok {
+		t.Fatal("UID 4 added by a failed save")
+	}
+	if _, _, ok := m.Flags(2); !ok {
+		t.Fatal("UID 2 expunged by a failed save")
+	}
+	if c := changes(m, 103); len(c) != 0 {
+		t.Fatalf("changes after a failed save: %+v", c)
+	}
+	// After a failure the next save is a full one.
+	saved = nil
+	if !applied(m.Apply(Changes{Upsert: msgs([]string{`\Seen`}, 1, 4), Expunged: []uint32{2}})) {
+		t.Fatal("no change")
+	}
+	want := statestore.Batch{Reset: true, UIDValidity: 7, Highest: 106, Base: 100, MaxUID: 4,
+		Upsert: []statestore.Message{
+			{UID: 1, ModSeq: 104, Flags: []string{`\Seen`}},
+			{UID: 3, ModSeq: 103, Flags: []string{}},
+			{UID: 4, ModSeq: 105, Flags: []string{`\Seen`}},
+		}}
+	if len(saved) != 1 || len(saved[0].Expunged) != 1 || saved[0].Expunged[0].UID != 2 || saved[0].Expunged[0].ModSeq != 106 {
+		t.Fatalf("saved %+v, want one full batch with the expunge of UID 2 at 106", saved)
+	}
+	saved[0].Expunged = nil
+	if !reflect.DeepEqual(saved[0], want) {
+		t.Fatalf("full save\n got %+v\nwant %+v", saved[0], want)
+	}
+	if c := changes(m, 103); len(c) != 3 || !reflect.DeepEqual(c[2], Change{UID: 2, ModSeq: 106, Expunged: true}) {
+		t.Fatalf("changes after the retry: %+v", c)
+	}
+	// An incremental save that fails (the store was rebuilt and lost the
+	// mailbox) is retried at once as a full one.
+	saved, failures = nil, 1
+	applied(m.Apply(Changes{Upsert: msgs(nil, 5)}))
+	if len(saved) != 1 || !saved[0].Reset || len(saved[0].Upsert) != 4 || saved[0].Highest != 107 {
+		t.Fatalf("saved %+v, want the whole state at 107", saved)
 	}
 }
