@@ -111,23 +111,49 @@ func (s *Bolt) open() (db *bolt.DB, err error) {
 		}
 		return nil, fmt.Errorf("statestore: opening %s: %w", s.path(), err)
 	}
-	err = guard(func() error {
-		return db.View(func(tx *bolt.Tx) error {
-			for cerr := range tx.Check() {
-				// The first error is enough; the channel is drained
-				// so the checking goroutine ends.
-				if err == nil {
-					err = cerr
+	// Tx.Check runs in a goroutine of bbolt's own, where a panic on a
+	// damaged page cannot be recovered: the whole tree is first read here,
+	// guarded, and only a file that reads cleanly is given to Tx.Check
+	// (page accounting: pages both free and used, unreachable ones).
+	err = guard(func() error { return db.View(walk) })
+	if err == nil {
+		err = guard(func() error {
+			return db.View(func(tx *bolt.Tx) error {
+				for cerr := range tx.Check() {
+					// The first error is enough; the channel is drained
+					// so the checking goroutine ends.
+					if err == nil {
+						err = cerr
+					}
 				}
-			}
-			return err
+				return err
+			})
 		})
-	})
+	}
 	if err != nil {
 		closeQuietly(db)
 		return nil, fmt.Errorf("statestore: checking %s: %w: %w", s.path(), errDamaged, err)
 	}
 	return db, nil
+}
+
+// walk reads every bucket, key and value of the file.
+func walk(tx *bolt.Tx) error {
+	var n int
+	var bucket func(b *bolt.Bucket) error
+	bucket = func(b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			if v == nil {
+				if nb := b.Bucket(k); nb != nil {
+					return bucket(nb)
+				}
+				return nil
+			}
+			n += len(k) + len(v)
+			return nil
+		})
+	}
+	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return bucket(b) })
 }
 
 // replace moves the file aside and opens a new one. The caller holds s.mu
