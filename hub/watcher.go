@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/statestore"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -46,6 +47,7 @@ type box struct {
 	ready    chan struct{} // closed once the first full sync is done
 	readyErr error
 	stopped  chan struct{}
+	failed   atomic.Bool // the goroutine panicked (see fail)
 
 	wake      chan struct{} // signalled by sync and own for a watcher not reading
 	syncMu    sync.Mutex
@@ -57,6 +59,7 @@ type box struct {
 	claims   map[uint32]*claim // standing claims by UID
 	trips    uint64            // round trips (NOOP) started
 	needTrip bool              // a held report (or too many claims) wants a round trip
+	renotify bool              // a panic may have kept sessions from hearing of a change
 }
 
 func newBox(h *Hub, key Key, dial DialFunc) *box {
@@ -130,7 +133,7 @@ func (b *box) run() {
 	defer readyOnce()
 	for attempt := 0; ; attempt++ {
 		w := &watch{box: b, log: log}
-		err := w.serve(readyOnce)
+		err := b.serveGuarded(w, readyOnce)
 		if b.ctx.Err() != nil {
 			b.hub.keepCold(b)
 			return
@@ -158,6 +161,32 @@ func (b *box) run() {
 			return
 		}
 	}
+}
+
+// serveGuarded is w.serve with a panic turned into an error: the watcher's
+// connection is closed (serve's deferred calls) and the watcher reconnects
+// and resyncs as after any failure; the sessions and the process go on.
+func (b *box) serveGuarded(w *watch, ready func()) (err error) {
+	defer recovery.Recover(recovery.Watcher, b.hub.cfg.Logger.With("watcher", b.key.Mailbox), func(perr error) {
+		err = perr
+		// The panic may have cut notifyAll short: the next full sync
+		// tells every session, changed or not.
+		b.renotify = true
+	})
+	return w.serve(ready)
+}
+
+// fail ends a box whose goroutine panicked outside a connection's
+// lifetime: it leaves the hub (the next Watch starts a new watcher) and its
+// sessions' Subscription.Err reports ErrWatcherFailed.
+func (b *box) fail(error) {
+	b.failed.Store(true)
+	b.hub.mu.Lock()
+	if b.hub.boxes[b.key] == b {
+		delete(b.hub.boxes, b.key)
+	}
+	b.hub.mu.Unlock()
+	b.cancel()
 }
 
 // backOff waits d before a reconnect, serving claims meanwhile (the state
@@ -298,7 +327,8 @@ func (w *watch) fullSync(ctx context.Context) error {
 	if b.st.Swap(st) != st {
 		changed = true
 	}
-	if changed || rc {
+	if changed || rc || b.renotify {
+		b.renotify = false
 		b.notifyAll()
 	}
 	return nil
