@@ -683,3 +683,77 @@ func TestSaveFailureTakesBatchBack(t *testing.T) {
 		t.Fatalf("saved %+v, want the whole state at 107", saved)
 	}
 }
+
+// TestExpungeLogPruned: the expunge log is bounded by count (pruned to 7/8
+// of the bound when exceeded) and by age; the base rises past what was
+// dropped, so clients that knew the mailbox before get a full resync, and
+// what is saved drops the pruned expunges too. Before, the log grew for
+// the life of the mailbox, in memory and on disk.
+func TestExpungeLogPruned(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	clock = func() time.Time { return now }
+	defer func() { clock = time.Now }()
+	store, err := statestore.OpenBolt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	m := NewAt(1, 100)
+	m.SetPersister(func(b statestore.Batch) error { return store.Save("k", b) })
+	m.SetLogLimits(LogLimits{MaxExpunges: 16, MaxAge: time.Hour})
+	applied(m.Apply(Changes{Upsert: msgs(nil, seqUIDs(1, 40)...)})) // 101..140
+	for u := uint32(1); u <= 16; u++ {
+		applied(m.Apply(Changes{Expunged: []uint32{u}})) // 141..156
+	}
+	if m.Base() != 100 {
+		t.Fatalf("base %d with 16 expunges (the bound), want 100", m.Base())
+	}
+	applied(m.Apply(Changes{Expunged: []uint32{17}})) // 157: 17 > 16, down to 14
+	if got := m.Base(); got != 143 {
+		t.Fatalf("base %d after the bound was passed, want 143 (expunges of UIDs 1-3 dropped)", got)
+	}
+	var x []uint32
+	m.ChangesSince(m.Base(), func(c Change) {
+		if c.Expunged {
+			x = append(x, c.UID)
+		}
+	})
+	if want := seqUIDs(4, 17); !slices.Equal(x, want) {
+		t.Fatalf("expunges left %v, want %v", x, want)
+	}
+	if m.MaxUID() != 40 {
+		t.Fatalf("MaxUID %d, want 40", m.MaxUID())
+	}
+	sv, err := store.Load("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sv.Base != 143 || len(sv.Expunged) != 14 || sv.Expunged[0].UID != 4 || sv.MaxUID != 40 {
+		t.Fatalf("saved base %d, %d expunges from UID %d, MaxUID %d; want 143, 14 from 4, 40", sv.Base, len(sv.Expunged), sv.Expunged[0].UID, sv.MaxUID)
+	}
+	// Age: two hours on, the next change drops every older expunge.
+	now = now.Add(2 * time.Hour)
+	applied(m.Apply(Changes{Expunged: []uint32{40}})) // 158
+	if got := m.Base(); got != 157 {
+		t.Fatalf("base %d after the expunges aged, want 157", got)
+	}
+	r := Restore(mustLoad(t, store))
+	if r.Base() != 157 || r.MaxUID() != 40 || len(changes(r, 157)) != 1 {
+		t.Fatalf("restored: base %d, MaxUID %d, changes %+v", r.Base(), r.MaxUID(), changes(r, 157))
+	}
+	// A state restored with old expunges is pruned by SetLogLimits.
+	now = now.Add(2 * time.Hour)
+	r.SetLogLimits(LogLimits{MaxAge: time.Hour})
+	if r.Base() != 158 {
+		t.Fatalf("restored state's base %d after SetLogLimits, want 158", r.Base())
+	}
+}
+
+func mustLoad(t *testing.T, s *statestore.Bolt) *statestore.Saved {
+	t.Helper()
+	sv, err := s.Load("k")
+	if err != nil || sv == nil {
+		t.Fatalf("Load: %v, %v", sv, err)
+	}
+	return sv
+}
