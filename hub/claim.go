@@ -173,12 +173,21 @@ func (b *box) applyClaim(req *claimReq) claimReply {
 			b.claims[req.uid] = c
 		}
 	}
+	changed, err := st.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: req.uid, Flags: flags}}, FlagsOnly: true})
+	if err != nil {
+		// Not stored, so not applied and not claimed: the watcher's
+		// own report of the change comes later.
+		if c != nil && c.flags == nil {
+			delete(b.claims, req.uid)
+		}
+		return claimReply{err: fmt.Errorf("hub: claiming UID %d in %q: %w", req.uid, b.key.Mailbox, err)}
+	}
 	if c != nil {
 		// A held report stays: if no newer one comes, it is still the
 		// connection's latest word on the message.
 		c.flags, c.mark = flags, b.trips
 	}
-	if st.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: req.uid, Flags: flags}}, FlagsOnly: true}) {
+	if changed {
 		b.lastWait.Store(0)
 		b.lastRead.Store(time.Now().UnixNano())
 		b.notifyAll()
@@ -225,8 +234,9 @@ func (b *box) startTrip() uint64 {
 
 // resolveClaims is called when round trip k has completed and its answers
 // are committed: every claim made before it started is settled, with the
-// latest report held for it applied if it differs from the state.
-func (b *box) resolveClaims(k uint64) {
+// latest report held for it applied if it differs from the state. An error
+// (the state could not save) ends the watcher's connection, as in commit.
+func (b *box) resolveClaims(k uint64) error {
 	var apply []syncstate.Message
 	b.needTrip = false
 	for uid, c := range b.claims {
@@ -240,12 +250,21 @@ func (b *box) resolveClaims(k uint64) {
 		}
 	}
 	if len(apply) == 0 {
-		return
+		return nil
 	}
 	slices.SortFunc(apply, func(x, y syncstate.Message) int { return cmp.Compare(x.UID, y.UID) })
-	if st := b.state(); st != nil && st.Apply(syncstate.Changes{Upsert: apply, FlagsOnly: true}) {
+	st := b.state()
+	if st == nil {
+		return nil
+	}
+	changed, err := st.Apply(syncstate.Changes{Upsert: apply, FlagsOnly: true})
+	if err != nil {
+		return fmt.Errorf("hub: applying held reports in %q: %w", b.key.Mailbox, err)
+	}
+	if changed {
 		b.notifyAll()
 	}
+	return nil
 }
 
 // forgetClaims drops every claim: a full resync's listing, which started

@@ -52,6 +52,7 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
+	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/statestore"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -91,6 +92,9 @@ type Config struct {
 	// still reconciled with the upstream. States of mailboxes beyond it
 	// cost disk only. Default 256; negative keeps none.
 	StateCache int
+	// ExpungeLog bounds every state's expunge log (see
+	// syncstate.LogLimits); zero values keep everything.
+	ExpungeLog syncstate.LogLimits
 	Logger     *slog.Logger
 }
 
@@ -238,6 +242,7 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
+			defer recovery.Recover(recovery.Watcher, h.cfg.Logger.With("watcher", key.Mailbox), b.fail)
 			b.run()
 		}()
 	}
@@ -275,8 +280,16 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 // State returns the mailbox state the subscription follows.
 func (s *Subscription) State() *syncstate.Mailbox { return s.state }
 
-// Err returns ErrUIDValidity once the mailbox's UIDVALIDITY changed.
+// ErrWatcherFailed is reported by Subscription.Err when the mailbox's
+// watcher ended on a panic: the session cannot hear of changes any more.
+var ErrWatcherFailed = errors.New("hub: the mailbox's watcher failed")
+
+// Err returns ErrUIDValidity once the mailbox's UIDVALIDITY changed, and
+// ErrWatcherFailed once its watcher failed.
 func (s *Subscription) Err() error {
+	if s.box.failed.Load() {
+		return ErrWatcherFailed
+	}
 	if s.box.state() != s.state {
 		return ErrUIDValidity
 	}

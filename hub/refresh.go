@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -68,6 +69,7 @@ func (h *Hub) Refresh(ctx context.Context, key Key, c *upstream.Conn) (*syncstat
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
+			defer recovery.Recover(recovery.Watcher, h.cfg.Logger.With("watcher", key.Mailbox), b.fail)
 			b.run()
 		}()
 		h.mu.Unlock()

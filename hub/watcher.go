@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/statestore"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -45,6 +47,7 @@ type box struct {
 	ready    chan struct{} // closed once the first full sync is done
 	readyErr error
 	stopped  chan struct{}
+	failed   atomic.Bool // the goroutine panicked (see fail)
 	// live is the watcher's connection while it has one, for Resync.
 	live atomic.Pointer[upstream.Conn]
 
@@ -58,6 +61,7 @@ type box struct {
 	claims   map[uint32]*claim // standing claims by UID
 	trips    uint64            // round trips (NOOP) started
 	needTrip bool              // a held report (or too many claims) wants a round trip
+	renotify bool              // a panic may have kept sessions from hearing of a change
 }
 
 func newBox(h *Hub, key Key, dial DialFunc) *box {
@@ -131,7 +135,7 @@ func (b *box) run() {
 	defer readyOnce()
 	for attempt := 0; ; attempt++ {
 		w := &watch{box: b, log: log}
-		err := w.serve(readyOnce)
+		err := b.serveGuarded(w, readyOnce)
 		if b.ctx.Err() != nil {
 			b.hub.keepCold(b)
 			return
@@ -159,6 +163,32 @@ func (b *box) run() {
 			return
 		}
 	}
+}
+
+// serveGuarded is w.serve with a panic turned into an error: the watcher's
+// connection is closed (serve's deferred calls) and the watcher reconnects
+// and resyncs as after any failure; the sessions and the process go on.
+func (b *box) serveGuarded(w *watch, ready func()) (err error) {
+	defer recovery.Recover(recovery.Watcher, b.hub.cfg.Logger.With("watcher", b.key.Mailbox), func(perr error) {
+		err = perr
+		// The panic may have cut notifyAll short: the next full sync
+		// tells every session, changed or not.
+		b.renotify = true
+	})
+	return w.serve(ready)
+}
+
+// fail ends a box whose goroutine panicked outside a connection's
+// lifetime: it leaves the hub (the next Watch starts a new watcher) and its
+// sessions' Subscription.Err reports ErrWatcherFailed.
+func (b *box) fail(error) {
+	b.failed.Store(true)
+	b.hub.mu.Lock()
+	if b.hub.boxes[b.key] == b {
+		delete(b.hub.boxes, b.key)
+	}
+	b.hub.mu.Unlock()
+	b.cancel()
 }
 
 // backOff waits d before a reconnect, serving claims meanwhile (the state
@@ -289,13 +319,19 @@ func (w *watch) fullSync(ctx context.Context) error {
 		}
 		st = syncstate.NewAt(uidValidity, b.hub.cfg.ModSeqBase())
 		b.persistTo(st)
-		b.st.Store(st)
 		changed = true
 	}
-	if st.Reconcile(msgs) {
+	// A state loaded or made here is published only once it is saved:
+	// sessions must not start from mod-sequences that are not on disk.
+	rc, err := st.Reconcile(msgs)
+	if err != nil {
+		return fmt.Errorf("hub: reconciling %q: %w", b.key.Mailbox, err)
+	}
+	if b.st.Swap(st) != st {
 		changed = true
 	}
-	if changed {
+	if changed || rc || b.renotify {
+		b.renotify = false
 		b.notifyAll()
 	}
 	return nil
@@ -307,8 +343,7 @@ func (b *box) storeKey() string { return b.key.Account + "\x00" + b.key.Mailbox 
 // load returns the saved state for uidValidity, or nil.
 func (b *box) load(uidValidity uint32) *syncstate.Mailbox {
 	if st := b.hub.takeCold(b.key); st != nil && st.UIDValidity() == uidValidity {
-		b.st.Store(st) // its persister still saves under the same key
-		return st
+		return st // its persister still saves under the same key
 	}
 	store := b.hub.cfg.Store
 	if store == nil {
@@ -324,12 +359,13 @@ func (b *box) load(uidValidity uint32) *syncstate.Mailbox {
 	}
 	st := syncstate.Restore(sv)
 	b.persistTo(st)
-	b.st.Store(st)
 	return st
 }
 
-// persistTo makes st save its changes in the hub's Store.
+// persistTo makes st save its changes in the hub's Store and bounds its
+// expunge log.
 func (b *box) persistTo(st *syncstate.Mailbox) {
+	st.SetLogLimits(b.hub.cfg.ExpungeLog)
 	store := b.hub.cfg.Store
 	if store == nil {
 		return
@@ -339,7 +375,13 @@ func (b *box) persistTo(st *syncstate.Mailbox) {
 	st.SetPersister(func(batch statestore.Batch) error {
 		err := store.Save(key, batch)
 		if err != nil {
-			log.Error("saving mailbox state", "mailbox", b.key.Mailbox, "err", err)
+			// ErrNoState is expected after the file was rebuilt: the
+			// state retries with a full save at once.
+			level := slog.LevelError
+			if errors.Is(err, statestore.ErrNoState) {
+				level = slog.LevelWarn
+			}
+			log.Log(context.Background(), level, "saving mailbox state failed; its changes are held back", "mailbox", b.key.Mailbox, "err", err)
 		}
 		return err
 	})
@@ -398,12 +440,15 @@ func (w *watch) handle(r *upstream.Response) {
 	}
 }
 
-// commit applies the collected batch to the state and notifies.
-func (w *watch) commit() {
+// commit applies the collected batch to the state and notifies. If the
+// state cannot save the batch, nobody is told of it and the error ends the
+// connection: the watcher reconnects, and its full resync reports the same
+// changes again (see syncstate.Mailbox.Apply).
+func (w *watch) commit() error {
 	if w.needFetch && len(w.batch.Upsert) == 0 && len(w.batch.Expunged) == 0 {
 		// Only an EXISTS so far: the new messages are committed after
 		// the fetch, and their clock started with the EXISTS line.
-		return
+		return nil
 	}
 	c := w.batch
 	w.batch = syncstate.Changes{}
@@ -416,11 +461,16 @@ func (w *watch) commit() {
 	w.box.lastRead.Store(readAt.UnixNano())
 	w.box.orderReports(&c)
 	if len(c.Upsert) == 0 && len(c.Expunged) == 0 {
-		return
+		return nil
 	}
-	if w.box.state().Apply(c) {
+	changed, err := w.box.state().Apply(c)
+	if err != nil {
+		return fmt.Errorf("hub: recording changes in %q: %w", w.box.key.Mailbox, err)
+	}
+	if changed {
 		w.box.notifyAll()
 	}
+	return nil
 }
 
 // fetchNewCommand returns the command that fetches the messages whose UIDs
@@ -472,9 +522,11 @@ func (w *watch) poll(ctx context.Context) error {
 	if err == nil && w.needFetch {
 		err = w.fetchNew(ctx)
 	}
-	w.commit()
+	if cerr := w.commit(); err == nil {
+		err = cerr
+	}
 	if err == nil {
-		w.box.resolveClaims(trip)
+		err = w.box.resolveClaims(trip)
 	}
 	answer(syncs, err)
 	return err
@@ -560,7 +612,9 @@ func (w *watch) idleLoop(ctx context.Context) error {
 				}
 				w.handle(r)
 				if w.conn.Reader().Buffered() == 0 {
-					w.commit()
+					if err := w.commit(); err != nil {
+						return err
+					}
 				}
 			case tag:
 				return fmt.Errorf("upstream ended IDLE: %s %s", r.Head.Name, r.Head.Text)
@@ -630,13 +684,15 @@ func (w *watch) leaveIdle(ctx context.Context, tag string) error {
 		// The NOOP (or the fetch itself) reported more new messages.
 		err = w.fetchNew(ctx)
 	}
+	if err == nil {
+		err = w.commit()
+	}
+	if err == nil && trip != 0 {
+		err = w.box.resolveClaims(trip)
+	}
 	if err != nil {
 		answer(syncs, err)
 		return err
-	}
-	w.commit()
-	if trip != 0 {
-		w.box.resolveClaims(trip)
 	}
 	answer(syncs, nil)
 	if w.box.wantsTrip() {

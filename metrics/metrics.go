@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
@@ -124,6 +125,13 @@ func (m *Metrics) Register(src Sources) {
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "change_notifications_total", Help: "Sessions notified of a batch of changes, summed.",
 	}, func() float64 { _, n := srv.Hub().Counts(); return float64(n) }))
+	for _, p := range recovery.Places() {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: ns, Name: "panics_recovered_total",
+			Help:        "Panics recovered by place (session, watcher, account_watcher, pool_janitor, statestore): each closed only what it affected; any is a bug or a damaged state file.",
+			ConstLabels: prometheus.Labels{"place": p.String()},
+		}, func() float64 { return float64(recovery.Count(p)) }))
+	}
 	for _, k := range proxy.ErrorKinds() {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: ns, Name: "errors_total", Help: "Errors by kind.",

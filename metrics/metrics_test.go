@@ -72,6 +72,7 @@ func TestMetrics(t *testing.T) {
 		`lemonproxy_sessions{state="selected"} 1`,
 		`lemonproxy_sessions{state="not-authenticated"} 1`,
 		`lemonproxy_errors_total{kind="auth_failed"} 1`,
+		`lemonproxy_panics_recovered_total{place="watcher"} 0`,
 		`lemonproxy_upstream_connections{role="watcher"} 1`,
 		`lemonproxy_watchers 1`,
 		`lemonproxy_sessions_opened_total 2`,

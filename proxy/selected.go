@@ -162,6 +162,18 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 			flagged = append(flagged, flagChange{c.UID, c.Flags, c.ModSeq})
 		}
 	})
+	if m.pos < m.state.Base() {
+		// The expunge log was pruned past what this client was told
+		// (syncstate.LogLimits): its expunges come from comparing the
+		// client's view with the snapshot instead. Flag changes are
+		// complete: the log keeps every message's latest.
+		expunged = expunged[:0]
+		for _, uid := range m.view {
+			if _, found := slices.BinarySearch(snap.UIDs, uid); !found {
+				expunged = append(expunged, uid)
+			}
+		}
+	}
 	if len(expunged) > 0 && !allowExpunge {
 		m.news.Store(true) // delivered at the next chance
 		var b []byte

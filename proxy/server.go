@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/hub"
+	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
@@ -91,7 +92,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.pool.Run(s.ctx)
+		s.runJanitor()
 	}()
 	return s, nil
 }
@@ -250,12 +251,39 @@ func (s *Server) startSession(nc net.Conn, isTLS bool) bool {
 	go func() {
 		defer s.wg.Done()
 		defer s.limits.disconnect(addr)
+		defer func() {
+			s.mu.Lock()
+			delete(s.sessions, sess)
+			s.mu.Unlock()
+		}()
+		// A panic ends this session only (its deferred cleanup has run
+		// by then): the connection is closed without a word, since it
+		// may stop in the middle of a response.
+		defer recovery.Recover(recovery.Session, sess.log, func(error) { sess.hangUp() })
 		sess.serve(s.ctx)
-		s.mu.Lock()
-		delete(s.sessions, sess)
-		s.mu.Unlock()
 	}()
 	return true
+}
+
+// runJanitor runs the pool's janitor until the server stops, starting it
+// again (a second later) if it panics.
+func (s *Server) runJanitor() {
+	for {
+		panicked := false
+		func() {
+			defer recovery.Recover(recovery.PoolJanitor, s.log, func(error) { panicked = true })
+			s.pool.Run(s.ctx)
+		}()
+		if !panicked {
+			return
+		}
+		select {
+		case <-s.ctx.Done():
+			s.pool.Close()
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // Sessions returns the number of open client sessions.

@@ -2,41 +2,226 @@ package statestore
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/lemonproxy/lemonproxy/internal/recovery"
 )
 
 // Bolt is a Store in one bbolt file.
 //
 // Layout: a top-level bucket per mailbox key, holding
 //
-//	"meta"          -> UIDVALIDITY (4 bytes) and HIGHESTMODSEQ (8 bytes)
+//	"meta"          -> UIDVALIDITY (4 bytes), HIGHESTMODSEQ (8), Base (8), MaxUID (4)
 //	bucket "m": UID (4 bytes, big-endian) -> modseq (uvarint), flag set id (uvarint)
-//	bucket "x": modseq (8 bytes, big-endian) -> UID (4 bytes)
+//	bucket "x": modseq (8 bytes, big-endian) -> UID (4 bytes), Unix seconds (8)
 //	bucket "f": flag set id (uvarint) -> flags joined by spaces
 //
 // Flag sets are interned per mailbox (most messages share a handful), so a
 // message costs about 4 + 6 bytes of payload plus bbolt's per-key overhead.
+//
+// # Damage
+//
+// bbolt trusts its file: random bytes in its pages make it panic (pgid above
+// the high water mark, slice bounds out of range, invalid freelist page) or
+// fault on a read outside the map. The state is a cache of what clients
+// were told, which the proxy can rebuild at the price of full resyncs, so a
+// damaged file must cost exactly that, never the process. Opening checks
+// the whole file (Tx.Check) and moves a damaged one aside (state.db.damaged-
+// TIME, kept for inspection) with an ERROR, then starts a new one. Every
+// later access recovers panics and faults (debug.SetPanicOnFault) and
+// does the same: the mailbox states in memory are saved whole again on
+// their next change (ErrNoState), the others start afresh.
 type Bolt struct {
+	dir string
+	log *slog.Logger
+
+	mu sync.RWMutex // write-held while the file is replaced
 	db *bolt.DB
+	// rebuilds counts files moved aside since open.
+	rebuilds int
 }
 
-// OpenBolt opens (creating if needed) the store file state.db in dir.
-func OpenBolt(dir string) (*Bolt, error) {
+// OpenBolt opens (creating if needed) the store file state.db in dir,
+// logging through slog.Default.
+func OpenBolt(dir string) (*Bolt, error) { return OpenBoltLog(dir, nil) }
+
+// OpenBoltLog is OpenBolt logging to log (nil: slog.Default).
+func OpenBoltLog(dir string, log *slog.Logger) (*Bolt, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("statestore: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, "state.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("statestore: opening %s: %w", dir, err)
+	s := &Bolt{dir: dir, log: log}
+	db, err := s.open()
+	if err != nil && errors.Is(err, errDamaged) {
+		s.log.Error("state file damaged; moving it aside and starting a new one (clients get full resyncs)", "file", s.path(), "err", err)
+		db, err = s.replace()
 	}
-	return &Bolt{db: db}, nil
+	if err != nil {
+		return nil, err
+	}
+	s.db = db
+	return s, nil
+}
+
+// errPanicked marks an error made of a panic or fault inside bbolt.
+var errPanicked = errors.New("bbolt panicked")
+
+// errDamaged marks an error that says the file is damaged (not, say,
+// locked by another process or unreadable).
+var errDamaged = errors.New("damaged")
+
+func (s *Bolt) path() string { return filepath.Join(s.dir, "state.db") }
+
+// open opens the file and checks it whole.
+func (s *Bolt) open() (db *bolt.DB, err error) {
+	err = guard(func() error {
+		var oerr error
+		db, oerr = bolt.Open(s.path(), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+		if oerr != nil {
+			var pe *fs.PathError
+			if errors.Is(oerr, berrors.ErrTimeout) || errors.As(oerr, &pe) {
+				return oerr
+			}
+			return fmt.Errorf("%w: %w", errDamaged, oerr)
+		}
+		return nil
+	})
+	if err != nil {
+		if db != nil {
+			closeQuietly(db)
+		}
+		if errors.Is(err, errPanicked) {
+			err = fmt.Errorf("%w: %w", errDamaged, err)
+		}
+		return nil, fmt.Errorf("statestore: opening %s: %w", s.path(), err)
+	}
+	// Tx.Check runs in a goroutine of bbolt's own, where a panic on a
+	// damaged page cannot be recovered: the whole tree is first read here,
+	// guarded, and only a file that reads cleanly is given to Tx.Check
+	// (page accounting: pages both free and used, unreachable ones).
+	err = guard(func() error { return db.View(walk) })
+	if err == nil {
+		err = guard(func() error {
+			return db.View(func(tx *bolt.Tx) error {
+				for cerr := range tx.Check() {
+					// The first error is enough; the channel is drained
+					// so the checking goroutine ends.
+					if err == nil {
+						err = cerr
+					}
+				}
+				return err
+			})
+		})
+	}
+	if err != nil {
+		closeQuietly(db)
+		return nil, fmt.Errorf("statestore: checking %s: %w: %w", s.path(), errDamaged, err)
+	}
+	return db, nil
+}
+
+// walk reads every bucket, key and value of the file.
+func walk(tx *bolt.Tx) error {
+	var n int
+	var bucket func(b *bolt.Bucket) error
+	bucket = func(b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			if v == nil {
+				if nb := b.Bucket(k); nb != nil {
+					return bucket(nb)
+				}
+				return nil
+			}
+			n += len(k) + len(v)
+			return nil
+		})
+	}
+	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return bucket(b) })
+}
+
+// replace moves the file aside and opens a new one. The caller holds s.mu
+// (or has not published s yet) and has closed the old database.
+func (s *Bolt) replace() (*bolt.DB, error) {
+	aside := fmt.Sprintf("%s.damaged-%s", s.path(), time.Now().UTC().Format("20060102T150405.000000000Z"))
+	if err := os.Rename(s.path(), aside); err != nil {
+		return nil, fmt.Errorf("statestore: moving the damaged %s aside: %w", s.path(), err)
+	}
+	s.rebuilds++
+	s.log.Error("damaged state file moved aside", "file", s.path(), "moved-to", aside)
+	db, err := s.open()
+	if err != nil {
+		return nil, fmt.Errorf("statestore: starting a new file after damage: %w", err)
+	}
+	return db, nil
+}
+
+// Rebuilds returns how many damaged files the store moved aside since it
+// was opened.
+func (s *Bolt) Rebuilds() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.rebuilds
+}
+
+// guard runs fn, turning a panic, or a fault on a bad memory access
+// (bbolt reads through mmap), into an error wrapping ErrCorrupt.
+func guard(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if v := recover(); v != nil {
+			recovery.Counted(recovery.Store)
+			err = fmt.Errorf("%w: %w: %v", ErrCorrupt, errPanicked, v)
+		}
+	}()
+	return fn()
+}
+
+func closeQuietly(db *bolt.DB) { _ = guard(db.Close) }
+
+// do runs fn on the database, guarded. A panic (damage bbolt met) moves
+// the file aside and starts a new one; the error is returned all the same,
+// wrapping ErrCorrupt.
+func (s *Bolt) do(fn func(db *bolt.DB) error) error {
+	s.mu.RLock()
+	db := s.db
+	err := guard(func() error { return fn(db) })
+	s.mu.RUnlock()
+	if !errors.Is(err, errPanicked) {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db != db {
+		return err // another goroutine replaced it already
+	}
+	s.log.Error("state file damaged while in use; moving it aside and starting a new one (clients get full resyncs)", "file", s.path(), "err", err)
+	closeQuietly(db)
+	ndb, rerr := s.replace()
+	if rerr != nil {
+		// Nothing usable: every access fails (and is retried by the
+		// hub) until an operator looks; the process goes on.
+		s.log.Error("no state file; mailbox states cannot be saved", "err", rerr)
+		return errors.Join(err, rerr)
+	}
+	s.db = ndb
+	return err
 }
 
 var (
@@ -52,71 +237,83 @@ func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 // Load implements Store.
 func (s *Bolt) Load(key string) (*Saved, error) {
 	var out *Saved
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte(key))
-		if b == nil {
+	err := s.do(func(db *bolt.DB) error {
+		return db.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket([]byte(key))
+			if b == nil {
+				return nil
+			}
+			meta := b.Get(keyMeta)
+			if len(meta) != 12 && len(meta) != 20 && len(meta) != 24 { // 12: before Base was saved, 20: before MaxUID
+				return ErrCorrupt
+			}
+			sv := &Saved{UIDValidity: binary.BigEndian.Uint32(meta), Highest: binary.BigEndian.Uint64(meta[4:])}
+			if len(meta) >= 20 {
+				sv.Base = binary.BigEndian.Uint64(meta[12:])
+			}
+			if len(meta) == 24 {
+				sv.MaxUID = binary.BigEndian.Uint32(meta[20:])
+			}
+			flagSets := map[uint64][]string{}
+			if fb := b.Bucket(bktFlags); fb != nil {
+				err := fb.ForEach(func(k, v []byte) error {
+					id, n := binary.Uvarint(k)
+					if n <= 0 {
+						return ErrCorrupt
+					}
+					flagSets[id] = strings.Fields(string(v))
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
+			if mb := b.Bucket(bktMsgs); mb != nil {
+				err := mb.ForEach(func(k, v []byte) error {
+					if len(k) != 4 {
+						return ErrCorrupt
+					}
+					modseq, n := binary.Uvarint(v)
+					if n <= 0 {
+						return ErrCorrupt
+					}
+					id, m := binary.Uvarint(v[n:])
+					if m <= 0 {
+						return ErrCorrupt
+					}
+					flags, ok := flagSets[id]
+					if !ok {
+						return ErrCorrupt
+					}
+					sv.Messages = append(sv.Messages, Message{UID: binary.BigEndian.Uint32(k), ModSeq: modseq, Flags: flags})
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
+			if xb := b.Bucket(bktExp); xb != nil {
+				err := xb.ForEach(func(k, v []byte) error {
+					if len(k) != 8 || len(v) != 4 && len(v) != 12 { // 4: before the time was saved
+						return ErrCorrupt
+					}
+					x := Expunge{UID: binary.BigEndian.Uint32(v), ModSeq: binary.BigEndian.Uint64(k)}
+					if len(v) == 12 && binary.BigEndian.Uint64(v[4:]) != 0 {
+						x.At = time.Unix(int64(binary.BigEndian.Uint64(v[4:])), 0)
+					}
+					sv.Expunged = append(sv.Expunged, x)
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
+			if err := plausible(sv); err != nil {
+				return err
+			}
+			out = sv
 			return nil
-		}
-		meta := b.Get(keyMeta)
-		if len(meta) != 12 && len(meta) != 20 { // 12: before Base was saved
-			return ErrCorrupt
-		}
-		sv := &Saved{UIDValidity: binary.BigEndian.Uint32(meta), Highest: binary.BigEndian.Uint64(meta[4:])}
-		if len(meta) == 20 {
-			sv.Base = binary.BigEndian.Uint64(meta[12:])
-		}
-		flagSets := map[uint64][]string{}
-		if fb := b.Bucket(bktFlags); fb != nil {
-			err := fb.ForEach(func(k, v []byte) error {
-				id, n := binary.Uvarint(k)
-				if n <= 0 {
-					return ErrCorrupt
-				}
-				flagSets[id] = strings.Fields(string(v))
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		if mb := b.Bucket(bktMsgs); mb != nil {
-			err := mb.ForEach(func(k, v []byte) error {
-				if len(k) != 4 {
-					return ErrCorrupt
-				}
-				modseq, n := binary.Uvarint(v)
-				if n <= 0 {
-					return ErrCorrupt
-				}
-				id, m := binary.Uvarint(v[n:])
-				if m <= 0 {
-					return ErrCorrupt
-				}
-				flags, ok := flagSets[id]
-				if !ok {
-					return ErrCorrupt
-				}
-				sv.Messages = append(sv.Messages, Message{UID: binary.BigEndian.Uint32(k), ModSeq: modseq, Flags: flags})
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		if xb := b.Bucket(bktExp); xb != nil {
-			err := xb.ForEach(func(k, v []byte) error {
-				if len(k) != 8 || len(v) != 4 {
-					return ErrCorrupt
-				}
-				sv.Expunged = append(sv.Expunged, Expunge{UID: binary.BigEndian.Uint32(v), ModSeq: binary.BigEndian.Uint64(k)})
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		out = sv
-		return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("statestore: loading %q: %w", key, err)
@@ -126,65 +323,84 @@ func (s *Bolt) Load(key string) (*Saved, error) {
 
 // Save implements Store.
 func (s *Bolt) Save(key string, batch Batch) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		if batch.Reset {
-			if tx.Bucket([]byte(key)) != nil {
-				if err := tx.DeleteBucket([]byte(key)); err != nil {
+	err := s.do(func(db *bolt.DB) error {
+		return db.Update(func(tx *bolt.Tx) error {
+			if batch.Reset {
+				if tx.Bucket([]byte(key)) != nil {
+					if err := tx.DeleteBucket([]byte(key)); err != nil {
+						return err
+					}
+				}
+			} else if tx.Bucket([]byte(key)) == nil {
+				return ErrNoState
+			}
+			b, err := tx.CreateBucketIfNotExists([]byte(key))
+			if err != nil {
+				return err
+			}
+			mb, err := b.CreateBucketIfNotExists(bktMsgs)
+			if err != nil {
+				return err
+			}
+			xb, err := b.CreateBucketIfNotExists(bktExp)
+			if err != nil {
+				return err
+			}
+			fb, err := b.CreateBucketIfNotExists(bktFlags)
+			if err != nil {
+				return err
+			}
+			ids := map[string]uint64{}
+			err = fb.ForEach(func(k, v []byte) error {
+				id, _ := binary.Uvarint(k)
+				ids[string(v)] = id
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for _, m := range batch.Upsert {
+				set := strings.Join(m.Flags, " ")
+				id, ok := ids[set]
+				if !ok {
+					id = uint64(len(ids))
+					ids[set] = id
+					if err := fb.Put(binary.AppendUvarint(nil, id), []byte(set)); err != nil {
+						return err
+					}
+				}
+				v := binary.AppendUvarint(nil, m.ModSeq)
+				v = binary.AppendUvarint(v, id)
+				if err := mb.Put(u32(m.UID), v); err != nil {
 					return err
 				}
 			}
-		}
-		b, err := tx.CreateBucketIfNotExists([]byte(key))
-		if err != nil {
-			return err
-		}
-		mb, err := b.CreateBucketIfNotExists(bktMsgs)
-		if err != nil {
-			return err
-		}
-		xb, err := b.CreateBucketIfNotExists(bktExp)
-		if err != nil {
-			return err
-		}
-		fb, err := b.CreateBucketIfNotExists(bktFlags)
-		if err != nil {
-			return err
-		}
-		ids := map[string]uint64{}
-		err = fb.ForEach(func(k, v []byte) error {
-			id, _ := binary.Uvarint(k)
-			ids[string(v)] = id
-			return nil
+			for _, x := range batch.Expunged {
+				if err := mb.Delete(u32(x.UID)); err != nil {
+					return err
+				}
+				var at uint64 // 0: unknown
+				if !x.At.IsZero() {
+					at = uint64(max(x.At.Unix(), 1))
+				}
+				if err := xb.Put(u64(x.ModSeq), slices.Concat(u32(x.UID), u64(at))); err != nil {
+					return err
+				}
+			}
+			// The log is pruned up to Base: those expunges answer nobody.
+			var pruned [][]byte
+			c := xb.Cursor()
+			for k, _ := c.First(); k != nil && len(k) == 8 && binary.BigEndian.Uint64(k) <= batch.Base; k, _ = c.Next() {
+				pruned = append(pruned, k)
+			}
+			for _, k := range pruned {
+				if err := xb.Delete(k); err != nil {
+					return err
+				}
+			}
+			meta := slices.Concat(u32(batch.UIDValidity), u64(batch.Highest), u64(batch.Base), u32(batch.MaxUID))
+			return b.Put(keyMeta, meta)
 		})
-		if err != nil {
-			return err
-		}
-		for _, m := range batch.Upsert {
-			set := strings.Join(m.Flags, " ")
-			id, ok := ids[set]
-			if !ok {
-				id = uint64(len(ids))
-				ids[set] = id
-				if err := fb.Put(binary.AppendUvarint(nil, id), []byte(set)); err != nil {
-					return err
-				}
-			}
-			v := binary.AppendUvarint(nil, m.ModSeq)
-			v = binary.AppendUvarint(v, id)
-			if err := mb.Put(u32(m.UID), v); err != nil {
-				return err
-			}
-		}
-		for _, x := range batch.Expunged {
-			if err := mb.Delete(u32(x.UID)); err != nil {
-				return err
-			}
-			if err := xb.Put(u64(x.ModSeq), u32(x.UID)); err != nil {
-				return err
-			}
-		}
-		meta := slices.Concat(u32(batch.UIDValidity), u64(batch.Highest), u64(batch.Base))
-		return b.Put(keyMeta, meta)
 	})
 	if err != nil {
 		return fmt.Errorf("statestore: saving %q: %w", key, err)
@@ -194,23 +410,52 @@ func (s *Bolt) Save(key string, batch Batch) error {
 
 // Drop implements Store.
 func (s *Bolt) Drop(key string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket([]byte(key)) == nil {
-			return nil
-		}
-		return tx.DeleteBucket([]byte(key))
+	return s.do(func(db *bolt.DB) error {
+		return db.Update(func(tx *bolt.Tx) error {
+			if tx.Bucket([]byte(key)) == nil {
+				return nil
+			}
+			return tx.DeleteBucket([]byte(key))
+		})
 	})
 }
 
 // Size implements Store.
 func (s *Bolt) Size() (int64, error) {
 	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		n = tx.Size()
-		return nil
+	err := s.do(func(db *bolt.DB) error {
+		return db.View(func(tx *bolt.Tx) error {
+			n = tx.Size()
+			return nil
+		})
 	})
 	return n, err
 }
 
 // Close implements Store.
-func (s *Bolt) Close() error { return s.db.Close() }
+func (s *Bolt) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return guard(s.db.Close)
+}
+
+// plausible checks what bbolt's structure check cannot: that the values
+// make sense together. Random bytes in a value (a mod-sequence above the
+// saved HIGHESTMODSEQ, an expunge at or below the base) would otherwise
+// give clients wrong resyncs.
+func plausible(sv *Saved) error {
+	if sv.Highest == 0 || sv.Base > sv.Highest {
+		return fmt.Errorf("%w: HIGHESTMODSEQ %d, base %d", ErrCorrupt, sv.Highest, sv.Base)
+	}
+	for _, m := range sv.Messages {
+		if m.ModSeq == 0 || m.ModSeq > sv.Highest {
+			return fmt.Errorf("%w: UID %d at mod-sequence %d of %d", ErrCorrupt, m.UID, m.ModSeq, sv.Highest)
+		}
+	}
+	for _, x := range sv.Expunged {
+		if x.ModSeq > sv.Highest || x.ModSeq <= sv.Base && sv.Base > 0 {
+			return fmt.Errorf("%w: expunge of UID %d at mod-sequence %d (base %d, HIGHESTMODSEQ %d)", ErrCorrupt, x.UID, x.ModSeq, sv.Base, sv.Highest)
+		}
+	}
+	return nil
+}

@@ -23,7 +23,7 @@ func TestSaveLoadReopen(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(s.Save("alice\x00INBOX", Batch{UIDValidity: 7, Highest: 4, Upsert: []Message{
+	must(s.Save("alice\x00INBOX", Batch{Reset: true, UIDValidity: 7, Highest: 4, Upsert: []Message{
 		{UID: 1, ModSeq: 2, Flags: []string{`\Seen`}},
 		{UID: 2, ModSeq: 3, Flags: nil},
 		{UID: 3, ModSeq: 4, Flags: []string{`\Flagged`, `\Seen`}},
@@ -32,7 +32,7 @@ func TestSaveLoadReopen(t *testing.T) {
 		Upsert:   []Message{{UID: 2, ModSeq: 5, Flags: []string{`\Seen`}}},
 		Expunged: []Expunge{{UID: 3, ModSeq: 6}},
 	}))
-	must(s.Save("bob\x00INBOX", Batch{UIDValidity: 9, Highest: 2, Upsert: []Message{{UID: 10, ModSeq: 2, Flags: []string{"$Junk"}}}}))
+	must(s.Save("bob\x00INBOX", Batch{Reset: true, UIDValidity: 9, Highest: 2, Upsert: []Message{{UID: 10, ModSeq: 2, Flags: []string{"$Junk"}}}}))
 	must(s.Close())
 
 	s, err = OpenBolt(dir)
@@ -74,7 +74,7 @@ func TestCorruptRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if err := s.Save("k", Batch{UIDValidity: 1, Highest: 2, Upsert: []Message{{UID: 1, ModSeq: 2}}}); err != nil {
+	if err := s.Save("k", Batch{Reset: true, UIDValidity: 1, Highest: 2, Upsert: []Message{{UID: 1, ModSeq: 2}}}); err != nil {
 		t.Fatal(err)
 	}
 	s.db.Update(func(tx *bolt.Tx) error {
@@ -94,7 +94,7 @@ func BenchmarkBytesPerMessage(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		batch := Batch{UIDValidity: 1, Highest: n + 1}
+		batch := Batch{Reset: true, UIDValidity: 1, Highest: n + 1}
 		flags := [][]string{{`\Seen`}, nil, {`\Answered`, `\Seen`}, {`\Flagged`, `\Seen`}}
 		for u := 1; u <= n; u++ {
 			batch.Upsert = append(batch.Upsert, Message{UID: uint32(u), ModSeq: uint64(u + 1), Flags: flags[u%len(flags)]})

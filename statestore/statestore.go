@@ -13,6 +13,7 @@ package statestore
 
 import (
 	"errors"
+	"time"
 )
 
 // Message is a message's saved state.
@@ -26,6 +27,9 @@ type Message struct {
 type Expunge struct {
 	UID    uint32
 	ModSeq uint64
+	// At is when (to the second), for pruning the log by age; zero when
+	// the file predates it.
+	At time.Time
 }
 
 // Saved is the whole saved state of one mailbox.
@@ -34,20 +38,28 @@ type Saved struct {
 	Highest     uint64
 	// Base is the mod-sequence after which the state knows every change
 	// (syncstate.Mailbox.Base); 0 when the file predates it.
-	Base     uint64
+	Base uint64
+	// MaxUID is the largest UID the mailbox ever had as far as the state
+	// knew (0 when the file predates it): expunges up to Base are pruned.
+	MaxUID   uint32
 	Messages []Message // by ascending UID
 	Expunged []Expunge // by ascending mod-sequence
 }
 
 // Batch is one atomic update of a mailbox's state.
 type Batch struct {
-	// Reset drops whatever was saved before (a new UIDVALIDITY).
+	// Reset drops whatever was saved before: the batch is the whole state
+	// (a new UIDVALIDITY, a state saved whole). A batch without Reset adds
+	// to a saved state and fails with ErrNoState where there is none.
 	Reset       bool
 	UIDValidity uint32
 	Highest     uint64
-	Base        uint64
-	Upsert      []Message
-	Expunged    []Expunge
+	// Base is the state's base; the store drops expunges up to it (a
+	// pruned log).
+	Base     uint64
+	MaxUID   uint32
+	Upsert   []Message
+	Expunged []Expunge
 }
 
 // Store saves and loads mailbox states by key (the account and mailbox).
@@ -63,5 +75,11 @@ type Store interface {
 	Close() error
 }
 
-// ErrCorrupt is returned when saved data cannot be decoded.
+// ErrCorrupt is returned when saved data cannot be decoded, or the store
+// found its file damaged.
 var ErrCorrupt = errors.New("statestore: corrupt record")
+
+// ErrNoState is returned by Save for a batch that adds to a state the
+// store does not have (it was rebuilt after damage): the caller saves the
+// whole state instead (a batch with Reset).
+var ErrNoState = errors.New("statestore: no saved state to add to")

@@ -17,10 +17,12 @@ package syncstate
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/statestore"
 )
@@ -36,16 +38,65 @@ type Mailbox struct {
 	uids        []uint32 // sorted; replaced, never modified (snapshots share it)
 	log         []change // ordered by modseq; stale entries skipped
 	live        int      // entries of log that are not stale
+	expunges    int      // entries of log that are expunges
+	maxUID      uint32   // the largest UID the mailbox ever had, as far as the state knows
 	flagSets    flagInterner
 	persist     Persister
-	saved       bool // whether anything was persisted yet (else the first save resets)
+	saved       bool // whether the store holds the state (else the next save is a full one)
+	limits      LogLimits
+	ageCheck    time.Time // when the log is next checked for expunges older than limits.MaxAge
 }
 
+// LogLimits bound a state's expunge log. Without a bound it grows for the
+// life of the mailbox, in memory and on disk, by one entry per expunge.
+// Pruning raises the state's Base past the dropped entries: a client that
+// knew the mailbox before then gets a full resync (see Base), which is
+// exactly as correct, only larger.
+type LogLimits struct {
+	// MaxExpunges is the most expunges the log keeps; when it is
+	// exceeded, the oldest are dropped until 7/8 of it are left (so that
+	// pruning, a walk over the log, happens once every MaxExpunges/8
+	// expunges, not at every one). 0 keeps every one.
+	MaxExpunges int
+	// MaxAge drops expunges older than this (checked at most once a
+	// minute, when the state changes). 0 keeps them however old.
+	MaxAge time.Duration
+}
+
+// clock is the time source of expunge stamps (tests replace it).
+var clock = time.Now
+
+// stamp is the second of t as a change stores it (never 0: 0 marks a flag
+// change).
+func stamp(t time.Time) uint32 { return uint32(max(t.Unix(), 1)) }
+
 // Persister saves a batch of changes durably. The state calls it inside
-// Apply, before Apply returns, so a change is on disk before any session
-// is told of it. An error is the persister's to report; the in-memory state
-// goes on.
+// Apply, before the changes become visible, so a change is on disk before
+// any session is told of it. If it fails, Apply takes the changes back and
+// returns the error.
 type Persister func(statestore.Batch) error
+
+// SetLogLimits bounds the expunge log, pruning it at once in memory (the
+// store follows with the next save).
+func (m *Mailbox) SetLogLimits(l LogLimits) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.limits = l
+	m.ageCheck = time.Time{}
+	if b := m.pruneBaseLocked(); b != m.base {
+		m.pruneLocked(b)
+	}
+}
+
+// MaxUID returns the largest UID the mailbox had as far as the state knows,
+// expunged ones included: a full resync reports every UID up to it that
+// does not exist any more as vanished, since pruned expunges are no longer
+// in the log.
+func (m *Mailbox) MaxUID() uint32 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.maxUID
+}
 
 // SetPersister makes the state save every change with p.
 func (m *Mailbox) SetPersister(p Persister) {
@@ -60,15 +111,24 @@ func Restore(sv *statestore.Saved) *Mailbox {
 	m.highest = max(sv.Highest, 1)
 	m.saved = true
 	m.uids = make([]uint32, 0, len(sv.Messages))
+	m.maxUID = sv.MaxUID
 	for _, msgSaved := range sv.Messages {
 		m.msgs[msgSaved.UID] = msg{flags: m.flagSets.intern(msgSaved.Flags), modseq: msgSaved.ModSeq}
 		m.uids = append(m.uids, msgSaved.UID)
 		m.log = append(m.log, change{modseq: msgSaved.ModSeq, uid: msgSaved.UID})
+		m.maxUID = max(m.maxUID, msgSaved.UID)
 	}
 	slices.Sort(m.uids)
+	now := clock()
 	for _, x := range sv.Expunged {
-		m.log = append(m.log, change{modseq: x.ModSeq, uid: x.UID, expunged: true})
+		at := x.At
+		if at.IsZero() {
+			at = now // saved before expunges had a time: their age counts from now
+		}
+		m.log = append(m.log, change{modseq: x.ModSeq, uid: x.UID, at: stamp(at)})
+		m.maxUID = max(m.maxUID, x.UID)
 	}
+	m.expunges = len(sv.Expunged)
 	slices.SortFunc(m.log, func(a, b change) int { return cmp.Compare(a.modseq, b.modseq) })
 	m.live = len(m.log)
 	// Where the log began is saved; files from before that get the oldest
@@ -91,10 +151,12 @@ type msg struct {
 }
 
 type change struct {
-	modseq   uint64
-	uid      uint32
-	expunged bool
+	modseq uint64
+	uid    uint32
+	at     uint32 // an expunge: when, in Unix seconds (see stamp); 0: a flag change or new message
 }
+
+func (c change) expunged() bool { return c.at != 0 }
 
 // New returns an empty mailbox state. Its HIGHESTMODSEQ is 1.
 func New(uidValidity uint32) *Mailbox { return NewAt(uidValidity, 1) }
@@ -176,22 +238,41 @@ type Changes struct {
 
 // Apply applies a batch and reports whether anything changed. Each actual
 // change gets its own mod-sequence.
-func (m *Mailbox) Apply(c Changes) bool {
+//
+// With a Persister, the changes are saved before Apply returns, and only
+// then become visible: if the save fails (also when retried as a full
+// save, see saveLocked), the state is left exactly as it was and the error
+// is returned. No session can then be told a mod-sequence that is not on
+// disk, so mod-sequences never go backwards across a restart; the caller
+// (the hub's watcher) gives up its connection and its full resync on
+// reconnecting reports the same changes again.
+func (m *Mailbox) Apply(c Changes) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.applyLocked(c)
 }
 
-func (m *Mailbox) applyLocked(c Changes) bool {
+// prior is a message's entry before applyLocked changed it, to undo a
+// batch that could not be saved.
+type prior struct {
+	uid uint32
+	e   msg
+	had bool
+}
+
+func (m *Mailbox) applyLocked(c Changes) (bool, error) {
 	changed := false
 	var added []uint32
 	var batch statestore.Batch
+	var undo []prior
+	highest0, logLen0, live0, expunges0, maxUID0 := m.highest, len(m.log), m.live, m.expunges, m.maxUID
 	for _, u := range c.Upsert {
 		fs := m.flagSets.intern(u.Flags)
 		e, ok := m.msgs[u.UID]
 		if ok && e.flags == fs || !ok && c.FlagsOnly {
 			continue
 		}
+		undo = append(undo, prior{u.UID, e, ok})
 		m.highest++
 		if ok {
 			m.live-- // the old log entry is stale now
@@ -207,35 +288,100 @@ func (m *Mailbox) applyLocked(c Changes) bool {
 		}
 	}
 	var removed []uint32
+	var now time.Time
 	for _, uid := range c.Expunged {
-		if _, ok := m.msgs[uid]; !ok {
+		e, ok := m.msgs[uid]
+		if !ok {
 			continue
 		}
+		if now.IsZero() {
+			now = clock()
+		}
+		undo = append(undo, prior{uid, e, true})
 		delete(m.msgs, uid)
 		m.highest++
-		m.log = append(m.log, change{modseq: m.highest, uid: uid, expunged: true})
+		m.log = append(m.log, change{modseq: m.highest, uid: uid, at: stamp(now)})
+		m.expunges++
 		// The message's last flag change is stale; the expunge is live:
 		// the count of live entries stays the same.
 		removed = append(removed, uid)
 		changed = true
 		if m.persist != nil {
-			batch.Expunged = append(batch.Expunged, statestore.Expunge{UID: uid, ModSeq: m.highest})
+			batch.Expunged = append(batch.Expunged, statestore.Expunge{UID: uid, ModSeq: m.highest, At: now.Truncate(time.Second)})
 		}
 	}
-	if changed && m.persist != nil || m.persist != nil && !m.saved {
-		batch.Reset = !m.saved
-		batch.UIDValidity, batch.Highest, batch.Base = m.uidValidity, m.highest, m.base
-		if m.persist(batch) == nil {
-			m.saved = true
+	for _, u := range added {
+		m.maxUID = max(m.maxUID, u)
+	}
+	newBase := m.pruneBaseLocked()
+	if m.persist != nil && (changed || !m.saved || newBase != m.base) {
+		if err := m.saveLocked(batch, newBase); err != nil {
+			// Take the batch back: nobody saw it (the lock is held).
+			for i := len(undo) - 1; i >= 0; i-- {
+				if p := undo[i]; p.had {
+					m.msgs[p.uid] = p.e
+				} else {
+					delete(m.msgs, p.uid)
+				}
+			}
+			clear(m.log[logLen0:])
+			m.log = m.log[:logLen0]
+			m.highest, m.live, m.expunges, m.maxUID = highest0, live0, expunges0, maxUID0
+			return false, err
 		}
 	}
 	if len(added) > 0 || len(removed) > 0 {
 		m.uids = mergeUIDs(m.uids, added, removed)
 	}
+	if newBase != m.base {
+		m.pruneLocked(newBase)
+	}
 	if len(m.log) > 1024 && m.live < len(m.log)/2 {
 		m.compactLocked()
 	}
-	return changed
+	return changed, nil
+}
+
+// saveLocked saves batch (the changes just made, whose state is in m with
+// base newBase). If that fails, or nothing was saved yet, the whole state is
+// saved instead, replacing what the store holds: a store rebuilt after
+// damage (statestore.Bolt) has lost the mailbox, and an incremental batch
+// on top of nothing would leave a state on disk that looks complete and is
+// not. A full save that fails too leaves the next save a full one as well.
+func (m *Mailbox) saveLocked(batch statestore.Batch, newBase uint64) error {
+	var err error
+	if m.saved {
+		batch.UIDValidity, batch.Highest, batch.Base, batch.MaxUID = m.uidValidity, m.highest, newBase, m.maxUID
+		if err = m.persist(batch); err == nil {
+			return nil
+		}
+	}
+	m.saved = false
+	if ferr := m.persist(m.fullBatchLocked(newBase)); ferr != nil {
+		if err != nil {
+			return fmt.Errorf("syncstate: saving the state (UIDVALIDITY %d, HIGHESTMODSEQ %d): %w; saving it whole: %w", m.uidValidity, m.highest, err, ferr)
+		}
+		return fmt.Errorf("syncstate: saving the whole state (UIDVALIDITY %d, HIGHESTMODSEQ %d): %w", m.uidValidity, m.highest, ferr)
+	}
+	m.saved = true
+	return nil
+}
+
+// fullBatchLocked returns a batch that replaces whatever the store holds
+// with the whole state.
+func (m *Mailbox) fullBatchLocked(base uint64) statestore.Batch {
+	b := statestore.Batch{Reset: true, UIDValidity: m.uidValidity, Highest: m.highest, Base: base, MaxUID: m.maxUID}
+	b.Upsert = make([]statestore.Message, 0, len(m.msgs))
+	for uid, e := range m.msgs {
+		b.Upsert = append(b.Upsert, statestore.Message{UID: uid, ModSeq: e.modseq, Flags: m.flagSets.get(e.flags)})
+	}
+	slices.SortFunc(b.Upsert, func(x, y statestore.Message) int { return cmp.Compare(x.UID, y.UID) })
+	for _, c := range m.log {
+		if c.expunged() && c.modseq > base {
+			b.Expunged = append(b.Expunged, statestore.Expunge{UID: c.uid, ModSeq: c.modseq, At: time.Unix(int64(c.at), 0)})
+		}
+	}
+	return b
 }
 
 // mergeUIDs returns a new sorted list: old plus added minus removed.
@@ -271,7 +417,7 @@ func mergeUIDs(old, added, removed []uint32) []uint32 {
 func (m *Mailbox) compactLocked() {
 	out := m.log[:0]
 	for _, c := range m.log {
-		if c.expunged {
+		if c.expunged() {
 			out = append(out, c)
 			continue
 		}
@@ -300,7 +446,7 @@ func (m *Mailbox) ChangesSince(modseq uint64, fn func(Change)) {
 	defer m.mu.RUnlock()
 	i := sort.Search(len(m.log), func(i int) bool { return m.log[i].modseq > modseq })
 	for _, c := range m.log[i:] {
-		if c.expunged {
+		if c.expunged() {
 			fn(Change{UID: c.uid, ModSeq: c.modseq, Expunged: true})
 			continue
 		}
@@ -316,7 +462,7 @@ func (m *Mailbox) ChangesSince(modseq uint64, fn func(Change)) {
 // reported and applies the differences: messages missing from all are
 // expunged, new ones added, changed flags updated. It reports whether
 // anything changed.
-func (m *Mailbox) Reconcile(all []Message) bool {
+func (m *Mailbox) Reconcile(all []Message) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	seen := make(map[uint32]bool, len(all))
@@ -330,6 +476,65 @@ func (m *Mailbox) Reconcile(all []Message) bool {
 		}
 	}
 	return m.applyLocked(Changes{Upsert: all, Expunged: gone})
+}
+
+// pruneBaseLocked returns the base the state has once the expunge log is
+// pruned to its limits (m.base if nothing is due).
+func (m *Mailbox) pruneBaseLocked() uint64 {
+	base := m.base
+	drop := 0
+	if l := m.limits.MaxExpunges; l > 0 && m.expunges > l {
+		drop = m.expunges - l*7/8
+	}
+	var cutoff uint32
+	if m.limits.MaxAge > 0 && m.expunges > 0 {
+		if now := clock(); !now.Before(m.ageCheck) {
+			m.ageCheck = now.Add(time.Minute)
+			cutoff = stamp(now.Add(-m.limits.MaxAge))
+		}
+	}
+	if drop == 0 && cutoff == 0 {
+		return base
+	}
+	for _, c := range m.log {
+		if !c.expunged() {
+			continue
+		}
+		if drop > 0 || c.at < cutoff {
+			drop--
+			base = max(base, c.modseq)
+			continue
+		}
+		break
+	}
+	return base
+}
+
+// pruneLocked drops the expunges up to base (and stale entries) from the
+// log and makes base the state's base.
+func (m *Mailbox) pruneLocked(base uint64) {
+	out := m.log[:0]
+	for _, c := range m.log {
+		if c.expunged() {
+			if c.modseq > base {
+				out = append(out, c)
+			}
+			continue
+		}
+		if e, ok := m.msgs[c.uid]; ok && e.modseq == c.modseq {
+			out = append(out, c)
+		}
+	}
+	clear(m.log[len(out):])
+	m.log = out
+	m.live = len(out)
+	m.expunges = 0
+	for _, c := range out {
+		if c.expunged() {
+			m.expunges++
+		}
+	}
+	m.base = base
 }
 
 // flagInterner stores each distinct flag set once per mailbox: most

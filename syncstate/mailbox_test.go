@@ -1,6 +1,7 @@
 package syncstate
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
@@ -44,7 +45,7 @@ func TestStateNewStartsAtOne(t *testing.T) {
 		t.Fatalf("ChangesSince(0) of a new state = %+v", c)
 	}
 	// An empty batch, and one of unknown expunges, change nothing.
-	if m.Apply(Changes{}) || m.Apply(Changes{Expunged: []uint32{7}}) {
+	if applied(m.Apply(Changes{})) || applied(m.Apply(Changes{Expunged: []uint32{7}})) {
 		t.Fatal("empty batch reported a change")
 	}
 	if got := m.HighestModSeq(); got != 1 {
@@ -56,7 +57,7 @@ func TestStateNewStartsAtOne(t *testing.T) {
 // in batch order: upserts first, then expunges.
 func TestStateModSeqPerChange(t *testing.T) {
 	m := New(1)
-	if !m.Apply(Changes{Upsert: msgs(nil, 10, 11, 12)}) {
+	if !applied(m.Apply(Changes{Upsert: msgs(nil, 10, 11, 12)})) {
 		t.Fatal("adding messages reported no change")
 	}
 	for i, uid := range []uint32{10, 11, 12} {
@@ -84,7 +85,7 @@ func TestStateModSeqPerChange(t *testing.T) {
 		t.Fatalf("Snapshot = %+v", got)
 	}
 	// Expunging again, or an unknown UID, is no change.
-	if m.Apply(Changes{Expunged: []uint32{10, 99}}) {
+	if applied(m.Apply(Changes{Expunged: []uint32{10, 99}})) {
 		t.Fatal("expunging an expunged message reported a change")
 	}
 	if h := m.HighestModSeq(); h != 7 {
@@ -105,11 +106,11 @@ func TestStateUnchangedFlagsCostNothing(t *testing.T) {
 		{`$Label1`, `\Seen`, `\Seen`},
 	}
 	for _, f := range same {
-		if m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: f}}}) {
+		if applied(m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: f}}})) {
 			t.Errorf("flags %q reported as a change of [$Label1 \\Seen]", f)
 		}
 	}
-	if m.Reconcile([]Message{{UID: 1, Flags: []string{`\Recent`, `\Seen`, `$Label1`}}}) {
+	if applied(m.Reconcile([]Message{{UID: 1, Flags: []string{`\Recent`, `\Seen`, `$Label1`}}})) {
 		t.Error("Reconcile with the same message reported a change")
 	}
 	if m.HighestModSeq() != h || len(m.log) != logLen {
@@ -117,7 +118,7 @@ func TestStateUnchangedFlagsCostNothing(t *testing.T) {
 	}
 	// A keyword differing in case is a different flag as far as the state
 	// goes (it is kept as the server spelled it).
-	if !m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: []string{`\Seen`, `$Label2`}}}}) {
+	if !applied(m.Apply(Changes{Upsert: []Message{{UID: 1, Flags: []string{`\Seen`, `$Label2`}}}})) {
 		t.Fatal("a real flag change was not reported")
 	}
 }
@@ -223,7 +224,7 @@ func TestStateReconcile(t *testing.T) {
 		{UID: 5, Flags: nil},                  // unchanged
 		{UID: 6, Flags: []string{`\Seen`}},    // new
 	}
-	if !m.Reconcile(upstream) {
+	if !applied(m.Reconcile(upstream)) {
 		t.Fatal("Reconcile reported no change")
 	}
 	want := []Change{
@@ -237,14 +238,14 @@ func TestStateReconcile(t *testing.T) {
 	if got := m.Snapshot().UIDs; !reflect.DeepEqual(got, []uint32{1, 2, 4, 5, 6}) {
 		t.Fatalf("UIDs after Reconcile = %v", got)
 	}
-	if m.Reconcile(upstream) {
+	if applied(m.Reconcile(upstream)) {
 		t.Fatal("a second Reconcile with the same list reported a change")
 	}
 	if m.HighestModSeq() != h+3 {
 		t.Fatalf("HIGHESTMODSEQ = %d, want %d", m.HighestModSeq(), h+3)
 	}
 	// An empty mailbox upstream expunges everything.
-	if !m.Reconcile(nil) {
+	if !applied(m.Reconcile(nil)) {
 		t.Fatal("Reconcile(nil) reported no change")
 	}
 	if got := m.Snapshot().UIDs; len(got) != 0 {
@@ -439,7 +440,7 @@ func TestStateCompactionAgreesWithModel(t *testing.T) {
 						all = append(all, Message{UID: next, Flags: flagSets[rng.IntN(len(flagSets))]})
 						next++
 					}
-					if got, want := m.Reconcile(all), d.reconcile(all); got != want {
+					if got, want := applied(m.Reconcile(all)), d.reconcile(all); got != want {
 						t.Fatalf("step %d: Reconcile reported %v, model %v", step, got, want)
 					}
 					check(step)
@@ -462,7 +463,7 @@ func TestStateCompactionAgreesWithModel(t *testing.T) {
 						c.Expunged = append(c.Expunged, live[rng.IntN(len(live))])
 					}
 				}
-				if got, want := m.Apply(c), d.apply(c); got != want {
+				if got, want := applied(m.Apply(c)), d.apply(c); got != want {
 					t.Fatalf("step %d: Apply(%+v) reported %v, model %v", step, c, got, want)
 				}
 				if len(m.log) < before {
@@ -601,4 +602,158 @@ func TestStateBase(t *testing.T) {
 	if r.Base() != 501 || r.HighestModSeq() != 504 {
 		t.Fatalf("restored: base %d highest %d", r.Base(), r.HighestModSeq())
 	}
+}
+
+// applied is Apply's or Reconcile's change report for a state that must
+// not fail to save.
+func applied(changed bool, err error) bool {
+	if err != nil {
+		panic(err)
+	}
+	return changed
+}
+
+// TestSaveFailureTakesBatchBack: a batch the persister cannot save leaves
+// the state exactly as it was (mod-sequences, messages, log); the next save
+// after a failure is a full one (the store may have lost the mailbox), and
+// the retried changes get the same mod-sequences, since none was told.
+func TestSaveFailureTakesBatchBack(t *testing.T) {
+	m := NewAt(7, 100)
+	var saved []statestore.Batch
+	failures := 0
+	m.SetPersister(func(b statestore.Batch) error {
+		if failures > 0 {
+			failures--
+			return statestore.ErrNoState
+		}
+		saved = append(saved, b)
+		return nil
+	})
+	applied(m.Apply(Changes{Upsert: msgs(nil, 1, 2, 3)})) // 101..103
+	if len(saved) != 1 || !saved[0].Reset || len(saved[0].Upsert) != 3 {
+		t.Fatalf("first save %+v, want the whole state", saved)
+	}
+	snap := m.Snapshot()
+	failures = 2 // the incremental save and the full one
+	changed, err := m.Apply(Changes{Upsert: msgs([]string{`\Seen`}, 1, 4), Expunged: []uint32{2}})
+	if !errors.Is(err, statestore.ErrNoState) || changed {
+		t.Fatalf("Apply with a failing store = %v, %v; want false and the store's error", changed, err)
+	}
+	if got := m.Snapshot(); got.Highest != snap.Highest || !slices.Equal(got.UIDs, snap.UIDs) {
+		t.Fatalf("after a failed save: %+v, want %+v", got, snap)
+	}
+	if f, ms, ok := m.Flags(1); len(f) != 0 || ms != 101 || !ok {
+		t.Fatalf("UID 1 after a failed save: %v at %d", f, ms)
+	}
+	if _, _, ok := m.Flags(4); ok {
+		t.Fatal("UID 4 added by a failed save")
+	}
+	if _, _, ok := m.Flags(2); !ok {
+		t.Fatal("UID 2 expunged by a failed save")
+	}
+	if c := changes(m, 103); len(c) != 0 {
+		t.Fatalf("changes after a failed save: %+v", c)
+	}
+	// After a failure the next save is a full one.
+	saved = nil
+	if !applied(m.Apply(Changes{Upsert: msgs([]string{`\Seen`}, 1, 4), Expunged: []uint32{2}})) {
+		t.Fatal("no change")
+	}
+	want := statestore.Batch{Reset: true, UIDValidity: 7, Highest: 106, Base: 100, MaxUID: 4,
+		Upsert: []statestore.Message{
+			{UID: 1, ModSeq: 104, Flags: []string{`\Seen`}},
+			{UID: 3, ModSeq: 103, Flags: []string{}},
+			{UID: 4, ModSeq: 105, Flags: []string{`\Seen`}},
+		}}
+	if len(saved) != 1 || len(saved[0].Expunged) != 1 || saved[0].Expunged[0].UID != 2 || saved[0].Expunged[0].ModSeq != 106 {
+		t.Fatalf("saved %+v, want one full batch with the expunge of UID 2 at 106", saved)
+	}
+	saved[0].Expunged = nil
+	if !reflect.DeepEqual(saved[0], want) {
+		t.Fatalf("full save\n got %+v\nwant %+v", saved[0], want)
+	}
+	if c := changes(m, 103); len(c) != 3 || !reflect.DeepEqual(c[2], Change{UID: 2, ModSeq: 106, Expunged: true}) {
+		t.Fatalf("changes after the retry: %+v", c)
+	}
+	// An incremental save that fails (the store was rebuilt and lost the
+	// mailbox) is retried at once as a full one.
+	saved, failures = nil, 1
+	applied(m.Apply(Changes{Upsert: msgs(nil, 5)}))
+	if len(saved) != 1 || !saved[0].Reset || len(saved[0].Upsert) != 4 || saved[0].Highest != 107 {
+		t.Fatalf("saved %+v, want the whole state at 107", saved)
+	}
+}
+
+// TestExpungeLogPruned: the expunge log is bounded by count (pruned to 7/8
+// of the bound when exceeded) and by age; the base rises past what was
+// dropped, so clients that knew the mailbox before get a full resync, and
+// what is saved drops the pruned expunges too. Before, the log grew for
+// the life of the mailbox, in memory and on disk.
+func TestExpungeLogPruned(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	clock = func() time.Time { return now }
+	defer func() { clock = time.Now }()
+	store, err := statestore.OpenBolt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	m := NewAt(1, 100)
+	m.SetPersister(func(b statestore.Batch) error { return store.Save("k", b) })
+	m.SetLogLimits(LogLimits{MaxExpunges: 16, MaxAge: time.Hour})
+	applied(m.Apply(Changes{Upsert: msgs(nil, seqUIDs(1, 40)...)})) // 101..140
+	for u := uint32(1); u <= 16; u++ {
+		applied(m.Apply(Changes{Expunged: []uint32{u}})) // 141..156
+	}
+	if m.Base() != 100 {
+		t.Fatalf("base %d with 16 expunges (the bound), want 100", m.Base())
+	}
+	applied(m.Apply(Changes{Expunged: []uint32{17}})) // 157: 17 > 16, down to 14
+	if got := m.Base(); got != 143 {
+		t.Fatalf("base %d after the bound was passed, want 143 (expunges of UIDs 1-3 dropped)", got)
+	}
+	var x []uint32
+	m.ChangesSince(m.Base(), func(c Change) {
+		if c.Expunged {
+			x = append(x, c.UID)
+		}
+	})
+	if want := seqUIDs(4, 17); !slices.Equal(x, want) {
+		t.Fatalf("expunges left %v, want %v", x, want)
+	}
+	if m.MaxUID() != 40 {
+		t.Fatalf("MaxUID %d, want 40", m.MaxUID())
+	}
+	sv, err := store.Load("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sv.Base != 143 || len(sv.Expunged) != 14 || sv.Expunged[0].UID != 4 || sv.MaxUID != 40 {
+		t.Fatalf("saved base %d, %d expunges from UID %d, MaxUID %d; want 143, 14 from 4, 40", sv.Base, len(sv.Expunged), sv.Expunged[0].UID, sv.MaxUID)
+	}
+	// Age: two hours on, the next change drops every older expunge.
+	now = now.Add(2 * time.Hour)
+	applied(m.Apply(Changes{Expunged: []uint32{40}})) // 158
+	if got := m.Base(); got != 157 {
+		t.Fatalf("base %d after the expunges aged, want 157", got)
+	}
+	r := Restore(mustLoad(t, store))
+	if r.Base() != 157 || r.MaxUID() != 40 || len(changes(r, 157)) != 1 {
+		t.Fatalf("restored: base %d, MaxUID %d, changes %+v", r.Base(), r.MaxUID(), changes(r, 157))
+	}
+	// A state restored with old expunges is pruned by SetLogLimits.
+	now = now.Add(2 * time.Hour)
+	r.SetLogLimits(LogLimits{MaxAge: time.Hour})
+	if r.Base() != 158 {
+		t.Fatalf("restored state's base %d after SetLogLimits, want 158", r.Base())
+	}
+}
+
+func mustLoad(t *testing.T, s *statestore.Bolt) *statestore.Saved {
+	t.Helper()
+	sv, err := s.Load("k")
+	if err != nil || sv == nil {
+		t.Fatalf("Load: %v, %v", sv, err)
+	}
+	return sv
 }

@@ -162,7 +162,7 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		log.Error("data directory", "err", err)
 		return 1
 	}
-	store, err := statestore.OpenBolt(settings.Data)
+	store, err := statestore.OpenBoltLog(settings.Data, log)
 	if err != nil {
 		log.Error("sync state store", "err", err)
 		return 1

@@ -313,15 +313,11 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 		if known == nil {
 			// Every UID up to the largest the mailbox ever had, as
 			// far as the state knows (expunged ones included).
-			last := uint32(0)
+			// (MaxUID: pruned expunges are not in the log.)
+			last := st.MaxUID()
 			if uids := m.UIDs(); len(uids) > 0 {
-				last = uids[len(uids)-1]
+				last = max(last, uids[len(uids)-1])
 			}
-			st.ChangesSince(0, func(c syncstate.Change) {
-				if c.Expunged {
-					last = max(last, c.UID)
-				}
-			})
 			if last > 0 {
 				known = imap.UIDSetNum()
 				known.AddRange(1, imap.UID(last))

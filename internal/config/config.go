@@ -18,6 +18,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
@@ -60,6 +61,9 @@ type Settings struct {
 	IdleKeepAlive Duration `toml:"idle-keepalive"`
 
 	NotifyPollInterval Duration `toml:"notify-poll-interval"`
+
+	ExpungeLogMax    int      `toml:"expunge-log-max"`
+	ExpungeLogMaxAge Duration `toml:"expunge-log-max-age"`
 
 	Metrics       string `toml:"metrics"`
 	ProxyProtocol string `toml:"proxy-protocol"`
@@ -111,6 +115,8 @@ func Defaults() Settings {
 		AuthFailureMaxDelay: Duration{30 * time.Second},
 		WatchGrace:          Duration{10 * time.Second},
 		IdleRenew:           Duration{25 * time.Minute},
+		ExpungeLogMax:       10000,
+		ExpungeLogMaxAge:    Duration{30 * 24 * time.Hour},
 	}
 }
 
@@ -151,6 +157,8 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.NotifyPollInterval, "notify-poll-interval", s.NotifyPollInterval, "how often NOTIFY's account watcher polls LIST, LSUB and STATUS for mailboxes other than the selected one and INBOX")
 	fs.TextVar(&s.WatchGrace, "watch-grace", s.WatchGrace, "how long a mailbox watcher outlives its last session")
 	fs.TextVar(&s.IdleRenew, "idle-renew", s.IdleRenew, "how long a watcher's upstream IDLE runs before it is renewed (under 29m)")
+	fs.IntVar(&s.ExpungeLogMax, "expunge-log-max", s.ExpungeLogMax, "most expunges remembered per mailbox for QRESYNC; clients that knew the mailbox before the oldest get a full resync; 0: no limit")
+	fs.TextVar(&s.ExpungeLogMaxAge, "expunge-log-max-age", s.ExpungeLogMaxAge, "expunges older than this are forgotten (clients that knew the mailbox before get a full resync); 0: no limit")
 	fs.TextVar(&s.IdleKeepAlive, "idle-keepalive", s.IdleKeepAlive, "interval of \"* OK Still here\" to idling clients; 0 (the default) sends none, to spare batteries")
 }
 
@@ -279,6 +287,7 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.Hub.PollInterval = s.PollInterval.Duration
 	cfg.Hub.Grace = s.WatchGrace.Duration
 	cfg.Hub.IdleRenew = s.IdleRenew.Duration
+	cfg.Hub.ExpungeLog = syncstate.LogLimits{MaxExpunges: s.ExpungeLogMax, MaxAge: s.ExpungeLogMaxAge.Duration}
 	cfg.Logger = log
 	return cfg, nil
 }

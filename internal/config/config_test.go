@@ -74,6 +74,8 @@ func TestDefaults(t *testing.T) {
 		SessionsPerUser:     50,
 		PreAuthCommands:     25,
 		AuthFailureMaxDelay: Duration{30 * time.Second},
+		ExpungeLogMax:       10000,
+		ExpungeLogMaxAge:    Duration{720 * time.Hour},
 	}
 	if got := Defaults(); got != want {
 		t.Errorf("Defaults() = %+v\nwant %+v", got, want)
@@ -154,6 +156,8 @@ watch-grace = "3s"
 idle-renew = "20m"
 idle-keepalive = "10m"
 notify-poll-interval = "2m"
+expunge-log-max = 500
+expunge-log-max-age = "48h"
 `
 
 var fullFileSettings = Settings{
@@ -190,6 +194,8 @@ var fullFileSettings = Settings{
 	SessionsPerUser:     50,
 	PreAuthCommands:     25,
 	AuthFailureMaxDelay: Duration{30 * time.Second},
+	ExpungeLogMax:       500,
+	ExpungeLogMaxAge:    Duration{48 * time.Hour},
 }
 
 func TestParseFile(t *testing.T) {

@@ -86,7 +86,7 @@ func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, opts
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			w.run()
+			w.runGuarded()
 		}()
 	}
 	s := &Sub{w: w, fn: fn, opts: opts}

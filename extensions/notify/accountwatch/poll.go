@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
@@ -89,7 +90,7 @@ func (w *watcher) run() {
 			w.conn.Logout()
 		}
 	}()
-	first := true
+	first := !isClosed(w.ready) // false when run again after a panic
 	failures := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -169,6 +170,48 @@ func (w *watcher) run() {
 			}
 		}
 		timer.Reset(d)
+	}
+}
+
+// runGuarded runs the watcher, and runs it again a second later if it
+// panics: the panic is logged and counted, the watcher's connection closed,
+// and its subscribers and the process go on. A watcher that panics before
+// its first poll is done fails its first Watch instead.
+func (w *watcher) runGuarded() {
+	for {
+		var perr error
+		func() {
+			defer recovery.Recover(recovery.AccountWatcher, w.log(), func(err error) { perr = err })
+			w.run()
+		}()
+		if perr == nil {
+			return
+		}
+		w.dropConn()
+		if !isClosed(w.ready) {
+			w.m.mu.Lock()
+			if w.m.accts[w.account] == w {
+				delete(w.m.accts, w.account)
+			}
+			w.m.mu.Unlock()
+			w.readyErr = perr
+			close(w.ready)
+			return
+		}
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
