@@ -87,10 +87,11 @@ func (m *readerModel) readLine() (line []byte, lit *LiteralHeader, err error, fa
 	}
 	size, _ := strconv.ParseInt(digits, 10, 64)
 	h := &LiteralHeader{Size: size, Binary: sm[3] > sm[2], NonSync: sm[7] > sm[6], Start: sm[0]}
+	m.remain = size
 	if size > m.lim.MaxLiteral {
+		// Refused but pending: the next ReadLine skips its bytes.
 		return line, h, ErrLiteralTooLarge, false
 	}
-	m.remain = size
 	return line, h, nil, false
 }
 

@@ -192,7 +192,7 @@ func TestQResyncSelect(t *testing.T) {
 			"* OK [HIGHESTMODSEQ 10] Highest", "* VANISHED (EARLIER) 3", `* 1 FETCH (UID 2 FLAGS (\Flagged) MODSEQ (6))`,
 			"OK [READ-ONLY] EXAMINE completed")},
 		// Up to date: nothing to report.
-		{"EXAMINE INBOX (QRESYNC (1 10 1:4 (1:2 2:4)))", append(append([]string{"* OK [CLOSED] Previous mailbox closed."}, selectHead(2, 5, `\flagged`)...),
+		{"EXAMINE INBOX (QRESYNC (1 10 1:4 (1:3 2:4)))", append(append([]string{"* OK [CLOSED] Previous mailbox closed."}, selectHead(2, 5, `\flagged`)...),
 			"* OK [HIGHESTMODSEQ 10] Highest", "OK [READ-ONLY] EXAMINE completed")},
 		// A mod-sequence the state never handed out: everything the
 		// client may hold is resynchronised.
