@@ -54,6 +54,11 @@ type Settings struct {
 	PreAuthTimeout   Duration `toml:"preauth-timeout"`
 	IdleTimeout      Duration `toml:"idle-timeout"`
 
+	// Literal bytes of one command other than APPEND after login, and of
+	// one command before login; 0 selects the proxy's default.
+	MaxOtherCommandBytes   int64 `toml:"max-other-command-bytes"`
+	MaxPreAuthCommandBytes int64 `toml:"max-preauth-command-bytes"`
+
 	PollInterval  Duration `toml:"poll-interval"`
 	WatchGrace    Duration `toml:"watch-grace"`
 	IdleRenew     Duration `toml:"idle-renew"`
@@ -136,7 +141,9 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&s.MaxLine, "max-line", s.MaxLine, "longest command line a client may send, in bytes")
 	fs.Int64Var(&s.MaxLiteral, "max-literal", s.MaxLiteral, "largest literal in any command but APPEND, in bytes")
 	fs.Int64Var(&s.MaxAppend, "max-append", s.MaxAppend, "largest message an APPEND may carry, in bytes")
-	fs.Int64Var(&s.MaxCommandBytes, "max-command-bytes", s.MaxCommandBytes, "most literal bytes one command may carry in all (MULTIAPPEND, CATENATE, many literals); 0: max-append + max-literal")
+	fs.Int64Var(&s.MaxCommandBytes, "max-command-bytes", s.MaxCommandBytes, "most literal bytes one APPEND may carry in all (MULTIAPPEND, CATENATE); 0: max-append + max-literal")
+	fs.Int64Var(&s.MaxOtherCommandBytes, "max-other-command-bytes", s.MaxOtherCommandBytes, "most literal bytes any command but APPEND may carry in all after login (such commands are held in memory); 0: 262144")
+	fs.Int64Var(&s.MaxPreAuthCommandBytes, "max-preauth-command-bytes", s.MaxPreAuthCommandBytes, "most literal bytes one command may carry in all before login; 0: 8192")
 	fs.IntVar(&s.MaxDepth, "max-depth", s.MaxDepth, "deepest parenthesis nesting in a command")
 	fs.TextVar(&s.AuthFailureDelay, "auth-failure-delay", s.AuthFailureDelay, "delay before answering a failed login")
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
@@ -271,6 +278,8 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.Limits = imapcodec.Limits{MaxLine: s.MaxLine, MaxInlineLiteral: s.MaxLiteral, MaxDepth: s.MaxDepth}
 	cfg.MaxAppendLiteral = s.MaxAppend
 	cfg.MaxCommandBytes = s.MaxCommandBytes
+	cfg.MaxOtherCommandBytes = s.MaxOtherCommandBytes
+	cfg.MaxPreAuthCommandBytes = s.MaxPreAuthCommandBytes
 	cfg.AuthFailureDelay = s.AuthFailureDelay.Duration
 	cfg.PreAuthTimeout = s.PreAuthTimeout.Duration
 	cfg.IdleTimeout = s.IdleTimeout.Duration
