@@ -91,7 +91,14 @@ type Config struct {
 	// still reconciled with the upstream. States of mailboxes beyond it
 	// cost disk only. Default 256; negative keeps none.
 	StateCache int
-	Logger     *slog.Logger
+	// Pool, if set, is the upstream pool whose Budget bounds each
+	// account's connections: watchers dial through it (upstream.Optional:
+	// a watcher is what the hub gives up first), the hub's least recently
+	// used watchers are reclaimed for other connections of the account,
+	// and a mailbox left without a watcher is kept up to date on
+	// connections lent from the pool (see box.passiveLoop).
+	Pool   *upstream.Pool
+	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -162,6 +169,9 @@ func New(cfg Config) *Hub {
 		h.cold, _ = lru.New[Key, *syncstate.Mailbox](h.cfg.StateCache)
 	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
+	if h.cfg.Pool != nil {
+		h.cfg.Pool.Budget().AddReclaimer(h.reclaim)
+	}
 	return h
 }
 
@@ -223,6 +233,7 @@ type Subscription struct {
 	box    *box
 	notify func()
 	state  *syncstate.Mailbox // the state the session started with
+	idle   bool               // guarded by hub.mu; see SetIdle
 }
 
 // Watch subscribes to a mailbox, starting its watcher if needed, and waits
@@ -249,6 +260,7 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 	b.dial = dial
 	sub := &Subscription{box: b, notify: notify}
 	b.subs[sub] = struct{}{}
+	b.touch()
 	if b.graceTimer != nil {
 		b.graceTimer.Stop()
 		b.graceTimer = nil
@@ -305,6 +317,37 @@ func (s *Subscription) LastChangeWait() time.Duration {
 	return time.Duration(s.box.lastWait.Load())
 }
 
+// SetIdle says whether the subscriber waits for pushes (its client idles:
+// IDLE, NOTIFY) rather than hearing of changes at its commands. Watchers
+// of mailboxes with idling subscribers are the last the budget reclaims,
+// and a mailbox left without a watcher gets one back as soon as the
+// budget allows once a subscriber idles.
+func (s *Subscription) SetIdle(idle bool) {
+	b := s.box
+	h := b.hub
+	h.mu.Lock()
+	if _, ok := b.subs[s]; !ok || s.idle == idle {
+		h.mu.Unlock()
+		return
+	}
+	s.idle = idle
+	if idle {
+		b.idleSubs++
+	} else {
+		b.idleSubs--
+	}
+	h.mu.Unlock()
+	if idle && b.passive.Load() {
+		b.wantWatcher.Store(true)
+		b.signal()
+	}
+}
+
+// Passive reports whether the mailbox has no watcher connection now (the
+// account's budget is used up): its state is then brought up to date only
+// when someone asks (Sync), so a session catches up before each command.
+func (s *Subscription) Passive() bool { return s.box.passive.Load() }
+
 // Close ends the subscription; the watcher stops after the grace period if
 // nobody else watches.
 func (s *Subscription) Close() {
@@ -316,6 +359,9 @@ func (s *Subscription) Close() {
 		return
 	}
 	delete(b.subs, s)
+	if s.idle {
+		b.idleSubs--
+	}
 	if len(b.subs) == 0 && b.graceTimer == nil {
 		b.graceTimer = time.AfterFunc(h.cfg.Grace, func() {
 			h.mu.Lock()

@@ -259,6 +259,7 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		return x.done("NO", "UNAVAILABLE", "Cannot open the mailbox now; try again later.")
 	}
 	m.sub, m.state = sub, sub.State()
+	sub.SetIdle(Updates(s.updates.Load()) != UpdatesWithCommands)
 	// The watcher may have been running for other sessions and not have
 	// heard yet of changes this client already made through pooled
 	// connections (CLOSE, APPEND in the authenticated state): catch up, so

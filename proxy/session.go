@@ -510,6 +510,11 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 			}
 			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
 		}
+		// A mailbox the account's connection budget leaves unwatched is
+		// brought up to date before each command (hub budget.go).
+		if s.mbox.sub.Passive() {
+			s.syncMailbox(ctx, syncTimeout)
+		}
 		// Report what is already known first, so the client's view (and
 		// the translation of this command's answers) includes it.
 		if !streamed {

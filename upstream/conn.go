@@ -16,6 +16,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -101,6 +102,7 @@ type Conn struct {
 	caps Caps
 
 	tagSeq     atomic.Uint64
+	onClose    atomic.Pointer[func()] // gives the connection's Budget count back
 	broken     bool
 	compressed bool // COMPRESS=DEFLATE is on, see compress.go
 
@@ -283,10 +285,28 @@ func (c *Conn) Broken() bool { return c.broken }
 func (c *Conn) Seen() { c.lastSeen = time.Now() }
 
 // Close closes the network connection.
+//
+// A connection counted in a Budget is given back only once the server
+// has closed its side too (or after closeWait): a server counts a
+// connection until it has noticed the close, and the budget must not let
+// another one in before (Dovecot's mail_max_userip_connections).
 func (c *Conn) Close() error {
 	c.broken = true
-	return c.nc.Close()
+	f := c.onClose.Swap(nil)
+	if f == nil {
+		return c.nc.Close()
+	}
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.nc.SetReadDeadline(time.Now().Add(closeWait))
+		io.Copy(io.Discard, c.nc)
+	}
+	err := c.nc.Close()
+	(*f)()
+	return err
 }
+
+// closeWait bounds how long Close waits for the server to close its side.
+const closeWait = 500 * time.Millisecond
 
 // Logout sends LOGOUT and closes the connection, waiting briefly.
 func (c *Conn) Logout() {
@@ -442,6 +462,11 @@ func (c *Conn) Login(ctx context.Context, user, pass string) (string, error) {
 	}
 	resp, err := c.Exec(ctx, cmd, nil)
 	var se *StatusError
+	if errors.As(err, &se) && strings.EqualFold(se.Head.Code, "LIMIT") {
+		// Not the credentials: the server's limit of connections
+		// (Dovecot's mail_max_userip_connections answers NO [LIMIT]).
+		return "", fmt.Errorf("%w: %w: %s", ErrUnavailable, ErrLimit, se.Head.Text)
+	}
 	if errors.As(err, &se) {
 		return "", fmt.Errorf("%w: %s", ErrAuthFailed, se.Head.Text)
 	}

@@ -26,3 +26,24 @@ func TestCommandBytesSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamConnsPerAccount: the budget's flag and key reach the pool's
+// configuration; 0 (the default) leaves the pool's default.
+func TestUpstreamConnsPerAccount(t *testing.T) {
+	path := writeFile(t, "c.toml", "upstream-conns-per-account = 7\n")
+	s := parse(t, "-config", path)
+	if s.UpstreamConnsPerAccount != 7 {
+		t.Errorf("file: %d", s.UpstreamConnsPerAccount)
+	}
+	if s := parse(t, "-config", path, "-upstream-conns-per-account", "-1"); s.UpstreamConnsPerAccount != -1 {
+		t.Errorf("flag over file: %d", s.UpstreamConnsPerAccount)
+	}
+	s.Upstream = "u:143"
+	cfg, err := s.ProxyConfig(nil, discardLog)
+	if err != nil || cfg.Pool.MaxConnsPerAccount != 7 {
+		t.Errorf("ProxyConfig: %d, %v", cfg.Pool.MaxConnsPerAccount, err)
+	}
+	if d := Defaults().UpstreamConnsPerAccount; d != 0 {
+		t.Errorf("default %d; want 0 (the pool's default, 10)", d)
+	}
+}

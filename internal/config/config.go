@@ -42,6 +42,10 @@ type Settings struct {
 	PoolIdleTotal      int      `toml:"pool-idle-total"`
 	PoolIdleTimeout    Duration `toml:"pool-idle-timeout"`
 
+	// Upstream connections one account may have open at once; 0 selects
+	// the default (10), -1 none.
+	UpstreamConnsPerAccount int `toml:"upstream-conns-per-account"`
+
 	Data     string `toml:"data"`
 	LogLevel string `toml:"log-level"`
 
@@ -136,6 +140,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&s.PoolIdlePerAccount, "pool-idle-per-account", s.PoolIdlePerAccount, "idle upstream connections kept per account")
 	fs.IntVar(&s.PoolIdleTotal, "pool-idle-total", s.PoolIdleTotal, "idle upstream connections kept in total")
 	fs.TextVar(&s.PoolIdleTimeout, "pool-idle-timeout", s.PoolIdleTimeout, "close idle upstream connections after this long")
+	fs.IntVar(&s.UpstreamConnsPerAccount, "upstream-conns-per-account", s.UpstreamConnsPerAccount, "most upstream connections one account may have open at once (login, leased, pooled, watchers); 0: 10; -1: no limit")
 	fs.StringVar(&s.Data, "data", s.Data, "directory for persistent state")
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "log level: debug, info, warn or error")
 	fs.IntVar(&s.MaxLine, "max-line", s.MaxLine, "longest command line a client may send, in bytes")
@@ -270,6 +275,8 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 		MaxIdlePerAccount: s.PoolIdlePerAccount,
 		MaxIdle:           s.PoolIdleTotal,
 		IdleTimeout:       s.PoolIdleTimeout.Duration,
+
+		MaxConnsPerAccount: s.UpstreamConnsPerAccount,
 	}
 	if certs != nil {
 		cfg.TLS = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
