@@ -145,6 +145,14 @@ func (b *box) refreshLent(log interface{ Warn(string, ...any) }) error {
 		log.Warn("no connection to refresh an unwatched mailbox", "err", err)
 		return err
 	}
+	// A lent connection may have a mailbox selected, this one included:
+	// leave it, so that the EXAMINE is sent (Select skips a mailbox
+	// already selected, and the full sync needs its UIDVALIDITY and
+	// EXISTS) and nothing of another mailbox is read as this one's.
+	if err := c.Unselect(ctx); err != nil {
+		c.Close()
+		return err
+	}
 	w := &watch{box: b, log: log, conn: c}
 	err = w.fullSync(ctx)
 	if err != nil {
