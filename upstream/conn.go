@@ -103,6 +103,7 @@ type Conn struct {
 
 	tagSeq     atomic.Uint64
 	onClose    atomic.Pointer[func()] // gives the connection's Budget count back
+	wShut      bool                   // the sending side is shut (Close)
 	broken     bool
 	compressed bool // COMPRESS=DEFLATE is on, see compress.go
 
@@ -296,13 +297,24 @@ func (c *Conn) Close() error {
 	if f == nil {
 		return c.nc.Close()
 	}
-	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+	if c.shutWrite() {
 		c.nc.SetReadDeadline(time.Now().Add(closeWait))
 		io.Copy(io.Discard, c.nc)
 	}
 	err := c.nc.Close()
 	(*f)()
 	return err
+}
+
+// shutWrite ends the connection's sending side (the server sees the
+// close), once; it reports whether that side is shut.
+func (c *Conn) shutWrite() bool {
+	if c.wShut {
+		return true
+	}
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	c.wShut = ok && cw.CloseWrite() == nil
+	return c.wShut
 }
 
 // closeWait bounds how long Close waits for the server to close its side.

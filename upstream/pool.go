@@ -126,6 +126,13 @@ func (p *Pool) closeEvicted() {
 	ev := p.evicted
 	p.evicted = nil
 	p.mu.Unlock()
+	// Every server hears of its connection's end at once; then each
+	// Close waits for its server (see Conn.Close).
+	for _, c := range ev {
+		if c.onClose.Load() != nil {
+			c.shutWrite()
+		}
+	}
 	for _, c := range ev {
 		c.Close()
 	}
