@@ -95,7 +95,14 @@ type Config struct {
 	// ExpungeLog bounds every state's expunge log (see
 	// syncstate.LogLimits); zero values keep everything.
 	ExpungeLog syncstate.LogLimits
-	Logger     *slog.Logger
+	// Pool, if set, is the upstream pool whose Budget bounds each
+	// account's connections: watchers dial through it (upstream.Optional:
+	// a watcher is what the hub gives up first), the hub's least recently
+	// used watchers are reclaimed for other connections of the account,
+	// and a mailbox left without a watcher is kept up to date on
+	// connections lent from the pool (see box.passiveLoop).
+	Pool   *upstream.Pool
+	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -166,6 +173,9 @@ func New(cfg Config) *Hub {
 		h.cold, _ = lru.New[Key, *syncstate.Mailbox](h.cfg.StateCache)
 	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
+	if h.cfg.Pool != nil {
+		h.cfg.Pool.Budget().AddReclaimer(h.reclaim)
+	}
 	return h
 }
 
@@ -227,6 +237,7 @@ type Subscription struct {
 	box    *box
 	notify func()
 	state  *syncstate.Mailbox // the state the session started with
+	idle   bool               // guarded by hub.mu; see SetIdle
 }
 
 // Watch subscribes to a mailbox, starting its watcher if needed, and waits
@@ -254,6 +265,7 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 	b.dial = dial
 	sub := &Subscription{box: b, notify: notify}
 	b.subs[sub] = struct{}{}
+	b.touch()
 	if b.graceTimer != nil {
 		b.graceTimer.Stop()
 		b.graceTimer = nil
@@ -330,18 +342,25 @@ func (h *Hub) Resync(ctx context.Context, key Key, uidValidity uint32) error {
 	case b.wake <- struct{}{}: // a polling watcher, not reading
 	default:
 	}
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
 	for {
 		if st := b.state(); st != nil && st.UIDValidity() == uidValidity {
 			return nil
 		}
+		// A round trip of the box: a watcher answers once it has
+		// reconnected and synced in full; a box without a watcher (see
+		// passiveLoop) refreshes on a lent connection.
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := b.sync(sctx)
+		cancel()
+		if st := b.state(); st != nil && st.UIDValidity() == uidValidity {
+			return nil
+		}
 		select {
-		case <-t.C:
 		case <-ctx.Done():
-			return fmt.Errorf("hub: %q did not resync to UIDVALIDITY %d: %w", key.Mailbox, uidValidity, ctx.Err())
+			return fmt.Errorf("hub: %q did not resync to UIDVALIDITY %d: %w", key.Mailbox, uidValidity, errors.Join(ctx.Err(), err))
 		case <-b.stopped:
 			return errors.New("hub: watcher stopped")
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
@@ -359,6 +378,37 @@ func (s *Subscription) LastChangeWait() time.Duration {
 	return time.Duration(s.box.lastWait.Load())
 }
 
+// SetIdle says whether the subscriber waits for pushes (its client idles:
+// IDLE, NOTIFY) rather than hearing of changes at its commands. Watchers
+// of mailboxes with idling subscribers are the last the budget reclaims,
+// and a mailbox left without a watcher gets one back as soon as the
+// budget allows once a subscriber idles.
+func (s *Subscription) SetIdle(idle bool) {
+	b := s.box
+	h := b.hub
+	h.mu.Lock()
+	if _, ok := b.subs[s]; !ok || s.idle == idle {
+		h.mu.Unlock()
+		return
+	}
+	s.idle = idle
+	if idle {
+		b.idleSubs++
+	} else {
+		b.idleSubs--
+	}
+	h.mu.Unlock()
+	if idle && b.passive.Load() {
+		b.wantWatcher.Store(true)
+		b.signal()
+	}
+}
+
+// Passive reports whether the mailbox has no watcher connection now (the
+// account's budget is used up): its state is then brought up to date only
+// when someone asks (Sync), so a session catches up before each command.
+func (s *Subscription) Passive() bool { return s.box.passive.Load() }
+
 // Close ends the subscription; the watcher stops after the grace period if
 // nobody else watches.
 func (s *Subscription) Close() {
@@ -370,6 +420,9 @@ func (s *Subscription) Close() {
 		return
 	}
 	delete(b.subs, s)
+	if s.idle {
+		b.idleSubs--
+	}
 	if len(b.subs) == 0 && b.graceTimer == nil {
 		b.graceTimer = time.AfterFunc(h.cfg.Grace, func() {
 			h.mu.Lock()

@@ -57,6 +57,18 @@ type box struct {
 	claimReqs []*claimReq    // claims waiting for the box's goroutine
 	conn      *upstream.Conn // current connection, for interrupting reads
 
+	// The account's connection budget (budget.go): dropConn, set while
+	// the watcher holds a connection, closes it (guarded by hub.mu, as
+	// idleSubs, the subscribers that idle); lastUsed is when a session
+	// last subscribed or asked for a round trip (UnixNano); passive is
+	// set while the box has no connection; wantWatcher asks a passive box
+	// to try for one.
+	dropConn    context.CancelFunc
+	idleSubs    int
+	lastUsed    atomic.Int64
+	passive     atomic.Bool
+	wantWatcher atomic.Bool
+
 	// Owned by the box's goroutine (see claim).
 	claims   map[uint32]*claim // standing claims by UID
 	trips    uint64            // round trips (NOOP) started
@@ -74,6 +86,7 @@ func (b *box) state() *syncstate.Mailbox { return b.st.Load() }
 
 // sync asks the watcher for a round trip to the upstream and waits for it.
 func (b *box) sync(ctx context.Context) error {
+	b.touch()
 	done := make(chan error, 1)
 	b.syncMu.Lock()
 	b.syncReqs = append(b.syncReqs, done)
@@ -133,6 +146,7 @@ func (b *box) run() {
 	log := b.hub.cfg.Logger.With("watcher", b.key.Mailbox)
 	readyOnce := sync.OnceFunc(func() { close(b.ready) })
 	defer readyOnce()
+	retried := false // the last watcher connection was a passive box's try
 	for attempt := 0; ; attempt++ {
 		w := &watch{box: b, log: log}
 		err := b.serveGuarded(w, readyOnce)
@@ -140,6 +154,19 @@ func (b *box) run() {
 			b.hub.keepCold(b)
 			return
 		}
+		if w.dropped || errors.Is(err, upstream.ErrBudget) {
+			// The account's budget took the connection, or had none:
+			// keep the state without one until a subscriber idles.
+			if !b.passiveLoop(log, readyOnce, retried) {
+				if b.ctx.Err() != nil {
+					b.hub.keepCold(b)
+				}
+				return
+			}
+			retried, attempt = true, -1
+			continue
+		}
+		retried = false
 		if w.synced {
 			attempt = 0
 		}
@@ -224,6 +251,8 @@ type watch struct {
 	conn   *upstream.Conn
 	view   []uint32 // the connection's message sequence: UIDs by seqnum
 	synced bool
+	// dropped: the account's budget reclaimed the connection (budget.go).
+	dropped bool
 
 	batch     syncstate.Changes
 	needFetch bool
@@ -233,14 +262,26 @@ type watch struct {
 
 func (w *watch) serve(ready func()) error {
 	b := w.box
-	ctx := b.ctx
 	b.hub.mu.Lock()
 	dial := b.dial // Watch replaces it under hub.mu
 	b.hub.mu.Unlock()
-	conn, err := dial(ctx)
+	// A watcher's connection is the first thing an account's budget
+	// gives up: it may be refused one, and reclaimed (dropConn) later.
+	conn, err := dial(upstream.Optional(b.ctx))
 	if err != nil {
 		return err
 	}
+	ctx, drop := context.WithCancel(b.ctx)
+	defer drop()
+	b.hub.mu.Lock()
+	b.dropConn = drop
+	b.hub.mu.Unlock()
+	defer func() {
+		b.hub.mu.Lock()
+		b.dropConn = nil
+		b.hub.mu.Unlock()
+		w.dropped = ctx.Err() != nil && b.ctx.Err() == nil
+	}()
 	w.conn = conn
 	b.live.Store(conn)
 	defer b.live.Store(nil)

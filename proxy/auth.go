@@ -109,14 +109,9 @@ func (s *Session) cmdAuthenticate(ctx context.Context, x *Exchange) error {
 func (s *Session) authenticate(ctx context.Context, tag, user, pass string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, err := upstream.Dial(ctx, &s.srv.cfg.Upstream)
+	account := accountKey(&s.srv.cfg.Upstream, user)
+	c, text, err := s.srv.pool.Budget().DialLogin(ctx, &s.srv.cfg.Upstream, account, user, pass)
 	if err != nil {
-		s.log.Warn("upstream unreachable at login", "err", err)
-		return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
-	}
-	text, err := c.Login(ctx, user, pass)
-	if err != nil {
-		c.Close()
 		if errors.Is(err, upstream.ErrAuthFailed) {
 			s.log.Info("login failed", "user", user)
 			return s.authFailed(tag)
@@ -124,7 +119,6 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		s.log.Warn("upstream failed during login", "err", err)
 		return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 	}
-	account := s.srv.cfg.Upstream.Addr + "\x00" + user
 	s.srv.limits.succeeded(s.addr)
 	if !s.srv.limits.login(account) {
 		c.Logout()

@@ -10,7 +10,8 @@ import (
 )
 
 // TestCommandLiteralTotal: the literals of one command together are bounded
-// by MaxCommandBytes, each staying within its own limit. Over it, the
+// (MaxPreAuthCommandBytes before login, MaxCommandBytes for APPEND,
+// MaxOtherCommandBytes for the rest; all set alike here), each staying within its own limit. Over it, the
 // command is refused with NO [TOOBIG] as an oversize literal is, on every
 // path that reads a command (into memory before login and in the selected
 // state, streamed to the upstream in the authenticated state; synchronising
@@ -18,7 +19,9 @@ import (
 func TestCommandLiteralTotal(t *testing.T) {
 	t.Parallel()
 	const limit = 10000
-	_, p := badInputProxy(t, func(cfg *proxy.Config) { cfg.MaxCommandBytes = limit })
+	_, p := badInputProxy(t, func(cfg *proxy.Config) {
+		cfg.MaxCommandBytes, cfg.MaxOtherCommandBytes, cfg.MaxPreAuthCommandBytes = limit, limit, limit
+	})
 	toobig := func(tag string, total int) string {
 		return fmt.Sprintf("%s NO [TOOBIG] Literals of %d bytes in one command exceed the limit of %d bytes.", tag, total, limit)
 	}
@@ -96,4 +99,55 @@ func TestCommandLiteralTotal(t *testing.T) {
 			testMaxAppend+testMaxInline+1, testMaxAppend+testMaxInline))
 		c.ExpectDo("b", "NOOP", "b OK NOOP completed.")
 	})
+}
+
+// TestCommandBytesByState: by default, a command before login may carry
+// only a few KiB of literals (8 KiB; LOGIN needs a name and a password),
+// and a command after login other than APPEND 256 KiB: such commands are
+// held in memory until they are answered (issue 16: 900 literals of
+// 64 KiB in one ID before login made the proxy hold 57 MiB per
+// connection). APPEND, which streams, keeps its own bound (the default
+// subtest of TestCommandLiteralTotal).
+func TestCommandBytesByState(t *testing.T) {
+	t.Parallel()
+	_, p := badInputProxy(t, nil)
+	x := func(n int) string { return strings.Repeat("x", n) }
+	// nonSync is head, n non-synchronising literals of size bytes, each
+	// after prefix (with %d: the literal's index), then suffix, and the
+	// next command.
+	nonSync := func(head, prefix string, n, size int, suffix, next string) []byte {
+		var b strings.Builder
+		b.WriteString(head)
+		for i := range n {
+			if strings.Contains(prefix, "%d") {
+				fmt.Fprintf(&b, prefix, i)
+			} else {
+				b.WriteString(prefix)
+			}
+			fmt.Fprintf(&b, "{%d+}\r\n%s", size, x(size))
+		}
+		b.WriteString(suffix + "\r\n" + next + "\r\n")
+		return []byte(b.String())
+	}
+	c := imaptest.Dial(t, p.Addr)
+	// Before login: at the limit is fine, one literal more is refused and
+	// the rest of the command dropped.
+	c.WriteBytes(nonSync(`a ID ("id" "x"`, ` "k%d" `, 2, proxy.DefaultMaxPreAuthCommandBytes/2, `)`, "b NOOP"))
+	c.Expect("* ID *", "a OK *", "b OK NOOP completed.")
+	c.WriteBytes(nonSync(`c ID ("id" "x"`, ` "k%d" `, 3, 4000, `)`, "d NOOP"))
+	c.Expect(fmt.Sprintf("c NO [TOOBIG] Literals of 12000 bytes in one command exceed the limit of %d bytes.", proxy.DefaultMaxPreAuthCommandBytes),
+		"d OK NOOP completed.")
+
+	// After login, in the selected state: SEARCH with literals of 256 KiB
+	// in all passes, one byte more does not.
+	c.LoginTagged("alice", "secret")
+	if got := c.Do("e", "SELECT INBOX"); !strings.HasPrefix(got[len(got)-1], "e OK ") {
+		t.Fatalf("SELECT INBOX: %q", got)
+	}
+	n := proxy.DefaultMaxOtherCommandBytes / testMaxInline
+	c.WriteBytes(nonSync("f SEARCH", ` TEXT `, n, testMaxInline, "", "g NOOP"))
+	c.Expect("* SEARCH", "f OK SEARCH*", "g OK NOOP completed.")
+	c.WriteBytes(nonSync("h SEARCH", ` TEXT `, n, testMaxInline, " TEXT {1+}\r\ny", "i NOOP"))
+	c.Expect(fmt.Sprintf("h NO [TOOBIG] Literals of %d bytes in one command exceed the limit of %d bytes.",
+		proxy.DefaultMaxOtherCommandBytes+1, proxy.DefaultMaxOtherCommandBytes), "i OK NOOP completed.")
 }

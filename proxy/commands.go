@@ -369,6 +369,7 @@ func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub
 		return err
 	}
 	m.sub, m.state = sub, sub.State()
+	sub.SetIdle(Updates(s.updates.Load()) != UpdatesWithCommands)
 	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	if err := sub.Sync(sctx); err != nil {
 		s.log.Debug("mailbox sync failed", "err", err)

@@ -37,14 +37,22 @@ type Config struct {
 	// MaxAppendLiteral is the largest message an APPEND may carry.
 	// Default 64 MiB.
 	MaxAppendLiteral int64
-	// MaxCommandBytes bounds the literals of one command together (the
-	// messages of a MULTIAPPEND, the parts of a CATENATE, many literals in
-	// a SEARCH): each literal is also bounded by its own limit. Commands
-	// other than APPEND are read into memory before they are relayed, so
-	// this is also what one command may make a session hold. Default
-	// MaxAppendLiteral + Limits.MaxInlineLiteral: the largest message plus
-	// one literal of other arguments (64 MiB + 64 KiB).
+	// MaxCommandBytes bounds the literals of one APPEND together (the
+	// messages of a MULTIAPPEND, the parts of a CATENATE): each literal is
+	// also bounded by its own limit. APPEND streams to the upstream, so
+	// this is not memory the session holds. Default MaxAppendLiteral +
+	// Limits.MaxInlineLiteral: the largest message plus one literal of
+	// other arguments (64 MiB + 64 KiB).
 	MaxCommandBytes int64
+	// MaxOtherCommandBytes bounds the literals of one command other than
+	// APPEND together, after login (search keys, mailbox names, flags).
+	// Such commands are read into memory before they are relayed, so this
+	// is what one command may make a session hold. Default 256 KiB.
+	MaxOtherCommandBytes int64
+	// MaxPreAuthCommandBytes bounds the literals of one command together
+	// before login (a user name and a password need far less). Default
+	// 8 KiB.
+	MaxPreAuthCommandBytes int64
 
 	// AuthFailureDelay is how long a failed login waits before its NO.
 	// Default 2 s.
@@ -77,6 +85,13 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// The defaults of Config.MaxOtherCommandBytes and
+// Config.MaxPreAuthCommandBytes.
+const (
+	DefaultMaxOtherCommandBytes   = 256 << 10
+	DefaultMaxPreAuthCommandBytes = 8 << 10
+)
+
 func (c Config) withDefaults() Config {
 	c.Limits = c.Limits.WithDefaults()
 	if c.MaxAppendLiteral <= 0 {
@@ -87,6 +102,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxCommandBytes <= 0 {
 		c.MaxCommandBytes = c.MaxAppendLiteral + c.Limits.MaxInlineLiteral
+	}
+	if c.MaxOtherCommandBytes <= 0 {
+		c.MaxOtherCommandBytes = DefaultMaxOtherCommandBytes
+	}
+	if c.MaxPreAuthCommandBytes <= 0 {
+		c.MaxPreAuthCommandBytes = DefaultMaxPreAuthCommandBytes
 	}
 	if c.AuthFailureDelay == 0 {
 		c.AuthFailureDelay = 2 * time.Second
@@ -120,6 +141,8 @@ func (c Config) reloadable(into Config) Config {
 	into.Limits = c.Limits
 	into.MaxAppendLiteral = c.MaxAppendLiteral
 	into.MaxCommandBytes = c.MaxCommandBytes
+	into.MaxOtherCommandBytes = c.MaxOtherCommandBytes
+	into.MaxPreAuthCommandBytes = c.MaxPreAuthCommandBytes
 	into.AuthFailureDelay = c.AuthFailureDelay
 	into.PreAuthTimeout = c.PreAuthTimeout
 	into.IdleTimeout = c.IdleTimeout

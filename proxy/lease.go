@@ -118,8 +118,13 @@ func (s *Session) catchUp(ctx context.Context, c *upstream.Conn, fresh bool) err
 // dialUpstream opens and authenticates a new upstream connection with the
 // session's credentials.
 func (s *Session) dialUpstream(ctx context.Context) (*upstream.Conn, error) {
-	return upstream.DialLogin(ctx, &s.srv.cfg.Upstream, s.user, s.pass)
+	c, _, err := s.srv.pool.Budget().DialLogin(ctx, &s.srv.cfg.Upstream, s.account, s.user, s.pass)
+	return c, err
 }
+
+// accountKey is the pool key of user at the upstream: the authenticated
+// upstream identity every per-account structure is keyed by.
+func accountKey(cfg *upstream.Config, user string) string { return cfg.Addr + "\x00" + user }
 
 // release gives the upstream connection back to the pool after a
 // command. No session keeps a connection between commands: in the selected

@@ -125,6 +125,7 @@ func (ms *MailboxService) Watch(ctx context.Context, a Account, name string, not
 	if err != nil {
 		return nil, nil, err
 	}
+	sub.SetIdle(true) // the caller waits for pushes
 	return sub.State(), sub.Close, nil
 }
 

@@ -38,6 +38,9 @@ const (
 // filter asks) and returns the previous setting.
 func (s *Session) SetUpdates(u Updates) Updates {
 	prev := Updates(s.updates.Swap(int32(u)))
+	if s.mbox != nil {
+		s.mbox.sub.SetIdle(u != UpdatesWithCommands)
+	}
 	if u != UpdatesWithCommands && s.hasNews() {
 		s.Wake()
 	}

@@ -36,7 +36,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 		limit = s.cfg.MaxAppendLiteral
 	}
 	if lit := first.Literal; lit != nil {
-		if why := s.literalTooBig(lit, limit, 0); why != "" {
+		if why := s.literalTooBig(lit, limit, s.commandBytes(cmd.Name), 0); why != "" {
 			return s.refuseLiteral(cmd.Tag, lit, why)
 		}
 	}
@@ -56,11 +56,11 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 	upTag := up.NextTag()
 	w := up.Writer()
 	pending := append([]byte(upTag), first.Text[len(cmd.Tag):]...)
-	// litTotal counts the command's literals for MaxCommandBytes: every
+	// litTotal counts the command's literals for commandBytes: every
 	// message of a MULTIAPPEND, every part of a CATENATE.
 	var litTotal int64
 	for lit := first.Literal; lit != nil; {
-		if why := s.literalTooBig(lit, limit, litTotal); why != "" {
+		if why := s.literalTooBig(lit, limit, s.commandBytes(cmd.Name), litTotal); why != "" {
 			// Part of the command is already upstream and cannot be
 			// withdrawn: give up that connection.
 			up.MarkBroken()

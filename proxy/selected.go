@@ -100,9 +100,11 @@ func (s *Session) notify(m *selectedMailbox) func() {
 // connection. It captures the credentials, not the session.
 func (s *Session) watcherDial() hub.DialFunc {
 	cfg := &s.srv.cfg.Upstream
-	user, pass := s.user, s.pass
+	budget := s.srv.pool.Budget()
+	account, user, pass := s.account, s.user, s.pass
 	return func(ctx context.Context) (*upstream.Conn, error) {
-		return upstream.DialLogin(ctx, cfg, user, pass)
+		c, _, err := budget.DialLogin(ctx, cfg, account, user, pass)
+		return c, err
 	}
 }
 

@@ -71,10 +71,12 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Upstream.Addr == "" {
 		return nil, errors.New("proxy: no upstream address configured")
 	}
+	pool := upstream.NewPool(cfg.Pool)
+	cfg.Hub.Pool = pool // watchers share the account's budget (upstream.Budget)
 	s := &Server{
 		cfg:          cfg,
 		log:          cfg.Logger,
-		pool:         upstream.NewPool(cfg.Pool),
+		pool:         pool,
 		hub:          hub.New(cfg.Hub),
 		chain:        map[string][]CommandHandler{},
 		selectParams: map[string]SelectHook{},

@@ -485,7 +485,7 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 	// no extension handles. Everything else is read whole.
 	streamed := !isCore && !owned && (cmd.Name == "APPEND" || s.state == StateAuthenticated && len(handlers) == 0)
 	if !streamed {
-		full, ok, err := s.readRest(cmd.Tag, first, s.cfg.Limits.MaxInlineLiteral)
+		full, ok, err := s.readRest(cmd.Tag, cmd.Name, first, s.cfg.Limits.MaxInlineLiteral)
 		if err != nil || !ok {
 			return err
 		}
@@ -518,6 +518,11 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 				}
 			}
 			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
+		}
+		// A mailbox the account's connection budget leaves unwatched is
+		// brought up to date before each command (hub budget.go).
+		if s.mbox.sub.Passive() {
+			s.syncMailbox(ctx, syncTimeout)
 		}
 		// Report what is already known first, so the client's view (and
 		// the translation of this command's answers) includes it.
@@ -554,16 +559,16 @@ func plainErr(err error) string {
 }
 
 // readRest completes a command whose first segment has been read, reading
-// literals of up to limit bytes, and MaxCommandBytes together, into memory
-// (and sending the continuation request a synchronising literal needs). If
-// a literal is too large the client is answered and ok is false.
-func (s *Session) readRest(tag string, first imapcodec.Segment, limit int64) (segs []imapcodec.Segment, ok bool, err error) {
+// literals of up to limit bytes, and commandBytes(name) together, into
+// memory (and sending the continuation request a synchronising literal
+// needs). If a literal is too large the client is answered and ok is false.
+func (s *Session) readRest(tag, name string, first imapcodec.Segment, limit int64) (segs []imapcodec.Segment, ok bool, err error) {
 	first.Text = append([]byte(nil), first.Text...)
 	segs = []imapcodec.Segment{first}
 	total := len(first.Text)
 	var litTotal int64
 	for lit := first.Literal; lit != nil; {
-		if why := s.literalTooBig(lit, limit, litTotal); why != "" {
+		if why := s.literalTooBig(lit, limit, s.commandBytes(name), litTotal); why != "" {
 			return nil, false, s.refuseLiteral(tag, lit, why)
 		}
 		litTotal += lit.Size
@@ -598,16 +603,30 @@ func (s *Session) readRest(tag string, first imapcodec.Segment, limit int64) (se
 	return segs, true, nil
 }
 
+// commandBytes is how many literal bytes the command name may carry in
+// all: before login a few KiB (LOGIN needs a name and a password), an
+// APPEND (streamed, never held) MaxCommandBytes, any other command
+// (read into memory) MaxOtherCommandBytes.
+func (s *Session) commandBytes(name string) int64 {
+	switch {
+	case s.state == StateNotAuthenticated:
+		return s.cfg.MaxPreAuthCommandBytes
+	case name == "APPEND":
+		return s.cfg.MaxCommandBytes
+	}
+	return s.cfg.MaxOtherCommandBytes
+}
+
 // literalTooBig tells whether lit, coming after literals of earlier bytes
 // in the same command, is over limit (the limit of each literal) or
-// brings the command over MaxCommandBytes; if so it returns why, for the
-// client, and "" otherwise.
-func (s *Session) literalTooBig(lit *imapcodec.LiteralHeader, limit, earlier int64) string {
+// brings the command over total (see commandBytes); if so it returns why,
+// for the client, and "" otherwise.
+func (s *Session) literalTooBig(lit *imapcodec.LiteralHeader, limit, total, earlier int64) string {
 	switch {
 	case lit.Size > limit:
 		return fmt.Sprintf("Literal of %d bytes exceeds the limit of %d bytes.", lit.Size, limit)
-	case lit.Size > s.cfg.MaxCommandBytes-earlier:
-		return fmt.Sprintf("Literals of %d bytes in one command exceed the limit of %d bytes.", earlier+lit.Size, s.cfg.MaxCommandBytes)
+	case lit.Size > total-earlier:
+		return fmt.Sprintf("Literals of %d bytes in one command exceed the limit of %d bytes.", earlier+lit.Size, total)
 	}
 	return ""
 }

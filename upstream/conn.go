@@ -16,6 +16,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -101,6 +102,8 @@ type Conn struct {
 	caps Caps
 
 	tagSeq     atomic.Uint64
+	onClose    atomic.Pointer[func()] // gives the connection's Budget count back
+	wShut      bool                   // the sending side is shut (Close)
 	broken     bool
 	compressed bool // COMPRESS=DEFLATE is on, see compress.go
 
@@ -289,15 +292,43 @@ func (c *Conn) Broken() bool { return c.broken }
 func (c *Conn) Seen() { c.lastSeen = time.Now() }
 
 // Close closes the network connection.
+//
+// A connection counted in a Budget is given back only once the server
+// has closed its side too (or after closeWait): a server counts a
+// connection until it has noticed the close, and the budget must not let
+// another one in before (Dovecot's mail_max_userip_connections).
 func (c *Conn) Close() error {
 	c.broken = true
-	return c.nc.Close()
+	f := c.onClose.Swap(nil)
+	if f == nil {
+		return c.nc.Close()
+	}
+	if c.shutWrite() {
+		c.nc.SetReadDeadline(time.Now().Add(closeWait))
+		io.Copy(io.Discard, c.nc)
+	}
+	err := c.nc.Close()
+	(*f)()
+	return err
 }
 
 // Abort closes the network connection from any goroutine: the goroutine
 // that owns the Conn sees its reads and writes fail and marks it broken
 // itself. (Close marks it broken at once, which only the owner may do.)
 func (c *Conn) Abort() error { return c.nc.Close() }
+// shutWrite ends the connection's sending side (the server sees the
+// close), once; it reports whether that side is shut.
+func (c *Conn) shutWrite() bool {
+	if c.wShut {
+		return true
+	}
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	c.wShut = ok && cw.CloseWrite() == nil
+	return c.wShut
+}
+
+// closeWait bounds how long Close waits for the server to close its side.
+const closeWait = 500 * time.Millisecond
 
 // Logout sends LOGOUT and closes the connection, waiting briefly.
 func (c *Conn) Logout() {
@@ -453,6 +484,11 @@ func (c *Conn) Login(ctx context.Context, user, pass string) (string, error) {
 	}
 	resp, err := c.Exec(ctx, cmd, nil)
 	var se *StatusError
+	if errors.As(err, &se) && strings.EqualFold(se.Head.Code, "LIMIT") {
+		// Not the credentials: the server's limit of connections
+		// (Dovecot's mail_max_userip_connections answers NO [LIMIT]).
+		return "", fmt.Errorf("%w: %w: %s", ErrUnavailable, ErrLimit, se.Head.Text)
+	}
 	if errors.As(err, &se) {
 		return "", fmt.Errorf("%w: %s", ErrAuthFailed, se.Head.Text)
 	}

@@ -29,6 +29,12 @@ type PoolConfig struct {
 	MaxIdle int
 	// IdleTimeout closes connections idle for longer. Default 5 minutes.
 	IdleTimeout time.Duration
+	// MaxConnsPerAccount is the budget of upstream connections one
+	// account may have open at once, of every kind (login, leased, idle
+	// in the pool, mailbox watchers, NOTIFY's account watcher); see
+	// Budget. Default 10 (Dovecot's mail_max_userip_connections);
+	// negative: unlimited.
+	MaxConnsPerAccount int
 }
 
 func (c PoolConfig) withDefaults() PoolConfig {
@@ -43,6 +49,9 @@ func (c PoolConfig) withDefaults() PoolConfig {
 	}
 	if c.SurplusGrace == 0 {
 		c.SurplusGrace = 2 * time.Second
+	}
+	if c.MaxConnsPerAccount == 0 {
+		c.MaxConnsPerAccount = 10
 	}
 	return c
 }
@@ -62,6 +71,7 @@ type Pool struct {
 	over      map[string]bool               // accounts with more than MaxIdlePerAccount idle
 	evicted   []*Conn                       // closed outside the lock
 	closed    bool
+	budget    *Budget
 }
 
 // NewPool returns an empty pool.
@@ -71,7 +81,29 @@ func NewPool(cfg PoolConfig) *Pool {
 		p.removeLocked(account, c)
 		p.evicted = append(p.evicted, c)
 	})
+	p.budget = NewBudget(p.cfg.MaxConnsPerAccount)
+	p.budget.AddReclaimer(p.reclaim)
 	return p
+}
+
+// Budget returns the per-account connection budget (MaxConnsPerAccount)
+// that every opener of an upstream connection goes through; the pool's
+// idle connections are the first it reclaims.
+func (p *Pool) Budget() *Budget { return p.budget }
+
+// reclaim closes the account's least recently used idle connection, if
+// it has one (a Reclaimer of the budget).
+func (p *Pool) reclaim(account string, _ bool) bool {
+	p.mu.Lock()
+	l := p.byAccount[account]
+	if len(l) == 0 {
+		p.mu.Unlock()
+		return false
+	}
+	p.lru.Remove(l[0]) // its eviction callback queues it for closing
+	p.mu.Unlock()
+	p.closeEvicted()
+	return true
 }
 
 func (p *Pool) removeLocked(account string, c *Conn) {
@@ -94,6 +126,13 @@ func (p *Pool) closeEvicted() {
 	ev := p.evicted
 	p.evicted = nil
 	p.mu.Unlock()
+	// Every server hears of its connection's end at once; then each
+	// Close waits for its server (see Conn.Close).
+	for _, c := range ev {
+		if c.onClose.Load() != nil {
+			c.shutWrite()
+		}
+	}
 	for _, c := range ev {
 		c.Close()
 	}

@@ -43,6 +43,10 @@ type Settings struct {
 	PoolIdleTotal      int      `toml:"pool-idle-total"`
 	PoolIdleTimeout    Duration `toml:"pool-idle-timeout"`
 
+	// Upstream connections one account may have open at once; 0 selects
+	// the default (10), -1 none.
+	UpstreamConnsPerAccount int `toml:"upstream-conns-per-account"`
+
 	Data     string `toml:"data"`
 	LogLevel string `toml:"log-level"`
 
@@ -54,6 +58,11 @@ type Settings struct {
 	AuthFailureDelay Duration `toml:"auth-failure-delay"`
 	PreAuthTimeout   Duration `toml:"preauth-timeout"`
 	IdleTimeout      Duration `toml:"idle-timeout"`
+
+	// Literal bytes of one command other than APPEND after login, and of
+	// one command before login; 0 selects the proxy's default.
+	MaxOtherCommandBytes   int64 `toml:"max-other-command-bytes"`
+	MaxPreAuthCommandBytes int64 `toml:"max-preauth-command-bytes"`
 
 	PollInterval  Duration `toml:"poll-interval"`
 	WatchGrace    Duration `toml:"watch-grace"`
@@ -137,12 +146,15 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&s.PoolIdlePerAccount, "pool-idle-per-account", s.PoolIdlePerAccount, "idle upstream connections kept per account")
 	fs.IntVar(&s.PoolIdleTotal, "pool-idle-total", s.PoolIdleTotal, "idle upstream connections kept in total")
 	fs.TextVar(&s.PoolIdleTimeout, "pool-idle-timeout", s.PoolIdleTimeout, "close idle upstream connections after this long")
+	fs.IntVar(&s.UpstreamConnsPerAccount, "upstream-conns-per-account", s.UpstreamConnsPerAccount, "most upstream connections one account may have open at once (login, leased, pooled, watchers); 0: 10; -1: no limit")
 	fs.StringVar(&s.Data, "data", s.Data, "directory for persistent state")
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "log level: debug, info, warn or error")
 	fs.IntVar(&s.MaxLine, "max-line", s.MaxLine, "longest command line a client may send, in bytes")
 	fs.Int64Var(&s.MaxLiteral, "max-literal", s.MaxLiteral, "largest literal in any command but APPEND, in bytes")
 	fs.Int64Var(&s.MaxAppend, "max-append", s.MaxAppend, "largest message an APPEND may carry, in bytes")
-	fs.Int64Var(&s.MaxCommandBytes, "max-command-bytes", s.MaxCommandBytes, "most literal bytes one command may carry in all (MULTIAPPEND, CATENATE, many literals); 0: max-append + max-literal")
+	fs.Int64Var(&s.MaxCommandBytes, "max-command-bytes", s.MaxCommandBytes, "most literal bytes one APPEND may carry in all (MULTIAPPEND, CATENATE); 0: max-append + max-literal")
+	fs.Int64Var(&s.MaxOtherCommandBytes, "max-other-command-bytes", s.MaxOtherCommandBytes, "most literal bytes any command but APPEND may carry in all after login (such commands are held in memory); 0: 262144")
+	fs.Int64Var(&s.MaxPreAuthCommandBytes, "max-preauth-command-bytes", s.MaxPreAuthCommandBytes, "most literal bytes one command may carry in all before login; 0: 8192")
 	fs.IntVar(&s.MaxDepth, "max-depth", s.MaxDepth, "deepest parenthesis nesting in a command")
 	fs.TextVar(&s.AuthFailureDelay, "auth-failure-delay", s.AuthFailureDelay, "delay before answering a failed login")
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
@@ -271,6 +283,8 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 		MaxIdlePerAccount: s.PoolIdlePerAccount,
 		MaxIdle:           s.PoolIdleTotal,
 		IdleTimeout:       s.PoolIdleTimeout.Duration,
+
+		MaxConnsPerAccount: s.UpstreamConnsPerAccount,
 	}
 	if certs != nil {
 		cfg.TLS = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
@@ -279,6 +293,8 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.Limits = imapcodec.Limits{MaxLine: s.MaxLine, MaxInlineLiteral: s.MaxLiteral, MaxDepth: s.MaxDepth}
 	cfg.MaxAppendLiteral = s.MaxAppend
 	cfg.MaxCommandBytes = s.MaxCommandBytes
+	cfg.MaxOtherCommandBytes = s.MaxOtherCommandBytes
+	cfg.MaxPreAuthCommandBytes = s.MaxPreAuthCommandBytes
 	cfg.AuthFailureDelay = s.AuthFailureDelay.Duration
 	cfg.PreAuthTimeout = s.PreAuthTimeout.Duration
 	cfg.IdleTimeout = s.IdleTimeout.Duration

@@ -26,6 +26,9 @@ var reloadable = map[string]bool{
 	"conns-per-ip":           true,
 	"sessions-per-user":      true,
 	"preauth-commands":       true,
+
+	"max-other-command-bytes":   true,
+	"max-preauth-command-bytes": true,
 }
 
 // Reloadable reports whether a reload applies the setting key (a flag

@@ -18,6 +18,9 @@ type configParams struct {
 	Capabilities string
 	// Compress loads imap_zlib, which advertises COMPRESS=DEFLATE.
 	Compress bool
+	// MaxUserIPConnections is mail_max_userip_connections (0: 10000, for
+	// load tests; Dovecot's own default is 10).
+	MaxUserIPConnections int
 
 	// MailUID and MailGID own the mail processes and the home directories.
 	MailUID, MailGID int
@@ -89,7 +92,7 @@ default_internal_group = {{.Group}}
 
 default_process_limit = 1000
 default_client_limit = 10000
-mail_max_userip_connections = 10000
+mail_max_userip_connections = {{if .MaxUserIPConnections}}{{.MaxUserIPConnections}}{{else}}10000{{end}}
 
 mail_location = maildir:~/Maildir
 mail_fsync = never

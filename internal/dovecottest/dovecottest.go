@@ -122,6 +122,20 @@ type Server struct {
 // or t.Skip.
 func Start(t testing.TB, p Profile) *Server {
 	t.Helper()
+	return StartWith(t, p, Options{})
+}
+
+// Options change the configuration of a server started with StartWith.
+type Options struct {
+	// MaxUserIPConnections sets mail_max_userip_connections, the most
+	// connections of one user from one address. 0 leaves the tests' 10000
+	// (load tests); Dovecot's own default is 10.
+	MaxUserIPConnections int
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, p Profile, o Options) *Server {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("dovecottest: needs Dovecot; skipped under -short")
 	}
@@ -138,7 +152,7 @@ func Start(t testing.TB, p Profile) *Server {
 		Profile: p,
 		users:   map[string]string{"alice": "alicepass", "bob": "bobpass"},
 	}
-	params := configParams{}
+	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections}
 	if p == Full {
 		params.Compress = true
 	} else {

@@ -1,0 +1,195 @@
+package hub
+
+import (
+	"context"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// The account's connection budget (upstream.Budget, Config.Pool).
+//
+// A watcher holds one of its account's upstream connections for as long
+// as anyone watches the mailbox. When the budget is used up, the hub gives
+// watchers up, least recently used first: first those of mailboxes nobody
+// watches any more (in their grace period: stopped), then those whose
+// sessions do not idle (their box goes passive), and, only for a
+// connection a command needs (a lease, a login), those with idling
+// sessions too. A box without a connection is passive: it keeps its
+// state, served by its goroutine as ever (claims, Sync), and brings it up
+// to date on a connection lent from the pool (EXAMINE, UID FETCH 1:*
+// (FLAGS), reconciled as after a reconnect) whenever a session asks:
+// sessions on a passive box Sync before each command, so their clients
+// hear of every change at their next command, as from a polling watcher.
+// A passive box with idling subscribers tries for a connection of its own
+// every PollInterval (and at once when a subscriber starts idling),
+// refreshing its state meanwhile on a lent connection each time the
+// budget refuses.
+
+// touch records that a session used the box (for the least recently used
+// order).
+func (b *box) touch() { b.lastUsed.Store(time.Now().UnixNano()) }
+
+// reclaim is the hub's upstream.Reclaimer: it gives up the least recently
+// used watcher connection of account, among those without idling
+// subscribers unless any. A watcher nobody watches stops; one with
+// subscribers goes passive.
+func (h *Hub) reclaim(account string, any bool) bool {
+	h.mu.Lock()
+	var pick *box
+	for k, b := range h.boxes {
+		if k.Account != account || b.dropConn == nil || !any && b.idleSubs > 0 {
+			continue
+		}
+		if pick == nil || reclaimBefore(b, pick) {
+			pick = b
+		}
+	}
+	if pick == nil {
+		h.mu.Unlock()
+		return false
+	}
+	drop := pick.dropConn
+	pick.dropConn = nil
+	if len(pick.subs) == 0 {
+		// In its grace period: stop it as the grace timer would.
+		if pick.graceTimer != nil {
+			pick.graceTimer.Stop()
+			pick.graceTimer = nil
+		}
+		delete(h.boxes, pick.key)
+		drop = pick.cancel
+	}
+	h.mu.Unlock()
+	drop()
+	return true
+}
+
+// reclaimBefore orders watchers for reclaiming: unwatched ones first, then
+// those without idling subscribers, then the least recently used.
+func reclaimBefore(a, b *box) bool {
+	if (len(a.subs) == 0) != (len(b.subs) == 0) {
+		return len(a.subs) == 0
+	}
+	if (a.idleSubs == 0) != (b.idleSubs == 0) {
+		return a.idleSubs == 0
+	}
+	return a.lastUsed.Load() < b.lastUsed.Load()
+}
+
+func (b *box) hasIdleSubs() bool {
+	b.hub.mu.Lock()
+	defer b.hub.mu.Unlock()
+	return b.idleSubs > 0
+}
+
+// passiveLoop runs the box without a connection of its own: it serves
+// claims and Sync requests, answering each Sync (and the first readiness,
+// if the box never had a state) with a refresh on a lent connection. It
+// returns true when the box should try for a watcher connection again (a
+// subscriber idles), false when the box stopped. poll asks for a refresh
+// at once (the try just made was refused).
+func (b *box) passiveLoop(log interface{ Warn(string, ...any) }, ready func(), poll bool) bool {
+	b.passive.Store(true)
+	defer b.passive.Store(false)
+	t := time.NewTicker(b.hub.cfg.PollInterval)
+	defer t.Stop()
+	first := !isReady(b.ready)
+	refresh := first || poll
+	for {
+		b.serveClaims()
+		if refresh || b.wantsTrip() {
+			refresh = false
+			syncs := b.takeSyncs()
+			err := b.refreshLent(log)
+			answer(syncs, err)
+			if first {
+				if err != nil {
+					b.readyErr = err
+					b.hub.mu.Lock()
+					if b.hub.boxes[b.key] == b {
+						delete(b.hub.boxes, b.key)
+					}
+					b.hub.mu.Unlock()
+					ready()
+					return false
+				}
+				first = false
+				ready()
+			}
+			continue // serve what came meanwhile
+		}
+		if b.wantWatcher.Swap(false) && b.hasIdleSubs() {
+			return true
+		}
+		select {
+		case <-b.ctx.Done():
+			return false
+		case <-b.wake:
+		case <-t.C:
+			if b.hasIdleSubs() {
+				return true
+			}
+		}
+	}
+}
+
+// refreshLent brings the state up to date on a connection lent from the
+// pool (or dialled within the budget, waiting for one if need be) and
+// gives it back.
+func (b *box) refreshLent(log interface{ Warn(string, ...any) }) error {
+	ctx, cancel := context.WithTimeout(b.ctx, b.hub.cfg.Timeout)
+	defer cancel()
+	c, err := b.lend(ctx)
+	if err != nil {
+		log.Warn("no connection to refresh an unwatched mailbox", "err", err)
+		return err
+	}
+	// A lent connection may have a mailbox selected, this one included:
+	// leave it, so that the EXAMINE is sent (Select skips a mailbox
+	// already selected, and the full sync needs its UIDVALIDITY and
+	// EXISTS) and nothing of another mailbox is read as this one's.
+	if err := c.Unselect(ctx); err != nil {
+		c.Close()
+		return err
+	}
+	w := &watch{box: b, log: log, conn: c}
+	err = w.fullSync(ctx)
+	if err != nil {
+		c.Close()
+		return err
+	}
+	if st := b.state(); st != nil {
+		c.SyncedTo = st.HighestModSeq()
+	}
+	if p := b.hub.cfg.Pool; p != nil {
+		p.Put(b.key.Account, c)
+	} else {
+		c.Logout()
+	}
+	return nil
+}
+
+// lend takes an idle connection of the account from the pool, preferring
+// one with the mailbox selected, or dials one.
+func (b *box) lend(ctx context.Context) (*upstream.Conn, error) {
+	if p := b.hub.cfg.Pool; p != nil {
+		for {
+			c := p.Get(b.key.Account, b.key.Mailbox)
+			if c == nil {
+				break
+			}
+			if c.Alive() {
+				return c, nil
+			}
+			c.Close()
+		}
+	}
+	b.hub.mu.Lock()
+	dial := b.dial
+	b.hub.mu.Unlock()
+	if dial == nil {
+		return nil, upstream.ErrBudget
+	}
+	return dial(ctx)
+}
