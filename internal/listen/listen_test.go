@@ -128,7 +128,10 @@ func TestProxyProtocolSilentPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(listen.ProxyProtocol(ln, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}), false) }()
+	go func() {
+		defer close(done)
+		srv.Serve(listen.ProxyProtocol(ln, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}), false)
+	}()
 	addr := ln.Addr().String()
 
 	silent, err := net.Dial("tcp", addr)
