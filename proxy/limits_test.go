@@ -106,3 +106,50 @@ func TestAuthFailureDelayGrows(t *testing.T) {
 		t.Fatalf("after a success the delay did not reset: %v", el)
 	}
 }
+
+// TestPreAuthTimeoutPerConnection: preauth-timeout bounds the time from
+// connecting to logging in, not the time between two commands: a client
+// that sends a NOOP more often than the timeout is still disconnected when
+// it runs out (issue #16 item 11), and so is one in the middle of an
+// AUTHENTICATE exchange.
+func TestPreAuthTimeoutPerConnection(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	cfg := baseConfig(up.Addr)
+	cfg.PreAuthTimeout = 600 * time.Millisecond
+	cfg.Abuse.PreAuthCommands = -1
+	p := startProxy(t, cfg)
+
+	c := imaptest.Dial(t, p.Addr)
+	start := time.Now()
+	for time.Since(start) < 3*time.Second {
+		c.Send("n NOOP")
+		l := c.ReadLine()
+		if l == "* BYE Autologout; idle for too long." {
+			break
+		}
+		if l != "n OK NOOP completed." {
+			t.Fatalf("NOOP answered %q", l)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	c.ExpectClosed()
+	if el := time.Since(start); el < 500*time.Millisecond || el > 2*time.Second {
+		t.Fatalf("a client sending NOOP every 200 ms was disconnected after %v, want about 600 ms", el)
+	}
+
+	// AUTHENTICATE's continuation lines are bounded by the same deadline.
+	d := imaptest.Dial(t, p.Addr)
+	start = time.Now()
+	d.Send("a AUTHENTICATE PLAIN")
+	d.Expect("+ ")
+	imaptest.AssertLines(t, "AUTHENTICATE never answered", d.ExpectClosed(), []string{"* BYE Autologout; idle for too long."})
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("AUTHENTICATE without a response ended after %v", el)
+	}
+
+	// Logged in in time: the timeout no longer applies.
+	e := imaptest.Dial(t, p.Addr)
+	e.LoginTagged("alice", "secret")
+	time.Sleep(800 * time.Millisecond)
+	e.ExpectDo("n", "NOOP", "n OK*")
+}
