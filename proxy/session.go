@@ -65,9 +65,9 @@ type Session struct {
 	// preAuthEnd is when a client that has not logged in is disconnected:
 	// PreAuthTimeout after the session started, however busy the client.
 	preAuthEnd time.Time
-	counted     bool
-	enabled     map[string]bool
-	values      map[any]any // per-extension state, see Value
+	counted    bool
+	enabled    map[string]bool
+	values     map[any]any // per-extension state, see Value
 
 	byeOnce sync.Once
 	closed  chan struct{}
