@@ -107,6 +107,10 @@ func (s *Session) cmdAuthenticate(ctx context.Context, x *Exchange) error {
 // authenticate logs in to the upstream with the client's credentials and, on
 // success, moves the session to the authenticated state.
 func (s *Session) authenticate(ctx context.Context, tag, user, pass string) error {
+	if badUsername(user) {
+		s.log.Info("login refused: user name with NUL, CR or LF")
+		return s.authFailed(tag)
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	c, err := upstream.Dial(ctx, &s.srv.cfg.Upstream)
@@ -124,7 +128,7 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		s.log.Warn("upstream failed during login", "err", err)
 		return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 	}
-	account := s.srv.cfg.Upstream.Addr + "\x00" + user
+	account := s.srv.accountKey(user)
 	s.srv.limits.succeeded(s.addr)
 	if !s.srv.limits.login(account) {
 		c.Logout()

@@ -70,6 +70,13 @@ type Config struct {
 	// total-upstream. For benchmarks and metrics.
 	PushLatency func(total, upstream time.Duration)
 
+	// UsernameFormat says which user names are one upstream account, for
+	// the per-account limits, pools, watchers and states: UsernameLower
+	// (the default, Dovecot's %Lu: ALICE and alice are one account) or
+	// UsernameAsIs (%u: for an upstream with case-sensitive names). The
+	// upstream always gets the name as the client sent it.
+	UsernameFormat string
+
 	// Extensions add protocol behaviour; see Extension.
 	Extensions []Extension
 
@@ -106,6 +113,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Hub.Logger == nil {
 		c.Hub.Logger = c.Logger
+	}
+	if c.UsernameFormat == "" {
+		c.UsernameFormat = UsernameLower
 	}
 	if c.Upstream.Security == "" {
 		c.Upstream.Security = upstream.SecurityNone

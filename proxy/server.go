@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,7 @@ type Server struct {
 	capProvs     []CapabilityProvider
 	hooks        []SessionHook
 	mailboxes    *MailboxService
+	delims       sync.Map // account key -> its hierarchy delimiter (names.go)
 	counters     serverCounters
 	limits       *limiter
 
@@ -71,6 +73,12 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Upstream.Addr == "" {
 		return nil, errors.New("proxy: no upstream address configured")
 	}
+	if strings.ContainsAny(cfg.Upstream.Addr, "\x00\r\n") {
+		return nil, fmt.Errorf("proxy: upstream address %q holds NUL, CR or LF", cfg.Upstream.Addr)
+	}
+	if err := checkUsernameFormat(cfg.UsernameFormat); err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:          cfg,
 		log:          cfg.Logger,
@@ -85,7 +93,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s.live.Store(&cfg)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.mailboxes = &MailboxService{hub: s.hub}
+	s.mailboxes = &MailboxService{hub: s.hub, delims: &s.delims}
 	if err := s.register(cfg.Extensions); err != nil {
 		s.hub.Close()
 		return nil, err

@@ -68,6 +68,8 @@ type Settings struct {
 	SessionsPerUser     int      `toml:"sessions-per-user"`
 	PreAuthCommands     int      `toml:"preauth-commands"`
 	AuthFailureMaxDelay Duration `toml:"auth-failure-max-delay"`
+
+	UsernameFormat string `toml:"username-format"`
 }
 
 // Duration is a time.Duration written "30s" in the file and on the command
@@ -109,6 +111,7 @@ func Defaults() Settings {
 		SessionsPerUser:     50,
 		PreAuthCommands:     25,
 		AuthFailureMaxDelay: Duration{30 * time.Second},
+		UsernameFormat:      proxy.UsernameLower,
 		WatchGrace:          Duration{10 * time.Second},
 		IdleRenew:           Duration{25 * time.Minute},
 	}
@@ -146,6 +149,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&s.SessionsPerUser, "sessions-per-user", s.SessionsPerUser, "most simultaneous logged-in sessions of one account; -1: no limit")
 	fs.IntVar(&s.PreAuthCommands, "preauth-commands", s.PreAuthCommands, "most commands a client may send before it logs in; -1: no limit")
 	fs.TextVar(&s.AuthFailureMaxDelay, "auth-failure-max-delay", s.AuthFailureMaxDelay, "cap of the failed-login delay, which doubles with each failure from one address")
+	fs.StringVar(&s.UsernameFormat, "username-format", s.UsernameFormat, "which user names are one upstream account (limits, pools, watchers, state), as Dovecot's auth_username_format: %Lu (lower case, Dovecot's default) or %u (as sent)")
 	fs.StringVar(&s.ProxyProtocol, "proxy-protocol", s.ProxyProtocol, "comma-separated addresses or CIDR prefixes of load balancers whose connections start with a PROXY protocol header (v1/v2) giving the real client address; empty: off")
 	fs.StringVar(&s.Metrics, "metrics", s.Metrics, "address of the HTTP listener for Prometheus metrics (/metrics), /healthz and /readyz; empty: off")
 	fs.TextVar(&s.NotifyPollInterval, "notify-poll-interval", s.NotifyPollInterval, "how often NOTIFY's account watcher polls LIST, LSUB and STATUS for mailboxes other than the selected one and INBOX")
@@ -226,6 +230,9 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	if s.Upstream == "" {
 		return cfg, errors.New("config: no upstream: set -upstream HOST:PORT")
 	}
+	if s.UsernameFormat != proxy.UsernameLower && s.UsernameFormat != proxy.UsernameAsIs {
+		return cfg, fmt.Errorf("config: username-format %q: want %s (lower case) or %s (as sent)", s.UsernameFormat, proxy.UsernameLower, proxy.UsernameAsIs)
+	}
 	sec, err := upstream.ParseSecurity(s.UpstreamSecurity)
 	if err != nil {
 		return cfg, fmt.Errorf("config: %w", err)
@@ -276,6 +283,7 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.IdleTimeout = s.IdleTimeout.Duration
 	cfg.Abuse = proxy.AbuseLimits{ConnsPerIP: s.ConnsPerIP, SessionsPerUser: s.SessionsPerUser,
 		PreAuthCommands: s.PreAuthCommands, AuthFailureMaxDelay: s.AuthFailureMaxDelay.Duration}
+	cfg.UsernameFormat = s.UsernameFormat
 	cfg.Hub.PollInterval = s.PollInterval.Duration
 	cfg.Hub.Grace = s.WatchGrace.Duration
 	cfg.Hub.IdleRenew = s.IdleRenew.Duration

@@ -74,6 +74,7 @@ func TestDefaults(t *testing.T) {
 		SessionsPerUser:     50,
 		PreAuthCommands:     25,
 		AuthFailureMaxDelay: Duration{30 * time.Second},
+		UsernameFormat:      "%Lu",
 	}
 	if got := Defaults(); got != want {
 		t.Errorf("Defaults() = %+v\nwant %+v", got, want)
@@ -154,6 +155,7 @@ watch-grace = "3s"
 idle-renew = "20m"
 idle-keepalive = "10m"
 notify-poll-interval = "2m"
+username-format = "%u"
 `
 
 var fullFileSettings = Settings{
@@ -190,6 +192,7 @@ var fullFileSettings = Settings{
 	SessionsPerUser:     50,
 	PreAuthCommands:     25,
 	AuthFailureMaxDelay: Duration{30 * time.Second},
+	UsernameFormat:      "%u",
 }
 
 func TestParseFile(t *testing.T) {
