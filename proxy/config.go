@@ -46,8 +46,9 @@ type Config struct {
 	// one literal of other arguments (64 MiB + 64 KiB).
 	MaxCommandBytes int64
 
-	// AuthFailureDelay is how long a failed login waits before its NO.
-	// Default 2 s.
+	// AuthFailureDelay is how long after its start a failed login is
+	// answered (the upstream's time included); it doubles with each
+	// failure of the address or account (AbuseLimits). Default 2 s.
 	AuthFailureDelay time.Duration
 	// PreAuthTimeout disconnects clients that do not log in in time.
 	// Default 60 s.
