@@ -10,7 +10,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -214,6 +217,54 @@ func Decode(text string, s *Settings) error {
 	return nil
 }
 
+// checkHostPort checks a HOST:PORT address to dial: a host, and a port
+// from 1 to 65535.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return fmt.Errorf("%s; want HOST:PORT", ae.Err)
+		}
+		return fmt.Errorf("%w; want HOST:PORT", err)
+	}
+	if host == "" {
+		return errors.New("no host; want HOST:PORT")
+	}
+	if strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return errors.New("the host holds a space or control character")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q: want a number from 1 to 65535", port)
+	}
+	return nil
+}
+
+// Warnings returns what in s is valid but probably not what the operator
+// wants, for the log at start.
+func (s *Settings) Warnings() []string {
+	var w []string
+	if s.Listen != "" && !hasCert(*s) && !s.AllowPlaintextAuth && !loopbackHost(s.Listen) {
+		w = append(w, fmt.Sprintf("listen %s: plain listener on a non-loopback address without a certificate: "+
+			"clients not on loopback cannot log in (LOGINDISABLED, no STARTTLS); "+
+			"set tls-cert and tls-key, or allow-plaintext-auth behind a TLS terminator", s.Listen))
+	}
+	return w
+}
+
+// loopbackHost tells whether a listen address binds loopback only.
+func loopbackHost(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
 // LogLevel parses the log-level setting.
 func (s *Settings) Level() (slog.Level, error) {
 	var l slog.Level
@@ -229,6 +280,9 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	var cfg proxy.Config
 	if s.Upstream == "" {
 		return cfg, errors.New("config: no upstream: set -upstream HOST:PORT")
+	}
+	if err := checkHostPort(s.Upstream); err != nil {
+		return cfg, fmt.Errorf("config: upstream %q: %w", s.Upstream, err)
 	}
 	if s.UsernameFormat != proxy.UsernameLower && s.UsernameFormat != proxy.UsernameAsIs {
 		return cfg, fmt.Errorf("config: username-format %q: want %s (lower case) or %s (as sent)", s.UsernameFormat, proxy.UsernameLower, proxy.UsernameAsIs)
