@@ -379,11 +379,13 @@ func TestStartWarnings(t *testing.T) {
 	p := start(t, "serve", "-listen", "0.0.0.0:0", "-upstream", dead)
 	p.waitFor(t, p.stderr, 0, `level=WARN msg="listen 0\.0\.0\.0:0: plain listener on a non-loopback address without a certificate: clients not on loopback cannot log in \(LOGINDISABLED, no STARTTLS\); set tls-cert and tls-key, or allow-plaintext-auth behind a TLS terminator"`)
 	p.waitFor(t, p.stderr, 0, `level=WARN msg="upstream does not answer; logins get NO \[UNAVAILABLE\] until it does" upstream=`+regexp.QuoteMeta(dead)+` err=`)
+	p.listenAddr(t, false) // signals are handled from here on
 	p.stop(t, syscall.SIGTERM)
 
 	up := startUpstream(t, "alice", "secret", 0)
 	q := start(t, "serve", "-listen", "127.0.0.1:0", "-upstream", up.Addr)
 	q.waitFor(t, q.stderr, 0, `level=INFO msg="upstream answers" upstream=`+regexp.QuoteMeta(up.Addr))
+	q.listenAddr(t, false)
 	q.stop(t, syscall.SIGTERM)
 	if strings.Contains(q.stderr.String(), "level=WARN") {
 		t.Errorf("warnings for a loopback listener and a live upstream: %s", q.stderr)
