@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -94,8 +96,7 @@ func (s *Session) cmdAuthenticate(ctx context.Context, x *Exchange) error {
 		hasIR = false
 		_, done, err := srv.Next(resp)
 		if err != nil {
-			s.authFailed(cmd.Tag)
-			return nil
+			return s.authFailed(ctx, cmd.Tag)
 		}
 		if done {
 			break
@@ -105,21 +106,32 @@ func (s *Session) cmdAuthenticate(ctx context.Context, x *Exchange) error {
 }
 
 // authenticate logs in to the upstream with the client's credentials and, on
-// success, moves the session to the authenticated state.
+// success, moves the session to the authenticated state. The check waits
+// its turn behind the failed logins of the client's address and of the
+// account (limits.go).
 func (s *Session) authenticate(ctx context.Context, tag, user, pass string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	if badUsername(user) {
+		s.log.Info("login refused: user name with NUL, CR or LF")
+		return s.authFailed(ctx, tag)
+	}
+	account := s.srv.accountKey(user)
+	done, err := s.admitLogin(ctx, account)
+	if err != nil {
+		return err
+	}
+	uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	account := accountKey(&s.srv.cfg.Upstream, user)
-	c, text, err := s.srv.pool.Budget().DialLogin(ctx, &s.srv.cfg.Upstream, account, user, pass)
+	c, text, err := s.srv.pool.Budget().DialLogin(uctx, &s.srv.cfg.Upstream, account, user, pass)
 	if err != nil {
 		if errors.Is(err, upstream.ErrAuthFailed) {
 			s.log.Info("login failed", "user", user)
-			return s.authFailed(tag)
+			return s.answerFailure(ctx, tag, done(loginFailed, s.cfg.AuthFailureDelay))
 		}
+		done(loginError, 0)
 		s.log.Warn("upstream failed during login", "err", err)
 		return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 	}
-	s.srv.limits.succeeded(s.addr)
+	done(loginOK, 0)
 	if !s.srv.limits.login(account) {
 		c.Logout()
 		c.Close()
@@ -143,13 +155,51 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	return s.WriteStatus(tag, "OK", "CAPABILITY "+strings.Join(s.capabilities(), " "), text)
 }
 
-// authFailed answers a failed login after the configured delay, which slows
-// down password guessing.
-func (s *Session) authFailed(tag string) error {
+// admitLogin waits until a login from the session's address as account
+// ("" for none) may be checked. Waiting ends with the pre-login deadline
+// (an autologout, as for a client that does not log in in time).
+func (s *Session) admitLogin(ctx context.Context, account string) (func(loginOutcome, time.Duration) time.Time, error) {
+	wctx, cancel := context.WithDeadline(ctx, s.preAuthEnd)
+	defer cancel()
+	if err := s.Flush(); err != nil {
+		return nil, err
+	}
+	_, done, err := s.srv.limits.admit(wctx, s.addr, account)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		s.srv.countError(ErrClientTimeout)
+		s.log.Info("pre-login time ran out waiting for the failed-login delay")
+		return nil, fmt.Errorf("waiting for the failed-login delay: %w", os.ErrDeadlineExceeded)
+	}
+	return done, nil
+}
+
+// authFailed answers a login that failed before the upstream was asked
+// (a malformed AUTHENTICATE exchange, a user name with NUL, CR or LF): it
+// counts against the client's address as any failure.
+func (s *Session) authFailed(ctx context.Context, tag string) error {
+	done, err := s.admitLogin(ctx, "")
+	if err != nil {
+		return err
+	}
+	return s.answerFailure(ctx, tag, done(loginFailed, s.cfg.AuthFailureDelay))
+}
+
+// answerFailure answers a failed login at the time the failed-login delay
+// allows (limiter.finish), which slows down password guessing.
+func (s *Session) answerFailure(ctx context.Context, tag string, at time.Time) error {
 	s.srv.countError(ErrAuthFailed)
-	if d := s.srv.limits.failed(s.addr, s.cfg.AuthFailureDelay); d > 0 {
+	if d := time.Until(at); d > 0 {
 		s.Flush()
-		time.Sleep(d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
 	}
 	return s.WriteStatus(tag, "NO", "AUTHENTICATIONFAILED", "Authentication failed.")
 }

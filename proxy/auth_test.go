@@ -163,3 +163,22 @@ func TestPlaintextAuthPolicy(t *testing.T) {
 	}
 	c2.ExpectDo("a", "LOGIN alice secret", "a "+loggedIn)
 }
+
+// TestUserNameControlChars: a user name with NUL, CR or LF is refused as
+// a failed login without asking the upstream: NUL would make the proxy's
+// account keys ambiguous, CR and LF could break a command line (issue #16
+// item 18).
+func TestUserNameControlChars(t *testing.T) {
+	t.Parallel()
+	f := startFakeUpstream(t, "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN")
+	cfg := baseConfig(f.addr())
+	p := startProxy(t, cfg)
+	c := imaptest.Dial(t, p.Addr)
+	c.ExpectDo("a", "LOGIN {7+}\r\nali\r\nce secret", "a NO [AUTHENTICATIONFAILED] Authentication failed.")
+	c.ExpectDo("b", "LOGIN {6+}\r\nali\x00ce secret", "b NO [AUTHENTICATIONFAILED] Authentication failed.")
+	c.ExpectDo("c", "AUTHENTICATE PLAIN "+plainIR("", "ali\nce", "secret"), "c NO [AUTHENTICATIONFAILED] Authentication failed.")
+	if n := f.conns.Load(); n != 0 {
+		t.Fatalf("the upstream got %d connections for refused user names", n)
+	}
+	c.ExpectDo("d", "LOGIN alice secret", "d OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UNSELECT IDLE] logged in")
+}

@@ -270,6 +270,7 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 	if err != nil {
 		return s.upstreamUnavailable(cmd.Tag, err)
 	}
+	mailbox = s.mailboxName(ctx, up, mailbox) // inbox/Child is INBOX/Child (names.go)
 	up.Selected = ""
 	var collected []*Response
 	x.Segments = segs

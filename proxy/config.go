@@ -54,8 +54,9 @@ type Config struct {
 	// 8 KiB.
 	MaxPreAuthCommandBytes int64
 
-	// AuthFailureDelay is how long a failed login waits before its NO.
-	// Default 2 s.
+	// AuthFailureDelay is how long after its start a failed login is
+	// answered (the upstream's time included); it doubles with each
+	// failure of the address or account (AbuseLimits). Default 2 s.
 	AuthFailureDelay time.Duration
 	// PreAuthTimeout disconnects clients that do not log in in time.
 	// Default 60 s.
@@ -77,6 +78,13 @@ type Config struct {
 	// and fetching its UID), so that the proxy's own share is
 	// total-upstream. For benchmarks and metrics.
 	PushLatency func(total, upstream time.Duration)
+
+	// UsernameFormat says which user names are one upstream account, for
+	// the per-account limits, pools, watchers and states: UsernameLower
+	// (the default, Dovecot's %Lu: ALICE and alice are one account) or
+	// UsernameAsIs (%u: for an upstream with case-sensitive names). The
+	// upstream always gets the name as the client sent it.
+	UsernameFormat string
 
 	// Extensions add protocol behaviour; see Extension.
 	Extensions []Extension
@@ -127,6 +135,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Hub.Logger == nil {
 		c.Hub.Logger = c.Logger
+	}
+	if c.UsernameFormat == "" {
+		c.UsernameFormat = UsernameLower
 	}
 	if c.Upstream.Security == "" {
 		c.Upstream.Security = upstream.SecurityNone

@@ -122,10 +122,6 @@ func (s *Session) dialUpstream(ctx context.Context) (*upstream.Conn, error) {
 	return c, err
 }
 
-// accountKey is the pool key of user at the upstream: the authenticated
-// upstream identity every per-account structure is keyed by.
-func accountKey(cfg *upstream.Config, user string) string { return cfg.Addr + "\x00" + user }
-
 // release gives the upstream connection back to the pool after a
 // command. No session keeps a connection between commands: in the selected
 // state its view of the mailbox lives in the hub (see selected.go).

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"sync"
@@ -29,10 +30,12 @@ type AbuseLimits struct {
 	PreAuthCommands int
 	// AuthFailureMaxDelay caps the delay before a failed login's answer,
 	// which starts at Config.AuthFailureDelay and doubles with each
-	// failure from the same address in the last AuthFailureWindow.
+	// failure of the same address or account in the last
+	// AuthFailureWindow.
 	// Default 30 s.
 	AuthFailureMaxDelay time.Duration
-	// AuthFailureWindow is how long an address's failures are remembered.
+	// AuthFailureWindow is how long failures of an address or an
+	// account are remembered.
 	// Default 15 minutes.
 	AuthFailureWindow time.Duration
 }
@@ -63,16 +66,15 @@ type limiter struct {
 	cfg      AbuseLimits
 	conns    map[netip.Addr]int
 	sessions map[string]int
-	failures map[netip.Addr]failures
-}
-
-type failures struct {
-	n    int
-	last time.Time
+	// penalties holds the failed-login state of addresses and accounts
+	// with failures or logins being checked; changed is closed and
+	// replaced whenever one ends (see admit).
+	penalties map[penaltyKey]*penalty
+	changed   chan struct{}
 }
 
 func newLimiter(cfg AbuseLimits) *limiter {
-	return &limiter{cfg: cfg.withDefaults(), conns: map[netip.Addr]int{}, sessions: map[string]int{}, failures: map[netip.Addr]failures{}}
+	return &limiter{cfg: cfg.withDefaults(), conns: map[netip.Addr]int{}, sessions: map[string]int{}, penalties: map[penaltyKey]*penalty{}, changed: make(chan struct{})}
 }
 
 // setConfig changes the limits. Connections and sessions already counted
@@ -129,42 +131,178 @@ func (l *limiter) logout(account string) {
 	}
 }
 
-// failed records a failed login from a and returns the delay to wait
-// before answering it: base, doubled for each earlier failure in the
-// window, at most the configured maximum.
-func (l *limiter) failed(a netip.Addr, base time.Duration) time.Duration {
+// Failed logins. Each client address and each account has a penalty:
+// its failures in the last AuthFailureWindow, and a time before which no
+// new login under it is checked (the answer time of its last failure).
+// A login is checked upstream only when neither its address nor its
+// account is held back, and, once an address has failed, or for any
+// account, only one login under it is checked at a time: parallel
+// connections wait their turn instead of multiplying the guessing rate.
+// A failure is answered its delay after the login was admitted, so the
+// upstream's own time counts in the delay instead of adding to it. A
+// success forgets its account's failures, never its address's: another
+// account's success from the same address must not reset them.
+
+// penaltyKey names an address (account empty) or an account (addr zero).
+type penaltyKey struct {
+	addr    netip.Addr
+	account string
+}
+
+type penalty struct {
+	n        int       // failures in the window
+	last     time.Time // of the latest failure
+	next     time.Time // no login under this key is checked before
+	inflight int       // logins under this key being checked now
+}
+
+// loginOutcome is how a login check ended.
+type loginOutcome int
+
+const (
+	loginFailed loginOutcome = iota // wrong credentials
+	loginOK
+	loginError // the upstream could not say: neither success nor failure
+)
+
+// ready tells whether a login under key k (penalty p) may be checked
+// now; if it may not because of p.next, wait is how long until then.
+// Logins of an account are checked one at a time; those from an address
+// one at a time once it has failures, else cleanParallel at a time
+// (loopback: any number, as for conns-per-ip).
+func (l *limiter) ready(k penaltyKey, p *penalty, now time.Time) (ok bool, wait time.Duration) {
+	if p == nil {
+		return true, 0
+	}
+	if p.n > 0 && now.Sub(p.last) > l.cfg.AuthFailureWindow {
+		p.n = 0 // forgotten
+	}
+	switch {
+	case p.n > 0 && now.Before(p.next):
+		return false, p.next.Sub(now)
+	case p.inflight == 0:
+		return true, 0
+	case k.account != "" || p.n > 0:
+		return false, 0
+	}
+	return p.inflight < cleanParallel || k.addr.IsLoopback(), 0
+}
+
+// cleanParallel is how many logins from an address without failures are
+// checked at once: enough for a carrier NAT's phones reconnecting
+// together, few enough that a guesser's first burst is small.
+const cleanParallel = 4
+
+// admit waits until a login from addr as account (empty when the login
+// fails before an account is known) may be checked, and returns when it
+// was admitted and the function to call with its outcome, which returns
+// when a failure may be answered. It gives up with ctx's error.
+func (l *limiter) admit(ctx context.Context, addr netip.Addr, account string) (start time.Time, done func(o loginOutcome, base time.Duration) time.Time, err error) {
+	keys := []penaltyKey{{addr: addr}}
+	if account != "" {
+		keys = append(keys, penaltyKey{account: account})
+	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		l.mu.Lock()
+		now := time.Now()
+		ok, wait := true, time.Duration(0)
+		for _, k := range keys {
+			kok, kwait := l.ready(k, l.penalties[k], now)
+			ok = ok && kok
+			wait = max(wait, kwait)
+		}
+		if ok {
+			for _, k := range keys {
+				p := l.penalties[k]
+				if p == nil {
+					p = &penalty{}
+					l.penalties[k] = p
+				}
+				p.inflight++
+			}
+			l.mu.Unlock()
+			return now, func(o loginOutcome, base time.Duration) time.Time { return l.finish(keys, now, o, base) }, nil
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		var tick <-chan time.Time
+		if wait > 0 {
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			} else {
+				timer.Reset(wait)
+			}
+			tick = timer.C
+		}
+		select {
+		case <-changed:
+		case <-tick:
+		case <-ctx.Done():
+			return time.Time{}, nil, ctx.Err()
+		}
+	}
+}
+
+// finish records the outcome of a login admitted at start under keys and
+// returns when a failure may be answered: base doubled for each earlier
+// failure of the address or the account (whichever has more) in the
+// window, at most the maximum, after start.
+func (l *limiter) finish(keys []penaltyKey, start time.Time, o loginOutcome, base time.Duration) time.Time {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	f := l.failures[a]
-	if now.Sub(f.last) > l.cfg.AuthFailureWindow {
-		f.n = 0
+	answer := now
+	if o == loginFailed {
+		n := 0
+		for _, k := range keys {
+			p := l.penalties[k]
+			if now.Sub(p.last) > l.cfg.AuthFailureWindow {
+				p.n = 0
+			}
+			p.n++
+			p.last = now
+			n = max(n, p.n)
+		}
+		d := max(base, 0)
+		for i := 1; i < n && d < l.cfg.AuthFailureMaxDelay; i++ {
+			d *= 2
+		}
+		answer = start.Add(min(d, l.cfg.AuthFailureMaxDelay))
 	}
-	f.n++
-	f.last = now
-	l.failures[a] = f
-	if len(l.failures) > 100000 {
+	for _, k := range keys {
+		p := l.penalties[k]
+		p.inflight--
+		switch {
+		case o == loginFailed:
+			if answer.After(p.next) {
+				p.next = answer
+			}
+		case o == loginOK && k.account != "":
+			p.n, p.next = 0, time.Time{}
+		}
+		if p.inflight == 0 && p.n == 0 {
+			delete(l.penalties, k)
+		}
+	}
+	if len(l.penalties) > 100000 {
 		l.pruneLocked(now)
 	}
-	d := base
-	for i := 1; i < f.n && d < l.cfg.AuthFailureMaxDelay; i++ {
-		d *= 2
-	}
-	return min(d, l.cfg.AuthFailureMaxDelay)
+	close(l.changed)
+	l.changed = make(chan struct{})
+	return answer
 }
 
-// succeeded forgets a's failures.
-func (l *limiter) succeeded(a netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.failures, a)
-}
-
-// pruneLocked drops failures older than the window, bounding the map.
+// pruneLocked drops penalties older than the window, bounding the map.
 func (l *limiter) pruneLocked(now time.Time) {
-	for a, f := range l.failures {
-		if now.Sub(f.last) > l.cfg.AuthFailureWindow {
-			delete(l.failures, a)
+	for k, p := range l.penalties {
+		if p.inflight == 0 && now.Sub(p.last) > l.cfg.AuthFailureWindow {
+			delete(l.penalties, k)
 		}
 	}
 }

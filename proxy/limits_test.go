@@ -1,8 +1,12 @@
 package proxy_test
 
 import (
+	"bufio"
+	"fmt"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,9 +82,11 @@ func TestPreAuthCommands(t *testing.T) {
 }
 
 // TestAuthFailureDelayGrows: each failure from one address doubles the
-// delay before the answer, up to the maximum; a success resets it.
+// delay before the answer, up to the maximum. A success forgets the
+// account's failures but not the address's (issue #16 item 10: another
+// account's success reset them).
 func TestAuthFailureDelayGrows(t *testing.T) {
-	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret", "bob", "pw")
 	cfg := baseConfig(up.Addr)
 	cfg.AuthFailureDelay = 40 * time.Millisecond
 	cfg.Abuse.AuthFailureMaxDelay = 160 * time.Millisecond
@@ -92,17 +98,165 @@ func TestAuthFailureDelayGrows(t *testing.T) {
 		c.ExpectDo("x", "LOGIN alice wrong", "x NO [AUTHENTICATIONFAILED] Authentication failed.")
 		took = append(took, time.Since(start))
 	}
-	// 40, 80, 160, 160 ms (capped), each plus a round trip upstream.
+	// 40, 80, 160, 160 ms (capped), the round trip upstream included.
 	for i, min := range []time.Duration{40, 80, 160, 160} {
 		if took[i] < min*time.Millisecond || took[i] > min*time.Millisecond+time.Second {
 			t.Fatalf("failure %d answered after %v, want about %v ms (all: %v)", i+1, took[i], min, took)
 		}
 	}
-	c.LoginTagged("alice", "secret")
 	d := imaptest.Dial(t, p.Addr)
+	d.LoginTagged("bob", "pw")
+	e := imaptest.Dial(t, p.Addr)
 	start := time.Now()
-	d.ExpectDo("x", "LOGIN alice wrong", "x NO [AUTHENTICATIONFAILED] Authentication failed.")
-	if el := time.Since(start); el > 150*time.Millisecond {
-		t.Fatalf("after a success the delay did not reset: %v", el)
+	e.ExpectDo("x", "LOGIN alice wrong", "x NO [AUTHENTICATIONFAILED] Authentication failed.")
+	if el := time.Since(start); el < 160*time.Millisecond {
+		t.Fatalf("another account's success reset the address's delay: %v", el)
 	}
+}
+
+// startSlowUpstream starts a server that refuses every login after
+// delay, as Dovecot does with its own auth_failure_delay.
+func startSlowUpstream(t *testing.T, delay time.Duration) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer nc.Close()
+				fmt.Fprintf(nc, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] slow\r\n")
+				br := bufio.NewReader(nc)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					tag, rest, _ := strings.Cut(line, " ")
+					if strings.HasPrefix(strings.ToUpper(rest), "CAPABILITY") {
+						fmt.Fprintf(nc, "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n%s OK done\r\n", tag)
+						continue
+					}
+					time.Sleep(delay)
+					fmt.Fprintf(nc, "%s NO [AUTHENTICATIONFAILED] no\r\n", tag)
+				}
+			})
+		}
+	})
+	return ln.Addr().String()
+}
+
+// TestAuthFailureDelayIncludesUpstream: the upstream's own time to refuse
+// a login counts in the proxy's delay instead of adding to it.
+func TestAuthFailureDelayIncludesUpstream(t *testing.T) {
+	cfg := baseConfig(startSlowUpstream(t, 500*time.Millisecond))
+	cfg.AuthFailureDelay = 600 * time.Millisecond
+	p := startProxy(t, cfg)
+	c := imaptest.Dial(t, p.Addr)
+	start := time.Now()
+	c.ExpectDo("x", "LOGIN alice wrong", "x NO [AUTHENTICATIONFAILED] Authentication failed.")
+	if el := time.Since(start); el < 600*time.Millisecond || el >= time.Second {
+		t.Fatalf("failure answered after %v; want 600 ms, the upstream's 500 ms included", el)
+	}
+}
+
+// TestAuthFailuresAcrossConnections: failed logins from one address on
+// parallel connections wait their turn, so they take as long as on one
+// connection, whether they guess one account or many (issue #16 item 10:
+// 16 in parallel took 8 s, 111 s on one connection).
+func TestAuthFailuresAcrossConnections(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	cfg := baseConfig(up.Addr)
+	cfg.AllowPlaintextAuth = true
+	cfg.AuthFailureDelay = 40 * time.Millisecond
+	cfg.Abuse.AuthFailureMaxDelay = 160 * time.Millisecond
+	parallel := func(t *testing.T, p *imaptest.Proxy, users []string) time.Duration {
+		conns := make([]*imaptest.Client, len(users))
+		for i := range conns {
+			conns[i] = imaptest.Dial(t, p.Addr)
+		}
+		start := time.Now()
+		for i, c := range conns {
+			c.Send("x LOGIN " + users[i] + " wrong")
+		}
+		for _, c := range conns {
+			c.Expect("x NO [AUTHENTICATIONFAILED] Authentication failed.")
+		}
+		return time.Since(start)
+	}
+	t.Run("one account", func(t *testing.T) {
+		p := startProxy(t, cfg, imaptest.RemoteIP(net.ParseIP("203.0.113.5")))
+		// One after the other: 40 + 80 + 160 + 160 + 160 + 160 ms.
+		if el := parallel(t, p, []string{"alice", "alice", "alice", "alice", "alice", "alice"}); el < 760*time.Millisecond {
+			t.Fatalf("6 failures in parallel answered in %v, want at least 760 ms", el)
+		}
+	})
+	t.Run("many accounts", func(t *testing.T) {
+		p := startProxy(t, cfg, imaptest.RemoteIP(net.ParseIP("203.0.113.6")))
+		// Four at once from an address without failures (40, 80, 160,
+		// 160 ms), then one after the other: 160 + 160 ms.
+		if el := parallel(t, p, []string{"u1", "u2", "u3", "u4", "u5", "u6"}); el < 480*time.Millisecond {
+			t.Fatalf("6 failures in parallel answered in %v, want at least 480 ms", el)
+		}
+	})
+	t.Run("one account from many addresses", func(t *testing.T) {
+		var n atomic.Int32
+		p := startProxy(t, cfg, imaptest.RemoteIPFunc(func() net.IP { return net.IPv4(203, 0, 113, byte(10+n.Add(1))) }))
+		if el := parallel(t, p, []string{"alice", "alice", "alice", "alice"}); el < 400*time.Millisecond {
+			t.Fatalf("4 failures of one account from 4 addresses answered in %v, want at least 400 ms", el)
+		}
+	})
+}
+
+// TestPreAuthTimeoutPerConnection: preauth-timeout bounds the time from
+// connecting to logging in, not the time between two commands: a client
+// that sends a NOOP more often than the timeout is still disconnected when
+// it runs out (issue #16 item 11), and so is one in the middle of an
+// AUTHENTICATE exchange.
+func TestPreAuthTimeoutPerConnection(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	cfg := baseConfig(up.Addr)
+	cfg.PreAuthTimeout = 600 * time.Millisecond
+	cfg.Abuse.PreAuthCommands = -1
+	p := startProxy(t, cfg)
+
+	c := imaptest.Dial(t, p.Addr)
+	start := time.Now()
+	for time.Since(start) < 3*time.Second {
+		c.Send("n NOOP")
+		l := c.ReadLine()
+		if l == "* BYE Autologout; idle for too long." {
+			break
+		}
+		if l != "n OK NOOP completed." {
+			t.Fatalf("NOOP answered %q", l)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	c.ExpectClosed()
+	if el := time.Since(start); el < 500*time.Millisecond || el > 2*time.Second {
+		t.Fatalf("a client sending NOOP every 200 ms was disconnected after %v, want about 600 ms", el)
+	}
+
+	// AUTHENTICATE's continuation lines are bounded by the same deadline.
+	d := imaptest.Dial(t, p.Addr)
+	start = time.Now()
+	d.Send("a AUTHENTICATE PLAIN")
+	d.Expect("+ ")
+	imaptest.AssertLines(t, "AUTHENTICATE never answered", d.ExpectClosed(), []string{"* BYE Autologout; idle for too long."})
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("AUTHENTICATE without a response ended after %v", el)
+	}
+
+	// Logged in in time: the timeout no longer applies.
+	e := imaptest.Dial(t, p.Addr)
+	e.LoginTagged("alice", "secret")
+	time.Sleep(800 * time.Millisecond)
+	e.ExpectDo("n", "NOOP", "n OK*")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/hub"
@@ -93,21 +94,27 @@ func (s *Session) UpstreamAccount() Account {
 
 // MailboxService gives extensions the hub's state of any mailbox of an
 // account, whether or not a session has it selected.
-type MailboxService struct{ hub *hub.Hub }
+type MailboxService struct {
+	hub    *hub.Hub
+	delims *sync.Map // Server.delims
+}
 
-// canonicalMailbox spells INBOX as the hub keys it.
-func canonicalMailbox(name string) string {
-	if strings.EqualFold(name, "INBOX") {
-		return "INBOX"
+// canonicalMailbox spells a mailbox name as the hub keys it: INBOX in any
+// case, and as the head of the hierarchy once a session of the account
+// has learnt its delimiter (canonicalName).
+func (ms *MailboxService) canonicalMailbox(account, name string) string {
+	delim := ""
+	if d, ok := ms.delims.Load(account); ok && needsDelim(name) {
+		delim = d.(string)
 	}
-	return name
+	return canonicalName(name, delim)
 }
 
 // State returns the hub's state of a mailbox, up to date with the upstream.
 // The caller must call release when done; the hub keeps the mailbox
 // watched for its grace period after that, so asking again soon is cheap.
 func (ms *MailboxService) State(ctx context.Context, a Account, name string) (st *syncstate.Mailbox, release func(), err error) {
-	sub, err := ms.hub.Watch(ctx, hub.Key{Account: a.Name, Mailbox: canonicalMailbox(name)}, a.dial, func() {})
+	sub, err := ms.hub.Watch(ctx, hub.Key{Account: a.Name, Mailbox: ms.canonicalMailbox(a.Name, name)}, a.dial, func() {})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -121,7 +128,7 @@ func (ms *MailboxService) State(ctx context.Context, a Account, name string) (st
 // (from the watcher's goroutine, so it must not block) whenever the
 // mailbox's state changed. The caller must call release when done.
 func (ms *MailboxService) Watch(ctx context.Context, a Account, name string, notify func()) (st *syncstate.Mailbox, release func(), err error) {
-	sub, err := ms.hub.Watch(ctx, hub.Key{Account: a.Name, Mailbox: canonicalMailbox(name)}, a.dial, notify)
+	sub, err := ms.hub.Watch(ctx, hub.Key{Account: a.Name, Mailbox: ms.canonicalMailbox(a.Name, name)}, a.dial, notify)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -134,7 +141,7 @@ func (ms *MailboxService) Watch(ctx context.Context, a Account, name string, not
 // own, and returns the mailbox's HIGHESTMODSEQ: NOTIFY's account watcher
 // reports the proxy's mod-sequences of every mailbox on its one connection.
 func (ms *MailboxService) Refresh(ctx context.Context, a Account, name string, c *upstream.Conn) (uint64, error) {
-	st, err := ms.hub.Refresh(ctx, hub.Key{Account: a.Name, Mailbox: canonicalMailbox(name)}, c)
+	st, err := ms.hub.Refresh(ctx, hub.Key{Account: a.Name, Mailbox: ms.canonicalMailbox(a.Name, name)}, c)
 	if err != nil {
 		return 0, err
 	}

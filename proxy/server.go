@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,7 @@ type Server struct {
 	capProvs     []CapabilityProvider
 	hooks        []SessionHook
 	mailboxes    *MailboxService
+	delims       sync.Map // account key -> its hierarchy delimiter (names.go)
 	counters     serverCounters
 	limits       *limiter
 
@@ -60,6 +62,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{} // keyed by address: a Listener need not be hashable
 	sessions  map[*Session]struct{}
+	pending   map[net.Conn]struct{} // accepted, client address not yet known
 	closing   bool
 	wg        sync.WaitGroup // sessions and the pool's janitor
 	nextID    atomic.Uint64
@@ -70,6 +73,12 @@ func NewServer(cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
 	if cfg.Upstream.Addr == "" {
 		return nil, errors.New("proxy: no upstream address configured")
+	}
+	if strings.ContainsAny(cfg.Upstream.Addr, "\x00\r\n") {
+		return nil, fmt.Errorf("proxy: upstream address %q holds NUL, CR or LF", cfg.Upstream.Addr)
+	}
+	if err := checkUsernameFormat(cfg.UsernameFormat); err != nil {
+		return nil, err
 	}
 	pool := upstream.NewPool(cfg.Pool)
 	cfg.Hub.Pool = pool // watchers share the account's budget (upstream.Budget)
@@ -83,10 +92,11 @@ func NewServer(cfg Config) (*Server, error) {
 		limits:       newLimiter(cfg.Abuse),
 		listeners:    map[*net.Listener]struct{}{},
 		sessions:     map[*Session]struct{}{},
+		pending:      map[net.Conn]struct{}{},
 	}
 	s.live.Store(&cfg)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.mailboxes = &MailboxService{hub: s.hub}
+	s.mailboxes = &MailboxService{hub: s.hub, delims: &s.delims}
 	if err := s.register(cfg.Extensions); err != nil {
 		s.hub.Close()
 		return nil, err
@@ -226,32 +236,45 @@ func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 
 var errTemporaryAccept = errors.New("temporary accept error")
 
+// startSession serves nc in a goroutine of its own. Nothing here may
+// wait for the client: behind a PROXY-protocol listener, the first call of
+// nc.RemoteAddr reads the PROXY header (up to 5 s from a silent balancer
+// connection), so the address is taken in the session's goroutine, outside
+// s.mu, where a silent connection holds up no one else (accept loop,
+// session cleanup, Stats, Shutdown). Until then the connection is in
+// s.pending, so that Shutdown can close it.
 func (s *Server) startSession(nc net.Conn, isTLS bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return false
 	}
-	addr := addrOf(nc)
-	if !s.limits.connect(addr) {
-		s.countError(ErrTooManyConns)
-		s.log.Warn("too many connections from one address", "remote", addr.String())
-		s.wg.Add(1)
-		go func() { // the BYE must not hold up the accept loop
-			defer s.wg.Done()
-			defer nc.Close()
-			nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			nc.Write([]byte("* BYE Too many connections from your address.\r\n"))
-		}()
-		return true
-	}
-	sess := newSession(s, nc, isTLS)
-	sess.addr = addr
-	s.sessions[sess] = struct{}{}
-	s.counters.opened.Add(1)
+	s.pending[nc] = struct{}{}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		addr := addrOf(nc)
+		s.mu.Lock()
+		delete(s.pending, nc)
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			return
+		}
+		if !s.limits.connect(addr) {
+			s.mu.Unlock()
+			s.countError(ErrTooManyConns)
+			s.log.Warn("too many connections from one address", "remote", addr.String())
+			defer nc.Close()
+			nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			nc.Write([]byte("* BYE Too many connections from your address.\r\n"))
+			return
+		}
+		sess := newSession(s, nc, isTLS)
+		sess.addr = addr
+		s.sessions[sess] = struct{}{}
+		s.counters.opened.Add(1)
+		s.mu.Unlock()
 		defer s.limits.disconnect(addr)
 		defer func() {
 			s.mu.Lock()
@@ -303,6 +326,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing = true
 	for ln := range s.listeners {
 		(*ln).Close()
+	}
+	for nc := range s.pending {
+		nc.Close() // a PROXY header still awaited
 	}
 	sessions := make([]*Session, 0, len(s.sessions))
 	for sess := range s.sessions {

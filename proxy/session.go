@@ -62,9 +62,12 @@ type Session struct {
 	// the session counts against its account's session limit.
 	addr        netip.Addr
 	preAuthCmds int
-	counted     bool
-	enabled     map[string]bool
-	values      map[any]any // per-extension state, see Value
+	// preAuthEnd is when a client that has not logged in is disconnected:
+	// PreAuthTimeout after the session started, however busy the client.
+	preAuthEnd time.Time
+	counted    bool
+	enabled    map[string]bool
+	values     map[any]any // per-extension state, see Value
 
 	byeOnce sync.Once
 	closed  chan struct{}
@@ -191,8 +194,17 @@ func (s *Session) readLineWithin(timeout time.Duration) ([]byte, *imapcodec.Lite
 	if err := s.Flush(); err != nil {
 		return nil, nil, err
 	}
-	s.nc.SetReadDeadline(time.Now().Add(timeout))
+	s.nc.SetReadDeadline(s.capDeadline(time.Now().Add(timeout)))
 	return s.r.ReadLine()
+}
+
+// capDeadline returns d, or the end of the pre-login time if that comes
+// first and the client has not logged in.
+func (s *Session) capDeadline(d time.Time) time.Time {
+	if s.state == StateNotAuthenticated && s.preAuthEnd.Before(d) {
+		return s.preAuthEnd
+	}
+	return d
 }
 
 // IdleTimeout is the configured autologout timer for authenticated clients.
@@ -238,18 +250,18 @@ func (s *Session) renewWriteDeadline() {
 func (s *Session) serve(ctx context.Context) {
 	defer s.cleanup()
 	s.log.Debug("session start", "tls", s.isTLS)
+	s.preAuthEnd = time.Now().Add(s.cfg.PreAuthTimeout)
 	greeting := "CAPABILITY " + strings.Join(s.capabilities(), " ")
 	s.WriteStatus("*", "OK", greeting, "lemonproxy ready.")
 	for s.state != StateLogout {
 		if err := s.Flush(); err != nil {
 			return
 		}
-		timeout := s.cfg.IdleTimeout
-		if s.state == StateNotAuthenticated {
-			timeout = s.cfg.PreAuthTimeout
-		}
 		s.r.Release() // nothing to hold while the client thinks
-		line, lit, err := s.readLine(time.Now().Add(timeout))
+		// Before login, the deadline is the session's, not the command's:
+		// a client that keeps talking without logging in is still
+		// disconnected PreAuthTimeout after it connected.
+		line, lit, err := s.readLine(s.capDeadline(time.Now().Add(s.cfg.IdleTimeout)))
 		if errors.Is(err, imapcodec.ErrLiteralTooLarge) && lit != nil {
 			// A literal over every limit (an APPEND over max-append):
 			// the command is refused, the session goes on (#16.9).
@@ -693,7 +705,7 @@ func (s *Session) starttls() error {
 	if n := s.r.Buffered(); n > 0 {
 		s.log.Warn("discarding plaintext pipelined after STARTTLS", "bytes", n)
 	}
-	s.nc.SetDeadline(time.Now().Add(s.cfg.PreAuthTimeout))
+	s.nc.SetDeadline(s.capDeadline(time.Now().Add(s.cfg.PreAuthTimeout)))
 	tc := tls.Server(s.nc, s.srv.cfg.TLS)
 	if err := tc.Handshake(); err != nil {
 		return fmt.Errorf("STARTTLS handshake: %w", err)

@@ -316,6 +316,7 @@ func (c *Conn) Close() error {
 // that owns the Conn sees its reads and writes fail and marks it broken
 // itself. (Close marks it broken at once, which only the owner may do.)
 func (c *Conn) Abort() error { return c.nc.Close() }
+
 // shutWrite ends the connection's sending side (the server sees the
 // close), once; it reports whether that side is shut.
 func (c *Conn) shutWrite() bool {

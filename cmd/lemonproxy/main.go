@@ -38,6 +38,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/metrics"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/statestore"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 func main() {
@@ -157,6 +158,10 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		log.Error("configuration", "err", err)
 		return 2
 	}
+	for _, w := range settings.Warnings() {
+		log.Warn(w)
+	}
+	go probeUpstream(cfg.Upstream, log)
 	cfg.Extensions = extensions(settings)
 	if err := os.MkdirAll(settings.Data, 0o700); err != nil {
 		log.Error("data directory", "err", err)
@@ -379,6 +384,19 @@ const (
 	demoUser = "demo"
 	demoPass = "demo"
 )
+
+// probeUpstream connects to the upstream once at start and logs a WARN if
+// it does not answer, rather than let the first login find out.
+func probeUpstream(cfg upstream.Config, log *slog.Logger) {
+	c, err := upstream.Dial(context.Background(), &cfg) // bounded by upstream-timeout
+	if err != nil {
+		log.Warn("upstream does not answer; logins get NO [UNAVAILABLE] until it does", "upstream", cfg.Addr, "err", err)
+		return
+	}
+	c.Logout()
+	c.Close()
+	log.Info("upstream answers", "upstream", cfg.Addr)
+}
 
 // startDemoUpstream starts an in-memory IMAP server holding the demo user
 // and a few messages.

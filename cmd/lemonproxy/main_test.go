@@ -347,6 +347,11 @@ func TestServeUsageErrors(t *testing.T) {
 		{"tls listener without certificate", []string{"serve", "-upstream", "u:143", "-listen", "", "-listen-tls", "127.0.0.1:0"}, 2, "-listen-tls needs -tls-cert and -tls-key"},
 		{"no listener", []string{"serve", "-upstream", "u:143", "-listen", ""}, 2, "no listener"},
 		{"missing key", []string{"serve", "-upstream", "u:143", "-tls-cert", certFile, "-tls-key", keyFile + ".missing"}, 1, "TLS certificate"},
+		{"upstream without port", []string{"serve", "-upstream", "imap.example"}, 2, `upstream \"imap.example\": missing port in address; want HOST:PORT`},
+		{"upstream port out of range", []string{"serve", "-upstream", "imap.example:99999"}, 2, `upstream \"imap.example:99999\": port \"99999\": want a number from 1 to 65535`},
+		{"upstream without host", []string{"serve", "-upstream", ":143"}, 2, `upstream \":143\": no host; want HOST:PORT`},
+		{"certificate without key", []string{"serve", "-upstream", "u:143", "-tls-cert", certFile}, 1, "tls-cert " + certFile + " is set without tls-key"},
+		{"key without certificate", []string{"serve", "-upstream", "u:143", "-tls-key", keyFile}, 1, "tls-key " + keyFile + " is set without tls-cert"},
 		{"help", []string{"serve", "-h"}, 0, "-upstream-security"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -358,6 +363,32 @@ func TestServeUsageErrors(t *testing.T) {
 				t.Errorf("lemonproxy %q listened before failing", tc.args)
 			}
 		})
+	}
+}
+
+// TestStartWarnings: a proxy whose upstream does not answer, or whose
+// plain listener is open beyond loopback without a certificate (so no
+// client there can log in), starts but says so at once.
+func TestStartWarnings(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	p := start(t, "serve", "-listen", "0.0.0.0:0", "-upstream", dead)
+	p.waitFor(t, p.stderr, 0, `level=WARN msg="listen 0\.0\.0\.0:0: plain listener on a non-loopback address without a certificate: clients not on loopback cannot log in \(LOGINDISABLED, no STARTTLS\); set tls-cert and tls-key, or allow-plaintext-auth behind a TLS terminator"`)
+	p.waitFor(t, p.stderr, 0, `level=WARN msg="upstream does not answer; logins get NO \[UNAVAILABLE\] until it does" upstream=`+regexp.QuoteMeta(dead)+` err=`)
+	p.listenAddr(t, false) // signals are handled from here on
+	p.stop(t, syscall.SIGTERM)
+
+	up := startUpstream(t, "alice", "secret", 0)
+	q := start(t, "serve", "-listen", "127.0.0.1:0", "-upstream", up.Addr)
+	q.waitFor(t, q.stderr, 0, `level=INFO msg="upstream answers" upstream=`+regexp.QuoteMeta(up.Addr))
+	q.listenAddr(t, false)
+	q.stop(t, syscall.SIGTERM)
+	if strings.Contains(q.stderr.String(), "level=WARN") {
+		t.Errorf("warnings for a loopback listener and a live upstream: %s", q.stderr)
 	}
 }
 

@@ -37,6 +37,12 @@ func (r *CertReloader) Reload() error {
 // load, serves them from now on and reads them on the next Reload. If
 // they do not, everything stays as it was.
 func (r *CertReloader) Load(certFile, keyFile string) error {
+	switch {
+	case certFile == "":
+		return fmt.Errorf("config: tls-key %s is set without tls-cert", keyFile)
+	case keyFile == "":
+		return fmt.Errorf("config: tls-cert %s is set without tls-key", certFile)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c, err := tls.LoadX509KeyPair(certFile, keyFile)

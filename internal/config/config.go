@@ -10,7 +10,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -81,6 +84,8 @@ type Settings struct {
 	SessionsPerUser     int      `toml:"sessions-per-user"`
 	PreAuthCommands     int      `toml:"preauth-commands"`
 	AuthFailureMaxDelay Duration `toml:"auth-failure-max-delay"`
+
+	UsernameFormat string `toml:"username-format"`
 }
 
 // Duration is a time.Duration written "30s" in the file and on the command
@@ -122,6 +127,7 @@ func Defaults() Settings {
 		SessionsPerUser:     50,
 		PreAuthCommands:     25,
 		AuthFailureMaxDelay: Duration{30 * time.Second},
+		UsernameFormat:      proxy.UsernameLower,
 		WatchGrace:          Duration{10 * time.Second},
 		IdleRenew:           Duration{25 * time.Minute},
 		ExpungeLogMax:       10000,
@@ -156,14 +162,15 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.Int64Var(&s.MaxOtherCommandBytes, "max-other-command-bytes", s.MaxOtherCommandBytes, "most literal bytes any command but APPEND may carry in all after login (such commands are held in memory); 0: 262144")
 	fs.Int64Var(&s.MaxPreAuthCommandBytes, "max-preauth-command-bytes", s.MaxPreAuthCommandBytes, "most literal bytes one command may carry in all before login; 0: 8192")
 	fs.IntVar(&s.MaxDepth, "max-depth", s.MaxDepth, "deepest parenthesis nesting in a command")
-	fs.TextVar(&s.AuthFailureDelay, "auth-failure-delay", s.AuthFailureDelay, "delay before answering a failed login")
+	fs.TextVar(&s.AuthFailureDelay, "auth-failure-delay", s.AuthFailureDelay, "time from the start of a failed login to its answer, the upstream's time included")
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
 	fs.TextVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "disconnect logged-in clients silent for this long (at least 30m per RFC 3501)")
 	fs.TextVar(&s.PollInterval, "poll-interval", s.PollInterval, "how often a mailbox watcher polls with NOOP when the upstream has no IDLE")
 	fs.IntVar(&s.ConnsPerIP, "conns-per-ip", s.ConnsPerIP, "most simultaneous connections from one client address (loopback exempt); -1: no limit")
 	fs.IntVar(&s.SessionsPerUser, "sessions-per-user", s.SessionsPerUser, "most simultaneous logged-in sessions of one account; -1: no limit")
 	fs.IntVar(&s.PreAuthCommands, "preauth-commands", s.PreAuthCommands, "most commands a client may send before it logs in; -1: no limit")
-	fs.TextVar(&s.AuthFailureMaxDelay, "auth-failure-max-delay", s.AuthFailureMaxDelay, "cap of the failed-login delay, which doubles with each failure from one address")
+	fs.TextVar(&s.AuthFailureMaxDelay, "auth-failure-max-delay", s.AuthFailureMaxDelay, "cap of the failed-login delay, which doubles with each failure of one address or account")
+	fs.StringVar(&s.UsernameFormat, "username-format", s.UsernameFormat, "which user names are one upstream account (limits, pools, watchers, state), as Dovecot's auth_username_format: %Lu (lower case, Dovecot's default) or %u (as sent)")
 	fs.StringVar(&s.ProxyProtocol, "proxy-protocol", s.ProxyProtocol, "comma-separated addresses or CIDR prefixes of load balancers whose connections start with a PROXY protocol header (v1/v2) giving the real client address; empty: off")
 	fs.StringVar(&s.Metrics, "metrics", s.Metrics, "address of the HTTP listener for Prometheus metrics (/metrics), /healthz and /readyz; empty: off")
 	fs.TextVar(&s.NotifyPollInterval, "notify-poll-interval", s.NotifyPollInterval, "how often NOTIFY's account watcher polls LIST, LSUB and STATUS for mailboxes other than the selected one and INBOX")
@@ -230,6 +237,54 @@ func Decode(text string, s *Settings) error {
 	return nil
 }
 
+// checkHostPort checks a HOST:PORT address to dial: a host, and a port
+// from 1 to 65535.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return fmt.Errorf("%s; want HOST:PORT", ae.Err)
+		}
+		return fmt.Errorf("%w; want HOST:PORT", err)
+	}
+	if host == "" {
+		return errors.New("no host; want HOST:PORT")
+	}
+	if strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return errors.New("the host holds a space or control character")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q: want a number from 1 to 65535", port)
+	}
+	return nil
+}
+
+// Warnings returns what in s is valid but probably not what the operator
+// wants, for the log at start.
+func (s *Settings) Warnings() []string {
+	var w []string
+	if s.Listen != "" && !hasCert(*s) && !s.AllowPlaintextAuth && !loopbackHost(s.Listen) {
+		w = append(w, fmt.Sprintf("listen %s: plain listener on a non-loopback address without a certificate: "+
+			"clients not on loopback cannot log in (LOGINDISABLED, no STARTTLS); "+
+			"set tls-cert and tls-key, or allow-plaintext-auth behind a TLS terminator", s.Listen))
+	}
+	return w
+}
+
+// loopbackHost tells whether a listen address binds loopback only.
+func loopbackHost(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
 // LogLevel parses the log-level setting.
 func (s *Settings) Level() (slog.Level, error) {
 	var l slog.Level
@@ -245,6 +300,12 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	var cfg proxy.Config
 	if s.Upstream == "" {
 		return cfg, errors.New("config: no upstream: set -upstream HOST:PORT")
+	}
+	if err := checkHostPort(s.Upstream); err != nil {
+		return cfg, fmt.Errorf("config: upstream %q: %w", s.Upstream, err)
+	}
+	if s.UsernameFormat != proxy.UsernameLower && s.UsernameFormat != proxy.UsernameAsIs {
+		return cfg, fmt.Errorf("config: username-format %q: want %s (lower case) or %s (as sent)", s.UsernameFormat, proxy.UsernameLower, proxy.UsernameAsIs)
 	}
 	sec, err := upstream.ParseSecurity(s.UpstreamSecurity)
 	if err != nil {
@@ -300,6 +361,7 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.IdleTimeout = s.IdleTimeout.Duration
 	cfg.Abuse = proxy.AbuseLimits{ConnsPerIP: s.ConnsPerIP, SessionsPerUser: s.SessionsPerUser,
 		PreAuthCommands: s.PreAuthCommands, AuthFailureMaxDelay: s.AuthFailureMaxDelay.Duration}
+	cfg.UsernameFormat = s.UsernameFormat
 	cfg.Hub.PollInterval = s.PollInterval.Duration
 	cfg.Hub.Grace = s.WatchGrace.Duration
 	cfg.Hub.IdleRenew = s.IdleRenew.Duration

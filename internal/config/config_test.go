@@ -76,6 +76,7 @@ func TestDefaults(t *testing.T) {
 		AuthFailureMaxDelay: Duration{30 * time.Second},
 		ExpungeLogMax:       10000,
 		ExpungeLogMaxAge:    Duration{720 * time.Hour},
+		UsernameFormat:      "%Lu",
 	}
 	if got := Defaults(); got != want {
 		t.Errorf("Defaults() = %+v\nwant %+v", got, want)
@@ -158,6 +159,7 @@ idle-keepalive = "10m"
 notify-poll-interval = "2m"
 expunge-log-max = 500
 expunge-log-max-age = "48h"
+username-format = "%u"
 `
 
 var fullFileSettings = Settings{
@@ -196,6 +198,7 @@ var fullFileSettings = Settings{
 	AuthFailureMaxDelay: Duration{30 * time.Second},
 	ExpungeLogMax:       500,
 	ExpungeLogMaxAge:    Duration{48 * time.Hour},
+	UsernameFormat:      "%u",
 }
 
 func TestParseFile(t *testing.T) {
@@ -701,4 +704,54 @@ func FuzzParseFile(f *testing.F) {
 		fs.SetOutput(io.Discard)
 		Parse(fs, []string{"-config", path})
 	})
+}
+
+// TestUpstreamAddressChecked: an upstream address that cannot be dialled
+// is refused at start (issue #16 item 21).
+func TestUpstreamAddressChecked(t *testing.T) {
+	for addr, want := range map[string]string{
+		"imap.example":       `config: upstream "imap.example": missing port in address; want HOST:PORT`,
+		"imap.example:99999": `config: upstream "imap.example:99999": port "99999": want a number from 1 to 65535`,
+		"imap.example:0":     `config: upstream "imap.example:0": port "0": want a number from 1 to 65535`,
+		"imap.example:imap":  `config: upstream "imap.example:imap": port "imap": want a number from 1 to 65535`,
+		":143":               `config: upstream ":143": no host; want HOST:PORT`,
+		"imap example:143":   `config: upstream "imap example:143": the host holds a space or control character`,
+		"[::1:143":           `config: upstream "[::1:143": missing ']' in address; want HOST:PORT`,
+	} {
+		s := Defaults()
+		s.Upstream = addr
+		if _, err := s.ProxyConfig(nil, nil); err == nil || err.Error() != want {
+			t.Errorf("upstream %q: %v, want %q", addr, err, want)
+		}
+	}
+	for _, addr := range []string{"imap.example:143", "127.0.0.1:993", "[::1]:143"} {
+		s := Defaults()
+		s.Upstream = addr
+		if _, err := s.ProxyConfig(nil, nil); err != nil {
+			t.Errorf("upstream %q: %v", addr, err)
+		}
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	for _, c := range []struct {
+		edit func(*Settings)
+		warn bool
+	}{
+		{func(s *Settings) {}, false}, // 127.0.0.1:1143
+		{func(s *Settings) { s.Listen = "0.0.0.0:143" }, true},
+		{func(s *Settings) { s.Listen = ":143" }, true},
+		{func(s *Settings) { s.Listen = "192.0.2.1:143" }, true},
+		{func(s *Settings) { s.Listen = "localhost:143" }, false},
+		{func(s *Settings) { s.Listen = "[::1]:143" }, false},
+		{func(s *Settings) { s.Listen = "" }, false},
+		{func(s *Settings) { s.Listen, s.AllowPlaintextAuth = ":143", true }, false},
+		{func(s *Settings) { s.Listen, s.TLSCert, s.TLSKey = ":143", "c", "k" }, false},
+	} {
+		s := Defaults()
+		c.edit(&s)
+		if w := s.Warnings(); (len(w) > 0) != c.warn {
+			t.Errorf("listen %q: warnings %q", s.Listen, w)
+		}
+	}
 }

@@ -107,6 +107,7 @@ type Option func(*options)
 type options struct {
 	implicitTLS     bool
 	remoteIP        net.IP
+	remoteIPs       func() net.IP
 	bufSize         int
 	edits           []func(*proxy.Config)
 	shutdownTimeout time.Duration
@@ -120,6 +121,10 @@ func ImplicitTLS() Option { return func(o *options) { o.implicitTLS = true } }
 // so that tests can play a client that is not on loopback (plaintext
 // LOGIN rules, per-address limits).
 func RemoteIP(ip net.IP) Option { return func(o *options) { o.remoteIP = ip } }
+
+// RemoteIPFunc is RemoteIP with an address of next's choosing for each
+// accepted connection (clients spread over many addresses).
+func RemoteIPFunc(next func() net.IP) Option { return func(o *options) { o.remoteIPs = next } }
 
 // SmallBuffers sets the socket send and receive buffers of accepted client
 // connections to n bytes, so that a slow client fills them quickly and the
@@ -171,8 +176,8 @@ func StartProxy(t testing.TB, upAddr string, cfg proxy.Config, opts ...Option) *
 		t.Fatal(err)
 	}
 	p := &Proxy{Srv: srv, Addr: ln.Addr().String(), served: make(chan error, 1), shutdownTimeout: o.shutdownTimeout}
-	if o.remoteIP != nil || o.bufSize > 0 {
-		ln = testListener{ln, o.remoteIP, o.bufSize}
+	if o.remoteIP != nil || o.remoteIPs != nil || o.bufSize > 0 {
+		ln = testListener{ln, o.remoteIP, o.remoteIPs, o.bufSize}
 	}
 	go func() { p.served <- srv.Serve(ln, o.implicitTLS) }()
 	t.Cleanup(func() {
@@ -209,8 +214,9 @@ func (p *Proxy) Shutdown() error {
 // testListener applies RemoteIP and SmallBuffers to accepted connections.
 type testListener struct {
 	net.Listener
-	remoteIP net.IP
-	bufSize  int
+	remoteIP  net.IP
+	remoteIPs func() net.IP
+	bufSize   int
 }
 
 func (l testListener) Accept() (net.Conn, error) {
@@ -221,6 +227,9 @@ func (l testListener) Accept() (net.Conn, error) {
 	if tc, ok := c.(*net.TCPConn); ok && l.bufSize > 0 {
 		tc.SetWriteBuffer(l.bufSize)
 		tc.SetReadBuffer(l.bufSize)
+	}
+	if l.remoteIPs != nil {
+		return remoteConn{c, &net.TCPAddr{IP: l.remoteIPs(), Port: 40000}}, nil
 	}
 	if l.remoteIP != nil {
 		return remoteConn{c, &net.TCPAddr{IP: l.remoteIP, Port: 40000}}, nil

@@ -106,3 +106,56 @@ func TestParsePrefixes(t *testing.T) {
 		t.Error("bad prefix accepted")
 	}
 }
+
+// TestProxyProtocolSilentPeer: a trusted balancer connection that sends
+// nothing holds up no one: the next client's greeting comes at once,
+// Stats answers, and Shutdown does not wait for the PROXY header's
+// 5-second timeout (issue #16 item 7: the header was read in the accept
+// loop under the server's lock, delaying every new connection by up to
+// 5 s).
+func TestProxyProtocolSilentPeer(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	srv, err := proxy.NewServer(proxy.Config{Upstream: upstream.Config{Addr: up.Addr, Timeout: 5 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(listen.ProxyProtocol(ln, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}), false)
+	}()
+	addr := ln.Addr().String()
+
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	time.Sleep(50 * time.Millisecond) // let the proxy accept it first
+	start := time.Now()
+	g := greeting(t, addr, "PROXY TCP4 127.0.0.9 127.0.0.1 50000 143\r\n")
+	if el := time.Since(start); !strings.HasPrefix(g, "* OK") || el > time.Second {
+		t.Errorf("greeting %q after %v behind a silent balancer connection", g, el)
+	}
+	start = time.Now()
+	srv.Stats()
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("Stats took %v", el)
+	}
+	start = time.Now()
+	if err := srv.Shutdown(t.Context()); err != nil {
+		t.Error(err)
+	}
+	<-done
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("Shutdown took %v with a PROXY header pending", el)
+	}
+}

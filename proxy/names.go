@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// Names the upstream treats as one must be one in the proxy, or its
+// per-account limits, pools, watchers and states split: Dovecot folds
+// login names to lower case by default (auth_username_format = %Lu) and
+// treats inbox/Child as INBOX/Child.
+
+// Username formats (Config.UsernameFormat), named as Dovecot's
+// auth_username_format.
+const (
+	// UsernameLower folds ASCII letters to lower case, as Dovecot's %Lu
+	// (its default).
+	UsernameLower = "%Lu"
+	// UsernameAsIs takes the name as the client sent it, for an upstream
+	// whose user names are case-sensitive.
+	UsernameAsIs = "%u"
+)
+
+func checkUsernameFormat(f string) error {
+	switch f {
+	case UsernameLower, UsernameAsIs:
+		return nil
+	}
+	return fmt.Errorf("proxy: username format %q: want %s (lower case, Dovecot's default) or %s (as sent)", f, UsernameLower, UsernameAsIs)
+}
+
+// badUsername tells whether a client's user name holds a character no
+// upstream account name has and that would make the proxy's keys
+// ambiguous (NUL) or could break a command line (CR, LF).
+func badUsername(user string) bool { return strings.ContainsAny(user, "\x00\r\n") }
+
+// accountKey is the account's key for limits, the pool, the hub and the
+// state store: the upstream address and the user name as the upstream
+// identifies it, joined by NUL. Neither part holds a NUL (the address is
+// checked in NewServer, user names with NUL are refused), so the key is
+// unambiguous; it keeps the form of the state store's existing keys
+// (docs/hardening.md, issue 16 item 18).
+func (s *Server) accountKey(user string) string {
+	if s.cfg.UsernameFormat == UsernameLower {
+		user = asciiLower(user)
+	}
+	return s.cfg.Upstream.Addr + "\x00" + user
+}
+
+// asciiLower folds A-Z only, as Dovecot's %L does (non-ASCII letters
+// are left alone, so two spellings the upstream keeps apart never merge).
+func asciiLower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; 'A' <= c && c <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if c := b[j]; 'A' <= c && c <= 'Z' {
+					b[j] = c + 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
+// canonicalName spells a mailbox name as the upstream treats it: INBOX in
+// any case is INBOX (RFC 3501 5.1), and so is an INBOX followed by the
+// hierarchy delimiter delim (inbox/Child is INBOX/Child, as in Dovecot).
+// With no delimiter known, only INBOX itself is folded: inboxChild or
+// inbox-Archive are other mailboxes, in any case the upstream keeps.
+func canonicalName(name, delim string) string {
+	if len(name) < 5 || !strings.EqualFold(name[:5], "INBOX") || name[:5] == "INBOX" {
+		return name
+	}
+	if len(name) == 5 || delim != "" && strings.HasPrefix(name[5:], delim) {
+		return "INBOX" + name[5:]
+	}
+	return name
+}
+
+// needsDelim tells whether canonicalName may need the hierarchy delimiter
+// to spell name: only names that start with INBOX in another case.
+func needsDelim(name string) bool {
+	return len(name) > 5 && strings.EqualFold(name[:5], "INBOX") && name[:5] != "INBOX"
+}
+
+// mailboxName spells a mailbox name the client sent as the upstream
+// treats it (canonicalName), asking the upstream connection c for the
+// hierarchy delimiter the first time the account needs it.
+func (s *Session) mailboxName(ctx context.Context, c *upstream.Conn, name string) string {
+	if !needsDelim(name) {
+		return canonicalName(name, "")
+	}
+	return canonicalName(name, s.srv.hierarchyDelim(ctx, s.account, c))
+}
+
+// hierarchyDelim returns the account's hierarchy delimiter ("" if it has
+// none or the upstream did not say), from LIST "" "" on c the first time.
+func (s *Server) hierarchyDelim(ctx context.Context, account string, c *upstream.Conn) string {
+	if d, ok := s.delims.Load(account); ok {
+		return d.(string)
+	}
+	delim, found := "", false
+	_, err := c.Exec(ctx, `LIST "" ""`, func(r *upstream.Response) {
+		if r.Head.Name != "LIST" || found {
+			return
+		}
+		p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
+		for range 2 { // "*", LIST
+			if _, err := p.Atom(); err != nil {
+				return
+			}
+			p.SP()
+		}
+		if _, err := p.Value(); err != nil { // attributes
+			return
+		}
+		p.SP()
+		if v, err := p.Value(); err == nil {
+			delim, _ = imapcodec.AsString(v)
+			found = true
+		}
+	})
+	if err != nil || !found {
+		return ""
+	}
+	s.delims.Store(account, delim)
+	return delim
+}
