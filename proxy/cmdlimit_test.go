@@ -132,10 +132,11 @@ func TestCommandBytesByState(t *testing.T) {
 	c := imaptest.Dial(t, p.Addr)
 	// Before login: at the limit is fine, one literal more is refused and
 	// the rest of the command dropped.
-	c.WriteBytes(nonSync(`a ID ("id" "x"`, ` "k%d" `, 2, proxy.DefaultMaxPreAuthCommandBytes/2, `)`, "b NOOP"))
+	// (ID values are at most 1,024 octets, RFC 2971.)
+	c.WriteBytes(nonSync(`a ID ("id" "x"`, ` "k%d" `, proxy.DefaultMaxPreAuthCommandBytes/1024, 1024, `)`, "b NOOP"))
 	c.Expect("* ID *", "a OK *", "b OK NOOP completed.")
-	c.WriteBytes(nonSync(`c ID ("id" "x"`, ` "k%d" `, 3, 4000, `)`, "d NOOP"))
-	c.Expect(fmt.Sprintf("c NO [TOOBIG] Literals of 12000 bytes in one command exceed the limit of %d bytes.", proxy.DefaultMaxPreAuthCommandBytes),
+	c.WriteBytes(nonSync(`c ID ("id" "x"`, ` "k%d" `, 12, 1000, `)`, "d NOOP"))
+	c.Expect(fmt.Sprintf("c NO [TOOBIG] Literals of 9000 bytes in one command exceed the limit of %d bytes.", proxy.DefaultMaxPreAuthCommandBytes),
 		"d OK NOOP completed.")
 
 	// After login, in the selected state: SEARCH with literals of 256 KiB
