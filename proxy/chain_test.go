@@ -61,7 +61,7 @@ func (e *chainExt) ReportExpunged(s *proxy.Session, b []byte, uids, seqs []uint3
 
 func (e *chainExt) ExpungesHeld(*proxy.Session) []byte { return nil }
 
-func (e *chainExt) BatchDone(_ *proxy.Session, b []byte, _ bool) []byte { return b }
+func (e *chainExt) BatchDone(_ *proxy.Session, _ *proxy.Exchange, b []byte, _ bool) []byte { return b }
 
 // TestChainOrder: a command passes through the extensions' handlers in the
 // order of Config.Extensions, each filter and tagged hook in the same

@@ -150,11 +150,12 @@ type ChangeReporter interface {
 	ExpungesHeld(s *Session) []byte
 	// BatchDone appends what follows a batch of changes the core has
 	// just reported (b holds the batch; the client's view and mod-sequence
-	// are already those after it). uncovered tells whether the batch
+	// are already those after it); x is the command the batch answers,
+	// nil for a push between commands. uncovered tells whether the batch
 	// reported expunges with a mod-sequence above every flag change it
 	// reported: no MODSEQ the client was told covers them, and QRESYNC
 	// closes such a batch with the mailbox's HIGHESTMODSEQ.
-	BatchDone(s *Session, b []byte, uncovered bool) []byte
+	BatchDone(s *Session, x *Exchange, b []byte, uncovered bool) []byte
 }
 
 // Response is an untagged response on its way from the upstream to a client.

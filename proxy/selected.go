@@ -238,7 +238,7 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 		return false, nil
 	}
 	for _, r := range s.srv.reporters {
-		b = r.BatchDone(s, b, lastExpunge > lastFlag)
+		b = r.BatchDone(s, x, b, lastExpunge > lastFlag)
 	}
 	return true, s.Write(b)
 }

@@ -164,10 +164,10 @@ func (*Extension) ExpungesHeld(s *proxy.Session) []byte {
 // 6): each expunge has a mod-sequence of its own, and a QRESYNC client that
 // keeps the highest mod-sequence it was told as its HIGHESTMODSEQ would
 // otherwise resync from below it and be told of the expunge again
-// (#16.15). The answer to EXPUNGE carries it in its tagged OK as well.
-func (*Extension) BatchDone(s *proxy.Session, b []byte, uncovered bool) []byte {
+// (#16.15). The answer to EXPUNGE carries it in its tagged OK instead.
+func (*Extension) BatchDone(s *proxy.Session, x *proxy.Exchange, b []byte, uncovered bool) []byte {
 	m := s.Mailbox()
-	if !uncovered || m == nil || !s.Enabled("QRESYNC") {
+	if !uncovered || m == nil || !s.Enabled("QRESYNC") || x != nil && x.Value(taggedHighest{}) != nil {
 		return b
 	}
 	return fmt.Appendf(b, "* OK [HIGHESTMODSEQ %d] Highest\r\n", m.ModSeq())
@@ -420,6 +420,7 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		// HIGHESTMODSEQ (RFC 7162 3.2.7), once the client has been told
 		// of the expunges.
 		if s.Enabled("QRESYNC") {
+			x.SetValue(taggedHighest{}, true)
 			x.OnTagged(func(h *imapcodec.ResponseHead) {
 				if m := s.Mailbox(); m != nil && h.Name == "OK" {
 					h.Code, h.CodeArg = "HIGHESTMODSEQ", strconv.FormatUint(m.ModSeq(), 10)
@@ -435,6 +436,9 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	}
 	return next(ctx, x)
 }
+
+// taggedHighest marks an exchange whose tagged OK carries HIGHESTMODSEQ.
+type taggedHighest struct{}
 
 // sentence capitalises the first letter of an error message for a client.
 func sentence(s string) string {

@@ -711,7 +711,7 @@ func (e *Extension) ReportExpunged(_ *proxy.Session, b []byte, _, _ []uint32) ([
 func (e *Extension) ExpungesHeld(*proxy.Session) []byte { return nil }
 
 // BatchDone has nothing to add.
-func (e *Extension) BatchDone(_ *proxy.Session, b []byte, _ bool) []byte { return b }
+func (e *Extension) BatchDone(_ *proxy.Session, _ *proxy.Exchange, b []byte, _ bool) []byte { return b }
 
 // SessionClosed releases the session's subscriptions.
 func (e *Extension) SessionClosed(s *proxy.Session) { e.stop(s) }

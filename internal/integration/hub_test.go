@@ -303,6 +303,9 @@ type counts struct {
 	expunged map[uint32]int
 	fetched  map[uint32][]string
 	exists   []string
+	// flags are the FLAGS responses that announced new keywords (RFC
+	// 3501 7.2.6).
+	flags []string
 }
 
 // followUntil reads c's pushed lines until its view matches real (or timeout),
@@ -317,6 +320,10 @@ func followUntil(c *hubClient, real []msgState, timeout time.Duration) (counts, 
 			return k, last, fmt.Errorf("%v; view %s, mailbox %v", err, c.view, real)
 		}
 		last = l.at
+		if strings.HasPrefix(l.text, "* FLAGS (") {
+			k.flags = append(k.flags, l.text)
+			continue
+		}
 		var uid uint32
 		var n int
 		if _, err := fmt.Sscanf(l.text, "* %d ", &n); err == nil {
@@ -705,6 +712,8 @@ func startFollowing(c *hubClient) *follower {
 			f.mu.Lock()
 			kind, err := c.view.apply(l.text)
 			switch {
+			case strings.HasPrefix(l.text, "* FLAGS ("):
+				err = nil // a new keyword announced (RFC 3501 7.2.6)
 			case err != nil:
 			case kind == "FETCH":
 				f.fetches++
@@ -1044,6 +1053,13 @@ func TestHubIsolation(t *testing.T) {
 			}
 			if len(k.expunged) != 1 || k.expunged[2] != 1 {
 				t.Errorf("%s: expunges %v, want UID 2 once", c.name, k.expunged)
+			}
+			for _, l := range k.flags {
+				for _, other := range boxes {
+					if other != b && strings.Contains(l, keyword(other)) {
+						t.Errorf("%s: got %q, %v's keyword", c.name, l, other)
+					}
+				}
 			}
 			for uid, lines := range k.fetched {
 				for _, l := range lines {

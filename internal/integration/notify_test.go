@@ -430,8 +430,9 @@ func ntPersonal(t testing.TB, e *ntEnv, px *ntProxy) {
 	c.expect("* STATUS Work (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 	d.MustOK("SELECT Work")
 	d.MustOK(`STORE 1 +FLAGS (\Seen)`)
-	// A flag change elsewhere is told with UIDVALIDITY (RFC 5465 5.1).
-	c.expectRE(regexp.MustCompile(`^\* STATUS Work \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 0\)$`))
+	// A flag change elsewhere is told with UIDVALIDITY and HIGHESTMODSEQ
+	// (RFC 5465 5.2; the proxy always supports CONDSTORE).
+	c.expectRE(regexp.MustCompile(`^\* STATUS Work \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 0 HIGHESTMODSEQ \d+\)$`))
 	d.MustOK("SUBSCRIBE Work")
 	c.expect(`* LIST ` + e.leaf(`\Subscribed`) + ` "." Work`)
 	d.MustOK("UNSUBSCRIBE Work")
@@ -619,6 +620,16 @@ func ntStatus(t testing.TB, e *ntEnv, px *ntProxy) {
 	}
 	c := px.login(t, u)
 	got := c.MustOK("NOTIFY SET STATUS (personal " + ntAll + ")")
+	// With FlagChange, each STATUS carries the proxy's HIGHESTMODSEQ
+	// (RFC 5465 5.2), whose value is the proxy's own: checked, then left
+	// out of the comparison.
+	for i, l := range got[:len(got)-1] {
+		m := ntHighestRE.FindStringSubmatchIndex(l)
+		if m == nil {
+			t.Fatalf("NOTIFY SET STATUS with FlagChange: %q has no HIGHESTMODSEQ", l)
+		}
+		got[i] = l[:m[0]] + l[m[1]:]
+	}
 	want := []string{
 		"* STATUS A (MESSAGES 1 UIDNEXT 2 UIDVALIDITY " + uv["A"] + " UNSEEN 1)",
 		"* STATUS B (MESSAGES 0 UIDNEXT 1 UIDVALIDITY " + uv["B"] + " UNSEEN 0)",
@@ -648,6 +659,8 @@ func ntSameLines(t testing.TB, what string, got, want []string) {
 		t.Fatalf("%s:\n got %q\nwant %q", what, got, want)
 	}
 }
+
+var ntHighestRE = regexp.MustCompile(` HIGHESTMODSEQ [1-9]\d*`)
 
 var ntModSeqRE = regexp.MustCompile(`^\* STATUS A \(MESSAGES (\d+) UIDNEXT (\d+)(?: UIDVALIDITY \d+)? UNSEEN (\d+) HIGHESTMODSEQ (\d+)\)$`)
 
@@ -705,6 +718,9 @@ func ntVanished(t testing.TB, e *ntEnv, px *ntProxy) {
 	// The flag change may be seen before the expunge; with QRESYNC its
 	// FETCH carries UID and MODSEQ.
 	c.expectAfter(regexp.MustCompile(`^\* 1 FETCH \(`), "* VANISHED 1")
+	// No FETCH MODSEQ covers the expunge: the batch ends with
+	// HIGHESTMODSEQ (RFC 7162 3.2.10; issue 16 item 15).
+	c.expectRE(regexp.MustCompile(`^\* OK \[HIGHESTMODSEQ \d+\] Highest$`))
 	c.silent(ntSilence)
 }
 
