@@ -26,9 +26,10 @@ const Usage = `lemonproxy conformance -target HOST:PORT -user U -pass P [-user2 
 // usage. cmd/lemonproxy calls it.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("lemonproxy conformance", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flags are printed for -h only; a bad flag's error once, below.
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage:\n  %s\n\nTests an IMAP server (or lemonproxy) RFC section by RFC section.\n\nFlags:\n", Usage)
+		fmt.Fprintf(fs.Output(), "Usage:\n  %s\n\nTests an IMAP server (or lemonproxy) RFC section by RFC section.\n\nFlags:\n", Usage)
 		fs.PrintDefaults()
 	}
 	var (
@@ -62,13 +63,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&forceCaps, "force-caps", "", "space-separated capabilities to treat as advertised, to run their scenarios anyway")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.Usage()
 			return 0
 		}
+		fmt.Fprintf(stderr, "lemonproxy conformance: %v\nRun 'lemonproxy conformance -h' for the flags.\n", err)
 		return 2
 	}
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "lemonproxy conformance: "+format+"\n", a...)
-		fs.Usage()
+		fmt.Fprintf(stderr, "Usage:\n  %s\nRun 'lemonproxy conformance -h' for the flags.\n", Usage)
 		return 2
 	}
 	if list {
