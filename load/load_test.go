@@ -152,7 +152,12 @@ func TestIdle(t *testing.T) {
 			if n := metric(t, res, "upstream-connections"); n < 2 {
 				t.Errorf("upstream-connections = %v, want at least the 2 watchers", n)
 			}
-			metric(t, res, "target-rss-per-session")
+			// The proxy shares the test's process, whose RSS may fall
+			// meanwhile (earlier tests' memory freed): then a note
+			// replaces the figure.
+			if _, ok := res.Metric("target-rss-per-session"); !ok && !slices.ContainsFunc(res.Notes, func(n string) bool { return strings.HasPrefix(n, "target-rss-per-session left out") }) {
+				t.Errorf("neither target-rss-per-session nor a note why it is left out: %q", res.Notes)
+			}
 			metric(t, res, "target-heap-live-per-session")
 			metric(t, res, "target-heap-inuse-per-session")
 			if h := metric(t, res, "target-heap-inuse"); h < 1<<20 {
