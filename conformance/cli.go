@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -26,9 +28,10 @@ const Usage = `lemonproxy conformance -target HOST:PORT -user U -pass P [-user2 
 // usage. cmd/lemonproxy calls it.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("lemonproxy conformance", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flags are printed for -h only; a bad flag's error once, below.
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage:\n  %s\n\nTests an IMAP server (or lemonproxy) RFC section by RFC section.\n\nFlags:\n", Usage)
+		fmt.Fprintf(fs.Output(), "Usage:\n  %s\n\nTests an IMAP server (or lemonproxy) RFC section by RFC section.\n\nFlags:\n", Usage)
 		fs.PrintDefaults()
 	}
 	var (
@@ -56,19 +59,22 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&format, "format", "text", "output format: text, json or junit")
 	fs.StringVar(&out, "out", "", "write the report to FILE instead of standard output")
 	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Second, "how long to wait for each response")
-	fs.DurationVar(&cfg.EventWait, "event-wait", 6*time.Second, "how long an unsolicited event may take to arrive")
+	fs.DurationVar(&cfg.EventWait, "event-wait", 6*time.Second, "how long an unsolicited event may take to arrive. A server that polls for changes must poll at least twice as often: lemonproxy's NOTIFY polls other mailboxes every notify-poll-interval (30s by default), so run it with -notify-poll-interval 3s against the default, or its NOTIFY scenarios fail")
 	fs.IntVar(&cfg.Parallel, "parallel", 1, "scenarios run at once")
 	fs.BoolVar(&list, "list", false, "list the scenarios and exit")
 	fs.StringVar(&forceCaps, "force-caps", "", "space-separated capabilities to treat as advertised, to run their scenarios anyway")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.Usage()
 			return 0
 		}
+		fmt.Fprintf(stderr, "lemonproxy conformance: %v\nRun 'lemonproxy conformance -h' for the flags.\n", err)
 		return 2
 	}
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "lemonproxy conformance: "+format+"\n", a...)
-		fs.Usage()
+		fmt.Fprintf(stderr, "Usage:\n  %s\nRun 'lemonproxy conformance -h' for the flags.\n", Usage)
 		return 2
 	}
 	if list {
@@ -112,6 +118,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return usageErr("-only: %v", err)
 		}
+		if !slices.ContainsFunc(Scenarios(), func(s *Scenario) bool { return re.MatchString(s.ID) }) {
+			return usageErr("-only %q matches no scenario (-list shows their IDs)", only)
+		}
 		cfg.Only = re
 	}
 	var write func(*Report, io.Writer) error
@@ -129,13 +138,27 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return usageErr("-timeout, -event-wait and -parallel must be positive")
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	rep, err := Run(ctx, cfg)
-	if err != nil {
-		fmt.Fprintln(stderr, "lemonproxy conformance:", err)
-		return 1
+	// Each scenario's line is printed as it ends (a run takes minutes):
+	// on standard output, where the text report goes; on standard error
+	// when a JSON or JUnit report goes to standard output. The text
+	// report then adds only what follows the lines.
+	streamed := format == "text" && out == ""
+	progress := stdout
+	if out == "" && !streamed {
+		progress = stderr
 	}
+	var mu sync.Mutex
+	cfg.Progress = func(res Result) {
+		mu.Lock()
+		defer mu.Unlock()
+		io.WriteString(progress, res.Line())
+	}
+	if streamed {
+		write = (*Report).WriteTextSummary
+	}
+
+	// Open the report file before the run, so that a bad -out does not
+	// waste it.
 	dst := stdout
 	if out != "" {
 		f, err := os.Create(out)
@@ -145,6 +168,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		defer f.Close()
 		dst = f
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "lemonproxy conformance:", err)
+		return 1
 	}
 	if err := write(rep, dst); err != nil {
 		fmt.Fprintln(stderr, "lemonproxy conformance: writing the report:", err)

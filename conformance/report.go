@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // RFCSummary counts the outcomes of one RFC's scenarios.
@@ -55,25 +56,44 @@ func (r *Report) CountLine() string {
 // WriteText writes one line per scenario, a per-RFC table and the count
 // line: what an operator reads at a glance.
 func (r *Report) WriteText(w io.Writer) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, res := range r.Results {
-		reason := res.Reason
-		if res.Cleanup != "" {
-			reason += " (cleanup: " + res.Cleanup + ")"
+		if _, err := io.WriteString(w, res.Line()); err != nil {
+			return err
 		}
-		fmt.Fprintf(tw, "%s\t%s\tRFC %d §%s\t%s\t%s\n", res.Outcome, res.ID, res.RFC, res.Section, res.Level, oneLine(reason))
 	}
-	if err := tw.Flush(); err != nil {
-		return err
+	return r.WriteTextSummary(w)
+}
+
+// Line is the result's line of the text report, newline included. Its
+// columns have fixed widths, so that lines printed as the scenarios end
+// (lemonproxy conformance does) line up without the whole report.
+func (res Result) Line() string {
+	reason := res.Reason
+	if res.Cleanup != "" {
+		reason += " (cleanup: " + res.Cleanup + ")"
 	}
+	return fmt.Sprintf("%-4s  %-36s  %-17s  %-6s  %s\n", res.Outcome, res.ID, fmt.Sprintf("RFC %d §%s", res.RFC, res.Section), res.Level, oneLine(reason))
+}
+
+// WriteTextSummary writes what follows the scenarios' lines in the text
+// report: the target, the per-RFC table, a note on NOTIFY events that did
+// not come in time, and the count line.
+func (r *Report) WriteTextSummary(w io.Writer) error {
 	fmt.Fprintf(w, "\nTarget %s, %.1fs\n\n", r.Target, r.Seconds)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RFC\tTitle\tPassed\tFailed\tSkipped")
 	for _, s := range r.Summary() {
 		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\n", s.RFC, s.Title, s.Passed, s.Failed, s.Skipped)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if n := r.EventTimeouts; n > 0 {
+		need := NeededPollInterval(time.Duration(r.EventWait * float64(time.Second)))
+		fmt.Fprintf(w, "\n%d NOTIFY scenario(s) failed waiting %v for an event. A server that polls for them needs a poll interval of at most %v:\n"+
+			"for lemonproxy, whose NOTIFY polls mailboxes other than the selected one and INBOX every notify-poll-interval (30s by default),\n"+
+			"run it with -notify-poll-interval %v (or this suite with an -event-wait longer than its interval).\n",
+			n, time.Duration(r.EventWait*float64(time.Second)), need, need)
 	}
 	_, err := fmt.Fprintf(w, "\n%s\n", r.CountLine())
 	return err

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // statusFor matches an untagged STATUS response about mailbox.
@@ -52,6 +53,33 @@ func listFor(mailbox string, ok func(listData) bool) func(*Response) bool {
 	}
 }
 
+// notifyTimeoutError is the failure of a NOTIFY scenario whose event did
+// not come within EventWait. Its text says what most often causes it: a
+// server that polls for changes in other mailboxes (lemonproxy's NOTIFY
+// account watcher polls LIST, LSUB and STATUS every notify-poll-interval,
+// 30 s by default) less often than the suite waits.
+type notifyTimeoutError struct {
+	msg  string
+	wait time.Duration
+}
+
+func (e *notifyTimeoutError) Error() string {
+	return fmt.Sprintf("%s. A server that polls for these events must poll at least every %v to meet -event-wait %v (lemonproxy polls mailboxes other than the selected one and INBOX every notify-poll-interval, 30s by default: run it with -notify-poll-interval %v, or this suite with an -event-wait longer than its interval)",
+		e.msg, NeededPollInterval(e.wait), e.wait, NeededPollInterval(e.wait))
+}
+
+// notifyTimeout fails a NOTIFY scenario whose event did not come in time.
+func (t *T) notifyTimeout(format string, args ...any) error {
+	return &notifyTimeoutError{msg: fmt.Sprintf(format, args...), wait: t.cfg.EventWait}
+}
+
+// NeededPollInterval is the longest poll interval with which a server that
+// polls for changes reports them within eventWait: half of it, leaving
+// the other half for the poll itself and a loaded machine.
+func NeededPollInterval(eventWait time.Duration) time.Duration {
+	return (eventWait / 2).Round(100 * time.Millisecond)
+}
+
 // notifyEvent sets up NOTIFY with spec (MBOX replaced by the quoted
 // mailbox name; "" when the caller did already) on a logged-in connection, makes a change from outside and
 // waits, sending nothing, for the event match accepts. It returns the
@@ -70,7 +98,7 @@ func notifyEvent(t *T, c *Client, spec, mb string, change func() error, what str
 		return nil, err
 	}
 	if !found {
-		return nil, failf("expected %s within %v of the outside change, with no command running; got %s", what, t.cfg.EventWait, describe(got))
+		return nil, t.notifyTimeout("expected %s within %v of the outside change, with no command running; got %s", what, t.cfg.EventWait, describe(got))
 	}
 	return got[len(got)-1], nil
 }
@@ -363,7 +391,7 @@ func notify5465() []*Scenario {
 					return err
 				}
 				if !found {
-					return failf("expected * STATUS %s during IDLE within %v, got %s", mb, t.cfg.EventWait, describe(got))
+					return t.notifyTimeout("expected * STATUS %s during IDLE within %v, got %s", mb, t.cfg.EventWait, describe(got))
 				}
 				_, err = endIdle(c, tag)
 				return err
@@ -477,7 +505,7 @@ func notify5465() []*Scenario {
 					return err
 				}
 				if !found {
-					return failf("expected * STATUS %s within %v (to show events flow at all), got %s", mb, t.cfg.EventWait, describe(got))
+					return t.notifyTimeout("expected * STATUS %s within %v (to show events flow at all), got %s", mb, t.cfg.EventWait, describe(got))
 				}
 				more, err := c.Collect(t.cfg.QuietWait)
 				if err != nil {

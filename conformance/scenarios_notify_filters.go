@@ -146,7 +146,7 @@ func notifyFilters5465() []*Scenario {
 					return err
 				}
 				if !found {
-					return failf("expected * STATUS %s (...) for the subscribed mailbox within %v, got %s", sub, t.cfg.EventWait, describe(got))
+					return t.notifyTimeout("expected * STATUS %s (...) for the subscribed mailbox within %v, got %s", sub, t.cfg.EventWait, describe(got))
 				}
 				more, err := c.Collect(t.cfg.QuietWait)
 				if err != nil {
@@ -210,7 +210,7 @@ func notifyFilters5465() []*Scenario {
 				}
 				got = append(got, more...)
 				if !found {
-					return failf("expected * LIST () delim %s for the mailbox created elsewhere within %v (to show events flow at all), got %s", ctrl, t.cfg.EventWait, describe(got))
+					return t.notifyTimeout("expected * LIST () delim %s for the mailbox created elsewhere within %v (to show events flow at all), got %s", ctrl, t.cfg.EventWait, describe(got))
 				}
 				more, err = c.Collect(t.cfg.QuietWait)
 				if err != nil {
@@ -271,7 +271,7 @@ func notifyFilters5465() []*Scenario {
 					return err
 				}
 				if !found {
-					return failf("expected * LIST () delim %s within %v (to show events flow at all), got %s", ctrl, t.cfg.EventWait, describe(got))
+					return t.notifyTimeout("expected * LIST () delim %s within %v (to show events flow at all), got %s", ctrl, t.cfg.EventWait, describe(got))
 				}
 				more, err := c.Collect(t.cfg.QuietWait)
 				if err != nil {

@@ -68,6 +68,9 @@ type Result struct {
 	Cleanup string `json:"cleanup,omitempty"`
 	// Transcript holds the last lines exchanged, for failures only.
 	Transcript string `json:"transcript,omitempty"`
+	// EventTimeout is set on a NOTIFY scenario that failed because an
+	// event did not come within EventWait.
+	EventTimeout bool `json:"event_timeout,omitempty"`
 }
 
 // Report is the outcome of a run.
@@ -82,6 +85,14 @@ type Report struct {
 	Skipped  int       `json:"skipped"`
 	RunID    string    `json:"run_id"`
 	Scenario int       `json:"scenarios"`
+	// EventWait is the run's Config.EventWait, in seconds.
+	EventWait float64 `json:"event_wait_s"`
+	// EventTimeouts counts the NOTIFY scenarios that failed waiting for
+	// an event; NeededPollInterval is then the longest interval a server
+	// that polls for those events may use (NeededPollInterval(EventWait)),
+	// in seconds.
+	EventTimeouts      int     `json:"event_timeouts,omitempty"`
+	NeededPollInterval float64 `json:"needed_poll_interval_s,omitempty"`
 }
 
 // Failures returns the IDs of the failed scenarios, sorted.
@@ -202,7 +213,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		caps[strings.ToUpper(c)] = true
 	}
 	runID := randomHex(3)
-	rep := &Report{Target: cfg.Target.Addr, Started: start, RunID: runID}
+	rep := &Report{Target: cfg.Target.Addr, Started: start, RunID: runID, EventWait: cfg.EventWait.Seconds()}
 	for c := range caps {
 		rep.Caps = append(rep.Caps, c)
 	}
@@ -245,6 +256,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		case Skip:
 			rep.Skipped++
 		}
+		if r.EventTimeout {
+			rep.EventTimeouts++
+		}
+	}
+	if rep.EventTimeouts > 0 {
+		rep.NeededPollInterval = NeededPollInterval(cfg.EventWait).Seconds()
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	return rep, nil
@@ -353,6 +370,8 @@ func runOne(ctx context.Context, cfg Config, caps map[string]bool, runID string,
 	default:
 		res.Outcome, res.Reason = Fail, err.Error()
 		res.Transcript = t.tr.String()
+		var nt *notifyTimeoutError
+		res.EventTimeout = errors.As(err, &nt)
 	}
 	return res
 }

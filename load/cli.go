@@ -25,9 +25,10 @@ const Usage = `lemonproxy load SCENARIO -target HOST:PORT
 // it.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("lemonproxy load", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flags are printed for -h only; a bad flag's error once, below.
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage:\n  %s\n\n%s\n\nFlags:\n", Usage, scenarioHelp)
+		fmt.Fprintf(fs.Output(), "Usage:\n  %s\n\n%s\n\nFlags:\n", Usage, scenarioHelp)
 		fs.PrintDefaults()
 	}
 	var (
@@ -64,7 +65,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.TargetPID, "target-pid", 0, "the target's process, for its RSS and CPU (a local lemonproxy)")
 	fs.StringVar(&cfg.TargetMetrics, "target-metrics", "", "a lemonproxy's metrics URL (http://ADDR/metrics of its -metrics listener), for its heap")
 	fs.IntVar(&cfg.DovecotPID, "dovecot", 0, "a Dovecot master process: PSS and CPU of it and its children")
-	fs.StringVar(&cfg.Upstream, "upstream", "", "count ESTABLISHED connections to this IP:PORT (the proxy's upstream)")
+	fs.StringVar(&cfg.Upstream, "upstream", "", "count ESTABLISHED connections to this IP:PORT (the proxy's upstream): those of -target-pid when given, else every process's but the tool's")
 	fs.StringVar(&cfg.Mailbox, "mailbox", "", "resync's and fetch's mailbox on the first account (lemonload-resync, lemonload-fetch)")
 	fs.IntVar(&cfg.Messages, "messages", 0, "resync: mailbox size (10000); fetch: messages (100); mixed: the tool's own messages per INBOX (20)")
 	fs.IntVar(&cfg.Changes, "changes", 0, "resync: changes per round, a third of them expunges (15)")
@@ -82,13 +83,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&quiet, "quiet", false, "no progress line on standard error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.Usage()
 			return 0
 		}
+		fmt.Fprintf(stderr, "lemonproxy load: %v\nRun 'lemonproxy load -h' for the flags.\n", err)
 		return 2
 	}
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "lemonproxy load: "+format+"\n", a...)
-		fs.Usage()
+		fmt.Fprintf(stderr, "Usage:\n  %s\nRun 'lemonproxy load -h' for the flags.\n", Usage)
 		return 2
 	}
 	if fs.NArg() > 0 {

@@ -350,7 +350,12 @@ func (c *conn) await(tag, cmd string, each func(*resp) error) (imapcodec.Respons
 
 // login logs in and learns the capabilities.
 func (c *conn) login(user, pass string) error {
-	head, err := c.do("LOGIN "+astring(user)+" "+astring(pass), nil)
+	// Errors name the command; this one without its password.
+	tag := c.nextTag()
+	if err := c.write(tag + " LOGIN " + astring(user) + " " + astring(pass) + "\r\n"); err != nil {
+		return err
+	}
+	head, err := c.await(tag, "LOGIN "+astring(user)+" ***", nil)
 	if err != nil {
 		return err
 	}

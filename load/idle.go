@@ -139,7 +139,10 @@ func (r *runner) measureMem() targetMem {
 		m.pss, m.procs = treeMem(r.cfg.DovecotPID)
 	}
 	if r.cfg.Upstream != "" {
-		m.upconns = establishedTo(r.cfg.Upstream, r.ownAddrs())
+		m.upconns = establishedTo(r.cfg.Upstream, r.ownAddrs(), r.cfg.TargetPID)
+		if m.upconns < 0 {
+			r.errs.add("upstream", "cannot read the open sockets of -target-pid %d (/proc/%d/fd) to count its connections to %s", r.cfg.TargetPID, r.cfg.TargetPID, r.cfg.Upstream)
+		}
 	}
 	runtime.GC()
 	debug.FreeOSMemory()
@@ -227,8 +230,21 @@ func (r *runner) runIdle(push bool) error {
 	}
 	m1 := r.measureMem()
 	per := func(a, b int64) float64 { return float64(a-b) / float64(n) }
+	// perMem adds a memory-per-session figure, or if the memory fell while
+	// the sessions opened, a note instead: the process freed more than
+	// the sessions took (garbage or caches from before the run, such as
+	// the previous run's sessions on a target that was not restarted),
+	// and the difference says nothing about a session's cost.
+	perMem := func(name, what string, after, before int64) {
+		if after < before {
+			res.Notes = append(res.Notes, fmt.Sprintf("%s left out: %s fell by %.1f MiB while %d sessions opened (memory freed from before the run; measure a freshly started process)",
+				name, what, float64(before-after)/(1<<20), n))
+			return
+		}
+		res.add(name, per(after, before), "B")
+	}
 	if cfg.TargetPID != 0 {
-		res.add("target-rss-per-session", per(m1.rss, m0.rss), "B")
+		perMem("target-rss-per-session", "the target's RSS", m1.rss, m0.rss)
 		res.add("target-rss", float64(m1.rss), "B")
 	}
 	if cfg.TargetMetrics != "" {
@@ -240,18 +256,18 @@ func (r *runner) runIdle(push bool) error {
 		res.add("target-heap-inuse", m1.heapInuse, "B")
 	}
 	if cfg.DovecotPID != 0 {
-		res.add("dovecot-pss-per-session", per(m1.pss, m0.pss), "B")
+		perMem("dovecot-pss-per-session", "Dovecot's PSS", m1.pss, m0.pss)
 		res.add("dovecot-pss", float64(m1.pss), "B")
 		res.add("dovecot-processes", float64(m1.procs), "processes")
 	}
 	if cfg.TargetPID != 0 && cfg.DovecotPID != 0 {
-		res.add("target-rss+dovecot-pss-per-session", per(m1.rss+m1.pss, m0.rss+m0.pss), "B")
+		perMem("target-rss+dovecot-pss-per-session", "the target's RSS and Dovecot's PSS together", m1.rss+m1.pss, m0.rss+m0.pss)
 	}
 	if cfg.Upstream != "" {
 		res.add("upstream-connections", float64(m1.upconns-m0.upconns), "connections")
 		res.add("upstream-connections-per-session", per(int64(m1.upconns), int64(m0.upconns)), "connections")
 	}
-	res.add("tool-rss-per-session", per(m1.toolRSS, m0.toolRSS), "B")
+	perMem("tool-rss-per-session", "the tool's own RSS", m1.toolRSS, m0.toolRSS)
 
 	if push {
 		if err := r.runPush(sessions); err != nil {

@@ -56,8 +56,9 @@ func procKB(path, key string) int64 {
 	return 0
 }
 
-// rssOf returns a process's resident set size (VmRSS), bytes.
-func rssOf(pid int) int64 { return procKB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") }
+// rssOf returns a process's resident set size (VmRSS), bytes. A variable
+// for the tests.
+var rssOf = func(pid int) int64 { return procKB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:") }
 
 // procStat holds the fields of /proc/PID/stat the tool uses.
 type procStat struct {
@@ -229,11 +230,20 @@ func procAddr(ap netip.AddrPort) string {
 // establishedTo counts ESTABLISHED TCP connections whose remote end is
 // addr, leaving out those whose local end is in skip. The remote address
 // must match as a whole (address and port): a client port may equal the
-// upstream's port number.
-func establishedTo(addr string, skip map[string]bool) int {
+// upstream's port number. With pid not 0, only the sockets that process
+// holds open count (the target's, not every program's on the machine:
+// Dovecot's own tests, another proxy); it is -1 if its descriptors cannot
+// be read.
+func establishedTo(addr string, skip map[string]bool, pid int) int {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return -1
+	}
+	var owned map[string]bool
+	if pid != 0 {
+		if owned = socketInodes(pid); owned == nil {
+			return -1
+		}
 	}
 	want4 := procAddr(ap)
 	want6 := procAddr(netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port()))
@@ -255,11 +265,36 @@ func establishedTo(addr string, skip map[string]bool) int {
 			if skip[fields[1]] {
 				continue
 			}
+			if owned != nil && (len(fields) < 10 || !owned[fields[9]]) {
+				continue
+			}
 			n++
 		}
 		f.Close()
 	}
 	return n
+}
+
+// socketInodes returns the inodes of the sockets process pid holds open,
+// as /proc/net/tcp's inode column writes them, or nil if its descriptors
+// cannot be read (no such process, or not ours to read).
+func socketInodes(pid int) map[string]bool {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		if inode, ok := strings.CutPrefix(link, "socket:["); ok {
+			out[strings.TrimSuffix(inode, "]")] = true
+		}
+	}
+	return out
 }
 
 // localProcAddr is a connection's local address as /proc/net/tcp writes

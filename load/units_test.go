@@ -181,7 +181,7 @@ func TestProcAddr(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	before := establishedTo(ln.Addr().String(), nil)
+	before := establishedTo(ln.Addr().String(), nil, 0)
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -195,10 +195,10 @@ func TestProcAddr(t *testing.T) {
 	if _, err := os.Stat("/proc/net/tcp"); err != nil {
 		t.Skip("no /proc/net/tcp")
 	}
-	if n := establishedTo(ln.Addr().String(), nil); n != before+1 {
+	if n := establishedTo(ln.Addr().String(), nil, 0); n != before+1 {
 		t.Errorf("establishedTo = %d, want %d", n, before+1)
 	}
-	if n := establishedTo(ln.Addr().String(), map[string]bool{localProcAddr(c): true}); n != before {
+	if n := establishedTo(ln.Addr().String(), map[string]bool{localProcAddr(c): true}, 0); n != before {
 		t.Errorf("establishedTo skipping the connection = %d, want %d", n, before)
 	}
 	if rssOf(os.Getpid()) <= 0 || cpuOf(os.Getpid()) < 0 {

@@ -21,35 +21,52 @@ fi
 
 # Packages the tests need, each with the check that tells it is installed.
 # python3 is checked by command rather than dpkg, so that a Python that did
-# not come from Debian counts too.
+# not come from Debian counts too. gcc and libc6-dev: the race detector
+# needs cgo, and without a C compiler Go turns cgo off. npm brings
+# Debian's Node.js (18 on Debian 12), which only runs npm: the ImapFlow
+# tests run on the Node.js 20 that npm ci installs beside imapflow.
 missing=()
 dpkg -s dovecot-imapd >/dev/null 2>&1 || missing+=(dovecot-imapd)
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+dpkg -s libc6-dev >/dev/null 2>&1 || missing+=(libc6-dev)
+
+# dovecot_running tells whether a system-wide Dovecot runs. The tests never
+# use one (each starts its own server, with its own base_dir, on a free
+# loopback port), so one that runs is left alone: it may be this machine's
+# mail server.
+dovecot_running() {
+	[ -s /run/dovecot/master.pid ] && "${sudo[@]}" kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null
+}
 
 if [ "${#missing[@]}" -gt 0 ]; then
 	echo "test.sh: installing ${missing[*]}" >&2
+	was_running=false
+	if dovecot_running; then
+		was_running=true
+	fi
 	export DEBIAN_FRONTEND=noninteractive
 	"${sudo[@]}" apt-get update
 	"${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
-fi
-
-# Installing dovecot-imapd may start the system-wide Dovecot on ports 143
-# and 993. The tests never use it (each starts its own server from a
-# generated configuration), so stop it to save resources.
-if [ -s /run/dovecot/master.pid ] && "${sudo[@]}" kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then
-	echo "test.sh: stopping the system Dovecot service; the tests do not use it" >&2
-	if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-		"${sudo[@]}" systemctl stop dovecot.service dovecot.socket || true
-	else
-		"${sudo[@]}" service dovecot stop || true
+	# Installing dovecot-imapd may start the system-wide Dovecot on ports
+	# 143 and 993. Stop it only if this install started it.
+	if ! $was_running && dovecot_running; then
+		echo "test.sh: stopping the system Dovecot that installing dovecot-imapd started; the tests do not use it" >&2
+		if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+			"${sudo[@]}" systemctl stop dovecot.service dovecot.socket || true
+		else
+			"${sudo[@]}" service dovecot stop || true
+		fi
 	fi
 fi
 
-# Node clients for the integration tests (ImapFlow), pinned by the lock file.
+# Node clients for the integration tests (ImapFlow) and the Node.js 20
+# they run on (the "node" package), pinned by the lock file. npm ci runs
+# again when the lock file is newer than the last install.
 node_dir=internal/integration/testdata/node
-if [ ! -d "$node_dir/node_modules" ]; then
+if [ ! -x "$node_dir/node_modules/.bin/node" ] || [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
 	echo "test.sh: npm ci in $node_dir" >&2
 	(cd "$node_dir" && npm ci --no-audit --no-fund)
 fi
@@ -58,6 +75,8 @@ if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
 	export PATH="$PATH:/usr/local/go/bin"
 fi
 
+# -race needs cgo; Go turns it off by default where it finds no C compiler.
+export CGO_ENABLED=1
 export LEMONPROXY_REQUIRE_DOVECOT=1
 
 echo "test.sh: go vet ./..." >&2

@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 )
@@ -44,6 +46,7 @@ func TestConformanceUsage(t *testing.T) {
 		{"conformance", "-target", "x:1", "-user", "u", "-only", "("},
 		{"conformance", "-target", "x:1", "-user", "u", "stray"},
 		{"conformance", "-no-such-flag"},
+		{"conformance", "-target", "x:1", "-user", "u", "-only", "^no-such-scenario$"},
 	} {
 		var stdout, stderr bytes.Buffer
 		if code := run(args, &stdout, &stderr); code != 2 {
@@ -155,5 +158,116 @@ func TestConformanceUnreachable(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "connecting") {
 		t.Errorf("stderr does not say what went wrong: %q", stderr.String())
+	}
+}
+
+// TestConformanceOnlyMatchesNothing: an -only that selects no scenario is
+// a usage error, not a run of nothing that exits 0.
+func TestConformanceOnlyMatchesNothing(t *testing.T) {
+	addr := startConformanceTarget(t)
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"conformance", "-target", addr, "-user", "u", "-pass", "p", "-only", "^3501-greting$"}, &stdout, &stderr)
+	if code != 2 || !strings.Contains(stderr.String(), `-only "^3501-greting$" matches no scenario`) {
+		t.Errorf("exit %d, stderr %q; want 2 and the pattern named", code, stderr.String())
+	}
+}
+
+// timedWriter records when each write happened.
+type timedWriter struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	writes []timedWrite
+}
+
+type timedWrite struct {
+	at   time.Time
+	text string
+}
+
+func (w *timedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes = append(w.writes, timedWrite{time.Now(), string(p)})
+	return w.buf.Write(p)
+}
+
+// when returns the time of the first write containing s.
+func (w *timedWriter) when(t *testing.T, s string) time.Time {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, wr := range w.writes {
+		if strings.Contains(wr.text, s) {
+			return wr.at
+		}
+	}
+	t.Fatalf("%q never written:\n%s", s, w.buf.String())
+	return time.Time{}
+}
+
+// TestConformanceStreams: each scenario's line is printed when the
+// scenario ends, not with the report at the end of the run.
+func TestConformanceStreams(t *testing.T) {
+	addr := startConformanceTarget(t)
+	var stdout timedWriter
+	var stderr bytes.Buffer
+	// The IDLE scenario listens 1.5 s for a completion that must not come.
+	code := run([]string{"conformance", "-target", addr, "-user", "u", "-pass", "p",
+		"-only", `^(3501-greeting|2177-no-completion-before-done)$`}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.buf.String(), stderr.String())
+	}
+	first, last := stdout.when(t, "3501-greeting"), stdout.when(t, "2 passed, 0 failed")
+	if gap := last.Sub(first); gap < time.Second {
+		t.Errorf("the first scenario's line came %v before the end; want it as soon as the scenario ended (over a second before)", gap)
+	}
+	if n := strings.Count(stdout.buf.String(), "3501-greeting"); n != 1 {
+		t.Errorf("3501-greeting printed %d times:\n%s", n, stdout.buf.String())
+	}
+	for _, want := range []string{"PASS  2177-no-completion-before-done", "RFC 3501 §7.1", "Passed"} {
+		if !strings.Contains(stdout.buf.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout.buf.String())
+		}
+	}
+
+	// With the JSON report on standard output, the lines go to standard
+	// error.
+	var jout, jerr bytes.Buffer
+	if code := run([]string{"conformance", "-target", addr, "-user", "u", "-pass", "p", "-only", `^3501-greeting$`, "-format", "json"}, &jout, &jerr); code != 0 {
+		t.Fatalf("json: exit %d: %s", code, jerr.String())
+	}
+	if !strings.HasPrefix(jerr.String(), "PASS  3501-greeting") || !strings.HasPrefix(jout.String(), "{") {
+		t.Errorf("json: stdout %q, stderr %q; want the report on stdout and the line on stderr", jout.String(), jerr.String())
+	}
+}
+
+// TestConformanceNotifyPollHint runs a NOTIFY scenario against lemonproxy
+// on its default settings: its NOTIFY polls other mailboxes every 30 s, so
+// the event does not come within -event-wait, and the failure and the
+// report say which poll interval the suite needed.
+func TestConformanceNotifyPollHint(t *testing.T) {
+	up := startUpstream(t, "u", "p", 0)
+	p := start(t, "serve", "-listen", "127.0.0.1:0", "-upstream", up.Addr)
+	addr := p.listenAddr(t, false)
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"conformance", "-target", addr, "-user", "u", "-pass", "p", "-outside", up.Addr,
+		"-only", `^5465-other-messagenew$`, "-event-wait", "2s"}, &stdout, &stderr)
+	out := stdout.String()
+	if code != 1 || !strings.Contains(out, "FAIL  5465-other-messagenew") {
+		t.Fatalf("exit %d, want 1 and the scenario failed\nstdout:\n%s\nstderr:\n%s", code, out, stderr.String())
+	}
+	for _, want := range []string{
+		"must poll at least every 1s to meet -event-wait 2s",
+		"run it with -notify-poll-interval 1s",
+		"1 NOTIFY scenario(s) failed waiting 2s for an event. A server that polls for them needs a poll interval of at most 1s",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	var help bytes.Buffer
+	run([]string{"conformance", "-h"}, &help, &help)
+	if !strings.Contains(help.String(), "notify-poll-interval") {
+		t.Errorf("-h does not explain the NOTIFY poll interval:\n%s", help.String())
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -73,7 +74,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "load":
 		return load.Main(args[1:], stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "lemonproxy", proxy.Version)
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "lemonproxy version: unexpected argument %q\n", args[1])
+			return 2
+		}
+		bi, ok := debug.ReadBuildInfo()
+		fmt.Fprintln(stdout, versionLine(bi, ok))
 		return 0
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
@@ -81,6 +87,37 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "lemonproxy: unknown command %q\n\n%s", args[0], usage)
 	return 2
+}
+
+// versionLine is what "lemonproxy version" prints: the version, and the
+// commit the binary was built from as the go command recorded it (go build
+// in a Git checkout; not go run, nor a build with -buildvcs=false), with
+// "+modified" when the work tree had uncommitted changes.
+func versionLine(bi *debug.BuildInfo, ok bool) string {
+	var rev, when string
+	modified := false
+	if ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.time":
+				when = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+	}
+	if rev == "" {
+		return "lemonproxy " + proxy.Version + " (commit unknown: built without VCS information)"
+	}
+	if modified {
+		rev += "+modified"
+	}
+	if when != "" {
+		return fmt.Sprintf("lemonproxy %s commit %s (%s)", proxy.Version, rev, when)
+	}
+	return fmt.Sprintf("lemonproxy %s commit %s", proxy.Version, rev)
 }
 
 // withMetrics hooks the event-fed metrics into the configuration and the
@@ -113,13 +150,21 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		name = "demo"
 	}
 	fs := flag.NewFlagSet("lemonproxy "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flag package would print a bad flag's error and then every
+	// flag; the error is printed once below, the flags only for -h.
+	fs.SetOutput(io.Discard)
 	settings, err := config.Parse(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stderr, "Usage:\n  %s [flags]\n\nFlags:\n", fs.Name())
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		return 0
+	}
+	if err == nil && fs.NArg() > 0 {
+		err = fmt.Errorf("unexpected argument %q (every setting is a flag)", fs.Arg(0))
+	}
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "lemonproxy:", err)
+		fmt.Fprintf(stderr, "%s: %v\nRun '%s -h' for the flags.\n", fs.Name(), err, fs.Name())
 		return 2
 	}
 	level, err := settings.Level()
@@ -132,7 +177,8 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 	logLevel.Set(level)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
 
-	if demo && settings.Upstream == "" {
+	builtin := demo && settings.Upstream == ""
+	if builtin {
 		up, err := startDemoUpstream()
 		if err != nil {
 			log.Error("starting the demo upstream", "err", err)
@@ -239,12 +285,16 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		log.Error("no listener: set -listen or -listen-tls")
 		return 2
 	}
-	if demo {
+	if demo && builtin {
 		fmt.Fprintf(stdout, "lemonproxy demo: proxy on %s in front of a built-in server on %s.\n", listeners[0].ln.Addr(), settings.Upstream)
 		fmt.Fprintf(stdout, "Log in as %q with password %q, for example:\n", demoUser, demoPass)
 		fmt.Fprintf(stdout, "  python3 -c 'import imaplib; c=imaplib.IMAP4(\"127.0.0.1\", %d); c.login(\"%s\",\"%s\"); print(c.select(\"INBOX\")); print(c.fetch(\"1:*\", \"(FLAGS BODY[HEADER.FIELDS (SUBJECT)])\"))'\n",
 			listeners[0].ln.Addr().(*net.TCPAddr).Port, demoUser, demoPass)
 		fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
+	} else if demo {
+		// -upstream given: no built-in server, no demo account.
+		fmt.Fprintf(stdout, "lemonproxy demo: proxy on %s in front of %s (from -upstream; no built-in server).\n", listeners[0].ln.Addr(), settings.Upstream)
+		fmt.Fprintln(stdout, "Log in with an account of that server. Press Ctrl-C to stop.")
 	}
 
 	var wg sync.WaitGroup

@@ -43,7 +43,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "lemonproxy")
-	args := []string{"build", "-o", binary}
+	// -buildvcs=auto: the commit for TestVersion, whatever GOFLAGS says.
+	args := []string{"build", "-buildvcs=auto", "-o", binary}
 	if raceEnabled() {
 		args = append(args, "-race")
 	}
@@ -308,10 +309,79 @@ func startUpstream(t *testing.T, user, pass string, n int) *memupstream.Server {
 	return up
 }
 
+// TestVersion: the binary, built by go build in a Git checkout, names the
+// commit it was built from.
 func TestVersion(t *testing.T) {
 	code, stdout, stderr := runLP(t, "version")
-	if code != 0 || stdout != "lemonproxy "+proxy.Version+"\n" || stderr != "" {
-		t.Errorf("lemonproxy version: exit %d, stdout %q, stderr %q; want 0, %q, empty", code, stdout, stderr, "lemonproxy "+proxy.Version+"\n")
+	if code != 0 || !strings.HasPrefix(stdout, "lemonproxy "+proxy.Version+" ") || stderr != "" {
+		t.Errorf("lemonproxy version: exit %d, stdout %q, stderr %q; want 0 and %q first", code, stdout, stderr, "lemonproxy "+proxy.Version)
+	}
+	// The go command stamps the commit in a Git checkout whose .git is a
+	// directory: not in a linked worktree, whose .git is a file.
+	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	top, err2 := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+	var fi os.FileInfo
+	if err == nil && err2 == nil {
+		fi, err = os.Stat(filepath.Join(strings.TrimSpace(string(top)), ".git"))
+	}
+	switch {
+	case err != nil || err2 != nil:
+		t.Logf("no commit to compare with: %v %v", err, err2)
+	case !fi.IsDir():
+		if !strings.Contains(stdout, "(commit unknown: built without VCS information)") {
+			t.Errorf("lemonproxy version in a worktree: %q; want the commit said to be unknown", stdout)
+		}
+	default:
+		if want := "commit " + strings.TrimSpace(string(head)); !strings.Contains(stdout, want) {
+			t.Errorf("lemonproxy version: %q; want %q", stdout, want)
+		}
+	}
+	if code, _, stderr := runLP(t, "version", "extra"); code != 2 || !strings.Contains(stderr, `unexpected argument "extra"`) {
+		t.Errorf("lemonproxy version extra: exit %d, stderr %q; want 2 and the argument named", code, stderr)
+	}
+}
+
+func TestVersionLine(t *testing.T) {
+	bi := &debug.BuildInfo{Settings: []debug.BuildSetting{
+		{Key: "vcs", Value: "git"},
+		{Key: "vcs.revision", Value: "0123456789abcdef0123456789abcdef01234567"},
+		{Key: "vcs.time", Value: "2026-11-27T14:09:00Z"},
+		{Key: "vcs.modified", Value: "true"},
+	}}
+	want := "lemonproxy " + proxy.Version + " commit 0123456789abcdef0123456789abcdef01234567+modified (2026-11-27T14:09:00Z)"
+	if got := versionLine(bi, true); got != want {
+		t.Errorf("versionLine = %q, want %q", got, want)
+	}
+	bi.Settings[3].Value = "false"
+	if got := versionLine(bi, true); strings.Contains(got, "modified") {
+		t.Errorf("versionLine of a clean tree = %q", got)
+	}
+	want = "lemonproxy " + proxy.Version + " (commit unknown: built without VCS information)"
+	if got := versionLine(&debug.BuildInfo{}, true); got != want {
+		t.Errorf("versionLine without VCS = %q, want %q", got, want)
+	}
+	if got := versionLine(nil, false); got != want {
+		t.Errorf("versionLine without build info = %q, want %q", got, want)
+	}
+}
+
+// TestBadFlag: a bad flag or a stray argument is said once, with a hint
+// to -h, not followed by every flag.
+func TestBadFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "-bogus"}, "lemonproxy serve: flag provided but not defined: -bogus\nRun 'lemonproxy serve -h' for the flags.\n"},
+		{[]string{"demo", "-bogus"}, "lemonproxy demo: flag provided but not defined: -bogus\nRun 'lemonproxy demo -h' for the flags.\n"},
+		{[]string{"serve", "-upstream", "u:143", "stray"}, "lemonproxy serve: unexpected argument \"stray\" (every setting is a flag)\nRun 'lemonproxy serve -h' for the flags.\n"},
+		{[]string{"conformance", "-bogus"}, "lemonproxy conformance: flag provided but not defined: -bogus\nRun 'lemonproxy conformance -h' for the flags.\n"},
+		{[]string{"load", "idle", "-bogus"}, "lemonproxy load: flag provided but not defined: -bogus\nRun 'lemonproxy load -h' for the flags.\n"},
+	} {
+		code, stdout, stderr := runLP(t, tc.args...)
+		if code != 2 || stdout != "" || stderr != tc.want {
+			t.Errorf("lemonproxy %q: exit %d, stdout %q, stderr %q; want 2 and %q", tc.args, code, stdout, stderr, tc.want)
+		}
 	}
 }
 
@@ -353,6 +423,8 @@ func TestServeUsageErrors(t *testing.T) {
 		{"certificate without key", []string{"serve", "-upstream", "u:143", "-tls-cert", certFile}, 1, "tls-cert " + certFile + " is set without tls-key"},
 		{"key without certificate", []string{"serve", "-upstream", "u:143", "-tls-key", keyFile}, 1, "tls-key " + keyFile + " is set without tls-cert"},
 		{"help", []string{"serve", "-h"}, 0, "-upstream-security"},
+		{"stray argument", []string{"serve", "-upstream", "u:143", "-listen", "127.0.0.1:0", "imap.example.com:143"}, 2, `unexpected argument "imap.example.com:143"`},
+		{"stray argument in demo", []string{"demo", "-listen", "127.0.0.1:0", "now"}, 2, `unexpected argument "now"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := runLP(t, tc.args...)
@@ -426,6 +498,24 @@ func TestDemo(t *testing.T) {
 	}
 	p.waitFor(t, p.stderr, 0, `msg="shutting down" signal=terminated`)
 	p.waitFor(t, p.stderr, 0, `msg=stopped`)
+}
+
+// TestDemoUpstream: demo -upstream runs in front of that server and does
+// not claim a built-in one or its demo account.
+func TestDemoUpstream(t *testing.T) {
+	up := startUpstream(t, "alice", "secret", 1)
+	p := start(t, "demo", "-listen", "127.0.0.1:0", "-upstream", up.Addr)
+	addr := p.waitFor(t, p.stdout, 0, `proxy on (127\.0\.0\.1:\d+) in front of `+regexp.QuoteMeta(up.Addr)+` \(from -upstream; no built-in server\)`)[1]
+	p.waitFor(t, p.stdout, 0, `Press Ctrl-C to stop`)
+	if out := p.stdout.String(); strings.Contains(out, "built-in server on") || strings.Contains(out, `"demo"`) {
+		t.Errorf("demo -upstream claims the built-in server or its account: %q", out)
+	}
+	c := dialIMAP(t, addr)
+	c.ok("a1", "LOGIN alice secret")
+	if u := c.ok("a2", "SELECT INBOX"); !contains(u, "* 1 EXISTS") {
+		t.Errorf("SELECT INBOX through demo -upstream: %q; want the upstream's * 1 EXISTS", u)
+	}
+	p.stop(t, syscall.SIGTERM)
 }
 
 func freePort(t *testing.T) string {

@@ -10,12 +10,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -686,6 +688,44 @@ func TestSampleConfig(t *testing.T) {
 	d := Defaults()
 	if s.PollInterval != d.PollInterval || s.MaxAppend != d.MaxAppend || s.PoolIdleTotal != d.PoolIdleTotal || s.NotifyPollInterval != d.NotifyPollInterval {
 		t.Fatalf("sample's documented defaults differ from the code's: %+v", s)
+	}
+}
+
+// TestSampleConfigChoices: where the sample's comment lists a setting's
+// values ("a | b | c"), each of them starts the proxy; and the settings
+// with a closed set of values list them (the sample once suggested an
+// upstream-compress value that refused to start).
+func TestSampleConfigChoices(t *testing.T) {
+	data, err := os.ReadFile("../../docs/deploy/lemonproxy.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	choices := regexp.MustCompile(`^([a-z-]+) = .*#\s*([a-z]+(?: \| [a-z]+)+)\b`)
+	listed := map[string]bool{}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		m := choices.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		listed[m[1]] = true
+		for _, v := range strings.Split(m[2], " | ") {
+			s := Defaults()
+			if err := Decode(fmt.Sprintf("upstream = \"u:143\"\n%s = %q\n", m[1], v), &s); err != nil {
+				t.Errorf("%s = %q, as the sample suggests: %v", m[1], v, err)
+				continue
+			}
+			if _, err := s.Level(); err != nil {
+				t.Errorf("%s = %q, as the sample suggests: %v", m[1], v, err)
+			}
+			if _, err := s.ProxyConfig(nil, slog.New(slog.DiscardHandler)); err != nil {
+				t.Errorf("%s = %q, as the sample suggests: %v", m[1], v, err)
+			}
+		}
+	}
+	for _, key := range []string{"upstream-security", "upstream-compress", "log-level"} {
+		if !listed[key] {
+			t.Errorf("the sample does not list the values of %s in its comment", key)
+		}
 	}
 }
 

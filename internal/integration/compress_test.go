@@ -216,13 +216,7 @@ Sync All
 // imapflowSync runs the ImapFlow script against addr.
 func imapflowSync(t *testing.T, addr string) map[string]any {
 	t.Helper()
-	node := requireTool(t, "node")
-	if _, err := os.Stat("testdata/node/node_modules/imapflow"); err != nil {
-		if os.Getenv(dovecottest.RequireEnv) == "1" {
-			t.Fatal("imapflow not installed (scripts/test.sh runs npm ci in testdata/node)")
-		}
-		t.Skip("imapflow not installed: run npm ci in internal/integration/testdata/node")
-	}
+	node := requireImapFlow(t)
 	host, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(node, "imapflow_sync.mjs", host, port, "alice", "alicepass")
 	cmd.Dir = "testdata/node"

@@ -1271,13 +1271,7 @@ func csHeldExpunge(t *testing.T, dc *dovecottest.Server, addr string) {
 // changes; then, still connected, it hears of live changes as
 // exists/flags/expunge events.
 func TestImapFlowQResync(t *testing.T) {
-	node := requireTool(t, "node")
-	if _, err := os.Stat("testdata/node/node_modules/imapflow"); err != nil {
-		if os.Getenv(dovecottest.RequireEnv) == "1" {
-			t.Fatal("imapflow not installed (scripts/test.sh runs npm ci in testdata/node)")
-		}
-		t.Skip("imapflow not installed: run npm ci in internal/integration/testdata/node")
-	}
+	node := requireImapFlow(t)
 	dc := dovecottest.Start(t, dovecottest.Legacy)
 	u := csSeed(t, dc, "INBOX", 5)
 	addr := csStartProxy(t, dc)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +38,32 @@ func startProxy(t testing.TB, upstreamAddr string, opts ...func(*proxy.Config)) 
 	}
 	p := imaptest.StartProxy(t, upstreamAddr, cfg)
 	return p.Addr, p.Srv
+}
+
+// requireImapFlow returns the Node.js that runs the ImapFlow scripts of
+// testdata/node: the one npm ci installs there with imapflow (the "node"
+// package pinned by package-lock.json), not the system's, because
+// imapflow needs Node 20 and Debian 12's is 18 (docs/hardening.md,
+// "Test machine"). Missing in CI is a failure, elsewhere a skip.
+func requireImapFlow(t testing.TB) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs ImapFlow; skipped under -short")
+	}
+	node, err := filepath.Abs("testdata/node/node_modules/.bin/node")
+	if err == nil {
+		_, err = os.Stat("testdata/node/node_modules/imapflow")
+	}
+	if err == nil {
+		_, err = os.Stat(node)
+	}
+	if err != nil {
+		if os.Getenv(dovecottest.RequireEnv) == "1" {
+			t.Fatalf("imapflow or its Node.js not installed (scripts/test.sh runs npm ci in testdata/node): %v", err)
+		}
+		t.Skip("imapflow not installed: run npm ci in internal/integration/testdata/node")
+	}
+	return node
 }
 
 // requireTool finds a client program; missing in CI (where the test script
