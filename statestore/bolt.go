@@ -390,7 +390,7 @@ func (s *Bolt) Save(key string, batch Batch) error {
 			// The log is pruned up to Base: those expunges answer nobody.
 			var pruned [][]byte
 			c := xb.Cursor()
-			for k, _ := c.First(); k != nil && len(k) == 8 && binary.BigEndian.Uint64(k) <= batch.Base; k, _ = c.Next() {
+			for k, _ := c.First(); len(k) == 8 && binary.BigEndian.Uint64(k) <= batch.Base; k, _ = c.Next() {
 				pruned = append(pruned, k)
 			}
 			for _, k := range pruned {
