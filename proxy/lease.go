@@ -14,6 +14,11 @@ import (
 // client's own command would cost that command.
 const checkAfter = 30 * time.Second
 
+// leaseWait bounds how long a command waits for a busy connection of its
+// account to come back to the pool, when the account's budget allows no
+// new one, before it dials anyway (the budget then reclaims a watcher).
+const leaseWait = time.Second
+
 // upstreamConn returns the session's upstream connection, leasing one from the
 // account's pool (or dialling and logging in) if the session holds none, and
 // bringing it into the session's state: no mailbox selected in the
@@ -45,10 +50,26 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 	if restore && s.mbox != nil {
 		mailbox, readOnly = s.mbox.name, s.mbox.readOnly
 	}
+	waited := false
 	for {
-		c := s.srv.pool.Get(s.account, mailbox)
+		c, returned := s.srv.pool.GetOrWait(s.account, mailbox)
 		if c == nil {
-			break
+			if waited || !s.srv.pool.Budget().Full(s.account) {
+				break
+			}
+			// Every connection the account may have is busy: the next
+			// one given back serves this command, which is far cheaper
+			// than reclaiming a watcher and dialling (and without it a
+			// burst of commands stalled until some connection closed).
+			select {
+			case <-returned:
+				continue
+			case <-time.After(leaseWait):
+				waited = true // then dial, reclaiming as the budget allows
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
 		if !c.Alive() {
 			c.Close()

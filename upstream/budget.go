@@ -157,6 +157,30 @@ func (b *Budget) Acquire(ctx context.Context, account string) (release func(), e
 	}
 }
 
+// Full reports whether account has used its whole budget.
+func (b *Budget) Full(account string) bool {
+	if b == nil || b.max <= 0 {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used[account] >= b.max
+}
+
+// wake makes the account's waiting Acquires try again without a
+// connection given back: one went idle in the pool and may be reclaimed.
+func (b *Budget) wake(account string) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ch := b.freed[account]; ch != nil {
+		close(ch)
+		delete(b.freed, account)
+	}
+}
+
 func (b *Budget) release(account string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

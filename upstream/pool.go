@@ -72,6 +72,8 @@ type Pool struct {
 	evicted   []*Conn                       // closed outside the lock
 	closed    bool
 	budget    *Budget
+	// putWaiters are closed at the account's next Put (see GetOrWait).
+	putWaiters map[string]chan struct{}
 }
 
 // NewPool returns an empty pool.
@@ -141,13 +143,32 @@ func (p *Pool) closeEvicted() {
 // Get takes an idle connection of account out of the pool, preferring one
 // that has mailbox selected, or returns nil.
 func (p *Pool) Get(account, mailbox string) *Conn {
+	c, _ := p.GetOrWait(account, mailbox)
+	return c
+}
+
+// GetOrWait is Get that, when the account has no idle connection, also
+// returns a channel closed at the account's next Put: a caller that may not
+// open another connection (the account's Budget is used up by connections
+// busy with other commands) waits for one to come back instead of
+// reclaiming one that is in use or dialling anew. Registering under the
+// pool's lock means a Put right after cannot be missed.
+func (p *Pool) GetOrWait(account, mailbox string) (*Conn, <-chan struct{}) {
 	defer p.closeEvicted()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.expireLocked(time.Now())
 	l := p.byAccount[account]
 	if len(l) == 0 {
-		return nil
+		w := p.putWaiters[account]
+		if w == nil {
+			if p.putWaiters == nil {
+				p.putWaiters = map[string]chan struct{}{}
+			}
+			w = make(chan struct{})
+			p.putWaiters[account] = w
+		}
+		return nil, w
 	}
 	pick := l[len(l)-1] // most recently used
 	for i := len(l) - 1; i >= 0; i-- {
@@ -159,7 +180,7 @@ func (p *Pool) Get(account, mailbox string) *Conn {
 	p.removeLocked(account, pick)
 	p.lru.Remove(pick) // calls the eviction callback: undo its effect
 	p.evicted = p.evicted[:len(p.evicted)-1]
-	return pick
+	return pick, nil
 }
 
 // Put gives a connection back. Broken connections, and connections beyond
@@ -186,6 +207,13 @@ func (p *Pool) Put(account string, c *Conn) {
 	p.byAccount[account] = append(p.byAccount[account], c)
 	p.lru.Add(c, account)
 	p.expireLocked(now)
+	if w := p.putWaiters[account]; w != nil {
+		close(w)
+		delete(p.putWaiters, account)
+	}
+	// A dial waiting for room in the budget retries: it may now reclaim
+	// this idle connection instead of waiting for one to be closed.
+	p.budget.wake(account)
 }
 
 // expireLocked evicts connections idle for longer than IdleTimeout, and an
