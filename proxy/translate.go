@@ -463,14 +463,17 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	if x != nil {
 		if flags, ok := fetchFlags(resp.Segments); ok {
 			x.noteFlags(uid, flags)
-			claim := ""
+			// claim is what the state's flags of uid become by this
+			// command's own doing; ok false when it did nothing to
+			// them (an empty flag list is a claim too).
+			claim, ok := "", false
 			switch {
 			case t != nil && t.store != nil && storeResult(t.store, flags):
-				claim = flags
+				claim, ok = flags, true
 			case t != nil && t.setsSeen:
-				claim = s.seenByFetch(uid, flags)
+				claim, ok = s.seenByFetch(uid, flags)
 			}
-			if claim != "" {
+			if ok {
 				// A claim, handed to the mailbox's one writer (the hub's
 				// watcher), which orders it against its own reports.
 				// If it fails, the watcher's own report of the change
@@ -514,20 +517,20 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 }
 
 // seenByFetch returns what the state's flags of uid become when the FETCH
-// that answered flags set \Seen, or "" when it did not (the answer lacks
+// that answered flags set \Seen, and false when it did not (the answer lacks
 // \Seen, or the state has it already). Only \Seen is added: the leased
 // connection may lag behind other changes the state already has. Claimed
 // like a STORE's answer, the change is the session's own, and the client
 // is not told of it a second time when the watcher reports it (#16.14).
-func (s *Session) seenByFetch(uid uint32, flags string) string {
+func (s *Session) seenByFetch(uid uint32, flags string) (string, bool) {
 	if !slices.Contains(strings.Fields(flags), `\Seen`) {
-		return ""
+		return "", false
 	}
 	cur, _, ok := s.mbox.state.Flags(uid)
 	if !ok || slices.Contains(cur, `\Seen`) {
-		return ""
+		return "", false
 	}
-	return strings.Join(syncstate.NormalizeFlags(append(slices.Clone(cur), `\Seen`)), " ")
+	return strings.Join(syncstate.NormalizeFlags(append(slices.Clone(cur), `\Seen`)), " "), true
 }
 
 // dropRecent removes \Recent from the FLAGS item of a FETCH response's
