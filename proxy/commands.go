@@ -256,9 +256,6 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		// command.
 		segs = selectCommand(cmd.Tag, cmd.Name, mailbox)
 	}
-	if strings.EqualFold(mailbox, "INBOX") {
-		mailbox = "INBOX"
-	}
 	if s.mbox != nil {
 		for _, h := range s.srv.selectHooks {
 			h.SelectClosing(s)

@@ -46,30 +46,12 @@ func (v seqView) last() uint32 {
 
 // uidSet turns a sequence set in the client's numbering into the
 // equivalent UID set. A range maps to the range of its end points' UIDs:
-// every UID between two UIDs of the view belongs to the view or to a
-// message already expunged, since new messages always get higher UIDs. "*"
-// is the client's last message, not the upstream's. A number beyond the
-// client's last message is an error, as RFC 3501 wants.
+// every UID between two UIDs of the view belongs to the view or to a message
+// already expunged, since new messages always get higher UIDs. "*" is the
+// client's last message, not the upstream's. A number beyond the client's
+// last message is an error, as RFC 3501 wants.
 func (v seqView) uidSet(set imap.SeqSet) (imap.UIDSet, error) {
-	n := uint32(len(v))
-	var out imap.UIDSet
-	for _, r := range set {
-		a, z := r.Start, r.Stop
-		if a == 0 {
-			a = n
-		}
-		if z == 0 {
-			z = n
-		}
-		if a > z {
-			a, z = z, a
-		}
-		if n == 0 || a == 0 || z > n {
-			return nil, errInvalidSeq
-		}
-		out.AddRange(imap.UID(v[a-1]), imap.UID(v[z-1]))
-	}
-	return out, nil
+	return v.mapSeqSet(set, true)
 }
 
 // uidSetWithin is uidSet for search keys: numbers beyond the client's last
@@ -77,6 +59,13 @@ func (v seqView) uidSet(set imap.SeqSet) (imap.UIDSet, error) {
 // in an empty mailbox, "1000" in a mailbox of five, which clients send and
 // Dovecot answers with an empty result). The set may come out empty.
 func (v seqView) uidSetWithin(set imap.SeqSet) imap.UIDSet {
+	out, _ := v.mapSeqSet(set, false)
+	return out
+}
+
+// mapSeqSet is uidSet (strict) and uidSetWithin (not strict: ranges are
+// cut at the last message).
+func (v seqView) mapSeqSet(set imap.SeqSet, strict bool) (imap.UIDSet, error) {
 	n := uint32(len(v))
 	var out imap.UIDSet
 	for _, r := range set {
@@ -90,13 +79,16 @@ func (v seqView) uidSetWithin(set imap.SeqSet) imap.UIDSet {
 		if a > z {
 			a, z = z, a
 		}
+		if strict && (n == 0 || a == 0 || z > n) {
+			return nil, errInvalidSeq
+		}
 		z = min(z, n)
 		if a == 0 || a > z {
 			continue
 		}
 		out.AddRange(imap.UID(v[a-1]), imap.UID(v[z-1]))
 	}
-	return out
+	return out, nil
 }
 
 // seqSet turns UIDs into the client's sequence numbers as a set, leaving

@@ -236,13 +236,7 @@ func targetIsSelected(cmd *imapcodec.Command, selected string) bool {
 		return false
 	}
 	name, ok := imapcodec.AsString(vals[idx])
-	if !ok {
-		return false
-	}
-	if strings.EqualFold(name, "INBOX") {
-		name = "INBOX"
-	}
-	return name == selected
+	return ok && canonicalName(name, "") == selected
 }
 
 // rewriteSearch translates the search keys of SEARCH, SORT or THREAD: with
@@ -455,13 +449,14 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	// answers are not trusted that far: the leased connection may lag
 	// behind a change the watcher already recorded, and its older flags
 	// must not undo it.
-	if flags, ok := fetchFlags(resp.Segments); ok {
+	flags, hasFlags := fetchFlags(resp.Segments)
+	if hasFlags {
 		if kw := m.newKeywords(strings.Fields(flags)); kw != nil {
 			s.Write(kw) // before this FETCH (RFC 3501 7.2.6)
 		}
 	}
 	if x != nil {
-		if flags, ok := fetchFlags(resp.Segments); ok {
+		if hasFlags {
 			x.noteFlags(uid, flags)
 			// claim is what the state's flags of uid become by this
 			// command's own doing; ok false when it did nothing to
@@ -534,7 +529,9 @@ func (s *Session) seenByFetch(uid uint32, flags string) (string, bool) {
 }
 
 // dropRecent removes \Recent from the FLAGS item of a FETCH response's
-// first segment: the proxy has no \Recent (see rewriteSearch).
+// first segment: the proxy has no \Recent (see rewriteSearch). It runs for
+// every relayed FETCH: a response without \Recent costs one scan and no
+// allocation.
 func dropRecent(seg []byte) []byte {
 	i := indexFold(seg, "FLAGS (")
 	if i < 0 {
@@ -542,7 +539,7 @@ func dropRecent(seg []byte) []byte {
 	}
 	open := i + len("FLAGS (")
 	end := bytes.IndexByte(seg[open:], ')')
-	if end < 0 {
+	if end < 0 || indexFold(seg[open:open+end], `\Recent`) < 0 {
 		return seg
 	}
 	flags := strings.Fields(string(seg[open : open+end]))
@@ -556,11 +553,32 @@ func dropRecent(seg []byte) []byte {
 // indexFold is bytes.Index ignoring ASCII case.
 func indexFold(s []byte, sub string) int {
 	for i := 0; i+len(sub) <= len(s); i++ {
-		if strings.EqualFold(string(s[i:i+len(sub)]), sub) {
+		if asciiEqualFold(s[i:i+len(sub)], sub) {
 			return i
 		}
 	}
 	return -1
+}
+
+// asciiEqualFold reports whether b and s are equal ignoring ASCII case,
+// without converting either.
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		x, y := b[i], s[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // fetchItems joins the ChangeReporters' items for uid, in chain order; nil

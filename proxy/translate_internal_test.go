@@ -60,15 +60,7 @@ func TestTranslateStore(t *testing.T) {
 		{`a STORE * FLAGS \Seen $Work`, `a UID STORE 20 FLAGS (\Seen $Work)`, false, 0},
 		{`a UID STORE 9 (UNCHANGEDSINCE 7) -FLAGS.SILENT (\Seen)`, `a UID STORE 9 (UNCHANGEDSINCE 7) -FLAGS (\Seen)`, true, '-'},
 	} {
-		s := &Session{mbox: &selectedMailbox{view: testView}}
-		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(tt.cmd)}}, imapcodec.Limits{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		x := s.newExchange(context.Background(), cmd, false)
-		if err := s.translateCommand(x); err != nil {
-			t.Fatalf("%s: %v", tt.cmd, err)
-		}
+		x := mustTranslate(t, testView, tt.cmd)
 		if got := string(x.Segments[0].Text); got != tt.up {
 			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
 		}
@@ -86,15 +78,7 @@ func TestTranslateSearchCommand(t *testing.T) {
 		{`a SEARCH RETURN (MIN) CHARSET UTF-8 *`, `a UID SEARCH RETURN (MIN) CHARSET UTF-8 UID 20`},
 		{`a SORT (DATE) UTF-8 1:2`, `a UID SORT (DATE) UTF-8 UID 3:5`},
 	} {
-		s := &Session{mbox: &selectedMailbox{view: testView}}
-		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(tt.cmd)}}, imapcodec.Limits{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		x := s.newExchange(context.Background(), cmd, false)
-		if err := s.translateCommand(x); err != nil {
-			t.Fatalf("%s: %v", tt.cmd, err)
-		}
+		x := mustTranslate(t, testView, tt.cmd)
 		if got := string(x.Segments[0].Text); got != tt.up {
 			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
 		}
@@ -115,23 +99,13 @@ func TestTranslateSearchOutOfRange(t *testing.T) {
 		{testView, `a SEARCH 4:1000`, `a UID SEARCH UID 10:20`},
 		{testView, `a SEARCH RETURN () OR 1000 2`, `a UID SEARCH RETURN () OR NOT ALL UID 5`},
 	} {
-		s := &Session{mbox: &selectedMailbox{view: tt.view}}
-		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(tt.cmd)}}, imapcodec.Limits{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		x := s.newExchange(context.Background(), cmd, false)
-		if err := s.translateCommand(x); err != nil {
-			t.Fatalf("%s: %v", tt.cmd, err)
-		}
+		x := mustTranslate(t, tt.view, tt.cmd)
 		if got := string(x.Segments[0].Text); got != tt.up {
 			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
 		}
 	}
 	// Elsewhere a number beyond the last message stays an error.
-	s := &Session{mbox: &selectedMailbox{view: testView}}
-	cmd, _ := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte("a FETCH 7 FLAGS")}}, imapcodec.Limits{})
-	if err := s.translateCommand(s.newExchange(context.Background(), cmd, false)); err == nil {
+	if _, err := translate(testView, "a FETCH 7 FLAGS"); err == nil {
 		t.Error("FETCH 7 beyond the client's 5 messages: want an error")
 	}
 }
@@ -187,15 +161,7 @@ func TestNoRecent(t *testing.T) {
 		{`a UID SEARCH OR NEW 1:* NOT OLD`, `a UID SEARCH OR NOT ALL 1:* NOT ALL`},
 		{`a UID SEARCH (UNSEEN`, `a UID SEARCH (UNSEEN`},
 	} {
-		s := &Session{mbox: &selectedMailbox{view: testView}}
-		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(tt.cmd)}}, imapcodec.Limits{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		x := s.newExchange(context.Background(), cmd, false)
-		if err := s.translateCommand(x); err != nil {
-			t.Fatalf("%s: %v", tt.cmd, err)
-		}
+		x := mustTranslate(t, testView, tt.cmd)
 		if got := string(x.Segments[0].Text); got != tt.up {
 			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
 		}
@@ -241,4 +207,25 @@ func TestZeroRecent(t *testing.T) {
 			t.Errorf("%q -> %q, want %q", in, got, want)
 		}
 	}
+}
+
+// mustTranslate translates cmd for a session whose client knows view.
+func mustTranslate(t *testing.T, view seqView, cmd string) *Exchange {
+	t.Helper()
+	x, err := translate(view, cmd)
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	return x
+}
+
+// translate is translateCommand for a session whose client knows view.
+func translate(view seqView, cmd string) (*Exchange, error) {
+	s := &Session{mbox: &selectedMailbox{view: view}}
+	c, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(cmd)}}, imapcodec.Limits{})
+	if err != nil {
+		return nil, err
+	}
+	x := s.newExchange(context.Background(), c, false)
+	return x, s.translateCommand(x)
 }
