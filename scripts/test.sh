@@ -32,6 +32,9 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 dpkg -s libc6-dev >/dev/null 2>&1 || missing+=(libc6-dev)
+# PostgreSQL for cluster mode: the tests run initdb and postgres
+# themselves (internal/pgtest), as the postgres user the package creates.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 
 # dovecot_running tells whether a system-wide Dovecot runs. The tests never
 # use one (each starts its own server, with its own base_dir, on a free
@@ -78,6 +81,7 @@ fi
 # -race needs cgo; Go turns it off by default where it finds no C compiler.
 export CGO_ENABLED=1
 export LEMONPROXY_REQUIRE_DOVECOT=1
+export LEMONPROXY_REQUIRE_POSTGRES=1
 
 echo "test.sh: go vet ./..." >&2
 go vet ./...

@@ -83,3 +83,16 @@ var ErrCorrupt = errors.New("statestore: corrupt record")
 // store does not have (it was rebuilt after damage): the caller saves the
 // whole state instead (a batch with Reset).
 var ErrNoState = errors.New("statestore: no saved state to add to")
+
+// A Continuer is a Store that remembers, for every key it ever held, the
+// highest mod-sequence saved under it, also after a Reset or a Drop. A
+// state made anew for such a key (a new UIDVALIDITY, a state lost) then
+// continues above that mark instead of starting from the clock: with
+// several proxy nodes sharing the store, clocks differ, and only the store
+// knows what was handed out (package cluster/pgstate).
+type Continuer interface {
+	// Continue returns the highest mod-sequence ever saved under key, and
+	// false if the store never held key (the caller then picks its own
+	// base).
+	Continue(key string) (uint64, bool, error)
+}

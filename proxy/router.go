@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+)
+
+// A Router places each account's sessions on the one node that serves the
+// account, when several proxy nodes share a user base (cluster mode,
+// package cluster). The core knows no more of clusters than this: at login
+// it asks the Router where the account is served, and either serves the
+// session itself or hands it over and copies bytes.
+type Router interface {
+	// Route is called when a client logs in (LOGIN or AUTHENTICATE), before
+	// any upstream is asked. It returns:
+	//   - a nil conn and a release function: this node serves the account
+	//     now (it owned it or has just taken it over); release is called
+	//     once, when the session ends;
+	//   - a conn: the owner accepted the hand-off h over the internal link
+	//     conn and will answer the login itself: its first line on conn is
+	//     the tagged answer to h.Tag. Afterwards conn carries the session's
+	//     IMAP stream both ways;
+	//   - an error: the account cannot be served now (no owner reachable,
+	//     the database unreachable, this node fenced); the client gets
+	//     NO [UNAVAILABLE].
+	Route(ctx context.Context, h Handoff) (conn net.Conn, release func(), err error)
+}
+
+// Handoff is what a node tells the owner of an account about a session it
+// hands over: the login to run and the session's pre-login facts.
+type Handoff struct {
+	// Account is the account key (Config.UsernameFormat applied).
+	Account string
+	// Tag, User and Pass are the login command's; the owner answers with
+	// Tag.
+	Tag, User, Pass string
+	// Addr is the client's address, TLS whether its connection is under TLS
+	// (at the forwarding node, which keeps the TLS session).
+	Addr netip.Addr
+	TLS  bool
+	// Via names the node that forwards, for logs.
+	Via string
+}
+
+// ErrUnavailable is returned by a Router when the account cannot be served
+// now.
+var ErrUnavailable = errors.New("proxy: account unavailable in the cluster now")
+
+// ServeHandoff serves a session that another node handed over on conn
+// (cluster mode): it runs h's login with the facts of h as if the client
+// had sent it here, and answers it on conn with h.Tag. On success the
+// session goes on over conn like any other; otherwise conn is closed after
+// the answer (the forwarding node keeps the client). It returns when the
+// session ends.
+func (s *Server) ServeHandoff(conn net.Conn, h Handoff) {
+	s.serveHandoff(conn, h)
+}
+
+// Evict ends every session of account ("" for every session that logged
+// in) with "* BYE [UNAVAILABLE] text", and then stops the account's
+// mailbox watchers and forgets its in-memory mailbox states and pooled
+// upstream connections, so that a later owner of the account starts from
+// the shared store. It returns when all that is done or ctx ends. Cluster
+// mode calls it when the account moves to another node or this node
+// fences itself.
+func (s *Server) Evict(ctx context.Context, account, text string) error {
+	return s.evict(ctx, account, text)
+}
