@@ -185,7 +185,7 @@ func New(cfg Config) *Hub {
 // Store, and its state is ahead of this one): then this one is dropped.
 func (h *Hub) keepCold(b *box) {
 	st := b.state()
-	if st == nil || h.cold == nil || h.ctx.Err() != nil {
+	if st == nil || h.cold == nil || h.ctx.Err() != nil || b.forgotten.Load() {
 		return
 	}
 	h.mu.Lock()
@@ -213,6 +213,50 @@ func (h *Hub) ColdStates() int {
 		return 0
 	}
 	return h.cold.Len()
+}
+
+// ForgetAccount stops every watcher of account ("" for every account) at once, whoever still
+// subscribes (their Subscription.Err then reports ErrWatcherFailed), and
+// drops the account's mailbox states from memory, so that the next Watch
+// or Refresh starts from the Store. With a shared Store (cluster mode)
+// another node may change the account's states once this node gave the
+// account up: a state kept in memory here would be stale. It returns when
+// the watchers have stopped, or with ctx's error.
+func (h *Hub) ForgetAccount(ctx context.Context, account string) error {
+	h.mu.Lock()
+	var boxes []*box
+	for k, b := range h.boxes {
+		if account != "" && k.Account != account {
+			continue
+		}
+		boxes = append(boxes, b)
+		delete(h.boxes, k)
+		if b.graceTimer != nil {
+			b.graceTimer.Stop()
+			b.graceTimer = nil
+		}
+		b.forgotten.Store(true)
+	}
+	h.mu.Unlock()
+	for _, b := range boxes {
+		b.failed.Store(true)
+		b.cancel()
+	}
+	for _, b := range boxes {
+		select {
+		case <-b.stopped:
+		case <-ctx.Done():
+			return fmt.Errorf("hub: forgetting account: %w", ctx.Err())
+		}
+	}
+	if h.cold != nil {
+		for _, k := range h.cold.Keys() {
+			if account == "" || k.Account == account {
+				h.cold.Remove(k)
+			}
+		}
+	}
+	return nil
 }
 
 // Close stops every watcher and waits for them.

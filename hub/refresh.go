@@ -77,7 +77,7 @@ func (h *Hub) Refresh(ctx context.Context, key Key, c *upstream.Conn) (*syncstat
 		if h.boxes[key] == b {
 			delete(h.boxes, key)
 		}
-		if _, live := h.boxes[key]; !live && st != nil && h.cold != nil && h.ctx.Err() == nil {
+		if _, live := h.boxes[key]; !live && st != nil && h.cold != nil && h.ctx.Err() == nil && !b.forgotten.Load() {
 			h.cold.Add(key, st)
 		}
 		h.mu.Unlock()

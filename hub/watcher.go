@@ -48,6 +48,9 @@ type box struct {
 	readyErr error
 	stopped  chan struct{}
 	failed   atomic.Bool // the goroutine panicked (see fail)
+	// forgotten is set by Hub.ForgetAccount: the box's state must not
+	// outlive it in the cache of unwatched states.
+	forgotten atomic.Bool
 	// live is the watcher's connection while it has one, for Resync.
 	live atomic.Pointer[upstream.Conn]
 
@@ -358,7 +361,11 @@ func (w *watch) fullSync(ctx context.Context) error {
 		if st != nil {
 			w.log.Warn("UIDVALIDITY changed; dropping the old state", "old", st.UIDValidity(), "new", uidValidity)
 		}
-		st = syncstate.NewAt(uidValidity, b.hub.cfg.ModSeqBase())
+		base, err := b.newBase()
+		if err != nil {
+			return err
+		}
+		st = syncstate.NewAt(uidValidity, base)
 		b.persistTo(st)
 		changed = true
 	}
@@ -376,6 +383,24 @@ func (w *watch) fullSync(ctx context.Context) error {
 		b.notifyAll()
 	}
 	return nil
+}
+
+// newBase returns the mod-sequence a state made anew starts above: where
+// the Store remembers the highest it ever saved for the mailbox
+// (statestore.Continuer: the shared store of cluster mode), that mark, so
+// that mod-sequences continue across nodes and never depend on a node's
+// clock; else Config.ModSeqBase (the clock).
+func (b *box) newBase() (uint64, error) {
+	if c, ok := b.hub.cfg.Store.(statestore.Continuer); ok {
+		mark, known, err := c.Continue(b.storeKey())
+		if err != nil {
+			return 0, fmt.Errorf("hub: where mod-sequences of %q continue: %w", b.key.Mailbox, err)
+		}
+		if known {
+			return mark, nil
+		}
+	}
+	return b.hub.cfg.ModSeqBase(), nil
 }
 
 // storeKey is the mailbox's key in the Store.

@@ -115,6 +115,22 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		return s.authFailed(ctx, tag)
 	}
 	account := s.srv.accountKey(user)
+	if s.srv.cfg.Router != nil && !s.handedOff {
+		// Cluster mode: the node that owns the account checks the
+		// login (and its failed-login delays, which see every login of
+		// the account there).
+		local, release, err := s.route(ctx, tag, user, pass, account)
+		if !local {
+			return err
+		}
+		s.routeDone = release
+		defer func() {
+			if s.state == StateNotAuthenticated {
+				s.routeDone = nil
+				release()
+			}
+		}()
+	}
 	done, err := s.admitLogin(ctx, account)
 	if err != nil {
 		return err
@@ -142,6 +158,7 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	s.counted = true
 	s.user, s.pass = user, pass
 	s.account = account
+	s.acct.Store(&account)
 	s.upCaps = c.Caps()
 	s.log = s.log.With("user", user)
 	s.log.Info("logged in")

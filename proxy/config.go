@@ -86,6 +86,11 @@ type Config struct {
 	// upstream always gets the name as the client sent it.
 	UsernameFormat string
 
+	// Router, if set, places each account's sessions on the node of a
+	// cluster that serves it (package cluster); nil serves every account
+	// here (one node).
+	Router Router
+
 	// Extensions add protocol behaviour; see Extension.
 	Extensions []Extension
 

@@ -66,8 +66,17 @@ type Session struct {
 	// PreAuthTimeout after the session started, however busy the client.
 	preAuthEnd time.Time
 	counted    bool
-	enabled    map[string]bool
-	values     map[any]any // per-extension state, see Value
+	// Cluster mode (handoff.go): acct mirrors account for Server.evict,
+	// which reads it from another goroutine; handedOff marks a session
+	// another node handed over (it is never routed again); forwarded, a
+	// session whose bytes go to another node; release gives the account's
+	// place on this node back when the session ends.
+	acct      atomic.Pointer[string]
+	handedOff bool
+	forwarded atomic.Bool
+	routeDone func()
+	enabled   map[string]bool
+	values    map[any]any // per-extension state, see Value
 
 	byeOnce sync.Once
 	closed  chan struct{}
@@ -212,7 +221,16 @@ func (s *Session) IdleTimeout() time.Duration { return s.cfg.IdleTimeout }
 
 // bye sends an untagged BYE and closes the client connection; the session
 // goroutine then ends. Safe to call from any goroutine, more than once.
-func (s *Session) bye(text string) {
+func (s *Session) bye(text string) { s.byeCode("", text) }
+
+// byeCode is bye with a response code. A forwarded session's stream is
+// the owning node's: it is closed without a word, which the owner's
+// session sees as its client leaving.
+func (s *Session) byeCode(code, text string) {
+	if s.forwarded.Load() {
+		s.hangUp()
+		return
+	}
 	s.byeOnce.Do(func() {
 		// The session goroutine may hold wmu while blocked writing to a
 		// client that does not read (a large literal is streamed under
@@ -222,7 +240,7 @@ func (s *Session) bye(text string) {
 		s.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
 		s.wmu.Lock()
 		s.nc.SetWriteDeadline(time.Now().Add(byeTimeout))
-		s.w.Write(imapcodec.AppendStatus(nil, "*", "BYE", "", text))
+		s.w.Write(imapcodec.AppendStatus(nil, "*", "BYE", code, text))
 		if s.w.Flush() == nil {
 			s.tr.Flush()
 		}
@@ -253,6 +271,11 @@ func (s *Session) serve(ctx context.Context) {
 	s.preAuthEnd = time.Now().Add(s.cfg.PreAuthTimeout)
 	greeting := "CAPABILITY " + strings.Join(s.capabilities(), " ")
 	s.WriteStatus("*", "OK", greeting, "lemonproxy ready.")
+	s.loop(ctx)
+}
+
+// loop reads and runs commands until the session ends.
+func (s *Session) loop(ctx context.Context) {
 	for s.state != StateLogout {
 		if err := s.Flush(); err != nil {
 			return
@@ -284,6 +307,9 @@ func (s *Session) serve(ctx context.Context) {
 			}
 		}
 		if err := s.dispatch(ctx, line, lit); err != nil {
+			if errors.Is(err, errForwardEnded) {
+				return
+			}
 			if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 				s.log.Info("session ended", "err", err)
 				s.srv.countError(ErrSessionFailed)
@@ -376,6 +402,9 @@ func (s *Session) cleanup() {
 	s.closeMailbox()
 	for _, h := range s.srv.hooks {
 		h.SessionClosed(s)
+	}
+	if s.routeDone != nil {
+		s.routeDone()
 	}
 	s.pass = ""
 	close(s.closed)

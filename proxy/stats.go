@@ -15,18 +15,23 @@ const (
 	ErrTooManyConns                         // a connection over the per-address limit
 	ErrTooManySessions                      // a login over the per-account limit
 	ErrPreAuthCommands                      // a client over the command limit before login
+	ErrClusterUnavailable                   // a login no node of the cluster could serve now
 	numErrorKinds
 )
 
 var errorKindNames = [numErrorKinds]string{"auth_failed", "upstream_unavailable", "client_timeout", "line_too_long", "literal_too_large", "session_failed",
-	"too_many_connections", "too_many_sessions", "preauth_commands"}
+	"too_many_connections", "too_many_sessions", "preauth_commands", "cluster_unavailable"}
 
 func (k ErrorKind) String() string { return errorKindNames[k] }
 
 // Stats is a snapshot of the server for metrics.
 type Stats struct {
-	// SessionsByState counts open sessions per State.
+	// SessionsByState counts open sessions per State, but for those
+	// forwarded to another node (cluster mode), which count there.
 	SessionsByState [StateLogout + 1]int
+	// Forwarded counts sessions whose client logged in here and which
+	// another node serves (cluster mode): this node copies their bytes.
+	Forwarded int
 	// UpstreamLeased counts sessions holding an upstream connection now.
 	UpstreamLeased int
 	// UpstreamIdle counts pooled idle upstream connections.
@@ -64,6 +69,10 @@ func (s *Server) Stats() Stats {
 	var st Stats
 	s.mu.Lock()
 	for sess := range s.sessions {
+		if sess.forwarded.Load() {
+			st.Forwarded++
+			continue
+		}
 		st.SessionsByState[sess.stateMirror.Load()]++
 		if sess.leased.Load() {
 			st.UpstreamLeased++

@@ -108,6 +108,25 @@ func (p *Pool) reclaim(account string, _ bool) bool {
 	return true
 }
 
+// CloseAccount closes every idle connection of account ("" for every
+// account), for an account that moved to another proxy node (cluster
+// mode): they would otherwise hold upstream connections until they
+// expire.
+func (p *Pool) CloseAccount(account string) {
+	p.mu.Lock()
+	var doomed []*Conn
+	for a, l := range p.byAccount {
+		if account == "" || a == account {
+			doomed = append(doomed, l...)
+		}
+	}
+	for _, c := range doomed {
+		p.lru.Remove(c) // its eviction callback queues it for closing
+	}
+	p.mu.Unlock()
+	p.closeEvicted()
+}
+
 func (p *Pool) removeLocked(account string, c *Conn) {
 	l := p.byAccount[account]
 	for i, x := range l {

@@ -1,0 +1,164 @@
+package proxy_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// testRouter stands in for package cluster: alice is served by another
+// server (owner), reached over a loopback TCP connection; carol by
+// nobody; everyone else here. It counts the releases of local sessions.
+type testRouter struct {
+	owner    *proxy.Server
+	wg       sync.WaitGroup
+	released atomic.Int32
+	handoffs chan proxy.Handoff
+}
+
+func (r *testRouter) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), error) {
+	switch h.User { // the account key is the upstream's address and the user
+	case "carol":
+		return nil, nil, proxy.ErrUnavailable
+	case "alice":
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		defer ln.Close()
+		near, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return nil, nil, err
+		}
+		far, err := ln.Accept()
+		if err != nil {
+			near.Close()
+			return nil, nil, err
+		}
+		r.handoffs <- h
+		r.wg.Go(func() { r.owner.ServeHandoff(far, h) })
+		return near, nil, nil
+	}
+	return nil, func() { r.released.Add(1) }, nil
+}
+
+// startPair starts an owner and a forwarding server in front of one
+// upstream with alice, bob and carol.
+func startPair(t *testing.T) (owner, front *imaptest.Proxy, r *testRouter) {
+	t.Helper()
+	up := startUpstream(t, memupstream.Options{}, "alice", "pw", "bob", "pw", "carol", "pw")
+	owner = startProxy(t, baseConfig(up.Addr))
+	r = &testRouter{owner: owner.Srv, handoffs: make(chan proxy.Handoff, 8)}
+	cfg := baseConfig(up.Addr)
+	cfg.Router = r
+	front = startProxy(t, cfg)
+	t.Cleanup(r.wg.Wait) // after the proxies' shutdown (cleanups run last first)
+	return owner, front, r
+}
+
+// TestHandoffForwards logs in through the front server: the owner answers
+// the login, and commands the client pipelined right behind it reach the
+// owner through the front's byte copy.
+func TestHandoffForwards(t *testing.T) {
+	owner, front, r := startPair(t)
+	c := imaptest.Dial(t, front.Addr)
+	c.MustGreetOK()
+	c.Write("a LOGIN alice pw\r\nb SELECT INBOX\r\n")
+	ok := c.ReadUntilTagged("a")
+	if last := ok[len(ok)-1]; !strings.HasPrefix(last, "a OK [CAPABILITY IMAP4rev1 ") {
+		t.Fatalf("login answer %q", last)
+	}
+	sel := c.ReadUntilTagged("b")
+	if last := sel[len(sel)-1]; !strings.HasPrefix(last, "b OK [READ-WRITE]") {
+		t.Fatalf("SELECT through the front: %q", sel)
+	}
+	h := <-r.handoffs
+	if h.User != "alice" || h.Pass != "pw" || h.Tag != "a" || !h.Addr.IsLoopback() || h.TLS {
+		t.Fatalf("handoff %+v", h)
+	}
+	c.MustOK("NOOP")
+	if st := front.Srv.Stats(); st.Forwarded != 1 || st.SessionsByState[proxy.StateNotAuthenticated] != 0 {
+		t.Fatalf("front stats: forwarded %d, by state %v", st.Forwarded, st.SessionsByState)
+	}
+	if st := owner.Srv.Stats(); st.SessionsByState[proxy.StateSelected] != 1 {
+		t.Fatalf("owner stats: by state %v", st.SessionsByState)
+	}
+	c.Write("z LOGOUT\r\n")
+	lines := c.ReadUntilTagged("z")
+	if lines[0] != "* BYE Logging out." && !strings.HasPrefix(lines[0], "* BYE") {
+		t.Fatalf("LOGOUT: %q", lines)
+	}
+	if _, err := c.TryReadLine(5 * time.Second); err == nil {
+		t.Fatal("connection still open after LOGOUT")
+	}
+	waitFor(t, func() bool { return front.Srv.Sessions() == 0 && owner.Srv.Sessions() == 0 })
+}
+
+// TestHandoffRefused: a login the owner refuses leaves the client on the
+// front server, not logged in, free to log in as someone served here; a
+// login nobody can serve gets NO [UNAVAILABLE].
+func TestHandoffRefused(t *testing.T) {
+	_, front, r := startPair(t)
+	c := imaptest.Dial(t, front.Addr)
+	c.MustGreetOK()
+	got := c.Cmd("LOGIN alice wrong")
+	if last := got[len(got)-1]; !strings.Contains(last, " NO [AUTHENTICATIONFAILED]") {
+		t.Fatalf("refused login: %q", got)
+	}
+	got = c.Cmd("LOGIN carol pw")
+	if last := got[len(got)-1]; !strings.Contains(last, " NO [UNAVAILABLE]") {
+		t.Fatalf("unavailable account: %q", got)
+	}
+	c.MustOK("LOGIN bob pw")
+	c.MustOK("SELECT INBOX")
+	if st := front.Srv.Stats(); st.Forwarded != 0 || st.SessionsByState[proxy.StateSelected] != 1 {
+		t.Fatalf("front stats: %+v", st)
+	}
+	c.Close()
+	waitFor(t, func() bool { return r.released.Load() == 1 })
+}
+
+// TestEvictForwarded: evicting alice on her owner ends the session with
+// BYE [UNAVAILABLE] through the front server, which then lets go of it.
+func TestEvictForwarded(t *testing.T) {
+	owner, front, r := startPair(t)
+	c := imaptest.Login(t, front.Addr, "alice", "pw")
+	h := <-r.handoffs
+	c.MustOK("SELECT INBOX")
+	b := imaptest.Login(t, owner.Addr, "bob", "pw")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := owner.Srv.Evict(ctx, h.Account, "This account moved; reconnect."); err != nil {
+		t.Fatal(err)
+	}
+	if line := c.ReadLine(); line != "* BYE [UNAVAILABLE] This account moved; reconnect." {
+		t.Fatalf("evicted client got %q", line)
+	}
+	if _, err := c.TryReadLine(5 * time.Second); err == nil {
+		t.Fatal("connection still open after the BYE")
+	}
+	waitFor(t, func() bool { return front.Srv.Stats().Forwarded == 0 })
+	b.MustOK("NOOP") // bob's session is not alice's
+	if owner.Srv.Hub().Watchers() != 0 {
+		t.Fatalf("alice's watcher survived the eviction: %d watchers", owner.Srv.Hub().Watchers())
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
