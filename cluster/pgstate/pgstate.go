@@ -43,9 +43,11 @@
 //     combinations in use) and are read once per Save, in the same round
 //     trip that locks the mailbox row.
 //
-// Measured (TestBytesPerMessage): about 85 bytes per message for a
-// 100,000-message mailbox, table, primary key index and the fill factor's
-// reserve included. The message table has fillfactor 90: a flag change
+// Measured (TestBytesPerMessage, PostgreSQL 15): 91 bytes per message for
+// a 100,000-message mailbox of typical flags, table, primary key index,
+// the fill factor's reserve and the other tables included (the budget is
+// 150). Of that, the heap row is 52 bytes (24 header, 24 data, 4 line
+// pointer) and the index entry 28. The message table has fillfactor 90: a flag change
 // rewrites its row, and the free tenth of each page lets that happen in the
 // same page (a HOT update, no new index entry) instead of growing the
 // index with every change.
@@ -66,6 +68,10 @@
 //
 // A Load is one REPEATABLE READ, read-only transaction with its four
 // queries pipelined.
+//
+// On a local PostgreSQL 15 (TestLargeMailbox), a Reset of 100,000
+// messages takes about 0.5 s, a Load of them 70 ms, a one-message batch
+// 0.3 ms, a batch of 1,000 expunges 30 ms.
 //
 // # Portability
 //
@@ -198,11 +204,13 @@ func (s *Store) run(n int, opts pgx.TxOptions, fn func(ctx context.Context, tx p
 }
 
 // try runs fn in one transaction; lost says the connection was closed
-// under it.
+// under it, or BEGIN failed.
 func (s *Store) try(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.Context, tx pgx.Tx) error) (lost bool, err error) {
 	tx, err := s.pool.BeginTx(ctx, opts)
 	if err != nil {
-		return false, err
+		// Nothing was done: worth another try (a pooled connection the
+		// server closed meanwhile, say after a restart).
+		return true, err
 	}
 	conn := tx.Conn()
 	if err = fn(ctx, tx); err == nil {
@@ -224,11 +232,11 @@ func retryable(err error, lost bool) bool {
 	if errors.Is(err, statestore.ErrNoState) || errors.Is(err, statestore.ErrCorrupt) {
 		return false
 	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code == "40001" || pe.Code == "40P01"
+	if lost || pgconn.SafeToRetry(err) {
+		return true
 	}
-	return lost || pgconn.SafeToRetry(err)
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
 }
 
 // i64 converts a mod-sequence for the database, which holds at most

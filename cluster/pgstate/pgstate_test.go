@@ -388,6 +388,12 @@ func TestRestart(t *testing.T) {
 	if _, err := s.Load(key); err == nil {
 		t.Fatal("Load with the database down worked")
 	}
+	if err := s.Save(key, statestore.Batch{Reset: true, UIDValidity: 1, Highest: 3}); err == nil {
+		t.Fatal("a second Save with the database down worked")
+	}
+	if _, _, err := s.Continue(key); err == nil {
+		t.Fatal("Continue with the database down worked")
+	}
 	if time.Since(start) > 2*s.Timeout+time.Second {
 		t.Fatalf("calls took %v with the database down", time.Since(start))
 	}
@@ -426,6 +432,7 @@ func TestTimeout(t *testing.T) {
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Save on a locked row: %v, want a time-out", err)
 	}
+	t.Logf("Save on a locked row failed after %v: %v", time.Since(start), err)
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("Save took %v with a 300ms time-out", d)
 	}
