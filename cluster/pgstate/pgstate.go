@@ -58,13 +58,15 @@
 // # Round trips
 //
 // A Save is BEGIN, the fencer's Hold, one pipelined round trip that
-// creates or locks the mailbox row and reads its flag sets, one pipelined
-// round trip of all writes, and COMMIT: each bulk write is ONE statement
-// whatever the batch's size (INSERT ... SELECT FROM unnest($1::int8[], ...)
-// ON CONFLICT ... DO UPDATE, DELETE ... USING unnest). A Reset deletes only
-// the messages it does not name, and the upsert leaves rows that did not
-// change untouched (ON CONFLICT DO UPDATE ... WHERE), so saving a state
-// whole again after an error writes nothing but what differs.
+// creates or locks the mailbox row and reads its flag sets (and, for a
+// Reset, the UIDs it has), one pipelined round trip of all writes, and
+// COMMIT: each bulk write is ONE statement whatever the batch's size
+// (INSERT ... SELECT FROM unnest($1::int8[], ...) ON CONFLICT ... DO
+// UPDATE, DELETE ... USING unnest). A Reset deletes only the messages it
+// does not name (found in Go, so that no plan of the database's choosing
+// can make it quadratic), and the upsert leaves rows that did not change
+// untouched (ON CONFLICT DO UPDATE ... WHERE), so saving a state whole
+// again after an error writes nothing but what differs.
 //
 // A Load is one REPEATABLE READ, read-only transaction with its four
 // queries pipelined.
@@ -412,11 +414,31 @@ func (s *Store) save(ctx context.Context, tx pgx.Tx, key string, w *write) error
 		}
 		return rows.Err()
 	})
+	// A Reset deletes the messages it does not name: their UIDs are
+	// found here rather than by an anti-join against the batch in SQL,
+	// whose plan would be the planner's choice.
+	var existing []int64
+	if w.reset {
+		rb.Queue(`SELECT uid FROM lp_state_messages WHERE mailbox = `+mailboxOf, k).Query(func(rows pgx.Rows) error {
+			var uid int64
+			for rows.Next() {
+				if err := rows.Scan(&uid); err != nil {
+					return err
+				}
+				existing = append(existing, uid)
+			}
+			return rows.Err()
+		})
+	}
 	if err := tx.SendBatch(ctx, &rb).Close(); err != nil {
 		return err
 	}
 	if !found || !w.reset && !hasState {
 		return statestore.ErrNoState
+	}
+	gone := w.gone
+	if w.reset {
+		gone = stale(existing, w.uids)
 	}
 
 	// Flag set ids, new sets added.
@@ -444,8 +466,6 @@ func (s *Store) save(ctx context.Context, tx pgx.Tx, key string, w *write) error
 
 	var wb pgx.Batch
 	if w.reset {
-		wb.Queue(`DELETE FROM lp_state_messages m WHERE m.mailbox = $1
-			AND NOT EXISTS (SELECT 1 FROM unnest($2::int8[]) AS u(uid) WHERE u.uid = m.uid)`, id, w.uids)
 		wb.Queue(`DELETE FROM lp_state_expunges WHERE mailbox = $1`, id)
 		keep := make([]int32, 0, len(used))
 		for sid := range used {
@@ -464,8 +484,8 @@ func (s *Store) save(ctx context.Context, tx pgx.Tx, key string, w *write) error
 			WHERE lp_state_messages.modseq <> excluded.modseq OR lp_state_messages.flagset <> excluded.flagset`,
 			id, w.uids, w.modseqs, setIDs)
 	}
-	if !w.reset && len(w.gone) > 0 {
-		wb.Queue(`DELETE FROM lp_state_messages m USING unnest($2::int8[]) AS u(uid) WHERE m.mailbox = $1 AND m.uid = u.uid`, id, w.gone)
+	if len(gone) > 0 {
+		wb.Queue(`DELETE FROM lp_state_messages m USING unnest($2::int8[]) AS u(uid) WHERE m.mailbox = $1 AND m.uid = u.uid`, id, gone)
 	}
 	if len(w.xModseqs) > 0 {
 		wb.Queue(`INSERT INTO lp_state_expunges (mailbox, modseq, uid, at)
@@ -479,6 +499,24 @@ func (s *Store) save(ctx context.Context, tx pgx.Tx, key string, w *write) error
 	wb.Queue(`UPDATE lp_state_mailboxes SET uidvalidity = $2, highest = $3, base = $4, max_uid = $5, mark = GREATEST(mark, $6)
 		WHERE id = $1`, id, w.meta[0], w.meta[1], w.meta[2], w.meta[3], w.meta[4])
 	return tx.SendBatch(ctx, &wb).Close()
+}
+
+// stale returns the UIDs of existing that are not in keep.
+func stale(existing, keep []int64) []int64 {
+	if len(existing) == 0 {
+		return nil
+	}
+	kept := make(map[int64]struct{}, len(keep))
+	for _, u := range keep {
+		kept[u] = struct{}{}
+	}
+	var out []int64
+	for _, u := range existing {
+		if _, ok := kept[u]; !ok {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // Load implements statestore.Store.
