@@ -81,14 +81,15 @@
 // lock of SELECT ... FOR UPDATE on the mailbox row serialising writers of a
 // key; REPEATABLE READ for a Load's consistent snapshot), INSERT ... ON
 // CONFLICT DO NOTHING / DO UPDATE ... WHERE, DELETE ... USING, multi-array
-// unnest, NOT EXISTS, GREATEST, bytea, an identity column, the storage
+// unnest, GREATEST, bytea, an identity column, the storage
 // parameter fillfactor (a no-op where unsupported) and, for Size only,
 // pg_total_relation_size. It uses no LISTEN/NOTIFY, advisory locks,
 // sequences for mod-sequences, PL/pgSQL, triggers or foreign keys (the
 // store keeps its tables consistent itself; a foreign key check per
-// message row would slow bulk writes). CockroachDB and YugabyteDB accept
-// all of this except pg_total_relation_size; a serialisation failure
-// (SQLSTATE 40001, their usual answer to contention) is retried.
+// message row would slow bulk writes). CockroachDB and YugabyteDB document all
+// of this except pg_total_relation_size (untested here: the tests run
+// PostgreSQL); a serialisation failure (SQLSTATE 40001, their usual answer
+// to contention) is retried.
 //
 // # Errors, time-outs and retries
 //
