@@ -308,7 +308,7 @@ func (s *Bolt) Load(key string) (*Saved, error) {
 					return err
 				}
 			}
-			if err := plausible(sv); err != nil {
+			if err := Plausible(sv); err != nil {
 				return err
 			}
 			out = sv
@@ -437,25 +437,4 @@ func (s *Bolt) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return guard(s.db.Close)
-}
-
-// plausible checks what bbolt's structure check cannot: that the values
-// make sense together. Random bytes in a value (a mod-sequence above the
-// saved HIGHESTMODSEQ, an expunge at or below the base) would otherwise
-// give clients wrong resyncs.
-func plausible(sv *Saved) error {
-	if sv.Highest == 0 || sv.Base > sv.Highest {
-		return fmt.Errorf("%w: HIGHESTMODSEQ %d, base %d", ErrCorrupt, sv.Highest, sv.Base)
-	}
-	for _, m := range sv.Messages {
-		if m.ModSeq == 0 || m.ModSeq > sv.Highest {
-			return fmt.Errorf("%w: UID %d at mod-sequence %d of %d", ErrCorrupt, m.UID, m.ModSeq, sv.Highest)
-		}
-	}
-	for _, x := range sv.Expunged {
-		if x.ModSeq > sv.Highest || x.ModSeq <= sv.Base && sv.Base > 0 {
-			return fmt.Errorf("%w: expunge of UID %d at mod-sequence %d (base %d, HIGHESTMODSEQ %d)", ErrCorrupt, x.UID, x.ModSeq, sv.Base, sv.Highest)
-		}
-	}
-	return nil
 }

@@ -13,6 +13,7 @@ package statestore
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -95,4 +96,26 @@ type Continuer interface {
 	// false if the store never held key (the caller then picks its own
 	// base).
 	Continue(key string) (uint64, bool, error)
+}
+
+// Plausible checks what a store's own structure cannot: that the values of
+// a loaded state make sense together. Random bytes in a value (a
+// mod-sequence above the saved HIGHESTMODSEQ, an expunge at or below the
+// base) would otherwise give clients wrong resyncs. Every Store checks a
+// state with it before Load returns it; the error wraps ErrCorrupt.
+func Plausible(sv *Saved) error {
+	if sv.Highest == 0 || sv.Base > sv.Highest {
+		return fmt.Errorf("%w: HIGHESTMODSEQ %d, base %d", ErrCorrupt, sv.Highest, sv.Base)
+	}
+	for _, m := range sv.Messages {
+		if m.ModSeq == 0 || m.ModSeq > sv.Highest {
+			return fmt.Errorf("%w: UID %d at mod-sequence %d of %d", ErrCorrupt, m.UID, m.ModSeq, sv.Highest)
+		}
+	}
+	for _, x := range sv.Expunged {
+		if x.ModSeq > sv.Highest || x.ModSeq <= sv.Base && sv.Base > 0 {
+			return fmt.Errorf("%w: expunge of UID %d at mod-sequence %d (base %d, HIGHESTMODSEQ %d)", ErrCorrupt, x.UID, x.ModSeq, sv.Base, sv.Highest)
+		}
+	}
+	return nil
 }
