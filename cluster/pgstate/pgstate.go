@@ -17,9 +17,9 @@
 // The key and the account are bytea, not text: Bolt takes any bytes, and
 // a mailbox or user name that is not valid UTF-8 must not make a mailbox's
 // state unsaveable (text refuses such bytes, and NUL). The key is kept
-// whole (the mailbox name is what follows the account and its NUL) so that
+// whole (the mailbox name is what follows the account and the last NUL) so that
 // every key maps to exactly one row, a key without a NUL included; the
-// account is the part before the first NUL, what Fencer.Hold is given.
+// account is the part before the last NUL, what Fencer.Hold is given.
 //
 // A mailbox row outlives its state: Drop and Reset empty it but keep mark,
 // the highest mod-sequence ever saved under the key, which Continue
@@ -178,10 +178,12 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// account returns the part of key before its first NUL (the whole key if
-// it has none).
+// account returns the part of key before its last NUL (the whole key if
+// it has none). The hub's keys are the account key, itself the upstream's
+// address and the user joined by a NUL, then a NUL and the mailbox name,
+// which never holds a NUL (RFC 3501 strings cannot carry one).
 func account(key string) string {
-	if i := strings.IndexByte(key, 0); i >= 0 {
+	if i := strings.LastIndexByte(key, 0); i >= 0 {
 		return key[:i]
 	}
 	return key
