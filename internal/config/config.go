@@ -86,6 +86,15 @@ type Settings struct {
 	AuthFailureMaxDelay Duration `toml:"auth-failure-max-delay"`
 
 	UsernameFormat string `toml:"username-format"`
+
+	// Cluster mode (docs/cluster.md): empty ClusterDB is one node.
+	ClusterDB        string   `toml:"cluster-db"`
+	Node             string   `toml:"node"`
+	ClusterListen    string   `toml:"cluster-listen"`
+	ClusterAdvertise string   `toml:"cluster-advertise"`
+	ClusterSecret    string   `toml:"cluster-secret"`
+	ClusterLeaseTTL  Duration `toml:"cluster-lease-ttl"`
+	ClusterRelease   Duration `toml:"cluster-release-after"`
 }
 
 // Duration is a time.Duration written "30s" in the file and on the command
@@ -132,6 +141,8 @@ func Defaults() Settings {
 		IdleRenew:           Duration{25 * time.Minute},
 		ExpungeLogMax:       10000,
 		ExpungeLogMaxAge:    Duration{30 * 24 * time.Hour},
+		ClusterLeaseTTL:     Duration{10 * time.Second},
+		ClusterRelease:      Duration{60 * time.Second},
 	}
 }
 
@@ -178,6 +189,13 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.IdleRenew, "idle-renew", s.IdleRenew, "how long a watcher's upstream IDLE runs before it is renewed (under 29m)")
 	fs.IntVar(&s.ExpungeLogMax, "expunge-log-max", s.ExpungeLogMax, "most expunges remembered per mailbox for QRESYNC; clients that knew the mailbox before the oldest get a full resync; 0: no limit")
 	fs.TextVar(&s.ExpungeLogMaxAge, "expunge-log-max-age", s.ExpungeLogMaxAge, "expunges older than this are forgotten (clients that knew the mailbox before get a full resync); 0: no limit")
+	fs.StringVar(&s.ClusterDB, "cluster-db", s.ClusterDB, "PostgreSQL URL of the state several nodes share (cluster mode; docs/cluster.md); empty: one node, state in -data")
+	fs.StringVar(&s.Node, "node", s.Node, "this node's name in the cluster, unique and stable across restarts (cluster mode)")
+	fs.StringVar(&s.ClusterListen, "cluster-listen", s.ClusterListen, "HOST:PORT of the internal link on which other nodes hand sessions over (cluster mode; a private network: the link authenticates, it does not encrypt)")
+	fs.StringVar(&s.ClusterAdvertise, "cluster-advertise", s.ClusterAdvertise, "HOST:PORT other nodes dial to reach -cluster-listen (default: -cluster-listen)")
+	fs.StringVar(&s.ClusterSecret, "cluster-secret", s.ClusterSecret, "file holding the secret shared by the nodes (at least 16 bytes) that authenticates internal links")
+	fs.TextVar(&s.ClusterLeaseTTL, "cluster-lease-ttl", s.ClusterLeaseTTL, "a node that has not renewed its lease for this long is dead: others take its accounts over, and it fences itself")
+	fs.TextVar(&s.ClusterRelease, "cluster-release-after", s.ClusterRelease, "an account with no session on its node for this long is released, so that it can move to its preferred node")
 	fs.TextVar(&s.IdleKeepAlive, "idle-keepalive", s.IdleKeepAlive, "interval of \"* OK Still here\" to idling clients; 0 (the default) sends none, to spare batteries")
 }
 
@@ -367,5 +385,36 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.Hub.IdleRenew = s.IdleRenew.Duration
 	cfg.Hub.ExpungeLog = syncstate.LogLimits{MaxExpunges: s.ExpungeLogMax, MaxAge: s.ExpungeLogMaxAge.Duration}
 	cfg.Logger = log
+	if err := s.checkCluster(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// checkCluster checks the cluster settings: all or none.
+func (s *Settings) checkCluster() error {
+	if s.ClusterDB == "" {
+		if s.Node != "" || s.ClusterListen != "" || s.ClusterSecret != "" {
+			return errors.New("config: node, cluster-listen and cluster-secret need cluster-db")
+		}
+		return nil
+	}
+	switch {
+	case s.Node == "":
+		return errors.New("config: cluster-db needs node (this node's name)")
+	case strings.ContainsFunc(s.Node, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return fmt.Errorf("config: node %q: no spaces or control characters", s.Node)
+	case s.ClusterListen == "":
+		return errors.New("config: cluster-db needs cluster-listen (the internal link's address)")
+	case s.ClusterSecret == "":
+		return errors.New("config: cluster-db needs cluster-secret (a file with the nodes' shared secret)")
+	case s.ClusterLeaseTTL.Duration < time.Second:
+		return fmt.Errorf("config: cluster-lease-ttl %v: at least 1s", s.ClusterLeaseTTL.Duration)
+	}
+	if s.ClusterAdvertise != "" {
+		if err := checkHostPort(s.ClusterAdvertise); err != nil {
+			return fmt.Errorf("config: cluster-advertise %q: %w", s.ClusterAdvertise, err)
+		}
+	}
+	return nil
 }

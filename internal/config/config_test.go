@@ -79,6 +79,8 @@ func TestDefaults(t *testing.T) {
 		ExpungeLogMax:       10000,
 		ExpungeLogMaxAge:    Duration{720 * time.Hour},
 		UsernameFormat:      "%Lu",
+		ClusterLeaseTTL:     Duration{10 * time.Second},
+		ClusterRelease:      Duration{time.Minute},
 	}
 	if got := Defaults(); got != want {
 		t.Errorf("Defaults() = %+v\nwant %+v", got, want)
@@ -201,6 +203,8 @@ var fullFileSettings = Settings{
 	ExpungeLogMax:       500,
 	ExpungeLogMaxAge:    Duration{48 * time.Hour},
 	UsernameFormat:      "%u",
+	ClusterLeaseTTL:     Duration{10 * time.Second},
+	ClusterRelease:      Duration{time.Minute},
 }
 
 func TestParseFile(t *testing.T) {
@@ -792,6 +796,34 @@ func TestWarnings(t *testing.T) {
 		c.edit(&s)
 		if w := s.Warnings(); (len(w) > 0) != c.warn {
 			t.Errorf("listen %q: warnings %q", s.Listen, w)
+		}
+	}
+}
+
+// TestClusterSettings: cluster mode needs its four settings together.
+func TestClusterSettings(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		err  string
+	}{
+		{nil, ""},
+		{[]string{"-cluster-db", "postgres://db/lp", "-node", "n1", "-cluster-listen", "10.0.0.1:7143", "-cluster-secret", "/etc/lp/secret"}, ""},
+		{[]string{"-node", "n1"}, "need cluster-db"},
+		{[]string{"-cluster-db", "postgres://db/lp", "-cluster-listen", "10.0.0.1:7143", "-cluster-secret", "/s"}, "needs node"},
+		{[]string{"-cluster-db", "postgres://db/lp", "-node", "n 1", "-cluster-listen", "10.0.0.1:7143", "-cluster-secret", "/s"}, "no spaces"},
+		{[]string{"-cluster-db", "postgres://db/lp", "-node", "n1", "-cluster-secret", "/s"}, "needs cluster-listen"},
+		{[]string{"-cluster-db", "postgres://db/lp", "-node", "n1", "-cluster-listen", "10.0.0.1:7143"}, "needs cluster-secret"},
+		{[]string{"-cluster-db", "postgres://db/lp", "-node", "n1", "-cluster-listen", "10.0.0.1:7143", "-cluster-secret", "/s", "-cluster-lease-ttl", "500ms"}, "at least 1s"},
+		{[]string{"-cluster-db", "postgres://db/lp", "-node", "n1", "-cluster-listen", "10.0.0.1:7143", "-cluster-secret", "/s", "-cluster-advertise", "nohost"}, "cluster-advertise"},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		s, err := Parse(fs, append([]string{"-upstream", "imap.example.org:143"}, tc.args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.ProxyConfig(nil, slog.Default())
+		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%q: err %v, want %q", tc.args, err, tc.err)
 		}
 	}
 }
