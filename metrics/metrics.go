@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,19 @@ type Sources struct {
 	// AccountWatchers returns the number of NOTIFY account watchers (one
 	// upstream connection each).
 	AccountWatchers func() int
+	// Cluster returns cluster mode's figures (nil on a single node).
+	Cluster func() ClusterStats
+}
+
+// ClusterStats are the figures of cluster mode (package cluster).
+type ClusterStats struct {
+	// Owned counts the accounts this node serves now.
+	Owned int
+	// Takeovers counts accounts this node took from a node whose lease
+	// had expired; FencedWrites, state writes refused because another
+	// node had taken the account over; HandoffsIn, sessions other nodes
+	// handed to this one; RenewFailures, failed lease renewals.
+	Takeovers, FencedWrites, HandoffsIn, RenewFailures int64
 }
 
 // Metrics holds the registry and the histograms fed by events.
@@ -43,6 +57,8 @@ type Metrics struct {
 	reg         *prometheus.Registry
 	pushLatency prometheus.Histogram
 	resyncBytes prometheus.Histogram
+	dbLatency   *prometheus.HistogramVec
+	dbOnce      sync.Once
 	ready       atomic.Bool
 }
 
@@ -69,8 +85,21 @@ func New() *Metrics {
 		Help:    "Size of the answer to a QRESYNC SELECT or EXAMINE (HIGHESTMODSEQ, VANISHED (EARLIER), FETCH).",
 		Buckets: prometheus.ExponentialBuckets(64, 4, 10),
 	})
+	m.dbLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: ns, Name: "cluster_db_seconds",
+		Help:    "Latency of the cluster's database operations by kind (cluster mode).",
+		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"op"})
 	m.reg.MustRegister(m.pushLatency, m.resyncBytes)
 	return m
+}
+
+// ObserveDB records the latency of one cluster database operation (the
+// cluster's ObserveDB hook). The histogram is registered at the first
+// observation, so single nodes do not export it.
+func (m *Metrics) ObserveDB(op string, d time.Duration) {
+	m.dbOnce.Do(func() { m.reg.MustRegister(m.dbLatency) })
+	m.dbLatency.WithLabelValues(op).Observe(d.Seconds())
 }
 
 // ObservePush records one push latency (proxy.Config.PushLatency).
@@ -138,6 +167,9 @@ func (m *Metrics) Register(src Sources) {
 			ConstLabels: prometheus.Labels{"kind": k.String()},
 		}, func() float64 { return float64(stats().Errors[k]) }))
 	}
+	if src.Cluster != nil {
+		m.registerCluster(src.Cluster, func() float64 { return float64(stats().Forwarded) })
+	}
 	if src.Compress != nil {
 		bytes := func(dir, form string, pick func(pi, ci, po, co int64) int64) {
 			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -154,6 +186,25 @@ func (m *Metrics) Register(src Sources) {
 			Namespace: ns, Name: "compress_sessions", Help: "Sessions with COMPRESS=DEFLATE on.",
 		}, func() float64 { _, _, _, _, a := src.Compress(); return float64(a) }))
 	}
+}
+
+// registerCluster adds cluster mode's metrics.
+func (m *Metrics) registerCluster(cl func() ClusterStats, forwarded func() float64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: ns, Name: "cluster_accounts_owned", Help: "Accounts this node serves now (cluster mode).",
+	}, func() float64 { return float64(cl().Owned) }))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: ns, Name: "cluster_forwarded_sessions", Help: "Sessions whose clients connected here and which another node serves: this node copies their bytes.",
+	}, forwarded))
+	counter := func(name, help string, f func(ClusterStats) int64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: ns, Name: name, Help: help,
+		}, func() float64 { return float64(f(cl())) }))
+	}
+	counter("cluster_takeovers_total", "Accounts taken over from a node whose lease had expired.", func(c ClusterStats) int64 { return c.Takeovers })
+	counter("cluster_fenced_writes_total", "State writes refused because another node had taken the account over.", func(c ClusterStats) int64 { return c.FencedWrites })
+	counter("cluster_handoffs_in_total", "Sessions other nodes handed to this node.", func(c ClusterStats) int64 { return c.HandoffsIn })
+	counter("cluster_lease_renew_failures_total", "Failed renewals of this node's lease.", func(c ClusterStats) int64 { return c.RenewFailures })
 }
 
 type statsAt struct {

@@ -6,6 +6,7 @@
 //
 //	lemonproxy serve -listen 127.0.0.1:1143 -upstream imap.example.com:993 -upstream-security tls
 //	lemonproxy demo
+//	lemonproxy cluster status -cluster-db postgres://db.example.com/lemonproxy
 //	lemonproxy conformance -target imap.example.com:993 -tls -user U -pass P
 //	lemonproxy version
 package main
@@ -51,6 +52,7 @@ const usage = `lemonproxy: an IMAP proxy for mobile mail.
 Commands:
   serve    run the proxy in front of an upstream IMAP server
   demo     run the proxy in front of a built-in demo server
+  cluster  status and drain of a cluster's nodes (cluster mode)
   conformance
            test an IMAP server (or lemonproxy) RFC section by RFC section
   load     generate load (idle, push, resync, fetch, mixed) and measure
@@ -69,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stdout, stderr, false)
 	case "demo":
 		return serve(args[1:], stdout, stderr, true)
+	case "cluster":
+		return clusterCmd(args[1:], stdout, stderr)
 	case "conformance":
 		return conformance.Main(args[1:], stdout, stderr)
 	case "load":
@@ -122,7 +126,7 @@ func versionLine(bi *debug.BuildInfo, ok bool) string {
 
 // withMetrics hooks the event-fed metrics into the configuration and the
 // extensions, and returns how to register the rest once the server exists.
-func withMetrics(m *metrics.Metrics, cfg *proxy.Config) func(*proxy.Server) {
+func withMetrics(m *metrics.Metrics, cfg *proxy.Config) func(*proxy.Server, func() metrics.ClusterStats) {
 	cfg.PushLatency = m.ObservePush
 	src := metrics.Sources{}
 	for _, e := range cfg.Extensions {
@@ -138,8 +142,9 @@ func withMetrics(m *metrics.Metrics, cfg *proxy.Config) func(*proxy.Server) {
 			src.AccountWatchers = e.Accounts().Watchers
 		}
 	}
-	return func(srv *proxy.Server) {
+	return func(srv *proxy.Server, cluster func() metrics.ClusterStats) {
 		src.Server = srv
+		src.Cluster = cluster
 		m.Register(src)
 	}
 }
@@ -209,30 +214,52 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 	}
 	go probeUpstream(cfg.Upstream, log)
 	cfg.Extensions = extensions(settings)
-	if err := os.MkdirAll(settings.Data, 0o700); err != nil {
-		log.Error("data directory", "err", err)
-		return 1
-	}
-	store, err := statestore.OpenBoltLog(settings.Data, log)
-	if err != nil {
-		log.Error("sync state store", "err", err)
-		return 1
-	}
-	defer store.Close()
-	cfg.Hub.Store = store
 	var met *metrics.Metrics
-	var registerMetrics func(*proxy.Server)
+	var registerMetrics func(*proxy.Server, func() metrics.ClusterStats)
 	if settings.Metrics != "" {
 		met = metrics.New()
 		registerMetrics = withMetrics(met, &cfg)
 	}
+	var cl *clusterNode
+	if settings.ClusterDB != "" {
+		// Cluster mode: the state lives in PostgreSQL, shared by the
+		// nodes; -data is not used.
+		if cl, err = openCluster(settings, met, log); err != nil {
+			log.Error("cluster", "err", err)
+			return 1
+		}
+		cfg.Hub.Store = cl.store
+		cfg.Router = cl.node
+	} else {
+		if err := os.MkdirAll(settings.Data, 0o700); err != nil {
+			log.Error("data directory", "err", err)
+			return 1
+		}
+		store, err := statestore.OpenBoltLog(settings.Data, log)
+		if err != nil {
+			log.Error("sync state store", "err", err)
+			return 1
+		}
+		defer store.Close()
+		cfg.Hub.Store = store
+	}
 	srv, err := proxy.NewServer(cfg)
 	if err != nil {
 		log.Error("starting", "err", err)
+		if cl != nil {
+			cl.node.Abandon()
+		}
 		return 1
 	}
+	if cl != nil {
+		cl.start(srv, log)
+	}
 	if met != nil {
-		registerMetrics(srv)
+		var clusterStats func() metrics.ClusterStats
+		if cl != nil {
+			clusterStats = cl.metricsSource()
+		}
+		registerMetrics(srv, clusterStats)
 		ln, err := net.Listen("tcp", settings.Metrics)
 		if err != nil {
 			log.Error("metrics listen", "addr", settings.Metrics, "err", err)
@@ -325,6 +352,9 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
+	if cl != nil {
+		cl.stop(ctx, log)
+	}
 	err = srv.Shutdown(ctx)
 	wg.Wait()
 	if err != nil {
