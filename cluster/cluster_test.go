@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -496,5 +497,59 @@ func TestDrainAndStatus(t *testing.T) {
 	}
 	if err := Drain(ctx, url, "nobody"); err == nil {
 		t.Fatal("drain of an unknown node")
+	}
+}
+
+// TestConcurrentLogins: many logins of one new account at once, through
+// every node, end with one acquisition (epoch 1) at the preferred node,
+// and every session's writes hold.
+func TestConcurrentLogins(t *testing.T) {
+	url := newDB(t)
+	a, b := startNode(t, url, "a", nil), startNode(t, url, "b", nil)
+	waitRenewals(t, a, b)
+	acct := accountFor("a", "a", "b")
+	type result struct {
+		conn    net.Conn
+		release func()
+		err     error
+	}
+	results := make(chan result, 20)
+	for i := range 20 {
+		n := a
+		if i%2 == 1 {
+			n = b
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, r, err := n.Route(ctx, proxy.Handoff{Account: acct, Tag: "A1"})
+			results <- result{c, r, err}
+		}()
+	}
+	for range 20 {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.conn != nil {
+			defer r.conn.Close()
+		} else {
+			defer r.release()
+		}
+	}
+	if node, epoch := owner(t, a, acct); node != "a" || epoch != 1 {
+		t.Fatalf("owner %s epoch %d, want a 1", node, epoch)
+	}
+	ctx := context.Background()
+	tx, err := a.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if err := a.Hold(ctx, tx, acct); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.Stats(); st.Sessions != 20 || st.HandoffsIn != 10 {
+		t.Errorf("a: %+v", st)
 	}
 }

@@ -41,7 +41,8 @@ type Node struct {
 	draining   bool
 	closed     bool
 	owned      map[string]*account
-	live       []peer // live nodes at the last renewal
+	acquiring  map[string]chan struct{} // acquisitions in flight, closed when done
+	live       []peer                   // live nodes at the last renewal
 	listeners  map[net.Listener]struct{}
 	linkConns  map[net.Conn]struct{}
 	renewGate  chan struct{} // test hook: renewals wait while non-nil
@@ -126,6 +127,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		addr:      addr,
 		links:     linkTransport{secret: cfg.Secret},
 		owned:     make(map[string]*account),
+		acquiring: make(map[string]chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
 		linkConns: make(map[net.Conn]struct{}),
 		renewed:   make(chan struct{}),

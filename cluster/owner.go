@@ -22,31 +22,47 @@ var errNotServing = errors.New("cluster: this node takes no account now")
 // cannot both win: the loser's UPDATE waits for the winner's row lock and
 // then finds the row owned by a live node.
 func (n *Node) acquire(ctx context.Context, acct string) (*account, error) {
-	for {
+	var flight chan struct{}
+	for flight == nil {
 		n.mu.Lock()
 		if !n.leaseValidLocked() || n.draining {
 			n.mu.Unlock()
 			return nil, errNotServing
 		}
-		a := n.owned[acct]
-		if a == nil {
-			n.mu.Unlock()
-			break
-		}
-		if !a.leaving {
+		var wait chan struct{}
+		switch a := n.owned[acct]; {
+		case a != nil && !a.leaving:
 			a.refs++
 			n.mu.Unlock()
 			return a, nil
+		case a != nil:
+			// Being evicted here: acquiring now would have the new
+			// session caught by that eviction.
+			wait = a.gone
+		case n.acquiring[acct] != nil:
+			// One acquisition at a time per account: two would both
+			// succeed with successive epochs, and the sessions holding
+			// the first would find their writes fenced.
+			wait = n.acquiring[acct]
+		default:
+			flight = make(chan struct{})
+			n.acquiring[acct] = flight
 		}
-		// Being evicted here: acquiring now would have the new session
-		// caught by that eviction.
 		n.mu.Unlock()
-		select {
-		case <-a.gone:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if wait != nil {
+			select {
+			case <-wait:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
 	}
+	defer func() {
+		n.mu.Lock()
+		delete(n.acquiring, acct)
+		n.mu.Unlock()
+		close(flight)
+	}()
 
 	dctx, cancel := n.dbContext(ctx)
 	defer cancel()
@@ -82,12 +98,11 @@ func (n *Node) acquire(ctx context.Context, acct string) (*account, error) {
 	a := n.owned[acct]
 	switch {
 	case a == nil || a.leaving:
-		// A leaving entry's release will find the new epoch and touch
-		// nothing; its eviction is over (Route waited for it).
+		// A leaving entry (fenced meanwhile and unfenced again) is
+		// replaced: its release finds the new epoch and touches nothing.
 		a = newAccount(epoch)
 		n.owned[acct] = a
 	case epoch > a.epoch:
-		// Two logins acquired at once; the later epoch is the current one.
 		a.epoch = epoch
 	}
 	a.refs++

@@ -114,12 +114,12 @@ func (n *Node) serveLink(conn net.Conn) {
 	}
 	release := n.releaser(a)
 	defer release()
+	n.handoffsIn.Add(1)
 	stream, err := req.reply(replyOK)
 	if err != nil {
 		n.log.Warn("cluster: internal link lost before the session", "from", req.from(), "err", err)
 		return
 	}
-	n.handoffsIn.Add(1)
 	host.ServeHandoff(stream, h)
 }
 
