@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -551,5 +552,54 @@ func TestConcurrentLogins(t *testing.T) {
 	}
 	if st := a.Stats(); st.Sessions != 20 || st.HandoffsIn != 10 {
 		t.Errorf("a: %+v", st)
+	}
+}
+
+// TestMaxLinks: past MaxLinks a node refuses links at once, and the
+// forwarding node refuses the login (the client retries) rather than
+// queueing it.
+func TestMaxLinks(t *testing.T) {
+	url := newDB(t)
+	a := startNode(t, url, "a", func(c *Config) { c.MaxLinks = 1 })
+	b := startNode(t, url, "b", nil)
+	waitRenewals(t, a, b)
+	acct := accountFor("a", "a", "b")
+	conn, _, err := login(t, b, acct)
+	if err != nil || conn == nil {
+		t.Fatalf("first forwarded login: %v %v", conn, err)
+	}
+	defer conn.Close()
+	if st := b.Stats(); st.ForwardedOut != 1 {
+		t.Errorf("b: %+v", st)
+	}
+	if _, _, err := login(t, b, acct); !errors.Is(err, proxy.ErrUnavailable) {
+		t.Fatalf("login over the link limit: %v", err)
+	}
+}
+
+// TestObserveDB: the database operations are reported with their names.
+func TestObserveDB(t *testing.T) {
+	url := newDB(t)
+	var mu sync.Mutex
+	ops := map[string]int{}
+	a := startNode(t, url, "a", func(c *Config) {
+		c.ObserveDB = func(op string, d time.Duration) {
+			mu.Lock()
+			ops[op]++
+			mu.Unlock()
+		}
+	})
+	if _, release, err := login(t, a, "x"); err != nil {
+		t.Fatal(err)
+	} else {
+		release()
+	}
+	waitRenewals(t, a)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, op := range []string{"register", "renew", "live", "lookup", "acquire"} {
+		if ops[op] == 0 {
+			t.Errorf("no %s observed: %v", op, ops)
+		}
 	}
 }

@@ -126,7 +126,7 @@ func startNode(t *testing.T, url, name string, mod func(*Config)) *testNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{DB: url, Node: name, Listen: ln.Addr().String(), Secret: []byte("test secret"),
+	cfg := Config{DB: url, Node: name, Listen: ln.Addr().String(), Secret: []byte("a cluster secret for the tests, 48 bytes long..."),
 		LeaseTTL: time.Second, ReleaseAfter: time.Hour}
 	if mod != nil {
 		mod(&cfg)

@@ -85,8 +85,8 @@ type peer struct {
 // this node with a fresh incarnation and starts renewing its lease. Attach
 // a Host before serving logins or links.
 func Open(ctx context.Context, cfg Config) (*Node, error) {
-	if cfg.Node == "" {
-		return nil, errors.New("cluster: a node name is needed")
+	if err := checkName(cfg.Node); err != nil {
+		return nil, err
 	}
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
@@ -305,4 +305,18 @@ func (n *Node) observe(op string, f func() error) error {
 // database that hangs must not hold them past a lease's TTL.
 func (n *Node) dbContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, n.cfg.LeaseTTL)
+}
+
+// checkName checks a node name as the internal links carry it: 1 to 255
+// bytes of printable ASCII without spaces.
+func checkName(name string) error {
+	if name == "" || len(name) > 255 {
+		return errors.New("cluster: a node name of 1 to 255 bytes is needed")
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c >= 0x7f {
+			return fmt.Errorf("cluster: node name %q: only printable ASCII without spaces", name)
+		}
+	}
+	return nil
 }
