@@ -28,6 +28,9 @@ var _ proxy.Router = (*Node)(nil)
 // taken over only once the lease has expired, and the client retries.
 func (n *Node) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), error) {
 	acct := h.Account
+	if h.Via == "" {
+		h.Via = n.cfg.Node
+	}
 	for range maxRouteAttempts {
 		n.mu.Lock()
 		if !n.leaseValidLocked() {
