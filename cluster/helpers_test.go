@@ -3,7 +3,6 @@ package cluster
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -228,55 +227,6 @@ func waitLeaseExpired(t *testing.T, url, name string) {
 	}
 }
 
-// testTransport replaces package link until it is merged: one JSON line
-// of request, one byte of reply.
-var testTransport transport = jsonTransport{}
-
-type jsonTransport struct{}
-
-type jsonRequest struct {
-	From    string
-	Handoff proxy.Handoff
-}
-
-func (jsonTransport) dial(ctx context.Context, addr, from string, h proxy.Handoff) (net.Conn, replyKind, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, 0, err
-	}
-	if err := json.NewEncoder(c).Encode(jsonRequest{from, h}); err != nil {
-		c.Close()
-		return nil, 0, err
-	}
-	var b [1]byte
-	if _, err := c.Read(b[:]); err != nil {
-		c.Close()
-		return nil, 0, err
-	}
-	if replyKind(b[0]) != replyOK {
-		c.Close()
-		return nil, replyKind(b[0]), nil
-	}
-	return c, replyOK, nil
-}
-
-type jsonReq struct {
-	r    jsonRequest
-	conn net.Conn
-}
-
-func (jsonTransport) accept(ctx context.Context, conn net.Conn) (linkRequest, error) {
-	var r jsonRequest
-	if err := json.NewDecoder(conn).Decode(&r); err != nil {
-		return nil, err
-	}
-	return &jsonReq{r, conn}, nil
-}
-
-func (q *jsonReq) from() string           { return q.r.From }
-func (q *jsonReq) handoff() proxy.Handoff { return q.r.Handoff }
-func (q *jsonReq) reply(k replyKind) (net.Conn, error) {
-	_, err := q.conn.Write([]byte{byte(k)})
-	return q.conn, err
-}
+// testTransport, when set, replaces package link (the routing tests ran
+// on a stand-in before the link was written).
+var testTransport transport
