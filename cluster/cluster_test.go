@@ -245,6 +245,43 @@ func TestHoldStaleEpoch(t *testing.T) {
 	}
 }
 
+// TestAccountKeyBytes: the proxy's account keys hold a NUL (the upstream's
+// address, NUL, the user) and user names may be any bytes: ownership
+// stores them exactly, and they route, hold and release as any other.
+func TestAccountKeyBytes(t *testing.T) {
+	url := newDB(t)
+	a := startNode(t, url, "a", nil)
+	b := startNode(t, url, "b", nil)
+	waitRenewals(t, a, b)
+	ctx := context.Background()
+	for _, acct := range []string{"imap.example.org:143\x00alice", "imap.example.org:143\x00al\xffice", "imap.example.org:143\x00alice\x00"} {
+		want, _ := preferred(acct, []peer{{name: "a"}, {name: "b"}})
+		at := a
+		if want.name == "b" {
+			at = b
+		}
+		conn, release, err := login(t, at, acct)
+		if err != nil || conn != nil {
+			t.Fatalf("%q: login at its preferred node: %v, %v", acct, conn, err)
+		}
+		if !at.Owns(acct) || a.Owns(acct) && b.Owns(acct) {
+			t.Fatalf("%q: owned by a %v, b %v", acct, a.Owns(acct), b.Owns(acct))
+		}
+		tx, err := at.Pool().Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := at.Hold(ctx, tx, acct); err != nil {
+			t.Fatalf("%q: Hold: %v", acct, err)
+		}
+		tx.Rollback(ctx)
+		if node, epoch := owner(t, a, acct); node != want.name || epoch != 1 {
+			t.Fatalf("%q: row says %s epoch %d", acct, node, epoch)
+		}
+		release()
+	}
+}
+
 // TestHoldWaitsForNothingElse: Hold of an account this node never owned
 // fails without touching the database.
 func TestHoldNotOwned(t *testing.T) {

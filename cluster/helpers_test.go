@@ -195,7 +195,7 @@ func login(t *testing.T, n *testNode, account string) (conn net.Conn, release fu
 func owner(t *testing.T, n *testNode, account string) (node string, epoch int64) {
 	t.Helper()
 	var nn *string
-	err := n.Pool().QueryRow(context.Background(), `SELECT node, epoch FROM lp_owners WHERE account = $1`, account).Scan(&nn, &epoch)
+	err := n.Pool().QueryRow(context.Background(), `SELECT node, epoch FROM lp_owners WHERE account = $1`, []byte(account)).Scan(&nn, &epoch)
 	if err != nil {
 		t.Fatalf("owner of %s: %v", account, err)
 	}

@@ -166,6 +166,15 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 // accounts from. Call it before Serve and before the first Route.
 func (n *Node) Attach(h Host) { n.host.Store(&hostBox{h}) }
 
+// Owns tells whether this node owns account now (for tests and
+// operators' tools; the database is the authority).
+func (n *Node) Owns(account string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	a, ok := n.owned[account]
+	return ok && !a.leaving && !n.fenced
+}
+
 // Pool is the node's database pool, shared with the state store
 // (cluster/pgstate) so that one URL configures both.
 func (n *Node) Pool() *pgxpool.Pool { return n.pool }

@@ -69,9 +69,9 @@ func (n *Node) acquire(ctx context.Context, acct string) (*account, error) {
 	var epoch int64
 	var from *string
 	err := n.observe("acquire", func() error {
-		err := n.pool.QueryRow(dctx, sqlAcquire, acct, n.cfg.Node).Scan(&epoch, &from)
+		err := n.pool.QueryRow(dctx, sqlAcquire, []byte(acct), n.cfg.Node).Scan(&epoch, &from)
 		if errors.Is(err, pgx.ErrNoRows) {
-			err = n.pool.QueryRow(dctx, sqlAcquireNew, acct, n.cfg.Node).Scan(&epoch)
+			err = n.pool.QueryRow(dctx, sqlAcquireNew, []byte(acct), n.cfg.Node).Scan(&epoch)
 		}
 		return err
 	})
@@ -149,7 +149,7 @@ func (n *Node) Hold(ctx context.Context, tx pgx.Tx, acct string) error {
 	n.mu.Unlock()
 	var one int
 	err := n.observe("hold", func() error {
-		return tx.QueryRow(ctx, sqlHold, acct, n.cfg.Node, epoch).Scan(&one)
+		return tx.QueryRow(ctx, sqlHold, []byte(acct), n.cfg.Node, epoch).Scan(&one)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		n.fencedWrites.Add(1)
@@ -209,7 +209,7 @@ func (n *Node) releaseRow(acct string, epoch int64) {
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseTTL/3)
 	defer cancel()
 	err := n.observe("release", func() error {
-		_, err := n.pool.Exec(ctx, sqlRelease, acct, n.cfg.Node, epoch)
+		_, err := n.pool.Exec(ctx, sqlRelease, []byte(acct), n.cfg.Node, epoch)
 		return err
 	})
 	if err != nil {

@@ -109,6 +109,15 @@ type forwardedConn struct {
 	once sync.Once
 }
 
+// CloseWrite half-closes the link, so the owner reads the end of the
+// client's stream while its own last bytes still come back.
+func (c *forwardedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
+
 func (c *forwardedConn) Close() error {
 	c.once.Do(func() { c.n.forwardedOut.Add(-1) })
 	return c.Conn.Close()
@@ -131,7 +140,7 @@ func (n *Node) resolve(ctx context.Context, acct string) (decision, error) {
 	var owner, addr *string
 	var live *bool
 	err := n.observe("lookup", func() error {
-		err := n.pool.QueryRow(dctx, sqlLookup, acct).Scan(&owner, &addr, &live)
+		err := n.pool.QueryRow(dctx, sqlLookup, []byte(acct)).Scan(&owner, &addr, &live)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}

@@ -21,7 +21,7 @@ var schema = []string{
 		updated timestamptz NOT NULL
 	)`,
 	`CREATE TABLE lp_owners (
-		account text PRIMARY KEY,
+		account bytea PRIMARY KEY,
 		node text NULL,
 		epoch bigint NOT NULL,
 		since timestamptz NOT NULL,
