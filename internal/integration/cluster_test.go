@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,6 +47,7 @@ type testNode struct {
 	node  *cluster.Node
 	store *pgstate.Store
 	once  sync.Once
+	down  atomic.Bool // stopped: its memory says nothing any more
 }
 
 // startCluster starts PostgreSQL and n nodes named n1..nN in front of dc,
@@ -112,6 +114,7 @@ func (c *testCluster) startNode(name string) *testNode {
 // lease). Either way its clients are disconnected.
 func (n *testNode) stop(graceful bool) {
 	n.once.Do(func() {
+		n.down.Store(true)
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		if graceful {
@@ -138,7 +141,7 @@ func (c *testCluster) owner(user string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for name, n := range c.nodes {
-		if n.node.Owns(c.dc.Addr + "\x00" + user) {
+		if !n.down.Load() && n.node.Owns(c.dc.Addr + "\x00" + user) {
 			return name
 		}
 	}
