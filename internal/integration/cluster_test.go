@@ -141,7 +141,7 @@ func (c *testCluster) owner(user string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for name, n := range c.nodes {
-		if !n.down.Load() && n.node.Owns(c.dc.Addr + "\x00" + user) {
+		if !n.down.Load() && n.node.Owns(c.dc.Addr+"\x00"+user) {
 			return name
 		}
 	}
