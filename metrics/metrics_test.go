@@ -89,3 +89,53 @@ func TestMetrics(t *testing.T) {
 		t.Log(body)
 	}
 }
+
+// TestClusterMetrics: cluster mode's figures are exported from the source
+// the node gives, the database latency from the hook; single nodes export
+// neither.
+func TestClusterMetrics(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{})
+	single := metrics.New()
+	single.Register(metrics.Sources{Server: p.Srv})
+	m := metrics.New()
+	m.Register(metrics.Sources{Server: p.Srv, Cluster: func() metrics.ClusterStats {
+		return metrics.ClusterStats{Owned: 7, Takeovers: 2, FencedWrites: 1, HandoffsIn: 40, RenewFailures: 3}
+	}})
+	m.ObserveDB("hold", 3*time.Millisecond)
+	m.ObserveDB("hold", 4*time.Millisecond)
+	for _, tc := range []struct {
+		m    *metrics.Metrics
+		want []string
+		not  []string
+	}{
+		{m, []string{
+			`lemonproxy_cluster_accounts_owned 7`,
+			`lemonproxy_cluster_forwarded_sessions 0`,
+			`lemonproxy_cluster_takeovers_total 2`,
+			`lemonproxy_cluster_fenced_writes_total 1`,
+			`lemonproxy_cluster_handoffs_in_total 40`,
+			`lemonproxy_cluster_lease_renew_failures_total 3`,
+			`lemonproxy_cluster_db_seconds_count{op="hold"} 2`,
+		}, nil},
+		{single, nil, []string{"lemonproxy_cluster_"}},
+	} {
+		hs := httptest.NewServer(tc.m.Handler())
+		_, body := get(t, hs.URL+"/metrics")
+		hs.Close()
+		for _, want := range tc.want {
+			if !strings.Contains(body, want+"\n") {
+				t.Errorf("/metrics lacks %q", want)
+			}
+		}
+		for _, not := range tc.not {
+			if strings.Contains(body, not) {
+				t.Errorf("/metrics of a single node has %q", not)
+			}
+		}
+	}
+}
