@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"sync"
 
@@ -196,17 +197,11 @@ func preferred(account string, nodes []peer) (peer, bool) {
 // spreads similar names poorly in the high bits). It must never change:
 // every node of a cluster has to agree on it.
 func score(node, account string) uint64 {
-	const offset, prime = 14695981039346656037, 1099511628211
-	h := uint64(offset)
-	for i := 0; i < len(node); i++ {
-		h ^= uint64(node[i])
-		h *= prime
-	}
-	h *= prime // the zero separator
-	for i := 0; i < len(account); i++ {
-		h ^= uint64(account[i])
-		h *= prime
-	}
+	f := fnv.New64a()
+	f.Write([]byte(node))
+	f.Write([]byte{0})
+	f.Write([]byte(account))
+	h := f.Sum64()
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
 	h ^= h >> 33
