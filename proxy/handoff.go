@@ -36,6 +36,9 @@ const (
 	// forwardBufSize is the copy buffer, taken from a pool only while
 	// bytes flow (see pipe).
 	forwardBufSize = 32 << 10
+	// forwardDrain is how long the owner may still send once the client
+	// stopped sending.
+	forwardDrain = 5 * time.Second
 )
 
 // route asks the Router where account is served. It answers the login
@@ -117,7 +120,12 @@ func (s *Session) forward(conn net.Conn, tag string) error {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		pipe(conn, s.nc)
+		// The client is done sending: the owner reads the end of its
+		// stream, and has a little while to get its last responses out
+		// (a LOGOUT's BYE and OK) before the link is cut, so that an owner
+		// that does not answer cannot hold this session up.
 		closeWrite(conn)
+		conn.SetReadDeadline(time.Now().Add(forwardDrain))
 	})
 	pipe(s.nc, conn)
 	s.nc.Close() // the owner ended: so does the client's connection

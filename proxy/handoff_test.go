@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -22,25 +23,27 @@ type testRouter struct {
 	wg       sync.WaitGroup
 	released atomic.Int32
 	handoffs chan proxy.Handoff
+	silent   net.Conn // dave's owner's end
 }
 
 func (r *testRouter) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), error) {
 	switch h.User { // the account key is the upstream's address and the user
 	case "carol":
 		return nil, nil, proxy.ErrUnavailable
+	case "dave": // an owner that answers the login, then never again
+		near, far, err := tcpPair()
+		if err != nil {
+			return nil, nil, err
+		}
+		r.wg.Go(func() {
+			far.Write([]byte(h.Tag + " OK [CAPABILITY IMAP4rev1] Logged in.\r\n"))
+			io.Copy(io.Discard, far) // reads, never answers, never closes
+		})
+		r.silent = far
+		return near, nil, nil
 	case "alice":
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		near, far, err := tcpPair()
 		if err != nil {
-			return nil, nil, err
-		}
-		defer ln.Close()
-		near, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			return nil, nil, err
-		}
-		far, err := ln.Accept()
-		if err != nil {
-			near.Close()
 			return nil, nil, err
 		}
 		r.handoffs <- h
@@ -48,6 +51,24 @@ func (r *testRouter) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func
 		return near, nil, nil
 	}
 	return nil, func() { r.released.Add(1) }, nil
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair() (near, far net.Conn, err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ln.Close()
+	near, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return nil, nil, err
+	}
+	if far, err = ln.Accept(); err != nil {
+		near.Close()
+		return nil, nil, err
+	}
+	return near, far, nil
 }
 
 // startPair starts an owner and a forwarding server in front of one
@@ -150,6 +171,26 @@ func TestEvictForwarded(t *testing.T) {
 	if owner.Srv.Hub().Watchers() != 0 {
 		t.Fatalf("alice's watcher survived the eviction: %d watchers", owner.Srv.Hub().Watchers())
 	}
+}
+
+// TestForwardOwnerSilent: when the client of a forwarded session goes,
+// an owner that never answers again cannot hold the forwarding node's
+// session (nor its shutdown): the link is cut after a short drain.
+func TestForwardOwnerSilent(t *testing.T) {
+	_, front, r := startPair(t)
+	c := imaptest.Dial(t, front.Addr)
+	c.MustGreetOK()
+	c.MustOK("LOGIN dave pw")
+	if front.Srv.Stats().Forwarded != 1 {
+		t.Fatal("dave's session is not forwarded")
+	}
+	c.Close()
+	start := time.Now()
+	waitFor(t, func() bool { return front.Srv.Sessions() == 0 })
+	if d := time.Since(start); d > 7*time.Second {
+		t.Fatalf("the forwarded session outlived its client by %v", d)
+	}
+	r.silent.Close()
 }
 
 func waitFor(t *testing.T, cond func() bool) {
