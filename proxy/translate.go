@@ -450,6 +450,9 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	// behind a change the watcher already recorded, and its older flags
 	// must not undo it.
 	flags, hasFlags := fetchFlags(resp.Segments)
+	if hasFlags && untidy([]byte(flags)) {
+		flags = tidyList(flags)
+	}
 	if hasFlags {
 		if kw := m.newKeywords(strings.Fields(flags)); kw != nil {
 			s.Write(kw) // before this FETCH (RFC 3501 7.2.6)
@@ -500,7 +503,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 		}
 		seg = slices.Concat(seg[:uidStart], seg[uidEnd:])
 	}
-	seg = dropRecent(seg)
+	seg = tidyFlags(seg)
 	// "* n FETCH" -> "* seq FETCH"
 	rest := seg[2:]
 	i := bytes.IndexByte(rest, ' ')
@@ -528,26 +531,62 @@ func (s *Session) seenByFetch(uid uint32, flags string) (string, bool) {
 	return strings.Join(syncstate.NormalizeFlags(append(slices.Clone(cur), `\Seen`)), " "), true
 }
 
-// dropRecent removes \Recent from the FLAGS item of a FETCH response's
-// first segment: the proxy has no \Recent (see rewriteSearch). It runs for
-// every relayed FETCH: a response without \Recent costs one scan and no
-// allocation.
-func dropRecent(seg []byte) []byte {
+// tidyFlags writes the FLAGS item of a FETCH response's first segment as
+// the proxy's state has flags: without \Recent (the proxy has none, see
+// rewriteSearch) and with system flags in their canonical spelling (\Seen,
+// not \seen). Flags are case-insensitive, but a client must not see one
+// message's flags spelt two ways depending on whether they came from the
+// hub or from a relayed answer (go-imap's server writes them in lower
+// case). It runs for every relayed FETCH: a response that needs neither
+// costs one scan and no allocation.
+func tidyFlags(seg []byte) []byte {
 	i := indexFold(seg, "FLAGS (")
 	if i < 0 {
 		return seg
 	}
 	open := i + len("FLAGS (")
 	end := bytes.IndexByte(seg[open:], ')')
-	if end < 0 || indexFold(seg[open:open+end], `\Recent`) < 0 {
+	if end < 0 || !untidy(seg[open:open+end]) {
 		return seg
 	}
-	flags := strings.Fields(string(seg[open : open+end]))
-	kept := slices.DeleteFunc(slices.Clone(flags), func(f string) bool { return strings.EqualFold(f, `\Recent`) })
-	if len(kept) == len(flags) {
-		return seg
+	return slices.Concat(seg[:open], []byte(tidyList(string(seg[open:open+end]))), seg[open+end:])
+}
+
+// tidyList is tidyFlags for a flag list ("\\seen $x").
+func tidyList(list string) string {
+	flags := strings.Fields(list)
+	kept := flags[:0]
+	for _, f := range flags {
+		if !strings.EqualFold(f, `\Recent`) {
+			kept = append(kept, syncstate.CanonicalFlag(f))
+		}
 	}
-	return slices.Concat(seg[:open], []byte(strings.Join(kept, " ")), seg[open+end:])
+	return strings.Join(kept, " ")
+}
+
+// untidy reports whether a flag list holds \Recent or a system flag not
+// in its canonical spelling.
+func untidy(list []byte) bool {
+	for len(list) > 0 {
+		var f []byte
+		if j := bytes.IndexByte(list, ' '); j >= 0 {
+			f, list = list[:j], list[j+1:]
+		} else {
+			f, list = list, nil
+		}
+		if len(f) < 2 || f[0] != '\\' {
+			continue
+		}
+		if asciiEqualFold(f, `\Recent`) {
+			return true
+		}
+		for _, c := range syncstate.SystemFlags {
+			if asciiEqualFold(f, c) && string(f) != c {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // indexFold is bytes.Index ignoring ASCII case.

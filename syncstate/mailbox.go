@@ -568,6 +568,18 @@ var systemFlags = map[string]string{
 	`\deleted`: `\Deleted`, `\draft`: `\Draft`,
 }
 
+// SystemFlags are the system flags in their canonical spelling.
+var SystemFlags = []string{`\Seen`, `\Answered`, `\Flagged`, `\Deleted`, `\Draft`}
+
+// CanonicalFlag returns a system flag in its canonical spelling (\Seen
+// for \seen or \SEEN), any other flag as it is.
+func CanonicalFlag(f string) string {
+	if c, ok := systemFlags[strings.ToLower(f)]; ok {
+		return c
+	}
+	return f
+}
+
 // NormalizeFlags returns flags sorted, deduplicated, system flags in their
 // canonical spelling, without \Recent (a per-connection flag that a shared
 // state cannot represent).

@@ -127,7 +127,7 @@ func TestNoCondStoreNoModSeq(t *testing.T) {
 	c := e.login(t)
 	run(t, c, []step{
 		{"SELECT INBOX", append(selectHead(2, 3, ""), "* OK [HIGHESTMODSEQ 3] Highest", "OK [READ-WRITE] SELECT completed")},
-		{"STORE 1 +FLAGS (\\Deleted)", []string{`* 1 FETCH (FLAGS (\deleted))`, "OK STORE completed"}},
+		{"STORE 1 +FLAGS (\\Deleted)", []string{`* 1 FETCH (FLAGS (\Deleted))`, "OK STORE completed"}},
 		{"EXPUNGE", []string{"* 1 EXPUNGE", "OK EXPUNGE completed"}},
 	})
 }
@@ -143,9 +143,9 @@ func TestRFCFlow(t *testing.T) {
 		// 3.1.4: MODSEQ on request, and UID in every FETCH response.
 		{"FETCH 1:3 (MODSEQ)", []string{"* 1 FETCH (UID 1 MODSEQ (2))", "* 2 FETCH (UID 2 MODSEQ (3))", "* 3 FETCH (UID 3 MODSEQ (4))", "OK FETCH completed"}},
 		// A STORE gives the message a new, larger mod-sequence.
-		{"STORE 1 +FLAGS (\\Seen)", []string{`* 1 FETCH (UID 1 MODSEQ (5) FLAGS (\seen))`, "OK STORE completed"}},
+		{"STORE 1 +FLAGS (\\Seen)", []string{`* 1 FETCH (UID 1 MODSEQ (5) FLAGS (\Seen))`, "OK STORE completed"}},
 		// 3.1.4.1: CHANGEDSINCE returns only what changed after it.
-		{"FETCH 1:* (FLAGS) (CHANGEDSINCE 3)", []string{`* 1 FETCH (UID 1 MODSEQ (5) FLAGS (\seen))`, `* 3 FETCH (UID 3 MODSEQ (4) FLAGS ())`, "OK FETCH completed"}},
+		{"FETCH 1:* (FLAGS) (CHANGEDSINCE 3)", []string{`* 1 FETCH (UID 1 MODSEQ (5) FLAGS (\Seen))`, `* 3 FETCH (UID 3 MODSEQ (4) FLAGS ())`, "OK FETCH completed"}},
 		{"UID FETCH 1:* (FLAGS) (CHANGEDSINCE 5)", []string{"OK Fetch completed."}},
 		// 3.1.3: UNCHANGEDSINCE refuses messages changed since, with
 		// [MODIFIED] in the client's numbering...
@@ -165,7 +165,7 @@ func TestRFCFlow(t *testing.T) {
 		{"STORE 2:3 +FLAGS.SILENT (\\Deleted)", []string{"* 2 FETCH (UID 2 MODSEQ (7))", "* 3 FETCH (UID 3 MODSEQ (8))", "OK STORE completed"}},
 		{"EXPUNGE", []string{"* VANISHED 2:3", "OK [HIGHESTMODSEQ 10] EXPUNGE completed"}}, // 3.2.7
 		// 3.2.6: UID FETCH VANISHED reports expunges up to the highest UID.
-		{"UID FETCH 1:* (FLAGS) (CHANGEDSINCE 4 VANISHED)", []string{"* VANISHED (EARLIER) 2:3", `* 1 FETCH (UID 1 MODSEQ (5) FLAGS (\seen))`, "OK UID FETCH completed"}},
+		{"UID FETCH 1:* (FLAGS) (CHANGEDSINCE 4 VANISHED)", []string{"* VANISHED (EARLIER) 2:3", `* 1 FETCH (UID 1 MODSEQ (5) FLAGS (\Seen))`, "OK UID FETCH completed"}},
 		{"UID FETCH 1:2 (FLAGS) (CHANGEDSINCE 6 VANISHED)", []string{"* VANISHED (EARLIER) 2", "OK Fetch completed."}},
 	})
 }
