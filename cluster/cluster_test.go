@@ -640,3 +640,59 @@ func TestObserveDB(t *testing.T) {
 		}
 	}
 }
+
+// TestRenewalAfterLapseFences: a node wakes from a pause (SIGSTOP) past
+// its lease, and its renewal gets through before its watchdog has run (the
+// two race at the wake; here the watchdog is stopped so the renewal
+// wins). The renewal must not carry the old beliefs on: the lease had
+// lapsed, another node may have taken the accounts, so the node fences
+// itself (forgets its accounts, evicts its sessions) before serving again.
+func TestRenewalAfterLapseFences(t *testing.T) {
+	url := newDB(t)
+	a, b := startNode(t, url, "a", nil), startNode(t, url, "b", nil)
+	waitRenewals(t, a, b)
+	acct := accountFor("a", "a", "b")
+	if conn, release, err := login(t, a, acct); err != nil || conn != nil {
+		t.Fatal(conn, err)
+	} else {
+		defer release()
+	}
+	resume := pauseRenewals(a.Node)
+	defer resume()
+	a.mu.Lock()
+	a.watchdog.Stop()
+	a.mu.Unlock()
+	waitLeaseExpired(t, url, "a")
+	waitRenewals(t, b)
+	if conn, release, err := login(t, b, acct); err != nil || conn != nil {
+		t.Fatalf("takeover: %v %v", conn, err)
+	} else {
+		defer release()
+	}
+	a.mu.Lock()
+	renewed := a.renewed
+	a.mu.Unlock()
+	resume()
+	select {
+	case <-renewed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no renewal after the pause")
+	}
+	if a.Owns(acct) {
+		t.Fatalf("after a renewal past its lease, a still owns %s (taken over by b)", acct)
+	}
+	if st := a.Stats(); st.Fencings != 1 || st.Owned != 0 {
+		t.Fatalf("after a renewal past its lease: %+v; want fenced once, nothing owned", st)
+	}
+	a.host.waitEvict(t, "", 5*time.Second)
+	conn, _, err := login(t, a, acct)
+	if err == nil && conn == nil {
+		t.Fatalf("a login at the woken a served there; want it forwarded to b or refused while a fences")
+	}
+	if conn != nil {
+		conn.Close()
+	}
+	if node, epoch := owner(t, a, acct); node != "b" || epoch != 2 {
+		t.Fatalf("owner %s epoch %d; want b, 2", node, epoch)
+	}
+}

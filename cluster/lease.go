@@ -112,6 +112,11 @@ func (n *Node) renew(conn *pgx.Conn, start time.Time) (*pgx.Conn, error) {
 		n.mu.Unlock()
 		return conn, nil
 	}
+	// A lease that ran out before this renewal (a pause: SIGSTOP, a VM
+	// frozen) fences the node even if the watchdog has not run yet: the
+	// accounts may have been taken over meanwhile, and renewing must not
+	// carry the old beliefs on.
+	n.leaseValidLocked()
 	n.validUntil = until
 	n.live = live
 	n.watchdog.Reset(time.Until(until))

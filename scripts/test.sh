@@ -35,6 +35,7 @@ dpkg -s libc6-dev >/dev/null 2>&1 || missing+=(libc6-dev)
 # PostgreSQL for cluster mode: the tests run initdb and postgres
 # themselves (internal/pgtest), as the postgres user the package creates.
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 
 # dovecot_running tells whether a system-wide Dovecot runs. The tests never
 # use one (each starts its own server, with its own base_dir, on a free
