@@ -105,17 +105,26 @@ func (s *Session) readLine(deadline time.Time) ([]byte, *imapcodec.LiteralHeader
 
 // pushBetween writes what is pending between two commands.
 func (s *Session) pushBetween() error {
+	// The wake is taken first, before anything is delivered: a Wake that
+	// comes meanwhile (the hub notifying of a change recorded after
+	// deliver took its snapshot) sets it again, and readLine then cuts its
+	// read short at once. Taken after the delivery, it would swallow that
+	// Wake, and the change would wait for the client's next line (an
+	// idling client's DONE).
+	woken := s.wake.Swap(false)
 	// Only after a Wake: with expunges held back (UpdatesNoExpunge) the
 	// news stay pending, and must not make the session spin.
 	delivered := false
-	if mode := Updates(s.updates.Load()); mode != UpdatesWithCommands && s.wake.Load() && s.mbox != nil && s.mbox.news.Load() {
+	if mode := Updates(s.updates.Load()); mode != UpdatesWithCommands && woken && s.mbox != nil && s.mbox.news.Load() {
 		var err error
 		if delivered, err = s.deliver(nil, mode == UpdatesAll); err != nil {
 			return err
 		}
 	}
-	if err := s.push(); err != nil {
-		return err
+	if woken {
+		if err := s.push(); err != nil {
+			return err
+		}
 	}
 	if err := s.Flush(); err != nil {
 		return err
@@ -126,11 +135,8 @@ func (s *Session) pushBetween() error {
 	return nil
 }
 
-// push runs the extensions' pushers if Wake asked for it.
+// push runs the extensions' pushers (pushBetween calls it after a Wake).
 func (s *Session) push() error {
-	if !s.wake.Swap(false) {
-		return nil
-	}
 	for _, h := range s.srv.hooks {
 		if err := h.Push(s); err != nil {
 			return err
