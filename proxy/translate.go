@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/emersion/go-imap/v2"
+
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 )
@@ -32,9 +34,10 @@ type translation struct {
 	stripUID     bool   // a UID item the client did not ask for is removed from FETCH responses
 	silent       bool   // STORE .SILENT sent without .SILENT: FETCH answers are recorded, not relayed
 	store        *imapcodec.StoreArgs
-	setsSeen     bool // a FETCH of a body without PEEK: its answers may show \Seen set by it
-	allowExpunge bool // EXPUNGE responses may accompany the command's answer
-	syncAfter    bool // the command changes the mailbox: sync with the hub before answering
+	storeUIDs    imap.SeqSet // the UIDs a STORE names, as a number set
+	setsSeen     bool        // a FETCH of a body without PEEK: its answers may show \Seen set by it
+	allowExpunge bool        // EXPUNGE responses may accompany the command's answer
+	syncAfter    bool        // the command changes the mailbox: sync with the hub before answering
 }
 
 // seqCommands take a sequence set as their first argument.
@@ -92,6 +95,7 @@ func (s *Session) translateCommand(x *Exchange) error {
 			if st, err := imapcodec.ParseStoreArgs(storeParser(cmd)); err == nil {
 				st.Set = uids
 				t.store = st
+				t.storeUIDs, _ = imapcodec.ParseNumSet(uids)
 				// STORE ... FLAGS.SILENT goes upstream without .SILENT:
 				// its answers tell the hub the new flags at once, and the
 				// client still sees none of them (RFC 3501 6.4.6).
@@ -460,7 +464,6 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	}
 	if x != nil {
 		if hasFlags {
-			x.noteFlags(uid, flags)
 			// claim is what the state's flags of uid become by this
 			// command's own doing; ok false when it did nothing to
 			// them (an empty flag list is a claim too).
@@ -485,6 +488,34 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 		}
 	}
 	items := s.fetchItems(uid, false)
+	if hasFlags && len(items) > 0 {
+		// A reporter adds items from the state (CONDSTORE's MODSEQ): the
+		// FLAGS beside them must be the state's too. The leased
+		// connection may be ahead of the watcher (another client's change
+		// it reports before the watcher does): its newer flags under the
+		// state's older MODSEQ would be a change without a new
+		// mod-sequence (RFC 7162 3.1). The client hears of the change
+		// with its own MODSEQ when the state has it (noteFlags below
+		// records what the client saw).
+		if stFlags, stItems, ok := s.snapshotFlags(uid); ok {
+			items = stItems
+			if !slices.Equal(stFlags, syncstate.NormalizeFlags(strings.Fields(flags))) {
+				if !answers(x, uid) {
+					// The upstream's own report of a change by someone
+					// else, relayed in the answer to another command
+					// (NOOP, EXPUNGE, COPY...): with the state's flags
+					// it would tell nothing new; the change itself
+					// comes from the hub.
+					return nil
+				}
+				flags = strings.Join(stFlags, " ")
+				seg = replaceFlags(seg, flags)
+			}
+		}
+	}
+	if x != nil && hasFlags {
+		x.noteFlags(uid, flags)
+	}
 	if t != nil && t.silent {
 		if len(items) == 0 {
 			return nil
@@ -529,6 +560,57 @@ func (s *Session) seenByFetch(uid uint32, flags string) (string, bool) {
 		return "", false
 	}
 	return strings.Join(syncstate.NormalizeFlags(append(slices.Clone(cur), `\Seen`)), " "), true
+}
+
+// answers tells whether a FETCH response about uid answers the command
+// of x: a FETCH's, or a STORE's about a message it names; anything else
+// the upstream sends is its own report of a change.
+func answers(x *Exchange, uid uint32) bool {
+	if x == nil {
+		return false
+	}
+	switch strings.TrimPrefix(x.Name, "UID ") {
+	case "FETCH":
+		return true
+	case "STORE":
+		t := x.xlate
+		return t == nil || t.storeUIDs == nil || t.storeUIDs.Contains(uid)
+	}
+	return false
+}
+
+// snapshotFlags returns the state's flags of uid and the reporters' items
+// for it, read together: the items are read between two reads of the
+// message's mod-sequence, again if it moved meanwhile. ok is false when
+// the state has no such message or kept changing.
+func (s *Session) snapshotFlags(uid uint32) (flags []string, items []byte, ok bool) {
+	st := s.mbox.state
+	for range 3 {
+		cur, before, found := st.Flags(uid)
+		if !found {
+			return nil, nil, false
+		}
+		items = s.fetchItems(uid, false)
+		if _, after, _ := st.Flags(uid); after == before {
+			return cur, items, true
+		}
+	}
+	return nil, nil, false
+}
+
+// replaceFlags replaces the flag list of the FLAGS item in a FETCH
+// response's first segment.
+func replaceFlags(seg []byte, flags string) []byte {
+	i := indexFold(seg, "FLAGS (")
+	if i < 0 {
+		return seg
+	}
+	open := i + len("FLAGS (")
+	end := bytes.IndexByte(seg[open:], ')')
+	if end < 0 {
+		return seg
+	}
+	return slices.Concat(seg[:open], []byte(flags), seg[open+end:])
 }
 
 // tidyFlags writes the FLAGS item of a FETCH response's first segment as

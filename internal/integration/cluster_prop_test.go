@@ -392,6 +392,10 @@ func (r *propRun) phoneChange() {
 		dst.setTruth(uint32(uid), flags)
 		r.logf("phone via %s: APPEND to %s (%s): UID %d", r.via, dst.name, strings.Join(flags, " "), uid)
 	}
+	// As a client does at once: the UIDs of messages it learnt of by
+	// EXISTS. Until it has them, a mod-sequence it was told may cover
+	// them, and a resync from it would not name them.
+	r.fetchNew()
 }
 
 // ---- the phone's responses ----
