@@ -148,3 +148,50 @@ func (selectParamExt) SelectOpened(*proxy.Session, map[string]any) error {
 func (selectParamExt) SelectParam(*proxy.Session, string, imapcodec.List) (any, error) {
 	return nil, nil
 }
+
+// execExt answers XSEARCH with what Session.Exec got from the upstream:
+// the UIDs of UID SEARCH ALL, in the selected mailbox.
+type execExt struct{}
+
+func (execExt) Name() string       { return "exec" }
+func (execExt) Commands() []string { return []string{"XSEARCH"} }
+func (execExt) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	var got []string
+	_, err := x.Session().Exec(ctx, "UID SEARCH ALL", func(r *upstream.Response) {
+		if r.Head.Name == "SEARCH" {
+			got = append(got, string(r.Segments[0].Text))
+		}
+	})
+	if err != nil {
+		return x.Reply("NO", "", err.Error())
+	}
+	return x.Reply("OK", "", strings.Join(got, "|"))
+}
+
+// TestExec: an extension runs its own command upstream in the session's
+// mailbox and sees the answers in upstream terms (UIDs); the client sees
+// only the extension's answer, and the connection goes back to the pool.
+func TestExec(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	up.AddUser("u", "p")
+	for i := range 3 {
+		up.Append("u", "INBOX", nil, []byte("Subject: "+string(rune('a'+i))+"\r\n\r\nx\r\n"))
+	}
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{execExt{}}})
+	c := imaptest.Login(t, p.Addr, "u", "p")
+	c.MustOK("SELECT INBOX")
+	c.MustOK("STORE 2 +FLAGS (\\Deleted)")
+	c.MustOK("EXPUNGE")
+	c.ExpectDo("x", "XSEARCH", "x OK * SEARCH 1 3")
+	if st := p.Srv.Stats(); st.UpstreamLeased != 0 {
+		t.Fatalf("%d connections still leased after Exec", st.UpstreamLeased)
+	}
+	c.MustOK("UNSELECT")
+	if got := c.Cmd("XSEARCH"); !strings.Contains(imaptest.Tagged(got), "NO") {
+		t.Fatalf("UID SEARCH outside a mailbox: %q", got)
+	}
+}

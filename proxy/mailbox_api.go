@@ -185,5 +185,30 @@ func (s *Session) Relay(ctx context.Context, command string) error {
 	return nil
 }
 
+// Exec runs a command of the proxy's own (command without tag, "UID
+// SEARCH ALL"; no synchronising literals) on a leased upstream connection
+// in the session's state (in the selected state, with the session's
+// mailbox selected) and hands each untagged response to handle as the
+// upstream sent it: UIDs, the upstream's own words. Nothing reaches the
+// client; an extension that changes the mailbox (a MOVE it synthesizes)
+// tells the client through the hub (Mailbox().Sync), as the core does.
+// Responses are read whole into memory: not for message bodies. It returns
+// the tagged response; a tagged NO or BAD is an *upstream.StatusError.
+//
+// Call it from ServeCommand, before next or after next returned, never
+// from a response filter (the command's own connection may be in the
+// middle of its answer).
+func (s *Session) Exec(ctx context.Context, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
+	held := s.up != nil && !s.up.Broken()
+	up, err := s.lease(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	if !held {
+		defer s.release()
+	}
+	return up.Exec(ctx, command, handle)
+}
+
 // ErrClientGone marks errors that mean the client cannot be written to.
 var ErrClientGone = errors.New("proxy: client gone")
