@@ -45,6 +45,11 @@ type Exchange struct {
 	values    map[any]any
 	status    string
 	answered  bool
+	// peekN, peek and litSizes: what the relay of a streamed command
+	// kept of its literals (PeekLiteral).
+	peekN    int
+	peek     []byte
+	litSizes []int64
 }
 
 // newExchange makes the exchange of a command read (whole, or its first
@@ -90,6 +95,33 @@ func (x *Exchange) Filter(f func(*Response) *Response) { x.filters = append(x.fi
 // added.
 func (x *Exchange) OnTagged(f func(head *imapcodec.ResponseHead)) {
 	x.onTagged = append(x.onTagged, f)
+}
+
+// PeekLiteral asks the relay of a streamed command (APPEND) to keep a copy
+// of the first n bytes of its first literal as they pass to the upstream,
+// for LiteralPeek: a synthesized APPENDUID tells the new message from
+// others by its Message-ID, and the message itself is never held. n is
+// capped at 64 KiB.
+func (x *Exchange) PeekLiteral(n int) { x.peekN = min(n, 64<<10) }
+
+// LiteralPeek returns what PeekLiteral kept, once the literal has passed
+// (in the OnTagged hooks, or after next returned).
+func (x *Exchange) LiteralPeek() []byte { return x.peek }
+
+// StreamedLiterals returns the sizes of the literals the relay streamed
+// for the command so far, in order (a MULTIAPPEND has several).
+func (x *Exchange) StreamedLiterals() []int64 { return x.litSizes }
+
+// peekWriter keeps the first bytes written to it up to the exchange's
+// PeekLiteral limit and never fails, so that it can sit beside the
+// upstream in an io.MultiWriter.
+type peekWriter struct{ x *Exchange }
+
+func (w peekWriter) Write(p []byte) (int, error) {
+	if room := w.x.peekN - len(w.x.peek); room > 0 {
+		w.x.peek = append(w.x.peek, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
 }
 
 // Value returns what an extension stored for this command under key.

@@ -210,5 +210,32 @@ func (s *Session) Exec(ctx context.Context, command string, handle func(*upstrea
 	return up.Exec(ctx, command, handle)
 }
 
+// ExecIn is Exec with another mailbox open: it runs command on a leased
+// upstream connection with mailbox selected read-only (EXAMINE), for an
+// extension that must read messages outside the session's mailbox (the
+// copies a synthesized COPYUID names). The connection's mailbox is left
+// that way; the next lease for the session's own mailbox selects it
+// again. Like Exec, it may be called from an OnTagged hook, on the
+// connection whose command has just been answered.
+func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
+	held := s.up != nil && !s.up.Broken()
+	up, err := s.lease(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	if !held {
+		defer s.release()
+	}
+	if err := up.Select(ctx, mailbox, true, nil); err != nil {
+		return nil, err
+	}
+	return up.Exec(ctx, command, handle)
+}
+
 // ErrClientGone marks errors that mean the client cannot be written to.
 var ErrClientGone = errors.New("proxy: client gone")
+
+// UpstreamCaps returns the capabilities the upstream advertised after
+// login (nil before): an extension that synthesizes what the upstream
+// lacks decides by them, never by the response codes it happens to send.
+func (s *Session) UpstreamCaps() upstream.Caps { return s.upCaps }

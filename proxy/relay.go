@@ -110,7 +110,12 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 			}
 		}
 		s.nc.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
-		if _, err := copyLiteral(deadlineWriter{w, up, s.srv.cfg.Upstream.Timeout}, s.r.Literal()); err != nil {
+		var dst io.Writer = deadlineWriter{w, up, s.srv.cfg.Upstream.Timeout}
+		if x.peekN > 0 && len(x.litSizes) == 0 {
+			dst = io.MultiWriter(dst, peekWriter{x})
+		}
+		x.litSizes = append(x.litSizes, lit.Size)
+		if _, err := copyLiteral(dst, s.r.Literal()); err != nil {
 			if s.r.LiteralRemaining() > 0 && !isWriteErr(err) {
 				// The client went away mid-literal; the upstream is left
 				// mid-command and cannot be reused.
