@@ -224,21 +224,3 @@ func setOf(uids []uint32) string {
 	}
 	return b.String()
 }
-
-// expandSet lists a set of explicit UIDs (no "*"), in its order.
-func expandSet(set string) ([]uint32, error) {
-	uids, err := imapcodec.ParseUIDSet(set)
-	if err != nil {
-		return nil, err
-	}
-	var out []uint32
-	for _, r := range uids {
-		if r.Start == 0 || r.Stop == 0 || r.Stop < r.Start || r.Stop-r.Start > 1<<20 {
-			return nil, errors.New("not an explicit UID set")
-		}
-		for u := r.Start; u <= r.Stop; u++ {
-			out = append(out, uint32(u))
-		}
-	}
-	return out, nil
-}

@@ -44,6 +44,8 @@ func (p Profile) capabilities() string {
 		return legacyCaps
 	case LegacyNoIdle:
 		return strings.Replace(legacyCaps, " IDLE", "", 1)
+	case Plain:
+		return strings.Replace(legacyCaps, " UIDPLUS", "", 1)
 	}
 	return ""
 }

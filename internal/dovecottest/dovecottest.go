@@ -65,6 +65,10 @@ const (
 	Legacy
 	// LegacyNoIdle is Legacy without IDLE.
 	LegacyNoIdle
+	// Plain is Legacy without UIDPLUS: an IMAP4rev1 server over which
+	// the proxy must find APPENDUID and COPYUID itself (Dovecot still
+	// sends them, and executes UID EXPUNGE and MOVE, unadvertised).
+	Plain
 )
 
 // String returns the profile's name, for use in subtest names.
@@ -76,6 +80,8 @@ func (p Profile) String() string {
 		return "Legacy"
 	case LegacyNoIdle:
 		return "LegacyNoIdle"
+	case Plain:
+		return "Plain"
 	}
 	return "Profile(" + strconv.Itoa(int(p)) + ")"
 }
