@@ -6,6 +6,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
+	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -23,7 +24,11 @@ import (
 //     sessions. It comes before condstore, which answers some of those
 //     commands itself (a conditional STORE that stores nothing): notify
 //     sees their outcome too.
-//  3. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
+//  3. uidplus answers MOVE (and, where the upstream lacks UIDPLUS, adds
+//     APPENDUID and COPYUID) with its own upstream commands: after
+//     notify, which must see a MOVE's outcome to announce it; before
+//     condstore, which stays last.
+//  4. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
 //     EXPUNGE and answers the RFC 7162 parts from the proxy's state; last,
 //     so the command it passes on goes straight to the relay.
 func extensions(s config.Settings) []proxy.Extension {
@@ -31,6 +36,7 @@ func extensions(s config.Settings) []proxy.Extension {
 		&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration},
 		compress.New(),
 		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: s.NotifyPollInterval.Duration, Grace: s.WatchGrace.Duration}}),
+		uidplus.New(),
 		condstore.New(),
 	}
 }
