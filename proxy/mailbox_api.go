@@ -104,8 +104,8 @@ type MailboxService struct {
 // has learnt its delimiter (canonicalName).
 func (ms *MailboxService) canonicalMailbox(account, name string) string {
 	delim := ""
-	if d, ok := ms.delims.Load(account); ok && needsDelim(name) {
-		delim = d.(string)
+	if h, ok := ms.delims.Load(account); ok && needsDelim(name) {
+		delim = h.(Hierarchy).Delim
 	}
 	return canonicalName(name, delim)
 }
@@ -209,6 +209,11 @@ func (s *Session) Exec(ctx context.Context, command string, handle func(*upstrea
 	}
 	return up.Exec(ctx, command, handle)
 }
+
+// UpstreamCaps returns the capabilities of the session's upstream (nil
+// before login), for an extension that answers a command itself only
+// where the upstream lacks it (NAMESPACE).
+func (s *Session) UpstreamCaps() upstream.Caps { return s.upCaps }
 
 // ErrClientGone marks errors that mean the client cannot be written to.
 var ErrClientGone = errors.New("proxy: client gone")
