@@ -15,9 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
+
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/namespace"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
@@ -89,6 +92,7 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 		Extensions: []proxy.Extension{
 			idle.New(),
 			compress.New(),
+			namespace.New(),
 			uidplus.New(),
 			condstore.New(),
 			notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: proxyPoll}, MaxQueued: maxQueued}),
@@ -140,6 +144,9 @@ var proxyBugs = map[string]proxyBug{
 // depend on a choice the RFC leaves to it.
 var maySkip = map[string]bool{
 	"5465-notificationoverflow": true, // when to overflow is the server's choice (§5.8)
+	// Whether LITERAL+ is offered before login is the server's choice:
+	// go-imap's server offers it after login only.
+	"7888-login-nonsync": true,
 }
 
 // proxyConfig is the suite's configuration for a lemonproxy at proxyAddr
@@ -229,6 +236,26 @@ func TestProxyMemUpstream(t *testing.T) {
 	}
 	addr := startLemonproxyWith(t, up.Addr, 0, func(cfg *proxy.Config) { cfg.Hub.IdleRenew = memIdleRenew })
 	runProxy(t, memServer, addr, up.Addr, "u", "p", "u2", "p2", memParallel)
+}
+
+// TestProxyMemUpstreamPlain runs the NAMESPACE and LITERAL+ scenarios in
+// front of go-imap's server stripped of both (it still advertises
+// LITERAL-, which it cannot be stripped of): the proxy must synthesize
+// NAMESPACE and take every non-synchronising literal itself.
+func TestProxyMemUpstreamPlain(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{Caps: []imap.Cap{imap.CapUIDPlus}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	if err := up.AddUser("u", "p"); err != nil {
+		t.Fatal(err)
+	}
+	addr := startLemonproxyWith(t, up.Addr, 0, func(cfg *proxy.Config) { cfg.Hub.IdleRenew = memIdleRenew })
+	cfg := proxyConfig(addr, up.Addr, "u", "p", "", "")
+	cfg.Only = regexp.MustCompile(`^(2342|7888)-`)
+	cfg.Parallel = memParallel
+	checkProxyRun(t, memServer+"-plain", runAgainst(t, cfg), cfg.Only)
 }
 
 // TestProxyNotificationOverflow checks the overflow scenario itself, which

@@ -12,7 +12,8 @@ func Scenarios() []*Scenario {
 	var all []*Scenario
 	for _, group := range [][]*Scenario{
 		base3501(), enable5161(), idle2177(), compress4978(),
-		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(), uidplus4315(), move6851(), lemonade5550(),
+		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(),
+		uidplus4315(), move6851(), namespace2342(), literal7888(), lemonade5550(),
 	} {
 		all = append(all, group...)
 	}
@@ -32,6 +33,8 @@ var RFCs = []struct {
 	{5465, "NOTIFY"},
 	{4315, "UIDPLUS"},
 	{6851, "MOVE"},
+	{2342, "NAMESPACE"},
+	{7888, "LITERAL+ (non-synchronising literals)"},
 	{5550, "Lemonade profile (report)"},
 }
 

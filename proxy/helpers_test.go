@@ -200,6 +200,14 @@ func (f *fakeUpstream) session(nc net.Conn, id int) {
 		tag, rest, _ := strings.Cut(line, " ")
 		name, args, _ := strings.Cut(rest, " ")
 		name = strings.ToUpper(name)
+		if name != "APPEND" {
+			// Literals of other commands are taken whole, inviting
+			// synchronising ones, and recorded with the command.
+			var ok bool
+			if rest, ok = f.readLiterals(br, bw, rest); !ok {
+				return
+			}
+		}
 		f.mu.Lock()
 		f.commands = append(f.commands, rest)
 		f.byConn[id] = append(f.byConn[id], rest)
@@ -229,6 +237,10 @@ func (f *fakeUpstream) session(nc net.Conn, id int) {
 			}
 		case "FETCH", "UID":
 			// The one message has sequence number 1 and UID 1.
+			if strings.HasPrefix(strings.ToUpper(args), "SEARCH ") {
+				fmt.Fprintf(bw, "* SEARCH 1\r\n%s OK SEARCH done\r\n", tag)
+				break
+			}
 			if !strings.Contains(strings.ToUpper(args), "BODY[]") {
 				fmt.Fprintf(bw, "* 1 FETCH (UID 1 FLAGS ())\r\n%s OK %s done\r\n", tag, name)
 				break
@@ -286,6 +298,35 @@ func (f *fakeUpstream) session(nc net.Conn, id int) {
 		if err := bw.Flush(); err != nil {
 			return
 		}
+	}
+}
+
+// readLiterals completes a command line that ends in literals: it
+// invites each synchronising one with "+ go ahead" and returns the whole
+// command, literal headers and data in place. It returns false when the
+// connection failed.
+func (f *fakeUpstream) readLiterals(br *bufio.Reader, bw *bufio.Writer, cmd string) (string, bool) {
+	for line := cmd; ; {
+		n, ok := literalSize(strings.Replace(line, "+}", "}", 1))
+		if !ok {
+			return cmd, true
+		}
+		if !strings.HasSuffix(line, "+}") {
+			fmt.Fprintf(bw, "+ go ahead\r\n")
+			if bw.Flush() != nil {
+				return "", false
+			}
+		}
+		data := make([]byte, n)
+		if _, err := io.ReadFull(br, data); err != nil {
+			return "", false
+		}
+		next, err := br.ReadString('\n')
+		if err != nil {
+			return "", false
+		}
+		line = strings.TrimRight(next, "\r\n")
+		cmd += "\r\n" + string(data) + line
 	}
 }
 

@@ -104,8 +104,8 @@ type MailboxService struct {
 // has learnt its delimiter (canonicalName).
 func (ms *MailboxService) canonicalMailbox(account, name string) string {
 	delim := ""
-	if d, ok := ms.delims.Load(account); ok && needsDelim(name) {
-		delim = d.(string)
+	if h, ok := ms.delims.Load(account); ok && needsDelim(name) {
+		delim = h.(Hierarchy).Delim
 	}
 	return canonicalName(name, delim)
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -102,33 +103,95 @@ func (s *Session) mailboxName(ctx context.Context, c *upstream.Conn, name string
 // hierarchyDelim returns the account's hierarchy delimiter ("" if it has
 // none or the upstream did not say), from LIST "" "" on c the first time.
 func (s *Server) hierarchyDelim(ctx context.Context, account string, c *upstream.Conn) string {
-	if d, ok := s.delims.Load(account); ok {
-		return d.(string)
+	if h, ok := s.delims.Load(account); ok {
+		return h.(Hierarchy).Delim
 	}
-	delim, found := "", false
-	_, err := c.Exec(ctx, `LIST "" ""`, func(r *upstream.Response) {
-		if r.Head.Name != "LIST" || found {
-			return
-		}
-		p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
-		for range 2 { // "*", LIST
-			if _, err := p.Atom(); err != nil {
-				return
-			}
-			p.SP()
-		}
-		if _, err := p.Value(); err != nil { // attributes
-			return
-		}
-		p.SP()
-		if v, err := p.Value(); err == nil {
-			delim, _ = imapcodec.AsString(v)
-			found = true
+	var h Hierarchy
+	found := false
+	_, err := c.Exec(ctx, listRoot, func(r *upstream.Response) {
+		if !found {
+			h, found = parseListRoot(r)
 		}
 	})
 	if err != nil || !found {
 		return ""
 	}
-	s.delims.Store(account, delim)
-	return delim
+	s.delims.Store(account, h)
+	return h.Delim
+}
+
+// Hierarchy is what LIST "" "" tells of an account's mailbox names
+// (RFC 3501 6.3.8): all an upstream without NAMESPACE says of its
+// personal namespace.
+type Hierarchy struct {
+	// Delim is the hierarchy delimiter, "" for a flat namespace (NIL).
+	Delim string
+	// Root is the root name LIST "" "" reports: "" on most servers; an
+	// upstream that keeps every personal mailbox under a prefix
+	// (Courier's "INBOX.") may say so here.
+	Root string
+}
+
+// listRoot asks for the hierarchy delimiter and root name.
+const listRoot = `LIST "" ""`
+
+// Hierarchy returns the account's Hierarchy, asking the upstream (LIST ""
+// "" through Exec) the first time a session of the account needs it. The
+// core keeps it per account, as it spells mailbox names with the
+// delimiter (canonicalName): an extension asks here rather than keep a
+// copy of its own.
+func (s *Session) Hierarchy(ctx context.Context) (Hierarchy, error) {
+	if h, ok := s.srv.delims.Load(s.account); ok {
+		return h.(Hierarchy), nil
+	}
+	var h Hierarchy
+	found := false
+	_, err := s.Exec(ctx, listRoot, func(r *upstream.Response) {
+		if !found {
+			h, found = parseListRoot(r)
+		}
+	})
+	if err != nil {
+		return Hierarchy{}, err
+	}
+	if !found {
+		return Hierarchy{}, errors.New("proxy: the upstream answered LIST \"\" \"\" without a LIST response")
+	}
+	s.srv.delims.Store(s.account, h)
+	return h, nil
+}
+
+// parseListRoot reads "* LIST (attributes) delimiter root" and reports
+// whether r was one. A NIL delimiter is a flat namespace: "", not "NIL".
+func parseListRoot(r *upstream.Response) (Hierarchy, bool) {
+	if r.Head.Name != "LIST" {
+		return Hierarchy{}, false
+	}
+	p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
+	for range 2 { // "*", LIST
+		if _, err := p.Atom(); err != nil {
+			return Hierarchy{}, false
+		}
+		p.SP()
+	}
+	if _, err := p.Value(); err != nil { // attributes
+		return Hierarchy{}, false
+	}
+	p.SP()
+	v, err := p.Value()
+	if err != nil {
+		return Hierarchy{}, false
+	}
+	var h Hierarchy
+	if !imapcodec.IsNil(v) {
+		if h.Delim, _ = imapcodec.AsString(v); h.Delim == "" {
+			return Hierarchy{}, false
+		}
+	}
+	if p.SP() == nil {
+		if v, err := p.Value(); err == nil {
+			h.Root, _ = imapcodec.AsString(v)
+		}
+	}
+	return h, true
 }

@@ -1,6 +1,11 @@
 package proxy
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
 
 func TestCanonicalName(t *testing.T) {
 	for _, c := range []struct{ name, delim, want string }{
@@ -38,5 +43,30 @@ func TestAccountKey(t *testing.T) {
 	s.cfg.UsernameFormat = UsernameAsIs
 	if got := s.accountKey("ALICE"); got != "imap:143\x00ALICE" {
 		t.Errorf("%%u: accountKey(ALICE) = %q", got)
+	}
+}
+
+func TestParseListRoot(t *testing.T) {
+	for _, c := range []struct {
+		line string
+		want Hierarchy
+		ok   bool
+	}{
+		{`* LIST (\Noselect) "/" ""`, Hierarchy{Delim: "/"}, true},
+		{`* LIST (\Noselect) "." "INBOX."`, Hierarchy{Delim: ".", Root: "INBOX."}, true},
+		{`* LIST (\Noselect) "." #news.`, Hierarchy{Delim: ".", Root: "#news."}, true}, // RFC 3501 6.3.8
+		{`* LIST (\Noselect) NIL ""`, Hierarchy{}, true},                               // flat: not "NIL"
+		{`* LIST (\Noselect) "\\" ""`, Hierarchy{Delim: `\`}, true},
+		{`* LSUB () "/" ""`, Hierarchy{}, false},
+		{`* LIST (\Noselect)`, Hierarchy{}, false},
+	} {
+		head, err := imapcodec.ParseResponseHead([]byte(c.line))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := parseListRoot(&upstream.Response{Head: head, Segments: []imapcodec.Segment{{Text: []byte(c.line)}}})
+		if got != c.want || ok != c.ok {
+			t.Errorf("parseListRoot(%q) = %+v, %v; want %+v, %v", c.line, got, ok, c.want, c.ok)
+		}
 	}
 }

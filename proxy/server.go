@@ -6,6 +6,21 @@
 //
 // Protocol extensions plug in through the Extension interfaces; the core
 // knows none of them by name.
+//
+// Literals. The core frames literals (imapcodec), so it offers clients
+// LITERAL+ (RFC 7888) always, before and after login, whatever the
+// upstream has: a client's non-synchronising literal goes upstream
+// non-synchronising where the upstream takes it (LITERAL+, or LITERAL- up
+// to 4096 bytes), and synchronising otherwise, the proxy waiting for the
+// upstream's continuation request itself; the client never sees one it
+// did not ask for (relay.go). LITERAL- is never advertised: LITERAL+
+// allows every literal LITERAL- does, and a server offers one of the two.
+// So the LITERAL- rule of refusing non-synchronising literals over 4096
+// bytes does not apply to the proxy; what bounds a client's literals are
+// the proxy's own limits (Limits.MaxInlineLiteral, MaxAppendLiteral, the
+// per-command totals), answered NO [TOOBIG] with the literal read and
+// dropped so the session stays in step. literal_test.go holds the tests,
+// RFC 7888's examples among them.
 package proxy
 
 import (
@@ -52,7 +67,7 @@ type Server struct {
 	capProvs     []CapabilityProvider
 	hooks        []SessionHook
 	mailboxes    *MailboxService
-	delims       sync.Map // account key -> its hierarchy delimiter (names.go)
+	delims       sync.Map // account key -> its Hierarchy (names.go)
 	counters     serverCounters
 	limits       *limiter
 

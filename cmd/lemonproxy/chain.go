@@ -4,6 +4,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/namespace"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
@@ -16,9 +17,10 @@ import (
 // lemonproxy what plugin.cfg is to CoreDNS. The order is part of the
 // design; change it only with a reason here.
 //
-//  1. idle owns IDLE, and compress owns COMPRESS: commands no other
-//     extension sees, so their place does not matter; first, so that
-//     the commands a session waits in are found at once.
+//  1. idle owns IDLE, compress owns COMPRESS, and namespace owns NAMESPACE
+//     (where the upstream lacks it): commands no other extension sees, so
+//     their place does not matter; first, so that the commands a session
+//     waits in are found at once.
 //  2. notify sees every command that changes mailboxes go by and reads its
 //     outcome (x.Status) to announce the change to the account's other
 //     sessions. It comes before condstore, which answers some of those
@@ -35,6 +37,7 @@ func extensions(s config.Settings) []proxy.Extension {
 	return []proxy.Extension{
 		&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration},
 		compress.New(),
+		namespace.New(),
 		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: s.NotifyPollInterval.Duration, Grace: s.WatchGrace.Duration}}),
 		uidplus.New(),
 		condstore.New(),
