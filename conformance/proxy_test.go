@@ -17,6 +17,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
@@ -88,6 +89,7 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 		Extensions: []proxy.Extension{
 			idle.New(),
 			compress.New(),
+			esearch.New(),
 			condstore.New(),
 			notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: proxyPoll}, MaxQueued: maxQueued}),
 		},

@@ -12,7 +12,8 @@ func Scenarios() []*Scenario {
 	var all []*Scenario
 	for _, group := range [][]*Scenario{
 		base3501(), enable5161(), idle2177(), compress4978(),
-		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(), lemonade5550(),
+		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(), esearch4731(), searchres5182(),
+		lemonade5550(),
 	} {
 		all = append(all, group...)
 	}
@@ -30,6 +31,8 @@ var RFCs = []struct {
 	{4978, "COMPRESS"},
 	{7162, "CONDSTORE and QRESYNC"},
 	{5465, "NOTIFY"},
+	{4731, "ESEARCH"},
+	{5182, "SEARCHRES"},
 	{5550, "Lemonade profile (report)"},
 }
 

@@ -209,7 +209,7 @@ func TestSavedFollowsExpunge(t *testing.T) {
 // mod-sequences 2..12 when it starts at 1.
 func TestModSeq(t *testing.T) {
 	c := login(t, newProxy(t))
-	c.MustOK("FETCH 1 (MODSEQ)") // enables CONDSTORE
+	c.MustOK("FETCH 1 (MODSEQ)")           // enables CONDSTORE
 	c.MustOK(`STORE 1 +FLAGS (\Answered)`) // 13
 	c.MustOK(`STORE 3 +FLAGS (\Answered)`) // 14
 	c.MustOK(`STORE 2 +FLAGS (\Answered)`) // 15
