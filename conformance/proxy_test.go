@@ -19,6 +19,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/namespace"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
@@ -94,6 +95,7 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 			compress.New(),
 			namespace.New(),
 			uidplus.New(),
+			esearch.New(),
 			condstore.New(),
 			notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: proxyPoll}, MaxQueued: maxQueued}),
 		},

@@ -13,7 +13,8 @@ func Scenarios() []*Scenario {
 	for _, group := range [][]*Scenario{
 		base3501(), enable5161(), idle2177(), compress4978(),
 		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(),
-		uidplus4315(), move6851(), namespace2342(), literal7888(), lemonade5550(),
+		uidplus4315(), move6851(), namespace2342(), literal7888(), esearch4731(), searchres5182(),
+		lemonade5550(),
 	} {
 		all = append(all, group...)
 	}
@@ -35,6 +36,8 @@ var RFCs = []struct {
 	{6851, "MOVE"},
 	{2342, "NAMESPACE"},
 	{7888, "LITERAL+ (non-synchronising literals)"},
+	{4731, "ESEARCH"},
+	{5182, "SEARCHRES"},
 	{5550, "Lemonade profile (report)"},
 }
 

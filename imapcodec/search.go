@@ -9,7 +9,7 @@ import (
 
 // A SearchKey is one search key of a SEARCH, SORT or THREAD command, as
 // ReplaceSearchKeys reports it: Name is its name in upper case ("MODSEQ",
-// "UID"), or "" for a bare sequence set; Args are its arguments (for a
+// "UID"), or "" for a bare sequence set (RFC 5182's "$" included); Args are its arguments (for a
 // sequence set, the set as an Atom). Keys that take other keys (NOT, OR,
 // FUZZY) are walked into, not reported.
 type SearchKey struct {
@@ -192,7 +192,9 @@ func (w *searchWalker) keyAfterAtom(pos Position, a string) error {
 	p := w.p
 	up := strings.ToUpper(a)
 	switch {
-	case IsSequenceSet(a):
+	case IsSequenceSet(a) || a == "$":
+		// "$" is RFC 5182's sequence set (the saved search result): a
+		// set, so that whoever translates sets sees it.
 		return w.onKey(pos, SearchKey{Args: []Value{Atom(a)}})
 	case up == "NOT" || up == "FUZZY":
 		p.SP()

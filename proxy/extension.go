@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -73,6 +74,32 @@ type CommandHandler interface {
 	Commands() []string
 	ServeCommand(ctx context.Context, x *Exchange, next Next) error
 }
+
+// CommandRewriter restates a command of the selected state in the client's
+// own terms before the core translates its sequence numbers into UIDs: the
+// one stage where a client's message set can still be something only an
+// extension understands. SEARCHRES's "$" (RFC 5182) is such a set: it names
+// the messages of a search the extension saved, and must become numbers
+// before the core's translation reads them, for every command that takes a
+// set (FETCH, STORE, COPY, MOVE, UID EXPUNGE, search keys).
+//
+// RewriteCommand is called, in chain order, for every command of the
+// selected state the core translates (not the core's own commands such as
+// SELECT, nor an extension's own such as IDLE). It returns the command's
+// new segments, tag included, or nil to leave it as it is; they replace
+// what the client sent for everything after (x.Command, the translation,
+// the CommandHandlers). A returned ErrNoMessages says the command names no
+// message at all: the core answers it with OK without running it, as RFC
+// 5182 2.1 wants of "FETCH $" after a search that found nothing. Any other
+// error is answered with BAD.
+type CommandRewriter interface {
+	RewriteCommand(s *Session, cmd *imapcodec.Command) ([]imapcodec.Segment, error)
+}
+
+// ErrNoMessages is what a CommandRewriter returns for a command whose
+// message set is empty (see CommandRewriter). IMAP's grammar has no empty
+// set, so the core could not send such a command anywhere.
+var ErrNoMessages = errors.New("proxy: the command names no message")
 
 // Next passes an exchange on down the command chain.
 type Next func(ctx context.Context, x *Exchange) error

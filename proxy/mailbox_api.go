@@ -234,8 +234,3 @@ func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle fu
 
 // ErrClientGone marks errors that mean the client cannot be written to.
 var ErrClientGone = errors.New("proxy: client gone")
-
-// UpstreamCaps returns the capabilities the upstream advertised after
-// login (nil before): an extension that synthesizes what the upstream
-// lacks decides by them, never by the response codes it happens to send.
-func (s *Session) UpstreamCaps() upstream.Caps { return s.upCaps }

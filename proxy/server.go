@@ -65,6 +65,7 @@ type Server struct {
 	selectHooks  []SelectHook
 	reporters    []ChangeReporter
 	capProvs     []CapabilityProvider
+	rewriters    []CommandRewriter
 	hooks        []SessionHook
 	mailboxes    *MailboxService
 	delims       sync.Map // account key -> its Hierarchy (names.go)
@@ -152,6 +153,9 @@ func (s *Server) register(exts []Extension) error {
 		}
 		if c, ok := ext.(CapabilityProvider); ok {
 			s.capProvs = append(s.capProvs, c)
+		}
+		if r, ok := ext.(CommandRewriter); ok {
+			s.rewriters = append(s.rewriters, r)
 		}
 		if h, ok := ext.(SessionHook); ok {
 			s.hooks = append(s.hooks, h)

@@ -161,6 +161,13 @@ func (s *Session) Logger() *slog.Logger { return s.log }
 // Account returns the pool key of the authenticated upstream identity.
 func (s *Session) Account() string { return s.account }
 
+// UpstreamCaps returns the capabilities the upstream advertised after
+// login (nil before), shared and not to be modified: an extension that
+// synthesizes what an upstream may lack (ESEARCH, NAMESPACE, UIDPLUS)
+// relays instead where the upstream has it, and decides by these, never
+// by the response codes the upstream happens to send.
+func (s *Session) UpstreamCaps() upstream.Caps { return s.upCaps }
+
 // Enabled reports whether the client enabled name (RFC 5161).
 func (s *Session) Enabled(name string) bool { return s.enabled[strings.ToUpper(name)] }
 
@@ -552,6 +559,14 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 		last = s.relayWhole
 	}
 	if s.state == StateSelected && !isCore && !owned {
+		if !streamed && len(s.srv.rewriters) > 0 {
+			switch err := s.rewriteCommand(x); {
+			case errors.Is(err, ErrNoMessages):
+				return s.answerEmpty(x)
+			case err != nil:
+				return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
+			}
+		}
 		if err := s.translateCommand(x); err != nil {
 			if streamed {
 				if err := s.discardRest(lit); err != nil {

@@ -123,14 +123,23 @@ func (s *Session) translateCommand(x *Exchange) error {
 			t.seqResults = true
 			t.allowExpunge = false
 		}
-	case name == "EXPUNGE" || name == "UID EXPUNGE":
+	case name == "UID EXPUNGE":
+		// Relayed with its set as it is; "$" would be the saved result of
+		// whichever session last searched on the leased connection.
+		if _, _, err := firstSet(cmd); err != nil {
+			return err
+		}
+		t.syncAfter = true
+	case name == "EXPUNGE":
 		t.syncAfter = true
 	}
 	return nil
 }
 
 // firstSet returns the set argument of FETCH, STORE, COPY or MOVE (either
-// form) and the text of the first segment after it.
+// form) or UID EXPUNGE and the text of the first segment after it. RFC
+// 5182's "$" is not a set here: an extension that keeps saved results
+// replaces it first (CommandRewriter), and without one it is refused.
 func firstSet(cmd *imapcodec.Command) (set string, rest []byte, err error) {
 	p := imapcodec.NewParser(cmd.Segments, imapcodec.Limits{})
 	p.Atom() // tag
@@ -250,6 +259,13 @@ func targetIsSelected(cmd *imapcodec.Command, selected string) bool {
 func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
 	_, err := imapcodec.ReplaceSearchKeys(segs, func(k imapcodec.SearchKey) (string, bool, error) {
 		switch k.Name {
+		case "UID":
+			// Relayed as it is, "UID $" would be the saved result of
+			// whichever session last searched on the leased connection.
+			if a, ok := k.Args[0].(imapcodec.Atom); ok && a == "$" {
+				return "", false, errNoSearchRes
+			}
+			return "", false, nil
 		case "RECENT", "NEW":
 			return "NOT ALL", true, nil
 		case "OLD":
@@ -264,7 +280,7 @@ func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
 		}
 		a := string(k.Args[0].(imapcodec.Atom))
 		if a == "$" {
-			return "", false, errors.New("the search result variable $ is not supported")
+			return "", false, errNoSearchRes
 		}
 		seqs, err := imapcodec.ParseNumSet(a)
 		if err != nil {
@@ -276,7 +292,7 @@ func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
 		}
 		return "UID " + uids.String(), true, nil
 	})
-	if !toUID {
+	if !toUID && !errors.Is(err, errNoSearchRes) {
 		// The UID form goes upstream as it is when its criteria do not
 		// parse: the upstream says what is wrong.
 		return nil
@@ -289,6 +305,42 @@ func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
 	i := bytes.IndexByte(t, ' ')
 	segs[0].Text = slices.Concat(t[:i+1], []byte("UID "), t[i+1:])
 	return nil
+}
+
+// errNoSearchRes refuses RFC 5182's "$" when no extension replaced it
+// (CommandRewriter): the proxy keeps no search result of its own, and the
+// upstream's would be that of another session sharing its connection.
+var errNoSearchRes = errors.New("the search result variable $ is not supported")
+
+// rewriteCommand lets the CommandRewriters restate x's command before its
+// translation.
+func (s *Session) rewriteCommand(x *Exchange) error {
+	for _, r := range s.srv.rewriters {
+		segs, err := r.RewriteCommand(s, x.cmd)
+		if err != nil {
+			return err
+		}
+		if segs == nil {
+			continue
+		}
+		cmd, err := imapcodec.ParseCommand(segs, s.cfg.Limits)
+		if err != nil {
+			return err
+		}
+		if cmd.Name != x.Name || cmd.Tag != x.Tag {
+			return fmt.Errorf("internal error: %s rewritten as %s", x.Name, cmd.Name)
+		}
+		x.cmd, x.Segments = cmd, cmd.Segments
+	}
+	return nil
+}
+
+// answerEmpty answers a command that names no message (ErrNoMessages) with
+// OK, after the changes the client may be told during it (no expunges
+// during a command with sequence numbers, RFC 3501 7.4.1).
+func (s *Session) answerEmpty(x *Exchange) error {
+	x.xlate = &translation{allowExpunge: strings.HasPrefix(x.Name, "UID ")}
+	return x.Reply("OK", "", x.Name+" completed, no messages.")
 }
 
 // filterSelected translates an untagged response on a leased connection in

@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/namespace"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
@@ -30,7 +31,12 @@ import (
 //     APPENDUID and COPYUID) with its own upstream commands: after
 //     notify, which must see a MOVE's outcome to announce it; before
 //     condstore, which stays last.
-//  4. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
+//  4. esearch turns an extended SEARCH (RETURN, SAVE) into the plain UID
+//     SEARCH condstore handles, and writes the ESEARCH answer, MODSEQ
+//     included, itself: before condstore. Its $ substitution is a
+//     CommandRewriter, before the whole chain, so its place does not
+//     matter for that.
+//  5. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
 //     EXPUNGE and answers the RFC 7162 parts from the proxy's state; last,
 //     so the command it passes on goes straight to the relay.
 func extensions(s config.Settings) []proxy.Extension {
@@ -40,6 +46,7 @@ func extensions(s config.Settings) []proxy.Extension {
 		namespace.New(),
 		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: s.NotifyPollInterval.Duration, Grace: s.WatchGrace.Duration}}),
 		uidplus.New(),
+		esearch.New(),
 		condstore.New(),
 	}
 }

@@ -1,0 +1,240 @@
+// Package esearch gives every session ESEARCH (RFC 4731) and SEARCHRES
+// (RFC 5182), whatever the upstream offers.
+//
+// ESEARCH is relayed where the upstream advertises it (the core restores
+// the client's tag and maps UIDs to sequence numbers) and synthesized where
+// it does not: the command goes upstream as the plain UID SEARCH the core
+// already makes of every SEARCH, without its RETURN option, and the one
+// "* SEARCH" answer, already in the client's terms, becomes the ESEARCH
+// response. That costs the same single round trip as the search itself and
+// reuses the core's relay (synchronising literals of CHARSET criteria, the
+// client's numbering, the upstream's NO and BAD), where running a search of
+// the proxy's own (Session.Exec) would need the criteria rewritten without
+// synchronising literals and would bypass the chain.
+//
+// SEARCHRES is always the proxy's, even over an upstream that has it: a
+// session has no upstream connection of its own in the selected state, and
+// the saved result of a pooled connection would be whichever session
+// searched on it last. The result is saved as UIDs, so expunges and
+// renumbering need no bookkeeping: "$" is turned into the client's current
+// numbers when it is used (searchres.go). A search that saves is therefore
+// always synthesized, and so is one with a MODSEQ criterion (RFC 4731 3.2):
+// its MODSEQ depends on which messages the RETURN options select, which
+// only the whole result tells.
+//
+// One package rather than two: SAVE is a RETURN option like the others,
+// parsed with them, and the answer that fills the saved result is the one
+// that makes the ESEARCH response.
+package esearch
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// Extension implements ESEARCH and SEARCHRES; see the package comment.
+type Extension struct{}
+
+// New returns the extension.
+func New() *Extension { return &Extension{} }
+
+// Name identifies the extension.
+func (*Extension) Name() string { return "esearch" }
+
+// Capabilities advertises ESEARCH where the upstream lacks it (the core
+// relays the upstream's own) and SEARCHRES always, after login.
+func (*Extension) Capabilities(state proxy.State, up upstream.Caps) []string {
+	if state != proxy.StateAuthenticated && state != proxy.StateSelected {
+		return nil
+	}
+	if up.Has("ESEARCH") {
+		return []string{"SEARCHRES"}
+	}
+	return []string{"ESEARCH", "SEARCHRES"}
+}
+
+// Commands names the commands whose RETURN option is answered here.
+func (*Extension) Commands() []string { return []string{"SEARCH", "UID SEARCH"} }
+
+// ServeCommand relays an extended SEARCH the upstream can answer, and
+// synthesizes the others (see the package comment).
+func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	s := x.Session()
+	m := s.Mailbox()
+	if m == nil || x.Streamed() || len(x.Segments) == 0 {
+		return next(ctx, x)
+	}
+	ret, err := parseReturn(x.Segments)
+	if err != nil {
+		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": "+sentence(err.Error())+".")
+	}
+	if ret == nil {
+		return next(ctx, x)
+	}
+	modseq := hasModSeq(x.Segments)
+	if s.UpstreamCaps().Has("ESEARCH") && !ret.opts.save && !modseq {
+		return next(ctx, x)
+	}
+	segs := slices.Clone(x.Segments)
+	t := segs[0].Text
+	segs[0].Text = slices.Concat(t[:ret.start], t[ret.end:])
+	x.Segments = segs
+	r := &result{opts: ret.opts, uid: strings.HasPrefix(x.Name, "UID "), modseq: modseq}
+	x.Filter(func(resp *proxy.Response) *proxy.Response {
+		if resp.Head.Name != "SEARCH" {
+			return resp
+		}
+		if !resp.Streamed && len(resp.Segments) == 1 {
+			r.add(s.Mailbox(), resp.Segments[0].Text)
+		}
+		return nil // answered by the ESEARCH response
+	})
+	x.OnTagged(func(h *imapcodec.ResponseHead) {
+		m := s.Mailbox()
+		switch {
+		case m == nil:
+		case h.Name == "OK":
+			if ret.opts.respond() {
+				s.Write(r.response(m, x.Tag))
+			}
+			if ret.opts.save {
+				save(s, r.saved())
+			}
+		case h.Name == "NO" && ret.opts.save:
+			// RFC 5182 2.1: a SEARCH with SAVE that fails with NO
+			// leaves an empty result; one that fails with BAD changes
+			// nothing.
+			save(s, nil)
+		}
+	})
+	return next(ctx, x)
+}
+
+// hasModSeq reports whether a search has a MODSEQ criterion (RFC 7162
+// 3.1.5), whose ESEARCH response carries MODSEQ (RFC 4731 3.2).
+func hasModSeq(segs []imapcodec.Segment) bool {
+	found := false
+	imapcodec.ReplaceSearchKeys(slices.Clone(segs), func(k imapcodec.SearchKey) (string, bool, error) {
+		found = found || k.Name == "MODSEQ"
+		return "", false, nil
+	})
+	return found
+}
+
+// sentence capitalises the first letter of an error message for a client.
+func sentence(s string) string {
+	if s == "" || s[0] < 'a' || s[0] > 'z' {
+		return s
+	}
+	return string(s[0]-'a'+'A') + s[1:]
+}
+
+// result collects a synthesized search's answer.
+type result struct {
+	opts   returnOpts
+	uid    bool // UID SEARCH: numbers are UIDs
+	modseq bool // the criteria had MODSEQ
+	// nums are the matches in the client's terms, sorted; uids the same
+	// messages' UIDs, in the same (view) order.
+	nums, uids []uint32
+}
+
+// add takes the numbers of a "* SEARCH" answer. Servers send one; more
+// would add up (RFC 3501 7.2.5 does not forbid it).
+func (r *result) add(m *proxy.Mailbox, text []byte) {
+	nums, err := searchNumbers(text)
+	if err != nil || len(nums) == 0 {
+		return
+	}
+	if len(r.nums) > 0 {
+		nums = append(nums, r.nums...)
+		slices.Sort(nums)
+		nums = slices.Compact(nums)
+	}
+	r.nums, r.uids = nums[:0:0], nil
+	for _, n := range nums {
+		uid := n
+		if !r.uid {
+			if uid = m.UIDOf(n); uid == 0 {
+				continue // not a message of the client's
+			}
+		}
+		r.nums = append(r.nums, n)
+		r.uids = append(r.uids, uid)
+	}
+}
+
+// response returns the ESEARCH response (RFC 4731 3.1): MIN, MAX and ALL
+// only when something matched, COUNT always (0 when nothing did).
+func (r *result) response(m *proxy.Mailbox, tag string) []byte {
+	b := imapcodec.AppendQuoted([]byte("* ESEARCH (TAG "), tag)
+	b = append(b, ')')
+	if r.uid {
+		b = append(b, " UID"...)
+	}
+	n := len(r.nums)
+	if n > 0 && r.opts.min {
+		b = appendItem(b, "MIN", uint64(r.nums[0]))
+	}
+	if n > 0 && r.opts.max {
+		b = appendItem(b, "MAX", uint64(r.nums[n-1]))
+	}
+	if r.opts.count {
+		b = appendItem(b, "COUNT", uint64(n))
+	}
+	if n > 0 && r.opts.all {
+		b = appendSet(append(b, " ALL "...), spansOf(r.nums))
+	}
+	if n > 0 && r.modseq {
+		if ms, ok := r.highestModSeq(m); ok {
+			b = appendItem(b, "MODSEQ", ms)
+		}
+	}
+	return append(b, "\r\n"...)
+}
+
+func appendItem(b []byte, name string, n uint64) []byte {
+	b = append(append(append(b, ' '), name...), ' ')
+	return strconv.AppendUint(b, n, 10)
+}
+
+// returned gives the UIDs of the messages the response names, by RFC
+// 4731 3.2 (for MODSEQ) and RFC 5182 2.4 (for SAVE) alike: the one of MIN or
+// MAX, the two of MIN and MAX, every match as soon as ALL or COUNT is asked
+// for (or SAVE alone).
+func (r *result) returned() []uint32 {
+	n := len(r.uids)
+	if n == 0 || r.opts.all || r.opts.count || !r.opts.min && !r.opts.max {
+		return r.uids
+	}
+	var out []uint32
+	if r.opts.min {
+		out = append(out, r.uids[0])
+	}
+	if r.opts.max && (!r.opts.min || n > 1) {
+		out = append(out, r.uids[n-1])
+	}
+	return out
+}
+
+// saved returns what RETURN (SAVE ...) saves.
+func (r *result) saved() []uint32 { return r.returned() }
+
+// highestModSeq returns the highest mod-sequence of the returned messages
+// in the proxy's state, whose mod-sequences are the ones the client knows.
+func (r *result) highestModSeq(m *proxy.Mailbox) (uint64, bool) {
+	var highest uint64
+	found := false
+	for _, uid := range r.returned() {
+		if _, ms, ok := m.State().Flags(uid); ok {
+			highest, found = max(highest, ms), true
+		}
+	}
+	return highest, found
+}

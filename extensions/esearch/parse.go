@@ -1,0 +1,180 @@
+package esearch
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+)
+
+// maxReturnOpts bounds the RETURN list: RFC 4731 and 5182 define five
+// options, and a list longer than a few times that is no client's.
+const maxReturnOpts = 16
+
+// returnOpts are the result options of an extended SEARCH: RFC 4731 3.1's
+// MIN, MAX, COUNT and ALL, and RFC 5182's SAVE.
+type returnOpts struct {
+	min, max, count, all, save bool
+}
+
+// respond reports whether the options ask for an ESEARCH response: SAVE
+// alone does not (RFC 5182 2.1).
+func (o returnOpts) respond() bool { return o.min || o.max || o.count || o.all }
+
+// searchReturn is what parseReturn found in a SEARCH command.
+type searchReturn struct {
+	opts returnOpts
+	// start and end delimit "RETURN (...) " in the first segment's text,
+	// the space after the list included, so that cutting them out leaves
+	// the plain SEARCH the upstream gets when the proxy synthesizes.
+	start, end int
+}
+
+// parseReturn reads the RETURN option of "tag [UID] SEARCH RETURN (...)
+// criteria" (RFC 4731 3.1). It returns nil when the command has none. An
+// option it does not know is an error, for the client's BAD: no other
+// option is advertised.
+func parseReturn(segs []imapcodec.Segment) (*searchReturn, error) {
+	p := imapcodec.NewParser(segs, imapcodec.Limits{})
+	if _, err := p.Atom(); err != nil { // tag
+		return nil, nil
+	}
+	name, err := atomAfterSP(p)
+	if err != nil {
+		return nil, nil
+	}
+	if strings.EqualFold(name, "UID") {
+		if name, err = atomAfterSP(p); err != nil {
+			return nil, nil
+		}
+	}
+	if !strings.EqualFold(name, "SEARCH") || p.SP() != nil {
+		return nil, nil
+	}
+	start := p.Pos()
+	if a, err := p.Atom(); err != nil || !strings.EqualFold(a, "RETURN") {
+		return nil, nil
+	}
+	if p.SP() != nil {
+		return nil, errors.New("RETURN needs a list of options")
+	}
+	if !p.OpenList() {
+		return nil, errors.New("RETURN needs a list of options")
+	}
+	r := &searchReturn{start: start.Off}
+	n := 0
+	for !p.CloseList() {
+		if n > 0 && p.SP() != nil {
+			return nil, errors.New("bad RETURN list")
+		}
+		if n++; n > maxReturnOpts {
+			return nil, errors.New("too many RETURN options")
+		}
+		a, err := p.Atom()
+		if err != nil {
+			return nil, errors.New("bad RETURN list")
+		}
+		switch strings.ToUpper(a) {
+		case "MIN":
+			r.opts.min = true
+		case "MAX":
+			r.opts.max = true
+		case "COUNT":
+			r.opts.count = true
+		case "ALL":
+			r.opts.all = true
+		case "SAVE":
+			r.opts.save = true
+		default:
+			return nil, fmt.Errorf("unknown RETURN option %s", a)
+		}
+	}
+	if n == 0 {
+		r.opts.all = true // RETURN () is RETURN (ALL), RFC 4731 3.1
+	}
+	if p.SP() != nil {
+		return nil, errors.New("SEARCH needs criteria after RETURN")
+	}
+	end := p.Pos()
+	if start.Seg != 0 || end.Seg != 0 {
+		return nil, errors.New("bad RETURN list")
+	}
+	r.end = end.Off
+	return r, nil
+}
+
+func atomAfterSP(p *imapcodec.Parser) (string, error) {
+	if err := p.SP(); err != nil {
+		return "", err
+	}
+	return p.Atom()
+}
+
+// searchNumbers reads the numbers of "* SEARCH n n n" (with RFC 7162's
+// "(MODSEQ m)" after them, which it ignores), as the core has put them in
+// the client's terms. It allocates no more than one number per two bytes of
+// the line, which the upstream reader has already bounded.
+func searchNumbers(text []byte) ([]uint32, error) {
+	const head = "* SEARCH"
+	if len(text) < len(head) || !strings.EqualFold(string(text[:len(head)]), head) {
+		return nil, errors.New("not a SEARCH response")
+	}
+	var nums []uint32
+	rest := text[len(head):]
+	for len(rest) > 0 {
+		if rest[0] != ' ' {
+			return nil, errors.New("bad SEARCH response")
+		}
+		rest = rest[1:]
+		if len(rest) > 0 && rest[0] == '(' {
+			break // (MODSEQ m): the proxy finds mod-sequences itself
+		}
+		i := 0
+		for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
+			i++
+		}
+		n, err := strconv.ParseUint(string(rest[:i]), 10, 32)
+		if err != nil || n == 0 {
+			return nil, errors.New("bad number in SEARCH response")
+		}
+		nums = append(nums, uint32(n))
+		rest = rest[i:]
+	}
+	slices.Sort(nums)
+	return slices.Compact(nums), nil
+}
+
+// span is a range of consecutive numbers, lo <= hi.
+type span struct{ lo, hi uint32 }
+
+// spansOf turns sorted, distinct numbers into ranges of consecutive ones:
+// the compact form of RFC 4731's ALL and of a saved result.
+func spansOf(nums []uint32) []span {
+	var out []span
+	for _, n := range nums {
+		if k := len(out); k > 0 && out[k-1].hi+1 == n {
+			out[k-1].hi = n
+			continue
+		}
+		out = append(out, span{n, n})
+	}
+	return out
+}
+
+// appendSet writes spans as a sequence set ("1:3,5").
+func appendSet(b []byte, spans []span) []byte {
+	for i, r := range spans {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, uint64(r.lo), 10)
+		if r.hi != r.lo {
+			b = append(b, ':')
+			b = strconv.AppendUint(b, uint64(r.hi), 10)
+		}
+	}
+	return b
+}
