@@ -39,6 +39,10 @@ type Sources struct {
 	AccountWatchers func() int
 	// Cluster returns cluster mode's figures (nil on a single node).
 	Cluster func() ClusterStats
+	// Synthesized returns the counters of what the proxy synthesized for
+	// an upstream that lacks it, by what ("appenduid", "appenduid_omitted",
+	// "move", ...): uidplus's Stats.
+	Synthesized func() map[string]uint64
 }
 
 // ClusterStats are the figures of cluster mode (package cluster).
@@ -169,6 +173,15 @@ func (m *Metrics) Register(src Sources) {
 	}
 	if src.Cluster != nil {
 		m.registerCluster(src.Cluster, func() float64 { return float64(stats().Forwarded) })
+	}
+	if src.Synthesized != nil {
+		for what := range src.Synthesized() {
+			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Namespace: ns, Name: "synthesized_total",
+				Help:        "What the proxy did itself for an upstream that lacks it: APPENDUID/COPYUID found (appenduid, copyuid) or left out because the UIDs were not certain (appenduid_omitted, copyuid_omitted), MOVEs made of COPY, STORE and UID EXPUNGE (move, and move_incomplete: copied but not removed, answered NO).",
+				ConstLabels: prometheus.Labels{"what": what},
+			}, func() float64 { return float64(src.Synthesized()[what]) }))
+		}
 	}
 	if src.Compress != nil {
 		bytes := func(dir, form string, pick func(pi, ci, po, co int64) int64) {

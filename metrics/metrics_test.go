@@ -105,7 +105,7 @@ func TestClusterMetrics(t *testing.T) {
 	m := metrics.New()
 	m.Register(metrics.Sources{Server: p.Srv, Cluster: func() metrics.ClusterStats {
 		return metrics.ClusterStats{Owned: 7, Takeovers: 2, FencedWrites: 1, HandoffsIn: 40, RenewFailures: 3}
-	}})
+	}, Synthesized: func() map[string]uint64 { return map[string]uint64{"move": 5, "appenduid_omitted": 1} }})
 	m.ObserveDB("hold", 3*time.Millisecond)
 	m.ObserveDB("hold", 4*time.Millisecond)
 	for _, tc := range []struct {
@@ -121,6 +121,8 @@ func TestClusterMetrics(t *testing.T) {
 			`lemonproxy_cluster_handoffs_in_total 40`,
 			`lemonproxy_cluster_lease_renew_failures_total 3`,
 			`lemonproxy_cluster_db_seconds_count{op="hold"} 2`,
+			`lemonproxy_synthesized_total{what="move"} 5`,
+			`lemonproxy_synthesized_total{what="appenduid_omitted"} 1`,
 		}, nil},
 		{single, nil, []string{"lemonproxy_cluster_"}},
 	} {

@@ -33,6 +33,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/listen"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -140,6 +141,12 @@ func withMetrics(m *metrics.Metrics, cfg *proxy.Config) func(*proxy.Server, func
 			}
 		case *notify.Extension:
 			src.AccountWatchers = e.Accounts().Watchers
+		case *uidplus.Extension:
+			src.Synthesized = func() map[string]uint64 {
+				st := e.Stats()
+				return map[string]uint64{"appenduid": st.AppendUIDs, "appenduid_omitted": st.AppendOmitted,
+					"copyuid": st.CopyUIDs, "copyuid_omitted": st.CopyOmitted, "move": st.Moves, "move_incomplete": st.MovesIncomplete}
+			}
 		}
 	}
 	return func(srv *proxy.Server, cluster func() metrics.ClusterStats) {
