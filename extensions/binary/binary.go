@@ -1,0 +1,138 @@
+// Package binary synthesizes BINARY (RFC 3516) where the upstream lacks
+// it: FETCH BINARY[section]<partial>, BINARY.PEEK[...] and
+// BINARY.SIZE[section], decoded by the proxy from the upstream's BODY
+// data. Where the upstream advertises BINARY, everything is relayed and
+// nothing here acts.
+//
+// # How a FETCH with BINARY items is answered
+//
+// The extension answers the BINARY items itself, over Session.Exec, and
+// passes the command's other items down the chain:
+//
+//  1. UID FETCH set (UID BODYSTRUCTURE) tells, for every message the
+//     client knows, where each asked section is and its
+//     Content-Transfer-Encoding (the upstream's MIME parse; no parser of
+//     the proxy's own). A section with an encoding other than 7bit, 8bit,
+//     binary, base64 and quoted-printable fails the whole command with
+//     NO [UNKNOWN-CTE] before anything is sent (RFC 3516 4.2/3). A
+//     malformed section (BINARY[1.0], BINARY[TEXT]) is answered BAD.
+//  2. Each section's encoded bytes are read with BODY.PEEK[section]<o.n>
+//     in chunks of chunkSize, never whole: a part that fits one chunk is
+//     decoded in memory; a larger one is decoded twice, once counting
+//     (the decoded size and whether it holds a NUL must be known before
+//     the literal's header is written) and once streaming to the client.
+//     The count is kept in an LRU (account, mailbox, UIDVALIDITY, UID,
+//     section), since a message never changes, so BINARY.SIZE and a
+//     repeated BINARY fetch skip the counting pass. Memory per command is
+//     a chunk and the decoders' buffers, whatever the part's size.
+//  3. One untagged FETCH per message carries its BINARY items (with UID
+//     for UID FETCH): BINARY[section]<origin> as a literal8 (~{n}) when
+//     the decoded data holds a NUL, else as a literal; BINARY.SIZE as a
+//     number. <partial> applies to the decoded data (RFC 3516 4.2).
+//  4. Without .PEEK the messages get \Seen by UID STORE +FLAGS.SILENT,
+//     after their data was sent (unless the mailbox is read-only); the
+//     client hears the new flags from the hub before the tagged answer.
+//  5. The other items go down the chain as a UID FETCH of their own, so
+//     the core's translation, FLAGS and CONDSTORE's MODSEQ apply to them
+//     as usual: a message then has two FETCH responses, which RFC 3501
+//     7.4.2 allows. A FETCH of BINARY items only is answered by the
+//     extension, except that a UID FETCH, or any FETCH once CONDSTORE is
+//     enabled, still sends UID down the chain so that the core reports
+//     UID and MODSEQ for each message.
+//
+// # Sections
+//
+//   - BINARY[1], BINARY[1.2]: a leaf part, decoded by its own encoding.
+//     For text/* parts bare LF becomes CRLF after decoding (RFC 3516 4.2:
+//     textual sections are always sent with CRLF).
+//   - A multipart or message/rfc822 part: by RFC 2045 6.4 its encoding
+//     can only be 7bit, 8bit or binary, which need no decoding; it is
+//     sent as BODY[section] gives it (its inner parts stay encoded).
+//   - BINARY[] (section-binary allows an empty part list, the whole
+//     message): a multipart message, or a single-part one in an identity
+//     encoding, is sent as BODY[] gives it; a single-part message in
+//     base64 or quoted-printable is sent as its header, unchanged but for
+//     Content-Transfer-Encoding set to binary (the header is rewritten
+//     with go-message's textproto), then the decoded body.
+//   - A section the message does not have is answered NIL (BINARY.SIZE 0).
+//
+// A failure of the upstream in the middle of a literal already started
+// cannot be told the client: the session ends, as the core does with a
+// streamed relay cut short.
+//
+// APPEND with literal8 (~{n}) is not synthesized yet (see Commands): the
+// core streams APPEND literals straight to the upstream and an extension
+// has no access to them to re-encode the binary parts.
+package binary
+
+import (
+	"context"
+	"strings"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// chunkSize is how much of a part one upstream FETCH reads: below the
+// upstream connection's default inline literal limit (64 KiB), which
+// Session.Exec's responses must fit.
+const chunkSize = 48 << 10
+
+// cacheEntries bounds the LRU of decoded sizes.
+const cacheEntries = 4096
+
+// Extension synthesizes BINARY.
+type Extension struct {
+	sizes *lru.Cache[sizeKey, sizeInfo]
+	// chunk is chunkSize; tests make it small to exercise the two-pass
+	// path with small messages.
+	chunk int
+}
+
+// sizeKey names a section of a message for good.
+type sizeKey struct {
+	account, mailbox string
+	uidValidity, uid uint32
+	section          string
+}
+
+// sizeInfo is what the counting pass learns.
+type sizeInfo struct {
+	size   int64
+	hasNUL bool
+}
+
+// New returns the extension.
+func New() *Extension {
+	c, _ := lru.New[sizeKey, sizeInfo](cacheEntries)
+	return &Extension{sizes: c, chunk: chunkSize}
+}
+
+func (*Extension) Name() string { return "binary" }
+
+// Capabilities adds BINARY after login where the upstream lacks it.
+func (*Extension) Capabilities(st proxy.State, up upstream.Caps) []string {
+	if st >= proxy.StateAuthenticated && !up.Has("BINARY") {
+		return []string{"BINARY"}
+	}
+	return nil
+}
+
+// Commands names FETCH in both forms. APPEND is not handled: see the
+// package comment.
+func (*Extension) Commands() []string { return []string{"FETCH", "UID FETCH"} }
+
+// ServeCommand relays where the upstream has BINARY and answers the
+// BINARY items of a FETCH itself otherwise.
+func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	s := x.Session()
+	if s.UpstreamCaps().Has("BINARY") || s.Mailbox() == nil {
+		return next(ctx, x)
+	}
+	if !strings.Contains(strings.ToUpper(string(x.Segments[0].Text)), "BINARY") {
+		return next(ctx, x)
+	}
+	return e.serveFetch(ctx, x, next)
+}

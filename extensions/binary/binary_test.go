@@ -1,0 +1,254 @@
+package binary_test
+
+import (
+	"bytes"
+	"encoding/base64"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-imap/v2"
+	"go.uber.org/goleak"
+
+	"github.com/lemonproxy/lemonproxy/extensions/binary"
+	"github.com/lemonproxy/lemonproxy/extensions/compress"
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/hub"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// attachment is binary data with NULs, CR and LF.
+func attachment(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i * 7 % 251)
+	}
+	return b
+}
+
+// wrap76 breaks base64 into 76-character lines.
+func wrap76(s string) string {
+	var b strings.Builder
+	for len(s) > 76 {
+		b.WriteString(s[:76] + "\r\n")
+		s = s[76:]
+	}
+	b.WriteString(s + "\r\n")
+	return b.String()
+}
+
+func mixed(att []byte) string {
+	return "From: a@example.org\r\nTo: b@example.org\r\nSubject: binary\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n" +
+		"--XX\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" +
+		"Caf=C3=A9 =3D ok=\r\n soft\r\n" +
+		"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+		wrap76(base64.StdEncoding.EncodeToString(att)) +
+		"--XX\r\nContent-Type: application/x-foo\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n" +
+		"begin 644 x\r\n`\r\nend\r\n" +
+		"--XX--\r\n"
+}
+
+const single = "From: a@example.org\r\nSubject: single\r\nMIME-Version: 1.0\r\n" +
+	"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+	"aGVsbG8Kd29ybGQK\r\n" // "hello\nworld\n"
+
+var (
+	small = attachment(300)
+	big   = attachment(200 << 10)
+)
+
+type env struct {
+	up *memupstream.Server
+	p  *imaptest.Proxy
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	up, err := memupstream.Start(memupstream.Options{Caps: []imap.Cap{imap.CapLiteralPlus, imap.CapUIDPlus}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	if err := up.AddUser("alice", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{mixed(small), mixed(big), single} {
+		if err := up.Append("alice", "INBOX", nil, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{
+		Extensions: []proxy.Extension{compress.New(), binary.New(), condstore.New()},
+		Hub:        hub.Config{ModSeqBase: func() uint64 { return 1 }},
+	})
+	return &env{up: up, p: p}
+}
+
+// item finds name's value in FETCH response lines: a literal's data, or
+// the atom; lit tells which literal form ("~{" or "{").
+func item(t *testing.T, lines []string, name string) (val string, lit string) {
+	t.Helper()
+	for _, l := range lines {
+		i := strings.Index(l, " "+name+" ")
+		if i < 0 {
+			i = strings.Index(l, "("+name+" ")
+		}
+		if i < 0 {
+			continue
+		}
+		rest := l[i+len(name)+2:]
+		if m := regexp.MustCompile(`^(~?\{)(\d+)\}\r\n`).FindStringSubmatch(rest); m != nil {
+			n, _ := strconv.Atoi(m[2])
+			return rest[len(m[0]) : len(m[0])+n], m[1]
+		}
+		end := strings.IndexAny(rest, " )")
+		return rest[:end], ""
+	}
+	var short []string
+	for _, l := range lines {
+		short = append(short, l[:min(len(l), 120)])
+	}
+	t.Fatalf("no %s in %q", name, short)
+	return "", ""
+}
+
+func TestBinaryFetch(t *testing.T) {
+	e := newEnv(t)
+	c := imaptest.Login(t, e.p.Addr, "alice", "secret")
+	caps := strings.Join(c.MustOK("CAPABILITY"), " ")
+	if !strings.Contains(caps, " BINARY") {
+		t.Fatalf("BINARY not advertised: %s", caps)
+	}
+	c.MustOK("SELECT INBOX")
+
+	// base64 with NULs: literal8; PEEK leaves \Seen alone.
+	lines := c.MustOK("UID FETCH 1 (BINARY.PEEK[2])")
+	if v, lit := item(t, lines, "BINARY[2]"); v != string(small) || lit != "~{" {
+		t.Fatalf("BINARY[2]: %s %d bytes, want ~{ %d", lit, len(v), len(small))
+	}
+	if !strings.Contains(lines[0], "UID 1 ") {
+		t.Fatalf("UID FETCH without UID: %q", lines[0])
+	}
+	if f := c.MustOK("FETCH 1 (FLAGS)"); strings.Contains(f[0], `\Seen`) {
+		t.Fatalf("BINARY.PEEK set \\Seen: %q", f)
+	}
+
+	// quoted-printable text: decoded, a normal literal; sets \Seen.
+	lines = c.MustOK("FETCH 1 (BINARY[1])")
+	if v, lit := item(t, lines, "BINARY[1]"); v != "Café = ok soft" || lit != "{" {
+		t.Fatalf("BINARY[1]: %s %q", lit, v)
+	}
+	if f := c.MustOK("FETCH 1 (FLAGS)"); !strings.Contains(strings.Join(f, " "), `\Seen`) {
+		t.Fatalf("BINARY did not set \\Seen: %q", f)
+	}
+
+	// partial on decoded data; the response names the origin only.
+	lines = c.MustOK("FETCH 1 (BINARY.PEEK[2]<3.10>)")
+	if v, _ := item(t, lines, "BINARY[2]<3>"); v != string(small[3:13]) {
+		t.Fatalf("partial: %q", v)
+	}
+	lines = c.MustOK("FETCH 1 (BINARY.PEEK[2]<290.100>)")
+	if v, _ := item(t, lines, "BINARY[2]<290>"); v != string(small[290:]) {
+		t.Fatalf("partial past the end: %q", v)
+	}
+
+	// sizes
+	lines = c.MustOK("FETCH 1 (BINARY.SIZE[2] BINARY.SIZE[1])")
+	if v, _ := item(t, lines, "BINARY.SIZE[2]"); v != strconv.Itoa(len(small)) {
+		t.Fatalf("BINARY.SIZE[2] = %s", v)
+	}
+	if v, _ := item(t, lines, "BINARY.SIZE[1]"); v != strconv.Itoa(len("Café = ok soft")) {
+		t.Fatalf("BINARY.SIZE[1] = %s", v)
+	}
+
+	// an encoding the proxy does not know
+	if got := imaptest.Tagged(c.Cmd("FETCH 1 (BINARY.PEEK[3])")); !strings.HasPrefix(got, "NO [UNKNOWN-CTE]") {
+		t.Fatalf("x-uuencode: %q", got)
+	}
+	// a section the message lacks, a malformed one
+	if v, _ := item(t, c.MustOK("FETCH 1 (BINARY.PEEK[9])"), "BINARY[9]"); v != "NIL" {
+		t.Fatalf("missing section: %q", v)
+	}
+	if got := imaptest.Tagged(c.Cmd("FETCH 1 (BINARY[1.0])")); !strings.HasPrefix(got, "BAD") {
+		t.Fatalf("BINARY[1.0]: %q", got)
+	}
+
+	// mixed with other items: those are relayed.
+	lines = c.MustOK("FETCH 1 (FLAGS BINARY.PEEK[1] RFC822.SIZE)")
+	item(t, lines, "BINARY[1]")
+	if j := strings.Join(lines, " "); !strings.Contains(j, "FLAGS (") || !strings.Contains(j, "RFC822.SIZE ") {
+		t.Fatalf("other items lost: %q", lines)
+	}
+
+	// a single-part base64 message: BINARY[] has the header with
+	// Content-Transfer-Encoding binary and the decoded body, text with CRLF.
+	lines = c.MustOK("FETCH 3 (BINARY.PEEK[] BINARY.PEEK[1])")
+	if v, _ := item(t, lines, "BINARY[1]"); v != "hello\r\nworld\r\n" {
+		t.Fatalf("BINARY[1] of single part: %q", v)
+	}
+	v, _ := item(t, lines, "BINARY[]")
+	if !strings.Contains(v, "Content-Transfer-Encoding: binary\r\n") || !strings.HasSuffix(v, "\r\n\r\nhello\r\nworld\r\n") || !strings.Contains(v, "From: a@example.org\r\n") {
+		t.Fatalf("BINARY[]: %q", v)
+	}
+}
+
+// TestBinaryLarge: a part larger than a chunk is counted, then streamed.
+func TestBinaryLarge(t *testing.T) {
+	e := newEnv(t)
+	c := imaptest.Login(t, e.p.Addr, "alice", "secret")
+	c.MustOK("SELECT INBOX")
+	lines := c.MustOK("FETCH 2 (BINARY.PEEK[2] BINARY.SIZE[2])")
+	if v, lit := item(t, lines, "BINARY[2]"); v != string(big) || lit != "~{" {
+		t.Fatalf("large part: %s %d bytes", lit, len(v))
+	}
+	if v, _ := item(t, lines, "BINARY.SIZE[2]"); v != strconv.Itoa(len(big)) {
+		t.Fatalf("BINARY.SIZE: %s", v)
+	}
+	lines = c.MustOK("UID FETCH 2 (BINARY.PEEK[2]<100000.5000>)")
+	if v, _ := item(t, lines, "BINARY[2]<100000>"); v != string(big[100000:105000]) {
+		t.Fatalf("large partial: %d bytes", len(v))
+	}
+}
+
+// TestBinaryCompressCondstore: through COMPRESS, with CONDSTORE enabled,
+// MODSEQ still comes for each message.
+func TestBinaryCompressCondstore(t *testing.T) {
+	e := newEnv(t)
+	c := imaptest.Login(t, e.p.Addr, "alice", "secret")
+	c.Compress()
+	c.MustOK("ENABLE CONDSTORE")
+	c.MustOK("SELECT INBOX")
+	lines := c.MustOK("FETCH 1:2 (BINARY[2])")
+	if v, _ := item(t, lines, "BINARY[2]"); v != string(small) {
+		t.Fatalf("through COMPRESS: %d bytes", len(v))
+	}
+	j := strings.Join(lines, "\n")
+	if n := strings.Count(j, "MODSEQ ("); n < 2 {
+		t.Fatalf("MODSEQ missing: %q", lines)
+	}
+	if !bytes.Contains([]byte(j), []byte(`\Seen`)) {
+		t.Fatalf("\\Seen not reported: %q", lines)
+	}
+	c.MustOK("FETCH 1:2 (BINARY.PEEK[1] MODSEQ)")
+}
+
+// TestCapabilities: BINARY after login, only where the upstream lacks it.
+func TestCapabilities(t *testing.T) {
+	e := binary.New()
+	if caps := e.Capabilities(proxy.StateNotAuthenticated, nil); len(caps) != 0 {
+		t.Fatalf("before login: %v", caps)
+	}
+	if caps := e.Capabilities(proxy.StateAuthenticated, upstream.ParseCaps("IMAP4rev1 IDLE")); len(caps) != 1 || caps[0] != "BINARY" {
+		t.Fatalf("legacy upstream: %v", caps)
+	}
+	if caps := e.Capabilities(proxy.StateSelected, upstream.ParseCaps("IMAP4rev1 BINARY")); len(caps) != 0 {
+		t.Fatalf("upstream with BINARY: %v", caps)
+	}
+}

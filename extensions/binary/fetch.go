@@ -1,0 +1,382 @@
+package binary
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// item is one BINARY fetch item.
+type item struct {
+	kind    string // "BINARY", "BINARY.PEEK" or "BINARY.SIZE"
+	section string // "1.2", or "" for the whole message
+	partial bool
+	off     int64
+	length  int64
+}
+
+var itemRE = regexp.MustCompile(`^(?i)(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<([0-9]+)\.([0-9]+)>)?$`)
+
+// errBadItem is answered with BAD.
+var errBadItem = errors.New("malformed BINARY item")
+
+// parseItem reads a fetch item; ok is false for an item not of BINARY.
+func parseItem(a string) (it item, ok bool, err error) {
+	if !strings.HasPrefix(strings.ToUpper(a), "BINARY") {
+		return item{}, false, nil
+	}
+	m := itemRE.FindStringSubmatch(a)
+	if m == nil {
+		return item{}, true, errBadItem
+	}
+	it = item{kind: strings.ToUpper(m[1]), section: m[2]}
+	if it.section != "" {
+		for _, n := range strings.Split(it.section, ".") {
+			if v, err := strconv.ParseUint(n, 10, 32); err != nil || v == 0 {
+				return item{}, true, errBadItem
+			}
+		}
+	}
+	if m[3] != "" {
+		if it.kind == "BINARY.SIZE" {
+			return item{}, true, errBadItem
+		}
+		off, err1 := strconv.ParseInt(m[3], 10, 64)
+		n, err2 := strconv.ParseInt(m[4], 10, 64)
+		if err1 != nil || err2 != nil || n == 0 {
+			return item{}, true, errBadItem
+		}
+		it.partial, it.off, it.length = true, off, n
+	}
+	return it, true, nil
+}
+
+// respName is the item's name in the FETCH response (RFC 3516 4.3).
+func (it item) respName() string {
+	if it.kind == "BINARY.SIZE" {
+		return "BINARY.SIZE[" + it.section + "]"
+	}
+	n := "BINARY[" + it.section + "]"
+	if it.partial {
+		n += "<" + strconv.FormatInt(it.off, 10) + ">"
+	}
+	return n
+}
+
+// message is a message the command names and the client knows.
+type message struct {
+	uid, seq uint32
+	bs       imapcodec.Value // its BODYSTRUCTURE
+}
+
+// serveFetch answers the BINARY items of a FETCH (package comment).
+func (e *Extension) serveFetch(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	s := x.Session()
+	if len(x.Segments) != 1 {
+		return next(ctx, x) // a literal in a FETCH: not ours to parse
+	}
+	vals, err := imapcodec.NewParser(x.Segments, imapcodec.Limits{}).Values()
+	if err != nil || len(vals) < 5 {
+		return next(ctx, x)
+	}
+	set, _ := imapcodec.AsString(vals[3])
+	var all []imapcodec.Value
+	switch v := vals[4].(type) {
+	case imapcodec.List:
+		all = v
+	default:
+		all = []imapcodec.Value{v}
+	}
+	var items []item
+	var rest imapcodec.List
+	seen := false
+	for _, v := range all {
+		a, isAtom := v.(imapcodec.Atom)
+		if !isAtom {
+			rest = append(rest, v)
+			continue
+		}
+		it, ok, err := parseItem(string(a))
+		if err != nil {
+			return x.Reply("BAD", "", "Malformed BINARY fetch item.")
+		}
+		if !ok {
+			rest = append(rest, v)
+			continue
+		}
+		items = append(items, it)
+		seen = seen || it.kind == "BINARY"
+	}
+	if len(items) == 0 {
+		return next(ctx, x)
+	}
+	msgs, err := e.structures(ctx, s, set)
+	if err != nil {
+		return x.Reply("NO", "", "Cannot fetch: "+err.Error())
+	}
+	// Resolve every section first: an unknown encoding fails the command
+	// before anything is sent.
+	parts := make([][]part, len(msgs))
+	for i, m := range msgs {
+		for _, it := range items {
+			p := resolve(m.bs, it.section)
+			if p.found && !knownCTE(p.enc) {
+				return x.Reply("NO", "UNKNOWN-CTE", "Cannot decode "+p.enc+".")
+			}
+			parts[i] = append(parts[i], p)
+		}
+	}
+	uidFetch := x.Name == "UID FETCH"
+	for i, m := range msgs {
+		if err := e.writeMessage(ctx, s, m, items, parts[i], uidFetch); err != nil {
+			return err
+		}
+	}
+	mb := s.Mailbox()
+	if seen && !mb.ReadOnly() && len(msgs) > 0 {
+		uids := make([]string, len(msgs))
+		for i, m := range msgs {
+			uids[i] = strconv.FormatUint(uint64(m.uid), 10)
+		}
+		if _, err := s.Exec(ctx, `UID STORE `+strings.Join(uids, ",")+` +FLAGS.SILENT (\Seen)`, nil); err != nil {
+			s.Logger().Debug("binary: setting \\Seen failed", "err", err)
+		}
+		mb.Sync(ctx, 5*time.Second)
+	}
+	if len(rest) == 0 {
+		if !uidFetch && !s.Enabled("CONDSTORE") {
+			return x.Reply("OK", "", "FETCH completed.")
+		}
+		rest = imapcodec.List{imapcodec.Atom("UID")}
+	}
+	line := fmt.Appendf(nil, "%s UID FETCH %s ", x.Tag, set)
+	line = imapcodec.AppendValue(line, rest)
+	for _, v := range vals[5:] {
+		line = imapcodec.AppendValue(append(line, ' '), v)
+	}
+	x.Segments = []imapcodec.Segment{{Text: line}}
+	return next(ctx, x)
+}
+
+// structures fetches the BODYSTRUCTURE of the messages of set the client
+// knows, in the client's sequence order.
+func (e *Extension) structures(ctx context.Context, s *proxy.Session, set string) ([]message, error) {
+	mb := s.Mailbox()
+	var msgs []message
+	_, err := s.Exec(ctx, "UID FETCH "+set+" (UID BODYSTRUCTURE)", func(r *upstream.Response) {
+		if r.Head.Name != "FETCH" {
+			return
+		}
+		uid, l, ok := fetchList(spaceParts(r.Segments))
+		if !ok {
+			return
+		}
+		seq := mb.SeqOf(uid)
+		if seq == 0 {
+			return
+		}
+		for i := 0; i+1 < len(l); i += 2 {
+			if n, _ := l[i].(imapcodec.Atom); strings.EqualFold(string(n), "BODYSTRUCTURE") {
+				msgs = append(msgs, message{uid: uid, seq: seq, bs: l[i+1]})
+			}
+		}
+	})
+	var se *upstream.StatusError
+	if errors.As(err, &se) && len(msgs) > 0 {
+		err = nil // some messages were expunged meanwhile
+	}
+	slices.SortFunc(msgs, func(a, b message) int { return int(a.seq) - int(b.seq) })
+	msgs = slices.CompactFunc(msgs, func(a, b message) bool { return a.uid == b.uid })
+	return msgs, err
+}
+
+// fetchList reads "* n FETCH (...)": its UID and item list.
+func fetchList(segs []imapcodec.Segment) (uint32, imapcodec.List, bool) {
+	vals, err := imapcodec.NewParser(segs, imapcodec.Limits{}).Values()
+	if err != nil || len(vals) != 4 {
+		return 0, nil, false
+	}
+	l, ok := vals[3].(imapcodec.List)
+	if !ok {
+		return 0, nil, false
+	}
+	for i := 0; i+1 < len(l); i += 2 {
+		if n, _ := l[i].(imapcodec.Atom); strings.EqualFold(string(n), "UID") {
+			v, _ := imapcodec.AsString(l[i+1])
+			u, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return 0, nil, false
+			}
+			return uint32(u), l, true
+		}
+	}
+	return 0, nil, false
+}
+
+// writeMessage writes one FETCH response with the message's BINARY items.
+func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m message, items []item, parts []part, uidFetch bool) error {
+	b := fmt.Appendf(nil, "* %d FETCH (", m.seq)
+	if uidFetch {
+		b = fmt.Appendf(b, "UID %d ", m.uid)
+	}
+	mb := s.Mailbox()
+	for i, it := range items {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = append(b, it.respName()...)
+		b = append(b, ' ')
+		p := parts[i]
+		key := sizeKey{s.Account(), mb.Name(), mb.State().UIDValidity(), m.uid, it.section}
+		if !p.found {
+			if it.kind == "BINARY.SIZE" {
+				b = append(b, '0')
+			} else {
+				b = append(b, "NIL"...)
+			}
+			continue
+		}
+		src := &source{ctx: ctx, s: s, uid: m.uid, p: p, chunk: e.chunk}
+		if it.kind == "BINARY.SIZE" {
+			info, err := e.size(key, src)
+			if err != nil {
+				return e.failed(s, err)
+			}
+			b = strconv.AppendInt(b, info.size, 10)
+			continue
+		}
+		whole, inMemory, err := src.small()
+		if err != nil {
+			return e.failed(s, err)
+		}
+		if inMemory {
+			e.sizes.Add(key, sizeInfo{int64(len(whole)), bytes.IndexByte(whole, 0) >= 0})
+			data := whole
+			if it.partial {
+				data = data[min(it.off, int64(len(data))):]
+				data = data[:min(it.length, int64(len(data)))]
+			}
+			b = imapcodec.LiteralHeader{Size: int64(len(data)), Binary: bytes.IndexByte(data, 0) >= 0}.Format(b)
+			b = append(b, '\r', '\n')
+			b = append(b, data...)
+			continue
+		}
+		info, err := e.size(key, src)
+		if err != nil {
+			return e.failed(s, err)
+		}
+		off, n := int64(0), info.size
+		if it.partial {
+			off = min(it.off, info.size)
+			n = min(it.length, info.size-off)
+		}
+		// The NUL test is of the whole part: a partial range without one
+		// is still sent as literal8, which RFC 3516 allows.
+		b = imapcodec.LiteralHeader{Size: n, Binary: info.hasNUL}.Format(b)
+		b = append(b, '\r', '\n')
+		if err := s.Write(b); err != nil {
+			return err
+		}
+		b = b[:0]
+		r, err := src.decoded()
+		if err != nil {
+			return err
+		}
+		if _, err := io.CopyN(io.Discard, r, off); err != nil {
+			return fmt.Errorf("binary: upstream data changed between passes: %w", err)
+		}
+		if _, err := io.CopyN(sessionWriter{s}, r, n); err != nil {
+			return fmt.Errorf("binary: streaming a part: %w", err)
+		}
+	}
+	b = append(b, ")\r\n"...)
+	return s.Write(b)
+}
+
+// failed is a failure to read a part from the upstream in the middle of
+// a FETCH response already begun: it ends the session (package comment).
+func (e *Extension) failed(s *proxy.Session, err error) error {
+	s.Logger().Warn("binary: reading a part failed", "err", err)
+	return fmt.Errorf("binary: %w", err)
+}
+
+// size returns the decoded size of a section, from the cache or by a
+// counting pass.
+func (e *Extension) size(key sizeKey, src *source) (sizeInfo, error) {
+	if info, ok := e.sizes.Get(key); ok {
+		return info, nil
+	}
+	r, err := src.decoded()
+	if err != nil {
+		return sizeInfo{}, err
+	}
+	var c counter
+	if _, err := io.Copy(&c, r); err != nil {
+		return sizeInfo{}, err
+	}
+	info := sizeInfo{c.n, c.nul}
+	e.sizes.Add(key, info)
+	return info, nil
+}
+
+// counter counts bytes and notes a NUL.
+type counter struct {
+	n   int64
+	nul bool
+}
+
+func (c *counter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	c.nul = c.nul || bytes.IndexByte(p, 0) >= 0
+	return len(p), nil
+}
+
+// sessionWriter writes decoded data to the client.
+type sessionWriter struct{ s *proxy.Session }
+
+func (w sessionWriter) Write(p []byte) (int, error) {
+	if err := w.s.Write(p); err != nil {
+		return 0, errors.Join(proxy.ErrClientGone, err)
+	}
+	return len(p), nil
+}
+
+// spaceParts puts a space between the parts of a multipart BODYSTRUCTURE
+// ("(...)(...)", RFC 3501's body-type-mpart has none), which the codec's
+// list parser wants between list members. Quoted strings are skipped;
+// literals are in the segments' Data, untouched.
+func spaceParts(segs []imapcodec.Segment) []imapcodec.Segment {
+	out := make([]imapcodec.Segment, len(segs))
+	for i, seg := range segs {
+		var b []byte
+		quoted := false
+		for j := 0; j < len(seg.Text); j++ {
+			c := seg.Text[j]
+			switch {
+			case quoted && c == '\\' && j+1 < len(seg.Text):
+				b = append(b, c, seg.Text[j+1])
+				j++
+				continue
+			case c == '"':
+				quoted = !quoted
+			case !quoted && c == '(' && j > 0 && seg.Text[j-1] == ')':
+				b = append(b, ' ')
+			}
+			b = append(b, c)
+		}
+		out[i] = seg
+		out[i].Text = b
+	}
+	return out
+}

@@ -1,0 +1,366 @@
+package binary
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"mime/quotedprintable"
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-message/textproto"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// part is where a section's data is and how it is decoded.
+type part struct {
+	found bool
+	// upSection is the BODY section read from the upstream: the section
+	// itself, "" for the whole message, "TEXT" for the body of a
+	// single-part message whose header is rewritten (header).
+	upSection string
+	enc       string // lower case; "" for an identity encoding
+	text      bool   // text/*: bare LF becomes CRLF
+	header    bool   // BINARY[] of an encoded single-part message
+}
+
+// knownCTE tells the encodings the proxy decodes.
+func knownCTE(enc string) bool {
+	switch enc {
+	case "", "7bit", "8bit", "binary", "base64", "quoted-printable":
+		return true
+	}
+	return false
+}
+
+// resolve finds section in a BODYSTRUCTURE (RFC 3501 6.4.5 numbering).
+func resolve(bs imapcodec.Value, section string) part {
+	top, ok := bs.(imapcodec.List)
+	if !ok || len(top) == 0 {
+		return part{}
+	}
+	if section == "" {
+		if multipart(top) {
+			return part{found: true}
+		}
+		enc := encoding(top)
+		if enc == "" || enc == "7bit" || enc == "8bit" || enc == "binary" {
+			return part{found: true}
+		}
+		return part{found: true, upSection: "TEXT", enc: enc, text: isText(top), header: true}
+	}
+	body := top
+	var cur imapcodec.List
+	for i, f := range strings.Split(section, ".") {
+		n, _ := strconv.Atoi(f)
+		if i > 0 {
+			switch {
+			case multipart(cur):
+				body = cur
+			case isMessage(cur) && len(cur) > 8:
+				b, ok := cur[8].(imapcodec.List)
+				if !ok {
+					return part{}
+				}
+				body = b
+			default:
+				return part{}
+			}
+		}
+		switch {
+		case multipart(body):
+			kids := children(body)
+			if n > len(kids) {
+				return part{}
+			}
+			cur = kids[n-1]
+		case n == 1:
+			cur = body
+		default:
+			return part{}
+		}
+	}
+	p := part{found: true, upSection: section}
+	if multipart(cur) || isMessage(cur) {
+		return p // an identity encoding by RFC 2045 6.4
+	}
+	p.enc = encoding(cur)
+	p.text = isText(cur)
+	return p
+}
+
+func multipart(l imapcodec.List) bool {
+	if len(l) == 0 {
+		return false
+	}
+	_, ok := l[0].(imapcodec.List)
+	return ok
+}
+
+func children(l imapcodec.List) []imapcodec.List {
+	var kids []imapcodec.List
+	for _, v := range l {
+		k, ok := v.(imapcodec.List)
+		if !ok {
+			break
+		}
+		kids = append(kids, k)
+	}
+	return kids
+}
+
+func field(l imapcodec.List, i int) string {
+	if i >= len(l) {
+		return ""
+	}
+	s, _ := imapcodec.AsString(l[i])
+	if imapcodec.IsNil(l[i]) {
+		return ""
+	}
+	return strings.ToLower(s)
+}
+
+func isMessage(l imapcodec.List) bool {
+	return field(l, 0) == "message" && field(l, 1) == "rfc822"
+}
+
+func isText(l imapcodec.List) bool { return field(l, 0) == "text" }
+
+// encoding is a single part's Content-Transfer-Encoding, "" for 7bit.
+func encoding(l imapcodec.List) string {
+	e := strings.TrimSpace(field(l, 5))
+	if e == "7bit" {
+		return ""
+	}
+	return e
+}
+
+// source reads a part of one message from the upstream.
+type source struct {
+	ctx   context.Context
+	s     *proxy.Session
+	uid   uint32
+	p     part
+	chunk int
+	first []byte // the first chunk, once read
+	done  bool   // first holds the whole section
+}
+
+// small returns the decoded part when it fits one chunk (inMemory true);
+// otherwise the caller streams it with decoded.
+func (src *source) small() (data []byte, inMemory bool, err error) {
+	if err := src.readFirst(); err != nil {
+		return nil, false, err
+	}
+	if !src.done {
+		return nil, false, nil
+	}
+	r, err := src.decoded()
+	if err != nil {
+		return nil, false, err
+	}
+	data, err = io.ReadAll(r)
+	return data, err == nil, err
+}
+
+func (src *source) readFirst() error {
+	if src.first != nil || src.done {
+		return nil
+	}
+	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: src.p.upSection, n: src.chunk}
+	data, err := cr.fetch()
+	if err != nil {
+		return err
+	}
+	src.first, src.done = data, len(data) < src.chunk
+	return nil
+}
+
+// decoded returns a reader of the decoded part, from its start.
+func (src *source) decoded() (io.Reader, error) {
+	if err := src.readFirst(); err != nil {
+		return nil, err
+	}
+	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: src.p.upSection, n: src.chunk,
+		buf: src.first, off: int64(len(src.first)), eof: src.done}
+	r := decoder(cr, src.p.enc, src.p.text)
+	if !src.p.header {
+		return r, nil
+	}
+	h, err := src.header()
+	if err != nil {
+		return nil, err
+	}
+	return io.MultiReader(bytes.NewReader(h), r), nil
+}
+
+// header reads the message's header and rewrites its
+// Content-Transfer-Encoding for the decoded body.
+func (src *source) header() ([]byte, error) {
+	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: "HEADER", n: src.chunk}
+	raw, err := cr.fetch()
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) >= src.chunk {
+		return nil, fmt.Errorf("header of message %d too long", src.uid)
+	}
+	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(raw)))
+	if err != nil {
+		return nil, fmt.Errorf("header of message %d: %w", src.uid, err)
+	}
+	h.Set("Content-Transfer-Encoding", "binary")
+	var b bytes.Buffer
+	if err := textproto.WriteHeader(&b, h); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// chunkReader reads a section with BODY.PEEK[section]<off.n>, one chunk
+// at a time.
+type chunkReader struct {
+	ctx     context.Context
+	s       *proxy.Session
+	uid     uint32
+	section string
+	n       int
+	off     int64
+	buf     []byte
+	eof     bool
+	err     error // the upstream's failure, as opposed to a decoding one
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.eof {
+			return 0, io.EOF
+		}
+		data, err := r.fetch()
+		if err != nil {
+			r.err = err
+			return 0, err
+		}
+		r.buf, r.eof = data, len(data) < r.n
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// fetch reads the chunk at r.off.
+func (r *chunkReader) fetch() ([]byte, error) {
+	var data []byte
+	cmd := fmt.Sprintf("UID FETCH %d (BODY.PEEK[%s]<%d.%d>)", r.uid, r.section, r.off, r.n)
+	_, err := r.s.Exec(r.ctx, cmd, func(resp *upstream.Response) {
+		if resp.Head.Name != "FETCH" {
+			return
+		}
+		uid, l, ok := fetchList(resp.Segments)
+		if !ok || uid != r.uid {
+			return
+		}
+		for i := 0; i+1 < len(l); i += 2 {
+			if n, _ := l[i].(imapcodec.Atom); strings.HasPrefix(strings.ToUpper(string(n)), "BODY[") {
+				if s, ok := l[i+1].(imapcodec.String); ok {
+					data = s.Data
+				}
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.off += int64(len(data))
+	return data, nil
+}
+
+// decoder decodes r by enc; a text part gets CRLF line ends.
+func decoder(cr *chunkReader, enc string, text bool) io.Reader {
+	var r io.Reader = cr
+	switch enc {
+	case "base64":
+		r = base64.NewDecoder(base64.StdEncoding, &b64Filter{r: cr})
+	case "quoted-printable":
+		r = quotedprintable.NewReader(cr)
+	}
+	r = lenient{r, cr}
+	if text {
+		r = &crlfReader{r: r}
+	}
+	return r
+}
+
+// lenient ends a decoded stream at its first decoding error, as mail
+// readers do with damaged parts; a failure of the upstream stays an error.
+// Both passes over a part stop at the same byte, so the counted size is
+// the sent one.
+type lenient struct {
+	r  io.Reader
+	cr *chunkReader
+}
+
+func (l lenient) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if err != nil && err != io.EOF && l.cr.err == nil {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// b64Filter drops what is not of the base64 alphabet (line breaks,
+// spaces), which encoding/base64 would reject.
+type b64Filter struct{ r io.Reader }
+
+func (f *b64Filter) Read(p []byte) (int, error) {
+	for {
+		n, err := f.r.Read(p)
+		j := 0
+		for _, c := range p[:n] {
+			if c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '=' {
+				p[j] = c
+				j++
+			}
+		}
+		if j > 0 || err != nil {
+			return j, err
+		}
+	}
+}
+
+// crlfReader turns a bare LF into CRLF.
+type crlfReader struct {
+	r       io.Reader
+	prevCR  bool
+	pending []byte
+	buf     [4096]byte
+	err     error
+}
+
+func (c *crlfReader) Read(p []byte) (int, error) {
+	for len(c.pending) == 0 {
+		if c.err != nil {
+			return 0, c.err
+		}
+		n, err := c.r.Read(c.buf[:])
+		c.err = err
+		out := c.pending[:0]
+		for _, b := range c.buf[:n] {
+			if b == '\n' && !c.prevCR {
+				out = append(out, '\r')
+			}
+			out = append(out, b)
+			c.prevCR = b == '\r'
+		}
+		c.pending = out
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
