@@ -17,6 +17,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"github.com/lemonproxy/lemonproxy/extensions/binary"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
@@ -97,6 +98,7 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 			uidplus.New(),
 			esearch.New(),
 			condstore.New(),
+			binary.New(),
 			notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: proxyPoll}, MaxQueued: maxQueued}),
 		},
 	}

@@ -85,7 +85,7 @@ func newEnv(t *testing.T) *env {
 		}
 	}
 	p := imaptest.StartProxy(t, up.Addr, proxy.Config{
-		Extensions: []proxy.Extension{compress.New(), binary.New(), condstore.New()},
+		Extensions: []proxy.Extension{compress.New(), condstore.New(), binary.New()},
 		Hub:        hub.Config{ModSeqBase: func() uint64 { return 1 }},
 	})
 	return &env{up: up, p: p}
@@ -236,7 +236,18 @@ func TestBinaryCompressCondstore(t *testing.T) {
 	if !bytes.Contains([]byte(j), []byte(`\Seen`)) {
 		t.Fatalf("\\Seen not reported: %q", lines)
 	}
-	c.MustOK("FETCH 1:2 (BINARY.PEEK[1] MODSEQ)")
+	lines = c.MustOK("FETCH 1:2 (BINARY.PEEK[1] MODSEQ)")
+	if n := strings.Count(strings.Join(lines, "\n"), "MODSEQ ("); n != 2 {
+		t.Fatalf("MODSEQ asked for: %q", lines)
+	}
+	// CHANGEDSINCE: condstore, before binary in the chain, narrows the
+	// set; binary answers for the changed message only.
+	c.MustOK(`STORE 2 +FLAGS.SILENT (\Flagged)`)
+	ms := regexp.MustCompile(`MODSEQ \((\d+)\)`).FindStringSubmatch(strings.Join(c.MustOK("FETCH 1 (MODSEQ)"), " "))
+	lines = c.MustOK("FETCH 1:2 (BINARY.PEEK[1]) (CHANGEDSINCE " + ms[1] + ")")
+	if j := strings.Join(lines, "\n"); strings.Contains(j, "* 1 FETCH") || !strings.Contains(j, "* 2 FETCH (BINARY[1]") {
+		t.Fatalf("CHANGEDSINCE: %q", lines)
+	}
 }
 
 // TestCapabilities: BINARY after login, only where the upstream lacks it.
