@@ -3,7 +3,10 @@ package conformance
 import (
 	"bytes"
 	"encoding/base64"
+	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
@@ -209,6 +212,47 @@ func binary3516() []*Scenario {
 				}
 				return nil
 			}},
+		{ID: "3516-append-literal8", RFC: 3516, Section: "4.4", Level: Must, Caps: caps,
+			Summary: "APPEND takes a literal8 message with a binary part (NULs, bare LF), and BINARY reads the part back unchanged",
+			Run: func(t *T) error {
+				name := t.Name()
+				c, err := t.setupClient()
+				if err != nil {
+					return err
+				}
+				if err := createFresh(c, name); err != nil {
+					return err
+				}
+				att := binaryAttachment()
+				msg := "From: Conformance <conformance@example.org>\r\nSubject: literal8\r\n" +
+					"Message-ID: <" + name + ".literal8@conformance.example.org>\r\nMIME-Version: 1.0\r\n" +
+					"Content-Type: multipart/mixed; boundary=\"b2\"\r\n\r\n" +
+					"--b2\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n" +
+					"--b2\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n" +
+					string(att) + "\r\n--b2--\r\n"
+				res, err := appendLiteral8(c, name, []byte(msg))
+				if err != nil {
+					return err
+				}
+				if !res.OK() {
+					return failf("APPEND with literal8: %q", status(res))
+				}
+				c, sel, err := t.loginSelect(name, "")
+				if err != nil {
+					return err
+				}
+				if !sel.OK() {
+					return failf("SELECT failed: %s", status(sel))
+				}
+				v, res, err := binaryItem(c, "FETCH 1 (BINARY.PEEK[2])", "BINARY[2]")
+				if err != nil || !res.OK() {
+					return firstErr(err, failf("expected OK, got %q", status(res)))
+				}
+				if s, _ := v.(imapcodec.String); !bytes.Equal(s.Data, att) {
+					return failf("BINARY[2] is not the appended binary part (%d bytes, want %d)", len(s.Data), len(att))
+				}
+				return nil
+			}},
 		{ID: "3516-unknown-cte", RFC: 3516, Section: "4.2", Level: Must, Caps: caps,
 			Summary: "BINARY of a part in an unknown Content-Transfer-Encoding fails with NO [UNKNOWN-CTE]",
 			Run: func(t *T) error {
@@ -226,6 +270,39 @@ func binary3516() []*Scenario {
 				return nil
 			}},
 	}
+}
+
+// appendLiteral8 is Client.Append with a literal8 (~{n}, RFC 3516 4.4).
+func appendLiteral8(c *Client, mailbox string, msg []byte) (*Reply, error) {
+	tag := c.NextTag()
+	cmd := "APPEND " + quote(mailbox) + " ~{" + strconv.Itoa(len(msg)) + "}"
+	if err := c.writeLine(tag + " " + cmd); err != nil {
+		return nil, err
+	}
+	res := &Reply{Cmd: cmd, Tag: tag}
+	deadline := time.Now().Add(c.timeout)
+	for {
+		r, err := c.Next(time.Until(deadline))
+		if err != nil {
+			return res, fmt.Errorf("APPEND: %w", err)
+		}
+		if r.Tag == tag {
+			res.Status = r
+			return res, nil
+		}
+		if r.Tag == "+" {
+			break
+		}
+		res.Untagged = append(res.Untagged, r)
+	}
+	c.tr.add(c.name, "C: ", fmt.Sprintf("(%d bytes of binary message)", len(msg)))
+	if err := c.write(append(append([]byte(nil), msg...), '\r', '\n')); err != nil {
+		return res, err
+	}
+	more, err := c.Wait(tag, cmd)
+	res.Status = more.Status
+	res.Untagged = append(res.Untagged, more.Untagged...)
+	return res, err
 }
 
 // firstErr returns err, or fallback when err is nil.

@@ -75,6 +75,29 @@ func (x *Exchange) Command() *imapcodec.Command { return x.cmd }
 // authenticated state): Segments then hold its first line only.
 func (x *Exchange) Streamed() bool { return x.streamed }
 
+// ReadWhole reads the rest of a streamed command (APPEND) into memory,
+// each literal up to limit bytes (and the command within the APPEND
+// limits), sending the continuation requests its synchronising literals
+// need, for a handler that answers the command itself instead of
+// streaming it upstream (BINARY's literal8 APPEND, whose message must be
+// re-encoded for an upstream without BINARY). On success x.Segments hold
+// the whole command and Streamed reports false; the handler must then
+// answer it itself (Reply), never call next, which would stream it. ok
+// false means a literal was over the limits and the client has been
+// answered NO [TOOBIG]. A command already whole is left as it is.
+func (x *Exchange) ReadWhole(limit int64) (ok bool, err error) {
+	if !x.streamed {
+		return true, nil
+	}
+	segs, ok, err := x.s.readRest(x.Tag, x.Name, x.Segments[0], limit)
+	if err != nil || !ok {
+		x.answered = x.answered || !ok
+		return ok, err
+	}
+	x.Segments, x.streamed = segs, false
+	return true, nil
+}
+
 // Reply answers the command with a tagged status response of the proxy's
 // own, for a handler that does not pass the command on. As for every
 // command, the selected mailbox's changes are reported first and the

@@ -60,9 +60,27 @@
 // cannot be told the client: the session ends, as the core does with a
 // streamed relay cut short.
 //
-// APPEND with literal8 (~{n}) is not synthesized yet (see Commands): the
-// core streams APPEND literals straight to the upstream and an extension
-// has no access to them to re-encode the binary parts.
+// # APPEND with literal8
+//
+// An APPEND whose first message is a literal8 (~{n}) may hold NUL, bare CR
+// or LF and long lines, which an IMAP4rev1 server may refuse or damage. It is
+// not streamed: the command is read whole (Exchange.ReadWhole), up to
+// MaxBinaryAppend per message (16 MiB; larger ones get NO [TOOBIG] before
+// the client sends them), each literal8 message is re-encoded, and the
+// command goes upstream with non-synchronising literals; the upstream's
+// tagged answer (with its APPENDUID, if any) is the client's. Re-encoding
+// walks the MIME structure with go-message's textproto (headers, multipart
+// reader and writer): a leaf part in Content-Transfer-Encoding binary, or
+// in 7bit/8bit (or none) with data that is not valid in a message (NUL, bare
+// CR or LF, a line over 998 octets, RFC 5322 2.1.1), is written in base64
+// and its Content-Transfer-Encoding header set so; other parts are copied
+// byte for byte; message/rfc822 parts are walked too (their encoding must
+// stay identity, RFC 2045 6.4). A multipart's preamble and epilogue are
+// dropped. A later message of a MULTIAPPEND is re-encoded when it is a
+// literal8 too; one that starts with a plain literal is relayed as it is,
+// even if a later message is a literal8. An upstream without LITERAL+ gets
+// no literal8 APPEND (NO [CANNOT]): Session.Exec cannot wait for a
+// continuation request.
 package binary
 
 import (
@@ -89,6 +107,8 @@ type Extension struct {
 	// chunk is chunkSize; tests make it small to exercise the two-pass
 	// path with small messages.
 	chunk int
+	// maxAppend is MaxBinaryAppend; tests lower it.
+	maxAppend int64
 }
 
 // sizeKey names a section of a message for good.
@@ -107,7 +127,7 @@ type sizeInfo struct {
 // New returns the extension.
 func New() *Extension {
 	c, _ := lru.New[sizeKey, sizeInfo](cacheEntries)
-	return &Extension{sizes: c, chunk: chunkSize}
+	return &Extension{sizes: c, chunk: chunkSize, maxAppend: MaxBinaryAppend}
 }
 
 func (*Extension) Name() string { return "binary" }
@@ -120,15 +140,20 @@ func (*Extension) Capabilities(st proxy.State, up upstream.Caps) []string {
 	return nil
 }
 
-// Commands names FETCH in both forms. APPEND is not handled: see the
-// package comment.
-func (*Extension) Commands() []string { return []string{"FETCH", "UID FETCH"} }
+// Commands names FETCH in both forms and APPEND.
+func (*Extension) Commands() []string { return []string{"FETCH", "UID FETCH", "APPEND"} }
 
 // ServeCommand relays where the upstream has BINARY and answers the
 // BINARY items of a FETCH itself otherwise.
 func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
 	s := x.Session()
-	if s.UpstreamCaps().Has("BINARY") || s.Mailbox() == nil {
+	if s.UpstreamCaps().Has("BINARY") {
+		return next(ctx, x)
+	}
+	if x.Name == "APPEND" {
+		return e.serveAppend(ctx, x, next)
+	}
+	if s.Mailbox() == nil {
 		return next(ctx, x)
 	}
 	if !strings.Contains(strings.ToUpper(string(x.Segments[0].Text)), "BINARY") {

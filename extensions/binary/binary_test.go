@@ -3,6 +3,7 @@ package binary_test
 import (
 	"bytes"
 	"encoding/base64"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -65,8 +66,9 @@ var (
 )
 
 type env struct {
-	up *memupstream.Server
-	p  *imaptest.Proxy
+	up  *memupstream.Server
+	p   *imaptest.Proxy
+	ext *binary.Extension
 }
 
 func newEnv(t *testing.T) *env {
@@ -84,11 +86,12 @@ func newEnv(t *testing.T) *env {
 			t.Fatal(err)
 		}
 	}
+	ext := binary.New()
 	p := imaptest.StartProxy(t, up.Addr, proxy.Config{
-		Extensions: []proxy.Extension{compress.New(), condstore.New(), binary.New()},
+		Extensions: []proxy.Extension{compress.New(), condstore.New(), ext},
 		Hub:        hub.Config{ModSeqBase: func() uint64 { return 1 }},
 	})
-	return &env{up: up, p: p}
+	return &env{up: up, p: p, ext: ext}
 }
 
 // item finds name's value in FETCH response lines: a literal's data, or
@@ -262,4 +265,52 @@ func TestCapabilities(t *testing.T) {
 	if caps := e.Capabilities(proxy.StateSelected, upstream.ParseCaps("IMAP4rev1 BINARY")); len(caps) != 0 {
 		t.Fatalf("upstream with BINARY: %v", caps)
 	}
+}
+
+// TestBinaryAppend: a literal8 APPEND to an upstream without BINARY is
+// re-encoded (the binary part in base64) and reads back the same through
+// BINARY; one over the limit is refused before the client sends it.
+func TestBinaryAppend(t *testing.T) {
+	e := newEnv(t)
+	c := imaptest.Login(t, e.p.Addr, "alice", "secret")
+	att := attachment(3000)
+	if !bytes.Contains(att, []byte{0}) || !bytes.Contains(att, []byte{'\n'}) {
+		t.Fatal("attachment without NUL or LF")
+	}
+	msg := "From: a@example.org\r\nSubject: up\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"ZZ\"\r\n\r\n" +
+		"preamble\r\n--ZZ\r\nContent-Type: text/plain\r\n\r\nhello\r\n" +
+		"--ZZ\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n" + string(att) + "\r\n--ZZ--\r\n"
+	lines := c.MustOK(fmt.Sprintf("APPEND INBOX (\\Flagged) ~{%d}", len(msg)), msg)
+	if !strings.HasPrefix(imaptest.Tagged(lines), "OK") {
+		t.Fatalf("APPEND: %q", lines)
+	}
+	c.MustOK("SELECT INBOX")
+	lines = c.MustOK("FETCH 4 (FLAGS BINARY.PEEK[2] BINARY.PEEK[1] BODY.PEEK[2.MIME])")
+	if v, lit := item(t, lines, "BINARY[2]"); v != string(att) || lit != "~{" {
+		t.Fatalf("BINARY[2] after APPEND: %s %d bytes", lit, len(v))
+	}
+	if v, _ := item(t, lines, "BINARY[1]"); v != "hello" {
+		t.Fatalf("BINARY[1] after APPEND: %q", v)
+	}
+	if v, _ := item(t, lines, "BODY[2.MIME]"); !strings.Contains(v, "Content-Transfer-Encoding: base64") {
+		t.Fatalf("binary part not re-encoded: %q", v)
+	}
+	if j := strings.Join(lines, " "); !strings.Contains(j, `\Flagged`) {
+		t.Fatalf("flags lost: %.300q", j)
+	}
+
+	// A plain literal is relayed as it is.
+	plain := "Subject: plain\r\n\r\nbody\r\n"
+	c.MustOK(fmt.Sprintf("APPEND INBOX {%d}", len(plain)), plain)
+	if v, _ := item(t, c.MustOK("FETCH 5 (BODY.PEEK[])"), "BODY[]"); v != plain {
+		t.Fatalf("plain APPEND: %q", v)
+	}
+
+	// Over the limit: NO [TOOBIG], the literal never invited.
+	binary.SetMaxAppend(e.ext, 100)
+	got := c.Cmd(fmt.Sprintf("APPEND INBOX ~{%d}", len(msg)))
+	if !strings.HasPrefix(imaptest.Tagged(got), "NO [TOOBIG]") {
+		t.Fatalf("over the limit: %q", got)
+	}
+	c.MustOK("NOOP")
 }
