@@ -170,7 +170,7 @@ func entity(h textproto.Header, body io.Reader, depth int) (textproto.Header, fu
 	}
 	cte := strings.ToLower(strings.TrimSpace(h.Get("Content-Transfer-Encoding")))
 	if cte == "binary" || (cte == "" || cte == "7bit" || cte == "8bit") && needsEncoding(data) {
-		h.Set("Content-Transfer-Encoding", "base64")
+		setCTE(&h, "base64")
 		return h, func(w io.Writer) error { return writeBase64(w, data) }, nil
 	}
 	return h, func(w io.Writer) error { _, err := w.Write(data); return err }, nil

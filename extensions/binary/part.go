@@ -200,8 +200,8 @@ func (src *source) decoded() (io.Reader, error) {
 	return io.MultiReader(bytes.NewReader(h), r), nil
 }
 
-// header reads the message's header and rewrites its
-// Content-Transfer-Encoding for the decoded body.
+// header reads the message's header and sets its
+// Content-Transfer-Encoding to binary for the decoded body, in place.
 func (src *source) header() ([]byte, error) {
 	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: "HEADER", n: src.chunk}
 	raw, err := cr.fetch()
@@ -215,12 +215,44 @@ func (src *source) header() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("header of message %d: %w", src.uid, err)
 	}
-	h.Set("Content-Transfer-Encoding", "binary")
+	setCTE(&h, "binary")
 	var b bytes.Buffer
 	if err := textproto.WriteHeader(&b, h); err != nil {
 		return nil, err
 	}
 	return b.Bytes(), nil
+}
+
+// setCTE sets Content-Transfer-Encoding where the field is (Header.Set
+// would move it to the top), every other field kept byte for byte; a
+// header without one gets it at the end.
+func setCTE(h *textproto.Header, enc string) {
+	field := []byte("Content-Transfer-Encoding: " + enc + "\r\n")
+	var raws [][]byte
+	found := false
+	for f := h.Fields(); f.Next(); {
+		if strings.EqualFold(f.Key(), "Content-Transfer-Encoding") {
+			if !found {
+				raws = append(raws, field)
+			}
+			found = true
+			continue
+		}
+		raw, err := f.Raw()
+		if err != nil {
+			raw = []byte(f.Key() + ": " + f.Value() + "\r\n")
+		}
+		raws = append(raws, raw)
+	}
+	if !found {
+		raws = append(raws, field)
+	}
+	// AddRaw puts a field above those added before it.
+	var out textproto.Header
+	for i := len(raws) - 1; i >= 0; i-- {
+		out.AddRaw(raws[i])
+	}
+	*h = out
 }
 
 // chunkReader reads a section with BODY.PEEK[section]<off.n>, one chunk
