@@ -56,9 +56,32 @@
 //     with go-message's textproto), then the decoded body.
 //   - A section the message does not have is answered NIL (BINARY.SIZE 0).
 //
-// A failure of the upstream in the middle of a literal already started
-// cannot be told the client: the session ends, as the core does with a
-// streamed relay cut short.
+// A failure of the upstream before a message's FETCH response started is
+// answered NO (the responses of earlier messages stay sent); one in the
+// middle of a literal already started cannot be told the client: the
+// session ends, as the core does with a streamed relay cut short.
+//
+// # Where it differs from Dovecot's own BINARY
+//
+// extensions/binary/dovecot_test.go compares the synthesized answers over
+// Dovecot's legacy profile with Dovecot 2.3's own: the same bytes and
+// sizes, partials and UNKNOWN-CTE, but for three choices made here:
+//   - Dovecot sends every decoded section as a literal8; the proxy sends
+//     one only when the data holds a NUL, and a plain literal otherwise,
+//     as RFC 3516 4.3 recommends (SHOULD).
+//   - Dovecot sends a base64 text part's bare LFs as they are; the proxy
+//     sends text/* sections with CRLF (RFC 3516 4.3's MUST), so its
+//     BINARY.SIZE of such a part counts the CRs.
+//   - BINARY[] of a multipart message: Dovecot decodes every leaf and
+//     rewrites their headers; the proxy sends the message as BODY[] does.
+//
+// # Place in the chain
+//
+// After condstore: condstore turns CHANGEDSINCE into the UID set of the
+// changed messages and MODSEQ into the core's reporting before this
+// extension sees the FETCH, so the BINARY items are answered for exactly
+// those messages and MODSEQ still comes for each (in the FETCH responses
+// of the rest of the command, or of UID alone, see step 5).
 //
 // # APPEND with literal8
 //

@@ -314,3 +314,34 @@ func TestBinaryAppend(t *testing.T) {
 	}
 	c.MustOK("NOOP")
 }
+
+// TestRelayedWithUpstreamBinary: where the upstream advertises BINARY the
+// extension does nothing and the upstream answers.
+func TestRelayedWithUpstreamBinary(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{Caps: []imap.Cap{imap.CapLiteralPlus, imap.CapUIDPlus, imap.CapBinary}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	if err := up.AddUser("alice", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Append("alice", "INBOX", nil, []byte(mixed(small))); err != nil {
+		t.Fatal(err)
+	}
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{condstore.New(), binary.New()}})
+	c := imaptest.Login(t, p.Addr, "alice", "secret")
+	if caps := strings.Join(c.MustOK("CAPABILITY"), " "); strings.Count(caps, " BINARY") != 1 {
+		t.Fatalf("BINARY advertised %d times: %s", strings.Count(caps, " BINARY"), caps)
+	}
+	c.MustOK("SELECT INBOX")
+	// BINARY[2] must be right anyway; BINARY[3] tells that the command
+	// was relayed: go-imap's server answers an x-uuencode part with an
+	// empty literal8 where the proxy's own answer is NO [UNKNOWN-CTE].
+	if v, _ := item(t, c.MustOK("FETCH 1 (BINARY.PEEK[2])"), "BINARY[2]"); v != string(small) {
+		t.Fatalf("relayed BINARY[2]: %d bytes", len(v))
+	}
+	if got := c.Cmd("FETCH 1 (BINARY.PEEK[3])"); !strings.HasPrefix(imaptest.Tagged(got), "OK") {
+		t.Fatalf("BINARY[3] not relayed: %q", got)
+	}
+}

@@ -140,6 +140,13 @@ func (e *Extension) serveFetch(ctx context.Context, x *proxy.Exchange, next prox
 	uidFetch := x.Name == "UID FETCH"
 	for i, m := range msgs {
 		if err := e.writeMessage(ctx, s, m, items, parts[i], uidFetch); err != nil {
+			var ue *unsentError
+			if errors.As(err, &ue) {
+				// Nothing of this message's response was sent: the
+				// client can be told, and the session goes on.
+				s.Logger().Warn("binary: reading a part failed", "uid", m.uid, "err", ue.err)
+				return x.Reply("NO", "", "Cannot read the message from the upstream server.")
+			}
 			return err
 		}
 	}
@@ -231,6 +238,13 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 		b = fmt.Appendf(b, "UID %d ", m.uid)
 	}
 	mb := s.Mailbox()
+	started := false // part of the response has been written
+	failed := func(err error) error {
+		if started {
+			return fmt.Errorf("binary: %w", err)
+		}
+		return &unsentError{err}
+	}
 	for i, it := range items {
 		if i > 0 {
 			b = append(b, ' ')
@@ -251,14 +265,14 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 		if it.kind == "BINARY.SIZE" {
 			info, err := e.size(key, src)
 			if err != nil {
-				return e.failed(s, err)
+				return failed(err)
 			}
 			b = strconv.AppendInt(b, info.size, 10)
 			continue
 		}
 		whole, inMemory, err := src.small()
 		if err != nil {
-			return e.failed(s, err)
+			return failed(err)
 		}
 		if inMemory {
 			e.sizes.Add(key, sizeInfo{int64(len(whole)), bytes.IndexByte(whole, 0) >= 0})
@@ -274,7 +288,7 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 		}
 		info, err := e.size(key, src)
 		if err != nil {
-			return e.failed(s, err)
+			return failed(err)
 		}
 		off, n := int64(0), info.size
 		if it.partial {
@@ -285,6 +299,7 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 		// is still sent as literal8, which RFC 3516 allows.
 		b = imapcodec.LiteralHeader{Size: n, Binary: info.hasNUL}.Format(b)
 		b = append(b, '\r', '\n')
+		started = true
 		if err := s.Write(b); err != nil {
 			return err
 		}
@@ -304,12 +319,13 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 	return s.Write(b)
 }
 
-// failed is a failure to read a part from the upstream in the middle of
-// a FETCH response already begun: it ends the session (package comment).
-func (e *Extension) failed(s *proxy.Session, err error) error {
-	s.Logger().Warn("binary: reading a part failed", "err", err)
-	return fmt.Errorf("binary: %w", err)
-}
+// unsentError is a failure to read a part from the upstream before
+// anything of the message's FETCH response was written (writeMessage
+// holds it until a streamed literal starts).
+type unsentError struct{ err error }
+
+func (e *unsentError) Error() string { return "binary: " + e.err.Error() }
+func (e *unsentError) Unwrap() error { return e.err }
 
 // size returns the decoded size of a section, from the cache or by a
 // counting pass.
