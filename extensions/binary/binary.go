@@ -16,11 +16,16 @@
 //     binary, base64 and quoted-printable fails the whole command with
 //     NO [UNKNOWN-CTE] before anything is sent (RFC 3516 4.2/3). A
 //     malformed section (BINARY[1.0], BINARY[TEXT]) is answered BAD.
-//  2. Each section's encoded bytes are read with BODY.PEEK[section]<o.n>
-//     in chunks of chunkSize, never whole: a part that fits one chunk is
-//     decoded in memory; a larger one is decoded twice, once counting
-//     (the decoded size and whether it holds a NUL must be known before
-//     the literal's header is written) and once streaming to the client.
+//  2. Each section's first chunkSize bytes are read with
+//     BODY.PEEK[section]<0.n> over Session.Exec: a part that fits is
+//     decoded in memory. A larger one is decoded twice, once counting (the
+//     decoded size and whether it holds a NUL must be known before the
+//     literal's header is written) and once streaming to the client; each
+//     pass reads the part as one literal, as it arrives, on a connection
+//     of the account's own (Account.Dial, EXAMINE, UID FETCH
+//     BODY.PEEK[section]), closed after the pass. (Reading it in chunks
+//     over Exec would cost a FETCH per chunk, and go-imap's server reads
+//     the whole message for each: 20 MB took minutes.)
 //     The count is kept in an LRU (account, mailbox, UIDVALIDITY, UID,
 //     section), since a message never changes, so BINARY.SIZE and a
 //     repeated BINARY fetch skip the counting pass. Memory per command is

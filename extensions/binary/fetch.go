@@ -262,6 +262,7 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 			continue
 		}
 		src := &source{ctx: ctx, s: s, uid: m.uid, p: p, chunk: e.chunk}
+		defer src.close()
 		if it.kind == "BINARY.SIZE" {
 			info, err := e.size(key, src)
 			if err != nil {
@@ -297,6 +298,12 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 		}
 		// The NUL test is of the whole part: a partial range without one
 		// is still sent as literal8, which RFC 3516 allows.
+		// The second pass's stream is opened before anything is sent, so
+		// that a failure to open it can still be answered NO.
+		r, err := src.decoded()
+		if err != nil {
+			return failed(err)
+		}
 		b = imapcodec.LiteralHeader{Size: n, Binary: info.hasNUL}.Format(b)
 		b = append(b, '\r', '\n')
 		started = true
@@ -304,16 +311,13 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 			return err
 		}
 		b = b[:0]
-		r, err := src.decoded()
-		if err != nil {
-			return err
-		}
 		if _, err := io.CopyN(io.Discard, r, off); err != nil {
 			return fmt.Errorf("binary: upstream data changed between passes: %w", err)
 		}
 		if _, err := io.CopyN(sessionWriter{s}, r, n); err != nil {
 			return fmt.Errorf("binary: streaming a part: %w", err)
 		}
+		src.close()
 	}
 	b = append(b, ")\r\n"...)
 	return s.Write(b)
@@ -338,7 +342,9 @@ func (e *Extension) size(key sizeKey, src *source) (sizeInfo, error) {
 		return sizeInfo{}, err
 	}
 	var c counter
-	if _, err := io.Copy(&c, r); err != nil {
+	_, err = io.Copy(&c, r)
+	src.close()
+	if err != nil {
 		return sizeInfo{}, err
 	}
 	info := sizeInfo{c.n, c.nul}

@@ -10,6 +10,7 @@ import (
 	"mime/quotedprintable"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-message/textproto"
 
@@ -150,6 +151,101 @@ type source struct {
 	chunk int
 	first []byte // the first chunk, once read
 	done  bool   // first holds the whole section
+	// closers are the connections of stream, closed by close.
+	closers []io.Closer
+}
+
+// close releases the connections the source opened.
+func (src *source) close() {
+	for _, c := range src.closers {
+		c.Close()
+	}
+	src.closers = nil
+}
+
+// stream opens the section as one literal: a connection of the
+// account's own (Account.Dial), the mailbox examined, one UID FETCH
+// BODY.PEEK[section] whose literal is read as it arrives. A chunked read
+// would cost one FETCH per chunk, and many servers (go-imap's) read the
+// whole message for each.
+func (src *source) stream() (*literalStream, error) {
+	conn, err := src.s.UpstreamAccount().Dial(src.ctx)
+	if err != nil {
+		return nil, err
+	}
+	ls := &literalStream{conn: conn}
+	if err := conn.Select(src.ctx, src.s.Mailbox().Name(), true, nil); err != nil {
+		ls.Close()
+		return nil, err
+	}
+	tag := conn.NextTag()
+	conn.SetDeadline(time.Now().Add(streamTimeout))
+	w := conn.Writer()
+	fmt.Fprintf(w, "%s UID FETCH %d (BODY.PEEK[%s])\r\n", tag, src.uid, src.p.upSection)
+	if err := w.Flush(); err != nil {
+		ls.Close()
+		return nil, err
+	}
+	r := conn.Reader()
+	for {
+		conn.SetDeadline(time.Now().Add(streamTimeout))
+		line, lit, err := r.ReadLine()
+		if err != nil {
+			ls.Close()
+			return nil, err
+		}
+		head, err := imapcodec.ParseResponseHead(line)
+		if err != nil {
+			ls.Close()
+			return nil, err
+		}
+		if head.Tag == tag {
+			ls.Close()
+			if head.Name != "OK" {
+				return nil, fmt.Errorf("UID FETCH %d: %s %s", src.uid, head.Name, head.Text)
+			}
+			return &literalStream{}, nil // no such message (any more): empty
+		}
+		if lit == nil {
+			continue
+		}
+		before := strings.ToUpper(string(line[:lit.Start]))
+		if head.Tag == "*" && head.Name == "FETCH" && strings.Contains(before, "BODY[") &&
+			strings.Contains(before, fmt.Sprintf("UID %d ", src.uid)) {
+			ls.r = r.Literal()
+			return ls, nil
+		}
+		if _, err := io.Copy(io.Discard, r.Literal()); err != nil {
+			ls.Close()
+			return nil, err
+		}
+	}
+}
+
+// streamTimeout bounds each read of a streamed section.
+const streamTimeout = time.Minute
+
+// literalStream reads one literal from a connection of its own.
+type literalStream struct {
+	conn *upstream.Conn
+	r    io.Reader
+}
+
+func (l *literalStream) Read(p []byte) (int, error) {
+	if l.r == nil {
+		return 0, io.EOF
+	}
+	l.conn.SetDeadline(time.Now().Add(streamTimeout))
+	return l.r.Read(p)
+}
+
+func (l *literalStream) Close() error {
+	if l.conn == nil {
+		return nil
+	}
+	err := l.conn.Close()
+	l.conn = nil
+	return err
 }
 
 // small returns the decoded part when it fits one chunk (inMemory true);
@@ -182,13 +278,23 @@ func (src *source) readFirst() error {
 	return nil
 }
 
-// decoded returns a reader of the decoded part, from its start.
+// decoded returns a reader of the decoded part, from its start. A part
+// larger than a chunk is read as one literal on a connection of its own
+// (stream), which the caller closes through the returned closer.
 func (src *source) decoded() (io.Reader, error) {
 	if err := src.readFirst(); err != nil {
 		return nil, err
 	}
 	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: src.p.upSection, n: src.chunk,
 		buf: src.first, off: int64(len(src.first)), eof: src.done}
+	if !src.done {
+		lr, err := src.stream()
+		if err != nil {
+			return nil, err
+		}
+		src.closers = append(src.closers, lr)
+		cr = &chunkReader{stream: lr}
+	}
 	r := decoder(cr, src.p.enc, src.p.text)
 	if !src.p.header {
 		return r, nil
@@ -258,6 +364,8 @@ func setCTE(h *textproto.Header, enc string) {
 // chunkReader reads a section with BODY.PEEK[section]<off.n>, one chunk
 // at a time.
 type chunkReader struct {
+	// stream, when set, is read instead of chunks.
+	stream  io.Reader
 	ctx     context.Context
 	s       *proxy.Session
 	uid     uint32
@@ -270,6 +378,13 @@ type chunkReader struct {
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
+	if r.stream != nil {
+		n, err := r.stream.Read(p)
+		if err != nil && err != io.EOF {
+			r.err = err
+		}
+		return n, err
+	}
 	for len(r.buf) == 0 {
 		if r.eof {
 			return 0, io.EOF
