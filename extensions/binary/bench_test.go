@@ -81,4 +81,3 @@ func fetchDiscard(b *testing.B, c *imaptest.Client, cmd string) int64 {
 		}
 	}
 }
-
