@@ -55,6 +55,7 @@ const clusterEnv = "LEMONPROXY_CLUSTER_BENCH"
 //	LEMONPROXY_CLUSTER_SESSIONS  idle sessions (10000)
 //	LEMONPROXY_CLUSTER_ACCOUNTS  accounts (2000)
 //	LEMONPROXY_CLUSTER_RUNS      runs of each point (3)
+//	LEMONPROXY_CLUSTER_FIRSTRUN  number of the first run, for the file names (1)
 //	LEMONPROXY_CLUSTER_TAKEOVER  sessions of the takeover runs (3000, 5 per account)
 //	LEMONPROXY_CLUSTER_MESSAGES  messages of the resync mailbox (100000)
 //	LEMONPROXY_CLUSTER_OUT       where the JSON results go (../docs/load/cluster)
@@ -86,7 +87,8 @@ func TestClusterBench(t *testing.T) {
 	}
 	raiseInotify(t, b.sessions)
 	b.bin = buildProxy(t)
-	for r := 1; r <= b.runs; r++ {
+	firstRun := envInt(t, "LEMONPROXY_CLUSTER_FIRSTRUN", 1)
+	for r := firstRun; r < firstRun+b.runs; r++ {
 		if items["idle"] {
 			// The cluster and its baseline one after the other, so that
 			// they meet similar machines.
@@ -490,7 +492,7 @@ func (b *cbench) idle(t *testing.T, nodes, run int) {
 	pw := &phaseWatch{holding: make(chan struct{})}
 	cfg := Config{
 		Scenario: "idle", Target: e.front, Accounts: e.accts, Clients: b.sessions, Sources: sources,
-		Upstream: e.dc.Addr, DovecotPID: e.master, Duration: 120 * time.Second, Settle: 10 * time.Second,
+		Upstream: e.dc.Addr, DovecotPID: e.master, Duration: 60 * time.Second, Settle: 10 * time.Second,
 		Progress: pw, ProgressEvery: time.Second, Label: label,
 	}
 	if nodes == 0 {
