@@ -59,6 +59,8 @@ const clusterEnv = "LEMONPROXY_CLUSTER_BENCH"
 //	LEMONPROXY_CLUSTER_TAKEOVER  sessions of the takeover runs (3000, 5 per account)
 //	LEMONPROXY_CLUSTER_MESSAGES  messages of the resync mailbox (100000)
 //	LEMONPROXY_CLUSTER_OUT       where the JSON results go (../docs/load/cluster)
+//	LEMONPROXY_CLUSTER_POOL_TOTAL -pool-idle-total of each node (default: the
+//	                             proxy's, 1,000 per node)
 func TestClusterBench(t *testing.T) {
 	spec := os.Getenv(clusterEnv)
 	if spec == "" {
@@ -81,6 +83,9 @@ func TestClusterBench(t *testing.T) {
 		runs:     envInt(t, "LEMONPROXY_CLUSTER_RUNS", 3),
 		takeover: envInt(t, "LEMONPROXY_CLUSTER_TAKEOVER", 3000),
 		messages: envInt(t, "LEMONPROXY_CLUSTER_MESSAGES", 100000),
+	}
+	if os.Getenv("LEMONPROXY_CLUSTER_POOL_TOTAL") != "" {
+		b.poolTotal = envInt(t, "LEMONPROXY_CLUSTER_POOL_TOTAL", 0)
 	}
 	if err := os.MkdirAll(b.out, 0o755); err != nil {
 		t.Fatal(err)
@@ -120,6 +125,7 @@ func envInt(t *testing.T, k string, def int) int {
 type cbench struct {
 	out, bin                                     string
 	sessions, accounts, runs, takeover, messages int
+	poolTotal                                    int // -pool-idle-total of each cluster node (0: the default)
 }
 
 // save writes one run's figures as JSON and logs them.
@@ -208,6 +214,9 @@ func (b *cbench) startEnv(t *testing.T, nodes, accounts int, ttl time.Duration) 
 			"-log-level", "warn", "-metrics", n.maddr,
 			"-cluster-db", e.db, "-node", name, "-cluster-listen", "127.0.0.1:0", "-cluster-secret", e.secret,
 			"-cluster-lease-ttl", ttl.String()}
+		if b.poolTotal > 0 {
+			n.args = append(n.args, "-pool-idle-total", strconv.Itoa(b.poolTotal))
+		}
 		e.nodes = append(e.nodes, n)
 		e.startNode(n)
 	}
@@ -558,6 +567,10 @@ func (b *cbench) idle(t *testing.T, nodes, run int) {
 	}
 	if r.err != nil {
 		out["load-error"] = r.err.Error()
+	}
+	if nodes > 0 && b.poolTotal > 0 {
+		label += fmt.Sprintf("-pool%d", b.poolTotal)
+		out["label"], out["pool-idle-total-per-node"] = label, b.poolTotal
 	}
 	b.save(t, fmt.Sprintf("idle-%s-%d-r%d", label, b.sessions, run), out)
 }

@@ -17,3 +17,7 @@ LEMONPROXY_CLUSTER_BENCH=takeover LEMONPROXY_CLUSTER_RUNS=3 run
 LEMONPROXY_CLUSTER_BENCH=resync run
 go test -run TestBytesPerMessage -v -count=1 ./cluster/pgstate/
 LEMONPROXY_CLUSTER_BENCH=idle LEMONPROXY_CLUSTER_RUNS=2 LEMONPROXY_CLUSTER_FIRSTRUN=2 run
+# The cluster with the one node's pool bound spread over its three nodes
+# (1,000 idle pooled connections in all, as on one node), and a fourth
+# run of the one node beside it.
+LEMONPROXY_CLUSTER_BENCH=idle LEMONPROXY_CLUSTER_RUNS=1 LEMONPROXY_CLUSTER_POOL_TOTAL=333 LEMONPROXY_CLUSTER_FIRSTRUN=4 run
