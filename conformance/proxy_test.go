@@ -25,6 +25,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
+	"github.com/lemonproxy/lemonproxy/extensions/within"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -95,6 +96,7 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 			compress.New(),
 			namespace.New(),
 			uidplus.New(),
+			within.New(),
 			esearch.New(),
 			condstore.New(),
 			notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: proxyPoll}, MaxQueued: maxQueued}),
