@@ -468,8 +468,6 @@ func scrapeSums(url string) (map[string]float64, error) {
 // phaseWatch is a progress writer that tells when the load reached a
 // phase.
 type phaseWatch struct {
-	mu      sync.Mutex
-	seen    string
 	holding chan struct{}
 	once    sync.Once
 }
