@@ -77,6 +77,12 @@ type Config struct {
 	// (op: register, renew, live, lookup, acquire, release, hold,
 	// release_all, drop_lease).
 	ObserveDB func(op string, d time.Duration)
+	// OnLiveNodes, when set, is told the number of live nodes whenever it
+	// changes (found at the lease renewals), so that bounds meant for the
+	// whole cluster can be shared out: the proxy's pool keeps
+	// pool-idle-total idle upstream connections across the cluster, each
+	// node its share.
+	OnLiveNodes func(n int)
 	// Logger receives the node's events; slog.Default() when nil.
 	Logger *slog.Logger
 }

@@ -696,3 +696,30 @@ func TestRenewalAfterLapseFences(t *testing.T) {
 		t.Fatalf("owner %s epoch %d; want b, 2", node, epoch)
 	}
 }
+
+// TestOnLiveNodes: a node is told the number of live nodes when it
+// changes, so the proxy can share cluster-wide bounds out (the pool's).
+func TestOnLiveNodes(t *testing.T) {
+	url := newDB(t)
+	counts := make(chan int, 16)
+	startNode(t, url, "a", func(c *Config) { c.OnLiveNodes = func(n int) { counts <- n } })
+	want := func(n int) {
+		t.Helper()
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case got := <-counts:
+				if got == n {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("OnLiveNodes never said %d", n)
+			}
+		}
+	}
+	want(1)
+	b := startNode(t, url, "b", nil)
+	want(2)
+	b.Close(context.Background())
+	want(1)
+}

@@ -118,7 +118,7 @@ func (n *Node) renew(conn *pgx.Conn, start time.Time) (*pgx.Conn, error) {
 	// carry the old beliefs on.
 	n.leaseValidLocked()
 	n.validUntil = until
-	n.live = live
+	n.setLiveLocked(live)
 	n.watchdog.Reset(time.Until(until))
 	if n.fenced && !n.fenceEvict {
 		n.fenced = false
@@ -163,9 +163,21 @@ func (n *Node) refreshLive(ctx context.Context) error {
 		return err
 	}
 	n.mu.Lock()
-	n.live = live
+	n.setLiveLocked(live)
 	n.mu.Unlock()
 	return nil
+}
+
+// setLiveLocked records the live nodes and, when their number changed,
+// tells Config.OnLiveNodes (in a goroutine of its own: it may take locks
+// of the proxy's).
+func (n *Node) setLiveLocked(live []peer) {
+	changed := len(live) != len(n.live)
+	n.live = live
+	if changed && n.cfg.OnLiveNodes != nil && len(live) > 0 {
+		count := len(live)
+		n.goLocked(func() { n.cfg.OnLiveNodes(count) })
+	}
 }
 
 // checkLease runs when the lease's local lifetime ends without a newer

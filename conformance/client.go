@@ -413,10 +413,19 @@ func (c *Client) compress(mech string) (*Reply, error) {
 // Append sends APPEND with a synchronising literal, waiting for the
 // server's continuation request before sending the message.
 func (c *Client) Append(mailbox, flags string, msg []byte) (*Reply, error) {
+	return c.AppendDated(mailbox, flags, "", msg)
+}
+
+// AppendDated is Append with an INTERNALDATE (RFC 3501's date-time, such
+// as "17-Jul-1996 02:44:25 -0700"), or the server's choice if date is "".
+func (c *Client) AppendDated(mailbox, flags, date string, msg []byte) (*Reply, error) {
 	tag := c.NextTag()
 	cmd := "APPEND " + quote(mailbox)
 	if flags != "" {
 		cmd += " (" + flags + ")"
+	}
+	if date != "" {
+		cmd += ` "` + date + `"`
 	}
 	cmd += " {" + strconv.Itoa(len(msg)) + "}"
 	if err := c.writeLine(tag + " " + cmd); err != nil {

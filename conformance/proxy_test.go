@@ -26,6 +26,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
+	"github.com/lemonproxy/lemonproxy/extensions/within"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -96,6 +97,7 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 			compress.New(),
 			namespace.New(),
 			uidplus.New(),
+			within.New(),
 			esearch.New(),
 			condstore.New(),
 			binary.New(),

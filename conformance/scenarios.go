@@ -14,6 +14,7 @@ func Scenarios() []*Scenario {
 		base3501(), enable5161(), idle2177(), compress4978(),
 		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(),
 		uidplus4315(), move6851(), namespace2342(), literal7888(), esearch4731(), searchres5182(),
+		within5032(),
 		binary3516(),
 		lemonade5550(),
 	} {
@@ -39,6 +40,7 @@ var RFCs = []struct {
 	{7888, "LITERAL+ (non-synchronising literals)"},
 	{4731, "ESEARCH"},
 	{5182, "SEARCHRES"},
+	{5032, "WITHIN"},
 	{3516, "BINARY"},
 	{5550, "Lemonade profile (report)"},
 }

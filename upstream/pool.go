@@ -108,6 +108,20 @@ func (p *Pool) reclaim(account string, _ bool) bool {
 	return true
 }
 
+// SetMaxIdle changes PoolConfig.MaxIdle while the pool runs (cluster mode
+// shares the configured total out among the live nodes); the least
+// recently used idle connections over the new bound are closed.
+func (p *Pool) SetMaxIdle(n int) {
+	if n <= 0 {
+		n = 1
+	}
+	p.mu.Lock()
+	p.cfg.MaxIdle = n
+	p.lru.Resize(n) // its eviction callback queues what goes for closing
+	p.mu.Unlock()
+	p.closeEvicted()
+}
+
 // CloseAccount closes every idle connection of account ("" for every
 // account), for an account that moved to another proxy node (cluster
 // mode): they would otherwise hold upstream connections until they

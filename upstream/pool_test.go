@@ -218,6 +218,29 @@ func TestPoolTotalBound(t *testing.T) {
 	}
 }
 
+// TestPoolSetMaxIdle: lowering the total bound while the pool runs closes
+// the least recently used idle connections over it; raising it keeps more.
+func TestPoolSetMaxIdle(t *testing.T) {
+	noLeaks(t)
+	p := NewPool(PoolConfig{MaxIdlePerAccount: 5, MaxIdle: 4})
+	conns, stubs := putStubs(p, "a", "", 4)
+	p.SetMaxIdle(2)
+	if p.Idle() != 2 {
+		t.Fatalf("Idle %d after SetMaxIdle(2), want 2", p.Idle())
+	}
+	for i, st := range stubs {
+		if want := i < 2; st.closed.Load() != want {
+			t.Errorf("connection %d (put %d of 4): closed %v, want %v", i, i+1, st.closed.Load(), want)
+		}
+	}
+	p.SetMaxIdle(3)
+	more, _ := putStubs(p, "b", "", 1)
+	if p.Idle() != 3 || p.Get("b", "") != more[0] || p.Get("a", "") != conns[3] {
+		t.Fatalf("after SetMaxIdle(3): Idle %d", p.Idle())
+	}
+	p.Close()
+}
+
 func TestPoolExpiry(t *testing.T) {
 	noLeaks(t)
 	p := NewPool(PoolConfig{IdleTimeout: 50 * time.Millisecond})

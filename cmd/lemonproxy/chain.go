@@ -9,6 +9,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
+	"github.com/lemonproxy/lemonproxy/extensions/within"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -31,12 +32,16 @@ import (
 //     APPENDUID and COPYUID) with its own upstream commands: after
 //     notify, which must see a MOVE's outcome to announce it; before
 //     condstore, which stays last.
-//  4. esearch turns an extended SEARCH (RETURN, SAVE) into the plain UID
+//  4. within replaces OLDER and YOUNGER (where the upstream lacks WITHIN)
+//     by the UID sets they match, computed with its own searches: before
+//     every other search rewriter, which then see a search they fully
+//     understand.
+//  5. esearch turns an extended SEARCH (RETURN, SAVE) into the plain UID
 //     SEARCH condstore handles, and writes the ESEARCH answer, MODSEQ
 //     included, itself: before condstore. Its $ substitution is a
 //     CommandRewriter, before the whole chain, so its place does not
 //     matter for that.
-//  5. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
+//  6. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
 //     EXPUNGE and answers the RFC 7162 parts from the proxy's state; last,
 //     so the command it passes on goes straight to the relay.
 func extensions(s config.Settings) []proxy.Extension {
@@ -46,6 +51,7 @@ func extensions(s config.Settings) []proxy.Extension {
 		namespace.New(),
 		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: s.NotifyPollInterval.Duration, Grace: s.WatchGrace.Duration}}),
 		uidplus.New(),
+		within.New(),
 		esearch.New(),
 		condstore.New(),
 	}

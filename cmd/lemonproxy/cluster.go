@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/metrics"
 	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // clusterNode is serve's part of cluster mode: the node, its internal
@@ -25,6 +27,28 @@ type clusterNode struct {
 	node  *cluster.Node
 	ln    net.Listener
 	store *pgstate.Store
+
+	// pool-idle-total is the cluster's: each node keeps its share, the
+	// total divided by the live nodes (otherwise three nodes would keep
+	// three times the idle upstream connections of one).
+	idleTotal int
+	pool      atomic.Pointer[upstream.Pool]
+	live      atomic.Int64
+}
+
+// liveNodes is the node's OnLiveNodes: it shares the pool bound out anew.
+func (c *clusterNode) liveNodes(n int) {
+	c.live.Store(int64(n))
+	c.shareOut()
+}
+
+// shareOut sets the pool's bound to this node's share of pool-idle-total.
+func (c *clusterNode) shareOut() {
+	p, n := c.pool.Load(), int(c.live.Load())
+	if p == nil || n < 1 || c.idleTotal <= 0 {
+		return
+	}
+	p.SetMaxIdle((c.idleTotal + n - 1) / n)
 }
 
 // openCluster joins the cluster that settings name: it listens on the
@@ -43,7 +67,9 @@ func openCluster(settings config.Settings, met *metrics.Metrics, log *slog.Logge
 	if advertise == "" {
 		advertise = ln.Addr().String()
 	}
+	c := &clusterNode{ln: ln, idleTotal: settings.PoolIdleTotal}
 	cfg := cluster.Config{
+		OnLiveNodes:  c.liveNodes,
 		DB:           settings.ClusterDB,
 		Node:         settings.Node,
 		Listen:       ln.Addr().String(),
@@ -70,11 +96,14 @@ func openCluster(settings config.Settings, met *metrics.Metrics, log *slog.Logge
 		return nil, err
 	}
 	log.Info("cluster node registered", "node", settings.Node, "cluster-listen", ln.Addr().String(), "advertise", advertise)
-	return &clusterNode{node: node, ln: ln, store: store}, nil
+	c.node, c.store = node, store
+	return c, nil
 }
 
 // start attaches the proxy server and serves the internal link.
 func (c *clusterNode) start(srv *proxy.Server, log *slog.Logger) {
+	c.pool.Store(srv.Pool())
+	c.shareOut()
 	c.node.Attach(srv)
 	go func() {
 		if err := c.node.Serve(c.ln); err != nil && !errors.Is(err, cluster.ErrClosed) {
