@@ -1,6 +1,7 @@
 package main
 
 import (
+	binaryext "github.com/lemonproxy/lemonproxy/extensions/binary"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
@@ -42,8 +43,14 @@ import (
 //     CommandRewriter, before the whole chain, so its place does not
 //     matter for that.
 //  6. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
-//     EXPUNGE and answers the RFC 7162 parts from the proxy's state; last,
-//     so the command it passes on goes straight to the relay.
+//     EXPUNGE and answers the RFC 7162 parts from the proxy's state; late,
+//     so the command it passes on goes (nearly) straight to the relay.
+//  7. binary answers the BINARY items of a FETCH (where the upstream lacks
+//     BINARY) and passes the rest on: after condstore, which has already
+//     turned CHANGEDSINCE into the changed UIDs and taken MODSEQ out of
+//     the items, so binary answers exactly the messages asked for and
+//     MODSEQ still reaches the client through the core's reporting. A
+//     FETCH without BINARY items costs it one substring check.
 func extensions(s config.Settings) []proxy.Extension {
 	return []proxy.Extension{
 		&idle.Extension{KeepAlive: s.IdleKeepAlive.Duration},
@@ -54,5 +61,6 @@ func extensions(s config.Settings) []proxy.Extension {
 		within.New(),
 		esearch.New(),
 		condstore.New(),
+		binaryext.New(),
 	}
 }
