@@ -94,7 +94,7 @@ func binaryItem(c *Client, cmd, item string) (imapcodec.Value, *Reply, error) {
 			return v, res, nil
 		}
 	}
-	return nil, res, failf("%s: no %s in %s", cmd, item, describe(res.Untagged))
+	return nil, res, failf("%s: expected a FETCH with %s, got %s", cmd, item, describe(res.Untagged))
 }
 
 func binary3516() []*Scenario {
@@ -208,7 +208,7 @@ func binary3516() []*Scenario {
 					return firstErr(err, failf("expected OK, got %q", status(res)))
 				}
 				if s, err := seen(); err != nil || !s {
-					return firstErr(err, failf("BINARY[1] did not set \\Seen"))
+					return firstErr(err, failf("expected \\Seen set by FETCH BINARY[1] (RFC 3516 4.2 as BODY[]), got flags without it"))
 				}
 				return nil
 			}},
