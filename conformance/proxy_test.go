@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -259,9 +260,25 @@ func TestProxyMemUpstreamPlain(t *testing.T) {
 	}
 	addr := startLemonproxyWith(t, up.Addr, 0, func(cfg *proxy.Config) { cfg.Hub.IdleRenew = memIdleRenew })
 	cfg := proxyConfig(addr, up.Addr, "u", "p", "", "")
-	cfg.Only = regexp.MustCompile(`^(2342|7888)-`)
+	cfg.Only = regexp.MustCompile(`^(2342|7888|5550)-`)
 	cfg.Parallel = memParallel
-	checkProxyRun(t, memServer+"-plain", runAgainst(t, cfg), cfg.Only)
+	rep := runAgainst(t, cfg)
+	checkProxyRun(t, memServer+"-plain", rep, cfg.Only)
+	// The Lemonade report tells what only the proxy advertises over this
+	// upstream (go-imap's server without NAMESPACE, LITERAL+ and the rest).
+	for _, r := range rep.Results {
+		if r.ID != "5550-profile-report" {
+			continue
+		}
+		for _, want := range []string{"also advertised by the upstream (-outside), 10 by the target only: ", " NAMESPACE", " LITERAL+", " ESEARCH", " SEARCHRES", " WITHIN", " BINARY", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
+			if !strings.Contains(r.Reason, want) {
+				t.Errorf("Lemonade report %q lacks %q", r.Reason, want)
+			}
+		}
+		if i := strings.Index(r.Reason, "by the target only"); i < 0 || strings.Contains(r.Reason[i:], "UIDPLUS") {
+			t.Errorf("Lemonade report counts the upstream's UIDPLUS as the proxy's own: %q", r.Reason)
+		}
+	}
 }
 
 // TestProxyNotificationOverflow checks the overflow scenario itself, which

@@ -592,7 +592,25 @@ func lemonade5550() []*Scenario {
 					}
 				}
 				slices.Sort(lack)
-				t.Note(fmt.Sprintf("%d of %d advertised; missing: %s", len(have), len(lemonadeExtensions), strings.Join(lack, " ")))
+				note := fmt.Sprintf("%d of %d advertised; missing: %s", len(have), len(lemonadeExtensions), strings.Join(lack, " "))
+				// Behind a proxy (-outside names another server, its
+				// upstream), what the target advertises and its upstream
+				// does not is the target's own work (what both advertise
+				// the target may relay or still answer itself: IDLE).
+				if t.cfg.Outside.Addr != "" && t.cfg.Outside.Addr != t.cfg.Target.Addr {
+					if up, err := t.Outside(); err == nil {
+						if upCaps, err := capabilities(up); err == nil {
+							var own []string
+							for _, e := range have {
+								if !upCaps[e] && !(e == "I18NLEVEL=1" && upCaps["I18NLEVEL=2"]) {
+									own = append(own, e)
+								}
+							}
+							note += fmt.Sprintf("; %d also advertised by the upstream (-outside), %d by the target only: %s", len(have)-len(own), len(own), strings.Join(own, " "))
+						}
+					}
+				}
+				t.Note(note)
 				return nil
 			}},
 	}
