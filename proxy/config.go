@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/lemonproxy/lemonproxy/accountdata"
 	"crypto/tls"
 	"log/slog"
 	"time"
@@ -22,6 +23,10 @@ type Config struct {
 	// Hub tunes the mailbox watchers (polling interval, IDLE renewal,
 	// grace period, reconnect backoff).
 	Hub hub.Config
+	// AccountData keeps the records extensions hold per account beyond a
+	// session (METADATA entries, named filters, URLAUTH keys...), handed to
+	// them in Services. Nil: an accountdata.Memory, lost at exit.
+	AccountData accountdata.Store
 
 	// TLS, if set, serves the implicit-TLS listener and STARTTLS on plain
 	// listeners. Use a GetCertificate callback to allow reloading.
@@ -107,6 +112,9 @@ const (
 
 func (c Config) withDefaults() Config {
 	c.Limits = c.Limits.WithDefaults()
+	if c.AccountData == nil {
+		c.AccountData = accountdata.NewMemory()
+	}
 	if c.MaxAppendLiteral <= 0 {
 		c.MaxAppendLiteral = 64 << 20
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/lemonproxy/lemonproxy/accountdata"
 	"context"
 	"errors"
 
@@ -39,6 +40,9 @@ type Provisioner interface {
 // Services are what Provisioner receives.
 type Services struct {
 	Mailboxes *MailboxService
+	// Data keeps records per account (Config.AccountData); each extension
+	// uses a key prefix of its own, named in its package documentation.
+	Data accountdata.Store
 }
 
 // CapabilityProvider adds capability words to CAPABILITY responses. up holds
