@@ -1,8 +1,8 @@
 package proxy
 
 import (
-	"github.com/lemonproxy/lemonproxy/accountdata"
 	"crypto/tls"
+	"github.com/lemonproxy/lemonproxy/accountdata"
 	"log/slog"
 	"time"
 

@@ -1,9 +1,9 @@
 package proxy
 
 import (
-	"github.com/lemonproxy/lemonproxy/accountdata"
 	"context"
 	"errors"
+	"github.com/lemonproxy/lemonproxy/accountdata"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/upstream"
