@@ -251,7 +251,12 @@ func mailboxFollows(t *testing.T, c *imaptest.Client, delim string) {
 	}
 	c.ExpectDo("t", `GETMETADATA ab /private/x`, `* METADATA "ab" (/private/x "ab")`, "t OK *")
 	c.ExpectDo("t", `GETMETADATA c /private/x`, `* METADATA "c" (/private/x "c")`, "t OK *")
-	c.MustOK("RENAME INBOX saved")
+	if got := c.Cmd("RENAME INBOX saved"); !strings.Contains(got[len(got)-1], " OK ") {
+		if delim == "/" {
+			t.Fatalf("RENAME INBOX: %q", got)
+		}
+		return // Dovecot's maildir does not rename INBOX
+	}
 	c.ExpectDo("t", `GETMETADATA INBOX /private/x`, `* METADATA "INBOX" (/private/x "inbox")`, "t OK *")
 	c.ExpectDo("t", `GETMETADATA saved /private/x`, `* METADATA "saved" (/private/x NIL)`, "t OK *")
 }
