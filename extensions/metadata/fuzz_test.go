@@ -102,7 +102,7 @@ func FuzzParseSet(f *testing.F) {
 			if CheckEntry(e.name) != nil || isRoot(e.name) {
 				t.Fatalf("%q: entry %q", s, e.name)
 			}
-			evs = append(evs, entryValue{e.name, e.value})
+			evs = append(evs, entryValue(e))
 		}
 		resp := appendMetadata(nil, a.mailbox, evs)
 		got := parseMetadata(segments(string(bytes.TrimSuffix(resp, []byte("\r\n")))))
