@@ -15,7 +15,7 @@
 // record) and check before writing, with List or Count.
 //
 // Implementations: Memory (tests and the demo upstream), Bolt (one node,
-// in the data directory) and cluster/pgstate's (PostgreSQL, shared by a
+// in the data directory) and cluster/pgdata (PostgreSQL, shared by a
 // cluster's nodes, fenced by account ownership). The behaviour they share is
 // tested once, by package datatest.
 package accountdata

@@ -27,6 +27,8 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
+	"github.com/lemonproxy/lemonproxy/extensions/filters"
+	"github.com/lemonproxy/lemonproxy/extensions/metadata"
 	"github.com/lemonproxy/lemonproxy/extensions/within"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
@@ -91,13 +93,16 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 	// Registered before the proxy's cleanup, so it runs after the proxy
 	// has shut down.
 	t.Cleanup(func() { store.Close() })
+	meta := metadata.New(metadata.Config{})
 	cfg := proxy.Config{
 		Upstream: imaptest.DefaultUpstream(),
 		Extensions: []proxy.Extension{
 			idle.New(),
 			compress.New(),
 			namespace.New(),
+			meta,
 			uidplus.New(),
+			filters.New(meta),
 			within.New(),
 			esearch.New(),
 			condstore.New(),
@@ -279,7 +284,7 @@ func TestProxyMemUpstreamPlain(t *testing.T) {
 		if r.ID != "5550-profile-report" {
 			continue
 		}
-		for _, want := range []string{"also advertised by the upstream (-outside), 10 by the target only: ", " NAMESPACE", " LITERAL+", " ESEARCH", " SEARCHRES", " WITHIN", " BINARY", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
+		for _, want := range []string{"also advertised by the upstream (-outside), 11 by the target only: ", " NAMESPACE", " LITERAL+", " ESEARCH", " SEARCHRES", " WITHIN", " BINARY", " FILTERS", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
 			if !strings.Contains(r.Reason, want) {
 				t.Errorf("Lemonade report %q lacks %q", r.Reason, want)
 			}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/cluster"
 	"github.com/lemonproxy/lemonproxy/cluster/link"
+	"github.com/lemonproxy/lemonproxy/cluster/pgdata"
 	"github.com/lemonproxy/lemonproxy/cluster/pgstate"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/metrics"
@@ -27,6 +28,9 @@ type clusterNode struct {
 	node  *cluster.Node
 	ln    net.Listener
 	store *pgstate.Store
+	// data holds the accounts' own records (METADATA entries, filters),
+	// shared by the nodes and fenced as the state is.
+	data *pgdata.Store
 
 	// pool-idle-total is the cluster's: each node keeps its share, the
 	// total divided by the live nodes (otherwise three nodes would keep
@@ -95,8 +99,14 @@ func openCluster(settings config.Settings, met *metrics.Metrics, log *slog.Logge
 		ln.Close()
 		return nil, err
 	}
+	data, err := pgdata.Open(ctx, node.Pool(), node)
+	if err != nil {
+		node.Abandon()
+		ln.Close()
+		return nil, err
+	}
 	log.Info("cluster node registered", "node", settings.Node, "cluster-listen", ln.Addr().String(), "advertise", advertise)
-	c.node, c.store = node, store
+	c.node, c.store, c.data = node, store, data
 	return c, nil
 }
 
@@ -120,6 +130,7 @@ func (c *clusterNode) stop(ctx context.Context, log *slog.Logger) {
 		log.Warn("leaving the cluster", "err", err)
 	}
 	c.store.Close()
+	c.data.Close()
 }
 
 // metricsSource is the node's figures for the metrics.

@@ -29,6 +29,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"github.com/lemonproxy/lemonproxy/accountdata"
 	"github.com/lemonproxy/lemonproxy/conformance"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
@@ -236,6 +237,7 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 			return 1
 		}
 		cfg.Hub.Store = cl.store
+		cfg.AccountData = cl.data
 		cfg.Router = cl.node
 	} else {
 		if err := os.MkdirAll(settings.Data, 0o700); err != nil {
@@ -249,6 +251,15 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		}
 		defer store.Close()
 		cfg.Hub.Store = store
+		// The accounts' own records, in a file of their own: state.db
+		// is a cache that may be thrown away, this is user data.
+		data, err := accountdata.OpenBolt(settings.Data, log)
+		if err != nil {
+			log.Error("account data store", "err", err)
+			return 1
+		}
+		defer data.Close()
+		cfg.AccountData = data
 	}
 	srv, err := proxy.NewServer(cfg)
 	if err != nil {

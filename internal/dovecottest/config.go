@@ -18,6 +18,10 @@ type configParams struct {
 	Capabilities string
 	// Compress loads imap_zlib, which advertises COMPRESS=DEFLATE.
 	Compress bool
+	// Metadata turns on METADATA (RFC 5464): imap_metadata, with the
+	// entries in a file dictionary in each user's home (the Full profile
+	// only; the Legacy ones must not have it, so the proxy synthesizes it).
+	Metadata bool
 	// MaxUserIPConnections is mail_max_userip_connections (0: 10000, for
 	// load tests; Dovecot's own default is 10).
 	MaxUserIPConnections int
@@ -133,10 +137,18 @@ service anvil {
 service imap {
   process_limit = 20000
 }
-{{- if .Compress}}
+{{- if .Metadata}}
+mail_attribute_dict = file:%h/dovecot-attributes
+{{- end}}
+{{- if or .Compress .Metadata}}
 
 protocol imap {
+{{- if .Compress}}
   mail_plugins = $mail_plugins imap_zlib
+{{- end}}
+{{- if .Metadata}}
+  imap_metadata = yes
+{{- end}}
 }
 {{- end}}
 `))

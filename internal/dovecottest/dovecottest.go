@@ -58,7 +58,8 @@ type Profile int
 
 const (
 	// Full is Dovecot's own capability list, which includes CONDSTORE,
-	// QRESYNC and NOTIFY, plus COMPRESS=DEFLATE from the imap_zlib plugin.
+	// QRESYNC and NOTIFY, plus COMPRESS=DEFLATE from the imap_zlib plugin and
+	// METADATA (imap_metadata with a file dictionary per user).
 	Full Profile = iota
 	// Legacy advertises only IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE
 	// NAMESPACE UIDPLUS after login.
@@ -161,6 +162,7 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections}
 	if p == Full {
 		params.Compress = true
+		params.Metadata = true
 	} else {
 		params.Capabilities = p.capabilities()
 	}
