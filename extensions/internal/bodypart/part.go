@@ -132,3 +132,30 @@ func encoding(l imapcodec.List) string {
 	}
 	return e
 }
+
+// MediaType reads a body's media type, lower case, and its parameters
+// (names lower case, values as sent) from its BODYSTRUCTURE; a multipart
+// body is "multipart/<subtype>" with no parameters read.
+func MediaType(body imapcodec.List) (typ, subtype string, params map[string]string) {
+	params = map[string]string{}
+	if multipart(body) {
+		kids := children(body)
+		return "multipart", field(body, len(kids)), params
+	}
+	if len(body) < 3 {
+		return field(body, 0), field(body, 1), params
+	}
+	if l, ok := body[2].(imapcodec.List); ok {
+		for i := 0; i+1 < len(l); i += 2 {
+			k, _ := imapcodec.AsString(l[i])
+			v, _ := imapcodec.AsString(l[i+1])
+			params[strings.ToLower(k)] = v
+		}
+	}
+	return field(body, 0), field(body, 1), params
+}
+
+// IsLeaf tells whether a body is neither a multipart nor a message/rfc822.
+func IsLeaf(body imapcodec.List) bool {
+	return len(body) > 0 && !multipart(body) && !isMessage(body)
+}

@@ -381,9 +381,6 @@ func (f *b64Filter) Read(p []byte) (int, error) {
 	}
 }
 
-// CRLF returns r with every bare LF turned into CRLF.
-func CRLF(r io.Reader) io.Reader { return &crlfReader{r: r} }
-
 // crlfReader turns a bare LF into CRLF.
 type crlfReader struct {
 	r       io.Reader
