@@ -28,7 +28,11 @@ func (e *Extension) relay(ctx context.Context, x *proxy.Exchange, next proxy.Nex
 		}
 		// Only the text before the first literal is changed, so a
 		// streamed response stays whole (proxy.ResponseFilter).
-		text, ok := clientConverted(resp.Segments[0].Text, tag, keepUID, s.Mailbox())
+		mb := s.Mailbox()
+		if mb == nil {
+			return nil
+		}
+		text, ok := clientConverted(resp.Segments[0].Text, tag, keepUID, mb.SeqOf)
 		if !ok {
 			s.Logger().Debug("convert: dropping an upstream CONVERTED response the proxy cannot place")
 			return nil
@@ -43,16 +47,16 @@ func (e *Extension) relay(ctx context.Context, x *proxy.Exchange, next proxy.Nex
 // response: the client's sequence number for its UID, the client's tag,
 // and without the UID item unless keepUID. ok is false for a response
 // without a UID or about a message the client does not know.
-func clientConverted(text []byte, tag string, keepUID bool, mb *proxy.Mailbox) ([]byte, bool) {
+func clientConverted(text []byte, tag string, keepUID bool, seqOf func(uint32) uint32) ([]byte, bool) {
 	m := convertedRE.FindSubmatchIndex(text)
-	if m == nil || mb == nil {
+	if m == nil {
 		return nil, false
 	}
 	uid, err := strconv.ParseUint(string(text[m[2]:m[3]]), 10, 32)
 	if err != nil {
 		return nil, false
 	}
-	seq := mb.SeqOf(uint32(uid))
+	seq := seqOf(uint32(uid))
 	if seq == 0 {
 		return nil, false
 	}
