@@ -16,6 +16,7 @@ func Scenarios() []*Scenario {
 		uidplus4315(), move6851(), namespace2342(), literal7888(), esearch4731(), searchres5182(),
 		within5032(),
 		binary3516(),
+		convert5259(),
 		lemonade5550(),
 	} {
 		all = append(all, group...)
@@ -42,6 +43,7 @@ var RFCs = []struct {
 	{5182, "SEARCHRES"},
 	{5032, "WITHIN"},
 	{3516, "BINARY"},
+	{5259, "CONVERT"},
 	{5550, "Lemonade profile (report)"},
 }
 

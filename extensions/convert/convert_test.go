@@ -350,4 +350,3 @@ func TestNotSelected(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
-

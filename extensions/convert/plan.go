@@ -104,16 +104,16 @@ type plan struct {
 	to   string // the target type as the client sent it, or the chosen one
 	err  *convertError
 	// A charset conversion (text leaf with "charset"):
-	charset         bool
-	src, dst        encoding.Encoding
-	dstName         string
-	charsetParam    param // the "charset" parameter as the client sent it
-	repl            []byte
-	hasRepl         bool
-	params          map[string]string // the part's BODYSTRUCTURE parameters
-	key             string            // what makes two conversions of a section the same
-	whole           bool              // the whole message (section "")
-	text            bool              // a text/* leaf
+	charset      bool
+	src, dst     encoding.Encoding
+	dstName      string
+	charsetParam param // the "charset" parameter as the client sent it
+	repl         []byte
+	hasRepl      bool
+	params       map[string]string // the part's BODYSTRUCTURE parameters
+	key          string            // what makes two conversions of a section the same
+	whole        bool              // the whole message (section "")
+	text         bool              // a text/* leaf
 }
 
 // convertError is a converterror-phrase (RFC 5259 9/10).
