@@ -350,3 +350,24 @@ func TestNotSelected(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+// TestExpungeHeld: CONVERT's sequence numbers are the client's view
+// before an expunge it has not been told of, and no EXPUNGE comes during
+// it (RFC 5259 6); the expunge is reported after.
+func TestExpungeHeld(t *testing.T) {
+	e := memEnv(t)
+	c := e.login(t)
+	other := e.login(t)
+	other.MustOK(`STORE 1 +FLAGS.SILENT (\Deleted)`)
+	other.MustOK("EXPUNGE")
+	got := run(c, "x1", `CONVERT 2 ("text/plain" ("charset" "iso-8859-1")) BINARY[1]`)
+	want := []string{`* 2 CONVERTED (TAG "x1") (BINARY[1] ` + lit("Gr\xfc\xdfe") + `)`, `x1 OK CONVERT completed.`}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got %q\nwant %q", got, want)
+	}
+	// UID CONVERT may report it.
+	got = run(c, "x2", `UID CONVERT 2 (NIL) BINARY.SIZE[1]`)
+	if strings.Join(got, "\n") != "* 1 EXPUNGE\n* 1 CONVERTED (TAG \"x2\") (UID 2 BINARY.SIZE[1] 7)\nx2 OK UID CONVERT completed." {
+		t.Fatalf("after the expunge: %q", got)
+	}
+}

@@ -119,12 +119,10 @@ type plan struct {
 // convertError is a converterror-phrase (RFC 5259 9/10).
 type convertError struct {
 	text string
-	code string // "BADPARAMETERS", "MISSINGPARAMETERS" or "TEMPFAIL"
-	// from and to are the media types of BADPARAMETERS and
-	// MISSINGPARAMETERS; from "" is NIL (no such part).
+	code string // "BADPARAMETERS": no conversion here needs a parameter, so MISSINGPARAMETERS never comes
+	// from and to are the media types; from "" is NIL (no such part).
 	from, to string
-	params   []param  // BADPARAMETERS: the refused parameters
-	names    []string // MISSINGPARAMETERS: the missing parameter names
+	params   []param // the refused parameters
 }
 
 // appendTo writes the phrase: (ERROR "text" code ...).
@@ -133,36 +131,24 @@ func (e *convertError) appendTo(b []byte) []byte {
 	b = imapcodec.AppendQuoted(b, e.text)
 	b = append(b, ' ')
 	b = append(b, e.code...)
-	switch e.code {
-	case "BADPARAMETERS":
-		b = append(b, ' ')
-		if e.from == "" {
-			b = append(b, "NIL"...)
-		} else {
-			b = imapcodec.AppendQuoted(b, e.from)
-		}
-		b = append(b, ' ')
-		b = imapcodec.AppendQuoted(b, e.to)
-		if len(e.params) > 0 {
-			b = append(b, " ("...)
-			for i, p := range e.params {
-				if i > 0 {
-					b = append(b, ' ')
-				}
-				b = appendAString(b, p.name)
-				b = append(b, ' ')
-				b = appendAString(b, p.value)
-			}
-			b = append(b, ')')
-		}
-	case "MISSINGPARAMETERS":
-		// mimetype-and-missing-params has no space before "(".
-		b = append(b, ' ')
+	b = append(b, ' ')
+	if e.from == "" {
+		b = append(b, "NIL"...)
+	} else {
 		b = imapcodec.AppendQuoted(b, e.from)
-		b = append(b, ' ')
-		b = imapcodec.AppendQuoted(b, e.to)
-		b = append(b, '(')
-		b = append(b, strings.Join(e.names, " ")...)
+	}
+	b = append(b, ' ')
+	b = imapcodec.AppendQuoted(b, e.to)
+	if len(e.params) > 0 {
+		b = append(b, " ("...)
+		for i, p := range e.params {
+			if i > 0 {
+				b = append(b, ' ')
+			}
+			b = appendAString(b, p.name)
+			b = append(b, ' ')
+			b = appendAString(b, p.value)
+		}
 		b = append(b, ')')
 	}
 	return append(b, ')')
