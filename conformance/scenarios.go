@@ -17,6 +17,7 @@ func Scenarios() []*Scenario {
 		within5032(),
 		binary3516(),
 		metadata5464(), filters5466(),
+		convert5259(),
 		lemonade5550(),
 	} {
 		all = append(all, group...)
@@ -45,6 +46,7 @@ var RFCs = []struct {
 	{3516, "BINARY"},
 	{5464, "METADATA"},
 	{5466, "FILTERS"},
+	{5259, "CONVERT"},
 	{5550, "Lemonade profile (report)"},
 }
 

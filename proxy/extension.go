@@ -105,6 +105,20 @@ type CommandRewriter interface {
 // set, so the core could not send such a command anywhere.
 var ErrNoMessages = errors.New("proxy: the command names no message")
 
+// SequenceCommander names an extension's commands that, as FETCH does,
+// take a message sequence set as their first argument and have a UID form
+// ("UID name"): CONVERT (RFC 5259). The core treats them as it treats
+// FETCH in the selected state: the client's sequence numbers are
+// translated into UIDs before any change is reported to the client, the
+// command reaches the chain as "UID name uids ..." (x.Segments, x.Name
+// still the client's), and no EXPUNGE is sent while the sequence-number
+// form runs (RFC 3501 7.4.1). Without this the core would report pending
+// expunges first and then read the client's numbers against the changed
+// view. The names are those of the sequence-number form, without "UID ".
+type SequenceCommander interface {
+	SequenceCommands() []string
+}
+
 // Next passes an exchange on down the command chain.
 type Next func(ctx context.Context, x *Exchange) error
 
@@ -121,7 +135,9 @@ type Enabler interface {
 // exchange's filters. It may return resp unchanged, a replacement, or nil
 // to drop it. When resp.Streamed is true the response carries a literal too
 // large to hold in memory; only its first segment is present and the filter
-// must return it unchanged or nil.
+// must return it or nil, changing at most that segment's Text (the line up
+// to the literal, which the core writes before streaming the literal: a
+// CONVERTED response's message number and TAG, say), never its Literal.
 type ResponseFilter interface {
 	FilterResponse(s *Session, resp *Response) *Response
 }

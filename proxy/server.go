@@ -66,6 +66,7 @@ type Server struct {
 	reporters    []ChangeReporter
 	capProvs     []CapabilityProvider
 	rewriters    []CommandRewriter
+	seqCommands  map[string]bool // SequenceCommander's names
 	hooks        []SessionHook
 	mailboxes    *MailboxService
 	delims       sync.Map // account key -> its Hierarchy (names.go)
@@ -156,6 +157,14 @@ func (s *Server) register(exts []Extension) error {
 		}
 		if r, ok := ext.(CommandRewriter); ok {
 			s.rewriters = append(s.rewriters, r)
+		}
+		if c, ok := ext.(SequenceCommander); ok {
+			if s.seqCommands == nil {
+				s.seqCommands = map[string]bool{}
+			}
+			for _, name := range c.SequenceCommands() {
+				s.seqCommands[strings.ToUpper(name)] = true
+			}
 		}
 		if h, ok := ext.(SessionHook); ok {
 			s.hooks = append(s.hooks, h)

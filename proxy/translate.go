@@ -63,11 +63,12 @@ func (s *Session) translateCommand(x *Exchange) error {
 	}
 	segs := cloneSegments(cmd.Segments)
 	x.Segments = segs
-	if !isUID && (seqCommands[base] || searchCommands[base]) {
+	isSeq := seqCommands[base] || s.srv.seqCommands[base]
+	if !isUID && (isSeq || searchCommands[base]) {
 		t.fromName, t.toName = name, "UID "+name
 	}
 	switch {
-	case seqCommands[base]:
+	case isSeq:
 		set, rest, err := firstSet(cmd)
 		if err != nil {
 			return err
@@ -111,6 +112,8 @@ func (s *Session) translateCommand(x *Exchange) error {
 			t.syncAfter = true
 		case "COPY":
 			t.syncAfter = targetIsSelected(cmd, m.name)
+		default: // an extension's (SequenceCommander)
+			t.allowExpunge = isUID
 		}
 		if !isUID {
 			segs[0].Text = slices.Concat([]byte(cmd.Tag+" UID "+name+" "+uids), rest)

@@ -224,11 +224,37 @@ func mustTranslate(t *testing.T, view seqView, cmd string) *Exchange {
 
 // translate is translateCommand for a session whose client knows view.
 func translate(view seqView, cmd string) (*Exchange, error) {
-	s := &Session{mbox: &selectedMailbox{view: view}}
+	s := &Session{srv: &Server{}, mbox: &selectedMailbox{view: view}}
 	c, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(cmd)}}, imapcodec.Limits{})
 	if err != nil {
 		return nil, err
 	}
 	x := s.newExchange(context.Background(), c, false)
 	return x, s.translateCommand(x)
+}
+
+// An extension's sequence-number command (SequenceCommander) is
+// translated as FETCH is, and holds expunges in its sequence form only.
+func TestTranslateSequenceCommander(t *testing.T) {
+	for _, tt := range []struct {
+		cmd, up      string
+		allowExpunge bool
+	}{
+		{`a XCONV 2:3 (NIL) BINARY[1]`, `a UID XCONV 5:9 (NIL) BINARY[1]`, false},
+		{`a UID XCONV 5 (NIL) BINARY[1]`, `a UID XCONV 5 (NIL) BINARY[1]`, true},
+		{`a XOTHER 2:3`, `a XOTHER 2:3`, true},
+	} {
+		s := &Session{srv: &Server{seqCommands: map[string]bool{"XCONV": true}}, mbox: &selectedMailbox{view: testView}}
+		c, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(tt.cmd)}}, imapcodec.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := s.newExchange(context.Background(), c, false)
+		if err := s.translateCommand(x); err != nil {
+			t.Fatalf("%s: %v", tt.cmd, err)
+		}
+		if got := string(x.Segments[0].Text); got != tt.up || x.xlate.allowExpunge != tt.allowExpunge {
+			t.Errorf("%s -> %q (expunges %v), want %q (%v)", tt.cmd, got, x.xlate.allowExpunge, tt.up, tt.allowExpunge)
+		}
+	}
 }

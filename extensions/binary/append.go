@@ -13,6 +13,7 @@ import (
 
 	"github.com/emersion/go-message/textproto"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/bodypart"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -170,7 +171,7 @@ func entity(h textproto.Header, body io.Reader, depth int) (textproto.Header, fu
 	}
 	cte := strings.ToLower(strings.TrimSpace(h.Get("Content-Transfer-Encoding")))
 	if cte == "binary" || (cte == "" || cte == "7bit" || cte == "8bit") && needsEncoding(data) {
-		setCTE(&h, "base64")
+		bodypart.SetCTE(&h, "base64")
 		return h, func(w io.Writer) error { return writeBase64(w, data) }, nil
 	}
 	return h, func(w io.Writer) error { _, err := w.Write(data); return err }, nil

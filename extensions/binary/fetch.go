@@ -7,14 +7,13 @@ import (
 	"fmt"
 	"io"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/bodypart"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // item is one BINARY fetch item.
@@ -74,12 +73,6 @@ func (it item) respName() string {
 	return n
 }
 
-// message is a message the command names and the client knows.
-type message struct {
-	uid, seq uint32
-	bs       imapcodec.Value // its BODYSTRUCTURE
-}
-
 // serveFetch answers the BINARY items of a FETCH (package comment).
 func (e *Extension) serveFetch(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
 	s := x.Session()
@@ -121,18 +114,18 @@ func (e *Extension) serveFetch(ctx context.Context, x *proxy.Exchange, next prox
 	if len(items) == 0 {
 		return next(ctx, x)
 	}
-	msgs, err := e.structures(ctx, s, set)
+	msgs, err := bodypart.Structures(ctx, s, set)
 	if err != nil {
 		return x.Reply("NO", "", "Cannot fetch: "+err.Error())
 	}
 	// Resolve every section first: an unknown encoding fails the command
 	// before anything is sent.
-	parts := make([][]part, len(msgs))
+	parts := make([][]bodypart.Part, len(msgs))
 	for i, m := range msgs {
 		for _, it := range items {
-			p := resolve(m.bs, it.section)
-			if p.found && !knownCTE(p.enc) {
-				return x.Reply("NO", "UNKNOWN-CTE", "Cannot decode "+p.enc+".")
+			p := bodypart.Resolve(m.BS, it.section)
+			if p.Found && !bodypart.KnownCTE(p.Enc) {
+				return x.Reply("NO", "UNKNOWN-CTE", "Cannot decode "+p.Enc+".")
 			}
 			parts[i] = append(parts[i], p)
 		}
@@ -144,7 +137,7 @@ func (e *Extension) serveFetch(ctx context.Context, x *proxy.Exchange, next prox
 			if errors.As(err, &ue) {
 				// Nothing of this message's response was sent: the
 				// client can be told, and the session goes on.
-				s.Logger().Warn("binary: reading a part failed", "uid", m.uid, "err", ue.err)
+				s.Logger().Warn("binary: reading a part failed", "uid", m.UID, "err", ue.err)
 				return x.Reply("NO", "", "Cannot read the message from the upstream server.")
 			}
 			return err
@@ -154,7 +147,7 @@ func (e *Extension) serveFetch(ctx context.Context, x *proxy.Exchange, next prox
 	if seen && !mb.ReadOnly() && len(msgs) > 0 {
 		uids := make([]string, len(msgs))
 		for i, m := range msgs {
-			uids[i] = strconv.FormatUint(uint64(m.uid), 10)
+			uids[i] = strconv.FormatUint(uint64(m.UID), 10)
 		}
 		if _, err := s.Exec(ctx, `UID STORE `+strings.Join(uids, ",")+` +FLAGS.SILENT (\Seen)`, nil); err != nil {
 			s.Logger().Debug("binary: setting \\Seen failed", "err", err)
@@ -176,66 +169,11 @@ func (e *Extension) serveFetch(ctx context.Context, x *proxy.Exchange, next prox
 	return next(ctx, x)
 }
 
-// structures fetches the BODYSTRUCTURE of the messages of set the client
-// knows, in the client's sequence order.
-func (e *Extension) structures(ctx context.Context, s *proxy.Session, set string) ([]message, error) {
-	mb := s.Mailbox()
-	var msgs []message
-	_, err := s.Exec(ctx, "UID FETCH "+set+" (UID BODYSTRUCTURE)", func(r *upstream.Response) {
-		if r.Head.Name != "FETCH" {
-			return
-		}
-		uid, l, ok := fetchList(spaceParts(r.Segments))
-		if !ok {
-			return
-		}
-		seq := mb.SeqOf(uid)
-		if seq == 0 {
-			return
-		}
-		for i := 0; i+1 < len(l); i += 2 {
-			if n, _ := l[i].(imapcodec.Atom); strings.EqualFold(string(n), "BODYSTRUCTURE") {
-				msgs = append(msgs, message{uid: uid, seq: seq, bs: l[i+1]})
-			}
-		}
-	})
-	var se *upstream.StatusError
-	if errors.As(err, &se) && len(msgs) > 0 {
-		err = nil // some messages were expunged meanwhile
-	}
-	slices.SortFunc(msgs, func(a, b message) int { return int(a.seq) - int(b.seq) })
-	msgs = slices.CompactFunc(msgs, func(a, b message) bool { return a.uid == b.uid })
-	return msgs, err
-}
-
-// fetchList reads "* n FETCH (...)": its UID and item list.
-func fetchList(segs []imapcodec.Segment) (uint32, imapcodec.List, bool) {
-	vals, err := imapcodec.NewParser(segs, imapcodec.Limits{}).Values()
-	if err != nil || len(vals) != 4 {
-		return 0, nil, false
-	}
-	l, ok := vals[3].(imapcodec.List)
-	if !ok {
-		return 0, nil, false
-	}
-	for i := 0; i+1 < len(l); i += 2 {
-		if n, _ := l[i].(imapcodec.Atom); strings.EqualFold(string(n), "UID") {
-			v, _ := imapcodec.AsString(l[i+1])
-			u, err := strconv.ParseUint(v, 10, 32)
-			if err != nil {
-				return 0, nil, false
-			}
-			return uint32(u), l, true
-		}
-	}
-	return 0, nil, false
-}
-
 // writeMessage writes one FETCH response with the message's BINARY items.
-func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m message, items []item, parts []part, uidFetch bool) error {
-	b := fmt.Appendf(nil, "* %d FETCH (", m.seq)
+func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m bodypart.Message, items []item, parts []bodypart.Part, uidFetch bool) error {
+	b := fmt.Appendf(nil, "* %d FETCH (", m.Seq)
 	if uidFetch {
-		b = fmt.Appendf(b, "UID %d ", m.uid)
+		b = fmt.Appendf(b, "UID %d ", m.UID)
 	}
 	mb := s.Mailbox()
 	started := false // part of the response has been written
@@ -252,8 +190,8 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 		b = append(b, it.respName()...)
 		b = append(b, ' ')
 		p := parts[i]
-		key := sizeKey{s.Account(), mb.Name(), mb.State().UIDValidity(), m.uid, it.section}
-		if !p.found {
+		key := sizeKey{s.Account(), mb.Name(), mb.State().UIDValidity(), m.UID, it.section}
+		if !p.Found {
 			if it.kind == "BINARY.SIZE" {
 				b = append(b, '0')
 			} else {
@@ -261,8 +199,8 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 			}
 			continue
 		}
-		src := &source{ctx: ctx, s: s, uid: m.uid, p: p, chunk: e.chunk}
-		defer src.close()
+		src := bodypart.NewSource(ctx, s, m.UID, p, e.chunk)
+		defer src.Close()
 		if it.kind == "BINARY.SIZE" {
 			info, err := e.size(key, src)
 			if err != nil {
@@ -271,7 +209,7 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 			b = strconv.AppendInt(b, info.size, 10)
 			continue
 		}
-		whole, inMemory, err := src.small()
+		whole, inMemory, err := src.Small()
 		if err != nil {
 			return failed(err)
 		}
@@ -300,7 +238,7 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 		// is still sent as literal8, which RFC 3516 allows.
 		// The second pass's stream is opened before anything is sent, so
 		// that a failure to open it can still be answered NO.
-		r, err := src.decoded()
+		r, err := src.Decoded()
 		if err != nil {
 			return failed(err)
 		}
@@ -314,10 +252,10 @@ func (e *Extension) writeMessage(ctx context.Context, s *proxy.Session, m messag
 		if _, err := io.CopyN(io.Discard, r, off); err != nil {
 			return fmt.Errorf("binary: upstream data changed between passes: %w", err)
 		}
-		if _, err := io.CopyN(sessionWriter{s}, r, n); err != nil {
+		if _, err := io.CopyN(bodypart.SessionWriter{S: s}, r, n); err != nil {
 			return fmt.Errorf("binary: streaming a part: %w", err)
 		}
-		src.close()
+		src.Close()
 	}
 	b = append(b, ")\r\n"...)
 	return s.Write(b)
@@ -333,17 +271,17 @@ func (e *unsentError) Unwrap() error { return e.err }
 
 // size returns the decoded size of a section, from the cache or by a
 // counting pass.
-func (e *Extension) size(key sizeKey, src *source) (sizeInfo, error) {
+func (e *Extension) size(key sizeKey, src *bodypart.Source) (sizeInfo, error) {
 	if info, ok := e.sizes.Get(key); ok {
 		return info, nil
 	}
-	r, err := src.decoded()
+	r, err := src.Decoded()
 	if err != nil {
 		return sizeInfo{}, err
 	}
 	var c counter
 	_, err = io.Copy(&c, r)
-	src.close()
+	src.Close()
 	if err != nil {
 		return sizeInfo{}, err
 	}
@@ -362,43 +300,4 @@ func (c *counter) Write(p []byte) (int, error) {
 	c.n += int64(len(p))
 	c.nul = c.nul || bytes.IndexByte(p, 0) >= 0
 	return len(p), nil
-}
-
-// sessionWriter writes decoded data to the client.
-type sessionWriter struct{ s *proxy.Session }
-
-func (w sessionWriter) Write(p []byte) (int, error) {
-	if err := w.s.Write(p); err != nil {
-		return 0, errors.Join(proxy.ErrClientGone, err)
-	}
-	return len(p), nil
-}
-
-// spaceParts puts a space between the parts of a multipart BODYSTRUCTURE
-// ("(...)(...)", RFC 3501's body-type-mpart has none), which the codec's
-// list parser wants between list members. Quoted strings are skipped;
-// literals are in the segments' Data, untouched.
-func spaceParts(segs []imapcodec.Segment) []imapcodec.Segment {
-	out := make([]imapcodec.Segment, len(segs))
-	for i, seg := range segs {
-		var b []byte
-		quoted := false
-		for j := 0; j < len(seg.Text); j++ {
-			c := seg.Text[j]
-			switch {
-			case quoted && c == '\\' && j+1 < len(seg.Text):
-				b = append(b, c, seg.Text[j+1])
-				j++
-				continue
-			case c == '"':
-				quoted = !quoted
-			case !quoted && c == '(' && j > 0 && seg.Text[j-1] == ')':
-				b = append(b, ' ')
-			}
-			b = append(b, c)
-		}
-		out[i] = seg
-		out[i].Text = b
-	}
-	return out
 }

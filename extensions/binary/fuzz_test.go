@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/bodypart"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
 
@@ -55,7 +56,7 @@ func FuzzBodyStructure(f *testing.F) {
 			return
 		}
 		segs := []imapcodec.Segment{{Text: []byte("* 1 FETCH (UID 1 BODYSTRUCTURE " + bs + ")")}}
-		_, l, ok := fetchList(spaceParts(segs))
+		_, l, ok := bodypart.FetchList(bodypart.SpaceParts(segs))
 		if !ok || len(l) < 4 {
 			return
 		}
@@ -63,9 +64,9 @@ func FuzzBodyStructure(f *testing.F) {
 		if !isItem || err != nil {
 			return
 		}
-		p := resolve(l[3], i.section)
-		if p.found && p.upSection != i.section && p.upSection != "TEXT" && p.upSection != "" {
-			t.Fatalf("section %q read as %q", i.section, p.upSection)
+		p := bodypart.Resolve(l[3], i.section)
+		if p.Found && p.Section != i.section && p.Section != "TEXT" && p.Section != "" {
+			t.Fatalf("section %q read as %q", i.section, p.Section)
 		}
 	})
 }

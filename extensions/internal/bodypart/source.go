@@ -1,4 +1,4 @@
-package binary
+package bodypart
 
 import (
 	"bufio"
@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"mime/quotedprintable"
-	"strconv"
 	"strings"
 	"time"
 
@@ -19,135 +18,24 @@ import (
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
-// part is where a section's data is and how it is decoded.
-type part struct {
-	found bool
-	// upSection is the BODY section read from the upstream: the section
-	// itself, "" for the whole message, "TEXT" for the body of a
-	// single-part message whose header is rewritten (header).
-	upSection string
-	enc       string // lower case; "" for an identity encoding
-	text      bool   // text/*: bare LF becomes CRLF
-	header    bool   // BINARY[] of an encoded single-part message
-}
+// Source reads a part of one message from the upstream, decoded.
+//
+// Memory: a part that fits one chunk is read in one FETCH and held; a
+// larger one is read as one literal as it arrives, on a connection of its
+// own, so a pass over it holds a chunk and the decoders' buffers whatever
+// its size. Each call of Decoded starts a new pass.
+type Source struct {
+	// Convert, when set, takes the data after its
+	// Content-Transfer-Encoding is decoded and returns what the reader of
+	// Decoded gets, in place of the CRLF step of a text part (CONVERT's
+	// charset conversion, which must see the text before line ends are
+	// made CRLF, in the target charset).
+	Convert func(io.Reader) io.Reader
 
-// knownCTE tells the encodings the proxy decodes.
-func knownCTE(enc string) bool {
-	switch enc {
-	case "", "7bit", "8bit", "binary", "base64", "quoted-printable":
-		return true
-	}
-	return false
-}
-
-// resolve finds section in a BODYSTRUCTURE (RFC 3501 6.4.5 numbering).
-func resolve(bs imapcodec.Value, section string) part {
-	top, ok := bs.(imapcodec.List)
-	if !ok || len(top) == 0 {
-		return part{}
-	}
-	if section == "" {
-		if multipart(top) {
-			return part{found: true}
-		}
-		enc := encoding(top)
-		if enc == "" || enc == "7bit" || enc == "8bit" || enc == "binary" {
-			return part{found: true}
-		}
-		return part{found: true, upSection: "TEXT", enc: enc, text: isText(top), header: true}
-	}
-	body := top
-	var cur imapcodec.List
-	for i, f := range strings.Split(section, ".") {
-		n, _ := strconv.Atoi(f)
-		if i > 0 {
-			switch {
-			case multipart(cur):
-				body = cur
-			case isMessage(cur) && len(cur) > 8:
-				b, ok := cur[8].(imapcodec.List)
-				if !ok {
-					return part{}
-				}
-				body = b
-			default:
-				return part{}
-			}
-		}
-		switch {
-		case multipart(body):
-			kids := children(body)
-			if n > len(kids) {
-				return part{}
-			}
-			cur = kids[n-1]
-		case n == 1:
-			cur = body
-		default:
-			return part{}
-		}
-	}
-	p := part{found: true, upSection: section}
-	if multipart(cur) || isMessage(cur) {
-		return p // an identity encoding by RFC 2045 6.4
-	}
-	p.enc = encoding(cur)
-	p.text = isText(cur)
-	return p
-}
-
-func multipart(l imapcodec.List) bool {
-	if len(l) == 0 {
-		return false
-	}
-	_, ok := l[0].(imapcodec.List)
-	return ok
-}
-
-func children(l imapcodec.List) []imapcodec.List {
-	var kids []imapcodec.List
-	for _, v := range l {
-		k, ok := v.(imapcodec.List)
-		if !ok {
-			break
-		}
-		kids = append(kids, k)
-	}
-	return kids
-}
-
-func field(l imapcodec.List, i int) string {
-	if i >= len(l) {
-		return ""
-	}
-	s, _ := imapcodec.AsString(l[i])
-	if imapcodec.IsNil(l[i]) {
-		return ""
-	}
-	return strings.ToLower(s)
-}
-
-func isMessage(l imapcodec.List) bool {
-	return field(l, 0) == "message" && field(l, 1) == "rfc822"
-}
-
-func isText(l imapcodec.List) bool { return field(l, 0) == "text" }
-
-// encoding is a single part's Content-Transfer-Encoding, "" for 7bit.
-func encoding(l imapcodec.List) string {
-	e := strings.TrimSpace(field(l, 5))
-	if e == "7bit" {
-		return ""
-	}
-	return e
-}
-
-// source reads a part of one message from the upstream.
-type source struct {
 	ctx   context.Context
 	s     *proxy.Session
 	uid   uint32
-	p     part
+	part  Part
 	chunk int
 	first []byte // the first chunk, once read
 	done  bool   // first holds the whole section
@@ -155,8 +43,15 @@ type source struct {
 	closers []io.Closer
 }
 
-// close releases the connections the source opened.
-func (src *source) close() {
+// NewSource returns a Source of part p of message uid of the session's
+// selected mailbox, read chunk bytes per upstream FETCH while it fits
+// one.
+func NewSource(ctx context.Context, s *proxy.Session, uid uint32, p Part, chunk int) *Source {
+	return &Source{ctx: ctx, s: s, uid: uid, part: p, chunk: chunk}
+}
+
+// Close releases the connections the Source opened.
+func (src *Source) Close() {
 	for _, c := range src.closers {
 		c.Close()
 	}
@@ -168,7 +63,7 @@ func (src *source) close() {
 // BODY.PEEK[section] whose literal is read as it arrives. A chunked read
 // would cost one FETCH per chunk, and many servers (go-imap's) read the
 // whole message for each.
-func (src *source) stream() (*literalStream, error) {
+func (src *Source) stream() (*literalStream, error) {
 	conn, err := src.s.UpstreamAccount().Dial(src.ctx)
 	if err != nil {
 		return nil, err
@@ -181,7 +76,7 @@ func (src *source) stream() (*literalStream, error) {
 	tag := conn.NextTag()
 	conn.SetDeadline(time.Now().Add(streamTimeout))
 	w := conn.Writer()
-	fmt.Fprintf(w, "%s UID FETCH %d (BODY.PEEK[%s])\r\n", tag, src.uid, src.p.upSection)
+	fmt.Fprintf(w, "%s UID FETCH %d (BODY.PEEK[%s])\r\n", tag, src.uid, src.part.Section)
 	if err := w.Flush(); err != nil {
 		ls.Close()
 		return nil, err
@@ -248,16 +143,16 @@ func (l *literalStream) Close() error {
 	return err
 }
 
-// small returns the decoded part when it fits one chunk (inMemory true);
-// otherwise the caller streams it with decoded.
-func (src *source) small() (data []byte, inMemory bool, err error) {
+// Small returns the decoded part when it fits one chunk (inMemory true);
+// otherwise the caller streams it with Decoded.
+func (src *Source) Small() (data []byte, inMemory bool, err error) {
 	if err := src.readFirst(); err != nil {
 		return nil, false, err
 	}
 	if !src.done {
 		return nil, false, nil
 	}
-	r, err := src.decoded()
+	r, err := src.Decoded()
 	if err != nil {
 		return nil, false, err
 	}
@@ -265,11 +160,11 @@ func (src *source) small() (data []byte, inMemory bool, err error) {
 	return data, err == nil, err
 }
 
-func (src *source) readFirst() error {
+func (src *Source) readFirst() error {
 	if src.first != nil || src.done {
 		return nil
 	}
-	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: src.p.upSection, n: src.chunk}
+	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: src.part.Section, n: src.chunk}
 	data, err := cr.fetch()
 	if err != nil {
 		return err
@@ -278,14 +173,14 @@ func (src *source) readFirst() error {
 	return nil
 }
 
-// decoded returns a reader of the decoded part, from its start. A part
+// Decoded returns a reader of the decoded part, from its start. A part
 // larger than a chunk is read as one literal on a connection of its own
-// (stream), which the caller closes through the returned closer.
-func (src *source) decoded() (io.Reader, error) {
+// (stream), which Close closes.
+func (src *Source) Decoded() (io.Reader, error) {
 	if err := src.readFirst(); err != nil {
 		return nil, err
 	}
-	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: src.p.upSection, n: src.chunk,
+	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: src.part.Section, n: src.chunk,
 		buf: src.first, off: int64(len(src.first)), eof: src.done}
 	if !src.done {
 		lr, err := src.stream()
@@ -295,8 +190,13 @@ func (src *source) decoded() (io.Reader, error) {
 		src.closers = append(src.closers, lr)
 		cr = &chunkReader{stream: lr}
 	}
-	r := decoder(cr, src.p.enc, src.p.text)
-	if !src.p.header {
+	var r io.Reader
+	if src.Convert != nil {
+		r = src.Convert(decoder(cr, src.part.Enc, false))
+	} else {
+		r = decoder(cr, src.part.Enc, src.part.Text)
+	}
+	if !src.part.Header {
 		return r, nil
 	}
 	h, err := src.header()
@@ -308,7 +208,7 @@ func (src *source) decoded() (io.Reader, error) {
 
 // header reads the message's header and sets its
 // Content-Transfer-Encoding to binary for the decoded body, in place.
-func (src *source) header() ([]byte, error) {
+func (src *Source) header() ([]byte, error) {
 	cr := &chunkReader{ctx: src.ctx, s: src.s, uid: src.uid, section: "HEADER", n: src.chunk}
 	raw, err := cr.fetch()
 	if err != nil {
@@ -321,7 +221,7 @@ func (src *source) header() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("header of message %d: %w", src.uid, err)
 	}
-	setCTE(&h, "binary")
+	SetCTE(&h, "binary")
 	var b bytes.Buffer
 	if err := textproto.WriteHeader(&b, h); err != nil {
 		return nil, err
@@ -329,10 +229,10 @@ func (src *source) header() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// setCTE sets Content-Transfer-Encoding where the field is (Header.Set
+// SetCTE sets Content-Transfer-Encoding where the field is (Header.Set
 // would move it to the top), every other field kept byte for byte; a
 // header without one gets it at the end.
-func setCTE(h *textproto.Header, enc string) {
+func SetCTE(h *textproto.Header, enc string) {
 	field := []byte("Content-Transfer-Encoding: " + enc + "\r\n")
 	var raws [][]byte
 	found := false
@@ -409,7 +309,7 @@ func (r *chunkReader) fetch() ([]byte, error) {
 		if resp.Head.Name != "FETCH" {
 			return
 		}
-		uid, l, ok := fetchList(resp.Segments)
+		uid, l, ok := FetchList(resp.Segments)
 		if !ok || uid != r.uid {
 			return
 		}
