@@ -226,7 +226,15 @@ func (r *invitingReader) Read(p []byte) (int, error) {
 func (x *Exchange) Restream(first imapcodec.Segment, rest io.Reader) {
 	x.Segments = []imapcodec.Segment{first}
 	x.streamed = true
-	x.in = imapcodec.NewReader(rest, x.s.cfg.Limits)
+	// The reader reads the first line too, so that it stands at the
+	// first literal as the client's reader would.
+	line := bytes.Clone(first.Text)
+	if first.Literal != nil {
+		line = first.Literal.Format(line)
+	}
+	line = append(line, '\r', '\n')
+	x.in = imapcodec.NewReader(io.MultiReader(bytes.NewReader(line), rest), x.s.cfg.Limits)
+	x.in.ReadLine() // cannot fail: the line is in memory and the client's first line was within the limits
 }
 
 // Reply answers the command with a tagged status response of the proxy's

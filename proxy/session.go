@@ -167,6 +167,14 @@ func (s *Session) Account() string { return s.account }
 // own account: compare it with Account.
 func (s *Session) AccountOf(user string) string { return s.srv.accountKey(user) }
 
+// AppendLimits returns the largest message one APPEND may carry
+// (MaxAppendLiteral) and the most literal bytes one APPEND may carry in
+// all (MaxCommandBytes), for an extension that builds an APPEND's message
+// itself (CATENATE) and must stop before the relay would refuse it.
+func (s *Session) AppendLimits() (message, command int64) {
+	return s.cfg.MaxAppendLiteral, s.cfg.MaxCommandBytes
+}
+
 // RemoteAddr returns the client's address (after a PROXY header, the one
 // it names), for an extension that trusts clients by where they connect
 // from (URLAUTH's submission servers).
