@@ -129,13 +129,13 @@ func rfcExample(t *testing.T, c *imaptest.Client, v string, uid20, uid30 int) st
 		t.Fatalf("literal sizes %d, %d", len(sep), len(end))
 	}
 	c.Send(`A003 APPEND Drafts (\Seen \Draft $MDNSent) CATENATE (URL "` + url(uid20, "HEADER") + `" TEXT {42}`)
-	c.Expect("+ Ready for literal data")
+	c.Expect("+*") // the proxy's own or, relayed, the upstream's
 	c.Write(sep)
 	c.Send(` URL "` + url(uid20, "1.MIME") + `" URL "` + url(uid20, "1") + `" TEXT {42}`)
-	c.Expect("+ Ready for literal data")
+	c.Expect("+*") // the proxy's own or, relayed, the upstream's
 	c.Write(sep)
 	c.Send(` URL "` + url(uid30, "") + `" TEXT {44}`)
-	c.Expect("+ Ready for literal data")
+	c.Expect("+*") // the proxy's own or, relayed, the upstream's
 	c.Write(end)
 	c.Send(")")
 	lines := c.ReadUntilTagged("A003")
