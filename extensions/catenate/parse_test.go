@@ -27,9 +27,8 @@ func feedAll(segs []string) (*cmdParser, []literalKind, error) {
 		if err != nil {
 			return p, kinds, err
 		}
-		if k != litURL {
-			p.msgs[len(p.msgs)-1].parts = append(p.msgs[len(p.msgs)-1].parts, part{})
-		}
+		// The literal's data: a text part, a message, or a URL.
+		p.msgs[len(p.msgs)-1].parts = append(p.msgs[len(p.msgs)-1].parts, part{})
 		kinds = append(kinds, k)
 	}
 	return p, kinds, nil
