@@ -71,7 +71,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync/atomic"
 
@@ -202,7 +201,7 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 	s := x.Session()
 	maxMsg, maxCmd := s.AppendLimits()
 	multi := s.UpstreamCaps().Has("MULTIAPPEND")
-	sp, spErr := newSpool(e.cfg.SpoolDir)
+	sp, spErr := urlfetch.NewSpool(e.cfg.SpoolDir)
 	if spErr != nil {
 		s.Logger().Warn("catenate: cannot create a spool file", "err", spErr)
 	} else {
@@ -217,7 +216,7 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 		return n
 	}
 	room := func(m *message) (int64, int64) {
-		if left := maxCmd - sp.size; left < maxMsg-msgSize(m) {
+		if left := maxCmd - sp.Size(); left < maxMsg-msgSize(m) {
 			return left, maxCmd
 		}
 		return maxMsg - msgSize(m), maxMsg
@@ -236,7 +235,7 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 			return errUnavailable
 		}
 		left, limit := room(m)
-		off := sp.size
+		off := sp.Size()
 		n, r := e.resolve(ctx, s, url, sp, left, limit)
 		if r != nil {
 			return r
@@ -277,10 +276,10 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 		if left, limit := room(m); h.Size > left {
 			return tooBig(limit)
 		}
-		off := sp.size
+		off := sp.Size()
 		n, err := io.Copy(sp, r)
-		if sp.err != nil {
-			s.Logger().Warn("catenate: spool write failed", "err", sp.err)
+		if sp.Err() != nil {
+			s.Logger().Warn("catenate: spool write failed", "err", sp.Err())
 			return errUnavailable
 		}
 		if err != nil {
@@ -332,7 +331,7 @@ func asRefusal(err error) error {
 
 // resolve appends what url names to the spool, at most left bytes
 // (limit is the limit to name in TOOBIG).
-func (e *Extension) resolve(ctx context.Context, s *proxy.Session, url string, sp *spool, left, limit int64) (int64, *refusal) {
+func (e *Extension) resolve(ctx context.Context, s *proxy.Session, url string, sp *urlfetch.Spool, left, limit int64) (int64, *refusal) {
 	u, err := imapurl.Parse(url)
 	if err != nil {
 		return 0, badURL(url, "Invalid IMAP URL.")
@@ -356,8 +355,8 @@ func (e *Extension) resolve(ctx context.Context, s *proxy.Session, url string, s
 		return 0, tooBig(limit)
 	case errors.Is(err, urlfetch.ErrBadURL):
 		return 0, badURL(url, "The URL names no message of this account.")
-	case sp.err != nil:
-		s.Logger().Warn("catenate: spool write failed", "err", sp.err)
+	case sp.Err() != nil:
+		s.Logger().Warn("catenate: spool write failed", "err", sp.Err())
 	default:
 		s.Logger().Info("catenate: reading a URL failed", "err", err)
 	}
@@ -367,7 +366,7 @@ func (e *Extension) resolve(ctx context.Context, s *proxy.Session, url string, s
 // build makes the plain APPEND that carries the messages put together:
 // the first line up to the first literal, and the rest as the relay reads
 // it (Exchange.Restream).
-func build(tag string, p *cmdParser, sp *spool) (imapcodec.Segment, io.Reader) {
+func build(tag string, p *cmdParser, sp *urlfetch.Spool) (imapcodec.Segment, io.Reader) {
 	head := func(b []byte, m *message) []byte {
 		if m.flags != "" {
 			b = append(b, m.flags...)
@@ -396,45 +395,9 @@ func build(tag string, p *cmdParser, sp *spool) (imapcodec.Segment, io.Reader) {
 			rs = append(rs, strings.NewReader(string(b)+"\r\n"))
 		}
 		for _, pt := range m.parts {
-			rs = append(rs, io.NewSectionReader(sp.f, pt.off, pt.n))
+			rs = append(rs, io.NewSectionReader(sp.File(), pt.off, pt.n))
 		}
 	}
 	rs = append(rs, strings.NewReader("\r\n"))
 	return first, io.MultiReader(rs...)
 }
-
-// spool is the file a message is put together in: written in order,
-// read back by sections.
-type spool struct {
-	f    *os.File
-	size int64
-	err  error // the first write error
-}
-
-// newSpool creates the file and unlinks it at once: it lives as long as
-// it is open, and a crash leaves nothing behind.
-func newSpool(dir string) (*spool, error) {
-	f, err := os.CreateTemp(dir, "lemonproxy-catenate-")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Remove(f.Name()); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &spool{f: f}, nil
-}
-
-func (sp *spool) Write(p []byte) (int, error) {
-	if sp.err != nil {
-		return 0, sp.err
-	}
-	n, err := sp.f.Write(p)
-	sp.size += int64(n)
-	if err != nil {
-		sp.err = err
-	}
-	return n, err
-}
-
-func (sp *spool) Close() error { return sp.f.Close() }
