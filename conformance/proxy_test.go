@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/lemonproxy/lemonproxy/extensions/binary"
+	"github.com/lemonproxy/lemonproxy/extensions/catenate"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
@@ -27,6 +28,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
+	"github.com/lemonproxy/lemonproxy/extensions/urlauth"
 	"github.com/lemonproxy/lemonproxy/extensions/within"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
@@ -91,13 +93,16 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 	// Registered before the proxy's cleanup, so it runs after the proxy
 	// has shut down.
 	t.Cleanup(func() { store.Close() })
+	ua := urlauth.New(urlauth.Config{})
 	cfg := proxy.Config{
 		Upstream: imaptest.DefaultUpstream(),
 		Extensions: []proxy.Extension{
 			idle.New(),
 			compress.New(),
 			namespace.New(),
+			catenate.New(catenate.Config{Auth: ua}),
 			uidplus.New(),
+			ua,
 			within.New(),
 			esearch.New(),
 			condstore.New(),

@@ -16,6 +16,7 @@ func Scenarios() []*Scenario {
 		uidplus4315(), move6851(), namespace2342(), literal7888(), esearch4731(), searchres5182(),
 		within5032(),
 		binary3516(),
+		catenate4469(), urlauth4467(),
 		lemonade5550(),
 	} {
 		all = append(all, group...)
@@ -42,6 +43,8 @@ var RFCs = []struct {
 	{5182, "SEARCHRES"},
 	{5032, "WITHIN"},
 	{3516, "BINARY"},
+	{4469, "CATENATE"},
+	{4467, "URLAUTH"},
 	{5550, "Lemonade profile (report)"},
 }
 
