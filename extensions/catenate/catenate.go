@@ -30,7 +30,7 @@
 // parts would cost a FETCH of BODYSTRUCTURE or of the part itself, and
 // HEADER or HEADER.FIELDS sections have no size the server announces. A
 // file costs disk, not memory, and reads each byte once from the client
-// and from the upstream. The spool is bounded: a message beyond the
+// and from the upstream. The spool (urlfetch.Spool) is bounded: a message beyond the
 // proxy's MaxAppendLiteral, or a command beyond MaxCommandBytes
 // (Session.AppendLimits), is refused NO [TOOBIG] (before the literal that
 // would pass the limit is invited, when it is synchronising); the file is

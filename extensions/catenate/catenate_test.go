@@ -324,3 +324,22 @@ func TestPlainAppendUntouched(t *testing.T) {
 		t.Errorf("%q", lines)
 	}
 }
+
+// TestLarge: a message well past the upstream's LITERAL- bound (so the
+// APPEND the extension makes waits for the upstream's continuation
+// request) and a URL part read in several chunks.
+func TestLarge(t *testing.T) {
+	p := memEnv(t, nil)
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	line := "The quick brown fox jumps over the lazy dog, again and again.\r\n"
+	big := "Subject: big\r\n\r\n" + strings.Repeat(line, 3000) // about 190 KB
+	c.MustOK(fmt.Sprintf("APPEND Drafts {%d}", len(big)), big)
+	lines := c.MustOK(fmt.Sprintf(`APPEND INBOX CATENATE (URL "/Drafts/;UID=3" TEXT {%d}`, len(big)), big+")")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("%q", lines)
+	}
+	c.MustOK("SELECT INBOX")
+	if got := fetchBody(t, c, 1, ""); got != big+big {
+		t.Errorf("got %d bytes, want %d", len(got), 2*len(big))
+	}
+}
