@@ -284,7 +284,7 @@ func TestProxyMemUpstreamPlain(t *testing.T) {
 		if r.ID != "5550-profile-report" {
 			continue
 		}
-		for _, want := range []string{"also advertised by the upstream (-outside), 10 by the target only: ", " NAMESPACE", " LITERAL+", " ESEARCH", " SEARCHRES", " WITHIN", " BINARY", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
+		for _, want := range []string{"also advertised by the upstream (-outside), 12 by the target only: ", " CATENATE", " URLAUTH", " NAMESPACE", " LITERAL+", " ESEARCH", " SEARCHRES", " WITHIN", " BINARY", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
 			if !strings.Contains(r.Reason, want) {
 				t.Errorf("Lemonade report %q lacks %q", r.Reason, want)
 			}
