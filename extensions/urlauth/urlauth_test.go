@@ -235,6 +235,14 @@ func TestURLMech(t *testing.T) {
 			t.Errorf("%s: %q", cmd, lines)
 		}
 	}
+	// The commands work with a mailbox selected too, and leave it so.
+	url := gen(t, c, "imap://joe@example.com/INBOX/;uid=1/;section=1.2;urlauth=user+joe")
+	if got := fetch(t, c, url); got != motto {
+		t.Errorf("selected: %q", got)
+	}
+	if lines := c.MustOK("UID FETCH 1 (UID)"); len(lines) != 2 {
+		t.Errorf("%q", lines)
+	}
 }
 
 // TestAccess: each access identifier admits exactly whom RFC 4467 3
