@@ -343,3 +343,29 @@ func TestLarge(t *testing.T) {
 		t.Errorf("got %d bytes, want %d", len(got), 2*len(big))
 	}
 }
+
+// TestRefusedInStep: refusals that come while the client is still sending
+// (a bad URL before a non-synchronising literal) or from the upstream
+// (APPEND to a mailbox that does not exist, before or after a
+// synchronising upstream literal) leave the session in step.
+func TestRefusedInStep(t *testing.T) {
+	p := memEnv(t, nil)
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	c.Send(`a APPEND Drafts CATENATE (URL "/Drafts/;UID=99" TEXT {5+}`)
+	c.Write("hello")
+	c.Send(` TEXT {3+}`)
+	c.Write("abc")
+	c.Send(`)`)
+	c.Expect("a NO [BADURL /Drafts/;UID=99] The URL names no message of this account.")
+	c.MustOK("NOOP")
+	for _, n := range []int{10, 5000} { // below and above LITERAL-'s 4096
+		lines := c.Cmd(fmt.Sprintf(`APPEND Nowhere CATENATE (URL "/Drafts/;UID=2" TEXT {%d+}`, n), strings.Repeat("x", n)+")")
+		if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "NO [TRYCREATE]") {
+			t.Errorf("%d: %q", n, lines)
+		}
+		c.MustOK("NOOP")
+	}
+	if st := c.MustOK("STATUS Drafts (MESSAGES)")[0]; !strings.Contains(st, "MESSAGES 2") {
+		t.Errorf("%q", st)
+	}
+}
