@@ -19,17 +19,19 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/lemonproxy/lemonproxy/extensions/binary"
+	"github.com/lemonproxy/lemonproxy/extensions/catenate"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/convert"
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
+	"github.com/lemonproxy/lemonproxy/extensions/filters"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/metadata"
 	"github.com/lemonproxy/lemonproxy/extensions/namespace"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
-	"github.com/lemonproxy/lemonproxy/extensions/filters"
-	"github.com/lemonproxy/lemonproxy/extensions/metadata"
+	"github.com/lemonproxy/lemonproxy/extensions/urlauth"
 	"github.com/lemonproxy/lemonproxy/extensions/within"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
@@ -95,6 +97,7 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 	// has shut down.
 	t.Cleanup(func() { store.Close() })
 	meta := metadata.New(metadata.Config{})
+	ua := urlauth.New(urlauth.Config{})
 	cfg := proxy.Config{
 		Upstream: imaptest.DefaultUpstream(),
 		Extensions: []proxy.Extension{
@@ -102,7 +105,9 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 			compress.New(),
 			namespace.New(),
 			meta,
+			catenate.New(catenate.Config{Auth: ua}),
 			uidplus.New(),
+			ua,
 			filters.New(meta),
 			within.New(),
 			esearch.New(),
@@ -286,7 +291,7 @@ func TestProxyMemUpstreamPlain(t *testing.T) {
 		if r.ID != "5550-profile-report" {
 			continue
 		}
-		for _, want := range []string{"also advertised by the upstream (-outside), 12 by the target only: ", " NAMESPACE", " LITERAL+", " ESEARCH", " SEARCHRES", " WITHIN", " BINARY", " FILTERS", " CONVERT", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
+		for _, want := range []string{"also advertised by the upstream (-outside), 14 by the target only: ", " CATENATE", " URLAUTH", " NAMESPACE", " LITERAL+", " ESEARCH", " SEARCHRES", " WITHIN", " BINARY", " FILTERS", " CONVERT", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
 			if !strings.Contains(r.Reason, want) {
 				t.Errorf("Lemonade report %q lacks %q", r.Reason, want)
 			}

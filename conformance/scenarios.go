@@ -18,6 +18,7 @@ func Scenarios() []*Scenario {
 		binary3516(),
 		metadata5464(), filters5466(),
 		convert5259(),
+		catenate4469(), urlauth4467(),
 		lemonade5550(),
 	} {
 		all = append(all, group...)
@@ -47,6 +48,8 @@ var RFCs = []struct {
 	{5464, "METADATA"},
 	{5466, "FILTERS"},
 	{5259, "CONVERT"},
+	{4469, "CATENATE"},
+	{4467, "URLAUTH"},
 	{5550, "Lemonade profile (report)"},
 }
 

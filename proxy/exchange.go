@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
@@ -50,6 +53,9 @@ type Exchange struct {
 	peekN    int
 	peek     []byte
 	litSizes []int64
+	// in, when set by Restream, is what the relay reads the command's
+	// literals and later lines from instead of the client.
+	in *imapcodec.Reader
 }
 
 // newExchange makes the exchange of a command read (whole, or its first
@@ -96,6 +102,139 @@ func (x *Exchange) ReadWhole(limit int64) (ok bool, err error) {
 	}
 	x.Segments, x.streamed = segs, false
 	return true, nil
+}
+
+// ReadStreamed reads the rest of a streamed command (APPEND) for a
+// handler that answers it itself without holding its literals in memory:
+// CATENATE's TEXT parts are spooled to a bounded file as they arrive. For
+// each literal, in order, lit is called with the segments read so far (the
+// last is the one the literal ends; its Text is the command's text since
+// the literal before) and a reader of the literal's bytes. A synchronising
+// literal is invited (the continuation request sent) only when lit first
+// reads from r, so a handler that finds the command wrong in the text
+// before it (a bad URL) refuses the command by returning an error without
+// reading: the client then never sends the literal. What lit leaves unread
+// is read and dropped.
+//
+// Each literal is checked against limit and the command's literals
+// together against the APPEND limit (MaxCommandBytes) before lit is
+// called; over them, the client is answered NO [TOOBIG] and ok is false.
+// If lit returns an error, the rest of the command is read and dropped
+// (or, while its literal is uninvited, never sent) and ReadStreamed
+// returns ok false and that error: the handler answers the command (Reply)
+// when the error is its own refusal, and returns any other error (the
+// client's connection failed), which ends the session.
+//
+// On success x.Segments hold the command's text, each literal's header but
+// no Data, and Streamed reports false. The handler must then answer the
+// command itself (Reply) or make the command to send upstream (Restream);
+// it must never pass on the command as it is. A command already whole is
+// left as it is.
+func (x *Exchange) ReadStreamed(limit int64, lit func(segs []imapcodec.Segment, r io.Reader) error) (ok bool, err error) {
+	if !x.streamed {
+		return true, nil
+	}
+	s := x.s
+	first := x.Segments[0]
+	first.Text = bytes.Clone(first.Text)
+	segs := []imapcodec.Segment{first}
+	total := len(first.Text)
+	var litTotal int64
+	for h := first.Literal; h != nil; {
+		if why := s.literalTooBig(h, limit, s.commandBytes(x.Name), litTotal); why != "" {
+			x.answered = true
+			return false, s.refuseLiteral(x.Tag, h, why)
+		}
+		litTotal += h.Size
+		r := &invitingReader{s: s, invite: !h.NonSync}
+		if err := lit(segs, r); err != nil {
+			if r.invite {
+				// Never invited: the client sends nothing more.
+				s.r.CancelLiteral()
+				return false, err
+			}
+			if _, derr := io.Copy(io.Discard, s.r.Literal()); derr != nil {
+				return false, derr
+			}
+			_, next, derr := s.r.ReadLine()
+			if derr == nil {
+				derr = s.discardRest(next)
+			}
+			if derr != nil {
+				return false, derr
+			}
+			return false, err
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return false, err
+		}
+		line, next, err := s.r.ReadLine()
+		if err != nil {
+			return false, err
+		}
+		total += len(line)
+		if total > s.cfg.Limits.MaxLine {
+			return false, fmt.Errorf("%w: command text", imapcodec.ErrLineTooLong)
+		}
+		seg := imapcodec.Segment{Text: bytes.Clone(line), Literal: next}
+		if next != nil {
+			seg.Text = seg.Text[:next.Start]
+		}
+		segs = append(segs, seg)
+		h = next
+	}
+	x.Segments, x.streamed = segs, false
+	return true, nil
+}
+
+// invitingReader reads a client's literal for ReadStreamed, sending the
+// continuation request a synchronising literal needs before the first read.
+type invitingReader struct {
+	s      *Session
+	invite bool
+}
+
+func (r *invitingReader) Read(p []byte) (int, error) {
+	if r.invite {
+		r.invite = false
+		if err := r.s.Write([]byte("+ Ready for literal data\r\n")); err != nil {
+			return 0, err
+		}
+		if err := r.s.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return r.s.r.Literal().Read(p)
+}
+
+// Restream sets the command the relay at the end of the chain sends
+// upstream to one the handler made, after it read the client's command
+// itself (ReadStreamed, ReadWhole): CATENATE sends the message it
+// concatenated as one plain APPEND this way. first is the new command's
+// first line up to its first literal, the client's tag in front (the
+// relay puts its own in its place); rest is what follows that line on the
+// wire: the literal's bytes, then the text up to the next literal header
+// or the final CRLF, and so on. Every literal must be in the
+// non-synchronising form ("{n+}"): nothing more is asked of the client,
+// and the relay still waits for the upstream's continuation request where
+// the upstream has no LITERAL+. The limits of a client's APPEND apply.
+//
+// Streamed then reports true again and the handler passes the exchange on
+// (next): the handlers after it and the relay see an ordinary streamed
+// command, so PeekLiteral, StreamedLiterals and the APPENDUID a later
+// handler adds work on it.
+func (x *Exchange) Restream(first imapcodec.Segment, rest io.Reader) {
+	x.Segments = []imapcodec.Segment{first}
+	x.streamed = true
+	// The reader reads the first line too, so that it stands at the
+	// first literal as the client's reader would.
+	line := bytes.Clone(first.Text)
+	if first.Literal != nil {
+		line = first.Literal.Format(line)
+	}
+	line = append(line, '\r', '\n')
+	x.in = imapcodec.NewReader(io.MultiReader(bytes.NewReader(line), rest), x.s.cfg.Limits)
+	x.in.ReadLine() // cannot fail: the line is in memory and the client's first line was within the limits
 }
 
 // Reply answers the command with a tagged status response of the proxy's

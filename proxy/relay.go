@@ -31,13 +31,21 @@ func (e *upstreamError) Unwrap() error { return e.err }
 // upstream connection's own, and restored on the tagged response.
 func (s *Session) relay(ctx context.Context, x *Exchange) error {
 	cmd, first := x.cmd, x.Segments[0]
+	// in is where the command's literals and later lines come from: the
+	// client, or the command a handler made (Exchange.Restream), whose
+	// literals are never invited from the client.
+	in, own := s.r, x.in != nil
+	if own {
+		in = x.in
+		defer in.Release()
+	}
 	limit := s.cfg.Limits.MaxInlineLiteral
 	if cmd.Name == "APPEND" {
 		limit = s.cfg.MaxAppendLiteral
 	}
 	if lit := first.Literal; lit != nil {
 		if why := s.literalTooBig(lit, limit, s.commandBytes(cmd.Name), 0); why != "" {
-			return s.refuseLiteral(cmd.Tag, lit, why)
+			return s.refuseLiteralFrom(in, cmd.Tag, lit, why)
 		}
 	}
 	// In the authenticated state a pooled connection may keep another
@@ -48,7 +56,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 	restore := s.state != StateAuthenticated || cmd.Name == "DELETE" || cmd.Name == "RENAME"
 	up, err := s.lease(ctx, restore)
 	if err != nil {
-		if err := s.discardRest(first.Literal); err != nil {
+		if err := s.discardFrom(in, first.Literal); err != nil {
 			return err
 		}
 		return s.upstreamUnavailable(cmd.Tag, err)
@@ -64,7 +72,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 			// Part of the command is already upstream and cannot be
 			// withdrawn: give up that connection.
 			up.MarkBroken()
-			if err := s.refuseLiteral(cmd.Tag, lit, why); err != nil {
+			if err := s.refuseLiteralFrom(in, cmd.Tag, lit, why); err != nil {
 				return err
 			}
 			return s.afterUpstreamLoss()
@@ -82,20 +90,20 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 		pending = pending[:0]
 		if !nonSync {
 			if err := w.Flush(); err != nil {
-				return s.abandonUninvited(cmd.Tag, lit, err)
+				return s.abandonUninvited(in, cmd.Tag, lit, err)
 			}
 			head, accepted, err := s.awaitContinuation(x, up, upTag)
-			if accepted && !lit.NonSync {
+			if accepted && !lit.NonSync && !own {
 				s.Write(continuationLine(head))
 			}
 			if err != nil {
-				return s.abandonUninvited(cmd.Tag, lit, err)
+				return s.abandonUninvited(in, cmd.Tag, lit, err)
 			}
 			if !accepted {
 				// The upstream refused the command before its literal:
 				// pass its answer on. A synchronising client literal was
 				// never invited, so there is nothing more to read.
-				if err := s.discardRest(lit); err != nil {
+				if err := s.discardFrom(in, lit); err != nil {
 					return err
 				}
 				s.writeTagged(x, head)
@@ -103,7 +111,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 				return nil
 			}
 		}
-		if !lit.NonSync {
+		if !lit.NonSync && !own {
 			if err := s.Flush(); err != nil {
 				up.MarkBroken()
 				return err
@@ -115,17 +123,17 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 			dst = io.MultiWriter(dst, peekWriter{x})
 		}
 		x.litSizes = append(x.litSizes, lit.Size)
-		if _, err := copyLiteral(dst, s.r.Literal()); err != nil {
-			if s.r.LiteralRemaining() > 0 && !isWriteErr(err) {
+		if _, err := copyLiteral(dst, in.Literal()); err != nil {
+			if in.LiteralRemaining() > 0 && !isWriteErr(err) {
 				// The client went away mid-literal; the upstream is left
 				// mid-command and cannot be reused.
 				up.MarkBroken()
 				s.release()
 				return fmt.Errorf("client cut a literal short: %w", err)
 			}
-			return s.abandonCommand(cmd.Tag, lit, err)
+			return s.abandonCommand(in, cmd.Tag, lit, err)
 		}
-		line, next, err := s.r.ReadLine()
+		line, next, err := in.ReadLine()
 		if err != nil {
 			up.MarkBroken()
 			s.release()
@@ -188,22 +196,23 @@ func (d deadlineWriter) Write(p []byte) (int, error) {
 }
 
 // abandonCommand handles an upstream failure in the middle of sending a
-// command: the client's rest of the command is read and dropped (so the
-// client stays in step), and the client is told the upstream is gone.
-func (s *Session) abandonCommand(tag string, lit *imapcodec.LiteralHeader, cause error) error {
+// command: the client's rest of the command is read from in and dropped
+// (so the client stays in step), and the client is told the upstream is
+// gone.
+func (s *Session) abandonCommand(in *imapcodec.Reader, tag string, lit *imapcodec.LiteralHeader, cause error) error {
 	if s.up != nil {
 		s.up.MarkBroken()
 	}
-	if lit != nil && (lit.NonSync || s.r.LiteralRemaining() < lit.Size) {
+	if lit != nil && (lit.NonSync || in.LiteralRemaining() < lit.Size) {
 		// The client is sending the literal: take it and the rest.
-		if _, err := io.Copy(io.Discard, s.r.Literal()); err != nil {
+		if _, err := io.Copy(io.Discard, in.Literal()); err != nil {
 			return err
 		}
-		_, next, err := s.r.ReadLine()
+		_, next, err := in.ReadLine()
 		if err != nil {
 			return err
 		}
-		if err := s.discardRest(next); err != nil {
+		if err := s.discardFrom(in, next); err != nil {
 			return err
 		}
 	}
@@ -217,11 +226,11 @@ func (s *Session) abandonCommand(tag string, lit *imapcodec.LiteralHeader, cause
 // literal's bytes and the session would hang (proxy/faults_test.go
 // TestFaultUpstreamCutDuringAppend). A non-synchronising literal is on its
 // way and is read and dropped as usual.
-func (s *Session) abandonUninvited(tag string, lit *imapcodec.LiteralHeader, cause error) error {
+func (s *Session) abandonUninvited(in *imapcodec.Reader, tag string, lit *imapcodec.LiteralHeader, cause error) error {
 	if lit.NonSync {
-		return s.abandonCommand(tag, lit, cause)
+		return s.abandonCommand(in, tag, lit, cause)
 	}
-	s.r.CancelLiteral()
+	in.CancelLiteral()
 	return s.upstreamFailed(tag, cause)
 }
 

@@ -161,6 +161,25 @@ func (s *Session) Logger() *slog.Logger { return s.log }
 // Account returns the pool key of the authenticated upstream identity.
 func (s *Session) Account() string { return s.account }
 
+// AccountOf returns the account key a login as user would have
+// (Config.UsernameFormat applied), so an extension can tell whether a user
+// name it was given (the user of an IMAP URL, RFC 5092) is the session's
+// own account: compare it with Account.
+func (s *Session) AccountOf(user string) string { return s.srv.accountKey(user) }
+
+// AppendLimits returns the largest message one APPEND may carry
+// (MaxAppendLiteral) and the most literal bytes one APPEND may carry in
+// all (MaxCommandBytes), for an extension that builds an APPEND's message
+// itself (CATENATE) and must stop before the relay would refuse it.
+func (s *Session) AppendLimits() (message, command int64) {
+	return s.cfg.MaxAppendLiteral, s.cfg.MaxCommandBytes
+}
+
+// RemoteAddr returns the client's address (after a PROXY header, the one
+// it names), for an extension that trusts clients by where they connect
+// from (URLAUTH's submission servers).
+func (s *Session) RemoteAddr() net.Addr { return s.nc.RemoteAddr() }
+
 // UpstreamCaps returns the capabilities the upstream advertised after
 // login (nil before), shared and not to be modified: an extension that
 // synthesizes what an upstream may lack (ESEARCH, NAMESPACE, UIDPLUS)
@@ -712,8 +731,14 @@ func (s *Session) refuseOversized(line []byte, lit *imapcodec.LiteralHeader) err
 // read and thrown away with the rest of the command, so the connection
 // stays in step.
 func (s *Session) refuseLiteral(tag string, lit *imapcodec.LiteralHeader, why string) error {
+	return s.refuseLiteralFrom(s.r, tag, lit, why)
+}
+
+// refuseLiteralFrom is refuseLiteral for a command read from in (the
+// client, or a command a handler made, Exchange.Restream).
+func (s *Session) refuseLiteralFrom(in *imapcodec.Reader, tag string, lit *imapcodec.LiteralHeader, why string) error {
 	s.srv.countError(ErrLiteralTooLarge)
-	if err := s.discardRest(lit); err != nil {
+	if err := s.discardFrom(in, lit); err != nil {
 		return err
 	}
 	return s.WriteStatus(tag, "NO", "TOOBIG", why)
@@ -723,20 +748,23 @@ func (s *Session) refuseLiteral(tag string, lit *imapcodec.LiteralHeader, why st
 // read. After a synchronising literal the client waits for our answer, so
 // there is nothing more to skip; non-synchronising literals and the lines
 // after them are read and dropped.
-func (s *Session) discardRest(lit *imapcodec.LiteralHeader) error {
+func (s *Session) discardRest(lit *imapcodec.LiteralHeader) error { return s.discardFrom(s.r, lit) }
+
+// discardFrom is discardRest for a command read from in.
+func (s *Session) discardFrom(in *imapcodec.Reader, lit *imapcodec.LiteralHeader) error {
 	if lit != nil && !lit.NonSync {
-		s.r.CancelLiteral()
+		in.CancelLiteral()
 	}
 	for lit != nil && lit.NonSync {
-		if _, err := io.Copy(io.Discard, s.r.Literal()); err != nil {
+		if _, err := io.Copy(io.Discard, in.Literal()); err != nil {
 			return err
 		}
 		var err error
-		if _, lit, err = s.r.ReadLine(); err != nil {
+		if _, lit, err = in.ReadLine(); err != nil {
 			return err
 		}
 		if lit != nil && !lit.NonSync {
-			s.r.CancelLiteral()
+			in.CancelLiteral()
 		}
 	}
 	return nil

@@ -1,0 +1,403 @@
+// Package catenate offers CATENATE (RFC 4469): an APPEND whose message is
+// put together from TEXT parts the client sends and URL parts (RFC 5092)
+// naming messages, or parts of them, already on the server.
+//
+// # Relayed or synthesized
+//
+// Where the upstream has CATENATE, the APPEND is relayed as it is (the
+// core streams it; the upstream resolves the URLs against the same
+// account). Where it has not, or where URL parts may carry URLAUTH
+// authorizations the proxy made (Config.Auth: the proxy synthesizes
+// URLAUTH, and the upstream could not check the proxy's tokens), the
+// extension builds the message itself:
+//
+//  1. The command is read with Exchange.ReadStreamed: parts in order, each
+//     TEXT literal copied to a spool file as it arrives, each URL resolved
+//     when it is read (below) and its data appended to the same file. So
+//     the file holds the message in order, and a bad URL is answered
+//     NO [BADURL url] before the next synchronising literal is invited, as
+//     RFC 4469 5 lets a server do: the client sends nothing more.
+//  2. The message goes upstream as one plain APPEND with one literal
+//     (Exchange.Restream), its size now known; the handlers after this one
+//     and the core's relay see an ordinary streamed APPEND, so uidplus's
+//     APPENDUID (its Message-ID peek, its literal size) works on it and
+//     the upstream's synchronising literal is handled as for any APPEND.
+//
+// Why spool, not fetch the sizes first: the size of a synchronising
+// upstream literal must be known before its first byte, and the last TEXT
+// part's size is known only when the client has sent everything before
+// it, so client data must be held somewhere in any design; sizes of URL
+// parts would cost a FETCH of BODYSTRUCTURE or of the part itself, and
+// HEADER or HEADER.FIELDS sections have no size the server announces. A
+// file costs disk, not memory, and reads each byte once from the client
+// and from the upstream. The spool (urlfetch.Spool) is bounded: a message beyond the
+// proxy's MaxAppendLiteral, or a command beyond MaxCommandBytes
+// (Session.AppendLimits), is refused NO [TOOBIG] (before the literal that
+// would pass the limit is invited, when it is synchronising); the file is
+// unlinked at creation, so nothing is left behind even by a crash, and
+// closed when the command ends. Memory is a copy buffer and one upstream
+// chunk (urlfetch.ChunkSize).
+//
+// # URLs
+//
+// A URL part is resolved through the session's own upstream account
+// (extensions/internal/urlfetch): "/mailbox..." relative URLs, whose base
+// is the session's own server and user (RFC 4469 3: the base URL is
+// "imap://user@server/"), and absolute URLs naming one of Config.Hosts
+// and the session's own user. A URL of another user, host or account is
+// refused with NO [BADURL url], never read; so is one that names no
+// message (a mailbox, a search), a message or section that does not
+// exist, a UIDVALIDITY that is not the mailbox's, or an unparsable URL. A
+// URL with URLAUTH (";URLAUTH=access:mech:token") is checked by
+// Config.Auth (the urlauth extension: the token, its expiry, its access
+// identifier against the session's user) and then read like any other
+// URL of the account; without Config.Auth it is refused.
+//
+// # MULTIAPPEND
+//
+// Several messages in one APPEND (RFC 3502), CATENATE or not, are
+// accepted where the upstream has MULTIAPPEND (the proxy advertises it
+// only then) and go upstream as one MULTIAPPEND; otherwise a second
+// message is answered BAD. An APPEND whose first message is a plain
+// literal is not read by this extension: it streams to the upstream as
+// always, so a MULTIAPPEND whose later messages use CATENATE is the
+// upstream's to understand. So is an APPEND whose mailbox name is a
+// literal. TEXT parts in literal8 form (RFC 3516 with CATENATE) are
+// refused.
+package catenate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync/atomic"
+
+	"github.com/lemonproxy/lemonproxy/extensions/internal/urlfetch"
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/imapurl"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// Authorizer checks URLAUTH-authorized URLs (RFC 4467) for CATENATE's URL
+// parts: the urlauth extension implements it.
+type Authorizer interface {
+	// AuthorizeURL checks u, which carries URLAUTH: its token is valid
+	// and unexpired and its access identifier admits the session.
+	AuthorizeURL(ctx context.Context, s *proxy.Session, u *imapurl.URL) error
+	// Synthesized reports whether the proxy, not the upstream (whose
+	// capabilities are up), checks URLAUTH tokens.
+	Synthesized(up upstream.Caps) bool
+}
+
+// Config configures the extension.
+type Config struct {
+	// Hosts are the names clients reach the proxy under; an absolute URL
+	// must name one. Empty: urlfetch.DefaultHosts().
+	Hosts urlfetch.Hosts
+	// SpoolDir is where messages are put together; "" is os.TempDir().
+	SpoolDir string
+	// Auth checks URL parts with URLAUTH; nil refuses them.
+	Auth Authorizer
+}
+
+// Extension offers CATENATE.
+type Extension struct {
+	cfg                  Config
+	relayed, synthesized atomic.Int64
+}
+
+// Stats counts what the extension did, for tests and metrics.
+type Stats struct {
+	// Relayed counts APPENDs with CATENATE passed on to an upstream that
+	// has CATENATE; Synthesized those put together by the proxy (whatever
+	// their outcome).
+	Relayed, Synthesized int64
+}
+
+// Stats returns the counts so far.
+func (e *Extension) Stats() Stats {
+	return Stats{Relayed: e.relayed.Load(), Synthesized: e.synthesized.Load()}
+}
+
+// New returns the extension.
+func New(cfg Config) *Extension {
+	if len(cfg.Hosts) == 0 {
+		cfg.Hosts = urlfetch.DefaultHosts()
+	}
+	return &Extension{cfg: cfg}
+}
+
+// Name implements proxy.Extension.
+func (*Extension) Name() string { return "catenate" }
+
+// Capabilities offers CATENATE once logged in, relayed or synthesized.
+func (*Extension) Capabilities(st proxy.State, up upstream.Caps) []string {
+	if st != proxy.StateAuthenticated && st != proxy.StateSelected || up == nil {
+		return nil
+	}
+	return []string{"CATENATE"}
+}
+
+// Commands implements proxy.CommandHandler.
+func (*Extension) Commands() []string { return []string{"APPEND"} }
+
+// relays reports whether the upstream does CATENATE for the session.
+func (e *Extension) relays(up upstream.Caps) bool {
+	return up.Has("CATENATE") && (e.cfg.Auth == nil || !e.cfg.Auth.Synthesized(up))
+}
+
+// ServeCommand reads and builds an APPEND with CATENATE (see the package
+// comment) and passes every other APPEND on.
+func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	if !x.Streamed() || !isCatenate(x.Segments[0].Text) {
+		return next(ctx, x)
+	}
+	if e.relays(x.Session().UpstreamCaps()) {
+		e.relayed.Add(1)
+		return next(ctx, x)
+	}
+	e.synthesized.Add(1)
+	return e.synthesize(ctx, x, next)
+}
+
+// refusal is an answer to the command, made while reading it.
+type refusal struct{ status, code, text string }
+
+func (r *refusal) Error() string { return r.status + " " + r.code + " " + r.text }
+
+func syntaxRefusal(err error) *refusal {
+	return &refusal{"BAD", "", "Error in IMAP command APPEND: " + strings.TrimPrefix(err.Error(), "syntax error: ") + "."}
+}
+
+// badURL is the NO [BADURL url] answer; url-resp-text may not hold "]"
+// or control characters (RFC 4469 5 with erratum 2002), which are left out.
+func badURL(raw string, why string) *refusal {
+	clean := strings.Map(func(r rune) rune {
+		if r < 0x20 || r == ']' || r == 0x7f {
+			return -1
+		}
+		return r
+	}, raw)
+	if len(clean) > 1024 {
+		clean = clean[:1024]
+	}
+	if clean == "" {
+		clean = "-"
+	}
+	return &refusal{"NO", "BADURL " + clean, why}
+}
+
+func tooBig(limit int64) *refusal {
+	return &refusal{"NO", "TOOBIG", fmt.Sprintf("The message would exceed the limit of %d bytes.", limit)}
+}
+
+var errUnavailable = &refusal{"NO", "UNAVAILABLE", "The message cannot be put together now; try again later."}
+
+// synthesize answers an APPEND with CATENATE over an upstream without it.
+func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	s := x.Session()
+	maxMsg, maxCmd := s.AppendLimits()
+	multi := s.UpstreamCaps().Has("MULTIAPPEND")
+	sp, spErr := urlfetch.NewSpool(e.cfg.SpoolDir)
+	if spErr != nil {
+		s.Logger().Warn("catenate: cannot create a spool file", "err", spErr)
+	} else {
+		defer sp.Close()
+	}
+	p := &cmdParser{}
+	msgSize := func(m *message) int64 {
+		var n int64
+		for _, pt := range m.parts {
+			n += pt.n
+		}
+		return n
+	}
+	room := func(m *message) (int64, int64) {
+		if left := maxCmd - sp.Size(); left < maxMsg-msgSize(m) {
+			return left, maxCmd
+		}
+		return maxMsg - msgSize(m), maxMsg
+	}
+	checkMulti := func() error {
+		if len(p.msgs) > 1 && !multi {
+			return &refusal{"BAD", "", "Error in IMAP command APPEND: one message per APPEND (no MULTIAPPEND)."}
+		}
+		return nil
+	}
+	p.onURL = func(m *message, url string) error {
+		if err := checkMulti(); err != nil {
+			return err
+		}
+		if spErr != nil {
+			return errUnavailable
+		}
+		left, limit := room(m)
+		off := sp.Size()
+		n, r := e.resolve(ctx, s, url, sp, left, limit)
+		if r != nil {
+			return r
+		}
+		m.parts = append(m.parts, part{url: url, off: off, n: n})
+		return nil
+	}
+	onLiteral := func(segs []imapcodec.Segment, r io.Reader) error {
+		seg := segs[len(segs)-1]
+		if err := p.feed(seg.Text); err != nil {
+			return asRefusal(err)
+		}
+		kind, err := p.literal()
+		if err != nil {
+			return asRefusal(err)
+		}
+		if err := checkMulti(); err != nil {
+			return err
+		}
+		m := p.msgs[len(p.msgs)-1]
+		h := seg.Literal
+		if h.Binary {
+			return &refusal{"NO", "CANNOT", "CATENATE with literal8 parts is not supported."}
+		}
+		if kind == litURL {
+			if h.Size > imapurl.MaxLen {
+				return badURL("-", "URL too long.")
+			}
+			data, err := io.ReadAll(r)
+			if err != nil {
+				return err
+			}
+			return p.onURL(m, string(data))
+		}
+		if spErr != nil {
+			return errUnavailable
+		}
+		if left, limit := room(m); h.Size > left {
+			return tooBig(limit)
+		}
+		off := sp.Size()
+		n, err := io.Copy(sp, r)
+		if sp.Err() != nil {
+			s.Logger().Warn("catenate: spool write failed", "err", sp.Err())
+			return errUnavailable
+		}
+		if err != nil {
+			return err // the client's connection
+		}
+		m.parts = append(m.parts, part{off: off, n: n})
+		return nil
+	}
+	ok, err := x.ReadStreamed(maxMsg, onLiteral)
+	if !ok {
+		var r *refusal
+		if errors.As(err, &r) {
+			return x.Reply(r.status, r.code, r.text)
+		}
+		return err
+	}
+	last := x.Segments[len(x.Segments)-1]
+	if err := p.feed(last.Text); err != nil {
+		var r *refusal
+		if errors.As(asRefusal(err), &r) {
+			return x.Reply(r.status, r.code, r.text)
+		}
+		return err
+	}
+	if err := p.done(); err != nil {
+		return x.Reply("BAD", "", syntaxRefusal(err).text)
+	}
+	if len(p.msgs) > 1 && !multi {
+		return x.Reply("BAD", "", "Error in IMAP command APPEND: one message per APPEND (no MULTIAPPEND).")
+	}
+	if spErr != nil {
+		return x.Reply(errUnavailable.status, errUnavailable.code, errUnavailable.text)
+	}
+	first, rest := build(x.Tag, p, sp)
+	x.Restream(first, rest)
+	return next(ctx, x)
+}
+
+func asRefusal(err error) error {
+	var r *refusal
+	if errors.As(err, &r) {
+		return r
+	}
+	if errors.Is(err, errSyntax) {
+		return syntaxRefusal(err)
+	}
+	return err
+}
+
+// resolve appends what url names to the spool, at most left bytes
+// (limit is the limit to name in TOOBIG).
+func (e *Extension) resolve(ctx context.Context, s *proxy.Session, url string, sp *urlfetch.Spool, left, limit int64) (int64, *refusal) {
+	u, err := imapurl.Parse(url)
+	if err != nil {
+		return 0, badURL(url, "Invalid IMAP URL.")
+	}
+	if u.HasURLAuth() {
+		if e.cfg.Auth == nil {
+			return 0, badURL(url, "URLAUTH is not supported here.")
+		}
+		if err := e.cfg.Auth.AuthorizeURL(ctx, s, u); err != nil {
+			return 0, badURL(url, "The URL's authorization is not valid.")
+		}
+	}
+	if err := urlfetch.Owner(s, u, e.cfg.Hosts); err != nil {
+		return 0, badURL(url, "The URL is not of this account.")
+	}
+	n, err := urlfetch.Copy(ctx, s, u, sp, left)
+	switch {
+	case err == nil:
+		return n, nil
+	case errors.Is(err, urlfetch.ErrTooBig):
+		return 0, tooBig(limit)
+	case errors.Is(err, urlfetch.ErrBadURL):
+		return 0, badURL(url, "The URL names no message of this account.")
+	case sp.Err() != nil:
+		s.Logger().Warn("catenate: spool write failed", "err", sp.Err())
+	default:
+		s.Logger().Info("catenate: reading a URL failed", "err", err)
+	}
+	return 0, errUnavailable
+}
+
+// build makes the plain APPEND that carries the messages put together:
+// the first line up to the first literal, and the rest as the relay reads
+// it (Exchange.Restream).
+func build(tag string, p *cmdParser, sp *urlfetch.Spool) (imapcodec.Segment, io.Reader) {
+	head := func(b []byte, m *message) []byte {
+		if m.flags != "" {
+			b = append(b, m.flags...)
+			b = append(b, ' ')
+		}
+		if m.date != "" {
+			b = append(b, m.date...)
+			b = append(b, ' ')
+		}
+		return b
+	}
+	size := func(m *message) int64 {
+		var n int64
+		for _, pt := range m.parts {
+			n += pt.n
+		}
+		return n
+	}
+	text := head([]byte(tag+" APPEND "+p.mailbox+" "), p.msgs[0])
+	first := imapcodec.Segment{Text: text, Literal: &imapcodec.LiteralHeader{Size: size(p.msgs[0]), NonSync: true, Start: len(text)}}
+	var rs []io.Reader
+	for i, m := range p.msgs {
+		if i > 0 {
+			b := head([]byte(" "), m)
+			b = imapcodec.LiteralHeader{Size: size(m), NonSync: true}.Format(b)
+			rs = append(rs, strings.NewReader(string(b)+"\r\n"))
+		}
+		for _, pt := range m.parts {
+			rs = append(rs, io.NewSectionReader(sp.File(), pt.off, pt.n))
+		}
+	}
+	rs = append(rs, strings.NewReader("\r\n"))
+	return first, io.MultiReader(rs...)
+}

@@ -1,0 +1,124 @@
+package catenate_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/extensions/catenate"
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
+	"github.com/lemonproxy/lemonproxy/imapurl"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// refuseAll stands for a synthesized URLAUTH that authorizes nothing: with
+// it the extension must put CATENATE together itself even over an
+// upstream that has CATENATE.
+type refuseAll struct{}
+
+func (refuseAll) AuthorizeURL(context.Context, *proxy.Session, *imapurl.URL) error {
+	return errors.New("no")
+}
+func (refuseAll) Synthesized(upstream.Caps) bool { return true }
+
+// dovecotEnv is Dovecot with profile p, alice's Drafts holding draft and
+// forwarded, bob's INBOX one message, and the proxy in front.
+func dovecotEnv(t *testing.T, p dovecottest.Profile, auth catenate.Authorizer) (*catenate.Extension, *imaptest.Client, [2]uint32) {
+	srv := dovecottest.Start(t, p)
+	var uids [2]uint32
+	for i, m := range []string{draft, forwarded} {
+		uids[i] = srv.Append(t, "alice", "alicepass", "Drafts", nil, []byte(m))
+	}
+	srv.Append(t, "bob", "bobpass", "INBOX", nil, []byte("Subject: bob's secret\r\n\r\nbob only\r\n"))
+	ext := catenate.New(catenate.Config{Hosts: []string{"imap.example.org"}, Auth: auth})
+	px := imaptest.StartProxy(t, srv.Addr, proxy.Config{Extensions: []proxy.Extension{ext, uidplus.New(), condstore.New()}})
+	return ext, imaptest.Login(t, px.Addr, "alice", "alicepass"), uids
+}
+
+// TestDovecot: RFC 4469 4's example over every profile: synthesized over
+// Legacy (APPENDUID from the upstream's UIDPLUS) and Plain (APPENDUID
+// found by uidplus), relayed over Full, and synthesized over Full when
+// URLAUTH is the proxy's.
+func TestDovecot(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		p       dovecottest.Profile
+		auth    catenate.Authorizer
+		relayed bool
+	}{
+		{"Legacy", dovecottest.Legacy, nil, false},
+		{"Plain", dovecottest.Plain, nil, false},
+		{"Full", dovecottest.Full, nil, true},
+		{"FullProxyURLAUTH", dovecottest.Full, refuseAll{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ext, c, uids := dovecotEnv(t, tc.p, tc.auth)
+			if caps := c.MustOK("CAPABILITY")[0] + " "; !strings.Contains(caps, " CATENATE ") {
+				t.Fatalf("%s", caps)
+			}
+			v := uidValidity(t, c, "Drafts")
+			tagged := rfcExample(t, c, v, int(uids[0]), int(uids[1]))
+			if want := "A003 OK [APPENDUID " + v + " 3] "; !strings.HasPrefix(tagged, want) {
+				t.Errorf("tagged %q, want %q...", tagged, want)
+			}
+			want := catenate.Stats{Synthesized: 1}
+			if tc.relayed {
+				want = catenate.Stats{Relayed: 1}
+			}
+			if got := ext.Stats(); got != want {
+				t.Errorf("stats %+v, want %+v", got, want)
+			}
+		})
+	}
+}
+
+// TestDovecotIsolation: bob's message never reaches alice's mailbox,
+// relayed (Dovecot refuses) or synthesized (the proxy refuses with
+// BADURL, without asking the upstream).
+func TestDovecotIsolation(t *testing.T) {
+	for _, p := range []dovecottest.Profile{dovecottest.Legacy, dovecottest.Full} {
+		t.Run(p.String(), func(t *testing.T) {
+			_, c, _ := dovecotEnv(t, p, nil)
+			url := "imap://bob@imap.example.org/INBOX/;UID=1"
+			got := imaptest.Tagged(c.Cmd(`APPEND INBOX CATENATE (URL "` + url + `")`))
+			if !strings.HasPrefix(got, "NO ") || p == dovecottest.Legacy && !strings.HasPrefix(got, "NO [BADURL "+url+"]") {
+				t.Errorf("%q", got)
+			}
+			if st := c.MustOK("STATUS INBOX (MESSAGES)")[0]; !strings.Contains(st, "MESSAGES 0") {
+				t.Errorf("%q", st)
+			}
+		})
+	}
+}
+
+// TestDovecotMultiappend: several messages, CATENATE and plain, in one
+// APPEND, put together by the proxy and sent as one MULTIAPPEND where the
+// upstream has MULTIAPPEND.
+func TestDovecotMultiappend(t *testing.T) {
+	_, c, uids := dovecotEnv(t, dovecottest.Full, refuseAll{})
+	c.Send(`m APPEND INBOX (\Flagged) CATENATE (URL "/Drafts/;UID=` + itoa(uids[1]) + `") {5+}`)
+	c.Write("hello")
+	c.Send(` CATENATE (TEXT {3+}`)
+	c.Write("abc")
+	c.Send(`)`)
+	if lines := c.ReadUntilTagged("m"); !strings.HasPrefix(imaptest.Tagged(lines), "OK") {
+		t.Fatalf("%q", lines)
+	}
+	c.MustOK("SELECT INBOX")
+	for uid, want := range map[int]string{1: forwarded, 2: "hello", 3: "abc"} {
+		if got := fetchBody(t, c, uid, ""); got != want {
+			t.Errorf("UID %d: %q, want %q", uid, got, want)
+		}
+	}
+	if f := c.MustOK("UID FETCH 1 (FLAGS)")[0]; !strings.Contains(f, `\Flagged`) {
+		t.Errorf("%q", f)
+	}
+}
+
+func itoa(u uint32) string { return strconv.FormatUint(uint64(u), 10) }

@@ -1,0 +1,91 @@
+package urlauth_test
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/accountdata"
+	"github.com/lemonproxy/lemonproxy/extensions/catenate"
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
+	"github.com/lemonproxy/lemonproxy/extensions/urlauth"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// TestDovecot: URLAUTH over Dovecot's Legacy profile and over its Full
+// profile, which (without imap_urlauth_host and the imap-urlauth
+// services, which the test harness does not configure) does not offer
+// URLAUTH either: synthesized over both. Dovecot's own URLAUTH, where an
+// operator configures it, is relayed (Synthesized is false as soon as
+// the upstream advertises URLAUTH); docs/urlauth.md.
+func TestDovecot(t *testing.T) {
+	for _, p := range []dovecottest.Profile{dovecottest.Legacy, dovecottest.Full} {
+		t.Run(p.String(), func(t *testing.T) {
+			srv := dovecottest.Start(t, p)
+			direct := srv.Dial(t)
+			c0 := imaptest.NewClient(t, direct)
+			c0.MustGreetOK()
+			c0.MustOK("LOGIN alice alicepass")
+			if caps := c0.MustOK("CAPABILITY")[0] + " "; strings.Contains(caps, " URLAUTH") {
+				t.Fatalf("Dovecot %s offers URLAUTH: %s", p, caps)
+			}
+			c0.MustOK("LOGOUT")
+			uid := srv.Append(t, "alice", "alicepass", "INBOX", nil, []byte(bellum))
+			srv.Append(t, "bob", "bobpass", "INBOX", nil, []byte("Subject: bob's\r\n\r\nbob only\r\n"))
+			ext := urlauth.New(urlauth.Config{Hosts: []string{"example.com"}})
+			cat := catenate.New(catenate.Config{Hosts: []string{"example.com"}, Auth: ext})
+			px := imaptest.StartProxy(t, srv.Addr, proxy.Config{
+				Extensions:  []proxy.Extension{cat, uidplus.New(), ext, condstore.New()},
+				AccountData: accountdata.NewMemory(),
+			})
+			alice := imaptest.Login(t, px.Addr, "alice", "alicepass")
+			bob := imaptest.Login(t, px.Addr, "bob", "bobpass")
+			if caps := alice.MustOK("CAPABILITY")[0] + " "; !strings.Contains(caps, " URLAUTH ") || !strings.Contains(caps, " CATENATE ") {
+				t.Fatalf("%s", caps)
+			}
+			u := "imap://alice@example.com/INBOX/;uid=" + itoa(uid) + "/;section=1.2;urlauth=user+alice"
+			alice.Send(`a GENURLAUTH "` + u + `" INTERNAL`)
+			alice.Expect(`* GENURLAUTH "`+u+`:internal:*`, "a OK GENURLAUTH completed.")
+			url := gen(t, alice, u)
+			alice.Send(`b URLFETCH "` + url + `"`)
+			alice.Expect(`* URLFETCH "`+url+`" {28}`+"\r\n"+motto, "b OK URLFETCH completed.")
+			if got := fetch(t, bob, url); got != "NIL" {
+				t.Errorf("alice's URL fetched by bob: %q", got)
+			}
+			// bob's anonymous URL: NIL for alice, data for bob.
+			burl := gen(t, bob, "imap://bob@example.com/INBOX/;uid=1;urlauth=anonymous")
+			if got := fetch(t, alice, burl); got != "NIL" {
+				t.Errorf("bob's URL fetched by alice: %q", got)
+			}
+			if got := fetch(t, bob, burl); !strings.Contains(got, "bob only") {
+				t.Errorf("bob's own URL: %q", got)
+			}
+			// CATENATE with alice's URLAUTH URL, over Full too (Dovecot's
+			// CATENATE could not check the proxy's token).
+			alice.MustOK(`APPEND INBOX CATENATE (TEXT {14+}`, "Subject: x\r\n\r\n"+` URL "`+url+`")`)
+			alice.MustOK("SELECT INBOX")
+			if got := fetchBody(t, alice, int(uid)+1); got != "Subject: x\r\n\r\n"+motto {
+				t.Errorf("catenated: %q", got)
+			}
+			if st := cat.Stats(); st != (catenate.Stats{Synthesized: 1}) {
+				t.Errorf("%+v", st)
+			}
+		})
+	}
+}
+
+func itoa(u uint32) string { return strconv.FormatUint(uint64(u), 10) }
+
+// fetchBody returns BODY.PEEK[] of a UID in the selected mailbox.
+func fetchBody(t *testing.T, c *imaptest.Client, uid int) string {
+	t.Helper()
+	l := c.MustOK("UID FETCH " + strconv.Itoa(uid) + " (BODY.PEEK[])")[0]
+	i := strings.Index(l, "}\r\n")
+	if i < 0 {
+		t.Fatalf("FETCH: %q", l)
+	}
+	return strings.TrimSuffix(l[i+3:], ")")
+}
