@@ -221,7 +221,11 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		log.Warn(w)
 	}
 	go probeUpstream(cfg.Upstream, log)
-	cfg.Extensions = extensions(settings)
+	cfg.Extensions, err = extensions(settings)
+	if err != nil {
+		log.Error("configuration", "err", err)
+		return 2
+	}
 	var met *metrics.Metrics
 	var registerMetrics func(*proxy.Server, func() metrics.ClusterStats)
 	if settings.Metrics != "" {

@@ -80,6 +80,10 @@ type Settings struct {
 	Metrics       string `toml:"metrics"`
 	ProxyProtocol string `toml:"proxy-protocol"`
 
+	// URLHosts and URLAuthSubmitFrom: IMAP URLs (CATENATE, URLAUTH).
+	URLHosts          string `toml:"url-hosts"`
+	URLAuthSubmitFrom string `toml:"urlauth-submit-from"`
+
 	ConnsPerIP          int      `toml:"conns-per-ip"`
 	SessionsPerUser     int      `toml:"sessions-per-user"`
 	PreAuthCommands     int      `toml:"preauth-commands"`
@@ -183,6 +187,8 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.AuthFailureMaxDelay, "auth-failure-max-delay", s.AuthFailureMaxDelay, "cap of the failed-login delay, which doubles with each failure of one address or account")
 	fs.StringVar(&s.UsernameFormat, "username-format", s.UsernameFormat, "which user names are one upstream account (limits, pools, watchers, state), as Dovecot's auth_username_format: %Lu (lower case, Dovecot's default) or %u (as sent)")
 	fs.StringVar(&s.ProxyProtocol, "proxy-protocol", s.ProxyProtocol, "comma-separated addresses or CIDR prefixes of load balancers whose connections start with a PROXY protocol header (v1/v2) giving the real client address; empty: off")
+	fs.StringVar(&s.URLHosts, "url-hosts", s.URLHosts, "comma-separated host names clients reach the proxy under, which absolute IMAP URLs (CATENATE, URLAUTH) must name; empty: this machine's host name and the loopback names")
+	fs.StringVar(&s.URLAuthSubmitFrom, "urlauth-submit-from", s.URLAuthSubmitFrom, "comma-separated addresses or CIDR prefixes of the submission servers allowed to URLFETCH submit+USER URLs (BURL, docs/urlauth.md); empty: none")
 	fs.StringVar(&s.Metrics, "metrics", s.Metrics, "address of the HTTP listener for Prometheus metrics (/metrics), /healthz and /readyz; empty: off")
 	fs.TextVar(&s.NotifyPollInterval, "notify-poll-interval", s.NotifyPollInterval, "how often NOTIFY's account watcher polls LIST, LSUB and STATUS for mailboxes other than the selected one and INBOX")
 	fs.TextVar(&s.WatchGrace, "watch-grace", s.WatchGrace, "how long a mailbox watcher outlives its last session")
