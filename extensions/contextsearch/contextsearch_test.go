@@ -1,0 +1,151 @@
+package contextsearch_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-imap/v2"
+	"go.uber.org/goleak"
+
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
+	"github.com/lemonproxy/lemonproxy/extensions/esearch"
+	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// chain is the extensions in chain.go's order: contextsearch before
+// esearch and condstore (its REMOVEFROM goes before condstore's VANISHED).
+func chain(cfg contextsearch.Config) []proxy.Extension {
+	return []proxy.Extension{&idle.Extension{}, contextsearch.New(cfg), esearch.New(), condstore.New()}
+}
+
+// upstreamServer is what a test needs of the server behind the proxy: its
+// address and a way in for the "other client" whose changes the proxy's
+// client hears of.
+type upstreamServer struct {
+	addr, user, pass string
+}
+
+func (u upstreamServer) outside(t *testing.T) *imaptest.Client {
+	c := imaptest.Login(t, u.addr, u.user, u.pass)
+	c.MustOK("SELECT INBOX")
+	return c
+}
+
+// memUpstream starts go-imap's in-memory server with alice's INBOX holding
+// n messages, the even ones \Flagged.
+func memUpstream(t *testing.T, n int) upstreamServer {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	if err := up.AddUser("alice", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n; i++ {
+		var flags []imap.Flag
+		if i%2 == 0 {
+			flags = []imap.Flag{imap.FlagFlagged}
+		}
+		if err := up.Append("alice", "INBOX", flags, fmt.Appendf(nil, "Subject: m%d\r\n\r\nbody %d\r\n", i, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return upstreamServer{up.Addr, "alice", "secret"}
+}
+
+func dovecotUpstream(t *testing.T, p dovecottest.Profile, n int) upstreamServer {
+	dc := dovecottest.Start(t, p)
+	for i := 1; i <= n; i++ {
+		var flags []string
+		if i%2 == 0 {
+			flags = []string{`\Flagged`}
+		}
+		dc.Append(t, "alice", "alicepass", "INBOX", flags, fmt.Appendf(nil, "Subject: m%d\r\n\r\nbody %d\r\n", i, i))
+	}
+	return upstreamServer{dc.Addr, "alice", "alicepass"}
+}
+
+func startProxy(t *testing.T, u upstreamServer, cfg contextsearch.Config) *imaptest.Client {
+	p := imaptest.StartProxy(t, u.addr, proxy.Config{Extensions: chain(cfg)})
+	c := imaptest.Login(t, p.Addr, u.user, u.pass)
+	c.MustOK("SELECT INBOX")
+	return c
+}
+
+// TestUpdates: the updates for another client's changes and the client's
+// own, exactly as Dovecot sends them for the same sequence (Dovecot 2.3,
+// directly): ADDTO after the FETCH or EXISTS that causes it, REMOVEFROM
+// before the EXPUNGE, the numbers the context asked for, only the contexts
+// whose result changed. Over go-imap's in-memory server and both Dovecot
+// profiles: the updates are the proxy's own over each.
+func TestUpdates(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		up   func(t *testing.T) upstreamServer
+	}{
+		{"Memory", func(t *testing.T) upstreamServer { return memUpstream(t, 6) }},
+		{"DovecotLegacy", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Legacy, 6) }},
+		{"DovecotFull", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Full, 6) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if testing.Short() && tc.name != "Memory" {
+				t.Skip("Dovecot")
+			}
+			u := tc.up(t)
+			c := startProxy(t, u, contextsearch.Config{})
+			o := u.outside(t)
+			if caps := c.MustOK("CAPABILITY")[0]; !strings.Contains(caps, " CONTEXT=SEARCH") {
+				t.Fatalf("capabilities: %q", caps)
+			}
+			c.ExpectDo("a1", "SEARCH RETURN (UPDATE) FLAGGED", `* ESEARCH (TAG "a1")`, "a1 OK *")
+			c.ExpectDo("a1", "SEARCH RETURN (UPDATE) SEEN", "a1 BAD *")
+			c.ExpectDo("b1", "UID SEARCH RETURN (UPDATE COUNT) UNSEEN", `* ESEARCH (TAG "b1") UID COUNT 6`, "b1 OK *")
+			c.ExpectDo("b6", "UID SEARCH RETURN (UPDATE) 1:3 FLAGGED", `* ESEARCH (TAG "b6") UID`, "b6 OK *")
+
+			o.MustOK(`STORE 1 +FLAGS (\Flagged)`)
+			c.ExpectDo("n1", "NOOP", `* 1 FETCH (FLAGS (\Flagged))`,
+				`* ESEARCH (TAG "a1") ADDTO (0 1)`, `* ESEARCH (TAG "b6") UID ADDTO (0 1)`, "n1 OK *")
+			o.MustOK(`STORE 2 -FLAGS (\Flagged)`)
+			c.ExpectDo("n2", "NOOP", `* 2 FETCH (FLAGS ())`,
+				`* ESEARCH (TAG "a1") REMOVEFROM (0 2)`, `* ESEARCH (TAG "b6") UID REMOVEFROM (0 2)`, "n2 OK *")
+			o.MustOK(`APPEND INBOX (\Flagged) {12}`, "Subject: 7\r\n")
+			c.ExpectDo("n3", "NOOP", "* 7 EXISTS",
+				`* ESEARCH (TAG "a1") ADDTO (0 7)`, `* ESEARCH (TAG "b1") UID ADDTO (0 7)`, "n3 OK *")
+			o.MustOK(`STORE 4 +FLAGS (\Deleted)`)
+			o.MustOK("EXPUNGE")
+			c.ExpectDo("n4", "NOOP", `* ESEARCH (TAG "a1") REMOVEFROM (0 4)`,
+				`* ESEARCH (TAG "b1") UID REMOVEFROM (0 4)`, "* 4 EXPUNGE", "n4 OK *")
+			// The client's own change, with its own answer.
+			c.ExpectDo("n5", `STORE 5 -FLAGS (\Flagged)`, `* 5 FETCH (FLAGS ())`,
+				`* ESEARCH (TAG "a1") REMOVEFROM (0 5)`, "n5 OK *")
+			c.ExpectDo("n6", `UID STORE 7 +FLAGS.SILENT (\Seen)`,
+				`* ESEARCH (TAG "b1") UID REMOVEFROM (0 7)`, "n6 OK *")
+
+			// RFC 5267 4.3.5, and the errors Dovecot gives.
+			c.ExpectDo("x1", `CANCELUPDATE "b1"`, "x1 OK *")
+			c.ExpectDo("x2", `CANCELUPDATE "b1"`, "x2 NO *")
+			c.ExpectDo("x3", `CANCELUPDATE`, "x3 BAD *")
+			c.ExpectDo("x4", `CANCELUPDATE b6`, "x4 BAD *")
+			o.MustOK(`STORE 1 +FLAGS (\Seen)`)
+			c.ExpectDo("n7", "NOOP", `* 1 FETCH (FLAGS (\Flagged \Seen))`, "n7 OK *")
+			// The tag of a cancelled context is free again.
+			c.ExpectDo("b1", "SEARCH RETURN (UPDATE MIN) UNSEEN", `* ESEARCH (TAG "b1") MIN 2`, "b1 OK *")
+			// Updates cease with the mailbox (RFC 5267 4.3).
+			c.MustOK("UNSELECT")
+			c.ExpectDo("x5", `CANCELUPDATE "a1"`, "x5 BAD *")
+			c.MustOK("SELECT INBOX")
+			c.ExpectDo("x6", `CANCELUPDATE "a1"`, "x6 NO *")
+			o.MustOK(`STORE 1 -FLAGS (\Flagged)`)
+			c.ExpectDo("n8", "NOOP", `* 1 FETCH (FLAGS (\Seen))`, "n8 OK *")
+		})
+	}
+}
