@@ -371,13 +371,33 @@ func (l *live) appendUpdate(b []byte, removed, added []uint32, num func(uint32) 
 			slices.Sort(nums)
 			b = appendSet(append(b, "0 "...), slices.Compact(nums))
 		} else {
-			for i, uid := range uids {
+			// One pair per message, then runs merged into "pos lo:hi"
+			// where the set's increasing expansion is what the pairs
+			// said: additions at consecutive positions, removals at
+			// one position, of consecutive numbers (RFC 5267 4.3.3's
+			// preferred form).
+			step := 0
+			if name == "ADDTO" {
+				step = 1
+			}
+			var runs []run
+			for _, uid := range uids {
+				pos, n := uint32(apply(uid)+1), num(uid)
+				if k := len(runs); k > 0 && runs[k-1].pos+uint32(step)*(runs[k-1].hi-runs[k-1].lo+1) == pos && runs[k-1].hi+1 == n {
+					runs[k-1].hi = n
+					continue
+				}
+				runs = append(runs, run{pos, n, n})
+			}
+			for i, r := range runs {
 				if i > 0 {
 					b = append(b, ' ')
 				}
-				pos := apply(uid) + 1
-				b = strconv.AppendUint(b, uint64(pos), 10)
-				b = strconv.AppendUint(append(b, ' '), uint64(num(uid)), 10)
+				b = strconv.AppendUint(b, uint64(r.pos), 10)
+				b = appendSet(append(b, ' '), []uint32{r.lo})
+				if r.hi != r.lo {
+					b = strconv.AppendUint(append(b, ':'), uint64(r.hi), 10)
+				}
 			}
 		}
 		b = append(b, ')')
@@ -389,6 +409,9 @@ func (l *live) appendUpdate(b []byte, removed, added []uint32, num func(uint32) 
 	item("ADDTO", added, l.insert)
 	return append(b, "\r\n"...)
 }
+
+// run is consecutive numbers placed at one context position.
+type run struct{ pos, lo, hi uint32 }
 
 // appendSet writes sorted, distinct numbers as a sequence set ("1:3,5").
 func appendSet(b []byte, nums []uint32) []byte {
