@@ -15,7 +15,9 @@ import (
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -42,6 +44,11 @@ func (u upstreamServer) outside(t *testing.T) *imaptest.Client {
 // memUpstream starts go-imap's in-memory server with alice's INBOX holding
 // n messages, the even ones \Flagged.
 func memUpstream(t *testing.T, n int) upstreamServer {
+	return memUpstreamFlags(t, n, []imap.Flag{imap.FlagFlagged})
+}
+
+// memUpstreamFlags is memUpstream with even the messages' flags given.
+func memUpstreamFlags(t *testing.T, n int, even []imap.Flag) upstreamServer {
 	up, err := memupstream.Start(memupstream.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +60,7 @@ func memUpstream(t *testing.T, n int) upstreamServer {
 	for i := 1; i <= n; i++ {
 		var flags []imap.Flag
 		if i%2 == 0 {
-			flags = []imap.Flag{imap.FlagFlagged}
+			flags = even
 		}
 		if err := up.Append("alice", "INBOX", flags, fmt.Appendf(nil, "Subject: m%d\r\n\r\nbody %d\r\n", i, i)); err != nil {
 			t.Fatal(err)
@@ -74,8 +81,14 @@ func dovecotUpstream(t *testing.T, p dovecottest.Profile, n int) upstreamServer 
 	return upstreamServer{dc.Addr, "alice", "alicepass"}
 }
 
+// startProxy starts the proxy in front of u and a client of it with INBOX
+// selected. Upstream lines may be 16 MiB long, as the production default
+// allows (a SEARCH of a large mailbox is one line).
 func startProxy(t *testing.T, u upstreamServer, cfg contextsearch.Config) *imaptest.Client {
-	p := imaptest.StartProxy(t, u.addr, proxy.Config{Extensions: chain(cfg)})
+	p := imaptest.StartProxy(t, u.addr, proxy.Config{
+		Extensions: chain(cfg),
+		Upstream:   upstream.Config{Limits: imapcodec.Limits{MaxLine: 16 << 20}},
+	})
 	c := imaptest.Login(t, p.Addr, u.user, u.pass)
 	c.MustOK("SELECT INBOX")
 	return c
@@ -148,4 +161,50 @@ func TestUpdates(t *testing.T) {
 			c.ExpectDo("n8", "NOOP", `* 1 FETCH (FLAGS (\Seen))`, "n8 OK *")
 		})
 	}
+}
+
+// TestRFC5267Examples: section 4's examples with the RFC's commands and,
+// where the RFC's numbers agree with each other, its numbers: messages
+// 23762 and 23763 have UIDs 32768 and 32769 (9,006 messages were
+// expunged before them), 74 messages match DELETED KEYWORD $Junk. The
+// RFC's counts of A01 and A02 (23765, "23764 results") cannot both hold in
+// one mailbox; here the UNDELETED UNKEYWORD $Junk messages are UIDs
+// 9081:32769, 23689 of them. B01's ESEARCH carries UID, as RFC 4731 wants
+// for a UID SEARCH (the RFC's example leaves it out; Dovecot sends it).
+// B02 is the RFC's UID SORT made a UID SEARCH (SORT is not this
+// package's), refused with a limit of one context.
+func TestRFC5267Examples(t *testing.T) {
+	if testing.Short() {
+		t.Skip("32,769 messages")
+	}
+	u := memUpstreamFlags(t, 32769, nil)
+	o := u.outside(t)
+	o.MustOK(`UID STORE 1:9006 +FLAGS.SILENT (\Deleted)`)
+	o.MustOK("EXPUNGE")
+	o.MustOK(`UID STORE 9007:9080 +FLAGS.SILENT (\Deleted $Junk)`)
+	c := startProxy(t, u, contextsearch.Config{MaxPerSession: 1})
+
+	c.ExpectDo("A01", "SEARCH RETURN (CONTEXT COUNT) UNDELETED UNKEYWORD $Junk",
+		`* ESEARCH (TAG "A01") COUNT 23689`, "A01 OK *")
+	c.ExpectDo("A02", "UID SEARCH RETURN (PARTIAL 23500:24000) UNDELETED UNKEYWORD $Junk",
+		`* ESEARCH (TAG "A02") UID PARTIAL (23500:24000 32580:32769)`, "A02 OK *")
+	c.ExpectDo("A03", "UID SEARCH RETURN (PARTIAL 1:500) UNDELETED UNKEYWORD $Junk",
+		`* ESEARCH (TAG "A03") UID PARTIAL (1:500 9081:9580)`, "A03 OK *")
+	c.ExpectDo("A04", "UID SEARCH RETURN (PARTIAL 24000:24500) UNDELETED UNKEYWORD $Junk",
+		`* ESEARCH (TAG "A04") UID PARTIAL (24000:24500 NIL)`, "A04 OK *")
+
+	c.ExpectDo("B01", "UID SEARCH RETURN (UPDATE COUNT) DELETED KEYWORD $Junk",
+		`* ESEARCH (TAG "B01") UID COUNT 74`, "B01 OK *")
+	c.ExpectDo("B01", "SEARCH RETURN (UPDATE) FLAGGED", "B01 BAD *")
+	c.ExpectDo("B02", "UID SEARCH RETURN (UPDATE COUNT) KEYWORD $Junk",
+		`* ESEARCH (TAG "B02") UID COUNT 74`, `* NO [NOUPDATE "B02"] *`, "B02 OK *")
+
+	o.MustOK(`UID STORE 32768:32769 +FLAGS.SILENT (\Deleted $Junk \Seen)`)
+	c.ExpectDo("n1", "NOOP", "* 23762 FETCH *", "* 23763 FETCH *",
+		`* ESEARCH (TAG "B01") UID ADDTO (0 32768:32769)`, "n1 OK *")
+	o.MustOK("UID EXPUNGE 32768")
+	c.ExpectDo("B03", "NOOP", `* ESEARCH (TAG "B01") UID REMOVEFROM (0 32768)`, "* 23762 EXPUNGE", "B03 OK *")
+	c.ExpectDo("B04", `CANCELUPDATE "B01"`, "B04 OK *")
+	o.MustOK(`UID STORE 32769 -FLAGS.SILENT (\Deleted)`)
+	c.ExpectDo("n2", "NOOP", "* 23762 FETCH *", "n2 OK *")
 }
