@@ -49,7 +49,12 @@ func memUpstream(t *testing.T, n int) upstreamServer {
 
 // memUpstreamFlags is memUpstream with even the messages' flags given.
 func memUpstreamFlags(t *testing.T, n int, even []imap.Flag) upstreamServer {
-	up, err := memupstream.Start(memupstream.Options{})
+	return memUpstreamWith(t, n, even, memupstream.Options{})
+}
+
+// memUpstreamWith is memUpstreamFlags with the server's options given.
+func memUpstreamWith(t *testing.T, n int, even []imap.Flag, opt memupstream.Options) upstreamServer {
+	up, err := memupstream.Start(opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,4 +212,95 @@ func TestRFC5267Examples(t *testing.T) {
 	c.ExpectDo("B04", `CANCELUPDATE "B01"`, "B04 OK *")
 	o.MustOK(`UID STORE 32769 -FLAGS.SILENT (\Deleted)`)
 	c.ExpectDo("n2", "NOOP", "* 23762 FETCH *", "n2 OK *")
+}
+
+// TestLimits: RFC 5267 4.3.1. Past the number of contexts, or the UIDs
+// they may cache, a search is answered but refused updates with NOUPDATE;
+// a cancelled context frees its place.
+func TestLimits(t *testing.T) {
+	u := memUpstream(t, 6)
+	c := startProxy(t, u, contextsearch.Config{MaxPerSession: 2, MaxCached: 6})
+	o := u.outside(t)
+	c.ExpectDo("a", "SEARCH RETURN (UPDATE COUNT) FLAGGED", `* ESEARCH (TAG "a") COUNT 3`, "a OK *")
+	c.ExpectDo("b", "SEARCH RETURN (UPDATE) UNFLAGGED", `* ESEARCH (TAG "b")`, "b OK *")
+	c.ExpectDo("c", "SEARCH RETURN (UPDATE MIN) ALL", `* ESEARCH (TAG "c") MIN 1`,
+		`* NO [NOUPDATE "c"] No updates: too many updating searches`, "c OK *")
+	c.ExpectDo("x", `CANCELUPDATE "b"`, "x OK *")
+	// Six UIDs would make nine cached with a's three: over six.
+	c.ExpectDo("d", "UID SEARCH RETURN (UPDATE COUNT) ALL", `* ESEARCH (TAG "d") UID COUNT 6`,
+		`* NO [NOUPDATE "d"] No updates: too many results to keep updating`, "d OK *")
+	c.ExpectDo("e", "SEARCH RETURN (UPDATE) 1:2", `* ESEARCH (TAG "e")`, "e OK *")
+	o.MustOK(`STORE 1:2 +FLAGS (\Flagged)`)
+	o.MustOK(`STORE 2 +FLAGS (\Deleted)`)
+	o.MustOK(`EXPUNGE`)
+	// Only a's and e's: c, d and b have none.
+	c.ExpectDo("n", "NOOP", `* ESEARCH (TAG "a") REMOVEFROM (0 2)`, `* ESEARCH (TAG "e") REMOVEFROM (0 2)`,
+		"* 2 EXPUNGE", `* 1 FETCH (FLAGS (\Flagged))`, `* ESEARCH (TAG "a") ADDTO (0 1)`, "n OK *")
+}
+
+// TestNoRecheck: a search whose criteria the proxy answers from its own
+// state (MODSEQ, extensions/condstore) cannot be re-run upstream: it is
+// answered, and refused updates.
+func TestNoRecheck(t *testing.T) {
+	c := startProxy(t, memUpstream(t, 2), contextsearch.Config{})
+	c.ExpectDo("m", "SEARCH RETURN (UPDATE COUNT) MODSEQ 1", "* OK [HIGHESTMODSEQ *", `* ESEARCH (TAG "m") COUNT 2 MODSEQ *`,
+		`* NO [NOUPDATE "m"] No updates: the search cannot be run again upstream`, "m OK *")
+	c.ExpectDo("x", `CANCELUPDATE "m"`, "x NO *")
+}
+
+// TestIdle: during IDLE the updates come as the changes do, with them:
+// ADDTO after the FETCH, REMOVEFROM before the EXPUNGE.
+func TestIdle(t *testing.T) {
+	if testing.Short() {
+		t.Skip("Dovecot")
+	}
+	u := dovecotUpstream(t, dovecottest.Legacy, 4)
+	c := startProxy(t, u, contextsearch.Config{})
+	o := u.outside(t)
+	c.ExpectDo("a", "UID SEARCH RETURN (UPDATE) FLAGGED", `* ESEARCH (TAG "a") UID`, "a OK *")
+	c.ExpectDo("s", "SEARCH RETURN (UPDATE COUNT) UNFLAGGED", `* ESEARCH (TAG "s") COUNT 2`, "s OK *")
+	c.Send("i IDLE")
+	c.Expect("+ *")
+	o.MustOK(`STORE 1 +FLAGS (\Flagged)`)
+	c.Expect(`* 1 FETCH (FLAGS (\Flagged))`, `* ESEARCH (TAG "a") UID ADDTO (0 1)`, `* ESEARCH (TAG "s") REMOVEFROM (0 1)`)
+	o.MustOK(`STORE 2 +FLAGS (\Deleted)`)
+	o.MustOK("EXPUNGE")
+	c.Expect(`* ESEARCH (TAG "a") UID REMOVEFROM (0 2)`, "* 2 EXPUNGE")
+	c.Send("DONE")
+	c.Expect("i OK *")
+}
+
+// TestCriteriaWithLiterals: an updating search whose criteria hold a
+// literal is re-run upstream with it, as a LITERAL+ literal where the
+// upstream has LITERAL+ (Dovecot's legacy profile, go-imap's server by
+// default), as a LITERAL- one where it is short enough (go-imap's server
+// without LITERAL+, which has LITERAL- all the same). (Longer ones would
+// go as quoted strings where they can, or be refused updates; a plain
+// SEARCH with a literal over 4 KiB to go-imap's server with LITERAL- only
+// times out in the core's relay, so that case has no test here.)
+func TestCriteriaWithLiterals(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		up   func(t *testing.T) upstreamServer
+	}{
+		{"Memory", func(t *testing.T) upstreamServer { return memUpstream(t, 2) }},
+		{"MemoryNoLiteralPlus", func(t *testing.T) upstreamServer {
+			return memUpstreamWith(t, 2, nil, memupstream.Options{Caps: []imap.Cap{imap.CapUIDPlus}})
+		}},
+		{"DovecotLegacy", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Legacy, 2) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if testing.Short() && tc.name == "DovecotLegacy" {
+				t.Skip("Dovecot")
+			}
+			u := tc.up(t)
+			c := startProxy(t, u, contextsearch.Config{})
+			o := u.outside(t)
+			c.Write("l1 UID SEARCH RETURN (UPDATE) CHARSET UTF-8 SUBJECT {5+}\r\nnews!\r\n")
+			c.Expect(`* ESEARCH (TAG "l1") UID`, "l1 OK *")
+			o.MustOK(`APPEND INBOX {25}`, "Subject: no news!\r\n\r\nbody")
+			o.MustOK(`APPEND INBOX {21}`, "Subject: nothing\r\n\r\nb")
+			c.ExpectDo("n1", "NOOP", "* 4 EXISTS", `* ESEARCH (TAG "l1") UID ADDTO (0 3)`, "n1 OK *")
+		})
+	}
 }

@@ -29,7 +29,6 @@ package esearch
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -77,7 +76,7 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	if err == nil && ret != nil && ret.opts.contextual() && !contextsearch.Active(s) {
 		// Without extensions/contextsearch no CONTEXT=SEARCH is
 		// advertised, and its options are as unknown as any other.
-		err = errors.New("unknown RETURN option")
+		err = fmt.Errorf("unknown RETURN option %s", ret.opts.contextName())
 	}
 	if err != nil {
 		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": "+sentence(err.Error())+".")

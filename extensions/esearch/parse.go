@@ -38,6 +38,17 @@ func (o returnOpts) respond() bool {
 // CONTEXT=SEARCH allows.
 func (o returnOpts) contextual() bool { return o.context || o.update || o.partial != nil }
 
+// contextName names one of RFC 5267's options the options use.
+func (o returnOpts) contextName() string {
+	switch {
+	case o.partial != nil:
+		return "PARTIAL"
+	case o.update:
+		return "UPDATE"
+	}
+	return "CONTEXT"
+}
+
 // searchReturn is what parseReturn found in a SEARCH command.
 type searchReturn struct {
 	opts returnOpts
