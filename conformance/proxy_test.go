@@ -21,6 +21,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/binary"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/namespace"
@@ -99,6 +100,7 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 			namespace.New(),
 			uidplus.New(),
 			within.New(),
+			contextsearch.New(contextsearch.Config{}),
 			esearch.New(),
 			condstore.New(),
 			binary.New(),
@@ -279,7 +281,7 @@ func TestProxyMemUpstreamPlain(t *testing.T) {
 		if r.ID != "5550-profile-report" {
 			continue
 		}
-		for _, want := range []string{"also advertised by the upstream (-outside), 10 by the target only: ", " NAMESPACE", " LITERAL+", " ESEARCH", " SEARCHRES", " WITHIN", " BINARY", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
+		for _, want := range []string{"also advertised by the upstream (-outside), 11 by the target only: ", " NAMESPACE", " LITERAL+", " ESEARCH", " CONTEXT=SEARCH", " SEARCHRES", " WITHIN", " BINARY", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
 			if !strings.Contains(r.Reason, want) {
 				t.Errorf("Lemonade report %q lacks %q", r.Reason, want)
 			}

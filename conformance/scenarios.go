@@ -15,6 +15,7 @@ func Scenarios() []*Scenario {
 		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(),
 		uidplus4315(), move6851(), namespace2342(), literal7888(), esearch4731(), searchres5182(),
 		within5032(),
+		context5267(),
 		binary3516(),
 		lemonade5550(),
 	} {
@@ -41,6 +42,7 @@ var RFCs = []struct {
 	{4731, "ESEARCH"},
 	{5182, "SEARCHRES"},
 	{5032, "WITHIN"},
+	{5267, "CONTEXT=SEARCH (updating and partial searches)"},
 	{3516, "BINARY"},
 	{5550, "Lemonade profile (report)"},
 }
