@@ -304,3 +304,53 @@ func TestCriteriaWithLiterals(t *testing.T) {
 		})
 	}
 }
+
+// TestPartial: RFC 5267 4.4's PARTIAL and 4.2's CONTEXT hint, answered as
+// Dovecot answers them (the lines are Dovecot 2.3's, directly): relayed
+// over Dovecot's full profile, which has CONTEXT=SEARCH (the core maps a
+// SEARCH's PARTIAL results from UIDs to sequence numbers), synthesized
+// over the others. After an expunge the positions count the client's
+// messages.
+func TestPartial(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		up   func(t *testing.T) upstreamServer
+	}{
+		{"Memory", func(t *testing.T) upstreamServer { return memUpstream(t, 6) }},
+		{"DovecotLegacy", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Legacy, 6) }},
+		{"DovecotFull", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Full, 6) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if testing.Short() && tc.name != "Memory" {
+				t.Skip("Dovecot")
+			}
+			u := tc.up(t)
+			c := startProxy(t, u, contextsearch.Config{})
+			for _, v := range []struct{ cmd, want string }{
+				{"SEARCH RETURN (PARTIAL 3:2) ALL", `* ESEARCH (TAG "t") PARTIAL (2:3 2:3)`},
+				{"SEARCH RETURN (PARTIAL 7:9) ALL", `* ESEARCH (TAG "t") PARTIAL (7:9 NIL)`},
+				{"UID SEARCH RETURN (PARTIAL 1:2) FLAGGED", `* ESEARCH (TAG "t") UID PARTIAL (1:2 2,4)`},
+				{"SEARCH RETURN (UPDATE PARTIAL 1:1) FLAGGED", `* ESEARCH (TAG "t") PARTIAL (1:1 2)`},
+				{"UID SEARCH RETURN (CONTEXT) FLAGGED", `* ESEARCH (TAG "t1") UID ALL 2,4,6`},
+				{"SEARCH RETURN (CONTEXT COUNT) FLAGGED", `* ESEARCH (TAG "t1") COUNT 3`},
+			} {
+				tag := "t"
+				if strings.Contains(v.want, `"t1"`) {
+					tag = "t1"
+				}
+				c.ExpectDo(tag, v.cmd, v.want, tag+" OK *")
+			}
+			for _, cmd := range []string{
+				"SEARCH RETURN (PARTIAL 1:2 ALL) ALL", "SEARCH RETURN (PARTIAL 1:2 PARTIAL 3:4) ALL",
+				"SEARCH RETURN (PARTIAL 0:2) ALL", "SEARCH RETURN (PARTIAL -1:-2) ALL", "SEARCH RETURN (PARTIAL 1:*) ALL",
+			} {
+				c.ExpectDo("b", cmd, "b BAD *")
+			}
+			o := u.outside(t)
+			o.MustOK(`STORE 1:2 +FLAGS.SILENT (\Deleted)`)
+			o.MustOK("EXPUNGE")
+			c.ExpectDo("n", "NOOP", `* ESEARCH (TAG "t") REMOVEFROM (0 2)`, "* 2 EXPUNGE", "* 1 EXPUNGE", "n OK *")
+			c.ExpectDo("p", "SEARCH RETURN (PARTIAL 1:2) FLAGGED", `* ESEARCH (TAG "p") PARTIAL (1:2 2,4)`, "p OK *")
+		})
+	}
+}
