@@ -12,6 +12,8 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
@@ -353,4 +355,32 @@ func TestPartial(t *testing.T) {
 			c.ExpectDo("p", "SEARCH RETURN (PARTIAL 1:2) FLAGGED", `* ESEARCH (TAG "p") PARTIAL (1:2 2,4)`, "p OK *")
 		})
 	}
+}
+
+// TestNotifyAndQresync: with NOTIFY's selected events the updates come
+// between commands with the changes that cause them, and with QRESYNC
+// enabled a REMOVEFROM still precedes the expunge, reported as VANISHED.
+func TestNotifyAndQresync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("Dovecot")
+	}
+	u := dovecotUpstream(t, dovecottest.Legacy, 4)
+	p := imaptest.StartProxy(t, u.addr, proxy.Config{Extensions: []proxy.Extension{
+		&idle.Extension{}, notify.New(notify.Config{}), contextsearch.New(contextsearch.Config{}), esearch.New(), condstore.New(),
+	}, Hub: hub.Config{ModSeqBase: func() uint64 { return 1 }}})
+	c := imaptest.Login(t, p.Addr, u.user, u.pass)
+	c.MustOK("ENABLE QRESYNC")
+	c.MustOK("SELECT INBOX")
+	o := u.outside(t)
+	c.ExpectDo("a", "SEARCH RETURN (UPDATE) FLAGGED", `* ESEARCH (TAG "a")`, "a OK *")
+	c.ExpectDo("s", "NOTIFY SET (selected (MessageNew (UID) MessageExpunge FlagChange))", "s OK *")
+	o.MustOK(`STORE 1 +FLAGS (\Flagged)`)
+	c.Expect(`* 1 FETCH (UID 1 MODSEQ (6) FLAGS (\Flagged))`, `* ESEARCH (TAG "a") ADDTO (0 1)`)
+	o.MustOK(`STORE 2 +FLAGS (\Deleted)`)
+	c.Expect(`* 2 FETCH (UID 2 MODSEQ (7) FLAGS (\Deleted \Flagged))`)
+	o.MustOK("EXPUNGE")
+	c.Expect(`* ESEARCH (TAG "a") REMOVEFROM (0 2)`, "* VANISHED 2", "* OK [HIGHESTMODSEQ 8] *")
+	o.MustOK(`APPEND INBOX (\Flagged) {12}`, "Subject: 5\r\n")
+	c.Expect("* 4 EXISTS", `* ESEARCH (TAG "a") ADDTO (0 4)`, "* 4 FETCH (UID 5 MODSEQ (9))")
+	c.ExpectDo("n", "NOOP", "n OK *")
 }
