@@ -266,6 +266,7 @@ func TestIdle(t *testing.T) {
 	o.MustOK(`STORE 1 +FLAGS (\Flagged)`)
 	c.Expect(`* 1 FETCH (FLAGS (\Flagged))`, `* ESEARCH (TAG "a") UID ADDTO (0 1)`, `* ESEARCH (TAG "s") REMOVEFROM (0 1)`)
 	o.MustOK(`STORE 2 +FLAGS (\Deleted)`)
+	c.Expect(`* 2 FETCH (FLAGS (\Deleted \Flagged))`)
 	o.MustOK("EXPUNGE")
 	c.Expect(`* ESEARCH (TAG "a") UID REMOVEFROM (0 2)`, "* 2 EXPUNGE")
 	c.Send("DONE")

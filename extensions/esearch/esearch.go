@@ -25,6 +25,17 @@
 // One package rather than two: SAVE is a RETURN option like the others,
 // parsed with them, and the answer that fills the saved result is the one
 // that makes the ESEARCH response.
+//
+// RFC 5267's RETURN options (CONTEXT=SEARCH) are parsed and answered here
+// too, for the same reason, when extensions/contextsearch is in the chain
+// (without it they are unknown options, refused with BAD): PARTIAL (one
+// range of positions, RFC 5267's positive ranges only; not with ALL) and
+// the CONTEXT hint are relayed where the upstream has CONTEXT=SEARCH and
+// ESEARCH, and synthesized from the whole result elsewhere; UPDATE is
+// always synthesized, and the answered result handed to contextsearch,
+// which keeps it up to date (docs/context.md). With SAVE or MODSEQ,
+// PARTIAL does not narrow what is saved or what MODSEQ covers: RFC 5267
+// says nothing of it.
 package esearch
 
 import (
