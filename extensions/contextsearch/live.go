@@ -198,10 +198,12 @@ const recheckTimeout = 10 * time.Second
 // (uids and seqs as ChangeReporter.ReportExpunged gets them).
 func (r *registry) expunged(b []byte, uids, seqs []uint32) []byte {
 	for _, l := range r.live {
-		var gone []uint32 // UIDs, in the result's order
-		for _, uid := range uids {
+		var gone []uint32 // UIDs, in the order reported
+		seqOf := map[uint32]uint32{}
+		for i, uid := range uids {
 			if l.index(uid) >= 0 {
 				gone = append(gone, uid)
+				seqOf[uid] = seqs[i]
 			}
 		}
 		if len(gone) == 0 {
@@ -211,7 +213,7 @@ func (r *registry) expunged(b []byte, uids, seqs []uint32) []byte {
 			if l.uid {
 				return uid
 			}
-			return seqs[slices.Index(uids, uid)]
+			return seqOf[uid]
 		}
 		b = l.appendUpdate(b, gone, nil, num)
 	}
