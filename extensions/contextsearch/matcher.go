@@ -25,8 +25,9 @@ type searchMatcher struct {
 // commands.
 const maxSpansPerSearch = 500
 
-// NewSearchMatcher returns the Matcher that re-runs a searching command's
-// criteria upstream. segs is the command as it goes upstream, tag first,
+// NewSearchMatcher returns the Matcher that re-evaluates a searching
+// command's criteria: from the proxy's own state for a search of flags
+// alone (local.go), otherwise by re-running them upstream. segs is the command as it goes upstream, tag first,
 // in its UID form with the RETURN options taken out: "tag UID SEARCH
 // criteria" (a SORT extension passes its criteria in a UID SEARCH of its
 // own making). Literals in the criteria are sent as LITERAL+ literals
@@ -66,6 +67,14 @@ func NewSearchMatcher(s *proxy.Session, segs []imapcodec.Segment) (Matcher, erro
 	if !strings.EqualFold(name, "SEARCH") || p.SP() != nil || start.Seg != 0 {
 		return nil, errNoRecheck
 	}
+	if vals, err := p.Values(); err == nil {
+		if len(vals) >= 2 && isAtom(vals[0], "CHARSET") {
+			vals = vals[2:] // flags have no charset
+		}
+		if pred, err := parseFlagSearch(vals); err == nil {
+			return &flagMatcher{match: pred}, nil
+		}
+	}
 	caps := s.UpstreamCaps()
 	b := []byte("UID SEARCH")
 	for i, sg := range segs {
@@ -88,6 +97,11 @@ func NewSearchMatcher(s *proxy.Session, segs []imapcodec.Segment) (Matcher, erro
 		}
 	}
 	return &searchMatcher{command: string(b)}, nil
+}
+
+func isAtom(v imapcodec.Value, s string) bool {
+	a, ok := v.(imapcodec.Atom)
+	return ok && strings.EqualFold(string(a), s)
 }
 
 func cloneSegments(segs []imapcodec.Segment) []imapcodec.Segment {
