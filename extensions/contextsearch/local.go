@@ -48,9 +48,15 @@ var systemKeys = map[string]struct {
 // [CHARSET x]") into a predicate, or errNotLocal.
 func parseFlagSearch(vals []imapcodec.Value) (predicate, error) {
 	n := 0
+	return parseFlagKeys(vals, &n)
+}
+
+// parseFlagKeys compiles the keys of vals, ANDed; n counts the keys of
+// the whole search.
+func parseFlagKeys(vals []imapcodec.Value, n *int) (predicate, error) {
 	var keys []predicate
 	for len(vals) > 0 {
-		p, rest, err := parseFlagKey(vals, &n)
+		p, rest, err := parseFlagKey(vals, n)
 		if err != nil {
 			return nil, err
 		}
@@ -83,7 +89,7 @@ func parseFlagKey(vals []imapcodec.Value, n *int) (predicate, []imapcodec.Value,
 	}
 	switch v := vals[0].(type) {
 	case imapcodec.List:
-		p, err := parseFlagSearch(v)
+		p, err := parseFlagKeys(v, n)
 		return p, vals[1:], err
 	case imapcodec.Atom:
 		name := strings.ToUpper(string(v))
