@@ -35,10 +35,11 @@
 //   - BatchDone, after the batch's FETCH and EXISTS lines (RFC 5267 4.3.3
 //     wants ADDTO after the EXISTS that makes its numbers valid): every
 //     message changed or added since the context last looked, up to what
-//     the client has now been told, is searched again, and only those: the
-//     context's own search with "UID <changed>" added, one upstream round
-//     trip per context and batch. A message whose answer differs from the
-//     cached result is added or removed.
+//     the client has now been told, is evaluated again, and only those: a
+//     search of flags alone from the hub's flags (local.go), any other by
+//     the context's own search with "UID <changed>" added, one upstream
+//     round trip per context and batch (matcher.go). A message whose
+//     answer differs from the cached result is added or removed.
 //
 // The client's own STORE and FETCH answers tell it of flag changes the
 // core then leaves out of the batch; when nothing else is in it, the core

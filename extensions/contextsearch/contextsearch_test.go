@@ -130,6 +130,8 @@ func TestUpdates(t *testing.T) {
 			c.ExpectDo("a1", "SEARCH RETURN (UPDATE) SEEN", "a1 BAD *")
 			c.ExpectDo("b1", "UID SEARCH RETURN (UPDATE COUNT) UNSEEN", `* ESEARCH (TAG "b1") UID COUNT 6`, "b1 OK *")
 			c.ExpectDo("b6", "UID SEARCH RETURN (UPDATE) 1:3 FLAGGED", `* ESEARCH (TAG "b6") UID`, "b6 OK *")
+			// Not a flag search: re-run upstream on the changed messages.
+			c.ExpectDo("c1", `UID SEARCH RETURN (UPDATE) SUBJECT "7"`, `* ESEARCH (TAG "c1") UID`, "c1 OK *")
 
 			o.MustOK(`STORE 1 +FLAGS (\Flagged)`)
 			c.ExpectDo("n1", "NOOP", `* 1 FETCH (FLAGS (\Flagged))`,
@@ -139,7 +141,8 @@ func TestUpdates(t *testing.T) {
 				`* ESEARCH (TAG "a1") REMOVEFROM (0 2)`, `* ESEARCH (TAG "b6") UID REMOVEFROM (0 2)`, "n2 OK *")
 			o.MustOK(`APPEND INBOX (\Flagged) {12}`, "Subject: 7\r\n")
 			c.ExpectDo("n3", "NOOP", "* 7 EXISTS",
-				`* ESEARCH (TAG "a1") ADDTO (0 7)`, `* ESEARCH (TAG "b1") UID ADDTO (0 7)`, "n3 OK *")
+				`* ESEARCH (TAG "a1") ADDTO (0 7)`, `* ESEARCH (TAG "b1") UID ADDTO (0 7)`,
+				`* ESEARCH (TAG "c1") UID ADDTO (0 7)`, "n3 OK *")
 			o.MustOK(`STORE 4 +FLAGS (\Deleted)`)
 			o.MustOK("EXPUNGE")
 			c.ExpectDo("n4", "NOOP", `* ESEARCH (TAG "a1") REMOVEFROM (0 4)`,
