@@ -435,7 +435,8 @@ func threadToSeqs(text []byte, view seqView) []byte {
 
 // translateESearch restores the client's tag in an ESEARCH response
 // (RFC 4731: "* ESEARCH (TAG "t") [UID] data...") and, for a translated
-// search (seqResults), turns UID results into sequence numbers.
+// search (seqResults), turns UID results into sequence numbers: MIN, MAX,
+// ALL, and the results of RFC 5267's PARTIAL.
 func translateESearch(text []byte, clientTag string, seqResults bool, view seqView) []byte {
 	p := imapcodec.NewParser([]imapcodec.Segment{{Text: text}}, imapcodec.Limits{})
 	vals, err := p.Values()
@@ -477,6 +478,25 @@ func translateESearch(text []byte, clientTag string, seqResults bool, view seqVi
 					out = append(append(out, ' '), seqs.String()...)
 				}
 				continue
+			case "PARTIAL":
+				// RFC 5267 4.4: "PARTIAL (lo:hi set)"; the range counts
+				// positions in the result and stays, the set is
+				// results. NIL (none) stays NIL.
+				if i+1 < len(rest) {
+					if l, ok := rest[i+1].(imapcodec.List); ok && len(l) == 2 {
+						i++
+						set := "NIL"
+						if arg, ok := l[1].(imapcodec.Atom); ok && !imapcodec.IsNil(arg) {
+							if uids, err := imapcodec.ParseUIDSet(string(arg)); err == nil {
+								if seqs := view.seqSet(uids); len(seqs) > 0 {
+									set = seqs.String()
+								}
+							}
+						}
+						out = imapcodec.AppendValue(append(append(append(out, ' '), a...), ' '), imapcodec.List{l[0], imapcodec.Atom(set)})
+						continue
+					}
+				}
 			}
 		}
 		out = imapcodec.AppendValue(append(out, ' '), v)

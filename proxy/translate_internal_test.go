@@ -30,7 +30,8 @@ func TestTranslateSearchResults(t *testing.T) {
 }
 
 // ESEARCH (RFC 4731): the client's tag replaces the upstream's, and a
-// translated search's UID results become sequence numbers.
+// translated search's UID results become sequence numbers (RFC 5267's
+// PARTIAL results too, its range not).
 func TestTranslateESearch(t *testing.T) {
 	for _, tt := range []struct {
 		in         string
@@ -42,6 +43,11 @@ func TestTranslateESearch(t *testing.T) {
 		{`* ESEARCH (TAG "u7") UID COUNT 0`, true, `* ESEARCH (TAG "A282") COUNT 0`},
 		{`* ESEARCH (TAG "u7") UID MIN 9 ALL 9:20`, false, `* ESEARCH (TAG "A282") UID MIN 9 ALL 9:20`},
 		{`* ESEARCH UID MIN 4`, true, `* ESEARCH`},
+		// RFC 5267's PARTIAL: the range stays, the results are mapped.
+		{`* ESEARCH (TAG "u7") UID PARTIAL (2:3 5,9)`, true, `* ESEARCH (TAG "A282") PARTIAL (2:3 2:3)`},
+		{`* ESEARCH (TAG "u7") UID PARTIAL (7:9 NIL)`, true, `* ESEARCH (TAG "A282") PARTIAL (7:9 NIL)`},
+		{`* ESEARCH (TAG "u7") UID PARTIAL (1:1 4)`, true, `* ESEARCH (TAG "A282") PARTIAL (1:1 NIL)`},
+		{`* ESEARCH (TAG "u7") UID PARTIAL (1:2 5,9) COUNT 6`, false, `* ESEARCH (TAG "A282") UID PARTIAL (1:2 5,9) COUNT 6`},
 	} {
 		if got := string(translateESearch([]byte(tt.in), "A282", tt.seqResults, testView)); got != tt.want {
 			t.Errorf("%q -> %q, want %q", tt.in, got, tt.want)

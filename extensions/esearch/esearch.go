@@ -25,14 +25,27 @@
 // One package rather than two: SAVE is a RETURN option like the others,
 // parsed with them, and the answer that fills the saved result is the one
 // that makes the ESEARCH response.
+//
+// RFC 5267's RETURN options (CONTEXT=SEARCH) are parsed and answered here
+// too, for the same reason, when extensions/contextsearch is in the chain
+// (without it they are unknown options, refused with BAD): PARTIAL (one
+// range of positions, RFC 5267's positive ranges only; not with ALL) and
+// the CONTEXT hint are relayed where the upstream has CONTEXT=SEARCH and
+// ESEARCH, and synthesized from the whole result elsewhere; UPDATE is
+// always synthesized, and the answered result handed to contextsearch,
+// which keeps it up to date (docs/context.md). With SAVE or MODSEQ,
+// PARTIAL does not narrow what is saved or what MODSEQ covers: RFC 5267
+// says nothing of it.
 package esearch
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -71,14 +84,28 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 		return next(ctx, x)
 	}
 	ret, err := parseReturn(x.Segments)
+	if err == nil && ret != nil && ret.opts.contextual() && !contextsearch.Active(s) {
+		// Without extensions/contextsearch no CONTEXT=SEARCH is
+		// advertised, and its options are as unknown as any other.
+		err = fmt.Errorf("unknown RETURN option %s", ret.opts.contextName())
+	}
 	if err != nil {
 		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": "+sentence(err.Error())+".")
 	}
 	if ret == nil {
 		return next(ctx, x)
 	}
+	if ret.opts.update && contextsearch.InUse(s, x.Tag) {
+		// RFC 5267 4.3: the tag names the earlier search's updates.
+		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": Tag reuse: "+x.Tag+" names an updating search.")
+	}
 	modseq := hasModSeq(x.Segments)
-	if s.UpstreamCaps().Has("ESEARCH") && !ret.opts.save && !modseq {
+	up := s.UpstreamCaps()
+	// UPDATE is never relayed (its context would live on a pooled
+	// connection, see extensions/contextsearch); PARTIAL and the CONTEXT
+	// hint are, where the upstream has CONTEXT=SEARCH.
+	if up.Has("ESEARCH") && !ret.opts.save && !modseq && !ret.opts.update &&
+		(ret.opts.partial == nil && !ret.opts.context || up.Has("CONTEXT=SEARCH")) {
 		return next(ctx, x)
 	}
 	segs := slices.Clone(x.Segments)
@@ -86,6 +113,10 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	segs[0].Text = slices.Concat(t[:ret.start], t[ret.end:])
 	x.Segments = segs
 	r := &result{opts: ret.opts, uid: strings.HasPrefix(x.Name, "UID "), modseq: modseq}
+	var live *liveSearch
+	if ret.opts.update {
+		live = startLive(s, segs)
+	}
 	x.Filter(func(resp *proxy.Response) *proxy.Response {
 		if resp.Head.Name != "SEARCH" {
 			return resp
@@ -106,6 +137,9 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 			if ret.opts.save {
 				save(s, r.saved())
 			}
+			if live != nil {
+				live.open(ctx, s, x.Tag, r)
+			}
 		case h.Name == "NO" && ret.opts.save:
 			// RFC 5182 2.1: a SEARCH with SAVE that fails with NO
 			// leaves an empty result; one that fails with BAD changes
@@ -114,6 +148,36 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 		}
 	})
 	return next(ctx, x)
+}
+
+// liveSearch is what an updating search (RFC 5267 4.3) needs from before
+// it runs to open its context after it: the client's position then, and
+// the criteria to re-run (or why they cannot be).
+type liveSearch struct {
+	mark    contextsearch.Position
+	matcher contextsearch.Matcher
+	err     error
+}
+
+func startLive(s *proxy.Session, segs []imapcodec.Segment) *liveSearch {
+	l := &liveSearch{mark: contextsearch.Mark(s)}
+	l.matcher, l.err = contextsearch.NewSearchMatcher(s, segs)
+	return l
+}
+
+// open hands the answered search to extensions/contextsearch, after its
+// ESEARCH response, or refuses updates as RFC 5267 4.3.1 shows: an
+// untagged NO with NOUPDATE, the search itself answered all the same.
+func (l *liveSearch) open(ctx context.Context, s *proxy.Session, tag string, r *result) {
+	err := l.err
+	if err == nil {
+		err = contextsearch.Open(ctx, s, contextsearch.Spec{
+			Tag: tag, UID: r.uid, Results: r.uids, Mark: l.mark, Matcher: l.matcher,
+		})
+	}
+	if err != nil {
+		s.Write(contextsearch.NoUpdate(tag, err))
+	}
 }
 
 // hasModSeq reports whether a search has a MODSEQ criterion (RFC 7162
@@ -190,6 +254,17 @@ func (r *result) response(m *proxy.Mailbox, tag string) []byte {
 	}
 	if n > 0 && r.opts.all {
 		b = appendSet(append(b, " ALL "...), spansOf(r.nums))
+	}
+	if p := r.opts.partial; p != nil {
+		// RFC 5267 4.4: the range (as lo:hi, as Dovecot writes it), and
+		// the results at those positions, NIL when there are none.
+		b = fmt.Appendf(b, " PARTIAL (%d:%d ", p.lo, p.hi)
+		if uint64(p.lo) > uint64(n) {
+			b = append(b, "NIL"...)
+		} else {
+			b = appendSet(b, spansOf(r.nums[p.lo-1:min(uint64(p.hi), uint64(n))]))
+		}
+		b = append(b, ')')
 	}
 	if n > 0 && r.modseq {
 		if ms, ok := r.highestModSeq(m); ok {

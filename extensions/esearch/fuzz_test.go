@@ -14,6 +14,8 @@ func FuzzParseReturn(f *testing.F) {
 		"a UID SEARCH RETURN (MIN MAX) 1:5000", "a UID SEARCH RETURN () ALL",
 		"a UID SEARCH RETURN (SAVE COUNT) CHARSET UTF-8 FROM x", "a UID SEARCH RETURN (",
 		"a UID SEARCH RETURN (X (Y)) ALL", "a SEARCH RETURN", "a UID SEARCH ALL",
+		"a SEARCH RETURN (UPDATE CONTEXT PARTIAL 500:400) ALL", "a SEARCH RETURN (PARTIAL 1:2 ALL) ALL",
+		"a SEARCH RETURN (PARTIAL 0:4294967296) ALL", "a SEARCH RETURN (PARTIAL -1:-5) ALL", "a SEARCH RETURN (CONTEXT) ALL",
 	} {
 		f.Add(s)
 	}
@@ -25,6 +27,12 @@ func FuzzParseReturn(f *testing.F) {
 		}
 		if r.start < 0 || r.start > r.end || r.end > len(s) {
 			t.Fatalf("%q: bad cut %d:%d", s, r.start, r.end)
+		}
+		if p := r.opts.partial; p != nil && (p.lo == 0 || p.lo > p.hi || r.opts.all) {
+			t.Fatalf("%q: PARTIAL %v with ALL %v", s, *p, r.opts.all)
+		}
+		if !r.opts.respond() && !r.opts.save {
+			t.Fatalf("%q: neither an answer nor SAVE", s)
 		}
 	})
 }

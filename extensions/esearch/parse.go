@@ -10,19 +10,44 @@ import (
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
 
-// maxReturnOpts bounds the RETURN list: RFC 4731 and 5182 define five
-// options, and a list longer than a few times that is no client's.
+// maxReturnOpts bounds the RETURN list: RFC 4731, 5182 and 5267 define
+// eight options, and a list longer than a few times that is no client's.
 const maxReturnOpts = 16
 
 // returnOpts are the result options of an extended SEARCH: RFC 4731 3.1's
-// MIN, MAX, COUNT and ALL, and RFC 5182's SAVE.
+// MIN, MAX, COUNT and ALL, RFC 5182's SAVE, and RFC 5267 4's CONTEXT,
+// UPDATE and PARTIAL.
 type returnOpts struct {
 	min, max, count, all, save bool
+	// context is RFC 5267 4.2's hint, which a server may ignore; update
+	// asks for ADDTO/REMOVEFROM updates (4.3).
+	context, update bool
+	// partial is PARTIAL's range (4.4), lo <= hi; nil without PARTIAL.
+	partial *span
 }
 
 // respond reports whether the options ask for an ESEARCH response: SAVE
-// alone does not (RFC 5182 2.1).
-func (o returnOpts) respond() bool { return o.min || o.max || o.count || o.all }
+// alone does not (RFC 5182 2.1). UPDATE does, even alone: the response
+// then carries no result item, only the tag the updates will name (as
+// Dovecot answers).
+func (o returnOpts) respond() bool {
+	return o.min || o.max || o.count || o.all || o.partial != nil || o.update
+}
+
+// contextual reports whether the options use RFC 5267's, which only
+// CONTEXT=SEARCH allows.
+func (o returnOpts) contextual() bool { return o.context || o.update || o.partial != nil }
+
+// contextName names one of RFC 5267's options the options use.
+func (o returnOpts) contextName() string {
+	switch {
+	case o.partial != nil:
+		return "PARTIAL"
+	case o.update:
+		return "UPDATE"
+	}
+	return "CONTEXT"
+}
 
 // searchReturn is what parseReturn found in a SEARCH command.
 type searchReturn struct {
@@ -88,12 +113,36 @@ func parseReturn(segs []imapcodec.Segment) (*searchReturn, error) {
 			r.opts.all = true
 		case "SAVE":
 			r.opts.save = true
+		case "CONTEXT":
+			r.opts.context = true
+		case "UPDATE":
+			r.opts.update = true
+		case "PARTIAL":
+			if r.opts.partial != nil {
+				return nil, errors.New("PARTIAL can be used only once")
+			}
+			if p.SP() != nil {
+				return nil, errors.New("PARTIAL needs a range")
+			}
+			rg, err := p.Atom()
+			if err != nil {
+				return nil, errors.New("PARTIAL needs a range")
+			}
+			if r.opts.partial, err = parsePartial(rg); err != nil {
+				return nil, err
+			}
 		default:
 			return nil, fmt.Errorf("unknown RETURN option %s", a)
 		}
 	}
-	if n == 0 {
-		r.opts.all = true // RETURN () is RETURN (ALL), RFC 4731 3.1
+	if r.opts.partial != nil && r.opts.all {
+		// RFC 5267 4.4: one PARTIAL, one ALL, or neither.
+		return nil, errors.New("PARTIAL conflicts with ALL")
+	}
+	if !r.opts.respond() && !r.opts.save {
+		// RETURN () is RETURN (ALL), RFC 4731 3.1; so is a list of
+		// nothing but the CONTEXT hint, which asks for no result itself.
+		r.opts.all = true
 	}
 	if p.SP() != nil {
 		return nil, errors.New("SEARCH needs criteria after RETURN")
@@ -104,6 +153,25 @@ func parseReturn(segs []imapcodec.Segment) (*searchReturn, error) {
 	}
 	r.end = end.Off
 	return r, nil
+}
+
+// parsePartial reads RFC 5267's partial-range, "lo:hi" of non-zero
+// 32-bit numbers in either order (500:400 is 400:500). RFC 9394's negative
+// ranges are not RFC 5267's and are refused.
+func parsePartial(rg string) (*span, error) {
+	a, b, ok := strings.Cut(rg, ":")
+	if !ok {
+		return nil, errors.New("PARTIAL range broken")
+	}
+	lo, err1 := strconv.ParseUint(a, 10, 32)
+	hi, err2 := strconv.ParseUint(b, 10, 32)
+	if err1 != nil || err2 != nil || lo == 0 || hi == 0 {
+		return nil, errors.New("PARTIAL range broken")
+	}
+	if lo > hi {
+		lo, hi = hi, lo
+	}
+	return &span{uint32(lo), uint32(hi)}, nil
 }
 
 func atomAfterSP(p *imapcodec.Parser) (string, error) {
