@@ -18,22 +18,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/lemonproxy/lemonproxy/extensions/binary"
-	"github.com/lemonproxy/lemonproxy/extensions/catenate"
-	"github.com/lemonproxy/lemonproxy/extensions/compress"
-	"github.com/lemonproxy/lemonproxy/extensions/condstore"
-	"github.com/lemonproxy/lemonproxy/extensions/convert"
-	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
-	"github.com/lemonproxy/lemonproxy/extensions/esearch"
-	"github.com/lemonproxy/lemonproxy/extensions/filters"
-	"github.com/lemonproxy/lemonproxy/extensions/idle"
-	"github.com/lemonproxy/lemonproxy/extensions/metadata"
-	"github.com/lemonproxy/lemonproxy/extensions/namespace"
-	"github.com/lemonproxy/lemonproxy/extensions/notify"
-	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
-	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
-	"github.com/lemonproxy/lemonproxy/extensions/urlauth"
-	"github.com/lemonproxy/lemonproxy/extensions/within"
+	"github.com/lemonproxy/lemonproxy/extensions/chain"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -97,27 +82,9 @@ func startLemonproxyWith(t *testing.T, upAddr string, maxQueued int, edit func(*
 	// Registered before the proxy's cleanup, so it runs after the proxy
 	// has shut down.
 	t.Cleanup(func() { store.Close() })
-	meta := metadata.New(metadata.Config{})
-	ua := urlauth.New(urlauth.Config{})
 	cfg := proxy.Config{
-		Upstream: imaptest.DefaultUpstream(),
-		Extensions: []proxy.Extension{
-			idle.New(),
-			compress.New(),
-			namespace.New(),
-			meta,
-			catenate.New(catenate.Config{Auth: ua}),
-			uidplus.New(),
-			ua,
-			filters.New(meta),
-			within.New(),
-			contextsearch.New(contextsearch.Config{}),
-			esearch.New(),
-			condstore.New(),
-			binary.New(),
-			convert.New(),
-			notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: proxyPoll}, MaxQueued: maxQueued}),
-		},
+		Upstream:   imaptest.DefaultUpstream(),
+		Extensions: chain.Extensions(chain.Config{NotifyPollInterval: proxyPoll, NotifyMaxQueued: maxQueued}),
 	}
 	cfg.Upstream.Timeout = 10 * time.Second
 	cfg.Hub.PollInterval = proxyPoll

@@ -19,7 +19,7 @@ import (
 // are called in that order (a command passes through the CommandHandlers
 // in it, each ResponseFilter sees what the one before it returned, the
 // FETCH items of ChangeReporters appear in it). The order is one list,
-// written down once (extensions.Chain), never the accident of registration.
+// written down once (package extensions/chain), never the accident of registration.
 //
 // The model is CoreDNS's plugins for the chain and Caddy's modules for the
 // lifecycle: everything about NOTIFY, say, lives in one package under

@@ -1,0 +1,132 @@
+// Package chain is the one list of the protocol extensions lemonproxy's
+// sessions get, in their order, with the reason for each place: what
+// plugin.cfg is to CoreDNS. The command (cmd/lemonproxy) serves it, and
+// the conformance suite and integration tests run it, so that what is
+// tested is what is deployed.
+package chain
+
+import (
+	"net/netip"
+	"time"
+
+	binaryext "github.com/lemonproxy/lemonproxy/extensions/binary"
+	"github.com/lemonproxy/lemonproxy/extensions/catenate"
+	"github.com/lemonproxy/lemonproxy/extensions/compress"
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
+	"github.com/lemonproxy/lemonproxy/extensions/convert"
+	"github.com/lemonproxy/lemonproxy/extensions/esearch"
+	"github.com/lemonproxy/lemonproxy/extensions/filters"
+	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/metadata"
+	"github.com/lemonproxy/lemonproxy/extensions/namespace"
+	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
+	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
+	"github.com/lemonproxy/lemonproxy/extensions/urlauth"
+	"github.com/lemonproxy/lemonproxy/extensions/within"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// Config holds the settings of the extensions in the chain; the zero value
+// selects each extension's defaults.
+type Config struct {
+	// IdleKeepAlive is the interval of "* OK Still here" to idling
+	// clients; 0 sends none.
+	IdleKeepAlive time.Duration
+	// NotifyPollInterval and WatchGrace tune NOTIFY's account watchers
+	// (how often they poll where the upstream has no NOTIFY; how long one
+	// outlives the account's last session).
+	NotifyPollInterval, WatchGrace time.Duration
+	// NotifyMaxQueued is how many NOTIFY events may wait for one session
+	// before it is told of an overflow; 0: notify's default.
+	NotifyMaxQueued int
+	// URLHosts are the names clients reach the proxy under, which absolute
+	// IMAP URLs (CATENATE, URLAUTH) must name; empty: the machine's host
+	// name and the loopback names.
+	URLHosts []string
+	// SubmitFrom are the addresses of the submission servers allowed to
+	// URLFETCH submit+USER URLs (BURL).
+	SubmitFrom []netip.Prefix
+}
+
+// Extensions returns the chain of protocol extensions every session gets,
+// in the order the core calls them (see proxy.Extension): this list is to
+// lemonproxy what plugin.cfg is to CoreDNS. The order is part of the
+// design; change it only with a reason here.
+//
+//  1. idle owns IDLE, compress owns COMPRESS, namespace owns NAMESPACE and
+//     metadata GETMETADATA/SETMETADATA (where the upstream lacks them):
+//     commands no other extension sees, so their place does not matter;
+//     first, so that the commands a session waits in are found at once.
+//     metadata also reads the outcome of DELETE and RENAME to drop or move
+//     a mailbox's entries it keeps.
+//  2. notify sees every command that changes mailboxes go by and reads its
+//     outcome (x.Status) to announce the change to the account's other
+//     sessions. It comes before condstore, which answers some of those
+//     commands itself (a conditional STORE that stores nothing): notify
+//     sees their outcome too.
+//  3. catenate turns an APPEND with CATENATE (where the upstream lacks it,
+//     or where the proxy does URLAUTH, which the upstream could not check)
+//     into one plain APPEND: before uidplus, which then adds APPENDUID to
+//     it as to any other; after notify, which reads APPEND's outcome.
+//     urlauth answers GENURLAUTH, RESETKEY and URLFETCH and reads DELETE
+//     and RENAME outcomes: commands of its own, so its place does not
+//     matter; it follows uidplus.
+//  4. uidplus answers MOVE (and, where the upstream lacks UIDPLUS, adds
+//     APPENDUID and COPYUID) with its own upstream commands: after
+//     notify, which must see a MOVE's outcome to announce it; before
+//     condstore, which stays last.
+//  5. filters replaces FILTER name (RFC 5466) by the stored search
+//     program, read through metadata: before within and esearch, since the
+//     program may hold OLDER/YOUNGER, MODSEQ or $ that they then see as if
+//     the client had sent them. Its substitution is a CommandRewriter, so
+//     sequence numbers inside a filter mean what they mean in the command.
+//  6. within replaces OLDER and YOUNGER (where the upstream lacks WITHIN)
+//     by the UID sets they match, computed with its own searches: before
+//     every other search rewriter, which then see a search they fully
+//     understand.
+//  7. contextsearch keeps RFC 5267's updating searches alive (it needs
+//     esearch, which parses RETURN and hands it UPDATE results). Its
+//     expunge reports (REMOVEFROM, which must come before the EXPUNGE)
+//     run before condstore's: the first ChangeReporter that reports
+//     expunges stops the others, and contextsearch adds its lines and
+//     passes on.
+//  8. esearch turns an extended SEARCH (RETURN, SAVE) into the plain UID
+//     SEARCH condstore handles, and writes the ESEARCH answer, MODSEQ
+//     included, itself: before condstore. Its $ substitution is a
+//     CommandRewriter, before the whole chain, so its place does not
+//     matter for that.
+//  9. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
+//     EXPUNGE and answers the RFC 7162 parts from the proxy's state; late,
+//     so the command it passes on goes (nearly) straight to the relay.
+//  10. binary answers the BINARY items of a FETCH (where the upstream lacks
+//     BINARY) and passes the rest on: after condstore, which has already
+//     turned CHANGEDSINCE into the changed UIDs and taken MODSEQ out of
+//     the items, so binary answers exactly the messages asked for and
+//     MODSEQ still reaches the client through the core's reporting. A
+//     FETCH without BINARY items costs it one substring check.
+//  10. convert owns CONVERSIONS and CONVERT (RFC 5259), commands no other
+//     extension sees; next to binary, which advertises the BINARY that
+//     RFC 5259 requires with CONVERT.
+func Extensions(cfg Config) []proxy.Extension {
+	meta := metadata.New(metadata.Config{})
+	ua := urlauth.New(urlauth.Config{Hosts: cfg.URLHosts, SubmitFrom: cfg.SubmitFrom})
+	return []proxy.Extension{
+		&idle.Extension{KeepAlive: cfg.IdleKeepAlive},
+		compress.New(),
+		namespace.New(),
+		meta,
+		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: cfg.NotifyPollInterval, Grace: cfg.WatchGrace}, MaxQueued: cfg.NotifyMaxQueued}),
+		catenate.New(catenate.Config{Hosts: cfg.URLHosts, Auth: ua}),
+		uidplus.New(),
+		ua,
+		filters.New(meta),
+		within.New(),
+		contextsearch.New(contextsearch.Config{}),
+		esearch.New(),
+		condstore.New(),
+		binaryext.New(),
+		convert.New(),
+	}
+}
