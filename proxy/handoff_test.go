@@ -77,12 +77,15 @@ func tcpPair() (near, far net.Conn, err error) {
 func startPair(t *testing.T) (owner, front *imaptest.Proxy, r *testRouter) {
 	t.Helper()
 	up := startUpstream(t, memupstream.Options{}, "alice", "pw", "bob", "pw", "carol", "pw")
+	r = &testRouter{handoffs: make(chan proxy.Handoff, 8)}
+	// Registered before the proxies start, so it runs after their
+	// shutdown (cleanups run last first), which ends the owners' sessions.
+	t.Cleanup(r.wg.Wait)
 	owner = startProxy(t, baseConfig(up.Addr))
-	r = &testRouter{owner: owner.Srv, handoffs: make(chan proxy.Handoff, 8)}
+	r.owner = owner.Srv
 	cfg := baseConfig(up.Addr)
 	cfg.Router = r
 	front = startProxy(t, cfg)
-	t.Cleanup(r.wg.Wait) // after the proxies' shutdown (cleanups run last first)
 	return owner, front, r
 }
 
