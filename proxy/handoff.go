@@ -80,12 +80,24 @@ func (s *Session) forward(conn net.Conn, tag string) error {
 			s.log.Warn("the owning node did not answer the login", "err", err)
 			return s.WriteStatus(tag, "NO", "UNAVAILABLE", "This account cannot be served right now; try again shortly.")
 		}
+		rest, tagged := bytes.CutPrefix(line, []byte(tag+" "))
+		if tagged {
+			ok = bytes.HasPrefix(bytes.ToUpper(rest), []byte("OK"))
+		}
+		if ok {
+			// The session is forwarded before the client can hear it is
+			// logged in, as a local login's state changes before its OK
+			// is written: once the client holds the OK, Stats counts the
+			// session as forwarded (not as one not logged in), and
+			// Shutdown closes it without a BYE of this node's, as any
+			// forwarded session.
+			s.forwarded.Store(true)
+		}
 		if err := s.Write(line); err != nil {
 			conn.Close()
 			return err
 		}
-		if rest, found := bytes.CutPrefix(line, []byte(tag+" ")); found {
-			ok = bytes.HasPrefix(bytes.ToUpper(rest), []byte("OK"))
+		if tagged {
 			break
 		}
 	}
@@ -98,7 +110,6 @@ func (s *Session) forward(conn net.Conn, tag string) error {
 		conn.Close()
 		return err
 	}
-	s.forwarded.Store(true)
 	s.log.Info("logged in; session forwarded to the owning node")
 	// What the client pipelined behind its login, and what the owner sent
 	// behind its answer, go first.

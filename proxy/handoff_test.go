@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -76,12 +77,15 @@ func tcpPair() (near, far net.Conn, err error) {
 func startPair(t *testing.T) (owner, front *imaptest.Proxy, r *testRouter) {
 	t.Helper()
 	up := startUpstream(t, memupstream.Options{}, "alice", "pw", "bob", "pw", "carol", "pw")
+	r = &testRouter{handoffs: make(chan proxy.Handoff, 8)}
+	// Registered before the proxies start, so it runs after their
+	// shutdown (cleanups run last first), which ends the owners' sessions.
+	t.Cleanup(r.wg.Wait)
 	owner = startProxy(t, baseConfig(up.Addr))
-	r = &testRouter{owner: owner.Srv, handoffs: make(chan proxy.Handoff, 8)}
+	r.owner = owner.Srv
 	cfg := baseConfig(up.Addr)
 	cfg.Router = r
 	front = startProxy(t, cfg)
-	t.Cleanup(r.wg.Wait) // after the proxies' shutdown (cleanups run last first)
 	return owner, front, r
 }
 
@@ -191,6 +195,101 @@ func TestForwardOwnerSilent(t *testing.T) {
 		t.Fatalf("the forwarded session outlived its client by %v", d)
 	}
 	r.silent.Close()
+}
+
+// TestForwardedBeforeOK: a forwarded session counts as forwarded as soon
+// as its client can read the owner's OK. The front's client connection
+// holds the session goroutine inside the Write that delivered the OK
+// until the test has looked at Stats, which forces the interleaving that
+// made TestForwardOwnerSilent flaky (the session was marked forwarded
+// only after that Write returned).
+func TestForwardedBeforeOK(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "bob", "pw")
+	r := &testRouter{handoffs: make(chan proxy.Handoff, 8)}
+	cfg := baseConfig(up.Addr)
+	cfg.Router = r
+	front, err := proxy.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := &okGate{mark: []byte("a OK "), heard: make(chan struct{}), release: make(chan struct{})}
+	served := make(chan error, 1)
+	go func() { served <- front.Serve(gatedListener{ln, gate}, false) }()
+	t.Cleanup(func() {
+		gate.open()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := front.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+		r.wg.Wait()
+	})
+
+	c := imaptest.Dial(t, ln.Addr().String())
+	c.MustGreetOK()
+	c.Write("a LOGIN dave pw\r\n")
+	if got := c.ReadUntilTagged("a"); !strings.HasPrefix(got[len(got)-1], "a OK ") {
+		t.Fatalf("login answer %q", got)
+	}
+	<-gate.heard // the session goroutine is inside the Write of the OK
+	if st := front.Stats(); st.Forwarded != 1 || st.SessionsByState[proxy.StateNotAuthenticated] != 0 {
+		t.Errorf("while the OK is being written: forwarded %d, by state %v", st.Forwarded, st.SessionsByState)
+	}
+	gate.open()
+	r.silent.Close() // the owner ends: so does the forwarded session
+	if _, err := c.TryReadLine(5 * time.Second); err == nil {
+		t.Fatal("client connection still open after its owner ended")
+	}
+	waitFor(t, func() bool { return front.Sessions() == 0 })
+}
+
+// gatedListener hands out client connections whose writes go through g.
+type gatedListener struct {
+	net.Listener
+	g *okGate
+}
+
+func (l gatedListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return gatedConn{nc, l.g}, nil
+}
+
+// okGate holds the first write that contains mark, after the bytes went
+// out, until open is called: the peer has them while the writer is still
+// in Write.
+type okGate struct {
+	mark          []byte
+	once, opening sync.Once
+	heard         chan struct{}
+	release       chan struct{}
+}
+
+func (g *okGate) open() { g.opening.Do(func() { close(g.release) }) }
+
+type gatedConn struct {
+	net.Conn
+	g *okGate
+}
+
+func (c gatedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if bytes.Contains(b, c.g.mark) {
+		c.g.once.Do(func() {
+			close(c.g.heard)
+			<-c.g.release
+		})
+	}
+	return n, err
 }
 
 func waitFor(t *testing.T, cond func() bool) {
