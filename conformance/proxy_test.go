@@ -117,16 +117,14 @@ const (
 // proxyBugs are lemonproxy's known failures (docs/conformance.md,
 // "Where lemonproxy fails").
 var proxyBugs = map[string]proxyBug{
-	// BUG (race, seen once in six CI runs on 2026-12-06, in front of
-	// Dovecot's full profile only): the session's own CREATE was announced
-	// to it with * LIST (RFC 5465 5: SHOULD NOT). Not yet explained.
-	// Suspects: an upstream connection that had NOTIFY set on it
-	// (Dovecot's own NOTIFY wakes the account watcher) relaying Dovecot's
-	// LIST event during the CREATE, or a second report of the same
-	// creation after the suppression entry was used up (render deletes it
-	// at the first match).
-	"5465-own-mailboxname-suppressed": {targets: []string{dovecotFull}, flaky: true},
-	// The last ones, fixed or explained:
+	// None open. The last ones, fixed or explained:
+	//  - 5465-own-mailboxname-suppressed in front of Dovecot full (the
+	//    session's own CREATE announced to it): Dovecot answered the CREATE
+	//    NO [ALREADYEXISTS] although it created the mailbox (the account
+	//    watcher's LIST at the same moment), and NOTIFY suppressed only
+	//    what a command answered OK had done; a CREATE answered so counts
+	//    as the session's own now (notify's
+	//    TestOwnCreateAnsweredAlreadyExists).
 	//  - 5465-mailboxname-rename (a rename announced as a deletion and a
 	//    creation when the account watcher's last poll had UIDVALIDITY 0
 	//    for the old name): fixed by 7866bd4, new NOTIFY subscribers join

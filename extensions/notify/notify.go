@@ -96,13 +96,33 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	if x.Name == "NOTIFY" {
 		return e.notify(ctx, x)
 	}
+	var code string
+	if x.Name == "CREATE" {
+		x.OnTagged(func(h *imapcodec.ResponseHead) { code = h.Code })
+	}
 	if err := next(ctx, x); err != nil {
 		return err
 	}
-	if x.Status() == "OK" {
+	if x.Status() == "OK" || createdAnyway(x.Name, x.Status(), code) {
 		e.changed(x.Session(), x.Name, x.Command().Segments[0].Text)
 	}
 	return nil
+}
+
+// createdAnyway reports whether a command that failed may still have made
+// its change, which is then the session's own: a CREATE answered NO
+// [ALREADYEXISTS]. Dovecot 2.3 answers so now and then for a mailbox it did
+// create, when another session lists the mailboxes at that moment, and the
+// account watcher lists them all the time (docs/conformance.md). Its poll
+// then reports the creation like any other, and the session would be told
+// of its own CREATE. The proxy cannot tell that case from a mailbox someone
+// else created since the watcher's last poll, but either way the client has
+// just been told that the mailbox exists, and a creation event would tell
+// it nothing more; the account's other sessions hear of it at once. (Where
+// the mailbox was known before, no creation event comes, and the entry
+// expires unused.)
+func createdAnyway(name, status, code string) bool {
+	return name == "CREATE" && status == "NO" && code == "ALREADYEXISTS"
 }
 
 // Events this implementation supports, in the order NO [BADEVENT] lists them.

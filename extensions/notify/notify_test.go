@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"go.uber.org/goleak"
 
@@ -31,7 +32,13 @@ type env struct {
 // and bob, and the proxy in front with fast polling.
 func newEnv(t *testing.T, cfg notify.Config) *env {
 	t.Helper()
-	up, err := memupstream.Start(memupstream.Options{})
+	return newEnvUp(t, cfg, memupstream.Options{})
+}
+
+// newEnvUp is newEnv with the upstream started with upOpts.
+func newEnvUp(t *testing.T, cfg notify.Config, upOpts memupstream.Options) *env {
+	t.Helper()
+	up, err := memupstream.Start(upOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,6 +202,60 @@ func TestOtherMailboxes(t *testing.T) {
 	bob := e.login(t, "bob")
 	bob.MustOK("CREATE bobs")
 	quiet(t, a, 300*time.Millisecond)
+}
+
+// alreadyExistsUpstream starts the proxy in front of an upstream that
+// creates "mine" and answers NO [ALREADYEXISTS] anyway, as Dovecot 2.3 does
+// now and then when another session (the account watcher) lists the
+// mailboxes at that moment (docs/conformance.md).
+func alreadyExistsUpstream(t *testing.T) *env {
+	return newEnvUp(t, notify.Config{}, memupstream.Options{AfterCreate: func(name string) error {
+		if name != "mine" {
+			return nil
+		}
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "Mailbox already exists"}
+	}})
+}
+
+func createAlreadyExists(t *testing.T, c *imaptest.Client) {
+	t.Helper()
+	if got := imaptest.Tagged(c.Cmd("CREATE mine")); !strings.HasPrefix(got, "NO [ALREADYEXISTS]") {
+		t.Fatalf("CREATE mine: %q, want the upstream's NO [ALREADYEXISTS]", got)
+	}
+}
+
+// TestOwnCreateAnsweredAlreadyExists forces the interleaving behind the
+// once flaky conformance scenario 5465-own-mailboxname-suppressed in front
+// of Dovecot: the session's CREATE made the mailbox but was answered NO
+// [ALREADYEXISTS]. The session was told that the mailbox exists, and it
+// exists because of its own CREATE: it must not hear of it as a creation
+// (RFC 5465 5). Another session's CREATE starts a poll that sees both new
+// mailboxes; only the other one is announced to the session, and a third
+// session hears of both.
+func TestOwnCreateAnsweredAlreadyExists(t *testing.T) {
+	e := alreadyExistsUpstream(t)
+	a := e.login(t, "alice")
+	a.MustOK("NOTIFY SET (personal (MailboxName))")
+	b := e.login(t, "alice")
+	b.MustOK("NOTIFY SET (personal (MailboxName))")
+	createAlreadyExists(t, a)
+	e.login(t, "alice").MustOK("CREATE theirs")
+	expect(t, a, `* LIST () "/" theirs`)
+	quiet(t, a, 300*time.Millisecond)
+	expect(t, b, `* LIST () "/" mine`, `* LIST () "/" theirs`)
+}
+
+// TestOthersHearCreateAnsweredAlreadyExists: a CREATE answered NO
+// [ALREADYEXISTS] may have made the mailbox, so the account's other
+// sessions hear of it at once (a poll now), not after the poll interval
+// (an hour here).
+func TestOthersHearCreateAnsweredAlreadyExists(t *testing.T) {
+	e := alreadyExistsUpstream(t)
+	a := e.login(t, "alice")
+	b := e.login(t, "alice")
+	b.MustOK("NOTIFY SET (personal (MailboxName))")
+	createAlreadyExists(t, a)
+	expect(t, b, `* LIST () "/" mine`)
 }
 
 // TestOverflow: a session that falls too far behind is told

@@ -42,6 +42,13 @@ type Options struct {
 	TLS *tls.Config
 	// ImplicitTLS serves TLS from the first byte; it needs TLS.
 	ImplicitTLS bool
+	// AfterCreate, if set, is called after the server carried out a
+	// CREATE; an error it returns is the answer instead of OK (an
+	// *imap.Error for NO [code] text). It lets a test play a server that
+	// creates the mailbox and still answers NO: Dovecot 2.3 answers NO
+	// [ALREADYEXISTS] for a mailbox it did create when another session
+	// lists the mailboxes at that moment (docs/conformance.md).
+	AfterCreate func(mailbox string) error
 }
 
 // DefaultCaps are the capabilities Start advertises when Options.Caps is nil.
@@ -74,7 +81,17 @@ func Start(opt Options) (*Server, error) {
 	mem := imapmemserver.New()
 	srv := imapserver.New(&imapserver.Options{
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return mem.NewSession(), nil, nil
+			sess := mem.NewSession()
+			if opt.AfterCreate == nil {
+				return sess, nil, nil
+			}
+			// imapmemserver's session has NAMESPACE and MOVE, which the
+			// wrapper must keep (go-imap's server looks them up by type).
+			full, ok := sess.(imapserver.SessionIMAP4rev2)
+			if !ok {
+				return nil, nil, errors.New("memupstream: AfterCreate needs an IMAP4rev2 session")
+			}
+			return &afterCreate{SessionIMAP4rev2: full, after: opt.AfterCreate}, nil, nil
 		},
 		Caps:         caps,
 		InsecureAuth: true,
@@ -94,6 +111,20 @@ func Start(opt Options) (*Server, error) {
 		srv.Serve(ln)
 	}()
 	return s, nil
+}
+
+// afterCreate is a session whose CREATE answers what Options.AfterCreate
+// says once the mailbox is created.
+type afterCreate struct {
+	imapserver.SessionIMAP4rev2
+	after func(mailbox string) error
+}
+
+func (s *afterCreate) Create(mailbox string, options *imap.CreateOptions) error {
+	if err := s.SessionIMAP4rev2.Create(mailbox, options); err != nil {
+		return err
+	}
+	return s.after(mailbox)
 }
 
 type discard struct{}
