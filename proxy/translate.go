@@ -462,7 +462,19 @@ func translateESearch(text []byte, clientTag string, seqResults bool, view seqVi
 			switch name {
 			case "UID":
 				continue
-			case "MIN", "MAX", "ALL":
+			case "ALL":
+				// In the order given: an ESORT answer (RFC 5267 3.1)
+				// lists the messages in sort order.
+				if i+1 < len(rest) {
+					arg, _ := rest[i+1].(imapcodec.Atom)
+					i++
+					if seqs := orderedSeqs(string(arg), view); len(seqs) > 0 {
+						out = append(append(out, ' '), a...)
+						out = appendRuns(append(out, ' '), seqs)
+					}
+				}
+				continue
+			case "MIN", "MAX":
 				if i+1 < len(rest) {
 					arg, _ := rest[i+1].(imapcodec.Atom)
 					i++
@@ -502,6 +514,62 @@ func translateESearch(text []byte, clientTag string, seqResults bool, view seqVi
 		out = imapcodec.AppendValue(append(out, ' '), v)
 	}
 	return out
+}
+
+// orderedSeqs maps the UIDs of a set as written ("5,3:4,1") to the
+// client's sequence numbers in the order written, each range in its own
+// direction, leaving out what the client does not know. A range costs no
+// more than the messages of the view within it.
+func orderedSeqs(set string, view seqView) []uint32 {
+	var out []uint32
+	for _, el := range strings.Split(set, ",") {
+		a, b, isRange := strings.Cut(el, ":")
+		lo, err1 := strconv.ParseUint(a, 10, 32)
+		hi, err2 := lo, error(nil)
+		if isRange {
+			hi, err2 = strconv.ParseUint(b, 10, 32)
+		}
+		if err1 != nil || err2 != nil {
+			return nil // "*" and garbage: no server writes them here
+		}
+		down := lo > hi
+		if down {
+			lo, hi = hi, lo
+		}
+		i, _ := slices.BinarySearch(view, uint32(lo))
+		j := i
+		for j < len(view) && uint64(view[j]) <= hi {
+			j++
+		}
+		start := len(out)
+		for k := i; k < j; k++ {
+			out = append(out, uint32(k+1))
+		}
+		if down {
+			slices.Reverse(out[start:])
+		}
+	}
+	return out
+}
+
+// appendRuns writes numbers in the order given, runs of consecutive
+// ascending ones as ranges ("3:5,1").
+func appendRuns(b []byte, nums []uint32) []byte {
+	for i := 0; i < len(nums); {
+		j := i
+		for j+1 < len(nums) && nums[j+1] == nums[j]+1 {
+			j++
+		}
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, uint64(nums[i]), 10)
+		if j > i {
+			b = strconv.AppendUint(append(b, ':'), uint64(nums[j]), 10)
+		}
+		i = j + 1
+	}
+	return b
 }
 
 // translateFetch renumbers a FETCH response by its UID, or drops it when the
