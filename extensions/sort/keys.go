@@ -84,18 +84,26 @@ func keysOf(segs []imapcodec.Segment) (uid uint32, k Keys, err error) {
 	}
 	k.Arrival = t.Unix()
 	k.Date = k.Arrival
-	if d, ok := imapcodec.AsString(env[0]); ok {
+	if d := nstring(env[0]); d != "" {
 		if t, err := mail.ParseDate(collapseSpace(d)); err == nil {
 			k.Date = t.Unix()
 		}
 	}
-	if s, ok := imapcodec.AsString(env[1]); ok {
-		k.Subject = BaseSubject(s)
-	}
+	k.Subject = BaseSubject(nstring(env[1]))
 	k.From, k.DisplayFrom = firstAddress(env[2])
 	k.To, k.DisplayTo = firstAddress(env[5])
 	k.Cc, _ = firstAddress(env[6])
 	return uid, k, nil
+}
+
+// nstring returns the text of an nstring, "" for NIL, bounded by
+// maxKeyString (so that what is stored sorts as what was fetched).
+func nstring(v imapcodec.Value) string {
+	if imapcodec.IsNil(v) {
+		return ""
+	}
+	s, _ := imapcodec.AsString(v)
+	return s[:min(len(s), maxKeyString)]
 }
 
 // parseInternalDate reads an INTERNALDATE ("17-Jul-1996 02:44:25 -0700";
@@ -121,9 +129,7 @@ func firstAddress(v imapcodec.Value) (mailbox, display string) {
 	if !ok || len(a) != 4 {
 		return "", ""
 	}
-	name, _ := imapcodec.AsString(a[0])
-	mailbox, _ = imapcodec.AsString(a[2])
-	host, _ := imapcodec.AsString(a[3])
+	name, mailbox, host := nstring(a[0]), nstring(a[2]), nstring(a[3])
 	display = collapseSpace(decodeHeader(name))
 	display = strings.TrimSpace(display)
 	if display == "" {
@@ -169,7 +175,7 @@ func (k *Keys) encode() []byte {
 	b = binary.AppendVarint(b, k.Date)
 	b = binary.AppendUvarint(b, k.Size)
 	for _, s := range []string{k.Subject, k.From, k.To, k.Cc, k.DisplayFrom, k.DisplayTo} {
-		s = s[:min(len(s), maxKeyString)]
+		s = s[:min(len(s), maxKeyString)] // nstring bounds them already
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}

@@ -1,0 +1,123 @@
+package sort
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+)
+
+// Key is one sort key of RFC 5256 section 3 (and RFC 5957's two).
+type Key int
+
+const (
+	Arrival Key = iota
+	Cc
+	Date
+	From
+	Size
+	Subject
+	To
+	DisplayFrom
+	DisplayTo
+)
+
+var keyNames = map[string]Key{
+	"ARRIVAL": Arrival, "CC": Cc, "DATE": Date, "FROM": From, "SIZE": Size,
+	"SUBJECT": Subject, "TO": To, "DISPLAYFROM": DisplayFrom, "DISPLAYTO": DisplayTo,
+}
+
+// A Criterion is a sort key, REVERSE or not.
+type Criterion struct {
+	Key     Key
+	Reverse bool
+}
+
+// maxCriteria bounds a sort program: nine keys, each at most once useful.
+const maxCriteria = 32
+
+// ParseCriteria reads the sort criteria list of a SORT command: one or
+// more keys, each after an optional REVERSE.
+func ParseCriteria(l imapcodec.List) ([]Criterion, error) {
+	if len(l) == 0 {
+		return nil, errors.New("empty sort criteria")
+	}
+	if len(l) > maxCriteria {
+		return nil, errors.New("too many sort criteria")
+	}
+	var out []Criterion
+	rev := false
+	for _, v := range l {
+		a, ok := v.(imapcodec.Atom)
+		if !ok {
+			return nil, errors.New("bad sort criterion")
+		}
+		name := strings.ToUpper(string(a))
+		if name == "REVERSE" {
+			if rev {
+				return nil, errors.New("REVERSE REVERSE")
+			}
+			rev = true
+			continue
+		}
+		k, ok := keyNames[name]
+		if !ok {
+			return nil, fmt.Errorf("unknown sort criterion %s", a)
+		}
+		out = append(out, Criterion{Key: k, Reverse: rev})
+		rev = false
+	}
+	if rev {
+		return nil, errors.New("REVERSE must be followed by a sort key")
+	}
+	return out, nil
+}
+
+// display reports whether the criteria use RFC 5957's keys.
+func display(crit []Criterion) bool {
+	return slices.ContainsFunc(crit, func(c Criterion) bool { return c.Key == DisplayFrom || c.Key == DisplayTo })
+}
+
+// compare orders two messages by crit, then (RFC 5256 section 3: "...
+// the order in which they appear in the mailbox") by UID, which is the
+// mailbox's order; REVERSE does not reverse that last step.
+func compare(a, b *folded, crit []Criterion) int {
+	for _, c := range crit {
+		var r int
+		switch c.Key {
+		case Arrival:
+			r = cmp.Compare(a.arrival, b.arrival)
+		case Date:
+			r = cmp.Compare(a.date, b.date)
+		case Size:
+			r = cmp.Compare(a.size, b.size)
+		case Subject:
+			r = strings.Compare(a.subject, b.subject)
+		case From:
+			r = strings.Compare(a.from, b.from)
+		case To:
+			r = strings.Compare(a.to, b.to)
+		case Cc:
+			r = strings.Compare(a.cc, b.cc)
+		case DisplayFrom:
+			r = strings.Compare(a.displayFrom, b.displayFrom)
+		case DisplayTo:
+			r = strings.Compare(a.displayTo, b.displayTo)
+		}
+		if c.Reverse {
+			r = -r
+		}
+		if r != 0 {
+			return r
+		}
+	}
+	return cmp.Compare(a.uid, b.uid)
+}
+
+// sortFolded sorts messages by crit, in place.
+func sortFolded(msgs []*folded, crit []Criterion) {
+	slices.SortFunc(msgs, func(a, b *folded) int { return compare(a, b, crit) })
+}
