@@ -84,16 +84,46 @@ func keysOf(segs []imapcodec.Segment) (uid uint32, k Keys, err error) {
 	}
 	k.Arrival = t.Unix()
 	k.Date = k.Arrival
-	if d := nstring(env[0]); d != "" {
-		if t, err := mail.ParseDate(collapseSpace(d)); err == nil {
-			k.Date = t.Unix()
-		}
+	if t, ok := sentDate(nstring(env[0])); ok {
+		k.Date = t.Unix()
 	}
 	k.Subject = BaseSubject(nstring(env[1]))
 	k.From, k.DisplayFrom = firstAddress(env[2])
 	k.To, k.DisplayTo = firstAddress(env[5])
 	k.Cc, _ = firstAddress(env[6])
 	return uid, k, nil
+}
+
+// obsZones are RFC 5322 4.3's obsolete zone names with their offsets.
+// Go's parser would take any of them for UTC (a zone abbreviation it does
+// not know gets offset zero), which would put a message from New York five
+// hours early. Military zones stay UTC, as RFC 5322 says they should be
+// taken ("-0000": their meaning was garbled in RFC 822).
+var obsZones = map[string]string{
+	"UT": "+0000", "GMT": "+0000", "EST": "-0500", "EDT": "-0400", "CST": "-0600",
+	"CDT": "-0500", "MST": "-0700", "MDT": "-0600", "PST": "-0800", "PDT": "-0700",
+}
+
+// sentDate parses a Date header value (RFC 5256 2.2: the sent date, to
+// be normalized to UTC); ok false when it does not parse.
+func sentDate(d string) (time.Time, bool) {
+	d = strings.TrimSpace(collapseSpace(d))
+	if d == "" {
+		return time.Time{}, false
+	}
+	if i := strings.IndexByte(d, '('); i > 0 { // a trailing comment
+		d = strings.TrimSpace(d[:i])
+	}
+	if i := strings.LastIndexByte(d, ' '); i > 0 {
+		if z, ok := obsZones[strings.ToUpper(d[i+1:])]; ok {
+			d = d[:i+1] + z
+		}
+	}
+	t, err := mail.ParseDate(d)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return t, true
 }
 
 // nstring returns the text of an nstring, "" for NIL, bounded by

@@ -1,6 +1,9 @@
 package sort
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // TestBaseSubject: RFC 5256 section 2.1's steps, one vector or more each.
 func TestBaseSubject(t *testing.T) {
@@ -79,4 +82,30 @@ func containsEncodedWord(s string) bool {
 		}
 	}
 	return false
+}
+
+// TestSentDate: RFC 5322 dates to UTC, obsolete zones with their offsets.
+func TestSentDate(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want string // RFC 3339 in UTC, "" for no date
+	}{
+		{"Mon, 1 Jan 2024 10:00:00 +0100", "2024-01-01T09:00:00Z"},
+		{"Tue, 2 Jan 2024 09:00:00 EST", "2024-01-02T14:00:00Z"},
+		{"Tue, 2 Jan 2024 09:00:00 pdt", "2024-01-02T16:00:00Z"},
+		{"2 Jan 2024 13:00 +0000", "2024-01-02T13:00:00Z"},
+		{"Mon, 1 Jan 2024 10:00:00 GMT", "2024-01-01T10:00:00Z"},
+		{"Mon, 1 Jan 2024 10:00:00 +0000 (UTC)", "2024-01-01T10:00:00Z"},
+		{"Mon,\r\n 1 Jan 2024 10:00:00 -0000", "2024-01-01T10:00:00Z"},
+		{"not a date", ""},
+		{"", ""},
+	} {
+		got := ""
+		if d, ok := sentDate(tc.in); ok {
+			got = d.UTC().Format(time.RFC3339)
+		}
+		if got != tc.want {
+			t.Errorf("sentDate(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
 }
