@@ -11,6 +11,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -40,7 +41,7 @@ type fixture struct {
 }
 
 // newFixture starts go-imap's in-memory server (no SORT) and the proxy
-// with sort and condstore, alice's INBOX filled with testMailbox.
+// with esearch, sort and condstore in chain order, alice's INBOX filled with testMailbox.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	up, err := memupstream.Start(memupstream.Options{})
@@ -53,7 +54,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	f := &fixture{up: up, ext: New(Config{SearchCasemap: true}), data: accountdata.NewMemory()}
 	f.p = imaptest.StartProxy(t, up.Addr, proxy.Config{
-		Extensions:  []proxy.Extension{f.ext, condstore.New()},
+		Extensions:  []proxy.Extension{esearch.New(), f.ext, condstore.New()},
 		AccountData: f.data,
 	})
 	c := imaptest.Login(t, f.p.Addr, "alice", "secret")
