@@ -56,13 +56,22 @@ type box struct {
 	elem    *list.Element
 }
 
-// find returns the index of uid in msgs, or -1.
-func (b *box) find(uid uint32) int {
-	i, ok := slices.BinarySearchFunc(b.msgs, uid, func(f folded, u uint32) int { return int64cmp(int64(f.uid), int64(u)) })
-	if !ok {
-		return -1
+// lookup returns the keys of uids (ascending) that b holds, and the UIDs
+// it does not hold: one walk along both lists, both in UID order.
+func (b *box) lookup(uids []uint32) (found []*folded, missing []uint32) {
+	found = make([]*folded, 0, len(uids))
+	j := 0
+	for _, u := range uids {
+		for j < len(b.msgs) && b.msgs[j].uid < u {
+			j++
+		}
+		if j < len(b.msgs) && b.msgs[j].uid == u {
+			found = append(found, &b.msgs[j])
+		} else {
+			missing = append(missing, u)
+		}
 	}
-	return i
+	return found, missing
 }
 
 func int64cmp(a, b int64) int {

@@ -48,3 +48,21 @@ func FuzzKeys(f *testing.F) {
 		}
 	})
 }
+
+// FuzzNumbers: a SEARCH or SORT line of any shape gives numbers without
+// panic, never more than one per two bytes, none zero.
+func FuzzNumbers(f *testing.F) {
+	f.Add([]byte("* SEARCH 1 2 3 (MODSEQ 4)"))
+	f.Add([]byte("* SORT 99999999999 0 7"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		nums := numbers(b)
+		if len(nums) > len(b)/2+1 {
+			t.Fatalf("%d numbers from %d bytes", len(nums), len(b))
+		}
+		for _, n := range nums {
+			if n == 0 {
+				t.Fatalf("0 from %q", b)
+			}
+		}
+	})
+}

@@ -200,10 +200,14 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		}
 		slices.Sort(uids)
 		uids = slices.Compact(uids)
-		sorted, err := e.Sort(ctx, s, uids, cmd.crit)
-		if err != nil {
-			h.Name, h.Code, h.CodeArg, h.Text = "NO", "UNAVAILABLE", "", "Sort keys unavailable, try again."
-			return
+		sorted := uids // RETURN (COUNT) alone: the order does not matter
+		if r := cmd.ret; r == nil || r.All || r.Min || r.Max {
+			var err error
+			if sorted, err = e.Sort(ctx, s, uids, cmd.crit); err != nil {
+				s.Logger().Warn("sort keys unavailable", "err", err)
+				h.Name, h.Code, h.CodeArg, h.Text = "NO", "UNAVAILABLE", "", "Sort keys unavailable, try again."
+				return
+			}
 		}
 		if !uid {
 			sorted = seqsOf(m, sorted)
@@ -229,29 +233,14 @@ func (e *Extension) Sort(ctx context.Context, s *proxy.Session, uids []uint32, c
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	e.cache.load(b, st.Snapshot().UIDs, st.MaxUID())
-	var missing []uint32
-	for _, u := range uids {
-		if b.find(u) < 0 {
-			missing = append(missing, u)
-		}
-	}
+	msgs, missing := b.lookup(uids)
 	if len(missing) > 0 {
 		if err := e.cache.fetch(ctx, s, b, missing); err != nil {
 			return nil, err
 		}
+		msgs, _ = b.lookup(uids)
 	}
-	msgs := make([]*folded, 0, len(uids))
-	for _, u := range uids {
-		if i := b.find(u); i >= 0 {
-			msgs = append(msgs, &b.msgs[i])
-		}
-	}
-	sortFolded(msgs, crit)
-	out := make([]uint32, len(msgs))
-	for i, f := range msgs {
-		out[i] = f.uid
-	}
-	return out, nil
+	return sortFolded(msgs, crit), nil
 }
 
 // seqsOf maps UIDs to the client's sequence numbers, keeping the order,
@@ -313,17 +302,33 @@ func answer(m *proxy.Mailbox, tag string, uid bool, ret *esearch.ReturnOptions, 
 
 // numbers reads the numbers of "* SEARCH n n" or "* SORT n n", in order,
 // stopping at RFC 7162's "(MODSEQ m)" (the proxy finds mod-sequences
-// itself).
+// itself). The line can hold a whole mailbox's numbers: it is scanned in
+// place, one number allocated at a time.
 func numbers(text []byte) []uint32 {
-	f := strings.Fields(string(text))
-	var out []uint32
-	for _, w := range f[min(2, len(f)):] {
-		if strings.HasPrefix(w, "(") {
+	i := 0
+	for words := 0; i < len(text) && words < 2; i++ { // "*" and the name
+		if text[i] == ' ' {
+			words++
+		}
+	}
+	out := make([]uint32, 0, (len(text)-i)/2+1)
+	for i < len(text) {
+		if text[i] == '(' {
 			break
 		}
-		if n, err := strconv.ParseUint(w, 10, 32); err == nil && n > 0 {
+		var n uint64
+		j := i
+		for j < len(text) && text[j] >= '0' && text[j] <= '9' && n <= 1<<32 {
+			n = n*10 + uint64(text[j]-'0')
+			j++
+		}
+		if j > i && n > 0 && n < 1<<32 && (j == len(text) || text[j] == ' ') {
 			out = append(out, uint32(n))
 		}
+		for j < len(text) && text[j] != ' ' {
+			j++
+		}
+		i = j + 1
 	}
 	return out
 }

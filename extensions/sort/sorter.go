@@ -117,7 +117,49 @@ func compare(a, b *folded, crit []Criterion) int {
 	return cmp.Compare(a.uid, b.uid)
 }
 
-// sortFolded sorts messages by crit, in place.
-func sortFolded(msgs []*folded, crit []Criterion) {
+// sortFolded sorts messages by crit and returns their UIDs in that order.
+// One numeric key (ARRIVAL, DATE, SIZE, the common case of a mail
+// client's message list) sorts pairs of key and UID, which stay in the
+// processor's cache, rather than chasing pointers through a comparison
+// of every key.
+func sortFolded(msgs []*folded, crit []Criterion) []uint32 {
+	out := make([]uint32, len(msgs))
+	if len(crit) == 1 && (crit[0].Key == Arrival || crit[0].Key == Date || crit[0].Key == Size) {
+		type pair struct {
+			k   uint64
+			uid uint32
+		}
+		pairs := make([]pair, len(msgs))
+		for i, f := range msgs {
+			var k uint64
+			switch crit[0].Key {
+			case Arrival:
+				k = uint64(f.arrival) ^ 1<<63 // signed order as unsigned
+			case Date:
+				k = uint64(f.date) ^ 1<<63
+			case Size:
+				k = f.size
+			}
+			pairs[i] = pair{k, f.uid}
+		}
+		rev := crit[0].Reverse
+		slices.SortFunc(pairs, func(a, b pair) int {
+			if a.k != b.k {
+				if (a.k < b.k) != rev {
+					return -1
+				}
+				return 1
+			}
+			return cmp.Compare(a.uid, b.uid)
+		})
+		for i, p := range pairs {
+			out[i] = p.uid
+		}
+		return out
+	}
 	slices.SortFunc(msgs, func(a, b *folded) int { return compare(a, b, crit) })
+	for i, f := range msgs {
+		out[i] = f.uid
+	}
+	return out
 }
