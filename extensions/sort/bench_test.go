@@ -110,7 +110,12 @@ func TestBenchmarkSort(t *testing.T) {
 	series("proxy over legacy, SORT (REVERSE ARRIVAL)", c, sortCmd)
 	series("proxy over legacy, ESORT COUNT", c, esortCmd)
 	series("proxy over legacy, ESEARCH COUNT", c, esearchCmd)
+	runtime.GC()
+	runtime.ReadMemStats(&before)
 	ext.cache.drop()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	t.Logf("in-memory keys alone: %.1f MB (%d bytes a message)", float64(int64(before.HeapAlloc)-int64(after.HeapAlloc))/1e6, (int64(before.HeapAlloc)-int64(after.HeapAlloc))/int64(n))
 	reload, _ := timeCmd(c, sortCmd)
 	t.Logf("proxy over legacy, SORT after the in-memory keys were dropped (read back from the store): %v", reload.Round(time.Millisecond))
 	if got := ext.cache.fetched.Load(); got != int64(n) {

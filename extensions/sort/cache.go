@@ -153,6 +153,31 @@ func (c *cache) drop() {
 	c.total = 0
 }
 
+// forget deletes a mailbox's records and drops it from memory.
+func (c *cache) forget(account, mailbox string) {
+	var keys []string
+	err := c.data.List(account, mailboxPrefix(mailbox), func(key string, _ []byte) bool {
+		keys = append(keys, key)
+		return true
+	})
+	if err == nil && len(keys) > 0 {
+		if err := c.data.Write(account, nil, keys); err != nil {
+			c.log.Warn("deleting sort keys", "account", account, "err", err)
+		} else {
+			c.addStored(account, -len(keys))
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, b := range c.boxes {
+		if id.account == account && id.mailbox == mailbox {
+			c.lru.Remove(b.elem)
+			delete(c.boxes, id)
+			c.total -= b.counted
+		}
+	}
+}
+
 func mailboxPrefix(mailbox string) string { return "sort/" + mailbox + "\x00" }
 
 func recordPrefix(mailbox string, uidValidity uint32) string {

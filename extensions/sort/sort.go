@@ -127,12 +127,40 @@ func (e *Extension) Capabilities(state proxy.State, up upstream.Caps) []string {
 	return out
 }
 
-// Commands names the commands answered here.
-func (*Extension) Commands() []string { return []string{"SORT", "UID SORT"} }
+// Commands names the commands answered here, and DELETE and RENAME,
+// after which the mailbox's stored keys go.
+func (*Extension) Commands() []string { return []string{"SORT", "UID SORT", "DELETE", "RENAME"} }
+
+// forget deletes the stored keys of the mailbox a successful DELETE or
+// RENAME names (its first argument): nothing would ever load them again,
+// and they would count against the account's bound for good. A RENAME's
+// new name starts without keys; they are fetched again at its first sort.
+func (e *Extension) forget(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	err := next(ctx, x)
+	if err != nil || x.Status() != "OK" {
+		return err
+	}
+	p := x.Command().Args
+	if p.SP() != nil {
+		return nil
+	}
+	name, perr := p.AString()
+	if perr != nil {
+		return nil
+	}
+	if strings.EqualFold(name, "INBOX") {
+		name = "INBOX"
+	}
+	e.cache.forget(x.Session().UpstreamAccount().Name, name)
+	return nil
+}
 
 // ServeCommand relays a SORT the upstream can answer and synthesizes the
 // others (see the package comment).
 func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	if x.Name == "DELETE" || x.Name == "RENAME" {
+		return e.forget(ctx, x, next)
+	}
 	s := x.Session()
 	m := s.Mailbox()
 	if m == nil || x.Streamed() || len(x.Segments) == 0 {

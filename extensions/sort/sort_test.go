@@ -211,6 +211,26 @@ func TestKeysCached(t *testing.T) {
 	if n, _ := f.records(); n != 5 {
 		t.Fatalf("%d records after the expunge, want 5", n)
 	}
+	// A renamed or deleted mailbox's records go.
+	c.MustOK("CREATE Other")
+	c.MustOK("COPY 1:2 Other")
+	c.MustOK("SELECT Other")
+	c.ExpectDo("f", "SORT (SIZE) UTF-8 ALL", "* SORT 2 1", "f OK *")
+	if n, _ := f.records(); n != 7 {
+		t.Fatalf("%d records with Other sorted, want 7", n)
+	}
+	c.MustOK("UNSELECT")
+	c.MustOK("RENAME Other Renamed")
+	if n, _ := f.records(); n != 5 {
+		t.Fatalf("%d records after RENAME, want 5", n)
+	}
+	c.MustOK("SELECT Renamed")
+	c.ExpectDo("g", "SORT (SIZE) UTF-8 ALL", "* SORT 2 1", "g OK *")
+	c.MustOK("UNSELECT")
+	c.MustOK("DELETE Renamed")
+	if n, _ := f.records(); n != 5 {
+		t.Fatalf("%d records after DELETE, want 5", n)
+	}
 }
 
 // TestCapabilities: SORT, SORT=DISPLAY, ESORT and I18NLEVEL=1 after login
