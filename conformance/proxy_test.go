@@ -47,16 +47,11 @@ const (
 	memParallel     = 4
 )
 
-// startLemonproxy starts lemonproxy in front of upAddr as `lemonproxy serve`
-// would run it (the same extensions, a bbolt state store), with short poll
-// intervals, and returns its address.
-func startLemonproxy(t *testing.T, upAddr string) string {
-	t.Helper()
-	return startLemonproxyQueue(t, upAddr, 0)
-}
-
-// startLemonproxyQueue is startLemonproxy with NOTIFY's limit of queued
-// events per session (notify.Config.MaxQueued; 0 is the default, 1,000).
+// startLemonproxyQueue starts lemonproxy in front of upAddr as `lemonproxy
+// serve` would run it (the same extensions, a bbolt state store), with
+// short poll intervals and NOTIFY's limit of queued events per session
+// (notify.Config.MaxQueued; 0 is the default, 1,000), and returns its
+// address.
 func startLemonproxyQueue(t *testing.T, upAddr string, maxQueued int) string {
 	t.Helper()
 	return startLemonproxyWith(t, upAddr, maxQueued, nil)

@@ -64,6 +64,7 @@ func TestBenchmarkSort(t *testing.T) {
 
 	// Dovecot's own SORT (full profile), directly.
 	d := imaptest.Dial(t, full.Addr)
+	d.Timeout = 10 * time.Minute // a first SELECT or SORT of 100,000 messages
 	d.MustGreetOK()
 	d.MustOK("LOGIN alice alicepass")
 	sel, _ := timeCmd(d, "SELECT Big")
@@ -78,6 +79,7 @@ func TestBenchmarkSort(t *testing.T) {
 	// must be. Every INTERNALDATE is a maildir file's time, so many are
 	// equal and the tie-break by sequence number is exercised too.
 	l := imaptest.Dial(t, legacy.Addr)
+	l.Timeout = 10 * time.Minute
 	l.MustGreetOK()
 	l.MustOK("LOGIN alice alicepass")
 	l.MustOK("EXAMINE Big")
@@ -94,6 +96,7 @@ func TestBenchmarkSort(t *testing.T) {
 	cfg.Hub.Timeout = 10 * time.Minute
 	p := imaptest.StartProxy(t, legacy.Addr, cfg)
 	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	c.Timeout = 10 * time.Minute
 	sel, _ = timeCmd(c, "SELECT Big")
 	var before, after runtime.MemStats
 	runtime.GC()
