@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -30,10 +31,26 @@ var keyNames = map[string]Key{
 	"SUBJECT": Subject, "TO": To, "DISPLAYFROM": DisplayFrom, "DISPLAYTO": DisplayTo,
 }
 
+func (k Key) String() string {
+	for name, v := range keyNames {
+		if v == k {
+			return name
+		}
+	}
+	return "Key(" + strconv.Itoa(int(k)) + ")"
+}
+
 // A Criterion is a sort key, REVERSE or not.
 type Criterion struct {
 	Key     Key
 	Reverse bool
+}
+
+func (c Criterion) String() string {
+	if c.Reverse {
+		return "REVERSE " + c.Key.String()
+	}
+	return c.Key.String()
 }
 
 // maxCriteria bounds a sort program: nine keys, each at most once useful.
