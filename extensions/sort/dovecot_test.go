@@ -136,3 +136,51 @@ func esortItems(line string) string {
 	slices.Sort(pairs)
 	return strings.Join(f[:i], " ") + " | " + strings.Join(pairs, ", ")
 }
+
+// TestDovecotSortWithoutESort: over an upstream with SORT but neither
+// ESORT nor SORT=DISPLAY, a SORT is relayed, a SORT RETURN goes upstream
+// without RETURN and its answer becomes ESEARCH, and a DISPLAY sort is the
+// proxy's; all agree with Dovecot's full profile on the same messages.
+func TestDovecotSortWithoutESort(t *testing.T) {
+	full := dovecottest.Start(t, dovecottest.Full)
+	sortOnly := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{ExtraCaps: []string{"SORT"}})
+	fillDovecot(t, full)
+	fillDovecot(t, sortOnly)
+	direct := imaptest.Dial(t, full.Addr)
+	direct.MustGreetOK()
+	direct.MustOK("LOGIN alice alicepass")
+	direct.MustOK("SELECT INBOX")
+
+	ext := New(Config{})
+	p := imaptest.StartProxy(t, sortOnly.Addr, proxy.Config{Extensions: []proxy.Extension{ext, condstore.New()}})
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	caps := " " + c.MustOK("CAPABILITY")[0] + " "
+	for _, w := range []string{" SORT ", " ESORT ", " SORT=DISPLAY "} {
+		if strings.Count(caps, w) != 1 {
+			t.Errorf("capabilities should have %s once: %q", w, caps)
+		}
+	}
+	if strings.Contains(caps, "I18NLEVEL") {
+		t.Errorf("I18NLEVEL over an upstream whose SORT is its own: %q", caps)
+	}
+	c.MustOK("SELECT INBOX")
+	for i, cmd := range []string{
+		"SORT (SUBJECT) UTF-8 ALL",
+		"UID SORT (REVERSE DATE) UTF-8 ALL",
+		"SORT RETURN (MIN MAX COUNT ALL) (DATE) UTF-8 ALL",
+		"UID SORT RETURN (ALL) (REVERSE SUBJECT) UTF-8 ALL",
+		"SORT RETURN (MIN) (ARRIVAL) UTF-8 FROM nobody",
+		"SORT (DISPLAYFROM) UTF-8 ALL",
+		"UID SORT RETURN (ALL) (DISPLAYTO) UTF-8 ALL",
+	} {
+		tag := fmt.Sprintf("w%d", i)
+		g, w := c.Do(tag, cmd), direct.Do(tag, cmd)
+		if esortItems(g[0]) != esortItems(w[0]) || !strings.HasPrefix(g[len(g)-1], tag+" OK") {
+			t.Errorf("%s: proxy %q, Dovecot %q", cmd, g, w[0])
+		}
+	}
+	// Only the DISPLAY sorts were the proxy's: it fetched keys for them.
+	if n := ext.cache.fetched.Load(); n != int64(len(dovecotMailbox)) {
+		t.Errorf("fetched %d messages' keys, want %d (for the DISPLAY sorts only)", n, len(dovecotMailbox))
+	}
+}
