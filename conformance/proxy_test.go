@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/lemonproxy/lemonproxy/extensions/chain"
+	sortext "github.com/lemonproxy/lemonproxy/extensions/sort"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -46,16 +47,11 @@ const (
 	memParallel     = 4
 )
 
-// startLemonproxy starts lemonproxy in front of upAddr as `lemonproxy serve`
-// would run it (the same extensions, a bbolt state store), with short poll
-// intervals, and returns its address.
-func startLemonproxy(t *testing.T, upAddr string) string {
-	t.Helper()
-	return startLemonproxyQueue(t, upAddr, 0)
-}
-
-// startLemonproxyQueue is startLemonproxy with NOTIFY's limit of queued
-// events per session (notify.Config.MaxQueued; 0 is the default, 1,000).
+// startLemonproxyQueue starts lemonproxy in front of upAddr as `lemonproxy
+// serve` would run it (the same extensions, a bbolt state store), with
+// short poll intervals and NOTIFY's limit of queued events per session
+// (notify.Config.MaxQueued; 0 is the default, 1,000), and returns its
+// address.
 func startLemonproxyQueue(t *testing.T, upAddr string, maxQueued int) string {
 	t.Helper()
 	return startLemonproxyWith(t, upAddr, maxQueued, nil)
@@ -142,6 +138,13 @@ var maySkip = map[string]bool{
 	// Whether LITERAL+ is offered before login is the server's choice:
 	// go-imap's server offers it after login only.
 	"7888-login-nonsync": true,
+	// I18NLEVEL is optional, and lemonproxy offers it only where its
+	// upstream's SEARCH compares with i;unicode-casemap (Dovecot's does,
+	// go-imap's server does not).
+	"5255-casemap-sort": true,
+	// LANGUAGE is optional: Dovecot does not implement it (the proxy
+	// always does).
+	"5255-language": true,
 }
 
 // proxyConfig is the suite's configuration for a lemonproxy at proxyAddr
@@ -206,15 +209,26 @@ func runProxy(t *testing.T, target, proxyAddr, upAddr, user, pass, user2, pass2 
 	checkProxyRun(t, target, runAgainst(t, cfg), cfg.Only)
 }
 
+// dovecotSearch tells the sort extension that the upstream's SEARCH is
+// Dovecot's, which compares with i;unicode-casemap whatever capabilities
+// it advertises: the proxy may then offer I18NLEVEL=1 (extensions/sort).
+func dovecotSearch(cfg *proxy.Config) {
+	for i, e := range cfg.Extensions {
+		if _, ok := e.(*sortext.Extension); ok {
+			cfg.Extensions[i] = sortext.New(sortext.Config{SearchCasemap: true})
+		}
+	}
+}
+
 func TestProxyDovecotFull(t *testing.T) {
 	dc := dovecottest.Start(t, dovecottest.Full)
-	addr := startLemonproxy(t, dc.Addr)
+	addr := startLemonproxyWith(t, dc.Addr, 0, dovecotSearch)
 	runProxy(t, dovecotFull, addr, dc.Addr, "alice", "alicepass", "bob", "bobpass", dovecotParallel)
 }
 
 func TestProxyDovecotLegacy(t *testing.T) {
 	dc := dovecottest.Start(t, dovecottest.Legacy)
-	addr := startLemonproxy(t, dc.Addr)
+	addr := startLemonproxyWith(t, dc.Addr, 0, dovecotSearch)
 	runProxy(t, dovecotLegacy, addr, dc.Addr, "alice", "alicepass", "bob", "bobpass", dovecotParallel)
 }
 

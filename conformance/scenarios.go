@@ -20,6 +20,7 @@ func Scenarios() []*Scenario {
 		metadata5464(), filters5466(),
 		convert5259(),
 		catenate4469(), urlauth4467(),
+		sort5256(), sortDisplay5957(), esort5267(), i18n5255(),
 		lemonade5550(),
 	} {
 		all = append(all, group...)
@@ -52,6 +53,10 @@ var RFCs = []struct {
 	{5259, "CONVERT"},
 	{4469, "CATENATE"},
 	{4467, "URLAUTH"},
+	{5256, "SORT"},
+	{5957, "SORT=DISPLAY"},
+	{5267, "ESORT"},
+	{5255, "I18NLEVEL and LANGUAGE"},
 	{5550, "Lemonade profile (report)"},
 }
 

@@ -282,8 +282,14 @@ func (p *Parser) list() (Value, error) {
 			return l, nil
 		}
 		if len(l) > 0 {
-			if err := p.SP(); err != nil {
-				return nil, p.errorf("expected space or ')' in list")
+			// A list directly after a list needs no space: RFC 3501's
+			// address lists ("(" 1*address ")") and body parts run
+			// together, "((...)(...))".
+			_, prevList := l[len(l)-1].(List)
+			if c, ok := p.peek(); !prevList || !ok || c != '(' {
+				if err := p.SP(); err != nil {
+					return nil, p.errorf("expected space or ')' in list")
+				}
 			}
 		}
 		v, err := p.Value()

@@ -108,6 +108,8 @@ func TestParserValues(t *testing.T) {
 		{`a "b" c`, []Value{Atom("a"), q("b"), Atom("c")}},
 		{"()", []Value{List{}}},
 		{"(())", []Value{List{List{}}}},
+		// RFC 3501 address lists: lists inside a list run together.
+		{`((NIL NIL "a" "x")(NIL NIL "b" "x"))`, []Value{List{List{Atom("NIL"), Atom("NIL"), q("a"), q("x")}, List{Atom("NIL"), Atom("NIL"), q("b"), q("x")}}}},
 		{`(a "b" (c (d)) NIL)`, []Value{List{Atom("a"), q("b"), List{Atom("c"), List{Atom("d")}}, Atom("NIL")}}},
 		{`(FLAGS (\Seen \Answered)) (UID)`, []Value{List{Atom("FLAGS"), List{Atom(`\Seen`), Atom(`\Answered`)}}, List{Atom("UID")}}},
 

@@ -122,14 +122,26 @@ func (w *searchWalker) search() error {
 	}
 }
 
-// sortOrThread skips "(sort criteria) charset" or "algorithm charset".
+// sortOrThread skips "[RETURN (options)] (sort criteria) charset" (RFC
+// 5267's ESORT adds the RETURN) or "algorithm charset".
 func (w *searchWalker) sortOrThread() error {
 	p := w.p
 	if !p.MaybeSP() {
 		return errors.New("missing arguments")
 	}
-	if _, err := p.Value(); err != nil { // sort criteria or algorithm
+	v, err := p.Value() // RETURN, sort criteria or algorithm
+	if err != nil {
 		return err
+	}
+	if a, ok := v.(Atom); ok && strings.EqualFold(string(a), "RETURN") {
+		p.SP()
+		if _, err := p.Value(); err != nil { // the options
+			return err
+		}
+		p.SP()
+		if _, err := p.Value(); err != nil { // sort criteria
+			return err
+		}
 	}
 	p.SP()
 	if _, err := p.Value(); err != nil { // charset

@@ -45,6 +45,8 @@ func TestReplaceSearchKeys(t *testing.T) {
 		{`a SEARCH RETURN (MIN COUNT) CHARSET UTF-8 *`, `(*)`, nil, `a SEARCH RETURN (MIN COUNT) CHARSET UTF-8 *`},
 		{`a UID SORT (REVERSE DATE) UTF-8 FROM x 2`, `FROM(x) (2)`,
 			map[string]string{"(2)": "UID 30"}, `a UID SORT (REVERSE DATE) UTF-8 FROM x UID 30`},
+		{`a SORT RETURN (MIN ALL) (DATE) UTF-8 2 FROM x`, `(2) FROM(x)`,
+			map[string]string{"(2)": "UID 30"}, `a SORT RETURN (MIN ALL) (DATE) UTF-8 UID 30 FROM x`},
 		{`a THREAD REFERENCES UTF-8 ALL`, `ALL()`, nil, `a THREAD REFERENCES UTF-8 ALL`},
 	} {
 		keys, out, err := walk(t, tt.cmd, tt.repl)

@@ -59,6 +59,9 @@ var knownCommands = map[string]bool{
 var neverRelayed = map[string]bool{
 	"COMPRESS": true, "NOTIFY": true, "UNAUTHENTICATE": true, "IDLE": true,
 	"XCLIENT": true, "STARTTLS": true, "LOGIN": true, "AUTHENTICATE": true, "ENABLE": true,
+	// LANGUAGE (RFC 5255) sets the language of the connection's
+	// responses: the next session to lease the connection would get it.
+	"LANGUAGE": true,
 }
 
 // selectedOnly are relayed commands that need a selected mailbox; the core

@@ -48,6 +48,9 @@ func TestTranslateESearch(t *testing.T) {
 		{`* ESEARCH (TAG "u7") UID PARTIAL (7:9 NIL)`, true, `* ESEARCH (TAG "A282") PARTIAL (7:9 NIL)`},
 		{`* ESEARCH (TAG "u7") UID PARTIAL (1:1 4)`, true, `* ESEARCH (TAG "A282") PARTIAL (1:1 NIL)`},
 		{`* ESEARCH (TAG "u7") UID PARTIAL (1:2 5,9) COUNT 6`, false, `* ESEARCH (TAG "A282") UID PARTIAL (1:2 5,9) COUNT 6`},
+		// ESORT (RFC 5267 3.1): ALL is in sort order and stays so.
+		{`* ESEARCH (TAG "u7") UID MIN 20 MAX 3 ALL 20,9:10,3:5`, true, `* ESEARCH (TAG "A282") MIN 5 MAX 1 ALL 5,3:4,1:2`},
+		{`* ESEARCH (TAG "u7") UID ALL 10:9`, true, `* ESEARCH (TAG "A282") ALL 4,3`},
 	} {
 		if got := string(translateESearch([]byte(tt.in), "A282", tt.seqResults, testView)); got != tt.want {
 			t.Errorf("%q -> %q, want %q", tt.in, got, tt.want)

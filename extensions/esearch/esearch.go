@@ -237,24 +237,9 @@ func (r *result) add(m *proxy.Mailbox, text []byte) {
 // response returns the ESEARCH response (RFC 4731 3.1): MIN, MAX and ALL
 // only when something matched, COUNT always (0 when nothing did).
 func (r *result) response(m *proxy.Mailbox, tag string) []byte {
-	b := imapcodec.AppendQuoted([]byte("* ESEARCH (TAG "), tag)
-	b = append(b, ')')
-	if r.uid {
-		b = append(b, " UID"...)
-	}
+	o := ReturnOptions{Min: r.opts.min, Max: r.opts.max, Count: r.opts.count, All: r.opts.all}
+	b := AppendResponse(nil, tag, r.uid, o, r.nums)
 	n := len(r.nums)
-	if n > 0 && r.opts.min {
-		b = appendItem(b, "MIN", uint64(r.nums[0]))
-	}
-	if n > 0 && r.opts.max {
-		b = appendItem(b, "MAX", uint64(r.nums[n-1]))
-	}
-	if r.opts.count {
-		b = appendItem(b, "COUNT", uint64(n))
-	}
-	if n > 0 && r.opts.all {
-		b = appendSet(append(b, " ALL "...), spansOf(r.nums))
-	}
 	if p := r.opts.partial; p != nil {
 		// RFC 5267 4.4: the range (as lo:hi, as Dovecot writes it), and
 		// the results at those positions, NIL when there are none.
@@ -272,6 +257,35 @@ func (r *result) response(m *proxy.Mailbox, tag string) []byte {
 		}
 	}
 	return append(b, "\r\n"...)
+}
+
+// AppendResponse appends the start of an ESEARCH response (RFC 4731
+// 3.1), without CRLF, for matches nums in the order given: TAG, UID, then
+// MIN (the first number), MAX (the last) and ALL only when something
+// matched, COUNT always. ALL keeps the order (runs of consecutive
+// ascending numbers become ranges): a SEARCH passes its numbers
+// ascending; a SORT (RFC 5267 3.1: MIN and MAX are the first and last in
+// sort order, ALL is in sort order) passes them sorted.
+func AppendResponse(b []byte, tag string, uid bool, o ReturnOptions, nums []uint32) []byte {
+	b = imapcodec.AppendQuoted(append(b, "* ESEARCH (TAG "...), tag)
+	b = append(b, ')')
+	if uid {
+		b = append(b, " UID"...)
+	}
+	n := len(nums)
+	if n > 0 && o.Min {
+		b = appendItem(b, "MIN", uint64(nums[0]))
+	}
+	if n > 0 && o.Max {
+		b = appendItem(b, "MAX", uint64(nums[n-1]))
+	}
+	if o.Count {
+		b = appendItem(b, "COUNT", uint64(n))
+	}
+	if n > 0 && o.All {
+		b = appendSet(append(b, " ALL "...), spansOf(nums))
+	}
+	return b
 }
 
 func appendItem(b []byte, name string, n uint64) []byte {

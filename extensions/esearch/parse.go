@@ -86,64 +86,11 @@ func parseReturn(segs []imapcodec.Segment) (*searchReturn, error) {
 	if p.SP() != nil {
 		return nil, errors.New("RETURN needs a list of options")
 	}
-	if !p.OpenList() {
-		return nil, errors.New("RETURN needs a list of options")
+	opts, err := parseReturnList(p)
+	if err != nil {
+		return nil, err
 	}
-	r := &searchReturn{start: start.Off}
-	n := 0
-	for !p.CloseList() {
-		if n > 0 && p.SP() != nil {
-			return nil, errors.New("bad RETURN list")
-		}
-		if n++; n > maxReturnOpts {
-			return nil, errors.New("too many RETURN options")
-		}
-		a, err := p.Atom()
-		if err != nil {
-			return nil, errors.New("bad RETURN list")
-		}
-		switch strings.ToUpper(a) {
-		case "MIN":
-			r.opts.min = true
-		case "MAX":
-			r.opts.max = true
-		case "COUNT":
-			r.opts.count = true
-		case "ALL":
-			r.opts.all = true
-		case "SAVE":
-			r.opts.save = true
-		case "CONTEXT":
-			r.opts.context = true
-		case "UPDATE":
-			r.opts.update = true
-		case "PARTIAL":
-			if r.opts.partial != nil {
-				return nil, errors.New("PARTIAL can be used only once")
-			}
-			if p.SP() != nil {
-				return nil, errors.New("PARTIAL needs a range")
-			}
-			rg, err := p.Atom()
-			if err != nil {
-				return nil, errors.New("PARTIAL needs a range")
-			}
-			if r.opts.partial, err = parsePartial(rg); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, fmt.Errorf("unknown RETURN option %s", a)
-		}
-	}
-	if r.opts.partial != nil && r.opts.all {
-		// RFC 5267 4.4: one PARTIAL, one ALL, or neither.
-		return nil, errors.New("PARTIAL conflicts with ALL")
-	}
-	if !r.opts.respond() && !r.opts.save {
-		// RETURN () is RETURN (ALL), RFC 4731 3.1; so is a list of
-		// nothing but the CONTEXT hint, which asks for no result itself.
-		r.opts.all = true
-	}
+	r := &searchReturn{start: start.Off, opts: opts}
 	if p.SP() != nil {
 		return nil, errors.New("SEARCH needs criteria after RETURN")
 	}
@@ -153,6 +100,92 @@ func parseReturn(segs []imapcodec.Segment) (*searchReturn, error) {
 	}
 	r.end = end.Off
 	return r, nil
+}
+
+// parseReturnList reads the list of options after RETURN, its
+// parentheses included.
+func parseReturnList(p *imapcodec.Parser) (returnOpts, error) {
+	var o returnOpts
+	if !p.OpenList() {
+		return o, errors.New("RETURN needs a list of options")
+	}
+	n := 0
+	for !p.CloseList() {
+		if n > 0 && p.SP() != nil {
+			return o, errors.New("bad RETURN list")
+		}
+		if n++; n > maxReturnOpts {
+			return o, errors.New("too many RETURN options")
+		}
+		a, err := p.Atom()
+		if err != nil {
+			return o, errors.New("bad RETURN list")
+		}
+		switch strings.ToUpper(a) {
+		case "MIN":
+			o.min = true
+		case "MAX":
+			o.max = true
+		case "COUNT":
+			o.count = true
+		case "ALL":
+			o.all = true
+		case "SAVE":
+			o.save = true
+		case "CONTEXT":
+			o.context = true
+		case "UPDATE":
+			o.update = true
+		case "PARTIAL":
+			if o.partial != nil {
+				return o, errors.New("PARTIAL can be used only once")
+			}
+			if p.SP() != nil {
+				return o, errors.New("PARTIAL needs a range")
+			}
+			rg, err := p.Atom()
+			if err != nil {
+				return o, errors.New("PARTIAL needs a range")
+			}
+			if o.partial, err = parsePartial(rg); err != nil {
+				return o, err
+			}
+		default:
+			return o, fmt.Errorf("unknown RETURN option %s", a)
+		}
+	}
+	if o.partial != nil && o.all {
+		// RFC 5267 4.4: one PARTIAL, one ALL, or neither.
+		return o, errors.New("PARTIAL conflicts with ALL")
+	}
+	if !o.respond() && !o.save {
+		// RETURN () is RETURN (ALL), RFC 4731 3.1; so is a list of
+		// nothing but the CONTEXT hint, which asks for no result itself.
+		o.all = true
+	}
+	return o, nil
+}
+
+// ReturnOptions are the result options of RFC 4731 3.1 as ESORT (RFC
+// 5267 3) gives them to SORT: extensions/sort parses them with
+// ParseSortReturn and answers with AppendResponse, so that SORT RETURN
+// and SEARCH RETURN share one parser and one writer.
+type ReturnOptions struct{ Min, Max, Count, All bool }
+
+// ParseSortReturn reads the list of options after a SORT's RETURN. Only
+// RFC 4731's MIN, MAX, COUNT and ALL are accepted: SAVE, and RFC 5267 4's
+// CONTEXT, UPDATE and PARTIAL (CONTEXT=SORT), are not offered with SORT.
+func ParseSortReturn(p *imapcodec.Parser) (ReturnOptions, error) {
+	o, err := parseReturnList(p)
+	switch {
+	case err != nil:
+		return ReturnOptions{}, err
+	case o.save:
+		return ReturnOptions{}, errors.New("SAVE is not supported with SORT")
+	case o.contextual():
+		return ReturnOptions{}, fmt.Errorf("%s is not supported with SORT", o.contextName())
+	}
+	return ReturnOptions{Min: o.min, Max: o.max, Count: o.count, All: o.all}, nil
 }
 
 // parsePartial reads RFC 5267's partial-range, "lo:hi" of non-zero
@@ -218,8 +251,10 @@ func searchNumbers(text []byte) ([]uint32, error) {
 // span is a range of consecutive numbers, lo <= hi.
 type span struct{ lo, hi uint32 }
 
-// spansOf turns sorted, distinct numbers into ranges of consecutive ones:
-// the compact form of RFC 4731's ALL and of a saved result.
+// spansOf turns distinct numbers into ranges of consecutive ascending
+// ones, in the order given: the compact form of RFC 4731's ALL and of a
+// saved result (sorted numbers), and of RFC 5267's ALL of a SORT
+// (numbers in sort order, which must not be reordered).
 func spansOf(nums []uint32) []span {
 	var out []span
 	for _, n := range nums {

@@ -74,6 +74,11 @@ type Settings struct {
 
 	NotifyPollInterval Duration `toml:"notify-poll-interval"`
 
+	// UpstreamSearchCasemap states that the upstream's SEARCH compares
+	// strings with i;unicode-casemap (Dovecot's does): the proxy may then
+	// advertise I18NLEVEL=1 over it (extensions/sort, docs/sort.md).
+	UpstreamSearchCasemap bool `toml:"upstream-search-casemap"`
+
 	ExpungeLogMax    int      `toml:"expunge-log-max"`
 	ExpungeLogMaxAge Duration `toml:"expunge-log-max-age"`
 
@@ -202,6 +207,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.ClusterSecret, "cluster-secret", s.ClusterSecret, "file holding the secret shared by the nodes (at least 16 bytes) that authenticates internal links")
 	fs.TextVar(&s.ClusterLeaseTTL, "cluster-lease-ttl", s.ClusterLeaseTTL, "a node that has not renewed its lease for this long is dead: others take its accounts over, and it fences itself")
 	fs.TextVar(&s.ClusterRelease, "cluster-release-after", s.ClusterRelease, "an account with no session on its node for this long is released, so that it can move to its preferred node")
+	fs.BoolVar(&s.UpstreamSearchCasemap, "upstream-search-casemap", s.UpstreamSearchCasemap, "the upstream's SEARCH compares with i;unicode-casemap (true of Dovecot): advertise I18NLEVEL=1 where the proxy sorts")
 	fs.TextVar(&s.IdleKeepAlive, "idle-keepalive", s.IdleKeepAlive, "interval of \"* OK Still here\" to idling clients; 0 (the default) sends none, to spare batteries")
 }
 

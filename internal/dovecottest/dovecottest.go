@@ -138,6 +138,11 @@ type Options struct {
 	// connections of one user from one address. 0 leaves the tests' 10000
 	// (load tests); Dovecot's own default is 10.
 	MaxUserIPConnections int
+	// ExtraCaps are added to the capabilities a Legacy-style profile
+	// advertises ("SORT", to test what a proxy does over an upstream with
+	// SORT and without ESORT); Dovecot implements them all, whatever it
+	// advertises. Ignored for Full, which advertises everything.
+	ExtraCaps []string
 }
 
 // StartWith is Start with options.
@@ -164,7 +169,7 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 		params.Compress = true
 		params.Metadata = true
 	} else {
-		params.Capabilities = p.capabilities()
+		params.Capabilities = strings.Join(append([]string{p.capabilities()}, o.ExtraCaps...), " ")
 	}
 	if err := currentIDs(&params, os.Geteuid()); err != nil {
 		t.Fatalf("dovecottest: %v", err)

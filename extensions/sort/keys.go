@@ -1,0 +1,248 @@
+package sort
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/mail"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/casemap"
+)
+
+// fetchItems are what a message's sort keys are made of: they never change
+// for a UID, which is why the keys can be kept (cache.go).
+const fetchItems = "(UID INTERNALDATE RFC822.SIZE ENVELOPE)"
+
+// Keys are one message's sort keys as RFC 5256 and RFC 5957 define them.
+// The strings are decoded (encoded words to UTF-8) but not folded: the
+// collation is applied when they are compared (Folded), so a stored
+// record does not depend on it.
+type Keys struct {
+	Arrival int64 // INTERNALDATE, Unix seconds
+	Date    int64 // sent date (section 2.2): Date header, else INTERNALDATE
+	Size    uint64
+	// Subject is the base subject (section 2.1).
+	Subject string
+	// From, To, Cc are the addr-mailbox of the first address of each.
+	From, To, Cc string
+	// DisplayFrom, DisplayTo are RFC 5957's display names.
+	DisplayFrom, DisplayTo string
+}
+
+// keysOf reads the keys from a FETCH response to fetchItems.
+func keysOf(segs []imapcodec.Segment) (uid uint32, k Keys, err error) {
+	vals, err := imapcodec.NewParser(segs, imapcodec.Limits{}).Values()
+	if err != nil {
+		return 0, k, err
+	}
+	if len(vals) != 4 {
+		return 0, k, errors.New("not a FETCH response")
+	}
+	l, ok := vals[3].(imapcodec.List)
+	if !ok {
+		return 0, k, errors.New("FETCH without data items")
+	}
+	var internal string
+	var env imapcodec.List
+	have := 0
+	for i := 0; i+1 < len(l); i += 2 {
+		name, _ := l[i].(imapcodec.Atom)
+		switch strings.ToUpper(string(name)) {
+		case "UID":
+			v, _ := imapcodec.AsString(l[i+1])
+			u, err := strconv.ParseUint(v, 10, 32)
+			if err != nil || u == 0 {
+				return 0, k, errors.New("bad UID")
+			}
+			uid = uint32(u)
+			have |= 1
+		case "RFC822.SIZE":
+			v, _ := imapcodec.AsString(l[i+1])
+			if k.Size, err = strconv.ParseUint(v, 10, 64); err != nil {
+				return 0, k, errors.New("bad RFC822.SIZE")
+			}
+			have |= 2
+		case "INTERNALDATE":
+			internal, _ = imapcodec.AsString(l[i+1])
+			have |= 4
+		case "ENVELOPE":
+			if env, ok = l[i+1].(imapcodec.List); !ok || len(env) < 7 {
+				return 0, k, errors.New("bad ENVELOPE")
+			}
+			have |= 8
+		}
+	}
+	if have != 15 {
+		return 0, k, errors.New("FETCH response lacks sort items")
+	}
+	t, err := parseInternalDate(internal)
+	if err != nil {
+		return 0, k, err
+	}
+	k.Arrival = t.Unix()
+	k.Date = k.Arrival
+	if t, ok := sentDate(nstring(env[0])); ok {
+		k.Date = t.Unix()
+	}
+	k.Subject = BaseSubject(nstring(env[1]))
+	k.From, k.DisplayFrom = firstAddress(env[2])
+	k.To, k.DisplayTo = firstAddress(env[5])
+	k.Cc, _ = firstAddress(env[6])
+	return uid, k, nil
+}
+
+// obsZones are RFC 5322 4.3's obsolete zone names with their offsets.
+// Go's parser would take any of them for UTC (a zone abbreviation it does
+// not know gets offset zero), which would put a message from New York five
+// hours early. Military zones stay UTC, as RFC 5322 says they should be
+// taken ("-0000": their meaning was garbled in RFC 822).
+var obsZones = map[string]string{
+	"UT": "+0000", "GMT": "+0000", "EST": "-0500", "EDT": "-0400", "CST": "-0600",
+	"CDT": "-0500", "MST": "-0700", "MDT": "-0600", "PST": "-0800", "PDT": "-0700",
+}
+
+// sentDate parses a Date header value (RFC 5256 2.2: the sent date, to
+// be normalized to UTC); ok false when it does not parse.
+func sentDate(d string) (time.Time, bool) {
+	d = strings.TrimSpace(collapseSpace(d))
+	if d == "" {
+		return time.Time{}, false
+	}
+	if i := strings.IndexByte(d, '('); i > 0 { // a trailing comment
+		d = strings.TrimSpace(d[:i])
+	}
+	if i := strings.LastIndexByte(d, ' '); i > 0 {
+		if z, ok := obsZones[strings.ToUpper(d[i+1:])]; ok {
+			d = d[:i+1] + z
+		}
+	}
+	t, err := mail.ParseDate(d)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return t, true
+}
+
+// nstring returns the text of an nstring, "" for NIL, bounded by
+// maxKeyString (so that what is stored sorts as what was fetched).
+func nstring(v imapcodec.Value) string {
+	if imapcodec.IsNil(v) {
+		return ""
+	}
+	s, _ := imapcodec.AsString(v)
+	return s[:min(len(s), maxKeyString)]
+}
+
+// parseInternalDate reads an INTERNALDATE ("17-Jul-1996 02:44:25 -0700";
+// the day may be space-padded).
+func parseInternalDate(s string) (time.Time, error) {
+	t, err := time.Parse("_2-Jan-2006 15:04:05 -0700", s)
+	if err != nil {
+		return time.Time{}, errors.New("bad INTERNALDATE")
+	}
+	return t, nil
+}
+
+// firstAddress returns the addr-mailbox of the first address of an
+// envelope address list (RFC 5256's FROM, TO, CC key; "" without one) and
+// its display name for RFC 5957: the decoded addr-name, or, where that is
+// empty, addr-mailbox@addr-host.
+func firstAddress(v imapcodec.Value) (mailbox, display string) {
+	l, ok := v.(imapcodec.List)
+	if !ok || len(l) == 0 {
+		return "", ""
+	}
+	a, ok := l[0].(imapcodec.List)
+	if !ok || len(a) != 4 {
+		return "", ""
+	}
+	name, mailbox, host := nstring(a[0]), nstring(a[2]), nstring(a[3])
+	display = collapseSpace(decodeHeader(name))
+	display = strings.TrimSpace(display)
+	if display == "" {
+		display = mailbox
+		if host != "" {
+			display += "@" + host
+		}
+	}
+	return mailbox, display
+}
+
+// folded are a message's keys as a sort compares them: its strings in
+// their i;unicode-casemap canonical form.
+type folded struct {
+	uid                    uint32
+	arrival, date          int64
+	size                   uint64
+	subject, from, to, cc  string
+	displayFrom, displayTo string
+}
+
+func fold(uid uint32, k *Keys) folded {
+	return folded{
+		uid: uid, arrival: k.Arrival, date: k.Date, size: k.Size,
+		subject: casemap.Fold(k.Subject), from: casemap.Fold(k.From), to: casemap.Fold(k.To),
+		cc: casemap.Fold(k.Cc), displayFrom: casemap.Fold(k.DisplayFrom), displayTo: casemap.Fold(k.DisplayTo),
+	}
+}
+
+// Record encoding (version 1): a version byte, then varints of Arrival,
+// Date (zig-zag) and Size, then the six strings, each a uvarint length and
+// its bytes. About 40 to 120 bytes a message.
+const recordVersion = 1
+
+// maxKeyString bounds each string of a record read back, so that a
+// corrupt record cannot claim gigabytes.
+const maxKeyString = 64 << 10
+
+func (k *Keys) encode() []byte {
+	b := make([]byte, 0, 32+len(k.Subject)+len(k.From)+len(k.To)+len(k.Cc)+len(k.DisplayFrom)+len(k.DisplayTo))
+	b = append(b, recordVersion)
+	b = binary.AppendVarint(b, k.Arrival)
+	b = binary.AppendVarint(b, k.Date)
+	b = binary.AppendUvarint(b, k.Size)
+	for _, s := range []string{k.Subject, k.From, k.To, k.Cc, k.DisplayFrom, k.DisplayTo} {
+		s = s[:min(len(s), maxKeyString)] // nstring bounds them already
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+var errRecord = errors.New("sort: bad key record")
+
+func decodeKeys(b []byte) (Keys, error) {
+	var k Keys
+	if len(b) == 0 || b[0] != recordVersion {
+		return k, errRecord
+	}
+	b = b[1:]
+	var n int
+	if k.Arrival, n = binary.Varint(b); n <= 0 {
+		return k, errRecord
+	}
+	b = b[n:]
+	if k.Date, n = binary.Varint(b); n <= 0 {
+		return k, errRecord
+	}
+	b = b[n:]
+	if k.Size, n = binary.Uvarint(b); n <= 0 {
+		return k, errRecord
+	}
+	b = b[n:]
+	for _, p := range []*string{&k.Subject, &k.From, &k.To, &k.Cc, &k.DisplayFrom, &k.DisplayTo} {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || l > maxKeyString || l > uint64(len(b)-n) {
+			return k, errRecord
+		}
+		*p = string(b[n : n+int(l)])
+		b = b[n+int(l):]
+	}
+	if len(b) != 0 {
+		return k, errRecord
+	}
+	return k, nil
+}
