@@ -272,7 +272,7 @@ func TestProxyMemUpstreamPlain(t *testing.T) {
 		if r.ID != "5550-profile-report" {
 			continue
 		}
-		for _, want := range []string{"also advertised by the upstream (-outside), 15 by the target only: ", " CATENATE", " URLAUTH", " NAMESPACE", " LITERAL+", " ESEARCH", " CONTEXT=SEARCH", " SEARCHRES", " WITHIN", " BINARY", " FILTERS", " CONVERT", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
+		for _, want := range []string{"also advertised by the upstream (-outside), 18 by the target only: ", " SORT", " ESORT", " LANGUAGE", " CATENATE", " URLAUTH", " NAMESPACE", " LITERAL+", " ESEARCH", " CONTEXT=SEARCH", " SEARCHRES", " WITHIN", " BINARY", " FILTERS", " CONVERT", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
 			if !strings.Contains(r.Reason, want) {
 				t.Errorf("Lemonade report %q lacks %q", r.Reason, want)
 			}

@@ -24,10 +24,11 @@ func extensions(s config.Settings) ([]proxy.Extension, error) {
 		return nil, fmt.Errorf("urlauth-submit-from: %w", err)
 	}
 	return chain.Extensions(chain.Config{
-		IdleKeepAlive:      s.IdleKeepAlive.Duration,
-		NotifyPollInterval: s.NotifyPollInterval.Duration,
-		WatchGrace:         s.WatchGrace.Duration,
-		URLHosts:           hosts,
-		SubmitFrom:         submit,
+		IdleKeepAlive:         s.IdleKeepAlive.Duration,
+		NotifyPollInterval:    s.NotifyPollInterval.Duration,
+		WatchGrace:            s.WatchGrace.Duration,
+		UpstreamSearchCasemap: s.UpstreamSearchCasemap,
+		URLHosts:              hosts,
+		SubmitFrom:            submit,
 	}), nil
 }

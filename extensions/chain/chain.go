@@ -18,10 +18,12 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/extensions/filters"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/language"
 	"github.com/lemonproxy/lemonproxy/extensions/metadata"
 	"github.com/lemonproxy/lemonproxy/extensions/namespace"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
+	sortext "github.com/lemonproxy/lemonproxy/extensions/sort"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/extensions/urlauth"
 	"github.com/lemonproxy/lemonproxy/extensions/within"
@@ -45,6 +47,10 @@ type Config struct {
 	// IMAP URLs (CATENATE, URLAUTH) must name; empty: the machine's host
 	// name and the loopback names.
 	URLHosts []string
+	// UpstreamSearchCasemap states that the upstream's SEARCH compares
+	// with i;unicode-casemap (Dovecot's does), so that I18NLEVEL=1 may be
+	// advertised where the proxy sorts.
+	UpstreamSearchCasemap bool
 	// SubmitFrom are the addresses of the submission servers allowed to
 	// URLFETCH submit+USER URLs (BURL).
 	SubmitFrom []netip.Prefix
@@ -55,8 +61,9 @@ type Config struct {
 // lemonproxy what plugin.cfg is to CoreDNS. The order is part of the
 // design; change it only with a reason here.
 //
-//  1. idle owns IDLE, compress owns COMPRESS, namespace owns NAMESPACE and
-//     metadata GETMETADATA/SETMETADATA (where the upstream lacks them):
+//  1. idle owns IDLE, compress owns COMPRESS, namespace owns NAMESPACE,
+//     language LANGUAGE and metadata GETMETADATA/SETMETADATA (where the
+//     upstream lacks them):
 //     commands no other extension sees, so their place does not matter;
 //     first, so that the commands a session waits in are found at once.
 //     metadata also reads the outcome of DELETE and RENAME to drop or move
@@ -97,16 +104,22 @@ type Config struct {
 //     included, itself: before condstore. Its $ substitution is a
 //     CommandRewriter, before the whole chain, so its place does not
 //     matter for that.
-//  9. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
+//  9. sort answers SORT (where the upstream lacks it) by sending its
+//     search part down the chain as a plain UID SEARCH and sorting the
+//     result on cached keys; ESORT's RETURN it writes with esearch's
+//     writer: after within, which has already rewritten OLDER/YOUNGER
+//     inside SORT, and before condstore, which then sees the plain UID
+//     SEARCH with its MODSEQ key.
+//  10. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
 //     EXPUNGE and answers the RFC 7162 parts from the proxy's state; late,
 //     so the command it passes on goes (nearly) straight to the relay.
-//  10. binary answers the BINARY items of a FETCH (where the upstream lacks
+//  11. binary answers the BINARY items of a FETCH (where the upstream lacks
 //     BINARY) and passes the rest on: after condstore, which has already
 //     turned CHANGEDSINCE into the changed UIDs and taken MODSEQ out of
 //     the items, so binary answers exactly the messages asked for and
 //     MODSEQ still reaches the client through the core's reporting. A
 //     FETCH without BINARY items costs it one substring check.
-//  10. convert owns CONVERSIONS and CONVERT (RFC 5259), commands no other
+//  12. convert owns CONVERSIONS and CONVERT (RFC 5259), commands no other
 //     extension sees; next to binary, which advertises the BINARY that
 //     RFC 5259 requires with CONVERT.
 func Extensions(cfg Config) []proxy.Extension {
@@ -116,6 +129,7 @@ func Extensions(cfg Config) []proxy.Extension {
 		&idle.Extension{KeepAlive: cfg.IdleKeepAlive},
 		compress.New(),
 		namespace.New(),
+		language.New(),
 		meta,
 		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: cfg.NotifyPollInterval, Grace: cfg.WatchGrace}, MaxQueued: cfg.NotifyMaxQueued}),
 		catenate.New(catenate.Config{Hosts: cfg.URLHosts, Auth: ua}),
@@ -125,6 +139,7 @@ func Extensions(cfg Config) []proxy.Extension {
 		within.New(),
 		contextsearch.New(contextsearch.Config{}),
 		esearch.New(),
+		sortext.New(sortext.Config{SearchCasemap: cfg.UpstreamSearchCasemap}),
 		condstore.New(),
 		binaryext.New(),
 		convert.New(),

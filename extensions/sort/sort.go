@@ -66,7 +66,9 @@ import (
 // Config bounds what the extension keeps.
 type Config struct {
 	// MaxCached bounds the messages whose keys are held in memory, over
-	// all accounts (default 1,000,000; docs/sort.md says what one costs).
+	// all accounts (default 250,000, about 50 MB at docs/sort.md's 192
+	// bytes a message: a few large mailboxes sorted often stay in memory;
+	// the rest are read back from Services.Data, never from the upstream).
 	MaxCached int
 	// MaxStored bounds the key records kept per account in Services.Data
 	// (default 500,000).
@@ -88,7 +90,7 @@ type Extension struct {
 // New returns the extension.
 func New(cfg Config) *Extension {
 	if cfg.MaxCached <= 0 {
-		cfg.MaxCached = 1_000_000
+		cfg.MaxCached = 250_000
 	}
 	if cfg.MaxStored <= 0 {
 		cfg.MaxStored = 500_000
