@@ -506,3 +506,28 @@ func (h *Hub) backoff(n int) time.Duration {
 	}
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
+
+// Unclaimed returns how many messages of a watched mailbox are recent and
+// unclaimed (syncstate.Recency), after a round trip of its watcher so that
+// messages the upstream has just been given count; ok is false when no
+// watcher has the mailbox's state (nobody selected it lately), and the
+// caller must take the upstream's word. It answers STATUS RECENT.
+func (h *Hub) Unclaimed(ctx context.Context, key Key) (n int, ok bool) {
+	h.mu.Lock()
+	b := h.boxes[key]
+	watched := b != nil && b.dial != nil // not a Refresh's box
+	h.mu.Unlock()
+	if !watched || !isReady(b.ready) || b.readyErr != nil {
+		return 0, false
+	}
+	st := b.state()
+	if st == nil || !st.Recency().Known() {
+		return 0, false
+	}
+	// On failure the state is as the watcher last saw it.
+	_ = b.sync(ctx)
+	if b.state() != st {
+		return 0, false // the mailbox was re-created meanwhile
+	}
+	return st.Recency().Unclaimed(st.Snapshot().UIDs), true
+}

@@ -116,7 +116,7 @@ func (s *Session) translateCommand(x *Exchange) error {
 			segs[0].Text = slices.Concat([]byte(cmd.Tag+" UID "+name+" "+uids), rest)
 		}
 	case searchCommands[base]:
-		if err := rewriteSearch(segs, m.view, !isUID); err != nil {
+		if err := rewriteSearch(segs, m, !isUID); err != nil {
 			return err
 		}
 		if !isUID {
@@ -254,9 +254,10 @@ func targetIsSelected(cmd *imapcodec.Command, selected string) bool {
 
 // rewriteSearch translates the search keys of SEARCH, SORT or THREAD: with
 // toUID, the command goes into its UID form with every sequence set
-// translated; in both forms RECENT and NEW match nothing and OLD matches
-// everything, since the proxy has no \Recent (docs/hardening.md).
-func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
+// translated; in both forms RECENT, NEW and OLD name the session's own
+// recent messages (recent.go), not the leased connection's.
+func rewriteSearch(segs []imapcodec.Segment, m *selectedMailbox, toUID bool) error {
+	view := m.view
 	_, err := imapcodec.ReplaceSearchKeys(segs, func(k imapcodec.SearchKey) (string, bool, error) {
 		switch k.Name {
 		case "UID":
@@ -266,10 +267,9 @@ func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
 				return "", false, errNoSearchRes
 			}
 			return "", false, nil
-		case "RECENT", "NEW":
-			return "NOT ALL", true, nil
-		case "OLD":
-			return "ALL", true, nil
+		case "RECENT", "NEW", "OLD":
+			text, ok := m.recentKey(k.Name)
+			return text, ok, nil
 		case "":
 			if toUID {
 				break
@@ -586,7 +586,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 		}
 		seg = slices.Concat(seg[:uidStart], seg[uidEnd:])
 	}
-	seg = tidyFlags(seg)
+	seg = tidyFlags(seg, m.recent.has(uid))
 	// "* n FETCH" -> "* seq FETCH"
 	rest := seg[2:]
 	i := bytes.IndexByte(rest, ' ')
@@ -666,27 +666,31 @@ func replaceFlags(seg []byte, flags string) []byte {
 }
 
 // tidyFlags writes the FLAGS item of a FETCH response's first segment as
-// the proxy's state has flags: without \Recent (the proxy has none, see
-// rewriteSearch) and with system flags in their canonical spelling (\Seen,
-// not \seen). Flags are case-insensitive, but a client must not see one
-// message's flags spelt two ways depending on whether they came from the
-// hub or from a relayed answer (go-imap's server writes them in lower
-// case). It runs for every relayed FETCH: a response that needs neither
-// costs one scan and no allocation.
-func tidyFlags(seg []byte) []byte {
+// the proxy's state has flags, with the session's own \Recent (recent.go)
+// in place of the upstream's, and with system flags in their canonical
+// spelling (\Seen, not \seen). Flags are case-insensitive, but a client
+// must not see one message's flags spelt two ways depending on whether
+// they came from the hub or from a relayed answer (go-imap's server writes
+// them in lower case). It runs for every relayed FETCH: a response that
+// needs neither costs one scan and no allocation.
+func tidyFlags(seg []byte, recent bool) []byte {
 	i := indexFold(seg, "FLAGS (")
 	if i < 0 {
 		return seg
 	}
 	open := i + len("FLAGS (")
 	end := bytes.IndexByte(seg[open:], ')')
-	if end < 0 || !untidy(seg[open:open+end]) {
+	if end < 0 || !recent && !untidy(seg[open:open+end]) {
 		return seg
 	}
-	return slices.Concat(seg[:open], []byte(tidyList(string(seg[open:open+end]))), seg[open+end:])
+	list := tidyList(string(seg[open : open+end]))
+	if recent {
+		list = strings.TrimSpace(`\Recent ` + list)
+	}
+	return slices.Concat(seg[:open], []byte(list), seg[open+end:])
 }
 
-// tidyList is tidyFlags for a flag list ("\\seen $x").
+// tidyList is tidyFlags for a flag list ("\\seen $x"), without \Recent.
 func tidyList(list string) string {
 	flags := strings.Fields(list)
 	kept := flags[:0]

@@ -45,6 +45,7 @@ type Mailbox struct {
 	saved       bool // whether the store holds the state (else the next save is a full one)
 	limits      LogLimits
 	ageCheck    time.Time // when the log is next checked for expunges older than limits.MaxAge
+	recency     Recency   // who may still be told a message is recent (recent.go); its own lock
 }
 
 // LogLimits bound a state's expunge log. Without a bound it grows for the
