@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -249,6 +250,8 @@ func (e *faultEnv) checkRecovered(t *testing.T, b faultBaseline) {
 	}
 }
 
+var recentLine = regexp.MustCompile(`^\* \d+ RECENT$`)
+
 // checkBystander shows that the idling session was not disturbed: it hears
 // of a message c appends, then FETCH and NOOP work, and it idles again.
 func (e *faultEnv) checkBystander(t *testing.T, c *client) {
@@ -266,6 +269,11 @@ func (e *faultEnv) checkBystander(t *testing.T, c *client) {
 	e.exists++
 	e.lastPush = time.Now()
 	e.by.Expect(fmt.Sprintf("* %d EXISTS", e.exists))
+	// Which messages are recent for the bystander depends on which
+	// session the fault let see them first.
+	if l := e.by.ReadLine(); !recentLine.MatchString(l) {
+		t.Fatalf("after EXISTS: %q, want a RECENT response", l)
+	}
 	e.by.Send("DONE")
 	e.by.Expect("i OK Idle completed.")
 	e.by.ExpectDo("bf", fmt.Sprintf("FETCH %d (RFC822.SIZE)", e.exists), fmt.Sprintf("* %d FETCH (RFC822.SIZE %d)", e.exists, len(msg)), "bf OK FETCH completed")

@@ -178,7 +178,7 @@ func TestUnselectEmulated(t *testing.T) {
 	p := startProxy(t, baseConfig(f.addr()))
 	c := imaptest.Dial(t, p.Addr)
 	c.ExpectDo("l", "LOGIN u p", "l OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UNSELECT IDLE] *")
-	c.ExpectDo("a", "SELECT INBOX", "* 1 EXISTS", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "a OK [READ-WRITE] SELECT done")
+	c.ExpectDo("a", "SELECT INBOX", "* 1 EXISTS", "* 0 RECENT", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "a OK [READ-WRITE] SELECT done")
 	c.ExpectDo("b", "UNSELECT", "b OK Unselect completed.")
 	c.ExpectDo("c", "FETCH 1 FLAGS", "c BAD No mailbox selected.")
 	c.ExpectDo("d", `LIST "" *`, `* LIST () "/" INBOX`, "d OK LIST done")
@@ -266,7 +266,9 @@ func TestIdle(t *testing.T) {
 	b.WriteBytes(fmt.Appendf(nil, "a APPEND INBOX {%d+}\r\n%s\r\n", len(msg), msg))
 	b.Expect("a OK [APPENDUID 1 1] APPEND completed")
 
-	a.Expect("* 1 EXISTS")
+	// a, the only session with INBOX selected read-write, is the first
+	// to be told of the message: it is recent there.
+	a.Expect("* 1 EXISTS", "* 1 RECENT")
 	a.Send("DONE")
 	a.Expect("i OK Idle completed.")
 	a.ExpectDo("f", "FETCH 1 (BODY.PEEK[])", fmt.Sprintf("* 1 FETCH (BODY[] {%d}\r\n%s)", len(msg), msg), "f OK FETCH completed")

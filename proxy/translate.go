@@ -93,6 +93,13 @@ func (s *Session) translateCommand(x *Exchange) error {
 			t.allowExpunge = isUID
 			t.stripUID = !isUID
 			if st, err := imapcodec.ParseStoreArgs(storeParser(cmd)); err == nil {
+				if slices.ContainsFunc(st.Flags, func(f string) bool { return strings.EqualFold(f, `\Recent`) }) {
+					// RFC 3501 2.3.2: the server sets \Recent, the
+					// client cannot (Dovecot answers BAD too). The
+					// proxy's \Recent is its own (recent.go): the
+					// upstream must not decide.
+					return errStoreRecent
+				}
 				st.Set = uids
 				t.store = st
 				t.storeUIDs, _ = imapcodec.ParseNumSet(uids)
@@ -306,6 +313,9 @@ func rewriteSearch(segs []imapcodec.Segment, m *selectedMailbox, toUID bool) err
 	segs[0].Text = slices.Concat(t[:i+1], []byte("UID "), t[i+1:])
 	return nil
 }
+
+// errStoreRecent refuses a STORE of \Recent.
+var errStoreRecent = errors.New(`\Recent cannot be stored`)
 
 // errNoSearchRes refuses RFC 5182's "$" when no extension replaced it
 // (CommandRewriter): the proxy keeps no search result of its own, and the

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 
@@ -176,6 +177,19 @@ func TestRecentSearch(t *testing.T) {
 		if got := string(x.Segments[0].Text); got != tt.up {
 			t.Errorf("%v %s -> %q, want %q", tt.recent, tt.cmd, got, tt.up)
 		}
+	}
+}
+
+// \Recent cannot be stored (RFC 3501 2.3.2): the proxy answers BAD itself,
+// whatever the upstream would do.
+func TestStoreRecent(t *testing.T) {
+	for _, cmd := range []string{`a STORE 1 +FLAGS (\Recent)`, `a UID STORE 3 FLAGS.SILENT (\Seen \recent)`, `a STORE 1 -FLAGS \RECENT`} {
+		if _, err := translate(testView, cmd); !errors.Is(err, errStoreRecent) {
+			t.Errorf("%s: %v", cmd, err)
+		}
+	}
+	if _, err := translate(testView, `a STORE 1 +FLAGS (\Seen $Recent)`); err != nil {
+		t.Errorf("a keyword: %v", err)
 	}
 }
 
