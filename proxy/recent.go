@@ -109,21 +109,42 @@ func (m *selectedMailbox) takeRecent(after, last uint32) {
 	m.recent.add(max(first, after+1), last)
 }
 
-// recentLine is the RECENT response for the session's view.
+// recentLine is the RECENT response for the session's view, which the
+// client is then told.
 func (m *selectedMailbox) recentLine() []byte {
-	return fmt.Appendf(nil, "* %d RECENT\r\n", m.recent.count(m.view))
+	m.toldRecent = m.recent.count(m.view)
+	return fmt.Appendf(nil, "* %d RECENT\r\n", m.toldRecent)
 }
 
-// withRecent returns a flag list (no \Recent in it) with \Recent first
+// recentChanged returns the RECENT response when the number of recent
+// messages in the session's view is not what the client was last told
+// (new messages it took, recent ones expunged), nil otherwise: as
+// Dovecot, which sends RECENT only then.
+func (m *selectedMailbox) recentChanged() []byte {
+	if m.recent.count(m.view) == m.toldRecent {
+		return nil
+	}
+	return m.recentLine()
+}
+
+// withRecent returns a flag list (no \Recent in it) with \Recent added
 // when the message is recent in the session.
 func (m *selectedMailbox) withRecent(uid uint32, flags string) string {
 	if !m.recent.has(uid) {
 		return flags
 	}
-	if flags == "" {
-		return `\Recent`
+	return addRecent(flags)
+}
+
+// addRecent adds \Recent to a flag list without it, after the system
+// flags and before the keywords, where Dovecot writes it.
+func addRecent(flags string) string {
+	l := strings.Fields(flags)
+	i := len(l)
+	for i > 0 && !strings.HasPrefix(l[i-1], `\`) {
+		i--
 	}
-	return `\Recent ` + flags
+	return strings.Join(slices.Insert(l, i, `\Recent`), " ")
 }
 
 // recentKey rewrites the search keys RECENT, NEW and OLD to the session's

@@ -695,7 +695,7 @@ func tidyFlags(seg []byte, recent bool) []byte {
 	}
 	list := tidyList(string(seg[open : open+end]))
 	if recent {
-		list = strings.TrimSpace(`\Recent ` + list)
+		list = addRecent(list)
 	}
 	return slices.Concat(seg[:open], []byte(list), seg[open+end:])
 }

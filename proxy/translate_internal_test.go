@@ -208,9 +208,11 @@ func TestRecentFlags(t *testing.T) {
 		{`* 1 FETCH (UID 3 FLAGS (\flagged \SEEN $x))`, false, `* 1 FETCH (UID 3 FLAGS (\Flagged \Seen $x))`},
 		{`* 1 FETCH (UID 3 FLAGS (\Flagged \Seen \Xyz))`, false, `* 1 FETCH (UID 3 FLAGS (\Flagged \Seen \Xyz))`},
 		{`* 1 FETCH (UID 3 FLAGS (\draft \recent))`, false, `* 1 FETCH (UID 3 FLAGS (\Draft))`},
-		{`* 1 FETCH (UID 3 FLAGS (\Seen))`, true, `* 1 FETCH (UID 3 FLAGS (\Recent \Seen))`},
+		{`* 1 FETCH (UID 3 FLAGS (\Seen))`, true, `* 1 FETCH (UID 3 FLAGS (\Seen \Recent))`},
+		{`* 1 FETCH (UID 3 FLAGS (\seen $x \Flagged))`, true, `* 1 FETCH (UID 3 FLAGS (\Seen $x \Flagged \Recent))`},
+		{`* 1 FETCH (UID 3 FLAGS ($x $y))`, true, `* 1 FETCH (UID 3 FLAGS (\Recent $x $y))`},
 		{`* 1 FETCH (UID 3 FLAGS ())`, true, `* 1 FETCH (UID 3 FLAGS (\Recent))`},
-		{`* 1 FETCH (FLAGS (\recent \seen) UID 3)`, true, `* 1 FETCH (FLAGS (\Recent \Seen) UID 3)`},
+		{`* 1 FETCH (FLAGS (\recent \seen) UID 3)`, true, `* 1 FETCH (FLAGS (\Seen \Recent) UID 3)`},
 		{`* 1 FETCH (UID 3 RFC822.SIZE 9)`, true, `* 1 FETCH (UID 3 RFC822.SIZE 9)`},
 	} {
 		if got := string(tidyFlags([]byte(tt.in), tt.recent)); got != tt.want {
