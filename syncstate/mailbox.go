@@ -582,8 +582,8 @@ func CanonicalFlag(f string) string {
 }
 
 // NormalizeFlags returns flags sorted, deduplicated, system flags in their
-// canonical spelling, without \Recent (a per-connection flag that a shared
-// state cannot represent).
+// canonical spelling, without \Recent (one session's, not the message's:
+// see Recency).
 func NormalizeFlags(flags []string) []string {
 	out := make([]string, 0, len(flags))
 	for _, f := range flags {
