@@ -157,6 +157,9 @@ type Hub struct {
 	// cold holds the states of recently unwatched mailboxes (nil when
 	// Config.StateCache is negative).
 	cold *lru.Cache[Key, *syncstate.Mailbox]
+	// appended remembers messages appended through the proxy to
+	// mailboxes it has no recency for (see NoteAppended).
+	appended *lru.Cache[Key, appendedUIDs]
 	// changes counts batches of changes fanned out, notified the
 	// subscriptions told of them (for metrics).
 	changes, notified atomic.Int64
@@ -172,6 +175,7 @@ func New(cfg Config) *Hub {
 	if h.cfg.StateCache > 0 {
 		h.cold, _ = lru.New[Key, *syncstate.Mailbox](h.cfg.StateCache)
 	}
+	h.appended, _ = lru.New[Key, appendedUIDs](maxAppended)
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	if h.cfg.Pool != nil {
 		h.cfg.Pool.Budget().AddReclaimer(h.reclaim)
@@ -530,4 +534,56 @@ func (h *Hub) Unclaimed(ctx context.Context, key Key) (n int, ok bool) {
 		return 0, false // the mailbox was re-created meanwhile
 	}
 	return st.Recency().Unclaimed(st.Snapshot().UIDs), true
+}
+
+// maxAppended bounds how many mailboxes' appended messages the hub
+// remembers (NoteAppended); the least recently noted go first.
+const maxAppended = 4096
+
+// appendedUIDs is the first UID appended through the proxy to a mailbox
+// at one UIDVALIDITY.
+type appendedUIDs struct{ uidValidity, first uint32 }
+
+// NoteAppended records that the messages from UID first on were appended
+// through the proxy to a mailbox (the APPEND's APPENDUID said so): they
+// are new, whatever the upstream says of its \Recent when the mailbox's
+// watcher first looks (a pooled connection may have selected the mailbox
+// and taken it, and a server without \Recent never reports any). Where
+// the hub already has the mailbox's recency in memory, the watcher sees
+// the messages arrive above its floor anyway, and nothing is recorded.
+func (h *Hub) NoteAppended(key Key, uidValidity, first uint32) {
+	if first == 0 {
+		return
+	}
+	h.mu.Lock()
+	b := h.boxes[key]
+	h.mu.Unlock()
+	if b != nil {
+		if st := b.state(); st != nil && st.UIDValidity() == uidValidity && st.Recency().Known() {
+			return
+		}
+	}
+	if h.cold != nil {
+		if st, ok := h.cold.Peek(key); ok && st.UIDValidity() == uidValidity && st.Recency().Known() {
+			return
+		}
+	}
+	if prev, ok := h.appended.Peek(key); ok && prev.uidValidity == uidValidity {
+		first = min(first, prev.first)
+	}
+	h.appended.Add(key, appendedUIDs{uidValidity, first})
+}
+
+// takeAppended returns and forgets the first UID appended through the
+// proxy to key at uidValidity, or 0.
+func (h *Hub) takeAppended(key Key, uidValidity uint32) uint32 {
+	a, ok := h.appended.Peek(key)
+	if !ok {
+		return 0
+	}
+	h.appended.Remove(key)
+	if a.uidValidity != uidValidity {
+		return 0
+	}
+	return a.first
 }

@@ -385,7 +385,11 @@ func (w *watch) fullSync(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("hub: reconciling %q: %w", b.key.Mailbox, err)
 	}
-	st.Recency().NoteUpstream(firstRecent(w.view, upRecent, st.MaxUID()))
+	first := firstRecent(w.view, upRecent, st.MaxUID())
+	if a := b.hub.takeAppended(b.key, uidValidity); a != 0 {
+		first = min(first, a) // appended through the proxy: new
+	}
+	st.Recency().NoteUpstream(first)
 	if b.st.Swap(st) != st {
 		changed = true
 	}

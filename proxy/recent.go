@@ -278,3 +278,38 @@ func noteSelectRecent(st *syncstate.Mailbox, collected []*Response, view seqView
 	}
 	st.Recency().NoteUpstream(seen[max(len(seen)-n, 0)])
 }
+
+// noteAppended tells the hub of the messages an APPEND through the proxy
+// added (its APPENDUID: "uidvalidity uid-set"): they are recent for the
+// first session that selects the mailbox, even where the upstream reports
+// no \Recent or a pooled connection took it (hub.Hub.NoteAppended).
+func (s *Session) noteAppended(x *Exchange, appendUID string) {
+	v, set, ok := strings.Cut(appendUID, " ")
+	if !ok || s.srv.hub == nil {
+		return
+	}
+	uidValidity, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		return
+	}
+	uids, err := imapcodec.ParseUIDSet(set)
+	if err != nil || len(uids) == 0 {
+		return
+	}
+	first := uint32(uids[0].Start)
+	for _, r := range uids {
+		first = min(first, uint32(r.Start))
+	}
+	p := imapcodec.NewParser(x.cmd.Segments[:1], imapcodec.Limits{})
+	p.Atom() // tag
+	p.SP()
+	p.Atom() // APPEND
+	if p.SP() != nil {
+		return
+	}
+	name, err := p.AString()
+	if err != nil {
+		return // a mailbox name sent as a literal: not worth reading again
+	}
+	s.srv.hub.NoteAppended(s.hubKey(name), uint32(uidValidity), first)
+}

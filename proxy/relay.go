@@ -410,6 +410,9 @@ func (s *Session) writeTagged(x *Exchange, head imapcodec.ResponseHead) error {
 	for _, f := range x.onTagged {
 		f(&head)
 	}
+	if x.Name == "APPEND" && head.Name == "OK" && head.Code == "APPENDUID" {
+		s.noteAppended(x, head.CodeArg)
+	}
 	code := head.Code
 	if head.CodeArg != "" {
 		code += " " + head.CodeArg

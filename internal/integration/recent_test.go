@@ -69,6 +69,18 @@ func TestRecent(t *testing.T) {
 			mustOK(t, first.Cmd("CLOSE"))
 			imaptest.AssertLines(t, "SELECT after CLOSE", sizeLines(mustOK(t, first.Cmd("SELECT box3"))), []string{"* 2 EXISTS", "* 0 RECENT"})
 
+			// Messages appended through the proxy are new even when an
+			// upstream connection (here d, as a pooled connection left
+			// with the mailbox selected would) took the upstream's
+			// \Recent before the proxy looked.
+			mustOK(t, d.Cmd("CREATE box4"))
+			for range 2 {
+				mustOK(t, first.Cmd("APPEND box4 {7+}\r\nSubj: y"))
+			}
+			imaptest.AssertLines(t, "SELECT directly", sizeLines(mustOK(t, d.Cmd("SELECT box4"))), []string{"* 2 EXISTS", "* 2 RECENT"})
+			mustOK(t, d.Cmd("CLOSE"))
+			imaptest.AssertLines(t, "SELECT after the upstream's", sizeLines(mustOK(t, login().Cmd("SELECT box4"))), []string{"* 2 EXISTS", "* 2 RECENT"})
+
 			// EXAMINE sees them, and takes nothing; STATUS says so too.
 			ex := login()
 			imaptest.AssertLines(t, "EXAMINE", sizeLines(mustOK(t, ex.Cmd("EXAMINE box"))), []string{"* 2 EXISTS", "* 2 RECENT"})
