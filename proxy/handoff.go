@@ -94,11 +94,15 @@ func (s *Session) forward(conn net.Conn, tag string) error {
 		return nil
 	}
 	conn.SetReadDeadline(time.Time{})
+	// Forwarded from the moment the client may read the OK: the flag must
+	// not lag behind what the client saw (TestForwardOwnerSilent checks
+	// Stats right after the login, and failed under -race when it was
+	// set after the flush).
+	s.forwarded.Store(true)
 	if err := s.Flush(); err != nil {
 		conn.Close()
 		return err
 	}
-	s.forwarded.Store(true)
 	s.log.Info("logged in; session forwarded to the owning node")
 	// What the client pipelined behind its login, and what the owner sent
 	// behind its answer, go first.
