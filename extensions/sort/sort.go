@@ -41,10 +41,14 @@
 // the upstream's SEARCH matches with i;unicode-casemap, as Dovecot's does.
 // Where the upstream advertises I18NLEVEL itself, the core relays it.
 //
-// Sorter API: Extension.Sort sorts any UIDs of the session's mailbox on
-// the cached keys, fetching only what is missing, so that a later
-// CONTEXT=SORT (RFC 5267 section 4) can re-run a sort after each change
-// without refetching anything.
+// CONTEXT=SORT (RFC 5267 section 4 with SORT), where Config.Contexts says
+// extensions/contextsearch is in the chain: PARTIAL and CONTEXT are
+// answered with ESORT's RETURN; UPDATE opens a live context that
+// contextsearch keeps, with a sorter over the cached keys so that its
+// updates carry context positions (context.go).
+//
+// Extension.Sort sorts any UIDs of the session's mailbox on the cached
+// keys, fetching only what is missing.
 //
 // Data: records under the key prefix "sort/" in Services.Data (cache.go).
 package sort
