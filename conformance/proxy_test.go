@@ -212,10 +212,12 @@ func runProxy(t *testing.T, target, proxyAddr, upAddr, user, pass, user2, pass2 
 // dovecotSearch tells the sort extension that the upstream's SEARCH is
 // Dovecot's, which compares with i;unicode-casemap whatever capabilities
 // it advertises: the proxy may then offer I18NLEVEL=1 (extensions/sort).
+// The rest of the extension's configuration is the chain's (Contexts:
+// contextsearch is in it).
 func dovecotSearch(cfg *proxy.Config) {
 	for i, e := range cfg.Extensions {
 		if _, ok := e.(*sortext.Extension); ok {
-			cfg.Extensions[i] = sortext.New(sortext.Config{SearchCasemap: true})
+			cfg.Extensions[i] = sortext.New(sortext.Config{SearchCasemap: true, Contexts: true})
 		}
 	}
 }
@@ -272,7 +274,7 @@ func TestProxyMemUpstreamPlain(t *testing.T) {
 		if r.ID != "5550-profile-report" {
 			continue
 		}
-		for _, want := range []string{"also advertised by the upstream (-outside), 18 by the target only: ", " SORT", " ESORT", " LANGUAGE", " CATENATE", " URLAUTH", " NAMESPACE", " LITERAL+", " ESEARCH", " CONTEXT=SEARCH", " SEARCHRES", " WITHIN", " BINARY", " FILTERS", " CONVERT", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
+		for _, want := range []string{"also advertised by the upstream (-outside), 19 by the target only: ", " SORT", " ESORT", " CONTEXT=SORT", " LANGUAGE", " CATENATE", " URLAUTH", " NAMESPACE", " LITERAL+", " ESEARCH", " CONTEXT=SEARCH", " SEARCHRES", " WITHIN", " BINARY", " FILTERS", " CONVERT", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
 			if !strings.Contains(r.Reason, want) {
 				t.Errorf("Lemonade report %q lacks %q", r.Reason, want)
 			}

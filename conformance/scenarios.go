@@ -11,7 +11,7 @@ import (
 func Scenarios() []*Scenario {
 	var all []*Scenario
 	for _, group := range [][]*Scenario{
-		base3501(), enable5161(), idle2177(), compress4978(),
+		base3501(), recent3501(), enable5161(), idle2177(), compress4978(),
 		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(),
 		uidplus4315(), move6851(), namespace2342(), literal7888(), esearch4731(), searchres5182(),
 		within5032(),
@@ -20,7 +20,7 @@ func Scenarios() []*Scenario {
 		metadata5464(), filters5466(),
 		convert5259(),
 		catenate4469(), urlauth4467(),
-		sort5256(), sortDisplay5957(), esort5267(), i18n5255(),
+		sort5256(), sortDisplay5957(), esort5267(), contextSort5267(), i18n5255(),
 		lemonade5550(),
 	} {
 		all = append(all, group...)

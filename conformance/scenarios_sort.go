@@ -25,7 +25,19 @@ var sortSizes = []int{3000, 1000, 2000, 500}
 // sortSetup makes a mailbox of msgs (header, INTERNALDATE, body size)
 // and selects it; it returns the client and the UIDs.
 func (t *T) sortSetup(msgs []struct{ internal, header string }, sizes []int) (*Client, []uint32, error) {
+	c, _, uids, err := t.sortMailbox(msgs, sizes)
+	return c, uids, err
+}
+
+// sortMailbox is sortSetup that also returns the mailbox's name, for the
+// outside changes of CONTEXT=SORT's scenarios.
+func (t *T) sortMailbox(msgs []struct{ internal, header string }, sizes []int) (*Client, string, []uint32, error) {
 	name := t.Name()
+	c, uids, err := t.fillSortMailbox(name, msgs, sizes)
+	return c, name, uids, err
+}
+
+func (t *T) fillSortMailbox(name string, msgs []struct{ internal, header string }, sizes []int) (*Client, []uint32, error) {
 	c, err := t.setupClient()
 	if err != nil {
 		return nil, nil, err

@@ -157,6 +157,9 @@ type Hub struct {
 	// cold holds the states of recently unwatched mailboxes (nil when
 	// Config.StateCache is negative).
 	cold *lru.Cache[Key, *syncstate.Mailbox]
+	// appended remembers messages appended through the proxy to
+	// mailboxes it has no recency for (see NoteAppended).
+	appended *lru.Cache[Key, appendedUIDs]
 	// changes counts batches of changes fanned out, notified the
 	// subscriptions told of them (for metrics).
 	changes, notified atomic.Int64
@@ -172,6 +175,7 @@ func New(cfg Config) *Hub {
 	if h.cfg.StateCache > 0 {
 		h.cold, _ = lru.New[Key, *syncstate.Mailbox](h.cfg.StateCache)
 	}
+	h.appended, _ = lru.New[Key, appendedUIDs](maxAppended)
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	if h.cfg.Pool != nil {
 		h.cfg.Pool.Budget().AddReclaimer(h.reclaim)
@@ -505,4 +509,81 @@ func (h *Hub) backoff(n int) time.Duration {
 		d = h.cfg.MaxBackoff
 	}
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+// Unclaimed returns how many messages of a watched mailbox are recent and
+// unclaimed (syncstate.Recency), after a round trip of its watcher so that
+// messages the upstream has just been given count; ok is false when no
+// watcher has the mailbox's state (nobody selected it lately), and the
+// caller must take the upstream's word. It answers STATUS RECENT.
+func (h *Hub) Unclaimed(ctx context.Context, key Key) (n int, ok bool) {
+	h.mu.Lock()
+	b := h.boxes[key]
+	watched := b != nil && b.dial != nil // not a Refresh's box
+	h.mu.Unlock()
+	if !watched || !isReady(b.ready) || b.readyErr != nil {
+		return 0, false
+	}
+	st := b.state()
+	if st == nil || !st.Recency().Known() {
+		return 0, false
+	}
+	// On failure the state is as the watcher last saw it.
+	_ = b.sync(ctx)
+	if b.state() != st {
+		return 0, false // the mailbox was re-created meanwhile
+	}
+	return st.Recency().Unclaimed(st.Snapshot().UIDs), true
+}
+
+// maxAppended bounds how many mailboxes' appended messages the hub
+// remembers (NoteAppended); the least recently noted go first.
+const maxAppended = 4096
+
+// appendedUIDs is the first UID appended through the proxy to a mailbox
+// at one UIDVALIDITY.
+type appendedUIDs struct{ uidValidity, first uint32 }
+
+// NoteAppended records that the messages from UID first on were appended
+// through the proxy to a mailbox (the APPEND's APPENDUID said so): they
+// are new, whatever the upstream says of its \Recent when the mailbox's
+// watcher first looks (a pooled connection may have selected the mailbox
+// and taken it, and a server without \Recent never reports any). Where
+// the hub already has the mailbox's recency in memory, the watcher sees
+// the messages arrive above its floor anyway, and nothing is recorded.
+func (h *Hub) NoteAppended(key Key, uidValidity, first uint32) {
+	if first == 0 {
+		return
+	}
+	h.mu.Lock()
+	b := h.boxes[key]
+	h.mu.Unlock()
+	if b != nil {
+		if st := b.state(); st != nil && st.UIDValidity() == uidValidity && st.Recency().Known() {
+			return
+		}
+	}
+	if h.cold != nil {
+		if st, ok := h.cold.Peek(key); ok && st.UIDValidity() == uidValidity && st.Recency().Known() {
+			return
+		}
+	}
+	if prev, ok := h.appended.Peek(key); ok && prev.uidValidity == uidValidity {
+		first = min(first, prev.first)
+	}
+	h.appended.Add(key, appendedUIDs{uidValidity, first})
+}
+
+// takeAppended returns and forgets the first UID appended through the
+// proxy to key at uidValidity, or 0.
+func (h *Hub) takeAppended(key Key, uidValidity uint32) uint32 {
+	a, ok := h.appended.Peek(key)
+	if !ok {
+		return 0
+	}
+	h.appended.Remove(key)
+	if a.uidValidity != uidValidity {
+		return 0
+	}
+	return a.first
 }

@@ -322,11 +322,21 @@ func (w *watch) fullSync(ctx context.Context) error {
 	defer cancel()
 	var uidValidity uint32
 	w.view, w.batch, w.needFetch = nil, syncstate.Changes{}, false
+	// The upstream's RECENT count, as EXAMINE (which takes nothing) sees
+	// it and as it moves during the listing: the last so many messages
+	// are recent upstream (see syncstate.Recency).
+	upRecent := 0
+	handle := func(r *upstream.Response) {
+		if r.Head.Tag == "*" && r.Head.HasNum && r.Head.Name == "RECENT" {
+			upRecent = int(r.Head.Num)
+		}
+		w.handle(r)
+	}
 	err := w.conn.Select(octx, b.key.Mailbox, true, func(r *upstream.Response) {
 		if r.Head.Code == "UIDVALIDITY" {
 			uidValidity = upstream.ParseUIDValidity(r.Head.CodeArg)
 		}
-		w.handle(r) // EXISTS
+		handle(r) // EXISTS, RECENT
 	})
 	if err != nil {
 		return fmt.Errorf("hub: EXAMINE %q: %w", b.key.Mailbox, err)
@@ -335,7 +345,7 @@ func (w *watch) fullSync(ctx context.Context) error {
 	// flag changes, expunges and new messages the upstream reports during
 	// it land where they belong; the batch then holds every message's
 	// latest flags.
-	_, err = w.conn.Exec(octx, "UID FETCH 1:* (FLAGS)", w.handle)
+	_, err = w.conn.Exec(octx, "UID FETCH 1:* (FLAGS)", handle)
 	if err != nil {
 		return fmt.Errorf("hub: UID FETCH 1:* (FLAGS) in %q: %w", b.key.Mailbox, err)
 	}
@@ -375,6 +385,11 @@ func (w *watch) fullSync(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("hub: reconciling %q: %w", b.key.Mailbox, err)
 	}
+	first := firstRecent(w.view, upRecent, st.MaxUID())
+	if a := b.hub.takeAppended(b.key, uidValidity); a != 0 {
+		first = min(first, a) // appended through the proxy: new
+	}
+	st.Recency().NoteUpstream(first)
 	if b.st.Swap(st) != st {
 		changed = true
 	}
@@ -383,6 +398,27 @@ func (w *watch) fullSync(ctx context.Context) error {
 		b.notifyAll()
 	}
 	return nil
+}
+
+// firstRecent returns the first UID of the last n messages of view (the
+// upstream's recent ones: \Recent goes to messages as they arrive, and
+// they arrive with ever higher UIDs), or the UID after every known one
+// when none is recent. Positions whose UID is not known yet (view holds
+// 0) are skipped: those messages are new and get UIDs above every known
+// one, so they are above the floor anyway.
+func firstRecent(view []uint32, n int, maxUID uint32) uint32 {
+	last := uint32(0)
+	for _, uid := range view {
+		last = max(last, uid)
+	}
+	if n > 0 {
+		for _, uid := range view[max(len(view)-n, 0):] {
+			if uid != 0 {
+				return uid
+			}
+		}
+	}
+	return max(last, maxUID) + 1
 }
 
 // newBase returns the mod-sequence a state made anew starts above: where

@@ -130,18 +130,18 @@ func TestLiteralTooLarge(t *testing.T) {
 	// An APPEND at the limit goes through.
 	ok := testMessage("ok", testMaxAppend)[:testMaxAppend]
 	c.WriteBytes(fmt.Appendf(nil, "l APPEND INBOX {%d+}\r\n%s\r\n", len(ok), ok))
-	c.Expect("* 1 EXISTS", "l OK [APPENDUID 1 1] APPEND completed")
+	c.Expect("* 1 EXISTS", "* 1 RECENT", "l OK [APPENDUID 1 1] APPEND completed")
 	// Other commands have the inline limit.
 	c.Send(fmt.Sprintf("m SEARCH TEXT {%d}", testMaxInline+1))
 	c.Expect(toobig("m", testMaxInline+1, testMaxInline))
-	c.ExpectDo("o", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "o OK FETCH completed")
+	c.ExpectDo("o", "FETCH 1 (FLAGS)", `* 1 FETCH (FLAGS (\Recent))`, "o OK FETCH completed")
 	// The same in the selected state: the session holds no upstream
 	// connection of its own, so it goes on too.
 	c.Send("n SEARCH TEXT {3}")
 	c.Expect("+ *")
 	c.Send(fmt.Sprintf("abc TEXT {%d}", testMaxInline+1))
 	c.Expect(toobig("n", testMaxInline+1, testMaxInline))
-	c.ExpectDo("n2", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "n2 OK FETCH completed")
+	c.ExpectDo("n2", "FETCH 1 (FLAGS)", `* 1 FETCH (FLAGS (\Recent))`, "n2 OK FETCH completed")
 	if n := p.Srv.Pool().Idle(); n != 1 {
 		t.Errorf("%d idle upstream connections, want 1 (the broken ones closed)", n)
 	}

@@ -38,7 +38,7 @@ func TestLargeLiteralsStream(t *testing.T) {
 	p := startProxy(t, baseConfig(f.addr()))
 	c := imaptest.Dial(t, p.Addr)
 	c.LoginTagged("u", "p")
-	c.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "s OK [READ-WRITE] SELECT done")
+	c.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "* 0 RECENT", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "s OK [READ-WRITE] SELECT done")
 
 	var before, after runtime.MemStats
 	runtime.GC()

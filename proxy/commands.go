@@ -330,15 +330,20 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 	}
 	snap := m.state.Snapshot()
 	m.view, m.pos = snap.UIDs, snap.Highest
+	noteSelectRecent(m.state, collected, m.view)
+	m.takeRecent(0, m.view.last())
+	recentSent := false
 	for _, r := range collected {
 		switch {
 		case r.Head.Name == "EXISTS" && r.Head.HasNum:
-			r.Segments = []imapcodec.Segment{{Text: fmt.Appendf(nil, "* %d EXISTS", len(m.view))}}
+			// The session's own RECENT follows (recent.go); the
+			// upstream's is its connection's.
+			line := fmt.Appendf(nil, "* %d EXISTS\r\n", len(m.view))
+			line = append(line, m.recentLine()...)
+			r.Segments = []imapcodec.Segment{{Text: line[:len(line)-2]}}
+			recentSent = true
 		case r.Head.Name == "RECENT" && r.Head.HasNum:
-			// \Recent belongs to one upstream connection, and sessions
-			// share connections: the proxy drops it everywhere, as
-			// IMAP4rev2 did (docs/hardening.md).
-			r.Segments = []imapcodec.Segment{{Text: []byte("* 0 RECENT")}}
+			continue
 		case r.Head.Name == "FLAGS" && !r.Streamed:
 			m.noteFlagList(r.Segments)
 		case r.Head.Name == "OK" && r.Head.Code == "UNSEEN":
@@ -349,6 +354,9 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 			r.Segments = []imapcodec.Segment{{Text: fmt.Appendf(nil, "* OK [UNSEEN %d] %s", seq, r.Head.Text)}}
 		}
 		s.writeResponse(r)
+	}
+	if !recentSent {
+		s.Write(m.recentLine())
 	}
 	s.mbox = m
 	s.setState(StateSelected)

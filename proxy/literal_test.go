@@ -137,7 +137,7 @@ func TestLiteralPlusSynchronisedUpstream(t *testing.T) {
 	c.LoginTagged("u", "p")
 	c.WriteBytes([]byte("a APPEND INBOX {10+}\r\n0123456789\r\n"))
 	c.Expect("a OK [APPENDUID 1 1] APPEND done")
-	c.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "s OK [READ-WRITE] *")
+	c.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "* 0 RECENT", "*", "*", "*", "s OK [READ-WRITE] *")
 	c.WriteBytes([]byte("b SEARCH SUBJECT {3+}\r\nabc BODY {3+}\r\nxyz\r\n"))
 	c.Expect("* SEARCH 1", "b OK SEARCH done")
 	long := strings.Repeat("y", 5000) // beyond LITERAL-, not beyond LITERAL+

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -420,6 +419,9 @@ func (s *Session) writeTagged(x *Exchange, head imapcodec.ResponseHead) error {
 	for _, f := range x.onTagged {
 		f(&head)
 	}
+	if x.Name == "APPEND" && head.Name == "OK" && head.Code == "APPENDUID" {
+		s.noteAppended(x, head.CodeArg)
+	}
 	code := head.Code
 	if head.CodeArg != "" {
 		code += " " + head.CodeArg
@@ -563,8 +565,9 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 		// what that means for it when the command fails.
 		return nil
 	case resp.Head.Name == "STATUS" && !resp.Streamed && len(resp.Segments) == 1:
-		// The proxy has no \Recent (see rewriteSearch).
-		resp.Segments[0].Text = zeroRecent(resp.Segments[0].Text)
+		// The upstream's RECENT counts what its connections saw
+		// (recent.go).
+		resp.Segments[0].Text = s.statusRecent(resp.Segments[0].Text)
 	case resp.Head.IsStatus() && resp.Head.Code == "CAPABILITY":
 		resp.Segments = []imapcodec.Segment{{Text: imapcodec.AppendStatus(nil, "*", resp.Head.Name,
 			"CAPABILITY "+strings.Join(s.capabilities(), " "), resp.Head.Text)}}
@@ -596,25 +599,6 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 		return nil
 	}
 	return resp
-}
-
-// zeroRecent sets the RECENT item of "* STATUS name (items)" to 0.
-func zeroRecent(text []byte) []byte {
-	open := bytes.LastIndexByte(text, '(')
-	if open < 0 || !bytes.HasSuffix(text, []byte(")")) {
-		return text
-	}
-	items := strings.Fields(string(text[open+1 : len(text)-1]))
-	changed := false
-	for i := 0; i+1 < len(items); i += 2 {
-		if strings.EqualFold(items[i], "RECENT") && items[i+1] != "0" {
-			items[i+1], changed = "0", true
-		}
-	}
-	if !changed {
-		return text
-	}
-	return fmt.Appendf(text[:open:open], "(%s)", strings.Join(items, " "))
 }
 
 // relayFailed turns a relay error into the client's answer.

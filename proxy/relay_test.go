@@ -111,11 +111,14 @@ func TestRelayAppend(t *testing.T) {
 	c.Expect("d NO [TRYCREATE] No such mailbox")
 	c.ExpectDo("e", "NOOP", "e OK NOOP completed.")
 
-	c.ExpectDo("s", "SELECT INBOX", "* 3 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
+	// Appended through the proxy, the messages are new (from UID 1 on, as
+	// the first APPENDUID said): recent in the first session to select
+	// INBOX, though go-imap's server has no \Recent.
+	c.ExpectDo("s", "SELECT INBOX", "* 3 EXISTS", "* 3 RECENT", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
 	c.ExpectDo("f", "FETCH 1:3 (FLAGS BODY.PEEK[])",
-		fmt.Sprintf("* 1 FETCH (FLAGS (\\Seen) BODY[] {%d}\r\n%s)", len(m1), m1),
-		fmt.Sprintf("* 2 FETCH (FLAGS () BODY[] {%d}\r\n%s)", len(m2), m2),
-		fmt.Sprintf("* 3 FETCH (FLAGS () BODY[] {%d}\r\n%s)", len(m1), m1),
+		fmt.Sprintf("* 1 FETCH (FLAGS (\\Seen \\Recent) BODY[] {%d}\r\n%s)", len(m1), m1),
+		fmt.Sprintf("* 2 FETCH (FLAGS (\\Recent) BODY[] {%d}\r\n%s)", len(m2), m2),
+		fmt.Sprintf("* 3 FETCH (FLAGS (\\Recent) BODY[] {%d}\r\n%s)", len(m1), m1),
 		"f OK FETCH completed")
 }
 
@@ -178,7 +181,7 @@ func TestUnselectEmulated(t *testing.T) {
 	p := startProxy(t, baseConfig(f.addr()))
 	c := imaptest.Dial(t, p.Addr)
 	c.ExpectDo("l", "LOGIN u p", "l OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UNSELECT IDLE] *")
-	c.ExpectDo("a", "SELECT INBOX", "* 1 EXISTS", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "a OK [READ-WRITE] SELECT done")
+	c.ExpectDo("a", "SELECT INBOX", "* 1 EXISTS", "* 0 RECENT", "* OK [UIDVALIDITY 7] ok", "* OK [UIDNEXT 2] ok", `* FLAGS (\Seen)`, "a OK [READ-WRITE] SELECT done")
 	c.ExpectDo("b", "UNSELECT", "b OK Unselect completed.")
 	c.ExpectDo("c", "FETCH 1 FLAGS", "c BAD No mailbox selected.")
 	c.ExpectDo("d", `LIST "" *`, `* LIST () "/" INBOX`, "d OK LIST done")
@@ -230,9 +233,12 @@ func TestRelayPipelined(t *testing.T) {
 		"b " + loggedIn,
 		"c OK NOOP completed.",
 		"d OK [APPENDUID 1 2] APPEND completed",
-		"* 2 EXISTS", "*", "*", "*", "*", "*", "*",
+		// Message 2, appended through the proxy, is recent; message 1,
+		// delivered behind its back to go-imap's server (no \Recent)
+		// before anybody watched, is not.
+		"* 2 EXISTS", "* 1 RECENT", "*", "*", "*", "*", "*",
 		"e OK [READ-WRITE] SELECT completed",
-		fmt.Sprintf("* 2 FETCH (FLAGS (\\Seen) BODY[] {%d}\r\n%s)", len(msg), msg),
+		fmt.Sprintf("* 2 FETCH (FLAGS (\\Seen \\Recent) BODY[] {%d}\r\n%s)", len(msg), msg),
 		"f OK FETCH completed",
 		"g BAD ENABLE not allowed in the selected state.",
 		"h OK Unselect completed.",
@@ -266,7 +272,9 @@ func TestIdle(t *testing.T) {
 	b.WriteBytes(fmt.Appendf(nil, "a APPEND INBOX {%d+}\r\n%s\r\n", len(msg), msg))
 	b.Expect("a OK [APPENDUID 1 1] APPEND completed")
 
-	a.Expect("* 1 EXISTS")
+	// a, the only session with INBOX selected read-write, is the first
+	// to be told of the message: it is recent there.
+	a.Expect("* 1 EXISTS", "* 1 RECENT")
 	a.Send("DONE")
 	a.Expect("i OK Idle completed.")
 	a.ExpectDo("f", "FETCH 1 (BODY.PEEK[])", fmt.Sprintf("* 1 FETCH (BODY[] {%d}\r\n%s)", len(msg), msg), "f OK FETCH completed")

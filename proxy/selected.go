@@ -39,6 +39,10 @@ type selectedMailbox struct {
 	// name: a FETCH with a keyword not in it is preceded by a new FLAGS
 	// response (RFC 3501 7.2.6).
 	flagList map[string]string
+	// recent is the messages recent in this session (recent.go), and
+	// toldRecent how many of them the client was last told of.
+	recent     recentSet
+	toldRecent int
 }
 
 // noteFlagList records a FLAGS response the client is sent.
@@ -228,12 +232,18 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 				b = append(append(b, items...), ' ')
 			}
 		}
-		b = fmt.Appendf(b, "FLAGS (%s))\r\n", strings.Join(f.flags, " "))
+		b = fmt.Appendf(b, "FLAGS (%s))\r\n", m.withRecent(f.uid, strings.Join(f.flags, " ")))
 		lastFlag = max(lastFlag, f.modseq)
 	}
 	if m.view.last() > last {
+		// New messages: the session takes those nobody was told of
+		// (recent.go).
+		m.takeRecent(last, m.view.last())
 		b = fmt.Appendf(b, "* %d EXISTS\r\n", len(m.view))
 	}
+	// RECENT when the count changed: new messages taken, recent ones
+	// expunged (RFC 3501 7.3.2; Dovecot sends it only then).
+	b = append(b, m.recentChanged()...)
 	if len(b) == 0 {
 		return false, nil
 	}

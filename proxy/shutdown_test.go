@@ -81,7 +81,7 @@ func TestShutdownStuckClients(t *testing.T) {
 	for range 3 {
 		c := imaptest.Dial(t, p.Addr)
 		c.LoginTagged("u", "p")
-		c.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "s OK [READ-WRITE] *")
+		c.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "* 0 RECENT", "*", "*", "*", "s OK [READ-WRITE] *")
 		c.Send("f FETCH 1 BODY[]") // and never read the answer
 	}
 	time.Sleep(300 * time.Millisecond)

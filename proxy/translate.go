@@ -94,6 +94,13 @@ func (s *Session) translateCommand(x *Exchange) error {
 			t.allowExpunge = isUID
 			t.stripUID = !isUID
 			if st, err := imapcodec.ParseStoreArgs(storeParser(cmd)); err == nil {
+				if slices.ContainsFunc(st.Flags, func(f string) bool { return strings.EqualFold(f, `\Recent`) }) {
+					// RFC 3501 2.3.2: the server sets \Recent, the
+					// client cannot (Dovecot answers BAD too). The
+					// proxy's \Recent is its own (recent.go): the
+					// upstream must not decide.
+					return errStoreRecent
+				}
 				st.Set = uids
 				t.store = st
 				t.storeUIDs, _ = imapcodec.ParseNumSet(uids)
@@ -119,7 +126,7 @@ func (s *Session) translateCommand(x *Exchange) error {
 			segs[0].Text = slices.Concat([]byte(cmd.Tag+" UID "+name+" "+uids), rest)
 		}
 	case searchCommands[base]:
-		if err := rewriteSearch(segs, m.view, !isUID); err != nil {
+		if err := rewriteSearch(segs, m, !isUID); err != nil {
 			return err
 		}
 		if !isUID {
@@ -257,9 +264,10 @@ func targetIsSelected(cmd *imapcodec.Command, selected string) bool {
 
 // rewriteSearch translates the search keys of SEARCH, SORT or THREAD: with
 // toUID, the command goes into its UID form with every sequence set
-// translated; in both forms RECENT and NEW match nothing and OLD matches
-// everything, since the proxy has no \Recent (docs/hardening.md).
-func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
+// translated; in both forms RECENT, NEW and OLD name the session's own
+// recent messages (recent.go), not the leased connection's.
+func rewriteSearch(segs []imapcodec.Segment, m *selectedMailbox, toUID bool) error {
+	view := m.view
 	_, err := imapcodec.ReplaceSearchKeys(segs, func(k imapcodec.SearchKey) (string, bool, error) {
 		switch k.Name {
 		case "UID":
@@ -269,10 +277,9 @@ func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
 				return "", false, errNoSearchRes
 			}
 			return "", false, nil
-		case "RECENT", "NEW":
-			return "NOT ALL", true, nil
-		case "OLD":
-			return "ALL", true, nil
+		case "RECENT", "NEW", "OLD":
+			text, ok := m.recentKey(k.Name)
+			return text, ok, nil
 		case "":
 			if toUID {
 				break
@@ -309,6 +316,9 @@ func rewriteSearch(segs []imapcodec.Segment, view seqView, toUID bool) error {
 	segs[0].Text = slices.Concat(t[:i+1], []byte("UID "), t[i+1:])
 	return nil
 }
+
+// errStoreRecent refuses a STORE of \Recent.
+var errStoreRecent = errors.New(`\Recent cannot be stored`)
 
 // errNoSearchRes refuses RFC 5182's "$" when no extension replaced it
 // (CommandRewriter): the proxy keeps no search result of its own, and the
@@ -695,7 +705,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 		}
 		seg = slices.Concat(seg[:uidStart], seg[uidEnd:])
 	}
-	seg = tidyFlags(seg)
+	seg = tidyFlags(seg, m.recent.has(uid))
 	// "* n FETCH" -> "* seq FETCH"
 	rest := seg[2:]
 	i := bytes.IndexByte(rest, ' ')
@@ -775,27 +785,31 @@ func replaceFlags(seg []byte, flags string) []byte {
 }
 
 // tidyFlags writes the FLAGS item of a FETCH response's first segment as
-// the proxy's state has flags: without \Recent (the proxy has none, see
-// rewriteSearch) and with system flags in their canonical spelling (\Seen,
-// not \seen). Flags are case-insensitive, but a client must not see one
-// message's flags spelt two ways depending on whether they came from the
-// hub or from a relayed answer (go-imap's server writes them in lower
-// case). It runs for every relayed FETCH: a response that needs neither
-// costs one scan and no allocation.
-func tidyFlags(seg []byte) []byte {
+// the proxy's state has flags, with the session's own \Recent (recent.go)
+// in place of the upstream's, and with system flags in their canonical
+// spelling (\Seen, not \seen). Flags are case-insensitive, but a client
+// must not see one message's flags spelt two ways depending on whether
+// they came from the hub or from a relayed answer (go-imap's server writes
+// them in lower case). It runs for every relayed FETCH: a response that
+// needs neither costs one scan and no allocation.
+func tidyFlags(seg []byte, recent bool) []byte {
 	i := indexFold(seg, "FLAGS (")
 	if i < 0 {
 		return seg
 	}
 	open := i + len("FLAGS (")
 	end := bytes.IndexByte(seg[open:], ')')
-	if end < 0 || !untidy(seg[open:open+end]) {
+	if end < 0 || !recent && !untidy(seg[open:open+end]) {
 		return seg
 	}
-	return slices.Concat(seg[:open], []byte(tidyList(string(seg[open:open+end]))), seg[open+end:])
+	list := tidyList(string(seg[open : open+end]))
+	if recent {
+		list = addRecent(list)
+	}
+	return slices.Concat(seg[:open], []byte(list), seg[open+end:])
 }
 
-// tidyList is tidyFlags for a flag list ("\\seen $x").
+// tidyList is tidyFlags for a flag list ("\\seen $x"), without \Recent.
 func tidyList(list string) string {
 	flags := strings.Fields(list)
 	kept := flags[:0]

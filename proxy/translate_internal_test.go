@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"testing"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -161,32 +163,126 @@ func TestFetchSetsSeen(t *testing.T) {
 	}
 }
 
-// The proxy has no \Recent (IMAP4rev2 dropped it; its sessions share
-// upstream connections): RECENT and NEW match nothing, OLD everything, in
-// both forms; \Recent is dropped from FETCH FLAGS (#16.17).
-func TestNoRecent(t *testing.T) {
-	for _, tt := range []struct{ cmd, up string }{
-		{`a SEARCH RECENT`, `a UID SEARCH NOT ALL`},
-		{`a UID SEARCH OR NEW 1:* NOT OLD`, `a UID SEARCH OR NOT ALL 1:* NOT ALL`},
-		{`a UID SEARCH (UNSEEN`, `a UID SEARCH (UNSEEN`},
+// RECENT, NEW and OLD name the session's own recent messages (recent.go),
+// in both forms of SEARCH; the leased connection's \Recent would be
+// whichever session looked first (#16.17).
+func TestRecentSearch(t *testing.T) {
+	for _, tt := range []struct {
+		recent  recentSet
+		cmd, up string
+	}{
+		{nil, `a SEARCH RECENT`, `a UID SEARCH NOT ALL`},
+		{nil, `a UID SEARCH OR NEW 1:* NOT OLD`, `a UID SEARCH OR NOT ALL 1:* NOT ALL`},
+		{recentSet{{10, 12}}, `a SEARCH RECENT`, `a UID SEARCH UID 10:12`},
+		{recentSet{{3, 3}, {10, 12}}, `a SEARCH NEW`, `a UID SEARCH (UID 3,10:12 UNSEEN)`},
+		{recentSet{{10, 12}}, `a UID SEARCH OLD SEEN`, `a UID SEARCH NOT UID 10:12 SEEN`},
+		{recentSet{{10, 12}}, `a SEARCH NOT NEW 2`, `a UID SEARCH NOT (UID 10:12 UNSEEN) UID 5`},
+		{nil, `a UID SEARCH (UNSEEN`, `a UID SEARCH (UNSEEN`},
 	} {
-		x := mustTranslate(t, testView, tt.cmd)
+		x, err := translateIn(&selectedMailbox{view: testView, recent: tt.recent}, tt.cmd)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.cmd, err)
+		}
 		if got := string(x.Segments[0].Text); got != tt.up {
-			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
+			t.Errorf("%v %s -> %q, want %q", tt.recent, tt.cmd, got, tt.up)
+		}
+	}
+}
+
+// \Recent cannot be stored (RFC 3501 2.3.2): the proxy answers BAD itself,
+// whatever the upstream would do.
+func TestStoreRecent(t *testing.T) {
+	for _, cmd := range []string{`a STORE 1 +FLAGS (\Recent)`, `a UID STORE 3 FLAGS.SILENT (\Seen \recent)`, `a STORE 1 -FLAGS \RECENT`} {
+		if _, err := translate(testView, cmd); !errors.Is(err, errStoreRecent) {
+			t.Errorf("%s: %v", cmd, err)
+		}
+	}
+	if _, err := translate(testView, `a STORE 1 +FLAGS (\Seen $Recent)`); err != nil {
+		t.Errorf("a keyword: %v", err)
+	}
+}
+
+// FETCH FLAGS carry the session's \Recent, never the upstream's, and
+// system flags in their canonical spelling (#16.17).
+func TestRecentFlags(t *testing.T) {
+	for _, tt := range []struct {
+		in     string
+		recent bool
+		want   string
+	}{
+		{`* 1 FETCH (UID 3 FLAGS (\Seen \Recent))`, false, `* 1 FETCH (UID 3 FLAGS (\Seen))`},
+		{`* 1 FETCH (FLAGS (\recent) UID 3)`, false, `* 1 FETCH (FLAGS () UID 3)`},
+		{`* 1 FETCH (UID 3 FLAGS ($Junk))`, false, `* 1 FETCH (UID 3 FLAGS ($Junk))`},
+		{`* 1 FETCH (UID 3 BODY[HEADER.FIELDS (FLAGS)] `, false, `* 1 FETCH (UID 3 BODY[HEADER.FIELDS (FLAGS)] `},
+		{`* 1 FETCH (UID 3 FLAGS (\flagged \SEEN $x))`, false, `* 1 FETCH (UID 3 FLAGS (\Flagged \Seen $x))`},
+		{`* 1 FETCH (UID 3 FLAGS (\Flagged \Seen \Xyz))`, false, `* 1 FETCH (UID 3 FLAGS (\Flagged \Seen \Xyz))`},
+		{`* 1 FETCH (UID 3 FLAGS (\draft \recent))`, false, `* 1 FETCH (UID 3 FLAGS (\Draft))`},
+		{`* 1 FETCH (UID 3 FLAGS (\Seen))`, true, `* 1 FETCH (UID 3 FLAGS (\Seen \Recent))`},
+		{`* 1 FETCH (UID 3 FLAGS (\seen $x \Flagged))`, true, `* 1 FETCH (UID 3 FLAGS (\Seen $x \Flagged \Recent))`},
+		{`* 1 FETCH (UID 3 FLAGS ($x $y))`, true, `* 1 FETCH (UID 3 FLAGS (\Recent $x $y))`},
+		{`* 1 FETCH (UID 3 FLAGS ())`, true, `* 1 FETCH (UID 3 FLAGS (\Recent))`},
+		{`* 1 FETCH (FLAGS (\recent \seen) UID 3)`, true, `* 1 FETCH (FLAGS (\Seen \Recent) UID 3)`},
+		{`* 1 FETCH (UID 3 RFC822.SIZE 9)`, true, `* 1 FETCH (UID 3 RFC822.SIZE 9)`},
+	} {
+		if got := string(tidyFlags([]byte(tt.in), tt.recent)); got != tt.want {
+			t.Errorf("%q recent %v -> %q, want %q", tt.in, tt.recent, got, tt.want)
+		}
+	}
+}
+
+func TestStatusRecentItem(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{`* STATUS cmp (MESSAGES 2 RECENT 2 UNSEEN 1)`, 0, `* STATUS cmp (MESSAGES 2 RECENT 0 UNSEEN 1)`},
+		{`* STATUS "a (b" (recent 0)`, 5, `* STATUS "a (b" (recent 5)`},
+		{`* STATUS cmp (MESSAGES 2)`, 3, `* STATUS cmp (MESSAGES 2)`},
+		{`* STATUS cmp (RECENT 3)`, 3, `* STATUS cmp (RECENT 3)`},
+	} {
+		if got := string(statusRecent([]byte(tt.in), tt.n)); got != tt.want {
+			t.Errorf("%q %d -> %q, want %q", tt.in, tt.n, got, tt.want)
 		}
 	}
 	for in, want := range map[string]string{
-		`* 1 FETCH (UID 3 FLAGS (\Seen \Recent))`:       `* 1 FETCH (UID 3 FLAGS (\Seen))`,
-		`* 1 FETCH (FLAGS (\recent) UID 3)`:             `* 1 FETCH (FLAGS () UID 3)`,
-		`* 1 FETCH (UID 3 FLAGS ($Junk))`:               `* 1 FETCH (UID 3 FLAGS ($Junk))`,
-		`* 1 FETCH (UID 3 BODY[HEADER.FIELDS (FLAGS)] `: `* 1 FETCH (UID 3 BODY[HEADER.FIELDS (FLAGS)] `,
-		`* 1 FETCH (UID 3 FLAGS (\flagged \SEEN $x))`:   `* 1 FETCH (UID 3 FLAGS (\Flagged \Seen $x))`,
-		`* 1 FETCH (UID 3 FLAGS (\Flagged \Seen \Xyz))`: `* 1 FETCH (UID 3 FLAGS (\Flagged \Seen \Xyz))`,
-		`* 1 FETCH (UID 3 FLAGS (\draft \recent))`:      `* 1 FETCH (UID 3 FLAGS (\Draft))`,
+		`* STATUS cmp (RECENT 3)`:       "cmp",
+		`* STATUS "a (b" (RECENT 3)`:    "a (b",
+		`* STATUS INBOX/x (MESSAGES 1)`: "INBOX/x",
 	} {
-		if got := string(tidyFlags([]byte(in))); got != want {
-			t.Errorf("%q -> %q, want %q", in, got, want)
+		if got, ok := statusMailbox([]imapcodec.Segment{{Text: []byte(in)}}); !ok || got != want {
+			t.Errorf("%q: %q %v, want %q", in, got, ok, want)
 		}
+	}
+}
+
+// A session's recent set: ranges merged when adjacent, counted against
+// the client's view (expunged messages drop out), bounded.
+func TestRecentSet(t *testing.T) {
+	var r recentSet
+	r.add(5, 4) // none
+	r.add(3, 5)
+	r.add(6, 6) // adjacent: merged
+	r.add(9, 10)
+	if want := (recentSet{{3, 6}, {9, 10}}); !slices.Equal(r, want) {
+		t.Fatalf("ranges %v, want %v", r, want)
+	}
+	for uid, want := range map[uint32]bool{2: false, 3: true, 6: true, 7: false, 9: true, 10: true, 11: false} {
+		if r.has(uid) != want {
+			t.Errorf("has(%d) = %v", uid, !want)
+		}
+	}
+	if n := r.count(seqView{1, 3, 5, 7, 10, 12}); n != 3 {
+		t.Errorf("count %d, want 3", n)
+	}
+	if s := r.uidSet(); s != "3:6,9:10" {
+		t.Errorf("uidSet %q", s)
+	}
+	for i := range uint32(maxRecentRanges + 5) {
+		r.add(100+2*i, 100+2*i)
+	}
+	if len(r) != maxRecentRanges || r.has(3) || !r.has(100+2*(maxRecentRanges+4)) {
+		t.Errorf("bound: %d ranges, oldest %v", len(r), r[0])
 	}
 }
 
@@ -209,18 +305,6 @@ func TestNewKeywords(t *testing.T) {
 	}
 }
 
-func TestZeroRecent(t *testing.T) {
-	for in, want := range map[string]string{
-		`* STATUS cmp (MESSAGES 2 RECENT 2 UNSEEN 1)`: `* STATUS cmp (MESSAGES 2 RECENT 0 UNSEEN 1)`,
-		`* STATUS "a (b" (recent 5)`:                  `* STATUS "a (b" (recent 0)`,
-		`* STATUS cmp (MESSAGES 2)`:                   `* STATUS cmp (MESSAGES 2)`,
-	} {
-		if got := string(zeroRecent([]byte(in))); got != want {
-			t.Errorf("%q -> %q, want %q", in, got, want)
-		}
-	}
-}
-
 // mustTranslate translates cmd for a session whose client knows view.
 func mustTranslate(t *testing.T, view seqView, cmd string) *Exchange {
 	t.Helper()
@@ -233,7 +317,12 @@ func mustTranslate(t *testing.T, view seqView, cmd string) *Exchange {
 
 // translate is translateCommand for a session whose client knows view.
 func translate(view seqView, cmd string) (*Exchange, error) {
-	s := &Session{srv: &Server{}, mbox: &selectedMailbox{view: view}}
+	return translateIn(&selectedMailbox{view: view}, cmd)
+}
+
+// translateIn is translateCommand for a session with mailbox m.
+func translateIn(m *selectedMailbox, cmd string) (*Exchange, error) {
+	s := &Session{srv: &Server{}, mbox: m}
 	c, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte(cmd)}}, imapcodec.Limits{})
 	if err != nil {
 		return nil, err

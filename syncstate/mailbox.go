@@ -45,6 +45,7 @@ type Mailbox struct {
 	saved       bool // whether the store holds the state (else the next save is a full one)
 	limits      LogLimits
 	ageCheck    time.Time // when the log is next checked for expunges older than limits.MaxAge
+	recency     Recency   // who may still be told a message is recent (recent.go); its own lock
 }
 
 // LogLimits bound a state's expunge log. Without a bound it grows for the
@@ -581,8 +582,8 @@ func CanonicalFlag(f string) string {
 }
 
 // NormalizeFlags returns flags sorted, deduplicated, system flags in their
-// canonical spelling, without \Recent (a per-connection flag that a shared
-// state cannot represent).
+// canonical spelling, without \Recent (one session's, not the message's:
+// see Recency).
 func NormalizeFlags(flags []string) []string {
 	out := make([]string, 0, len(flags))
 	for _, f := range flags {

@@ -109,7 +109,9 @@ type Config struct {
 //     result on cached keys; ESORT's RETURN it writes with esearch's
 //     writer: after within, which has already rewritten OLDER/YOUNGER
 //     inside SORT, and before condstore, which then sees the plain UID
-//     SEARCH with its MODSEQ key.
+//     SEARCH with its MODSEQ key. Its SORT RETURN (UPDATE) contexts
+//     (CONTEXT=SORT, Config.Contexts) are kept by contextsearch, which
+//     is in this chain.
 //  10. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
 //     EXPUNGE and answers the RFC 7162 parts from the proxy's state; late,
 //     so the command it passes on goes (nearly) straight to the relay.
@@ -139,7 +141,7 @@ func Extensions(cfg Config) []proxy.Extension {
 		within.New(),
 		contextsearch.New(contextsearch.Config{}),
 		esearch.New(),
-		sortext.New(sortext.Config{SearchCasemap: cfg.UpstreamSearchCasemap}),
+		sortext.New(sortext.Config{SearchCasemap: cfg.UpstreamSearchCasemap, Contexts: true}),
 		condstore.New(),
 		binaryext.New(),
 		convert.New(),

@@ -17,8 +17,8 @@
 // to Open. This package owns what outlives the command: the live contexts
 // of the session's selected mailbox (a session value, dropped with the
 // mailbox), their re-evaluation when the mailbox changes, the updates,
-// CANCELUPDATE and the limits. CONTEXT=SORT can reuse it unchanged: a
-// sorting command opens a context with a Sorter (see Spec), and the updates
+// CANCELUPDATE and the limits. CONTEXT=SORT reuses it unchanged:
+// extensions/sort opens a context with a Sorter (see Spec), and the updates
 // then carry context positions instead of 0.
 //
 // How a context learns of changes. The core reports the selected

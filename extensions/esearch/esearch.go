@@ -237,20 +237,8 @@ func (r *result) add(m *proxy.Mailbox, text []byte) {
 // response returns the ESEARCH response (RFC 4731 3.1): MIN, MAX and ALL
 // only when something matched, COUNT always (0 when nothing did).
 func (r *result) response(m *proxy.Mailbox, tag string) []byte {
-	o := ReturnOptions{Min: r.opts.min, Max: r.opts.max, Count: r.opts.count, All: r.opts.all}
-	b := AppendResponse(nil, tag, r.uid, o, r.nums)
+	b := AppendResponse(nil, tag, r.uid, r.opts.exported(), r.nums)
 	n := len(r.nums)
-	if p := r.opts.partial; p != nil {
-		// RFC 5267 4.4: the range (as lo:hi, as Dovecot writes it), and
-		// the results at those positions, NIL when there are none.
-		b = fmt.Appendf(b, " PARTIAL (%d:%d ", p.lo, p.hi)
-		if uint64(p.lo) > uint64(n) {
-			b = append(b, "NIL"...)
-		} else {
-			b = appendSet(b, spansOf(r.nums[p.lo-1:min(uint64(p.hi), uint64(n))]))
-		}
-		b = append(b, ')')
-	}
 	if n > 0 && r.modseq {
 		if ms, ok := r.highestModSeq(m); ok {
 			b = appendItem(b, "MODSEQ", ms)
@@ -262,10 +250,11 @@ func (r *result) response(m *proxy.Mailbox, tag string) []byte {
 // AppendResponse appends the start of an ESEARCH response (RFC 4731
 // 3.1), without CRLF, for matches nums in the order given: TAG, UID, then
 // MIN (the first number), MAX (the last) and ALL only when something
-// matched, COUNT always. ALL keeps the order (runs of consecutive
-// ascending numbers become ranges): a SEARCH passes its numbers
-// ascending; a SORT (RFC 5267 3.1: MIN and MAX are the first and last in
-// sort order, ALL is in sort order) passes them sorted.
+// matched, COUNT always, then RFC 5267's PARTIAL. ALL and PARTIAL keep
+// the order (runs of consecutive ascending numbers become ranges): a
+// SEARCH passes its numbers ascending; a SORT (RFC 5267 3.1: MIN and MAX
+// are the first and last in sort order, ALL and PARTIAL's positions are in
+// sort order) passes them sorted.
 func AppendResponse(b []byte, tag string, uid bool, o ReturnOptions, nums []uint32) []byte {
 	b = imapcodec.AppendQuoted(append(b, "* ESEARCH (TAG "...), tag)
 	b = append(b, ')')
@@ -284,6 +273,17 @@ func AppendResponse(b []byte, tag string, uid bool, o ReturnOptions, nums []uint
 	}
 	if n > 0 && o.All {
 		b = appendSet(append(b, " ALL "...), spansOf(nums))
+	}
+	if lo, hi := o.PartialLo, o.PartialHi; lo != 0 {
+		// RFC 5267 4.4: the range (as lo:hi, as Dovecot writes it), and
+		// the results at those positions, NIL when there are none.
+		b = fmt.Appendf(b, " PARTIAL (%d:%d ", lo, hi)
+		if uint64(lo) > uint64(n) {
+			b = append(b, "NIL"...)
+		} else {
+			b = appendSet(b, spansOf(nums[lo-1:min(uint64(hi), uint64(n))]))
+		}
+		b = append(b, ')')
 	}
 	return b
 }

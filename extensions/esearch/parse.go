@@ -167,14 +167,28 @@ func parseReturnList(p *imapcodec.Parser) (returnOpts, error) {
 }
 
 // ReturnOptions are the result options of RFC 4731 3.1 as ESORT (RFC
-// 5267 3) gives them to SORT: extensions/sort parses them with
-// ParseSortReturn and answers with AppendResponse, so that SORT RETURN
-// and SEARCH RETURN share one parser and one writer.
-type ReturnOptions struct{ Min, Max, Count, All bool }
+// 5267 3) gives them to SORT, and RFC 5267 4's as CONTEXT=SORT adds them:
+// extensions/sort parses them with ParseSortReturn and answers with
+// AppendResponse, so that SORT RETURN and SEARCH RETURN share one parser
+// and one writer.
+type ReturnOptions struct {
+	Min, Max, Count, All bool
+	// Context is RFC 5267 4.2's hint; Update asks for a live context
+	// (4.3). Neither changes the response AppendResponse writes.
+	Context, Update bool
+	// PartialLo and PartialHi are PARTIAL's range (4.4), lo <= hi, both
+	// 0 without PARTIAL.
+	PartialLo, PartialHi uint32
+}
 
-// ParseSortReturn reads the list of options after a SORT's RETURN. Only
-// RFC 4731's MIN, MAX, COUNT and ALL are accepted: SAVE, and RFC 5267 4's
-// CONTEXT, UPDATE and PARTIAL (CONTEXT=SORT), are not offered with SORT.
+// Contextual reports whether the options use RFC 5267 4's (CONTEXT=SORT
+// with a SORT).
+func (o ReturnOptions) Contextual() bool { return o.Context || o.Update || o.PartialLo != 0 }
+
+// ParseSortReturn reads the list of options after a SORT's RETURN: RFC
+// 4731's MIN, MAX, COUNT and ALL, and RFC 5267 4's CONTEXT, UPDATE and
+// PARTIAL, which the caller refuses where it offers no CONTEXT=SORT. SAVE
+// is not offered with SORT (RFC 5182 defines it for SEARCH).
 func ParseSortReturn(p *imapcodec.Parser) (ReturnOptions, error) {
 	o, err := parseReturnList(p)
 	switch {
@@ -182,10 +196,17 @@ func ParseSortReturn(p *imapcodec.Parser) (ReturnOptions, error) {
 		return ReturnOptions{}, err
 	case o.save:
 		return ReturnOptions{}, errors.New("SAVE is not supported with SORT")
-	case o.contextual():
-		return ReturnOptions{}, fmt.Errorf("%s is not supported with SORT", o.contextName())
 	}
-	return ReturnOptions{Min: o.min, Max: o.max, Count: o.count, All: o.all}, nil
+	return o.exported(), nil
+}
+
+// exported returns the options as ReturnOptions (SAVE left out).
+func (o returnOpts) exported() ReturnOptions {
+	r := ReturnOptions{Min: o.min, Max: o.max, Count: o.count, All: o.all, Context: o.context, Update: o.update}
+	if o.partial != nil {
+		r.PartialLo, r.PartialHi = o.partial.lo, o.partial.hi
+	}
+	return r
 }
 
 // parsePartial reads RFC 5267's partial-range, "lo:hi" of non-zero

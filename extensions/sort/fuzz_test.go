@@ -6,14 +6,17 @@ import (
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
 
-// FuzzParseSort: any command parses or fails without panic, and what
-// parses rebuilds into a UID SEARCH.
+// FuzzParseSort: any command parses or fails without panic, what parses
+// rebuilds into a UID SEARCH, and a PARTIAL that parses is a valid range.
 func FuzzParseSort(f *testing.F) {
 	for _, s := range []string{
 		"a UID SORT (REVERSE DATE) UTF-8 ALL",
 		"a UID SORT RETURN (MIN MAX) (ARRIVAL) US-ASCII FROM x",
 		"a UID SORT RETURN () (SUBJECT) \"UTF-8\" (OR 1 2)",
 		"a UID SORT (REVERSE) UTF-8 ALL", "a SORT", "a UID SORT ((", "a UID SORT RETURN",
+		"a UID SORT RETURN (UPDATE PARTIAL 23500:24000) (DATE) UTF-8 UNDELETED UNKEYWORD $Junk",
+		"a UID SORT RETURN (CONTEXT PARTIAL 4:2) (ARRIVAL) US-ASCII ALL",
+		"a UID SORT RETURN (PARTIAL 1:2 ALL) (ARRIVAL) US-ASCII ALL", "a UID SORT RETURN (PARTIAL 0:*) (ARRIVAL) US-ASCII ALL",
 	} {
 		f.Add(s)
 	}
@@ -25,6 +28,11 @@ func FuzzParseSort(f *testing.F) {
 		}
 		if len(c.crit) == 0 {
 			t.Fatalf("%q parsed with no criteria", s)
+		}
+		// RFC 5267 4.4: a range of non-zero positions, low first, and
+		// not with ALL.
+		if r := c.ret; r != nil && (r.PartialLo > r.PartialHi || r.PartialLo == 0 && r.PartialHi != 0 || r.PartialLo != 0 && r.All) {
+			t.Fatalf("%q parsed with %+v", s, *r)
 		}
 		_ = c.search(segs)
 	})

@@ -41,10 +41,14 @@
 // the upstream's SEARCH matches with i;unicode-casemap, as Dovecot's does.
 // Where the upstream advertises I18NLEVEL itself, the core relays it.
 //
-// Sorter API: Extension.Sort sorts any UIDs of the session's mailbox on
-// the cached keys, fetching only what is missing, so that a later
-// CONTEXT=SORT (RFC 5267 section 4) can re-run a sort after each change
-// without refetching anything.
+// CONTEXT=SORT (RFC 5267 section 4 with SORT), where Config.Contexts says
+// extensions/contextsearch is in the chain: PARTIAL and CONTEXT are
+// answered with ESORT's RETURN; UPDATE opens a live context that
+// contextsearch keeps, with a sorter over the cached keys so that its
+// updates carry context positions (context.go).
+//
+// Extension.Sort sorts any UIDs of the session's mailbox on the cached
+// keys, fetching only what is missing.
 //
 // Data: records under the key prefix "sort/" in Services.Data (cache.go).
 package sort
@@ -52,11 +56,13 @@ package sort
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
+	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -78,6 +84,10 @@ type Config struct {
 	// configured to advertise): with it, I18NLEVEL=1 is advertised over an
 	// upstream without SORT. Leave it false when unsure.
 	SearchCasemap bool
+	// Contexts offers CONTEXT=SORT (RFC 5267 section 4 for SORT). Set it
+	// where extensions/contextsearch is in the chain: it keeps the live
+	// contexts a SORT RETURN (UPDATE) opens (context.go).
+	Contexts bool
 }
 
 // Extension implements SORT, SORT=DISPLAY, ESORT and I18NLEVEL=1; see the
@@ -126,6 +136,11 @@ func (e *Extension) Capabilities(state proxy.State, up upstream.Caps) []string {
 	if e.cfg.SearchCasemap && !up.Has("SORT") && len(up.WithPrefix("I18NLEVEL=")) == 0 {
 		out = append(out, "I18NLEVEL=1")
 	}
+	if e.cfg.Contexts {
+		// Never relayed (the core leaves it out: an upstream's contexts
+		// live on a pooled connection), so always the proxy's word.
+		out = append(out, "CONTEXT=SORT")
+	}
 	return out
 }
 
@@ -169,19 +184,33 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		return next(ctx, x)
 	}
 	cmd, err := parseSort(x.Segments)
+	if err == nil && cmd.ret != nil && cmd.ret.Contextual() && !(e.cfg.Contexts && contextsearch.Active(s)) {
+		// Without CONTEXT=SORT, RFC 5267 4's options are as unknown
+		// as any other.
+		err = fmt.Errorf("unknown RETURN option %s", contextName(*cmd.ret))
+	}
 	if err != nil {
 		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": "+sentence(err.Error())+".")
 	}
+	update := cmd.ret != nil && cmd.ret.Update
+	if update && contextsearch.InUse(s, x.Tag) {
+		// RFC 5267 4.3: the tag names the earlier command's updates.
+		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": Tag reuse: "+x.Tag+" names an updating search.")
+	}
 	up := s.UpstreamCaps()
 	upSorts := up.Has("SORT") && (!display(cmd.crit) || up.Has("SORT=DISPLAY"))
-	if upSorts && (cmd.ret == nil || up.Has("ESORT")) {
+	// PARTIAL and the CONTEXT hint are relayed where the upstream has
+	// CONTEXT=SORT; UPDATE never is (see context.go).
+	if upSorts && (cmd.ret == nil || up.Has("ESORT") && (!cmd.ret.Contextual() || up.Has("CONTEXT=SORT") && !update)) {
 		return next(ctx, x)
 	}
 	uid := strings.HasPrefix(x.Name, "UID ")
 	modseq := hasModSeq(x.Segments)
 	var nums []uint32 // matches, in the client's terms
-	if upSorts {
+	if upSorts && !update {
 		// ESORT over the upstream's SORT: its answer is in sort order.
+		// Not for UPDATE: the context's later positions come from the
+		// proxy's comparison, so its first answer must too.
 		segs := slices.Clone(x.Segments)
 		t := segs[0].Text
 		segs[0].Text = slices.Concat(t[:cmd.retStart], t[cmd.retEnd:])
@@ -203,6 +232,10 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		return next(ctx, x)
 	}
 	x.Segments = cmd.search(x.Segments)
+	var live *liveSort
+	if update {
+		live = startLive(s, x.Segments, cmd.crit)
+	}
 	x.Filter(func(resp *proxy.Response) *proxy.Response {
 		if resp.Head.Name != "SEARCH" {
 			return resp
@@ -231,19 +264,28 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		slices.Sort(uids)
 		uids = slices.Compact(uids)
 		sorted := uids // RETURN (COUNT) alone: the order does not matter
-		if r := cmd.ret; r == nil || r.All || r.Min || r.Max {
+		if r := cmd.ret; r == nil || r.All || r.Min || r.Max || r.PartialLo != 0 || r.Update {
 			var err error
-			if sorted, err = e.Sort(ctx, s, uids, cmd.crit); err != nil {
+			if live != nil {
+				sorted, err = live.sort(ctx, e, s, uids)
+			} else {
+				sorted, err = e.Sort(ctx, s, uids, cmd.crit)
+			}
+			if err != nil {
 				s.Logger().Warn("sort keys unavailable", "err", err)
 				h.Name, h.Code, h.CodeArg, h.Text = "NO", "UNAVAILABLE", "", "Sort keys unavailable, try again."
 				return
 			}
 		}
+		nums := sorted
 		if !uid {
-			sorted = seqsOf(m, sorted)
+			nums = seqsOf(m, slices.Clone(sorted))
 		}
 		h.Code, h.CodeArg, h.Text = "", "", x.Name+" completed."
-		s.Write(answer(m, x.Tag, uid, cmd.ret, sorted, modseq))
+		s.Write(answer(m, x.Tag, uid, cmd.ret, nums, modseq))
+		if live != nil {
+			live.open(ctx, s, x.Tag, uid, sorted)
+		}
 	})
 	return next(ctx, x)
 }
@@ -254,9 +296,18 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 // selected (Session.Exec); UIDs the upstream no longer has are left out.
 // It may be called from ServeCommand or an OnTagged hook.
 func (e *Extension) Sort(ctx context.Context, s *proxy.Session, uids []uint32, crit []Criterion) ([]uint32, error) {
+	var out []uint32
+	err := e.withKeys(ctx, s, uids, func(msgs []*folded) { out = sortFolded(msgs, crit) })
+	return out, err
+}
+
+// withKeys calls use with the keys of uids (ascending) the upstream still
+// has, fetching those not cached, while the mailbox's cache is locked:
+// the keys are the cache's own, to be read (or copied) only inside use.
+func (e *Extension) withKeys(ctx context.Context, s *proxy.Session, uids []uint32, use func([]*folded)) error {
 	m := s.Mailbox()
 	if m == nil {
-		return nil, errors.New("sort: no mailbox selected")
+		return errors.New("sort: no mailbox selected")
 	}
 	st := m.State()
 	b := e.cache.box(boxID{account: s.UpstreamAccount().Name, mailbox: m.Name(), uidValidity: st.UIDValidity()})
@@ -266,11 +317,12 @@ func (e *Extension) Sort(ctx context.Context, s *proxy.Session, uids []uint32, c
 	msgs, missing := b.lookup(uids)
 	if len(missing) > 0 {
 		if err := e.cache.fetch(ctx, s, b, missing); err != nil {
-			return nil, err
+			return err
 		}
 		msgs, _ = b.lookup(uids)
 	}
-	return sortFolded(msgs, crit), nil
+	use(msgs)
+	return nil
 }
 
 // seqsOf maps UIDs to the client's sequence numbers, keeping the order,
@@ -293,7 +345,9 @@ func answer(m *proxy.Mailbox, tag string, uid bool, ret *esearch.ReturnOptions, 
 	named := nums
 	if ret != nil {
 		b = esearch.AppendResponse(nil, tag, uid, *ret, nums)
-		if !ret.All && !ret.Count && len(nums) > 0 {
+		// As for SEARCH (RFC 4731 3.2): MIN and MAX alone name their
+		// messages; anything else names the whole result.
+		if !ret.All && !ret.Count && (ret.Min || ret.Max) && len(nums) > 0 {
 			named = nil
 			if ret.Min {
 				named = append(named, nums[0])

@@ -117,22 +117,15 @@ var normalizers = []struct {
 	{regexp.MustCompile(`^\* CAPABILITY .*`), "* CAPABILITY ..."},
 	// Continuation requests carry free text.
 	{regexp.MustCompile(`^\+ .*`), "+ ..."},
-	// The proxy has no \Recent (docs/hardening.md: its sessions share
-	// upstream connections, and IMAP4rev2 dropped it): Dovecot's counts
-	// and flags are left out of the comparison.
-	{regexp.MustCompile(`RECENT \d+`), "RECENT N"},
-	{regexp.MustCompile(`\\Recent `), ""},
-	{regexp.MustCompile(` ?\\Recent`), ""},
 }
 
-// dropped are lines left out of both transcripts:
-//   - Dovecot's RFC 7162 [CLOSED] describes its connection's mailbox switch;
-//     the proxy does not offer QRESYNC yet and drops it (its client never
-//     saw that switch).
-//   - RECENT responses: \Recent belongs to one upstream connection, and
-//     the proxy's sessions share connections (RFC 9051 dropped \Recent).
-//     The proxy answers SELECT with "* 0 RECENT" and sends no other.
-var dropped = regexp.MustCompile(`^\* OK \[CLOSED\]|^\* \d+ RECENT$`)
+// dropped are lines left out of both transcripts: Dovecot's RFC 7162
+// [CLOSED] describes its connection's mailbox switch; the proxy does not
+// offer QRESYNC yet and drops it (its client never saw that switch).
+// RECENT and \Recent are compared: the session is the first, and the
+// only one, to be told of its messages, directly and through the proxy
+// (#17).
+var dropped = regexp.MustCompile(`^\* OK \[CLOSED\]`)
 
 // uidItem moves a FETCH response's UID item to the front: the order of
 // FETCH data items carries no meaning (RFC 3501 7.4.2), and the proxy sends

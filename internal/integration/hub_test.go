@@ -48,8 +48,12 @@ func expectLines(c *hubClient, timeout time.Duration, done func(line string) (bo
 		if err != nil {
 			return time.Time{}, err
 		}
-		if _, err := c.view.apply(l.text); err != nil {
+		kind, err := c.view.apply(l.text)
+		if err != nil {
 			return time.Time{}, fmt.Errorf("%s: %v", c.name, err)
+		}
+		if kind == "RECENT" {
+			continue
 		}
 		ok, err := done(l.text)
 		if err != nil {
@@ -61,16 +65,22 @@ func expectLines(c *hubClient, timeout time.Duration, done func(line string) (bo
 	}
 }
 
-// quiet fails if c received anything more.
+// quiet fails if c received anything more. A RECENT response may end the batch the test waited for (it follows
+// EXISTS and EXPUNGE): it goes to the view, anything else is unexpected.
 func quiet(c *hubClient) error {
-	select {
-	case l, ok := <-c.lines:
-		if ok {
-			return fmt.Errorf("%s: unexpected %q", c.name, l.text)
+	for {
+		select {
+		case l, ok := <-c.lines:
+			if !ok {
+				return nil
+			}
+			if kind, err := c.view.apply(l.text); err != nil || kind != "RECENT" {
+				return fmt.Errorf("%s: unexpected %q", c.name, l.text)
+			}
+		default:
+			return nil
 		}
-	default:
 	}
-	return nil
 }
 
 func directAppend(t testing.TB, dc *dovecottest.Server, user, pass, mailbox, subject string) {
@@ -229,7 +239,9 @@ func TestHubFanOut(t *testing.T) {
 		d.cmd(`STORE 2 +FLAGS.SILENT (\Flagged)`)
 		d.close()
 	}, func(l string) (bool, error) {
-		if l != `* 2 FETCH (FLAGS (\Flagged))` {
+		// Message 2 is now the one APPENDed above, recent in the session
+		// that took it (checked below).
+		if l != `* 2 FETCH (FLAGS (\Flagged))` && l != `* 2 FETCH (FLAGS (\Flagged \Recent))` {
 			return false, fmt.Errorf("got %q, want * 2 FETCH (FLAGS (\\Flagged))", l)
 		}
 		return true, nil
@@ -245,6 +257,19 @@ func TestHubFanOut(t *testing.T) {
 		}
 	}
 	countConns("after the changes")
+
+	// Every message is recent in exactly one session (#17): the first
+	// session of each user took the two seeds at SELECT, one of the 20
+	// idling the APPENDed message, and the seed expunged since left.
+	for ui, u := range names {
+		n := 0
+		for _, c := range clients[ui] {
+			n += c.view.recent
+		}
+		if n != 2 {
+			t.Errorf("%s: %d recent messages in all its sessions, want 2", u, n)
+		}
+	}
 
 	// Each session's view is the mailbox; one per user checks by FETCH.
 	for ui, u := range names {
@@ -306,6 +331,9 @@ type counts struct {
 	// flags are the FLAGS responses that announced new keywords (RFC
 	// 3501 7.2.6).
 	flags []string
+	// recent are the RECENT responses: the session took new messages as
+	// recent, or recent ones were expunged (#17).
+	recent []string
 }
 
 // followUntil reads c's pushed lines until its view matches real (or timeout),
@@ -340,6 +368,8 @@ func followUntil(c *hubClient, real []msgState, timeout time.Duration) (counts, 
 			k.fetched[uid] = append(k.fetched[uid], l.text)
 		case "EXISTS":
 			k.exists = append(k.exists, l.text)
+		case "RECENT":
+			k.recent = append(k.recent, l.text)
 		default:
 			return k, last, fmt.Errorf("%s: unexpected %q during IDLE", c.name, l.text)
 		}
@@ -505,7 +535,7 @@ func TestHubPollNoIdle(t *testing.T) {
 			d := dialDirect(t, dc, sameUser, samePass, "INBOX")
 			d.cmd(`STORE 3 +FLAGS.SILENT (\Answered)`)
 			d.close()
-		}, []string{`* 3 FETCH (FLAGS (\Answered))`}},
+		}, []string{`* 3 FETCH (FLAGS (\Answered \Recent))`}}, // c, alone, took the new message (#17)
 		{"EXPUNGE", func() {
 			d := dialDirect(t, dc, sameUser, samePass, "INBOX")
 			d.cmd(`STORE 1 +FLAGS.SILENT (\Deleted)`)
@@ -643,7 +673,8 @@ func TestHubPollMemUpstream(t *testing.T) {
 		want   []string
 	}{
 		{"APPEND", func() { mem.Append(sameUser, "INBOX", nil, sampleMessage(3, "new")) }, []string{"* 3 EXISTS"}},
-		{"flag change", func() { storeFlags(3, imap.StoreFlagsAdd, imap.FlagAnswered) }, []string{`* 3 FETCH (FLAGS (\Answered))`}},
+		// c, alone, took the new message as recent (#17).
+		{"flag change", func() { storeFlags(3, imap.StoreFlagsAdd, imap.FlagAnswered) }, []string{`* 3 FETCH (FLAGS (\Answered \Recent))`}},
 		{"EXPUNGE", func() {
 			storeFlags(1, imap.StoreFlagsAdd, imap.FlagDeleted)
 			if err := direct.UIDExpunge(imap.UIDSetNum(1)).Close(); err != nil {
@@ -721,6 +752,7 @@ func startFollowing(c *hubClient) *follower {
 				f.existsAt = append(f.existsAt, l.at)
 			case kind == "EXPUNGE":
 				f.expunges++
+			case kind == "RECENT": // taken new messages, or expunged recent ones
 			default:
 				err = fmt.Errorf("unexpected %q during IDLE", l.text)
 			}
@@ -1141,21 +1173,17 @@ func TestHubStaleView(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got []string
-		for _, l := range lines[:len(lines)-1] {
-			// \Recent depends on which pooled connection ran the command.
-			l = strings.NewReplacer(`\Recent `, "", ` \Recent`, "", `\Recent`, "").Replace(l)
-			got = append(got, l)
-		}
-		if !slices.Equal(got, want) {
+		if got := lines[:len(lines)-1]; !slices.Equal(got, want) {
 			t.Fatalf("%s with an expunge pending:\n got %q\nwant %q", cmd, got, want)
 		}
 	}
 	// Message 2 is gone upstream: no FETCH for it, the others keep their
-	// numbers, and message 6 (unknown to the client) is not shown.
+	// numbers, and message 6 (unknown to the client) is not shown. a
+	// selected first: UIDs 1-5 are recent in a; b, idling, was told of 6
+	// first and took it (#17).
 	noExpunge("FETCH 1:* (UID FLAGS)",
-		"* 1 FETCH (UID 1 FLAGS ())", "* 3 FETCH (UID 3 FLAGS ())", "* 4 FETCH (UID 4 FLAGS ())", "* 5 FETCH (UID 5 FLAGS ())")
-	noExpunge(`STORE 4 +FLAGS (\Seen)`, `* 4 FETCH (FLAGS (\Seen))`)
+		`* 1 FETCH (UID 1 FLAGS (\Recent))`, `* 3 FETCH (UID 3 FLAGS (\Recent))`, `* 4 FETCH (UID 4 FLAGS (\Recent))`, `* 5 FETCH (UID 5 FLAGS (\Recent))`)
+	noExpunge(`STORE 4 +FLAGS (\Seen)`, `* 4 FETCH (FLAGS (\Seen \Recent))`)
 	noExpunge("SEARCH ALL", "* SEARCH 1 3 4 5")
 	noExpunge("SEARCH SEEN", "* SEARCH 4")
 	noExpunge("FETCH 5 (UID)", "* 5 FETCH (UID 5)")
@@ -1166,9 +1194,9 @@ func TestHubStaleView(t *testing.T) {
 	}
 	got := lines[:len(lines)-1]
 	// The client's own \Seen may be repeated in the new numbering.
-	got = slices.DeleteFunc(got, func(l string) bool { return l == `* 3 FETCH (FLAGS (\Seen))` })
-	if !slices.Equal(got, []string{"* 2 EXPUNGE", "* 5 EXISTS"}) {
-		t.Fatalf("NOOP: %q, want the expunge and the new message", lines)
+	got = slices.DeleteFunc(got, func(l string) bool { return l == `* 3 FETCH (FLAGS (\Seen \Recent))` })
+	if !slices.Equal(got, []string{"* 2 EXPUNGE", "* 5 EXISTS", "* 4 RECENT"}) {
+		t.Fatalf("NOOP: %q, want the expunge, the new message and one recent message fewer", lines)
 	}
 	real = truth(t, dc, sameUser, samePass, "INBOX")
 	lines, err = a.cmd("FETCH 1:* (UID FLAGS)")
@@ -1564,8 +1592,9 @@ func (c *hubClient) done() ([]string, error) {
 // number, EXISTS adds messages whose UIDs the client does not know yet,
 // FETCH sets UID and flags. It rejects what no correct server sends.
 type viewModel struct {
-	uids  []uint32 // by sequence number; 0 until a FETCH tells the UID
-	flags []string // normalised FLAGS; "?" until a FETCH tells them
+	uids   []uint32 // by sequence number; 0 until a FETCH tells the UID
+	flags  []string // normalised FLAGS; "?" until a FETCH tells them
+	recent int      // the last RECENT
 }
 
 var (
@@ -1589,6 +1618,16 @@ func (v *viewModel) apply(line string) (string, error) {
 			v.flags = append(v.flags, "?")
 		}
 		return "EXISTS", nil
+	}
+	if m := recentResp.FindStringSubmatch(line); m != nil {
+		// Which session a message is recent in depends on which was told
+		// first (#17); a test that cares reads v.recent.
+		n, _ := strconv.Atoi(m[1])
+		if n > len(v.uids) {
+			return "", fmt.Errorf("%q with %d messages", line, len(v.uids))
+		}
+		v.recent = n
+		return "RECENT", nil
 	}
 	if m := expungeRe.FindStringSubmatch(line); m != nil {
 		n, _ := strconv.Atoi(m[1])
