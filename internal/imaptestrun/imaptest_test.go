@@ -49,10 +49,6 @@ var knownExceptions = map[string]exception{
 		"alone and with MessageNew alone; RFC 5465 5.2 requires BAD unless both are given, " +
 		"which the proxy answers (Dovecot 2.3 answers OK; imaptest fixed the test after 924f619)"},
 
-	"copy":         recent,
-	"select":       recent,
-	"search-flags": recent,
-
 	"fetch-binary-mime-base64": {why: "extensions/binary turns bare LF into CRLF in decoded " +
 		"text/* sections (BINARY.SIZE[5] 31, want 30; BINARY[5] with CRLF where the decoded " +
 		"part has a bare LF); Dovecot sends the decoded octets unchanged"},
@@ -79,12 +75,7 @@ type exception struct {
 	why     string // what fails and why
 }
 
-var (
-	recent = exception{why: "the proxy drops \\Recent (docs/hardening.md): no RECENT responses, " +
-		"no \\Recent flag, SEARCH RECENT/NEW match nothing, STATUS RECENT 0; branch recent " +
-		"synthesizes it"}
-	thread = exception{why: "THREAD (RFC 5256) is not offered over an upstream without it"}
-)
+var thread = exception{why: "THREAD (RFC 5256) is not offered over an upstream without it"}
 
 // Targets of a group run.
 const (
