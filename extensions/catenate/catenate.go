@@ -47,7 +47,11 @@
 // and the session's own user. A URL of another user, host or account is
 // refused with NO [BADURL url], never read; so is one that names no
 // message (a mailbox, a search), a message or section that does not
-// exist, a UIDVALIDITY that is not the mailbox's, or an unparsable URL. A
+// exist, a UIDVALIDITY that is not the mailbox's, or an unparsable URL.
+// But an APPEND to a mailbox that does not exist is answered
+// NO [TRYCREATE] rather than BADURL, as Dovecot's CATENATE answers it (the
+// client can do something about it; RFC 4469 does not say which error
+// comes first). A
 // URL with URLAUTH (";URLAUTH=access:mech:token") is checked by
 // Config.Auth (the urlauth extension: the token, its expiry, its access
 // identifier against the session's user) and then read like any other
@@ -237,6 +241,9 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 		left, limit := room(m)
 		off := sp.Size()
 		n, r := e.resolve(ctx, s, url, sp, left, limit)
+		if r != nil && strings.HasPrefix(r.code, "BADURL ") && missingMailbox(ctx, s, p.mailbox) {
+			return errTryCreate
+		}
 		if r != nil {
 			return r
 		}
@@ -327,6 +334,31 @@ func asRefusal(err error) error {
 		return syntaxRefusal(err)
 	}
 	return err
+}
+
+// errTryCreate answers an APPEND to a mailbox that does not exist.
+var errTryCreate = &refusal{"NO", "TRYCREATE", "The mailbox does not exist."}
+
+// missingMailbox reports whether the upstream certainly has no mailbox
+// named mailbox (the APPEND's argument as the client spelt it: an atom or
+// a quoted string). It is asked only when a URL part is bad: a command
+// that is wrong twice is answered NO [TRYCREATE] (RFC 3501 6.3.11), as an
+// upstream that has CATENATE answers it (Dovecot, which imaptest's
+// catenate test expects), so that the client creates the mailbox before
+// it learns of the URL; RFC 4469 does not order the two. INBOX in any
+// case, a name with wildcards, or an upstream that fails the LIST, counts
+// as existing.
+func missingMailbox(ctx context.Context, s *proxy.Session, mailbox string) bool {
+	if strings.ContainsAny(mailbox, "*%") || strings.EqualFold(strings.Trim(mailbox, `"`), "INBOX") {
+		return false // INBOX always exists, whatever its case (RFC 3501 5.1)
+	}
+	found := false
+	_, err := s.Exec(ctx, `LIST "" `+mailbox, func(r *upstream.Response) {
+		if r.Head.Name == "LIST" {
+			found = true
+		}
+	})
+	return err == nil && !found
 }
 
 // resolve appends what url names to the spool, at most left bytes

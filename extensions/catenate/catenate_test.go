@@ -227,6 +227,32 @@ func TestBadURL(t *testing.T) {
 	c.MustOK("NOOP") // still in step
 }
 
+// TestTryCreateBeforeBadURL: an APPEND to a mailbox that does not exist
+// is answered NO [TRYCREATE] even when a URL part is bad too, as Dovecot
+// does (imaptest's catenate group); into one that exists, the bad URL is
+// answered BADURL, and nothing is created either way.
+func TestTryCreateBeforeBadURL(t *testing.T) {
+	p := memEnv(t, nil)
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	for _, tc := range []struct{ mailbox, url, want string }{
+		{"Nowhere", "/Drafts/;UID=99", "t NO [TRYCREATE] *"},
+		{`"No where"`, "/Drafts;UIDVALIDITY=1/;UID=1", "t NO [TRYCREATE] *"},
+		{"Drafts", "/Drafts/;UID=99", "t NO [BADURL /Drafts/;UID=99] *"},
+		{"inbox", "/Drafts/;UID=99", "t NO [BADURL /Drafts/;UID=99] *"},
+		{`"Now*"`, "/Drafts/;UID=99", "t NO [BADURL /Drafts/;UID=99] *"}, // a wildcard: not asked
+	} {
+		c.Send(`t APPEND ` + tc.mailbox + ` CATENATE (URL "` + tc.url + `" TEXT {5}`)
+		if got := c.ReadLine(); !imaptest.Match(got, tc.want) {
+			t.Errorf("%s %s: got %q, want %q", tc.mailbox, tc.url, got, tc.want)
+		}
+	}
+	c.MustOK("NOOP") // still in step
+	// INBOX, Drafts and the tagged OK: nothing was created.
+	if lines := c.MustOK(`LIST "" *`); len(lines) != 3 {
+		t.Errorf("mailboxes: %q", lines)
+	}
+}
+
 // TestIsolation: bob's message cannot be catenated into alice's mail,
 // whatever the URL's spelling; alice's own absolute URL works.
 func TestIsolation(t *testing.T) {

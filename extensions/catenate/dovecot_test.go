@@ -97,6 +97,21 @@ func TestDovecotIsolation(t *testing.T) {
 	}
 }
 
+// TestDovecotTryCreate: an APPEND with a bad URL to a mailbox that does
+// not exist gets Dovecot's own answer, NO [TRYCREATE], relayed over Full
+// and synthesized over Legacy.
+func TestDovecotTryCreate(t *testing.T) {
+	for _, p := range []dovecottest.Profile{dovecottest.Legacy, dovecottest.Full} {
+		t.Run(p.String(), func(t *testing.T) {
+			_, c, uids := dovecotEnv(t, p, nil)
+			got := imaptest.Tagged(c.Cmd(`APPEND Nowhere CATENATE (TEXT {1+}` + "\r\nx" + ` URL "/Drafts;UIDVALIDITY=1/;UID=` + itoa(uids[0]) + `")`))
+			if !strings.HasPrefix(got, "NO [TRYCREATE] ") {
+				t.Errorf("%q", got)
+			}
+		})
+	}
+}
+
 // TestDovecotMultiappend: several messages, CATENATE and plain, in one
 // APPEND, put together by the proxy and sent as one MULTIAPPEND where the
 // upstream has MULTIAPPEND.
