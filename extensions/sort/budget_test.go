@@ -38,7 +38,7 @@ func waitHeld(t *testing.T, cs *contextsearch.Extension, what string, ok func(in
 func TestContextSortBudget(t *testing.T) {
 	u := memContextUpstream(t)
 	search := int64(contextsearch.ContextOverhead + 2 + 4*5) // tag "s1", five UIDs
-	keys := int64(5 * unsafe.Sizeof(folded{}))              // less than five messages' keys take
+	keys := int64(5 * unsafe.Sizeof(folded{}))               // less than five messages' keys take
 	tight := contextsearch.New(contextsearch.Config{MaxSessionBytes: search + keys})
 	loose := contextsearch.New(contextsearch.Config{})
 	for _, cs := range []*contextsearch.Extension{tight, loose} {

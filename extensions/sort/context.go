@@ -109,8 +109,9 @@ type sorter struct {
 	bytes int64
 }
 
-// keyBytes is about what a message's kept keys take: the struct, its
-// strings, the pointer and the map's entry.
+// keyBytes is about what a message's keys take in memory: the struct, its
+// strings, and 32 bytes for the pointer and map entry of a sorter's copy
+// (counted for the cache's too, which has neither: a slight overcount).
 func keyBytes(f *folded) int64 {
 	return int64(unsafe.Sizeof(*f)) + 32 + int64(len(f.subject)+len(f.from)+len(f.to)+len(f.cc)+len(f.displayFrom)+len(f.displayTo))
 }
