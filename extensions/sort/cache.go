@@ -57,7 +57,7 @@ type box struct {
 	// counted and countedBytes (under cache.mu) are len(msgs) and their
 	// keyBytes as the cache's totals know them.
 	counted, countedBytes int64
-	elem    *list.Element
+	elem                  *list.Element
 }
 
 // lookup returns the keys of uids (ascending) that b holds, and the UIDs
@@ -95,9 +95,9 @@ type cache struct {
 	maxStored int
 	log       *slog.Logger
 
-	mu    sync.Mutex
-	boxes map[boxID]*box
-	lru   list.List // of *box, most recent first
+	mu                sync.Mutex
+	boxes             map[boxID]*box
+	lru               list.List // of *box, most recent first
 	total, totalBytes int64
 	// stored counts each account's records once known (loaded lazily).
 	stored map[string]int
