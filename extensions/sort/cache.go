@@ -116,9 +116,14 @@ func (c *cache) box(id boxID) *box {
 	defer c.mu.Unlock()
 	b := c.boxes[id]
 	if b == nil {
-		b = &box{id: id}
+		// An entry costs something even without keys (an empty
+		// mailbox, a sort that failed): counted, so that entries for
+		// many mailboxes cannot pile up under the bound.
+		b = &box{id: id, countedBytes: boxBytes(id)}
 		b.elem = c.lru.PushFront(b)
 		c.boxes[id] = b
+		c.totalBytes += b.countedBytes
+		c.evict(b)
 		return b
 	}
 	c.lru.MoveToFront(b.elem)
@@ -130,7 +135,7 @@ func (c *cache) box(id boxID) *box {
 // itself stays even when it alone is larger: the sort in progress needs
 // it (its size is the mailbox's, which the upstream bounds).
 func (c *cache) grew(b *box, msgs []folded) {
-	var bytes int64
+	bytes := boxBytes(b.id)
 	for i := range msgs {
 		bytes += keyBytes(&msgs[i])
 	}
@@ -142,10 +147,19 @@ func (c *cache) grew(b *box, msgs []folded) {
 	c.total += int64(len(msgs)) - b.counted
 	c.totalBytes += bytes - b.countedBytes
 	b.counted, b.countedBytes = int64(len(msgs)), bytes
+	c.evict(b)
+}
+
+// boxBytes is what a mailbox's entry costs besides its keys.
+func boxBytes(id boxID) int64 { return 256 + int64(len(id.account)+len(id.mailbox)) }
+
+// evict drops the least recently used mailboxes but keep while either
+// total is above its bound (c.mu held).
+func (c *cache) evict(keep *box) {
 	for c.total > c.maxCached || c.totalBytes > c.maxBytes {
 		e := c.lru.Back()
 		old := e.Value.(*box)
-		if old == b {
+		if old == keep {
 			break
 		}
 		c.lru.Remove(e)
