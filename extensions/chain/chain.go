@@ -51,6 +51,9 @@ type Config struct {
 	// with i;unicode-casemap (Dovecot's does), so that I18NLEVEL=1 may be
 	// advertised where the proxy sorts.
 	UpstreamSearchCasemap bool
+	// ContextMaxBytes is the budget of all sessions' updating contexts
+	// (contextsearch.Config.MaxBytes); 0: contextsearch's default.
+	ContextMaxBytes int64
 	// SubmitFrom are the addresses of the submission servers allowed to
 	// URLFETCH submit+USER URLs (BURL).
 	SubmitFrom []netip.Prefix
@@ -139,7 +142,7 @@ func Extensions(cfg Config) []proxy.Extension {
 		ua,
 		filters.New(meta),
 		within.New(),
-		contextsearch.New(contextsearch.Config{}),
+		contextsearch.New(contextsearch.Config{MaxBytes: cfg.ContextMaxBytes}),
 		esearch.New(),
 		sortext.New(sortext.Config{SearchCasemap: cfg.UpstreamSearchCasemap, Contexts: true}),
 		condstore.New(),

@@ -219,19 +219,20 @@ func TestRFC5267Examples(t *testing.T) {
 	c.ExpectDo("n2", "NOOP", "* 23762 FETCH *", "n2 OK *")
 }
 
-// TestLimits: RFC 5267 4.3.1. Past the number of contexts, or the UIDs
-// they may cache, a search is answered but refused updates with NOUPDATE;
+// TestLimits: RFC 5267 4.3.1. Past the number of contexts, or the bytes
+// they may hold, a search is answered but refused updates with NOUPDATE;
 // a cancelled context frees its place.
 func TestLimits(t *testing.T) {
 	u := memUpstream(t, 6)
-	c := startProxy(t, u, contextsearch.Config{MaxPerSession: 2, MaxCached: 6})
+	// Two contexts with one-letter tags and 7 UIDs between them; not 8.
+	c := startProxy(t, u, contextsearch.Config{MaxPerSession: 2, MaxSessionBytes: 2*(contextsearch.ContextOverhead+1) + 4*7})
 	o := u.outside(t)
 	c.ExpectDo("a", "SEARCH RETURN (UPDATE COUNT) FLAGGED", `* ESEARCH (TAG "a") COUNT 3`, "a OK *")
 	c.ExpectDo("b", "SEARCH RETURN (UPDATE) UNFLAGGED", `* ESEARCH (TAG "b")`, "b OK *")
 	c.ExpectDo("c", "SEARCH RETURN (UPDATE MIN) ALL", `* ESEARCH (TAG "c") MIN 1`,
 		`* NO [NOUPDATE "c"] No updates: too many updating searches`, "c OK *")
 	c.ExpectDo("x", `CANCELUPDATE "b"`, "x OK *")
-	// Six UIDs would make nine cached with a's three: over six.
+	// Six UIDs would make nine with a's three: over seven.
 	c.ExpectDo("d", "UID SEARCH RETURN (UPDATE COUNT) ALL", `* ESEARCH (TAG "d") UID COUNT 6`,
 		`* NO [NOUPDATE "d"] No updates: too many results to keep updating`, "d OK *")
 	c.ExpectDo("e", "SEARCH RETURN (UPDATE) 1:2", `* ESEARCH (TAG "e")`, "e OK *")
