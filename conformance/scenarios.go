@@ -46,7 +46,7 @@ var RFCs = []struct {
 	{4731, "ESEARCH"},
 	{5182, "SEARCHRES"},
 	{5032, "WITHIN"},
-	{5267, "CONTEXT=SEARCH (updating and partial searches)"},
+	{5267, "CONTEXT=SEARCH, CONTEXT=SORT, ESORT"},
 	{3516, "BINARY"},
 	{5464, "METADATA"},
 	{5466, "FILTERS"},
@@ -55,7 +55,6 @@ var RFCs = []struct {
 	{4467, "URLAUTH"},
 	{5256, "SORT"},
 	{5957, "SORT=DISPLAY"},
-	{5267, "ESORT"},
 	{5255, "I18NLEVEL and LANGUAGE"},
 	{5550, "Lemonade profile (report)"},
 }
