@@ -299,6 +299,12 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 			}
 			return p.onURL(m, string(data))
 		}
+		if kind == litMessage && len(p.msgs) == 1 && !h.NonSync && missingMailbox(ctx, s, p.mailbox) {
+			// A plain APPEND read for MULTIAPPEND: refuse it before
+			// inviting its literal, as the upstream would (RFC 3502 6's
+			// example, RFC 3501 6.3.11).
+			return errTryCreate
+		}
 		if spErr != nil {
 			return errUnavailable
 		}
