@@ -174,8 +174,10 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	}
 	up := x.Session().UpstreamCaps()
 	if !isCatenate(x.Segments[0].Text) {
-		if synthesizesMulti(up) && isPlainAppend(x.Segments[0].Text) {
-			// Perhaps several messages: read them (multiappend.go).
+		if lit := x.Segments[0].Literal; synthesizesMulti(up) && lit != nil && !lit.Binary && isPlainAppend(x.Segments[0].Text) {
+			// Perhaps several messages: read them (multiappend.go). A
+			// literal8 (BINARY) first message is binary's to convert and
+			// goes on unread.
 			return e.synthesize(ctx, x, next)
 		}
 		return next(ctx, x)
@@ -286,6 +288,9 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 		}
 		m := p.msgs[len(p.msgs)-1]
 		h := seg.Literal
+		if h.Binary && kind == litMessage {
+			return &refusal{"NO", "CANNOT", "A literal8 message after the first of a MULTIAPPEND is not supported."}
+		}
 		if h.Binary {
 			return &refusal{"NO", "CANNOT", "CATENATE with literal8 parts is not supported."}
 		}
