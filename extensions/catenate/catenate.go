@@ -59,15 +59,14 @@
 //
 // # MULTIAPPEND
 //
-// Several messages in one APPEND (RFC 3502), CATENATE or not, are
-// accepted where the upstream has MULTIAPPEND (the proxy advertises it
-// only then) and go upstream as one MULTIAPPEND; otherwise a second
-// message is answered BAD. An APPEND whose first message is a plain
-// literal is not read by this extension: it streams to the upstream as
-// always, so a MULTIAPPEND whose later messages use CATENATE is the
-// upstream's to understand. So is an APPEND whose mailbox name is a
-// literal. TEXT parts in literal8 form (RFC 3516 with CATENATE) are
-// refused.
+// Several messages in one APPEND (RFC 3502), CATENATE or not, go upstream
+// as one MULTIAPPEND where the upstream has it; where it has UIDPLUS but
+// not MULTIAPPEND the extension offers MULTIAPPEND itself and appends the
+// messages one by one, rolling back on a failure (multiappend.go,
+// docs/multiappend.md); elsewhere a second message is answered BAD. An
+// APPEND whose mailbox name is a literal, or whose first message is a
+// literal8, is not read by this extension. TEXT parts in literal8 form
+// (RFC 3516 with CATENATE) are refused.
 package catenate
 
 import (
