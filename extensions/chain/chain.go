@@ -80,6 +80,12 @@ type Config struct {
 //     or where the proxy does URLAUTH, which the upstream could not check)
 //     into one plain APPEND: before uidplus, which then adds APPENDUID to
 //     it as to any other; after notify, which reads APPEND's outcome.
+//     It also owns MULTIAPPEND (RFC 3502, whose grammar CATENATE extends)
+//     over an upstream with UIDPLUS but without MULTIAPPEND: a command of
+//     several messages it appends one by one with its own connection and
+//     answers itself, APPENDUID composed from the upstream's, so uidplus
+//     (which would only see one message) never sees it; a single message
+//     goes on to uidplus as before.
 //     urlauth answers GENURLAUTH, RESETKEY and URLFETCH and reads DELETE
 //     and RENAME outcomes: commands of its own, so its place does not
 //     matter; it follows uidplus.
