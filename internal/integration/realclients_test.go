@@ -2,11 +2,13 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -221,4 +223,94 @@ func (m *mbsyncRun) files() string {
 		return nil
 	})
 	return b.String()
+}
+
+// TestImapFlowMove: ImapFlow's messageMove through the proxy. Over
+// Dovecot's legacy profile (UIDPLUS, no MOVE) the proxy advertises MOVE
+// and does it as UID COPY, STORE \Deleted and UID EXPUNGE of exactly the
+// moved UIDs; over the full profile it relays Dovecot's MOVE; over Plain
+// (no UIDPLUS) it offers no MOVE and ImapFlow falls back to COPY and
+// delete, with the COPYUID the proxy finds. In each case ImapFlow gets
+// the uidMap from COPYUID, hears the three expunges (highest first, as Dovecot sends them), and the messages are
+// in Archive and no longer in INBOX, as when ImapFlow talks to Dovecot's
+// full profile directly.
+func TestImapFlowMove(t *testing.T) {
+	node := requireImapFlow(t)
+	for _, tc := range []struct {
+		profile dovecottest.Profile
+		direct  bool
+		move    bool // MOVE advertised to ImapFlow
+		moves   uint64
+	}{
+		{profile: dovecottest.Full, direct: true, move: true},
+		{profile: dovecottest.Full, move: true},
+		{profile: dovecottest.Legacy, move: true, moves: 1},
+		{profile: dovecottest.Plain},
+	} {
+		name := tc.profile.String()
+		if tc.direct {
+			name += "/direct"
+		}
+		t.Run(name, func(t *testing.T) {
+			dc := dovecottest.Start(t, tc.profile)
+			for i := 1; i <= 5; i++ {
+				dc.Append(t, "alice", "alicepass", "INBOX", nil, sampleMessage(i, "to be moved or not"))
+			}
+			dc.Append(t, "alice", "alicepass", "Archive", nil, sampleMessage(100, "already archived"))
+			addr := dc.Addr
+			ext := uidplus.New()
+			if !tc.direct {
+				addr, _ = startProxy(t, dc.Addr, func(c *proxy.Config) {
+					c.Extensions = []proxy.Extension{idle.New(), ext}
+				})
+			}
+			got := imapflowMove(t, node, addr)
+
+			c := dialRaw(t, dc.Addr)
+			mustOK(t, c.Cmd("LOGIN alice alicepass"))
+			status := mustOK(t, c.Cmd("STATUS Archive (UIDVALIDITY)"))[0]
+			uidValidity := strings.TrimSuffix(strings.TrimPrefix(status, "* STATUS Archive (UIDVALIDITY "), ")")
+			want := map[string]any{
+				"move":    tc.move,
+				"uidplus": tc.profile != dovecottest.Plain,
+				"result": map[string]any{
+					"path": "INBOX", "destination": "Archive", "uidValidity": uidValidity,
+					"uidMap": []any{[]any{2.0, 2.0}, []any{3.0, 3.0}, []any{4.0, 4.0}},
+				},
+				"expunged":    []any{4.0, 3.0, 2.0}, // as Dovecot sends them
+				"existsAfter": 2.0,
+				"inbox":       []any{[]any{1.0, "<m1@example.org>"}, []any{5.0, "<m5@example.org>"}},
+				"archive": []any{[]any{1.0, "<m100@example.org>"}, []any{2.0, "<m2@example.org>"},
+					[]any{3.0, "<m3@example.org>"}, []any{4.0, "<m4@example.org>"}},
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("ImapFlow saw\n%v\nwant\n%v", got, want)
+			}
+			if s := ext.Stats(); s.Moves != tc.moves || s.MovesIncomplete != 0 {
+				t.Errorf("uidplus stats %+v: want %d synthesized MOVEs", s, tc.moves)
+			}
+			if tc.profile == dovecottest.Plain && ext.Stats().CopyUIDs != 1 {
+				t.Errorf("uidplus stats %+v: want the COPY's COPYUID found by the proxy", ext.Stats())
+			}
+		})
+	}
+}
+
+func imapflowMove(t *testing.T, node, addr string) map[string]any {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(node, "imapflow_move.mjs", host, port, "alice", "alicepass")
+	cmd.Dir = "testdata/node"
+	out, err := cmd.Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			t.Fatalf("imapflow: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatal(err)
+	}
+	var res map[string]any
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("imapflow output: %v: %.300s", err, out)
+	}
+	return res
 }
