@@ -314,3 +314,50 @@ func imapflowMove(t *testing.T, node, addr string) map[string]any {
 	}
 	return res
 }
+
+// TestImaplibUIDPlus: Python's imaplib reads APPENDUID and COPYUID, and
+// does UID MOVE, through the proxy in front of each Dovecot profile: Full
+// (relayed), Legacy (UIDPLUS relayed, MOVE synthesized) and Plain
+// (APPENDUID and COPYUID synthesized; neither UIDPLUS nor MOVE offered,
+// so UID MOVE is refused).
+func TestImaplibUIDPlus(t *testing.T) {
+	py := requireTool(t, "python3")
+	moved := []string{
+		"uid move OK v 3 4 expunged 3",
+		"inbox 1 2",
+		"archive 1 2 3 4",
+	}
+	for _, tc := range []struct {
+		profile dovecottest.Profile
+		want    []string
+		stats   uidplus.Stats // what the proxy synthesized
+	}{
+		{dovecottest.Full, append([]string{"caps UIDPLUS=True MOVE=True"}, moved...), uidplus.Stats{}},
+		{dovecottest.Legacy, append([]string{"caps UIDPLUS=True MOVE=True"}, moved...), uidplus.Stats{Moves: 1}},
+		{dovecottest.Plain, []string{"caps UIDPLUS=False MOVE=False", "uid move refused", "inbox 1 2 3", "archive 1 2 3"},
+			uidplus.Stats{AppendUIDs: 3, CopyUIDs: 1}},
+	} {
+		t.Run(tc.profile.String(), func(t *testing.T) {
+			dc := dovecottest.Start(t, tc.profile)
+			dc.Append(t, "alice", "alicepass", "Archive", nil, sampleMessage(1, "x"))
+			ext := uidplus.New()
+			addr, _ := startProxy(t, dc.Addr, func(c *proxy.Config) {
+				c.Extensions = []proxy.Extension{idle.New(), ext}
+			})
+			host, port, _ := net.SplitHostPort(addr)
+			out, err := exec.Command(py, "testdata/imaplib_uidplus.py", host, port, "alice", "alicepass").CombinedOutput()
+			if err != nil {
+				t.Fatalf("imaplib_uidplus.py: %v\n%s", err, out)
+			}
+			want := append([]string{tc.want[0],
+				"append OK v 1", "append OK v 2", "append OK v 3",
+				"uid copy OK v 1:2 2:3"}, tc.want[1:]...)
+			if got := strings.Split(strings.TrimSpace(string(out)), "\n"); !reflect.DeepEqual(got, want) {
+				t.Errorf("imaplib printed\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if got := ext.Stats(); got != tc.stats {
+				t.Errorf("uidplus stats %+v, want %+v", got, tc.stats)
+			}
+		})
+	}
+}
