@@ -92,24 +92,34 @@
 // # APPEND with literal8
 //
 // An APPEND whose first message is a literal8 (~{n}) may hold NUL, bare CR
-// or LF and long lines, which an IMAP4rev1 server may refuse or damage. It is
-// not streamed: the command is read whole (Exchange.ReadWhole), up to
-// MaxBinaryAppend per message (16 MiB; larger ones get NO [TOOBIG] before
-// the client sends them), each literal8 message is re-encoded, and the
-// command goes upstream with non-synchronising literals; the upstream's
-// tagged answer (with its APPENDUID, if any) is the client's. Re-encoding
-// walks the MIME structure with go-message's textproto (headers, multipart
-// reader and writer): a leaf part in Content-Transfer-Encoding binary, or
-// in 7bit/8bit (or none) with data that is not valid in a message (NUL, bare
+// or LF and long lines, which an IMAP4rev1 server may refuse or damage.
+// Each of its literals is spooled to a file as it arrives
+// (extensions/internal/urlfetch's Spool, unlinked at creation, closed when
+// the command ends), within the proxy's APPEND limits (MaxAppendLiteral
+// per message, MaxCommandBytes in all; larger ones get NO [TOOBIG] before
+// the client sends them). Each literal8 message is then re-encoded from
+// the spool into the spool, and the command goes down the chain as a plain
+// APPEND whose literals are the spooled ones, non-synchronising
+// (Exchange.Restream): the relay streams it upstream, waiting for the
+// continuation requests of an upstream without LITERAL+, and uidplus's
+// APPENDUID works on it as on any APPEND. A re-encoded message over the
+// limits gets NO [TOOBIG]. Memory is the readers' buffers and one header
+// block (at most 256 KiB, longer ones are refused NO [PARSE]), whatever
+// the message's size; disk is the message and its re-encoded form.
+//
+// Re-encoding walks the MIME structure twice with go-message's textproto
+// (headers, multipart reader and writer): the first pass decides for each
+// leaf whether it must be encoded (the header must say so before the body,
+// and whether 7bit data is valid is known only at its end), the second
+// writes. A leaf part in Content-Transfer-Encoding binary, or in
+// 7bit/8bit (or none) with data that is not valid in a message (NUL, bare
 // CR or LF, a line over 998 octets, RFC 5322 2.1.1), is written in base64
 // and its Content-Transfer-Encoding header set so; other parts are copied
 // byte for byte; message/rfc822 parts are walked too (their encoding must
 // stay identity, RFC 2045 6.4). A multipart's preamble and epilogue are
 // dropped. A later message of a MULTIAPPEND is re-encoded when it is a
 // literal8 too; one that starts with a plain literal is relayed as it is,
-// even if a later message is a literal8. An upstream without LITERAL+ gets
-// no literal8 APPEND (NO [CANNOT]): Session.Exec cannot wait for a
-// continuation request.
+// even if a later message is a literal8.
 package binary
 
 import (
@@ -136,8 +146,11 @@ type Extension struct {
 	// chunk is chunkSize; tests make it small to exercise the two-pass
 	// path with small messages.
 	chunk int
-	// maxAppend is MaxBinaryAppend; tests lower it.
+	// maxAppend, when set, lowers the session's MaxAppendLiteral for
+	// literal8 APPENDs; for tests.
 	maxAppend int64
+	// spoolDir is where literal8 APPENDs are spooled ("" os.TempDir()).
+	spoolDir string
 }
 
 // sizeKey names a section of a message for good.
@@ -156,7 +169,7 @@ type sizeInfo struct {
 // New returns the extension.
 func New() *Extension {
 	c, _ := lru.New[sizeKey, sizeInfo](cacheEntries)
-	return &Extension{sizes: c, chunk: chunkSize, maxAppend: MaxBinaryAppend}
+	return &Extension{sizes: c, chunk: chunkSize}
 }
 
 func (*Extension) Name() string { return "binary" }

@@ -345,3 +345,34 @@ func TestRelayedWithUpstreamBinary(t *testing.T) {
 		t.Fatalf("BINARY[3] not relayed: %q", got)
 	}
 }
+
+// TestBinaryAppendNoLiteralPlus: over an upstream without LITERAL+ the
+// re-encoded message still goes upstream (the relay waits for its
+// continuation requests), re-encoded, with its flags and date, and gets
+// the upstream's APPENDUID.
+func TestBinaryAppendNoLiteralPlus(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{Caps: []imap.Cap{imap.CapUIDPlus}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	if err := up.AddUser("alice", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{condstore.New(), binary.New()}})
+	c := imaptest.Login(t, p.Addr, "alice", "secret")
+	msg := "Subject: raw\r\nContent-Transfer-Encoding: binary\r\n\r\na\x00b\nc"
+	lines := c.MustOK(fmt.Sprintf("APPEND INBOX (\\Seen) \"02-Nov-2026 10:00:00 +0000\" ~{%d}", len(msg)), msg)
+	if !strings.HasPrefix(imaptest.Tagged(lines), "OK [APPENDUID ") {
+		t.Fatalf("APPEND: %q", lines)
+	}
+	c.MustOK("SELECT INBOX")
+	want := "Mime-Version: 1.0\r\nSubject: raw\r\nContent-Transfer-Encoding: base64\r\n\r\nYQBiCmM=\r\n"
+	lines = c.MustOK("FETCH 1 (FLAGS INTERNALDATE BODY.PEEK[])")
+	if v, _ := item(t, lines, "BODY[]"); v != want {
+		t.Fatalf("upstream holds %q, want %q", v, want)
+	}
+	if j := strings.Join(lines, " "); !strings.Contains(j, `\Seen`) || !strings.Contains(j, `2-Nov-2026 10:00:00 +0000"`) {
+		t.Fatalf("flags or date lost: %q", j)
+	}
+}

@@ -1,8 +1,12 @@
 package binary_test
 
 import (
+	"bytes"
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/extensions/binary"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
@@ -110,3 +114,76 @@ func crlf(s string) string {
 }
 
 func trunc(s string) string { return s[:min(len(s), 60)] }
+
+// TestDovecotAppendLarge: a literal8 APPEND of a message with a 20 MiB
+// binary attachment, over Dovecot's legacy profile, is spooled and
+// re-encoded without the message ever being in the proxy's memory: the
+// bytes allocated while it passes (the whole process's, client included,
+// which writes from one buffer) stay far below one copy of it. Dovecot then
+// holds the attachment in base64 and decodes it (its own BINARY, which it
+// executes unadvertised) to exactly what was sent.
+func TestDovecotAppendLarge(t *testing.T) {
+	legacy := dovecottest.Start(t, dovecottest.Legacy)
+	px := imaptest.StartProxy(t, legacy.Addr, proxy.Config{Extensions: []proxy.Extension{condstore.New(), binary.New()}})
+	att := attachment(20 << 20)
+	var mb bytes.Buffer
+	mb.WriteString("From: a@example.org\r\nSubject: large\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"LL\"\r\n\r\n" +
+		"--LL\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n" +
+		"--LL\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n")
+	mb.Write(att)
+	mb.WriteString("\r\n--LL--\r\n")
+	msg := mb.Bytes()
+
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.Timeout = 60 * time.Second
+	runtime.GC()
+	var before, peak, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	peak = before
+	stop, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var m runtime.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.HeapInuse {
+				peak = m
+			}
+		}
+	}()
+	c.Send(fmt.Sprintf("A1 APPEND INBOX ~{%d}", len(msg)))
+	if l := c.ReadLine(); !strings.HasPrefix(l, "+") {
+		t.Fatalf("literal not invited: %q", l)
+	}
+	c.WriteBytes(msg)
+	c.Send("")
+	lines := c.ReadUntilTagged("A1")
+	runtime.ReadMemStats(&after)
+	close(stop)
+	<-sampled
+	if tagged := imaptest.Tagged(lines); !strings.HasPrefix(tagged, "OK [APPENDUID ") {
+		t.Fatalf("APPEND: %q", lines)
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	growth := int64(peak.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("APPEND of %d bytes: %d bytes allocated, heap in use grew by at most %d", len(msg), alloc, growth)
+	if alloc > uint64(len(att))/2 {
+		t.Errorf("%d bytes allocated for a %d-byte APPEND: the message was held in memory", alloc, len(msg))
+	}
+
+	d := imaptest.Login(t, legacy.Addr, "alice", "alicepass")
+	d.Timeout = 60 * time.Second
+	d.MustOK("EXAMINE INBOX")
+	mime, _ := item(t, d.MustOK("FETCH 1 (BODY.PEEK[2.MIME] BINARY.SIZE[2])"), "BODY[2.MIME]")
+	if !strings.Contains(mime, "Content-Transfer-Encoding: base64") {
+		t.Fatalf("attachment not re-encoded: %q", mime)
+	}
+	if v, _ := item(t, d.MustOK("FETCH 1 (BINARY.PEEK[2])"), "BINARY[2]"); v != string(att) {
+		t.Fatalf("attachment as Dovecot decodes it: %d bytes, want the %d sent", len(v), len(att))
+	}
+}
