@@ -63,13 +63,15 @@ func Apply(ctx context.Context, db DB, component string, steps []string) error {
 }
 
 // createVersionTable creates lp_schema. Two sessions creating it at once
-// may both pass IF NOT EXISTS and one then fails on the catalog's unique
-// index: that one finds the table made and goes on.
+// may both pass IF NOT EXISTS and one then fails on a catalog's unique
+// index: pg_class's (23505 unique_violation, or 42P07 duplicate_table) or
+// pg_type's for the table's row type (42710 duplicate_object, "type
+// lp_schema already exists"). That one finds the table made and goes on.
 func createVersionTable(ctx context.Context, db DB) error {
 	const ddl = `CREATE TABLE IF NOT EXISTS lp_schema (component text PRIMARY KEY, version integer NOT NULL)`
 	_, err := db.Exec(ctx, ddl)
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "23505" {
+	if errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "42P07" || pe.Code == "42710") {
 		_, err = db.Exec(ctx, ddl)
 	}
 	if err != nil {
