@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -722,4 +723,40 @@ func TestOnLiveNodes(t *testing.T) {
 	want(2)
 	b.Close(context.Background())
 	want(1)
+}
+
+// TestStaleLiveListTakeover: a node whose list of live nodes (learnt at
+// its last renewal) still names a node whose lease the database says has
+// expired takes that node's account over at login instead of handing the
+// session to it (the paused node refuses it, fenced). The stale list is
+// set by hand, standing in for a renewal delayed by a loaded machine,
+// which made TestPausedNodeFences fail now and then.
+func TestStaleLiveListTakeover(t *testing.T) {
+	url := newDB(t)
+	a, b := startNode(t, url, "a", nil), startNode(t, url, "b", nil)
+	waitRenewals(t, a, b)
+	acct := accountFor("a", "a", "b")
+	if conn, release, err := login(t, a, acct); err != nil || conn != nil {
+		t.Fatal(conn, err)
+	} else {
+		release()
+	}
+	b.Node.mu.Lock()
+	stale := slices.Clone(b.Node.live)
+	b.Node.mu.Unlock()
+	resume := pauseRenewals(a.Node)
+	defer resume()
+	a.host.waitEvict(t, "", 5*time.Second)
+	waitLeaseExpired(t, url, "a")
+	b.Node.mu.Lock()
+	b.Node.setLiveLocked(stale)
+	b.Node.mu.Unlock()
+	conn, release, err := login(t, b, acct)
+	if err != nil || conn != nil {
+		t.Fatalf("login at b with a stale list naming the dead owner: %v %v", conn, err)
+	}
+	release()
+	if node, _ := owner(t, b, acct); node != "b" {
+		t.Fatalf("owner %s after the takeover, want b", node)
+	}
 }

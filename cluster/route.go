@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net"
+	"slices"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -96,9 +97,23 @@ func (n *Node) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), er
 			return &forwardedConn{Conn: conn, n: n}, nil, nil
 		case replyNotOwner:
 			continue
-		default:
+		}
+		if d.owner {
 			return nil, nil, fmt.Errorf("%w: node %s cannot serve %s now", proxy.ErrUnavailable, d.node, acct)
 		}
+		// The preferred node of a free account refuses it (fenced: its
+		// lease lapsed, which this node's list of live nodes, renewed
+		// every TTL/3, may not know yet): take the account here, as when
+		// it cannot be reached.
+		n.log.Warn("cluster: preferred node cannot serve", "node", d.node, "account", acct)
+		a, err := n.acquire(ctx, acct)
+		if errors.Is(err, errNotAcquired) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", proxy.ErrUnavailable, err)
+		}
+		return nil, n.releaser(a), nil
 	}
 	return nil, nil, fmt.Errorf("%w: %s is changing hands", proxy.ErrUnavailable, acct)
 }
@@ -161,6 +176,13 @@ func (n *Node) resolve(ctx context.Context, acct string) (decision, error) {
 		return decision{local: true}, nil
 	case owner != nil && *owner != n.cfg.Node && live != nil && *live:
 		return decision{node: *owner, addr: *addr, owner: true}, nil
+	}
+	if owner != nil && live != nil && !*live {
+		// The database says the owner's lease has expired; the list of
+		// live nodes, learnt at this node's last renewal, may still name
+		// it. The database is the fresher: the dead owner is not
+		// preferred.
+		peers = slices.DeleteFunc(slices.Clone(peers), func(p peer) bool { return p.name == *owner })
 	}
 	p, ok := preferred(acct, peers)
 	switch {
