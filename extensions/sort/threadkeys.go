@@ -2,6 +2,7 @@ package sort
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -30,6 +31,11 @@ type ThreadKeys struct {
 // only those not cached; UIDs the upstream no longer has are left out.
 // Like Sort, it may be called from ServeCommand or an OnTagged hook.
 func (e *Extension) ThreadKeys(ctx context.Context, s *proxy.Session, uids []uint32) ([]ThreadKeys, error) {
+	if e.cache == nil {
+		// Not in the session's chain: a caller's wiring error, not the
+		// client's; answered NO rather than a nil dereference.
+		return nil, errors.New("sort: extension not provisioned (not in the chain)")
+	}
 	var out []ThreadKeys
 	err := e.withKeys(ctx, s, uids, func(msgs []*folded) {
 		out = make([]ThreadKeys, len(msgs))

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	sortext "github.com/lemonproxy/lemonproxy/extensions/sort"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
 
@@ -57,19 +58,9 @@ func parseThread(segs []imapcodec.Segment) (*threadCommand, error) {
 	return c, nil
 }
 
-// search returns the command as the plain UID SEARCH of its criteria,
-// "tag UID SEARCH CHARSET c criteria", its literals kept.
+// search returns the command as the plain UID SEARCH of its criteria.
 func (c *threadCommand) search(segs []imapcodec.Segment) []imapcodec.Segment {
-	head := []byte(c.tag + " UID SEARCH CHARSET ")
-	if imapcodec.IsAtom(c.charset) {
-		head = append(head, c.charset...)
-	} else {
-		head = imapcodec.AppendQuoted(head, c.charset)
-	}
-	head = append(head, ' ')
-	first := segs[c.keys.Seg]
-	first.Text = slices.Concat(head, first.Text[c.keys.Off:])
-	return append([]imapcodec.Segment{first}, segs[c.keys.Seg+1:]...)
+	return sortext.PlainSearch(c.tag, c.charset, segs, c.keys)
 }
 
 func atomAfterSP(p *imapcodec.Parser) (string, error) {
