@@ -287,7 +287,7 @@ func decodeKeys(b []byte) (Keys, error) {
 }
 
 // msgIDs calls f with each msg-id ("<" ... ">", with an "@" and no white
-// space or further "<" inside) of a header value, in order, until f
+// space, control character or further "<" inside) of a header value, in order, until f
 // returns false. What is not a msg-id (comments, phrases, broken ids) is
 // skipped, as RFC 5256 section 3 (REFERENCES step 1) asks: only valid
 // ids link messages.
@@ -298,7 +298,7 @@ func msgIDs(v string, f func(id string) bool) {
 			return
 		}
 		v = v[i:]
-		j := strings.IndexAny(v[1:], "<> \t\r\n")
+		j := strings.IndexFunc(v[1:], func(r rune) bool { return r == '<' || r == '>' || r <= ' ' || r == 0x7f })
 		if j < 0 {
 			return
 		}

@@ -43,7 +43,7 @@ func (e *Extension) ThreadKeys(ctx context.Context, s *proxy.Session, uids []uin
 			out[i] = ThreadKeys{UID: f.uid, Date: f.date, Subject: f.subject, Reply: f.reply,
 				MessageID: f.msgID, InReplyTo: f.inReplyTo}
 			if f.references != "" {
-				out[i].References = strings.Fields(f.references)
+				out[i].References = strings.Split(f.references, " ")
 			}
 		}
 	})
