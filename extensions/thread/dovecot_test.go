@@ -162,7 +162,15 @@ func TestDovecot(t *testing.T) {
 					}
 				}
 			}
-			c.ExpectDo("b", "THREAD REFS UTF-8 ALL", "b BAD *")
+			// REFS is Dovecot's: relayed over full, unknown over legacy.
+			if tc.name == "full" {
+				if got, want := answer(c.Do("r", "THREAD REFS UTF-8 ALL")), answer(direct.Do("r", "THREAD REFS UTF-8 ALL")); got != want {
+					t.Errorf("THREAD REFS: proxy %q, Dovecot %q", got, want)
+				}
+			} else {
+				c.ExpectDo("b", "THREAD REFS UTF-8 ALL", "b BAD *")
+			}
+			c.ExpectDo("b2", "THREAD NOSUCH UTF-8 ALL", "b2 BAD *")
 		})
 	}
 }

@@ -21,6 +21,9 @@ func FuzzParseThread(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		segs := []imapcodec.Segment{{Text: []byte(s)}}
 		c, err := parseThread(segs)
+		if err == errAlgorithm && (c == nil || c.algorithm == "") {
+			t.Fatalf("%q: unknown algorithm without the command", s)
+		}
 		if err != nil {
 			return
 		}

@@ -18,7 +18,8 @@ type threadCommand struct {
 	keys      imapcodec.Position // where the search criteria begin
 }
 
-// errAlgorithm is an algorithm the proxy does not know.
+// errAlgorithm is an algorithm the proxy does not know; parseThread
+// returns it with the command, whose algorithm is set.
 var errAlgorithm = errors.New("unknown thread algorithm")
 
 // parseThread parses a THREAD command in the form it goes upstream in
@@ -43,7 +44,8 @@ func parseThread(segs []imapcodec.Segment) (*threadCommand, error) {
 	}
 	c.algorithm = strings.ToUpper(alg)
 	if !slices.Contains(algorithms, c.algorithm) {
-		return nil, errAlgorithm
+		// The algorithm is returned too: the upstream may know it.
+		return c, errAlgorithm
 	}
 	if p.SP() != nil {
 		return nil, errors.New("THREAD needs a charset")

@@ -74,12 +74,15 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		return next(ctx, x)
 	}
 	cmd, err := parseThread(x.Segments)
+	if cmd != nil && s.UpstreamCaps().Has("THREAD="+cmd.algorithm) {
+		// The upstream's algorithm (one the proxy lacks, as Dovecot's
+		// REFS, or one it has): relayed, and the upstream judges the
+		// rest of the command.
+		return next(ctx, x)
+	}
 	if err != nil {
 		msg := err.Error()
 		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": "+strings.ToUpper(msg[:1])+msg[1:]+".")
-	}
-	if s.UpstreamCaps().Has("THREAD=" + cmd.algorithm) {
-		return next(ctx, x)
 	}
 	uid := strings.HasPrefix(x.Name, "UID ")
 	x.Segments = cmd.search(x.Segments)
