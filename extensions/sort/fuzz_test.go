@@ -64,7 +64,7 @@ func FuzzNumbers(f *testing.F) {
 	f.Add([]byte("* SEARCH 1 2 3 (MODSEQ 4)"))
 	f.Add([]byte("* SORT 99999999999 0 7"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		nums := numbers(b)
+		nums := ResultNumbers(b)
 		if len(nums) > len(b)/2+1 {
 			t.Fatalf("%d numbers from %d bytes", len(nums), len(b))
 		}

@@ -92,7 +92,7 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 			return resp
 		}
 		if !resp.Streamed && len(resp.Segments) == 1 {
-			nums = appendNumbers(nums, resp.Segments[0].Text)
+			nums = append(nums, sortext.ResultNumbers(resp.Segments[0].Text)...)
 		}
 		return nil // answered by the THREAD response
 	})
@@ -142,24 +142,4 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		s.Write(append(b, "\r\n"...))
 	})
 	return next(ctx, x)
-}
-
-// appendNumbers adds the numbers of "* SEARCH n n [(MODSEQ m)]" to nums.
-func appendNumbers(nums []uint32, text []byte) []uint32 {
-	f := strings.Fields(string(text))
-	for _, w := range f[min(2, len(f)):] {
-		if strings.HasPrefix(w, "(") {
-			break
-		}
-		var n uint64
-		ok := len(w) > 0 && len(w) <= 10
-		for i := 0; ok && i < len(w); i++ {
-			ok = w[i] >= '0' && w[i] <= '9'
-			n = n*10 + uint64(w[i]-'0')
-		}
-		if ok && n > 0 && n < 1<<32 {
-			nums = append(nums, uint32(n))
-		}
-	}
-	return nums
 }
