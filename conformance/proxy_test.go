@@ -19,7 +19,6 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/lemonproxy/lemonproxy/extensions/chain"
-	sortext "github.com/lemonproxy/lemonproxy/extensions/sort"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -209,17 +208,13 @@ func runProxy(t *testing.T, target, proxyAddr, upAddr, user, pass, user2, pass2 
 	checkProxyRun(t, target, runAgainst(t, cfg), cfg.Only)
 }
 
-// dovecotSearch tells the sort extension that the upstream's SEARCH is
-// Dovecot's, which compares with i;unicode-casemap whatever capabilities
-// it advertises: the proxy may then offer I18NLEVEL=1 (extensions/sort).
-// The rest of the extension's configuration is the chain's (Contexts:
-// contextsearch is in it).
+// dovecotSearch tells the chain that the upstream's SEARCH is Dovecot's,
+// which compares with i;unicode-casemap whatever capabilities it
+// advertises: the proxy may then offer I18NLEVEL=1 (extensions/sort). The
+// chain is built anew rather than its sort extension replaced, since
+// extensions/thread holds the one it takes its keys from.
 func dovecotSearch(cfg *proxy.Config) {
-	for i, e := range cfg.Extensions {
-		if _, ok := e.(*sortext.Extension); ok {
-			cfg.Extensions[i] = sortext.New(sortext.Config{SearchCasemap: true, Contexts: true})
-		}
-	}
+	cfg.Extensions = chain.Extensions(chain.Config{NotifyPollInterval: proxyPoll, UpstreamSearchCasemap: true})
 }
 
 func TestProxyDovecotFull(t *testing.T) {

@@ -24,6 +24,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	sortext "github.com/lemonproxy/lemonproxy/extensions/sort"
+	"github.com/lemonproxy/lemonproxy/extensions/thread"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/extensions/urlauth"
 	"github.com/lemonproxy/lemonproxy/extensions/within"
@@ -121,6 +122,11 @@ type Config struct {
 //     SEARCH with its MODSEQ key. Its SORT RETURN (UPDATE) contexts
 //     (CONTEXT=SORT, Config.Contexts) are kept by contextsearch, which
 //     is in this chain.
+//     thread answers THREAD (where the upstream lacks the algorithm)
+//     as sort answers SORT, with its search part sent down as a plain
+//     UID SEARCH and the threads built on sort's cached keys (it is
+//     given the sort extension): after within, before condstore, for
+//     the same reasons as sort.
 //  10. condstore rewrites FETCH, STORE, SEARCH, SORT, THREAD, STATUS and
 //     EXPUNGE and answers the RFC 7162 parts from the proxy's state; late,
 //     so the command it passes on goes (nearly) straight to the relay.
@@ -136,6 +142,7 @@ type Config struct {
 func Extensions(cfg Config) []proxy.Extension {
 	meta := metadata.New(metadata.Config{})
 	ua := urlauth.New(urlauth.Config{Hosts: cfg.URLHosts, SubmitFrom: cfg.SubmitFrom})
+	sorter := sortext.New(sortext.Config{SearchCasemap: cfg.UpstreamSearchCasemap, Contexts: true})
 	return []proxy.Extension{
 		&idle.Extension{KeepAlive: cfg.IdleKeepAlive},
 		compress.New(),
@@ -150,7 +157,8 @@ func Extensions(cfg Config) []proxy.Extension {
 		within.New(),
 		contextsearch.New(contextsearch.Config{MaxBytes: cfg.ContextMaxBytes}),
 		esearch.New(),
-		sortext.New(sortext.Config{SearchCasemap: cfg.UpstreamSearchCasemap, Contexts: true}),
+		sorter,
+		thread.New(sorter),
 		condstore.New(),
 		binaryext.New(),
 		convert.New(),

@@ -1,6 +1,7 @@
 package sort
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -63,13 +64,43 @@ func FuzzNumbers(f *testing.F) {
 	f.Add([]byte("* SEARCH 1 2 3 (MODSEQ 4)"))
 	f.Add([]byte("* SORT 99999999999 0 7"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		nums := numbers(b)
+		nums := ResultNumbers(b)
 		if len(nums) > len(b)/2+1 {
 			t.Fatalf("%d numbers from %d bytes", len(nums), len(b))
 		}
 		for _, n := range nums {
 			if n == 0 {
 				t.Fatalf("0 from %q", b)
+			}
+		}
+	})
+}
+
+// FuzzMsgIDs: any header value yields only msg-ids ("<" local "@" domain
+// ">", no white space or "<" inside), and References keeps within its
+// bound.
+func FuzzMsgIDs(f *testing.F) {
+	for _, s := range []string{"References: <a@b> <c@d>", "<a@b>", "junk <a@b> (x) <bad> <c@d", "<<a@b>>", "<@>", "<a@>"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		check := func(id string) {
+			if len(id) < 5 || id[0] != '<' || id[len(id)-1] != '>' || !strings.Contains(id, "@") ||
+				strings.ContainsFunc(id[1:len(id)-1], func(r rune) bool { return r == '<' || r == '>' || r <= ' ' || r == 0x7f }) {
+				t.Fatalf("%q yielded %q", s, id)
+			}
+		}
+		msgIDs(s, func(id string) bool { check(id); return true })
+		if id := firstMsgID(s); id != "" {
+			check(id)
+		}
+		refs := referencesOf(s)
+		if len(refs) > maxKeyString {
+			t.Fatalf("References of %d bytes", len(refs))
+		}
+		if refs != "" {
+			for _, id := range strings.Split(refs, " ") {
+				check(id)
 			}
 		}
 	})

@@ -14,7 +14,9 @@ import (
 
 // fetchItems are what a message's sort keys are made of: they never change
 // for a UID, which is why the keys can be kept (cache.go).
-const fetchItems = "(UID INTERNALDATE RFC822.SIZE ENVELOPE)"
+// The References header, which ENVELOPE lacks, is for threading (RFC
+// 5256's REFERENCES, extensions/thread).
+const fetchItems = "(UID INTERNALDATE RFC822.SIZE ENVELOPE BODY.PEEK[HEADER.FIELDS (REFERENCES)])"
 
 // Keys are one message's sort keys as RFC 5256 and RFC 5957 define them.
 // The strings are decoded (encoded words to UTF-8) but not folded: the
@@ -30,6 +32,13 @@ type Keys struct {
 	From, To, Cc string
 	// DisplayFrom, DisplayTo are RFC 5957's display names.
 	DisplayFrom, DisplayTo string
+	// Reply says the subject is a reply or forward (RFC 5256 REFERENCES
+	// step 6: its extraction removed "Re:", "Fwd:", "(fwd)"...).
+	Reply bool
+	// MessageID and InReplyTo are the msg-ids ("<a@b>") of the
+	// Message-ID header and the first of In-Reply-To; References those of
+	// the References header, space-separated. "" where there are none.
+	MessageID, InReplyTo, References string
 }
 
 // keysOf reads the keys from a FETCH response to fetchItems.
@@ -50,7 +59,12 @@ func keysOf(segs []imapcodec.Segment) (uid uint32, k Keys, err error) {
 	have := 0
 	for i := 0; i+1 < len(l); i += 2 {
 		name, _ := l[i].(imapcodec.Atom)
-		switch strings.ToUpper(string(name)) {
+		n := strings.ToUpper(string(name))
+		if strings.HasPrefix(n, "BODY[HEADER.FIELDS") {
+			// Servers spell the field list as they like ("(References)").
+			n = "BODY[HEADER.FIELDS (REFERENCES)]"
+		}
+		switch n {
 		case "UID":
 			v, _ := imapcodec.AsString(l[i+1])
 			u, err := strconv.ParseUint(v, 10, 32)
@@ -68,6 +82,10 @@ func keysOf(segs []imapcodec.Segment) (uid uint32, k Keys, err error) {
 		case "INTERNALDATE":
 			internal, _ = imapcodec.AsString(l[i+1])
 			have |= 4
+		case "BODY[HEADER.FIELDS (REFERENCES)]":
+			v, _ := imapcodec.AsString(l[i+1])
+			k.References = referencesOf(v)
+			have |= 16
 		case "ENVELOPE":
 			if env, ok = l[i+1].(imapcodec.List); !ok || len(env) < 7 {
 				return 0, k, errors.New("bad ENVELOPE")
@@ -75,7 +93,7 @@ func keysOf(segs []imapcodec.Segment) (uid uint32, k Keys, err error) {
 			have |= 8
 		}
 	}
-	if have != 15 {
+	if have != 31 {
 		return 0, k, errors.New("FETCH response lacks sort items")
 	}
 	t, err := parseInternalDate(internal)
@@ -87,7 +105,11 @@ func keysOf(segs []imapcodec.Segment) (uid uint32, k Keys, err error) {
 	if t, ok := sentDate(nstring(env[0])); ok {
 		k.Date = t.Unix()
 	}
-	k.Subject = BaseSubject(nstring(env[1]))
+	k.Subject, k.Reply = baseSubject(nstring(env[1]))
+	if len(env) >= 10 {
+		k.InReplyTo = firstMsgID(nstring(env[8]))
+		k.MessageID = firstMsgID(nstring(env[9]))
+	}
 	k.From, k.DisplayFrom = firstAddress(env[2])
 	k.To, k.DisplayTo = firstAddress(env[5])
 	k.Cc, _ = firstAddress(env[6])
@@ -179,6 +201,10 @@ type folded struct {
 	size                   uint64
 	subject, from, to, cc  string
 	displayFrom, displayTo string
+	reply                  bool
+	// msgID, inReplyTo, references are Keys' (not folded: msg-ids
+	// compare exactly).
+	msgID, inReplyTo, references string
 }
 
 func fold(uid uint32, k *Keys) folded {
@@ -186,25 +212,33 @@ func fold(uid uint32, k *Keys) folded {
 		uid: uid, arrival: k.Arrival, date: k.Date, size: k.Size,
 		subject: casemap.Fold(k.Subject), from: casemap.Fold(k.From), to: casemap.Fold(k.To),
 		cc: casemap.Fold(k.Cc), displayFrom: casemap.Fold(k.DisplayFrom), displayTo: casemap.Fold(k.DisplayTo),
+		reply: k.Reply, msgID: k.MessageID, inReplyTo: k.InReplyTo, references: k.References,
 	}
 }
 
-// Record encoding (version 1): a version byte, then varints of Arrival,
-// Date (zig-zag) and Size, then the six strings, each a uvarint length and
-// its bytes. About 40 to 120 bytes a message.
-const recordVersion = 1
+// Record encoding (version 2): a version byte, then varints of Arrival,
+// Date (zig-zag) and Size, a byte of flags (1: Reply), then the nine
+// strings, each a uvarint length and its bytes. About 80 to 250 bytes a
+// message. Records of version 1 (without the threading keys) fail to
+// decode, and load deletes them: the message's keys are fetched again.
+const recordVersion = 2
 
 // maxKeyString bounds each string of a record read back, so that a
 // corrupt record cannot claim gigabytes.
 const maxKeyString = 64 << 10
 
 func (k *Keys) encode() []byte {
-	b := make([]byte, 0, 32+len(k.Subject)+len(k.From)+len(k.To)+len(k.Cc)+len(k.DisplayFrom)+len(k.DisplayTo))
+	b := make([]byte, 0, 40+len(k.MessageID)+len(k.InReplyTo)+len(k.References)+len(k.Subject)+len(k.From)+len(k.To)+len(k.Cc)+len(k.DisplayFrom)+len(k.DisplayTo))
 	b = append(b, recordVersion)
 	b = binary.AppendVarint(b, k.Arrival)
 	b = binary.AppendVarint(b, k.Date)
 	b = binary.AppendUvarint(b, k.Size)
-	for _, s := range []string{k.Subject, k.From, k.To, k.Cc, k.DisplayFrom, k.DisplayTo} {
+	var flags byte
+	if k.Reply {
+		flags |= 1
+	}
+	b = append(b, flags)
+	for _, s := range []string{k.Subject, k.From, k.To, k.Cc, k.DisplayFrom, k.DisplayTo, k.MessageID, k.InReplyTo, k.References} {
 		s = s[:min(len(s), maxKeyString)] // nstring bounds them already
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
@@ -233,7 +267,12 @@ func decodeKeys(b []byte) (Keys, error) {
 		return k, errRecord
 	}
 	b = b[n:]
-	for _, p := range []*string{&k.Subject, &k.From, &k.To, &k.Cc, &k.DisplayFrom, &k.DisplayTo} {
+	if len(b) == 0 || b[0] > 1 {
+		return k, errRecord
+	}
+	k.Reply = b[0] == 1
+	b = b[1:]
+	for _, p := range []*string{&k.Subject, &k.From, &k.To, &k.Cc, &k.DisplayFrom, &k.DisplayTo, &k.MessageID, &k.InReplyTo, &k.References} {
 		l, n := binary.Uvarint(b)
 		if n <= 0 || l > maxKeyString || l > uint64(len(b)-n) {
 			return k, errRecord
@@ -245,4 +284,64 @@ func decodeKeys(b []byte) (Keys, error) {
 		return k, errRecord
 	}
 	return k, nil
+}
+
+// msgIDs calls f with each msg-id ("<" ... ">", with an "@" and no white
+// space, control character or further "<" inside) of a header value, in order, until f
+// returns false. What is not a msg-id (comments, phrases, broken ids) is
+// skipped, as RFC 5256 section 3 (REFERENCES step 1) asks: only valid
+// ids link messages.
+func msgIDs(v string, f func(id string) bool) {
+	for {
+		i := strings.IndexByte(v, '<')
+		if i < 0 {
+			return
+		}
+		v = v[i:]
+		j := strings.IndexFunc(v[1:], func(r rune) bool { return r == '<' || r == '>' || r <= ' ' || r == 0x7f })
+		if j < 0 {
+			return
+		}
+		j++
+		if v[j] != '>' {
+			v = v[j:]
+			continue
+		}
+		id := v[:j+1]
+		v = v[j+1:]
+		if at := strings.IndexByte(id, '@'); at > 1 && at < len(id)-2 {
+			if !f(id) {
+				return
+			}
+		}
+	}
+}
+
+// firstMsgID returns the first msg-id of a header value, "" if none.
+func firstMsgID(v string) string {
+	var out string
+	msgIDs(v, func(id string) bool { out = id; return false })
+	return out
+}
+
+// referencesOf returns the msg-ids of a "References: ..." header field
+// (as BODY[HEADER.FIELDS (REFERENCES)] gives it, unfolded or not),
+// space-separated, bounded by maxKeyString: beyond it, the oldest ids
+// are dropped, the newest (the parent's) kept.
+func referencesOf(field string) string {
+	if i := strings.IndexByte(field, ':'); i >= 0 {
+		field = field[i+1:]
+	}
+	var ids []string
+	n := 0
+	msgIDs(field, func(id string) bool {
+		ids = append(ids, id)
+		n += len(id) + 1
+		for n > maxKeyString && len(ids) > 0 {
+			n -= len(ids[0]) + 1
+			ids = ids[1:]
+		}
+		return true
+	})
+	return strings.Join(ids, " ")
 }

@@ -85,16 +85,23 @@ func parseSort(segs []imapcodec.Segment) (*sortCommand, error) {
 // search returns the command as the plain UID SEARCH of its criteria,
 // "tag UID SEARCH CHARSET c criteria", its literals kept.
 func (c *sortCommand) search(segs []imapcodec.Segment) []imapcodec.Segment {
-	head := []byte(c.tag + " UID SEARCH CHARSET ")
-	if imapcodec.IsAtom(c.charset) {
-		head = append(head, c.charset...)
+	return PlainSearch(c.tag, c.charset, segs, c.keys)
+}
+
+// PlainSearch returns "tag UID SEARCH CHARSET charset criteria", the
+// criteria those of segs from keys on, literals kept: the search a SORT
+// or THREAD the proxy answers itself sends down the chain.
+func PlainSearch(tag, charset string, segs []imapcodec.Segment, keys imapcodec.Position) []imapcodec.Segment {
+	head := []byte(tag + " UID SEARCH CHARSET ")
+	if imapcodec.IsAtom(charset) {
+		head = append(head, charset...)
 	} else {
-		head = imapcodec.AppendQuoted(head, c.charset)
+		head = imapcodec.AppendQuoted(head, charset)
 	}
 	head = append(head, ' ')
-	first := segs[c.keys.Seg]
-	first.Text = slices.Concat(head, first.Text[c.keys.Off:])
-	return append([]imapcodec.Segment{first}, segs[c.keys.Seg+1:]...)
+	first := segs[keys.Seg]
+	first.Text = slices.Concat(head, first.Text[keys.Off:])
+	return append([]imapcodec.Segment{first}, segs[keys.Seg+1:]...)
 }
 
 func atomAfterSP(p *imapcodec.Parser) (string, error) {

@@ -227,7 +227,7 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 				return resp
 			}
 			if !resp.Streamed && len(resp.Segments) == 1 {
-				nums = append(nums, numbers(resp.Segments[0].Text)...)
+				nums = append(nums, ResultNumbers(resp.Segments[0].Text)...)
 			}
 			return nil
 		})
@@ -248,7 +248,7 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 			return resp
 		}
 		if !resp.Streamed && len(resp.Segments) == 1 {
-			nums = append(nums, numbers(resp.Segments[0].Text)...)
+			nums = append(nums, ResultNumbers(resp.Segments[0].Text)...)
 		}
 		return nil // answered by the SORT or ESEARCH response
 	})
@@ -391,11 +391,14 @@ func answer(m *proxy.Mailbox, tag string, uid bool, ret *esearch.ReturnOptions, 
 	return append(b, "\r\n"...)
 }
 
-// numbers reads the numbers of "* SEARCH n n" or "* SORT n n", in order,
+// ResultNumbers reads the numbers of "* SEARCH n n" or "* SORT n n", in order,
 // stopping at RFC 7162's "(MODSEQ m)" (the proxy finds mod-sequences
 // itself). The line can hold a whole mailbox's numbers: it is scanned in
 // place, one number allocated at a time.
-func numbers(text []byte) []uint32 {
+//
+// Exported for the other extensions that answer a command from the plain
+// UID SEARCH they send down (extensions/thread).
+func ResultNumbers(text []byte) []uint32 {
 	i := 0
 	for words := 0; i < len(text) && words < 2; i++ { // "*" and the name
 		if text[i] == ' ' {

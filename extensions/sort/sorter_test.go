@@ -50,8 +50,8 @@ func TestNumbers(t *testing.T) {
 		{"* SORT 7 2 (MODSEQ 9)", []uint32{7, 2}},
 		{"* SEARCH 4294967295 4294967296 0 x 12", []uint32{4294967295, 12}},
 	} {
-		if got := numbers([]byte(tc.in)); !slices.Equal(got, tc.want) {
-			t.Errorf("numbers(%q) = %v, want %v", tc.in, got, tc.want)
+		if got := ResultNumbers([]byte(tc.in)); !slices.Equal(got, tc.want) {
+			t.Errorf("ResultNumbers(%q) = %v, want %v", tc.in, got, tc.want)
 		}
 	}
 }

@@ -34,12 +34,24 @@ func decodeHeader(s string) string {
 // start, and a "[fwd: ...]" wrapper taken off, until nothing changes. The
 // words of the grammar match without regard to ASCII case.
 func BaseSubject(subject string) string {
+	s, _ := baseSubject(subject)
+	return s
+}
+
+// baseSubject is BaseSubject, also reporting whether the subject is a
+// reply or forward, which RFC 5256's REFERENCES threading (step 6) asks:
+// whether the extraction removed a "(fwd)" trailer, a subj-refwd ("Re:",
+// "Fwd:") or a "[fwd: ...]" wrapper.
+func baseSubject(subject string) (base string, reply bool) {
 	s := collapseSpace(decodeHeader(subject)) // (1)
 	for {
-		s = trimTrailers(s) // (2)
-		for {               // (5): repeat (3) and (4)
-			if rest, ok := cutLeader(s); ok { // (3)
+		var fwd bool
+		s, fwd = trimTrailers(s) // (2)
+		reply = reply || fwd
+		for { // (5): repeat (3) and (4)
+			if rest, refwd, ok := cutLeader(s); ok { // (3)
 				s = rest
+				reply = reply || refwd
 				continue
 			}
 			if rest, ok := cutBlob(s); ok && rest != "" { // (4)
@@ -51,9 +63,10 @@ func BaseSubject(subject string) string {
 		// (6): "[fwd:" ... "]" around the whole text, then again from (2).
 		if len(s) >= len("[fwd:]") && strings.EqualFold(s[:5], "[fwd:") && s[len(s)-1] == ']' {
 			s = s[5 : len(s)-1]
+			reply = true
 			continue
 		}
-		return s // (7)
+		return s, reply // (7)
 	}
 }
 
@@ -84,16 +97,17 @@ func collapseSpace(s string) string {
 func isWSP(c byte) bool { return c == ' ' || c == '\t' }
 
 // trimTrailers removes subj-trailer ("(fwd)" / WSP) from the end, as long
-// as one is there.
-func trimTrailers(s string) string {
+// as one is there; fwd reports whether a "(fwd)" was among them.
+func trimTrailers(s string) (_ string, fwd bool) {
 	for {
 		switch {
 		case s != "" && isWSP(s[len(s)-1]):
 			s = s[:len(s)-1]
 		case len(s) >= 5 && strings.EqualFold(s[len(s)-5:], "(fwd)"):
 			s = s[:len(s)-5]
+			fwd = true
 		default:
-			return s
+			return s, fwd
 		}
 	}
 }
@@ -128,19 +142,19 @@ func cutBlob(s string) (string, bool) {
 
 // cutLeader removes one subj-leader from the start of s: a WSP, or
 // *subj-blob subj-refwd, where subj-refwd is ("re" / ("fw" ["d"])) *WSP
-// [subj-blob] ":".
-func cutLeader(s string) (string, bool) {
+// [subj-blob] ":"; refwd reports the latter.
+func cutLeader(s string) (_ string, refwd, ok bool) {
 	if s != "" && isWSP(s[0]) {
-		return s[1:], true
+		return s[1:], false, true
 	}
 	i := 0
 	for {
 		if n, ok := refwdEnd(s[i:]); ok {
-			return s[i+n:], true
+			return s[i+n:], true, true
 		}
 		n := blobEnd(s[i:])
 		if n < 0 {
-			return s, false
+			return s, false, false
 		}
 		i += n
 	}

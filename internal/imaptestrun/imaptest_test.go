@@ -55,17 +55,6 @@ var knownExceptions = map[string]exception{
 		"which the proxy does (BINARY.SIZE[5] 31); Dovecot 2.3 sends the octets unchanged"},
 
 	"listext": {why: "LIST-EXTENDED (RFC 5258) is not offered over an upstream without it"},
-
-	"thread":                 thread,
-	"thread2":                thread,
-	"thread3":                thread,
-	"thread4":                thread,
-	"thread5":                thread,
-	"thread6":                thread,
-	"thread7":                thread,
-	"thread8":                thread,
-	"thread-orderedsubject":  thread,
-	"thread-orderedsubject2": thread,
 }
 
 // exception is an entry of knownExceptions.
@@ -73,8 +62,6 @@ type exception struct {
 	testBug bool   // a bug in the test, not in the proxy
 	why     string // what fails and why
 }
-
-var thread = exception{why: "THREAD (RFC 5256) is not offered over an upstream without it"}
 
 // Targets of a group run.
 const (
