@@ -56,7 +56,6 @@ var knownExceptions = map[string]exception{
 
 	"multiappend":          {why: "MULTIAPPEND (RFC 3502) is not offered over an upstream without it"},
 	"catenate-multiappend": {why: "MULTIAPPEND (RFC 3502) is not offered over an upstream without it"},
-	"listext":              {why: "LIST-EXTENDED (RFC 5258) is not offered over an upstream without it"},
 
 	"thread":                 thread,
 	"thread2":                thread,
