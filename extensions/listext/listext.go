@@ -41,6 +41,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -175,6 +176,13 @@ func answer(ctx context.Context, s *proxy.Session, r *request) ([]byte, error) {
 		}
 		if r.retChildren {
 			t.addChildren(&e)
+		} else {
+			// A plain upstream adds them to every LIST; RFC 5258 4
+			// makes them the CHILDREN return option's, and Dovecot's
+			// LIST-EXTENDED answers without them unless asked.
+			e.attrs = slices.DeleteFunc(e.attrs, func(a string) bool {
+				return strings.EqualFold(a, `\HasChildren`) || strings.EqualFold(a, `\HasNoChildren`)
+			})
 		}
 		if r.retSubscribed && t.isSub[e.name] && !hasAttr(e.attrs, `\Subscribed`) {
 			e.attrs = append(e.attrs, `\Subscribed`)
