@@ -184,8 +184,13 @@ func answer(ctx context.Context, s *proxy.Session, r *request) ([]byte, error) {
 				return strings.EqualFold(a, `\HasChildren`) || strings.EqualFold(a, `\HasNoChildren`)
 			})
 		}
-		if r.retSubscribed && t.isSub[e.name] && !hasAttr(e.attrs, `\Subscribed`) {
+		switch {
+		case r.retSubscribed && t.isSub[e.name] && !hasAttr(e.attrs, `\Subscribed`):
 			e.attrs = append(e.attrs, `\Subscribed`)
+		case !r.retSubscribed && !r.subscribed:
+			// An IMAP4rev2 upstream marks subscriptions in every LIST;
+			// RFC 5258 3 makes \Subscribed the SUBSCRIBED options'.
+			e.attrs = slices.DeleteFunc(e.attrs, func(a string) bool { return strings.EqualFold(a, `\Subscribed`) })
 		}
 		b = appendEntry(b, e)
 	}
