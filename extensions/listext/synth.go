@@ -1,10 +1,10 @@
 package listext
 
 import (
-	"errors"
 	"slices"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/listresp"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
 
@@ -21,54 +21,11 @@ type entry struct {
 // parseEntry parses "* LIST (attrs) delim name [extended-data]" (or LSUB).
 // Extended data, which a plain upstream does not send, is ignored.
 func parseEntry(segs []imapcodec.Segment) (entry, error) {
-	p := imapcodec.NewParser(segs, imapcodec.Limits{})
-	for range 2 { // "*", LIST or LSUB
-		if _, err := p.Atom(); err != nil {
-			return entry{}, err
-		}
-		if err := p.SP(); err != nil {
-			return entry{}, err
-		}
-	}
-	v, err := p.Value()
-	attrs, ok := v.(imapcodec.List)
-	if err != nil || !ok {
-		return entry{}, errors.New("listext: bad attributes")
-	}
-	var e entry
-	for _, a := range attrs {
-		if s, ok := a.(imapcodec.Atom); ok {
-			e.attrs = append(e.attrs, string(s))
-		}
-	}
-	if err := p.SP(); err != nil {
-		return entry{}, errors.New("listext: no delimiter")
-	}
-	dv, err := p.Value()
+	e, err := listresp.Parse(segs)
 	if err != nil {
-		return entry{}, errors.New("listext: bad delimiter")
+		return entry{}, err
 	}
-	if !imapcodec.IsNil(dv) {
-		e.delim, _ = imapcodec.AsString(dv)
-	}
-	if err := p.SP(); err != nil {
-		return entry{}, errors.New("listext: no mailbox name")
-	}
-	nv, err := p.Value()
-	if err != nil {
-		return entry{}, errors.New("listext: bad mailbox name")
-	}
-	name, ok := imapcodec.AsString(nv)
-	if !ok {
-		if a, isAtom := nv.(imapcodec.Atom); isAtom {
-			name, ok = string(a), true
-		}
-	}
-	if !ok {
-		return entry{}, errors.New("listext: bad mailbox name")
-	}
-	e.name = canonInbox(name, e.delim)
-	return e, nil
+	return entry{name: canonInbox(e.Name, e.Delim), delim: e.Delim, attrs: e.Attrs}, nil
 }
 
 // hasAttr reports whether attrs holds a (case-insensitively).
@@ -163,18 +120,9 @@ func (t *tree) subscribedSelection(pats []string, recursive bool) []entry {
 	return out
 }
 
-// appendEntry appends "* LIST (attrs) delim name [extended]" CRLF.
+// appendEntry appends "* LIST (attrs) delim name [CHILDINFO]" CRLF.
 func appendEntry(b []byte, e entry) []byte {
-	b = append(b, "* LIST ("...)
-	b = append(b, strings.Join(e.attrs, " ")...)
-	b = append(b, ") "...)
-	if e.delim == "" {
-		b = append(b, "NIL"...)
-	} else {
-		b = imapcodec.AppendQuoted(b, e.delim)
-	}
-	b = append(b, ' ')
-	b = imapcodec.AppendString(b, e.name, false)
+	b = listresp.Append(b, e.attrs, e.delim, e.name)
 	if e.childInfo {
 		b = append(b, ` ("CHILDINFO" ("SUBSCRIBED"))`...)
 	}
