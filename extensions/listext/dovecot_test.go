@@ -91,6 +91,13 @@ func TestDovecot(t *testing.T) {
 		dc := dovecottest.Start(t, profile)
 		p := imaptest.StartProxy(t, dc.Addr, proxy.Config{Extensions: []proxy.Extension{listext.New()}})
 		c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+		if caps := c.MustOK("CAPABILITY")[0]; strings.Count(caps, " LIST-EXTENDED") != 1 {
+			t.Errorf("%s: capabilities %q: want LIST-EXTENDED once", profile, caps)
+		}
+		// LIST-STATUS is not the proxy's (the upstream's HIGHESTMODSEQ
+		// is not), relayed or not.
+		c.ExpectDo("st", `LIST "" "*" RETURN (STATUS (MESSAGES))`, "st BAD *")
+		c.ExpectDo("bad", `LIST (RECURSIVEMATCH) "" "*"`, "bad BAD *")
 		sep := delimiter(t, c)
 		sepOf[profile] = sep
 		rfcTree(c, sep)

@@ -101,6 +101,8 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	switch {
 	case errors.As(err, &st):
 		return x.Reply("NO", "", "LIST failed: the server refused it.")
+	case errors.Is(err, errNeedsLiteral):
+		return x.Reply("NO", "", "LIST failed: the pattern cannot be sent to the server.")
 	case errors.Is(err, errTooMany):
 		return x.Reply("NO", "LIMIT", fmt.Sprintf("LIST failed: more than %d mailboxes.", maxMailboxes))
 	case err != nil:
@@ -112,7 +114,13 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	return x.Reply("OK", "", "List completed.")
 }
 
-var errTooMany = errors.New("too many mailboxes")
+var (
+	errTooMany = errors.New("too many mailboxes")
+	// errNeedsLiteral: a pattern with 8-bit characters, CR or LF cannot
+	// go up in a command of the proxy's own (Session.Exec takes no
+	// synchronising literal) to an upstream without LITERAL+.
+	errNeedsLiteral = errors.New("a pattern that needs a literal, and no LITERAL+ upstream")
+)
 
 // answer computes the untagged responses of an extended LIST the upstream
 // cannot answer.
@@ -175,7 +183,9 @@ func answer(ctx context.Context, s *proxy.Session, r *request) ([]byte, error) {
 			continue
 		}
 		if r.retChildren {
-			t.addChildren(&e)
+			if needTree {
+				t.addChildren(&e)
+			} // else the upstream's CHILDREN said
 		} else {
 			// A plain upstream adds them to every LIST; RFC 5258 4
 			// makes them the CHILDREN return option's, and Dovecot's
@@ -202,7 +212,7 @@ func answer(ctx context.Context, s *proxy.Session, r *request) ([]byte, error) {
 // LITERAL+).
 func listCommand(up upstream.Caps, ref, pat string) (string, error) {
 	if !(imapcodec.CanQuote(ref) && imapcodec.CanQuote(pat)) && !up.Has("LITERAL+") {
-		return "", errors.New("a name that needs a literal, and no LITERAL+ upstream")
+		return "", errNeedsLiteral
 	}
 	b := []byte("LIST ")
 	b = appendArg(b, ref)
