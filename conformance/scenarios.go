@@ -19,7 +19,7 @@ func Scenarios() []*Scenario {
 		binary3516(),
 		metadata5464(), filters5466(),
 		convert5259(),
-		catenate4469(), urlauth4467(),
+		catenate4469(), urlauth4467(), multiappend3502(),
 		sort5256(), sortDisplay5957(), esort5267(), contextSort5267(), i18n5255(),
 		lemonade5550(),
 	} {
@@ -46,7 +46,7 @@ var RFCs = []struct {
 	{4731, "ESEARCH"},
 	{5182, "SEARCHRES"},
 	{5032, "WITHIN"},
-	{5267, "CONTEXT=SEARCH (updating and partial searches)"},
+	{5267, "CONTEXT=SEARCH, CONTEXT=SORT, ESORT"},
 	{3516, "BINARY"},
 	{5464, "METADATA"},
 	{5466, "FILTERS"},
@@ -55,7 +55,6 @@ var RFCs = []struct {
 	{4467, "URLAUTH"},
 	{5256, "SORT"},
 	{5957, "SORT=DISPLAY"},
-	{5267, "ESORT"},
 	{5255, "I18NLEVEL and LANGUAGE"},
 	{5550, "Lemonade profile (report)"},
 }

@@ -28,6 +28,7 @@ func extensions(s config.Settings) ([]proxy.Extension, error) {
 		NotifyPollInterval:    s.NotifyPollInterval.Duration,
 		WatchGrace:            s.WatchGrace.Duration,
 		UpstreamSearchCasemap: s.UpstreamSearchCasemap,
+		ContextMaxBytes:       s.ContextMaxBytes,
 		URLHosts:              hosts,
 		SubmitFrom:            submit,
 	}), nil

@@ -59,15 +59,14 @@
 //
 // # MULTIAPPEND
 //
-// Several messages in one APPEND (RFC 3502), CATENATE or not, are
-// accepted where the upstream has MULTIAPPEND (the proxy advertises it
-// only then) and go upstream as one MULTIAPPEND; otherwise a second
-// message is answered BAD. An APPEND whose first message is a plain
-// literal is not read by this extension: it streams to the upstream as
-// always, so a MULTIAPPEND whose later messages use CATENATE is the
-// upstream's to understand. So is an APPEND whose mailbox name is a
-// literal. TEXT parts in literal8 form (RFC 3516 with CATENATE) are
-// refused.
+// Several messages in one APPEND (RFC 3502), CATENATE or not, go upstream
+// as one MULTIAPPEND where the upstream has it; where it has UIDPLUS but
+// not MULTIAPPEND the extension offers MULTIAPPEND itself and appends the
+// messages one by one, rolling back on a failure (multiappend.go,
+// docs/multiappend.md); elsewhere a second message is answered BAD. An
+// APPEND whose mailbox name is a literal, or whose first message is a
+// literal8, is not read by this extension. TEXT parts in literal8 form
+// (RFC 3516 with CATENATE) are refused.
 package catenate
 
 import (
@@ -109,8 +108,9 @@ type Config struct {
 
 // Extension offers CATENATE.
 type Extension struct {
-	cfg                  Config
-	relayed, synthesized atomic.Int64
+	cfg                   Config
+	relayed, synthesized  atomic.Int64
+	multi, rollbackFailed atomic.Int64
 }
 
 // Stats counts what the extension did, for tests and metrics.
@@ -119,11 +119,16 @@ type Stats struct {
 	// has CATENATE; Synthesized those put together by the proxy (whatever
 	// their outcome).
 	Relayed, Synthesized int64
+	// MultiAppends counts MULTIAPPENDs of several messages the proxy
+	// appended one by one (whatever their outcome); RollbacksFailed those
+	// whose rollback failed, leaving messages appended.
+	MultiAppends, RollbacksFailed int64
 }
 
 // Stats returns the counts so far.
 func (e *Extension) Stats() Stats {
-	return Stats{Relayed: e.relayed.Load(), Synthesized: e.synthesized.Load()}
+	return Stats{Relayed: e.relayed.Load(), Synthesized: e.synthesized.Load(),
+		MultiAppends: e.multi.Load(), RollbacksFailed: e.rollbackFailed.Load()}
 }
 
 // New returns the extension.
@@ -137,10 +142,17 @@ func New(cfg Config) *Extension {
 // Name implements proxy.Extension.
 func (*Extension) Name() string { return "catenate" }
 
-// Capabilities offers CATENATE once logged in, relayed or synthesized.
+// Capabilities offers CATENATE once logged in, relayed or synthesized,
+// and MULTIAPPEND where it is synthesized (see multiappend.go): over an
+// upstream with UIDPLUS, whose APPENDUID and UID EXPUNGE make the
+// rollback possible. Where the upstream has MULTIAPPEND the core relays
+// its word.
 func (*Extension) Capabilities(st proxy.State, up upstream.Caps) []string {
 	if st != proxy.StateAuthenticated && st != proxy.StateSelected || up == nil {
 		return nil
+	}
+	if synthesizesMulti(up) {
+		return []string{"CATENATE", "MULTIAPPEND"}
 	}
 	return []string{"CATENATE"}
 }
@@ -156,10 +168,20 @@ func (e *Extension) relays(up upstream.Caps) bool {
 // ServeCommand reads and builds an APPEND with CATENATE (see the package
 // comment) and passes every other APPEND on.
 func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
-	if !x.Streamed() || !isCatenate(x.Segments[0].Text) {
+	if !x.Streamed() {
 		return next(ctx, x)
 	}
-	if e.relays(x.Session().UpstreamCaps()) {
+	up := x.Session().UpstreamCaps()
+	if !isCatenate(x.Segments[0].Text) {
+		if lit := x.Segments[0].Literal; synthesizesMulti(up) && lit != nil && !lit.Binary && isPlainAppend(x.Segments[0].Text) {
+			// Perhaps several messages: read them (multiappend.go). A
+			// literal8 (BINARY) first message is binary's to convert and
+			// goes on unread.
+			return e.synthesize(ctx, x, next)
+		}
+		return next(ctx, x)
+	}
+	if e.relays(up) {
 		e.relayed.Add(1)
 		return next(ctx, x)
 	}
@@ -204,7 +226,8 @@ var errUnavailable = &refusal{"NO", "UNAVAILABLE", "The message cannot be put to
 func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
 	s := x.Session()
 	maxMsg, maxCmd := s.AppendLimits()
-	multi := s.UpstreamCaps().Has("MULTIAPPEND")
+	up := s.UpstreamCaps()
+	multi := up.Has("MULTIAPPEND") || synthesizesMulti(up)
 	sp, spErr := urlfetch.NewSpool(e.cfg.SpoolDir)
 	if spErr != nil {
 		s.Logger().Warn("catenate: cannot create a spool file", "err", spErr)
@@ -264,6 +287,9 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 		}
 		m := p.msgs[len(p.msgs)-1]
 		h := seg.Literal
+		if h.Binary && kind == litMessage {
+			return &refusal{"NO", "CANNOT", "A literal8 message after the first of a MULTIAPPEND is not supported."}
+		}
 		if h.Binary {
 			return &refusal{"NO", "CANNOT", "CATENATE with literal8 parts is not supported."}
 		}
@@ -276,6 +302,12 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 				return err
 			}
 			return p.onURL(m, string(data))
+		}
+		if kind == litMessage && len(p.msgs) == 1 && !h.NonSync && missingMailbox(ctx, s, p.mailbox) {
+			// A plain APPEND read for MULTIAPPEND: refuse it before
+			// inviting its literal, as the upstream would (RFC 3502 6's
+			// example, RFC 3501 6.3.11).
+			return errTryCreate
 		}
 		if spErr != nil {
 			return errUnavailable
@@ -319,6 +351,9 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 	}
 	if spErr != nil {
 		return x.Reply(errUnavailable.status, errUnavailable.code, errUnavailable.text)
+	}
+	if len(p.msgs) > 1 && !up.Has("MULTIAPPEND") {
+		return e.appendEach(ctx, x, p, sp)
 	}
 	first, rest := build(x.Tag, p, sp)
 	x.Restream(first, rest)
@@ -399,24 +434,7 @@ func (e *Extension) resolve(ctx context.Context, s *proxy.Session, url string, s
 // the first line up to the first literal, and the rest as the relay reads
 // it (Exchange.Restream).
 func build(tag string, p *cmdParser, sp *urlfetch.Spool) (imapcodec.Segment, io.Reader) {
-	head := func(b []byte, m *message) []byte {
-		if m.flags != "" {
-			b = append(b, m.flags...)
-			b = append(b, ' ')
-		}
-		if m.date != "" {
-			b = append(b, m.date...)
-			b = append(b, ' ')
-		}
-		return b
-	}
-	size := func(m *message) int64 {
-		var n int64
-		for _, pt := range m.parts {
-			n += pt.n
-		}
-		return n
-	}
+	head, size := messageHead, messageSize
 	text := head([]byte(tag+" APPEND "+p.mailbox+" "), p.msgs[0])
 	first := imapcodec.Segment{Text: text, Literal: &imapcodec.LiteralHeader{Size: size(p.msgs[0]), NonSync: true, Start: len(text)}}
 	var rs []io.Reader
@@ -432,4 +450,27 @@ func build(tag string, p *cmdParser, sp *urlfetch.Spool) (imapcodec.Segment, io.
 	}
 	rs = append(rs, strings.NewReader("\r\n"))
 	return first, io.MultiReader(rs...)
+}
+
+// messageHead appends a message's flag list and date-time, each followed
+// by a space, as the client sent them.
+func messageHead(b []byte, m *message) []byte {
+	if m.flags != "" {
+		b = append(b, m.flags...)
+		b = append(b, ' ')
+	}
+	if m.date != "" {
+		b = append(b, m.date...)
+		b = append(b, ' ')
+	}
+	return b
+}
+
+// messageSize is the size of a message put together.
+func messageSize(m *message) int64 {
+	var n int64
+	for _, pt := range m.parts {
+		n += pt.n
+	}
+	return n
 }

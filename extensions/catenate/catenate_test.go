@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/extensions/catenate"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
@@ -53,7 +54,14 @@ var forwarded = "From: Joe Mooch <mooch@example.net>\r\n" +
 // uidplus in the order chain.go has them.
 func memEnv(t *testing.T, edit func(*proxy.Config)) *imaptest.Proxy {
 	t.Helper()
-	up, err := memupstream.Start(memupstream.Options{})
+	return memEnvCaps(t, nil, edit)
+}
+
+// memEnvCaps is memEnv with the upstream advertising caps (nil: the
+// memupstream defaults, UIDPLUS among them).
+func memEnvCaps(t *testing.T, caps []imap.Cap, edit func(*proxy.Config)) *imaptest.Proxy {
+	t.Helper()
+	up, err := memupstream.Start(memupstream.Options{Caps: caps})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,11 +322,14 @@ func TestPartial(t *testing.T) {
 }
 
 // TestSyntax: malformed CATENATE commands are answered BAD and the
-// session stays in step; a second message without MULTIAPPEND upstream
-// is refused.
+// session stays in step; a second message over an upstream without
+// MULTIAPPEND and UIDPLUS (where no rollback is possible) is refused.
 func TestSyntax(t *testing.T) {
-	p := memEnv(t, nil)
+	p := memEnvCaps(t, []imap.Cap{imap.CapNamespace, imap.CapLiteralPlus}, nil)
 	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	if caps := c.MustOK("CAPABILITY")[0] + " "; strings.Contains(caps, " MULTIAPPEND ") || !strings.Contains(caps, " CATENATE ") {
+		t.Errorf("%s", caps)
+	}
 	for _, cmd := range []string{
 		`APPEND Drafts CATENATE ()`,
 		`APPEND Drafts CATENATE (URL)`,

@@ -346,3 +346,16 @@ func isCatenate(first []byte) bool {
 		}
 	}
 }
+
+// isPlainAppend reports whether first (an APPEND's first line up to its
+// first literal) is an APPEND whose first message is a plain literal with
+// the mailbox name an atom or quoted string: the form the MULTIAPPEND
+// synthesis reads (a mailbox name in a literal is passed on unread).
+func isPlainAppend(first []byte) bool {
+	p := cmdParser{onURL: func(*message, string) error { return nil }}
+	if err := p.feed(first); err != nil {
+		return false
+	}
+	kind, err := p.literal()
+	return err == nil && kind == litMessage
+}

@@ -1,6 +1,8 @@
 package catenate
 
 import (
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+
 	"strings"
 	"testing"
 )
@@ -128,4 +130,33 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzAppendUIDSet: APPENDUID codes read from the upstream, and the
+// uid-set written back, never panic and round-trip.
+func FuzzAppendUIDSet(f *testing.F) {
+	f.Add("APPENDUID", "38505 3955", uint32(3), uint32(4))
+	f.Add("APPENDUID", "1 x", uint32(1), uint32(9))
+	f.Fuzz(func(t *testing.T, code, arg string, a, b uint32) {
+		appendUID(imapcodec.ResponseHead{Code: code, CodeArg: arg})
+		set := uidSet([]uint32{a, b})
+		if set == "" {
+			t.Fatalf("empty set for %d %d", a, b)
+		}
+	})
+}
+
+// TestUIDSet: runs become ranges, in the order of the messages.
+func TestUIDSet(t *testing.T) {
+	for _, tc := range []struct {
+		in   []uint32
+		want string
+	}{{[]uint32{3}, "3"}, {[]uint32{3, 4, 5}, "3:5"}, {[]uint32{3, 4, 9, 10, 12}, "3:4,9:10,12"}, {[]uint32{5, 4}, "5,4"}} {
+		if got := uidSet(tc.in); got != tc.want {
+			t.Errorf("%v: %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if v, uid, ok := appendUID(imapcodec.ResponseHead{Code: "APPENDUID", CodeArg: "38505 3955"}); !ok || v != "38505" || uid != 3955 {
+		t.Errorf("%q %d %v", v, uid, ok)
+	}
 }

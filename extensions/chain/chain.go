@@ -52,6 +52,9 @@ type Config struct {
 	// with i;unicode-casemap (Dovecot's does), so that I18NLEVEL=1 may be
 	// advertised where the proxy sorts.
 	UpstreamSearchCasemap bool
+	// ContextMaxBytes is the budget of all sessions' updating contexts
+	// (contextsearch.Config.MaxBytes); 0: contextsearch's default.
+	ContextMaxBytes int64
 	// SubmitFrom are the addresses of the submission servers allowed to
 	// URLFETCH submit+USER URLs (BURL).
 	SubmitFrom []netip.Prefix
@@ -81,6 +84,12 @@ type Config struct {
 //     or where the proxy does URLAUTH, which the upstream could not check)
 //     into one plain APPEND: before uidplus, which then adds APPENDUID to
 //     it as to any other; after notify, which reads APPEND's outcome.
+//     It also owns MULTIAPPEND (RFC 3502, whose grammar CATENATE extends)
+//     over an upstream with UIDPLUS but without MULTIAPPEND: a command of
+//     several messages it appends one by one with its own connection and
+//     answers itself, APPENDUID composed from the upstream's, so uidplus
+//     (which would only see one message) never sees it; a single message
+//     goes on to uidplus as before.
 //     urlauth answers GENURLAUTH, RESETKEY and URLFETCH and reads DELETE
 //     and RENAME outcomes: commands of its own, so its place does not
 //     matter; it follows uidplus.
@@ -144,7 +153,7 @@ func Extensions(cfg Config) []proxy.Extension {
 		ua,
 		filters.New(meta),
 		within.New(),
-		contextsearch.New(contextsearch.Config{}),
+		contextsearch.New(contextsearch.Config{MaxBytes: cfg.ContextMaxBytes}),
 		esearch.New(),
 		sortext.New(sortext.Config{SearchCasemap: cfg.UpstreamSearchCasemap, Contexts: true}),
 		condstore.New(),

@@ -61,9 +61,18 @@
 // WITHIN are frozen to the UID set they matched when the search ran.
 //
 // Limits: MaxPerSession updating contexts (10 by default, as Dovecot;
-// RFC 5267 4.3.1 wants at least one), and MaxCached UIDs held by all of a
-// session's contexts together when a context opens. Past either, the
-// search is still answered and the client told "* NO [NOUPDATE tag]".
+// RFC 5267 4.3.1 wants at least one), and the memory contexts hold: the
+// bytes of one session's contexts (MaxSessionBytes) and of all sessions'
+// together (MaxBytes, one budget for the process). A context costs a fixed
+// overhead, 4 bytes a UID of its result and, when sorted, what its Sorter
+// says it holds (CONTEXT=SORT keeps about 120 bytes of keys a message).
+// Past any of them when a context opens, the search is still answered and
+// the client told "* NO [NOUPDATE tag]". A context that grows past them
+// later (new messages that match) is dropped with the same NOUPDATE after
+// the update that made it grow: RFC 5267 4.3.1 lets the server stop the
+// updates it can no longer afford. Everything a context holds is given back
+// to the budget when it ends: CANCELUPDATE, the mailbox closed or another
+// selected, the session's end.
 //
 // The package keeps no data in accountdata: contexts live and die with
 // the selected mailbox of one session.
@@ -72,6 +81,7 @@ package contextsearch
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -82,33 +92,67 @@ import (
 // session may have at once (Dovecot's own limit).
 const DefaultMaxPerSession = 10
 
-// DefaultMaxCached is the default bound on the UIDs a session's contexts
-// cache together when another one opens: 1 Mi UIDs, 4 MiB.
-const DefaultMaxCached = 1 << 20
+// DefaultMaxSessionBytes is the default bound on the bytes one session's
+// contexts hold together: 16 MiB, 4 Mi UIDs of searches or about 130,000
+// sorted messages (50 sessions of one account at the limit would pass the
+// process-wide budget, which then refuses first).
+const DefaultMaxSessionBytes = 16 << 20
+
+// DefaultMaxBytes is the default budget of all sessions' contexts in the
+// process: 64 MiB.
+const DefaultMaxBytes = 64 << 20
 
 // Config sets the limits.
 type Config struct {
 	// MaxPerSession bounds the updating contexts of a session; 0 means
 	// DefaultMaxPerSession.
 	MaxPerSession int
-	// MaxCached bounds the UIDs a session's contexts hold together,
-	// checked when one opens; 0 means DefaultMaxCached.
-	MaxCached int
+	// MaxSessionBytes bounds the bytes a session's contexts hold together
+	// (see the package comment for what is counted); 0 means
+	// DefaultMaxSessionBytes.
+	MaxSessionBytes int64
+	// MaxBytes bounds the bytes all sessions' contexts hold together; 0
+	// means DefaultMaxBytes.
+	MaxBytes int64
 }
 
 // Extension implements CONTEXT=SEARCH's updates; see the package comment.
-type Extension struct{ cfg Config }
+type Extension struct {
+	cfg Config
+	// held is the bytes all sessions' contexts hold, against cfg.MaxBytes.
+	held atomic.Int64
+}
 
 // New returns the extension with cfg's limits.
 func New(cfg Config) *Extension {
 	if cfg.MaxPerSession <= 0 {
 		cfg.MaxPerSession = DefaultMaxPerSession
 	}
-	if cfg.MaxCached <= 0 {
-		cfg.MaxCached = DefaultMaxCached
+	if cfg.MaxSessionBytes <= 0 {
+		cfg.MaxSessionBytes = DefaultMaxSessionBytes
+	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = DefaultMaxBytes
 	}
 	return &Extension{cfg: cfg}
 }
+
+// Held returns the bytes all sessions' contexts hold now, as counted
+// against Config.MaxBytes (0 once every context has ended).
+func (e *Extension) Held() int64 { return e.held.Load() }
+
+// take charges n bytes (n > 0) to the process-wide budget, or nothing and
+// false when that would pass it.
+func (e *Extension) take(n int64) bool {
+	if e.held.Add(n) > e.cfg.MaxBytes {
+		e.held.Add(-n)
+		return false
+	}
+	return true
+}
+
+// give returns n bytes to the budget.
+func (e *Extension) give(n int64) { e.held.Add(-n) }
 
 // Name identifies the extension.
 func (*Extension) Name() string { return "contextsearch" }
@@ -211,16 +255,25 @@ func parseCancel(segs []imapcodec.Segment) ([]string, error) {
 // StateChanged gives a session a fresh, empty set of contexts whenever it
 // selects a mailbox, and drops them when it leaves it: updates cease when
 // the mailbox is no longer selected (RFC 5267 4.3).
+// The contexts a session leaves behind give their bytes back.
 func (e *Extension) StateChanged(s *proxy.Session, state proxy.State) {
+	if r := registryOf(s); r != nil {
+		r.close()
+	}
 	if state == proxy.StateSelected {
-		s.SetValue(registryKey{}, &registry{cfg: e.cfg})
+		s.SetValue(registryKey{}, &registry{ext: e})
 		return
 	}
 	s.SetValue(registryKey{}, nil)
 }
 
-// SessionClosed has nothing to release: contexts live in the session.
-func (*Extension) SessionClosed(*proxy.Session) {}
+// SessionClosed gives back the bytes of the session's contexts.
+func (*Extension) SessionClosed(s *proxy.Session) {
+	if r := registryOf(s); r != nil {
+		r.close()
+		s.SetValue(registryKey{}, nil)
+	}
+}
 
 // Push has nothing queued: updates travel with the core's batches.
 func (*Extension) Push(*proxy.Session) error { return nil }

@@ -107,18 +107,38 @@ func startProxy(t *testing.T, u upstreamServer, cfg contextsearch.Config) *imapt
 // before the EXPUNGE, the numbers the context asked for, only the contexts
 // whose result changed. Over go-imap's in-memory server and both Dovecot
 // profiles: the updates are the proxy's own over each.
+//
+// \Recent (RFC 3501 2.3.2, the proxy's own, docs/hardening.md #16.17)
+// differs by server. Dovecot's six messages were appended with INBOX
+// selected nowhere, so the client's SELECT, the first read-write one, says
+// "* 6 RECENT" and they are recent in its session: FETCH FLAGS carry
+// \Recent, and the seventh makes "* 7 RECENT". go-imap's server has no
+// \Recent (its SELECT says "* 0 RECENT"), the proxy takes its word: only
+// the seventh, which the client is the first read-write session of the
+// proxy told of, is recent ("* 1 RECENT"). The other client is directly on
+// the server, not one of the proxy's sessions.
 func TestUpdates(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		up   func(t *testing.T) upstreamServer
+		// recent: the upstream's six messages are recent in the
+		// client's session (Dovecot's are, go-imap's server's not).
+		recent bool
 	}{
-		{"Memory", func(t *testing.T) upstreamServer { return memUpstream(t, 6) }},
-		{"DovecotLegacy", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Legacy, 6) }},
-		{"DovecotFull", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Full, 6) }},
+		{"Memory", func(t *testing.T) upstreamServer { return memUpstream(t, 6) }, false},
+		{"DovecotLegacy", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Legacy, 6) }, true},
+		{"DovecotFull", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Full, 6) }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if testing.Short() && tc.name != "Memory" {
 				t.Skip("Dovecot")
+			}
+			// either is the line over go-imap's server or over Dovecot.
+			either := func(memory, dovecot string) string {
+				if tc.recent {
+					return dovecot
+				}
+				return memory
 			}
 			u := tc.up(t)
 			c := startProxy(t, u, contextsearch.Config{})
@@ -134,21 +154,26 @@ func TestUpdates(t *testing.T) {
 			c.ExpectDo("c1", `UID SEARCH RETURN (UPDATE) SUBJECT "7"`, `* ESEARCH (TAG "c1") UID`, "c1 OK *")
 
 			o.MustOK(`STORE 1 +FLAGS (\Flagged)`)
-			c.ExpectDo("n1", "NOOP", `* 1 FETCH (FLAGS (\Flagged))`,
+			c.ExpectDo("n1", "NOOP", either(`* 1 FETCH (FLAGS (\Flagged))`, `* 1 FETCH (FLAGS (\Flagged \Recent))`),
 				`* ESEARCH (TAG "a1") ADDTO (0 1)`, `* ESEARCH (TAG "b6") UID ADDTO (0 1)`, "n1 OK *")
 			o.MustOK(`STORE 2 -FLAGS (\Flagged)`)
-			c.ExpectDo("n2", "NOOP", `* 2 FETCH (FLAGS ())`,
+			c.ExpectDo("n2", "NOOP", either(`* 2 FETCH (FLAGS ())`, `* 2 FETCH (FLAGS (\Recent))`),
 				`* ESEARCH (TAG "a1") REMOVEFROM (0 2)`, `* ESEARCH (TAG "b6") UID REMOVEFROM (0 2)`, "n2 OK *")
 			o.MustOK(`APPEND INBOX (\Flagged) {12}`, "Subject: 7\r\n")
-			c.ExpectDo("n3", "NOOP", "* 7 EXISTS",
+			c.ExpectDo("n3", "NOOP", "* 7 EXISTS", either("* 1 RECENT", "* 7 RECENT"),
 				`* ESEARCH (TAG "a1") ADDTO (0 7)`, `* ESEARCH (TAG "b1") UID ADDTO (0 7)`,
 				`* ESEARCH (TAG "c1") UID ADDTO (0 7)`, "n3 OK *")
 			o.MustOK(`STORE 4 +FLAGS (\Deleted)`)
 			o.MustOK("EXPUNGE")
-			c.ExpectDo("n4", "NOOP", `* ESEARCH (TAG "a1") REMOVEFROM (0 4)`,
-				`* ESEARCH (TAG "b1") UID REMOVEFROM (0 4)`, "* 4 EXPUNGE", "n4 OK *")
+			// A recent message expunged lowers the count (as Dovecot
+			// tells it); over go-imap's server 4 was not recent.
+			n4 := []string{`* ESEARCH (TAG "a1") REMOVEFROM (0 4)`, `* ESEARCH (TAG "b1") UID REMOVEFROM (0 4)`, "* 4 EXPUNGE"}
+			if tc.recent {
+				n4 = append(n4, "* 6 RECENT")
+			}
+			c.ExpectDo("n4", "NOOP", append(n4, "n4 OK *")...)
 			// The client's own change, with its own answer.
-			c.ExpectDo("n5", `STORE 5 -FLAGS (\Flagged)`, `* 5 FETCH (FLAGS ())`,
+			c.ExpectDo("n5", `STORE 5 -FLAGS (\Flagged)`, either(`* 5 FETCH (FLAGS ())`, `* 5 FETCH (FLAGS (\Recent))`),
 				`* ESEARCH (TAG "a1") REMOVEFROM (0 5)`, "n5 OK *")
 			c.ExpectDo("n6", `UID STORE 7 +FLAGS.SILENT (\Seen)`,
 				`* ESEARCH (TAG "b1") UID REMOVEFROM (0 7)`, "n6 OK *")
@@ -159,7 +184,7 @@ func TestUpdates(t *testing.T) {
 			c.ExpectDo("x3", `CANCELUPDATE`, "x3 BAD *")
 			c.ExpectDo("x4", `CANCELUPDATE b6`, "x4 BAD *")
 			o.MustOK(`STORE 1 +FLAGS (\Seen)`)
-			c.ExpectDo("n7", "NOOP", `* 1 FETCH (FLAGS (\Flagged \Seen))`, "n7 OK *")
+			c.ExpectDo("n7", "NOOP", either(`* 1 FETCH (FLAGS (\Flagged \Seen))`, `* 1 FETCH (FLAGS (\Flagged \Seen \Recent))`), "n7 OK *")
 			// The tag of a cancelled context is free again.
 			c.ExpectDo("b1", "SEARCH RETURN (UPDATE MIN) UNSEEN", `* ESEARCH (TAG "b1") MIN 2`, "b1 OK *")
 			// Updates cease with the mailbox (RFC 5267 4.3).
@@ -167,6 +192,9 @@ func TestUpdates(t *testing.T) {
 			c.ExpectDo("x5", `CANCELUPDATE "a1"`, "x5 BAD *")
 			c.MustOK("SELECT INBOX")
 			c.ExpectDo("x6", `CANCELUPDATE "a1"`, "x6 NO *")
+			// Recent in the session's first SELECT, not after its second
+			// (the session was told of them already; Dovecot says "* 0
+			// RECENT" too).
 			o.MustOK(`STORE 1 -FLAGS (\Flagged)`)
 			c.ExpectDo("n8", "NOOP", `* 1 FETCH (FLAGS (\Seen))`, "n8 OK *")
 		})
@@ -219,19 +247,20 @@ func TestRFC5267Examples(t *testing.T) {
 	c.ExpectDo("n2", "NOOP", "* 23762 FETCH *", "n2 OK *")
 }
 
-// TestLimits: RFC 5267 4.3.1. Past the number of contexts, or the UIDs
-// they may cache, a search is answered but refused updates with NOUPDATE;
+// TestLimits: RFC 5267 4.3.1. Past the number of contexts, or the bytes
+// they may hold, a search is answered but refused updates with NOUPDATE;
 // a cancelled context frees its place.
 func TestLimits(t *testing.T) {
 	u := memUpstream(t, 6)
-	c := startProxy(t, u, contextsearch.Config{MaxPerSession: 2, MaxCached: 6})
+	// Two contexts with one-letter tags and 7 UIDs between them; not 8.
+	c := startProxy(t, u, contextsearch.Config{MaxPerSession: 2, MaxSessionBytes: 2*(contextsearch.ContextOverhead+1) + 4*7})
 	o := u.outside(t)
 	c.ExpectDo("a", "SEARCH RETURN (UPDATE COUNT) FLAGGED", `* ESEARCH (TAG "a") COUNT 3`, "a OK *")
 	c.ExpectDo("b", "SEARCH RETURN (UPDATE) UNFLAGGED", `* ESEARCH (TAG "b")`, "b OK *")
 	c.ExpectDo("c", "SEARCH RETURN (UPDATE MIN) ALL", `* ESEARCH (TAG "c") MIN 1`,
 		`* NO [NOUPDATE "c"] No updates: too many updating searches`, "c OK *")
 	c.ExpectDo("x", `CANCELUPDATE "b"`, "x OK *")
-	// Six UIDs would make nine cached with a's three: over six.
+	// Six UIDs would make nine with a's three: over seven.
 	c.ExpectDo("d", "UID SEARCH RETURN (UPDATE COUNT) ALL", `* ESEARCH (TAG "d") UID COUNT 6`,
 		`* NO [NOUPDATE "d"] No updates: too many results to keep updating`, "d OK *")
 	c.ExpectDo("e", "SEARCH RETURN (UPDATE) 1:2", `* ESEARCH (TAG "e")`, "e OK *")
@@ -254,7 +283,10 @@ func TestNoRecheck(t *testing.T) {
 }
 
 // TestIdle: during IDLE the updates come as the changes do, with them:
-// ADDTO after the FETCH, REMOVEFROM before the EXPUNGE.
+// ADDTO after the FETCH, REMOVEFROM before the EXPUNGE. Dovecot's four
+// messages were appended with INBOX selected nowhere: they are recent in
+// the client's session, the first read-write one (RFC 3501 2.3.2, the
+// proxy's own \Recent), and an expunged one lowers its RECENT count.
 func TestIdle(t *testing.T) {
 	if testing.Short() {
 		t.Skip("Dovecot")
@@ -267,11 +299,11 @@ func TestIdle(t *testing.T) {
 	c.Send("i IDLE")
 	c.Expect("+ *")
 	o.MustOK(`STORE 1 +FLAGS (\Flagged)`)
-	c.Expect(`* 1 FETCH (FLAGS (\Flagged))`, `* ESEARCH (TAG "a") UID ADDTO (0 1)`, `* ESEARCH (TAG "s") REMOVEFROM (0 1)`)
+	c.Expect(`* 1 FETCH (FLAGS (\Flagged \Recent))`, `* ESEARCH (TAG "a") UID ADDTO (0 1)`, `* ESEARCH (TAG "s") REMOVEFROM (0 1)`)
 	o.MustOK(`STORE 2 +FLAGS (\Deleted)`)
-	c.Expect(`* 2 FETCH (FLAGS (\Deleted \Flagged))`)
+	c.Expect(`* 2 FETCH (FLAGS (\Deleted \Flagged \Recent))`)
 	o.MustOK("EXPUNGE")
-	c.Expect(`* ESEARCH (TAG "a") UID REMOVEFROM (0 2)`, "* 2 EXPUNGE")
+	c.Expect(`* ESEARCH (TAG "a") UID REMOVEFROM (0 2)`, "* 2 EXPUNGE", "* 3 RECENT")
 	c.Send("DONE")
 	c.Expect("i OK *")
 }
@@ -284,16 +316,25 @@ func TestIdle(t *testing.T) {
 // go as quoted strings where they can, or be refused updates; a plain
 // SEARCH with a literal over 4 KiB to go-imap's server with LITERAL- only
 // times out in the core's relay, so that case has no test here.)
+//
+// The two new messages are recent in the client's session, the first
+// read-write one of the proxy told of them (RFC 3501 2.3.2, the proxy's
+// own \Recent); so are Dovecot's first two, appended with INBOX selected
+// nowhere (the client's SELECT says "* 2 RECENT"), and "* n RECENT" counts
+// all of the session's: 4 over Dovecot, 2 over go-imap's server, which
+// has no \Recent (its SELECT says "* 0 RECENT").
 func TestCriteriaWithLiterals(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		up   func(t *testing.T) upstreamServer
+		// recent is the client's "* n RECENT" with the new messages.
+		recent string
 	}{
-		{"Memory", func(t *testing.T) upstreamServer { return memUpstream(t, 2) }},
+		{"Memory", func(t *testing.T) upstreamServer { return memUpstream(t, 2) }, "* 2 RECENT"},
 		{"MemoryNoLiteralPlus", func(t *testing.T) upstreamServer {
 			return memUpstreamWith(t, 2, nil, memupstream.Options{Caps: []imap.Cap{imap.CapUIDPlus}})
-		}},
-		{"DovecotLegacy", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Legacy, 2) }},
+		}, "* 2 RECENT"},
+		{"DovecotLegacy", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Legacy, 2) }, "* 4 RECENT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if testing.Short() && tc.name == "DovecotLegacy" {
@@ -306,7 +347,7 @@ func TestCriteriaWithLiterals(t *testing.T) {
 			c.Expect(`* ESEARCH (TAG "l1") UID`, "l1 OK *")
 			o.MustOK(`APPEND INBOX {25}`, "Subject: no news!\r\n\r\nbody")
 			o.MustOK(`APPEND INBOX {21}`, "Subject: nothing\r\n\r\nb")
-			c.ExpectDo("n1", "NOOP", "* 4 EXISTS", `* ESEARCH (TAG "l1") UID ADDTO (0 3)`, "n1 OK *")
+			c.ExpectDo("n1", "NOOP", "* 4 EXISTS", tc.recent, `* ESEARCH (TAG "l1") UID ADDTO (0 3)`, "n1 OK *")
 		})
 	}
 }
@@ -317,14 +358,21 @@ func TestCriteriaWithLiterals(t *testing.T) {
 // SEARCH's PARTIAL results from UIDs to sequence numbers), synthesized
 // over the others. After an expunge the positions count the client's
 // messages.
+//
+// Dovecot's six messages are recent in the client's session (appended with
+// INBOX selected nowhere; RFC 3501 2.3.2, the proxy's own \Recent), so the
+// expunge of two lowers its RECENT count to 4; go-imap's server has no
+// \Recent, and none of its messages are recent there.
 func TestPartial(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		up   func(t *testing.T) upstreamServer
+		// recent is the client's "* n RECENT" after the expunge, if any.
+		recent []string
 	}{
-		{"Memory", func(t *testing.T) upstreamServer { return memUpstream(t, 6) }},
-		{"DovecotLegacy", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Legacy, 6) }},
-		{"DovecotFull", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Full, 6) }},
+		{"Memory", func(t *testing.T) upstreamServer { return memUpstream(t, 6) }, nil},
+		{"DovecotLegacy", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Legacy, 6) }, []string{"* 4 RECENT"}},
+		{"DovecotFull", func(t *testing.T) upstreamServer { return dovecotUpstream(t, dovecottest.Full, 6) }, []string{"* 4 RECENT"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if testing.Short() && tc.name != "Memory" {
@@ -355,7 +403,8 @@ func TestPartial(t *testing.T) {
 			o := u.outside(t)
 			o.MustOK(`STORE 1:2 +FLAGS.SILENT (\Deleted)`)
 			o.MustOK("EXPUNGE")
-			c.ExpectDo("n", "NOOP", `* ESEARCH (TAG "t") REMOVEFROM (0 2)`, "* 2 EXPUNGE", "* 1 EXPUNGE", "n OK *")
+			want := append([]string{`* ESEARCH (TAG "t") REMOVEFROM (0 2)`, "* 2 EXPUNGE", "* 1 EXPUNGE"}, tc.recent...)
+			c.ExpectDo("n", "NOOP", append(want, "n OK *")...)
 			c.ExpectDo("p", "SEARCH RETURN (PARTIAL 1:2) FLAGGED", `* ESEARCH (TAG "p") PARTIAL (1:2 2,4)`, "p OK *")
 		})
 	}
@@ -364,6 +413,10 @@ func TestPartial(t *testing.T) {
 // TestNotifyAndQresync: with NOTIFY's selected events the updates come
 // between commands with the changes that cause them, and with QRESYNC
 // enabled a REMOVEFROM still precedes the expunge, reported as VANISHED.
+// Dovecot's four messages are recent in the client's session (appended
+// with INBOX selected nowhere; RFC 3501 2.3.2, the proxy's own \Recent),
+// and so is the new one, which the client is the first of the proxy's
+// read-write sessions to be told of.
 func TestNotifyAndQresync(t *testing.T) {
 	if testing.Short() {
 		t.Skip("Dovecot")
@@ -379,12 +432,12 @@ func TestNotifyAndQresync(t *testing.T) {
 	c.ExpectDo("a", "SEARCH RETURN (UPDATE) FLAGGED", `* ESEARCH (TAG "a")`, "a OK *")
 	c.ExpectDo("s", "NOTIFY SET (selected (MessageNew (UID) MessageExpunge FlagChange))", "s OK *")
 	o.MustOK(`STORE 1 +FLAGS (\Flagged)`)
-	c.Expect(`* 1 FETCH (UID 1 MODSEQ (6) FLAGS (\Flagged))`, `* ESEARCH (TAG "a") ADDTO (0 1)`)
+	c.Expect(`* 1 FETCH (UID 1 MODSEQ (6) FLAGS (\Flagged \Recent))`, `* ESEARCH (TAG "a") ADDTO (0 1)`)
 	o.MustOK(`STORE 2 +FLAGS (\Deleted)`)
-	c.Expect(`* 2 FETCH (UID 2 MODSEQ (7) FLAGS (\Deleted \Flagged))`)
+	c.Expect(`* 2 FETCH (UID 2 MODSEQ (7) FLAGS (\Deleted \Flagged \Recent))`)
 	o.MustOK("EXPUNGE")
-	c.Expect(`* ESEARCH (TAG "a") REMOVEFROM (0 2)`, "* VANISHED 2", "* OK [HIGHESTMODSEQ 8] *")
+	c.Expect(`* ESEARCH (TAG "a") REMOVEFROM (0 2)`, "* VANISHED 2", "* 3 RECENT", "* OK [HIGHESTMODSEQ 8] *")
 	o.MustOK(`APPEND INBOX (\Flagged) {12}`, "Subject: 5\r\n")
-	c.Expect("* 4 EXISTS", `* ESEARCH (TAG "a") ADDTO (0 4)`, "* 4 FETCH (UID 5 MODSEQ (9))")
+	c.Expect("* 4 EXISTS", "* 4 RECENT", `* ESEARCH (TAG "a") ADDTO (0 4)`, "* 4 FETCH (UID 5 MODSEQ (9))")
 	c.ExpectDo("n", "NOOP", "n OK *")
 }

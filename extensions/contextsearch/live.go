@@ -39,6 +39,14 @@ type Sorter interface {
 	// different messages (RFC 5256 ends every sort with the sequence
 	// number).
 	Compare(a, b uint32) int
+	// Forget says a message left the result: the sorter may drop what it
+	// kept for it (Compare is not asked about it again unless Prepare is
+	// first). Without it a long-lived context over a mailbox whose mail
+	// comes and goes would keep keys for every message it ever placed.
+	Forget(uid uint32)
+	// Bytes is about how much memory the sorter holds, counted against
+	// the context's limits (Config.MaxSessionBytes, Config.MaxBytes).
+	Bytes() int64
 }
 
 // Spec is what a searching command hands Open for its context.
@@ -85,8 +93,11 @@ type registryKey struct{}
 
 // registry is a session's live contexts, in the order they were opened.
 type registry struct {
-	cfg  Config
+	ext  *Extension
 	live []*live
+	// held is the bytes the contexts are charged for, all of them also
+	// in ext.held.
+	held int64
 }
 
 // live is one updating context.
@@ -100,6 +111,25 @@ type live struct {
 	results []uint32
 	// pos is how far the changes have been looked at.
 	pos Position
+	// charged is the bytes the context is counted for in its registry's
+	// held (bytes() when it was last accounted).
+	charged int64
+}
+
+// ContextOverhead is what a context is counted for besides its tag, its
+// result and its sorter: its own fields, its matcher's criteria, the
+// bookkeeping around them.
+const ContextOverhead = 512
+
+// bytes is what l holds now: the overhead, 4 bytes a UID of the result
+// (its length: the slack of a growing slice is at most its growth
+// factor) and the sorter's keys.
+func (l *live) bytes() int64 {
+	n := ContextOverhead + int64(len(l.tag)) + 4*int64(len(l.results))
+	if l.sorter != nil {
+		n += l.sorter.Bytes()
+	}
+	return n
 }
 
 func registryOf(s *proxy.Session) *registry {
@@ -143,13 +173,14 @@ func Open(ctx context.Context, s *proxy.Session, spec Spec) error {
 		return errNoMatchSet
 	case r.find(spec.Tag) >= 0:
 		return ErrTagInUse
-	case len(r.live) >= r.cfg.MaxPerSession:
+	case len(r.live) >= r.ext.cfg.MaxPerSession:
 		return ErrTooMany
-	case r.cached()+len(spec.Results) > r.cfg.MaxCached:
-		return ErrTooLarge
 	}
 	l := &live{tag: spec.Tag, uid: spec.UID, matcher: spec.Matcher, sorter: spec.Sorter,
 		results: slices.Clone(spec.Results), pos: spec.Mark}
+	if !r.account(l) {
+		return ErrTooLarge
+	}
 	r.live = append(r.live, l)
 	if b := r.refresh(ctx, s, l); len(b) > 0 {
 		return s.Write(b)
@@ -168,18 +199,43 @@ func (r *registry) find(tag string) int {
 	return slices.IndexFunc(r.live, func(l *live) bool { return l.tag == tag })
 }
 
+// cancel ends the context tagged tag, giving back its bytes.
 func (r *registry) cancel(tag string) {
 	if i := r.find(tag); i >= 0 {
+		r.release(r.live[i])
 		r.live = slices.Delete(r.live, i, i+1)
 	}
 }
 
-func (r *registry) cached() int {
-	n := 0
+// close ends every context: the session left the mailbox or ended.
+func (r *registry) close() {
 	for _, l := range r.live {
-		n += len(l.results)
+		r.release(l)
 	}
-	return n
+	r.live = nil
+}
+
+// account charges l for what it holds now: false, with nothing more
+// charged, when its growth would pass the session's bound or the
+// process's budget. Shrinking is always accounted.
+func (r *registry) account(l *live) bool {
+	d := l.bytes() - l.charged
+	switch {
+	case d <= 0:
+		r.ext.give(-d)
+	case r.held+d > r.ext.cfg.MaxSessionBytes || !r.ext.take(d):
+		return false
+	}
+	r.held += d
+	l.charged += d
+	return true
+}
+
+// release gives back everything l is charged for.
+func (r *registry) release(l *live) {
+	r.ext.give(l.charged)
+	r.held -= l.charged
+	l.charged = 0
 }
 
 func lastOf(view []uint32) uint32 {
@@ -216,6 +272,7 @@ func (r *registry) expunged(b []byte, uids, seqs []uint32) []byte {
 			return seqOf[uid]
 		}
 		b = l.appendUpdate(b, gone, nil, num)
+		r.account(l) // smaller: always accounted
 	}
 	return b
 }
@@ -286,6 +343,13 @@ func (r *registry) refresh(ctx context.Context, s *proxy.Session, only *live) []
 		}
 		b = l.appendUpdate(b, told, add, num)
 		l.pos = now
+		if !r.account(l) {
+			// Grown past what the session or the process may hold:
+			// the update just written stands, and the context ends.
+			s.Logger().Info("updating search dropped", "tag", l.tag, "err", ErrTooLarge)
+			r.cancel(l.tag)
+			b = append(b, NoUpdate(l.tag, ErrTooLarge)...)
+		}
 	}
 	return b
 }
@@ -328,6 +392,9 @@ func (l *live) remove(uid uint32) int {
 	i := l.index(uid)
 	if i >= 0 {
 		l.results = slices.Delete(l.results, i, i+1)
+		if l.sorter != nil {
+			l.sorter.Forget(uid)
+		}
 	}
 	return i
 }

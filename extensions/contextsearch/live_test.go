@@ -18,6 +18,8 @@ import (
 type order struct{ desc bool }
 
 func (order) Prepare(context.Context, *proxy.Session, []uint32) error { return nil }
+func (order) Forget(uint32)                                           {}
+func (order) Bytes() int64                                            { return 0 }
 
 func (o order) Compare(a, b uint32) int {
 	if o.desc {

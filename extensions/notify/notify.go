@@ -159,7 +159,11 @@ type state struct {
 	queue    []accountwatch.Event
 	overflow bool
 	// suppress holds changes the session made itself, which it SHOULD
-	// not be told of (RFC 5465 5): key -> expiry.
+	// not be told of (RFC 5465 5): key -> expiry. An entry goes when its
+	// event arrives, or when it expires (noteOwn prunes), and there are
+	// at most maxSuppressed: a change that makes no event (SUBSCRIBE of a
+	// name already subscribed, of any name the client makes up) would
+	// otherwise stay until NOTIFY is reset.
 	suppress map[string]time.Time
 
 	acct         *accountwatch.Sub
@@ -168,6 +172,35 @@ type state struct {
 }
 
 type stateKey struct{}
+
+// maxSuppressed bounds a session's suppress entries: far more than the
+// changes a client makes within one expiry (two poll intervals and a
+// minute). Past it the entry that expires first goes: at worst the session
+// is told of one of its own changes, which RFC 5465 5 allows (SHOULD NOT).
+const maxSuppressed = 256
+
+// noteOwn records a change the session made itself (key as render looks
+// it up), to be suppressed until exp; expired entries are dropped first,
+// then the one expiring soonest while there are too many.
+func (st *state) noteOwn(key string, now, exp time.Time) {
+	for k, e := range st.suppress {
+		if !now.Before(e) {
+			delete(st.suppress, k)
+		}
+	}
+	delete(st.suppress, key)
+	for len(st.suppress) >= maxSuppressed {
+		var first string
+		var at time.Time
+		for k, e := range st.suppress {
+			if first == "" || e.Before(at) || e.Equal(at) && k < first {
+				first, at = k, e
+			}
+		}
+		delete(st.suppress, first)
+	}
+	st.suppress[key] = exp
+}
 
 func sessionState(s *proxy.Session) *state {
 	st, _ := s.Value(stateKey{}).(*state)
@@ -754,7 +787,8 @@ func (e *Extension) changed(s *proxy.Session, name string, line []byte) {
 	st := sessionState(s)
 	note := func(kind accountwatch.Kind, mailbox string) {
 		if st != nil {
-			st.suppress[kind.String()+"\x00"+canonical(mailbox)] = time.Now().Add(2*e.pollInterval() + time.Minute)
+			now := time.Now()
+			st.noteOwn(kind.String()+"\x00"+canonical(mailbox), now, now.Add(2*e.pollInterval()+time.Minute))
 		}
 	}
 	switch name {

@@ -29,8 +29,11 @@ import (
 //     longer lists (expunged). At most Config.MaxStored records per
 //     account are kept; beyond that, new keys are held in memory only.
 //   - in memory, per mailbox and UIDVALIDITY, folded (collation applied)
-//     and sorted by UID, up to Config.MaxCached messages over all
-//     accounts, least recently used mailboxes dropped first.
+//     and sorted by UID, up to Config.MaxCached messages and
+//     Config.MaxCachedBytes bytes (keyBytes) over all accounts, least
+//     recently used mailboxes dropped first. The bytes matter as much as
+//     the messages: a client decides the subjects and addresses of what it
+//     appends, and a message's keys are as long as they are.
 //
 // A SORT thus fetches from the upstream only the messages it has never
 // seen: after the first SORT of a mailbox, the new mail.
@@ -51,9 +54,10 @@ type box struct {
 	mu     sync.Mutex
 	loaded bool
 	msgs   []folded // by UID
-	// counted (under cache.mu) is len(msgs) as the cache's total knows it.
-	counted int
-	elem    *list.Element
+	// counted and countedBytes (under cache.mu) are len(msgs) and their
+	// keyBytes as the cache's totals know them.
+	counted, countedBytes int64
+	elem                  *list.Element
 }
 
 // lookup returns the keys of uids (ascending) that b holds, and the UIDs
@@ -86,22 +90,23 @@ func int64cmp(a, b int64) int {
 
 type cache struct {
 	data      accountdata.Store
-	maxCached int
+	maxCached int64
+	maxBytes  int64
 	maxStored int
 	log       *slog.Logger
 
-	mu    sync.Mutex
-	boxes map[boxID]*box
-	lru   list.List // of *box, most recent first
-	total int
+	mu                sync.Mutex
+	boxes             map[boxID]*box
+	lru               list.List // of *box, most recent first
+	total, totalBytes int64
 	// stored counts each account's records once known (loaded lazily).
 	stored map[string]int
 	// fetched counts the messages whose keys came from an upstream.
 	fetched atomic.Int64
 }
 
-func newCache(data accountdata.Store, maxCached, maxStored int) *cache {
-	return &cache{data: data, maxCached: maxCached, maxStored: maxStored, boxes: map[boxID]*box{},
+func newCache(data accountdata.Store, maxCached int, maxBytes int64, maxStored int) *cache {
+	return &cache{data: data, maxCached: int64(maxCached), maxBytes: maxBytes, maxStored: maxStored, boxes: map[boxID]*box{},
 		stored: map[string]int{}, log: slog.Default().With("ext", "sort")}
 }
 
@@ -111,35 +116,56 @@ func (c *cache) box(id boxID) *box {
 	defer c.mu.Unlock()
 	b := c.boxes[id]
 	if b == nil {
-		b = &box{id: id}
+		// An entry costs something even without keys (an empty
+		// mailbox, a sort that failed): counted, so that entries for
+		// many mailboxes cannot pile up under the bound.
+		b = &box{id: id, countedBytes: boxBytes(id)}
 		b.elem = c.lru.PushFront(b)
 		c.boxes[id] = b
+		c.totalBytes += b.countedBytes
+		c.evict(b)
 		return b
 	}
 	c.lru.MoveToFront(b.elem)
 	return b
 }
 
-// grew records that b holds n messages now, and drops the least recently
-// used other mailboxes while the total is above the bound. b itself stays
-// even when it alone is larger: the sort in progress needs it.
-func (c *cache) grew(b *box, n int) {
+// grew records that b holds msgs now (b.mu held), and drops the least
+// recently used other mailboxes while either total is above its bound. b
+// itself stays even when it alone is larger: the sort in progress needs
+// it (its size is the mailbox's, which the upstream bounds).
+func (c *cache) grew(b *box, msgs []folded) {
+	bytes := boxBytes(b.id)
+	for i := range msgs {
+		bytes += keyBytes(&msgs[i])
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.boxes[b.id] != b {
 		return // dropped meanwhile: not counted
 	}
-	c.total += n - b.counted
-	b.counted = n
-	for c.total > c.maxCached {
+	c.total += int64(len(msgs)) - b.counted
+	c.totalBytes += bytes - b.countedBytes
+	b.counted, b.countedBytes = int64(len(msgs)), bytes
+	c.evict(b)
+}
+
+// boxBytes is what a mailbox's entry costs besides its keys.
+func boxBytes(id boxID) int64 { return 256 + int64(len(id.account)+len(id.mailbox)) }
+
+// evict drops the least recently used mailboxes but keep while either
+// total is above its bound (c.mu held).
+func (c *cache) evict(keep *box) {
+	for c.total > c.maxCached || c.totalBytes > c.maxBytes {
 		e := c.lru.Back()
 		old := e.Value.(*box)
-		if old == b {
+		if old == keep {
 			break
 		}
 		c.lru.Remove(e)
 		delete(c.boxes, old.id)
 		c.total -= old.counted
+		c.totalBytes -= old.countedBytes
 	}
 }
 
@@ -150,7 +176,7 @@ func (c *cache) drop() {
 	defer c.mu.Unlock()
 	c.boxes = map[boxID]*box{}
 	c.lru.Init()
-	c.total = 0
+	c.total, c.totalBytes = 0, 0
 }
 
 // forget deletes a mailbox's records and drops it from memory.
@@ -174,6 +200,7 @@ func (c *cache) forget(account, mailbox string) {
 			c.lru.Remove(b.elem)
 			delete(c.boxes, id)
 			c.total -= b.counted
+			c.totalBytes -= b.countedBytes
 		}
 	}
 }
@@ -226,7 +253,7 @@ func (c *cache) load(b *box, exists []uint32, maxUID uint32) {
 	}
 	slices.SortFunc(msgs, func(a, b folded) int { return int64cmp(int64(a.uid), int64(b.uid)) })
 	b.msgs = msgs
-	c.grew(b, len(msgs))
+	c.grew(b, msgs)
 	if len(stale) > 0 {
 		if err := c.data.Write(id.account, nil, stale); err != nil {
 			c.log.Warn("deleting stale sort keys", "account", id.account, "err", err)
@@ -291,7 +318,7 @@ func (c *cache) fetch(ctx context.Context, s *proxy.Session, b *box, uids []uint
 		b.msgs = append(b.msgs, got...)
 		slices.SortFunc(b.msgs, func(a, b folded) int { return int64cmp(int64(a.uid), int64(b.uid)) })
 		b.msgs = slices.CompactFunc(b.msgs, func(a, b folded) bool { return a.uid == b.uid })
-		c.grew(b, len(b.msgs))
+		c.grew(b, b.msgs)
 	}
 	return nil
 }

@@ -20,14 +20,18 @@ package sort
 //
 // A context's sorter holds a copy of the keys of its messages (the
 // cache's keys move when the cache grows or is evicted): about 120 bytes
-// a message, bounded with the context's UIDs by contextsearch's
-// MaxCached. Keys of messages that left the result stay until the
-// context ends: they cost no more than the messages the mailbox had.
+// a message and more for long subjects and addresses. Sorter.Bytes
+// tells contextsearch what they take, which it counts with the context's
+// UIDs against its per-session bound and its process-wide budget
+// (contextsearch.Config); a message that leaves the result is forgotten
+// (Sorter.Forget), so a long-lived context keeps the keys of its result
+// only, not of every message it ever held.
 
 import (
 	"cmp"
 	"context"
 	"slices"
+	"unsafe"
 
 	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
@@ -101,15 +105,39 @@ type sorter struct {
 	e    *Extension
 	crit []Criterion
 	keys map[uint32]*folded
+	// bytes is what keys holds, as keyBytes counts it.
+	bytes int64
+}
+
+// keyBytes is about what a message's keys take in memory: the struct, its
+// strings, and 32 bytes for the pointer and map entry of a sorter's copy
+// (counted for the cache's too, which has neither: a slight overcount).
+func keyBytes(f *folded) int64 {
+	return int64(unsafe.Sizeof(*f)) + 32 + int64(len(f.subject)+len(f.from)+len(f.to)+len(f.cc)+len(f.displayFrom)+len(f.displayTo))
 }
 
 // keep copies the keys of msgs (the cache's, its lock held).
 func (o *sorter) keep(msgs []*folded) {
 	for _, f := range msgs {
+		if old, ok := o.keys[f.uid]; ok {
+			o.bytes -= keyBytes(old)
+		}
 		c := *f
 		o.keys[f.uid] = &c
+		o.bytes += keyBytes(&c)
 	}
 }
+
+// Forget drops the keys of a message that left the result.
+func (o *sorter) Forget(uid uint32) {
+	if f, ok := o.keys[uid]; ok {
+		o.bytes -= keyBytes(f)
+		delete(o.keys, uid)
+	}
+}
+
+// Bytes is what the kept keys take (contextsearch counts it).
+func (o *sorter) Bytes() int64 { return o.bytes }
 
 // Prepare fetches the keys of messages about to be placed (those not
 // cached come from the upstream, as for any sort).

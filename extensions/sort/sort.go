@@ -76,6 +76,10 @@ type Config struct {
 	// bytes a message: a few large mailboxes sorted often stay in memory;
 	// the rest are read back from Services.Data, never from the upstream).
 	MaxCached int
+	// MaxCachedBytes bounds the same keys in bytes (default 64 MiB): a
+	// client chooses the subjects and addresses of the mail it appends,
+	// so messages alone do not bound the memory.
+	MaxCachedBytes int64
 	// MaxStored bounds the key records kept per account in Services.Data
 	// (default 500,000).
 	MaxStored int
@@ -102,6 +106,9 @@ func New(cfg Config) *Extension {
 	if cfg.MaxCached <= 0 {
 		cfg.MaxCached = 250_000
 	}
+	if cfg.MaxCachedBytes <= 0 {
+		cfg.MaxCachedBytes = 64 << 20
+	}
 	if cfg.MaxStored <= 0 {
 		cfg.MaxStored = 500_000
 	}
@@ -117,7 +124,7 @@ func (e *Extension) Provision(svc proxy.Services) error {
 	if data == nil {
 		data = accountdata.NewMemory()
 	}
-	e.cache = newCache(data, e.cfg.MaxCached, e.cfg.MaxStored)
+	e.cache = newCache(data, e.cfg.MaxCached, e.cfg.MaxCachedBytes, e.cfg.MaxStored)
 	return nil
 }
 

@@ -79,6 +79,12 @@ type Settings struct {
 	// advertise I18NLEVEL=1 over it (extensions/sort, docs/sort.md).
 	UpstreamSearchCasemap bool `toml:"upstream-search-casemap"`
 
+	// ContextMaxBytes is the memory all sessions' updating searches and
+	// sorts (RFC 5267 CONTEXT=SEARCH, CONTEXT=SORT) may hold together
+	// (extensions/contextsearch, docs/context.md); 0 or less selects the
+	// extension's default.
+	ContextMaxBytes int64 `toml:"context-max-bytes"`
+
 	ExpungeLogMax    int      `toml:"expunge-log-max"`
 	ExpungeLogMaxAge Duration `toml:"expunge-log-max-age"`
 
@@ -141,6 +147,7 @@ func Defaults() Settings {
 		IdleTimeout:         Duration{30 * time.Minute},
 		PollInterval:        Duration{30 * time.Second},
 		NotifyPollInterval:  Duration{30 * time.Second},
+		ContextMaxBytes:     64 << 20,
 		ConnsPerIP:          2000,
 		SessionsPerUser:     50,
 		PreAuthCommands:     25,
@@ -207,6 +214,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.ClusterSecret, "cluster-secret", s.ClusterSecret, "file holding the secret shared by the nodes (at least 16 bytes) that authenticates internal links")
 	fs.TextVar(&s.ClusterLeaseTTL, "cluster-lease-ttl", s.ClusterLeaseTTL, "a node that has not renewed its lease for this long is dead: others take its accounts over, and it fences itself")
 	fs.TextVar(&s.ClusterRelease, "cluster-release-after", s.ClusterRelease, "an account with no session on its node for this long is released, so that it can move to its preferred node")
+	fs.Int64Var(&s.ContextMaxBytes, "context-max-bytes", s.ContextMaxBytes, "most bytes all sessions' updating searches and sorts (CONTEXT=SEARCH, CONTEXT=SORT) may hold together; past it a new one is refused updates (NOUPDATE)")
 	fs.BoolVar(&s.UpstreamSearchCasemap, "upstream-search-casemap", s.UpstreamSearchCasemap, "the upstream's SEARCH compares with i;unicode-casemap (true of Dovecot): advertise I18NLEVEL=1 where the proxy sorts")
 	fs.TextVar(&s.IdleKeepAlive, "idle-keepalive", s.IdleKeepAlive, "interval of \"* OK Still here\" to idling clients; 0 (the default) sends none, to spare batteries")
 }

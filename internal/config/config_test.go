@@ -72,6 +72,7 @@ func TestDefaults(t *testing.T) {
 		WatchGrace:          Duration{10 * time.Second},
 		IdleRenew:           Duration{25 * time.Minute},
 		NotifyPollInterval:  Duration{30 * time.Second},
+		ContextMaxBytes:     64 << 20,
 		ConnsPerIP:          2000,
 		SessionsPerUser:     50,
 		PreAuthCommands:     25,
@@ -161,6 +162,7 @@ watch-grace = "3s"
 idle-renew = "20m"
 idle-keepalive = "10m"
 notify-poll-interval = "2m"
+context-max-bytes = 1048576
 expunge-log-max = 500
 expunge-log-max-age = "48h"
 username-format = "%u"
@@ -196,6 +198,7 @@ var fullFileSettings = Settings{
 	IdleRenew:           Duration{20 * time.Minute},
 	IdleKeepAlive:       Duration{10 * time.Minute},
 	NotifyPollInterval:  Duration{2 * time.Minute},
+	ContextMaxBytes:     1 << 20,
 	ConnsPerIP:          2000,
 	SessionsPerUser:     50,
 	PreAuthCommands:     25,

@@ -54,9 +54,6 @@ var knownExceptions = map[string]exception{
 		"MUST send textual sections of BINARY with CRLF line ends whatever the storage, " +
 		"which the proxy does (BINARY.SIZE[5] 31); Dovecot 2.3 sends the octets unchanged"},
 
-	"multiappend":          {why: "MULTIAPPEND (RFC 3502) is not offered over an upstream without it"},
-	"catenate-multiappend": {why: "MULTIAPPEND (RFC 3502) is not offered over an upstream without it"},
-
 	"thread":                 thread,
 	"thread2":                thread,
 	"thread3":                thread,

@@ -1,0 +1,245 @@
+package catenate
+
+// MULTIAPPEND (RFC 3502) over an upstream without it.
+//
+// This package owns the loop over an APPEND's messages because RFC 4469
+// defines CATENATE inside RFC 3502's grammar (append-message repeats, and
+// each may be a literal or CATENATE): one reader of the command must
+// understand both, and two extensions reading the same streamed APPEND
+// cannot. So the extension in the chain that offers CATENATE offers
+// MULTIAPPEND too.
+//
+// Where the upstream has MULTIAPPEND, a plain APPEND streams to it as
+// always, and one with CATENATE is put together (where CATENATE is
+// synthesized) and goes upstream as one MULTIAPPEND. Where it has not but
+// has UIDPLUS, the proxy advertises MULTIAPPEND and:
+//
+//  1. Reads the whole command with Exchange.ReadStreamed into the spool
+//     (each message bounded by MaxAppendLiteral, all together by
+//     MaxCommandBytes, at most maxMessages messages), so that a client
+//     that goes away or a message over the limits leaves nothing
+//     appended. This costs every APPEND over such an upstream a pass
+//     through the spool file: whether a second message follows is known
+//     only after the first one's literal has been read.
+//  2. A command of one message goes on as one plain APPEND (Restream):
+//     uidplus, the relay and the upstream see it as before.
+//  3. Several messages are appended one by one, each as its own APPEND
+//     on a connection of the proxy's own (Account.Dial; the session's
+//     leased connection cannot carry the proxy's own literals), each
+//     upstream answer's APPENDUID noted. When one fails, the messages
+//     already appended are removed (UID STORE +FLAGS.SILENT (\Deleted),
+//     UID EXPUNGE of exactly their UIDs: UIDPLUS's UID EXPUNGE touches no
+//     other message) and the client gets the failing APPEND's status,
+//     code and text: nothing was appended (RFC 3502 3). On success it gets
+//     OK [APPENDUID uidvalidity uid-set] (RFC 4315 3 allows a uid-set for
+//     MULTIAPPEND).
+//
+// Limits: atomicity is the proxy's doing, not the upstream's. Other
+// clients of the mailbox may see the first messages for the moment
+// before a rollback removes them, and a proxy that dies between two
+// APPENDs, or an upstream that fails the rollback, leaves the messages
+// appended so far (logged). Over an upstream without UIDPLUS no APPENDUID
+// names the appended messages for sure and UID EXPUNGE is not there to
+// remove exactly them (see extensions/uidplus), so no rollback is
+// possible: MULTIAPPEND is not advertised and a second message is
+// refused BAD.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/extensions/internal/urlfetch"
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// appendTimeout bounds each of the proxy's own upstream APPENDs and the
+// rollback's commands.
+const appendTimeout = 2 * time.Minute
+
+// synthesizesMulti reports whether the proxy offers MULTIAPPEND over up
+// itself.
+func synthesizesMulti(up upstream.Caps) bool {
+	return up != nil && !up.Has("MULTIAPPEND") && up.Has("UIDPLUS")
+}
+
+// appendEach appends p's messages one by one on a connection of the
+// proxy's own and answers the command (see the comment above).
+func (e *Extension) appendEach(ctx context.Context, x *proxy.Exchange, p *cmdParser, sp *urlfetch.Spool) error {
+	s := x.Session()
+	e.multi.Add(1)
+	conn, err := s.UpstreamAccount().Dial(ctx)
+	if err != nil {
+		s.Logger().Warn("multiappend: cannot open an upstream connection", "err", err)
+		return x.Reply(errUnavailable.status, errUnavailable.code, errUnavailable.text)
+	}
+	defer conn.Logout()
+	defer conn.Watch(ctx)()
+	var validity string
+	var uids []uint32
+	for i, m := range p.msgs {
+		head, err := appendOne(conn, p.mailbox, m, sp)
+		if err != nil {
+			s.Logger().Warn("multiappend: upstream APPEND failed", "message", i+1, "err", err)
+			e.rollback(ctx, x, p.mailbox, uids)
+			return x.Reply(errUnavailable.status, errUnavailable.code, errUnavailable.text)
+		}
+		if head.Name != "OK" {
+			e.rollback(ctx, x, p.mailbox, uids)
+			code := head.Code
+			if head.CodeArg != "" {
+				code += " " + head.CodeArg
+			}
+			return x.Reply(head.Name, code, head.Text)
+		}
+		v, uid, ok := appendUID(head)
+		if !ok || validity != "" && v != validity {
+			// UIDPLUS promised the code: without it (or with the mailbox
+			// recreated meanwhile) this message cannot be rolled back.
+			s.Logger().Warn("multiappend: upstream APPEND without a usable APPENDUID; cannot roll back", "message", i+1, "code", head.Code+" "+head.CodeArg)
+			e.rollback(ctx, x, p.mailbox, uids)
+			return x.Reply("NO", "SERVERBUG", "The upstream did not say where it appended a message.")
+		}
+		validity = v
+		uids = append(uids, uid)
+	}
+	syncSelected(ctx, s)
+	return x.Reply("OK", "APPENDUID "+validity+" "+uidSet(uids), "Append completed.")
+}
+
+// appendOne sends one message as a plain APPEND on conn and returns the
+// tagged answer.
+func appendOne(conn *upstream.Conn, mailbox string, m *message, sp *urlfetch.Spool) (imapcodec.ResponseHead, error) {
+	size := messageSize(m)
+	nonSync := conn.Caps().Has("LITERAL+") || conn.Caps().Has("LITERAL-") && size <= 4096
+	tag := conn.NextTag()
+	line := messageHead([]byte(tag+" APPEND "+mailbox+" "), m)
+	line = imapcodec.LiteralHeader{Size: size, NonSync: nonSync}.Format(line)
+	line = append(line, '\r', '\n')
+	w := conn.Writer()
+	conn.SetDeadline(time.Now().Add(appendTimeout))
+	w.Write(line)
+	fail := func(err error) (imapcodec.ResponseHead, error) {
+		conn.MarkBroken()
+		return imapcodec.ResponseHead{}, err
+	}
+	if !nonSync {
+		if err := w.Flush(); err != nil {
+			return fail(err)
+		}
+		for {
+			r, err := conn.ReadResponse()
+			if err != nil {
+				return fail(err)
+			}
+			if r.Head.Tag == tag {
+				return r.Head, nil // refused before the literal
+			}
+			if r.Head.Tag == "+" {
+				break
+			}
+		}
+	}
+	for _, pt := range m.parts {
+		if _, err := io.Copy(w, io.NewSectionReader(sp.File(), pt.off, pt.n)); err != nil {
+			return fail(err)
+		}
+	}
+	w.WriteString("\r\n")
+	if err := w.Flush(); err != nil {
+		return fail(err)
+	}
+	for {
+		r, err := conn.ReadResponse()
+		if err != nil {
+			return fail(err)
+		}
+		switch r.Head.Tag {
+		case tag:
+			return r.Head, nil
+		case "*":
+		default:
+			return fail(fmt.Errorf("unexpected response %q to APPEND", r.Head.Tag))
+		}
+	}
+}
+
+// appendUID reads "APPENDUID uidvalidity uid" from an APPEND's answer.
+func appendUID(h imapcodec.ResponseHead) (validity string, uid uint32, ok bool) {
+	if !strings.EqualFold(h.Code, "APPENDUID") {
+		return "", 0, false
+	}
+	v, u, found := strings.Cut(strings.TrimSpace(h.CodeArg), " ")
+	n, err := strconv.ParseUint(u, 10, 32)
+	if !found || err != nil || n == 0 || upstream.ParseUIDValidity(v) == 0 {
+		return "", 0, false
+	}
+	return v, uint32(n), true
+}
+
+// uidSet writes uids, in the order given, as an RFC 4315 uid-set, runs
+// of consecutive UIDs as ranges.
+func uidSet(uids []uint32) string {
+	var b strings.Builder
+	for i := 0; i < len(uids); {
+		j := i
+		for j+1 < len(uids) && uids[j+1] == uids[j]+1 {
+			j++
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatUint(uint64(uids[i]), 10))
+		if j > i {
+			b.WriteByte(':')
+			b.WriteString(strconv.FormatUint(uint64(uids[j]), 10))
+		}
+		i = j + 1
+	}
+	return b.String()
+}
+
+// rollback removes the messages a failed MULTIAPPEND appended, on a
+// fresh connection of its own (the one that appended may be broken).
+func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, mailbox string, uids []uint32) {
+	if len(uids) == 0 {
+		return
+	}
+	s := x.Session()
+	set := uidSet(uids)
+	err := func() error {
+		conn, err := s.UpstreamAccount().Dial(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Logout()
+		ctx, cancel := context.WithTimeout(ctx, appendTimeout)
+		defer cancel()
+		for _, cmd := range []string{"SELECT " + mailbox, "UID STORE " + set + ` +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE " + set} {
+			if _, err := conn.Exec(ctx, cmd, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	if err != nil {
+		e.rollbackFailed.Add(1)
+		s.Logger().Error("multiappend: rollback failed; messages left appended", "mailbox", mailbox, "uids", set, "err", err)
+		return
+	}
+	syncSelected(ctx, s)
+}
+
+// syncSelected brings the client's selected mailbox up to date, so that
+// the EXISTS of messages appended to it come before the tagged answer,
+// as after a relayed APPEND.
+func syncSelected(ctx context.Context, s *proxy.Session) {
+	if mb := s.Mailbox(); mb != nil {
+		mb.Sync(ctx, 5*time.Second)
+	}
+}

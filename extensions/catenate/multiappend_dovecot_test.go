@@ -1,0 +1,128 @@
+package catenate_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/extensions/catenate"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+)
+
+// The messages of RFC 3502 6's example.
+const (
+	rfc3502First = "Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)\r\n" +
+		"From: Fred Foobar <foobar@Blurdybloop.example.COM>\r\n" +
+		"Subject: afternoon meeting\r\n" +
+		"To: mooch@owatagu.siam.edu\r\n" +
+		"Message-Id: <B27397-0100000@Blurdybloop.example.COM>\r\n" +
+		"MIME-Version: 1.0\r\n" +
+		"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n" +
+		"\r\n" +
+		"Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n"
+	rfc3502Second = "Date: Mon, 7 Feb 1994 22:43:04 -0800 (PST)\r\n" +
+		"From: Joe Mooch <mooch@OWaTaGu.siam.EDU>\r\n" +
+		"Subject: Re: afternoon meeting\r\n" +
+		"To: foobar@blurdybloop.example.com\r\n" +
+		"Message-Id: <a0434793874930@OWaTaGu.siam.EDU>\r\n" +
+		"MIME-Version: 1.0\r\n" +
+		"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n" +
+		"\r\n" +
+		"3:30 is fine with me.\r\n"
+)
+
+// TestDovecotRFC3502: RFC 3502 6's example, synchronising literals and
+// all, synthesized over Legacy and relayed over Full: both messages
+// appended with their flags and date, OK [APPENDUID v 1:2]; an APPEND to
+// a mailbox that does not exist refused NO [TRYCREATE] before its
+// literal is invited.
+func TestDovecotRFC3502(t *testing.T) {
+	for _, tc := range []struct {
+		p     dovecottest.Profile
+		multi int64 // MULTIAPPENDs the proxy did itself
+	}{{dovecottest.Legacy, 1}, {dovecottest.Full, 0}} {
+		t.Run(tc.p.String(), func(t *testing.T) {
+			ext, c, _ := dovecotEnv(t, tc.p, nil)
+			if caps := c.MustOK("CAPABILITY")[0] + " "; !strings.Contains(caps, " MULTIAPPEND ") {
+				t.Fatalf("%s", caps)
+			}
+			c.MustOK("CREATE saved-messages")
+			v := uidValidity(t, c, "saved-messages")
+			c.Send(fmt.Sprintf(`A003 APPEND saved-messages (\Seen) {%d}`, len(rfc3502First)))
+			if l := c.ReadLine(); !strings.HasPrefix(l, "+") {
+				t.Fatalf("%q, want a continuation request", l)
+			}
+			c.Write(rfc3502First)
+			c.Send(fmt.Sprintf(` (\Seen) " 7-Feb-1994 22:43:04 -0800" {%d}`, len(rfc3502Second)))
+			if l := c.ReadLine(); !strings.HasPrefix(l, "+") {
+				t.Fatalf("%q, want a continuation request", l)
+			}
+			c.Write(rfc3502Second)
+			c.Send("")
+			lines := c.ReadUntilTagged("A003")
+			if got, want := lines[len(lines)-1], "A003 OK [APPENDUID "+v+" 1:2] "; !strings.HasPrefix(got, want) {
+				t.Errorf("%q, want %q...", lines, want)
+			}
+			c.Send(`A004 APPEND bogusname (\Flagged) {1023}`)
+			if got := c.ReadLine(); !strings.HasPrefix(got, "A004 NO [TRYCREATE] ") {
+				t.Errorf("A004: %q", got)
+			}
+			c.MustOK("SELECT saved-messages")
+			for uid, want := range map[int]string{1: rfc3502First, 2: rfc3502Second} {
+				if got := fetchBody(t, c, uid, ""); got != want {
+					t.Errorf("UID %d: %q", uid, got)
+				}
+			}
+			for uid, date := range map[int]string{1: "", 2: `"08-Feb-1994 06:43:04 +0000"`} {
+				f := c.MustOK(fmt.Sprintf("UID FETCH %d (FLAGS INTERNALDATE)", uid))[0]
+				if !strings.Contains(f, `\Seen`) || !strings.Contains(f, date) {
+					t.Errorf("%s", f)
+				}
+			}
+			if got := ext.Stats().MultiAppends; got != tc.multi {
+				t.Errorf("MultiAppends %d, want %d", got, tc.multi)
+			}
+		})
+	}
+}
+
+// TestDovecotMultiappendFails: a MULTIAPPEND whose second or third
+// message Dovecot refuses appends nothing: the client gets Dovecot's
+// refusal and the mailbox stays empty (STATUS, SEARCH), synthesized over
+// Legacy as relayed over Full.
+func TestDovecotMultiappendFails(t *testing.T) {
+	for _, p := range []dovecottest.Profile{dovecottest.Legacy, dovecottest.Full} {
+		t.Run(p.String(), func(t *testing.T) {
+			ext, c, _ := dovecotEnv(t, p, nil)
+			// A zero-byte third message: Dovecot refuses to save it.
+			lines := c.Cmd("APPEND INBOX {5+}", "hello {5+}", "world {0+}", "")
+			if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "NO ") {
+				t.Errorf("%q", lines)
+			}
+			// A bad flag on the second (over Legacy only: relayed to
+			// Dovecot, whose BAD comes while the rest of the command is
+			// in flight, it costs the upstream connection).
+			if p == dovecottest.Legacy {
+				lines = c.Cmd("APPEND INBOX {5+}", `hello (\Bogus) {5+}`, "world")
+				if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "BAD ") && !strings.HasPrefix(got, "NO ") {
+					t.Errorf("%q", lines)
+				}
+			}
+			if st := c.MustOK("STATUS INBOX (MESSAGES)")[0]; !strings.Contains(st, "MESSAGES 0") {
+				t.Errorf("%q", st)
+			}
+			c.MustOK("SELECT INBOX")
+			if got := c.MustOK("SEARCH ALL")[0]; got != "* SEARCH" {
+				t.Errorf("%q", got)
+			}
+			want := catenate.Stats{}
+			if p == dovecottest.Legacy {
+				want.MultiAppends = 2
+			}
+			if got := ext.Stats(); got != want {
+				t.Errorf("stats %+v, want %+v", got, want)
+			}
+		})
+	}
+}
