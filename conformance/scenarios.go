@@ -14,7 +14,7 @@ func Scenarios() []*Scenario {
 		base3501(), recent3501(), enable5161(), idle2177(), compress4978(),
 		condstore7162(), qresync7162(), notify5465(), notifyFilters5465(),
 		uidplus4315(), move6851(), namespace2342(), literal7888(), esearch4731(), searchres5182(),
-		within5032(),
+		within5032(), listext5258(),
 		context5267(),
 		binary3516(),
 		metadata5464(), filters5466(),

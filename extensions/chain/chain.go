@@ -19,6 +19,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/filters"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/language"
+	"github.com/lemonproxy/lemonproxy/extensions/listext"
 	"github.com/lemonproxy/lemonproxy/extensions/metadata"
 	"github.com/lemonproxy/lemonproxy/extensions/namespace"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
@@ -70,6 +71,9 @@ type Config struct {
 //     upstream lacks them):
 //     commands no other extension sees, so their place does not matter;
 //     first, so that the commands a session waits in are found at once.
+//     listext owns LIST (extended LIST answered from plain LIST and LSUB
+//     where the upstream lacks LIST-EXTENDED): no other extension sees
+//     LIST, so its place does not matter either.
 //     metadata also reads the outcome of DELETE and RENAME to drop or move
 //     a mailbox's entries it keeps.
 //  2. notify sees every command that changes mailboxes go by and reads its
@@ -148,6 +152,7 @@ func Extensions(cfg Config) []proxy.Extension {
 		compress.New(),
 		namespace.New(),
 		language.New(),
+		listext.New(),
 		meta,
 		notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: cfg.NotifyPollInterval, Grace: cfg.WatchGrace}, MaxQueued: cfg.NotifyMaxQueued}),
 		catenate.New(catenate.Config{Hosts: cfg.URLHosts, Auth: ua}),

@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/listresp"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -664,16 +665,7 @@ func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, n
 
 // appendList appends "* LIST (attrs) delim name" without CRLF.
 func appendList(b []byte, attrs []string, mb accountwatch.Mailbox) []byte {
-	b = append(b, "* LIST ("...)
-	b = append(b, strings.Join(attrs, " ")...)
-	b = append(b, ") "...)
-	if mb.Delim == "" {
-		b = append(b, "NIL"...)
-	} else {
-		b = imapcodec.AppendQuoted(b, mb.Delim)
-	}
-	b = append(b, ' ')
-	return imapcodec.AppendString(b, mb.Name, false)
+	return listresp.Append(b, attrs, mb.Delim, mb.Name)
 }
 
 // appendStatus appends a STATUS response for a mailbox: MESSAGES, UIDNEXT

@@ -53,8 +53,6 @@ var knownExceptions = map[string]exception{
 		"bare LF unchanged (BINARY.SIZE[5] 30); RFC 3516 4.3 (RFC 9051 7.5.2) says servers " +
 		"MUST send textual sections of BINARY with CRLF line ends whatever the storage, " +
 		"which the proxy does (BINARY.SIZE[5] 31); Dovecot 2.3 sends the octets unchanged"},
-
-	"listext": {why: "LIST-EXTENDED (RFC 5258) is not offered over an upstream without it"},
 }
 
 // exception is an entry of knownExceptions.

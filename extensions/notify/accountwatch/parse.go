@@ -2,52 +2,35 @@ package accountwatch
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/listresp"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // parseList parses "* LIST (attrs) delim name [extended]".
 func parseList(r *upstream.Response) (Mailbox, error) {
-	p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
-	for range 2 { // "*", LIST
-		if _, err := p.Atom(); err != nil {
-			return Mailbox{}, err
-		}
-		p.SP()
-	}
-	v, err := p.Value()
-	attrs, ok := v.(imapcodec.List)
-	if err != nil || !ok {
-		return Mailbox{}, errors.New("accountwatch: bad LIST attributes")
-	}
-	p.SP()
-	dv, err := p.Value()
+	e, err := listresp.Parse(r.Segments)
 	if err != nil {
-		return Mailbox{}, errors.New("accountwatch: bad LIST delimiter")
+		return Mailbox{}, fmt.Errorf("accountwatch: %w", err)
 	}
-	delim, _ := imapcodec.AsString(dv)
-	p.SP()
-	nv, err := p.Value()
-	name, ok := imapcodec.AsString(nv)
-	if err != nil || !ok {
-		return Mailbox{}, errors.New("accountwatch: bad LIST mailbox name")
-	}
+	name, delim := e.Name, e.Delim
+	attrs := e.Attrs
 	if strings.EqualFold(name, "INBOX") {
 		name = "INBOX"
 	}
 	b := Mailbox{Name: name, Delim: delim, Selectable: true}
-	for _, a := range attrs {
-		s, _ := a.(imapcodec.Atom)
-		switch strings.ToLower(string(s)) {
+	for _, s := range attrs {
+		switch strings.ToLower(s) {
 		case `\noselect`, `\nonexistent`:
 			b.Selectable = false
 		case `\subscribed`, `\marked`, `\unmarked`:
 			continue // per connection or reported separately
 		}
-		b.Attrs = append(b.Attrs, string(s))
+		b.Attrs = append(b.Attrs, s)
 	}
 	return b, nil
 }
