@@ -660,6 +660,13 @@ func (w *watch) idleLoop(ctx context.Context) error {
 			if leave && inIdle {
 				break
 			}
+			if ctx.Err() != nil {
+				// Stopped before the upstream accepted the IDLE: the
+				// connection is dropped, not waited on (the wake of
+				// serve's AfterFunc may have come before the deadline
+				// just set).
+				return ctx.Err()
+			}
 			// IDLE may last 25 minutes: wait without a read buffer.
 			w.conn.Reader().Release()
 			line, lit, err := w.conn.Reader().ReadLine()
