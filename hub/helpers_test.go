@@ -39,6 +39,9 @@ type relay struct {
 	idling map[net.Conn]bool // the upstream said "+ idling" and the client has not sent since
 	wg     sync.WaitGroup
 	dials  atomic.Int32
+	// slowIdle delays each "+ idling" continuation by this much (the
+	// upstream is slow to accept IDLE).
+	slowIdle atomic.Int64
 }
 
 func startRelay(t *testing.T, target string) *relay {
@@ -110,6 +113,9 @@ type watchWriter struct {
 }
 
 func (w *watchWriter) Write(p []byte) (int, error) {
+	if d := time.Duration(w.r.slowIdle.Load()); d > 0 && w.fromUpstream && bytes.Contains(p, []byte("+ idling\r\n")) {
+		time.Sleep(d)
+	}
 	w.r.mu.Lock()
 	if w.fromUpstream {
 		if bytes.HasSuffix(p, []byte("+ idling\r\n")) {

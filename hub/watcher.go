@@ -671,17 +671,37 @@ func (w *watch) idleLoop(ctx context.Context) error {
 		if err := wr.Flush(); err != nil {
 			return err
 		}
-		renewAt := time.Now().Add(renewEvery)
+		sent := time.Now()
+		renewAt := sent.Add(renewEvery)
+		// Until the upstream accepts the IDLE ("+"), the read waits for
+		// that, up to the command timeout, whatever renewAt says: a
+		// deadline already past fails every read at once without reading
+		// what has arrived (net.Conn), so a continuation slower than
+		// IdleRenew (a loaded machine; a short idle-renew) was never read
+		// and the loop spun on the timeouts for as long as the mailbox
+		// was watched, starving the process.
+		acceptBy := sent.Add(w.box.hub.cfg.Timeout)
 		inIdle := false
 		w.box.setConn(w.conn)
 		for {
 			// See box.sync: the deadline is set before pending requests
 			// are checked, so a request cannot slip between the two.
-			w.conn.SetReadDeadline(renewAt)
+			if inIdle {
+				w.conn.SetReadDeadline(renewAt)
+			} else {
+				w.conn.SetReadDeadline(acceptBy)
+			}
 			w.box.serveClaims()
 			leave := ctx.Err() != nil || w.needFetch || !time.Now().Before(renewAt) || (inIdle && w.box.wantsTrip())
 			if leave && inIdle {
 				break
+			}
+			if ctx.Err() != nil {
+				// Stopped before the upstream accepted the IDLE: the
+				// connection is dropped, not waited on (the wake of
+				// serve's AfterFunc may have come before the deadline
+				// just set).
+				return ctx.Err()
 			}
 			// IDLE may last 25 minutes: wait without a read buffer.
 			w.conn.Reader().Release()
@@ -690,6 +710,9 @@ func (w *watch) idleLoop(ctx context.Context) error {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					if ctx.Err() != nil {
 						return ctx.Err()
+					}
+					if !inIdle && !time.Now().Before(acceptBy) {
+						return fmt.Errorf("upstream did not accept IDLE within %v", w.box.hub.cfg.Timeout)
 					}
 					continue
 				}
