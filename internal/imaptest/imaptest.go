@@ -632,11 +632,74 @@ func (c *Client) Compress() {
 func (c *Client) StartCompression(level int) {
 	c.t.Helper()
 	c.InflateResponses()
-	fw, err := flate.NewWriter(c.Conn, level)
+	out := &flushWriter{out: chunkSender{conn: c.Conn}}
+	fw, err := flate.NewWriter(&out.out, level)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	c.fw, c.w = fw, fw
+	out.fw = fw
+	c.fw, c.w = out, out
+}
+
+// flushWriter sends what the deflater makes of one write, sync flush
+// included, in a single write on the connection, as zlib-based clients do
+// (deflate with Z_SYNC_FLUSH into a buffer, then send it). The deflater
+// itself writes a flush in pieces (a stored block's header, its length,
+// its data, then the empty block that ends the flush, in 1 and 4 bytes):
+// the server can read and act on the command from the first pieces, and
+// after a LOGOUT it closes the connection, as RFC 3501 6.1.3 says it
+// must, while the client is still writing the rest. That write then hits
+// a connection the server has closed and fails with a reset or a broken
+// pipe (TestCompressTLS flaked so under load). Sent whole, a command is
+// all in the server's hands by the time it reads it.
+//
+// While the deflater compresses a large write (a literal, a compression
+// bomb), its output goes out in chunks as it comes, so that tests of the
+// server's limits see the first bytes early rather than after the whole
+// write is compressed. What Flush makes, the input's end with the sync
+// flush, always goes out in one write.
+type flushWriter struct {
+	fw  *flate.Writer // writes into out
+	out chunkSender
+}
+
+func (w *flushWriter) Write(p []byte) (int, error) { return w.fw.Write(p) }
+
+// Flush ends the deflate block and sends it with everything not sent yet.
+func (w *flushWriter) Flush() error {
+	w.out.hold = true
+	err := w.fw.Flush()
+	w.out.hold = false
+	if err != nil {
+		return err
+	}
+	return w.out.send()
+}
+
+// chunkSender collects the deflater's output for the connection, sending
+// it once it has flushWriterChunk bytes unless told to hold it.
+type chunkSender struct {
+	conn io.Writer
+	buf  bytes.Buffer
+	hold bool
+}
+
+const flushWriterChunk = 1024
+
+func (s *chunkSender) Write(p []byte) (int, error) {
+	s.buf.Write(p)
+	if !s.hold && s.buf.Len() >= flushWriterChunk {
+		if err := s.send(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (s *chunkSender) send() error {
+	_, err := s.conn.Write(s.buf.Bytes())
+	s.buf.Reset()
+	return err
 }
 
 // InflateResponses inflates everything read from now on, and nothing
