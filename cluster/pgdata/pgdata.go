@@ -39,8 +39,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/cluster/internal/pgtx"
+
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
@@ -56,8 +57,6 @@ type Fencer interface {
 
 // DefaultTimeout bounds one call, retries included.
 const DefaultTimeout = 10 * time.Second
-
-const maxAttempts = 3
 
 // steps are the component's migrations; a released step is never edited.
 var steps = []string{
@@ -107,50 +106,18 @@ func (s *Store) run(opts pgx.TxOptions, fn func(ctx context.Context, tx pgx.Tx) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 	defer cancel()
-	var err error
-	for range maxAttempts {
-		var lost bool
-		lost, err = s.try(ctx, opts, fn)
-		if err == nil || ctx.Err() != nil || !retryable(err, lost) {
-			return err
-		}
-	}
-	return err
+	return pgtx.Run(ctx, s.pool, opts, final, fn)
 }
 
-func (s *Store) try(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.Context, tx pgx.Tx) error) (lost bool, err error) {
-	tx, err := s.pool.BeginTx(ctx, opts)
-	if err != nil {
-		return true, err
-	}
-	conn := tx.Conn()
-	if err = fn(ctx, tx); err == nil {
-		err = tx.Commit(ctx)
-	}
-	if err != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		_ = tx.Rollback(rctx)
-		cancel()
-		return conn.IsClosed(), err
-	}
-	return false, nil
+// final tells the errors that are the call's answer, never retried.
+func final(err error) bool {
+	return errors.Is(err, accountdata.ErrNotFound) || errors.As(err, new(*fenceError))
 }
 
 type fenceError struct{ err error }
 
 func (e *fenceError) Error() string { return "fencing: " + e.err.Error() }
 func (e *fenceError) Unwrap() error { return e.err }
-
-func retryable(err error, lost bool) bool {
-	if errors.Is(err, accountdata.ErrNotFound) || errors.As(err, new(*fenceError)) {
-		return false
-	}
-	if lost || pgconn.SafeToRetry(err) {
-		return true
-	}
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
-}
 
 // successor returns the smallest byte string above every string that
 // begins with prefix, or nil when there is none (the prefix is empty or

@@ -113,8 +113,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/cluster/internal/pgtx"
+
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lemonproxy/lemonproxy/cluster/pgschema"
@@ -137,9 +138,6 @@ const (
 	DefaultTimeout    = 10 * time.Second
 	DefaultPerMessage = 50 * time.Microsecond
 )
-
-// maxAttempts bounds the tries of one call (see retryable).
-const maxAttempts = 3
 
 // Store is a statestore.Store and statestore.Continuer in PostgreSQL.
 type Store struct {
@@ -197,51 +195,12 @@ func (s *Store) run(n int, opts pgx.TxOptions, fn func(ctx context.Context, tx p
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.Timeout+time.Duration(n)*s.PerMessage)
 	defer cancel()
-	var err error
-	for range maxAttempts {
-		var lost bool
-		lost, err = s.try(ctx, opts, fn)
-		if err == nil || ctx.Err() != nil || !retryable(err, lost) {
-			return err
-		}
-	}
-	return err
+	return pgtx.Run(ctx, s.pool, opts, final, fn)
 }
 
-// try runs fn in one transaction; lost says the connection was closed
-// under it, or BEGIN failed.
-func (s *Store) try(ctx context.Context, opts pgx.TxOptions, fn func(ctx context.Context, tx pgx.Tx) error) (lost bool, err error) {
-	tx, err := s.pool.BeginTx(ctx, opts)
-	if err != nil {
-		// Nothing was done: worth another try (a pooled connection the
-		// server closed meanwhile, say after a restart).
-		return true, err
-	}
-	conn := tx.Conn()
-	if err = fn(ctx, tx); err == nil {
-		err = tx.Commit(ctx)
-	}
-	if err != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		_ = tx.Rollback(rctx)
-		cancel()
-		return conn.IsClosed(), err
-	}
-	return false, nil
-}
-
-// retryable says whether a failed call may be tried again: nothing was
-// sent, the connection was lost (a batch is idempotent, so even a commit
-// whose outcome is unknown may be repeated), or the database asks for it.
-func retryable(err error, lost bool) bool {
-	if errors.Is(err, statestore.ErrNoState) || errors.Is(err, statestore.ErrCorrupt) {
-		return false
-	}
-	if lost || pgconn.SafeToRetry(err) {
-		return true
-	}
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+// final tells the errors that are the call's answer, never retried.
+func final(err error) bool {
+	return errors.Is(err, statestore.ErrNoState) || errors.Is(err, statestore.ErrCorrupt)
 }
 
 // i64 converts a mod-sequence for the database, which holds at most
