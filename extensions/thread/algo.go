@@ -2,6 +2,7 @@ package thread
 
 import (
 	"cmp"
+	"errors"
 	"slices"
 	"strconv"
 
@@ -13,6 +14,10 @@ type node struct {
 	msg      *sortext.ThreadKeys
 	parent   *node
 	children []*node
+	// up is an ancestor found earlier (see forest.root), valid while
+	// epoch is the forest's.
+	up    *node
+	epoch int
 }
 
 // key is what siblings are ordered by (RFC 5256 section 2.2 and the
@@ -79,9 +84,71 @@ func orderedSubject(msgs []sortext.ThreadKeys) []*node {
 	return roots
 }
 
+// ErrTooDeep refuses a REFERENCES threading whose loop checks would cost
+// more than the bound (see forest): reply chains crafted so that every
+// message moves a deep subtree.
+var ErrTooDeep = errors.New("thread: reply chains too deep to thread within the proxy's bound")
+
+// forest answers step (1)'s loop checks. Each one asks whether a
+// container that has no parent is the root of another's tree; walking
+// up parent pointers would make a reply chain of n messages cost O(n²)
+// (each new message checks its whole chain of ancestors). Instead each
+// container remembers an ancestor found by an earlier walk (up), and
+// walks compress those pointers to the root, as in union-find: linking
+// a root under a node only adds ancestors, so a remembered ancestor
+// stays one. Unlinking (step 1B) breaks that; it bumps epoch, which
+// invalidates every remembered ancestor at once. Unlinks are at most one
+// per message, and a mailbox can be built (by anyone who can deliver
+// mail to it) so that each one is followed by a walk down a deep chain;
+// steps bounds the total walking one command may do.
+type forest struct {
+	epoch int
+	steps int // left
+}
+
+// root returns the root of n's tree, or nil once the step bound is spent.
+func (f *forest) root(n *node) *node {
+	r := n
+	for {
+		var next *node
+		if r.epoch == f.epoch && r.up != nil {
+			next = r.up
+		} else {
+			next = r.parent
+		}
+		if next == nil {
+			break
+		}
+		if f.steps--; f.steps < 0 {
+			return nil
+		}
+		r = next
+	}
+	for x := n; x != r; { // compress
+		var next *node
+		if x.epoch == f.epoch && x.up != nil {
+			next = x.up
+		} else {
+			next = x.parent
+		}
+		x.up, x.epoch = r, f.epoch
+		x = next
+	}
+	return r
+}
+
+// stepsPerMessage and minSteps size forest.steps: threads as deep as
+// real mailboxes have them cost a few steps per message; only crafted
+// ones come near the bound.
+const (
+	stepsPerMessage = 64
+	minSteps        = 1 << 22
+)
+
 // references is RFC 5256's REFERENCES (section 3), step by step; msgs
 // are in mailbox (UID) order.
-func references(msgs []sortext.ThreadKeys) []*node {
+func references(msgs []sortext.ThreadKeys) ([]*node, error) {
+	f := &forest{epoch: 1, steps: max(minSteps, stepsPerMessage*len(msgs))}
 	byID := map[string]*node{}
 	container := func(id string) *node {
 		n := byID[id]
@@ -90,6 +157,17 @@ func references(msgs []sortext.ThreadKeys) []*node {
 			byID[id] = n
 		}
 		return n
+	}
+	// wouldLoop reports whether making parent the parent of child, which
+	// has no parent, would make a loop: parent is in child's tree.
+	var tooDeep bool
+	wouldLoop := func(parent, child *node) bool {
+		r := f.root(parent)
+		if r == nil {
+			tooDeep = true
+			return true
+		}
+		return r == child
 	}
 	var all []*node // every container, in creation order
 	own := make([]*node, len(msgs))
@@ -126,10 +204,14 @@ func references(msgs []sortext.ThreadKeys) []*node {
 		// (from a truncated References elsewhere) is dropped first.
 		cur := own[i]
 		if cur.parent != nil {
-			unlink(cur)
+			cur.parent = nil // left in its old parent's children: see below
+			f.epoch++
 		}
 		if prev != nil && !wouldLoop(prev, cur) {
 			link(prev, cur)
+		}
+		if tooDeep {
+			return nil, ErrTooDeep
 		}
 	}
 	for _, n := range byID {
@@ -139,6 +221,21 @@ func references(msgs []sortext.ThreadKeys) []*node {
 		if n.msg != nil && (n.msg.MessageID == "" || byID[n.msg.MessageID] != n) {
 			all = append(all, n)
 		}
+	}
+	// Unlinking in (1B) left the child in its old parent's list (finding
+	// it there is linear in the siblings, so n unlinks from one parent
+	// would be quadratic); each list now keeps only the children whose
+	// parent it is, once each (a child unlinked and linked again to the
+	// same parent is listed twice).
+	kept := make(map[*node]bool, len(all))
+	for _, n := range all {
+		n.children = slices.DeleteFunc(n.children, func(c *node) bool {
+			if c.parent != n || kept[c] {
+				return true
+			}
+			kept[c] = true
+			return false
+		})
 	}
 	// (2) the root set: containers without a parent, in a stable order
 	// (map iteration is not): by their first message, then the rest.
@@ -163,31 +260,12 @@ func references(msgs []sortext.ThreadKeys) []*node {
 	// (7) sort every set of siblings, the deepest first.
 	sortTree(roots)
 	slices.SortStableFunc(roots, compareNodes)
-	return roots
-}
-
-// wouldLoop reports whether making parent the parent of child would make
-// a loop: child is parent or one of its ancestors.
-func wouldLoop(parent, child *node) bool {
-	for p := parent; p != nil; p = p.parent {
-		if p == child {
-			return true
-		}
-	}
-	return false
+	return roots, nil
 }
 
 func link(parent, child *node) {
 	child.parent = parent
 	parent.children = append(parent.children, child)
-}
-
-func unlink(child *node) {
-	p := child.parent
-	if i := slices.Index(p.children, child); i >= 0 {
-		p.children = slices.Delete(p.children, i, i+1)
-	}
-	child.parent = nil
 }
 
 // prune is step (4): a dummy without children goes; one with children
@@ -239,6 +317,7 @@ func mergeSubjects(roots []*node) []*node {
 		}
 	}
 	out := make([]*node, 0, len(roots))
+	at := map[*node]int{} // where in out a root is (a linear search would make this quadratic)
 	gone := map[*node]bool{}
 	for _, n := range roots { // (6C)
 		if gone[n] {
@@ -251,6 +330,7 @@ func mergeSubjects(roots []*node) []*node {
 		}
 		t := table[k.Subject]
 		if t == n {
+			at[n] = len(out)
 			out = append(out, n)
 			continue
 		}
@@ -271,14 +351,13 @@ func mergeSubjects(roots []*node) []*node {
 		default:
 			d := &node{}
 			// The dummy takes the table's thread's place among the roots.
-			for i, r := range out {
-				if r == t {
-					out[i] = d
-				}
-			}
-			if !slices.Contains(out, d) {
+			if i, ok := at[t]; ok {
+				out[i] = d
+				at[d] = i
+			} else {
 				// t comes later among the roots: it is replaced there.
 				gone[t] = true
+				at[d] = len(out)
 				out = append(out, d)
 			}
 			link(d, t)

@@ -93,7 +93,7 @@ func TestReferences(t *testing.T) {
 			msg(1, 10, "", false, "<a@b>", "", "<a@b>"),
 		}, "(1)"},
 	} {
-		if got := threads(references(tc.msgs)); got != tc.want {
+		if got := mustReferences(t, tc.msgs); got != tc.want {
 			t.Errorf("%s: got %s, want %s", tc.name, got, tc.want)
 		}
 	}

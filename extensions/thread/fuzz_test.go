@@ -58,8 +58,13 @@ func FuzzThreads(f *testing.F) {
 			}
 			msgs = append(msgs, m)
 		}
-		for _, alg := range []func([]sortext.ThreadKeys) []*node{references, orderedSubject} {
-			out := threads(alg(msgs))
+		ordered := func(msgs []sortext.ThreadKeys) ([]*node, error) { return orderedSubject(msgs), nil }
+		for _, alg := range []func([]sortext.ThreadKeys) ([]*node, error){references, ordered} {
+			roots, err := alg(msgs)
+			if err != nil {
+				t.Fatal(err) // 100 messages cannot spend the step bound
+			}
+			out := threads(roots)
 			seen := map[string]int{}
 			depth := 0
 			for _, w := range strings.FieldsFunc(out, func(r rune) bool { return r == ' ' || r == '(' || r == ')' }) {

@@ -126,9 +126,14 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		}
 		var roots []*node
 		if cmd.algorithm == "REFERENCES" {
-			roots = references(keys)
+			roots, err = references(keys)
 		} else {
 			roots = orderedSubject(keys)
+		}
+		if err != nil {
+			s.Logger().Warn("thread refused", "err", err, "messages", len(keys))
+			h.Name, h.Code, h.CodeArg, h.Text = "NO", "LIMIT", "", "Reply chains too deep to thread."
+			return
 		}
 		num := func(u uint32) uint32 { return u }
 		if !uid {
