@@ -1,0 +1,284 @@
+package imaptestrun
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+)
+
+// Environment variables of TestStress.
+const (
+	// stressEnv is the length of one stress run in seconds; unset, the
+	// test is skipped.
+	stressEnv = "LEMONPROXY_IMAPTEST_STRESS"
+	// stressRunsEnv is how many runs per target (default 3), alternated.
+	stressRunsEnv = "LEMONPROXY_IMAPTEST_STRESS_RUNS"
+	// stressProfileEnv, if set, is a directory that receives CPU, heap
+	// allocation, block and mutex profiles of the process (the proxy
+	// runs in it) over the proxy's runs.
+	stressProfileEnv = "LEMONPROXY_IMAPTEST_STRESS_PROFILE"
+)
+
+// stressClients is imaptest's concurrency in stress mode, as issue 20
+// measured it (10 clients, checks on).
+const stressClients = 10
+
+// stressResult is one imaptest stress run: commands done per state
+// (LOGIN, SELECT, FETCH...), and their total and counted latency.
+type stressResult struct {
+	secs     float64
+	count    map[string]int
+	timed    map[string]int
+	msecs    map[string]int64
+	errors   int
+	errLines []string
+}
+
+func (r stressResult) total() int {
+	n := 0
+	for _, c := range r.count {
+		n += c
+	}
+	return n
+}
+
+// TestStress runs imaptest's stress mode (random commands by 10 clients
+// on one mailbox, imaptest checking every answer against its model of the
+// mailbox) against Dovecot's legacy profile directly and through
+// lemonproxy over it, alternately, and prints commands per second and the
+// mean latency of each command beside each other: issue 20's per-command
+// figure. It fails only when a run reports errors through the proxy that
+// the direct runs do not (imaptest's "Error:" lines), not on speed: a
+// benchmark, not a timed test.
+func TestStress(t *testing.T) {
+	bin := os.Getenv(binEnv)
+	secsText := os.Getenv(stressEnv)
+	if bin == "" || secsText == "" {
+		t.Skipf("%s and %s not set (see scripts/imaptest.sh)", binEnv, stressEnv)
+	}
+	secs, err := strconv.Atoi(secsText)
+	if err != nil || secs <= 0 {
+		t.Fatalf("%s=%q: want seconds", stressEnv, secsText)
+	}
+	runs := 3
+	if v := os.Getenv(stressRunsEnv); v != "" {
+		if runs, err = strconv.Atoi(v); err != nil || runs <= 0 {
+			t.Fatalf("%s=%q: want a count", stressRunsEnv, v)
+		}
+	}
+	dir := os.Getenv(testsEnv)
+	if dir == "" {
+		dir = filepath.Join(repoRoot(t), "..", "shared", "imaptest", "src", "tests")
+	}
+	mbox := filepath.Join(dir, "default.mbox")
+
+	legacy := dovecottest.Start(t, dovecottest.Legacy)
+	users := map[string]string{}
+	for i := range runs {
+		users[fmt.Sprintf("sd-%d", i)] = password
+		users[fmt.Sprintf("sp-%d", i)] = password
+	}
+	legacy.AddUsers(t, users)
+	proxyAddr := startLemonproxy(t, legacy.Addr)
+
+	if pdir := os.Getenv(stressProfileEnv); pdir != "" {
+		runtime.SetBlockProfileRate(int(time.Microsecond))
+		runtime.SetMutexProfileFraction(5)
+		defer func() {
+			runtime.SetBlockProfileRate(0)
+			runtime.SetMutexProfileFraction(0)
+		}()
+		stop := startCPUProfile(t, filepath.Join(pdir, "cpu.pprof"))
+		defer func() {
+			stop()
+			for _, p := range []string{"allocs", "block", "mutex"} {
+				writeProfile(t, p, filepath.Join(pdir, p+".pprof"))
+			}
+		}()
+	}
+
+	var direct, proxied []stressResult
+	for i := range runs {
+		// A fresh user each run: imaptest's stress fills its mailbox.
+		direct = append(direct, runStress(t, bin, mbox, legacy.Addr, fmt.Sprintf("sd-%d", i), secs))
+		proxied = append(proxied, runStress(t, bin, mbox, proxyAddr, fmt.Sprintf("sp-%d", i), secs))
+	}
+	printStress(t, direct, proxied)
+	de, pe := 0, 0
+	for i := range runs {
+		de += direct[i].errors
+		pe += proxied[i].errors
+	}
+	if pe > de {
+		for _, r := range proxied {
+			for _, l := range r.errLines {
+				t.Logf("through the proxy: %s", l)
+			}
+		}
+		t.Errorf("imaptest reported %d errors through the proxy, %d directly", pe, de)
+	}
+}
+
+// runStress runs one imaptest stress run of secs seconds against addr.
+func runStress(t *testing.T, bin, mbox, addr, user string, secs int) stressResult {
+	t.Helper()
+	tmp := t.TempDir()
+	results := filepath.Join(tmp, "results.tsv")
+	host, port, _ := strings.Cut(addr, ":")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs)*time.Second+2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "host="+host, "port="+port, "user="+user, "pass="+password,
+		"mbox="+mbox, fmt.Sprintf("clients=%d", stressClients), fmt.Sprintf("secs=%d", secs), "output="+results)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("imaptest stress against %s: %v\n%s", addr, err, out)
+	}
+	r := stressResult{secs: time.Since(start).Seconds(), count: map[string]int{}, timed: map[string]int{}, msecs: map[string]int64{}}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "Error:") {
+			r.errors++
+			if len(r.errLines) < 20 {
+				r.errLines = append(r.errLines, l)
+			}
+		}
+	}
+	parseResults(t, results, out, &r)
+	if r.total() == 0 {
+		res, _ := os.ReadFile(results)
+		t.Fatalf("imaptest stress against %s did nothing:\n%s\nresults:\n%s", addr, out, res)
+	}
+	return r
+}
+
+// parseResults reads imaptest's output= file: a header, then a line a
+// second with three numbers per state shown: commands done, commands
+// timed, their msecs. The header names every state, also those the run
+// does not use (COPY without a second mailbox), so the states come from
+// the first line of imaptest's own output instead, which names those
+// shown ("Logi List Stat Sele ...").
+func parseResults(t *testing.T, path string, stdout []byte, r *stressResult) {
+	t.Helper()
+	first, _, _ := strings.Cut(string(stdout), "\n")
+	states := strings.Fields(first)
+	if len(states) == 0 {
+		t.Fatalf("imaptest printed no state names:\n%s", stdout)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), "\t")
+		if len(fields) != 3*len(states) {
+			continue // the header
+		}
+		for i, s := range states {
+			c, _ := strconv.Atoi(fields[3*i])
+			n, _ := strconv.Atoi(fields[3*i+1])
+			ms, _ := strconv.ParseInt(fields[3*i+2], 10, 64)
+			r.count[s] += c
+			r.timed[s] += n
+			r.msecs[s] += ms
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func printStress(t *testing.T, direct, proxied []stressResult) {
+	var b strings.Builder
+	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	rate := func(rs []stressResult) string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, fmt.Sprintf("%.0f", float64(r.total())/r.secs))
+		}
+		return strings.Join(out, " ")
+	}
+	fmt.Fprintf(w, "\tDovecot legacy directly\tlemonproxy over legacy\t\n")
+	fmt.Fprintf(w, "commands/s (each run)\t%s\t%s\t\n", rate(direct), rate(proxied))
+	states := map[string]bool{}
+	for _, r := range append(slices.Clone(direct), proxied...) {
+		for s := range r.count {
+			states[s] = true
+		}
+	}
+	mean := func(rs []stressResult, s string) string {
+		var ms int64
+		var n int
+		for _, r := range rs {
+			ms += r.msecs[s]
+			n += r.timed[s]
+		}
+		if n == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f ms (%d)", float64(ms)/float64(n), n)
+	}
+	for _, s := range slices.Sorted(func(yield func(string) bool) {
+		for s := range states {
+			if !yield(s) {
+				return
+			}
+		}
+	}) {
+		fmt.Fprintf(w, "%s mean latency\t%s\t%s\t\n", s, mean(direct, s), mean(proxied, s))
+	}
+	errs := func(rs []stressResult) string {
+		n := 0
+		for _, r := range rs {
+			n += r.errors
+		}
+		return strconv.Itoa(n)
+	}
+	fmt.Fprintf(w, "imaptest errors\t%s\t%s\t\n", errs(direct), errs(proxied))
+	w.Flush()
+	t.Logf("imaptest stress, %d clients, %d runs a target:\n%s", stressClients, len(direct), b.String())
+}
+
+func startCPUProfile(t *testing.T, path string) (stop func()) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
+func writeProfile(t *testing.T, name, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+		t.Fatal(err)
+	}
+}
