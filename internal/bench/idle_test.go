@@ -45,16 +45,26 @@ const (
 	// COMPRESS=DEFLATE right after LOGIN (the sub-benchmarks are then
 	// named Legacy+COMPRESS and Full+COMPRESS).
 	compressEnv = "LEMONPROXY_BENCH_COMPRESS"
+	// tlsEnv, if "1", makes BenchmarkIdleProxy's sessions speak implicit
+	// TLS to the proxy (sub-benchmarks named Legacy+TLS...), to measure
+	// what TLS costs an idle session (issue 20).
+	tlsEnv = "LEMONPROXY_BENCH_TLS"
 )
 
-func compressOn(b *testing.B) bool {
-	switch os.Getenv(compressEnv) {
+func compressOn(b *testing.B) bool { return envSwitch(b, compressEnv) }
+
+func tlsOn(b *testing.B) bool { return envSwitch(b, tlsEnv) }
+
+// envSwitch reads an environment variable that is "1" (on) or "0" or
+// unset (off).
+func envSwitch(b *testing.B, name string) bool {
+	switch os.Getenv(name) {
 	case "", "0":
 		return false
 	case "1":
 		return true
 	}
-	b.Fatalf("%s=%q: want 1 or 0", compressEnv, os.Getenv(compressEnv))
+	b.Fatalf("%s=%q: want 1 or 0", name, os.Getenv(name))
 	return false
 }
 
@@ -70,9 +80,25 @@ func appendRate(b *testing.B) float64 {
 	return r
 }
 
-// sessionsPerUser is how many sessions share an account (and thus one
-// watcher): 10,000 phones on 2,000 accounts.
-const sessionsPerUser = 5
+// defaultSessionsPerUser is how many sessions share an account (and thus
+// one watcher): 10,000 phones on 2,000 accounts.
+const defaultSessionsPerUser = 5
+
+// sessionsPerUserEnv overrides defaultSessionsPerUser (issue 20 measured
+// idle TLS with 1,000 sessions on 10 accounts: 100).
+const sessionsPerUserEnv = "LEMONPROXY_BENCH_SESSIONS_PER_USER"
+
+func sessionsPerUser(b *testing.B) int {
+	v := os.Getenv(sessionsPerUserEnv)
+	if v == "" {
+		return defaultSessionsPerUser
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		b.Fatalf("%s=%q: want a count", sessionsPerUserEnv, v)
+	}
+	return n
+}
 
 // settle is how long the benchmark waits after the last session went idle
 // before measuring, so that the proxy's watchers have finished their
@@ -105,16 +131,28 @@ func sessionCounts(b *testing.B) []int {
 // Run with -benchtime=Nx (N rounds) and a long -timeout; see
 // docs/benchmarks.md.
 func BenchmarkIdleProxy(b *testing.B) {
-	compress := compressOn(b)
+	mode := sessionMode{compress: compressOn(b), tls: tlsOn(b)}
 	for _, p := range []dovecottest.Profile{dovecottest.Legacy, dovecottest.Full} {
 		for _, n := range sessionCounts(b) {
-			name := fmt.Sprintf("%v/sessions=%d", p, n)
-			if compress {
-				name = fmt.Sprintf("%v+COMPRESS/sessions=%d", p, n)
-			}
-			b.Run(name, func(b *testing.B) { benchIdle(b, p, n, true, compress) })
+			b.Run(fmt.Sprintf("%v%s/sessions=%d", p, mode, n), func(b *testing.B) { benchIdle(b, p, n, true, mode) })
 		}
 	}
+}
+
+// sessionMode is what the idle sessions speak beside IMAP.
+type sessionMode struct{ compress, tls bool }
+
+// String is the mode's suffix in benchmark and profile names:
+// "+TLS+COMPRESS" and the like.
+func (m sessionMode) String() string {
+	s := ""
+	if m.tls {
+		s += "+TLS"
+	}
+	if m.compress {
+		s += "+COMPRESS"
+	}
+	return s
 }
 
 // BenchmarkIdleDirect is BenchmarkIdleProxy's counterpart with the clients
@@ -122,7 +160,7 @@ func BenchmarkIdleProxy(b *testing.B) {
 // all its processes) per idle session, and the end-to-end push latency.
 func BenchmarkIdleDirect(b *testing.B) {
 	for _, n := range sessionCounts(b) {
-		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchIdle(b, dovecottest.Legacy, n, false, false) })
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchIdle(b, dovecottest.Legacy, n, false, sessionMode{}) })
 	}
 }
 
@@ -170,18 +208,15 @@ func (r *pushRecorder) stop(want int) int {
 	}
 }
 
-func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy, compress bool) {
-	users := max(1, n/sessionsPerUser)
+func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool, mode sessionMode) {
+	users := max(1, n/sessionsPerUser(b))
 	checkFileLimit(b, n+users+1000)
 	raiseLimits(b, n)
 	profPath := ""
 	if prefix := os.Getenv(heapProfileEnv); prefix != "" && viaProxy {
 		runtime.MemProfileRate = 512
 		defer func() { runtime.MemProfileRate = 512 * 1024 }()
-		profPath = fmt.Sprintf("%s-%v-%d.pprof", prefix, profile, n)
-		if compress {
-			profPath = fmt.Sprintf("%s-%v+COMPRESS-%d.pprof", prefix, profile, n)
-		}
+		profPath = fmt.Sprintf("%s-%v%s-%d.pprof", prefix, profile, mode, n)
 	}
 
 	dc := dovecottest.Start(b, profile)
@@ -200,7 +235,7 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy, compr
 	target := dc.Addr
 	var srv *proxy.Server
 	if viaProxy {
-		srv, target = startProxy(b, dc.Addr, rec.record)
+		srv, target = startProxy(b, dc.Addr, rec.record, mode.tls)
 	}
 	m0 := measureSelf()
 	conns0 := establishedTo(dc.Addr, appenderIP)
@@ -208,7 +243,7 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy, compr
 	spec := clientSpec{
 		Addr: target, Dovecot: dc.Addr, Sessions: n, Users: users,
 		Sources: 8, Concurrency: 64, Appenders: 16, AppendRate: appendRate(b),
-		Compress: compress,
+		Compress: mode.compress, TLS: mode.tls,
 	}
 	cl := startClients(b, spec)
 	time.Sleep(settle)
@@ -372,13 +407,22 @@ func writeHeapProfile(b *testing.B, path string) {
 // wrapper for the benchmark's settings: thousands of sessions need minute-long
 // upstream and shutdown timeouts, and errors must show whatever LEMON_TEST_LOG
 // says.
-func startProxy(b *testing.B, upstreamAddr string, push func(total, upstream time.Duration)) (*proxy.Server, string) {
-	p := imaptest.StartProxy(b, upstreamAddr, proxy.Config{
+func startProxy(b *testing.B, upstreamAddr string, push func(total, upstream time.Duration), useTLS bool) (*proxy.Server, string) {
+	cfg := proxy.Config{
 		Upstream:    upstream.Config{Timeout: time.Minute},
 		Extensions:  []proxy.Extension{idle.New(), compress.New()},
 		Logger:      imaptest.StderrLogger(slog.LevelError),
 		PushLatency: push,
-	}, imaptest.ShutdownTimeout(time.Minute))
+	}
+	// Many sessions on few accounts (LEMONPROXY_BENCH_SESSIONS_PER_USER)
+	// must not meet the abuse limit of 50 sessions per account.
+	cfg.Abuse.SessionsPerUser = 1 << 20
+	opts := []imaptest.Option{imaptest.ShutdownTimeout(time.Minute)}
+	if useTLS {
+		cfg.TLS, _ = imaptest.SelfSignedTLS(b)
+		opts = append(opts, imaptest.ImplicitTLS())
+	}
+	p := imaptest.StartProxy(b, upstreamAddr, cfg, opts...)
 	return p.Srv, p.Addr
 }
 
