@@ -703,8 +703,8 @@ func (w *watch) idleLoop(ctx context.Context) error {
 				// just set).
 				return ctx.Err()
 			}
-			// IDLE may last 25 minutes: wait without a read buffer.
-			w.conn.Reader().Release()
+			// IDLE may last 25 minutes: wait without buffers.
+			w.conn.Release()
 			line, lit, err := w.conn.Reader().ReadLine()
 			if err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {

@@ -20,6 +20,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -95,10 +96,11 @@ func (e *StatusError) Error() string {
 // Conn is one connection to the upstream server. It is not safe for
 // concurrent use: whoever leased it owns it.
 type Conn struct {
-	nc   net.Conn
-	r    *imapcodec.Reader
-	w    *bufio.Writer
-	cfg  *Config
+	nc  net.Conn
+	r   *imapcodec.Reader
+	w   *bufio.Writer // nil while released (see Release)
+	out io.Writer     // what w writes to; nil when w is the connection's own (compressed)
+	cfg *Config
 	caps Caps
 
 	tagSeq     atomic.Uint64
@@ -157,7 +159,7 @@ func Dial(ctx context.Context, cfg *Config) (*Conn, error) {
 }
 
 func newConn(nc net.Conn, cfg *Config) *Conn {
-	c := &Conn{nc: nc, cfg: cfg, r: imapcodec.NewReader(nc, cfg.Limits), w: bufio.NewWriterSize(nc, 4096)}
+	c := &Conn{nc: nc, cfg: cfg, r: imapcodec.NewReader(nc, cfg.Limits), out: nc}
 	c.tagSeq.Store(connID.Add(1) << 20)
 	now := time.Now()
 	c.lastUsed, c.lastSeen = now, now
@@ -231,7 +233,8 @@ func (c *Conn) start(ctx context.Context) error {
 	}
 	c.nc = tc
 	c.r = imapcodec.NewReader(tc, c.cfg.Limits)
-	c.w = bufio.NewWriterSize(tc, 4096)
+	c.releaseWriter()
+	c.out = tc
 	c.caps = nil
 	return c.refreshCaps(ctx)
 }
@@ -274,7 +277,42 @@ func (c *Conn) Caps() Caps { return c.caps }
 // Reader and Writer give the relay direct access to the wire. Whoever uses
 // them must leave the connection between commands, or mark it broken.
 func (c *Conn) Reader() *imapcodec.Reader { return c.r }
-func (c *Conn) Writer() *bufio.Writer     { return c.w }
+func (c *Conn) Writer() *bufio.Writer {
+	if c.w == nil {
+		c.w = writeBufs.Get().(*bufio.Writer)
+		c.w.Reset(c.out)
+	}
+	return c.w
+}
+
+// writeBufSize is the size of a connection's write buffer.
+const writeBufSize = 4096
+
+// writeBufs holds the write buffers of connections that are not writing:
+// watchers in IDLE and pooled connections (thousands, with many idle
+// clients) hold none.
+var writeBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
+
+// Release gives the connection's read and write buffers back to their
+// pools when nothing is buffered in them, for a connection about to wait
+// (a watcher's IDLE, the pool): the next use takes them again. The
+// writer of a compressed connection is its own and stays.
+func (c *Conn) Release() {
+	c.r.Release()
+	if c.w != nil && c.w.Buffered() == 0 {
+		c.releaseWriter()
+	}
+}
+
+// releaseWriter drops the write buffer, and whatever it holds.
+func (c *Conn) releaseWriter() {
+	if c.w == nil || c.out == nil {
+		return
+	}
+	c.w.Reset(nil)
+	writeBufs.Put(c.w)
+	c.w = nil
+}
 
 // NextTag returns a fresh tag for a command on this connection.
 func (c *Conn) NextTag() string {
@@ -358,11 +396,12 @@ func (c *Conn) Exec(ctx context.Context, cmd string, onUntagged func(*Response))
 	}
 	defer c.watch(ctx)()
 	tag := c.NextTag()
-	c.w.WriteString(tag)
-	c.w.WriteByte(' ')
-	c.w.WriteString(cmd)
-	c.w.WriteString("\r\n")
-	if err := c.w.Flush(); err != nil {
+	w := c.Writer()
+	w.WriteString(tag)
+	w.WriteByte(' ')
+	w.WriteString(cmd)
+	w.WriteString("\r\n")
+	if err := w.Flush(); err != nil {
 		c.broken = true
 		return nil, fmt.Errorf("%w: sending %s: %w", ErrClosed, verb(cmd), err)
 	}

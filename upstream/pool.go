@@ -229,7 +229,7 @@ func (p *Pool) Put(account string, c *Conn) {
 	now := time.Now()
 	c.account = account
 	c.lastUsed = now
-	c.r.Release() // an idle connection holds no read buffer
+	c.Release() // an idle connection holds no buffers
 	if l := p.byAccount[account]; len(l) >= p.cfg.MaxIdlePerAccount {
 		if p.cfg.SurplusGrace < 0 {
 			p.lru.Remove(l[0]) // the account's oldest
