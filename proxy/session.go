@@ -295,6 +295,16 @@ func (s *Session) serve(ctx context.Context) {
 	defer s.cleanup()
 	s.log.Debug("session start", "tls", s.isTLS)
 	s.preAuthEnd = time.Now().Add(s.cfg.PreAuthTimeout)
+	if tc, ok := s.nc.(*tls.Conn); ok {
+		// Implicit TLS: the handshake before the greeting, bounded by
+		// the time a client has to log in.
+		s.nc.SetDeadline(s.preAuthEnd)
+		if err := handshakeApart(tc); err != nil {
+			s.log.Debug("TLS handshake failed", "err", err)
+			return
+		}
+		s.nc.SetDeadline(time.Time{})
+	}
 	greeting := "CAPABILITY " + strings.Join(s.capabilities(), " ")
 	s.WriteStatus("*", "OK", greeting, "lemonproxy ready.")
 	s.loop(ctx)
@@ -770,6 +780,25 @@ func (s *Session) discardFrom(in *imapcodec.Reader, lit *imapcodec.LiteralHeader
 	return nil
 }
 
+// handshakeApart runs tc's TLS handshake on a goroutine of its own and
+// waits for it. A server handshake grows its goroutine's stack to 16 KiB
+// or more (key exchange, certificate signature); on the session's
+// goroutine that stack would stay for the session's life, and with it
+// about 8 KiB per idle TLS session (issue 20, docs/benchmarks.md). The
+// connection's deadline bounds it.
+func handshakeApart(tc *tls.Conn) (err error) {
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- fmt.Errorf("TLS handshake panicked: %v", p)
+			}
+		}()
+		done <- tc.Handshake()
+	}()
+	return <-done
+}
+
 // starttls upgrades the connection. Whatever the client pipelined after
 // the STARTTLS command arrived in plaintext and is discarded, not executed
 // (CVE-2011-0411 class of injection).
@@ -779,7 +808,7 @@ func (s *Session) starttls() error {
 	}
 	s.nc.SetDeadline(s.capDeadline(time.Now().Add(s.cfg.PreAuthTimeout)))
 	tc := tls.Server(s.nc, s.srv.cfg.TLS)
-	if err := tc.Handshake(); err != nil {
+	if err := handshakeApart(tc); err != nil {
 		return fmt.Errorf("STARTTLS handshake: %w", err)
 	}
 	s.nc.SetDeadline(time.Time{})
