@@ -96,11 +96,11 @@ func (e *StatusError) Error() string {
 // Conn is one connection to the upstream server. It is not safe for
 // concurrent use: whoever leased it owns it.
 type Conn struct {
-	nc  net.Conn
-	r   *imapcodec.Reader
-	w   *bufio.Writer // nil while released (see Release)
-	out io.Writer     // what w writes to; nil when w is the connection's own (compressed)
-	cfg *Config
+	nc   net.Conn
+	r    *imapcodec.Reader
+	w    *bufio.Writer // nil while released (see Release)
+	out  io.Writer     // what w writes to; nil when w is the connection's own (compressed)
+	cfg  *Config
 	caps Caps
 
 	tagSeq     atomic.Uint64

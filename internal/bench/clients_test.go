@@ -24,10 +24,10 @@ package bench
 // It exits when its standard input closes.
 
 import (
-	"crypto/tls"
 	"bufio"
 	"bytes"
 	"compress/flate"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
