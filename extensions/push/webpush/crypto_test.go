@@ -172,3 +172,5 @@ func TestVAPIDToken(t *testing.T) {
 		t.Fatal("verified for another origin")
 	}
 }
+
+func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

@@ -275,7 +275,11 @@ func vapidResponse(b []byte, key string) []byte {
 
 func webpushResponse(b []byte, id, state string) []byte {
 	b = append(b, "* WEBPUSH "...)
-	b = imapcodec.AppendString(b, id, false)
+	if imapcodec.CanQuote(id) {
+		b = imapcodec.AppendQuoted(b, id)
+	} else {
+		b = imapcodec.AppendString(b, id, false) // a literal
+	}
 	b = append(b, ' ')
 	b = append(b, state...)
 	return append(b, "\r\n"...)
