@@ -103,15 +103,21 @@ func NewSender(cfg SenderConfig) (*Sender, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A push service answers a push itself (RFC 8030 section 5): a
+	// redirect is a failure to retry, not an invitation to POST the
+	// message, signed for the endpoint's origin, somewhere else. The
+	// copy shares the client's transport (and its address policy).
+	client := *cfg.HTTPClient
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	s := &Sender{
 		key:     key,
 		pub:     base64.RawURLEncoding.EncodeToString(publicKeyBytes(key)),
-		client:  cfg.HTTPClient,
+		client:  &client,
 		subject: cfg.Subject,
 		payload: cfg.Payload,
-		ttl:     strconv.Itoa(int(cmp(cfg.TTL, DefaultTTL) / time.Second)),
+		ttl:     strconv.Itoa(int(orDefault(cfg.TTL, DefaultTTL) / time.Second)),
 		urgency: cfg.Urgency,
-		timeout: cmp(cfg.Timeout, DefaultTimeout),
+		timeout: orDefault(cfg.Timeout, DefaultTimeout),
 		log:     cfg.Logger,
 	}
 	if s.subject == "" {
@@ -134,7 +140,7 @@ func NewSender(cfg SenderConfig) (*Sender, error) {
 	return s, nil
 }
 
-func cmp(d, def time.Duration) time.Duration {
+func orDefault(d, def time.Duration) time.Duration {
 	if d <= 0 {
 		return def
 	}

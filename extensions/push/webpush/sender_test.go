@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -150,5 +151,25 @@ func TestDeliverFailures(t *testing.T) {
 	err = s.Deliver(ctx, "alice", down, push.Event{})
 	if err == nil || errors.Is(err, push.ErrGone) || strings.Contains(err.Error(), "secret-token") || !strings.Contains(err.Error(), addr) {
 		t.Errorf("unreachable service: %v", err)
+	}
+}
+
+// TestNoRedirect: a push is POSTed to the endpoint only; a redirect is a
+// failure (retried), not followed.
+func TestNoRedirect(t *testing.T) {
+	svc := webpushtest.New(t, false)
+	sub := svc.Subscribe(t, "")
+	redir := httptest.NewServer(http.RedirectHandler(sub.Endpoint, http.StatusTemporaryRedirect))
+	t.Cleanup(redir.Close)
+	s := newSender(t, svc, nil)
+	moved := *sub
+	moved.Endpoint = redir.URL + "/push/x"
+	err := s.Deliver(context.Background(), "alice", registration(t, s, "r", &moved), push.Event{Mailbox: "INBOX"})
+	var se *StatusError
+	if !errors.As(err, &se) || se.Status != http.StatusTemporaryRedirect || errors.Is(err, push.ErrGone) {
+		t.Fatalf("redirect: %v", err)
+	}
+	if n := len(svc.Messages()); n != 0 {
+		t.Fatalf("the redirect was followed: %d pushes", n)
 	}
 }

@@ -187,7 +187,7 @@ func New(cfg Config) (*Extension, error) {
 		reg:            cfg.Registrar,
 		allowHTTP:      cfg.AllowHTTP,
 		maxPending:     cfg.MaxPending,
-		pendingTTL:     cmp(cfg.PendingTTL, DefaultPendingTTL),
+		pendingTTL:     orDefault(cfg.PendingTTL, DefaultPendingTTL),
 		maxValidations: cfg.MaxValidations,
 		now:            time.Now,
 		seed:           maphash.MakeSeed(),
