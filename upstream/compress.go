@@ -73,7 +73,7 @@ func (c *Conn) startCompression(ctx context.Context) error {
 	// Whatever the server sent after its OK is already compressed.
 	pending := c.r.TakeBuffered()
 	c.r = imapcodec.NewReader(deflate.NewReader(c.nc, pending), c.cfg.Limits)
-	c.w = bufio.NewWriterSize(flushingWriter{deflate.NewWriter(c.nc, 0)}, 8192)
+	c.w = bufio.NewWriterSize(flushingWriter{deflate.NewWriter(c.nc, deflate.WriterOptions{})}, 8192)
 	c.compressed = true
 	return nil
 }

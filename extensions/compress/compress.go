@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/lemonproxy/lemonproxy/internal/deflate"
@@ -45,6 +46,18 @@ type Extension struct {
 	// the dictionary of its next response burst: 0 selects 2 KiB, the most
 	// used is 8 KiB, a negative size keeps none.
 	DictSize int
+	// Level is the deflate level of the compressor a busy session borrows
+	// (klauspost/compress/flate, 1-9): 0 selects deflate.DefaultLevel.
+	Level int
+	// MaxCompressors bounds the compressors lent out at once, about 1 MB
+	// each: 0 selects DefaultMaxCompressors, a negative value sets no
+	// bound. A session that finds none free compresses its burst
+	// statelessly (about level 1 with an 8 KiB window).
+	MaxCompressors int
+
+	compsOnce sync.Once
+	comps     *deflate.Compressors
+	compsErr  error
 
 	activations atomic.Int64
 	active      atomic.Int64
@@ -55,6 +68,34 @@ type Extension struct {
 	compOut     atomic.Int64
 }
 
+// DefaultMaxCompressors is the default bound on compressors lent out at
+// once: sessions busy sending responses at the same moment (a client that
+// does not read keeps its session busy for up to the write timeout).
+const DefaultMaxCompressors = 256
+
+// compressors returns the extension's pool of deflaters, made on first use.
+func (e *Extension) compressors() (*deflate.Compressors, error) {
+	e.compsOnce.Do(func() {
+		max := e.MaxCompressors
+		switch {
+		case max == 0:
+			max = DefaultMaxCompressors
+		case max < 0:
+			max = 0
+		}
+		e.comps, e.compsErr = deflate.NewCompressors(e.Level, max)
+	})
+	return e.comps, e.compsErr
+}
+
+func (e *Extension) compressorsInUse() int64 {
+	c, err := e.compressors()
+	if err != nil {
+		return 0
+	}
+	return int64(c.InUse())
+}
+
 // New returns the extension with default settings.
 func New() *Extension { return &Extension{} }
 
@@ -63,6 +104,9 @@ type Stats struct {
 	Activations int64 // COMPRESS commands that succeeded
 	Active      int64 // sessions compressing now
 	Corrupt     int64 // sessions ended by invalid compressed input
+	// Compressors lent out now: to sessions sending responses, or
+	// holding them until they next wait for their client.
+	Compressors int64
 	// Bytes of sessions that have ended or flushed: plaintext and
 	// compressed, in each direction.
 	PlainIn, CompressedIn, PlainOut, CompressedOut int64
@@ -74,6 +118,7 @@ func (e *Extension) Stats() Stats {
 		Activations:   e.activations.Load(),
 		Active:        e.active.Load(),
 		Corrupt:       e.corrupt.Load(),
+		Compressors:   e.compressorsInUse(),
 		PlainIn:       e.plainIn.Load(),
 		CompressedIn:  e.compIn.Load(),
 		PlainOut:      e.plainOut.Load(),
@@ -117,6 +162,11 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, _ proxy
 	if s.Value(sessionKey{}) != nil {
 		return x.Reply("NO", "COMPRESSIONACTIVE", "DEFLATE compression is already active.")
 	}
+	comps, err := e.compressors()
+	if err != nil {
+		s.Logger().Error("COMPRESS unavailable", "err", err)
+		return x.Reply("NO", "", "Compression is not available.")
+	}
 	if err := x.Reply("OK", "", "DEFLATE active."); err != nil {
 		return err
 	}
@@ -125,9 +175,13 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, _ proxy
 		t = &transport{
 			ext:  e,
 			base: base,
-			r:    deflate.NewReader(base, pending),
-			w:    deflate.NewWriter(base, e.DictSize),
+			w: deflate.NewWriter(base, deflate.WriterOptions{
+				DictSize:    e.DictSize,
+				Compressors: comps,
+				Hold:        true,
+			}),
 		}
+		t.r = deflate.NewReader(idleReader{t}, pending)
 		return t, nil
 	})
 	if err != nil {
@@ -210,6 +264,19 @@ func (t *transport) Flush() error {
 	return t.base.Flush()
 }
 
+// idleReader is the inflater's source. The session reads from the client
+// only when it has nothing more to do until the client speaks (between
+// commands, during IDLE, while a client sends a literal), so a read is
+// when the deflater goes back to the pool: a burst of responses, however
+// many flushes it took, keeps its 32 KiB window, and an idle session holds
+// none.
+type idleReader struct{ t *transport }
+
+func (r idleReader) Read(p []byte) (int, error) {
+	r.t.w.Release()
+	return r.t.base.Read(p)
+}
+
 func (t *transport) countIn() {
 	comp, plain, _ := t.r.Stats()
 	t.ext.compIn.Add(comp - t.lastIn)
@@ -222,6 +289,7 @@ func (t *transport) close() {
 	if t.closed.CompareAndSwap(false, true) {
 		t.countIn()
 		t.r.Close()
+		t.w.Close()
 	}
 }
 
