@@ -54,6 +54,8 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Upstream:   imaptest.DefaultUpstream(),
 		TLS:        o.tls,
 		Extensions: []proxy.Extension{ext, idle.New()},
+		// BenchmarkIdleSessionHeap logs in as alice 10,000 times.
+		Abuse: proxy.AbuseLimits{SessionsPerUser: -1},
 	}, opts...)
 	return &env{up: up, ext: ext, srv: p.Srv, addr: p.Addr}
 }

@@ -41,7 +41,7 @@ const (
 	// (StatelessDeflate uses no more as its dictionary).
 	MaxDictSize = 8 << 10
 	// DefaultLevel is the deflater's level (klauspost/compress/flate).
-	DefaultLevel = 5
+	DefaultLevel = 6
 	// chunkSize bounds the plaintext a Writer buffers before compressing
 	// part of a long burst: just under the window that klauspost's fast
 	// levels encode at once, so that one chunk is one encoding pass.

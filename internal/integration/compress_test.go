@@ -87,7 +87,7 @@ func TestCompressPythonZlib(t *testing.T) {
 			args = append(args, fmt.Sprintf("%d:%x", uid, sha256.Sum256(m)))
 		}
 		before := ext.Stats()
-		res := runPython(t, addr, "interleave", args...)
+		runPython(t, addr, "interleave", args...)
 		after := ext.Stats()
 		if plain, wire := after.PlainOut-before.PlainOut, after.CompressedOut-before.CompressedOut; plain < 3*700<<10 || float64(wire) > 0.65*float64(plain) {
 			t.Errorf("%d bytes of responses compressed to %d", plain, wire)
@@ -95,7 +95,6 @@ func TestCompressPythonZlib(t *testing.T) {
 		if after.Compressors != 0 {
 			t.Errorf("%d compressors lent out after the session", after.Compressors)
 		}
-		_ = res
 	})
 	t.Run("big", func(t *testing.T) {
 		res := runPython(t, addr, "big")
