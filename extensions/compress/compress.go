@@ -24,7 +24,7 @@
 //     sent a whole deflate block and nothing more, and rebuilt from the
 //     plaintext window the client may still refer to when bytes arrive.
 //
-// Measured (docs/compress.md, docs/benchmarks.md): downloads within 1.04x
+// Measured (docs/compress.md, docs/benchmarks.md): downloads within 1.03x
 // of Dovecot's own COMPRESS in bytes at about a quarter of its CPU per MB,
 // and an idle compressed session 2.4 KiB of heap above an uncompressed one.
 //
