@@ -75,7 +75,7 @@ func (c *Conn) startCompression(ctx context.Context) error {
 	c.r = imapcodec.NewReader(deflate.NewReader(c.nc, pending), c.cfg.Limits)
 	c.releaseWriter()
 	c.out = nil // the compressed writer is the connection's own: never released
-	c.w = bufio.NewWriterSize(flushingWriter{deflate.NewWriter(c.nc, 0)}, 8192)
+	c.w = bufio.NewWriterSize(flushingWriter{deflate.NewWriter(c.nc, deflate.WriterOptions{})}, 8192)
 	c.compressed = true
 	return nil
 }

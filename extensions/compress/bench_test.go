@@ -20,6 +20,7 @@ import (
 	"github.com/klauspost/compress/flate"
 
 	"github.com/lemonproxy/lemonproxy/internal/deflate"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
 // burstWriter is a compressor under test: Write a burst, then Flush.
@@ -28,34 +29,23 @@ type burstWriter interface {
 	Flush() error
 }
 
-// pooledDict compresses each burst with a stateful writer taken from a
-// shared pool and reset with the last dictSize bytes of plaintext: per
-// session only the dictionary is kept, like the stateless writer.
-type pooledDict struct {
+// stateless is the writer the proxy had before issue 20, for comparison:
+// each burst compressed on its own with flate.StatelessDeflate (about
+// level 1 with an 8 KiB window), primed with the last dictSize bytes of
+// plaintext sent.
+type stateless struct {
 	dst      io.Writer
-	level    int
 	dictSize int
 	dict     []byte
 	buf      []byte
 }
 
-var levelPools sync.Map // level -> *sync.Pool
+func (p *stateless) Write(b []byte) (int, error) { p.buf = append(p.buf, b...); return len(b), nil }
 
-func (p *pooledDict) Write(b []byte) (int, error) { p.buf = append(p.buf, b...); return len(b), nil }
-
-func (p *pooledDict) Flush() error {
-	pl, _ := levelPools.LoadOrStore(p.level, &sync.Pool{})
-	pool := pl.(*sync.Pool)
-	fw, _ := pool.Get().(*flate.Writer)
-	if fw == nil {
-		fw, _ = flate.NewWriter(p.dst, p.level)
-	}
-	fw.ResetDict(p.dst, p.dict)
-	fw.Write(p.buf)
-	err := fw.Flush()
-	pool.Put(fw)
+func (p *stateless) Flush() error {
+	err := flate.StatelessDeflate(p.dst, p.buf, false, p.dict)
 	all := append(p.dict, p.buf...)
-	p.dict = append([]byte(nil), all[max(0, len(all)-p.dictSize):]...)
+	p.dict = append(p.dict[:0:0], all[max(0, len(all)-p.dictSize):]...)
 	p.buf = p.buf[:0]
 	return err
 }
@@ -65,22 +55,51 @@ type variant struct {
 	mk   func(io.Writer) burstWriter
 }
 
+// compressors returns the pool of deflaters at level the benchmarks share.
+var compressors = sync.OnceValue(func() map[int]*deflate.Compressors {
+	m := map[int]*deflate.Compressors{}
+	for _, l := range []int{1, 4, 5, 6} {
+		m[l], _ = deflate.NewCompressors(l, 0)
+	}
+	return m
+})
+
+// klauspost returns a stateful klauspost writer at level, reused from one
+// benchmark iteration to the next (allocating one is not what is
+// measured).
+func klauspost(level int) func(io.Writer) burstWriter {
+	var fw *flate.Writer
+	return func(w io.Writer) burstWriter {
+		if fw == nil {
+			fw, _ = flate.NewWriter(w, level)
+		} else {
+			fw.Reset(w)
+		}
+		return fw
+	}
+}
+
 func variants() []variant {
-	level := func(l int) func(io.Writer) burstWriter {
-		return func(w io.Writer) burstWriter { fw, _ := flate.NewWriter(w, l); return fw }
+	writer := func(level, dict int, hold bool) func(io.Writer) burstWriter {
+		return func(w io.Writer) burstWriter {
+			return deflate.NewWriter(w, deflate.WriterOptions{DictSize: dict, Compressors: compressors()[level], Hold: hold})
+		}
 	}
 	return []variant{
-		{"stateless-dict0", func(w io.Writer) burstWriter { return deflate.NewWriter(w, -1) }},
-		{"stateless-dict512", func(w io.Writer) burstWriter { return deflate.NewWriter(w, 512) }},
-		{"stateless-dict1k", func(w io.Writer) burstWriter { return deflate.NewWriter(w, 1<<10) }},
-		{"stateless-dict2k", func(w io.Writer) burstWriter { return deflate.NewWriter(w, 2<<10) }},
-		{"stateless-dict4k", func(w io.Writer) burstWriter { return deflate.NewWriter(w, 4<<10) }},
-		{"stateless-dict8k", func(w io.Writer) burstWriter { return deflate.NewWriter(w, 8<<10) }},
-		{"pooled-level1-dict2k", func(w io.Writer) burstWriter { return &pooledDict{dst: w, level: 1, dictSize: 2 << 10} }},
-		{"pooled-level5-dict8k", func(w io.Writer) burstWriter { return &pooledDict{dst: w, level: 5, dictSize: 8 << 10} }},
-		{"stateful-huffman-only", level(flate.HuffmanOnly)},
-		{"stateful-level1", level(1)},
-		{"stateful-level6", level(6)},
+		{"before-stateless-dict2k", func(w io.Writer) burstWriter { return &stateless{dst: w, dictSize: 2 << 10} }},
+		{"writer-L1-dict2k", writer(1, 2<<10, false)},
+		{"writer-L4-dict2k", writer(4, 2<<10, false)},
+		{"writer-L5-dict0", writer(5, -1, false)},
+		{"writer-L5-dict1k", writer(5, 1<<10, false)},
+		{"writer-L5-dict2k", writer(5, 2<<10, false)},
+		{"writer-L5-dict4k", writer(5, 4<<10, false)},
+		{"writer-L5-dict8k", writer(5, 8<<10, false)},
+		{"writer-L6-dict2k", writer(6, 2<<10, false)},
+		{"writer-L6-held", writer(6, 2<<10, true)},
+		{"stateful-huffman-only", klauspost(flate.HuffmanOnly)},
+		{"stateful-level1", klauspost(1)},
+		{"stateful-level5", klauspost(5)},
+		{"stateful-level6", klauspost(6)},
 	}
 }
 
@@ -96,7 +115,6 @@ func BenchmarkMobileSync(b *testing.B) {
 	rec := mobileSync()
 	c, srv := rec.size()
 	b.Logf("recording: %d commands (%d bytes), %d response bursts (%d bytes)", len(rec.client), c, len(rec.server), srv)
-	var plain int
 	// server-4k cuts the server side into bursts of at most 4 KiB, as the
 	// proxy flushes during IDLE after every read from the upstream: there
 	// the dictionary carried between bursts matters.
@@ -116,26 +134,71 @@ func BenchmarkMobileSync(b *testing.B) {
 		case "client":
 			bursts = rec.client
 		}
-		plain = 0
-		for _, c := range bursts {
-			plain += len(c)
-		}
 		for _, v := range variants() {
-			b.Run(dir+"/"+v.name, func(b *testing.B) {
-				b.SetBytes(int64(plain))
-				var out countWriter
-				for b.Loop() {
-					out.n = 0
-					w := v.mk(&out)
-					for _, burst := range bursts {
-						w.Write(burst)
-						w.Flush()
-					}
-				}
-				b.ReportMetric(float64(plain)/float64(out.n), "ratio")
-				b.ReportMetric(100*float64(out.n)/float64(plain), "%size")
-				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(plain)*(1<<20)/1e6, "ms/MB")
-			})
+			b.Run(dir+"/"+v.name, func(b *testing.B) { benchBursts(b, v, bursts) })
+		}
+	}
+}
+
+// benchBursts compresses bursts with v, a Flush after each, and reports
+// the ratio (plaintext / compressed), the compressed size in % of the
+// plaintext and the CPU cost in ms per MB of plaintext.
+func benchBursts(b *testing.B, v variant, bursts [][]byte) {
+	plain := 0
+	for _, c := range bursts {
+		plain += len(c)
+	}
+	b.SetBytes(int64(plain))
+	var out countWriter
+	cpu0 := processCPU()
+	for b.Loop() {
+		out.n = 0
+		w := v.mk(&out)
+		for _, burst := range bursts {
+			w.Write(burst)
+			w.Flush()
+		}
+		if r, ok := w.(interface{ Release() }); ok {
+			r.Release()
+		}
+	}
+	b.ReportMetric(float64(plain)/float64(out.n), "ratio")
+	b.ReportMetric(100*float64(out.n)/float64(plain), "%size")
+	b.ReportMetric(float64(out.n), "bytes")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(plain)*(1<<20)/1e6, "ms/MB")
+	// The process's CPU time, less sensitive than the elapsed time to
+	// other work on a shared machine (garbage collection included).
+	b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/float64(b.N)/float64(plain)*(1<<20)/1e6, "cpu-ms/MB")
+}
+
+// processCPU returns this process's CPU time (user and system).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkBodies compresses message downloads as the proxy sends them,
+// one FETCH response each (one burst): a 300 KB message with a base64
+// attachment and a 209 KB text message (imaptest.AttachmentMessage,
+// imaptest.TextMessage).
+func BenchmarkBodies(b *testing.B) {
+	text, source := imaptest.TextMessage(209<<10, 0)
+	b.Logf("text message: %s", source)
+	fetch := func(m []byte) [][]byte {
+		return [][]byte{fmt.Appendf(nil, "* 1 FETCH (UID 7 BODY[] {%d}\r\n%s)\r\nA7 OK Fetch completed.\r\n", len(m), m)}
+	}
+	for _, in := range []struct {
+		name   string
+		bursts [][]byte
+	}{
+		{"attachment-300k", fetch(imaptest.AttachmentMessage(300<<10, 1))},
+		{"text-209k", fetch(text)},
+	} {
+		for _, v := range variants() {
+			b.Run(in.name+"/"+v.name, func(b *testing.B) { benchBursts(b, v, in.bursts) })
 		}
 	}
 }
@@ -252,22 +315,24 @@ func idleHeap(b *testing.B, n int, mode string) (heap, stack float64) {
 		cmd.Wait()
 	}()
 	sc := bufio.NewScanner(stdout)
+	var out []string
 	ready := false
 	for sc.Scan() {
 		if strings.HasPrefix(sc.Text(), "READY") {
-			ready = true
+			ready = sc.Text() == fmt.Sprintf("READY %d", n)
 			break
 		}
+		out = append(out, sc.Text())
 	}
 	if !ready {
-		b.Fatal("client process failed")
+		b.Fatalf("client process failed:\n%.2000s", strings.Join(out, "\n"))
 	}
 	go io.Copy(io.Discard, stdout)
 	time.Sleep(500 * time.Millisecond) // let the proxy settle
 	h1, s1 := memNow()
 	if mode == "compress" {
-		if a := e.ext.Stats().Active; a != int64(n) {
-			b.Fatalf("%d compressed sessions, want %d", a, n)
+		if st := e.ext.Stats(); st.Active != int64(n) || st.Compressors != 0 {
+			b.Fatalf("%d compressed sessions (want %d), %d compressors lent out (want 0)", st.Active, n, st.Compressors)
 		}
 	}
 	heap = (float64(h1) - float64(h0)) / float64(n)

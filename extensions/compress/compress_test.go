@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -301,3 +302,126 @@ type timeoutError struct{}
 func (timeoutError) Error() string   { return "i/o timeout" }
 func (timeoutError) Timeout() bool   { return true }
 func (timeoutError) Temporary() bool { return true }
+
+// fetchBody fetches message seq's body and checks it is exactly want.
+func fetchBody(t testing.TB, c *client, seq int, want []byte) {
+	t.Helper()
+	lines := c.MustOK(fmt.Sprintf("FETCH %d (BODY.PEEK[])", seq))
+	if len(lines) != 2 || !strings.HasSuffix(lines[0], fmt.Sprintf("{%d}\r\n%s)", len(want), want)) {
+		got := ""
+		if len(lines) > 0 {
+			got = lines[0]
+		}
+		t.Fatalf("FETCH %d: %d lines, first %d bytes (want the %d-byte message): %.120q...", seq, len(lines), len(got), len(want), got)
+	}
+}
+
+// TestCompressBurstsAndIdle downloads large messages (a base64 attachment,
+// prose, and a mix) between idle periods, pushes during IDLE and small
+// commands: each download takes a compressor from the pool for as long as
+// the session sends, and gives it back once the session waits for its
+// client. The client inflates the whole session as one stream (a stateful
+// inflater, as real clients have), so every byte must be where RFC 4978's
+// one continuous stream puts it, across every return to the pool.
+func TestCompressBurstsAndIdle(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	text, _ := imaptest.TextMessage(209<<10, 0)
+	msgs := [][]byte{imaptest.AttachmentMessage(300<<10, 1), text, []byte(message(3, "short")),
+		append(imaptest.AttachmentMessage(100<<10, 4), text[:100<<10]...)}
+	for _, m := range msgs {
+		e.up.Append("alice", "INBOX", nil, m)
+	}
+	c := dial(t, e.addr)
+	c.MustOK("LOGIN alice secret")
+	c.Compress()
+	c.MustOK("SELECT INBOX")
+	idle := func(what string) {
+		t.Helper()
+		imaptest.WaitFor(t, "the compressor to go back to the pool "+what, func() bool { return e.ext.Stats().Compressors == 0 })
+	}
+	for round := range 3 {
+		for i, m := range msgs {
+			before := e.ext.Stats()
+			fetchBody(t, c, i+1, m)
+			after := e.ext.Stats()
+			idle(fmt.Sprintf("after FETCH %d", i+1))
+			plain, comp := after.PlainOut-before.PlainOut, after.CompressedOut-before.CompressedOut
+			if i == 0 && float64(comp) > 0.8*float64(plain) {
+				// Base64 leaves as Huffman-only blocks, at about 3/4.
+				t.Errorf("round %d: the attachment message: %d bytes compressed to %d", round, plain, comp)
+			}
+		}
+		// A push during IDLE: a small burst, compressed without a
+		// compressor, between two that have one.
+		c.WriteBytes([]byte(fmt.Sprintf("i%d IDLE\r\n", round)))
+		if l := c.ReadLine(); !strings.HasPrefix(l, "+") {
+			t.Fatalf("IDLE: %q", l)
+		}
+		time.Sleep(100 * time.Millisecond) // imapmemserver listens after its "+"
+		other := dial(t, e.addr)
+		other.MustOK("LOGIN alice secret")
+		m := message(10+round, "pushed")
+		other.MustOK(fmt.Sprintf("APPEND INBOX {%d}", len(m)), m)
+		other.Close()
+		if l := c.ReadLine(); l != fmt.Sprintf("* %d EXISTS", len(msgs)+1+round) {
+			t.Fatalf("during IDLE: %q", l)
+		}
+		idle("during IDLE")
+		c.WriteBytes([]byte("DONE\r\n"))
+		for {
+			l := c.ReadLine()
+			if strings.HasPrefix(l, fmt.Sprintf("i%d ", round)) {
+				if !strings.HasPrefix(l, fmt.Sprintf("i%d OK", round)) {
+					t.Fatalf("IDLE ended with %q", l)
+				}
+				break
+			}
+		}
+		c.MustOK("NOOP")
+		fetchBody(t, c, len(msgs)+1+round, []byte(m))
+	}
+	c.MustOK("LOGOUT")
+	imaptest.WaitFor(t, "the session to end", func() bool { return e.ext.Stats().Active == 0 })
+	if st := e.ext.Stats(); st.Compressors != 0 {
+		t.Fatalf("stats after the session: %+v", st)
+	}
+}
+
+// TestCompressConcurrentDownloads runs sessions that download at the same
+// time with fewer compressors than sessions: those that find none compress
+// statelessly, and every stream stays exact (run with -race).
+func TestCompressConcurrentDownloads(t *testing.T) {
+	e := newEnv(t, envOpts{maxCompressors: 2})
+	text, _ := imaptest.TextMessage(150<<10, 7)
+	msgs := [][]byte{imaptest.AttachmentMessage(150<<10, 2), text}
+	for _, m := range msgs {
+		e.up.Append("alice", "INBOX", nil, m)
+	}
+	const sessions = 6
+	var wg sync.WaitGroup
+	maxInUse := int64(0)
+	var mu sync.Mutex
+	for range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := dial(t, e.addr)
+			defer c.Close() // also when a check fails (Fatalf ends this goroutine)
+			c.MustOK("LOGIN alice secret")
+			c.Compress()
+			c.MustOK("SELECT INBOX")
+			for i := range 4 {
+				fetchBody(t, c, 1+i%2, msgs[i%2])
+				mu.Lock()
+				maxInUse = max(maxInUse, e.ext.Stats().Compressors)
+				mu.Unlock()
+			}
+			c.MustOK("LOGOUT")
+		}()
+	}
+	wg.Wait()
+	imaptest.WaitFor(t, "the sessions to end", func() bool { return e.ext.Stats().Active == 0 })
+	if st := e.ext.Stats(); st.Compressors != 0 || maxInUse > 2 {
+		t.Fatalf("stats %+v, at most %d compressors seen lent out (bound 2)", st, maxInUse)
+	}
+}

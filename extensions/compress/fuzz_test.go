@@ -76,7 +76,7 @@ func FuzzInflate(f *testing.F) {
 		f.Add(b.Bytes(), []byte{3, 200, 17})
 	}
 	var b bytes.Buffer
-	w := deflate.NewWriter(&b, 0)
+	w := deflate.NewWriter(&b, deflate.WriterOptions{})
 	w.Write([]byte("* 1 FETCH (FLAGS (\\Seen))\r\n"))
 	w.Flush()
 	w.Write([]byte("* 2 FETCH (FLAGS (\\Seen))\r\n"))

@@ -30,6 +30,8 @@ type env struct {
 
 type envOpts struct {
 	tls *tls.Config // serve implicit TLS with this configuration
+	// maxCompressors is the extension's MaxCompressors.
+	maxCompressors int
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -43,6 +45,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		t.Fatal(err)
 	}
 	ext := compress.New()
+	ext.MaxCompressors = o.maxCompressors
 	var opts []imaptest.Option
 	if o.tls != nil {
 		opts = append(opts, imaptest.ImplicitTLS())
@@ -51,6 +54,8 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Upstream:   imaptest.DefaultUpstream(),
 		TLS:        o.tls,
 		Extensions: []proxy.Extension{ext, idle.New()},
+		// BenchmarkIdleSessionHeap logs in as alice 10,000 times.
+		Abuse: proxy.AbuseLimits{SessionsPerUser: -1},
 	}, opts...)
 	return &env{up: up, ext: ext, srv: p.Srv, addr: p.Addr}
 }

@@ -100,13 +100,14 @@ func encode(t testing.TB, mk func(io.Writer) flusher, bursts [][]byte) [][]byte 
 }
 
 var peers = map[string]func(io.Writer) flusher{
-	"klauspost-1": func(w io.Writer) flusher { fw, _ := flate.NewWriter(w, 1); return fw },
-	"klauspost-9": func(w io.Writer) flusher { fw, _ := flate.NewWriter(w, 9); return fw },
-	"stdlib-6":    func(w io.Writer) flusher { fw, _ := stdflate.NewWriter(w, 6); return fw },
-	"stdlib-huff": func(w io.Writer) flusher { fw, _ := stdflate.NewWriter(w, stdflate.HuffmanOnly); return fw },
-	"stdlib-0":    func(w io.Writer) flusher { fw, _ := stdflate.NewWriter(w, 0); return fw },
-	"stateless":   func(w io.Writer) flusher { return NewWriter(w, 0) },
-	"stateless-0": func(w io.Writer) flusher { return NewWriter(w, -1) },
+	"klauspost-1":   func(w io.Writer) flusher { fw, _ := flate.NewWriter(w, 1); return fw },
+	"klauspost-9":   func(w io.Writer) flusher { fw, _ := flate.NewWriter(w, 9); return fw },
+	"stdlib-6":      func(w io.Writer) flusher { fw, _ := stdflate.NewWriter(w, 6); return fw },
+	"stdlib-huff":   func(w io.Writer) flusher { fw, _ := stdflate.NewWriter(w, stdflate.HuffmanOnly); return fw },
+	"stdlib-0":      func(w io.Writer) flusher { fw, _ := stdflate.NewWriter(w, 0); return fw },
+	"writer":        func(w io.Writer) flusher { return NewWriter(w, WriterOptions{}) },
+	"writer-nodict": func(w io.Writer) flusher { return NewWriter(w, WriterOptions{DictSize: -1}) },
+	"writer-hold":   func(w io.Writer) flusher { return NewWriter(w, WriterOptions{Hold: true}) },
 }
 
 // readBursts reads each burst from r and checks it, checking also that the
@@ -320,7 +321,7 @@ func TestWriterBursts(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	bursts := imapish(rng, 50)
 	var buf bytes.Buffer
-	w := NewWriter(&buf, 0)
+	w := NewWriter(&buf, WriterOptions{})
 	fr := stdflate.NewReader(&buf)
 	for i, b := range bursts {
 		// Write in odd pieces.

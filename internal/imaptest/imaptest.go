@@ -714,7 +714,7 @@ func (c *Client) InflateResponses() {
 // in memory.
 func (c *Client) StartLightCompression() {
 	c.R = bufio.NewReader(deflate.NewReader(c.Conn, c.buffered()))
-	w := deflate.NewWriter(c.Conn, 0)
+	w := deflate.NewWriter(c.Conn, deflate.WriterOptions{})
 	c.fw, c.w = w, w
 }
 

@@ -150,13 +150,13 @@ func (stripAppendUID) ServeCommand(ctx context.Context, x *proxy.Exchange, next 
 
 // mbsyncRun is an mbsync set up to sync the proxy's INBOX to a maildir.
 type mbsyncRun struct {
-	t       *testing.T
+	t       testing.TB
 	bin, rc string
 	home    string
 	local   string
 }
 
-func newMbsync(t *testing.T, bin, addr string) *mbsyncRun {
+func newMbsync(t testing.TB, bin, addr string) *mbsyncRun {
 	host, port, _ := net.SplitHostPort(addr)
 	dir := t.TempDir()
 	local := filepath.Join(dir, "mail") + "/"

@@ -8,6 +8,14 @@ Usage: compress_client.py HOST PORT USER PASS MODE
            the EXISTS compressed and at once, then DONE
   corrupt  send bytes that are not deflate after COMPRESS: expect a BYE
   zlib     send a zlib stream (header and all) after COMPRESS: expect a BYE
+  interleave UID:SHA256...
+           three rounds of: FETCH each message (its SHA-256 must match),
+           pausing between them; NOOP; IDLE with a push from a second
+           connection; DONE; FETCH the pushed message
+  loop N on|off MAILBOX
+           print READY, wait for a line on stdin, FETCH every message of
+           MAILBOX N times (with COMPRESS if on), print the JSON, wait for
+           another line, LOGOUT (the caller measures CPU meanwhile)
 
 Prints one line of JSON; "ok": true when every check passed.
 """
@@ -195,6 +203,93 @@ def mode_idle(host, port, user, pw):
             "push_latency_s": round(latency, 3), **c.stats()}
 
 
+def fetch_uid(c, uid):
+    resp = c.command(b"UID FETCH %d BODY.PEEK[]" % uid)
+    bodies = [l[0] for line, l in resp if l]
+    if len(bodies) != 1:
+        raise RuntimeError("UID FETCH %d: %d bodies" % (uid, len(bodies)))
+    return bodies[0]
+
+
+def idle_push(c, host, port, user, pw, n):
+    """IDLE until a message appended by a second connection is announced;
+    returns its sequence number."""
+    c.seq += 1
+    tag = b"z%d" % c.seq
+    c.send(tag + b" IDLE\r\n")
+    line, _ = c.response_line()
+    if not line.startswith(b"+"):
+        raise RuntimeError("IDLE: %r" % line)
+    other = imaplib.IMAP4(host, int(port))
+    other.login(user, pw)
+    other.append("INBOX", None, None, b"From: pusher@example.org\r\nSubject: pushed %d\r\n"
+                 b"Message-ID: <pushed%d@example.org>\r\n\r\nhello %d\r\n" % (n, n, n))
+    other.logout()
+    got = None
+    while got is None:
+        line, _ = c.response_line()
+        if line.endswith(b" EXISTS"):
+            got = int(line.split()[1])
+    c.send(b"DONE\r\n")
+    while True:
+        line, _ = c.response_line()
+        if line.startswith(tag + b" "):
+            if not line.startswith(tag + b" OK"):
+                raise RuntimeError("IDLE ended with %r" % line)
+            return got
+
+
+def mode_interleave(host, port, user, pw, want):
+    c = Client(host, port)
+    c.command(b"LOGIN %s %s" % (user.encode(), pw.encode()))
+    c.compress()
+    c.command(b"SELECT INBOX")
+    bad = []
+    for rnd in range(3):
+        for i, (uid, digest) in enumerate(want):
+            body = fetch_uid(c, uid)
+            if hashlib.sha256(body).hexdigest() != digest:
+                bad.append("round %d uid %d: %d bytes, wrong digest" % (rnd, uid, len(body)))
+            # Idle for a moment: the proxy gives its compressor back and
+            # parks its inflater; the stream must carry on across that.
+            time.sleep(0.05 * (i % 3))
+        c.command(b"NOOP")
+        seq = idle_push(c, host, port, user, pw, rnd)
+        resp = c.command(b"FETCH %d BODY.PEEK[]" % seq)
+        body = [l[0] for line, l in resp if l][0]
+        if b"hello %d\r\n" % rnd not in body:
+            bad.append("round %d: pushed message %r" % (rnd, body[:80]))
+    c.command(b"LOGOUT")
+    return {"ok": not bad, "bad": bad, **c.stats()}
+
+
+def mode_loop(host, port, user, pw, n, compress, mailbox):
+    c = Client(host, port)
+    c.command(b"LOGIN %s %s" % (user.encode(), pw.encode()))
+    if compress:
+        c.compress()
+    c.command(b"SELECT " + mailbox.encode())
+    uids = [int(x) for line, _ in c.command(b"UID SEARCH ALL") if line.startswith(b"* SEARCH")
+            for x in line.split()[2:]]
+    print("READY", flush=True)
+    sys.stdin.readline()
+    start = c.stats()
+    digests = {}
+    ok = True
+    t0 = time.time()
+    for _ in range(n):
+        for uid in uids:
+            d = hashlib.sha256(fetch_uid(c, uid)).digest()
+            ok = ok and digests.setdefault(uid, d) == d
+    elapsed = time.time() - t0
+    end = c.stats()
+    print(json.dumps({"ok": ok, "messages": len(uids), "seconds": round(elapsed, 3),
+                      **{k: end[k] - start[k] for k in end}}), flush=True)
+    sys.stdin.readline()
+    c.command(b"LOGOUT")
+    return None
+
+
 def mode_bad(host, port, user, pw, data):
     c = Client(host, port)
     c.command(b"LOGIN %s %s" % (user.encode(), pw.encode()))
@@ -220,9 +315,15 @@ def main():
         out = mode_bad(host, port, user, pw, b"\xff\xfe\xfd\xfc garbage, not deflate\r\n")
     elif mode == "zlib":
         out = mode_bad(host, port, user, pw, zlib.compress(b"a1 NOOP\r\n"))
+    elif mode == "interleave":
+        want = [(int(u), d) for u, d in (a.split(":") for a in sys.argv[6:])]
+        out = mode_interleave(host, port, user, pw, want)
+    elif mode == "loop":
+        out = mode_loop(host, port, user, pw, int(sys.argv[6]), sys.argv[7] == "on", sys.argv[8])
     else:
         raise SystemExit("unknown mode " + mode)
-    print(json.dumps(out))
+    if out is not None:
+        print(json.dumps(out))
 
 
 if __name__ == "__main__":
