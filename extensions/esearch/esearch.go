@@ -92,7 +92,12 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	if err != nil {
 		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": "+sentence(err.Error())+".")
 	}
+	// Criteria the state decides are answered from it (state.go).
+	prog := decidable(s, x.Segments)
 	if ret == nil {
+		if prog != nil {
+			return answerSearch(x, prog)
+		}
 		return next(ctx, x)
 	}
 	if ret.opts.update && contextsearch.InUse(s, x.Tag) {
@@ -104,7 +109,7 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	// UPDATE is never relayed (its context would live on a pooled
 	// connection, see extensions/contextsearch); PARTIAL and the CONTEXT
 	// hint are, where the upstream has CONTEXT=SEARCH.
-	if up.Has("ESEARCH") && !ret.opts.save && !modseq && !ret.opts.update &&
+	if prog == nil && up.Has("ESEARCH") && !ret.opts.save && !modseq && !ret.opts.update &&
 		(ret.opts.partial == nil && !ret.opts.context || up.Has("CONTEXT=SEARCH")) {
 		return next(ctx, x)
 	}
@@ -116,6 +121,9 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	var live *liveSearch
 	if ret.opts.update {
 		live = startLive(s, segs)
+	}
+	if prog != nil {
+		return answerESearch(ctx, x, prog, r, live)
 	}
 	x.Filter(func(resp *proxy.Response) *proxy.Response {
 		if resp.Head.Name != "SEARCH" {
@@ -207,6 +215,9 @@ type result struct {
 	// nums are the matches in the client's terms, sorted; uids the same
 	// messages' UIDs, in the same (view) order.
 	nums, uids []uint32
+	// modseqs are the same messages' mod-sequences when the state
+	// decided a search with MODSEQ (state.go), read with their flags.
+	modseqs []uint64
 }
 
 // add takes the numbers of a "* SEARCH" answer. Servers send one; more
@@ -298,16 +309,37 @@ func appendItem(b []byte, name string, n uint64) []byte {
 // MAX, the two of MIN and MAX, every match as soon as ALL or COUNT is asked
 // for (or SAVE alone).
 func (r *result) returned() []uint32 {
-	n := len(r.uids)
-	if n == 0 || r.opts.all || r.opts.count || !r.opts.min && !r.opts.max {
+	if r.all() {
 		return r.uids
 	}
 	var out []uint32
+	for _, i := range r.returnedAt() {
+		out = append(out, r.uids[i])
+	}
+	return out
+}
+
+// all reports whether the response names every match (returned).
+func (r *result) all() bool {
+	return len(r.uids) == 0 || r.opts.all || r.opts.count || !r.opts.min && !r.opts.max
+}
+
+// returnedAt is returned as indices into r.uids.
+func (r *result) returnedAt() []int {
+	n := len(r.uids)
+	if r.all() {
+		out := make([]int, n)
+		for i := range out {
+			out[i] = i
+		}
+		return out
+	}
+	var out []int
 	if r.opts.min {
-		out = append(out, r.uids[0])
+		out = append(out, 0)
 	}
 	if r.opts.max && (!r.opts.min || n > 1) {
-		out = append(out, r.uids[n-1])
+		out = append(out, n-1)
 	}
 	return out
 }
@@ -316,10 +348,24 @@ func (r *result) returned() []uint32 {
 func (r *result) saved() []uint32 { return r.returned() }
 
 // highestModSeq returns the highest mod-sequence of the returned messages
-// in the proxy's state, whose mod-sequences are the ones the client knows.
+// in the proxy's state, whose mod-sequences are the ones the client knows:
+// those read with the flags when the state decided the search, else the
+// state's now.
 func (r *result) highestModSeq(m *proxy.Mailbox) (uint64, bool) {
 	var highest uint64
 	found := false
+	if r.modseqs != nil {
+		if r.all() {
+			for _, ms := range r.modseqs {
+				highest, found = max(highest, ms), true
+			}
+			return highest, found
+		}
+		for _, i := range r.returnedAt() {
+			highest, found = max(highest, r.modseqs[i]), true
+		}
+		return highest, found
+	}
 	for _, uid := range r.returned() {
 		if _, ms, ok := m.State().Flags(uid); ok {
 			highest, found = max(highest, ms), true
