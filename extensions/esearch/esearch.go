@@ -22,6 +22,14 @@
 // its MODSEQ depends on which messages the RETURN options select, which
 // only the whole result tells.
 //
+// Searches whose criteria the hub's state of the mailbox decides (flags,
+// UIDs, sequence numbers, mod-sequences, and what the core and the
+// rewriters turn into those: RECENT, NEW, OLD, "$"; see
+// extensions/internal/statesearch) are answered from that state in every
+// form, plain or extended, whatever the upstream offers, without an
+// upstream round trip (state.go); the relay and the synthesis above are
+// for the others.
+//
 // One package rather than two: SAVE is a RETURN option like the others,
 // parsed with them, and the answer that fills the saved result is the one
 // that makes the ESEARCH response.
@@ -218,6 +226,12 @@ type result struct {
 	// modseqs are the same messages' mod-sequences when the state
 	// decided a search with MODSEQ (state.go), read with their flags.
 	modseqs []uint64
+	// count is the number of matches. When sparse, nums and uids hold
+	// the first and the last match only: all that MIN, MAX and COUNT
+	// need, so that a COUNT of 100,000 messages the state decides keeps
+	// no list of them (state.go).
+	count  int
+	sparse bool
 }
 
 // add takes the numbers of a "* SEARCH" answer. Servers send one; more
@@ -243,14 +257,14 @@ func (r *result) add(m *proxy.Mailbox, text []byte) {
 		r.nums = append(r.nums, n)
 		r.uids = append(r.uids, uid)
 	}
+	r.count = len(r.nums)
 }
 
 // response returns the ESEARCH response (RFC 4731 3.1): MIN, MAX and ALL
 // only when something matched, COUNT always (0 when nothing did).
 func (r *result) response(m *proxy.Mailbox, tag string) []byte {
-	b := AppendResponse(nil, tag, r.uid, r.opts.exported(), r.nums)
-	n := len(r.nums)
-	if n > 0 && r.modseq {
+	b := appendResponse(nil, tag, r.uid, r.opts.exported(), r.nums, r.count)
+	if r.count > 0 && r.modseq {
 		if ms, ok := r.highestModSeq(m); ok {
 			b = appendItem(b, "MODSEQ", ms)
 		}
@@ -267,17 +281,22 @@ func (r *result) response(m *proxy.Mailbox, tag string) []byte {
 // are the first and last in sort order, ALL and PARTIAL's positions are in
 // sort order) passes them sorted.
 func AppendResponse(b []byte, tag string, uid bool, o ReturnOptions, nums []uint32) []byte {
+	return appendResponse(b, tag, uid, o, nums, len(nums))
+}
+
+// appendResponse is AppendResponse for n matches of which nums holds all,
+// or (without ALL and PARTIAL) the first and the last.
+func appendResponse(b []byte, tag string, uid bool, o ReturnOptions, nums []uint32, n int) []byte {
 	b = imapcodec.AppendQuoted(append(b, "* ESEARCH (TAG "...), tag)
 	b = append(b, ')')
 	if uid {
 		b = append(b, " UID"...)
 	}
-	n := len(nums)
 	if n > 0 && o.Min {
 		b = appendItem(b, "MIN", uint64(nums[0]))
 	}
 	if n > 0 && o.Max {
-		b = appendItem(b, "MAX", uint64(nums[n-1]))
+		b = appendItem(b, "MAX", uint64(nums[len(nums)-1]))
 	}
 	if o.Count {
 		b = appendItem(b, "COUNT", uint64(n))

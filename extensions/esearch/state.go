@@ -46,9 +46,13 @@ func decidable(s *proxy.Session, segs []imapcodec.Segment) *statesearch.Program 
 	return p
 }
 
-// decide fills r with the messages of the client's view that p matches.
+// decide fills r with the messages of the client's view that p matches:
+// all of them where the response, the saved result, MODSEQ or an updating
+// context need the list, the first and the last otherwise (sparse).
 func (r *result) decide(p *statesearch.Program, m *proxy.Mailbox) {
-	r.nums, r.uids, r.modseqs = nil, nil, nil
+	o := r.opts
+	r.sparse = !o.all && !o.save && !o.update && o.partial == nil && !r.modseq
+	r.nums, r.uids, r.modseqs, r.count = nil, nil, nil, 0
 	if r.modseq {
 		r.modseqs = []uint64{}
 	}
@@ -56,6 +60,12 @@ func (r *result) decide(p *statesearch.Program, m *proxy.Mailbox) {
 		n := msg.Seq
 		if r.uid {
 			n = msg.UID
+		}
+		r.count++
+		if r.sparse && r.count > 2 {
+			// Only the last changes.
+			r.nums[1], r.uids[1] = n, msg.UID
+			return
 		}
 		r.nums = append(r.nums, n)
 		r.uids = append(r.uids, msg.UID)
@@ -73,17 +83,20 @@ func (r *result) decide(p *statesearch.Program, m *proxy.Mailbox) {
 func answerSearch(x *proxy.Exchange, p *statesearch.Program) error {
 	s := x.Session()
 	m := s.Mailbox()
-	r := &result{uid: strings.HasPrefix(x.Name, "UID "), modseq: p.HasModSeq()}
-	r.decide(p, m)
-	b := make([]byte, 0, len("* SEARCH\r\n")+8*len(r.nums))
-	b = append(b, "* SEARCH"...)
-	for _, n := range r.nums {
-		b = strconv.AppendUint(append(b, ' '), uint64(n), 10)
-	}
-	if r.modseq {
-		if ms, ok := r.highestModSeq(m); ok {
-			b = fmt.Appendf(b, " (MODSEQ %d)", ms)
+	uid := strings.HasPrefix(x.Name, "UID ")
+	b := []byte("* SEARCH")
+	var highest uint64
+	found := false
+	p.Eval(m.State(), m.UIDs(), func(msg statesearch.Message) {
+		n := msg.Seq
+		if uid {
+			n = msg.UID
 		}
+		b = strconv.AppendUint(append(b, ' '), uint64(n), 10)
+		highest, found = max(highest, msg.ModSeq), true
+	})
+	if found && p.HasModSeq() {
+		b = fmt.Appendf(b, " (MODSEQ %d)", highest)
 	}
 	if err := s.Write(append(b, "\r\n"...)); err != nil {
 		return err

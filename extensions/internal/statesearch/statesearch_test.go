@@ -217,7 +217,7 @@ func TestNumbers(t *testing.T) {
 	}
 	// Eval hands each match's sequence number, flags and mod-sequence.
 	var ms []Message
-	compile(t, "UID 9", Options{Numbers: true}).Eval(st, view, func(m Message) { ms = append(ms, m) })
+	compile(t, "UID 9 UNSEEN", Options{Numbers: true}).Eval(st, view, func(m Message) { ms = append(ms, m) })
 	_, modseq, _ := st.Flags(9)
 	if len(ms) != 1 || ms[0].Seq != 4 || ms[0].UID != 9 || ms[0].ModSeq != modseq {
 		t.Errorf("Eval gave %+v", ms)
@@ -272,4 +272,29 @@ func FuzzCompileCommand(f *testing.F) {
 		eval(p, st, []uint32{1, 5, 7, 4294967295})
 		eval(p, st, nil)
 	})
+}
+
+// BenchmarkEval decides ALL and UNSEEN over a view of 100,000 messages:
+// the proxy's whole work for an ESEARCH COUNT of them.
+func BenchmarkEval(b *testing.B) {
+	st := syncstate.New(1)
+	view := make([]uint32, 100_000)
+	msgs := make([]syncstate.Message, len(view))
+	for i := range view {
+		view[i] = uint32(i + 1)
+		msgs[i] = syncstate.Message{UID: view[i]}
+		if i%3 == 0 {
+			msgs[i].Flags = []string{`\Seen`}
+		}
+	}
+	st.Apply(syncstate.Changes{Upsert: msgs})
+	for _, crit := range []string{"ALL", "UNSEEN", "OR FLAGGED KEYWORD $Junk"} {
+		p := compile(b, crit, Options{Numbers: true})
+		b.Run(crit, func(b *testing.B) {
+			for range b.N {
+				n := 0
+				p.Eval(st, view, func(Message) { n++ })
+			}
+		})
+	}
 }
