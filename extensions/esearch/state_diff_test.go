@@ -20,7 +20,7 @@ import (
 // answer from the state is compared with
 //
 //   - the proxy's answer from the state to the same program written with
-//     NOT before keys only (prog.nnf);
+//     NOT before keys only (prog.write);
 //   - the proxy's answer the upstream way: that program with LARGER 0
 //     (true of every message, and not decidable from the state) added,
 //     in SEARCH, UID SEARCH and SEARCH RETURN (MIN MAX COUNT ALL) form,
@@ -196,7 +196,7 @@ func untag(line string) string {
 
 // A prog is a search program: a key (text set) or NOT, OR or a list of
 // programs. It is written two ways: as made (String), and with every NOT
-// pushed down to single keys by De Morgan's laws (nnf), which is what
+// pushed down to single keys by De Morgan's laws (write's nnf), which is what
 // Dovecot is asked. Dovecot 2.3 answers NOT over a list wrongly ("OR NOT
 // (UID 19:20 UNSEEN) UNSEEN" matches only the unseen messages where it
 // should match all, "NOT (ALL OR OR UNSEEN UID 17 SEEN)" the seen ones
@@ -213,9 +213,6 @@ type prog struct {
 }
 
 func (p *prog) String() string { return p.write(false, false) }
-
-// nnf writes p with NOT only before keys.
-func (p *prog) nnf() string { return p.write(true, false) }
 
 // write writes p (negated when neg; with every NOT pushed down when nnf).
 func (p *prog) write(nnf, neg bool) string {
