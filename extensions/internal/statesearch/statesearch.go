@@ -149,8 +149,8 @@ func (p *Program) Eval(st *syncstate.Mailbox, view []uint32, match func(Message)
 	if !p.flags {
 		// ALL, sets: the view's messages that the state's message list
 		// (one snapshot) has, found by walking the two ascending lists
-		// together, without a lookup per message (a COUNT of ALL over
-		// 100,000 messages in a fraction of a millisecond).
+		// together, without a lookup per message (BenchmarkEval: ALL
+		// over 100,000 messages in a fraction of the time of UNSEEN).
 		uids, j := st.Snapshot().UIDs, 0
 		m := new(Message) // one for all: the preds take a pointer
 		for i, uid := range view {
