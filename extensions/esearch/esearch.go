@@ -343,16 +343,10 @@ func (r *result) all() bool {
 	return len(r.uids) == 0 || r.opts.all || r.opts.count || !r.opts.min && !r.opts.max
 }
 
-// returnedAt is returned as indices into r.uids.
+// returnedAt is returned, as indices into r.uids, for a response that
+// names MIN's or MAX's message only (not all).
 func (r *result) returnedAt() []int {
 	n := len(r.uids)
-	if r.all() {
-		out := make([]int, n)
-		for i := range out {
-			out[i] = i
-		}
-		return out
-	}
 	var out []int
 	if r.opts.min {
 		out = append(out, 0)
