@@ -217,6 +217,23 @@ func (m *Mailbox) Flags(uid uint32) (flags []string, modseq uint64, ok bool) {
 	return m.flagSets.get(e.flags), e.modseq, true
 }
 
+// Each calls fn, in order, for every message of uids the state has, with
+// its index in uids, its flags and its mod-sequence, all read at one
+// moment (under one read lock): a search decided from the state
+// (extensions/internal/statesearch) sees one state of the mailbox, never
+// half of a batch the watcher is applying. Messages the state does not
+// have (expunged) are skipped. fn must be quick and must not call back
+// into m; the flags are shared and must not be modified.
+func (m *Mailbox) Each(uids []uint32, fn func(i int, flags []string, modseq uint64)) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for i, uid := range uids {
+		if e, ok := m.msgs[uid]; ok {
+			fn(i, m.flagSets.get(e.flags), e.modseq)
+		}
+	}
+}
+
 // Message is a message as the upstream reported it.
 type Message struct {
 	UID   uint32

@@ -757,3 +757,55 @@ func mustLoad(t *testing.T, s *statestore.Bolt) *statestore.Saved {
 	}
 	return sv
 }
+
+// TestStateEach: Each visits the messages it is given that the state has,
+// in order, with their flags and mod-sequences, and sees a batch applied
+// meanwhile whole or not at all.
+func TestStateEach(t *testing.T) {
+	m := New(1)
+	m.Apply(Changes{Upsert: msgs(nil, 2, 4, 6)})
+	m.Apply(Changes{Upsert: []Message{{UID: 4, Flags: []string{`\seen`}}}})
+	var got []string
+	m.Each([]uint32{1, 2, 4, 5, 6}, func(i int, flags []string, modseq uint64) {
+		got = append(got, fmt.Sprint(i, flags, modseq))
+	})
+	if want := []string{"1 [] 2", "2 [\\Seen] 5", "4 [] 4"}; !slices.Equal(got, want) {
+		t.Errorf("Each: %q, want %q", got, want)
+	}
+
+	// One batch flips two messages' flags together; Each never sees one
+	// flipped without the other.
+	uids := seqUIDs(1, 1000)
+	m = New(1)
+	m.Apply(Changes{Upsert: msgs(nil, uids...)})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 2000 {
+			var f []string
+			if i%2 == 0 {
+				f = []string{`\Seen`}
+			}
+			m.Apply(Changes{Upsert: msgs(f, 1, 1000)})
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		var first, last []string
+		m.Each(uids, func(i int, flags []string, _ uint64) {
+			switch i {
+			case 0:
+				first = flags
+			case len(uids) - 1:
+				last = flags
+			}
+		})
+		if !slices.Equal(first, last) {
+			t.Fatalf("Each saw half a batch: %v and %v", first, last)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/statesearch"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -67,13 +68,8 @@ func NewSearchMatcher(s *proxy.Session, segs []imapcodec.Segment) (Matcher, erro
 	if !strings.EqualFold(name, "SEARCH") || p.SP() != nil || start.Seg != 0 {
 		return nil, errNoRecheck
 	}
-	if vals, err := p.Values(); err == nil {
-		if len(vals) >= 2 && isAtom(vals[0], "CHARSET") {
-			vals = vals[2:] // flags have no charset
-		}
-		if pred, err := parseFlagSearch(vals); err == nil {
-			return &flagMatcher{match: pred}, nil
-		}
+	if prog, err := statesearch.CompileCommand(segs, statesearch.Options{}); err == nil {
+		return &flagMatcher{prog: prog}, nil
 	}
 	caps := s.UpstreamCaps()
 	b := []byte("UID SEARCH")
@@ -97,11 +93,6 @@ func NewSearchMatcher(s *proxy.Session, segs []imapcodec.Segment) (Matcher, erro
 		}
 	}
 	return &searchMatcher{command: string(b)}, nil
-}
-
-func isAtom(v imapcodec.Value, s string) bool {
-	a, ok := v.(imapcodec.Atom)
-	return ok && strings.EqualFold(string(a), s)
 }
 
 func cloneSegments(segs []imapcodec.Segment) []imapcodec.Segment {

@@ -22,6 +22,14 @@
 // its MODSEQ depends on which messages the RETURN options select, which
 // only the whole result tells.
 //
+// Searches whose criteria the hub's state of the mailbox decides (flags,
+// UIDs, sequence numbers, mod-sequences, and what the core and the
+// rewriters turn into those: RECENT, NEW, OLD, "$"; see
+// extensions/internal/statesearch) are answered from that state in every
+// form, plain or extended, whatever the upstream offers, without an
+// upstream round trip (state.go); the relay and the synthesis above are
+// for the others.
+//
 // One package rather than two: SAVE is a RETURN option like the others,
 // parsed with them, and the answer that fills the saved result is the one
 // that makes the ESEARCH response.
@@ -92,7 +100,12 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	if err != nil {
 		return x.Reply("BAD", "", "Error in IMAP command "+x.Name+": "+sentence(err.Error())+".")
 	}
+	// Criteria the state decides are answered from it (state.go).
+	prog := decidable(s, x.Segments)
 	if ret == nil {
+		if prog != nil {
+			return answerSearch(x, prog)
+		}
 		return next(ctx, x)
 	}
 	if ret.opts.update && contextsearch.InUse(s, x.Tag) {
@@ -104,7 +117,7 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	// UPDATE is never relayed (its context would live on a pooled
 	// connection, see extensions/contextsearch); PARTIAL and the CONTEXT
 	// hint are, where the upstream has CONTEXT=SEARCH.
-	if up.Has("ESEARCH") && !ret.opts.save && !modseq && !ret.opts.update &&
+	if prog == nil && up.Has("ESEARCH") && !ret.opts.save && !modseq && !ret.opts.update &&
 		(ret.opts.partial == nil && !ret.opts.context || up.Has("CONTEXT=SEARCH")) {
 		return next(ctx, x)
 	}
@@ -116,6 +129,9 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	var live *liveSearch
 	if ret.opts.update {
 		live = startLive(s, segs)
+	}
+	if prog != nil {
+		return answerESearch(ctx, x, prog, r, live)
 	}
 	x.Filter(func(resp *proxy.Response) *proxy.Response {
 		if resp.Head.Name != "SEARCH" {
@@ -207,6 +223,15 @@ type result struct {
 	// nums are the matches in the client's terms, sorted; uids the same
 	// messages' UIDs, in the same (view) order.
 	nums, uids []uint32
+	// modseqs are the same messages' mod-sequences when the state
+	// decided a search with MODSEQ (state.go), read with their flags.
+	modseqs []uint64
+	// count is the number of matches. When sparse, nums and uids hold
+	// the first and the last match only: all that MIN, MAX and COUNT
+	// need, so that a COUNT of 100,000 messages the state decides keeps
+	// no list of them (state.go).
+	count  int
+	sparse bool
 }
 
 // add takes the numbers of a "* SEARCH" answer. Servers send one; more
@@ -232,14 +257,14 @@ func (r *result) add(m *proxy.Mailbox, text []byte) {
 		r.nums = append(r.nums, n)
 		r.uids = append(r.uids, uid)
 	}
+	r.count = len(r.nums)
 }
 
 // response returns the ESEARCH response (RFC 4731 3.1): MIN, MAX and ALL
 // only when something matched, COUNT always (0 when nothing did).
 func (r *result) response(m *proxy.Mailbox, tag string) []byte {
-	b := AppendResponse(nil, tag, r.uid, r.opts.exported(), r.nums)
-	n := len(r.nums)
-	if n > 0 && r.modseq {
+	b := appendResponse(nil, tag, r.uid, r.opts.exported(), r.nums, r.count)
+	if r.count > 0 && r.modseq {
 		if ms, ok := r.highestModSeq(m); ok {
 			b = appendItem(b, "MODSEQ", ms)
 		}
@@ -256,17 +281,22 @@ func (r *result) response(m *proxy.Mailbox, tag string) []byte {
 // are the first and last in sort order, ALL and PARTIAL's positions are in
 // sort order) passes them sorted.
 func AppendResponse(b []byte, tag string, uid bool, o ReturnOptions, nums []uint32) []byte {
+	return appendResponse(b, tag, uid, o, nums, len(nums))
+}
+
+// appendResponse is AppendResponse for n matches of which nums holds all,
+// or (without ALL and PARTIAL) the first and the last.
+func appendResponse(b []byte, tag string, uid bool, o ReturnOptions, nums []uint32, n int) []byte {
 	b = imapcodec.AppendQuoted(append(b, "* ESEARCH (TAG "...), tag)
 	b = append(b, ')')
 	if uid {
 		b = append(b, " UID"...)
 	}
-	n := len(nums)
 	if n > 0 && o.Min {
 		b = appendItem(b, "MIN", uint64(nums[0]))
 	}
 	if n > 0 && o.Max {
-		b = appendItem(b, "MAX", uint64(nums[n-1]))
+		b = appendItem(b, "MAX", uint64(nums[len(nums)-1]))
 	}
 	if o.Count {
 		b = appendItem(b, "COUNT", uint64(n))
@@ -298,16 +328,31 @@ func appendItem(b []byte, name string, n uint64) []byte {
 // MAX, the two of MIN and MAX, every match as soon as ALL or COUNT is asked
 // for (or SAVE alone).
 func (r *result) returned() []uint32 {
-	n := len(r.uids)
-	if n == 0 || r.opts.all || r.opts.count || !r.opts.min && !r.opts.max {
+	if r.all() {
 		return r.uids
 	}
 	var out []uint32
+	for _, i := range r.returnedAt() {
+		out = append(out, r.uids[i])
+	}
+	return out
+}
+
+// all reports whether the response names every match (returned).
+func (r *result) all() bool {
+	return len(r.uids) == 0 || r.opts.all || r.opts.count || !r.opts.min && !r.opts.max
+}
+
+// returnedAt is returned, as indices into r.uids, for a response that
+// names MIN's or MAX's message only (not all).
+func (r *result) returnedAt() []int {
+	n := len(r.uids)
+	var out []int
 	if r.opts.min {
-		out = append(out, r.uids[0])
+		out = append(out, 0)
 	}
 	if r.opts.max && (!r.opts.min || n > 1) {
-		out = append(out, r.uids[n-1])
+		out = append(out, n-1)
 	}
 	return out
 }
@@ -316,10 +361,24 @@ func (r *result) returned() []uint32 {
 func (r *result) saved() []uint32 { return r.returned() }
 
 // highestModSeq returns the highest mod-sequence of the returned messages
-// in the proxy's state, whose mod-sequences are the ones the client knows.
+// in the proxy's state, whose mod-sequences are the ones the client knows:
+// those read with the flags when the state decided the search, else the
+// state's now.
 func (r *result) highestModSeq(m *proxy.Mailbox) (uint64, bool) {
 	var highest uint64
 	found := false
+	if r.modseqs != nil {
+		if r.all() {
+			for _, ms := range r.modseqs {
+				highest, found = max(highest, ms), true
+			}
+			return highest, found
+		}
+		for _, i := range r.returnedAt() {
+			highest, found = max(highest, r.modseqs[i]), true
+		}
+		return highest, found
+	}
 	for _, uid := range r.returned() {
 		if _, ms, ok := m.State().Flags(uid); ok {
 			highest, found = max(highest, ms), true

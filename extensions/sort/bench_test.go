@@ -17,9 +17,12 @@ import (
 
 // TestBenchmarkSort measures, on a mailbox of LEMONPROXY_SORT_BENCH
 // messages (100000 for docs/sort.md), SORT (REVERSE ARRIVAL), ESORT COUNT
-// and ESEARCH COUNT through the proxy over Dovecot's legacy profile (the
-// proxy sorts) beside Dovecot's own SORT on its full profile, first run
-// and later runs, and what the cached keys cost in memory. It runs only
+// and ESEARCH COUNT (of ALL and UNSEEN, which the proxy decides from its
+// state, and of LARGER, which it asks the upstream) through the proxy
+// over Dovecot's legacy profile (the proxy sorts) beside Dovecot's own on
+// its full profile, first run and later runs, and what the cached keys
+// cost in memory; then ESEARCH COUNT through the proxy over the full
+// profile (docs/esearch.md). It runs only
 // when that variable is set: filling and indexing the mailboxes takes
 // minutes.
 func TestBenchmarkSort(t *testing.T) {
@@ -61,6 +64,11 @@ func TestBenchmarkSort(t *testing.T) {
 	const sortCmd = "SORT (REVERSE ARRIVAL) UTF-8 ALL"
 	const esortCmd = "SORT RETURN (COUNT) (REVERSE ARRIVAL) UTF-8 ALL"
 	const esearchCmd = "SEARCH RETURN (COUNT) ALL"
+	// The same with a flag key, which the proxy also decides from its
+	// state, and with a size key, which goes upstream
+	// (extensions/internal/statesearch).
+	const esearchFlagCmd = "SEARCH RETURN (COUNT) UNSEEN"
+	const esearchSizeCmd = "SEARCH RETURN (COUNT) LARGER 100"
 
 	// Dovecot's own SORT (full profile), directly.
 	d := imaptest.Dial(t, full.Addr)
@@ -73,6 +81,8 @@ func TestBenchmarkSort(t *testing.T) {
 	series("Dovecot full, SORT (REVERSE ARRIVAL)", d, sortCmd)
 	series("Dovecot full, ESORT COUNT", d, esortCmd)
 	series("Dovecot full, ESEARCH COUNT", d, esearchCmd)
+	series("Dovecot full, ESEARCH COUNT UNSEEN", d, esearchFlagCmd)
+	series("Dovecot full, ESEARCH COUNT LARGER", d, esearchSizeCmd)
 
 	// The legacy profile's Dovecot still executes SORT (it only does not
 	// advertise it): its answer on the same files is what the proxy's
@@ -113,6 +123,8 @@ func TestBenchmarkSort(t *testing.T) {
 	series("proxy over legacy, SORT (REVERSE ARRIVAL)", c, sortCmd)
 	series("proxy over legacy, ESORT COUNT", c, esortCmd)
 	series("proxy over legacy, ESEARCH COUNT", c, esearchCmd)
+	series("proxy over legacy, ESEARCH COUNT UNSEEN", c, esearchFlagCmd)
+	series("proxy over legacy, ESEARCH COUNT LARGER", c, esearchSizeCmd)
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	ext.cache.drop()
@@ -124,6 +136,16 @@ func TestBenchmarkSort(t *testing.T) {
 	if got := ext.cache.fetched.Load(); got != int64(n) {
 		t.Errorf("fetched %d messages' keys in all, want %d (once each)", got, n)
 	}
+
+	// The proxy over the full profile, which has ESEARCH: what the state
+	// decides is answered from it all the same, the rest relayed.
+	pf := imaptest.StartProxy(t, full.Addr, cfg)
+	cf := imaptest.Login(t, pf.Addr, "alice", "alicepass")
+	cf.Timeout = 10 * time.Minute
+	timeCmd(cf, "SELECT Big")
+	series("proxy over full, ESEARCH COUNT", cf, esearchCmd)
+	series("proxy over full, ESEARCH COUNT UNSEEN", cf, esearchFlagCmd)
+	series("proxy over full, ESEARCH COUNT LARGER (relayed)", cf, esearchSizeCmd)
 }
 
 func fmtDurations(ds []time.Duration) string {
