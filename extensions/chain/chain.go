@@ -115,9 +115,13 @@ type Config struct {
 //     passes on.
 //  8. esearch turns an extended SEARCH (RETURN, SAVE) into the plain UID
 //     SEARCH condstore handles, and writes the ESEARCH answer, MODSEQ
-//     included, itself: before condstore. Its $ substitution is a
-//     CommandRewriter, before the whole chain, so its place does not
-//     matter for that.
+//     included, itself: before condstore. Searches the hub's state
+//     decides (flags, UIDs, numbers, MODSEQ: extensions/internal/
+//     statesearch) it answers itself and passes no further, so condstore
+//     never sees them; it then writes their MODSEQ part too (only once
+//     CONDSTORE is enabled; otherwise condstore enables it on the
+//     upstream way). Its $ substitution is a CommandRewriter, before the
+//     whole chain, so its place does not matter for that.
 //  9. sort answers SORT (where the upstream lacks it) by sending its
 //     search part down the chain as a plain UID SEARCH and sorting the
 //     result on cached keys; ESORT's RETURN it writes with esearch's
