@@ -115,7 +115,7 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	r := &result{opts: ret.opts, uid: strings.HasPrefix(x.Name, "UID "), modseq: modseq}
 	var live *liveSearch
 	if ret.opts.update {
-		live = startLive(s, segs)
+		live = startLive(x, segs)
 	}
 	x.Filter(func(resp *proxy.Response) *proxy.Response {
 		if resp.Head.Name != "SEARCH" {
@@ -159,9 +159,9 @@ type liveSearch struct {
 	err     error
 }
 
-func startLive(s *proxy.Session, segs []imapcodec.Segment) *liveSearch {
-	l := &liveSearch{mark: contextsearch.Mark(s)}
-	l.matcher, l.err = contextsearch.NewSearchMatcher(s, segs)
+func startLive(x *proxy.Exchange, segs []imapcodec.Segment) *liveSearch {
+	l := &liveSearch{mark: contextsearch.Mark(x.Session())}
+	l.matcher, l.err = contextsearch.MatcherFor(x, segs)
 	return l
 }
 

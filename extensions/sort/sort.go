@@ -241,7 +241,7 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	x.Segments = cmd.search(x.Segments)
 	var live *liveSort
 	if update {
-		live = startLive(s, x.Segments, cmd.crit)
+		live = startLive(x, x.Segments, cmd.crit)
 	}
 	x.Filter(func(resp *proxy.Response) *proxy.Response {
 		if resp.Head.Name != "SEARCH" {

@@ -1,0 +1,350 @@
+package casesearch
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"mime"
+	"strings"
+
+	"github.com/emersion/go-message"
+	"github.com/emersion/go-message/charset" // also makes go-message decode text parts' charsets
+	"github.com/emersion/go-message/textproto"
+	"golang.org/x/text/transform"
+
+	"github.com/lemonproxy/lemonproxy/internal/casemap"
+)
+
+// Bounds of what one message may make the scanner hold.
+const (
+	// maxHeaderBytes bounds a header block read into memory: the
+	// message's, a body part's MIME header, an attached message's. Past
+	// it the rest of the message is not searched (what was found before
+	// stands).
+	maxHeaderBytes = 1 << 20
+	// maxDepth bounds the nesting of multiparts and attached messages
+	// that are searched.
+	maxDepth = 16
+	// textChunk is how much folded text is compared at a time.
+	textChunk = 32 << 10
+)
+
+// wordDecoder decodes RFC 2047 encoded words in the charsets go-message
+// knows.
+var wordDecoder = mime.WordDecoder{CharsetReader: charset.Reader}
+
+// scanner evaluates a command's atoms on one message at a time, as RFC
+// 3501 6.4.4 (and RFC 9051) describe the keys and as Dovecot reads them:
+//
+//   - SUBJECT, FROM, TO, CC, BCC and HEADER look at the message's own
+//     header fields of that name: the text after the colon, unfolded (line
+//     breaks removed, the white space kept) and RFC 2047 encoded words
+//     decoded. The empty string matches a message that has the field.
+//   - BODY looks at the text of the body parts whose media type is text/*
+//     (or that have none), transfer encoding and charset decoded, in
+//     messages attached as message/rfc822 too; other parts are not
+//     searched.
+//   - TEXT looks at the same text and at every header field of the
+//     message, of its body parts and of attached messages, as
+//     "Name:value" with the value as above.
+//
+// Strings compare by their i;unicode-casemap canonical forms
+// (internal/casemap). A string never matches across two header fields or
+// two parts.
+type scanner struct {
+	atoms   []atom
+	needles [][]byte // the atoms' needles, for bytes.Contains
+	found   []bool   // per atom, for the message being scanned
+	left    int      // atoms not found yet
+	buf     []byte   // textChunk plus the longest needle
+}
+
+func newScanner(atoms []atom) *scanner {
+	longest := 0
+	for _, a := range atoms {
+		longest = max(longest, len(a.needle))
+	}
+	sc := &scanner{atoms: atoms, found: make([]bool, len(atoms)), buf: make([]byte, textChunk+longest)}
+	for _, a := range atoms {
+		sc.needles = append(sc.needles, []byte(a.needle))
+	}
+	return sc
+}
+
+// reset starts a message: no atom found yet, except those that hold for
+// any message (an empty BODY or TEXT string).
+func (sc *scanner) reset() {
+	sc.left = len(sc.atoms)
+	for i, a := range sc.atoms {
+		sc.found[i] = false
+		if a.kind != kindHeader && a.needle == "" {
+			sc.hit(i)
+		}
+	}
+}
+
+func (sc *scanner) hit(i int) {
+	if !sc.found[i] {
+		sc.found[i] = true
+		sc.left--
+	}
+}
+
+func (sc *scanner) done() bool { return sc.left == 0 }
+
+// headerOnly scans header fields (BODY.PEEK[HEADER.FIELDS (...)]), for a
+// command whose atoms are all header keys.
+func (sc *scanner) headerOnly(data []byte) {
+	sc.reset()
+	h, _ := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(data)))
+	// A field that does not parse ends the header; those before count.
+	sc.header(h, true)
+}
+
+// message scans a whole message (BODY.PEEK[]), streamed.
+func (sc *scanner) message(r io.Reader) error {
+	sc.reset()
+	if sc.done() {
+		return nil
+	}
+	return sc.entity(r, true, 0)
+}
+
+// entity scans a message or an attached one: its header, then its body.
+func (sc *scanner) entity(r io.Reader, top bool, depth int) error {
+	e, err := message.ReadWithOptions(r, &message.ReadOptions{MaxHeaderBytes: maxHeaderBytes})
+	if e == nil {
+		return err // no header to read: nothing to search
+	}
+	sc.header(e.Header.Header, top)
+	if sc.done() {
+		return nil
+	}
+	return sc.body(e, depth)
+}
+
+// body scans an entity's body: a multipart's parts, an attached message,
+// or text.
+func (sc *scanner) body(e *message.Entity, depth int) error {
+	if depth >= maxDepth {
+		return nil
+	}
+	mediaType, params, _ := e.Header.ContentType()
+	mediaType = strings.ToLower(mediaType)
+	switch {
+	case strings.HasPrefix(mediaType, "multipart/"):
+		boundary := params["boundary"]
+		if boundary == "" {
+			return nil
+		}
+		mr := textproto.NewMultipartReader(newHeaderGuard(e.Body, boundary), boundary)
+		for !sc.done() {
+			p, err := mr.NextPart()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			sc.header(p.Header, false)
+			// Unknown encodings and charsets leave the part as it is,
+			// searched raw.
+			pe, _ := message.New(message.Header{Header: p.Header}, p)
+			if err := sc.body(pe, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	case mediaType == "message/rfc822" || mediaType == "message/global":
+		return sc.entity(e.Body, false, depth+1)
+	case mediaType == "" || strings.HasPrefix(mediaType, "text/"):
+		return sc.text(e.Body)
+	}
+	return nil // an image, a PDF: not text (as Dovecot, which skips them)
+}
+
+// header scans the fields of a header: for TEXT atoms always, for header
+// atoms when it is the message's own (top).
+func (sc *scanner) header(h textproto.Header, top bool) {
+	for f := h.Fields(); f.Next() && !sc.done(); {
+		var folded, line string // Fold of the value and of "Name:value"
+		for i, a := range sc.atoms {
+			if sc.found[i] {
+				continue
+			}
+			switch {
+			case a.kind == kindHeader && top && strings.EqualFold(a.field, f.Key()):
+				if a.needle == "" {
+					sc.hit(i)
+					continue
+				}
+			case a.kind == kindText:
+			default:
+				continue
+			}
+			if folded == "" && line == "" {
+				name, value := fieldText(f)
+				folded = casemap.Fold(value)
+				line = casemap.Fold(name) + ":" + folded
+			}
+			text := folded
+			if a.kind == kindText {
+				text = line
+			}
+			if strings.Contains(text, a.needle) {
+				sc.hit(i)
+			}
+		}
+	}
+}
+
+// fieldText returns a header field's name as written and its value: the
+// text after the colon with line breaks removed (RFC 5322 2.2.3's
+// unfolding; the white space stays, as Dovecot keeps it) and RFC 2047
+// encoded words decoded (kept as they are when they do not decode).
+func fieldText(f textproto.HeaderFields) (name, value string) {
+	raw, err := f.Raw()
+	i := bytes.IndexByte(raw, ':')
+	if err != nil || i < 0 {
+		return f.Key(), f.Value()
+	}
+	var b strings.Builder
+	b.Grow(len(raw) - i)
+	for _, c := range raw[i+1:] {
+		if c != '\r' && c != '\n' {
+			b.WriteByte(c)
+		}
+	}
+	value = b.String()
+	if strings.Contains(value, "=?") {
+		if d, err := wordDecoder.DecodeHeader(value); err == nil {
+			value = d
+		}
+	}
+	return string(raw[:i]), value
+}
+
+// text scans a text part for the BODY and TEXT atoms not found yet,
+// folding it as a stream: it holds a chunk and the longest needle, never
+// the part.
+func (sc *scanner) text(r io.Reader) error {
+	var want []int
+	longest := 0
+	for i, a := range sc.atoms {
+		if !sc.found[i] && a.kind != kindHeader {
+			want = append(want, i)
+			longest = max(longest, len(a.needle))
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	tr := transform.NewReader(r, casemap.Transformer())
+	keep := 0 // bytes carried over from the chunk before: a match may straddle
+	for {
+		n, err := io.ReadFull(tr, sc.buf[keep:keep+textChunk])
+		data := sc.buf[:keep+n]
+		left := want[:0]
+		for _, i := range want {
+			if bytes.Contains(data, sc.needles[i]) {
+				sc.hit(i)
+			} else {
+				left = append(left, i)
+			}
+		}
+		want = left
+		if len(want) == 0 || err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		keep = min(len(data), longest-1)
+		copy(sc.buf, data[len(data)-keep:])
+	}
+}
+
+// headerGuard passes a multipart body through, and fails it once the MIME
+// header of one of its parts (from the line that starts with the
+// delimiter to the blank line after it) runs past maxHeaderBytes:
+// go-message reads a part's header whole into memory, and nothing else
+// bounds it.
+type headerGuard struct {
+	r     io.Reader
+	delim []byte // "--" + boundary
+	// state of the line being read
+	atStart  bool // the next byte starts a line
+	matched  int  // bytes of delim the line starts with; -1: it does not
+	dashes   int  // for a delimiter line: the "--" after it that closes the multipart
+	spaced   bool // white space after the delimiter
+	inHeader bool // between a delimiter line and the blank line after it
+	lineLen  int  // bytes of the current line other than CR
+	n        int  // bytes of the current header
+	err      error
+}
+
+// errHeaderTooLong ends the scan of a message with a part header past
+// maxHeaderBytes.
+var errHeaderTooLong = errors.New("casesearch: MIME part header too long")
+
+func newHeaderGuard(r io.Reader, boundary string) *headerGuard {
+	return &headerGuard{r: r, delim: []byte("--" + boundary), atStart: true}
+}
+
+func (g *headerGuard) Read(p []byte) (int, error) {
+	if g.err != nil {
+		return 0, g.err
+	}
+	n, err := g.r.Read(p)
+	for k, c := range p[:n] {
+		if g.inHeader {
+			g.n++
+			if g.n > maxHeaderBytes {
+				g.err = errHeaderTooLong
+				return k, g.err
+			}
+			switch c {
+			case '\n':
+				if g.lineLen == 0 {
+					g.inHeader = false // the blank line: the part's body follows
+					g.atStart = true
+				}
+				g.lineLen = 0
+			case '\r':
+			default:
+				g.lineLen++
+			}
+			continue
+		}
+		if g.atStart {
+			g.atStart, g.matched, g.dashes, g.spaced = false, 0, 0, false
+		}
+		switch {
+		case c == '\n':
+			// A delimiter line (the delimiter, then white space) opens a
+			// part header; "--boundary--" closes the multipart.
+			if g.matched == len(g.delim) && g.dashes == 0 {
+				g.inHeader, g.n, g.lineLen = true, 0, 0
+			}
+			g.atStart = true
+		case g.matched < 0: // not a delimiter line
+		case g.matched < len(g.delim):
+			if c == g.delim[g.matched] {
+				g.matched++
+			} else {
+				g.matched = -1
+			}
+		case c == '-' && g.dashes < 2 && !g.spaced:
+			g.dashes++
+		case c == ' ' || c == '\t' || c == '\r':
+			if g.dashes == 1 {
+				g.matched = -1
+			}
+			g.spaced = true
+		default:
+			g.matched = -1 // "--boundaryX": text that only starts like one
+		}
+	}
+	return n, err
+}
