@@ -54,7 +54,9 @@ func ReplaceSearchKeys(segs []Segment, fn func(k SearchKey) (text string, replac
 // literals with them: a key whose arguments were sent as literals
 // ("SUBJECT {6}" and its six octets) is replaced whole, and the segments
 // around it are joined into one. It returns the new segments and leaves
-// segs as they were.
+// segs as they were. A replaced key must be followed by a space, a ")"
+// or the end (the walk is lenient about spaces, and `SUBJECT "x"0` made
+// "UID 5" + "0" would be another command).
 func RewriteSearchKeys(segs []Segment, fn func(k SearchKey) (text string, replace bool, err error)) ([]Segment, int, error) {
 	out := slices.Clone(segs)
 	out, n, err := rewriteSearchKeys(out, fn, true)
@@ -96,6 +98,9 @@ func rewriteSearchKeys(segs []Segment, fn func(k SearchKey) (text string, replac
 		end := p.Pos()
 		if start.Seg != end.Seg && !span {
 			return fmt.Errorf("%s search key split by a literal", k.Name)
+		}
+		if c, ok := p.Peek(); span && ok && c != ' ' && c != ')' {
+			return fmt.Errorf("%s search key not followed by a space", k.Name)
 		}
 		repls = append(repls, repl{start, end, text})
 		return nil

@@ -101,6 +101,11 @@ func parseProgram(segs []imapcodec.Segment) (*program, error) {
 	if errors.Is(err, errTooMany) {
 		return nil, err
 	}
+	if err == nil && len(prog.atoms) > 0 {
+		// The keys must be replaceable (RewriteSearchKeys is stricter
+		// about what follows them than the walk).
+		_, err = prog.rewrite(func(int, bool) string { return "ALL" })
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errNotOurs, err)
 	}
