@@ -282,12 +282,12 @@ func TestHeaderGuard(t *testing.T) {
 // TestFetchUID: the UID of a FETCH response, before or after its literal.
 func TestFetchUID(t *testing.T) {
 	for text, want := range map[string]uint32{
-		"* 3 FETCH (UID 7 BODY[] ":           7,
-		"* 3 FETCH (BODY[]  UID 12)":         12,
-		"* 3 FETCH (FLAGS (\\Seen) UID 9)":   9,
-		"* 3 FETCH (BODY[] )":                0,
-		"* 3 FETCH (UID x BODY[] UID 4)":     4,
-		"* 3 FETCH (X-UID 5 BODY[] ":         0,
+		"* 3 FETCH (UID 7 BODY[] ":          7,
+		"* 3 FETCH (BODY[]  UID 12)":        12,
+		"* 3 FETCH (FLAGS (\\Seen) UID 9)":  9,
+		"* 3 FETCH (BODY[] )":               0,
+		"* 3 FETCH (UID x BODY[] UID 4)":    4,
+		"* 3 FETCH (X-UID 5 BODY[] ":        0,
 		"* 3 FETCH (UID 4294967296 BODY[] ": 0,
 	} {
 		if got := fetchUID([]byte(text)); got != want {
