@@ -75,6 +75,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
@@ -113,7 +114,13 @@ type Config struct {
 // Extension implements I18NLEVEL=1; see the package comment.
 type Extension struct {
 	cfg Config
+	// read is what evaluations have read from the upstream (BytesRead).
+	read atomic.Int64
 }
+
+// BytesRead returns the bytes of headers and messages all evaluations
+// have read from the upstream so far, for measurements.
+func (e *Extension) BytesRead() int64 { return e.read.Load() }
 
 // New returns the extension.
 func New(cfg Config) *Extension {

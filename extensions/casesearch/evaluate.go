@@ -104,6 +104,7 @@ func (e *Extension) evaluate(ctx context.Context, s *proxy.Session, prog *progra
 		}
 	}
 	ev.res.read = e.cfg.MaxBytes - ev.left
+	e.read.Add(ev.res.read)
 	return ev.res, err
 }
 

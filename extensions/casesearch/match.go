@@ -57,7 +57,14 @@ type scanner struct {
 	needles [][]byte // the atoms' needles, for bytes.Contains
 	found   []bool   // per atom, for the message being scanned
 	left    int      // atoms not found yet
-	buf     []byte   // textChunk plus the longest needle
+	// Buffers kept from one message to the next: a search reads
+	// thousands, and go-message and x/text would allocate them anew for
+	// each (most of what an evaluation allocated before).
+	buf   []byte                // folded text: textChunk plus the longest needle
+	src   []byte                // text before folding
+	fold  transform.Transformer // casemap.Transformer, Reset for each text
+	br    *bufio.Reader         // a message's own header
+	limit headerLimit           // under br while it reads the header
 }
 
 func newScanner(atoms []atom) *scanner {
@@ -65,7 +72,9 @@ func newScanner(atoms []atom) *scanner {
 	for _, a := range atoms {
 		longest = max(longest, len(a.needle))
 	}
-	sc := &scanner{atoms: atoms, found: make([]bool, len(atoms)), buf: make([]byte, textChunk+longest)}
+	sc := &scanner{atoms: atoms, found: make([]bool, len(atoms)), buf: make([]byte, textChunk+longest),
+		src: make([]byte, 0, 4096), fold: casemap.Transformer()}
+	sc.br = bufio.NewReader(&sc.limit)
 	for _, a := range atoms {
 		sc.needles = append(sc.needles, []byte(a.needle))
 	}
@@ -97,27 +106,60 @@ func (sc *scanner) done() bool { return sc.left == 0 }
 // command whose atoms are all header keys.
 func (sc *scanner) headerOnly(data []byte) {
 	sc.reset()
-	h, _ := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(data)))
+	sc.limit = headerLimit{r: bytes.NewReader(data), n: -1}
+	sc.br.Reset(&sc.limit)
+	h, _ := textproto.ReadHeader(sc.br)
 	// A field that does not parse ends the header; those before count.
 	sc.header(h, true)
 }
 
-// message scans a whole message (BODY.PEEK[]), streamed.
+// message scans a whole message (BODY.PEEK[]), streamed. It reads the
+// header as message.ReadWithOptions does, into the scanner's own buffer.
 func (sc *scanner) message(r io.Reader) error {
 	sc.reset()
 	if sc.done() {
 		return nil
 	}
-	return sc.entity(r, true, 0)
+	sc.limit = headerLimit{r: r, n: maxHeaderBytes}
+	sc.br.Reset(&sc.limit)
+	h, err := textproto.ReadHeader(sc.br)
+	sc.header(h, true)
+	if err != nil || sc.done() {
+		return err
+	}
+	sc.limit.n = -1
+	e, _ := message.New(message.Header{Header: h}, sc.br)
+	return sc.body(e, 0)
 }
 
-// entity scans a message or an attached one: its header, then its body.
-func (sc *scanner) entity(r io.Reader, top bool, depth int) error {
+// headerLimit reads r, failing past n bytes (no limit when n < 0).
+type headerLimit struct {
+	r io.Reader
+	n int64
+}
+
+func (l *headerLimit) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.r.Read(p)
+	}
+	if l.n == 0 {
+		return 0, errHeaderTooLong
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+// entity scans an attached message: its header, then its body.
+func (sc *scanner) entity(r io.Reader, depth int) error {
 	e, err := message.ReadWithOptions(r, &message.ReadOptions{MaxHeaderBytes: maxHeaderBytes})
 	if e == nil {
 		return err // no header to read: nothing to search
 	}
-	sc.header(e.Header.Header, top)
+	sc.header(e.Header.Header, false)
 	if sc.done() {
 		return nil
 	}
@@ -157,7 +199,7 @@ func (sc *scanner) body(e *message.Entity, depth int) error {
 		}
 		return nil
 	case mediaType == "message/rfc822" || mediaType == "message/global":
-		return sc.entity(e.Body, false, depth+1)
+		return sc.entity(e.Body, depth+1)
 	case mediaType == "" || strings.HasPrefix(mediaType, "text/"):
 		return sc.text(e.Body)
 	}
@@ -240,11 +282,27 @@ func (sc *scanner) text(r io.Reader) error {
 	if len(want) == 0 {
 		return nil
 	}
-	tr := transform.NewReader(r, casemap.Transformer())
-	keep := 0 // bytes carried over from the chunk before: a match may straddle
+	sc.fold.Reset()
+	src := sc.src[:0]
+	keep := 0 // folded bytes carried over from the chunk before: a match may straddle
+	eof := false
 	for {
-		n, err := io.ReadFull(tr, sc.buf[keep:keep+textChunk])
-		data := sc.buf[:keep+n]
+		if !eof && len(src) < cap(src) {
+			n, err := r.Read(src[len(src):cap(src)])
+			src = src[:len(src)+n]
+			switch {
+			case err == io.EOF:
+				eof = true
+			case err != nil:
+				return err
+			}
+		}
+		nDst, nSrc, err := sc.fold.Transform(sc.buf[keep:keep+textChunk], src, eof)
+		if nDst == 0 && nSrc == 0 && err == transform.ErrShortSrc && len(src) == cap(src) {
+			return err // cannot happen: folding needs far less look-ahead
+		}
+		src = src[:copy(src, src[nSrc:])]
+		data := sc.buf[:keep+nDst]
 		left := want[:0]
 		for _, i := range want {
 			if bytes.Contains(data, sc.needles[i]) {
@@ -254,12 +312,16 @@ func (sc *scanner) text(r io.Reader) error {
 			}
 		}
 		want = left
-		if len(want) == 0 || err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+		switch {
+		case len(want) == 0:
 			return nil
-		}
-		if err != nil {
+		case err == nil && eof:
+			return nil // everything read and folded
+		case err != nil && err != transform.ErrShortDst && err != transform.ErrShortSrc:
 			return err
 		}
+		// ErrShortSrc: a rune or a combining sequence cut at the end
+		// of src waits for more; ErrShortDst: the chunk is full.
 		keep = min(len(data), longest-1)
 		copy(sc.buf, data[len(data)-keep:])
 	}
