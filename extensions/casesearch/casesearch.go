@@ -72,6 +72,7 @@
 package casesearch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -185,7 +186,10 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	if _, err := contextsearch.NewSearchMatcher(s, prog.searchForm(segs)); err != nil {
 		contextsearch.SetMatcher(x, nil, err)
 	} else {
-		contextsearch.SetMatcher(x, &matcher{e: e, prog: prog}, nil)
+		// The context outlives the command: its own copy of the criteria.
+		kept := *prog
+		kept.segs = cloneSegments(prog.segs)
+		contextsearch.SetMatcher(x, &matcher{e: e, prog: &kept}, nil)
 	}
 	x.Segments = segs
 	return next(ctx, x)
@@ -240,6 +244,15 @@ func (e *Extension) rewrite(s *proxy.Session, prog *program, res *result) ([]ima
 		err = errTooLong
 	}
 	return segs, err
+}
+
+// cloneSegments copies segments, their text and literals.
+func cloneSegments(segs []imapcodec.Segment) []imapcodec.Segment {
+	out := make([]imapcodec.Segment, len(segs))
+	for i, sg := range segs {
+		out[i] = imapcodec.Segment{Text: bytes.Clone(sg.Text), Literal: sg.Literal, Data: bytes.Clone(sg.Data)}
+	}
+	return out
 }
 
 // refuse answers a command whose evaluation failed.

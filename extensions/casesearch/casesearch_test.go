@@ -197,17 +197,18 @@ func TestCharset(t *testing.T) {
 }
 
 // TestLimit: a search that would read more than MaxBytes is refused with
-// NO [LIMIT] before reading any message (header searches as they go).
+// NO [LIMIT]: one of whole messages before reading any (their sizes
+// come first), one of headers as it reads them.
 func TestLimit(t *testing.T) {
-	p, _ := memProxy(t, casesearch.Config{MaxBytes: 600})
+	// The corpus is about 4,000 bytes; its Subject fields, with the
+	// FETCH responses around them, about 1,000.
+	p, _ := memProxy(t, casesearch.Config{MaxBytes: 2000})
 	c := imaptest.Login(t, p.Addr, "alice", "secret")
 	c.MustOK("SELECT INBOX")
 	c.ExpectDo("t", `SEARCH BODY strasse`, "t NO [LIMIT] The search would read more of the mailbox than the server allows for one command; narrow it (dates, flags, a smaller mailbox).")
 	c.ExpectDo("t", `SEARCH 1:2 BODY body`, "* SEARCH 1 2", "t OK *")
 	c.ExpectDo("t", `SEARCH SUBJECT strasse`, "* SEARCH 1 2", "t OK *")
-	// Header fields are counted as they come: about 25 bytes of
-	// "Subject: ...\r\n\r\n" a message, 300 for the twelve.
-	p, _ = memProxy(t, casesearch.Config{MaxBytes: 200})
+	p, _ = memProxy(t, casesearch.Config{MaxBytes: 500})
 	c = imaptest.Login(t, p.Addr, "alice", "secret")
 	c.MustOK("SELECT INBOX")
 	c.ExpectDo("t", `SEARCH SUBJECT strasse`, "t NO [LIMIT] *")
@@ -293,4 +294,79 @@ func TestManyKeys(t *testing.T) {
 	}
 	c.ExpectDo("t", "SEARCH"+b.String(), "t NO [LIMIT] *")
 	c.ExpectDo("t", "SEARCH"+strings.Replace(b.String(), " NOT SUBJECT k64", "", 1), "* SEARCH 1 2 3 4 5 6 7 8 9 10 11 12 13", "t OK *")
+}
+
+// addressMessages are written the ways RFC 5322 allows addresses:
+// comments, names quoted or not, encoded names, groups, lists.
+var addressMessages = []string{
+	"From: plain@example.org\r\nTo: to@example.org\r\nCc: cc@example.org\r\nBcc: bcc@example.org\r\n\r\n1\r\n",
+	"From: Plain Name <plain@example.org>\r\nTo: \"Quoted, Name\" <to@example.org>\r\n\r\n2\r\n",
+	"From: <plain (a comment)@ (another) example.org>\r\nTo: to@example.org (Comment Name)\r\n\r\n3\r\n",
+	"From: =?ISO-8859-1?Q?J=F6rg?= <joerg@example.org>, second@example.org\r\nCc: team: a@example.org, b@example.org;, solo@example.org\r\n\r\n4\r\n",
+	"From: \"Jöhn Doe\" <john@example.com>\r\nTo: undisclosed-recipients:;\r\n\r\n5\r\n",
+}
+
+// addressSearches are compared between Dovecot and the proxy.
+var addressSearches = []string{
+	`SEARCH FROM plain@example.org`, `SEARCH FROM "plain name"`, `SEARCH FROM "name <plain"`,
+	`SEARCH FROM "a comment"`, `SEARCH FROM "plain@"`, `SEARCH TO "comment name"`, `SEARCH TO "quoted, name"`,
+	`SEARCH TO "\"quoted"`, `SEARCH FROM "JÖRG <"`, `SEARCH FROM "second@"`, `SEARCH FROM "@example.org, second"`,
+	`SEARCH CC team`, `SEARCH CC "team: a@"`, `SEARCH CC "b@example.org;, solo"`, `SEARCH TO undisclosed`,
+	`SEARCH FROM "\"jöhn doe\" <john"`, `SEARCH FROM "doe <john"`, `SEARCH BCC ""`, `SEARCH TO ""`, `SEARCH CC ""`,
+	`SEARCH HEADER From "(a comment)"`, `SEARCH OR FROM plain TO "to@" NOT CC team`,
+}
+
+// TestAddresses: the address keys answer as Dovecot's own search does
+// (the proxy over the legacy profile evaluating them from the ENVELOPE;
+// Dovecot's full profile directly).
+func TestAddresses(t *testing.T) {
+	answers := map[string][]string{}
+	for _, target := range []string{"full-direct", "legacy-proxy"} {
+		t.Run(target, func(t *testing.T) {
+			profile := dovecottest.Full
+			if target == "legacy-proxy" {
+				profile = dovecottest.Legacy
+			}
+			dc := dovecottest.Start(t, profile)
+			for _, m := range addressMessages {
+				dc.Append(t, "alice", "alicepass", "INBOX", nil, []byte(m))
+			}
+			addr := dc.Addr
+			if target == "legacy-proxy" {
+				addr = imaptest.StartProxy(t, dc.Addr, proxy.Config{Extensions: extensions(casesearch.Config{})}).Addr
+			}
+			c := imaptest.Login(t, addr, "alice", "alicepass")
+			c.MustOK("SELECT INBOX")
+			for _, cmd := range addressSearches {
+				got := c.Do("t", cmd)
+				if len(got) != 2 || !strings.HasPrefix(got[1], "t OK") {
+					t.Errorf("%s: %q", cmd, got)
+					continue
+				}
+				answers[cmd] = append(answers[cmd], got[0])
+			}
+		})
+	}
+	for _, cmd := range addressSearches {
+		if a := answers[cmd]; len(a) == 2 && a[0] != a[1] {
+			t.Errorf("%s: Dovecot %q, the proxy %q", cmd, a[0], a[1])
+		}
+	}
+	// A few answers spelled out: comments go, a trailing comment is the
+	// name, a string matches within one address, groups have names.
+	for cmd, want := range map[string]string{
+		`SEARCH FROM plain@example.org`:             "* SEARCH 1 2 3",
+		`SEARCH FROM "a comment"`:                   "* SEARCH",
+		`SEARCH TO "comment name"`:                  "* SEARCH 3",
+		`SEARCH FROM "@example.org, second"`:        "* SEARCH",
+		`SEARCH CC team`:                            "* SEARCH 4",
+		`SEARCH FROM "\"jöhn doe\" <john"`:          "* SEARCH 5",
+		`SEARCH OR FROM plain TO "to@" NOT CC team`: "* SEARCH 1 2 3",
+	} {
+		for i, got := range answers[cmd] {
+			if got != want {
+				t.Errorf("%s: %q from %s, want %q", cmd, got, []string{"Dovecot", "the proxy"}[i], want)
+			}
+		}
+	}
 }

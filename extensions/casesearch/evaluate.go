@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,24 +84,26 @@ func (e *Extension) evaluate(ctx context.Context, s *proxy.Session, prog *progra
 	if len(cands) == 0 {
 		return ev.res, nil
 	}
-	var headers, bodies bool
+	var headers, addresses, bodies bool
 	for _, a := range prog.atoms {
 		switch {
 		case a.kind == kindHeader:
 			headers = true
+		case a.kind == kindAddress:
+			addresses = true
 		case a.needle != "":
 			bodies = true
 		}
 	}
 	switch {
 	case bodies:
-		err = ev.messages(ctx)
-	case headers:
-		err = ev.headers(ctx)
+		err = ev.messages(ctx, addresses)
+	case headers || addresses:
+		err = ev.headers(ctx, headers, addresses)
 	default: // only empty BODY and TEXT strings, which every message has
 		ev.sc.reset()
 		for j := range cands {
-			ev.record(j)
+			ev.record(j, nil)
 		}
 	}
 	ev.res.read = e.cfg.MaxBytes - ev.left
@@ -108,10 +111,13 @@ func (e *Extension) evaluate(ctx context.Context, s *proxy.Session, prog *progra
 	return ev.res, err
 }
 
-// record notes what the scanner found in candidate j.
-func (ev *evaluator) record(j int) {
-	for i := range ev.prog.atoms {
-		ev.res.match[i][j] = ev.sc.found[i]
+// record notes what the scanner found in candidate j, for the atoms of
+// the kinds named (all with nil).
+func (ev *evaluator) record(j int, kinds []kind) {
+	for i, a := range ev.prog.atoms {
+		if kinds == nil || slices.Contains(kinds, a.kind) {
+			ev.res.match[i][j] = ev.sc.found[i]
+		}
 	}
 }
 
@@ -130,18 +136,37 @@ func (ev *evaluator) spend(n int64) bool {
 	return ev.left >= 0
 }
 
-// headers evaluates header atoms from the candidates' named fields only,
-// BODY.PEEK[HEADER.FIELDS (...)], at most messageChunk bytes of them a
-// message, on pooled connections.
-func (ev *evaluator) headers(ctx context.Context) error {
-	section := "HEADER.FIELDS (" + ev.fieldList() + ")"
-	if section == "HEADER.FIELDS ()" {
-		section = "HEADER"
+// headers evaluates header and address atoms from the candidates'
+// ENVELOPE (addresses) and named fields only, BODY.PEEK[HEADER.FIELDS
+// (...)], at most messageChunk bytes of them a message, on pooled
+// connections.
+func (ev *evaluator) headers(ctx context.Context, headers, addresses bool) error {
+	var items []string
+	if addresses {
+		items = append(items, "ENVELOPE")
 	}
-	item := fmt.Sprintf("BODY.PEEK[%s]<0.%d>", section, messageChunk)
-	return ev.fetch(ctx, ev.res.cands, item, func(j int, data []byte) {
-		ev.sc.headerOnly(data)
-		ev.record(j)
+	if headers {
+		section := "HEADER.FIELDS (" + ev.fieldList() + ")"
+		if section == "HEADER.FIELDS ()" {
+			section = "HEADER"
+		}
+		items = append(items, fmt.Sprintf("BODY.PEEK[%s]<0.%d>", section, messageChunk))
+	}
+	return ev.each(ctx, ev.res.cands, strings.Join(items, " "), func(j int, l imapcodec.List) {
+		ev.sc.reset()
+		for i := 0; i+1 < len(l); i += 2 {
+			n, _ := l[i].(imapcodec.Atom)
+			switch name := strings.ToUpper(string(n)); {
+			case name == "ENVELOPE":
+				if env, ok := l[i+1].(imapcodec.List); ok {
+					ev.sc.envelope(env)
+				}
+			case strings.HasPrefix(name, "BODY["):
+				data, _ := l[i+1].(imapcodec.String) // NIL: no such section, nothing
+				ev.sc.headerFields(data.Data)
+			}
+		}
+		ev.record(j, nil)
 	})
 }
 
@@ -169,23 +194,36 @@ func (ev *evaluator) fieldList() string {
 }
 
 // messages evaluates the atoms on whole messages. The candidates' sizes
-// come first: beyond the limit nothing is read. Messages smaller than
+// come first (with their ENVELOPE for address atoms, evaluated there):
+// beyond the limit nothing more is read. Messages smaller than
 // messageChunk are read whole on pooled connections, the others streamed
 // on a connection of their own.
-func (ev *evaluator) messages(ctx context.Context) error {
+func (ev *evaluator) messages(ctx context.Context, addresses bool) error {
 	sizes := make([]int64, len(ev.res.cands))
 	var total int64
-	err := ev.each(ctx, ev.res.cands, "RFC822.SIZE", func(j int, l imapcodec.List) {
+	items := "RFC822.SIZE"
+	if addresses {
+		items += " ENVELOPE"
+	}
+	err := ev.each(ctx, ev.res.cands, items, func(j int, l imapcodec.List) {
+		ev.sc.reset()
 		for i := 0; i+1 < len(l); i += 2 {
-			if n, _ := l[i].(imapcodec.Atom); strings.EqualFold(string(n), "RFC822.SIZE") {
+			n, _ := l[i].(imapcodec.Atom)
+			switch strings.ToUpper(string(n)) {
+			case "RFC822.SIZE":
 				v, _ := imapcodec.AsString(l[i+1])
 				size, err := strconv.ParseInt(v, 10, 64)
 				if err == nil && size >= 0 && sizes[j] == 0 {
 					sizes[j] = size
 					total += size
 				}
+			case "ENVELOPE":
+				if env, ok := l[i+1].(imapcodec.List); ok {
+					ev.sc.envelope(env)
+				}
 			}
 		}
+		ev.record(j, []kind{kindAddress})
 	})
 	if err != nil {
 		return err
@@ -202,13 +240,19 @@ func (ev *evaluator) messages(ctx context.Context) error {
 		}
 	}
 	item := fmt.Sprintf("BODY.PEEK[]<0.%d>", messageChunk)
-	err = ev.fetch(ctx, small, item, func(j int, data []byte) {
-		if len(data) >= messageChunk { // larger than it said: streamed
-			large = append(large, ev.res.cands[j])
+	err = ev.each(ctx, small, item, func(j int, l imapcodec.List) {
+		for i := 0; i+1 < len(l); i += 2 {
+			if n, _ := l[i].(imapcodec.Atom); !strings.HasPrefix(strings.ToUpper(string(n)), "BODY[") {
+				continue
+			}
+			data, _ := l[i+1].(imapcodec.String) // NIL: no such message, nothing
+			if len(data.Data) >= messageChunk { // larger than it said: streamed
+				large = append(large, ev.res.cands[j])
+				return
+			}
+			ev.scanMessage(j, bytes.NewReader(data.Data))
 			return
 		}
-		ev.sc.message(bytes.NewReader(data))
-		ev.record(j)
 	})
 	if err != nil || len(large) == 0 {
 		return err
@@ -217,28 +261,26 @@ func (ev *evaluator) messages(ctx context.Context) error {
 	return ev.stream(ctx, large)
 }
 
-// fetch runs "UID FETCH uids (UID item)" on pooled connections, chunkUIDs
-// at a time, and hands each candidate's data of item (BODY[...]) to use,
-// charging it to the limit.
-func (ev *evaluator) fetch(ctx context.Context, uids []uint32, item string, use func(j int, data []byte)) error {
-	over := false
-	err := ev.each(ctx, uids, item, func(j int, l imapcodec.List) {
-		for i := 0; i+1 < len(l); i += 2 {
-			n, _ := l[i].(imapcodec.Atom)
-			if !strings.HasPrefix(strings.ToUpper(string(n)), "BODY[") {
-				continue
-			}
-			data, _ := l[i+1].(imapcodec.String) // NIL: no such section, nothing
-			if over = over || !ev.spend(int64(len(data.Data))); !over {
-				use(j, data.Data)
-			}
-			return
-		}
-	})
-	if err == nil && over {
-		err = errLimit
+// notAddress are the kinds a message's text decides.
+var notAddress = []kind{kindHeader, kindBody, kindText}
+
+// scanMessage scans candidate j's message for the atoms other than the
+// address ones (which its ENVELOPE decided) and records what it found.
+// A message the scanner cannot read to its end counts with what was
+// found before.
+func (ev *evaluator) scanMessage(j int, r io.Reader) {
+	ev.sc.message(r)
+	ev.record(j, notAddress)
+}
+
+// responseSize is what a response took on the wire, about: its lines
+// and literals.
+func responseSize(r *upstream.Response) int64 {
+	var n int64
+	for _, sg := range r.Segments {
+		n += int64(len(sg.Text) + len(sg.Data) + 2)
 	}
-	return err
+	return n
 }
 
 // each runs "UID FETCH uids (UID items)", chunkUIDs UIDs at a time, and
@@ -249,8 +291,9 @@ func (ev *evaluator) each(ctx context.Context, uids []uint32, items string, use 
 		n := min(len(uids), chunkUIDs)
 		cmd := "UID FETCH " + string(appendSet(nil, uids[:n])) + " (UID " + items + ")"
 		uids = uids[n:]
+		over := false
 		_, err := ev.s.Exec(ctx, cmd, func(r *upstream.Response) {
-			if r.Head.Name != "FETCH" {
+			if over = over || !ev.spend(responseSize(r)); over || r.Head.Name != "FETCH" {
 				return
 			}
 			uid, l, ok := bodypart.FetchList(r.Segments)
@@ -258,6 +301,9 @@ func (ev *evaluator) each(ctx context.Context, uids []uint32, items string, use 
 				use(j, l)
 			}
 		})
+		if err == nil && over {
+			err = errLimit
+		}
 		var se *upstream.StatusError
 		if errors.As(err, &se) && se.Head.Name == "NO" {
 			// Some messages were expunged meanwhile (RFC 2180 4.1.2

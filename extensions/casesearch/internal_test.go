@@ -28,11 +28,11 @@ func TestProgram(t *testing.T) {
 		{`a UID SEARCH SUBJECT x`, ``, `HEADER subject=X`, `UID SEARCH ALL`, `a UID SEARCH K0+`},
 		{`a UID SEARCH RETURN (COUNT) CHARSET utf-8 NOT SUBJECT x UNSEEN`, `utf-8`, `HEADER subject=X`,
 			`UID SEARCH NOT NOT ALL UNSEEN`, `a UID SEARCH RETURN (COUNT) CHARSET utf-8 NOT K0- UNSEEN`},
-		{`a UID SEARCH OR FROM "a b" HEADER From "A B" (TEXT "é" BODY "") MODSEQ 5`, ``, `HEADER from=A B,TEXT=E` + "\u0301" + `,BODY=`,
-			`UID SEARCH OR ALL ALL (ALL ALL) ALL`, `a UID SEARCH OR K0+ K0+ (K1+ K2+) MODSEQ 5`},
-		{`a UID SORT RETURN (MIN) (REVERSE DATE) "UTF-8" OR NOT CC q UID 3:4`, `UTF-8`, `HEADER cc=Q`,
+		{`a UID SEARCH OR FROM "a b" HEADER From "A B" (TEXT "é" BODY "") MODSEQ 5 FROM "A b"`, ``, `FROM=A B,HEADER from=A B,TEXT=E` + "\u0301" + `,BODY=`,
+			`UID SEARCH OR ALL ALL (ALL ALL) ALL ALL`, `a UID SEARCH OR K0+ K1+ (K2+ K3+) MODSEQ 5 K0+`},
+		{`a UID SORT RETURN (MIN) (REVERSE DATE) "UTF-8" OR NOT CC q UID 3:4`, `UTF-8`, `CC=Q`,
 			`UID SEARCH OR NOT NOT ALL UID 3:4`, `a UID SORT RETURN (MIN) (REVERSE DATE) "UTF-8" OR NOT K0- UID 3:4`},
-		{`a UID THREAD REFERENCES US-ASCII TO x NOT NOT TO x`, `US-ASCII`, `HEADER to=X`,
+		{`a UID THREAD REFERENCES US-ASCII TO x NOT NOT TO x`, `US-ASCII`, `TO=X`,
 			`UID SEARCH ALL NOT NOT ALL`, `a UID THREAD REFERENCES US-ASCII K0+ NOT NOT K0+`},
 		{`a UID SEARCH UNSEEN`, ``, ``, `UID SEARCH UNSEEN`, `a UID SEARCH UNSEEN`},
 	} {
@@ -43,13 +43,7 @@ func TestProgram(t *testing.T) {
 		}
 		var atoms []string
 		for _, a := range p.atoms {
-			s := a.String()
-			if a.kind == kindHeader {
-				s += "=" + a.needle
-			} else {
-				s += "=" + a.needle
-			}
-			atoms = append(atoms, strings.Replace(s, "HEADER ", "HEADER ", 1))
+			atoms = append(atoms, a.String()+"="+a.needle)
 		}
 		cands, err := p.candidates(caps{})
 		if err != nil {
@@ -294,4 +288,59 @@ func TestFetchUID(t *testing.T) {
 			t.Errorf("%q: %d, want %d", text, got, want)
 		}
 	}
+}
+
+// TestAddressTexts: ENVELOPE address lists written out as Dovecot does
+// for its address keys, an address at a time.
+func TestAddressTexts(t *testing.T) {
+	for _, tt := range []struct {
+		env     string
+		want    string
+		present bool
+	}{
+		{`NIL`, ``, false},
+		{`()`, ``, true},
+		{`((NIL NIL "user-from" "domain.org"))`, `user-from@domain.org`, true},
+		{`(("RealFrom" NIL "user-from" "domain.org"))`, `RealFrom <user-from@domain.org>`, true},
+		{`(("J\"o Doe" NIL "j" "example.com"))`, `"J\"o Doe" <j@example.com>`, true},
+		{`(("=?ISO-8859-1?Q?J=F6rg_M=FCller?=" NIL "joerg" "example.org"))`, `Jörg Müller <joerg@example.org>`, true},
+		{`(("Name" "relay.example" "m" "h.example"))`, `Name <@relay.example:m@h.example>`, true},
+		{`((NIL NIL "a" "x.org")(NIL NIL "b" "x.org"))`, `a@x.org|b@x.org`, true},
+		{`((NIL NIL "groupname" NIL)(NIL NIL "u1" "d.org")(NIL NIL NIL NIL)(NIL NIL "solo" "d.org"))`,
+			`groupname: |u1@d.org|: |solo@d.org`, true},
+	} {
+		vals, err := imapcodec.NewParser(segsOf(tt.env), imapcodec.Limits{}).Values()
+		if err != nil || len(vals) != 1 {
+			t.Fatalf("%s: %v", tt.env, err)
+		}
+		got, present := addressTexts(vals[0])
+		if strings.Join(got, "|") != tt.want || present != tt.present {
+			t.Errorf("%s: %q %v, want %q %v", tt.env, got, present, tt.want, tt.present)
+		}
+	}
+}
+
+// FuzzEnvelope: any ENVELOPE-like answer of the upstream scans without
+// panicking.
+func FuzzEnvelope(f *testing.F) {
+	f.Add(`(NIL NIL (("a" NIL "b" "c")) NIL NIL ((NIL NIL "g" NIL)(NIL NIL NIL NIL)) NIL NIL NIL NIL)`, "b")
+	f.Add(`(NIL NIL (("=?x?q?a?=" "r" NIL NIL)))`, "")
+	f.Fuzz(func(t *testing.T, env, needle string) {
+		vals, err := imapcodec.NewParser(segsOf(env), imapcodec.Limits{}).Values()
+		if err != nil || len(vals) == 0 {
+			return
+		}
+		l, ok := vals[0].(imapcodec.List)
+		if !ok {
+			return
+		}
+		var atoms []atom
+		for _, k := range []string{"FROM", "TO", "CC", "BCC"} {
+			a, _, _ := atomOf(imapcodec.SearchKey{Name: k, Args: []imapcodec.Value{imapcodec.Atom(needle)}})
+			atoms = append(atoms, a)
+		}
+		sc := newScanner(atoms)
+		sc.reset()
+		sc.envelope(l)
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"slices"
 	"strings"
 
 	"github.com/emersion/go-message"
@@ -13,6 +14,7 @@ import (
 	"github.com/emersion/go-message/textproto"
 	"golang.org/x/text/transform"
 
+	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/casemap"
 )
 
@@ -37,10 +39,16 @@ var wordDecoder = mime.WordDecoder{CharsetReader: charset.Reader}
 // scanner evaluates a command's atoms on one message at a time, as RFC
 // 3501 6.4.4 (and RFC 9051) describe the keys and as Dovecot reads them:
 //
-//   - SUBJECT, FROM, TO, CC, BCC and HEADER look at the message's own
-//     header fields of that name: the text after the colon, unfolded (line
-//     breaks removed, the white space kept) and RFC 2047 encoded words
-//     decoded. The empty string matches a message that has the field.
+//   - SUBJECT and HEADER look at the message's own header fields of that
+//     name: the text after the colon, unfolded (line breaks removed, the
+//     white space kept) and RFC 2047 encoded words decoded. The empty
+//     string matches a message that has the field.
+//   - FROM, TO, CC and BCC look at the field's addresses as the
+//     upstream's ENVELOPE parsed them, each written out as Dovecot writes
+//     it for its own address search (addressTexts): comments and folding
+//     gone, a name beside its address; a string matches within one
+//     address. The upstream's parser, not one of the proxy's, decides
+//     what the addresses are.
 //   - BODY looks at the text of the body parts whose media type is text/*
 //     (or that have none), transfer encoding and charset decoded, in
 //     messages attached as message/rfc822 too; other parts are not
@@ -87,7 +95,7 @@ func (sc *scanner) reset() {
 	sc.left = len(sc.atoms)
 	for i, a := range sc.atoms {
 		sc.found[i] = false
-		if a.kind != kindHeader && a.needle == "" {
+		if (a.kind == kindBody || a.kind == kindText) && a.needle == "" {
 			sc.hit(i)
 		}
 	}
@@ -102,10 +110,9 @@ func (sc *scanner) hit(i int) {
 
 func (sc *scanner) done() bool { return sc.left == 0 }
 
-// headerOnly scans header fields (BODY.PEEK[HEADER.FIELDS (...)]), for a
-// command whose atoms are all header keys.
-func (sc *scanner) headerOnly(data []byte) {
-	sc.reset()
+// headerFields scans header fields (BODY.PEEK[HEADER.FIELDS (...)]) for
+// the header atoms.
+func (sc *scanner) headerFields(data []byte) {
 	sc.limit = headerLimit{r: bytes.NewReader(data), n: -1}
 	sc.br.Reset(&sc.limit)
 	h, _ := textproto.ReadHeader(sc.br)
@@ -117,6 +124,11 @@ func (sc *scanner) headerOnly(data []byte) {
 // header as message.ReadWithOptions does, into the scanner's own buffer.
 func (sc *scanner) message(r io.Reader) error {
 	sc.reset()
+	for i, a := range sc.atoms {
+		if a.kind == kindAddress {
+			sc.hit(i) // the ENVELOPE's to decide (envelope), not the text's
+		}
+	}
 	if sc.done() {
 		return nil
 	}
@@ -241,6 +253,117 @@ func (sc *scanner) header(h textproto.Header, top bool) {
 	}
 }
 
+// envelopeFields are the indexes of the address keys' fields in an
+// ENVELOPE (RFC 3501 7.4.2).
+var envelopeFields = map[string]int{"from": 2, "to": 5, "cc": 6, "bcc": 7}
+
+// envelope scans an ENVELOPE for the address atoms. An empty string
+// matches a message that has the field.
+func (sc *scanner) envelope(env imapcodec.List) {
+	type field struct {
+		folded  []string // of each address
+		present bool
+	}
+	fields := map[int]field{}
+	for i, a := range sc.atoms {
+		k, ok := envelopeFields[a.field]
+		if sc.found[i] || a.kind != kindAddress || !ok || k >= len(env) {
+			continue
+		}
+		f, done := fields[k]
+		if !done {
+			var texts []string
+			texts, f.present = addressTexts(env[k])
+			for _, t := range texts {
+				f.folded = append(f.folded, casemap.Fold(t))
+			}
+			fields[k] = f
+		}
+		if f.present && (a.needle == "" || slices.ContainsFunc(f.folded, func(t string) bool { return strings.Contains(t, a.needle) })) {
+			sc.hit(i)
+		}
+	}
+}
+
+// addressTexts writes each address of an ENVELOPE address list out as
+// Dovecot 2.3 writes an address for its FROM, TO, CC and BCC keys, which
+// match one address at a time (never across the comma between two),
+// encoded words decoded: "name <mailbox@host>" (the name quoted unless it
+// is all atext or holds an encoded word; a route as
+// "<@route:mailbox@host>"), "mailbox@host" without a name, "group: " for
+// the start of a group and ": " for its end. present is false for NIL
+// (no such field).
+func addressTexts(v imapcodec.Value) (texts []string, present bool) {
+	l, ok := v.(imapcodec.List)
+	if !ok {
+		return nil, false
+	}
+	for _, av := range l {
+		a, ok := av.(imapcodec.List)
+		if !ok || len(a) != 4 {
+			continue
+		}
+		name, route, mailbox := nstring(a[0]), nstring(a[1]), nstring(a[2])
+		var b []byte
+		switch {
+		case imapcodec.IsNil(a[3]): // a group's start (mailbox is its name) or end
+			b = append(append(b, mailbox...), ": "...)
+		case name == "":
+			b = append(append(append(b, mailbox...), '@'), nstring(a[3])...)
+		default:
+			if strings.Contains(name, "=?") || isAtext(name) {
+				b = append(b, name...)
+			} else {
+				b = append(b, '"')
+				for i := 0; i < len(name); i++ {
+					if name[i] == '"' || name[i] == '\\' {
+						b = append(b, '\\')
+					}
+					b = append(b, name[i])
+				}
+				b = append(b, '"')
+			}
+			b = append(b, " <"...)
+			if route != "" {
+				b = append(append(append(b, '@'), route...), ':')
+			}
+			b = append(append(append(append(b, mailbox...), '@'), nstring(a[3])...), '>')
+		}
+		text := string(b)
+		if strings.Contains(text, "=?") {
+			if d, err := wordDecoder.DecodeHeader(text); err == nil {
+				text = d
+			}
+		}
+		texts = append(texts, text)
+	}
+	return texts, true
+}
+
+// isAtext reports whether s is all RFC 5322 atext (8-bit bytes counted
+// in, as Dovecot counts them).
+func isAtext(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 0x80, c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// nstring returns the text of an nstring, "" for NIL.
+func nstring(v imapcodec.Value) string {
+	s, _ := imapcodec.AsString(v)
+	if imapcodec.IsNil(v) {
+		return ""
+	}
+	return s
+}
+
 // fieldText returns a header field's name as written and its value: the
 // text after the colon with line breaks removed (RFC 5322 2.2.3's
 // unfolding; the white space stays, as Dovecot keeps it) and RFC 2047
@@ -274,7 +397,7 @@ func (sc *scanner) text(r io.Reader) error {
 	var want []int
 	longest := 0
 	for i, a := range sc.atoms {
-		if !sc.found[i] && a.kind != kindHeader {
+		if !sc.found[i] && (a.kind == kindBody || a.kind == kindText) {
 			want = append(want, i)
 			longest = max(longest, len(a.needle))
 		}

@@ -16,8 +16,11 @@ type kind int
 
 const (
 	// kindHeader: the decoded values of the header fields named field
-	// (SUBJECT, FROM, TO, CC, BCC, HEADER field).
+	// (SUBJECT, HEADER field).
 	kindHeader kind = iota
+	// kindAddress: the addresses of the field (FROM, TO, CC, BCC), as
+	// the upstream's ENVELOPE gives them, written out (addressText).
+	kindAddress
 	// kindBody: the decoded text of the body parts (BODY).
 	kindBody
 	// kindText: the header fields and MIME headers as "Name:value", and
@@ -29,7 +32,7 @@ const (
 // HEADER Subject x, written twice or under NOT, are one atom.
 type atom struct {
 	kind  kind
-	field string // lower case, for kindHeader
+	field string // lower case, for kindHeader and kindAddress
 	// needle is the search string in its canonical form
 	// (casemap.Fold), empty when the string is: an empty HEADER string
 	// matches every message with the field, an empty BODY or TEXT string
@@ -44,6 +47,8 @@ func (a atom) String() string {
 		return "BODY"
 	case kindText:
 		return "TEXT"
+	case kindAddress:
+		return strings.ToUpper(a.field)
 	}
 	return "HEADER " + a.field
 }
@@ -135,6 +140,8 @@ func atomOf(k imapcodec.SearchKey) (a atom, ok bool, err error) {
 	}
 	a = atom{kind: kindHeader, field: field, needle: casemap.Fold(needle)}
 	switch k.Name {
+	case "FROM", "TO", "CC", "BCC":
+		a.kind = kindAddress
 	case "BODY":
 		a = atom{kind: kindBody, needle: a.needle}
 	case "TEXT":

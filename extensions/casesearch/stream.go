@@ -105,7 +105,7 @@ func (ev *evaluator) streamChunk(conn *upstream.Conn, uids []uint32) error {
 		}
 		if scanned {
 			if j := ev.index(fetchUID(text)); j >= 0 {
-				ev.record(j)
+				ev.record(j, notAddress)
 			}
 		}
 	}
