@@ -246,7 +246,7 @@ func (ev *evaluator) messages(ctx context.Context, addresses bool) error {
 				continue
 			}
 			data, _ := l[i+1].(imapcodec.String) // NIL: no such message, nothing
-			if len(data.Data) >= messageChunk { // larger than it said: streamed
+			if len(data.Data) >= messageChunk {  // larger than it said: streamed
 				large = append(large, ev.res.cands[j])
 				return
 			}
