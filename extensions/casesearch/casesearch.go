@@ -26,11 +26,13 @@
 //     SEARCH of them upstream gives the candidates: "SUBJECT x UNSEEN"
 //     looks at the unseen messages only, "NOT SUBJECT x" at all.
 //  2. Evaluation: each distinct key over the candidates (match.go for the
-//     semantics), reading only what it needs: the named header fields
-//     (BODY.PEEK[HEADER.FIELDS (...)]) when every key is a header key,
-//     else whole messages, decoded with go-message as they stream
-//     (BODY.PEEK[]: the small ones on pooled connections, the others on a
-//     connection of their own, never held whole).
+//     semantics, which follow Dovecot's), reading only what it needs: the
+//     named header fields (BODY.PEEK[HEADER.FIELDS (...)]) and the
+//     ENVELOPE (FROM, TO, CC, BCC: the upstream's parse of the addresses)
+//     when no key is BODY or TEXT, else the messages' sizes, then the
+//     messages, decoded with go-message as they stream (BODY.PEEK[]: the
+//     small ones on pooled connections, the others on a connection of
+//     their own, never held whole).
 //  3. Rewriting: each key is replaced by the UIDs it matches ("UID set",
 //     "NOT UID set", "ALL" or "NOT ALL"), and the command goes on down
 //     the chain as if the client had sent it: esearch, contextsearch,
@@ -58,15 +60,16 @@
 // command without substring keys goes on untouched, whatever its charset.
 //
 // Bounds: at most Config.MaxBytes read from the upstream per command
-// (headers and messages; the sizes of the messages are fetched first, so
-// that a search past the limit reads none of them), answered NO [LIMIT]
-// beyond; Config.Timeout for the whole evaluation, NO [LIMIT] beyond; 64
+// (the FETCH responses and messages; the sizes of the messages are
+// fetched first, so that a search past the limit reads none of them),
+// answered NO [LIMIT] beyond; Config.Timeout for the whole evaluation, NO [LIMIT] beyond; 64
 // distinct substring keys per command; at most messageChunk bytes of a
 // message's named header fields for header keys; header blocks of
 // messages and their parts at most maxHeaderBytes, the rest of such a
 // message unsearched. Memory: a message is scanned as it streams, in
 // chunks of textChunk (plus the longest string sought); the candidates'
-// UIDs and one bit per key and candidate are held for the command.
+// UIDs and one byte per key and candidate are held for the command.
+// docs/i18nlevel.md has the measurements.
 //
 // The package keeps no data.
 package casesearch
