@@ -370,3 +370,54 @@ func TestAddresses(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamDovecot: messages larger than a chunk, streamed on a
+// connection of the proxy's own, over Dovecot's legacy profile, answer
+// as Dovecot's full profile does directly.
+func TestStreamDovecot(t *testing.T) {
+	msgs := []string{
+		"Subject: big\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+			strings.Repeat("YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFh\r\n", 3000) + "w6nDqcOp\r\n",
+		"Subject: small\r\n\r\nbody\r\n",
+		"Subject: big two\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: application/pdf\r\n\r\n" +
+			strings.Repeat("%PDF zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\r\n", 2000) +
+			"--x\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=C9T=C9 end\r\n--x--\r\n",
+	}
+	answers := map[string][]string{}
+	for _, target := range []string{"full-direct", "legacy-proxy"} {
+		t.Run(target, func(t *testing.T) {
+			profile := dovecottest.Full
+			if target == "legacy-proxy" {
+				profile = dovecottest.Legacy
+			}
+			dc := dovecottest.Start(t, profile)
+			for _, m := range msgs {
+				dc.Append(t, "alice", "alicepass", "INBOX", nil, []byte(m))
+			}
+			addr := dc.Addr
+			if target == "legacy-proxy" {
+				addr = imaptest.StartProxy(t, dc.Addr, proxy.Config{Extensions: extensions(casesearch.Config{})}).Addr
+			}
+			c := imaptest.Login(t, addr, "alice", "alicepass")
+			c.MustOK("SELECT INBOX")
+			for _, cmd := range []string{`SEARCH BODY "éÉé"`, `SEARCH TEXT "été end"`, `SEARCH BODY zzzz`, `SEARCH BODY body`, `SEARCH NOT BODY "ÉTÉ"`, `UID SEARCH TEXT "big"`} {
+				got := c.Do("t", cmd)
+				if len(got) != 2 || !strings.HasPrefix(got[1], "t OK") {
+					t.Errorf("%s: %q", cmd, got)
+					continue
+				}
+				answers[cmd] = append(answers[cmd], got[0])
+			}
+		})
+	}
+	for cmd, want := range map[string]string{
+		`SEARCH BODY "éÉé"`: "* SEARCH 1", `SEARCH TEXT "été end"`: "* SEARCH 3", `SEARCH BODY zzzz`: "* SEARCH",
+		`SEARCH BODY body`: "* SEARCH 2", `SEARCH NOT BODY "ÉTÉ"`: "* SEARCH 1 2", `UID SEARCH TEXT "big"`: "* SEARCH 1 3",
+	} {
+		for i, got := range answers[cmd] {
+			if got != want {
+				t.Errorf("%s: %q from %s, want %q", cmd, got, []string{"Dovecot", "the proxy"}[i], want)
+			}
+		}
+	}
+}
