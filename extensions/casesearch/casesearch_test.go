@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"go.uber.org/goleak"
@@ -213,6 +214,12 @@ func TestLimit(t *testing.T) {
 	c.MustOK("SELECT INBOX")
 	c.ExpectDo("t", `SEARCH SUBJECT strasse`, "t NO [LIMIT] *")
 	c.ExpectDo("t", `SEARCH 1:4 SUBJECT strasse`, "* SEARCH 1 2", "t OK *")
+	// The time an evaluation may take.
+	p, _ = memProxy(t, casesearch.Config{Timeout: time.Nanosecond})
+	c = imaptest.Login(t, p.Addr, "alice", "secret")
+	c.MustOK("SELECT INBOX")
+	c.ExpectDo("t", `SEARCH SUBJECT strasse`, "t NO [LIMIT] The search took too long; narrow it (dates, flags, a smaller mailbox).")
+	c.ExpectDo("t", `SEARCH UNSEEN`, "* SEARCH 1 3 4 5 6 7 8 10 11 12 13", "t OK *")
 }
 
 // TestMessages: what the evaluation reads and how: streamed messages
