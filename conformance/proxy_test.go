@@ -137,10 +137,6 @@ var maySkip = map[string]bool{
 	// Whether LITERAL+ is offered before login is the server's choice:
 	// go-imap's server offers it after login only.
 	"7888-login-nonsync": true,
-	// I18NLEVEL is optional, and lemonproxy offers it only where its
-	// upstream's SEARCH compares with i;unicode-casemap (Dovecot's does,
-	// go-imap's server does not).
-	"5255-casemap-sort": true,
 	// LANGUAGE is optional: Dovecot does not implement it (the proxy
 	// always does).
 	"5255-language": true,
@@ -199,20 +195,34 @@ func parallelFromEnv(t *testing.T, def int) int {
 }
 
 // runProxy runs the suite against a lemonproxy at proxyAddr whose
-// upstream is upAddr and checks the outcome.
+// upstream is upAddr and checks the outcome: every scenario passes, and
+// the Lemonade report counts the whole profile (RFC 5550 section 3)
+// advertised.
 func runProxy(t *testing.T, target, proxyAddr, upAddr, user, pass, user2, pass2 string, parallel int) {
 	t.Helper()
 	cfg := proxyConfig(proxyAddr, upAddr, user, pass, user2, pass2)
 	cfg.Only = onlyFromEnv(t)
 	cfg.Parallel = parallelFromEnv(t, parallel)
-	checkProxyRun(t, target, runAgainst(t, cfg), cfg.Only)
+	rep := runAgainst(t, cfg)
+	checkProxyRun(t, target, rep, cfg.Only)
+	checkLemonade(t, target, rep)
+}
+
+// checkLemonade requires the Lemonade report, where it ran, to count all
+// 24 extensions of the profile advertised.
+func checkLemonade(t *testing.T, target string, rep *Report) {
+	t.Helper()
+	if r, ok := rep.Result("5550-profile-report"); ok && !strings.HasPrefix(r.Reason, "24 of 24 advertised") {
+		t.Errorf("Lemonade report in front of %s: %q, want 24 of 24 advertised", target, r.Reason)
+	}
 }
 
 // dovecotSearch tells the chain that the upstream's SEARCH is Dovecot's,
 // which compares with i;unicode-casemap whatever capabilities it
-// advertises: the proxy may then offer I18NLEVEL=1 (extensions/sort). The
-// chain is built anew rather than its sort extension replaced, since
-// extensions/thread holds the one it takes its keys from.
+// advertises: the proxy then relays searches for I18NLEVEL=1 rather than
+// evaluating their substring keys (extensions/casesearch), as an operator
+// would set it. The chain is built anew rather than one extension
+// replaced, since extensions/thread holds the sort it takes its keys from.
 func dovecotSearch(cfg *proxy.Config) {
 	cfg.Extensions = chain.Extensions(chain.Config{NotifyPollInterval: proxyPoll, UpstreamSearchCasemap: true})
 }
@@ -227,6 +237,24 @@ func TestProxyDovecotLegacy(t *testing.T) {
 	dc := dovecottest.Start(t, dovecottest.Legacy)
 	addr := startLemonproxyWith(t, dc.Addr, 0, dovecotSearch)
 	runProxy(t, dovecotLegacy, addr, dc.Addr, "alice", "alicepass", "bob", "bobpass", dovecotParallel)
+}
+
+// TestProxyDovecotLegacyEvaluated runs the I18NLEVEL scenarios and the
+// Lemonade report in front of Dovecot's legacy profile without
+// upstream-search-casemap: the proxy evaluates the substring keys itself
+// (extensions/casesearch), as over go-imap's server.
+func TestProxyDovecotLegacyEvaluated(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Legacy)
+	addr := startLemonproxyWith(t, dc.Addr, 0, nil)
+	cfg := proxyConfig(addr, dc.Addr, "alice", "alicepass", "bob", "bobpass")
+	cfg.Only = regexp.MustCompile(`^(5255|5550)-`)
+	cfg.Parallel = dovecotParallel
+	rep := runAgainst(t, cfg)
+	checkProxyRun(t, dovecotLegacy+"-evaluated", rep, cfg.Only)
+	checkLemonade(t, dovecotLegacy+"-evaluated", rep)
+	if n := len(rep.Results); n != 7 {
+		t.Errorf("%d scenarios ran, want the 6 of RFC 5255 and the report", n)
+	}
 }
 
 func TestProxyMemUpstream(t *testing.T) {
@@ -269,7 +297,7 @@ func TestProxyMemUpstreamPlain(t *testing.T) {
 		if r.ID != "5550-profile-report" {
 			continue
 		}
-		for _, want := range []string{"also advertised by the upstream (-outside), 19 by the target only: ", " SORT", " ESORT", " CONTEXT=SORT", " LANGUAGE", " CATENATE", " URLAUTH", " NAMESPACE", " LITERAL+", " ESEARCH", " CONTEXT=SEARCH", " SEARCHRES", " WITHIN", " BINARY", " FILTERS", " CONVERT", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
+		for _, want := range []string{"also advertised by the upstream (-outside), 20 by the target only: ", " SORT", " ESORT", " CONTEXT=SORT", " I18NLEVEL=1", " LANGUAGE", " CATENATE", " URLAUTH", " NAMESPACE", " LITERAL+", " ESEARCH", " CONTEXT=SEARCH", " SEARCHRES", " WITHIN", " BINARY", " FILTERS", " CONVERT", " CONDSTORE", " QRESYNC", " NOTIFY", " COMPRESS=DEFLATE"} {
 			if !strings.Contains(r.Reason, want) {
 				t.Errorf("Lemonade report %q lacks %q", r.Reason, want)
 			}

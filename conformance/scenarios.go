@@ -20,7 +20,7 @@ func Scenarios() []*Scenario {
 		metadata5464(), filters5466(),
 		convert5259(),
 		catenate4469(), urlauth4467(), multiappend3502(),
-		sort5256(), sortDisplay5957(), esort5267(), contextSort5267(), i18n5255(), thread5256(),
+		sort5256(), sortDisplay5957(), esort5267(), contextSort5267(), i18n5255(), i18nLevel5255(), thread5256(),
 		lemonade5550(),
 	} {
 		all = append(all, group...)

@@ -15,6 +15,12 @@ import (
 type SearchKey struct {
 	Name string
 	Args []Value
+	// Negated is set when the key stands under an odd number of NOTs:
+	// a message matching it makes the criteria less likely to match.
+	// Replacing every key by ALL where it is not negated and by NOT ALL
+	// where it is therefore gives criteria that match a superset of what
+	// they matched (OR and AND only ever grow with their operands).
+	Negated bool
 }
 
 // searchArity gives the number of arguments of search keys that take any
@@ -37,19 +43,46 @@ var searchArity = map[string]int{
 // entry name and type) and the common extensions' keys with arguments;
 // an unknown key is taken to have none.
 func ReplaceSearchKeys(segs []Segment, fn func(k SearchKey) (text string, replace bool, err error)) (int, error) {
+	out, n, err := rewriteSearchKeys(segs, fn, false)
+	if err == nil {
+		copy(segs, out)
+	}
+	return n, err
+}
+
+// RewriteSearchKeys is ReplaceSearchKeys for replacements that may take
+// literals with them: a key whose arguments were sent as literals
+// ("SUBJECT {6}" and its six octets) is replaced whole, and the segments
+// around it are joined into one. It returns the new segments and leaves
+// segs as they were. A replaced key must be followed by a space, a ")"
+// or the end (the walk is lenient about spaces, and `SUBJECT "x"0` made
+// "UID 5" + "0" would be another command).
+func RewriteSearchKeys(segs []Segment, fn func(k SearchKey) (text string, replace bool, err error)) ([]Segment, int, error) {
+	out := slices.Clone(segs)
+	out, n, err := rewriteSearchKeys(out, fn, true)
+	if err != nil {
+		return nil, 0, err
+	}
+	return out, n, nil
+}
+
+// rewriteSearchKeys walks the criteria of segs, calling fn for each key,
+// and returns segs with the replacements made (in place where none
+// spans a literal); span allows replacements that take literals along.
+func rewriteSearchKeys(segs []Segment, fn func(k SearchKey) (text string, replace bool, err error), span bool) ([]Segment, int, error) {
 	p := NewParser(segs, Limits{})
 	if _, err := p.Atom(); err != nil { // tag
-		return 0, err
+		return nil, 0, err
 	}
 	p.SP()
 	name, err := p.Atom()
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
 	if strings.EqualFold(name, "UID") {
 		p.SP()
 		if name, err = p.Atom(); err != nil {
-			return 0, err
+			return nil, 0, err
 		}
 	}
 	type repl struct {
@@ -63,8 +96,11 @@ func ReplaceSearchKeys(segs []Segment, fn func(k SearchKey) (text string, replac
 			return err
 		}
 		end := p.Pos()
-		if start.Seg != end.Seg {
+		if start.Seg != end.Seg && !span {
 			return fmt.Errorf("%s search key split by a literal", k.Name)
+		}
+		if c, ok := p.Peek(); span && ok && c != ' ' && c != ')' {
+			return fmt.Errorf("%s search key not followed by a space", k.Name)
 		}
 		repls = append(repls, repl{start, end, text})
 		return nil
@@ -75,17 +111,20 @@ func ReplaceSearchKeys(segs []Segment, fn func(k SearchKey) (text string, replac
 	case "SORT", "THREAD":
 		err = w.sortOrThread()
 	default:
-		return 0, fmt.Errorf("not a search command: %s", name)
+		return nil, 0, fmt.Errorf("not a search command: %s", name)
 	}
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
+	// From the last to the first, so that earlier positions stay valid.
 	for i := len(repls) - 1; i >= 0; i-- {
 		r := repls[i]
-		t := segs[r.start.Seg].Text
-		segs[r.start.Seg].Text = slices.Concat(t[:r.start.Off], []byte(r.text), t[r.end.Off:])
+		first, last := segs[r.start.Seg], segs[r.end.Seg]
+		joined := last // its literal, if any, follows the joined text
+		joined.Text = slices.Concat(first.Text[:r.start.Off], []byte(r.text), last.Text[r.end.Off:])
+		segs = slices.Replace(segs, r.start.Seg, r.end.Seg+1, joined)
 	}
-	return len(repls), nil
+	return segs, len(repls), nil
 }
 
 // searchWalker walks search criteria and reports each key to onKey once
@@ -93,6 +132,7 @@ func ReplaceSearchKeys(segs []Segment, fn func(k SearchKey) (text string, replac
 type searchWalker struct {
 	p     *Parser
 	onKey func(start Position, k SearchKey) error
+	neg   bool // under an odd number of NOTs
 }
 
 func (w *searchWalker) search() error {
@@ -207,8 +247,14 @@ func (w *searchWalker) keyAfterAtom(pos Position, a string) error {
 	case IsSequenceSet(a) || a == "$":
 		// "$" is RFC 5182's sequence set (the saved search result): a
 		// set, so that whoever translates sets sees it.
-		return w.onKey(pos, SearchKey{Args: []Value{Atom(a)}})
-	case up == "NOT" || up == "FUZZY":
+		return w.onKey(pos, SearchKey{Args: []Value{Atom(a)}, Negated: w.neg})
+	case up == "NOT":
+		p.SP()
+		w.neg = !w.neg
+		err := w.key()
+		w.neg = !w.neg
+		return err
+	case up == "FUZZY":
 		p.SP()
 		return w.key()
 	case up == "OR":
@@ -234,7 +280,7 @@ func (w *searchWalker) keyAfterAtom(pos Position, a string) error {
 			}
 			args = append(args, t, v)
 		}
-		return w.onKey(pos, SearchKey{Name: up, Args: args})
+		return w.onKey(pos, SearchKey{Name: up, Args: args, Negated: w.neg})
 	}
 	var args []Value
 	for i := 0; i < searchArity[up]; i++ {
@@ -245,7 +291,7 @@ func (w *searchWalker) keyAfterAtom(pos Position, a string) error {
 		}
 		args = append(args, v)
 	}
-	return w.onKey(pos, SearchKey{Name: up, Args: args})
+	return w.onKey(pos, SearchKey{Name: up, Args: args, Negated: w.neg})
 }
 
 // IsSequenceSet reports whether an atom has the characters of a sequence

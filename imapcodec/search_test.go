@@ -65,6 +65,69 @@ func TestReplaceSearchKeys(t *testing.T) {
 	}
 }
 
+// TestSearchKeyNegated: a key under an odd number of NOTs is negated,
+// whatever ORs, parentheses and FUZZYs stand between.
+func TestSearchKeyNegated(t *testing.T) {
+	cmd := `a SEARCH SUBJECT a NOT (FROM b NOT TO c) OR NOT BODY d FUZZY TEXT e NOT NOT NOT HEADER x f`
+	var got []string
+	_, err := ReplaceSearchKeys([]Segment{{Text: []byte(cmd)}}, func(k SearchKey) (string, bool, error) {
+		got = append(got, fmt.Sprintf("%s:%v", k.Name, k.Negated))
+		return "", false, nil
+	})
+	want := "SUBJECT:false FROM:true TO:false BODY:true TEXT:false HEADER:true"
+	if err != nil || strings.Join(got, " ") != want {
+		t.Errorf("got %q (%v), want %q", strings.Join(got, " "), err, want)
+	}
+}
+
+// TestRewriteSearchKeysLiterals: keys whose arguments are literals are
+// replaced with them, the segments joined around the replacement; what
+// is not replaced keeps its literal.
+func TestRewriteSearchKeysLiterals(t *testing.T) {
+	segs := []Segment{
+		{Text: []byte("a UID SEARCH CHARSET UTF-8 SUBJECT "), Literal: &LiteralHeader{Size: 7}, Data: []byte("stra\xc3\x9fe")},
+		{Text: []byte(" HEADER "), Literal: &LiteralHeader{Size: 1}, Data: []byte("X")},
+		{Text: []byte(" "), Literal: &LiteralHeader{Size: 3}, Data: []byte("abc")},
+		{Text: []byte(" UNSEEN TO "), Literal: &LiteralHeader{Size: 2}, Data: []byte("zz")},
+		{Text: []byte(" FROM x")},
+	}
+	out, n, err := RewriteSearchKeys(segs, func(k SearchKey) (string, bool, error) {
+		switch k.Name {
+		case "SUBJECT":
+			return "UID 1:3", true, nil
+		case "HEADER":
+			return "NOT ALL", true, nil
+		case "FROM":
+			return "UID 9", true, nil
+		}
+		return "", false, nil
+	})
+	if err != nil || n != 3 {
+		t.Fatalf("%d, %v", n, err)
+	}
+	var b []byte
+	for _, sg := range out {
+		b = append(b, sg.Text...)
+		if sg.Literal != nil {
+			b = append(b, "{lit}"...)
+			b = append(b, sg.Data...)
+		}
+	}
+	if want := "a UID SEARCH CHARSET UTF-8 UID 1:3 NOT ALL UNSEEN TO {lit}zz UID 9"; string(b) != want {
+		t.Errorf("got %q, want %q", b, want)
+	}
+	if len(segs) != 5 || string(segs[0].Text) != "a UID SEARCH CHARSET UTF-8 SUBJECT " {
+		t.Errorf("the input changed: %q", segs[0].Text)
+	}
+	if _, err := ReplaceSearchKeys(segs, func(k SearchKey) (string, bool, error) { return "ALL", k.Name == "SUBJECT", nil }); err == nil {
+		t.Error("ReplaceSearchKeys replaced a key split by a literal")
+	}
+	// `SUBJECT "x"0` made "UID 5" + "0" would be "UID 50".
+	if _, _, err := RewriteSearchKeys([]Segment{{Text: []byte(`a SEARCH SUBJECT "x"0`)}}, func(SearchKey) (string, bool, error) { return "UID 5", true, nil }); err == nil {
+		t.Error("RewriteSearchKeys replaced a key that runs into the next")
+	}
+}
+
 func TestParseStoreArgs(t *testing.T) {
 	for _, tt := range []struct {
 		args, out string
@@ -179,6 +242,71 @@ func FuzzAString(f *testing.F) {
 		}
 		if !strings.HasPrefix(in, got) || p.Rest() != in[len(got):] {
 			t.Fatalf("%q: got %q, rest %q", in, got, p.Rest())
+		}
+	})
+}
+
+// FuzzRewriteSearchKeys: criteria with literals (marked "{L}" in the
+// input: the text before it is a line, the word after it the literal's
+// data) rewrite without panicking; rewriting nothing keeps them, and
+// rewriting every key to ALL leaves criteria of ALLs only, the same
+// number of keys.
+func FuzzRewriteSearchKeys(f *testing.F) {
+	for _, s := range []string{`a SEARCH SUBJECT {L}abc UNSEEN`, `a UID SORT (DATE) UTF-8 HEADER {L}x {L}y NOT FROM {L}z`, `a SEARCH OR BODY {L}q TEXT r`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, cmd string) {
+		var segs []Segment
+		parts := strings.Split(cmd, "{L}")
+		for i, part := range parts {
+			if i == 0 {
+				segs = append(segs, Segment{Text: []byte(part)})
+				continue
+			}
+			data, rest, _ := strings.Cut(part, " ")
+			if rest != "" || strings.Contains(part, " ") {
+				rest = " " + rest
+			}
+			last := &segs[len(segs)-1]
+			last.Literal, last.Data = &LiteralHeader{Size: int64(len(data))}, []byte(data)
+			segs = append(segs, Segment{Text: []byte(rest)})
+		}
+		flat := func(ss []Segment) string {
+			var b []byte
+			for _, sg := range ss {
+				b = append(b, sg.Text...)
+				if sg.Literal != nil {
+					b = append(b, '{')
+					b = append(b, sg.Data...)
+					b = append(b, '}')
+				}
+			}
+			return string(b)
+		}
+		out, n, err := RewriteSearchKeys(segs, func(SearchKey) (string, bool, error) { return "", false, nil })
+		if err != nil {
+			return
+		}
+		if n != 0 || flat(out) != flat(segs) {
+			t.Fatalf("%q changed to %q", flat(segs), flat(out))
+		}
+		keys := 0
+		out, n, err = RewriteSearchKeys(segs, func(SearchKey) (string, bool, error) { keys++; return "ALL", true, nil })
+		if err != nil && strings.Contains(err.Error(), "not followed by a space") {
+			return // the walk is lenient about spaces; the rewrite is not
+		}
+		if err != nil || n != keys {
+			t.Fatalf("%q: %d of %d keys, %v", flat(segs), n, keys, err)
+		}
+		again := 0
+		if _, _, err := RewriteSearchKeys(out, func(k SearchKey) (string, bool, error) {
+			if k.Name != "ALL" {
+				t.Fatalf("%q rewritten %q still has %s", flat(segs), flat(out), k.Name)
+			}
+			again++
+			return "", false, nil
+		}); err != nil || again != keys {
+			t.Fatalf("%q rewritten %q: %d keys, %v", flat(segs), flat(out), again, err)
 		}
 	})
 }

@@ -28,6 +28,7 @@ func extensions(s config.Settings) ([]proxy.Extension, error) {
 		NotifyPollInterval:    s.NotifyPollInterval.Duration,
 		WatchGrace:            s.WatchGrace.Duration,
 		UpstreamSearchCasemap: s.UpstreamSearchCasemap,
+		SearchMaxBytes:        s.SearchMaxBytes,
 		ContextMaxBytes:       s.ContextMaxBytes,
 		URLHosts:              hosts,
 		SubmitFrom:            submit,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	binaryext "github.com/lemonproxy/lemonproxy/extensions/binary"
+	"github.com/lemonproxy/lemonproxy/extensions/casesearch"
 	"github.com/lemonproxy/lemonproxy/extensions/catenate"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
@@ -50,9 +51,14 @@ type Config struct {
 	// name and the loopback names.
 	URLHosts []string
 	// UpstreamSearchCasemap states that the upstream's SEARCH compares
-	// with i;unicode-casemap (Dovecot's does), so that I18NLEVEL=1 may be
-	// advertised where the proxy sorts.
+	// with i;unicode-casemap (Dovecot's does): searches are relayed
+	// rather than evaluated by the proxy for I18NLEVEL=1
+	// (casesearch.Config.UpstreamCasemap).
 	UpstreamSearchCasemap bool
+	// SearchMaxBytes bounds what the proxy reads from the upstream to
+	// evaluate one command's substring search keys
+	// (casesearch.Config.MaxBytes); 0: casesearch's default.
+	SearchMaxBytes int64
 	// ContextMaxBytes is the budget of all sessions' updating contexts
 	// (contextsearch.Config.MaxBytes); 0: contextsearch's default.
 	ContextMaxBytes int64
@@ -107,6 +113,14 @@ type Config struct {
 //     by the UID sets they match, computed with its own searches: before
 //     every other search rewriter, which then see a search they fully
 //     understand.
+//     casesearch (I18NLEVEL=1, where the upstream's SEARCH is not
+//     i;unicode-casemap) replaces the substring keys of SEARCH, SORT and
+//     THREAD by the UID sets they match, with its own searches and
+//     fetches: after filters and within, whose keys it then sees as
+//     plain UID sets (and inside FILTER's stored programs); before
+//     contextsearch, esearch, sort and thread, which then see only keys
+//     the upstream evaluates exactly, and whose updating contexts it
+//     hands a matcher of the original keys (contextsearch.SetMatcher).
 //  7. contextsearch keeps RFC 5267's updating searches alive (it needs
 //     esearch, which parses RETURN and hands it UPDATE results). Its
 //     expunge reports (REMOVEFROM, which must come before the EXPUNGE)
@@ -150,7 +164,7 @@ type Config struct {
 func Extensions(cfg Config) []proxy.Extension {
 	meta := metadata.New(metadata.Config{})
 	ua := urlauth.New(urlauth.Config{Hosts: cfg.URLHosts, SubmitFrom: cfg.SubmitFrom})
-	sorter := sortext.New(sortext.Config{SearchCasemap: cfg.UpstreamSearchCasemap, Contexts: true})
+	sorter := sortext.New(sortext.Config{Contexts: true})
 	return []proxy.Extension{
 		&idle.Extension{KeepAlive: cfg.IdleKeepAlive},
 		compress.New(),
@@ -164,6 +178,7 @@ func Extensions(cfg Config) []proxy.Extension {
 		ua,
 		filters.New(meta),
 		within.New(),
+		casesearch.New(casesearch.Config{UpstreamCasemap: cfg.UpstreamSearchCasemap, MaxBytes: cfg.SearchMaxBytes}),
 		contextsearch.New(contextsearch.Config{MaxBytes: cfg.ContextMaxBytes}),
 		esearch.New(),
 		sorter,

@@ -21,7 +21,9 @@ import (
 type Matcher interface {
 	// Match returns the UIDs among uids (sorted, distinct, all in the
 	// client's view or above it) that match, in any order. An error leaves
-	// the context as it was, to be tried again with the next change.
+	// the context as it was, to be tried again with the next change;
+	// one that wraps ErrCannotRecheck (or the upstream's refusal, an
+	// *upstream.StatusError) ends it with NOUPDATE.
 	Match(ctx context.Context, s *proxy.Session, uids []uint32) ([]uint32, error)
 }
 
@@ -81,12 +83,15 @@ type Position struct {
 // mailbox, or the extension is not in the chain); the others are answered
 // with NOUPDATE.
 var (
-	ErrNotActive  = errors.New("contextsearch: not active for this session")
-	ErrTooMany    = errors.New("too many updating searches")
-	ErrTooLarge   = errors.New("too many results to keep updating")
-	ErrTagInUse   = errors.New("tag already names an updating search")
-	errNoRecheck  = errors.New("the search cannot be run again upstream")
-	errNoMatchSet = errors.New("no matcher")
+	ErrNotActive = errors.New("contextsearch: not active for this session")
+	ErrTooMany   = errors.New("too many updating searches")
+	ErrTooLarge  = errors.New("too many results to keep updating")
+	ErrTagInUse  = errors.New("tag already names an updating search")
+	errNoRecheck = errors.New("the search cannot be run again upstream")
+	// ErrCannotRecheck is wrapped by a Matcher's error that trying again
+	// would not cure (a limit of the matcher's own passed).
+	ErrCannotRecheck = errors.New("the search cannot be evaluated again")
+	errNoMatchSet    = errors.New("no matcher")
 )
 
 type registryKey struct{}
@@ -310,7 +315,7 @@ func (r *registry) refresh(ctx context.Context, s *proxy.Session, only *live) []
 			}
 			cancel()
 			switch {
-			case errors.As(err, new(*upstream.StatusError)):
+			case errors.As(err, new(*upstream.StatusError)) || errors.Is(err, ErrCannotRecheck):
 				s.Logger().Info("updating search dropped", "tag", l.tag, "err", err)
 				r.cancel(l.tag)
 				b = append(b, NoUpdate(l.tag, errNoRecheck)...)

@@ -95,6 +95,37 @@ func NewSearchMatcher(s *proxy.Session, segs []imapcodec.Segment) (Matcher, erro
 	return &searchMatcher{command: string(b)}, nil
 }
 
+// matcherKey is the exchange value SetMatcher sets.
+type matcherKey struct{}
+
+// setMatcher is what SetMatcher was given.
+type setMatcher struct {
+	m   Matcher
+	err error
+}
+
+// SetMatcher makes m the Matcher of the updating context that x opens, if
+// it opens one (an updating SEARCH or SORT, whose context esearch or sort
+// opens further down the chain), in place of the one MatcherFor would make
+// from the criteria they see; a non-nil err refuses the context updates
+// (NOUPDATE) instead. It is for an extension before them in the chain that
+// replaced search keys by the result of its own evaluation
+// (extensions/casesearch): left to NewSearchMatcher, that result would stay
+// frozen, where m evaluates the original keys anew for each change.
+func SetMatcher(x *proxy.Exchange, m Matcher, err error) {
+	x.SetValue(matcherKey{}, setMatcher{m, err})
+}
+
+// MatcherFor returns the Matcher of a context x opens with criteria segs
+// (as for NewSearchMatcher): the one an extension earlier in the chain set
+// with SetMatcher, or else NewSearchMatcher's.
+func MatcherFor(x *proxy.Exchange, segs []imapcodec.Segment) (Matcher, error) {
+	if v, ok := x.Value(matcherKey{}).(setMatcher); ok {
+		return v.m, v.err
+	}
+	return NewSearchMatcher(x.Session(), segs)
+}
+
 func cloneSegments(segs []imapcodec.Segment) []imapcodec.Segment {
 	out := make([]imapcodec.Segment, len(segs))
 	for i, sg := range segs {

@@ -128,7 +128,7 @@ func (*Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next prox
 	r := &result{opts: ret.opts, uid: strings.HasPrefix(x.Name, "UID "), modseq: modseq}
 	var live *liveSearch
 	if ret.opts.update {
-		live = startLive(s, segs)
+		live = startLive(x, segs)
 	}
 	if prog != nil {
 		return answerESearch(ctx, x, prog, r, live)
@@ -175,9 +175,9 @@ type liveSearch struct {
 	err     error
 }
 
-func startLive(s *proxy.Session, segs []imapcodec.Segment) *liveSearch {
-	l := &liveSearch{mark: contextsearch.Mark(s)}
-	l.matcher, l.err = contextsearch.NewSearchMatcher(s, segs)
+func startLive(x *proxy.Exchange, segs []imapcodec.Segment) *liveSearch {
+	l := &liveSearch{mark: contextsearch.Mark(x.Session())}
+	l.matcher, l.err = contextsearch.MatcherFor(x, segs)
 	return l
 }
 

@@ -98,7 +98,7 @@ func TestBenchmarkSort(t *testing.T) {
 	l.MustOK("LOGOUT")
 
 	// The proxy over the legacy profile.
-	ext := New(Config{SearchCasemap: true})
+	ext := New(Config{})
 	cfg := proxy.Config{Extensions: []proxy.Extension{esearch.New(), ext, condstore.New()}}
 	cfg.Upstream = imaptest.DefaultUpstream()
 	cfg.Upstream.Timeout = 10 * time.Minute

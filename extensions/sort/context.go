@@ -64,9 +64,9 @@ type liveSort struct {
 
 // startLive prepares the context of a SORT whose search goes upstream as
 // search ("tag UID SEARCH CHARSET c criteria").
-func startLive(s *proxy.Session, search []imapcodec.Segment, crit []Criterion) *liveSort {
-	l := &liveSort{mark: contextsearch.Mark(s), sorter: &sorter{crit: crit, keys: map[uint32]*folded{}}}
-	l.matcher, l.err = contextsearch.NewSearchMatcher(s, search)
+func startLive(x *proxy.Exchange, search []imapcodec.Segment, crit []Criterion) *liveSort {
+	l := &liveSort{mark: contextsearch.Mark(x.Session()), sorter: &sorter{crit: crit, keys: map[uint32]*folded{}}}
+	l.matcher, l.err = contextsearch.MatcherFor(x, search)
 	return l
 }
 

@@ -1,6 +1,5 @@
 // Package sort gives every session SORT (RFC 5256), SORT=DISPLAY (RFC
-// 5957), ESORT (RFC 5267 section 3) and, where it is true, I18NLEVEL=1
-// (RFC 5255), whatever the upstream offers.
+// 5957) and ESORT (RFC 5267 section 3), whatever the upstream offers.
 //
 // Relayed or synthesized. Where the upstream advertises SORT (and
 // SORT=DISPLAY for DISPLAYFROM and DISPLAYTO) the command is relayed and
@@ -35,11 +34,9 @@
 // lists the messages in sort order. The answer is esearch's ESEARCH
 // response (esearch.AppendResponse). SAVE with SORT is refused (BAD).
 //
-// I18NLEVEL=1 is advertised only where every comparison a client can ask
-// for is i;unicode-casemap: the upstream has no SORT of its own (all sorts
-// are the proxy's) and the operator has said (Config.SearchCasemap) that
-// the upstream's SEARCH matches with i;unicode-casemap, as Dovecot's does.
-// Where the upstream advertises I18NLEVEL itself, the core relays it.
+// I18NLEVEL=1 (RFC 5255 section 4), which asks i;unicode-casemap of the
+// sorts and of the searches, is extensions/casesearch's: this package's
+// sorts compare that way, and casesearch makes the searches do so too.
 //
 // CONTEXT=SORT (RFC 5267 section 4 with SORT), where Config.Contexts says
 // extensions/contextsearch is in the chain: PARTIAL and CONTEXT are
@@ -83,19 +80,14 @@ type Config struct {
 	// MaxStored bounds the key records kept per account in Services.Data
 	// (default 500,000).
 	MaxStored int
-	// SearchCasemap states that the upstream's SEARCH compares strings
-	// with i;unicode-casemap (Dovecot's does, whatever capabilities it is
-	// configured to advertise): with it, I18NLEVEL=1 is advertised over an
-	// upstream without SORT. Leave it false when unsure.
-	SearchCasemap bool
 	// Contexts offers CONTEXT=SORT (RFC 5267 section 4 for SORT). Set it
 	// where extensions/contextsearch is in the chain: it keeps the live
 	// contexts a SORT RETURN (UPDATE) opens (context.go).
 	Contexts bool
 }
 
-// Extension implements SORT, SORT=DISPLAY, ESORT and I18NLEVEL=1; see the
-// package comment.
+// Extension implements SORT, SORT=DISPLAY and ESORT; see the package
+// comment.
 type Extension struct {
 	cfg   Config
 	cache *cache
@@ -139,9 +131,6 @@ func (e *Extension) Capabilities(state proxy.State, up upstream.Caps) []string {
 		if !up.Has(c) {
 			out = append(out, c)
 		}
-	}
-	if e.cfg.SearchCasemap && !up.Has("SORT") && len(up.WithPrefix("I18NLEVEL=")) == 0 {
-		out = append(out, "I18NLEVEL=1")
 	}
 	if e.cfg.Contexts {
 		// Never relayed (the core leaves it out: an upstream's contexts
@@ -241,7 +230,7 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	x.Segments = cmd.search(x.Segments)
 	var live *liveSort
 	if update {
-		live = startLive(s, x.Segments, cmd.crit)
+		live = startLive(x, x.Segments, cmd.crit)
 	}
 	x.Filter(func(resp *proxy.Response) *proxy.Response {
 		if resp.Head.Name != "SEARCH" {

@@ -9,6 +9,10 @@
 // comparing. Input that is not valid UTF-8 has each invalid byte replaced
 // by U+FFFD first, so every input has a canonical form and the order is
 // total (RFC 5051 leaves invalid input to the caller).
+//
+// Text too long to fold at once (a message body searched by
+// extensions/casesearch) is folded as a stream by Transformer, to the
+// same bytes.
 package casemap
 
 import (
@@ -16,6 +20,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"golang.org/x/text/runes"
+	"golang.org/x/text/transform"
 	"golang.org/x/text/unicode/norm"
 )
 
@@ -35,6 +41,15 @@ func Fold(s string) string {
 		b.WriteRune(unicode.ToTitle(r)) // RuneError for invalid bytes
 	}
 	return norm.NFKD.String(b.String())
+}
+
+// Transformer returns a transformer of a stream into its canonical form:
+// the output is Fold of the whole input, wherever the input is cut into
+// pieces (runes.Map waits for a rune cut in two, norm for the end of a
+// combining sequence). Each call returns a new one; it keeps state between
+// pieces.
+func Transformer() transform.Transformer {
+	return transform.Chain(runes.Map(unicode.ToTitle), norm.NFKD)
 }
 
 // Compare compares a and b under i;unicode-casemap: -1, 0 or +1.

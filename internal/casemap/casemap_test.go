@@ -1,8 +1,12 @@
 package casemap
 
 import (
+	"bytes"
+	"io"
 	"testing"
 	"unicode/utf8"
+
+	"golang.org/x/text/transform"
 )
 
 // TestFold checks canonical forms: titlecase first, then NFKD, so that
@@ -68,4 +72,39 @@ func FuzzFold(f *testing.F) {
 			t.Fatalf("Compare(%q, itself) != 0", a)
 		}
 	})
+}
+
+// FuzzTransformer: the streamed canonical form is Fold's, however the
+// input is cut into pieces.
+func FuzzTransformer(f *testing.F) {
+	for _, s := range []string{"", "abc", "Äpfel", "ǆemal ﬁsh", "e\u0301\u0323x", "\xff\xe2\x82", "ＦＵＬＬ", "a\u0308\u0301\u0301\u0301b"} {
+		f.Add(s, uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, s string, cut uint8) {
+		want := Fold(s)
+		if got, _, err := transform.String(Transformer(), s); err != nil || got != want {
+			t.Fatalf("whole %q: %q (%v), Fold %q", s, got, err, want)
+		}
+		n := int(cut%16) + 1
+		r := transform.NewReader(&pieces{b: []byte(s), n: n}, Transformer())
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, []byte(want)) {
+			t.Fatalf("%q in pieces of %d: %q (%v), Fold %q", s, n, got, err, want)
+		}
+	})
+}
+
+// pieces reads b at most n bytes at a time.
+type pieces struct {
+	b []byte
+	n int
+}
+
+func (p *pieces) Read(b []byte) (int, error) {
+	if len(p.b) == 0 {
+		return 0, io.EOF
+	}
+	k := copy(b[:min(len(b), p.n)], p.b)
+	p.b = p.b[k:]
+	return k, nil
 }

@@ -75,9 +75,15 @@ type Settings struct {
 	NotifyPollInterval Duration `toml:"notify-poll-interval"`
 
 	// UpstreamSearchCasemap states that the upstream's SEARCH compares
-	// strings with i;unicode-casemap (Dovecot's does): the proxy may then
-	// advertise I18NLEVEL=1 over it (extensions/sort, docs/sort.md).
+	// strings with i;unicode-casemap (Dovecot's does): the proxy then
+	// relays searches rather than evaluating their substring keys itself
+	// for I18NLEVEL=1 (extensions/casesearch, docs/i18nlevel.md).
 	UpstreamSearchCasemap bool `toml:"upstream-search-casemap"`
+
+	// SearchMaxBytes bounds what the proxy reads from the upstream to
+	// evaluate one command's substring search keys; 0 or less selects
+	// the extension's default.
+	SearchMaxBytes int64 `toml:"search-max-bytes"`
 
 	// ContextMaxBytes is the memory all sessions' updating searches and
 	// sorts (RFC 5267 CONTEXT=SEARCH, CONTEXT=SORT) may hold together
@@ -148,6 +154,7 @@ func Defaults() Settings {
 		PollInterval:        Duration{30 * time.Second},
 		NotifyPollInterval:  Duration{30 * time.Second},
 		ContextMaxBytes:     64 << 20,
+		SearchMaxBytes:      256 << 20,
 		ConnsPerIP:          2000,
 		SessionsPerUser:     50,
 		PreAuthCommands:     25,
@@ -215,7 +222,8 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.ClusterLeaseTTL, "cluster-lease-ttl", s.ClusterLeaseTTL, "a node that has not renewed its lease for this long is dead: others take its accounts over, and it fences itself")
 	fs.TextVar(&s.ClusterRelease, "cluster-release-after", s.ClusterRelease, "an account with no session on its node for this long is released, so that it can move to its preferred node")
 	fs.Int64Var(&s.ContextMaxBytes, "context-max-bytes", s.ContextMaxBytes, "most bytes all sessions' updating searches and sorts (CONTEXT=SEARCH, CONTEXT=SORT) may hold together; past it a new one is refused updates (NOUPDATE)")
-	fs.BoolVar(&s.UpstreamSearchCasemap, "upstream-search-casemap", s.UpstreamSearchCasemap, "the upstream's SEARCH compares with i;unicode-casemap (true of Dovecot): advertise I18NLEVEL=1 where the proxy sorts")
+	fs.BoolVar(&s.UpstreamSearchCasemap, "upstream-search-casemap", s.UpstreamSearchCasemap, "the upstream's SEARCH compares with i;unicode-casemap (true of Dovecot): relay searches instead of evaluating their substring keys in the proxy for I18NLEVEL=1")
+	fs.Int64Var(&s.SearchMaxBytes, "search-max-bytes", s.SearchMaxBytes, "most bytes of headers and messages the proxy reads to evaluate one search's substring keys (I18NLEVEL=1 over an upstream whose SEARCH is not i;unicode-casemap); past it the search is answered NO [LIMIT]")
 	fs.TextVar(&s.IdleKeepAlive, "idle-keepalive", s.IdleKeepAlive, "interval of \"* OK Still here\" to idling clients; 0 (the default) sends none, to spare batteries")
 }
 

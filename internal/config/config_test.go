@@ -73,6 +73,7 @@ func TestDefaults(t *testing.T) {
 		IdleRenew:           Duration{25 * time.Minute},
 		NotifyPollInterval:  Duration{30 * time.Second},
 		ContextMaxBytes:     64 << 20,
+		SearchMaxBytes:      256 << 20,
 		ConnsPerIP:          2000,
 		SessionsPerUser:     50,
 		PreAuthCommands:     25,
@@ -163,6 +164,7 @@ idle-renew = "20m"
 idle-keepalive = "10m"
 notify-poll-interval = "2m"
 context-max-bytes = 1048576
+search-max-bytes = 2097152
 expunge-log-max = 500
 expunge-log-max-age = "48h"
 username-format = "%u"
@@ -199,6 +201,7 @@ var fullFileSettings = Settings{
 	IdleKeepAlive:       Duration{10 * time.Minute},
 	NotifyPollInterval:  Duration{2 * time.Minute},
 	ContextMaxBytes:     1 << 20,
+	SearchMaxBytes:      2 << 20,
 	ConnsPerIP:          2000,
 	SessionsPerUser:     50,
 	PreAuthCommands:     25,
