@@ -219,13 +219,24 @@ var ErrLimit = errors.New("upstream: the server's connection limit is reached")
 // a connection until its process has noticed the close, a little after
 // the budget let another one in (Dovecot's mail_max_userip_connections).
 func (b *Budget) DialLogin(ctx context.Context, cfg *Config, account, user, pass string) (*Conn, string, error) {
+	return b.DialWith(ctx, cfg, account, func(ctx context.Context, c *Conn) (string, error) {
+		return c.Login(ctx, user, pass)
+	})
+}
+
+// DialWith is DialLogin with a login of the caller's own (Conn.LoginAs
+// for a master user): login runs on the new connection and returns the
+// server's OK text; its error should wrap ErrLimit when the server
+// refused for its connection limit, which is tried again as DialLogin
+// does.
+func (b *Budget) DialWith(ctx context.Context, cfg *Config, account string, login func(context.Context, *Conn) (string, error)) (*Conn, string, error) {
 	delay := 20 * time.Millisecond
 	for try := 0; ; try++ {
 		c, err := b.Dial(ctx, cfg, account)
 		if err != nil {
 			return nil, "", err
 		}
-		text, err := c.Login(ctx, user, pass)
+		text, err := login(ctx, c)
 		if err == nil {
 			return c, text, nil
 		}

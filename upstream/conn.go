@@ -523,6 +523,88 @@ func (c *Conn) Login(ctx context.Context, user, pass string) (string, error) {
 		return "", fmt.Errorf("%w: credentials need literals and the upstream offers no AUTH=PLAIN with SASL-IR", ErrAuthFailed)
 	}
 	resp, err := c.Exec(ctx, cmd, nil)
+	return c.loggedIn(ctx, resp, err)
+}
+
+// LoginAs authenticates as the user authz with the credentials of authc
+// (SASL PLAIN's authorization identity, RFC 4616 section 2): a master
+// user the operator configured (authc) logs in to any user's account
+// (authz), as Dovecot (a passdb with master=yes) and Cyrus
+// (proxyservers) allow. The proxy then watches accounts for push without
+// holding their users' passwords. It needs AUTH=PLAIN (with SASL-IR when
+// offered; else the response goes after the server's continuation
+// request); LOGIN has no authorization identity. Errors are Login's.
+func (c *Conn) LoginAs(ctx context.Context, authz, authc, pass string) (string, error) {
+	if !c.caps.Has("AUTH=PLAIN") {
+		return "", fmt.Errorf("%w: upstream %s offers no AUTH=PLAIN, which a master-user login needs", ErrUnavailable, c.cfg.Addr)
+	}
+	ir := base64.StdEncoding.EncodeToString([]byte(authz + "\x00" + authc + "\x00" + pass))
+	if c.caps.Has("SASL-IR") {
+		resp, err := c.Exec(ctx, "AUTHENTICATE PLAIN "+ir, nil)
+		return c.loggedIn(ctx, resp, err)
+	}
+	resp, err := c.authenticateContinued(ctx, "AUTHENTICATE PLAIN", ir)
+	return c.loggedIn(ctx, resp, err)
+}
+
+// authenticateContinued runs an AUTHENTICATE without an initial response:
+// the response goes after the server's first continuation request.
+func (c *Conn) authenticateContinued(ctx context.Context, cmd, response string) (*Response, error) {
+	if c.broken {
+		return nil, ErrClosed
+	}
+	defer c.watch(ctx)()
+	tag := c.NextTag()
+	c.w.WriteString(tag + " " + cmd + "\r\n")
+	if err := c.w.Flush(); err != nil {
+		c.broken = true
+		return nil, fmt.Errorf("%w: sending %s: %w", ErrClosed, verb(cmd), err)
+	}
+	c.lastUsed = time.Now()
+	sent := false
+	for {
+		resp, err := c.ReadResponse()
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading response to %s: %w", ErrClosed, verb(cmd), err)
+		}
+		switch {
+		case resp.Head.Tag == tag:
+			if resp.Head.Name != "OK" {
+				return resp, &StatusError{Command: verb(cmd), Head: resp.Head}
+			}
+			if resp.Head.Code == "CAPABILITY" {
+				c.caps = ParseCaps(resp.Head.CodeArg)
+			}
+			return resp, nil
+		case resp.Head.Tag == "+" && !sent:
+			sent = true
+			c.w.WriteString(response + "\r\n")
+			if err := c.w.Flush(); err != nil {
+				c.broken = true
+				return nil, fmt.Errorf("%w: sending %s: %w", ErrClosed, verb(cmd), err)
+			}
+		case resp.Head.Tag == "+":
+			// A second challenge: PLAIN has none. Cancel (RFC 3501
+			// 6.2.2); the server answers BAD.
+			c.w.WriteString("*\r\n")
+			if err := c.w.Flush(); err != nil {
+				c.broken = true
+				return nil, fmt.Errorf("%w: sending %s: %w", ErrClosed, verb(cmd), err)
+			}
+		case resp.Head.Tag == "*":
+			if resp.Head.Name == "BYE" {
+				c.broken = true
+			}
+		default:
+			c.broken = true
+			return nil, fmt.Errorf("%w: response with unknown tag %q after %s", ErrClosed, resp.Head.Tag, verb(cmd))
+		}
+	}
+}
+
+// loggedIn finishes a login whose command was answered with resp and err:
+// it sorts the failure, or learns the capabilities and starts compression.
+func (c *Conn) loggedIn(ctx context.Context, resp *Response, err error) (string, error) {
 	var se *StatusError
 	if errors.As(err, &se) && strings.EqualFold(se.Head.Code, "LIMIT") {
 		// Not the credentials: the server's limit of connections

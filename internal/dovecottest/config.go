@@ -25,6 +25,11 @@ type configParams struct {
 	// MaxUserIPConnections is mail_max_userip_connections (0: 10000, for
 	// load tests; Dovecot's own default is 10).
 	MaxUserIPConnections int
+	// MasterUser, when set, adds a master passdb (master=yes) holding
+	// this user with MasterPassword: it logs in to any existing user's
+	// account with SASL PLAIN's authorization identity (the proxy's
+	// sessionless logins for push).
+	MasterUser, MasterPassword string
 
 	// MailUID and MailGID own the mail processes and the home directories.
 	MailUID, MailGID int
@@ -107,6 +112,15 @@ mailbox_idle_check_interval = 1 secs
 imap_capability = {{.Capabilities}}
 {{- end}}
 
+{{- if .MasterUser}}
+passdb {
+  driver = passwd-file
+  master = yes
+  args = scheme=PLAIN username_format=%u {{.Dir}}/master-passwd
+  # Only as a user that exists: the next passdb is asked for the user.
+  result_success = continue
+}
+{{- end}}
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {{.Dir}}/passwd

@@ -143,6 +143,10 @@ type Options struct {
 	// SORT and without ESORT); Dovecot implements them all, whatever it
 	// advertises. Ignored for Full, which advertises everything.
 	ExtraCaps []string
+	// MasterUser and MasterPassword configure a master user (a passdb
+	// with master=yes) who logs in to any existing user's account with
+	// AUTHENTICATE PLAIN, the user as authorization identity.
+	MasterUser, MasterPassword string
 }
 
 // StartWith is Start with options.
@@ -164,7 +168,10 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 		Profile: p,
 		users:   map[string]string{"alice": "alicepass", "bob": "bobpass"},
 	}
-	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections}
+	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections, MasterUser: o.MasterUser, MasterPassword: o.MasterPassword}
+	if strings.ContainsAny(o.MasterUser+o.MasterPassword, ":\r\n") {
+		t.Fatalf("dovecottest: master user %q: unsupported characters", o.MasterUser)
+	}
 	if p == Full {
 		params.Compress = true
 		params.Metadata = true
@@ -188,6 +195,12 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 	params.Instance = s.instance
 	if err := s.writePasswd(); err != nil {
 		t.Fatalf("dovecottest: %v", err)
+	}
+	if o.MasterUser != "" {
+		line := o.MasterUser + ":{PLAIN}" + o.MasterPassword + "\n"
+		if err := os.WriteFile(filepath.Join(dir, "master-passwd"), []byte(line), 0o644); err != nil {
+			t.Fatalf("dovecottest: %v", err)
+		}
 	}
 
 	s.bin = bin
