@@ -43,6 +43,9 @@ type Services struct {
 	// Data keeps records per account (Config.AccountData); each extension
 	// uses a key prefix of its own, named in its package documentation.
 	Data accountdata.Store
+	// Upstream opens connections for the extension's own logins, without
+	// a session of the account (push's watchers of registered accounts).
+	Upstream *UpstreamService
 }
 
 // CapabilityProvider adds capability words to CAPABILITY responses. up holds

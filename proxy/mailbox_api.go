@@ -72,6 +72,20 @@ func (s *Session) SetEnabled(name string) { s.enabled[strings.ToUpper(name)] = t
 type Account struct {
 	Name string
 	dial hub.DialFunc
+	// user and pass are the session's credentials (UpstreamAccount);
+	// empty for an account an extension made (NewAccount).
+	user, pass string
+}
+
+// NewAccount makes an Account named name (an account key, as
+// Session.Account and UpstreamService.AccountOf give them) whose
+// connections dial opens: for an extension that logs in without a
+// session of the account (push watches registered accounts with a master
+// user's login, or with credentials it kept). dial must return a
+// connection logged in as that account and nobody else, counted in the
+// account's budget (UpstreamService.Dial does both).
+func NewAccount(name string, dial func(ctx context.Context) (*upstream.Conn, error)) Account {
+	return Account{Name: name, dial: dial}
 }
 
 // Dial opens a new upstream connection logged in as the account, for an
@@ -83,13 +97,55 @@ func (a Account) Dial(ctx context.Context) (*upstream.Conn, error) {
 	return a.dial(ctx)
 }
 
+// Credentials returns the user name and password a session of the account
+// logged in with, for an extension that must log in later without a
+// session and was allowed by the operator to keep them (push's sealed
+// credentials: encrypted at rest, never logged). ok is false for an
+// account an extension made with NewAccount. The password is the user's
+// secret: an extension that keeps it says how in its documentation.
+func (a Account) Credentials() (user, password string, ok bool) {
+	if a.user == "" && a.pass == "" {
+		return "", "", false
+	}
+	return a.user, a.pass, true
+}
+
 // UpstreamAccount returns the session's authenticated upstream identity
 // (its Name is empty before login).
 func (s *Session) UpstreamAccount() Account {
 	if s.account == "" {
 		return Account{}
 	}
-	return Account{Name: s.account, dial: s.watcherDial()}
+	return Account{Name: s.account, dial: s.watcherDial(), user: s.user, pass: s.pass}
+}
+
+// UpstreamService opens upstream connections for an extension's own
+// logins, where no session of the account is there to lend its
+// credentials (Provisioner gets it in Services.Upstream).
+type UpstreamService struct{ srv *Server }
+
+// Dial dials the upstream for account (an account key) within the
+// account's connection budget (upstream.Budget: ctx may be
+// upstream.Optional) and logs in with login, which must log in as that
+// account (Conn.LoginAs for a master user, Conn.Login with kept
+// credentials). A login refused for the server's connection limit is
+// tried again, as sessions' logins are.
+func (u *UpstreamService) Dial(ctx context.Context, account string, login func(context.Context, *upstream.Conn) error) (*upstream.Conn, error) {
+	c, _, err := u.srv.pool.Budget().DialWith(ctx, &u.srv.cfg.Upstream, account, func(ctx context.Context, c *upstream.Conn) (string, error) {
+		return "", login(ctx, c)
+	})
+	return c, err
+}
+
+// AccountOf returns the account key of a login as user (Session.AccountOf).
+func (u *UpstreamService) AccountOf(user string) string { return u.srv.accountKey(user) }
+
+// UserOf returns the user name an account key was made from (after the
+// username format: lower case by default), as the upstream knows the
+// user: what a master user's login names as the authorization identity.
+// ok is false for a key of another upstream.
+func (u *UpstreamService) UserOf(account string) (user string, ok bool) {
+	return strings.CutPrefix(account, u.srv.cfg.Upstream.Addr+"\x00")
 }
 
 // MailboxService gives extensions the hub's state of any mailbox of an

@@ -137,7 +137,7 @@ func (s *Server) register(exts []Extension) error {
 		}
 		names[ext.Name()] = true
 		if p, ok := ext.(Provisioner); ok {
-			if err := p.Provision(Services{Mailboxes: s.mailboxes, Data: s.cfg.AccountData}); err != nil {
+			if err := p.Provision(Services{Mailboxes: s.mailboxes, Data: s.cfg.AccountData, Upstream: &UpstreamService{s}}); err != nil {
 				return fmt.Errorf("proxy: extension %s: %w", ext.Name(), err)
 			}
 		}
