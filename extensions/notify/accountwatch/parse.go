@@ -1,13 +1,11 @@
 package accountwatch
 
 import (
-	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/lemonproxy/lemonproxy/extensions/internal/listresp"
-	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/extensions/internal/statusresp"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
@@ -37,47 +35,15 @@ func parseList(r *upstream.Response) (Mailbox, error) {
 
 // parseStatus parses "* STATUS name (item n ...)".
 func parseStatus(r *upstream.Response) (string, *Status, error) {
-	p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
-	for range 2 {
-		if _, err := p.Atom(); err != nil {
-			return "", nil, err
-		}
-		p.SP()
+	name, items, err := statusresp.Parse(r.Segments)
+	if err != nil {
+		return "", nil, fmt.Errorf("accountwatch: %w", err)
 	}
-	nv, err := p.Value()
-	name, ok := imapcodec.AsString(nv)
-	if err != nil || !ok {
-		return "", nil, errors.New("accountwatch: bad STATUS mailbox")
-	}
-	if strings.EqualFold(name, "INBOX") {
-		name = "INBOX"
-	}
-	p.SP()
-	v, err := p.Value()
-	l, ok := v.(imapcodec.List)
-	if err != nil || !ok {
-		return "", nil, errors.New("accountwatch: bad STATUS items")
-	}
-	var st Status
-	for i := 0; i+1 < len(l); i += 2 {
-		k, _ := l[i].(imapcodec.Atom)
-		a, _ := l[i+1].(imapcodec.Atom)
-		n, err := strconv.ParseUint(string(a), 10, 64)
-		if err != nil {
-			continue
-		}
-		switch strings.ToUpper(string(k)) {
-		case "MESSAGES":
-			st.Messages = uint32(n)
-		case "UIDNEXT":
-			st.UIDNext = uint32(n)
-		case "UIDVALIDITY":
-			st.UIDValidity = uint32(n)
-		case "UNSEEN":
-			st.Unseen = uint32(n)
-		case "HIGHESTMODSEQ":
-			st.UpModSeq = n
-		}
-	}
-	return name, &st, nil
+	return name, &Status{
+		Messages:    uint32(items["MESSAGES"]),
+		UIDNext:     uint32(items["UIDNEXT"]),
+		UIDValidity: uint32(items["UIDVALIDITY"]),
+		Unseen:      uint32(items["UNSEEN"]),
+		UpModSeq:    items["HIGHESTMODSEQ"],
+	}, nil
 }
