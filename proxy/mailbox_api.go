@@ -184,12 +184,27 @@ func (ms *MailboxService) State(ctx context.Context, a Account, name string) (st
 // (from the watcher's goroutine, so it must not block) whenever the
 // mailbox's state changed. The caller must call release when done.
 func (ms *MailboxService) Watch(ctx context.Context, a Account, name string, notify func()) (st *syncstate.Mailbox, release func(), err error) {
-	sub, err := ms.hub.Watch(ctx, hub.Key{Account: a.Name, Mailbox: ms.canonicalMailbox(a.Name, name)}, a.dial, notify)
+	sub, err := ms.Subscribe(ctx, a, name, notify)
 	if err != nil {
 		return nil, nil, err
 	}
-	sub.SetIdle(true) // the caller waits for pushes
 	return sub.State(), sub.Close, nil
+}
+
+// Subscribe is Watch for an extension that keeps its watch for long
+// (push's watchers of registered accounts): it returns the hub's
+// subscription itself, whose Err tells when the state it follows is
+// stale (the mailbox's UIDVALIDITY changed, or its watcher failed: close
+// it and subscribe again) and whose LastChangeRead tells when the
+// upstream's report of the latest change was read. The caller must Close
+// it.
+func (ms *MailboxService) Subscribe(ctx context.Context, a Account, name string, notify func()) (*hub.Subscription, error) {
+	sub, err := ms.hub.Watch(ctx, hub.Key{Account: a.Name, Mailbox: ms.canonicalMailbox(a.Name, name)}, a.dial, notify)
+	if err != nil {
+		return nil, err
+	}
+	sub.SetIdle(true) // the caller waits for pushes
+	return sub, nil
 }
 
 // Refresh brings the hub's state of a mailbox up to date on a connection
