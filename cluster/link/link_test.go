@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/lemonproxy/lemonproxy/internal/secretfile"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
@@ -772,7 +773,7 @@ func TestLoadSecret(t *testing.T) {
 		{"short", "0123456789abcde\n\n", 0o600, ""},
 		{"world", "0123456789abcdef0123\n", 0o644, ""},
 		{"worldwrite", "0123456789abcdef0123\n", 0o602, ""},
-		{"large", strings.Repeat("s", maxSecretFile+1), 0o600, ""},
+		{"large", strings.Repeat("s", secretfile.MaxSize+1), 0o600, ""},
 	} {
 		got, err := LoadSecret(write(tc.name, tc.content, tc.mode))
 		if string(got) != tc.want || (err == nil) != (tc.want != "") {
