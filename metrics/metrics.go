@@ -161,7 +161,7 @@ func (m *Metrics) Register(src Sources) {
 	for _, p := range recovery.Places() {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: ns, Name: "panics_recovered_total",
-			Help:        "Panics recovered by place (session, watcher, account_watcher, pool_janitor, statestore): each closed only what it affected; any is a bug or a damaged state file.",
+			Help:        "Panics recovered by place (session, watcher, account_watcher, pool_janitor, statestore, push): each closed only what it affected; any is a bug or a damaged state file.",
 			ConstLabels: prometheus.Labels{"place": p.String()},
 		}, func() float64 { return float64(recovery.Count(p)) }))
 	}

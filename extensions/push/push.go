@@ -25,13 +25,15 @@ import (
 // Event is what one push announces: new mail in one mailbox of the
 // account. It carries no message content.
 type Event struct {
-	Mailbox string
+	Mailbox string `json:"mailbox"`
 	// Messages is the mailbox's message count after the batch, New how
 	// many of them arrived in it (a burst is one Event, not one per
 	// message), UIDNext the mailbox's UIDNEXT after it.
-	Messages, New, UIDNext uint32
+	Messages uint32 `json:"messages"`
+	New      uint32 `json:"new"`
+	UIDNext  uint32 `json:"uidnext"`
 	// At is when the hub saw the change (push latency is measured from it).
-	At time.Time
+	At time.Time `json:"at"`
 }
 
 // Registration is one device's subscription through one channel.
@@ -59,7 +61,11 @@ type Channel interface {
 	Name() string
 	// Deliver sends one push to one registration of account. An error
 	// that wraps ErrGone removes the registration (the push service
-	// answered 404 or 410); any other error is retried with backoff.
+	// answered 404 or 410); one that wraps ErrRejected gives the push up
+	// at once; any other error is retried with backoff (no sooner than a
+	// *RetryError's After). Outcome sorts an HTTP answer this way.
+	// Deliver is called from several goroutines at once, never twice at
+	// once for one registration; ctx bounds the attempt.
 	Deliver(ctx context.Context, account string, reg Registration, ev Event) error
 }
 
@@ -69,6 +75,12 @@ var ErrGone = errors.New("push: registration gone")
 // ErrTooMany refuses a registration beyond the per-account limit.
 var ErrTooMany = errors.New("push: too many registrations for the account")
 
+// ErrRejected says the push service refused a push for good (an HTTP 4xx
+// other than 404, 408, 410, 425 and 429: a malformed token, a payload it
+// will never take). A Deliver error that wraps it is not retried: the
+// push is given up at once, counted and logged; the registration stays.
+var ErrRejected = errors.New("push: push refused by the push service")
+
 // Registrar is what a channel's IMAP command uses to register the session's
 // device: the Registry's side facing sessions.
 type Registrar interface {
@@ -77,6 +89,11 @@ type Registrar interface {
 	// watched. It captures what the proxy needs to log in for the account
 	// later (sealed credentials, where the operator chose them).
 	Register(ctx context.Context, s *proxy.Session, reg Registration) error
+	// RegisterAccount is Register for an account rather than a session:
+	// what metadata's EntryOwner is handed (a proxy.Account, which holds
+	// the session's credentials). Register(ctx, s, reg) is
+	// RegisterAccount(ctx, s.UpstreamAccount(), reg).
+	RegisterAccount(ctx context.Context, a proxy.Account, reg Registration) error
 	// Unregister removes the account's registration of channel and id; it
 	// is not an error if there is none.
 	Unregister(ctx context.Context, account, channel, id string) error

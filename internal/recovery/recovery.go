@@ -1,6 +1,6 @@
 // Package recovery catches panics at the proxy's goroutine boundaries (a
 // client session, a mailbox watcher, a NOTIFY account watcher, the pool's
-// janitor, the state store) and counts them by place.
+// janitor, the state store, a push channel's delivery) and counts them by place.
 //
 // An unrecovered panic in any goroutine ends the whole process: every
 // client session drops, and if the cause is on disk (a damaged state file)
@@ -27,10 +27,12 @@ const (
 	AccountWatcher
 	PoolJanitor
 	Store
+	// Push is a push channel's delivery (extensions/push).
+	Push
 	numPlaces
 )
 
-var names = [numPlaces]string{"session", "watcher", "account_watcher", "pool_janitor", "statestore"}
+var names = [numPlaces]string{"session", "watcher", "account_watcher", "pool_janitor", "statestore", "push"}
 
 func (p Place) String() string { return names[p] }
 
