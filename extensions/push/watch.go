@@ -72,9 +72,9 @@ type acct struct {
 	parked bool
 
 	// Polling (the mailboxes not watched live).
-	pollIdx   int // in watchers.polls; -1 when not there
-	pollDue   time.Time
-	polling   bool
+	pollIdx int // in watchers.polls; -1 when not there
+	pollDue time.Time
+	polling bool
 }
 
 // watchers keeps the registered accounts and watches them.
