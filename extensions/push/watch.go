@@ -598,7 +598,11 @@ func (w *watchers) pollLoop() {
 // login for the account). The account is parked.
 var errNoLogin = errors.New("push: cannot log in for the account without its session")
 
-// loginAccount returns the account as push logs in for it.
+// loginAccount returns the account as push logs in for it. Its dial parks
+// the account when the upstream refuses the login (and drops refused
+// sealed credentials) before it returns, so that whoever asked (the hub's
+// watcher, a poller) sees the account parked: the hub calls dial holding
+// none of its locks, and parking takes no lock the callers hold.
 func (e *Extension) loginAccount(account string) (proxy.Account, error) {
 	if e.cfg.MasterUser != "" {
 		user, ok := e.up.UserOf(account)
@@ -611,7 +615,7 @@ func (e *Extension) loginAccount(account string) (proxy.Account, error) {
 				return err
 			})
 			if errors.Is(err, upstream.ErrAuthFailed) {
-				go e.w.park(account, "the upstream refused the master user's login for the account")
+				e.w.park(account, "the upstream refused the master user's login for the account")
 				return nil, fmt.Errorf("%w: %w", errNoLogin, err)
 			}
 			return c, err
@@ -635,7 +639,7 @@ func (e *Extension) loginAccount(account string) (proxy.Account, error) {
 			return err
 		})
 		if errors.Is(err, upstream.ErrAuthFailed) {
-			go e.dropCreds(account, sealed, "the upstream refused the sealed credentials")
+			e.dropCreds(account, sealed, "the upstream refused the sealed credentials")
 			return nil, fmt.Errorf("%w: %w", errNoLogin, err)
 		}
 		return c, err

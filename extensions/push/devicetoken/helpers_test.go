@@ -254,7 +254,3 @@ func countRecords(t *testing.T, data accountdata.Store, account string) int {
 	}
 	return n
 }
-
-// helperMain runs the child process of the kill test when the test binary
-// is started as one; it reports whether it was.
-func helperMain() bool { return false }
