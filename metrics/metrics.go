@@ -43,6 +43,22 @@ type Sources struct {
 	// an upstream that lacks it, by what ("appenduid", "appenduid_omitted",
 	// "move", ...): uidplus's Stats.
 	Synthesized func() map[string]uint64
+	// Push returns push's figures (extensions/push); its delivery
+	// latencies come through ObservePushDelivery.
+	Push func() PushStats
+}
+
+// PushStats are the figures of push (extensions/push.Stats): by channel
+// where a map.
+type PushStats struct {
+	Registrations map[string]int
+	// Accounts watched live, in the polling rotation, parked (no login
+	// works until their user logs in through the proxy).
+	LiveAccounts, PolledAccounts, ParkedAccounts int
+	Pending                                      int
+	// Since start: pushes delivered, delivery attempts that failed,
+	// retries scheduled, pushes given up, registrations removed as gone.
+	Sent, Failed, Retried, GivenUp, Gone map[string]uint64
 }
 
 // ClusterStats are the figures of cluster mode (package cluster).
@@ -61,6 +77,7 @@ type Metrics struct {
 	reg         *prometheus.Registry
 	pushLatency prometheus.Histogram
 	resyncBytes prometheus.Histogram
+	pushDeliver *prometheus.HistogramVec
 	dbLatency   *prometheus.HistogramVec
 	dbOnce      sync.Once
 	ready       atomic.Bool
@@ -89,13 +106,23 @@ func New() *Metrics {
 		Help:    "Size of the answer to a QRESYNC SELECT or EXAMINE (HIGHESTMODSEQ, VANISHED (EARLIER), FETCH).",
 		Buckets: prometheus.ExponentialBuckets(64, 4, 10),
 	})
+	m.pushDeliver = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: ns, Name: "push_delivery_seconds",
+		Help:    "Latency of a push to a device (extensions/push), by channel: from the watcher reading the upstream's report of new mail to the push service accepting the push, retries included.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 3600},
+	}, []string{"channel"})
 	m.dbLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: ns, Name: "cluster_db_seconds",
 		Help:    "Latency of the cluster's database operations by kind (cluster mode).",
 		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5},
 	}, []string{"op"})
-	m.reg.MustRegister(m.pushLatency, m.resyncBytes)
+	m.reg.MustRegister(m.pushLatency, m.resyncBytes, m.pushDeliver)
 	return m
+}
+
+// ObservePushDelivery records one delivered push (push's OnDelivered).
+func (m *Metrics) ObservePushDelivery(channel string, d time.Duration) {
+	m.pushDeliver.WithLabelValues(channel).Observe(d.Seconds())
 }
 
 // ObserveDB records the latency of one cluster database operation (the
@@ -183,6 +210,9 @@ func (m *Metrics) Register(src Sources) {
 			}, func() float64 { return float64(src.Synthesized()[what]) }))
 		}
 	}
+	if src.Push != nil {
+		m.registerPush(src.Push)
+	}
 	if src.Compress != nil {
 		bytes := func(dir, form string, pick func(pi, ci, po, co int64) int64) {
 			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -199,6 +229,73 @@ func (m *Metrics) Register(src Sources) {
 			Namespace: ns, Name: "compress_sessions", Help: "Sessions with COMPRESS=DEFLATE on.",
 		}, func() float64 { _, _, _, _, a := src.Compress(); return float64(a) }))
 	}
+}
+
+// registerPush adds push's metrics, for the channels it has at start.
+func (m *Metrics) registerPush(f func() PushStats) {
+	var cached atomic.Pointer[pushAt]
+	st := func() PushStats {
+		if c := cached.Load(); c != nil && time.Since(c.at) < time.Second {
+			return c.st
+		}
+		s := f()
+		cached.Store(&pushAt{s, time.Now()})
+		return s
+	}
+	first := f()
+	for ch := range first.Registrations {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: ns, Name: "push_registrations", Help: "Devices registered for push, by channel.",
+			ConstLabels: prometheus.Labels{"channel": ch},
+		}, func() float64 { return float64(st().Registrations[ch]) }))
+	}
+	for _, mode := range []string{"live", "polled", "parked"} {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: ns, Name: "push_accounts",
+			Help:        "Registered accounts by how they are watched: live (one upstream connection each, IDLE), polled (STATUS in rotation over a bounded pool; live accounts with further mailboxes too), parked (no login works until the user logs in through the proxy).",
+			ConstLabels: prometheus.Labels{"mode": mode},
+		}, func() float64 {
+			s := st()
+			return float64(map[string]int{"live": s.LiveAccounts, "polled": s.PolledAccounts, "parked": s.ParkedAccounts}[mode])
+		}))
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: ns, Name: "push_pending", Help: "Pushes waiting for delivery (kept on disk until delivered or given up).",
+	}, func() float64 { return float64(st().Pending) }))
+	counters := []struct {
+		name, help string
+		pick       func(PushStats) map[string]uint64
+	}{
+		{"push_sent_total", "Pushes delivered, by channel.", func(s PushStats) map[string]uint64 { return s.Sent }},
+		{"push_failed_attempts_total", "Delivery attempts that failed, by channel.", func(s PushStats) map[string]uint64 { return s.Failed }},
+		{"push_retries_total", "Failed pushes scheduled again with backoff, by channel.", func(s PushStats) map[string]uint64 { return s.Retried }},
+		{"push_given_up_total", "Pushes given up (after the give-up time, or refused for good by the push service; channel \"unknown\": unreadable records), by channel: each is logged at ERROR.", func(s PushStats) map[string]uint64 { return s.GivenUp }},
+		{"push_gone_total", "Registrations removed because their push service said they are gone (404, 410), by channel.", func(s PushStats) map[string]uint64 { return s.Gone }},
+	}
+	channels := map[string]bool{"": true}
+	for ch := range first.Registrations {
+		channels[ch] = true
+	}
+	for _, c := range counters {
+		for ch := range channels {
+			label := ch
+			if label == "" {
+				label = "unknown"
+				if c.name != "push_given_up_total" {
+					continue
+				}
+			}
+			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Namespace: ns, Name: c.name, Help: c.help,
+				ConstLabels: prometheus.Labels{"channel": label},
+			}, func() float64 { return float64(c.pick(st())[ch]) }))
+		}
+	}
+}
+
+type pushAt struct {
+	st PushStats
+	at time.Time
 }
 
 // registerCluster adds cluster mode's metrics.

@@ -141,3 +141,48 @@ func TestClusterMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestPushMetrics: push's figures, by channel, and its delivery latency.
+func TestPushMetrics(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{})
+	m := metrics.New()
+	m.Register(metrics.Sources{Server: p.Srv, Push: func() metrics.PushStats {
+		return metrics.PushStats{
+			Registrations: map[string]int{"devicetoken": 3, "webpush": 1},
+			LiveAccounts:  2, PolledAccounts: 1, ParkedAccounts: 1, Pending: 4,
+			Sent: map[string]uint64{"devicetoken": 10}, Failed: map[string]uint64{"devicetoken": 2},
+			Retried: map[string]uint64{"devicetoken": 2}, GivenUp: map[string]uint64{"webpush": 1, "": 1},
+			Gone: map[string]uint64{"devicetoken": 1},
+		}
+	}})
+	m.ObservePushDelivery("devicetoken", 20*time.Millisecond)
+	hs := httptest.NewServer(m.Handler())
+	_, body := get(t, hs.URL+"/metrics")
+	hs.Close()
+	for _, want := range []string{
+		`lemonproxy_push_registrations{channel="devicetoken"} 3`,
+		`lemonproxy_push_registrations{channel="webpush"} 1`,
+		`lemonproxy_push_accounts{mode="live"} 2`,
+		`lemonproxy_push_accounts{mode="polled"} 1`,
+		`lemonproxy_push_accounts{mode="parked"} 1`,
+		`lemonproxy_push_pending 4`,
+		`lemonproxy_push_sent_total{channel="devicetoken"} 10`,
+		`lemonproxy_push_sent_total{channel="webpush"} 0`,
+		`lemonproxy_push_failed_attempts_total{channel="devicetoken"} 2`,
+		`lemonproxy_push_retries_total{channel="devicetoken"} 2`,
+		`lemonproxy_push_given_up_total{channel="webpush"} 1`,
+		`lemonproxy_push_given_up_total{channel="unknown"} 1`,
+		`lemonproxy_push_gone_total{channel="devicetoken"} 1`,
+		`lemonproxy_push_delivery_seconds_count{channel="devicetoken"} 1`,
+		`lemonproxy_push_delivery_seconds_bucket{channel="devicetoken",le="0.025"} 1`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

@@ -55,12 +55,7 @@ type Config struct {
 	// start-up every registered account's). Default 16.
 	StartConcurrency int
 
-	// ObserveLatency, if set, is called after every delivered push with
-	// its channel and the time from the hub's reading of the change
-	// (Event.At) to the push service's acceptance (the metrics' push
-	// delivery histogram).
-	ObserveLatency func(channel string, d time.Duration)
-	Logger         *slog.Logger
+	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -130,6 +125,12 @@ func canonicalBoxes(boxes []string) []string {
 // data store, the mailbox service, the upstream service), a SessionHook
 // (a login refreshes the account's sealed credentials) and an io.Closer.
 type Extension struct {
+	// OnDelivered, if set before the server starts, is told of every
+	// delivered push: its channel and the time from the hub's reading of
+	// the change (Event.At) to the push service's acceptance (metrics'
+	// push delivery histogram).
+	OnDelivered func(channel string, latency time.Duration)
+
 	cfg      Config
 	log      *slog.Logger
 	channels map[string]Channel

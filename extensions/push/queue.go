@@ -425,8 +425,8 @@ func (q *queue) send(rq *regQueue, it *item, rec pending) {
 	case err == nil:
 		d := time.Since(rec.At)
 		e.stats.sent(k.channel)
-		if e.cfg.ObserveLatency != nil {
-			e.cfg.ObserveLatency(k.channel, d)
+		if e.OnDelivered != nil {
+			e.OnDelivered(k.channel, d)
 		}
 		log.Debug("pushed", "new", rec.New, "latency", d, "attempts", rec.Attempts+1)
 		done()
