@@ -73,6 +73,32 @@ func OpenBolt(dir string, log *slog.Logger) (*Bolt, error) {
 	return s, nil
 }
 
+// OpenBoltReadOnly opens accountdata.db in dir for reading only, for
+// tools that inspect it (lemonproxy push list): it creates nothing, moves
+// nothing aside (a damaged file is an error), and waits at most timeout
+// for a running proxy, which holds the file locked, to let it go. Every
+// write fails.
+func OpenBoltReadOnly(dir string, timeout time.Duration) (*Bolt, error) {
+	s := &Bolt{path: filepath.Join(dir, FileName), log: slog.New(slog.DiscardHandler)}
+	if _, err := os.Stat(s.path); err != nil {
+		return nil, fmt.Errorf("accountdata: %w", err)
+	}
+	var db *bolt.DB
+	err := guard(func() error {
+		var oerr error
+		db, oerr = bolt.Open(s.path, 0o600, &bolt.Options{ReadOnly: true, Timeout: timeout})
+		return oerr
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("accountdata: %s is locked (a running lemonproxy holds it): %w", s.path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("accountdata: opening %s: %w", s.path, err)
+	}
+	s.db = db
+	return s, nil
+}
+
 var (
 	errPanicked = errors.New("bbolt panicked")
 	errDamaged  = errors.New("damaged")

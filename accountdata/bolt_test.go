@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
 	"github.com/lemonproxy/lemonproxy/accountdata/datatest"
@@ -107,5 +108,35 @@ func TestBoltDamaged(t *testing.T) {
 	}
 	if v, err := s.Get("alice", "k"); err != nil || string(v) != "v" {
 		t.Fatalf("new file unusable: %q, %v", v, err)
+	}
+}
+
+// TestBoltReadOnly: a tool reads the records; it cannot write, creates
+// nothing where there is no file, and gives up on a file a running proxy
+// holds.
+func TestBoltReadOnly(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := accountdata.OpenBoltReadOnly(dir, 100*time.Millisecond); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("no file: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, accountdata.FileName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("a file was created")
+	}
+	s := openBolt(t, dir, nil)
+	accountdata.Put(s, "alice", "push/r/x", []byte("v"))
+	if _, err := accountdata.OpenBoltReadOnly(dir, 100*time.Millisecond); err == nil || !strings.Contains(err.Error(), "locked") {
+		t.Fatalf("while open elsewhere: %v", err)
+	}
+	s.Close()
+	ro, err := accountdata.OpenBoltReadOnly(dir, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if v, err := ro.Get("alice", "push/r/x"); err != nil || string(v) != "v" {
+		t.Fatalf("Get: %q %v", v, err)
+	}
+	if err := accountdata.Put(ro, "alice", "k", []byte("v")); err == nil {
+		t.Fatal("a write succeeded")
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/lemonproxy/lemonproxy/extensions/chain"
@@ -12,7 +13,7 @@ import (
 
 // extensions is the chain of extensions (package chain: the one list and
 // its order) with the settings' values.
-func extensions(s config.Settings) ([]proxy.Extension, error) {
+func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) {
 	var hosts []string
 	for _, h := range strings.Split(s.URLHosts, ",") {
 		if h = strings.TrimSpace(h); h != "" {
@@ -23,7 +24,7 @@ func extensions(s config.Settings) ([]proxy.Extension, error) {
 	if err != nil {
 		return nil, fmt.Errorf("urlauth-submit-from: %w", err)
 	}
-	return chain.Extensions(chain.Config{
+	exts := chain.Extensions(chain.Config{
 		IdleKeepAlive:         s.IdleKeepAlive.Duration,
 		NotifyPollInterval:    s.NotifyPollInterval.Duration,
 		WatchGrace:            s.WatchGrace.Duration,
@@ -32,5 +33,13 @@ func extensions(s config.Settings) ([]proxy.Extension, error) {
 		ContextMaxBytes:       s.ContextMaxBytes,
 		URLHosts:              hosts,
 		SubmitFrom:            submit,
-	}), nil
+	})
+	pp, err := pushSetup(s, log)
+	if err != nil {
+		return nil, err
+	}
+	if pp != nil {
+		exts = withPush(exts, pp)
+	}
+	return exts, nil
 }

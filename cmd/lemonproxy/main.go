@@ -7,6 +7,7 @@
 //	lemonproxy serve -listen 127.0.0.1:1143 -upstream imap.example.com:993 -upstream-security tls
 //	lemonproxy demo
 //	lemonproxy cluster status -cluster-db postgres://db.example.com/lemonproxy
+//	lemonproxy push list -data /var/lib/lemonproxy
 //	lemonproxy conformance -target imap.example.com:993 -tls -user U -pass P
 //	lemonproxy version
 package main
@@ -34,6 +35,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
+	"github.com/lemonproxy/lemonproxy/extensions/push"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/listen"
@@ -55,6 +57,7 @@ Commands:
   serve    run the proxy in front of an upstream IMAP server
   demo     run the proxy in front of a built-in demo server
   cluster  status and drain of a cluster's nodes (cluster mode)
+  push     list the devices registered for push
   conformance
            test an IMAP server (or lemonproxy) RFC section by RFC section
   load     generate load (idle, push, resync, fetch, mixed) and measure
@@ -75,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stdout, stderr, true)
 	case "cluster":
 		return clusterCmd(args[1:], stdout, stderr)
+	case "push":
+		return pushCmd(args[1:], stdout, stderr)
 	case "conformance":
 		return conformance.Main(args[1:], stdout, stderr)
 	case "load":
@@ -142,6 +147,14 @@ func withMetrics(m *metrics.Metrics, cfg *proxy.Config) func(*proxy.Server, func
 			}
 		case *notify.Extension:
 			src.AccountWatchers = e.Accounts().Watchers
+		case *push.Extension:
+			e.OnDelivered = m.ObservePushDelivery
+			src.Push = func() metrics.PushStats {
+				st := e.Stats()
+				return metrics.PushStats{Registrations: st.Registrations, LiveAccounts: st.LiveAccounts, PolledAccounts: st.PolledAccounts,
+					ParkedAccounts: st.ParkedAccounts, Pending: st.Pending, Sent: st.Sent, Failed: st.Failed, Retried: st.Retried,
+					GivenUp: st.GivenUp, Gone: st.Gone}
+			}
 		case *uidplus.Extension:
 			src.Synthesized = func() map[string]uint64 {
 				st := e.Stats()
@@ -221,7 +234,7 @@ func serve(args []string, stdout, stderr io.Writer, demo bool) int {
 		log.Warn(w)
 	}
 	go probeUpstream(cfg.Upstream, log)
-	cfg.Extensions, err = extensions(settings)
+	cfg.Extensions, err = extensions(settings, log)
 	if err != nil {
 		log.Error("configuration", "err", err)
 		return 2

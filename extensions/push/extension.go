@@ -55,6 +55,12 @@ type Config struct {
 	// start-up every registered account's). Default 16.
 	StartConcurrency int
 
+	// Endpoints is the policy for push endpoints that clients name (Web
+	// Push subscriptions): channels take it from Extension.Endpoints, so
+	// that one operator setting (-push-allow-private-endpoints) covers
+	// them all. The zero value is the production policy.
+	Endpoints EndpointPolicy
+
 	Logger *slog.Logger
 }
 
@@ -200,6 +206,10 @@ func (e *Extension) AddChannel(ch Channel) {
 
 // Name identifies the extension.
 func (*Extension) Name() string { return "push" }
+
+// Endpoints returns the policy for push endpoints that clients name
+// (Config.Endpoints), for the channels that POST to them.
+func (e *Extension) Endpoints() EndpointPolicy { return e.cfg.Endpoints }
 
 // Provision takes the services and resumes the registered accounts'
 // watchers and the pending pushes saved before the last stop, in the

@@ -116,6 +116,21 @@ type Settings struct {
 	ClusterSecret    string   `toml:"cluster-secret"`
 	ClusterLeaseTTL  Duration `toml:"cluster-lease-ttl"`
 	ClusterRelease   Duration `toml:"cluster-release-after"`
+
+	// Push to devices (extensions/push, docs/push.md): the device-token
+	// gateway turns it on; the files hold secrets (read at start).
+	PushGateway                string   `toml:"push-gateway"`
+	PushGatewaySecret          string   `toml:"push-gateway-secret"`
+	UpstreamMasterUser         string   `toml:"upstream-master-user"`
+	UpstreamMasterPasswordFile string   `toml:"upstream-master-password-file"`
+	PushCredentialsKey         string   `toml:"push-credentials-key"`
+	PushMailboxes              string   `toml:"push-mailboxes"`
+	PushLiveWatchers           int      `toml:"push-live-watchers"`
+	PushPollConns              int      `toml:"push-poll-conns"`
+	PushPollInterval           Duration `toml:"push-poll-interval"`
+	PushMaxRegistrations       int      `toml:"push-max-registrations"`
+	PushGiveUp                 Duration `toml:"push-give-up"`
+	PushAllowPrivateEndpoints  bool     `toml:"push-allow-private-endpoints"`
 }
 
 // Duration is a time.Duration written "30s" in the file and on the command
@@ -136,36 +151,42 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // Defaults returns the default settings.
 func Defaults() Settings {
 	return Settings{
-		Listen:              "127.0.0.1:1143",
-		UpstreamSecurity:    "none",
-		UpstreamTimeout:     Duration{30 * time.Second},
-		PoolIdlePerAccount:  2,
-		PoolIdleTotal:       1000,
-		PoolIdleTimeout:     Duration{5 * time.Minute},
-		Data:                "./lemonproxy-data",
-		LogLevel:            "info",
-		MaxLine:             imapcodec.DefaultMaxLine,
-		MaxLiteral:          imapcodec.DefaultMaxInlineLiteral,
-		MaxAppend:           64 << 20,
-		MaxDepth:            imapcodec.DefaultMaxDepth,
-		AuthFailureDelay:    Duration{2 * time.Second},
-		PreAuthTimeout:      Duration{60 * time.Second},
-		IdleTimeout:         Duration{30 * time.Minute},
-		PollInterval:        Duration{30 * time.Second},
-		NotifyPollInterval:  Duration{30 * time.Second},
-		ContextMaxBytes:     64 << 20,
-		SearchMaxBytes:      256 << 20,
-		ConnsPerIP:          2000,
-		SessionsPerUser:     50,
-		PreAuthCommands:     25,
-		AuthFailureMaxDelay: Duration{30 * time.Second},
-		UsernameFormat:      proxy.UsernameLower,
-		WatchGrace:          Duration{10 * time.Second},
-		IdleRenew:           Duration{25 * time.Minute},
-		ExpungeLogMax:       10000,
-		ExpungeLogMaxAge:    Duration{30 * 24 * time.Hour},
-		ClusterLeaseTTL:     Duration{10 * time.Second},
-		ClusterRelease:      Duration{60 * time.Second},
+		Listen:               "127.0.0.1:1143",
+		UpstreamSecurity:     "none",
+		UpstreamTimeout:      Duration{30 * time.Second},
+		PoolIdlePerAccount:   2,
+		PoolIdleTotal:        1000,
+		PoolIdleTimeout:      Duration{5 * time.Minute},
+		Data:                 "./lemonproxy-data",
+		LogLevel:             "info",
+		MaxLine:              imapcodec.DefaultMaxLine,
+		MaxLiteral:           imapcodec.DefaultMaxInlineLiteral,
+		MaxAppend:            64 << 20,
+		MaxDepth:             imapcodec.DefaultMaxDepth,
+		AuthFailureDelay:     Duration{2 * time.Second},
+		PreAuthTimeout:       Duration{60 * time.Second},
+		IdleTimeout:          Duration{30 * time.Minute},
+		PollInterval:         Duration{30 * time.Second},
+		NotifyPollInterval:   Duration{30 * time.Second},
+		ContextMaxBytes:      64 << 20,
+		SearchMaxBytes:       256 << 20,
+		ConnsPerIP:           2000,
+		SessionsPerUser:      50,
+		PreAuthCommands:      25,
+		AuthFailureMaxDelay:  Duration{30 * time.Second},
+		UsernameFormat:       proxy.UsernameLower,
+		WatchGrace:           Duration{10 * time.Second},
+		IdleRenew:            Duration{25 * time.Minute},
+		ExpungeLogMax:        10000,
+		ExpungeLogMaxAge:     Duration{30 * 24 * time.Hour},
+		ClusterLeaseTTL:      Duration{10 * time.Second},
+		ClusterRelease:       Duration{60 * time.Second},
+		PushMailboxes:        "INBOX",
+		PushLiveWatchers:     10000,
+		PushPollConns:        4,
+		PushPollInterval:     Duration{60 * time.Second},
+		PushMaxRegistrations: 20,
+		PushGiveUp:           Duration{6 * time.Hour},
 	}
 }
 
@@ -225,6 +246,18 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&s.UpstreamSearchCasemap, "upstream-search-casemap", s.UpstreamSearchCasemap, "the upstream's SEARCH compares with i;unicode-casemap (true of Dovecot): relay searches instead of evaluating their substring keys in the proxy for I18NLEVEL=1")
 	fs.Int64Var(&s.SearchMaxBytes, "search-max-bytes", s.SearchMaxBytes, "most bytes of headers and messages the proxy reads to evaluate one search's substring keys (I18NLEVEL=1 over an upstream whose SEARCH is not i;unicode-casemap); past it the search is answered NO [LIMIT]")
 	fs.TextVar(&s.IdleKeepAlive, "idle-keepalive", s.IdleKeepAlive, "interval of \"* OK Still here\" to idling clients; 0 (the default) sends none, to spare batteries")
+	fs.StringVar(&s.PushGateway, "push-gateway", s.PushGateway, "URL the device tokens registered with METADATA /private/devicetoken are POSTed to on new mail (https; http only to loopback); empty: no device-token push (docs/push.md)")
+	fs.StringVar(&s.PushGatewaySecret, "push-gateway-secret", s.PushGatewaySecret, "file holding the secret that signs each gateway POST (HMAC-SHA256, header X-Lemonproxy-Signature); empty: unsigned")
+	fs.StringVar(&s.UpstreamMasterUser, "upstream-master-user", s.UpstreamMasterUser, "master user push logs in as for accounts without a session (SASL PLAIN, the user as authorization identity; Dovecot: a passdb with master=yes)")
+	fs.StringVar(&s.UpstreamMasterPasswordFile, "upstream-master-password-file", s.UpstreamMasterPasswordFile, "file holding the master user's password")
+	fs.StringVar(&s.PushCredentialsKey, "push-credentials-key", s.PushCredentialsKey, "file holding 32 random bytes (raw or base64): without a master user, push keeps the users' own credentials sealed with it (AES-256-GCM) to log in for them")
+	fs.StringVar(&s.PushMailboxes, "push-mailboxes", s.PushMailboxes, "comma-separated mailboxes whose new mail pushes")
+	fs.IntVar(&s.PushLiveWatchers, "push-live-watchers", s.PushLiveWatchers, "most registered accounts watched live (one upstream connection each); the others are polled in rotation; -1: none live")
+	fs.IntVar(&s.PushPollConns, "push-poll-conns", s.PushPollConns, "upstream connections polling registered accounts beyond push-live-watchers at once")
+	fs.TextVar(&s.PushPollInterval, "push-poll-interval", s.PushPollInterval, "how often a polled registered account is polled at most")
+	fs.IntVar(&s.PushMaxRegistrations, "push-max-registrations", s.PushMaxRegistrations, "most devices registered for push per account")
+	fs.TextVar(&s.PushGiveUp, "push-give-up", s.PushGiveUp, "a push not delivered for this long is given up (counted and logged)")
+	fs.BoolVar(&s.PushAllowPrivateEndpoints, "push-allow-private-endpoints", s.PushAllowPrivateEndpoints, "let push endpoints named by clients (Web Push) be loopback or private addresses, and plain http to loopback (tests only: it opens the proxy to server-side request forgery)")
 }
 
 // Parse parses args into settings: defaults, then the file named by -config
@@ -416,7 +449,40 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	if err := s.checkCluster(); err != nil {
 		return cfg, err
 	}
+	if err := s.checkPush(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// PushEnabled reports whether a push channel is configured.
+func (s *Settings) PushEnabled() bool { return s.PushGateway != "" }
+
+// checkPush checks the push settings (the files are read at start).
+func (s *Settings) checkPush() error {
+	if (s.UpstreamMasterUser == "") != (s.UpstreamMasterPasswordFile == "") {
+		return errors.New("config: upstream-master-user and upstream-master-password-file go together")
+	}
+	if !s.PushEnabled() {
+		return nil
+	}
+	switch {
+	case s.UpstreamMasterUser == "" && s.PushCredentialsKey == "":
+		return errors.New("config: push needs a way to log in without the user: upstream-master-user (with upstream-master-password-file) or push-credentials-key")
+	case s.ClusterDB != "":
+		return errors.New("config: push is not supported in cluster mode yet (docs/push.md)")
+	case s.PushMaxRegistrations < 1:
+		return fmt.Errorf("config: push-max-registrations %d: at least 1", s.PushMaxRegistrations)
+	case s.PushPollConns < 1:
+		return fmt.Errorf("config: push-poll-conns %d: at least 1", s.PushPollConns)
+	case s.PushPollInterval.Duration < time.Second:
+		return fmt.Errorf("config: push-poll-interval %v: at least 1s", s.PushPollInterval.Duration)
+	case s.PushGiveUp.Duration < time.Minute:
+		return fmt.Errorf("config: push-give-up %v: at least 1m", s.PushGiveUp.Duration)
+	case strings.TrimSpace(s.PushMailboxes) == "":
+		return errors.New("config: push-mailboxes is empty")
+	}
+	return nil
 }
 
 // checkCluster checks the cluster settings: all or none.

@@ -53,36 +53,42 @@ func writeFile(t *testing.T, name, text string) string {
 
 func TestDefaults(t *testing.T) {
 	want := Settings{
-		Listen:              "127.0.0.1:1143",
-		UpstreamSecurity:    "none",
-		UpstreamTimeout:     Duration{30 * time.Second},
-		PoolIdlePerAccount:  2,
-		PoolIdleTotal:       1000,
-		PoolIdleTimeout:     Duration{5 * time.Minute},
-		Data:                "./lemonproxy-data",
-		LogLevel:            "info",
-		MaxLine:             imapcodec.DefaultMaxLine,
-		MaxLiteral:          imapcodec.DefaultMaxInlineLiteral,
-		MaxAppend:           64 << 20,
-		MaxDepth:            imapcodec.DefaultMaxDepth,
-		AuthFailureDelay:    Duration{2 * time.Second},
-		PreAuthTimeout:      Duration{60 * time.Second},
-		IdleTimeout:         Duration{30 * time.Minute},
-		PollInterval:        Duration{30 * time.Second},
-		WatchGrace:          Duration{10 * time.Second},
-		IdleRenew:           Duration{25 * time.Minute},
-		NotifyPollInterval:  Duration{30 * time.Second},
-		ContextMaxBytes:     64 << 20,
-		SearchMaxBytes:      256 << 20,
-		ConnsPerIP:          2000,
-		SessionsPerUser:     50,
-		PreAuthCommands:     25,
-		AuthFailureMaxDelay: Duration{30 * time.Second},
-		ExpungeLogMax:       10000,
-		ExpungeLogMaxAge:    Duration{720 * time.Hour},
-		UsernameFormat:      "%Lu",
-		ClusterLeaseTTL:     Duration{10 * time.Second},
-		ClusterRelease:      Duration{time.Minute},
+		Listen:               "127.0.0.1:1143",
+		UpstreamSecurity:     "none",
+		UpstreamTimeout:      Duration{30 * time.Second},
+		PoolIdlePerAccount:   2,
+		PoolIdleTotal:        1000,
+		PoolIdleTimeout:      Duration{5 * time.Minute},
+		Data:                 "./lemonproxy-data",
+		LogLevel:             "info",
+		MaxLine:              imapcodec.DefaultMaxLine,
+		MaxLiteral:           imapcodec.DefaultMaxInlineLiteral,
+		MaxAppend:            64 << 20,
+		MaxDepth:             imapcodec.DefaultMaxDepth,
+		AuthFailureDelay:     Duration{2 * time.Second},
+		PreAuthTimeout:       Duration{60 * time.Second},
+		IdleTimeout:          Duration{30 * time.Minute},
+		PollInterval:         Duration{30 * time.Second},
+		WatchGrace:           Duration{10 * time.Second},
+		IdleRenew:            Duration{25 * time.Minute},
+		NotifyPollInterval:   Duration{30 * time.Second},
+		ContextMaxBytes:      64 << 20,
+		SearchMaxBytes:       256 << 20,
+		ConnsPerIP:           2000,
+		SessionsPerUser:      50,
+		PreAuthCommands:      25,
+		AuthFailureMaxDelay:  Duration{30 * time.Second},
+		ExpungeLogMax:        10000,
+		ExpungeLogMaxAge:     Duration{720 * time.Hour},
+		UsernameFormat:       "%Lu",
+		ClusterLeaseTTL:      Duration{10 * time.Second},
+		ClusterRelease:       Duration{time.Minute},
+		PushMailboxes:        "INBOX",
+		PushLiveWatchers:     10000,
+		PushPollConns:        4,
+		PushPollInterval:     Duration{time.Minute},
+		PushMaxRegistrations: 20,
+		PushGiveUp:           Duration{6 * time.Hour},
 	}
 	if got := Defaults(); got != want {
 		t.Errorf("Defaults() = %+v\nwant %+v", got, want)
@@ -168,6 +174,18 @@ search-max-bytes = 2097152
 expunge-log-max = 500
 expunge-log-max-age = "48h"
 username-format = "%u"
+push-gateway = "https://notifications.example.org/notify"
+push-gateway-secret = "/etc/lemonproxy/gateway.secret"
+upstream-master-user = "pushmaster"
+upstream-master-password-file = "/etc/lemonproxy/master.pass"
+push-credentials-key = "/etc/lemonproxy/push.key"
+push-mailboxes = "INBOX,Chats"
+push-live-watchers = 500
+push-poll-conns = 2
+push-poll-interval = "2m"
+push-max-registrations = 5
+push-give-up = "1h"
+push-allow-private-endpoints = true
 `
 
 var fullFileSettings = Settings{
@@ -211,6 +229,19 @@ var fullFileSettings = Settings{
 	UsernameFormat:      "%u",
 	ClusterLeaseTTL:     Duration{10 * time.Second},
 	ClusterRelease:      Duration{time.Minute},
+
+	PushGateway:                "https://notifications.example.org/notify",
+	PushGatewaySecret:          "/etc/lemonproxy/gateway.secret",
+	UpstreamMasterUser:         "pushmaster",
+	UpstreamMasterPasswordFile: "/etc/lemonproxy/master.pass",
+	PushCredentialsKey:         "/etc/lemonproxy/push.key",
+	PushMailboxes:              "INBOX,Chats",
+	PushLiveWatchers:           500,
+	PushPollConns:              2,
+	PushPollInterval:           Duration{2 * time.Minute},
+	PushMaxRegistrations:       5,
+	PushGiveUp:                 Duration{time.Hour},
+	PushAllowPrivateEndpoints:  true,
 }
 
 func TestParseFile(t *testing.T) {
@@ -830,6 +861,46 @@ func TestClusterSettings(t *testing.T) {
 		_, err = s.ProxyConfig(nil, slog.Default())
 		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
 			t.Errorf("%q: err %v, want %q", tc.args, err, tc.err)
+		}
+	}
+}
+
+// TestPushSettings: push needs a way to log in without the user, its
+// master user needs its password file, and it is refused in cluster mode.
+func TestPushSettings(t *testing.T) {
+	base := Defaults()
+	base.Upstream = "u:143"
+	for _, tc := range []struct {
+		name string
+		edit func(*Settings)
+		ok   bool
+	}{
+		{"off", func(s *Settings) {}, true},
+		{"master", func(s *Settings) {
+			s.PushGateway, s.UpstreamMasterUser, s.UpstreamMasterPasswordFile = "https://g/n", "m", "/f"
+		}, true},
+		{"key", func(s *Settings) { s.PushGateway, s.PushCredentialsKey = "https://g/n", "/k" }, true},
+		{"no login", func(s *Settings) { s.PushGateway = "https://g/n" }, false},
+		{"master without password", func(s *Settings) {
+			s.PushGateway, s.UpstreamMasterUser, s.PushCredentialsKey = "https://g/n", "m", "/k"
+		}, false},
+		{"password without master", func(s *Settings) { s.UpstreamMasterPasswordFile = "/f" }, false},
+		{"cluster", func(s *Settings) {
+			s.PushGateway, s.PushCredentialsKey = "https://g/n", "/k"
+			s.ClusterDB, s.Node, s.ClusterListen, s.ClusterSecret = "postgres://db", "n1", "127.0.0.1:7143", "/s"
+		}, false},
+		{"no registrations", func(s *Settings) {
+			s.PushGateway, s.PushCredentialsKey, s.PushMaxRegistrations = "https://g/n", "/k", 0
+		}, false},
+		{"no mailboxes", func(s *Settings) { s.PushGateway, s.PushCredentialsKey, s.PushMailboxes = "https://g/n", "/k", " " }, false},
+		{"fast polls", func(s *Settings) {
+			s.PushGateway, s.PushCredentialsKey, s.PushPollInterval = "https://g/n", "/k", Duration{time.Millisecond}
+		}, false},
+	} {
+		s := base
+		tc.edit(&s)
+		if _, err := s.ProxyConfig(nil, nil); (err == nil) != tc.ok {
+			t.Errorf("%s: %v", tc.name, err)
 		}
 	}
 }

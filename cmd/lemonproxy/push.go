@@ -1,0 +1,159 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/accountdata"
+	"github.com/lemonproxy/lemonproxy/extensions/filters"
+	"github.com/lemonproxy/lemonproxy/extensions/metadata"
+	"github.com/lemonproxy/lemonproxy/extensions/push"
+	"github.com/lemonproxy/lemonproxy/extensions/push/devicetoken"
+	"github.com/lemonproxy/lemonproxy/internal/config"
+	"github.com/lemonproxy/lemonproxy/internal/secretfile"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// pushParts are push's extension and its device-token channel, built from
+// the settings (docs/push.md).
+type pushParts struct {
+	ext         *push.Extension
+	deviceToken *devicetoken.Channel
+}
+
+// pushSetup builds push from the settings, reading its secret files; nil
+// when no push channel is configured.
+func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
+	if !s.PushEnabled() {
+		return nil, nil
+	}
+	cfg := push.Config{
+		MaxRegistrations: s.PushMaxRegistrations,
+		LiveWatchers:     s.PushLiveWatchers,
+		PollConns:        s.PushPollConns,
+		PollInterval:     s.PushPollInterval.Duration,
+		GiveUp:           s.PushGiveUp.Duration,
+		Endpoints:        push.EndpointPolicy{AllowPrivate: s.PushAllowPrivateEndpoints},
+		Logger:           log,
+	}
+	for _, m := range strings.Split(s.PushMailboxes, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			cfg.Mailboxes = append(cfg.Mailboxes, m)
+		}
+	}
+	if s.UpstreamMasterUser != "" {
+		pw, err := secretfile.Read(s.UpstreamMasterPasswordFile, "upstream-master-password-file")
+		if err != nil {
+			return nil, err
+		}
+		cfg.MasterUser, cfg.MasterPassword = s.UpstreamMasterUser, string(pw)
+	} else {
+		key, err := push.LoadKey(s.PushCredentialsKey)
+		if err != nil {
+			return nil, fmt.Errorf("push-credentials-key: %w", err)
+		}
+		cfg.CredentialsKey = key
+	}
+	ext, err := push.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var secret []byte
+	if s.PushGatewaySecret != "" {
+		if secret, err = secretfile.Read(s.PushGatewaySecret, "push-gateway-secret"); err != nil {
+			return nil, err
+		}
+		if len(secret) < 16 {
+			return nil, fmt.Errorf("push-gateway-secret %s: at least 16 bytes", s.PushGatewaySecret)
+		}
+	}
+	dt, err := devicetoken.New(ext, devicetoken.Config{Gateway: s.PushGateway, Secret: secret})
+	if err != nil {
+		return nil, err
+	}
+	ext.AddChannel(dt)
+	return &pushParts{ext: ext, deviceToken: dt}, nil
+}
+
+// withPush puts push into the chain: metadata with the device-token entry
+// owned by its channel (and filters, which reads entries through that
+// metadata), in their places, and push itself (no command of its own) at
+// the end.
+//
+// Temporary: this is what extensions/chain does once it takes push's
+// parts in its Config (the push branch's report gives the entry); until
+// then the command splices them in here, changing no place in the chain.
+func withPush(exts []proxy.Extension, pp *pushParts) []proxy.Extension {
+	meta := metadata.New(metadata.Config{Owned: map[string]metadata.EntryOwner{devicetoken.Entry: pp.deviceToken}})
+	out := make([]proxy.Extension, 0, len(exts)+1)
+	for _, e := range exts {
+		switch e.(type) {
+		case *metadata.Extension:
+			e = meta
+		case *filters.Extension:
+			e = filters.New(meta)
+		}
+		out = append(out, e)
+	}
+	return append(out, pp.ext)
+}
+
+const pushUsage = `Usage:
+  lemonproxy push list [-data DIR] [-show-data]
+
+Lists the devices registered for push (docs/push.md): user, upstream,
+channel, registration ID, when it was made, the mailboxes it pushes, the
+pushes waiting for delivery, and whether credentials are kept for the
+account. It reads accountdata.db in the data directory: stop the proxy
+first (it holds the file locked while it runs).
+
+Flags:
+  -data DIR    the proxy's data directory (default ./lemonproxy-data)
+  -show-data   show each device's token or endpoint (a capability to wake
+               the device: keep the output private)
+`
+
+// pushCmd is "lemonproxy push".
+func pushCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, pushUsage)
+		return 2
+	}
+	switch args[0] {
+	case "list":
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, pushUsage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "lemonproxy push: unknown command %q\n\n%s", args[0], pushUsage)
+		return 2
+	}
+	fs := flag.NewFlagSet("lemonproxy push list", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	dir := fs.String("data", config.Defaults().Data, "the proxy's data directory")
+	show := fs.Bool("show-data", false, "show each device's token or endpoint")
+	if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, pushUsage)
+			return 0
+		}
+		fmt.Fprintf(stderr, "%s: bad arguments (%v)\n\n%s", fs.Name(), err, pushUsage)
+		return 2
+	}
+	data, err := accountdata.OpenBoltReadOnly(*dir, 2*time.Second)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+		return 1
+	}
+	defer data.Close()
+	if err := push.WriteList(stdout, data, *show); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"crypto/hmac"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/extensions/push/devicetoken"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+)
+
+// testGateway records the POSTs it accepts; while down it answers 503.
+type testGateway struct {
+	*httptest.Server
+	mu     sync.Mutex
+	bodies []string
+	sigOK  bool
+	down   bool
+	tries  int
+}
+
+func newTestGateway(t *testing.T, secret []byte) *testGateway {
+	g := &testGateway{sigOK: true}
+	g.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.down {
+			g.tries++
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		want := devicetoken.Sign(secret, r.Header.Get(devicetoken.HeaderTimestamp), b)
+		g.sigOK = g.sigOK && hmac.Equal([]byte(want), []byte(r.Header.Get(devicetoken.HeaderSignature)))
+		g.bodies = append(g.bodies, string(b))
+	}))
+	t.Cleanup(g.Close)
+	return g
+}
+
+func (g *testGateway) got() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.bodies...)
+}
+
+func (g *testGateway) setDown(down bool) {
+	g.mu.Lock()
+	g.down = down
+	g.mu.Unlock()
+}
+
+func (g *testGateway) failures() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.tries
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPushServe: lemonproxy serve with a device-token gateway, a master
+// user and a signing secret pushes a registered account's new mail with
+// no session connected; killed with SIGKILL while a push waits for the
+// gateway, it delivers the push after it is started again; push list
+// shows the registration.
+func TestPushServe(t *testing.T) {
+	dc := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{MasterUser: "pushmaster", MasterPassword: "masterpass"})
+	secret := []byte("0123456789abcdef-gateway")
+	g := newTestGateway(t, secret)
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	data := filepath.Join(dir, "data")
+	args := []string{"serve", "-listen", "127.0.0.1:0", "-upstream", dc.Addr, "-data", data,
+		"-push-gateway", g.URL + "/notify", "-push-gateway-secret", write("gw.secret", append(secret, '\n')),
+		"-upstream-master-user", "pushmaster", "-upstream-master-password-file", write("master.pass", []byte("masterpass\n"))}
+	p := start(t, args...)
+	c := dialIMAP(t, p.listenAddr(t, false))
+	c.ok("a", "LOGIN alice alicepass")
+	c.ok("b", `SETMETADATA "" (/private/devicetoken "tok-alice")`)
+	c.ok("c", "LOGOUT")
+	p.waitFor(t, p.stderr, 0, `msg=registered ext=push account=alice channel=devicetoken`)
+	// Appended until pushed: the first may come before push set its
+	// cursor.
+	waitUntil(t, "the push", func() bool {
+		if len(g.got()) > 0 {
+			return true
+		}
+		dc.Append(t, "alice", "alicepass", "INBOX", nil, []byte("Subject: hi\r\n\r\nhi\r\n"))
+		time.Sleep(500 * time.Millisecond)
+		return len(g.got()) > 0
+	})
+
+	// The gateway goes down; a push waits; the process is killed.
+	g.setDown(true)
+	before := len(g.got())
+	waitUntil(t, "a failed attempt", func() bool {
+		dc.Append(t, "alice", "alicepass", "INBOX", nil, []byte("Subject: hi\r\n\r\nhi\r\n"))
+		time.Sleep(300 * time.Millisecond)
+		return g.failures() > 0
+	})
+	p.signal(t, syscall.SIGKILL)
+	<-p.done
+	g.setDown(false)
+	p = start(t, args...)
+	waitUntil(t, "the push after the restart", func() bool { return len(g.got()) > before })
+	p.stop(t, syscall.SIGTERM)
+	for _, b := range g.got() {
+		if b != "tok-alice" {
+			t.Fatalf("gateway got %q", g.got())
+		}
+	}
+	if !g.sigOK {
+		t.Error("a POST with a bad signature")
+	}
+
+	code, out, errOut := runLP(t, "push", "list", "-data", data)
+	if code != 0 || !strings.Contains(out, `"alice"`) || !strings.Contains(out, "devicetoken") || strings.Contains(out, "tok-alice") {
+		t.Fatalf("push list: %d\n%s\n%s", code, out, errOut)
+	}
+	code, out, _ = runLP(t, "push", "list", "-data", data, "-show-data")
+	if code != 0 || !strings.Contains(out, `"tok-alice"`) {
+		t.Fatalf("push list -show-data: %d\n%s", code, out)
+	}
+	if code, _, errOut := runLP(t, "push", "list", "-data", filepath.Join(dir, "nosuch")); code != 1 || !strings.Contains(errOut, "no such file") {
+		t.Fatalf("push list of a missing directory: %d %s", code, errOut)
+	}
+}
+
+// TestPushServeConfigErrors: push settings that cannot work stop the start.
+func TestPushServeConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key")
+	os.WriteFile(key, []byte("too short"), 0o600)
+	open := filepath.Join(dir, "open")
+	os.WriteFile(open, []byte("masterpass"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-push-gateway", "https://g.example/n"}, "push needs a way to log in"},
+		{[]string{"-push-gateway", "https://g.example/n", "-push-credentials-key", key}, "credentials key is 32 bytes"},
+		{[]string{"-push-gateway", "https://g.example/n", "-upstream-master-user", "m", "-upstream-master-password-file", open}, "others may use it"},
+		{[]string{"-push-gateway", "http://g.example/n", "-upstream-master-user", "m", "-upstream-master-password-file", key}, "not https"},
+	} {
+		args := append([]string{"serve", "-listen", "127.0.0.1:0", "-upstream", "127.0.0.1:1"}, tc.args...)
+		code, _, errOut := runLP(t, args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%q: exit %d, stderr %s; want 2 and %q", tc.args, code, errOut, tc.want)
+		}
+	}
+}
