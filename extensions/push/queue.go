@@ -17,12 +17,15 @@ import (
 // Delivery: at least once, durable, coalesced, retried.
 //
 // An Event becomes one pending push per registration that pushes its
-// mailbox, written to the store (push/q/...) in the same atomic write as
-// the account's new cursor, before anything is sent: a push the proxy has
-// decided on survives a crash, and a crash before the write leaves the
-// cursor where it was, so the next look finds the same mail again. A
-// pending push is removed once its channel has delivered it; a crash in
-// between sends it again at the next start (at least once).
+// mailbox. The push is handed to the senders at once, and written to the
+// store (push/q/...) meanwhile, in the same atomic write as the account's
+// new cursor: the disk's flush is not on the push's path. A crash before
+// that write leaves the cursor where it was, so the next look (at the
+// next start) finds the same mail again and pushes it again; a crash
+// after it finds the pending push in the store. Either way nothing the
+// proxy decided to push is lost; a device may be woken twice (at least
+// once). A pending push is removed from the store once it is delivered
+// (after its write, if that was still under way), or given up.
 //
 // Coalescing: while a registration's push for a mailbox waits (its turn,
 // or a retry), a new Event of that mailbox is merged into it (New added
@@ -35,10 +38,11 @@ import (
 // Each registration's pushes go out one at a time, in order; Senders
 // pushes of different registrations at once. A failure is retried after
 // a backoff doubling from MinBackoff to MaxBackoff (with jitter, and no
-// sooner than a push service's Retry-After), the attempt count kept in
-// the record; a push that has waited GiveUp is given up: counted
-// (GivenUp) and logged at ERROR, never dropped silently. ErrGone removes
-// the registration; ErrRejected gives the push up at once.
+// sooner than a push service's Retry-After; the backoff starts over after
+// a restart); a push that has waited GiveUp since it was first queued is
+// given up: counted (GivenUp) and logged at ERROR, never dropped
+// silently. ErrGone removes the registration; ErrRejected gives the push
+// up at once.
 
 // qkey names a registration in the queue.
 type qkey struct{ account, channel, id string }
@@ -48,9 +52,12 @@ type item struct {
 	seq uint64
 	rec pending
 	due time.Time
-	// busy: a store write of this item is under way; it is not sent
-	// meanwhile.
-	busy bool
+	// writes counts the store writes of the item under way (one
+	// account's are one after the other: under its lock); a push done
+	// meanwhile (doneEarly) is removed from the store by the last of
+	// them, so that no write brings its record back.
+	writes    int
+	doneEarly bool
 }
 
 // regQueue is a registration's pending pushes, oldest first.
@@ -62,9 +69,7 @@ type regQueue struct {
 }
 
 // ready reports whether the registration's first push may be sent.
-func (rq *regQueue) ready() bool {
-	return len(rq.items) > 0 && !rq.inflight && !rq.items[0].busy
-}
+func (rq *regQueue) ready() bool { return len(rq.items) > 0 && !rq.inflight }
 
 type queue struct {
 	e     *Extension
@@ -175,14 +180,14 @@ func (e *Extension) observe(account, mailbox string, o observation) {
 }
 
 // enqueue queues ev for each target (merging into a waiting push of the
-// same mailbox) and writes the pushes and extra in one store write.
-// Called under the account's lock.
+// same mailbox), hands the pushes to the senders, and writes them and
+// extra (the cursor) in one store write. Called under the account's lock,
+// which orders the account's writes.
 func (q *queue) enqueue(account string, targets []regRef, ev Event, extra []accountdata.Record) error {
 	type plan struct {
-		rq    *regQueue
-		it    *item
-		rec   pending
-		isNew bool
+		key string
+		it  *item
+		rec pending
 	}
 	now := time.Now()
 	var plans []plan
@@ -194,45 +199,46 @@ func (q *queue) enqueue(account string, targets []regRef, ev Event, extra []acco
 			rq = &regQueue{key: k, idx: -1}
 			q.regs[k] = rq
 		}
-		var p plan
-		for i, it := range rq.items {
-			if it.rec.Mailbox == ev.Mailbox && !it.busy && !(i == 0 && rq.inflight) {
-				p = plan{rq: rq, it: it, rec: merge(it.rec, ev)}
+		var it *item
+		for i, x := range rq.items {
+			if x.rec.Mailbox == ev.Mailbox && !(i == 0 && rq.inflight) {
+				it = x
+				it.rec = merge(it.rec, ev)
 				break
 			}
 		}
-		if p.it == nil {
-			p = plan{rq: rq, it: &item{seq: q.nextSeq(), due: now}, rec: pending{Event: ev, First: now}, isNew: true}
-			rq.items = append(rq.items, p.it)
+		if it == nil {
+			it = &item{seq: q.nextSeq(), due: now, rec: pending{Event: ev, First: now}}
+			rq.items = append(rq.items, it)
 			q.items++
 		}
-		p.it.busy = true
+		it.writes++
 		q.fix(rq)
-		plans = append(plans, p)
-	}
-	q.mu.Unlock()
-	puts := slices.Clone(extra)
-	for _, p := range plans {
-		puts = append(puts, accountdata.Record{Key: pendingKey(p.rq.key.channel, p.rq.key.id, p.it.seq), Value: encodePending(p.rec)})
-	}
-	err := q.e.data.Write(account, puts, nil)
-	q.mu.Lock()
-	for _, p := range plans {
-		p.it.busy = false
-		switch {
-		case err == nil:
-			p.it.rec = p.rec
-		case p.isNew:
-			p.rq.items = slices.DeleteFunc(p.rq.items, func(x *item) bool { return x == p.it })
-			q.items--
-		}
-		if q.regs[p.rq.key] == p.rq {
-			q.fix(p.rq)
-		}
+		plans = append(plans, plan{pendingKey(t.channel, t.id, it.seq), it, it.rec})
 	}
 	q.mu.Unlock()
 	signal(q.wake)
+	puts := slices.Clone(extra)
+	for _, p := range plans {
+		puts = append(puts, accountdata.Record{Key: p.key, Value: encodePending(p.rec)})
+	}
+	err := q.e.data.Write(account, puts, nil)
+	var dels []string
+	q.mu.Lock()
+	for _, p := range plans {
+		if p.it.writes--; p.it.writes == 0 && p.it.doneEarly {
+			dels = append(dels, p.key)
+		}
+	}
+	q.mu.Unlock()
+	if len(dels) > 0 {
+		if derr := q.e.data.Write(account, nil, dels); derr != nil {
+			q.e.log.Error("removing delivered pushes; they may be sent again after a restart", "account", logName(account), "err", derr)
+		}
+	}
 	if err != nil {
+		// The pushes go out from memory; the cursor stayed, so the next
+		// look finds the same mail (and pushes it again: at least once).
 		return fmt.Errorf("push: storing pending pushes: %w", err)
 	}
 	return nil
@@ -381,22 +387,27 @@ func (q *queue) send(rq *regQueue, it *item, rec pending) {
 	e := q.e
 	k := rq.key
 	key := pendingKey(k.channel, k.id, it.seq)
-	// done removes the push (delivered, given up, unreadable).
+	// done removes the push (delivered, given up, unreadable): from the
+	// store now, or after a write of it still under way.
 	done := func() {
-		if err := accountdata.Delete(e.data, k.account, key); err != nil {
-			e.log.Error("removing a pending push; it may be sent again after a restart", "account", logName(k.account), "err", err)
-		}
 		q.mu.Lock()
 		rq.inflight = false
 		if len(rq.items) > 0 && rq.items[0] == it {
 			rq.items = rq.items[1:]
 			q.items--
 		}
+		early := it.writes > 0
+		it.doneEarly = early
 		if q.regs[k] == rq {
 			q.fix(rq)
 		}
 		q.mu.Unlock()
 		signal(q.wake)
+		if !early {
+			if err := accountdata.Delete(e.data, k.account, key); err != nil {
+				e.log.Error("removing a pending push; it may be sent again after a restart", "account", logName(k.account), "err", err)
+			}
+		}
 	}
 	v, err := e.data.Get(k.account, regKey(k.channel, k.id))
 	if errors.Is(err, accountdata.ErrNotFound) {
@@ -462,13 +473,9 @@ func (q *queue) send(rq *regQueue, it *item, rec pending) {
 	}
 	e.stats.retried(k.channel)
 	log.Warn("push failed; retrying", "err", err, "attempts", rec.Attempts, "retry_in", d.Round(time.Millisecond))
-	// The attempts are kept, so a restart does not start the backoff over.
-	if werr := accountdata.Put(e.data, k.account, key, encodePending(rec)); werr != nil {
-		log.Error("storing a pending push's attempts", "err", werr)
-	}
 	q.mu.Lock()
 	rq.inflight = false
-	it.rec = rec
+	it.rec.Attempts = rec.Attempts
 	it.due = time.Now().Add(d)
 	if q.regs[k] == rq {
 		q.fix(rq)

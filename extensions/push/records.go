@@ -140,7 +140,8 @@ type pending struct {
 	// First is when the push was first queued: it is given up
 	// Config.GiveUp after that.
 	First time.Time `json:"first"`
-	// Attempts counts the failed deliveries so far.
+	// Attempts counts the failed deliveries so far (in memory: the
+	// stored record keeps the count it was written with).
 	Attempts int `json:"attempts"`
 }
 
