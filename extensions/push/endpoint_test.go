@@ -204,3 +204,31 @@ func TestOutcome(t *testing.T) {
 }
 
 var errRetry = errors.New("retry")
+
+// FuzzCheckURL: no URL makes the check panic, and what the production
+// policy accepts is https to a host that is no non-public IP literal,
+// without user information or fragment.
+func FuzzCheckURL(f *testing.F) {
+	for _, s := range []string{"https://push.example.org/x", "http://127.0.0.1:1/x", "https://[::1]/", "https://user@h/", "https://10.0.0.1/", "https://h:99999/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		u, err := EndpointPolicy{}.CheckURL(raw)
+		if err != nil {
+			if !errors.Is(err, ErrEndpoint) {
+				t.Fatalf("%q: %v does not wrap ErrEndpoint", raw, err)
+			}
+			return
+		}
+		if u.Scheme != "https" || u.User != nil || u.Fragment != "" || u.Host == "" || len(raw) > MaxURL {
+			t.Fatalf("accepted %q: %+v", raw, u)
+		}
+		if a, err := netip.ParseAddr(u.Hostname()); err == nil && CheckAddr(a) != nil {
+			t.Fatalf("accepted %q with a non-public address", raw)
+		}
+		if isLocalhost(u.Hostname()) {
+			t.Fatalf("accepted %q: localhost", raw)
+		}
+		EndpointPolicy{AllowPrivate: true}.CheckURL(raw)
+	})
+}
