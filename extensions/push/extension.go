@@ -392,12 +392,17 @@ func (e *Extension) Registrations(ctx context.Context, account, channel string) 
 	return out, err
 }
 
-// StateChanged refreshes the sealed credentials of a registered account at
-// each login: after a password change the new one is kept (the old one
-// stops working upstream), and an account whose credentials were
-// rejected is watched again.
+// StateChanged acts on each login of a registered account: it watches the
+// account again if it was parked (its login was refused: a master user's
+// for an account that did not exist then, or sealed credentials after a
+// password change), and, with sealed credentials, keeps the login's own
+// (after a password change the old ones stop working upstream).
 func (e *Extension) StateChanged(s *proxy.Session, state proxy.State) {
-	if state != proxy.StateAuthenticated || e.seal == nil || !e.w.known(s.Account()) {
+	if state != proxy.StateAuthenticated || !e.w.known(s.Account()) {
+		return
+	}
+	if e.seal == nil {
+		e.w.unpark(s.Account())
 		return
 	}
 	user, pass, ok := s.UpstreamAccount().Credentials()
@@ -423,6 +428,7 @@ func (e *Extension) refreshCreds(account, user, pass string) error {
 	if err == nil {
 		if u, p, err := e.seal.open(account, old); err == nil && u == user && p == pass {
 			unlock()
+			e.w.unpark(account)
 			return nil
 		}
 	} else if !errors.Is(err, accountdata.ErrNotFound) {
