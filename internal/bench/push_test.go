@@ -264,6 +264,8 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 	latMu.Lock()
 	lat = nil
 	latMu.Unlock()
+	self0, busy0, total0 := cpuTimes()
+	t0 := time.Now()
 	for b.Loop() {
 		round++
 		for _, bl := range baselines {
@@ -335,6 +337,8 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 		s := summarize(roundLat)
 		fmt.Fprintf(os.Stderr, "%s: round %d: p50 %.0f ms, p99 %.0f ms, max %.0f ms (%d missing)\n", b.Name(), round, ms(s.p50), ms(s.p99), ms(s.max), n-len(roundLat))
 	}
+	self1, busy1, total1 := cpuTimes()
+	elapsed := time.Since(t0)
 	latMu.Lock()
 	own, nOwn := summarize(lat), len(lat)
 	latMu.Unlock()
@@ -352,13 +356,13 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 		"  %-44s %8d %8.0f %8.0f %8.0f %8.0f\n"+
 		"  %-44s %8d %8.0f %8.0f %8.0f %8.0f\n"+
 		"  %-44s %8d %8.1f %8.1f %8.1f %8.1f\n"+
-		"  %d pushes missing, %d extra (more than one per APPEND), %d malformed",
+		"  %d pushes missing, %d extra (more than one per APPEND), %d malformed; during the rounds the machine was %.0f %% busy (all processes, other helpers' too), this process (proxy, gateway, test clients) used %.0f %% of one core",
 		b.Name(), round, n, rate,
 		"latency (ms)", "samples", "p50", "p90", "p99", "max",
 		"APPEND OK to gateway receipt (proxy push)", len(e2e), ms(se.p50), ms(se.p90), ms(se.p99), ms(se.max),
 		"APPEND OK to EXISTS (Dovecot IDLE, direct)", len(base), ms(sb.p50), ms(sb.p90), ms(sb.p99), ms(sb.max),
 		"the proxy's own (hub read to gateway OK)", nOwn, ms(own.p50), ms(own.p90), ms(own.p99), ms(own.max),
-		missing, extra, g.bad.Load())
+		missing, extra, g.bad.Load(), 100*float64(busy1-busy0)/float64(max(total1-total0, 1)), 100*(self1-self0).Seconds()/elapsed.Seconds())
 	if missing > 0 {
 		b.Errorf("%d pushes never arrived", missing)
 	}
