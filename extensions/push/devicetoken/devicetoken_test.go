@@ -127,3 +127,21 @@ func TestDeviceTokenRefusals(t *testing.T) {
 	c.ExpectDo("t", `SETMETADATA "" (/private/comment "x" /private/devicetoken "bad token")`, "t NO Malformed device token*")
 	c.ExpectDo("t", `GETMETADATA "" /private/comment`, `* METADATA "" (/private/comment NIL)`, "t OK *")
 }
+
+// TestDeviceTokenFull: over Dovecot's full profile, which has METADATA
+// (relayed for every other entry), the token is still the proxy's: it
+// never reaches Dovecot, and new mail pushes.
+func TestDeviceTokenFull(t *testing.T) {
+	dc := startDovecot(t, dovecottest.Full)
+	g := newGateway(t, nil)
+	s := start(t, dc, g, options{})
+	c := imaptest.Login(t, s.p.Addr, "alice", "alicepass")
+	c.MustOK(`SETMETADATA "" (/private/devicetoken "tok-alice" /private/comment "relayed")`)
+	c.ExpectDo("g", `GETMETADATA "" /private/devicetoken`, `* METADATA "" (/private/devicetoken "tok-alice")`, "g OK *")
+	c.Close()
+	direct := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	direct.ExpectDo("g", `GETMETADATA "" (/private/devicetoken /private/comment)`, `* METADATA "" (/private/devicetoken NIL /private/comment {7}`+"\r\nrelayed)", "g OK *")
+	s.waitWatched(t, "alice")
+	dc.Append(t, "alice", "alicepass", "INBOX", nil, msg("one"))
+	g.expect(t, 0, []string{"tok-alice"}, 10*time.Second, quiet)
+}
