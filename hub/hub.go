@@ -334,6 +334,13 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 		return nil, err
 	}
 	sub.state = b.state()
+	if sub.state == nil {
+		// The box stopped before its first sync (the hub is closing, or
+		// the account was forgotten): ready is closed on the way out
+		// without a state.
+		sub.Close()
+		return nil, fmt.Errorf("hub: watcher for %q stopped", key.Mailbox)
+	}
 	return sub, nil
 }
 

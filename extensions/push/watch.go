@@ -480,6 +480,9 @@ func (w *watchers) look(a *acct) {
 		return
 	}
 	st := sub.State()
+	if st == nil {
+		return // a watcher stopped before its first sync (the hub is closing)
+	}
 	snap := st.Snapshot()
 	var last uint32
 	if n := len(snap.UIDs); n > 0 {
