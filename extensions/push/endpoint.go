@@ -234,6 +234,14 @@ func (p EndpointPolicy) NewClient() *Client {
 	}}
 }
 
+// HTTPClient returns the client's *http.Client, for a channel that makes
+// its requests itself (webpush's Sender): every connection's address is
+// still checked by the dialer, no proxy from the environment is used,
+// redirects are not followed, and the policy's Timeout bounds each
+// request; the URL check (CheckURL, at registration) and the bound on
+// answers are then the channel's.
+func (c *Client) HTTPClient() *http.Client { return c.hc }
+
 // Response is an HTTP response read whole (up to the policy's MaxResponse).
 type Response struct {
 	StatusCode int

@@ -140,6 +140,7 @@ type Extension struct {
 	cfg      Config
 	log      *slog.Logger
 	channels map[string]Channel
+	client   *Client // for Config.Endpoints
 	seal     *sealer // nil with a master user
 
 	data accountdata.Store
@@ -163,7 +164,7 @@ type Extension struct {
 var (
 	_ proxy.Provisioner = (*Extension)(nil)
 	_ proxy.SessionHook = (*Extension)(nil)
-	_ Registrar         = (*Extension)(nil)
+	_ AccountRegistrar  = (*Extension)(nil)
 )
 
 // New returns the extension. Channels are added with AddChannel before
@@ -190,6 +191,7 @@ func New(cfg Config) (*Extension, error) {
 			return nil, err
 		}
 	}
+	e.client = cfg.Endpoints.NewClient()
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.w.init(e)
 	e.q.init(e)
@@ -208,8 +210,14 @@ func (e *Extension) AddChannel(ch Channel) {
 func (*Extension) Name() string { return "push" }
 
 // Endpoints returns the policy for push endpoints that clients name
-// (Config.Endpoints), for the channels that POST to them.
+// (Config.Endpoints): channels check such an endpoint with its CheckURL
+// when a registration names it.
 func (e *Extension) Endpoints() EndpointPolicy { return e.cfg.Endpoints }
+
+// EndpointClient returns the client, shared by the channels, that POSTs to
+// endpoints clients name under Config.Endpoints (its HTTPClient for a
+// channel that builds requests itself: webpush.SenderConfig.HTTPClient).
+func (e *Extension) EndpointClient() *Client { return e.client }
 
 // Provision takes the services and resumes the registered accounts'
 // watchers and the pending pushes saved before the last stop, in the
@@ -235,6 +243,7 @@ func (e *Extension) Close() error {
 	e.cancel()
 	e.w.stopAll()
 	e.wg.Wait()
+	e.client.CloseIdle()
 	return nil
 }
 
@@ -254,7 +263,7 @@ func (e *Extension) Register(ctx context.Context, s *proxy.Session, reg Registra
 // configured.
 var ErrNoChannel = errors.New("push: no such channel")
 
-// RegisterAccount implements Registrar: it stores reg for a's account
+// RegisterAccount implements AccountRegistrar: it stores reg for a's account
 // (replacing one with the same channel and ID), with a's credentials
 // sealed where the operator chose sealed credentials, and starts watching
 // the account if it was not watched. The registration, the credentials

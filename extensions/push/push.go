@@ -89,14 +89,19 @@ type Registrar interface {
 	// watched. It captures what the proxy needs to log in for the account
 	// later (sealed credentials, where the operator chose them).
 	Register(ctx context.Context, s *proxy.Session, reg Registration) error
-	// RegisterAccount is Register for an account rather than a session:
-	// what metadata's EntryOwner is handed (a proxy.Account, which holds
-	// the session's credentials). Register(ctx, s, reg) is
-	// RegisterAccount(ctx, s.UpstreamAccount(), reg).
-	RegisterAccount(ctx context.Context, a proxy.Account, reg Registration) error
 	// Unregister removes the account's registration of channel and id; it
 	// is not an error if there is none.
 	Unregister(ctx context.Context, account, channel, id string) error
 	// Registrations lists the account's registrations of channel.
 	Registrations(ctx context.Context, account, channel string) ([]Registration, error)
+}
+
+// AccountRegistrar is a Registrar that also registers for an account
+// rather than a session: what a channel gets where it is handed a
+// proxy.Account (metadata's EntryOwner, for the device-token channel),
+// which holds the session's credentials. Register(ctx, s, reg) is
+// RegisterAccount(ctx, s.UpstreamAccount(), reg). The Extension is one.
+type AccountRegistrar interface {
+	Registrar
+	RegisterAccount(ctx context.Context, a proxy.Account, reg Registration) error
 }

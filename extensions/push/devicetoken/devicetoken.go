@@ -85,7 +85,7 @@ type Config struct {
 
 // Channel is the device-token channel and the owner of Entry.
 type Channel struct {
-	reg     push.Registrar
+	reg     push.AccountRegistrar
 	gateway string
 	secret  []byte
 	client  *push.Client
@@ -98,7 +98,7 @@ var (
 )
 
 // New returns the channel, registering through reg (the push extension).
-func New(reg push.Registrar, cfg Config) (*Channel, error) {
+func New(reg push.AccountRegistrar, cfg Config) (*Channel, error) {
 	// The gateway is the operator's: any address, but https unless it is
 	// on this machine.
 	policy := push.EndpointPolicy{AllowPrivate: true, Timeout: cfg.Timeout}
