@@ -555,8 +555,9 @@ func (c *Conn) authenticateContinued(ctx context.Context, cmd, response string) 
 	}
 	defer c.watch(ctx)()
 	tag := c.NextTag()
-	c.w.WriteString(tag + " " + cmd + "\r\n")
-	if err := c.w.Flush(); err != nil {
+	w := c.Writer()
+	w.WriteString(tag + " " + cmd + "\r\n")
+	if err := w.Flush(); err != nil {
 		c.broken = true
 		return nil, fmt.Errorf("%w: sending %s: %w", ErrClosed, verb(cmd), err)
 	}
@@ -578,16 +579,16 @@ func (c *Conn) authenticateContinued(ctx context.Context, cmd, response string) 
 			return resp, nil
 		case resp.Head.Tag == "+" && !sent:
 			sent = true
-			c.w.WriteString(response + "\r\n")
-			if err := c.w.Flush(); err != nil {
+			w.WriteString(response + "\r\n")
+			if err := w.Flush(); err != nil {
 				c.broken = true
 				return nil, fmt.Errorf("%w: sending %s: %w", ErrClosed, verb(cmd), err)
 			}
 		case resp.Head.Tag == "+":
 			// A second challenge: PLAIN has none. Cancel (RFC 3501
 			// 6.2.2); the server answers BAD.
-			c.w.WriteString("*\r\n")
-			if err := c.w.Flush(); err != nil {
+			w.WriteString("*\r\n")
+			if err := w.Flush(); err != nil {
 				c.broken = true
 				return nil, fmt.Errorf("%w: sending %s: %w", ErrClosed, verb(cmd), err)
 			}
