@@ -24,7 +24,7 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 	if err != nil {
 		return nil, fmt.Errorf("urlauth-submit-from: %w", err)
 	}
-	exts := chain.Extensions(chain.Config{
+	cfg := chain.Config{
 		IdleKeepAlive:         s.IdleKeepAlive.Duration,
 		NotifyPollInterval:    s.NotifyPollInterval.Duration,
 		WatchGrace:            s.WatchGrace.Duration,
@@ -33,13 +33,13 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 		ContextMaxBytes:       s.ContextMaxBytes,
 		URLHosts:              hosts,
 		SubmitFrom:            submit,
-	})
+	}
 	pp, err := pushSetup(s, log)
 	if err != nil {
 		return nil, err
 	}
 	if pp != nil {
-		exts = withPush(exts, pp)
+		cfg.Push, cfg.DeviceToken, cfg.WebPush = pp.ext, pp.deviceToken, pp.webPush
 	}
-	return exts, nil
+	return chain.Extensions(cfg), nil
 }

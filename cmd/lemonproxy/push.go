@@ -6,24 +6,25 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
-	"github.com/lemonproxy/lemonproxy/extensions/filters"
-	"github.com/lemonproxy/lemonproxy/extensions/metadata"
 	"github.com/lemonproxy/lemonproxy/extensions/push"
 	"github.com/lemonproxy/lemonproxy/extensions/push/devicetoken"
+	"github.com/lemonproxy/lemonproxy/extensions/push/webpush"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/secretfile"
-	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 // pushParts are push's extension and its device-token channel, built from
 // the settings (docs/push.md).
 type pushParts struct {
 	ext         *push.Extension
-	deviceToken *devicetoken.Channel
+	deviceToken *devicetoken.Channel // nil without a gateway
+	webPush     *webpush.Extension   // nil without push-webpush
 }
 
 // pushSetup builds push from the settings, reading its secret files; nil
@@ -72,35 +73,37 @@ func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
 			return nil, fmt.Errorf("push-gateway-secret %s: at least 16 bytes", s.PushGatewaySecret)
 		}
 	}
-	dt, err := devicetoken.New(ext, devicetoken.Config{Gateway: s.PushGateway, Secret: secret})
-	if err != nil {
-		return nil, err
-	}
-	ext.AddChannel(dt)
-	return &pushParts{ext: ext, deviceToken: dt}, nil
-}
-
-// withPush puts push into the chain: metadata with the device-token entry
-// owned by its channel (and filters, which reads entries through that
-// metadata), in their places, and push itself (no command of its own) at
-// the end.
-//
-// Temporary: this is what extensions/chain does once it takes push's
-// parts in its Config (the push branch's report gives the entry); until
-// then the command splices them in here, changing no place in the chain.
-func withPush(exts []proxy.Extension, pp *pushParts) []proxy.Extension {
-	meta := metadata.New(metadata.Config{Owned: map[string]metadata.EntryOwner{devicetoken.Entry: pp.deviceToken}})
-	out := make([]proxy.Extension, 0, len(exts)+1)
-	for _, e := range exts {
-		switch e.(type) {
-		case *metadata.Extension:
-			e = meta
-		case *filters.Extension:
-			e = filters.New(meta)
+	pp := &pushParts{ext: ext}
+	if s.PushGateway != "" {
+		dt, err := devicetoken.New(ext, devicetoken.Config{Gateway: s.PushGateway, Secret: secret})
+		if err != nil {
+			return nil, err
 		}
-		out = append(out, e)
+		ext.AddChannel(dt)
+		pp.deviceToken = dt
 	}
-	return append(out, pp.ext)
+	if s.PushWebPush {
+		// The key is made before the stores open the data directory.
+		if err := os.MkdirAll(s.Data, 0o700); err != nil {
+			return nil, fmt.Errorf("push-webpush: %w", err)
+		}
+		sender, err := webpush.NewSender(webpush.SenderConfig{
+			KeyFile:    filepath.Join(s.Data, webpush.KeyFileName),
+			HTTPClient: ext.EndpointClient().HTTPClient(),
+			Subject:    s.PushVAPIDSubject,
+			Logger:     log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("push-webpush: %w", err)
+		}
+		ext.AddChannel(sender)
+		wp, err := webpush.New(webpush.Config{Sender: sender, Registrar: ext, AllowHTTP: s.PushAllowPrivateEndpoints})
+		if err != nil {
+			return nil, fmt.Errorf("push-webpush: %w", err)
+		}
+		pp.webPush = wp
+	}
+	return pp, nil
 }
 
 const pushUsage = `Usage:

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"io"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/extensions/push/devicetoken"
+	"github.com/lemonproxy/lemonproxy/extensions/push/webpush"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 )
 
@@ -170,5 +172,52 @@ func TestPushServeConfigErrors(t *testing.T) {
 		if code != 2 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%q: exit %d, stderr %s; want 2 and %q", tc.args, code, errOut, tc.want)
 		}
+	}
+}
+
+// TestWebPushServe: with -push-webpush, `lemonproxy serve` offers IMAP
+// WEBPUSH after login, makes its VAPID key on first start in the data
+// directory (readable by the proxy only), answers GETVAPID with it, and
+// keeps the same key across a restart (a new one would void every
+// subscription).
+func TestWebPushServe(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Legacy)
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "creds.key")
+	if err := os.WriteFile(keyFile, bytes.Repeat([]byte{7}, 32), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	args := []string{"serve", "-listen", "127.0.0.1:0", "-upstream", dc.Addr, "-data", data,
+		"-push-webpush", "-push-credentials-key", keyFile}
+	vapid := func() string {
+		p := start(t, args...)
+		defer p.stop(t, syscall.SIGTERM)
+		c := dialIMAP(t, p.listenAddr(t, false))
+		caps := strings.Join(c.ok("a", "CAPABILITY"), " ")
+		if strings.Contains(caps, "WEBPUSH") {
+			t.Fatalf("WEBPUSH advertised before login: %s", caps)
+		}
+		c.ok("b", "LOGIN alice alicepass")
+		if caps := strings.Join(c.ok("c", "CAPABILITY"), " "); !strings.Contains(caps, " WEBPUSH") {
+			t.Fatalf("no WEBPUSH after login: %s", caps)
+		}
+		got := c.ok("d", "GETVAPID")
+		if len(got) != 1 || !strings.HasPrefix(got[0], `* VAPID "`) {
+			t.Fatalf("GETVAPID answered %q", got)
+		}
+		c.ok("e", "LOGOUT")
+		return got[0]
+	}
+	first := vapid()
+	fi, err := os.Stat(filepath.Join(data, webpush.KeyFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("VAPID key file mode %v, want 0600", fi.Mode().Perm())
+	}
+	if second := vapid(); second != first {
+		t.Errorf("VAPID key changed across a restart: %s, then %s", first, second)
 	}
 }

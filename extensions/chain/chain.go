@@ -25,6 +25,9 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/namespace"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/notify/accountwatch"
+	"github.com/lemonproxy/lemonproxy/extensions/push"
+	"github.com/lemonproxy/lemonproxy/extensions/push/devicetoken"
+	"github.com/lemonproxy/lemonproxy/extensions/push/webpush"
 	sortext "github.com/lemonproxy/lemonproxy/extensions/sort"
 	"github.com/lemonproxy/lemonproxy/extensions/thread"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
@@ -65,6 +68,13 @@ type Config struct {
 	// SubmitFrom are the addresses of the submission servers allowed to
 	// URLFETCH submit+USER URLs (BURL).
 	SubmitFrom []netip.Prefix
+	// Push, when set, wakes registered devices (docs/push.md); its
+	// channels' IMAP faces come with it: DeviceToken owns METADATA's
+	// /private/devicetoken entry, WebPush the IMAP WEBPUSH commands. Each
+	// may be nil (push not configured; a channel not offered).
+	Push        *push.Extension
+	DeviceToken *devicetoken.Channel
+	WebPush     *webpush.Extension
 }
 
 // Extensions returns the chain of protocol extensions every session gets,
@@ -161,11 +171,21 @@ type Config struct {
 //  12. convert owns CONVERSIONS and CONVERT (RFC 5259), commands no other
 //     extension sees; next to binary, which advertises the BINARY that
 //     RFC 5259 requires with CONVERT.
+//  13. webpush owns GETVAPID, WEBPUSH and ACKWEBPUSH, and push has no
+//     command at all (it provisions, refreshes sealed credentials at
+//     login, and stops its watchers at Close): their places do not
+//     matter; last, where they cost the other commands nothing. The
+//     device-token channel is METADATA's owner of /private/devicetoken,
+//     so it reaches sessions through metadata (1.), not by a place here.
 func Extensions(cfg Config) []proxy.Extension {
-	meta := metadata.New(metadata.Config{})
+	owned := map[string]metadata.EntryOwner{}
+	if cfg.DeviceToken != nil {
+		owned[devicetoken.Entry] = cfg.DeviceToken
+	}
+	meta := metadata.New(metadata.Config{Owned: owned})
 	ua := urlauth.New(urlauth.Config{Hosts: cfg.URLHosts, SubmitFrom: cfg.SubmitFrom})
 	sorter := sortext.New(sortext.Config{Contexts: true})
-	return []proxy.Extension{
+	exts := []proxy.Extension{
 		&idle.Extension{KeepAlive: cfg.IdleKeepAlive},
 		compress.New(),
 		namespace.New(),
@@ -187,4 +207,11 @@ func Extensions(cfg Config) []proxy.Extension {
 		binaryext.New(),
 		convert.New(),
 	}
+	if cfg.WebPush != nil {
+		exts = append(exts, cfg.WebPush)
+	}
+	if cfg.Push != nil {
+		exts = append(exts, cfg.Push)
+	}
+	return exts
 }

@@ -131,6 +131,8 @@ type Settings struct {
 	PushMaxRegistrations       int      `toml:"push-max-registrations"`
 	PushGiveUp                 Duration `toml:"push-give-up"`
 	PushAllowPrivateEndpoints  bool     `toml:"push-allow-private-endpoints"`
+	PushWebPush                bool     `toml:"push-webpush"`
+	PushVAPIDSubject           string   `toml:"push-vapid-subject"`
 }
 
 // Duration is a time.Duration written "30s" in the file and on the command
@@ -257,6 +259,8 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.PushPollInterval, "push-poll-interval", s.PushPollInterval, "how often a polled registered account is polled at most")
 	fs.IntVar(&s.PushMaxRegistrations, "push-max-registrations", s.PushMaxRegistrations, "most devices registered for push per account")
 	fs.TextVar(&s.PushGiveUp, "push-give-up", s.PushGiveUp, "a push not delivered for this long is given up (counted and logged)")
+	fs.BoolVar(&s.PushWebPush, "push-webpush", s.PushWebPush, "offer IMAP WEBPUSH (draft-gougeon-imap-webpush): clients register Web Push subscriptions, pushed to with RFC 8291 encryption and VAPID; the VAPID key is made on first start in the data directory (docs/webpush.md)")
+	fs.StringVar(&s.PushVAPIDSubject, "push-vapid-subject", s.PushVAPIDSubject, "the operator's contact in VAPID tokens (mailto: or https: URL); empty: mailto:postmaster@ and this machine's host name")
 	fs.BoolVar(&s.PushAllowPrivateEndpoints, "push-allow-private-endpoints", s.PushAllowPrivateEndpoints, "let push endpoints named by clients (Web Push) be loopback or private addresses, and plain http to loopback (tests only: it opens the proxy to server-side request forgery)")
 }
 
@@ -455,8 +459,9 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	return cfg, nil
 }
 
-// PushEnabled reports whether a push channel is configured.
-func (s *Settings) PushEnabled() bool { return s.PushGateway != "" }
+// PushEnabled reports whether a push channel is configured: device tokens
+// (a gateway) or Web Push.
+func (s *Settings) PushEnabled() bool { return s.PushGateway != "" || s.PushWebPush }
 
 // checkPush checks the push settings (the files are read at start).
 func (s *Settings) checkPush() error {

@@ -280,10 +280,16 @@ func (s *Sender) post(ctx context.Context, sub *Subscription, u *url.URL, plain 
 	if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && ra > 0 {
 		se.RetryAfter = time.Duration(ra) * time.Second
 	}
-	if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone {
+	// Sorted as push.Outcome sorts a gateway's answers: gone, worth
+	// retrying (no sooner than Retry-After), or refused for good.
+	switch code := resp.StatusCode; {
+	case code == http.StatusNotFound || code == http.StatusGone:
 		return fmt.Errorf("%w: %w", push.ErrGone, se)
+	case code == http.StatusRequestTimeout || code == http.StatusTooEarly || code == http.StatusTooManyRequests || code >= 500:
+		return &push.RetryError{Err: se, After: se.RetryAfter}
+	default:
+		return fmt.Errorf("%w: %w", push.ErrRejected, se)
 	}
-	return se
 }
 
 // StatusError is a push service's answer other than 2xx.
