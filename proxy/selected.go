@@ -103,11 +103,10 @@ func (s *Session) notify(m *selectedMailbox) func() {
 // watcherDial returns the function the hub uses to open the watcher's
 // connection. It captures the credentials, not the session.
 func (s *Session) watcherDial() hub.DialFunc {
-	cfg := &s.srv.cfg.Upstream
-	budget := s.srv.pool.Budget()
+	srv := s.srv
 	account, user, pass := s.account, s.user, s.pass
 	return func(ctx context.Context) (*upstream.Conn, error) {
-		c, _, err := budget.DialLogin(ctx, cfg, account, user, pass)
+		c, _, err := srv.dialLogin(ctx, account, user, pass)
 		return c, err
 	}
 }
