@@ -56,6 +56,9 @@ type Exchange struct {
 	// in, when set by Restream, is what the relay reads the command's
 	// literals and later lines from instead of the client.
 	in *imapcodec.Reader
+	// statusSync is the round trip a STATUS asked for when it arrived
+	// (statusSyncSoon).
+	statusSync *earlySync
 }
 
 // newExchange makes the exchange of a command read (whole, or its first

@@ -567,7 +567,7 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 	case resp.Head.Name == "STATUS" && !resp.Streamed && len(resp.Segments) == 1:
 		// The upstream's RECENT counts what its connections saw
 		// (recent.go).
-		resp.Segments[0].Text = s.statusRecent(resp.Segments[0].Text)
+		resp.Segments[0].Text = s.statusRecent(x, resp.Segments[0].Text)
 	case resp.Head.IsStatus() && resp.Head.Code == "CAPABILITY":
 		resp.Segments = []imapcodec.Segment{{Text: imapcodec.AppendStatus(nil, "*", resp.Head.Name,
 			"CAPABILITY "+strings.Join(s.capabilities(), " "), resp.Head.Text)}}

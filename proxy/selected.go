@@ -289,6 +289,11 @@ func (s *Session) beforeTagged(x *Exchange) error {
 	allowExpunge := true
 	if t := x.xlate; t != nil {
 		if t.syncAfter {
+			// The upstream has answered: the command's connection goes
+			// back to the pool before the wait for the watcher, so
+			// that other sessions' commands need not wait for it (an
+			// OnTagged hook that needs one leases again).
+			s.release()
 			s.syncMailbox(context.Background(), syncTimeout)
 		}
 		allowExpunge = t.allowExpunge

@@ -564,6 +564,9 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 		cmd.Segments = []imapcodec.Segment{first}
 	}
 	x := s.newExchange(ctx, cmd, streamed)
+	if cmd.Name == "STATUS" {
+		x.statusSync = s.statusSyncSoon(cmd)
+	}
 	var last Next
 	switch {
 	case isCore:
