@@ -37,6 +37,8 @@ type fakeUpstream struct {
 	flags map[uint32]string // flags by UID, as the listing reports them
 	noop  []string          // untagged lines for the next NOOP's answer
 	hold  chan struct{}     // if set, the next NOOP is answered once it is closed
+	noops int               // NOOPs answered
+	nth   map[int][]string  // untagged lines for the NOOP of that number (from 1)
 	conn  net.Conn
 	w     *bufio.Writer // writes to conn, under mu
 	down  bool          // refuse connections
@@ -121,6 +123,17 @@ func (u *fakeUpstream) holdNextNoop() (release func()) {
 	return sync.OnceFunc(func() { close(h) })
 }
 
+// answerNoop makes the answer of the watcher's n-th NOOP from now carry
+// lines (n = 1: the next).
+func (u *fakeUpstream) answerNoop(n int, lines ...string) {
+	u.mu.Lock()
+	if u.nth == nil {
+		u.nth = map[int][]string{}
+	}
+	u.nth[u.noops+n] = append(u.nth[u.noops+n], lines...)
+	u.mu.Unlock()
+}
+
 // answerNextNoop makes the next NOOP's answer carry lines (as Dovecot
 // sends the notifications it delayed when asked).
 func (u *fakeUpstream) answerNextNoop(lines ...string) {
@@ -201,7 +214,8 @@ func (u *fakeUpstream) serve(c net.Conn) {
 				}
 				u.mu.Lock()
 			}
-			for _, l := range u.noop {
+			u.noops++
+			for _, l := range append(u.noop, u.nth[u.noops]...) {
 				u.send("%s", l)
 			}
 			u.noop = nil
@@ -709,15 +723,23 @@ func TestSyncLinger(t *testing.T) {
 		h := testHub(t, Config{SyncLinger: 50 * time.Millisecond})
 		sub, _ := watchLogged(t, h, u.dial(), 10)
 		u.expect("IDLE")
+		// What changed while the watcher lingered, which a server need
+		// not report once IDLE has begun, comes with a last NOOP: the
+		// second from now, after the Sync's.
+		u.answerNoop(2, `* 1 FETCH (UID 10 FLAGS (\Answered))`)
 		sync(t, sub)
 		u.expect("DONE")
 		u.expect("NOOP")
-		u.expect("IDLE") // after the linger
+		u.expect("NOOP") // after the linger
+		u.expect("IDLE")
+		if f, _, _ := sub.State().Flags(10); strings.Join(f, " ") != `\Answered` {
+			t.Fatalf("flags %q after the linger, want the change reported to its last NOOP", f)
+		}
 		// And an outside change reaches the watcher in IDLE again.
-		u.push(`* 1 FETCH (UID 10 FLAGS (\Seen))`)
+		u.push(`* 1 FETCH (UID 10 FLAGS (\Answered \Seen))`)
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			if f, _, _ := sub.State().Flags(10); strings.Join(f, " ") == `\Seen` {
+			if f, _, _ := sub.State().Flags(10); strings.Join(f, " ") == `\Answered \Seen` {
 				break
 			}
 			if time.Now().After(deadline) {

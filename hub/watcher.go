@@ -847,7 +847,8 @@ const DefaultSyncLinger = 100 * time.Millisecond
 
 // linger keeps the watcher out of IDLE while sessions ask for round trips
 // (see DefaultSyncLinger): it answers each with a NOOP (poll) and serves
-// claims, until Config.SyncLinger passes without a request.
+// claims, until Config.SyncLinger passes without a request; then it polls
+// once more and returns.
 func (w *watch) linger(ctx context.Context) error {
 	d := w.box.hub.cfg.SyncLinger
 	if !w.asked || d < 0 {
@@ -871,7 +872,18 @@ func (w *watch) linger(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
-			return nil
+			// One more round trip before IDLE: a server need not
+			// report in IDLE what changed before it began (go-imap's
+			// in-memory server does not; Dovecot does), and while the
+			// watcher lingered, others may have changed the mailbox.
+			if err := w.poll(ctx); err != nil {
+				return err
+			}
+			if !w.asked {
+				return nil
+			}
+			w.asked = false // a request came meanwhile: linger on
+			t.Reset(d)
 		case <-w.box.wake:
 		}
 	}
