@@ -118,3 +118,50 @@ func TestSelectSyncOverlaps(t *testing.T) {
 	hold.Release()
 	imaptest.AssertLines(t, "SELECT", b.ReadUntilTagged("s"), []string{"* 1 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *"})
 }
+
+// TestNoSyncWithoutChange: a command that may change the selected mailbox
+// waits for the watcher's round trip only when the upstream's answer shows
+// it did: an EXPUNGE with nothing to expunge, an APPEND the upstream
+// refuses, a COPY it refuses ask for none (the watcher's connection
+// sees no NOOP); an EXPUNGE that expunges still does, and its client hears
+// of its expunge before the tagged OK.
+func TestNoSyncWithoutChange(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	for _, s := range []string{"one", "two"} {
+		if err := up.Append("alice", "INBOX", nil, testMessage(s, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fn := faultnet.Start(t, up.Addr)
+	cfg := baseConfig(fn.Addr())
+	cfg.Hub.SyncLinger = -1 // no NOOP of the watcher's but those asked for
+	p := startProxy(t, cfg)
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret")                                                                   // connection 1
+	a.ExpectDo("s", "SELECT INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *") // the watcher: connection 2
+	noop := fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	noSync := func(what string) {
+		t.Helper()
+		select {
+		case <-noop.Fired():
+			t.Fatalf("%s asked the watcher for a round trip", what)
+		default:
+		}
+	}
+	a.ExpectDo("e", "EXPUNGE", "e OK *")
+	noSync("an EXPUNGE that expunged nothing")
+	a.ExpectDo("c", "UID COPY 1 INBOX", "c NO *") // go-imap's server copies nothing into the same mailbox
+	noSync("a refused COPY")
+	a.ExpectDo("n", "APPEND Nonexistent {1+}\r\nx", "n NO *")
+	noSync("an APPEND to another mailbox")
+	a.ExpectDo("m", "APPEND INBOX (\\Flagged) \"bad date\" {1+}\r\nx", "m NO *")
+	noSync("a refused APPEND")
+	a.ExpectDo("f", `STORE 2 +FLAGS.SILENT (\Deleted)`, "f OK STORE completed")
+	a.ExpectDo("g", "EXPUNGE", "* 2 EXPUNGE", "g OK *")
+	select {
+	case <-noop.Fired():
+	default:
+		t.Fatal("an EXPUNGE that expunged answered without the watcher's round trip")
+	}
+}

@@ -105,6 +105,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 				if err := s.discardFrom(in, lit); err != nil {
 					return err
 				}
+				x.upstreamTagged = true
 				s.writeTagged(x, head)
 				s.release()
 				return nil
@@ -313,6 +314,7 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 				return head, s.relayFailed(tag, err)
 			}
 			if !ok {
+				x.upstreamTagged = true
 				s.writeTagged(x, head)
 				return head, nil
 			}
@@ -337,6 +339,7 @@ func (s *Session) relayResponses(x *Exchange, up *upstream.Conn, upTag string) (
 	if err != nil {
 		return head, err
 	}
+	x.upstreamTagged = true
 	return head, s.writeTagged(x, head)
 }
 
