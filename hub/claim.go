@@ -135,9 +135,8 @@ func (b *box) takeClaims() []*claimReq {
 //
 // The claims queued together (of several sessions, or of one STORE's
 // messages) are applied in one batch, and so saved in one write of the
-// Store (a bbolt transaction: two fsyncs, 2-3 ms on the disk the
-// benchmarks ran on): applied one by one, each waited for the saves of
-// those before it. A batch holds each message once, so that each claim's
+// Store (a bbolt transaction with two fsyncs): applied one by one, each
+// waited for the saves of those before it. A batch holds each message once, so that each claim's
 // answer is the mod-sequence of its own change; a second claim of a
 // message starts the next batch.
 func (b *box) serveClaims() {
