@@ -160,6 +160,11 @@ func (b *box) run() {
 		for _, r := range b.takeClaims() {
 			r.reply <- claimReply{err: fmt.Errorf("hub: claiming UID %d in %q: %w", r.uid, b.key.Mailbox, errStopped)}
 		}
+		if b.kept != nil {
+			// Kept for a watcher that never ran (a panic in between).
+			b.kept.conn.Close()
+			b.kept = nil
+		}
 	}()
 	log := b.hub.cfg.Logger.With("watcher", b.key.Mailbox)
 	readyOnce := sync.OnceFunc(func() { close(b.ready) })
