@@ -25,6 +25,19 @@ import (
 // every PollInterval (and at once when a subscriber starts idling),
 // refreshing its state meanwhile on a lent connection each time the
 // budget refuses.
+//
+// A passive box keeps the connection it refreshed on as its watcher's
+// when the account can spare it (see canKeep): the refresh has just
+// EXAMINEd the mailbox and listed it there, which is all a watcher's
+// start does, and the connection is counted in the budget already. The
+// box is then active again at no extra cost. Without this, a box that
+// lost its watcher in a moment of pressure (imaptest's stress: ten
+// clients of one account logging in at once) stayed passive for as long
+// as its sessions did not idle, and each of their commands waited for a
+// full refresh (EXAMINE and the flags of every message) before it ran and,
+// after EXPUNGE or APPEND, once more before its tagged answer: 20 ms of a
+// 50 ms command on a 2-CPU machine (docs/benchmarks.md, per-command
+// overhead).
 
 // touch records that a session used the box (for the least recently used
 // order).
@@ -101,7 +114,7 @@ func (b *box) passiveLoop(log interface{ Warn(string, ...any) }, ready func(), p
 		if refresh || b.wantsTrip() {
 			refresh = false
 			syncs := b.takeSyncs()
-			err := b.refreshLent(log)
+			kept, err := b.refreshLent(log)
 			answer(syncs, err)
 			if first {
 				if err != nil {
@@ -116,6 +129,11 @@ func (b *box) passiveLoop(log interface{ Warn(string, ...any) }, ready func(), p
 				}
 				first = false
 				ready()
+			}
+			if kept != nil {
+				// The lent connection becomes the watcher's (run).
+				b.kept = kept
+				return true
 			}
 			continue // serve what came meanwhile
 		}
@@ -136,14 +154,15 @@ func (b *box) passiveLoop(log interface{ Warn(string, ...any) }, ready func(), p
 
 // refreshLent brings the state up to date on a connection lent from the
 // pool (or dialled within the budget, waiting for one if need be) and
-// gives it back.
-func (b *box) refreshLent(log interface{ Warn(string, ...any) }) error {
+// gives it back, or, when the account can spare it (canKeep), keeps it:
+// it returns the watch on it then, synced, for the box's next watcher.
+func (b *box) refreshLent(log interface{ Warn(string, ...any) }) (kept *watch, err error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.hub.cfg.Timeout)
 	defer cancel()
 	c, err := b.lend(ctx)
 	if err != nil {
 		log.Warn("no connection to refresh an unwatched mailbox", "err", err)
-		return err
+		return nil, err
 	}
 	// A lent connection may have a mailbox selected, this one included:
 	// leave it, so that the EXAMINE is sent (Select skips a mailbox
@@ -151,13 +170,17 @@ func (b *box) refreshLent(log interface{ Warn(string, ...any) }) error {
 	// EXISTS) and nothing of another mailbox is read as this one's.
 	if err := c.Unselect(ctx); err != nil {
 		c.Close()
-		return err
+		return nil, err
 	}
 	w := &watch{box: b, log: log, conn: c}
 	err = w.fullSync(ctx)
 	if err != nil {
 		c.Close()
-		return err
+		return nil, err
+	}
+	if b.canKeep() {
+		w.synced = true
+		return w, nil
 	}
 	if st := b.state(); st != nil {
 		c.SyncedTo = st.HighestModSeq()
@@ -167,7 +190,22 @@ func (b *box) refreshLent(log interface{ Warn(string, ...any) }) error {
 	} else {
 		c.Logout()
 	}
-	return nil
+	return nil, nil
+}
+
+// canKeep reports whether the account can spare the connection a passive
+// box has just refreshed on, for the box's watcher: another connection of
+// the account stays idle in the pool, or the budget has room to dial one.
+// Then no command has to wait or reclaim anything because of it. When
+// neither holds, every connection of the account is busy with commands,
+// and the box stays passive: taking one would only make the next command
+// take it back (a LOGOUT and a dial more for each round).
+func (b *box) canKeep() bool {
+	p := b.hub.cfg.Pool
+	if p == nil || b.ctx.Err() != nil {
+		return false
+	}
+	return p.IdleFor(b.key.Account) > 0 || !p.Budget().Full(b.key.Account)
 }
 
 // lend takes an idle connection of the account from the pool, preferring

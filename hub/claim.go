@@ -132,68 +132,111 @@ func (b *box) takeClaims() []*claimReq {
 }
 
 // serveClaims applies the queued claims. Only the box's goroutine calls it.
+//
+// The claims queued together (of several sessions, or of one STORE's
+// messages) are applied in one batch, and so saved in one write of the
+// Store (a bbolt transaction with two fsyncs): applied one by one, each
+// waited for the saves of those before it. A batch holds each message once, so that each claim's
+// answer is the mod-sequence of its own change; a second claim of a
+// message starts the next batch.
 func (b *box) serveClaims() {
-	for _, req := range b.takeClaims() {
-		req.reply <- b.applyClaim(req)
+	reqs := b.takeClaims()
+	for len(reqs) > 0 {
+		n := 1
+		seen := map[uint32]bool{reqs[0].uid: true}
+		for n < len(reqs) && !seen[reqs[n].uid] {
+			seen[reqs[n].uid] = true
+			n++
+		}
+		b.applyClaims(reqs[:n])
+		reqs = reqs[n:]
 	}
 }
 
-// applyClaim applies one claim to the state and remembers it.
-func (b *box) applyClaim(req *claimReq) claimReply {
+// applyClaims applies claims of distinct messages to the state in one
+// batch, remembers them and answers each.
+func (b *box) applyClaims(reqs []*claimReq) {
 	st := b.state()
-	if st == nil || st != req.state {
-		// The UIDVALIDITY changed: the session's UID means nothing here.
-		return claimReply{err: ErrUIDValidity}
+	type applied struct {
+		req   *claimReq
+		flags []string
+		c     *claim // nil: not remembered (maxClaims)
+		isNew bool   // c was made for this claim
 	}
-	flags := syncstate.NormalizeFlags(req.flags)
-	cur, modseq, ok := st.Flags(req.uid)
-	if !ok {
-		return claimReply{}
-	}
-	c := b.claims[req.uid]
-	if slices.Equal(cur, flags) {
-		// Nothing changes. A standing claim of these flags now covers
-		// this STORE too; without one, the state came from the watcher,
-		// whose later reports are in order anyway.
-		if c != nil {
-			c.mark = b.trips
+	var todo []applied
+	changes := syncstate.Changes{FlagsOnly: true}
+	for _, req := range reqs {
+		if st == nil || st != req.state {
+			// The UIDVALIDITY changed: the session's UID means nothing
+			// here.
+			req.reply <- claimReply{err: ErrUIDValidity}
+			continue
 		}
-		return claimReply{modseq: modseq, ok: true}
-	}
-	if c == nil {
-		if len(b.claims) >= maxClaims {
-			// Applied but not remembered: a stale report could undo
-			// it until the round trip resolves the remembered ones.
-			b.needTrip = true
-		} else {
-			if b.claims == nil {
-				b.claims = map[uint32]*claim{}
+		flags := syncstate.NormalizeFlags(req.flags)
+		cur, modseq, ok := st.Flags(req.uid)
+		if !ok {
+			req.reply <- claimReply{}
+			continue
+		}
+		c := b.claims[req.uid]
+		if slices.Equal(cur, flags) {
+			// Nothing changes. A standing claim of these flags now
+			// covers this STORE too; without one, the state came from
+			// the watcher, whose later reports are in order anyway.
+			if c != nil {
+				c.mark = b.trips
 			}
-			c = &claim{}
-			b.claims[req.uid] = c
+			req.reply <- claimReply{modseq: modseq, ok: true}
+			continue
 		}
+		isNew := false
+		if c == nil {
+			if len(b.claims) >= maxClaims {
+				// Applied but not remembered: a stale report could undo
+				// it until the round trip resolves the remembered ones.
+				b.needTrip = true
+			} else {
+				if b.claims == nil {
+					b.claims = map[uint32]*claim{}
+				}
+				c, isNew = &claim{}, true
+				b.claims[req.uid] = c
+			}
+		}
+		changes.Upsert = append(changes.Upsert, syncstate.Message{UID: req.uid, Flags: flags})
+		todo = append(todo, applied{req, flags, c, isNew})
 	}
-	changed, err := st.Apply(syncstate.Changes{Upsert: []syncstate.Message{{UID: req.uid, Flags: flags}}, FlagsOnly: true})
+	if len(todo) == 0 {
+		return
+	}
+	changed, err := st.Apply(changes)
 	if err != nil {
-		// Not stored, so not applied and not claimed: the watcher's
-		// own report of the change comes later.
-		if c != nil && c.flags == nil {
-			delete(b.claims, req.uid)
+		// Not stored, so not applied and not claimed: the watcher's own
+		// reports of the changes come later.
+		for _, a := range todo {
+			if a.isNew {
+				delete(b.claims, a.req.uid)
+			}
+			a.req.reply <- claimReply{err: fmt.Errorf("hub: claiming UID %d in %q: %w", a.req.uid, b.key.Mailbox, err)}
 		}
-		return claimReply{err: fmt.Errorf("hub: claiming UID %d in %q: %w", req.uid, b.key.Mailbox, err)}
+		return
 	}
-	if c != nil {
-		// A held report stays: if no newer one comes, it is still the
-		// connection's latest word on the message.
-		c.flags, c.mark = flags, b.trips
+	for _, a := range todo {
+		if a.c != nil {
+			// A held report stays: if no newer one comes, it is still
+			// the connection's latest word on the message.
+			a.c.flags, a.c.mark = a.flags, b.trips
+		}
 	}
 	if changed {
 		b.lastWait.Store(0)
 		b.lastRead.Store(time.Now().UnixNano())
 		b.notifyAll()
 	}
-	_, modseq, _ = st.Flags(req.uid)
-	return claimReply{modseq: modseq, ok: true}
+	for _, a := range todo {
+		_, modseq, _ := st.Flags(a.req.uid)
+		a.req.reply <- claimReply{modseq: modseq, ok: true}
+	}
 }
 
 // orderReports filters a batch of the watcher's reports through the

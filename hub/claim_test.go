@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/statestore"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -35,6 +36,9 @@ type fakeUpstream struct {
 	uids  []uint32          // the mailbox, in sequence order
 	flags map[uint32]string // flags by UID, as the listing reports them
 	noop  []string          // untagged lines for the next NOOP's answer
+	hold  chan struct{}     // if set, the next NOOP is answered once it is closed
+	noops int               // NOOPs answered
+	nth   map[int][]string  // untagged lines for the NOOP of that number (from 1)
 	conn  net.Conn
 	w     *bufio.Writer // writes to conn, under mu
 	down  bool          // refuse connections
@@ -109,6 +113,27 @@ func (u *fakeUpstream) push(lines ...string) {
 	u.w.Flush()
 }
 
+// holdNextNoop makes the server hold its answer to the next NOOP (after
+// the event "NOOP held") until release is called.
+func (u *fakeUpstream) holdNextNoop() (release func()) {
+	h := make(chan struct{})
+	u.mu.Lock()
+	u.hold = h
+	u.mu.Unlock()
+	return sync.OnceFunc(func() { close(h) })
+}
+
+// answerNoop makes the answer of the watcher's n-th NOOP from now carry
+// lines (n = 1: the next).
+func (u *fakeUpstream) answerNoop(n int, lines ...string) {
+	u.mu.Lock()
+	if u.nth == nil {
+		u.nth = map[int][]string{}
+	}
+	u.nth[u.noops+n] = append(u.nth[u.noops+n], lines...)
+	u.mu.Unlock()
+}
+
 // answerNextNoop makes the next NOOP's answer carry lines (as Dovecot
 // sends the notifications it delayed when asked).
 func (u *fakeUpstream) answerNextNoop(lines ...string) {
@@ -179,7 +204,18 @@ func (u *fakeUpstream) serve(c net.Conn) {
 			}
 			u.send("%s OK Fetch completed.", tag)
 		case "NOOP":
-			for _, l := range u.noop {
+			if h := u.hold; h != nil {
+				u.hold = nil
+				u.mu.Unlock()
+				u.event("NOOP held")
+				select {
+				case <-h:
+				case <-u.closed:
+				}
+				u.mu.Lock()
+			}
+			u.noops++
+			for _, l := range append(u.noop, u.nth[u.noops]...) {
 				u.send("%s", l)
 			}
 			u.noop = nil
@@ -499,6 +535,53 @@ func TestClaimServedPromptly(t *testing.T) {
 		sub, _ := watchLogged(t, h, u.dial(), 10)
 		timed(t, sub, 10, `\Seen`)
 	})
+	// While a round trip a session asked for is on its way (the
+	// upstream holds its answer), claims are served: the watcher does
+	// not wait for the answer first (execServing). The claim stands
+	// past that round trip, which started before it.
+	for _, idle := range []bool{false, true} {
+		name := "round trip, polling"
+		if idle {
+			name = "round trip, lingering after IDLE"
+		}
+		t.Run(name, func(t *testing.T) {
+			u := startFake(t, idle, 10)
+			h := testHub(t, Config{PollInterval: time.Hour, SyncLinger: time.Hour})
+			sub, _ := watchLogged(t, h, u.dial(), 10)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if idle {
+				// The first Sync leaves IDLE; the watcher then lingers
+				// out of it and answers the next with NOOP alone.
+				u.expect("IDLE")
+				if err := sub.Sync(ctx); err != nil {
+					t.Fatal(err)
+				}
+				u.expect("DONE")
+				u.expect("NOOP")
+			}
+			release := u.holdNextNoop()
+			defer release()
+			errc := make(chan error, 1)
+			go func() { errc <- sub.Sync(ctx) }()
+			u.expect("NOOP held")
+			timed(t, sub, 10, `\Seen`)
+			release()
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			u.expect("NOOP")
+			// The next round trip settles the claim; nothing reported
+			// otherwise, so the claimed flags stay.
+			if err := sub.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			u.expect("NOOP")
+			if f, _, _ := sub.State().Flags(10); strings.Join(f, " ") != `\Seen` {
+				t.Errorf("flags %q after the round trips, want \\Seen", f)
+			}
+		})
+	}
 	t.Run("backoff", func(t *testing.T) {
 		u := startFake(t, true, 10)
 		h := testHub(t, Config{MinBackoff: time.Minute, MaxBackoff: time.Minute})
@@ -605,4 +688,212 @@ func TestFullSyncForgetsClaims(t *testing.T) {
 		t.Fatalf("flags %q after a report of \\Flagged, want \\Flagged", f)
 	}
 	u.quiet(50 * time.Millisecond)
+}
+
+// TestSyncLinger: after a round trip a session asked for, the watcher
+// stays out of IDLE for Config.SyncLinger and answers the next request
+// with a NOOP alone (no DONE, no IDLE before it); once the linger passes
+// without a request it goes back into IDLE. A negative linger goes back at
+// once.
+func TestSyncLinger(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sync := func(t *testing.T, sub *Subscription) {
+		t.Helper()
+		if err := sub.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("lingering", func(t *testing.T) {
+		u := startFake(t, true, 10)
+		h := testHub(t, Config{SyncLinger: time.Hour})
+		sub, _ := watchLogged(t, h, u.dial(), 10)
+		u.expect("IDLE")
+		sync(t, sub)
+		u.expect("DONE")
+		u.expect("NOOP")
+		for range 3 {
+			sync(t, sub)
+			u.expect("NOOP")
+		}
+		u.quiet(100 * time.Millisecond)
+	})
+	t.Run("back into IDLE", func(t *testing.T) {
+		u := startFake(t, true, 10)
+		h := testHub(t, Config{SyncLinger: 50 * time.Millisecond})
+		sub, _ := watchLogged(t, h, u.dial(), 10)
+		u.expect("IDLE")
+		// What changed while the watcher lingered, which a server need
+		// not report once IDLE has begun, comes with a last NOOP: the
+		// second from now, after the Sync's.
+		u.answerNoop(2, `* 1 FETCH (UID 10 FLAGS (\Answered))`)
+		sync(t, sub)
+		u.expect("DONE")
+		u.expect("NOOP")
+		u.expect("NOOP") // after the linger
+		u.expect("IDLE")
+		if f, _, _ := sub.State().Flags(10); strings.Join(f, " ") != `\Answered` {
+			t.Fatalf("flags %q after the linger, want the change reported to its last NOOP", f)
+		}
+		// And an outside change reaches the watcher in IDLE again.
+		u.push(`* 1 FETCH (UID 10 FLAGS (\Answered \Seen))`)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if f, _, _ := sub.State().Flags(10); strings.Join(f, " ") == `\Answered \Seen` {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the change pushed in IDLE never reached the state")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	t.Run("off", func(t *testing.T) {
+		u := startFake(t, true, 10)
+		h := testHub(t, Config{SyncLinger: -1})
+		sub, _ := watchLogged(t, h, u.dial(), 10)
+		u.expect("IDLE")
+		sync(t, sub)
+		u.expect("DONE")
+		u.expect("NOOP")
+		u.expect("IDLE")
+		sync(t, sub)
+		u.expect("DONE")
+		u.expect("NOOP")
+	})
+}
+
+// TestSyncSoon: a round trip asked for ahead (SyncSoon, as SELECT does
+// before it sends its SELECT upstream) starts at once, before anyone
+// waits for it, and Await then waits for that one rather than asking for
+// another. Nobody watching the mailbox, there is nothing to ask; Await of
+// nothing is a Sync.
+func TestSyncSoon(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	u := startFake(t, true, 10)
+	h := testHub(t, Config{SyncLinger: -1})
+	if p := h.SyncSoon(Key{"alice", "INBOX"}); p != nil {
+		t.Fatal("SyncSoon of a mailbox nobody watches asked for a round trip")
+	}
+	sub, _ := watchLogged(t, h, u.dial(), 10)
+	u.expect("IDLE")
+	p := h.SyncSoon(Key{"alice", "INBOX"})
+	if p == nil {
+		t.Fatal("SyncSoon of a watched mailbox asked for nothing")
+	}
+	u.expect("DONE")
+	u.expect("NOOP")
+	u.expect("IDLE")
+	if err := sub.Await(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	u.quiet(50 * time.Millisecond)
+	if err := sub.Await(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	u.expect("DONE")
+	u.expect("NOOP")
+}
+
+// blockingStore is the real Bolt store behind a gate: while gate is set,
+// Save waits on it (after telling entered), as a slow disk would.
+type blockingStore struct {
+	*statestore.Bolt
+	saves   atomic.Int32
+	mu      sync.Mutex
+	gate    chan struct{}
+	entered chan struct{}
+}
+
+func (s *blockingStore) Save(key string, b statestore.Batch) error {
+	s.mu.Lock()
+	gate := s.gate
+	s.mu.Unlock()
+	if gate != nil {
+		s.entered <- struct{}{}
+		<-gate
+	}
+	s.saves.Add(1)
+	return s.Bolt.Save(key, b)
+}
+
+// TestClaimsSavedTogether: claims that queue while the watcher saves
+// another change are applied in one batch, one save, each answered with
+// the mod-sequence of its own change; a second claim of a message in the
+// queue waits for the next batch.
+func TestClaimsSavedTogether(t *testing.T) {
+	u := startFake(t, false, 10, 11, 12, 13)
+	bolt, err := statestore.OpenBolt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bolt.Close()
+	store := &blockingStore{Bolt: bolt, entered: make(chan struct{}, 1)}
+	h := testHub(t, Config{Store: store, PollInterval: time.Hour})
+	sub, _ := watchLogged(t, h, u.dial(), 10)
+	st := sub.State()
+
+	gate := make(chan struct{})
+	store.mu.Lock()
+	store.gate = gate
+	store.mu.Unlock()
+	type result struct {
+		uid    uint32
+		modseq uint64
+	}
+	results := make(chan result, 5)
+	claim := func(uid uint32, flags string) {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			m, ok, err := sub.Own(ctx, uid, strings.Fields(flags))
+			if err != nil || !ok {
+				t.Errorf("Own(%d): %v %v", uid, ok, err)
+			}
+			results <- result{uid, m}
+		}()
+	}
+	claim(10, `\Seen`)
+	<-store.entered // the box's goroutine is saving the first claim
+	store.mu.Lock()
+	store.gate = nil // the saves after this one go through
+	store.mu.Unlock()
+	before := store.saves.Load()
+	// These queue behind it; their queue is served once it is saved.
+	waitQueued := func(n int) {
+		for queued(sub.box) != n {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	claim(11, `\Seen`)
+	claim(12, `\Flagged`)
+	claim(13, `\Answered`)
+	waitQueued(3)
+	claim(11, `\Seen \Flagged`) // 11 again, queued last: the next batch
+	waitQueued(4)
+	close(gate)
+	got := map[uint32][]uint64{}
+	for range 5 {
+		r := <-results
+		got[r.uid] = append(got[r.uid], r.modseq)
+	}
+	if n := store.saves.Load() - before; n != 3 {
+		t.Errorf("%d saves for the first claim and the four queued behind it, want 3 (the first, 11-13 together, 11 again)", n)
+	}
+	for _, uid := range []uint32{12, 13} {
+		if _, m, _ := st.Flags(uid); len(got[uid]) != 1 || got[uid][0] != m {
+			t.Errorf("UID %d: answered %v, its mod-sequence is %d", uid, got[uid], m)
+		}
+	}
+	if f, m, _ := st.Flags(11); strings.Join(f, " ") != `\Flagged \Seen` || len(got[11]) != 2 || max(got[11][0], got[11][1]) != m || got[11][0] == got[11][1] {
+		t.Errorf("UID 11: flags %q mod-sequence %d, answered %v", f, m, got[11])
+	}
+}
+
+// queued returns how many claims wait for b's goroutine.
+func queued(b *box) int {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
+	return len(b.claimReqs)
 }

@@ -69,6 +69,11 @@ type Config struct {
 	// Grace is how long a watcher lives on after its last session left, so
 	// a client that re-selects at once finds it warm. Default 10 s.
 	Grace time.Duration
+	// SyncLinger is how long a watcher whose sessions asked for a round
+	// trip (Sync) stays out of IDLE, answering further requests with a
+	// plain NOOP, before it goes back into IDLE (see
+	// DefaultSyncLinger). Negative: back into IDLE at once.
+	SyncLinger time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay. Defaults 200 ms
 	// and 30 s.
 	MinBackoff, MaxBackoff time.Duration
@@ -120,6 +125,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Grace <= 0 {
 		c.Grace = 10 * time.Second
+	}
+	if c.SyncLinger == 0 {
+		c.SyncLinger = DefaultSyncLinger
 	}
 	if c.MinBackoff <= 0 {
 		c.MinBackoff = 200 * time.Millisecond
@@ -372,6 +380,42 @@ func (s *Subscription) Sync(ctx context.Context) error {
 	return s.box.sync(ctx)
 }
 
+// A PendingSync is a round trip asked of a mailbox's watcher ahead of
+// time (Hub.SyncSoon).
+type PendingSync struct {
+	box  *box
+	done chan error
+}
+
+// SyncSoon asks the watcher of key for a round trip now, if the mailbox is
+// watched and its watcher ready, without waiting for it; nil otherwise.
+// A session about to SELECT the mailbox asks before it sends its SELECT
+// upstream, and waits for the answer (Subscription.Await) once it has
+// subscribed: the round trip, which must start after the command arrived
+// (see Subscription.Sync), then overlaps the SELECT instead of following
+// it.
+func (h *Hub) SyncSoon(key Key) *PendingSync {
+	h.mu.Lock()
+	b := h.boxes[key]
+	watched := b != nil && b.dial != nil // not a Refresh's box
+	h.mu.Unlock()
+	if !watched || !isReady(b.ready) || b.readyErr != nil {
+		return nil
+	}
+	return &PendingSync{box: b, done: b.requestSync()}
+}
+
+// Await waits for p, a round trip asked by SyncSoon, as Sync waits for
+// its own. If p is nil or was asked of another watcher than the
+// subscription's (the mailbox's watcher started over in between), it
+// does a Sync instead.
+func (s *Subscription) Await(ctx context.Context, p *PendingSync) error {
+	if p == nil || p.box != s.box {
+		return s.box.sync(ctx)
+	}
+	return s.box.await(ctx, p.done)
+}
+
 // Resync makes the watcher of key start over, on a new connection with a
 // full sync, because a session was told a UIDVALIDITY by the upstream that
 // the state does not have: the mailbox was deleted and re-created under
@@ -522,8 +566,10 @@ func (h *Hub) backoff(n int) time.Duration {
 // unclaimed (syncstate.Recency), after a round trip of its watcher so that
 // messages the upstream has just been given count; ok is false when no
 // watcher has the mailbox's state (nobody selected it lately), and the
-// caller must take the upstream's word. It answers STATUS RECENT.
-func (h *Hub) Unclaimed(ctx context.Context, key Key) (n int, ok bool) {
+// caller must take the upstream's word. It answers STATUS RECENT. early,
+// if not nil, is a round trip asked for when the STATUS command arrived
+// (SyncSoon), which does as well: it waits for that one instead.
+func (h *Hub) Unclaimed(ctx context.Context, key Key, early *PendingSync) (n int, ok bool) {
 	h.mu.Lock()
 	b := h.boxes[key]
 	watched := b != nil && b.dial != nil // not a Refresh's box
@@ -536,7 +582,11 @@ func (h *Hub) Unclaimed(ctx context.Context, key Key) (n int, ok bool) {
 		return 0, false
 	}
 	// On failure the state is as the watcher last saw it.
-	_ = b.sync(ctx)
+	if early != nil && early.box == b {
+		_ = b.await(ctx, early.done)
+	} else {
+		_ = b.sync(ctx)
+	}
 	if b.state() != st {
 		return 0, false // the mailbox was re-created meanwhile
 	}

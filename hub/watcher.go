@@ -53,6 +53,10 @@ type box struct {
 	forgotten atomic.Bool
 	// live is the watcher's connection while it has one, for Resync.
 	live atomic.Pointer[upstream.Conn]
+	// kept is the connection a passive box refreshed on and keeps for
+	// its watcher (budget.go), synced, for run's next watch; owned by the
+	// box's goroutine.
+	kept *watch
 
 	wake      chan struct{} // signalled by sync and own for a watcher not reading
 	syncMu    sync.Mutex
@@ -89,6 +93,12 @@ func (b *box) state() *syncstate.Mailbox { return b.st.Load() }
 
 // sync asks the watcher for a round trip to the upstream and waits for it.
 func (b *box) sync(ctx context.Context) error {
+	return b.await(ctx, b.requestSync())
+}
+
+// requestSync asks the watcher for a round trip to the upstream; the
+// channel receives its outcome.
+func (b *box) requestSync() chan error {
 	b.touch()
 	done := make(chan error, 1)
 	b.syncMu.Lock()
@@ -101,6 +111,11 @@ func (b *box) sync(ctx context.Context) error {
 	}
 	b.syncMu.Unlock()
 	b.signal()
+	return done
+}
+
+// await waits for the outcome of a requestSync.
+func (b *box) await(ctx context.Context, done chan error) error {
 	select {
 	case err := <-done:
 		return err
@@ -145,13 +160,22 @@ func (b *box) run() {
 		for _, r := range b.takeClaims() {
 			r.reply <- claimReply{err: fmt.Errorf("hub: claiming UID %d in %q: %w", r.uid, b.key.Mailbox, errStopped)}
 		}
+		if b.kept != nil {
+			// Kept for a watcher that never ran (a panic in between).
+			b.kept.conn.Close()
+			b.kept = nil
+		}
 	}()
 	log := b.hub.cfg.Logger.With("watcher", b.key.Mailbox)
 	readyOnce := sync.OnceFunc(func() { close(b.ready) })
 	defer readyOnce()
 	retried := false // the last watcher connection was a passive box's try
 	for attempt := 0; ; attempt++ {
-		w := &watch{box: b, log: log}
+		w := b.kept
+		b.kept = nil
+		if w == nil {
+			w = &watch{box: b, log: log}
+		}
 		err := b.serveGuarded(w, readyOnce)
 		if b.ctx.Err() != nil {
 			b.hub.keepCold(b)
@@ -259,20 +283,27 @@ type watch struct {
 
 	batch     syncstate.Changes
 	needFetch bool
+	// asked is set by a round trip that answered Sync requests: the
+	// watcher then lingers out of IDLE (linger).
+	asked     bool
 	firstRead time.Time     // when the first line of the uncommitted batch was read
 	batchWait time.Duration // time the uncommitted batch waited for the upstream's answers
 }
 
 func (w *watch) serve(ready func()) error {
 	b := w.box
-	b.hub.mu.Lock()
-	dial := b.dial // Watch replaces it under hub.mu
-	b.hub.mu.Unlock()
-	// A watcher's connection is the first thing an account's budget
-	// gives up: it may be refused one, and reclaimed (dropConn) later.
-	conn, err := dial(upstream.Optional(b.ctx))
-	if err != nil {
-		return err
+	conn := w.conn // a connection a passive box kept (budget.go), synced
+	if conn == nil {
+		b.hub.mu.Lock()
+		dial := b.dial // Watch replaces it under hub.mu
+		b.hub.mu.Unlock()
+		// A watcher's connection is the first thing an account's budget
+		// gives up: it may be refused one, and reclaimed (dropConn) later.
+		c, err := dial(upstream.Optional(b.ctx))
+		if err != nil {
+			return err
+		}
+		conn = c
 	}
 	ctx, drop := context.WithCancel(b.ctx)
 	defer drop()
@@ -299,10 +330,12 @@ func (w *watch) serve(ready func()) error {
 			conn.Close()
 		}
 	}()
-	if err := w.fullSync(ctx); err != nil {
-		return err
+	if !w.synced {
+		if err := w.fullSync(ctx); err != nil {
+			return err
+		}
+		w.synced = true
 	}
-	w.synced = true
 	ready()
 	if conn.Caps().Has("IDLE") {
 		return w.idleLoop(ctx)
@@ -601,9 +634,49 @@ func (w *watch) fetchNew(ctx context.Context) error {
 	octx, cancel := w.opCtx(ctx)
 	defer cancel()
 	sent := time.Now()
-	_, err := w.conn.Exec(octx, cmd, w.handle)
+	err := w.execServing(octx, cmd)
 	w.batchWait += time.Since(sent)
 	return err
+}
+
+// execServing runs one of the watcher's commands and serves the claims
+// that sessions make while it waits for the answer: the command's I/O
+// runs on a goroutine of its own, which only collects the untagged
+// responses, and they go through handle here, in order, once the tagged
+// one has come. Claims used to wait for the command's round trip (the
+// box's goroutine was blocked reading), and with sessions asking for
+// round trips every few milliseconds that was most of each STORE's wait
+// (docs/benchmarks.md, per-command overhead).
+//
+// Serving a claim while the answer is on its way keeps the ordering of
+// claims and reports (see claim): the round trip started before the
+// claim, so the claim's mark is this trip's number and only a later trip
+// settles it; a report the answer carries is committed after the claim
+// and ordered against it as any report read after a claim is.
+func (w *watch) execServing(ctx context.Context, cmd string) error {
+	var resps []*upstream.Response
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				recovery.Counted(recovery.Watcher)
+				done <- fmt.Errorf("hub: panic running %q: %v", cmd, p)
+			}
+		}()
+		_, err := w.conn.Exec(ctx, cmd, func(r *upstream.Response) { resps = append(resps, r) })
+		done <- err
+	}()
+	for {
+		select {
+		case err := <-done:
+			for _, r := range resps {
+				w.handle(r)
+			}
+			return err
+		case <-w.box.wake:
+			w.box.serveClaims()
+		}
+	}
 }
 
 // answer answers Sync requests.
@@ -617,9 +690,10 @@ func answer(syncs []chan error, err error) {
 // before it and answers pending Syncs.
 func (w *watch) poll(ctx context.Context) error {
 	syncs := w.box.takeSyncs()
+	w.asked = w.asked || len(syncs) > 0
 	trip := w.box.startTrip()
 	octx, cancel := w.opCtx(ctx)
-	_, err := w.conn.Exec(octx, "NOOP", w.handle)
+	err := w.execServing(octx, "NOOP")
 	cancel()
 	if err == nil && w.needFetch {
 		err = w.fetchNew(ctx)
@@ -665,6 +739,9 @@ func (w *watch) pollLoop(ctx context.Context) error {
 func (w *watch) idleLoop(ctx context.Context) error {
 	renewEvery := w.box.hub.cfg.IdleRenew
 	for {
+		if err := w.linger(ctx); err != nil {
+			return err
+		}
 		tag := w.conn.NextTag()
 		wr := w.conn.Writer()
 		wr.WriteString(tag + " IDLE\r\n")
@@ -753,6 +830,70 @@ func (w *watch) idleLoop(ctx context.Context) error {
 	}
 }
 
+// DefaultSyncLinger is the default of Config.SyncLinger: how long a
+// watcher whose sessions asked for a round trip stays out of IDLE,
+// answering further requests with a plain NOOP, before it goes back into
+// IDLE.
+//
+// Sessions ask for round trips after their own EXPUNGE, APPEND, COPY and
+// MOVE, at SELECT and for STATUS RECENT; each costs the watcher DONE and
+// NOOP, and then IDLE again, whose continuation it must wait for before
+// it can leave IDLE for the next request. A busy mailbox (ten imaptest
+// clients on one account: a request every few milliseconds) kept the
+// watcher in that cycle most of the time, and requests and claims queued
+// behind it (docs/benchmarks.md, per-command overhead). Lingering, the
+// watcher answers each request with one NOOP, at once, and serves claims
+// at once. What it costs: while it lingers, changes made by others reach
+// it at the next request rather than by IDLE, so a push to an idling
+// client can be up to this much later. 100 ms is far below Dovecot's own
+// delay in reporting changes during IDLE (about half a second), and a
+// mailbox whose sessions have gone quiet is back in IDLE after it.
+const DefaultSyncLinger = 100 * time.Millisecond
+
+// linger keeps the watcher out of IDLE while sessions ask for round trips
+// (see DefaultSyncLinger): it answers each with a NOOP (poll) and serves
+// claims, until Config.SyncLinger passes without a request; then it polls
+// once more and returns.
+func (w *watch) linger(ctx context.Context) error {
+	d := w.box.hub.cfg.SyncLinger
+	if !w.asked || d < 0 {
+		w.asked = false
+		return nil
+	}
+	w.asked = false
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		w.box.serveClaims()
+		if w.box.wantsTrip() || w.needFetch {
+			if err := w.poll(ctx); err != nil {
+				return err
+			}
+			w.asked = false
+			t.Reset(d)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			// One more round trip before IDLE: a server need not
+			// report in IDLE what changed before it began (go-imap's
+			// in-memory server does not; Dovecot does), and while the
+			// watcher lingered, others may have changed the mailbox.
+			if err := w.poll(ctx); err != nil {
+				return err
+			}
+			if !w.asked {
+				return nil
+			}
+			w.asked = false // a request came meanwhile: linger on
+			t.Reset(d)
+		case <-w.box.wake:
+		}
+	}
+}
+
 // leaveIdle ends the IDLE command tag and does what made the watcher leave
 // it. DONE goes out in one write with the commands that follow it (RFC
 // 3501 lets a client send commands without waiting for the previous
@@ -776,6 +917,7 @@ func (w *watch) leaveIdle(ctx context.Context, tag string) error {
 			// include every change made before these requests
 			// (and before the claims standing now).
 			syncs = w.box.takeSyncs()
+			w.asked = w.asked || len(syncs) > 0
 			trip = w.box.startTrip()
 			t := w.conn.NextTag()
 			wr.WriteString(t + " NOOP\r\n")

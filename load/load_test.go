@@ -202,6 +202,13 @@ func TestIdleUpstreamOfTargetPID(t *testing.T) {
 	if n := metric(t, res, "upstream-connections"); n != 0 {
 		t.Errorf("upstream-connections = %v for a -target-pid with no socket; want 0 (the proxy's own are another process's)", n)
 	}
+	// A proxy of its own for this run: the first one's watchers (in
+	// their grace period) and pooled connections would serve these
+	// sessions too (logins take pooled connections: the login cache),
+	// and only connections opened during the run count.
+	e = newEnv(t, 2)
+	cfg = e.config("idle")
+	cfg.Clients, cfg.Duration = 4, 100*time.Millisecond
 	cfg.TargetPID = os.Getpid()
 	res = run(t, cfg)
 	noErrors(t, res)

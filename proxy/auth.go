@@ -135,22 +135,34 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	if err != nil {
 		return err
 	}
-	uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	c, text, err := s.srv.pool.Budget().DialLogin(uctx, &s.srv.cfg.Upstream, account, user, pass)
-	if err != nil {
-		if errors.Is(err, upstream.ErrAuthFailed) {
-			s.log.Info("login failed", "user", user)
-			return s.answerFailure(ctx, tag, done(loginFailed, s.cfg.AuthFailureDelay))
+	// Credentials the upstream accepted a moment ago need no new upstream
+	// login (logincache.go).
+	c, caps, cached := s.cachedLogin(ctx, account, user, pass)
+	text := ""
+	if !cached {
+		uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		c, text, err = s.srv.dialLogin(uctx, account, user, pass)
+		if err != nil {
+			if errors.Is(err, upstream.ErrAuthFailed) {
+				s.log.Info("login failed", "user", user)
+				return s.answerFailure(ctx, tag, done(loginFailed, s.cfg.AuthFailureDelay))
+			}
+			done(loginError, 0)
+			s.log.Warn("upstream failed during login", "err", err)
+			return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 		}
-		done(loginError, 0)
-		s.log.Warn("upstream failed during login", "err", err)
-		return s.WriteStatus(tag, "NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
+		caps = c.Caps()
 	}
 	done(loginOK, 0)
 	if !s.srv.limits.login(account) {
-		c.Logout()
-		c.Close()
+		switch {
+		case c != nil && cached:
+			s.srv.pool.Put(account, c) // the pool's, as it was
+		case c != nil:
+			c.Logout()
+			c.Close()
+		}
 		s.srv.countError(ErrTooManySessions)
 		s.log.Warn("too many sessions for one account", "user", user)
 		return s.WriteStatus(tag, "NO", "LIMIT", "Too many sessions for this account; log out elsewhere first.")
@@ -159,17 +171,67 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	s.user, s.pass = user, pass
 	s.account = account
 	s.acct.Store(&account)
-	s.upCaps = c.Caps()
+	s.upCaps = caps
 	s.log = s.log.With("user", user)
-	s.log.Info("logged in")
-	s.up = c
-	s.leased.Store(true)
+	s.log.Info("logged in", "verified", verifiedBy(cached))
+	if c != nil {
+		s.up = c
+		s.leased.Store(true)
+	}
 	s.setState(StateAuthenticated)
 	s.release()
 	if text == "" {
 		text = "Logged in."
 	}
 	return s.WriteStatus(tag, "OK", "CAPABILITY "+strings.Join(s.capabilities(), " "), text)
+}
+
+// cachedLogin answers a login from the login cache (logincache.go) when
+// the upstream accepted exactly these credentials for account within the
+// window and the account is being served now: an idle pooled connection
+// of the account is alive (it becomes the session's first, as a login's
+// own connection would), or every connection the account's budget allows
+// is busy with its other sessions' commands (c is nil: the session's first
+// command waits for one to come back, as any lease then does, instead of
+// a login dialling past the budget and taking a watcher's). Otherwise
+// (nothing open: the upstream may be down, or nothing idle but room to
+// dial) ok is false and the login goes upstream, which costs no more than
+// the dial the session's first command would make.
+func (s *Session) cachedLogin(ctx context.Context, account, user, pass string) (c *upstream.Conn, caps upstream.Caps, ok bool) {
+	caps, ok = s.srv.logins.check(account, user, pass)
+	if !ok {
+		return nil, nil, false
+	}
+	for {
+		c = s.srv.pool.Get(account, "")
+		if c == nil {
+			break
+		}
+		if !c.Alive() {
+			c.Close()
+			continue
+		}
+		if time.Since(c.LastUsed()) > checkAfter {
+			if _, err := c.Exec(ctx, "NOOP", nil); err != nil {
+				c.Close()
+				continue
+			}
+		}
+		return c, caps, true
+	}
+	if s.srv.pool.Budget().Full(account) {
+		return nil, caps, true
+	}
+	return nil, nil, false
+}
+
+// verifiedBy names, for the login's log line, what verified the
+// credentials.
+func verifiedBy(cached bool) string {
+	if cached {
+		return "cache"
+	}
+	return "upstream"
 }
 
 // admitLogin waits until a login from the session's address as account

@@ -271,6 +271,10 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		return s.upstreamUnavailable(cmd.Tag, err)
 	}
 	mailbox = s.mailboxName(ctx, up, mailbox) // inbox/Child is INBOX/Child (names.go)
+	key := hub.Key{Account: s.account, Mailbox: mailbox}
+	// The watcher's round trip that brings the state up to date
+	// (watchSelected) overlaps the upstream's SELECT.
+	early := s.srv.hub.SyncSoon(key)
 	up.Selected = ""
 	var collected []*Response
 	x.Segments = segs
@@ -302,8 +306,7 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 	s.release()
 
 	m := &selectedMailbox{name: mailbox, readOnly: readOnly}
-	key := hub.Key{Account: s.account, Mailbox: mailbox}
-	if err := s.watchSelected(ctx, m, key); err != nil {
+	if err := s.watchSelected(ctx, m, key, early); err != nil {
 		s.log.Warn("cannot watch mailbox", "mailbox", mailbox, "err", err)
 		return x.done("NO", "UNAVAILABLE", "Cannot open the mailbox now; try again later.")
 	}
@@ -317,7 +320,7 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		err := s.srv.hub.Resync(rctx, key, uidValidity)
 		cancel()
 		if err == nil {
-			err = s.watchSelected(ctx, m, key)
+			err = s.watchSelected(ctx, m, key, nil)
 		}
 		if err == nil && m.state.UIDValidity() != uidValidity {
 			m.sub.Close()
@@ -372,7 +375,9 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 // watcher up to date: it may have been running for other sessions and not
 // have heard yet of changes this client made through pooled connections
 // (CLOSE, APPEND in the authenticated state), which SELECT must report.
-func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub.Key) error {
+// early, if not nil, is a round trip asked for when the SELECT arrived
+// (Hub.SyncSoon), which does as well: those changes were made before.
+func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub.Key, early *hub.PendingSync) error {
 	sub, err := s.srv.hub.Watch(ctx, key, s.watcherDial(), s.notify(m))
 	if err != nil {
 		return err
@@ -380,7 +385,7 @@ func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub
 	m.sub, m.state = sub, sub.State()
 	sub.SetIdle(Updates(s.updates.Load()) != UpdatesWithCommands)
 	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
-	if err := sub.Sync(sctx); err != nil {
+	if err := sub.Await(sctx, early); err != nil {
 		s.log.Debug("mailbox sync failed", "err", err)
 	}
 	cancel()

@@ -63,6 +63,12 @@ type Config struct {
 	// answered (the upstream's time included); it doubles with each
 	// failure of the address or account (AbuseLimits). Default 2 s.
 	AuthFailureDelay time.Duration
+	// LoginCacheWindow is how long after the upstream last accepted an
+	// account's user name and password a login with exactly those is
+	// answered without a new upstream login (logincache.go says why and
+	// what invalidates it). Default 30 s; negative: every login goes
+	// upstream.
+	LoginCacheWindow time.Duration
 	// PreAuthTimeout disconnects clients that do not log in in time.
 	// Default 60 s.
 	PreAuthTimeout time.Duration
@@ -132,6 +138,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AuthFailureDelay == 0 {
 		c.AuthFailureDelay = 2 * time.Second
+	}
+	if c.LoginCacheWindow == 0 {
+		c.LoginCacheWindow = DefaultLoginCacheWindow
 	}
 	if c.PreAuthTimeout <= 0 {
 		c.PreAuthTimeout = 60 * time.Second

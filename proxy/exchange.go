@@ -56,6 +56,13 @@ type Exchange struct {
 	// in, when set by Restream, is what the relay reads the command's
 	// literals and later lines from instead of the client.
 	in *imapcodec.Reader
+	// statusSync is the round trip a STATUS asked for when it arrived
+	// (statusSyncSoon).
+	statusSync *earlySync
+	// upstreamTagged: the tagged answer is the upstream's own to the
+	// command the core relayed, whose untagged answers the core saw
+	// (translation.needsSync).
+	upstreamTagged bool
 }
 
 // newExchange makes the exchange of a command read (whole, or its first

@@ -97,6 +97,10 @@ func startFaultEnv(t *testing.T) *faultEnv {
 	cfg := baseConfig(e.fn.Addr())
 	cfg.Upstream.Timeout = faultUpTimeout
 	cfg.Pool = upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: -1}
+	// Every login dials, so that faults on the login's own connection
+	// (the greeting) can be injected; logincache_test.go tests the
+	// cache.
+	cfg.LoginCacheWindow = -1
 	e.p = startProxy(t, cfg)
 
 	e.by = imaptest.Dial(t, e.p.Addr)

@@ -283,5 +283,6 @@ func (s *Server) evict(ctx context.Context, account, text string) error {
 		return err
 	}
 	s.pool.CloseAccount(account)
+	s.logins.forget(account)
 	return nil
 }

@@ -139,7 +139,7 @@ func (s *Session) catchUp(ctx context.Context, c *upstream.Conn, fresh bool) err
 // dialUpstream opens and authenticates a new upstream connection with the
 // session's credentials.
 func (s *Session) dialUpstream(ctx context.Context) (*upstream.Conn, error) {
-	c, _, err := s.srv.pool.Budget().DialLogin(ctx, &s.srv.cfg.Upstream, s.account, s.user, s.pass)
+	c, _, err := s.srv.dialLogin(ctx, s.account, s.user, s.pass)
 	return c, err
 }
 

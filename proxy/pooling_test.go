@@ -20,6 +20,10 @@ func pooledProxy(t *testing.T, pool upstream.PoolConfig) (*forwarder, *imaptest.
 	fw := startForwarder(t, up.Addr)
 	cfg := baseConfig(fw.addr())
 	cfg.Pool = pool
+	// Each login opens a connection of its own here, as these tests
+	// count them: a login answered from the login cache takes a pooled
+	// one instead (logincache_test.go).
+	cfg.LoginCacheWindow = -1
 	return fw, startProxy(t, cfg)
 }
 

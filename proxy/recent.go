@@ -212,7 +212,7 @@ func statusMailbox(segs []imapcodec.Segment) (string, bool) {
 // hub does not watch it, the upstream's count stands: no pooled
 // connection has looked at the mailbox lately either, so it is what the
 // hub's watcher would find recent when it starts.
-func (s *Session) statusRecent(text []byte) []byte {
+func (s *Session) statusRecent(x *Exchange, text []byte) []byte {
 	if indexFold(text, "RECENT") < 0 || s.srv.hub == nil {
 		return text
 	}
@@ -222,7 +222,11 @@ func (s *Session) statusRecent(text []byte) []byte {
 	}
 	key := s.hubKey(name)
 	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
-	n, ok := s.srv.hub.Unclaimed(ctx, key)
+	var early *hub.PendingSync
+	if x != nil && x.statusSync != nil && x.statusSync.key == key {
+		early = x.statusSync.p
+	}
+	n, ok := s.srv.hub.Unclaimed(ctx, key, early)
 	cancel()
 	if !ok {
 		return text
@@ -231,6 +235,42 @@ func (s *Session) statusRecent(text []byte) []byte {
 		n += m.recent.count(m.view)
 	}
 	return statusRecent(text, n)
+}
+
+// earlySync is a round trip asked of a mailbox's watcher when a command
+// that will want one arrived (Hub.SyncSoon).
+type earlySync struct {
+	key hub.Key
+	p   *hub.PendingSync
+}
+
+// statusSyncSoon asks the watcher of the mailbox a STATUS command names
+// for the round trip its RECENT count needs (statusRecent) as soon as the
+// command arrives, so that it overlaps the upstream's STATUS instead of
+// following its answer. Only for a STATUS asking for RECENT of a watched
+// mailbox named without a literal; otherwise nil, and statusRecent asks
+// when the answer comes.
+func (s *Session) statusSyncSoon(cmd *imapcodec.Command) *earlySync {
+	if s.srv.hub == nil || len(cmd.Segments) != 1 || indexFold(cmd.Segments[0].Text, "RECENT") < 0 {
+		return nil
+	}
+	p := imapcodec.NewParser(cmd.Segments, imapcodec.Limits{})
+	p.Atom() // tag
+	p.SP()
+	p.Atom() // STATUS
+	if p.SP() != nil {
+		return nil
+	}
+	name, err := p.AString()
+	if err != nil {
+		return nil
+	}
+	key := s.hubKey(name)
+	pending := s.srv.hub.SyncSoon(key)
+	if pending == nil {
+		return nil
+	}
+	return &earlySync{key: key, p: pending}
 }
 
 // hubKey is the hub's key of a mailbox of the session's account named as

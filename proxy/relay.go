@@ -105,6 +105,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 				if err := s.discardFrom(in, lit); err != nil {
 					return err
 				}
+				x.upstreamTagged = true
 				s.writeTagged(x, head)
 				s.release()
 				return nil
@@ -313,6 +314,7 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 				return head, s.relayFailed(tag, err)
 			}
 			if !ok {
+				x.upstreamTagged = true
 				s.writeTagged(x, head)
 				return head, nil
 			}
@@ -337,6 +339,7 @@ func (s *Session) relayResponses(x *Exchange, up *upstream.Conn, upTag string) (
 	if err != nil {
 		return head, err
 	}
+	x.upstreamTagged = true
 	return head, s.writeTagged(x, head)
 }
 
@@ -567,7 +570,7 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 	case resp.Head.Name == "STATUS" && !resp.Streamed && len(resp.Segments) == 1:
 		// The upstream's RECENT counts what its connections saw
 		// (recent.go).
-		resp.Segments[0].Text = s.statusRecent(resp.Segments[0].Text)
+		resp.Segments[0].Text = s.statusRecent(x, resp.Segments[0].Text)
 	case resp.Head.IsStatus() && resp.Head.Code == "CAPABILITY":
 		resp.Segments = []imapcodec.Segment{{Text: imapcodec.AppendStatus(nil, "*", resp.Head.Name,
 			"CAPABILITY "+strings.Join(s.capabilities(), " "), resp.Head.Text)}}

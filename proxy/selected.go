@@ -103,11 +103,10 @@ func (s *Session) notify(m *selectedMailbox) func() {
 // watcherDial returns the function the hub uses to open the watcher's
 // connection. It captures the credentials, not the session.
 func (s *Session) watcherDial() hub.DialFunc {
-	cfg := &s.srv.cfg.Upstream
-	budget := s.srv.pool.Budget()
+	srv := s.srv
 	account, user, pass := s.account, s.user, s.pass
 	return func(ctx context.Context) (*upstream.Conn, error) {
-		c, _, err := budget.DialLogin(ctx, cfg, account, user, pass)
+		c, _, err := srv.dialLogin(ctx, account, user, pass)
 		return c, err
 	}
 }
@@ -281,7 +280,8 @@ const syncTimeout = 5 * time.Second
 
 // beforeTagged runs just before the tagged response of a command in the
 // selected state: it waits for the hub to see the command's own changes
-// (EXPUNGE, MOVE, APPEND or COPY into the mailbox), then reports every
+// (EXPUNGE, MOVE, APPEND or COPY into the mailbox, when the upstream's
+// answer shows it made some: translation.needsSync), then reports every
 // change the protocol allows at this point.
 func (s *Session) beforeTagged(x *Exchange) error {
 	if s.mbox == nil {
@@ -289,7 +289,12 @@ func (s *Session) beforeTagged(x *Exchange) error {
 	}
 	allowExpunge := true
 	if t := x.xlate; t != nil {
-		if t.syncAfter {
+		if t.needsSync(x) {
+			// The upstream has answered: the command's connection goes
+			// back to the pool before the wait for the watcher, so
+			// that other sessions' commands need not wait for it (an
+			// OnTagged hook that needs one leases again).
+			s.release()
 			s.syncMailbox(context.Background(), syncTimeout)
 		}
 		allowExpunge = t.allowExpunge

@@ -72,6 +72,7 @@ type Server struct {
 	delims       sync.Map // account key -> its Hierarchy (names.go)
 	counters     serverCounters
 	limits       *limiter
+	logins       *loginCache // nil: off
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -107,6 +108,7 @@ func NewServer(cfg Config) (*Server, error) {
 		chain:        map[string][]CommandHandler{},
 		selectParams: map[string]SelectHook{},
 		limits:       newLimiter(cfg.Abuse),
+		logins:       newLoginCache(cfg.LoginCacheWindow),
 		listeners:    map[*net.Listener]struct{}{},
 		sessions:     map[*Session]struct{}{},
 		pending:      map[net.Conn]struct{}{},

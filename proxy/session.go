@@ -530,7 +530,11 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 		}
 		return s.WriteStatus(tag, "BAD", "", "Error in IMAP command: "+plainErr(err))
 	}
-	s.log.Debug("command", "name", cmd.Name, "state", s.state.String())
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		// Checked first: the arguments of a disabled Debug are still
+		// boxed, two allocations on every command.
+		s.log.Debug("command", "name", cmd.Name, "state", s.state.String())
+	}
 	handlers := s.srv.chain[cmd.Name]
 	core, isCore := coreCommands[cmd.Name]
 	// An extension's own command (IDLE, NOTIFY, COMPRESS: never relayed)
@@ -574,6 +578,9 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 		cmd.Segments = []imapcodec.Segment{first}
 	}
 	x := s.newExchange(ctx, cmd, streamed)
+	if cmd.Name == "STATUS" {
+		x.statusSync = s.statusSyncSoon(cmd)
+	}
 	var last Next
 	switch {
 	case isCore:

@@ -38,6 +38,32 @@ type translation struct {
 	setsSeen     bool        // a FETCH of a body without PEEK: its answers may show \Seen set by it
 	allowExpunge bool        // EXPUNGE responses may accompany the command's answer
 	syncAfter    bool        // the command changes the mailbox: sync with the hub before answering
+	adds         bool        // it adds messages to the selected mailbox when it succeeds (APPEND, COPY, MOVE into it)
+	expunged     bool        // the upstream reported an expunge during the command (see needsSync)
+}
+
+// needsSync reports whether the command may have changed the selected
+// mailbox in a way its client must hear of before the tagged answer, so
+// that the session waits for the hub's watcher (beforeTagged). When the
+// tagged answer is the upstream's own to the command as the core relayed
+// it, the answers tell: a command that removes messages reports each with
+// an EXPUNGE response before its tagged answer (RFC 3501 6.4.3, 4315,
+// 6851 3.3), and one that adds messages adds none unless it succeeds
+// (RFC 3501 6.3.11, 6.4.7: a failed COPY leaves the target as it was). So
+// an EXPUNGE with nothing to expunge, a MOVE or UID EXPUNGE of no
+// message, a refused APPEND or COPY need no round trip: there is nothing
+// of their own to report (issue 20: under imaptest's stress half the
+// EXPUNGEs found nothing left to expunge). An answer a handler made
+// (Exchange.Reply: MOVE emulated with COPY and UID EXPUNGE, whose
+// answers the core never saw) always waits, as before.
+func (t *translation) needsSync(x *Exchange) bool {
+	if !t.syncAfter {
+		return false
+	}
+	if !x.upstreamTagged {
+		return true
+	}
+	return t.expunged || t.adds && x.status == "OK"
 }
 
 // seqCommands take a sequence set as their first argument.
@@ -59,6 +85,7 @@ func (s *Session) translateCommand(x *Exchange) error {
 	isUID := base != name
 	if cmd.Name == "APPEND" {
 		t.syncAfter = targetIsSelected(cmd, m.name)
+		t.adds = t.syncAfter
 		return nil
 	}
 	segs := cloneSegments(cmd.Segments)
@@ -117,8 +144,10 @@ func (s *Session) translateCommand(x *Exchange) error {
 			// Not a STORE the proxy understands: the upstream answers.
 		case "MOVE":
 			t.syncAfter = true
+			t.adds = targetIsSelected(cmd, m.name)
 		case "COPY":
 			t.syncAfter = targetIsSelected(cmd, m.name)
+			t.adds = t.syncAfter
 		default: // an extension's (SequenceCommander)
 			t.allowExpunge = isUID
 		}
@@ -364,7 +393,14 @@ func (s *Session) filterSelected(x *Exchange, resp *Response) *Response {
 	switch h.Name {
 	case "EXISTS", "RECENT", "EXPUNGE":
 		if h.HasNum {
+			if h.Name == "EXPUNGE" && x != nil && x.xlate != nil {
+				x.xlate.expunged = true
+			}
 			return nil
+		}
+	case "VANISHED":
+		if x != nil && x.xlate != nil {
+			x.xlate.expunged = true
 		}
 	case "FETCH":
 		return s.translateFetch(x, resp)

@@ -20,7 +20,9 @@ func TestUpstreamConnectionsCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	fw := startForwarder(t, up.Addr)
-	p := startProxy(t, baseConfig(fw.addr()))
+	cfg := baseConfig(fw.addr())
+	cfg.LoginCacheWindow = -1 // each login's own connection goes to the pool
+	p := startProxy(t, cfg)
 	authed := imaptest.Dial(t, p.Addr)
 	authed.LoginTagged("alice", "secret")
 	selected := imaptest.Dial(t, p.Addr)

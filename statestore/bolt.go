@@ -52,6 +52,19 @@ type Bolt struct {
 	db *bolt.DB
 	// rebuilds counts files moved aside since open.
 	rebuilds int
+
+	// flagIDs caches, per mailbox key, the flag-set ids of its "f"
+	// bucket (flags joined by spaces -> id) in the file idsDB, so that a
+	// Save does not read them all again: rebuilding the map on every
+	// save was 40 % of the bytes the proxy allocated under imaptest's
+	// stress (docs/per-command.md). A key's entry is built by its first
+	// Save, extended only once a Save has committed, and forgotten when
+	// its bucket is reset or dropped; another file (after damage) starts
+	// a new cache. idsMu is held for a whole Save: bbolt runs one write
+	// transaction at a time anyway.
+	idsMu   sync.Mutex
+	idsDB   *bolt.DB
+	flagIDs map[string]map[string]uint64
 }
 
 // OpenBolt opens (creating if needed) the store file state.db in dir,
@@ -324,7 +337,15 @@ func (s *Bolt) Load(key string) (*Saved, error) {
 // Save implements Store.
 func (s *Bolt) Save(key string, batch Batch) error {
 	err := s.do(func(db *bolt.DB) error {
-		return db.Update(func(tx *bolt.Tx) error {
+		s.idsMu.Lock()
+		defer s.idsMu.Unlock()
+		if s.idsDB != db {
+			s.idsDB, s.flagIDs = db, map[string]map[string]uint64{}
+		}
+		ids := s.flagIDs[key]
+		built := false     // ids made here, not the cache's
+		var added []string // sets added to a cached ids by this Save
+		err := db.Update(func(tx *bolt.Tx) error {
 			if batch.Reset {
 				if tx.Bucket([]byte(key)) != nil {
 					if err := tx.DeleteBucket([]byte(key)); err != nil {
@@ -350,14 +371,16 @@ func (s *Bolt) Save(key string, batch Batch) error {
 			if err != nil {
 				return err
 			}
-			ids := map[string]uint64{}
-			err = fb.ForEach(func(k, v []byte) error {
-				id, _ := binary.Uvarint(k)
-				ids[string(v)] = id
-				return nil
-			})
-			if err != nil {
-				return err
+			if batch.Reset || ids == nil {
+				ids, built, added = map[string]uint64{}, true, nil
+				err = fb.ForEach(func(k, v []byte) error {
+					id, _ := binary.Uvarint(k)
+					ids[string(v)] = id
+					return nil
+				})
+				if err != nil {
+					return err
+				}
 			}
 			for _, m := range batch.Upsert {
 				set := strings.Join(m.Flags, " ")
@@ -365,6 +388,9 @@ func (s *Bolt) Save(key string, batch Batch) error {
 				if !ok {
 					id = uint64(len(ids))
 					ids[set] = id
+					if !built {
+						added = append(added, set)
+					}
 					if err := fb.Put(binary.AppendUvarint(nil, id), []byte(set)); err != nil {
 						return err
 					}
@@ -401,6 +427,16 @@ func (s *Bolt) Save(key string, batch Batch) error {
 			meta := slices.Concat(u32(batch.UIDValidity), u64(batch.Highest), u64(batch.Base), u32(batch.MaxUID))
 			return b.Put(keyMeta, meta)
 		})
+		switch {
+		case err == nil && built:
+			s.flagIDs[key] = ids
+		case err != nil && !built:
+			// Not committed: the sets it added are not in the file.
+			for _, set := range added {
+				delete(ids, set)
+			}
+		}
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("statestore: saving %q: %w", key, err)
@@ -411,6 +447,9 @@ func (s *Bolt) Save(key string, batch Batch) error {
 // Drop implements Store.
 func (s *Bolt) Drop(key string) error {
 	return s.do(func(db *bolt.DB) error {
+		s.idsMu.Lock()
+		delete(s.flagIDs, key)
+		s.idsMu.Unlock()
 		return db.Update(func(tx *bolt.Tx) error {
 			if tx.Bucket([]byte(key)) == nil {
 				return nil

@@ -2,6 +2,7 @@ package statestore
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 
@@ -94,4 +95,89 @@ func BenchmarkBytesPerMessage(b *testing.B) {
 		b.ReportMetric(float64(size)/n, "bytes/msg")
 		s.Close()
 	}
+}
+
+// TestFlagSetIDsAcrossSaves: flag sets are interned per mailbox, their ids
+// remembered between saves (Bolt.flagIDs); whatever sequence of new and
+// known sets, resets and drops, and a reopened file, every message loads
+// with the flags it was saved with, and one mailbox's ids never leak into
+// another's.
+func TestFlagSetIDsAcrossSaves(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	keys := []string{"alice\x00INBOX", "alice\x00Sent"}
+	want := map[string]map[uint32][]string{}
+	highest := uint64(1)
+	save := func(key string, reset bool, msgs map[uint32][]string) {
+		t.Helper()
+		b := Batch{Reset: reset, UIDValidity: 1}
+		if reset {
+			want[key] = map[uint32][]string{}
+		}
+		for uid := uint32(1); uid <= 20; uid++ {
+			f, ok := msgs[uid]
+			if !ok {
+				continue
+			}
+			highest++
+			b.Upsert = append(b.Upsert, Message{UID: uid, ModSeq: highest, Flags: f})
+			want[key][uid] = f
+		}
+		b.Highest = highest
+		if err := s.Save(key, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		for _, key := range keys {
+			sv, err := s.Load(key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[uint32][]string{}
+			if sv != nil {
+				for _, m := range sv.Messages {
+					got[m.UID] = m.Flags
+				}
+			}
+			for uid, f := range want[key] {
+				if !reflect.DeepEqual(got[uid], f) && !(len(f) == 0 && len(got[uid]) == 0) {
+					t.Fatalf("%s: %q UID %d has %q, want %q", when, key, uid, got[uid], f)
+				}
+			}
+			if len(got) != len(want[key]) {
+				t.Fatalf("%s: %q has %d messages, want %d", when, key, len(got), len(want[key]))
+			}
+		}
+	}
+	set := func(i int) []string { return []string{fmt.Sprintf("$k%d", i%7), `\Seen`}[:1+i%2] }
+	save(keys[0], true, map[uint32][]string{1: nil, 2: set(1), 3: set(2)})
+	save(keys[1], true, map[uint32][]string{1: set(3)})
+	for round := range 30 {
+		key := keys[round%2]
+		msgs := map[uint32][]string{}
+		for j := range 3 {
+			msgs[uint32(1+(round*3+j)%20)] = set(round + j)
+		}
+		save(key, round%11 == 10, msgs)
+		check(fmt.Sprintf("round %d", round))
+	}
+	if err := s.Drop(keys[1]); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, keys[1])
+	save(keys[1], true, map[uint32][]string{5: set(5), 6: set(6)})
+	check("after a drop")
+	s.Close()
+	if s, err = OpenBolt(dir); err != nil {
+		t.Fatal(err)
+	}
+	check("reopened")
+	save(keys[0], false, map[uint32][]string{7: set(100), 8: []string{"$new"}})
+	check("a save after reopening")
 }

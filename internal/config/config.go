@@ -59,8 +59,10 @@ type Settings struct {
 	MaxCommandBytes  int64    `toml:"max-command-bytes"`
 	MaxDepth         int      `toml:"max-depth"`
 	AuthFailureDelay Duration `toml:"auth-failure-delay"`
-	PreAuthTimeout   Duration `toml:"preauth-timeout"`
-	IdleTimeout      Duration `toml:"idle-timeout"`
+	// LoginCache is proxy.Config.LoginCacheWindow; 0 turns the cache off.
+	LoginCache     Duration `toml:"login-cache"`
+	PreAuthTimeout Duration `toml:"preauth-timeout"`
+	IdleTimeout    Duration `toml:"idle-timeout"`
 
 	// Literal bytes of one command other than APPEND after login, and of
 	// one command before login; 0 selects the proxy's default.
@@ -166,6 +168,7 @@ func Defaults() Settings {
 		MaxAppend:            64 << 20,
 		MaxDepth:             imapcodec.DefaultMaxDepth,
 		AuthFailureDelay:     Duration{2 * time.Second},
+		LoginCache:           Duration{proxy.DefaultLoginCacheWindow},
 		PreAuthTimeout:       Duration{60 * time.Second},
 		IdleTimeout:          Duration{30 * time.Minute},
 		PollInterval:         Duration{30 * time.Second},
@@ -220,6 +223,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.Int64Var(&s.MaxPreAuthCommandBytes, "max-preauth-command-bytes", s.MaxPreAuthCommandBytes, "most literal bytes one command may carry in all before login; 0: 8192")
 	fs.IntVar(&s.MaxDepth, "max-depth", s.MaxDepth, "deepest parenthesis nesting in a command")
 	fs.TextVar(&s.AuthFailureDelay, "auth-failure-delay", s.AuthFailureDelay, "time from the start of a failed login to its answer, the upstream's time included")
+	fs.TextVar(&s.LoginCache, "login-cache", s.LoginCache, "how long after the upstream accepted an account's user name and password a login with exactly those is answered from a pooled connection without a new upstream login (docs/per-command.md); 0: every login goes upstream")
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
 	fs.TextVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "disconnect logged-in clients silent for this long (at least 30m per RFC 3501)")
 	fs.TextVar(&s.PollInterval, "poll-interval", s.PollInterval, "how often a mailbox watcher polls with NOOP when the upstream has no IDLE")
@@ -440,6 +444,10 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	cfg.MaxOtherCommandBytes = s.MaxOtherCommandBytes
 	cfg.MaxPreAuthCommandBytes = s.MaxPreAuthCommandBytes
 	cfg.AuthFailureDelay = s.AuthFailureDelay.Duration
+	cfg.LoginCacheWindow = s.LoginCache.Duration
+	if cfg.LoginCacheWindow <= 0 {
+		cfg.LoginCacheWindow = -1 // off (proxy: 0 is the default)
+	}
 	cfg.PreAuthTimeout = s.PreAuthTimeout.Duration
 	cfg.IdleTimeout = s.IdleTimeout.Duration
 	cfg.Abuse = proxy.AbuseLimits{ConnsPerIP: s.ConnsPerIP, SessionsPerUser: s.SessionsPerUser,

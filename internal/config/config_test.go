@@ -66,6 +66,7 @@ func TestDefaults(t *testing.T) {
 		MaxAppend:            64 << 20,
 		MaxDepth:             imapcodec.DefaultMaxDepth,
 		AuthFailureDelay:     Duration{2 * time.Second},
+		LoginCache:           Duration{30 * time.Second},
 		PreAuthTimeout:       Duration{60 * time.Second},
 		IdleTimeout:          Duration{30 * time.Minute},
 		PollInterval:         Duration{30 * time.Second},
@@ -162,6 +163,7 @@ max-append = 300000
 max-command-bytes = 400000
 max-depth = 12
 auth-failure-delay = "500ms"
+login-cache = "10s"
 preauth-timeout = "20s"
 idle-timeout = "31m"
 poll-interval = "45s"
@@ -211,6 +213,7 @@ var fullFileSettings = Settings{
 	MaxCommandBytes:     400000,
 	MaxDepth:            12,
 	AuthFailureDelay:    Duration{500 * time.Millisecond},
+	LoginCache:          Duration{10 * time.Second},
 	PreAuthTimeout:      Duration{20 * time.Second},
 	IdleTimeout:         Duration{31 * time.Minute},
 	PollInterval:        Duration{45 * time.Second},
@@ -405,6 +408,13 @@ func TestProxyConfig(t *testing.T) {
 	}
 	if cfg.Logger != discardLog {
 		t.Error("Logger not passed on")
+	}
+	if cfg.LoginCacheWindow != 30*time.Second {
+		t.Errorf("LoginCacheWindow = %v, want the default 30s", cfg.LoginCacheWindow)
+	}
+	s.LoginCache = Duration{0} // off
+	if cfg, err = s.ProxyConfig(nil, discardLog); err != nil || cfg.LoginCacheWindow >= 0 {
+		t.Errorf("login-cache 0: LoginCacheWindow = %v (%v), want negative (off)", cfg.LoginCacheWindow, err)
 	}
 }
 

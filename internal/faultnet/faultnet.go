@@ -85,6 +85,11 @@ const (
 	// Note changes nothing: it only tells (Handle.Fired, Handle.Conn)
 	// which connection carried Match, and when.
 	Note
+	// Hold writes Data in Dir, then forwards nothing more in Dir until
+	// Handle.Release is called (or the relay closes): a server slow to
+	// answer, at a point the test chooses. The other direction is still
+	// forwarded.
+	Hold
 )
 
 func (a Action) String() string {
@@ -95,6 +100,8 @@ func (a Action) String() string {
 		return "inject"
 	case Replace:
 		return "replace"
+	case Hold:
+		return "hold"
 	}
 	return "note"
 }
@@ -119,8 +126,10 @@ type Fault struct {
 
 // Handle follows a fault added to a Relay.
 type Handle struct {
-	f       Fault
-	firedCh chan struct{}
+	f         Fault
+	firedCh   chan struct{}
+	releaseCh chan struct{}
+	release   sync.Once
 
 	// Under the relay's mutex.
 	on        *Conn // the connection the fault is armed on
@@ -141,6 +150,10 @@ func (h *Handle) Conn() *Conn {
 	return nil
 }
 
+// Release lets a Hold go on forwarding (see Hold); it may be called
+// before the fault fired, and more than once.
+func (h *Handle) Release() { h.release.Do(func() { close(h.releaseCh) }) }
+
 func (h *Handle) String() string {
 	return fmt.Sprintf("fault %s in %s after %d bytes (match %q in %s)", h.f.Action, h.f.Dir, h.f.After, h.f.Match, h.f.MatchDir)
 }
@@ -155,6 +168,7 @@ type Relay struct {
 	conns  []*Conn
 	faults []*Handle
 	closed bool
+	stop   chan struct{} // closed by Close: held pumps go on
 }
 
 // Listen starts a relay on a free loopback port that forwards to target.
@@ -163,7 +177,7 @@ func Listen(target string) (*Relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("faultnet: %w", err)
 	}
-	r := &Relay{ln: ln, target: target}
+	r := &Relay{ln: ln, target: target, stop: make(chan struct{})}
 	r.wg.Add(1)
 	go r.serve()
 	return r, nil
@@ -186,7 +200,7 @@ func (r *Relay) Addr() string { return r.ln.Addr().String() }
 
 // Add adds a fault and returns its handle.
 func (r *Relay) Add(f Fault) *Handle {
-	h := &Handle{f: f, firedCh: make(chan struct{})}
+	h := &Handle{f: f, firedCh: make(chan struct{}), releaseCh: make(chan struct{})}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.faults = append(r.faults, h)
@@ -228,6 +242,9 @@ func (r *Relay) CutAll() {
 // goroutines.
 func (r *Relay) Close() {
 	r.mu.Lock()
+	if !r.closed {
+		close(r.stop)
+	}
 	r.closed = true
 	conns := append([]*Conn(nil), r.conns...)
 	r.mu.Unlock()
@@ -553,6 +570,11 @@ func (c *Conn) fire(d Dir, h *Handle, dst net.Conn) bool {
 		return false
 	case Replace:
 		c.swallow[d] = true
+	case Hold:
+		select {
+		case <-h.releaseCh:
+		case <-r.stop:
+		}
 	}
 	return true
 }

@@ -214,3 +214,48 @@ func TestCutDrainsServer(t *testing.T) {
 	}
 	<-waitFired(t, h).Done()
 }
+
+// TestHold: a Hold stops one direction where it fires until Release; the
+// other goes on meanwhile, and nothing is lost.
+func TestHold(t *testing.T) {
+	r := Start(t, echoServer(t))
+	h := r.Add(Fault{Match: []byte("wait"), MatchDir: ToServer, Dir: ToClient, Action: Hold})
+	c := dial(t, r)
+	c.Write([]byte("abc wait"))
+	buf := make([]byte, len("abc wait"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	// The echo of "abc wait" passes (it was read before the match armed
+	// the hold, or held at its first byte: either way it arrives after
+	// Release at the latest); what follows is held.
+	waitFired(t, h)
+	c.Write([]byte("123"))
+	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	n, _ := io.ReadFull(c, buf)
+	rest := append([]byte(nil), buf[:n]...)
+	if bytes.Contains(rest, []byte("123")) {
+		t.Fatalf("bytes passed a hold: %q", rest)
+	}
+	h.Release()
+	h.Release() // twice is fine
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	all := make([]byte, len("abc wait123")-len(rest))
+	if _, err := io.ReadFull(c, all); err != nil {
+		t.Fatalf("after Release: %q %v", all, err)
+	}
+	if got := string(rest) + string(all); got != "abc wait123" {
+		t.Fatalf("got %q after the hold", got)
+	}
+}
+
+// TestHoldClose: closing the relay ends a hold nobody released.
+func TestHoldClose(t *testing.T) {
+	r, err := Listen(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := r.Add(Fault{Dir: ToClient, Action: Hold})
+	c := dial(t, r)
+	c.Write([]byte("x"))
+	waitFired(t, h)
+	r.Close() // returns: the held pump is let go
+}

@@ -1,0 +1,167 @@
+package proxy_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/faultnet"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+)
+
+// TestConnectionFreeDuringSync: after a command that changes the selected
+// mailbox (EXPUNGE here), the session waits for the mailbox's watcher to
+// report the change before its tagged OK; its upstream connection goes
+// back to the pool first, so another session's command runs on it
+// meanwhile, on no new connection. The watcher's answer is held
+// (faultnet.Hold) until that command is done; the EXPUNGE's client still
+// hears of its own expunge before its OK.
+func TestConnectionFreeDuringSync(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	for _, s := range []string{"one", "two"} {
+		if err := up.Append("alice", "INBOX", nil, testMessage(s, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fn := faultnet.Start(t, up.Addr)
+	p := startProxy(t, baseConfig(fn.Addr()))
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret") // connection 1
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret")                                                                   // the login cache: connection 1 again
+	a.ExpectDo("s", "SELECT INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *") // the watcher: connection 2
+	a.ExpectDo("f", `STORE 1 +FLAGS.SILENT (\Deleted)`, "f OK STORE completed")
+	if n := len(fn.Conns()); n != 2 {
+		t.Fatalf("%d upstream connections before the EXPUNGE, want 2", n)
+	}
+	// The watcher's next round trip (its NOOP) is answered only when
+	// the test says so.
+	h := fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
+	defer h.Release()
+	a.Send("e EXPUNGE")
+	select {
+	case <-h.Fired():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watcher did not get to its round trip")
+	}
+	b.ExpectDo("t", "STATUS INBOX (MESSAGES)", "* STATUS INBOX (MESSAGES 1)", "t OK STATUS completed")
+	if n := len(fn.Conns()); n != 2 {
+		t.Errorf("%d upstream connections after b's STATUS, want 2: b's command should have run on the connection a gave back", n)
+	}
+	h.Release()
+	a.Expect("* 1 EXPUNGE", "e OK *")
+}
+
+// TestStatusSyncOverlaps: the watcher's round trip that STATUS RECENT
+// needs (so that messages the upstream has just been given count) is
+// asked for when the command arrives, and runs while the upstream answers
+// the STATUS, not after: here the STATUS's answer is held until the
+// watcher's NOOP has gone out.
+func TestStatusSyncOverlaps(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	if err := up.Append("alice", "INBOX", nil, testMessage("one", 100)); err != nil {
+		t.Fatal(err)
+	}
+	fn := faultnet.Start(t, up.Addr)
+	p := startProxy(t, baseConfig(fn.Addr()))
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret") // connection 1
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret")                                                                   // the login cache: connection 1 again
+	a.ExpectDo("s", "SELECT INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *") // the watcher: connection 2
+	if n := len(fn.Conns()); n != 2 {
+		t.Fatalf("%d upstream connections, want 2", n)
+	}
+	hold := fn.Add(faultnet.Fault{Conn: 1, Match: []byte("STATUS"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
+	defer hold.Release()
+	noop := fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	b.Send("t STATUS INBOX (MESSAGES RECENT)")
+	select {
+	case <-noop.Fired():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watcher's round trip waited for the upstream's STATUS answer")
+	}
+	hold.Release()
+	b.Expect("* STATUS INBOX (MESSAGES 1 RECENT 0)", "t OK STATUS completed")
+}
+
+// TestSelectSyncOverlaps: SELECT of a mailbox the hub watches asks the
+// watcher for the round trip that brings its state up to date (so that
+// the SELECT reports what this client changed through pooled
+// connections) when the command arrives: it runs while the upstream
+// answers the SELECT, not after. The SELECT's answer is held here until
+// the watcher's NOOP has gone out.
+func TestSelectSyncOverlaps(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	if err := up.Append("alice", "INBOX", nil, testMessage("one", 100)); err != nil {
+		t.Fatal(err)
+	}
+	fn := faultnet.Start(t, up.Addr)
+	p := startProxy(t, baseConfig(fn.Addr()))
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret") // connection 1
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret")                                                                   // the login cache: connection 1 again
+	a.ExpectDo("s", "EXAMINE INBOX", "* 1 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-ONLY] *") // the watcher: connection 2
+	hold := fn.Add(faultnet.Fault{Conn: 1, Match: []byte("SELECT"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
+	defer hold.Release()
+	noop := fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	b.Send("s SELECT INBOX")
+	select {
+	case <-noop.Fired():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watcher's round trip waited for the upstream's SELECT answer")
+	}
+	hold.Release()
+	imaptest.AssertLines(t, "SELECT", b.ReadUntilTagged("s"), []string{"* 1 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *"})
+}
+
+// TestNoSyncWithoutChange: a command that may change the selected mailbox
+// waits for the watcher's round trip only when the upstream's answer shows
+// it did: an EXPUNGE with nothing to expunge, an APPEND the upstream
+// refuses, a COPY it refuses ask for none (the watcher's connection
+// sees no NOOP); an EXPUNGE that expunges still does, and its client hears
+// of its expunge before the tagged OK.
+func TestNoSyncWithoutChange(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	for _, s := range []string{"one", "two"} {
+		if err := up.Append("alice", "INBOX", nil, testMessage(s, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fn := faultnet.Start(t, up.Addr)
+	cfg := baseConfig(fn.Addr())
+	cfg.Hub.SyncLinger = -1 // no NOOP of the watcher's but those asked for
+	p := startProxy(t, cfg)
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret")                                                                   // connection 1
+	a.ExpectDo("s", "SELECT INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *") // the watcher: connection 2
+	noop := fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	noSync := func(what string) {
+		t.Helper()
+		select {
+		case <-noop.Fired():
+			t.Fatalf("%s asked the watcher for a round trip", what)
+		default:
+		}
+	}
+	a.ExpectDo("e", "EXPUNGE", "e OK *")
+	noSync("an EXPUNGE that expunged nothing")
+	a.ExpectDo("c", "UID COPY 1 INBOX", "c NO *") // go-imap's server copies nothing into the same mailbox
+	noSync("a refused COPY")
+	a.ExpectDo("n", "APPEND Nonexistent {1+}\r\nx", "n NO *")
+	noSync("an APPEND to another mailbox")
+	a.ExpectDo("m", "APPEND INBOX (\\Flagged) \"bad date\" {1+}\r\nx", "m NO *")
+	noSync("a refused APPEND")
+	a.ExpectDo("f", `STORE 2 +FLAGS.SILENT (\Deleted)`, "f OK STORE completed")
+	a.ExpectDo("g", "EXPUNGE", "* 2 EXPUNGE", "g OK *")
+	select {
+	case <-noop.Fired():
+	default:
+		t.Fatal("an EXPUNGE that expunged answered without the watcher's round trip")
+	}
+}
