@@ -83,6 +83,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -227,7 +228,7 @@ func (e *Extension) rewrite(s *proxy.Session, prog *program, res *result) ([]ima
 	if m := s.Mailbox(); m != nil {
 		known = m.State().Snapshot().UIDs
 	}
-	known = mergeUIDs(known, res.cands)
+	known = uidset.Merge(known, res.cands)
 	keys := map[[2]int]string{} // (atom, negated): its replacement
 	total := 0
 	segs, err := prog.rewrite(func(i int, negated bool) string {

@@ -4,9 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/casemap"
 )
@@ -377,7 +377,7 @@ func inline(b []byte, segs []imapcodec.Segment, start imapcodec.Position, caps i
 // it names and the others allow. A plain key that matches nothing is NOT
 // ALL; a negated one that matches every candidate, ALL.
 func encode(known, cands []uint32, match []bool, negated bool) string {
-	var spans []span
+	var spans []uidset.Span
 	open := false
 	j := 0 // index into cands
 	for _, u := range known {
@@ -393,10 +393,10 @@ func encode(known, cands []uint32, match []bool, negated bool) string {
 			continue
 		}
 		if k := len(spans); open {
-			spans[k-1].hi = u
+			spans[k-1].Hi = u
 			continue
 		}
-		spans = append(spans, span{u, u})
+		spans = append(spans, uidset.Span{Lo: u, Hi: u})
 		open = true
 	}
 	switch {
@@ -405,57 +405,7 @@ func encode(known, cands []uint32, match []bool, negated bool) string {
 	case len(spans) == 0:
 		return "NOT ALL"
 	case negated:
-		return string(appendSpans([]byte("NOT UID "), spans))
+		return string(uidset.AppendSpans([]byte("NOT UID "), spans))
 	}
-	return string(appendSpans([]byte("UID "), spans))
-}
-
-// mergeUIDs returns the union of two ascending lists, ascending.
-func mergeUIDs(a, b []uint32) []uint32 {
-	out := make([]uint32, 0, len(a)+len(b))
-	i, j := 0, 0
-	for i < len(a) || j < len(b) {
-		switch {
-		case j == len(b) || i < len(a) && a[i] < b[j]:
-			out = append(out, a[i])
-			i++
-		case i == len(a) || b[j] < a[i]:
-			out = append(out, b[j])
-			j++
-		default:
-			out = append(out, a[i])
-			i, j = i+1, j+1
-		}
-	}
-	return out
-}
-
-// span is a range of UIDs, lo <= hi.
-type span struct{ lo, hi uint32 }
-
-// appendSet writes ascending UIDs as a compact set ("1:3,7").
-func appendSet(b []byte, uids []uint32) []byte {
-	var spans []span
-	for _, u := range uids {
-		if k := len(spans); k > 0 && spans[k-1].hi+1 == u {
-			spans[k-1].hi = u
-			continue
-		}
-		spans = append(spans, span{u, u})
-	}
-	return appendSpans(b, spans)
-}
-
-func appendSpans(b []byte, spans []span) []byte {
-	for i, r := range spans {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendUint(b, uint64(r.lo), 10)
-		if r.hi != r.lo {
-			b = append(b, ':')
-			b = strconv.AppendUint(b, uint64(r.hi), 10)
-		}
-	}
-	return b
+	return string(uidset.AppendSpans([]byte("UID "), spans))
 }

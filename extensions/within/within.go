@@ -69,6 +69,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -347,7 +348,7 @@ func (e *Extension) internalDates(ctx context.Context, s *proxy.Session, uids []
 	}
 	for len(uids) > 0 {
 		n := min(len(uids), e.chunk)
-		cmd := "UID FETCH " + string(appendSet(nil, uids[:n])) + " (UID INTERNALDATE)"
+		cmd := "UID FETCH " + string(uidset.Append(nil, uids[:n])) + " (UID INTERNALDATE)"
 		uids = uids[n:]
 		if _, err := s.Exec(ctx, cmd, handle); err != nil {
 			return nil, err
@@ -421,70 +422,20 @@ func encode(match map[uint32]bool, known, cands []uint32) string {
 	if len(known) > 0 {
 		top = known[len(known)-1]
 	}
-	all := mergeSorted(known, cands)
-	var spans []span
+	all := uidset.Merge(known, cands)
+	var spans []uidset.Span
 	open := false
 	for _, u := range all {
 		if !match[u] {
 			open = false
 			continue
 		}
-		if k := len(spans); open && (spans[k-1].hi+1 == u || u <= top) {
-			spans[k-1].hi = u
+		if k := len(spans); open && (spans[k-1].Hi+1 == u || u <= top) {
+			spans[k-1].Hi = u
 			continue
 		}
-		spans = append(spans, span{u, u})
+		spans = append(spans, uidset.Span{Lo: u, Hi: u})
 		open = true
 	}
-	return string(appendSpans([]byte("UID "), spans))
-}
-
-// mergeSorted returns the union of two ascending lists, ascending.
-func mergeSorted(a, b []uint32) []uint32 {
-	out := make([]uint32, 0, len(a)+len(b))
-	i, j := 0, 0
-	for i < len(a) || j < len(b) {
-		switch {
-		case j == len(b) || i < len(a) && a[i] < b[j]:
-			out = append(out, a[i])
-			i++
-		case i == len(a) || b[j] < a[i]:
-			out = append(out, b[j])
-			j++
-		default:
-			out = append(out, a[i])
-			i, j = i+1, j+1
-		}
-	}
-	return out
-}
-
-// span is a range of UIDs, lo <= hi.
-type span struct{ lo, hi uint32 }
-
-// appendSet writes ascending UIDs as a compact set ("1:3,7").
-func appendSet(b []byte, uids []uint32) []byte {
-	var spans []span
-	for _, u := range uids {
-		if k := len(spans); k > 0 && spans[k-1].hi+1 == u {
-			spans[k-1].hi = u
-			continue
-		}
-		spans = append(spans, span{u, u})
-	}
-	return appendSpans(b, spans)
-}
-
-func appendSpans(b []byte, spans []span) []byte {
-	for i, r := range spans {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendUint(b, uint64(r.lo), 10)
-		if r.hi != r.lo {
-			b = append(b, ':')
-			b = strconv.AppendUint(b, uint64(r.hi), 10)
-		}
-	}
-	return b
+	return string(uidset.AppendSpans([]byte("UID "), spans))
 }
