@@ -2,6 +2,7 @@ package imapcodec
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -571,6 +572,48 @@ func FuzzParseNumSet(f *testing.F) {
 		}
 		if set.Dynamic() != wantDynamic {
 			t.Fatalf("%q: Dynamic() = %v", s, set.Dynamic())
+		}
+	})
+}
+
+// FuzzAppendNumSet checks that the set written for any list of numbers
+// parses back to exactly the numbers of the list.
+func FuzzAppendNumSet(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 9})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 3, 0, 0, 0, 2})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var nums []uint32
+		want := map[uint32]bool{}
+		for i := 0; i+4 <= len(raw) && len(nums) < 64; i += 4 {
+			n := binary.BigEndian.Uint32(raw[i:])%1000 + 1
+			if raw[i] == 0xff {
+				n = 1<<32 - 1 - uint32(raw[i+3]%3)
+			}
+			nums = append(nums, n)
+			want[n] = true
+		}
+		s := string(AppendNumSet(nil, nums))
+		if len(nums) == 0 {
+			if s != "" {
+				t.Fatalf("no numbers: %q", s)
+			}
+			return
+		}
+		set, err := ParseNumSet(s)
+		if err != nil {
+			t.Fatalf("%v -> %q: %v", nums, s, err)
+		}
+		for n := range want {
+			if !set.Contains(n) {
+				t.Fatalf("%v -> %q: %d missing", nums, s, n)
+			}
+		}
+		for _, r := range set {
+			for n := uint64(r.Start); n <= uint64(r.Stop); n++ {
+				if !want[uint32(n)] {
+					t.Fatalf("%v -> %q: %d not in the list", nums, s, n)
+				}
+			}
 		}
 	})
 }

@@ -124,6 +124,30 @@ func sanitizeText(s string) string {
 	return string(b)
 }
 
+// AppendNumSet appends numbers as a sequence set, in the order given, each
+// run of consecutive ascending numbers written as a range: "1:3,7" for 1 2 3
+// 7, "3:5,1" for 3 4 5 1. A number equal to the one before it is folded into
+// the run, so sorted input with duplicates gives the compact set. It is the
+// one writer of number sets: the core's renumbered responses and the
+// extensions' rewritten commands and synthesized answers all use it.
+func AppendNumSet(b []byte, nums []uint32) []byte {
+	for i := 0; i < len(nums); {
+		j := i
+		for j+1 < len(nums) && (nums[j+1] == nums[j] || nums[j+1] == nums[j]+1) {
+			j++
+		}
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, uint64(nums[i]), 10)
+		if nums[j] != nums[i] {
+			b = strconv.AppendUint(append(b, ':'), uint64(nums[j]), 10)
+		}
+		i = j + 1
+	}
+	return b
+}
+
 // ParseNumSet parses a sequence set ("1:3,5,7:*"); "*" is represented as 0,
 // as in go-imap. It accepts "$" (RFC 5182 SEARCHRES) only when allowDollar.
 func ParseNumSet(s string) (imap.SeqSet, error) {

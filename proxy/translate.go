@@ -534,7 +534,7 @@ func translateESearch(text []byte, clientTag string, seqResults bool, view seqVi
 					i++
 					if seqs := orderedSeqs(string(arg), view); len(seqs) > 0 {
 						out = append(append(out, ' '), a...)
-						out = appendRuns(append(out, ' '), seqs)
+						out = imapcodec.AppendNumSet(append(out, ' '), seqs)
 					}
 				}
 				continue
@@ -614,26 +614,6 @@ func orderedSeqs(set string, view seqView) []uint32 {
 		}
 	}
 	return out
-}
-
-// appendRuns writes numbers in the order given, runs of consecutive
-// ascending ones as ranges ("3:5,1").
-func appendRuns(b []byte, nums []uint32) []byte {
-	for i := 0; i < len(nums); {
-		j := i
-		for j+1 < len(nums) && nums[j+1] == nums[j]+1 {
-			j++
-		}
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendUint(b, uint64(nums[i]), 10)
-		if j > i {
-			b = strconv.AppendUint(append(b, ':'), uint64(nums[j]), 10)
-		}
-		i = j + 1
-	}
-	return b
 }
 
 // translateFetch renumbers a FETCH response by its UID, or drops it when the

@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/lemonproxy/lemonproxy/extensions/internal/bodypart"
-	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -68,7 +67,7 @@ func (e *Extension) evaluate(ctx context.Context, s *proxy.Session, prog *progra
 		for len(within) > 0 && err == nil {
 			n := min(len(within), chunkUIDs)
 			var c []uint32
-			c, err = searchUIDs(ctx, s, search+" UID "+string(uidset.Append(nil, within[:n])))
+			c, err = searchUIDs(ctx, s, search+" UID "+string(imapcodec.AppendNumSet(nil, within[:n])))
 			cands = append(cands, c...)
 			within = within[n:]
 		}
@@ -290,7 +289,7 @@ func responseSize(r *upstream.Response) int64 {
 func (ev *evaluator) each(ctx context.Context, uids []uint32, items string, use func(j int, l imapcodec.List)) error {
 	for len(uids) > 0 {
 		n := min(len(uids), chunkUIDs)
-		cmd := "UID FETCH " + string(uidset.Append(nil, uids[:n])) + " (UID " + items + ")"
+		cmd := "UID FETCH " + string(imapcodec.AppendNumSet(nil, uids[:n])) + " (UID " + items + ")"
 		uids = uids[n:]
 		over := false
 		_, err := ev.s.Exec(ctx, cmd, func(r *upstream.Response) {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"strconv"
 
-	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -54,7 +53,7 @@ func (ev *evaluator) stream(ctx context.Context, uids []uint32) error {
 func (ev *evaluator) streamChunk(conn *upstream.Conn, uids []uint32) error {
 	tag := conn.NextTag()
 	w := conn.Writer()
-	fmt.Fprintf(w, "%s UID FETCH %s (UID BODY.PEEK[])\r\n", tag, uidset.Append(nil, uids))
+	fmt.Fprintf(w, "%s UID FETCH %s (UID BODY.PEEK[])\r\n", tag, imapcodec.AppendNumSet(nil, uids))
 	if err := w.Flush(); err != nil {
 		return err
 	}

@@ -161,7 +161,7 @@ func rewriteFetch(x *proxy.Exchange) (bool, error) {
 		})
 		if vanished && len(gone) > 0 {
 			slices.Sort(gone)
-			b := appendUIDSet([]byte("* VANISHED (EARLIER) "), gone)
+			b := imapcodec.AppendNumSet([]byte("* VANISHED (EARLIER) "), gone)
 			if err := s.Write(append(b, "\r\n"...)); err != nil {
 				return true, err
 			}
@@ -170,7 +170,7 @@ func rewriteFetch(x *proxy.Exchange) (bool, error) {
 			return true, x.Reply("OK", "", "Fetch completed.")
 		}
 		slices.Sort(changed)
-		uids = string(appendUIDSet(nil, changed))
+		uids = string(imapcodec.AppendNumSet(nil, changed))
 	}
 	line := fmt.Appendf(nil, "%s UID FETCH %s ", tag, uids)
 	x.Segments = []imapcodec.Segment{{Text: imapcodec.AppendValue(line, items)}}
@@ -268,7 +268,7 @@ func rewriteStore(x *proxy.Exchange) (bool, error) {
 			modified = seqs
 		}
 		if len(modified) > 0 {
-			code = "MODIFIED " + string(appendUIDSet(nil, modified))
+			code = "MODIFIED " + string(imapcodec.AppendNumSet(nil, modified))
 		}
 	}
 	if len(keep) == 0 {
@@ -287,7 +287,7 @@ func rewriteStore(x *proxy.Exchange) (bool, error) {
 	}
 	// The upstream gets the STORE without the modifiers, for the
 	// messages left.
-	sa.Set, sa.Modifiers = string(appendUIDSet(nil, keep)), nil
+	sa.Set, sa.Modifiers = string(imapcodec.AppendNumSet(nil, keep)), nil
 	line := fmt.Appendf(nil, "%s UID STORE ", tag)
 	x.Segments = []imapcodec.Segment{{Text: imapcodec.AppendStoreArgs(line, sa)}}
 	return false, nil
@@ -378,7 +378,7 @@ func modSeqCriterion(m *proxy.Mailbox, n uint64) string {
 		return "ALL"
 	case len(match) <= len(all)/2:
 		slices.Sort(match)
-		return "UID " + string(appendUIDSet(nil, match))
+		return "UID " + string(imapcodec.AppendNumSet(nil, match))
 	}
 	slices.Sort(match)
 	var rest []uint32
@@ -387,7 +387,7 @@ func modSeqCriterion(m *proxy.Mailbox, n uint64) string {
 			rest = append(rest, uid)
 		}
 	}
-	return "NOT UID " + string(appendUIDSet(nil, rest))
+	return "NOT UID " + string(imapcodec.AppendNumSet(nil, rest))
 }
 
 // maxModSeqOf returns the highest mod-sequence among messages given by the
@@ -547,24 +547,4 @@ func (d *statusData) complete(text []byte) []byte {
 		out = append(out, "HIGHESTMODSEQ", strconv.FormatUint(d.highest, 10))
 	}
 	return fmt.Appendf(text[:open:open], "(%s)", strings.Join(out, " "))
-}
-
-// appendUIDSet appends sorted numbers as a compact set: "1:3,7,9:10".
-func appendUIDSet(b []byte, nums []uint32) []byte {
-	for i := 0; i < len(nums); {
-		j := i
-		for j+1 < len(nums) && nums[j+1] <= nums[j]+1 {
-			j++
-		}
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendUint(b, uint64(nums[i]), 10)
-		if nums[j] != nums[i] {
-			b = append(b, ':')
-			b = strconv.AppendUint(b, uint64(nums[j]), 10)
-		}
-		i = j + 1
-	}
-	return b
 }

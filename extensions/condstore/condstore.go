@@ -142,7 +142,7 @@ func (*Extension) ReportExpunged(s *proxy.Session, b []byte, uids, seqs []uint32
 		return b, false
 	}
 	b = append(b, "* VANISHED "...)
-	b = appendUIDSet(b, slices.Sorted(slices.Values(uids)))
+	b = imapcodec.AppendNumSet(b, slices.Sorted(slices.Values(uids)))
 	return append(b, "\r\n"...), true
 }
 
@@ -348,7 +348,7 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 	if len(vanished) > 0 {
 		slices.Sort(vanished)
 		b = append(b, "* VANISHED (EARLIER) "...)
-		b = appendUIDSet(b, vanished)
+		b = imapcodec.AppendNumSet(b, vanished)
 		b = append(b, "\r\n"...)
 	}
 	for _, f := range fetches {

@@ -68,7 +68,7 @@ func FuzzUIDSet(f *testing.F) {
 				sorted[j-1], sorted[j] = sorted[j], sorted[j-1]
 			}
 		}
-		back, err := imapcodec.ParseUIDSet(string(appendUIDSet(nil, sorted)))
+		back, err := imapcodec.ParseUIDSet(string(imapcodec.AppendNumSet(nil, sorted)))
 		if err != nil {
 			t.Fatalf("%q formatted unparsable: %v", set, err)
 		}

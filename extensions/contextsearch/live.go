@@ -443,7 +443,7 @@ func (l *live) appendUpdate(b []byte, removed, added []uint32, num func(uint32) 
 				nums = append(nums, num(uid))
 			}
 			slices.Sort(nums)
-			b = appendSet(append(b, "0 "...), slices.Compact(nums))
+			b = imapcodec.AppendNumSet(append(b, "0 "...), slices.Compact(nums))
 		} else {
 			// One pair per message, then runs merged into "pos lo:hi"
 			// where the set's increasing expansion is what the pairs
@@ -468,7 +468,7 @@ func (l *live) appendUpdate(b []byte, removed, added []uint32, num func(uint32) 
 					b = append(b, ' ')
 				}
 				b = strconv.AppendUint(b, uint64(r.pos), 10)
-				b = appendSet(append(b, ' '), []uint32{r.lo})
+				b = imapcodec.AppendNumSet(append(b, ' '), []uint32{r.lo})
 				if r.hi != r.lo {
 					b = strconv.AppendUint(append(b, ':'), uint64(r.hi), 10)
 				}
@@ -486,22 +486,3 @@ func (l *live) appendUpdate(b []byte, removed, added []uint32, num func(uint32) 
 
 // run is consecutive numbers placed at one context position.
 type run struct{ pos, lo, hi uint32 }
-
-// appendSet writes sorted, distinct numbers as a sequence set ("1:3,5").
-func appendSet(b []byte, nums []uint32) []byte {
-	for i := 0; i < len(nums); {
-		j := i
-		for j+1 < len(nums) && nums[j+1] == nums[j]+1 {
-			j++
-		}
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendUint(b, uint64(nums[i]), 10)
-		if j > i {
-			b = strconv.AppendUint(append(b, ':'), uint64(nums[j]), 10)
-		}
-		i = j + 1
-	}
-	return b
-}

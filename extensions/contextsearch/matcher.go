@@ -147,7 +147,7 @@ func (m *searchMatcher) Match(ctx context.Context, s *proxy.Session, uids []uint
 			}
 			n, spans = j+1, spans+1
 		}
-		cmd := appendSet([]byte(m.command+" UID "), uids[:n])
+		cmd := imapcodec.AppendNumSet([]byte(m.command+" UID "), uids[:n])
 		_, err := s.Exec(ctx, string(cmd), func(r *upstream.Response) {
 			if r.Head.Name == "SEARCH" && len(r.Segments) == 1 {
 				matched = append(matched, searchNumbers(r.Segments[0].Text)...)

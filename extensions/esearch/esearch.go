@@ -302,7 +302,7 @@ func appendResponse(b []byte, tag string, uid bool, o ReturnOptions, nums []uint
 		b = appendItem(b, "COUNT", uint64(n))
 	}
 	if n > 0 && o.All {
-		b = appendSet(append(b, " ALL "...), spansOf(nums))
+		b = imapcodec.AppendNumSet(append(b, " ALL "...), nums)
 	}
 	if lo, hi := o.PartialLo, o.PartialHi; lo != 0 {
 		// RFC 5267 4.4: the range (as lo:hi, as Dovecot writes it), and
@@ -311,7 +311,7 @@ func appendResponse(b []byte, tag string, uid bool, o ReturnOptions, nums []uint
 		if uint64(lo) > uint64(n) {
 			b = append(b, "NIL"...)
 		} else {
-			b = appendSet(b, spansOf(nums[lo-1:min(uint64(hi), uint64(n))]))
+			b = imapcodec.AppendNumSet(b, nums[lo-1:min(uint64(hi), uint64(n))])
 		}
 		b = append(b, ')')
 	}

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
 
@@ -28,7 +29,7 @@ func FuzzParseReturn(f *testing.F) {
 		if r.start < 0 || r.start > r.end || r.end > len(s) {
 			t.Fatalf("%q: bad cut %d:%d", s, r.start, r.end)
 		}
-		if p := r.opts.partial; p != nil && (p.lo == 0 || p.lo > p.hi || r.opts.all) {
+		if p := r.opts.partial; p != nil && (p.Lo == 0 || p.Lo > p.Hi || r.opts.all) {
 			t.Fatalf("%q: PARTIAL %v with ALL %v", s, *p, r.opts.all)
 		}
 		if !r.opts.respond() && !r.opts.save {
@@ -54,7 +55,7 @@ func FuzzSearchNumbers(f *testing.F) {
 		if len(nums) == 0 {
 			return
 		}
-		set, err := imapcodec.ParseNumSet(string(appendSet(nil, spansOf(nums))))
+		set, err := imapcodec.ParseNumSet(string(imapcodec.AppendNumSet(nil, nums)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,8 +87,8 @@ func FuzzSeqSpans(f *testing.F) {
 			}
 		}
 		var got []uint32
-		for _, r := range seqSpans(v, spansOf(u)) {
-			for n := uint64(r.lo); n <= uint64(r.hi); n++ {
+		for _, r := range seqSpans(v, uidset.SpansOf(u)) {
+			for n := uint64(r.Lo); n <= uint64(r.Hi); n++ {
 				got = append(got, uint32(n))
 			}
 		}

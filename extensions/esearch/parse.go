@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
 
@@ -204,7 +205,7 @@ func ParseSortReturn(p *imapcodec.Parser) (ReturnOptions, error) {
 func (o returnOpts) exported() ReturnOptions {
 	r := ReturnOptions{Min: o.min, Max: o.max, Count: o.count, All: o.all, Context: o.context, Update: o.update}
 	if o.partial != nil {
-		r.PartialLo, r.PartialHi = o.partial.lo, o.partial.hi
+		r.PartialLo, r.PartialHi = o.partial.Lo, o.partial.Hi
 	}
 	return r
 }
@@ -225,7 +226,7 @@ func parsePartial(rg string) (*span, error) {
 	if lo > hi {
 		lo, hi = hi, lo
 	}
-	return &span{uint32(lo), uint32(hi)}, nil
+	return &span{Lo: uint32(lo), Hi: uint32(hi)}, nil
 }
 
 func atomAfterSP(p *imapcodec.Parser) (string, error) {
@@ -269,36 +270,5 @@ func searchNumbers(text []byte) ([]uint32, error) {
 	return slices.Compact(nums), nil
 }
 
-// span is a range of consecutive numbers, lo <= hi.
-type span struct{ lo, hi uint32 }
-
-// spansOf turns distinct numbers into ranges of consecutive ascending
-// ones, in the order given: the compact form of RFC 4731's ALL and of a
-// saved result (sorted numbers), and of RFC 5267's ALL of a SORT
-// (numbers in sort order, which must not be reordered).
-func spansOf(nums []uint32) []span {
-	var out []span
-	for _, n := range nums {
-		if k := len(out); k > 0 && out[k-1].hi+1 == n {
-			out[k-1].hi = n
-			continue
-		}
-		out = append(out, span{n, n})
-	}
-	return out
-}
-
-// appendSet writes spans as a sequence set ("1:3,5").
-func appendSet(b []byte, spans []span) []byte {
-	for i, r := range spans {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendUint(b, uint64(r.lo), 10)
-		if r.hi != r.lo {
-			b = append(b, ':')
-			b = strconv.AppendUint(b, uint64(r.hi), 10)
-		}
-	}
-	return b
-}
+// span is a range of consecutive numbers, Lo <= Hi.
+type span = uidset.Span

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -17,7 +18,7 @@ import (
 type savedKey struct{}
 
 // save replaces the session's saved result.
-func save(s *proxy.Session, uids []uint32) { s.SetValue(savedKey{}, spansOf(uids)) }
+func save(s *proxy.Session, uids []uint32) { s.SetValue(savedKey{}, uidset.SpansOf(uids)) }
 
 // savedSpans returns the session's saved result, empty when nothing was
 // saved since the mailbox was selected.
@@ -109,7 +110,7 @@ func rewriteFirstSet(m *proxy.Mailbox, cmd *imapcodec.Command, saved []span) ([]
 	}
 	segs := slices.Clone(cmd.Segments)
 	t := segs[0].Text
-	segs[0].Text = slices.Concat(t[:start.Off], appendSet(nil, set), t[start.Off+1:])
+	segs[0].Text = slices.Concat(t[:start.Off], uidset.AppendSpans(nil, set), t[start.Off+1:])
 	return segs, nil
 }
 
@@ -118,7 +119,7 @@ func rewriteFirstSet(m *proxy.Mailbox, cmd *imapcodec.Command, saved []span) ([]
 func rewriteKeys(cmd *imapcodec.Command, saved []span) ([]imapcodec.Segment, error) {
 	key := "NOT ALL"
 	if len(saved) > 0 {
-		key = string(appendSet([]byte("UID "), saved))
+		key = string(uidset.AppendSpans([]byte("UID "), saved))
 	}
 	segs := make([]imapcodec.Segment, len(cmd.Segments))
 	for i, sg := range cmd.Segments {
@@ -147,8 +148,8 @@ func rewriteKeys(cmd *imapcodec.Command, saved []span) ([]imapcodec.Segment, err
 func seqSpans(view []uint32, uids []span) []span {
 	var out []span
 	for _, r := range uids {
-		i, _ := slices.BinarySearch(view, r.lo)
-		j, found := slices.BinarySearch(view, r.hi)
+		i, _ := slices.BinarySearch(view, r.Lo)
+		j, found := slices.BinarySearch(view, r.Hi)
 		if found {
 			j++
 		}
@@ -156,11 +157,11 @@ func seqSpans(view []uint32, uids []span) []span {
 			continue
 		}
 		lo, hi := uint32(i+1), uint32(j)
-		if k := len(out); k > 0 && out[k-1].hi+1 == lo {
-			out[k-1].hi = hi
+		if k := len(out); k > 0 && out[k-1].Hi+1 == lo {
+			out[k-1].Hi = hi
 			continue
 		}
-		out = append(out, span{lo, hi})
+		out = append(out, span{Lo: lo, Hi: hi})
 	}
 	return out
 }

@@ -348,7 +348,7 @@ func (e *Extension) internalDates(ctx context.Context, s *proxy.Session, uids []
 	}
 	for len(uids) > 0 {
 		n := min(len(uids), e.chunk)
-		cmd := "UID FETCH " + string(uidset.Append(nil, uids[:n])) + " (UID INTERNALDATE)"
+		cmd := "UID FETCH " + string(imapcodec.AppendNumSet(nil, uids[:n])) + " (UID INTERNALDATE)"
 		uids = uids[n:]
 		if _, err := s.Exec(ctx, cmd, handle); err != nil {
 			return nil, err

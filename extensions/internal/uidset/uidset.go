@@ -1,7 +1,8 @@
-// Package uidset writes the UID sets that extensions put into the search
-// programs they rewrite (within's OLDER/YOUNGER, casesearch's substring
-// keys): ascending UIDs as compact IMAP sets, and the union of two
-// ascending lists.
+// Package uidset holds the UID spans and lists that extensions keep and
+// rewrite (within's OLDER/YOUNGER, casesearch's substring keys, SEARCHRES's
+// saved result): spans of consecutive UIDs, their IMAP form, and the union
+// of two ascending lists. A plain list of numbers is written with
+// imapcodec.AppendNumSet.
 package uidset
 
 import "strconv"
@@ -29,8 +30,8 @@ func Merge(a, b []uint32) []uint32 {
 	return out
 }
 
-// Append writes ascending UIDs as a compact set ("1:3,7").
-func Append(b []byte, uids []uint32) []byte {
+// SpansOf turns ascending UIDs into spans of consecutive ones.
+func SpansOf(uids []uint32) []Span {
 	var spans []Span
 	for _, u := range uids {
 		if k := len(spans); k > 0 && spans[k-1].Hi+1 == u {
@@ -39,7 +40,7 @@ func Append(b []byte, uids []uint32) []byte {
 		}
 		spans = append(spans, Span{u, u})
 	}
-	return AppendSpans(b, spans)
+	return spans
 }
 
 // AppendSpans writes spans as a set ("1:3,7").
