@@ -8,11 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"reflect"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -157,80 +154,15 @@ func TestCompressMbsync(t *testing.T) {
 	want["<text3@example.org>"] = text
 
 	addr, ext := startCompressProxy(t, upstream.Config{Addr: dc.Addr})
-	host, port, _ := net.SplitHostPort(addr)
-	dir := t.TempDir()
-	local := filepath.Join(dir, "mail") + "/"
-	cfg := fmt.Sprintf(`IMAPAccount proxy
-Host %s
-Port %s
-User alice
-Pass alicepass
-SSLType None
-AuthMechs LOGIN
-
-IMAPStore remote
-Account proxy
-
-MaildirStore local
-Path %s
-Inbox %sINBOX
-SubFolders Verbatim
-
-Channel all
-Far :remote:
-Near :local:
-Patterns *
-Create Both
-SyncState *
-Sync All
-`, host, port, local, local)
-	if err := os.MkdirAll(local, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	rc := filepath.Join(dir, "mbsyncrc")
-	if err := os.WriteFile(rc, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	run := func() {
-		t.Helper()
-		cmd := exec.Command(mbsync, "-c", rc, "-a")
-		cmd.Env = append(os.Environ(), "HOME="+dir)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("mbsync: %v\n%s", err, out)
-		}
-	}
-	run()
+	sync := newMbsync(t, mbsync, addr, true)
+	sync.run()
 	if st := ext.Stats(); st.Activations == 0 {
 		t.Fatalf("mbsync did not use COMPRESS: %+v", st)
 	}
-	got := map[string][]byte{}
-	filepath.Walk(local, func(path string, info os.FileInfo, err error) error {
-		if err != nil || info.IsDir() || !strings.Contains(path, "/cur/") && !strings.Contains(path, "/new/") {
-			return nil
-		}
-		b, _ := os.ReadFile(path)
-		for id := range want {
-			if bytes.Contains(b, []byte("Message-ID: "+id)) {
-				got[id] = b
-			}
-		}
-		return nil
-	})
-	tuid := regexp.MustCompile(`(?m)^X-TUID: .*\n`)
-	for id, m := range want {
-		g := tuid.ReplaceAll(got[id], nil)
-		if !bytes.Equal(g, bytes.ReplaceAll(m, []byte("\r\n"), []byte("\n"))) {
-			t.Errorf("message %s: synced copy differs (%d bytes, want %d)", id, len(got[id]), len(m))
-		}
-	}
+	sync.checkSynced(want)
 	// Upload through compression.
-	up := sampleMessage(200, strings.Repeat("written on the phone\r\n", 500))
-	name := fmt.Sprintf("%d.local.lemon:2,S", time.Now().Unix())
-	if err := os.WriteFile(filepath.Join(local, "INBOX", "cur", name), up, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	run()
+	sync.upload(sampleMessage(200, strings.Repeat("written on the phone\r\n", 500)))
+	sync.run()
 	c := dialRaw(t, dc.Addr)
 	mustOK(t, c.Cmd("LOGIN alice alicepass"))
 	mustOK(t, c.Cmd("SELECT INBOX"))

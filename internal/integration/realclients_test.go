@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -40,7 +41,7 @@ func TestMbsyncUploadAppendUID(t *testing.T) {
 		addr, _ := startProxy(t, dc.Addr, func(c *proxy.Config) {
 			c.Extensions = append([]proxy.Extension{idle.New()}, exts...)
 		})
-		sync = newMbsync(t, mbsync, addr)
+		sync = newMbsync(t, mbsync, addr, false)
 		sync.run() // first sync: the three messages come down
 		for i := 0; i < n; i++ {
 			m := sampleMessage(300+i, fmt.Sprintf("written offline, number %d", i))
@@ -148,18 +149,25 @@ func (stripAppendUID) ServeCommand(ctx context.Context, x *proxy.Exchange, next 
 	return next(ctx, x)
 }
 
-// mbsyncRun is an mbsync set up to sync the proxy's INBOX to a maildir.
+// mbsyncRun is an mbsync set up to sync the proxy's folders, as alice, to
+// a maildir of its own.
 type mbsyncRun struct {
 	t       testing.TB
 	bin, rc string
 	home    string
-	local   string
+	local   string // the maildir's root, with a trailing slash
 }
 
-func newMbsync(t testing.TB, bin, addr string) *mbsyncRun {
+// newMbsync sets up mbsync against addr: INBOX only, or with all every
+// folder (Patterns *).
+func newMbsync(t testing.TB, bin, addr string, all bool) *mbsyncRun {
 	host, port, _ := net.SplitHostPort(addr)
 	dir := t.TempDir()
 	local := filepath.Join(dir, "mail") + "/"
+	channel := "Channel inbox\nFar :remote:INBOX\nNear :local:INBOX\n"
+	if all {
+		channel = "Channel all\nFar :remote:\nNear :local:\nPatterns *\n"
+	}
 	cfg := fmt.Sprintf(`IMAPAccount proxy
 Host %s
 Port %s
@@ -174,14 +182,12 @@ Account proxy
 MaildirStore local
 Path %s
 Inbox %sINBOX
+SubFolders Verbatim
 
-Channel inbox
-Far :remote:INBOX
-Near :local:INBOX
-Create Both
+%sCreate Both
 SyncState *
 Sync All
-`, host, port, local, local)
+`, host, port, local, local, channel)
 	if err := os.MkdirAll(local, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -212,17 +218,60 @@ func (m *mbsyncRun) try() (string, error) {
 	return string(out), err
 }
 
-// files lists the maildir's message files, for comparing two states.
-func (m *mbsyncRun) files() string {
-	var b strings.Builder
-	filepath.Walk(filepath.Join(m.local, "INBOX"), func(path string, info os.FileInfo, err error) error {
+// messageFiles calls fn with the path of every message file of the
+// maildir below folder ("" for all).
+func (m *mbsyncRun) messageFiles(folder string, fn func(path string)) {
+	filepath.Walk(filepath.Join(m.local, folder), func(path string, info os.FileInfo, err error) error {
 		if err == nil && !info.IsDir() && (strings.Contains(path, "/cur/") || strings.Contains(path, "/new/")) {
-			data, _ := os.ReadFile(path)
-			fmt.Fprintf(&b, "%s %d\n", strings.TrimPrefix(path, m.local), len(data))
+			fn(path)
 		}
 		return nil
 	})
+}
+
+// files lists INBOX's message files, for comparing two states.
+func (m *mbsyncRun) files() string {
+	var b strings.Builder
+	m.messageFiles("INBOX", func(path string) {
+		data, _ := os.ReadFile(path)
+		fmt.Fprintf(&b, "%s %d\n", strings.TrimPrefix(path, m.local), len(data))
+	})
 	return b.String()
+}
+
+// mbsyncTUID is the header mbsync adds to a message while uploading it.
+var mbsyncTUID = regexp.MustCompile(`(?m)^X-TUID: .*\n`)
+
+// checkSynced asserts that every message of want (by Message-ID) is in
+// the maildir byte for byte, but for the LF line ends mbsync stores and
+// its own X-TUID header.
+func (m *mbsyncRun) checkSynced(want map[string][]byte) {
+	m.t.Helper()
+	got := map[string][]byte{}
+	m.messageFiles("", func(path string) {
+		b, _ := os.ReadFile(path)
+		for id := range want {
+			if bytes.Contains(b, []byte("Message-ID: "+id)) {
+				got[id] = b
+			}
+		}
+	})
+	for id, msg := range want {
+		g := mbsyncTUID.ReplaceAll(got[id], nil)
+		if !bytes.Equal(g, bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n"))) {
+			m.t.Errorf("message %s: synced copy differs (%d bytes, want %d)", id, len(got[id]), len(msg))
+		}
+	}
+}
+
+// upload writes msg into the maildir's INBOX as a message made on the
+// phone, for the next sync to upload.
+func (m *mbsyncRun) upload(msg []byte) {
+	m.t.Helper()
+	name := fmt.Sprintf("%d.local.lemon:2,S", time.Now().Unix())
+	if err := os.WriteFile(filepath.Join(m.local, "INBOX", "cur", name), msg, 0o600); err != nil {
+		m.t.Fatal(err)
+	}
 }
 
 // TestImapFlowMove: ImapFlow's messageMove through the proxy. Over
