@@ -110,6 +110,9 @@ var ErrClosed = errors.New("cluster: node closed")
 type Stats struct {
 	// Owned counts the accounts this node owns now.
 	Owned int
+	// Held counts the owned accounts kept by a hold (HoldAccount: push's
+	// watchers of registered accounts), with or without sessions.
+	Held int
 	// Sessions counts the sessions served here of owned accounts (local
 	// logins and sessions handed over by other nodes).
 	Sessions int
