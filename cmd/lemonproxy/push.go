@@ -83,12 +83,21 @@ func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
 		pp.deviceToken = dt
 	}
 	if s.PushWebPush {
+		keyFile := filepath.Join(s.Data, webpush.KeyFileName)
+		if s.ClusterDB != "" {
+			// Subscriptions made through one node must take pushes
+			// signed by any other: one key for the cluster, never one
+			// made here.
+			if _, err := os.Stat(keyFile); err != nil {
+				return nil, fmt.Errorf("push-webpush in cluster mode: the VAPID key %s must be the same file on every node, and is not made by a node: make it once (openssl ecparam -name prime256v1 -genkey -noout -out %s; chmod 600), and copy it into each node's data directory: %w", keyFile, webpush.KeyFileName, err)
+			}
+		}
 		// The key is made before the stores open the data directory.
 		if err := os.MkdirAll(s.Data, 0o700); err != nil {
 			return nil, fmt.Errorf("push-webpush: %w", err)
 		}
 		sender, err := webpush.NewSender(webpush.SenderConfig{
-			KeyFile:    filepath.Join(s.Data, webpush.KeyFileName),
+			KeyFile:    keyFile,
 			HTTPClient: ext.EndpointClient().HTTPClient(),
 			Subject:    s.PushVAPIDSubject,
 			Logger:     log,
