@@ -22,6 +22,11 @@
 // its preferred node by rendezvous hashing over the live nodes, so that a
 // node joining only takes accounts as they fall free.
 //
+// An extension keeps an account here without a session with HoldAccount
+// (proxy.Placement, hold.go: push's watchers of registered accounts): a
+// hold counts like a session for the release loop and is told when the
+// account leaves anyway.
+//
 // Only plain transactions, INSERT ... ON CONFLICT and conditional UPDATE
 // ... RETURNING are used: no LISTEN/NOTIFY, advisory locks or sequences, so
 // that the PostgreSQL-compatible distributed databases work too.

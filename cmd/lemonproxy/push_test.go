@@ -158,6 +158,9 @@ func TestPushServeConfigErrors(t *testing.T) {
 	os.WriteFile(key, []byte("too short"), 0o600)
 	open := filepath.Join(dir, "open")
 	os.WriteFile(open, []byte("masterpass"), 0o644)
+	key32 := filepath.Join(dir, "key32")
+	os.WriteFile(key32, bytes.Repeat([]byte{7}, 32), 0o600)
+	cluster := []string{"-cluster-db", "postgres://127.0.0.1:1/x", "-node", "n1", "-cluster-listen", "127.0.0.1:0", "-cluster-secret", key32}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -166,6 +169,8 @@ func TestPushServeConfigErrors(t *testing.T) {
 		{[]string{"-push-gateway", "https://g.example/n", "-push-credentials-key", key}, "credentials key is 32 bytes"},
 		{[]string{"-push-gateway", "https://g.example/n", "-upstream-master-user", "m", "-upstream-master-password-file", open}, "others may use it"},
 		{[]string{"-push-gateway", "http://g.example/n", "-upstream-master-user", "m", "-upstream-master-password-file", key}, "not https"},
+		// One VAPID key for the cluster: a node does not make its own.
+		{append([]string{"-push-webpush", "-push-credentials-key", key32}, cluster...), "must be the same file on every node"},
 	} {
 		args := append([]string{"serve", "-listen", "127.0.0.1:0", "-upstream", "127.0.0.1:1"}, tc.args...)
 		code, _, errOut := runLP(t, args...)
