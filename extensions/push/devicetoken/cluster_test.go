@@ -197,6 +197,18 @@ func TestDeviceTokenCluster(t *testing.T) {
 	rand.Read(secret)
 	c := &pushCluster{t: t, db: pg.NewDatabase(t), dc: dc, g: newGateway(t, nil), secret: secret, ttl: 2 * time.Second}
 	a, b := c.start("a"), c.start("b")
+	var all []*pushNode
+	t.Cleanup(func() {
+		if t.Failed() {
+			// A node that fenced itself (a loaded machine stalling its
+			// renewals) drops and takes its accounts again: pushes
+			// may then come twice, by design.
+			for _, n := range all {
+				t.Logf("node %s: %+v; push %+v", n.name, n.node.Stats(), n.push.Stats())
+			}
+		}
+	})
+	all = append(all, a, b)
 	seeEachOther(t, a, b)
 	ua := c.userFor(a, "ua") // preferred by a
 	ub := c.userFor(b, "ub") // preferred by b
@@ -278,6 +290,7 @@ func TestDeviceTokenCluster(t *testing.T) {
 	// A node joins; b is drained: both accounts move to the new node,
 	// which watches and pushes them.
 	n3 := c.start("c")
+	all = append(all, n3)
 	seeEachOther(t, b, n3)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
