@@ -22,6 +22,11 @@
 // its preferred node by rendezvous hashing over the live nodes, so that a
 // node joining only takes accounts as they fall free.
 //
+// An extension keeps an account here without a session with HoldAccount
+// (proxy.Placement, hold.go: push's watchers of registered accounts): a
+// hold counts like a session for the release loop and is told when the
+// account leaves anyway.
+//
 // Only plain transactions, INSERT ... ON CONFLICT and conditional UPDATE
 // ... RETURNING are used: no LISTEN/NOTIFY, advisory locks or sequences, so
 // that the PostgreSQL-compatible distributed databases work too.
@@ -110,6 +115,9 @@ var ErrClosed = errors.New("cluster: node closed")
 type Stats struct {
 	// Owned counts the accounts this node owns now.
 	Owned int
+	// Held counts the owned accounts kept by a hold (HoldAccount: push's
+	// watchers of registered accounts), with or without sessions.
+	Held int
 	// Sessions counts the sessions served here of owned accounts (local
 	// logins and sessions handed over by other nodes).
 	Sessions int

@@ -122,6 +122,7 @@ func (n *Node) renew(conn *pgx.Conn, start time.Time) (*pgx.Conn, error) {
 	n.watchdog.Reset(time.Until(until))
 	if n.fenced && !n.fenceEvict {
 		n.fenced = false
+		n.placementChangedLocked()
 		n.log.Info("cluster lease renewed: node serving again")
 	}
 	startDrain := draining && !n.draining
@@ -173,6 +174,9 @@ func (n *Node) refreshLive(ctx context.Context) error {
 // of the proxy's).
 func (n *Node) setLiveLocked(live []peer) {
 	changed := len(live) != len(n.live)
+	if !samePeers(live, n.live) {
+		n.placementChangedLocked()
+	}
 	n.live = live
 	if changed && n.cfg.OnLiveNodes != nil && len(live) > 0 {
 		count := len(live)
@@ -218,7 +222,9 @@ func (n *Node) fenceLocked(why string) {
 	n.fenced = true
 	n.fencings.Add(1)
 	n.log.Error("cluster node fenced: ending its sessions", "why", why, "accounts", len(n.owned))
+	var lost []func()
 	for _, a := range n.owned {
+		lost = append(lost, a.detachHoldersLocked()...)
 		if !a.leaving {
 			a.leaving = true
 			a.finish()
@@ -227,9 +233,13 @@ func (n *Node) fenceLocked(why string) {
 	n.owned = make(map[string]*account)
 	h := n.hostOf()
 	if h == nil {
+		n.goLocked(func() { tellLost(lost) })
 		return
 	}
 	n.fenceEvict = n.goLocked(func() {
+		// The holders first: they stop using their accounts before the
+		// core forgets them.
+		tellLost(lost)
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseTTL)
 		defer cancel()
 		if err := h.Evict(ctx, "", "this proxy node lost its cluster lease"); err != nil {
@@ -240,6 +250,7 @@ func (n *Node) fenceLocked(why string) {
 		if n.fenced && time.Now().Before(n.validUntil) {
 			// A renewal succeeded during the eviction.
 			n.fenced = false
+			n.placementChangedLocked()
 			n.log.Info("cluster lease renewed: node serving again")
 		}
 		n.mu.Unlock()

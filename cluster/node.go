@@ -47,6 +47,7 @@ type Node struct {
 	linkConns  map[net.Conn]struct{}
 	renewGate  chan struct{} // test hook: renewals wait while non-nil
 	renewed    chan struct{} // closed and replaced at each successful renewal (tests)
+	placement  chan struct{} // closed and replaced at each change of placement (PlacementChanged)
 	watchdog   *time.Timer
 
 	linkSlots chan struct{}
@@ -60,7 +61,10 @@ type hostBox struct{ h Host }
 type account struct {
 	epoch int64
 	refs  int       // sessions served here
-	idle  time.Time // when refs last fell to 0
+	idle  time.Time // when refs and holders last fell to 0
+	// holders are the holds of the account (HoldAccount): each keeps it
+	// here as a session does, and is told when the account leaves.
+	holders map[*holder]struct{}
 	// leaving is set while the account is evicted and released; gone is
 	// closed when that is over (Route waits for it before resolving again).
 	leaving bool
@@ -131,6 +135,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		listeners: make(map[net.Listener]struct{}),
 		linkConns: make(map[net.Conn]struct{}),
 		renewed:   make(chan struct{}),
+		placement: make(chan struct{}),
 		linkSlots: make(chan struct{}, cfg.MaxLinks),
 	}
 	if err := pgschema.Apply(ctx, pool, "cluster", schema); err != nil {
@@ -188,6 +193,9 @@ func (n *Node) Stats() Stats {
 	st := Stats{Owned: len(n.owned), Fenced: n.fenced || n.superseded, Draining: n.draining}
 	for _, a := range n.owned {
 		st.Sessions += a.refs
+		if len(a.holders) > 0 {
+			st.Held++
+		}
 	}
 	n.mu.Unlock()
 	st.ForwardedOut = n.forwardedOut.Load()
@@ -212,7 +220,12 @@ func (n *Node) Close(ctx context.Context) error {
 	}
 	n.closed = true
 	n.closeListenersLocked()
+	var lost []func()
+	for _, a := range n.owned {
+		lost = append(lost, a.detachHoldersLocked()...)
+	}
 	n.mu.Unlock()
+	tellLost(lost)
 
 	var errs []error
 	if h := n.hostOf(); h != nil {

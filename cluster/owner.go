@@ -17,11 +17,11 @@ var errNotAcquired = errors.New("cluster: the account is owned by another live n
 var errNotServing = errors.New("cluster: this node takes no account now")
 
 // acquire takes account for this node (or finds it already here) and
-// counts one session on it. The acquisition is one conditional statement
+// counts one session on it, or, when h is not nil, adds the hold h. The acquisition is one conditional statement
 // (two for an account never seen), so two nodes racing for an account
 // cannot both win: the loser's UPDATE waits for the winner's row lock and
 // then finds the row owned by a live node.
-func (n *Node) acquire(ctx context.Context, acct string) (*account, error) {
+func (n *Node) acquire(ctx context.Context, acct string, h *holder) (*account, error) {
 	var flight chan struct{}
 	for flight == nil {
 		n.mu.Lock()
@@ -32,7 +32,7 @@ func (n *Node) acquire(ctx context.Context, acct string) (*account, error) {
 		var wait chan struct{}
 		switch a := n.owned[acct]; {
 		case a != nil && !a.leaving:
-			a.refs++
+			a.count(h)
 			n.mu.Unlock()
 			return a, nil
 		case a != nil:
@@ -105,7 +105,7 @@ func (n *Node) acquire(ctx context.Context, acct string) (*account, error) {
 	case epoch > a.epoch:
 		a.epoch = epoch
 	}
-	a.refs++
+	a.count(h)
 	n.mu.Unlock()
 	return a, nil
 }
@@ -180,8 +180,10 @@ func (n *Node) lose(acct string, a *account) {
 // evictLocked evicts acct on a goroutine, then releases its row when
 // release, then finishes a. a.leaving is set.
 func (n *Node) evictLocked(acct string, a *account, text string, release bool) {
+	lost := a.detachHoldersLocked()
 	started := n.goLocked(func() {
 		defer a.finish()
+		tellLost(lost)
 		if h := n.hostOf(); h != nil {
 			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseTTL)
 			err := h.Evict(ctx, acct, text)
@@ -201,6 +203,7 @@ func (n *Node) evictLocked(acct string, a *account, text string, release bool) {
 	})
 	if !started {
 		a.finish()
+		go tellLost(lost)
 	}
 }
 
@@ -233,7 +236,7 @@ func (n *Node) idleLoop() {
 		}
 		n.mu.Lock()
 		for acct, a := range n.owned {
-			if !a.leaving && a.refs == 0 && time.Since(a.idle) >= n.cfg.ReleaseAfter {
+			if !a.leaving && a.refs == 0 && len(a.holders) == 0 && time.Since(a.idle) >= n.cfg.ReleaseAfter {
 				a.leaving = true
 				n.evictLocked(acct, a, "the account is released by this proxy node", true)
 			}

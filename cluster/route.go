@@ -63,7 +63,7 @@ func (n *Node) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), er
 			return nil, nil, fmt.Errorf("%w: %v", proxy.ErrUnavailable, err)
 		}
 		if d.local {
-			a, err := n.acquire(ctx, acct)
+			a, err := n.acquire(ctx, acct, nil)
 			if errors.Is(err, errNotAcquired) {
 				continue
 			}
@@ -82,7 +82,7 @@ func (n *Node) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), er
 			// refuse the login. If it did acquire it before the link
 			// broke, this acquisition fails and the next lookup finds it.
 			n.log.Warn("cluster: preferred node unreachable", "node", d.node, "account", acct, "err", err)
-			a, err := n.acquire(ctx, acct)
+			a, err := n.acquire(ctx, acct, nil)
 			if errors.Is(err, errNotAcquired) {
 				continue
 			}
@@ -106,7 +106,7 @@ func (n *Node) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), er
 		// every TTL/3, may not know yet): take the account here, as when
 		// it cannot be reached.
 		n.log.Warn("cluster: preferred node cannot serve", "node", d.node, "account", acct)
-		a, err := n.acquire(ctx, acct)
+		a, err := n.acquire(ctx, acct, nil)
 		if errors.Is(err, errNotAcquired) {
 			continue
 		}

@@ -93,7 +93,7 @@ func (n *Node) serveLink(conn net.Conn) {
 		return
 	}
 	ctx, cancel = context.WithTimeout(n.ctx, handshakeTimeout)
-	a, err := n.acquire(ctx, h.Account)
+	a, err := n.acquire(ctx, h.Account, nil)
 	cancel()
 	switch {
 	case errors.Is(err, errNotAcquired):

@@ -63,8 +63,9 @@ type PushStats struct {
 
 // ClusterStats are the figures of cluster mode (package cluster).
 type ClusterStats struct {
-	// Owned counts the accounts this node serves now.
-	Owned int
+	// Owned counts the accounts this node serves now; Held those of them
+	// kept here without a session (push's watched accounts).
+	Owned, Held int
 	// Takeovers counts accounts this node took from a node whose lease
 	// had expired; FencedWrites, state writes refused because another
 	// node had taken the account over; HandoffsIn, sessions other nodes
@@ -303,6 +304,9 @@ func (m *Metrics) registerCluster(cl func() ClusterStats, forwarded func() float
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: ns, Name: "cluster_accounts_owned", Help: "Accounts this node serves now (cluster mode).",
 	}, func() float64 { return float64(cl().Owned) }))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: ns, Name: "cluster_accounts_held", Help: "Accounts this node keeps without a session (push watches them here), with or without sessions (cluster mode).",
+	}, func() float64 { return float64(cl().Held) }))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: ns, Name: "cluster_forwarded_sessions", Help: "Sessions whose clients connected here and which another node serves: this node copies their bytes.",
 	}, forwarded))

@@ -104,7 +104,7 @@ func TestClusterMetrics(t *testing.T) {
 	single.Register(metrics.Sources{Server: p.Srv})
 	m := metrics.New()
 	m.Register(metrics.Sources{Server: p.Srv, Cluster: func() metrics.ClusterStats {
-		return metrics.ClusterStats{Owned: 7, Takeovers: 2, FencedWrites: 1, HandoffsIn: 40, RenewFailures: 3}
+		return metrics.ClusterStats{Owned: 7, Held: 4, Takeovers: 2, FencedWrites: 1, HandoffsIn: 40, RenewFailures: 3}
 	}, Synthesized: func() map[string]uint64 { return map[string]uint64{"move": 5, "appenduid_omitted": 1} }})
 	m.ObserveDB("hold", 3*time.Millisecond)
 	m.ObserveDB("hold", 4*time.Millisecond)
@@ -115,6 +115,7 @@ func TestClusterMetrics(t *testing.T) {
 	}{
 		{m, []string{
 			`lemonproxy_cluster_accounts_owned 7`,
+			`lemonproxy_cluster_accounts_held 4`,
 			`lemonproxy_cluster_forwarded_sessions 0`,
 			`lemonproxy_cluster_takeovers_total 2`,
 			`lemonproxy_cluster_fenced_writes_total 1`,

@@ -46,6 +46,10 @@ type Services struct {
 	// Upstream opens connections for the extension's own logins, without
 	// a session of the account (push's watchers of registered accounts).
 	Upstream *UpstreamService
+	// Placement lets an extension keep accounts on this node without a
+	// session, in a cluster (Config.Router implements it); nil on a
+	// single node, where every account is this node's.
+	Placement Placement
 }
 
 // CapabilityProvider adds capability words to CAPABILITY responses. up holds

@@ -68,3 +68,45 @@ func (s *Server) ServeHandoff(conn net.Conn, h Handoff) {
 func (s *Server) Evict(ctx context.Context, account, text string) error {
 	return s.evict(ctx, account, text)
 }
+
+// Placement is what a Router may offer extensions that keep accounts
+// busy without a session (push watches registered accounts while nobody
+// is logged in). A Router that implements it is handed to every
+// Provisioner in Services.Placement; with no Router (one node) that field
+// is nil and every account is served here.
+//
+// In a cluster an account is served by one node at a time, and a node
+// keeps an account only while it has sessions of it. A holder that is
+// not a session asks to keep an account on this node with HoldAccount: it
+// is then counted like a session (the account is not released while it is
+// held), and sessions of the account that log in at other nodes are
+// handed to this one. Which accounts a node should hold is the holder's
+// choice: PreferredHere tells the node the cluster would give a free
+// account to, so that each node holds its share, and PlacementChanged
+// tells when to look again (a node died, joined or began draining, or this
+// node may serve again after it fenced itself).
+type Placement interface {
+	// HoldAccount keeps account on this node, taking it if it is free,
+	// already this node's, or its owner's lease has expired. It fails
+	// (wrapping ErrHeldElsewhere) while another live node owns the
+	// account, and with ErrUnavailable while this node takes no accounts
+	// (fenced, draining, closing). On success release ends the hold
+	// (idempotent), and lost is called once, holding no lock of the
+	// Router, if the account leaves this node first (drain, fencing, takeover,
+	// shutdown): before its sessions are evicted and its watchers
+	// stopped, so that the holder stops using the account before the
+	// core forgets it. After lost the holder must not use the account
+	// until it holds it again; calling release then is harmless.
+	HoldAccount(ctx context.Context, account string, lost func()) (release func(), err error)
+	// PreferredHere reports whether this node is the one a free account
+	// goes to among the live nodes it knows of.
+	PreferredHere(account string) bool
+	// PlacementChanged returns a channel that is closed at the next
+	// change of the live nodes (one died, joined, began or ended
+	// draining) or when this node serves again after fencing itself.
+	PlacementChanged() <-chan struct{}
+}
+
+// ErrHeldElsewhere is returned by Placement.HoldAccount when another live
+// node owns the account.
+var ErrHeldElsewhere = errors.New("proxy: account owned by another live node")

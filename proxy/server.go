@@ -139,7 +139,11 @@ func (s *Server) register(exts []Extension) error {
 		}
 		names[ext.Name()] = true
 		if p, ok := ext.(Provisioner); ok {
-			if err := p.Provision(Services{Mailboxes: s.mailboxes, Data: s.cfg.AccountData, Upstream: &UpstreamService{s}}); err != nil {
+			svc := Services{Mailboxes: s.mailboxes, Data: s.cfg.AccountData, Upstream: &UpstreamService{s}}
+			if pl, ok := s.cfg.Router.(Placement); ok {
+				svc.Placement = pl
+			}
+			if err := p.Provision(svc); err != nil {
 				return fmt.Errorf("proxy: extension %s: %w", ext.Name(), err)
 			}
 		}

@@ -10,6 +10,7 @@
 // "pgdata"):
 //
 //	lp_accountdata  (account bytea, key bytea) -> value bytea
+//	index lp_accountdata_key (key, account), for Accounts
 //
 // Accounts and keys are bytea, not text: accountdata takes any bytes (an
 // account key holds a NUL, a mailbox name need not be UTF-8), and bytea
@@ -66,6 +67,10 @@ var steps = []string{
 		value bytea NOT NULL,
 		PRIMARY KEY (account, key)
 	)`,
+	// Accounts lists the accounts with a record under a prefix (push
+	// lists its registered accounts at every node's claim pass): a range
+	// of this index, not a scan of the table.
+	`CREATE INDEX lp_accountdata_key ON lp_accountdata (key, account)`,
 }
 
 // Store is an accountdata.Store in PostgreSQL.

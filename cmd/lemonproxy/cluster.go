@@ -137,7 +137,7 @@ func (c *clusterNode) stop(ctx context.Context, log *slog.Logger) {
 func (c *clusterNode) metricsSource() func() metrics.ClusterStats {
 	return func() metrics.ClusterStats {
 		st := c.node.Stats()
-		return metrics.ClusterStats{Owned: st.Owned, Takeovers: st.Takeovers, FencedWrites: st.FencedWrites,
+		return metrics.ClusterStats{Owned: st.Owned, Held: st.Held, Takeovers: st.Takeovers, FencedWrites: st.FencedWrites,
 			HandoffsIn: st.HandoffsIn, RenewFailures: st.RenewFailures}
 	}
 }

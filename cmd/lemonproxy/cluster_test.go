@@ -48,6 +48,7 @@ type lpCluster struct {
 	secret string // path of the secret file
 	nodes  map[string]*lpNode
 	sql    *pgx.Conn // the test's own look into the database
+	extra  []string  // further flags of every node (push's)
 }
 
 // lpNode is one lemonproxy serve process.
@@ -60,6 +61,12 @@ type lpNode struct {
 
 func startLPCluster(t *testing.T, dc *dovecottest.Server, names ...string) *lpCluster {
 	t.Helper()
+	return startLPClusterWith(t, dc, nil, names...)
+}
+
+// startLPClusterWith is startLPCluster with further flags for every node.
+func startLPClusterWith(t *testing.T, dc *dovecottest.Server, extra []string, names ...string) *lpCluster {
+	t.Helper()
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
 	b := make([]byte, 32)
@@ -68,7 +75,7 @@ func startLPCluster(t *testing.T, dc *dovecottest.Server, names ...string) *lpCl
 	if err := os.WriteFile(secret, []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := &lpCluster{t: t, pg: pg, db: pg.NewDatabase(t), dc: dc, secret: secret, nodes: map[string]*lpNode{}}
+	c := &lpCluster{t: t, pg: pg, db: pg.NewDatabase(t), dc: dc, secret: secret, nodes: map[string]*lpNode{}, extra: extra}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, c.db)
@@ -88,10 +95,11 @@ func startLPCluster(t *testing.T, dc *dovecottest.Server, names ...string) *lpCl
 func (c *lpCluster) start(name string) *lpNode {
 	t := c.t
 	t.Helper()
-	p := start(t, "serve", "-listen", "127.0.0.1:0", "-upstream", c.dc.Addr,
+	args := []string{"serve", "-listen", "127.0.0.1:0", "-upstream", c.dc.Addr,
 		"-cluster-db", c.db, "-node", name, "-cluster-listen", "127.0.0.1:0", "-cluster-secret", c.secret,
 		"-cluster-lease-ttl", clusterTTL.String(), "-cluster-release-after", "1h",
-		"-auth-failure-delay", "10ms", "-log-level", "info")
+		"-auth-failure-delay", "10ms", "-log-level", "info"}
+	p := start(t, append(args, c.extra...)...)
 	n := &lpNode{name: name, p: p}
 	n.link = p.waitFor(t, p.stderr, 0, `msg="cluster node registered" node=`+regexp.QuoteMeta(name)+` cluster-listen=(\S+)`)[1]
 	n.addr = p.listenAddr(t, false)

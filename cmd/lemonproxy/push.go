@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,7 +12,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/lemonproxy/lemonproxy/accountdata"
+	"github.com/lemonproxy/lemonproxy/cluster/pgdata"
 	"github.com/lemonproxy/lemonproxy/extensions/push"
 	"github.com/lemonproxy/lemonproxy/extensions/push/devicetoken"
 	"github.com/lemonproxy/lemonproxy/extensions/push/webpush"
@@ -83,12 +87,21 @@ func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
 		pp.deviceToken = dt
 	}
 	if s.PushWebPush {
+		keyFile := filepath.Join(s.Data, webpush.KeyFileName)
+		if s.ClusterDB != "" {
+			// Subscriptions made through one node must take pushes
+			// signed by any other: one key for the cluster, never one
+			// made here.
+			if _, err := os.Stat(keyFile); err != nil {
+				return nil, fmt.Errorf("push-webpush in cluster mode: the VAPID key %s must be the same file on every node, and is not made by a node: make it once (openssl ecparam -name prime256v1 -genkey -noout -out %s; chmod 600), and copy it into each node's data directory: %w", keyFile, webpush.KeyFileName, err)
+			}
+		}
 		// The key is made before the stores open the data directory.
 		if err := os.MkdirAll(s.Data, 0o700); err != nil {
 			return nil, fmt.Errorf("push-webpush: %w", err)
 		}
 		sender, err := webpush.NewSender(webpush.SenderConfig{
-			KeyFile:    filepath.Join(s.Data, webpush.KeyFileName),
+			KeyFile:    keyFile,
 			HTTPClient: ext.EndpointClient().HTTPClient(),
 			Subject:    s.PushVAPIDSubject,
 			Logger:     log,
@@ -107,16 +120,19 @@ func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
 }
 
 const pushUsage = `Usage:
-  lemonproxy push list [-data DIR] [-show-data]
+  lemonproxy push list [-data DIR | -cluster-db URL] [-show-data]
 
 Lists the devices registered for push (docs/push.md): user, upstream,
 channel, registration ID, when it was made, the mailboxes it pushes, the
 pushes waiting for delivery, and whether credentials are kept for the
 account. It reads accountdata.db in the data directory: stop the proxy
-first (it holds the file locked while it runs).
+first (it holds the file locked while it runs). In cluster mode it reads
+the cluster's database instead, while the nodes run.
 
 Flags:
   -data DIR    the proxy's data directory (default ./lemonproxy-data)
+  -cluster-db URL
+               the cluster's PostgreSQL URL (cluster mode)
   -show-data   show each device's token or endpoint (a capability to wake
                the device: keep the output private)
 `
@@ -140,6 +156,7 @@ func pushCmd(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	dir := fs.String("data", config.Defaults().Data, "the proxy's data directory")
 	show := fs.Bool("show-data", false, "show each device's token or endpoint")
+	db := fs.String("cluster-db", "", "the cluster's PostgreSQL URL")
 	if err := fs.Parse(args[1:]); err != nil || fs.NArg() > 0 {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, pushUsage)
@@ -147,6 +164,13 @@ func pushCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "%s: bad arguments (%v)\n\n%s", fs.Name(), err, pushUsage)
 		return 2
+	}
+	if *db != "" {
+		if err := pushListCluster(stdout, *db, *show); err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+			return 1
+		}
+		return 0
 	}
 	data, err := accountdata.OpenBoltReadOnly(*dir, 2*time.Second)
 	if err != nil {
@@ -159,4 +183,27 @@ func pushCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// pushListCluster lists the registrations kept in a cluster's database
+// (reads only: the nodes may run).
+func pushListCluster(w io.Writer, dbURL string, show bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		return fmt.Errorf("cluster-db: %w", err)
+	}
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("cluster-db: %w", err)
+	}
+	defer pool.Close()
+	data, err := pgdata.Open(ctx, pool, nil)
+	if err != nil {
+		return err
+	}
+	defer data.Close()
+	return push.WriteList(w, data, show)
 }

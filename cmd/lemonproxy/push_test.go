@@ -158,6 +158,9 @@ func TestPushServeConfigErrors(t *testing.T) {
 	os.WriteFile(key, []byte("too short"), 0o600)
 	open := filepath.Join(dir, "open")
 	os.WriteFile(open, []byte("masterpass"), 0o644)
+	key32 := filepath.Join(dir, "key32")
+	os.WriteFile(key32, bytes.Repeat([]byte{7}, 32), 0o600)
+	cluster := []string{"-cluster-db", "postgres://127.0.0.1:1/x", "-node", "n1", "-cluster-listen", "127.0.0.1:0", "-cluster-secret", key32}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -166,6 +169,8 @@ func TestPushServeConfigErrors(t *testing.T) {
 		{[]string{"-push-gateway", "https://g.example/n", "-push-credentials-key", key}, "credentials key is 32 bytes"},
 		{[]string{"-push-gateway", "https://g.example/n", "-upstream-master-user", "m", "-upstream-master-password-file", open}, "others may use it"},
 		{[]string{"-push-gateway", "http://g.example/n", "-upstream-master-user", "m", "-upstream-master-password-file", key}, "not https"},
+		// One VAPID key for the cluster: a node does not make its own.
+		{append([]string{"-push-webpush", "-push-credentials-key", key32}, cluster...), "must be the same file on every node"},
 	} {
 		args := append([]string{"serve", "-listen", "127.0.0.1:0", "-upstream", "127.0.0.1:1"}, tc.args...)
 		code, _, errOut := runLP(t, args...)
@@ -219,5 +224,60 @@ func TestWebPushServe(t *testing.T) {
 	}
 	if second := vapid(); second != first {
 		t.Errorf("VAPID key changed across a restart: %s, then %s", first, second)
+	}
+}
+
+// TestPushClusterServe: lemonproxy serve processes in cluster mode with
+// push (a device-token gateway, a master user): a token registered
+// through one node is pushed with no session connected, by the node that
+// holds the account; after SIGKILL of that node the other takes the
+// account over and pushes new mail; push list -cluster-db lists the
+// registration while the nodes run.
+func TestPushClusterServe(t *testing.T) {
+	dc := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{MasterUser: "pushmaster", MasterPassword: "masterpass"})
+	g := newTestGateway(t, nil)
+	pass := filepath.Join(t.TempDir(), "master.pass")
+	if err := os.WriteFile(pass, []byte("masterpass\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := startLPClusterWith(t, dc, []string{"-push-gateway", g.URL + "/notify",
+		"-upstream-master-user", "pushmaster", "-upstream-master-password-file", pass}, "n1", "n2")
+	c.waitRenewal("n1")
+	cl := dialIMAP(t, c.nodes["n1"].addr)
+	cl.ok("a", "LOGIN alice alicepass")
+	cl.ok("b", `SETMETADATA "" (/private/devicetoken "tok-alice")`)
+	cl.ok("c", "LOGOUT")
+	cursor := func() bool {
+		var n int
+		if err := c.query(`SELECT count(*) FROM lp_accountdata WHERE account = $1 AND key = $2`,
+			c.accountKey("alice"), []byte("push/m/INBOX")).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	waitUntil(t, "alice's INBOX watched", cursor)
+	owner := c.liveOwner("alice")
+	dc.Append(t, "alice", "alicepass", "INBOX", nil, []byte("Subject: one\r\n\r\nhi\r\n"))
+	waitUntil(t, "the push", func() bool { return len(g.got()) == 1 })
+
+	code, out, errOut := runLP(t, "push", "list", "-cluster-db", c.db)
+	if code != 0 || !strings.Contains(out, "alice") || !strings.Contains(out, "devicetoken") || strings.Contains(out, "tok-alice") {
+		t.Fatalf("push list -cluster-db: %d\n%s\n%s", code, out, errOut)
+	}
+
+	owner.kill(t)
+	other := c.nodes["n1"]
+	if owner == other {
+		other = c.nodes["n2"]
+	}
+	waitUntil(t, "the other node to hold alice's account", func() bool {
+		node, _, live := c.owner("alice")
+		return node == other.name && live
+	})
+	other.p.waitFor(t, other.p.stderr, 0, `msg="holding a registered account on this node" ext=push account=alice`)
+	dc.Append(t, "alice", "alicepass", "INBOX", nil, []byte("Subject: two\r\n\r\nhi\r\n"))
+	waitUntil(t, "the push after the takeover", func() bool { return len(g.got()) == 2 })
+	if got := g.got(); got[0] != "tok-alice" || got[1] != "tok-alice" {
+		t.Fatalf("gateway got %q", got)
 	}
 }

@@ -55,6 +55,11 @@ type Config struct {
 	// start-up every registered account's). Default 16.
 	StartConcurrency int
 
+	// ClaimInterval is how often, in a cluster, a node looks for
+	// registered accounts it should hold beside the placement changes it
+	// is told of (cluster.go). Default 1 min.
+	ClaimInterval time.Duration
+
 	// Endpoints is the policy for push endpoints that clients name (Web
 	// Push subscriptions): channels take it from Extension.Endpoints, so
 	// that one operator setting (-push-allow-private-endpoints) covers
@@ -103,6 +108,9 @@ func (c Config) withDefaults() Config {
 	if c.StartConcurrency <= 0 {
 		c.StartConcurrency = 16
 	}
+	if c.ClaimInterval <= 0 {
+		c.ClaimInterval = time.Minute
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -143,9 +151,10 @@ type Extension struct {
 	client   *Client // for Config.Endpoints
 	seal     *sealer // nil with a master user
 
-	data accountdata.Store
-	mbox *proxy.MailboxService
-	up   *proxy.UpstreamService
+	data  accountdata.Store
+	mbox  *proxy.MailboxService
+	up    *proxy.UpstreamService
+	place proxy.Placement // nil on a single node
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -226,14 +235,16 @@ func (e *Extension) Provision(svc proxy.Services) error {
 	if svc.Data == nil || svc.Mailboxes == nil || svc.Upstream == nil {
 		return errors.New("push: the account data store, the mailbox service and the upstream service are required")
 	}
-	e.data, e.mbox, e.up = svc.Data, svc.Mailboxes, svc.Upstream
+	e.data, e.mbox, e.up, e.place = svc.Data, svc.Mailboxes, svc.Upstream, svc.Placement
 	e.q.start()
 	e.w.start()
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		e.resume()
-	}()
+	if e.place != nil {
+		// A cluster: each node watches the registered accounts it holds
+		// (cluster.go).
+		e.wg.Go(e.claimLoop)
+		return nil
+	}
+	e.wg.Go(e.resume)
 	return nil
 }
 
@@ -319,9 +330,16 @@ func (e *Extension) RegisterAccount(ctx context.Context, a proxy.Account, reg Re
 	e.log.Info("registered", "account", logName(a.Name), "channel", reg.Channel, "id", reg.ID, "replaced", replaced)
 	// Under the account's lock, so that resume (which loads accounts
 	// under it too) and this agree on the account's registrations.
-	if e.w.known(a.Name) {
+	switch {
+	case e.w.known(a.Name):
 		e.w.registered(a.Name, ref(reg))
-	} else {
+	case e.place != nil:
+		// The session is served here, so this node owns the account:
+		// it holds it for the watching.
+		if err := e.claimLocked(a.Name); err != nil {
+			e.log.Warn("holding a registered account; another node or a later claim watches it", "account", logName(a.Name), "err", err)
+		}
+	default:
 		e.loadAccountLocked(a.Name)
 	}
 	return nil
@@ -407,7 +425,15 @@ func (e *Extension) Registrations(ctx context.Context, account, channel string) 
 // password change), and, with sealed credentials, keeps the login's own
 // (after a password change the old ones stop working upstream).
 func (e *Extension) StateChanged(s *proxy.Session, state proxy.State) {
-	if state != proxy.StateAuthenticated || !e.w.known(s.Account()) {
+	if state != proxy.StateAuthenticated {
+		return
+	}
+	if !e.w.known(s.Account()) {
+		if e.place != nil {
+			// In a cluster the account may be registered but held by no
+			// node (its session took it here): hold it.
+			e.claimAtLogin(s.Account(), s.UpstreamAccount())
+		}
 		return
 	}
 	if e.seal == nil {
@@ -502,6 +528,13 @@ func (e *Extension) loadAccount(account string) {
 
 // loadAccountLocked is loadAccount under the account's lock.
 func (e *Extension) loadAccountLocked(account string) {
+	e.loadHeldLocked(account, nil)
+}
+
+// loadHeldLocked reads an account's registrations and starts watching it,
+// kept here by h in a cluster (nil on a single node). It reports whether
+// the account is watched now.
+func (e *Extension) loadHeldLocked(account string, h *hold) bool {
 	var refs []regRef
 	if err := e.data.List(account, regPrefix, func(k string, v []byte) bool {
 		r, err := decodeReg(v)
@@ -513,7 +546,7 @@ func (e *Extension) loadAccountLocked(account string) {
 		return true
 	}); err != nil {
 		e.log.Error("reading registrations", "account", logName(account), "err", err)
-		return
+		return false
 	}
-	e.w.loaded(account, refs)
+	return e.w.loaded(account, refs, h)
 }

@@ -100,6 +100,19 @@ func (q *queue) size() int {
 	return q.items
 }
 
+// pendingOf returns the number of pending pushes of account.
+func (q *queue) pendingOf(account string) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for k, rq := range q.regs {
+		if k.account == account {
+			n += len(rq.items)
+		}
+	}
+	return n
+}
+
 // nextSeq returns a sequence number above every one handed out (and the
 // clock, so numbers keep rising across restarts).
 func (q *queue) nextSeq() uint64 {
@@ -258,6 +271,12 @@ func merge(p pending, ev Event) pending {
 func (q *queue) drop(k qkey) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.dropLocked(k)
+}
+
+// dropLocked is drop with q.mu held. A push being sent finishes its
+// attempt; its outcome touches the queue no more.
+func (q *queue) dropLocked(k qkey) {
 	rq := q.regs[k]
 	if rq == nil {
 		return
@@ -270,7 +289,8 @@ func (q *queue) drop(k qkey) {
 	}
 }
 
-// load reads the pending pushes saved before the last stop.
+// load reads the pending pushes saved before the last stop (on a single
+// node: every account's).
 func (q *queue) load() {
 	var accounts []string
 	if err := q.e.data.Accounts(pendingPrefix, func(a string) bool {
@@ -280,55 +300,75 @@ func (q *queue) load() {
 		q.e.log.Error("listing pending pushes; they wait for the next start", "err", err)
 		return
 	}
-	now := time.Now()
 	for _, account := range accounts {
-		type loaded struct {
-			k   qkey
-			seq uint64
-			rec pending
-		}
-		var got []loaded
-		var bad []string
 		unlock := q.e.lock(account)
-		err := q.e.data.List(account, pendingPrefix, func(key string, v []byte) bool {
-			ch, id, seq, ok := parsePendingKey(key[len(pendingPrefix):])
-			rec, err := decodePending(v)
-			if !ok || err != nil {
-				bad = append(bad, key)
-				return true
-			}
-			got = append(got, loaded{qkey{account, ch, id}, seq, rec})
-			return true
-		})
-		if err == nil && len(bad) > 0 {
-			// A push that cannot be read cannot be sent: given up, said so.
-			q.e.log.Error("unreadable pending pushes given up", "account", logName(account), "count", len(bad))
-			q.e.stats.gaveUp("", len(bad))
-			err = q.e.data.Write(account, nil, bad)
-		}
-		q.mu.Lock()
-		for _, l := range got {
-			rq := q.regs[l.k]
-			if rq == nil {
-				rq = &regQueue{key: l.k, idx: -1}
-				q.regs[l.k] = rq
-			}
-			if slices.ContainsFunc(rq.items, func(it *item) bool { return it.seq == l.seq }) {
-				continue
-			}
-			rq.items = append(rq.items, &item{seq: l.seq, rec: l.rec, due: now})
-			slices.SortFunc(rq.items, func(a, b *item) int { return cmpSeq(a.seq, b.seq) })
-			q.items++
-			q.seq = max(q.seq, l.seq)
-			q.fix(rq)
-		}
-		q.mu.Unlock()
+		q.loadAccountLocked(account)
 		unlock()
-		if err != nil {
-			q.e.log.Error("reading pending pushes", "account", logName(account), "err", err)
+	}
+}
+
+// loadAccountLocked reads an account's pending pushes into the queue (at
+// start, or in a cluster when this node takes the account: the pushes its
+// previous holder did not deliver). Called under the account's lock.
+func (q *queue) loadAccountLocked(account string) {
+	type loaded struct {
+		k   qkey
+		seq uint64
+		rec pending
+	}
+	now := time.Now()
+	var got []loaded
+	var bad []string
+	err := q.e.data.List(account, pendingPrefix, func(key string, v []byte) bool {
+		ch, id, seq, ok := parsePendingKey(key[len(pendingPrefix):])
+		rec, err := decodePending(v)
+		if !ok || err != nil {
+			bad = append(bad, key)
+			return true
 		}
+		got = append(got, loaded{qkey{account, ch, id}, seq, rec})
+		return true
+	})
+	if err == nil && len(bad) > 0 {
+		// A push that cannot be read cannot be sent: given up, said so.
+		q.e.log.Error("unreadable pending pushes given up", "account", logName(account), "count", len(bad))
+		q.e.stats.gaveUp("", len(bad))
+		err = q.e.data.Write(account, nil, bad)
+	}
+	q.mu.Lock()
+	for _, l := range got {
+		rq := q.regs[l.k]
+		if rq == nil {
+			rq = &regQueue{key: l.k, idx: -1}
+			q.regs[l.k] = rq
+		}
+		if slices.ContainsFunc(rq.items, func(it *item) bool { return it.seq == l.seq }) {
+			continue
+		}
+		rq.items = append(rq.items, &item{seq: l.seq, rec: l.rec, due: now})
+		slices.SortFunc(rq.items, func(a, b *item) int { return cmpSeq(a.seq, b.seq) })
+		q.items++
+		q.seq = max(q.seq, l.seq)
+		q.fix(rq)
+	}
+	q.mu.Unlock()
+	if err != nil {
+		q.e.log.Error("reading pending pushes", "account", logName(account), "err", err)
 	}
 	signal(q.wake)
+}
+
+// forget drops an account's pushes from memory, not from the store: in a
+// cluster, when the account left this node, whose next holder loads and
+// sends them. A push being sent finishes its attempt.
+func (q *queue) forget(account string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for k := range q.regs {
+		if k.account == account {
+			q.dropLocked(k)
+		}
+	}
 }
 
 func cmpSeq(a, b uint64) int {
@@ -408,6 +448,17 @@ func (q *queue) send(rq *regQueue, it *item, rec pending) {
 				e.log.Error("removing a pending push; it may be sent again after a restart", "account", logName(k.account), "err", err)
 			}
 		}
+	}
+	if e.place != nil && !e.w.known(k.account) {
+		// In a cluster, an account that left this node meanwhile: its
+		// new holder sends its pushes (from the store).
+		q.mu.Lock()
+		rq.inflight = false
+		if q.regs[k] == rq {
+			q.dropLocked(k)
+		}
+		q.mu.Unlock()
+		return
 	}
 	v, err := e.data.Get(k.account, regKey(k.channel, k.id))
 	if errors.Is(err, accountdata.ErrNotFound) {

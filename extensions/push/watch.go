@@ -71,6 +71,10 @@ type acct struct {
 	// is watched until a session logs in again.
 	parked bool
 
+	// hold keeps the account on this node in a cluster (nil on a single
+	// node): see cluster.go.
+	hold *hold
+
 	// Polling (the mailboxes not watched live).
 	pollIdx int // in watchers.polls; -1 when not there
 	pollDue time.Time
@@ -132,6 +136,7 @@ func (w *watchers) stopAll() {
 			a.retry.Stop()
 			a.retry = nil
 		}
+		a.hold.release() // the node may give the account to another
 	}
 	w.mu.Unlock()
 	signal(w.pollWake)
@@ -153,20 +158,26 @@ func (w *watchers) known(account string) bool {
 	return ok
 }
 
-// loaded adds an account read from the store.
-func (w *watchers) loaded(account string, refs []regRef) {
+// loaded adds an account read from the store, kept here by h in a
+// cluster (nil on a single node). It reports whether the account is
+// watched now: not without registrations, nor when h was lost meanwhile.
+func (w *watchers) loaded(account string, refs []regRef, h *hold) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed || len(refs) == 0 {
-		return
+	if w.closed || len(refs) == 0 || h != nil && h.lost {
+		return false
 	}
 	a := w.accts[account]
 	if a == nil {
 		a = &acct{name: account, pollIdx: -1}
 		w.accts[account] = a
 	}
+	if h != nil {
+		a.hold = h
+	}
 	a.regs = refs
 	w.update(a)
+	return !a.gone
 }
 
 // registered adds or replaces one registration of a known account.
@@ -280,17 +291,8 @@ func (w *watchers) update(a *acct) {
 		return
 	}
 	if len(a.regs) == 0 || w.closed {
-		w.stopLive(a)
-		w.releaseSlot(a)
-		w.removePoll(a)
-		if a.retry != nil {
-			a.retry.Stop()
-			a.retry = nil
-		}
-		a.gone = true
-		if w.accts[a.name] == a {
-			delete(w.accts, a.name)
-		}
+		w.forget(a)
+		a.hold.release() // nothing to watch: no reason to keep it here
 		return
 	}
 	boxes := w.mailboxes(a)
@@ -321,6 +323,21 @@ func (w *watchers) update(a *acct) {
 		w.addPoll(a)
 	} else {
 		w.removePoll(a)
+	}
+}
+
+// forget stops watching a and forgets it (w.mu held).
+func (w *watchers) forget(a *acct) {
+	w.stopLive(a)
+	w.releaseSlot(a)
+	w.removePoll(a)
+	if a.retry != nil {
+		a.retry.Stop()
+		a.retry = nil
+	}
+	a.gone = true
+	if w.accts[a.name] == a {
+		delete(w.accts, a.name)
 	}
 }
 

@@ -482,8 +482,6 @@ func (s *Settings) checkPush() error {
 	switch {
 	case s.UpstreamMasterUser == "" && s.PushCredentialsKey == "":
 		return errors.New("config: push needs a way to log in without the user: upstream-master-user (with upstream-master-password-file) or push-credentials-key")
-	case s.ClusterDB != "":
-		return errors.New("config: push is not supported in cluster mode yet (docs/push.md)")
 	case s.PushMaxRegistrations < 1:
 		return fmt.Errorf("config: push-max-registrations %d: at least 1", s.PushMaxRegistrations)
 	case s.PushPollConns < 1:

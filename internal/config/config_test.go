@@ -876,7 +876,7 @@ func TestClusterSettings(t *testing.T) {
 }
 
 // TestPushSettings: push needs a way to log in without the user, its
-// master user needs its password file, and it is refused in cluster mode.
+// master user needs its password file; it works in cluster mode too.
 func TestPushSettings(t *testing.T) {
 	base := Defaults()
 	base.Upstream = "u:143"
@@ -898,7 +898,7 @@ func TestPushSettings(t *testing.T) {
 		{"cluster", func(s *Settings) {
 			s.PushGateway, s.PushCredentialsKey = "https://g/n", "/k"
 			s.ClusterDB, s.Node, s.ClusterListen, s.ClusterSecret = "postgres://db", "n1", "127.0.0.1:7143", "/s"
-		}, false},
+		}, true},
 		{"no registrations", func(s *Settings) {
 			s.PushGateway, s.PushCredentialsKey, s.PushMaxRegistrations = "https://g/n", "/k", 0
 		}, false},
