@@ -383,7 +383,7 @@ func TestAppendNumSet(t *testing.T) {
 		{[]uint32{7}, "7"},
 		{[]uint32{1, 2, 3, 7}, "1:3,7"},
 		{[]uint32{1, 2, 3, 7, 9, 10}, "1:3,7,9:10"},
-		{[]uint32{3, 4, 5, 1}, "3:5,1"},     // order kept
+		{[]uint32{3, 4, 5, 1}, "3:5,1"},       // order kept
 		{[]uint32{1, 1, 2, 2, 5, 5}, "1:2,5"}, // duplicates folded
 		{[]uint32{5, 4}, "5,4"},               // descending: no range
 		{[]uint32{4294967294, 4294967295}, "4294967294:4294967295"},
