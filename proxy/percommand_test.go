@@ -1,6 +1,8 @@
 package proxy_test
 
 import (
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,5 +165,76 @@ func TestNoSyncWithoutChange(t *testing.T) {
 	case <-noop.Fired():
 	default:
 		t.Fatal("an EXPUNGE that expunged answered without the watcher's round trip")
+	}
+}
+
+// TestNoCatchUpAfterOwnStore: a connection that made the session's own
+// STORE has seen that change, so the session's next command on it runs
+// without the catch-up NOOP (the STORE \Deleted before an EXPUNGE); when
+// someone else changed the mailbox while the STORE was on its way, the
+// next command runs the NOOP.
+func TestNoCatchUpAfterOwnStore(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	for _, s := range []string{"one", "two"} {
+		if err := up.Append("alice", "INBOX", nil, testMessage(s, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fn := faultnet.Start(t, up.Addr)
+	cfg := baseConfig(fn.Addr())
+	cfg.Hub.SyncLinger = -1
+	p := startProxy(t, cfg)
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret")                                                                   // connection 1
+	a.ExpectDo("s", "SELECT INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *") // the watcher: connection 2
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret") // the login cache: connection 1 again
+	b.ExpectDo("s", "EXAMINE INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-ONLY] *")
+	a.ExpectDo("f", `STORE 1 +FLAGS (\Seen)`, `* 1 FETCH (FLAGS (\Seen))`, "f OK *")
+	noop := fn.Add(faultnet.Fault{Conn: 1, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	a.ExpectDo("g", `STORE 2 +FLAGS.SILENT (\Deleted)`, "g OK *")
+	a.ExpectDo("e", "EXPUNGE", "* 2 EXPUNGE", "e OK *")
+	select {
+	case <-noop.Fired():
+		t.Fatal("a command after the session's own STORE caught its connection up")
+	default:
+	}
+	// The EXPUNGE's own change reached the state after its connection
+	// went back: this command catches up (noop fires).
+	a.ExpectDo("x", "FETCH 1 (FLAGS)", `* 1 FETCH (FLAGS (\Seen))`, "x OK *")
+
+	// Someone else's message, which the state learns (b's NOOP) while
+	// the upstream's answer to a's STORE is held: a's next command
+	// catches up.
+	noop = fn.Add(faultnet.Fault{Conn: 1, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	hold := fn.Add(faultnet.Fault{Conn: 1, Match: []byte("STORE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
+	defer hold.Release()
+	a.Send(`h STORE 1 +FLAGS (\Flagged)`)
+	select {
+	case <-hold.Fired():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a's STORE did not reach connection 1")
+	}
+	if err := up.Append("alice", "INBOX", nil, testMessage("three", 100)); err != nil {
+		t.Fatal(err)
+	}
+	if r := b.Do("n", "NOOP"); !slices.Contains(r, "* 2 EXISTS") {
+		t.Fatalf("b's NOOP: %q", r)
+	}
+	hold.Release()
+	if r := a.ReadUntilTagged("h"); !slices.Contains(r, "* 2 EXISTS") || !strings.HasPrefix(r[len(r)-1], "h OK") {
+		t.Fatalf("a's STORE: %q", r)
+	}
+	select {
+	case <-noop.Fired():
+		t.Fatal("connection 1 caught up before the command after a's STORE")
+	default:
+	}
+	a.ExpectDo("i", `STORE 1 -FLAGS (\Flagged)`, `* 1 FETCH (FLAGS (\Seen))`, "i OK *")
+	select {
+	case <-noop.Fired():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a command after someone else's change ran without the catch-up NOOP")
 	}
 }

@@ -298,9 +298,32 @@ func (s *Session) beforeTagged(x *Exchange) error {
 			s.syncMailbox(context.Background(), syncTimeout)
 		}
 		allowExpunge = t.allowExpunge
+		if t.ownChanges > 0 {
+			s.ownChangesSeen(t)
+		}
 	}
 	_, err := s.deliver(x, allowExpunge)
 	return err
+}
+
+// ownChangesSeen moves the leased connection's SyncedTo past the changes
+// the command's own answers made (claims: a STORE's flags, a FETCH's
+// \Seen) when they are all the mailbox's state went through since the
+// connection was last brought up to date. Each change gets a mod-sequence
+// of its own, so if the state's HIGHESTMODSEQ is SyncedTo plus the claims
+// that got one above it, nobody else changed anything meanwhile: no
+// message the connection has not seen, no flags it shows older. Without
+// it the session's next command on the connection ran the catch-up NOOP
+// (lease.go) for the session's own change: the STORE \Deleted before an
+// EXPUNGE paid a round trip to the upstream on the EXPUNGE (issue 20).
+func (s *Session) ownChangesSeen(t *translation) {
+	c := s.up
+	if c == nil || c.Broken() || c.Selected != s.mbox.name {
+		return
+	}
+	if h := s.mbox.state.HighestModSeq(); h > c.SyncedTo && h-c.SyncedTo == t.ownChanges {
+		c.SyncedTo = h
+	}
 }
 
 // firstUnseen returns the sequence number of the first message without

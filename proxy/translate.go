@@ -40,6 +40,7 @@ type translation struct {
 	syncAfter    bool        // the command changes the mailbox: sync with the hub before answering
 	adds         bool        // it adds messages to the selected mailbox when it succeeds (APPEND, COPY, MOVE into it)
 	expunged     bool        // the upstream reported an expunge during the command (see needsSync)
+	ownChanges   uint64      // mod-sequences above the connection's SyncedTo its own claims got (see ownChangesSeen)
 }
 
 // needsSync reports whether the command may have changed the selected
@@ -667,8 +668,11 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 				// If it fails, the watcher's own report of the change
 				// comes later.
 				ctx, cancel := context.WithTimeout(x.Context(), syncTimeout)
-				if _, _, err := m.sub.Own(ctx, uid, strings.Fields(claim)); err != nil {
+				modseq, ok, err := m.sub.Own(ctx, uid, strings.Fields(claim))
+				if err != nil {
 					s.log.Debug("own STORE answer not recorded in the hub", "uid", uid, "err", err)
+				} else if ok && s.up != nil && modseq > s.up.SyncedTo {
+					t.ownChanges++
 				}
 				cancel()
 			}

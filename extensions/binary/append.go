@@ -43,8 +43,8 @@ type spooled struct {
 }
 
 // serveAppend answers an APPEND whose first message is a literal8 (~{n})
-// for an upstream without BINARY: each literal is spooled to a file as it
-// arrives (urlfetch.Spool, never in memory), each literal8 message is
+// for an upstream without BINARY: each literal is spooled as it arrives
+// (urlfetch.Spool: a file beyond urlfetch.SpoolMemory), each literal8 message is
 // re-encoded from the spool into the spool (reencode: two passes, so its
 // size is known before the upstream literal starts), and the command goes
 // down the chain as a plain APPEND with non-synchronising literals
@@ -99,7 +99,7 @@ func (e *Extension) serveAppend(ctx context.Context, x *proxy.Exchange, next pro
 			continue
 		}
 		off := sp.Size()
-		err := reencodeFrom(&capWriter{w: sp, n: min(maxMsg, maxCmd-total)}, io.NewSectionReader(sp.File(), l.off, l.n))
+		err := reencodeFrom(&capWriter{w: sp, n: min(maxMsg, maxCmd-total)}, io.NewSectionReader(sp, l.off, l.n))
 		switch {
 		case errors.Is(err, errTooLarge):
 			return x.Reply("NO", "TOOBIG", fmt.Sprintf("The re-encoded message would exceed the limit of %d bytes.", min(maxMsg, maxCmd)))
@@ -125,7 +125,7 @@ func build(segs []imapcodec.Segment, lits []spooled, sp *urlfetch.Spool) (imapco
 	first := imapcodec.Segment{Text: text, Literal: &imapcodec.LiteralHeader{Size: lits[0].n, NonSync: true, Start: len(text)}}
 	var rs []io.Reader
 	for i, l := range lits {
-		rs = append(rs, io.NewSectionReader(sp.File(), l.off, l.n))
+		rs = append(rs, io.NewSectionReader(sp, l.off, l.n))
 		seg := segs[i+1]
 		b := bytes.Clone(seg.Text)
 		if seg.Literal != nil {

@@ -93,8 +93,8 @@
 //
 // An APPEND whose first message is a literal8 (~{n}) may hold NUL, bare CR
 // or LF and long lines, which an IMAP4rev1 server may refuse or damage.
-// Each of its literals is spooled to a file as it arrives
-// (extensions/internal/urlfetch's Spool, unlinked at creation, closed when
+// Each of its literals is spooled as it arrives (extensions/internal/
+// urlfetch's Spool: a file, unlinked at creation, beyond a few KiB; closed when
 // the command ends), within the proxy's APPEND limits (MaxAppendLiteral
 // per message, MaxCommandBytes in all; larger ones get NO [TOOBIG] before
 // the client sends them). Each literal8 message is then re-encoded from

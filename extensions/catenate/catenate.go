@@ -12,9 +12,10 @@
 // extension builds the message itself:
 //
 //  1. The command is read with Exchange.ReadStreamed: parts in order, each
-//     TEXT literal copied to a spool file as it arrives, each URL resolved
-//     when it is read (below) and its data appended to the same file. So
-//     the file holds the message in order, and a bad URL is answered
+//     TEXT literal copied to a spool (urlfetch.Spool: memory up to
+//     urlfetch.SpoolMemory, then a file) as it arrives, each URL resolved
+//     when it is read (below) and its data appended to the same spool. So
+//     the spool holds the message in order, and a bad URL is answered
 //     NO [BADURL url] before the next synchronising literal is invited, as
 //     RFC 4469 5 lets a server do: the client sends nothing more.
 //  2. The message goes upstream as one plain APPEND with one literal
@@ -445,7 +446,7 @@ func build(tag string, p *cmdParser, sp *urlfetch.Spool) (imapcodec.Segment, io.
 			rs = append(rs, strings.NewReader(string(b)+"\r\n"))
 		}
 		for _, pt := range m.parts {
-			rs = append(rs, io.NewSectionReader(sp.File(), pt.off, pt.n))
+			rs = append(rs, io.NewSectionReader(sp, pt.off, pt.n))
 		}
 	}
 	rs = append(rs, strings.NewReader("\r\n"))

@@ -19,7 +19,8 @@ package catenate
 //     MaxCommandBytes, at most maxMessages messages), so that a client
 //     that goes away or a message over the limits leaves nothing
 //     appended. This costs every APPEND over such an upstream a pass
-//     through the spool file: whether a second message follows is known
+//     through the spool (in memory for a message of up to
+//     urlfetch.SpoolMemory): whether a second message follows is known
 //     only after the first one's literal has been read.
 //  2. A command of one message goes on as one plain APPEND (Restream):
 //     uidplus, the relay and the upstream see it as before.
@@ -146,7 +147,7 @@ func appendOne(conn *upstream.Conn, mailbox string, m *message, sp *urlfetch.Spo
 		}
 	}
 	for _, pt := range m.parts {
-		if _, err := io.Copy(w, io.NewSectionReader(sp.File(), pt.off, pt.n)); err != nil {
+		if _, err := io.Copy(w, io.NewSectionReader(sp, pt.off, pt.n)); err != nil {
 			return fail(err)
 		}
 	}

@@ -40,7 +40,7 @@
 //     credentials), so a URL of another account is NIL even when its
 //     access identifier ("anonymous", "authuser") would admit the
 //     session: such a URL is never read, never answered with data. The
-//     data is spooled to a file (urlfetch.Spool), bounded by the proxy's
+//     data is spooled (urlfetch.Spool: a file beyond a few KiB), bounded by the proxy's
 //     MaxAppendLiteral, before its literal is written.
 //   - Access identifiers are checked exactly (RFC 4467 3): "anonymous"
 //     and "authuser" admit any session (every session is authenticated;
@@ -475,7 +475,7 @@ func (e *Extension) fetchOne(ctx context.Context, s *proxy.Session, raw string, 
 		return err
 	}
 	buf := make([]byte, 32<<10)
-	r := io.NewSectionReader(sp.File(), 0, n)
+	r := io.NewSectionReader(sp, 0, n)
 	for {
 		m, rerr := r.Read(buf)
 		if m > 0 {

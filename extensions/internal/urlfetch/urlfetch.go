@@ -13,7 +13,7 @@
 //     "UID FETCH uid (BODY.PEEK[section]<offset.length>)" over
 //     Session.ExecIn (the session's own pooled connections: no extra
 //     login), each chunk below the upstream connection's inline literal
-//     limit, and written to the caller's writer (a spool file) as it
+//     limit, and written to the caller's writer (a Spool) as it
 //     comes; Copy stops with ErrTooBig past the caller's limit. Nothing of
 //     the message is held beyond one chunk.
 //
