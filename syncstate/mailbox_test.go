@@ -157,7 +157,7 @@ func TestStateChangesSinceLatestStateOnce(t *testing.T) {
 
 // ChangesSince costs time in the number of changes after since, not in the
 // size of the mailbox: with 100,000 messages, asking for the last 10 changes
-// reads one number per block of 64 messages and the 10 blocks with a
+// reads one number per 256 messages and then only the 10 blocks with a
 // change, not the others. The structural check below is exact; the timing
 // check compares against a full scan of the same state with a margin of
 // two orders of magnitude below the expected ratio (10 vs 100,000).
@@ -173,16 +173,21 @@ func TestStateChangesSinceCostIndependentOfSize(t *testing.T) {
 	if len(got) != 10 {
 		t.Fatalf("ChangesSince(base) reported %d changes, want 10", len(got))
 	}
-	// The blocks ChangesSince reads are those whose highest mod-sequence
-	// is above base.
-	visited := 0
-	for _, mx := range m.blockMax {
+	// The runs and blocks ChangesSince reads further are those whose
+	// bound is above base.
+	runs, blocks := 0, 0
+	for _, mx := range m.index.supers {
 		if m.modBase+mx > base {
-			visited++
+			runs++
 		}
 	}
-	if visited != 10 || len(m.blockMax) != (n+block-1)/block {
-		t.Fatalf("ChangesSince(base) reads %d of %d blocks, want 10 of %d", visited, len(m.blockMax), (n+block-1)/block)
+	for b := range m.index.blocks.len() {
+		if m.modBase+m.index.blocks.get(b) > base {
+			blocks++
+		}
+	}
+	if runs != 10 || blocks != 10 || len(m.index.supers) != (n+255)/256 {
+		t.Fatalf("ChangesSince(base) reads %d of %d runs, %d blocks; want 10 of %d, 10", runs, len(m.index.supers), blocks, (n+255)/256)
 	}
 
 	timeIt := func(since uint64, runs int) time.Duration {
@@ -208,9 +213,15 @@ func TestStateChangesSinceCostIndependentOfSize(t *testing.T) {
 // expunges: no entry per change.
 func checkSize(t *testing.T, m *Mailbox, msgs, expunges int) {
 	t.Helper()
-	if len(m.uids) != msgs || m.flags.len() != msgs || m.mods.len() != msgs || len(m.blockMax) != (msgs+block-1)/block || len(m.expunged) != expunges {
-		t.Fatalf("state holds %d UIDs, %d flags, %d mod-sequences, %d blocks, %d expunges; want %d messages, %d expunges",
-			len(m.uids), m.flags.len(), m.mods.len(), len(m.blockMax), len(m.expunged), msgs, expunges)
+	nb := (msgs + blockLen - 1) / blockLen
+	if len(m.uids) != msgs || m.flags.len() != msgs || m.mods.len() != msgs || m.index.blocks.len() != nb || len(m.index.supers) != (nb+superLen-1)/superLen || len(m.expunged) != expunges {
+		t.Fatalf("state holds %d UIDs, %d flags, %d mod-sequences, %d blocks, %d runs, %d expunges; want %d messages, %d expunges",
+			len(m.uids), m.flags.len(), m.mods.len(), m.index.blocks.len(), len(m.index.supers), len(m.expunged), msgs, expunges)
+	}
+	for i := range msgs {
+		if b := m.index.blocks.get(i / blockLen); b < m.mods.get(i) || m.index.supers[i/blockLen/superLen] < b {
+			t.Fatalf("position %d: offset %d above its block's bound %d or the run's %d", i, m.mods.get(i), b, m.index.supers[i/blockLen/superLen])
+		}
 	}
 }
 

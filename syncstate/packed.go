@@ -109,7 +109,8 @@ type hit struct {
 }
 
 // appendAbove appends to dst every position in [from, to) whose value is
-// above t, with its value.
+// above t, with its value. The loops read a subslice each, so that the
+// compiler checks its bounds once, not at every value.
 func (p *packed) appendAbove(dst []hit, from, to int, t uint64) []hit {
 	switch p.w {
 	case 1:
@@ -119,21 +120,24 @@ func (p *packed) appendAbove(dst []hit, from, to int, t uint64) []hit {
 			}
 		}
 	case 2:
-		for i := from; i < to; i++ {
-			if v := uint64(binary.LittleEndian.Uint16(p.b[2*i:])); v > t {
-				dst = append(dst, hit{i, v})
+		b := p.b[2*from : 2*to]
+		for j := 0; j+1 < len(b); j += 2 {
+			if v := uint64(b[j]) | uint64(b[j+1])<<8; v > t {
+				dst = append(dst, hit{from + j/2, v})
 			}
 		}
 	case 4:
-		for i := from; i < to; i++ {
-			if v := uint64(binary.LittleEndian.Uint32(p.b[4*i:])); v > t {
-				dst = append(dst, hit{i, v})
+		b := p.b[4*from : 4*to]
+		for j := 0; j+3 < len(b); j += 4 {
+			if v := uint64(binary.LittleEndian.Uint32(b[j:])); v > t {
+				dst = append(dst, hit{from + j/4, v})
 			}
 		}
 	default:
-		for i := from; i < to; i++ {
-			if v := binary.LittleEndian.Uint64(p.b[8*i:]); v > t {
-				dst = append(dst, hit{i, v})
+		b := p.b[8*from : 8*to]
+		for j := 0; j+7 < len(b); j += 8 {
+			if v := binary.LittleEndian.Uint64(b[j:]); v > t {
+				dst = append(dst, hit{from + j/8, v})
 			}
 		}
 	}
