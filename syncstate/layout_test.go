@@ -1,6 +1,7 @@
 package syncstate
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -156,6 +157,64 @@ func TestRank(t *testing.T) {
 		check(grown, uids)
 		if grown.append(uids[len(uids)-1]+rankSparse*uint32(len(uids)+1), len(uids)) {
 			t.Fatalf("round %d: a UID far above the others kept the rank", round)
+		}
+	}
+}
+
+// A realistic state saved through statestore.Bolt (whose encoding this
+// layout did not change: files written before it load as they did) and
+// restored answers exactly as the original: the same messages, flags,
+// mod-sequences, changes from any point after the base, expunges, base
+// and largest UID.
+func TestRestoreRoundTrip(t *testing.T) {
+	store, err := statestore.OpenBolt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	m := NewAt(3, 1_765_000_000_000_000)
+	m.SetPersister(func(b statestore.Batch) error { return store.Save("k", b) })
+	orig := realisticState(t, 3000, 11)
+	// Replay the realistic state's messages into the persisted one, then
+	// some history of its own.
+	var all []Message
+	for _, uid := range orig.Snapshot().UIDs {
+		f, _, _ := orig.Flags(uid)
+		all = append(all, Message{UID: uid, Flags: f})
+	}
+	applied(m.Reconcile(all))
+	uids := m.Snapshot().UIDs
+	for i := range 200 {
+		c := Changes{Upsert: []Message{{UID: uids[(i*37)%len(uids)], Flags: []string{`\Flagged`, fmt.Sprint("$k", i%5)}}}}
+		if i%7 == 0 {
+			c.Expunged = []uint32{uids[(i*101+5)%len(uids)]}
+		}
+		if i%11 == 0 {
+			c.Upsert = append(c.Upsert, Message{UID: uids[len(uids)-1] + uint32(i) + 1})
+		}
+		applied(m.Apply(c))
+	}
+	sv, err := store.Load("k")
+	if err != nil || sv == nil {
+		t.Fatalf("Load: %v, %v", sv, err)
+	}
+	r := Restore(sv)
+	if !slices.Equal(r.Snapshot().UIDs, m.Snapshot().UIDs) || r.HighestModSeq() != m.HighestModSeq() || r.MaxUID() != m.MaxUID() || r.Base() != m.Base() {
+		t.Fatalf("restored: %d UIDs at %d, MaxUID %d, base %d; want %d at %d, %d, %d", len(r.Snapshot().UIDs), r.HighestModSeq(), r.MaxUID(), r.Base(),
+			len(m.Snapshot().UIDs), m.HighestModSeq(), m.MaxUID(), m.Base())
+	}
+	for _, uid := range m.Snapshot().UIDs {
+		f1, ms1, _ := m.Flags(uid)
+		f2, ms2, ok := r.Flags(uid)
+		if !ok || ms1 != ms2 || !slices.Equal(f1, f2) {
+			t.Fatalf("UID %d restored as %v at %d, want %v at %d", uid, f2, ms2, f1, ms1)
+		}
+	}
+	for since := m.Base(); since <= m.HighestModSeq(); since += 1 + (m.HighestModSeq()-since)/7 {
+		if got, want := changes(r, since), changes(m, since); !slices.EqualFunc(got, want, func(a, b Change) bool {
+			return a.UID == b.UID && a.ModSeq == b.ModSeq && a.Expunged == b.Expunged && slices.Equal(a.Flags, b.Flags)
+		}) {
+			t.Fatalf("ChangesSince(%d) restored: %d changes, want %d", since, len(got), len(want))
 		}
 	}
 }
