@@ -25,14 +25,16 @@ const (
 // build computes the index of the first n offsets of mods.
 func (x *modIndex) build(mods *packed, n int) {
 	nb := (n + blockLen - 1) / blockLen
-	widest := uint64(0)
-	for i := range n {
-		widest = max(widest, mods.get(i))
-	}
-	x.blocks = makePacked(nb, widest)
+	x.blocks = packed{w: mods.w, b: make([]byte, nb*mods.w)} // a block's bound is one of its offsets
 	x.supers = make([]uint64, (nb+superLen-1)/superLen)
-	for i := range n {
-		x.raise(i, mods.get(i))
+	var buf [blockLen]hit
+	for b := range nb {
+		mx := uint64(0)
+		for _, h := range mods.appendAbove(buf[:0], b*blockLen, min(b*blockLen+blockLen, n), 0) {
+			mx = max(mx, h.v)
+		}
+		x.blocks.put(b, mx)
+		x.supers[b/superLen] = max(x.supers[b/superLen], mx)
 	}
 }
 

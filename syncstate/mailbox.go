@@ -648,6 +648,10 @@ func (m *Mailbox) restructure(added []arrival, removed []int) {
 			arrivals++
 		}
 	}
+	if arrivals == 0 {
+		m.remove(removed)
+		return
+	}
 	n := len(m.uids) + arrivals - len(removed)
 	uids := make([]uint32, 0, n)
 	flags := packed{w: m.flags.w, b: make([]byte, 0, n*m.flags.w)}
@@ -675,6 +679,26 @@ func (m *Mailbox) restructure(added []arrival, removed []int) {
 		flags.append(a.flags)
 		mods.append(a.modseq - m.modBase)
 		j++
+	}
+	m.uids, m.flags, m.mods = uids, flags, mods
+	m.rebuildIndex()
+}
+
+// remove drops the messages at the positions removed (sorted), copying
+// the runs between them whole. The arrays are new ones: the UIDs are
+// shared with snapshots, and the others with the layout a failed save
+// puts back.
+func (m *Mailbox) remove(removed []int) {
+	n := len(m.uids) - len(removed)
+	uids := make([]uint32, 0, n)
+	flags := packed{w: m.flags.w, b: make([]byte, 0, n*m.flags.w)}
+	mods := packed{w: m.mods.w, b: make([]byte, 0, n*m.mods.w)}
+	from := 0
+	for _, r := range append(removed, len(m.uids)) {
+		uids = append(uids, m.uids[from:r]...)
+		flags.b = append(flags.b, m.flags.b[from*flags.w:r*flags.w]...)
+		mods.b = append(mods.b, m.mods.b[from*mods.w:r*mods.w]...)
+		from = r + 1
 	}
 	m.uids, m.flags, m.mods = uids, flags, mods
 	m.rebuildIndex()
