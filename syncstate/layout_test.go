@@ -1,10 +1,14 @@
 package syncstate
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/lemonproxy/lemonproxy/statestore"
 )
@@ -216,5 +220,81 @@ func TestRestoreRoundTrip(t *testing.T) {
 		}) {
 			t.Fatalf("ChangesSince(%d) restored: %d changes, want %d", since, len(got), len(want))
 		}
+	}
+}
+
+// A state file written before the store saved the base, the largest UID
+// and the expunges' times (the oldest encoding statestore.Bolt reads:
+// 12 bytes of meta, 4-byte expunge values) restores into the new layout
+// as it did into the old: the base is the oldest entry's mod-sequence less
+// one, the expunges' age counts from the restore. The encoding is the
+// same as before the layout changed; this pins that files of every age
+// still load.
+func TestRestoreOldestFile(t *testing.T) {
+	dir := t.TempDir()
+	db, err := bolt.Open(filepath.Join(dir, "state.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+	u64 := func(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("k"))
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte("meta"), append(u32(9), u64(40)...)); err != nil {
+			return err
+		}
+		fb, _ := b.CreateBucket([]byte("f"))
+		mb, _ := b.CreateBucket([]byte("m"))
+		xb, _ := b.CreateBucket([]byte("x"))
+		fb.Put(binary.AppendUvarint(nil, 0), []byte(`\Seen`))
+		fb.Put(binary.AppendUvarint(nil, 1), []byte(""))
+		for uid, ms := range map[uint32]uint64{2: 12, 3: 30, 7: 25} {
+			id := uint64(uid % 2) // 2: \Seen; 3, 7: none
+			if err := mb.Put(u32(uid), binary.AppendUvarint(binary.AppendUvarint(nil, ms), id)); err != nil {
+				return err
+			}
+		}
+		return xb.Put(u64(38), u32(5))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := statestore.OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	sv, err := store.Load("k")
+	if err != nil || sv == nil {
+		t.Fatalf("Load: %v, %v", sv, err)
+	}
+	m := Restore(sv)
+	if m.UIDValidity() != 9 || m.HighestModSeq() != 40 || m.Base() != 11 || m.MaxUID() != 7 || !slices.Equal(m.Snapshot().UIDs, []uint32{2, 3, 7}) {
+		t.Fatalf("restored: UIDVALIDITY %d, HIGHESTMODSEQ %d, base %d, MaxUID %d, UIDs %v; want 9, 40, 11, 7, [2 3 7]",
+			m.UIDValidity(), m.HighestModSeq(), m.Base(), m.MaxUID(), m.Snapshot().UIDs)
+	}
+	want := []Change{
+		{UID: 7, ModSeq: 25, Flags: []string{}},
+		{UID: 3, ModSeq: 30, Flags: []string{}},
+		{UID: 5, ModSeq: 38, Expunged: true},
+	}
+	if got := changes(m, 12); !slices.EqualFunc(got, want, func(a, b Change) bool {
+		return a.UID == b.UID && a.ModSeq == b.ModSeq && a.Expunged == b.Expunged && slices.Equal(a.Flags, b.Flags)
+	}) {
+		t.Fatalf("ChangesSince(12) = %+v\nwant %+v", got, want)
+	}
+	if f, ms, ok := m.Flags(2); !ok || ms != 12 || !slices.Equal(f, []string{`\Seen`}) {
+		t.Fatalf("UID 2: %v at %d", f, ms)
+	}
+	// And it goes on from there: the next change is saved in the file.
+	m.SetPersister(func(b statestore.Batch) error { return store.Save("k", b) })
+	applied(m.Apply(Changes{Upsert: []Message{{UID: 8, Flags: []string{`\Flagged`}}}}))
+	sv, err = store.Load("k")
+	if err != nil || len(sv.Messages) != 4 || sv.Highest != 41 || sv.Base != 11 || sv.MaxUID != 8 {
+		t.Fatalf("saved after a change: %+v, %v", sv, err)
 	}
 }
