@@ -60,9 +60,9 @@ func (x *modIndex) appended(i int, off uint64) {
 	x.raise(i, off)
 }
 
-// above appends to hits the positions of the first n offsets of mods
-// above t, in position order.
-func (x *modIndex) above(mods *packed, n int, t uint64, hits []hit) []hit {
+// blocksAbove calls fn with the range of positions of every block, of n
+// positions, whose bound is above t, in position order.
+func (x *modIndex) blocksAbove(n int, t uint64, fn func(from, to int)) {
 	var buf [superLen]hit
 	nb := x.blocks.len()
 	for s, mx := range x.supers {
@@ -70,9 +70,15 @@ func (x *modIndex) above(mods *packed, n int, t uint64, hits []hit) []hit {
 			continue
 		}
 		for _, b := range x.blocks.appendAbove(buf[:0], s*superLen, min(s*superLen+superLen, nb), t) {
-			hits = mods.appendAbove(hits, b.i*blockLen, min(b.i*blockLen+blockLen, n), t)
+			fn(b.i*blockLen, min(b.i*blockLen+blockLen, n))
 		}
 	}
+}
+
+// above appends to hits the positions of the first n offsets of mods
+// above t, in position order.
+func (x *modIndex) above(mods *packed, n int, t uint64, hits []hit) []hit {
+	x.blocksAbove(n, t, func(from, to int) { hits = mods.appendAbove(hits, from, to, t) })
 	return hits
 }
 

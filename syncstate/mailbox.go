@@ -784,52 +784,60 @@ func (m *Mailbox) ChangesSince(modseq uint64, fn func(Change)) {
 }
 
 // changesFromIndex is ChangesSince for a mod-sequence older than recent
-// reaches: the messages changed after it, found through the index and
-// sorted, merged with the expunges from x on (x is left past those
-// before the last message).
+// reaches: the messages changed after it, found through the index, in
+// mod-sequence order, merged with the expunges from x on (x is left past
+// those before the last message).
 func (m *Mailbox) changesFromIndex(modseq uint64, x *int, fn func(Change)) {
-	var buf [64]hit
 	t := max(modseq, m.modBase) - m.modBase // offsets above t are changes after modseq
-	hits := m.index.above(&m.mods, len(m.uids), t, buf[:0])
-	if !placeByOffset(hits, t, m.highest-m.modBase) {
-		slices.SortFunc(hits, func(a, b hit) int { return cmp.Compare(a.v, b.v) })
-	}
-	for _, h := range hits {
-		ms := m.modBase + h.v
+	emit := func(i int, off uint64) {
+		ms := m.modBase + off
 		for ; *x < len(m.expunged) && m.expunged[*x].modseq < ms; *x++ {
 			fn(Change{UID: m.expunged[*x].uid, ModSeq: m.expunged[*x].modseq, Expunged: true})
 		}
-		fn(Change{UID: m.uids[h.i], ModSeq: ms, Flags: m.flagsAt(h.i)})
+		fn(Change{UID: m.uids[i], ModSeq: ms, Flags: m.flagsAt(i)})
+	}
+	if slots, ok := m.slotsAbove(t); ok {
+		for k, p := range slots {
+			if p != 0 {
+				emit(int(p-1), t+1+uint64(k))
+			}
+		}
+		return
+	}
+	var buf [64]hit
+	hits := m.index.above(&m.mods, len(m.uids), t, buf[:0])
+	slices.SortFunc(hits, func(a, b hit) int { return cmp.Compare(a.v, b.v) })
+	for _, h := range hits {
+		emit(h.i, h.v)
 	}
 }
 
-// placeByOffset puts hits, found above offset t, in the order of their
-// offsets (none above top) when they are many and dense in (t, top], as
-// when a client resyncs from long ago: each goes to the slot of its
-// offset, in time linear in the span, where sorting 20,000 costs ten
-// times as much. It reports false, leaving the order to the caller, when
-// that does not pay or two hits share an offset (a corrupt store).
-func placeByOffset(hits []hit, t, top uint64) bool {
-	span := top - t
-	if len(hits) < 256 || span > 4*uint64(len(hits)) {
-		return false
+// slotsAbove puts the messages whose offsets are above t in the order of
+// their offsets, each in the slot of its offset (its position + 1; 0 for
+// an offset no message has), where the offsets above t are dense enough,
+// as when a client resyncs from long ago: time and memory linear in the
+// span, where sorting 20,000 costs several times as much. It reports
+// false, leaving the order to the caller, when the span is over 4 slots a
+// message, or when two messages share an offset (a corrupt store).
+func (m *Mailbox) slotsAbove(t uint64) ([]int32, bool) {
+	span := m.highest - m.modBase - t
+	if span > 4*uint64(len(m.uids)) {
+		return nil, false
 	}
-	slots := make([]int32, span) // a position + 1; 0: none
-	for _, h := range hits {
-		k := h.v - t - 1
-		if k >= span || slots[k] != 0 {
-			return false
+	slots := make([]int32, span)
+	var buf [blockLen]hit
+	ok := true
+	m.index.blocksAbove(len(m.uids), t, func(from, to int) {
+		for _, h := range m.mods.appendAbove(buf[:0], from, to, t) {
+			k := h.v - t - 1
+			if k >= span || slots[k] != 0 {
+				ok = false
+				return
+			}
+			slots[k] = int32(h.i) + 1
 		}
-		slots[k] = int32(h.i) + 1
-	}
-	n := 0
-	for k, p := range slots {
-		if p != 0 {
-			hits[n] = hit{int(p - 1), t + 1 + uint64(k)}
-			n++
-		}
-	}
-	return true
+	})
+	return slots, ok
 }
 
 // Reconcile compares the state with the complete message list the upstream
