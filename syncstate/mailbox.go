@@ -44,16 +44,19 @@ import (
 //   - mods, each message's mod-sequence as an offset from modBase: 2 bytes
 //     while the mailbox saw fewer than 65,536 changes, 4 after (see packed).
 //
-// A message is found by a search of uids (see search). ChangesSince needs
-// the messages changed after a mod-sequence without walking the mailbox:
+// A message is found through rank, a bitmap of the UIDs (see uidRank), or
+// by a search of uids where they are sparse (see search). ChangesSince
+// needs the messages changed after a mod-sequence without walking the
+// mailbox: recent lists the latest changes, and for older mod-sequences
 // index holds upper bounds of the offsets per block of positions (see
-// modIndex). No per-change log is kept for flag changes or new
-// messages: a message's own mod-sequence says all a resync needs (its
-// latest state, once). Expunges, which leave no message behind, are kept
-// in their own log (expunged), bounded by LogLimits.
+// modIndex). No per-change log is kept beyond recent's few: a message's
+// own mod-sequence says all a resync needs (its latest state, once).
+// Expunges, which leave no message behind, are kept in their own log
+// (expunged), bounded by LogLimits.
 //
-// That is about 7 to 9 bytes a message, where a map of messages and a log
-// entry per change took about 67 (docs/benchmarks.md, issue 20).
+// That is about 9 to 11 bytes a message, where a map of messages and a
+// log entry per change took about 67 to 86 (docs/benchmarks.md, issue
+// 20).
 type Mailbox struct {
 	mu          sync.RWMutex
 	uidValidity uint32
@@ -65,7 +68,7 @@ type Mailbox struct {
 	// never written in place, when messages go or arrive below the last.
 	uids    []uint32
 	flags   packed   // flag set index, by position
-	mods    packed   // mod-sequence minus modBase, by position (never 0)
+	mods    packed   // mod-sequence minus modBase, by position (above 0)
 	modBase uint64   // below every message's mod-sequence
 	index   modIndex // of mods
 	rank    *uidRank // of uids; nil where they are sparse (then search)
@@ -73,7 +76,7 @@ type Mailbox struct {
 	// changes) in mod-sequence order, every one after recentFrom: a
 	// resync from a recent mod-sequence, the usual one (a session told
 	// of a batch, a client back after a while), reads just those, in
-	// order, where the index reads blocks and sorts what it finds. An
+	// order, where the index reads blocks and orders what it finds. An
 	// entry superseded by a later change or an expunge is skipped (its
 	// message's mod-sequence is not its own any more). Bounded by
 	// recentCap.
