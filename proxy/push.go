@@ -85,13 +85,36 @@ func (s *Session) PushNow() error {
 // readLine reads the next line, pushing whatever is pending whenever Wake
 // interrupts the wait, until deadline.
 func (s *Session) readLine(deadline time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
+	return s.readLineParking(deadline, false)
+}
+
+// readLineParking is readLine for the session's loop, which may park
+// (park.go): if the layers over the socket hold no input, it returns
+// errParked with the wait still in force (a Wake still interrupts it),
+// and the caller's goroutine must return; the goroutine that resumes the
+// session calls it again.
+func (s *Session) readLineParking(deadline time.Time, mayPark bool) ([]byte, *imapcodec.LiteralHeader, error) {
 	for {
 		s.nc.SetReadDeadline(deadline)
 		s.between.Store(true)
 		if s.wake.Load() {
 			s.interrupt()
 		}
-		line, lit, err := s.r.ReadLine()
+		var line []byte
+		var lit *imapcodec.LiteralHeader
+		var err error
+		if mayPark && !s.resumed {
+			line, lit, err = s.tryReadLine()
+			if err == errWouldWait {
+				s.r.Release()
+				return nil, nil, errParked
+			}
+		} else {
+			// A resumed session reads for real once: its socket
+			// was readable, or the wait was cut short.
+			s.resumed = false
+			line, lit, err = s.r.ReadLine()
+		}
 		s.between.Store(false)
 		var ne net.Error
 		if err == nil || !(errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) || !time.Now().Before(deadline) {
