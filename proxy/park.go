@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
@@ -39,6 +40,13 @@ import (
 // PROXY-protocol listener's wrapper, a session handed over by another
 // node) wait in a read as before.
 
+// parkGrace is how long a session waits for its client in a plain read
+// before it parks: a client in the middle of a burst of commands (the
+// next one follows the last answer within a round trip) keeps its
+// goroutine and pays nothing for parking; a client that has gone quiet
+// parks soon after.
+const parkGrace = 20 * time.Millisecond
+
 // idleConn is an accepted TCP connection a session can park on.
 type idleConn struct {
 	*net.TCPConn
@@ -46,20 +54,11 @@ type idleConn struct {
 	// try makes Read return errWouldWait instead of reading. Only the
 	// session's reading goroutine sets it, around one read.
 	try bool
-}
-
-// parkable wraps an accepted connection so that its session can park, if
-// it is a TCP connection.
-func parkable(nc net.Conn) net.Conn {
-	tc, ok := nc.(*net.TCPConn)
-	if !ok {
-		return nc
-	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		return nc
-	}
-	return &idleConn{TCPConn: tc, raw: raw}
+	// readable is the poller's test of the socket (waitReadable): it
+	// peeks at its first call of a wait, and takes the poller's word
+	// after that.
+	readable func(fd uintptr) bool
+	peeked   bool
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
@@ -92,22 +91,6 @@ func (s *Session) tryReadLine() (line []byte, lit *imapcodec.LiteralHeader, err 
 	line, lit, err = s.r.ReadLine()
 	s.idle.try = false
 	return line, lit, err
-}
-
-// waitReadable waits until the socket has input, its read deadline
-// passes (a Wake sets one in the past) or it is closed, with few frames
-// on the stack. Whatever it was, the read that follows tells.
-func (c *idleConn) waitReadable() {
-	c.raw.Read(readable)
-}
-
-// readable reports whether fd has input or an end to read (EOF, an
-// error); false makes the poller wait for the socket. It peeks: the bytes
-// stay for the read that follows.
-func readable(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN
 }
 
 // resume waits, on a new goroutine, for the parked session's socket, then

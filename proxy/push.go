@@ -85,17 +85,27 @@ func (s *Session) PushNow() error {
 // readLine reads the next line, pushing whatever is pending whenever Wake
 // interrupts the wait, until deadline.
 func (s *Session) readLine(deadline time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
-	return s.readLineParking(deadline, false)
+	return s.readLineParking(deadline, time.Time{})
 }
 
 // readLineParking is readLine for the session's loop, which may park
-// (park.go): if the layers over the socket hold no input, it returns
-// errParked with the wait still in force (a Wake still interrupts it),
-// and the caller's goroutine must return; the goroutine that resumes the
-// session calls it again.
-func (s *Session) readLineParking(deadline time.Time, mayPark bool) ([]byte, *imapcodec.LiteralHeader, error) {
+// (park.go) from parkAfter on (zero: never): if by then the layers over
+// the socket hold no input, it returns errParked with the wait still in
+// force (a Wake still interrupts it), and the caller's goroutine must
+// return; the goroutine that resumes the session calls it again.
+func (s *Session) readLineParking(deadline, parkAfter time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
 	for {
-		s.nc.SetReadDeadline(deadline)
+		wait, try := deadline, false
+		if !parkAfter.IsZero() && !s.resumed {
+			if time.Now().Before(parkAfter) {
+				if parkAfter.Before(deadline) {
+					wait = parkAfter
+				}
+			} else {
+				try = true
+			}
+		}
+		s.nc.SetReadDeadline(wait)
 		s.between.Store(true)
 		if s.wake.Load() {
 			s.interrupt()
@@ -103,7 +113,7 @@ func (s *Session) readLineParking(deadline time.Time, mayPark bool) ([]byte, *im
 		var line []byte
 		var lit *imapcodec.LiteralHeader
 		var err error
-		if mayPark && !s.resumed {
+		if try {
 			line, lit, err = s.tryReadLine()
 			if err == errWouldWait {
 				s.r.Release()

@@ -82,13 +82,15 @@ type Session struct {
 	// Parking (park.go): idle is the connection a waiting session parks
 	// on (nil if it cannot); resumed is set when a parked session's new
 	// goroutine starts, so that its first read does wait; waitUntil is
-	// the deadline of the wait in progress, kept across parkings;
+	// the deadline of the wait in progress, kept across parkings, and
+	// parkAfter when it may park;
 	// awaiting is the continuation of a command waiting for the client's
 	// next line (AwaitLine); end is the server's part of the session's
 	// end, run once on the goroutine that ends it.
 	idle      *idleConn
 	resumed   bool
 	waitUntil time.Time
+	parkAfter time.Time
 	awaiting  func(line []byte, lit *imapcodec.LiteralHeader, err error) error
 	end       func()
 
@@ -376,11 +378,14 @@ func (s *Session) loop(ctx context.Context) (parked bool) {
 			// connected. A parked wait keeps its deadline.
 			s.waitUntil = s.capDeadline(time.Now().Add(s.cfg.IdleTimeout))
 		}
-		line, lit, err := s.readLineParking(s.waitUntil, s.idle != nil)
+		if s.idle != nil && s.parkAfter.IsZero() {
+			s.parkAfter = time.Now().Add(parkGrace)
+		}
+		line, lit, err := s.readLineParking(s.waitUntil, s.parkAfter)
 		if err == errParked {
 			return true
 		}
-		s.waitUntil = time.Time{}
+		s.waitUntil, s.parkAfter = time.Time{}, time.Time{}
 		if then := s.awaiting; then != nil {
 			s.awaiting = nil
 			if err := then(line, lit, err); err != nil {
