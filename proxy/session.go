@@ -76,8 +76,10 @@ type Session struct {
 	handedOff bool
 	forwarded atomic.Bool
 	routeDone func()
-	enabled   map[string]bool
-	values    map[any]any // per-extension state, see Value
+	// enabled and values are made on first use: most sessions never
+	// need them, and an idle one should hold nothing it does not need.
+	enabled map[string]bool
+	values  map[any]any // per-extension state, see Value
 
 	// Parking (park.go): idle is the connection a waiting session parks
 	// on (nil if it cannot); resumed is set when a parked session's new
@@ -106,17 +108,15 @@ type Session struct {
 func newSession(srv *Server, nc net.Conn, isTLS bool) *Session {
 	id := srv.nextID.Add(1)
 	s := &Session{
-		srv:     srv,
-		cfg:     srv.live.Load(),
-		id:      id,
-		nc:      nc,
-		raw:     nc,
-		isTLS:   isTLS,
-		enabled: map[string]bool{},
-		values:  map[any]any{},
-		closed:  make(chan struct{}),
+		srv:    srv,
+		cfg:    srv.live.Load(),
+		id:     id,
+		nc:     nc,
+		raw:    nc,
+		isTLS:  isTLS,
+		closed: make(chan struct{}),
 	}
-	s.log = srv.log.With("session", id, "remote", nc.RemoteAddr().String())
+	s.log = slog.New(newLazyAttrs(srv.log.Handler(), slog.Uint64("session", id), slog.String("remote", nc.RemoteAddr().String())))
 	s.setTransport(connTransport{nc})
 	under := nc
 	if tc, ok := nc.(*tls.Conn); ok {
@@ -216,7 +216,20 @@ func (s *Session) Value(key any) any { return s.values[key] }
 
 // SetValue stores per-session state for an extension; use an unexported key
 // type, as with context.Context.
-func (s *Session) SetValue(key, v any) { s.values[key] = v }
+func (s *Session) SetValue(key, v any) {
+	if s.values == nil {
+		s.values = map[any]any{}
+	}
+	s.values[key] = v
+}
+
+// setEnabled records that the client enabled name (upper case).
+func (s *Session) setEnabled(name string) {
+	if s.enabled == nil {
+		s.enabled = map[string]bool{}
+	}
+	s.enabled[name] = true
+}
 
 // Write queues raw protocol bytes for the client (they must be whole lines).
 func (s *Session) Write(b []byte) error {
