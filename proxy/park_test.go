@@ -118,3 +118,25 @@ func TestIdleSessionsPark(t *testing.T) {
 		})
 	}
 }
+
+// TestParkGraceKeepsDeadline: a command read while the session may not
+// park yet (parkGrace) leaves the wait's deadline for the rest of the
+// command, not the grace's: a literal that comes a while after its
+// continuation request is read, as before parking (a command read whole,
+// whose literal the session reads under the deadline of its wait).
+func TestParkGraceKeepsDeadline(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	p := startProxy(t, baseConfig(up.Addr))
+	c := imaptest.Dial(t, p.Addr)
+	c.MustGreetOK()
+	c.MustOK("LOGIN alice secret")
+	c.Send("a SELECT {5}")
+	c.Expect("+ Ready for literal data")
+	time.Sleep(200 * time.Millisecond) // ten times the grace
+	c.WriteBytes([]byte("INBOX\r\n"))
+	got := c.ReadUntilTagged("a")
+	if l := got[len(got)-1]; !strings.HasPrefix(l, "a OK") {
+		t.Fatalf("SELECT with a slow literal: %q", got)
+	}
+	c.ExpectDo("b", "NOOP", "b OK NOOP completed.")
+}

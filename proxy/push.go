@@ -15,8 +15,9 @@ import (
 // waits in a read of the client's next line; Wake cuts that read short (the
 // codec keeps a partially read line), the session writes what is pending,
 // and goes back to reading with the same deadline. IDLE and the wait for
-// the next command are the same wait (WaitLine); what may be pushed during
-// it is the session's Updates setting.
+// the next command are the same wait (readLine, AwaitLine); what may be
+// pushed during it is the session's Updates setting. A parked session
+// (park.go) waits for its socket, which the same Wake cuts short.
 
 // Updates says when changes of the selected mailbox reach the client
 // outside the answers to its commands.
@@ -64,8 +65,10 @@ func (s *Session) interrupt() { s.nc.SetReadDeadline(time.Unix(1, 0)) }
 
 // WaitLine waits for the next line from the client until deadline, pushing
 // what Wake asks for meanwhile, for a handler that takes over the
-// conversation (IDLE's DONE). It flushes first and holds no read buffer
-// while it waits. At the deadline it returns os.ErrDeadlineExceeded.
+// conversation. It flushes first and holds no read buffer while it waits.
+// At the deadline it returns os.ErrDeadlineExceeded. The session's
+// goroutine waits in it and so cannot park: a wait that may be long (IDLE's
+// DONE) should use AwaitLine.
 func (s *Session) WaitLine(deadline time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
 	if err := s.Flush(); err != nil {
 		return nil, nil, err
@@ -128,6 +131,11 @@ func (s *Session) readLineParking(deadline, parkAfter time.Time) ([]byte, *imapc
 		s.between.Store(false)
 		var ne net.Error
 		if err == nil || !(errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) || !time.Now().Before(deadline) {
+			if wait != deadline {
+				// The rest of the command (its literals) is read
+				// under the wait's deadline, not the grace's.
+				s.nc.SetReadDeadline(deadline)
+			}
 			return line, lit, err
 		}
 		if err := s.pushBetween(); err != nil {

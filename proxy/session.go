@@ -24,9 +24,11 @@ import (
 
 // Session is one client connection.
 //
-// One goroutine runs the session: it reads a command, handles or relays it,
-// and writes the responses. Writes go through a mutex so that an extension
-// may write from another goroutine (IDLE's relay, later the hub's pushes).
+// One goroutine at a time runs the session: it reads a command, handles or
+// relays it, and writes the responses. While the session waits for its
+// client it may park (park.go): the goroutine ends and the next one takes
+// the session on when the client speaks. Writes go through a mutex so that
+// an extension may write from another goroutine.
 type Session struct {
 	srv *Server
 	// cfg is the server's configuration when the session started: later
