@@ -220,7 +220,7 @@ func (s *Session) cmdEnable(ctx context.Context, x *Exchange) error {
 		}
 		for _, e := range s.srv.enablers {
 			if e.Enable(s, up) {
-				s.enabled[up] = true
+				s.setEnabled(up)
 				enabled = append(enabled, string(name))
 				break
 			}

@@ -68,7 +68,11 @@ type CapabilityProvider interface {
 //   - change the command on its way upstream (x.Segments), filter the
 //     untagged answers (x.Filter) or the tagged one (x.OnTagged), then call
 //     next;
-//   - look at the outcome after next returned (x.Status).
+//   - look at the outcome after next returned (x.Status);
+//   - wait for the client's next line without holding the session's
+//     goroutine (IDLE's DONE): return Session.AwaitLine's result and
+//     answer from its continuation. Handlers before it then see the
+//     command return still unanswered.
 //
 // The end of the chain is the core: its own commands (SELECT, NOOP...) or
 // the relay to the upstream. In the selected state commands with sequence

@@ -63,7 +63,7 @@ func (m *Mailbox) Sync(ctx context.Context, timeout time.Duration) error {
 
 // SetEnabled marks an extension as enabled for the session without an
 // ENABLE command (RFC 7162's CONDSTORE-enabling commands do this).
-func (s *Session) SetEnabled(name string) { s.enabled[strings.ToUpper(name)] = true }
+func (s *Session) SetEnabled(name string) { s.setEnabled(strings.ToUpper(name)) }
 
 // An Account is an authenticated upstream identity as an extension may
 // keep it beyond one command: its name (the key of the pool, the hub and

@@ -15,8 +15,9 @@ import (
 // waits in a read of the client's next line; Wake cuts that read short (the
 // codec keeps a partially read line), the session writes what is pending,
 // and goes back to reading with the same deadline. IDLE and the wait for
-// the next command are the same wait (WaitLine); what may be pushed during
-// it is the session's Updates setting.
+// the next command are the same wait (readLine, AwaitLine); what may be
+// pushed during it is the session's Updates setting. A parked session
+// (park.go) waits for its socket, which the same Wake cuts short.
 
 // Updates says when changes of the selected mailbox reach the client
 // outside the answers to its commands.
@@ -64,8 +65,10 @@ func (s *Session) interrupt() { s.nc.SetReadDeadline(time.Unix(1, 0)) }
 
 // WaitLine waits for the next line from the client until deadline, pushing
 // what Wake asks for meanwhile, for a handler that takes over the
-// conversation (IDLE's DONE). It flushes first and holds no read buffer
-// while it waits. At the deadline it returns os.ErrDeadlineExceeded.
+// conversation. It flushes first and holds no read buffer while it waits.
+// At the deadline it returns os.ErrDeadlineExceeded. The session's
+// goroutine waits in it and so cannot park: a wait that may be long (IDLE's
+// DONE) should use AwaitLine.
 func (s *Session) WaitLine(deadline time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
 	if err := s.Flush(); err != nil {
 		return nil, nil, err
@@ -85,16 +88,54 @@ func (s *Session) PushNow() error {
 // readLine reads the next line, pushing whatever is pending whenever Wake
 // interrupts the wait, until deadline.
 func (s *Session) readLine(deadline time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
+	return s.readLineParking(deadline, time.Time{})
+}
+
+// readLineParking is readLine for the session's loop, which may park
+// (park.go) from parkAfter on (zero: never): if by then the layers over
+// the socket hold no input, it returns errParked with the wait still in
+// force (a Wake still interrupts it), and the caller's goroutine must
+// return; the goroutine that resumes the session calls it again.
+func (s *Session) readLineParking(deadline, parkAfter time.Time) ([]byte, *imapcodec.LiteralHeader, error) {
 	for {
-		s.nc.SetReadDeadline(deadline)
+		wait, try := deadline, false
+		if !parkAfter.IsZero() && !s.resumed {
+			if time.Now().Before(parkAfter) {
+				if parkAfter.Before(deadline) {
+					wait = parkAfter
+				}
+			} else {
+				try = true
+			}
+		}
+		s.nc.SetReadDeadline(wait)
 		s.between.Store(true)
 		if s.wake.Load() {
 			s.interrupt()
 		}
-		line, lit, err := s.r.ReadLine()
+		var line []byte
+		var lit *imapcodec.LiteralHeader
+		var err error
+		if try {
+			line, lit, err = s.tryReadLine()
+			if err == errWouldWait {
+				s.r.Release()
+				return nil, nil, errParked
+			}
+		} else {
+			// A resumed session reads for real once: its socket
+			// was readable, or the wait was cut short.
+			s.resumed = false
+			line, lit, err = s.r.ReadLine()
+		}
 		s.between.Store(false)
 		var ne net.Error
 		if err == nil || !(errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) || !time.Now().Before(deadline) {
+			if wait != deadline {
+				// The rest of the command (its literals) is read
+				// under the wait's deadline, not the grace's.
+				s.nc.SetReadDeadline(deadline)
+			}
 			return line, lit, err
 		}
 		if err := s.pushBetween(); err != nil {

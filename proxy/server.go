@@ -259,6 +259,7 @@ func (s *Server) Serve(ln net.Listener, implicitTLS bool) error {
 			continue
 		}
 		delay = 0
+		nc = parkable(nc)
 		if implicitTLS {
 			nc = tls.Server(nc, s.cfg.TLS)
 		}
@@ -286,17 +287,18 @@ func (s *Server) startSession(nc net.Conn, isTLS bool) bool {
 	s.pending[nc] = struct{}{}
 	s.wg.Add(1)
 	go func() {
-		defer s.wg.Done()
 		addr := addrOf(nc)
 		s.mu.Lock()
 		delete(s.pending, nc)
 		if s.closing {
 			s.mu.Unlock()
 			nc.Close()
+			s.wg.Done()
 			return
 		}
 		if !s.limits.connect(addr) {
 			s.mu.Unlock()
+			defer s.wg.Done()
 			s.countError(ErrTooManyConns)
 			s.log.Warn("too many connections from one address", "remote", addr.String())
 			defer nc.Close()
@@ -309,17 +311,16 @@ func (s *Server) startSession(nc net.Conn, isTLS bool) bool {
 		s.sessions[sess] = struct{}{}
 		s.counters.opened.Add(1)
 		s.mu.Unlock()
-		defer s.limits.disconnect(addr)
-		defer func() {
+		// The session may park and go on in other goroutines
+		// (park.go): the one that ends it runs end.
+		sess.end = func() {
 			s.mu.Lock()
 			delete(s.sessions, sess)
 			s.mu.Unlock()
-		}()
-		// A panic ends this session only (its deferred cleanup has run
-		// by then): the connection is closed without a word, since it
-		// may stop in the middle of a response.
-		defer recovery.Recover(recovery.Session, sess.log, func(error) { sess.hangUp() })
-		sess.serve(s.ctx)
+			s.limits.disconnect(addr)
+			s.wg.Done()
+		}
+		sess.run(s.ctx, false)
 	}()
 	return true
 }

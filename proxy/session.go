@@ -18,14 +18,17 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // Session is one client connection.
 //
-// One goroutine runs the session: it reads a command, handles or relays it,
-// and writes the responses. Writes go through a mutex so that an extension
-// may write from another goroutine (IDLE's relay, later the hub's pushes).
+// One goroutine at a time runs the session: it reads a command, handles or
+// relays it, and writes the responses. While the session waits for its
+// client it may park (park.go): the goroutine ends and the next one takes
+// the session on when the client speaks. Writes go through a mutex so that
+// an extension may write from another goroutine.
 type Session struct {
 	srv *Server
 	// cfg is the server's configuration when the session started: later
@@ -75,8 +78,25 @@ type Session struct {
 	handedOff bool
 	forwarded atomic.Bool
 	routeDone func()
-	enabled   map[string]bool
-	values    map[any]any // per-extension state, see Value
+	// enabled and values are made on first use: most sessions never
+	// need them, and an idle one should hold nothing it does not need.
+	enabled map[string]bool
+	values  map[any]any // per-extension state, see Value
+
+	// Parking (park.go): idle is the connection a waiting session parks
+	// on (nil if it cannot); resumed is set when a parked session's new
+	// goroutine starts, so that its first read does wait; waitUntil is
+	// the deadline of the wait in progress, kept across parkings, and
+	// parkAfter when it may park;
+	// awaiting is the continuation of a command waiting for the client's
+	// next line (AwaitLine); end is the server's part of the session's
+	// end, run once on the goroutine that ends it.
+	idle      *idleConn
+	resumed   bool
+	waitUntil time.Time
+	parkAfter time.Time
+	awaiting  func(line []byte, lit *imapcodec.LiteralHeader, err error) error
+	end       func()
 
 	byeOnce sync.Once
 	closed  chan struct{}
@@ -90,18 +110,21 @@ type Session struct {
 func newSession(srv *Server, nc net.Conn, isTLS bool) *Session {
 	id := srv.nextID.Add(1)
 	s := &Session{
-		srv:     srv,
-		cfg:     srv.live.Load(),
-		id:      id,
-		nc:      nc,
-		raw:     nc,
-		isTLS:   isTLS,
-		enabled: map[string]bool{},
-		values:  map[any]any{},
-		closed:  make(chan struct{}),
+		srv:    srv,
+		cfg:    srv.live.Load(),
+		id:     id,
+		nc:     nc,
+		raw:    nc,
+		isTLS:  isTLS,
+		closed: make(chan struct{}),
 	}
-	s.log = srv.log.With("session", id, "remote", nc.RemoteAddr().String())
+	s.log = slog.New(newLazyAttrs(srv.log.Handler(), slog.Uint64("session", id), slog.String("remote", nc.RemoteAddr().String())))
 	s.setTransport(connTransport{nc})
+	under := nc
+	if tc, ok := nc.(*tls.Conn); ok {
+		under = tc.NetConn()
+	}
+	s.idle, _ = under.(*idleConn)
 	return s
 }
 
@@ -195,7 +218,20 @@ func (s *Session) Value(key any) any { return s.values[key] }
 
 // SetValue stores per-session state for an extension; use an unexported key
 // type, as with context.Context.
-func (s *Session) SetValue(key, v any) { s.values[key] = v }
+func (s *Session) SetValue(key, v any) {
+	if s.values == nil {
+		s.values = map[any]any{}
+	}
+	s.values[key] = v
+}
+
+// setEnabled records that the client enabled name (upper case).
+func (s *Session) setEnabled(name string) {
+	if s.enabled == nil {
+		s.enabled = map[string]bool{}
+	}
+	s.enabled[name] = true
+}
 
 // Write queues raw protocol bytes for the client (they must be whole lines).
 func (s *Session) Write(b []byte) error {
@@ -291,8 +327,40 @@ func (s *Session) renewWriteDeadline() {
 	}
 }
 
-func (s *Session) serve(ctx context.Context) {
-	defer s.cleanup()
+// run runs the session on the calling goroutine until the session ends
+// or parks (park.go); resumed tells a parked session's new goroutine. A
+// panic ends this session only (its deferred cleanup has run by then):
+// the connection is closed without a word, since it may stop in the
+// middle of a response.
+func (s *Session) run(ctx context.Context, resumed bool) {
+	if s.runGuarded(ctx, resumed) {
+		// The last thing this goroutine does: from here on the
+		// session is the new goroutine's.
+		go s.resume(ctx)
+	}
+}
+
+func (s *Session) runGuarded(ctx context.Context, resumed bool) (parked bool) {
+	defer func() {
+		if !parked && s.end != nil {
+			s.end()
+		}
+	}()
+	defer recovery.Recover(recovery.Session, s.log, func(error) { s.hangUp() })
+	return s.serve(ctx, resumed)
+}
+
+// serve runs the session from its start or, resumed, from where it
+// parked, until it ends (then it cleans up) or parks again.
+func (s *Session) serve(ctx context.Context, resumed bool) (parked bool) {
+	defer func() {
+		if !parked {
+			s.cleanup()
+		}
+	}()
+	if resumed {
+		return s.loop(ctx)
+	}
 	s.log.Debug("session start", "tls", s.isTLS)
 	s.preAuthEnd = time.Now().Add(s.cfg.PreAuthTimeout)
 	if tc, ok := s.nc.(*tls.Conn); ok {
@@ -307,57 +375,100 @@ func (s *Session) serve(ctx context.Context) {
 	}
 	greeting := "CAPABILITY " + strings.Join(s.capabilities(), " ")
 	s.WriteStatus("*", "OK", greeting, "lemonproxy ready.")
-	s.loop(ctx)
+	return s.loop(ctx)
 }
 
-// loop reads and runs commands until the session ends.
-func (s *Session) loop(ctx context.Context) {
+// loop reads and runs commands until the session ends, or parks while it
+// waits for its client (it then returns true).
+func (s *Session) loop(ctx context.Context) (parked bool) {
 	for s.state != StateLogout {
 		if err := s.Flush(); err != nil {
-			return
+			return false
 		}
 		s.r.Release() // nothing to hold while the client thinks
-		// Before login, the deadline is the session's, not the command's:
-		// a client that keeps talking without logging in is still
-		// disconnected PreAuthTimeout after it connected.
-		line, lit, err := s.readLine(s.capDeadline(time.Now().Add(s.cfg.IdleTimeout)))
+		if s.waitUntil.IsZero() {
+			// Before login, the deadline is the session's, not the
+			// command's: a client that keeps talking without logging
+			// in is still disconnected PreAuthTimeout after it
+			// connected. A parked wait keeps its deadline.
+			s.waitUntil = s.capDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		}
+		if s.idle != nil && s.parkAfter.IsZero() {
+			s.parkAfter = time.Now().Add(parkGrace)
+		}
+		line, lit, err := s.readLineParking(s.waitUntil, s.parkAfter)
+		if err == errParked {
+			return true
+		}
+		s.waitUntil, s.parkAfter = time.Time{}, time.Time{}
+		if then := s.awaiting; then != nil {
+			s.awaiting = nil
+			if err := then(line, lit, err); err != nil {
+				s.commandFailed(err)
+				return false
+			}
+			continue
+		}
 		if errors.Is(err, imapcodec.ErrLiteralTooLarge) && lit != nil {
 			// A literal over every limit (an APPEND over max-append):
 			// the command is refused, the session goes on (#16.9).
 			if err := s.refuseOversized(line, lit); err != nil {
 				s.readFailed(err)
-				return
+				return false
 			}
 			continue
 		}
 		if err != nil {
 			s.readFailed(err)
-			return
+			return false
 		}
 		if s.state == StateNotAuthenticated {
 			if s.preAuthCmds++; s.cfg.Abuse.PreAuthCommands > 0 && s.preAuthCmds > s.cfg.Abuse.PreAuthCommands {
 				s.srv.countError(ErrPreAuthCommands)
 				s.log.Info("too many commands before login")
 				s.bye("Too many commands before login.")
-				return
+				return false
 			}
 		}
 		if err := s.dispatch(ctx, line, lit); err != nil {
-			if errors.Is(err, errForwardEnded) {
-				return
-			}
-			if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				s.log.Info("session ended", "err", err)
-				s.srv.countError(ErrSessionFailed)
-			}
-			if errors.Is(err, errClientStream) {
-				s.hangUp()
-				return
-			}
-			s.bye(byeText(err))
-			return
+			s.commandFailed(err)
+			return false
 		}
 	}
+	return false
+}
+
+// commandFailed ends the session after a command returned err.
+func (s *Session) commandFailed(err error) {
+	if errors.Is(err, errForwardEnded) {
+		return
+	}
+	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		s.log.Info("session ended", "err", err)
+		s.srv.countError(ErrSessionFailed)
+	}
+	if errors.Is(err, errClientStream) {
+		s.hangUp()
+		return
+	}
+	s.bye(byeText(err))
+}
+
+// AwaitLine lets a command that waits for the client's next line (IDLE
+// waits for DONE) give up the session's goroutine meanwhile, so that the
+// session can park (park.go): the handler returns AwaitLine's result at
+// once, and the core calls then with the next line, or with
+// os.ErrDeadlineExceeded once deadline has passed (or with the read's
+// error), from its own loop. The wait is WaitLine's: the session flushes
+// first, holds no read buffer, and pushes what Wake asks for meanwhile.
+// then runs as the handler's own code: it may answer (x.Reply), await
+// again, or return an error, which ends the session as a handler's does.
+// Handlers before it in the chain see the command return with no tagged
+// response yet.
+func (s *Session) AwaitLine(deadline time.Time, then func(line []byte, lit *imapcodec.LiteralHeader, err error) error) error {
+	s.awaiting = then
+	s.waitUntil = deadline
+	return nil
 }
 
 // hangUp ends a session whose response stream was cut in the middle of a

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -57,36 +58,47 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, _ proxy
 		return x.Reply("BAD", "", "IDLE not allowed before authentication; log in first.")
 	}
 	prev := s.SetUpdates(proxy.UpdatesAll)
-	defer s.SetUpdates(prev)
 	if err := s.PushNow(); err != nil {
+		s.SetUpdates(prev)
 		return err
 	}
 	if err := s.Write([]byte("+ idling\r\n")); err != nil {
+		s.SetUpdates(prev)
 		return err
 	}
-	deadline := time.Now().Add(s.IdleTimeout())
-	for {
-		wait := deadline
-		if k := time.Now().Add(e.KeepAlive); e.KeepAlive > 0 && k.Before(deadline) {
-			wait = k
+	return e.await(x, prev, time.Now().Add(s.IdleTimeout()))
+}
+
+// await waits for DONE until deadline without holding the session's
+// goroutine (Session.AwaitLine: an idling session parks), sending
+// keepalives meanwhile if configured. prev is the Updates setting to
+// restore when IDLE ends.
+func (e *Extension) await(x *proxy.Exchange, prev proxy.Updates, deadline time.Time) error {
+	s := x.Session()
+	wait := deadline
+	if k := time.Now().Add(e.KeepAlive); e.KeepAlive > 0 && k.Before(deadline) {
+		wait = k
+	}
+	// The core flushes first, and pushes what comes while it waits.
+	return s.AwaitLine(wait, func(line []byte, lit *imapcodec.LiteralHeader, err error) error {
+		timedOut := errors.Is(err, os.ErrDeadlineExceeded)
+		if timedOut && time.Now().Before(deadline) {
+			if err := s.Write([]byte("* OK Still here\r\n")); err != nil {
+				s.SetUpdates(prev)
+				return err
+			}
+			return e.await(x, prev, deadline)
 		}
-		// WaitLine flushes first, and pushes what comes while it waits.
-		line, lit, err := s.WaitLine(wait)
+		s.SetUpdates(prev)
 		switch {
 		case err == nil && lit == nil && strings.EqualFold(string(line), "DONE"):
-			s.SetUpdates(prev)
 			return x.Reply("OK", "", "Idle completed.")
 		case err == nil:
 			return x.Reply("BAD", "", "Expected DONE.")
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			if !time.Now().Before(deadline) {
-				return proxy.ErrIdleTimeout
-			}
-			if err := s.Write([]byte("* OK Still here\r\n")); err != nil {
-				return err
-			}
+		case timedOut:
+			return proxy.ErrIdleTimeout
 		default:
 			return err
 		}
-	}
+	})
 }

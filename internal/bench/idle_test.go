@@ -49,6 +49,11 @@ const (
 	// TLS to the proxy (sub-benchmarks named Legacy+TLS...), to measure
 	// what TLS costs an idle session (issue 20).
 	tlsEnv = "LEMONPROXY_BENCH_TLS"
+	// goroutineProfileEnv names a file prefix: each proxy benchmark
+	// writes the goroutine profile (stacks and counts, text) taken with
+	// every session idle to PREFIX-NAME.txt, to see where an idle
+	// session's goroutines wait.
+	goroutineProfileEnv = "LEMONPROXY_BENCH_GOROUTINEPROFILE"
 )
 
 func compressOn(b *testing.B) bool { return envSwitch(b, compressEnv) }
@@ -267,15 +272,19 @@ func benchIdle(b *testing.B, profile dovecottest.Profile, n int, viaProxy bool, 
 		if profPath != "" {
 			writeHeapProfile(b, profPath)
 		}
+		if prefix := os.Getenv(goroutineProfileEnv); prefix != "" {
+			writeGoroutineProfile(b, fmt.Sprintf("%s-%v%s-%d.txt", prefix, profile, mode, n))
+		}
 		watchers, pooled := srv.Hub().Watchers(), srv.Pool().Idle()
-		b.Logf("%d sessions idle after %s s; proxy: heap in use %.0f B/session (alloc %.0f), stack %.0f B/session, RSS %.0f B/session (%.0f after FreeOSMemory), %.2f goroutines/session",
-			n, cl.ready, per(m1.heapInuse, m0.heapInuse), per(m1.heapAlloc, m0.heapAlloc), per(m1.stack, m0.stack),
+		b.Logf("%d sessions idle after %s s; proxy: heap in use %.0f B/session (alloc %.0f), stack %.0f B/session (%.0f once settled), RSS %.0f B/session (%.0f after FreeOSMemory), %.2f goroutines/session",
+			n, cl.ready, per(m1.heapInuse, m0.heapInuse), per(m1.heapAlloc, m0.heapAlloc), per(m1.stack, m0.stack), per(m1.stackSettled, m0.stackSettled),
 			per(m1.rss, m0.rssScavenged), per(m1.rssScavenged, m0.rssScavenged),
 			float64(m1.goroutines-m0.goroutines)/float64(n))
 		b.Logf("upstream: %d connections (%d watchers, %d pooled idle); Dovecot %d processes, PSS %.0f B/session, RSS %.0f B/session",
 			conns, watchers, pooled, dcProcs, per(dcPSS, dcPSS0), per(dcRSS, dcRSS0))
 		report(per(m1.heapInuse, m0.heapInuse), "heap-B/session")
 		report(per(m1.stack, m0.stack), "stack-B/session")
+		report(per(m1.stackSettled, m0.stackSettled), "stack-settled-B/session")
 		report(per(m1.rss, m0.rssScavenged), "rss-B/session")
 		report(per(m1.rssScavenged, m0.rssScavenged), "rss-scavenged-B/session")
 		report(float64(m1.goroutines-m0.goroutines)/float64(n), "goroutines/session")
@@ -401,6 +410,18 @@ func writeHeapProfile(b *testing.B, path string) {
 		b.Fatal(err)
 	}
 	b.Logf("heap profile written to %s", path)
+}
+
+func writeGoroutineProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("goroutine").WriteTo(f, 1); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("goroutine profile written to %s", path)
 }
 
 // startProxy runs a proxy in front of Dovecot in this process. It stays a

@@ -18,8 +18,13 @@ import (
 // procMem is what the benchmark's own process (the proxy) uses.
 type procMem struct {
 	heapInuse, heapAlloc, stack uint64
-	rss, rssScavenged           uint64 // VmRSS after GC, and after FreeOSMemory
-	goroutines                  int
+	// stackSettled is StackInuse once further GCs shrink no more stacks:
+	// each GC halves at most once a stack that uses under a quarter of
+	// itself, so a stack grown by a burst of work shrinks over several
+	// GCs (a long-running proxy has one at least every two minutes).
+	stackSettled      uint64
+	rss, rssScavenged uint64 // VmRSS after GC, and after FreeOSMemory
+	goroutines        int
 }
 
 func measureSelf() procMem {
@@ -29,6 +34,15 @@ func measureSelf() procMem {
 	runtime.ReadMemStats(&ms)
 	m := procMem{heapInuse: ms.HeapInuse, heapAlloc: ms.HeapAlloc, stack: ms.StackInuse, goroutines: runtime.NumGoroutine()}
 	m.rss = statusKB("/proc/self/status", "VmRSS:") * 1024
+	m.stackSettled = ms.StackInuse
+	for range 8 {
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		if ms.StackInuse == m.stackSettled {
+			break
+		}
+		m.stackSettled = ms.StackInuse
+	}
 	debug.FreeOSMemory()
 	m.rssScavenged = statusKB("/proc/self/status", "VmRSS:") * 1024
 	return m
