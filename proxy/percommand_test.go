@@ -157,7 +157,11 @@ func TestNoSyncWithoutChange(t *testing.T) {
 	noSync("a refused COPY")
 	a.ExpectDo("n", "APPEND Nonexistent {1+}\r\nx", "n NO *")
 	noSync("an APPEND to another mailbox")
-	a.ExpectDo("m", "APPEND INBOX (\\Flagged) \"bad date\" {1+}\r\nx", "m NO *")
+	// A synchronising literal: go-imap's server answers a date it cannot
+	// parse before reading the literal, and with LITERAL+ it would then
+	// read the literal's byte as the next command (an upstream bug the
+	// test is not about).
+	a.ExpectDo("m", "APPEND INBOX (\\Flagged) \"bad date\" {1}", "m NO *")
 	noSync("a refused APPEND")
 	a.ExpectDo("f", `STORE 2 +FLAGS.SILENT (\Deleted)`, "f OK STORE completed")
 	a.ExpectDo("g", "EXPUNGE", "* 2 EXPUNGE", "g OK *")
