@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -102,6 +101,9 @@ func BenchmarkBulkDownload(b *testing.B) {
 		if err != nil {
 			b.Fatalf("mbsync: %v\n%.2000s", err, out)
 		}
+		if os.Getenv("LEMONPROXY_BULK_TRACE") != "" {
+			os.WriteFile(filepath.Join(os.Getenv("LEMONPROXY_BULK_TRACE"), strings.ReplaceAll(addr, ":", "_")), out, 0o600)
+		}
 		p1 := processCPU()
 		r := bulkRun{wall: wall, proxy: p1 - p0, dovecot: dc.CPU() - d0,
 			client: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}
@@ -112,10 +114,7 @@ func BenchmarkBulkDownload(b *testing.B) {
 	}
 	if prof != nil {
 		// The direct runs leave the proxy idle: the profile is the
-		// proxied runs'. 1,000 samples a second rather than pprof's 100:
-		// a run costs the proxy a few tens of milliseconds. (pprof then
-		// warns that it cannot set the rate; the one set here stays.)
-		runtime.SetCPUProfileRate(1000)
+		// proxied runs'.
 		pprof.StartCPUProfile(prof)
 		defer pprof.StopCPUProfile()
 	}
@@ -189,6 +188,9 @@ Sync Pull
 		b.Fatal(err)
 	}
 	args := append(append([]string(nil), prefix...), bin, "-q", "-c", rc, "-a")
+	if os.Getenv("LEMONPROXY_BULK_TRACE") != "" {
+		args = append(append([]string(nil), prefix...), bin, "-Dn", "-c", rc, "-a")
+	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), "HOME="+dir)
 	cmd.Dir = dir
