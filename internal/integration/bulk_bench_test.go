@@ -152,7 +152,7 @@ func fmtRatios(r []float64) string {
 // addr into an empty maildir (the command's Dir). FSync is off: with it,
 // mbsync waits for the disk after every message and the disk, not the
 // network path, sets the time.
-func bulkMbsync(b *testing.B, bin, addr string, prefix []string) *exec.Cmd {
+func bulkMbsync(b testing.TB, bin, addr string, prefix []string) *exec.Cmd {
 	host, port, _ := net.SplitHostPort(addr)
 	dir := b.TempDir()
 	local := filepath.Join(dir, "mail") + "/"
@@ -198,7 +198,7 @@ Sync Pull
 }
 
 // countFiles counts the message files under dir's maildirs.
-func countFiles(b *testing.B, dir string) int {
+func countFiles(b testing.TB, dir string) int {
 	n := 0
 	filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
 		if err == nil && !info.IsDir() && (strings.Contains(path, "/cur/") || strings.Contains(path, "/new/")) {
