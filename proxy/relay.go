@@ -581,7 +581,12 @@ func (s *Session) spliceLiteral(up *upstream.Conn, dst *net.TCPConn) error {
 		if err != nil {
 			// Which side failed is not told apart: either way the
 			// upstream connection is mid-response and the client's
-			// stream mid-literal, and both end.
+			// stream mid-literal, and both end. Nothing more may reach
+			// the client, which would take it for bytes of the literal
+			// (a BYE from Shutdown waiting for wmu): the session's
+			// writer fails from now on, as after a failed write of its
+			// own (TestShutdownDuringStreamedFetch).
+			s.w.fail(err)
 			return err
 		}
 	}
