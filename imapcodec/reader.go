@@ -322,14 +322,15 @@ func (r *Reader) BufferedLiteral() int64 {
 func (r *Reader) WriteBufferedLiteral(w io.Writer) (int64, error) {
 	var written int64
 	for r.remain > 0 && r.Buffered() > 0 {
+		// The stream's order: what br holds, then what a released
+		// Reader's first read got and br has not taken yet.
 		var chunk []byte
-		if len(r.src.pending) > 0 {
-			// A released Reader's first read, not yet in br.
-			chunk = r.src.pending[:min(int64(len(r.src.pending)), r.remain)]
-			r.src.pending = r.src.pending[len(chunk):]
-		} else {
+		if r.br != nil && r.br.Buffered() > 0 {
 			chunk, _ = r.br.Peek(int(min(int64(r.br.Buffered()), r.remain)))
 			r.br.Discard(len(chunk)) // Peek's bytes stay valid until the next read
+		} else {
+			chunk = r.src.pending[:min(int64(len(r.src.pending)), r.remain)]
+			r.src.pending = r.src.pending[len(chunk):]
 		}
 		r.remain -= int64(len(chunk))
 		n, err := w.Write(chunk)

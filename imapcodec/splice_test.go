@@ -178,3 +178,49 @@ func TestSpliceLiteralCut(t *testing.T) {
 		t.Fatalf("SpliceLiteral on a cut stream: %v, want io.ErrUnexpectedEOF", err)
 	}
 }
+
+// TestSpliceLiteralAfterRelease: a Reader that gave its buffer back
+// between two responses (as the proxy's upstream readers do between
+// commands) reads the next line with its small first buffer; the literal
+// bytes that read took along are written first, the rest spliced.
+func TestSpliceLiteralAfterRelease(t *testing.T) {
+	upSrv, upCli := tcpPair(t)
+	cliSrv, cliCli := tcpPair(t)
+	r := NewReader(upCli, Limits{})
+	upSrv.Write([]byte("* OK hello\r\n"))
+	if line, _, err := r.ReadLine(); err != nil || string(line) != "* OK hello" {
+		t.Fatalf("ReadLine: %q, %v", line, err)
+	}
+	r.Release()
+	body := bytes.Repeat([]byte("0123456789abcdefghij\r\n"), 10_000) // 220,000 bytes
+	go func() {
+		upSrv.Write(append([]byte("* 1 FETCH (BODY[] {220000}\r\n"), body[:100]...))
+		time.Sleep(10 * time.Millisecond)
+		upSrv.Write(append(body[100:], ")\r\n"...))
+	}()
+	got := make(chan []byte, 1)
+	go func() {
+		b := make([]byte, len(body))
+		if _, err := io.ReadFull(cliCli, b); err != nil {
+			b = nil
+		}
+		got <- b
+	}()
+	if _, lit, err := r.ReadLine(); err != nil || lit == nil || lit.Size != int64(len(body)) {
+		t.Fatalf("ReadLine: %+v, %v", lit, err)
+	}
+	if _, err := r.WriteBufferedLiteral(cliSrv); err != nil {
+		t.Fatal(err)
+	}
+	for r.LiteralRemaining() > 0 {
+		if _, err := r.SpliceLiteral(cliSrv, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b := <-got; !bytes.Equal(b, body) {
+		t.Fatal("the literal arrived changed")
+	}
+	if line, _, err := r.ReadLine(); err != nil || string(line) != ")" {
+		t.Fatalf("after the literal: %q, %v", line, err)
+	}
+}
