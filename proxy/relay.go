@@ -439,6 +439,19 @@ func (s *Session) writeTagged(x *Exchange, head imapcodec.ResponseHead) error {
 func (s *Session) relayUntagged(x *Exchange, up *upstream.Conn, line []byte, lit *imapcodec.LiteralHeader, head imapcodec.ResponseHead) error {
 	r := up.Reader()
 	inline := s.cfg.Limits.MaxInlineLiteral
+	// The literals held in memory are read into pooled buffers, given
+	// back once the response is written (a response filter keeps no
+	// Data, see ResponseFilter): a download of many small messages
+	// allocates no buffer per message. SELECT's collected responses
+	// outlive this call and get buffers of their own.
+	pooled := x == nil || x.collect == nil
+	var lentArr [2]*[]byte
+	lent := lentArr[:0]
+	defer func() {
+		for _, bp := range lent {
+			litBufs.Put(bp)
+		}
+	}()
 	seg := imapcodec.Segment{Text: line, Literal: lit}
 	if lit != nil {
 		seg.Text = line[:lit.Start]
@@ -446,7 +459,16 @@ func (s *Session) relayUntagged(x *Exchange, up *upstream.Conn, line []byte, lit
 	seg.Text = append([]byte(nil), seg.Text...)
 	segs := []imapcodec.Segment{seg}
 	for lit != nil && lit.Size <= inline {
-		data, err := r.ReadLiteral()
+		var data []byte
+		var err error
+		if pooled && lit.Size <= litBufSize {
+			bp := litBufs.Get().(*[]byte)
+			lent = append(lent, bp)
+			data = (*bp)[:lit.Size]
+			_, err = io.ReadFull(r.Literal(), data)
+		} else {
+			data, err = r.ReadLiteral()
+		}
 		if err != nil {
 			up.MarkBroken()
 			return &upstreamError{err}
@@ -491,6 +513,14 @@ func (s *Session) relayUntagged(x *Exchange, up *upstream.Conn, line []byte, lit
 	}
 	return s.streamRest(up, w)
 }
+
+// litBufSize is the size of the pooled buffers relayUntagged reads the
+// literals it holds in memory into: MaxInlineLiteral's default. Larger
+// ones (a configured MaxInlineLiteral above it) are allocated.
+const litBufSize = imapcodec.DefaultMaxInlineLiteral
+
+// litBufs holds the buffers of literals relayUntagged holds in memory.
+var litBufs = sync.Pool{New: func() any { b := make([]byte, litBufSize); return &b }}
 
 // streamRest copies the rest of a response with a large literal, whose
 // header has been written, from the upstream to w, line by line and literal

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
@@ -34,11 +35,16 @@ func spliceBody(t *testing.T, size int64, chunkSize int, paced bool) (*fakeUpstr
 // for byte after wantLine, followed by the rest of the response.
 func fetchSpliced(t *testing.T, c *imaptest.Client, tag, wantLine string, want []byte) {
 	t.Helper()
+	fetchInto(t, c, tag, wantLine, want, make([]byte, len(want)))
+}
+
+// fetchInto is fetchSpliced reading the body into got, as long as want.
+func fetchInto(t *testing.T, c *imaptest.Client, tag, wantLine string, want, got []byte) {
+	t.Helper()
 	c.Send(tag + " FETCH 1 BODY[]")
 	if got := c.ReadRawLine(); got != wantLine {
 		t.Fatalf("FETCH: got %q, want %q", got, wantLine)
 	}
-	got := make([]byte, len(want))
 	if _, err := io.ReadFull(c.R, got); err != nil {
 		t.Fatalf("reading the literal: %v", err)
 	}
@@ -175,5 +181,40 @@ func TestSpliceFallbacks(t *testing.T) {
 				t.Errorf("spliced %d bytes of %d", st.LiteralBytesSpliced, size)
 			}
 		})
+	}
+}
+
+// TestInlineLiteralsPooled: bodies small enough to be held in memory for
+// the response filters (up to 64 KiB) are read into pooled buffers: a
+// download of many of them allocates far less per message than its
+// size, and every body still arrives byte for byte, also when responses
+// follow each other on the same connection.
+//
+// Not parallel: ReadMemStats counts the whole process.
+func TestInlineLiteralsPooled(t *testing.T) {
+	const size, fetches = 40 << 10, 200
+	f, want := spliceBody(t, size, 3000, false)
+	p := startProxy(t, baseConfig(f.addr()))
+	c := imaptest.Dial(t, p.Addr)
+	c.LoginTagged("u", "p")
+	c.MustOK("SELECT INBOX")
+	line := fmt.Sprintf("* 1 FETCH (BODY[] {%d}", size)
+	fetchSpliced(t, c, "w", line, want) // warm the pools
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	got := make([]byte, size)
+	for range fetches {
+		fetchInto(t, c, "f", line, want, got)
+	}
+	runtime.ReadMemStats(&after)
+	per := (after.TotalAlloc - before.TotalAlloc) / fetches
+	t.Logf("allocated %d B per FETCH of a %d-byte body (the test's client and the fake upstream included)", per, size)
+	if per > size/2 && !raceDetector {
+		t.Errorf("allocated %d B per FETCH of a %d-byte body: the body is not read into a pooled buffer", per, size)
+	}
+	if st := p.Srv.Stats(); st.LiteralBytesSpliced != 0 || st.LiteralBytesCopied != 0 {
+		t.Errorf("a body held in memory counted as streamed: %+v", st)
 	}
 }
