@@ -593,12 +593,15 @@ func (s *Session) spliceTarget(up *upstream.Conn, w io.Writer) *net.TCPConn {
 // goes into the session's buffer behind what precedes it (the response's
 // text and literal header), which is flushed in one write; the rest moves
 // socket to socket, spliceChunk at a time, each under fresh deadlines.
+// The client's socket is corked meanwhile (setCork).
 // The caller holds wmu.
 func (s *Session) spliceLiteral(up *upstream.Conn, dst *net.TCPConn) error {
 	r := up.Reader()
 	if _, err := r.WriteBufferedLiteral(s.w); err != nil {
 		return &writeError{err}
 	}
+	setCork(dst, true)
+	defer setCork(dst, false)
 	s.renewWriteDeadline()
 	if err := s.w.Flush(); err != nil {
 		return &writeError{err}
