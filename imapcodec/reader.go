@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"sync"
 )
@@ -305,6 +306,87 @@ func (lr *literalReader) Read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
+}
+
+// BufferedLiteral returns how many bytes of the current literal the Reader
+// already holds: the part that WriteBufferedLiteral writes and that must
+// reach the destination before anything SpliceLiteral moves.
+func (r *Reader) BufferedLiteral() int64 {
+	return min(int64(r.Buffered()), r.remain)
+}
+
+// WriteBufferedLiteral writes the bytes of the current literal that the
+// Reader already holds (BufferedLiteral) to w straight from its buffer,
+// and consumes them. After it, nothing of the literal is buffered and the
+// rest may be moved by SpliceLiteral.
+func (r *Reader) WriteBufferedLiteral(w io.Writer) (int64, error) {
+	var written int64
+	for r.remain > 0 && r.Buffered() > 0 {
+		// The stream's order: what br holds, then what a released
+		// Reader's first read got and br has not taken yet.
+		var chunk []byte
+		if r.br != nil && r.br.Buffered() > 0 {
+			chunk, _ = r.br.Peek(int(min(int64(r.br.Buffered()), r.remain)))
+			r.br.Discard(len(chunk)) // Peek's bytes stay valid until the next read
+		} else {
+			chunk = r.src.pending[:min(int64(len(r.src.pending)), r.remain)]
+			r.src.pending = r.src.pending[len(chunk):]
+		}
+		r.remain -= int64(len(chunk))
+		n, err := w.Write(chunk)
+		written += int64(n)
+		if err != nil {
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// Splicer is what SpliceLiteral can move a literal into: a TCP
+// connection, whose ReadFrom has Linux move the bytes from another TCP
+// connection with splice(2), without copying them into the process.
+type Splicer interface {
+	ReadFrom(io.Reader) (int64, error)
+}
+
+// CanSplice reports whether the Reader reads straight from a TCP
+// connection, with no layer (TLS, COMPRESS) in between, so that
+// SpliceLiteral may take the current literal's bytes from the connection
+// itself. It is cheap: a type check.
+func (r *Reader) CanSplice() bool {
+	_, ok := r.src.r.(*net.TCPConn)
+	return ok
+}
+
+// SpliceLiteral moves up to n bytes of the current literal from the
+// Reader's TCP connection to dst with dst.ReadFrom (for a *net.TCPConn
+// dst: splice(2) on Linux, a plain copy elsewhere), bypassing the
+// Reader's buffer. Whatever of the literal is buffered must have been
+// written first (WriteBufferedLiteral); otherwise, or when CanSplice is
+// false, it returns an error and moves nothing. The caller sets the
+// deadlines of both connections before each call and calls again until
+// LiteralRemaining is 0. A failure leaves the stream in an unknown place
+// (bytes may have been read and not written): the connection cannot be
+// used for IMAP any more.
+func (r *Reader) SpliceLiteral(dst Splicer, n int64) (int64, error) {
+	if r.remain <= 0 {
+		return 0, io.EOF
+	}
+	tc, ok := r.src.r.(*net.TCPConn)
+	if !ok {
+		return 0, errors.New("imapcodec: SpliceLiteral: the Reader does not read straight from a TCP connection")
+	}
+	if r.Buffered() > 0 || r.src.err != nil {
+		return 0, errors.New("imapcodec: SpliceLiteral: part of the literal is buffered")
+	}
+	lr := &io.LimitedReader{R: tc, N: min(n, r.remain)}
+	want := lr.N
+	moved, err := dst.ReadFrom(lr)
+	r.remain -= moved
+	if err == nil && moved < want {
+		err = io.ErrUnexpectedEOF // the stream ended inside the literal
+	}
+	return moved, err
 }
 
 // ReadLiteral reads the whole current literal into memory. The caller must

@@ -180,6 +180,18 @@ func (m *Metrics) Register(src Sources) {
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "sessions_opened_total", Help: "Client sessions accepted since start.",
 	}, func() float64 { return float64(stats().SessionsOpened) }))
+	for _, path := range []string{"splice", "copy"} {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: ns, Name: "response_literal_bytes_total",
+			Help:        "Bytes of large response literals (message bodies) relayed by path: splice (from the upstream's socket to the client's by splice(2), not through the proxy) or copy (through it: TLS or COMPRESS on a side).",
+			ConstLabels: prometheus.Labels{"path": path},
+		}, func() float64 {
+			if path == "splice" {
+				return float64(stats().LiteralBytesSpliced)
+			}
+			return float64(stats().LiteralBytesCopied)
+		}))
+	}
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "change_batches_total", Help: "Batches of mailbox changes the watchers fanned out.",
 	}, func() float64 { c, _ := srv.Hub().Counts(); return float64(c) }))

@@ -76,6 +76,8 @@ func TestMetrics(t *testing.T) {
 		`lemonproxy_upstream_connections{role="watcher"} 1`,
 		`lemonproxy_watchers 1`,
 		`lemonproxy_sessions_opened_total 2`,
+		`lemonproxy_response_literal_bytes_total{path="splice"} 0`,
+		`lemonproxy_response_literal_bytes_total{path="copy"} 0`,
 		`lemonproxy_push_latency_seconds_count 0`,
 		`go_goroutines`,
 		`go_memstats_heap_inuse_bytes`,

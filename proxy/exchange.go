@@ -255,7 +255,8 @@ func (x *Exchange) Reply(status, code, text string) error {
 // Filter adds a filter for the untagged responses relayed in answer to this
 // command, run before the extensions' ResponseFilters. Filters run in the
 // order added; each sees what the one before returned, and may return nil
-// to drop the response (see ResponseFilter for streamed responses).
+// to drop the response (see ResponseFilter for streamed responses, and
+// for how long a response's literal Data may be used).
 func (x *Exchange) Filter(f func(*Response) *Response) { x.filters = append(x.filters, f) }
 
 // OnTagged adds a hook that may change the tagged response just before it

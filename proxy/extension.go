@@ -149,6 +149,11 @@ type Enabler interface {
 // must return it or nil, changing at most that segment's Text (the line up
 // to the literal, which the core writes before streaming the literal: a
 // CONVERTED response's message number and TAG, say), never its Literal.
+//
+// The Data of a response's segments (the literals the core holds in
+// memory) is valid only until the filter returns: the core reuses those
+// buffers once the response is written. A filter that keeps bytes of a
+// literal copies them.
 type ResponseFilter interface {
 	FilterResponse(s *Session, resp *Response) *Response
 }

@@ -91,6 +91,9 @@ type fakeUpstream struct {
 	// chunk repeated up to bodySize bytes.
 	bodySize int64
 	chunk    []byte
+	// paced makes it send the body a chunk per write with a pause after
+	// each, so that the literal reaches the proxy in many reads.
+	paced bool
 
 	mu       sync.Mutex
 	commands []string   // every command line received (tags stripped)
@@ -250,6 +253,10 @@ func (f *fakeUpstream) session(nc net.Conn, id int) {
 				n := min(left, int64(len(f.chunk)))
 				bw.Write(f.chunk[:n])
 				left -= n
+				if f.paced {
+					bw.Flush()
+					time.Sleep(time.Millisecond)
+				}
 			}
 			fmt.Fprintf(bw, ")\r\n%s OK FETCH done\r\n", tag)
 		case "APPEND":

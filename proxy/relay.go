@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -438,6 +439,19 @@ func (s *Session) writeTagged(x *Exchange, head imapcodec.ResponseHead) error {
 func (s *Session) relayUntagged(x *Exchange, up *upstream.Conn, line []byte, lit *imapcodec.LiteralHeader, head imapcodec.ResponseHead) error {
 	r := up.Reader()
 	inline := s.cfg.Limits.MaxInlineLiteral
+	// The literals held in memory are read into pooled buffers, given
+	// back once the response is written (a response filter keeps no
+	// Data, see ResponseFilter): a download of many small messages
+	// allocates no buffer per message. SELECT's collected responses
+	// outlive this call and get buffers of their own.
+	pooled := x == nil || x.collect == nil
+	var lentArr [2]*[]byte
+	lent := lentArr[:0]
+	defer func() {
+		for _, bp := range lent {
+			litBufs.Put(bp)
+		}
+	}()
 	seg := imapcodec.Segment{Text: line, Literal: lit}
 	if lit != nil {
 		seg.Text = line[:lit.Start]
@@ -445,7 +459,16 @@ func (s *Session) relayUntagged(x *Exchange, up *upstream.Conn, line []byte, lit
 	seg.Text = append([]byte(nil), seg.Text...)
 	segs := []imapcodec.Segment{seg}
 	for lit != nil && lit.Size <= inline {
-		data, err := r.ReadLiteral()
+		var data []byte
+		var err error
+		if pooled && lit.Size <= litBufSize {
+			bp := litBufs.Get().(*[]byte)
+			lent = append(lent, bp)
+			data = (*bp)[:lit.Size]
+			_, err = io.ReadFull(r.Literal(), data)
+		} else {
+			data, err = r.ReadLiteral()
+		}
 		if err != nil {
 			up.MarkBroken()
 			return &upstreamError{err}
@@ -491,13 +514,31 @@ func (s *Session) relayUntagged(x *Exchange, up *upstream.Conn, line []byte, lit
 	return s.streamRest(up, w)
 }
 
+// litBufSize is the size of the pooled buffers relayUntagged reads the
+// literals it holds in memory into: MaxInlineLiteral's default. Larger
+// ones (a configured MaxInlineLiteral above it) are allocated.
+const litBufSize = imapcodec.DefaultMaxInlineLiteral
+
+// litBufs holds the buffers of literals relayUntagged holds in memory.
+var litBufs = sync.Pool{New: func() any { b := make([]byte, litBufSize); return &b }}
+
 // streamRest copies the rest of a response with a large literal, whose
 // header has been written, from the upstream to w, line by line and literal
 // by literal.
 func (s *Session) streamRest(up *upstream.Conn, w io.Writer) error {
 	r := up.Reader()
 	for {
-		if _, err := copyLiteral(clientWriter{w, s}, r.Literal()); err != nil {
+		var err error
+		if dst := s.spliceTarget(up, w); dst != nil {
+			err = s.spliceLiteral(up, dst)
+		} else {
+			var n int64
+			n, err = copyLiteral(clientWriter{w, s}, r.Literal())
+			if w != io.Discard {
+				s.srv.counters.literalCopied.Add(n)
+			}
+		}
+		if err != nil {
 			up.MarkBroken()
 			if isWriteErr(err) {
 				return errClientStream
@@ -519,6 +560,70 @@ func (s *Session) streamRest(up *upstream.Conn, w io.Writer) error {
 		}
 		io.WriteString(w, "\r\n")
 	}
+}
+
+// spliceChunk is the most of a literal one splice moves between two
+// renewals of the deadlines: a client must take 128 KiB per writeTimeout.
+const spliceChunk = 128 << 10
+
+// spliceTarget returns the client's TCP connection when the rest of the
+// current streamed literal from up may move from the upstream's socket to
+// the client's without passing through the proxy (splice(2) on Linux):
+// the literal goes to the session's own output (w is not a filter's
+// io.Discard), and both sides are plain TCP, with no TLS, COMPRESS or
+// other layer on either. Response filters never see a streamed literal's
+// bytes (ResponseFilter), so none can need them. It costs two type checks.
+func (s *Session) spliceTarget(up *upstream.Conn, w io.Writer) *net.TCPConn {
+	if bw, ok := w.(*burstWriter); !ok || bw != s.w {
+		return nil
+	}
+	ct, ok := s.tr.(connTransport)
+	if !ok {
+		return nil
+	}
+	tc, ok := ct.Conn.(*net.TCPConn)
+	if !ok || !up.Reader().CanSplice() {
+		return nil
+	}
+	return tc
+}
+
+// spliceLiteral moves the rest of the current literal from up to the
+// client's connection dst: the part the upstream's reader already holds
+// goes into the session's buffer behind what precedes it (the response's
+// text and literal header), which is flushed in one write; the rest moves
+// socket to socket, spliceChunk at a time, each under fresh deadlines.
+// The client's socket is corked meanwhile (setCork).
+// The caller holds wmu.
+func (s *Session) spliceLiteral(up *upstream.Conn, dst *net.TCPConn) error {
+	r := up.Reader()
+	if _, err := r.WriteBufferedLiteral(s.w); err != nil {
+		return &writeError{err}
+	}
+	setCork(dst, true)
+	defer setCork(dst, false)
+	s.renewWriteDeadline()
+	if err := s.w.Flush(); err != nil {
+		return &writeError{err}
+	}
+	for r.LiteralRemaining() > 0 {
+		s.renewWriteDeadline()
+		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
+		n, err := r.SpliceLiteral(dst, spliceChunk)
+		s.srv.counters.literalSpliced.Add(n)
+		if err != nil {
+			// Which side failed is not told apart: either way the
+			// upstream connection is mid-response and the client's
+			// stream mid-literal, and both end. Nothing more may reach
+			// the client, which would take it for bytes of the literal
+			// (a BYE from Shutdown waiting for wmu): the session's
+			// writer fails from now on, as after a failed write of its
+			// own (TestShutdownDuringStreamedFetch).
+			s.w.fail(err)
+			return err
+		}
+	}
+	return nil
 }
 
 // clientWriter renews the client's write deadline as a long literal flows.

@@ -43,6 +43,13 @@ type Stats struct {
 	SessionsOpened int64
 	// Errors counts errors since start, by ErrorKind.
 	Errors [numErrorKinds]int64
+	// LiteralBytesSpliced counts the bytes of large literals in responses
+	// (streamed, see ResponseFilter) that moved from the upstream's socket
+	// to the client's by splice(2), without passing through the proxy;
+	// LiteralBytesCopied those copied through it (TLS or COMPRESS on a
+	// side, or another platform). Literals the proxy holds whole in
+	// memory count in neither.
+	LiteralBytesSpliced, LiteralBytesCopied int64
 }
 
 // ErrorKinds lists every ErrorKind, for exporting Stats.Errors.
@@ -56,8 +63,9 @@ func ErrorKinds() []ErrorKind {
 
 // serverCounters are the Server's counters.
 type serverCounters struct {
-	opened atomic.Int64
-	errs   [numErrorKinds]atomic.Int64
+	opened                        atomic.Int64
+	errs                          [numErrorKinds]atomic.Int64
+	literalSpliced, literalCopied atomic.Int64
 }
 
 func (s *Server) countError(k ErrorKind) { s.counters.errs[k].Add(1) }
@@ -82,6 +90,8 @@ func (s *Server) Stats() Stats {
 	st.UpstreamIdle = s.pool.Idle()
 	st.Watchers = s.hub.Watchers()
 	st.SessionsOpened = s.counters.opened.Load()
+	st.LiteralBytesSpliced = s.counters.literalSpliced.Load()
+	st.LiteralBytesCopied = s.counters.literalCopied.Load()
 	for i := range st.Errors {
 		st.Errors[i] = s.counters.errs[i].Load()
 	}

@@ -968,6 +968,20 @@ func findFetchUID(line []byte) (uid uint32, start, end int, ok bool) {
 // FLAGS in a streamed response too (only the text before its large literal
 // is at hand) when FLAGS comes before the literal, as servers send it.
 func fetchFlags(segs []imapcodec.Segment) (string, bool) {
+	// A FETCH of bodies (a bulk download: one response per message) has
+	// no FLAGS item: parsing it through its literal, and building the
+	// parser's error where a streamed one is cut off, costs more than
+	// looking for the item's name in the text.
+	named := false
+	for _, seg := range segs {
+		if indexFold(seg.Text, "FLAGS") >= 0 {
+			named = true
+			break
+		}
+	}
+	if !named {
+		return "", false
+	}
 	p := imapcodec.NewParser(segs, imapcodec.Limits{})
 	for i := 0; i < 3; i++ { // "*", n, FETCH
 		if _, err := p.Atom(); err != nil {

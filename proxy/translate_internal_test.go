@@ -134,6 +134,9 @@ func TestFetchFlags(t *testing.T) {
 		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (UID 7 BODY[] `), Literal: &imapcodec.LiteralHeader{Size: 3}, Data: []byte("abc")}, {Text: []byte(` FLAGS ())`)}}, ``, true},
 		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (UID 7 BODY[] `), Literal: &imapcodec.LiteralHeader{Size: 1 << 20}}}, ``, false},
 		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (UID 7)`)}}, ``, false},
+		// The name elsewhere than as an item: parsed, and no FLAGS item.
+		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (UID 7 BODY[HEADER.FIELDS (X-FLAGS)] `), Literal: &imapcodec.LiteralHeader{Size: 1 << 20}}}, ``, false},
+		{[]imapcodec.Segment{{Text: []byte(`* 2 FETCH (uid 7 flags (\seen))`)}}, `\Seen`, true},
 	} {
 		flags, ok := fetchFlags(tt.segs)
 		if flags != tt.flags || ok != tt.ok {

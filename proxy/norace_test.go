@@ -1,0 +1,6 @@
+//go:build !race
+
+package proxy_test
+
+// raceDetector: see race_test.go.
+const raceDetector = false
