@@ -581,8 +581,14 @@ func (s *Session) spliceTarget(up *upstream.Conn, w io.Writer) *net.TCPConn {
 	if !ok {
 		return nil
 	}
-	tc, ok := ct.Conn.(*net.TCPConn)
-	if !ok || !up.Reader().CanSplice() {
+	var tc *net.TCPConn
+	switch c := ct.Conn.(type) {
+	case *net.TCPConn:
+		tc = c
+	case *idleConn: // a connection the session may park on (park.go): TCP below
+		tc = c.TCPConn
+	}
+	if tc == nil || !up.Reader().CanSplice() {
 		return nil
 	}
 	return tc
