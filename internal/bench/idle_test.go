@@ -403,6 +403,20 @@ func writeHeapProfile(b *testing.B, path string) {
 	b.Logf("heap profile written to %s", path)
 }
 
+// writeGoroutineProfile writes the goroutines' stacks, grouped by stack
+// (pprof's debug=1 text), to path: which goroutines an idle account keeps,
+// and where they wait.
+func writeGoroutineProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("goroutine").WriteTo(f, 1); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // startProxy runs a proxy in front of Dovecot in this process. It stays a
 // wrapper for the benchmark's settings: thousands of sessions need minute-long
 // upstream and shutdown timeouts, and errors must show whatever LEMON_TEST_LOG

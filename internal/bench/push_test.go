@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -108,6 +109,12 @@ func (g *pushGateway) count(i int) (int, int64) {
 func benchPush(b *testing.B, n, live int, poll time.Duration) {
 	checkFileLimit(b, min(2*n, 2000)+n+1000)
 	raiseLimits(b, 2*n)
+	profPrefix := os.Getenv(heapProfileEnv)
+	if profPrefix != "" {
+		// Fine-grained, so that the per-account allocations show.
+		runtime.MemProfileRate = 512
+		defer func() { runtime.MemProfileRate = 512 * 1024 }()
+	}
 	dc := dovecottest.StartWith(b, dovecottest.Legacy, dovecottest.Options{MasterUser: "pushmaster", MasterPassword: "masterpass"})
 	accounts := make(map[string]string, n)
 	for i := range n {
@@ -224,8 +231,10 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 	conns := upstreamTo(dcPort) - conns0
 	pooled := p.Srv.Pool().Idle()
 	mem := measureSelf()
-	if prefix := os.Getenv(heapProfileEnv); prefix != "" {
-		writeHeapProfile(b, prefix+"-"+strings.ReplaceAll(b.Name(), "/", "-")+".pprof")
+	if profPrefix != "" {
+		name := profPrefix + "-" + strings.ReplaceAll(b.Name(), "/", "-")
+		writeHeapProfile(b, name+".pprof")
+		writeGoroutineProfile(b, name+"-goroutines.txt")
 	}
 	st := pe.Stats()
 	perAcct := func(a, b0 uint64) float64 { return float64(int64(a)-int64(b0)) / float64(n) / 1024 }
