@@ -35,7 +35,34 @@ const (
 	// pushPollEnv is the polling interval of the Polled sub-benchmark (a
 	// Go duration, default 10s).
 	pushPollEnv = "LEMONPROXY_BENCH_PUSH_POLL"
+	// pushHibernateEnv sets the benchmark Dovecot's imap_hibernate_timeout
+	// (a Go duration; unset: no hibernation), pushClientLimitEnv its
+	// service imap client_limit (unset: 1): the set-ups providers run for
+	// many idle clients. The baseline IDLE clients use the same Dovecot.
+	pushHibernateEnv   = "LEMONPROXY_BENCH_DOVECOT_HIBERNATE"
+	pushClientLimitEnv = "LEMONPROXY_BENCH_DOVECOT_CLIENT_LIMIT"
 )
+
+// pushDovecotOptions returns the benchmark Dovecot's options from the
+// environment (pushHibernateEnv, pushClientLimitEnv).
+func pushDovecotOptions(b *testing.B) dovecottest.Options {
+	o := dovecottest.Options{MasterUser: "pushmaster", MasterPassword: "masterpass"}
+	if s := os.Getenv(pushHibernateEnv); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < time.Second {
+			b.Fatalf("%s=%q: want a duration of a second or more", pushHibernateEnv, s)
+		}
+		o.HibernateAfter = d
+	}
+	if s := os.Getenv(pushClientLimitEnv); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("%s=%q: want a number of clients", pushClientLimitEnv, s)
+		}
+		o.IMAPClientLimit = n
+	}
+	return o
+}
 
 // BenchmarkPush: N accounts (LEMONPROXY_BENCH_PUSH_ACCOUNTS, default
 // 1,000) register a device token through the proxy (METADATA) and log
@@ -115,7 +142,8 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 		runtime.MemProfileRate = 512
 		defer func() { runtime.MemProfileRate = 512 * 1024 }()
 	}
-	dc := dovecottest.StartWith(b, dovecottest.Legacy, dovecottest.Options{MasterUser: "pushmaster", MasterPassword: "masterpass"})
+	dopts := pushDovecotOptions(b)
+	dc := dovecottest.StartWith(b, dovecottest.Legacy, dopts)
 	accounts := make(map[string]string, n)
 	for i := range n {
 		accounts[userName(i)] = userPass(i)
@@ -237,6 +265,9 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 		writeGoroutineProfile(b, name+"-goroutines.txt")
 	}
 	st := pe.Stats()
+	dcPSS, _, dcProcs := procsMem(dc.PIDs())
+	b.Logf("Dovecot (imap_hibernate_timeout %v, imap client_limit %d): %d processes, PSS %.1f MiB",
+		dopts.HibernateAfter, max(dopts.IMAPClientLimit, 1), dcProcs, float64(dcPSS)/(1<<20))
 	perAcct := func(a, b0 uint64) float64 { return float64(int64(a)-int64(b0)) / float64(n) / 1024 }
 	b.Logf("%s: %d accounts registered in %.1f s, all watched after %.1f s (%d live, %d polled); upstream: %d connections (%d pooled idle) = %.2f per account; proxy per account: heap %.1f KiB, stack %.1f KiB, RSS %.1f KiB (%.1f KiB after returning freed memory), %.2f goroutines",
 		b.Name(), n, registered.Seconds(), watched.Seconds(), st.LiveAccounts, st.PolledAccounts, conns, pooled, float64(conns)/float64(n),
@@ -265,7 +296,19 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 		}
 		return appendTo(lc, "INBOX", a)
 	}
-	baselines := openBaselines(b, dc.Addr, min(n, 10))
+	// Ten baseline accounts spread over the round (each round appends
+	// in account order): a Dovecot that hibernates wakes connections
+	// one by one as the round goes, and the first accounts of a round
+	// would see it before the rest of the round loads it.
+	var spread []int
+	for i := range min(n, 10) {
+		spread = append(spread, i*n/min(n, 10))
+	}
+	baselines := openBaselinesOn(b, dc.Addr, spread)
+	if dopts.HibernateAfter > 0 {
+		// Every IDLE, the baselines' and the watchers', hibernated.
+		time.Sleep(dopts.HibernateAfter + 2*time.Second)
+	}
 	rate := appendRate(b)
 	var e2e, base []int64
 	missing := 0
