@@ -19,6 +19,7 @@ import (
 type procMem struct {
 	heapInuse, heapAlloc, stack uint64
 	rss, rssScavenged           uint64 // VmRSS after GC, and after FreeOSMemory
+	rssAnon, rssFile            uint64 // of rssScavenged: anonymous, and file pages (the stores' mmaps)
 	goroutines                  int
 }
 
@@ -31,6 +32,8 @@ func measureSelf() procMem {
 	m.rss = statusKB("/proc/self/status", "VmRSS:") * 1024
 	debug.FreeOSMemory()
 	m.rssScavenged = statusKB("/proc/self/status", "VmRSS:") * 1024
+	m.rssAnon = statusKB("/proc/self/status", "RssAnon:") * 1024
+	m.rssFile = statusKB("/proc/self/status", "RssFile:") * 1024
 	return m
 }
 
