@@ -265,10 +265,12 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 		writeGoroutineProfile(b, name+"-goroutines.txt")
 	}
 	st := pe.Stats()
+	perAcct := func(a, b0 uint64) float64 { return float64(int64(a)-int64(b0)) / float64(n) / 1024 }
+	b.Logf("Go runtime per account after returning freed memory: holds %.1f KiB from the OS (heap in use %.1f, free heap kept %.1f, stacks %.1f, its own structures %.1f)",
+		perAcct(mem.held, mem0.held), perAcct(mem.heapInuse, mem0.heapInuse), perAcct(mem.heapIdleKept, mem0.heapIdleKept), perAcct(mem.stack, mem0.stack), perAcct(mem.runtimeOwn, mem0.runtimeOwn))
 	dcPSS, _, dcProcs := procsMem(dc.PIDs())
 	b.Logf("Dovecot (imap_hibernate_timeout %v, imap client_limit %d): %d processes, PSS %.1f MiB",
 		dopts.HibernateAfter, max(dopts.IMAPClientLimit, 1), dcProcs, float64(dcPSS)/(1<<20))
-	perAcct := func(a, b0 uint64) float64 { return float64(int64(a)-int64(b0)) / float64(n) / 1024 }
 	b.Logf("%s: %d accounts registered in %.1f s, all watched after %.1f s (%d live, %d polled); upstream: %d connections (%d pooled idle) = %.2f per account; proxy per account: heap %.1f KiB, stack %.1f KiB, RSS %.1f KiB (%.1f KiB after returning freed memory: %.1f KiB anonymous, %.1f KiB file pages), %.2f goroutines",
 		b.Name(), n, registered.Seconds(), watched.Seconds(), st.LiveAccounts, st.PolledAccounts, conns, pooled, float64(conns)/float64(n),
 		perAcct(mem.heapInuse, mem0.heapInuse), perAcct(mem.stack, mem0.stack), perAcct(mem.rss, mem0.rss), perAcct(mem.rssScavenged, mem0.rssScavenged), perAcct(mem.rssAnon, mem0.rssAnon), perAcct(mem.rssFile, mem0.rssFile),
