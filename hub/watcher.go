@@ -202,8 +202,22 @@ var errParked = errors.New("hub: watcher parked in IDLE")
 // written only by the goroutine that runs run, and waitParked touches
 // only the connection's reader, which nobody else reads.
 func (b *box) waitParked(w *watch) {
-	w.waitErr = w.conn.Reader().Wait()
+	w.waitErr = waitInput(w.conn.Reader())
 	b.goroutine(w)
+}
+
+// waitInput is r.Wait with a panic turned into an error, which ends the
+// connection as a failed read would (execServing does the same for its
+// goroutine's command): the box's goroutine must run again, whatever
+// happened, to close what it holds or reconnect.
+func waitInput(r *imapcodec.Reader) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			recovery.Counted(recovery.Watcher)
+			err = fmt.Errorf("hub: panic waiting in IDLE: %v", p)
+		}
+	}()
+	return r.Wait()
 }
 
 // run is the watcher goroutine: connect, sync, watch; reconnect on failure.
