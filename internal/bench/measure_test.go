@@ -25,7 +25,7 @@ type procMem struct {
 	// HeapReleased) and the runtime's own structures (GC metadata, spans,
 	// profiling buckets, other).
 	held, heapIdleKept, runtimeOwn uint64
-	goroutines                  int
+	goroutines                     int
 }
 
 func measureSelf() procMem {
