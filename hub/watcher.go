@@ -175,6 +175,11 @@ func (b *box) goroutine(resume *watch) {
 	parked = b.run(resume)
 }
 
+// parkInIdle lets watchers park in IDLE (see waitParked). Only
+// BenchmarkIdleReport turns it off, to compare the latency of a report
+// with and without parking; it is read when a watcher is about to wait.
+var parkInIdle = true
+
 // errParked ends a watcher's serve when it parks in IDLE (see waitParked).
 var errParked = errors.New("hub: watcher parked in IDLE")
 
@@ -936,7 +941,7 @@ func (w *watch) idleLoop(ctx context.Context, resumed bool) error {
 			// IDLE may last 25 minutes: wait without buffers, and
 			// without this goroutine's stack (see waitParked).
 			w.conn.Release()
-			if inIdle && w.conn.Reader().Buffered() == 0 {
+			if inIdle && parkInIdle && w.conn.Reader().Buffered() == 0 {
 				w.idleTag, w.renewAt, w.parked = tag, renewAt, true
 				return errParked
 			}
