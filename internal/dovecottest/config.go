@@ -33,7 +33,8 @@ type configParams struct {
 	// HibernateSeconds, when not 0, is imap_hibernate_timeout (seconds):
 	// connections idling that long in IDLE move to imap-hibernate.
 	HibernateSeconds int
-	// IMAPClientLimit, when not 0, is service imap's client_limit.
+	// IMAPClientLimit, when not 0, is service imap's client_limit (with
+	// service_count 0, without which a process serves one connection).
 	IMAPClientLimit int
 
 	// MailUID and MailGID own the mail processes and the home directories.
@@ -156,6 +157,10 @@ service anvil {
 service imap {
   process_limit = 20000
 {{- if .IMAPClientLimit}}
+  # imap's service_count is 1 (a process per connection, then it exits),
+  # which leaves client_limit no effect: 0 lets a process serve clients
+  # for as long as it runs.
+  service_count = 0
   client_limit = {{.IMAPClientLimit}}
 {{- end}}
 {{- if .HibernateSeconds}}

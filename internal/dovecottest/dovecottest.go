@@ -154,8 +154,10 @@ type Options struct {
 	// (what providers with many idle clients run). 0 leaves it off.
 	HibernateAfter time.Duration
 	// IMAPClientLimit sets service imap's client_limit: connections one
-	// imap process serves (Dovecot's default, and 0 here, is 1). All the
-	// test users share one UID, as a process with several clients needs.
+	// imap process serves at once (Dovecot's default, and 0 here, is 1),
+	// with service_count 0 (imap's default, 1, ends a process after its
+	// first connection, whatever client_limit says). All the test users
+	// share one UID, as a process with several clients needs.
 	IMAPClientLimit int
 }
 
