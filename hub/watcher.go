@@ -905,6 +905,7 @@ func (w *watch) idleLoop(ctx context.Context, resumed bool) error {
 			w.box.setConn(w.conn)
 		}
 		for {
+			park := true
 			if resumed {
 				// What ended the parked wait: input (now buffered), a
 				// deadline (a request, a stop or the renewal: the
@@ -912,6 +913,10 @@ func (w *watch) idleLoop(ctx context.Context, resumed bool) error {
 				resumed = false
 				err := w.waitErr
 				w.waitErr = nil
+				// Neither input nor an error (a reader that returned
+				// nothing): this round reads rather than parks, so
+				// that such a reader cannot make the watcher spin.
+				park = err != nil || w.conn.Reader().Buffered() > 0
 				if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 					return err
 				}
@@ -941,7 +946,7 @@ func (w *watch) idleLoop(ctx context.Context, resumed bool) error {
 			// IDLE may last 25 minutes: wait without buffers, and
 			// without this goroutine's stack (see waitParked).
 			w.conn.Release()
-			if inIdle && parkInIdle && w.conn.Reader().Buffered() == 0 {
+			if inIdle && park && parkInIdle && w.conn.Reader().Buffered() == 0 {
 				w.idleTag, w.renewAt, w.parked = tag, renewAt, true
 				return errParked
 			}

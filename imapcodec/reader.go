@@ -153,14 +153,20 @@ func (r *Reader) Release() {
 // Reader that holds none (released, or not read from yet) reads into its
 // few bytes of its own, and keeps what came for the next ReadLine. It
 // returns the read's error when nothing came; an error that came with data
-// is reported by a later read. A Reader holding a buffer waits in it.
+// is reported once the data has been read (by Wait or a read). A Reader
+// holding a buffer waits in it. Wait returns nil only with input buffered.
 //
 // Wait is for a goroutine whose only work is to wait on a connection that
 // may stay quiet for a long time (a hub watcher in IDLE): it holds the
 // connection's few bytes and a stack barely deeper than the socket read.
 func (r *Reader) Wait() error {
-	if r.Buffered() > 0 || r.src.err != nil {
+	if r.Buffered() > 0 {
 		return nil
+	}
+	if err := r.src.err; err != nil {
+		// It came with data that has been read since: its turn now.
+		r.src.err = nil
+		return err
 	}
 	if r.br != nil {
 		_, err := r.br.Peek(1)

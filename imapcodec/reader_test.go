@@ -1287,4 +1287,20 @@ func TestWait(t *testing.T) {
 	if err := r.Wait(); err != io.EOF {
 		t.Fatalf("Wait at the end: err = %v, want io.EOF", err)
 	}
+
+	// The same, the line read before the next Wait: the EOF that came
+	// with it is Wait's to report (nil would say input is waiting).
+	r = NewReader(io.MultiReader(strings.NewReader("* OK\r\n"), &dataEOFReader{data: "* BYE\r\n"}), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	r.Release()
+	if err := r.Wait(); err != nil {
+		t.Fatalf("Wait with data and EOF: %v", err)
+	}
+	line, lit, err = r.ReadLine()
+	checkLine(t, "line with EOF", line, lit, err, lineResult{line: "* BYE"})
+	if err := r.Wait(); err != io.EOF {
+		t.Fatalf("Wait after the line that came with EOF: err = %v, want io.EOF", err)
+	}
 }
