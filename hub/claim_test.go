@@ -25,7 +25,7 @@ import (
 // watcher's commands as events ("IDLE" once "+ idling" is sent, "DONE",
 // "NOOP" once answered).
 type fakeUpstream struct {
-	t      *testing.T
+	t      testing.TB
 	ln     net.Listener
 	idle   bool // offer IDLE
 	wg     sync.WaitGroup
@@ -45,7 +45,7 @@ type fakeUpstream struct {
 }
 
 // startFake starts a server whose mailbox holds uids with no flags.
-func startFake(t *testing.T, idle bool, uids ...uint32) *fakeUpstream {
+func startFake(t testing.TB, idle bool, uids ...uint32) *fakeUpstream {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

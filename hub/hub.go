@@ -52,7 +52,6 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
-	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/statestore"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -307,11 +306,7 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 		b = newBox(h, key, dial)
 		h.boxes[key] = b
 		h.wg.Add(1)
-		go func() {
-			defer h.wg.Done()
-			defer recovery.Recover(recovery.Watcher, h.cfg.Logger.With("watcher", key.Mailbox), b.fail)
-			b.run()
-		}()
+		go b.goroutine(nil)
 	}
 	// The watcher (re)connects with the credentials of the latest
 	// session to subscribe (a box of Refresh has none until then): if

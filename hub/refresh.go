@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/lemonproxy/lemonproxy/internal/recovery"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -67,11 +66,7 @@ func (h *Hub) Refresh(ctx context.Context, key Key, c *upstream.Conn) (*syncstat
 		// watcher, which starts from the state just refreshed and
 		// tells them once it runs.
 		h.wg.Add(1)
-		go func() {
-			defer h.wg.Done()
-			defer recovery.Recover(recovery.Watcher, h.cfg.Logger.With("watcher", key.Mailbox), b.fail)
-			b.run()
-		}()
+		go b.goroutine(nil)
 		h.mu.Unlock()
 	} else {
 		if h.boxes[key] == b {

@@ -150,10 +150,98 @@ func (b *box) setConn(c *upstream.Conn) {
 	b.syncMu.Unlock()
 }
 
-// run is the watcher goroutine: connect, sync, watch; reconnect on failure.
-func (b *box) run() {
-	defer close(b.stopped)
+// logger is the hub's logger naming the box's mailbox, made when there is
+// something to log: a logger With attributes is an allocation, which
+// thousands of quiet watchers should not each hold.
+func (b *box) logger() *slog.Logger { return b.hub.cfg.Logger.With("watcher", b.key.Mailbox) }
+
+// boxLog is a box's logger for the watches, made only to log (see logger).
+type boxLog struct{ b *box }
+
+func (l boxLog) Warn(msg string, args ...any) { l.b.logger().Warn(msg, args...) }
+
+// goroutine is the box's goroutine: run, with a panic turned into the
+// box's failure. It holds the box's count in Hub.wg (taken by whoever
+// started it) until the box stops; a watcher that parks in IDLE hands the
+// count on to its waiting goroutine (see waitParked), which runs this again.
+func (b *box) goroutine(resume *watch) {
+	parked := false
 	defer func() {
+		if !parked {
+			b.hub.wg.Done()
+		}
+	}()
+	defer recovery.RecoverLazy(recovery.Watcher, b.logger, b.fail)
+	parked = b.run(resume)
+}
+
+// parkInIdle lets watchers park in IDLE (see waitParked). Only
+// BenchmarkIdleReport turns it off, to compare the latency of a report
+// with and without parking; it is read when a watcher is about to wait.
+var parkInIdle = true
+
+// errParked ends a watcher's serve when it parks in IDLE (see waitParked).
+var errParked = errors.New("hub: watcher parked in IDLE")
+
+// waitParked is how a watcher waits in IDLE. IDLE may last 25 minutes,
+// and most watched mailboxes are quiet (a push account's INBOX, watched
+// with no session), so what a watcher holds while it waits is what each
+// watched mailbox costs. A goroutine blocked in the read at the bottom of
+// run, serve and idleLoop keeps the stack those calls grew to (8 KiB: the
+// runtime halves a stack at GC only while less than a quarter of it is in
+// use, and those frames alone are more), which was most of the memory of
+// an account watched for push (docs/benchmarks.md, push). So the watcher
+// does not wait there: with nothing buffered, idleLoop saves where it is
+// (the IDLE command's tag, when to renew it) in the watch and returns
+// errParked, serve returns it keeping the connection and its context, and
+// run starts waitParked, a goroutine that does nothing but wait on the
+// connection with its few bytes (imapcodec.Reader.Wait) in a stack of a
+// few frames, and ends. When the wait ends (the upstream's report; a
+// session's request, the renewal or the watcher's stop, which interrupt
+// the read with a deadline as they always did; the connection's end),
+// waitParked runs the box's goroutine again, which goes on in idleLoop
+// where it left off.
+//
+// Nothing else changes for the box: it has a goroutine all along (this
+// one while parked), its connection and its subscribers; its state is
+// written only by the goroutine that runs run, and waitParked touches
+// only the connection's reader, which nobody else reads.
+func (b *box) waitParked(w *watch) {
+	w.waitErr = waitInput(w.conn.Reader())
+	b.goroutine(w)
+}
+
+// waitInput is r.Wait with a panic turned into an error, which ends the
+// connection as a failed read would (execServing does the same for its
+// goroutine's command): the box's goroutine must run again, whatever
+// happened, to close what it holds or reconnect.
+func waitInput(r *imapcodec.Reader) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			recovery.Counted(recovery.Watcher)
+			err = fmt.Errorf("hub: panic waiting in IDLE: %v", p)
+		}
+	}()
+	return r.Wait()
+}
+
+// run is the watcher goroutine: connect, sync, watch; reconnect on failure.
+// resume is the watch of a watcher that parked in IDLE and whose wait
+// ended: run goes on with it. run returns true when the watcher parked
+// (waitParked runs on); anything else means the box stopped.
+func (b *box) run(resume *watch) (parked bool) {
+	// b.ready is closed by the box's goroutine only, once (a resumed run
+	// finds it closed).
+	ready := func() {
+		if !isReady(b.ready) {
+			close(b.ready)
+		}
+	}
+	defer func() {
+		if parked {
+			return
+		}
+		ready()
 		for _, r := range b.takeSyncs() {
 			r <- errStopped
 		}
@@ -165,30 +253,37 @@ func (b *box) run() {
 			b.kept.conn.Close()
 			b.kept = nil
 		}
+		close(b.stopped)
 	}()
-	log := b.hub.cfg.Logger.With("watcher", b.key.Mailbox)
-	readyOnce := sync.OnceFunc(func() { close(b.ready) })
-	defer readyOnce()
+	log := boxLog{b}
 	retried := false // the last watcher connection was a passive box's try
 	for attempt := 0; ; attempt++ {
-		w := b.kept
-		b.kept = nil
+		w := resume
+		resume = nil
+		if w == nil {
+			w = b.kept
+			b.kept = nil
+		}
 		if w == nil {
 			w = &watch{box: b, log: log}
 		}
-		err := b.serveGuarded(w, readyOnce)
+		err := b.serveGuarded(w, ready)
+		if w.parked {
+			go b.waitParked(w)
+			return true
+		}
 		if b.ctx.Err() != nil {
 			b.hub.keepCold(b)
-			return
+			return false
 		}
 		if w.dropped || errors.Is(err, upstream.ErrBudget) {
 			// The account's budget took the connection, or had none:
 			// keep the state without one until a subscriber idles.
-			if !b.passiveLoop(log, readyOnce, retried) {
+			if !b.passiveLoop(log, ready, retried) {
 				if b.ctx.Err() != nil {
 					b.hub.keepCold(b)
 				}
-				return
+				return false
 			}
 			retried, attempt = true, -1
 			continue
@@ -208,13 +303,13 @@ func (b *box) run() {
 				delete(b.hub.boxes, b.key)
 			}
 			b.hub.mu.Unlock()
-			readyOnce()
-			return
+			ready()
+			return false
 		}
 		d := b.hub.backoff(attempt)
 		log.Warn("watcher connection lost; reconnecting", "err", err, "delay", d)
 		if !b.backOff(d) {
-			return
+			return false
 		}
 	}
 }
@@ -223,7 +318,7 @@ func (b *box) run() {
 // connection is closed (serve's deferred calls) and the watcher reconnects
 // and resyncs as after any failure; the sessions and the process go on.
 func (b *box) serveGuarded(w *watch, ready func()) (err error) {
-	defer recovery.Recover(recovery.Watcher, b.hub.cfg.Logger.With("watcher", b.key.Mailbox), func(perr error) {
+	defer recovery.RecoverLazy(recovery.Watcher, b.logger, func(perr error) {
 		err = perr
 		// The panic may have cut notifyAll short: the next full sync
 		// tells every session, changed or not.
@@ -288,11 +383,60 @@ type watch struct {
 	asked     bool
 	firstRead time.Time     // when the first line of the uncommitted batch was read
 	batchWait time.Duration // time the uncommitted batch waited for the upstream's answers
+
+	// The connection's context, its cancel (which the budget may call:
+	// dropConn) and the stop of the AfterFunc that wakes a read when it
+	// ends; kept here for a watcher that parks (see waitParked).
+	ctx      context.Context
+	drop     context.CancelFunc
+	stopWake func() bool
+	// parked: idleLoop returned errParked, waiting in the IDLE command
+	// idleTag until renewAt; waitErr is what ended waitParked's wait.
+	parked  bool
+	idleTag string
+	renewAt time.Time
+	waitErr error
 }
 
+// serve runs the watcher on a connection, from its dial (or the one a
+// passive box kept) to its end, which it closes. A watcher that parked in
+// IDLE (see waitParked) returns errParked with w.parked set and everything kept;
+// serve called again with that watch goes on in idleLoop.
 func (w *watch) serve(ready func()) error {
+	resumed := w.parked
+	w.parked = false
+	if !resumed {
+		if err := w.open(); err != nil {
+			return err
+		}
+	}
+	defer func() {
+		if !w.parked {
+			w.close()
+		}
+	}()
+	ctx, conn := w.ctx, w.conn
+	if resumed {
+		return w.idleLoop(ctx, true)
+	}
+	if !w.synced {
+		if err := w.fullSync(ctx); err != nil {
+			return err
+		}
+		w.synced = true
+	}
+	ready()
+	if conn.Caps().Has("IDLE") {
+		return w.idleLoop(ctx, false)
+	}
+	return w.pollLoop(ctx)
+}
+
+// open gives the watch its connection (dialled, or the one a passive box
+// kept: budget.go, synced) and the connection's context.
+func (w *watch) open() error {
 	b := w.box
-	conn := w.conn // a connection a passive box kept (budget.go), synced
+	conn := w.conn
 	if conn == nil {
 		b.hub.mu.Lock()
 		dial := b.dial // Watch replaces it under hub.mu
@@ -305,42 +449,34 @@ func (w *watch) serve(ready func()) error {
 		}
 		conn = c
 	}
-	ctx, drop := context.WithCancel(b.ctx)
-	defer drop()
+	w.ctx, w.drop = context.WithCancel(b.ctx)
 	b.hub.mu.Lock()
-	b.dropConn = drop
+	b.dropConn = w.drop
 	b.hub.mu.Unlock()
-	defer func() {
-		b.hub.mu.Lock()
-		b.dropConn = nil
-		b.hub.mu.Unlock()
-		w.dropped = ctx.Err() != nil && b.ctx.Err() == nil
-	}()
 	w.conn = conn
 	b.live.Store(conn)
-	defer b.live.Store(nil)
 	// Stopping the watcher must wake a read blocked in IDLE.
-	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
-	defer func() {
-		b.setConn(nil)
-		if ctx.Err() != nil {
-			conn.Logout()
-		} else {
-			conn.Close()
-		}
-	}()
-	if !w.synced {
-		if err := w.fullSync(ctx); err != nil {
-			return err
-		}
-		w.synced = true
+	w.stopWake = context.AfterFunc(w.ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	return nil
+}
+
+// close ends the watch's connection: logged out if the watcher was
+// stopped or its connection reclaimed, closed after a failure.
+func (w *watch) close() {
+	b := w.box
+	b.setConn(nil)
+	if w.ctx.Err() != nil {
+		w.conn.Logout()
+	} else {
+		w.conn.Close()
 	}
-	ready()
-	if conn.Caps().Has("IDLE") {
-		return w.idleLoop(ctx)
-	}
-	return w.pollLoop(ctx)
+	w.stopWake()
+	b.live.Store(nil)
+	b.hub.mu.Lock()
+	b.dropConn = nil
+	b.hub.mu.Unlock()
+	w.dropped = w.ctx.Err() != nil && b.ctx.Err() == nil
+	w.drop()
 }
 
 func (w *watch) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -735,32 +871,59 @@ func (w *watch) pollLoop(ctx context.Context) error {
 }
 
 // idleLoop keeps IDLE running, leaving it to fetch new messages, to answer
-// Sync requests and to renew it.
-func (w *watch) idleLoop(ctx context.Context) error {
+// Sync requests and to renew it. While nothing comes it parks (see waitParked):
+// resumed, it goes on in the IDLE command it parked in.
+func (w *watch) idleLoop(ctx context.Context, resumed bool) error {
 	renewEvery := w.box.hub.cfg.IdleRenew
 	for {
-		if err := w.linger(ctx); err != nil {
-			return err
-		}
-		tag := w.conn.NextTag()
-		wr := w.conn.Writer()
-		wr.WriteString(tag + " IDLE\r\n")
-		if err := wr.Flush(); err != nil {
-			return err
-		}
-		sent := time.Now()
-		renewAt := sent.Add(renewEvery)
-		// Until the upstream accepts the IDLE ("+"), the read waits for
-		// that, up to the command timeout, whatever renewAt says: a
-		// deadline already past fails every read at once without reading
-		// what has arrived (net.Conn), so a continuation slower than
-		// IdleRenew (a loaded machine; a short idle-renew) was never read
-		// and the loop spun on the timeouts for as long as the mailbox
-		// was watched, starving the process.
-		acceptBy := sent.Add(w.box.hub.cfg.Timeout)
+		var tag string
+		var renewAt, acceptBy time.Time
 		inIdle := false
-		w.box.setConn(w.conn)
+		if resumed {
+			tag, renewAt, inIdle = w.idleTag, w.renewAt, true
+		} else {
+			if err := w.linger(ctx); err != nil {
+				return err
+			}
+			tag = w.conn.NextTag()
+			wr := w.conn.Writer()
+			wr.WriteString(tag + " IDLE\r\n")
+			if err := wr.Flush(); err != nil {
+				return err
+			}
+			sent := time.Now()
+			renewAt = sent.Add(renewEvery)
+			// Until the upstream accepts the IDLE ("+"), the read waits
+			// for that, up to the command timeout, whatever renewAt
+			// says: a deadline already past fails every read at once
+			// without reading what has arrived (net.Conn), so a
+			// continuation slower than IdleRenew (a loaded machine; a
+			// short idle-renew) was never read and the loop spun on the
+			// timeouts for as long as the mailbox was watched, starving
+			// the process.
+			acceptBy = sent.Add(w.box.hub.cfg.Timeout)
+			w.box.setConn(w.conn)
+		}
 		for {
+			park := true
+			if resumed {
+				// What ended the parked wait: input (now buffered), a
+				// deadline (a request, a stop or the renewal: the
+				// checks below see which), or the connection's end.
+				resumed = false
+				err := w.waitErr
+				w.waitErr = nil
+				// Neither input nor an error (a reader that returned
+				// nothing): this round reads rather than parks, so
+				// that such a reader cannot make the watcher spin.
+				park = err != nil || w.conn.Reader().Buffered() > 0
+				if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+					return err
+				}
+				if err != nil && ctx.Err() != nil {
+					return ctx.Err()
+				}
+			}
 			// See box.sync: the deadline is set before pending requests
 			// are checked, so a request cannot slip between the two.
 			if inIdle {
@@ -780,8 +943,13 @@ func (w *watch) idleLoop(ctx context.Context) error {
 				// just set).
 				return ctx.Err()
 			}
-			// IDLE may last 25 minutes: wait without buffers.
+			// IDLE may last 25 minutes: wait without buffers, and
+			// without this goroutine's stack (see waitParked).
 			w.conn.Release()
+			if inIdle && park && parkInIdle && w.conn.Reader().Buffered() == 0 {
+				w.idleTag, w.renewAt, w.parked = tag, renewAt, true
+				return errParked
+			}
 			line, lit, err := w.conn.Reader().ReadLine()
 			if err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {

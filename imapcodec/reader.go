@@ -112,11 +112,13 @@ func (r *Reader) buf() (*bufio.Reader, error) {
 		return r.br, nil
 	}
 	if r.released {
-		n, err := r.src.Read(r.first[:])
-		if n == 0 && err != nil {
-			return nil, err
+		if len(r.src.pending) == 0 && r.src.err == nil { // else Wait has read
+			n, err := r.src.Read(r.first[:])
+			if n == 0 && err != nil {
+				return nil, err
+			}
+			r.src.pending, r.src.err = r.first[:n], err
 		}
-		r.src.pending, r.src.err = r.first[:n], err
 		r.released = false
 	}
 	r.br = bufPool.Get().(*bufio.Reader)
@@ -146,6 +148,37 @@ func (r *Reader) Release() {
 	if !r.partial && cap(r.line) > maxKeptLine {
 		r.line = nil
 	}
+}
+
+// Wait blocks until input arrives, without taking a pooled buffer: a
+// Reader that holds none (released, or not read from yet) reads into its
+// few bytes of its own, and keeps what came for the next ReadLine. It
+// returns the read's error when nothing came; an error that came with data
+// is reported once the data has been read (by Wait or a read). A Reader
+// holding a buffer waits in it. Wait returns nil only with input buffered.
+//
+// Wait is for a goroutine whose only work is to wait on a connection that
+// may stay quiet for a long time (a hub watcher in IDLE): it holds the
+// connection's few bytes and a stack barely deeper than the socket read.
+func (r *Reader) Wait() error {
+	if r.Buffered() > 0 {
+		return nil
+	}
+	if err := r.src.err; err != nil {
+		// It came with data that has been read since: its turn now.
+		r.src.err = nil
+		return err
+	}
+	if r.br != nil {
+		_, err := r.br.Peek(1)
+		return err
+	}
+	n, err := r.src.Read(r.first[:])
+	if n == 0 {
+		return err
+	}
+	r.src.pending, r.src.err = r.first[:n], err
+	return nil
 }
 
 // Limits returns the limits in force.

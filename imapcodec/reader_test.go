@@ -1208,3 +1208,99 @@ func TestReleaseEquivalence(t *testing.T) {
 		}
 	}
 }
+
+// TestWait: a released Reader waits without taking a buffer; a deadline
+// ends the wait with its error and leaves the Reader as it was; what the
+// wait read comes out whole in the next lines, short or long; a Reader
+// holding a buffer waits in it, and an error after data is reported by a
+// later read.
+func TestWait(t *testing.T) {
+	conn, r, write := pipe(t)
+	done := write("* OK ready\r\n")
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, done)
+	r.Release()
+	conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	expectTimeout(t, r.Wait())
+	if !released(r) || r.Buffered() != 0 {
+		t.Fatalf("a wait that timed out: released %v, %d bytes buffered", released(r), r.Buffered())
+	}
+	conn.SetReadDeadline(time.Time{})
+	for _, n := range []int{1, firstReadSize - 2, firstReadSize, firstReadSize + 1, bufSize + 1} {
+		want := "* " + strings.Repeat("x", n)
+		done := write(want + "\r\n* 3 EXISTS\r\n")
+		if err := r.Wait(); err != nil {
+			t.Fatalf("%d bytes: Wait: %v", n, err)
+		}
+		if !released(r) || r.Buffered() == 0 {
+			t.Fatalf("%d bytes: after Wait: released %v, %d bytes buffered", n, released(r), r.Buffered())
+		}
+		if err := r.Wait(); err != nil || r.Buffered() == 0 { // input waiting: returns at once
+			t.Fatalf("%d bytes: second Wait: %v, %d buffered", n, err, r.Buffered())
+		}
+		line, lit, err := r.ReadLine()
+		checkLine(t, fmt.Sprintf("%d-byte line", n), line, lit, err, lineResult{line: want})
+		line, lit, err = r.ReadLine()
+		checkLine(t, "next line", line, lit, err, lineResult{line: "* 3 EXISTS"})
+		wait(t, done)
+		r.Release()
+	}
+	// Holding a buffer (not released): waits in it, keeps what came.
+	done = write("* 4 EXISTS\r\n")
+	if _, err := r.Peek(1); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, done)
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	if released(r) {
+		t.Fatal("Reader without a buffer after reading")
+	}
+	done = write("* 5 EXISTS\r\n")
+	if err := r.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	line, lit, err := r.ReadLine()
+	checkLine(t, "line waited for in the buffer", line, lit, err, lineResult{line: "* 5 EXISTS"})
+	wait(t, done)
+
+	// Data and EOF from the same read: the data first, then the EOF.
+	r = NewReader(io.MultiReader(strings.NewReader("* OK\r\n"), &dataEOFReader{data: "* BYE\r\n"}), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	r.Release()
+	if err := r.Wait(); err != nil {
+		t.Fatalf("Wait with data and EOF: %v", err)
+	}
+	if err := r.Wait(); err != nil {
+		t.Fatalf("second Wait with data and EOF pending: %v", err)
+	}
+	line, lit, err = r.ReadLine()
+	checkLine(t, "line before EOF", line, lit, err, lineResult{line: "* BYE"})
+	if _, _, err := r.ReadLine(); err != io.EOF {
+		t.Fatalf("after the line: err = %v, want io.EOF", err)
+	}
+	if err := r.Wait(); err != io.EOF {
+		t.Fatalf("Wait at the end: err = %v, want io.EOF", err)
+	}
+
+	// The same, the line read before the next Wait: the EOF that came
+	// with it is Wait's to report (nil would say input is waiting).
+	r = NewReader(io.MultiReader(strings.NewReader("* OK\r\n"), &dataEOFReader{data: "* BYE\r\n"}), Limits{})
+	if _, _, err := r.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	r.Release()
+	if err := r.Wait(); err != nil {
+		t.Fatalf("Wait with data and EOF: %v", err)
+	}
+	line, lit, err = r.ReadLine()
+	checkLine(t, "line with EOF", line, lit, err, lineResult{line: "* BYE"})
+	if err := r.Wait(); err != io.EOF {
+		t.Fatalf("Wait after the line that came with EOF: err = %v, want io.EOF", err)
+	}
+}

@@ -241,10 +241,12 @@ func (e *faultEnv) checkRecovered(t *testing.T, b faultBaseline) {
 	// replaces a connection by a new one, and settled has checked that
 	// every open one is the proxy's pooled or watcher connection. A
 	// parked session (park.go) goes on in a new goroutine each time it
-	// wakes, so the sessions from before the baseline have new ones: the
-	// count of sessions, checked above, stands for them.
+	// wakes, and so does a watcher parked in IDLE (hub's waitParked), so
+	// the sessions and watchers from before the baseline may be on new
+	// goroutines: their counts, checked above, stand for them.
 	goleak.VerifyNone(t, b.goroutines,
 		goleak.IgnoreAnyFunction("github.com/lemonproxy/lemonproxy/proxy.(*Session).resume"),
+		goleak.IgnoreAnyFunction("github.com/lemonproxy/lemonproxy/hub.(*box).waitParked"),
 		goleak.IgnoreAnyFunction("github.com/emersion/go-imap/v2/imapserver.(*Conn).serve"),
 		goleak.IgnoreAnyFunction("github.com/emersion/go-imap/v2/imapserver.(*Conn).handleIdle.func1"),
 		goleak.IgnoreAnyFunction("github.com/lemonproxy/lemonproxy/internal/faultnet.(*Conn).run"),

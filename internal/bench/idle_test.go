@@ -412,6 +412,9 @@ func writeHeapProfile(b *testing.B, path string) {
 	b.Logf("heap profile written to %s", path)
 }
 
+// writeGoroutineProfile writes the goroutines' stacks, grouped by stack
+// (pprof's debug=1 text), to path: which goroutines an idle account keeps,
+// and where they wait.
 func writeGoroutineProfile(b *testing.B, path string) {
 	f, err := os.Create(path)
 	if err != nil {

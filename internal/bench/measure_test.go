@@ -24,7 +24,13 @@ type procMem struct {
 	// GCs (a long-running proxy has one at least every two minutes).
 	stackSettled      uint64
 	rss, rssScavenged uint64 // VmRSS after GC, and after FreeOSMemory
-	goroutines        int
+	rssAnon, rssFile  uint64 // of rssScavenged: anonymous, and file pages (the stores' mmaps)
+	// What the Go runtime holds from the OS after FreeOSMemory: Sys less
+	// HeapReleased, and of it the heap's free spans kept (HeapIdle less
+	// HeapReleased) and the runtime's own structures (GC metadata, spans,
+	// profiling buckets, other).
+	held, heapIdleKept, runtimeOwn uint64
+	goroutines                     int
 }
 
 func measureSelf() procMem {
@@ -45,6 +51,12 @@ func measureSelf() procMem {
 	}
 	debug.FreeOSMemory()
 	m.rssScavenged = statusKB("/proc/self/status", "VmRSS:") * 1024
+	m.rssAnon = statusKB("/proc/self/status", "RssAnon:") * 1024
+	runtime.ReadMemStats(&ms)
+	m.held = ms.Sys - ms.HeapReleased
+	m.heapIdleKept = ms.HeapIdle - ms.HeapReleased
+	m.runtimeOwn = ms.MSpanSys + ms.MCacheSys + ms.BuckHashSys + ms.GCSys + ms.OtherSys
+	m.rssFile = statusKB("/proc/self/status", "RssFile:") * 1024
 	return m
 }
 

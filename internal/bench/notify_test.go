@@ -401,8 +401,17 @@ func openAppenders(b *testing.B, dovecot string, n int) []*lineConn {
 // openBaselines opens direct IDLE connections on the INBOX of the first n
 // accounts, from appenderIP.
 func openBaselines(b *testing.B, dovecot string, n int) []*idleBaseline {
+	accounts := make([]int, n)
+	for i := range accounts {
+		accounts[i] = i
+	}
+	return openBaselinesOn(b, dovecot, accounts)
+}
+
+// openBaselinesOn is openBaselines on the given accounts.
+func openBaselinesOn(b *testing.B, dovecot string, accounts []int) []*idleBaseline {
 	var out []*idleBaseline
-	for a := range n {
+	for _, a := range accounts {
 		lc, err := dialFrom(appenderIP, dovecot)
 		if err == nil {
 			err = lc.cmd("LOGIN "+userName(a)+" "+userPass(a), false)

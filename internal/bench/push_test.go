@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,7 +35,34 @@ const (
 	// pushPollEnv is the polling interval of the Polled sub-benchmark (a
 	// Go duration, default 10s).
 	pushPollEnv = "LEMONPROXY_BENCH_PUSH_POLL"
+	// pushHibernateEnv sets the benchmark Dovecot's imap_hibernate_timeout
+	// (a Go duration; unset: no hibernation), pushClientLimitEnv its
+	// service imap client_limit (unset: 1): the set-ups providers run for
+	// many idle clients. The baseline IDLE clients use the same Dovecot.
+	pushHibernateEnv   = "LEMONPROXY_BENCH_DOVECOT_HIBERNATE"
+	pushClientLimitEnv = "LEMONPROXY_BENCH_DOVECOT_CLIENT_LIMIT"
 )
+
+// pushDovecotOptions returns the benchmark Dovecot's options from the
+// environment (pushHibernateEnv, pushClientLimitEnv).
+func pushDovecotOptions(b *testing.B) dovecottest.Options {
+	o := dovecottest.Options{MasterUser: "pushmaster", MasterPassword: "masterpass"}
+	if s := os.Getenv(pushHibernateEnv); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < time.Second {
+			b.Fatalf("%s=%q: want a duration of a second or more", pushHibernateEnv, s)
+		}
+		o.HibernateAfter = d
+	}
+	if s := os.Getenv(pushClientLimitEnv); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("%s=%q: want a number of clients", pushClientLimitEnv, s)
+		}
+		o.IMAPClientLimit = n
+	}
+	return o
+}
 
 // BenchmarkPush: N accounts (LEMONPROXY_BENCH_PUSH_ACCOUNTS, default
 // 1,000) register a device token through the proxy (METADATA) and log
@@ -108,7 +136,14 @@ func (g *pushGateway) count(i int) (int, int64) {
 func benchPush(b *testing.B, n, live int, poll time.Duration) {
 	checkFileLimit(b, min(2*n, 2000)+n+1000)
 	raiseLimits(b, 2*n)
-	dc := dovecottest.StartWith(b, dovecottest.Legacy, dovecottest.Options{MasterUser: "pushmaster", MasterPassword: "masterpass"})
+	profPrefix := os.Getenv(heapProfileEnv)
+	if profPrefix != "" {
+		// Fine-grained, so that the per-account allocations show.
+		runtime.MemProfileRate = 512
+		defer func() { runtime.MemProfileRate = 512 * 1024 }()
+	}
+	dopts := pushDovecotOptions(b)
+	dc := dovecottest.StartWith(b, dovecottest.Legacy, dopts)
 	accounts := make(map[string]string, n)
 	for i := range n {
 		accounts[userName(i)] = userPass(i)
@@ -224,14 +259,29 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 	conns := upstreamTo(dcPort) - conns0
 	pooled := p.Srv.Pool().Idle()
 	mem := measureSelf()
-	if prefix := os.Getenv(heapProfileEnv); prefix != "" {
-		writeHeapProfile(b, prefix+"-"+strings.ReplaceAll(b.Name(), "/", "-")+".pprof")
+	if profPrefix != "" {
+		name := profPrefix + "-" + strings.ReplaceAll(b.Name(), "/", "-")
+		writeHeapProfile(b, name+".pprof")
+		writeGoroutineProfile(b, name+"-goroutines.txt")
 	}
 	st := pe.Stats()
 	perAcct := func(a, b0 uint64) float64 { return float64(int64(a)-int64(b0)) / float64(n) / 1024 }
-	b.Logf("%s: %d accounts registered in %.1f s, all watched after %.1f s (%d live, %d polled); upstream: %d connections (%d pooled idle) = %.2f per account; proxy per account: heap %.1f KiB, stack %.1f KiB, RSS %.1f KiB (%.1f KiB after returning freed memory), %.2f goroutines",
+	b.Logf("Go runtime per account after returning freed memory: holds %.1f KiB from the OS (heap in use %.1f, free heap kept %.1f, stacks %.1f, its own structures %.1f)",
+		perAcct(mem.held, mem0.held), perAcct(mem.heapInuse, mem0.heapInuse), perAcct(mem.heapIdleKept, mem0.heapIdleKept), perAcct(mem.stack, mem0.stack), perAcct(mem.runtimeOwn, mem0.runtimeOwn))
+	// The runtime keeps freed heap (up to its GC goal) until its
+	// background scavenger returns it: what an operator sees once the
+	// accounts have been watched a while, not right after all of them
+	// registered at once, is the RSS a minute later, without forcing it.
+	time.Sleep(time.Minute)
+	runtime.GC()
+	rssLater := statusKB("/proc/self/status", "VmRSS:") * 1024
+	b.Logf("RSS per account a minute later (after a GC, freed memory not forced back): %.1f KiB", perAcct(rssLater, mem0.rss))
+	dcPSS, _, dcProcs := procsMem(dc.PIDs())
+	b.Logf("Dovecot (imap_hibernate_timeout %v, imap client_limit %d): %d processes, PSS %.1f MiB",
+		dopts.HibernateAfter, max(dopts.IMAPClientLimit, 1), dcProcs, float64(dcPSS)/(1<<20))
+	b.Logf("%s: %d accounts registered in %.1f s, all watched after %.1f s (%d live, %d polled); upstream: %d connections (%d pooled idle) = %.2f per account; proxy per account: heap %.1f KiB, stack %.1f KiB, RSS %.1f KiB (%.1f KiB after returning freed memory: %.1f KiB anonymous, %.1f KiB file pages), %.2f goroutines",
 		b.Name(), n, registered.Seconds(), watched.Seconds(), st.LiveAccounts, st.PolledAccounts, conns, pooled, float64(conns)/float64(n),
-		perAcct(mem.heapInuse, mem0.heapInuse), perAcct(mem.stack, mem0.stack), perAcct(mem.rss, mem0.rss), perAcct(mem.rssScavenged, mem0.rssScavenged),
+		perAcct(mem.heapInuse, mem0.heapInuse), perAcct(mem.stack, mem0.stack), perAcct(mem.rss, mem0.rss), perAcct(mem.rssScavenged, mem0.rssScavenged), perAcct(mem.rssAnon, mem0.rssAnon), perAcct(mem.rssFile, mem0.rssFile),
 		float64(mem.goroutines-mem0.goroutines)/float64(n))
 
 	// One appending connection per account, as the other benchmarks have;
@@ -256,7 +306,19 @@ func benchPush(b *testing.B, n, live int, poll time.Duration) {
 		}
 		return appendTo(lc, "INBOX", a)
 	}
-	baselines := openBaselines(b, dc.Addr, min(n, 10))
+	// Ten baseline accounts spread over the round (each round appends
+	// in account order): a Dovecot that hibernates wakes connections
+	// one by one as the round goes, and the first accounts of a round
+	// would see it before the rest of the round loads it.
+	var spread []int
+	for i := range min(n, 10) {
+		spread = append(spread, i*n/min(n, 10))
+	}
+	baselines := openBaselinesOn(b, dc.Addr, spread)
+	if dopts.HibernateAfter > 0 {
+		// Every IDLE, the baselines' and the watchers', hibernated.
+		time.Sleep(dopts.HibernateAfter + 2*time.Second)
+	}
 	rate := appendRate(b)
 	var e2e, base []int64
 	missing := 0

@@ -30,6 +30,12 @@ type configParams struct {
 	// account with SASL PLAIN's authorization identity (the proxy's
 	// sessionless logins for push).
 	MasterUser, MasterPassword string
+	// HibernateSeconds, when not 0, is imap_hibernate_timeout (seconds):
+	// connections idling that long in IDLE move to imap-hibernate.
+	HibernateSeconds int
+	// IMAPClientLimit, when not 0, is service imap's client_limit (with
+	// service_count 0, without which a process serves one connection).
+	IMAPClientLimit int
 
 	// MailUID and MailGID own the mail processes and the home directories.
 	MailUID, MailGID int
@@ -150,7 +156,30 @@ service anvil {
 }
 service imap {
   process_limit = 20000
+{{- if .IMAPClientLimit}}
+  # imap's service_count is 1 (a process per connection, then it exits),
+  # which leaves client_limit no effect: 0 lets a process serve clients
+  # for as long as it runs.
+  service_count = 0
+  client_limit = {{.IMAPClientLimit}}
+{{- end}}
+{{- if .HibernateSeconds}}
+  # imap-hibernate hands connections back through this socket; the
+  # mail processes (nobody, as root) reach imap-hibernate's. Both open
+  # to all: the sockets live in the test's own base_dir.
+  unix_listener imap-master {
+    mode = 0666
+  }
+{{- end}}
 }
+{{- if .HibernateSeconds}}
+imap_hibernate_timeout = {{.HibernateSeconds}} secs
+service imap-hibernate {
+  unix_listener imap-hibernate {
+    mode = 0666
+  }
+}
+{{- end}}
 {{- if .Metadata}}
 mail_attribute_dict = file:%h/dovecot-attributes
 {{- end}}

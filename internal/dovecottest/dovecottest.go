@@ -147,6 +147,18 @@ type Options struct {
 	// with master=yes) who logs in to any existing user's account with
 	// AUTHENTICATE PLAIN, the user as authorization identity.
 	MasterUser, MasterPassword string
+	// HibernateAfter sets imap_hibernate_timeout: a connection idling in
+	// IDLE this long moves to the imap-hibernate process, which watches
+	// the mailbox for it and hands it back to an imap process when
+	// something changes, so that idle clients cost no imap process each
+	// (what providers with many idle clients run). 0 leaves it off.
+	HibernateAfter time.Duration
+	// IMAPClientLimit sets service imap's client_limit: connections one
+	// imap process serves at once (Dovecot's default, and 0 here, is 1),
+	// with service_count 0 (imap's default, 1, ends a process after its
+	// first connection, whatever client_limit says). All the test users
+	// share one UID, as a process with several clients needs.
+	IMAPClientLimit int
 }
 
 // StartWith is Start with options.
@@ -168,7 +180,8 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 		Profile: p,
 		users:   map[string]string{"alice": "alicepass", "bob": "bobpass"},
 	}
-	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections, MasterUser: o.MasterUser, MasterPassword: o.MasterPassword}
+	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections, MasterUser: o.MasterUser, MasterPassword: o.MasterPassword,
+		HibernateSeconds: int((o.HibernateAfter + time.Second - 1) / time.Second), IMAPClientLimit: o.IMAPClientLimit}
 	if strings.ContainsAny(o.MasterUser+o.MasterPassword, ":\r\n") {
 		t.Fatalf("dovecottest: master user %q: unsupported characters", o.MasterUser)
 	}

@@ -55,10 +55,21 @@ func Count(p Place) int64 { return counts[p].Load() }
 // goroutine panics, it stops the panic, counts and logs it with its stack,
 // and calls then (if not nil) with an error describing it.
 func Recover(p Place, log *slog.Logger, then func(error)) {
-	v := recover()
-	if v == nil {
-		return
+	if v := recover(); v != nil {
+		recovered(p, v, log, then)
 	}
+}
+
+// RecoverLazy is Recover for a deferred call that should not build its
+// logger unless a panic happened (a logger With attributes is an
+// allocation, and hub watchers defer this on every wake).
+func RecoverLazy(p Place, log func() *slog.Logger, then func(error)) {
+	if v := recover(); v != nil {
+		recovered(p, v, log(), then)
+	}
+}
+
+func recovered(p Place, v any, log *slog.Logger, then func(error)) {
 	counts[p].Add(1)
 	if log == nil {
 		log = slog.Default()
