@@ -34,6 +34,9 @@ type Sources struct {
 	Server *proxy.Server
 	// Compress returns the COMPRESS extension's byte counters.
 	Compress func() (plainIn, compressedIn, plainOut, compressedOut, active int64)
+	// CompressorsInUse returns how many of COMPRESS's pooled stateful
+	// compressors are lent out (compress-max-compressors bounds them).
+	CompressorsInUse func() int64
 	// AccountWatchers returns the number of NOTIFY account watchers (one
 	// upstream connection each).
 	AccountWatchers func() int
@@ -241,6 +244,12 @@ func (m *Metrics) Register(src Sources) {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: ns, Name: "compress_sessions", Help: "Sessions with COMPRESS=DEFLATE on.",
 		}, func() float64 { _, _, _, _, a := src.Compress(); return float64(a) }))
+	}
+	if src.CompressorsInUse != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: ns, Name: "compress_compressors_in_use",
+			Help: "COMPRESS=DEFLATE compressors lent out to sessions sending a burst (bounded by compress-max-compressors).",
+		}, func() float64 { return float64(src.CompressorsInUse()) }))
 	}
 }
 

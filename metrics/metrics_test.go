@@ -189,3 +189,34 @@ func TestPushMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestCompressMetrics: COMPRESS's byte counters, sessions and the
+// compressors lent out, as the extension reports them.
+func TestCompressMetrics(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{})
+	m := metrics.New()
+	m.Register(metrics.Sources{Server: p.Srv,
+		Compress:         func() (int64, int64, int64, int64, int64) { return 100, 40, 9000, 2000, 3 },
+		CompressorsInUse: func() int64 { return 2 },
+	})
+	hs := httptest.NewServer(m.Handler())
+	_, body := get(t, hs.URL+"/metrics")
+	hs.Close()
+	for _, want := range []string{
+		`lemonproxy_compress_bytes_total{direction="in",form="plain"} 100`,
+		`lemonproxy_compress_bytes_total{direction="in",form="compressed"} 40`,
+		`lemonproxy_compress_bytes_total{direction="out",form="plain"} 9000`,
+		`lemonproxy_compress_bytes_total{direction="out",form="compressed"} 2000`,
+		`lemonproxy_compress_sessions 3`,
+		`lemonproxy_compress_compressors_in_use 2`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

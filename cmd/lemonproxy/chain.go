@@ -24,15 +24,24 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 	if err != nil {
 		return nil, fmt.Errorf("urlauth-submit-from: %w", err)
 	}
+	if s.CompressLevel < 1 || s.CompressLevel > 9 {
+		return nil, fmt.Errorf("compress-level %d: want 1 (fastest) to 9 (smallest)", s.CompressLevel)
+	}
+	maxComps := s.CompressMaxCompressors
+	if maxComps <= 0 {
+		maxComps = -1 // no bound (compress.Extension: 0 would be its default)
+	}
 	cfg := chain.Config{
-		IdleKeepAlive:         s.IdleKeepAlive.Duration,
-		NotifyPollInterval:    s.NotifyPollInterval.Duration,
-		WatchGrace:            s.WatchGrace.Duration,
-		UpstreamSearchCasemap: s.UpstreamSearchCasemap,
-		SearchMaxBytes:        s.SearchMaxBytes,
-		ContextMaxBytes:       s.ContextMaxBytes,
-		URLHosts:              hosts,
-		SubmitFrom:            submit,
+		CompressLevel:          s.CompressLevel,
+		CompressMaxCompressors: maxComps,
+		IdleKeepAlive:          s.IdleKeepAlive.Duration,
+		NotifyPollInterval:     s.NotifyPollInterval.Duration,
+		WatchGrace:             s.WatchGrace.Duration,
+		UpstreamSearchCasemap:  s.UpstreamSearchCasemap,
+		SearchMaxBytes:         s.SearchMaxBytes,
+		ContextMaxBytes:        s.ContextMaxBytes,
+		URLHosts:               hosts,
+		SubmitFrom:             submit,
 	}
 	pp, err := pushSetup(s, log)
 	if err != nil {

@@ -145,6 +145,7 @@ func withMetrics(m *metrics.Metrics, cfg *proxy.Config) func(*proxy.Server, func
 				st := e.Stats()
 				return st.PlainIn, st.CompressedIn, st.PlainOut, st.CompressedOut, st.Active
 			}
+			src.CompressorsInUse = func() int64 { return e.Stats().Compressors }
 		case *notify.Extension:
 			src.AccountWatchers = e.Accounts().Watchers
 		case *push.Extension:

@@ -58,6 +58,9 @@ type Config struct {
 	// rather than evaluated by the proxy for I18NLEVEL=1
 	// (casesearch.Config.UpstreamCasemap).
 	UpstreamSearchCasemap bool
+	// CompressLevel and CompressMaxCompressors are COMPRESS's Level and
+	// MaxCompressors (extensions/compress): 0 selects its defaults.
+	CompressLevel, CompressMaxCompressors int
 	// SearchMaxBytes bounds what the proxy reads from the upstream to
 	// evaluate one command's substring search keys
 	// (casesearch.Config.MaxBytes); 0: casesearch's default.
@@ -187,7 +190,7 @@ func Extensions(cfg Config) []proxy.Extension {
 	sorter := sortext.New(sortext.Config{Contexts: true})
 	exts := []proxy.Extension{
 		&idle.Extension{KeepAlive: cfg.IdleKeepAlive},
-		compress.New(),
+		&compress.Extension{Level: cfg.CompressLevel, MaxCompressors: cfg.CompressMaxCompressors},
 		namespace.New(),
 		language.New(),
 		listext.New(),

@@ -19,7 +19,9 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/deflate"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -86,6 +88,16 @@ type Settings struct {
 	// evaluate one command's substring search keys; 0 or less selects
 	// the extension's default.
 	SearchMaxBytes int64 `toml:"search-max-bytes"`
+
+	// CompressLevel is the deflate level (1-9) of the compressor a
+	// COMPRESS=DEFLATE session borrows for a burst of output
+	// (extensions/compress, docs/compress.md): higher saves more bytes on
+	// message bodies for more CPU.
+	CompressLevel int `toml:"compress-level"`
+	// CompressMaxCompressors bounds the compressors lent out at once
+	// (about 1 MB each); bursts beyond it are compressed by the session's
+	// small stateless writer. 0 or less: no bound.
+	CompressMaxCompressors int `toml:"compress-max-compressors"`
 
 	// ContextMaxBytes is the memory all sessions' updating searches and
 	// sorts (RFC 5267 CONTEXT=SEARCH, CONTEXT=SORT) may hold together
@@ -155,43 +167,45 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // Defaults returns the default settings.
 func Defaults() Settings {
 	return Settings{
-		Listen:               "127.0.0.1:1143",
-		UpstreamSecurity:     "none",
-		UpstreamTimeout:      Duration{30 * time.Second},
-		PoolIdlePerAccount:   2,
-		PoolIdleTotal:        1000,
-		PoolIdleTimeout:      Duration{5 * time.Minute},
-		Data:                 "./lemonproxy-data",
-		LogLevel:             "info",
-		MaxLine:              imapcodec.DefaultMaxLine,
-		MaxLiteral:           imapcodec.DefaultMaxInlineLiteral,
-		MaxAppend:            64 << 20,
-		MaxDepth:             imapcodec.DefaultMaxDepth,
-		AuthFailureDelay:     Duration{2 * time.Second},
-		LoginCache:           Duration{proxy.DefaultLoginCacheWindow},
-		PreAuthTimeout:       Duration{60 * time.Second},
-		IdleTimeout:          Duration{30 * time.Minute},
-		PollInterval:         Duration{30 * time.Second},
-		NotifyPollInterval:   Duration{30 * time.Second},
-		ContextMaxBytes:      64 << 20,
-		SearchMaxBytes:       256 << 20,
-		ConnsPerIP:           2000,
-		SessionsPerUser:      50,
-		PreAuthCommands:      25,
-		AuthFailureMaxDelay:  Duration{30 * time.Second},
-		UsernameFormat:       proxy.UsernameLower,
-		WatchGrace:           Duration{10 * time.Second},
-		IdleRenew:            Duration{25 * time.Minute},
-		ExpungeLogMax:        10000,
-		ExpungeLogMaxAge:     Duration{30 * 24 * time.Hour},
-		ClusterLeaseTTL:      Duration{10 * time.Second},
-		ClusterRelease:       Duration{60 * time.Second},
-		PushMailboxes:        "INBOX",
-		PushLiveWatchers:     10000,
-		PushPollConns:        4,
-		PushPollInterval:     Duration{60 * time.Second},
-		PushMaxRegistrations: 20,
-		PushGiveUp:           Duration{6 * time.Hour},
+		Listen:                 "127.0.0.1:1143",
+		UpstreamSecurity:       "none",
+		UpstreamTimeout:        Duration{30 * time.Second},
+		PoolIdlePerAccount:     2,
+		PoolIdleTotal:          1000,
+		PoolIdleTimeout:        Duration{5 * time.Minute},
+		Data:                   "./lemonproxy-data",
+		LogLevel:               "info",
+		MaxLine:                imapcodec.DefaultMaxLine,
+		MaxLiteral:             imapcodec.DefaultMaxInlineLiteral,
+		MaxAppend:              64 << 20,
+		MaxDepth:               imapcodec.DefaultMaxDepth,
+		AuthFailureDelay:       Duration{2 * time.Second},
+		LoginCache:             Duration{proxy.DefaultLoginCacheWindow},
+		PreAuthTimeout:         Duration{60 * time.Second},
+		IdleTimeout:            Duration{30 * time.Minute},
+		PollInterval:           Duration{30 * time.Second},
+		NotifyPollInterval:     Duration{30 * time.Second},
+		ContextMaxBytes:        64 << 20,
+		SearchMaxBytes:         256 << 20,
+		CompressLevel:          deflate.DefaultLevel,
+		CompressMaxCompressors: compress.DefaultMaxCompressors,
+		ConnsPerIP:             2000,
+		SessionsPerUser:        50,
+		PreAuthCommands:        25,
+		AuthFailureMaxDelay:    Duration{30 * time.Second},
+		UsernameFormat:         proxy.UsernameLower,
+		WatchGrace:             Duration{10 * time.Second},
+		IdleRenew:              Duration{25 * time.Minute},
+		ExpungeLogMax:          10000,
+		ExpungeLogMaxAge:       Duration{30 * 24 * time.Hour},
+		ClusterLeaseTTL:        Duration{10 * time.Second},
+		ClusterRelease:         Duration{60 * time.Second},
+		PushMailboxes:          "INBOX",
+		PushLiveWatchers:       10000,
+		PushPollConns:          4,
+		PushPollInterval:       Duration{60 * time.Second},
+		PushMaxRegistrations:   20,
+		PushGiveUp:             Duration{6 * time.Hour},
 	}
 }
 
@@ -251,6 +265,8 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.Int64Var(&s.ContextMaxBytes, "context-max-bytes", s.ContextMaxBytes, "most bytes all sessions' updating searches and sorts (CONTEXT=SEARCH, CONTEXT=SORT) may hold together; past it a new one is refused updates (NOUPDATE)")
 	fs.BoolVar(&s.UpstreamSearchCasemap, "upstream-search-casemap", s.UpstreamSearchCasemap, "the upstream's SEARCH compares with i;unicode-casemap (true of Dovecot): relay searches instead of evaluating their substring keys in the proxy for I18NLEVEL=1")
 	fs.Int64Var(&s.SearchMaxBytes, "search-max-bytes", s.SearchMaxBytes, "most bytes of headers and messages the proxy reads to evaluate one search's substring keys (I18NLEVEL=1 over an upstream whose SEARCH is not i;unicode-casemap); past it the search is answered NO [LIMIT]")
+	fs.IntVar(&s.CompressLevel, "compress-level", s.CompressLevel, "deflate level (1-9) of the compressor a COMPRESS=DEFLATE session borrows for a burst of output (message bodies); higher saves more bytes for more CPU")
+	fs.IntVar(&s.CompressMaxCompressors, "compress-max-compressors", s.CompressMaxCompressors, "most compressors (about 1 MB each) lent to COMPRESS=DEFLATE sessions at once; bursts beyond it are compressed less; 0: no bound")
 	fs.TextVar(&s.IdleKeepAlive, "idle-keepalive", s.IdleKeepAlive, "interval of \"* OK Still here\" to idling clients; 0 (the default) sends none, to spare batteries")
 	fs.StringVar(&s.PushGateway, "push-gateway", s.PushGateway, "URL the device tokens registered with METADATA /private/devicetoken are POSTed to on new mail (https; http only to loopback); empty: no device-token push (docs/push.md)")
 	fs.StringVar(&s.PushGatewaySecret, "push-gateway-secret", s.PushGatewaySecret, "file holding the secret that signs each gateway POST (HMAC-SHA256, header X-Lemonproxy-Signature); empty: unsigned")
