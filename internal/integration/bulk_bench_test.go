@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,7 +89,8 @@ func BenchmarkBulkDownload(b *testing.B) {
 	b.Logf("mailbox: %d messages, %d bytes; pinned: %v", messages, total, pin)
 
 	run := func(addr string) bulkRun {
-		cmd := bulkMbsync(b, mbsync, addr, taskset)
+		m := bulkMbsync(b, mbsync, addr)
+		cmd := m.command(taskset, os.Getenv("LEMONPROXY_BULK_TRACE") != "")
 		// dc.CPU reads /proc for every process: outside the proxy's
 		// figure.
 		d0 := dc.CPU()
@@ -107,7 +107,9 @@ func BenchmarkBulkDownload(b *testing.B) {
 		p1 := processCPU()
 		r := bulkRun{wall: wall, proxy: p1 - p0, dovecot: dc.CPU() - d0,
 			client: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}
-		if got := countFiles(b, cmd.Dir); got != messages {
+		got := 0
+		m.messageFiles("", func(string) { got++ })
+		if got != messages {
 			b.Fatalf("mbsync stored %d messages, want %d", got, messages)
 		}
 		return r
@@ -148,63 +150,9 @@ func fmtRatios(r []float64) string {
 	return strings.Join(s, " ")
 }
 
-// bulkMbsync prepares an mbsync command that syncs the mailbox Bulk at
-// addr into an empty maildir (the command's Dir). FSync is off: with it,
-// mbsync waits for the disk after every message and the disk, not the
-// network path, sets the time.
-func bulkMbsync(b testing.TB, bin, addr string, prefix []string) *exec.Cmd {
-	host, port, _ := net.SplitHostPort(addr)
-	dir := b.TempDir()
-	local := filepath.Join(dir, "mail") + "/"
-	cfg := fmt.Sprintf(`FSync no
-
-IMAPAccount a
-Host %s
-Port %s
-User alice
-Pass alicepass
-SSLType None
-AuthMechs LOGIN
-
-IMAPStore remote
-Account a
-
-MaildirStore local
-Path %s
-Inbox %sINBOX
-
-Channel bulk
-Far :remote:Bulk
-Near :local:Bulk
-Create Near
-SyncState *
-Sync Pull
-`, host, port, local, local)
-	if err := os.MkdirAll(local, 0o700); err != nil {
-		b.Fatal(err)
-	}
-	rc := filepath.Join(dir, "mbsyncrc")
-	if err := os.WriteFile(rc, []byte(cfg), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	args := append(append([]string(nil), prefix...), bin, "-q", "-c", rc, "-a")
-	if os.Getenv("LEMONPROXY_BULK_TRACE") != "" {
-		args = append(append([]string(nil), prefix...), bin, "-Dn", "-c", rc, "-a")
-	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), "HOME="+dir)
-	cmd.Dir = dir
-	return cmd
-}
-
-// countFiles counts the message files under dir's maildirs.
-func countFiles(b testing.TB, dir string) int {
-	n := 0
-	filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
-		if err == nil && !info.IsDir() && (strings.Contains(path, "/cur/") || strings.Contains(path, "/new/")) {
-			n++
-		}
-		return nil
-	})
-	return n
+// bulkMbsync sets up mbsync to pull the mailbox Bulk at addr into an
+// empty maildir, without fsyncs: with them, mbsync waits for the disk
+// after every message and the disk, not the network path, sets the time.
+func bulkMbsync(b testing.TB, bin, addr string) *mbsyncRun {
+	return newMbsync(b, bin, addr, mbsyncOpts{folder: "Bulk", pull: true, noFSync: true})
 }

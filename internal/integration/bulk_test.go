@@ -1,12 +1,7 @@
 package integration
 
 import (
-	"bytes"
 	"fmt"
-	"os"
-	"path/filepath"
-	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -32,7 +27,6 @@ func TestBulkDownloadSplice(t *testing.T) {
 		want[fmt.Sprintf("<text%d@example.org>", i+1)] = m
 		return m
 	})
-	tuid := regexp.MustCompile(`(?m)^X-TUID: .*\n`)
 	for _, tc := range []struct {
 		name     string
 		compress bool
@@ -43,35 +37,11 @@ func TestBulkDownloadSplice(t *testing.T) {
 				cfg.Extensions = []proxy.Extension{compress.New()}
 			}
 			p := imaptest.StartProxy(t, dc.Addr, cfg)
-			cmd := bulkMbsync(t, mbsync, p.Addr, nil)
-			if out, err := cmd.CombinedOutput(); err != nil {
+			m := bulkMbsync(t, mbsync, p.Addr)
+			if out, err := m.command(nil, false).CombinedOutput(); err != nil {
 				t.Fatalf("mbsync: %v\n%s", err, out)
 			}
-			got := map[string][]byte{}
-			filepath.Walk(cmd.Dir, func(path string, info os.FileInfo, err error) error {
-				if err != nil || info.IsDir() || !strings.Contains(path, "/cur/") && !strings.Contains(path, "/new/") {
-					return nil
-				}
-				b, _ := os.ReadFile(path)
-				b = tuid.ReplaceAll(b, nil) // mbsync's own header
-				for id := range want {
-					if bytes.Contains(b, []byte("Message-ID: "+id+"\n")) {
-						got[id] = b
-					}
-				}
-				return nil
-			})
-			for id, m := range want {
-				// mbsync stores messages with LF line ends.
-				lf := bytes.ReplaceAll(m, []byte("\r\n"), []byte("\n"))
-				if !bytes.Equal(got[id], lf) {
-					i := 0
-					for i < min(len(got[id]), len(lf)) && got[id][i] == lf[i] {
-						i++
-					}
-					t.Errorf("message %s: synced copy differs from byte %d (%d bytes, want %d): %q, want %q", id, i, len(got[id]), len(lf), got[id][i:min(i+40, len(got[id]))], lf[i:min(i+40, len(lf))])
-				}
-			}
+			m.checkSynced(want)
 			st := p.Srv.Stats()
 			t.Logf("literal bytes spliced %d, copied %d", st.LiteralBytesSpliced, st.LiteralBytesCopied)
 			if tc.compress && (st.LiteralBytesSpliced != 0 || st.LiteralBytesCopied == 0) {

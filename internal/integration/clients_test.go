@@ -47,7 +47,7 @@ func TestMbsync(t *testing.T) {
 			want["<m100@example.org>"] = m
 
 			addr, _ := startProxy(t, dc.Addr)
-			sync := newMbsync(t, mbsync, addr, true)
+			sync := newMbsync(t, mbsync, addr, mbsyncOpts{folder: "*"})
 			sync.run()
 			sync.checkSynced(want)
 

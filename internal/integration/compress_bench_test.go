@@ -179,7 +179,7 @@ var compressCmd = regexp.MustCompile(`(?m)^(\S+) COMPRESS DEFLATE\r\n`)
 // through a recorder and takes apart what the server sent.
 func mbsyncWire(b *testing.B, bin, addr string) mbsyncResult {
 	rec := startRecorder(b, addr)
-	m := newMbsync(b, bin, rec.addr(), false)
+	m := newMbsync(b, bin, rec.addr(), mbsyncOpts{})
 	if out, err := m.try(); err != nil {
 		b.Fatalf("mbsync: %v\n%.2000s", err, out)
 	}

@@ -154,7 +154,7 @@ func TestCompressMbsync(t *testing.T) {
 	want["<text3@example.org>"] = text
 
 	addr, ext := startCompressProxy(t, upstream.Config{Addr: dc.Addr})
-	sync := newMbsync(t, mbsync, addr, true)
+	sync := newMbsync(t, mbsync, addr, mbsyncOpts{folder: "*"})
 	sync.run()
 	if st := ext.Stats(); st.Activations == 0 {
 		t.Fatalf("mbsync did not use COMPRESS: %+v", st)

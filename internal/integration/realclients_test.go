@@ -41,7 +41,7 @@ func TestMbsyncUploadAppendUID(t *testing.T) {
 		addr, _ := startProxy(t, dc.Addr, func(c *proxy.Config) {
 			c.Extensions = append([]proxy.Extension{idle.New()}, exts...)
 		})
-		sync = newMbsync(t, mbsync, addr, false)
+		sync = newMbsync(t, mbsync, addr, mbsyncOpts{})
 		sync.run() // first sync: the three messages come down
 		for i := 0; i < n; i++ {
 			m := sampleMessage(300+i, fmt.Sprintf("written offline, number %d", i))
@@ -158,17 +158,28 @@ type mbsyncRun struct {
 	local   string // the maildir's root, with a trailing slash
 }
 
-// newMbsync sets up mbsync against addr: INBOX only, or with all every
-// folder (Patterns *).
-func newMbsync(t testing.TB, bin, addr string, all bool) *mbsyncRun {
+// mbsyncOpts says what an mbsyncRun syncs, and how.
+type mbsyncOpts struct {
+	// folder is the one folder synced; "" is INBOX, "*" every folder.
+	folder string
+	// pull only downloads (Sync Pull, Create Near) instead of syncing
+	// both ways.
+	pull bool
+	// noFSync turns mbsync's fsync after every message off, so that the
+	// network path and not the disk sets the time of a bulk download.
+	noFSync bool
+}
+
+// newMbsync sets up mbsync against addr.
+func newMbsync(t testing.TB, bin, addr string, o mbsyncOpts) *mbsyncRun {
 	host, port, _ := net.SplitHostPort(addr)
 	dir := t.TempDir()
 	local := filepath.Join(dir, "mail") + "/"
-	channel := "Channel inbox\nFar :remote:INBOX\nNear :local:INBOX\n"
-	if all {
-		channel = "Channel all\nFar :remote:\nNear :local:\nPatterns *\n"
+	var cfg strings.Builder
+	if o.noFSync {
+		cfg.WriteString("FSync no\n\n")
 	}
-	cfg := fmt.Sprintf(`IMAPAccount proxy
+	fmt.Fprintf(&cfg, `IMAPAccount proxy
 Host %s
 Port %s
 User alice
@@ -184,15 +195,25 @@ Path %s
 Inbox %sINBOX
 SubFolders Verbatim
 
-%sCreate Both
-SyncState *
-Sync All
-`, host, port, local, local, channel)
+`, host, port, local, local)
+	switch o.folder {
+	case "*":
+		cfg.WriteString("Channel all\nFar :remote:\nNear :local:\nPatterns *\n")
+	case "":
+		cfg.WriteString("Channel inbox\nFar :remote:INBOX\nNear :local:INBOX\n")
+	default:
+		fmt.Fprintf(&cfg, "Channel one\nFar :remote:%s\nNear :local:%s\n", o.folder, o.folder)
+	}
+	if o.pull {
+		cfg.WriteString("Create Near\nSyncState *\nSync Pull\n")
+	} else {
+		cfg.WriteString("Create Both\nSyncState *\nSync All\n")
+	}
 	if err := os.MkdirAll(local, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	rc := filepath.Join(dir, "mbsyncrc")
-	if err := os.WriteFile(rc, []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(rc, []byte(cfg.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return &mbsyncRun{t: t, bin: bin, rc: rc, home: dir, local: local}
@@ -212,10 +233,22 @@ func (m *mbsyncRun) run() string {
 
 // try is run that leaves a failure to the caller.
 func (m *mbsyncRun) try() (string, error) {
-	cmd := exec.Command(m.bin, "-Dn", "-c", m.rc, "-a")
-	cmd.Env = append(os.Environ(), "HOME="+m.home)
-	out, err := cmd.CombinedOutput()
+	out, err := m.command(nil, true).CombinedOutput()
 	return string(out), err
+}
+
+// command is the command that syncs once, run under the command line
+// prefix (taskset, say), with the network trace (-Dn) or quiet (-q).
+func (m *mbsyncRun) command(prefix []string, trace bool) *exec.Cmd {
+	flag := "-q"
+	if trace {
+		flag = "-Dn"
+	}
+	args := append(append([]string(nil), prefix...), m.bin, flag, "-c", m.rc, "-a")
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), "HOME="+m.home)
+	cmd.Dir = m.home
+	return cmd
 }
 
 // messageFiles calls fn with the path of every message file of the
@@ -258,8 +291,13 @@ func (m *mbsyncRun) checkSynced(want map[string][]byte) {
 	})
 	for id, msg := range want {
 		g := mbsyncTUID.ReplaceAll(got[id], nil)
-		if !bytes.Equal(g, bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n"))) {
-			m.t.Errorf("message %s: synced copy differs (%d bytes, want %d)", id, len(got[id]), len(msg))
+		lf := bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n"))
+		if !bytes.Equal(g, lf) {
+			i := 0
+			for i < min(len(g), len(lf)) && g[i] == lf[i] {
+				i++
+			}
+			m.t.Errorf("message %s: synced copy differs from byte %d (%d bytes, want %d): %q, want %q", id, i, len(g), len(lf), g[i:min(i+40, len(g))], lf[i:min(i+40, len(lf))])
 		}
 	}
 }
