@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -39,7 +40,11 @@ const stressClients = 10
 // stressResult is one imaptest stress run: commands done per state
 // (LOGIN, SELECT, FETCH...), and their total and counted latency.
 type stressResult struct {
-	secs     float64
+	secs float64
+	// CPU each party used during the run: Dovecot (every process, also
+	// those reaped), imaptest, and this process (the proxy when it is
+	// the target; the harness's idle waiting otherwise).
+	dovecotCPU, imaptestCPU, selfCPU time.Duration
 	count    map[string]int
 	timed    map[string]int
 	msecs    map[string]int64
@@ -113,8 +118,8 @@ func TestStress(t *testing.T) {
 	var direct, proxied []stressResult
 	for i := range runs {
 		// A fresh user each run: imaptest's stress fills its mailbox.
-		direct = append(direct, runStress(t, bin, mbox, legacy.Addr, fmt.Sprintf("sd-%d", i), secs))
-		proxied = append(proxied, runStress(t, bin, mbox, proxyAddr, fmt.Sprintf("sp-%d", i), secs))
+		direct = append(direct, runStress(t, bin, mbox, legacy, legacy.Addr, fmt.Sprintf("sd-%d", i), secs))
+		proxied = append(proxied, runStress(t, bin, mbox, legacy, proxyAddr, fmt.Sprintf("sp-%d", i), secs))
 	}
 	printStress(t, direct, proxied)
 	de, pe := 0, 0
@@ -133,7 +138,7 @@ func TestStress(t *testing.T) {
 }
 
 // runStress runs one imaptest stress run of secs seconds against addr.
-func runStress(t *testing.T, bin, mbox, addr, user string, secs int) stressResult {
+func runStress(t *testing.T, bin, mbox string, dc *dovecottest.Server, addr, user string, secs int) stressResult {
 	t.Helper()
 	tmp := t.TempDir()
 	results := filepath.Join(tmp, "results.tsv")
@@ -142,12 +147,14 @@ func runStress(t *testing.T, bin, mbox, addr, user string, secs int) stressResul
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "host="+host, "port="+port, "user="+user, "pass="+password,
 		"mbox="+mbox, fmt.Sprintf("clients=%d", stressClients), fmt.Sprintf("secs=%d", secs), "output="+results)
-	start := time.Now()
+	start, dc0, self0 := time.Now(), dc.CPU(), selfCPU()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("imaptest stress against %s: %v\n%s", addr, err, out)
 	}
 	r := stressResult{secs: time.Since(start).Seconds(), count: map[string]int{}, timed: map[string]int{}, msecs: map[string]int64{}}
+	r.dovecotCPU, r.selfCPU = dc.CPU()-dc0, selfCPU()-self0
+	r.imaptestCPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	for _, l := range strings.Split(string(out), "\n") {
 		if strings.Contains(l, "Error:") {
 			r.errors++
@@ -214,6 +221,31 @@ func printStress(t *testing.T, direct, proxied []stressResult) {
 	}
 	fmt.Fprintf(w, "\tDovecot legacy directly\tlemonproxy over legacy\t\n")
 	fmt.Fprintf(w, "commands/s (each run)\t%s\t%s\t\n", rate(direct), rate(proxied))
+	// CPU per 1,000 commands, summed over the runs: what each party
+	// spends for the same work, which is what the ratio comes down to
+	// when the two vCPUs are busy.
+	perK := func(rs []stressResult, cpu func(stressResult) time.Duration) string {
+		var d time.Duration
+		n := 0
+		for _, r := range rs {
+			d += cpu(r)
+			n += r.total()
+		}
+		if n == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.0f ms", float64(d.Milliseconds())*1000/float64(n))
+	}
+	for _, p := range []struct {
+		name string
+		cpu  func(stressResult) time.Duration
+	}{
+		{"Dovecot CPU per 1,000 commands", func(r stressResult) time.Duration { return r.dovecotCPU }},
+		{"imaptest CPU per 1,000 commands", func(r stressResult) time.Duration { return r.imaptestCPU }},
+		{"test process (proxy) CPU per 1,000 commands", func(r stressResult) time.Duration { return r.selfCPU }},
+	} {
+		fmt.Fprintf(w, "%s\t%s\t%s\t\n", p.name, perK(direct, p.cpu), perK(proxied, p.cpu))
+	}
 	states := map[string]bool{}
 	for _, r := range append(slices.Clone(direct), proxied...) {
 		for s := range r.count {
@@ -269,6 +301,15 @@ func startCPUProfile(t *testing.T, path string) (stop func()) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}
+}
+
+// selfCPU returns this process's CPU time (user and system).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func writeProfile(t *testing.T, name, path string) {
