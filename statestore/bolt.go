@@ -4,20 +4,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
-	"github.com/lemonproxy/lemonproxy/internal/recovery"
+	"github.com/lemonproxy/lemonproxy/internal/boltfile"
 )
 
 // Bolt is a Store in one bbolt file.
@@ -45,13 +42,7 @@ import (
 // does the same: the mailbox states in memory are saved whole again on
 // their next change (ErrNoState), the others start afresh.
 type Bolt struct {
-	dir string
-	log *slog.Logger
-
-	mu sync.RWMutex // write-held while the file is replaced
-	db *bolt.DB
-	// rebuilds counts files moved aside since open.
-	rebuilds int
+	f *boltfile.File
 
 	// flagIDs caches, per mailbox key, the flag-set ids of its "f"
 	// bucket (flags joined by spaces -> id) in the file idsDB, so that a
@@ -73,169 +64,38 @@ func OpenBolt(dir string) (*Bolt, error) { return OpenBoltLog(dir, nil) }
 
 // OpenBoltLog is OpenBolt logging to log (nil: slog.Default).
 func OpenBoltLog(dir string, log *slog.Logger) (*Bolt, error) {
-	if log == nil {
-		log = slog.Default()
-	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("statestore: %w", err)
 	}
-	s := &Bolt{dir: dir, log: log}
-	db, err := s.open()
-	if err != nil && errors.Is(err, errDamaged) {
-		s.log.Error("state file damaged; moving it aside and starting a new one (clients get full resyncs)", "file", s.path(), "err", err)
-		db, err = s.replace()
-	}
-	if err != nil {
-		return nil, err
-	}
-	s.db = db
-	return s, nil
-}
-
-// errPanicked marks an error made of a panic or fault inside bbolt.
-var errPanicked = errors.New("bbolt panicked")
-
-// errDamaged marks an error that says the file is damaged (not, say,
-// locked by another process or unreadable).
-var errDamaged = errors.New("damaged")
-
-func (s *Bolt) path() string { return filepath.Join(s.dir, "state.db") }
-
-// open opens the file and checks it whole.
-func (s *Bolt) open() (db *bolt.DB, err error) {
-	err = guard(func() error {
-		var oerr error
-		db, oerr = bolt.Open(s.path(), 0o600, &bolt.Options{Timeout: 5 * time.Second})
-		if oerr != nil {
-			var pe *fs.PathError
-			if errors.Is(oerr, berrors.ErrTimeout) || errors.As(oerr, &pe) {
-				return oerr
-			}
-			return fmt.Errorf("%w: %w", errDamaged, oerr)
-		}
-		return nil
+	f, err := boltfile.Open(filepath.Join(dir, "state.db"), boltfile.Options{
+		Logger:  log,
+		Damaged: "state file damaged; moving it aside and starting a new one (clients get full resyncs)",
+		Moved:   "damaged state file moved aside",
 	})
 	if err != nil {
-		if db != nil {
-			closeQuietly(db)
-		}
-		if errors.Is(err, errPanicked) {
-			err = fmt.Errorf("%w: %w", errDamaged, err)
-		}
-		return nil, fmt.Errorf("statestore: opening %s: %w", s.path(), err)
+		return nil, fmt.Errorf("statestore: %w", err)
 	}
-	// Tx.Check runs in a goroutine of bbolt's own, where a panic on a
-	// damaged page cannot be recovered: the whole tree is first read here,
-	// guarded, and only a file that reads cleanly is given to Tx.Check
-	// (page accounting: pages both free and used, unreachable ones).
-	err = guard(func() error { return db.View(walk) })
-	if err == nil {
-		err = guard(func() error {
-			return db.View(func(tx *bolt.Tx) error {
-				for cerr := range tx.Check() {
-					// The first error is enough; the channel is drained
-					// so the checking goroutine ends.
-					if err == nil {
-						err = cerr
-					}
-				}
-				return err
-			})
-		})
-	}
-	if err != nil {
-		closeQuietly(db)
-		return nil, fmt.Errorf("statestore: checking %s: %w: %w", s.path(), errDamaged, err)
-	}
-	return db, nil
-}
-
-// walk reads every bucket, key and value of the file.
-func walk(tx *bolt.Tx) error {
-	var n int
-	var bucket func(b *bolt.Bucket) error
-	bucket = func(b *bolt.Bucket) error {
-		return b.ForEach(func(k, v []byte) error {
-			if v == nil {
-				if nb := b.Bucket(k); nb != nil {
-					return bucket(nb)
-				}
-				return nil
-			}
-			n += len(k) + len(v)
-			return nil
-		})
-	}
-	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return bucket(b) })
-}
-
-// replace moves the file aside and opens a new one. The caller holds s.mu
-// (or has not published s yet) and has closed the old database.
-func (s *Bolt) replace() (*bolt.DB, error) {
-	aside := fmt.Sprintf("%s.damaged-%s", s.path(), time.Now().UTC().Format("20060102T150405.000000000Z"))
-	if err := os.Rename(s.path(), aside); err != nil {
-		return nil, fmt.Errorf("statestore: moving the damaged %s aside: %w", s.path(), err)
-	}
-	s.rebuilds++
-	s.log.Error("damaged state file moved aside", "file", s.path(), "moved-to", aside)
-	db, err := s.open()
-	if err != nil {
-		return nil, fmt.Errorf("statestore: starting a new file after damage: %w", err)
-	}
-	return db, nil
+	return &Bolt{f: f}, nil
 }
 
 // Rebuilds returns how many damaged files the store moved aside since it
 // was opened.
-func (s *Bolt) Rebuilds() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.rebuilds
-}
-
-// guard runs fn, turning a panic, or a fault on a bad memory access
-// (bbolt reads through mmap), into an error wrapping ErrCorrupt.
-func guard(fn func() error) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if v := recover(); v != nil {
-			recovery.Counted(recovery.Store)
-			err = fmt.Errorf("%w: %w: %v", ErrCorrupt, errPanicked, v)
-		}
-	}()
-	return fn()
-}
-
-func closeQuietly(db *bolt.DB) { _ = guard(db.Close) }
+func (s *Bolt) Rebuilds() int { return s.f.Rebuilds() }
 
 // do runs fn on the database, guarded. A panic (damage bbolt met) moves
-// the file aside and starts a new one; the error is returned all the same,
-// wrapping ErrCorrupt.
+// the file aside and starts a new one (the mailbox states in memory are
+// saved whole at their next change: ErrNoState); the error is returned
+// all the same, wrapping ErrCorrupt.
 func (s *Bolt) do(fn func(db *bolt.DB) error) error {
-	s.mu.RLock()
-	db := s.db
-	err := guard(func() error { return fn(db) })
-	s.mu.RUnlock()
-	if !errors.Is(err, errPanicked) {
-		return err
+	err := s.f.Do(fn)
+	if errors.Is(err, boltfile.ErrDamaged) && !errors.Is(err, ErrCorrupt) {
+		err = fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.db != db {
-		return err // another goroutine replaced it already
-	}
-	s.log.Error("state file damaged while in use; moving it aside and starting a new one (clients get full resyncs)", "file", s.path(), "err", err)
-	closeQuietly(db)
-	ndb, rerr := s.replace()
-	if rerr != nil {
-		// Nothing usable: every access fails (and is retried by the
-		// hub) until an operator looks; the process goes on.
-		s.log.Error("no state file; mailbox states cannot be saved", "err", rerr)
-		return errors.Join(err, rerr)
-	}
-	s.db = ndb
 	return err
 }
+
+func u32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
 var (
 	keyMeta  = []byte("meta")
@@ -243,9 +103,6 @@ var (
 	bktExp   = []byte("x")
 	bktFlags = []byte("f")
 )
-
-func u32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
-func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
 // Load implements Store.
 func (s *Bolt) Load(key string) (*Saved, error) {
@@ -472,8 +329,4 @@ func (s *Bolt) Size() (int64, error) {
 }
 
 // Close implements Store.
-func (s *Bolt) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return guard(s.db.Close)
-}
+func (s *Bolt) Close() error { return s.f.Close() }

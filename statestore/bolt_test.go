@@ -66,8 +66,10 @@ func TestCorruptRecord(t *testing.T) {
 	if err := s.Save("k", Batch{Reset: true, UIDValidity: 1, Highest: 2, Upsert: []Message{{UID: 1, ModSeq: 2}}}); err != nil {
 		t.Fatal(err)
 	}
-	s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("k")).Bucket(bktMsgs).Put(u32(1), []byte{0xff})
+	s.do(func(db *bolt.DB) error {
+		return db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte("k")).Bucket(bktMsgs).Put(u32(1), []byte{0xff})
+		})
 	})
 	if _, err := s.Load("k"); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Load of a corrupt record: %v, want ErrCorrupt", err)

@@ -45,11 +45,11 @@ type stressResult struct {
 	// those reaped), imaptest, and this process (the proxy when it is
 	// the target; the harness's idle waiting otherwise).
 	dovecotCPU, imaptestCPU, selfCPU time.Duration
-	count    map[string]int
-	timed    map[string]int
-	msecs    map[string]int64
-	errors   int
-	errLines []string
+	count                            map[string]int
+	timed                            map[string]int
+	msecs                            map[string]int64
+	errors                           int
+	errLines                         []string
 }
 
 func (r stressResult) total() int {
