@@ -449,6 +449,35 @@ func (r *Reader) TakeBuffered() []byte {
 	return b
 }
 
+// PeekLine returns the next line, without its line ending, if all of it is
+// already buffered and it ends in no literal header, without consuming it
+// and without reading from the underlying stream; ok is false otherwise.
+// The slice is the Reader's buffer: valid until the next read. A proxy that
+// passes a client's pipelined commands on before their turn looks at the
+// next one with it (proxy/ahead.go) and then reads it with ReadLine.
+func (r *Reader) PeekLine() (line []byte, ok bool) {
+	if r.remain > 0 || r.partial || r.br == nil {
+		return nil, false
+	}
+	n := r.br.Buffered()
+	if n == 0 {
+		return nil, false
+	}
+	b, _ := r.br.Peek(n)
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 || i > r.lim.MaxLine+1 {
+		return nil, false
+	}
+	line = b[:i]
+	if k := len(line); k > 0 && line[k-1] == '\r' {
+		line = line[:k-1]
+	}
+	if _, lit, _ := parseLiteralHeader(line); lit {
+		return nil, false
+	}
+	return line, true
+}
+
 // Peek returns up to n bytes that can be read next, reading from the
 // underlying stream if nothing is buffered. With a read deadline in the past
 // it tells, without waiting, whether the peer sent something (a timeout

@@ -196,6 +196,10 @@ func (m *Metrics) Register(src Sources) {
 		}))
 	}
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: ns, Name: "commands_ahead_total",
+		Help: "Client commands (pipelined UID FETCHes that change nothing) sent upstream before the answers to the command before them were relayed.",
+	}, func() float64 { return float64(stats().CommandsAhead) }))
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "change_batches_total", Help: "Batches of mailbox changes the watchers fanned out.",
 	}, func() float64 { c, _ := srv.Hub().Counts(); return float64(c) }))
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{

@@ -33,6 +33,9 @@ type Exchange struct {
 	ctx      context.Context
 	cmd      *imapcodec.Command // as the client sent it
 	streamed bool
+	// pipelined: the commands the client sent behind this one may go
+	// upstream before its answers are relayed (ahead.go).
+	pipelined bool
 
 	// xlate translates the upstream's answers in the selected state.
 	xlate *translation

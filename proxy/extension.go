@@ -21,6 +21,10 @@ import (
 // FETCH items of ChangeReporters appear in it). The order is one list,
 // written down once (package extensions/chain), never the accident of registration.
 //
+// A CommandHandler may also implement PipelineSafe (ahead.go): the
+// commands it says it only restates and passes on may go upstream before
+// the previous command's answers are relayed.
+//
 // The model is CoreDNS's plugins for the chain and Caddy's modules for the
 // lifecycle: everything about NOTIFY, say, lives in one package under
 // extensions/ and is wired in by its place in the chain.

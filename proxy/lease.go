@@ -144,9 +144,14 @@ func (s *Session) dialUpstream(ctx context.Context) (*upstream.Conn, error) {
 }
 
 // release gives the upstream connection back to the pool after a
-// command. No session keeps a connection between commands: in the selected
+// command, unless commands sent ahead of their turn are still in flight on
+// it. No session keeps a connection between commands: in the selected
 // state its view of the mailbox lives in the hub (see selected.go).
 func (s *Session) release() {
+	if len(s.ahead) > 0 {
+		// Commands sent ahead on it wait for their answers (ahead.go).
+		return
+	}
 	if s.up != nil {
 		s.releaseUpstream()
 	}

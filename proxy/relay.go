@@ -326,6 +326,9 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 	if err := w.Flush(); err != nil {
 		return imapcodec.ResponseHead{}, s.upstreamFailed(tag, err)
 	}
+	if x.pipelined {
+		s.sendAhead(x.ctx, up)
+	}
 	head, err := s.relayResponses(x, up, upTag)
 	if err != nil {
 		return head, s.relayFailed(tag, err)

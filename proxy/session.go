@@ -31,6 +31,9 @@ import (
 // an extension may write from another goroutine.
 type Session struct {
 	srv *Server
+	// ahead holds the commands sent upstream before their turn, whose
+	// answers are relayed next (ahead.go).
+	ahead []aheadCmd
 	// cfg is the server's configuration when the session started: later
 	// Reloads leave this session's limits and timeouts as they were.
 	cfg *Config
@@ -385,6 +388,15 @@ func (s *Session) loop(ctx context.Context) (parked bool) {
 		if err := s.Flush(); err != nil {
 			return false
 		}
+		if len(s.ahead) > 0 {
+			// A command sent upstream ahead of its turn: its answers
+			// come before anything else is read (ahead.go).
+			if err := s.finishAhead(); err != nil {
+				s.commandFailed(err)
+				return false
+			}
+			continue
+		}
 		s.r.Release() // nothing to hold while the client thinks
 		if s.waitUntil.IsZero() {
 			// Before login, the deadline is the session's, not the
@@ -734,6 +746,9 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 				return err
 			}
 		}
+		// The client's next commands may follow it upstream before its
+		// answers are relayed (ahead.go).
+		x.pipelined = !streamed && s.pipelinable(cmd) && s.chainPipelineSafe(x)
 	}
 	return s.serveChain(ctx, x, handlers, 0, last)
 }

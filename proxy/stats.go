@@ -50,6 +50,10 @@ type Stats struct {
 	// side, or another platform). Literals the proxy holds whole in
 	// memory count in neither.
 	LiteralBytesSpliced, LiteralBytesCopied int64
+	// CommandsAhead counts client commands sent upstream before the
+	// answers to the command before them were relayed (pipelined FETCHes,
+	// ahead.go).
+	CommandsAhead int64
 }
 
 // ErrorKinds lists every ErrorKind, for exporting Stats.Errors.
@@ -66,6 +70,7 @@ type serverCounters struct {
 	opened                        atomic.Int64
 	errs                          [numErrorKinds]atomic.Int64
 	literalSpliced, literalCopied atomic.Int64
+	ahead                         atomic.Int64
 }
 
 func (s *Server) countError(k ErrorKind) { s.counters.errs[k].Add(1) }
@@ -92,6 +97,7 @@ func (s *Server) Stats() Stats {
 	st.SessionsOpened = s.counters.opened.Load()
 	st.LiteralBytesSpliced = s.counters.literalSpliced.Load()
 	st.LiteralBytesCopied = s.counters.literalCopied.Load()
+	st.CommandsAhead = s.counters.ahead.Load()
 	for i := range st.Errors {
 		st.Errors[i] = s.counters.errs[i].Load()
 	}

@@ -185,6 +185,16 @@ func (*Extension) Capabilities(st proxy.State, up upstream.Caps) []string {
 // Commands names FETCH in both forms and APPEND.
 func (*Extension) Commands() []string { return []string{"FETCH", "UID FETCH", "APPEND"} }
 
+// PipelineSafe lets a FETCH go upstream before the previous command's
+// answers are relayed (proxy.PipelineSafe) when binary passes it on as it
+// is: the upstream has BINARY, or the FETCH asks for no BINARY item.
+func (e *Extension) PipelineSafe(x *proxy.Exchange) bool {
+	if strings.TrimPrefix(x.Name, "UID ") != "FETCH" {
+		return false
+	}
+	return x.Session().UpstreamCaps().Has("BINARY") || !strings.Contains(strings.ToUpper(string(x.Segments[0].Text)), "BINARY")
+}
+
 // ServeCommand relays where the upstream has BINARY and answers the
 // BINARY items of a FETCH itself otherwise.
 func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {

@@ -437,6 +437,23 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	return next(ctx, x)
 }
 
+// PipelineSafe lets a FETCH that asks for no mod-sequence (no MODSEQ item,
+// no CHANGEDSINCE) go upstream before the previous command's answers are
+// relayed (proxy.PipelineSafe): condstore passes such a FETCH on as it is.
+// One with MODSEQ enables CONDSTORE for the session and one with
+// CHANGEDSINCE may be answered here, so those keep their turn.
+func (e *Extension) PipelineSafe(x *proxy.Exchange) bool {
+	if strings.TrimPrefix(x.Name, "UID ") != "FETCH" {
+		return false
+	}
+	var text []byte
+	for _, seg := range x.Segments {
+		text = append(text, seg.Text...)
+	}
+	u := strings.ToUpper(string(text))
+	return !strings.Contains(u, "MODSEQ") && !strings.Contains(u, "CHANGEDSINCE")
+}
+
 // taggedHighest marks an exchange whose tagged OK carries HIGHESTMODSEQ.
 type taggedHighest struct{}
 

@@ -81,6 +81,7 @@ package contextsearch
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -171,6 +172,14 @@ func (*Extension) Capabilities(state proxy.State, _ upstream.Caps) []string {
 // the client of flag changes the core then does not report in a batch.
 func (*Extension) Commands() []string {
 	return []string{"CANCELUPDATE", "STORE", "UID STORE", "FETCH", "UID FETCH"}
+}
+
+// PipelineSafe lets a FETCH go upstream before the previous command's
+// answers are relayed (proxy.PipelineSafe): for a FETCH, contextsearch
+// only adds the hook that refreshes the live searches after its tagged
+// answer, and passes it on.
+func (e *Extension) PipelineSafe(x *proxy.Exchange) bool {
+	return strings.TrimPrefix(x.Name, "UID ") == "FETCH"
 }
 
 // ServeCommand answers CANCELUPDATE, and after a STORE or FETCH brings

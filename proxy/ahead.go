@@ -1,0 +1,189 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"slices"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/upstream"
+)
+
+// Commands sent upstream ahead of their turn (issue 20, bulk download).
+//
+// A client that downloads many messages sends a UID FETCH per message and
+// does not wait for each answer before it sends the next (mbsync keeps
+// about 25 in flight; RFC 3501 5.5 allows it). The core serves a client's
+// commands one at a time: a command goes upstream once the previous one's
+// answers have been relayed, so the upstream waited one round trip through
+// the proxy between messages and woke up for each command on its own, and
+// mbsync's download ran at 0.86x of its direct speed with the proxy on a
+// CPU of its own (docs/benchmarks.md, "Bulk download").
+//
+// Now, once a command that may be pipelined has gone upstream, the
+// commands that the client has already sent behind it and that may be
+// pipelined too go upstream on the same connection at once, before the
+// first one's answers are relayed: their extension chains run, and their
+// final form is written; their answers are relayed later, in order, each
+// when its turn comes (finishAhead), exactly as if it had been sent then.
+//
+// Which commands: UID FETCH in the selected state, whole on its line (no
+// literal), with no modifier (CHANGEDSINCE, VANISHED), none of whose items
+// sets \Seen (no BODY[] without .PEEK: the command must change nothing,
+// so that running it before its turn cannot be seen), over a watched
+// mailbox that is not passive, and only if every handler of its chain says
+// it may (PipelineSafe). Running such a command's chain before the previous
+// FETCH's answers are relayed is safe because a FETCH that changes nothing
+// changes none of what the chain looks at (the client's view, the saved
+// SEARCHRES result, the session's enabled extensions). Nothing is written
+// to the client for it until its turn: the changes reported before a
+// command (deliver) are reported when its answers are relayed. A command
+// that does not qualify stops the read-ahead and is served in its turn.
+
+// maxAhead bounds the commands a session has sent upstream ahead of the
+// one whose answers it relays.
+const maxAhead = 16
+
+// PipelineSafe is implemented by a CommandHandler whose handling of some
+// commands may run before the previous command's answers are relayed.
+//
+// PipelineSafe(x) reports that serving x will only restate it
+// (x.Segments), add filters and OnTagged hooks, and pass it on with next,
+// with nothing done after next returns, and nothing written to the client
+// and no upstream command of its own on the way. next returns as soon as
+// the command is written upstream; its answers, the filters and hooks come
+// later. A handler that does not implement it (or says false) keeps its
+// command in its turn. The core asks only for the commands that may be
+// pipelined (see above), after the command is in its UID form.
+type PipelineSafe interface {
+	PipelineSafe(x *Exchange) bool
+}
+
+// aheadCmd is a command sent upstream before its turn: its exchange, whose
+// chain has run, and the upstream tag of its answers.
+type aheadCmd struct {
+	x     *Exchange
+	upTag string
+}
+
+// pipelinable reports whether cmd is a command that may go upstream before
+// its turn (see above), before the chain is asked.
+func (s *Session) pipelinable(cmd *imapcodec.Command) bool {
+	if s.state != StateSelected || s.mbox == nil || cmd.Name != "UID FETCH" ||
+		len(cmd.Segments) != 1 || cmd.Segments[0].Literal != nil {
+		return false
+	}
+	if !s.mbox.readOnly && fetchSetsSeen(cmd) {
+		return false
+	}
+	if s.mbox.sub.Passive() {
+		return false // brought up to date before each command (dispatch)
+	}
+	// "tag UID FETCH set items": no modifiers.
+	vals, err := imapcodec.NewParser(cmd.Segments, imapcodec.Limits{}).Values()
+	return err == nil && len(vals) == 5
+}
+
+// chainPipelineSafe asks x's handlers whether it may go upstream before its
+// turn.
+func (s *Session) chainPipelineSafe(x *Exchange) bool {
+	for _, h := range s.srv.chain[x.Name] {
+		p, ok := h.(PipelineSafe)
+		if !ok || !p.PipelineSafe(x) {
+			return false
+		}
+	}
+	return true
+}
+
+// sendAhead sends upstream, on up, the commands the client has sent behind
+// the one just sent there, as long as they may be pipelined and are whole
+// in the reader's buffer (it never waits for the client). It is called
+// only when the command just sent may be pipelined itself.
+func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn) {
+	for len(s.ahead) < maxAhead && !up.Broken() {
+		peeked, ok := s.r.PeekLine()
+		if !ok {
+			return
+		}
+		line := bytes.Clone(peeked)
+		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: line}}, s.cfg.Limits)
+		if err != nil || !s.pipelinable(cmd) {
+			return
+		}
+		// Everything that could refuse the command is done before it is
+		// taken from the reader: a refusal is answered in its turn.
+		x := s.newExchange(ctx, cmd, false)
+		if len(s.srv.rewriters) > 0 && s.rewriteCommand(x) != nil {
+			return
+		}
+		if s.translateCommand(x) != nil || !s.chainPipelineSafe(x) {
+			return
+		}
+		got, lit, err := s.r.ReadLine()
+		if err != nil || lit != nil || !bytes.Equal(got, line) {
+			// The buffered line was just seen whole: cannot happen.
+			s.log.Error("pipelined command changed in the reader's buffer", "err", err)
+			up.MarkBroken()
+			return
+		}
+		n := len(s.ahead)
+		if err := s.serveChain(ctx, x, s.srv.chain[x.Name], 0, s.writeAhead(up)); err != nil || len(s.ahead) != n+1 {
+			// A handler broke its PipelineSafe promise: the command
+			// was answered or failed out of its turn.
+			s.log.Error("a pipelined command was not passed on", "command", x.Name, "err", err)
+			up.MarkBroken()
+			return
+		}
+	}
+}
+
+// writeAhead is the end of a pipelined command's chain: the command is
+// written upstream and its answers wait for its turn (finishAhead).
+func (s *Session) writeAhead(up *upstream.Conn) Next {
+	return func(ctx context.Context, x *Exchange) error {
+		upTag := up.NextTag()
+		w := up.Writer()
+		w.WriteString(upTag)
+		w.Write(x.Segments[0].Text[len(x.Tag):])
+		w.WriteString("\r\n")
+		if err := w.Flush(); err != nil {
+			up.MarkBroken() // its turn answers it (finishAhead)
+		}
+		s.ahead = append(s.ahead, aheadCmd{x: x, upTag: upTag})
+		s.srv.counters.ahead.Add(1)
+		return nil
+	}
+}
+
+// finishAhead relays the answers of the first command sent ahead, in its
+// turn: the changes the client may be told before it, more commands sent
+// ahead behind it, then its answers and its tagged response.
+func (s *Session) finishAhead() error {
+	a := s.ahead[0]
+	s.ahead = slices.Delete(s.ahead, 0, 1)
+	x := a.x
+	up := s.up
+	if up == nil || up.Broken() {
+		// The connection failed under an earlier command; this one's
+		// answer is lost with it.
+		if len(s.ahead) == 0 {
+			s.release()
+		}
+		s.srv.countError(ErrUpstreamUnavailable)
+		return s.WriteStatus(x.Tag, "NO", "UNAVAILABLE", "Lost the connection to the upstream server.")
+	}
+	if _, err := s.deliver(x, x.xlate.allowExpunge); err != nil {
+		return err
+	}
+	s.sendAhead(x.ctx, up)
+	if _, err := s.relayResponses(x, up, a.upTag); err != nil {
+		if err := s.relayFailed(x.Tag, err); err != nil {
+			return err
+		}
+	}
+	if len(s.ahead) == 0 {
+		s.release()
+	}
+	return nil
+}

@@ -1,0 +1,139 @@
+package proxy_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/faultnet"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+)
+
+// aheadEnv is a proxy in front of a go-imap server holding three messages
+// (UIDs 1, 2, 3), through a fault relay, and a client with INBOX selected.
+type aheadEnv struct {
+	p    *imaptest.Proxy
+	fn   *faultnet.Relay
+	c    *client
+	msgs [][]byte
+}
+
+func startAheadEnv(t *testing.T) *aheadEnv {
+	t.Helper()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	e := &aheadEnv{}
+	for i := range 3 {
+		m := testMessage(fmt.Sprint("message ", i+1), 2000*(i+1))
+		if err := up.Append("alice", "INBOX", nil, m); err != nil {
+			t.Fatal(err)
+		}
+		e.msgs = append(e.msgs, m)
+	}
+	e.fn = faultnet.Start(t, up.Addr)
+	e.p = startProxy(t, baseConfig(e.fn.Addr()))
+	e.c = imaptest.Dial(t, e.p.Addr)
+	e.c.LoginTagged("alice", "secret")
+	e.c.Do("s", "SELECT INBOX")
+	return e
+}
+
+// longTag is the tag of the first command of a batch: the proxy reads
+// the first bytes of a command after a pause into a small buffer of its
+// own (imapcodec.Reader's first read), and only what it has read whole can
+// go ahead; a first line longer than that buffer makes the proxy read the
+// rest of the batch, already in its socket, with it.
+var longTag = "a" + strings.Repeat("0", 200)
+
+// expectBodyOf reads the answer to "tag UID FETCH uid (BODY.PEEK[])".
+func (e *aheadEnv) expectBodyOf(tag string, uid int) {
+	c := e.c
+	c.T().Helper()
+	got := c.ReadLine()
+	want := string(e.msgs[uid-1])
+	if !strings.HasPrefix(got, fmt.Sprintf("* %d FETCH (", uid)) || !strings.Contains(got, fmt.Sprintf("UID %d", uid)) ||
+		!strings.Contains(got, fmt.Sprintf("BODY[] {%d}\r\n%s", len(want), want)) {
+		c.T().Fatalf("answer to %s: %.120q, want message %d's body", tag, got, uid)
+	}
+	c.Expect(tag + " OK *")
+}
+
+// TestFetchAhead: UID FETCHes that change nothing, sent by the client one
+// behind the other, go upstream while the first one's answer is still on
+// its way (the upstream's answer is held: the third command reaches it
+// all the same), and the client gets every answer in order; the SEARCH
+// behind them is served in its turn.
+func TestFetchAhead(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	search := e.fn.Add(faultnet.Fault{Match: []byte("SEARCH UID 2"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\nd UID SEARCH UID 2\r\n"))
+	waitFired(t, hold)
+	waitFired(t, third) // sent while the answer to the first is held
+	select {
+	case <-search.Fired():
+		t.Fatal("the SEARCH went upstream ahead of its turn")
+	case <-time.After(100 * time.Millisecond):
+	}
+	hold.Release()
+	e.expectBodyOf(longTag, 1)
+	if n := e.p.Srv.Stats().CommandsAhead; n != 2 {
+		t.Errorf("Stats().CommandsAhead = %d, want 2 (b and c)", n)
+	}
+	e.expectBodyOf("b", 2)
+	e.expectBodyOf("c", 3)
+	e.c.Expect("* SEARCH 2", "d OK *")
+}
+
+// TestFetchAheadNotWhenItChanges: a FETCH that sets \Seen (BODY[] without
+// .PEEK) changes the mailbox, so it keeps its turn: it does not go upstream
+// while the answer before it is held.
+func TestFetchAheadNotWhenItChanges(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 (BODY[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY[])\r\n"))
+	waitFired(t, hold)
+	select {
+	case <-second.Fired():
+		t.Fatal("a FETCH that sets \\Seen went upstream ahead of its turn")
+	case <-time.After(200 * time.Millisecond):
+	}
+	hold.Release()
+	e.expectBodyOf(longTag, 1)
+	waitFired(t, second)
+	var tagged string
+	for tagged == "" {
+		if l := e.c.ReadLine(); strings.HasPrefix(l, "b ") {
+			tagged = l
+		}
+	}
+	if !strings.HasPrefix(tagged, "b OK") {
+		t.Fatalf("BODY[] answered %q", tagged)
+	}
+}
+
+// TestFetchAheadUpstreamLost: the upstream connection breaks while
+// commands sent ahead wait for their answers. Each command gets NO
+// [UNAVAILABLE], in order, and the session goes on with a new connection.
+func TestFetchAheadUpstreamLost(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	cut := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Cut})
+	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"))
+	waitFired(t, hold)
+	waitFired(t, cut)
+	for _, tag := range []string{longTag, "b", "c"} {
+		e.c.Expect(tag + " NO [UNAVAILABLE] *")
+	}
+	e.c.WriteBytes([]byte("d UID FETCH 2 (BODY.PEEK[])\r\n"))
+	e.expectBodyOf("d", 2)
+}
