@@ -478,6 +478,19 @@ func (r *Reader) PeekLine() (line []byte, ok bool) {
 	return line, true
 }
 
+// Fill reads once from the underlying stream into the Reader's buffer,
+// behind what it holds, if there is room: for a caller that knows input
+// is waiting (the read would wait otherwise) and wants to look at it with
+// PeekLine. An error of the stream is left for the next read to report.
+func (r *Reader) Fill() {
+	if r.br == nil || r.remain > 0 {
+		return
+	}
+	if n := r.br.Buffered(); n < r.br.Size() {
+		r.br.Peek(n + 1)
+	}
+}
+
 // Peek returns up to n bytes that can be read next, reading from the
 // underlying stream if nothing is buffered. With a read deadline in the past
 // it tells, without waiting, whether the peer sent something (a timeout

@@ -98,11 +98,19 @@ func (s *Session) chainPipelineSafe(x *Exchange) bool {
 
 // sendAhead sends upstream, on up, the commands the client has sent behind
 // the one just sent there, as long as they may be pipelined and are whole
-// in the reader's buffer (it never waits for the client). It is called
+// in the reader's buffer or in the socket (it never waits for the client). It is called
 // only when the command just sent may be pipelined itself.
 func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn) {
 	for len(s.ahead) < maxAhead && !up.Broken() {
 		peeked, ok := s.r.PeekLine()
+		if !ok && s.idle != nil && s.idle.hasInput() {
+			// The rest of the client's batch is in the socket: read
+			// it, which does not wait (plain TCP; under TLS or
+			// COMPRESS at most for the rest of a record the client
+			// is sending).
+			s.r.Fill()
+			peeked, ok = s.r.PeekLine()
+		}
 		if !ok {
 			return
 		}

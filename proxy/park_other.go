@@ -10,3 +10,6 @@ func parkable(nc net.Conn) net.Conn { return nc }
 
 // waitReadable is never called: no session has an idleConn here.
 func (c *idleConn) waitReadable() {}
+
+// hasInput is never called: no session has an idleConn here.
+func (c *idleConn) hasInput() bool { return false }

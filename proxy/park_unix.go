@@ -47,3 +47,16 @@ func (c *idleConn) readableOnce(fd uintptr) bool {
 	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	return err != syscall.EAGAIN
 }
+
+// hasInput reports, without waiting, whether the socket has input (or an
+// end) to read: a client that keeps sending pipelined commands has more
+// behind what the session has read (ahead.go).
+func (c *idleConn) hasInput() bool {
+	ready := false
+	c.raw.Control(func(fd uintptr) {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ready = err != syscall.EAGAIN
+	})
+	return ready
+}
