@@ -465,12 +465,15 @@ func (r *Reader) PeekLine() (line []byte, ok bool) {
 	}
 	b, _ := r.br.Peek(n)
 	i := bytes.IndexByte(b, '\n')
-	if i < 0 || i > r.lim.MaxLine+1 {
+	if i < 0 {
 		return nil, false
 	}
 	line = b[:i]
 	if k := len(line); k > 0 && line[k-1] == '\r' {
 		line = line[:k-1]
+	}
+	if len(line) > r.lim.MaxLine {
+		return nil, false // ReadLine refuses it
 	}
 	if _, lit, _ := parseLiteralHeader(line); lit {
 		return nil, false

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"slices"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -27,6 +28,12 @@ import (
 // final form is written; their answers are relayed later, in order, each
 // when its turn comes (finishAhead), exactly as if it had been sent then.
 //
+// It assumes that the upstream answers a connection's commands in the
+// order they were sent, as Dovecot, Cyrus and go-imap's server do (RFC
+// 3501 5.5 lets a server run commands concurrently): with one that does
+// not, an answer with an unexpected tag fails the batch (NO
+// [UNAVAILABLE], the client retries), and fetch-ahead = 0 turns this off.
+//
 // Which commands: UID FETCH in the selected state, whole on its line (no
 // literal), with no modifier (CHANGEDSINCE, VANISHED), none of whose items
 // sets \Seen (no BODY[] without .PEEK: the command must change nothing,
@@ -40,9 +47,22 @@ import (
 // command (deliver) are reported when its answers are relayed. A command
 // that does not qualify stops the read-ahead and is served in its turn.
 
-// maxAhead bounds the commands a session has sent upstream ahead of the
-// one whose answers it relays.
-const maxAhead = 16
+// DefaultFetchAhead is Config.FetchAhead's default: how many commands a
+// session may have sent upstream ahead of the one whose answers it relays.
+// mbsync keeps about 25 FETCHes in flight; 16 keep the upstream busy
+// (each is topped up as one is answered) at a bounded cost per session.
+const DefaultFetchAhead = 16
+
+// plainClient reports whether the client's connection is plain TCP, with
+// no TLS or COMPRESS over it, and one whose socket can be looked at
+// (idleConn).
+func (s *Session) plainClient() bool {
+	if s.idle == nil {
+		return false
+	}
+	_, plain := s.tr.(connTransport)
+	return plain
+}
 
 // PipelineSafe is implemented by a CommandHandler whose handling of some
 // commands may run before the previous command's answers are relayed.
@@ -69,7 +89,7 @@ type aheadCmd struct {
 // pipelinable reports whether cmd is a command that may go upstream before
 // its turn (see above), before the chain is asked.
 func (s *Session) pipelinable(cmd *imapcodec.Command) bool {
-	if s.state != StateSelected || s.mbox == nil || cmd.Name != "UID FETCH" ||
+	if s.cfg.FetchAhead <= 0 || s.state != StateSelected || s.mbox == nil || cmd.Name != "UID FETCH" ||
 		len(cmd.Segments) != 1 || cmd.Segments[0].Literal != nil {
 		return false
 	}
@@ -82,6 +102,27 @@ func (s *Session) pipelinable(cmd *imapcodec.Command) bool {
 	// "tag UID FETCH set items": no modifiers.
 	vals, err := imapcodec.NewParser(cmd.Segments, imapcodec.Limits{}).Values()
 	return err == nil && len(vals) == 5
+}
+
+// besideAhead runs fn on another upstream connection than the session's,
+// which carries commands sent ahead whose answers are not read yet: an
+// extension's own command (Session.Exec from a hook or a report of
+// changes: an updating search's refresh) would read their answers as its
+// own. The session's connection and its commands are set aside meanwhile,
+// and the other connection goes back to the pool after fn.
+func (s *Session) besideAhead(ctx context.Context, restore bool, fn func(*upstream.Conn) (*upstream.Response, error)) (*upstream.Response, error) {
+	busy, ahead := s.up, s.ahead
+	s.up, s.ahead = nil, nil
+	defer func() {
+		s.release()
+		s.up, s.ahead = busy, ahead
+		s.leased.Store(busy != nil)
+	}()
+	up, err := s.lease(ctx, restore)
+	if err != nil {
+		return nil, err
+	}
+	return fn(up)
 }
 
 // chainPipelineSafe asks x's handlers whether it may go upstream before its
@@ -101,13 +142,13 @@ func (s *Session) chainPipelineSafe(x *Exchange) bool {
 // in the reader's buffer or in the socket (it never waits for the client). It is called
 // only when the command just sent may be pipelined itself.
 func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn) {
-	for len(s.ahead) < maxAhead && !up.Broken() {
+	for len(s.ahead) < s.cfg.FetchAhead && !up.Broken() {
 		peeked, ok := s.r.PeekLine()
-		if !ok && s.idle != nil && s.idle.hasInput() {
+		if !ok && s.plainClient() && s.idle.hasInput() {
 			// The rest of the client's batch is in the socket: read
-			// it, which does not wait (plain TCP; under TLS or
-			// COMPRESS at most for the rest of a record the client
-			// is sending).
+			// it, which does not wait (plain TCP only: under TLS or
+			// COMPRESS the socket may hold part of a record, and the
+			// read would wait for the rest).
 			s.r.Fill()
 			peeked, ok = s.r.PeekLine()
 		}
@@ -131,16 +172,20 @@ func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn) {
 		got, lit, err := s.r.ReadLine()
 		if err != nil || lit != nil || !bytes.Equal(got, line) {
 			// The buffered line was just seen whole: cannot happen.
+			// The command is answered in its turn all the same.
 			s.log.Error("pipelined command changed in the reader's buffer", "err", err)
-			up.MarkBroken()
+			s.ahead = append(s.ahead, aheadCmd{x: x})
 			return
 		}
 		n := len(s.ahead)
 		if err := s.serveChain(ctx, x, s.srv.chain[x.Name], 0, s.writeAhead(up)); err != nil || len(s.ahead) != n+1 {
 			// A handler broke its PipelineSafe promise: the command
-			// was answered or failed out of its turn.
+			// failed, or was answered, out of its turn. One not
+			// answered is answered in its turn.
 			s.log.Error("a pipelined command was not passed on", "command", x.Name, "err", err)
-			up.MarkBroken()
+			if len(s.ahead) == n && !x.answered {
+				s.ahead = append(s.ahead, aheadCmd{x: x})
+			}
 			return
 		}
 	}
@@ -152,14 +197,16 @@ func (s *Session) writeAhead(up *upstream.Conn) Next {
 	return func(ctx context.Context, x *Exchange) error {
 		upTag := up.NextTag()
 		w := up.Writer()
+		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
 		w.WriteString(upTag)
 		w.Write(x.Segments[0].Text[len(x.Tag):])
 		w.WriteString("\r\n")
 		if err := w.Flush(); err != nil {
 			up.MarkBroken() // its turn answers it (finishAhead)
+		} else {
+			s.srv.counters.ahead.Add(1)
 		}
 		s.ahead = append(s.ahead, aheadCmd{x: x, upTag: upTag})
-		s.srv.counters.ahead.Add(1)
 		return nil
 	}
 }
@@ -172,6 +219,13 @@ func (s *Session) finishAhead() error {
 	s.ahead = slices.Delete(s.ahead, 0, 1)
 	x := a.x
 	up := s.up
+	if a.upTag == "" {
+		// Never sent (sendAhead's cannot-happen paths, logged there).
+		if len(s.ahead) == 0 {
+			s.release()
+		}
+		return s.WriteStatus(x.Tag, "NO", "SERVERBUG", "The command could not be relayed; try again.")
+	}
 	if up == nil || up.Broken() {
 		// The connection failed under an earlier command; this one's
 		// answer is lost with it.
@@ -181,6 +235,11 @@ func (s *Session) finishAhead() error {
 		s.srv.countError(ErrUpstreamUnavailable)
 		return s.WriteStatus(x.Tag, "NO", "UNAVAILABLE", "Lost the connection to the upstream server.")
 	}
+	// What changed meanwhile is reported now, as dispatch does before a
+	// command. (A mailbox that went passive since the command went
+	// upstream is not brought up to date first, nor is a message added
+	// since in its answer: both are reported by the next command, as
+	// they would be had the change come a moment later.)
 	if _, err := s.deliver(x, x.xlate.allowExpunge); err != nil {
 		return err
 	}

@@ -1,14 +1,18 @@
 package proxy_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/faultnet"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 // aheadEnv is a proxy in front of a go-imap server holding three messages
@@ -138,4 +142,91 @@ func TestFetchAheadUpstreamLost(t *testing.T) {
 	}
 	e.c.WriteBytes([]byte("d UID FETCH 2 (BODY.PEEK[])\r\n"))
 	e.expectBodyOf("d", 2)
+}
+
+// execOnTagged is an extension that runs a command of its own upstream
+// (Session.Exec) after the tagged answer of every UID FETCH, as an updating
+// search's refresh does, and lets UID FETCH go ahead (PipelineSafe).
+type execOnTagged struct {
+	mu   sync.Mutex
+	errs []error
+	runs int
+}
+
+func (*execOnTagged) Name() string       { return "exec-on-tagged" }
+func (*execOnTagged) Commands() []string { return []string{"UID FETCH"} }
+func (*execOnTagged) PipelineSafe(*proxy.Exchange) bool {
+	return true
+}
+func (e *execOnTagged) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	s := x.Session()
+	x.OnTagged(func(*imapcodec.ResponseHead) {
+		_, err := s.Exec(ctx, "UID SEARCH ALL", nil)
+		e.mu.Lock()
+		e.runs++
+		if err != nil {
+			e.errs = append(e.errs, err)
+		}
+		e.mu.Unlock()
+	})
+	return next(ctx, x)
+}
+
+// TestFetchAheadExecBeside: an extension's own upstream command, run while
+// commands sent ahead wait for their answers, goes to another connection:
+// it neither reads their answers nor breaks them.
+func TestFetchAheadExecBeside(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	e := &aheadEnv{}
+	for i := range 3 {
+		m := testMessage(fmt.Sprint("message ", i+1), 2000*(i+1))
+		if err := up.Append("alice", "INBOX", nil, m); err != nil {
+			t.Fatal(err)
+		}
+		e.msgs = append(e.msgs, m)
+	}
+	e.fn = faultnet.Start(t, up.Addr)
+	ext := &execOnTagged{}
+	cfg := baseConfig(e.fn.Addr())
+	cfg.Extensions = append(cfg.Extensions, ext)
+	e.p = startProxy(t, cfg)
+	e.c = imaptest.Dial(t, e.p.Addr)
+	e.c.LoginTagged("alice", "secret")
+	e.c.Do("s", "SELECT INBOX")
+
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte("a UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"))
+	waitFired(t, hold)
+	if waitFired(t, third) != hold.Conn() {
+		t.Fatal("the third FETCH went upstream on another connection than the first")
+	}
+	hold.Release()
+	e.expectBodyOf("a", 1)
+	e.expectBodyOf("b", 2)
+	e.expectBodyOf("c", 3)
+	ext.mu.Lock()
+	defer ext.mu.Unlock()
+	if ext.runs != 3 || len(ext.errs) > 0 {
+		t.Fatalf("the extension's commands: %d run, errors %v; want 3 without error", ext.runs, ext.errs)
+	}
+}
+
+// TestFetchAheadClientGone: the client goes away while commands sent ahead
+// wait for their answers. The upstream connection, with answers still
+// coming on it, is closed, not put back in the pool for the next session.
+func TestFetchAheadClientGone(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte("a UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"))
+	conn := waitFired(t, hold)
+	waitFired(t, third)
+	e.c.Close()
+	hold.Release()
+	expectDropped(t, conn)
 }

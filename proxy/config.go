@@ -69,6 +69,12 @@ type Config struct {
 	// what invalidates it). Default 30 s; negative: every login goes
 	// upstream.
 	LoginCacheWindow time.Duration
+	// FetchAhead is how many of a client's pipelined UID FETCHes that
+	// change nothing may go upstream before the answers to the ones
+	// before them are relayed (ahead.go). Default DefaultFetchAhead;
+	// negative: none, every command waits for its turn (for an upstream
+	// that does not answer a connection's commands in the order sent).
+	FetchAhead int
 	// PreAuthTimeout disconnects clients that do not log in in time.
 	// Default 60 s.
 	PreAuthTimeout time.Duration
@@ -141,6 +147,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LoginCacheWindow == 0 {
 		c.LoginCacheWindow = DefaultLoginCacheWindow
+	}
+	if c.FetchAhead == 0 {
+		c.FetchAhead = DefaultFetchAhead
 	}
 	if c.PreAuthTimeout <= 0 {
 		c.PreAuthTimeout = 60 * time.Second

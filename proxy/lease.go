@@ -164,6 +164,13 @@ func (s *Session) releaseUpstream() {
 	c := s.up
 	s.up = nil
 	s.leased.Store(false)
+	if len(s.ahead) > 0 {
+		// Given up with commands sent ahead still unanswered on it (the
+		// session ends, the connection failed): their answers would
+		// reach whoever leased it next. Each of them is answered NO in
+		// its turn (finishAhead), if the session goes on.
+		c.MarkBroken()
+	}
 	if c.Broken() {
 		c.Close()
 		return

@@ -234,26 +234,35 @@ func (s *Session) Relay(ctx context.Context, command string) error {
 		return err
 	}
 	x := s.newExchange(ctx, cmd, false)
+	run := func(up *upstream.Conn) (*upstream.Response, error) {
+		upTag := up.NextTag()
+		w := up.Writer()
+		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
+		w.WriteString(upTag + " " + command + "\r\n")
+		if err := w.Flush(); err != nil {
+			up.MarkBroken()
+			return nil, err
+		}
+		if _, err := s.readResponses(x, up, upTag, nil); err != nil {
+			if errors.As(err, new(*writeError)) || errors.Is(err, errClientStream) {
+				return nil, errors.Join(ErrClientGone, err)
+			}
+			return nil, err
+		}
+		return nil, nil
+	}
+	if len(s.ahead) > 0 {
+		// Not on the connection that carries commands sent ahead.
+		_, err := s.besideAhead(ctx, true, run)
+		return err
+	}
 	up, err := s.lease(ctx, true)
 	if err != nil {
 		return err
 	}
 	defer s.release()
-	upTag := up.NextTag()
-	w := up.Writer()
-	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
-	w.WriteString(upTag + " " + command + "\r\n")
-	if err := w.Flush(); err != nil {
-		up.MarkBroken()
-		return err
-	}
-	if _, err := s.readResponses(x, up, upTag, nil); err != nil {
-		if errors.As(err, new(*writeError)) || errors.Is(err, errClientStream) {
-			return errors.Join(ErrClientGone, err)
-		}
-		return err
-	}
-	return nil
+	_, err = run(up)
+	return err
 }
 
 // Exec runs a command of the proxy's own (command without tag, "UID
@@ -270,6 +279,11 @@ func (s *Session) Relay(ctx context.Context, command string) error {
 // from a response filter (the command's own connection may be in the
 // middle of its answer).
 func (s *Session) Exec(ctx context.Context, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
+	if len(s.ahead) > 0 {
+		return s.besideAhead(ctx, true, func(up *upstream.Conn) (*upstream.Response, error) {
+			return up.Exec(ctx, command, handle)
+		})
+	}
 	held := s.up != nil && !s.up.Broken()
 	up, err := s.lease(ctx, true)
 	if err != nil {
@@ -289,6 +303,14 @@ func (s *Session) Exec(ctx context.Context, command string, handle func(*upstrea
 // again. Like Exec, it may be called from an OnTagged hook, on the
 // connection whose command has just been answered.
 func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
+	if len(s.ahead) > 0 {
+		return s.besideAhead(ctx, false, func(up *upstream.Conn) (*upstream.Response, error) {
+			if err := up.Select(ctx, mailbox, true, nil); err != nil {
+				return nil, err
+			}
+			return up.Exec(ctx, command, handle)
+		})
+	}
 	held := s.up != nil && !s.up.Broken()
 	up, err := s.lease(ctx, false)
 	if err != nil {

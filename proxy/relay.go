@@ -720,7 +720,10 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 
 // relayFailed turns a relay error into the client's answer.
 func (s *Session) relayFailed(tag string, err error) error {
-	if errors.Is(err, errClientStream) {
+	if errors.Is(err, errClientStream) || isWriteErr(err) {
+		// The client cannot be written to: the rest of the answers
+		// (and of any command sent ahead) stays unread upstream, so the
+		// connection must not go back to the pool.
 		if s.up != nil {
 			s.up.MarkBroken()
 		}

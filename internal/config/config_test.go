@@ -67,6 +67,7 @@ func TestDefaults(t *testing.T) {
 		MaxDepth:               imapcodec.DefaultMaxDepth,
 		AuthFailureDelay:       Duration{2 * time.Second},
 		LoginCache:             Duration{30 * time.Second},
+		FetchAhead:             16,
 		PreAuthTimeout:         Duration{60 * time.Second},
 		IdleTimeout:            Duration{30 * time.Minute},
 		PollInterval:           Duration{30 * time.Second},
@@ -166,6 +167,7 @@ max-command-bytes = 400000
 max-depth = 12
 auth-failure-delay = "500ms"
 login-cache = "10s"
+fetch-ahead = 4
 preauth-timeout = "20s"
 idle-timeout = "31m"
 poll-interval = "45s"
@@ -218,6 +220,7 @@ var fullFileSettings = Settings{
 	MaxDepth:               12,
 	AuthFailureDelay:       Duration{500 * time.Millisecond},
 	LoginCache:             Duration{10 * time.Second},
+	FetchAhead:             4,
 	PreAuthTimeout:         Duration{20 * time.Second},
 	IdleTimeout:            Duration{31 * time.Minute},
 	PollInterval:           Duration{45 * time.Second},
@@ -418,9 +421,13 @@ func TestProxyConfig(t *testing.T) {
 	if cfg.LoginCacheWindow != 30*time.Second {
 		t.Errorf("LoginCacheWindow = %v, want the default 30s", cfg.LoginCacheWindow)
 	}
+	if cfg.FetchAhead != 16 {
+		t.Errorf("FetchAhead = %d, want the default 16", cfg.FetchAhead)
+	}
 	s.LoginCache = Duration{0} // off
-	if cfg, err = s.ProxyConfig(nil, discardLog); err != nil || cfg.LoginCacheWindow >= 0 {
-		t.Errorf("login-cache 0: LoginCacheWindow = %v (%v), want negative (off)", cfg.LoginCacheWindow, err)
+	s.FetchAhead = 0           // off
+	if cfg, err = s.ProxyConfig(nil, discardLog); err != nil || cfg.LoginCacheWindow >= 0 || cfg.FetchAhead >= 0 {
+		t.Errorf("login-cache 0, fetch-ahead 0: LoginCacheWindow = %v, FetchAhead %d (%v), want negative (off)", cfg.LoginCacheWindow, cfg.FetchAhead, err)
 	}
 }
 
