@@ -74,7 +74,10 @@ func (s *Session) plainClient() bool {
 // the command is written upstream; its answers, the filters and hooks come
 // later. A handler that does not implement it (or says false) keeps its
 // command in its turn. The core asks only for the commands that may be
-// pipelined (see above), after the command is in its UID form.
+// pipelined (see above), after the command is in its UID form. Hooks that
+// run later (OnTagged, reports of changes) may still run commands of
+// their own: while commands are ahead on the session's connection, those
+// go to another one (besideAhead).
 type PipelineSafe interface {
 	PipelineSafe(x *Exchange) bool
 }
