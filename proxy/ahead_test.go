@@ -230,3 +230,69 @@ func TestFetchAheadClientGone(t *testing.T) {
 	hold.Release()
 	expectDropped(t, conn)
 }
+
+// TestFetchAheadChangesBetween: another session adds a message while a
+// batch is on its way. The client hears of it (EXISTS) once, between two
+// of its commands, never inside an answer, and every answer still comes
+// whole and in order.
+func TestFetchAheadChangesBetween(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte("a UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"))
+	waitFired(t, hold)
+	waitFired(t, third)
+
+	other := imaptest.Dial(t, e.p.Addr)
+	other.LoginTagged("alice", "secret")
+	msg := testMessage("added meanwhile", 500)
+	other.WriteBytes(fmt.Appendf(nil, "x APPEND INBOX {%d}\r\n", len(msg)))
+	other.Expect("+ *")
+	other.WriteBytes(append(msg, "\r\n"...))
+	other.Expect("x OK *")
+	hold.Release()
+
+	exists := 0
+	for _, step := range []struct {
+		tag string
+		uid int
+	}{{"a", 1}, {"b", 2}, {"c", 3}} {
+		for {
+			l := e.c.ReadLine()
+			if l == "* 4 EXISTS" {
+				exists++
+				continue
+			}
+			if strings.HasPrefix(l, "* ") && strings.Contains(l, " FETCH (") && !strings.Contains(l, "BODY[]") {
+				continue // the new message's flags, or \Recent
+			}
+			want := string(e.msgs[step.uid-1])
+			if !strings.HasPrefix(l, fmt.Sprintf("* %d FETCH (", step.uid)) || !strings.Contains(l, fmt.Sprintf("BODY[] {%d}\r\n%s", len(want), want)) {
+				t.Fatalf("before %s's tagged answer: %.100q, want message %d's body", step.tag, l, step.uid)
+			}
+			break
+		}
+		for {
+			l := e.c.ReadLine()
+			if l == "* 4 EXISTS" {
+				exists++
+				continue
+			}
+			if !strings.HasPrefix(l, step.tag+" OK ") {
+				t.Fatalf("after %s's answer: %q, want its tagged OK", step.tag, l)
+			}
+			break
+		}
+	}
+	got := e.c.Do("n", "NOOP")
+	for _, l := range got {
+		if l == "* 4 EXISTS" {
+			exists++
+		}
+	}
+	if exists != 1 {
+		t.Fatalf("the client heard of the new message %d times, want once", exists)
+	}
+}
