@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/cpustat"
 )
 
 // runFetch: a mailbox of Messages messages of Size bytes; each client
@@ -61,7 +63,7 @@ func (r *runner) runFetch() error {
 		el := time.Since(start).Seconds()
 		return fmt.Sprintf("%d passes, %.1f MB/s", passes.Load(), float64(bodies.Load())/1e6/max(el, 0.001))
 	})
-	cpuS0, cpuT0, cpuD0 := selfCPU(), cpuOf(cfg.TargetPID), treeCPU(cfg.DovecotPID)
+	cpuS0, cpuT0, cpuD0 := cpustat.Self(), cpuOf(cfg.TargetPID), treeCPU(cfg.DovecotPID)
 	var wg sync.WaitGroup
 	for i, c := range conns {
 		wg.Go(func() {
@@ -96,7 +98,7 @@ func (r *runner) runFetch() error {
 	}
 	wg.Wait()
 	el := time.Since(start)
-	cpuS1, cpuT1, cpuD1 := selfCPU(), cpuOf(cfg.TargetPID), treeCPU(cfg.DovecotPID)
+	cpuS1, cpuT1, cpuD1 := cpustat.Self(), cpuOf(cfg.TargetPID), treeCPU(cfg.DovecotPID)
 	mb := float64(bodies.Load()) / 1e6
 	res.add("passes", float64(passes.Load()), "FETCH 1:*")
 	res.add("pass-time-p50", summarize(passTimes).p50, "ms")

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/cpustat"
 )
 
 // idler is one session of the idle and push scenarios: logged in, INBOX
@@ -341,7 +343,7 @@ func (r *runner) runPush(sessions []*idler) error {
 	r.setPhase("appending", func() string {
 		return fmt.Sprintf("%d/%d APPENDs, %d failed", done.Load(), total, failedAppends.Load())
 	})
-	cpuT0, cpuD0, cpuS0 := cpuOf(r.cfg.TargetPID), treeCPU(r.cfg.DovecotPID), selfCPU()
+	cpuT0, cpuD0, cpuS0 := cpuOf(r.cfg.TargetPID), treeCPU(r.cfg.DovecotPID), cpustat.Self()
 	pace := &pacer{start: time.Now(), rate: cfg.Rate}
 	r.forEach(total, cfg.OutsideConns, func(int) {
 		k := pace.wait(r.ctx)
@@ -378,7 +380,7 @@ func (r *runner) runPush(sessions []*idler) error {
 		slips = append(slips, ms(max(slip, 0)))
 		mu.Unlock()
 	})
-	cpuT1, cpuD1, cpuS1 := cpuOf(r.cfg.TargetPID), treeCPU(r.cfg.DovecotPID), selfCPU()
+	cpuT1, cpuD1, cpuS1 := cpuOf(r.cfg.TargetPID), treeCPU(r.cfg.DovecotPID), cpustat.Self()
 
 	// Wait for the last pushes.
 	want := func(s *idler) int { st := states[s.acct]; st.mu.Lock(); defer st.mu.Unlock(); return len(st.oks) }

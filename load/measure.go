@@ -183,15 +183,6 @@ func cpuDelta(before, after map[int]time.Duration) time.Duration {
 	return d
 }
 
-// selfCPU returns this process's CPU time.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // loadAvg returns the 1, 5 and 15 minute load averages.
 func loadAvg() [3]float64 {
 	var out [3]float64

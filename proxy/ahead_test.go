@@ -24,7 +24,8 @@ type aheadEnv struct {
 	msgs [][]byte
 }
 
-func startAheadEnv(t *testing.T) *aheadEnv {
+// startAheadEnv starts it, with exts in the chain after baseConfig's.
+func startAheadEnv(t *testing.T, exts ...proxy.Extension) *aheadEnv {
 	t.Helper()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	e := &aheadEnv{}
@@ -36,11 +37,33 @@ func startAheadEnv(t *testing.T) *aheadEnv {
 		e.msgs = append(e.msgs, m)
 	}
 	e.fn = faultnet.Start(t, up.Addr)
-	e.p = startProxy(t, baseConfig(e.fn.Addr()))
+	cfg := baseConfig(e.fn.Addr())
+	cfg.Extensions = append(cfg.Extensions, exts...)
+	e.p = startProxy(t, cfg)
 	e.c = imaptest.Dial(t, e.p.Addr)
 	e.c.LoginTagged("alice", "secret")
 	e.c.Do("s", "SELECT INBOX")
 	return e
+}
+
+// batch is the three UID FETCHes of the tests, the first with tag first.
+func batch(first string) string {
+	return first + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"
+}
+
+// sendHeld holds the upstream's answer to the first FETCH of the batch,
+// writes the batch and what follows it (more), and waits until the third
+// FETCH has gone upstream all the same. It returns the hold and the
+// upstream connection of the third FETCH.
+func (e *aheadEnv) sendHeld(t *testing.T, first, more string) (*faultnet.Handle, *faultnet.Conn) {
+	t.Helper()
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte(batch(first) + more))
+	waitFired(t, hold)
+	return hold, waitFired(t, third) // sent while the answer to the first is held
 }
 
 // longTag is the tag of the first command of a batch in some tests: the
@@ -72,14 +95,8 @@ func (e *aheadEnv) expectBodyOf(tag string, uid int) {
 // behind them is served in its turn.
 func TestFetchAhead(t *testing.T) {
 	e := startAheadEnv(t)
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
 	search := e.fn.Add(faultnet.Fault{Match: []byte("SEARCH UID 2"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
-	e.c.WriteBytes([]byte("a UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\nd UID SEARCH UID 2\r\n"))
-	waitFired(t, hold)
-	waitFired(t, third) // sent while the answer to the first is held
+	hold, _ := e.sendHeld(t, "a", "d UID SEARCH UID 2\r\n")
 	select {
 	case <-search.Fired():
 		t.Fatal("the SEARCH went upstream ahead of its turn")
@@ -134,7 +151,7 @@ func TestFetchAheadUpstreamLost(t *testing.T) {
 		Dir: faultnet.ToClient, Action: faultnet.Hold})
 	cut := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
 		Dir: faultnet.ToServer, Action: faultnet.Cut})
-	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"))
+	e.c.WriteBytes([]byte(batch(longTag)))
 	waitFired(t, hold)
 	waitFired(t, cut)
 	for _, tag := range []string{longTag, "b", "c"} {
@@ -176,31 +193,10 @@ func (e *execOnTagged) ServeCommand(ctx context.Context, x *proxy.Exchange, next
 // commands sent ahead wait for their answers, goes to another connection:
 // it neither reads their answers nor breaks them.
 func TestFetchAheadExecBeside(t *testing.T) {
-	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
-	e := &aheadEnv{}
-	for i := range 3 {
-		m := testMessage(fmt.Sprint("message ", i+1), 2000*(i+1))
-		if err := up.Append("alice", "INBOX", nil, m); err != nil {
-			t.Fatal(err)
-		}
-		e.msgs = append(e.msgs, m)
-	}
-	e.fn = faultnet.Start(t, up.Addr)
 	ext := &execOnTagged{}
-	cfg := baseConfig(e.fn.Addr())
-	cfg.Extensions = append(cfg.Extensions, ext)
-	e.p = startProxy(t, cfg)
-	e.c = imaptest.Dial(t, e.p.Addr)
-	e.c.LoginTagged("alice", "secret")
-	e.c.Do("s", "SELECT INBOX")
-
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
-	e.c.WriteBytes([]byte("a UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"))
-	waitFired(t, hold)
-	if waitFired(t, third) != hold.Conn() {
+	e := startAheadEnv(t, ext)
+	hold, third := e.sendHeld(t, "a", "")
+	if third != hold.Conn() {
 		t.Fatal("the third FETCH went upstream on another connection than the first")
 	}
 	hold.Release()
@@ -219,13 +215,8 @@ func TestFetchAheadExecBeside(t *testing.T) {
 // coming on it, is closed, not put back in the pool for the next session.
 func TestFetchAheadClientGone(t *testing.T) {
 	e := startAheadEnv(t)
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
-	e.c.WriteBytes([]byte("a UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"))
-	conn := waitFired(t, hold)
-	waitFired(t, third)
+	hold, _ := e.sendHeld(t, "a", "")
+	conn := hold.Conn()
 	e.c.Close()
 	hold.Release()
 	expectDropped(t, conn)
@@ -237,13 +228,7 @@ func TestFetchAheadClientGone(t *testing.T) {
 // whole and in order.
 func TestFetchAheadChangesBetween(t *testing.T) {
 	e := startAheadEnv(t)
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
-	e.c.WriteBytes([]byte("a UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"))
-	waitFired(t, hold)
-	waitFired(t, third)
+	hold, _ := e.sendHeld(t, "a", "")
 
 	other := imaptest.Dial(t, e.p.Addr)
 	other.LoginTagged("alice", "secret")

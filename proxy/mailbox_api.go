@@ -279,20 +279,28 @@ func (s *Session) Relay(ctx context.Context, command string) error {
 // from a response filter (the command's own connection may be in the
 // middle of its answer).
 func (s *Session) Exec(ctx context.Context, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
+	return s.onConn(ctx, true, func(up *upstream.Conn) (*upstream.Response, error) {
+		return up.Exec(ctx, command, handle)
+	})
+}
+
+// onConn runs fn on the session's upstream connection, leased for the call
+// if the session holds none (restore: brought into the session's mailbox
+// state), or, while commands sent ahead wait for their answers on it, on
+// another one (besideAhead).
+func (s *Session) onConn(ctx context.Context, restore bool, fn func(*upstream.Conn) (*upstream.Response, error)) (*upstream.Response, error) {
 	if len(s.ahead) > 0 {
-		return s.besideAhead(ctx, true, func(up *upstream.Conn) (*upstream.Response, error) {
-			return up.Exec(ctx, command, handle)
-		})
+		return s.besideAhead(ctx, restore, fn)
 	}
 	held := s.up != nil && !s.up.Broken()
-	up, err := s.lease(ctx, true)
+	up, err := s.lease(ctx, restore)
 	if err != nil {
 		return nil, err
 	}
 	if !held {
 		defer s.release()
 	}
-	return up.Exec(ctx, command, handle)
+	return fn(up)
 }
 
 // ExecIn is Exec with another mailbox open: it runs command on a leased
@@ -303,26 +311,12 @@ func (s *Session) Exec(ctx context.Context, command string, handle func(*upstrea
 // again. Like Exec, it may be called from an OnTagged hook, on the
 // connection whose command has just been answered.
 func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
-	if len(s.ahead) > 0 {
-		return s.besideAhead(ctx, false, func(up *upstream.Conn) (*upstream.Response, error) {
-			if err := up.Select(ctx, mailbox, true, nil); err != nil {
-				return nil, err
-			}
-			return up.Exec(ctx, command, handle)
-		})
-	}
-	held := s.up != nil && !s.up.Broken()
-	up, err := s.lease(ctx, false)
-	if err != nil {
-		return nil, err
-	}
-	if !held {
-		defer s.release()
-	}
-	if err := up.Select(ctx, mailbox, true, nil); err != nil {
-		return nil, err
-	}
-	return up.Exec(ctx, command, handle)
+	return s.onConn(ctx, false, func(up *upstream.Conn) (*upstream.Response, error) {
+		if err := up.Select(ctx, mailbox, true, nil); err != nil {
+			return nil, err
+		}
+		return up.Exec(ctx, command, handle)
+	})
 }
 
 // ErrClientGone marks errors that mean the client cannot be written to.

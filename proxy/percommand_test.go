@@ -121,14 +121,12 @@ func TestSelectSyncOverlaps(t *testing.T) {
 	imaptest.AssertLines(t, "SELECT", b.ReadUntilTagged("s"), []string{"* 1 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *"})
 }
 
-// TestNoSyncWithoutChange: a command that may change the selected mailbox
-// waits for the watcher's round trip only when the upstream's answer shows
-// it did: an EXPUNGE with nothing to expunge, an APPEND the upstream
-// refuses, a COPY it refuses ask for none (the watcher's connection
-// sees no NOOP); an EXPUNGE that expunges still does, and its client hears
-// of its expunge before the tagged OK.
-func TestNoSyncWithoutChange(t *testing.T) {
-	t.Parallel()
+// startTwoMessages starts a proxy whose watcher does no NOOP but those
+// asked for (no SyncLinger), over a go-imap server whose INBOX holds two
+// messages, through a fault relay, and a client that selected INBOX: its
+// login is the relay's connection 1, the watcher's connection 2.
+func startTwoMessages(t *testing.T) (*memupstream.Server, *faultnet.Relay, *imaptest.Proxy, *client) {
+	t.Helper()
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	for _, s := range []string{"one", "two"} {
 		if err := up.Append("alice", "INBOX", nil, testMessage(s, 100)); err != nil {
@@ -137,11 +135,23 @@ func TestNoSyncWithoutChange(t *testing.T) {
 	}
 	fn := faultnet.Start(t, up.Addr)
 	cfg := baseConfig(fn.Addr())
-	cfg.Hub.SyncLinger = -1 // no NOOP of the watcher's but those asked for
+	cfg.Hub.SyncLinger = -1
 	p := startProxy(t, cfg)
 	a := imaptest.Dial(t, p.Addr)
-	a.LoginTagged("alice", "secret")                                                                   // connection 1
-	a.ExpectDo("s", "SELECT INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *") // the watcher: connection 2
+	a.LoginTagged("alice", "secret")
+	a.ExpectDo("s", "SELECT INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
+	return up, fn, p, a
+}
+
+// TestNoSyncWithoutChange: a command that may change the selected mailbox
+// waits for the watcher's round trip only when the upstream's answer shows
+// it did: an EXPUNGE with nothing to expunge, an APPEND the upstream
+// refuses, a COPY it refuses ask for none (the watcher's connection
+// sees no NOOP); an EXPUNGE that expunges still does, and its client hears
+// of its expunge before the tagged OK.
+func TestNoSyncWithoutChange(t *testing.T) {
+	t.Parallel()
+	_, fn, _, a := startTwoMessages(t)
 	noop := fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
 	noSync := func(what string) {
 		t.Helper()
@@ -179,19 +189,7 @@ func TestNoSyncWithoutChange(t *testing.T) {
 // next command runs the NOOP.
 func TestNoCatchUpAfterOwnStore(t *testing.T) {
 	t.Parallel()
-	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
-	for _, s := range []string{"one", "two"} {
-		if err := up.Append("alice", "INBOX", nil, testMessage(s, 100)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fn := faultnet.Start(t, up.Addr)
-	cfg := baseConfig(fn.Addr())
-	cfg.Hub.SyncLinger = -1
-	p := startProxy(t, cfg)
-	a := imaptest.Dial(t, p.Addr)
-	a.LoginTagged("alice", "secret")                                                                   // connection 1
-	a.ExpectDo("s", "SELECT INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *") // the watcher: connection 2
+	up, fn, p, a := startTwoMessages(t)
 	b := imaptest.Dial(t, p.Addr)
 	b.LoginTagged("alice", "secret") // the login cache: connection 1 again
 	b.ExpectDo("s", "EXAMINE INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-ONLY] *")

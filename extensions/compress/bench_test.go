@@ -19,6 +19,7 @@ import (
 
 	"github.com/klauspost/compress/flate"
 
+	"github.com/lemonproxy/lemonproxy/internal/cpustat"
 	"github.com/lemonproxy/lemonproxy/internal/deflate"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
@@ -150,7 +151,7 @@ func benchBursts(b *testing.B, v variant, bursts [][]byte) {
 	}
 	b.SetBytes(int64(plain))
 	var out countWriter
-	cpu0 := processCPU()
+	cpu0 := cpustat.Self()
 	for b.Loop() {
 		out.n = 0
 		w := v.mk(&out)
@@ -168,16 +169,7 @@ func benchBursts(b *testing.B, v variant, bursts [][]byte) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(plain)*(1<<20)/1e6, "ms/MB")
 	// The process's CPU time, less sensitive than the elapsed time to
 	// other work on a shared machine (garbage collection included).
-	b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/float64(b.N)/float64(plain)*(1<<20)/1e6, "cpu-ms/MB")
-}
-
-// processCPU returns this process's CPU time (user and system).
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64((cpustat.Self()-cpu0).Nanoseconds())/float64(b.N)/float64(plain)*(1<<20)/1e6, "cpu-ms/MB")
 }
 
 // BenchmarkBodies compresses message downloads as the proxy sends them,

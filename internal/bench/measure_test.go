@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lemonproxy/lemonproxy/internal/cpustat"
 )
 
 // procMem is what the benchmark's own process (the proxy) uses.
@@ -177,10 +179,7 @@ func checkFileLimit(b *testing.B, need int) {
 // jiffies (from /proc/stat), to tell how much of the machine the rounds
 // took and how much of that was the proxy's.
 func cpuTimes() (self time.Duration, busy, total uint64) {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	self = cpustat.Self()
 	data, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return self, 0, 0

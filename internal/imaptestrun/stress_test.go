@@ -12,11 +12,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/internal/cpustat"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 )
 
@@ -147,13 +147,13 @@ func runStress(t *testing.T, bin, mbox string, dc *dovecottest.Server, addr, use
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "host="+host, "port="+port, "user="+user, "pass="+password,
 		"mbox="+mbox, fmt.Sprintf("clients=%d", stressClients), fmt.Sprintf("secs=%d", secs), "output="+results)
-	start, dc0, self0 := time.Now(), dc.CPU(), selfCPU()
+	start, dc0, self0 := time.Now(), dc.CPU(), cpustat.Self()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("imaptest stress against %s: %v\n%s", addr, err, out)
 	}
 	r := stressResult{secs: time.Since(start).Seconds(), count: map[string]int{}, timed: map[string]int{}, msecs: map[string]int64{}}
-	r.dovecotCPU, r.selfCPU = dc.CPU()-dc0, selfCPU()-self0
+	r.dovecotCPU, r.selfCPU = dc.CPU()-dc0, cpustat.Self()-self0
 	r.imaptestCPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	for _, l := range strings.Split(string(out), "\n") {
 		if strings.Contains(l, "Error:") {
@@ -301,15 +301,6 @@ func startCPUProfile(t *testing.T, path string) (stop func()) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}
-}
-
-// selfCPU returns this process's CPU time (user and system).
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func writeProfile(t *testing.T, name, path string) {

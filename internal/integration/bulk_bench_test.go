@@ -14,6 +14,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/extensions/chain"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
+	"github.com/lemonproxy/lemonproxy/internal/cpustat"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -94,7 +95,7 @@ func BenchmarkBulkDownload(b *testing.B) {
 		// dc.CPU reads /proc for every process: outside the proxy's
 		// figure.
 		d0 := dc.CPU()
-		p0 := processCPU()
+		p0 := cpustat.Self()
 		start := time.Now()
 		out, err := cmd.CombinedOutput()
 		wall := time.Since(start)
@@ -104,7 +105,7 @@ func BenchmarkBulkDownload(b *testing.B) {
 		if os.Getenv("LEMONPROXY_BULK_TRACE") != "" {
 			os.WriteFile(filepath.Join(os.Getenv("LEMONPROXY_BULK_TRACE"), strings.ReplaceAll(addr, ":", "_")), out, 0o600)
 		}
-		p1 := processCPU()
+		p1 := cpustat.Self()
 		r := bulkRun{wall: wall, proxy: p1 - p0, dovecot: dc.CPU() - d0,
 			client: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}
 		got := 0

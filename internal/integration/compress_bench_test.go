@@ -12,12 +12,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/klauspost/compress/flate"
 
+	"github.com/lemonproxy/lemonproxy/internal/cpustat"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -264,24 +264,15 @@ func cpuLoop(b *testing.B, py, addr, mailbox string, loops int, compress bool, d
 	if l := line(); l != "READY\n" {
 		b.Fatalf("compress_client.py loop: %q", l)
 	}
-	p0, d0 := processCPU(), dc.CPU()
+	p0, d0 := cpustat.Self(), dc.CPU()
 	io.WriteString(stdin, "go\n")
 	var res map[string]any
 	if err := json.Unmarshal([]byte(line()), &res); err != nil || res["ok"] != true {
 		b.Fatalf("compress_client.py loop: %v %v", res, err)
 	}
-	p1, d1 := processCPU(), dc.CPU()
+	p1, d1 := cpustat.Self(), dc.CPU()
 	io.WriteString(stdin, "done\n")
 	return cpuResult{proxy: p1 - p0, dovecot: d1 - d0, plain: res["plain_in"].(float64), wire: res["wire_in"].(float64), seconds: res["seconds"].(float64)}
-}
-
-// processCPU returns this process's CPU time (user and system).
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // loadAverage returns /proc/loadavg's first three fields.
