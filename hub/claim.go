@@ -53,11 +53,14 @@ type claim struct {
 	report []string // the latest such report (normalized)
 }
 
-// claimReq carries a claim from a session to the box's goroutine.
+// claimReq carries a claim from a session to the box's goroutine: a
+// STORE's flags (uid, flags), or the new messages the session's own
+// command added (added: Subscription.Added).
 type claimReq struct {
 	state *syncstate.Mailbox // the state the session follows
 	uid   uint32
 	flags []string
+	added []syncstate.Message
 	reply chan claimReply // buffered: the box never waits for the session
 }
 
@@ -102,7 +105,7 @@ func (b *box) own(ctx context.Context, req *claimReq) claimReply {
 	case r := <-req.reply:
 		return r
 	case <-ctx.Done():
-		return claimReply{err: fmt.Errorf("hub: claiming UID %d in %q: %w", req.uid, b.key.Mailbox, ctx.Err())}
+		return claimReply{err: fmt.Errorf("hub: %s in %q: %w", req, b.key.Mailbox, ctx.Err())}
 	case <-b.stopped:
 		// The watcher may have answered just before it stopped.
 		select {
@@ -110,7 +113,7 @@ func (b *box) own(ctx context.Context, req *claimReq) claimReply {
 			return r
 		default:
 		}
-		return claimReply{err: fmt.Errorf("hub: claiming UID %d in %q: %w", req.uid, b.key.Mailbox, errStopped)}
+		return claimReply{err: fmt.Errorf("hub: %s in %q: %w", req, b.key.Mailbox, errStopped)}
 	}
 }
 
@@ -131,7 +134,16 @@ func (b *box) takeClaims() []*claimReq {
 	return r
 }
 
-// serveClaims applies the queued claims. Only the box's goroutine calls it.
+// String names the request in errors.
+func (r *claimReq) String() string {
+	if r.added != nil {
+		return fmt.Sprintf("adding %d new messages", len(r.added))
+	}
+	return fmt.Sprintf("claiming UID %d", r.uid)
+}
+
+// serveClaims applies the queued claims and new messages, in the order
+// they came. Only the box's goroutine calls it.
 //
 // The claims queued together (of several sessions, or of one STORE's
 // messages) are applied in one batch, and so saved in one write of the
@@ -142,9 +154,14 @@ func (b *box) takeClaims() []*claimReq {
 func (b *box) serveClaims() {
 	reqs := b.takeClaims()
 	for len(reqs) > 0 {
+		if reqs[0].added != nil {
+			b.applyAdded(reqs[0])
+			reqs = reqs[1:]
+			continue
+		}
 		n := 1
 		seen := map[uint32]bool{reqs[0].uid: true}
-		for n < len(reqs) && !seen[reqs[n].uid] {
+		for n < len(reqs) && reqs[n].added == nil && !seen[reqs[n].uid] {
 			seen[reqs[n].uid] = true
 			n++
 		}
@@ -241,16 +258,19 @@ func (b *box) applyClaims(reqs []*claimReq) {
 
 // orderReports filters a batch of the watcher's reports through the
 // standing claims (see claim): confirmations and held reports leave the
-// batch, expunges end their claims.
+// batch, expunges end their claims. A report of a new message a session
+// told of (ownchanges.go) confirms it: the report is the truth.
 func (b *box) orderReports(c *syncstate.Changes) {
-	if len(b.claims) == 0 {
+	if len(b.claims) == 0 && len(b.added) == 0 {
 		return
 	}
 	for _, uid := range c.Expunged {
 		delete(b.claims, uid)
+		delete(b.added, uid)
 	}
 	out := c.Upsert[:0]
 	for _, m := range c.Upsert {
+		delete(b.added, m.UID)
 		cl := b.claims[m.UID]
 		if cl == nil {
 			out = append(out, m)
@@ -277,11 +297,16 @@ func (b *box) startTrip() uint64 {
 
 // resolveClaims is called when round trip k has completed and its answers
 // are committed: every claim made before it started is settled, with the
-// latest report held for it applied if it differs from the state. An error
-// (the state could not save) ends the watcher's connection, as in commit.
+// latest report held for it applied if it differs from the state, and so
+// is every new message a session told of before it (resolveAdded); those
+// told of since want the next round trip. An error (the state could not
+// save) ends the watcher's connection, as in commit.
 func (b *box) resolveClaims(k uint64) error {
+	if err := b.resolveAdded(k); err != nil {
+		return err
+	}
 	var apply []syncstate.Message
-	b.needTrip = false
+	b.needTrip = len(b.added) > 0
 	for uid, c := range b.claims {
 		if c.mark >= k {
 			b.needTrip = b.needTrip || c.held
@@ -310,9 +335,10 @@ func (b *box) resolveClaims(k uint64) error {
 	return nil
 }
 
-// forgetClaims drops every claim: a full resync's listing, which started
-// after all of them, is the truth.
+// forgetClaims drops every claim and every new message sessions told of:
+// a full resync's listing, which started after all of them, is the truth.
 func (b *box) forgetClaims() {
 	clear(b.claims)
+	clear(b.added)
 	b.needTrip = false
 }

@@ -77,10 +77,14 @@ type box struct {
 	wantWatcher atomic.Bool
 
 	// Owned by the box's goroutine (see claim).
-	claims   map[uint32]*claim // standing claims by UID
-	trips    uint64            // round trips (NOOP) started
-	needTrip bool              // a held report (or too many claims) wants a round trip
-	renotify bool              // a panic may have kept sessions from hearing of a change
+	claims map[uint32]*claim // standing claims by UID
+	// added holds the new messages sessions told the box of
+	// (ownchanges.go) that the watcher's connection has not reported
+	// yet: each UID's mark, as a claim's.
+	added    map[uint32]uint64
+	trips    uint64 // round trips (NOOP) started
+	needTrip bool   // a held report (or too many claims) wants a round trip
+	renotify bool   // a panic may have kept sessions from hearing of a change
 }
 
 func newBox(h *Hub, key Key, dial DialFunc) *box {

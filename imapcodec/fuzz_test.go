@@ -8,6 +8,7 @@ import (
 	"io"
 	"regexp"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -614,6 +615,90 @@ func FuzzAppendNumSet(f *testing.F) {
 					t.Fatalf("%v -> %q: %d not in the list", nums, s, n)
 				}
 			}
+		}
+	})
+}
+
+// FuzzExpandNumSet checks ExpandNumSet against ParseNumSet: a set it
+// expands has no "*", names the same numbers, and is never longer than
+// the limit; it refuses only what ParseNumSet refuses, a "*", or a set
+// over the limit.
+func FuzzExpandNumSet(f *testing.F) {
+	for _, s := range []string{"1", "3:5", "5:3,9", "1:*", "*", "4,4", "1:4294967295", ""} {
+		f.Add(s, 16)
+	}
+	f.Fuzz(func(t *testing.T, s string, limit int) {
+		limit = min(max(limit, 0), 1<<12)
+		list, err := ExpandNumSet(s, limit)
+		set, perr := ParseNumSet(s)
+		if err != nil {
+			if !errors.Is(err, ErrSyntax) || list != nil {
+				t.Fatalf("%q: %v, %v", s, list, err)
+			}
+			if perr == nil && !set.Dynamic() {
+				n := 0
+				for part := range strings.SplitSeq(s, ",") {
+					a, b, _ := strings.Cut(part, ":")
+					if b == "" {
+						b = a
+					}
+					x, _ := strconv.ParseUint(a, 10, 32)
+					y, _ := strconv.ParseUint(b, 10, 32)
+					n += int(max(x, y)-min(x, y)) + 1
+				}
+				if n <= limit {
+					t.Fatalf("%q: refused (%v) a set of %d numbers within %d", s, err, n, limit)
+				}
+			}
+			return
+		}
+		if perr != nil || set.Dynamic() || len(list) > limit {
+			t.Fatalf("%q: expanded to %v, ParseNumSet %v (%v)", s, list, set, perr)
+		}
+		var again imap.SeqSet
+		for _, n := range list {
+			if !set.Contains(n) {
+				t.Fatalf("%q: %d is not in the set", s, n)
+			}
+			again.AddNum(n)
+		}
+		if again.String() != set.String() {
+			t.Fatalf("%q: expanded to %v (%q), want %q", s, list, again.String(), set.String())
+		}
+	})
+}
+
+// FuzzSearchNumbers: any response text parses without panic into sorted,
+// distinct, non-zero numbers, and ALL's set of them reads back as them.
+func FuzzSearchNumbers(f *testing.F) {
+	for _, s := range []string{"* SEARCH", "* SEARCH 1 2 3", "* SEARCH 5 1 5 (MODSEQ 7)", "* SEARCH 4294967295", "* SEARCH 0", "* SEARCH  1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		nums, err := SearchNumbers([]byte(s))
+		if err != nil {
+			return
+		}
+		if !slices.IsSorted(nums) || len(slices.Compact(slices.Clone(nums))) != len(nums) || slices.Contains(nums, 0) {
+			t.Fatalf("%q: %v", s, nums)
+		}
+		if len(nums) == 0 {
+			return
+		}
+		set, err := ParseNumSet(string(AppendNumSet(nil, nums)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Expanded here, not with set.Nums, whose counter wraps at
+		// 4294967295 and never ends.
+		var back []uint32
+		for _, r := range set {
+			for n := uint64(r.Start); n <= uint64(r.Stop) && len(back) <= len(nums); n++ {
+				back = append(back, uint32(n))
+			}
+		}
+		if !slices.Equal(back, nums) {
+			t.Fatalf("%q: %v became %v", s, nums, back)
 		}
 	})
 }

@@ -204,3 +204,42 @@ type syntaxError struct{ msg string }
 
 func (e *syntaxError) Error() string { return "imapcodec: syntax error: " + e.msg }
 func (e *syntaxError) Unwrap() error { return ErrSyntax }
+
+// ExpandNumSet lists the numbers of a sequence or UID set in the order the
+// set names them (COPYUID's two sets pair their messages by that order, RFC
+// 4315 3), a range "a:b" from a to b either way. "*" is refused, as is a
+// set of more than limit numbers.
+func ExpandNumSet(s string, limit int) ([]uint32, error) {
+	if s == "" {
+		return nil, errSyntax("empty sequence set")
+	}
+	var out []uint32
+	for part := range strings.SplitSeq(s, ",") {
+		a, b, isRange := strings.Cut(part, ":")
+		start, err := parseSeqNum(a)
+		if err != nil {
+			return nil, err
+		}
+		stop := start
+		if isRange {
+			if stop, err = parseSeqNum(b); err != nil {
+				return nil, err
+			}
+		}
+		if start == 0 || stop == 0 {
+			return nil, errSyntax("\"*\" in a set of known numbers")
+		}
+		n := int(max(start, stop)-min(start, stop)) + 1
+		if n > limit-len(out) {
+			return nil, errSyntax("more than " + strconv.Itoa(limit) + " numbers in a set")
+		}
+		for i := range n {
+			if start <= stop {
+				out = append(out, start+uint32(i))
+			} else {
+				out = append(out, start-uint32(i))
+			}
+		}
+	}
+	return out, nil
+}

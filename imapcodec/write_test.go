@@ -3,6 +3,7 @@ package imapcodec
 import (
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -390,6 +391,28 @@ func TestAppendNumSet(t *testing.T) {
 	} {
 		if got := string(AppendNumSet([]byte("x "), tc.nums)); got != "x "+tc.want {
 			t.Errorf("AppendNumSet(%v) = %q, want %q", tc.nums, got, "x "+tc.want)
+		}
+	}
+}
+
+func TestExpandNumSet(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want []uint32
+	}{
+		{"7", []uint32{7}},
+		{"3:5", []uint32{3, 4, 5}},
+		{"5:3,9", []uint32{5, 4, 3, 9}},
+		{"10,2:3", []uint32{10, 2, 3}},
+	} {
+		got, err := ExpandNumSet(c.in, 8)
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("ExpandNumSet(%q) = %v, %v; want %v", c.in, got, err, c.want)
+		}
+	}
+	for _, in := range []string{"", "1:*", "*", "0", "1:9", "a"} {
+		if got, err := ExpandNumSet(in, 8); err == nil || !errors.Is(err, ErrSyntax) {
+			t.Errorf("ExpandNumSet(%q) = %v, %v; want a syntax error", in, got, err)
 		}
 	}
 }

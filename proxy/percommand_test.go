@@ -240,3 +240,30 @@ func TestNoCatchUpAfterOwnStore(t *testing.T) {
 		t.Fatal("a command after someone else's change ran without the catch-up NOOP")
 	}
 }
+
+// TestAppendTold: an APPEND into the selected mailbox gets its EXISTS
+// before the tagged OK from the upstream's own APPENDUID (the hub is told
+// of the message: hub/ownchanges.go), without waiting for the watcher,
+// whose connection gets no EXISTS until the test lets it through (in
+// IDLE, or in the answer to the round trip the hub asks for to confirm the
+// message). An APPEND into another mailbox, and one whose answer has no
+// APPENDUID, are not told (see TestNoSyncWithoutChange).
+func TestAppendTold(t *testing.T) {
+	t.Parallel()
+	_, fn, _, a := startTwoMessages(t)
+	h := fn.Add(faultnet.Fault{Conn: 2, Match: []byte("EXISTS"), MatchDir: faultnet.ToClient, Dir: faultnet.ToClient, Action: faultnet.Hold})
+	defer h.Release()
+	r := a.Do("a", "APPEND INBOX (\\Flagged) {5+}\r\nhello")
+	if len(r) != 3 || r[0] != "* 3 EXISTS" || r[1] != "* 1 RECENT" || !strings.HasPrefix(r[2], "a OK [APPENDUID ") || !strings.Contains(r[2], " 3] ") {
+		t.Fatalf("APPEND: %q, want * 3 EXISTS, * 1 RECENT and OK [APPENDUID v 3]", r)
+	}
+	a.ExpectDo("f", "FETCH 3 (UID FLAGS)", `* 3 FETCH (UID 3 FLAGS (\Flagged \Recent))`, "f OK *")
+	select {
+	case <-h.Fired():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watcher's connection never got the EXISTS")
+	}
+	h.Release()
+	// Confirmed, nothing changes for the client.
+	a.ExpectDo("n", "NOOP", "n OK *")
+}

@@ -281,9 +281,10 @@ const syncTimeout = 5 * time.Second
 // beforeTagged runs just before the tagged response of a command in the
 // selected state: it waits for the hub to see the command's own changes
 // (EXPUNGE, MOVE, APPEND or COPY into the mailbox, when the upstream's
-// answer shows it made some: translation.needsSync), then reports every
-// change the protocol allows at this point.
-func (s *Session) beforeTagged(x *Exchange) error {
+// answer shows it made some: translation.needsSync) unless the answer
+// itself names them (tellAdded), then reports every change the protocol
+// allows at this point. head is the tagged response about to be written.
+func (s *Session) beforeTagged(x *Exchange, head imapcodec.ResponseHead) error {
 	if s.mbox == nil {
 		return nil
 	}
@@ -295,7 +296,9 @@ func (s *Session) beforeTagged(x *Exchange) error {
 			// that other sessions' commands need not wait for it (an
 			// OnTagged hook that needs one leases again).
 			s.release()
-			s.syncMailbox(context.Background(), syncTimeout)
+			if !s.tellAdded(x, head) {
+				s.syncMailbox(context.Background(), syncTimeout)
+			}
 		}
 		allowExpunge = t.allowExpunge
 		if t.ownChanges > 0 {

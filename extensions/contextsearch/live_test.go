@@ -160,16 +160,4 @@ func FuzzParseCancel(f *testing.F) {
 	})
 }
 
-// FuzzSearchNumbers: any upstream SEARCH line gives non-zero numbers.
-func FuzzSearchNumbers(f *testing.F) {
-	for _, s := range []string{"* SEARCH", "* SEARCH 1 2 3", "* SEARCH 0 4294967296 5", "* SEARCH 5 (MODSEQ 7)"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		if slices.Contains(searchNumbers([]byte(s)), 0) {
-			t.Fatalf("%q", s)
-		}
-	})
-}
-
 func segments(s string) []imapcodec.Segment { return []imapcodec.Segment{{Text: []byte(s)}} }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/lemonproxy/lemonproxy/extensions/internal/statesearch"
@@ -150,7 +149,8 @@ func (m *searchMatcher) Match(ctx context.Context, s *proxy.Session, uids []uint
 		cmd := imapcodec.AppendNumSet([]byte(m.command+" UID "), uids[:n])
 		_, err := s.Exec(ctx, string(cmd), func(r *upstream.Response) {
 			if r.Head.Name == "SEARCH" && len(r.Segments) == 1 {
-				matched = append(matched, searchNumbers(r.Segments[0].Text)...)
+				nums, _ := imapcodec.SearchNumbers(r.Segments[0].Text)
+				matched = append(matched, nums...)
 			}
 		})
 		if err != nil {
@@ -159,25 +159,4 @@ func (m *searchMatcher) Match(ctx context.Context, s *proxy.Session, uids []uint
 		uids = uids[n:]
 	}
 	return matched, nil
-}
-
-// searchNumbers reads the numbers of "* SEARCH n n n"; anything that is not
-// a number ends them (RFC 7162's "(MODSEQ m)", which these searches never
-// ask for).
-func searchNumbers(text []byte) []uint32 {
-	f := bytes.Fields(text)
-	if len(f) < 2 || !strings.EqualFold(string(f[1]), "SEARCH") {
-		return nil
-	}
-	var out []uint32
-	for _, w := range f[2:] {
-		n, err := strconv.ParseUint(string(w), 10, 32)
-		if err != nil {
-			break
-		}
-		if n > 0 {
-			out = append(out, uint32(n))
-		}
-	}
-	return out
 }

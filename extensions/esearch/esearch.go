@@ -237,7 +237,7 @@ type result struct {
 // add takes the numbers of a "* SEARCH" answer. Servers send one; more
 // would add up (RFC 3501 7.2.5 does not forbid it).
 func (r *result) add(m *proxy.Mailbox, text []byte) {
-	nums, err := searchNumbers(text)
+	nums, err := imapcodec.SearchNumbers(text)
 	if err != nil || len(nums) == 0 {
 		return
 	}

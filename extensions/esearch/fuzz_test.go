@@ -38,41 +38,6 @@ func FuzzParseReturn(f *testing.F) {
 	})
 }
 
-// FuzzSearchNumbers: any response text parses without panic into sorted,
-// distinct, non-zero numbers, and ALL's set of them reads back as them.
-func FuzzSearchNumbers(f *testing.F) {
-	for _, s := range []string{"* SEARCH", "* SEARCH 1 2 3", "* SEARCH 5 1 5 (MODSEQ 7)", "* SEARCH 4294967295", "* SEARCH 0", "* SEARCH  1"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		nums, err := searchNumbers([]byte(s))
-		if err != nil {
-			return
-		}
-		if !slices.IsSorted(nums) || len(slices.Compact(slices.Clone(nums))) != len(nums) || slices.Contains(nums, 0) {
-			t.Fatalf("%q: %v", s, nums)
-		}
-		if len(nums) == 0 {
-			return
-		}
-		set, err := imapcodec.ParseNumSet(string(imapcodec.AppendNumSet(nil, nums)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Expanded here, not with set.Nums, whose counter wraps at
-		// 4294967295 and never ends.
-		var back []uint32
-		for _, r := range set {
-			for n := uint64(r.Start); n <= uint64(r.Stop) && len(back) <= len(nums); n++ {
-				back = append(back, uint32(n))
-			}
-		}
-		if !slices.Equal(back, nums) {
-			t.Fatalf("%q: %v became %v", s, nums, back)
-		}
-	})
-}
-
 // FuzzSeqSpans: the saved UIDs' sequence numbers are exactly those of the
 // view's messages among them.
 func FuzzSeqSpans(f *testing.F) {

@@ -313,15 +313,12 @@ func searchUIDs(ctx context.Context, s *proxy.Session, cmd string) ([]uint32, er
 		if r.Head.Name != "SEARCH" || len(r.Segments) != 1 {
 			return
 		}
-		f := strings.Fields(string(r.Segments[0].Text))
-		for _, w := range f[min(2, len(f)):] {
-			n, err := strconv.ParseUint(w, 10, 32)
-			if err != nil || n == 0 {
-				bad = fmt.Errorf("within: bad UID %q in the upstream's SEARCH answer", w)
-				return
-			}
-			uids = append(uids, uint32(n))
+		nums, err := imapcodec.SearchNumbers(r.Segments[0].Text)
+		if err != nil {
+			bad = fmt.Errorf("within: the upstream's SEARCH answer: %w", err)
+			return
 		}
+		uids = append(uids, nums...)
 	})
 	if err == nil {
 		err = bad
