@@ -2,7 +2,6 @@ package catenate_test
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,23 +10,17 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/openfiles"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 // openSpools counts this process's open files in dir (the spool files,
-// unlinked as soon as made, stay open until closed): /proc/self/fd.
+// unlinked as soon as made, stay open until closed).
 func openSpools(t *testing.T, dir string) int {
 	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
+	n, err := openfiles.In(dir)
 	if err != nil {
-		t.Skipf("no /proc/self/fd: %v", err)
-	}
-	n := 0
-	for _, fd := range fds {
-		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
-		if err == nil && strings.HasPrefix(target, dir+string(filepath.Separator)) {
-			n++
-		}
+		t.Skip(err)
 	}
 	return n
 }

@@ -3,26 +3,19 @@ package urlfetch
 import (
 	"bytes"
 	"io"
-	"os"
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"github.com/lemonproxy/lemonproxy/internal/openfiles"
 )
 
-// openIn counts the spool files this process holds open in dir (unlinked
-// at creation, so only /proc/self/fd shows them).
+// openIn counts the spool files this process holds open in dir.
 func openIn(t *testing.T, dir string) int {
 	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
+	n, err := openfiles.In(dir)
 	if err != nil {
-		t.Skipf("no /proc/self/fd: %v", err)
-	}
-	n := 0
-	for _, fd := range fds {
-		target, err := os.Readlink("/proc/self/fd/" + fd.Name())
-		if err == nil && strings.HasPrefix(target, dir+"/") {
-			n++
-		}
+		t.Skip(err)
 	}
 	return n
 }
