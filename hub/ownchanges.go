@@ -50,6 +50,14 @@ import (
 // most maxClaims are remembered; beyond, the session falls back to a
 // round trip.
 //
+// Two assumptions, both the claims' too: the watcher's connection and
+// the session's reach the same store (a replicated backend that lags
+// would have a told message removed and later added back), and the
+// upstream tells the watcher of new messages' UIDs in order (an
+// unsolicited FETCH with the UID of a later message before an earlier
+// one's would put MaxUID past a message the state never saw; the watcher
+// enables nothing, CONDSTORE included, that makes Dovecot send those).
+//
 // The same was tried for EXPUNGE and dropped: see docs/per-command.md.
 
 // Added hands the box the messages the session's own command (APPEND,

@@ -53,6 +53,9 @@ func TestAddedAtOnce(t *testing.T) {
 	u.uids = append(u.uids, 12, 13)
 	u.flags[12], u.flags[13] = `\Seen`, ""
 	u.mu.Unlock()
+	// The answer to the round trip that confirms them (the box asks for
+	// it at once): the upstream reports the two messages.
+	u.answerNextNoop("* 4 EXISTS")
 	if !added(t, sub, msg(12, `\Seen`), msg(13)) {
 		t.Fatal("Added(12, 13) refused")
 	}
@@ -66,8 +69,6 @@ func TestAddedAtOnce(t *testing.T) {
 		t.Errorf("HIGHESTMODSEQ %d after two new messages, want %d", got, before+2)
 	}
 	waitFor(t, n, "the other subscriber's notification", func() bool { _, ok := flagsOf(other.State(), 13); return ok })
-	// The confirming round trip: the upstream reports the two messages.
-	u.answerNextNoop("* 4 EXISTS")
 	u.expect("DONE")
 	u.expect("NOOP")
 	u.expect("IDLE")
@@ -134,6 +135,10 @@ func TestAddedOnlyNext(t *testing.T) {
 	if _, ok := flagsOf(st, 11); ok {
 		t.Error("an expunged UID came back")
 	}
+	u.mu.Lock()
+	u.uids = append(u.uids, 12)
+	u.mu.Unlock()
+	u.answerNextNoop("* 2 EXISTS") // for the confirming round trip
 	if !added(t, sub, msg(11), msg(12)) {
 		t.Error("UIDs 11 (expunged) and 12 refused")
 	}
@@ -151,12 +156,16 @@ func TestAddedGoneBeforeSeen(t *testing.T) {
 	sub, _ := watchLogged(t, h, u.dial(), 10)
 	u.expect("IDLE")
 	st := sub.State()
+	release := u.holdNextNoop()
 	if !added(t, sub, msg(11, `\Flagged`)) {
 		t.Fatal("Added(11) refused")
 	}
 	pos := st.HighestModSeq()
-	// The upstream does not have it any more: its NOOP reports nothing.
+	// The upstream does not have it any more: its NOOP, held until the
+	// mod-sequence is read, reports nothing.
 	u.expect("DONE")
+	u.expect("NOOP held")
+	release()
 	u.expect("NOOP")
 	u.expect("IDLE")
 	if f, ok := flagsOf(st, 11); ok {
@@ -181,10 +190,10 @@ func TestAddedFlagsCorrected(t *testing.T) {
 	u.uids = append(u.uids, 11)
 	u.flags[11] = `$Forwarded`
 	u.mu.Unlock()
+	u.answerNextNoop("* 2 EXISTS")
 	if !added(t, sub, msg(11, `$forwarded`)) {
 		t.Fatal("Added(11) refused")
 	}
-	u.answerNextNoop("* 2 EXISTS")
 	u.expect("DONE")
 	u.expect("NOOP")
 	u.expect("IDLE")

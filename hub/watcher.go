@@ -250,7 +250,7 @@ func (b *box) run(resume *watch) (parked bool) {
 			r <- errStopped
 		}
 		for _, r := range b.takeClaims() {
-			r.reply <- claimReply{err: fmt.Errorf("hub: claiming UID %d in %q: %w", r.uid, b.key.Mailbox, errStopped)}
+			r.reply <- claimReply{err: fmt.Errorf("hub: %s in %q: %w", r, b.key.Mailbox, errStopped)}
 		}
 		if b.kept != nil {
 			// Kept for a watcher that never ran (a panic in between).

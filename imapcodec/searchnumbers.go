@@ -7,8 +7,11 @@ import (
 )
 
 // SearchNumbers reads the numbers of "* SEARCH n n n" (with RFC 7162's
-// "(MODSEQ m)" after them, which it ignores), ascending and without duplicates. It allocates no more than one number per two bytes of
-// the line, which the upstream reader has already bounded.
+// "(MODSEQ m)" after them, which it ignores), ascending and without
+// duplicates. Extra spaces between and after the numbers are taken as one
+// (servers have sent a trailing space). It allocates no more than one
+// number per two bytes of the line, which the upstream reader has already
+// bounded.
 func SearchNumbers(text []byte) ([]uint32, error) {
 	const head = "* SEARCH"
 	if len(text) < len(head) || !strings.EqualFold(string(text[:len(head)]), head) {
@@ -21,7 +24,10 @@ func SearchNumbers(text []byte) ([]uint32, error) {
 			return nil, errSyntax("bad SEARCH response")
 		}
 		rest = rest[1:]
-		if len(rest) > 0 && rest[0] == '(' {
+		if len(rest) == 0 || rest[0] == ' ' {
+			continue
+		}
+		if rest[0] == '(' {
 			break // (MODSEQ m): the proxy finds mod-sequences itself
 		}
 		i := 0

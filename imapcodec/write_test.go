@@ -416,3 +416,27 @@ func TestExpandNumSet(t *testing.T) {
 		}
 	}
 }
+
+func TestSearchNumbers(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want []uint32
+	}{
+		{"* SEARCH", nil},
+		{"* SEARCH 3 1 2", []uint32{1, 2, 3}},
+		{"* search 5 5", []uint32{5}},
+		{"* SEARCH 1 2 ", []uint32{1, 2}},  // a trailing space
+		{"* SEARCH  4  7", []uint32{4, 7}}, // runs of spaces
+		{"* SEARCH 2 9 (MODSEQ 917162500)", []uint32{2, 9}},
+	} {
+		got, err := SearchNumbers([]byte(c.in))
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("SearchNumbers(%q) = %v, %v; want %v", c.in, got, err, c.want)
+		}
+	}
+	for _, in := range []string{"* SORT 1", "* SEARCH 0", "* SEARCH 1x", "* SEARCH 4294967296", "* SEARCHX"} {
+		if got, err := SearchNumbers([]byte(in)); err == nil || !errors.Is(err, ErrSyntax) {
+			t.Errorf("SearchNumbers(%q) = %v, %v; want a syntax error", in, got, err)
+		}
+	}
+}

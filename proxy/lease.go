@@ -37,23 +37,6 @@ func (s *Session) leaseAny(ctx context.Context) (*upstream.Conn, error) {
 }
 
 func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, error) {
-	return s.leaseFor(ctx, restore, "")
-}
-
-// viewless are the commands that name no message of the selected mailbox
-// and show no message's flags: the connection they run on need not have
-// caught up with the mailbox first (catchUp). Under imaptest's stress a
-// catch-up NOOP ran before nearly every APPEND and EXPUNGE (ten clients
-// change the mailbox all the time) for nothing: APPEND adds a message
-// wherever the connection's view is, EXPUNGE removes every \Deleted
-// message the upstream has, and the answers about the connection's view
-// that either brings are dropped (the client hears of changes from the
-// hub).
-var viewless = map[string]bool{"APPEND": true, "EXPUNGE": true, "STATUS": true, "LIST": true, "LSUB": true}
-
-// leaseFor is lease for the command cmd (its name; "" for one that may
-// need the connection's view).
-func (s *Session) leaseFor(ctx context.Context, restore bool, cmd string) (*upstream.Conn, error) {
 	if s.up != nil && !s.up.Broken() {
 		return s.up, nil
 	}
@@ -110,14 +93,9 @@ func (s *Session) leaseFor(ctx context.Context, restore bool, cmd string) (*upst
 				continue
 			}
 		}
-		// A viewless command leaves a connection as far behind as it is:
-		// its SyncedTo says so, and the next command that needs the view
-		// catches up.
-		if fresh || !viewless[cmd] {
-			if err := s.catchUp(ctx, c, fresh); err != nil {
-				c.Close()
-				continue
-			}
+		if err := s.catchUp(ctx, c, fresh); err != nil {
+			c.Close()
+			continue
 		}
 		s.up = c
 		s.leased.Store(true)

@@ -25,9 +25,13 @@ const maxTold = 1024
 // messages, later, corrects flags the upstream stored otherwise.
 func (s *Session) tellAdded(x *Exchange, head imapcodec.ResponseHead) bool {
 	t := x.xlate
-	if !x.upstreamTagged || head.Name != "OK" || t.expunged || !t.adds {
-		// Not the upstream's own success, or it reported an expunge
-		// too: the round trip reports all of it.
+	if !x.upstreamTagged || head.Name != "OK" || !t.adds || !s.UpstreamCaps().Has("UIDPLUS") {
+		// Not the upstream's own success; or a code from an upstream
+		// that does not advertise UIDPLUS, which the proxy does not
+		// trust (extensions/uidplus strips it from the client's answer).
+		// An expunge reported during the command is someone else's
+		// (APPEND and COPY remove nothing): the client may hear of it
+		// after the tagged answer, and the watcher reports it.
 		return false
 	}
 	var msgs []syncstate.Message
@@ -84,14 +88,8 @@ func (s *Session) appended(x *Exchange, arg string) []syncstate.Message {
 // appendFlags reads the flag list of an APPEND command (none if it has
 // none).
 func appendFlags(cmd *imapcodec.Command) ([]string, bool) {
-	p := imapcodec.NewParser(cmd.Segments[:1], imapcodec.Limits{})
-	p.Atom() // tag
-	p.SP()
-	p.Atom() // APPEND
-	if p.SP() != nil {
-		return nil, false
-	}
-	if _, err := p.AString(); err != nil || p.SP() != nil {
+	p, _, ok := appendMailbox(cmd)
+	if !ok || p.SP() != nil {
 		return nil, false
 	}
 	if c, ok := p.Peek(); !ok || c != '(' {

@@ -340,16 +340,9 @@ func (s *Session) noteAppended(x *Exchange, appendUID string) {
 	for _, r := range uids {
 		first = min(first, uint32(r.Start))
 	}
-	p := imapcodec.NewParser(x.cmd.Segments[:1], imapcodec.Limits{})
-	p.Atom() // tag
-	p.SP()
-	p.Atom() // APPEND
-	if p.SP() != nil {
+	_, name, ok := appendMailbox(x.cmd)
+	if !ok {
 		return
-	}
-	name, err := p.AString()
-	if err != nil {
-		return // a mailbox name sent as a literal: not worth reading again
 	}
 	s.srv.hub.NoteAppended(s.hubKey(name), uint32(uidValidity), first)
 }

@@ -54,7 +54,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 	// filterResponse). Re-selecting it later would cost far more. Only
 	// DELETE and RENAME, which may hit that very mailbox, unselect first.
 	restore := s.state != StateAuthenticated || cmd.Name == "DELETE" || cmd.Name == "RENAME"
-	up, err := s.leaseFor(ctx, restore, cmd.Name)
+	up, err := s.lease(ctx, restore)
 	if err != nil {
 		if err := s.discardFrom(in, first.Literal); err != nil {
 			return err
@@ -272,7 +272,7 @@ func (s *Session) awaitContinuation(x *Exchange, up *upstream.Conn, upTag string
 // upstream's responses: the end of the command chain for every command
 // the core relays without streaming it.
 func (s *Session) relayWhole(ctx context.Context, x *Exchange) error {
-	up, err := s.leaseFor(ctx, s.state != StateAuthenticated || x.Name == "DELETE" || x.Name == "RENAME", x.Name)
+	up, err := s.lease(ctx, s.state != StateAuthenticated || x.Name == "DELETE" || x.Name == "RENAME")
 	if err != nil {
 		return s.upstreamUnavailable(x.Tag, err)
 	}

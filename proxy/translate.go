@@ -274,22 +274,43 @@ func fetchSetsSeen(cmd *imapcodec.Command) bool {
 // targetIsSelected reports whether the mailbox argument of COPY, MOVE or
 // APPEND names the selected mailbox.
 func targetIsSelected(cmd *imapcodec.Command, selected string) bool {
+	if cmd.Name == "APPEND" {
+		// Read up to the name only: what follows may be a CATENATE list
+		// cut by a streamed literal, which no reading of values gets
+		// through (such an APPEND into the selected mailbox went
+		// unreported until the next command).
+		_, name, ok := appendMailbox(cmd)
+		return ok && canonicalName(name, "") == selected
+	}
 	p := imapcodec.NewParser(cmd.Segments, imapcodec.Limits{})
 	vals, err := p.Values()
 	if err != nil || len(vals) < 3 {
 		return false
 	}
-	idx := 2 // tag NAME [seqset] mailbox
+	idx := 3 // tag NAME seqset mailbox
 	if strings.HasPrefix(cmd.Name, "UID ") {
 		idx = 4
-	} else if cmd.Name != "APPEND" {
-		idx = 3
 	}
 	if idx >= len(vals) {
 		return false
 	}
 	name, ok := imapcodec.AsString(vals[idx])
 	return ok && canonicalName(name, "") == selected
+}
+
+// appendMailbox reads an APPEND command's mailbox name from its first
+// line, and returns the parser positioned after it. ok is false for a name
+// sent as a literal (not worth reading again) or a malformed command.
+func appendMailbox(cmd *imapcodec.Command) (p *imapcodec.Parser, name string, ok bool) {
+	p = imapcodec.NewParser(cmd.Segments[:1], imapcodec.Limits{})
+	p.Atom() // tag
+	p.SP()
+	p.Atom() // APPEND
+	if p.SP() != nil {
+		return nil, "", false
+	}
+	name, err := p.AString()
+	return p, name, err == nil
 }
 
 // rewriteSearch translates the search keys of SEARCH, SORT or THREAD: with
