@@ -21,6 +21,16 @@ func added(t *testing.T, sub *Subscription, msgs ...syncstate.Message) bool {
 	return ok
 }
 
+// watchIdle watches INBOX on a fake upstream holding uids, with a hub of
+// the default settings, and returns once the watcher is in IDLE.
+func watchIdle(t *testing.T, uids ...uint32) (*fakeUpstream, *Subscription) {
+	t.Helper()
+	u := startFake(t, true, uids...)
+	sub, _ := watchLogged(t, testHub(t, Config{}), u.dial(), uids[0])
+	u.expect("IDLE")
+	return u, sub
+}
+
 func msg(uid uint32, flags ...string) syncstate.Message {
 	return syncstate.Message{UID: uid, Flags: flags}
 }
@@ -91,10 +101,7 @@ func TestAddedAtOnce(t *testing.T) {
 // UIDs it knew already (present, or expunged since) are taken as they are,
 // changing nothing.
 func TestAddedOnlyNext(t *testing.T) {
-	u := startFake(t, true, 10, 11)
-	h := testHub(t, Config{})
-	sub, _ := watchLogged(t, h, u.dial(), 10)
-	u.expect("IDLE")
+	u, sub := watchIdle(t, 10, 11)
 	st := sub.State()
 	before := st.HighestModSeq()
 	for _, c := range []struct {
@@ -151,10 +158,7 @@ func TestAddedOnlyNext(t *testing.T) {
 // watcher could see it is removed from the state by the round trip the
 // box asks for, and subscribers hear of it.
 func TestAddedGoneBeforeSeen(t *testing.T) {
-	u := startFake(t, true, 10)
-	h := testHub(t, Config{})
-	sub, _ := watchLogged(t, h, u.dial(), 10)
-	u.expect("IDLE")
+	u, sub := watchIdle(t, 10)
 	st := sub.State()
 	release := u.holdNextNoop()
 	if !added(t, sub, msg(11, `\Flagged`)) {
@@ -181,10 +185,7 @@ func TestAddedGoneBeforeSeen(t *testing.T) {
 // other flags than the session said, the watcher's report of it is the
 // truth.
 func TestAddedFlagsCorrected(t *testing.T) {
-	u := startFake(t, true, 10)
-	h := testHub(t, Config{})
-	sub, _ := watchLogged(t, h, u.dial(), 10)
-	u.expect("IDLE")
+	u, sub := watchIdle(t, 10)
 	st := sub.State()
 	u.mu.Lock()
 	u.uids = append(u.uids, 11)
@@ -205,10 +206,7 @@ func TestAddedFlagsCorrected(t *testing.T) {
 // TestAddedOtherValidity: a session that follows a state the box has
 // replaced (the UIDVALIDITY changed) is told so.
 func TestAddedOtherValidity(t *testing.T) {
-	u := startFake(t, true, 10)
-	h := testHub(t, Config{})
-	sub, _ := watchLogged(t, h, u.dial(), 10)
-	u.expect("IDLE")
+	_, sub := watchIdle(t, 10)
 	stale := &Subscription{box: sub.box, state: syncstate.New(99)}
 	_, err := stale.Added(context.Background(), []syncstate.Message{msg(11)})
 	if !errors.Is(err, ErrUIDValidity) {

@@ -155,21 +155,30 @@ func ParseNumSet(s string) (imap.SeqSet, error) {
 	if s == "" {
 		return nil, errSyntax("empty sequence set")
 	}
-	for _, part := range strings.Split(s, ",") {
-		a, b, isRange := strings.Cut(part, ":")
-		start, err := parseSeqNum(a)
+	for part := range strings.SplitSeq(s, ",") {
+		start, stop, err := parseSetPart(part)
 		if err != nil {
 			return nil, err
-		}
-		stop := start
-		if isRange {
-			if stop, err = parseSeqNum(b); err != nil {
-				return nil, err
-			}
 		}
 		set.AddRange(start, stop)
 	}
 	return set, nil
+}
+
+// parseSetPart parses one comma-separated part of a set: a number or a
+// range "a:b", as written (a may be above b); "*" is 0.
+func parseSetPart(part string) (start, stop uint32, err error) {
+	a, b, isRange := strings.Cut(part, ":")
+	if start, err = parseSeqNum(a); err != nil {
+		return 0, 0, err
+	}
+	stop = start
+	if isRange {
+		if stop, err = parseSeqNum(b); err != nil {
+			return 0, 0, err
+		}
+	}
+	return start, stop, nil
 }
 
 func parseSeqNum(s string) (uint32, error) {
@@ -215,16 +224,9 @@ func ExpandNumSet(s string, limit int) ([]uint32, error) {
 	}
 	var out []uint32
 	for part := range strings.SplitSeq(s, ",") {
-		a, b, isRange := strings.Cut(part, ":")
-		start, err := parseSeqNum(a)
+		start, stop, err := parseSetPart(part)
 		if err != nil {
 			return nil, err
-		}
-		stop := start
-		if isRange {
-			if stop, err = parseSeqNum(b); err != nil {
-				return nil, err
-			}
 		}
 		if start == 0 || stop == 0 {
 			return nil, errSyntax("\"*\" in a set of known numbers")

@@ -94,6 +94,18 @@ func dialRaw(t testing.TB, addr string) *imaptest.Client {
 	return c
 }
 
+// startDovecotUser starts Dovecot in profile p with the user u
+// (password pw) and returns it with a client logged in as u directly on
+// it: "another client" beside the proxy's.
+func startDovecotUser(t testing.TB, p dovecottest.Profile) (*dovecottest.Server, *imaptest.Client) {
+	t.Helper()
+	dc := dovecottest.Start(t, p)
+	dc.AddUser(t, "u", "pw")
+	d := dialRaw(t, dc.Addr)
+	mustOK(t, d.Cmd("LOGIN u pw"))
+	return dc, d
+}
+
 // mustOK fails the test unless a response ends in a tagged OK.
 func mustOK(t testing.TB, lines []string) []string {
 	t.Helper()

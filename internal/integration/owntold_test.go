@@ -22,10 +22,7 @@ func TestOwnAdditionsTold(t *testing.T) {
 	for _, p := range profiles {
 		t.Run(p.String(), func(t *testing.T) {
 			t.Parallel()
-			dc := dovecottest.Start(t, p)
-			dc.AddUser(t, "u", "pw")
-			d := dialRaw(t, dc.Addr)
-			mustOK(t, d.Cmd("LOGIN u pw"))
+			dc, d := startDovecotUser(t, p)
 			mustOK(t, d.Cmd(`APPEND INBOX (\Seen $Work) {7+}`+"\r\nSubj: 1"))
 			mustOK(t, d.Cmd(`APPEND INBOX (\Answered) {7+}`+"\r\nSubj: 2"))
 			fn := faultnet.Start(t, dc.Addr)
@@ -90,10 +87,7 @@ func TestPooledConnectionCatchesUp(t *testing.T) {
 	for _, p := range profiles {
 		t.Run(p.String(), func(t *testing.T) {
 			t.Parallel()
-			dc := dovecottest.Start(t, p)
-			dc.AddUser(t, "u", "pw")
-			d := dialRaw(t, dc.Addr) // another client, directly on Dovecot
-			mustOK(t, d.Cmd("LOGIN u pw"))
+			dc, d := startDovecotUser(t, p) // d: another client, directly on Dovecot
 			mustOK(t, d.Cmd(`APPEND INBOX {7+}`+"\r\nSubj: 1"))
 			addr, _ := startProxy(t, dc.Addr)
 			c := dialRaw(t, addr)

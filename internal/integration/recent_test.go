@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
@@ -38,11 +37,8 @@ func TestRecent(t *testing.T) {
 	for _, p := range profiles {
 		t.Run(p.String(), func(t *testing.T) {
 			t.Parallel()
-			dc := dovecottest.Start(t, p)
-			dc.AddUser(t, "u", "pw")
+			dc, d := startDovecotUser(t, p) // d: "someone else", directly on Dovecot
 			addr, _ := startProxy(t, dc.Addr)
-			d := dialRaw(t, dc.Addr) // "someone else", directly on Dovecot
-			mustOK(t, d.Cmd("LOGIN u pw"))
 			mustOK(t, d.Cmd("CREATE box"))
 			mustOK(t, d.Cmd("CREATE box2"))
 			appendDirect := func(mailbox string) {

@@ -5,8 +5,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 )
 
 var uidValidityCode = regexp.MustCompile(`\[UIDVALIDITY (\d+)\]`)
@@ -33,11 +31,8 @@ func uidValidityOf(t *testing.T, lines []string) string {
 func TestMailboxRecreated(t *testing.T) {
 	for _, p := range profiles {
 		t.Run(p.String(), func(t *testing.T) {
-			dc := dovecottest.Start(t, p)
-			dc.AddUser(t, "u", "pw")
+			dc, d := startDovecotUser(t, p)
 			addr, _ := startProxy(t, dc.Addr)
-			d := dialRaw(t, dc.Addr)
-			mustOK(t, d.Cmd("LOGIN u pw"))
 			mustOK(t, d.Cmd("CREATE life"))
 			for _, s := range []string{"a", "b", "c"} {
 				mustOK(t, d.Cmd("APPEND life {7+}\r\nSubj: "+s))
