@@ -51,7 +51,6 @@ type Reader struct {
 	src    source        // what br reads from
 	lim    Limits
 	remain int64 // unread bytes of the current literal
-	lowat  int64 // the socket's SO_RCVLOWAT as SpliceLiteral set it (awaitQueued); 0 or 1: the default
 	line   []byte
 	// partial is set when a read deadline interrupted a line: the bytes
 	// read so far are kept and the next ReadLine continues the line, so
@@ -399,11 +398,7 @@ func (r *Reader) CanSplice() bool {
 // written first (WriteBufferedLiteral); otherwise, or when CanSplice is
 // false, it returns an error and moves nothing. The caller sets the
 // deadlines of both connections before each call and calls again until
-// LiteralRemaining is 0. On Linux it first waits until the bytes it is
-// asked for (n, or the rest of the literal if less) are in the socket,
-// so that the literal moves in a few large pieces (awaitQueued); a peer
-// that shuts its side meanwhile ends the wait with io.ErrUnexpectedEOF.
-// A failure leaves the stream in an unknown place
+// LiteralRemaining is 0. A failure leaves the stream in an unknown place
 // (bytes may have been read and not written): the connection cannot be
 // used for IMAP any more.
 func (r *Reader) SpliceLiteral(dst Splicer, n int64) (int64, error) {
@@ -417,23 +412,12 @@ func (r *Reader) SpliceLiteral(dst Splicer, n int64) (int64, error) {
 	if r.Buffered() > 0 || r.src.err != nil {
 		return 0, errors.New("imapcodec: SpliceLiteral: part of the literal is buffered")
 	}
-	want := min(n, r.remain)
-	queued, err := awaitQueued(tc, want, &r.lowat)
-	if err != nil {
-		resetLowat(tc, &r.lowat)
-		return 0, err
-	}
-	if queued == 0 {
-		return 0, io.ErrUnexpectedEOF // the stream ended inside the literal
-	}
-	want = min(want, queued)
-	moved, err := dst.ReadFrom(&io.LimitedReader{R: tc, N: want})
+	lr := &io.LimitedReader{R: tc, N: min(n, r.remain)}
+	want := lr.N
+	moved, err := dst.ReadFrom(lr)
 	r.remain -= moved
 	if err == nil && moved < want {
-		err = io.ErrUnexpectedEOF
-	}
-	if r.remain == 0 || err != nil {
-		resetLowat(tc, &r.lowat)
+		err = io.ErrUnexpectedEOF // the stream ended inside the literal
 	}
 	return moved, err
 }
