@@ -292,6 +292,7 @@ func (b *box) orderReports(c *syncstate.Changes) {
 // startTrip numbers a round trip about to be sent.
 func (b *box) startTrip() uint64 {
 	b.trips++
+	b.tripStart = time.Now()
 	return b.trips
 }
 
@@ -304,6 +305,11 @@ func (b *box) startTrip() uint64 {
 func (b *box) resolveClaims(k uint64) error {
 	if err := b.resolveAdded(k); err != nil {
 		return err
+	}
+	if k == b.trips {
+		// Every trip resolves here once its answers are committed:
+		// the state now holds what the upstream had when it began.
+		b.syncedAt.Store(b.tripStart.UnixNano())
 	}
 	var apply []syncstate.Message
 	b.needTrip = len(b.added) > 0

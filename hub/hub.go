@@ -400,6 +400,26 @@ func (h *Hub) SyncSoon(key Key) *PendingSync {
 	return &PendingSync{box: b, done: b.requestSync()}
 }
 
+// SyncedWithin reports whether the watcher of key, live now (not a
+// passive box's), completed a round trip that started at most d ago: its
+// state then holds every change the upstream had committed d ago, and
+// every change made through the proxy since (claims, told messages, and
+// the round trips EXPUNGE waits for). A SELECT in a mailbox this fresh
+// need not ask for a round trip of its own when the upstream's answer
+// shows the same messages (proxy/commands.go, selectCurrent). Under a
+// busy mailbox's load the watcher runs a round trip every few
+// milliseconds, and each SELECT's own was most of its wait.
+func (h *Hub) SyncedWithin(key Key, d time.Duration) bool {
+	h.mu.Lock()
+	b := h.boxes[key]
+	h.mu.Unlock()
+	if b == nil || b.dial == nil || b.passive.Load() || b.live.Load() == nil {
+		return false
+	}
+	t := b.syncedAt.Load()
+	return t != 0 && time.Since(time.Unix(0, t)) <= d
+}
+
 // Await waits for p, a round trip asked by SyncSoon, as Sync waits for
 // its own. If p is nil or was asked of another watcher than the
 // subscription's (the mailbox's watcher started over in between), it

@@ -81,10 +81,15 @@ type box struct {
 	// added holds the new messages sessions told the box of
 	// (ownchanges.go) that the watcher's connection has not reported
 	// yet: each UID's mark, as a claim's.
-	added    map[uint32]uint64
-	trips    uint64 // round trips (NOOP) started
-	needTrip bool   // a held report (or too many claims) wants a round trip
-	renotify bool   // a panic may have kept sessions from hearing of a change
+	added map[uint32]uint64
+	trips uint64 // round trips (NOOP) started
+	// tripStart is when the latest round trip started (box goroutine);
+	// syncedAt is tripStart of the latest one completed and committed
+	// (UnixNano, 0 before any): see Hub.SyncedWithin.
+	tripStart time.Time
+	syncedAt  atomic.Int64
+	needTrip  bool // a held report (or too many claims) wants a round trip
+	renotify  bool // a panic may have kept sessions from hearing of a change
 }
 
 func newBox(h *Hub, key Key, dial DialFunc) *box {
