@@ -73,6 +73,13 @@ type Config struct {
 	// plain NOOP, before it goes back into IDLE (see
 	// DefaultSyncLinger). Negative: back into IDLE at once.
 	SyncLinger time.Duration
+	// Fresh is how recently a completed round trip of a live watcher
+	// must have begun for its state to count as fresh (Hub.Fresh): a
+	// SELECT in a fresh mailbox may go without a round trip of its own.
+	// Default 100 ms, DefaultSyncLinger's delay, which others' changes
+	// may already take to reach sessions. Negative: never fresh, every
+	// SELECT waits for a round trip.
+	Fresh time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay. Defaults 200 ms
 	// and 30 s.
 	MinBackoff, MaxBackoff time.Duration
@@ -124,6 +131,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Grace <= 0 {
 		c.Grace = 10 * time.Second
+	}
+	if c.Fresh == 0 {
+		c.Fresh = DefaultSyncLinger
 	}
 	if c.SyncLinger == 0 {
 		c.SyncLinger = DefaultSyncLinger
@@ -400,16 +410,21 @@ func (h *Hub) SyncSoon(key Key) *PendingSync {
 	return &PendingSync{box: b, done: b.requestSync()}
 }
 
-// SyncedWithin reports whether the watcher of key, live now (not a
-// passive box's), completed a round trip that started at most d ago: its
-// state then holds every change the upstream had committed d ago, and
-// every change made through the proxy since (claims, told messages, and
-// the round trips EXPUNGE waits for). A SELECT in a mailbox this fresh
-// need not ask for a round trip of its own when the upstream's answer
-// shows the same messages (proxy/commands.go, selectCurrent). Under a
-// busy mailbox's load the watcher runs a round trip every few
-// milliseconds, and each SELECT's own was most of its wait.
-func (h *Hub) SyncedWithin(key Key, d time.Duration) bool {
+// Fresh reports whether the watcher of key, live now (not a passive
+// box's), completed a round trip that began at most Config.Fresh ago:
+// its state then holds every change the upstream had committed by then,
+// and every change made through the proxy since (claims are served
+// before their STOREs are answered; told messages, and the round trips
+// an EXPUNGE waits for). A SELECT in a fresh mailbox need not ask for a
+// round trip of its own when the upstream's answer shows the state's
+// messages (proxy/commands.go, selectCurrent): in a busy mailbox the
+// watcher runs a round trip every few milliseconds, and each SELECT's
+// own was most of its wait (docs/per-command.md, "Fifth pass").
+func (h *Hub) Fresh(key Key) bool {
+	d := h.cfg.Fresh
+	if d < 0 {
+		return false
+	}
 	h.mu.Lock()
 	b := h.boxes[key]
 	h.mu.Unlock()

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -278,7 +277,7 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 	// The watcher's round trip that brings the state up to date
 	// (watchSelected) overlaps the upstream's SELECT, unless the
 	// watcher's state is fresh enough to need none (selectCurrent).
-	fresh := s.srv.hub.SyncedWithin(key, selectFreshness)
+	fresh := s.srv.hub.Fresh(key)
 	var early *hub.PendingSync
 	if !fresh {
 		early = s.srv.hub.SyncSoon(key)
@@ -409,16 +408,10 @@ func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub
 	return nil
 }
 
-// selectFreshness is how recently the watcher of a mailbox must have
-// started a completed round trip for a SELECT to go without one of its
-// own (Hub.SyncedWithin, selectCurrent): as long as the watcher may
-// linger out of IDLE (hub.DefaultSyncLinger), the delay the proxy already
-// accepts for hearing of others' changes.
-const selectFreshness = 100 * time.Millisecond
-
-// selectCurrent reports whether st, the state of a mailbox whose watcher
-// completed a round trip that began at most selectFreshness before the
-// SELECT arrived, can answer the SELECT without another round trip: the
+// selectCurrent reports whether st, the state of a mailbox that was
+// fresh when the SELECT arrived (hub.Hub.Fresh: its watcher completed a
+// round trip that began at most hub.Config.Fresh, 100 ms, before), can
+// answer the SELECT without another round trip: the
 // upstream's answer (collected) has as many messages (EXISTS) as st, and
 // its UIDNEXT is one past the largest UID st ever knew. UIDs only grow and
 // an expunge is final, and st knows every UID up to that largest one, so
@@ -427,7 +420,7 @@ const selectFreshness = 100 * time.Millisecond
 // made by a client that is not the proxy's since the watcher's round trip
 // began (the proxy's own sessions' changes are in it: their claims are
 // served before their STOREs are answered). Such a SELECT shows it up to
-// selectFreshness and a round trip late, the delay with which a
+// hub.Config.Fresh and a round trip late, the delay with which a
 // lingering watcher reports others' changes to every session anyway, and
 // its client hears of it at its next command or in IDLE. A mailbox
 // whose watcher made no round trip that recently (a quiet one) gets one
