@@ -427,8 +427,9 @@ func (h *Hub) Fresh(key Key) bool {
 	}
 	h.mu.Lock()
 	b := h.boxes[key]
+	watched := b != nil && b.dial != nil // not a Refresh's box; dial is hub.mu's
 	h.mu.Unlock()
-	if b == nil || b.dial == nil || b.passive.Load() || b.live.Load() == nil {
+	if !watched || b.passive.Load() || b.live.Load() == nil {
 		return false
 	}
 	t := b.syncedAt.Load()

@@ -445,6 +445,9 @@ func (w *watch) serve(ready func()) error {
 // kept: budget.go, synced) and the connection's context.
 func (w *watch) open() error {
 	b := w.box
+	// A new connection: the freshness of the last one's round trips
+	// says nothing about it until it completes one (Hub.Fresh).
+	b.syncedAt.Store(0)
 	conn := w.conn
 	if conn == nil {
 		b.hub.mu.Lock()

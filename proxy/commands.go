@@ -425,7 +425,10 @@ func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub
 // its client hears of it at its next command or in IDLE. A mailbox
 // whose watcher made no round trip that recently (a quiet one) gets one
 // for each SELECT, as before. Without EXISTS or UIDNEXT in the answer it
-// reports false.
+// reports false. (The session's own implicit \Seen, set by a FETCH, is
+// claimed only when the upstream's answer carries the new FLAGS, as RFC
+// 3501 says it should; from one that does not, the watcher's report
+// brings it, within the same delay.)
 func selectCurrent(collected []*Response, st *syncstate.Mailbox) bool {
 	exists, uidNext := -1, uint64(0)
 	for _, r := range collected {
@@ -439,7 +442,8 @@ func selectCurrent(collected []*Response, st *syncstate.Mailbox) bool {
 	if exists < 0 || uidNext == 0 {
 		return false
 	}
-	return len(st.Snapshot().UIDs) == exists && uint64(st.MaxUID())+1 == uidNext
+	snap := st.Snapshot() // the count and the largest UID of one moment
+	return len(snap.UIDs) == exists && uint64(snap.MaxUID)+1 == uidNext
 }
 
 // selectParams parses the parameter list of SELECT or EXAMINE (RFC 4466

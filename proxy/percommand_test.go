@@ -304,7 +304,7 @@ func TestSelectFresh(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 
-	behind := func(what, match string, change func(), want string) {
+	behind := func(what, match string, change func(), want, uids string) {
 		t.Helper()
 		hold := fn.Add(faultnet.Fault{Conn: 2, Match: []byte(match), MatchDir: faultnet.ToClient, Dir: faultnet.ToClient, Action: faultnet.Hold})
 		defer hold.Release()
@@ -322,13 +322,14 @@ func TestSelectFresh(t *testing.T) {
 		if len(r) == 0 || r[0] != want || !strings.HasPrefix(r[len(r)-1], "s OK ") {
 			t.Fatalf("%s behind the watcher's back: SELECT answered %q, want %s first", what, r, want)
 		}
+		c.ExpectDo("u", "UID SEARCH ALL", "* SEARCH "+uids, "u OK *")
 		c.ExpectDo("l", "LOGOUT", "* BYE *", "l OK *")
 	}
 	behind("a message appended", "EXISTS", func() {
 		if err := up.Append("alice", "INBOX", nil, testMessage("three", 100)); err != nil {
 			t.Fatal(err)
 		}
-	}, "* 3 EXISTS")
+	}, "* 3 EXISTS", "1 2 3")
 	noop = fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
 	expungeFirst := func() {
 		d := imaptest.Dial(t, up.Addr)
@@ -337,7 +338,7 @@ func TestSelectFresh(t *testing.T) {
 		d.ExpectDo("e", "STORE 1 +FLAGS.SILENT (\\Deleted)", "e OK *")
 		d.ExpectDo("x", "EXPUNGE", "* 1 EXPUNGE", "x OK *")
 	}
-	behind("a message expunged", "EXPUNGE", expungeFirst, "* 2 EXISTS")
+	behind("a message expunged", "EXPUNGE", expungeFirst, "* 2 EXISTS", "2 3")
 	// As many messages as the state has, but not the same ones: only
 	// UIDNEXT tells.
 	noop = fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
@@ -346,5 +347,5 @@ func TestSelectFresh(t *testing.T) {
 		if err := up.Append("alice", "INBOX", nil, testMessage("four", 100)); err != nil {
 			t.Fatal(err)
 		}
-	}, "* 2 EXISTS")
+	}, "* 2 EXISTS", "3 4")
 }
