@@ -267,3 +267,85 @@ func TestAppendTold(t *testing.T) {
 	// Confirmed, nothing changes for the client.
 	a.ExpectDo("n", "NOOP", "n OK *")
 }
+
+// TestSelectFresh: a SELECT in a mailbox whose watcher has completed a
+// round trip within hub.Config.Fresh (an hour here, so that the test does
+// not depend on timing) asks for no round trip of its own when the
+// upstream's answer shows the state's messages: the watcher's connection
+// sees no NOOP. When the answer differs, it asks, and reports what the
+// watcher had not seen: a message appended, then one expunged, behind
+// the watcher's back (what the upstream tells the watcher's connection
+// is held meanwhile, so it cannot learn of them in IDLE).
+func TestSelectFresh(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	for _, s := range []string{"one", "two"} {
+		if err := up.Append("alice", "INBOX", nil, testMessage(s, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fn := faultnet.Start(t, up.Addr)
+	cfg := baseConfig(fn.Addr())
+	cfg.Hub.SyncLinger = -1
+	cfg.Hub.Fresh = time.Hour
+	p := startProxy(t, cfg)
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret") // connection 1
+	// The watcher (connection 2) starts; this SELECT waits for its first
+	// round trip.
+	a.ExpectDo("s", "SELECT INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
+	noop := fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret")
+	b.ExpectDo("s", "SELECT INBOX", "* 2 EXISTS", "*", "*", "*", "*", "*", "*", "s OK [READ-WRITE] *")
+	select {
+	case <-noop.Fired():
+		t.Fatal("a SELECT in a fresh mailbox, the upstream showing the state's messages, asked for a round trip")
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	behind := func(what, match string, change func(), want, uids string) {
+		t.Helper()
+		hold := fn.Add(faultnet.Fault{Conn: 2, Match: []byte(match), MatchDir: faultnet.ToClient, Dir: faultnet.ToClient, Action: faultnet.Hold})
+		defer hold.Release()
+		change()
+		c := imaptest.Dial(t, p.Addr)
+		c.LoginTagged("alice", "secret")
+		c.Send("s SELECT INBOX")
+		select {
+		case <-noop.Fired():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s behind the watcher's back: the SELECT asked for no round trip", what)
+		}
+		hold.Release()
+		r := c.ReadUntilTagged("s")
+		if len(r) == 0 || r[0] != want || !strings.HasPrefix(r[len(r)-1], "s OK ") {
+			t.Fatalf("%s behind the watcher's back: SELECT answered %q, want %s first", what, r, want)
+		}
+		c.ExpectDo("u", "UID SEARCH ALL", "* SEARCH "+uids, "u OK *")
+		c.ExpectDo("l", "LOGOUT", "* BYE *", "l OK *")
+	}
+	behind("a message appended", "EXISTS", func() {
+		if err := up.Append("alice", "INBOX", nil, testMessage("three", 100)); err != nil {
+			t.Fatal(err)
+		}
+	}, "* 3 EXISTS", "1 2 3")
+	noop = fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	expungeFirst := func() {
+		d := imaptest.Dial(t, up.Addr)
+		d.LoginTagged("alice", "secret")
+		d.ExpectDo("s", "SELECT INBOX", "*", "*", "*", "*", "*", "*", "*", "s OK *")
+		d.ExpectDo("e", "STORE 1 +FLAGS.SILENT (\\Deleted)", "e OK *")
+		d.ExpectDo("x", "EXPUNGE", "* 1 EXPUNGE", "x OK *")
+	}
+	behind("a message expunged", "EXPUNGE", expungeFirst, "* 2 EXISTS", "2 3")
+	// As many messages as the state has, but not the same ones: only
+	// UIDNEXT tells.
+	noop = fn.Add(faultnet.Fault{Conn: 2, Match: []byte("NOOP"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	behind("a message expunged and another appended", "EXPUNGE", func() {
+		expungeFirst()
+		if err := up.Append("alice", "INBOX", nil, testMessage("four", 100)); err != nil {
+			t.Fatal(err)
+		}
+	}, "* 2 EXISTS", "3 4")
+}
