@@ -334,7 +334,7 @@ func (b *box) resolveClaims(k uint64) error {
 		// Every completed trip resolves here, once its answers and the
 		// reports held for its claims are in the state: the state
 		// holds what the upstream had when it began (Hub.Fresh).
-		b.syncedAt.Store(b.tripStart.UnixNano())
+		b.syncedAt.Store(int64(b.tripStart.Sub(b.hub.born)) | 1) // 0 means none
 	}
 	return nil
 }

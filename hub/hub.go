@@ -165,7 +165,11 @@ type DialFunc func(ctx context.Context) (*upstream.Conn, error)
 
 // Hub owns all watchers.
 type Hub struct {
-	cfg    Config
+	cfg Config
+	// born is when the hub was made, with the monotonic clock: the
+	// boxes' syncedAt is measured from it, so that a step of the wall
+	// clock cannot make an old round trip look recent (Fresh).
+	born   time.Time
 	ctx    context.Context
 	cancel context.CancelFunc
 	mu     sync.Mutex
@@ -188,7 +192,7 @@ func (h *Hub) Counts() (changes, notified int64) { return h.changes.Load(), h.no
 
 // New returns a hub. Close stops its watchers.
 func New(cfg Config) *Hub {
-	h := &Hub{cfg: cfg.withDefaults(), boxes: map[Key]*box{}}
+	h := &Hub{cfg: cfg.withDefaults(), boxes: map[Key]*box{}, born: time.Now()}
 	if h.cfg.StateCache > 0 {
 		h.cold, _ = lru.New[Key, *syncstate.Mailbox](h.cfg.StateCache)
 	}
@@ -433,7 +437,7 @@ func (h *Hub) Fresh(key Key) bool {
 		return false
 	}
 	t := b.syncedAt.Load()
-	return t != 0 && time.Since(time.Unix(0, t)) <= d
+	return t != 0 && time.Since(h.born)-time.Duration(t) <= d
 }
 
 // Await waits for p, a round trip asked by SyncSoon, as Sync waits for

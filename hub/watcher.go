@@ -85,7 +85,7 @@ type box struct {
 	trips uint64 // round trips (NOOP) started
 	// tripStart is when the latest round trip started (box goroutine);
 	// syncedAt is tripStart of the latest one completed and committed
-	// (UnixNano, 0 before any): see Hub.Fresh.
+	// (time since Hub.born in ns, odd; 0 before any): see Hub.Fresh.
 	tripStart time.Time
 	syncedAt  atomic.Int64
 	needTrip  bool // a held report (or too many claims) wants a round trip

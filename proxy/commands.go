@@ -397,7 +397,9 @@ func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub
 	}
 	m.sub, m.state = sub, sub.State()
 	sub.SetIdle(Updates(s.updates.Load()) != UpdatesWithCommands)
-	if current != nil && current(m.state) {
+	if current != nil && !sub.Passive() && current(m.state) {
+		// (A box that went passive since Hub.Fresh said fresh keeps
+		// no watcher reporting flag changes: it is brought up to date.)
 		return nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
