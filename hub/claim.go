@@ -292,7 +292,6 @@ func (b *box) orderReports(c *syncstate.Changes) {
 // startTrip numbers a round trip about to be sent.
 func (b *box) startTrip() uint64 {
 	b.trips++
-	b.tripStart = time.Now()
 	return b.trips
 }
 
@@ -318,23 +317,20 @@ func (b *box) resolveClaims(k uint64) error {
 			apply = append(apply, syncstate.Message{UID: uid, Flags: c.report})
 		}
 	}
-	if len(apply) > 0 {
-		slices.SortFunc(apply, func(x, y syncstate.Message) int { return cmp.Compare(x.UID, y.UID) })
-		if st := b.state(); st != nil {
-			changed, err := st.Apply(syncstate.Changes{Upsert: apply, FlagsOnly: true})
-			if err != nil {
-				return fmt.Errorf("hub: applying held reports in %q: %w", b.key.Mailbox, err)
-			}
-			if changed {
-				b.notifyAll()
-			}
-		}
+	if len(apply) == 0 {
+		return nil
 	}
-	if k == b.trips {
-		// Every completed trip resolves here, once its answers and the
-		// reports held for its claims are in the state: the state
-		// holds what the upstream had when it began (Hub.Fresh).
-		b.syncedAt.Store(int64(b.tripStart.Sub(b.hub.born)) | 1) // 0 means none
+	slices.SortFunc(apply, func(x, y syncstate.Message) int { return cmp.Compare(x.UID, y.UID) })
+	st := b.state()
+	if st == nil {
+		return nil
+	}
+	changed, err := st.Apply(syncstate.Changes{Upsert: apply, FlagsOnly: true})
+	if err != nil {
+		return fmt.Errorf("hub: applying held reports in %q: %w", b.key.Mailbox, err)
+	}
+	if changed {
+		b.notifyAll()
 	}
 	return nil
 }

@@ -73,13 +73,6 @@ type Config struct {
 	// plain NOOP, before it goes back into IDLE (see
 	// DefaultSyncLinger). Negative: back into IDLE at once.
 	SyncLinger time.Duration
-	// Fresh is how recently a completed round trip of a live watcher
-	// must have begun for its state to count as fresh (Hub.Fresh): a
-	// SELECT in a fresh mailbox may go without a round trip of its own.
-	// Default 100 ms, DefaultSyncLinger's delay, which others' changes
-	// may already take to reach sessions. Negative: never fresh, every
-	// SELECT waits for a round trip.
-	Fresh time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay. Defaults 200 ms
 	// and 30 s.
 	MinBackoff, MaxBackoff time.Duration
@@ -132,9 +125,6 @@ func (c Config) withDefaults() Config {
 	if c.Grace <= 0 {
 		c.Grace = 10 * time.Second
 	}
-	if c.Fresh == 0 {
-		c.Fresh = DefaultSyncLinger
-	}
 	if c.SyncLinger == 0 {
 		c.SyncLinger = DefaultSyncLinger
 	}
@@ -165,11 +155,7 @@ type DialFunc func(ctx context.Context) (*upstream.Conn, error)
 
 // Hub owns all watchers.
 type Hub struct {
-	cfg Config
-	// born is when the hub was made, with the monotonic clock: the
-	// boxes' syncedAt is measured from it, so that a step of the wall
-	// clock cannot make an old round trip look recent (Fresh).
-	born   time.Time
+	cfg    Config
 	ctx    context.Context
 	cancel context.CancelFunc
 	mu     sync.Mutex
@@ -192,7 +178,7 @@ func (h *Hub) Counts() (changes, notified int64) { return h.changes.Load(), h.no
 
 // New returns a hub. Close stops its watchers.
 func New(cfg Config) *Hub {
-	h := &Hub{cfg: cfg.withDefaults(), boxes: map[Key]*box{}, born: time.Now()}
+	h := &Hub{cfg: cfg.withDefaults(), boxes: map[Key]*box{}}
 	if h.cfg.StateCache > 0 {
 		h.cold, _ = lru.New[Key, *syncstate.Mailbox](h.cfg.StateCache)
 	}
@@ -412,32 +398,6 @@ func (h *Hub) SyncSoon(key Key) *PendingSync {
 		return nil
 	}
 	return &PendingSync{box: b, done: b.requestSync()}
-}
-
-// Fresh reports whether the watcher of key, live now (not a passive
-// box's), completed a round trip that began at most Config.Fresh ago:
-// its state then holds every change the upstream had committed by then,
-// and every change made through the proxy since (claims are served
-// before their STOREs are answered; told messages, and the round trips
-// an EXPUNGE waits for). A SELECT in a fresh mailbox need not ask for a
-// round trip of its own when the upstream's answer shows the state's
-// messages (proxy/commands.go, selectCurrent): in a busy mailbox the
-// watcher runs a round trip every few milliseconds, and each SELECT's
-// own was most of its wait (docs/per-command.md, "Fifth pass").
-func (h *Hub) Fresh(key Key) bool {
-	d := h.cfg.Fresh
-	if d < 0 {
-		return false
-	}
-	h.mu.Lock()
-	b := h.boxes[key]
-	watched := b != nil && b.dial != nil // not a Refresh's box; dial is hub.mu's
-	h.mu.Unlock()
-	if !watched || b.passive.Load() || b.live.Load() == nil {
-		return false
-	}
-	t := b.syncedAt.Load()
-	return t != 0 && time.Since(h.born)-time.Duration(t) <= d
 }
 
 // Await waits for p, a round trip asked by SyncSoon, as Sync waits for

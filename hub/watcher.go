@@ -81,15 +81,10 @@ type box struct {
 	// added holds the new messages sessions told the box of
 	// (ownchanges.go) that the watcher's connection has not reported
 	// yet: each UID's mark, as a claim's.
-	added map[uint32]uint64
-	trips uint64 // round trips (NOOP) started
-	// tripStart is when the latest round trip started (box goroutine);
-	// syncedAt is tripStart of the latest one completed and committed
-	// (time since Hub.born in ns, odd; 0 before any): see Hub.Fresh.
-	tripStart time.Time
-	syncedAt  atomic.Int64
-	needTrip  bool // a held report (or too many claims) wants a round trip
-	renotify  bool // a panic may have kept sessions from hearing of a change
+	added    map[uint32]uint64
+	trips    uint64 // round trips (NOOP) started
+	needTrip bool   // a held report (or too many claims) wants a round trip
+	renotify bool   // a panic may have kept sessions from hearing of a change
 }
 
 func newBox(h *Hub, key Key, dial DialFunc) *box {
@@ -445,9 +440,6 @@ func (w *watch) serve(ready func()) error {
 // kept: budget.go, synced) and the connection's context.
 func (w *watch) open() error {
 	b := w.box
-	// A new connection: the freshness of the last one's round trips
-	// says nothing about it until it completes one (Hub.Fresh).
-	b.syncedAt.Store(0)
 	conn := w.conn
 	if conn == nil {
 		b.hub.mu.Lock()

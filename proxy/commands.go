@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
-	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
@@ -275,13 +273,8 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 	mailbox = s.mailboxName(ctx, up, mailbox) // inbox/Child is INBOX/Child (names.go)
 	key := hub.Key{Account: s.account, Mailbox: mailbox}
 	// The watcher's round trip that brings the state up to date
-	// (watchSelected) overlaps the upstream's SELECT, unless the
-	// watcher's state is fresh enough to need none (selectCurrent).
-	fresh := s.srv.hub.Fresh(key)
-	var early *hub.PendingSync
-	if !fresh {
-		early = s.srv.hub.SyncSoon(key)
-	}
+	// (watchSelected) overlaps the upstream's SELECT.
+	early := s.srv.hub.SyncSoon(key)
 	up.Selected = ""
 	var collected []*Response
 	x.Segments = segs
@@ -313,11 +306,7 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 	s.release()
 
 	m := &selectedMailbox{name: mailbox, readOnly: readOnly}
-	var current func(*syncstate.Mailbox) bool
-	if fresh {
-		current = func(st *syncstate.Mailbox) bool { return selectCurrent(collected, st) }
-	}
-	if err := s.watchSelected(ctx, m, key, early, current); err != nil {
+	if err := s.watchSelected(ctx, m, key, early); err != nil {
 		s.log.Warn("cannot watch mailbox", "mailbox", mailbox, "err", err)
 		return x.done("NO", "UNAVAILABLE", "Cannot open the mailbox now; try again later.")
 	}
@@ -331,7 +320,7 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		err := s.srv.hub.Resync(rctx, key, uidValidity)
 		cancel()
 		if err == nil {
-			err = s.watchSelected(ctx, m, key, nil, nil)
+			err = s.watchSelected(ctx, m, key, nil)
 		}
 		if err == nil && m.state.UIDValidity() != uidValidity {
 			m.sub.Close()
@@ -388,64 +377,19 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 // (CLOSE, APPEND in the authenticated state), which SELECT must report.
 // early, if not nil, is a round trip asked for when the SELECT arrived
 // (Hub.SyncSoon), which does as well: those changes were made before.
-// current, if not nil, says whether the state is current without one
-// (selectCurrent): then no round trip is waited for.
-func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub.Key, early *hub.PendingSync, current func(*syncstate.Mailbox) bool) error {
+func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub.Key, early *hub.PendingSync) error {
 	sub, err := s.srv.hub.Watch(ctx, key, s.watcherDial(), s.notify(m))
 	if err != nil {
 		return err
 	}
 	m.sub, m.state = sub, sub.State()
 	sub.SetIdle(Updates(s.updates.Load()) != UpdatesWithCommands)
-	if current != nil && !sub.Passive() && current(m.state) {
-		// (A box that went passive since Hub.Fresh said fresh keeps
-		// no watcher reporting flag changes: it is brought up to date.)
-		return nil
-	}
 	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	if err := sub.Await(sctx, early); err != nil {
 		s.log.Debug("mailbox sync failed", "err", err)
 	}
 	cancel()
 	return nil
-}
-
-// selectCurrent reports whether st, the state of a mailbox that was
-// fresh when the SELECT arrived (hub.Hub.Fresh: its watcher completed a
-// round trip that began at most hub.Config.Fresh, 100 ms, before), can
-// answer the SELECT without another round trip: the
-// upstream's answer (collected) has as many messages (EXISTS) as st, and
-// its UIDNEXT is one past the largest UID st ever knew. UIDs only grow and
-// an expunge is final, and st knows every UID up to that largest one, so
-// the upstream's messages are then exactly st's: nothing added or
-// expunged, by anyone, that st lacks. What st may lack is a flag change
-// made by a client that is not the proxy's since the watcher's round trip
-// began (the proxy's own sessions' changes are in it: their claims are
-// served before their STOREs are answered). Such a SELECT shows it up to
-// hub.Config.Fresh and a round trip late, the delay with which a
-// lingering watcher reports others' changes to every session anyway, and
-// its client hears of it at its next command or in IDLE. A mailbox
-// whose watcher made no round trip that recently (a quiet one) gets one
-// for each SELECT, as before. Without EXISTS or UIDNEXT in the answer it
-// reports false. (The session's own implicit \Seen, set by a FETCH, is
-// claimed only when the upstream's answer carries the new FLAGS, as RFC
-// 3501 says it should; from one that does not, the watcher's report
-// brings it, within the same delay.)
-func selectCurrent(collected []*Response, st *syncstate.Mailbox) bool {
-	exists, uidNext := -1, uint64(0)
-	for _, r := range collected {
-		switch {
-		case r.Head.Name == "EXISTS" && r.Head.HasNum:
-			exists = int(r.Head.Num)
-		case r.Head.Name == "OK" && r.Head.Code == "UIDNEXT":
-			uidNext, _ = strconv.ParseUint(r.Head.CodeArg, 10, 32)
-		}
-	}
-	if exists < 0 || uidNext == 0 {
-		return false
-	}
-	snap := st.Snapshot() // the count and the largest UID of one moment
-	return len(snap.UIDs) == exists && uint64(snap.MaxUID)+1 == uidNext
 }
 
 // selectParams parses the parameter list of SELECT or EXAMINE (RFC 4466

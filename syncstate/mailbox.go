@@ -260,8 +260,6 @@ func (m *Mailbox) UIDValidity() uint32 { return m.uidValidity }
 type Snapshot struct {
 	UIDs    []uint32
 	Highest uint64
-	// MaxUID is Mailbox.MaxUID at the same moment.
-	MaxUID uint32
 }
 
 // Snapshot returns the current message list and HIGHESTMODSEQ.
@@ -269,7 +267,7 @@ func (m *Mailbox) Snapshot() Snapshot {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	// Capped: an append to it must not write where the state appends.
-	return Snapshot{UIDs: m.uids[:len(m.uids):len(m.uids)], Highest: m.highest, MaxUID: m.maxUID}
+	return Snapshot{UIDs: m.uids[:len(m.uids):len(m.uids)], Highest: m.highest}
 }
 
 // HighestModSeq returns the mailbox's HIGHESTMODSEQ.
