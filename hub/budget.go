@@ -173,6 +173,16 @@ func (b *box) refreshLent(log interface{ Warn(string, ...any) }) (kept *watch, e
 		return nil, err
 	}
 	w := &watch{box: b, log: log, conn: c}
+	// What the state knew before the EXAMINE, the connection has seen
+	// once it is back in the pool (proxy/catchup.go): its marks. The
+	// largest UID first (see markOf there).
+	st0 := b.state()
+	var uid0 uint32
+	var modseq0 uint64
+	if st0 != nil {
+		uid0 = st0.MaxUID()
+		modseq0 = st0.HighestModSeq()
+	}
 	err = w.fullSync(ctx)
 	if err != nil {
 		c.Close()
@@ -182,8 +192,8 @@ func (b *box) refreshLent(log interface{ Warn(string, ...any) }) (kept *watch, e
 		w.synced = true
 		return w, nil
 	}
-	if st := b.state(); st != nil {
-		c.SyncedTo = st.HighestModSeq()
+	if st0 != nil && b.state() == st0 {
+		c.SyncedTo, c.SyncedUID = modseq0, uid0
 	}
 	if p := b.hub.cfg.Pool; p != nil {
 		p.Put(b.key.Account, c)

@@ -382,6 +382,10 @@ type PendingSync struct {
 	done chan error
 }
 
+// State returns the mailbox's state as its watcher has it at the moment
+// (nil before the watcher's first sync).
+func (p *PendingSync) State() *syncstate.Mailbox { return p.box.state() }
+
 // SyncSoon asks the watcher of key for a round trip now, if the mailbox is
 // watched and its watcher ready, without waiting for it; nil otherwise.
 // A session about to SELECT the mailbox asks before it sends its SELECT

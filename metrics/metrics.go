@@ -199,6 +199,18 @@ func (m *Metrics) Register(src Sources) {
 		Namespace: ns, Name: "commands_ahead_total",
 		Help: "Client commands (pipelined UID FETCHes that change nothing) sent upstream before the answers to the command before them were relayed.",
 	}, func() float64 { return float64(stats().CommandsAhead) }))
+	for _, outcome := range []string{"noop", "skipped"} {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: ns, Name: "catchups_total",
+			Help:        "Commands in the selected state whose pooled connection lagged behind the mailbox: caught up with a NOOP first, or sent without one because they relied on nothing that changed.",
+			ConstLabels: prometheus.Labels{"outcome": outcome},
+		}, func() float64 {
+			if outcome == "noop" {
+				return float64(stats().CatchUps)
+			}
+			return float64(stats().CatchUpsSkipped)
+		}))
+	}
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "change_batches_total", Help: "Batches of mailbox changes the watchers fanned out.",
 	}, func() float64 { c, _ := srv.Hub().Counts(); return float64(c) }))

@@ -1,9 +1,11 @@
 package metrics_test
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,6 +63,18 @@ func TestMetrics(t *testing.T) {
 
 	a := imaptest.Login(t, p.Addr, "alice", "secret")
 	a.MustOK("SELECT INBOX")
+	// One catch-up NOOP (the mailbox changed since the SELECT, and the
+	// FETCH wants flags), then one skipped (a new message, and a FETCH of
+	// sizes of the old one).
+	for i, fetch := range []string{"FETCH 1 (FLAGS)", "FETCH 1 (RFC822.SIZE)"} {
+		if err := up.Append("alice", "INBOX", nil, []byte("Subject: x\r\n\r\nx\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		if r := a.MustOK("NOOP"); !slices.Contains(r, fmt.Sprintf("* %d EXISTS", i+1)) {
+			t.Fatalf("NOOP after an append: %q", r)
+		}
+		a.MustOK(fetch)
+	}
 	b := imaptest.Dial(t, p.Addr)
 	b.MustGreetOK()
 	if got := imaptest.Tagged(b.Cmd("LOGIN alice wrong")); !strings.HasPrefix(got, "NO") {
@@ -79,6 +93,8 @@ func TestMetrics(t *testing.T) {
 		`lemonproxy_response_literal_bytes_total{path="splice"} 0`,
 		`lemonproxy_response_literal_bytes_total{path="copy"} 0`,
 		`lemonproxy_push_latency_seconds_count 0`,
+		`lemonproxy_catchups_total{outcome="noop"} 1`,
+		`lemonproxy_catchups_total{outcome="skipped"} 1`,
 		`go_goroutines`,
 		`go_memstats_heap_inuse_bytes`,
 		`go_gc_heap_live_bytes`,

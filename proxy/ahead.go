@@ -33,6 +33,13 @@ import (
 // 3501 5.5 lets a server run commands concurrently): with one that does
 // not, an answer with an unexpected tag fails the batch (NO
 // [UNAVAILABLE], the client retries), and fetch-ahead = 0 turns this off.
+// The untagged answers need not be in order: Dovecot runs pipelined
+// FETCHes at once and sends the second one's messages before the first
+// one's tagged OK. They are relayed as they come, each FETCH response
+// renumbered by its UID, so the client gets every message whichever
+// command's turn it came in; nothing that depends on which command an
+// untagged answer belongs to is done while commands are ahead
+// (reportsOnly).
 //
 // Which commands: UID FETCH in the selected state, whole on its line (no
 // literal), with no modifier (CHANGEDSINCE, VANISHED), none of whose items
@@ -121,7 +128,7 @@ func (s *Session) besideAhead(ctx context.Context, restore bool, fn func(*upstre
 		s.up, s.ahead = busy, ahead
 		s.leased.Store(busy != nil)
 	}()
-	up, err := s.lease(ctx, restore)
+	up, err := s.lease(ctx, restore, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -145,6 +152,11 @@ func (s *Session) chainPipelineSafe(x *Exchange) bool {
 // in the reader's buffer or in the socket (it never waits for the client). It is called
 // only when the command just sent may be pipelined itself.
 func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn) {
+	if s.upPartial {
+		// Caught up only with what the first command needed: the
+		// next may need more (catchup.go), in its turn.
+		return
+	}
 	for len(s.ahead) < s.cfg.FetchAhead && !up.Broken() {
 		peeked, ok := s.r.PeekLine()
 		if !ok && s.plainClient() && s.idle.hasInput() {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
@@ -275,6 +276,15 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 	// The watcher's round trip that brings the state up to date
 	// (watchSelected) overlaps the upstream's SELECT.
 	early := s.srv.hub.SyncSoon(key)
+	// What the state knew before the SELECT went upstream, the
+	// connection will have seen (catchup.go).
+	var mark syncMark
+	var markState *syncstate.Mailbox
+	if early != nil {
+		if markState = early.State(); markState != nil {
+			mark = markOf(markState)
+		}
+	}
 	up.Selected = ""
 	var collected []*Response
 	x.Segments = segs
@@ -303,6 +313,12 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		}
 	}
 	up.Selected, up.ReadOnly, up.UIDValidity = mailbox, readOnly, uidValidity
+	if markState == nil || markState.UIDValidity() != uidValidity {
+		mark = syncMark{} // nothing known: the next command catches up
+	}
+	// Not the marks the connection had of the mailbox it had selected
+	// before: they may run far above this one's.
+	up.SyncedTo, up.SyncedUID = mark.modseq, mark.uid
 	s.release()
 
 	m := &selectedMailbox{name: mailbox, readOnly: readOnly}

@@ -22,22 +22,35 @@ const leaseWait = time.Second
 // upstreamConn returns the session's upstream connection, leasing one from the
 // account's pool (or dialling and logging in) if the session holds none, and
 // bringing it into the session's state: no mailbox selected in the
-// authenticated state, the session's mailbox in the selected state.
+// authenticated state, the session's mailbox in the selected state, caught
+// up with everything the session's client knows of it (catchup.go).
 //
 // The session keeps the lease until release, which the core calls after
 // every command.
 func (s *Session) upstreamConn(ctx context.Context) (*upstream.Conn, error) {
-	return s.lease(ctx, true)
+	return s.lease(ctx, true, nil)
 }
 
 // leaseAny is Upstream without bringing a pooled connection into the
 // session's mailbox state, for commands (SELECT) that set the state anyway.
 func (s *Session) leaseAny(ctx context.Context) (*upstream.Conn, error) {
-	return s.lease(ctx, false)
+	return s.lease(ctx, false, nil)
 }
 
-func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, error) {
+// lease leases a connection; restore brings it into the session's state.
+// x is the client's command the connection is for, whose form upstream
+// says what it relies on in the connection's view of the selected mailbox
+// (catchup.go); nil for anything else, which may rely on everything.
+func (s *Session) lease(ctx context.Context, restore bool, x *Exchange) (*upstream.Conn, error) {
 	if s.up != nil && !s.up.Broken() {
+		if s.upPartial && x == nil {
+			// Held for a command that needed less; whatever runs on
+			// it now may need everything.
+			if err := s.catchUp(ctx, s.up, s.syncMark(), false, nil); err != nil {
+				s.up.MarkBroken()
+				return nil, err
+			}
+		}
 		return s.up, nil
 	}
 	if s.up != nil {
@@ -87,15 +100,16 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 			c.Selected = ""
 		}
 		fresh := c.Selected != mailbox || c.ReadOnly != readOnly
+		mark := s.syncMark() // before the SELECT or NOOP that shows the connection what it covers
 		if restore {
 			if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {
 				c.Close()
 				continue
 			}
-		}
-		if err := s.catchUp(ctx, c, fresh); err != nil {
-			c.Close()
-			continue
+			if err := s.catchUp(ctx, c, mark, fresh, x); err != nil {
+				c.Close()
+				continue
+			}
 		}
 		s.up = c
 		s.leased.Store(true)
@@ -106,34 +120,16 @@ func (s *Session) lease(ctx context.Context, restore bool) (*upstream.Conn, erro
 		return nil, err
 	}
 	if mailbox != "" {
+		mark := s.syncMark()
 		if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {
 			c.Close()
 			return nil, err
 		}
-		s.catchUp(ctx, c, true)
+		s.catchUp(ctx, c, mark, true, nil)
 	}
 	s.up = c
 	s.leased.Store(true)
 	return c, nil
-}
-
-// catchUp makes sure a connection with the session's mailbox selected has
-// seen every message the session's client may name: a connection that just
-// selected it has; one that has been idle in the pool since the mailbox
-// changed runs NOOP first (its answers are dropped: the client hears of
-// changes from the hub).
-func (s *Session) catchUp(ctx context.Context, c *upstream.Conn, fresh bool) error {
-	if s.mbox == nil || c.Selected != s.mbox.name {
-		return nil
-	}
-	highest := s.mbox.state.HighestModSeq()
-	if !fresh && c.SyncedTo < highest {
-		if _, err := c.Exec(ctx, "NOOP", nil); err != nil {
-			return err
-		}
-	}
-	c.SyncedTo = highest
-	return nil
 }
 
 // dialUpstream opens and authenticates a new upstream connection with the
@@ -162,7 +158,7 @@ func (s *Session) release() {
 // finds it ready, and any other lease changes or leaves it first.
 func (s *Session) releaseUpstream() {
 	c := s.up
-	s.up = nil
+	s.up, s.upPartial = nil, false
 	s.leased.Store(false)
 	if len(s.ahead) > 0 {
 		// Given up with commands sent ahead still unanswered on it (the

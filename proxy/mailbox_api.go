@@ -256,7 +256,7 @@ func (s *Session) Relay(ctx context.Context, command string) error {
 		_, err := s.besideAhead(ctx, true, run)
 		return err
 	}
-	up, err := s.lease(ctx, true)
+	up, err := s.lease(ctx, true, nil)
 	if err != nil {
 		return err
 	}
@@ -293,7 +293,7 @@ func (s *Session) onConn(ctx context.Context, restore bool, fn func(*upstream.Co
 		return s.besideAhead(ctx, restore, fn)
 	}
 	held := s.up != nil && !s.up.Broken()
-	up, err := s.lease(ctx, restore)
+	up, err := s.lease(ctx, restore, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -267,3 +267,82 @@ func TestAppendTold(t *testing.T) {
 	// Confirmed, nothing changes for the client.
 	a.ExpectDo("n", "NOOP", "n OK *")
 }
+
+// TestCatchUpOnlyWhenNeeded: a pooled connection runs the catch-up NOOP
+// before a command only when the mailbox changed since it last synced in a
+// way the command relies on (catchup.go): a message the command names that
+// it may not show, flags of a named message changed since, or anything for
+// a command that depends on the whole mailbox (EXPUNGE). Another client,
+// directly on the upstream, makes the changes; the session's client hears
+// of them from the hub (its NOOP goes to the watcher, connection 2), and
+// connection 1, the session's pooled one, is watched for NOOPs.
+func TestCatchUpOnlyWhenNeeded(t *testing.T) {
+	t.Parallel()
+	up, fn, _, a := startTwoMessages(t)
+	d := imaptest.Dial(t, up.Addr)
+	d.LoginTagged("alice", "secret")
+	d.Do("s", "SELECT INBOX")
+	other := func(tag, command string) {
+		t.Helper()
+		if r := d.Do(tag, command); !strings.HasPrefix(r[len(r)-1], tag+" OK") {
+			t.Fatalf("%s directly: %q", command, r)
+		}
+	}
+	// catchUp runs command and says whether connection 1 got a NOOP
+	// first.
+	catchUp := func(tag, command string, want ...string) bool {
+		t.Helper()
+		noop := fn.Add(faultnet.Fault{Conn: 1, Match: []byte(" NOOP\r\n"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+		// Exactly: without the NOOP, the connection's own reports of
+		// the changes come with the command's answers, and the client,
+		// told of them already, must not hear of them again.
+		a.ExpectDo(tag, command, want...)
+		select {
+		case <-noop.Fired():
+			return true
+		default:
+			return false
+		}
+	}
+	noCatchUp := func(tag, command string, want ...string) {
+		t.Helper()
+		if catchUp(tag, command, want...) {
+			t.Errorf("%s: connection 1 ran the catch-up NOOP", command)
+		}
+	}
+	mustCatchUp := func(tag, command string, want ...string) {
+		t.Helper()
+		if !catchUp(tag, command, want...) {
+			t.Errorf("%s: connection 1 ran no catch-up NOOP", command)
+		}
+	}
+	mustCatchUp("f0", "FETCH 1:2 (FLAGS)", "* 1 FETCH (FLAGS ())", "* 2 FETCH (FLAGS ())", "f0 OK *") // anything since the SELECT: brought up to date
+
+	// Flags of message 2 changed.
+	other("d1", `STORE 2 +FLAGS (\Answered)`)
+	a.ExpectDo("n1", "NOOP", `* 2 FETCH (FLAGS (\Answered))`, "n1 OK *")
+	noCatchUp("f1", "FETCH 2 (RFC822.SIZE)", "* 2 FETCH (RFC822.SIZE *", "f1 OK *")
+	noCatchUp("f2", "FETCH 1 (FLAGS)", "* 1 FETCH (FLAGS ())", "f2 OK *")
+	noCatchUp("f3", `STORE 1 +FLAGS (\Seen)`, `* 1 FETCH (FLAGS (\Seen))`, "f3 OK *")
+	mustCatchUp("f4", "FETCH 2 (UID FLAGS)", `* 2 FETCH (UID 2 FLAGS (\Answered))`, "f4 OK *")
+
+	other("d2", `STORE 2 -FLAGS (\Answered)`)
+	a.ExpectDo("n2", "NOOP", `* 2 FETCH (FLAGS ())`, "n2 OK *")
+	mustCatchUp("f5", `STORE 2 +FLAGS (\Flagged)`, `* 2 FETCH (FLAGS (\Flagged))`, "f5 OK *")
+
+	// A new message: items that never change need no catch-up for the
+	// messages the connection has, and one for the new one.
+	if err := up.Append("alice", "INBOX", nil, testMessage("three", 100)); err != nil {
+		t.Fatal(err)
+	}
+	a.ExpectDo("n3", "NOOP", "* 3 EXISTS", "* 1 RECENT", "n3 OK *")
+	noCatchUp("f6", "FETCH 1:2 (UID RFC822.SIZE)", "* 1 FETCH (UID 1 RFC822.SIZE *", "* 2 FETCH (UID 2 RFC822.SIZE *", "f6 OK *")
+	noCatchUp("f7", "UID FETCH 2 (BODY.PEEK[HEADER.FIELDS (Subject)])", "* 2 FETCH (UID 2 BODY[HEADER.FIELDS (\"Subject\")] {16}\r\nSubject: two\r\n\r\n)", "f7 OK *")
+	mustCatchUp("f8", "FETCH 3 (UID RFC822.SIZE)", "* 3 FETCH (UID 3 RFC822.SIZE *", "f8 OK *")
+
+	// EXPUNGE depends on every message's flags.
+	other("d3", "NOOP")
+	other("d4", `STORE 3 +FLAGS (\Deleted)`)
+	a.ExpectDo("n4", "NOOP", `* 3 FETCH (FLAGS (\Deleted \Recent))`, "n4 OK *")
+	mustCatchUp("e", "EXPUNGE", "* 3 EXPUNGE", "* 0 RECENT", "e OK *")
+}

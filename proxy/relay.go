@@ -54,7 +54,10 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 	// filterResponse). Re-selecting it later would cost far more. Only
 	// DELETE and RENAME, which may hit that very mailbox, unselect first.
 	restore := s.state != StateAuthenticated || cmd.Name == "DELETE" || cmd.Name == "RENAME"
-	up, err := s.lease(ctx, restore)
+	if x.xlate != nil {
+		s.upstreamForm(x)
+	}
+	up, err := s.lease(ctx, restore, x)
 	if err != nil {
 		if err := s.discardFrom(in, first.Literal); err != nil {
 			return err
@@ -272,7 +275,10 @@ func (s *Session) awaitContinuation(x *Exchange, up *upstream.Conn, upTag string
 // upstream's responses: the end of the command chain for every command
 // the core relays without streaming it.
 func (s *Session) relayWhole(ctx context.Context, x *Exchange) error {
-	up, err := s.lease(ctx, s.state != StateAuthenticated || x.Name == "DELETE" || x.Name == "RENAME")
+	if x.xlate != nil {
+		s.upstreamForm(x)
+	}
+	up, err := s.lease(ctx, s.state != StateAuthenticated || x.Name == "DELETE" || x.Name == "RENAME", x)
 	if err != nil {
 		return s.upstreamUnavailable(x.Tag, err)
 	}

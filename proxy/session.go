@@ -53,8 +53,12 @@ type Session struct {
 	account string // pool key: the authenticated upstream identity
 	upCaps  upstream.Caps
 
-	up   *upstream.Conn // leased upstream connection, if any
-	mbox *selectedMailbox
+	up *upstream.Conn // leased upstream connection, if any
+	// upPartial: up was leased for a command that needed only part of
+	// the selected mailbox's view, and has not caught up with the rest
+	// (catchup.go).
+	upPartial bool
+	mbox      *selectedMailbox
 	// wake and between drive pushes while the session waits for its
 	// client; updates is its Updates setting (see push.go).
 	wake, between atomic.Bool

@@ -54,6 +54,11 @@ type Stats struct {
 	// answers to the command before them were relayed (pipelined FETCHes,
 	// ahead.go).
 	CommandsAhead int64
+	// CatchUps counts the NOOPs leased connections ran to catch up with
+	// the selected mailbox before a command; CatchUpsSkipped the commands
+	// that went without one although the mailbox had changed, because
+	// they relied on nothing that changed (catchup.go).
+	CatchUps, CatchUpsSkipped int64
 }
 
 // ErrorKinds lists every ErrorKind, for exporting Stats.Errors.
@@ -71,6 +76,7 @@ type serverCounters struct {
 	errs                          [numErrorKinds]atomic.Int64
 	literalSpliced, literalCopied atomic.Int64
 	ahead                         atomic.Int64
+	catchUps, catchUpsSkipped     atomic.Int64
 }
 
 func (s *Server) countError(k ErrorKind) { s.counters.errs[k].Add(1) }
@@ -98,6 +104,8 @@ func (s *Server) Stats() Stats {
 	st.LiteralBytesSpliced = s.counters.literalSpliced.Load()
 	st.LiteralBytesCopied = s.counters.literalCopied.Load()
 	st.CommandsAhead = s.counters.ahead.Load()
+	st.CatchUps = s.counters.catchUps.Load()
+	st.CatchUpsSkipped = s.counters.catchUpsSkipped.Load()
 	for i := range st.Errors {
 		st.Errors[i] = s.counters.errs[i].Load()
 	}

@@ -34,13 +34,16 @@ type translation struct {
 	stripUID     bool   // a UID item the client did not ask for is removed from FETCH responses
 	silent       bool   // STORE .SILENT sent without .SILENT: FETCH answers are recorded, not relayed
 	store        *imapcodec.StoreArgs
-	storeUIDs    imap.SeqSet // the UIDs a STORE names, as a number set
-	setsSeen     bool        // a FETCH of a body without PEEK: its answers may show \Seen set by it
-	allowExpunge bool        // EXPUNGE responses may accompany the command's answer
-	syncAfter    bool        // the command changes the mailbox: sync with the hub before answering
-	adds         bool        // it adds messages to the selected mailbox when it succeeds (APPEND, COPY, MOVE into it)
-	expunged     bool        // the upstream reported an expunge during the command (see needsSync)
-	ownChanges   uint64      // mod-sequences above the connection's SyncedTo its own claims got (see ownChangesSeen)
+	named        *namedUIDs // the UIDs a FETCH or STORE names
+	asksFlags    bool       // a FETCH whose answers show flags (catchup.go: fetchShowsFlags)
+	onlyUID      bool       // a FETCH of the item UID alone
+	need         *viewNeed  // what it relies on in the leased connection's view (catchup.go); nil: everything
+	setsSeen     bool       // a FETCH of a body without PEEK: its answers may show \Seen set by it
+	allowExpunge bool       // EXPUNGE responses may accompany the command's answer
+	syncAfter    bool       // the command changes the mailbox: sync with the hub before answering
+	adds         bool       // it adds messages to the selected mailbox when it succeeds (APPEND, COPY, MOVE into it)
+	expunged     bool       // the upstream reported an expunge during the command (see needsSync)
+	ownChanges   uint64     // mod-sequences above the connection's SyncedTo its own claims got (see ownChangesSeen)
 }
 
 // needsSync reports whether the command may have changed the selected
@@ -118,6 +121,8 @@ func (s *Session) translateCommand(x *Exchange) error {
 			t.allowExpunge = isUID
 			t.stripUID = !isUID && !fetchAsksUID(cmd)
 			t.setsSeen = !m.readOnly && fetchSetsSeen(cmd)
+			t.named = m.view.named(uids)
+			t.asksFlags, t.onlyUID = fetchAsksFlags(rest)
 		case "STORE":
 			t.allowExpunge = isUID
 			t.stripUID = !isUID
@@ -131,7 +136,7 @@ func (s *Session) translateCommand(x *Exchange) error {
 				}
 				st.Set = uids
 				t.store = st
-				t.storeUIDs, _ = imapcodec.ParseNumSet(uids)
+				t.named = m.view.named(uids)
 				// STORE ... FLAGS.SILENT goes upstream without .SILENT:
 				// its answers tell the hub the new flags at once, and the
 				// client still sees none of them (RFC 3501 6.4.6).
@@ -648,7 +653,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 		return nil
 	}
 	seq := m.view.seqOf(uid)
-	if seq == 0 {
+	if seq == 0 || reportsOnly(x, uid, resp) {
 		return nil
 	}
 	var t *translation
@@ -775,18 +780,131 @@ func (s *Session) seenByFetch(uid uint32, flags string) (string, bool) {
 }
 
 // answers tells whether a FETCH response about uid answers the command
-// of x: a FETCH's, or a STORE's about a message it names; anything else
+// of x: a FETCH's or a STORE's about a message it names; anything else
 // the upstream sends is its own report of a change.
 func answers(x *Exchange, uid uint32) bool {
 	if x == nil {
 		return false
 	}
 	switch strings.TrimPrefix(x.Name, "UID ") {
-	case "FETCH":
-		return true
-	case "STORE":
+	case "FETCH", "STORE":
 		t := x.xlate
-		return t == nil || t.storeUIDs == nil || t.storeUIDs.Contains(uid)
+		return t == nil || t.named == nil || t.named.has(uid)
+	}
+	return false
+}
+
+// reportsOnly tells whether resp, a FETCH response about uid in the
+// answers to x, can only be the upstream's report of others' changes: the
+// leased connection syncs at the end of a command and tells what changed
+// since it last synced (more of it when it skipped the catch-up NOOP,
+// catchup.go). Such reports are not relayed: the client hears of those
+// changes from the hub, once, with their mod-sequences. They are the
+// responses to a FETCH or STORE about messages it does not name, and the
+// responses with nothing but flags to a FETCH that did not ask for them.
+//
+// Not while commands sent ahead share the connection (ahead.go): Dovecot
+// runs pipelined FETCHes at once and interleaves their untagged answers,
+// so the answers read before one command's tagged response may be the
+// next ones'.
+func reportsOnly(x *Exchange, uid uint32, resp *Response) bool {
+	if x == nil || x.xlate == nil || x.xlate.named == nil || len(x.s.ahead) > 0 {
+		return false
+	}
+	t := x.xlate
+	switch strings.TrimPrefix(x.Name, "UID ") {
+	case "FETCH":
+		return !t.named.has(uid) || !t.asksFlags && !t.onlyUID && flagsOnly(resp.Segments)
+	case "STORE":
+		return !t.named.has(uid)
+	}
+	return false
+}
+
+// fetchAsksFlags tells whether a FETCH command's items (rest: the text
+// after its set) show flags, or may: anything but items known to show
+// none (fetchShowsFlags); and whether they are UID alone, whose answer a
+// server may merge with its report of a flag change (RFC 3501 7.4.2 lets
+// it add FLAGS to any FETCH response), so that a response of UID and FLAGS
+// can be the answer.
+func fetchAsksFlags(rest []byte) (flags, onlyUID bool) {
+	p := imapcodec.NewParser([]imapcodec.Segment{{Text: rest}}, imapcodec.Limits{})
+	if p.SP() != nil {
+		return true, false
+	}
+	v, err := p.Value()
+	if err != nil {
+		return true, false
+	}
+	items := []imapcodec.Value{v}
+	if l, ok := v.(imapcodec.List); ok {
+		items = l
+	}
+	onlyUID = !slices.ContainsFunc(items, func(it imapcodec.Value) bool {
+		a, ok := it.(imapcodec.Atom)
+		return !ok || !strings.EqualFold(string(a), "UID")
+	})
+	flags, ok := fetchShowsFlags(v)
+	return flags || !ok, onlyUID
+}
+
+// flagsOnly tells whether a FETCH response has no items but UID, FLAGS
+// and MODSEQ.
+func flagsOnly(segs []imapcodec.Segment) bool {
+	if len(segs) != 1 || indexFold(segs[0].Text, "FLAGS") < 0 {
+		return false // a literal (a body), or no flags: not parsed
+	}
+	vals, err := imapcodec.NewParser(segs, imapcodec.Limits{}).Values()
+	if err != nil || len(vals) != 4 {
+		return false
+	}
+	items, ok := vals[3].(imapcodec.List)
+	if !ok || len(items)%2 != 0 {
+		return false
+	}
+	for i := 0; i < len(items); i += 2 {
+		name, _ := items[i].(imapcodec.Atom)
+		switch strings.ToUpper(string(name)) {
+		case "UID", "FLAGS", "MODSEQ":
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// namedUIDs is the UID set a command names, with "*" standing for the
+// largest UID of the client's view when the command was translated (the
+// only messages whose answers reach the client).
+type namedUIDs struct {
+	set  imap.SeqSet
+	last uint32
+}
+
+// named returns the UID set set (nil if it does not parse: "$").
+func (v seqView) named(set string) *namedUIDs {
+	s, err := imapcodec.ParseNumSet(set)
+	if err != nil {
+		return nil
+	}
+	return &namedUIDs{set: s, last: v.last()}
+}
+
+func (n *namedUIDs) has(uid uint32) bool {
+	for _, r := range n.set {
+		lo, hi := r.Start, r.Stop
+		if lo == 0 {
+			lo = n.last
+		}
+		if hi == 0 {
+			hi = n.last
+		}
+		if lo > hi {
+			lo, hi = hi, lo
+		}
+		if lo <= uid && uid <= hi {
+			return true
+		}
 	}
 	return false
 }

@@ -124,6 +124,11 @@ type Conn struct {
 	// shows a connection new messages only when it syncs (at a command),
 	// so a lessee whose client knows more sends NOOP first.
 	SyncedTo uint64
+	// SyncedUID is the largest UID the proxy's state of the selected
+	// mailbox knew when SyncedTo was read: the connection shows every
+	// message up to it that still exists (0: none known). Select and
+	// Unselect set both to 0.
+	SyncedUID uint32
 
 	account  string
 	lastUsed time.Time
@@ -652,6 +657,7 @@ func (c *Conn) Select(ctx context.Context, mailbox string, readOnly bool, onUnta
 		return fmt.Errorf("mailbox name needs a literal and the upstream lacks LITERAL+")
 	}
 	c.Selected, c.UIDValidity = "", 0
+	c.SyncedTo, c.SyncedUID = 0, 0 // the lessee sets them (they are the proxy's, of one mailbox)
 	var uidValidity uint32
 	if _, err := c.Exec(ctx, string(b), func(r *Response) {
 		if r.Head.Code == "UIDVALIDITY" {
@@ -688,7 +694,7 @@ func (c *Conn) Unselect(ctx context.Context) error {
 		if _, err := c.Exec(ctx, "UNSELECT", nil); err != nil {
 			return err
 		}
-		c.Selected = ""
+		c.Selected, c.SyncedTo, c.SyncedUID = "", 0, 0
 		return nil
 	}
 	if !c.ReadOnly {
@@ -699,7 +705,7 @@ func (c *Conn) Unselect(ctx context.Context) error {
 	if _, err := c.Exec(ctx, "CLOSE", nil); err != nil {
 		return err
 	}
-	c.Selected = ""
+	c.Selected, c.SyncedTo, c.SyncedUID = "", 0, 0
 	return nil
 }
 

@@ -550,7 +550,9 @@ func TestSelectUnselect(t *testing.T) {
 		t.Errorf("SELECT untagged responses %q lack * 2 EXISTS", untagged)
 	}
 
-	// Selecting the same mailbox the same way sends nothing.
+	// Selecting the same mailbox the same way sends nothing, and keeps
+	// the lessee's marks of how far the connection has seen it.
+	c.SyncedTo, c.SyncedUID = 7, 2
 	seq := c.tagSeq.Load()
 	untagged = nil
 	if err := c.Select(ctx, "INBOX", false, collect); err != nil {
@@ -559,14 +561,23 @@ func TestSelectUnselect(t *testing.T) {
 	if c.tagSeq.Load() != seq || len(untagged) != 0 {
 		t.Error("re-selecting the selected mailbox sent a command")
 	}
+	if c.SyncedTo != 7 || c.SyncedUID != 2 {
+		t.Errorf("re-selecting changed the marks: %d, %d", c.SyncedTo, c.SyncedUID)
+	}
 
-	// Read-only needs EXAMINE.
+	// Read-only needs EXAMINE; the marks, of the mailbox as selected
+	// before, are gone (the proxy's mod-sequences of one mailbox mean
+	// nothing for another).
 	if err := c.Select(ctx, "INBOX", true, collect); err != nil {
 		t.Fatalf("Examine: %v", err)
 	}
 	if c.Selected != "INBOX" || !c.ReadOnly {
 		t.Errorf("after EXAMINE: Selected %q ReadOnly %v", c.Selected, c.ReadOnly)
 	}
+	if c.SyncedTo != 0 || c.SyncedUID != 0 {
+		t.Errorf("after EXAMINE: marks %d, %d, want none", c.SyncedTo, c.SyncedUID)
+	}
+	c.SyncedTo, c.SyncedUID = 7, 2
 
 	// A failed SELECT leaves no mailbox selected.
 	err := c.Select(ctx, "NoSuchBox", false, nil)
@@ -581,12 +592,13 @@ func TestSelectUnselect(t *testing.T) {
 	if err := c.Select(ctx, "INBOX", false, nil); err != nil {
 		t.Fatal(err)
 	}
+	c.SyncedTo, c.SyncedUID = 7, 2
 	// Select("") is Unselect; UNSELECT is offered by the server.
 	if err := c.Select(ctx, "", false, nil); err != nil {
 		t.Fatalf("Unselect: %v", err)
 	}
-	if c.Selected != "" {
-		t.Errorf("after Unselect: Selected %q", c.Selected)
+	if c.Selected != "" || c.SyncedTo != 0 || c.SyncedUID != 0 {
+		t.Errorf("after Unselect: Selected %q, marks %d, %d", c.Selected, c.SyncedTo, c.SyncedUID)
 	}
 	// The server agrees: a command needing a selected mailbox fails.
 	if _, err := c.Exec(ctx, "NOOP", nil); err != nil {

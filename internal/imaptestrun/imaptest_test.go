@@ -217,6 +217,12 @@ func TestImaptest(t *testing.T) {
 // settings and bbolt stores for the sync state and the account data.
 func startLemonproxy(t *testing.T, upAddr string) string {
 	t.Helper()
+	return startLemonproxyServer(t, upAddr).Addr
+}
+
+// startLemonproxyServer is startLemonproxy, returning the proxy.
+func startLemonproxyServer(t *testing.T, upAddr string) *imaptest.Proxy {
+	t.Helper()
 	dir := t.TempDir()
 	store, err := statestore.OpenBolt(dir)
 	if err != nil {
@@ -235,7 +241,7 @@ func startLemonproxy(t *testing.T, upAddr string) string {
 	}
 	cfg.Upstream.Timeout = 10 * time.Second
 	cfg.Hub.Store = store
-	return imaptest.StartProxy(t, upAddr, cfg).Addr
+	return imaptest.StartProxy(t, upAddr, cfg)
 }
 
 // capabilities returns what the server at addr advertises after login, as

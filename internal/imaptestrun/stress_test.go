@@ -45,11 +45,15 @@ type stressResult struct {
 	// those reaped), imaptest, and this process (the proxy when it is
 	// the target; the harness's idle waiting otherwise).
 	dovecotCPU, imaptestCPU, selfCPU time.Duration
-	count                            map[string]int
-	timed                            map[string]int
-	msecs                            map[string]int64
-	errors                           int
-	errLines                         []string
+	// Through the proxy: its pooled connections' catch-up NOOPs, and the
+	// commands that went without one although the mailbox had changed
+	// (proxy.Stats).
+	catchUps, catchUpsSkipped int64
+	count                     map[string]int
+	timed                     map[string]int
+	msecs                     map[string]int64
+	errors                    int
+	errLines                  []string
 }
 
 func (r stressResult) total() int {
@@ -97,7 +101,8 @@ func TestStress(t *testing.T) {
 		users[fmt.Sprintf("sp-%d", i)] = password
 	}
 	legacy.AddUsers(t, users)
-	proxyAddr := startLemonproxy(t, legacy.Addr)
+	lp := startLemonproxyServer(t, legacy.Addr)
+	proxyAddr := lp.Addr
 
 	if pdir := os.Getenv(stressProfileEnv); pdir != "" {
 		runtime.SetBlockProfileRate(int(time.Microsecond))
@@ -119,7 +124,11 @@ func TestStress(t *testing.T) {
 	for i := range runs {
 		// A fresh user each run: imaptest's stress fills its mailbox.
 		direct = append(direct, runStress(t, bin, mbox, legacy, legacy.Addr, fmt.Sprintf("sd-%d", i), secs))
-		proxied = append(proxied, runStress(t, bin, mbox, legacy, proxyAddr, fmt.Sprintf("sp-%d", i), secs))
+		st0 := lp.Srv.Stats()
+		r := runStress(t, bin, mbox, legacy, proxyAddr, fmt.Sprintf("sp-%d", i), secs)
+		st := lp.Srv.Stats()
+		r.catchUps, r.catchUpsSkipped = st.CatchUps-st0.CatchUps, st.CatchUpsSkipped-st0.CatchUpsSkipped
+		proxied = append(proxied, r)
 	}
 	printStress(t, direct, proxied)
 	de, pe := 0, 0
@@ -246,6 +255,19 @@ func printStress(t *testing.T, direct, proxied []stressResult) {
 	} {
 		fmt.Fprintf(w, "%s\t%s\t%s\t\n", p.name, perK(direct, p.cpu), perK(proxied, p.cpu))
 	}
+	perKCount := func(rs []stressResult, n func(stressResult) int64) string {
+		var sum, total int64
+		for _, r := range rs {
+			sum += n(r)
+			total += int64(r.total())
+		}
+		if total == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.0f", float64(sum)*1000/float64(total))
+	}
+	fmt.Fprintf(w, "catch-up NOOPs per 1,000 commands\t-\t%s\t\n", perKCount(proxied, func(r stressResult) int64 { return r.catchUps }))
+	fmt.Fprintf(w, "catch-ups skipped per 1,000 commands\t-\t%s\t\n", perKCount(proxied, func(r stressResult) int64 { return r.catchUpsSkipped }))
 	states := map[string]bool{}
 	for _, r := range append(slices.Clone(direct), proxied...) {
 		for s := range r.count {
