@@ -125,7 +125,7 @@ func (s *Session) catchUp(ctx context.Context, c *upstream.Conn, mark syncMark, 
 		// Nothing happened since the marks: the messages the state
 		// knows arrived at or below SyncedTo.
 	default:
-		if need := needIn(x); need != nil && s.viewHas(c, need) {
+		if need := s.needFor(x); need != nil && s.viewHas(c, need) {
 			s.upPartial = true
 			s.srv.counters.catchUpsSkipped.Add(1)
 			return nil
@@ -157,19 +157,21 @@ func (s *Session) viewHas(c *upstream.Conn, need *viewNeed) bool {
 	return unchanged && found == len(need.flagsOf)
 }
 
-// upstreamForm reads x in the form it goes upstream, after its chain, just
-// before it is sent: it records what x relies on in the connection's view
-// of the selected mailbox (translation.need), and narrows the UIDs a FETCH
-// or STORE names (translation.named) to those it names in that form
-// (CONDSTORE's conditional STORE leaves out the messages it refuses),
-// whose answers are relayed (reportsOnly).
+// upstreamForm reads x in the form it goes upstream, after its chain, once:
+// it records what x relies on in the connection's view of the selected
+// mailbox (translation.need), and narrows the UIDs a FETCH or STORE names
+// (translation.named) to those it names in that form (CONDSTORE's
+// conditional STORE leaves out the messages it refuses), whose answers
+// are relayed (reportsOnly). The relay calls it before the lease for a
+// STORE, whose answers become claims; for anything else it runs only
+// when the catch-up is considered (needFor).
 func (s *Session) upstreamForm(x *Exchange) {
 	t := x.xlate
-	if t == nil {
+	if t == nil || t.formRead {
 		return
 	}
 	need, set := s.needOf(x)
-	t.need = need
+	t.need, t.formRead = need, true
 	if t.named != nil && set != "" {
 		if n := s.mbox.view.named(set); n != nil {
 			t.named = n
@@ -177,12 +179,15 @@ func (s *Session) upstreamForm(x *Exchange) {
 	}
 }
 
-// needIn returns what x relies on (upstreamForm); nil for everything,
-// and for a command of the proxy's own (x nil).
-func needIn(x *Exchange) *viewNeed {
+// needFor returns what x relies on (upstreamForm, read only now: for most
+// commands nothing changed since the connection's marks, and a bulk
+// download's FETCHes are not parsed again); nil for everything, and for a
+// command of the proxy's own (x nil).
+func (s *Session) needFor(x *Exchange) *viewNeed {
 	if x == nil || x.xlate == nil {
 		return nil
 	}
+	s.upstreamForm(x)
 	return x.xlate.need
 }
 

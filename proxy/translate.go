@@ -38,6 +38,7 @@ type translation struct {
 	asksFlags    bool       // a FETCH whose answers show flags (catchup.go: fetchShowsFlags)
 	onlyUID      bool       // a FETCH of the item UID alone
 	need         *viewNeed  // what it relies on in the leased connection's view (catchup.go); nil: everything
+	formRead     bool       // need and named were read from the form that goes upstream (upstreamForm)
 	setsSeen     bool       // a FETCH of a body without PEEK: its answers may show \Seen set by it
 	allowExpunge bool       // EXPUNGE responses may accompany the command's answer
 	syncAfter    bool       // the command changes the mailbox: sync with the hub before answering
