@@ -163,8 +163,9 @@ func (s *Session) viewHas(c *upstream.Conn, need *viewNeed) bool {
 // (translation.named) to those it names in that form (CONDSTORE's
 // conditional STORE leaves out the messages it refuses), whose answers
 // are relayed (reportsOnly). The relay calls it before the lease for a
-// STORE, whose answers become claims; for anything else it runs only
-// when the catch-up is considered (needFor).
+// STORE, whose answers become claims, and for a command its chain
+// restated; for anything else it runs only when the catch-up is
+// considered (needFor).
 func (s *Session) upstreamForm(x *Exchange) {
 	t := x.xlate
 	if t == nil || t.formRead {
@@ -173,7 +174,7 @@ func (s *Session) upstreamForm(x *Exchange) {
 	need, set := s.needOf(x)
 	t.need, t.formRead = need, true
 	if t.named != nil && set != "" {
-		if n := s.mbox.view.named(set); n != nil {
+		if n := named(set); n != nil {
 			t.named = n
 		}
 	}

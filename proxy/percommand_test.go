@@ -346,3 +346,29 @@ func TestCatchUpOnlyWhenNeeded(t *testing.T) {
 	a.ExpectDo("n4", "NOOP", `* 3 FETCH (FLAGS (\Deleted \Recent))`, "n4 OK *")
 	mustCatchUp("e", "EXPUNGE", "* 3 EXPUNGE", "* 0 RECENT", "e OK *")
 }
+
+// TestFetchStarAnswersNewMessage: "*" in a FETCH names whatever the
+// upstream answers for it. Here the client hears of message 3 just before
+// its UID FETCH 1:* is answered (another session brought the pooled
+// connection up to date, so no catch-up runs), and the answer about
+// message 3 must reach it with the others: it is an answer, not a report
+// of someone else's change (reportsOnly).
+func TestFetchStarAnswersNewMessage(t *testing.T) {
+	t.Parallel()
+	up, _, p, a := startTwoMessages(t)
+	a.ExpectDo("f0", "FETCH 1:2 (FLAGS)", "* 1 FETCH (FLAGS ())", "* 2 FETCH (FLAGS ())", "f0 OK *")
+	if err := up.Append("alice", "INBOX", nil, testMessage("three", 100)); err != nil {
+		t.Fatal(err)
+	}
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret")
+	b.Do("s", "SELECT INBOX")
+	if r := b.Do("n", "NOOP"); !strings.HasPrefix(r[len(r)-1], "n OK") {
+		t.Fatalf("b's NOOP: %q", r)
+	}
+	b.Do("f", "UID FETCH 1:* (FLAGS)")
+	a.ExpectDo("g", "UID FETCH 1:* (UID FLAGS)",
+		"* 3 EXISTS", // recent in b, which saw it first
+		"* 1 FETCH (UID 1 FLAGS ())", "* 2 FETCH (UID 2 FLAGS ())", "* 3 FETCH (UID 3 FLAGS ())",
+		"g OK *")
+}

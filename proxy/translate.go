@@ -39,6 +39,7 @@ type translation struct {
 	onlyUID      bool       // a FETCH of the item UID alone
 	need         *viewNeed  // what it relies on in the leased connection's view (catchup.go); nil: everything
 	formRead     bool       // need and named were read from the form that goes upstream (upstreamForm)
+	formText     []byte     // the first line as translated, before the chain (restated)
 	setsSeen     bool       // a FETCH of a body without PEEK: its answers may show \Seen set by it
 	allowExpunge bool       // EXPUNGE responses may accompany the command's answer
 	syncAfter    bool       // the command changes the mailbox: sync with the hub before answering
@@ -85,6 +86,11 @@ func (s *Session) translateCommand(x *Exchange) error {
 	cmd := x.cmd
 	t := &translation{allowExpunge: true}
 	x.xlate = t
+	defer func() {
+		if len(x.Segments) > 0 {
+			t.formText = x.Segments[0].Text
+		}
+	}()
 	name := cmd.Name
 	base := strings.TrimPrefix(name, "UID ")
 	isUID := base != name
@@ -122,7 +128,7 @@ func (s *Session) translateCommand(x *Exchange) error {
 			t.allowExpunge = isUID
 			t.stripUID = !isUID && !fetchAsksUID(cmd)
 			t.setsSeen = !m.readOnly && fetchSetsSeen(cmd)
-			t.named = m.view.named(uids)
+			t.named = named(uids)
 			t.asksFlags, t.onlyUID = fetchAsksFlags(rest)
 		case "STORE":
 			t.allowExpunge = isUID
@@ -137,7 +143,7 @@ func (s *Session) translateCommand(x *Exchange) error {
 				}
 				st.Set = uids
 				t.store = st
-				t.named = m.view.named(uids)
+				t.named = named(uids)
 				// STORE ... FLAGS.SILENT goes upstream without .SILENT:
 				// its answers tell the hub the new flags at once, and the
 				// client still sees none of them (RFC 3501 6.4.6).
@@ -795,6 +801,16 @@ func answers(x *Exchange, uid uint32) bool {
 	return false
 }
 
+// restated reports whether a handler of x's chain put the command in
+// another form than the translation's (a new first line).
+func (t *translation) restated(x *Exchange) bool {
+	if len(x.Segments) == 0 {
+		return false
+	}
+	a, b := x.Segments[0].Text, t.formText
+	return len(a) != len(b) || len(a) > 0 && &a[0] != &b[0]
+}
+
 // reportsOnly tells whether resp, a FETCH response about uid in the
 // answers to x, can only be the upstream's report of others' changes: the
 // leased connection syncs at the end of a command and tells what changed
@@ -874,35 +890,29 @@ func flagsOnly(segs []imapcodec.Segment) bool {
 	return true
 }
 
-// namedUIDs is the UID set a command names, with "*" standing for the
-// largest UID of the client's view when the command was translated (the
-// only messages whose answers reach the client).
-type namedUIDs struct {
-	set  imap.SeqSet
-	last uint32
-}
+// namedUIDs is the UID set a command names.
+type namedUIDs struct{ set imap.SeqSet }
 
 // named returns the UID set set (nil if it does not parse: "$").
-func (v seqView) named(set string) *namedUIDs {
+func named(set string) *namedUIDs {
 	s, err := imapcodec.ParseNumSet(set)
 	if err != nil {
 		return nil
 	}
-	return &namedUIDs{set: s, last: v.last()}
+	return &namedUIDs{set: s}
 }
 
+// has reports whether the set names uid. A range with "*" names whatever
+// the upstream answers for it: "*" is the largest UID the upstream has
+// when it runs the command, which may be above any the client knew when
+// the command was read (the client hears of new messages between that
+// and the command's answers, and answers about them must reach it).
 func (n *namedUIDs) has(uid uint32) bool {
 	for _, r := range n.set {
-		lo, hi := r.Start, r.Stop
-		if lo == 0 {
-			lo = n.last
+		if r.Start == 0 || r.Stop == 0 {
+			return true
 		}
-		if hi == 0 {
-			hi = n.last
-		}
-		if lo > hi {
-			lo, hi = hi, lo
-		}
+		lo, hi := min(r.Start, r.Stop), max(r.Start, r.Stop)
 		if lo <= uid && uid <= hi {
 			return true
 		}
