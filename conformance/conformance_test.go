@@ -127,6 +127,21 @@ func TestDovecotFull(t *testing.T) {
 // capabilities forced on in the suite's view. Every scenario of those
 // extensions must then fail, with a reason that says what was expected
 // and what came.
+// idleRace tells the IDLE scenarios that go-imap's server may fail by
+// itself: its IDLE does not report a change queued for the session just
+// before the IDLE began (docs/conformance.md, "Outside changes in the
+// selected mailbox in front of imapmemserver"), and under load an outside
+// change can land there. Directly against it (TestItCanFail) such a miss
+// is the server's, not the suite's; a CI run under -race showed one
+// (2177-idle-new-mail, "got nothing" within 6 s).
+func idleRace(id string) bool {
+	switch id {
+	case "2177-idle-new-mail", "2177-idle-expunge", "2177-idle-flag-change", "2177-idle-again":
+		return true
+	}
+	return false
+}
+
 func TestItCanFail(t *testing.T) {
 	up, err := memupstream.Start(memupstream.Options{})
 	if err != nil {
@@ -167,7 +182,7 @@ func TestItCanFail(t *testing.T) {
 		switch {
 		case forced[r.RFC] && r.Outcome == Pass:
 			passedForced = append(passedForced, r.ID)
-		case !forced[r.RFC] && r.Outcome == Fail:
+		case !forced[r.RFC] && r.Outcome == Fail && !(idleRace(r.ID) && strings.Contains(r.Reason, "got nothing")):
 			failedOther = append(failedOther, r.ID)
 		}
 		if r.Outcome == Fail && !usefulReason(r.Reason) {

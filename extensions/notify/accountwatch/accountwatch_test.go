@@ -265,3 +265,106 @@ func loginDial(addr, user, pass string) DialFunc {
 		return upstream.DialLogin(ctx, &upstream.Config{Addr: addr, Timeout: 5 * time.Second}, user, pass)
 	}
 }
+
+// TestSubscribeThenNewMail: a mailbox subscribed and then given new mail
+// while a poll is under way (between what it reads first and last) must
+// still come with a messages event that has the subscription: a client
+// with NOTIFY SET (subscribed ...) filters by it, and the poll after finds
+// nothing more to report. go-imap's server has no LIST-STATUS, so a poll
+// runs LIST, a STATUS per mailbox and LSUB; the test holds the rest of
+// the poll after LSUB and subscribes and appends meanwhile.
+func TestSubscribeThenNewMail(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	up.AddUser("alice", "a")
+	createDirectly(t, up.Addr, "alice", "a", "Work")
+	relay := faultnet.Start(t, up.Addr)
+	m := New(Config{PollInterval: time.Hour, Grace: 10 * time.Millisecond})
+	defer m.Close()
+	var mu sync.Mutex
+	var messages []Event
+	events := make(chan struct{}, 10)
+	s, err := m.Watch(context.Background(), "alice", loginDial(relay.Addr(), "alice", "a"), WatchOptions{}, func(evs []Event) {
+		mu.Lock()
+		for _, e := range evs {
+			if e.Kind == Messages && e.Mailbox.Name == "Work" {
+				messages = append(messages, e)
+			}
+		}
+		mu.Unlock()
+		events <- struct{}{}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	// The watcher's connection is the relay's first. Its next poll is
+	// held once LSUB has gone upstream: the subscription and the new
+	// mail come after LSUB, and, in a poll that reads the counters after
+	// LSUB (as polls did), before the counters.
+	hold := relay.Add(faultnet.Fault{Conn: 1, Match: []byte("LSUB \"\" \"*\"\r\n"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Hold})
+	defer hold.Release()
+	// A full poll: it is held after LSUB if LSUB is not its last command
+	// (the hold acts on the next bytes), else it completes.
+	m.mu.Lock()
+	w := m.accts["alice"]
+	m.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	polled := make(chan error, 1)
+	go func() { polled <- w.awaitPoll(ctx) }()
+	held := false
+	select {
+	case <-hold.Fired():
+		held = true
+	case err := <-polled:
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := imapclient.DialInsecure(up.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("alice", "a").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Subscribe("Work").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Append("alice", "Work", nil, []byte("Subject: x\r\n\r\nx\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	hold.Release()
+	if held {
+		if err := <-polled; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Polls until the messages event comes: with the subscription it
+	// must, without it no later poll has one to report.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		n := len(messages)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		m.Poke("alice")
+		select {
+		case <-events:
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(messages) != 1 || !messages[0].Mailbox.Subscribed {
+		t.Fatalf("messages events for Work %+v, want one, with the mailbox subscribed", messages)
+	}
+}

@@ -566,20 +566,6 @@ func (w *watcher) list(ctx context.Context, c *upstream.Conn) (map[string]Mailbo
 	if perr != nil {
 		return nil, perr
 	}
-	tagged, err = c.Exec(ctx, `LSUB "" "*"`, func(r *upstream.Response) {
-		if r.Head.Name != "LSUB" {
-			return
-		}
-		if b, err := parseList(r); err == nil {
-			if have, ok := boxes[b.Name]; ok {
-				have.Subscribed = true
-				boxes[b.Name] = have
-			}
-		}
-	})
-	if err := commandErr("LSUB", tagged, err); err != nil {
-		return nil, err
-	}
 	if !listStatus {
 		for name, b := range boxes {
 			if !b.Selectable {
@@ -594,6 +580,28 @@ func (w *watcher) list(ctx context.Context, c *upstream.Conn) (map[string]Mailbo
 				boxes[name] = b
 			}
 		}
+	}
+	// The subscriptions are read after the counters: a client that
+	// SUBSCRIBEs and then sees new mail arrive expects the new mail's
+	// event, and a poll whose counters were newer than its subscription
+	// list reported it for a mailbox still unsubscribed, which the
+	// client's (subscribed ...) filter dropped, and the next poll found
+	// no change to report (lost, not late). Read this way round, counters
+	// that show the new mail come with a list that has the SUBSCRIBE.
+	// (With LIST-STATUS the counters come with LIST, before LSUB too.)
+	tagged, err = c.Exec(ctx, `LSUB "" "*"`, func(r *upstream.Response) {
+		if r.Head.Name != "LSUB" {
+			return
+		}
+		if b, err := parseList(r); err == nil {
+			if have, ok := boxes[b.Name]; ok {
+				have.Subscribed = true
+				boxes[b.Name] = have
+			}
+		}
+	})
+	if err := commandErr("LSUB", tagged, err); err != nil {
+		return nil, err
 	}
 	return boxes, nil
 }
