@@ -183,34 +183,30 @@ func (m *Metrics) Register(src Sources) {
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "sessions_opened_total", Help: "Client sessions accepted since start.",
 	}, func() float64 { return float64(stats().SessionsOpened) }))
-	for _, path := range []string{"splice", "copy"} {
-		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Namespace: ns, Name: "response_literal_bytes_total",
-			Help:        "Bytes of large response literals (message bodies) relayed by path: splice (from the upstream's socket to the client's by splice(2), not through the proxy) or copy (through it: TLS or COMPRESS on a side).",
-			ConstLabels: prometheus.Labels{"path": path},
-		}, func() float64 {
-			if path == "splice" {
-				return float64(stats().LiteralBytesSpliced)
-			}
-			return float64(stats().LiteralBytesCopied)
-		}))
+	// counters registers one counter of name per value of label.
+	counters := func(name, help, label string, values map[string]func(proxy.Stats) int64) {
+		for v, get := range values {
+			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Namespace: ns, Name: name, Help: help, ConstLabels: prometheus.Labels{label: v},
+			}, func() float64 { return float64(get(stats())) }))
+		}
 	}
+	counters("response_literal_bytes_total",
+		"Bytes of large response literals (message bodies) relayed by path: splice (from the upstream's socket to the client's by splice(2), not through the proxy) or copy (through it: TLS or COMPRESS on a side).",
+		"path", map[string]func(proxy.Stats) int64{
+			"splice": func(st proxy.Stats) int64 { return st.LiteralBytesSpliced },
+			"copy":   func(st proxy.Stats) int64 { return st.LiteralBytesCopied },
+		})
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "commands_ahead_total",
 		Help: "Client commands (pipelined UID FETCHes that change nothing) sent upstream before the answers to the command before them were relayed.",
 	}, func() float64 { return float64(stats().CommandsAhead) }))
-	for _, outcome := range []string{"noop", "skipped"} {
-		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Namespace: ns, Name: "catchups_total",
-			Help:        "Commands in the selected state whose pooled connection lagged behind the mailbox: caught up with a NOOP first, or sent without one because they relied on nothing that changed.",
-			ConstLabels: prometheus.Labels{"outcome": outcome},
-		}, func() float64 {
-			if outcome == "noop" {
-				return float64(stats().CatchUps)
-			}
-			return float64(stats().CatchUpsSkipped)
-		}))
-	}
+	counters("catchups_total",
+		"Commands in the selected state whose pooled connection lagged behind the mailbox: caught up with a NOOP first, or sent without one because they relied on nothing that changed.",
+		"outcome", map[string]func(proxy.Stats) int64{
+			"noop":    func(st proxy.Stats) int64 { return st.CatchUps },
+			"skipped": func(st proxy.Stats) int64 { return st.CatchUpsSkipped },
+		})
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "change_batches_total", Help: "Batches of mailbox changes the watchers fanned out.",
 	}, func() float64 { c, _ := srv.Hub().Counts(); return float64(c) }))

@@ -283,19 +283,9 @@ func (v seqView) need(set string, flags bool) *viewNeed {
 	if err != nil {
 		return nil
 	}
-	last := v.last()
 	n := &viewNeed{flags: flags}
 	for _, r := range ranges {
-		lo, hi := r.Start, r.Stop
-		if lo == 0 {
-			lo = last
-		}
-		if hi == 0 {
-			hi = last
-		}
-		if lo > hi {
-			lo, hi = hi, lo
-		}
+		lo, hi := bounds(r, v.last())
 		i, _ := slices.BinarySearch(v, lo)
 		j, found := slices.BinarySearch(v, hi)
 		if found {

@@ -63,22 +63,26 @@ func (v seqView) uidSetWithin(set imap.SeqSet) imap.UIDSet {
 	return out
 }
 
+// bounds returns the range r with "*" standing for star, lowest first
+// (RFC 3501 9: "4:2" is "2:4", and "*" the largest number in use).
+func bounds(r imap.SeqRange, star uint32) (lo, hi uint32) {
+	lo, hi = r.Start, r.Stop
+	if lo == 0 {
+		lo = star
+	}
+	if hi == 0 {
+		hi = star
+	}
+	return min(lo, hi), max(lo, hi)
+}
+
 // mapSeqSet is uidSet (strict) and uidSetWithin (not strict: ranges are
 // cut at the last message).
 func (v seqView) mapSeqSet(set imap.SeqSet, strict bool) (imap.UIDSet, error) {
 	n := uint32(len(v))
 	var out imap.UIDSet
 	for _, r := range set {
-		a, z := r.Start, r.Stop
-		if a == 0 {
-			a = n
-		}
-		if z == 0 {
-			z = n
-		}
-		if a > z {
-			a, z = z, a
-		}
+		a, z := bounds(r, n)
 		if strict && (n == 0 || a == 0 || z > n) {
 			return nil, errInvalidSeq
 		}
