@@ -36,6 +36,9 @@ type configParams struct {
 	// IMAPClientLimit, when not 0, is service imap's client_limit (with
 	// service_count 0, without which a process serves one connection).
 	IMAPClientLimit int
+	// CommandEvents logs every finished IMAP command as a JSON event
+	// (see Server.CommandEvents).
+	CommandEvents bool
 
 	// MailUID and MailGID own the mail processes and the home directories.
 	MailUID, MailGID int
@@ -114,6 +117,19 @@ mail_max_userip_connections = {{if .MaxUserIPConnections}}{{.MaxUserIPConnection
 mail_location = maildir:~/Maildir
 mail_fsync = never
 mailbox_idle_check_interval = 1 secs
+{{- if .CommandEvents}}
+# Every finished command, as JSON on the log: its time, its time waiting
+# for locks (Server.CommandEvents).
+event_exporter log {
+  format = json
+  format_args = time-rfc3339
+  transport = log
+}
+metric imap_command {
+  filter = event=imap_command_finished
+  exporter = log
+}
+{{- end}}
 {{- if .Capabilities}}
 imap_capability = {{.Capabilities}}
 {{- end}}

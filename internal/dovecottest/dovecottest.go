@@ -159,6 +159,12 @@ type Options struct {
 	// first connection, whatever client_limit says). All the test users
 	// share one UID, as a process with several clients needs.
 	IMAPClientLimit int
+	// CommandEvents has Dovecot log every IMAP command it finishes, with
+	// how long it took and how much of that it waited for locks (the
+	// imap_command_finished event), for Server.CommandEvents: a benchmark
+	// can then show Dovecot's own share of a command's latency. The
+	// logging costs Dovecot CPU, so throughput measured with it is lower.
+	CommandEvents bool
 }
 
 // StartWith is Start with options.
@@ -181,7 +187,7 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 		users:   map[string]string{"alice": "alicepass", "bob": "bobpass"},
 	}
 	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections, MasterUser: o.MasterUser, MasterPassword: o.MasterPassword,
-		HibernateSeconds: int((o.HibernateAfter + time.Second - 1) / time.Second), IMAPClientLimit: o.IMAPClientLimit}
+		HibernateSeconds: int((o.HibernateAfter + time.Second - 1) / time.Second), IMAPClientLimit: o.IMAPClientLimit, CommandEvents: o.CommandEvents}
 	if strings.ContainsAny(o.MasterUser+o.MasterPassword, ":\r\n") {
 		t.Fatalf("dovecottest: master user %q: unsupported characters", o.MasterUser)
 	}

@@ -31,6 +31,14 @@ const (
 	// allocation, block and mutex profiles of the process (the proxy
 	// runs in it) over the proxy's runs.
 	stressProfileEnv = "LEMONPROXY_IMAPTEST_STRESS_PROFILE"
+	// stressEventsEnv, if set, has Dovecot log every command it finishes
+	// (dovecottest.Options.CommandEvents) and the test print, beside
+	// each other, what Dovecot itself did for the clients directly and
+	// through the proxy: the commands it ran per 1,000 of imaptest's, how
+	// long each took in Dovecot and how much of that was waiting for the
+	// mailbox's locks. The logging costs Dovecot CPU: take commands per
+	// second from runs without it.
+	stressEventsEnv = "LEMONPROXY_IMAPTEST_STRESS_EVENTS"
 )
 
 // stressClients is imaptest's concurrency in stress mode, as issue 20
@@ -94,7 +102,8 @@ func TestStress(t *testing.T) {
 	}
 	mbox := filepath.Join(dir, "default.mbox")
 
-	legacy := dovecottest.Start(t, dovecottest.Legacy)
+	events := os.Getenv(stressEventsEnv) != ""
+	legacy := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{CommandEvents: events})
 	users := map[string]string{}
 	for i := range runs {
 		users[fmt.Sprintf("sd-%d", i)] = password
@@ -131,6 +140,9 @@ func TestStress(t *testing.T) {
 		proxied = append(proxied, r)
 	}
 	printStress(t, direct, proxied)
+	if events {
+		printDovecotCommands(t, legacy, direct, proxied)
+	}
 	de, pe := 0, 0
 	for i := range runs {
 		de += direct[i].errors
@@ -336,3 +348,88 @@ func writeProfile(t *testing.T, name, path string) {
 		t.Fatal(err)
 	}
 }
+
+// printDovecotCommands prints what Dovecot did in the runs, by command,
+// for the clients directly (users sd-N) and through the proxy (sp-N):
+// how many commands per 1,000 of imaptest's, their mean time in Dovecot
+// and the mean part of it spent waiting for locks; then the mean number
+// of commands in progress in Dovecot during a run, and the share of their
+// time that was lock waits.
+func printDovecotCommands(t *testing.T, dc *dovecottest.Server, direct, proxied []stressResult) {
+	t.Helper()
+	// The log process writes the events a little after the commands end.
+	time.Sleep(time.Second)
+	evs, err := dc.CommandEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type agg struct {
+		n              int
+		duration, lock time.Duration
+	}
+	sides := [2]map[string]*agg{{}, {}} // direct, through the proxy
+	var totals [2]agg
+	names := map[string]bool{}
+	for _, e := range evs {
+		side := 0
+		switch {
+		case strings.HasPrefix(e.User, "sd-"):
+		case strings.HasPrefix(e.User, "sp-"):
+			side = 1
+		default:
+			continue
+		}
+		a := sides[side][e.Name]
+		if a == nil {
+			a = &agg{}
+			sides[side][e.Name] = a
+		}
+		a.n++
+		a.duration += e.Duration
+		a.lock += e.LockWait
+		totals[side].n++
+		totals[side].duration += e.Duration
+		totals[side].lock += e.LockWait
+		names[e.Name] = true
+	}
+	clientCmds := [2]int{}
+	secs := [2]float64{}
+	for i, rs := range [][]stressResult{direct, proxied} {
+		for _, r := range rs {
+			clientCmds[i] += r.total()
+			secs[i] += r.secs
+		}
+	}
+	var b strings.Builder
+	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(w, "Dovecot's commands\tdirectly: per 1,000, mean, lock wait\tthrough the proxy: per 1,000, mean, lock wait\t\n")
+	cell := func(side int, name string) string {
+		a := sides[side][name]
+		if a == nil || clientCmds[side] == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.0f, %.2f ms, %.2f ms", float64(a.n)*1000/float64(clientCmds[side]),
+			msecs(a.duration)/float64(a.n), msecs(a.lock)/float64(a.n))
+	}
+	for _, name := range slices.Sorted(func(yield func(string) bool) {
+		for n := range names {
+			if !yield(n) {
+				return
+			}
+		}
+	}) {
+		fmt.Fprintf(w, "%s\t%s\t%s\t\n", name, cell(0, name), cell(1, name))
+	}
+	inProgress := func(side int) string {
+		if secs[side] == 0 || totals[side].duration == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f (%.0f %% of it lock waits)", totals[side].duration.Seconds()/secs[side],
+			100*totals[side].lock.Seconds()/totals[side].duration.Seconds())
+	}
+	fmt.Fprintf(w, "commands in progress in Dovecot, mean\t%s\t%s\t\n", inProgress(0), inProgress(1))
+	w.Flush()
+	t.Logf("Dovecot's own commands (imap_command_finished events; LOGIN is not among them):\n%s", b.String())
+}
+
+func msecs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
