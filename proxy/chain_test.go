@@ -195,3 +195,62 @@ func TestExec(t *testing.T) {
 		t.Fatalf("UID SEARCH outside a mailbox: %q", got)
 	}
 }
+
+// execInThenExec runs, after the tagged answer of every UID SEARCH, a
+// search in the mailbox Other (Session.ExecIn) and then one in the
+// session's own mailbox (Session.Exec), both on the connection the UID
+// SEARCH held, and puts what each found into the tagged answer's text.
+type execInThenExec struct{}
+
+func (execInThenExec) Name() string       { return "execin-then-exec" }
+func (execInThenExec) Commands() []string { return []string{"UID SEARCH"} }
+func (execInThenExec) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	s := x.Session()
+	x.OnTagged(func(h *imapcodec.ResponseHead) {
+		search := func(run func(func(*upstream.Response)) error) string {
+			var got []string
+			if err := run(func(r *upstream.Response) {
+				if r.Head.Name == "SEARCH" {
+					got = append(got, string(r.Segments[0].Text))
+				}
+			}); err != nil {
+				return err.Error()
+			}
+			return strings.Join(got, "|")
+		}
+		other := search(func(f func(*upstream.Response)) error {
+			_, err := s.ExecIn(ctx, "Other", "UID SEARCH ALL", f)
+			return err
+		})
+		own := search(func(f func(*upstream.Response)) error {
+			_, err := s.Exec(ctx, "UID SEARCH ALL", f)
+			return err
+		})
+		h.Text = "other: " + other + "; own: " + own
+	})
+	return next(ctx, x)
+}
+
+// TestExecAfterExecIn: a hook's ExecIn switches the held connection to
+// another mailbox; an Exec after it, in the same hook, still runs in the
+// session's mailbox (the connection selects it again), and so does the
+// client's next command.
+func TestExecAfterExecIn(t *testing.T) {
+	up, err := memupstream.Start(memupstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	up.AddUser("u", "p")
+	for i := range 3 {
+		up.Append("u", "INBOX", nil, []byte("Subject: "+string(rune('a'+i))+"\r\n\r\nx\r\n"))
+	}
+	up.Append("u", "Other", nil, []byte("Subject: other\r\n\r\nx\r\n"))
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{execInThenExec{}}})
+	c := imaptest.Login(t, p.Addr, "u", "p")
+	c.MustOK("SELECT INBOX")
+	c.ExpectDo("a", "UID SEARCH ALL", "* SEARCH 1 2 3", "a OK other: * SEARCH 1; own: * SEARCH 1 2 3")
+	c.ExpectDo("b", "UID STORE 3 +FLAGS.SILENT (\\Deleted)", "b OK UID STORE completed")
+	c.ExpectDo("c", "EXPUNGE", "* 3 EXPUNGE", "c OK EXPUNGE completed")
+	c.ExpectDo("d", "UID SEARCH ALL", "* SEARCH 1 2", "d OK other: * SEARCH 1; own: * SEARCH 1 2")
+}

@@ -43,6 +43,21 @@ func (s *Session) leaseAny(ctx context.Context) (*upstream.Conn, error) {
 // (catchup.go); nil for anything else, which may rely on everything.
 func (s *Session) lease(ctx context.Context, restore bool, x *Exchange) (*upstream.Conn, error) {
 	if s.up != nil && !s.up.Broken() {
+		if restore && s.mbox != nil && (s.up.Selected != s.mbox.name || s.up.ReadOnly != s.mbox.readOnly) {
+			// A hook ran ExecIn on the held connection (another
+			// mailbox, or this one read-only): what runs next is
+			// for the session's mailbox, which it selects again.
+			mark := s.syncMark()
+			if err := s.up.Select(ctx, s.mbox.name, s.mbox.readOnly, nil); err != nil {
+				s.up.MarkBroken()
+				return nil, err
+			}
+			if err := s.catchUp(ctx, s.up, mark, true, nil); err != nil {
+				s.up.MarkBroken()
+				return nil, err
+			}
+			return s.up, nil
+		}
 		if s.upPartial && x == nil {
 			// Held for a command that needed less; whatever runs on
 			// it now may need everything.

@@ -310,9 +310,19 @@ func (s *Session) onConn(ctx context.Context, restore bool, fn func(*upstream.Co
 // that way; the next lease for the session's own mailbox selects it
 // again. Like Exec, it may be called from an OnTagged hook, on the
 // connection whose command has just been answered.
+//
+// A connection that has the mailbox EXAMINEd already (an earlier ExecIn
+// left it so) runs a NOOP first: Dovecot, like other servers, runs a
+// command on the view the connection had after its previous one, and a
+// message delivered since would not be found (a URLFETCH of it answered
+// NIL).
 func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
 	return s.onConn(ctx, false, func(up *upstream.Conn) (*upstream.Response, error) {
-		if err := up.Select(ctx, mailbox, true, nil); err != nil {
+		if up.Selected == mailbox && up.ReadOnly {
+			if _, err := up.Exec(ctx, "NOOP", nil); err != nil {
+				return nil, err
+			}
+		} else if err := up.Select(ctx, mailbox, true, nil); err != nil {
 			return nil, err
 		}
 		return up.Exec(ctx, command, handle)

@@ -89,3 +89,32 @@ func fetchBody(t *testing.T, c *imaptest.Client, uid int) string {
 	}
 	return strings.TrimSuffix(l[i+3:], ")")
 }
+
+// TestURLFetchLaterMessage: a URLFETCH leaves its pooled connection with
+// the URL's mailbox EXAMINEd; a later URLFETCH of a message delivered
+// there since must find it, although the connection has the mailbox open
+// already (Dovecot runs a command on the view the connection had after
+// its previous one, which lacks the new message).
+func TestURLFetchLaterMessage(t *testing.T) {
+	srv := dovecottest.Start(t, dovecottest.Legacy)
+	c0 := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	c0.MustOK("CREATE Other")
+	c0.MustOK("LOGOUT")
+	first := srv.Append(t, "alice", "alicepass", "Other", nil, []byte("Subject: first\r\n\r\nfirst body\r\n"))
+	ext := urlauth.New(urlauth.Config{Hosts: []string{"example.com"}})
+	px := imaptest.StartProxy(t, srv.Addr, proxy.Config{
+		Extensions:  []proxy.Extension{ext},
+		AccountData: accountdata.NewMemory(),
+	})
+	alice := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	url := func(uid uint32) string {
+		return gen(t, alice, "imap://alice@example.com/Other/;uid="+itoa(uid)+";urlauth=user+alice")
+	}
+	if got := fetch(t, alice, url(first)); got != "Subject: first\r\n\r\nfirst body\r\n" {
+		t.Fatalf("first URLFETCH: %q", got)
+	}
+	second := srv.Append(t, "alice", "alicepass", "Other", nil, []byte("Subject: second\r\n\r\nsecond body\r\n"))
+	if got := fetch(t, alice, url(second)); got != "Subject: second\r\n\r\nsecond body\r\n" {
+		t.Fatalf("URLFETCH of the message delivered after the first: %q", got)
+	}
+}
