@@ -231,9 +231,11 @@ func (s *Session) writeAhead(up *upstream.Conn) Next {
 // ahead behind it, then its answers and its tagged response.
 func (s *Session) finishAhead() error {
 	a := s.ahead[0]
-	s.ahead = slices.Delete(s.ahead, 0, 1)
 	x := a.x
 	up := s.up
+	if a.upTag == "" || up == nil || up.Broken() {
+		s.ahead = slices.Delete(s.ahead, 0, 1)
+	}
 	if a.upTag == "" {
 		// Never sent (sendAhead's cannot-happen paths, logged there).
 		if len(s.ahead) == 0 {
@@ -255,9 +257,15 @@ func (s *Session) finishAhead() error {
 	// upstream is not brought up to date first, nor is a message added
 	// since in its answer: both are reported by the next command, as
 	// they would be had the change come a moment later.)
+	//
+	// The command stays in s.ahead until then: its answers wait unread
+	// on up, so a command of an extension's own that the delivery runs
+	// (a BatchDone hook's Exec: an updating search's refresh) goes to
+	// another connection (besideAhead) instead of reading them.
 	if _, err := s.deliver(x, x.xlate.allowExpunge); err != nil {
 		return err
 	}
+	s.ahead = slices.Delete(s.ahead, 0, 1)
 	s.sendAhead(x.ctx, up)
 	if _, err := s.relayResponses(x, up, a.upTag); err != nil {
 		if err := s.relayFailed(x.Tag, err); err != nil {

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -279,5 +280,90 @@ func TestFetchAheadChangesBetween(t *testing.T) {
 	}
 	if exists != 1 {
 		t.Fatalf("the client heard of the new message %d times, want once", exists)
+	}
+}
+
+// execOnBatch runs a command of its own upstream (Session.Exec) at the end
+// of every batch of changes the core reports, as an updating search's
+// refresh does (extensions/contextsearch), and records its errors.
+type execOnBatch struct {
+	mu   sync.Mutex
+	errs []error
+	runs int
+	tags []string // of the commands whose batches it ran for
+	// answered, if set, is called before the tagged answer of a UID
+	// FETCH goes to the client, with its tag (after the changes
+	// reported before it).
+	answered func(tag string)
+}
+
+func (*execOnBatch) Commands() []string                { return []string{"UID FETCH"} }
+func (*execOnBatch) PipelineSafe(*proxy.Exchange) bool { return true }
+func (e *execOnBatch) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	if e.answered != nil {
+		x.OnTagged(func(*imapcodec.ResponseHead) { e.answered(x.Tag) })
+	}
+	return next(ctx, x)
+}
+
+func (*execOnBatch) Name() string                                   { return "exec-on-batch" }
+func (*execOnBatch) FetchItems(*proxy.Session, uint32, bool) []byte { return nil }
+func (*execOnBatch) ExpungesHeld(*proxy.Session) []byte             { return nil }
+func (*execOnBatch) ReportExpunged(_ *proxy.Session, b []byte, _, _ []uint32) ([]byte, bool) {
+	return b, false
+}
+func (e *execOnBatch) BatchDone(s *proxy.Session, x *proxy.Exchange, b []byte, _ bool) []byte {
+	ctx := context.Background()
+	if x != nil {
+		ctx = x.Context()
+	}
+	_, err := s.Exec(ctx, "UID SEARCH ALL", nil)
+	e.mu.Lock()
+	e.runs++
+	if x != nil {
+		e.tags = append(e.tags, x.Tag)
+	}
+	if err != nil {
+		e.errs = append(e.errs, err)
+	}
+	e.mu.Unlock()
+	return b
+}
+
+// TestFetchAheadExecOnDelivery: a change reaches the session while the
+// last command sent ahead waits for its turn; the delivery before its
+// answers runs an extension's own command (a BatchDone hook's Exec),
+// which must not go to the connection whose answers to the command are
+// still unread (it read them, took them for garbage, and the FETCH was
+// answered NO).
+func TestFetchAheadExecOnDelivery(t *testing.T) {
+	// Another session changes a flag just after the first FETCH's
+	// changes were reported, before its tagged answer: the change is
+	// delivered at b's turn, b's answers unread on the connection.
+	change, changed := make(chan struct{}), make(chan struct{})
+	ext := &execOnBatch{answered: func(tag string) {
+		if tag == longTag {
+			change <- struct{}{}
+			<-changed
+		}
+	}}
+	e := startAheadEnv(t, ext)
+	other := imaptest.Dial(t, e.p.Addr)
+	other.LoginTagged("alice", "secret")
+	other.Do("s", "SELECT INBOX")
+	second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\n"))
+	<-change
+	waitFired(t, second) // b went upstream ahead
+	other.Do("f", "UID STORE 3 +FLAGS.SILENT (\\Flagged)")
+	close(changed)
+	e.expectBodyOf(longTag, 1)
+	e.c.Expect("* 3 FETCH (FLAGS (\\Flagged))")
+	e.expectBodyOf("b", 2)
+	ext.mu.Lock()
+	defer ext.mu.Unlock()
+	if !slices.Contains(ext.tags, "b") || len(ext.errs) > 0 {
+		t.Fatalf("the extension's commands: %d run, for %q, errors %v; want one for b, without error", ext.runs, ext.tags, ext.errs)
 	}
 }

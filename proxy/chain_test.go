@@ -196,15 +196,16 @@ func TestExec(t *testing.T) {
 	}
 }
 
-// execInThenExec runs, after the tagged answer of every UID SEARCH, a
-// search in the mailbox Other (Session.ExecIn) and then one in the
-// session's own mailbox (Session.Exec), both on the connection the UID
-// SEARCH held, and puts what each found into the tagged answer's text.
-type execInThenExec struct{}
+// execInThenExec (also in internal/integration) runs, after the tagged answer of every UID SEARCH, the
+// command in in the mailbox mailbox (Session.ExecIn) and then own in the
+// session's mailbox (Session.Exec), both on the connection the UID SEARCH
+// held, and puts what each found (SEARCH answers, or an error) into the
+// tagged answer's text.
+type execInThenExec struct{ mailbox, in, own string }
 
 func (execInThenExec) Name() string       { return "execin-then-exec" }
 func (execInThenExec) Commands() []string { return []string{"UID SEARCH"} }
-func (execInThenExec) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+func (e execInThenExec) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
 	s := x.Session()
 	x.OnTagged(func(h *imapcodec.ResponseHead) {
 		search := func(run func(func(*upstream.Response)) error) string {
@@ -219,22 +220,24 @@ func (execInThenExec) ServeCommand(ctx context.Context, x *proxy.Exchange, next 
 			return strings.Join(got, "|")
 		}
 		other := search(func(f func(*upstream.Response)) error {
-			_, err := s.ExecIn(ctx, "Other", "UID SEARCH ALL", f)
+			_, err := s.ExecIn(ctx, e.mailbox, e.in, f)
 			return err
 		})
 		own := search(func(f func(*upstream.Response)) error {
-			_, err := s.Exec(ctx, "UID SEARCH ALL", f)
+			_, err := s.Exec(ctx, e.own, f)
 			return err
 		})
-		h.Text = "other: " + other + "; own: " + own
+		h.Text = "in: " + other + "; own: " + own
 	})
 	return next(ctx, x)
 }
 
 // TestExecAfterExecIn: a hook's ExecIn switches the held connection to
 // another mailbox; an Exec after it, in the same hook, still runs in the
-// session's mailbox (the connection selects it again), and so does the
-// client's next command.
+// session's mailbox (the connection selects it again). The same with the
+// session's own mailbox EXAMINEd: internal/integration
+// TestExecAfterExecInReadOnly (go-imap's server lets a read-only
+// connection change flags).
 func TestExecAfterExecIn(t *testing.T) {
 	up, err := memupstream.Start(memupstream.Options{})
 	if err != nil {
@@ -246,11 +249,15 @@ func TestExecAfterExecIn(t *testing.T) {
 		up.Append("u", "INBOX", nil, []byte("Subject: "+string(rune('a'+i))+"\r\n\r\nx\r\n"))
 	}
 	up.Append("u", "Other", nil, []byte("Subject: other\r\n\r\nx\r\n"))
-	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{execInThenExec{}}})
+
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{
+		execInThenExec{mailbox: "Other", in: "UID SEARCH ALL", own: "UID SEARCH ALL"},
+	}})
 	c := imaptest.Login(t, p.Addr, "u", "p")
 	c.MustOK("SELECT INBOX")
-	c.ExpectDo("a", "UID SEARCH ALL", "* SEARCH 1 2 3", "a OK other: * SEARCH 1; own: * SEARCH 1 2 3")
+	c.ExpectDo("a", "UID SEARCH ALL", "* SEARCH 1 2 3", "a OK in: * SEARCH 1; own: * SEARCH 1 2 3")
 	c.ExpectDo("b", "UID STORE 3 +FLAGS.SILENT (\\Deleted)", "b OK UID STORE completed")
 	c.ExpectDo("c", "EXPUNGE", "* 3 EXPUNGE", "c OK EXPUNGE completed")
-	c.ExpectDo("d", "UID SEARCH ALL", "* SEARCH 1 2", "d OK other: * SEARCH 1; own: * SEARCH 1 2")
+	c.ExpectDo("d", "UID SEARCH ALL", "* SEARCH 1 2", "d OK in: * SEARCH 1; own: * SEARCH 1 2")
+
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"weak"
 
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -315,18 +316,35 @@ func (s *Session) onConn(ctx context.Context, restore bool, fn func(*upstream.Co
 // left it so) runs a NOOP first: Dovecot, like other servers, runs a
 // command on the view the connection had after its previous one, and a
 // message delivered since would not be found (a URLFETCH of it answered
-// NIL).
+// NIL). Once per client command: the later calls of the same command (a
+// URLFETCH reads a large part in chunks, one ExecIn each) see what the
+// first saw, as one upstream command would.
 func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
 	return s.onConn(ctx, false, func(up *upstream.Conn) (*upstream.Response, error) {
-		if up.Selected == mailbox && up.ReadOnly {
+		now := examinedView{conn: weak.Make(up), mailbox: mailbox, command: s.commands}
+		switch {
+		case up.Selected != mailbox || !up.ReadOnly:
+			if err := up.Select(ctx, mailbox, true, nil); err != nil {
+				return nil, err
+			}
+		case s.examined != now:
 			if _, err := up.Exec(ctx, "NOOP", nil); err != nil {
 				return nil, err
 			}
-		} else if err := up.Select(ctx, mailbox, true, nil); err != nil {
-			return nil, err
 		}
+		s.examined = now
 		return up.Exec(ctx, command, handle)
 	})
+}
+
+// examinedView is a connection that ExecIn brought up to date with a
+// mailbox during a client's command (the session's count of commands).
+// The connection is held weakly: an idle session does not keep a closed
+// one in memory.
+type examinedView struct {
+	conn    weak.Pointer[upstream.Conn]
+	mailbox string
+	command uint64
 }
 
 // ErrClientGone marks errors that mean the client cannot be written to.

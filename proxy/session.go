@@ -59,6 +59,11 @@ type Session struct {
 	// (catchup.go).
 	upPartial bool
 	mbox      *selectedMailbox
+	// commands counts the exchanges made (newExchange); examined is
+	// the connection and mailbox ExecIn last brought up to date, and
+	// during which of them (see ExecIn).
+	commands uint64
+	examined examinedView
 	// wake and between drive pushes while the session waits for its
 	// client; updates is its Updates setting (see push.go).
 	wake, between atomic.Bool

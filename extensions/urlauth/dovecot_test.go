@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
 	"github.com/lemonproxy/lemonproxy/extensions/catenate"
@@ -94,9 +95,11 @@ func fetchBody(t *testing.T, c *imaptest.Client, uid int) string {
 // the URL's mailbox EXAMINEd; a later URLFETCH of a message delivered
 // there since must find it, although the connection has the mailbox open
 // already (Dovecot runs a command on the view the connection had after
-// its previous one, which lacks the new message).
+// its previous one, which lacks the new message). The connection is
+// brought up to date once for that URLFETCH, not once for each chunk it
+// reads a large message in (Dovecot's own account of the commands).
 func TestURLFetchLaterMessage(t *testing.T) {
-	srv := dovecottest.Start(t, dovecottest.Legacy)
+	srv := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{CommandEvents: true})
 	c0 := imaptest.Login(t, srv.Addr, "alice", "alicepass")
 	c0.MustOK("CREATE Other")
 	c0.MustOK("LOGOUT")
@@ -113,8 +116,34 @@ func TestURLFetchLaterMessage(t *testing.T) {
 	if got := fetch(t, alice, url(first)); got != "Subject: first\r\n\r\nfirst body\r\n" {
 		t.Fatalf("first URLFETCH: %q", got)
 	}
-	second := srv.Append(t, "alice", "alicepass", "Other", nil, []byte("Subject: second\r\n\r\nsecond body\r\n"))
-	if got := fetch(t, alice, url(second)); got != "Subject: second\r\n\r\nsecond body\r\n" {
-		t.Fatalf("URLFETCH of the message delivered after the first: %q", got)
+	// Five chunks of urlfetch.ChunkSize and a bit.
+	big := "Subject: second\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 5*48*1024/64)
+	second := srv.Append(t, "alice", "alicepass", "Other", nil, []byte(big))
+	if got := fetch(t, alice, url(second)); got != big {
+		t.Fatalf("URLFETCH of the message delivered after the first: %d bytes, want %d", len(got), len(big))
+	}
+	// The proxy's commands: UID FETCHes, one for the first message and
+	// six for the second; one NOOP, before the second's first chunk.
+	var fetches, noops int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		evs, err := srv.CommandEvents()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fetches, noops = 0, 0
+		for _, e := range evs {
+			switch e.Name {
+			case "UID FETCH":
+				fetches++
+			case "NOOP":
+				noops++
+			}
+		}
+		if fetches >= 7 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if fetches != 7 || noops != 1 {
+		t.Errorf("upstream commands: %d UID FETCH, %d NOOP; want 7 and 1", fetches, noops)
 	}
 }
