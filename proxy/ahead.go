@@ -235,20 +235,15 @@ func (s *Session) finishAhead() error {
 	up := s.up
 	if a.upTag == "" || up == nil || up.Broken() {
 		s.ahead = slices.Delete(s.ahead, 0, 1)
-	}
-	if a.upTag == "" {
-		// Never sent (sendAhead's cannot-happen paths, logged there).
 		if len(s.ahead) == 0 {
 			s.release()
 		}
-		return s.WriteStatus(x.Tag, "NO", "SERVERBUG", "The command could not be relayed; try again.")
-	}
-	if up == nil || up.Broken() {
+		if a.upTag == "" {
+			// Never sent (sendAhead's cannot-happen paths, logged there).
+			return s.WriteStatus(x.Tag, "NO", "SERVERBUG", "The command could not be relayed; try again.")
+		}
 		// The connection failed under an earlier command; this one's
 		// answer is lost with it.
-		if len(s.ahead) == 0 {
-			s.release()
-		}
 		s.srv.countError(ErrUpstreamUnavailable)
 		return s.WriteStatus(x.Tag, "NO", "UNAVAILABLE", "Lost the connection to the upstream server.")
 	}

@@ -172,15 +172,7 @@ func (execExt) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.N
 // mailbox and sees the answers in upstream terms (UIDs); the client sees
 // only the extension's answer, and the connection goes back to the pool.
 func TestExec(t *testing.T) {
-	up, err := memupstream.Start(memupstream.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { up.Close() })
-	up.AddUser("u", "p")
-	for i := range 3 {
-		up.Append("u", "INBOX", nil, []byte("Subject: "+string(rune('a'+i))+"\r\n\r\nx\r\n"))
-	}
+	up := threeInInbox(t)
 	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{execExt{}}})
 	c := imaptest.Login(t, p.Addr, "u", "p")
 	c.MustOK("SELECT INBOX")
@@ -239,15 +231,7 @@ func (e execInThenExec) ServeCommand(ctx context.Context, x *proxy.Exchange, nex
 // TestExecAfterExecInReadOnly (go-imap's server lets a read-only
 // connection change flags).
 func TestExecAfterExecIn(t *testing.T) {
-	up, err := memupstream.Start(memupstream.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { up.Close() })
-	up.AddUser("u", "p")
-	for i := range 3 {
-		up.Append("u", "INBOX", nil, []byte("Subject: "+string(rune('a'+i))+"\r\n\r\nx\r\n"))
-	}
+	up := threeInInbox(t)
 	up.Append("u", "Other", nil, []byte("Subject: other\r\n\r\nx\r\n"))
 
 	p := imaptest.StartProxy(t, up.Addr, proxy.Config{Extensions: []proxy.Extension{
@@ -260,4 +244,17 @@ func TestExecAfterExecIn(t *testing.T) {
 	c.ExpectDo("c", "EXPUNGE", "* 3 EXPUNGE", "c OK EXPUNGE completed")
 	c.ExpectDo("d", "UID SEARCH ALL", "* SEARCH 1 2", "d OK in: * SEARCH 1; own: * SEARCH 1 2")
 
+}
+
+// threeInInbox starts an upstream with the user u (password p) and three
+// messages in INBOX (UIDs 1, 2, 3).
+func threeInInbox(t *testing.T) *memupstream.Server {
+	t.Helper()
+	up := startUpstream(t, memupstream.Options{}, "u", "p")
+	for i := range 3 {
+		if err := up.Append("u", "INBOX", nil, []byte("Subject: "+string(rune('a'+i))+"\r\n\r\nx\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return up
 }
