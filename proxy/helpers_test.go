@@ -33,17 +33,7 @@ func TestMain(m *testing.M) {
 // ("name", "password", ...) and stops it when the test ends.
 func startUpstream(t testing.TB, opt memupstream.Options, userPass ...string) *memupstream.Server {
 	t.Helper()
-	up, err := memupstream.Start(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { up.Close() })
-	for i := 0; i+1 < len(userPass); i += 2 {
-		if err := up.AddUser(userPass[i], userPass[i+1]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return up
+	return memupstream.StartForTest(t, opt, userPass...)
 }
 
 // baseConfig is the configuration most tests use, against upstream addr.

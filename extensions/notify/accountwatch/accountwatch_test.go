@@ -67,13 +67,7 @@ func TestDiff(t *testing.T) {
 // TestWatchAndPoke: against go-imap's in-memory server, one watcher per
 // account, events after a poke, nothing for another account.
 func TestWatchAndPoke(t *testing.T) {
-	up, err := memupstream.Start(memupstream.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	up.AddUser("alice", "a")
-	up.AddUser("bob", "b")
+	up := memupstream.StartForTest(t, memupstream.Options{}, "alice", "a", "bob", "b")
 	dial := func(user, pass string) DialFunc { return loginDial(up.Addr, user, pass) }
 	m := New(Config{PollInterval: time.Hour, Grace: 10 * time.Millisecond})
 	defer m.Close()
@@ -142,12 +136,7 @@ func TestWatchAndPoke(t *testing.T) {
 // is seen within PollInterval. (The interval used to restart after every
 // poll, partial ones included.)
 func TestPokesDoNotDelayFullPolls(t *testing.T) {
-	up, err := memupstream.Start(memupstream.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	up.AddUser("alice", "a")
+	up := memupstream.StartForTest(t, memupstream.Options{}, "alice", "a")
 	createDirectly(t, up.Addr, "alice", "a", "Work")
 	dial := loginDial(up.Addr, "alice", "a")
 	const interval = 400 * time.Millisecond
@@ -200,12 +189,7 @@ func TestPokesDoNotDelayFullPolls(t *testing.T) {
 // stops working, a second subscriber comes with the new one, the watcher's
 // connection is cut: its next poll must still find a new mailbox.
 func TestLatestCredentials(t *testing.T) {
-	up, err := memupstream.Start(memupstream.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	up.AddUser("alice", "a")
+	up := memupstream.StartForTest(t, memupstream.Options{}, "alice", "a")
 	relay := faultnet.Start(t, up.Addr)
 	good := loginDial(relay.Addr(), "alice", "a")
 	var revoked atomic.Bool
@@ -274,12 +258,7 @@ func loginDial(addr, user, pass string) DialFunc {
 // runs LIST, a STATUS per mailbox and LSUB; the test holds the rest of
 // the poll after LSUB and subscribes and appends meanwhile.
 func TestSubscribeThenNewMail(t *testing.T) {
-	up, err := memupstream.Start(memupstream.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	up.AddUser("alice", "a")
+	up := memupstream.StartForTest(t, memupstream.Options{}, "alice", "a")
 	createDirectly(t, up.Addr, "alice", "a", "Work")
 	relay := faultnet.Start(t, up.Addr)
 	m := New(Config{PollInterval: time.Hour, Grace: 10 * time.Millisecond})
