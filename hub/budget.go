@@ -174,14 +174,12 @@ func (b *box) refreshLent(log interface{ Warn(string, ...any) }) (kept *watch, e
 	}
 	w := &watch{box: b, log: log, conn: c}
 	// What the state knew before the EXAMINE, the connection has seen
-	// once it is back in the pool (proxy/catchup.go): its marks. The
-	// largest UID first (see markOf there).
+	// once it is back in the pool (proxy/catchup.go): its marks.
 	st0 := b.state()
 	var uid0 uint32
 	var modseq0 uint64
 	if st0 != nil {
-		uid0 = st0.MaxUID()
-		modseq0 = st0.HighestModSeq()
+		uid0, modseq0 = st0.Marks()
 	}
 	err = w.fullSync(ctx)
 	if err != nil {

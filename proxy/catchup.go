@@ -74,9 +74,8 @@ type viewNeed struct {
 	// upTo is the largest UID of the messages the command names that the
 	// client knows (0: none).
 	upTo uint32
-	// flags: the command relies on the flags of flagsOf, the messages it
+	// flagsOf: the command relies on the flags of these, the messages it
 	// names that the client knows, in ascending order.
-	flags   bool
 	flagsOf []uint32
 }
 
@@ -92,14 +91,10 @@ type syncMark struct {
 	uid    uint32
 }
 
-// markOf reads st's marks: the largest UID first, then HIGHESTMODSEQ, so
-// that every message up to the UID arrived at or below the mod-sequence
-// (both only grow; read the other way round, a message applied in
-// between would be taken as seen by a connection whose SyncedTo covers
-// the older mod-sequence).
+// markOf reads st's marks (syncstate.Mailbox.Marks).
 func markOf(st *syncstate.Mailbox) syncMark {
-	uid := st.MaxUID()
-	return syncMark{modseq: st.HighestModSeq(), uid: uid}
+	uid, modseq := st.Marks()
+	return syncMark{modseq: modseq, uid: uid}
 }
 
 // syncMark reads the selected mailbox's marks, before the command that
@@ -144,7 +139,7 @@ func (s *Session) viewHas(c *upstream.Conn, need *viewNeed) bool {
 	if need.upTo > c.SyncedUID {
 		return false
 	}
-	if !need.flags || len(need.flagsOf) == 0 {
+	if len(need.flagsOf) == 0 {
 		return true
 	}
 	found, unchanged := 0, true
@@ -283,7 +278,7 @@ func (v seqView) need(set string, flags bool) *viewNeed {
 	if err != nil {
 		return nil
 	}
-	n := &viewNeed{flags: flags}
+	n := &viewNeed{}
 	for _, r := range ranges {
 		lo, hi := bounds(r, v.last())
 		i, _ := slices.BinarySearch(v, lo)

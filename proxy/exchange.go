@@ -71,7 +71,7 @@ type Exchange struct {
 // newExchange makes the exchange of a command read (whole, or its first
 // segment when streamed).
 func (s *Session) newExchange(ctx context.Context, cmd *imapcodec.Command, streamed bool) *Exchange {
-	s.commands++
+	s.examined = examinedView{}
 	return &Exchange{Tag: cmd.Tag, Name: cmd.Name, Segments: cmd.Segments, s: s, ctx: ctx, cmd: cmd, streamed: streamed}
 }
 

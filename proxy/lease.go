@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -42,17 +43,20 @@ func (s *Session) leaseAny(ctx context.Context) (*upstream.Conn, error) {
 // says what it relies on in the connection's view of the selected mailbox
 // (catchup.go); nil for anything else, which may rely on everything.
 func (s *Session) lease(ctx context.Context, restore bool, x *Exchange) (*upstream.Conn, error) {
+	if x != nil {
+		if t := x.xlate; t != nil && (strings.HasSuffix(x.Name, "STORE") || t.restated(x)) {
+			// A STORE's answers become claims, and a restated command
+			// (CONDSTORE's CHANGEDSINCE, UNCHANGEDSINCE) may name fewer
+			// messages: narrowed before any answer comes (reportsOnly).
+			s.upstreamForm(x)
+		}
+	}
 	if s.up != nil && !s.up.Broken() {
 		if restore && s.mbox != nil && (s.up.Selected != s.mbox.name || s.up.ReadOnly != s.mbox.readOnly) {
 			// A hook ran ExecIn on the held connection (another
 			// mailbox, or this one read-only): what runs next is
 			// for the session's mailbox, which it selects again.
-			mark := s.syncMark()
-			if err := s.up.Select(ctx, s.mbox.name, s.mbox.readOnly, nil); err != nil {
-				s.up.MarkBroken()
-				return nil, err
-			}
-			if err := s.catchUp(ctx, s.up, mark, true, nil); err != nil {
+			if err := s.restoreOn(ctx, s.up, x); err != nil {
 				s.up.MarkBroken()
 				return nil, err
 			}
@@ -74,9 +78,9 @@ func (s *Session) lease(ctx context.Context, restore bool, x *Exchange) (*upstre
 	if s.account == "" {
 		return nil, errors.New("not authenticated")
 	}
-	mailbox, readOnly := "", false
+	mailbox := "" // the pool's preference
 	if restore && s.mbox != nil {
-		mailbox, readOnly = s.mbox.name, s.mbox.readOnly
+		mailbox = s.mbox.name
 	}
 	waited := false
 	for {
@@ -114,14 +118,8 @@ func (s *Session) lease(ctx context.Context, restore bool, x *Exchange) (*upstre
 			// deleted and re-created since (#16.8): select it again.
 			c.Selected = ""
 		}
-		fresh := c.Selected != mailbox || c.ReadOnly != readOnly
-		mark := s.syncMark() // before the SELECT or NOOP that shows the connection what it covers
 		if restore {
-			if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {
-				c.Close()
-				continue
-			}
-			if err := s.catchUp(ctx, c, mark, fresh, x); err != nil {
+			if err := s.restoreOn(ctx, c, x); err != nil {
 				c.Close()
 				continue
 			}
@@ -134,17 +132,31 @@ func (s *Session) lease(ctx context.Context, restore bool, x *Exchange) (*upstre
 	if err != nil {
 		return nil, err
 	}
-	if mailbox != "" {
-		mark := s.syncMark()
-		if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {
+	if restore {
+		if err := s.restoreOn(ctx, c, x); err != nil {
 			c.Close()
 			return nil, err
 		}
-		s.catchUp(ctx, c, mark, true, nil)
 	}
 	s.up = c
 	s.leased.Store(true)
 	return c, nil
+}
+
+// restoreOn brings c into the session's state: the selected mailbox as
+// the session has it (none in the authenticated state), selected unless
+// c has it so already, then caught up as far as x relies on (catchup.go).
+func (s *Session) restoreOn(ctx context.Context, c *upstream.Conn, x *Exchange) error {
+	mailbox, readOnly := "", false
+	if s.mbox != nil {
+		mailbox, readOnly = s.mbox.name, s.mbox.readOnly
+	}
+	fresh := c.Selected != mailbox || c.ReadOnly != readOnly
+	mark := s.syncMark() // before the SELECT or NOOP that shows the connection what it covers
+	if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {
+		return err
+	}
+	return s.catchUp(ctx, c, mark, fresh, x)
 }
 
 // dialUpstream opens and authenticates a new upstream connection with the

@@ -321,7 +321,7 @@ func (s *Session) onConn(ctx context.Context, restore bool, fn func(*upstream.Co
 // first saw, as one upstream command would.
 func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
 	return s.onConn(ctx, false, func(up *upstream.Conn) (*upstream.Response, error) {
-		now := examinedView{conn: weak.Make(up), mailbox: mailbox, command: s.commands}
+		now := examinedView{conn: weak.Make(up), mailbox: mailbox}
 		switch {
 		case up.Selected != mailbox || !up.ReadOnly:
 			if err := up.Select(ctx, mailbox, true, nil); err != nil {
@@ -338,13 +338,11 @@ func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle fu
 }
 
 // examinedView is a connection that ExecIn brought up to date with a
-// mailbox during a client's command (the session's count of commands).
-// The connection is held weakly: an idle session does not keep a closed
-// one in memory.
+// mailbox during the current command. The connection is held weakly: an
+// idle session does not keep a closed one in memory.
 type examinedView struct {
 	conn    weak.Pointer[upstream.Conn]
 	mailbox string
-	command uint64
 }
 
 // ErrClientGone marks errors that mean the client cannot be written to.

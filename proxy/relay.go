@@ -54,12 +54,6 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 	// filterResponse). Re-selecting it later would cost far more. Only
 	// DELETE and RENAME, which may hit that very mailbox, unselect first.
 	restore := s.state != StateAuthenticated || cmd.Name == "DELETE" || cmd.Name == "RENAME"
-	if t := x.xlate; t != nil && (strings.HasSuffix(x.Name, "STORE") || t.restated(x)) {
-		// A STORE's answers become claims, and a restated command
-		// (CONDSTORE's CHANGEDSINCE, UNCHANGEDSINCE) may name fewer
-		// messages: narrowed before any answer comes (reportsOnly).
-		s.upstreamForm(x)
-	}
 	up, err := s.lease(ctx, restore, x)
 	if err != nil {
 		if err := s.discardFrom(in, first.Literal); err != nil {
@@ -278,12 +272,6 @@ func (s *Session) awaitContinuation(x *Exchange, up *upstream.Conn, upTag string
 // upstream's responses: the end of the command chain for every command
 // the core relays without streaming it.
 func (s *Session) relayWhole(ctx context.Context, x *Exchange) error {
-	if t := x.xlate; t != nil && (strings.HasSuffix(x.Name, "STORE") || t.restated(x)) {
-		// A STORE's answers become claims, and a restated command
-		// (CONDSTORE's CHANGEDSINCE, UNCHANGEDSINCE) may name fewer
-		// messages: narrowed before any answer comes (reportsOnly).
-		s.upstreamForm(x)
-	}
 	up, err := s.lease(ctx, s.state != StateAuthenticated || x.Name == "DELETE" || x.Name == "RENAME", x)
 	if err != nil {
 		return s.upstreamUnavailable(x.Tag, err)

@@ -59,10 +59,9 @@ type Session struct {
 	// (catchup.go).
 	upPartial bool
 	mbox      *selectedMailbox
-	// commands counts the exchanges made (newExchange); examined is
-	// the connection and mailbox ExecIn last brought up to date, and
-	// during which of them (see ExecIn).
-	commands uint64
+	// examined is the connection and mailbox ExecIn last brought up
+	// to date during the current command; each new exchange clears it
+	// (see ExecIn).
 	examined examinedView
 	// wake and between drive pushes while the session waits for its
 	// client; updates is its Updates setting (see push.go).

@@ -28,24 +28,26 @@ import (
 // translation tells the response filter how to turn the upstream's answers
 // to the current command into the client's terms.
 type translation struct {
-	fromName     string // the client's command name, when sent upstream under another
-	toName       string // the name it was sent under
-	seqResults   bool   // search results are UIDs that the client wants as sequence numbers
-	stripUID     bool   // a UID item the client did not ask for is removed from FETCH responses
-	silent       bool   // STORE .SILENT sent without .SILENT: FETCH answers are recorded, not relayed
-	store        *imapcodec.StoreArgs
-	named        *namedUIDs // the UIDs a FETCH or STORE names
-	asksFlags    bool       // a FETCH whose answers show flags (catchup.go: fetchShowsFlags)
-	onlyUID      bool       // a FETCH of the item UID alone
-	need         *viewNeed  // what it relies on in the leased connection's view (catchup.go); nil: everything
-	formRead     bool       // need and named were read from the form that goes upstream (upstreamForm)
-	formText     []byte     // the first line as translated, before the chain (restated)
-	setsSeen     bool       // a FETCH of a body without PEEK: its answers may show \Seen set by it
-	allowExpunge bool       // EXPUNGE responses may accompany the command's answer
-	syncAfter    bool       // the command changes the mailbox: sync with the hub before answering
-	adds         bool       // it adds messages to the selected mailbox when it succeeds (APPEND, COPY, MOVE into it)
-	expunged     bool       // the upstream reported an expunge during the command (see needsSync)
-	ownChanges   uint64     // mod-sequences above the connection's SyncedTo its own claims got (see ownChangesSeen)
+	fromName   string // the client's command name, when sent upstream under another
+	toName     string // the name it was sent under
+	seqResults bool   // search results are UIDs that the client wants as sequence numbers
+	stripUID   bool   // a UID item the client did not ask for is removed from FETCH responses
+	silent     bool   // STORE .SILENT sent without .SILENT: FETCH answers are recorded, not relayed
+	store      *imapcodec.StoreArgs
+	named      *namedUIDs // the UIDs a FETCH or STORE names
+	// A FETCH whose answers show flags (catchup.go: fetchShowsFlags), or
+	// of the item UID alone: read from formText when a flags-only answer
+	// first needs them (itemsRead), not for every FETCH.
+	itemsRead, asksFlags, onlyUID bool
+	need                          *viewNeed // what it relies on in the leased connection's view (catchup.go); nil: everything
+	formRead                      bool      // need and named were read from the form that goes upstream (upstreamForm)
+	formText                      []byte    // the first line as translated, before the chain (restated)
+	setsSeen                      bool      // a FETCH of a body without PEEK: its answers may show \Seen set by it
+	allowExpunge                  bool      // EXPUNGE responses may accompany the command's answer
+	syncAfter                     bool      // the command changes the mailbox: sync with the hub before answering
+	adds                          bool      // it adds messages to the selected mailbox when it succeeds (APPEND, COPY, MOVE into it)
+	expunged                      bool      // the upstream reported an expunge during the command (see needsSync)
+	ownChanges                    uint64    // mod-sequences above the connection's SyncedTo its own claims got (see ownChangesSeen)
 }
 
 // needsSync reports whether the command may have changed the selected
@@ -129,7 +131,6 @@ func (s *Session) translateCommand(x *Exchange) error {
 			t.stripUID = !isUID && !fetchAsksUID(cmd)
 			t.setsSeen = !m.readOnly && fetchSetsSeen(cmd)
 			t.named = named(uids)
-			t.asksFlags, t.onlyUID = fetchAsksFlags(rest)
 		case "STORE":
 			t.allowExpunge = isUID
 			t.stripUID = !isUID
@@ -831,7 +832,7 @@ func reportsOnly(x *Exchange, uid uint32, resp *Response) bool {
 	t := x.xlate
 	switch strings.TrimPrefix(x.Name, "UID ") {
 	case "FETCH":
-		return !t.named.has(uid) || !t.asksFlags && !t.onlyUID && flagsOnly(resp.Segments)
+		return !t.named.has(uid) || flagsOnly(resp.Segments) && !t.keepsFlagsOnly()
 	case "STORE":
 		return !t.named.has(uid)
 	}
@@ -844,6 +845,20 @@ func reportsOnly(x *Exchange, uid uint32, resp *Response) bool {
 // server may merge with its report of a flag change (RFC 3501 7.4.2 lets
 // it add FLAGS to any FETCH response), so that a response of UID and FLAGS
 // can be the answer.
+// keepsFlagsOnly tells whether a FETCH's flags-only answers are its own:
+// it asks for flags, or for the UID alone.
+func (t *translation) keepsFlagsOnly() bool {
+	if !t.itemsRead {
+		t.itemsRead = true
+		t.asksFlags = true
+		cmd := &imapcodec.Command{Name: "UID FETCH", Segments: []imapcodec.Segment{{Text: t.formText}}}
+		if _, rest, err := firstSet(cmd); err == nil {
+			t.asksFlags, t.onlyUID = fetchAsksFlags(rest)
+		}
+	}
+	return t.asksFlags || t.onlyUID
+}
+
 func fetchAsksFlags(rest []byte) (flags, onlyUID bool) {
 	p := imapcodec.NewParser([]imapcodec.Segment{{Text: rest}}, imapcodec.Limits{})
 	if p.SP() != nil {
@@ -891,7 +906,10 @@ func flagsOnly(segs []imapcodec.Segment) bool {
 }
 
 // namedUIDs is the UID set a command names.
-type namedUIDs struct{ set imap.SeqSet }
+type namedUIDs struct {
+	set  imap.SeqSet
+	star bool // a range of it has "*"
+}
 
 // named returns the UID set set (nil if it does not parse: "$").
 func named(set string) *namedUIDs {
@@ -899,7 +917,7 @@ func named(set string) *namedUIDs {
 	if err != nil {
 		return nil
 	}
-	return &namedUIDs{set: s}
+	return &namedUIDs{set: s, star: s.Dynamic()}
 }
 
 // has reports whether the set names uid. A range with "*" names whatever
@@ -908,16 +926,7 @@ func named(set string) *namedUIDs {
 // the command was read (the client hears of new messages between that
 // and the command's answers, and answers about them must reach it).
 func (n *namedUIDs) has(uid uint32) bool {
-	for _, r := range n.set {
-		if r.Start == 0 || r.Stop == 0 {
-			return true
-		}
-		lo, hi := min(r.Start, r.Stop), max(r.Start, r.Stop)
-		if lo <= uid && uid <= hi {
-			return true
-		}
-	}
-	return false
+	return n.star || n.set.Contains(uid)
 }
 
 // snapshotFlags returns the state's flags of uid and the reporters' items

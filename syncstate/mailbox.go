@@ -277,6 +277,16 @@ func (m *Mailbox) HighestModSeq() uint64 {
 	return m.highest
 }
 
+// Marks returns the largest UID the state has known and its
+// HIGHESTMODSEQ, read together: every message up to that UID arrived at
+// or below that mod-sequence. An upstream connection synced after they
+// were read has seen all of it (proxy/catchup.go).
+func (m *Mailbox) Marks() (maxUID uint32, highest uint64) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.maxUID, m.highest
+}
+
 // find returns uid's position, trying hint (where the previous lookup of
 // an ascending walk ended) before a search.
 func (m *Mailbox) find(uid uint32, hint int) (int, bool) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -298,13 +299,7 @@ func printStress(t *testing.T, direct, proxied []stressResult) {
 		}
 		return fmt.Sprintf("%.1f ms (%d)", float64(ms)/float64(n), n)
 	}
-	for _, s := range slices.Sorted(func(yield func(string) bool) {
-		for s := range states {
-			if !yield(s) {
-				return
-			}
-		}
-	}) {
+	for _, s := range slices.Sorted(maps.Keys(states)) {
 		fmt.Fprintf(w, "%s mean latency\t%s\t%s\t\n", s, mean(direct, s), mean(proxied, s))
 	}
 	errs := func(rs []stressResult) string {
@@ -411,13 +406,7 @@ func printDovecotCommands(t *testing.T, dc *dovecottest.Server, direct, proxied 
 		return fmt.Sprintf("%.0f, %.2f ms, %.2f ms", float64(a.n)*1000/float64(clientCmds[side]),
 			msecs(a.duration)/float64(a.n), msecs(a.lock)/float64(a.n))
 	}
-	for _, name := range slices.Sorted(func(yield func(string) bool) {
-		for n := range names {
-			if !yield(n) {
-				return
-			}
-		}
-	}) {
+	for _, name := range slices.Sorted(maps.Keys(names)) {
 		fmt.Fprintf(w, "%s\t%s\t%s\t\n", name, cell(0, name), cell(1, name))
 	}
 	inProgress := func(side int) string {
