@@ -48,10 +48,13 @@ func try(ctx context.Context, pool *pgxpool.Pool, opts pgx.TxOptions, fn func(ct
 		err = tx.Commit(ctx)
 	}
 	if err != nil {
+		// Read before the rollback: it gives the connection back to
+		// the pool, and another transaction may be using it by then.
+		lost = conn.IsClosed()
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 		_ = tx.Rollback(rctx)
 		cancel()
-		return conn.IsClosed(), err
+		return lost, err
 	}
 	return false, nil
 }
