@@ -313,12 +313,16 @@ func (s *Session) onConn(ctx context.Context, restore bool, fn func(*upstream.Co
 // connection whose command has just been answered.
 //
 // A connection that has the mailbox EXAMINEd already (an earlier ExecIn
-// left it so) runs a NOOP first: Dovecot, like other servers, runs a
-// command on the view the connection had after its previous one, and a
+// left it so) EXAMINEs it again first. Dovecot, like other servers, runs
+// a command on the view the connection had after its previous one: a
 // message delivered since would not be found (a URLFETCH of it answered
-// NIL). Once per client command: the later calls of the same command (a
-// URLFETCH reads a large part in chunks, one ExecIn each) see what the
-// first saw, as one upstream command would.
+// NIL). A NOOP would bring that view up to date, but not to a mailbox
+// deleted and created again since: go-imap's server keeps showing the
+// deleted one (its message answered a URLFETCH of the new one's); Dovecot
+// showed no message at the new one's UID 1 (NIL). A new EXAMINE costs a little more than a NOOP and
+// reads the mailbox as it is now. Once per client command: the later
+// calls of the same command (a URLFETCH reads a large part in chunks, one
+// ExecIn each) see what the first saw, as one upstream command would.
 func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle func(*upstream.Response)) (*upstream.Response, error) {
 	return s.onConn(ctx, false, func(up *upstream.Conn) (*upstream.Response, error) {
 		now := examinedView{conn: weak.Make(up), mailbox: mailbox}
@@ -328,7 +332,7 @@ func (s *Session) ExecIn(ctx context.Context, mailbox, command string, handle fu
 				return nil, err
 			}
 		case s.examined != now:
-			if _, err := up.Exec(ctx, "NOOP", nil); err != nil {
+			if err := up.Reopen(ctx); err != nil {
 				return nil, err
 			}
 		}

@@ -673,6 +673,20 @@ func (c *Conn) Select(ctx context.Context, mailbox string, readOnly bool, onUnta
 	return nil
 }
 
+// Reopen selects the selected mailbox again, the way it was opened
+// (SELECT or EXAMINE). The connection gets a new view of the mailbox and
+// its UIDVALIDITY as it is now: a command on a view opened earlier may
+// see a mailbox deleted and created again since (go-imap's server shows
+// the deleted one; a poll such as NOOP does not change that).
+func (c *Conn) Reopen(ctx context.Context) error {
+	mailbox, readOnly := c.Selected, c.ReadOnly
+	if mailbox == "" {
+		return errors.New("upstream: reopen with no mailbox selected")
+	}
+	c.Selected = ""
+	return c.Select(ctx, mailbox, readOnly, nil)
+}
+
 // ParseUIDValidity reads the argument of a [UIDVALIDITY n] response code;
 // 0 when it is not a valid one.
 func ParseUIDValidity(arg string) uint32 {

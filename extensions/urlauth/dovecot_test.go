@@ -123,18 +123,21 @@ func TestURLFetchLaterMessage(t *testing.T) {
 		t.Fatalf("URLFETCH of the message delivered after the first: %d bytes, want %d", len(got), len(big))
 	}
 	// The proxy's commands: UID FETCHes, one for the first message and
-	// six for the second; one NOOP, before the second's first chunk.
-	var fetches, noops int
+	// six for the second; one EXAMINE before each URLFETCH's first chunk,
+	// none before the later chunks.
+	var fetches, examines, noops int
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		evs, err := srv.CommandEvents()
 		if err != nil {
 			t.Fatal(err)
 		}
-		fetches, noops = 0, 0
+		fetches, examines, noops = 0, 0, 0
 		for _, e := range evs {
 			switch e.Name {
 			case "UID FETCH":
 				fetches++
+			case "EXAMINE":
+				examines++
 			case "NOOP":
 				noops++
 			}
@@ -143,7 +146,33 @@ func TestURLFetchLaterMessage(t *testing.T) {
 			break
 		}
 	}
-	if fetches != 7 || noops != 1 {
-		t.Errorf("upstream commands: %d UID FETCH, %d NOOP; want 7 and 1", fetches, noops)
+	if fetches != 7 || examines != 2 || noops != 0 {
+		t.Errorf("upstream commands: %d UID FETCH, %d EXAMINE, %d NOOP; want 7, 2 and 0", fetches, examines, noops)
+	}
+}
+
+// TestURLFetchRecreatedMailboxDovecot is TestURLFetchRecreatedMailbox
+// over Dovecot, which, polled with NOOP, showed the connection no message
+// at the new mailbox's UID 1 (the URLFETCH answered NIL).
+func TestURLFetchRecreatedMailboxDovecot(t *testing.T) {
+	srv := dovecottest.Start(t, dovecottest.Legacy)
+	ext := urlauth.New(urlauth.Config{Hosts: []string{"example.com"}})
+	px := imaptest.StartProxy(t, srv.Addr, proxy.Config{
+		Extensions:  []proxy.Extension{ext},
+		AccountData: accountdata.NewMemory(),
+	})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.MustOK("CREATE Other")
+	c.MustOK("APPEND Other {19}", "Subject: old\r\n\r\nx\r\n")
+	url := gen(t, c, "imap://alice@example.com/Other/;uid=1;urlauth=user+alice")
+	if got := fetch(t, c, url); got != "Subject: old\r\n\r\nx\r\n" {
+		t.Fatalf("first URLFETCH: %q", got)
+	}
+	direct := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	direct.MustOK("DELETE Other")
+	direct.MustOK("CREATE Other")
+	direct.MustOK("APPEND Other {19}", "Subject: new\r\n\r\ny\r\n")
+	if got := fetch(t, c, url); got != "Subject: new\r\n\r\ny\r\n" {
+		t.Errorf("URLFETCH after the mailbox was created again: %q", got)
 	}
 }

@@ -56,6 +56,7 @@ var submitIP = net.IPv4(192, 0, 2, 25)
 
 type env struct {
 	p    *imaptest.Proxy
+	up   *memupstream.Server
 	ext  *urlauth.Extension
 	data *accountdata.Memory
 	logs *syncBuffer
@@ -103,7 +104,7 @@ func newEnv(t *testing.T, remote func() net.IP) *env {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	e := &env{data: accountdata.NewMemory(), logs: &syncBuffer{}, now: &now}
+	e := &env{up: up, data: accountdata.NewMemory(), logs: &syncBuffer{}, now: &now}
 	e.ext = urlauth.New(urlauth.Config{
 		Hosts:      []string{"example.com"},
 		SubmitFrom: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
@@ -452,5 +453,29 @@ func TestKeysNotLogged(t *testing.T) {
 		if strings.Contains(logs, k) {
 			t.Fatal("a key is in the logs")
 		}
+	}
+}
+
+// TestURLFetchRecreatedMailbox: a URLFETCH leaves the URL's mailbox
+// EXAMINEd on a pooled connection. After the mailbox is deleted and
+// created again (here by another client, straight on the upstream), a
+// URL of its new message at the same UID must give the new message: a
+// server may keep showing a connection the mailbox it opened (go-imap's
+// does), so the connection must open it again, not only poll it.
+func TestURLFetchRecreatedMailbox(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.login(t, "joe")
+	c.MustOK("CREATE Other")
+	c.MustOK("APPEND Other {19}", "Subject: old\r\n\r\nx\r\n")
+	url := gen(t, c, "imap://joe@example.com/Other/;uid=1;urlauth=user+joe")
+	if got := fetch(t, c, url); got != "Subject: old\r\n\r\nx\r\n" {
+		t.Fatalf("first URLFETCH: %q", got)
+	}
+	direct := imaptest.Login(t, e.up.Addr, "joe", "joepass")
+	direct.MustOK("DELETE Other")
+	direct.MustOK("CREATE Other")
+	direct.MustOK("APPEND Other {19}", "Subject: new\r\n\r\ny\r\n")
+	if got := fetch(t, c, url); got != "Subject: new\r\n\r\ny\r\n" {
+		t.Errorf("URLFETCH after the mailbox was created again: %q", got)
 	}
 }
