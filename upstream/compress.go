@@ -72,7 +72,7 @@ func (c *Conn) startCompression(ctx context.Context) error {
 	}
 	// Whatever the server sent after its OK is already compressed.
 	pending := c.r.TakeBuffered()
-	c.r = imapcodec.NewReader(deflate.NewReader(c.nc, pending), c.cfg.Limits)
+	c.r = imapcodec.NewReader(deflate.NewReader(c.nc, pending), c.cfg.limits())
 	c.releaseWriter()
 	c.out = nil // the compressed writer is the connection's own: never released
 	c.w = bufio.NewWriterSize(flushingWriter{deflate.NewWriter(c.nc, deflate.WriterOptions{})}, 8192)

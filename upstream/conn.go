@@ -60,10 +60,34 @@ type Config struct {
 	// Timeout bounds dialling, the greeting and each of the proxy's own
 	// commands. Default 30 s.
 	Timeout time.Duration
-	Limits  imapcodec.Limits
+	// Limits bounds what the upstream may send. Its zero fields take the
+	// defaults of a trusted server's answers, not imapcodec's (which are
+	// for clients): lines of up to 16 MiB (a SEARCH of a large mailbox is
+	// one line; the UIDs of 1:* of a mailbox of 12,000 messages are more
+	// than 64 KiB) and literals of up to 1 TiB (message bodies stream, so
+	// nothing needs to cap them).
+	Limits imapcodec.Limits
 	// Compress says when to use COMPRESS=DEFLATE with the upstream
 	// (default auto: with non-loopback upstreams that offer it).
 	Compress CompressPolicy
+}
+
+// Defaults of Config.Limits.
+const (
+	DefaultMaxLine    = 16 << 20
+	DefaultMaxLiteral = 1 << 40
+)
+
+// limits returns Limits with its defaults.
+func (c *Config) limits() imapcodec.Limits {
+	l := c.Limits
+	if l.MaxLine <= 0 {
+		l.MaxLine = DefaultMaxLine
+	}
+	if l.MaxLiteral <= 0 {
+		l.MaxLiteral = DefaultMaxLiteral
+	}
+	return l.WithDefaults()
 }
 
 func (c *Config) timeout() time.Duration {
@@ -164,7 +188,7 @@ func Dial(ctx context.Context, cfg *Config) (*Conn, error) {
 }
 
 func newConn(nc net.Conn, cfg *Config) *Conn {
-	c := &Conn{nc: nc, cfg: cfg, r: imapcodec.NewReader(nc, cfg.Limits), out: nc}
+	c := &Conn{nc: nc, cfg: cfg, r: imapcodec.NewReader(nc, cfg.limits()), out: nc}
 	c.tagSeq.Store(connID.Add(1) << 20)
 	now := time.Now()
 	c.lastUsed, c.lastSeen = now, now
@@ -237,7 +261,7 @@ func (c *Conn) start(ctx context.Context) error {
 		return fmt.Errorf("TLS with %s: %w", c.cfg.Addr, err)
 	}
 	c.nc = tc
-	c.r = imapcodec.NewReader(tc, c.cfg.Limits)
+	c.r = imapcodec.NewReader(tc, c.cfg.limits())
 	c.releaseWriter()
 	c.out = tc
 	c.caps = nil

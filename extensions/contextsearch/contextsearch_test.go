@@ -14,12 +14,10 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/hub"
-	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/proxy"
-	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -89,12 +87,10 @@ func dovecotUpstream(t *testing.T, p dovecottest.Profile, n int) upstreamServer 
 }
 
 // startProxy starts the proxy in front of u and a client of it with INBOX
-// selected. Upstream lines may be 16 MiB long, as the production default
-// allows (a SEARCH of a large mailbox is one line).
+// selected.
 func startProxy(t *testing.T, u upstreamServer, cfg contextsearch.Config) *imaptest.Client {
 	p := imaptest.StartProxy(t, u.addr, proxy.Config{
 		Extensions: chain(cfg),
-		Upstream:   upstream.Config{Limits: imapcodec.Limits{MaxLine: 16 << 20}},
 	})
 	c := imaptest.Login(t, p.Addr, u.user, u.pass)
 	c.MustOK("SELECT INBOX")

@@ -75,13 +75,17 @@ func (e *Extension) serveCopy(ctx context.Context, x *proxy.Exchange, next proxy
 	if err != nil || len(src) == 0 {
 		return omit()
 	}
+	set := setOf(src)
+	if len(src) > maxCopied || len(set) > maxSetText {
+		return omit()
+	}
 	before, err := status(ctx, s, c.mailbox)
 	if err != nil {
 		return omit()
 	}
 	segs := slices.Clone(x.Segments)
 	t := segs[0].Text
-	segs[0].Text = slices.Concat(t[:c.setPos], []byte(setOf(src)), t[c.setEnd:])
+	segs[0].Text = slices.Concat(t[:c.setPos], []byte(set), t[c.setEnd:])
 	x.Segments = segs
 	e.at("copy:before")
 	x.OnTagged(func(h *imapcodec.ResponseHead) {
@@ -97,7 +101,7 @@ func (e *Extension) serveCopy(ctx context.Context, x *proxy.Exchange, next proxy
 		}
 		e.copyUIDs.Add(1)
 		h.Code = "COPYUID"
-		h.CodeArg = strconv.FormatUint(uint64(before.validity), 10) + " " + setOf(src) + " " + setOf(dst)
+		h.CodeArg = strconv.FormatUint(uint64(before.validity), 10) + " " + set + " " + setOf(dst)
 	})
 	return next(ctx, x)
 }
@@ -145,14 +149,13 @@ func (e *Extension) copied(x *proxy.Exchange, mailbox string, src []uint32, befo
 	}
 	// Others added messages meanwhile: each original must match exactly
 	// one candidate, and no candidate two originals.
+	byLook := make(map[look][]uint32, len(cands))
+	for d, c := range cands {
+		byLook[c.look()] = append(byLook[c.look()], d)
+	}
 	used := map[uint32]bool{}
 	for i, u := range src {
-		var match []uint32
-		for d, c := range cands {
-			if sameMessage(orig[u], c) {
-				match = append(match, d)
-			}
-		}
+		match := byLook[orig[u].look()]
 		if len(match) != 1 || used[match[0]] {
 			return nil, false
 		}
@@ -162,11 +165,18 @@ func (e *Extension) copied(x *proxy.Exchange, mailbox string, src []uint32, befo
 	return dst, true
 }
 
-// sameMessage tells whether a copy may be of an original: COPY keeps the
+// look is what a copy has in common with its original: COPY keeps the
 // size, the internal date (RFC 3501 6.4.7) and of course the header.
-func sameMessage(a, b sig) bool {
-	return a.size == b.size && a.date == b.date && a.messageID == b.messageID
+type look struct {
+	size      int64
+	date      string
+	messageID string
 }
+
+func (g sig) look() look { return look{g.size, g.date, g.messageID} }
+
+// sameMessage tells whether a copy may be of an original.
+func sameMessage(a, b sig) bool { return a.look() == b.look() }
 
 // sameMailbox compares mailbox names, INBOX in any case.
 func sameMailbox(a, b string) bool {

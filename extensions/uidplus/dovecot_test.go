@@ -3,6 +3,7 @@ package uidplus_test
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -107,4 +108,126 @@ func TestDovecotPlain(t *testing.T) {
 	if st := ext.Stats(); st.AppendUIDs != 2 || st.CopyUIDs != 2 || st.AppendOmitted+st.CopyOmitted != 0 {
 		t.Errorf("%+v", st)
 	}
+}
+
+// gappyMailbox fills user alice's mailbox Big with n messages and
+// expunges those of even UID, directly on Dovecot: its UIDs are then
+// 1, 3, 5, ..., n-1, a set that written out is longer than Dovecot's
+// 64 KiB command line for n = 24,000.
+func gappyMailbox(t *testing.T, srv *dovecottest.Server, n int) {
+	t.Helper()
+	srv.FillMailbox(t, "alice", "Big", n, func(i int) []byte { return msg(fmt.Sprintf("big-%d", i+1)) })
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	d.MustOK("SELECT Big")
+	for lo := 2; lo <= n; lo += 2000 {
+		var b strings.Builder
+		for u := lo; u < lo+2000 && u <= n; u += 2 {
+			if b.Len() > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprint(&b, u)
+		}
+		d.MustOK(`UID STORE ` + b.String() + ` +FLAGS.SILENT (\Deleted)`)
+	}
+	d.MustOK("EXPUNGE")
+	d.MustOK("LOGOUT")
+}
+
+// messages asks the proxy for a mailbox's message count.
+func messages(t *testing.T, c *imaptest.Client, mailbox string) string {
+	t.Helper()
+	lines := c.MustOK("STATUS " + mailbox + " (MESSAGES)")
+	m := regexp.MustCompile(`MESSAGES (\d+)`).FindStringSubmatch(lines[0])
+	if m == nil {
+		t.Fatalf("STATUS: %q", lines)
+	}
+	return m[1]
+}
+
+// TestDovecotPlainCopyLongSet: a COPY of a mailbox whose UIDs have many
+// gaps, over Dovecot without UIDPLUS. The proxy resolves a set into the
+// UIDs that exist to find COPYUID; written out, those would not fit on
+// Dovecot's command line, so the COPY goes upstream as the client sent it
+// and the code is omitted (RFC 4315 3 allows that): the copy itself must
+// work as it does directly.
+func TestDovecotPlainCopyLongSet(t *testing.T) {
+	srv, ext, c := dovecotEnv(t, dovecottest.Plain, 0)
+	gappyMailbox(t, srv, 24000)
+	c.MustOK("SELECT Big")
+	if got := imaptest.Tagged(c.Cmd("UID COPY 1:* meeting")); !strings.HasPrefix(got, "OK Copy completed") {
+		t.Fatalf("UID COPY: %q", got)
+	}
+	if got := messages(t, c, "meeting"); got != "12001" {
+		t.Errorf("meeting has %s messages, want 12001", got)
+	}
+	if st := ext.Stats(); st.CopyUIDs != 0 || st.CopyOmitted != 1 {
+		t.Errorf("%+v", st)
+	}
+}
+
+// TestDovecotLegacyMoveLongSet: the same mailbox moved over Dovecot with
+// UIDPLUS and without MOVE. MOVE must resolve the set (it expunges
+// exactly what it copied), so it copies, flags and expunges in batches
+// whose sets fit on a line; the client gets one COPYUID for all of them.
+func TestDovecotLegacyMoveLongSet(t *testing.T) {
+	srv, ext, c := dovecotEnv(t, dovecottest.Legacy, 0)
+	gappyMailbox(t, srv, 24000)
+	v := uidValidity(t, c, "meeting")
+	c.MustOK("SELECT Big")
+	lines := c.Do("a", "UID MOVE 1:* meeting")
+	if got := lines[len(lines)-1]; got != "a OK Move completed." {
+		t.Fatalf("UID MOVE: %q", got)
+	}
+	m := regexp.MustCompile(`^\* OK \[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\] Moved UIDs\.$`).FindStringSubmatch(lines[0])
+	if m == nil || m[1] != v {
+		t.Fatalf("first answer %.200q..., want COPYUID %s", lines[0], v)
+	}
+	// Batch by batch: 1,3,...,23999 became 2, 3, ..., 12001.
+	src, dst := uidsOf(t, m[2]), uidsOf(t, m[3])
+	if len(src) != 12000 || len(dst) != 12000 {
+		t.Fatalf("COPYUID of %d and %d UIDs", len(src), len(dst))
+	}
+	for i := range src {
+		if src[i] != uint32(2*i+1) || dst[i] != uint32(i+2) {
+			t.Fatalf("COPYUID pair %d: %d to %d", i, src[i], dst[i])
+		}
+	}
+	if len(lines) != 12002 {
+		t.Fatalf("%d answers; want COPYUID, 12,000 expunges and OK", len(lines))
+	}
+	for i, l := range lines[1:12001] {
+		if want := fmt.Sprintf("* %d EXPUNGE", 12000-i); l != want {
+			t.Fatalf("answer %d: %q, want %q", i+1, l, want)
+		}
+	}
+	if got := messages(t, c, "meeting"); got != "12001" {
+		t.Errorf("meeting has %s messages, want 12001", got)
+	}
+	if got := messages(t, c, "Big"); got != "0" {
+		t.Errorf("Big has %s messages, want 0", got)
+	}
+	if st := ext.Stats(); st.Moves != 1 {
+		t.Errorf("%+v", st)
+	}
+}
+
+// uidsOf lists the UIDs of a set of numbers and ranges, in its order.
+func uidsOf(t *testing.T, set string) []uint32 {
+	t.Helper()
+	var out []uint32
+	for _, r := range strings.Split(set, ",") {
+		lo, hi, isRange := strings.Cut(r, ":")
+		a, err := strconv.ParseUint(lo, 10, 32)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.ParseUint(hi, 10, 32)
+		}
+		if err != nil || b < a {
+			t.Fatalf("set %q: bad part %q", set, r)
+		}
+		for u := a; u <= b; u++ {
+			out = append(out, uint32(u))
+		}
+	}
+	return out
 }

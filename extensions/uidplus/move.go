@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
@@ -47,41 +48,54 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 	if !ok {
 		return x.Reply("NO", "", "The mailbox name cannot be used with MOVE here.")
 	}
-	set := setOf(src)
-	e.at("move:before")
-	resp, err := s.Exec(ctx, "UID COPY "+set+" "+arg, nil)
-	var se *upstream.StatusError
-	if errors.As(err, &se) {
-		h := se.Head
-		code := h.Code
-		if h.CodeArg != "" {
-			code += " " + h.CodeArg
-		}
-		return x.Reply(h.Name, code, h.Text)
-	}
-	if err != nil {
-		return unavailable(err)
-	}
-	copyUID := ""
-	if strings.EqualFold(resp.Head.Code, "COPYUID") {
-		copyUID = resp.Head.CodeArg
-		// Its source set names exactly what was copied: an original
-		// expunged before the COPY reached it is not in it.
-		if f := strings.Fields(copyUID); len(f) == 3 {
-			set = f[1]
-		}
-	}
-	e.at("move:copied")
-	if _, err := s.Exec(ctx, `UID STORE `+set+` +FLAGS.SILENT (\Deleted)`, nil); err != nil {
-		return e.incomplete(x, err)
-	}
-	if _, err := s.Exec(ctx, "UID EXPUNGE "+set, nil); err != nil {
-		return e.incomplete(x, err)
-	}
-	if copyUID != "" {
-		if err := s.Write([]byte("* OK [COPYUID " + copyUID + "] Moved UIDs.\r\n")); err != nil {
+	// The resolved set may be too long for one command line (1:* of a
+	// mailbox with many gaps): then it moves in batches, each copied,
+	// flagged and expunged before the next, so that every message is
+	// either moved or untouched whatever fails (RFC 6851 3.3). The
+	// client gets one COPYUID for all batches that moved.
+	var copied copyUIDs
+	// stop answers a MOVE that failed in a batch, after the COPYUID of
+	// those that moved before it.
+	stop := func(answer func() error) error {
+		if err := copied.write(s); err != nil {
 			return err
 		}
+		return answer()
+	}
+	e.at("move:before")
+	for i, set := range setBatches(src) {
+		resp, err := s.Exec(ctx, "UID COPY "+set+" "+arg, nil)
+		if err != nil {
+			var se *upstream.StatusError
+			if !errors.As(err, &se) {
+				return stop(func() error { return unavailable(err) })
+			}
+			h := se.Head
+			code := h.Code
+			if h.CodeArg != "" {
+				code += " " + h.CodeArg
+			}
+			return stop(func() error { return x.Reply(h.Name, code, h.Text) })
+		}
+		if strings.EqualFold(resp.Head.Code, "COPYUID") {
+			// Its source set names exactly what was copied: an
+			// original expunged before the COPY reached it is not in
+			// it.
+			if f := strings.Fields(resp.Head.CodeArg); len(f) == 3 {
+				set = f[1]
+			}
+		}
+		copied.add(i, resp.Head)
+		e.at("move:copied")
+		if _, err := s.Exec(ctx, `UID STORE `+set+` +FLAGS.SILENT (\Deleted)`, nil); err != nil {
+			return stop(func() error { return e.incomplete(x, err) })
+		}
+		if _, err := s.Exec(ctx, "UID EXPUNGE "+set, nil); err != nil {
+			return stop(func() error { return e.incomplete(x, err) })
+		}
+	}
+	if err := copied.write(s); err != nil {
+		return err
 	}
 	e.moves.Add(1)
 	return x.Reply("OK", "", "Move completed.")
@@ -94,4 +108,34 @@ func (e *Extension) incomplete(x *proxy.Exchange, err error) error {
 	e.movesIncomplete.Add(1)
 	x.Session().Logger().Warn("synthesized MOVE copied but did not expunge", "err", err)
 	return x.Reply("NO", "", "The messages were copied but could not be removed from this mailbox.")
+}
+
+// copyUIDs gathers the COPYUID codes of a MOVE's batches into one: the
+// source sets and the target sets joined in the same order still
+// correspond. Any batch without the code, or with another UIDVALIDITY,
+// leaves the MOVE without it.
+type copyUIDs struct {
+	validity string
+	src, dst []string
+	broken   bool
+}
+
+// add takes the tagged answer of batch i's UID COPY.
+func (c *copyUIDs) add(i int, h imapcodec.ResponseHead) {
+	f := strings.Fields(h.CodeArg)
+	if !strings.EqualFold(h.Code, "COPYUID") || len(f) != 3 || i > 0 && f[0] != c.validity {
+		c.broken = true
+		return
+	}
+	c.validity = f[0]
+	c.src = append(c.src, f[1])
+	c.dst = append(c.dst, f[2])
+}
+
+// write sends the untagged OK [COPYUID] of the batches added, if any.
+func (c *copyUIDs) write(s *proxy.Session) error {
+	if c.broken || len(c.src) == 0 {
+		return nil
+	}
+	return s.Write([]byte("* OK [COPYUID " + c.validity + " " + strings.Join(c.src, ",") + " " + strings.Join(c.dst, ",") + "] Moved UIDs.\r\n"))
 }

@@ -59,6 +59,19 @@
 // header block longer than that leaves the Message-ID unknown, and the
 // match then rests on size and date). The message is never buffered.
 // A MULTIAPPEND or CATENATE gets no APPENDUID.
+//
+// # Large sets
+//
+// COPY and MOVE resolve the client's set into the UIDs that exist, and
+// written out those can be far longer than the client's line (1:* of a
+// mailbox with many gaps) and than a server accepts (Dovecot answered
+// "Too long argument" for 66 KB). A set is written on one line only up to
+// maxSetText (4 KiB). Past it, a COPY goes upstream as the client sent it,
+// without COPYUID (as does a COPY of more than maxCopied messages, whose
+// signatures would all be held in memory); a MOVE, which must expunge
+// exactly what it copied, copies, flags and expunges batch by batch, each
+// batch's messages moved or left untouched whatever fails later (RFC 6851
+// 3.3), and the client gets one COPYUID joining the batches' sets.
 package uidplus
 
 import (

@@ -427,10 +427,6 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 		Security: sec,
 		Compress: compress,
 		Timeout:  s.UpstreamTimeout.Duration,
-		Limits: imapcodec.Limits{
-			MaxLine:    16 << 20, // a SEARCH of a large mailbox is one long line
-			MaxLiteral: 1 << 40,  // message bodies stream; no need to cap them
-		},
 	}
 	if sec != upstream.SecurityNone {
 		tc := &tls.Config{ServerName: s.UpstreamServerName, InsecureSkipVerify: s.UpstreamInsecure, MinVersion: tls.VersionTLS12}
