@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/extensions/internal/bodypart"
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -145,12 +147,17 @@ func (e *Extension) serveFetch(ctx context.Context, x *proxy.Exchange, next prox
 	}
 	mb := s.Mailbox()
 	if seen && !mb.ReadOnly() && len(msgs) > 0 {
-		uids := make([]string, len(msgs))
+		uids := make([]uint32, len(msgs))
 		for i, m := range msgs {
-			uids[i] = strconv.FormatUint(uint64(m.UID), 10)
+			uids[i] = m.UID
 		}
-		if _, err := s.Exec(ctx, `UID STORE `+strings.Join(uids, ",")+` +FLAGS.SILENT (\Seen)`, nil); err != nil {
-			s.Logger().Debug("binary: setting \\Seen failed", "err", err)
+		slices.Sort(uids)
+		// In batches of short lines: a FETCH of 1:* names every message.
+		for _, set := range uidset.Batches(uids) {
+			if _, err := s.Exec(ctx, `UID STORE `+set+` +FLAGS.SILENT (\Seen)`, nil); err != nil {
+				s.Logger().Warn("binary: setting \\Seen failed", "err", err)
+				break
+			}
 		}
 		mb.Sync(ctx, 5*time.Second)
 	}

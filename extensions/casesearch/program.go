@@ -377,28 +377,14 @@ func inline(b []byte, segs []imapcodec.Segment, start imapcodec.Position, caps i
 // it names and the others allow. A plain key that matches nothing is NOT
 // ALL; a negated one that matches every candidate, ALL.
 func encode(known, cands []uint32, match []bool, negated bool) string {
-	var spans []uidset.Span
-	open := false
 	j := 0 // index into cands
-	for _, u := range known {
+	spans := uidset.Runs(known, func(u uint32) bool {
 		for j < len(cands) && cands[j] < u {
 			j++
 		}
-		named := false // the message is in the set
-		if j < len(cands) && cands[j] == u {
-			named = match[j] != negated
-		}
-		if !named {
-			open = false
-			continue
-		}
-		if k := len(spans); open {
-			spans[k-1].Hi = u
-			continue
-		}
-		spans = append(spans, uidset.Span{Lo: u, Hi: u})
-		open = true
-	}
+		// Named: the message is in the set.
+		return j < len(cands) && cands[j] == u && match[j] != negated
+	})
 	switch {
 	case len(spans) == 0 && negated:
 		return "ALL"

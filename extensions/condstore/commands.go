@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/syncstate"
@@ -171,6 +172,11 @@ func rewriteFetch(x *proxy.Exchange) (bool, error) {
 		}
 		slices.Sort(changed)
 		uids = string(imapcodec.AppendNumSet(nil, changed))
+		if len(uids) > uidset.MaxSetText {
+			// Scattered over a mailbox with gaps: ranges over the
+			// expunged UIDs between them.
+			uids = string(uidset.AppendSpans(nil, uidset.RunsOf(m.State().Snapshot().UIDs, changed)))
+		}
 	}
 	line := fmt.Appendf(nil, "%s UID FETCH %s ", tag, uids)
 	x.Segments = []imapcodec.Segment{{Text: imapcodec.AppendValue(line, items)}}
@@ -240,8 +246,9 @@ func rewriteStore(x *proxy.Exchange) (bool, error) {
 		s.Logger().Debug("mailbox sync before a conditional STORE failed", "err", err)
 	}
 	st := m.State()
+	snap := st.Snapshot()
 	var keep, modified []uint32
-	for _, uid := range st.Snapshot().UIDs {
+	for _, uid := range snap.UIDs {
 		if !ranges.Contains(imap.UID(uid)) {
 			continue
 		}
@@ -287,7 +294,10 @@ func rewriteStore(x *proxy.Exchange) (bool, error) {
 	}
 	// The upstream gets the STORE without the modifiers, for the
 	// messages left.
-	sa.Set, sa.Modifiers = string(imapcodec.AppendNumSet(nil, keep)), nil
+	// keep is all of the set's messages but those modified, so it is
+	// written as runs over the UIDs expunged between them: as short as
+	// the client's set when nothing was modified.
+	sa.Set, sa.Modifiers = string(uidset.AppendSpans(nil, uidset.RunsOf(snap.UIDs, keep))), nil
 	line := fmt.Appendf(nil, "%s UID STORE ", tag)
 	x.Segments = []imapcodec.Segment{{Text: imapcodec.AppendStoreArgs(line, sa)}}
 	return false, nil
@@ -376,18 +386,13 @@ func modSeqCriterion(m *proxy.Mailbox, n uint64) string {
 		return "NOT ALL"
 	case len(match) == len(all):
 		return "ALL"
-	case len(match) <= len(all)/2:
-		slices.Sort(match)
-		return "UID " + string(imapcodec.AppendNumSet(nil, match))
 	}
+	// As runs over the UIDs expunged between the messages: as many
+	// ranges as the matches alternate with the others, whatever the
+	// mailbox's gaps (the same for the matches and the rest, give or
+	// take one).
 	slices.Sort(match)
-	var rest []uint32
-	for _, uid := range all {
-		if _, ok := slices.BinarySearch(match, uid); !ok {
-			rest = append(rest, uid)
-		}
-	}
-	return "NOT UID " + string(imapcodec.AppendNumSet(nil, rest))
+	return "UID " + string(uidset.AppendSpans(nil, uidset.RunsOf(all, match)))
 }
 
 // maxModSeqOf returns the highest mod-sequence among messages given by the

@@ -17,8 +17,20 @@ import (
 // wants.
 type savedKey struct{}
 
-// save replaces the session's saved result.
-func save(s *proxy.Session, uids []uint32) { s.SetValue(savedKey{}, uidset.SpansOf(uids)) }
+// save replaces the session's saved result. The spans
+// run over the UIDs between two the client's view holds that it lacks
+// (expunged), so that a result that is a few runs of the mailbox stays a
+// few spans however many gaps the mailbox has: "$" becomes that set on an
+// upstream command line, which must stay short (uidset.MaxSetText).
+func save(s *proxy.Session, uids []uint32) {
+	var view []uint32
+	if m := s.Mailbox(); m != nil {
+		view = m.UIDs()
+	}
+	uids = slices.Clone(uids)
+	slices.Sort(uids)
+	s.SetValue(savedKey{}, uidset.Compact(view, uids))
+}
 
 // savedSpans returns the session's saved result, empty when nothing was
 // saved since the mailbox was selected.

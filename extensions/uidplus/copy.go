@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -76,7 +77,7 @@ func (e *Extension) serveCopy(ctx context.Context, x *proxy.Exchange, next proxy
 		return omit()
 	}
 	set := setOf(src)
-	if len(src) > maxCopied || len(set) > maxSetText {
+	if len(src) > maxCopied || len(set) > uidset.MaxSetText {
 		return omit()
 	}
 	before, err := status(ctx, s, c.mailbox)

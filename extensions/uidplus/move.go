@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -63,7 +64,7 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 		return answer()
 	}
 	e.at("move:before")
-	for i, set := range setBatches(src) {
+	for i, set := range uidset.Batches(src) {
 		resp, err := s.Exec(ctx, "UID COPY "+set+" "+arg, nil)
 		if err != nil {
 			var se *upstream.StatusError

@@ -19,15 +19,6 @@ import (
 // burst of deliveries.
 const maxCandidates = 200
 
-// maxSetText bounds a UID set this package writes on a command line of
-// its own. A set resolved into the UIDs that exist can be far longer than
-// the client's (1:* of a mailbox with many gaps), and servers refuse long
-// lines: Dovecot's limit is 64 KiB (imap_max_line_length), and RFC 7162 4
-// asks clients to keep theirs under 8,192 octets. A longer set is sent in
-// batches (MOVE) or not at all (COPY: the client's own set goes upstream,
-// without COPYUID).
-const maxSetText = 4096
-
 // maxCopied bounds the messages of a COPY whose COPYUID the proxy finds:
 // their signatures and the candidates' are fetched and held in memory.
 // A larger COPY goes upstream without the code.
@@ -210,33 +201,6 @@ func messageID(head []byte) (id string, found, complete bool) {
 		field = append(field[:0], line...)
 	}
 	return id, found, false
-}
-
-// setBatches cuts uids (ascending) into sets of at most maxSetText bytes
-// each, in order.
-func setBatches(uids []uint32) []string {
-	var out []string
-	var b strings.Builder
-	for i := 0; i < len(uids); {
-		j := i
-		for j+1 < len(uids) && uids[j+1] == uids[j]+1 {
-			j++
-		}
-		r := uidRange(uids[i], uids[j])
-		if b.Len() > 0 && b.Len()+1+len(r) > maxSetText {
-			out = append(out, b.String())
-			b.Reset()
-		}
-		if b.Len() > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(r)
-		i = j + 1
-	}
-	if b.Len() > 0 {
-		out = append(out, b.String())
-	}
-	return out
 }
 
 // uidRange writes lo:hi (or lo).

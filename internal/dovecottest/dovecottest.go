@@ -724,3 +724,47 @@ func (s *Server) FillMailbox(t testing.TB, user, mailbox string, n int, message 
 		}
 	}
 }
+
+// Thin expunges, directly on the server, the messages of user's mailbox
+// whose UID drop selects: a mailbox with gaps between its UIDs, whose
+// sets written out are long (FillMailbox then Thin of the even UIDs
+// leaves 1,3,5,...). The UIDs are flagged a few thousand at a time, so
+// that no command line of its own is long.
+func (s *Server) Thin(t testing.TB, user, pass, mailbox string, drop func(uid imap.UID) bool) {
+	t.Helper()
+	c := s.Login(t, user, pass)
+	if _, err := c.Select(mailbox, nil).Wait(); err != nil {
+		t.Fatalf("dovecottest: Thin: SELECT %s: %v", mailbox, err)
+	}
+	all, err := c.UIDSearch(&imap.SearchCriteria{}, nil).Wait()
+	if err != nil {
+		t.Fatalf("dovecottest: Thin: %v", err)
+	}
+	var batch imap.UIDSet
+	n := 0
+	flush := func() {
+		if n == 0 {
+			return
+		}
+		store := &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}
+		if err := c.Store(batch, store, nil).Close(); err != nil {
+			t.Fatalf("dovecottest: Thin: STORE: %v", err)
+		}
+		batch, n = nil, 0
+	}
+	for _, uid := range all.AllUIDs() {
+		if drop(uid) {
+			batch.AddNum(uid)
+			if n++; n == 1000 {
+				flush()
+			}
+		}
+	}
+	flush()
+	if err := c.Expunge().Close(); err != nil {
+		t.Fatalf("dovecottest: Thin: EXPUNGE: %v", err)
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatalf("dovecottest: Thin: LOGOUT: %v", err)
+	}
+}
