@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
@@ -77,4 +78,30 @@ func items(line string) string {
 	}
 	slices.Sort(pairs)
 	return strings.Join(f[:i], " ") + " | " + strings.Join(pairs, ", ")
+}
+
+// TestDovecotSavedResultWithGaps: a result saved on a mailbox of 12,000
+// messages with a gap between each two UIDs (1, 3, ..., 23999) is used as
+// "$". It names every message, and as single UIDs its set is 67 KB, past
+// Dovecot's 64 KiB line (BAD Too long argument); the saved spans run over
+// the expunged UIDs, so "$" goes upstream as one range.
+func TestDovecotSavedResultWithGaps(t *testing.T) {
+	srv := dovecottest.Start(t, dovecottest.Legacy)
+	srv.FillMailbox(t, "alice", "Big", 24000, func(i int) []byte {
+		return fmt.Appendf(nil, "Subject: %d\r\n\r\nbody %d\r\n", i+1, i+1)
+	})
+	srv.Thin(t, "alice", "alicepass", "Big", func(uid imap.UID) bool { return uid%2 == 0 })
+	p := imaptest.StartProxy(t, srv.Addr, proxy.Config{Extensions: []proxy.Extension{esearch.New()}})
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	c.MustOK("SELECT Big")
+	c.MustOK("UID SEARCH RETURN (SAVE) ALL")
+	if got := imaptest.Tagged(c.Cmd(`UID STORE $ +FLAGS.SILENT (\Flagged)`)); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("UID STORE $: %q", got)
+	}
+	if got := c.MustOK("UID SEARCH UNFLAGGED"); len(got) != 2 || got[0] != "* SEARCH" {
+		t.Errorf("messages left without \\Flagged: %.300q", got)
+	}
+	if got := c.MustOK("SEARCH $ FLAGGED"); len(got) != 2 || !strings.HasPrefix(got[0], "* SEARCH 1 2 3 ") || !strings.HasSuffix(got[0], " 12000") {
+		t.Errorf("SEARCH $ FLAGGED: %.100q", got)
+	}
 }
