@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/extensions/binary"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
@@ -185,5 +186,27 @@ func TestDovecotAppendLarge(t *testing.T) {
 	}
 	if v, _ := item(t, d.MustOK("FETCH 1 (BINARY.PEEK[2])"), "BINARY[2]"); v != string(att) {
 		t.Fatalf("attachment as Dovecot decodes it: %d bytes, want the %d sent", len(v), len(att))
+	}
+}
+
+// TestDovecotSeenWithGaps: BINARY[] (not .PEEK) of every message of a
+// mailbox of 12,000 messages with a gap between each two UIDs, in front
+// of Dovecot's legacy profile. The proxy sets \Seen itself with UID
+// STOREs of the messages it read; one STORE of all of them would be a
+// 67 KB line, which Dovecot refuses, and the flags were never set.
+func TestDovecotSeenWithGaps(t *testing.T) {
+	legacy := dovecottest.Start(t, dovecottest.Legacy)
+	legacy.FillMailbox(t, "alice", "Big", 24000, func(i int) []byte {
+		return fmt.Appendf(nil, "Subject: %d\r\n\r\nbody %d\r\n", i+1, i+1)
+	})
+	legacy.Thin(t, "alice", "alicepass", "Big", func(uid imap.UID) bool { return uid%2 == 0 })
+	px := imaptest.StartProxy(t, legacy.Addr, proxy.Config{Extensions: []proxy.Extension{binary.New()}})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.MustOK("SELECT Big")
+	if got := imaptest.Tagged(c.Cmd("UID FETCH 1:* (BINARY[1])")); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("UID FETCH BINARY: %q", got)
+	}
+	if got := c.MustOK("UID SEARCH UNSEEN"); len(got) != 2 || got[0] != "* SEARCH" {
+		t.Errorf("messages left without \\Seen: %.300q", got)
 	}
 }
