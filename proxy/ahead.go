@@ -56,9 +56,12 @@ import (
 
 // DefaultFetchAhead is Config.FetchAhead's default: how many commands a
 // session may have sent upstream ahead of the one whose answers it relays.
-// mbsync keeps about 25 FETCHes in flight; 16 keep the upstream busy
-// (each is topped up as one is answered) at a bounded cost per session.
-const DefaultFetchAhead = 16
+// mbsync keeps about 25 FETCHes in flight, and all of them should reach
+// the upstream: with 16, mbsync's download with the proxy on a vCPU of
+// its own ran at 0.96-0.97x of the direct rate (means of medians), with
+// 32 or 40 at 0.99-1.01x (docs/benchmarks.md, session 15). Each command
+// ahead costs the session its parsed line until its turn.
+const DefaultFetchAhead = 32
 
 // plainClient reports whether the client's connection is plain TCP, with
 // no TLS or COMPRESS over it, and one whose socket can be looked at

@@ -482,10 +482,12 @@ func TestFaultUpstreamGarbage(t *testing.T) {
 	}{
 		{"binary junk", false, string(junk), false},
 		{"binary junk to a FETCH", true, string(junk), false},
-		{"overlong line", false, "* OK " + strings.Repeat("x", 80<<10) + "\r\n", false},
+		// Past the limits of upstream.Config's defaults, which trust an
+		// upstream's lines and literals far more than a client's.
+		{"overlong line", false, "* OK " + strings.Repeat("x", upstream.DefaultMaxLine+1024) + "\r\n", false},
 		{"line never ended", false, "* STATUS INBOX (MESSAGES 2", true},
 		{"literal never completed", true, "* 2 FETCH (UID 2 BODY[] {100}\r\nFrom: ", true},
-		{"literal over the limit", true, "* 2 FETCH (UID 2 BODY[] {99999999999}\r\n", false},
+		{"literal over the limit", true, fmt.Sprintf("* 2 FETCH (UID 2 BODY[] {%d}\r\n", upstream.DefaultMaxLiteral+1), false},
 		{"unexpected continuation request", false, "+ go on\r\n", false},
 		{"unknown tag", false, "A001 OK STATUS completed\r\n", false},
 		{"response without a name", false, "* \r\n", false},

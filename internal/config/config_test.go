@@ -67,7 +67,7 @@ func TestDefaults(t *testing.T) {
 		MaxDepth:               imapcodec.DefaultMaxDepth,
 		AuthFailureDelay:       Duration{2 * time.Second},
 		LoginCache:             Duration{30 * time.Second},
-		FetchAhead:             16,
+		FetchAhead:             32,
 		PreAuthTimeout:         Duration{60 * time.Second},
 		IdleTimeout:            Duration{30 * time.Minute},
 		PollInterval:           Duration{30 * time.Second},
@@ -421,8 +421,8 @@ func TestProxyConfig(t *testing.T) {
 	if cfg.LoginCacheWindow != 30*time.Second {
 		t.Errorf("LoginCacheWindow = %v, want the default 30s", cfg.LoginCacheWindow)
 	}
-	if cfg.FetchAhead != 16 {
-		t.Errorf("FetchAhead = %d, want the default 16", cfg.FetchAhead)
+	if cfg.FetchAhead != 32 {
+		t.Errorf("FetchAhead = %d, want the default 32", cfg.FetchAhead)
 	}
 	s.LoginCache = Duration{0} // off
 	s.FetchAhead = 0           // off
