@@ -1,8 +1,9 @@
 // Package uidset holds the UID spans and lists that extensions keep and
 // rewrite (within's OLDER/YOUNGER, casesearch's substring keys, SEARCHRES's
-// saved result; condstore's sets): spans of consecutive UIDs or of the
-// UIDs of a mailbox, their IMAP form, and the union of two ascending lists. A plain list of numbers is written with
-// imapcodec.AppendNumSet.
+// saved result, condstore's sets): spans of consecutive UIDs or of the
+// UIDs of a mailbox, their IMAP form, batches of lines that servers
+// accept, and the union of two ascending lists. A plain list of numbers
+// is written with imapcodec.AppendNumSet.
 package uidset
 
 import (
