@@ -258,3 +258,22 @@ func threeInInbox(t *testing.T) *memupstream.Server {
 	}
 	return up
 }
+
+// TestUIDSearchSequenceKey: a sequence set in a UID SEARCH's criteria is
+// in the client's numbering (RFC 3501 6.4.4), which the upstream
+// connection's may not be: here another session has expunged the first
+// message, which this client has not been told yet, so the upstream's
+// message 1 is the client's message 2. K-9 Mail's "UID SEARCH n:m NOT
+// DELETED" is such a search.
+func TestUIDSearchSequenceKey(t *testing.T) {
+	up := threeInInbox(t)
+	p := imaptest.StartProxy(t, up.Addr, proxy.Config{})
+	a := imaptest.Login(t, p.Addr, "u", "p")
+	a.MustOK("SELECT INBOX")
+	b := imaptest.Login(t, p.Addr, "u", "p")
+	b.MustOK("SELECT INBOX")
+	b.ExpectDo("b1", `UID STORE 1 +FLAGS.SILENT (\Deleted)`, "b1 OK UID STORE completed")
+	b.ExpectDo("b2", "EXPUNGE", "* 1 EXPUNGE", "b2 OK EXPUNGE completed")
+	a.ExpectDo("a1", "UID SEARCH 1", "* 1 EXPUNGE", "* SEARCH", "a1 OK UID SEARCH completed")
+	a.ExpectDo("a2", "UID SEARCH 1:2 NOT DELETED", "* SEARCH 2 3", "a2 OK UID SEARCH completed")
+}

@@ -327,9 +327,13 @@ func appendMailbox(cmd *imapcodec.Command) (p *imapcodec.Parser, name string, ok
 }
 
 // rewriteSearch translates the search keys of SEARCH, SORT or THREAD: with
-// toUID, the command goes into its UID form with every sequence set
-// translated; in both forms RECENT, NEW and OLD name the session's own
-// recent messages (recent.go), not the leased connection's.
+// toUID, the command goes into its UID form. In both forms every
+// sequence set becomes a UID set: a sequence-set key of UID SEARCH is in
+// the client's numbering as well (RFC 3501 6.4.4), which the leased
+// connection's is not while an expunge has not been reported to the
+// client (K-9 Mail's "UID SEARCH n:m NOT DELETED" got the next message's
+// UID). RECENT, NEW and OLD name the session's own recent messages
+// (recent.go), not the leased connection's.
 func rewriteSearch(segs []imapcodec.Segment, m *selectedMailbox, toUID bool) error {
 	view := m.view
 	_, err := imapcodec.ReplaceSearchKeys(segs, func(k imapcodec.SearchKey) (string, bool, error) {
@@ -345,10 +349,6 @@ func rewriteSearch(segs []imapcodec.Segment, m *selectedMailbox, toUID bool) err
 			text, ok := m.recentKey(k.Name)
 			return text, ok, nil
 		case "":
-			if toUID {
-				break
-			}
-			return "", false, nil
 		default:
 			return "", false, nil
 		}

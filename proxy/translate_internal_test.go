@@ -175,7 +175,8 @@ func TestRecentSearch(t *testing.T) {
 		cmd, up string
 	}{
 		{nil, `a SEARCH RECENT`, `a UID SEARCH NOT ALL`},
-		{nil, `a UID SEARCH OR NEW 1:* NOT OLD`, `a UID SEARCH OR NOT ALL 1:* NOT ALL`},
+		// The sequence set of a UID SEARCH is the client's too.
+		{nil, `a UID SEARCH OR NEW 1:* NOT OLD`, `a UID SEARCH OR NOT ALL UID 3:20 NOT ALL`},
 		{recentSet{{10, 12}}, `a SEARCH RECENT`, `a UID SEARCH UID 10:12`},
 		{recentSet{{3, 3}, {10, 12}}, `a SEARCH NEW`, `a UID SEARCH (UID 3,10:12 UNSEEN)`},
 		{recentSet{{10, 12}}, `a UID SEARCH OLD SEEN`, `a UID SEARCH NOT UID 10:12 SEEN`},

@@ -322,9 +322,9 @@ func (g *programGen) key(depth int) *prog {
 }
 
 // set makes a set of numbers up to hi, with "*" in a UID set only. Dovecot
-// 2.3 answers sequence sets with "*" wrongly in two ways, which a
-// direct session and the relayed UID SEARCH (whose sequence sets go
-// upstream as they are) would show: "n:*" with n beyond the last message
+// 2.3 answers sequence sets with "*" wrongly in two ways, which the
+// direct session compared with would show (through the proxy a sequence
+// set goes upstream as the UIDs it names): "n:*" with n beyond the last message
 // matches nothing there (RFC 3501 9: the last message), and ORed sets
 // with "*" under an AND lose their matches ("5:1 OR 13:*,2:5 9:*" is
 // empty in a mailbox of 20). TestStateDecides and statesearch's
