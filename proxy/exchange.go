@@ -157,6 +157,7 @@ func (x *Exchange) ReadStreamed(limit int64, lit func(segs []imapcodec.Segment, 
 			return false, s.refuseLiteral(x.Tag, h, why)
 		}
 		litTotal += h.Size
+		s.renewLiteralDeadline()
 		r := &invitingReader{s: s, invite: !h.NonSync}
 		if err := lit(segs, r); err != nil {
 			if r.invite {

@@ -118,7 +118,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 				return err
 			}
 		}
-		s.nc.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		s.renewLiteralDeadline()
 		var dst io.Writer = deadlineWriter{w, up, s.srv.cfg.Upstream.Timeout}
 		if x.peekN > 0 && len(x.litSizes) == 0 {
 			dst = io.MultiWriter(dst, peekWriter{x})

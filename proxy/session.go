@@ -289,6 +289,15 @@ func (s *Session) capDeadline(d time.Time) time.Time {
 	return d
 }
 
+// renewLiteralDeadline gives the client the idle timeout from now (within
+// the pre-login time, before login) to send the literal about to be read:
+// a large literal over a slow link is not cut short by what was left of
+// the wait for its command, whoever reads it (the relay, readRest,
+// Exchange.ReadStreamed).
+func (s *Session) renewLiteralDeadline() {
+	s.nc.SetReadDeadline(s.capDeadline(time.Now().Add(s.cfg.IdleTimeout)))
+}
+
 // IdleTimeout is the configured autologout timer for authenticated clients.
 func (s *Session) IdleTimeout() time.Duration { return s.cfg.IdleTimeout }
 
@@ -806,6 +815,7 @@ func (s *Session) readRest(tag, name string, first imapcodec.Segment, limit int6
 				return nil, false, err
 			}
 		}
+		s.renewLiteralDeadline()
 		data, err := s.r.ReadLiteral()
 		if err != nil {
 			return nil, false, err

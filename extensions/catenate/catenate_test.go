@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -404,5 +405,28 @@ func TestRefusedInStep(t *testing.T) {
 	}
 	if st := c.MustOK("STATUS Drafts (MESSAGES)")[0]; !strings.Contains(st, "MESSAGES 2") {
 		t.Errorf("%q", st)
+	}
+}
+
+// TestSlowLiteral: a CATENATE's literal gets the idle timeout from when
+// it starts, as a relayed APPEND's does, not what was left of the
+// timeout the session's wait for the command began (the proxy reads it
+// itself: Exchange.ReadStreamed). The client idles for most of the
+// timeout, then takes more than the rest to send its literal.
+func TestSlowLiteral(t *testing.T) {
+	const idle = time.Second
+	p := memEnv(t, func(cfg *proxy.Config) { cfg.IdleTimeout = idle })
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	time.Sleep(idle * 7 / 10)
+	body := "Subject: slow\r\n\r\n" + strings.Repeat("x", 200) + "\r\n"
+	c.Write(fmt.Sprintf("a APPEND Drafts CATENATE (TEXT {%d}\r\n", len(body)))
+	if got := c.ReadLine(); !strings.HasPrefix(got, "+ ") {
+		t.Fatalf("continuation: %q", got)
+	}
+	c.Write(body[:100])
+	time.Sleep(idle * 6 / 10)
+	c.Write(body[100:] + ")\r\n")
+	if got := imaptest.Tagged(c.ReadUntilTagged("a")); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("APPEND: %q", got)
 	}
 }
