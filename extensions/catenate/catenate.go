@@ -112,6 +112,15 @@ type Extension struct {
 	cfg                   Config
 	relayed, synthesized  atomic.Int64
 	multi, rollbackFailed atomic.Int64
+	// hook, for tests, is called at the named points of a command, so
+	// that a test can interleave another client's change there.
+	hook func(point string)
+}
+
+func (e *Extension) at(point string) {
+	if e.hook != nil {
+		e.hook(point)
+	}
 }
 
 // Stats counts what the extension did, for tests and metrics.

@@ -80,18 +80,25 @@ func (e *Extension) appendEach(ctx context.Context, x *proxy.Exchange, p *cmdPar
 		return x.Reply(errUnavailable.status, errUnavailable.code, errUnavailable.text)
 	}
 	defer conn.Logout()
-	defer conn.Watch(ctx)()
+	stopWatch := conn.Watch(ctx)
+	defer stopWatch()
 	var validity string
 	var uids []uint32
+	// undo rolls back what was appended, without the command's context
+	// watching conn (see rollback).
+	undo := func() {
+		stopWatch()
+		e.rollback(ctx, x, conn, p.mailbox, validity, uids)
+	}
 	for i, m := range p.msgs {
 		head, err := appendOne(conn, p.mailbox, m, sp)
 		if err != nil {
 			s.Logger().Warn("multiappend: upstream APPEND failed", "message", i+1, "err", err)
-			e.rollback(ctx, x, p.mailbox, uids)
+			undo()
 			return x.Reply(errUnavailable.status, errUnavailable.code, errUnavailable.text)
 		}
 		if head.Name != "OK" {
-			e.rollback(ctx, x, p.mailbox, uids)
+			undo()
 			code := head.Code
 			if head.CodeArg != "" {
 				code += " " + head.CodeArg
@@ -99,15 +106,25 @@ func (e *Extension) appendEach(ctx context.Context, x *proxy.Exchange, p *cmdPar
 			return x.Reply(head.Name, code, head.Text)
 		}
 		v, uid, ok := appendUID(head)
-		if !ok || validity != "" && v != validity {
-			// UIDPLUS promised the code: without it (or with the mailbox
-			// recreated meanwhile) this message cannot be rolled back.
+		if !ok {
+			// UIDPLUS promised the code: without it this message
+			// cannot be rolled back.
 			s.Logger().Warn("multiappend: upstream APPEND without a usable APPENDUID; cannot roll back", "message", i+1, "code", head.Code+" "+head.CodeArg)
-			e.rollback(ctx, x, p.mailbox, uids)
+			undo()
 			return x.Reply("NO", "SERVERBUG", "The upstream did not say where it appended a message.")
+		}
+		if validity != "" && v != validity {
+			// The mailbox was deleted and created again since the
+			// first message: those before this one went with the old
+			// mailbox; this one, in the new, is removed.
+			s.Logger().Warn("multiappend: the mailbox was created again during the append", "message", i+1, "uidvalidity", v, "before", validity)
+			validity, uids = v, []uint32{uid}
+			undo()
+			return x.Reply("NO", "", "The mailbox was deleted and created again during the append; nothing was appended.")
 		}
 		validity = v
 		uids = append(uids, uid)
+		e.at("multiappend:appended")
 	}
 	syncSelected(ctx, s)
 	return x.Reply("OK", "APPENDUID "+validity+" "+uidSet(uids), "Append completed.")
@@ -205,23 +222,45 @@ func uidSet(uids []uint32) string {
 	return b.String()
 }
 
-// rollback removes the messages a failed MULTIAPPEND appended, on a
-// fresh connection of its own (the one that appended may be broken).
-func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, mailbox string, uids []uint32) {
+// rollback removes the messages a failed MULTIAPPEND appended (uids, of
+// UIDVALIDITY validity) on a fresh connection: conn, which appended them,
+// may be broken, or out of step (a BAD while a non-synchronising literal
+// was on its way leaves the upstream reading the literal as commands).
+// conn is closed first: a second connection while conn holds its place
+// in the account's budget could wait for a place forever. It is not cut short
+// with the command's context (a shutdown cancels that one, and then
+// closes conn): half a MULTIAPPEND must not stay behind (RFC 3502: all or
+// none). A mailbox whose UIDVALIDITY is no longer validity was deleted
+// and created again meanwhile; its messages of the same UIDs are someone
+// else's and are left alone.
+func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstream.Conn, mailbox, validity string, uids []uint32) {
 	if len(uids) == 0 {
 		return
 	}
 	s := x.Session()
 	set := uidSet(uids)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
+	defer cancel()
 	err := func() error {
+		conn.MarkBroken()
+		conn.Close()
 		conn, err := s.UpstreamAccount().Dial(ctx)
 		if err != nil {
 			return err
 		}
 		defer conn.Logout()
-		ctx, cancel := context.WithTimeout(ctx, appendTimeout)
-		defer cancel()
-		for _, cmd := range []string{"SELECT " + mailbox, "UID STORE " + set + ` +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE " + set} {
+		var now uint32
+		if _, err := conn.Exec(ctx, "SELECT "+mailbox, func(r *upstream.Response) {
+			if r.Head.Code == "UIDVALIDITY" {
+				now = upstream.ParseUIDValidity(r.Head.CodeArg)
+			}
+		}); err != nil {
+			return err
+		}
+		if v := strconv.FormatUint(uint64(now), 10); v != validity {
+			return fmt.Errorf("the mailbox's UIDVALIDITY is now %s, not %s: it was created again", v, validity)
+		}
+		for _, cmd := range []string{"UID STORE " + set + ` +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE " + set} {
 			if _, err := conn.Exec(ctx, cmd, nil); err != nil {
 				return err
 			}

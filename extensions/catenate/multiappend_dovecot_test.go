@@ -8,6 +8,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/catenate"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 // The messages of RFC 3502 6's example.
@@ -124,5 +125,45 @@ func TestDovecotMultiappendFails(t *testing.T) {
 				t.Errorf("stats %+v, want %+v", got, want)
 			}
 		})
+	}
+}
+
+// TestDovecotRollbackRecreated: a MULTIAPPEND over Dovecot's legacy
+// profile whose mailbox another client deletes and creates again, with
+// three messages of its own, after the first message was appended. The
+// first went with the deleted mailbox; the second lands in the new one
+// under another UIDVALIDITY. The MULTIAPPEND fails and the second is
+// removed, by its new UID: the first's UID (2) is now the other client's
+// second message, which must stay.
+func TestDovecotRollbackRecreated(t *testing.T) {
+	srv := dovecottest.Start(t, dovecottest.Legacy)
+	srv.Append(t, "alice", "alicepass", "Box", nil, []byte("Subject: before\r\n\r\nx\r\n"))
+	ext := catenate.New(catenate.Config{Hosts: []string{"imap.example.org"}})
+	px := imaptest.StartProxy(t, srv.Addr, proxy.Config{Extensions: []proxy.Extension{ext}})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	catenate.SetHook(ext, func(point string) {
+		if point != "multiappend:appended" {
+			return
+		}
+		catenate.SetHook(ext, nil)
+		d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+		d.MustOK("DELETE Box")
+		d.MustOK("CREATE Box")
+		for i := range 3 {
+			m := fmt.Sprintf("Subject: other's %d\r\n\r\ny\r\n", i+1)
+			d.MustOK(fmt.Sprintf("APPEND Box {%d+}", len(m)), m)
+		}
+		d.MustOK("LOGOUT")
+	})
+	lines := c.Cmd("APPEND Box {5+}", "hello {5+}", "world")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "NO ") {
+		t.Errorf("MULTIAPPEND: %q", lines)
+	}
+	c.MustOK("SELECT Box")
+	if got := c.MustOK("UID SEARCH ALL")[0]; got != "* SEARCH 1 2 3" {
+		t.Errorf("the new mailbox holds %q, want the other client's three messages", got)
+	}
+	if got := ext.Stats().RollbacksFailed; got != 0 {
+		t.Errorf("RollbacksFailed %d", got)
 	}
 }
