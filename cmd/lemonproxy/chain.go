@@ -40,6 +40,7 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 		UpstreamSearchCasemap:  s.UpstreamSearchCasemap,
 		SearchMaxBytes:         s.SearchMaxBytes,
 		ContextMaxBytes:        s.ContextMaxBytes,
+		SpoolMaxBytes:          s.SpoolMaxBytes,
 		URLHosts:               hosts,
 		SubmitFrom:             submit,
 	}

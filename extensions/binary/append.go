@@ -29,6 +29,17 @@ const maxHeaderBytes = 256 << 10
 // refusal is a tagged answer decided while the command is read.
 type refusal struct{ status, code, text string }
 
+// spoolFailed is the refusal of a command whose spool write failed: LIMIT
+// when the spools' disk space for the whole process is taken
+// (urlfetch.SetSpoolDiskTotal), UNAVAILABLE for a failure of the disk.
+func spoolFailed(s *proxy.Session, sp *urlfetch.Spool) *refusal {
+	if errors.Is(sp.Err(), urlfetch.ErrSpoolFull) {
+		return &refusal{"NO", "LIMIT", "Too many messages are being re-encoded at the moment; try again later."}
+	}
+	s.Logger().Warn("binary: spool write failed", "err", sp.Err())
+	return errUnavailable
+}
+
 func (r *refusal) Error() string { return r.text }
 
 var (
@@ -73,8 +84,7 @@ func (e *Extension) serveAppend(ctx context.Context, x *proxy.Exchange, next pro
 		off := sp.Size()
 		n, err := io.Copy(sp, r)
 		if sp.Err() != nil {
-			s.Logger().Warn("binary: spool write failed", "err", sp.Err())
-			return errUnavailable
+			return spoolFailed(s, sp)
 		}
 		if err != nil {
 			return err // the client's connection
@@ -104,8 +114,8 @@ func (e *Extension) serveAppend(ctx context.Context, x *proxy.Exchange, next pro
 		case errors.Is(err, errTooLarge):
 			return x.Reply("NO", "TOOBIG", fmt.Sprintf("The re-encoded message would exceed the limit of %d bytes.", min(maxMsg, maxCmd)))
 		case sp.Err() != nil:
-			s.Logger().Warn("binary: spool write failed", "err", sp.Err())
-			return x.Reply(errUnavailable.status, errUnavailable.code, errUnavailable.text)
+			r := spoolFailed(s, sp)
+			return x.Reply(r.status, r.code, r.text)
 		case err != nil:
 			return x.Reply("NO", "PARSE", "Cannot re-encode the message: "+err.Error()+".")
 		}

@@ -232,6 +232,17 @@ func tooBig(limit int64) *refusal {
 
 var errUnavailable = &refusal{"NO", "UNAVAILABLE", "The message cannot be put together now; try again later."}
 
+// spoolFailed is the refusal of a command whose spool write failed: LIMIT
+// when the spools' disk space for the whole process is taken
+// (urlfetch.SetSpoolDiskTotal), UNAVAILABLE for a failure of the disk.
+func spoolFailed(s *proxy.Session, sp *urlfetch.Spool) *refusal {
+	if errors.Is(sp.Err(), urlfetch.ErrSpoolFull) {
+		return &refusal{"NO", "LIMIT", "Too many messages are being put together at the moment; try again later."}
+	}
+	s.Logger().Warn("catenate: spool write failed", "err", sp.Err())
+	return errUnavailable
+}
+
 // synthesize answers an APPEND with CATENATE over an upstream without it.
 func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
 	s := x.Session()
@@ -328,8 +339,7 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 		off := sp.Size()
 		n, err := io.Copy(sp, r)
 		if sp.Err() != nil {
-			s.Logger().Warn("catenate: spool write failed", "err", sp.Err())
-			return errUnavailable
+			return spoolFailed(s, sp)
 		}
 		if err != nil {
 			return err // the client's connection
@@ -433,7 +443,7 @@ func (e *Extension) resolve(ctx context.Context, s *proxy.Session, url string, s
 	case errors.Is(err, urlfetch.ErrBadURL):
 		return 0, badURL(url, "The URL names no message of this account.")
 	case sp.Err() != nil:
-		s.Logger().Warn("catenate: spool write failed", "err", sp.Err())
+		return 0, spoolFailed(s, sp)
 	default:
 		s.Logger().Info("catenate: reading a URL failed", "err", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/extensions/catenate"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/internal/urlfetch"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
@@ -428,5 +429,25 @@ func TestSlowLiteral(t *testing.T) {
 	c.Write(body[100:] + ")\r\n")
 	if got := imaptest.Tagged(c.ReadUntilTagged("a")); !strings.HasPrefix(got, "OK") {
 		t.Fatalf("APPEND: %q", got)
+	}
+}
+
+// TestSpoolDiskFull: with the spools' disk space of the whole process
+// taken, a CATENATE that needs a file is refused NO [LIMIT] (its literal
+// read and dropped), and the session goes on.
+func TestSpoolDiskFull(t *testing.T) {
+	urlfetch.SetSpoolDiskTotal(64 << 10)
+	t.Cleanup(func() { urlfetch.SetSpoolDiskTotal(0) })
+	p := memEnv(t, nil)
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	big := "Subject: big\r\n\r\n" + strings.Repeat("y", 100<<10) + "\r\n"
+	lines := c.Cmd(fmt.Sprintf(`APPEND Drafts CATENATE (TEXT {%d}`, len(big)), big+")")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "NO [LIMIT] ") {
+		t.Fatalf("APPEND past the spools' disk space: %q", got)
+	}
+	small := "Subject: small\r\n\r\nz\r\n"
+	lines = c.Cmd(fmt.Sprintf(`APPEND Drafts CATENATE (TEXT {%d}`, len(small)), small+")")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK ") {
+		t.Fatalf("APPEND after: %q", got)
 	}
 }

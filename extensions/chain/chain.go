@@ -19,6 +19,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/esearch"
 	"github.com/lemonproxy/lemonproxy/extensions/filters"
 	"github.com/lemonproxy/lemonproxy/extensions/idle"
+	"github.com/lemonproxy/lemonproxy/extensions/internal/urlfetch"
 	"github.com/lemonproxy/lemonproxy/extensions/language"
 	"github.com/lemonproxy/lemonproxy/extensions/listext"
 	"github.com/lemonproxy/lemonproxy/extensions/metadata"
@@ -68,6 +69,10 @@ type Config struct {
 	// ContextMaxBytes is the budget of all sessions' updating contexts
 	// (contextsearch.Config.MaxBytes); 0: contextsearch's default.
 	ContextMaxBytes int64
+	// SpoolMaxBytes bounds the disk all spools of the process hold at once
+	// (messages put together for CATENATE, MULTIAPPEND and BINARY's
+	// APPEND: urlfetch.SetSpoolDiskTotal, process-wide); 0: its default.
+	SpoolMaxBytes int64
 	// SubmitFrom are the addresses of the submission servers allowed to
 	// URLFETCH submit+USER URLs (BURL).
 	SubmitFrom []netip.Prefix
@@ -181,6 +186,7 @@ type Config struct {
 //     device-token channel is METADATA's owner of /private/devicetoken,
 //     so it reaches sessions through metadata (1.), not by a place here.
 func Extensions(cfg Config) []proxy.Extension {
+	urlfetch.SetSpoolDiskTotal(cfg.SpoolMaxBytes)
 	owned := map[string]metadata.EntryOwner{}
 	if cfg.DeviceToken != nil {
 		owned[devicetoken.Entry] = cfg.DeviceToken

@@ -107,6 +107,12 @@ type Settings struct {
 	// extension's default.
 	ContextMaxBytes int64 `toml:"context-max-bytes"`
 
+	// SpoolMaxBytes is the disk all messages being put together (CATENATE,
+	// MULTIAPPEND and BINARY's APPEND over an upstream without them) may
+	// take at once; past it such an APPEND is refused NO [LIMIT]; 0 or less
+	// selects the default (1 GiB).
+	SpoolMaxBytes int64 `toml:"spool-max-bytes"`
+
 	ExpungeLogMax    int      `toml:"expunge-log-max"`
 	ExpungeLogMaxAge Duration `toml:"expunge-log-max-age"`
 
@@ -189,6 +195,7 @@ func Defaults() Settings {
 		PollInterval:           Duration{30 * time.Second},
 		NotifyPollInterval:     Duration{30 * time.Second},
 		ContextMaxBytes:        64 << 20,
+		SpoolMaxBytes:          1 << 30,
 		SearchMaxBytes:         256 << 20,
 		CompressLevel:          deflate.DefaultLevel,
 		CompressMaxCompressors: compress.DefaultMaxCompressors,
@@ -267,6 +274,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.ClusterLeaseTTL, "cluster-lease-ttl", s.ClusterLeaseTTL, "a node that has not renewed its lease for this long is dead: others take its accounts over, and it fences itself")
 	fs.TextVar(&s.ClusterRelease, "cluster-release-after", s.ClusterRelease, "an account with no session on its node for this long is released, so that it can move to its preferred node")
 	fs.Int64Var(&s.ContextMaxBytes, "context-max-bytes", s.ContextMaxBytes, "most bytes all sessions' updating searches and sorts (CONTEXT=SEARCH, CONTEXT=SORT) may hold together; past it a new one is refused updates (NOUPDATE)")
+	fs.Int64Var(&s.SpoolMaxBytes, "spool-max-bytes", s.SpoolMaxBytes, "most bytes of disk all messages being put together (CATENATE, MULTIAPPEND, BINARY's APPEND over an upstream without them) may take at once; past it such an APPEND is refused NO [LIMIT]")
 	fs.BoolVar(&s.UpstreamSearchCasemap, "upstream-search-casemap", s.UpstreamSearchCasemap, "the upstream's SEARCH compares with i;unicode-casemap (true of Dovecot): relay searches instead of evaluating their substring keys in the proxy for I18NLEVEL=1")
 	fs.Int64Var(&s.SearchMaxBytes, "search-max-bytes", s.SearchMaxBytes, "most bytes of headers and messages the proxy reads to evaluate one search's substring keys (I18NLEVEL=1 over an upstream whose SEARCH is not i;unicode-casemap); past it the search is answered NO [LIMIT]")
 	fs.IntVar(&s.CompressLevel, "compress-level", s.CompressLevel, "deflate level (1-9) of the compressor a COMPRESS=DEFLATE session borrows for a burst of output (message bodies); higher saves more bytes for more CPU")

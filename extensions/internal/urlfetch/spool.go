@@ -21,13 +21,49 @@ import (
 // with a 32 KiB copy buffer allocated on top (issue 20). The memory is
 // bounded twice: per spool by SpoolMemory, and for the whole process by
 // spoolMemoryTotal; a spool that finds the total taken starts in a file,
-// as every spool used to.
+// as every spool used to. The files are bounded per spool by the
+// caller's limits on a message, and for the whole process by
+// SetSpoolDiskTotal: a write past it fails with ErrSpoolFull (a client
+// with many connections, each trickling a message of the largest size,
+// would otherwise fill the disk).
 type Spool struct {
 	dir  string
 	mem  *[]byte // the data while it is in memory (cap SpoolMemory), else nil
 	f    *os.File
 	size int64
+	disk int64 // bytes of the file counted in spoolDiskUsed
 	err  error // the first write error
+}
+
+// DefaultSpoolDiskTotal is SetSpoolDiskTotal's default: sixteen messages
+// of the largest default APPEND (64 MiB) at once.
+const DefaultSpoolDiskTotal = 1 << 30
+
+// ErrSpoolFull is a spool write refused because the files of all spools
+// together would pass SetSpoolDiskTotal.
+var ErrSpoolFull = errors.New("urlfetch: the spools' disk space is taken")
+
+var spoolDiskUsed, spoolDiskTotal atomic.Int64
+
+func init() { spoolDiskTotal.Store(DefaultSpoolDiskTotal) }
+
+// SetSpoolDiskTotal bounds the bytes all spool files of the process hold
+// at once; n <= 0 restores DefaultSpoolDiskTotal.
+func SetSpoolDiskTotal(n int64) {
+	if n <= 0 {
+		n = DefaultSpoolDiskTotal
+	}
+	spoolDiskTotal.Store(n)
+}
+
+// reserve counts n more bytes of the spool's file against the total.
+func (sp *Spool) reserve(n int) error {
+	if spoolDiskUsed.Add(int64(n)) > spoolDiskTotal.Load() {
+		spoolDiskUsed.Add(-int64(n))
+		return ErrSpoolFull
+	}
+	sp.disk += int64(n)
+	return nil
 }
 
 // SpoolMemory is how much of a spool is kept in memory: a typical
@@ -74,7 +110,10 @@ func (sp *Spool) toFile() error {
 	if sp.mem == nil {
 		return nil
 	}
-	_, err = f.Write(*sp.mem)
+	err = sp.reserve(len(*sp.mem))
+	if err == nil {
+		_, err = f.Write(*sp.mem)
+	}
 	sp.freeMemory()
 	return err
 }
@@ -102,6 +141,10 @@ func (sp *Spool) Write(p []byte) (int, error) {
 			sp.err = err
 			return 0, err
 		}
+	}
+	if err := sp.reserve(len(p)); err != nil {
+		sp.err = err
+		return 0, err
 	}
 	n, err := sp.f.Write(p)
 	sp.size += int64(n)
@@ -191,13 +234,18 @@ func (sp *Spool) Err() error { return sp.err }
 // InFile reports whether the spool has moved to a file.
 func (sp *Spool) InFile() bool { return sp.f != nil }
 
-// Close gives the memory back, or closes (and so removes) the file.
+// Close gives the memory back, or closes (and so removes) the file and
+// gives its bytes back to the total.
 func (sp *Spool) Close() error {
 	if sp.mem != nil {
 		sp.freeMemory()
 	}
+	spoolDiskUsed.Add(-sp.disk)
+	sp.disk = 0
 	if sp.f != nil {
-		return sp.f.Close()
+		f := sp.f
+		sp.f = nil
+		return f.Close()
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package urlfetch
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -163,5 +164,48 @@ func TestSpoolCopyAllocates(t *testing.T) {
 	t.Logf("%v allocations", allocs)
 	if allocs > 3 {
 		t.Fatalf("%v allocations per spool of 2,000 bytes", allocs)
+	}
+}
+
+// TestSpoolDiskBounded: the files of all spools together stay within
+// SetSpoolDiskTotal; a write past it fails with ErrSpoolFull, and a
+// closed spool gives its bytes back.
+func TestSpoolDiskBounded(t *testing.T) {
+	SetSpoolDiskTotal(100 << 10)
+	t.Cleanup(func() { SetSpoolDiskTotal(0) })
+	chunk := bytes.Repeat([]byte("x"), 30<<10)
+	a, err := NewSpool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := a.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := NewSpool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Write(chunk); err != nil {
+		t.Fatal(err) // 90 KiB in all
+	}
+	if _, err := b.Write(chunk); !errors.Is(err, ErrSpoolFull) || !errors.Is(b.Err(), ErrSpoolFull) {
+		t.Fatalf("write past the total: %v (Err %v), want ErrSpoolFull", err, b.Err())
+	}
+	b.Close()
+	a.Close()
+	if got := spoolDiskUsed.Load(); got != 0 {
+		t.Fatalf("after closing both spools %d bytes are counted", got)
+	}
+	c, err := NewSpool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 3 {
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatalf("after the others closed: %v", err)
+		}
 	}
 }
