@@ -176,6 +176,20 @@ func (s *Session) translateCommand(x *Exchange) error {
 			t.seqResults = true
 			t.allowExpunge = false
 		}
+		if base == "THREAD" && !isUID {
+			// Only the client's messages: a message the upstream got
+			// after the client's view was last brought up to date has
+			// no sequence number of the client's, and in a thread tree
+			// it cannot simply be left out of the answer (threadToSeqs
+			// wrote it as 0, which is no message number).
+			last := segs[len(segs)-1]
+			key := " NOT ALL"
+			if n := m.view.last(); n > 0 {
+				key = " UID 1:" + strconv.FormatUint(uint64(n), 10)
+			}
+			last.Text = append(slices.Clip(last.Text), key...)
+			segs[len(segs)-1] = last
+		}
 	case name == "UID EXPUNGE":
 		// Relayed with its set as it is; "$" would be the saved result of
 		// whichever session last searched on the leased connection.

@@ -360,3 +360,27 @@ func TestTranslateSequenceCommander(t *testing.T) {
 		}
 	}
 }
+
+// THREAD in the client's numbering threads only the client's messages:
+// one the upstream got since the view was last brought up to date has no
+// sequence number to be written as (it came out as 0). UID THREAD
+// answers in UIDs, where a new message is no harm.
+func TestThreadOnlyClientsMessages(t *testing.T) {
+	for _, tt := range []struct {
+		view    seqView
+		cmd, up string
+	}{
+		{testView, `a THREAD REFERENCES UTF-8 ALL`, `a UID THREAD REFERENCES UTF-8 ALL UID 1:20`},
+		{testView, `a THREAD ORDEREDSUBJECT UTF-8 2:3 SEEN`, `a UID THREAD ORDEREDSUBJECT UTF-8 UID 5:9 SEEN UID 1:20`},
+		{nil, `a THREAD REFERENCES UTF-8 ALL`, `a UID THREAD REFERENCES UTF-8 ALL NOT ALL`},
+		{testView, `a UID THREAD REFERENCES UTF-8 ALL`, `a UID THREAD REFERENCES UTF-8 ALL`},
+	} {
+		x, err := translateIn(&selectedMailbox{view: tt.view}, tt.cmd)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.cmd, err)
+		}
+		if got := string(x.Segments[0].Text); got != tt.up {
+			t.Errorf("%s -> %q, want %q", tt.cmd, got, tt.up)
+		}
+	}
+}
