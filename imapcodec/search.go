@@ -32,6 +32,9 @@ var searchArity = map[string]int{
 	"TEXT": 1, "TO": 1, "UID": 1, "UNKEYWORD": 1, "OLDER": 1, "YOUNGER": 1, "EMAILID": 1,
 	"THREADID": 1, "SAVEDBEFORE": 1, "SAVEDON": 1, "SAVEDSINCE": 1, "X-GM-RAW": 1,
 	"X-GM-MSGID": 1, "X-GM-THRID": 1, "FILTER": 1, "HEADER": 2, "ANNOTATION": 3,
+	// Dovecot's own (a number argument read as a key would be taken for
+	// a sequence set and translated).
+	"X-BODY-FAST": 1, "X-TEXT-FAST": 1, "X-GUID": 1, "X-MAILBOX": 1, "X-REAL-UID": 1,
 }
 
 // ReplaceSearchKeys walks the search criteria of a SEARCH, SORT or THREAD

@@ -384,3 +384,21 @@ func TestThreadOnlyClientsMessages(t *testing.T) {
 		}
 	}
 }
+
+// Dovecot's own search keys keep their arguments: "X-TEXT-FAST 12345"
+// is a text, not a key followed by a sequence set to translate.
+func TestSearchDovecotKeys(t *testing.T) {
+	for cmd, up := range map[string]string{
+		`a UID SEARCH X-TEXT-FAST 12345 2`: `a UID SEARCH X-TEXT-FAST 12345 UID 5`,
+		`a SEARCH X-BODY-FAST 3 X-GUID 4`:  `a UID SEARCH X-BODY-FAST 3 X-GUID 4`,
+		`a UID SEARCH X-MAILBOX 2 1`:       `a UID SEARCH X-MAILBOX 2 UID 3`,
+	} {
+		x, err := translateIn(&selectedMailbox{view: testView}, cmd)
+		if err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+		if got := string(x.Segments[0].Text); got != up {
+			t.Errorf("%s -> %q, want %q", cmd, got, up)
+		}
+	}
+}

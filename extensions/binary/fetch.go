@@ -153,7 +153,7 @@ func (e *Extension) serveFetch(ctx context.Context, x *proxy.Exchange, next prox
 		}
 		slices.Sort(uids)
 		// In batches of short lines: a FETCH of 1:* names every message.
-		for _, set := range uidset.Batches(uids) {
+		for _, set := range uidset.Batches(uidset.Compact(mb.UIDs(), uids)) {
 			if _, err := s.Exec(ctx, `UID STORE `+set+` +FLAGS.SILENT (\Seen)`, nil); err != nil {
 				s.Logger().Warn("binary: setting \\Seen failed", "err", err)
 				break

@@ -415,7 +415,7 @@ func TestRefusedInStep(t *testing.T) {
 // itself: Exchange.ReadStreamed). The client idles for most of the
 // timeout, then takes more than the rest to send its literal.
 func TestSlowLiteral(t *testing.T) {
-	const idle = time.Second
+	const idle = 2 * time.Second
 	p := memEnv(t, func(cfg *proxy.Config) { cfg.IdleTimeout = idle })
 	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
 	time.Sleep(idle * 7 / 10)

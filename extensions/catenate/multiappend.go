@@ -47,6 +47,7 @@ package catenate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -255,6 +256,12 @@ func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstr
 				now = upstream.ParseUIDValidity(r.Head.CodeArg)
 			}
 		}); err != nil {
+			var se *upstream.StatusError
+			if errors.As(err, &se) && se.Head.Name == "NO" {
+				// Deleted meanwhile: the messages went with it.
+				s.Logger().Info("multiappend: nothing to roll back, the mailbox is gone", "mailbox", mailbox, "err", err)
+				return nil
+			}
 			return err
 		}
 		if v := strconv.FormatUint(uint64(now), 10); v != validity {

@@ -76,8 +76,12 @@ func (e *Extension) serveCopy(ctx context.Context, x *proxy.Exchange, next proxy
 	if err != nil || len(src) == 0 {
 		return omit()
 	}
+	// COPYUID names the copied UIDs exactly; the command upstream may run
+	// over the UIDs expunged between them (uidset.Compact), which keeps it
+	// short in a mailbox with gaps.
 	set := setOf(src)
-	if len(src) > maxCopied || len(set) > uidset.MaxSetText {
+	upSet := string(uidset.AppendSpans(nil, uidset.Compact(s.Mailbox().UIDs(), src)))
+	if len(src) > maxCopied || len(upSet) > uidset.MaxSetText {
 		return omit()
 	}
 	before, err := status(ctx, s, c.mailbox)
@@ -86,7 +90,7 @@ func (e *Extension) serveCopy(ctx context.Context, x *proxy.Exchange, next proxy
 	}
 	segs := slices.Clone(x.Segments)
 	t := segs[0].Text
-	segs[0].Text = slices.Concat(t[:c.setPos], []byte(set), t[c.setEnd:])
+	segs[0].Text = slices.Concat(t[:c.setPos], []byte(upSet), t[c.setEnd:])
 	x.Segments = segs
 	e.at("copy:before")
 	x.OnTagged(func(h *imapcodec.ResponseHead) {

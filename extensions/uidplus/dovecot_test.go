@@ -132,23 +132,40 @@ func messages(t *testing.T, c *imaptest.Client, mailbox string) string {
 	return m[1]
 }
 
-// TestDovecotPlainCopyLongSet: a COPY of a mailbox whose UIDs have many
+// TestDovecotPlainCopyLongSet: COPYs of a mailbox whose UIDs have many
 // gaps, over Dovecot without UIDPLUS. The proxy resolves a set into the
-// UIDs that exist to find COPYUID; written out, those would not fit on
-// Dovecot's command line, so the COPY goes upstream as the client sent it
-// and the code is omitted (RFC 4315 3 allows that): the copy itself must
-// work as it does directly.
+// UIDs that exist to find COPYUID; it writes them upstream as ranges over
+// the UIDs expunged between them (one range here), which single UIDs
+// would not fit on Dovecot's command line (BAD Too long argument). Past
+// 10,000 messages the COPY goes upstream as the client sent it and the
+// code is omitted (RFC 4315 3 allows that): the copy itself works as it
+// does directly.
 func TestDovecotPlainCopyLongSet(t *testing.T) {
 	srv, ext, c := dovecotEnv(t, dovecottest.Plain, 0)
 	gappyMailbox(t, srv, 24000)
+	v := uidValidity(t, c, "meeting")
 	c.MustOK("SELECT Big")
+	got := imaptest.Tagged(c.Cmd("UID COPY 1:15999 meeting"))
+	m := regexp.MustCompile(`^OK \[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\] `).FindStringSubmatch(got)
+	if m == nil || m[1] != v {
+		t.Fatalf("UID COPY of 8,000: %.200q, want COPYUID %s", got, v)
+	}
+	src, dst := uidsOf(t, m[2]), uidsOf(t, m[3])
+	if len(src) != 8000 || len(dst) != 8000 {
+		t.Fatalf("COPYUID of %d and %d UIDs", len(src), len(dst))
+	}
+	for i := range src {
+		if src[i] != uint32(2*i+1) || dst[i] != uint32(i+2) {
+			t.Fatalf("COPYUID pair %d: %d to %d", i, src[i], dst[i])
+		}
+	}
 	if got := imaptest.Tagged(c.Cmd("UID COPY 1:* meeting")); !strings.HasPrefix(got, "OK Copy completed") {
-		t.Fatalf("UID COPY: %q", got)
+		t.Fatalf("UID COPY of 12,000: %q", got)
 	}
-	if got := messages(t, c, "meeting"); got != "12001" {
-		t.Errorf("meeting has %s messages, want 12001", got)
+	if got := messages(t, c, "meeting"); got != "20001" {
+		t.Errorf("meeting has %s messages, want 20001", got)
 	}
-	if st := ext.Stats(); st.CopyUIDs != 0 || st.CopyOmitted != 1 {
+	if st := ext.Stats(); st.CopyUIDs != 1 || st.CopyOmitted != 1 {
 		t.Errorf("%+v", st)
 	}
 }

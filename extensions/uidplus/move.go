@@ -1,10 +1,15 @@
 package uidplus
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -49,8 +54,9 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 	if !ok {
 		return x.Reply("NO", "", "The mailbox name cannot be used with MOVE here.")
 	}
-	// The resolved set may be too long for one command line (1:* of a
-	// mailbox with many gaps): then it moves in batches, each copied,
+	// The resolved set runs over the UIDs expunged between its messages
+	// (uidset.Compact), and may still be too long for one command line
+	// (messages that alternate with others): then it moves in batches, each copied,
 	// flagged and expunged before the next, so that every message is
 	// either moved or untouched whatever fails (RFC 6851 3.3). The
 	// client gets one COPYUID for all batches that moved.
@@ -64,7 +70,13 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 		return answer()
 	}
 	e.at("move:before")
-	for i, set := range uidset.Batches(src) {
+	view := m.UIDs()
+	rest := src
+	for i, set := range uidset.Batches(uidset.Compact(view, src)) {
+		// The batch's messages: those of src up to the set's last UID.
+		n, _ := slices.BinarySearch(rest, lastUID(set)+1)
+		batch := rest[:n]
+		rest = rest[n:]
 		resp, err := s.Exec(ctx, "UID COPY "+set+" "+arg, nil)
 		if err != nil {
 			var se *upstream.StatusError
@@ -78,21 +90,23 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 			}
 			return stop(func() error { return x.Reply(h.Name, code, h.Text) })
 		}
-		if strings.EqualFold(resp.Head.Code, "COPYUID") {
-			// Its source set names exactly what was copied: an
-			// original expunged before the COPY reached it is not in
-			// it.
-			if f := strings.Fields(resp.Head.CodeArg); len(f) == 3 {
-				set = f[1]
+		// COPYUID's source set names exactly what was copied: an
+		// original expunged before the COPY reached it is not in it.
+		// It is written again as short lines.
+		sets := []string{set}
+		if f := strings.Fields(resp.Head.CodeArg); strings.EqualFold(resp.Head.Code, "COPYUID") && len(f) == 3 {
+			if done, ok := copiedOf(batch, f[1]); ok {
+				sets = uidset.Batches(uidset.Compact(view, done))
 			}
 		}
 		copied.add(i, resp.Head)
 		e.at("move:copied")
-		if _, err := s.Exec(ctx, `UID STORE `+set+` +FLAGS.SILENT (\Deleted)`, nil); err != nil {
-			return stop(func() error { return e.incomplete(x, err) })
-		}
-		if _, err := s.Exec(ctx, "UID EXPUNGE "+set, nil); err != nil {
-			return stop(func() error { return e.incomplete(x, err) })
+		for _, cmd := range []string{`UID STORE %s +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE %s"} {
+			for _, set := range sets {
+				if _, err := s.Exec(ctx, fmt.Sprintf(cmd, set), nil); err != nil {
+					return stop(func() error { return e.incomplete(x, err) })
+				}
+			}
 		}
 	}
 	if err := copied.write(s); err != nil {
@@ -139,4 +153,38 @@ func (c *copyUIDs) write(s *proxy.Session) error {
 		return nil
 	}
 	return s.Write([]byte("* OK [COPYUID " + c.validity + " " + strings.Join(c.src, ",") + " " + strings.Join(c.dst, ",") + "] Moved UIDs.\r\n"))
+}
+
+// lastUID is the last number of a set uidset.Batches wrote.
+func lastUID(set string) uint32 {
+	n, _ := strconv.ParseUint(set[strings.LastIndexAny(set, ",:")+1:], 10, 32)
+	return uint32(n)
+}
+
+// copiedOf returns the UIDs of batch (ascending) that set, a COPYUID's
+// source set, names; ok is false for a set that does not parse. It reads
+// the set's ranges, not every UID they span: a server's range may run
+// over UIDs that do not exist.
+func copiedOf(batch []uint32, set string) (out []uint32, ok bool) {
+	ranges, err := imapcodec.ParseUIDSet(set)
+	if err != nil {
+		return nil, false
+	}
+	rs := slices.Clone(ranges)
+	for i, r := range rs {
+		if r.Stop != 0 && r.Start > r.Stop {
+			rs[i].Start, rs[i].Stop = r.Stop, r.Start
+		}
+	}
+	slices.SortFunc(rs, func(a, b imap.UIDRange) int { return cmp.Compare(a.Start, b.Start) })
+	j := 0
+	for _, u := range batch {
+		for j < len(rs) && rs[j].Stop != 0 && uint32(rs[j].Stop) < u {
+			j++
+		}
+		if j < len(rs) && uint32(rs[j].Start) <= u && (rs[j].Stop == 0 || u <= uint32(rs[j].Stop)) {
+			out = append(out, u)
+		}
+	}
+	return out, true
 }

@@ -108,8 +108,9 @@ type Settings struct {
 	ContextMaxBytes int64 `toml:"context-max-bytes"`
 
 	// SpoolMaxBytes is the disk all messages being put together (CATENATE,
-	// MULTIAPPEND and BINARY's APPEND over an upstream without them) may
-	// take at once; past it such an APPEND is refused NO [LIMIT]; 0 or less
+	// MULTIAPPEND and BINARY's APPEND over an upstream without them) and
+	// URLFETCH's answers being read may take at once; past it such an
+	// APPEND is refused NO [LIMIT] and a URLFETCH answers NIL; 0 or less
 	// selects the default (1 GiB).
 	SpoolMaxBytes int64 `toml:"spool-max-bytes"`
 

@@ -18,7 +18,7 @@ func TestSetBatches(t *testing.T) {
 			u += 1 + uint32(r.IntN(3))*uint32(r.IntN(2)) // runs and gaps
 			uids = append(uids, u)
 		}
-		batches := Batches(uids)
+		batches := Batches(SpansOf(uids))
 		if got, want := strings.Join(batches, ","), string(AppendSpans(nil, SpansOf(uids))); got != want {
 			t.Fatalf("batches join to %.80q..., want %.80q...", got, want)
 		}

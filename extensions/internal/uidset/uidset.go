@@ -123,12 +123,12 @@ func AppendSpans(b []byte, spans []Span) []byte {
 	return b
 }
 
-// Batches cuts uids (ascending) into sets of at most MaxSetText bytes
-// each, in order, cutting only between runs of consecutive UIDs.
-func Batches(uids []uint32) []string {
+// Batches writes spans (ascending) as sets of at most MaxSetText bytes
+// each, in order, cutting only between spans.
+func Batches(spans []Span) []string {
 	var out []string
 	var b []byte
-	for _, r := range SpansOf(uids) {
+	for _, r := range spans {
 		n := len(b)
 		if n > 0 {
 			b = append(b, ',')

@@ -142,6 +142,9 @@ func (sp *Spool) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	if sp.f == nil {
+		return 0, os.ErrClosed
+	}
 	if err := sp.reserve(len(p)); err != nil {
 		sp.err = err
 		return 0, err
