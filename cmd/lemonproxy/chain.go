@@ -27,6 +27,9 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 	if s.CompressLevel < 1 || s.CompressLevel > 9 {
 		return nil, fmt.Errorf("compress-level %d: want 1 (fastest) to 9 (smallest)", s.CompressLevel)
 	}
+	if s.SpoolMaxBytes > 0 && s.SpoolMaxBytes < s.MaxAppend {
+		return nil, fmt.Errorf("spool-max-bytes %d is below max-append %d: a CATENATE or MULTIAPPEND of the largest message would always be refused", s.SpoolMaxBytes, s.MaxAppend)
+	}
 	maxComps := s.CompressMaxCompressors
 	if maxComps <= 0 {
 		maxComps = -1 // no bound (compress.Extension: 0 would be its default)

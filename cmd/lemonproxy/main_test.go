@@ -423,6 +423,7 @@ func TestServeUsageErrors(t *testing.T) {
 		{"certificate without key", []string{"serve", "-upstream", "u:143", "-tls-cert", certFile}, 1, "tls-cert " + certFile + " is set without tls-key"},
 		{"key without certificate", []string{"serve", "-upstream", "u:143", "-tls-key", keyFile}, 1, "tls-key " + keyFile + " is set without tls-cert"},
 		{"compress level out of range", []string{"serve", "-upstream", "u:143", "-compress-level", "12"}, 2, "compress-level 12: want 1 (fastest) to 9 (smallest)"},
+		{"spool below max-append", []string{"serve", "-upstream", "u:143", "-spool-max-bytes", "1000", "-max-append", "2000"}, 2, "spool-max-bytes 1000 is below max-append 2000"},
 		{"help", []string{"serve", "-h"}, 0, "-upstream-security"},
 		{"stray argument", []string{"serve", "-upstream", "u:143", "-listen", "127.0.0.1:0", "imap.example.com:143"}, 2, `unexpected argument "imap.example.com:143"`},
 		{"stray argument in demo", []string{"demo", "-listen", "127.0.0.1:0", "now"}, 2, `unexpected argument "now"`},
