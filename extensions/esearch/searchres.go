@@ -17,11 +17,11 @@ import (
 // wants.
 type savedKey struct{}
 
-// save replaces the session's saved result. The spans
-// run over the UIDs between two the client's view holds that it lacks
-// (expunged), so that a result that is a few runs of the mailbox stays a
-// few spans however many gaps the mailbox has: "$" becomes that set on an
-// upstream command line, which must stay short (uidset.MaxSetText).
+// save replaces the session's saved result. Its spans run over the UIDs
+// missing between two of the client's view (expunged), so that a result
+// that is a few runs of the mailbox stays a few spans however many gaps
+// the mailbox has: "$" becomes that set on an upstream command line,
+// which must stay short (uidset.MaxSetText).
 func save(s *proxy.Session, uids []uint32) {
 	var view []uint32
 	if m := s.Mailbox(); m != nil {

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
@@ -111,25 +110,34 @@ func TestDovecotPlain(t *testing.T) {
 	}
 }
 
-// gappyMailbox fills user alice's mailbox Big with n messages and
-// expunges those of even UID, directly on Dovecot: its UIDs are then
-// 1, 3, 5, ..., n-1, a set that written out is longer than Dovecot's
-// 64 KiB command line for n = 24,000.
+// gappyMailbox fills user alice's mailbox Big with n/2 messages under
+// the UIDs 1, 3, 5, ..., n-1, directly on Dovecot (dovecottest's
+// FillWithGaps).
 func gappyMailbox(t *testing.T, srv *dovecottest.Server, n int) {
 	t.Helper()
-	srv.FillMailbox(t, "alice", "Big", n, func(i int) []byte { return msg(fmt.Sprintf("big-%d", i+1)) })
-	srv.Thin(t, "alice", "alicepass", "Big", func(uid imap.UID) bool { return uid%2 == 0 })
+	srv.FillWithGaps(t, "alice", "alicepass", "Big", n/2, func(i int) []byte { return msg(fmt.Sprintf("big-%d", 2*i+1)) })
 }
 
 // messages asks the proxy for a mailbox's message count.
 func messages(t *testing.T, c *imaptest.Client, mailbox string) string {
 	t.Helper()
-	lines := c.MustOK("STATUS " + mailbox + " (MESSAGES)")
-	m := regexp.MustCompile(`MESSAGES (\d+)`).FindStringSubmatch(lines[0])
-	if m == nil {
-		t.Fatalf("STATUS: %q", lines)
+	return statusItem(t, c, mailbox, "MESSAGES")
+}
+
+// checkCopyUID checks a COPYUID's source and target sets: n messages,
+// the UIDs 1, 3, 5, ... of gappyMailbox copied to 2, 3, 4, ... (the
+// target held one message before).
+func checkCopyUID(t *testing.T, srcSet, dstSet string, n int) {
+	t.Helper()
+	src, dst := uidsOf(t, srcSet), uidsOf(t, dstSet)
+	if len(src) != n || len(dst) != n {
+		t.Fatalf("COPYUID of %d and %d UIDs, want %d", len(src), len(dst), n)
 	}
-	return m[1]
+	for i := range src {
+		if src[i] != uint32(2*i+1) || dst[i] != uint32(i+2) {
+			t.Fatalf("COPYUID pair %d: %d to %d", i, src[i], dst[i])
+		}
+	}
 }
 
 // TestDovecotPlainCopyLongSet: COPYs of a mailbox whose UIDs have many
@@ -150,15 +158,7 @@ func TestDovecotPlainCopyLongSet(t *testing.T) {
 	if m == nil || m[1] != v {
 		t.Fatalf("UID COPY of 8,000: %.200q, want COPYUID %s", got, v)
 	}
-	src, dst := uidsOf(t, m[2]), uidsOf(t, m[3])
-	if len(src) != 8000 || len(dst) != 8000 {
-		t.Fatalf("COPYUID of %d and %d UIDs", len(src), len(dst))
-	}
-	for i := range src {
-		if src[i] != uint32(2*i+1) || dst[i] != uint32(i+2) {
-			t.Fatalf("COPYUID pair %d: %d to %d", i, src[i], dst[i])
-		}
-	}
+	checkCopyUID(t, m[2], m[3], 8000)
 	if got := imaptest.Tagged(c.Cmd("UID COPY 1:* meeting")); !strings.HasPrefix(got, "OK Copy completed") {
 		t.Fatalf("UID COPY of 12,000: %q", got)
 	}
@@ -188,15 +188,7 @@ func TestDovecotLegacyMoveLongSet(t *testing.T) {
 		t.Fatalf("first answer %.200q..., want COPYUID %s", lines[0], v)
 	}
 	// Batch by batch: 1,3,...,23999 became 2, 3, ..., 12001.
-	src, dst := uidsOf(t, m[2]), uidsOf(t, m[3])
-	if len(src) != 12000 || len(dst) != 12000 {
-		t.Fatalf("COPYUID of %d and %d UIDs", len(src), len(dst))
-	}
-	for i := range src {
-		if src[i] != uint32(2*i+1) || dst[i] != uint32(i+2) {
-			t.Fatalf("COPYUID pair %d: %d to %d", i, src[i], dst[i])
-		}
-	}
+	checkCopyUID(t, m[2], m[3], 12000)
 	if len(lines) != 12002 {
 		t.Fatalf("%d answers; want COPYUID, 12,000 expunges and OK", len(lines))
 	}

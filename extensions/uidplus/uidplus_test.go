@@ -71,8 +71,14 @@ func (e *env) login(t *testing.T) *imaptest.Client {
 // uidValidity asks the proxy for a mailbox's UIDVALIDITY.
 func uidValidity(t *testing.T, c *imaptest.Client, mailbox string) string {
 	t.Helper()
-	lines := c.MustOK("STATUS " + mailbox + " (UIDVALIDITY)")
-	m := regexp.MustCompile(`UIDVALIDITY (\d+)`).FindStringSubmatch(lines[0])
+	return statusItem(t, c, mailbox, "UIDVALIDITY")
+}
+
+// statusItem asks the proxy for one STATUS item of a mailbox.
+func statusItem(t *testing.T, c *imaptest.Client, mailbox, item string) string {
+	t.Helper()
+	lines := c.MustOK("STATUS " + mailbox + " (" + item + ")")
+	m := regexp.MustCompile(item + ` (\d+)`).FindStringSubmatch(lines[0])
 	if m == nil {
 		t.Fatalf("STATUS: %q", lines)
 	}
