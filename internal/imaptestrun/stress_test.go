@@ -349,7 +349,8 @@ func writeProfile(t *testing.T, name, path string) {
 // how many commands per 1,000 of imaptest's, their mean time in Dovecot
 // and the mean part of it spent waiting for locks; then the mean number
 // of commands in progress in Dovecot during a run, and the share of their
-// time that was lock waits.
+// time that was lock waits; then how Dovecot's lock waits were
+// distributed, in all and by command (lockWaits).
 func printDovecotCommands(t *testing.T, dc *dovecottest.Server, direct, proxied []stressResult) {
 	t.Helper()
 	// The log process writes the events a little after the commands end.
@@ -364,6 +365,8 @@ func printDovecotCommands(t *testing.T, dc *dovecottest.Server, direct, proxied 
 	}
 	sides := [2]map[string]*agg{{}, {}} // direct, through the proxy
 	var totals [2]agg
+	var waits [2][]time.Duration // every nonzero lock wait
+	byName := [2]map[string][]time.Duration{{}, {}}
 	names := map[string]bool{}
 	for _, e := range evs {
 		side := 0
@@ -385,6 +388,10 @@ func printDovecotCommands(t *testing.T, dc *dovecottest.Server, direct, proxied 
 		totals[side].n++
 		totals[side].duration += e.Duration
 		totals[side].lock += e.LockWait
+		if e.LockWait > 0 {
+			waits[side] = append(waits[side], e.LockWait)
+			byName[side][e.Name] = append(byName[side][e.Name], e.LockWait)
+		}
 		names[e.Name] = true
 	}
 	clientCmds := [2]int{}
@@ -417,8 +424,35 @@ func printDovecotCommands(t *testing.T, dc *dovecottest.Server, direct, proxied 
 			100*totals[side].lock.Seconds()/totals[side].duration.Seconds())
 	}
 	fmt.Fprintf(w, "commands in progress in Dovecot, mean\t%s\t%s\t\n", inProgress(0), inProgress(1))
+	fmt.Fprintf(w, "lock waits: count, p50, p90, p99; share of wait time in waits >= 90 ms\t%s\t%s\t\n",
+		lockWaits(waits[0]), lockWaits(waits[1]))
+	for _, name := range slices.Sorted(maps.Keys(names)) {
+		fmt.Fprintf(w, "%s lock waits\t%s\t%s\t\n", name, lockWaits(byName[0][name]), lockWaits(byName[1][name]))
+	}
 	w.Flush()
 	t.Logf("Dovecot's own commands (imap_command_finished events; LOGIN is not among them):\n%s", b.String())
+}
+
+// lockWaits summarizes Dovecot's nonzero lock waits: how many, their
+// percentiles, and what share of their total was in waits of 90 ms or
+// more. Dovecot waits for a dotlock (maildir's dovecot-uidlist.lock) by
+// watching the lock file with inotify and, in any case, at most a random
+// 100-200 ms; a release the watch does not see costs the full timer.
+func lockWaits(ws []time.Duration) string {
+	if len(ws) == 0 {
+		return "-"
+	}
+	slices.Sort(ws)
+	var total, long time.Duration
+	for _, w := range ws {
+		total += w
+		if w >= 90*time.Millisecond {
+			long += w
+		}
+	}
+	pct := func(p int) float64 { return msecs(ws[(len(ws)-1)*p/100]) }
+	return fmt.Sprintf("%d, %.1f, %.1f, %.1f ms; %.0f %%", len(ws), pct(50), pct(90), pct(99),
+		100*long.Seconds()/total.Seconds())
 }
 
 func msecs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
