@@ -6,7 +6,8 @@
 //
 // Where the upstream has CATENATE, the APPEND is relayed as it is (the
 // core streams it; the upstream resolves the URLs against the same
-// account). Where it has not, or where URL parts may carry URLAUTH
+// account), unless the extension offers MULTIAPPEND in the upstream's
+// stead (below). Where it has not, or where URL parts may carry URLAUTH
 // authorizations the proxy made (Config.Auth: the proxy synthesizes
 // URLAUTH, and the upstream could not check the proxy's tokens), the
 // extension builds the message itself:
@@ -191,7 +192,11 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		}
 		return next(ctx, x)
 	}
-	if e.relays(up) {
+	if e.relays(up) && !synthesizesMulti(up) {
+		// Over an upstream with CATENATE but without MULTIAPPEND, a
+		// CATENATE may be the first of several messages, which the
+		// upstream would take for a syntax error: such APPENDs are read
+		// and built here like the others, the upstream's CATENATE unused.
 		e.relayed.Add(1)
 		return next(ctx, x)
 	}

@@ -353,6 +353,41 @@ func TestSyntax(t *testing.T) {
 	}
 }
 
+// TestMultiappendCatenateFirst: a MULTIAPPEND whose first message is a
+// CATENATE and whose second is plain, with flags, over an upstream with
+// UIDPLUS and without MULTIAPPEND: both built by the proxy and appended
+// one by one, in order (TestDovecotMultiappendOverCatenate has the
+// upstream advertise CATENATE too).
+func TestMultiappendCatenateFirst(t *testing.T) {
+	p := memEnv(t, nil)
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	caps := strings.Join(c.MustOK("CAPABILITY"), " ")
+	if !strings.Contains(caps, " MULTIAPPEND") || !strings.Contains(caps, " CATENATE") {
+		t.Fatalf("capabilities: %q", caps)
+	}
+	v := uidValidity(t, c, "Drafts")
+	c.Send(`m APPEND Drafts CATENATE (URL "/Drafts;UIDVALIDITY=` + v + `/;UID=2" TEXT {8+}`)
+	c.Write("\r\n-- J\r\n")
+	second := "Subject: second\r\n\r\nhello\r\n"
+	c.Send(`) (\Flagged) {` + fmt.Sprint(len(second)) + `+}`)
+	c.Write(second)
+	c.Send("")
+	lines := c.ReadUntilTagged("m")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK [APPENDUID "+v+" 3:4]") {
+		t.Fatalf("MULTIAPPEND: %q", lines)
+	}
+	c.MustOK("SELECT Drafts")
+	if got, want := fetchBody(t, c, 3, ""), forwarded+"\r\n-- J\r\n"; got != want {
+		t.Errorf("UID 3: %q, want %q", got, want)
+	}
+	if got := fetchBody(t, c, 4, ""); got != second {
+		t.Errorf("UID 4: %q, want %q", got, second)
+	}
+	if f := c.MustOK("UID FETCH 4 (FLAGS)")[0]; !strings.Contains(f, `\Flagged`) {
+		t.Errorf("UID 4's flags: %q", f)
+	}
+}
+
 // TestPlainAppendUntouched: an APPEND without CATENATE streams as before.
 func TestPlainAppendUntouched(t *testing.T) {
 	p := memEnv(t, nil)

@@ -30,7 +30,12 @@ func (refuseAll) Synthesized(upstream.Caps) bool { return true }
 // dovecotEnv is Dovecot with profile p, alice's Drafts holding draft and
 // forwarded, bob's INBOX one message, and the proxy in front.
 func dovecotEnv(t *testing.T, p dovecottest.Profile, auth catenate.Authorizer) (*catenate.Extension, *imaptest.Client, [2]uint32) {
-	srv := dovecottest.Start(t, p)
+	return dovecotEnvWith(t, p, dovecottest.Options{}, auth)
+}
+
+// dovecotEnvWith is dovecotEnv with Dovecot started with opts.
+func dovecotEnvWith(t *testing.T, p dovecottest.Profile, opts dovecottest.Options, auth catenate.Authorizer) (*catenate.Extension, *imaptest.Client, [2]uint32) {
+	srv := dovecottest.StartWith(t, p, opts)
 	var uids [2]uint32
 	for i, m := range []string{draft, forwarded} {
 		uids[i] = srv.Append(t, "alice", "alicepass", "Drafts", nil, []byte(m))
@@ -133,6 +138,42 @@ func TestDovecotMultiappend(t *testing.T) {
 	}
 	if f := c.MustOK("UID FETCH 1 (FLAGS)")[0]; !strings.Contains(f, `\Flagged`) {
 		t.Errorf("%q", f)
+	}
+}
+
+// TestDovecotMultiappendOverCatenate: over an upstream that advertises
+// CATENATE and UIDPLUS but not MULTIAPPEND (Legacy with CATENATE added),
+// the proxy offers MULTIAPPEND itself, so an APPEND whose first message
+// is a CATENATE may carry more: it is built by the proxy and appended
+// message by message, never relayed as a MULTIAPPEND the upstream did not
+// offer (Dovecot would take it, which is why the test counts what the
+// extension did instead of waiting for an upstream's BAD).
+func TestDovecotMultiappendOverCatenate(t *testing.T) {
+	ext, c, uids := dovecotEnvWith(t, dovecottest.Legacy, dovecottest.Options{ExtraCaps: []string{"CATENATE"}}, nil)
+	caps := strings.Join(c.MustOK("CAPABILITY"), " ")
+	if !strings.Contains(caps, " MULTIAPPEND") || !strings.Contains(caps, " CATENATE") {
+		t.Fatalf("capabilities: %q", caps)
+	}
+	c.Send(`m APPEND INBOX CATENATE (URL "/Drafts/;UID=` + itoa(uids[1]) + `" TEXT {8+}`)
+	c.Write("\r\n-- J\r\n")
+	c.Send(`) (\Flagged) {5+}`)
+	c.Write("hello")
+	c.Send("")
+	lines := c.ReadUntilTagged("m")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK [APPENDUID ") || !strings.Contains(got, " 1:2]") {
+		t.Fatalf("MULTIAPPEND: %q", lines)
+	}
+	c.MustOK("SELECT INBOX")
+	for uid, want := range map[int]string{1: forwarded + "\r\n-- J\r\n", 2: "hello"} {
+		if got := fetchBody(t, c, uid, ""); got != want {
+			t.Errorf("UID %d: %q, want %q", uid, got, want)
+		}
+	}
+	if f := c.MustOK("UID FETCH 2 (FLAGS)")[0]; !strings.Contains(f, `\Flagged`) {
+		t.Errorf("UID 2's flags: %q", f)
+	}
+	if st := ext.Stats(); st.Relayed != 0 || st.Synthesized != 1 || st.MultiAppends != 1 {
+		t.Errorf("stats %+v: want the APPEND synthesized and appended message by message", st)
 	}
 }
 

@@ -368,7 +368,11 @@ func rewriteSearch(x *proxy.Exchange) error {
 // whose mod-sequence is n or more: "UID set", or "NOT UID set" when that is
 // shorter, "ALL" or "NOT ALL". Flag changes are found through the state's
 // index by mod-sequence; only a criterion matching most of a large mailbox
-// costs a walk over it.
+// costs a walk over it. A message the state does not know yet (delivered
+// since the watcher's last report) has no mod-sequence the proxy could
+// vouch for and does not match: the client has not been told of it
+// either, and it is found by the next search once the watcher has
+// reported it.
 func modSeqCriterion(m *proxy.Mailbox, n uint64) string {
 	if n <= 1 {
 		return "ALL" // every message has a mod-sequence of at least 1
