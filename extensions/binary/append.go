@@ -100,6 +100,16 @@ func (e *Extension) serveAppend(ctx context.Context, x *proxy.Exchange, next pro
 		}
 		return err
 	}
+	if len(x.Segments) > 2 || len(bytes.TrimSpace(x.Segments[1].Text)) > 0 {
+		// More follows the first message: a MULTIAPPEND (RFC 3502).
+		// Relayed as it is, it would reach an upstream without
+		// MULTIAPPEND (where extensions/catenate offers it in the
+		// upstream's stead, reading every APPEND but these), which may
+		// store the first message and then fail.
+		if !s.UpstreamCaps().Has("MULTIAPPEND") {
+			return x.Reply("NO", "CANNOT", "Several messages in one APPEND whose first is a literal8 are not supported here; send them one per APPEND.")
+		}
+	}
 	out := make([]spooled, len(lits))
 	var total int64
 	for i, l := range lits {

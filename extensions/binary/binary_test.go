@@ -315,6 +315,34 @@ func TestBinaryAppend(t *testing.T) {
 	c.MustOK("NOOP")
 }
 
+// TestBinaryMultiappendRefused: several messages in one APPEND whose
+// first is a literal8, over an upstream without MULTIAPPEND: the command
+// used to go upstream as it was (the re-encoded first message, then the
+// second), and go-imap's server stored the first and dropped the
+// connection, so the client heard NO for a message that was stored. Now
+// it is refused with nothing stored.
+func TestBinaryMultiappendRefused(t *testing.T) {
+	e := newEnv(t)
+	c := imaptest.Login(t, e.p.Addr, "alice", "secret")
+	first, second := "Subject: one\r\n\r\nfirst\r\n", "Subject: two\r\n\r\nsecond\r\n"
+	c.Send(fmt.Sprintf("m APPEND INBOX ~{%d+}", len(first)))
+	c.Write(first)
+	c.Send(fmt.Sprintf(" {%d+}", len(second)))
+	c.Write(second)
+	c.Send("")
+	lines := c.ReadUntilTagged("m")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "NO [CANNOT] ") {
+		t.Fatalf("MULTIAPPEND with a literal8 first: %q", lines)
+	}
+	if st := c.MustOK("STATUS INBOX (MESSAGES)")[0]; st != "* STATUS INBOX (MESSAGES 3)" {
+		t.Errorf("after the refused MULTIAPPEND: %q, want the 3 messages of before", st)
+	}
+	// One literal8 message alone still goes.
+	if got := imaptest.Tagged(c.MustOK(fmt.Sprintf("APPEND INBOX ~{%d}", len(first)), first)); !strings.HasPrefix(got, "OK") {
+		t.Errorf("single literal8 APPEND: %q", got)
+	}
+}
+
 // TestRelayedWithUpstreamBinary: where the upstream advertises BINARY the
 // extension does nothing and the upstream answers.
 func TestRelayedWithUpstreamBinary(t *testing.T) {

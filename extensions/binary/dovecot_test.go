@@ -188,6 +188,35 @@ func TestDovecotAppendLarge(t *testing.T) {
 	}
 }
 
+// TestDovecotMultiappendLiteral8: over an upstream that advertises
+// MULTIAPPEND (Legacy with it added), several messages with a literal8
+// first go upstream as one MULTIAPPEND, the literal8 re-encoded.
+func TestDovecotMultiappendLiteral8(t *testing.T) {
+	legacy := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{ExtraCaps: []string{"MULTIAPPEND"}})
+	px := imaptest.StartProxy(t, legacy.Addr, proxy.Config{Extensions: []proxy.Extension{condstore.New(), binary.New()}})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	att := attachment(1000)
+	first := "Subject: one\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n" + string(att)
+	second := "Subject: two\r\n\r\nsecond\r\n"
+	c.Send(fmt.Sprintf("m APPEND INBOX ~{%d+}", len(first)))
+	c.Write(first)
+	c.Send(fmt.Sprintf(" (\\Flagged) {%d+}", len(second)))
+	c.Write(second)
+	c.Send("")
+	if lines := c.ReadUntilTagged("m"); !strings.HasPrefix(imaptest.Tagged(lines), "OK") {
+		t.Fatalf("MULTIAPPEND: %q", lines)
+	}
+	d := imaptest.Login(t, legacy.Addr, "alice", "alicepass")
+	d.MustOK("EXAMINE INBOX")
+	if v, _ := item(t, d.MustOK("FETCH 1 (BINARY.PEEK[1])"), "BINARY[1]"); v != string(att) {
+		t.Errorf("first message's data as Dovecot decodes it: %d bytes, want the %d sent", len(v), len(att))
+	}
+	lines := d.MustOK("FETCH 2 (FLAGS BODY.PEEK[])")
+	if v, _ := item(t, lines, "BODY[]"); v != second || !strings.Contains(lines[0], `\Flagged`) {
+		t.Errorf("second message: %q", lines)
+	}
+}
+
 // TestDovecotSeenWithGaps: BINARY[] (not .PEEK) of every message of a
 // mailbox of 12,000 messages with a gap between each two UIDs, in front
 // of Dovecot's legacy profile. The proxy sets \Seen itself with UID

@@ -65,10 +65,27 @@
 // as one MULTIAPPEND where the upstream has it; where it has UIDPLUS but
 // not MULTIAPPEND the extension offers MULTIAPPEND itself and appends the
 // messages one by one, rolling back on a failure (multiappend.go,
-// docs/multiappend.md); elsewhere a second message is answered BAD. An
-// APPEND whose mailbox name is a literal, or whose first message is a
-// literal8, is not read by this extension. TEXT parts in literal8 form
-// (RFC 3516 with CATENATE) are refused.
+// docs/multiappend.md); elsewhere a second message is answered BAD. Over
+// such an upstream every APPEND is read (a mailbox name sent as a literal
+// becomes a quoted string) but one whose first message is a literal8,
+// which extensions/binary converts and, for several messages, refuses.
+// TEXT parts in literal8 form (RFC 3516 with CATENATE) are refused.
+//
+// Two limits, each failing cleanly with nothing stored:
+//
+//   - Over an upstream with MULTIAPPEND, an APPEND whose first message is
+//     plain goes upstream unread (streamed: reading every APPEND to find a
+//     later CATENATE would spool every upload), so a later message's
+//     CATENATE is the upstream's: one without CATENATE answers BAD, and a
+//     URL with a URLAUTH token the proxy issued is refused there with NO
+//     [BADURL] (Dovecot: "Relative URL required"); the upstream's
+//     MULTIAPPEND is all or nothing. Send such a message in an APPEND of
+//     its own, or first.
+//   - Where the proxy builds a CATENATE over an upstream that issues
+//     URLAUTH tokens itself (one with URLAUTH but without CATENATE, or
+//     without MULTIAPPEND), a URL with such a token is refused NO [BADURL]:
+//     the proxy cannot check the upstream's tokens. No such server is
+//     known (those with URLAUTH have both).
 package catenate
 
 import (
@@ -308,12 +325,27 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 		if err != nil {
 			return asRefusal(err)
 		}
+		h := seg.Literal
+		if kind == litMailbox {
+			if h.Binary || h.Size > maxMailboxLiteral {
+				return syntaxRefusal(syntaxf("bad mailbox name"))
+			}
+			name, err := io.ReadAll(r)
+			if err != nil {
+				return err // the client's connection
+			}
+			return asRefusal(p.setMailbox(name))
+		}
 		if err := checkMulti(); err != nil {
 			return err
 		}
 		m := p.msgs[len(p.msgs)-1]
-		h := seg.Literal
 		if h.Binary && kind == litMessage {
+			if len(p.msgs) == 1 {
+				// Only after a mailbox name in a literal: an APPEND
+				// that starts with a literal8 is binary's.
+				return &refusal{"NO", "CANNOT", "A literal8 message after a mailbox name sent as a literal is not supported; send the name as a quoted string."}
+			}
 			return &refusal{"NO", "CANNOT", "A literal8 message after the first of a MULTIAPPEND is not supported."}
 		}
 		if h.Binary {

@@ -388,6 +388,53 @@ func TestMultiappendCatenateFirst(t *testing.T) {
 	}
 }
 
+// TestMultiappendMailboxLiteral: over an upstream with UIDPLUS and without
+// MULTIAPPEND, a MULTIAPPEND whose mailbox name is a literal went upstream
+// as it was, and go-imap's server stored the first message and dropped
+// the connection (the client heard NO). The name is now read, and sent
+// as a quoted string.
+func TestMultiappendMailboxLiteral(t *testing.T) {
+	p := memEnv(t, nil)
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	name := `odd "name" \ here`
+	c.MustOK(`CREATE "odd \"name\" \\ here"`)
+	v := uidValidity(t, c, `"odd \"name\" \\ here"`)
+	first, second := "Subject: one\r\n\r\nfirst\r\n", "Subject: two\r\n\r\nsecond\r\n"
+	c.Send(fmt.Sprintf("m APPEND {%d}", len(name)))
+	if l := c.ReadLine(); !strings.HasPrefix(l, "+") {
+		t.Fatalf("mailbox literal not invited: %q", l)
+	}
+	c.Write(name)
+	c.Send(fmt.Sprintf(" {%d+}", len(first)))
+	c.Write(first)
+	c.Send(fmt.Sprintf(" (\\Seen) {%d+}", len(second)))
+	c.Write(second)
+	c.Send("")
+	lines := c.ReadUntilTagged("m")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK [APPENDUID "+v+" 1:2]") {
+		t.Fatalf("MULTIAPPEND: %q", lines)
+	}
+	c.MustOK(`SELECT "odd \"name\" \\ here"`)
+	if got := fetchBody(t, c, 1, ""); got != first {
+		t.Errorf("UID 1: %q", got)
+	}
+	if got := fetchBody(t, c, 2, ""); got != second {
+		t.Errorf("UID 2: %q", got)
+	}
+
+	// A name no quoted string can carry is refused, nothing stored.
+	c.MustOK("CLOSE")
+	c.Send("n APPEND {3+}")
+	c.Write("a\rb")
+	c.Send(fmt.Sprintf(" {%d+}", len(first)))
+	c.Write(first)
+	c.Send("")
+	if got := imaptest.Tagged(c.ReadUntilTagged("n")); !strings.HasPrefix(got, "BAD ") {
+		t.Errorf("unquotable name: %q", got)
+	}
+	c.MustOK("NOOP")
+}
+
 // TestPlainAppendUntouched: an APPEND without CATENATE streams as before.
 func TestPlainAppendUntouched(t *testing.T) {
 	p := memEnv(t, nil)

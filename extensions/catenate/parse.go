@@ -36,15 +36,16 @@ const (
 	stTag state = iota
 	stName
 	stMailbox
-	stMessage   // a message starts: flags, date, CATENATE or literal
-	stFlags     // inside the flag list
-	stAfterFlag // after the flag list: date, CATENATE or literal
-	stAfterDate // after the date: CATENATE or literal
-	stCatOpen   // after CATENATE: "("
-	stPart      // a part: TEXT, URL, or ")" after one
-	stText      // after TEXT: the literal
-	stURL       // after URL: the astring
-	stEnd       // after a message: another one, or the end
+	stMailboxLit // the mailbox name is a literal: setMailbox
+	stMessage    // a message starts: flags, date, CATENATE or literal
+	stFlags      // inside the flag list
+	stAfterFlag  // after the flag list: date, CATENATE or literal
+	stAfterDate  // after the date: CATENATE or literal
+	stCatOpen    // after CATENATE: "("
+	stPart       // a part: TEXT, URL, or ")" after one
+	stText       // after TEXT: the literal
+	stURL        // after URL: the astring
+	stEnd        // after a message: another one, or the end
 )
 
 // message is one message of the command as it is read.
@@ -102,7 +103,11 @@ const (
 	litMessage literalKind = iota // a message's data (append-data literal)
 	litText                       // a CATENATE TEXT part
 	litURL                        // a URL given as a literal
+	litMailbox                    // the mailbox name (setMailbox)
 )
+
+// maxMailboxLiteral bounds a mailbox name sent as a literal.
+const maxMailboxLiteral = 1024
 
 // literal moves past a literal and says what it is.
 func (p *cmdParser) literal() (literalKind, error) {
@@ -122,8 +127,36 @@ func (p *cmdParser) literal() (literalKind, error) {
 	case stURL:
 		p.st = stPart
 		return litURL, nil
+	case stMailbox:
+		p.st = stMailboxLit
+		return litMailbox, nil
 	}
 	return 0, syntaxf("unexpected literal")
+}
+
+// setMailbox takes the mailbox name a litMailbox literal held. It is
+// kept as a quoted string, the form every APPEND the extension sends
+// upstream writes it in, so a name that cannot be quoted (a CR, LF or NUL,
+// or 8-bit data, which IMAP4rev1 mailbox names never hold) is refused.
+func (p *cmdParser) setMailbox(name []byte) error {
+	if p.st != stMailboxLit {
+		return syntaxf("unexpected mailbox name")
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, c := range name {
+		switch {
+		case c == 0 || c == '\r' || c == '\n' || c >= 0x80:
+			return syntaxf("mailbox name that cannot be quoted")
+		case c == '"' || c == '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	b.WriteByte('"')
+	p.mailbox = b.String()
+	p.st = stMessage
+	return p.newMessage()
 }
 
 // done checks the command is complete after its last segment.
@@ -348,14 +381,15 @@ func isCatenate(first []byte) bool {
 }
 
 // isPlainAppend reports whether first (an APPEND's first line up to its
-// first literal) is an APPEND whose first message is a plain literal with
-// the mailbox name an atom or quoted string: the form the MULTIAPPEND
-// synthesis reads (a mailbox name in a literal is passed on unread).
+// first literal) is an APPEND whose first message is a plain literal, or
+// whose mailbox name is a literal: the forms the MULTIAPPEND synthesis
+// reads besides CATENATE (one that starts with a literal8 message is
+// binary's to convert).
 func isPlainAppend(first []byte) bool {
 	p := cmdParser{onURL: func(*message, string) error { return nil }}
 	if err := p.feed(first); err != nil {
 		return false
 	}
 	kind, err := p.literal()
-	return err == nil && kind == litMessage
+	return err == nil && (kind == litMessage || kind == litMailbox)
 }

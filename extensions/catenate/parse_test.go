@@ -29,9 +29,15 @@ func feedAll(segs []string) (*cmdParser, []literalKind, error) {
 		if err != nil {
 			return p, kinds, err
 		}
+		kinds = append(kinds, k)
+		if k == litMailbox {
+			if err := p.setMailbox([]byte(`a "box"`)); err != nil {
+				return p, kinds, err
+			}
+			continue
+		}
 		// The literal's data: a text part, a message, or a URL.
 		p.msgs[len(p.msgs)-1].parts = append(p.msgs[len(p.msgs)-1].parts, part{})
-		kinds = append(kinds, k)
 	}
 	return p, kinds, nil
 }
@@ -73,6 +79,9 @@ func TestParse(t *testing.T) {
 		{[]string{`a APPEND x () CATENATE (URL `, `)`}, true, 1},
 		{[]string{`a APPEND x CATENATE (URL "u") `, ``}, true, 2},
 		{[]string{`a APPEND x CATENATE (URL "u") (\Seen) `, ` CATENATE (TEXT `, `)`}, true, 3},
+		{[]string{`a APPEND `, ` `, ``}, true, 1},
+		{[]string{`a APPEND `, ` (\Seen) `, ` CATENATE (URL "u")`}, true, 2},
+		{[]string{`a APPEND `, ``}, false, 0},
 		{[]string{`a APPEND x CATENATE ()`}, false, 0},
 		{[]string{`a APPEND x CATENATE (TEXT "x")`}, false, 0},
 		{[]string{`a APPEND x CATENATE (URL "u"`}, false, 0},
@@ -113,6 +122,7 @@ func TestIsCatenate(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add("A003 APPEND Drafts (\\Seen \\Draft $MDNSent) CATENATE (URL \"/Drafts;UIDVALIDITY=385759045/;UID=20/;section=HEADER\" TEXT \x00 URL \"/x/;UID=1\" TEXT \x00)")
 	f.Add("a APPEND x CATENATE (URL \"u\") \x00 CATENATE (URL {5}\x00)")
+	f.Add("a APPEND \x00 (\\Seen) \x00")
 	f.Fuzz(func(t *testing.T, s string) {
 		p, _, err := feedAll(strings.Split(s, "\x00"))
 		if err != nil {
@@ -158,5 +168,38 @@ func TestUIDSet(t *testing.T) {
 	}
 	if v, uid, ok := appendUID(imapcodec.ResponseHead{Code: "APPENDUID", CodeArg: "38505 3955"}); !ok || v != "38505" || uid != 3955 {
 		t.Errorf("%q %d %v", v, uid, ok)
+	}
+}
+
+// TestSetMailbox: a mailbox name read from a literal becomes the quoted
+// string every APPEND the extension sends carries; one no quoted string
+// can carry is refused.
+func TestSetMailbox(t *testing.T) {
+	for name, want := range map[string]string{
+		"INBOX":           `"INBOX"`,
+		`a "b" \ c`:       `"a \"b\" \\ c"`,
+		"":                `""`,
+		"a\rb":            "",
+		"a\nb":            "",
+		"a\x00b":          "",
+		"Entw\xc3\xbcrfe": "",
+	} {
+		p := &cmdParser{}
+		if err := p.feed([]byte("a APPEND ")); err != nil {
+			t.Fatal(err)
+		}
+		if k, err := p.literal(); err != nil || k != litMailbox {
+			t.Fatalf("literal: %v, %v", k, err)
+		}
+		err := p.setMailbox([]byte(name))
+		if want == "" {
+			if err == nil {
+				t.Errorf("%q: accepted as %s", name, p.mailbox)
+			}
+			continue
+		}
+		if err != nil || p.mailbox != want || len(p.msgs) != 1 {
+			t.Errorf("%q: %s, %v, %d messages; want %s", name, p.mailbox, err, len(p.msgs), want)
+		}
 	}
 }

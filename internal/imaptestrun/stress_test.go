@@ -40,6 +40,10 @@ const (
 	// mailbox's locks. The logging costs Dovecot CPU: take commands per
 	// second from runs without it.
 	stressEventsEnv = "LEMONPROXY_IMAPTEST_STRESS_EVENTS"
+	// stressRelayEnv, if set, adds a third target: Dovecot through a
+	// plain TCP relay (startTCPRelay), what the extra hop alone costs
+	// under the stress; its rates are printed beside the direct ones.
+	stressRelayEnv = "LEMONPROXY_IMAPTEST_STRESS_RELAY"
 )
 
 // stressClients is imaptest's concurrency in stress mode, as issue 20
@@ -109,6 +113,7 @@ func TestStress(t *testing.T) {
 	for i := range runs {
 		users[fmt.Sprintf("sd-%d", i)] = password
 		users[fmt.Sprintf("sp-%d", i)] = password
+		users[fmt.Sprintf("sr-%d", i)] = password
 	}
 	legacy.AddUsers(t, users)
 	lp := startLemonproxyServer(t, legacy.Addr)
@@ -130,10 +135,17 @@ func TestStress(t *testing.T) {
 		}()
 	}
 
-	var direct, proxied []stressResult
+	relayAddr := ""
+	if os.Getenv(stressRelayEnv) != "" {
+		relayAddr = startTCPRelay(t, legacy.Addr)
+	}
+	var direct, proxied, relayed []stressResult
 	for i := range runs {
 		// A fresh user each run: imaptest's stress fills its mailbox.
 		direct = append(direct, runStress(t, bin, mbox, legacy, legacy.Addr, fmt.Sprintf("sd-%d", i), secs))
+		if relayAddr != "" {
+			relayed = append(relayed, runStress(t, bin, mbox, legacy, relayAddr, fmt.Sprintf("sr-%d", i), secs))
+		}
 		st0 := lp.Srv.Stats()
 		r := runStress(t, bin, mbox, legacy, proxyAddr, fmt.Sprintf("sp-%d", i), secs)
 		st := lp.Srv.Stats()
@@ -141,6 +153,13 @@ func TestStress(t *testing.T) {
 		proxied = append(proxied, r)
 	}
 	printStress(t, direct, proxied)
+	if relayed != nil {
+		var b strings.Builder
+		for i, r := range relayed {
+			fmt.Fprintf(&b, " %.0f (%.2fx)", float64(r.total())/r.secs, float64(r.total())/r.secs/(float64(direct[i].total())/direct[i].secs))
+		}
+		t.Logf("through a TCP relay, commands/s each run (ratio to the direct run before it):%s", b.String())
+	}
 	if events {
 		printDovecotCommands(t, legacy, direct, proxied)
 	}
