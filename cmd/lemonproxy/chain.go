@@ -30,6 +30,12 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 	if s.SpoolMaxBytes > 0 && s.SpoolMaxBytes < s.MaxAppend {
 		return nil, fmt.Errorf("spool-max-bytes %d is below max-append %d: a CATENATE or MULTIAPPEND of the largest message would always be refused", s.SpoolMaxBytes, s.MaxAppend)
 	}
+	if s.SpoolMaxBytesPerUser > 0 && s.SpoolMaxBytesPerUser < s.MaxAppend {
+		return nil, fmt.Errorf("spool-max-bytes-per-user %d is below max-append %d: a CATENATE or MULTIAPPEND of the largest message would always be refused", s.SpoolMaxBytesPerUser, s.MaxAppend)
+	}
+	if s.SpoolMaxBytesPerUser > 0 && s.SpoolMaxBytes > 0 && s.SpoolMaxBytesPerUser > s.SpoolMaxBytes {
+		return nil, fmt.Errorf("spool-max-bytes-per-user %d is above spool-max-bytes %d", s.SpoolMaxBytesPerUser, s.SpoolMaxBytes)
+	}
 	maxComps := s.CompressMaxCompressors
 	if maxComps <= 0 {
 		maxComps = -1 // no bound (compress.Extension: 0 would be its default)
@@ -44,6 +50,7 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 		SearchMaxBytes:         s.SearchMaxBytes,
 		ContextMaxBytes:        s.ContextMaxBytes,
 		SpoolMaxBytes:          s.SpoolMaxBytes,
+		SpoolMaxBytesPerUser:   s.SpoolMaxBytesPerUser,
 		URLHosts:               hosts,
 		SubmitFrom:             submit,
 	}

@@ -424,6 +424,8 @@ func TestServeUsageErrors(t *testing.T) {
 		{"key without certificate", []string{"serve", "-upstream", "u:143", "-tls-key", keyFile}, 1, "tls-key " + keyFile + " is set without tls-cert"},
 		{"compress level out of range", []string{"serve", "-upstream", "u:143", "-compress-level", "12"}, 2, "compress-level 12: want 1 (fastest) to 9 (smallest)"},
 		{"spool below max-append", []string{"serve", "-upstream", "u:143", "-spool-max-bytes", "1000", "-max-append", "2000"}, 2, "spool-max-bytes 1000 is below max-append 2000"},
+		{"user's spool below max-append", []string{"serve", "-upstream", "u:143", "-spool-max-bytes-per-user", "1000", "-max-append", "2000"}, 2, "spool-max-bytes-per-user 1000 is below max-append 2000"},
+		{"user's spool above the total", []string{"serve", "-upstream", "u:143", "-spool-max-bytes", "3000", "-spool-max-bytes-per-user", "4000", "-max-append", "2000"}, 2, "spool-max-bytes-per-user 4000 is above spool-max-bytes 3000"},
 		{"help", []string{"serve", "-h"}, 0, "-upstream-security"},
 		{"stray argument", []string{"serve", "-upstream", "u:143", "-listen", "127.0.0.1:0", "imap.example.com:143"}, 2, `unexpected argument "imap.example.com:143"`},
 		{"stray argument in demo", []string{"demo", "-listen", "127.0.0.1:0", "now"}, 2, `unexpected argument "now"`},

@@ -70,7 +70,7 @@ func (e *Extension) serveAppend(ctx context.Context, x *proxy.Exchange, next pro
 	if e.maxAppend > 0 {
 		maxMsg = min(maxMsg, e.maxAppend)
 	}
-	sp, spErr := urlfetch.NewSpool(e.spoolDir)
+	sp, spErr := urlfetch.NewSpool(e.spoolDir, s.Account())
 	if spErr != nil {
 		s.Logger().Warn("binary: cannot create a spool file", "err", spErr)
 	} else {

@@ -271,7 +271,7 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 	maxMsg, maxCmd := s.AppendLimits()
 	up := s.UpstreamCaps()
 	multi := up.Has("MULTIAPPEND") || synthesizesMulti(up)
-	sp, spErr := urlfetch.NewSpool(e.cfg.SpoolDir)
+	sp, spErr := urlfetch.NewSpool(e.cfg.SpoolDir, s.Account())
 	if spErr != nil {
 		s.Logger().Warn("catenate: cannot create a spool file", "err", spErr)
 	} else {

@@ -435,6 +435,47 @@ func TestMultiappendMailboxLiteral(t *testing.T) {
 	c.MustOK("NOOP")
 }
 
+// TestSpoolShareOfOneAccount: the spools' disk is shared by every account,
+// and an account trickling large APPENDs held all of it, so that every
+// other account's APPEND past SpoolMemory was refused NO [LIMIT] (over an
+// upstream without MULTIAPPEND every APPEND is spooled). Each account
+// now has at most its share (urlfetch.SetSpoolDiskPerOwner); the total
+// and the share are scaled down here.
+func TestSpoolShareOfOneAccount(t *testing.T) {
+	urlfetch.SetSpoolDiskTotal(256 << 10)
+	urlfetch.SetSpoolDiskPerOwner(128 << 10)
+	t.Cleanup(func() { urlfetch.SetSpoolDiskTotal(0); urlfetch.SetSpoolDiskPerOwner(0) })
+	p := memEnv(t, nil)
+
+	// alice sends most of a 1 MiB literal, then stalls (a literal has
+	// the whole idle timeout to arrive).
+	alice := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	alice.Send(fmt.Sprintf("a1 APPEND INBOX {%d}", 1<<20))
+	if l := alice.ReadLine(); !strings.HasPrefix(l, "+") {
+		t.Fatalf("alice's continuation: %q", l)
+	}
+	alice.Write(strings.Repeat("x", 250<<10))
+	time.Sleep(300 * time.Millisecond) // the proxy spools what came
+	if all, _ := urlfetch.SpoolDiskUsed(""); all > 128<<10 {
+		t.Fatalf("%d bytes of spool held while alice stalls: more than her share", all)
+	}
+
+	// bob appends 40 KiB: within every limit.
+	bob := imaptest.Login(t, p.Addr, "bob", "bobpass")
+	msg := "Subject: bob's mail\r\n\r\n" + strings.Repeat("b", 40<<10) + "\r\n"
+	lines := bob.Cmd(fmt.Sprintf("APPEND INBOX {%d}", len(msg)), msg)
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("bob's APPEND while alice stalls: %q", got)
+	}
+
+	// alice, once she has sent the rest, is refused: past her share.
+	alice.Write(strings.Repeat("x", 1<<20-250<<10))
+	alice.Send("")
+	if got := imaptest.Tagged(alice.ReadUntilTagged("a1")); !strings.HasPrefix(got, "NO [LIMIT]") {
+		t.Fatalf("alice's APPEND past her share: %q", got)
+	}
+}
+
 // TestPlainAppendUntouched: an APPEND without CATENATE streams as before.
 func TestPlainAppendUntouched(t *testing.T) {
 	p := memEnv(t, nil)

@@ -73,6 +73,9 @@ type Config struct {
 	// (messages put together for CATENATE, MULTIAPPEND and BINARY's
 	// APPEND: urlfetch.SetSpoolDiskTotal, process-wide); 0: its default.
 	SpoolMaxBytes int64
+	// SpoolMaxBytesPerUser bounds one account's share of it
+	// (urlfetch.SetSpoolDiskPerOwner); 0: its default.
+	SpoolMaxBytesPerUser int64
 	// SubmitFrom are the addresses of the submission servers allowed to
 	// URLFETCH submit+USER URLs (BURL).
 	SubmitFrom []netip.Prefix
@@ -187,6 +190,7 @@ type Config struct {
 //     so it reaches sessions through metadata (1.), not by a place here.
 func Extensions(cfg Config) []proxy.Extension {
 	urlfetch.SetSpoolDiskTotal(cfg.SpoolMaxBytes)
+	urlfetch.SetSpoolDiskPerOwner(cfg.SpoolMaxBytesPerUser)
 	owned := map[string]metadata.EntryOwner{}
 	if cfg.DeviceToken != nil {
 		owned[devicetoken.Entry] = cfg.DeviceToken

@@ -458,7 +458,10 @@ func (e *Extension) fetchOne(ctx context.Context, s *proxy.Session, raw string, 
 	if err := e.AuthorizeURL(ctx, s, u); err != nil {
 		return nilAnswer("not authorized", err)
 	}
-	sp, err := urlfetch.NewSpool(e.cfg.SpoolDir)
+	// The spool counts against the share of the account whose message
+	// it holds, not the fetcher's: a submission server fetches for
+	// every user through one account of its own.
+	sp, err := urlfetch.NewSpool(e.cfg.SpoolDir, s.AccountOf(u.User))
 	if err != nil {
 		s.Logger().Warn("urlauth: cannot create a spool file", "err", err)
 		return nilAnswer("spool", err)

@@ -25,14 +25,18 @@ import (
 // caller's limits on a message, and for the whole process by
 // SetSpoolDiskTotal: a write past it fails with ErrSpoolFull (a client
 // with many connections, each trickling a message of the largest size,
-// would otherwise fill the disk).
+// would otherwise fill the disk). Each owner (an account) may hold at
+// most SetSpoolDiskPerOwner of it, so that one account trickling uploads
+// on many sessions cannot hold the whole total and have every other
+// account's large APPENDs refused.
 type Spool struct {
-	dir  string
-	mem  *[]byte // the data while it is in memory (cap SpoolMemory), else nil
-	f    *os.File
-	size int64
-	disk int64 // bytes of the file counted in spoolDiskUsed
-	err  error // the first write error
+	dir   string
+	owner string
+	mem   *[]byte // the data while it is in memory (cap SpoolMemory), else nil
+	f     *os.File
+	size  int64
+	disk  int64 // bytes of the file counted in spoolDiskUsed
+	err   error // the first write error
 }
 
 // DefaultSpoolDiskTotal is SetSpoolDiskTotal's default: sixteen messages
@@ -40,12 +44,29 @@ type Spool struct {
 const DefaultSpoolDiskTotal = 1 << 30
 
 // ErrSpoolFull is a spool write refused because the files of all spools
-// together would pass SetSpoolDiskTotal.
+// together would pass SetSpoolDiskTotal, or those of its owner
+// SetSpoolDiskPerOwner.
 var ErrSpoolFull = errors.New("urlfetch: the spools' disk space is taken")
 
-var spoolDiskUsed, spoolDiskTotal atomic.Int64
+// DefaultSpoolDiskPerOwner is SetSpoolDiskPerOwner's default: a quarter
+// of DefaultSpoolDiskTotal, four messages of the largest default APPEND.
+const DefaultSpoolDiskPerOwner = DefaultSpoolDiskTotal / 4
 
-func init() { spoolDiskTotal.Store(DefaultSpoolDiskTotal) }
+var (
+	spoolDiskTotal, spoolDiskPerOwner atomic.Int64
+
+	// spoolDisk counts the bytes of spool files, in all and by owner.
+	spoolDisk struct {
+		sync.Mutex
+		used    int64
+		byOwner map[string]int64
+	}
+)
+
+func init() {
+	spoolDiskTotal.Store(DefaultSpoolDiskTotal)
+	spoolDiskPerOwner.Store(DefaultSpoolDiskPerOwner)
+}
 
 // SetSpoolDiskTotal bounds the bytes all spool files of the process hold
 // at once; n <= 0 restores DefaultSpoolDiskTotal.
@@ -56,14 +77,58 @@ func SetSpoolDiskTotal(n int64) {
 	spoolDiskTotal.Store(n)
 }
 
-// reserve counts n more bytes of the spool's file against the total.
+// SetSpoolDiskPerOwner bounds the bytes the spool files of one owner (the
+// owner NewSpool was given) hold at once; n <= 0 restores
+// DefaultSpoolDiskPerOwner.
+func SetSpoolDiskPerOwner(n int64) {
+	if n <= 0 {
+		n = DefaultSpoolDiskPerOwner
+	}
+	spoolDiskPerOwner.Store(n)
+}
+
+// reserve counts n more bytes of the spool's file against the total and
+// its owner's share.
 func (sp *Spool) reserve(n int) error {
-	if spoolDiskUsed.Add(int64(n)) > spoolDiskTotal.Load() {
-		spoolDiskUsed.Add(-int64(n))
+	d := &spoolDisk
+	d.Lock()
+	defer d.Unlock()
+	if d.used+int64(n) > spoolDiskTotal.Load() || d.byOwner[sp.owner]+int64(n) > spoolDiskPerOwner.Load() {
 		return ErrSpoolFull
 	}
+	if d.byOwner == nil {
+		d.byOwner = map[string]int64{}
+	}
+	d.used += int64(n)
+	d.byOwner[sp.owner] += int64(n)
 	sp.disk += int64(n)
 	return nil
+}
+
+// releaseDisk gives the spool's file bytes back.
+func (sp *Spool) releaseDisk() {
+	if sp.disk == 0 {
+		return
+	}
+	d := &spoolDisk
+	d.Lock()
+	d.used -= sp.disk
+	if left := d.byOwner[sp.owner] - sp.disk; left > 0 {
+		d.byOwner[sp.owner] = left
+	} else {
+		delete(d.byOwner, sp.owner)
+	}
+	d.Unlock()
+	sp.disk = 0
+}
+
+// SpoolDiskUsed returns the bytes of all spool files, and of owner's
+// (for metrics and tests).
+func SpoolDiskUsed(owner string) (all, owners int64) {
+	d := &spoolDisk
+	d.Lock()
+	defer d.Unlock()
+	return d.used, d.byOwner[owner]
 }
 
 // SpoolMemory is how much of a spool is kept in memory: a typical
@@ -82,9 +147,11 @@ var (
 
 // NewSpool returns an empty spool whose file, if it needs one, is made in
 // dir ("" for os.TempDir()) and unlinked at once: it lives as long as it
-// is open, and a crash leaves nothing behind. The caller closes it.
-func NewSpool(dir string) (*Spool, error) {
-	sp := &Spool{dir: dir}
+// is open, and a crash leaves nothing behind. Its file counts against
+// owner's share (SetSpoolDiskPerOwner): the session's account. The
+// caller closes it.
+func NewSpool(dir, owner string) (*Spool, error) {
+	sp := &Spool{dir: dir, owner: owner}
 	if spoolMemoryUsed.Add(SpoolMemory) <= spoolMemoryTotal {
 		sp.mem = spoolBuffers.Get().(*[]byte)
 		return sp, nil
@@ -146,7 +213,14 @@ func (sp *Spool) Write(p []byte) (int, error) {
 		return 0, os.ErrClosed
 	}
 	if err := sp.reserve(len(p)); err != nil {
+		// The spool is of no more use (its command is refused): its
+		// file and its share go back now, not when the command's rest
+		// has been read, which a client may take its time over.
 		sp.err = err
+		sp.releaseDisk()
+		f := sp.f
+		sp.f = nil
+		f.Close()
 		return 0, err
 	}
 	n, err := sp.f.Write(p)
@@ -243,8 +317,7 @@ func (sp *Spool) Close() error {
 	if sp.mem != nil {
 		sp.freeMemory()
 	}
-	spoolDiskUsed.Add(-sp.disk)
-	sp.disk = 0
+	sp.releaseDisk()
 	if sp.f != nil {
 		f := sp.f
 		sp.f = nil

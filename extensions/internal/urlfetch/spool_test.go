@@ -66,7 +66,7 @@ func TestSpoolMemoryThenFile(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			used := spoolMemoryUsed.Load()
-			sp, err := NewSpool(dir)
+			sp, err := NewSpool(dir, "alice")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -114,7 +114,7 @@ func TestSpoolMemoryBounded(t *testing.T) {
 		}
 	}()
 	for range spoolMemoryTotal / SpoolMemory {
-		sp, err := NewSpool(dir)
+		sp, err := NewSpool(dir, "alice")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +123,7 @@ func TestSpoolMemoryBounded(t *testing.T) {
 	if openIn(t, dir) != 0 {
 		t.Fatalf("%d spools within the bound made files", openIn(t, dir))
 	}
-	over, err := NewSpool(dir)
+	over, err := NewSpool(dir, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestSpoolMemoryBounded(t *testing.T) {
 	over.Close()
 	spools[0].Close()
 	spools = spools[1:]
-	again, err := NewSpool(dir)
+	again, err := NewSpool(dir, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestSpoolCopyAllocates(t *testing.T) {
 	msg := []byte(strings.Repeat("x", 2000))
 	dir := t.TempDir()
 	allocs := testing.AllocsPerRun(100, func() {
-		sp, err := NewSpool(dir)
+		sp, err := NewSpool(dir, "alice")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,7 +174,7 @@ func TestSpoolDiskBounded(t *testing.T) {
 	SetSpoolDiskTotal(100 << 10)
 	t.Cleanup(func() { SetSpoolDiskTotal(0) })
 	chunk := bytes.Repeat([]byte("x"), 30<<10)
-	a, err := NewSpool(t.TempDir())
+	a, err := NewSpool(t.TempDir(), "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestSpoolDiskBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b, err := NewSpool(t.TempDir())
+	b, err := NewSpool(t.TempDir(), "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,12 +193,18 @@ func TestSpoolDiskBounded(t *testing.T) {
 	if _, err := b.Write(chunk); !errors.Is(err, ErrSpoolFull) || !errors.Is(b.Err(), ErrSpoolFull) {
 		t.Fatalf("write past the total: %v (Err %v), want ErrSpoolFull", err, b.Err())
 	}
+	if got, _ := SpoolDiskUsed(""); got != 60<<10 {
+		t.Fatalf("after the failed write %d bytes are counted, want a's 60 KiB: the failed spool keeps its share", got)
+	}
+	if _, err := b.ReadAt(make([]byte, 1), 0); err == nil {
+		t.Fatal("a failed spool still reads")
+	}
 	b.Close()
 	a.Close()
-	if got := spoolDiskUsed.Load(); got != 0 {
+	if got, _ := SpoolDiskUsed(""); got != 0 {
 		t.Fatalf("after closing both spools %d bytes are counted", got)
 	}
-	c, err := NewSpool(t.TempDir())
+	c, err := NewSpool(t.TempDir(), "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,5 +213,63 @@ func TestSpoolDiskBounded(t *testing.T) {
 		if _, err := c.Write(chunk); err != nil {
 			t.Fatalf("after the others closed: %v", err)
 		}
+	}
+}
+
+// TestSpoolDiskPerOwner: one owner's spool files stay within
+// SetSpoolDiskPerOwner, so another owner still has room in the total;
+// closing gives the owner's bytes back.
+func TestSpoolDiskPerOwner(t *testing.T) {
+	SetSpoolDiskTotal(200 << 10)
+	SetSpoolDiskPerOwner(70 << 10)
+	t.Cleanup(func() { SetSpoolDiskTotal(0); SetSpoolDiskPerOwner(0) })
+	chunk := bytes.Repeat([]byte("x"), 30<<10)
+	var alice []*Spool
+	for range 3 {
+		sp, err := NewSpool(t.TempDir(), "alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sp.Close()
+		alice = append(alice, sp)
+	}
+	for i, sp := range alice[:2] {
+		if _, err := sp.Write(chunk); err != nil {
+			t.Fatalf("alice's spool %d: %v", i, err)
+		}
+	}
+	if _, err := alice[2].Write(chunk); !errors.Is(err, ErrSpoolFull) {
+		t.Fatalf("alice's third 30 KiB past her 70 KiB: %v, want ErrSpoolFull", err)
+	}
+	bob, err := NewSpool(t.TempDir(), "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.Close()
+	for range 2 {
+		if _, err := bob.Write(chunk); err != nil {
+			t.Fatalf("bob, with alice at her share: %v", err)
+		}
+	}
+	if all, a := SpoolDiskUsed("alice"); all != 120<<10 || a != 60<<10 {
+		t.Fatalf("counted %d in all, %d for alice; want 120 KiB and 60 KiB", all, a)
+	}
+	alice[0].Close()
+	sp, err := NewSpool(t.TempDir(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	if _, err := sp.Write(chunk); err != nil {
+		t.Fatalf("alice after closing one: %v", err)
+	}
+	for _, sp := range append(alice, bob, sp) {
+		sp.Close()
+	}
+	if all, a := SpoolDiskUsed("alice"); all != 0 || a != 0 {
+		t.Fatalf("after closing all: %d in all, %d for alice", all, a)
+	}
+	if n := len(spoolDisk.byOwner); n != 0 {
+		t.Fatalf("%d owners still counted", n)
 	}
 }
