@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -196,7 +197,7 @@ func New(cfg Config) *Hub {
 // Store, and its state is ahead of this one): then this one is dropped.
 func (h *Hub) keepCold(b *box) {
 	st := b.state()
-	if st == nil || h.cold == nil || h.ctx.Err() != nil || b.forgotten.Load() {
+	if st == nil || h.cold == nil || h.ctx.Err() != nil || b.forgotten.Load() || b.gone.Load() {
 		return
 	}
 	h.mu.Lock()
@@ -268,6 +269,80 @@ func (h *Hub) ForgetAccount(ctx context.Context, account string) error {
 		}
 	}
 	return nil
+}
+
+// ForgetMailboxes drops the saved states of account's mailbox name, and,
+// when below is not "", of every mailbox whose name begins with it (name
+// and its hierarchy delimiter: those a RENAME moves with it): the proxy
+// calls it once the upstream deleted or renamed them. A state saved under
+// a name nobody selects again would otherwise stay in the Store for
+// good, and a client renaming a large mailbox again and again (selecting
+// it under each name) would fill the Store with copies of it. A mailbox
+// being watched keeps its state until its watcher stops (it notices the
+// mailbox gone, or nobody watches it), and then drops it; one selected
+// later under the same name starts a new state above every mod-sequence
+// the old one gave (Config.ModSeqBase, or the Store's mark). Errors are
+// logged: a state left behind costs disk, nothing else.
+func (h *Hub) ForgetMailboxes(account, name, below string) {
+	match := func(m string) bool { return m == name || below != "" && strings.HasPrefix(m, below) }
+	h.mu.Lock()
+	live := map[string]bool{}
+	for k, b := range h.boxes {
+		if k.Account == account && match(k.Mailbox) {
+			b.gone.Store(true)
+			live[k.Mailbox] = true
+		}
+	}
+	if h.cold != nil {
+		for _, k := range h.cold.Keys() {
+			if k.Account == account && match(k.Mailbox) {
+				h.cold.Remove(k)
+			}
+		}
+	}
+	h.mu.Unlock()
+	store := h.cfg.Store
+	if store == nil {
+		return
+	}
+	keys := []string{Key{account, name}.storeKey()}
+	if below != "" {
+		more, err := store.Keys(Key{account, below}.storeKey())
+		if err != nil {
+			h.cfg.Logger.Warn("listing the saved states of a renamed mailbox's children; they stay", "mailbox", name, "err", err)
+		}
+		keys = append(keys, more...)
+	}
+	for _, k := range keys {
+		if live[k[len(account)+1:]] {
+			continue // dropped when its watcher stops
+		}
+		if err := store.Drop(k); err != nil {
+			h.cfg.Logger.Warn("dropping the saved state of a deleted or renamed mailbox", "mailbox", k[len(account)+1:], "err", err)
+		}
+	}
+}
+
+// Persistent reports whether the hub saves states (Config.Store).
+func (h *Hub) Persistent() bool { return h.cfg.Store != nil }
+
+// dropGone drops the saved state of a box whose mailbox was deleted or
+// renamed (ForgetMailboxes) once the box stops, unless a newer box of the
+// same name runs (the name was used again): its saves are the state now.
+func (b *box) dropGone() {
+	h := b.hub
+	if !b.gone.Load() || h.cfg.Store == nil || h.ctx.Err() != nil {
+		return
+	}
+	h.mu.Lock()
+	_, live := h.boxes[b.key]
+	h.mu.Unlock()
+	if live {
+		return
+	}
+	if err := h.cfg.Store.Drop(b.storeKey()); err != nil {
+		h.cfg.Logger.Warn("dropping the saved state of a deleted or renamed mailbox", "mailbox", b.key.Mailbox, "err", err)
+	}
 }
 
 // Close stops every watcher and waits for them.

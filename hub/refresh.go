@@ -72,10 +72,11 @@ func (h *Hub) Refresh(ctx context.Context, key Key, c *upstream.Conn) (*syncstat
 		if h.boxes[key] == b {
 			delete(h.boxes, key)
 		}
-		if _, live := h.boxes[key]; !live && st != nil && h.cold != nil && h.ctx.Err() == nil && !b.forgotten.Load() {
+		if _, live := h.boxes[key]; !live && st != nil && h.cold != nil && h.ctx.Err() == nil && !b.forgotten.Load() && !b.gone.Load() {
 			h.cold.Add(key, st)
 		}
 		h.mu.Unlock()
+		b.dropGone()
 		b.readyErr = err
 		if b.readyErr == nil && st == nil {
 			b.readyErr = fmt.Errorf("hub: no state for %q", key.Mailbox)

@@ -51,6 +51,9 @@ type box struct {
 	// forgotten is set by Hub.ForgetAccount: the box's state must not
 	// outlive it in the cache of unwatched states.
 	forgotten atomic.Bool
+	// gone is set by Hub.ForgetMailboxes: the mailbox was deleted or
+	// renamed; its saved state goes when the box stops (dropGone).
+	gone atomic.Bool
 	// live is the watcher's connection while it has one, for Resync.
 	live atomic.Pointer[upstream.Conn]
 	// kept is the connection a passive box refreshed on and keeps for
@@ -257,6 +260,7 @@ func (b *box) run(resume *watch) (parked bool) {
 			b.kept.conn.Close()
 			b.kept = nil
 		}
+		b.dropGone()
 		close(b.stopped)
 	}()
 	log := boxLog{b}
@@ -613,7 +617,10 @@ func (b *box) newBase() (uint64, error) {
 }
 
 // storeKey is the mailbox's key in the Store.
-func (b *box) storeKey() string { return b.key.Account + "\x00" + b.key.Mailbox }
+func (b *box) storeKey() string { return b.key.storeKey() }
+
+// storeKey is k's key in the Store: the account, NUL, the mailbox name.
+func (k Key) storeKey() string { return k.Account + "\x00" + k.Mailbox }
 
 // load returns the saved state for uidValidity, or nil.
 func (b *box) load(uidValidity uint32) *syncstate.Mailbox {

@@ -62,7 +62,10 @@ import (
 //     replaces the old one at once.
 //   - Entries are bounded (loginCacheSize accounts, least recently used
 //     first out); an entry is made only by a login the upstream accepted,
-//     so no client can fill the cache without valid credentials.
+//     so no client can fill the cache without valid credentials. A
+//     failure of an account without an entry is noted apart (failedOnly,
+//     as bounded): failing logins with made-up names pushes out no one's
+//     entry.
 //   - The failed-login delays, the per-account session limit and cluster
 //     routing apply before the cache is consulted, as for any login; in
 //     cluster mode only the node that serves the account consults it (a
@@ -75,6 +78,12 @@ type loginCache struct {
 
 	mu      sync.Mutex
 	entries *simplelru.LRU[string, *loginEntry]
+	// failedOnly holds loginEntry.failed for accounts without an entry:
+	// a failure with a name nobody logged in with lately must not push
+	// real entries out of entries (anyone can fail a login). Its own
+	// eviction only forgets, early, that a login in progress of that
+	// account began before a failure.
+	failedOnly *simplelru.LRU[string, uint64]
 	// failures counts upstream authentication failures (of any
 	// account): a login notes it when it begins (begin), and its
 	// success does not count if the account failed since.
@@ -111,6 +120,7 @@ func newLoginCache(window time.Duration) *loginCache {
 		return nil
 	}
 	c.entries, _ = simplelru.NewLRU[string, *loginEntry](loginCacheSize, nil)
+	c.failedOnly, _ = simplelru.NewLRU[string, uint64](loginCacheSize, nil)
 	return c
 }
 
@@ -170,6 +180,10 @@ func (c *loginCache) accepted(account, user, pass string, token uint64, caps ups
 	if ok && e.failed > token {
 		return
 	}
+	if f, failed := c.failedOnly.Peek(account); failed && f > token {
+		return
+	}
+	c.failedOnly.Remove(account)
 	if !ok {
 		e = &loginEntry{}
 		c.entries.Add(account, e)
@@ -186,12 +200,11 @@ func (c *loginCache) failed(account string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.failures++
-	e, ok := c.entries.Get(account)
-	if !ok {
-		e = &loginEntry{}
-		c.entries.Add(account, e)
+	if e, ok := c.entries.Peek(account); ok {
+		*e = loginEntry{failed: c.failures}
+		return
 	}
-	*e = loginEntry{failed: c.failures}
+	c.failedOnly.Add(account, c.failures)
 }
 
 // forget drops account's entry ("" for every account): cluster mode moved
@@ -204,9 +217,11 @@ func (c *loginCache) forget(account string) {
 	defer c.mu.Unlock()
 	if account == "" {
 		c.entries.Purge()
+		c.failedOnly.Purge()
 		return
 	}
 	c.entries.Remove(account)
+	c.failedOnly.Remove(account)
 }
 
 // dialLogin opens a connection of account and logs in as user, within the

@@ -65,6 +65,35 @@ func TestLoginCacheBounded(t *testing.T) {
 	}
 }
 
+// TestLoginCacheFailuresEvictNothing: failed logins of many accounts
+// without an entry (names anyone can make up) push no entry out; before,
+// each made an entry, and 10,000 of them emptied the cache of the real
+// ones. A failure of an account without an entry still keeps a login that
+// began before it from filling one.
+func TestLoginCacheFailuresEvictNothing(t *testing.T) {
+	c := newLoginCache(time.Minute)
+	c.accepted("alice", "alice", "pw", c.begin(), nil)
+	for i := range 2 * loginCacheSize {
+		c.failed(fmt.Sprintf("nobody%d", i))
+	}
+	if _, ok := c.check("alice", "alice", "pw"); !ok {
+		t.Fatal("failures of other names pushed alice's entry out")
+	}
+	if n := c.entries.Len(); n != 1 {
+		t.Fatalf("%d entries, want alice's alone", n)
+	}
+	early := c.begin()
+	c.failed("bob")
+	c.accepted("bob", "bob", "pw", early, nil)
+	if _, ok := c.check("bob", "bob", "pw"); ok {
+		t.Fatal("a login that began before bob's failure filled his entry")
+	}
+	c.accepted("bob", "bob", "pw", c.begin(), nil)
+	if _, ok := c.check("bob", "bob", "pw"); !ok {
+		t.Fatal("a login after bob's failure did not fill his entry")
+	}
+}
+
 // TestLoginCacheNil: a cache turned off answers nothing and takes
 // anything.
 func TestLoginCacheNil(t *testing.T) {

@@ -730,9 +730,9 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 			return x.Reply("BAD", "", "Unknown command "+x.Name+".")
 		}
 	case streamed:
-		last = s.relay
+		last = s.forgetOnOK(x, s.relay)
 	default:
-		last = s.relayWhole
+		last = s.forgetOnOK(x, s.relayWhole)
 	}
 	if s.state == StateSelected && !isCore && !owned {
 		if !streamed && len(s.srv.rewriters) > 0 {

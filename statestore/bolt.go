@@ -1,6 +1,7 @@
 package statestore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -314,6 +315,28 @@ func (s *Bolt) Drop(key string) error {
 			return tx.DeleteBucket([]byte(key))
 		})
 	})
+}
+
+// Keys implements Store: every mailbox is a bucket at the root, named by
+// its key.
+func (s *Bolt) Keys(prefix string) ([]string, error) {
+	var keys []string
+	err := s.do(func(db *bolt.DB) error {
+		return db.View(func(tx *bolt.Tx) error {
+			c := tx.Cursor()
+			p := []byte(prefix)
+			for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+				if v == nil { // a bucket
+					keys = append(keys, string(k))
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("statestore: keys under %q: %w", prefix, err)
+	}
+	return keys, nil
 }
 
 // Size implements Store.

@@ -71,6 +71,10 @@ type Store interface {
 	Save(key string, b Batch) error
 	// Drop forgets a mailbox.
 	Drop(key string) error
+	// Keys returns the keys with a saved state that begin with prefix,
+	// in order: the states of a mailbox and those below it (a RENAME's,
+	// see hub.Hub.ForgetMailboxes).
+	Keys(prefix string) ([]string, error)
 	// Size returns the bytes the store occupies, for benchmarks.
 	Size() (int64, error)
 	Close() error

@@ -105,6 +105,7 @@
 package pgstate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -608,6 +609,48 @@ func (s *Store) Drop(key string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("pgstate: dropping %q: %w", key, err)
+	}
+	return nil
+}
+
+// Keys implements statestore.Store: the keys of saved states (a dropped
+// one keeps its row for its mark, without a UIDVALIDITY) from the index
+// on key, as a range.
+func (s *Store) Keys(prefix string) ([]string, error) {
+	var keys []string
+	err := s.run(0, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(ctx context.Context, tx pgx.Tx) error {
+		keys = keys[:0]
+		rows, err := tx.Query(ctx, `SELECT key FROM lp_state_mailboxes
+			WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) AND uidvalidity IS NOT NULL ORDER BY key`,
+			[]byte(prefix), prefixEnd([]byte(prefix)))
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var k []byte
+			if err := rows.Scan(&k); err != nil {
+				rows.Close()
+				return err
+			}
+			keys = append(keys, string(k))
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgstate: keys under %q: %w", prefix, err)
+	}
+	return keys, nil
+}
+
+// prefixEnd returns the least byte string above every one that begins
+// with p, or nil if there is none (p empty or all 0xff).
+func prefixEnd(p []byte) []byte {
+	end := bytes.Clone(p)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
 	}
 	return nil
 }

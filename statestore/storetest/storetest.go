@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -40,6 +41,7 @@ func Run(t *testing.T, open func(t *testing.T) statestore.Store) {
 		{"NewUIDValidity", testNewUIDValidity},
 		{"PruneByBase", testPruneByBase},
 		{"Drop", testDrop},
+		{"Keys", testKeys},
 		{"KeysNeverMixed", testKeysNeverMixed},
 		{"SameUIDTwice", testSameUIDTwice},
 		{"LargeValues", testLargeValues},
@@ -349,6 +351,30 @@ func testDrop(t *testing.T, s statestore.Store) {
 	}
 	save(t, s, alice, statestore.Batch{Reset: true, UIDValidity: 7, Highest: 7, Upsert: []statestore.Message{msg(9, 7)}})
 	check(t, s, alice, &statestore.Saved{UIDValidity: 7, Highest: 7, Messages: []statestore.Message{msg(9, 7)}})
+}
+
+func testKeys(t *testing.T, s statestore.Store) {
+	for _, k := range []string{"alice\x00A", "alice\x00A/b", "alice\x00A/b/c", "alice\x00AB", "alice\x00B", "alicex\x00A", "bob\x00A/b", "alice\x00A\xff", "alice\x00A\xff\xff"} {
+		save(t, s, k, statestore.Batch{Reset: true, UIDValidity: 1, Highest: 1, Upsert: []statestore.Message{msg(1, 1)}})
+	}
+	if err := s.Drop("alice\x00A/b"); err != nil {
+		t.Fatal(err)
+	}
+	for prefix, want := range map[string][]string{
+		"alice\x00A/":    {"alice\x00A/b/c"},
+		"alice\x00A":     {"alice\x00A", "alice\x00A/b/c", "alice\x00AB", "alice\x00A\xff", "alice\x00A\xff\xff"},
+		"alice\x00A\xff": {"alice\x00A\xff", "alice\x00A\xff\xff"},
+		"alice\x00C":     nil,
+		"bob\x00":        {"bob\x00A/b"},
+	} {
+		got, err := s.Keys(prefix)
+		if err != nil {
+			t.Fatalf("Keys(%q): %v", prefix, err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("Keys(%q) = %q, want %q", prefix, got, want)
+		}
+	}
 }
 
 func testKeysNeverMixed(t *testing.T, s statestore.Store) {
