@@ -36,6 +36,10 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 	if s.SpoolMaxBytesPerUser > 0 && s.SpoolMaxBytes > 0 && s.SpoolMaxBytesPerUser > s.SpoolMaxBytes {
 		return nil, fmt.Errorf("spool-max-bytes-per-user %d is above spool-max-bytes %d", s.SpoolMaxBytesPerUser, s.SpoolMaxBytes)
 	}
+	perUser := s.SpoolMaxBytesPerUser
+	if perUser <= 0 {
+		perUser = spoolShare(s.SpoolMaxBytes, s.MaxAppend)
+	}
 	maxComps := s.CompressMaxCompressors
 	if maxComps <= 0 {
 		maxComps = -1 // no bound (compress.Extension: 0 would be its default)
@@ -50,7 +54,7 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 		SearchMaxBytes:         s.SearchMaxBytes,
 		ContextMaxBytes:        s.ContextMaxBytes,
 		SpoolMaxBytes:          s.SpoolMaxBytes,
-		SpoolMaxBytesPerUser:   s.SpoolMaxBytesPerUser,
+		SpoolMaxBytesPerUser:   perUser,
 		URLHosts:               hosts,
 		SubmitFrom:             submit,
 	}
@@ -62,4 +66,16 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 		cfg.Push, cfg.DeviceToken, cfg.WebPush = pp.ext, pp.deviceToken, pp.webPush
 	}
 	return chain.Extensions(cfg), nil
+}
+
+// spoolShare is spool-max-bytes-per-user's default: a quarter of the
+// total (its default, 1 GiB, as extensions/internal/urlfetch has it, for
+// 0), at least maxAppend and at most the total, so that one account
+// cannot hold the whole spool disk and settings made before the share
+// existed keep working.
+func spoolShare(total, maxAppend int64) int64 {
+	if total <= 0 {
+		total = 1 << 30
+	}
+	return min(max(total/4, maxAppend), total)
 }

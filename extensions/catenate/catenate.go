@@ -68,7 +68,9 @@
 // docs/multiappend.md); elsewhere a second message is answered BAD. Over
 // such an upstream every APPEND is read (a mailbox name sent as a literal
 // becomes a quoted string) but one whose first message is a literal8,
-// which extensions/binary converts and, for several messages, refuses.
+// which extensions/binary converts and, for several messages, refuses,
+// unless the upstream has BINARY: then literal8 messages are read too and
+// go upstream as literal8s.
 // TEXT parts in literal8 form (RFC 3516 with CATENATE) are refused.
 //
 // Two limits, each failing cleanly with nothing stored:
@@ -201,10 +203,11 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	}
 	up := x.Session().UpstreamCaps()
 	if !isCatenate(x.Segments[0].Text) {
-		if lit := x.Segments[0].Literal; synthesizesMulti(up) && lit != nil && !lit.Binary && isPlainAppend(x.Segments[0].Text) {
+		if lit := x.Segments[0].Literal; synthesizesMulti(up) && lit != nil && (!lit.Binary || up.Has("BINARY")) && isPlainAppend(x.Segments[0].Text) {
 			// Perhaps several messages: read them (multiappend.go). A
-			// literal8 (BINARY) first message is binary's to convert and
-			// goes on unread.
+			// literal8 (BINARY) first message goes upstream as one where
+			// the upstream has BINARY; elsewhere it is binary's to
+			// convert, and goes on unread.
 			return e.synthesize(ctx, x, next)
 		}
 		return next(ctx, x)
@@ -340,15 +343,16 @@ func (e *Extension) synthesize(ctx context.Context, x *proxy.Exchange, next prox
 			return err
 		}
 		m := p.msgs[len(p.msgs)-1]
-		if h.Binary && kind == litMessage {
-			if len(p.msgs) == 1 {
-				// Only after a mailbox name in a literal: an APPEND
-				// that starts with a literal8 is binary's.
-				return &refusal{"NO", "CANNOT", "A literal8 message after a mailbox name sent as a literal is not supported; send the name as a quoted string."}
-			}
+		switch {
+		case h.Binary && kind == litMessage && up.Has("BINARY"):
+			m.binary = true // sent upstream as the literal8 it is
+		case h.Binary && kind == litMessage && len(p.msgs) == 1:
+			// Only after a mailbox name in a literal: an APPEND that
+			// starts with a literal8 is binary's.
+			return &refusal{"NO", "CANNOT", "A literal8 message after a mailbox name sent as a literal is not supported; send the name as a quoted string."}
+		case h.Binary && kind == litMessage:
 			return &refusal{"NO", "CANNOT", "A literal8 message after the first of a MULTIAPPEND is not supported."}
-		}
-		if h.Binary {
+		case h.Binary:
 			return &refusal{"NO", "CANNOT", "CATENATE with literal8 parts is not supported."}
 		}
 		if kind == litURL {
@@ -493,12 +497,12 @@ func (e *Extension) resolve(ctx context.Context, s *proxy.Session, url string, s
 func build(tag string, p *cmdParser, sp *urlfetch.Spool) (imapcodec.Segment, io.Reader) {
 	head, size := messageHead, messageSize
 	text := head([]byte(tag+" APPEND "+p.mailbox+" "), p.msgs[0])
-	first := imapcodec.Segment{Text: text, Literal: &imapcodec.LiteralHeader{Size: size(p.msgs[0]), NonSync: true, Start: len(text)}}
+	first := imapcodec.Segment{Text: text, Literal: &imapcodec.LiteralHeader{Size: size(p.msgs[0]), NonSync: true, Binary: p.msgs[0].binary, Start: len(text)}}
 	var rs []io.Reader
 	for i, m := range p.msgs {
 		if i > 0 {
 			b := head([]byte(" "), m)
-			b = imapcodec.LiteralHeader{Size: size(m), NonSync: true}.Format(b)
+			b = imapcodec.LiteralHeader{Size: size(m), NonSync: true, Binary: m.binary}.Format(b)
 			rs = append(rs, strings.NewReader(string(b)+"\r\n"))
 		}
 		for _, pt := range m.parts {

@@ -3,6 +3,7 @@ package catenate_test
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/emersion/go-imap/v2"
+	"github.com/lemonproxy/lemonproxy/extensions/binary"
 	"github.com/lemonproxy/lemonproxy/extensions/catenate"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/internal/urlfetch"
@@ -474,6 +476,71 @@ func TestSpoolShareOfOneAccount(t *testing.T) {
 	if got := imaptest.Tagged(alice.ReadUntilTagged("a1")); !strings.HasPrefix(got, "NO [LIMIT]") {
 		t.Fatalf("alice's APPEND past her share: %q", got)
 	}
+}
+
+// binaryEnv is memEnv over an upstream with BINARY and UIDPLUS and
+// without MULTIAPPEND, with extensions/binary in the chain after the
+// others, as chain.go has it.
+func binaryEnv(t *testing.T) *imaptest.Proxy {
+	t.Helper()
+	return memEnvCaps(t, []imap.Cap{imap.CapNamespace, imap.CapLiteralPlus, imap.CapUIDPlus, imap.CapBinary}, func(c *proxy.Config) {
+		c.Extensions = append(c.Extensions, binary.New())
+	})
+}
+
+// TestMultiappendLiteral8OverBinaryUpstream: over an upstream with BINARY
+// and UIDPLUS and without MULTIAPPEND (the proxy offers MULTIAPPEND), a
+// MULTIAPPEND whose first message is a literal8 was passed on by both
+// catenate (a literal8 first message was binary's) and binary (the
+// upstream has BINARY), and go-imap's server stored the first message and
+// dropped the connection: NO for a stored message (a second reviewer's
+// finding). The messages are now read and appended one by one, the
+// literal8 as a literal8; one literal8 after a mailbox name sent as a
+// literal too, which the first fix had refused.
+func TestMultiappendLiteral8OverBinaryUpstream(t *testing.T) {
+	p := binaryEnv(t)
+	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
+	if caps := strings.Join(c.MustOK("CAPABILITY"), " "); !strings.Contains(caps, " MULTIAPPEND") {
+		t.Fatalf("MULTIAPPEND not offered: %s", caps)
+	}
+	v := uidValidity(t, c, "INBOX")
+	first := "Subject: one\r\n\r\nfirst\x00\r\n"
+	second := "Subject: two\r\n\r\nsecond\r\n"
+	c.Send(fmt.Sprintf("m APPEND INBOX ~{%d+}", len(first)))
+	c.Write(first)
+	c.Send(fmt.Sprintf(" (\\Seen) {%d+}", len(second)))
+	c.Write(second)
+	c.Send("")
+	lines := c.ReadUntilTagged("m")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK [APPENDUID "+v+" 1:2]") {
+		t.Fatalf("MULTIAPPEND, literal8 first: %q", lines)
+	}
+	c.Send("n APPEND {5+}")
+	c.Write("INBOX")
+	c.Send(fmt.Sprintf(" ~{%d+}", len(first)))
+	c.Write(first)
+	c.Send("")
+	if got := imaptest.Tagged(c.ReadUntilTagged("n")); !strings.HasPrefix(got, "OK [APPENDUID "+v+" 3]") {
+		t.Fatalf("one literal8 after a literal mailbox name: %q", got)
+	}
+	c.MustOK("SELECT INBOX")
+	for uid, want := range map[int]string{1: first, 2: second, 3: first} {
+		if got := binaryItem(t, c.MustOK(fmt.Sprintf("UID FETCH %d (BINARY.PEEK[])", uid))); got != want {
+			t.Errorf("UID %d: %q, want %q", uid, got, want)
+		}
+	}
+}
+
+// binaryItem returns the data of the literal (or literal8) in a FETCH
+// answer's first line.
+func binaryItem(t *testing.T, lines []string) string {
+	t.Helper()
+	m := regexp.MustCompile(`~?\{(\d+)\}\r\n`).FindStringSubmatchIndex(lines[0])
+	if m == nil {
+		t.Fatalf("no literal in %q", lines)
+	}
+	n, _ := strconv.Atoi(lines[0][m[2]:m[3]])
+	return lines[0][m[1] : m[1]+n]
 }
 
 // TestPlainAppendUntouched: an APPEND without CATENATE streams as before.

@@ -138,7 +138,7 @@ func appendOne(conn *upstream.Conn, mailbox string, m *message, sp *urlfetch.Spo
 	nonSync := conn.Caps().Has("LITERAL+") || conn.Caps().Has("LITERAL-") && size <= 4096
 	tag := conn.NextTag()
 	line := messageHead([]byte(tag+" APPEND "+mailbox+" "), m)
-	line = imapcodec.LiteralHeader{Size: size, NonSync: nonSync}.Format(line)
+	line = imapcodec.LiteralHeader{Size: size, NonSync: nonSync, Binary: m.binary}.Format(line)
 	line = append(line, '\r', '\n')
 	w := conn.Writer()
 	conn.SetDeadline(time.Now().Add(appendTimeout))

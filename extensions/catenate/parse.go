@@ -53,7 +53,10 @@ type message struct {
 	flags string // the flag list as the client sent it, "" if none
 	date  string // the quoted date-time as the client sent it, "" if none
 	cat   bool   // CATENATE (else one literal)
-	parts []part
+	// binary: the literal is a literal8 (RFC 3516), which goes upstream
+	// as one (only over an upstream with BINARY).
+	binary bool
+	parts  []part
 }
 
 // part is a piece of a message: a literal's bytes in the spool, or a URL.

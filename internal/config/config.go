@@ -116,7 +116,9 @@ type Settings struct {
 	// SpoolMaxBytesPerUser is the part of SpoolMaxBytes one account's
 	// messages may take at once (a URLFETCH's: the account whose message
 	// it is), so that one account cannot hold it all; 0 or less selects
-	// the default (256 MiB).
+	// a quarter of SpoolMaxBytes, at least MaxAppend (256 MiB with the
+	// defaults), so that a configuration made before it existed keeps
+	// working.
 	SpoolMaxBytesPerUser int64 `toml:"spool-max-bytes-per-user"`
 
 	ExpungeLogMax    int      `toml:"expunge-log-max"`
@@ -202,7 +204,6 @@ func Defaults() Settings {
 		NotifyPollInterval:     Duration{30 * time.Second},
 		ContextMaxBytes:        64 << 20,
 		SpoolMaxBytes:          1 << 30,
-		SpoolMaxBytesPerUser:   256 << 20,
 		SearchMaxBytes:         256 << 20,
 		CompressLevel:          deflate.DefaultLevel,
 		CompressMaxCompressors: compress.DefaultMaxCompressors,
@@ -282,7 +283,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.ClusterRelease, "cluster-release-after", s.ClusterRelease, "an account with no session on its node for this long is released, so that it can move to its preferred node")
 	fs.Int64Var(&s.ContextMaxBytes, "context-max-bytes", s.ContextMaxBytes, "most bytes all sessions' updating searches and sorts (CONTEXT=SEARCH, CONTEXT=SORT) may hold together; past it a new one is refused updates (NOUPDATE)")
 	fs.Int64Var(&s.SpoolMaxBytes, "spool-max-bytes", s.SpoolMaxBytes, "most bytes of disk all messages being put together (CATENATE, MULTIAPPEND, BINARY's APPEND over an upstream without them) may take at once; past it such an APPEND is refused NO [LIMIT]")
-	fs.Int64Var(&s.SpoolMaxBytesPerUser, "spool-max-bytes-per-user", s.SpoolMaxBytesPerUser, "most bytes of spool-max-bytes one account's messages being put together may take at once; past it that account's such APPENDs are refused NO [LIMIT]")
+	fs.Int64Var(&s.SpoolMaxBytesPerUser, "spool-max-bytes-per-user", s.SpoolMaxBytesPerUser, "most bytes of spool-max-bytes one account's messages being put together may take at once; past it that account's such APPENDs are refused NO [LIMIT]; 0: a quarter of spool-max-bytes, at least max-append")
 	fs.BoolVar(&s.UpstreamSearchCasemap, "upstream-search-casemap", s.UpstreamSearchCasemap, "the upstream's SEARCH compares with i;unicode-casemap (true of Dovecot): relay searches instead of evaluating their substring keys in the proxy for I18NLEVEL=1")
 	fs.Int64Var(&s.SearchMaxBytes, "search-max-bytes", s.SearchMaxBytes, "most bytes of headers and messages the proxy reads to evaluate one search's substring keys (I18NLEVEL=1 over an upstream whose SEARCH is not i;unicode-casemap); past it the search is answered NO [LIMIT]")
 	fs.IntVar(&s.CompressLevel, "compress-level", s.CompressLevel, "deflate level (1-9) of the compressor a COMPRESS=DEFLATE session borrows for a burst of output (message bodies); higher saves more bytes for more CPU")

@@ -205,30 +205,38 @@ func (sp *Spool) Write(p []byte) (int, error) {
 			return len(p), nil
 		}
 		if err := sp.toFile(); err != nil {
-			sp.err = err
-			return 0, err
+			return 0, sp.fail(err)
 		}
 	}
 	if sp.f == nil {
 		return 0, os.ErrClosed
 	}
 	if err := sp.reserve(len(p)); err != nil {
-		// The spool is of no more use (its command is refused): its
-		// file and its share go back now, not when the command's rest
-		// has been read, which a client may take its time over.
-		sp.err = err
-		sp.releaseDisk()
-		f := sp.f
-		sp.f = nil
-		f.Close()
-		return 0, err
+		return 0, sp.fail(err)
 	}
 	n, err := sp.f.Write(p)
 	sp.size += int64(n)
 	if err != nil {
-		sp.err = err
+		return n, sp.fail(err)
 	}
-	return n, err
+	return n, nil
+}
+
+// fail records a write's failure and gives back what the spool holds: it
+// is of no more use (its command is refused), and the rest of the
+// command, which a client may take its time over, is read and dropped
+// before Close.
+func (sp *Spool) fail(err error) error {
+	sp.err = err
+	if sp.mem != nil {
+		sp.freeMemory()
+	}
+	sp.releaseDisk()
+	if sp.f != nil {
+		sp.f.Close()
+		sp.f = nil
+	}
+	return err
 }
 
 // ReadFrom appends what r yields until its end (io.ReaderFrom, so that
