@@ -235,6 +235,12 @@ func uidSet(uids []uint32) string {
 // and created again meanwhile; its messages of the same UIDs are someone
 // else's and are left alone.
 func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstream.Conn, mailbox, validity string, uids []uint32) {
+	// The failed APPEND may have left conn out of step (a refusal read
+	// while a non-synchronising literal was still on its way): it is
+	// closed without a LOGOUT, which would wait for an answer that may
+	// never come.
+	conn.MarkBroken()
+	conn.Close()
 	if len(uids) == 0 {
 		return
 	}
@@ -243,8 +249,6 @@ func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstr
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
 	defer cancel()
 	err := func() error {
-		conn.MarkBroken()
-		conn.Close()
 		conn, err := s.UpstreamAccount().Dial(ctx)
 		if err != nil {
 			return err
