@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
 
 // The APPEND command with CATENATE (RFC 4469 5, RFC 3502 for several
@@ -109,7 +111,8 @@ const (
 	litMailbox                    // the mailbox name (setMailbox)
 )
 
-// maxMailboxLiteral bounds a mailbox name sent as a literal.
+// maxMailboxLiteral bounds a mailbox name sent as a literal: the longest
+// imapcodec.CanQuote takes.
 const maxMailboxLiteral = 1024
 
 // literal moves past a literal and says what it is.
@@ -145,19 +148,10 @@ func (p *cmdParser) setMailbox(name []byte) error {
 	if p.st != stMailboxLit {
 		return syntaxf("unexpected mailbox name")
 	}
-	var b strings.Builder
-	b.WriteByte('"')
-	for _, c := range name {
-		switch {
-		case c == 0 || c == '\r' || c == '\n' || c >= 0x80:
-			return syntaxf("mailbox name that cannot be quoted")
-		case c == '"' || c == '\\':
-			b.WriteByte('\\')
-		}
-		b.WriteByte(c)
+	if !imapcodec.CanQuote(string(name)) {
+		return syntaxf("mailbox name that cannot be quoted")
 	}
-	b.WriteByte('"')
-	p.mailbox = b.String()
+	p.mailbox = string(imapcodec.AppendQuoted(nil, string(name)))
 	p.st = stMessage
 	return p.newMessage()
 }
