@@ -325,12 +325,7 @@ func TestBinaryMultiappendRefused(t *testing.T) {
 	e := newEnv(t)
 	c := imaptest.Login(t, e.p.Addr, "alice", "secret")
 	first, second := "Subject: one\r\n\r\nfirst\r\n", "Subject: two\r\n\r\nsecond\r\n"
-	c.Send(fmt.Sprintf("m APPEND INBOX ~{%d+}", len(first)))
-	c.Write(first)
-	c.Send(fmt.Sprintf(" {%d+}", len(second)))
-	c.Write(second)
-	c.Send("")
-	lines := c.ReadUntilTagged("m")
+	lines := c.Cmd(fmt.Sprintf("APPEND INBOX ~{%d+}", len(first)), first+fmt.Sprintf(" {%d+}", len(second)), second)
 	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "NO [CANNOT] ") {
 		t.Fatalf("MULTIAPPEND with a literal8 first: %q", lines)
 	}

@@ -198,12 +198,7 @@ func TestDovecotMultiappendLiteral8(t *testing.T) {
 	att := attachment(1000)
 	first := "Subject: one\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n" + string(att)
 	second := "Subject: two\r\n\r\nsecond\r\n"
-	c.Send(fmt.Sprintf("m APPEND INBOX ~{%d+}", len(first)))
-	c.Write(first)
-	c.Send(fmt.Sprintf(" (\\Flagged) {%d+}", len(second)))
-	c.Write(second)
-	c.Send("")
-	if lines := c.ReadUntilTagged("m"); !strings.HasPrefix(imaptest.Tagged(lines), "OK") {
+	if lines := c.Cmd(fmt.Sprintf("APPEND INBOX ~{%d+}", len(first)), first+fmt.Sprintf(" (\\Flagged) {%d+}", len(second)), second); !strings.HasPrefix(imaptest.Tagged(lines), "OK") {
 		t.Fatalf("MULTIAPPEND: %q", lines)
 	}
 	d := imaptest.Login(t, legacy.Addr, "alice", "alicepass")

@@ -368,13 +368,9 @@ func TestMultiappendCatenateFirst(t *testing.T) {
 		t.Fatalf("capabilities: %q", caps)
 	}
 	v := uidValidity(t, c, "Drafts")
-	c.Send(`m APPEND Drafts CATENATE (URL "/Drafts;UIDVALIDITY=` + v + `/;UID=2" TEXT {8+}`)
-	c.Write("\r\n-- J\r\n")
 	second := "Subject: second\r\n\r\nhello\r\n"
-	c.Send(`) (\Flagged) {` + fmt.Sprint(len(second)) + `+}`)
-	c.Write(second)
-	c.Send("")
-	lines := c.ReadUntilTagged("m")
+	lines := c.Cmd(`APPEND Drafts CATENATE (URL "/Drafts;UIDVALIDITY=`+v+`/;UID=2" TEXT {8+}`,
+		"\r\n-- J\r\n"+fmt.Sprintf(`) (\Flagged) {%d+}`, len(second)), second)
 	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK [APPENDUID "+v+" 3:4]") {
 		t.Fatalf("MULTIAPPEND: %q", lines)
 	}
@@ -402,17 +398,8 @@ func TestMultiappendMailboxLiteral(t *testing.T) {
 	c.MustOK(`CREATE "odd \"name\" \\ here"`)
 	v := uidValidity(t, c, `"odd \"name\" \\ here"`)
 	first, second := "Subject: one\r\n\r\nfirst\r\n", "Subject: two\r\n\r\nsecond\r\n"
-	c.Send(fmt.Sprintf("m APPEND {%d}", len(name)))
-	if l := c.ReadLine(); !strings.HasPrefix(l, "+") {
-		t.Fatalf("mailbox literal not invited: %q", l)
-	}
-	c.Write(name)
-	c.Send(fmt.Sprintf(" {%d+}", len(first)))
-	c.Write(first)
-	c.Send(fmt.Sprintf(" (\\Seen) {%d+}", len(second)))
-	c.Write(second)
-	c.Send("")
-	lines := c.ReadUntilTagged("m")
+	lines := c.Cmd(fmt.Sprintf("APPEND {%d}", len(name)), name+fmt.Sprintf(" {%d+}", len(first)),
+		first+fmt.Sprintf(" (\\Seen) {%d+}", len(second)), second)
 	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK [APPENDUID "+v+" 1:2]") {
 		t.Fatalf("MULTIAPPEND: %q", lines)
 	}
@@ -426,12 +413,7 @@ func TestMultiappendMailboxLiteral(t *testing.T) {
 
 	// A name no quoted string can carry is refused, nothing stored.
 	c.MustOK("CLOSE")
-	c.Send("n APPEND {3+}")
-	c.Write("a\rb")
-	c.Send(fmt.Sprintf(" {%d+}", len(first)))
-	c.Write(first)
-	c.Send("")
-	if got := imaptest.Tagged(c.ReadUntilTagged("n")); !strings.HasPrefix(got, "BAD ") {
+	if got := imaptest.Tagged(c.Cmd("APPEND {3+}", "a\rb"+fmt.Sprintf(" {%d+}", len(first)), first)); !strings.HasPrefix(got, "BAD ") {
 		t.Errorf("unquotable name: %q", got)
 	}
 	c.MustOK("NOOP")
@@ -506,21 +488,11 @@ func TestMultiappendLiteral8OverBinaryUpstream(t *testing.T) {
 	v := uidValidity(t, c, "INBOX")
 	first := "Subject: one\r\n\r\nfirst\x00\r\n"
 	second := "Subject: two\r\n\r\nsecond\r\n"
-	c.Send(fmt.Sprintf("m APPEND INBOX ~{%d+}", len(first)))
-	c.Write(first)
-	c.Send(fmt.Sprintf(" (\\Seen) {%d+}", len(second)))
-	c.Write(second)
-	c.Send("")
-	lines := c.ReadUntilTagged("m")
+	lines := c.Cmd(fmt.Sprintf("APPEND INBOX ~{%d+}", len(first)), first+fmt.Sprintf(" (\\Seen) {%d+}", len(second)), second)
 	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK [APPENDUID "+v+" 1:2]") {
 		t.Fatalf("MULTIAPPEND, literal8 first: %q", lines)
 	}
-	c.Send("n APPEND {5+}")
-	c.Write("INBOX")
-	c.Send(fmt.Sprintf(" ~{%d+}", len(first)))
-	c.Write(first)
-	c.Send("")
-	if got := imaptest.Tagged(c.ReadUntilTagged("n")); !strings.HasPrefix(got, "OK [APPENDUID "+v+" 3]") {
+	if got := imaptest.Tagged(c.Cmd("APPEND {5+}", "INBOX"+fmt.Sprintf(" ~{%d+}", len(first)), first)); !strings.HasPrefix(got, "OK [APPENDUID "+v+" 3]") {
 		t.Fatalf("one literal8 after a literal mailbox name: %q", got)
 	}
 	c.MustOK("SELECT INBOX")

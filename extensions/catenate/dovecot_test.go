@@ -154,12 +154,7 @@ func TestDovecotMultiappendOverCatenate(t *testing.T) {
 	if !strings.Contains(caps, " MULTIAPPEND") || !strings.Contains(caps, " CATENATE") {
 		t.Fatalf("capabilities: %q", caps)
 	}
-	c.Send(`m APPEND INBOX CATENATE (URL "/Drafts/;UID=` + itoa(uids[1]) + `" TEXT {8+}`)
-	c.Write("\r\n-- J\r\n")
-	c.Send(`) (\Flagged) {5+}`)
-	c.Write("hello")
-	c.Send("")
-	lines := c.ReadUntilTagged("m")
+	lines := c.Cmd(`APPEND INBOX CATENATE (URL "/Drafts/;UID=`+itoa(uids[1])+`" TEXT {8+}`, "\r\n-- J\r\n) (\\Flagged) {5+}", "hello")
 	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK [APPENDUID ") || !strings.Contains(got, " 1:2]") {
 		t.Fatalf("MULTIAPPEND: %q", lines)
 	}
