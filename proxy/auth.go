@@ -105,6 +105,10 @@ func (s *Session) cmdAuthenticate(ctx context.Context, x *Exchange) error {
 	return s.authenticate(ctx, cmd.Tag, user, pass)
 }
 
+// errEvictedInLogin ends a session whose account left this node while
+// its login ran (cluster mode, Server.evict).
+var errEvictedInLogin = errors.New("proxy: the account left this node during the login")
+
 // authenticate logs in to the upstream with the client's credentials and, on
 // success, moves the session to the authenticated state. The check waits
 // its turn behind the failed logins of the client's address and of the
@@ -128,6 +132,26 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 			if s.state == StateNotAuthenticated {
 				s.routeDone = nil
 				release()
+			}
+		}()
+	}
+	if s.srv.cfg.Router != nil {
+		// From here the session is the account's at this node: an
+		// eviction (a drain, fencing, the account lost) must find it
+		// and end its login too. Found only once logged in, a login
+		// that was waiting its turn (failed-login delays) or for the
+		// upstream went on at a node that no longer owned the account,
+		// beside the node that took it over (a second reviewer's
+		// finding).
+		lctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		ctx = lctx
+		s.loginCancel.Store(&cancel)
+		s.acct.Store(&account)
+		defer func() {
+			s.loginCancel.Store(nil)
+			if s.state == StateNotAuthenticated {
+				s.acct.Store(nil)
 			}
 		}()
 	}
@@ -155,6 +179,13 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		caps = c.Caps()
 	}
 	done(loginOK, 0)
+	if ctx.Err() != nil || s.ending.Load() {
+		// Evicted meanwhile: the client has its BYE.
+		if c != nil {
+			c.Logout() // not back to the pool, which evict emptied
+		}
+		return errEvictedInLogin
+	}
 	if !s.srv.limits.login(account) {
 		switch {
 		case c != nil && cached:

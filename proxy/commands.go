@@ -399,7 +399,7 @@ func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub
 		return err
 	}
 	m.sub, m.state = sub, sub.State()
-	sub.SetIdle(Updates(s.updates.Load()) != UpdatesWithCommands)
+	sub.SetIdle(s.currentUpdates() != UpdatesWithCommands)
 	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	if err := sub.Await(sctx, early); err != nil {
 		s.log.Debug("mailbox sync failed", "err", err)

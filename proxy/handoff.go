@@ -269,7 +269,12 @@ func (s *Server) evict(ctx context.Context, account, text string) error {
 	s.mu.Unlock()
 	var byes sync.WaitGroup
 	for _, sess := range doomed {
-		byes.Go(func() { sess.byeCode("UNAVAILABLE", text) })
+		byes.Go(func() {
+			sess.byeCode("UNAVAILABLE", text)
+			if cancel := sess.loginCancel.Load(); cancel != nil {
+				(*cancel)() // a login in progress
+			}
+		})
 	}
 	byes.Wait()
 	for _, sess := range doomed {

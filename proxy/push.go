@@ -35,17 +35,46 @@ const (
 )
 
 // SetUpdates sets when changes of the selected mailbox reach the client
-// (IDLE sets UpdatesAll for its length; NOTIFY sets what its selected
-// filter asks) and returns the previous setting.
+// outside IDLE (NOTIFY sets what its selected filter asks, and
+// UpdatesWithCommands again when it ends) and returns the previous
+// setting. While the client idles (SetIdling), every change is pushed
+// whatever this says; the setting holds again after DONE.
 func (s *Session) SetUpdates(u Updates) Updates {
 	prev := Updates(s.updates.Swap(int32(u)))
+	s.updatesChanged()
+	return prev
+}
+
+// SetIdling tells the core that the client idles (IDLE, until DONE):
+// every change of the selected mailbox is pushed as it comes. It is apart
+// from SetUpdates so that a setting changed during IDLE (NOTIFY ended by
+// an overflow the idling client was told of) neither silences the IDLE
+// nor is undone by its DONE.
+func (s *Session) SetIdling(on bool) {
+	s.idling.Store(on)
+	s.updatesChanged()
+}
+
+// currentUpdates is the Updates setting in force: UpdatesAll while the
+// client idles, else SetUpdates's.
+func (s *Session) currentUpdates() Updates {
+	if s.idling.Load() {
+		return UpdatesAll
+	}
+	return Updates(s.updates.Load())
+}
+
+// updatesChanged follows a change of the setting in force: the watcher
+// is told whether the session waits for pushes, and news already there
+// go out.
+func (s *Session) updatesChanged() {
+	u := s.currentUpdates()
 	if s.mbox != nil {
 		s.mbox.sub.SetIdle(u != UpdatesWithCommands)
 	}
 	if u != UpdatesWithCommands && s.hasNews() {
 		s.Wake()
 	}
-	return prev
 }
 
 // Wake makes the session push as soon as it may: the selected mailbox's
@@ -156,7 +185,7 @@ func (s *Session) pushBetween() error {
 	// Only after a Wake: with expunges held back (UpdatesNoExpunge) the
 	// news stay pending, and must not make the session spin.
 	delivered := false
-	if mode := Updates(s.updates.Load()); mode != UpdatesWithCommands && woken && s.mbox != nil && s.mbox.news.Load() {
+	if mode := s.currentUpdates(); mode != UpdatesWithCommands && woken && s.mbox != nil && s.mbox.news.Load() {
 		var err error
 		if delivered, err = s.deliver(nil, mode == UpdatesAll); err != nil {
 			return err

@@ -94,7 +94,7 @@ func (m *selectedMailbox) newKeywords(flags []string) []byte {
 func (s *Session) notify(m *selectedMailbox) func() {
 	return func() {
 		m.news.Store(true)
-		if Updates(s.updates.Load()) != UpdatesWithCommands {
+		if s.currentUpdates() != UpdatesWithCommands {
 			s.Wake()
 		}
 	}

@@ -67,6 +67,7 @@ type Session struct {
 	// client; updates is its Updates setting (see push.go).
 	wake, between atomic.Bool
 	updates       atomic.Int32
+	idling        atomic.Bool // SetIdling
 	// stateMirror and leased mirror state and up for Server.Stats, which
 	// reads them from another goroutine.
 	stateMirror atomic.Int32
@@ -85,10 +86,13 @@ type Session struct {
 	// another node handed over (it is never routed again); forwarded, a
 	// session whose bytes go to another node; release gives the account's
 	// place on this node back when the session ends.
-	acct      atomic.Pointer[string]
-	handedOff bool
-	forwarded atomic.Bool
-	routeDone func()
+	acct atomic.Pointer[string]
+	// loginCancel ends a login in progress at this node, for evict (set
+	// while the login runs in cluster mode).
+	loginCancel atomic.Pointer[context.CancelFunc]
+	handedOff   bool
+	forwarded   atomic.Bool
+	routeDone   func()
 	// enabled and values are made on first use: most sessions never
 	// need them, and an idle one should hold nothing it does not need.
 	enabled map[string]bool

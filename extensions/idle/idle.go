@@ -57,23 +57,23 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, _ proxy
 	if s.State() < proxy.StateAuthenticated {
 		return x.Reply("BAD", "", "IDLE not allowed before authentication; log in first.")
 	}
-	prev := s.SetUpdates(proxy.UpdatesAll)
+	s.SetIdling(true)
 	if err := s.PushNow(); err != nil {
-		s.SetUpdates(prev)
+		s.SetIdling(false)
 		return err
 	}
 	if err := s.Write([]byte("+ idling\r\n")); err != nil {
-		s.SetUpdates(prev)
+		s.SetIdling(false)
 		return err
 	}
-	return e.await(x, prev, time.Now().Add(s.IdleTimeout()))
+	return e.await(x, time.Now().Add(s.IdleTimeout()))
 }
 
 // await waits for DONE until deadline without holding the session's
 // goroutine (Session.AwaitLine: an idling session parks), sending
-// keepalives meanwhile if configured. prev is the Updates setting to
-// restore when IDLE ends.
-func (e *Extension) await(x *proxy.Exchange, prev proxy.Updates, deadline time.Time) error {
+// keepalives meanwhile if configured; the session is idling
+// (Session.SetIdling) until IDLE ends.
+func (e *Extension) await(x *proxy.Exchange, deadline time.Time) error {
 	s := x.Session()
 	wait := deadline
 	if k := time.Now().Add(e.KeepAlive); e.KeepAlive > 0 && k.Before(deadline) {
@@ -84,12 +84,12 @@ func (e *Extension) await(x *proxy.Exchange, prev proxy.Updates, deadline time.T
 		timedOut := errors.Is(err, os.ErrDeadlineExceeded)
 		if timedOut && time.Now().Before(deadline) {
 			if err := s.Write([]byte("* OK Still here\r\n")); err != nil {
-				s.SetUpdates(prev)
+				s.SetIdling(false)
 				return err
 			}
-			return e.await(x, prev, deadline)
+			return e.await(x, deadline)
 		}
-		s.SetUpdates(prev)
+		s.SetIdling(false)
 		switch {
 		case err == nil && lit == nil && strings.EqualFold(string(line), "DONE"):
 			return x.Reply("OK", "", "Idle completed.")

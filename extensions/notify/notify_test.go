@@ -291,6 +291,53 @@ func TestOverflow(t *testing.T) {
 	a.MustOK("NOOP")
 }
 
+// TestOverflowDuringIdle: a NOTIFY ended by NOTIFICATIONOVERFLOW while
+// its client idles leaves the IDLE pushing the selected mailbox's changes,
+// and after DONE the session is as after NOTIFY NONE: no EXPUNGE while no
+// command is in progress (RFC 3501 7.4.1, RFC 5465 5.8). The overflow set
+// "with commands only" under the IDLE, which went silent, and the DONE
+// put back NOTIFY's old setting, which pushed EXPUNGEs between commands
+// with NOTIFY off (a second reviewer's finding).
+func TestOverflowDuringIdle(t *testing.T) {
+	e := newEnv(t, notify.Config{MaxQueued: 2})
+	a := e.login(t, "alice")
+	a.MustOK("APPEND INBOX {7+}\r\nSubj: 1")
+	a.MustOK("APPEND INBOX {7+}\r\nSubj: 2")
+	a.MustOK("SELECT INBOX")
+	a.MustOK("NOTIFY SET (selected (MessageNew MessageExpunge)) (personal (MailboxName))")
+	a.Send("i IDLE")
+	a.Expect("+ idling")
+	direct, err := imapclient.DialInsecure(e.up.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	if err := direct.Login("alice", "secret").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"d1", "d2", "d3"} {
+		if err := direct.Create(n, nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := e.login(t, "alice")
+	b.MustOK("CREATE p1")
+	expect(t, a, "* OK [NOTIFICATIONOVERFLOW] Too many events; NOTIFY is now off.")
+
+	b.MustOK("APPEND INBOX {7+}\r\nSubj: 3")
+	expect(t, a, "* 3 EXISTS")
+	a.Send("DONE")
+	a.ReadUntilTagged("i")
+
+	b.MustOK("SELECT INBOX")
+	b.MustOK(`STORE 1 +FLAGS (\Deleted)`)
+	b.MustOK("EXPUNGE")
+	quiet(t, a, time.Second)
+	if lines := a.MustOK("NOOP"); !slices.Contains(lines, "* 1 EXPUNGE") {
+		t.Errorf("NOOP after the expunge: %q", lines)
+	}
+}
+
 // TestPolling: a change made directly on the upstream, which the proxy
 // cannot see coming, is found by the account watcher's next poll.
 func TestPolling(t *testing.T) {

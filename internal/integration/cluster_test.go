@@ -37,6 +37,8 @@ type testCluster struct {
 	ttl    time.Duration
 	nodes  map[string]*testNode
 	mu     sync.Mutex
+	// edit, if set, changes each node's proxy configuration.
+	edit func(*proxy.Config)
 }
 
 // testNode is one node: its proxy server, its cluster node and the
@@ -55,10 +57,17 @@ type testNode struct {
 // with lease TTL ttl.
 func startCluster(t *testing.T, dc *dovecottest.Server, n int, ttl time.Duration) *testCluster {
 	t.Helper()
+	return startClusterWith(t, dc, n, ttl, nil)
+}
+
+// startClusterWith is startCluster with each node's proxy configuration
+// changed by edit.
+func startClusterWith(t *testing.T, dc *dovecottest.Server, n int, ttl time.Duration, edit func(*proxy.Config)) *testCluster {
+	t.Helper()
 	pg := pgtest.Start(t)
 	secret := make([]byte, 32)
 	rand.Read(secret)
-	c := &testCluster{t: t, pg: pg, db: pg.NewDatabase(t), dc: dc, secret: secret, ttl: ttl, nodes: map[string]*testNode{}}
+	c := &testCluster{t: t, pg: pg, db: pg.NewDatabase(t), dc: dc, secret: secret, ttl: ttl, nodes: map[string]*testNode{}, edit: edit}
 	for i := 1; i <= n; i++ {
 		c.startNode("n" + strconv.Itoa(i))
 	}
@@ -90,11 +99,15 @@ func (c *testCluster) startNode(name string) *testNode {
 		t.Fatal(err)
 	}
 	n := &testNode{name: name, node: node, store: store}
-	n.proxy = imaptest.StartProxy(t, c.dc.Addr, proxy.Config{
+	cfg := proxy.Config{
 		Extensions: []proxy.Extension{idle.New(), condstore.New()},
 		Router:     node,
 		Hub:        hubConfig(store),
-	})
+	}
+	if c.edit != nil {
+		c.edit(&cfg)
+	}
+	n.proxy = imaptest.StartProxy(t, c.dc.Addr, cfg)
 	n.addr = n.proxy.Addr
 	node.Attach(n.proxy.Srv)
 	served := make(chan struct{})

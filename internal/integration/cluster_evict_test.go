@@ -1,0 +1,64 @@
+package integration
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/cluster"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// TestDrainEndsLoginInFlight: a login that the owning node has admitted
+// but not yet answered (it waits behind the account's failed-login delay)
+// when the node is drained must end there, with a BYE, not succeed at a
+// node that no longer owns the account while another serves it. Eviction
+// found only sessions already logged in, so such a login went on: two
+// nodes served one account, the drained one with a session its counters
+// no longer showed (a second reviewer's finding).
+func TestDrainEndsLoginInFlight(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Legacy)
+	c := startClusterWith(t, dc, 2, 2*time.Second, func(cfg *proxy.Config) {
+		cfg.AuthFailureDelay = 2 * time.Second
+	})
+	imaptest.Login(t, c.node("n1").addr, "alice", "alicepass").MustOK("LOGOUT")
+	owner := c.owner("alice")
+	if owner == "" {
+		t.Fatal("nobody owns alice")
+	}
+	other := map[string]string{"n1": "n2", "n2": "n1"}[owner]
+	a, b := c.node(owner), c.node(other)
+	acct := dc.Addr + "\x00alice"
+
+	// A failed login makes the account's next login wait its turn.
+	bad := imaptest.Dial(t, a.addr)
+	bad.MustGreetOK()
+	bad.Write("b1 LOGIN alice wrong\r\n")
+	time.Sleep(300 * time.Millisecond)
+	good := imaptest.Dial(t, a.addr)
+	good.MustGreetOK()
+	good.Write("g LOGIN alice alicepass\r\n")
+	time.Sleep(200 * time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cluster.Drain(ctx, c.db, a.name); err != nil {
+		t.Fatal(err)
+	}
+	line, err := good.TryReadLine(10 * time.Second)
+	if err != nil {
+		t.Fatalf("the login in flight: %v", err)
+	}
+	if !strings.HasPrefix(line, "* BYE [UNAVAILABLE]") {
+		t.Fatalf("the login in flight on the drained %s: %q, want a BYE", a.name, line)
+	}
+	z := imaptest.Login(t, b.addr, "alice", "alicepass")
+	z.MustOK("SELECT INBOX")
+	waitUntil(t, 5*time.Second, b.name+" owns alice", func() bool { return b.node.Owns(acct) })
+	if n := a.proxy.Srv.Hub().Watchers(); n != 0 {
+		t.Errorf("the drained %s watches %d mailboxes", a.name, n)
+	}
+}
