@@ -125,9 +125,10 @@ func (n *Node) renew(conn *pgx.Conn, start time.Time) (*pgx.Conn, error) {
 		n.placementChangedLocked()
 		n.log.Info("cluster lease renewed: node serving again")
 	}
-	startDrain := draining && !n.draining
+	startDrain := draining && (!n.draining || n.drainRetry)
 	n.draining = draining
 	if startDrain {
+		n.drainRetry = false
 		n.goLocked(n.drain)
 	}
 	close(n.renewed)

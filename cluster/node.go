@@ -39,6 +39,9 @@ type Node struct {
 	fenceEvict bool      // the fencing's Evict is still running
 	superseded bool      // another incarnation took the name: fenced for good
 	draining   bool
+	// drainRetry: the drain's final release failed (the database slow
+	// or away); the next renewal runs the drain again.
+	drainRetry bool
 	closed     bool
 	owned      map[string]*account
 	acquiring  map[string]chan struct{} // acquisitions in flight, closed when done

@@ -274,6 +274,13 @@ func (n *Node) drain() {
 		return err
 	})
 	if err != nil {
-		n.log.Warn("cluster drain: releasing accounts", "err", err)
+		// Left as it is, the rows would keep naming this node, which
+		// refuses their accounts while draining, and nobody else may
+		// take them while its lease lives: no node could serve them and
+		// the drain would never end. The next renewal tries again.
+		n.log.Warn("cluster drain: releasing accounts; trying again at the next renewal", "err", err)
+		n.mu.Lock()
+		n.drainRetry = true
+		n.mu.Unlock()
 	}
 }
