@@ -56,3 +56,37 @@ func TestColdStateCache(t *testing.T) {
 		})
 	}
 }
+
+// TestForgetAccountDropsColdOnTimeout: ForgetAccount drops the account's
+// states in memory even when its wait for the watchers is cut short (an
+// eviction past its deadline, cluster mode). They went only after every
+// watcher had stopped, so a failed eviction left them, to be taken up
+// again, stale, if the account came back to the node (a second reviewer's
+// reading).
+func TestForgetAccountDropsColdOnTimeout(t *testing.T) {
+	e := newEnv(t, "alice")
+	e.appendMsg("alice", "INBOX", "one")
+	e.appendMsg("alice", "Work", "two")
+	h := testHub(t, Config{Grace: time.Millisecond})
+	sub, err := h.Watch(context.Background(), Key{"alice", "Work"}, e.dial("alice", false), func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub.Close()
+	waitFor(t, newNotifier(), "Work's state in memory", func() bool { return h.ColdStates() == 1 })
+	live, err := h.Watch(context.Background(), Key{"alice", "INBOX"}, e.dial("alice", false), func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the eviction's deadline has passed
+	h.ForgetAccount(ctx, "alice")
+	if n := h.ColdStates(); n != 0 {
+		t.Fatalf("%d states in memory after ForgetAccount gave up waiting", n)
+	}
+	waitFor(t, newNotifier(), "INBOX's watcher to stop", func() bool { return h.Watchers() == 0 })
+	if n := h.ColdStates(); n != 0 {
+		t.Fatalf("%d states in memory once the forgotten watcher stopped", n)
+	}
+}

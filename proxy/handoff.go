@@ -277,17 +277,23 @@ func (s *Server) evict(ctx context.Context, account, text string) error {
 		})
 	}
 	byes.Wait()
+	var err error
 	for _, sess := range doomed {
 		select {
 		case <-sess.closed:
+			continue
 		case <-ctx.Done():
-			return fmt.Errorf("proxy: evicting %d sessions: %w", len(doomed), ctx.Err())
+			err = fmt.Errorf("proxy: evicting %d sessions: %w", len(doomed), ctx.Err())
 		}
+		break
 	}
-	if err := s.hub.ForgetAccount(ctx, account); err != nil {
-		return err
+	// What the account left in memory goes even if a session is slow to
+	// end: kept, it would be taken up again, stale, if the account came
+	// back to this node.
+	if ferr := s.hub.ForgetAccount(ctx, account); err == nil {
+		err = ferr
 	}
 	s.pool.CloseAccount(account)
 	s.logins.forget(account)
-	return nil
+	return err
 }
