@@ -83,9 +83,24 @@ func (s *Session) updatesChanged() {
 // command that runs. It is safe to call from any goroutine.
 func (s *Session) Wake() {
 	s.wake.Store(true)
+	// Under betweenMu, so that the interrupt lands only while the
+	// session waits for its client: one that found it waiting, but landed
+	// once it had read the next command and set a deadline for the
+	// command's literal, cut the literal's read short and ended a healthy
+	// session with "Autologout" (a second reviewer's finding).
+	s.betweenMu.Lock()
 	if s.between.Load() {
 		s.interrupt()
 	}
+	s.betweenMu.Unlock()
+}
+
+// setBetween marks the session as waiting for its client's next line, or
+// not, for Wake.
+func (s *Session) setBetween(on bool) {
+	s.betweenMu.Lock()
+	s.between.Store(on)
+	s.betweenMu.Unlock()
 }
 
 // interrupt wakes the session goroutine if it is blocked reading from the
@@ -138,7 +153,7 @@ func (s *Session) readLineParking(deadline, parkAfter time.Time) ([]byte, *imapc
 			}
 		}
 		s.nc.SetReadDeadline(wait)
-		s.between.Store(true)
+		s.setBetween(true)
 		if s.wake.Load() {
 			s.interrupt()
 		}
@@ -157,14 +172,13 @@ func (s *Session) readLineParking(deadline, parkAfter time.Time) ([]byte, *imapc
 			s.resumed = false
 			line, lit, err = s.r.ReadLine()
 		}
-		s.between.Store(false)
+		s.setBetween(false)
 		var ne net.Error
 		if err == nil || !(errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) || !time.Now().Before(deadline) {
-			if wait != deadline {
-				// The rest of the command (its literals) is read
-				// under the wait's deadline, not the grace's.
-				s.nc.SetReadDeadline(deadline)
-			}
+			// The rest of the command (its literals) is read under the
+			// wait's deadline, not the grace's, nor an interrupt's that
+			// landed after the line was read.
+			s.nc.SetReadDeadline(deadline)
 			return line, lit, err
 		}
 		if err := s.pushBetween(); err != nil {

@@ -66,6 +66,7 @@ type Session struct {
 	// wake and between drive pushes while the session waits for its
 	// client; updates is its Updates setting (see push.go).
 	wake, between atomic.Bool
+	betweenMu     sync.Mutex // between's changes and Wake's interrupt
 	updates       atomic.Int32
 	idling        atomic.Bool // SetIdling
 	// stateMirror and leased mirror state and up for Server.Stats, which
