@@ -20,7 +20,10 @@ import (
 // is changing hands right now, and the client had better retry.
 const maxRouteAttempts = 3
 
-var _ proxy.Router = (*Node)(nil)
+var (
+	_ proxy.Router = (*Node)(nil)
+	_ proxy.Owner  = (*Node)(nil)
+)
 
 // Route places a login (proxy.Router): served here when this node owns
 // the account or acquires it, else handed over to the owner, or for an

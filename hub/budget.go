@@ -70,7 +70,7 @@ func (h *Hub) reclaim(account string, any bool) bool {
 			pick.graceTimer.Stop()
 			pick.graceTimer = nil
 		}
-		delete(h.boxes, pick.key)
+		h.retireLocked(pick)
 		drop = pick.cancel
 	}
 	h.mu.Unlock()

@@ -90,3 +90,33 @@ func TestForgetAccountDropsColdOnTimeout(t *testing.T) {
 		t.Fatalf("%d states in memory once the forgotten watcher stopped", n)
 	}
 }
+
+// TestForgetAccountFindsStoppingBox: a watcher whose grace ran out is out
+// of the watched boxes before its goroutine ends (it logs out upstream
+// first); ForgetAccount did not see it, and the state it kept on its way
+// out survived the account's eviction (a second reviewer's finding).
+func TestForgetAccountFindsStoppingBox(t *testing.T) {
+	u := startFake(t, false, 1, 2)
+	h := testHub(t, Config{Grace: time.Millisecond, StateCache: 16})
+	sub, err := h.Watch(context.Background(), Key{"alice", "INBOX"}, u.dial(), func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.mu.Lock() // the upstream is slow to answer the watcher's LOGOUT
+	sub.Close()
+	waitFor(t, newNotifier(), "the grace to run out", func() bool { return h.Watchers() == 0 })
+	if err := h.ForgetAccount(context.Background(), "alice"); err != nil {
+		u.mu.Unlock()
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	u.mu.Unlock()
+	waitFor(t, newNotifier(), "the stopping watcher to end", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.stopping) == 0
+	})
+	if n := h.ColdStates(); n != 0 {
+		t.Fatalf("%d state(s) of the forgotten account in memory", n)
+	}
+}

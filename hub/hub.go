@@ -161,6 +161,11 @@ type Hub struct {
 	cancel context.CancelFunc
 	mu     sync.Mutex
 	boxes  map[Key]*box
+	// stopping holds the boxes taken out of boxes (their grace over, or
+	// their connection reclaimed) whose goroutine has not ended yet, so
+	// that ForgetAccount finds them too: one ending after it would put
+	// its state back among the cold ones.
+	stopping map[*box]struct{}
 	wg     sync.WaitGroup
 	// cold holds the states of recently unwatched mailboxes (nil when
 	// Config.StateCache is negative).
@@ -179,7 +184,7 @@ func (h *Hub) Counts() (changes, notified int64) { return h.changes.Load(), h.no
 
 // New returns a hub. Close stops its watchers.
 func New(cfg Config) *Hub {
-	h := &Hub{cfg: cfg.withDefaults(), boxes: map[Key]*box{}}
+	h := &Hub{cfg: cfg.withDefaults(), boxes: map[Key]*box{}, stopping: map[*box]struct{}{}}
 	if h.cfg.StateCache > 0 {
 		h.cold, _ = lru.New[Key, *syncstate.Mailbox](h.cfg.StateCache)
 	}
@@ -197,11 +202,17 @@ func New(cfg Config) *Hub {
 // Store, and its state is ahead of this one): then this one is dropped.
 func (h *Hub) keepCold(b *box) {
 	st := b.state()
-	if st == nil || h.cold == nil || h.ctx.Err() != nil || b.forgotten.Load() || b.gone.Load() {
+	if st == nil || h.cold == nil || h.ctx.Err() != nil {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	// Under h.mu, which ForgetAccount marks the boxes under before it
+	// drops the cold states: marked first, this one stays out; added
+	// first, it is dropped with the others.
+	if b.forgotten.Load() || b.gone.Load() {
+		return
+	}
 	if _, live := h.boxes[b.key]; !live {
 		h.cold.Add(b.key, st)
 	}
@@ -248,6 +259,11 @@ func (h *Hub) ForgetAccount(ctx context.Context, account string) error {
 			b.graceTimer = nil
 		}
 		b.forgotten.Store(true)
+	}
+	for b := range h.stopping {
+		if account == "" || b.key.Account == account {
+			b.forgotten.Store(true)
+		}
 	}
 	h.mu.Unlock()
 	// The states in memory go first, whatever the wait below: one kept
@@ -326,6 +342,13 @@ func (h *Hub) ForgetMailboxes(account, name, below string) {
 			h.cfg.Logger.Warn("dropping the saved state of a deleted or renamed mailbox", "mailbox", k[len(account)+1:], "err", err)
 		}
 	}
+}
+
+// retireLocked takes b out of the watched boxes while its goroutine ends
+// (see stopping); h.mu is held.
+func (h *Hub) retireLocked(b *box) {
+	delete(h.boxes, b.key)
+	h.stopping[b] = struct{}{}
 }
 
 // Persistent reports whether the hub saves states (Config.Store).
@@ -608,7 +631,7 @@ func (s *Subscription) Close() {
 				h.mu.Unlock()
 				return
 			}
-			delete(h.boxes, b.key)
+			h.retireLocked(b)
 			h.mu.Unlock()
 			b.cancel()
 		})

@@ -261,6 +261,9 @@ func (b *box) run(resume *watch) (parked bool) {
 			b.kept = nil
 		}
 		b.dropGone()
+		b.hub.mu.Lock()
+		delete(b.hub.stopping, b)
+		b.hub.mu.Unlock()
 		close(b.stopped)
 	}()
 	log := boxLog{b}

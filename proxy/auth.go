@@ -154,6 +154,12 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 				s.acct.Store(nil)
 			}
 		}()
+		if o, ok := s.srv.cfg.Router.(Owner); ok && !o.Owns(account) {
+			// Evicted between the route and now (see Owner): the
+			// client tries again and is routed to the new owner.
+			s.srv.countError(ErrClusterUnavailable)
+			return s.WriteStatus(tag, "NO", "UNAVAILABLE", "This account cannot be served right now; try again shortly.")
+		}
 	}
 	done, err := s.admitLogin(ctx, account)
 	if err != nil {

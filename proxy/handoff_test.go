@@ -302,3 +302,38 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// leavingRouter keeps every login here, but says (Owner) that the node is
+// giving bob's account up: an eviction that began between the route and
+// the moment the session counted as the account's, which the eviction
+// then did not see.
+type leavingRouter struct{ released atomic.Int32 }
+
+func (r *leavingRouter) Route(context.Context, proxy.Handoff) (net.Conn, func(), error) {
+	return nil, func() { r.released.Add(1) }, nil
+}
+
+func (r *leavingRouter) Owns(account string) bool { return !strings.HasSuffix(account, "\x00bob") }
+
+// TestLoginEvictedAfterRoute: a login routed here whose account the node
+// is giving up by the time the session counts as the account's is refused
+// NO [UNAVAILABLE] (the client tries again and reaches the new owner),
+// its place given back; it went on and logged in at a node that no
+// longer owned the account (a second reviewer's finding).
+func TestLoginEvictedAfterRoute(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "pw", "bob", "pw")
+	r := &leavingRouter{}
+	cfg := baseConfig(up.Addr)
+	cfg.Router = r
+	p := startProxy(t, cfg)
+	c := imaptest.Dial(t, p.Addr)
+	c.MustGreetOK()
+	if got := imaptest.Tagged(c.Cmd("LOGIN bob pw")); !strings.HasPrefix(got, "NO [UNAVAILABLE]") {
+		t.Fatalf("login of an account the node is giving up: %q", got)
+	}
+	if n := r.released.Load(); n != 1 {
+		t.Fatalf("%d releases, want the refused login's", n)
+	}
+	c.MustOK("LOGIN alice pw")
+	c.MustOK("SELECT INBOX")
+}

@@ -28,6 +28,15 @@ type Router interface {
 	Route(ctx context.Context, h Handoff) (conn net.Conn, release func(), err error)
 }
 
+// An Owner is a Router that can tell whether this node still serves an
+// account and is not giving it up (cluster.Node.Owns). A login checks it
+// once the session counts as the account's at this node (visible to
+// Server.evict): an eviction that began before that point, and so did not
+// see the session, shows here instead.
+type Owner interface {
+	Owns(account string) bool
+}
+
 // Handoff is what a node tells the owner of an account about a session it
 // hands over: the login to run and the session's pre-login facts.
 type Handoff struct {

@@ -477,6 +477,12 @@ func (s *Session) commandFailed(err error) {
 	if errors.Is(err, errForwardEnded) {
 		return
 	}
+	if errors.Is(err, errEvictedInLogin) || s.ending.Load() && errors.Is(err, context.Canceled) {
+		// Evicted (cluster mode): the client has its BYE, or, handed
+		// over, its forwarding node answers; not a failure.
+		s.hangUp()
+		return
+	}
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 		s.log.Info("session ended", "err", err)
 		s.srv.countError(ErrSessionFailed)

@@ -62,3 +62,47 @@ func TestDrainEndsLoginInFlight(t *testing.T) {
 		t.Errorf("the drained %s watches %d mailboxes", a.name, n)
 	}
 }
+
+// TestDrainEndsHandedOverLogin: a login handed over to the owner and not
+// answered yet when the owner is drained: the owner hangs up the link
+// without a word, the forwarding node answers its client NO [UNAVAILABLE],
+// and the client's next try is served by the new owner. The owner's BYE
+// went down the link to the client before that tagged NO, on a connection
+// that went on (a second reviewer's finding).
+func TestDrainEndsHandedOverLogin(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Legacy)
+	c := startClusterWith(t, dc, 2, 2*time.Second, func(cfg *proxy.Config) {
+		cfg.AuthFailureDelay = 2 * time.Second
+	})
+	imaptest.Login(t, c.node("n1").addr, "alice", "alicepass").MustOK("LOGOUT")
+	owner := c.owner("alice")
+	if owner == "" {
+		t.Fatal("nobody owns alice")
+	}
+	other := map[string]string{"n1": "n2", "n2": "n1"}[owner]
+	a, b := c.node(owner), c.node(other)
+
+	bad := imaptest.Dial(t, a.addr)
+	bad.MustGreetOK()
+	bad.Write("b1 LOGIN alice wrong\r\n")
+	time.Sleep(300 * time.Millisecond)
+	good := imaptest.Dial(t, b.addr) // handed over to the owner
+	good.MustGreetOK()
+	good.Write("g LOGIN alice alicepass\r\n")
+	time.Sleep(300 * time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cluster.Drain(ctx, c.db, a.name); err != nil {
+		t.Fatal(err)
+	}
+	line, err := good.TryReadLine(10 * time.Second)
+	if err != nil {
+		t.Fatalf("the handed-over login: %v", err)
+	}
+	if !strings.HasPrefix(line, "g NO [UNAVAILABLE]") {
+		t.Fatalf("the client of %s heard %q, want the tagged NO alone", b.name, line)
+	}
+	good.MustOK("LOGIN alice alicepass")
+	good.MustOK("SELECT INBOX")
+}
