@@ -166,7 +166,7 @@ type Hub struct {
 	// that ForgetAccount finds them too: one ending after it would put
 	// its state back among the cold ones.
 	stopping map[*box]struct{}
-	wg     sync.WaitGroup
+	wg       sync.WaitGroup
 	// cold holds the states of recently unwatched mailboxes (nil when
 	// Config.StateCache is negative).
 	cold *lru.Cache[Key, *syncstate.Mailbox]
