@@ -46,6 +46,9 @@ const (
 	// faultUpTimeout is the proxy's upstream timeout in these tests: an
 	// upstream that stops talking costs a command this long.
 	faultUpTimeout = time.Second
+	// faultUpMaxLine is the proxy's limit on an upstream line in these
+	// tests (see startFaultEnv).
+	faultUpMaxLine = 1 << 20
 	// heapTolerance is how far the live heap may be above its level
 	// before a fault once the fault is over. The faults move megabytes
 	// (a 4 MiB FETCH body, a 1 MiB APPEND): a proxy that kept a literal,
@@ -96,6 +99,11 @@ func startFaultEnv(t *testing.T) *faultEnv {
 	e.fn = faultnet.Start(t, up.Addr)
 	cfg := baseConfig(e.fn.Addr())
 	cfg.Upstream.Timeout = faultUpTimeout
+	// A line limit of a client's size, not the 16 MiB default: the
+	// overlong line must arrive well within faultUpTimeout, and 16 MiB
+	// through faultnet under -race on a busy machine took over a second
+	// (the defaults themselves: upstream TestConfigLimitsDefaults).
+	cfg.Upstream.Limits.MaxLine = faultUpMaxLine
 	cfg.Pool = upstream.PoolConfig{MaxIdlePerAccount: 1, SurplusGrace: -1}
 	// Every login dials, so that faults on the login's own connection
 	// (the greeting) can be injected; logincache_test.go tests the
@@ -482,9 +490,10 @@ func TestFaultUpstreamGarbage(t *testing.T) {
 	}{
 		{"binary junk", false, string(junk), false},
 		{"binary junk to a FETCH", true, string(junk), false},
-		// Past the limits of upstream.Config's defaults, which trust an
-		// upstream's lines and literals far more than a client's.
-		{"overlong line", false, "* OK " + strings.Repeat("x", upstream.DefaultMaxLine+1024) + "\r\n", false},
+		// Past the limits: the line's set for this env, the literal's
+		// upstream.Config's default, which trusts an upstream far more
+		// than a client.
+		{"overlong line", false, "* OK " + strings.Repeat("x", faultUpMaxLine+1024) + "\r\n", false},
 		{"line never ended", false, "* STATUS INBOX (MESSAGES 2", true},
 		{"literal never completed", true, "* 2 FETCH (UID 2 BODY[] {100}\r\nFrom: ", true},
 		{"literal over the limit", true, fmt.Sprintf("* 2 FETCH (UID 2 BODY[] {%d}\r\n", upstream.DefaultMaxLiteral+1), false},

@@ -738,3 +738,18 @@ func TestNextTagUnique(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigLimitsDefaults: a Config's zero limits are an upstream's
+// defaults (16 MiB lines: a SEARCH of a large mailbox is one line; 1 TiB
+// literals: bodies stream), far above a client's; set ones are kept.
+func TestConfigLimitsDefaults(t *testing.T) {
+	l := (&Config{}).limits()
+	if l.MaxLine != DefaultMaxLine || l.MaxLiteral != DefaultMaxLiteral || DefaultMaxLine != 16<<20 || DefaultMaxLiteral != 1<<40 {
+		t.Fatalf("zero Config's limits: line %d, literal %d", l.MaxLine, l.MaxLiteral)
+	}
+	c := Config{}
+	c.Limits.MaxLine, c.Limits.MaxLiteral = 1000, 2000
+	if l := c.limits(); l.MaxLine != 1000 || l.MaxLiteral != 2000 {
+		t.Fatalf("set limits: line %d, literal %d", l.MaxLine, l.MaxLiteral)
+	}
+}
