@@ -72,6 +72,9 @@ func (h *Hub) Refresh(ctx context.Context, key Key, c *upstream.Conn) (*syncstat
 		if h.boxes[key] == b {
 			delete(h.boxes, key)
 		}
+		// The grace timer may have retired it (a Watch that gave up
+		// meanwhile): it has no goroutine whose end would take it out.
+		delete(h.stopping, b)
 		if _, live := h.boxes[key]; !live && st != nil && h.cold != nil && h.ctx.Err() == nil && !b.forgotten.Load() && !b.gone.Load() {
 			h.cold.Add(key, st)
 		}

@@ -57,3 +57,41 @@ func TestRefresh(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+// TestRefreshBoxLeavesStopping: a Watch that gives up while a Refresh of
+// the same mailbox runs leaves the refresh's box (which has no goroutine)
+// to the grace timer, which retires it among the stopping boxes; the
+// refresh's end now takes it out (a second reviewer's finding: it stayed,
+// with its state, for good).
+func TestRefreshBoxLeavesStopping(t *testing.T) {
+	u := startFake(t, false, 1, 2)
+	h := testHub(t, Config{Grace: time.Millisecond, StateCache: 16})
+	key := Key{"alice", "INBOX"}
+	c, err := u.dial()(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	u.mu.Lock() // the upstream is slow to answer the refresh
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.Refresh(context.Background(), key, c)
+		done <- err
+	}()
+	waitFor(t, newNotifier(), "the refresh's box", func() bool { return h.Watchers() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := h.Watch(ctx, key, u.dial(), func() {}); err == nil {
+		u.mu.Unlock()
+		t.Fatal("the watch did not give up")
+	}
+	waitFor(t, newNotifier(), "the grace to run out", func() bool { return h.Watchers() == 0 })
+	u.mu.Unlock()
+	<-done // the fake answers the refresh's CLOSE with BAD: no matter
+	h.mu.Lock()
+	n := len(h.stopping)
+	h.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d box(es) left among the stopping ones after the refresh ended", n)
+	}
+}

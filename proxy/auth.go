@@ -220,7 +220,34 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	if text == "" {
 		text = "Logged in."
 	}
-	return s.WriteStatus(tag, "OK", "CAPABILITY "+strings.Join(s.capabilities(), " "), text)
+	ok := imapcodec.AppendStatus(nil, tag, "OK", "CAPABILITY "+strings.Join(s.capabilities(), " "), text)
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.ending.Load() {
+		return errEvictedInLogin // hung up meanwhile (hangUpUnanswered)
+	}
+	s.renewWriteDeadline()
+	_, err = s.w.Write(ok)
+	s.loginAnswered = true
+	return err
+}
+
+// hangUpUnanswered ends a session whose login has not been answered yet
+// without a word, and reports whether it did: a handed-over login's
+// forwarding node then answers its client NO [UNAVAILABLE] itself (a BYE
+// here would reach that client before the tagged NO, on a connection that
+// goes on). It decides under wmu, as the login's answer is written, so
+// that an answer either went before it (and the session gets a BYE) or
+// never goes.
+func (s *Session) hangUpUnanswered() bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.loginAnswered {
+		return false
+	}
+	s.ending.Store(true)
+	s.nc.Close()
+	return true
 }
 
 // cachedLogin answers a login from the login cache (logincache.go) when

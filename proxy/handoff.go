@@ -270,14 +270,7 @@ func (s *Server) evict(ctx context.Context, account, text string) error {
 	var byes sync.WaitGroup
 	for _, sess := range doomed {
 		byes.Go(func() {
-			if sess.handedOff && State(sess.stateMirror.Load()) == StateNotAuthenticated {
-				// A handed-over login not answered yet: the forwarding
-				// node answers its client NO [UNAVAILABLE] when the link
-				// ends, and the client tries again; a BYE here would
-				// reach the client before that tagged answer, on a
-				// connection that goes on.
-				sess.hangUp()
-			} else {
+			if !sess.handedOff || !sess.hangUpUnanswered() {
 				sess.byeCode("UNAVAILABLE", text)
 			}
 			if cancel := sess.loginCancel.Load(); cancel != nil {

@@ -337,3 +337,61 @@ func TestLoginEvictedAfterRoute(t *testing.T) {
 	c.MustOK("LOGIN alice pw")
 	c.MustOK("SELECT INBOX")
 }
+
+// keepRouter keeps every login here and owns every account.
+type keepRouter struct{}
+
+func (keepRouter) Route(context.Context, proxy.Handoff) (net.Conn, func(), error) {
+	return nil, func() {}, nil
+}
+
+func (keepRouter) Owns(string) bool { return true }
+
+// evictAtAuth evicts every account as a login turns authenticated, and
+// holds the login there a moment: the eviction lands between the session
+// turning authenticated and its tagged OK.
+type evictAtAuth struct {
+	srv  atomic.Pointer[proxy.Server]
+	once atomic.Bool
+}
+
+func (*evictAtAuth) Name() string { return "evict-at-auth" }
+
+func (e *evictAtAuth) StateChanged(s *proxy.Session, st proxy.State) {
+	if st != proxy.StateAuthenticated || !e.once.CompareAndSwap(false, true) {
+		return
+	}
+	go e.srv.Load().Evict(context.Background(), "", "evicted")
+	time.Sleep(300 * time.Millisecond)
+}
+
+func (*evictAtAuth) SessionClosed(*proxy.Session) {}
+
+func (*evictAtAuth) Push(*proxy.Session) error { return nil }
+
+// TestHandedOverEvictedAtAnswer: a handed-over login evicted at the owner
+// just before its OK: the forwarding node's client hears the tagged NO
+// alone. Deciding by the session's state, the owner sent a BYE down the
+// link, which reached the client before the tagged NO, on a connection
+// that went on (a second reviewer's finding).
+func TestHandedOverEvictedAtAnswer(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "pw", "bob", "pw", "carol", "pw")
+	r := &testRouter{handoffs: make(chan proxy.Handoff, 8)}
+	t.Cleanup(r.wg.Wait)
+	ext := &evictAtAuth{}
+	ocfg := baseConfig(up.Addr)
+	ocfg.Router = keepRouter{}
+	ocfg.Extensions = append(ocfg.Extensions, ext)
+	owner := startProxy(t, ocfg)
+	ext.srv.Store(owner.Srv)
+	r.owner = owner.Srv
+	cfg := baseConfig(up.Addr)
+	cfg.Router = r
+	front := startProxy(t, cfg)
+	c := imaptest.Dial(t, front.Addr)
+	c.MustGreetOK()
+	c.Write("a LOGIN alice pw\r\n")
+	if lines := c.ReadUntilTagged("a"); len(lines) != 1 || !strings.HasPrefix(lines[0], "a NO [UNAVAILABLE]") {
+		t.Fatalf("client heard %q, want the tagged NO alone", lines)
+	}
+}

@@ -67,6 +67,9 @@ type Session struct {
 	// client; updates is its Updates setting (see push.go).
 	wake, between atomic.Bool
 	betweenMu     sync.Mutex // between's changes and Wake's interrupt
+	// loginAnswered: the login's tagged OK has been queued (guarded by
+	// wmu; see hangUpUnanswered).
+	loginAnswered bool
 	updates       atomic.Int32
 	idling        atomic.Bool // SetIdling
 	// stateMirror and leased mirror state and up for Server.Stats, which
