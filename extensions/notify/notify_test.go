@@ -264,12 +264,12 @@ func TestOthersHearCreateAnsweredAlreadyExists(t *testing.T) {
 
 // TestOverflow: a session that falls too far behind is told
 // NOTIFICATIONOVERFLOW and its NOTIFY is off (RFC 5465 5.8).
-func TestOverflow(t *testing.T) {
-	e := newEnv(t, notify.Config{MaxQueued: 2})
-	a := e.login(t, "alice")
-	a.MustOK("NOTIFY SET (personal (MailboxName))")
-	// Three mailboxes made directly on the upstream, then one through the
-	// proxy: its poll finds four new mailboxes at once.
+// overflow makes a's NOTIFY (MaxQueued 2, MailboxName) overflow: three
+// mailboxes made directly on the upstream, then one through the proxy by
+// another session of alice's, which it returns; its poll finds four new
+// mailboxes at once.
+func overflow(t *testing.T, e *env, a *imaptest.Client) *imaptest.Client {
+	t.Helper()
 	direct, err := imapclient.DialInsecure(e.up.Addr, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -286,6 +286,14 @@ func TestOverflow(t *testing.T) {
 	b := e.login(t, "alice")
 	b.MustOK("CREATE p1")
 	expect(t, a, "* OK [NOTIFICATIONOVERFLOW] Too many events; NOTIFY is now off.")
+	return b
+}
+
+func TestOverflow(t *testing.T) {
+	e := newEnv(t, notify.Config{MaxQueued: 2})
+	a := e.login(t, "alice")
+	a.MustOK("NOTIFY SET (personal (MailboxName))")
+	b := overflow(t, e, a)
 	b.MustOK("CREATE p2")
 	quiet(t, a, 300*time.Millisecond)
 	a.MustOK("NOOP")
@@ -307,22 +315,7 @@ func TestOverflowDuringIdle(t *testing.T) {
 	a.MustOK("NOTIFY SET (selected (MessageNew MessageExpunge)) (personal (MailboxName))")
 	a.Send("i IDLE")
 	a.Expect("+ idling")
-	direct, err := imapclient.DialInsecure(e.up.Addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer direct.Close()
-	if err := direct.Login("alice", "secret").Wait(); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []string{"d1", "d2", "d3"} {
-		if err := direct.Create(n, nil).Wait(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b := e.login(t, "alice")
-	b.MustOK("CREATE p1")
-	expect(t, a, "* OK [NOTIFICATIONOVERFLOW] Too many events; NOTIFY is now off.")
+	b := overflow(t, e, a)
 
 	b.MustOK("APPEND INBOX {7+}\r\nSubj: 3")
 	expect(t, a, "* 3 EXISTS")
