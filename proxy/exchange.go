@@ -343,3 +343,16 @@ func (x *Exchange) noteFlags(uid uint32, flags string) {
 	}
 	x.seenFlags[uid] = flags
 }
+
+// sawFlags tells whether x's own answers told the client that uid has
+// flags (space-separated). A message they did not mention was not told
+// anything, not even an empty list: looked up alone, the map's "" for a
+// missing UID equals the flags of a message that has none, and a change
+// to no flags was never reported (load's TestMixed).
+func (x *Exchange) sawFlags(uid uint32, flags string) bool {
+	if x == nil {
+		return false
+	}
+	seen, ok := x.seenFlags[uid]
+	return ok && seen == flags
+}

@@ -220,7 +220,7 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 		if seq == 0 {
 			continue
 		}
-		if x != nil && x.seenFlags != nil && x.seenFlags[f.uid] == strings.Join(f.flags, " ") {
+		if x.sawFlags(f.uid, strings.Join(f.flags, " ")) {
 			continue // the client just saw these in its own command's answer
 		}
 		b = append(b, m.newKeywords(f.flags)...)
