@@ -760,3 +760,44 @@ func TestStaleLiveListTakeover(t *testing.T) {
 		t.Fatalf("owner %s after the takeover, want b", node)
 	}
 }
+
+// TestDrainedPreferredNodeSkipped: right after a node is drained, another
+// node's list of live nodes (renewed every TTL/3) still offers it as the
+// preferred node of its accounts. A login of such a free account there
+// was handed to the drained node, refused (it takes no account), looked
+// up again, handed to it again, and after three tries answered NO
+// [UNAVAILABLE] until the list was renewed. The node that refused a free
+// account is now left out of the choice for the rest of the login: the
+// account is served at once, here by the only other node.
+func TestDrainedPreferredNodeSkipped(t *testing.T) {
+	url := newDB(t)
+	a, b := startNode(t, url, "a", nil), startNode(t, url, "b", nil)
+	waitRenewals(t, a, b)
+	acct := accountFor("a", "a", "b")
+	b.Node.mu.Lock()
+	stale := slices.Clone(b.Node.live)
+	b.Node.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := Drain(ctx, url, "a"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !a.Node.Stats().Draining {
+		if time.Now().After(deadline) {
+			t.Fatal("a never noticed its drain")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.Node.mu.Lock()
+	b.Node.setLiveLocked(stale) // as before b's renewal
+	b.Node.mu.Unlock()
+	conn, release, err := login(t, b, acct)
+	if err != nil || conn != nil {
+		t.Fatalf("login at b of an account whose preferred node drains: %v %v, want it served at b", conn, err)
+	}
+	release()
+	if node, _ := owner(t, b, acct); node != "b" {
+		t.Fatalf("owner %s, want b", node)
+	}
+}

@@ -36,6 +36,13 @@ func (n *Node) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), er
 	if h.Via == "" {
 		h.Via = n.cfg.Node
 	}
+	// refused names the nodes that turned down this account while it was
+	// free: they do not take accounts now (draining, or fenced), whatever
+	// this node's list of live nodes, renewed every TTL/3, still says.
+	// Right after a drain that list makes the drained node the preferred
+	// one for its old accounts, and every try of a login would go there
+	// again until the renewal, ending in NO [UNAVAILABLE].
+	var refused []string
 	for range maxRouteAttempts {
 		n.mu.Lock()
 		if !n.leaseValidLocked() {
@@ -61,7 +68,7 @@ func (n *Node) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), er
 		}
 		n.mu.Unlock()
 
-		d, err := n.resolve(ctx, acct)
+		d, err := n.resolve(ctx, acct, refused)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: %v", proxy.ErrUnavailable, err)
 		}
@@ -99,6 +106,9 @@ func (n *Node) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), er
 			n.forwardedOut.Add(1)
 			return &forwardedConn{Conn: conn, n: n}, nil, nil
 		case replyNotOwner:
+			if !d.owner {
+				refused = append(refused, d.node)
+			}
 			continue
 		}
 		if d.owner {
@@ -153,7 +163,9 @@ type decision struct {
 }
 
 // resolve finds where acct is to be served, by one lookup of its owner.
-func (n *Node) resolve(ctx context.Context, acct string) (decision, error) {
+// A free account goes to its preferred node among the live ones, leaving
+// out those in refused (see Route).
+func (n *Node) resolve(ctx context.Context, acct string, refused []string) (decision, error) {
 	dctx, cancel := n.dbContext(ctx)
 	defer cancel()
 	var owner, addr *string
@@ -185,7 +197,10 @@ func (n *Node) resolve(ctx context.Context, acct string) (decision, error) {
 		// live nodes, learnt at this node's last renewal, may still name
 		// it. The database is the fresher: the dead owner is not
 		// preferred.
-		peers = slices.DeleteFunc(slices.Clone(peers), func(p peer) bool { return p.name == *owner })
+		refused = append(slices.Clip(refused), *owner)
+	}
+	if len(refused) > 0 {
+		peers = slices.DeleteFunc(slices.Clone(peers), func(p peer) bool { return slices.Contains(refused, p.name) })
 	}
 	p, ok := preferred(acct, peers)
 	switch {
