@@ -3,7 +3,10 @@ package proxy_test
 import (
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 	"github.com/lemonproxy/lemonproxy/syncstate"
@@ -41,5 +44,55 @@ func TestDeliverAfterPrunedLog(t *testing.T) {
 	}
 	if got := a.MustOK("FETCH 1:* (UID)"); len(got) != 2 || got[0] != "* 1 FETCH (UID 5)" {
 		t.Fatalf("after the expunges: %q, want message 1 to be UID 5", got)
+	}
+}
+
+// TestChangedSinceVanishedAfterPrunedLog: UID FETCH ... (CHANGEDSINCE m
+// VANISHED) from a mod-sequence the expunge log was pruned past (a bound
+// of one expunge, three made outside) took its VANISHED (EARLIER) from
+// the log alone and reported nothing: the client kept three messages
+// that were gone. It now reports the UIDs asked for that the mailbox does
+// not have, as a QRESYNC SELECT from the same mod-sequence does.
+func TestChangedSinceVanishedAfterPrunedLog(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "u", "p")
+	for range 4 {
+		if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := baseConfig(up.Addr)
+	cfg.Hub = hub.Config{PollInterval: time.Hour, ExpungeLog: syncstate.LogLimits{MaxExpunges: 1}}
+	cfg.Extensions = append(cfg.Extensions, condstore.New())
+	p := startProxy(t, cfg)
+	c := imaptest.Login(t, p.Addr, "u", "p")
+	c.MustOK("ENABLE QRESYNC")
+	var h0 string
+	for _, l := range c.MustOK("SELECT INBOX") {
+		if rest, ok := strings.CutPrefix(l, "* OK [HIGHESTMODSEQ "); ok {
+			h0, _, _ = strings.Cut(rest, "]")
+		}
+	}
+	if h0 == "" {
+		t.Fatal("no HIGHESTMODSEQ")
+	}
+	outside := imaptest.Login(t, up.Addr, "u", "p")
+	outside.MustOK("SELECT INBOX")
+	outside.MustOK(`UID STORE 1:3 +FLAGS.SILENT (\Deleted)`)
+	outside.MustOK("EXPUNGE")
+
+	d := imaptest.Login(t, p.Addr, "u", "p")
+	d.MustOK("ENABLE QRESYNC")
+	d.MustOK("SELECT INBOX") // after the watcher's round trip: the log pruned
+	for _, set := range []string{"1:*", "2:3", "*"} {
+		var vanished []string
+		for _, l := range d.MustOK("UID FETCH " + set + " (UID) (CHANGEDSINCE " + h0 + " VANISHED)") {
+			if strings.HasPrefix(l, "* VANISHED") {
+				vanished = append(vanished, l)
+			}
+		}
+		want := map[string]string{"1:*": "* VANISHED (EARLIER) 1:3", "2:3": "* VANISHED (EARLIER) 2:3", "*": ""}[set]
+		if got := strings.Join(vanished, ","); got != want {
+			t.Errorf("UID FETCH %s (CHANGEDSINCE %s VANISHED): %q, want %q", set, h0, got, want)
+		}
 	}
 }

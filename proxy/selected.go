@@ -223,9 +223,18 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 		if x.sawFlags(f.uid, strings.Join(f.flags, " ")) {
 			continue // the client just saw these in its own command's answer
 		}
+		items := s.fetchItems(f.uid, true)
+		if _, now, ok := m.state.Flags(f.uid); !ok || now != f.modseq {
+			// Changed again (or expunged) since ChangesSince read it:
+			// the items (CONDSTORE's MODSEQ) are the newer change's, and
+			// would go out beside the older flags. That change is above
+			// the snapshot; the next delivery reports it whole.
+			m.news.Store(true)
+			continue
+		}
 		b = append(b, m.newKeywords(f.flags)...)
 		b = fmt.Appendf(b, "* %d FETCH (", seq)
-		if items := s.fetchItems(f.uid, true); items != nil {
+		if items != nil {
 			b = fmt.Appendf(b, "UID %d ", f.uid)
 			if len(items) > 0 {
 				b = append(append(b, items...), ' ')

@@ -776,6 +776,9 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 			if _, err := s.deliver(x, x.xlate.allowExpunge); err != nil {
 				return err
 			}
+			if x.xlate.silent {
+				s.silentBefore(x.xlate)
+			}
 		}
 		// The client's next commands may follow it upstream before its
 		// answers are relayed (ahead.go).

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,7 +35,8 @@ type translation struct {
 	stripUID   bool   // a UID item the client did not ask for is removed from FETCH responses
 	silent     bool   // STORE .SILENT sent without .SILENT: FETCH answers are recorded, not relayed
 	store      *imapcodec.StoreArgs
-	named      *namedUIDs // the UIDs a FETCH or STORE names
+	before     map[uint32][]string // silent: the flags its client was told of the messages it names (silentBefore)
+	named      *namedUIDs          // the UIDs a FETCH or STORE names
 	// A FETCH whose answers show flags (catchup.go: fetchShowsFlags), or
 	// of the item UID alone: read from formText when a flags-only answer
 	// first needs them (itemsRead), not for every FETCH.
@@ -698,6 +700,9 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 			s.Write(kw) // before this FETCH (RFC 3501 7.2.6)
 		}
 	}
+	// told: the client learns uid's flags from this answer (noteFlags
+	// below), or knows them already.
+	told := hasFlags
 	if x != nil {
 		if hasFlags {
 			// claim is what the state's flags of uid become by this
@@ -706,6 +711,9 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 			claim, ok := "", false
 			switch {
 			case t != nil && t.store != nil && storeResult(t.store, flags):
+				if t.silent {
+					told = silentStoreKnown(t, uid, flags)
+				}
 				claim, ok = flags, true
 			case t != nil && t.setsSeen:
 				claim, ok = s.seenByFetch(uid, flags)
@@ -752,7 +760,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 			}
 		}
 	}
-	if x != nil && hasFlags {
+	if x != nil && told {
 		x.noteFlags(uid, flags)
 	}
 	if t != nil && t.silent {
@@ -799,6 +807,78 @@ func (s *Session) seenByFetch(uid uint32, flags string) (string, bool) {
 		return "", false
 	}
 	return strings.Join(syncstate.NormalizeFlags(append(slices.Clone(cur), `\Seen`)), " "), true
+}
+
+// silentBefore records, for a STORE .SILENT (sent upstream without
+// .SILENT, translation.silent) about to go upstream, the flags its client
+// has been told of the messages it names: the state's, where their
+// mod-sequence is one the client has been told up to (after the delivery
+// that precedes the command). At most maxNeedUIDs messages; beyond, none
+// is recorded.
+func (s *Session) silentBefore(t *translation) {
+	m := s.mbox
+	if m == nil || t.named == nil {
+		return
+	}
+	var uids []uint32
+	for _, r := range t.named.set {
+		lo, hi := r.Start, r.Stop
+		if lo == 0 { // "*": the client's last message
+			lo = m.view.last()
+		}
+		if hi == 0 {
+			hi = m.view.last()
+		}
+		lo, hi = min(lo, hi), max(lo, hi)
+		i, _ := slices.BinarySearch(m.view, lo)
+		for ; i < len(m.view) && m.view[i] <= hi; i++ {
+			if len(uids) == maxNeedUIDs {
+				return
+			}
+			uids = append(uids, m.view[i])
+		}
+	}
+	slices.Sort(uids)
+	uids = slices.Compact(uids)
+	t.before = make(map[uint32][]string, len(uids))
+	m.state.Each(uids, func(i int, flags []string, modseq uint64) {
+		if modseq <= m.pos {
+			t.before[uids[i]] = flags
+		}
+	})
+}
+
+// silentStoreKnown tells whether flags, the upstream's answer about uid to
+// a STORE .SILENT, are what its client takes the message's flags to be
+// without being shown them: its store applied to the flags it had been
+// told (silentBefore). Otherwise the answer, which holds the message's
+// whole flags, shows a change by someone else, and the client must hear
+// of it after the command (deliver), not have it taken as told. Where the
+// flags told are not known, the client hears of the message's flags
+// (harmless: RFC 3501 7.4.2 lets a server report flags at any time).
+func silentStoreKnown(t *translation, uid uint32, flags string) bool {
+	prev, ok := t.before[uid]
+	if !ok {
+		return false
+	}
+	want := map[string]bool{}
+	if t.store.Op == '+' || t.store.Op == '-' {
+		for _, f := range prev {
+			want[strings.ToLower(f)] = true
+		}
+	}
+	for _, f := range t.store.Flags {
+		if t.store.Op == '-' {
+			delete(want, strings.ToLower(f))
+		} else {
+			want[strings.ToLower(f)] = true
+		}
+	}
+	got := map[string]bool{}
+	for _, f := range strings.Fields(flags) {
+		got[strings.ToLower(f)] = true
+	}
+	return maps.Equal(got, want)
 }
 
 // answers tells whether a FETCH response about uid answers the command

@@ -160,6 +160,13 @@ func rewriteFetch(x *proxy.Exchange) (bool, error) {
 				changed = append(changed, ch.UID)
 			}
 		})
+		if vanished && changedSince < m.State().Base() {
+			// The expunge log was pruned past changedSince
+			// (syncstate.LogLimits): the expunges come from the UIDs
+			// asked for that the client's view does not have, as a
+			// QRESYNC SELECT from there gets them (resync).
+			gone = absentUIDs(m.UIDs(), clipUIDs(ranges, m))
+		}
 		if vanished && len(gone) > 0 {
 			slices.Sort(gone)
 			b := imapcodec.AppendNumSet([]byte("* VANISHED (EARLIER) "), gone)
@@ -556,4 +563,30 @@ func (d *statusData) complete(text []byte) []byte {
 		out = append(out, "HIGHESTMODSEQ", strconv.FormatUint(d.highest, 10))
 	}
 	return fmt.Appendf(text[:open:open], "(%s)", strings.Join(out, " "))
+}
+
+// clipUIDs bounds ranges, a UID set that may hold "*", by the largest UID
+// the mailbox has or ever had as far as the state knows (MaxUID counts
+// expunged ones, whose log may be pruned) and the client's view.
+func clipUIDs(ranges imap.UIDSet, m *proxy.Mailbox) imap.UIDSet {
+	last := m.State().MaxUID()
+	if uids := m.UIDs(); len(uids) > 0 {
+		last = max(last, uids[len(uids)-1])
+	}
+	var out imap.UIDSet
+	for _, r := range ranges {
+		lo, hi := uint32(r.Start), uint32(r.Stop)
+		if lo == 0 { // "*"
+			lo = last
+		}
+		if hi == 0 {
+			hi = last
+		}
+		lo, hi = min(lo, hi), max(lo, hi)
+		hi = min(hi, last)
+		if lo >= 1 && lo <= hi {
+			out.AddRange(imap.UID(lo), imap.UID(hi))
+		}
+	}
+	return out
 }

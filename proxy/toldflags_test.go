@@ -1,0 +1,223 @@
+package proxy_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/hub"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// duringItems is a ChangeReporter that runs a function, once, the first
+// time the core asks it for the items of a FETCH response: of an answer to
+// a client's command (unsolicited false), or of the core's own report of a
+// change (unsolicited true). What the function does happens at that point
+// of the command or the push, after the core reported what it knew before.
+// A reporter placed before condstore runs before condstore reads the
+// message's MODSEQ.
+type duringItems struct {
+	unsolicited bool
+	mu          sync.Mutex
+	run         func(s *proxy.Session)
+}
+
+func (*duringItems) Name() string { return "duringitems" }
+
+func (d *duringItems) FetchItems(s *proxy.Session, _ uint32, unsolicited bool) []byte {
+	if unsolicited != d.unsolicited {
+		return nil
+	}
+	d.mu.Lock()
+	f := d.run
+	d.run = nil
+	d.mu.Unlock()
+	if f != nil {
+		f(s)
+	}
+	return nil
+}
+
+func (*duringItems) ReportExpunged(_ *proxy.Session, b []byte, _, _ []uint32) ([]byte, bool) {
+	return b, false
+}
+func (*duringItems) ExpungesHeld(*proxy.Session) []byte { return nil }
+func (*duringItems) BatchDone(_ *proxy.Session, _ *proxy.Exchange, b []byte, _ bool) []byte {
+	return b
+}
+
+// set makes d run f next.
+func (d *duringItems) set(f func(s *proxy.Session)) {
+	d.mu.Lock()
+	d.run = f
+	d.mu.Unlock()
+}
+
+// outsideStore returns a function for duringItems that changes message 1
+// through outside, a connection straight to the upstream, and has the
+// session's mailbox watcher report it (on the watcher's goroutine: no
+// Fatal there).
+func outsideStore(t *testing.T, outside *imaptest.Client, store string) func(s *proxy.Session) {
+	return func(s *proxy.Session) {
+		if l := outside.Cmd("UID STORE 1 FLAGS.SILENT " + store); !strings.HasPrefix(imaptest.Tagged(l), "OK") {
+			t.Errorf("outside STORE: %q", l)
+		}
+		if err := s.Mailbox().Sync(context.Background(), 5*time.Second); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestChangeToNoFlagsDuringFetch: another client removes every flag of
+// message 1 while this client's FETCH of message 2's flags is in flight;
+// the change reaches the state before the FETCH's tagged answer, which
+// must report it. The core skips, in that report, the flags the command's
+// own answers just told the client, and it looked them up by UID in a map
+// whose missing entries read as "": a message whose flags became the empty
+// list was taken for one the answer had told, and the client never heard
+// of the change (load's TestMixed: a QRESYNC client kept \Seen on a message
+// that had no flags any more, and no later push or resync from its
+// mod-sequence could repair it).
+func TestChangeToNoFlagsDuringFetch(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "u", "p")
+	for range 2 {
+		if err := up.Append("u", "INBOX", []imap.Flag{imap.FlagSeen}, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := &duringItems{}
+	cfg := baseConfig(up.Addr)
+	cfg.Extensions = append(cfg.Extensions, d)
+	// The watcher looks only when asked: the change reaches the state by
+	// the round trip below, at a known point.
+	cfg.Hub = hub.Config{PollInterval: time.Hour}
+	p := startProxy(t, cfg)
+	outside := imaptest.Login(t, up.Addr, "u", "p")
+	outside.MustOK("SELECT INBOX")
+
+	for _, tc := range []struct {
+		store, want string
+	}{
+		{`(\Flagged)`, `* 1 FETCH (FLAGS (\Flagged))`},
+		{`()`, `* 1 FETCH (FLAGS ())`},
+	} {
+		c := imaptest.Login(t, p.Addr, "u", "p")
+		c.MustOK("SELECT INBOX")
+		d.set(outsideStore(t, outside, tc.store))
+		lines := c.MustOK("FETCH 2 (FLAGS)")
+		if !slices.Contains(lines, `* 2 FETCH (FLAGS (\Seen))`) || !slices.Contains(lines, tc.want) {
+			t.Errorf("STORE 1 FLAGS %s made during FETCH 2 (FLAGS): answered %q, want %q among them", tc.store, lines, tc.want)
+		}
+		c.MustOK("LOGOUT")
+		outside.MustOK(`UID STORE 1 FLAGS.SILENT (\Seen)`)
+	}
+}
+
+// TestSilentStoreShowsOthersChange: another client flags message 1 just
+// before this one's STORE +FLAGS.SILENT (\Seen), and the watcher has not
+// heard of it. The proxy sends the STORE upstream without .SILENT, and the
+// answer's flags (\Flagged \Seen, the upstream's whole flags) were taken
+// as the flags the client was told, though it was shown nothing: the
+// report of the change after the command left them out, and the client
+// never heard of \Flagged. Under CONDSTORE it even kept a MODSEQ
+// covering them. The client must be told, by the time its next command
+// ends. Its own store alone is not told back (RFC 3501 6.4.6).
+func TestSilentStoreShowsOthersChange(t *testing.T) {
+	for _, condStore := range []bool{false, true} {
+		up := startUpstream(t, memupstream.Options{}, "u", "p")
+		for range 2 {
+			if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg := baseConfig(up.Addr)
+		cfg.Hub = hub.Config{PollInterval: time.Hour}
+		if condStore {
+			cfg.Extensions = append(cfg.Extensions, condstore.New())
+		}
+		p := startProxy(t, cfg)
+		c := imaptest.Login(t, p.Addr, "u", "p")
+		if condStore {
+			c.MustOK("ENABLE CONDSTORE")
+		}
+		c.MustOK("SELECT INBOX")
+		outside := imaptest.Login(t, up.Addr, "u", "p")
+		outside.MustOK("SELECT INBOX")
+		outside.MustOK(`UID STORE 1 +FLAGS.SILENT (\Flagged)`)
+
+		lines := c.MustOK(`STORE 1:2 +FLAGS.SILENT (\Seen)`)
+		lines = append(lines, c.MustOK("NOOP")...)
+		var fetches []string
+		for _, l := range lines {
+			if strings.Contains(l, " FETCH ") && strings.Contains(l, "FLAGS") {
+				fetches = append(fetches, l)
+			}
+		}
+		head, tail := `* 1 FETCH (`, `FLAGS (\Flagged \Seen))`
+		want := head + tail
+		if condStore {
+			head, want = `* 1 FETCH (UID 1 MODSEQ (`, `* 1 FETCH (UID 1 MODSEQ (m) FLAGS (\Flagged \Seen))`
+		}
+		if len(fetches) != 1 || !strings.HasPrefix(fetches[0], head) || !strings.HasSuffix(fetches[0], tail) {
+			t.Errorf("CONDSTORE %v: flags told after STORE 1:2 +FLAGS.SILENT (\\Seen) with \\Flagged set outside on 1: %q, want %q alone (2's own change is not told back)", condStore, fetches, want)
+		}
+	}
+}
+
+// TestDeliverModSeqWithItsFlags: a report of a flag change read its flags
+// from the change log and its MODSEQ (CONDSTORE's item) from the state a
+// moment later; a change of the same message in between paired the old
+// flags with the new change's MODSEQ, and the next report told the same
+// MODSEQ with other flags (RFC 7162 3.1: a mod-sequence is one state of
+// the message). Here the second change lands at exactly that moment. A
+// report whose message changed again is left for the next one.
+func TestDeliverModSeqWithItsFlags(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "u", "p")
+	if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	d := &duringItems{unsolicited: true}
+	cfg := baseConfig(up.Addr)
+	cfg.Hub = hub.Config{PollInterval: time.Hour}
+	cfg.Extensions = append(cfg.Extensions, d, condstore.New())
+	p := startProxy(t, cfg)
+	outside := imaptest.Login(t, up.Addr, "u", "p")
+	outside.MustOK("SELECT INBOX")
+	c := imaptest.Login(t, p.Addr, "u", "p")
+	c.MustOK("ENABLE CONDSTORE")
+	c.MustOK("SELECT INBOX")
+
+	outside.MustOK(`UID STORE 1 FLAGS.SILENT (\Flagged)`)
+	d.set(outsideStore(t, outside, `(\Seen)`))
+	// The first NOOP's round trip brings \Flagged; its report runs the
+	// second change.
+	lines := c.MustOK("NOOP")
+	lines = append(lines, c.MustOK("NOOP")...)
+	flagsAt := map[string]string{}
+	var last string
+	for _, l := range lines {
+		i, j := strings.Index(l, "MODSEQ ("), strings.Index(l, "FLAGS (")
+		if i < 0 || j < 0 {
+			continue
+		}
+		ms := l[i+len("MODSEQ ("):]
+		ms = ms[:strings.IndexByte(ms, ')')]
+		fl := l[j+len("FLAGS ("):]
+		fl = fl[:strings.IndexByte(fl, ')')]
+		if prev, ok := flagsAt[ms]; ok && prev != fl {
+			t.Errorf("MODSEQ %s told with flags (%s) and (%s): %q", ms, prev, fl, lines)
+		}
+		flagsAt[ms], last = fl, fl
+	}
+	if last != `\Seen` {
+		t.Errorf("last flags told (%s), want (\\Seen): %q", last, lines)
+	}
+}
