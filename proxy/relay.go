@@ -61,6 +61,12 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 		}
 		return s.upstreamUnavailable(cmd.Tag, err)
 	}
+	if err := s.statusCatchUp(ctx, up, x); err != nil {
+		if err := s.discardFrom(in, first.Literal); err != nil {
+			return err
+		}
+		return s.upstreamFailed(cmd.Tag, err)
+	}
 	upTag := up.NextTag()
 	w := up.Writer()
 	pending := append([]byte(upTag), first.Text[len(cmd.Tag):]...)
@@ -275,6 +281,9 @@ func (s *Session) relayWhole(ctx context.Context, x *Exchange) error {
 	up, err := s.lease(ctx, s.state != StateAuthenticated || x.Name == "DELETE" || x.Name == "RENAME", x)
 	if err != nil {
 		return s.upstreamUnavailable(x.Tag, err)
+	}
+	if err := s.statusCatchUp(ctx, up, x); err != nil {
+		return s.upstreamFailed(x.Tag, err)
 	}
 	if _, err := s.relayCommand(up, x); err != nil {
 		return err
@@ -763,4 +772,37 @@ func truncate(s string) string {
 		return s[:40] + "..."
 	}
 	return s
+}
+
+// statusCatchUp brings up's view of a mailbox it keeps selected for
+// another session up to date before a STATUS of that mailbox: a server
+// answers STATUS of the selected mailbox from the connection's view, which
+// it syncs only at certain commands (Dovecot does so, adding [CLIENTBUG]),
+// so a client with nothing selected would be told the counts of whenever
+// that other session last looked, where a direct connection tells the
+// mailbox's. A NOOP syncs the view; its answers, mailbox data of the
+// connection's mailbox, are not the client's. A STATUS of the client's own
+// selected mailbox is left as it is, as on a direct connection.
+func (s *Session) statusCatchUp(ctx context.Context, up *upstream.Conn, x *Exchange) error {
+	if x.Name != "STATUS" || up.Selected == "" || len(x.Segments) == 0 {
+		return nil
+	}
+	if s.mbox != nil && s.mbox.name == up.Selected {
+		return nil
+	}
+	p := imapcodec.NewParser(x.Segments[:1], imapcodec.Limits{})
+	p.Atom() // tag
+	p.SP()
+	p.Atom() // STATUS
+	if p.SP() != nil {
+		return nil
+	}
+	name, err := p.AString()
+	if err != nil || s.hubKey(name).Mailbox != up.Selected {
+		return nil
+	}
+	if _, err := up.Exec(ctx, "NOOP", nil); err != nil {
+		return fmt.Errorf("bringing the connection's view of %q up to date: %w", up.Selected, err)
+	}
+	return nil
 }

@@ -6,8 +6,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 // sizeLines keeps the EXISTS and RECENT responses of an answer.
@@ -188,6 +191,41 @@ func TestRecent(t *testing.T) {
 			imaptest.AssertLines(t, "STATUS after CLOSE", mustOK(t, b.Cmd("STATUS box (RECENT)")), []string{"* STATUS box (RECENT 0)", "*"})
 			imaptest.AssertLines(t, "SELECT again", sizeLines(mustOK(t, b.Cmd("SELECT box"))), []string{"* 5 EXISTS", "* 0 RECENT"})
 			imaptest.AssertLines(t, "STATUS of the selected mailbox", mustOK(t, c.Cmd("STATUS box (RECENT)")), []string{fmt.Sprintf("* STATUS box (RECENT %d)", 1+inc[c]), "*"})
+		})
+	}
+}
+
+// TestStatusOfAnotherSessionsMailbox: a client with nothing selected asks
+// for STATUS of a mailbox another session of its account has selected.
+// Its command may get that session's pooled connection, on which Dovecot
+// answers STATUS of the selected mailbox from the connection's view,
+// unsynced: a message delivered since was missing from MESSAGES and
+// UIDNEXT (while RECENT, the proxy's own after the watcher's round trip,
+// counted it). The connection's view is now brought up to date first.
+// Over Dovecot without IDLE, its watcher polling once an hour, and with
+// IDLE.
+func TestStatusOfAnotherSessionsMailbox(t *testing.T) {
+	for _, tt := range []struct {
+		p    dovecottest.Profile
+		opts []func(*proxy.Config)
+	}{
+		{dovecottest.LegacyNoIdle, []func(*proxy.Config){func(c *proxy.Config) { c.Hub.PollInterval = time.Hour }}},
+		{dovecottest.Full, nil},
+	} {
+		t.Run(tt.p.String(), func(t *testing.T) {
+			dc, d := startDovecotUser(t, tt.p)
+			addr, _ := startProxy(t, dc.Addr, tt.opts...)
+			mustOK(t, d.Cmd("CREATE box"))
+			mustOK(t, d.Cmd("APPEND box {7+}\r\nSubj: x"))
+			b := dialRaw(t, addr)
+			mustOK(t, b.Cmd("LOGIN u pw"))
+			a := dialRaw(t, addr)
+			mustOK(t, a.Cmd("LOGIN u pw"))
+			mustOK(t, a.Cmd("SELECT box")) // takes the first message
+			mustOK(t, d.Cmd("APPEND box {7+}\r\nSubj: y"))
+			want := []string{"* STATUS box (MESSAGES 2 RECENT 1 UIDNEXT 3)", "*"}
+			imaptest.AssertLines(t, "directly", mustOK(t, d.Cmd("STATUS box (MESSAGES UIDNEXT RECENT)")), want)
+			imaptest.AssertLines(t, "through the proxy", mustOK(t, b.Cmd("STATUS box (MESSAGES UIDNEXT RECENT)")), want)
 		})
 	}
 }
