@@ -90,6 +90,27 @@ func needsDelim(name string) bool {
 	return len(name) > 5 && strings.EqualFold(name[:5], "INBOX") && name[:5] != "INBOX"
 }
 
+// CanonicalMailbox spells a mailbox name a client sent as the core keys
+// mailboxes (the hub's states, the leased connections' selected mailbox)
+// and as the upstream treats it: INBOX in upper case, alone or at the head
+// of its hierarchy (RFC 3501 5.1), whatever case the client wrote it in.
+// The hierarchy delimiter is asked for (Hierarchy) only for a name that
+// needs it, once per account. For extensions that key data by mailbox.
+func (s *Session) CanonicalMailbox(ctx context.Context, name string) string {
+	if !needsDelim(name) {
+		return canonicalName(name, "")
+	}
+	delim := ""
+	if h, err := s.Hierarchy(ctx); err == nil {
+		delim = h.Delim
+	}
+	return canonicalName(name, delim)
+}
+
+// CanonicalName is CanonicalMailbox for a caller that knows the hierarchy
+// delimiter (a LIST response's).
+func CanonicalName(name, delim string) string { return canonicalName(name, delim) }
+
 // mailboxName spells a mailbox name the client sent as the upstream
 // treats it (canonicalName), asking the upstream connection c for the
 // hierarchy delimiter the first time the account needs it.

@@ -1,25 +1,16 @@
 package listext
 
-import "strings"
+import (
+	"strings"
 
-// canonInbox spells INBOX, and INBOX followed by the delimiter, in upper
-// case: RFC 3501 5.1 makes INBOX case-insensitive, and the upstream
-// reports it as INBOX whatever the client wrote.
-func canonInbox(s, delim string) string {
-	if len(s) < 5 || !strings.EqualFold(s[:5], "INBOX") || s[:5] == "INBOX" {
-		return s
-	}
-	if len(s) == 5 || delim != "" && strings.HasPrefix(s[5:], delim) {
-		return "INBOX" + s[5:]
-	}
-	return s
-}
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
 
 // canonicalPattern joins reference and pattern as RFC 3501 6.3.8's
 // examples do for a personal namespace: the reference is a prefix of the
 // pattern.
 func canonicalPattern(ref, pat, delim string) string {
-	return canonInbox(ref+pat, delim)
+	return proxy.CanonicalName(ref+pat, delim)
 }
 
 // match reports whether name matches the canonical pattern pat: "*"

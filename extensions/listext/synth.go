@@ -6,6 +6,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/extensions/internal/listresp"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 // entry is one mailbox of a LIST or LSUB response.
@@ -25,7 +26,7 @@ func parseEntry(segs []imapcodec.Segment) (entry, error) {
 	if err != nil {
 		return entry{}, err
 	}
-	return entry{name: canonInbox(e.Name, e.Delim), delim: e.Delim, attrs: e.Attrs}, nil
+	return entry{name: proxy.CanonicalName(e.Name, e.Delim), delim: e.Delim, attrs: e.Attrs}, nil
 }
 
 // hasAttr reports whether attrs holds a (case-insensitively).

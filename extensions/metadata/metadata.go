@@ -260,20 +260,6 @@ func key(mailbox, entry string) string { return Prefix + mailbox + "\x00" + entr
 // mailboxPrefix is the key prefix of every entry of a mailbox.
 func mailboxPrefix(mailbox string) string { return Prefix + mailbox + "\x00" }
 
-// canonicalMailbox spells a mailbox name as the entries are keyed: INBOX
-// in upper case, alone or at the head of a hierarchy.
-func canonicalMailbox(ctx context.Context, s *proxy.Session, name string) string {
-	if strings.EqualFold(name, "INBOX") {
-		return "INBOX"
-	}
-	if len(name) > 5 && strings.EqualFold(name[:5], "INBOX") {
-		if h, err := s.Hierarchy(ctx); err == nil && h.Delim != "" && strings.HasPrefix(name[5:], h.Delim) {
-			return "INBOX" + name[5:]
-		}
-	}
-	return name
-}
-
 // mailboxExists asks the upstream whether a mailbox exists (LIST), for the
 // commands the proxy answers itself.
 func mailboxExists(ctx context.Context, s *proxy.Session, name string) (bool, error) {
@@ -404,7 +390,7 @@ func (e *Extension) get(ctx context.Context, x *proxy.Exchange, next proxy.Next,
 	if ok, err := checkMailbox(ctx, x, a.mailbox); !ok {
 		return err
 	}
-	mbox := canonicalMailbox(ctx, s, a.mailbox)
+	mbox := s.CanonicalMailbox(ctx, a.mailbox)
 	account := s.UpstreamAccount().Name
 	for _, ent := range a.entries {
 		// The entry itself, then what DEPTH reaches below it, in the
@@ -623,7 +609,7 @@ func (e *Extension) set(ctx context.Context, x *proxy.Exchange, next proxy.Next,
 	if ok, err := checkMailbox(ctx, x, a.mailbox); !ok {
 		return err
 	}
-	mbox := canonicalMailbox(ctx, s, a.mailbox)
+	mbox := s.CanonicalMailbox(ctx, a.mailbox)
 	account := s.UpstreamAccount().Name
 	var puts []accountdata.Record
 	var dels []string
@@ -738,9 +724,9 @@ func (e *Extension) follow(ctx context.Context, x *proxy.Exchange, next proxy.Ne
 	}
 	// Spelt before the command runs: the hierarchy is learnt on the
 	// session's connection, which is busy during next.
-	from = canonicalMailbox(ctx, s, from)
+	from = s.CanonicalMailbox(ctx, from)
 	if to != "" {
-		to = canonicalMailbox(ctx, s, to)
+		to = s.CanonicalMailbox(ctx, to)
 	}
 	var delim string
 	if h, herr := s.Hierarchy(ctx); herr == nil {
@@ -800,7 +786,7 @@ func (e *Extension) follow(ctx context.Context, x *proxy.Exchange, next proxy.Ne
 func (e *Extension) Lookup(ctx context.Context, s *proxy.Session, mailbox string, entries []string) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	var rest []string
-	mbox := canonicalMailbox(ctx, s, mailbox)
+	mbox := s.CanonicalMailbox(ctx, mailbox)
 	for _, ent := range entries {
 		if _, own := e.owned[ent]; own {
 			v, err := e.ownedValue(ctx, s, mbox, ent)
