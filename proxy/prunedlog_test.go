@@ -1,7 +1,9 @@
 package proxy_test
 
 import (
+	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -9,6 +11,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
+	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 )
 
@@ -95,4 +98,73 @@ func TestChangedSinceVanishedAfterPrunedLog(t *testing.T) {
 			t.Errorf("UID FETCH %s (CHANGEDSINCE %s VANISHED): %q, want %q", set, h0, got, want)
 		}
 	}
+}
+
+// beforeCommand is an extension that runs a function, once, as a command
+// it names reaches it, before the extensions after it and the core.
+type beforeCommand struct {
+	names []string
+	mu    sync.Mutex
+	run   func(s *proxy.Session)
+}
+
+func (*beforeCommand) Name() string         { return "beforecommand" }
+func (b *beforeCommand) Commands() []string { return b.names }
+func (b *beforeCommand) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	b.mu.Lock()
+	f := b.run
+	b.run = nil
+	b.mu.Unlock()
+	if f != nil {
+		f(x.Session())
+	}
+	return next(ctx, x)
+}
+
+// TestChangedSinceVanishedKeepsNewMessage: the fix above took every UID up
+// to the largest the state knew that the client's view lacks for gone;
+// a message the watcher recorded after the delivery that precedes the
+// command is one of those, and was told vanished, then told to exist in
+// the same answer (a second reviewer's finding).
+func TestChangedSinceVanishedKeepsNewMessage(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "u", "p")
+	for range 4 {
+		if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bc := &beforeCommand{names: []string{"UID FETCH"}}
+	cfg := baseConfig(up.Addr)
+	cfg.Hub = hub.Config{PollInterval: time.Hour, ExpungeLog: syncstate.LogLimits{MaxExpunges: 1}}
+	cfg.Extensions = append(cfg.Extensions, bc, condstore.New())
+	p := startProxy(t, cfg)
+	c := imaptest.Login(t, p.Addr, "u", "p")
+	c.MustOK("ENABLE QRESYNC")
+	var h0 string
+	for _, l := range c.MustOK("SELECT INBOX") {
+		if rest, ok := strings.CutPrefix(l, "* OK [HIGHESTMODSEQ "); ok {
+			h0, _, _ = strings.Cut(rest, "]")
+		}
+	}
+	outside := imaptest.Login(t, up.Addr, "u", "p")
+	outside.MustOK("SELECT INBOX")
+	outside.MustOK(`UID STORE 1:3 +FLAGS.SILENT (\Deleted)`)
+	outside.MustOK("EXPUNGE")
+
+	d := imaptest.Login(t, p.Addr, "u", "p")
+	d.MustOK("ENABLE QRESYNC")
+	d.MustOK("SELECT INBOX") // the log pruned
+	bc.mu.Lock()
+	bc.run = func(s *proxy.Session) {
+		if err := up.Append("u", "INBOX", nil, []byte("Subject: new\r\n\r\nNew.\r\n")); err != nil {
+			t.Error(err)
+		}
+		if err := s.Mailbox().Sync(context.Background(), 5*time.Second); err != nil {
+			t.Error(err)
+		}
+	}
+	bc.mu.Unlock()
+	lines := d.MustOK("UID FETCH 1:* (UID) (CHANGEDSINCE " + h0 + " VANISHED)")
+	imaptest.AssertLines(t, "UID FETCH with UID 5 appended during it", lines,
+		[]string{"* VANISHED (EARLIER) 1:3", "* 2 EXISTS", "* 1 RECENT", "*"})
 }

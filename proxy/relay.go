@@ -782,7 +782,9 @@ func truncate(s string) string {
 // that other session last looked, where a direct connection tells the
 // mailbox's. A NOOP syncs the view; its answers, mailbox data of the
 // connection's mailbox, are not the client's. A STATUS of the client's own
-// selected mailbox is left as it is, as on a direct connection.
+// selected mailbox is left as it is, as on a direct connection. A name
+// sent as a literal, unread when the command streams, counts as that
+// mailbox's.
 func (s *Session) statusCatchUp(ctx context.Context, up *upstream.Conn, x *Exchange) error {
 	if x.Name != "STATUS" || up.Selected == "" || len(x.Segments) == 0 {
 		return nil
@@ -790,16 +792,20 @@ func (s *Session) statusCatchUp(ctx context.Context, up *upstream.Conn, x *Excha
 	if s.mbox != nil && s.mbox.name == up.Selected {
 		return nil
 	}
-	p := imapcodec.NewParser(x.Segments[:1], imapcodec.Limits{})
-	p.Atom() // tag
-	p.SP()
-	p.Atom() // STATUS
-	if p.SP() != nil {
-		return nil
-	}
-	name, err := p.AString()
-	if err != nil || s.hubKey(name).Mailbox != up.Selected {
-		return nil
+	// A name sent as a literal is not read yet when the command streams
+	// (the first segment ends in its header): whatever it is, the NOOP
+	// is cheap beside an old answer.
+	if x.Segments[0].Literal == nil || len(x.Segments) > 1 {
+		p := imapcodec.NewParser(x.Segments, imapcodec.Limits{})
+		p.Atom() // tag
+		p.SP()
+		p.Atom() // STATUS
+		if p.SP() != nil {
+			return nil
+		}
+		if name, err := p.AString(); err != nil || s.hubKey(name).Mailbox != up.Selected {
+			return nil
+		}
 	}
 	if _, err := up.Exec(ctx, "NOOP", nil); err != nil {
 		return fmt.Errorf("bringing the connection's view of %q up to date: %w", up.Selected, err)

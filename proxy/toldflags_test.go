@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -219,5 +220,71 @@ func TestDeliverModSeqWithItsFlags(t *testing.T) {
 	}
 	if last != `\Seen` {
 		t.Errorf("last flags told (%s), want (\\Seen): %q", last, lines)
+	}
+}
+
+// TestSilentStoreChangeDuringItsAnswer: another client flags message 1
+// between a silent STORE's claim and the moment CONDSTORE reads the
+// message's MODSEQ for the answer. The answer's flags are then replaced
+// by the state's newer ones, which were recorded as told, though a silent
+// answer shows no flags: the client never heard of \Flagged (a second
+// reviewer's finding on the fix above).
+func TestSilentStoreChangeDuringItsAnswer(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "u", "p")
+	if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	d := &duringItems{}
+	cfg := baseConfig(up.Addr)
+	cfg.Hub = hub.Config{PollInterval: time.Hour}
+	cfg.Extensions = append(cfg.Extensions, d, condstore.New())
+	p := startProxy(t, cfg)
+	outside := imaptest.Login(t, up.Addr, "u", "p")
+	outside.MustOK("SELECT INBOX")
+	c := imaptest.Login(t, p.Addr, "u", "p")
+	c.MustOK("ENABLE CONDSTORE")
+	c.MustOK("SELECT INBOX")
+
+	d.set(outsideStore(t, outside, `(\Seen \Flagged)`))
+	lines := c.MustOK(`STORE 1 +FLAGS.SILENT (\Seen)`)
+	lines = append(lines, c.MustOK("NOOP")...)
+	told := false
+	for _, l := range lines {
+		told = told || strings.Contains(l, " FETCH ") && strings.Contains(l, `FLAGS (\Flagged \Seen)`)
+	}
+	if !told {
+		t.Errorf("\\Flagged set by another client during STORE 1 +FLAGS.SILENT (\\Seen) never told: %q", lines)
+	}
+}
+
+// TestSilentStoreOfManyMessages: a silent STORE of more messages than the
+// catch-up's bound (1,000), with nobody else changing anything, tells
+// nothing back. The flags told of the named messages were recorded for at
+// most 1,000 of them, and every answer beyond counted as not told: the
+// client got a FETCH for each message it had asked to hear nothing of.
+func TestSilentStoreOfManyMessages(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "u", "p")
+	for range 1001 {
+		if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := baseConfig(up.Addr)
+	cfg.Hub = hub.Config{PollInterval: time.Hour}
+	p := startProxy(t, cfg)
+	c := imaptest.Login(t, p.Addr, "u", "p")
+	c.MustOK("SELECT INBOX")
+	for _, n := range []int{1000, 1001} {
+		lines := c.MustOK(fmt.Sprintf(`STORE 1:%d FLAGS.SILENT (\Seen $Label%d)`, n, n))
+		lines = append(lines, c.MustOK("NOOP")...)
+		fetches := 0
+		for _, l := range lines {
+			if strings.Contains(l, " FETCH ") {
+				fetches++
+			}
+		}
+		if fetches != 0 {
+			t.Errorf("STORE 1:%d FLAGS.SILENT, nobody else changing anything: %d FETCH responses told", n, fetches)
+		}
 	}
 }

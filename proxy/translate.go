@@ -35,8 +35,8 @@ type translation struct {
 	stripUID   bool   // a UID item the client did not ask for is removed from FETCH responses
 	silent     bool   // STORE .SILENT sent without .SILENT: FETCH answers are recorded, not relayed
 	store      *imapcodec.StoreArgs
-	before     map[uint32][]string // silent: the flags its client was told of the messages it names (silentBefore)
-	named      *namedUIDs          // the UIDs a FETCH or STORE names
+	before     *toldFlags // silent: the flags its client was told of the messages it names (silentBefore)
+	named      *namedUIDs // the UIDs a FETCH or STORE names
 	// A FETCH whose answers show flags (catchup.go: fetchShowsFlags), or
 	// of the item UID alone: read from formText when a flags-only answer
 	// first needs them (itemsRead), not for every FETCH.
@@ -757,6 +757,13 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 				}
 				flags = strings.Join(stFlags, " ")
 				seg = replaceFlags(seg, flags)
+				if t != nil && t.silent {
+					// Another change came after the answer's; a silent
+					// answer shows no flags, so the client was told
+					// neither: it hears of the message after the
+					// command.
+					told = false
+				}
 			}
 		}
 	}
@@ -813,8 +820,10 @@ func (s *Session) seenByFetch(uid uint32, flags string) (string, bool) {
 // .SILENT, translation.silent) about to go upstream, the flags its client
 // has been told of the messages it names: the state's, where their
 // mod-sequence is one the client has been told up to (after the delivery
-// that precedes the command). At most maxNeedUIDs messages; beyond, none
-// is recorded.
+// that precedes the command). Every named message the client knows is
+// recorded, in two arrays aligned by position (28 bytes a message, for
+// the command's duration; the flag lists are the state's own): a cap
+// would make a large silent STORE tell back every flag it set.
 func (s *Session) silentBefore(t *translation) {
 	m := s.mbox
 	if m == nil || t.named == nil {
@@ -832,20 +841,36 @@ func (s *Session) silentBefore(t *translation) {
 		lo, hi = min(lo, hi), max(lo, hi)
 		i, _ := slices.BinarySearch(m.view, lo)
 		for ; i < len(m.view) && m.view[i] <= hi; i++ {
-			if len(uids) == maxNeedUIDs {
-				return
-			}
 			uids = append(uids, m.view[i])
 		}
 	}
 	slices.Sort(uids)
 	uids = slices.Compact(uids)
-	t.before = make(map[uint32][]string, len(uids))
+	b := &toldFlags{uids: make([]uint32, 0, len(uids)), flags: make([][]string, 0, len(uids))}
 	m.state.Each(uids, func(i int, flags []string, modseq uint64) {
 		if modseq <= m.pos {
-			t.before[uids[i]] = flags
+			b.uids = append(b.uids, uids[i])
+			b.flags = append(b.flags, flags)
 		}
 	})
+	t.before = b
+}
+
+// toldFlags are flags a client was told, by UID (sorted).
+type toldFlags struct {
+	uids  []uint32
+	flags [][]string
+}
+
+func (b *toldFlags) of(uid uint32) ([]string, bool) {
+	if b == nil {
+		return nil, false
+	}
+	i, ok := slices.BinarySearch(b.uids, uid)
+	if !ok {
+		return nil, false
+	}
+	return b.flags[i], true
 }
 
 // silentStoreKnown tells whether flags, the upstream's answer about uid to
@@ -857,7 +882,7 @@ func (s *Session) silentBefore(t *translation) {
 // flags told are not known, the client hears of the message's flags
 // (harmless: RFC 3501 7.4.2 lets a server report flags at any time).
 func silentStoreKnown(t *translation, uid uint32, flags string) bool {
-	prev, ok := t.before[uid]
+	prev, ok := t.before.of(uid)
 	if !ok {
 		return false
 	}

@@ -165,7 +165,16 @@ func rewriteFetch(x *proxy.Exchange) (bool, error) {
 			// (syncstate.LogLimits): the expunges come from the UIDs
 			// asked for that the client's view does not have, as a
 			// QRESYNC SELECT from there gets them (resync).
-			gone = absentUIDs(m.UIDs(), clipUIDs(ranges, m))
+			known := clipUIDs(ranges, m)
+			// A message the state has and the client's view not yet
+			// (it arrived after the delivery before this command) is
+			// not gone: its EXISTS follows. Read after MaxUID (in
+			// clipUIDs), so that every UID it let in is there.
+			now := m.State().Snapshot().UIDs
+			gone = slices.DeleteFunc(absentUIDs(m.UIDs(), known), func(uid uint32) bool {
+				_, found := slices.BinarySearch(now, uid)
+				return found
+			})
 		}
 		if vanished && len(gone) > 0 {
 			slices.Sort(gone)

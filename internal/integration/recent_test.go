@@ -226,6 +226,12 @@ func TestStatusOfAnotherSessionsMailbox(t *testing.T) {
 			want := []string{"* STATUS box (MESSAGES 2 RECENT 1 UIDNEXT 3)", "*"}
 			imaptest.AssertLines(t, "directly", mustOK(t, d.Cmd("STATUS box (MESSAGES UIDNEXT RECENT)")), want)
 			imaptest.AssertLines(t, "through the proxy", mustOK(t, b.Cmd("STATUS box (MESSAGES UIDNEXT RECENT)")), want)
+			// The name as a literal: the command streams, its name unread
+			// when the connection is chosen (a second reviewer's finding).
+			mustOK(t, d.Cmd("APPEND box {7+}\r\nSubj: z"))
+			want = []string{"* STATUS box (MESSAGES 3 UIDNEXT 4)", "*"}
+			imaptest.AssertLines(t, "directly, a literal", mustOK(t, d.Cmd("STATUS {3+}\r\nbox (MESSAGES UIDNEXT)")), want)
+			imaptest.AssertLines(t, "through the proxy, a literal", mustOK(t, b.Cmd("STATUS {3+}\r\nbox (MESSAGES UIDNEXT)")), want)
 		})
 	}
 }
