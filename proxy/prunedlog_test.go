@@ -50,14 +50,15 @@ func TestDeliverAfterPrunedLog(t *testing.T) {
 	}
 }
 
-// TestChangedSinceVanishedAfterPrunedLog: UID FETCH ... (CHANGEDSINCE m
-// VANISHED) from a mod-sequence the expunge log was pruned past (a bound
-// of one expunge, three made outside) took its VANISHED (EARLIER) from
-// the log alone and reported nothing: the client kept three messages
-// that were gone. It now reports the UIDs asked for that the mailbox does
-// not have, as a QRESYNC SELECT from the same mod-sequence does.
-func TestChangedSinceVanishedAfterPrunedLog(t *testing.T) {
-	up := startUpstream(t, memupstream.Options{}, "u", "p")
+// prunedPastExpunges starts an upstream with four messages in INBOX and a
+// proxy (exts, then condstore) whose expunge log keeps one expunge and
+// whose watcher looks only when asked. A QRESYNC client learns the
+// mailbox's HIGHESTMODSEQ h0; messages 1-3 are expunged outside; a second
+// QRESYNC client, returned with INBOX selected, finds the log pruned past
+// h0.
+func prunedPastExpunges(t *testing.T, exts ...proxy.Extension) (up *memupstream.Server, h0 string, d *client) {
+	t.Helper()
+	up = startUpstream(t, memupstream.Options{}, "u", "p")
 	for range 4 {
 		if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
 			t.Fatal(err)
@@ -65,11 +66,10 @@ func TestChangedSinceVanishedAfterPrunedLog(t *testing.T) {
 	}
 	cfg := baseConfig(up.Addr)
 	cfg.Hub = hub.Config{PollInterval: time.Hour, ExpungeLog: syncstate.LogLimits{MaxExpunges: 1}}
-	cfg.Extensions = append(cfg.Extensions, condstore.New())
+	cfg.Extensions = append(append(cfg.Extensions, exts...), condstore.New())
 	p := startProxy(t, cfg)
 	c := imaptest.Login(t, p.Addr, "u", "p")
 	c.MustOK("ENABLE QRESYNC")
-	var h0 string
 	for _, l := range c.MustOK("SELECT INBOX") {
 		if rest, ok := strings.CutPrefix(l, "* OK [HIGHESTMODSEQ "); ok {
 			h0, _, _ = strings.Cut(rest, "]")
@@ -82,10 +82,20 @@ func TestChangedSinceVanishedAfterPrunedLog(t *testing.T) {
 	outside.MustOK("SELECT INBOX")
 	outside.MustOK(`UID STORE 1:3 +FLAGS.SILENT (\Deleted)`)
 	outside.MustOK("EXPUNGE")
-
-	d := imaptest.Login(t, p.Addr, "u", "p")
+	d = imaptest.Login(t, p.Addr, "u", "p")
 	d.MustOK("ENABLE QRESYNC")
 	d.MustOK("SELECT INBOX") // after the watcher's round trip: the log pruned
+	return up, h0, d
+}
+
+// TestChangedSinceVanishedAfterPrunedLog: UID FETCH ... (CHANGEDSINCE m
+// VANISHED) from a mod-sequence the expunge log was pruned past (a bound
+// of one expunge, three made outside) took its VANISHED (EARLIER) from
+// the log alone and reported nothing: the client kept three messages
+// that were gone. It now reports the UIDs asked for that the mailbox does
+// not have, as a QRESYNC SELECT from the same mod-sequence does.
+func TestChangedSinceVanishedAfterPrunedLog(t *testing.T) {
+	_, h0, d := prunedPastExpunges(t)
 	for _, set := range []string{"1:*", "2:3", "*"} {
 		var vanished []string
 		for _, l := range d.MustOK("UID FETCH " + set + " (UID) (CHANGEDSINCE " + h0 + " VANISHED)") {
@@ -127,33 +137,8 @@ func (b *beforeCommand) ServeCommand(ctx context.Context, x *proxy.Exchange, nex
 // command is one of those, and was told vanished, then told to exist in
 // the same answer (a second reviewer's finding).
 func TestChangedSinceVanishedKeepsNewMessage(t *testing.T) {
-	up := startUpstream(t, memupstream.Options{}, "u", "p")
-	for range 4 {
-		if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
-			t.Fatal(err)
-		}
-	}
 	bc := &beforeCommand{names: []string{"UID FETCH"}}
-	cfg := baseConfig(up.Addr)
-	cfg.Hub = hub.Config{PollInterval: time.Hour, ExpungeLog: syncstate.LogLimits{MaxExpunges: 1}}
-	cfg.Extensions = append(cfg.Extensions, bc, condstore.New())
-	p := startProxy(t, cfg)
-	c := imaptest.Login(t, p.Addr, "u", "p")
-	c.MustOK("ENABLE QRESYNC")
-	var h0 string
-	for _, l := range c.MustOK("SELECT INBOX") {
-		if rest, ok := strings.CutPrefix(l, "* OK [HIGHESTMODSEQ "); ok {
-			h0, _, _ = strings.Cut(rest, "]")
-		}
-	}
-	outside := imaptest.Login(t, up.Addr, "u", "p")
-	outside.MustOK("SELECT INBOX")
-	outside.MustOK(`UID STORE 1:3 +FLAGS.SILENT (\Deleted)`)
-	outside.MustOK("EXPUNGE")
-
-	d := imaptest.Login(t, p.Addr, "u", "p")
-	d.MustOK("ENABLE QRESYNC")
-	d.MustOK("SELECT INBOX") // the log pruned
+	up, h0, d := prunedPastExpunges(t, bc)
 	bc.mu.Lock()
 	bc.run = func(s *proxy.Session) {
 		if err := up.Append("u", "INBOX", nil, []byte("Subject: new\r\n\r\nNew.\r\n")); err != nil {

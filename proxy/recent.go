@@ -192,7 +192,8 @@ func statusRecent(text []byte, n int) []byte {
 	return fmt.Appendf(text[:open:open], "(%s)", strings.Join(items, " "))
 }
 
-// statusMailbox returns the mailbox name of "* STATUS name (items)".
+// statusMailbox returns the mailbox name of "* STATUS name (items)", or of
+// the command "tag STATUS name (items)".
 func statusMailbox(segs []imapcodec.Segment) (string, bool) {
 	p := imapcodec.NewParser(segs, imapcodec.Limits{})
 	p.Atom() // *
@@ -254,15 +255,8 @@ func (s *Session) statusSyncSoon(cmd *imapcodec.Command) *earlySync {
 	if s.srv.hub == nil || len(cmd.Segments) != 1 || indexFold(cmd.Segments[0].Text, "RECENT") < 0 {
 		return nil
 	}
-	p := imapcodec.NewParser(cmd.Segments, imapcodec.Limits{})
-	p.Atom() // tag
-	p.SP()
-	p.Atom() // STATUS
-	if p.SP() != nil {
-		return nil
-	}
-	name, err := p.AString()
-	if err != nil {
+	name, ok := statusMailbox(cmd.Segments)
+	if !ok {
 		return nil
 	}
 	key := s.hubKey(name)

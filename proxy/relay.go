@@ -796,14 +796,7 @@ func (s *Session) statusCatchUp(ctx context.Context, up *upstream.Conn, x *Excha
 	// (the first segment ends in its header): whatever it is, the NOOP
 	// is cheap beside an old answer.
 	if x.Segments[0].Literal == nil || len(x.Segments) > 1 {
-		p := imapcodec.NewParser(x.Segments, imapcodec.Limits{})
-		p.Atom() // tag
-		p.SP()
-		p.Atom() // STATUS
-		if p.SP() != nil {
-			return nil
-		}
-		if name, err := p.AString(); err != nil || s.hubKey(name).Mailbox != up.Selected {
+		if name, ok := statusMailbox(x.Segments); !ok || s.hubKey(name).Mailbox != up.Selected {
 			return nil
 		}
 	}

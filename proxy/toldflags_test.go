@@ -77,6 +77,28 @@ func outsideStore(t *testing.T, outside *imaptest.Client, store string) func(s *
 	}
 }
 
+// oneMessageCondStore starts an upstream with one message in INBOX and a
+// proxy with d before condstore, whose watcher looks only when asked, and
+// returns a client straight to the upstream and one through the proxy
+// with CONDSTORE enabled, both with INBOX selected.
+func oneMessageCondStore(t *testing.T, d *duringItems) (outside, c *client) {
+	t.Helper()
+	up := startUpstream(t, memupstream.Options{}, "u", "p")
+	if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := baseConfig(up.Addr)
+	cfg.Hub = hub.Config{PollInterval: time.Hour}
+	cfg.Extensions = append(cfg.Extensions, d, condstore.New())
+	p := startProxy(t, cfg)
+	outside = imaptest.Login(t, up.Addr, "u", "p")
+	outside.MustOK("SELECT INBOX")
+	c = imaptest.Login(t, p.Addr, "u", "p")
+	c.MustOK("ENABLE CONDSTORE")
+	c.MustOK("SELECT INBOX")
+	return outside, c
+}
+
 // TestChangeToNoFlagsDuringFetch: another client removes every flag of
 // message 1 while this client's FETCH of message 2's flags is in flight;
 // the change reaches the state before the FETCH's tagged answer, which
@@ -181,20 +203,8 @@ func TestSilentStoreShowsOthersChange(t *testing.T) {
 // the message). Here the second change lands at exactly that moment. A
 // report whose message changed again is left for the next one.
 func TestDeliverModSeqWithItsFlags(t *testing.T) {
-	up := startUpstream(t, memupstream.Options{}, "u", "p")
-	if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
-		t.Fatal(err)
-	}
 	d := &duringItems{unsolicited: true}
-	cfg := baseConfig(up.Addr)
-	cfg.Hub = hub.Config{PollInterval: time.Hour}
-	cfg.Extensions = append(cfg.Extensions, d, condstore.New())
-	p := startProxy(t, cfg)
-	outside := imaptest.Login(t, up.Addr, "u", "p")
-	outside.MustOK("SELECT INBOX")
-	c := imaptest.Login(t, p.Addr, "u", "p")
-	c.MustOK("ENABLE CONDSTORE")
-	c.MustOK("SELECT INBOX")
+	outside, c := oneMessageCondStore(t, d)
 
 	outside.MustOK(`UID STORE 1 FLAGS.SILENT (\Flagged)`)
 	d.set(outsideStore(t, outside, `(\Seen)`))
@@ -230,20 +240,8 @@ func TestDeliverModSeqWithItsFlags(t *testing.T) {
 // answer shows no flags: the client never heard of \Flagged (a second
 // reviewer's finding on the fix above).
 func TestSilentStoreChangeDuringItsAnswer(t *testing.T) {
-	up := startUpstream(t, memupstream.Options{}, "u", "p")
-	if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
-		t.Fatal(err)
-	}
 	d := &duringItems{}
-	cfg := baseConfig(up.Addr)
-	cfg.Hub = hub.Config{PollInterval: time.Hour}
-	cfg.Extensions = append(cfg.Extensions, d, condstore.New())
-	p := startProxy(t, cfg)
-	outside := imaptest.Login(t, up.Addr, "u", "p")
-	outside.MustOK("SELECT INBOX")
-	c := imaptest.Login(t, p.Addr, "u", "p")
-	c.MustOK("ENABLE CONDSTORE")
-	c.MustOK("SELECT INBOX")
+	outside, c := oneMessageCondStore(t, d)
 
 	d.set(outsideStore(t, outside, `(\Seen \Flagged)`))
 	lines := c.MustOK(`STORE 1 +FLAGS.SILENT (\Seen)`)
