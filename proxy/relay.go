@@ -54,18 +54,12 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 	// filterResponse). Re-selecting it later would cost far more. Only
 	// DELETE and RENAME, which may hit that very mailbox, unselect first.
 	restore := s.state != StateAuthenticated || cmd.Name == "DELETE" || cmd.Name == "RENAME"
-	up, err := s.lease(ctx, restore, x)
+	up, err := s.leaseCaughtUp(ctx, restore, x)
 	if err != nil {
 		if err := s.discardFrom(in, first.Literal); err != nil {
 			return err
 		}
 		return s.upstreamUnavailable(cmd.Tag, err)
-	}
-	if err := s.statusCatchUp(ctx, up, x); err != nil {
-		if err := s.discardFrom(in, first.Literal); err != nil {
-			return err
-		}
-		return s.upstreamFailed(cmd.Tag, err)
 	}
 	upTag := up.NextTag()
 	w := up.Writer()
@@ -278,12 +272,9 @@ func (s *Session) awaitContinuation(x *Exchange, up *upstream.Conn, upTag string
 // upstream's responses: the end of the command chain for every command
 // the core relays without streaming it.
 func (s *Session) relayWhole(ctx context.Context, x *Exchange) error {
-	up, err := s.lease(ctx, s.state != StateAuthenticated || x.Name == "DELETE" || x.Name == "RENAME", x)
+	up, err := s.leaseCaughtUp(ctx, s.state != StateAuthenticated || x.Name == "DELETE" || x.Name == "RENAME", x)
 	if err != nil {
 		return s.upstreamUnavailable(x.Tag, err)
-	}
-	if err := s.statusCatchUp(ctx, up, x); err != nil {
-		return s.upstreamFailed(x.Tag, err)
 	}
 	if _, err := s.relayCommand(up, x); err != nil {
 		return err
@@ -772,6 +763,31 @@ func truncate(s string) string {
 		return s[:40] + "..."
 	}
 	return s
+}
+
+// leaseCaughtUp leases as lease does and, for a STATUS, brings the
+// connection's view up to date (statusCatchUp). A connection whose
+// catch-up fails is given up and another one leased, once: its mailbox may
+// have been deleted since (Dovecot then ends the connection at the NOOP),
+// and the client must get the upstream's answer about the name (NO, it
+// does not exist), not a lost connection.
+func (s *Session) leaseCaughtUp(ctx context.Context, restore bool, x *Exchange) (*upstream.Conn, error) {
+	for try := 0; ; try++ {
+		up, err := s.lease(ctx, restore, x)
+		if err != nil {
+			return nil, err
+		}
+		err = s.statusCatchUp(ctx, up, x)
+		if err == nil {
+			return up, nil
+		}
+		s.log.Debug("catch-up before STATUS failed; another connection", "err", err)
+		up.MarkBroken()
+		s.releaseUpstream()
+		if try == 1 {
+			return nil, err
+		}
+	}
 }
 
 // statusCatchUp brings up's view of a mailbox it keeps selected for

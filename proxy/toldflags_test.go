@@ -286,3 +286,54 @@ func TestSilentStoreOfManyMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestSilentStoreStarReportsOthersChange: UID STORE 2:* +FLAGS.SILENT
+// names any UID the upstream answers for ("*"), so the connection's report
+// of another client's change to message 1, added to the answer, was taken
+// for an answer, and as told, though a silent answer shows no flags: when
+// the watcher recorded the change before the tagged reply, the client
+// never heard of it; under CONDSTORE it even got the change's MODSEQ (a
+// third reviewer's finding). Only an answer its own store explains counts
+// as told.
+func TestSilentStoreStarReportsOthersChange(t *testing.T) {
+	for _, condStore := range []bool{false, true} {
+		up := startUpstream(t, memupstream.Options{}, "u", "p")
+		for range 2 {
+			if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d := &duringItems{}
+		cfg := baseConfig(up.Addr)
+		cfg.Hub = hub.Config{PollInterval: time.Hour}
+		cfg.Extensions = append(cfg.Extensions, d)
+		if condStore {
+			cfg.Extensions = append(cfg.Extensions, condstore.New())
+		}
+		p := startProxy(t, cfg)
+		c := imaptest.Login(t, p.Addr, "u", "p")
+		if condStore {
+			c.MustOK("ENABLE CONDSTORE")
+		}
+		c.MustOK("SELECT INBOX")
+		c.MustOK("UID FETCH 1:* (UID)") // its connection, INBOX selected, back in the pool
+		outside := imaptest.Login(t, up.Addr, "u", "p")
+		outside.MustOK("SELECT INBOX")
+		outside.MustOK(`UID STORE 1 +FLAGS.SILENT (\Flagged)`)
+		// The watcher hears of it while the STORE's answers are read.
+		d.set(func(s *proxy.Session) {
+			if err := s.Mailbox().Sync(context.Background(), 5*time.Second); err != nil {
+				t.Error(err)
+			}
+		})
+		lines := c.MustOK(`UID STORE 2:* +FLAGS.SILENT (\Seen)`)
+		lines = append(lines, c.MustOK("NOOP")...)
+		told := false
+		for _, l := range lines {
+			told = told || strings.HasPrefix(l, "* 1 FETCH") && strings.Contains(l, `FLAGS (\Flagged)`)
+		}
+		if !told {
+			t.Errorf("CONDSTORE %v: \\Flagged set outside on 1 before UID STORE 2:* +FLAGS.SILENT (\\Seen) never told: %q", condStore, lines)
+		}
+	}
+}

@@ -701,8 +701,11 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 		}
 	}
 	// told: the client learns uid's flags from this answer (noteFlags
-	// below), or knows them already.
-	told := hasFlags
+	// below), or knows them already. A silent STORE's answers show no
+	// flags: told only where the client's own store explains them
+	// (silentStoreKnown), not for a report of someone else's change that
+	// the connection adds to the answer (a set with "*" names any UID).
+	told := hasFlags && (t == nil || !t.silent)
 	if x != nil {
 		if hasFlags {
 			// claim is what the state's flags of uid become by this
@@ -711,9 +714,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 			claim, ok := "", false
 			switch {
 			case t != nil && t.store != nil && storeResult(t.store, flags):
-				if t.silent {
-					told = silentStoreKnown(t, uid, flags)
-				}
+				told = !t.silent || silentStoreKnown(t, uid, flags)
 				claim, ok = flags, true
 			case t != nil && t.setsSeen:
 				claim, ok = s.seenByFetch(uid, flags)

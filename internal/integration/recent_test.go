@@ -235,3 +235,37 @@ func TestStatusOfAnotherSessionsMailbox(t *testing.T) {
 		})
 	}
 }
+
+// TestStatusOfDeletedMailboxAnotherSessionKeeps: the catch-up NOOP before
+// a STATUS (TestStatusOfAnotherSessionsMailbox) runs on a connection that
+// keeps selected a mailbox another client has deleted since: Dovecot ends
+// the connection ("IMAP session state is inconsistent"), and the client
+// was told it lost the upstream connection. The STATUS now runs on
+// another connection, which answers as a direct one does (a third
+// reviewer's finding).
+func TestStatusOfDeletedMailboxAnotherSessionKeeps(t *testing.T) {
+	for _, tt := range []struct {
+		p    dovecottest.Profile
+		opts []func(*proxy.Config)
+	}{
+		{dovecottest.LegacyNoIdle, []func(*proxy.Config){func(c *proxy.Config) { c.Hub.PollInterval = time.Hour }}},
+		{dovecottest.Full, nil},
+	} {
+		t.Run(tt.p.String(), func(t *testing.T) {
+			dc, d := startDovecotUser(t, tt.p)
+			addr, _ := startProxy(t, dc.Addr, tt.opts...)
+			mustOK(t, d.Cmd("CREATE box"))
+			mustOK(t, d.Cmd("APPEND box {7+}\r\nSubj: x"))
+			b := dialRaw(t, addr)
+			mustOK(t, b.Cmd("LOGIN u pw"))
+			a := dialRaw(t, addr)
+			mustOK(t, a.Cmd("LOGIN u pw"))
+			mustOK(t, a.Cmd("SELECT box"))
+			mustOK(t, d.Cmd("DELETE box"))
+			direct, proxied := imaptest.Tagged(d.Cmd("STATUS box (MESSAGES)")), imaptest.Tagged(b.Cmd("STATUS box (MESSAGES)"))
+			if !strings.HasPrefix(direct, "NO ") || !strings.HasPrefix(proxied, "NO Mailbox doesn't exist") {
+				t.Errorf("STATUS of a deleted mailbox: directly %q, through the proxy %q, want the same NO", direct, proxied)
+			}
+		})
+	}
+}
