@@ -26,11 +26,7 @@ func TestDrainReleaseRetried(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := adminPool(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := testAdminPool(t, ctx, url)
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)

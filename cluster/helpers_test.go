@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
 	"github.com/lemonproxy/lemonproxy/internal/pgtest"
@@ -205,6 +206,18 @@ func owner(t *testing.T, n *testNode, account string) (node string, epoch int64)
 	return
 }
 
+// testAdminPool opens an operator's pool on url (adminPool), closed when
+// the test ends.
+func testAdminPool(t *testing.T, ctx context.Context, url string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := adminPool(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
 // waitLeaseExpired waits until the database's clock has passed name's
 // lease: the database itself sleeps the remaining time, so expiry is
 // measured by the clock that decides it.
@@ -212,13 +225,9 @@ func waitLeaseExpired(t *testing.T, url, name string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := adminPool(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := testAdminPool(t, ctx, url)
 	var expired bool
-	err = pool.QueryRow(ctx, `SELECT pg_sleep(GREATEST(0, EXTRACT(EPOCH FROM lease_until - now())) + 0.01) IS NULL FROM lp_nodes WHERE name = $1`, name).Scan(&expired)
+	err := pool.QueryRow(ctx, `SELECT pg_sleep(GREATEST(0, EXTRACT(EPOCH FROM lease_until - now())) + 0.01) IS NULL FROM lp_nodes WHERE name = $1`, name).Scan(&expired)
 	if err == nil {
 		err = pool.QueryRow(ctx, `SELECT lease_until <= now() FROM lp_nodes WHERE name = $1`, name).Scan(&expired)
 	}

@@ -77,24 +77,31 @@ func outsideStore(t *testing.T, outside *imaptest.Client, store string) func(s *
 	}
 }
 
-// oneMessageCondStore starts an upstream with one message in INBOX and a
-// proxy with d before condstore, whose watcher looks only when asked, and
-// returns a client straight to the upstream and one through the proxy
-// with CONDSTORE enabled, both with INBOX selected.
-func oneMessageCondStore(t *testing.T, d *duringItems) (outside, c *client) {
+// twoClients starts an upstream with n messages in INBOX and a proxy with
+// exts (then condstore, when condStore) whose watcher looks only when
+// asked, and returns a client straight to the upstream and one through
+// the proxy (CONDSTORE enabled when condStore), both with INBOX selected.
+func twoClients(t *testing.T, n int, condStore bool, exts ...proxy.Extension) (outside, c *client) {
 	t.Helper()
 	up := startUpstream(t, memupstream.Options{}, "u", "p")
-	if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
-		t.Fatal(err)
+	for range n {
+		if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cfg := baseConfig(up.Addr)
 	cfg.Hub = hub.Config{PollInterval: time.Hour}
-	cfg.Extensions = append(cfg.Extensions, d, condstore.New())
+	cfg.Extensions = append(cfg.Extensions, exts...)
+	if condStore {
+		cfg.Extensions = append(cfg.Extensions, condstore.New())
+	}
 	p := startProxy(t, cfg)
 	outside = imaptest.Login(t, up.Addr, "u", "p")
 	outside.MustOK("SELECT INBOX")
 	c = imaptest.Login(t, p.Addr, "u", "p")
-	c.MustOK("ENABLE CONDSTORE")
+	if condStore {
+		c.MustOK("ENABLE CONDSTORE")
+	}
 	c.MustOK("SELECT INBOX")
 	return outside, c
 }
@@ -155,25 +162,7 @@ func TestChangeToNoFlagsDuringFetch(t *testing.T) {
 // ends. Its own store alone is not told back (RFC 3501 6.4.6).
 func TestSilentStoreShowsOthersChange(t *testing.T) {
 	for _, condStore := range []bool{false, true} {
-		up := startUpstream(t, memupstream.Options{}, "u", "p")
-		for range 2 {
-			if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
-				t.Fatal(err)
-			}
-		}
-		cfg := baseConfig(up.Addr)
-		cfg.Hub = hub.Config{PollInterval: time.Hour}
-		if condStore {
-			cfg.Extensions = append(cfg.Extensions, condstore.New())
-		}
-		p := startProxy(t, cfg)
-		c := imaptest.Login(t, p.Addr, "u", "p")
-		if condStore {
-			c.MustOK("ENABLE CONDSTORE")
-		}
-		c.MustOK("SELECT INBOX")
-		outside := imaptest.Login(t, up.Addr, "u", "p")
-		outside.MustOK("SELECT INBOX")
+		outside, c := twoClients(t, 2, condStore)
 		outside.MustOK(`UID STORE 1 +FLAGS.SILENT (\Flagged)`)
 
 		lines := c.MustOK(`STORE 1:2 +FLAGS.SILENT (\Seen)`)
@@ -204,7 +193,7 @@ func TestSilentStoreShowsOthersChange(t *testing.T) {
 // report whose message changed again is left for the next one.
 func TestDeliverModSeqWithItsFlags(t *testing.T) {
 	d := &duringItems{unsolicited: true}
-	outside, c := oneMessageCondStore(t, d)
+	outside, c := twoClients(t, 1, true, d)
 
 	outside.MustOK(`UID STORE 1 FLAGS.SILENT (\Flagged)`)
 	d.set(outsideStore(t, outside, `(\Seen)`))
@@ -241,7 +230,7 @@ func TestDeliverModSeqWithItsFlags(t *testing.T) {
 // reviewer's finding on the fix above).
 func TestSilentStoreChangeDuringItsAnswer(t *testing.T) {
 	d := &duringItems{}
-	outside, c := oneMessageCondStore(t, d)
+	outside, c := twoClients(t, 1, true, d)
 
 	d.set(outsideStore(t, outside, `(\Seen \Flagged)`))
 	lines := c.MustOK(`STORE 1 +FLAGS.SILENT (\Seen)`)
@@ -261,17 +250,7 @@ func TestSilentStoreChangeDuringItsAnswer(t *testing.T) {
 // most 1,000 of them, and every answer beyond counted as not told: the
 // client got a FETCH for each message it had asked to hear nothing of.
 func TestSilentStoreOfManyMessages(t *testing.T) {
-	up := startUpstream(t, memupstream.Options{}, "u", "p")
-	for range 1001 {
-		if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := baseConfig(up.Addr)
-	cfg.Hub = hub.Config{PollInterval: time.Hour}
-	p := startProxy(t, cfg)
-	c := imaptest.Login(t, p.Addr, "u", "p")
-	c.MustOK("SELECT INBOX")
+	_, c := twoClients(t, 1001, false)
 	for _, n := range []int{1000, 1001} {
 		lines := c.MustOK(fmt.Sprintf(`STORE 1:%d FLAGS.SILENT (\Seen $Label%d)`, n, n))
 		lines = append(lines, c.MustOK("NOOP")...)
@@ -297,28 +276,9 @@ func TestSilentStoreOfManyMessages(t *testing.T) {
 // as told.
 func TestSilentStoreStarReportsOthersChange(t *testing.T) {
 	for _, condStore := range []bool{false, true} {
-		up := startUpstream(t, memupstream.Options{}, "u", "p")
-		for range 2 {
-			if err := up.Append("u", "INBOX", nil, []byte("Subject: m\r\n\r\nHello.\r\n")); err != nil {
-				t.Fatal(err)
-			}
-		}
 		d := &duringItems{}
-		cfg := baseConfig(up.Addr)
-		cfg.Hub = hub.Config{PollInterval: time.Hour}
-		cfg.Extensions = append(cfg.Extensions, d)
-		if condStore {
-			cfg.Extensions = append(cfg.Extensions, condstore.New())
-		}
-		p := startProxy(t, cfg)
-		c := imaptest.Login(t, p.Addr, "u", "p")
-		if condStore {
-			c.MustOK("ENABLE CONDSTORE")
-		}
-		c.MustOK("SELECT INBOX")
+		outside, c := twoClients(t, 2, condStore, d)
 		c.MustOK("UID FETCH 1:* (UID)") // its connection, INBOX selected, back in the pool
-		outside := imaptest.Login(t, up.Addr, "u", "p")
-		outside.MustOK("SELECT INBOX")
 		outside.MustOK(`UID STORE 1 +FLAGS.SILENT (\Flagged)`)
 		// The watcher hears of it while the STORE's answers are read.
 		d.set(func(s *proxy.Session) {

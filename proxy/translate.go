@@ -819,7 +819,8 @@ func (s *Session) seenByFetch(uid uint32, flags string) (string, bool) {
 
 // silentBefore records, for a STORE .SILENT (sent upstream without
 // .SILENT, translation.silent) about to go upstream, the flags its client
-// has been told of the messages it names: the state's, where their
+// has been told of the messages it names (those it knows; with "*", all
+// from the range's start): the state's, where their
 // mod-sequence is one the client has been told up to (after the delivery
 // that precedes the command). Every named message the client knows is
 // recorded, in two arrays aligned by position (28 bytes a message, for
@@ -831,22 +832,9 @@ func (s *Session) silentBefore(t *translation) {
 		return
 	}
 	var uids []uint32
-	for _, r := range t.named.set {
-		lo, hi := r.Start, r.Stop
-		if lo == 0 { // "*": the client's last message
-			lo = m.view.last()
-		}
-		if hi == 0 {
-			hi = m.view.last()
-		}
-		lo, hi = min(lo, hi), max(lo, hi)
-		i, _ := slices.BinarySearch(m.view, lo)
-		for ; i < len(m.view) && m.view[i] <= hi; i++ {
-			uids = append(uids, m.view[i])
-		}
+	for _, r := range m.view.seqSet(t.named.set) {
+		uids = append(uids, m.view[r.Start-1:r.Stop]...)
 	}
-	slices.Sort(uids)
-	uids = slices.Compact(uids)
 	b := &toldFlags{uids: make([]uint32, 0, len(uids)), flags: make([][]string, 0, len(uids))}
 	m.state.Each(uids, func(i int, flags []string, modseq uint64) {
 		if modseq <= m.pos {
@@ -1027,13 +1015,13 @@ func flagsOnly(segs []imapcodec.Segment) bool {
 
 // namedUIDs is the UID set a command names.
 type namedUIDs struct {
-	set  imap.SeqSet
+	set  imap.UIDSet
 	star bool // a range of it has "*"
 }
 
 // named returns the UID set set (nil if it does not parse: "$").
 func named(set string) *namedUIDs {
-	s, err := imapcodec.ParseNumSet(set)
+	s, err := imapcodec.ParseUIDSet(set)
 	if err != nil {
 		return nil
 	}
@@ -1046,7 +1034,7 @@ func named(set string) *namedUIDs {
 // the command was read (the client hears of new messages between that
 // and the command's answers, and answers about them must reach it).
 func (n *namedUIDs) has(uid uint32) bool {
-	return n.star || n.set.Contains(uid)
+	return n.star || n.set.Contains(imap.UID(uid))
 }
 
 // snapshotFlags returns the state's flags of uid and the reporters' items
