@@ -407,3 +407,48 @@ func TestNoStall(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentReadersGrowBuffers: readers of different streams at once,
+// each with blocks larger than its pooled input buffer, so that every one
+// grows its buffer inside a block. A grown reader put its old buffer back
+// in the pool before copying its bytes out of it, and another reader could
+// take it and write over them: under -race, TestCompressUpstream (an
+// upstream with COMPRESS, the watcher's connection and a session's at
+// once) reported it; without the detector the stream could go corrupt.
+func TestConcurrentReadersGrowBuffers(t *testing.T) {
+	const readers = 8
+	done := make(chan error, readers)
+	for g := range readers {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			for round := range 8 {
+				plain := make([]byte, 96<<10)
+				for i := range plain {
+					plain[i] = byte(rng.IntN(256)) // incompressible: stored blocks of 64 KiB
+				}
+				var z bytes.Buffer
+				w, _ := stdflate.NewWriter(&z, stdflate.BestSpeed)
+				w.Write(plain)
+				w.Close()
+				enc := z.Bytes()
+				var pieces [][]byte
+				for len(enc) > 0 {
+					k := min(len(enc), 1+rng.IntN(4096))
+					pieces = append(pieces, enc[:k])
+					enc = enc[k:]
+				}
+				got, err := io.ReadAll(NewReader(&chunkSource{pieces: pieces}, nil))
+				if err != nil || !bytes.Equal(got, plain) {
+					done <- fmt.Errorf("reader %d, round %d: %d bytes, %v; equal %v", g, round, len(got), err, bytes.Equal(got, plain))
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range readers {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}

@@ -406,14 +406,17 @@ func (r *Reader) fill() error {
 		if cpIdx >= 0 && r.end-int(cpIdx) < maxCarry {
 			keep = int(cpIdx)
 		}
+		old := r.in
 		if keep < len(buf)/4 && len(buf) < maxCarry {
 			b := make([]byte, min(2*len(buf), maxCarry))
-			if len(buf) == inBufSize {
-				inPool.Put(r.in)
-			}
 			r.in = &b
 		}
 		r.end = copy(*r.in, buf[keep:r.end])
+		if r.in != old && len(buf) == inBufSize {
+			// Back to the pool only once its bytes are copied out: another
+			// connection's reader may take it at once and write over them.
+			inPool.Put(old)
+		}
 		r.base += int64(keep)
 		r.pos -= keep
 		buf = *r.in
