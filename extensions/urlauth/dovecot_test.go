@@ -176,3 +176,53 @@ func TestURLFetchRecreatedMailboxDovecot(t *testing.T) {
 		t.Errorf("URLFETCH after the mailbox was created again: %q", got)
 	}
 }
+
+// TestKeyOfMailboxNotSpelling: a mailbox has one access key however a
+// client spells it. Dovecot takes inbox.child for INBOX.child (INBOX is
+// case-insensitive at the head of its hierarchy too), so a URL made for
+// one spelling must die with RESETKEY or DELETE of the other; and a
+// RENAME takes the mailbox's children along, whose keys go with it.
+func TestKeyOfMailboxNotSpelling(t *testing.T) {
+	srv := dovecottest.Start(t, dovecottest.Legacy)
+	ext := urlauth.New(urlauth.Config{Hosts: []string{"example.com"}})
+	px := imaptest.StartProxy(t, srv.Addr, proxy.Config{
+		Extensions:  []proxy.Extension{ext},
+		AccountData: accountdata.NewMemory(),
+	})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	const msg = "Subject: m\r\n\r\nx\r\n"
+	put := func(box string) {
+		t.Helper()
+		c.MustOK("CREATE " + box)
+		c.MustOK("APPEND "+box+" {17}", msg)
+	}
+	url := func(box string) string {
+		t.Helper()
+		u := gen(t, c, "imap://alice@example.com/"+box+"/;uid=1;urlauth=anonymous")
+		if got := fetch(t, c, u); got != msg {
+			t.Fatalf("URLFETCH of %s: %q", box, got)
+		}
+		return u
+	}
+	put("INBOX.child")
+	u := url("inbox.child")
+	c.MustOK("RESETKEY INBOX.child")
+	if got := fetch(t, c, u); got != "NIL" {
+		t.Errorf("URL for inbox.child after RESETKEY INBOX.child: %q", got)
+	}
+	u = url("INBOX.child")
+	c.MustOK("DELETE inbox.child")
+	put("INBOX.child")
+	if got := fetch(t, c, u); got != "NIL" {
+		t.Errorf("URL for INBOX.child after DELETE inbox.child and a new INBOX.child: %q", got)
+	}
+
+	put("Folder")
+	put("Folder.sub")
+	u = url("Folder.sub")
+	c.MustOK("RENAME Folder Moved")
+	put("Folder.sub")
+	if got := fetch(t, c, u); got != "NIL" {
+		t.Errorf("URL for Folder.sub after RENAME Folder and a new Folder.sub: %q", got)
+	}
+}

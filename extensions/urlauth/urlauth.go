@@ -176,7 +176,7 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	}
 	if err == nil && len(vals) > 2 {
 		if name, ok := imapcodec.AsString(vals[2]); ok {
-			if err := accountdata.Delete(e.data, s.Account(), keyName(name)); err != nil {
+			if err := e.forget(ctx, s, name, x.Name == "RENAME"); err != nil {
 				s.Logger().Warn("urlauth: cannot delete a mailbox key", "err", err)
 			}
 		}
@@ -184,13 +184,32 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	return nil
 }
 
-// keyName is the account data key of a mailbox's access key; name is
-// the mailbox as IMAP4rev1 spells it.
-func keyName(name string) string {
-	if strings.EqualFold(name, "INBOX") {
-		name = "INBOX"
+// forget deletes the access key of a mailbox that is gone, and with
+// children those of the mailboxes below it (a RENAME takes them along;
+// RFC 3501 6.3.5), so that a mailbox created later under a gone name does
+// not accept the URLs made for the one that had it.
+func (e *Extension) forget(ctx context.Context, s *proxy.Session, name string, children bool) error {
+	key := keyName(ctx, s, name)
+	keys := []string{key}
+	if h, err := s.Hierarchy(ctx); children && err == nil && h.Delim != "" {
+		err := e.data.List(s.Account(), key+h.Delim, func(k string, _ []byte) bool {
+			keys = append(keys, k)
+			return true
+		})
+		if err != nil {
+			return err
+		}
 	}
-	return keyPrefix + name
+	return e.data.Write(s.Account(), nil, keys)
+}
+
+// keyName is the account data key of a mailbox's access key; name is
+// the mailbox as a client spelt it. The key is the mailbox's, not the
+// spelling's: inbox.Drafts and INBOX.Drafts share one (proxy's
+// CanonicalMailbox), so that RESETKEY or DELETE of either voids the URLs
+// made for both.
+func keyName(ctx context.Context, s *proxy.Session, name string) string {
+	return keyPrefix + s.CanonicalMailbox(ctx, name)
 }
 
 // args reads a command's arguments, each an astring.
@@ -282,7 +301,7 @@ func (r *reply) Error() string { return r.status + " " + r.text }
 // account, making one if create and there is none (after checking that
 // the mailbox exists and the account has room).
 func (e *Extension) key(ctx context.Context, s *proxy.Session, mbox string, create bool) ([]byte, error) {
-	name := keyName(mbox)
+	name := keyName(ctx, s, mbox)
 	k, err := e.data.Get(s.Account(), name)
 	if err == nil || !errors.Is(err, accountdata.ErrNotFound) || !create {
 		return k, err
@@ -357,7 +376,7 @@ func (e *Extension) resetKey(ctx context.Context, x *proxy.Exchange) error {
 		}
 		return x.Reply("NO", "UNAVAILABLE", "The upstream server failed.")
 	}
-	if err := accountdata.Delete(e.data, s.Account(), keyName(mbox)); err != nil {
+	if err := accountdata.Delete(e.data, s.Account(), keyName(ctx, s, mbox)); err != nil {
 		s.Logger().Warn("urlauth: account data", "err", err)
 		return x.Reply("NO", "UNAVAILABLE", "Cannot reset the key now.")
 	}
