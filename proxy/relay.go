@@ -779,6 +779,7 @@ func (s *Session) leaseCaughtUp(ctx context.Context, restore bool, x *Exchange) 
 		}
 		err = s.statusCatchUp(ctx, up, x)
 		if err == nil {
+			s.statusNotSelected(up, x)
 			return up, nil
 		}
 		s.log.Debug("catch-up before STATUS failed; another connection", "err", err)
@@ -788,6 +789,27 @@ func (s *Session) leaseCaughtUp(ctx context.Context, restore bool, x *Exchange) 
 			return nil, err
 		}
 	}
+}
+
+// statusNotSelected keeps the upstream's word that a STATUS named the
+// selected mailbox from a client that has not selected it: Dovecot answers
+// "OK [CLIENTBUG] Status on selected mailbox completed." when the name is
+// the connection's selected mailbox, which on a pooled connection may be
+// another session's. The client is answered as Dovecot answers a STATUS
+// of a mailbox it has not selected.
+func (s *Session) statusNotSelected(up *upstream.Conn, x *Exchange) {
+	if x.Name != "STATUS" || up.Selected == "" || s.mbox != nil && s.mbox.name == up.Selected {
+		return
+	}
+	x.onTagged = append(x.onTagged, func(h *imapcodec.ResponseHead) {
+		if h.Code != "CLIENTBUG" {
+			return
+		}
+		h.Code, h.CodeArg = "", ""
+		if rest, ok := strings.CutPrefix(h.Text, "Status on selected mailbox completed"); ok {
+			h.Text = "Status completed" + rest
+		}
+	})
 }
 
 // statusCatchUp brings up's view of a mailbox it keeps selected for

@@ -209,13 +209,24 @@ func TestStatusOfAnotherSessionsMailbox(t *testing.T) {
 		mustOK(t, d.Cmd("APPEND box {7+}\r\nSubj: y"))
 		want := []string{"* STATUS box (MESSAGES 2 RECENT 1 UIDNEXT 3)", "*"}
 		imaptest.AssertLines(t, "directly", mustOK(t, d.Cmd("STATUS box (MESSAGES UIDNEXT RECENT)")), want)
-		imaptest.AssertLines(t, "through the proxy", mustOK(t, b.Cmd("STATUS box (MESSAGES UIDNEXT RECENT)")), want)
+		got := mustOK(t, b.Cmd("STATUS box (MESSAGES UIDNEXT RECENT)"))
+		imaptest.AssertLines(t, "through the proxy", got, want)
+		// Dovecot's word for a STATUS of the connection's selected
+		// mailbox is not for this client, which has none selected.
+		if tagged := imaptest.Tagged(got); !strings.HasPrefix(tagged, "OK Status completed") {
+			t.Errorf("tagged answer: %q, want Dovecot's for a mailbox not selected", tagged)
+		}
 		// The name as a literal: the command streams, its name unread
 		// when the connection is chosen (a second reviewer's finding).
 		mustOK(t, d.Cmd("APPEND box {7+}\r\nSubj: z"))
 		want = []string{"* STATUS box (MESSAGES 3 UIDNEXT 4)", "*"}
 		imaptest.AssertLines(t, "directly, a literal", mustOK(t, d.Cmd("STATUS {3+}\r\nbox (MESSAGES UIDNEXT)")), want)
 		imaptest.AssertLines(t, "through the proxy, a literal", mustOK(t, b.Cmd("STATUS {3+}\r\nbox (MESSAGES UIDNEXT)")), want)
+		// Once the client has it selected, Dovecot's word is its.
+		mustOK(t, b.Cmd("SELECT box"))
+		if tagged := imaptest.Tagged(mustOK(t, b.Cmd("STATUS box (MESSAGES)"))); !strings.HasPrefix(tagged, "OK [CLIENTBUG] Status on selected mailbox completed") {
+			t.Errorf("tagged answer to a STATUS of the selected mailbox: %q", tagged)
+		}
 	})
 }
 
