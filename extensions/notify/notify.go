@@ -105,7 +105,7 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		return err
 	}
 	if x.Status() == "OK" || createdAnyway(x.Name, x.Status(), code) {
-		e.changed(x.Session(), x.Name, x.Command().Segments[0].Text)
+		e.changed(ctx, x.Session(), x.Name, x.Command().Segments[0].Text)
 	}
 	return nil
 }
@@ -283,14 +283,14 @@ func parseGroup(l imapcodec.List) (*group, error) {
 				if !ok {
 					return nil, errors.New("bad mailbox name")
 				}
-				g.names = append(g.names, canonical(n))
+				g.names = append(g.names, n)
 			}
 		default:
 			n, ok := imapcodec.AsString(v)
 			if !ok {
 				return nil, errors.New("bad mailbox name")
 			}
-			g.names = []string{canonical(n)}
+			g.names = []string{n}
 		}
 		rest = rest[1:]
 	default:
@@ -363,13 +363,6 @@ func parseGroup(l imapcodec.List) (*group, error) {
 	return g, nil
 }
 
-func canonical(name string) string {
-	if strings.EqualFold(name, "INBOX") {
-		return "INBOX"
-	}
-	return name
-}
-
 // notify runs NOTIFY SET and NOTIFY NONE.
 func (e *Extension) notify(ctx context.Context, x *proxy.Exchange) error {
 	s, cmd := x.Session(), x.Command()
@@ -406,6 +399,11 @@ func (e *Extension) notify(ctx context.Context, x *proxy.Exchange) error {
 	e.stop(s)
 	st := &state{suppress: map[string]time.Time{}}
 	for _, g := range groups {
+		// Names as the account watcher reports them: inbox.Lists is
+		// INBOX.Lists, as the upstream takes it.
+		for i, n := range g.names {
+			g.names[i] = s.CanonicalMailbox(ctx, n)
+		}
 		if g.selected() {
 			st.sel = g
 		} else {
@@ -781,14 +779,14 @@ func (e *Extension) StateChanged(s *proxy.Session, state proxy.State) {
 // other sessions at once (a poll now instead of at the next interval), and
 // mailbox-name and subscription events for them are not told to this
 // session.
-func (e *Extension) changed(s *proxy.Session, name string, line []byte) {
+func (e *Extension) changed(ctx context.Context, s *proxy.Session, name string, line []byte) {
 	args := commandArgs(line)
 	account := s.Account()
 	st := sessionState(s)
 	note := func(kind accountwatch.Kind, mailbox string) {
 		if st != nil {
 			now := time.Now()
-			st.noteOwn(kind.String()+"\x00"+canonical(mailbox), now, now.Add(2*e.pollInterval()+time.Minute))
+			st.noteOwn(kind.String()+"\x00"+s.CanonicalMailbox(ctx, mailbox), now, now.Add(2*e.pollInterval()+time.Minute))
 		}
 	}
 	switch name {
@@ -819,11 +817,11 @@ func (e *Extension) changed(s *proxy.Session, name string, line []byte) {
 		e.mgr.Poke(account)
 	case "APPEND":
 		if len(args) >= 1 {
-			e.mgr.Poke(account, canonical(args[0]))
+			e.mgr.Poke(account, s.CanonicalMailbox(ctx, args[0]))
 		}
 	case "COPY", "MOVE", "UID COPY", "UID MOVE":
 		if len(args) >= 2 {
-			targets := []string{canonical(args[len(args)-1])}
+			targets := []string{s.CanonicalMailbox(ctx, args[len(args)-1])}
 			if m := s.Mailbox(); m != nil && name != "COPY" && name != "UID COPY" {
 				targets = append(targets, m.Name())
 			}

@@ -334,6 +334,7 @@ var ntScenarios = []struct {
 	{"Subscribed", ntSubscribed},
 	{"Subtree", ntSubtree},
 	{"Mailboxes", ntMailboxes},
+	{"InboxChildSpelling", ntInboxChildSpelling},
 	{"Idle", ntIdle},
 	{"None", ntNone},
 	{"Replace", ntReplace},
@@ -541,6 +542,23 @@ func ntMailboxes(t testing.TB, e *ntEnv, px *ntProxy) {
 	d.MustOK("DELETE B")
 	c.expectDeleted("B")
 	c.silent(ntSilence)
+}
+
+// ntInboxChildSpelling: a filter that names a child of INBOX with INBOX
+// in another case (inbox.Lists) names the mailbox Dovecot has, INBOX.Lists,
+// whose events it then hears of. (It heard nothing: the names were
+// compared as spelt.)
+func ntInboxChildSpelling(t testing.TB, e *ntEnv, px *ntProxy) {
+	u := e.user(t)
+	d := e.direct(t, u)
+	d.create("INBOX.Lists")
+	named := px.login(t, u)
+	named.MustOK("NOTIFY SET (mailboxes inbox.Lists (MessageNew MessageExpunge))")
+	sub := px.login(t, u)
+	sub.MustOK("NOTIFY SET (subtree inbox.Lists (MessageNew MessageExpunge))")
+	d.MustOK(ntAppend("INBOX.Lists", "one"))
+	named.expect("* STATUS INBOX.Lists (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+	sub.expect("* STATUS INBOX.Lists (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 }
 
 // ntIdle: events arrive during IDLE, in the authenticated state and with a
