@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -344,6 +345,20 @@ func (h *Hub) ForgetMailboxes(account, name, below string) {
 	}
 }
 
+// Saved reports whether the Store holds a state saved under account's
+// mailbox name: the proxy asks before it looks into whether a mailbox
+// whose SELECT failed is gone (ForgetMailboxes), so that a client
+// selecting names that never existed costs the Store a read and the
+// upstream nothing.
+func (h *Hub) Saved(account, name string) bool {
+	if h.cfg.Store == nil {
+		return false
+	}
+	key := Key{account, name}.storeKey()
+	keys, err := h.cfg.Store.Keys(key)
+	return err == nil && slices.Contains(keys, key)
+}
+
 // retireLocked takes b out of the watched boxes while its goroutine ends
 // (see stopping); h.mu is held.
 func (h *Hub) retireLocked(b *box) {
@@ -457,11 +472,22 @@ func (s *Subscription) State() *syncstate.Mailbox { return s.state }
 // watcher ended on a panic: the session cannot hear of changes any more.
 var ErrWatcherFailed = errors.New("hub: the mailbox's watcher failed")
 
-// Err returns ErrUIDValidity once the mailbox's UIDVALIDITY changed, and
-// ErrWatcherFailed once its watcher failed.
+// ErrMailboxGone is reported by Subscription.Err once the watcher found
+// that the upstream has no such mailbox to select any more: it was deleted
+// or renamed (outside the proxy, or by another session). The session can
+// do nothing more in it; Dovecot ends a session whose selected mailbox was
+// deleted with a BYE, and so does the proxy.
+var ErrMailboxGone = errors.New("hub: the mailbox was deleted")
+
+// Err returns ErrUIDValidity once the mailbox's UIDVALIDITY changed,
+// ErrMailboxGone once it was found gone, and ErrWatcherFailed once its
+// watcher failed.
 func (s *Subscription) Err() error {
 	if s.box.failed.Load() {
 		return ErrWatcherFailed
+	}
+	if s.box.missing.Load() {
+		return ErrMailboxGone
 	}
 	if s.box.state() != s.state {
 		return ErrUIDValidity

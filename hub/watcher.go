@@ -54,6 +54,11 @@ type box struct {
 	// gone is set by Hub.ForgetMailboxes: the mailbox was deleted or
 	// renamed; its saved state goes when the box stops (dropGone).
 	gone atomic.Bool
+	// missing is set by the watcher when the upstream has no such mailbox
+	// to select any more (deleted or renamed, outside the proxy or
+	// through it): the sessions that have it selected are ended
+	// (ErrMailboxGone), as Dovecot ends its own.
+	missing atomic.Bool
 	// live is the watcher's connection while it has one, for Resync.
 	live atomic.Pointer[upstream.Conn]
 	// kept is the connection a passive box refreshed on and keeps for
@@ -108,6 +113,10 @@ func (b *box) sync(ctx context.Context) error {
 func (b *box) requestSync() chan error {
 	b.touch()
 	done := make(chan error, 1)
+	if b.missing.Load() {
+		done <- ErrMailboxGone // no round trip can bring news of it
+		return done
+	}
 	b.syncMu.Lock()
 	b.syncReqs = append(b.syncReqs, done)
 	if b.conn != nil {
@@ -519,6 +528,26 @@ func (w *watch) fullSync(ctx context.Context) error {
 		handle(r) // EXISTS, RECENT
 	})
 	if err != nil {
+		var se *upstream.StatusError
+		if errors.As(err, &se) && se.Head.Name == "NO" && (se.Head.Code == "" || se.Head.Code == "NONEXISTENT") {
+			// Deleted or renamed outside the proxy? Then its saved state
+			// goes when the watcher stops, as after a DELETE through the
+			// proxy (ForgetMailboxes). A mailbox created again under the
+			// name while watched has a new UIDVALIDITY, so its clients
+			// resync it whole anyway; its state starts again above the
+			// mark then.
+			if ok, lerr := w.conn.Selectable(octx, b.key.Mailbox); lerr == nil && !ok {
+				b.gone.Store(true)
+				b.missing.Store(true)
+				for _, r := range b.takeSyncs() {
+					r <- ErrMailboxGone
+				}
+				for _, r := range b.takeClaims() {
+					r.reply <- claimReply{err: fmt.Errorf("hub: %s in %q: %w", r, b.key.Mailbox, ErrMailboxGone)}
+				}
+				b.notifyAll()
+			}
+		}
 		return fmt.Errorf("hub: EXAMINE %q: %w", b.key.Mailbox, err)
 	}
 	// The listing goes through handle like any other response, so that

@@ -299,6 +299,7 @@ func (s *Session) cmdSelect(ctx context.Context, x *Exchange) error {
 		return nil
 	}
 	if head.Name != "OK" {
+		s.forgetIfGone(ctx, up, head, mailbox)
 		s.release()
 		for _, r := range collected {
 			s.writeResponse(r)
@@ -411,6 +412,21 @@ func (s *Session) watchSelected(ctx context.Context, m *selectedMailbox, key hub
 // selectParams parses the parameter list of SELECT or EXAMINE (RFC 4466
 // 2.4) after the mailbox name and hands each parameter to the extension that
 // implements it. It returns nil when the command has none.
+// forgetIfGone drops the saved state of a mailbox whose SELECT or EXAMINE
+// the upstream refused, if the upstream has no such mailbox to select
+// (Conn.Selectable): deleted or renamed outside the proxy, where forgetOnOK
+// does not see it, its state would stay in the Store for good. Only a
+// refusal that may mean the mailbox is gone is looked into, and only for a
+// name with a saved state.
+func (s *Session) forgetIfGone(ctx context.Context, up *upstream.Conn, head imapcodec.ResponseHead, mailbox string) {
+	if head.Name != "NO" || head.Code != "" && head.Code != "NONEXISTENT" || !s.srv.hub.Saved(s.account, mailbox) {
+		return
+	}
+	if ok, err := up.Selectable(ctx, mailbox); err == nil && !ok {
+		s.srv.hub.ForgetMailboxes(s.account, mailbox, "")
+	}
+}
+
 func (s *Session) selectParams(cmd *imapcodec.Command) (map[string]any, error) {
 	p := cmd.Args
 	if p.AtEnd() {

@@ -541,6 +541,8 @@ func byeText(err error) string {
 		return bt.ByeText()
 	case errors.Is(err, hub.ErrUIDValidity):
 		return "The mailbox's UIDVALIDITY changed; please reconnect."
+	case errors.Is(err, hub.ErrMailboxGone):
+		return "Selected mailbox was deleted, have to disconnect."
 	case errors.Is(err, ErrIdleTimeout):
 		return "Autologout; idle for too long."
 	case errors.Is(err, imapcodec.ErrLineTooLong):

@@ -721,6 +721,46 @@ func ParseUIDValidity(arg string) uint32 {
 	return uint32(v)
 }
 
+// Selectable asks the upstream (LIST) whether a mailbox it can select is
+// named mailbox: false when no LIST response comes, or only one marked
+// \NonExistent or \Noselect. The proxy asks after a SELECT or EXAMINE
+// failed, to tell a mailbox deleted outside it from a failure that says
+// nothing about the mailbox (Dovecot's NO carries no [NONEXISTENT]).
+func (c *Conn) Selectable(ctx context.Context, mailbox string) (bool, error) {
+	b := imapcodec.AppendString([]byte(`LIST "" `), mailbox, true)
+	if strings.Contains(string(b), "\r\n") {
+		return false, fmt.Errorf("upstream: mailbox name %q needs a literal", mailbox)
+	}
+	found := false
+	_, err := c.Exec(ctx, string(b), func(r *Response) {
+		if r.Head.Tag != "*" || r.Head.Name != "LIST" {
+			return
+		}
+		p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
+		for range 2 { // "*", LIST
+			if _, err := p.Atom(); err != nil {
+				return
+			}
+			p.SP()
+		}
+		v, err := p.Value()
+		attrs, ok := v.(imapcodec.List)
+		if err != nil || !ok {
+			return
+		}
+		for _, a := range attrs {
+			if a, ok := a.(imapcodec.Atom); ok && (strings.EqualFold(string(a), `\NonExistent`) || strings.EqualFold(string(a), `\Noselect`)) {
+				return
+			}
+		}
+		found = true
+	})
+	if err != nil {
+		return false, fmt.Errorf("upstream: listing %q: %w", mailbox, err)
+	}
+	return found, nil
+}
+
 // Unselect leaves the selected state without expunging: UNSELECT where the
 // upstream offers it, else EXAMINE of the same mailbox followed by CLOSE
 // (CLOSE on a read-only mailbox expunges nothing).

@@ -50,34 +50,7 @@ func TestStatesOfGoneMailboxesDropped(t *testing.T) {
 	c.MustOK("SELECT keep")
 	c.MustOK("UNSELECT")
 
-	// saved lists the mailbox names with a saved state.
-	saved := func() []string {
-		keys, err := store.Keys("")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var names []string
-		for _, k := range keys {
-			names = append(names, k[strings.LastIndexByte(k, 0)+1:])
-		}
-		return names
-	}
-	// waitSaved waits for the saved names to be want (watchers stop and
-	// drop what they held a moment after their last session left).
-	waitSaved := func(want string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			got := strings.Join(saved(), " ")
-			if got == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("saved states of %q, want %q", got, want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	waitSaved := func(want string) { t.Helper(); waitStates(t, store, want) }
 
 	// Renamed five times, selected under each name: one state at a time.
 	const k = 5
@@ -110,4 +83,97 @@ func TestStatesOfGoneMailboxesDropped(t *testing.T) {
 	if lines := d.MustOK(`STATUS moved` + delim + `child (MESSAGES)`); !strings.Contains(lines[0], "MESSAGES 0") {
 		t.Fatalf("the child did not move: %q", lines)
 	}
+}
+
+// waitStates waits for the names of the mailboxes with a saved state in
+// store to be want (space-separated, sorted): watchers stop and drop or
+// save what they held a moment after their last session left.
+func waitStates(t *testing.T, store statestore.Store, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		keys, err := store.Keys("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, k := range keys {
+			names = append(names, k[strings.LastIndexByte(k, 0)+1:])
+		}
+		got := strings.Join(names, " ")
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("saved states of %q, want %q", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestStatesOfMailboxesDeletedOutsideDropped: a mailbox deleted outside
+// the proxy (directly on Dovecot) loses its saved state too, once the
+// proxy learns it is gone: at a SELECT the upstream answers NO
+// [NONEXISTENT], or when the watcher of a watched one finds it gone.
+// Before, such states stayed in the Store for good.
+func TestStatesOfMailboxesDeletedOutsideDropped(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	store, err := statestore.OpenBolt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	addr, _ := startProxy(t, dc.Addr, func(c *proxy.Config) {
+		c.Extensions = []proxy.Extension{idle.New(), condstore.New()}
+		c.Hub.Store = store
+		c.Hub.Grace = time.Nanosecond
+	})
+	c := imaptest.Login(t, addr, "alice", "alicepass")
+	d := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	for _, m := range []string{"keep", "out1", "out2"} {
+		c.MustOK("CREATE " + m)
+		c.MustOK("SELECT " + m)
+	}
+	c.MustOK("UNSELECT")
+	waitStates(t, store, "keep out1 out2")
+
+	// Not watched: the next SELECT finds it gone.
+	d.MustOK("DELETE out1")
+	if got := imaptest.Tagged(c.Cmd("SELECT out1")); !strings.HasPrefix(got, "NO ") {
+		t.Fatalf("SELECT of a mailbox deleted outside: %q", got)
+	}
+	waitStates(t, store, "keep out2")
+	// A name that never existed costs nothing and drops nothing.
+	if got := imaptest.Tagged(c.Cmd("SELECT never")); !strings.HasPrefix(got, "NO ") {
+		t.Fatalf("SELECT never: %q", got)
+	}
+	waitStates(t, store, "keep out2")
+
+	// Watched when it goes: the watcher finds it gone, and the sessions
+	// that have it selected are ended, as Dovecot ends its own (they
+	// used to stay, every command answered NO [UNAVAILABLE] "try again
+	// later", for good). One waits in IDLE, one sends NOOPs.
+	idler := imaptest.Login(t, addr, "alice", "alicepass")
+	idler.MustOK("SELECT out2")
+	idler.Send("i IDLE")
+	idler.Expect("+ idling")
+	w := imaptest.Login(t, addr, "alice", "alicepass")
+	w.MustOK("SELECT out2")
+	d.MustOK("DELETE out2")
+	const bye = "* BYE Selected mailbox was deleted, have to disconnect."
+	if l, err := idler.TryReadLine(10 * time.Second); l != bye {
+		t.Errorf("in IDLE: %q (%v), want %q", l, err, bye)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		w.Write("n NOOP\r\n")
+		l, err := w.TryReadLine(10 * time.Second)
+		if l == "n OK NOOP completed." && time.Now().Before(deadline) {
+			continue // not found gone yet
+		}
+		if l != bye {
+			t.Fatalf("NOOP: %q (%v), want %q", l, err, bye)
+		}
+		break
+	}
+	waitStates(t, store, "keep")
 }
