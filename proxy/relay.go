@@ -511,8 +511,12 @@ func (s *Session) relayUntagged(x *Exchange, up *upstream.Conn, line []byte, lit
 		}
 	}
 	if !resp.Streamed {
-		_, err := w.WriteString("\r\n")
-		return err
+		if _, err := w.WriteString("\r\n"); err != nil {
+			// The client is gone mid-answers: the upstream connection
+			// still holds the rest of them (relayFailed breaks it).
+			return &writeError{err}
+		}
+		return nil
 	}
 	return s.streamRest(up, w)
 }
@@ -558,8 +562,10 @@ func (s *Session) streamRest(up *upstream.Conn, w io.Writer) error {
 			return errClientStream
 		}
 		if lit == nil {
-			_, err := io.WriteString(w, "\r\n")
-			return err
+			if _, err := io.WriteString(w, "\r\n"); err != nil {
+				return &writeError{err}
+			}
+			return nil
 		}
 		io.WriteString(w, "\r\n")
 	}

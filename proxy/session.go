@@ -444,6 +444,14 @@ func (s *Session) loop(ctx context.Context) (parked bool) {
 				s.commandFailed(err)
 				return false
 			}
+			if err == nil && lit != nil {
+				// The line is not a command and its literal nobody's
+				// (AwaitLine): not left for the next command to start in.
+				if err := s.discardRest(lit); err != nil {
+					s.readFailed(err)
+					return false
+				}
+			}
 			continue
 		}
 		if errors.Is(err, imapcodec.ErrLiteralTooLarge) && lit != nil {
@@ -507,7 +515,9 @@ func (s *Session) commandFailed(err error) {
 // then runs as the handler's own code: it may answer (x.Reply), await
 // again, or return an error, which ends the session as a handler's does.
 // Handlers before it in the chain see the command return with no tagged
-// response yet.
+// response yet. A line that ends in a literal header gets lit; the core
+// discards the literal once then has returned (cancelling a synchronising
+// one, which the client was not invited to send).
 func (s *Session) AwaitLine(deadline time.Time, then func(line []byte, lit *imapcodec.LiteralHeader, err error) error) error {
 	s.awaiting = then
 	s.waitUntil = deadline
@@ -589,6 +599,11 @@ func (s *Session) cleanup() {
 		s.srv.limits.logout(s.account)
 	}
 	if s.up != nil {
+		// No session keeps a connection between commands (release): one
+		// still held ends mid-command, its answers perhaps half read (a
+		// panic, a failure whose error did not say so), and must not
+		// reach the account's next command through the pool.
+		s.up.MarkBroken()
 		s.releaseUpstream()
 	}
 	s.closeMailbox()
