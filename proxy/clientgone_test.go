@@ -41,8 +41,8 @@ func TestIdleEndedByLineWithLiteral(t *testing.T) {
 // relays the answers of a FETCH whose bodies are under the inline limit
 // (read whole, written through the session's buffer). The upstream
 // connection is in the middle of the FETCH's answers and must not go back
-// to the pool; if it does, the next command of the account leased on it
-// reads the old FETCH's answers as its own.
+// to the pool, as it did (a third reviewer's finding): the next command of
+// the account leased on it read the old FETCH's answers as its own.
 func TestClientGoneMidInlineFetch(t *testing.T) {
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	msg := testMessage("small", 30<<10)
@@ -77,8 +77,8 @@ func TestClientGoneMidInlineFetch(t *testing.T) {
 }
 
 // TestClientGoneMidList: as TestClientGoneMidInlineFetch with a long
-// LIST: the rest of the first session's LIST answers reach the next
-// session of the account that leases the pooled connection.
+// LIST, whose answers' rest reached the account's next session that
+// leased the pooled connection.
 func TestClientGoneMidList(t *testing.T) {
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	for i := range 1000 {
@@ -122,9 +122,10 @@ func (panicFilterExt) FilterResponse(s *proxy.Session, resp *proxy.Response) *pr
 }
 
 // TestPanicMidAnswersClosesConnection: a panic recovered in the middle
-// of relaying a command's answers ends that session, but its upstream
-// connection, still in the middle of those answers, goes back to the
-// pool: the account's next command reads the rest as its own.
+// of relaying a command's answers ends that session; its upstream
+// connection, still in the middle of those answers, went back to the
+// pool, and the account's next command read the rest as its own. It is
+// closed now (a third reviewer's finding).
 func TestPanicMidAnswersClosesConnection(t *testing.T) {
 	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
 	for i := range 40 {
