@@ -1,6 +1,7 @@
 package condstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -57,8 +58,19 @@ func uidHead(x *proxy.Exchange) (tag, set string, p *imapcodec.Parser, err error
 func rewriteFetch(x *proxy.Exchange) (bool, error) {
 	s := x.Session()
 	m := s.Mailbox()
-	if m == nil || len(x.Segments) != 1 {
+	if m == nil || !mentions(x.Segments, "MODSEQ", "CHANGEDSINCE") {
 		return false, nil
+	}
+	if len(x.Segments) > 1 {
+		// A literal in the items (HEADER.FIELDS names): the command is
+		// read and rebuilt on one line, for the upstream must not see
+		// MODSEQ or CHANGEDSINCE, which would enable its CONDSTORE on
+		// the pooled connection and answer with its own mod-sequences.
+		flat, ok := oneLine(x.Segments)
+		if !ok {
+			return false, errors.New("a literal that cannot be a quoted string is not supported beside MODSEQ or CHANGEDSINCE")
+		}
+		x.Segments = flat
 	}
 	tag, set, p, err := uidHead(x)
 	if err != nil {
@@ -143,15 +155,22 @@ func rewriteFetch(x *proxy.Exchange) (bool, error) {
 	enableCondStore(s)
 	uids := set
 	if hasChangedSince {
-		// "*" stands for the largest UID there is, which may be below a
-		// UID expunged since: VANISHED must still report that one.
 		ranges, err := imapcodec.ParseUIDSet(set)
 		if err != nil {
 			return false, err
 		}
+		// "*" is the largest UID in use, the client's or the state's,
+		// and "n:*" with n above it still covers it (RFC 3501 6.4.8, 9);
+		// an open "n:*" also covers the UIDs expunged above it, which
+		// VANISHED must report.
+		last := lastUID(m.State().Snapshot().UIDs)
+		if uids := m.UIDs(); len(uids) > 0 {
+			last = max(last, uids[len(uids)-1])
+		}
+		bound := bindStar(ranges, last)
 		var changed, gone []uint32
 		m.State().ChangesSince(changedSince, func(ch syncstate.Change) {
-			if !ranges.Contains(imap.UID(ch.UID)) {
+			if !ranges.Contains(imap.UID(ch.UID)) && !bound.Contains(imap.UID(ch.UID)) {
 				return
 			}
 			if ch.Expunged {
@@ -263,6 +282,9 @@ func rewriteStore(x *proxy.Exchange) (bool, error) {
 	}
 	st := m.State()
 	snap := st.Snapshot()
+	// "*" is the largest UID in use, and "n:*" with n above it still
+	// covers that message (RFC 3501 6.4.8, 9).
+	ranges = bindStar(ranges, lastUID(snap.UIDs))
 	var keep, modified []uint32
 	for _, uid := range snap.UIDs {
 		if !ranges.Contains(imap.UID(uid)) {
@@ -495,9 +517,8 @@ type statusData struct {
 // from the hub's state of the mailbox and asks the upstream for the rest.
 func (e *Extension) rewriteStatus(x *proxy.Exchange) error {
 	s := x.Session()
-	if len(x.Segments) != 1 {
-		return nil
-	}
+	// A name sent as a literal is read like any other: the command goes
+	// upstream as one line without HIGHESTMODSEQ either way.
 	p := imapcodec.NewParser(x.Segments, imapcodec.Limits{})
 	tag, err := p.Atom()
 	if err != nil || p.SP() != nil {
@@ -574,26 +595,76 @@ func (d *statusData) complete(text []byte) []byte {
 	return fmt.Appendf(text[:open:open], "(%s)", strings.Join(out, " "))
 }
 
-// clipUIDs bounds ranges, a UID set that may hold "*", by the largest UID
-// the mailbox has or ever had as far as the state knows (MaxUID counts
-// expunged ones, whose log may be pruned) and the client's view.
-func clipUIDs(ranges imap.UIDSet, m *proxy.Mailbox) imap.UIDSet {
-	last := m.State().MaxUID()
-	if uids := m.UIDs(); len(uids) > 0 {
-		last = max(last, uids[len(uids)-1])
-	}
+// bindStar resolves "*" in a UID set to last, the largest UID in use:
+// "n:*" is "n:last", and "last:n" when n is above it (RFC 3501 6.4.8, 9:
+// "*" is the largest number in use, and a range covers the numbers
+// between its ends in either order). With no message at all (last 0) a
+// range with "*" covers nothing.
+func bindStar(ranges imap.UIDSet, last uint32) imap.UIDSet {
 	var out imap.UIDSet
 	for _, r := range ranges {
 		lo, hi := uint32(r.Start), uint32(r.Stop)
-		if lo == 0 { // "*"
+		if lo == 0 {
 			lo = last
 		}
 		if hi == 0 {
 			hi = last
 		}
 		lo, hi = min(lo, hi), max(lo, hi)
-		hi = min(hi, last)
-		if lo >= 1 && lo <= hi {
+		if lo >= 1 {
+			out.AddRange(imap.UID(lo), imap.UID(hi))
+		}
+	}
+	return out
+}
+
+// lastUID is the last of sorted UIDs, 0 if there is none.
+func lastUID(uids []uint32) uint32 {
+	if len(uids) == 0 {
+		return 0
+	}
+	return uids[len(uids)-1]
+}
+
+// mentions reports whether a command's text (its literals aside) holds
+// one of words, in any case.
+func mentions(segs []imapcodec.Segment, words ...string) bool {
+	for _, seg := range segs {
+		for _, w := range words {
+			if bytes.Contains(bytes.ToUpper(seg.Text), []byte(w)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// oneLine writes a command read with literals on one line, each literal
+// as a quoted string; false if one cannot be (CR, LF, NUL, 8-bit data,
+// a literal8).
+func oneLine(segs []imapcodec.Segment) ([]imapcodec.Segment, bool) {
+	var line []byte
+	for _, seg := range segs {
+		line = append(line, seg.Text...)
+		if seg.Literal == nil {
+			continue
+		}
+		if seg.Literal.Binary || !imapcodec.CanQuote(string(seg.Data)) {
+			return nil, false
+		}
+		line = imapcodec.AppendQuoted(line, string(seg.Data))
+	}
+	return []imapcodec.Segment{{Text: line}}, true
+}
+
+// clipUIDs bounds ranges, a UID set that may hold "*", by the largest UID
+// the mailbox has or ever had as far as the state knows (MaxUID counts
+// expunged ones, whose log may be pruned) and the client's view.
+func clipUIDs(ranges imap.UIDSet, m *proxy.Mailbox) imap.UIDSet {
+	last := max(m.State().MaxUID(), lastUID(m.UIDs()))
+	var out imap.UIDSet
+	for _, r := range bindStar(ranges, last) {
+		if lo, hi := uint32(r.Start), min(uint32(r.Stop), last); lo <= hi {
 			out.AddRange(imap.UID(lo), imap.UID(hi))
 		}
 	}

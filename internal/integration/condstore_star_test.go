@@ -1,0 +1,127 @@
+package integration
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+)
+
+// TestUIDStarUnchangedSince: "UID STORE * ... (UNCHANGEDSINCE m)"
+// names the last message (RFC 3501 6.4.8/9: "*" is the largest UID in
+// use); with m = the SELECT's HIGHESTMODSEQ nothing changed since, so the
+// store must happen. Also "UID STORE 100:*" with 100 above every UID
+// (RFC 3501 6.4.8: "559:*" always includes the last message). Both were
+// answered OK with nothing stored (a reviewer's finding).
+func TestUIDStarUnchangedSince(t *testing.T) {
+	for _, p := range []dovecottest.Profile{dovecottest.Legacy, dovecottest.Full} {
+		t.Run(p.String(), func(t *testing.T) {
+			dc := dovecottest.Start(t, p)
+			addr := csStartProxy(t, dc)
+			u := csSeed(t, dc, "Star", 3)
+			c := csLogin(t, addr, "QRESYNC")
+			h := c.selectMailbox("SELECT Star", u).highestModSeq(t)
+			r := c.run(fmt.Sprintf(`UID STORE * (UNCHANGEDSINCE %d) +FLAGS ($Star)`, h))
+			t.Logf("UID STORE *: %q", r.lines)
+			r = c.run(fmt.Sprintf(`UID STORE 100:* (UNCHANGEDSINCE %d) +FLAGS ($Range)`, h+100))
+			t.Logf("UID STORE 100:*: %q", r.lines)
+			flags := csDirectFlags(t, dc, "Star")
+			csWantFlags(t, "last message on Dovecot after UID STORE * / 100:* (UNCHANGEDSINCE)", flags[u[2]], `$Star`, `$Range`)
+		})
+	}
+}
+
+// TestUIDStarChangedSince: "UID FETCH * (FLAGS) (CHANGEDSINCE m)"
+// and "UID FETCH 100:* ..." after the last message changed must return
+// it (RFC 7162 3.1.4.1 with RFC 3501 6.4.8); they were answered with
+// nothing (a reviewer's finding).
+func TestUIDStarChangedSince(t *testing.T) {
+	for _, p := range []dovecottest.Profile{dovecottest.Legacy, dovecottest.Full} {
+		t.Run(p.String(), func(t *testing.T) {
+			dc := dovecottest.Start(t, p)
+			addr := csStartProxy(t, dc)
+			u := csSeed(t, dc, "StarF", 3)
+			c := csLogin(t, addr, "QRESYNC")
+			h := c.selectMailbox("SELECT StarF", u).highestModSeq(t)
+			c.mustRun(fmt.Sprintf(`UID STORE %d +FLAGS (\Flagged)`, u[2]))
+			for _, cmd := range []string{
+				fmt.Sprintf(`UID FETCH * (FLAGS) (CHANGEDSINCE %d)`, h),
+				fmt.Sprintf(`UID FETCH 100:* (FLAGS) (CHANGEDSINCE %d)`, h),
+				fmt.Sprintf(`UID FETCH * (FLAGS) (CHANGEDSINCE %d VANISHED)`, h),
+			} {
+				r := c.mustRun(cmd)
+				if len(r.fetches) != 1 || r.fetches[0].uid != u[2] {
+					t.Errorf("%s: want the FETCH of UID %d (changed after %d), got %q", cmd, u[2], h, r.lines)
+				}
+			}
+		})
+	}
+}
+
+// TestLiteralKeepsProxyModSeq: the proxy's mod-sequences are
+// the only ones a client may see (docs/condstore.md); a STATUS whose
+// mailbox name is a literal, or a FETCH whose items hold a literal, must
+// still be answered with the proxy's HIGHESTMODSEQ / MODSEQ, not go
+// upstream with the CONDSTORE item (Dovecot then answers its own
+// numbers, and enables CONDSTORE on the pooled connection). Both went
+// upstream as they were (a reviewer's finding).
+func TestLiteralKeepsProxyModSeq(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr := csStartProxy(t, dc)
+	u := csSeed(t, dc, "Lit", 2)
+	c := csLogin(t, addr, "")
+	h := c.selectMailbox("SELECT Lit", u).highestModSeq(t)
+	c.MustOK("UNSELECT")
+	st := c.MustOK("STATUS {3+}\r\nLit (HIGHESTMODSEQ)")
+	t.Logf("STATUS literal: %q (SELECT said HIGHESTMODSEQ %d)", st, h)
+	want := fmt.Sprintf("HIGHESTMODSEQ %d", h)
+	if !strings.Contains(st[0], want) {
+		t.Errorf("STATUS with the name as a literal: want %s (the proxy's, as SELECT said), got %q", want, st)
+	}
+	c.selectMailbox("SELECT Lit", u)
+	plain := c.MustOK("FETCH 1 (MODSEQ)")
+	m := regexp.MustCompile(`MODSEQ \((\d+)\)`).FindStringSubmatch(plain[0])
+	if m == nil {
+		t.Fatalf("FETCH 1 (MODSEQ): %q", plain)
+	}
+	lines := c.MustOK("FETCH 1 (MODSEQ BODY.PEEK[HEADER.FIELDS ({7+}\r\nSUBJECT)])")
+	t.Logf("FETCH literal: %q", lines)
+	if l := lines[0]; strings.Count(l, "MODSEQ") != 1 || !strings.Contains(l, "MODSEQ ("+m[1]+")") {
+		t.Errorf("FETCH (MODSEQ ...literal...): want one MODSEQ (%s), the proxy's; got %q", m[1], l)
+	}
+}
+
+// TestLiteralFetchLeavesUpstreamCondstoreOff: after one such FETCH the
+// pooled connection has CONDSTORE enabled upstream, and a later STORE of
+// a session that never enabled CONDSTORE gets Dovecot's MODSEQ in its
+// answer (RFC 7162 3.1: no MODSEQ before a CONDSTORE-enabling command).
+func TestLiteralFetchLeavesUpstreamCondstoreOff(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr := csStartProxy(t, dc)
+	u := csSeed(t, dc, "Lit2", 2)
+	a := csLogin(t, addr, "")
+	a.selectMailbox("SELECT Lit2", u)
+	a.MustOK("FETCH 1 (BODY.PEEK[HEADER.FIELDS ({7+}\r\nSUBJECT)] MODSEQ)")
+	a.Close()
+	b := csLogin(t, addr, "")
+	b.selectMailbox("SELECT Lit2", u)
+	lines := b.MustOK(`STORE 2 +FLAGS (\Seen)`)
+	t.Logf("STORE of a session without CONDSTORE: %q", lines)
+	for _, l := range lines {
+		if strings.Contains(l, "MODSEQ") {
+			t.Errorf("STORE without CONDSTORE enabled: the answer carries a MODSEQ (%q)", l)
+		}
+	}
+	b.Close()
+	c := csLogin(t, addr, "CONDSTORE")
+	c.selectMailbox("SELECT Lit2", u)
+	lines = c.MustOK(`STORE 1 +FLAGS (\Flagged)`)
+	t.Logf("STORE of a session with CONDSTORE: %q", lines)
+	for _, l := range lines {
+		if strings.Contains(l, " FETCH ") && strings.Count(l, "MODSEQ") != 1 {
+			t.Errorf("STORE with CONDSTORE enabled: want one MODSEQ, the proxy's; got %q", l)
+		}
+	}
+}
