@@ -68,3 +68,35 @@ func slicesContains(lines []string, s string) bool {
 	}
 	return false
 }
+
+// TestBudgetWaitBounded: with the account's only connection held by a
+// command that never ends (an APPEND whose client stalls before its
+// literal), another session's command waits for room in the budget at
+// most the upstream timeout and is then answered NO [UNAVAILABLE]; it
+// waited for as long as the stalled command lasted (a reviewer's finding:
+// the wait ran on the server's context, which has no deadline).
+func TestBudgetWaitBounded(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	cfg := baseConfig(up.Addr)
+	cfg.Pool.MaxConnsPerAccount = 1
+	cfg.Upstream.Timeout = 300 * time.Millisecond
+	p := startProxy(t, cfg)
+	a := imaptest.Dial(t, p.Addr)
+	a.LoginTagged("alice", "secret")
+	a.Send("a1 APPEND INBOX {20}")
+	a.Expect("+ *") // the upstream's invitation: the connection is A's
+	b := imaptest.Dial(t, p.Addr)
+	b.LoginTagged("alice", "secret") // verified a moment ago: no connection needed
+	start := time.Now()
+	got := imaptest.Tagged(b.Cmd(`LIST "" "*"`))
+	if !strings.HasPrefix(got, "NO [UNAVAILABLE]") {
+		t.Fatalf("LIST while the only connection is held: %q", got)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("answered after %v", d)
+	}
+	a.Send("Subject: x\r\n\r\nbody\r\n"[:20])
+	a.Expect("a1 OK *")
+	b.MustOK(`LIST "" "*"`) // the connection is back
+}

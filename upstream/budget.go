@@ -196,7 +196,13 @@ func (b *Budget) release(account string) {
 // Dial acquires a connection of account (see Acquire) and dials cfg's
 // server; closing the connection gives the count back.
 func (b *Budget) Dial(ctx context.Context, cfg *Config, account string) (*Conn, error) {
-	release, err := b.Acquire(ctx, account)
+	// The wait for room is part of dialling, which cfg.Timeout bounds:
+	// an account whose every connection is busy (a client that stalls
+	// in a literal, slow readers of large FETCHes) must not leave its
+	// other commands waiting for as long as those last.
+	actx, cancel := context.WithTimeout(ctx, cfg.timeout())
+	release, err := b.Acquire(actx, account)
+	cancel()
 	if err != nil {
 		return nil, err
 	}

@@ -57,8 +57,9 @@ type Config struct {
 	// defaults to the host part of Addr. Certificates are verified unless
 	// the caller sets InsecureSkipVerify.
 	TLS *tls.Config
-	// Timeout bounds dialling, the greeting and each of the proxy's own
-	// commands. Default 30 s.
+	// Timeout bounds dialling (with Budget.Dial, the wait for room in
+	// the account's budget too), the greeting and each of the proxy's
+	// own commands. Default 30 s.
 	Timeout time.Duration
 	// Limits bounds what the upstream may send. Its zero fields take the
 	// defaults of a trusted server's answers, not imapcodec's (which are
