@@ -20,6 +20,11 @@ var dovecotMailbox = append(append([]testMessage{}, testMailbox...),
 	testMessage{"02-Jan-2024 12:00:00 +0000", "Date: 2 Jan 2024 13:00 +0000\r\nFrom: =?ISO-8859-1?Q?=C5sa?= <asa@x.example>\r\nCc: Bea <bea@x.example>, amy@x.example\r\nSubject: RE: Re[3]: =?UTF-8?B?w4RwZmVs?=\r\n", "c"},
 	testMessage{"31-Dec-2023 23:59:59 -0100", "Date: Sun, 31 Dec 2023 23:59:59 -0100\r\nFrom: <MIXED@Case.Example>\r\nTo: Ünal <u@x.example>\r\nSubject: re:   spaced\t out  \r\n", "d"},
 	testMessage{"01-Jan-2024 00:00:00 +0000", "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nSubject: [a] [b]\r\n", "e"},
+	// RFC 5322's leap second and military zones, which Dovecot takes;
+	// arrived long after they were sent, so that falling back to
+	// INTERNALDATE shows.
+	testMessage{"01-Jan-2030 00:00:00 +0000", "Date: Sun, 31 Dec 2023 23:59:60 -0100\r\nSubject: leap\r\n", "f"},
+	testMessage{"01-Jan-2040 00:00:00 +0000", "Date: Mon, 1 Jan 2024 00:00:01 Z\r\nSubject: zulu\r\n", "g"},
 )
 
 var dovecotCriteria = []string{

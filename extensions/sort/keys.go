@@ -119,15 +119,21 @@ func keysOf(segs []imapcodec.Segment) (uid uint32, k Keys, err error) {
 // obsZones are RFC 5322 4.3's obsolete zone names with their offsets.
 // Go's parser would take any of them for UTC (a zone abbreviation it does
 // not know gets offset zero), which would put a message from New York five
-// hours early. Military zones stay UTC, as RFC 5322 says they should be
-// taken ("-0000": their meaning was garbled in RFC 822).
+// hours early. The military zones, single letters but J, are taken as
+// "-0000", as RFC 5322 says (their meaning was garbled in RFC 822); Go's
+// parser refuses them.
 var obsZones = map[string]string{
 	"UT": "+0000", "GMT": "+0000", "EST": "-0500", "EDT": "-0400", "CST": "-0600",
 	"CDT": "-0500", "MST": "-0700", "MDT": "-0600", "PST": "-0800", "PDT": "-0700",
 }
 
 // sentDate parses a Date header value (RFC 5256 2.2: the sent date, to
-// be normalized to UTC); ok false when it does not parse.
+// be normalized to UTC); ok false when it does not parse. Beyond what
+// net/mail parses it takes RFC 5322's forms that a receiver must: a
+// leap second (3.3: 23:59:60, taken as 23:59:59 as Dovecot does, so that
+// it ties with that second and not with the next), military zones, and
+// two- and three-digit years (4.3: 50 to 99 are 1950 to 1999, 00 to 49
+// are 2000 to 2049, and three digits add 1900).
 func sentDate(d string) (time.Time, bool) {
 	d = strings.TrimSpace(collapseSpace(d))
 	if d == "" {
@@ -136,16 +142,59 @@ func sentDate(d string) (time.Time, bool) {
 	if i := strings.IndexByte(d, '('); i > 0 { // a trailing comment
 		d = strings.TrimSpace(d[:i])
 	}
-	if i := strings.LastIndexByte(d, ' '); i > 0 {
-		if z, ok := obsZones[strings.ToUpper(d[i+1:])]; ok {
-			d = d[:i+1] + z
+	f := strings.Fields(d)
+	if z := strings.ToUpper(f[len(f)-1]); len(f) > 1 {
+		if off, ok := obsZones[z]; ok {
+			f[len(f)-1] = off
+		} else if len(z) == 1 && 'A' <= z[0] && z[0] <= 'Z' && z[0] != 'J' {
+			f[len(f)-1] = "-0000"
 		}
 	}
-	t, err := mail.ParseDate(d)
+	for i, w := range f {
+		if i+2 >= len(f) || !isMonth(w) {
+			continue
+		}
+		// day month year time zone
+		if y := f[i+1]; (len(y) == 2 || len(y) == 3) && allDigits(y) {
+			n, _ := strconv.Atoi(y)
+			switch {
+			case len(y) == 3:
+				n += 1900
+			case n >= 50:
+				n += 1900
+			default:
+				n += 2000
+			}
+			f[i+1] = strconv.Itoa(n)
+		}
+		if t := f[i+2]; strings.Count(t, ":") == 2 && strings.HasSuffix(t, ":60") {
+			f[i+2] = t[:len(t)-2] + "59"
+		}
+		break
+	}
+	t, err := mail.ParseDate(strings.Join(f, " "))
 	if err != nil {
 		return time.Time{}, false
 	}
 	return t, true
+}
+
+// isMonth reports whether w is an RFC 5322 month name.
+func isMonth(w string) bool {
+	switch strings.ToLower(w) {
+	case "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec":
+		return true
+	}
+	return false
+}
+
+func allDigits(s string) bool {
+	for i := range len(s) {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // nstring returns the text of an nstring, "" for NIL, bounded by
@@ -216,12 +265,14 @@ func fold(uid uint32, k *Keys) folded {
 	}
 }
 
-// Record encoding (version 2): a version byte, then varints of Arrival,
+// Record encoding (version 3): a version byte, then varints of Arrival,
 // Date (zig-zag) and Size, a byte of flags (1: Reply), then the nine
 // strings, each a uvarint length and its bytes. About 80 to 250 bytes a
-// message. Records of version 1 (without the threading keys) fail to
-// decode, and load deletes them: the message's keys are fetched again.
-const recordVersion = 2
+// message. Records of an older version (1: without the threading keys;
+// 2: Date without RFC 5322's leap seconds, military zones and short
+// years) fail to decode, and load deletes them: the message's keys are
+// fetched again.
+const recordVersion = 3
 
 // maxKeyString bounds each string of a record read back, so that a
 // corrupt record cannot claim gigabytes.

@@ -97,6 +97,16 @@ func TestSentDate(t *testing.T) {
 		{"Mon, 1 Jan 2024 10:00:00 GMT", "2024-01-01T10:00:00Z"},
 		{"Mon, 1 Jan 2024 10:00:00 +0000 (UTC)", "2024-01-01T10:00:00Z"},
 		{"Mon,\r\n 1 Jan 2024 10:00:00 -0000", "2024-01-01T10:00:00Z"},
+		// RFC 5322 3.3 and 4.3: a leap second, military zones (taken as
+		// -0000), two- and three-digit years (a reviewer's finding: they
+		// fell back to INTERNALDATE, or 62 was 2062).
+		{"Tue, 2 Jan 2024 23:59:60 +0000", "2024-01-02T23:59:59Z"},
+		{"Wed, 3 Jan 2024 12:00:00 A", "2024-01-03T12:00:00Z"},
+		{"Wed, 3 Jan 2024 13:00:00 z", "2024-01-03T13:00:00Z"},
+		{"Wed, 3 Jan 2024 13:00:00 J", ""},
+		{"Tue, 2 Jan 62 00:00:00 +0000", "1962-01-02T00:00:00Z"},
+		{"2 Jan 49 00:00 +0000", "2049-01-02T00:00:00Z"},
+		{"Sun, 2 Jan 105 00:00:00 +0000", "2005-01-02T00:00:00Z"},
 		{"not a date", ""},
 		{"", ""},
 	} {
