@@ -334,6 +334,30 @@ func (b *box) run(resume *watch) (parked bool) {
 	}
 }
 
+// vanish ends a box whose mailbox the upstream has no more (fullSync):
+// its sessions hear ErrMailboxGone at once (Subscription.Err, and the
+// round trips and claims they wait for), it leaves the hub at once, so that
+// a Watch of the name used again (created again, renamed back) starts a
+// new box instead of finding this one, and its saved state is dropped as
+// it stops (dropGone), unless a new box of the name runs by then.
+func (b *box) vanish() {
+	b.gone.Store(true)
+	b.missing.Store(true)
+	b.hub.mu.Lock()
+	if b.hub.boxes[b.key] == b {
+		b.hub.retireLocked(b)
+	}
+	b.hub.mu.Unlock()
+	for _, r := range b.takeSyncs() {
+		r <- ErrMailboxGone
+	}
+	for _, r := range b.takeClaims() {
+		r.reply <- claimReply{err: fmt.Errorf("hub: %s in %q: %w", r, b.key.Mailbox, ErrMailboxGone)}
+	}
+	b.notifyAll()
+	b.cancel()
+}
+
 // serveGuarded is w.serve with a panic turned into an error: the watcher's
 // connection is closed (serve's deferred calls) and the watcher reconnects
 // and resyncs as after any failure; the sessions and the process go on.
@@ -537,15 +561,7 @@ func (w *watch) fullSync(ctx context.Context) error {
 			// resync it whole anyway; its state starts again above the
 			// mark then.
 			if ok, lerr := w.conn.Selectable(octx, b.key.Mailbox); lerr == nil && !ok {
-				b.gone.Store(true)
-				b.missing.Store(true)
-				for _, r := range b.takeSyncs() {
-					r <- ErrMailboxGone
-				}
-				for _, r := range b.takeClaims() {
-					r.reply <- claimReply{err: fmt.Errorf("hub: %s in %q: %w", r, b.key.Mailbox, ErrMailboxGone)}
-				}
-				b.notifyAll()
+				b.vanish()
 			}
 		}
 		return fmt.Errorf("hub: EXAMINE %q: %w", b.key.Mailbox, err)

@@ -723,10 +723,13 @@ func ParseUIDValidity(arg string) uint32 {
 }
 
 // Selectable asks the upstream (LIST) whether a mailbox it can select is
-// named mailbox: false when no LIST response comes, or only one marked
-// \NonExistent or \Noselect. The proxy asks after a SELECT or EXAMINE
-// failed, to tell a mailbox deleted outside it from a failure that says
-// nothing about the mailbox (Dovecot's NO carries no [NONEXISTENT]).
+// named mailbox: false when no LIST response names it, or only one marked
+// \NonExistent or \Noselect. The name goes as LIST's pattern, so the
+// answer is searched for the name itself (a name with % or * matches
+// others); INBOX is compared in any case. The proxy asks after a SELECT
+// or EXAMINE failed, to tell a mailbox deleted outside it from a failure
+// that says nothing about the mailbox (Dovecot's NO carries no
+// [NONEXISTENT]).
 func (c *Conn) Selectable(ctx context.Context, mailbox string) (bool, error) {
 	b := imapcodec.AppendString([]byte(`LIST "" `), mailbox, true)
 	if strings.Contains(string(b), "\r\n") {
@@ -746,7 +749,14 @@ func (c *Conn) Selectable(ctx context.Context, mailbox string) (bool, error) {
 		}
 		v, err := p.Value()
 		attrs, ok := v.(imapcodec.List)
-		if err != nil || !ok {
+		if err != nil || !ok || p.SP() != nil {
+			return
+		}
+		if _, err := p.Value(); err != nil || p.SP() != nil { // the delimiter
+			return
+		}
+		name, err := p.AString()
+		if err != nil || name != mailbox && !(strings.EqualFold(name, "INBOX") && strings.EqualFold(mailbox, "INBOX")) {
 			return
 		}
 		for _, a := range attrs {

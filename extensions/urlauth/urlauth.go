@@ -176,7 +176,10 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	}
 	if err == nil && len(vals) > 2 {
 		if name, ok := imapcodec.AsString(vals[2]); ok {
-			if err := e.forget(ctx, s, name, x.Name == "RENAME"); err != nil {
+			// RENAME INBOX moves INBOX's messages and leaves the
+			// mailboxes below it (RFC 3501 6.3.5).
+			children := x.Name == "RENAME" && !strings.EqualFold(name, "INBOX")
+			if err := e.forget(ctx, s, name, children); err != nil {
 				s.Logger().Warn("urlauth: cannot delete a mailbox key", "err", err)
 			}
 		}

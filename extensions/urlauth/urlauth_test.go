@@ -479,3 +479,26 @@ func TestURLFetchRecreatedMailbox(t *testing.T) {
 		t.Errorf("URLFETCH after the mailbox was created again: %q", got)
 	}
 }
+
+// TestRenameInboxKeepsChildrenKeys: RENAME INBOX moves INBOX's
+// messages only; "inferior hierarchical names of INBOX ... are unaffected
+// by a rename of INBOX" (RFC 3501 6.3.5). A URL made for INBOX/child must
+// keep working after RENAME INBOX (go-imap's server, which renames INBOX,
+// leaves INBOX/child where it is; Dovecot refuses RENAME INBOX). A
+// reviewer's finding: the keys of INBOX's children went with INBOX's.
+func TestRenameInboxKeepsChildrenKeys(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.login(t, "joe")
+	const msg = "Subject: m\r\n\r\nx\r\n"
+	c.MustOK("CREATE INBOX/child")
+	c.MustOK("APPEND INBOX/child {17}", msg)
+	u := gen(t, c, "imap://joe@example.com/INBOX/child/;uid=1;urlauth=anonymous")
+	if got := fetch(t, c, u); got != msg {
+		t.Fatalf("URLFETCH of INBOX/child: %q", got)
+	}
+	c.MustOK("RENAME INBOX Old")
+	c.MustOK("EXAMINE INBOX/child")
+	if got := fetch(t, c, u); got != msg {
+		t.Errorf("URL for INBOX/child after RENAME INBOX Old (INBOX/child unaffected): %q, want the message", got)
+	}
+}
