@@ -160,20 +160,9 @@ func TestStatesOfMailboxesDeletedOutsideDropped(t *testing.T) {
 	w := imaptest.Login(t, addr, "alice", "alicepass")
 	w.MustOK("SELECT out2")
 	d.MustOK("DELETE out2")
-	const bye = "* BYE Selected mailbox was deleted, have to disconnect."
-	if l, err := idler.TryReadLine(10 * time.Second); l != bye {
-		t.Errorf("in IDLE: %q (%v), want %q", l, err, bye)
+	if l, err := idler.TryReadLine(10 * time.Second); l != byeGone {
+		t.Errorf("in IDLE: %q (%v), want %q", l, err, byeGone)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		w.Write("n NOOP\r\n")
-		l, err := w.TryReadLine(10 * time.Second)
-		if l == "n OK NOOP completed." && time.Now().Before(deadline) {
-			continue // not found gone yet
-		}
-		if l != bye {
-			t.Fatalf("NOOP: %q (%v), want %q", l, err, bye)
-		}
-		break
-	}
+	noopUntil(t, w, byeGone)
 	waitStates(t, store, "keep")
 }

@@ -26,18 +26,7 @@ func TestRecreatedAfterFoundGone(t *testing.T) {
 	c := imaptest.Login(t, addr, "alice", "alicepass")
 	c.MustOK("SELECT life")
 	d.MustOK("DELETE life")
-	const bye = "* BYE Selected mailbox was deleted, have to disconnect."
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		c.Write("n NOOP\r\n")
-		l, err := c.TryReadLine(10 * time.Second)
-		if l == "n OK NOOP completed." && time.Now().Before(deadline) {
-			continue
-		}
-		if l != bye {
-			t.Fatalf("NOOP: %q (%v), want %q", l, err, bye)
-		}
-		break
-	}
+	noopUntil(t, c, byeGone)
 	// Created again (directly, or by the same client through the proxy).
 	d.MustOK("CREATE life")
 	d.MustOK("APPEND life {7+}\r\nSubj: n")
@@ -47,16 +36,7 @@ func TestRecreatedAfterFoundGone(t *testing.T) {
 	}
 	// A new message arrives in the new mailbox: the session hears of it.
 	d.MustOK("APPEND life {7+}\r\nSubj: m")
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		e.Write("n NOOP\r\n")
-		l, err := e.TryReadLine(10 * time.Second)
-		if l == "* 2 EXISTS" {
-			break
-		}
-		if l != "n OK NOOP completed." || time.Now().After(deadline) {
-			t.Fatalf("NOOP in the re-created mailbox: %q (%v), want * 2 EXISTS", l, err)
-		}
-	}
+	noopUntil(t, e, "* 2 EXISTS")
 }
 
 // TestDeleteCreateThroughProxy: a client deletes a mailbox it had
@@ -77,16 +57,7 @@ func TestDeleteCreateThroughProxy(t *testing.T) {
 	if slices.Contains(c.MustOK("APPEND life {7+}\r\nSubj: m"), "* 1 EXISTS") {
 		return // told with the APPEND's answer
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		c.Write("n NOOP\r\n")
-		l, err := c.TryReadLine(10 * time.Second)
-		if l == "* 1 EXISTS" {
-			break
-		}
-		if l != "n OK NOOP completed." || time.Now().After(deadline) {
-			t.Fatalf("NOOP in the re-created mailbox: %q (%v), want * 1 EXISTS", l, err)
-		}
-	}
+	noopUntil(t, c, "* 1 EXISTS")
 }
 
 // TestRenameBackThroughProxy: a client renames a mailbox away and back
@@ -106,16 +77,7 @@ func TestRenameBackThroughProxy(t *testing.T) {
 	if slices.Contains(c.MustOK("APPEND life {7+}\r\nSubj: m"), "* 2 EXISTS") {
 		return // told with the APPEND's answer
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		c.Write("n NOOP\r\n")
-		l, err := c.TryReadLine(10 * time.Second)
-		if l == "* 2 EXISTS" {
-			break
-		}
-		if l != "n OK NOOP completed." || time.Now().After(deadline) {
-			t.Fatalf("NOOP in the renamed-back mailbox: %q (%v), want * 2 EXISTS", l, err)
-		}
-	}
+	noopUntil(t, c, "* 2 EXISTS")
 }
 
 // TestGoneWildcardName: a mailbox whose name holds a LIST wildcard is
@@ -135,24 +97,42 @@ func goneName(t *testing.T, name string) {
 	c := imaptest.Login(t, addr, "alice", "alicepass")
 	c.MustOK(`SELECT "` + name + `"`)
 	d.MustOK(`DELETE "` + name + `"`)
-	const bye = "* BYE Selected mailbox was deleted, have to disconnect."
-	for deadline := time.Now().Add(8 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		c.Write("n NOOP\r\n")
-		l, err := c.TryReadLine(10 * time.Second)
-		if l == bye {
-			return
-		}
-		if strings.HasPrefix(l, "* ") {
-			continue
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("NOOP after the mailbox was deleted: %q (%v), want %q", l, err, bye)
-		}
-	}
+	noopUntil(t, c, byeGone)
 }
 
 // waitWatchers waits until srv's hub runs n mailbox watchers.
 func waitWatchers(t *testing.T, srv *proxy.Server, n int) {
 	t.Helper()
 	imaptest.WaitFor(t, fmt.Sprintf("%d mailbox watchers", n), func() bool { return srv.Stats().Watchers == n })
+}
+
+// byeGone is how the proxy ends a session whose mailbox is gone.
+const byeGone = "* BYE Selected mailbox was deleted, have to disconnect."
+
+// noopUntil sends c NOOPs until it hears want (an untagged line, or a
+// BYE), other untagged lines aside; it fails on any other answer, or after
+// 10 s.
+func noopUntil(t *testing.T, c *imaptest.Client, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.Write("n NOOP\r\n")
+		for {
+			l, err := c.TryReadLine(10 * time.Second)
+			switch {
+			case l == want:
+				return
+			case l == "n OK NOOP completed.":
+			case err == nil && strings.HasPrefix(l, "* "):
+				continue
+			default:
+				t.Fatalf("NOOP: %q (%v), want %q", l, err, want)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q after 10 s of NOOPs", want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
