@@ -104,11 +104,7 @@ func TestURLFetchLaterMessage(t *testing.T) {
 	c0.MustOK("CREATE Other")
 	c0.MustOK("LOGOUT")
 	first := srv.Append(t, "alice", "alicepass", "Other", nil, []byte("Subject: first\r\n\r\nfirst body\r\n"))
-	ext := urlauth.New(urlauth.Config{Hosts: []string{"example.com"}})
-	px := imaptest.StartProxy(t, srv.Addr, proxy.Config{
-		Extensions:  []proxy.Extension{ext},
-		AccountData: accountdata.NewMemory(),
-	})
+	px := startURLAuth(t, srv)
 	alice := imaptest.Login(t, px.Addr, "alice", "alicepass")
 	url := func(uid uint32) string {
 		return gen(t, alice, "imap://alice@example.com/Other/;uid="+itoa(uid)+";urlauth=user+alice")
@@ -156,11 +152,7 @@ func TestURLFetchLaterMessage(t *testing.T) {
 // at the new mailbox's UID 1 (the URLFETCH answered NIL).
 func TestURLFetchRecreatedMailboxDovecot(t *testing.T) {
 	srv := dovecottest.Start(t, dovecottest.Legacy)
-	ext := urlauth.New(urlauth.Config{Hosts: []string{"example.com"}})
-	px := imaptest.StartProxy(t, srv.Addr, proxy.Config{
-		Extensions:  []proxy.Extension{ext},
-		AccountData: accountdata.NewMemory(),
-	})
+	px := startURLAuth(t, srv)
 	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
 	c.MustOK("CREATE Other")
 	c.MustOK("APPEND Other {19}", "Subject: old\r\n\r\nx\r\n")
@@ -184,11 +176,7 @@ func TestURLFetchRecreatedMailboxDovecot(t *testing.T) {
 // RENAME takes the mailbox's children along, whose keys go with it.
 func TestKeyOfMailboxNotSpelling(t *testing.T) {
 	srv := dovecottest.Start(t, dovecottest.Legacy)
-	ext := urlauth.New(urlauth.Config{Hosts: []string{"example.com"}})
-	px := imaptest.StartProxy(t, srv.Addr, proxy.Config{
-		Extensions:  []proxy.Extension{ext},
-		AccountData: accountdata.NewMemory(),
-	})
+	px := startURLAuth(t, srv)
 	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
 	const msg = "Subject: m\r\n\r\nx\r\n"
 	put := func(box string) {
@@ -225,4 +213,13 @@ func TestKeyOfMailboxNotSpelling(t *testing.T) {
 	if got := fetch(t, c, u); got != "NIL" {
 		t.Errorf("URL for Folder.sub after RENAME Folder and a new Folder.sub: %q", got)
 	}
+}
+
+// startURLAuth starts the proxy with urlauth alone in front of srv.
+func startURLAuth(t *testing.T, srv *dovecottest.Server) *imaptest.Proxy {
+	t.Helper()
+	return imaptest.StartProxy(t, srv.Addr, proxy.Config{
+		Extensions:  []proxy.Extension{urlauth.New(urlauth.Config{Hosts: []string{"example.com"}})},
+		AccountData: accountdata.NewMemory(),
+	})
 }

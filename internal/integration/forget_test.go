@@ -113,9 +113,11 @@ func waitStates(t *testing.T, store statestore.Store, want string) {
 
 // TestStatesOfMailboxesDeletedOutsideDropped: a mailbox deleted outside
 // the proxy (directly on Dovecot) loses its saved state too, once the
-// proxy learns it is gone: at a SELECT the upstream answers NO
-// [NONEXISTENT], or when the watcher of a watched one finds it gone.
-// Before, such states stayed in the Store for good.
+// proxy learns it is gone: at a SELECT the upstream refuses (Dovecot's NO
+// has no code) and whose LIST has no such mailbox, or when the watcher of
+// a watched one finds it so. Before, such states stayed in the Store for
+// good, and the sessions that had it selected were answered NO
+// [UNAVAILABLE] for every command.
 func TestStatesOfMailboxesDeletedOutsideDropped(t *testing.T) {
 	dc := dovecottest.Start(t, dovecottest.Full)
 	store, err := statestore.OpenBolt(t.TempDir())
