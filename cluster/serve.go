@@ -33,6 +33,7 @@ func (n *Node) Serve(ln net.Listener) error {
 		delete(n.listeners, ln)
 		n.mu.Unlock()
 	}()
+	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -42,12 +43,18 @@ func (n *Node) Serve(ln net.Listener) error {
 			if closed {
 				return ErrClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			// Out of file descriptors and the like: back off and keep
+			// going, as the client listener does. Returning would leave a
+			// live node that owns accounts no other node can reach.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			n.log.Error("cluster: accepting an internal link failed; retrying", "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
 		}
+		delay = 0
 		select {
 		case n.linkSlots <- struct{}{}:
 		default:
