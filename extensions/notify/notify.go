@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -173,6 +174,17 @@ type state struct {
 
 type stateKey struct{}
 
+// holder is the session's NOTIFY state as the account watcher's callback
+// finds it: one per session (stored under stateKey), its state replaced
+// by each NOTIFY SET (nil after NOTIFY NONE), so that the subscription,
+// and what it queued, outlive a NOTIFY SET that keeps asking for them.
+// st is written by the session's goroutine under mu, and read there
+// without it.
+type holder struct {
+	mu sync.Mutex
+	st *state
+}
+
 // maxSuppressed bounds a session's suppress entries: far more than the
 // changes a client makes within one expiry (two poll intervals and a
 // minute). Past it the entry that expires first goes: at worst the session
@@ -203,8 +215,17 @@ func (st *state) noteOwn(key string, now, exp time.Time) {
 }
 
 func sessionState(s *proxy.Session) *state {
-	st, _ := s.Value(stateKey{}).(*state)
-	return st
+	if h := sessionHolder(s); h != nil {
+		return h.st
+	}
+	return nil
+}
+
+// sessionHolder returns the session's holder, nil before its first
+// NOTIFY SET.
+func sessionHolder(s *proxy.Session) *holder {
+	h, _ := s.Value(stateKey{}).(*holder)
+	return h
 }
 
 // errBadEvent carries NO [BADEVENT].
@@ -396,7 +417,6 @@ func (e *Extension) notify(ctx context.Context, x *proxy.Exchange) error {
 	if err != nil {
 		return x.Reply("BAD", "", "Error in NOTIFY: "+err.Error()+".")
 	}
-	e.stop(s)
 	st := &state{suppress: map[string]time.Time{}}
 	for _, g := range groups {
 		// Names as the account watcher reports them: inbox.Lists is
@@ -424,18 +444,37 @@ func (e *Extension) notify(ctx context.Context, x *proxy.Exchange) error {
 	return x.Reply("OK", "", "NOTIFY completed.")
 }
 
-// start makes st the session's NOTIFY state and subscribes to its sources.
+// start makes st the session's NOTIFY state and subscribes to its
+// sources. A NOTIFY SET that replaces another keeps what the client still
+// asks for: the account subscription (a new one would take the account's
+// state at its first poll for a baseline, and a change made before it
+// would never be told), the INBOX watch, the events queued and not told
+// yet that the new filters want, and the notes of the session's own
+// changes.
 func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) error {
 	if m := s.Mailbox(); m != nil {
 		if uids := m.UIDs(); len(uids) > 0 {
 			st.lastUID = uids[len(uids)-1]
 		}
 	}
+	h := sessionHolder(s)
+	if h == nil {
+		h = &holder{}
+		s.SetValue(stateKey{}, h)
+	}
+	old := h.st
+	var acct *accountwatch.Sub
+	var inboxRelease func()
+	if old != nil {
+		acct, inboxRelease = old.acct, old.inboxRelease
+		old.acct, old.inboxRelease = nil, nil
+		maps.Copy(st.suppress, old.suppress)
+	}
 	if len(st.groups) > 0 {
-		acct := s.UpstreamAccount()
+		a := s.UpstreamAccount()
 		opts := accountwatch.WatchOptions{
 			Refresh: func(ctx context.Context, mailbox string, c *upstream.Conn) (uint64, error) {
-				return e.mailboxes.Refresh(ctx, acct, mailbox, c)
+				return e.mailboxes.Refresh(ctx, a, mailbox, c)
 			},
 			// The proxy always has CONDSTORE: STATUS for FlagChange
 			// carries HIGHESTMODSEQ whether or not the client enabled it
@@ -443,25 +482,58 @@ func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) erro
 			ModSeqs:     s.Enabled("CONDSTORE") || anyFlags(st.groups),
 			FlagChanges: anyFlags(st.groups),
 		}
-		sub, err := e.mgr.Watch(ctx, acct.Name, acct.Dial, opts, func(evs []accountwatch.Event) {
-			e.enqueue(s, st, evs)
-		})
+		var err error
+		if acct != nil {
+			err = acct.SetOptions(ctx, opts)
+		} else {
+			acct, err = e.mgr.Watch(ctx, a.Name, a.Dial, opts, func(evs []accountwatch.Event) {
+				e.enqueue(s, h, evs)
+			})
+		}
 		if err != nil {
+			if acct != nil {
+				acct.Close()
+			}
+			if inboxRelease != nil {
+				inboxRelease()
+			}
+			e.stop(s)
 			return err
 		}
-		st.acct = sub
+		st.acct, acct = acct, nil
 		if st.wantsMessages("INBOX", nil) {
-			// INBOX through the hub's IDLE watcher: its changes make the
-			// account watcher refresh INBOX's STATUS at once.
-			_, release, err := e.mailboxes.Watch(ctx, acct, "INBOX", func() { e.mgr.Poke(acct.Name, "INBOX") })
-			if err == nil {
+			if inboxRelease != nil {
+				st.inboxRelease, inboxRelease = inboxRelease, nil
+			} else if _, release, err := e.mailboxes.Watch(ctx, a, "INBOX", func() { e.mgr.Poke(a.Name, "INBOX") }); err == nil {
+				// INBOX through the hub's IDLE watcher: its changes make
+				// the account watcher refresh INBOX's STATUS at once.
 				st.inboxRelease = release
 			} else {
 				s.Logger().Debug("NOTIFY: no INBOX watcher; polling only", "err", err)
 			}
 		}
 	}
-	s.SetValue(stateKey{}, st)
+	if acct != nil {
+		acct.Close()
+	}
+	if inboxRelease != nil {
+		inboxRelease()
+	}
+	h.mu.Lock()
+	h.st = st
+	if old != nil {
+		old.mu.Lock()
+		if !old.overflow {
+			for _, ev := range old.queue {
+				if st.wants(ev) {
+					st.queue = append(st.queue, ev)
+				}
+			}
+		}
+		old.queue = nil
+		old.mu.Unlock()
+	}
+	h.mu.Unlock()
 	mode := proxy.UpdatesWithCommands
 	if st.sel != nil && st.sel.messages {
 		mode = proxy.UpdatesAll
@@ -473,14 +545,17 @@ func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) erro
 	return nil
 }
 
-// stop ends the session's NOTIFY (NOTIFY NONE, a new NOTIFY SET, overflow,
-// logout).
+// stop ends the session's NOTIFY (NOTIFY NONE, overflow, logout, a NOTIFY
+// SET that failed).
 func (e *Extension) stop(s *proxy.Session) {
-	st := sessionState(s)
-	if st == nil {
+	h := sessionHolder(s)
+	if h == nil || h.st == nil {
 		return
 	}
-	s.SetValue(stateKey{}, nil)
+	h.mu.Lock()
+	st := h.st
+	h.st = nil
+	h.mu.Unlock()
 	s.SetUpdates(proxy.UpdatesWithCommands)
 	if st.acct != nil {
 		st.acct.Close()
@@ -491,7 +566,13 @@ func (e *Extension) stop(s *proxy.Session) {
 }
 
 // enqueue is the account watcher's callback: queue and wake the session.
-func (e *Extension) enqueue(s *proxy.Session, st *state, evs []accountwatch.Event) {
+func (e *Extension) enqueue(s *proxy.Session, h *holder, evs []accountwatch.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.st
+	if st == nil {
+		return // NOTIFY NONE since
+	}
 	// Only what this session asked for counts against its queue.
 	evs = slices.DeleteFunc(slices.Clone(evs), func(ev accountwatch.Event) bool { return !st.wants(ev) })
 	if len(evs) == 0 {

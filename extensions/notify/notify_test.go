@@ -381,3 +381,67 @@ func TestFlagChangeStatus(t *testing.T) {
 		t.Fatalf("NOTIFY SET STATUS without FlagChange: %q, want %q first", got, want)
 	}
 }
+
+// expectAll reads unsolicited responses until it has seen every wanted
+// line, in any order, ignoring others; it fails after 5 s.
+func expectAll(t *testing.T, c *imaptest.Client, want ...string) {
+	t.Helper()
+	left := slices.Clone(want)
+	var got []string
+	for len(left) > 0 {
+		l, err := c.TryReadLine(5 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for %q: %v (got %q)", left, err, got)
+		}
+		got = append(got, l)
+		if i := slices.Index(left, sortFlags(l)); i >= 0 {
+			left = slices.Delete(left, i, i+1)
+		}
+	}
+}
+
+// TestSetAgainKeepsChanges: new mail in another mailbox arrives (outside
+// the proxy) while NOTIFY (personal ...) is in force, and before the
+// account watcher's next poll the client sets NOTIFY again, still asking
+// for that mailbox's new mail: it must hear of it. The new subscription
+// took the account as that poll found it for a baseline, and the change
+// was never told (a reviewer's finding); the subscription is now kept.
+func TestSetAgainKeepsChanges(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	a := e.login(t, "alice")
+	a.MustOK("CREATE other")
+	a.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))")
+	if err := e.up.Append("alice", "other", nil, []byte("Subject: x\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	got := a.MustOK("NOTIFY SET (selected (MessageNew MessageExpunge)) (personal (MessageNew MessageExpunge MailboxName))")
+	if slices.ContainsFunc(got, func(l string) bool { return strings.HasPrefix(l, "* STATUS other") }) {
+		return
+	}
+	e.login(t, "alice").MustOK("CREATE fourth") // the watcher polls everything now
+	expectAll(t, a, "* STATUS other (MESSAGES 1 UIDNEXT 2 UNSEEN 1)", `* LIST () "/" fourth`)
+}
+
+// TestSetAgainKeepsQueued: an event queued for the session while it ran a
+// command (an APPEND waiting for its literal), not told yet because the
+// client's next command, NOTIFY SET with the same filter, came right
+// behind the literal: the NOTIFY SET dropped it (a reviewer's finding).
+func TestSetAgainKeepsQueued(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	a := e.login(t, "alice")
+	probe := e.login(t, "alice")
+	const set = "NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))"
+	a.MustOK(set)
+	probe.MustOK(set)
+	a.Send("t1 APPEND INBOX {7}")
+	a.Expect("+*")
+	e.login(t, "alice").MustOK("CREATE made")
+	expect(t, probe, `* LIST () "/" made`)
+	a.Write("Subj: 1\r\nt2 " + set + "\r\n")
+	got := append(a.ReadUntilTagged("t1"), a.ReadUntilTagged("t2")...)
+	if slices.Contains(got, `* LIST () "/" made`) {
+		return
+	}
+	e.login(t, "alice").MustOK("CREATE later")
+	expectAll(t, a, `* LIST () "/" made`, `* LIST () "/" later`)
+}

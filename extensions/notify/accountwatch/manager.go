@@ -2,6 +2,7 @@ package accountwatch
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -136,6 +137,32 @@ func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, opts
 		}
 	}
 	return s, nil
+}
+
+// ErrSubClosed is SetOptions' error for a subscription already closed.
+var ErrSubClosed = errors.New("accountwatch: subscription closed")
+
+// SetOptions replaces what the subscriber needs, keeping its place: a
+// NOTIFY SET that replaces another keeps its subscription, so that the
+// changes the next poll finds are told to it (a new subscription would
+// take that poll for its baseline). Where the subscriber now needs
+// ModSeqs it did not, SetOptions returns after a poll that starts now, as
+// Watch does.
+func (s *Sub) SetOptions(ctx context.Context, opts WatchOptions) error {
+	w := s.w
+	m := w.m
+	m.mu.Lock()
+	if _, ok := w.subs[s]; !ok {
+		m.mu.Unlock()
+		return ErrSubClosed
+	}
+	had := s.opts.ModSeqs
+	s.opts = opts
+	m.mu.Unlock()
+	if opts.ModSeqs && !had && opts.Refresh != nil {
+		return w.awaitPoll(ctx)
+	}
+	return nil
 }
 
 // Mailboxes returns the mailboxes as of the latest poll, sorted by name.
