@@ -445,3 +445,22 @@ func TestSetAgainKeepsQueued(t *testing.T) {
 	e.login(t, "alice").MustOK("CREATE later")
 	expectAll(t, a, `* LIST () "/" made`, `* LIST () "/" later`)
 }
+
+// TestNewMailboxWithMail: a mailbox made with a message in it between two
+// polls (Sieve's fileinto :create, another client's CREATE and APPEND): a
+// client that asked for new messages in personal mailboxes must hear of
+// the message, not only of the creation (a reviewer's finding).
+func TestNewMailboxWithMail(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	a := e.login(t, "alice")
+	a.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))")
+	b := e.login(t, "alice")
+	b.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge))")
+	// Made directly on the upstream: the proxy learns of it at its next poll.
+	c := imaptest.Login(t, e.up.Addr, "alice", "secret")
+	c.MustOK("CREATE filed")
+	c.MustOK("APPEND filed {7+}\r\nSubj: 1")
+	e.login(t, "alice").MustOK("CREATE poke") // the watcher polls everything now
+	expect(t, a, `* LIST () "/" filed`, "* STATUS filed (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+	expect(t, b, "* STATUS filed (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+}

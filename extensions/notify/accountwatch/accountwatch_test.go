@@ -53,9 +53,10 @@ func TestDiff(t *testing.T) {
 		"a":     box("a", 2, 1, true), // subscribed, messages
 		"b2":    box("b2", 3, 5, true),
 		"new":   box("new", 9, 0, true),
+		"filed": box("filed", 10, 2, false), // made with mail in it: its messages are new too
 	}
 	got := kinds(diff(old, next))
-	want := []string{"renamed b2 from b", "deleted gone", "created new", "subscribed new", "flags INBOX", "subscribed a", "messages a"}
+	want := []string{"renamed b2 from b", "deleted gone", "created filed", "messages filed", "created new", "subscribed new", "flags INBOX", "subscribed a", "messages a"}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("diff:\n got  %q\n want %q", got, want)
 	}

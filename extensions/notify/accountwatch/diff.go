@@ -7,7 +7,9 @@ import (
 
 // diff compares two polls. A mailbox that disappeared while one with the
 // same UIDVALIDITY (and hierarchy delimiter) appeared is taken as renamed:
-// servers keep a mailbox's UIDVALIDITY across RENAME.
+// servers keep a mailbox's UIDVALIDITY across RENAME. A new mailbox that
+// holds messages already is also reported for them (a renamed one is not:
+// its messages are not new).
 func diff(old, next map[string]Mailbox) []Event {
 	var evs []Event
 	var gone, added []Mailbox
@@ -39,6 +41,12 @@ func diff(old, next map[string]Mailbox) []Event {
 		evs = append(evs, Event{Kind: Created, Mailbox: a})
 		if a.Subscribed {
 			evs = append(evs, Event{Kind: Subscribed, Mailbox: a})
+		}
+		if a.Selectable && a.Status.Messages > 0 {
+			// Made with mail in it between two polls (Sieve's
+			// fileinto :create, a CREATE and an APPEND): new messages
+			// too (RFC 5465 5.2), which no later poll would show.
+			evs = append(evs, Event{Kind: Messages, Mailbox: a})
 		}
 	}
 	names := make([]string, 0, len(next))
