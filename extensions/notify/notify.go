@@ -683,6 +683,27 @@ func (e *Extension) Push(s *proxy.Session) error {
 	return s.Write(b)
 }
 
+// renamedBelow starts the suppress key of the mailboxes a session's own
+// RENAME moved along: "old/" NUL "new/" follows, and the entry stays until
+// it expires (it covers every mailbox below).
+const renamedBelow = "renamed below\x00"
+
+// ownRenameBelow reports whether a rename event is of a mailbox that a
+// RENAME of the session moved along with its parent.
+func (st *state) ownRenameBelow(ev accountwatch.Event, now time.Time) bool {
+	for k, exp := range st.suppress {
+		rest, ok := strings.CutPrefix(k, renamedBelow)
+		if !ok || !now.Before(exp) {
+			continue
+		}
+		from, to, _ := strings.Cut(rest, "\x00")
+		if strings.HasPrefix(ev.OldName, from) && strings.HasPrefix(ev.Mailbox.Name, to) {
+			return true
+		}
+	}
+	return false
+}
+
 // render appends the responses for one account event.
 func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, now time.Time, b []byte) []byte {
 	mb := ev.Mailbox
@@ -692,6 +713,9 @@ func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, n
 		if now.Before(exp) {
 			return b // the session made this change itself
 		}
+	}
+	if ev.Kind == accountwatch.Renamed && st.ownRenameBelow(ev, now) {
+		return b
 	}
 	switch ev.Kind {
 	case accountwatch.Messages, accountwatch.Flags:
@@ -884,6 +908,13 @@ func (e *Extension) changed(ctx context.Context, s *proxy.Session, name string, 
 	case "RENAME":
 		if len(args) >= 2 {
 			note(accountwatch.Renamed, args[1])
+			if h, err := s.Hierarchy(ctx); err == nil && h.Delim != "" && st != nil {
+				// The mailboxes below it moved with it (RFC 3501 6.3.5):
+				// their renames are the session's own too.
+				now := time.Now()
+				from, to := s.CanonicalMailbox(ctx, args[0]), s.CanonicalMailbox(ctx, args[1])
+				st.noteOwn(renamedBelow+from+h.Delim+"\x00"+to+h.Delim, now, now.Add(2*e.pollInterval()+time.Minute))
+			}
 		}
 		e.mgr.Poke(account)
 	case "SUBSCRIBE":

@@ -335,6 +335,7 @@ var ntScenarios = []struct {
 	{"Subtree", ntSubtree},
 	{"Mailboxes", ntMailboxes},
 	{"InboxChildSpelling", ntInboxChildSpelling},
+	{"OwnRenameChildren", ntOwnRenameChildren},
 	{"Idle", ntIdle},
 	{"None", ntNone},
 	{"Replace", ntReplace},
@@ -559,6 +560,23 @@ func ntInboxChildSpelling(t testing.TB, e *ntEnv, px *ntProxy) {
 	d.MustOK(ntAppend("INBOX.Lists", "one"))
 	named.expect("* STATUS INBOX.Lists (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 	sub.expect("* STATUS INBOX.Lists (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+}
+
+// ntOwnRenameChildren: a session's own RENAME of a mailbox with a child,
+// which Dovecot renames with it: another session hears of both renames,
+// the one that renamed of neither (RFC 5465 5). It heard of the child's
+// (a reviewer's finding).
+func ntOwnRenameChildren(t testing.TB, e *ntEnv, px *ntProxy) {
+	u := e.user(t)
+	a, b := px.login(t, u), px.login(t, u)
+	a.MustOK("CREATE Par")
+	a.MustOK("CREATE Par.Kid")
+	for _, c := range []*ntClient{a, b} {
+		c.MustOK("NOTIFY SET (personal (MailboxName))")
+	}
+	a.MustOK("RENAME Par Top")
+	b.expect(`* LIST `+e.parent()+` "." Top ("OLDNAME" (Par))`, `* LIST `+e.leaf()+` "." Top.Kid ("OLDNAME" (Par.Kid))`)
+	a.silent(ntSilence)
 }
 
 // ntIdle: events arrive during IDLE, in the authenticated state and with a
