@@ -61,6 +61,9 @@ type fakeHost struct {
 	mu       sync.Mutex
 	sessions map[net.Conn]string
 	evicts   chan string // every Evict's account, "" for all
+	// node, if set, is told of each login it serves, as the proxy tells
+	// it (proxy.LoginReporter).
+	node *Node
 }
 
 func newFakeHost() *fakeHost {
@@ -70,7 +73,11 @@ func newFakeHost() *fakeHost {
 func (f *fakeHost) ServeHandoff(conn net.Conn, h proxy.Handoff) {
 	f.mu.Lock()
 	f.sessions[conn] = h.Account
+	node := f.node
 	f.mu.Unlock()
+	if node != nil {
+		node.LoginSucceeded(h.Account)
+	}
 	fmt.Fprintf(conn, "%s OK served\r\n", h.Tag)
 	var b [64]byte
 	for {
@@ -142,6 +149,7 @@ func startNode(t *testing.T, url, name string, mod func(*Config)) *testNode {
 		n.links = testTransport
 	}
 	tn := &testNode{Node: n, host: newFakeHost(), ln: ln, done: make(chan error, 1)}
+	tn.host.node = n
 	n.Attach(tn.host)
 	go func() { tn.done <- n.Serve(ln) }()
 	t.Cleanup(func() {
@@ -176,12 +184,16 @@ func waitRenewals(t *testing.T, nodes ...*testNode) {
 
 // login routes a login of account on n and reads the owner's answer when
 // forwarded. It returns the node that serves it ("" when refused), the
-// conn (nil when local) and the release (nil when forwarded).
+// conn (nil when local) and the release (nil when forwarded). A local
+// login succeeds (LoginSucceeded), as a forwarded one does at its owner.
 func login(t *testing.T, n *testNode, account string) (conn net.Conn, release func(), err error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, release, err = n.Route(ctx, proxy.Handoff{Account: account, Tag: "A1", User: account, Pass: "p", Via: n.Name()})
+	if err == nil && conn == nil {
+		n.LoginSucceeded(account)
+	}
 	if err != nil || conn == nil {
 		return
 	}

@@ -36,6 +36,7 @@ func (a *account) count(h *holder) {
 		a.holders = make(map[*holder]struct{})
 	}
 	a.holders[h] = struct{}{}
+	a.used = true // a hold is of an account in use (push registrations)
 }
 
 // detachHoldersLocked takes a's holds away and returns their lost

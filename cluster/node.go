@@ -73,6 +73,11 @@ type account struct {
 	leaving bool
 	gone    chan struct{}
 	once    sync.Once
+	// fresh: this node inserted the account's row (never seen before);
+	// used: a login succeeded, or something held the account, since. A
+	// fresh account released unused leaves no row (releaseRow): a client
+	// logging in as made-up names must not grow lp_owners for good.
+	fresh, used bool
 }
 
 func newAccount(epoch int64) *account {

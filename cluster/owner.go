@@ -68,10 +68,12 @@ func (n *Node) acquire(ctx context.Context, acct string, h *holder) (*account, e
 	defer cancel()
 	var epoch int64
 	var from *string
+	fresh := false
 	err := n.observe("acquire", func() error {
 		err := n.pool.QueryRow(dctx, sqlAcquire, []byte(acct), n.cfg.Node).Scan(&epoch, &from)
 		if errors.Is(err, pgx.ErrNoRows) {
 			err = n.pool.QueryRow(dctx, sqlAcquireNew, []byte(acct), n.cfg.Node).Scan(&epoch)
+			fresh = err == nil
 		}
 		return err
 	})
@@ -92,7 +94,7 @@ func (n *Node) acquire(ctx context.Context, acct string, h *holder) (*account, e
 		// Releasing it spares the others the TTL; if that fails too, the
 		// row names this node, which re-acquires or is taken over later.
 		n.mu.Unlock()
-		n.releaseRow(acct, epoch)
+		n.releaseRow(acct, epoch, fresh)
 		return nil, errNotServing
 	}
 	a := n.owned[acct]
@@ -101,6 +103,7 @@ func (n *Node) acquire(ctx context.Context, acct string, h *holder) (*account, e
 		// A leaving entry (fenced meanwhile and unfenced again) is
 		// replaced: its release finds the new epoch and touches nothing.
 		a = newAccount(epoch)
+		a.fresh = fresh
 		n.owned[acct] = a
 	case epoch > a.epoch:
 		a.epoch = epoch
@@ -193,7 +196,10 @@ func (n *Node) evictLocked(acct string, a *account, text string, release bool) {
 			}
 		}
 		if release {
-			n.releaseRow(acct, a.epoch)
+			n.mu.Lock()
+			unused := a.fresh && !a.used
+			n.mu.Unlock()
+			n.releaseRow(acct, a.epoch, unused)
 		}
 		n.mu.Lock()
 		if n.owned[acct] == a {
@@ -207,12 +213,29 @@ func (n *Node) evictLocked(acct string, a *account, text string, release bool) {
 	}
 }
 
-// releaseRow frees an account's row if it still holds this node's epoch.
-func (n *Node) releaseRow(acct string, epoch int64) {
+// LoginSucceeded implements proxy.LoginReporter: the account is in use,
+// and its row stays when it is released.
+func (n *Node) LoginSucceeded(acct string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if a := n.owned[acct]; a != nil {
+		a.used = true
+	}
+}
+
+// releaseRow frees an account's row if it still holds this node's epoch;
+// with forget, the row goes (an account this node saw first and that
+// never logged in here: no state was written under it, and no epoch of it
+// needs remembering).
+func (n *Node) releaseRow(acct string, epoch int64, forget bool) {
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseTTL/3)
 	defer cancel()
+	q := sqlRelease
+	if forget {
+		q = sqlForget
+	}
 	err := n.observe("release", func() error {
-		_, err := n.pool.Exec(ctx, sqlRelease, []byte(acct), n.cfg.Node, epoch)
+		_, err := n.pool.Exec(ctx, q, []byte(acct), n.cfg.Node, epoch)
 		return err
 	})
 	if err != nil {

@@ -75,6 +75,10 @@ const (
 	sqlRelease = `UPDATE lp_owners SET node = NULL, since = now(), taken_from = NULL
 		WHERE account = $1 AND node = $2 AND epoch = $3`
 
+	// sqlForget drops the row of an account that never logged in
+	// (releaseRow).
+	sqlForget = `DELETE FROM lp_owners WHERE account = $1 AND node = $2 AND epoch = $3`
+
 	// sqlHold runs inside a state-writing transaction: the shared row lock
 	// makes a takeover wait until the transaction ends, and no row means
 	// the account has changed hands.

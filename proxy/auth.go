@@ -216,6 +216,9 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		s.leased.Store(true)
 	}
 	s.setState(StateAuthenticated)
+	if r, ok := s.srv.cfg.Router.(LoginReporter); ok {
+		r.LoginSucceeded(account)
+	}
 	s.release()
 	if text == "" {
 		text = "Logged in."

@@ -37,6 +37,14 @@ type Owner interface {
 	Owns(account string) bool
 }
 
+// A LoginReporter is a Router that is told of each login that succeeded
+// on this node (cluster.Node: the row of an account seen for the first
+// time stays only if someone logged in as it; a client trying made-up
+// names must not grow the shared database for good).
+type LoginReporter interface {
+	LoginSucceeded(account string)
+}
+
 // Handoff is what a node tells the owner of an account about a session it
 // hands over: the login to run and the session's pre-login facts.
 type Handoff struct {

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -39,6 +41,9 @@ type testCluster struct {
 	mu     sync.Mutex
 	// edit, if set, changes each node's proxy configuration.
 	edit func(*proxy.Config)
+	// releaseAfter is the nodes' cluster-release-after (default an
+	// hour: accounts stay where they are during a test).
+	releaseAfter time.Duration
 }
 
 // testNode is one node: its proxy server, its cluster node and the
@@ -86,7 +91,7 @@ func (c *testCluster) startNode(name string) *testNode {
 	defer cancel()
 	node, err := cluster.Open(ctx, cluster.Config{
 		DB: c.db, Node: name, Listen: ln.Addr().String(), Secret: c.secret,
-		LeaseTTL: c.ttl, ReleaseAfter: time.Hour, Logger: imaptest.Logger().With("node", name),
+		LeaseTTL: c.ttl, ReleaseAfter: cmp.Or(c.releaseAfter, time.Hour), Logger: imaptest.Logger().With("node", name),
 	})
 	if err != nil {
 		ln.Close()
@@ -522,4 +527,53 @@ func TestClusterDatabaseDown(t *testing.T) {
 		t.Fatalf("HIGHESTMODSEQ did not grow: %q", lines)
 	}
 	t.Logf("%d changes during the run, all reported once", len(want))
+}
+
+// TestFailedLoginsLeaveNoOwnerRows: logins route (and so take their
+// account, a row in lp_owners for a name never seen) before the upstream
+// checks the credentials, and the rows stayed for good: a client trying
+// made-up names grew the shared database without bound (a reviewer's
+// finding). Once released, the account of a login that never succeeded
+// leaves no row; that of a login that did keeps it, free.
+func TestFailedLoginsLeaveNoOwnerRows(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Legacy)
+	c := &testCluster{t: t, dc: dc, ttl: 2 * time.Second, nodes: map[string]*testNode{}, releaseAfter: 100 * time.Millisecond}
+	c.pg = pgtest.Start(t)
+	c.db = c.pg.NewDatabase(t)
+	c.secret = make([]byte, 32)
+	rand.Read(c.secret)
+	n := c.startNode("n1")
+	for _, l := range []struct{ user, pass, want string }{
+		{"nosuchuser1", "wrong", "NO"}, {"nosuchuser2", "wrong", "NO"}, {"alice", "wrong", "NO"}, {"alice", "alicepass", "OK"},
+	} {
+		cl := imaptest.Dial(t, n.addr)
+		cl.MustGreetOK()
+		if got := imaptest.Tagged(cl.Cmd("LOGIN " + l.user + " " + l.pass)); !strings.HasPrefix(got, l.want) {
+			t.Fatalf("LOGIN %s %s: %q, want %s", l.user, l.pass, got, l.want)
+		}
+		cl.Close()
+	}
+	imaptest.WaitFor(t, "every account released", func() bool { return n.node.Stats().Owned == 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rows, err := n.node.Pool().Query(ctx, `SELECT account, node IS NULL FROM lp_owners ORDER BY account`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var acct []byte
+		var free bool
+		if err := rows.Scan(&acct, &free); err != nil {
+			t.Fatal(err)
+		}
+		user := acct[bytes.LastIndexByte(acct, 0)+1:] // the key is address NUL user
+		got = append(got, fmt.Sprintf("%s free=%v", user, free))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || !strings.HasSuffix(got[0], "alice free=true") {
+		t.Errorf("lp_owners after the releases: %q, want alice's row alone, free", got)
+	}
 }
