@@ -521,9 +521,11 @@ func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) erro
 	}
 	h.mu.Lock()
 	h.st = st
+	overflowed := false
 	if old != nil {
 		old.mu.Lock()
-		if !old.overflow {
+		overflowed = old.overflow
+		if !overflowed {
 			for _, ev := range old.queue {
 				if st.wants(ev) {
 					st.queue = append(st.queue, ev)
@@ -534,6 +536,13 @@ func (e *Extension) start(ctx context.Context, s *proxy.Session, st *state) erro
 		old.mu.Unlock()
 	}
 	h.mu.Unlock()
+	if overflowed {
+		// Events were lost before this SET: the client must hear so
+		// (RFC 5465 5.8), though NOTIFY stays on, as it has just set it.
+		if err := s.Write([]byte("* OK [NOTIFICATIONOVERFLOW] Too many events; some were lost.\r\n")); err != nil {
+			return err
+		}
+	}
 	mode := proxy.UpdatesWithCommands
 	if st.sel != nil && st.sel.messages {
 		mode = proxy.UpdatesAll

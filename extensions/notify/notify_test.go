@@ -464,3 +464,59 @@ func TestNewMailboxWithMail(t *testing.T) {
 	expect(t, a, `* LIST () "/" filed`, "* STATUS filed (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 	expect(t, b, "* STATUS filed (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 }
+
+// TestOverflowBeforeSetAgain: the session's queue overflowed while it
+// ran a command, and its next command is a NOTIFY SET asking for the same
+// events: the events are gone, so the client must hear
+// NOTIFICATIONOVERFLOW (RFC 5465 5.8), or the events themselves (a
+// reviewer's finding: the SET dropped both).
+func TestOverflowBeforeSetAgain(t *testing.T) {
+	e := newEnv(t, notify.Config{MaxQueued: 2})
+	a := e.login(t, "alice")
+	probe := e.login(t, "alice")
+	const set = "NOTIFY SET (personal (MailboxName))"
+	a.MustOK(set)
+	probe.MustOK(set)
+	a.Send("t1 APPEND INBOX {7}")
+	a.Expect("+*")
+	direct := imaptest.Login(t, e.up.Addr, "alice", "secret")
+	for _, n := range []string{"d1", "d2", "d3"} {
+		direct.MustOK("CREATE " + n)
+	}
+	e.login(t, "alice").MustOK("CREATE p1")
+	expect(t, probe, "* OK [NOTIFICATIONOVERFLOW] Too many events; NOTIFY is now off.") // the poll is done
+	a.Write("Subj: 1\r\nt2 " + set + "\r\n")
+	got := append(a.ReadUntilTagged("t1"), a.ReadUntilTagged("t2")...)
+	if slices.ContainsFunc(got, func(l string) bool { return strings.Contains(l, "NOTIFICATIONOVERFLOW") }) {
+		return
+	}
+	e.login(t, "alice").MustOK("CREATE later")
+	var rest []string
+	for {
+		l, err := a.TryReadLine(time.Second)
+		if err != nil {
+			break
+		}
+		rest = append(rest, l)
+	}
+	all := append(got, rest...)
+	if !slices.Contains(all, `* LIST () "/" d1`) && !slices.ContainsFunc(all, func(l string) bool { return strings.Contains(l, "NOTIFICATIONOVERFLOW") }) {
+		t.Fatalf("four mailbox events lost with no NOTIFICATIONOVERFLOW; the session heard only %q", all)
+	}
+}
+
+// TestRenamedWithNewMail: a mailbox renamed and given a message between
+// two polls (outside the proxy): the client asked for new messages and must
+// hear of the message, not only of the rename (a reviewer's finding).
+func TestRenamedWithNewMail(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	a := e.login(t, "alice")
+	a.MustOK("CREATE foo")
+	a.MustOK("APPEND foo {7+}\r\nSubj: 1")
+	a.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))")
+	c := imaptest.Login(t, e.up.Addr, "alice", "secret")
+	c.MustOK("RENAME foo bar")
+	c.MustOK("APPEND bar {7+}\r\nSubj: 2")
+	e.login(t, "alice").MustOK("CREATE poke")
+	expectAll(t, a, `* LIST () "/" bar ("OLDNAME" (foo))`, `* LIST () "/" poke`, "* STATUS bar (MESSAGES 2 UIDNEXT 3 UNSEEN 2)")
+}

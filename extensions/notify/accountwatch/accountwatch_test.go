@@ -45,6 +45,7 @@ func TestDiff(t *testing.T) {
 		"a":     box("a", 2, 0, false),
 		"b":     box("b", 3, 5, true),
 		"gone":  box("gone", 4, 0, false),
+		"c":     box("c", 11, 1, false),
 	}
 	flagged := box("INBOX", 1, 3, true)
 	flagged.Status.Unseen = 2
@@ -52,11 +53,12 @@ func TestDiff(t *testing.T) {
 		"INBOX": flagged,              // flags
 		"a":     box("a", 2, 1, true), // subscribed, messages
 		"b2":    box("b2", 3, 5, true),
+		"c2":    box("c2", 11, 2, false), // renamed from c, and given mail
 		"new":   box("new", 9, 0, true),
 		"filed": box("filed", 10, 2, false), // made with mail in it: its messages are new too
 	}
 	got := kinds(diff(old, next))
-	want := []string{"renamed b2 from b", "deleted gone", "created filed", "messages filed", "created new", "subscribed new", "flags INBOX", "subscribed a", "messages a"}
+	want := []string{"renamed b2 from b", "renamed c2 from c", "messages c2", "deleted gone", "created filed", "messages filed", "created new", "subscribed new", "flags INBOX", "subscribed a", "messages a"}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("diff:\n got  %q\n want %q", got, want)
 	}

@@ -8,8 +8,8 @@ import (
 // diff compares two polls. A mailbox that disappeared while one with the
 // same UIDVALIDITY (and hierarchy delimiter) appeared is taken as renamed:
 // servers keep a mailbox's UIDVALIDITY across RENAME. A new mailbox that
-// holds messages already is also reported for them (a renamed one is not:
-// its messages are not new).
+// holds messages already is also reported for them, and a renamed one
+// whose messages changed meanwhile.
 func diff(old, next map[string]Mailbox) []Event {
 	var evs []Event
 	var gone, added []Mailbox
@@ -35,6 +35,11 @@ func diff(old, next map[string]Mailbox) []Event {
 			continue
 		}
 		evs = append(evs, Event{Kind: Renamed, Mailbox: added[i], OldName: g.Name})
+		if a, b := g.Status, added[i].Status; a.Messages != b.Messages || a.UIDNext != b.UIDNext {
+			// Mail came or went as it was renamed: no later poll would
+			// show it, comparing the new name with itself.
+			evs = append(evs, Event{Kind: Messages, Mailbox: added[i]})
+		}
 		added = slices.Delete(added, i, i+1)
 	}
 	for _, a := range added {

@@ -442,6 +442,17 @@ func (w *watcher) poll(only []string) (err error) {
 		opts.FlagChanges = opts.FlagChanges || s.opts.FlagChanges
 	}
 	w.m.mu.Unlock()
+	if !opts.ModSeqs && !opts.FlagChanges {
+		// Nobody follows the mod-sequences, and no refresh keeps them
+		// up to date: carried over, they would go stale, and a
+		// subscriber asking for them later (a NOTIFY SET with
+		// FlagChange, a CONDSTORE client) would be told old ones.
+		// Unknown, they are refreshed when someone asks again.
+		for name, b := range next {
+			b.ModSeq = 0
+			next[name] = b
+		}
+	}
 	var evs []Event
 	if old != nil {
 		evs = diff(old, next)
