@@ -133,7 +133,10 @@ var obsZones = map[string]string{
 // leap second (3.3: 23:59:60, taken as 23:59:59 as Dovecot does, so that
 // it ties with that second and not with the next), military zones, and
 // two- and three-digit years (4.3: 50 to 99 are 1950 to 1999, 00 to 49
-// are 2000 to 2049, and three digits add 1900).
+// are 2000 to 2049, and three digits add 1900). Dovecot 2.3's own SORT
+// differs on two of these: it reads military zones with RFC 822's offsets
+// (A is +0100) and two-digit years below 70 as 20xx; the proxy follows
+// RFC 5322, which says how a receiver takes them.
 func sentDate(d string) (time.Time, bool) {
 	d = strings.TrimSpace(collapseSpace(d))
 	if d == "" {
