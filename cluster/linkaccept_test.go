@@ -104,4 +104,3 @@ func TestLinkListenerSurvivesEMFILE(t *testing.T) {
 	t.Fatalf("5 s after one failed accept on a's link listener, logins of u (owned by a, which is live: fenced %v, owned %d) "+
 		"through b are still refused: %v", st.Fenced, st.Owned, lerr)
 }
-
