@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,7 +24,12 @@ import (
 // after any MOVE: EXPUNGE, or VANISHED once QRESYNC is enabled), then OK
 // (RFC 6851 4.3). It is not atomic as a server's MOVE is: for a moment the
 // originals exist beside their copies, with \Deleted, which is what a
-// client doing COPY + STORE + UID EXPUNGE itself would show.
+// client doing COPY + STORE + UID EXPUNGE itself would show. The proxy's
+// own MOVEs out of one mailbox run one at a time, so that two devices
+// moving the same message do not both copy it (the second finds it gone);
+// against a client connected to the upstream directly that moves the
+// same message at the same moment, nothing in IMAP4rev1 and UIDPLUS can
+// keep both from copying it.
 func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 	s := x.Session()
 	m := s.Mailbox()
@@ -41,6 +47,9 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 		s.Logger().Warn("synthesized MOVE failed", "err", err)
 		return x.Reply("NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 	}
+	mu := &e.moving[maphash.String(e.seed, s.UpstreamAccount().Name+"\x00"+m.Name())%uint64(len(e.moving))]
+	mu.Lock()
+	defer mu.Unlock()
 	// The set resolved first: a message that arrives in a range such as
 	// 5:* after the COPY must not be flagged and expunged uncopied.
 	src, err := existing(ctx, s, c.set)
@@ -101,12 +110,8 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 		}
 		copied.add(i, resp.Head)
 		e.at("move:copied")
-		for _, cmd := range []string{`UID STORE %s +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE %s"} {
-			for _, set := range sets {
-				if _, err := s.Exec(ctx, fmt.Sprintf(cmd, set), nil); err != nil {
-					return stop(func() error { return e.incomplete(x, err) })
-				}
-			}
+		if err := e.removeOriginals(ctx, s, view, sets); err != nil {
+			return stop(func() error { return e.incomplete(x, err) })
 		}
 	}
 	if err := copied.write(s); err != nil {
@@ -115,6 +120,64 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 	e.moves.Add(1)
 	return x.Reply("OK", "", "Move completed.")
 }
+
+// removeOriginals flags and expunges the originals of a batch once
+// copied (sets, UID sets of view's messages). A failure (the connection
+// lost between the STORE and the EXPUNGE) is tried once more, on another
+// connection: the copies exist, so finishing is the better outcome. If
+// that fails too, the \Deleted the STORE set is taken back from the
+// messages that did not have it as far as the proxy's state knows, so that
+// the NO the client gets leaves them as they were (RFC 6851 3.3) instead of
+// expunged by the next EXPUNGE or CLOSE of any client.
+func (e *Extension) removeOriginals(ctx context.Context, s *proxy.Session, view []uint32, sets []string) error {
+	var undo []uint32
+	if m := s.Mailbox(); m != nil {
+		for _, set := range sets {
+			ranges, err := imapcodec.ParseUIDSet(set)
+			if err != nil {
+				continue
+			}
+			for _, u := range view {
+				if !ranges.Contains(imap.UID(u)) {
+					continue
+				}
+				if f, _, ok := m.State().Flags(u); ok && !slices.ContainsFunc(f, isDeleted) {
+					undo = append(undo, u)
+				}
+			}
+		}
+	}
+	var err error
+	for try := 0; try < 2; try++ {
+		if err = flagAndExpunge(ctx, s, sets); err == nil {
+			return nil
+		}
+		e.at("move:retry")
+	}
+	if len(undo) > 0 {
+		for _, set := range uidset.Batches(uidset.Compact(view, undo)) {
+			if _, uerr := s.Exec(ctx, "UID STORE "+set+` -FLAGS.SILENT (\Deleted)`, nil); uerr != nil {
+				s.Logger().Warn("synthesized MOVE: could not take back \\Deleted from the originals", "err", uerr)
+			}
+		}
+	}
+	return err
+}
+
+// flagAndExpunge sets \Deleted on sets' messages and expunges exactly them.
+func flagAndExpunge(ctx context.Context, s *proxy.Session, sets []string) error {
+	for _, cmd := range []string{`UID STORE %s +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE %s"} {
+		for _, set := range sets {
+			if _, err := s.Exec(ctx, fmt.Sprintf(cmd, set), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// isDeleted reports whether a flag is \Deleted.
+func isDeleted(f string) bool { return strings.EqualFold(f, `\Deleted`) }
 
 // incomplete answers a MOVE whose copies exist but whose originals could
 // not be removed: NO, so the client does not believe them gone (it may

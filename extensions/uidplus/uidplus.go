@@ -76,7 +76,9 @@ package uidplus
 
 import (
 	"context"
+	"hash/maphash"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -92,10 +94,15 @@ type Extension struct {
 	// hook, for tests, is called at the named points of a command, so
 	// that a test can interleave another client's change there.
 	hook func(point string)
+	// moving serialises the synthesized MOVEs out of one mailbox
+	// (striped by account and mailbox; serveMove): two at once could
+	// both copy a message before either expunged it.
+	moving [64]sync.Mutex
+	seed   maphash.Seed
 }
 
 // New returns the extension.
-func New() *Extension { return &Extension{} }
+func New() *Extension { return &Extension{seed: maphash.MakeSeed()} }
 
 func (*Extension) Name() string { return "uidplus" }
 

@@ -1,0 +1,126 @@
+package uidplus_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/faultnet"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// moveEnv starts Dovecot's legacy profile (UIDPLUS, no MOVE) with alice's
+// INBOX holding inbox-1..inbox-n and meeting holding meeting-1, and the
+// proxy with uidplus in front of it, at addr (Dovecot's own, or a relay's).
+func moveEnv(t *testing.T, n int, relay func(addr string) string) (*dovecottest.Server, *uidplus.Extension, *imaptest.Proxy) {
+	t.Helper()
+	srv := dovecottest.Start(t, dovecottest.Legacy)
+	for i := range n {
+		srv.Append(t, "alice", "alicepass", "INBOX", nil, msg(fmt.Sprintf("inbox-%d", i+1)))
+	}
+	srv.Append(t, "alice", "alicepass", "meeting", nil, msg("meeting-1"))
+	addr := srv.Addr
+	if relay != nil {
+		addr = relay(addr)
+	}
+	ext := uidplus.New()
+	px := imaptest.StartProxy(t, addr, proxy.Config{Extensions: []proxy.Extension{ext, condstore.New()}})
+	return srv, ext, px
+}
+
+// countID counts the messages of mailbox whose Message-ID is id, directly
+// on Dovecot.
+func countID(t *testing.T, srv *dovecottest.Server, mailbox, id string) int {
+	t.Helper()
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	defer d.Close()
+	d.MustOK("EXAMINE " + mailbox)
+	n := 0
+	for _, l := range d.MustOK("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])") {
+		if strings.Contains(l, "<"+id+"@example>") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestConcurrentMovesOnce: two sessions of one account, both through the
+// proxy, move the same message at the same moment (two devices applying
+// the same rule). A MOVE is atomic (RFC 6851 3.3; Dovecot's own moves a
+// message once): it must end up in the target once. The synthesized MOVE
+// copies first and expunges after, and the second session's MOVE, run
+// between the first one's COPY and its STORE, copied it again (a
+// reviewer's finding); the proxy's MOVEs out of a mailbox now take turns,
+// and the second finds nothing to move.
+func TestConcurrentMovesOnce(t *testing.T) {
+	srv, ext, px := moveEnv(t, 3, nil)
+	a := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	b := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	a.MustOK("SELECT INBOX")
+	b.MustOK("SELECT INBOX")
+	fired, answered := false, false
+	var bLines []string
+	uidplus.SetHook(ext, func(p string) {
+		if p != "move:copied" || fired {
+			return
+		}
+		fired = true
+		// B's MOVE gets half a second inside A's, between its COPY and
+		// its STORE: time to copy the message again, unless it waits
+		// for A's turn to end.
+		b.Send("b1 UID MOVE 2 meeting")
+		for !answered {
+			l, err := b.TryReadLine(500 * time.Millisecond)
+			if err != nil {
+				break
+			}
+			bLines = append(bLines, l)
+			answered = strings.HasPrefix(l, "b1 ")
+		}
+	})
+	a.MustOK("UID MOVE 2 meeting")
+	if !answered {
+		bLines = append(bLines, b.ReadUntilTagged("b1")...)
+	}
+	if got := imaptest.Tagged(bLines); !strings.HasPrefix(got, "OK") {
+		t.Errorf("the second MOVE: %q", bLines)
+	}
+	uidplus.SetHook(ext, nil)
+	if n := countID(t, srv, "meeting", "inbox-2"); n != 1 {
+		t.Errorf("meeting holds %d copies of inbox-2 after two concurrent MOVEs of it, want 1", n)
+	}
+	if n := countID(t, srv, "INBOX", "inbox-2"); n != 0 {
+		t.Errorf("INBOX still holds inbox-2 %d times", n)
+	}
+}
+
+// TestMoveLostExpungeLeavesNoDeleted: the upstream connection breaks
+// after the synthesized MOVE's STORE +FLAGS (\Deleted) and before its
+// UID EXPUNGE reaches Dovecot. The client was answered NO ("copied but
+// could not be removed") while the original kept a \Deleted nobody asked
+// for (the next EXPUNGE or CLOSE of any client removed it) beside its
+// copy (a reviewer's finding). The EXPUNGE is now tried again on another
+// connection, which finishes the MOVE; had that failed too, the \Deleted
+// would be taken back before the NO.
+func TestMoveLostExpungeLeavesNoDeleted(t *testing.T) {
+	var fn *faultnet.Relay
+	srv, _, px := moveEnv(t, 3, func(addr string) string {
+		fn = faultnet.Start(t, addr)
+		return fn.Addr()
+	})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.MustOK("SELECT INBOX")
+	fn.Add(faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut})
+	lines := c.Cmd("UID MOVE 2 meeting")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK") {
+		t.Errorf("MOVE whose first UID EXPUNGE was cut: %q, want it finished on another connection", lines)
+	}
+	if n, m := countID(t, srv, "INBOX", "inbox-2"), countID(t, srv, "meeting", "inbox-2"); n != 0 || m != 1 {
+		t.Errorf("inbox-2 %d times in INBOX and %d in meeting, want 0 and 1", n, m)
+	}
+}
