@@ -245,3 +245,43 @@ func ExpandNumSet(s string, limit int) ([]uint32, error) {
 	}
 	return out, nil
 }
+
+// InlineLiteralsOnly reports whether every line break in cmd, a command
+// written whole (tag, arguments and the literals inline, without its
+// final CRLF), ends a non-synchronising literal's header ("{n+}" or
+// "~{n+}") whose n bytes follow, and cmd does not end in a literal's
+// header. A command written so can be sent at once; one with any other CR
+// or LF would have its rest taken for further commands, or wait for a
+// continuation nobody reads.
+func InlineLiteralsOnly(cmd string) bool {
+	for i := 0; i < len(cmd); i++ {
+		switch cmd[i] {
+		case '\n':
+			return false
+		case '\r':
+		default:
+			continue
+		}
+		if i+1 >= len(cmd) || cmd[i+1] != '\n' || !strings.HasSuffix(cmd[:i], "+}") {
+			return false
+		}
+		open := strings.LastIndexByte(cmd[:i], '{')
+		if open < 0 {
+			return false
+		}
+		n, err := strconv.ParseInt(cmd[open+1:i-2], 10, 64)
+		if err != nil || n < 0 || n > int64(len(cmd)-(i+2)) || cmd[open+1] == '+' || cmd[open+1] == '-' {
+			return false
+		}
+		i += 1 + int(n) // past LF and the literal's bytes
+	}
+	// Nor may it end in a literal's header, which would take the final
+	// CRLF for its own.
+	if open := strings.LastIndexByte(cmd, '{'); open >= 0 && strings.HasSuffix(cmd, "}") {
+		digits := strings.TrimSuffix(cmd[open+1:len(cmd)-1], "+")
+		if _, err := strconv.ParseUint(digits, 10, 64); err == nil {
+			return false
+		}
+	}
+	return true
+}

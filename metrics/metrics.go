@@ -381,9 +381,22 @@ func (m *Metrics) Handler() http.Handler {
 	return mux
 }
 
-// Serve serves Handler on ln until ctx ends.
+// idleTimeout closes a keep-alive connection to the metrics server that
+// stays silent between requests: without it each one a client opened and
+// left held a descriptor and a goroutine for good. A variable for tests.
+var idleTimeout = 60 * time.Second
+
+// Serve serves Handler on ln until ctx ends. Every phase of a connection
+// has a deadline: its request's header (10 s), the whole request (30 s),
+// the answer (30 s), and the wait for the next request (idleTimeout).
 func (m *Metrics) Serve(ctx context.Context, ln net.Listener, log *slog.Logger) error {
-	hs := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{
+		Handler:           m.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       idleTimeout,
+	}
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -1,8 +1,13 @@
 package metrics_test
 
 import (
+	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -234,5 +239,43 @@ func TestCompressMetrics(t *testing.T) {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// TestIdleKeepAliveClosed: after one request, a keep-alive connection to
+// the metrics endpoint was kept for ever (ReadHeaderTimeout only bounds a
+// request once its first byte came; there was no IdleTimeout): a client
+// opening many and going quiet held a descriptor and a goroutine each,
+// without bound (a reviewer's finding). It is closed after the idle
+// timeout (here shortened to 200 ms).
+func TestIdleKeepAliveClosed(t *testing.T) {
+	defer metrics.SetIdleTimeout(200 * time.Millisecond)()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		metrics.New().Serve(ctx, ln, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err = br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("an idle keep-alive connection 5 s after its request: %v, want it closed (EOF)", err)
 	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"context"
 	"errors"
 	"strings"
@@ -230,6 +231,12 @@ func (ms *MailboxService) Refresh(ctx context.Context, a Account, name string, c
 // ask itself. A returned error that wraps ErrClientGone means the client
 // is gone.
 func (s *Session) Relay(ctx context.Context, command string) error {
+	if !imapcodec.InlineLiteralsOnly(command) {
+		// Written whole, without waiting for a continuation: a line
+		// break outside a non-synchronising literal would send the rest
+		// as commands of their own (a client's value in the command).
+		return fmt.Errorf("proxy: %q: a line break outside a non-synchronising literal", truncate(command))
+	}
 	cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: []byte("proxy " + command)}}, s.cfg.Limits)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"bufio"
 	"context"
 	"errors"
@@ -289,6 +290,14 @@ func (s *Session) relayWhole(ctx context.Context, x *Exchange) error {
 // when the session must end.
 func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.ResponseHead, error) {
 	tag, segs := x.Tag, x.Segments
+	if !oneLineEach(segs) {
+		// A rewriter wrote a literal into a line (a value read from
+		// the client's literal, written back as {n}CRLF...): sent so,
+		// its data would reach the upstream as commands of their own.
+		s.log.Warn("refusing a command whose rewritten form holds a line break", "command", x.Name)
+		x.answered, x.status = true, "BAD"
+		return imapcodec.ResponseHead{}, s.WriteStatus(tag, "BAD", "", "Error in IMAP command "+x.Name+": a literal is not supported there.")
+	}
 	upTag := up.NextTag()
 	w := up.Writer()
 	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
@@ -334,6 +343,17 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 		return head, s.relayFailed(tag, err)
 	}
 	return head, nil
+}
+
+// oneLineEach reports whether no segment's text holds CR or LF: a
+// segment is one line, its literal apart.
+func oneLineEach(segs []imapcodec.Segment) bool {
+	for _, seg := range segs {
+		if bytes.ContainsAny(seg.Text, "\r\n") {
+			return false
+		}
+	}
+	return true
 }
 
 // relayResponses relays upstream responses to the client until the tagged

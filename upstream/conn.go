@@ -424,6 +424,13 @@ func (c *Conn) Exec(ctx context.Context, cmd string, onUntagged func(*Response))
 	if c.broken {
 		return nil, ErrClosed
 	}
+	if !imapcodec.InlineLiteralsOnly(cmd) {
+		// Exec sends a command whole, without waiting for a
+		// continuation: a line break other than a non-synchronising
+		// literal's would make the rest a command of its own (a client's
+		// value written into the proxy's command).
+		return nil, fmt.Errorf("upstream: %s: a line break outside a non-synchronising literal", verb(cmd))
+	}
 	defer c.watch(ctx)()
 	tag := c.NextTag()
 	w := c.Writer()

@@ -150,6 +150,17 @@ type group struct {
 	fetchAtts                                  imapcodec.List // MessageNew's, selected only
 }
 
+// hasLiteral reports whether v holds a string sent as a literal.
+func hasLiteral(v imapcodec.Value) bool {
+	switch v := v.(type) {
+	case imapcodec.String:
+		return v.Literal
+	case imapcodec.List:
+		return slices.ContainsFunc(v, hasLiteral)
+	}
+	return false
+}
+
 func (g *group) selected() bool { return g.filter == fSelected || g.filter == fSelectedDelayed }
 
 // state is a session's NOTIFY state.
@@ -341,6 +352,11 @@ func parseGroup(l imapcodec.List) (*group, error) {
 				if atts, ok := evs[i+1].(imapcodec.List); ok {
 					if !g.selected() {
 						return nil, errors.New("MessageNew fetch attributes are only allowed for the selected mailbox")
+					}
+					if hasLiteral(atts) {
+						// They go upstream in the proxy's own FETCH,
+						// written on one line (fetchNew).
+						return nil, errors.New("MessageNew fetch attributes cannot hold a literal")
 					}
 					g.fetchAtts = atts
 					i++

@@ -1,6 +1,7 @@
 package notify_test
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -519,4 +520,17 @@ func TestRenamedWithNewMail(t *testing.T) {
 	c.MustOK("APPEND bar {7+}\r\nSubj: 2")
 	e.login(t, "alice").MustOK("CREATE poke")
 	expectAll(t, a, `* LIST () "/" bar ("OLDNAME" (foo))`, `* LIST () "/" poke`, "* STATUS bar (MESSAGES 2 UIDNEXT 3 UNSEEN 2)")
+}
+
+// TestFetchAttsLiteralRefused: MessageNew's fetch attributes go upstream in
+// the proxy's own UID FETCH, written on one line: a literal among them was
+// written as a synchronising literal nobody waited for, and its data ran
+// upstream as a command (a reviewer's finding). NOTIFY SET refuses it.
+func TestFetchAttsLiteralRefused(t *testing.T) {
+	e := newEnv(t, notify.Config{})
+	a := e.login(t, "alice")
+	a.MustOK("SELECT INBOX")
+	data := "x1 CREATE Smuggled"
+	a.Write(fmt.Sprintf("n1 NOTIFY SET (selected (MessageNew (UID X {%d+}\r\n%s) MessageExpunge))\r\n", len(data), data))
+	a.Expect("n1 BAD Error in NOTIFY: MessageNew fetch attributes cannot hold a literal.")
 }
