@@ -29,6 +29,9 @@ func TestInlineLiteralsOnly(t *testing.T) {
 		{`SELECT {0}`, false}, // the final CRLF would be the literal's
 		{`SELECT {3+}`, false},
 		{`SELECT {x}`, true},
+		{`UID SEARCH SUBJECT {4+}` + "\r\n" + `{12}`, true}, // data, not a header
+		{`UID SEARCH SUBJECT {4+}` + "\r\n" + `{12} {3}`, false},
+		{"{2+}\r\n0{0+}\r\n00000", false}, // the second "{" is data
 	} {
 		if got := InlineLiteralsOnly(tc.cmd); got != tc.want {
 			t.Errorf("InlineLiteralsOnly(%q) = %v, want %v", tc.cmd, got, tc.want)

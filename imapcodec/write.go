@@ -254,6 +254,7 @@ func ExpandNumSet(s string, limit int) ([]uint32, error) {
 // or LF would have its rest taken for further commands, or wait for a
 // continuation nobody reads.
 func InlineLiteralsOnly(cmd string) bool {
+	end := 0 // where the text after the last literal's data starts
 	for i := 0; i < len(cmd); i++ {
 		switch cmd[i] {
 		case '\n':
@@ -266,7 +267,7 @@ func InlineLiteralsOnly(cmd string) bool {
 			return false
 		}
 		open := strings.LastIndexByte(cmd[:i], '{')
-		if open < 0 {
+		if open < end { // none, or one in the last literal's data
 			return false
 		}
 		n, err := strconv.ParseInt(cmd[open+1:i-2], 10, 64)
@@ -274,10 +275,11 @@ func InlineLiteralsOnly(cmd string) bool {
 			return false
 		}
 		i += 1 + int(n) // past LF and the literal's bytes
+		end = i + 1
 	}
 	// Nor may it end in a literal's header, which would take the final
-	// CRLF for its own.
-	if open := strings.LastIndexByte(cmd, '{'); open >= 0 && strings.HasSuffix(cmd, "}") {
+	// CRLF for its own (a literal's data that ends so is data).
+	if open := strings.LastIndexByte(cmd, '{'); open >= end && strings.HasSuffix(cmd, "}") {
 		digits := strings.TrimSuffix(cmd[open+1:len(cmd)-1], "+")
 		if _, err := strconv.ParseUint(digits, 10, 64); err == nil {
 			return false

@@ -5,10 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
@@ -43,13 +44,22 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 	if m.ReadOnly() {
 		return x.Reply("NO", "", "The mailbox is read-only.")
 	}
+	arg, ok := mailboxArg(c.mailbox)
+	if !ok {
+		return x.Reply("NO", "", "The mailbox name cannot be used with MOVE here.")
+	}
+	done, err := e.takeTurn(ctx, s.UpstreamAccount().Name+"\x00"+m.Name())
+	if err != nil {
+		return x.Reply("NO", "INUSE", "Another MOVE out of this mailbox is in progress; try again.")
+	}
+	// The turn ends before anything is written to the client, which may
+	// be slow to read.
+	defer done()
 	unavailable := func(err error) error {
+		done()
 		s.Logger().Warn("synthesized MOVE failed", "err", err)
 		return x.Reply("NO", "UNAVAILABLE", "The upstream server is unavailable; try again later.")
 	}
-	mu := &e.moving[maphash.String(e.seed, s.UpstreamAccount().Name+"\x00"+m.Name())%uint64(len(e.moving))]
-	mu.Lock()
-	defer mu.Unlock()
 	// The set resolved first: a message that arrives in a range such as
 	// 5:* after the COPY must not be flagged and expunged uncopied.
 	src, err := existing(ctx, s, c.set)
@@ -57,11 +67,8 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 		return unavailable(err)
 	}
 	if len(src) == 0 {
+		done()
 		return x.Reply("OK", "", "No messages to move.")
-	}
-	arg, ok := mailboxArg(c.mailbox)
-	if !ok {
-		return x.Reply("NO", "", "The mailbox name cannot be used with MOVE here.")
 	}
 	// The resolved set runs over the UIDs expunged between its messages
 	// (uidset.Compact), and may still be too long for one command line
@@ -73,6 +80,7 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 	// stop answers a MOVE that failed in a batch, after the COPYUID of
 	// those that moved before it.
 	stop := func(answer func() error) error {
+		done()
 		if err := copied.write(s); err != nil {
 			return err
 		}
@@ -114,6 +122,7 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 			return stop(func() error { return e.incomplete(x, err) })
 		}
 	}
+	done()
 	if err := copied.write(s); err != nil {
 		return err
 	}
@@ -126,27 +135,25 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 // lost between the STORE and the EXPUNGE) is tried once more, on another
 // connection: the copies exist, so finishing is the better outcome. If
 // that fails too, the \Deleted the STORE set is taken back from the
-// messages that did not have it as far as the proxy's state knows, so that
-// the NO the client gets leaves them as they were (RFC 6851 3.3) instead of
-// expunged by the next EXPUNGE or CLOSE of any client.
+// messages that did not have it upstream just before (read on the
+// connection that stores), so that the NO the client gets leaves them as
+// they were (RFC 6851 3.3) instead of expunged by the next EXPUNGE or
+// CLOSE of any client. A \Deleted another client sets on one of them
+// between the STORE and that undo goes too: the window is the failing
+// MOVE's, and IMAP4rev1 has no conditional STORE to close it.
 func (e *Extension) removeOriginals(ctx context.Context, s *proxy.Session, view []uint32, sets []string) error {
 	var undo []uint32
-	if m := s.Mailbox(); m != nil {
-		for _, set := range sets {
-			ranges, err := imapcodec.ParseUIDSet(set)
-			if err != nil {
-				continue
+	for _, set := range sets {
+		_, err := s.Exec(ctx, "UID FETCH "+set+" (FLAGS)", func(r *upstream.Response) {
+			if uid, flags, ok := parseFlags(r); ok && !slices.ContainsFunc(flags, isDeleted) {
+				undo = append(undo, uid)
 			}
-			for _, u := range view {
-				if !ranges.Contains(imap.UID(u)) {
-					continue
-				}
-				if f, _, ok := m.State().Flags(u); ok && !slices.ContainsFunc(f, isDeleted) {
-					undo = append(undo, u)
-				}
-			}
+		})
+		if err != nil {
+			return err // nothing stored yet: the originals are as they were
 		}
 	}
+	slices.Sort(undo)
 	var err error
 	for try := 0; try < 2; try++ {
 		if err = flagAndExpunge(ctx, s, sets); err == nil {
@@ -162,6 +169,94 @@ func (e *Extension) removeOriginals(ctx context.Context, s *proxy.Session, view 
 		}
 	}
 	return err
+}
+
+// parseFlags reads the UID and the flags of a FETCH response to
+// (FLAGS) in the UID form (which carries the UID).
+func parseFlags(r *upstream.Response) (uid uint32, flags []string, ok bool) {
+	if r.Head.Name != "FETCH" {
+		return 0, nil, false
+	}
+	vals, err := imapcodec.NewParser(r.Segments, imapcodec.Limits{}).Values()
+	if err != nil || len(vals) != 4 {
+		return 0, nil, false
+	}
+	l, isList := vals[3].(imapcodec.List)
+	if !isList {
+		return 0, nil, false
+	}
+	var haveUID, haveFlags bool
+	for i := 0; i+1 < len(l); i += 2 {
+		name, _ := l[i].(imapcodec.Atom)
+		switch strings.ToUpper(string(name)) {
+		case "UID":
+			a, _ := l[i+1].(imapcodec.Atom)
+			n, err := strconv.ParseUint(string(a), 10, 32)
+			uid, haveUID = uint32(n), err == nil
+		case "FLAGS":
+			fl, isList := l[i+1].(imapcodec.List)
+			if !isList {
+				return 0, nil, false
+			}
+			for _, f := range fl {
+				if a, isAtom := f.(imapcodec.Atom); isAtom {
+					flags = append(flags, string(a))
+				}
+			}
+			haveFlags = true
+		}
+	}
+	return uid, flags, haveUID && haveFlags
+}
+
+// moveTurn is one mailbox's turn for synthesized MOVEs: a one-slot
+// channel, and how many MOVEs hold or wait for it.
+type moveTurn struct {
+	slot    chan struct{}
+	waiting int
+}
+
+// moveWait bounds how long a MOVE waits for another out of the same
+// mailbox (itself bounded by its upstream round trips).
+const moveWait = time.Minute
+
+// takeTurn waits for the turn of key (account NUL mailbox) and returns the
+// function that ends it (safe to call more than once). It gives up when
+// ctx ends or after moveWait.
+func (e *Extension) takeTurn(ctx context.Context, key string) (func(), error) {
+	e.movingMu.Lock()
+	t := e.moving[key]
+	if t == nil {
+		t = &moveTurn{slot: make(chan struct{}, 1)}
+		e.moving[key] = t
+	}
+	t.waiting++
+	e.movingMu.Unlock()
+	leave := func() {
+		e.movingMu.Lock()
+		if t.waiting--; t.waiting == 0 {
+			delete(e.moving, key)
+		}
+		e.movingMu.Unlock()
+	}
+	timer := time.NewTimer(moveWait)
+	defer timer.Stop()
+	select {
+	case t.slot <- struct{}{}:
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	case <-timer.C:
+		leave()
+		return nil, errors.New("uidplus: waited too long for another MOVE")
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			<-t.slot
+			leave()
+		})
+	}, nil
 }
 
 // flagAndExpunge sets \Deleted on sets' messages and expunges exactly them.

@@ -124,3 +124,111 @@ func TestMoveLostExpungeLeavesNoDeleted(t *testing.T) {
 		t.Errorf("inbox-2 %d times in INBOX and %d in meeting, want 0 and 1", n, m)
 	}
 }
+
+// flagsOn returns the FETCH line (FLAGS and Message-ID) of the message of
+// mailbox whose Message-ID is id, read directly on Dovecot.
+func flagsOn(t *testing.T, srv *dovecottest.Server, mailbox, id string) string {
+	t.Helper()
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	defer d.Close()
+	d.MustOK("EXAMINE " + mailbox)
+	for _, l := range d.MustOK("UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])") {
+		if strings.Contains(l, "<"+id+"@example>") {
+			return l
+		}
+	}
+	return "(not found)"
+}
+
+// TestMoveUndoKeepsEarlierDeleted: a MOVE whose STORE and EXPUNGE fail on
+// both tries takes back \Deleted only from the originals that lacked it
+// upstream just before its STORE. A client connected to Dovecot directly
+// set \Deleted on the original after the MOVE's COPY: the first undo,
+// which went by the proxy's state (it had not seen that change yet), took
+// it away (a reviewer's finding).
+func TestMoveUndoKeepsEarlierDeleted(t *testing.T) {
+	var fn *faultnet.Relay
+	srv, ext, px := moveEnv(t, 3, func(addr string) string {
+		fn = faultnet.Start(t, addr)
+		return fn.Addr()
+	})
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	d.MustOK("SELECT INBOX")
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.MustOK("SELECT INBOX")
+	cut := faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
+	fn.Add(cut)
+	retries := 0
+	uidplus.SetHook(ext, func(p string) {
+		switch p {
+		case "move:copied":
+			d.MustOK(`UID STORE 2 +FLAGS (\Deleted)`)
+		case "move:retry":
+			if retries++; retries == 1 {
+				fn.Add(cut)
+			}
+		}
+	})
+	defer uidplus.SetHook(ext, nil)
+	lines := c.Cmd("UID MOVE 2 meeting")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "NO") || retries != 2 {
+		t.Fatalf("setup: MOVE %q after %d tries, want NO after 2", lines, retries)
+	}
+	if f := flagsOn(t, srv, "INBOX", "inbox-2"); !strings.Contains(f, `\Deleted`) {
+		t.Errorf("inbox-2, \\Deleted by a direct client before the MOVE's STORE, after the failed MOVE's undo: %q", f)
+	}
+	// And the undo itself: without that client, the original loses the
+	// \Deleted the failed MOVE set.
+	retries = 0
+	uidplus.SetHook(ext, func(p string) {
+		if p == "move:retry" {
+			if retries++; retries == 1 {
+				fn.Add(cut)
+			}
+		}
+	})
+	fn.Add(cut)
+	if got := imaptest.Tagged(c.Cmd("UID MOVE 3 meeting")); !strings.HasPrefix(got, "NO") {
+		t.Fatalf("setup: second MOVE %q", got)
+	}
+	if f := flagsOn(t, srv, "INBOX", "inbox-3"); strings.Contains(f, `\Deleted`) {
+		t.Errorf("inbox-3 after a failed MOVE: %q, want its \\Deleted taken back", f)
+	}
+}
+
+// TestMoveTurnsPerMailbox: MOVEs take turns per mailbox, not more widely:
+// a MOVE out of one mailbox whose upstream is slow to answer does not hold
+// up a MOVE out of another (the first version's locks were striped over 64
+// mutexes, so 1 pair in 64 waited, across accounts too: a reviewer's
+// finding).
+func TestMoveTurnsPerMailbox(t *testing.T) {
+	var fn *faultnet.Relay
+	srv, _, px := moveEnv(t, 3, func(addr string) string {
+		fn = faultnet.Start(t, addr)
+		return fn.Addr()
+	})
+	srv.Append(t, "alice", "alicepass", "other", nil, msg("other-1"))
+	a := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	b := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	a.MustOK("SELECT INBOX")
+	b.MustOK("SELECT other")
+	h := fn.Add(faultnet.Fault{Match: []byte("UID COPY"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
+	defer h.Release()
+	a.Send("a1 UID MOVE 1 meeting")
+	select {
+	case <-h.Fired():
+	case <-time.After(5 * time.Second):
+		t.Fatal("setup: the COPY was not held")
+	}
+	start := time.Now()
+	lines := b.Cmd("UID MOVE 1 meeting")
+	took := time.Since(start)
+	h.Release()
+	a.ReadUntilTagged("a1")
+	if !strings.HasPrefix(imaptest.Tagged(lines), "OK") {
+		t.Errorf("MOVE out of other: %q", lines)
+	}
+	if took > 2*time.Second {
+		t.Errorf("MOVE out of other took %v: it waited for a slow MOVE out of INBOX", took)
+	}
+}

@@ -76,7 +76,6 @@ package uidplus
 
 import (
 	"context"
-	"hash/maphash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,15 +93,16 @@ type Extension struct {
 	// hook, for tests, is called at the named points of a command, so
 	// that a test can interleave another client's change there.
 	hook func(point string)
-	// moving serialises the synthesized MOVEs out of one mailbox
-	// (striped by account and mailbox; serveMove): two at once could
-	// both copy a message before either expunged it.
-	moving [64]sync.Mutex
-	seed   maphash.Seed
+	// moving serialises the synthesized MOVEs out of one mailbox of one
+	// account (serveMove): two at once could both copy a message before
+	// either expunged it. An entry lives while a MOVE holds or waits for
+	// it.
+	movingMu sync.Mutex
+	moving   map[string]*moveTurn
 }
 
 // New returns the extension.
-func New() *Extension { return &Extension{seed: maphash.MakeSeed()} }
+func New() *Extension { return &Extension{moving: map[string]*moveTurn{}} }
 
 func (*Extension) Name() string { return "uidplus" }
 
