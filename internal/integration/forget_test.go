@@ -30,16 +30,7 @@ func TestStatesOfGoneMailboxesDropped(t *testing.T) {
 	dc.FillMailbox(t, "alice", "big0", n, func(i int) []byte {
 		return []byte(fmt.Sprintf("Subject: m%d\r\n\r\nx\r\n", i))
 	})
-	store, err := statestore.OpenBolt(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	addr, _ := startProxy(t, dc.Addr, func(c *proxy.Config) {
-		c.Extensions = []proxy.Extension{idle.New(), condstore.New()}
-		c.Hub.Store = store
-		c.Hub.Grace = time.Nanosecond // a watcher stops as its last session leaves
-	})
+	addr, store := startForgetting(t, dc)
 	c := imaptest.Login(t, addr, "alice", "alicepass")
 	m := regexp.MustCompile(`^\* LIST \([^)]*\) "(.)"`).FindStringSubmatch(c.MustOK(`LIST "" ""`)[0])
 	if m == nil {
@@ -120,16 +111,7 @@ func waitStates(t *testing.T, store statestore.Store, want string) {
 // [UNAVAILABLE] for every command.
 func TestStatesOfMailboxesDeletedOutsideDropped(t *testing.T) {
 	dc := dovecottest.Start(t, dovecottest.Full)
-	store, err := statestore.OpenBolt(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	addr, _ := startProxy(t, dc.Addr, func(c *proxy.Config) {
-		c.Extensions = []proxy.Extension{idle.New(), condstore.New()}
-		c.Hub.Store = store
-		c.Hub.Grace = time.Nanosecond
-	})
+	addr, store := startForgetting(t, dc)
 	c := imaptest.Login(t, addr, "alice", "alicepass")
 	d := imaptest.Login(t, dc.Addr, "alice", "alicepass")
 	for _, m := range []string{"keep", "out1", "out2"} {
@@ -167,4 +149,21 @@ func TestStatesOfMailboxesDeletedOutsideDropped(t *testing.T) {
 	}
 	noopUntil(t, w, byeGone)
 	waitStates(t, store, "keep")
+}
+
+// startForgetting starts the proxy in front of dc with IDLE, CONDSTORE and
+// a bbolt state store, whose watchers stop as their last session leaves.
+func startForgetting(t *testing.T, dc *dovecottest.Server) (string, statestore.Store) {
+	t.Helper()
+	store, err := statestore.OpenBolt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	addr, _ := startProxy(t, dc.Addr, func(c *proxy.Config) {
+		c.Extensions = []proxy.Extension{idle.New(), condstore.New()}
+		c.Hub.Store = store
+		c.Hub.Grace = time.Nanosecond // a watcher stops as its last session leaves
+	})
+	return addr, store
 }
