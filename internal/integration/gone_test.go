@@ -53,11 +53,7 @@ func TestDeleteCreateThroughProxy(t *testing.T) {
 	c.MustOK("DELETE life")
 	waitWatchers(t, srv, 1) // life's watcher reconnects, finds it gone and leaves: INBOX's stays
 	c.MustOK("CREATE life")
-	c.MustOK("SELECT life")
-	if slices.Contains(c.MustOK("APPEND life {7+}\r\nSubj: m"), "* 1 EXISTS") {
-		return // told with the APPEND's answer
-	}
-	noopUntil(t, c, "* 1 EXISTS")
+	appendHeard(t, c, "* 1 EXISTS")
 }
 
 // TestRenameBackThroughProxy: a client renames a mailbox away and back
@@ -73,11 +69,7 @@ func TestRenameBackThroughProxy(t *testing.T) {
 	c.MustOK("RENAME life other")
 	waitWatchers(t, srv, 1) // life's watcher finds it gone and leaves
 	c.MustOK("RENAME other life")
-	c.MustOK("SELECT life")
-	if slices.Contains(c.MustOK("APPEND life {7+}\r\nSubj: m"), "* 2 EXISTS") {
-		return // told with the APPEND's answer
-	}
-	noopUntil(t, c, "* 2 EXISTS")
+	appendHeard(t, c, "* 2 EXISTS")
 }
 
 // TestGoneWildcardName: a mailbox whose name holds a LIST wildcard is
@@ -104,6 +96,17 @@ func goneName(t *testing.T, name string) {
 func waitWatchers(t *testing.T, srv *proxy.Server, n int) {
 	t.Helper()
 	imaptest.WaitFor(t, fmt.Sprintf("%d mailbox watchers", n), func() bool { return srv.Stats().Watchers == n })
+}
+
+// appendHeard selects life, appends to it and waits for want, the EXISTS
+// of the new message, with the APPEND's answer or at a NOOP after it.
+func appendHeard(t *testing.T, c *imaptest.Client, want string) {
+	t.Helper()
+	c.MustOK("SELECT life")
+	if slices.Contains(c.MustOK("APPEND life {7+}\r\nSubj: m"), want) {
+		return
+	}
+	noopUntil(t, c, want)
 }
 
 // byeGone is how the proxy ends a session whose mailbox is gone.
