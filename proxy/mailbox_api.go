@@ -50,6 +50,14 @@ func (m *Mailbox) SeqOf(uid uint32) uint32 { return m.m.view.seqOf(uid) }
 // UIDOf returns the UID of the client's sequence number seq, or 0.
 func (m *Mailbox) UIDOf(seq uint32) uint32 { return m.m.view.uidOf(seq) }
 
+// AnnounceFlags returns the FLAGS response the client must get before a
+// FETCH response showing flags when one of them is a keyword it was not
+// told of (RFC 3501 7.2.6), and counts it as told; nil otherwise. For
+// extensions that write FETCH responses of their own, with the state's
+// flags: the mailbox's FLAGS response came from the upstream, which may
+// not have had a keyword another session created since.
+func (m *Mailbox) AnnounceFlags(flags []string) []byte { return m.m.newKeywords(flags) }
+
 // ModSeq returns the mod-sequence up to which the client has been told of
 // every change.
 func (m *Mailbox) ModSeq() uint64 { return m.m.pos }

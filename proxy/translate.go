@@ -695,11 +695,6 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	if hasFlags && untidy([]byte(flags)) {
 		flags = tidyList(flags)
 	}
-	if hasFlags {
-		if kw := m.newKeywords(strings.Fields(flags)); kw != nil {
-			s.Write(kw) // before this FETCH (RFC 3501 7.2.6)
-		}
-	}
 	// told: the client learns uid's flags from this answer (noteFlags
 	// below), or knows them already. A silent STORE's answers show no
 	// flags: told only where the client's own store explains them
@@ -770,6 +765,15 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	}
 	if x != nil && told {
 		x.noteFlags(uid, flags)
+	}
+	if hasFlags && (t == nil || !t.silent) {
+		// The flags as they go out, the state's where they replaced
+		// the upstream's: a keyword only the state has (another
+		// session created it while this answer was on its way) is
+		// announced too.
+		if kw := m.newKeywords(strings.Fields(flags)); kw != nil {
+			s.Write(kw) // before this FETCH (RFC 3501 7.2.6)
+		}
 	}
 	if t != nil && t.silent {
 		if len(items) == 0 {

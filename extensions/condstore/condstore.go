@@ -352,6 +352,7 @@ func resync(b []byte, m *proxy.Mailbox, q *qresyncParams) []byte {
 		b = append(b, "\r\n"...)
 	}
 	for _, f := range fetches {
+		b = append(b, m.AnnounceFlags(f.flags)...)
 		b = fmt.Appendf(b, "* %d FETCH (UID %d FLAGS (%s) MODSEQ (%d))\r\n", f.seq, f.uid, strings.Join(f.flags, " "), f.modseq)
 	}
 	return b

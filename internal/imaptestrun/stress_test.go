@@ -212,16 +212,37 @@ func runStress(t *testing.T, bin, mbox string, dc *dovecottest.Server, addr, use
 	return r
 }
 
+// stateNames finds the state names in imaptest's output: the first line
+// followed by a line of as many percentages ("100%  50% ..."). It is
+// usually the first line, but the errors imaptest finds while it starts
+// ("Error: ...") come before it.
+func stateNames(out string) []string {
+	lines := strings.Split(out, "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, pcts := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || len(pcts) != len(names) {
+			continue
+		}
+		all := true
+		for _, p := range pcts {
+			all = all && strings.HasSuffix(p, "%")
+		}
+		if all {
+			return names
+		}
+	}
+	return nil
+}
+
 // parseResults reads imaptest's output= file: a header, then a line a
 // second with three numbers per state shown: commands done, commands
 // timed, their msecs. The header names every state, also those the run
 // does not use (COPY without a second mailbox), so the states come from
-// the first line of imaptest's own output instead, which names those
-// shown ("Logi List Stat Sele ...").
+// imaptest's own output instead, which names those shown ("Logi List
+// Stat Sele ...", stateNames).
 func parseResults(t *testing.T, path string, stdout []byte, r *stressResult) {
 	t.Helper()
-	first, _, _ := strings.Cut(string(stdout), "\n")
-	states := strings.Fields(first)
+	states := stateNames(string(stdout))
 	if len(states) == 0 {
 		t.Fatalf("imaptest printed no state names:\n%s", stdout)
 	}
@@ -475,3 +496,22 @@ func lockWaits(ws []time.Duration) string {
 }
 
 func msecs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// TestStateNames: the state names are found also when imaptest reports an
+// error before printing them (a stress run once ended in "did nothing"
+// because the error line was taken for the names).
+func TestStateNames(t *testing.T) {
+	want := []string{"Logi", "List", "Stat", "Sele"}
+	for _, out := range []string{
+		"Logi List Stat Sele \n100%  50%  50% 100% \n   1 2 3 4  10/ 10\n",
+		"Error: sp-1[15]: Keyword used without being in FLAGS: $Label1: * 1 FETCH (UID 1 FLAGS ($Label1))\n" +
+			"Logi List Stat Sele \n100%  50%  50% 100% \n                  30%\n",
+	} {
+		if got := stateNames(out); !slices.Equal(got, want) {
+			t.Errorf("stateNames(%q) = %q, want %q", out, got, want)
+		}
+	}
+	if got := stateNames("Error: something\n"); got != nil {
+		t.Errorf("stateNames of output without states = %q, want nil", got)
+	}
+}
