@@ -3,6 +3,7 @@ package conformance
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -137,7 +138,10 @@ func (t *T) Mailbox(n int) (string, []uint32, error) {
 	return name, uids, nil
 }
 
-// uids lists the UIDs of a mailbox, using EXAMINE so that nothing changes.
+// uids lists the UIDs of a mailbox in the order of its messages, using
+// EXAMINE so that nothing changes. A SEARCH response lists its numbers in
+// any order; UIDs ascend with sequence numbers (RFC 3501 2.3.1.1), so the
+// sorted UIDs are the messages' order, which scenarios index by.
 func (t *T) uids(c *Client, name string) ([]uint32, error) {
 	if err := mustOK(c, "EXAMINE "+quote(name)); err != nil {
 		return nil, err
@@ -156,6 +160,7 @@ func (t *T) uids(c *Client, name string) ([]uint32, error) {
 	if err := mustOK(c, "CLOSE"); err != nil {
 		return nil, err
 	}
+	slices.Sort(s.Nums)
 	return s.Nums, nil
 }
 

@@ -889,6 +889,10 @@ func expectMissing(c *Client, mailbox string) error {
 }
 
 // sameSet reports whether a and b hold the same numbers, in any order.
+// SEARCH results are compared with it: RFC 3501 (7.2.5) gives the numbers
+// of a SEARCH response no order, and a sequence set (ESEARCH ALL, RFC
+// 4731) is a set, so a server that answers "* SEARCH 4 2" is as right as
+// one that answers "* SEARCH 2 4".
 func sameSet(a, b []uint32) bool {
 	a, b = slices.Clone(a), slices.Clone(b)
 	slices.Sort(a)

@@ -73,7 +73,7 @@ func (d *esearchData) check(tag string, uid bool, want string) error {
 		if k == "ALL" {
 			g, err1 := parseSet(got)
 			e, _ := parseSet(v)
-			if err1 != nil || !slices.Equal(g, e) {
+			if err1 != nil || !sameSet(g, e) {
 				return failf("ESEARCH ALL %s, expected %s", got, v)
 			}
 		} else if got != v {
@@ -279,7 +279,7 @@ func searchres5182() []*Scenario {
 					if err != nil {
 						return err
 					}
-					if !slices.Equal(r.Nums, s.want) {
+					if !sameSet(r.Nums, s.want) {
 						return failf("%s answered %v, expected %v", s.cmd, r.Nums, s.want)
 					}
 				}
@@ -361,7 +361,7 @@ func searchres5182() []*Scenario {
 					if err != nil {
 						return err
 					}
-					if !slices.Equal(r.Nums, s.want) {
+					if !sameSet(r.Nums, s.want) {
 						return failf("after RETURN (%s) $ is %v, expected %v", s.opts, r.Nums, s.want)
 					}
 				}

@@ -2,7 +2,6 @@ package conformance
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -123,7 +122,7 @@ func i18nStep(c *Client, cmd string, want []uint32, strs ...string) error {
 	if err != nil {
 		return failf("%s: %v", res.Cmd, err)
 	}
-	if !slices.Equal(s.Nums, want) {
+	if !sameSet(s.Nums, want) {
 		return failf("%s answered %v, expected %v", res.Cmd, s.Nums, want)
 	}
 	return nil
@@ -217,7 +216,7 @@ func i18nLevel5255() []*Scenario {
 					uid, ok = f[0].UID()
 				}
 				s, serr := search(res.Untagged)
-				if !res.OK() || serr != nil || !ok || !slices.Equal(s.Nums, u32s(uid)) {
+				if !res.OK() || serr != nil || !ok || !sameSet(s.Nums, u32s(uid)) {
 					return failf("%s: expected * SEARCH %d (message 3's UID), got %s / %q", res.Cmd, uid, describe(res.Untagged), status(res))
 				}
 				return nil

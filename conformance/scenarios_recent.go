@@ -151,7 +151,7 @@ func wantSearch(c *Client, who, cmd string, want []uint32) error {
 	if err != nil {
 		return failf("%s: %s: %v", who, cmd, err)
 	}
-	if !slices.Equal(s.Nums, want) {
+	if !sameSet(s.Nums, want) {
 		return failf("%s: %s: expected %s, got %s", who, cmd, fmt.Sprint(want), describe(res.Untagged))
 	}
 	return nil
