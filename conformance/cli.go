@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -23,9 +24,10 @@ const Usage = `lemonproxy conformance -target HOST:PORT -user U -pass P [-user2 
     [-parallel N] [-force-caps "CAP ..."] [-list]`
 
 // Main runs the conformance subcommand with args (after the word
-// "conformance") and returns the exit status: 0 when no scenario failed,
-// 1 when one did or the target could not be tested at all, 2 for bad
-// usage. cmd/lemonproxy calls it.
+// "conformance") and returns the exit status: 0 when every scenario ran
+// and none failed, 1 when one failed, the target could not be tested at
+// all, or the run was stopped (Ctrl-C, SIGTERM) before every scenario ran,
+// 2 for bad usage. cmd/lemonproxy calls it.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("lemonproxy conformance", flag.ContinueOnError)
 	// The flags are printed for -h only; a bad flag's error once, below.
@@ -169,8 +171,17 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		defer f.Close()
 		dst = f
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	// SIGINT and SIGTERM (what CI runners and container stops send) end
+	// the run as Ctrl-C does: the scenarios under way finish and delete
+	// their mailboxes, the others are not run, and the report is written.
+	// Dying on SIGTERM instead would leave the mailboxes on the server. A
+	// second signal kills at once.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	rep, err := Run(ctx, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "lemonproxy conformance:", err)
@@ -183,7 +194,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if out != "" {
 		fmt.Fprintln(stdout, rep.CountLine())
 	}
-	if rep.Failed > 0 {
+	if rep.Failed > 0 || rep.NotRun > 0 {
 		return 1
 	}
 	return 0

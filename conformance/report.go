@@ -44,11 +44,15 @@ func (r *Report) Summary() []RFCSummary {
 }
 
 // CountLine is the closing line: "N passed, M failed" plus ", K skipped"
-// when any were skipped.
+// when any were skipped, and "; interrupted, J not run" when the run was
+// stopped before it ended.
 func (r *Report) CountLine() string {
 	s := fmt.Sprintf("%d passed, %d failed", r.Passed, r.Failed)
 	if r.Skipped > 0 {
 		s += fmt.Sprintf(", %d skipped", r.Skipped)
+	}
+	if r.NotRun > 0 {
+		s += fmt.Sprintf("; interrupted, %d not run", r.NotRun)
 	}
 	return s
 }

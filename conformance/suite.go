@@ -71,6 +71,8 @@ type Result struct {
 	// EventTimeout is set on a NOTIFY scenario that failed because an
 	// event did not come within EventWait.
 	EventTimeout bool `json:"event_timeout,omitempty"`
+	// notRun marks a scenario skipped because the run was stopped first.
+	notRun bool
 }
 
 // Report is the outcome of a run.
@@ -93,6 +95,11 @@ type Report struct {
 	// in seconds.
 	EventTimeouts      int     `json:"event_timeouts,omitempty"`
 	NeededPollInterval float64 `json:"needed_poll_interval_s,omitempty"`
+	// NotRun counts the scenarios skipped because the run was stopped
+	// (its context cancelled: Ctrl-C, SIGTERM) before they began. A report
+	// with NotRun > 0 is incomplete: no failure in it does not mean the
+	// server passed.
+	NotRun int `json:"not_run,omitempty"`
 }
 
 // Failures returns the IDs of the failed scenarios, sorted.
@@ -259,6 +266,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if r.EventTimeout {
 			rep.EventTimeouts++
 		}
+		if r.notRun {
+			rep.NotRun++
+		}
 	}
 	if rep.EventTimeouts > 0 {
 		rep.NeededPollInterval = NeededPollInterval(cfg.EventWait).Seconds()
@@ -346,7 +356,7 @@ func runOne(ctx context.Context, cfg Config, caps map[string]bool, runID string,
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		res.Outcome, res.Reason = Skip, "not run: "+err.Error()
+		res.Outcome, res.Reason, res.notRun = Skip, "not run: "+err.Error(), true
 		return res
 	}
 	t := &T{cfg: cfg, caps: caps, base: fmt.Sprintf("%s-%s-%d", cfg.Prefix, runID, idx), tr: &transcript{}}

@@ -10,9 +10,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/conformance"
 	"github.com/lemonproxy/lemonproxy/internal/memupstream"
 )
 
@@ -269,5 +271,69 @@ func TestConformanceNotifyPollHint(t *testing.T) {
 	run([]string{"conformance", "-h"}, &help, &help)
 	if !strings.Contains(help.String(), "notify-poll-interval") {
 		t.Errorf("-h does not explain the NOTIFY poll interval:\n%s", help.String())
+	}
+}
+
+// confMailboxes lists the mailboxes the conformance suite made (lpconf-…)
+// in the account u on addr.
+func confMailboxes(t *testing.T, addr string) []string {
+	t.Helper()
+	c, err := conformance.Dial(conformance.Endpoint{Addr: addr}, 5*time.Second, nil, "check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if res, err := c.Do(`LOGIN u p`); err != nil || !res.OK() {
+		t.Fatalf("LOGIN: %v", err)
+	}
+	res, err := c.Do(`LIST "" "lpconf*"`)
+	if err != nil || !res.OK() {
+		t.Fatalf("LIST: %v", err)
+	}
+	var names []string
+	for _, r := range res.Untagged {
+		if r.Name == "LIST" {
+			names = append(names, r.Line)
+		}
+	}
+	return names
+}
+
+// TestConformanceSIGTERM: SIGTERM, what a CI runner or a container stop
+// sends, ends the run as Ctrl-C does. The scenario under way finishes and
+// deletes its mailbox, the report is written, and the run, incomplete,
+// exits 1 and says so. Killed by the signal, the suite left its mailboxes
+// on the server and gave CI no report.
+func TestConformanceSIGTERM(t *testing.T) {
+	addr := startConformanceTarget(t)
+	cmd := exec.Command(binary, "conformance", "-target", addr, "-user", "u", "-pass", "p", "-only", `^2177-`, "-timeout", "5s")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Signal while a scenario has a mailbox of its own on the server.
+	deadline := time.Now().Add(20 * time.Second)
+	for len(confMailboxes(t, addr)) == 0 {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("no scenario created a mailbox within 20 s\nstdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("after SIGTERM: %v, want exit status 1\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	if got := lastLine(stdout.String()); !strings.Contains(got, "; interrupted, ") || !strings.HasSuffix(got, " not run") {
+		t.Errorf("last line %q, want the counts and \"; interrupted, N not run\"\n%s", got, stdout.String())
+	}
+	if left := confMailboxes(t, addr); len(left) > 0 {
+		t.Errorf("mailboxes left on the server after SIGTERM: %q", left)
 	}
 }
