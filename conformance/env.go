@@ -31,8 +31,11 @@ type T struct {
 	// Message-IDs of messages this scenario put in the INBOX of -user,
 	// removed at cleanup.
 	inboxMsgs []string
-	k         int
-	note      string
+	// Server metadata entries (RFC 5464, mailbox "") of -user, set to NIL
+	// at cleanup.
+	entries []string
+	k       int
+	note    string
 }
 
 // Note records an observation shown with a passing result (the Lemonade
@@ -309,6 +312,13 @@ func (t *T) OutsideDo(cmd string) error {
 // Subscribed registers a subscription to be removed at cleanup.
 func (t *T) Subscribed(name string) { t.subs = append(t.subs, name) }
 
+// ServerEntry registers a server metadata entry of -user (SETMETADATA on
+// the mailbox "") to be removed at cleanup. Unlike a mailbox's entries,
+// which go with the mailbox, it outlives the scenario; removing it at
+// cleanup, on a fresh connection, works even when the scenario's own
+// connection broke or timed out, and a removal that fails is reported.
+func (t *T) ServerEntry(name string) { t.entries = append(t.entries, name) }
+
 // Second logs in to the target as the second account (-user2), or skips
 // the scenario when none was given.
 func (t *T) Second() (*Client, error) {
@@ -363,11 +373,11 @@ func (t *T) OutsideAppendInbox() error {
 // cleanup deletes what the scenario created and closes its connections.
 func (t *T) cleanup() error {
 	var errs []string
-	if len(t.mailboxes) > 0 || len(t.subs) > 0 || len(t.inboxMsgs) > 0 {
-		errs = append(errs, t.cleanAccount(t.cfg.User, t.cfg.Pass, t.mailboxes, t.subs, t.inboxMsgs)...)
+	if len(t.mailboxes) > 0 || len(t.subs) > 0 || len(t.inboxMsgs) > 0 || len(t.entries) > 0 {
+		errs = append(errs, t.cleanAccount(t.cfg.User, t.cfg.Pass, t.mailboxes, t.subs, t.inboxMsgs, t.entries)...)
 	}
 	if len(t.mailboxes2) > 0 || len(t.subs2) > 0 {
-		errs = append(errs, t.cleanAccount(t.cfg.User2, t.cfg.Pass2, t.mailboxes2, t.subs2, nil)...)
+		errs = append(errs, t.cleanAccount(t.cfg.User2, t.cfg.Pass2, t.mailboxes2, t.subs2, nil, nil)...)
 	}
 	for _, c := range t.clients {
 		c.Close()
@@ -378,10 +388,11 @@ func (t *T) cleanup() error {
 	return nil
 }
 
-// cleanAccount removes subscriptions, mailboxes and INBOX messages (by
-// Message-ID) from one account, on a fresh connection: the scenario's own
-// may be in any state (compressed, idling, broken).
-func (t *T) cleanAccount(user, pass string, mailboxes, subs, inboxMsgs []string) []string {
+// cleanAccount removes subscriptions, server metadata entries, mailboxes
+// and INBOX messages (by Message-ID) from one account, on a fresh
+// connection: the scenario's own may be in any state (compressed, idling,
+// broken).
+func (t *T) cleanAccount(user, pass string, mailboxes, subs, inboxMsgs, entries []string) []string {
 	var errs []string
 	c, err := Dial(t.cfg.Target, t.cfg.Timeout, nil, "cleanup")
 	if err == nil {
@@ -394,6 +405,18 @@ func (t *T) cleanAccount(user, pass string, mailboxes, subs, inboxMsgs []string)
 	defer c.Do("LOGOUT")
 	for _, s := range subs {
 		c.Do("UNSUBSCRIBE " + quote(s))
+	}
+	// A BAD means the server has no METADATA (its capability was forced
+	// on with -force-caps), so the scenario set nothing.
+	for _, e := range entries {
+		cmd := `SETMETADATA "" (` + e + ` NIL)`
+		res, err := c.Do(cmd)
+		if err != nil {
+			return append(errs, err.Error())
+		}
+		if !res.OK() && res.Status.Name != "BAD" {
+			errs = append(errs, cmd+": "+status(res))
+		}
 	}
 	// Children first: names made later may be below earlier ones.
 	for i := len(mailboxes) - 1; i >= 0; i-- {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 )
@@ -69,5 +70,59 @@ func TestSearchOrderIsFree(t *testing.T) {
 	}
 	if n := reversed.Load(); n < 10 {
 		t.Errorf("only %d SEARCH answers were reversed: the test proves little", n)
+	}
+}
+
+// TestCleanupAfterBrokenConnection breaks each METADATA and FILTERS
+// scenario's connection once it has set its server entries (the first
+// GETMETADATA or SEARCH FILTER it sends closes the connection), as a
+// server that hangs or drops a client would. The scenarios fail, and
+// cleanup, on a fresh connection, must still remove the server entries
+// they set: unlike a mailbox's entries they outlive the mailboxes, and a
+// CI run against the same account every night would pile them up.
+func TestCleanupAfterBrokenConnection(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	var cuts atomic.Int32
+	cut := func(line string) bool {
+		_, cmd, _ := strings.Cut(strings.ToUpper(line), " ")
+		if strings.HasPrefix(cmd, "GETMETADATA ") || strings.Contains(cmd, "SEARCH FILTER ") || strings.Contains(cmd, "SEARCH NOT FILTER ") {
+			cuts.Add(1)
+			return true
+		}
+		return false
+	}
+	r := startRelay(t, dc.Addr, nil, cut)
+	cfg := Target(r.addr(), "alice", "alicepass")
+	cfg.User2, cfg.Pass2 = "bob", "bobpass"
+	cfg.Outside = Endpoint{Addr: dc.Addr}
+	// Dovecot stores the filters' entries without knowing FILTERS.
+	cfg.ForceCaps = []string{"FILTERS"}
+	cfg.Only = regexp.MustCompile(`^(5464-server-entry|5464-private-per-user|5466-.*)$`)
+	cfg.Timeout = 5 * time.Second
+	rep := runAgainst(t, cfg)
+	if rep.Failed != 6 || cuts.Load() != 6 {
+		t.Errorf("%s with %d connections cut, want 6 scenarios failed on 6 cuts", rep.CountLine(), cuts.Load())
+	}
+	for _, res := range rep.Results {
+		if res.Cleanup != "" {
+			t.Errorf("%s: cleanup failed: %s", res.ID, res.Cleanup)
+		}
+	}
+	for _, u := range [][2]string{{"alice", "alicepass"}, {"bob", "bobpass"}} {
+		c, err := Dial(Endpoint{Addr: dc.Addr}, 5*time.Second, nil, "check")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := login(c, u[0], u[1]); err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := getMetadata(c, `(DEPTH infinity) "" (/private/vendor/conformance /private/filters/values /shared/filters/values)`, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) > 0 {
+			t.Errorf("server entries of %s left after the run: %v", u[0], got)
+		}
 	}
 }

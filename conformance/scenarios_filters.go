@@ -3,39 +3,30 @@ package conformance
 import "strings"
 
 // filterSetup makes a mailbox of three messages, selects it, and defines
-// the scenario's filters (name -> value, private or shared); it returns
-// the client, the UIDs and the names (unique to the scenario), and
-// removes the filters when the returned function is called.
-func (t *T) filterSetup(filters []struct{ tree, value string }) (*Client, []uint32, []string, func(), error) {
+// the scenario's filters (name -> value, private or shared), which cleanup
+// removes; it returns the client, the UIDs and the names (unique to the
+// scenario).
+func (t *T) filterSetup(filters []struct{ tree, value string }) (*Client, []uint32, []string, error) {
 	name, uids, err := t.Mailbox(3)
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, err
 	}
 	c, err := t.Login()
 	if err != nil {
-		return nil, nil, nil, nil, err
-	}
-	var names, entries []string
-	remove := func() {
-		for _, e := range entries {
-			c.Do(`SETMETADATA "" (` + e + ` NIL)`)
-		}
+		return nil, nil, nil, err
 	}
 	fname := strings.ToLower(t.base) + "-filter"
 	for _, f := range filters {
 		e := "/" + f.tree + "/filters/values/" + fname
-		entries = append(entries, e)
+		t.ServerEntry(e)
 		if err := mustOK(c, `SETMETADATA "" (`+e+" "+quote(f.value)+")"); err != nil {
-			remove()
-			return nil, nil, nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
-	names = append(names, fname)
 	if err := mustOK(c, "SELECT "+quote(name)); err != nil {
-		remove()
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, err
 	}
-	return c, uids, names, remove, nil
+	return c, uids, []string{fname}, nil
 }
 
 func filters5466() []*Scenario {
@@ -43,11 +34,10 @@ func filters5466() []*Scenario {
 		{ID: "5466-filter-search", RFC: 5466, Section: "3.1", Level: Must, Caps: []string{"FILTERS"},
 			Summary: "SEARCH FILTER name searches with the search program stored in /private/filters/values/name",
 			Run: func(t *T) error {
-				c, uids, names, remove, err := t.filterSetup([]struct{ tree, value string }{{"private", "2:3"}})
+				c, uids, names, err := t.filterSetup([]struct{ tree, value string }{{"private", "2:3"}})
 				if err != nil {
 					return err
 				}
-				defer remove()
 				if err := searchStep(c, "SEARCH FILTER "+names[0], u32s(2, 3)); err != nil {
 					return err
 				}
@@ -59,11 +49,10 @@ func filters5466() []*Scenario {
 		{ID: "5466-private-first", RFC: 5466, Section: "3.1", Level: Must, Caps: []string{"FILTERS"},
 			Summary: "a private filter is used before a shared one of the same name; the shared one when there is no private one",
 			Run: func(t *T) error {
-				c, _, names, remove, err := t.filterSetup([]struct{ tree, value string }{{"shared", "1"}, {"private", "3"}})
+				c, _, names, err := t.filterSetup([]struct{ tree, value string }{{"shared", "1"}, {"private", "3"}})
 				if err != nil {
 					return err
 				}
-				defer remove()
 				if err := searchStep(c, "SEARCH FILTER "+names[0], u32s(3)); err != nil {
 					return err
 				}
@@ -75,11 +64,10 @@ func filters5466() []*Scenario {
 		{ID: "5466-undefined-filter", RFC: 5466, Section: "3.1", Level: Must, Caps: []string{"FILTERS"},
 			Summary: "SEARCH FILTER with a name no filter has is answered NO [UNDEFINED-FILTER name]",
 			Run: func(t *T) error {
-				c, _, names, remove, err := t.filterSetup(nil)
+				c, _, names, err := t.filterSetup(nil)
 				if err != nil {
 					return err
 				}
-				defer remove()
 				res, err := c.Do("SEARCH FILTER " + names[0])
 				if err != nil {
 					return err
@@ -95,11 +83,10 @@ func filters5466() []*Scenario {
 		{ID: "5466-filter-in-not", RFC: 5466, Section: "3.1", Level: Must, Caps: []string{"FILTERS"},
 			Summary: "a FILTER key is one search key: NOT FILTER negates the whole stored program",
 			Run: func(t *T) error {
-				c, _, names, remove, err := t.filterSetup([]struct{ tree, value string }{{"private", "OR 1 3"}})
+				c, _, names, err := t.filterSetup([]struct{ tree, value string }{{"private", "OR 1 3"}})
 				if err != nil {
 					return err
 				}
-				defer remove()
 				if err := searchStep(c, "SEARCH NOT FILTER "+names[0], u32s(2)); err != nil {
 					return err
 				}

@@ -80,13 +80,14 @@ func expectEntries(cmd string, got, want map[string]string) error {
 	return nil
 }
 
-// serverEntry returns a server entry name of the scenario's own and a
-// function that removes it (server entries outlive the scenario's
-// mailboxes).
-func (t *T) serverEntry(c *Client, tree string) (string, func()) {
+// serverEntry returns a server entry name of the scenario's own and
+// registers it for removal at cleanup (server entries outlive the
+// scenario's mailboxes).
+func (t *T) serverEntry(tree string) string {
 	t.k++
 	name := fmt.Sprintf("/%s/vendor/conformance/%s-%d", tree, strings.ToLower(t.base), t.k)
-	return name, func() { c.Do(`SETMETADATA "" (` + name + ` NIL)`) }
+	t.ServerEntry(name)
+	return name
 }
 
 func metadata5464() []*Scenario {
@@ -98,8 +99,7 @@ func metadata5464() []*Scenario {
 				if err != nil {
 					return err
 				}
-				entry, remove := t.serverEntry(c, "private")
-				defer remove()
+				entry := t.serverEntry("private")
 				if err := mustOK(c, `SETMETADATA "" (`+entry+` "server value")`); err != nil {
 					return err
 				}
@@ -299,8 +299,7 @@ func metadata5464() []*Scenario {
 				if err != nil {
 					return err
 				}
-				entry, remove := t.serverEntry(c, "private")
-				defer remove()
+				entry := t.serverEntry("private")
 				if err := mustOK(c, `SETMETADATA "" (`+entry+` "first user's")`); err != nil {
 					return err
 				}
