@@ -136,6 +136,18 @@ func Dial(ep Endpoint, timeout time.Duration, tr *transcript, name string) (*Cli
 	}
 	c.Greeting = g
 	c.tr.add(c.name, "S: ", g.Line)
+	// Only an IMAP greeting goes on: anything else (an SMTP or HTTP
+	// server, a wrong port) would get the LOGIN command, password
+	// included, and the run would wait for a tagged answer that never
+	// comes; a BYE says the server refuses the connection.
+	switch {
+	case g.Tag == "*" && g.Name == "BYE":
+		conn.Close()
+		return nil, fmt.Errorf("%s refused the connection: %q", ep.Addr, g.Line)
+	case g.Tag != "*" || (g.Name != "OK" && g.Name != "PREAUTH"):
+		conn.Close()
+		return nil, fmt.Errorf("%s is not an IMAP server: it greeted with %q", ep.Addr, g.Line)
+	}
 	if ep.Security == StartTLS {
 		c.tagN++
 		tag := c.tag()

@@ -337,3 +337,51 @@ func TestConformanceSIGTERM(t *testing.T) {
 		t.Errorf("mailboxes left on the server after SIGTERM: %q", left)
 	}
 }
+
+// TestConformanceNotIMAP points the suite at a server that is not IMAP
+// (an SMTP greeting, as on a wrong port): it must stop at the greeting,
+// at once, without sending the LOGIN command and its password there.
+func TestConformanceNotIMAP(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- ""
+			return
+		}
+		defer c.Close()
+		c.Write([]byte("220 mail.example.org ESMTP ready\r\n"))
+		// Answer every line as SMTP would, and report what came.
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		var b bytes.Buffer
+		buf := make([]byte, 512)
+		for {
+			n, err := c.Read(buf)
+			b.Write(buf[:n])
+			if n > 0 {
+				c.Write([]byte("500 5.5.2 Error: command not recognized\r\n"))
+			}
+			if err != nil {
+				got <- b.String()
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"conformance", "-target", ln.Addr().String(), "-user", "u", "-pass", "secret-pass", "-timeout", "3s"}, &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "is not an IMAP server") || !strings.Contains(stderr.String(), "220 mail.example.org") {
+		t.Errorf("exit %d, stderr %q; want 1 and the greeting named", code, stderr.String())
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the run took %v, want it to stop at the greeting", d)
+	}
+	if sent := <-got; strings.Contains(sent, "secret-pass") {
+		t.Errorf("the password was sent to a server that is not IMAP: %q", sent)
+	}
+}
