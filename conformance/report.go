@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -18,10 +19,22 @@ type RFCSummary struct {
 	Passed, Failed, Skipped int
 }
 
+// reportRFCs returns RFCs followed by any other RFC a result names, so
+// that no result is left out of the per-RFC table or the JUnit report.
+func (r *Report) reportRFCs() []RFC {
+	out := slices.Clone(RFCs)
+	for _, res := range r.Results {
+		if !slices.ContainsFunc(out, func(x RFC) bool { return x.Number == res.RFC }) {
+			out = append(out, RFC{Number: res.RFC, Title: fmt.Sprintf("RFC %d", res.RFC)})
+		}
+	}
+	return out
+}
+
 // Summary returns the per-RFC counts in report order.
 func (r *Report) Summary() []RFCSummary {
 	var out []RFCSummary
-	for _, rfc := range RFCs {
+	for _, rfc := range r.reportRFCs() {
 		s := RFCSummary{RFC: rfc.Number, Title: rfc.Title}
 		for _, res := range r.Results {
 			if res.RFC != rfc.Number {
@@ -157,7 +170,7 @@ func seconds(f float64) string { return strconv.FormatFloat(f, 'f', 3, 64) }
 func (r *Report) WriteJUnit(w io.Writer) error {
 	out := junitSuites{Name: "lemonproxy conformance " + r.Target, Tests: len(r.Results),
 		Failures: r.Failed, Skipped: r.Skipped, Time: seconds(r.Seconds)}
-	for _, rfc := range RFCs {
+	for _, rfc := range r.reportRFCs() {
 		s := junitSuite{Name: fmt.Sprintf("RFC %d %s", rfc.Number, rfc.Title)}
 		var total float64
 		for _, res := range r.Results {
