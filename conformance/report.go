@@ -57,17 +57,36 @@ func (r *Report) Summary() []RFCSummary {
 }
 
 // CountLine is the closing line: "N passed, M failed" plus ", K skipped"
-// when any were skipped, and "; interrupted, J not run" when the run was
-// stopped before it ended.
+// when any were skipped, "; C scenario(s) could not clean up" when some
+// left mailboxes or entries on the server, and "; interrupted, J not run"
+// when the run was stopped before it ended.
 func (r *Report) CountLine() string {
 	s := fmt.Sprintf("%d passed, %d failed", r.Passed, r.Failed)
 	if r.Skipped > 0 {
 		s += fmt.Sprintf(", %d skipped", r.Skipped)
 	}
+	switch n := r.cleanupFailures(); n {
+	case 0:
+	case 1:
+		s += "; 1 scenario could not clean up"
+	default:
+		s += fmt.Sprintf("; %d scenarios could not clean up", n)
+	}
 	if r.NotRun > 0 {
 		s += fmt.Sprintf("; interrupted, %d not run", r.NotRun)
 	}
 	return s
+}
+
+// cleanupFailures counts the results whose cleanup failed.
+func (r *Report) cleanupFailures() int {
+	n := 0
+	for _, res := range r.Results {
+		if res.Cleanup != "" {
+			n++
+		}
+	}
+	return n
 }
 
 // WriteText writes one line per scenario, a per-RFC table and the count
@@ -156,6 +175,7 @@ type junitCase struct {
 	Failure   *junitMessage `xml:"failure,omitempty"`
 	Skipped   *junitMessage `xml:"skipped,omitempty"`
 	SystemOut string        `xml:"system-out,omitempty"`
+	SystemErr string        `xml:"system-err,omitempty"`
 }
 
 type junitMessage struct {
@@ -183,6 +203,9 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 				Classname: fmt.Sprintf("conformance.rfc%d", res.RFC),
 				Time:      seconds(res.Duration),
 				SystemOut: res.Summary,
+			}
+			if res.Cleanup != "" {
+				c.SystemErr = "cleanup: " + res.Cleanup
 			}
 			switch res.Outcome {
 			case Fail:

@@ -49,3 +49,21 @@ func TestReportHasEveryScenario(t *testing.T) {
 		t.Errorf("JUnit: %d test cases and %d failures in the suites (%d at the top) for %d failed scenarios", cases, failures, suites.Failures, rep.Failed)
 	}
 }
+
+// TestReportShowsCleanupFailures: a scenario that could not remove what it
+// made says so in every format, the JUnit report (which CI shows) and the
+// count line included, or a nightly run piles up mailboxes unnoticed.
+func TestReportShowsCleanupFailures(t *testing.T) {
+	rep := &Report{Target: "test", Passed: 1, Results: []Result{{ID: "3501-delete", RFC: 3501, Section: "6.3.4", Level: Must, Outcome: Pass,
+		Cleanup: `DELETE lpconf-1-1: "C9 NO [INUSE] busy"`}}}
+	if got, want := rep.CountLine(), "1 passed, 0 failed; 1 scenario could not clean up"; got != want {
+		t.Errorf("count line %q, want %q", got, want)
+	}
+	var b bytes.Buffer
+	if err := rep.WriteJUnit(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b.Bytes(), []byte("<system-err>cleanup: DELETE lpconf-1-1")) {
+		t.Errorf("the JUnit report does not show the failed cleanup:\n%s", b.String())
+	}
+}
