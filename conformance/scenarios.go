@@ -710,7 +710,7 @@ func base3501() []*Scenario {
 				return nil
 			}},
 		{ID: "3501-delete", RFC: 3501, Section: "6.3.4", Level: Must,
-			Summary: "DELETE removes a mailbox: selecting it afterwards fails",
+			Summary: "DELETE removes a mailbox: LIST no longer shows it",
 			Run: func(t *T) error {
 				mb, _, err := t.Mailbox(1)
 				if err != nil {
