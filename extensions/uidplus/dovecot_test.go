@@ -3,11 +3,13 @@ package uidplus_test
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/internal/uidset"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
@@ -227,4 +229,70 @@ func uidsOf(t *testing.T, set string) []uint32 {
 		}
 	}
 	return out
+}
+
+// TestDovecotLegacyMoveBatchCopiesNothing: a MOVE in batches, one of
+// which names only messages another client expunged meanwhile. Its UID
+// COPY copies nothing and Dovecot answers it without COPYUID; the MOVE's
+// joined COPYUID was dropped for it (noticed in session 15), leaving the
+// client without the UIDs of the messages that did move. A batch whose
+// originals are all gone copied nothing and now adds nothing to the
+// code.
+func TestDovecotLegacyMoveBatchCopiesNothing(t *testing.T) {
+	srv, ext, c := dovecotEnv(t, dovecottest.Legacy, 0)
+	gappyMailbox(t, srv, 12000) // 1, 3, ..., 11999
+	v := uidValidity(t, c, "meeting")
+	c.MustOK("SELECT Big")
+	var view, src []uint32
+	for u := uint32(1); u < 12000; u += 2 {
+		view = append(view, u)
+		if u%4 == 1 {
+			src = append(src, u) // every other message: one span each
+		}
+	}
+	batches := uidset.Batches(uidset.Compact(view, src))
+	if len(batches) < 3 {
+		t.Fatalf("setup: %d batches, want at least 3", len(batches))
+	}
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	d.MustOK("SELECT Big")
+	gone := func(set string) {
+		d.MustOK(`UID STORE ` + set + ` +FLAGS.SILENT (\Deleted)`)
+		d.MustOK("UID EXPUNGE " + set)
+	}
+	fired := 0
+	uidplus.SetHook(ext, func(p string) {
+		if p == "move:copied" && fired == 0 {
+			// The second batch's messages go before its COPY. The
+			// first batch's UID EXPUNGE then brings the view of the
+			// session's connection up to date, and Dovecot answers the
+			// second COPY "OK No messages found" (a COPY on a view
+			// that still has them is refused NO [EXPUNGEISSUED]).
+			fired++
+			gone(batches[1])
+		}
+	})
+	defer uidplus.SetHook(ext, nil)
+	set := strings.TrimSuffix(strings.Join(batches, ","), ",")
+	lines := c.Do("a", "UID MOVE "+set+" meeting")
+	if got := lines[len(lines)-1]; got != "a OK Move completed." {
+		t.Fatalf("UID MOVE: %q", got)
+	}
+	m := regexp.MustCompile(`^\* OK \[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\] Moved UIDs\.$`).FindStringSubmatch(lines[0])
+	if m == nil || m[1] != v {
+		t.Fatalf("first answer %.200q..., want COPYUID %s", lines[0], v)
+	}
+	var want []uint32
+	for i, b := range batches {
+		if i != 1 {
+			want = append(want, uidsOf(t, b)...)
+		}
+	}
+	got, dst := uidsOf(t, m[2]), uidsOf(t, m[3])
+	if !slices.Equal(got, want) || len(dst) != len(want) || dst[0] != 2 || dst[len(dst)-1] != uint32(len(want)+1) {
+		t.Fatalf("COPYUID of %d UIDs to %d, want the %d of the other batches", len(got), len(dst), len(want))
+	}
+	if got := messages(t, c, "meeting"); got != strconv.Itoa(len(want)+1) {
+		t.Errorf("meeting has %s messages, want %d", got, len(want)+1)
+	}
 }

@@ -89,7 +89,7 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 	e.at("move:before")
 	view := m.UIDs()
 	rest := src
-	for i, set := range uidset.Batches(uidset.Compact(view, src)) {
+	for _, set := range uidset.Batches(uidset.Compact(view, src)) {
 		// The batch's messages: those of src up to the set's last UID.
 		n, _ := slices.BinarySearch(rest, lastUID(set)+1)
 		batch := rest[:n]
@@ -111,16 +111,40 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 		// original expunged before the COPY reached it is not in it.
 		// It is written again as short lines.
 		sets := []string{set}
-		if f := strings.Fields(resp.Head.CodeArg); strings.EqualFold(resp.Head.Code, "COPYUID") && len(f) == 3 {
+		originals := batch
+		f := strings.Fields(resp.Head.CodeArg)
+		hasCode := strings.EqualFold(resp.Head.Code, "COPYUID") && len(f) == 3
+		if hasCode {
 			if done, ok := copiedOf(batch, f[1]); ok {
 				sets = uidset.Batches(uidset.Compact(view, done))
+				originals = done
 			}
 		}
-		copied.add(i, resp.Head)
 		e.at("move:copied")
-		if err := e.removeOriginals(ctx, s, view, sets); err != nil {
-			return stop(func() error { return e.incomplete(x, err) })
+		if !hasCode {
+			// An OK without COPYUID from a server with UIDPLUS: a COPY
+			// that found none of the batch's messages (expunged by
+			// another client since the set was resolved; Dovecot's
+			// "No messages found") copied nothing, and leaves the
+			// other batches' code whole. Otherwise the copies are
+			// unknown and the MOVE goes without the code.
+			left, err := existing(ctx, s, set)
+			if err == nil && len(left) == 0 {
+				continue
+			}
 		}
+		if err := e.removeOriginals(ctx, s, view, sets); err != nil {
+			// The originals are back as they were (or gone, if the
+			// EXPUNGE was done and only its answer lost): the copies
+			// of those still there are taken back, so that the NO
+			// leaves the batch unmoved (RFC 6851 3.3) instead of
+			// copied, and its COPYUID is not told.
+			moved, answer := e.takeBack(ctx, x, m.Name(), c.mailbox, originals, resp.Head, len(copied.src) > 0, err)
+			if !moved {
+				return stop(answer)
+			}
+		}
+		copied.add(resp.Head)
 	}
 	done()
 	if err := copied.write(s); err != nil {
@@ -274,13 +298,152 @@ func flagAndExpunge(ctx context.Context, s *proxy.Session, sets []string) error 
 // isDeleted reports whether a flag is \Deleted.
 func isDeleted(f string) bool { return strings.EqualFold(f, `\Deleted`) }
 
-// incomplete answers a MOVE whose copies exist but whose originals could
-// not be removed: NO, so the client does not believe them gone (it may
-// find the copies and retry, or delete them itself).
-func (e *Extension) incomplete(x *proxy.Exchange, err error) error {
+// takeBackTimeout bounds the removal of a failed MOVE's copies (its own
+// connection, its checks and its commands).
+const takeBackTimeout = time.Minute
+
+// takeBack handles a batch whose copies exist (the tagged answer of its
+// UID COPY, head) but whose originals (the UIDs of source the COPY
+// copied, ascending) could not be removed (err). On a connection of its
+// own, opened now (the session's may be what failed) and not cut short
+// by the command's end, it reads which originals are still in source: if
+// none is, the EXPUNGE was done and only its answer lost, and the batch
+// has moved (moved true). Otherwise the copies of those still there are
+// flagged \Deleted and expunged by their UIDs in target (UID EXPUNGE
+// touches no other message), once target's UIDVALIDITY is checked to be
+// COPYUID's (a mailbox created again meanwhile has other messages under
+// those UIDs). A copy is never removed unless its original was seen in
+// source, so a message is not lost whatever failed. answer writes the NO
+// that says what became of the batch (and, with earlier, that batches
+// before it moved).
+func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source, target string, originals []uint32, head imapcodec.ResponseHead, earlier bool, err error) (moved bool, answer func() error) {
+	s := x.Session()
+	log := s.Logger()
 	e.movesIncomplete.Add(1)
-	x.Session().Logger().Warn("synthesized MOVE copied but did not expunge", "err", err)
-	return x.Reply("NO", "", "The messages were copied but could not be removed from this mailbox.")
+	log.Warn("synthesized MOVE copied but did not expunge the originals; taking the copies back", "err", err)
+	no := func(text string) func() error {
+		return func() error { return x.Reply("NO", "", text) }
+	}
+	cannot := no("The messages were copied but could not be removed from this mailbox, and their copies could not be removed from the target mailbox.")
+	if earlier {
+		cannot = no("Some of the messages were moved; the others were copied but could not be removed from this mailbox, and their copies could not be removed from the target mailbox.")
+	}
+	f := strings.Fields(head.CodeArg)
+	if !strings.EqualFold(head.Code, "COPYUID") || len(f) != 3 {
+		log.Warn("synthesized MOVE: no COPYUID names the copies; they are left in the target", "mailbox", target)
+		return false, cannot
+	}
+	dst, derr := expandSet(f[2])
+	if derr != nil {
+		log.Warn("synthesized MOVE: cannot read the COPYUID's target set; the copies are left", "code", head.CodeArg, "err", derr)
+		return false, cannot
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), takeBackTimeout)
+	defer cancel()
+	conn, derr := s.UpstreamAccount().Dial(ctx)
+	if derr != nil {
+		log.Warn("synthesized MOVE: cannot open a connection to take the copies back", "err", derr)
+		return false, cannot
+	}
+	defer conn.Logout()
+	if derr := conn.Select(ctx, source, true, nil); derr != nil {
+		log.Warn("synthesized MOVE: cannot read the originals to take the copies back", "err", derr)
+		return false, cannot
+	}
+	var there []uint32
+	for _, set := range uidset.Batches(uidset.SpansOf(originals)) {
+		if _, derr := conn.Exec(ctx, "UID SEARCH UID "+set, func(r *upstream.Response) {
+			if r.Head.Name != "SEARCH" || len(r.Segments) != 1 {
+				return
+			}
+			w := strings.Fields(string(r.Segments[0].Text))
+			for _, n := range w[min(2, len(w)):] {
+				if u, err := strconv.ParseUint(n, 10, 32); err == nil {
+					there = append(there, uint32(u))
+				}
+			}
+		}); derr != nil {
+			log.Warn("synthesized MOVE: cannot read the originals to take the copies back", "err", derr)
+			return false, cannot
+		}
+	}
+	slices.Sort(there)
+	there = slices.Compact(there)
+	var remove []uint32
+	switch {
+	case len(there) == 0:
+		log.Info("synthesized MOVE: the originals are gone after all; the batch moved")
+		return true, nil
+	case len(there) == len(originals):
+		remove = dst
+	case len(dst) == len(originals):
+		// Some originals are gone (expunged by another client, or by
+		// an EXPUNGE of ours whose answer was lost): their copies
+		// stay. COPYUID pairs the sets in order.
+		for i, u := range originals {
+			if _, found := slices.BinarySearch(there, u); found {
+				remove = append(remove, dst[i])
+			}
+		}
+	default:
+		log.Warn("synthesized MOVE: some originals are gone and the COPYUID does not pair the copies; they are left", "code", head.CodeArg)
+		return false, no("Some of the messages were moved; the others were copied but could not be removed from this mailbox, nor their copies from the target mailbox.")
+	}
+	if derr := conn.Select(ctx, target, false, nil); derr != nil {
+		log.Warn("synthesized MOVE: cannot open the target to take the copies back", "err", derr)
+		return false, cannot
+	}
+	if v := strconv.FormatUint(uint64(conn.UIDValidity), 10); v != f[0] {
+		log.Warn("synthesized MOVE: the target was created again; the copies are not taken back", "uidvalidity", v, "copyuid", f[0])
+		return false, cannot
+	}
+	slices.Sort(remove)
+	for _, set := range uidset.Batches(uidset.SpansOf(remove)) {
+		if derr := flagAndExpungeOn(ctx, conn, set); derr != nil {
+			log.Warn("synthesized MOVE: could not take the copies back", "err", derr)
+			return false, cannot
+		}
+	}
+	if len(remove) < len(dst) || earlier {
+		return false, no("Some of the messages were moved; the others could not be, and were left in this mailbox.")
+	}
+	return false, no("The messages could not be moved; they were left in this mailbox.")
+}
+
+// flagAndExpungeOn sets \Deleted on set's messages and expunges exactly
+// them, on a connection of the extension's own.
+func flagAndExpungeOn(ctx context.Context, conn *upstream.Conn, set string) error {
+	for _, cmd := range []string{`UID STORE %s +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE %s"} {
+		if _, err := conn.Exec(ctx, fmt.Sprintf(cmd, set), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// expandSet lists the UIDs of a COPYUID's set, parts in their order and
+// each range ascending (RFC 4315 4: 4:2 is 2:4), at most maxCopied.
+func expandSet(set string) ([]uint32, error) {
+	var out []uint32
+	for part := range strings.SplitSeq(set, ",") {
+		a, b, isRange := strings.Cut(part, ":")
+		lo, err := strconv.ParseUint(a, 10, 32)
+		hi := lo
+		if err == nil && isRange {
+			hi, err = strconv.ParseUint(b, 10, 32)
+		}
+		if err != nil || lo == 0 || hi == 0 {
+			return nil, fmt.Errorf("bad part %q of set %q", part, set)
+		}
+		lo, hi = min(lo, hi), max(lo, hi)
+		if uint64(len(out))+hi-lo >= maxCopied {
+			return nil, fmt.Errorf("set %q names too many UIDs", set)
+		}
+		for u := lo; u <= hi; u++ {
+			out = append(out, uint32(u))
+		}
+	}
+	return out, nil
 }
 
 // copyUIDs gathers the COPYUID codes of a MOVE's batches into one: the
@@ -293,10 +456,10 @@ type copyUIDs struct {
 	broken   bool
 }
 
-// add takes the tagged answer of batch i's UID COPY.
-func (c *copyUIDs) add(i int, h imapcodec.ResponseHead) {
+// add takes the tagged answer of a batch's UID COPY.
+func (c *copyUIDs) add(h imapcodec.ResponseHead) {
 	f := strings.Fields(h.CodeArg)
-	if !strings.EqualFold(h.Code, "COPYUID") || len(f) != 3 || i > 0 && f[0] != c.validity {
+	if !strings.EqualFold(h.Code, "COPYUID") || len(f) != 3 || len(c.src) > 0 && f[0] != c.validity {
 		c.broken = true
 		return
 	}

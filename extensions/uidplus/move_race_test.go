@@ -232,3 +232,78 @@ func TestMoveTurnsPerMailbox(t *testing.T) {
 		t.Errorf("MOVE out of other took %v: it waited for a slow MOVE out of INBOX", took)
 	}
 }
+
+// TestFailedMoveLeavesNoCopies: a MOVE whose STORE and EXPUNGE of the
+// originals fail on both tries answers NO with the originals restored.
+// The copies were left in the target, and the COPYUID naming them was
+// sent before the NO: the client, told the MOVE failed, had its messages
+// twice, and a retry made a third copy (a reviewer's finding). The copies
+// are now removed and no COPYUID is sent; the retry moves the message
+// once.
+func TestFailedMoveLeavesNoCopies(t *testing.T) {
+	var fn *faultnet.Relay
+	srv, ext, px := moveEnv(t, 3, func(addr string) string {
+		fn = faultnet.Start(t, addr)
+		return fn.Addr()
+	})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.MustOK("SELECT INBOX")
+	cut := faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
+	fn.Add(cut)
+	retries := 0
+	uidplus.SetHook(ext, func(p string) {
+		if p == "move:retry" {
+			if retries++; retries == 1 {
+				fn.Add(cut)
+			}
+		}
+	})
+	defer uidplus.SetHook(ext, nil)
+	lines := c.Do("a", "UID MOVE 2 meeting")
+	imaptest.AssertLines(t, "UID MOVE whose expunge failed twice", lines, []string{
+		"a NO The messages could not be moved; they were left in this mailbox.",
+	})
+	if n, m := countID(t, srv, "INBOX", "inbox-2"), countID(t, srv, "meeting", "inbox-2"); n != 1 || m != 0 {
+		t.Errorf("after the failed MOVE, inbox-2 %d times in INBOX and %d in meeting, want 1 and 0", n, m)
+	}
+	if f := flagsOn(t, srv, "INBOX", "inbox-2"); strings.Contains(f, `\Deleted`) {
+		t.Errorf("inbox-2 after the failed MOVE: %q", f)
+	}
+	uidplus.SetHook(ext, nil)
+	if got := imaptest.Tagged(c.Cmd("UID MOVE 2 meeting")); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("the retry: %q", got)
+	}
+	if n, m := countID(t, srv, "INBOX", "inbox-2"), countID(t, srv, "meeting", "inbox-2"); n != 0 || m != 1 {
+		t.Errorf("after the retry, inbox-2 %d times in INBOX and %d in meeting, want 0 and 1", n, m)
+	}
+}
+
+// TestFailedMoveCopiesNotRemoved: when the copies of a failed MOVE cannot
+// be removed either, the NO says so, and the originals are still there
+// as they were.
+func TestFailedMoveCopiesNotRemoved(t *testing.T) {
+	var fn *faultnet.Relay
+	srv, ext, px := moveEnv(t, 3, func(addr string) string {
+		fn = faultnet.Start(t, addr)
+		return fn.Addr()
+	})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.MustOK("SELECT INBOX")
+	cut := faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
+	fn.Add(cut)
+	uidplus.SetHook(ext, func(p string) {
+		if p == "move:retry" {
+			fn.Add(cut) // the second try's, then the removal's of the copies
+		}
+	})
+	defer uidplus.SetHook(ext, nil)
+	imaptest.AssertLines(t, "UID MOVE whose copies could not be removed", c.Do("a", "UID MOVE 2 meeting"), []string{
+		"a NO The messages were copied but could not be removed from this mailbox, and their copies could not be removed from the target mailbox.",
+	})
+	if n := countID(t, srv, "INBOX", "inbox-2"); n != 1 {
+		t.Errorf("inbox-2 %d times in INBOX, want 1", n)
+	}
+	if f := flagsOn(t, srv, "INBOX", "inbox-2"); strings.Contains(f, `\Deleted`) {
+		t.Errorf("inbox-2 after the failed MOVE: %q", f)
+	}
+}

@@ -14,7 +14,11 @@
 // OK [COPYUID] first, then the expunges (EXPUNGE, or VANISHED with
 // QRESYNC) from the hub's sync, then the tagged OK, as RFC 6851 4.3 asks.
 // UID EXPUNGE removes only the named messages, so no other client's
-// \Deleted message is touched.
+// \Deleted message is touched. When the originals cannot be removed, their
+// \Deleted is taken back and so are the copies (by their COPYUID, on a
+// connection of the proxy's own, only those whose originals are still
+// there): the NO leaves the messages where they were, without a COPYUID
+// for them, and says so when the copies could not be removed either.
 //
 // Upstream without UIDPLUS: APPEND, COPY and UID COPY get APPENDUID and
 // COPYUID codes the proxy finds itself (below), but neither UIDPLUS nor
