@@ -139,7 +139,7 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 			// of those still there are taken back, so that the NO
 			// leaves the batch unmoved (RFC 6851 3.3) instead of
 			// copied, and its COPYUID is not told.
-			moved, answer := e.takeBack(ctx, x, m.Name(), c.mailbox, originals, resp.Head, len(copied.src) > 0, err)
+			moved, answer := e.takeBack(ctx, x, m.Name(), m.State().UIDValidity(), c.mailbox, originals, resp.Head, len(copied.src) > 0, err)
 			if !moved {
 				return stop(answer)
 			}
@@ -306,7 +306,8 @@ const takeBackTimeout = time.Minute
 // UID COPY, head) but whose originals (the UIDs of source the COPY
 // copied, ascending) could not be removed (err). On a connection of its
 // own, opened now (the session's may be what failed) and not cut short
-// by the command's end, it reads which originals are still in source: if
+// by the command's end, it reads which originals are still in source (of
+// UIDVALIDITY validity, the session's view of it): if
 // none is, the EXPUNGE was done and only its answer lost, and the batch
 // has moved (moved true). Otherwise the copies of those still there are
 // flagged \Deleted and expunged by their UIDs in target (UID EXPUNGE
@@ -316,7 +317,7 @@ const takeBackTimeout = time.Minute
 // source, so a message is not lost whatever failed. answer writes the NO
 // that says what became of the batch (and, with earlier, that batches
 // before it moved).
-func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source, target string, originals []uint32, head imapcodec.ResponseHead, earlier bool, err error) (moved bool, answer func() error) {
+func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source string, validity uint32, target string, originals []uint32, head imapcodec.ResponseHead, earlier bool, err error) (moved bool, answer func() error) {
 	s := x.Session()
 	log := s.Logger()
 	e.movesIncomplete.Add(1)
@@ -348,6 +349,11 @@ func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source, tar
 	defer conn.Logout()
 	if derr := conn.Select(ctx, source, true, nil); derr != nil {
 		log.Warn("synthesized MOVE: cannot read the originals to take the copies back", "err", derr)
+		return false, cannot
+	}
+	if conn.UIDValidity != validity {
+		// Created again: its messages of those UIDs are others'.
+		log.Warn("synthesized MOVE: the source was created again; the copies are not taken back", "uidvalidity", conn.UIDValidity, "was", validity)
 		return false, cannot
 	}
 	var there []uint32

@@ -2,6 +2,7 @@ package uidplus_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -259,10 +260,12 @@ func TestFailedMoveLeavesNoCopies(t *testing.T) {
 		}
 	})
 	defer uidplus.SetHook(ext, nil)
+	// The \Deleted set and taken back may be reported (FETCH FLAGS), as
+	// another client's change would be.
 	lines := c.Do("a", "UID MOVE 2 meeting")
-	imaptest.AssertLines(t, "UID MOVE whose expunge failed twice", lines, []string{
-		"a NO The messages could not be moved; they were left in this mailbox.",
-	})
+	if got := lines[len(lines)-1]; got != "a NO The messages could not be moved; they were left in this mailbox." || slices.ContainsFunc(lines, isCopyUID) {
+		t.Errorf("UID MOVE whose expunge failed twice: %q, want NO without COPYUID", lines)
+	}
 	if n, m := countID(t, srv, "INBOX", "inbox-2"), countID(t, srv, "meeting", "inbox-2"); n != 1 || m != 0 {
 		t.Errorf("after the failed MOVE, inbox-2 %d times in INBOX and %d in meeting, want 1 and 0", n, m)
 	}
@@ -297,9 +300,10 @@ func TestFailedMoveCopiesNotRemoved(t *testing.T) {
 		}
 	})
 	defer uidplus.SetHook(ext, nil)
-	imaptest.AssertLines(t, "UID MOVE whose copies could not be removed", c.Do("a", "UID MOVE 2 meeting"), []string{
-		"a NO The messages were copied but could not be removed from this mailbox, and their copies could not be removed from the target mailbox.",
-	})
+	lines := c.Do("a", "UID MOVE 2 meeting")
+	if got := lines[len(lines)-1]; got != "a NO The messages were copied but could not be removed from this mailbox, and their copies could not be removed from the target mailbox." || slices.ContainsFunc(lines, isCopyUID) {
+		t.Errorf("UID MOVE whose copies could not be removed: %q", lines)
+	}
 	if n := countID(t, srv, "INBOX", "inbox-2"); n != 1 {
 		t.Errorf("inbox-2 %d times in INBOX, want 1", n)
 	}
@@ -307,3 +311,6 @@ func TestFailedMoveCopiesNotRemoved(t *testing.T) {
 		t.Errorf("inbox-2 after the failed MOVE: %q", f)
 	}
 }
+
+// isCopyUID tells an answer with the COPYUID code.
+func isCopyUID(line string) bool { return strings.Contains(line, "[COPYUID ") }
