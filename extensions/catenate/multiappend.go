@@ -33,23 +33,34 @@ package catenate
 //     other message) and the client gets the failing APPEND's status,
 //     code and text: nothing was appended (RFC 3502 3). On success it gets
 //     OK [APPENDUID uidvalidity uid-set] (RFC 4315 3 allows a uid-set for
-//     MULTIAPPEND).
+//     MULTIAPPEND). A message whose APPEND got no answer (the connection
+//     failed or timed out after its literal was sent) may have been
+//     stored: the rollback looks for it among the messages appended
+//     since (UIDNEXT read before the first APPEND, then each APPENDUID)
+//     and removes it when exactly one of them has its text, byte for
+//     byte (lostMessage.find).
 //
 // Limits: atomicity is the proxy's doing, not the upstream's. Other
 // clients of the mailbox may see the first messages for the moment
 // before a rollback removes them, and a proxy that dies between two
 // APPENDs, or an upstream that fails the rollback, leaves the messages
-// appended so far (logged). Over an upstream without UIDPLUS no APPENDUID
+// appended so far (logged). A message whose APPEND got no answer is left
+// when the rollback cannot find it for sure: another client appended the
+// same text meanwhile, the upstream stored other bytes than were sent
+// (bare LFs made CRLF), or it was still storing it when the rollback
+// looked (an APPEND that timed out rather than failed). Over an upstream without UIDPLUS no APPENDUID
 // names the appended messages for sure and UID EXPUNGE is not there to
 // remove exactly them (see extensions/uidplus), so no rollback is
 // possible: MULTIAPPEND is not advertised and a second message is
 // refused BAD.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -85,21 +96,32 @@ func (e *Extension) appendEach(ctx context.Context, x *proxy.Exchange, p *cmdPar
 	defer stopWatch()
 	var validity string
 	var uids []uint32
+	// next is the lowest UID the next message can get (of UIDVALIDITY
+	// nextValidity; 0 when unknown): where the rollback looks for a
+	// message whose APPEND's answer was lost.
+	next, nextValidity := uidNext(ctx, conn, p.mailbox)
 	// undo rolls back what was appended, without the command's context
-	// watching conn (see rollback).
-	undo := func() {
+	// watching conn (see rollback); lost, if not nil, is a message that
+	// may have been appended without its APPENDUID reaching the proxy.
+	undo := func(lost *message) {
 		stopWatch()
-		e.rollback(ctx, x, conn, p.mailbox, validity, uids)
+		var l *lostMessage
+		if lost != nil && next != 0 {
+			l = &lostMessage{m: lost, sp: sp, from: next, validity: nextValidity}
+		}
+		e.rollback(ctx, x, conn, p.mailbox, validity, uids, l)
 	}
 	for i, m := range p.msgs {
 		head, err := appendOne(conn, p.mailbox, m, sp)
 		if err != nil {
+			// The connection failed or timed out: the upstream may
+			// have stored the message and the answer never came.
 			s.Logger().Warn("multiappend: upstream APPEND failed", "message", i+1, "err", err)
-			undo()
+			undo(m)
 			return x.Reply(errUnavailable.status, errUnavailable.code, errUnavailable.text)
 		}
 		if head.Name != "OK" {
-			undo()
+			undo(nil)
 			code := head.Code
 			if head.CodeArg != "" {
 				code += " " + head.CodeArg
@@ -110,8 +132,8 @@ func (e *Extension) appendEach(ctx context.Context, x *proxy.Exchange, p *cmdPar
 		if !ok {
 			// UIDPLUS promised the code: without it this message
 			// cannot be rolled back.
-			s.Logger().Warn("multiappend: upstream APPEND without a usable APPENDUID; cannot roll back", "message", i+1, "code", head.Code+" "+head.CodeArg)
-			undo()
+			s.Logger().Warn("multiappend: upstream APPEND without a usable APPENDUID", "message", i+1, "code", head.Code+" "+head.CodeArg)
+			undo(m)
 			return x.Reply("NO", "SERVERBUG", "The upstream did not say where it appended a message.")
 		}
 		if validity != "" && v != validity {
@@ -120,11 +142,12 @@ func (e *Extension) appendEach(ctx context.Context, x *proxy.Exchange, p *cmdPar
 			// mailbox; this one, in the new, is removed.
 			s.Logger().Warn("multiappend: the mailbox was created again during the append", "message", i+1, "uidvalidity", v, "before", validity)
 			validity, uids = v, []uint32{uid}
-			undo()
+			undo(nil)
 			return x.Reply("NO", "", "The mailbox was deleted and created again during the append; nothing was appended.")
 		}
 		validity = v
 		uids = append(uids, uid)
+		next, nextValidity = uid+1, upstream.ParseUIDValidity(v)
 		e.at("multiappend:appended")
 	}
 	syncSelected(ctx, s)
@@ -234,14 +257,14 @@ func uidSet(uids []uint32) string {
 // none). A mailbox whose UIDVALIDITY is no longer validity was deleted
 // and created again meanwhile; its messages of the same UIDs are someone
 // else's and are left alone.
-func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstream.Conn, mailbox, validity string, uids []uint32) {
+func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstream.Conn, mailbox, validity string, uids []uint32, lost *lostMessage) {
 	// The failed APPEND may have left conn out of step (a refusal read
 	// while a non-synchronising literal was still on its way): it is
 	// closed without a LOGOUT, which would wait for an answer that may
 	// never come.
 	conn.MarkBroken()
 	conn.Close()
-	if len(uids) == 0 {
+	if len(uids) == 0 && lost == nil {
 		return
 	}
 	s := x.Session()
@@ -268,9 +291,28 @@ func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstr
 			}
 			return err
 		}
-		if v := strconv.FormatUint(uint64(now), 10); v != validity {
-			return fmt.Errorf("the mailbox's UIDVALIDITY is now %s, not %s: it was created again", v, validity)
+		var remove []uint32
+		if len(uids) > 0 {
+			if v := strconv.FormatUint(uint64(now), 10); v != validity {
+				return fmt.Errorf("the mailbox's UIDVALIDITY is now %s, not %s: it was created again", v, validity)
+			}
+			remove = uids
 		}
+		if lost != nil && lost.validity == now {
+			// Not found for sure, it is left: the others still go.
+			switch uid, err := lost.find(ctx, conn); {
+			case err != nil:
+				e.rollbackFailed.Add(1)
+				s.Logger().Error("multiappend: cannot tell whether a message whose APPEND was not answered was appended; left as it is", "mailbox", mailbox, "err", err)
+			case uid != 0:
+				s.Logger().Info("multiappend: found a message whose APPEND was not answered", "mailbox", mailbox, "uid", uid)
+				remove = append(slices.Clone(remove), uid)
+			}
+		}
+		if len(remove) == 0 {
+			return nil
+		}
+		set = uidSet(remove)
 		for _, cmd := range []string{"UID STORE " + set + ` +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE " + set} {
 			if _, err := conn.Exec(ctx, cmd, nil); err != nil {
 				return err
@@ -284,6 +326,174 @@ func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstr
 		return
 	}
 	syncSelected(ctx, s)
+}
+
+// lostMessage is a message of a MULTIAPPEND whose APPEND may have stored
+// it without its answer (APPENDUID) reaching the proxy: the connection
+// failed or timed out after the literal was sent, or the answer lacked
+// the code. Its UID, if it was stored, is at least from (of UIDVALIDITY
+// validity), read before it was sent.
+type lostMessage struct {
+	m        *message
+	sp       *urlfetch.Spool
+	from     uint32
+	validity uint32
+}
+
+// maxLostCandidates bounds the messages of the right size, appended
+// since, that find compares with the lost one.
+const maxLostCandidates = 16
+
+// find looks for the lost message in the mailbox selected on conn: among
+// the messages of UID from or above and of its size (RFC822.SIZE, which
+// SEARCH's LARGER and SMALLER read), the one whose text is the message's,
+// byte for byte. It returns 0 when none is (the APPEND did not store
+// it), and an error when it cannot tell: more than one such message (the
+// same message appended by another client meanwhile), too many
+// candidates, or a failed read. A message stored with other bytes than
+// sent (bare LFs that the server turned into CRLF) is not found.
+func (l *lostMessage) find(ctx context.Context, conn *upstream.Conn) (uint32, error) {
+	size := messageSize(l.m)
+	if size == 0 {
+		return 0, nil
+	}
+	var cands []uint32
+	// "from:*" names the last message even when from is above its UID
+	// (RFC 3501 6.4.8): the UIDs are checked.
+	cmd := fmt.Sprintf("UID SEARCH UID %d:* LARGER %d SMALLER %d", l.from, size-1, size+1)
+	if _, err := conn.Exec(ctx, cmd, func(r *upstream.Response) {
+		if r.Head.Name != "SEARCH" || len(r.Segments) != 1 {
+			return
+		}
+		w := strings.Fields(string(r.Segments[0].Text))
+		for _, f := range w[min(2, len(w)):] {
+			if u, err := strconv.ParseUint(f, 10, 32); err == nil && uint32(u) >= l.from {
+				cands = append(cands, uint32(u))
+			}
+		}
+	}); err != nil {
+		return 0, err
+	}
+	if len(cands) > maxLostCandidates {
+		return 0, fmt.Errorf("%d messages of its size appended since", len(cands))
+	}
+	var found []uint32
+	for _, uid := range cands {
+		same, err := l.same(ctx, conn, uid, size)
+		if err != nil {
+			return 0, err
+		}
+		if same {
+			found = append(found, uid)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return 0, nil
+	case 1:
+		return found[0], nil
+	}
+	return 0, fmt.Errorf("%d messages appended since have its text", len(found))
+}
+
+// lostChunk is how much of a candidate find reads per FETCH.
+const lostChunk = 64 << 10
+
+// same tells whether message uid's text is the lost message's.
+func (l *lostMessage) same(ctx context.Context, conn *upstream.Conn, uid uint32, size int64) (bool, error) {
+	want := make([]byte, 0, min(size, lostChunk))
+	r := l.reader()
+	for off := int64(0); off < size; off += lostChunk {
+		n := min(lostChunk, size-off)
+		var got []byte
+		var have bool
+		cmd := fmt.Sprintf("UID FETCH %d (BODY.PEEK[]<%d.%d>)", uid, off, n)
+		if _, err := conn.Exec(ctx, cmd, func(r *upstream.Response) {
+			if d, ok := fetchedBody(r, uid); ok {
+				got, have = d, true
+			}
+		}); err != nil {
+			return false, err
+		}
+		if !have {
+			return false, nil // expunged meanwhile: not one to remove
+		}
+		want = want[:n]
+		if _, err := io.ReadFull(r, want); err != nil {
+			return false, fmt.Errorf("reading the spool: %w", err)
+		}
+		if !bytes.Equal(got, want) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// reader reads the lost message's text from the spool.
+func (l *lostMessage) reader() io.Reader {
+	rs := make([]io.Reader, 0, len(l.m.parts))
+	for _, pt := range l.m.parts {
+		rs = append(rs, io.NewSectionReader(l.sp, pt.off, pt.n))
+	}
+	return io.MultiReader(rs...)
+}
+
+// fetchedBody reads the BODY[] item of a FETCH response for uid.
+func fetchedBody(r *upstream.Response, uid uint32) ([]byte, bool) {
+	if r.Head.Name != "FETCH" {
+		return nil, false
+	}
+	vals, err := imapcodec.NewParser(r.Segments, imapcodec.Limits{}).Values()
+	if err != nil || len(vals) != 4 {
+		return nil, false
+	}
+	l, _ := vals[3].(imapcodec.List)
+	var got uint64
+	var body []byte
+	var hasBody bool
+	for i := 0; i+1 < len(l); i += 2 {
+		a, _ := l[i].(imapcodec.Atom)
+		switch name := strings.ToUpper(string(a)); {
+		case name == "UID":
+			v, _ := imapcodec.AsString(l[i+1])
+			got, _ = strconv.ParseUint(v, 10, 32)
+		case strings.HasPrefix(name, "BODY["):
+			str, ok := l[i+1].(imapcodec.String)
+			body, hasBody = str.Data, ok
+		}
+	}
+	return body, hasBody && got == uint64(uid)
+}
+
+// uidNext reads the UIDNEXT and UIDVALIDITY of mailbox (as it goes on a
+// command line) on conn; 0, 0 when the STATUS fails (a mailbox that does
+// not exist: the APPEND says so).
+func uidNext(ctx context.Context, conn *upstream.Conn, mailbox string) (next, validity uint32) {
+	_, err := conn.Exec(ctx, "STATUS "+mailbox+" (UIDNEXT UIDVALIDITY)", func(r *upstream.Response) {
+		if r.Head.Name != "STATUS" {
+			return
+		}
+		vals, err := imapcodec.NewParser(r.Segments, imapcodec.Limits{}).Values()
+		if err != nil || len(vals) < 4 {
+			return
+		}
+		l, _ := vals[len(vals)-1].(imapcodec.List)
+		for i := 0; i+1 < len(l); i += 2 {
+			name, _ := imapcodec.AsString(l[i])
+			v, _ := imapcodec.AsString(l[i+1])
+			n, _ := strconv.ParseUint(v, 10, 32)
+			switch strings.ToUpper(name) {
+			case "UIDNEXT":
+				next = uint32(n)
+			case "UIDVALIDITY":
+				validity = uint32(n)
+			}
+		}
+	})
+	if err != nil || next == 0 || validity == 0 {
+		return 0, 0
+	}
+	return next, validity
 }
 
 // syncSelected brings the client's selected mailbox up to date, so that

@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/extensions/catenate"
+	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/faultnet"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -165,5 +168,74 @@ func TestDovecotRollbackRecreated(t *testing.T) {
 	}
 	if got := ext.Stats().RollbacksFailed; got != 0 {
 		t.Errorf("RollbacksFailed %d", got)
+	}
+}
+
+// TestDovecotMultiappendAnswerLost: the connection of a synthesized
+// MULTIAPPEND breaks after Dovecot stored its second message and before
+// its answer (APPENDUID) reached the proxy, as when the APPEND times out.
+// The proxy answered NO, having rolled back the first message only: the
+// second stayed, and the client's retry of the NO'd command appended it
+// twice. The rollback now looks for it among the messages appended since
+// and removes it when exactly one has its text; when another client
+// appended the same message meanwhile, it cannot tell which is whose and
+// leaves both.
+func TestDovecotMultiappendAnswerLost(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		other bool // another client appends the second message too
+	}{{"alone", false}, {"same message from another client", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := dovecottest.Start(t, dovecottest.Legacy)
+			fn := faultnet.Start(t, srv.Addr)
+			ext := catenate.New(catenate.Config{Hosts: []string{"imap.example.org"}})
+			px := imaptest.StartProxy(t, fn.Addr(), proxy.Config{Extensions: []proxy.Extension{ext, uidplus.New()}})
+			c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+			msgs := []string{
+				"Message-ID: <one@example>\r\nSubject: one\r\n\r\nfirst of three\r\n",
+				"Message-ID: <two@example>\r\nSubject: two\r\n\r\nsecond of three\r\n",
+				"Message-ID: <three@example>\r\nSubject: three\r\n\r\nthird of three\r\n",
+			}
+			h := fn.Add(faultnet.Fault{Match: []byte("second of three"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
+			defer h.Release()
+			d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+			c.Send(fmt.Sprintf("a APPEND INBOX {%d+}", len(msgs[0])))
+			c.Write(msgs[0])
+			c.Send(fmt.Sprintf(" {%d+}", len(msgs[1])))
+			c.Write(msgs[1])
+			c.Send(fmt.Sprintf(" {%d+}", len(msgs[2])))
+			c.Write(msgs[2])
+			c.Send("")
+			<-h.Fired()
+			// Dovecot has stored it (its OK is held) once INBOX
+			// counts two.
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(d.MustOK("STATUS INBOX (MESSAGES)")[0], "MESSAGES 2") {
+				if time.Now().After(deadline) {
+					t.Fatal("setup: Dovecot did not store the second message")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			want, failed := "MESSAGES 0", int64(0)
+			if tc.other {
+				d.MustOK(fmt.Sprintf("APPEND INBOX {%d+}", len(msgs[1])), msgs[1])
+				want, failed = "MESSAGES 2", 1
+			}
+			h.Conn().Cut()
+			lines := c.ReadUntilTagged("a")
+			if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "NO ") {
+				t.Fatalf("MULTIAPPEND whose answer was lost: %q", lines)
+			}
+			if st := d.MustOK("STATUS INBOX (MESSAGES)")[0]; !strings.Contains(st, want) {
+				t.Errorf("after the NO: %q, want %s", st, want)
+			}
+			d.MustOK("EXAMINE INBOX")
+			if n := strings.Count(strings.Join(d.MustOK("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"), "\n"), "<one@example>"); n != 0 {
+				t.Errorf("the first message is still there")
+			}
+			if got := ext.Stats().RollbacksFailed; got != failed {
+				t.Errorf("RollbacksFailed %d, want %d", got, failed)
+			}
+		})
 	}
 }
