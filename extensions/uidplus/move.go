@@ -141,6 +141,7 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 			// copied, and its COPYUID is not told.
 			moved, answer := e.takeBack(ctx, x, m.Name(), m.State().UIDValidity(), c.mailbox, originals, resp.Head, len(copied.src) > 0, err)
 			if !moved {
+				e.movesIncomplete.Add(1)
 				return stop(answer)
 			}
 		}
@@ -320,7 +321,6 @@ const takeBackTimeout = time.Minute
 func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source string, validity uint32, target string, originals []uint32, head imapcodec.ResponseHead, earlier bool, err error) (moved bool, answer func() error) {
 	s := x.Session()
 	log := s.Logger()
-	e.movesIncomplete.Add(1)
 	log.Warn("synthesized MOVE copied but did not expunge the originals; taking the copies back", "err", err)
 	no := func(text string) func() error {
 		return func() error { return x.Reply("NO", "", text) }

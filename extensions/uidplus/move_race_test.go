@@ -279,6 +279,9 @@ func TestFailedMoveLeavesNoCopies(t *testing.T) {
 	if n, m := countID(t, srv, "INBOX", "inbox-2"), countID(t, srv, "meeting", "inbox-2"); n != 0 || m != 1 {
 		t.Errorf("after the retry, inbox-2 %d times in INBOX and %d in meeting, want 0 and 1", n, m)
 	}
+	if st := ext.Stats(); st.Moves != 1 || st.MovesIncomplete != 1 {
+		t.Errorf("%+v", st)
+	}
 }
 
 // TestFailedMoveCopiesNotRemoved: when the copies of a failed MOVE cannot

@@ -118,7 +118,8 @@ type Stats struct {
 	AppendUIDs, AppendOmitted uint64
 	CopyUIDs, CopyOmitted     uint64
 	// Moves counts synthesized MOVEs that completed; MovesIncomplete those
-	// that copied but could not remove the originals (answered NO).
+	// that copied but could not remove the originals (answered NO, the
+	// copies taken back where they could be).
 	Moves, MovesIncomplete uint64
 }
 
