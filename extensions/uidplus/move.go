@@ -382,11 +382,12 @@ func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source stri
 		return true, nil
 	case len(there) == len(originals):
 		remove = dst
-	case len(dst) == len(originals):
+	case pairs(f[1], dst):
 		// Some originals are gone (expunged by another client, or by
 		// an EXPUNGE of ours whose answer was lost): their copies
-		// stay. COPYUID pairs the sets in order.
-		for i, u := range originals {
+		// stay. COPYUID pairs the sets in order (RFC 4315 3).
+		src, _ := expandSet(f[1])
+		for i, u := range src {
 			if _, found := slices.BinarySearch(there, u); found {
 				remove = append(remove, dst[i])
 			}
@@ -414,6 +415,13 @@ func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source stri
 		return false, no("Some of the messages were moved; the others could not be, and were left in this mailbox.")
 	}
 	return false, no("The messages could not be moved; they were left in this mailbox.")
+}
+
+// pairs tells whether a COPYUID's source set names exactly as many UIDs
+// as its target set, dst, so that they pair one to one.
+func pairs(srcSet string, dst []uint32) bool {
+	src, err := expandSet(srcSet)
+	return err == nil && len(src) == len(dst)
 }
 
 // flagAndExpungeOn sets \Deleted on set's messages and expunges exactly

@@ -317,3 +317,45 @@ func TestFailedMoveCopiesNotRemoved(t *testing.T) {
 
 // isCopyUID tells an answer with the COPYUID code.
 func isCopyUID(line string) bool { return strings.Contains(line, "[COPYUID ") }
+
+// TestFailedMoveKeepsCopiesOfGoneOriginals: a failed MOVE takes back only
+// the copies whose originals are still there. Another client expunged
+// one original while it was flagged \Deleted: its copy is now the only
+// one and stays; the other's copy goes.
+func TestFailedMoveKeepsCopiesOfGoneOriginals(t *testing.T) {
+	var fn *faultnet.Relay
+	srv, ext, px := moveEnv(t, 3, func(addr string) string {
+		fn = faultnet.Start(t, addr)
+		return fn.Addr()
+	})
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	d.MustOK("SELECT INBOX")
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.MustOK("SELECT INBOX")
+	cut := faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
+	fn.Add(cut)
+	retries := 0
+	uidplus.SetHook(ext, func(p string) {
+		if p != "move:retry" {
+			return
+		}
+		if retries++; retries == 1 {
+			fn.Add(cut)
+			return
+		}
+		d.MustOK("UID EXPUNGE 3") // \Deleted by the MOVE's STORE
+	})
+	defer uidplus.SetHook(ext, nil)
+	lines := c.Do("a", "UID MOVE 2:3 meeting")
+	if got := lines[len(lines)-1]; got != "a NO Some of the messages were moved; the others could not be, and were left in this mailbox." || slices.ContainsFunc(lines, isCopyUID) {
+		t.Errorf("UID MOVE: %q", lines)
+	}
+	for _, tc := range []struct {
+		id          string
+		inbox, meet int
+	}{{"inbox-2", 1, 0}, {"inbox-3", 0, 1}} {
+		if n, m := countID(t, srv, "INBOX", tc.id), countID(t, srv, "meeting", tc.id); n != tc.inbox || m != tc.meet {
+			t.Errorf("%s %d times in INBOX and %d in meeting, want %d and %d", tc.id, n, m, tc.inbox, tc.meet)
+		}
+	}
+}
