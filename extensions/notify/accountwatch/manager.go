@@ -95,12 +95,24 @@ func (m *Manager) Watch(ctx context.Context, account string, dial DialFunc, opts
 		// A running watcher's last poll may be older than this
 		// subscriber: events from comparing it with the next poll could
 		// report changes made before the subscriber came. It joins after
-		// a poll that starts now, which is its baseline.
+		// a poll that starts now, which is its baseline. Until then it
+		// counts as a subscriber for the grace period: a watcher left
+		// without subscribers must not stop under it, failing the poll
+		// it waits for.
+		w.joining++
+		if w.graceTimer != nil {
+			w.graceTimer.Stop()
+			w.graceTimer = nil
+		}
 		m.mu.Unlock()
-		if err := w.awaitPoll(ctx); err != nil {
+		err := w.awaitPoll(ctx)
+		m.mu.Lock()
+		w.joining--
+		if err != nil {
+			w.graceIfUnused()
+			m.mu.Unlock()
 			return nil, err
 		}
-		m.mu.Lock()
 		if m.accts[account] != w {
 			m.mu.Unlock()
 			return m.Watch(ctx, account, dial, opts, fn) // it stopped meanwhile
@@ -188,17 +200,26 @@ func (s *Sub) Close() {
 		return
 	}
 	delete(w.subs, s)
-	if len(w.subs) == 0 && w.graceTimer == nil {
-		w.graceTimer = time.AfterFunc(m.cfg.Grace, func() {
-			m.mu.Lock()
-			defer m.mu.Unlock()
-			if len(w.subs) > 0 || m.accts[w.account] != w {
-				return
-			}
-			delete(m.accts, w.account)
-			w.cancel()
-		})
+	w.graceIfUnused()
+}
+
+// graceIfUnused starts the grace period at whose end the watcher stops,
+// if nobody watches the account or waits to join (see Watch). m.mu is
+// held.
+func (w *watcher) graceIfUnused() {
+	m := w.m
+	if len(w.subs) > 0 || w.joining > 0 || w.graceTimer != nil {
+		return
 	}
+	w.graceTimer = time.AfterFunc(m.cfg.Grace, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if len(w.subs) > 0 || w.joining > 0 || m.accts[w.account] != w {
+			return
+		}
+		delete(m.accts, w.account)
+		w.cancel()
+	})
 }
 
 // Poke asks the account's watcher, if there is one, to poll now: the

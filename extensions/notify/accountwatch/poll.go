@@ -63,6 +63,9 @@ type watcher struct {
 
 	subs       map[*Sub]struct{} // guarded by m.mu
 	graceTimer *time.Timer       // guarded by m.mu
+	// joining counts the Watch calls waiting for their first poll
+	// (guarded by m.mu): the watcher does not stop under them.
+	joining int
 
 	ready    chan struct{}
 	readyErr error
