@@ -616,9 +616,11 @@ func (e *Extension) enqueue(s *proxy.Session, h *holder, evs []accountwatch.Even
 	s.Wake()
 }
 
-// matches returns the first non-selected group whose filter covers the
-// mailbox b (nil if none). subscribed tells whether b is subscribed.
-func (st *state) match(name string, subscribed bool, want func(*group) bool) *group {
+// match returns the first non-selected group that want accepts and whose
+// filter covers the mailbox name (nil if none). delim is the mailbox's
+// hierarchy delimiter as the upstream's LIST gives it ("" for none),
+// subscribed whether it is subscribed.
+func (st *state) match(name, delim string, subscribed bool, want func(*group) bool) *group {
 	for _, g := range st.groups {
 		if !want(g) {
 			continue
@@ -639,8 +641,10 @@ func (st *state) match(name string, subscribed bool, want func(*group) bool) *gr
 				return g
 			}
 		case fSubtree:
+			// Below n by the upstream's delimiter only: where it is
+			// "/", Lists.go is a sibling of Lists, not a child.
 			for _, n := range g.names {
-				if name == n || strings.HasPrefix(name, n) && len(name) > len(n) && strings.ContainsRune("/.", rune(name[len(n)])) {
+				if name == n || delim != "" && strings.HasPrefix(name, n+delim) {
 					return g
 				}
 			}
@@ -660,22 +664,26 @@ func (st *state) wants(ev accountwatch.Event) bool {
 	mb := ev.Mailbox
 	switch ev.Kind {
 	case accountwatch.Messages:
-		return st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.messages }) != nil
+		return st.match(mb.Name, mb.Delim, mb.Subscribed, func(g *group) bool { return g.messages }) != nil
 	case accountwatch.Flags:
-		return st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.flags }) != nil
+		return st.match(mb.Name, mb.Delim, mb.Subscribed, func(g *group) bool { return g.flags }) != nil
 	case accountwatch.Created, accountwatch.Deleted, accountwatch.Renamed:
 		want := func(g *group) bool { return g.mailboxName }
-		return st.match(mb.Name, mb.Subscribed, want) != nil || ev.Kind == accountwatch.Renamed && st.match(ev.OldName, mb.Subscribed, want) != nil
+		return st.match(mb.Name, mb.Delim, mb.Subscribed, want) != nil || ev.Kind == accountwatch.Renamed && st.match(ev.OldName, mb.Delim, mb.Subscribed, want) != nil
 	case accountwatch.Subscribed, accountwatch.Unsubscribed:
-		return st.match(mb.Name, true, func(g *group) bool { return g.subscription }) != nil
+		return st.match(mb.Name, mb.Delim, true, func(g *group) bool { return g.subscription }) != nil
 	}
 	return false
 }
 
 // wantsMessages reports whether message events of a mailbox are wanted.
 func (st *state) wantsMessages(name string, b *accountwatch.Mailbox) bool {
-	sub := b != nil && b.Subscribed
-	return st.match(name, sub, func(g *group) bool { return g.messages }) != nil
+	var delim string
+	sub := false
+	if b != nil {
+		delim, sub = b.Delim, b.Subscribed
+	}
+	return st.match(name, delim, sub, func(g *group) bool { return g.messages }) != nil
 }
 
 // Push writes what the session has to hear: the FETCH of new messages of
@@ -751,7 +759,7 @@ func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, n
 		if ev.Kind == accountwatch.Flags {
 			want = func(g *group) bool { return g.flags }
 		}
-		if st.match(mb.Name, mb.Subscribed, want) == nil {
+		if st.match(mb.Name, mb.Delim, mb.Subscribed, want) == nil {
 			return b
 		}
 		// A flag change is told with UIDVALIDITY and, under CONDSTORE,
@@ -759,9 +767,9 @@ func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, n
 		// counters.
 		return e.appendStatus(s, b, mb, ev.Kind == accountwatch.Flags, ev.Kind == accountwatch.Flags)
 	case accountwatch.Created, accountwatch.Deleted, accountwatch.Renamed:
-		g := st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.mailboxName })
+		g := st.match(mb.Name, mb.Delim, mb.Subscribed, func(g *group) bool { return g.mailboxName })
 		if g == nil && ev.Kind == accountwatch.Renamed {
-			g = st.match(ev.OldName, mb.Subscribed, func(g *group) bool { return g.mailboxName })
+			g = st.match(ev.OldName, mb.Delim, mb.Subscribed, func(g *group) bool { return g.mailboxName })
 		}
 		if g == nil {
 			return b
@@ -778,7 +786,7 @@ func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, n
 		}
 		return append(b, "\r\n"...)
 	case accountwatch.Subscribed, accountwatch.Unsubscribed:
-		if st.match(mb.Name, true, func(g *group) bool { return g.subscription }) == nil {
+		if st.match(mb.Name, mb.Delim, true, func(g *group) bool { return g.subscription }) == nil {
 			return b
 		}
 		attrs := slices.Clone(mb.Attrs)
@@ -830,7 +838,7 @@ func (e *Extension) writeInitialStatus(ctx context.Context, s *proxy.Session, st
 		if m := s.Mailbox(); m != nil && m.Name() == mb.Name {
 			continue
 		}
-		b = e.appendStatus(s, b, mb, true, st.match(mb.Name, mb.Subscribed, func(g *group) bool { return g.flags }) != nil)
+		b = e.appendStatus(s, b, mb, true, st.match(mb.Name, mb.Delim, mb.Subscribed, func(g *group) bool { return g.flags }) != nil)
 	}
 	if len(b) == 0 {
 		return nil

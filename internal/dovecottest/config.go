@@ -39,6 +39,9 @@ type configParams struct {
 	// CommandEvents logs every finished IMAP command as a JSON event
 	// (see Server.CommandEvents).
 	CommandEvents bool
+	// SlashSeparator makes "/" the hierarchy delimiter (Maildir's fs
+	// layout) instead of ".".
+	SlashSeparator bool
 
 	// MailUID and MailGID own the mail processes and the home directories.
 	MailUID, MailGID int
@@ -114,7 +117,15 @@ default_process_limit = 1000
 default_client_limit = 10000
 mail_max_userip_connections = {{if .MaxUserIPConnections}}{{.MaxUserIPConnections}}{{else}}10000{{end}}
 
+{{- if .SlashSeparator}}
+mail_location = maildir:~/Maildir:LAYOUT=fs
+namespace inbox {
+  inbox = yes
+  separator = /
+}
+{{- else}}
 mail_location = maildir:~/Maildir
+{{- end}}
 mail_fsync = never
 mailbox_idle_check_interval = 1 secs
 {{- if .CommandEvents}}

@@ -159,6 +159,10 @@ type Options struct {
 	// first connection, whatever client_limit says). All the test users
 	// share one UID, as a process with several clients needs.
 	IMAPClientLimit int
+	// SlashSeparator makes "/" the hierarchy delimiter, as on servers
+	// with the file system's layout, instead of Maildir++'s ".": a name
+	// may then hold a ".".
+	SlashSeparator bool
 	// CommandEvents has Dovecot log every IMAP command it finishes, with
 	// how long it took and how much of that it waited for locks (the
 	// imap_command_finished event), for Server.CommandEvents: a benchmark
@@ -187,7 +191,8 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 		users:   map[string]string{"alice": "alicepass", "bob": "bobpass"},
 	}
 	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections, MasterUser: o.MasterUser, MasterPassword: o.MasterPassword,
-		HibernateSeconds: int((o.HibernateAfter + time.Second - 1) / time.Second), IMAPClientLimit: o.IMAPClientLimit, CommandEvents: o.CommandEvents}
+		HibernateSeconds: int((o.HibernateAfter + time.Second - 1) / time.Second), IMAPClientLimit: o.IMAPClientLimit, CommandEvents: o.CommandEvents,
+		SlashSeparator: o.SlashSeparator}
 	if strings.ContainsAny(o.MasterUser+o.MasterPassword, ":\r\n") {
 		t.Fatalf("dovecottest: master user %q: unsupported characters", o.MasterUser)
 	}

@@ -517,6 +517,32 @@ func ntSubtree(t testing.TB, e *ntEnv, px *ntProxy) {
 	c.silent(ntSilence)
 }
 
+// TestNotifySubtreeDelimiter: (subtree X ...) goes down the hierarchy by
+// the upstream's delimiter as LIST gives it, "/" on this Dovecot, where
+// Lists.go is a sibling of Lists. (It was covered: "/" and "." were both
+// taken for delimiters, whatever the upstream's.)
+func TestNotifySubtreeDelimiter(t *testing.T) {
+	dc := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{SlashSeparator: true})
+	dc.AddUsers(t, map[string]string{"n001": "pwn001"})
+	e := &ntEnv{profile: dovecottest.Legacy, dc: dc, users: 1}
+	px := e.proxy(t, notify.Config{})
+	u := e.user(t)
+	d := e.direct(t, u)
+	for _, m := range []string{"Lists", "Lists/go", "Lists.go"} {
+		d.create(m)
+	}
+	c := px.login(t, u)
+	c.MustOK("NOTIFY SET (subtree Lists " + ntMsgs + ")")
+	probe := px.login(t, u)
+	probe.MustOK("NOTIFY SET (personal " + ntMsgs + ")")
+	d.MustOK(ntAppend("Lists.go", "a sibling"))
+	probe.expect("* STATUS Lists.go (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+	c.silent(ntSilence)
+	d.MustOK(ntAppend("Lists/go", "a child"))
+	c.expect("* STATUS Lists/go (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+	probe.expect("* STATUS Lists/go (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+}
+
 // ntMailboxes: (mailboxes ...) covers exactly the mailboxes named (RFC 5465
 // 6.6).
 func ntMailboxes(t testing.TB, e *ntEnv, px *ntProxy) {
