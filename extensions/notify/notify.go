@@ -400,6 +400,55 @@ func parseGroup(l imapcodec.List) (*group, error) {
 	return g, nil
 }
 
+// errSectionLiteral refuses a literal inside a fetch attribute's section
+// that no quoted string can carry.
+var errSectionLiteral = errors.New("a header field name sent as a literal must be one a quoted string can carry")
+
+// inlineSectionLiterals writes each literal that stands inside a fetch
+// attribute's section, as MessageNew's may hold one
+// ("BODY.PEEK[HEADER.FIELDS ({7+}\r\nSubject)]"), into the text around it
+// as a quoted string, and reports whether there was one. The parser reads
+// a section as part of an atom, on one line; and the proxy's own UID FETCH
+// (fetchNew) carries the attributes upstream on one line, where a literal
+// cannot go. The quoted string is the same astring (header-fld-name, RFC
+// 3501 9); a literal no quoted string can carry (CR, LF, NUL, 8-bit) is no
+// header field name (RFC 5322 2.2) and is refused with errSectionLiteral.
+// Literals elsewhere (mailbox names) stay as they are.
+func inlineSectionLiterals(segs []imapcodec.Segment) ([]imapcodec.Segment, bool, error) {
+	var out []imapcodec.Segment
+	var text []byte
+	depth, inQuote, escaped, inlined := 0, false, false, false
+	for _, sg := range segs {
+		for _, c := range sg.Text {
+			switch {
+			case escaped:
+				escaped = false
+			case inQuote && c == '\\':
+				escaped = true
+			case c == '"':
+				inQuote = !inQuote
+			case inQuote:
+			case c == '[':
+				depth++
+			case c == ']' && depth > 0:
+				depth--
+			}
+		}
+		text = append(text, sg.Text...)
+		if sg.Literal == nil || depth == 0 || inQuote {
+			out = append(out, imapcodec.Segment{Text: text, Literal: sg.Literal, Data: sg.Data})
+			text = nil
+			continue
+		}
+		if !imapcodec.CanQuote(string(sg.Data)) {
+			return nil, false, errSectionLiteral
+		}
+		text = imapcodec.AppendQuoted(text, string(sg.Data))
+		inlined = true
+	}
+	return out, inlined, nil
+}
+
 // notify runs NOTIFY SET and NOTIFY NONE.
 func (e *Extension) notify(ctx context.Context, x *proxy.Exchange) error {
 	s, cmd := x.Session(), x.Command()
@@ -407,6 +456,15 @@ func (e *Extension) notify(ctx context.Context, x *proxy.Exchange) error {
 		return x.Reply("BAD", "", "NOTIFY not allowed before authentication; log in first.")
 	}
 	p := cmd.Args
+	if segs, inlined, err := inlineSectionLiterals(cmd.Segments); err != nil {
+		return x.Reply("BAD", "", "Error in NOTIFY: "+err.Error()+".")
+	} else if inlined {
+		c, err := imapcodec.ParseCommand(segs, imapcodec.Limits{})
+		if err != nil {
+			return x.Reply("BAD", "", "Error in NOTIFY: "+err.Error()+".")
+		}
+		p = c.Args
+	}
 	if err := p.SP(); err != nil {
 		return x.Reply("BAD", "", "NOTIFY needs SET or NONE.")
 	}

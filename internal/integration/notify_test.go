@@ -306,7 +306,7 @@ func TestNotify(t *testing.T) {
 	for _, p := range ntProfiles {
 		t.Run(p.String(), func(t *testing.T) {
 			t.Parallel()
-			e := ntStartDovecot(t, p, 40)
+			e := ntStartDovecot(t, p, 42)
 			px := e.proxy(t, notify.Config{})
 			// Counting upstream connections needs the Dovecot to
 			// itself, and timing is best measured on a quiet one:
@@ -349,6 +349,7 @@ var ntScenarios = []struct {
 	{"OutsideDelete", ntOutsideDelete},
 	{"FlagChangeOther", ntFlagChangeOther},
 	{"OverflowScope", ntOverflowScope},
+	{"FetchAttsLiteral", ntFetchAttsLiteral},
 }
 
 // ntSelected: (selected ...) reports new messages with the FETCH asked for,
@@ -634,6 +635,25 @@ func ntIdle(t testing.TB, e *ntEnv, px *ntProxy) {
 	c.expect(`* 1 FETCH (UID 1 FLAGS (\Answered))`)
 	c.Write("DONE\r\n")
 	c.expect("i2 OK Idle completed.")
+}
+
+// ntFetchAttsLiteral: MessageNew's fetch attributes may name a header
+// field with a literal, as FETCH's grammar allows (header-fld-name is an
+// astring); the proxy's own UID FETCH, written on one line, carries it as
+// the same string quoted. (NOTIFY SET answered BAD "unbalanced '['".)
+func ntFetchAttsLiteral(t testing.TB, e *ntEnv, px *ntProxy) {
+	u := e.user(t)
+	c := px.login(t, u)
+	c.MustOK("SELECT INBOX")
+	c.MustOK("NOTIFY SET (selected (MessageNew (UID BODY.PEEK[HEADER.FIELDS ({7+}\r\nSubject)]) MessageExpunge))")
+	e.direct(t, u).MustOK(ntAppend("INBOX", "one"))
+	// Dovecot names the field in capitals, as it does for a FETCH of its own.
+	c.expect("* 1 EXISTS", "* 1 FETCH (UID 1 BODY[HEADER.FIELDS (\"SUBJECT\")] {16}\r\nSubject: one\r\n\r\n)")
+	// A name no quoted string can carry cannot be a header field's.
+	got := c.Cmd("NOTIFY SET (selected (MessageNew (BODY.PEEK[HEADER.FIELDS ({4+}\r\nA\r\nB)]) MessageExpunge))")
+	if want := "BAD Error in NOTIFY: a header field name sent as a literal must be one a quoted string can carry."; imaptest.Tagged(got) != want {
+		t.Fatalf("a field name with a line break: %q, want %q", got, want)
+	}
 }
 
 // ntNone: after NOTIFY NONE nothing is pushed (RFC 5465 3.2); the selected
