@@ -774,27 +774,6 @@ func (e *Extension) Push(s *proxy.Session) error {
 	return s.Write(b)
 }
 
-// renamedBelow starts the suppress key of the mailboxes a session's own
-// RENAME moved along: "old/" NUL "new/" follows, and the entry stays until
-// it expires (it covers every mailbox below).
-const renamedBelow = "renamed below\x00"
-
-// ownRenameBelow reports whether a rename event is of a mailbox that a
-// RENAME of the session moved along with its parent.
-func (st *state) ownRenameBelow(ev accountwatch.Event, now time.Time) bool {
-	for k, exp := range st.suppress {
-		rest, ok := strings.CutPrefix(k, renamedBelow)
-		if !ok || !now.Before(exp) {
-			continue
-		}
-		from, to, _ := strings.Cut(rest, "\x00")
-		if strings.HasPrefix(ev.OldName, from) && strings.HasPrefix(ev.Mailbox.Name, to) {
-			return true
-		}
-	}
-	return false
-}
-
 // render appends the responses for one account event.
 func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, now time.Time, b []byte) []byte {
 	mb := ev.Mailbox
@@ -804,9 +783,6 @@ func (e *Extension) render(s *proxy.Session, st *state, ev accountwatch.Event, n
 		if now.Before(exp) {
 			return b // the session made this change itself
 		}
-	}
-	if ev.Kind == accountwatch.Renamed && st.ownRenameBelow(ev, now) {
-		return b
 	}
 	switch ev.Kind {
 	case accountwatch.Messages, accountwatch.Flags:
@@ -999,12 +975,8 @@ func (e *Extension) changed(ctx context.Context, s *proxy.Session, name string, 
 	case "RENAME":
 		if len(args) >= 2 {
 			note(accountwatch.Renamed, args[1])
-			if h, err := s.Hierarchy(ctx); err == nil && h.Delim != "" && st != nil {
-				// The mailboxes below it moved with it (RFC 3501 6.3.5):
-				// their renames are the session's own too.
-				now := time.Now()
-				from, to := s.CanonicalMailbox(ctx, args[0]), s.CanonicalMailbox(ctx, args[1])
-				st.noteOwn(renamedBelow+from+h.Delim+"\x00"+to+h.Delim, now, now.Add(2*e.pollInterval()+time.Minute))
+			if st != nil {
+				e.noteOwnRenameBelow(st, s.CanonicalMailbox(ctx, args[0]), s.CanonicalMailbox(ctx, args[1]))
 			}
 		}
 		e.mgr.Poke(account)
@@ -1033,6 +1005,32 @@ func (e *Extension) changed(ctx context.Context, s *proxy.Session, name string, 
 	case "EXPUNGE", "UID EXPUNGE", "STORE", "UID STORE", "CLOSE":
 		if m := s.Mailbox(); m != nil {
 			e.mgr.Poke(account, m.Name())
+		}
+	}
+}
+
+// noteOwnRenameBelow records as the session's own the renames of the
+// mailboxes that its RENAME of from to to moved along (RFC 3501 6.3.5),
+// one by one: those below from in the account watcher's latest poll, which
+// the next poll reports renamed (a child it did not know yet comes as a
+// creation), or below to if that poll saw the RENAME already (to did not
+// exist before it). (One entry for all that came from below from to below
+// to hid another client's rename of a mailbox made under the old name
+// later.) INBOX's children stay where they are when INBOX is renamed.
+func (e *Extension) noteOwnRenameBelow(st *state, from, to string) {
+	if st.acct == nil || from == "INBOX" {
+		return // no mailbox events asked for, or none to come
+	}
+	now := time.Now()
+	exp := now.Add(2*e.pollInterval() + time.Minute)
+	for _, b := range st.acct.Mailboxes() {
+		if b.Delim == "" {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(b.Name, from+b.Delim); ok {
+			st.noteOwn(accountwatch.Renamed.String()+"\x00"+to+b.Delim+rest, now, exp)
+		} else if strings.HasPrefix(b.Name, to+b.Delim) {
+			st.noteOwn(accountwatch.Renamed.String()+"\x00"+b.Name, now, exp)
 		}
 	}
 }

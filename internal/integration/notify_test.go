@@ -306,7 +306,7 @@ func TestNotify(t *testing.T) {
 	for _, p := range ntProfiles {
 		t.Run(p.String(), func(t *testing.T) {
 			t.Parallel()
-			e := ntStartDovecot(t, p, 42)
+			e := ntStartDovecot(t, p, 44)
 			px := e.proxy(t, notify.Config{})
 			// Counting upstream connections needs the Dovecot to
 			// itself, and timing is best measured on a quiet one:
@@ -350,6 +350,7 @@ var ntScenarios = []struct {
 	{"FlagChangeOther", ntFlagChangeOther},
 	{"OverflowScope", ntOverflowScope},
 	{"FetchAttsLiteral", ntFetchAttsLiteral},
+	{"OthersRenameBelow", ntOthersRenameBelow},
 }
 
 // ntSelected: (selected ...) reports new messages with the FETCH asked for,
@@ -604,6 +605,35 @@ func ntOwnRenameChildren(t testing.TB, e *ntEnv, px *ntProxy) {
 	a.MustOK("RENAME Par Top")
 	b.expect(`* LIST `+e.parent()+` "." Top ("OLDNAME" (Par))`, `* LIST `+e.leaf()+` "." Top.Kid ("OLDNAME" (Par.Kid))`)
 	a.silent(ntSilence)
+}
+
+// ntOthersRenameBelow: after a session's own RENAME of a mailbox with a
+// child, another client's rename of a mailbox created under the old name
+// later is not the session's own, and it hears of it. (The session's
+// RENAME covered every rename from below the old name to below the new one
+// for two poll intervals and a minute.)
+func ntOthersRenameBelow(t testing.TB, e *ntEnv, px *ntProxy) {
+	u := e.user(t)
+	a, probe := px.login(t, u), px.login(t, u)
+	a.MustOK("CREATE Par")
+	a.MustOK("CREATE Par.Kid")
+	for _, c := range []*ntClient{a, probe} {
+		c.MustOK("NOTIFY SET (personal (MailboxName))")
+	}
+	a.MustOK("RENAME Par Top")
+	probe.expect(`* LIST `+e.parent()+` "." Top ("OLDNAME" (Par))`, `* LIST `+e.leaf()+` "." Top.Kid ("OLDNAME" (Par.Kid))`)
+	d := e.direct(t, u)
+	d.create("Par.Other")
+	// Dovecot lists the parent Par that Par.Other needs, which does not
+	// exist, and drops it again when Par.Other goes.
+	parent := regexp.MustCompile(`^\* LIST \([^)]*\) "\." Par$`)
+	for _, c := range []*ntClient{probe, a} {
+		c.expectAfter(parent, `* LIST `+e.leaf()+` "." Par.Other`)
+	}
+	d.MustOK("RENAME Par.Other Top.Other")
+	for _, c := range []*ntClient{probe, a} {
+		c.expectAfter(parent, `* LIST `+e.leaf()+` "." Top.Other ("OLDNAME" (Par.Other))`)
+	}
 }
 
 // ntIdle: events arrive during IDLE, in the authenticated state and with a
