@@ -524,9 +524,7 @@ func ntSubtree(t testing.TB, e *ntEnv, px *ntProxy) {
 // Lists.go is a sibling of Lists. (It was covered: "/" and "." were both
 // taken for delimiters, whatever the upstream's.)
 func TestNotifySubtreeDelimiter(t *testing.T) {
-	dc := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{SlashSeparator: true})
-	dc.AddUsers(t, map[string]string{"n001": "pwn001"})
-	e := &ntEnv{profile: dovecottest.Legacy, dc: dc, users: 1}
+	e := ntStartSlash(t, dovecottest.Legacy, 1)
 	px := e.proxy(t, notify.Config{})
 	u := e.user(t)
 	d := e.direct(t, u)

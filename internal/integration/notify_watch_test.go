@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -40,4 +41,52 @@ func TestNotifySetDuringGrace(t *testing.T) {
 	c.expect("n1 OK NOTIFY completed.")
 	px.login(t, u).MustOK("CREATE After") // a poke: the poll interval is long
 	c.expect(`* LIST ` + e.leaf() + ` "." After`)
+}
+
+// ntStartSlash starts Dovecot with "/" for hierarchy delimiter (the file
+// system's layout) and n accounts, as ntStartDovecot does.
+func ntStartSlash(t testing.TB, p dovecottest.Profile, n int) *ntEnv {
+	t.Helper()
+	dc := dovecottest.StartWith(t, p, dovecottest.Options{SlashSeparator: true})
+	users := make(map[string]string, n)
+	for i := 1; i <= n; i++ {
+		name := fmt.Sprintf("n%03d", i)
+		users[name] = "pw" + name
+	}
+	dc.AddUsers(t, users)
+	return &ntEnv{profile: p, dc: dc, users: n}
+}
+
+// TestNotifyParentDeleted: where the delimiter is "/" (Dovecot's file
+// system layout), DELETE of a mailbox with a child leaves its name in LIST
+// as the child's \Noselect parent. The mailbox is gone, and a client that
+// asked for MailboxName hears so (RFC 5465 5.4); when CREATE makes the name
+// a mailbox again, it hears of the creation. (It heard a STATUS with
+// UIDNEXT 0, which no mailbox has, for the deletion, and of the creation
+// only a STATUS, which a client asking for MailboxName alone never heard.)
+// Neither is a change of messages. (Dovecot 2.3.19 then answers STATUS of
+// the new Par with NO [SERVERBUG] on the account watcher's connection,
+// which had seen it deleted: no message events are checked after that.)
+func TestNotifyParentDeleted(t *testing.T) {
+	for _, p := range ntProfiles {
+		t.Run(p.String(), func(t *testing.T) {
+			t.Parallel()
+			e := ntStartSlash(t, p, 1)
+			px := e.proxy(t, notify.Config{})
+			u := e.user(t)
+			d := e.direct(t, u)
+			d.create("Par")
+			d.create("Par/Kid")
+			msgs := px.login(t, u)
+			msgs.MustOK("NOTIFY SET (personal " + ntMsgs + ")")
+			names := px.login(t, u)
+			names.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))")
+			d.MustOK("DELETE Par")
+			names.expect(`* LIST (\NonExistent) "/" Par`)
+			msgs.silent(ntSilence)
+			d.create("Par")
+			names.expect(`* LIST ` + e.parent() + ` "/" Par`)
+			msgs.silent(ntSilence)
+		})
+	}
 }

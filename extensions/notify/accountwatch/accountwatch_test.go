@@ -67,6 +67,22 @@ func TestDiff(t *testing.T) {
 	}
 }
 
+// TestDiffNoselect: a mailbox deleted while its name stays as a \Noselect
+// parent is deleted, and one created under a \Noselect name is created,
+// with its mail; neither is a change of counters (a \Noselect name has
+// none).
+func TestDiffNoselect(t *testing.T) {
+	noselect := func(name string) Mailbox {
+		return Mailbox{Name: name, Delim: "/", Attrs: []string{`\Noselect`, `\HasChildren`}}
+	}
+	old := map[string]Mailbox{"p": box("p", 1, 2, false), "q": noselect("q"), "r": noselect("r")}
+	next := map[string]Mailbox{"p": noselect("p"), "q": box("q", 2, 0, false), "r": box("r", 3, 1, false)}
+	want := []string{"deleted p", "created q", "created r", "messages r"}
+	if got := kinds(diff(old, next)); !reflect.DeepEqual(got, want) {
+		t.Fatalf("diff:\n got  %q\n want %q", got, want)
+	}
+}
+
 // TestWatchAndPoke: against go-imap's in-memory server, one watcher per
 // account, events after a poke, nothing for another account.
 func TestWatchAndPoke(t *testing.T) {

@@ -65,11 +65,28 @@ func diff(old, next map[string]Mailbox) []Event {
 		if !ok {
 			continue
 		}
+		// A mailbox deleted while others below it stay keeps its name in
+		// LIST as their \Noselect parent (Dovecot's file system layout),
+		// and CREATE makes that name a mailbox again: a deletion and a
+		// creation (RFC 5465 5.4), not changes of the counters (a
+		// \Noselect name has none).
+		switch {
+		case o.Selectable && !n.Selectable:
+			evs = append(evs, Event{Kind: Deleted, Mailbox: o})
+		case !o.Selectable && n.Selectable:
+			evs = append(evs, Event{Kind: Created, Mailbox: n})
+		}
 		switch {
 		case n.Subscribed && !o.Subscribed:
 			evs = append(evs, Event{Kind: Subscribed, Mailbox: n})
 		case !n.Subscribed && o.Subscribed:
 			evs = append(evs, Event{Kind: Unsubscribed, Mailbox: n})
+		}
+		if !o.Selectable || !n.Selectable {
+			if n.Selectable && n.Status.Messages > 0 {
+				evs = append(evs, Event{Kind: Messages, Mailbox: n}) // as for a new mailbox
+			}
+			continue
 		}
 		switch a, b := o.Status, n.Status; {
 		case a.Messages != b.Messages || a.UIDNext != b.UIDNext || a.UIDValidity != b.UIDValidity:
