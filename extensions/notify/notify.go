@@ -964,7 +964,13 @@ func (e *Extension) changed(ctx context.Context, s *proxy.Session, name string, 
 	switch name {
 	case "CREATE":
 		if len(args) >= 1 {
-			note(accountwatch.Created, args[0])
+			name := args[0]
+			if h, err := s.Hierarchy(ctx); err == nil && h.Delim != "" && len(name) > len(h.Delim) {
+				// "Proj." makes Proj (RFC 3501 6.3.3): its event names
+				// Proj.
+				name = strings.TrimSuffix(name, h.Delim)
+			}
+			note(accountwatch.Created, name)
 		}
 		e.mgr.Poke(account)
 	case "DELETE":

@@ -306,7 +306,7 @@ func TestNotify(t *testing.T) {
 	for _, p := range ntProfiles {
 		t.Run(p.String(), func(t *testing.T) {
 			t.Parallel()
-			e := ntStartDovecot(t, p, 44)
+			e := ntStartDovecot(t, p, 46)
 			px := e.proxy(t, notify.Config{})
 			// Counting upstream connections needs the Dovecot to
 			// itself, and timing is best measured on a quiet one:
@@ -351,6 +351,7 @@ var ntScenarios = []struct {
 	{"OverflowScope", ntOverflowScope},
 	{"FetchAttsLiteral", ntFetchAttsLiteral},
 	{"OthersRenameBelow", ntOthersRenameBelow},
+	{"OwnCreateTrailingDelim", ntOwnCreateTrailingDelim},
 }
 
 // ntSelected: (selected ...) reports new messages with the FETCH asked for,
@@ -632,6 +633,22 @@ func ntOthersRenameBelow(t testing.TB, e *ntEnv, px *ntProxy) {
 	for _, c := range []*ntClient{probe, a} {
 		c.expectAfter(parent, `* LIST `+e.leaf()+` "." Top.Other ("OLDNAME" (Par.Other))`)
 	}
+}
+
+// ntOwnCreateTrailingDelim: CREATE of a name that ends with the hierarchy
+// delimiter (RFC 3501 6.3.3: the client means to make names below it)
+// makes the mailbox without it; the session that made it is not told (RFC
+// 5465 5), another one is. (It was told: its own creation was noted under
+// the name as sent.)
+func ntOwnCreateTrailingDelim(t testing.TB, e *ntEnv, px *ntProxy) {
+	u := e.user(t)
+	a, b := px.login(t, u), px.login(t, u)
+	for _, c := range []*ntClient{a, b} {
+		c.MustOK("NOTIFY SET (personal (MailboxName))")
+	}
+	a.MustOK("CREATE Proj.")
+	b.expect(`* LIST ` + e.leaf() + ` "." Proj`)
+	a.silent(ntSilence)
 }
 
 // ntIdle: events arrive during IDLE, in the authenticated state and with a
