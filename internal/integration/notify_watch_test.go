@@ -64,9 +64,11 @@ func ntStartSlash(t testing.TB, p dovecottest.Profile, n int) *ntEnv {
 // a mailbox again, it hears of the creation. (It heard a STATUS with
 // UIDNEXT 0, which no mailbox has, for the deletion, and of the creation
 // only a STATUS, which a client asking for MailboxName alone never heard.)
-// Neither is a change of messages. (Dovecot 2.3.19 then answers STATUS of
-// the new Par with NO [SERVERBUG] on the account watcher's connection,
-// which had seen it deleted: no message events are checked after that.)
+// Neither is a change of messages. Then new mail in Par is told: Dovecot
+// 2.3.19 answers STATUS of the new Par with NO [SERVERBUG] on the account
+// watcher's connection, which saw it deleted, for as long as that
+// connection lasts, and the watcher never saw its changes; it reconnects
+// now.
 func TestNotifyParentDeleted(t *testing.T) {
 	for _, p := range ntProfiles {
 		t.Run(p.String(), func(t *testing.T) {
@@ -86,7 +88,11 @@ func TestNotifyParentDeleted(t *testing.T) {
 			msgs.silent(ntSilence)
 			d.create("Par")
 			names.expect(`* LIST ` + e.parent() + ` "/" Par`)
-			msgs.silent(ntSilence)
+			// On a new connection: d's, which saw Par deleted, may
+			// answer NO "Mailbox was deleted under us" (Dovecot 2.3.19).
+			e.direct(t, u).MustOK(ntAppend("Par", "again"))
+			msgs.expect("* STATUS Par (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+			names.expect("* STATUS Par (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 		})
 	}
 }

@@ -81,6 +81,14 @@ func TestDiffNoselect(t *testing.T) {
 	if got := kinds(diff(old, next)); !reflect.DeepEqual(got, want) {
 		t.Fatalf("diff:\n got  %q\n want %q", got, want)
 	}
+	// Counters not known before (a STATUS that failed) are news only
+	// where there is mail.
+	unknown := func(name string) Mailbox { return Mailbox{Name: name, Delim: "/", Selectable: true} }
+	old = map[string]Mailbox{"u": unknown("u"), "v": unknown("v")}
+	next = map[string]Mailbox{"u": box("u", 5, 0, false), "v": box("v", 6, 3, false)}
+	if got, want := kinds(diff(old, next)), []string{"messages v"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("diff of unknown counters:\n got  %q\n want %q", got, want)
+	}
 }
 
 // TestWatchAndPoke: against go-imap's in-memory server, one watcher per

@@ -89,6 +89,13 @@ func diff(old, next map[string]Mailbox) []Event {
 			continue
 		}
 		switch a, b := o.Status, n.Status; {
+		case a.UIDNext == 0:
+			// The counters were not known (no mailbox has UIDNEXT 0:
+			// its STATUS failed): what they show now is news only if
+			// there is mail, as for a new mailbox.
+			if b.Messages > 0 {
+				evs = append(evs, Event{Kind: Messages, Mailbox: n})
+			}
 		case a.Messages != b.Messages || a.UIDNext != b.UIDNext || a.UIDValidity != b.UIDValidity:
 			evs = append(evs, Event{Kind: Messages, Mailbox: n})
 		case a.Unseen != b.Unseen || a.UpModSeq != b.UpModSeq:

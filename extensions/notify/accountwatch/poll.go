@@ -83,6 +83,11 @@ type watcher struct {
 	// idling holds conn while it waits in IDLE, for Poke to interrupt.
 	notifySet bool
 	idling    atomic.Pointer[upstream.Conn]
+	// serverBug holds the mailboxes whose STATUS failed with NO
+	// [SERVERBUG] and made the watcher reconnect (reconnect: after this
+	// poll); see status. Used by the watcher goroutine only.
+	serverBug map[string]bool
+	reconnect bool
 }
 
 func (w *watcher) log() *slog.Logger { return w.m.cfg.Logger.With("account_watcher", w.account) }
@@ -157,10 +162,18 @@ func (w *watcher) run() {
 		waitIdle = false
 		if err != nil {
 			failures++
+			w.reconnect = false // it does now
 			w.dropConn()
 			d = min(100*time.Millisecond<<min(failures-1, 8), w.m.cfg.PollInterval) // the first retry at once: a dropped connection is usually just that
 			nextFull = time.Now().Add(d)
 			w.log().Warn("account poll failed", "err", err, "retry_in", d)
+		} else if w.reconnect {
+			// A STATUS failed with NO [SERVERBUG]: poll again at once on a
+			// new connection (see status).
+			failures = 0
+			w.reconnect = false
+			w.dropConn()
+			d = 0
 		} else {
 			failures = 0
 			caps := w.conn.Caps()
@@ -377,7 +390,7 @@ func (w *watcher) poll(only []string) (err error) {
 			if !ok || !b.Selectable {
 				continue
 			}
-			st, err := status(ctx, c, name)
+			st, err := w.status(ctx, c, name)
 			if err != nil {
 				return err
 			}
@@ -401,7 +414,7 @@ func (w *watcher) poll(only []string) (err error) {
 			if _, ok := next[name]; ok || !o.Selectable {
 				continue
 			}
-			st, err := status(ctx, c, name)
+			st, err := w.status(ctx, c, name)
 			if err != nil {
 				return err
 			}
@@ -413,7 +426,7 @@ func (w *watcher) poll(only []string) (err error) {
 		// its UIDVALIDITY tells a rename from a creation.
 		for name, b := range next {
 			if _, ok := old[name]; !ok && b.Selectable && !b.hasStatus && old != nil {
-				if st, err := status(ctx, c, name); err != nil {
+				if st, err := w.status(ctx, c, name); err != nil {
 					return err
 				} else if st != nil {
 					b.Status, b.hasStatus = *st, true
@@ -421,9 +434,19 @@ func (w *watcher) poll(only []string) (err error) {
 				}
 			}
 		}
+		listStatus := c.Caps().Has("LIST-STATUS")
 		for name, b := range next {
 			if o, ok := old[name]; ok {
 				b.ModSeq = o.ModSeq
+				if b.Selectable && !b.hasStatus && listStatus {
+					// LIST-STATUS left it out (Dovecot does when its
+					// STATUS fails): ask, to learn why (see status).
+					if st, err := w.status(ctx, c, name); err != nil {
+						return err
+					} else if st != nil {
+						b.Status, b.hasStatus = *st, true
+					}
+				}
 				if b.Selectable && !b.hasStatus {
 					// No STATUS this time (the mailbox is going away,
 					// or the upstream skipped it): not a change.
@@ -464,6 +487,13 @@ func (w *watcher) poll(only []string) (err error) {
 		var err error
 		if evs, err = w.refresh(ctx, c, opts, only, old, next, evs); err != nil {
 			return err
+		}
+	}
+	if only == nil {
+		for name := range w.serverBug {
+			if _, ok := next[name]; !ok {
+				delete(w.serverBug, name)
+			}
 		}
 	}
 	w.mu.Lock()
@@ -521,7 +551,7 @@ func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptio
 			// A change STATUS did not show (yet): report it with fresh
 			// counters, as new mail if they moved.
 			kind := Flags
-			if st, err := status(ctx, c, name); err == nil && st != nil {
+			if st, err := w.status(ctx, c, name); err == nil && st != nil {
 				o := old[name].Status
 				if st.Messages != o.Messages || st.UIDNext != o.UIDNext || st.UIDValidity != o.UIDValidity {
 					kind = Messages
@@ -585,7 +615,7 @@ func (w *watcher) list(ctx context.Context, c *upstream.Conn) (map[string]Mailbo
 			if !b.Selectable {
 				continue
 			}
-			st, err := status(ctx, c, name)
+			st, err := w.status(ctx, c, name)
 			if err != nil {
 				return nil, err
 			}
@@ -622,7 +652,15 @@ func (w *watcher) list(ctx context.Context, c *upstream.Conn) (map[string]Mailbo
 
 // status runs STATUS for one mailbox; nil if the upstream refused (the
 // mailbox went away between LIST and STATUS).
-func status(ctx context.Context, c *upstream.Conn, name string) (*Status, error) {
+//
+// A STATUS refused with NO [SERVERBUG] makes the watcher reconnect after
+// the poll, once per mailbox until a STATUS of it works again: Dovecot
+// 2.3.19 answers so, on a connection that saw a mailbox deleted while
+// others stayed below it, for the mailbox created again under that name,
+// for as long as the connection lasts, and the mailbox's changes were
+// never seen. A mailbox that fails so on every connection costs one
+// reconnection.
+func (w *watcher) status(ctx context.Context, c *upstream.Conn, name string) (*Status, error) {
 	cmd := string(imapcodec.AppendQuoted([]byte("STATUS "), name)) + " " + statusItems(c)
 	var st *Status
 	tagged, err := c.Exec(ctx, cmd, func(r *upstream.Response) {
@@ -632,8 +670,25 @@ func status(ctx context.Context, c *upstream.Conn, name string) (*Status, error)
 			}
 		}
 	})
-	if errors.As(err, new(*upstream.StatusError)) || err == nil && tagged.Head.Name != "OK" {
+	var se *upstream.StatusError
+	if errors.As(err, &se) || err == nil && tagged.Head.Name != "OK" {
+		code := ""
+		if se != nil {
+			code = se.Head.Code
+		} else {
+			code = tagged.Head.Code
+		}
+		if code == "SERVERBUG" && !w.serverBug[name] {
+			if w.serverBug == nil {
+				w.serverBug = map[string]bool{}
+			}
+			w.serverBug[name] = true
+			w.reconnect = true
+		}
 		return nil, nil
+	}
+	if err == nil && st != nil {
+		delete(w.serverBug, name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("accountwatch: STATUS: %w", err)
