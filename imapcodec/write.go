@@ -24,9 +24,16 @@ func AppendQuoted(b []byte, s string) []byte {
 // CanQuote reports whether s can be sent as a quoted string (RFC 3501
 // quoted: 7-bit, no CR, LF or NUL; we also keep quoted strings short).
 func CanQuote(s string) bool {
-	if len(s) > 1024 {
-		return false
-	}
+	return len(s) <= 1024 && Quotable(s)
+}
+
+// Quotable reports whether s can be a quoted string at all: 7-bit, no CR,
+// LF or NUL, of any length (RFC 3501 and 9051 set none). It is for a
+// string the client sent as a literal that must go upstream on the
+// command's line, where a synchronising literal cannot (the upstream's
+// line limit, 64 KiB for Dovecot, is then the bound; Dovecot answers a
+// longer argument BAD and carries on).
+func Quotable(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c == 0 || c == '\r' || c == '\n' || c >= 0x80 {

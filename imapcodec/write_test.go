@@ -64,6 +64,10 @@ func TestCanQuoteIsAtom(t *testing.T) {
 		if got := IsAtom(tt.s); got != tt.atom {
 			t.Errorf("IsAtom(%.20q) = %v", tt.s, got)
 		}
+		// Quotable differs from CanQuote by the length only.
+		if got, want := Quotable(tt.s), tt.canQuote || len(tt.s) > 1024; got != want {
+			t.Errorf("Quotable(%.20q) = %v", tt.s, got)
+		}
 	}
 }
 

@@ -548,7 +548,7 @@ func (e *Extension) rewriteStatus(x *proxy.Exchange) error {
 	if !asked {
 		return nil
 	}
-	if !imapcodec.CanQuote(mailbox) {
+	if !imapcodec.Quotable(mailbox) {
 		return errors.New("HIGHESTMODSEQ is not available for this mailbox name")
 	}
 	enableCondStore(s)
@@ -640,8 +640,8 @@ func mentions(segs []imapcodec.Segment, words ...string) bool {
 }
 
 // oneLine writes a command read with literals on one line, each literal
-// as a quoted string; false if one cannot be (CR, LF, NUL, 8-bit data,
-// a literal8).
+// as a quoted string whatever its length; false if one cannot be (CR, LF,
+// NUL, 8-bit data, a literal8).
 func oneLine(segs []imapcodec.Segment) ([]imapcodec.Segment, bool) {
 	var line []byte
 	for _, seg := range segs {
@@ -649,7 +649,7 @@ func oneLine(segs []imapcodec.Segment) ([]imapcodec.Segment, bool) {
 		if seg.Literal == nil {
 			continue
 		}
-		if seg.Literal.Binary || !imapcodec.CanQuote(string(seg.Data)) {
+		if seg.Literal.Binary || !imapcodec.Quotable(string(seg.Data)) {
 			return nil, false
 		}
 		line = imapcodec.AppendQuoted(line, string(seg.Data))

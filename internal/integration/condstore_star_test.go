@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
 // TestUIDStarUnchangedSince: "UID STORE * ... (UNCHANGEDSINCE m)"
@@ -122,6 +123,40 @@ func TestLiteralFetchLeavesUpstreamCondstoreOff(t *testing.T) {
 	for _, l := range lines {
 		if strings.Contains(l, " FETCH ") && strings.Count(l, "MODSEQ") != 1 {
 			t.Errorf("STORE with CONDSTORE enabled: want one MODSEQ, the proxy's; got %q", l)
+		}
+	}
+}
+
+// TestLongStringFetchWithModSeq: a FETCH with MODSEQ whose items hold a
+// string of more than 1,024 bytes (a long header field name, as a
+// literal or quoted) is a valid command Dovecot answers; the proxy
+// rebuilt it with the long string as a synchronising literal, which it
+// refuses to send upstream, and answered BAD (a reviewer's finding).
+// IMAP sets no length on a quoted string: it must go upstream quoted.
+func TestLongStringFetchWithModSeq(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr := csStartProxy(t, dc)
+	u := csSeed(t, dc, "LongLit", 1)
+	field := "X-" + strings.Repeat("A", 1200)
+	// Dovecot takes the name quoted, on one line.
+	d := csDirect(t, dc, "LongLit")
+	direct := d.MustOK(`FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT "` + field + `")])`)
+	d.Close()
+	c := csLogin(t, addr, "")
+	c.selectMailbox("SELECT LongLit", u)
+	for _, cmd := range []string{
+		fmt.Sprintf("FETCH 1 (MODSEQ BODY.PEEK[HEADER.FIELDS (SUBJECT {%d+}\r\n%s)])", len(field), field),
+		`FETCH 1 (MODSEQ BODY.PEEK[HEADER.FIELDS (SUBJECT "` + field + `")])`,
+		fmt.Sprintf("UID FETCH %d (BODY.PEEK[HEADER.FIELDS (SUBJECT {%d+}\r\n%s)]) (CHANGEDSINCE 1)", u[0], len(field), field),
+	} {
+		lines := c.Cmd(cmd)
+		if !strings.HasPrefix(imaptest.Tagged(lines), "OK") {
+			t.Errorf("%.60s...: want OK as Dovecot answers, got %q", cmd, lines)
+			continue
+		}
+		all := strings.Join(lines, "\n")
+		if !strings.Contains(all, " FETCH (UID 1 MODSEQ (") || !strings.Contains(all, "Subject: message 1") {
+			t.Errorf("%.60s...: want the MODSEQ and the Subject header (Dovecot: %q), got %q", cmd, direct, lines)
 		}
 	}
 }
