@@ -282,11 +282,16 @@ func rewriteStore(x *proxy.Exchange) (bool, error) {
 	}
 	st := m.State()
 	snap := st.Snapshot()
-	// "*" is the largest UID in use, and "n:*" with n above it still
-	// covers that message (RFC 3501 6.4.8, 9).
-	ranges = bindStar(ranges, lastUID(snap.UIDs))
+	// The messages are those of the client's view, the ones it has been
+	// told of: "*" is its last (RFC 3501 6.4.8, 9: the largest UID in
+	// use, and "n:*" with n above it still covers it), and a message
+	// delivered since, which the state may know after the Sync, is left
+	// alone, as Dovecot binds "*" to its session's view and stores only
+	// there; the client hears of the new message after the command.
+	view := m.UIDs()
+	ranges = bindStar(ranges, lastUID(view))
 	var keep, modified []uint32
-	for _, uid := range snap.UIDs {
+	for _, uid := range view {
 		if !ranges.Contains(imap.UID(uid)) {
 			continue
 		}

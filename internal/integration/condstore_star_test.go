@@ -5,9 +5,11 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 // TestUIDStarUnchangedSince: "UID STORE * ... (UNCHANGEDSINCE m)"
@@ -159,4 +161,57 @@ func TestLongStringFetchWithModSeq(t *testing.T) {
 			t.Errorf("%.60s...: want the MODSEQ and the Subject header (Dovecot: %q), got %q", cmd, direct, lines)
 		}
 	}
+}
+
+// TestUIDStarIsClientsLast: "*" in a UID set is the last message of the
+// session's view, the one the client has been told of: Dovecot, with a
+// message delivered by another client since, stores on the last message
+// its session knows, not the new one, of which it tells the session
+// after the command (checked here directly first). The proxy's
+// conditional STORE, which brings the hub's state up to date first,
+// bound "*" to the state's last message: the new one, reported
+// [MODIFIED] (a UID the client did not know), and the client's last one
+// was left alone. The upstream has no IDLE and the watcher polls once an
+// hour, so that the state learns of the new message at the STORE's Sync
+// only, not before the command, when the proxy would tell the client of
+// it first (and "*" would rightly be the new message).
+func TestUIDStarIsClientsLast(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.LegacyNoIdle)
+	addr := csStartProxy(t, dc, func(c *proxy.Config) { c.Hub.PollInterval = time.Hour })
+	other := csDirect(t, dc, "")
+	defer other.Close()
+
+	// Dovecot itself.
+	u := csSeed(t, dc, "StarD", 2)
+	d := csDirect(t, dc, "StarD")
+	defer d.Close()
+	csAppend(t, other, "StarD", 1)
+	d.MustOK(`UID STORE * +FLAGS ($Direct)`)
+	flags := csDirectFlags(t, dc, "StarD")
+	csWantFlags(t, "Dovecot: the session's last message after UID STORE *", flags[u[1]], `$Direct`)
+	// The STORE told d of the first new message; a range leaves out the
+	// one delivered since.
+	later := csAppend(t, other, "StarD", 1)
+	d.MustOK(`UID STORE 1:1000 (UNCHANGEDSINCE 4611686018427387904) +FLAGS ($Range)`)
+	csWantFlags(t, "Dovecot: a message the session was not told of, after UID STORE 1:1000", csDirectFlags(t, dc, "StarD")[later[0]])
+
+	u = csSeed(t, dc, "StarV", 2)
+	c := csLogin(t, addr, "CONDSTORE")
+	h := c.selectMailbox("SELECT StarV", u).highestModSeq(t)
+	fresh := csAppend(t, other, "StarV", 1)
+	// The conditional STORE brings the hub's state up to date
+	// (Mailbox.Sync) before it reads it.
+	r := c.Cmd(fmt.Sprintf(`UID STORE * (UNCHANGEDSINCE %d) +FLAGS ($Star)`, h))
+	t.Logf("UID STORE * (UNCHANGEDSINCE): %q", r)
+	if strings.Contains(imaptest.Tagged(r), "MODIFIED") {
+		t.Errorf("UID STORE * (UNCHANGEDSINCE %d): [MODIFIED] for a message the client was not told of: %q", h, r)
+	}
+	flags = csDirectFlags(t, dc, "StarV")
+	csWantFlags(t, "the client's last message after UID STORE * (UNCHANGEDSINCE)", flags[u[1]], `$Star`)
+	csWantFlags(t, "the message delivered since, after UID STORE * (UNCHANGEDSINCE)", flags[fresh[0]])
+	later = csAppend(t, other, "StarV", 1)
+	c.MustOK(`UID STORE 1:1000 (UNCHANGEDSINCE 4611686018427387904) +FLAGS ($Range)`)
+	flags = csDirectFlags(t, dc, "StarV")
+	csWantFlags(t, "a message the client was told of, after UID STORE 1:1000 (UNCHANGEDSINCE)", flags[fresh[0]], `$Range`)
+	csWantFlags(t, "a message the client was not told of, after UID STORE 1:1000 (UNCHANGEDSINCE)", flags[later[0]])
 }

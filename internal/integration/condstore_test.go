@@ -33,8 +33,9 @@ import (
 )
 
 // csStartProxy runs the proxy with IDLE and CONDSTORE/QRESYNC and a
-// bbolt state store (as lemonproxy serve has) in front of dc.
-func csStartProxy(t *testing.T, dc *dovecottest.Server) string {
+// bbolt state store (as lemonproxy serve has) in front of dc; opts edit
+// the configuration after that.
+func csStartProxy(t *testing.T, dc *dovecottest.Server, opts ...func(*proxy.Config)) string {
 	t.Helper()
 	store, err := statestore.OpenBolt(t.TempDir())
 	if err != nil {
@@ -43,10 +44,10 @@ func csStartProxy(t *testing.T, dc *dovecottest.Server) string {
 	// Registered before the proxy's cleanup, so it runs after the
 	// proxy has shut down.
 	t.Cleanup(func() { store.Close() })
-	addr, _ := startProxy(t, dc.Addr, func(c *proxy.Config) {
+	addr, _ := startProxy(t, dc.Addr, append([]func(*proxy.Config){func(c *proxy.Config) {
 		c.Extensions = []proxy.Extension{idle.New(), condstore.New()}
 		c.Hub.Store = store
-	})
+	}}, opts...)...)
 	return addr
 }
 
