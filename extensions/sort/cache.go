@@ -26,8 +26,10 @@ import (
 //     occur in a mailbox name, so one mailbox's prefix never covers
 //     another's. Records of another UIDVALIDITY are deleted when the
 //     mailbox is next loaded, and so are records of messages the hub no
-//     longer lists (expunged). At most Config.MaxStored records per
-//     account are kept; beyond that, new keys are held in memory only.
+//     longer lists (expunged), and records of an older version; those of
+//     a newer version are left alone (keys.go). At most Config.MaxStored
+//     records per account are kept; beyond that, new keys are held in
+//     memory only.
 //   - in memory, per mailbox and UIDVALIDITY, folded (collation applied)
 //     and sorted by UID, up to Config.MaxCached messages and
 //     Config.MaxCachedBytes bytes (keyBytes) over all accounts, least
@@ -54,6 +56,10 @@ type box struct {
 	mu     sync.Mutex
 	loaded bool
 	msgs   []folded // by UID
+	// newer are the UIDs (sorted) whose records are of a newer version
+	// than this code's (newerRecord): their keys are fetched and held
+	// in msgs, but not stored over those records.
+	newer []uint32
 	// counted and countedBytes (under cache.mu) are len(msgs) and their
 	// keyBytes as the cache's totals know them.
 	counted, countedBytes int64
@@ -212,8 +218,9 @@ func recordPrefix(mailbox string, uidValidity uint32) string {
 }
 
 // load reads the mailbox's records (b.mu held), deleting those of other
-// UIDVALIDITYs and of messages no longer in exists (sorted UIDs of the
-// mailbox, all of them up to maxUID).
+// UIDVALIDITYs, of messages no longer in exists (sorted UIDs of the
+// mailbox, all of them up to maxUID) and of an older version; those of a
+// newer version are left alone (keys.go, newerRecord).
 func (c *cache) load(b *box, exists []uint32, maxUID uint32) {
 	if b.loaded {
 		return
@@ -223,6 +230,7 @@ func (c *cache) load(b *box, exists []uint32, maxUID uint32) {
 	cur := recordPrefix(id.mailbox, id.uidValidity)
 	var stale []string
 	var msgs []folded
+	var newer []uint32
 	err := c.data.List(id.account, mailboxPrefix(id.mailbox), func(key string, value []byte) bool {
 		rest, ok := strings.CutPrefix(key, cur)
 		if !ok {
@@ -239,6 +247,10 @@ func (c *cache) load(b *box, exists []uint32, maxUID uint32) {
 			stale = append(stale, key) // expunged
 			return true
 		}
+		if newerRecord(value) {
+			newer = append(newer, uid)
+			return true
+		}
 		k, err := decodeKeys(value)
 		if err != nil {
 			stale = append(stale, key)
@@ -252,7 +264,8 @@ func (c *cache) load(b *box, exists []uint32, maxUID uint32) {
 		return
 	}
 	slices.SortFunc(msgs, func(a, b folded) int { return int64cmp(int64(a.uid), int64(b.uid)) })
-	b.msgs = msgs
+	slices.Sort(newer)
+	b.msgs, b.newer = msgs, newer
 	c.grew(b, msgs)
 	if len(stale) > 0 {
 		if err := c.data.Write(id.account, nil, stale); err != nil {
@@ -309,7 +322,9 @@ func (c *cache) fetch(ctx context.Context, s *proxy.Session, b *box, uids []uint
 			}
 			c.fetched.Add(1)
 			got = append(got, fold(uid, &k))
-			recs = append(recs, accountdata.Record{Key: fmt.Sprintf("%s%08x", prefix, uid), Value: k.encode()})
+			if _, newer := slices.BinarySearch(b.newer, uid); !newer {
+				recs = append(recs, accountdata.Record{Key: fmt.Sprintf("%s%08x", prefix, uid), Value: k.encode()})
+			}
 		})
 		if err != nil {
 			return fmt.Errorf("fetching sort keys: %w", err)

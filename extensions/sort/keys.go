@@ -274,8 +274,17 @@ func fold(uid uint32, k *Keys) folded {
 // message. Records of an older version (1: without the threading keys;
 // 2: Date without RFC 5322's leap seconds, military zones and short
 // years) fail to decode, and load deletes them: the message's keys are
-// fetched again.
+// fetched again and stored in this version. A record of a newer version
+// (newerRecord) is a newer node's of the same cluster, during a rolling
+// upgrade: it is left as it is, neither deleted nor overwritten, and the
+// message's keys are fetched and held in memory only; otherwise the two
+// nodes would replace each other's records for as long as both ran. A
+// new version must keep the version byte first.
 const recordVersion = 3
+
+// newerRecord reports whether a stored record is of a newer version than
+// this code writes.
+func newerRecord(b []byte) bool { return len(b) > 0 && b[0] > recordVersion }
 
 // maxKeyString bounds each string of a record read back, so that a
 // corrupt record cannot claim gigabytes.
