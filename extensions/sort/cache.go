@@ -185,13 +185,18 @@ func (c *cache) drop() {
 	c.total, c.totalBytes = 0, 0
 }
 
-// forget deletes a mailbox's records and drops it from memory.
-func (c *cache) forget(account, mailbox string) {
+// forget deletes a mailbox's records and drops it from memory; with a
+// delim (not ""), also those of the mailboxes below it.
+func (c *cache) forget(account, mailbox, delim string) {
 	var keys []string
-	err := c.data.List(account, mailboxPrefix(mailbox), func(key string, _ []byte) bool {
+	collect := func(key string, _ []byte) bool {
 		keys = append(keys, key)
 		return true
-	})
+	}
+	err := c.data.List(account, mailboxPrefix(mailbox), collect)
+	if err == nil && delim != "" {
+		err = c.data.List(account, "sort/"+mailbox+delim, collect)
+	}
 	if err == nil && len(keys) > 0 {
 		if err := c.data.Write(account, nil, keys); err != nil {
 			c.log.Warn("deleting sort keys", "account", account, "err", err)
@@ -202,7 +207,8 @@ func (c *cache) forget(account, mailbox string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for id, b := range c.boxes {
-		if id.account == account && id.mailbox == mailbox {
+		below := delim != "" && strings.HasPrefix(id.mailbox, mailbox+delim)
+		if id.account == account && (id.mailbox == mailbox || below) {
 			c.lru.Remove(b.elem)
 			delete(c.boxes, id)
 			c.total -= b.counted

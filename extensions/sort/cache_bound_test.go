@@ -47,7 +47,7 @@ func TestCacheBytesBound(t *testing.T) {
 	if len(c.boxes) != 1 || c.boxes[d.id] != d || c.total != 30 || c.totalBytes != 30*per+entry {
 		t.Fatalf("boxes %v, totals %d, %d; want d alone, 30, %d", c.boxes, c.total, c.totalBytes, 30*per+entry)
 	}
-	c.forget("alice", "d")
+	c.forget("alice", "d", "")
 	if len(c.boxes) != 0 || c.total != 0 || c.totalBytes != 0 {
 		t.Fatalf("after forget: boxes %v, totals %d, %d", c.boxes, c.total, c.totalBytes)
 	}

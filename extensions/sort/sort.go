@@ -145,9 +145,13 @@ func (e *Extension) Capabilities(state proxy.State, up upstream.Caps) []string {
 func (*Extension) Commands() []string { return []string{"SORT", "UID SORT", "DELETE", "RENAME"} }
 
 // forget deletes the stored keys of the mailbox a successful DELETE or
-// RENAME names (its first argument): nothing would ever load them again,
-// and they would count against the account's bound for good. A RENAME's
-// new name starts without keys; they are fetched again at its first sort.
+// RENAME names (its first argument), and on a RENAME those of the
+// mailboxes below it, which it takes along (RFC 3501 6.3.5; RENAME INBOX
+// leaves them): nothing would ever load them again, and they would count
+// against the account's bound for good. The keys are the canonical
+// name's (the hub's, Session.CanonicalMailbox): inbox.x is INBOX.x. A
+// RENAME's new names start without keys; they are fetched again at their
+// first sort.
 func (e *Extension) forget(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
 	err := next(ctx, x)
 	if err != nil || x.Status() != "OK" {
@@ -161,10 +165,14 @@ func (e *Extension) forget(ctx context.Context, x *proxy.Exchange, next proxy.Ne
 	if perr != nil {
 		return nil
 	}
-	if strings.EqualFold(name, "INBOX") {
-		name = "INBOX"
+	s := x.Session()
+	children := ""
+	if x.Name == "RENAME" && !strings.EqualFold(name, "INBOX") {
+		if h, err := s.Hierarchy(ctx); err == nil {
+			children = h.Delim
+		}
 	}
-	e.cache.forget(x.Session().UpstreamAccount().Name, name)
+	e.cache.forget(s.UpstreamAccount().Name, s.CanonicalMailbox(ctx, name), children)
 	return nil
 }
 
