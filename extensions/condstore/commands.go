@@ -174,7 +174,15 @@ func rewriteFetch(x *proxy.Exchange) (bool, error) {
 				return
 			}
 			if ch.Expunged {
-				gone = append(gone, ch.UID)
+				// A message still in the client's view is one whose
+				// expunge it has not been told of yet (it came after
+				// the delivery before this command): the VANISHED
+				// after the command tells it, as Dovecot's does, not
+				// VANISHED (EARLIER) too, while it still counts
+				// among the client's messages.
+				if m.SeqOf(ch.UID) == 0 {
+					gone = append(gone, ch.UID)
+				}
 			} else if m.SeqOf(ch.UID) != 0 {
 				changed = append(changed, ch.UID)
 			}

@@ -1,12 +1,15 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/extensions/idle"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
@@ -214,4 +217,65 @@ func TestUIDStarIsClientsLast(t *testing.T) {
 	flags = csDirectFlags(t, dc, "StarV")
 	csWantFlags(t, "a message the client was told of, after UID STORE 1:1000 (UNCHANGEDSINCE)", flags[fresh[0]], `$Range`)
 	csWantFlags(t, "a message the client was not told of, after UID STORE 1:1000 (UNCHANGEDSINCE)", flags[later[0]])
+}
+
+// syncFirst brings the selected mailbox's state up to date before each
+// UID FETCH reaches condstore: what the watcher does at any moment, made
+// to happen between the delivery that precedes the command and the
+// command itself, where the change is in the state and not yet told.
+type syncFirst struct{}
+
+func (syncFirst) Name() string       { return "syncfirst" }
+func (syncFirst) Commands() []string { return []string{"UID FETCH"} }
+func (syncFirst) ServeCommand(ctx context.Context, x *proxy.Exchange, next proxy.Next) error {
+	if m := x.Session().Mailbox(); m != nil {
+		if err := m.Sync(ctx, 5*time.Second); err != nil {
+			return err
+		}
+	}
+	return next(ctx, x)
+}
+
+// TestChangedSinceVanishedNotTold: an expunge the client has not been
+// told of yet, the message still in its view, is told by the VANISHED
+// after the command, as Dovecot does (it fetches the message, then says
+// "* VANISHED uid"; checked directly first). The proxy also put it in the
+// command's VANISHED (EARLIER), so the client heard of it twice, the
+// first time while the message still counted among its messages (a
+// standing note: CHANGEDSINCE VANISHED reporting above the session's
+// mod-sequence). The upstream has no IDLE and the watcher polls once an
+// hour: the state learns of the expunge from syncFirst only.
+func TestChangedSinceVanishedNotTold(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.LegacyNoIdle)
+
+	// Dovecot itself.
+	u := csSeed(t, dc, "VanD", 3)
+	d := csDirect(t, dc, "")
+	defer d.Close()
+	d.MustOK("ENABLE QRESYNC")
+	d.MustOK("SELECT VanD")
+	other := csDirect(t, dc, "VanD")
+	other.MustOK(fmt.Sprintf(`UID STORE %d +FLAGS (\Deleted)`, u[1]))
+	other.MustOK("EXPUNGE")
+	other.Close()
+	r := csClassify(t, d.MustOK("UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)"))
+	csWantUIDs(t, "Dovecot: VANISHED (EARLIER) for an expunge its session has not been told of", r.earlier)
+	csWantUIDs(t, "Dovecot: VANISHED after the command", r.vanished, u[1])
+
+	addr := csStartProxy(t, dc, func(c *proxy.Config) {
+		c.Hub.PollInterval = time.Hour
+		c.Extensions = []proxy.Extension{idle.New(), syncFirst{}, condstore.New()}
+	})
+	u = csSeed(t, dc, "Van", 3)
+	c := csLogin(t, addr, "QRESYNC")
+	h := c.selectMailbox("SELECT Van", u).highestModSeq(t)
+	c.mustRun(fmt.Sprintf(`UID STORE %d +FLAGS (\Flagged)`, u[0]))
+	other = csDirect(t, dc, "Van")
+	other.MustOK(fmt.Sprintf(`UID STORE %d +FLAGS (\Deleted)`, u[1]))
+	other.MustOK("EXPUNGE")
+	other.Close()
+	r = c.mustRun(fmt.Sprintf("UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)", h))
+	csWantUIDs(t, "VANISHED (EARLIER) for an expunge the client has not been told of", r.earlier)
+	csWantUIDs(t, "VANISHED after the command", r.vanished, u[1])
+	csWantUIDs(t, "FETCH of the messages changed since", r.fetchUIDs(), u[0])
 }
