@@ -159,15 +159,14 @@ func rewriteFetch(x *proxy.Exchange) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		// "*" is the largest UID in use, the client's or the state's,
-		// and "n:*" with n above it still covers it (RFC 3501 6.4.8, 9);
-		// an open "n:*" also covers the UIDs expunged above it, which
-		// VANISHED must report.
-		last := lastUID(m.State().Snapshot().UIDs)
-		if uids := m.UIDs(); len(uids) > 0 {
-			last = max(last, uids[len(uids)-1])
-		}
-		bound := bindStar(ranges, last)
+		// "*" is the last message of the client's view, as for
+		// rewriteStore: the state may know a newer one the client has
+		// not been told of (it came after the delivery before this
+		// command), which this FETCH could not answer for; "n:*" with
+		// n above it still covers it (RFC 3501 6.4.8, 9). An open
+		// "n:*" also covers the UIDs expunged above it
+		// (ranges.Contains), which VANISHED reports.
+		bound := bindStar(ranges, lastUID(m.UIDs()))
 		var changed, gone []uint32
 		m.State().ChangesSince(changedSince, func(ch syncstate.Change) {
 			if !ranges.Contains(imap.UID(ch.UID)) && !bound.Contains(imap.UID(ch.UID)) {

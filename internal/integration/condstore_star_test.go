@@ -279,3 +279,38 @@ func TestChangedSinceVanishedNotTold(t *testing.T) {
 	csWantUIDs(t, "VANISHED after the command", r.vanished, u[1])
 	csWantUIDs(t, "FETCH of the messages changed since", r.fetchUIDs(), u[0])
 }
+
+// TestUIDStarChangedSinceNewMessage: "UID FETCH * (FLAGS) (CHANGEDSINCE
+// m)" names the client's last message even when the state has learnt of
+// a newer one the client has not been told of yet (syncFirst makes that
+// happen every time): Dovecot fetches its session's last message (checked
+// directly first). The proxy bound "*" to the state's newest message,
+// which the client does not know, and answered nothing.
+func TestUIDStarChangedSinceNewMessage(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.LegacyNoIdle)
+	other := csDirect(t, dc, "")
+	defer other.Close()
+
+	// Dovecot itself.
+	u := csSeed(t, dc, "NewD", 2)
+	d := csDirect(t, dc, "")
+	defer d.Close()
+	d.MustOK("ENABLE CONDSTORE")
+	d.MustOK("SELECT NewD")
+	d.MustOK(fmt.Sprintf(`UID STORE %d +FLAGS (\Flagged)`, u[1]))
+	csAppend(t, other, "NewD", 1)
+	r := csClassify(t, d.MustOK("UID FETCH * (FLAGS) (CHANGEDSINCE 1)"))
+	csWantUIDs(t, "Dovecot: UID FETCH * (CHANGEDSINCE) with a message delivered since", r.fetchUIDs(), u[1])
+
+	addr := csStartProxy(t, dc, func(c *proxy.Config) {
+		c.Hub.PollInterval = time.Hour
+		c.Extensions = []proxy.Extension{idle.New(), syncFirst{}, condstore.New()}
+	})
+	u = csSeed(t, dc, "New", 2)
+	c := csLogin(t, addr, "CONDSTORE")
+	h := c.selectMailbox("SELECT New", u).highestModSeq(t)
+	c.mustRun(fmt.Sprintf(`UID STORE %d +FLAGS (\Flagged)`, u[1]))
+	csAppend(t, other, "New", 1)
+	r = c.mustRun(fmt.Sprintf("UID FETCH * (FLAGS) (CHANGEDSINCE %d)", h))
+	csWantUIDs(t, "UID FETCH * (CHANGEDSINCE) with a message delivered since", r.fetchUIDs(), u[1])
+}
