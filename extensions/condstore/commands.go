@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -356,7 +357,48 @@ func rewriteStore(x *proxy.Exchange) (bool, error) {
 // searchData says how the results of a search with MODSEQ are completed.
 type searchData struct {
 	uids bool // results are UIDs, not sequence numbers
+	// addedAll: returnAll added ALL to the RETURN options, to be taken
+	// out of the ESEARCH answer once its MODSEQ is known.
+	addedAll bool
 }
+
+// returnOptions finds a search's RETURN options (RFC 4731) in a
+// command's first line: "tag [UID] SEARCH|SORT RETURN (options)".
+var returnOptions = regexp.MustCompile(`(?i)^\S+ (?:UID )?(?:SEARCH|SORT) RETURN \(([^()]*)\)`)
+
+// returnAll makes a search with MODSEQ whose RETURN options ask for COUNT
+// but not ALL ask for ALL too: the answer's MODSEQ is then the highest of
+// every match (RFC 4731 3.2: only MIN and MAX alone narrow it), which only
+// ALL tells. Options beside MIN, MAX and COUNT (SAVE, PARTIAL, UPDATE,
+// CONTEXT: an extension's, for ALL would change what they do) leave the
+// command as it is. It reports whether it added ALL.
+func returnAll(segs []imapcodec.Segment) bool {
+	if len(segs) == 0 {
+		return false
+	}
+	m := returnOptions.FindSubmatchIndex(segs[0].Text)
+	if m == nil {
+		return false
+	}
+	count := false
+	for _, o := range strings.Fields(string(segs[0].Text[m[2]:m[3]])) {
+		switch strings.ToUpper(o) {
+		case "COUNT":
+			count = true
+		case "MIN", "MAX":
+		default:
+			return false // ALL among them, or another extension's
+		}
+	}
+	if !count {
+		return false
+	}
+	segs[0].Text = slices.Concat(segs[0].Text[:m[2]], []byte("ALL "), segs[0].Text[m[2]:])
+	return true
+}
+
+// esearchAll is the ALL item of an ESEARCH answer.
+var esearchAll = regexp.MustCompile(`(?i) ALL [0-9:,]+`)
 
 // rewriteSearch replaces each MODSEQ search key (RFC 7162 3.1.5) with the
 // UIDs of the messages whose mod-sequence is at least the one given, from
@@ -398,7 +440,7 @@ func rewriteSearch(x *proxy.Exchange) error {
 		return nil
 	}
 	enableCondStore(s)
-	d := &searchData{uids: strings.HasPrefix(x.Name, "UID ")}
+	d := &searchData{uids: strings.HasPrefix(x.Name, "UID "), addedAll: returnAll(x.Segments)}
 	x.Filter(func(resp *proxy.Response) *proxy.Response {
 		if resp.Streamed || len(resp.Segments) != 1 {
 			return resp
@@ -407,7 +449,13 @@ func rewriteSearch(x *proxy.Exchange) error {
 		case "SEARCH", "SORT":
 			resp.Segments[0].Text = d.completeSearch(s, resp.Segments[0].Text)
 		case "ESEARCH":
-			resp.Segments[0].Text = d.completeESearch(s, resp.Segments[0].Text)
+			text := d.completeESearch(s, resp.Segments[0].Text)
+			if d.addedAll {
+				if i := esearchAll.FindIndex(text); i != nil {
+					text = slices.Concat(text[:i[0]], text[i[1]:])
+				}
+			}
+			resp.Segments[0].Text = text
 		}
 		return resp
 	})

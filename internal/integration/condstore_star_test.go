@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -313,4 +314,55 @@ func TestUIDStarChangedSinceNewMessage(t *testing.T) {
 	csAppend(t, other, "New", 1)
 	r = c.mustRun(fmt.Sprintf("UID FETCH * (FLAGS) (CHANGEDSINCE %d)", h))
 	csWantUIDs(t, "UID FETCH * (CHANGEDSINCE) with a message delivered since", r.fetchUIDs(), u[1])
+}
+
+// TestESearchCountModSeq: an ESEARCH answer to a search with MODSEQ
+// carries MODSEQ, the highest of every matching message when COUNT is
+// asked for, with MIN or MAX or alone (RFC 4731 3.2: only MIN and/or
+// MAX alone narrow it), as Dovecot answers (checked directly first).
+// With the upstream's ESEARCH and no extensions/esearch in the chain,
+// the proxy added MODSEQ from the MIN and MAX it saw, and none to COUNT
+// alone.
+func TestESearchCountModSeq(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr := csStartProxy(t, dc)
+	u := csSeed(t, dc, "Count", 3)
+	d := csDirect(t, dc, "")
+	defer d.Close()
+	d.MustOK("ENABLE CONDSTORE")
+	d.MustOK("SELECT Count")
+	d.MustOK(fmt.Sprintf(`UID STORE %d +FLAGS (\Seen)`, u[1]))
+	highest := regexp.MustCompile(`\bMODSEQ (\d+)`)
+	// The highest mod-sequence of all messages, and the one of message 1.
+	modseqs := func(c *imaptest.Client) (all, first string) {
+		all = highest.FindStringSubmatch(c.MustOK("SEARCH RETURN (ALL) MODSEQ 1")[0])[1]
+		first = highest.FindStringSubmatch(c.MustOK("SEARCH RETURN (MIN) MODSEQ 1")[0])[1]
+		return all, first
+	}
+	check := func(who string, c *imaptest.Client) {
+		t.Helper()
+		all, first := modseqs(c)
+		for _, tc := range []struct{ cmd, want string }{
+			{"SEARCH RETURN (COUNT) MODSEQ 1", "COUNT 3 MODSEQ " + all},
+			{"SEARCH RETURN (MIN COUNT) MODSEQ 1", "MIN 1 COUNT 3 MODSEQ " + all},
+			{"UID SEARCH RETURN (COUNT MAX) MODSEQ 1", fmt.Sprintf("UID COUNT 3 MAX %d MODSEQ %s", u[2], all)},
+			{"SEARCH RETURN (MIN) MODSEQ 1", "MIN 1 MODSEQ " + first},
+		} {
+			got := c.MustOK(tc.cmd)[0]
+			// The items in any order, Dovecot's or the proxy's.
+			gf, wf := strings.Fields(got)[4:], strings.Fields(tc.want)
+			slices.Sort(gf)
+			slices.Sort(wf)
+			if !slices.Equal(gf, wf) {
+				t.Errorf("%s: %s: got %q, want the items %q", who, tc.cmd, got, tc.want)
+			}
+		}
+	}
+	check("Dovecot", d)
+	c := csLogin(t, addr, "CONDSTORE")
+	c.selectMailbox("SELECT Count", u)
+	// Message 2 the last changed here too, so that the highest of all
+	// is neither MIN's nor MAX's.
+	c.mustRun(fmt.Sprintf(`UID STORE %d +FLAGS (\Flagged)`, u[1]))
+	check("proxy", c.Client)
 }
