@@ -12,7 +12,8 @@ import (
 )
 
 // extensions is the chain of extensions (package chain: the one list and
-// its order) with the settings' values.
+// its order) with the settings' values, which config.Settings.ProxyConfig
+// has checked.
 func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) {
 	var hosts []string
 	for _, h := range strings.Split(s.URLHosts, ",") {
@@ -20,21 +21,10 @@ func extensions(s config.Settings, log *slog.Logger) ([]proxy.Extension, error) 
 			hosts = append(hosts, h)
 		}
 	}
+	// Checked by config.Settings.ProxyConfig, as everything below.
 	submit, err := listen.ParsePrefixes(s.URLAuthSubmitFrom)
 	if err != nil {
 		return nil, fmt.Errorf("urlauth-submit-from: %w", err)
-	}
-	if s.CompressLevel < 1 || s.CompressLevel > 9 {
-		return nil, fmt.Errorf("compress-level %d: want 1 (fastest) to 9 (smallest)", s.CompressLevel)
-	}
-	if s.SpoolMaxBytes > 0 && s.SpoolMaxBytes < s.MaxAppend {
-		return nil, fmt.Errorf("spool-max-bytes %d is below max-append %d: a CATENATE or MULTIAPPEND of the largest message would always be refused", s.SpoolMaxBytes, s.MaxAppend)
-	}
-	if s.SpoolMaxBytesPerUser > 0 && s.SpoolMaxBytesPerUser < s.MaxAppend {
-		return nil, fmt.Errorf("spool-max-bytes-per-user %d is below max-append %d: a CATENATE or MULTIAPPEND of the largest message would always be refused", s.SpoolMaxBytesPerUser, s.MaxAppend)
-	}
-	if s.SpoolMaxBytesPerUser > 0 && s.SpoolMaxBytes > 0 && s.SpoolMaxBytesPerUser > s.SpoolMaxBytes {
-		return nil, fmt.Errorf("spool-max-bytes-per-user %d is above spool-max-bytes %d", s.SpoolMaxBytesPerUser, s.SpoolMaxBytes)
 	}
 	perUser := s.SpoolMaxBytesPerUser
 	if perUser <= 0 {

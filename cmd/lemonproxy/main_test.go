@@ -684,6 +684,12 @@ func TestSIGHUPReloadsConfig(t *testing.T) {
 	for _, tc := range []struct{ extra, err string }{
 		{"sessions-per-user = \"many\"\n", `sessions-per-user`},
 		{"sessions-per-user = 5\nupstream-security = \"ssl\"\n", `upstream security .*ssl`},
+		// Settings that need a restart, checked all the same: a
+		// reload that took them would leave a proxy that does not
+		// start again.
+		{"sessions-per-user = 5\ncompress-level = 12\n", `compress-level 12: want 1 \(fastest\) to 9 \(smallest\)`},
+		{"sessions-per-user = 5\nspool-max-bytes = 1000\n", `spool-max-bytes 1000 is below max-append`},
+		{"sessions-per-user = 5\nurlauth-submit-from = \"smtp.example\"\n", `urlauth-submit-from: .*smtp\.example`},
 	} {
 		write(listen, tc.extra)
 		hup(`level=ERROR msg="SIGHUP: invalid configuration; keeping the old one" err=".*` + tc.err)

@@ -22,6 +22,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/deflate"
+	"github.com/lemonproxy/lemonproxy/internal/listen"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/syncstate"
 	"github.com/lemonproxy/lemonproxy/upstream"
@@ -498,6 +499,9 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	if err := s.checkCluster(); err != nil {
 		return cfg, err
 	}
+	if err := s.checkExtensions(); err != nil {
+		return cfg, err
+	}
 	if err := s.checkPush(); err != nil {
 		return cfg, err
 	}
@@ -529,6 +533,29 @@ func (s *Settings) checkPush() error {
 		return fmt.Errorf("config: push-give-up %v: at least 1m", s.PushGiveUp.Duration)
 	case strings.TrimSpace(s.PushMailboxes) == "":
 		return errors.New("config: push-mailboxes is empty")
+	}
+	return nil
+}
+
+// checkExtensions checks the extensions' settings. They are checked here,
+// with the rest, rather than where the extensions are built, so that a
+// reload (SIGHUP), which checks the whole file but builds no extension,
+// refuses a file the proxy would not start with.
+func (s *Settings) checkExtensions() error {
+	if _, err := listen.ParsePrefixes(s.URLAuthSubmitFrom); err != nil {
+		return fmt.Errorf("config: urlauth-submit-from: %w", err)
+	}
+	if s.CompressLevel < 1 || s.CompressLevel > 9 {
+		return fmt.Errorf("config: compress-level %d: want 1 (fastest) to 9 (smallest)", s.CompressLevel)
+	}
+	if s.SpoolMaxBytes > 0 && s.SpoolMaxBytes < s.MaxAppend {
+		return fmt.Errorf("config: spool-max-bytes %d is below max-append %d: a CATENATE or MULTIAPPEND of the largest message would always be refused", s.SpoolMaxBytes, s.MaxAppend)
+	}
+	if s.SpoolMaxBytesPerUser > 0 && s.SpoolMaxBytesPerUser < s.MaxAppend {
+		return fmt.Errorf("config: spool-max-bytes-per-user %d is below max-append %d: a CATENATE or MULTIAPPEND of the largest message would always be refused", s.SpoolMaxBytesPerUser, s.MaxAppend)
+	}
+	if s.SpoolMaxBytesPerUser > 0 && s.SpoolMaxBytes > 0 && s.SpoolMaxBytesPerUser > s.SpoolMaxBytes {
+		return fmt.Errorf("config: spool-max-bytes-per-user %d is above spool-max-bytes %d", s.SpoolMaxBytesPerUser, s.SpoolMaxBytes)
 	}
 	return nil
 }

@@ -444,6 +444,10 @@ func TestProxyConfigErrors(t *testing.T) {
 		{"bad security", func(s *Settings) { s.UpstreamSecurity = "ssl" }, `"ssl"`},
 		{"CA without certificates", func(s *Settings) { s.UpstreamSecurity = "tls"; s.UpstreamCA = emptyCA }, "no certificates found"},
 		{"missing CA file", func(s *Settings) { s.UpstreamSecurity = "starttls"; s.UpstreamCA = "/nonexistent/ca.pem" }, "/nonexistent/ca.pem"},
+		// The extensions' settings too, so that a reload checks them.
+		{"compress level", func(s *Settings) { s.CompressLevel = 0 }, "compress-level 0: want 1 (fastest) to 9 (smallest)"},
+		{"spool below max-append", func(s *Settings) { s.SpoolMaxBytes = 1000 }, "spool-max-bytes 1000 is below max-append 67108864"},
+		{"bad submission server", func(s *Settings) { s.URLAuthSubmitFrom = "10.0.0.0/33" }, `urlauth-submit-from: listen: bad prefix "10.0.0.0/33"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := Defaults()
