@@ -426,6 +426,8 @@ func TestServeUsageErrors(t *testing.T) {
 		{"spool below max-append", []string{"serve", "-upstream", "u:143", "-spool-max-bytes", "1000", "-max-append", "2000"}, 2, "spool-max-bytes 1000 is below max-append 2000"},
 		{"user's spool below max-append", []string{"serve", "-upstream", "u:143", "-spool-max-bytes-per-user", "1000", "-max-append", "2000"}, 2, "spool-max-bytes-per-user 1000 is below max-append 2000"},
 		{"user's spool above the total", []string{"serve", "-upstream", "u:143", "-spool-max-bytes", "3000", "-spool-max-bytes-per-user", "4000", "-max-append", "2000"}, 2, "spool-max-bytes-per-user 4000 is above spool-max-bytes 3000"},
+		{"negative delay", []string{"serve", "-upstream", "u:143", "-auth-failure-delay", "-2s"}, 2, "auth-failure-delay -2s: must not be negative"},
+		{"negative size", []string{"serve", "-upstream", "u:143", "-max-append", "-1"}, 2, "max-append -1: must not be negative"},
 		{"help", []string{"serve", "-h"}, 0, "-upstream-security"},
 		{"stray argument", []string{"serve", "-upstream", "u:143", "-listen", "127.0.0.1:0", "imap.example.com:143"}, 2, `unexpected argument "imap.example.com:143"`},
 		{"stray argument in demo", []string{"demo", "-listen", "127.0.0.1:0", "now"}, 2, `unexpected argument "now"`},

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -88,7 +89,7 @@ type Settings struct {
 	UpstreamSearchCasemap bool `toml:"upstream-search-casemap"`
 
 	// SearchMaxBytes bounds what the proxy reads from the upstream to
-	// evaluate one command's substring search keys; 0 or less selects
+	// evaluate one command's substring search keys; 0 selects
 	// the extension's default.
 	SearchMaxBytes int64 `toml:"search-max-bytes"`
 
@@ -99,24 +100,24 @@ type Settings struct {
 	CompressLevel int `toml:"compress-level"`
 	// CompressMaxCompressors bounds the compressors lent out at once
 	// (about 1 MB each); bursts beyond it are compressed by the session's
-	// small stateless writer. 0 or less: no bound.
+	// small stateless writer. 0: no bound (negative: refused).
 	CompressMaxCompressors int `toml:"compress-max-compressors"`
 
 	// ContextMaxBytes is the memory all sessions' updating searches and
 	// sorts (RFC 5267 CONTEXT=SEARCH, CONTEXT=SORT) may hold together
-	// (extensions/contextsearch, docs/context.md); 0 or less selects the
+	// (extensions/contextsearch, docs/context.md); 0 selects the
 	// extension's default.
 	ContextMaxBytes int64 `toml:"context-max-bytes"`
 
 	// SpoolMaxBytes is the disk all messages being put together (CATENATE,
 	// MULTIAPPEND and BINARY's APPEND over an upstream without them) and
 	// URLFETCH's answers being read may take at once; past it such an
-	// APPEND is refused NO [LIMIT] and a URLFETCH answers NIL; 0 or less
+	// APPEND is refused NO [LIMIT] and a URLFETCH answers NIL; 0
 	// selects the default (1 GiB).
 	SpoolMaxBytes int64 `toml:"spool-max-bytes"`
 	// SpoolMaxBytesPerUser is the part of SpoolMaxBytes one account's
 	// messages may take at once (a URLFETCH's: the account whose message
-	// it is), so that one account cannot hold it all; 0 or less selects
+	// it is), so that one account cannot hold it all; 0 selects
 	// a quarter of SpoolMaxBytes, at least MaxAppend (256 MiB with the
 	// defaults), so that a configuration made before it existed keeps
 	// working.
@@ -423,6 +424,9 @@ func (s *Settings) Level() (slog.Level, error) {
 // the client-facing certificate (nil when none is configured).
 func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Config, error) {
 	var cfg proxy.Config
+	if err := s.checkNegative(); err != nil {
+		return cfg, err
+	}
 	if s.Upstream == "" {
 		return cfg, errors.New("config: no upstream: set -upstream HOST:PORT")
 	}
@@ -533,6 +537,43 @@ func (s *Settings) checkPush() error {
 		return fmt.Errorf("config: push-give-up %v: at least 1m", s.PushGiveUp.Duration)
 	case strings.TrimSpace(s.PushMailboxes) == "":
 		return errors.New("config: push-mailboxes is empty")
+	}
+	return nil
+}
+
+// notNegative are the number settings for which a negative value means
+// nothing (those where -1 means "no limit" are not among them). Further
+// down, the proxy takes a value of 0 or less for its default, so a
+// negative one in the file was silently replaced by the default: an
+// operator who wrote max-append = -1 for "no limit" got 64 MiB.
+var notNegative = map[string]bool{
+	"pool-idle-per-account": true, "pool-idle-total": true,
+	"max-line": true, "max-literal": true, "max-append": true, "max-depth": true,
+	"max-command-bytes": true, "max-other-command-bytes": true, "max-preauth-command-bytes": true,
+	"fetch-ahead": true, "expunge-log-max": true,
+	"context-max-bytes": true, "spool-max-bytes": true, "spool-max-bytes-per-user": true,
+	"search-max-bytes": true, "compress-max-compressors": true,
+}
+
+// checkNegative refuses a negative duration (none has a meaning: further
+// down some were taken for the default, and a negative auth-failure-delay
+// turned the failed-login delay off, where 0 selects 2s) and a negative
+// number where it has none (notNegative).
+func (s *Settings) checkNegative() error {
+	v := reflect.ValueOf(*s)
+	typ := v.Type()
+	for i := range typ.NumField() {
+		key, f := typ.Field(i).Tag.Get("toml"), v.Field(i)
+		switch x := f.Interface().(type) {
+		case Duration:
+			if x.Duration < 0 {
+				return fmt.Errorf("config: %s %v: must not be negative", key, x.Duration)
+			}
+		case int, int64:
+			if notNegative[key] && f.Int() < 0 {
+				return fmt.Errorf("config: %s %d: must not be negative", key, f.Int())
+			}
+		}
 	}
 	return nil
 }

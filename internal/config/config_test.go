@@ -933,3 +933,43 @@ func TestPushSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestNegativeValuesRefused: a negative duration, or a negative number
+// where it means nothing, is an error at start (and so at reload), not
+// the default in silence (a negative auth-failure-delay turned the
+// failed-login delay off).
+func TestNegativeValuesRefused(t *testing.T) {
+	value := map[string]string{} // key: a negative value
+	typ := reflect.TypeFor[Settings]()
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		switch key := f.Tag.Get("toml"); {
+		case f.Type == reflect.TypeFor[Duration]():
+			value[key] = "-1s"
+		case f.Type.Kind() == reflect.Int || f.Type.Kind() == reflect.Int64:
+			// Those where -1 means none keep it.
+			switch key {
+			case "upstream-conns-per-account", "conns-per-ip", "sessions-per-user", "preauth-commands",
+				"push-live-watchers", "push-poll-conns", "push-max-registrations", "compress-level":
+			default:
+				value[key] = "-1"
+			}
+		}
+	}
+	if len(value) < 30 {
+		t.Fatalf("only %d settings found: %v", len(value), value)
+	}
+	for key, value := range value {
+		s := parse(t, "-upstream", "imap.example.org:143", "-"+key, value)
+		_, err := s.ProxyConfig(nil, discardLog)
+		if want := "config: " + key + " " + value + ": must not be negative"; err == nil || err.Error() != want {
+			t.Errorf("-%s %s: %v; want %q", key, value, err, want)
+		}
+	}
+	for _, key := range []string{"upstream-conns-per-account", "conns-per-ip", "sessions-per-user", "preauth-commands"} {
+		s := parse(t, "-upstream", "imap.example.org:143", "-"+key, "-1")
+		if _, err := s.ProxyConfig(nil, discardLog); err != nil {
+			t.Errorf("-%s -1 (no limit): %v", key, err)
+		}
+	}
+}
