@@ -121,7 +121,7 @@ func (f *File) open() (*bolt.DB, error) {
 	var db *bolt.DB
 	err := Guard(func() error {
 		var oerr error
-		db, oerr = bolt.Open(f.path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+		db, oerr = bolt.Open(f.path, 0o600, &bolt.Options{Timeout: lockWait})
 		var pe *fs.PathError
 		if oerr != nil && !errors.Is(oerr, berrors.ErrTimeout) && !errors.As(oerr, &pe) {
 			return fmt.Errorf("%w: %w", ErrDamaged, oerr)
@@ -146,6 +146,11 @@ func (f *File) open() (*bolt.DB, error) {
 			})
 		})
 	}
+	if errors.Is(err, berrors.ErrTimeout) {
+		// bbolt's own error says only "timeout"; the operator must
+		// learn which process to look for.
+		return nil, fmt.Errorf("opening %s: locked by another process (is another lemonproxy running with this data directory?): %w", f.path, err)
+	}
 	if err != nil {
 		if db != nil {
 			closeQuietly(db)
@@ -154,6 +159,10 @@ func (f *File) open() (*bolt.DB, error) {
 	}
 	return db, nil
 }
+
+// lockWait is how long open waits for another process to release the
+// file's lock (a proxy that is still stopping) before it gives up.
+var lockWait = 5 * time.Second
 
 // walk reads every bucket, key and value of the file.
 func walk(tx *bolt.Tx) error {

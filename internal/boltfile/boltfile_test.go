@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -127,5 +128,25 @@ func TestDoPanic(t *testing.T) {
 	f.Close()
 	if err := put(f, "k", "v"); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Do after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestOpenLocked: a file another process holds (here another open of
+// it, which flock treats alike) is reported as locked, naming the likely
+// culprit, not as bbolt's bare "timeout" (a second lemonproxy started on
+// the same data directory said "opening .../state.db: timeout").
+func TestOpenLocked(t *testing.T) {
+	defer func(d time.Duration) { lockWait = d }(lockWait)
+	lockWait = 50 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "x.db")
+	var log bytes.Buffer
+	open(t, path, &log)
+	_, err := Open(path, Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	want := "opening " + path + ": locked by another process (is another lemonproxy running with this data directory?): timeout"
+	if err == nil || err.Error() != want {
+		t.Fatalf("second Open: %v; want %q", err, want)
+	}
+	if errors.Is(err, ErrDamaged) || log.Len() != 0 {
+		t.Errorf("a locked file taken for damaged: %v; log %s", err, log.String())
 	}
 }
