@@ -93,8 +93,23 @@ func addrOf(nc net.Conn) netip.Addr {
 	return netip.Addr{}
 }
 
+// clientKey is what the per-address limits count a client address as:
+// an IPv4 address as it is, an IPv6 one as its /64. An IPv6 client holds
+// a /64 of its own (a phone on a mobile network, a home behind its
+// router) and may send from any of its 2^64 addresses, so per address
+// neither conns-per-ip nor the failed-login delay bounded anything
+// (Dovecot's auth penalty takes a /48). Loopback stays itself: it is
+// exempt.
+func clientKey(a netip.Addr) netip.Addr {
+	if !a.Is6() || a.IsLoopback() {
+		return a
+	}
+	return netip.PrefixFrom(a.WithZone(""), 64).Masked().Addr()
+}
+
 // connect counts a connection from a; false if a has too many.
 func (l *limiter) connect(a netip.Addr) bool {
+	a = clientKey(a)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.cfg.ConnsPerIP > 0 && !a.IsLoopback() && l.conns[a] >= l.cfg.ConnsPerIP {
@@ -105,6 +120,7 @@ func (l *limiter) connect(a netip.Addr) bool {
 }
 
 func (l *limiter) disconnect(a netip.Addr) {
+	a = clientKey(a)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.conns[a]--; l.conns[a] <= 0 {
@@ -198,7 +214,7 @@ const cleanParallel = 4
 // was admitted and the function to call with its outcome, which returns
 // when a failure may be answered. It gives up with ctx's error.
 func (l *limiter) admit(ctx context.Context, addr netip.Addr, account string) (start time.Time, done func(o loginOutcome, base time.Duration) time.Time, err error) {
-	keys := []penaltyKey{{addr: addr}}
+	keys := []penaltyKey{{addr: clientKey(addr)}}
 	if account != "" {
 		keys = append(keys, penaltyKey{account: account})
 	}

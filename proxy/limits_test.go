@@ -260,3 +260,55 @@ func TestPreAuthTimeoutPerConnection(t *testing.T) {
 	time.Sleep(800 * time.Millisecond)
 	e.ExpectDo("n", "NOOP", "n OK*")
 }
+
+// TestConnsPerIPv6Prefix: an IPv6 client has a /64 of its own (a phone
+// on a mobile network, a home behind its router), and may send from any
+// of its 2^64 addresses: counted per address, conns-per-ip bounded
+// nothing, so connections are counted per /64. Another /64 is another
+// client.
+func TestConnsPerIPv6Prefix(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	cfg := baseConfig(up.Addr)
+	cfg.Abuse.ConnsPerIP = 2
+	var n atomic.Int32
+	ips := []string{"2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff::3", "2001:db8:0:2::1"}
+	p := startProxy(t, cfg, imaptest.RemoteIPFunc(func() net.IP { return net.ParseIP(ips[n.Add(1)-1]) }))
+	a := imaptest.Dial(t, p.Addr)
+	b := imaptest.Dial(t, p.Addr)
+	c := imaptest.Dial(t, p.Addr)
+	if !strings.HasPrefix(a.Greeting, "* OK") || !strings.HasPrefix(b.Greeting, "* OK") {
+		t.Fatalf("greetings %q, %q", a.Greeting, b.Greeting)
+	}
+	if c.Greeting != "* BYE Too many connections from your address." {
+		t.Fatalf("third connection from 2001:db8:0:1::/64: %q", c.Greeting)
+	}
+	c.ExpectClosed()
+	if d := imaptest.Dial(t, p.Addr); !strings.HasPrefix(d.Greeting, "* OK") {
+		t.Fatalf("connection from another /64: %q", d.Greeting)
+	}
+}
+
+// TestAuthFailuresIPv6Prefix: the failed-login delay of an address holds
+// for its whole /64 (Dovecot's auth penalty takes a /48): a guesser that
+// moves to the next address of its own /64 waits all the same.
+func TestAuthFailuresIPv6Prefix(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	cfg := baseConfig(up.Addr)
+	cfg.AllowPlaintextAuth = true
+	cfg.AuthFailureDelay = 400 * time.Millisecond
+	var n atomic.Int32
+	p := startProxy(t, cfg, imaptest.RemoteIPFunc(func() net.IP {
+		return net.ParseIP(fmt.Sprintf("2001:db8:0:1::%x", n.Add(1)))
+	}))
+	a := imaptest.Dial(t, p.Addr)
+	a.ExpectDo("x", "LOGIN user1 wrong", "x NO [AUTHENTICATIONFAILED] Authentication failed.")
+	// Another account from another address of the /64: its check waits
+	// for the first failure's delay to pass, then fails with a doubled
+	// one.
+	b := imaptest.Dial(t, p.Addr)
+	start := time.Now()
+	b.ExpectDo("y", "LOGIN user2 wrong", "y NO [AUTHENTICATIONFAILED] Authentication failed.")
+	if el := time.Since(start); el < 800*time.Millisecond {
+		t.Fatalf("second failure from the same /64 answered after %v; want at least 800ms (the address's doubled delay)", el)
+	}
+}
