@@ -118,6 +118,10 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		s.log.Info("login refused: user name with NUL, CR or LF")
 		return s.authFailed(ctx, tag)
 	}
+	if len(user) > maxUsername {
+		s.log.Info("login refused: user name too long", "bytes", len(user))
+		return s.authFailed(ctx, tag)
+	}
 	account := s.srv.accountKey(user)
 	if s.srv.cfg.Router != nil && !s.handedOff {
 		// Cluster mode: the node that owns the account checks the

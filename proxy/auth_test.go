@@ -2,7 +2,9 @@ package proxy_test
 
 import (
 	"encoding/base64"
+	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -181,4 +183,32 @@ func TestUserNameControlChars(t *testing.T) {
 		t.Fatalf("the upstream got %d connections for refused user names", n)
 	}
 	c.ExpectDo("d", "LOGIN alice secret", "d OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UNSELECT IDLE] logged in")
+}
+
+// TestLongUsernameRefused: a user name longer than any real one (an
+// address is at most 254 bytes) is refused before it reaches the
+// upstream, the failed-login limiter (which keeps it, as its account's
+// key, for up to 15 minutes) or the log. A name of up to a command line
+// (64 KiB) went to all three: one failed login per name made the proxy
+// hold and log 64 KiB.
+func TestLongUsernameRefused(t *testing.T) {
+	up := startUpstream(t, memupstream.Options{}, "alice", "secret")
+	var logs lockedBuffer
+	cfg := baseConfig(up.Addr)
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	p := startProxy(t, cfg)
+	c := imaptest.Dial(t, p.Addr)
+	long := strings.Repeat("u", 20000)
+	c.ExpectDo("a", "LOGIN "+long+" wrong", "a NO [AUTHENTICATIONFAILED] Authentication failed.")
+	c.ExpectDo("b", "AUTHENTICATE PLAIN "+plainIR("", long, "wrong"), "b NO [AUTHENTICATIONFAILED] Authentication failed.")
+	if strings.Contains(logs.String(), long[:1000]) {
+		t.Errorf("the user name is in the log: %d bytes of log", len(logs.String()))
+	}
+	// A name of the longest address still goes upstream.
+	name := strings.Repeat("a", 64) + "@" + strings.Repeat("b", 189)
+	c.ExpectDo("c", "LOGIN "+name+" wrong", "c NO [AUTHENTICATIONFAILED] Authentication failed.")
+	if !strings.Contains(logs.String(), `msg="login failed" session=1 remote=127.0.0.1:`) || !strings.Contains(logs.String(), " user="+name+"\n") {
+		t.Errorf("a %d-byte name was not checked upstream", len(name))
+	}
+	c.LoginTagged("alice", "secret")
 }

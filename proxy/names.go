@@ -39,6 +39,13 @@ func checkUsernameFormat(f string) error {
 // ambiguous (NUL) or could break a command line (CR, LF).
 func badUsername(user string) bool { return strings.ContainsAny(user, "\x00\r\n") }
 
+// maxUsername bounds a client's user name: twice the longest mail
+// address (254 bytes), room for a master-user suffix. A longer one is no
+// account's, and it would be kept as the failed-login limiter's key of
+// its account for the failure window (15 minutes) and logged whole: up to
+// a command line, 64 KiB, per failed login.
+const maxUsername = 512
+
 // accountKey is the account's key for limits, the pool, the hub and the
 // state store: the upstream address and the user name as the upstream
 // identifies it, joined by NUL. Neither part holds a NUL (the address is
