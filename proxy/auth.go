@@ -176,6 +176,9 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	if !cached {
 		uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
+		// The upstream may be told whose login this is (Dovecot's
+		// x-originating-ip, upstream.Config.ForwardClientAddr).
+		uctx = upstream.WithClientAddr(uctx, s.addr)
 		c, text, err = s.srv.dialLogin(uctx, account, user, pass)
 		if err != nil {
 			if errors.Is(err, upstream.ErrAuthFailed) {

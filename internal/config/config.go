@@ -45,6 +45,11 @@ type Settings struct {
 	UpstreamInsecure   bool     `toml:"upstream-insecure-skip-verify"`
 	UpstreamTimeout    Duration `toml:"upstream-timeout"`
 	UpstreamCompress   string   `toml:"upstream-compress"`
+	// UpstreamForwardClientIP is upstream.Config.ForwardClientAddr:
+	// logins tell the upstream the client's address (ID
+	// x-originating-ip), which Dovecot believes from
+	// login_trusted_networks.
+	UpstreamForwardClientIP bool `toml:"upstream-forward-client-ip"`
 
 	PoolIdlePerAccount int      `toml:"pool-idle-per-account"`
 	PoolIdleTotal      int      `toml:"pool-idle-total"`
@@ -243,6 +248,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&s.UpstreamInsecure, "upstream-insecure-skip-verify", s.UpstreamInsecure, "do not verify the upstream's certificate (testing only)")
 	fs.TextVar(&s.UpstreamTimeout, "upstream-timeout", s.UpstreamTimeout, "timeout for dialling the upstream and for each upstream response")
 	fs.StringVar(&s.UpstreamCompress, "upstream-compress", s.UpstreamCompress, "COMPRESS=DEFLATE towards the upstream when it offers it: auto (the default, empty: only if the upstream is not on loopback), on or off")
+	fs.BoolVar(&s.UpstreamForwardClientIP, "upstream-forward-client-ip", s.UpstreamForwardClientIP, "tell the upstream each login's client address (ID \"x-originating-ip\") where it offers ID; Dovecot believes it from login_trusted_networks, then logs the client's address and keeps its auth penalty per client instead of delaying every login through the proxy")
 	fs.IntVar(&s.PoolIdlePerAccount, "pool-idle-per-account", s.PoolIdlePerAccount, "idle upstream connections kept per account")
 	fs.IntVar(&s.PoolIdleTotal, "pool-idle-total", s.PoolIdleTotal, "idle upstream connections kept in total")
 	fs.TextVar(&s.PoolIdleTimeout, "pool-idle-timeout", s.PoolIdleTimeout, "close idle upstream connections after this long")
@@ -449,6 +455,8 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 		Security: sec,
 		Compress: compress,
 		Timeout:  s.UpstreamTimeout.Duration,
+
+		ForwardClientAddr: s.UpstreamForwardClientIP,
 	}
 	if sec != upstream.SecurityNone {
 		tc := &tls.Config{ServerName: s.UpstreamServerName, InsecureSkipVerify: s.UpstreamInsecure, MinVersion: tls.VersionTLS12}

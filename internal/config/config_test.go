@@ -405,6 +405,14 @@ func TestProxyConfig(t *testing.T) {
 	if cfg.Upstream.Timeout != 30*time.Second {
 		t.Errorf("Upstream.Timeout = %v", cfg.Upstream.Timeout)
 	}
+	if cfg.Upstream.ForwardClientAddr {
+		t.Error("client addresses forwarded by default")
+	}
+	if s := parse(t, "-upstream", "imap.example.org:143", "-upstream-forward-client-ip"); !s.UpstreamForwardClientIP {
+		t.Error("-upstream-forward-client-ip not parsed")
+	} else if cfg, err := s.ProxyConfig(nil, discardLog); err != nil || !cfg.Upstream.ForwardClientAddr {
+		t.Errorf("-upstream-forward-client-ip: ForwardClientAddr %v, %v", cfg.Upstream.ForwardClientAddr, err)
+	}
 	if cfg.TLS != nil {
 		t.Error("client TLS configured without certificates")
 	}

@@ -42,6 +42,10 @@ type configParams struct {
 	// SlashSeparator makes "/" the hierarchy delimiter (Maildir's fs
 	// layout) instead of ".".
 	SlashSeparator bool
+	// AuthPenalty keeps anvil's auth-penalty socket (Options.AuthPenalty);
+	// LoginTrustedNetworks is login_trusted_networks.
+	AuthPenalty          bool
+	LoginTrustedNetworks string
 
 	// MailUID and MailGID own the mail processes and the home directories.
 	MailUID, MailGID int
@@ -79,7 +83,8 @@ func (p Profile) capabilities() string {
 //   - Failed logins are not slowed down: auth_failure_delay is 0, and the
 //     auth process cannot reach anvil's auth-penalty socket (mode 0), which
 //     disables the per-IP penalty that otherwise delays every login from
-//     127.0.0.1, successful ones too, by up to 15s after a few failures.
+//     127.0.0.1, successful ones too, by up to 15s after a few failures
+//     (Options.AuthPenalty keeps it).
 //   - mailbox_idle_check_interval is short so that IDLE still reports new
 //     mail quickly if inotify is unavailable (e.g. max_user_instances is
 //     exhausted by many concurrent servers).
@@ -116,6 +121,9 @@ default_internal_group = {{.Group}}
 default_process_limit = 1000
 default_client_limit = 10000
 mail_max_userip_connections = {{if .MaxUserIPConnections}}{{.MaxUserIPConnections}}{{else}}10000{{end}}
+{{- if .LoginTrustedNetworks}}
+login_trusted_networks = {{.LoginTrustedNetworks}}
+{{- end}}
 
 {{- if .SlashSeparator}}
 mail_location = maildir:~/Maildir:LAYOUT=fs
@@ -177,9 +185,11 @@ service imap-login {
 }
 service anvil {
   chroot =
+{{- if not .AuthPenalty}}
   unix_listener anvil-auth-penalty {
     mode = 0
   }
+{{- end}}
 }
 service imap {
   process_limit = 20000

@@ -169,6 +169,15 @@ type Options struct {
 	// can then show Dovecot's own share of a command's latency. The
 	// logging costs Dovecot CPU, so throughput measured with it is lower.
 	CommandEvents bool
+	// AuthPenalty keeps Dovecot's per-address authentication penalty
+	// (anvil's auth-penalty socket), which the tests' servers otherwise
+	// turn off: after failed logins from an address, every login from
+	// it, successful ones too, waits up to 15 s.
+	AuthPenalty bool
+	// LoginTrustedNetworks sets login_trusted_networks (space-separated
+	// CIDR prefixes): connections from there are exempt from the auth
+	// penalty, as a proxy in front of Dovecot must be.
+	LoginTrustedNetworks string
 }
 
 // StartWith is Start with options.
@@ -193,6 +202,7 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections, MasterUser: o.MasterUser, MasterPassword: o.MasterPassword,
 		HibernateSeconds: int((o.HibernateAfter + time.Second - 1) / time.Second), IMAPClientLimit: o.IMAPClientLimit, CommandEvents: o.CommandEvents,
 		SlashSeparator: o.SlashSeparator}
+		AuthPenalty: o.AuthPenalty, LoginTrustedNetworks: o.LoginTrustedNetworks}
 	if strings.ContainsAny(o.MasterUser+o.MasterPassword, ":\r\n") {
 		t.Fatalf("dovecottest: master user %q: unsupported characters", o.MasterUser)
 	}
