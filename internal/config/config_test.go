@@ -981,3 +981,51 @@ func TestNegativeValuesRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestSampleConfigDefaults: the sample file says its values are the
+// defaults unless a comment says otherwise; a value that differs from
+// the code's default must say "default" on its line. fetch-ahead = 16
+// stood there while the default was 32, so an operator who started from
+// the sample halved it unknowingly.
+func TestSampleConfigDefaults(t *testing.T) {
+	const path = "../../docs/deploy/lemonproxy.toml"
+	s := parse(t, "-config", path)
+	text, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Defaults()
+	dv := reflect.ValueOf(d)
+	for _, key := range Diff(d, s) {
+		// Numbers and durations the code gives a default of its own (a
+		// zero one stands for a computed default, which the sample may
+		// spell out); strings are where the sample is the operator's
+		// (addresses, files).
+		f := dv.FieldByIndex(fieldByKey(t, key).Index)
+		if f.Kind() == reflect.String || f.IsZero() {
+			continue
+		}
+		var line string
+		for l := range strings.SplitSeq(string(text), "\n") {
+			if strings.HasPrefix(l, key+" =") || strings.HasPrefix(l, "# "+key+" =") {
+				line = l
+			}
+		}
+		if !strings.Contains(line, "default") {
+			t.Errorf("sample %s differs from the default without saying so: %q", key, line)
+		}
+	}
+}
+
+// fieldByKey is the Settings field of a toml key.
+func fieldByKey(t *testing.T, key string) reflect.StructField {
+	t.Helper()
+	typ := reflect.TypeFor[Settings]()
+	for i := range typ.NumField() {
+		if typ.Field(i).Tag.Get("toml") == key {
+			return typ.Field(i)
+		}
+	}
+	t.Fatalf("no setting %q", key)
+	return reflect.StructField{}
+}
