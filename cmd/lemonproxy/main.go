@@ -485,6 +485,11 @@ func (r *reloader) read() (config.Settings, error) {
 	if _, err := listen.ParsePrefixes(next.ProxyProtocol); err != nil {
 		return next, fmt.Errorf("proxy-protocol: %w", err)
 	}
+	if next.PushEnabled() {
+		if _, err := readPushSecrets(next); err != nil {
+			return next, err
+		}
+	}
 	return next, nil
 }
 

@@ -692,6 +692,7 @@ func TestSIGHUPReloadsConfig(t *testing.T) {
 		{"sessions-per-user = 5\ncompress-level = 12\n", `compress-level 12: want 1 \(fastest\) to 9 \(smallest\)`},
 		{"sessions-per-user = 5\nspool-max-bytes = 1000\n", `spool-max-bytes 1000 is below max-append`},
 		{"sessions-per-user = 5\nurlauth-submit-from = \"smtp.example\"\n", `urlauth-submit-from: .*smtp\.example`},
+		{"sessions-per-user = 5\npush-gateway = \"https://push.example/\"\npush-credentials-key = \"/nonexistent/push.key\"\n", `push-credentials-key: .*/nonexistent/push\.key`},
 	} {
 		write(listen, tc.extra)
 		hup(`level=ERROR msg="SIGHUP: invalid configuration; keeping the old one" err=".*` + tc.err)

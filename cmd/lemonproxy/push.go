@@ -31,6 +31,35 @@ type pushParts struct {
 	webPush     *webpush.Extension   // nil without push-webpush
 }
 
+// pushSecrets are the contents of push's secret files.
+type pushSecrets struct {
+	masterPassword, credentialsKey, gatewaySecret []byte
+}
+
+// readPushSecrets reads and checks push's secret files, at start and at a
+// reload (which builds nothing: a file gone or too short must be found
+// then, not at the next restart).
+func readPushSecrets(s config.Settings) (pushSecrets, error) {
+	var sec pushSecrets
+	var err error
+	if s.UpstreamMasterUser != "" {
+		if sec.masterPassword, err = secretfile.Read(s.UpstreamMasterPasswordFile, "upstream-master-password-file"); err != nil {
+			return sec, err
+		}
+	} else if sec.credentialsKey, err = push.LoadKey(s.PushCredentialsKey); err != nil {
+		return sec, fmt.Errorf("push-credentials-key: %w", err)
+	}
+	if s.PushGatewaySecret != "" {
+		if sec.gatewaySecret, err = secretfile.Read(s.PushGatewaySecret, "push-gateway-secret"); err != nil {
+			return sec, err
+		}
+		if len(sec.gatewaySecret) < 16 {
+			return sec, fmt.Errorf("push-gateway-secret %s: at least 16 bytes", s.PushGatewaySecret)
+		}
+	}
+	return sec, nil
+}
+
 // pushSetup builds push from the settings, reading its secret files; nil
 // when no push channel is configured.
 func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
@@ -51,35 +80,22 @@ func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
 			cfg.Mailboxes = append(cfg.Mailboxes, m)
 		}
 	}
+	sec, err := readPushSecrets(s)
+	if err != nil {
+		return nil, err
+	}
 	if s.UpstreamMasterUser != "" {
-		pw, err := secretfile.Read(s.UpstreamMasterPasswordFile, "upstream-master-password-file")
-		if err != nil {
-			return nil, err
-		}
-		cfg.MasterUser, cfg.MasterPassword = s.UpstreamMasterUser, string(pw)
+		cfg.MasterUser, cfg.MasterPassword = s.UpstreamMasterUser, string(sec.masterPassword)
 	} else {
-		key, err := push.LoadKey(s.PushCredentialsKey)
-		if err != nil {
-			return nil, fmt.Errorf("push-credentials-key: %w", err)
-		}
-		cfg.CredentialsKey = key
+		cfg.CredentialsKey = sec.credentialsKey
 	}
 	ext, err := push.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	var secret []byte
-	if s.PushGatewaySecret != "" {
-		if secret, err = secretfile.Read(s.PushGatewaySecret, "push-gateway-secret"); err != nil {
-			return nil, err
-		}
-		if len(secret) < 16 {
-			return nil, fmt.Errorf("push-gateway-secret %s: at least 16 bytes", s.PushGatewaySecret)
-		}
-	}
 	pp := &pushParts{ext: ext}
 	if s.PushGateway != "" {
-		dt, err := devicetoken.New(ext, devicetoken.Config{Gateway: s.PushGateway, Secret: secret})
+		dt, err := devicetoken.New(ext, devicetoken.Config{Gateway: s.PushGateway, Secret: sec.gatewaySecret})
 		if err != nil {
 			return nil, err
 		}
