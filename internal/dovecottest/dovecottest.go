@@ -201,8 +201,7 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 	}
 	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections, MasterUser: o.MasterUser, MasterPassword: o.MasterPassword,
 		HibernateSeconds: int((o.HibernateAfter + time.Second - 1) / time.Second), IMAPClientLimit: o.IMAPClientLimit, CommandEvents: o.CommandEvents,
-		SlashSeparator: o.SlashSeparator}
-		AuthPenalty: o.AuthPenalty, LoginTrustedNetworks: o.LoginTrustedNetworks}
+		SlashSeparator: o.SlashSeparator, AuthPenalty: o.AuthPenalty, LoginTrustedNetworks: o.LoginTrustedNetworks}
 	if strings.ContainsAny(o.MasterUser+o.MasterPassword, ":\r\n") {
 		t.Fatalf("dovecottest: master user %q: unsupported characters", o.MasterUser)
 	}
