@@ -79,8 +79,8 @@ type Config struct {
 	// DefaultMaxLinks.
 	MaxLinks int
 	// ObserveDB, when set, is told the duration of each database operation
-	// (op: register, renew, live, lookup, acquire, release, hold,
-	// release_all, drop_lease).
+	// (op: register, renew, live, lookup, acquire, mark_used, release,
+	// hold, release_all, forget_unused, sweep_unused, drop_lease).
 	ObserveDB func(op string, d time.Duration)
 	// OnLiveNodes, when set, is told the number of live nodes whenever it
 	// changes (found at the lease renewals), so that bounds meant for the

@@ -60,3 +60,134 @@ func TestUnusedAccountLeavesNoRow(t *testing.T) {
 		t.Errorf("%d rows after real's second release, want 1", n)
 	}
 }
+
+// routeUnused routes a login of acct at n that the upstream refuses: the
+// account is acquired (its row written) and nobody logs in as it.
+func routeUnused(t *testing.T, n *testNode, acct string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, release, err := n.Route(ctx, proxy.Handoff{Account: acct, Tag: "A1", User: acct, Pass: "p", Via: n.Name()})
+	if err != nil || conn != nil {
+		t.Fatalf("route of %s at %s: %v %v", acct, n.Name(), conn, err)
+	}
+	release()
+}
+
+// hasRow tells whether lp_owners has a row for acct.
+func hasRow(t *testing.T, n *testNode, acct string) bool {
+	t.Helper()
+	var ok bool
+	err := n.Pool().QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM lp_owners WHERE account = $1)`, []byte(acct)).Scan(&ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// TestFencedUnusedRowDeleted: the row of an account a node inserted for a
+// login that failed stayed for good when the node fenced itself before
+// releasing it (the fencing forgets owned accounts without a word to the
+// database, and nobody logs in as a made-up name again). The node deletes
+// its unused rows when it serves again; a used account's row stays.
+func TestFencedUnusedRowDeleted(t *testing.T) {
+	url := newDB(t)
+	a := startNode(t, url, "a", nil)
+	waitRenewals(t, a)
+	routeUnused(t, a, "made-up")
+	if _, release, err := login(t, a, "real"); err != nil {
+		t.Fatal(err)
+	} else {
+		release()
+	}
+	resume := pauseRenewals(a.Node)
+	a.host.waitEvict(t, "", 5*time.Second)
+	resume()
+	waitRenewals(t, a)
+	imaptest.WaitFor(t, "a serving again", func() bool { return !a.Stats().Fenced })
+	if hasRow(t, a, "made-up") {
+		t.Error("the unused row is still there after the fencing")
+	}
+	if node, _ := owner(t, a, "real"); node != "a" {
+		t.Errorf("real's row names %q, want a (left to re-acquire)", node)
+	}
+}
+
+// TestTakenOverUnusedRowDeleted: a node taking over an account another
+// node inserted and nobody logged in as did not know it unused (only the
+// node that inserted the row knew, in memory), and freed the row at its
+// release instead of deleting it. An account that was logged in as keeps
+// its row through a takeover.
+func TestTakenOverUnusedRowDeleted(t *testing.T) {
+	url := newDB(t)
+	// a alone: it takes both accounts whatever their preferred node.
+	a := startNode(t, url, "a", nil)
+	routeUnused(t, a, "made-up")
+	if _, release, err := login(t, a, "real"); err != nil {
+		t.Fatal(err)
+	} else {
+		release()
+	}
+	b := startNode(t, url, "b", func(c *Config) { c.ReleaseAfter = 50 * time.Millisecond })
+	a.Abandon()
+	waitLeaseExpired(t, url, "a")
+	routeUnused(t, b, "made-up")
+	if _, release, err := login(t, b, "real"); err != nil {
+		t.Fatal(err)
+	} else {
+		release()
+	}
+	if st := b.Stats(); st.Takeovers != 2 {
+		t.Fatalf("b took over %d accounts, want 2", st.Takeovers)
+	}
+	imaptest.WaitFor(t, "both released", func() bool { return b.Stats().Owned == 0 })
+	if hasRow(t, b, "made-up") {
+		t.Error("the unused row is still there after its release by the node that took it over")
+	}
+	if node, epoch := owner(t, b, "real"); node != "" || epoch != 2 {
+		t.Errorf("the used row: node %q epoch %d, want free at epoch 2", node, epoch)
+	}
+}
+
+// TestRestartForgetsUnusedRows: the unused rows of a node that crashed
+// named it for good once it restarted under its name (its lease live
+// again, nobody takes them over). The new incarnation deletes them.
+func TestRestartForgetsUnusedRows(t *testing.T) {
+	url := newDB(t)
+	a := startNode(t, url, "a", nil)
+	routeUnused(t, a, "made-up")
+	if _, release, err := login(t, a, "real"); err != nil {
+		t.Fatal(err)
+	} else {
+		release()
+	}
+	a.Abandon()
+	a2 := startNode(t, url, "a", nil)
+	if hasRow(t, a2, "made-up") {
+		t.Error("the crashed incarnation's unused row is still there")
+	}
+	if node, epoch := owner(t, a2, "real"); node != "a" || epoch != 1 {
+		t.Errorf("real's row: node %q epoch %d, want a 1", node, epoch)
+	}
+}
+
+// TestDeadNodeUnusedRowsSwept: a node that crashed for good left its
+// unused rows naming it; nobody logs in as those names to take them over.
+// The live nodes delete them once its lease has expired.
+func TestDeadNodeUnusedRowsSwept(t *testing.T) {
+	url := newDB(t)
+	a := startNode(t, url, "a", nil)
+	routeUnused(t, a, "made-up")
+	if _, release, err := login(t, a, "real"); err != nil {
+		t.Fatal(err)
+	} else {
+		release()
+	}
+	b := startNode(t, url, "b", func(c *Config) { c.ReleaseAfter = 50 * time.Millisecond })
+	a.Abandon()
+	waitLeaseExpired(t, url, "a")
+	imaptest.WaitFor(t, "the dead node's unused row swept", func() bool { return !hasRow(t, b, "made-up") })
+	if node, _ := owner(t, b, "real"); node != "a" {
+		t.Errorf("the used row names %q, want a (taken over at its next login)", node)
+	}
+}

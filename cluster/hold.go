@@ -36,7 +36,6 @@ func (a *account) count(h *holder) {
 		a.holders = make(map[*holder]struct{})
 	}
 	a.holders[h] = struct{}{}
-	a.used = true // a hold is of an account in use (push registrations)
 }
 
 // detachHoldersLocked takes a's holds away and returns their lost
@@ -75,6 +74,7 @@ func (n *Node) HoldAccount(ctx context.Context, acct string, lost func()) (func(
 			if !a.leaving {
 				a.count(h)
 				n.mu.Unlock()
+				n.use(acct, a) // a hold is of an account in use (push registrations)
 				return n.holdReleaser(a, h), nil
 			}
 			gone = a.gone
@@ -99,6 +99,7 @@ func (n *Node) HoldAccount(ctx context.Context, acct string, lost func()) (func(
 		case err != nil:
 			return nil, fmt.Errorf("%w: %v", proxy.ErrUnavailable, err)
 		}
+		n.use(acct, a)
 		return n.holdReleaser(a, h), nil
 	}
 	return nil, fmt.Errorf("%w: %s is changing hands", proxy.ErrUnavailable, acct)

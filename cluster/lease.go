@@ -103,6 +103,17 @@ func (n *Node) renew(conn *pgx.Conn, start time.Time) (*pgx.Conn, error) {
 	if err != nil {
 		return conn, err
 	}
+	n.mu.Lock()
+	fenced := !n.leaseValidLocked() && !n.superseded && !n.closed
+	n.mu.Unlock()
+	if fenced {
+		// The fencing forgot the owned accounts without releasing them,
+		// and the node takes none until this renewal ends it: the unused
+		// rows naming it are garbage now.
+		if err := n.forgetUnusedMine(ctx, conn); err != nil {
+			n.log.Warn("cluster: deleting the unused rows left by the fencing", "err", err)
+		}
+	}
 	until := start.Add(n.lifetime())
 	if !time.Now().Before(until) {
 		return conn, fmt.Errorf("renewal took %v, past the lease", time.Since(start))

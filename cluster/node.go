@@ -73,11 +73,11 @@ type account struct {
 	leaving bool
 	gone    chan struct{}
 	once    sync.Once
-	// fresh: this node inserted the account's row (never seen before);
-	// used: a login succeeded, or something held the account, since. A
-	// fresh account released unused leaves no row (releaseRow): a client
+	// used: the row is marked used in the database (lp_owners.used), or
+	// is being marked: a login succeeded, or something held the account.
+	// An account released unused leaves no row (releaseRow): a client
 	// logging in as made-up names must not grow lp_owners for good.
-	fresh, used bool
+	used bool
 }
 
 func newAccount(epoch int64) *account {
@@ -158,6 +158,10 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("cluster: registering node %s: %w", cfg.Node, err)
+	}
+	// An earlier incarnation's unused rows: this one owns nothing yet.
+	if err := n.forgetUnusedMine(ctx, pool); err != nil {
+		n.log.Warn("cluster: deleting the unused rows of an earlier incarnation", "err", err)
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.mu.Lock()
@@ -246,10 +250,7 @@ func (n *Node) Close(ctx context.Context) error {
 	n.mu.Lock()
 	n.owned = make(map[string]*account)
 	n.mu.Unlock()
-	if err := n.observe("release_all", func() error {
-		_, err := n.pool.Exec(ctx, sqlReleaseAll, n.cfg.Node, n.inc)
-		return err
-	}); err != nil {
+	if err := n.releaseAll(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("cluster: releasing accounts: %w", err))
 	}
 	if err := n.observe("drop_lease", func() error {

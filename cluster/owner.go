@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // errNotAcquired: the account is owned by another live node.
@@ -68,12 +69,12 @@ func (n *Node) acquire(ctx context.Context, acct string, h *holder) (*account, e
 	defer cancel()
 	var epoch int64
 	var from *string
-	fresh := false
+	var used bool
 	err := n.observe("acquire", func() error {
-		err := n.pool.QueryRow(dctx, sqlAcquire, []byte(acct), n.cfg.Node).Scan(&epoch, &from)
+		err := n.pool.QueryRow(dctx, sqlAcquire, []byte(acct), n.cfg.Node).Scan(&epoch, &from, &used)
 		if errors.Is(err, pgx.ErrNoRows) {
+			used = false
 			err = n.pool.QueryRow(dctx, sqlAcquireNew, []byte(acct), n.cfg.Node).Scan(&epoch)
-			fresh = err == nil
 		}
 		return err
 	})
@@ -94,7 +95,7 @@ func (n *Node) acquire(ctx context.Context, acct string, h *holder) (*account, e
 		// Releasing it spares the others the TTL; if that fails too, the
 		// row names this node, which re-acquires or is taken over later.
 		n.mu.Unlock()
-		n.releaseRow(acct, epoch, fresh)
+		n.releaseRow(acct, epoch, !used)
 		return nil, errNotServing
 	}
 	a := n.owned[acct]
@@ -103,10 +104,11 @@ func (n *Node) acquire(ctx context.Context, acct string, h *holder) (*account, e
 		// A leaving entry (fenced meanwhile and unfenced again) is
 		// replaced: its release finds the new epoch and touches nothing.
 		a = newAccount(epoch)
-		a.fresh = fresh
+		a.used = used
 		n.owned[acct] = a
 	case epoch > a.epoch:
 		a.epoch = epoch
+		a.used = a.used || used
 	}
 	a.count(h)
 	n.mu.Unlock()
@@ -197,7 +199,7 @@ func (n *Node) evictLocked(acct string, a *account, text string, release bool) {
 		}
 		if release {
 			n.mu.Lock()
-			unused := a.fresh && !a.used
+			unused := !a.used
 			n.mu.Unlock()
 			n.releaseRow(acct, a.epoch, unused)
 		}
@@ -217,16 +219,44 @@ func (n *Node) evictLocked(acct string, a *account, text string, release bool) {
 // and its row stays when it is released.
 func (n *Node) LoginSucceeded(acct string) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	if a := n.owned[acct]; a != nil {
-		a.used = true
+	a := n.owned[acct]
+	n.mu.Unlock()
+	if a != nil {
+		n.use(acct, a)
+	}
+}
+
+// use marks a's row used in the database, once per acquisition, before
+// the login's session or the hold can write anything of the account: any
+// node may delete an unused row (sqlForget, sqlForgetUnusedMine,
+// sqlSweepUnused), so the mark is what keeps the epochs that guard the
+// account's states. A mark that fails is made again by the release
+// (sqlRelease sets used); the database is then most likely away, and the
+// account's state writes fail with it.
+func (n *Node) use(acct string, a *account) {
+	n.mu.Lock()
+	if a.used {
+		n.mu.Unlock()
+		return
+	}
+	a.used = true
+	epoch := a.epoch
+	n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseTTL/3)
+	defer cancel()
+	err := n.observe("mark_used", func() error {
+		_, err := n.pool.Exec(ctx, sqlMarkUsed, []byte(acct), n.cfg.Node, epoch)
+		return err
+	})
+	if err != nil {
+		n.log.Warn("cluster: marking an account used", "account", acct, "err", err)
 	}
 }
 
 // releaseRow frees an account's row if it still holds this node's epoch;
-// with forget, the row goes (an account this node saw first and that
-// never logged in here: no state was written under it, and no epoch of it
-// needs remembering).
+// with forget, the row goes if it is unused (nobody logged in as the
+// account since the row was inserted: no state was written under it, and
+// no epoch of it needs remembering).
 func (n *Node) releaseRow(acct string, epoch int64, forget bool) {
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseTTL/3)
 	defer cancel()
@@ -251,11 +281,16 @@ func (n *Node) idleLoop() {
 	defer n.wg.Done()
 	t := time.NewTicker(max(n.cfg.ReleaseAfter/4, 10*time.Millisecond))
 	defer t.Stop()
+	var swept time.Time
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-t.C:
+		}
+		if time.Since(swept) >= max(n.cfg.ReleaseAfter, n.cfg.LeaseTTL) {
+			swept = time.Now()
+			n.sweepUnused()
 		}
 		n.mu.Lock()
 		for acct, a := range n.owned {
@@ -292,11 +327,7 @@ func (n *Node) drain() {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseTTL)
 	defer cancel()
-	err := n.observe("release_all", func() error {
-		_, err := n.pool.Exec(ctx, sqlReleaseAll, n.cfg.Node, n.inc)
-		return err
-	})
-	if err != nil {
+	if err := n.releaseAll(ctx); err != nil {
 		// Left as it is, the rows would keep naming this node, which
 		// refuses their accounts while draining, and nobody else may
 		// take them while its lease lives: no node could serve them and
@@ -305,5 +336,51 @@ func (n *Node) drain() {
 		n.mu.Lock()
 		n.drainRetry = true
 		n.mu.Unlock()
+	}
+}
+
+// releaseAll deletes the unused rows naming this node and frees the
+// others (Close, drain).
+func (n *Node) releaseAll(ctx context.Context) error {
+	if err := n.forgetUnusedMine(ctx, n.pool); err != nil {
+		return err
+	}
+	return n.observe("release_all", func() error {
+		_, err := n.pool.Exec(ctx, sqlReleaseAll, n.cfg.Node, n.inc)
+		return err
+	})
+}
+
+// execer is what forgetUnusedMine needs of a connection or the pool.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// forgetUnusedMine deletes the unused rows naming this node. It is called
+// when the node owns nothing (at its start, and when it serves again
+// after fencing itself) or is giving everything up (releaseAll): those
+// rows were left by an earlier incarnation, or by a fencing, which
+// forgets the owned accounts without a word to the database. Nobody else
+// deletes them while this node is live, and nobody logs in as a made-up
+// name again to release them.
+func (n *Node) forgetUnusedMine(ctx context.Context, db execer) error {
+	return n.observe("forget_unused", func() error {
+		_, err := db.Exec(ctx, sqlForgetUnusedMine, n.cfg.Node, n.inc)
+		return err
+	})
+}
+
+// sweepUnused deletes the unused rows of nodes whose lease has expired: a
+// node that crashed and is not restarted under its name leaves them, and
+// only a login as the same name would take them over.
+func (n *Node) sweepUnused() {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseTTL/3)
+	defer cancel()
+	err := n.observe("sweep_unused", func() error {
+		_, err := n.pool.Exec(ctx, sqlSweepUnused)
+		return err
+	})
+	if err != nil && n.ctx.Err() == nil {
+		n.log.Warn("cluster: deleting the unused rows of dead nodes", "err", err)
 	}
 }

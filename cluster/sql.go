@@ -7,6 +7,13 @@ package cluster
 // taken from another node (a takeover), for the takeover count and for
 // operators reading the table; it is NULL for a first acquisition, a
 // re-acquisition by the same node and an account that had been released.
+//
+// lp_owners.used is false while nobody has logged in as the account (nor
+// held it) since its row was inserted: a login routes, and so writes the
+// row, before the upstream checks the password. No state is ever written
+// under an unused row, so it may be deleted (see releaseRow,
+// forgetUnusedMine, sweepUnused); a used row stays, its epochs guarding
+// the account's states. Rows from before the column count as used.
 var schema = []string{
 	`CREATE TABLE lp_nodes (
 		name text PRIMARY KEY,
@@ -28,6 +35,8 @@ var schema = []string{
 		taken_from text NULL
 	)`,
 	`CREATE INDEX lp_owners_node ON lp_owners (node)`,
+	`ALTER TABLE lp_owners ADD COLUMN used boolean NOT NULL DEFAULT true`,
+	`CREATE INDEX lp_owners_unused ON lp_owners (node) WHERE NOT used`,
 }
 
 // The statements. Durations are passed in milliseconds and multiplied by
@@ -65,19 +74,37 @@ const (
 			taken_from = CASE WHEN o.node IS NOT NULL AND o.node <> $2 THEN o.node END
 		WHERE o.account = $1 AND (o.node IS NULL OR o.node = $2
 			OR NOT EXISTS (SELECT 1 FROM lp_nodes n WHERE n.name = o.node AND n.lease_until > now()))
-		RETURNING o.epoch, o.taken_from`
+		RETURNING o.epoch, o.taken_from, o.used`
 
-	// sqlAcquireNew takes an account seen for the first time.
-	sqlAcquireNew = `INSERT INTO lp_owners (account, node, epoch, since) VALUES ($1, $2, 1, now())
+	// sqlAcquireNew takes an account seen for the first time: unused
+	// until a login succeeds.
+	sqlAcquireNew = `INSERT INTO lp_owners (account, node, epoch, since, used) VALUES ($1, $2, 1, now(), false)
 		ON CONFLICT (account) DO NOTHING
 		RETURNING epoch`
 
-	sqlRelease = `UPDATE lp_owners SET node = NULL, since = now(), taken_from = NULL
+	// sqlMarkUsed records that someone logged in as the account (or held
+	// it), before anything of it is written.
+	sqlMarkUsed = `UPDATE lp_owners SET used = true WHERE account = $1 AND node = $2 AND epoch = $3 AND NOT used`
+
+	sqlRelease = `UPDATE lp_owners SET node = NULL, since = now(), taken_from = NULL, used = true
 		WHERE account = $1 AND node = $2 AND epoch = $3`
 
-	// sqlForget drops the row of an account that never logged in
+	// sqlForget drops the row of an account nobody logged in as
 	// (releaseRow).
-	sqlForget = `DELETE FROM lp_owners WHERE account = $1 AND node = $2 AND epoch = $3`
+	sqlForget = `DELETE FROM lp_owners WHERE account = $1 AND node = $2 AND epoch = $3 AND NOT used`
+
+	// sqlForgetUnusedMine drops the unused rows naming this node, which
+	// owns nothing at that moment (at its start, and when it serves again
+	// after fencing itself): they were left by an earlier incarnation or
+	// by the fencing, which forgets accounts without releasing them.
+	sqlForgetUnusedMine = `DELETE FROM lp_owners
+		WHERE node = $1 AND NOT used AND EXISTS (SELECT 1 FROM lp_nodes WHERE name = $1 AND incarnation = $2)`
+
+	// sqlSweepUnused drops the unused rows of nodes whose lease has
+	// expired (they crashed and were not restarted; nobody logs in as a
+	// made-up name to take its row over) and any unused row left free.
+	sqlSweepUnused = `DELETE FROM lp_owners o WHERE NOT o.used
+		AND (o.node IS NULL OR NOT EXISTS (SELECT 1 FROM lp_nodes n WHERE n.name = o.node AND n.lease_until > now()))`
 
 	// sqlHold runs inside a state-writing transaction: the shared row lock
 	// makes a takeover wait until the transaction ends, and no row means
@@ -85,7 +112,8 @@ const (
 	sqlHold = `SELECT 1 FROM lp_owners WHERE account = $1 AND node = $2 AND epoch = $3 FOR SHARE`
 
 	// sqlReleaseAll releases every account naming this node, unless
-	// another incarnation has taken the name (its accounts are its own).
+	// another incarnation has taken the name (its accounts are its own);
+	// the unused ones go (sqlForgetUnusedMine runs first).
 	sqlReleaseAll = `UPDATE lp_owners SET node = NULL, since = now(), taken_from = NULL
 		WHERE node = $1 AND EXISTS (SELECT 1 FROM lp_nodes WHERE name = $1 AND incarnation = $2)`
 
