@@ -123,11 +123,25 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		return s.authFailed(ctx, tag)
 	}
 	account := s.srv.accountKey(user)
+	var turn loginTurn
+	defer turn.finish(loginError, 0) // a way out that told no outcome
 	if s.srv.cfg.Router != nil && !s.handedOff {
 		// Cluster mode: the node that owns the account checks the
 		// login (and its failed-login delays, which see every login of
-		// the account there).
-		local, release, err := s.route(ctx, tag, user, pass, account)
+		// the account there). Routing takes the account (and writes its
+		// row, for a name never seen) before anyone checked the
+		// password, so the login waits its turn behind the failed-login
+		// delays of the client's address here first: a client trying
+		// many names at once otherwise had rows written at the node's
+		// full login rate, the delays holding back only the answers. A
+		// login handed to another node tells its outcome here too
+		// (forward), so that the address's failures count at this node.
+		done, err := s.admitLogin(ctx, account)
+		if err != nil {
+			return err
+		}
+		turn.done = done
+		local, release, err := s.route(ctx, tag, user, pass, account, &turn)
 		if !local {
 			return err
 		}
@@ -161,14 +175,20 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 		if o, ok := s.srv.cfg.Router.(Owner); ok && !o.Owns(account) {
 			// Evicted between the route and now (see Owner): the
 			// client tries again and is routed to the new owner.
+			turn.finish(loginError, 0)
 			s.srv.countError(ErrClusterUnavailable)
 			return s.WriteStatus(tag, "NO", "UNAVAILABLE", "This account cannot be served right now; try again shortly.")
 		}
 	}
-	done, err := s.admitLogin(ctx, account)
-	if err != nil {
-		return err
+	if turn.done == nil {
+		done, err := s.admitLogin(ctx, account)
+		if err != nil {
+			return err
+		}
+		turn.done = done
 	}
+	done := turn.finish
+	var err error
 	// Credentials the upstream accepted a moment ago need no new upstream
 	// login (logincache.go).
 	c, caps, cached := s.cachedLogin(ctx, account, user, pass)
@@ -240,6 +260,23 @@ func (s *Session) authenticate(ctx context.Context, tag, user, pass string) erro
 	_, err = s.w.Write(ok)
 	s.loginAnswered = true
 	return err
+}
+
+// loginTurn is a login's admission by the failed-login delays
+// (admitLogin): its outcome is told exactly once, however the login ends.
+type loginTurn struct {
+	done func(loginOutcome, time.Duration) time.Time
+	told bool
+}
+
+// finish tells the login's outcome (once; nothing before the admission)
+// and returns when a failure may be answered.
+func (t *loginTurn) finish(o loginOutcome, base time.Duration) time.Time {
+	if t.done == nil || t.told {
+		return time.Now()
+	}
+	t.told = true
+	return t.done(o, base)
 }
 
 // hangUpUnanswered ends a session whose login has not been answered yet

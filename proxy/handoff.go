@@ -43,14 +43,16 @@ const (
 
 // route asks the Router where account is served. It answers the login
 // itself when the account is served elsewhere (handing the session over)
-// or nowhere now; local reports that this node serves it, and release is
-// to be called when the session ends (or its login fails here).
-func (s *Session) route(ctx context.Context, tag, user, pass, account string) (local bool, release func(), err error) {
+// or nowhere now, and then tells turn the outcome; local reports that
+// this node serves it, and release is to be called when the session ends
+// (or its login fails here).
+func (s *Session) route(ctx context.Context, tag, user, pass, account string, turn *loginTurn) (local bool, release func(), err error) {
 	h := Handoff{Account: account, Tag: tag, User: user, Pass: pass, Addr: s.addr, TLS: s.isTLS}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	conn, release, err := s.srv.cfg.Router.Route(rctx, h)
 	cancel()
 	if err != nil {
+		turn.finish(loginError, 0)
 		s.srv.countError(ErrClusterUnavailable)
 		s.log.Warn("no node can serve the account now", "user", user, "err", err)
 		return false, nil, s.WriteStatus(tag, "NO", "UNAVAILABLE", "This account cannot be served right now; try again shortly.")
@@ -61,14 +63,18 @@ func (s *Session) route(ctx context.Context, tag, user, pass, account string) (l
 		}
 		return true, release, nil
 	}
-	return false, nil, s.forward(conn, tag)
+	return false, nil, s.forward(ctx, conn, tag, turn)
 }
 
 // forward relays the owner's answer to the login handed over on conn and,
 // if it is OK, copies bytes between the client and conn until either
 // ends (then errForwardEnded ends the session). Any other answer is
-// passed on and the session stays here, not logged in.
-func (s *Session) forward(conn net.Conn, tag string) error {
+// passed on and the session stays here, not logged in. The answer's
+// outcome is told to turn: the owner's AUTHENTICATIONFAILED counts as a
+// failure of the client's address here (the owner has delayed it by its
+// own count already; this node's may hold it a little longer), so that
+// the next login from the address waits before it is routed.
+func (s *Session) forward(ctx context.Context, conn net.Conn, tag string, turn *loginTurn) error {
 	conn.SetReadDeadline(time.Now().Add(handoffAnswerTimeout))
 	br := bufio.NewReaderSize(conn, 4096)
 	var ok bool
@@ -83,6 +89,10 @@ func (s *Session) forward(conn net.Conn, tag string) error {
 		rest, tagged := bytes.CutPrefix(line, []byte(tag+" "))
 		if tagged {
 			ok = bytes.HasPrefix(bytes.ToUpper(rest), []byte("OK"))
+			if err := s.tellForwarded(ctx, turn, ok, rest); err != nil {
+				conn.Close()
+				return err
+			}
 		}
 		if ok {
 			// The session is forwarded before the client can hear it is
@@ -143,6 +153,31 @@ func (s *Session) forward(conn net.Conn, tag string) error {
 	conn.Close()
 	wg.Wait()
 	return errForwardEnded
+}
+
+// tellForwarded tells turn the outcome of a handed-over login from the
+// owner's tagged answer (rest: after the tag) and, for a failure, waits
+// until this node's failed-login delay allows the answer.
+func (s *Session) tellForwarded(ctx context.Context, turn *loginTurn, ok bool, rest []byte) error {
+	switch {
+	case ok:
+		turn.finish(loginOK, 0)
+	case bytes.HasPrefix(bytes.ToUpper(rest), []byte("NO [AUTHENTICATIONFAILED]")):
+		at := turn.finish(loginFailed, s.cfg.AuthFailureDelay)
+		if d := time.Until(at); d > 0 {
+			s.Flush()
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	default:
+		turn.finish(loginError, 0)
+	}
+	return nil
 }
 
 // readBoundedLine reads one CRLF-terminated line of at most max bytes.

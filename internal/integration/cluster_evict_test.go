@@ -15,8 +15,9 @@ import (
 // drainDuringLogin starts two nodes, makes the node that owns alice (a)
 // hold her next login behind the failed-login delay of a wrong one, has a
 // client log in as alice through a, or through the other node (b) when
-// handedOver, and drains a while that login waits. It returns the nodes
-// and the waiting client.
+// handedOver, and drains a while that login waits (through a: before it
+// is routed; handed over: at a, which took the hand-off). It returns the
+// nodes and the waiting client.
 func drainDuringLogin(t *testing.T, handedOver bool) (dc *dovecottest.Server, a, b *testNode, good *imaptest.Client) {
 	t.Helper()
 	dc = dovecottest.Start(t, dovecottest.Legacy)
@@ -43,8 +44,14 @@ func drainDuringLogin(t *testing.T, handedOver bool) (dc *dovecottest.Server, a,
 	good = imaptest.Dial(t, via.addr)
 	good.MustGreetOK()
 	good.Write("g LOGIN alice alicepass\r\n")
-	// Routed to a (or handed over to it), it waits there behind the delay.
-	waitUntil(t, 5*time.Second, "the login to reach "+a.name, func() bool { return a.node.Stats().Sessions == 2 })
+	if handedOver {
+		// Handed over to a, it waits there behind the delay.
+		waitUntil(t, 5*time.Second, "the login to reach "+a.name, func() bool { return a.node.Stats().Sessions == 2 })
+	}
+	// Through a, it waits behind the delay before it is routed (nothing
+	// of the account is taken before its turn), and nothing tells it is
+	// waiting: it is answered no sooner than 2 s after the failed login,
+	// while the drain is over well within that.
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -54,27 +61,25 @@ func drainDuringLogin(t *testing.T, handedOver bool) (dc *dovecottest.Server, a,
 	return dc, a, b, good
 }
 
-// TestDrainEndsLoginInFlight: a login that the owning node has admitted
-// but not yet answered (it waits behind the account's failed-login delay)
-// when the node is drained must end there, with a BYE, not succeed at a
-// node that no longer owns the account while another serves it. Eviction
-// found only sessions already logged in, so such a login went on: two
-// nodes served one account, the drained one with a session its counters
-// no longer showed (a second reviewer's finding).
+// TestDrainEndsLoginInFlight: a login waiting behind the account's
+// failed-login delay at the owning node when the node is drained must not
+// succeed at the node that no longer owns the account while another
+// serves it. Eviction found only sessions already logged in, and such a
+// login, routed before its wait, went on: two nodes served one account
+// (a second reviewer's finding; it then ended with a BYE). Since session
+// 19 the login waits before it is routed (TestMadeUpNamesWaitForFailureDelay):
+// it is routed once its turn comes, after the drain, and served by the new
+// owner through the drained node.
 func TestDrainEndsLoginInFlight(t *testing.T) {
 	dc, a, b, good := drainDuringLogin(t, false)
-	line, err := good.TryReadLine(10 * time.Second)
-	if err != nil {
-		t.Fatalf("the login in flight: %v", err)
+	if got := imaptest.Tagged(good.ReadUntilTagged("g")); !strings.HasPrefix(got, "OK") {
+		t.Fatalf("the login in flight on the drained %s: %q, want OK from %s", a.name, got, b.name)
 	}
-	if !strings.HasPrefix(line, "* BYE [UNAVAILABLE]") {
-		t.Fatalf("the login in flight on the drained %s: %q, want a BYE", a.name, line)
-	}
-	z := imaptest.Dial(t, b.addr)
-	z.MustGreetOK()
-	loginAt(t, z, b)
-	z.MustOK("SELECT INBOX")
+	good.MustOK("SELECT INBOX")
 	waitUntil(t, 5*time.Second, b.name+" owns alice", func() bool { return b.node.Owns(dc.Addr + "\x00alice") })
+	if a.node.Owns(dc.Addr + "\x00alice") {
+		t.Errorf("the drained %s owns alice", a.name)
+	}
 	if n := a.proxy.Srv.Hub().Watchers(); n != 0 {
 		t.Errorf("the drained %s watches %d mailboxes", a.name, n)
 	}
