@@ -64,6 +64,10 @@ type fakeHost struct {
 	// node, if set, is told of each login it serves, as the proxy tells
 	// it (proxy.LoginReporter).
 	node *Node
+	// frozen: Evict does nothing, as a process that is stopped (SIGSTOP,
+	// a frozen VM) or cut off: its sessions' connections stay open and
+	// silent.
+	frozen bool
 }
 
 func newFakeHost() *fakeHost {
@@ -92,6 +96,10 @@ func (f *fakeHost) ServeHandoff(conn net.Conn, h proxy.Handoff) {
 
 func (f *fakeHost) Evict(ctx context.Context, account, text string) error {
 	f.mu.Lock()
+	if f.frozen {
+		f.mu.Unlock()
+		return nil
+	}
 	for c, a := range f.sessions {
 		if account == "" || a == account {
 			fmt.Fprintf(c, "* BYE [UNAVAILABLE] %s\r\n", text)

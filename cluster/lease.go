@@ -99,9 +99,17 @@ func (n *Node) renew(conn *pgx.Conn, start time.Time) (*pgx.Conn, error) {
 	if err != nil {
 		return conn, err
 	}
+	asked := time.Now()
 	live, err := n.queryLive(ctx, conn)
 	if err != nil {
 		return conn, err
+	}
+	n.mu.Lock()
+	cut := n.cutForwardsLocked(live, asked)
+	n.mu.Unlock()
+	for _, fc := range cut {
+		n.log.Warn("cluster: cutting a session forwarded to a node whose lease expired", "node", fc.to)
+		fc.Close()
 	}
 	n.mu.Lock()
 	fenced := !n.leaseValidLocked() && !n.superseded && !n.closed

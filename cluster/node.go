@@ -48,10 +48,12 @@ type Node struct {
 	live       []peer                   // live nodes at the last renewal
 	listeners  map[net.Listener]struct{}
 	linkConns  map[net.Conn]struct{}
-	renewGate  chan struct{} // test hook: renewals wait while non-nil
-	renewed    chan struct{} // closed and replaced at each successful renewal (tests)
-	placement  chan struct{} // closed and replaced at each change of placement (PlacementChanged)
-	watchdog   *time.Timer
+	// forwards are the sessions forwarded to other nodes (cutForwardsLocked).
+	forwards  map[*forwardedConn]struct{}
+	renewGate chan struct{} // test hook: renewals wait while non-nil
+	renewed   chan struct{} // closed and replaced at each successful renewal (tests)
+	placement chan struct{} // closed and replaced at each change of placement (PlacementChanged)
+	watchdog  *time.Timer
 
 	linkSlots chan struct{}
 
@@ -142,6 +144,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		acquiring: make(map[string]chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
 		linkConns: make(map[net.Conn]struct{}),
+		forwards:  make(map[*forwardedConn]struct{}),
 		renewed:   make(chan struct{}),
 		placement: make(chan struct{}),
 		linkSlots: make(chan struct{}, cfg.MaxLinks),

@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -103,8 +104,7 @@ func (n *Node) Route(ctx context.Context, h proxy.Handoff) (net.Conn, func(), er
 		}
 		switch kind {
 		case replyOK:
-			n.forwardedOut.Add(1)
-			return &forwardedConn{Conn: conn, n: n}, nil, nil
+			return n.forwarded(conn, d.node), nil, nil
 		case replyNotOwner:
 			if !d.owner {
 				refused = append(refused, d.node)
@@ -136,6 +136,41 @@ type forwardedConn struct {
 	net.Conn
 	n    *Node
 	once sync.Once
+	// to is the owner the session is forwarded to, since when it
+	// accepted it (cutForwards).
+	to    string
+	since time.Time
+}
+
+// forwarded counts and registers a session that node accepted on conn.
+func (n *Node) forwarded(conn net.Conn, node string) *forwardedConn {
+	fc := &forwardedConn{Conn: conn, n: n, to: node, since: time.Now()}
+	n.forwardedOut.Add(1)
+	n.mu.Lock()
+	n.forwards[fc] = struct{}{}
+	n.mu.Unlock()
+	return fc
+}
+
+// cutForwardsLocked returns the forwarded sessions to close after a
+// renewal that sent its query of the live nodes at asked and found live:
+// those forwarded to a node not among them since before asked. Such an
+// owner's lease had expired by the database's clock while the session was
+// open: if it still runs, it fenced itself and ended the session (but its
+// BYE may never come: a process stopped, a network cut, power lost
+// behind a switch); if not, nothing will ever answer, and TCP may not
+// tell for a long while. Another node takes the account over meanwhile;
+// cut here, the client reconnects and reaches it. A session forwarded
+// after asked may be to an owner that has just come back: it is left to
+// the next renewal.
+func (n *Node) cutForwardsLocked(live []peer, asked time.Time) []*forwardedConn {
+	var cut []*forwardedConn
+	for fc := range n.forwards {
+		if fc.since.Before(asked) && !slices.ContainsFunc(live, func(p peer) bool { return p.name == fc.to }) {
+			cut = append(cut, fc)
+		}
+	}
+	return cut
 }
 
 // CloseWrite half-closes the link, so the owner reads the end of the
@@ -148,7 +183,12 @@ func (c *forwardedConn) CloseWrite() error {
 }
 
 func (c *forwardedConn) Close() error {
-	c.once.Do(func() { c.n.forwardedOut.Add(-1) })
+	c.once.Do(func() {
+		c.n.forwardedOut.Add(-1)
+		c.n.mu.Lock()
+		delete(c.n.forwards, c)
+		c.n.mu.Unlock()
+	})
 	return c.Conn.Close()
 }
 
