@@ -304,6 +304,14 @@ func (c *cache) addStored(account string, n int) int {
 	return cnt
 }
 
+// forgetStored forgets the account's record count: the next store counts
+// the records anew (Extension.SessionClosed).
+func (c *cache) forgetStored(account string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.stored, account)
+}
+
 // fetch fetches the keys of uids (sorted, none cached) from the
 // upstream with the session's mailbox selected, adds them to b (b.mu
 // held) and stores them. UIDs the upstream no longer has are left out.

@@ -57,6 +57,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
 	"github.com/lemonproxy/lemonproxy/extensions/contextsearch"
@@ -91,7 +92,19 @@ type Config struct {
 type Extension struct {
 	cfg   Config
 	cache *cache
+
+	// mu guards sessions and perAccount: the sessions logged in here, by
+	// account. When an account's last session ends its record count
+	// (cache.stored) is forgotten: in a cluster the account may move to
+	// another node, which stores and deletes records of its own, and come
+	// back, and a count kept from before would be stale (a low one lets
+	// the account past MaxStored).
+	mu         sync.Mutex
+	sessions   map[*proxy.Session]string
+	perAccount map[string]int
 }
+
+var _ proxy.SessionHook = (*Extension)(nil)
 
 // New returns the extension.
 func New(cfg Config) *Extension {
@@ -104,8 +117,43 @@ func New(cfg Config) *Extension {
 	if cfg.MaxStored <= 0 {
 		cfg.MaxStored = 500_000
 	}
-	return &Extension{cfg: cfg}
+	return &Extension{cfg: cfg, sessions: map[*proxy.Session]string{}, perAccount: map[string]int{}}
 }
+
+// StateChanged counts a session that logged in (proxy.SessionHook).
+func (e *Extension) StateChanged(s *proxy.Session, st proxy.State) {
+	if st == proxy.StateNotAuthenticated {
+		return
+	}
+	account := s.UpstreamAccount().Name
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.sessions[s]; ok || account == "" {
+		return
+	}
+	e.sessions[s] = account
+	e.perAccount[account]++
+}
+
+// SessionClosed forgets the account's record count with its last session
+// here (proxy.SessionHook).
+func (e *Extension) SessionClosed(s *proxy.Session) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	account, ok := e.sessions[s]
+	if !ok {
+		return
+	}
+	delete(e.sessions, s)
+	if e.perAccount[account]--; e.perAccount[account] > 0 {
+		return
+	}
+	delete(e.perAccount, account)
+	e.cache.forgetStored(account)
+}
+
+// Push implements proxy.SessionHook: nothing is queued.
+func (*Extension) Push(*proxy.Session) error { return nil }
 
 // Name identifies the extension.
 func (*Extension) Name() string { return "sort" }
