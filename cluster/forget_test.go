@@ -191,3 +191,40 @@ func TestDeadNodeUnusedRowsSwept(t *testing.T) {
 		t.Errorf("the used row names %q, want a (taken over at its next login)", node)
 	}
 }
+
+// TestWrittenRowNotForgotten: a state write commits only with its
+// account's row marked used. The mark is made when a login succeeds; if
+// it failed (the database away a moment) and the session's writes went
+// through afterwards, the row stayed unused with states under its
+// epochs, and any node could delete it (a release, a fencing, a sweep),
+// losing the epochs that fence the account's writers. Here no login
+// tells the node (as when the mark failed): the write marks the row, and
+// the release leaves it.
+func TestWrittenRowNotForgotten(t *testing.T) {
+	url := newDB(t)
+	a := startNode(t, url, "a", func(c *Config) { c.ReleaseAfter = 50 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, release, err := a.Route(ctx, proxy.Handoff{Account: "x", Tag: "A1", User: "x", Pass: "p", Via: "a"})
+	if err != nil || conn != nil {
+		t.Fatalf("route: %v %v", conn, err)
+	}
+	tx, err := a.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Hold(ctx, tx, "x"); err != nil {
+		t.Fatalf("Hold: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	imaptest.WaitFor(t, "x released", func() bool { return a.Stats().Owned == 0 })
+	if !hasRow(t, a, "x") {
+		t.Fatal("the row of an account with a state write was deleted at its release")
+	}
+	if node, epoch := owner(t, a, "x"); node != "" || epoch != 1 {
+		t.Errorf("x's row: node %q epoch %d, want free at epoch 1", node, epoch)
+	}
+}

@@ -79,7 +79,10 @@ type account struct {
 	// is being marked: a login succeeded, or something held the account.
 	// An account released unused leaves no row (releaseRow): a client
 	// logging in as made-up names must not grow lp_owners for good.
-	used bool
+	// marked: the row is known to be marked used in the database (a
+	// committed fact: acquire found it so, or a mark was committed);
+	// until then each state write marks it (Hold).
+	used, marked bool
 }
 
 func newAccount(epoch int64) *account {

@@ -104,11 +104,12 @@ func (n *Node) acquire(ctx context.Context, acct string, h *holder) (*account, e
 		// A leaving entry (fenced meanwhile and unfenced again) is
 		// replaced: its release finds the new epoch and touches nothing.
 		a = newAccount(epoch)
-		a.used = used
+		a.used, a.marked = used, used
 		n.owned[acct] = a
 	case epoch > a.epoch:
 		a.epoch = epoch
 		a.used = a.used || used
+		a.marked = a.marked || used
 	}
 	a.count(h)
 	n.mu.Unlock()
@@ -150,12 +151,41 @@ func (n *Node) Hold(ctx context.Context, tx pgx.Tx, acct string) error {
 		n.mu.Unlock()
 		return fmt.Errorf("%w: %s is not owned here", ErrFenced, acct)
 	}
-	epoch := a.epoch
+	epoch, marked := a.epoch, a.marked
 	n.mu.Unlock()
+	if !marked {
+		// Not known to be marked used (the login's mark failed, or has
+		// not committed yet): this write marks the row, in its own
+		// transaction, so that no state is ever committed under an
+		// unused row, which any node may delete. The row's exclusive
+		// lock, taken first, makes concurrent writes wait in turn
+		// rather than deadlock upgrading shared ones.
+		var tag pgconn.CommandTag
+		err := n.observe("hold", func() error {
+			var err error
+			tag, err = tx.Exec(ctx, sqlMarkUsed, []byte(acct), n.cfg.Node, epoch)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("cluster: holding %s: %w", acct, err)
+		}
+		if tag.RowsAffected() == 1 {
+			n.mu.Lock()
+			a.used = true
+			n.mu.Unlock()
+			return nil
+		}
+	}
 	var one int
 	err := n.observe("hold", func() error {
 		return tx.QueryRow(ctx, sqlHold, []byte(acct), n.cfg.Node, epoch).Scan(&one)
 	})
+	if err == nil && !marked {
+		// The row was found used, as committed by another transaction.
+		n.mu.Lock()
+		a.used, a.marked = true, true
+		n.mu.Unlock()
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		n.fencedWrites.Add(1)
 		n.log.Warn("cluster write fenced: account taken over", "account", acct, "epoch", epoch)
@@ -230,9 +260,9 @@ func (n *Node) LoginSucceeded(acct string) {
 // the login's session or the hold can write anything of the account: any
 // node may delete an unused row (sqlForget, sqlForgetUnusedMine,
 // sqlSweepUnused), so the mark is what keeps the epochs that guard the
-// account's states. A mark that fails is made again by the release
-// (sqlRelease sets used); the database is then most likely away, and the
-// account's state writes fail with it.
+// account's states. A mark that fails is made by the account's first
+// state write (Hold), in the write's own transaction, or else by the
+// release (sqlRelease sets used).
 func (n *Node) use(acct string, a *account) {
 	n.mu.Lock()
 	if a.used {
@@ -250,7 +280,13 @@ func (n *Node) use(acct string, a *account) {
 	})
 	if err != nil {
 		n.log.Warn("cluster: marking an account used", "account", acct, "err", err)
+		return
 	}
+	n.mu.Lock()
+	if a.epoch == epoch {
+		a.marked = true
+	}
+	n.mu.Unlock()
 }
 
 // releaseRow frees an account's row if it still holds this node's epoch;

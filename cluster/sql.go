@@ -102,9 +102,12 @@ const (
 
 	// sqlSweepUnused drops the unused rows of nodes whose lease has
 	// expired (they crashed and were not restarted; nobody logs in as a
-	// made-up name to take its row over) and any unused row left free.
-	sqlSweepUnused = `DELETE FROM lp_owners o WHERE NOT o.used
-		AND (o.node IS NULL OR NOT EXISTS (SELECT 1 FROM lp_nodes n WHERE n.name = o.node AND n.lease_until > now()))`
+	// made-up name to take its row over). A free row is left alone: this
+	// version frees only used rows (sqlRelease marks them; releaseAll
+	// deletes the unused first), and one freed unused by a node of an
+	// earlier version, which marks nothing, may have states.
+	sqlSweepUnused = `DELETE FROM lp_owners o WHERE NOT o.used AND o.node IS NOT NULL
+		AND NOT EXISTS (SELECT 1 FROM lp_nodes n WHERE n.name = o.node AND n.lease_until > now())`
 
 	// sqlHold runs inside a state-writing transaction: the shared row lock
 	// makes a takeover wait until the transaction ends, and no row means
