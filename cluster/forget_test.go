@@ -219,6 +219,10 @@ func TestWrittenRowNotForgotten(t *testing.T) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
+	var used bool
+	if err := a.Pool().QueryRow(ctx, `SELECT used FROM lp_owners WHERE account = 'x'`).Scan(&used); err != nil || !used {
+		t.Fatalf("x's row after a committed write: used %v, %v", used, err)
+	}
 	release()
 	imaptest.WaitFor(t, "x released", func() bool { return a.Stats().Owned == 0 })
 	if !hasRow(t, a, "x") {
