@@ -14,7 +14,10 @@ import (
 // session itself or hands it over and copies bytes.
 type Router interface {
 	// Route is called when a client logs in (LOGIN or AUTHENTICATE), before
-	// any upstream is asked. It returns:
+	// any upstream is asked, once the login's turn behind the failed-login
+	// delays of its address and account has come (routing may write to the
+	// cluster's database: it must not go at the rate a client tries
+	// names). It returns:
 	//   - a nil conn and a release function: this node serves the account
 	//     now (it owned it or has just taken it over); release is called
 	//     once, when the session ends;
