@@ -697,7 +697,11 @@ func (h *Hub) backoff(n int) time.Duration {
 // caller must take the upstream's word. It answers STATUS RECENT. early,
 // if not nil, is a round trip asked for when the STATUS command arrived
 // (SyncSoon), which does as well: it waits for that one instead.
-func (h *Hub) Unclaimed(ctx context.Context, key Key, early *PendingSync) (n int, ok bool) {
+// uidValidity, if not 0, is the mailbox's UIDVALIDITY as the upstream has
+// just told it: a state of another UIDVALIDITY is of a mailbox deleted and
+// created again under the name (outside the proxy, and unseen by the
+// watcher's round trip), and ok is false.
+func (h *Hub) Unclaimed(ctx context.Context, key Key, early *PendingSync, uidValidity uint32) (n int, ok bool) {
 	h.mu.Lock()
 	b := h.boxes[key]
 	watched := b != nil && b.dial != nil // not a Refresh's box
@@ -706,7 +710,7 @@ func (h *Hub) Unclaimed(ctx context.Context, key Key, early *PendingSync) (n int
 		return 0, false
 	}
 	st := b.state()
-	if st == nil || !st.Recency().Known() {
+	if st == nil || !st.Recency().Known() || uidValidity != 0 && st.UIDValidity() != uidValidity {
 		return 0, false
 	}
 	// On failure the state is as the watcher last saw it.

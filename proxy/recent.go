@@ -13,6 +13,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/syncstate"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // \Recent (RFC 3501 2.3.2) is the proxy's own: a message is recent in
@@ -171,14 +172,24 @@ func (m *selectedMailbox) recentKey(name string) (text string, ok bool) {
 	return "", false
 }
 
+// statusItems splits the item list of "* STATUS name (items)" (the text
+// after the name's literal, if it was sent as one): open is the index of
+// its "(", items its names and values in turn.
+func statusItems(text []byte) (open int, items []string, ok bool) {
+	open = bytes.LastIndexByte(text, '(')
+	if open < 0 || !bytes.HasSuffix(text, []byte(")")) {
+		return 0, nil, false
+	}
+	return open, strings.Fields(string(text[open+1 : len(text)-1])), true
+}
+
 // statusRecent replaces the value of the RECENT item of "* STATUS name
 // (items)" with n.
 func statusRecent(text []byte, n int) []byte {
-	open := bytes.LastIndexByte(text, '(')
-	if open < 0 || !bytes.HasSuffix(text, []byte(")")) {
+	open, items, ok := statusItems(text)
+	if !ok {
 		return text
 	}
-	items := strings.Fields(string(text[open+1 : len(text)-1]))
 	changed := false
 	want := fmt.Sprint(n)
 	for i := 0; i+1 < len(items); i += 2 {
@@ -190,6 +201,31 @@ func statusRecent(text []byte, n int) []byte {
 		return text
 	}
 	return fmt.Appendf(text[:open:open], "(%s)", strings.Join(items, " "))
+}
+
+// statusUIDValidity returns the value of the UIDVALIDITY item of "* STATUS
+// name (items)" (0 when there is none), and the text without that item
+// when drop is set.
+func statusUIDValidity(text []byte, drop bool) (uint32, []byte) {
+	open, items, ok := statusItems(text)
+	if !ok {
+		return 0, text
+	}
+	var v uint32
+	kept := items[:0:0]
+	for i := 0; i+1 < len(items); i += 2 {
+		if strings.EqualFold(items[i], "UIDVALIDITY") {
+			v = upstream.ParseUIDValidity(items[i+1])
+			if drop {
+				continue
+			}
+		}
+		kept = append(kept, items[i], items[i+1])
+	}
+	if !drop || len(kept) == len(items) {
+		return v, text
+	}
+	return v, fmt.Appendf(text[:open:open], "(%s)", strings.Join(kept, " "))
 }
 
 // statusMailbox returns the mailbox name of "* STATUS name (items)", or of
@@ -214,6 +250,10 @@ func statusMailbox(segs []imapcodec.Segment) (string, bool) {
 // connection has looked at the mailbox lately either, so it is what the
 // hub's watcher would find recent when it starts.
 func (s *Session) statusRecent(x *Exchange, text []byte) []byte {
+	var uidValidity uint32
+	if x != nil && x.statusSync != nil {
+		uidValidity, text = statusUIDValidity(text, x.statusSync.addedUIDValidity)
+	}
 	if indexFold(text, "RECENT") < 0 || s.srv.hub == nil {
 		return text
 	}
@@ -226,8 +266,10 @@ func (s *Session) statusRecent(x *Exchange, text []byte) []byte {
 	var early *hub.PendingSync
 	if x != nil && x.statusSync != nil && x.statusSync.key == key {
 		early = x.statusSync.p
+	} else {
+		uidValidity = 0 // not asked for this mailbox's sake
 	}
-	n, ok := s.srv.hub.Unclaimed(ctx, key, early)
+	n, ok := s.srv.hub.Unclaimed(ctx, key, early, uidValidity)
 	cancel()
 	if !ok {
 		return text
@@ -243,6 +285,9 @@ func (s *Session) statusRecent(x *Exchange, text []byte) []byte {
 type earlySync struct {
 	key hub.Key
 	p   *hub.PendingSync
+	// addedUIDValidity: the client did not ask for UIDVALIDITY, the proxy
+	// did (statusSyncSoon), and it is taken out of the answer.
+	addedUIDValidity bool
 }
 
 // statusSyncSoon asks the watcher of the mailbox a STATUS command names
@@ -251,11 +296,18 @@ type earlySync struct {
 // following its answer. Only for a STATUS asking for RECENT of a watched
 // mailbox named without a literal; otherwise nil, and statusRecent asks
 // when the answer comes.
-func (s *Session) statusSyncSoon(cmd *imapcodec.Command) *earlySync {
-	if s.srv.hub == nil || len(cmd.Segments) != 1 || indexFold(cmd.Segments[0].Text, "RECENT") < 0 {
+//
+// It also makes the STATUS ask for UIDVALIDITY: a mailbox deleted and
+// created again outside the proxy with as many messages may look the same
+// to the watcher's round trip (Dovecot tells a connection that keeps the
+// old one selected nothing), and the count of the old mailbox's state
+// would be given for the new one. The answer's UIDVALIDITY tells them
+// apart; the item is taken out again if the client did not ask for it.
+func (s *Session) statusSyncSoon(x *Exchange) *earlySync {
+	if s.srv.hub == nil || len(x.Segments) != 1 || indexFold(x.Segments[0].Text, "RECENT") < 0 {
 		return nil
 	}
-	name, ok := statusMailbox(cmd.Segments)
+	name, ok := statusMailbox(x.Segments)
 	if !ok {
 		return nil
 	}
@@ -264,7 +316,39 @@ func (s *Session) statusSyncSoon(cmd *imapcodec.Command) *earlySync {
 	if pending == nil {
 		return nil
 	}
-	return &earlySync{key: key, p: pending}
+	e := &earlySync{key: key, p: pending}
+	if items, ok := statusCommandItems(x.Segments); ok && imapcodec.CanQuote(name) &&
+		!slices.ContainsFunc(items, func(v imapcodec.Value) bool {
+			a, ok := v.(imapcodec.Atom)
+			return ok && strings.EqualFold(string(a), "UIDVALIDITY")
+		}) {
+		line := imapcodec.AppendQuoted([]byte(x.Tag+" STATUS "), name)
+		line = append(line, ' ')
+		line = imapcodec.AppendValue(line, append(items, imapcodec.Atom("UIDVALIDITY")))
+		x.Segments = []imapcodec.Segment{{Text: line}}
+		e.addedUIDValidity = true
+	}
+	return e
+}
+
+// statusCommandItems returns the item list of "tag STATUS name (items)".
+func statusCommandItems(segs []imapcodec.Segment) (imapcodec.List, bool) {
+	p := imapcodec.NewParser(segs, imapcodec.Limits{})
+	if _, err := p.Atom(); err != nil || p.SP() != nil {
+		return nil, false
+	}
+	if _, err := p.Atom(); err != nil || p.SP() != nil {
+		return nil, false
+	}
+	if _, err := p.AString(); err != nil || p.SP() != nil {
+		return nil, false
+	}
+	v, err := p.Value()
+	items, ok := v.(imapcodec.List)
+	if err != nil || !ok || !p.AtEnd() {
+		return nil, false
+	}
+	return items, true
 }
 
 // hubKey is the hub's key of a mailbox of the session's account named as

@@ -794,9 +794,9 @@ func truncate(s string) string {
 // leaseCaughtUp leases as lease does and, for a STATUS, brings the
 // connection's view up to date (statusCatchUp). A connection whose
 // catch-up fails is given up and another one leased, once: its mailbox may
-// have been deleted since (Dovecot then ends the connection at the NOOP),
-// and the client must get the upstream's answer about the name (NO, it
-// does not exist), not a lost connection.
+// have been deleted since (Dovecot may then end the connection), and the
+// client must get the upstream's answer about the name (NO, it does not
+// exist), not a lost connection.
 func (s *Session) leaseCaughtUp(ctx context.Context, restore bool, x *Exchange) (*upstream.Conn, error) {
 	for try := 0; ; try++ {
 		up, err := s.lease(ctx, restore, x)
@@ -838,17 +838,19 @@ func (s *Session) statusNotSelected(up *upstream.Conn, x *Exchange) {
 	})
 }
 
-// statusCatchUp brings up's view of a mailbox it keeps selected for
-// another session up to date before a STATUS of that mailbox: a server
-// answers STATUS of the selected mailbox from the connection's view, which
-// it syncs only at certain commands (Dovecot does so, adding [CLIENTBUG]),
-// so a client with nothing selected would be told the counts of whenever
-// that other session last looked, where a direct connection tells the
-// mailbox's. A NOOP syncs the view; its answers, mailbox data of the
-// connection's mailbox, are not the client's. A STATUS of the client's own
-// selected mailbox is left as it is, as on a direct connection. A name
-// sent as a literal, unread when the command streams, counts as that
-// mailbox's.
+// statusCatchUp takes up out of a mailbox it keeps selected for another
+// session before a STATUS of that mailbox: a server answers STATUS of the
+// selected mailbox from the connection's view, which it syncs only at
+// certain commands (Dovecot does so, adding [CLIENTBUG]), so a client with
+// nothing selected would be told the counts of whenever that other session
+// last looked, where a direct connection tells the mailbox's. A NOOP
+// syncing the view was not enough: of a mailbox deleted and created again
+// under the name since, Dovecot's NOOP says nothing and its STATUS keeps
+// giving the old mailbox's UIDVALIDITY and counts, so the connection
+// leaves the mailbox (UNSELECT) and STATUS reads it afresh. A STATUS of
+// the client's own selected mailbox is left as it is, as on a direct
+// connection. A name sent as a literal, unread when the command streams,
+// counts as that mailbox's.
 func (s *Session) statusCatchUp(ctx context.Context, up *upstream.Conn, x *Exchange) error {
 	if x.Name != "STATUS" || up.Selected == "" || len(x.Segments) == 0 {
 		return nil
@@ -857,15 +859,15 @@ func (s *Session) statusCatchUp(ctx context.Context, up *upstream.Conn, x *Excha
 		return nil
 	}
 	// A name sent as a literal is not read yet when the command streams
-	// (the first segment ends in its header): whatever it is, the NOOP
+	// (the first segment ends in its header): whatever it is, the UNSELECT
 	// is cheap beside an old answer.
 	if x.Segments[0].Literal == nil || len(x.Segments) > 1 {
 		if name, ok := statusMailbox(x.Segments); !ok || s.hubKey(name).Mailbox != up.Selected {
 			return nil
 		}
 	}
-	if _, err := up.Exec(ctx, "NOOP", nil); err != nil {
-		return fmt.Errorf("bringing the connection's view of %q up to date: %w", up.Selected, err)
+	if err := up.Unselect(ctx); err != nil {
+		return fmt.Errorf("leaving %q before its STATUS: %w", up.Selected, err)
 	}
 	return nil
 }

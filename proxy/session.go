@@ -750,7 +750,7 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 	}
 	x := s.newExchange(ctx, cmd, streamed)
 	if cmd.Name == "STATUS" {
-		x.statusSync = s.statusSyncSoon(cmd)
+		x.statusSync = s.statusSyncSoon(x)
 	}
 	var last Next
 	switch {
