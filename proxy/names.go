@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
@@ -134,14 +133,8 @@ func (s *Server) hierarchyDelim(ctx context.Context, account string, c *upstream
 	if h, ok := s.delims.Load(account); ok {
 		return h.(Hierarchy).Delim
 	}
-	var h Hierarchy
-	found := false
-	_, err := c.Exec(ctx, listRoot, func(r *upstream.Response) {
-		if !found {
-			h, found = parseListRoot(r)
-		}
-	})
-	if err != nil || !found {
+	h, err := listHierarchy(ctx, c.Exec)
+	if err != nil {
 		return ""
 	}
 	s.delims.Store(account, h)
@@ -172,54 +165,44 @@ func (s *Session) Hierarchy(ctx context.Context) (Hierarchy, error) {
 	if h, ok := s.srv.delims.Load(s.account); ok {
 		return h.(Hierarchy), nil
 	}
-	var h Hierarchy
-	found := false
-	_, err := s.Exec(ctx, listRoot, func(r *upstream.Response) {
-		if !found {
-			h, found = parseListRoot(r)
-		}
-	})
+	h, err := listHierarchy(ctx, s.Exec)
 	if err != nil {
 		return Hierarchy{}, err
-	}
-	if !found {
-		return Hierarchy{}, errors.New("proxy: the upstream answered LIST \"\" \"\" without a LIST response")
 	}
 	s.srv.delims.Store(s.account, h)
 	return h, nil
 }
 
-// parseListRoot reads "* LIST (attributes) delimiter root" and reports
-// whether r was one. A NIL delimiter is a flat namespace: "", not "NIL".
-func parseListRoot(r *upstream.Response) (Hierarchy, bool) {
-	if r.Head.Name != "LIST" {
-		return Hierarchy{}, false
-	}
-	p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
-	for range 2 { // "*", LIST
-		if _, err := p.Atom(); err != nil {
-			return Hierarchy{}, false
-		}
-		p.SP()
-	}
-	if _, err := p.Value(); err != nil { // attributes
-		return Hierarchy{}, false
-	}
-	p.SP()
-	v, err := p.Value()
-	if err != nil {
-		return Hierarchy{}, false
-	}
+// listHierarchy runs LIST "" "" through exec and reads its first LIST
+// response; a malformed one is an error, not a flat namespace.
+func listHierarchy(ctx context.Context, exec func(context.Context, string, func(*upstream.Response)) (*upstream.Response, error)) (Hierarchy, error) {
 	var h Hierarchy
-	if !imapcodec.IsNil(v) {
-		if h.Delim, _ = imapcodec.AsString(v); h.Delim == "" {
-			return Hierarchy{}, false
+	found := false
+	var bad error
+	_, err := exec(ctx, listRoot, func(r *upstream.Response) {
+		if found || bad != nil {
+			return
 		}
+		h, found, bad = parseListRoot(r)
+	})
+	switch {
+	case err != nil:
+		return Hierarchy{}, err
+	case bad != nil:
+		return Hierarchy{}, fmt.Errorf("proxy: LIST \"\" \"\": %w", bad)
+	case !found:
+		return Hierarchy{}, errors.New("proxy: the upstream answered LIST \"\" \"\" without a LIST response")
 	}
-	if p.SP() == nil {
-		if v, err := p.Value(); err == nil {
-			h.Root, _ = imapcodec.AsString(v)
-		}
+	return h, nil
+}
+
+// parseListRoot reads "* LIST (attributes) delimiter root" (ok false when
+// r is no LIST response; err when it is a malformed one). A NIL delimiter
+// is a flat namespace: "", not "NIL".
+func parseListRoot(r *upstream.Response) (h Hierarchy, ok bool, err error) {
+	e, ok, err := upstream.ParseList(r)
+	if !ok || err != nil {
+		return Hierarchy{}, ok, err
 	}
-	return h, true
+	return Hierarchy{Delim: e.Delim, Root: e.Name}, true, nil
 }

@@ -51,22 +51,24 @@ func TestParseListRoot(t *testing.T) {
 		line string
 		want Hierarchy
 		ok   bool
+		bad  bool // a malformed LIST response: refused, not a flat namespace
 	}{
-		{`* LIST (\Noselect) "/" ""`, Hierarchy{Delim: "/"}, true},
-		{`* LIST (\Noselect) "." "INBOX."`, Hierarchy{Delim: ".", Root: "INBOX."}, true},
-		{`* LIST (\Noselect) "." #news.`, Hierarchy{Delim: ".", Root: "#news."}, true}, // RFC 3501 6.3.8
-		{`* LIST (\Noselect) NIL ""`, Hierarchy{}, true},                               // flat: not "NIL"
-		{`* LIST (\Noselect) "\\" ""`, Hierarchy{Delim: `\`}, true},
-		{`* LSUB () "/" ""`, Hierarchy{}, false},
-		{`* LIST (\Noselect)`, Hierarchy{}, false},
+		{`* LIST (\Noselect) "/" ""`, Hierarchy{Delim: "/"}, true, false},
+		{`* LIST (\Noselect) "." "INBOX."`, Hierarchy{Delim: ".", Root: "INBOX."}, true, false},
+		{`* LIST (\Noselect) "." #news.`, Hierarchy{Delim: ".", Root: "#news."}, true, false}, // RFC 3501 6.3.8
+		{`* LIST (\Noselect) NIL ""`, Hierarchy{}, true, false},                               // flat: not "NIL"
+		{`* LIST (\Noselect) "\\" ""`, Hierarchy{Delim: `\`}, true, false},
+		{`* LSUB () "/" ""`, Hierarchy{}, false, false},
+		{`* LIST (\Noselect)`, Hierarchy{}, true, true},
+		{`* LIST (\Noselect) "/"`, Hierarchy{}, true, true},
 	} {
 		head, err := imapcodec.ParseResponseHead([]byte(c.line))
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, ok := parseListRoot(&upstream.Response{Head: head, Segments: []imapcodec.Segment{{Text: []byte(c.line)}}})
-		if got != c.want || ok != c.ok {
-			t.Errorf("parseListRoot(%q) = %+v, %v; want %+v, %v", c.line, got, ok, c.want, c.ok)
+		got, ok, err := parseListRoot(&upstream.Response{Head: head, Segments: []imapcodec.Segment{{Text: []byte(c.line)}}})
+		if got != c.want || ok != c.ok || (err != nil) != c.bad {
+			t.Errorf("parseListRoot(%q) = %+v, %v, %v; want %+v, %v, error %v", c.line, got, ok, err, c.want, c.ok, c.bad)
 		}
 	}
 }

@@ -11,6 +11,7 @@ package upstream
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -777,43 +778,37 @@ func ParseUIDValidity(arg string) uint32 {
 // others); INBOX is compared in any case. The proxy asks after a SELECT
 // or EXAMINE failed, to tell a mailbox deleted outside it from a failure
 // that says nothing about the mailbox (Dovecot's NO carries no
-// [NONEXISTENT]).
+// [NONEXISTENT]). A malformed LIST response, when no well-formed one
+// names the mailbox, is an error: it may have named it, and a caller must
+// not take the mailbox for gone.
+//
+// A name that needs a literal (8-bit, CR, LF, NUL) is refused, LITERAL+
+// or not: the proxy never enables UTF8=ACCEPT, so the upstream's names are
+// 7-bit (modified UTF-7), such a name is none of them, and a LIST would
+// not answer for it. Dovecot refuses it ("not valid mUTF-7"); go-imap's
+// server selects it, taken as the 7-bit name it decodes to, and LISTs that
+// one ("&ANw-" for "Ü"): "not found" would be wrong there.
 func (c *Conn) Selectable(ctx context.Context, mailbox string) (bool, error) {
 	b := imapcodec.AppendString([]byte(`LIST "" `), mailbox, true)
 	if strings.Contains(string(b), "\r\n") {
 		return false, fmt.Errorf("upstream: mailbox name %q needs a literal", mailbox)
 	}
 	found := false
+	var bad error
 	_, err := c.Exec(ctx, string(b), func(r *Response) {
-		if r.Head.Tag != "*" || r.Head.Name != "LIST" {
-			return
+		e, ok, err := ParseList(r)
+		switch {
+		case err != nil:
+			bad = cmp.Or(bad, err)
+		case !ok || e.Name != mailbox && !(strings.EqualFold(e.Name, "INBOX") && strings.EqualFold(mailbox, "INBOX")):
+		case e.Has(`\NonExistent`) || e.Has(`\Noselect`):
+		default:
+			found = true
 		}
-		p := imapcodec.NewParser(r.Segments, imapcodec.Limits{})
-		for range 2 { // "*", LIST
-			if _, err := p.Atom(); err != nil {
-				return
-			}
-			p.SP()
-		}
-		v, err := p.Value()
-		attrs, ok := v.(imapcodec.List)
-		if err != nil || !ok || p.SP() != nil {
-			return
-		}
-		if _, err := p.Value(); err != nil || p.SP() != nil { // the delimiter
-			return
-		}
-		name, err := p.AString()
-		if err != nil || name != mailbox && !(strings.EqualFold(name, "INBOX") && strings.EqualFold(mailbox, "INBOX")) {
-			return
-		}
-		for _, a := range attrs {
-			if a, ok := a.(imapcodec.Atom); ok && (strings.EqualFold(string(a), `\NonExistent`) || strings.EqualFold(string(a), `\Noselect`)) {
-				return
-			}
-		}
-		found = true
 	})
+	if err == nil && !found {
+		err = bad // a malformed line may have named it: no answer
+	}
 	if err != nil {
 		return false, fmt.Errorf("upstream: listing %q: %w", mailbox, err)
 	}
