@@ -176,6 +176,21 @@ func (ms *MailboxService) canonicalMailbox(account, name string) string {
 	return canonicalName(name, delim)
 }
 
+// Canonical spells a mailbox name of account as the hub keys it
+// (canonicalName: inbox.x is INBOX.x where "." is the delimiter), for an
+// extension that keys or compares mailboxes without a session. The
+// account's hierarchy delimiter, needed only for a name that starts with
+// INBOX in another case, is the one a session learnt, or else asked of c
+// (LIST "" "", then kept for the account); c may be nil.
+func (ms *MailboxService) Canonical(ctx context.Context, account string, c *upstream.Conn, name string) string {
+	if _, known := ms.delims.Load(account); !known && c != nil && needsDelim(name) {
+		if h, err := listHierarchy(ctx, c.Exec); err == nil {
+			ms.delims.Store(account, h)
+		}
+	}
+	return ms.canonicalMailbox(account, name)
+}
+
 // State returns the hub's state of a mailbox, up to date with the upstream.
 // The caller must call release when done; the hub keeps the mailbox
 // watched for its grace period after that, so asking again soon is cheap.

@@ -247,7 +247,7 @@ func (w *watchers) targets(account, mailbox string) []regRef {
 		if boxes == nil {
 			boxes = w.e.cfg.Mailboxes
 		}
-		if _, ok := w.e.channels[r.channel]; ok && slices.Contains(boxes, mailbox) {
+		if _, ok := w.e.channels[r.channel]; ok && slices.ContainsFunc(boxes, func(b string) bool { return w.e.canonical(account, b) == mailbox }) {
 			out = append(out, r)
 		}
 	}
@@ -265,7 +265,7 @@ func (w *watchers) mailboxes(a *acct) []string {
 			boxes = w.e.cfg.Mailboxes
 		}
 		for _, b := range boxes {
-			if !slices.Contains(out, b) {
+			if b = w.e.canonical(a.name, b); !slices.Contains(out, b) {
 				out = append(out, b)
 			}
 		}
@@ -686,6 +686,16 @@ func (e *Extension) dropCreds(account string, sealed []byte, why string) {
 	e.w.park(account, why+"; they were dropped")
 }
 
+// canonical spells a registered mailbox name as the hub keys it, with the
+// account's delimiter if one is known yet (a poll of the account learns
+// it: pollAccount).
+func (e *Extension) canonical(account, box string) string {
+	if e.mbox == nil {
+		return box
+	}
+	return e.mbox.Canonical(e.ctx, account, nil, box)
+}
+
 // subscribe watches a mailbox of an account through the hub, logged in as
 // push logs in for it.
 func (e *Extension) subscribe(account, box string, notify func()) (*hub.Subscription, error) {
@@ -715,7 +725,15 @@ func (e *Extension) pollAccount(account string, boxes []string) error {
 		return err
 	}
 	defer c.Logout()
+	seen := make(map[string]bool, len(boxes))
 	for _, box := range boxes {
+		// Spelt as the hub and the cursors key it: a name given as
+		// inbox.Lists is INBOX.Lists where "." is the delimiter (asked
+		// of c the first time), polled once under that spelling.
+		if box = e.mbox.Canonical(ctx, account, c, box); seen[box] {
+			continue
+		}
+		seen[box] = true
 		if !imapcodec.CanQuote(box) {
 			continue // checkRegistration lets no such name in
 		}

@@ -145,3 +145,30 @@ func TestDeviceTokenFull(t *testing.T) {
 	dc.Append(t, "alice", "alicepass", "INBOX", nil, msg("one"))
 	g.expect(t, 0, []string{"tok-alice"}, 10*time.Second, quiet)
 }
+
+// TestInboxChildSpelling: the mailboxes that push are configured as
+// inbox.Lists and INBOX.Lists, one mailbox where "." is Dovecot's
+// delimiter. It is polled under one spelling, the hub's (INBOX.Lists: its
+// cursor is kept under that name, none under the other), and a message
+// there pushes once (it was polled under both spellings, each with its own
+// cursor).
+func TestInboxChildSpelling(t *testing.T) {
+	dc := startDovecot(t, dovecottest.Full)
+	g := newGateway(t, []byte("gateway secret"))
+	s := start(t, dc, g, options{secret: g.secret, cfg: push.Config{
+		Mailboxes:    []string{"INBOX", "inbox.Lists", "INBOX.Lists"},
+		PollInterval: 100 * time.Millisecond,
+	}})
+	d := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	d.MustOK("CREATE INBOX.Lists")
+	s.register(t, "alice", "alicepass", "tok-alice")
+	s.waitWatched(t, "alice")
+	account := s.account("alice")
+	waitCursor(t, s.data, account, "INBOX.Lists")
+
+	dc.Append(t, "alice", "alicepass", "INBOX.Lists", nil, msg("list mail"))
+	g.expect(t, 0, []string{"tok-alice"}, 10*time.Second, 500*time.Millisecond)
+	if _, err := s.data.Get(account, push.Prefix+"m/inbox.Lists"); err == nil {
+		t.Error("a cursor kept under the spelling inbox.Lists")
+	}
+}
