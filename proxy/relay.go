@@ -63,6 +63,15 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 		return s.upstreamUnavailable(cmd.Tag, err)
 	}
 	upTag := up.NextTag()
+	if !s.fitsUpstreamLine(len(upTag)+len(first.Text)-len(cmd.Tag), first.Literal) {
+		// The proxy's tag is longer than the client's: the line that fit
+		// the client's limit does not fit the upstream's.
+		s.release()
+		if err := s.discardFrom(in, first.Literal); err != nil {
+			return err
+		}
+		return s.refuseTooLong(x)
+	}
 	w := up.Writer()
 	pending := append([]byte(upTag), first.Text[len(cmd.Tag):]...)
 	// litTotal counts the command's literals for commandBytes: every
@@ -299,6 +308,15 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 		return imapcodec.ResponseHead{}, s.WriteStatus(tag, "BAD", "", "Error in IMAP command "+x.Name+": a literal is not supported there.")
 	}
 	upTag := up.NextTag()
+	for i, seg := range segs {
+		n := len(seg.Text)
+		if i == 0 {
+			n += len(upTag) - len(tag)
+		}
+		if !s.fitsUpstreamLine(n, seg.Literal) {
+			return imapcodec.ResponseHead{}, s.refuseTooLong(x)
+		}
+	}
 	w := up.Writer()
 	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
 	w.WriteString(upTag)
@@ -343,6 +361,30 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 		return head, s.relayFailed(tag, err)
 	}
 	return head, nil
+}
+
+// fitsUpstreamLine reports whether a command line of n bytes, followed by
+// the header of lit (nil for none), fits the upstream's line limit, taken
+// to be the proxy's own (Limits.MaxLine; Dovecot's imap_max_line_length is
+// 64 KiB too). A line the proxy made longer than the client's (the
+// proxy's own tag, a sequence set written as UIDs, "UID " before the
+// command's name) may not. Dovecot answers a line that is too long with
+// BAD and skips it up to its CRLF: a non-synchronising literal sent after
+// it is then read as commands of their own (a client's data would run
+// upstream as commands the proxy never saw), so such a line is never sent.
+func (s *Session) fitsUpstreamLine(n int, lit *imapcodec.LiteralHeader) bool {
+	if lit != nil {
+		n += len(imapcodec.LiteralHeader{Size: lit.Size, NonSync: true, Binary: lit.Binary}.Format(nil))
+	}
+	return n <= s.cfg.Limits.MaxLine
+}
+
+// refuseTooLong answers a command whose line, as the proxy would send it,
+// does not fit the upstream's line limit (fitsUpstreamLine).
+func (s *Session) refuseTooLong(x *Exchange) error {
+	s.log.Debug("refusing a command too long for the upstream once rewritten", "command", x.Name)
+	x.answered, x.status = true, "BAD"
+	return s.WriteStatus(x.Tag, "BAD", "LIMIT", "Error in IMAP command "+x.Name+": the command line is too long once the proxy has written it for the upstream (by UID); use a shorter one.")
 }
 
 // oneLineEach reports whether no segment's text holds CR or LF: a

@@ -1,0 +1,57 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/imapcodec"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+)
+
+// TestRewrittenLineTooLong: a command line that just fits the client's
+// line limit (64 KiB, as Dovecot's) grows on its way upstream: a SEARCH
+// by sequence number becomes "UID SEARCH", and the proxy's tag may be
+// longer than the client's (an APPEND, relayed as it streams). Dovecot
+// answered the SEARCH BAD ("IMAP command line too large") and skipped
+// its line up to the CRLF, then read the non-synchronising literal that
+// followed as a command of its own: here a CREATE the proxy never saw.
+// The proxy must refuse such a line itself, and the session go on. (The
+// APPEND, a few bytes longer upstream, Dovecot still took: its limit is
+// not an exact line length. The proxy refuses any line longer than its
+// own limit, whatever Dovecot would do with it.)
+func TestRewrittenLineTooLong(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr, _ := startProxy(t, dc.Addr)
+	d := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	d.MustOK("APPEND INBOX {7+}\r\nSubj: a")
+	c := imaptest.Login(t, addr, "alice", "alicepass")
+	// fill makes head+tail exactly as long as the line limit with units,
+	// and last(r) for the r bytes the units leave (at least min).
+	fill := func(head, unit string, last func(r int) string, min int, tail string) string {
+		n := imapcodec.DefaultMaxLine - len(head) - len(tail)
+		k := (n - min) / len(unit)
+		line := head + strings.Repeat(unit, k) + last(n-k*len(unit)) + tail
+		if len(line) != imapcodec.DefaultMaxLine {
+			t.Fatalf("line of %d bytes", len(line))
+		}
+		return line
+	}
+	keyword := func(r int) string { return " " + strings.Repeat("k", r-1) }
+	subject := func(r int) string { return ` SUBJECT "` + strings.Repeat("s", r-11) + `"` }
+	tooLong := "* BAD [LIMIT] *"
+
+	// Streamed in the authenticated state: the proxy's tag is longer.
+	data := "z CREATE smuggled1"
+	c.Write(fill("a APPEND INBOX (\\Seen", ` \Seen`, keyword, 2, ") {18+}") + "\r\n" + data + "\r\n")
+	imaptest.AssertLines(t, "APPEND", c.ReadUntilTagged("a"), []string{strings.Replace(tooLong, "*", "a", 1)})
+
+	// Rewritten in the selected state: "UID SEARCH".
+	c.MustOK("SELECT INBOX")
+	data = "z CREATE smuggled2"
+	c.Write(fill("s SEARCH 1", " ALL", subject, 11, " TEXT {18+}") + "\r\n" + data + "\r\n")
+	imaptest.AssertLines(t, "SEARCH", c.ReadUntilTagged("s"), []string{strings.Replace(tooLong, "*", "s", 1)})
+
+	imaptest.AssertLines(t, "NOOP after", c.MustOK("NOOP"), []string{"*"})
+	imaptest.AssertLines(t, "LIST directly", d.MustOK(`LIST "" smuggled*`), []string{"*"})
+}
