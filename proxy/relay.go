@@ -753,6 +753,12 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 		// The upstream's RECENT counts what its connections saw
 		// (recent.go).
 		resp.Segments[0].Text = s.statusRecent(x, resp.Segments[0].Text)
+	case resp.Head.Name == "STATUS" && !resp.Streamed && x != nil && x.statusSync != nil && x.statusSync.addedUIDValidity:
+		// The name came as a literal (Dovecot writes one with many
+		// quoted-specials so): RECENT stays the upstream's, and the
+		// UIDVALIDITY the proxy asked for goes (statusSyncSoon).
+		last := &resp.Segments[len(resp.Segments)-1]
+		_, last.Text = statusUIDValidity(last.Text, true)
 	case resp.Head.IsStatus() && resp.Head.Code == "CAPABILITY":
 		resp.Segments = []imapcodec.Segment{{Text: imapcodec.AppendStatus(nil, "*", resp.Head.Name,
 			"CAPABILITY "+strings.Join(s.capabilities(), " "), resp.Head.Text)}}

@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"strings"
 	"testing"
 
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
@@ -43,4 +45,25 @@ func TestRecentRecreatedSameCounts(t *testing.T) {
 			imaptest.AssertLines(t, "SELECT of the new mailbox", sizeLines(mustOK(t, b.Cmd("SELECT life"))), []string{"* 2 EXISTS", "* 2 RECENT"})
 		})
 	}
+}
+
+// TestStatusLiteralNameAsked: the UIDVALIDITY a STATUS of a watched
+// mailbox asks the upstream for (to tell a mailbox created again from the
+// watched one) is taken out of the answer also when Dovecot writes the
+// mailbox's name as a literal (it does for a name with many
+// quoted-specials): the client did not ask for it.
+func TestStatusLiteralNameAsked(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr, _ := startProxy(t, dc.Addr)
+	d := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	name := `"q\"\"\"\"\\\\x"`
+	d.MustOK("CREATE " + name)
+	want := d.MustOK("STATUS " + name + " (MESSAGES RECENT)")
+	if !strings.HasPrefix(want[0], "* STATUS {") {
+		t.Fatalf("Dovecot wrote the name quoted: %q", want)
+	}
+	c := imaptest.Login(t, addr, "alice", "alicepass")
+	c.MustOK("SELECT " + name) // watched
+	e := imaptest.Login(t, addr, "alice", "alicepass")
+	imaptest.AssertLines(t, "STATUS", e.MustOK("STATUS "+name+" (MESSAGES RECENT)"), []string{want[0], "*"})
 }
