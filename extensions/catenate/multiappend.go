@@ -470,24 +470,8 @@ func fetchedBody(r *upstream.Response, uid uint32) ([]byte, bool) {
 // not exist: the APPEND says so).
 func uidNext(ctx context.Context, conn *upstream.Conn, mailbox string) (next, validity uint32) {
 	_, err := conn.Exec(ctx, "STATUS "+mailbox+" (UIDNEXT UIDVALIDITY)", func(r *upstream.Response) {
-		if r.Head.Name != "STATUS" {
-			return
-		}
-		vals, err := imapcodec.NewParser(r.Segments, imapcodec.Limits{}).Values()
-		if err != nil || len(vals) < 4 {
-			return
-		}
-		l, _ := vals[len(vals)-1].(imapcodec.List)
-		for i := 0; i+1 < len(l); i += 2 {
-			name, _ := imapcodec.AsString(l[i])
-			v, _ := imapcodec.AsString(l[i+1])
-			n, _ := strconv.ParseUint(v, 10, 32)
-			switch strings.ToUpper(name) {
-			case "UIDNEXT":
-				next = uint32(n)
-			case "UIDVALIDITY":
-				validity = uint32(n)
-			}
+		if n := upstream.StatusNumbers(r); n != nil {
+			next, validity = n["UIDNEXT"], n["UIDVALIDITY"]
 		}
 	})
 	if err != nil || next == 0 || validity == 0 {

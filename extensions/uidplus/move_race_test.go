@@ -34,6 +34,21 @@ func moveEnv(t *testing.T, n int, relay func(addr string) string) (*dovecottest.
 	return srv, ext, px
 }
 
+// moveEnvRelayed is moveEnv with the proxy's upstream connections through a
+// faultnet relay, and alice logged in through the proxy with INBOX
+// selected.
+func moveEnvRelayed(t *testing.T, n int) (*dovecottest.Server, *uidplus.Extension, *faultnet.Relay, *imaptest.Client) {
+	t.Helper()
+	var fn *faultnet.Relay
+	srv, ext, px := moveEnv(t, n, func(addr string) string {
+		fn = faultnet.Start(t, addr)
+		return fn.Addr()
+	})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.MustOK("SELECT INBOX")
+	return srv, ext, fn, c
+}
+
 // countID counts the messages of mailbox whose Message-ID is id, directly
 // on Dovecot.
 func countID(t *testing.T, srv *dovecottest.Server, mailbox, id string) int {
@@ -109,13 +124,7 @@ func TestConcurrentMovesOnce(t *testing.T) {
 // connection, which finishes the MOVE; had that failed too, the \Deleted
 // would be taken back before the NO.
 func TestMoveLostExpungeLeavesNoDeleted(t *testing.T) {
-	var fn *faultnet.Relay
-	srv, _, px := moveEnv(t, 3, func(addr string) string {
-		fn = faultnet.Start(t, addr)
-		return fn.Addr()
-	})
-	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
-	c.MustOK("SELECT INBOX")
+	srv, _, fn, c := moveEnvRelayed(t, 3)
 	fn.Add(faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut})
 	lines := c.Cmd("UID MOVE 2 meeting")
 	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "OK") {
@@ -242,13 +251,7 @@ func TestMoveTurnsPerMailbox(t *testing.T) {
 // are now removed and no COPYUID is sent; the retry moves the message
 // once.
 func TestFailedMoveLeavesNoCopies(t *testing.T) {
-	var fn *faultnet.Relay
-	srv, ext, px := moveEnv(t, 3, func(addr string) string {
-		fn = faultnet.Start(t, addr)
-		return fn.Addr()
-	})
-	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
-	c.MustOK("SELECT INBOX")
+	srv, ext, fn, c := moveEnvRelayed(t, 3)
 	cut := faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
 	fn.Add(cut)
 	retries := 0
@@ -288,13 +291,7 @@ func TestFailedMoveLeavesNoCopies(t *testing.T) {
 // be removed either, the NO says so, and the originals are still there
 // as they were.
 func TestFailedMoveCopiesNotRemoved(t *testing.T) {
-	var fn *faultnet.Relay
-	srv, ext, px := moveEnv(t, 3, func(addr string) string {
-		fn = faultnet.Start(t, addr)
-		return fn.Addr()
-	})
-	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
-	c.MustOK("SELECT INBOX")
+	srv, ext, fn, c := moveEnvRelayed(t, 3)
 	cut := faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
 	fn.Add(cut)
 	uidplus.SetHook(ext, func(p string) {

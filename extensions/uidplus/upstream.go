@@ -44,24 +44,8 @@ func status(ctx context.Context, s *proxy.Session, mailbox string) (uidStatus, e
 	}
 	var st uidStatus
 	_, err := s.Exec(ctx, "STATUS "+arg+" (UIDNEXT UIDVALIDITY)", func(r *upstream.Response) {
-		if r.Head.Name != "STATUS" {
-			return
-		}
-		vals, err := imapcodec.NewParser(r.Segments, imapcodec.Limits{}).Values()
-		if err != nil || len(vals) < 4 {
-			return
-		}
-		l, _ := vals[len(vals)-1].(imapcodec.List)
-		for i := 0; i+1 < len(l); i += 2 {
-			name, _ := imapcodec.AsString(l[i])
-			v, _ := imapcodec.AsString(l[i+1])
-			n, _ := strconv.ParseUint(v, 10, 32)
-			switch strings.ToUpper(name) {
-			case "UIDNEXT":
-				st.next = uint32(n)
-			case "UIDVALIDITY":
-				st.validity = uint32(n)
-			}
+		if n := upstream.StatusNumbers(r); n != nil {
+			st.next, st.validity = n["UIDNEXT"], n["UIDVALIDITY"]
 		}
 	})
 	if err != nil {
