@@ -780,6 +780,9 @@ func (s *Session) dispatch(ctx context.Context, line []byte, lit *imapcodec.Lite
 					return err
 				}
 			}
+			if errors.Is(err, ErrNoMessages) {
+				return s.answerEmpty(x)
+			}
 			return s.WriteStatus(cmd.Tag, "BAD", "", "Error in IMAP command "+cmd.Name+": "+sentence(err.Error())+".")
 		}
 		// A mailbox the account's connection budget leaves unwatched is

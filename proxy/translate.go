@@ -127,6 +127,22 @@ func (s *Session) translateCommand(x *Exchange) error {
 			}
 			uids = us.String()
 		}
+		if isUID && (base == "STORE" || base == "COPY" || base == "MOVE" || base == "FETCH" && !m.readOnly && fetchSetsSeen(cmd)) {
+			// Commands that change messages work on the client's view
+			// (bindStar). A FETCH that changes nothing names whatever
+			// the upstream answers for "*" (TestFetchStarAnswersNewMessage).
+			bound, err := bindStar(set, m.view.last())
+			if err != nil {
+				return err
+			}
+			if bound == "" {
+				return ErrNoMessages
+			}
+			if bound != set {
+				uids = bound
+				segs[0].Text = slices.Concat([]byte(cmd.Tag+" "+name+" "+uids), rest)
+			}
+		}
 		switch base {
 		case "FETCH":
 			t.allowExpunge = isUID
@@ -193,16 +209,69 @@ func (s *Session) translateCommand(x *Exchange) error {
 			segs[len(segs)-1] = last
 		}
 	case name == "UID EXPUNGE":
-		// Relayed with its set as it is; "$" would be the saved result of
-		// whichever session last searched on the leased connection.
-		if _, _, err := firstSet(cmd); err != nil {
+		// Relayed with its set as it is but for "*" (bindStar); "$"
+		// would be the saved result of whichever session last searched
+		// on the leased connection.
+		set, rest, err := firstSet(cmd)
+		if err != nil {
 			return err
+		}
+		bound, err := bindStar(set, m.view.last())
+		if err != nil {
+			return err
+		}
+		if bound == "" {
+			return ErrNoMessages
+		}
+		if bound != set {
+			segs[0].Text = slices.Concat([]byte(cmd.Tag+" "+name+" "+bound), rest)
 		}
 		t.syncAfter = true
 	case name == "EXPUNGE":
 		t.syncAfter = true
 	}
 	return nil
+}
+
+// bindStar binds "*" in the UID set of a command that changes messages
+// (UID STORE, COPY, MOVE, EXPUNGE, a FETCH that sets \Seen) to last, the
+// largest UID of the client's view as the command arrived, as Dovecot
+// does: it runs a command on the session's view, and tells of new mail
+// after it. Relayed as it was, "*" was the leased connection's largest
+// UID, which may be a message delivered since that the client had not
+// heard of: "UID STORE 1:* +FLAGS (\Seen)" marked it read, "UID MOVE 1:*
+// Archive" moved it, unseen.
+// A range with "*" is cut at last ("5:*" is "3" when last is 3); numbers
+// the client names are left as they are (it may know them from APPENDUID).
+// The result is "" when nothing is left: "1:*" with no messages.
+func bindStar(set string, last uint32) (string, error) {
+	uids, err := imapcodec.ParseUIDSet(set)
+	if err != nil {
+		return "", err
+	}
+	if !uids.Dynamic() {
+		return set, nil
+	}
+	var out imap.UIDSet
+	for _, r := range uids {
+		lo, hi := uint32(r.Start), uint32(r.Stop)
+		if lo != 0 && hi != 0 {
+			out.AddRange(r.Start, r.Stop)
+			continue
+		}
+		if last == 0 {
+			continue // "*" of no messages: nothing
+		}
+		n := max(lo, hi) // the end that is not "*", if any
+		if n == 0 {
+			n = last
+		}
+		out.AddRange(imap.UID(min(n, last)), imap.UID(last))
+	}
+	if len(out) == 0 {
+		return "", nil
+	}
+	return out.String(), nil
 }
 
 // firstSet returns the set argument of FETCH, STORE, COPY or MOVE (either
