@@ -3,9 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/hub"
 	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
@@ -120,6 +122,11 @@ func (s *Session) lease(ctx context.Context, restore bool, x *Exchange) (*upstre
 		}
 		if restore {
 			if err := s.restoreOn(ctx, c, x); err != nil {
+				if errors.Is(err, hub.ErrUIDValidity) {
+					// Any other connection would find the same.
+					s.srv.pool.Put(s.account, c)
+					return nil, err
+				}
 				c.Close()
 				continue
 			}
@@ -155,6 +162,17 @@ func (s *Session) restoreOn(ctx context.Context, c *upstream.Conn, x *Exchange) 
 	mark := s.syncMark() // before the SELECT or NOOP that shows the connection what it covers
 	if err := c.Select(ctx, mailbox, readOnly, nil); err != nil {
 		return err
+	}
+	if s.mbox != nil && c.Selected == mailbox && c.UIDValidity != 0 {
+		if v := s.mbox.state.UIDValidity(); v != 0 && c.UIDValidity != v {
+			// Deleted and created again since the session selected it:
+			// its messages of the session's UIDs are others' (a MOVE's
+			// second try, on a new connection, expunged another
+			// client's message). The session ends when its state
+			// says so (hub.ErrUIDValidity); until then nothing runs
+			// on the new mailbox.
+			return fmt.Errorf("%w: the upstream's is %d, the session's %d", hub.ErrUIDValidity, c.UIDValidity, v)
+		}
 	}
 	return s.catchUp(ctx, c, mark, fresh, x)
 }

@@ -356,3 +356,54 @@ func TestFailedMoveKeepsCopiesOfGoneOriginals(t *testing.T) {
 		}
 	}
 }
+
+// TestMoveRetryNotInRecreatedSource: the second try of a MOVE's STORE and
+// EXPUNGE, on another connection, must not run in a mailbox of the same
+// name created again since: its messages of the same UIDs are others'.
+// Another client deleted the source after the first try's STORE (Dovecot
+// then cut the MOVE's connection), created it again and appended three
+// messages; the retry's connection selected the new mailbox and flagged
+// and expunged its UID 2, another client's message (a second reader's
+// finding).
+func TestMoveRetryNotInRecreatedSource(t *testing.T) {
+	var fn *faultnet.Relay
+	srv, ext, px := moveEnv(t, 0, func(addr string) string {
+		fn = faultnet.Start(t, addr)
+		return fn.Addr()
+	})
+	for i := range 3 {
+		srv.Append(t, "alice", "alicepass", "src", nil, msg(fmt.Sprintf("old-%d", i+1)))
+	}
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	c.MustOK("SELECT src")
+	fn.Add(faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut})
+	retries := 0
+	uidplus.SetHook(ext, func(p string) {
+		if p != "move:retry" {
+			return
+		}
+		if retries++; retries == 1 {
+			d.MustOK("DELETE src")
+			d.MustOK("CREATE src")
+			for i := range 3 {
+				m := msg(fmt.Sprintf("new-%d", i+1))
+				d.MustOK(fmt.Sprintf("APPEND src {%d+}", len(m)), string(m))
+			}
+		}
+	})
+	defer uidplus.SetHook(ext, nil)
+	lines := c.Do("a", "UID MOVE 2 meeting")
+	if got := lines[len(lines)-1]; !strings.HasPrefix(got, "a NO ") || slices.ContainsFunc(lines, isCopyUID) {
+		t.Errorf("UID MOVE out of a mailbox created again during it: %q, want NO without COPYUID", lines)
+	}
+	for i := range 3 {
+		id := fmt.Sprintf("new-%d", i+1)
+		if n := countID(t, srv, "src", id); n != 1 {
+			t.Errorf("%s, appended to the new src by another client, %d times there after the MOVE, want 1", id, n)
+		}
+	}
+	if n := countID(t, srv, "meeting", "old-2"); n != 1 {
+		t.Errorf("old-2 %d times in meeting, want 1 (its only copy)", n)
+	}
+}
