@@ -60,7 +60,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -291,31 +290,34 @@ func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstr
 			}
 			return err
 		}
-		var remove []uint32
+		remove := func(uids []uint32) error {
+			set = uidSet(uids)
+			for _, cmd := range []string{"UID STORE " + set + ` +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE " + set} {
+				if _, err := conn.Exec(ctx, cmd, nil); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
 		if len(uids) > 0 {
 			if v := strconv.FormatUint(uint64(now), 10); v != validity {
 				return fmt.Errorf("the mailbox's UIDVALIDITY is now %s, not %s: it was created again", v, validity)
 			}
-			remove = uids
+			// The messages known appended go first: the look for the
+			// lost one reads texts, and may fail or take long.
+			if err := remove(uids); err != nil {
+				return err
+			}
 		}
 		if lost != nil && lost.validity == now {
-			// Not found for sure, it is left: the others still go.
+			// Not found for sure, it is left.
 			switch uid, err := lost.find(ctx, conn); {
 			case err != nil:
 				e.rollbackFailed.Add(1)
 				s.Logger().Error("multiappend: cannot tell whether a message whose APPEND was not answered was appended; left as it is", "mailbox", mailbox, "err", err)
 			case uid != 0:
 				s.Logger().Info("multiappend: found a message whose APPEND was not answered", "mailbox", mailbox, "uid", uid)
-				remove = append(slices.Clone(remove), uid)
-			}
-		}
-		if len(remove) == 0 {
-			return nil
-		}
-		set = uidSet(remove)
-		for _, cmd := range []string{"UID STORE " + set + ` +FLAGS.SILENT (\Deleted)`, "UID EXPUNGE " + set} {
-			if _, err := conn.Exec(ctx, cmd, nil); err != nil {
-				return err
+				return remove([]uint32{uid})
 			}
 		}
 		return nil

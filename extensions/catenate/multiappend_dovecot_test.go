@@ -239,3 +239,51 @@ func TestDovecotMultiappendAnswerLost(t *testing.T) {
 		})
 	}
 }
+
+// TestDovecotRollbackBeforeLookingForLost: the messages a failed
+// MULTIAPPEND knows it appended (their APPENDUIDs came) are removed
+// whatever becomes of the look for the one whose answer was lost. The
+// rollback's connection broke while it compared a candidate's text: the
+// look came first, and the first message stayed, half a MULTIAPPEND (RFC
+// 3502 wants all or none; a second reader's finding).
+func TestDovecotRollbackBeforeLookingForLost(t *testing.T) {
+	srv := dovecottest.Start(t, dovecottest.Legacy)
+	fn := faultnet.Start(t, srv.Addr)
+	ext := catenate.New(catenate.Config{Hosts: []string{"imap.example.org"}})
+	px := imaptest.StartProxy(t, fn.Addr(), proxy.Config{Extensions: []proxy.Extension{ext, uidplus.New()}})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	msgs := []string{
+		"Message-ID: <one@example>\r\nSubject: one\r\n\r\nfirst of three\r\n",
+		"Message-ID: <two@example>\r\nSubject: two\r\n\r\nsecond of three\r\n",
+		"Message-ID: <three@example>\r\nSubject: three\r\n\r\nthird of three\r\n",
+	}
+	h := fn.Add(faultnet.Fault{Match: []byte("second of three"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
+	defer h.Release()
+	// The rollback's look at the candidate's text breaks its connection.
+	fn.Add(faultnet.Fault{Match: []byte("BODY.PEEK[]<"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut})
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	c.Send(fmt.Sprintf("a APPEND INBOX {%d+}", len(msgs[0])))
+	c.Write(msgs[0])
+	c.Send(fmt.Sprintf(" {%d+}", len(msgs[1])))
+	c.Write(msgs[1])
+	c.Send(fmt.Sprintf(" {%d+}", len(msgs[2])))
+	c.Write(msgs[2])
+	c.Send("")
+	<-h.Fired()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.MustOK("STATUS INBOX (MESSAGES)")[0], "MESSAGES 2") {
+		if time.Now().After(deadline) {
+			t.Fatal("setup: Dovecot did not store the second message")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	h.Conn().Cut()
+	lines := c.ReadUntilTagged("a")
+	if got := imaptest.Tagged(lines); !strings.HasPrefix(got, "NO ") {
+		t.Fatalf("MULTIAPPEND whose answer was lost: %q", lines)
+	}
+	d.MustOK("EXAMINE INBOX")
+	if n := strings.Count(strings.Join(d.MustOK("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"), "\n"), "<one@example>"); n != 0 {
+		t.Errorf("the first message, whose APPENDUID came, is still there after the rollback")
+	}
+}
