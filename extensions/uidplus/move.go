@@ -133,13 +133,13 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 				continue
 			}
 		}
-		if err := e.removeOriginals(ctx, s, view, sets); err != nil {
+		if stuck, err := e.removeOriginals(ctx, s, view, sets); err != nil {
 			// The originals are back as they were (or gone, if the
 			// EXPUNGE was done and only its answer lost): the copies
 			// of those still there are taken back, so that the NO
 			// leaves the batch unmoved (RFC 6851 3.3) instead of
 			// copied, and its COPYUID is not told.
-			moved, answer := e.takeBack(ctx, x, m.Name(), m.State().UIDValidity(), c.mailbox, originals, resp.Head, len(copied.src) > 0, err)
+			moved, answer := e.takeBack(ctx, x, m.Name(), m.State().UIDValidity(), c.mailbox, originals, stuck, resp.Head, len(copied.src) > 0, err)
 			if !moved {
 				e.movesIncomplete.Add(1)
 				return stop(answer)
@@ -165,8 +165,9 @@ func (e *Extension) serveMove(ctx context.Context, x *proxy.Exchange) error {
 // they were (RFC 6851 3.3) instead of expunged by the next EXPUNGE or
 // CLOSE of any client. A \Deleted another client sets on one of them
 // between the STORE and that undo goes too: the window is the failing
-// MOVE's, and IMAP4rev1 has no conditional STORE to close it.
-func (e *Extension) removeOriginals(ctx context.Context, s *proxy.Session, view []uint32, sets []string) error {
+// MOVE's, and IMAP4rev1 has no conditional STORE to close it. stuck are
+// the originals whose undo failed too (their \Deleted may be there).
+func (e *Extension) removeOriginals(ctx context.Context, s *proxy.Session, view []uint32, sets []string) (stuck []uint32, err error) {
 	var undo []uint32
 	for _, set := range sets {
 		_, err := s.Exec(ctx, "UID FETCH "+set+" (FLAGS)", func(r *upstream.Response) {
@@ -175,14 +176,13 @@ func (e *Extension) removeOriginals(ctx context.Context, s *proxy.Session, view 
 			}
 		})
 		if err != nil {
-			return err // nothing stored yet: the originals are as they were
+			return nil, err // nothing stored yet: the originals are as they were
 		}
 	}
 	slices.Sort(undo)
-	var err error
 	for try := 0; try < 2; try++ {
 		if err = flagAndExpunge(ctx, s, sets); err == nil {
-			return nil
+			return nil, nil
 		}
 		e.at("move:retry")
 	}
@@ -190,10 +190,12 @@ func (e *Extension) removeOriginals(ctx context.Context, s *proxy.Session, view 
 		for _, set := range uidset.Batches(uidset.Compact(view, undo)) {
 			if _, uerr := s.Exec(ctx, "UID STORE "+set+` -FLAGS.SILENT (\Deleted)`, nil); uerr != nil {
 				s.Logger().Warn("synthesized MOVE: could not take back \\Deleted from the originals", "err", uerr)
+				named, _ := copiedOf(undo, set)
+				stuck = append(stuck, named...)
 			}
 		}
 	}
-	return err
+	return stuck, err
 }
 
 // parseFlags reads the UID and the flags of a FETCH response to
@@ -315,10 +317,13 @@ const takeBackTimeout = time.Minute
 // touches no other message), once target's UIDVALIDITY is checked to be
 // COPYUID's (a mailbox created again meanwhile has other messages under
 // those UIDs). A copy is never removed unless its original was seen in
-// source, so a message is not lost whatever failed. answer writes the NO
+// source, so a message is not lost whatever failed; nor is the copy of an
+// original in stuck (its \Deleted, set by the MOVE, could not be taken
+// back: the next EXPUNGE of any client would remove it) unless the
+// \Deleted is taken back here first. answer writes the NO
 // that says what became of the batch (and, with earlier, that batches
 // before it moved).
-func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source string, validity uint32, target string, originals []uint32, head imapcodec.ResponseHead, earlier bool, err error) (moved bool, answer func() error) {
+func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source string, validity uint32, target string, originals, stuck []uint32, head imapcodec.ResponseHead, earlier bool, err error) (moved bool, answer func() error) {
 	s := x.Session()
 	log := s.Logger()
 	log.Warn("synthesized MOVE copied but did not expunge the originals; taking the copies back", "err", err)
@@ -375,12 +380,24 @@ func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source stri
 	}
 	slices.Sort(there)
 	there = slices.Compact(there)
+	if len(there) > 0 && len(stuck) > 0 {
+		if derr := clearDeleted(ctx, conn, source, validity, stuck); derr != nil {
+			log.Warn("synthesized MOVE: could not take back \\Deleted from the originals; their copies are left", "err", derr)
+		} else {
+			stuck = nil
+		}
+	}
+	kept := func(u uint32) bool {
+		_, found := slices.BinarySearch(there, u)
+		_, deleted := slices.BinarySearch(stuck, u)
+		return found && !deleted
+	}
 	var remove []uint32
 	switch {
 	case len(there) == 0:
 		log.Info("synthesized MOVE: the originals are gone after all; the batch moved")
 		return true, nil
-	case len(there) == len(originals):
+	case len(there) == len(originals) && len(stuck) == 0:
 		remove = dst
 	case pairs(f[1], dst):
 		// Some originals are gone (expunged by another client, or by
@@ -388,7 +405,7 @@ func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source stri
 		// stay. COPYUID pairs the sets in order (RFC 4315 3).
 		src, _ := expandSet(f[1])
 		for i, u := range src {
-			if _, found := slices.BinarySearch(there, u); found {
+			if kept(u) {
 				remove = append(remove, dst[i])
 			}
 		}
@@ -404,6 +421,9 @@ func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source stri
 		log.Warn("synthesized MOVE: the target was created again; the copies are not taken back", "uidvalidity", v, "copyuid", f[0])
 		return false, cannot
 	}
+	if len(remove) == 0 {
+		return false, cannot
+	}
 	slices.Sort(remove)
 	for _, set := range uidset.Batches(uidset.SpansOf(remove)) {
 		if derr := flagAndExpungeOn(ctx, conn, set); derr != nil {
@@ -415,6 +435,23 @@ func (e *Extension) takeBack(ctx context.Context, x *proxy.Exchange, source stri
 		return false, no("Some of the messages were moved; the others could not be, and were left in this mailbox.")
 	}
 	return false, no("The messages could not be moved; they were left in this mailbox.")
+}
+
+// clearDeleted takes \Deleted back from uids (ascending) of source, of
+// UIDVALIDITY validity, on the take-back's connection.
+func clearDeleted(ctx context.Context, conn *upstream.Conn, source string, validity uint32, uids []uint32) error {
+	if err := conn.Select(ctx, source, false, nil); err != nil {
+		return err
+	}
+	if conn.UIDValidity != validity {
+		return fmt.Errorf("the source was created again (UIDVALIDITY %d, was %d)", conn.UIDValidity, validity)
+	}
+	for _, set := range uidset.Batches(uidset.SpansOf(uids)) {
+		if _, err := conn.Exec(ctx, "UID STORE "+set+` -FLAGS.SILENT (\Deleted)`, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // pairs tells whether a COPYUID's source set names exactly as many UIDs

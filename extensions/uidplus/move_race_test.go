@@ -407,3 +407,59 @@ func TestMoveRetryNotInRecreatedSource(t *testing.T) {
 		t.Errorf("old-2 %d times in meeting, want 1 (its only copy)", n)
 	}
 }
+
+// TestFailedMoveKeepsCopyOfStillDeleted: a MOVE whose STORE and EXPUNGE
+// failed on both tries, and whose undo of the \Deleted it had set failed
+// too, must not take back the copy of an original that still carries
+// that \Deleted: the next EXPUNGE or CLOSE of any client removes the
+// original, and the message was gone from both mailboxes (a second
+// reader's finding). The take-back now clears the \Deleted first, on its
+// own connection, and keeps the copy of an original it could not clear.
+func TestFailedMoveKeepsCopyOfStillDeleted(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		clearFails   bool // the take-back's own -FLAGS is cut too
+		inbox, meets int  // inbox-2's count in each after an EXPUNGE
+	}{{"cleared by the take-back", false, 1, 0}, {"left deleted", true, 0, 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, ext, fn, c := moveEnvRelayed(t, 3)
+			cut := faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
+			// The -FLAGS's line is cut before it ends.
+			cutUndo := faultnet.Fault{Match: []byte("-FLAGS.SILENT"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
+			fn.Add(cut)
+			retries := 0
+			uidplus.SetHook(ext, func(p string) {
+				if p != "move:retry" {
+					return
+				}
+				if retries++; retries == 1 {
+					fn.Add(cut)
+					return
+				}
+				h := fn.Add(cutUndo) // the undo's
+				if tc.clearFails {
+					go func() {
+						<-h.Fired()
+						fn.Add(cutUndo) // the take-back's
+					}()
+				}
+			})
+			defer uidplus.SetHook(ext, nil)
+			lines := c.Do("a", "UID MOVE 2 meeting")
+			if got := lines[len(lines)-1]; !strings.HasPrefix(got, "a NO ") || slices.ContainsFunc(lines, isCopyUID) {
+				t.Errorf("UID MOVE whose expunge and undo failed: %q, want NO without COPYUID", lines)
+			}
+			if f := flagsOn(t, srv, "INBOX", "inbox-2"); tc.clearFails != strings.Contains(f, `\Deleted`) {
+				t.Errorf("inbox-2 after the failed MOVE: %q", f)
+			}
+			// What a client's next EXPUNGE does.
+			d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+			d.MustOK("SELECT INBOX")
+			d.MustOK("EXPUNGE")
+			d.Close()
+			if n, m := countID(t, srv, "INBOX", "inbox-2"), countID(t, srv, "meeting", "inbox-2"); n != tc.inbox || m != tc.meets {
+				t.Errorf("after the failed MOVE and an EXPUNGE, inbox-2 %d times in INBOX and %d in meeting, want %d and %d", n, m, tc.inbox, tc.meets)
+			}
+		})
+	}
+}
