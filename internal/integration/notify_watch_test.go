@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"regexp"
 	"testing"
 	"time"
 
@@ -95,4 +96,34 @@ func TestNotifyParentDeleted(t *testing.T) {
 			names.expect("* STATUS Par (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 		})
 	}
+}
+
+// TestNotifySetJoinFirstPollFails: a NOTIFY SET that joins an account
+// watcher whose first poll is still running (another session's SET started
+// it) waits for a poll that starts after it came. When that first poll
+// failed, the watcher stopped without a word to it: its SET was never
+// answered. The test cuts the watcher's connection while it waits for its
+// LIST answer.
+func TestNotifySetJoinFirstPollFails(t *testing.T) {
+	e := ntStartDovecot(t, dovecottest.Legacy, 1)
+	fn := faultnet.Start(t, e.dc.Addr)
+	ext := notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: time.Hour, Grace: time.Minute}})
+	addr, _ := startProxy(t, fn.Addr(), func(c *proxy.Config) {
+		c.Extensions = []proxy.Extension{idle.New(), condstore.New(), ext}
+	})
+	px := &ntProxy{addr: addr, ext: ext}
+	u := e.user(t)
+	c1, c2 := px.login(t, u), px.login(t, u)
+	hold := fn.Add(faultnet.Fault{Match: []byte(`LIST "" "*"`), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
+	c1.Write("a1 NOTIFY SET (personal (MailboxName))\r\n")
+	conn := waitFault(t, hold)
+	c2.Write("b1 NOTIFY SET (personal (MailboxName))\r\n")
+	c2.silent(300 * time.Millisecond) // it joins
+	conn.Cut()
+	c1.expectRE(regexp.MustCompile(`^a1 NO `))
+	c2.expectRE(regexp.MustCompile(`^b1 (OK|NO) `))
+	// Either way the session goes on: a SET now starts a watcher anew.
+	c2.MustOK("NOTIFY SET (personal (MailboxName))")
+	px.login(t, u).MustOK("CREATE After") // a poke: the poll interval is long
+	c2.expect(`* LIST ` + e.leaf() + ` "." After`)
 }

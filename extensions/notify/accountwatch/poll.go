@@ -35,6 +35,9 @@ func (w *watcher) awaitPoll(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-w.ctx.Done():
+			if isClosed(w.ready) && w.readyErr != nil {
+				return w.readyErr // its first poll failed (stopFirst)
+			}
 			return w.ctx.Err()
 		}
 	}
@@ -147,11 +150,7 @@ func (w *watcher) run() {
 			w.readyErr = err
 			close(w.ready)
 			if err != nil {
-				w.m.mu.Lock()
-				if w.m.accts[w.account] == w {
-					delete(w.m.accts, w.account)
-				}
-				w.m.mu.Unlock()
+				w.stopFirst()
 				return
 			}
 		}
@@ -205,13 +204,9 @@ func (w *watcher) runGuarded() {
 		}
 		w.dropConn()
 		if !isClosed(w.ready) {
-			w.m.mu.Lock()
-			if w.m.accts[w.account] == w {
-				delete(w.m.accts, w.account)
-			}
-			w.m.mu.Unlock()
 			w.readyErr = perr
 			close(w.ready)
+			w.stopFirst()
 			return
 		}
 		select {
@@ -220,6 +215,19 @@ func (w *watcher) runGuarded() {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// stopFirst takes the watcher, whose first poll failed (readyErr), off
+// the account and ends its context: the subscribers that came during that
+// poll to join it (see Watch) wait for a poll it will never run, and are
+// told readyErr (awaitPoll).
+func (w *watcher) stopFirst() {
+	w.m.mu.Lock()
+	if w.m.accts[w.account] == w {
+		delete(w.m.accts, w.account)
+	}
+	w.m.mu.Unlock()
+	w.cancel()
 }
 
 func isClosed(ch chan struct{}) bool {
