@@ -127,3 +127,39 @@ func TestNotifySetJoinFirstPollFails(t *testing.T) {
 	px.login(t, u).MustOK("CREATE After") // a poke: the poll interval is long
 	c2.expect(`* LIST ` + e.leaf() + ` "." After`)
 }
+
+// TestNotifyParentDeletedTwice: a mailbox deleted while its child stays and
+// created again, twice, no mail coming in between. Dovecot 2.3.19 answers
+// STATUS of the mailbox created again with NO [SERVERBUG] on the account
+// watcher's connection, which saw it deleted; the watcher reconnects once
+// for it until a STATUS of it works. Where LIST-STATUS gave its counters
+// on the new connection, no STATUS ran, so the watcher still took the
+// mailbox for one that fails everywhere: after the second deletion and
+// creation it did not reconnect, and new mail in it was never told.
+func TestNotifyParentDeletedTwice(t *testing.T) {
+	for _, p := range ntProfiles {
+		t.Run(p.String(), func(t *testing.T) {
+			t.Parallel()
+			e := ntStartSlash(t, p, 1)
+			px := e.proxy(t, notify.Config{})
+			u := e.user(t)
+			d := e.direct(t, u)
+			d.create("Par")
+			d.create("Par/Kid")
+			names := px.login(t, u)
+			names.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))")
+			emptied := regexp.MustCompile(`^\* STATUS Par \(MESSAGES 0 UIDNEXT [1-9]\d* UNSEEN 0\)$`)
+			for range 2 {
+				e.direct(t, u).MustOK("DELETE Par")
+				// A poll in the middle of the DELETE may see it empty
+				// first (expectDeleted).
+				names.expectAfter(emptied, `* LIST (\NonExistent) "/" Par`)
+				e.direct(t, u).create("Par")
+				names.expect(`* LIST ` + e.parent() + ` "/" Par`)
+				names.silent(4 * ntPoll) // polls on a new connection
+			}
+			e.direct(t, u).MustOK(ntAppend("Par", "again"))
+			names.expect("* STATUS Par (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+		})
+	}
+}

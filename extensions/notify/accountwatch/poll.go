@@ -86,11 +86,13 @@ type watcher struct {
 	// idling holds conn while it waits in IDLE, for Poke to interrupt.
 	notifySet bool
 	idling    atomic.Pointer[upstream.Conn]
-	// serverBug holds the mailboxes whose STATUS failed with NO
-	// [SERVERBUG] and made the watcher reconnect (reconnect: after this
-	// poll); see status. Used by the watcher goroutine only.
-	serverBug map[string]bool
-	reconnect bool
+	// serverBug holds the mailboxes whose STATUS failed as on a
+	// connection that saw them deleted and made the watcher reconnect
+	// (reconnect: after a poll); see status. Used by the watcher
+	// goroutine only.
+	serverBug   map[string]bool
+	reconnect   bool
+	reconnected time.Time // the last reconnection for reconnect
 }
 
 func (w *watcher) log() *slog.Logger { return w.m.cfg.Logger.With("account_watcher", w.account) }
@@ -166,11 +168,14 @@ func (w *watcher) run() {
 			d = min(100*time.Millisecond<<min(failures-1, 8), w.m.cfg.PollInterval) // the first retry at once: a dropped connection is usually just that
 			nextFull = time.Now().Add(d)
 			w.log().Warn("account poll failed", "err", err, "retry_in", d)
-		} else if w.reconnect {
-			// A STATUS failed with NO [SERVERBUG]: poll again at once on a
-			// new connection (see status).
+		} else if w.reconnect && time.Since(w.reconnected) >= w.m.cfg.PollInterval {
+			// A STATUS failed as Dovecot's do on a connection that saw
+			// the mailbox deleted: poll again at once on a new
+			// connection (see status), but not more than once per
+			// PollInterval, whatever the upstream answers.
 			failures = 0
 			w.reconnect = false
+			w.reconnected = time.Now()
 			w.dropConn()
 			d = 0
 		} else {
@@ -398,7 +403,7 @@ func (w *watcher) poll(only []string) (err error) {
 			if !ok || !b.Selectable {
 				continue
 			}
-			st, err := w.status(ctx, c, name)
+			st, err := w.status(ctx, c, name, false)
 			if err != nil {
 				return err
 			}
@@ -422,7 +427,7 @@ func (w *watcher) poll(only []string) (err error) {
 			if _, ok := next[name]; ok || !o.Selectable {
 				continue
 			}
-			st, err := w.status(ctx, c, name)
+			st, err := w.status(ctx, c, name, false)
 			if err != nil {
 				return err
 			}
@@ -434,7 +439,7 @@ func (w *watcher) poll(only []string) (err error) {
 		// its UIDVALIDITY tells a rename from a creation.
 		for name, b := range next {
 			if _, ok := old[name]; !ok && b.Selectable && !b.hasStatus && old != nil {
-				if st, err := w.status(ctx, c, name); err != nil {
+				if st, err := w.status(ctx, c, name, true); err != nil {
 					return err
 				} else if st != nil {
 					b.Status, b.hasStatus = *st, true
@@ -449,7 +454,7 @@ func (w *watcher) poll(only []string) (err error) {
 				if b.Selectable && !b.hasStatus && listStatus {
 					// LIST-STATUS left it out (Dovecot does when its
 					// STATUS fails): ask, to learn why (see status).
-					if st, err := w.status(ctx, c, name); err != nil {
+					if st, err := w.status(ctx, c, name, true); err != nil {
 						return err
 					} else if st != nil {
 						b.Status, b.hasStatus = *st, true
@@ -498,8 +503,12 @@ func (w *watcher) poll(only []string) (err error) {
 		}
 	}
 	if only == nil {
+		// Forgotten once the mailbox is gone or its counters came, by
+		// STATUS or with LIST-STATUS (where no STATUS ran, the entry
+		// stayed, and the mailbox failing again on the new connection
+		// made no reconnection).
 		for name := range w.serverBug {
-			if _, ok := next[name]; !ok {
+			if b, ok := next[name]; !ok || b.hasStatus {
 				delete(w.serverBug, name)
 			}
 		}
@@ -559,7 +568,7 @@ func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptio
 			// A change STATUS did not show (yet): report it with fresh
 			// counters, as new mail if they moved.
 			kind := Flags
-			if st, err := w.status(ctx, c, name); err == nil && st != nil {
+			if st, err := w.status(ctx, c, name, false); err == nil && st != nil {
 				o := old[name].Status
 				if st.Messages != o.Messages || st.UIDNext != o.UIDNext || st.UIDValidity != o.UIDValidity {
 					kind = Messages
@@ -623,7 +632,7 @@ func (w *watcher) list(ctx context.Context, c *upstream.Conn) (map[string]Mailbo
 			if !b.Selectable {
 				continue
 			}
-			st, err := w.status(ctx, c, name)
+			st, err := w.status(ctx, c, name, true)
 			if err != nil {
 				return nil, err
 			}
@@ -659,16 +668,19 @@ func (w *watcher) list(ctx context.Context, c *upstream.Conn) (map[string]Mailbo
 }
 
 // status runs STATUS for one mailbox; nil if the upstream refused (the
-// mailbox went away between LIST and STATUS).
+// mailbox went away between LIST and STATUS). listed says that this
+// poll's LIST, on c, gave the mailbox as selectable.
 //
-// A STATUS refused with NO [SERVERBUG] makes the watcher reconnect after
-// the poll, once per mailbox until a STATUS of it works again: Dovecot
-// 2.3.19 answers so, on a connection that saw a mailbox deleted while
-// others stayed below it, for the mailbox created again under that name,
-// for as long as the connection lasts, and the mailbox's changes were
-// never seen. A mailbox that fails so on every connection costs one
-// reconnection.
-func (w *watcher) status(ctx context.Context, c *upstream.Conn, name string) (*Status, error) {
+// A STATUS refused with NO [SERVERBUG], or refused at all for a mailbox
+// listed, makes the watcher reconnect after the poll, once per mailbox
+// until its counters come again (see poll): Dovecot 2.3.19, on a
+// connection that saw a mailbox deleted while others stayed below it,
+// refuses STATUS of the mailbox created again under that name for as long
+// as the connection lasts (NO [SERVERBUG] the first time, then NO "Mailbox
+// was deleted under us"), and the mailbox's changes were never seen. A
+// mailbox that fails on every connection costs one reconnection, and the
+// watcher reconnects so at most once per PollInterval (see run).
+func (w *watcher) status(ctx context.Context, c *upstream.Conn, name string, listed bool) (*Status, error) {
 	cmd := string(imapcodec.AppendQuoted([]byte("STATUS "), name)) + " " + statusItems(c)
 	var st *Status
 	tagged, err := c.Exec(ctx, cmd, func(r *upstream.Response) {
@@ -686,7 +698,7 @@ func (w *watcher) status(ctx context.Context, c *upstream.Conn, name string) (*S
 		} else {
 			code = tagged.Head.Code
 		}
-		if code == "SERVERBUG" && !w.serverBug[name] {
+		if (code == "SERVERBUG" || listed) && !w.serverBug[name] {
 			if w.serverBug == nil {
 				w.serverBug = map[string]bool{}
 			}
