@@ -8,8 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/lemonproxy/lemonproxy/cluster/pgschema"
 )
 
 // drainPoll is how often Drain looks whether the node owns nothing any
@@ -100,7 +98,7 @@ func adminPool(ctx context.Context, dbURL string) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	if err := pgschema.Apply(ctx, pool, "cluster", schema); err != nil {
+	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err
 	}

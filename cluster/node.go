@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/lemonproxy/lemonproxy/cluster/pgschema"
 )
 
 // A Node is this process's membership of the cluster: its lease, the
@@ -152,7 +150,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		placement: make(chan struct{}),
 		linkSlots: make(chan struct{}, cfg.MaxLinks),
 	}
-	if err := pgschema.Apply(ctx, pool, "cluster", schema); err != nil {
+	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err
 	}

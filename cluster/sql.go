@@ -1,7 +1,18 @@
 package cluster
 
+import (
+	"context"
+
+	"github.com/lemonproxy/lemonproxy/cluster/pgschema"
+)
+
 // schema is the cluster component's migration steps (package pgschema):
 // released steps are never edited, changes are new steps at the end.
+// Steps that a node of an earlier release can run beside go to a
+// component of their own (schemaUsed): a program refuses a database whose
+// component is at a newer version than it knows, so a new step here
+// would keep the nodes not yet upgraded from restarting, and the upgrade
+// from being rolled back.
 //
 // lp_owners.taken_from records the previous owner when an account was
 // taken from another node (a takeover), for the takeover count and for
@@ -13,7 +24,9 @@ package cluster
 // row, before the upstream checks the password. No state is ever written
 // under an unused row, so it may be deleted (see releaseRow,
 // forgetUnusedMine, sweepUnused); a used row stays, its epochs guarding
-// the account's states. Rows from before the column count as used.
+// the account's states. Rows from before the column count as used, and
+// so do those inserted by a node of an earlier release, which does not
+// name the column (its statements are unchanged by it).
 var schema = []string{
 	`CREATE TABLE lp_nodes (
 		name text PRIMARY KEY,
@@ -35,8 +48,21 @@ var schema = []string{
 		taken_from text NULL
 	)`,
 	`CREATE INDEX lp_owners_node ON lp_owners (node)`,
+}
+
+// schemaUsed is the component cluster_used: lp_owners.used, which the
+// nodes of the earlier release run beside (see schema).
+var schemaUsed = []string{
 	`ALTER TABLE lp_owners ADD COLUMN used boolean NOT NULL DEFAULT true`,
 	`CREATE INDEX lp_owners_unused ON lp_owners (node) WHERE NOT used`,
+}
+
+// migrate creates and migrates the cluster's tables.
+func migrate(ctx context.Context, db pgschema.DB) error {
+	if err := pgschema.Apply(ctx, db, "cluster", schema); err != nil {
+		return err
+	}
+	return pgschema.Apply(ctx, db, "cluster_used", schemaUsed)
 }
 
 // The statements. Durations are passed in milliseconds and multiplied by
