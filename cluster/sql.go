@@ -53,8 +53,8 @@ var schema = []string{
 // schemaUsed is the component cluster_used: lp_owners.used, which the
 // nodes of the earlier release run beside (see schema).
 var schemaUsed = []string{
-	`ALTER TABLE lp_owners ADD COLUMN used boolean NOT NULL DEFAULT true`,
-	`CREATE INDEX lp_owners_unused ON lp_owners (node) WHERE NOT used`,
+	`ALTER TABLE lp_owners ADD COLUMN IF NOT EXISTS used boolean NOT NULL DEFAULT true`,
+	`CREATE INDEX IF NOT EXISTS lp_owners_unused ON lp_owners (node) WHERE NOT used`,
 }
 
 // migrate creates and migrates the cluster's tables.
