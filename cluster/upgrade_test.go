@@ -24,7 +24,7 @@ var previousRelease = schema[:3]
 // and its rows (no used column in its INSERT) count as used.
 func TestPreviousReleaseStartsAfterMigration(t *testing.T) {
 	url := newDB(t)
-	a := startNode(t, url, "a", nil)
+	startNode(t, url, "a", nil) // migrates
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pool := testAdminPool(t, ctx, url)
@@ -41,7 +41,6 @@ func TestPreviousReleaseStartsAfterMigration(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT used FROM lp_owners WHERE account = $1`, []byte("by-old")).Scan(&used); err != nil || !used {
 		t.Errorf("a row the previous release inserted: used %v, %v; want true", used, err)
 	}
-	// A new node starting after it still migrates nothing twice.
-	b := startNode(t, url, "b", nil)
-	_, _ = a, b
+	// A new node starts after it as before.
+	startNode(t, url, "b", nil)
 }
