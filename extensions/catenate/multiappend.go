@@ -36,19 +36,18 @@ package catenate
 //     MULTIAPPEND). A message whose APPEND got no answer (the connection
 //     failed or timed out after its literal was sent) may have been
 //     stored: the rollback looks for it among the messages appended
-//     since (UIDNEXT read before the first APPEND, then each APPENDUID)
-//     and removes it when exactly one of them has its text, byte for
-//     byte (lostMessage.find).
+//     since (UIDNEXT read before the first APPEND, then each APPENDUID),
+//     and when one of them has its text, byte for byte (lostMessage.find),
+//     leaves it and logs its UID: it may also be another client's APPEND
+//     of the same message, this one's literal having never arrived, and
+//     removing that would lose it (a duplicate loses nothing).
 //
 // Limits: atomicity is the proxy's doing, not the upstream's. Other
 // clients of the mailbox may see the first messages for the moment
 // before a rollback removes them, and a proxy that dies between two
 // APPENDs, or an upstream that fails the rollback, leaves the messages
 // appended so far (logged). A message whose APPEND got no answer is left
-// when the rollback cannot find it for sure: another client appended the
-// same text meanwhile, the upstream stored other bytes than were sent
-// (bare LFs made CRLF), or it was still storing it when the rollback
-// looked (an APPEND that timed out rather than failed). Over an upstream without UIDPLUS no APPENDUID
+// (above), and logged when the rollback finds its text. Over an upstream without UIDPLUS no APPENDUID
 // names the appended messages for sure and UID EXPUNGE is not there to
 // remove exactly them (see extensions/uidplus), so no rollback is
 // possible: MULTIAPPEND is not advertised and a second message is
@@ -316,8 +315,13 @@ func (e *Extension) rollback(ctx context.Context, x *proxy.Exchange, conn *upstr
 				e.rollbackFailed.Add(1)
 				s.Logger().Error("multiappend: cannot tell whether a message whose APPEND was not answered was appended; left as it is", "mailbox", mailbox, "err", err)
 			case uid != 0:
-				s.Logger().Info("multiappend: found a message whose APPEND was not answered", "mailbox", mailbox, "uid", uid)
-				return remove([]uint32{uid})
+				// Left: the text alone cannot tell it from another
+				// client's APPEND of the same message while this one's
+				// literal never arrived, and removing that one would
+				// lose it. A duplicate, if the client retries, loses
+				// nothing.
+				e.rollbackFailed.Add(1)
+				s.Logger().Warn("multiappend: a message with the text of one whose APPEND was not answered is left; it may be a duplicate", "mailbox", mailbox, "uid", uid)
 			}
 		}
 		return nil

@@ -174,12 +174,11 @@ func TestDovecotRollbackRecreated(t *testing.T) {
 // TestDovecotMultiappendAnswerLost: the connection of a synthesized
 // MULTIAPPEND breaks after Dovecot stored its second message and before
 // its answer (APPENDUID) reached the proxy, as when the APPEND times out.
-// The proxy answered NO, having rolled back the first message only: the
-// second stayed, and the client's retry of the NO'd command appended it
-// twice. The rollback now looks for it among the messages appended since
-// and removes it when exactly one has its text; when another client
-// appended the same message meanwhile, it cannot tell which is whose and
-// leaves both.
+// The proxy answers NO having rolled back the first message; the second
+// stays (the client's retry may append it twice), and is counted and
+// logged: its text alone cannot tell it from another client's APPEND of
+// the same message (TestDovecotMultiappendLostNeverStored), and when
+// another client appended the same message meanwhile both are left.
 func TestDovecotMultiappendAnswerLost(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -216,10 +215,10 @@ func TestDovecotMultiappendAnswerLost(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			want, failed := "MESSAGES 0", int64(0)
+			want, failed := "MESSAGES 1", int64(1)
 			if tc.other {
 				d.MustOK(fmt.Sprintf("APPEND INBOX {%d+}", len(msgs[1])), msgs[1])
-				want, failed = "MESSAGES 2", 1
+				want = "MESSAGES 2"
 			}
 			h.Conn().Cut()
 			lines := c.ReadUntilTagged("a")
@@ -237,6 +236,45 @@ func TestDovecotMultiappendAnswerLost(t *testing.T) {
 				t.Errorf("RollbacksFailed %d, want %d", got, failed)
 			}
 		})
+	}
+}
+
+// TestDovecotMultiappendLostNeverStored: the connection of a synthesized
+// MULTIAPPEND breaks in the middle of its second message's literal, so
+// Dovecot never stores it, while another client appends the same message.
+// The rollback finds one message with that text since the MULTIAPPEND
+// began: the other client's, which it must not remove (a second reader of
+// session 19's rollback found it removed: the message was lost).
+func TestDovecotMultiappendLostNeverStored(t *testing.T) {
+	srv := dovecottest.Start(t, dovecottest.Legacy)
+	fn := faultnet.Start(t, srv.Addr)
+	ext := catenate.New(catenate.Config{Hosts: []string{"imap.example.org"}})
+	px := imaptest.StartProxy(t, fn.Addr(), proxy.Config{Extensions: []proxy.Extension{ext, uidplus.New()}})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	msgs := []string{
+		"Message-ID: <one@example>\r\nSubject: one\r\n\r\nfirst of three\r\n",
+		"Message-ID: <two@example>\r\nSubject: two\r\n\r\nsecond of three\r\n",
+		"Message-ID: <three@example>\r\nSubject: three\r\n\r\nthird of three\r\n",
+	}
+	// The rest of the second literal, from its Subject on, is held.
+	h := fn.Add(faultnet.Fault{Match: []byte("Subject: two"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Hold})
+	defer h.Release()
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	c.Send(fmt.Sprintf("a APPEND INBOX {%d+}", len(msgs[0])))
+	c.Write(msgs[0])
+	c.Send(fmt.Sprintf(" {%d+}", len(msgs[1])))
+	c.Write(msgs[1])
+	c.Send(fmt.Sprintf(" {%d+}", len(msgs[2])))
+	c.Write(msgs[2])
+	c.Send("")
+	<-h.Fired()
+	d.MustOK(fmt.Sprintf("APPEND INBOX {%d+}", len(msgs[1])), msgs[1])
+	h.Conn().Cut()
+	if got := imaptest.Tagged(c.ReadUntilTagged("a")); !strings.HasPrefix(got, "NO ") {
+		t.Fatalf("MULTIAPPEND cut in its second literal: %q", got)
+	}
+	if st := d.MustOK("STATUS INBOX (MESSAGES)")[0]; !strings.Contains(st, "MESSAGES 1") {
+		t.Errorf("after the NO: %q, want the other client's message kept (MESSAGES 1)", st)
 	}
 }
 
