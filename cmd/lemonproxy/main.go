@@ -429,7 +429,7 @@ func (r *reloader) reload() {
 	}
 	merged, applied, restart := config.Reload(r.settings, next)
 	level, _ := merged.Level() // checked by read
-	cfg, err := merged.ProxyConfig(r.certs, r.log)
+	cfg, err := merged.ReloadedConfig(r.certs, r.log)
 	if err != nil { // the upstream CA file of the running proxy is gone, say
 		r.log.Error("SIGHUP: invalid configuration; keeping the old one", "err", err)
 		return

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -817,4 +818,53 @@ func copyFile(t *testing.T, src, dst string) {
 	if err := os.WriteFile(dst, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestSIGHUPMaxAppendWithSpool: a file that raises max-append (applied at
+// a reload) and spool-max-bytes (needs a restart) together is valid: the
+// proxy starts with it. A reload took it before the extensions' checks
+// ran at reload (session 19), and must still: those checks, run on the
+// settings in force after the reload (the running spool with the new
+// max-append), refused the whole file, certificate and log level
+// included, citing a spool-max-bytes the file does not hold.
+func TestSIGHUPMaxAppendWithSpool(t *testing.T) {
+	up := startUpstream(t, "alice", "secret", 0)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "lemonproxy.toml")
+	listen := freePort(t)
+	write := func(extra string) {
+		t.Helper()
+		text := fmt.Sprintf("listen = %q\nupstream = %q\ndata = %q\n%s", listen, up.Addr, filepath.Join(dir, "data"), extra)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("")
+	p := start(t, "serve", "-config", conf)
+	p.waitFor(t, p.stderr, 0, `msg=listening addr=`+regexp.QuoteMeta(listen)+` `)
+	c := dialIMAP(t, listen)
+	c.ok("a1", "LOGIN alice secret")
+	const size = 2 << 30 // above the default spool-max-bytes, 1 GiB
+	c.send("a2 APPEND INBOX {" + strconv.Itoa(size) + "}\r\n")
+	if l := c.readLine(); !strings.HasPrefix(l, "a2 NO [TOOBIG]") {
+		t.Fatalf("APPEND of %d bytes before the reload: %q; want NO [TOOBIG]", size, l)
+	}
+
+	write(fmt.Sprintf("log-level = \"debug\"\nmax-append = %d\nspool-max-bytes = %d\n", size, 2*size))
+	mark := p.stderr.Len()
+	p.signal(t, syscall.SIGHUP)
+	got := p.waitFor(t, p.stderr, mark, `level=(INFO|ERROR) msg="SIGHUP: (configuration reloaded|invalid configuration).*\n`)[0]
+	if want := `level=INFO msg="SIGHUP: configuration reloaded" changed=log-level,max-append needs-restart=spool-max-bytes`; !strings.Contains(got, want) {
+		t.Fatalf("reload of a valid file: %q; want %q", got, want)
+	}
+	// A reload's limits hold for the sessions that start after it.
+	d := dialIMAP(t, listen)
+	d.ok("d1", "LOGIN alice secret")
+	d.send("d2 APPEND INBOX {" + strconv.Itoa(size) + "}\r\n")
+	if l := d.readLine(); !strings.HasPrefix(l, "+") {
+		t.Fatalf("APPEND of %d bytes after the reload: %q; want a continuation", size, l)
+	}
+	c.nc.Close()
+	d.nc.Close()
+	p.stop(t, syscall.SIGTERM)
 }

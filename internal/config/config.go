@@ -429,6 +429,21 @@ func (s *Settings) Level() (slog.Level, error) {
 // ProxyConfig turns settings into the proxy's configuration. certs serves
 // the client-facing certificate (nil when none is configured).
 func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Config, error) {
+	return s.proxyConfig(certs, log, true)
+}
+
+// ReloadedConfig is ProxyConfig for the settings in force after a reload
+// (Reload's merged, the file itself having passed ProxyConfig): it leaves
+// out the checks of the extensions' settings, which need a restart and so
+// are those the proxy started with, already checked. Checked again beside
+// a max-append the reload applies, they refused a valid file that raised
+// max-append with spool-max-bytes (applied at the restart), the
+// certificate and every other change with it.
+func (s *Settings) ReloadedConfig(certs *CertReloader, log *slog.Logger) (proxy.Config, error) {
+	return s.proxyConfig(certs, log, false)
+}
+
+func (s *Settings) proxyConfig(certs *CertReloader, log *slog.Logger, extensions bool) (proxy.Config, error) {
 	var cfg proxy.Config
 	if err := s.checkNegative(); err != nil {
 		return cfg, err
@@ -511,8 +526,10 @@ func (s *Settings) ProxyConfig(certs *CertReloader, log *slog.Logger) (proxy.Con
 	if err := s.checkCluster(); err != nil {
 		return cfg, err
 	}
-	if err := s.checkExtensions(); err != nil {
-		return cfg, err
+	if extensions {
+		if err := s.checkExtensions(); err != nil {
+			return cfg, err
+		}
 	}
 	if err := s.checkPush(); err != nil {
 		return cfg, err
