@@ -99,8 +99,10 @@ func addrOf(nc net.Conn) netip.Addr {
 // router) and may send from any of its 2^64 addresses, so per address
 // neither conns-per-ip nor the failed-login delay bounded anything
 // (Dovecot's auth penalty takes a /48). Loopback stays itself: it is
-// exempt.
+// exempt. An IPv4 address written as IPv6 (::ffff:a.b.c.d) is IPv4: cut
+// to a /64 every one of them was "::", one key for all IPv4 clients.
 func clientKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
 	if !a.Is6() || a.IsLoopback() {
 		return a
 	}
