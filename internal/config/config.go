@@ -268,7 +268,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
 	fs.TextVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "disconnect logged-in clients silent for this long (at least 30m per RFC 3501)")
 	fs.TextVar(&s.PollInterval, "poll-interval", s.PollInterval, "how often a mailbox watcher polls with NOOP when the upstream has no IDLE")
-	fs.IntVar(&s.ConnsPerIP, "conns-per-ip", s.ConnsPerIP, "most simultaneous connections from one client address (loopback exempt); -1: no limit")
+	fs.IntVar(&s.ConnsPerIP, "conns-per-ip", s.ConnsPerIP, "most simultaneous connections from one client address, an IPv6 address counted as its /64 (loopback exempt); -1: no limit")
 	fs.IntVar(&s.SessionsPerUser, "sessions-per-user", s.SessionsPerUser, "most simultaneous logged-in sessions of one account; -1: no limit")
 	fs.IntVar(&s.PreAuthCommands, "preauth-commands", s.PreAuthCommands, "most commands a client may send before it logs in; -1: no limit")
 	fs.TextVar(&s.AuthFailureMaxDelay, "auth-failure-max-delay", s.AuthFailureMaxDelay, "cap of the failed-login delay, which doubles with each failure of one address or account")
