@@ -1029,3 +1029,26 @@ func fieldByKey(t *testing.T, key string) reflect.StructField {
 	t.Fatalf("no setting %q", key)
 	return reflect.StructField{}
 }
+
+// TestSampleConfigComputedDefaults: a setting whose default is computed
+// from others is 0 or absent in the sample, not the number it comes to:
+// written out, it stays put when the operator changes what it was
+// computed from. The sample's max-command-bytes = 67174400 (max-append +
+// max-literal) had an operator who raised max-append to 128 MiB refuse
+// every APPEND above 64 MiB.
+func TestSampleConfigComputedDefaults(t *testing.T) {
+	const path = "../../docs/deploy/lemonproxy.toml"
+	s := parse(t, "-config", path, "-max-append", "134217728", "-upstream", "imap.example.org:143")
+	cfg, err := s.ProxyConfig(nil, discardLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxCommandBytes != 0 && cfg.MaxCommandBytes < cfg.MaxAppendLiteral {
+		t.Errorf("the sample with max-append %d: max-command-bytes %d refuses the largest message", cfg.MaxAppendLiteral, cfg.MaxCommandBytes)
+	}
+	for _, key := range []string{"max-command-bytes", "spool-max-bytes-per-user"} {
+		if v := reflect.ValueOf(s).FieldByIndex(fieldByKey(t, key).Index); !v.IsZero() {
+			t.Errorf("sample %s = %v: its default is computed from other settings; write 0 or leave it out", key, v.Interface())
+		}
+	}
+}
