@@ -31,6 +31,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
+	"github.com/lemonproxy/lemonproxy/cluster/link"
 	"github.com/lemonproxy/lemonproxy/conformance"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
@@ -488,6 +489,13 @@ func (r *reloader) read() (config.Settings, error) {
 	if next.PushEnabled() {
 		if _, err := readPushSecrets(next); err != nil {
 			return next, err
+		}
+	}
+	if next.ClusterDB != "" {
+		// Read at start only (openCluster), like push's: a file gone
+		// or too short must be found now, not at the next restart.
+		if _, err := link.LoadSecret(next.ClusterSecret); err != nil {
+			return next, fmt.Errorf("cluster-secret: %w", err)
 		}
 	}
 	return next, nil

@@ -694,6 +694,7 @@ func TestSIGHUPReloadsConfig(t *testing.T) {
 		{"sessions-per-user = 5\nspool-max-bytes = 1000\n", `spool-max-bytes 1000 is below max-append`},
 		{"sessions-per-user = 5\nurlauth-submit-from = \"smtp.example\"\n", `urlauth-submit-from: .*smtp\.example`},
 		{"sessions-per-user = 5\npush-gateway = \"https://push.example/\"\npush-credentials-key = \"/nonexistent/push.key\"\n", `push-credentials-key: .*/nonexistent/push\.key`},
+		{"sessions-per-user = 5\ncluster-db = \"postgres://db.invalid/lp\"\nnode = \"n1\"\ncluster-listen = \"127.0.0.1:0\"\ncluster-secret = \"/nonexistent/cluster.secret\"\n", `cluster-secret: .*/nonexistent/cluster\.secret`},
 	} {
 		write(listen, tc.extra)
 		hup(`level=ERROR msg="SIGHUP: invalid configuration; keeping the old one" err=".*` + tc.err)
