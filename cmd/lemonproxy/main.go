@@ -37,6 +37,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/push"
+	"github.com/lemonproxy/lemonproxy/extensions/push/devicetoken"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/listen"
@@ -488,6 +489,11 @@ func (r *reloader) read() (config.Settings, error) {
 	}
 	if next.PushEnabled() {
 		if _, err := readPushSecrets(next); err != nil {
+			return next, err
+		}
+	}
+	if next.PushGateway != "" {
+		if err := devicetoken.CheckGateway(next.PushGateway); err != nil {
 			return next, err
 		}
 	}

@@ -684,6 +684,10 @@ func TestSIGHUPReloadsConfig(t *testing.T) {
 	a.ok("a2", "NOOP") // the session opened before goes on
 
 	// Invalid files: nothing changes.
+	pushKey := filepath.Join(dir, "push.key")
+	if err := os.WriteFile(pushKey, bytes.Repeat([]byte{7}, 32), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ extra, err string }{
 		{"sessions-per-user = \"many\"\n", `sessions-per-user`},
 		{"sessions-per-user = 5\nupstream-security = \"ssl\"\n", `upstream security .*ssl`},
@@ -694,6 +698,7 @@ func TestSIGHUPReloadsConfig(t *testing.T) {
 		{"sessions-per-user = 5\nspool-max-bytes = 1000\n", `spool-max-bytes 1000 is below max-append`},
 		{"sessions-per-user = 5\nurlauth-submit-from = \"smtp.example\"\n", `urlauth-submit-from: .*smtp\.example`},
 		{"sessions-per-user = 5\npush-gateway = \"https://push.example/\"\npush-credentials-key = \"/nonexistent/push.key\"\n", `push-credentials-key: .*/nonexistent/push\.key`},
+		{"sessions-per-user = 5\npush-gateway = \"http://push.example/\"\npush-credentials-key = \"" + pushKey + "\"\n", `devicetoken: gateway: .*not https`},
 		{"sessions-per-user = 5\ncluster-db = \"postgres://db.invalid/lp\"\nnode = \"n1\"\ncluster-listen = \"127.0.0.1:0\"\ncluster-secret = \"/nonexistent/cluster.secret\"\n", `cluster-secret: .*/nonexistent/cluster\.secret`},
 	} {
 		write(listen, tc.extra)

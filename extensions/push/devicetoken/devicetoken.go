@@ -99,14 +99,27 @@ var (
 
 // New returns the channel, registering through reg (the push extension).
 func New(reg push.AccountRegistrar, cfg Config) (*Channel, error) {
-	// The gateway is the operator's: any address, but https unless it is
-	// on this machine.
-	policy := push.EndpointPolicy{AllowPrivate: true, Timeout: cfg.Timeout}
+	policy := gatewayPolicy(cfg.Timeout)
 	u, err := policy.CheckURL(cfg.Gateway)
 	if err != nil {
 		return nil, fmt.Errorf("devicetoken: gateway: %w", err)
 	}
 	return &Channel{reg: reg, gateway: u.String(), secret: cfg.Secret, client: policy.NewClient(), now: time.Now}, nil
+}
+
+// CheckGateway checks a gateway URL as New does, for a configuration
+// checked without building the channel (a reload).
+func CheckGateway(raw string) error {
+	if _, err := gatewayPolicy(0).CheckURL(raw); err != nil {
+		return fmt.Errorf("devicetoken: gateway: %w", err)
+	}
+	return nil
+}
+
+// gatewayPolicy is the gateway's address policy: the gateway is the
+// operator's, any address, but https unless it is on this machine.
+func gatewayPolicy(timeout time.Duration) push.EndpointPolicy {
+	return push.EndpointPolicy{AllowPrivate: true, Timeout: timeout}
 }
 
 // Name implements push.Channel.
