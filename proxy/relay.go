@@ -77,6 +77,10 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 	// litTotal counts the command's literals for commandBytes: every
 	// message of a MULTIAPPEND, every part of a CATENATE.
 	var litTotal int64
+	// sent is the command's length as the upstream counts it against its
+	// line limit, up to the literal the loop is at (syncPastLimit).
+	counted := upstreamCountsLiterals(cmd.Name)
+	sent := int64(len(pending))
 	for lit := first.Literal; lit != nil; {
 		if why := s.literalTooBig(lit, limit, s.commandBytes(cmd.Name), litTotal); why != "" {
 			// Part of the command is already upstream and cannot be
@@ -93,6 +97,11 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 		// refusal), exactly as with a direct connection.
 		caps := up.Caps()
 		nonSync := lit.NonSync && (caps.Has("LITERAL+") || caps.Has("LITERAL-") && lit.Size <= 4096)
+		sent += headerBytes(lit)
+		if counted && sent > int64(s.cfg.Limits.MaxLine) {
+			nonSync = false // syncPastLimit
+		}
+		sent += lit.Size
 		pending = imapcodec.LiteralHeader{Size: lit.Size, NonSync: nonSync, Binary: lit.Binary}.Format(pending)
 		pending = append(pending, '\r', '\n')
 		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
@@ -153,6 +162,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 		if next != nil {
 			line = line[:next.Start]
 		}
+		sent += int64(len(line))
 		pending = append(pending, line...)
 		lit = next
 	}
@@ -320,6 +330,10 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 	w := up.Writer()
 	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
 	w.WriteString(upTag)
+	// sent is the command's length as the upstream counts it against its
+	// line limit (syncPastLimit).
+	counted := upstreamCountsLiterals(x.Name)
+	sent := int64(len(upTag))
 	for i, seg := range segs {
 		text := seg.Text
 		if i == 0 {
@@ -331,6 +345,10 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 		}
 		caps := up.Caps()
 		nonSync := caps.Has("LITERAL+") || caps.Has("LITERAL-") && seg.Literal.Size <= 4096
+		if sent += int64(len(text)) + headerBytes(seg.Literal); counted && sent > int64(s.cfg.Limits.MaxLine) {
+			nonSync = false // syncPastLimit
+		}
+		sent += seg.Literal.Size
 		w.Write(imapcodec.LiteralHeader{Size: seg.Literal.Size, NonSync: nonSync, Binary: seg.Literal.Binary}.Format(nil))
 		w.WriteString("\r\n")
 		if !nonSync {
@@ -378,6 +396,33 @@ func (s *Session) fitsUpstreamLine(n int, lit *imapcodec.LiteralHeader) bool {
 	}
 	return n <= s.cfg.Limits.MaxLine
 }
+
+// upstreamCountsLiterals reports whether the upstream counts the
+// literals of a command named name against its line limit, with the text
+// of all its lines (syncPastLimit): Dovecot does for every command but
+// APPEND (CATENATE's parts too) and SETMETADATA, whose literals it streams.
+func upstreamCountsLiterals(name string) bool {
+	return name != "APPEND" && name != "SETMETADATA"
+}
+
+// headerBytes is the length of lit's header as the proxy sends it, CRLF
+// included.
+func headerBytes(lit *imapcodec.LiteralHeader) int64 {
+	return int64(len(imapcodec.LiteralHeader{Size: lit.Size, NonSync: true, Binary: lit.Binary}.Format(nil))) + 2
+}
+
+// syncPastLimit: a literal whose header comes past the upstream's line
+// limit, the command's text and earlier literals counted
+// (upstreamCountsLiterals), goes upstream synchronising, whatever the
+// client sent. Dovecot refuses a command that grows past
+// imap_max_line_length where it does (BAD, "IMAP command line too large")
+// and skips the rest of that line: a non-synchronising literal's data
+// after it was read as commands the proxy never saw, though every line and
+// literal was within the proxy's limits (MaxOtherCommandBytes allows far
+// more). Synchronising, the literal waits for the upstream's continuation
+// request; the refusal comes instead and is the client's answer, and
+// nothing more is sent. An upstream with a higher limit invites it and the
+// command runs.
 
 // refuseTooLong answers a command whose line, as the proxy would send it,
 // does not fit the upstream's line limit (fitsUpstreamLine).

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
@@ -54,4 +55,61 @@ func TestRewrittenLineTooLong(t *testing.T) {
 
 	imaptest.AssertLines(t, "NOOP after", c.MustOK("NOOP"), []string{"*"})
 	imaptest.AssertLines(t, "LIST directly", d.MustOK(`LIST "" smuggled*`), []string{"*"})
+}
+
+// TestLiteralsOverLineLimit: Dovecot counts a command's literals against
+// its line limit with the text of all its lines (but APPEND's and
+// SETMETADATA's, which it streams). A command within the proxy's limits
+// (no line over 64 KiB, no literal over 64 KiB, 256 KiB of literals in
+// all) but not within Dovecot's was refused where it grew too long, the
+// rest of that line skipped, and the non-synchronising literal after it
+// run as a command the proxy never saw: here a CREATE, in a SEARCH held
+// whole (the selected state) and in commands relayed as they stream (the
+// authenticated state). Such a literal goes upstream synchronising: the
+// client gets Dovecot's refusal, nothing runs, and the session goes on.
+// Commands as long that Dovecot takes still pass.
+func TestLiteralsOverLineLimit(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr, _ := startProxy(t, dc.Addr)
+	d := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	d.MustOK("APPEND INBOX {7+}\r\nSubj: a")
+	c := imaptest.Login(t, addr, "alice", "alicepass")
+	// smuggle is head, a literal of 10,000 bytes, 56,000 bytes of text, mid
+	// and a literal holding a command: each line and literal within the
+	// proxy's limits, 66 KB in all.
+	smuggle := func(tag, head, mid, name string) string {
+		data := "z CREATE " + name
+		return tag + " " + head + " {10000+}\r\n" + strings.Repeat("x", 10000) + strings.Repeat(" ALL", 14000) +
+			mid + " {" + strconv.Itoa(len(data)) + "+}\r\n" + data + "\r\n"
+	}
+	tooLong := func(tag string) []string { return []string{tag + " BAD Error in IMAP command *"} }
+
+	// Streamed in the authenticated state.
+	// (SUBSCRIBE and RENAME read their names and answer before the rest of
+	// the line.)
+	for i, head := range []string{`LIST ""`, "SUBSCRIBE", "RENAME"} {
+		c.Write(smuggle("a", head, "", "smuggled"+strconv.Itoa(i)))
+		want := tooLong("a")
+		if head != `LIST ""` {
+			want = []string{"a NO *"}
+		}
+		imaptest.AssertLines(t, head, c.ReadUntilTagged("a"), want)
+	}
+
+	// Held whole in the selected state.
+	c.MustOK("SELECT INBOX")
+	c.Write(smuggle("s", "SEARCH TEXT", " TEXT", "smuggled9"))
+	imaptest.AssertLines(t, "SEARCH", c.ReadUntilTagged("s"), tooLong("s"))
+	imaptest.AssertLines(t, "NOOP after", c.MustOK("NOOP"), []string{"*"})
+	c.MustOK("UNSELECT")
+
+	imaptest.AssertLines(t, "LIST directly", d.MustOK(`LIST "" smuggled*`), []string{"*"})
+
+	// Streamed by Dovecot, counted line by line: as long, taken.
+	value := strings.Repeat("v", 40000)
+	c.MustOK("SETMETADATA INBOX (/private/comment {40000+}\r\n" + value + " /private/other {40000+}\r\n" + value + ")")
+	c.MustOK("APPEND INBOX {40000+}\r\n" + value + " {40000+}\r\n" + value)
+	// Under the limit, with a literal after the text: taken.
+	c.MustOK("SELECT INBOX")
+	c.MustOK("SEARCH TEXT {10000+}\r\n" + strings.Repeat("x", 10000) + strings.Repeat(" ALL", 10000) + " TEXT {1+}\r\nx")
 }
