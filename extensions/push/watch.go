@@ -233,8 +233,11 @@ func (w *watchers) unpark(account string) {
 }
 
 // targets returns the registrations of account that push mailbox and
-// whose channel is configured.
+// whose channel is configured. Both names are spelt as the hub keys them
+// now: the live watch may have started under a spelling from before the
+// account's delimiter was known (inbox.Lists, now INBOX.Lists).
 func (w *watchers) targets(account, mailbox string) []regRef {
+	mailbox = w.e.canonical(account, mailbox)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	a := w.accts[account]

@@ -172,3 +172,29 @@ func TestInboxChildSpelling(t *testing.T) {
 		t.Error("a cursor kept under the spelling inbox.Lists")
 	}
 }
+
+// TestInboxChildSpellingLearntLater: the one mailbox that pushes is
+// configured as inbox.Lists and watched live under that spelling, the
+// account's delimiter not known yet. A session of the account then learns
+// it (its SELECT of inbox.Lists): the live watcher's changes were looked
+// up under inbox.Lists, the registrations' mailboxes spelt INBOX.Lists, and
+// no device matched: the mail was never pushed (its cursor moved on).
+func TestInboxChildSpellingLearntLater(t *testing.T) {
+	dc := startDovecot(t, dovecottest.Full)
+	g := newGateway(t, []byte("gateway secret"))
+	s := start(t, dc, g, options{secret: g.secret, cfg: push.Config{
+		Mailboxes: []string{"inbox.Lists"},
+	}})
+	d := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	d.MustOK("CREATE INBOX.Lists")
+	s.register(t, "alice", "alicepass", "tok-alice")
+	account := s.account("alice")
+	waitCursor(t, s.data, account, "inbox.Lists")
+
+	c := imaptest.Login(t, s.p.Addr, "alice", "alicepass")
+	c.MustOK("SELECT inbox.Lists")
+	c.MustOK("LOGOUT")
+
+	dc.Append(t, "alice", "alicepass", "INBOX.Lists", nil, msg("list mail"))
+	g.expect(t, 0, []string{"tok-alice"}, 10*time.Second, 500*time.Millisecond)
+}
