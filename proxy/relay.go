@@ -77,10 +77,6 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 	// litTotal counts the command's literals for commandBytes: every
 	// message of a MULTIAPPEND, every part of a CATENATE.
 	var litTotal int64
-	// sent is the command's length as the upstream counts it against its
-	// line limit, up to the literal the loop is at (syncPastLimit).
-	counted := upstreamCountsLiterals(cmd.Name)
-	sent := int64(len(pending))
 	for lit := first.Literal; lit != nil; {
 		if why := s.literalTooBig(lit, limit, s.commandBytes(cmd.Name), litTotal); why != "" {
 			// Part of the command is already upstream and cannot be
@@ -94,14 +90,11 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 		litTotal += lit.Size
 		// A synchronising literal stays synchronising upstream and the
 		// client gets the upstream's own continuation request (or its
-		// refusal), exactly as with a direct connection.
+		// refusal), exactly as with a direct connection. A
+		// non-synchronising one goes so only in an APPEND
+		// (upstreamNonSync).
 		caps := up.Caps()
-		nonSync := lit.NonSync && (caps.Has("LITERAL+") || caps.Has("LITERAL-") && lit.Size <= 4096)
-		sent += headerBytes(lit)
-		if counted && sent > int64(s.cfg.Limits.MaxLine) {
-			nonSync = false // syncPastLimit
-		}
-		sent += lit.Size
+		nonSync := lit.NonSync && upstreamNonSync(cmd.Name, caps, lit)
 		pending = imapcodec.LiteralHeader{Size: lit.Size, NonSync: nonSync, Binary: lit.Binary}.Format(pending)
 		pending = append(pending, '\r', '\n')
 		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
@@ -162,7 +155,6 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 		if next != nil {
 			line = line[:next.Start]
 		}
-		sent += int64(len(line))
 		pending = append(pending, line...)
 		lit = next
 	}
@@ -330,10 +322,6 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 	w := up.Writer()
 	up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
 	w.WriteString(upTag)
-	// sent is the command's length as the upstream counts it against its
-	// line limit (syncPastLimit).
-	counted := upstreamCountsLiterals(x.Name)
-	sent := int64(len(upTag))
 	for i, seg := range segs {
 		text := seg.Text
 		if i == 0 {
@@ -344,11 +332,7 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 			break
 		}
 		caps := up.Caps()
-		nonSync := caps.Has("LITERAL+") || caps.Has("LITERAL-") && seg.Literal.Size <= 4096
-		if sent += int64(len(text)) + headerBytes(seg.Literal); counted && sent > int64(s.cfg.Limits.MaxLine) {
-			nonSync = false // syncPastLimit
-		}
-		sent += seg.Literal.Size
+		nonSync := upstreamNonSync(x.Name, caps, seg.Literal)
 		w.Write(imapcodec.LiteralHeader{Size: seg.Literal.Size, NonSync: nonSync, Binary: seg.Literal.Binary}.Format(nil))
 		w.WriteString("\r\n")
 		if !nonSync {
@@ -397,32 +381,25 @@ func (s *Session) fitsUpstreamLine(n int, lit *imapcodec.LiteralHeader) bool {
 	return n <= s.cfg.Limits.MaxLine
 }
 
-// upstreamCountsLiterals reports whether the upstream counts the
-// literals of a command named name against its line limit, with the text
-// of all its lines (syncPastLimit): Dovecot does for every command but
-// APPEND (CATENATE's parts too) and SETMETADATA, whose literals it streams.
-func upstreamCountsLiterals(name string) bool {
-	return name != "APPEND" && name != "SETMETADATA"
+// upstreamNonSync reports whether a literal of the command named name
+// may go upstream non-synchronising (RFC 7888), the upstream's
+// capabilities caps allowing: only an APPEND's. A server that answers a
+// command before it has read the whole line (Dovecot: an unknown command,
+// arguments it does not take, such as anything after SUBSCRIBE's name or
+// LIST's pattern, a command grown past imap_max_line_length with the
+// literals before) skips the rest of the line, and reads the data of a
+// non-synchronising literal at its end as commands: commands the proxy
+// never saw, on a connection it then lends to other sessions of the
+// account, whose commands meet their answers (and may run in a mailbox
+// they selected). Synchronising, the literal waits for the upstream's
+// continuation request; the answer comes instead and is the client's, and
+// nothing more is sent. Dovecot reads an APPEND's messages whatever the
+// answer, but for a MULTIAPPEND whose later message has arguments it
+// refuses (see docs/hardening.md); an APPEND's messages are its bulk, and
+// a round trip for each would cost every client.
+func upstreamNonSync(name string, caps upstream.Caps, lit *imapcodec.LiteralHeader) bool {
+	return name == "APPEND" && (caps.Has("LITERAL+") || caps.Has("LITERAL-") && lit.Size <= 4096)
 }
-
-// headerBytes is the length of lit's header as the proxy sends it, CRLF
-// included.
-func headerBytes(lit *imapcodec.LiteralHeader) int64 {
-	return int64(len(imapcodec.LiteralHeader{Size: lit.Size, NonSync: true, Binary: lit.Binary}.Format(nil))) + 2
-}
-
-// syncPastLimit: a literal whose header comes past the upstream's line
-// limit, the command's text and earlier literals counted
-// (upstreamCountsLiterals), goes upstream synchronising, whatever the
-// client sent. Dovecot refuses a command that grows past
-// imap_max_line_length where it does (BAD, "IMAP command line too large")
-// and skips the rest of that line: a non-synchronising literal's data
-// after it was read as commands the proxy never saw, though every line and
-// literal was within the proxy's limits (MaxOtherCommandBytes allows far
-// more). Synchronising, the literal waits for the upstream's continuation
-// request; the refusal comes instead and is the client's answer, and
-// nothing more is sent. An upstream with a higher limit invites it and the
-// command runs.
 
 // refuseTooLong answers a command whose line, as the proxy would send it,
 // does not fit the upstream's line limit (fitsUpstreamLine).

@@ -113,3 +113,37 @@ func TestLiteralsOverLineLimit(t *testing.T) {
 	c.MustOK("SELECT INBOX")
 	c.MustOK("SEARCH TEXT {10000+}\r\n" + strings.Repeat("x", 10000) + strings.Repeat(" ALL", 10000) + " TEXT {1+}\r\nx")
 }
+
+// TestLiteralAfterEarlyAnswer: Dovecot answers some commands before it
+// has read their whole line (an unknown command; SUBSCRIBE, DELETE,
+// RENAME, STATUS, NAMESPACE with arguments after those they take; LIST's
+// extra arguments), skips the rest of the line, and reads the data of a
+// non-synchronising literal at its end as commands. Relayed so, a client's
+// literal ran upstream as a command the proxy never saw (here a CREATE),
+// and its answer, left on the pooled connection, failed another session's
+// next command. Such a literal goes upstream synchronising: the client
+// gets the upstream's answer, nothing more runs, and the next session's
+// commands work.
+func TestLiteralAfterEarlyAnswer(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr, _ := startProxy(t, dc.Addr)
+	d := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	d.MustOK("CREATE Other")
+	c := imaptest.Login(t, addr, "alice", "alicepass")
+	for i, head := range []string{"XFOO", "SUBSCRIBE INBOX", "DELETE nosuch", "RENAME nosuch x", `LIST "" *`,
+		"STATUS INBOX (MESSAGES)", "NAMESPACE", "SELECT INBOX", "XFOO", "STATUS Other (MESSAGES)", "UNSELECT"} {
+		data := "z CREATE smuggled" + strconv.Itoa(i)
+		c.Write("a" + strconv.Itoa(i) + " " + head + " {" + strconv.Itoa(len(data)) + "+}\r\n" + data + "\r\n")
+		// Answered as Dovecot answers it (some OK, before the literal).
+		c.ReadUntilTagged("a" + strconv.Itoa(i))
+		// Another session, on the connection given back.
+		o := imaptest.Login(t, addr, "alice", "alicepass")
+		o.MustOK(`LIST "" Other`)
+		o.MustOK("LOGOUT")
+		o.Close()
+		if strings.HasPrefix(head, "SELECT") {
+			c.MustOK(head) // the selected state from here
+		}
+	}
+	imaptest.AssertLines(t, "LIST directly", d.MustOK(`LIST "" smuggled*`), []string{"*"})
+}
