@@ -94,7 +94,7 @@ func (s *Session) relay(ctx context.Context, x *Exchange) error {
 		// non-synchronising one goes so only in an APPEND
 		// (upstreamNonSync).
 		caps := up.Caps()
-		nonSync := lit.NonSync && upstreamNonSync(cmd.Name, caps, lit)
+		nonSync := lit.NonSync && upstreamNonSync(cmd.Name, caps, lit) && appendArgsPlain(pending, lit == first.Literal)
 		pending = imapcodec.LiteralHeader{Size: lit.Size, NonSync: nonSync, Binary: lit.Binary}.Format(pending)
 		pending = append(pending, '\r', '\n')
 		up.SetDeadline(time.Now().Add(s.srv.cfg.Upstream.Timeout))
@@ -332,7 +332,7 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 			break
 		}
 		caps := up.Caps()
-		nonSync := upstreamNonSync(x.Name, caps, seg.Literal)
+		nonSync := upstreamNonSync(x.Name, caps, seg.Literal) && appendArgsPlain(seg.Text, i == 0)
 		w.Write(imapcodec.LiteralHeader{Size: seg.Literal.Size, NonSync: nonSync, Binary: seg.Literal.Binary}.Format(nil))
 		w.WriteString("\r\n")
 		if !nonSync {
@@ -381,6 +381,89 @@ func (s *Session) fitsUpstreamLine(n int, lit *imapcodec.LiteralHeader) bool {
 	return n <= s.cfg.Limits.MaxLine
 }
 
+// appendArgsPlain reports whether text, an APPEND's text before one of
+// its literals (from the tag when first, else from the literal before),
+// is of a form Dovecot surely takes: the mailbox (or nothing, the literal
+// being the mailbox), then an optional list of system flags and plain
+// keywords and an optional date-time of this era, as a message's
+// arguments. Dovecot refuses bad arguments of a message (an invalid
+// internal date, a flag it does not know) with BAD before reading the
+// literal, skips the rest of the line, and reads the message's data as
+// commands; a literal after any other text goes upstream synchronising
+// (upstreamNonSync), a round trip that only an odd APPEND pays.
+func appendArgsPlain(text []byte, first bool) bool {
+	p := imapcodec.NewParser([]imapcodec.Segment{{Text: text}}, imapcodec.Limits{})
+	if first {
+		if _, err := p.Atom(); err != nil || p.SP() != nil {
+			return false
+		}
+		if name, err := p.Atom(); err != nil || !strings.EqualFold(name, "APPEND") || p.SP() != nil {
+			return false
+		}
+		if p.AtEnd() {
+			return true // the literal is the mailbox's name
+		}
+		if _, err := p.AString(); err != nil {
+			return false
+		}
+	}
+	if p.SP() != nil {
+		return false
+	}
+	if c, ok := p.Peek(); ok && c == '(' {
+		v, err := p.Value()
+		flags, isList := v.(imapcodec.List)
+		if err != nil || !isList || p.SP() != nil {
+			return false
+		}
+		for _, f := range flags {
+			if a, ok := f.(imapcodec.Atom); !ok || !plainFlag(string(a)) {
+				return false
+			}
+		}
+	}
+	if c, ok := p.Peek(); ok && c == '"' {
+		v, err := p.Value()
+		date, isString := v.(imapcodec.String)
+		if err != nil || !isString || !plainDate(string(date.Data)) || p.SP() != nil {
+			return false
+		}
+	}
+	return p.AtEnd()
+}
+
+// plainFlag: a system flag an APPEND may set, or a keyword of letters,
+// digits and $_.- up to Dovecot's default mail_max_keyword_length (50).
+func plainFlag(f string) bool {
+	switch strings.ToLower(f) {
+	case `\seen`, `\answered`, `\flagged`, `\deleted`, `\draft`:
+		return true
+	}
+	if f == "" || len(f) > 50 {
+		return false
+	}
+	for _, c := range []byte(f) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("$_.-", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// plainDate: a date-time (RFC 3501) of the years 1980 to 2099 with a zone
+// within 14 hours.
+func plainDate(d string) bool {
+	for _, layout := range []string{"_2-Jan-2006 15:04:05 -0700", "02-Jan-2006 15:04:05 -0700"} {
+		t, err := time.Parse(layout, d)
+		if err != nil || len(d) != 26 {
+			continue
+		}
+		_, off := t.Zone()
+		return t.Year() >= 1980 && t.Year() <= 2099 && off >= -14*3600 && off <= 14*3600
+	}
+	return false
+}
+
 // upstreamNonSync reports whether a literal of the command named name
 // may go upstream non-synchronising (RFC 7888), the upstream's
 // capabilities caps allowing: only an APPEND's. A server that answers a
@@ -394,9 +477,9 @@ func (s *Session) fitsUpstreamLine(n int, lit *imapcodec.LiteralHeader) bool {
 // they selected). Synchronising, the literal waits for the upstream's
 // continuation request; the answer comes instead and is the client's, and
 // nothing more is sent. Dovecot reads an APPEND's messages whatever the
-// answer, but for a MULTIAPPEND whose later message has arguments it
-// refuses (see docs/hardening.md); an APPEND's messages are its bulk, and
-// a round trip for each would cost every client.
+// answer, but for one whose arguments it refuses (appendArgsPlain, which
+// the caller asks too); an APPEND's messages are its bulk, and a round
+// trip for each would cost every client.
 func upstreamNonSync(name string, caps upstream.Caps, lit *imapcodec.LiteralHeader) bool {
 	return name == "APPEND" && (caps.Has("LITERAL+") || caps.Has("LITERAL-") && lit.Size <= 4096)
 }

@@ -117,7 +117,8 @@ func TestLiteralsOverLineLimit(t *testing.T) {
 // TestLiteralAfterEarlyAnswer: Dovecot answers some commands before it
 // has read their whole line (an unknown command; SUBSCRIBE, DELETE,
 // RENAME, STATUS, NAMESPACE with arguments after those they take; LIST's
-// extra arguments), skips the rest of the line, and reads the data of a
+// extra arguments; an APPEND whose message arguments it refuses, a bad
+// date or \Recent), skips the rest of the line, and reads the data of a
 // non-synchronising literal at its end as commands. Relayed so, a client's
 // literal ran upstream as a command the proxy never saw (here a CREATE),
 // and its answer, left on the pooled connection, failed another session's
@@ -131,7 +132,9 @@ func TestLiteralAfterEarlyAnswer(t *testing.T) {
 	d.MustOK("CREATE Other")
 	c := imaptest.Login(t, addr, "alice", "alicepass")
 	for i, head := range []string{"XFOO", "SUBSCRIBE INBOX", "DELETE nosuch", "RENAME nosuch x", `LIST "" *`,
-		"STATUS INBOX (MESSAGES)", "NAMESPACE", "SELECT INBOX", "XFOO", "STATUS Other (MESSAGES)", "UNSELECT"} {
+		"STATUS INBOX (MESSAGES)", "NAMESPACE", `APPEND INBOX (\Seen) "bad date"`,
+		"APPEND INBOX {5+}\r\nhello (\\Seen) \"7-Dec-2026 25:61:00 +0000\"", "APPEND INBOX (\\Recent)",
+		"SELECT INBOX", "XFOO", "STATUS Other (MESSAGES)", `APPEND INBOX "bad date"`, "UNSELECT"} {
 		data := "z CREATE smuggled" + strconv.Itoa(i)
 		c.Write("a" + strconv.Itoa(i) + " " + head + " {" + strconv.Itoa(len(data)) + "+}\r\n" + data + "\r\n")
 		// Answered as Dovecot answers it (some OK, before the literal).
@@ -146,4 +149,17 @@ func TestLiteralAfterEarlyAnswer(t *testing.T) {
 		}
 	}
 	imaptest.AssertLines(t, "LIST directly", d.MustOK(`LIST "" smuggled*`), []string{"*"})
+}
+
+// TestAppendPlainStillWorks: APPENDs of the usual forms (flags, date,
+// MULTIAPPEND, the mailbox as a literal) still go through, their messages
+// non-synchronising.
+func TestAppendPlainStillWorks(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Full)
+	addr, _ := startProxy(t, dc.Addr)
+	c := imaptest.Login(t, addr, "alice", "alicepass")
+	c.MustOK(`APPEND INBOX (\Seen $Label1) " 7-Dec-2026 15:04:05 +0100" {7+}` + "\r\nSubj: a")
+	c.MustOK(`APPEND INBOX () "07-Dec-2026 15:04:05 -0800" {7+}` + "\r\nSubj: b {7+}\r\nSubj: c")
+	c.MustOK("APPEND {5+}\r\nINBOX {7+}\r\nSubj: d")
+	imaptest.AssertLines(t, "STATUS", c.MustOK("STATUS INBOX (MESSAGES)"), []string{"* STATUS INBOX (MESSAGES 4)", "*"})
 }
