@@ -530,7 +530,8 @@ func (w *watcher) poll(only []string) (err error) {
 // session changed them, perhaps only their flags) and on a timed poll
 // (only is nil) every mailbox when flag changes are wanted and STATUS
 // cannot show them. A mailbox whose ModSeq moved without an event gets a
-// Flags event.
+// Flags event; a Flags event for the upstream's HIGHESTMODSEQ alone stands
+// only if the ModSeq moved too.
 func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptions, only []string, old, next map[string]Mailbox, evs []Event) ([]Event, error) {
 	timed := only == nil
 	changed := map[string]int{} // name -> index of its Messages/Flags event
@@ -549,6 +550,7 @@ func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptio
 		}
 	}
 	slices.Sort(names)
+	drop := map[int]bool{} // indices of evs told of no change
 	for _, name := range names {
 		ms, err := opts.Refresh(ctx, name, c)
 		if err != nil {
@@ -562,7 +564,17 @@ func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptio
 		prev := b.ModSeq
 		b.ModSeq = ms
 		next[name] = b
-		if i, ok := changed[name]; ok {
+		i, ok := changed[name]
+		if ok && evs[i].Kind == Flags && prev != 0 && old[name].Status.Unseen == b.Status.Unseen {
+			// Only the upstream's HIGHESTMODSEQ moved. Dovecot moves it
+			// before an APPEND's message is visible, and a STATUS in
+			// between shows it alone: not a flag change unless the
+			// proxy's state, which holds every message's flags, moved
+			// too, and then told as below.
+			drop[i] = true
+			ok = false
+		}
+		if ok {
 			evs[i].Mailbox.ModSeq = ms
 		} else if prev != 0 && ms != prev && old != nil {
 			// A change STATUS did not show (yet): report it with fresh
@@ -578,6 +590,15 @@ func (w *watcher) refresh(ctx context.Context, c *upstream.Conn, opts WatchOptio
 			}
 			evs = append(evs, Event{Kind: kind, Mailbox: b})
 		}
+	}
+	if len(drop) > 0 {
+		kept := evs[:0]
+		for i, ev := range evs {
+			if !drop[i] {
+				kept = append(kept, ev)
+			}
+		}
+		evs = kept
 	}
 	return evs, nil
 }
