@@ -202,3 +202,40 @@ func TestNotifyModSeqAheadOfAppend(t *testing.T) {
 	b.expect("* STATUS Mine (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
 	b.silent(ntSilence)
 }
+
+// TestNotifyStatusOfDeletingMailbox: Dovecot 2.3 answers STATUS of a
+// mailbox it is deleting, in LIST's file system layout where the name
+// stays as a child's \Noselect parent, with MESSAGES 0 UIDNEXT 1
+// UIDVALIDITY 0 until the name turns \Noselect. The account watcher took
+// the change of UIDVALIDITY for new mail and told
+// `* STATUS Par (MESSAGES 0 UIDNEXT 1 UNSEEN 0)` before the deletion
+// (TestNotifyParentDeleted, now and then). No mailbox has UIDVALIDITY 0:
+// such an answer is now no STATUS at all, as a refused one. The test adds
+// one after Dovecot's own, in the answer to the watcher's STATUS of a poll
+// a UID COPY that copies nothing asks for.
+func TestNotifyStatusOfDeletingMailbox(t *testing.T) {
+	e := ntStartDovecot(t, dovecottest.Full, 1)
+	fn := faultnet.Start(t, e.dc.Addr)
+	ext := notify.New(notify.Config{Accounts: accountwatch.Config{PollInterval: time.Hour}})
+	addr, _ := startProxy(t, fn.Addr(), func(c *proxy.Config) {
+		c.Extensions = []proxy.Extension{idle.New(), condstore.New(), ext}
+	})
+	px := &ntProxy{addr: addr, ext: ext}
+	u := e.user(t)
+	d := e.direct(t, u)
+	d.create("Par")
+	uv := d.uidValidity("Par")
+	a, b := px.login(t, u), px.login(t, u)
+	b.MustOK("NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))")
+	a.MustOK("SELECT INBOX")
+	real := "* STATUS Par (MESSAGES 0 UIDNEXT 1 UIDVALIDITY " + uv + " UNSEEN 0 HIGHESTMODSEQ 1)\r\n"
+	deleting := "* STATUS Par (MESSAGES 0 UIDNEXT 1 UIDVALIDITY 0 UNSEEN 0 HIGHESTMODSEQ 1)\r\n"
+	inject := fn.Add(faultnet.Fault{Match: []byte(`STATUS "Par"`), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, After: int64(len(real)), Action: faultnet.Inject, Data: []byte(deleting)})
+	a.MustOK("UID COPY 99 Par")
+	waitFault(t, inject)
+	b.silent(ntSilence)
+	a.MustOK(ntAppend("Par", "one"))
+	b.expect("* STATUS Par (MESSAGES 1 UIDNEXT 2 UNSEEN 1)")
+	b.silent(ntSilence)
+}

@@ -39,6 +39,14 @@ func parseStatus(r *upstream.Response) (string, *Status, error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("accountwatch: %w", err)
 	}
+	if v, ok := items["UIDVALIDITY"]; ok && v == 0 {
+		// No mailbox has UIDVALIDITY 0 (RFC 3501 9, nz-number):
+		// Dovecot answers so for a mailbox it is deleting, its messages
+		// and UIDVALIDITY gone and its name not yet \Noselect. Taken
+		// for the mailbox's counters, the change of UIDVALIDITY told
+		// its clients of new messages before the deletion.
+		return "", nil, fmt.Errorf("accountwatch: STATUS of %q with UIDVALIDITY 0: not a mailbox's", name)
+	}
 	return name, &Status{
 		Messages:    uint32(items["MESSAGES"]),
 		UIDNext:     uint32(items["UIDNEXT"]),
