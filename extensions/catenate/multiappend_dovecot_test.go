@@ -171,6 +171,39 @@ func TestDovecotRollbackRecreated(t *testing.T) {
 	}
 }
 
+// threeMessages are the messages of sendThreeAppend's MULTIAPPEND.
+var threeMessages = []string{
+	"Message-ID: <one@example>\r\nSubject: one\r\n\r\nfirst of three\r\n",
+	"Message-ID: <two@example>\r\nSubject: two\r\n\r\nsecond of three\r\n",
+	"Message-ID: <three@example>\r\nSubject: three\r\n\r\nthird of three\r\n",
+}
+
+// startThreeAppend starts Dovecot's legacy profile, a proxy with the
+// synthesized MULTIAPPEND in front of it through a faultnet relay, and
+// logs alice in through the proxy (c) and directly (d).
+func startThreeAppend(t *testing.T) (*faultnet.Relay, *catenate.Extension, *imaptest.Client, *imaptest.Client) {
+	t.Helper()
+	srv := dovecottest.Start(t, dovecottest.Legacy)
+	fn := faultnet.Start(t, srv.Addr)
+	ext := catenate.New(catenate.Config{Hosts: []string{"imap.example.org"}})
+	px := imaptest.StartProxy(t, fn.Addr(), proxy.Config{Extensions: []proxy.Extension{ext, uidplus.New()}})
+	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
+	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
+	return fn, ext, c, d
+}
+
+// sendThreeAppend sends "a APPEND INBOX" of threeMessages on c, without
+// waiting for its answer.
+func sendThreeAppend(c *imaptest.Client) {
+	c.Send(fmt.Sprintf("a APPEND INBOX {%d+}", len(threeMessages[0])))
+	c.Write(threeMessages[0])
+	c.Send(fmt.Sprintf(" {%d+}", len(threeMessages[1])))
+	c.Write(threeMessages[1])
+	c.Send(fmt.Sprintf(" {%d+}", len(threeMessages[2])))
+	c.Write(threeMessages[2])
+	c.Send("")
+}
+
 // TestDovecotMultiappendAnswerLost: the connection of a synthesized
 // MULTIAPPEND breaks after Dovecot stored its second message and before
 // its answer (APPENDUID) reached the proxy, as when the APPEND times out.
@@ -185,26 +218,10 @@ func TestDovecotMultiappendAnswerLost(t *testing.T) {
 		other bool // another client appends the second message too
 	}{{"alone", false}, {"same message from another client", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := dovecottest.Start(t, dovecottest.Legacy)
-			fn := faultnet.Start(t, srv.Addr)
-			ext := catenate.New(catenate.Config{Hosts: []string{"imap.example.org"}})
-			px := imaptest.StartProxy(t, fn.Addr(), proxy.Config{Extensions: []proxy.Extension{ext, uidplus.New()}})
-			c := imaptest.Login(t, px.Addr, "alice", "alicepass")
-			msgs := []string{
-				"Message-ID: <one@example>\r\nSubject: one\r\n\r\nfirst of three\r\n",
-				"Message-ID: <two@example>\r\nSubject: two\r\n\r\nsecond of three\r\n",
-				"Message-ID: <three@example>\r\nSubject: three\r\n\r\nthird of three\r\n",
-			}
+			fn, ext, c, d := startThreeAppend(t)
 			h := fn.Add(faultnet.Fault{Match: []byte("second of three"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
 			defer h.Release()
-			d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
-			c.Send(fmt.Sprintf("a APPEND INBOX {%d+}", len(msgs[0])))
-			c.Write(msgs[0])
-			c.Send(fmt.Sprintf(" {%d+}", len(msgs[1])))
-			c.Write(msgs[1])
-			c.Send(fmt.Sprintf(" {%d+}", len(msgs[2])))
-			c.Write(msgs[2])
-			c.Send("")
+			sendThreeAppend(c)
 			<-h.Fired()
 			// Dovecot has stored it (its OK is held) once INBOX
 			// counts two.
@@ -217,7 +234,7 @@ func TestDovecotMultiappendAnswerLost(t *testing.T) {
 			}
 			want, failed := "MESSAGES 1", int64(1)
 			if tc.other {
-				d.MustOK(fmt.Sprintf("APPEND INBOX {%d+}", len(msgs[1])), msgs[1])
+				d.MustOK(fmt.Sprintf("APPEND INBOX {%d+}", len(threeMessages[1])), threeMessages[1])
 				want = "MESSAGES 2"
 			}
 			h.Conn().Cut()
@@ -246,29 +263,13 @@ func TestDovecotMultiappendAnswerLost(t *testing.T) {
 // began: the other client's, which it must not remove (a second reader of
 // session 19's rollback found it removed: the message was lost).
 func TestDovecotMultiappendLostNeverStored(t *testing.T) {
-	srv := dovecottest.Start(t, dovecottest.Legacy)
-	fn := faultnet.Start(t, srv.Addr)
-	ext := catenate.New(catenate.Config{Hosts: []string{"imap.example.org"}})
-	px := imaptest.StartProxy(t, fn.Addr(), proxy.Config{Extensions: []proxy.Extension{ext, uidplus.New()}})
-	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
-	msgs := []string{
-		"Message-ID: <one@example>\r\nSubject: one\r\n\r\nfirst of three\r\n",
-		"Message-ID: <two@example>\r\nSubject: two\r\n\r\nsecond of three\r\n",
-		"Message-ID: <three@example>\r\nSubject: three\r\n\r\nthird of three\r\n",
-	}
+	fn, _, c, d := startThreeAppend(t)
 	// The rest of the second literal, from its Subject on, is held.
 	h := fn.Add(faultnet.Fault{Match: []byte("Subject: two"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Hold})
 	defer h.Release()
-	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
-	c.Send(fmt.Sprintf("a APPEND INBOX {%d+}", len(msgs[0])))
-	c.Write(msgs[0])
-	c.Send(fmt.Sprintf(" {%d+}", len(msgs[1])))
-	c.Write(msgs[1])
-	c.Send(fmt.Sprintf(" {%d+}", len(msgs[2])))
-	c.Write(msgs[2])
-	c.Send("")
+	sendThreeAppend(c)
 	<-h.Fired()
-	d.MustOK(fmt.Sprintf("APPEND INBOX {%d+}", len(msgs[1])), msgs[1])
+	d.MustOK(fmt.Sprintf("APPEND INBOX {%d+}", len(threeMessages[1])), threeMessages[1])
 	h.Conn().Cut()
 	if got := imaptest.Tagged(c.ReadUntilTagged("a")); !strings.HasPrefix(got, "NO ") {
 		t.Fatalf("MULTIAPPEND cut in its second literal: %q", got)
@@ -285,28 +286,12 @@ func TestDovecotMultiappendLostNeverStored(t *testing.T) {
 // look came first, and the first message stayed, half a MULTIAPPEND (RFC
 // 3502 wants all or none; a second reader's finding).
 func TestDovecotRollbackBeforeLookingForLost(t *testing.T) {
-	srv := dovecottest.Start(t, dovecottest.Legacy)
-	fn := faultnet.Start(t, srv.Addr)
-	ext := catenate.New(catenate.Config{Hosts: []string{"imap.example.org"}})
-	px := imaptest.StartProxy(t, fn.Addr(), proxy.Config{Extensions: []proxy.Extension{ext, uidplus.New()}})
-	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
-	msgs := []string{
-		"Message-ID: <one@example>\r\nSubject: one\r\n\r\nfirst of three\r\n",
-		"Message-ID: <two@example>\r\nSubject: two\r\n\r\nsecond of three\r\n",
-		"Message-ID: <three@example>\r\nSubject: three\r\n\r\nthird of three\r\n",
-	}
+	fn, _, c, d := startThreeAppend(t)
 	h := fn.Add(faultnet.Fault{Match: []byte("second of three"), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
 	defer h.Release()
 	// The rollback's look at the candidate's text breaks its connection.
 	fn.Add(faultnet.Fault{Match: []byte("BODY.PEEK[]<"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut})
-	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
-	c.Send(fmt.Sprintf("a APPEND INBOX {%d+}", len(msgs[0])))
-	c.Write(msgs[0])
-	c.Send(fmt.Sprintf(" {%d+}", len(msgs[1])))
-	c.Write(msgs[1])
-	c.Send(fmt.Sprintf(" {%d+}", len(msgs[2])))
-	c.Write(msgs[2])
-	c.Send("")
+	sendThreeAppend(c)
 	<-h.Fired()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(d.MustOK("STATUS INBOX (MESSAGES)")[0], "MESSAGES 2") {
