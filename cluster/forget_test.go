@@ -74,6 +74,18 @@ func routeUnused(t *testing.T, n *testNode, acct string) {
 	release()
 }
 
+// unusedAndUsed routes "made-up" at n without a login (its row unused)
+// and logs in as "real" there once (its row used), each released.
+func unusedAndUsed(t *testing.T, n *testNode) {
+	t.Helper()
+	routeUnused(t, n, "made-up")
+	_, release, err := login(t, n, "real")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+}
+
 // hasRow tells whether lp_owners has a row for acct.
 func hasRow(t *testing.T, n *testNode, acct string) bool {
 	t.Helper()
@@ -94,12 +106,7 @@ func TestFencedUnusedRowDeleted(t *testing.T) {
 	url := newDB(t)
 	a := startNode(t, url, "a", nil)
 	waitRenewals(t, a)
-	routeUnused(t, a, "made-up")
-	if _, release, err := login(t, a, "real"); err != nil {
-		t.Fatal(err)
-	} else {
-		release()
-	}
+	unusedAndUsed(t, a)
 	resume := pauseRenewals(a.Node)
 	a.host.waitEvict(t, "", 5*time.Second)
 	resume()
@@ -122,21 +129,11 @@ func TestTakenOverUnusedRowDeleted(t *testing.T) {
 	url := newDB(t)
 	// a alone: it takes both accounts whatever their preferred node.
 	a := startNode(t, url, "a", nil)
-	routeUnused(t, a, "made-up")
-	if _, release, err := login(t, a, "real"); err != nil {
-		t.Fatal(err)
-	} else {
-		release()
-	}
+	unusedAndUsed(t, a)
 	b := startNode(t, url, "b", func(c *Config) { c.ReleaseAfter = 50 * time.Millisecond })
 	a.Abandon()
 	waitLeaseExpired(t, url, "a")
-	routeUnused(t, b, "made-up")
-	if _, release, err := login(t, b, "real"); err != nil {
-		t.Fatal(err)
-	} else {
-		release()
-	}
+	unusedAndUsed(t, b)
 	if st := b.Stats(); st.Takeovers != 2 {
 		t.Fatalf("b took over %d accounts, want 2", st.Takeovers)
 	}
@@ -155,12 +152,7 @@ func TestTakenOverUnusedRowDeleted(t *testing.T) {
 func TestRestartForgetsUnusedRows(t *testing.T) {
 	url := newDB(t)
 	a := startNode(t, url, "a", nil)
-	routeUnused(t, a, "made-up")
-	if _, release, err := login(t, a, "real"); err != nil {
-		t.Fatal(err)
-	} else {
-		release()
-	}
+	unusedAndUsed(t, a)
 	a.Abandon()
 	a2 := startNode(t, url, "a", nil)
 	if hasRow(t, a2, "made-up") {
@@ -177,12 +169,7 @@ func TestRestartForgetsUnusedRows(t *testing.T) {
 func TestDeadNodeUnusedRowsSwept(t *testing.T) {
 	url := newDB(t)
 	a := startNode(t, url, "a", nil)
-	routeUnused(t, a, "made-up")
-	if _, release, err := login(t, a, "real"); err != nil {
-		t.Fatal(err)
-	} else {
-		release()
-	}
+	unusedAndUsed(t, a)
 	b := startNode(t, url, "b", func(c *Config) { c.ReleaseAfter = 50 * time.Millisecond })
 	a.Abandon()
 	waitLeaseExpired(t, url, "a")

@@ -28,3 +28,25 @@ func TestStatusNumbers(t *testing.T) {
 		}
 	}
 }
+
+// TestFetchBody: the reader of the proxy's own one-section FETCHes (URL
+// parts, MULTIAPPEND's rollback looking for a message's text).
+func TestFetchBody(t *testing.T) {
+	for _, c := range []struct {
+		line         string
+		data         string
+		ok, isString bool
+	}{
+		{"* 3 FETCH (UID 7 BODY[]<0> {5}\r\nhello)", "hello", true, true},
+		{"* 3 FETCH (BODY[1.MIME] \"ab\" UID 7)", "ab", true, true},
+		{"* 3 FETCH (UID 7 BODY[2] NIL)", "", true, false},
+		{"* 3 FETCH (UID 8 BODY[] \"x\")", "", false, false}, // another message
+		{"* 3 FETCH (UID 7 FLAGS ())", "", false, false},     // no body
+		{"* 3 EXPUNGE", "", false, false},
+	} {
+		data, ok, isString := FetchBody(listResponse(t, c.line), 7)
+		if string(data) != c.data || ok != c.ok || isString != c.isString {
+			t.Errorf("FetchBody(%q) = %q, %v, %v; want %q, %v, %v", c.line, data, ok, isString, c.data, c.ok, c.isString)
+		}
+	}
+}

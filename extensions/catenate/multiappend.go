@@ -446,29 +446,8 @@ func (l *lostMessage) reader() io.Reader {
 
 // fetchedBody reads the BODY[] item of a FETCH response for uid.
 func fetchedBody(r *upstream.Response, uid uint32) ([]byte, bool) {
-	if r.Head.Name != "FETCH" {
-		return nil, false
-	}
-	vals, err := imapcodec.NewParser(r.Segments, imapcodec.Limits{}).Values()
-	if err != nil || len(vals) != 4 {
-		return nil, false
-	}
-	l, _ := vals[3].(imapcodec.List)
-	var got uint64
-	var body []byte
-	var hasBody bool
-	for i := 0; i+1 < len(l); i += 2 {
-		a, _ := l[i].(imapcodec.Atom)
-		switch name := strings.ToUpper(string(a)); {
-		case name == "UID":
-			v, _ := imapcodec.AsString(l[i+1])
-			got, _ = strconv.ParseUint(v, 10, 32)
-		case strings.HasPrefix(name, "BODY["):
-			str, ok := l[i+1].(imapcodec.String)
-			body, hasBody = str.Data, ok
-		}
-	}
-	return body, hasBody && got == uint64(uid)
+	body, ok, isString := upstream.FetchBody(r, uid)
+	return body, ok && isString
 }
 
 // uidNext reads the UIDNEXT and UIDVALIDITY of mailbox (as it goes on a

@@ -193,32 +193,7 @@ func uidValidity(ctx context.Context, s *proxy.Session, mbox string) (uint32, er
 func chunk(ctx context.Context, s *proxy.Session, mbox string, uid uint32, section string, off, n int64) (data []byte, found bool, err error) {
 	cmd := fmt.Sprintf("UID FETCH %d (BODY.PEEK[%s]<%d.%d>)", uid, section, off, n)
 	_, err = s.ExecIn(ctx, mbox, cmd, func(r *upstream.Response) {
-		if r.Head.Name != "FETCH" {
-			return
-		}
-		vals, err := imapcodec.NewParser(r.Segments, imapcodec.Limits{}).Values()
-		if err != nil || len(vals) != 4 {
-			return
-		}
-		l, _ := vals[3].(imapcodec.List)
-		var got uint32
-		var body []byte
-		var hasBody bool
-		for i := 0; i+1 < len(l); i += 2 {
-			a, _ := l[i].(imapcodec.Atom)
-			switch name := strings.ToUpper(string(a)); {
-			case name == "UID":
-				v, _ := imapcodec.AsString(l[i+1])
-				u, _ := strconv.ParseUint(v, 10, 32)
-				got = uint32(u)
-			case strings.HasPrefix(name, "BODY["):
-				hasBody = true
-				if str, ok := l[i+1].(imapcodec.String); ok {
-					body = str.Data
-				}
-			}
-		}
-		if got == uid && hasBody {
+		if body, ok, _ := upstream.FetchBody(r, uid); ok {
 			data, found = body, true
 		}
 	})
