@@ -157,15 +157,9 @@ func flagsOn(t *testing.T, srv *dovecottest.Server, mailbox, id string) string {
 // which went by the proxy's state (it had not seen that change yet), took
 // it away (a reviewer's finding).
 func TestMoveUndoKeepsEarlierDeleted(t *testing.T) {
-	var fn *faultnet.Relay
-	srv, ext, px := moveEnv(t, 3, func(addr string) string {
-		fn = faultnet.Start(t, addr)
-		return fn.Addr()
-	})
+	srv, ext, fn, c := moveEnvRelayed(t, 3)
 	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
 	d.MustOK("SELECT INBOX")
-	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
-	c.MustOK("SELECT INBOX")
 	cut := faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
 	fn.Add(cut)
 	retries := 0
@@ -320,15 +314,9 @@ func isCopyUID(line string) bool { return strings.Contains(line, "[COPYUID ") }
 // one original while it was flagged \Deleted: its copy is now the only
 // one and stays; the other's copy goes.
 func TestFailedMoveKeepsCopiesOfGoneOriginals(t *testing.T) {
-	var fn *faultnet.Relay
-	srv, ext, px := moveEnv(t, 3, func(addr string) string {
-		fn = faultnet.Start(t, addr)
-		return fn.Addr()
-	})
+	srv, ext, fn, c := moveEnvRelayed(t, 3)
 	d := imaptest.Login(t, srv.Addr, "alice", "alicepass")
 	d.MustOK("SELECT INBOX")
-	c := imaptest.Login(t, px.Addr, "alice", "alicepass")
-	c.MustOK("SELECT INBOX")
 	cut := faultnet.Fault{Match: []byte("UID EXPUNGE"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Cut}
 	fn.Add(cut)
 	retries := 0
