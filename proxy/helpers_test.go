@@ -215,6 +215,13 @@ func (f *fakeUpstream) session(nc net.Conn, id int) {
 		case "NOOP", "CHECK":
 			fmt.Fprintf(bw, "%s OK %s done\r\n", tag, name)
 		case "SELECT", "EXAMINE":
+			if !strings.EqualFold(strings.Trim(args, `"`), "INBOX") {
+				// The fake's one mailbox is INBOX. As RFC 3501 6.3.1
+				// has it, a failed SELECT leaves no mailbox selected.
+				selected = ""
+				fmt.Fprintf(bw, "%s NO [NONEXISTENT] no such mailbox\r\n", tag)
+				break
+			}
 			selected = args
 			code := "READ-WRITE"
 			if name == "EXAMINE" {
@@ -229,6 +236,10 @@ func (f *fakeUpstream) session(nc net.Conn, id int) {
 				fmt.Fprintf(bw, "%s OK %s done\r\n", tag, name)
 			}
 		case "FETCH", "UID":
+			if selected == "" {
+				fmt.Fprintf(bw, "%s BAD no mailbox selected\r\n", tag)
+				break
+			}
 			// The one message has sequence number 1 and UID 1.
 			if strings.HasPrefix(strings.ToUpper(args), "SEARCH ") {
 				fmt.Fprintf(bw, "* SEARCH 1\r\n%s OK SEARCH done\r\n", tag)

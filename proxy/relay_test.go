@@ -173,8 +173,9 @@ func TestRelayCloseUnselect(t *testing.T) {
 // TestUnselectEmulated: a pooled connection left with a mailbox selected is
 // brought back to the authenticated state before it serves a command that
 // needs no mailbox. Against an upstream without UNSELECT (go-imap always
-// advertises it, so this uses the fake upstream) that must not expunge:
-// EXAMINE, then CLOSE.
+// advertises it, so this uses the fake upstream) that must not expunge, and
+// should not open the mailbox again: an EXAMINE that fails, then a check
+// that nothing is selected (upstream.Conn.Unselect).
 func TestUnselectEmulated(t *testing.T) {
 	t.Parallel()
 	f := startFakeUpstream(t, "IMAP4rev1 LITERAL+")
@@ -190,7 +191,7 @@ func TestUnselectEmulated(t *testing.T) {
 	// The session's connection (the first: the mailbox watcher has its
 	// own) saw the SELECT; LIST ran with INBOX still selected there (it does
 	// not care); DELETE, which might hit that very mailbox, came after
-	// EXAMINE and CLOSE, the emulated UNSELECT.
+	// the emulated UNSELECT.
 	conns := f.connCommands()
 	var cmds []string
 	for _, cmd := range conns[0] {
@@ -198,7 +199,7 @@ func TestUnselectEmulated(t *testing.T) {
 			cmds = append(cmds, cmd)
 		}
 	}
-	want := []string{"SELECT INBOX", `LIST "" *`, "EXAMINE INBOX", "CLOSE", "DELETE Trash"}
+	want := []string{"SELECT INBOX", `LIST "" *`, "EXAMINE lemonproxy-unselect-probe", "UID FETCH 4294967295 (UID)", "DELETE Trash"}
 	if strings.Join(cmds, "|") != strings.Join(want, "|") {
 		t.Fatalf("upstream connection saw %q, want %q (all connections: %q)", cmds, want, conns)
 	}

@@ -816,8 +816,8 @@ func (c *Conn) Selectable(ctx context.Context, mailbox string) (bool, error) {
 }
 
 // Unselect leaves the selected state without expunging: UNSELECT where the
-// upstream offers it, else EXAMINE of the same mailbox followed by CLOSE
-// (CLOSE on a read-only mailbox expunges nothing).
+// upstream offers it, else an EXAMINE of a mailbox that does not exist
+// (unselectProbe).
 func (c *Conn) Unselect(ctx context.Context) error {
 	if c.Selected == "" {
 		return nil
@@ -829,6 +829,14 @@ func (c *Conn) Unselect(ctx context.Context) error {
 		c.Selected, c.SyncedTo, c.SyncedUID = "", 0, 0
 		return nil
 	}
+	switch left, err := c.unselectProbe(ctx); {
+	case err != nil:
+		return err
+	case left:
+		return nil
+	}
+	// The server kept the mailbox selected: EXAMINE it again, then CLOSE
+	// (CLOSE on a read-only mailbox expunges nothing).
 	if !c.ReadOnly {
 		if err := c.Select(ctx, c.Selected, true, nil); err != nil {
 			return err
@@ -839,6 +847,56 @@ func (c *Conn) Unselect(ctx context.Context) error {
 	}
 	c.Selected, c.SyncedTo, c.SyncedUID = "", 0, 0
 	return nil
+}
+
+// unselectName is the mailbox unselectProbe asks to EXAMINE. Any name
+// that does not exist would do; if it exists after all, it is left again
+// with CLOSE, which expunges nothing in a mailbox opened read-only.
+const unselectName = "lemonproxy-unselect-probe"
+
+// unselectProbe leaves the selected state of a server without UNSELECT by
+// an EXAMINE that fails: RFC 3501 6.3.1 has SELECT (and EXAMINE, 6.3.2)
+// deselect the current mailbox before trying the new one, so after a
+// failed one no mailbox is selected. The way before it, EXAMINE of the
+// selected mailbox and CLOSE, had the server open the mailbox again: on
+// Dovecot's maildir a full sync, which waits for the mailbox's locks
+// whenever other sessions are changing it (issue 20: under imaptest's
+// stress every client STATUS of the mailbox a pooled connection had
+// selected cost those two lock-taking commands, docs/per-command.md,
+// session 20). A failed EXAMINE takes no lock.
+//
+// The probe does not rest on the RFC alone (a server may refuse the name
+// before it closes anything: Dovecot with a namespace prefix the name
+// lacks): after a NO, a UID FETCH of a UID no message has tells the two
+// states apart without changing anything (OK while a mailbox is selected,
+// BAD or NO in the authenticated state). left reports that the connection
+// is in the authenticated state now; false (with no error) means the
+// server kept the mailbox selected, as it was, for Unselect's way.
+func (c *Conn) unselectProbe(ctx context.Context) (left bool, err error) {
+	selected, readOnly := c.Selected, c.ReadOnly
+	c.Selected, c.SyncedTo, c.SyncedUID = "", 0, 0 // whatever comes, the marks are of no view any more
+	b := imapcodec.AppendString([]byte("EXAMINE "), unselectName, true)
+	_, err = c.Exec(ctx, string(b), nil)
+	var se *StatusError
+	switch {
+	case err == nil:
+		// The name exists, opened read-only.
+		if _, err := c.Exec(ctx, "CLOSE", nil); err != nil {
+			return false, err
+		}
+		return true, nil
+	case !errors.As(err, &se) || se.Head.Name != "NO":
+		return false, err
+	}
+	_, err = c.Exec(ctx, "UID FETCH 4294967295 (UID)", nil)
+	switch {
+	case err == nil:
+		c.Selected, c.ReadOnly = selected, readOnly
+		return false, nil
+	case errors.As(err, &se):
+		return true, nil
+	}
+	return false, err
 }
 
 // LastUsed returns when the connection last carried a command.

@@ -614,65 +614,131 @@ func TestSelectUnselect(t *testing.T) {
 	}
 }
 
-// TestUnselectEmulation checks the EXAMINE+CLOSE emulation for servers
-// without UNSELECT. go-imap's imapserver always advertises UNSELECT after
-// login, so this uses a raw fake server.
-func TestUnselectEmulation(t *testing.T) {
-	const caps = "IMAP4rev1 AUTH=PLAIN SASL-IR"
-	f := startFake(t, "* OK [CAPABILITY "+caps+"] hi\r\n", basicReply(caps))
-	c := dial(t, &Config{Addr: f.Addr})
-	ctx := testCtx(t)
-	if err := c.Select(ctx, "x", false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Unselect(ctx); err != nil {
-		t.Fatalf("Unselect: %v", err)
-	}
-	if c.Selected != "" {
-		t.Errorf("after Unselect: Selected %q", c.Selected)
-	}
-	// A mailbox opened read-only needs only CLOSE.
-	if err := c.Select(ctx, "y", true, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Unselect(ctx); err != nil {
-		t.Fatalf("Unselect: %v", err)
-	}
-	if c.Selected != "" {
-		t.Errorf("after Unselect: Selected %q", c.Selected)
-	}
-	c.Close()
-	want := []string{"SELECT x", "EXAMINE x", "CLOSE", "EXAMINE y", "CLOSE"}
-	if got := f.commands(t); !slices.Equal(got, want) {
-		t.Errorf("server received %q; want %q", got, want)
+// rfcServer answers like a server that follows RFC 3501 6.3.1 on a failed
+// SELECT or EXAMINE (no mailbox selected after it) and has the mailboxes
+// in exists (and none else); keeps, if set, is one that keeps the selected
+// mailbox when the EXAMINE fails instead.
+func rfcServer(caps string, exists map[string]bool, keeps bool) func(tag, cmd string) string {
+	selected := ""
+	return func(tag, cmd string) string {
+		v, arg, _ := strings.Cut(cmd, " ")
+		switch v {
+		case "SELECT", "EXAMINE":
+			if !exists[arg] {
+				if !keeps {
+					selected = ""
+				}
+				return tag + " NO [NONEXISTENT] Mailbox doesn't exist: " + arg + "\r\n"
+			}
+			selected = arg
+		case "CLOSE":
+			if selected == "" {
+				return tag + " BAD No mailbox selected.\r\n"
+			}
+			selected = ""
+		case "UID":
+			if selected == "" {
+				return tag + " BAD No mailbox selected.\r\n"
+			}
+		}
+		return basicReply(caps)(tag, cmd)
 	}
 }
 
-// TestUnselectEmulationExamineFails checks that when the EXAMINE of the
-// emulation fails, no CLOSE follows (CLOSE on the read-write mailbox would
-// expunge) and no mailbox is left recorded as selected.
+// TestUnselectEmulation checks how a connection leaves the selected state
+// on a server without UNSELECT (go-imap's imapserver always advertises
+// UNSELECT after login, so these use a raw fake server): an EXAMINE of a
+// mailbox that does not exist, and a UID FETCH that finds no mailbox
+// selected; never the selected mailbox opened again (a full sync behind
+// its locks on Dovecot), never a CLOSE of a read-write mailbox.
+func TestUnselectEmulation(t *testing.T) {
+	const caps = "IMAP4rev1 AUTH=PLAIN SASL-IR"
+	probe := "EXAMINE " + unselectName
+	check := "UID FETCH 4294967295 (UID)"
+	for _, tc := range []struct {
+		name   string
+		exists map[string]bool
+		keeps  bool
+		want   []string
+	}{
+		{"rfc", map[string]bool{"x": true, "y": true}, false,
+			[]string{"SELECT x", probe, check, "EXAMINE y", probe, check}},
+		// The probe's name exists: it is opened read-only and closed.
+		{"probe exists", map[string]bool{"x": true, "y": true, unselectName: true}, false,
+			[]string{"SELECT x", probe, "CLOSE", "EXAMINE y", probe, "CLOSE"}},
+		// A server that keeps the mailbox selected after the failed
+		// EXAMINE: the mailbox is examined again and closed, read-only.
+		{"server keeps it", map[string]bool{"x": true, "y": true}, true,
+			[]string{"SELECT x", probe, check, "EXAMINE x", "CLOSE", "EXAMINE y", probe, check, "CLOSE"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFake(t, "* OK [CAPABILITY "+caps+"] hi\r\n", rfcServer(caps, tc.exists, tc.keeps))
+			c := dial(t, &Config{Addr: f.Addr})
+			ctx := testCtx(t)
+			for _, ro := range []bool{false, true} {
+				name := map[bool]string{false: "x", true: "y"}[ro]
+				if err := c.Select(ctx, name, ro, nil); err != nil {
+					t.Fatal(err)
+				}
+				c.SyncedTo, c.SyncedUID = 5, 6
+				if err := c.Unselect(ctx); err != nil {
+					t.Fatalf("Unselect of %s: %v", name, err)
+				}
+				if c.Selected != "" || c.SyncedTo != 0 || c.SyncedUID != 0 {
+					t.Errorf("after Unselect of %s: Selected %q, marks %d, %d", name, c.Selected, c.SyncedTo, c.SyncedUID)
+				}
+			}
+			c.Close()
+			if got := f.commands(t); !slices.Equal(got, tc.want) {
+				t.Errorf("server received %q; want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestUnselectEmulationExamineFails checks that when the server kept the
+// mailbox selected and its EXAMINE then fails, no CLOSE follows (CLOSE on
+// the read-write mailbox would expunge) and no mailbox is left recorded
+// as selected; and that a BAD to the probe (a server that refuses the
+// command: its state is not known) is an error with nothing sent after it.
 func TestUnselectEmulationExamineFails(t *testing.T) {
 	const caps = "IMAP4rev1"
-	f := startFake(t, "* OK [CAPABILITY "+caps+"] hi\r\n", func(tag, cmd string) string {
-		if strings.HasPrefix(cmd, "EXAMINE") {
-			return tag + " NO gone\r\n"
-		}
-		return basicReply(caps)(tag, cmd)
-	})
-	c := dial(t, &Config{Addr: f.Addr})
-	ctx := testCtx(t)
-	if err := c.Select(ctx, "x", false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Unselect(ctx); err == nil {
-		t.Fatal("Unselect succeeded though EXAMINE failed")
-	}
-	if c.Selected != "" {
-		t.Errorf("Selected = %q after a failed EXAMINE", c.Selected)
-	}
-	c.Close()
-	if got, want := f.commands(t), []string{"SELECT x", "EXAMINE x"}; !slices.Equal(got, want) {
-		t.Errorf("server received %q; want %q", got, want)
+	for _, tc := range []struct {
+		name  string
+		reply func(tag, cmd string) string
+		want  []string
+	}{
+		{"examine again fails", func(tag, cmd string) string {
+			if strings.HasPrefix(cmd, "EXAMINE") {
+				return tag + " NO gone\r\n"
+			}
+			return basicReply(caps)(tag, cmd)
+		}, []string{"SELECT x", "EXAMINE " + unselectName, "UID FETCH 4294967295 (UID)", "EXAMINE x"}},
+		{"probe refused", func(tag, cmd string) string {
+			if strings.HasPrefix(cmd, "EXAMINE") {
+				return tag + " BAD what\r\n"
+			}
+			return basicReply(caps)(tag, cmd)
+		}, []string{"SELECT x", "EXAMINE " + unselectName}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFake(t, "* OK [CAPABILITY "+caps+"] hi\r\n", tc.reply)
+			c := dial(t, &Config{Addr: f.Addr})
+			ctx := testCtx(t)
+			if err := c.Select(ctx, "x", false, nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Unselect(ctx); err == nil {
+				t.Fatal("Unselect succeeded")
+			}
+			if c.Selected != "" {
+				t.Errorf("Selected = %q after a failed Unselect", c.Selected)
+			}
+			c.Close()
+			if got := f.commands(t); !slices.Equal(got, tc.want) {
+				t.Errorf("server received %q; want %q", got, tc.want)
+			}
+		})
 	}
 }
 
