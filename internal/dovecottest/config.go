@@ -42,6 +42,9 @@ type configParams struct {
 	// SlashSeparator makes "/" the hierarchy delimiter (Maildir's fs
 	// layout) instead of ".".
 	SlashSeparator bool
+	// CourierNamespace puts the one namespace under the prefix "INBOX."
+	// (separator "."), as on servers migrated from Courier.
+	CourierNamespace bool
 	// AuthPenalty keeps anvil's auth-penalty socket (Options.AuthPenalty);
 	// LoginTrustedNetworks is login_trusted_networks.
 	AuthPenalty          bool
@@ -130,6 +133,13 @@ mail_location = maildir:~/Maildir:LAYOUT=fs
 namespace inbox {
   inbox = yes
   separator = /
+}
+{{- else if .CourierNamespace}}
+mail_location = maildir:~/Maildir
+namespace inbox {
+  inbox = yes
+  prefix = INBOX.
+  separator = .
 }
 {{- else}}
 mail_location = maildir:~/Maildir

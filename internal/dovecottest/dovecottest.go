@@ -163,6 +163,12 @@ type Options struct {
 	// with the file system's layout, instead of Maildir++'s ".": a name
 	// may then hold a ".".
 	SlashSeparator bool
+	// CourierNamespace puts all mailboxes under the prefix "INBOX." with
+	// the separator ".", INBOX itself included (Dovecot's namespace with
+	// prefix INBOX. and inbox=yes), as on servers migrated from Courier,
+	// where the names clients know all begin with "INBOX.". Not with
+	// SlashSeparator.
+	CourierNamespace bool
 	// CommandEvents has Dovecot log every IMAP command it finishes, with
 	// how long it took and how much of that it waited for locks (the
 	// imap_command_finished event), for Server.CommandEvents: a benchmark
@@ -201,7 +207,10 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 	}
 	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections, MasterUser: o.MasterUser, MasterPassword: o.MasterPassword,
 		HibernateSeconds: int((o.HibernateAfter + time.Second - 1) / time.Second), IMAPClientLimit: o.IMAPClientLimit, CommandEvents: o.CommandEvents,
-		SlashSeparator: o.SlashSeparator, AuthPenalty: o.AuthPenalty, LoginTrustedNetworks: o.LoginTrustedNetworks}
+		SlashSeparator: o.SlashSeparator, CourierNamespace: o.CourierNamespace, AuthPenalty: o.AuthPenalty, LoginTrustedNetworks: o.LoginTrustedNetworks}
+	if o.SlashSeparator && o.CourierNamespace {
+		t.Fatal("dovecottest: SlashSeparator and CourierNamespace are two different namespaces")
+	}
 	if strings.ContainsAny(o.MasterUser+o.MasterPassword, ":\r\n") {
 		t.Fatalf("dovecottest: master user %q: unsupported characters", o.MasterUser)
 	}

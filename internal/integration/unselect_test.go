@@ -23,14 +23,37 @@ import (
 // docs/per-command.md, session 20). Dovecot then has no mailbox selected
 // on the connection, the mailbox's \Deleted message is still there, and
 // the connection selects the mailbox again as before.
+//
+// The same holds under a Courier-style namespace (all names below
+// "INBOX.", as on servers migrated from Courier), where the probe's name,
+// which lacks the prefix, is in no namespace: Dovecot closes the selected
+// mailbox before it looks the name up, as RFC 3501 6.3.1 has it, so the
+// probe costs two commands there too, and the mailbox a client of such a
+// server selects (here INBOX.Sent) is not opened again either.
 func TestUnselectWithoutReopening(t *testing.T) {
-	for _, p := range []dovecottest.Profile{dovecottest.Legacy, dovecottest.LegacyNoIdle} {
-		t.Run(p.String(), func(t *testing.T) {
-			dc := dovecottest.StartWith(t, p, dovecottest.Options{CommandEvents: true})
+	for _, tc := range []struct {
+		name    string
+		p       dovecottest.Profile
+		o       dovecottest.Options
+		mailbox string
+	}{
+		{"Legacy", dovecottest.Legacy, dovecottest.Options{}, "INBOX"},
+		{"LegacyNoIdle", dovecottest.LegacyNoIdle, dovecottest.Options{}, "INBOX"},
+		{"CourierNamespace", dovecottest.Legacy, dovecottest.Options{CourierNamespace: true}, "INBOX.Sent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.o.CommandEvents = true
+			dc := dovecottest.StartWith(t, tc.p, tc.o)
 			dc.AddUser(t, "u", "pw")
 			d := dialRaw(t, dc.Addr)
 			mustOK(t, d.Cmd("LOGIN u pw"))
-			mustOK(t, d.Cmd(`APPEND INBOX (\Deleted) {7+}`+"\r\nSubj: x"))
+			var setup []string // the commands d sends before c connects, as Dovecot names them
+			if tc.mailbox != "INBOX" {
+				mustOK(t, d.Cmd("CREATE "+tc.mailbox))
+				setup = append(setup, "CREATE")
+			}
+			mustOK(t, d.Cmd("APPEND "+tc.mailbox+` (\Deleted) {7+}`+"\r\nSubj: x"))
+			setup = append(setup, "APPEND")
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			c, err := upstream.Dial(ctx, &upstream.Config{Addr: dc.Addr, Timeout: 5 * time.Second})
@@ -42,9 +65,9 @@ func TestUnselectWithoutReopening(t *testing.T) {
 				t.Fatal(err)
 			}
 			if c.Caps().Has("UNSELECT") {
-				t.Fatalf("%s advertises UNSELECT: the test needs a server without", p)
+				t.Fatalf("%s advertises UNSELECT: the test needs a server without", tc.p)
 			}
-			if err := c.Select(ctx, "INBOX", false, nil); err != nil {
+			if err := c.Select(ctx, tc.mailbox, false, nil); err != nil {
 				t.Fatal(err)
 			}
 			before := c.NextTag()
@@ -64,15 +87,15 @@ func TestUnselectWithoutReopening(t *testing.T) {
 			if !errors.As(err, &se) || se.Head.Name != "BAD" {
 				t.Errorf("FETCH after Unselect: %v, want Dovecot's BAD for no mailbox selected", err)
 			}
-			imaptest.AssertLines(t, "the deleted message kept", mustOK(t, d.Cmd("STATUS INBOX (MESSAGES)")), []string{"* STATUS INBOX (MESSAGES 1)", "*"})
-			if err := c.Select(ctx, "INBOX", false, nil); err != nil {
+			imaptest.AssertLines(t, "the deleted message kept", mustOK(t, d.Cmd("STATUS "+tc.mailbox+" (MESSAGES)")), []string{"* STATUS " + tc.mailbox + " (MESSAGES 1)", "*"})
+			if err := c.Select(ctx, tc.mailbox, false, nil); err != nil {
 				t.Fatalf("SELECT after Unselect: %v", err)
 			}
 			// Dovecot's own record: the mailbox was not opened again and
 			// closed (EXAMINE, CLOSE); the probe's EXAMINE failed, and a
 			// UID FETCH found nothing selected.
-			names := commandNames(t, dc, 7)
-			want := []string{"APPEND", "CAPABILITY", "SELECT", "EXAMINE", "UID FETCH", "FETCH", "STATUS", "SELECT"}
+			want := append(setup, "CAPABILITY", "SELECT", "EXAMINE", "UID FETCH", "FETCH", "STATUS", "SELECT")
+			names := commandNames(t, dc, len(want)-1)
 			if !slices.Equal(names, want) {
 				t.Errorf("Dovecot ran %q, want %q", names, want)
 			}
