@@ -15,6 +15,11 @@ import (
 // imap_command_finished event).
 type CommandEvent struct {
 	User string
+	// Session is Dovecot's session ID, one per connection. Events of
+	// different connections (different imap processes) reach the log in
+	// no set order, even when the commands ran one after the other: only
+	// one session's events are in the order of its commands.
+	Session string
 	// Name is the command as Dovecot names it: "UID FETCH", "NOOP".
 	Name string
 	// Duration is how long Dovecot took from reading the command to
@@ -24,7 +29,8 @@ type CommandEvent struct {
 }
 
 // CommandEvents returns every command the server has finished so far, in
-// the order its log holds them. The server must have been started with
+// the order its log holds them (per connection, the order of its commands:
+// see CommandEvent.Session). The server must have been started with
 // Options.CommandEvents. Dovecot's log process writes the events a little
 // after the commands end: a command answered just now may be missing.
 func (s *Server) CommandEvents() ([]CommandEvent, error) {
@@ -48,6 +54,7 @@ func (s *Server) CommandEvents() ([]CommandEvent, error) {
 		var e struct {
 			Fields struct {
 				User     string `json:"user"`
+				Session  string `json:"session"`
 				Name     string `json:"cmd_name"`
 				Duration int64  `json:"duration"`        // µs
 				LockWait int64  `json:"lock_wait_usecs"` // µs
@@ -58,6 +65,7 @@ func (s *Server) CommandEvents() ([]CommandEvent, error) {
 		}
 		out = append(out, CommandEvent{
 			User:     e.Fields.User,
+			Session:  e.Fields.Session,
 			Name:     e.Fields.Name,
 			Duration: time.Duration(e.Fields.Duration) * time.Microsecond,
 			LockWait: time.Duration(e.Fields.LockWait) * time.Microsecond,

@@ -7,8 +7,8 @@ import (
 )
 
 // TestCommandEvents checks that a server started with CommandEvents
-// reports each command a client sends, by user and name, in order, and
-// that one started without it refuses to.
+// reports each command a client sends, by user, session and name, in
+// order, and that one started without it refuses to.
 func TestCommandEvents(t *testing.T) {
 	t.Parallel()
 	s := StartWith(t, Legacy, Options{CommandEvents: true})
@@ -32,6 +32,9 @@ func TestCommandEvents(t *testing.T) {
 		for _, e := range evs {
 			if e.User != "alice" {
 				t.Errorf("event of user %q, want alice: %+v", e.User, e)
+			}
+			if e.Session == "" || e.Session != evs[0].Session {
+				t.Errorf("event %+v: not of the one connection's session %q", e, evs[0].Session)
 			}
 			if e.Duration < e.LockWait || e.Duration <= 0 && e.Name != "LOGOUT" {
 				t.Errorf("event %+v: duration and lock wait out of order", e)
