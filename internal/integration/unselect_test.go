@@ -147,3 +147,57 @@ func tagNumber(t *testing.T, tag string) int {
 	}
 	return int(n)
 }
+
+// TestUnselectProbeExists: when the mailbox the probe names exists after
+// all (a user may create "lemonproxy-unselect-probe"), Dovecot opens it,
+// read-only, and the connection leaves it by CLOSE: two commands still,
+// and neither that mailbox's \Deleted message nor the one of the mailbox
+// left is expunged.
+func TestUnselectProbeExists(t *testing.T) {
+	const probe = "lemonproxy-unselect-probe"
+	dc := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{CommandEvents: true})
+	dc.AddUser(t, "u", "pw")
+	d := dialRaw(t, dc.Addr)
+	mustOK(t, d.Cmd("LOGIN u pw"))
+	mustOK(t, d.Cmd("CREATE "+probe))
+	for _, m := range []string{"INBOX", probe} {
+		mustOK(t, d.Cmd("APPEND "+m+` (\Deleted) {7+}`+"\r\nSubj: x"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := upstream.Dial(ctx, &upstream.Config{Addr: dc.Addr, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Login(ctx, "u", "pw"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Select(ctx, "INBOX", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unselect(ctx); err != nil {
+		t.Fatalf("Unselect: %v", err)
+	}
+	if c.Selected != "" {
+		t.Errorf("Selected = %q after Unselect", c.Selected)
+	}
+	_, err = c.Exec(ctx, "FETCH 1 (FLAGS)", nil)
+	var se *upstream.StatusError
+	if !errors.As(err, &se) || se.Head.Name != "BAD" {
+		t.Errorf("FETCH after Unselect: %v, want Dovecot's BAD for no mailbox selected", err)
+	}
+	for _, m := range []string{"INBOX", probe} {
+		imaptest.AssertLines(t, m+"'s deleted message kept", mustOK(t, d.Cmd("STATUS "+m+" (MESSAGES)")), []string{"* STATUS " + m + " (MESSAGES 1)", "*"})
+	}
+	wantC := []string{"CAPABILITY", "SELECT", "EXAMINE", "CLOSE", "FETCH"}
+	var gotC []string
+	for _, names := range sessionCommands(t, dc, len(wantC)+5) {
+		if names[0] == "CAPABILITY" {
+			gotC = names
+		}
+	}
+	if !slices.Equal(gotC, wantC) {
+		t.Errorf("Dovecot ran %q on the unselecting connection, want %q", gotC, wantC)
+	}
+}
