@@ -153,6 +153,11 @@ type Conn struct {
 	wShut      bool                   // the sending side is shut (Close)
 	broken     bool
 	compressed bool // COMPRESS=DEFLATE is on, see compress.go
+	// keepsSelected: the server kept its mailbox selected after an
+	// EXAMINE that failed (unselectProbe found it so), against RFC 3501
+	// 6.3.1. Unselect then probes it no more: the probe and its check
+	// would be two commands more than EXAMINE and CLOSE, every time.
+	keepsSelected bool
 
 	// Selected is the mailbox selected on this connection ("" if none) and
 	// ReadOnly whether it was opened with EXAMINE.
@@ -817,7 +822,8 @@ func (c *Conn) Selectable(ctx context.Context, mailbox string) (bool, error) {
 
 // Unselect leaves the selected state without expunging: UNSELECT where the
 // upstream offers it, else an EXAMINE of a mailbox that does not exist
-// (unselectProbe).
+// (unselectProbe), or, on a server found to keep its mailbox selected
+// after one, EXAMINE of the mailbox and CLOSE.
 func (c *Conn) Unselect(ctx context.Context) error {
 	if c.Selected == "" {
 		return nil
@@ -829,13 +835,15 @@ func (c *Conn) Unselect(ctx context.Context) error {
 		c.Selected, c.SyncedTo, c.SyncedUID = "", 0, 0
 		return nil
 	}
-	switch left, err := c.unselectProbe(ctx); {
-	case err != nil:
-		return err
-	case left:
-		return nil
+	if !c.keepsSelected {
+		switch left, err := c.unselectProbe(ctx); {
+		case err != nil:
+			return err
+		case left:
+			return nil
+		}
 	}
-	// The server kept the mailbox selected: EXAMINE it again, then CLOSE
+	// The server keeps the mailbox selected: EXAMINE it again, then CLOSE
 	// (CLOSE on a read-only mailbox expunges nothing).
 	if !c.ReadOnly {
 		if err := c.Select(ctx, c.Selected, true, nil); err != nil {
@@ -871,7 +879,8 @@ const unselectName = "lemonproxy-unselect-probe"
 // states apart without changing anything (OK while a mailbox is selected,
 // BAD or NO in the authenticated state). left reports that the connection
 // is in the authenticated state now; false (with no error) means the
-// server kept the mailbox selected, as it was, for Unselect's way.
+// server kept the mailbox selected, as it was, for Unselect's way (and
+// the connection does not probe it again, keepsSelected).
 func (c *Conn) unselectProbe(ctx context.Context) (left bool, err error) {
 	selected, readOnly := c.Selected, c.ReadOnly
 	c.Selected, c.SyncedTo, c.SyncedUID = "", 0, 0 // whatever comes, the marks are of no view any more
@@ -892,6 +901,7 @@ func (c *Conn) unselectProbe(ctx context.Context) (left bool, err error) {
 	switch {
 	case err == nil:
 		c.Selected, c.ReadOnly = selected, readOnly
+		c.keepsSelected = true
 		return false, nil
 	case errors.As(err, &se):
 		return true, nil
