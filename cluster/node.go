@@ -100,7 +100,7 @@ type peer struct {
 // this node with a fresh incarnation and starts renewing its lease. Attach
 // a Host before serving logins or links.
 func Open(ctx context.Context, cfg Config) (*Node, error) {
-	if err := checkName(cfg.Node); err != nil {
+	if err := CheckConfig(cfg); err != nil {
 		return nil, err
 	}
 	if cfg.LeaseTTL <= 0 {
@@ -119,9 +119,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if addr == "" {
 		addr = cfg.Listen
 	}
-	pcfg, err := pgxpool.ParseConfig(cfg.DB)
+	pcfg, err := parseDB(cfg.DB)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: database URL: %w", err)
+		return nil, err
 	}
 	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > cfg.LeaseTTL/3 {
 		// A connection attempt to an unreachable database must not outlive
@@ -340,6 +340,27 @@ func (n *Node) observe(op string, f func() error) error {
 // database that hangs must not hold them past a lease's TTL.
 func (n *Node) dbContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, n.cfg.LeaseTTL)
+}
+
+// CheckConfig returns the error Open would return for cfg before it
+// connects: the node's name (Node) and the database URL (DB). A reload
+// (SIGHUP) checks them with it, so that it refuses a file the next start
+// would refuse.
+func CheckConfig(cfg Config) error {
+	if err := checkName(cfg.Node); err != nil {
+		return err
+	}
+	_, err := parseDB(cfg.DB)
+	return err
+}
+
+// parseDB parses the database URL.
+func parseDB(url string) (*pgxpool.Config, error) {
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: database URL: %w", err)
+	}
+	return pcfg, nil
 }
 
 // checkName checks a node name as the internal links carry it: 1 to 255

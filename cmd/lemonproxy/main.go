@@ -31,13 +31,13 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
+	"github.com/lemonproxy/lemonproxy/cluster"
 	"github.com/lemonproxy/lemonproxy/cluster/link"
 	"github.com/lemonproxy/lemonproxy/conformance"
 	"github.com/lemonproxy/lemonproxy/extensions/compress"
 	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/extensions/notify"
 	"github.com/lemonproxy/lemonproxy/extensions/push"
-	"github.com/lemonproxy/lemonproxy/extensions/push/devicetoken"
 	"github.com/lemonproxy/lemonproxy/extensions/uidplus"
 	"github.com/lemonproxy/lemonproxy/internal/config"
 	"github.com/lemonproxy/lemonproxy/internal/listen"
@@ -487,21 +487,18 @@ func (r *reloader) read() (config.Settings, error) {
 	if _, err := listen.ParsePrefixes(next.ProxyProtocol); err != nil {
 		return next, fmt.Errorf("proxy-protocol: %w", err)
 	}
-	if next.PushEnabled() {
-		if _, err := readPushSecrets(next); err != nil {
-			return next, err
-		}
-	}
-	if next.PushGateway != "" {
-		if err := devicetoken.CheckGateway(next.PushGateway); err != nil {
-			return next, err
-		}
+	// What start checks only where it builds push and joins the
+	// cluster (pushSetup, openCluster), which a reload does not do: a
+	// file gone or invalid must be found now, not at the next restart.
+	if err := checkPush(next); err != nil {
+		return next, err
 	}
 	if next.ClusterDB != "" {
-		// Read at start only (openCluster), like push's: a file gone
-		// or too short must be found now, not at the next restart.
 		if _, err := link.LoadSecret(next.ClusterSecret); err != nil {
 			return next, fmt.Errorf("cluster-secret: %w", err)
+		}
+		if err := cluster.CheckConfig(cluster.Config{Node: next.Node, DB: next.ClusterDB}); err != nil {
+			return next, err
 		}
 	}
 	return next, nil

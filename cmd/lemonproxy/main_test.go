@@ -874,3 +874,120 @@ func TestSIGHUPMaxAppendWithSpool(t *testing.T) {
 	d.nc.Close()
 	p.stop(t, syscall.SIGTERM)
 }
+
+// TestSIGHUPRefusesWhatStartRefuses: each file here stops a start (shown
+// by starting with it), and a reload of a running proxy refuses it with
+// the same error and keeps the configuration in force (the file's
+// sessions-per-user = 1 is not applied). Each of these checks ran only
+// where start builds push or joins the cluster, or listens: the reload
+// took the file (its settings listed as needing a restart) and the next
+// restart failed.
+func TestSIGHUPRefusesWhatStartRefuses(t *testing.T) {
+	up := startUpstream(t, "alice", "secret", 0)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "lemonproxy.toml")
+	listen := freePort(t)
+	write := func(listen, data, extra string) {
+		t.Helper()
+		text := fmt.Sprintf("listen = %q\nupstream = %q\ndata = %q\nauth-failure-delay = \"10ms\"\n%s",
+			listen, up.Addr, data, extra)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := func(name, text string, mode os.FileMode) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(text), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil { // whatever the umask
+			t.Fatal(err)
+		}
+		return path
+	}
+	running := filepath.Join(dir, "data")
+	write(listen, running, "")
+	p := start(t, "serve", "-config", conf)
+	p.waitFor(t, p.stderr, 0, `msg=listening addr=`+regexp.QuoteMeta(listen)+` `)
+	a := dialIMAP(t, listen)
+	a.ok("a1", "LOGIN alice secret")
+
+	key32 := file("push.key", strings.Repeat("k", 32), 0o600)
+	secret := file("cluster.secret", strings.Repeat("s", 32), 0o600)
+	emptyPass := file("master.pass", "\n", 0o600)
+	webpush := fmt.Sprintf("push-webpush = true\npush-credentials-key = %q\n", key32)
+	cluster := fmt.Sprintf("cluster-db = \"postgres://127.0.0.1:1/lp\"\nnode = \"n1\"\ncluster-listen = \"127.0.0.1:0\"\ncluster-secret = %q\n", secret)
+	// A VAPID key in a data directory of its own per case.
+	vapid := func(name, text string, mode os.FileMode) string {
+		t.Helper()
+		d := filepath.Join(dir, name)
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		file(filepath.Join(name, "webpush-vapid.pem"), text, mode)
+		return d
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	// Another data directory than the running proxy's, which it holds
+	// locked: the start must fail on the setting under test.
+	other := filepath.Join(dir, "other")
+	for _, tc := range []struct {
+		name, listen, data, extra string
+		want                      string // a regular expression of the error, as start and reload log it
+	}{
+		{"VAPID key readable by others", "", vapid("open", keyPEM, 0o644), webpush,
+			`push-webpush: webpush: VAPID key file \S+/open/webpush-vapid\.pem has mode -rw-r--r--: readable by others than its owner`},
+		{"VAPID key not PEM", "", vapid("garbage", "not a key\n", 0o600), webpush,
+			`push-webpush: webpush: \S+/garbage/webpush-vapid\.pem holds no PEM block`},
+		{"VAPID key missing in cluster mode", "", filepath.Join(dir, "nokey"), webpush + cluster,
+			`push-webpush in cluster mode: the VAPID key \S+/nokey/webpush-vapid\.pem must be the same file on every node`},
+		{"push mailbox name too long", "", other, fmt.Sprintf("push-gateway = \"https://push.example/\"\npush-credentials-key = %q\npush-mailboxes = \"INBOX, %s\"\n", key32, strings.Repeat("x", 1025)),
+			`push: mailbox name \\"x{1000}x{25}\\"`},
+		{"master password empty", "", other, fmt.Sprintf("push-gateway = \"https://push.example/\"\nupstream-master-user = \"pushmaster\"\nupstream-master-password-file = %q\n", emptyPass),
+			`push: a master user without a password`},
+		{"node name not ASCII", "", other, strings.Replace(cluster, `"n1"`, `"nöde"`, 1),
+			`cluster: node name \\"nöde\\": only printable ASCII without spaces`},
+		{"cluster database URL", "", other, strings.Replace(cluster, "postgres://127.0.0.1:1/lp", "postgres://127.0.0.1:port/lp", 1),
+			`cluster: database URL: cannot parse .*invalid port`},
+		{"listen without port", "127.0.0.1", other, "", `config: listen \\"127\.0\.0\.1\\": missing port in address; want HOST:PORT`},
+		{"metrics port", "", other, "metrics = \"127.0.0.1:99999\"\n", `config: metrics \\"127\.0\.0\.1:99999\\": port \\"99999\\": want a number from 0 to 65535 or a service name`},
+		{"cluster-listen port", "", other, strings.Replace(cluster, `cluster-listen = "127.0.0.1:0"`, `cluster-listen = "127.0.0.1:imap-link"`, 1),
+			`config: cluster-listen \\"127\.0\.0\.1:imap-link\\": port \\"imap-link\\": want a number from 0 to 65535 or a service name`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			extra := "sessions-per-user = 1\n" + tc.extra
+			l := listen
+			if tc.listen != "" {
+				l = tc.listen
+			}
+			write(l, tc.data, extra)
+			// Start refuses it.
+			code, _, stderr := runLP(t, "serve", "-config", conf)
+			if code == 0 || !regexp.MustCompile(`level=ERROR .*`+tc.want).MatchString(stderr) {
+				t.Errorf("start: exit %d, stderr %s; want a failure with %s", code, stderr, tc.want)
+			}
+			// So does a reload, keeping the configuration in force.
+			mark := p.stderr.Len()
+			p.signal(t, syscall.SIGHUP)
+			got := p.waitFor(t, p.stderr, mark, `level=(INFO|ERROR) msg="SIGHUP: (configuration reloaded|invalid configuration).*\n`)[0]
+			if !regexp.MustCompile(`^level=ERROR msg="SIGHUP: invalid configuration; keeping the old one" err=".*` + tc.want).MatchString(got) {
+				t.Errorf("reload: %s; want it refused with %s", got, tc.want)
+			}
+			b := dialIMAP(t, listen)
+			b.ok("b1", "LOGIN alice secret") // sessions-per-user = 1 not in force
+			b.ok("b2", "LOGOUT")
+		})
+	}
+	write(listen, running, "")
+	a.ok("a2", "NOOP")
+	p.stop(t, syscall.SIGTERM)
+}

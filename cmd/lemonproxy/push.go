@@ -60,12 +60,10 @@ func readPushSecrets(s config.Settings) (pushSecrets, error) {
 	return sec, nil
 }
 
-// pushSetup builds push from the settings, reading its secret files; nil
-// when no push channel is configured.
-func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
-	if !s.PushEnabled() {
-		return nil, nil
-	}
+// pushConfig is push's configuration from the settings, its secret files
+// read and checked (readPushSecrets, push.CheckConfig): what start builds
+// push from, and what a reload checks.
+func pushConfig(s config.Settings, log *slog.Logger) (push.Config, pushSecrets, error) {
 	cfg := push.Config{
 		MaxRegistrations: s.PushMaxRegistrations,
 		LiveWatchers:     s.PushLiveWatchers,
@@ -82,12 +80,68 @@ func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
 	}
 	sec, err := readPushSecrets(s)
 	if err != nil {
-		return nil, err
+		return cfg, sec, err
 	}
 	if s.UpstreamMasterUser != "" {
 		cfg.MasterUser, cfg.MasterPassword = s.UpstreamMasterUser, string(sec.masterPassword)
 	} else {
 		cfg.CredentialsKey = sec.credentialsKey
+	}
+	return cfg, sec, push.CheckConfig(cfg)
+}
+
+// vapidKeyFile is the path of push-webpush's VAPID key. In cluster mode
+// the file must exist: a node does not make it.
+func vapidKeyFile(s config.Settings) (string, error) {
+	keyFile := filepath.Join(s.Data, webpush.KeyFileName)
+	if s.ClusterDB != "" {
+		// Subscriptions made through one node must take pushes
+		// signed by any other: one key for the cluster, never one
+		// made here.
+		if _, err := os.Stat(keyFile); err != nil {
+			return "", fmt.Errorf("push-webpush in cluster mode: the VAPID key %s must be the same file on every node, and is not made by a node: make it once (openssl ecparam -name prime256v1 -genkey -noout -out %s; chmod 600), and copy it into each node's data directory: %w", keyFile, webpush.KeyFileName, err)
+		}
+	}
+	return keyFile, nil
+}
+
+// checkPush checks push's settings and files as pushSetup would take them,
+// building nothing (a reload: a file gone, unreadable or invalid must be
+// found then, not at the next restart). A missing VAPID key is no error on
+// a single node: start makes it.
+func checkPush(s config.Settings) error {
+	if !s.PushEnabled() {
+		return nil
+	}
+	if _, _, err := pushConfig(s, nil); err != nil {
+		return err
+	}
+	if s.PushGateway != "" {
+		if err := devicetoken.CheckGateway(s.PushGateway); err != nil {
+			return err
+		}
+	}
+	if s.PushWebPush {
+		keyFile, err := vapidKeyFile(s)
+		if err != nil {
+			return err
+		}
+		if err := webpush.CheckKeyFile(keyFile); err != nil {
+			return fmt.Errorf("push-webpush: %w", err)
+		}
+	}
+	return nil
+}
+
+// pushSetup builds push from the settings, reading its secret files; nil
+// when no push channel is configured.
+func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
+	if !s.PushEnabled() {
+		return nil, nil
+	}
+	cfg, sec, err := pushConfig(s, log)
+	if err != nil {
+		return nil, err
 	}
 	ext, err := push.New(cfg)
 	if err != nil {
@@ -103,14 +157,9 @@ func pushSetup(s config.Settings, log *slog.Logger) (*pushParts, error) {
 		pp.deviceToken = dt
 	}
 	if s.PushWebPush {
-		keyFile := filepath.Join(s.Data, webpush.KeyFileName)
-		if s.ClusterDB != "" {
-			// Subscriptions made through one node must take pushes
-			// signed by any other: one key for the cluster, never one
-			// made here.
-			if _, err := os.Stat(keyFile); err != nil {
-				return nil, fmt.Errorf("push-webpush in cluster mode: the VAPID key %s must be the same file on every node, and is not made by a node: make it once (openssl ecparam -name prime256v1 -genkey -noout -out %s; chmod 600), and copy it into each node's data directory: %w", keyFile, webpush.KeyFileName, err)
-			}
+		keyFile, err := vapidKeyFile(s)
+		if err != nil {
+			return nil, err
 		}
 		// The key is made before the stores open the data directory.
 		if err := os.MkdirAll(s.Data, 0o700); err != nil {

@@ -179,26 +179,17 @@ var (
 // New returns the extension. Channels are added with AddChannel before
 // the server starts.
 func New(cfg Config) (*Extension, error) {
+	if err := CheckConfig(cfg); err != nil {
+		return nil, err
+	}
 	cfg = cfg.withDefaults()
 	e := &Extension{cfg: cfg, log: cfg.Logger.With("ext", "push"), channels: map[string]Channel{}, seed: maphash.MakeSeed()}
-	switch {
-	case cfg.MasterUser != "":
-		if cfg.MasterPassword == "" {
-			return nil, errors.New("push: a master user without a password")
-		}
-	case cfg.CredentialsKey != nil:
+	if cfg.MasterUser == "" {
 		s, err := newSealer(cfg.CredentialsKey)
 		if err != nil {
 			return nil, err
 		}
 		e.seal = s
-	default:
-		return nil, errors.New("push: no way to log in without a session: set a master user (-upstream-master-user) or a credentials key (-push-credentials-key)")
-	}
-	for _, m := range cfg.Mailboxes {
-		if err := checkRegistration(Registration{Channel: "x", ID: "x", Mailboxes: []string{m}}); err != nil {
-			return nil, err
-		}
 	}
 	e.client = cfg.Endpoints.NewClient()
 	e.ctx, e.cancel = context.WithCancel(context.Background())
@@ -206,6 +197,31 @@ func New(cfg Config) (*Extension, error) {
 	e.q.init(e)
 	e.stats.init()
 	return e, nil
+}
+
+// CheckConfig returns the error New would return for cfg, building
+// nothing: a reload (SIGHUP) checks push's settings with it, so that it
+// refuses a file the next start would refuse.
+func CheckConfig(cfg Config) error {
+	cfg = cfg.withDefaults()
+	switch {
+	case cfg.MasterUser != "":
+		if cfg.MasterPassword == "" {
+			return errors.New("push: a master user without a password")
+		}
+	case cfg.CredentialsKey != nil:
+		if _, err := newSealer(cfg.CredentialsKey); err != nil {
+			return err
+		}
+	default:
+		return errors.New("push: no way to log in without a session: set a master user (-upstream-master-user) or a credentials key (-push-credentials-key)")
+	}
+	for _, m := range cfg.Mailboxes {
+		if err := checkRegistration(Registration{Channel: "x", ID: "x", Mailboxes: []string{m}}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // AddChannel makes ch deliver the registrations of its name. Call it

@@ -392,6 +392,45 @@ func checkHostPort(addr string) error {
 	return nil
 }
 
+// checkListenAddr checks an address to listen on as net.Listen takes it:
+// HOST:PORT, the host empty for every address, the port a number from 0
+// to 65535 or a service name. Start would fail on a malformed one only
+// when it listens; a reload, which cannot listen there (the running proxy
+// may hold the address), must refuse it all the same. A host name that
+// does not resolve is left to the listen at start.
+func checkListenAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return fmt.Errorf("%s; want HOST:PORT", ae.Err)
+		}
+		return fmt.Errorf("%w; want HOST:PORT", err)
+	}
+	if strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return errors.New("the host holds a space or control character")
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("port %q: want a number from 0 to 65535 or a service name", port)
+	}
+	return nil
+}
+
+// checkListeners checks the addresses the proxy listens on (checkListenAddr).
+func (s *Settings) checkListeners() error {
+	for _, l := range []struct{ key, addr string }{
+		{"listen", s.Listen}, {"listen-tls", s.ListenTLS}, {"metrics", s.Metrics}, {"cluster-listen", s.ClusterListen},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		if err := checkListenAddr(l.addr); err != nil {
+			return fmt.Errorf("config: %s %q: %w", l.key, l.addr, err)
+		}
+	}
+	return nil
+}
+
 // Warnings returns what in s is valid but probably not what the operator
 // wants, for the log at start.
 func (s *Settings) Warnings() []string {
@@ -523,6 +562,9 @@ func (s *Settings) proxyConfig(certs *CertReloader, log *slog.Logger, extensions
 	cfg.Hub.IdleRenew = s.IdleRenew.Duration
 	cfg.Hub.ExpungeLog = syncstate.LogLimits{MaxExpunges: s.ExpungeLogMax, MaxAge: s.ExpungeLogMaxAge.Duration}
 	cfg.Logger = log
+	if err := s.checkListeners(); err != nil {
+		return cfg, err
+	}
 	if err := s.checkCluster(); err != nil {
 		return cfg, err
 	}

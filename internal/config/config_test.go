@@ -456,6 +456,11 @@ func TestProxyConfigErrors(t *testing.T) {
 		{"compress level", func(s *Settings) { s.CompressLevel = 0 }, "compress-level 0: want 1 (fastest) to 9 (smallest)"},
 		{"spool below max-append", func(s *Settings) { s.SpoolMaxBytes = 1000 }, "spool-max-bytes 1000 is below max-append 67108864"},
 		{"bad submission server", func(s *Settings) { s.URLAuthSubmitFrom = "10.0.0.0/33" }, `urlauth-submit-from: listen: bad prefix "10.0.0.0/33"`},
+		// Listen addresses as net.Listen takes them, so that a reload
+		// refuses one the restart would fail on.
+		{"listen without port", func(s *Settings) { s.Listen = "127.0.0.1" }, `listen "127.0.0.1": missing port in address; want HOST:PORT`},
+		{"listen-tls port", func(s *Settings) { s.ListenTLS = "[::1]:65536" }, `listen-tls "[::1]:65536": port "65536": want a number from 0 to 65535 or a service name`},
+		{"metrics service", func(s *Settings) { s.Metrics = ":no-such-service" }, `metrics ":no-such-service": port "no-such-service"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := Defaults()

@@ -58,6 +58,17 @@ func LoadOrCreateKey(path string) (*ecdsa.PrivateKey, error) {
 	return key, nil
 }
 
+// CheckKeyFile returns the error LoadOrCreateKey would return for path,
+// making nothing: nil when the file holds a key it takes, or does not
+// exist (LoadOrCreateKey would make it). A reload (SIGHUP) checks the key
+// with it, so that it refuses a file the next start would refuse.
+func CheckKeyFile(path string) error {
+	if _, err := loadKey(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 func loadKey(path string) (*ecdsa.PrivateKey, error) {
 	f, err := os.Open(path)
 	if err != nil {
