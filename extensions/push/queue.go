@@ -148,18 +148,20 @@ type observation struct {
 // registration that pushes the mailbox, in one store write with the new
 // cursor. The first observation of a mailbox only sets the cursor, as
 // does one of a new UIDVALIDITY (the old UIDs mean nothing).
+//
+// The cursor is keyed by the mailbox's name as the hub spells it now: a
+// live watch that started before the account's delimiter was known
+// observes inbox.Lists, and restarts as INBOX.Lists once it is known
+// (watchers.update); the old watch's last look and the new one's first
+// must find the same cursor, or mail that came between them is taken for
+// the new watch's starting point and never pushed (readCursor carries a
+// cursor kept under the old spelling over).
 func (e *Extension) observe(account, mailbox string, o observation) {
+	mailbox = e.canonical(account, mailbox)
 	unlock := e.lock(account)
 	defer unlock()
-	var cur cursor
-	v, err := e.data.Get(account, cursorKey(mailbox))
-	found := err == nil
-	if found {
-		if cur, err = decodeCursor(v); err != nil {
-			e.log.Error("unreadable cursor; starting it anew", "account", logName(account), "mailbox", mailbox, "err", err)
-			found = false
-		}
-	} else if !errors.Is(err, accountdata.ErrNotFound) {
+	cur, found, aliases, err := e.readCursor(account, mailbox, o.uidValidity)
+	if err != nil {
 		e.log.Error("reading a cursor", "account", logName(account), "err", err)
 		return
 	}
@@ -169,18 +171,26 @@ func (e *Extension) observe(account, mailbox string, o observation) {
 		if found {
 			e.log.Info("new UIDVALIDITY: the mailbox starts over", "account", logName(account), "mailbox", mailbox)
 		}
-		if err := e.data.Write(account, puts, nil); err != nil {
+		if err := e.data.Write(account, puts, aliases); err != nil {
 			e.log.Error("storing a cursor", "account", logName(account), "err", err)
 		}
 		return
 	}
 	if o.uidNext <= cur.UIDNext {
-		return // nothing new (expunges change no cursor)
+		// Nothing new (expunges change no cursor); a cursor carried
+		// over from another spelling is kept under this one.
+		if len(aliases) > 0 {
+			carried := []accountdata.Record{{Key: cursorKey(mailbox), Value: encodeCursor(cur)}}
+			if err := e.data.Write(account, carried, aliases); err != nil {
+				e.log.Error("storing a cursor", "account", logName(account), "err", err)
+			}
+		}
+		return
 	}
 	n := o.newSince(cur.UIDNext)
 	if n == 0 {
 		// New UIDs, all expunged already: nothing to announce.
-		if err := e.data.Write(account, puts, nil); err != nil {
+		if err := e.data.Write(account, puts, aliases); err != nil {
 			e.log.Error("storing a cursor", "account", logName(account), "err", err)
 		}
 		return
@@ -189,7 +199,63 @@ func (e *Extension) observe(account, mailbox string, o observation) {
 	if err := e.q.enqueue(account, e.w.targets(account, mailbox), ev, puts); err != nil {
 		// The cursor stayed: the next look finds the same mail.
 		e.log.Error("queueing a push; the next change of the mailbox tries again", "account", logName(account), "mailbox", mailbox, "err", err)
+		return
 	}
+	if len(aliases) > 0 {
+		// After the new cursor's write: a crash between the two leaves
+		// an older cursor under the other spelling, which the next
+		// look passes over (readCursor takes the furthest).
+		if err := e.data.Write(account, nil, aliases); err != nil {
+			e.log.Error("removing a cursor kept under another spelling", "account", logName(account), "err", err)
+		}
+	}
+}
+
+// readCursor returns the account's cursor in mailbox (spelt as the hub
+// spells it), found false when there is none or it is unreadable.
+//
+// A mailbox under INBOX may have a cursor under another spelling of its
+// name as well: inbox.Lists, kept by a live watch that started before the
+// account's delimiter was known and has since restarted as INBOX.Lists.
+// aliases are those records' keys, to be deleted with the next write of
+// the cursor; one of them of the same UIDVALIDITY as the mailbox now is
+// carried over, the furthest if several (a UIDNEXT only grows, so the
+// furthest is the latest: taking it pushes nothing twice). One of
+// another UIDVALIDITY (the mailbox was deleted and made anew since) is
+// not carried. A name is another spelling of mailbox only as far as the
+// account's delimiter is known (MailboxService.Canonical): without it,
+// inbox.Lists and INBOX.Lists may be two mailboxes.
+func (e *Extension) readCursor(account, mailbox string, uidValidity uint32) (cur cursor, found bool, aliases []string, err error) {
+	v, err := e.data.Get(account, cursorKey(mailbox))
+	switch {
+	case err == nil:
+		if cur, err = decodeCursor(v); err != nil {
+			e.log.Error("unreadable cursor; starting it anew", "account", logName(account), "mailbox", mailbox, "err", err)
+		} else {
+			found = true
+		}
+	case !errors.Is(err, accountdata.ErrNotFound):
+		return cur, false, nil, err
+	}
+	if len(mailbox) <= len("INBOX") || mailbox[:len("INBOX")] != "INBOX" {
+		return cur, found, nil, nil // no other spelling
+	}
+	err = e.data.List(account, cursorPrefix, func(k string, v []byte) bool {
+		name := k[len(cursorPrefix):]
+		if name == mailbox || e.canonical(account, name) != mailbox {
+			return true
+		}
+		aliases = append(aliases, k)
+		c, err := decodeCursor(v)
+		if err == nil && c.UIDValidity == uidValidity && (!found || cur.UIDValidity != uidValidity || c.UIDNext > cur.UIDNext) {
+			cur, found = c, true
+		}
+		return true
+	})
+	if err != nil {
+		return cur, false, nil, fmt.Errorf("push: reading cursors: %w", err)
+	}
+	return cur, found, aliases, nil
 }
 
 // enqueue queues ev for each target (merging into a waiting push of the
