@@ -16,9 +16,10 @@ import (
 type relay struct {
 	ln       net.Listener
 	upstream string
-	// rewrite, if set, returns what the client gets for a line the server
-	// sent (CRLF included).
-	rewrite func(line string) string
+	// rewrite, if set, makes for each connection the function that
+	// returns what the client gets for a line the server sent (CRLF
+	// included; "" holds the line back, for a rewrite that reorders).
+	rewrite func() func(line string) string
 	// cut, if set, is asked about every line a client sends: true closes
 	// that connection instead of forwarding the line.
 	cut func(line string) bool
@@ -32,6 +33,18 @@ type relay struct {
 // startRelay listens on a local port and relays every connection to
 // upstream until the test ends.
 func startRelay(t *testing.T, upstream string, rewrite func(string) string, cut func(string) bool) *relay {
+	t.Helper()
+	var each func() func(string) string
+	if rewrite != nil {
+		each = func() func(string) string { return rewrite }
+	}
+	return startRelayEach(t, upstream, each, cut)
+}
+
+// startRelayEach is startRelay with a rewrite of each connection's own,
+// made by rewrite when the connection is accepted: one that holds lines
+// back keeps its state per connection.
+func startRelayEach(t *testing.T, upstream string, rewrite func() func(string) string, cut func(string) bool) *relay {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -68,7 +81,11 @@ func (r *relay) accept() {
 		r.conns = append(r.conns, c, u)
 		r.mu.Unlock()
 		r.wg.Add(2)
-		go r.pipe(u, c, r.rewrite, nil)
+		var rw func(string) string
+		if r.rewrite != nil {
+			rw = r.rewrite()
+		}
+		go r.pipe(u, c, rw, nil)
 		go r.pipe(c, u, nil, r.cut)
 	}
 }

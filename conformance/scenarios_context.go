@@ -52,13 +52,15 @@ func contextItems(r *Response) (tag string, uid bool, items []contextItem, err e
 	return tag, uid, items, nil
 }
 
-// setIs compares a set as written (or NIL) with the numbers expected.
+// setIs compares a set as written (or NIL) with the numbers expected, in
+// any order: a sequence set is a set (RFC 3501 9), so "4,2" is as right as
+// "2,4" and "4:2" as "2:4".
 func setIs(got string, want []uint32) bool {
 	if strings.EqualFold(got, "NIL") {
 		return len(want) == 0
 	}
 	nums, err := parseSet(got)
-	return err == nil && slices.Equal(nums, want)
+	return err == nil && sameSet(nums, want)
 }
 
 // partialStep runs a PARTIAL search and checks its PARTIAL item: the range

@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -119,19 +120,28 @@ func esearchStep(c *Client, cmd string, uid bool, want string) error {
 }
 
 // fetchUIDs runs "FETCH set (UID)" and returns the sequence numbers and
-// UIDs it answered, in order.
+// UIDs it answered, ordered by sequence number. RFC 3501 (7.4.2) does not
+// make a server send the FETCH responses of a set in message order, and
+// RFC 5182 gives $ no order either, so the order they came in is no part
+// of what a scenario may check; callers compare the sorted lists with what
+// they expect, message 2 before message 4.
 func fetchUIDs(c *Client, cmd string) (seqs, uids []uint32, err error) {
 	res, err := doOK(c, cmd)
 	if err != nil {
 		return nil, nil, err
 	}
+	var got [][2]uint32
 	for _, r := range res.Untagged {
 		f, ok := r.Fetch()
 		if !ok {
 			continue
 		}
 		u, _ := f.UID()
-		seqs, uids = append(seqs, r.Num), append(uids, u)
+		got = append(got, [2]uint32{r.Num, u})
+	}
+	slices.SortStableFunc(got, func(a, b [2]uint32) int { return cmp.Compare(a[0], b[0]) })
+	for _, p := range got {
+		seqs, uids = append(seqs, p[0]), append(uids, p[1])
 	}
 	return seqs, uids, nil
 }
