@@ -170,7 +170,14 @@ func base3501() []*Scenario {
 				}
 				return nil
 			}},
-		{ID: "3501-select-before-login", RFC: 3501, Section: "3", Level: MustNot,
+		// SHOULD, not MUST NOT: RFC 3501 section 3 has no RFC 2119
+		// keyword for it, "It is a protocol error for the client to
+		// attempt a command while the connection is in an inappropriate
+		// state, and the server will respond with a BAD or NO (depending
+		// upon server implementation) command completion result." The
+		// grammar does not encode states, so a SELECT before login
+		// parses.
+		{ID: "3501-select-before-login", RFC: 3501, Section: "3", Level: Should,
 			Summary: "SELECT is refused in the not-authenticated state",
 			Run: func(t *T) error {
 				c, err := t.Connect()

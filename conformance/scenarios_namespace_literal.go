@@ -93,7 +93,15 @@ func namespace2342() []*Scenario {
 				}
 				return nil
 			}},
-		{ID: "2342-namespace-before-login", RFC: 2342, Section: "5", Level: MustNot, Caps: []string{"NAMESPACE"},
+		// SHOULD, not MUST NOT: RFC 2342 section 5 says nothing of the
+		// not-authenticated state (its only keywords are on the response's
+		// extensions), so the rule is RFC 3501 section 3's for any command
+		// in the wrong state, without an RFC 2119 keyword: "It is a
+		// protocol error for the client to attempt a command while the
+		// connection is in an inappropriate state, and the server will
+		// respond with a BAD or NO (depending upon server implementation)
+		// command completion result."
+		{ID: "2342-namespace-before-login", RFC: 2342, Section: "5", Level: Should, Caps: []string{"NAMESPACE"},
 			Summary: "NAMESPACE is refused in the not-authenticated state",
 			Run: func(t *T) error {
 				c, err := t.Connect()

@@ -91,7 +91,19 @@ func enable5161() []*Scenario {
 				}
 				return nil
 			}},
-		{ID: "5161-enable-before-login", RFC: 5161, Section: "3.1", Level: Must, Caps: []string{"ENABLE"},
+		// SHOULD, not MUST: RFC 5161 3.1 states the rule without an RFC
+		// 2119 keyword for the server, "The ENABLE command is only valid
+		// in the authenticated state (see [RFC3501]), before any mailbox
+		// is selected. Clients MUST NOT issue ENABLE once they
+		// SELECT/EXAMINE a mailbox; however, server implementations don't
+		// have to check that no mailbox is selected or was previously
+		// selected during the duration of a connection." The MUST NOT
+		// binds clients; its grammar (section 4) even puts ENABLE in
+		// command-any. What a server does with a command in the wrong
+		// state is RFC 3501 section 3's "the server will respond with a
+		// BAD or NO (depending upon server implementation)", no keyword
+		// either: an expectation, checked at SHOULD.
+		{ID: "5161-enable-before-login", RFC: 5161, Section: "3.1", Level: Should, Caps: []string{"ENABLE"},
 			Summary: "ENABLE before authentication is refused and enables nothing",
 			Run: func(t *T) error {
 				c, err := t.Connect()
@@ -361,7 +373,13 @@ func idle2177() []*Scenario {
 func compress4978() []*Scenario {
 	deflate := []string{"COMPRESS=DEFLATE"}
 	return []*Scenario{
-		{ID: "4978-compress-before-login", RFC: 4978, Section: "3", Level: Must, Caps: deflate,
+		// SHOULD, not MUST: RFC 4978 puts COMPRESS in the authenticated
+		// state only through its grammar ("command-auth =/ compress",
+		// section 5), and its text sets no keyword for a COMPRESS before
+		// login. A command in the wrong state gets RFC 3501 section 3's
+		// "the server will respond with a BAD or NO (depending upon server
+		// implementation)", no keyword either.
+		{ID: "4978-compress-before-login", RFC: 4978, Section: "3", Level: Should, Caps: deflate,
 			Summary: "COMPRESS is refused before authentication",
 			Run: func(t *T) error {
 				c, err := t.Connect()
