@@ -21,13 +21,13 @@ const Usage = `lemonproxy conformance -target HOST:PORT -user U -pass P [-user2 
     [-tls|-starttls] [-insecure] [-outside HOST:PORT] [-only REGEXP]
     [-outside-user U -outside-pass P] [-outside-security plain|tls|starttls]
     [-format text|json|junit] [-out FILE] [-timeout D] [-event-wait D]
-    [-parallel N] [-force-caps "CAP ..."] [-list]`
+    [-deadline D] [-parallel N] [-force-caps "CAP ..."] [-list]`
 
 // Main runs the conformance subcommand with args (after the word
 // "conformance") and returns the exit status: 0 when every scenario ran
 // and none failed, 1 when one failed, the target could not be tested at
-// all, or the run was stopped (Ctrl-C, SIGTERM) before every scenario ran,
-// 2 for bad usage. cmd/lemonproxy calls it.
+// all, or the run was stopped (Ctrl-C, SIGTERM, -deadline) before every
+// scenario ran, 2 for bad usage. cmd/lemonproxy calls it.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("lemonproxy conformance", flag.ContinueOnError)
 	// The flags are printed for -h only; a bad flag's error once, below.
@@ -62,6 +62,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&out, "out", "", "write the report to FILE instead of standard output")
 	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Second, "how long to wait for each response")
 	fs.DurationVar(&cfg.EventWait, "event-wait", 6*time.Second, "how long an unsolicited event may take to arrive. A server that polls for changes must poll at least twice as often: lemonproxy's NOTIFY polls other mailboxes every notify-poll-interval (30s by default), so run it with -notify-poll-interval 3s against the default, or its NOTIFY scenarios fail")
+	fs.DurationVar(&cfg.Deadline, "deadline", DefaultDeadline, "how long the whole run may take (0: no limit); at the deadline the scenarios under way are cut and the others reported not run, and the exit status is 1")
 	fs.IntVar(&cfg.Parallel, "parallel", 1, "scenarios run at once")
 	fs.BoolVar(&list, "list", false, "list the scenarios and exit")
 	fs.StringVar(&forceCaps, "force-caps", "", "space-separated capabilities to treat as advertised, to run their scenarios anyway")
@@ -138,6 +139,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.Timeout <= 0 || cfg.EventWait <= 0 || cfg.Parallel <= 0 {
 		return usageErr("-timeout, -event-wait and -parallel must be positive")
+	}
+	switch {
+	case cfg.Deadline < 0:
+		return usageErr("-deadline must not be negative (0: no limit)")
+	case cfg.Deadline == 0:
+		cfg.Deadline = -1 // Config's "none"; its zero value is the default
 	}
 
 	// Each scenario's line is printed as it ends (a run takes minutes):

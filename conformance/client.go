@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -106,11 +107,35 @@ var errTimeout = errors.New("timed out")
 
 // Dial connects to ep, sets up TLS as asked and reads the greeting.
 func Dial(ep Endpoint, timeout time.Duration, tr *transcript, name string) (*Client, error) {
+	return dial(context.Background(), ep, timeout, tr, name)
+}
+
+// dial is Dial that gives up when ctx ends, whatever it is waiting for
+// (the TCP connection, the TLS handshake, the greeting): the run's
+// deadline must not wait out a timeout on a server that went silent.
+func dial(ctx context.Context, ep Endpoint, timeout time.Duration, tr *transcript, name string) (client *Client, err error) {
 	d := net.Dialer{Timeout: timeout}
-	conn, err := d.Dial("tcp", ep.Addr)
+	conn, err := d.DialContext(ctx, "tcp", ep.Addr)
 	if err != nil {
+		if ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
 		return nil, fmt.Errorf("connecting to %s: %w", ep.Addr, err)
 	}
+	// Until the reading goroutine runs, reads are synchronous: closing the
+	// connection is what ends them when ctx does.
+	raw := conn
+	cut := context.AfterFunc(ctx, func() { raw.Close() })
+	defer func() {
+		if cut() {
+			return // ctx did not end while dialling
+		}
+		if client != nil {
+			client.Close()
+			client = nil
+		}
+		err = fmt.Errorf("connecting to %s: %w", ep.Addr, context.Cause(ctx))
+	}()
 	host, _, _ := net.SplitHostPort(ep.Addr)
 	tlsConfig := &tls.Config{ServerName: host, InsecureSkipVerify: ep.Insecure}
 	if ep.Security == ImplicitTLS {

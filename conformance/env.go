@@ -1,11 +1,13 @@
 package conformance
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 )
@@ -17,7 +19,13 @@ type T struct {
 	caps map[string]bool
 	base string // unique mailbox name stem for this scenario
 	tr   *transcript
+	// deadline ends when the run's deadline passes (Config.Deadline): no
+	// connection is opened after it, and cut closes those open.
+	deadline context.Context
 
+	// mu guards clients against cut, which runs on its own goroutine;
+	// the scenario's goroutine is the only one that adds to it.
+	mu        sync.Mutex
 	clients   []*Client
 	setup     *Client // target connection for fixtures and cleanup
 	outside   *Client // connection making "outside" changes
@@ -47,12 +55,39 @@ func (t *T) Has(cap string) bool { return t.caps[cap] }
 
 // Connect opens a connection to the target; the greeting has been read.
 func (t *T) Connect() (*Client, error) {
-	c, err := Dial(t.cfg.Target, t.cfg.Timeout, t.tr, fmt.Sprintf("c%d", len(t.clients)+1))
+	return t.dial(t.cfg.Target, fmt.Sprintf("c%d", len(t.clients)+1), t.tr)
+}
+
+// dial opens a connection of the scenario's, closed by cleanup or, when
+// the run's deadline passes first, by cut.
+func (t *T) dial(ep Endpoint, name string, tr *transcript) (*Client, error) {
+	ctx := t.deadline
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	c, err := dial(ctx, ep, t.cfg.Timeout, tr, name)
 	if err != nil {
 		return nil, err
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if ctx.Err() != nil {
+		c.Close()
+		return nil, fmt.Errorf("connecting to %s: %w", ep.Addr, context.Cause(ctx))
+	}
 	t.clients = append(t.clients, c)
 	return c, nil
+}
+
+// cut closes every connection of the scenario: the run's deadline passed
+// while it ran. Whatever the scenario waits for then ends at once.
+func (t *T) cut() {
+	t.mu.Lock()
+	cs := slices.Clone(t.clients)
+	t.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+	}
 }
 
 // Login opens a connection to the target and logs in.
@@ -72,11 +107,10 @@ func (t *T) setupClient() (*Client, error) {
 	if t.setup != nil {
 		return t.setup, nil
 	}
-	c, err := Dial(t.cfg.Target, t.cfg.Timeout, t.tr, "setup")
+	c, err := t.dial(t.cfg.Target, "setup", t.tr)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
-	t.clients = append(t.clients, c)
 	if err := login(c, t.cfg.User, t.cfg.Pass); err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
@@ -90,11 +124,10 @@ func (t *T) Outside() (*Client, error) {
 	if t.outside != nil {
 		return t.outside, nil
 	}
-	c, err := Dial(t.cfg.Outside, t.cfg.Timeout, t.tr, "outside")
+	c, err := t.dial(t.cfg.Outside, "outside", t.tr)
 	if err != nil {
 		return nil, fmt.Errorf("outside connection: %w", err)
 	}
-	t.clients = append(t.clients, c)
 	if err := login(c, t.cfg.OutsideUser, t.cfg.OutsidePass); err != nil {
 		return nil, fmt.Errorf("outside connection: %w", err)
 	}
@@ -325,11 +358,10 @@ func (t *T) Second() (*Client, error) {
 	if t.cfg.User2 == "" {
 		return nil, skipf("no second account given (-user2)")
 	}
-	c, err := Dial(t.cfg.Target, t.cfg.Timeout, t.tr, "user2")
+	c, err := t.dial(t.cfg.Target, "user2", t.tr)
 	if err != nil {
 		return nil, err
 	}
-	t.clients = append(t.clients, c)
 	if err := login(c, t.cfg.User2, t.cfg.Pass2); err != nil {
 		return nil, err
 	}
@@ -372,6 +404,12 @@ func (t *T) OutsideAppendInbox() error {
 
 // cleanup deletes what the scenario created and closes its connections.
 func (t *T) cleanup() error {
+	if t.deadline != nil && t.deadline.Err() != nil {
+		// The server may be the reason the deadline passed: trying would
+		// cost a timeout per connection. Say what stays behind instead.
+		t.cut()
+		return t.leftBehind(context.Cause(t.deadline))
+	}
 	var errs []string
 	if len(t.mailboxes) > 0 || len(t.subs) > 0 || len(t.inboxMsgs) > 0 || len(t.entries) > 0 {
 		errs = append(errs, t.cleanAccount(t.cfg.User, t.cfg.Pass, t.mailboxes, t.subs, t.inboxMsgs, t.entries)...)
@@ -379,7 +417,10 @@ func (t *T) cleanup() error {
 	if len(t.mailboxes2) > 0 || len(t.subs2) > 0 {
 		errs = append(errs, t.cleanAccount(t.cfg.User2, t.cfg.Pass2, t.mailboxes2, t.subs2, nil, nil)...)
 	}
-	for _, c := range t.clients {
+	t.mu.Lock()
+	cs := slices.Clone(t.clients)
+	t.mu.Unlock()
+	for _, c := range cs {
 		c.Close()
 	}
 	if len(errs) > 0 {
@@ -388,13 +429,34 @@ func (t *T) cleanup() error {
 	return nil
 }
 
+// leftBehind reports what cleanup did not remove because of why, or nil
+// when the scenario had created nothing.
+func (t *T) leftBehind(why error) error {
+	var left []string
+	add := func(what string, names []string) {
+		if len(names) > 0 {
+			left = append(left, what+" "+strings.Join(names, " "))
+		}
+	}
+	add("mailboxes", t.mailboxes)
+	add("subscriptions", t.subs)
+	add("INBOX messages with Message-ID", t.inboxMsgs)
+	add("server entries", t.entries)
+	add("mailboxes of -user2", t.mailboxes2)
+	add("subscriptions of -user2", t.subs2)
+	if len(left) == 0 {
+		return nil
+	}
+	return fmt.Errorf("not done (%v); may be left on the server: %s", why, strings.Join(left, "; "))
+}
+
 // cleanAccount removes subscriptions, server metadata entries, mailboxes
 // and INBOX messages (by Message-ID) from one account, on a fresh
 // connection: the scenario's own may be in any state (compressed, idling,
 // broken).
 func (t *T) cleanAccount(user, pass string, mailboxes, subs, inboxMsgs, entries []string) []string {
 	var errs []string
-	c, err := Dial(t.cfg.Target, t.cfg.Timeout, nil, "cleanup")
+	c, err := t.dial(t.cfg.Target, "cleanup", nil)
 	if err == nil {
 		defer c.Close()
 		err = login(c, user, pass)

@@ -59,7 +59,8 @@ func (r *Report) Summary() []RFCSummary {
 // CountLine is the closing line: "N passed, M failed" plus ", K skipped"
 // when any were skipped, "; C scenario(s) could not clean up" when some
 // left mailboxes or entries on the server, and "; interrupted, J not run"
-// when the run was stopped before it ended.
+// when the run was stopped before it ended ("; deadline of D passed, J not
+// run" when its deadline stopped it).
 func (r *Report) CountLine() string {
 	s := fmt.Sprintf("%d passed, %d failed", r.Passed, r.Failed)
 	if r.Skipped > 0 {
@@ -72,10 +73,18 @@ func (r *Report) CountLine() string {
 	default:
 		s += fmt.Sprintf("; %d scenarios could not clean up", n)
 	}
-	if r.NotRun > 0 {
+	switch {
+	case r.NotRun > 0 && r.DeadlinePassed:
+		s += fmt.Sprintf("; deadline of %v passed, %d not run", r.deadline(), r.NotRun)
+	case r.NotRun > 0:
 		s += fmt.Sprintf("; interrupted, %d not run", r.NotRun)
 	}
 	return s
+}
+
+// deadline returns Deadline as a duration.
+func (r *Report) deadline() time.Duration {
+	return time.Duration(r.Deadline * float64(time.Second)).Round(time.Millisecond)
 }
 
 // cleanupFailures counts the results whose cleanup failed.
@@ -131,6 +140,11 @@ func (r *Report) WriteTextSummary(w io.Writer) error {
 			"run it with -notify-poll-interval %v (or this suite with an -event-wait longer than its interval).\n",
 			n, time.Duration(r.EventWait*float64(time.Second)), need, need)
 	}
+	if r.DeadlinePassed {
+		fmt.Fprintf(w, "\nThe run's deadline of %v (-deadline) passed: the scenarios marked \"not run\" did not begin and those marked \"cut\" were stopped\n"+
+			"while they ran, their connections closed. A server that stops answering costs each scenario its -timeout; raise -deadline\n"+
+			"if the server is only slow. The report is incomplete.\n", r.deadline())
+	}
 	_, err := fmt.Fprintf(w, "\n%s\n", r.CountLine())
 	return err
 }
@@ -154,6 +168,7 @@ type junitSuites struct {
 	Name     string       `xml:"name,attr"`
 	Tests    int          `xml:"tests,attr"`
 	Failures int          `xml:"failures,attr"`
+	Errors   int          `xml:"errors,attr"`
 	Skipped  int          `xml:"skipped,attr"`
 	Time     string       `xml:"time,attr"`
 	Suites   []junitSuite `xml:"testsuite"`
@@ -163,6 +178,7 @@ type junitSuite struct {
 	Name     string      `xml:"name,attr"`
 	Tests    int         `xml:"tests,attr"`
 	Failures int         `xml:"failures,attr"`
+	Errors   int         `xml:"errors,attr"`
 	Skipped  int         `xml:"skipped,attr"`
 	Time     string      `xml:"time,attr"`
 	Cases    []junitCase `xml:"testcase"`
@@ -173,6 +189,7 @@ type junitCase struct {
 	Classname string        `xml:"classname,attr"`
 	Time      string        `xml:"time,attr"`
 	Failure   *junitMessage `xml:"failure,omitempty"`
+	Error     *junitMessage `xml:"error,omitempty"`
 	Skipped   *junitMessage `xml:"skipped,omitempty"`
 	SystemOut string        `xml:"system-out,omitempty"`
 	SystemErr string        `xml:"system-err,omitempty"`
@@ -186,10 +203,16 @@ type junitMessage struct {
 
 func seconds(f float64) string { return strconv.FormatFloat(f, 'f', 3, 64) }
 
-// WriteJUnit writes the report as JUnit XML.
+// WriteJUnit writes the report as JUnit XML. A scenario the run's deadline
+// stopped (not begun, or cut while it ran) is an <error type="deadline">,
+// not a <skipped>: in JUnit "skipped" is a test left out on purpose (here, an
+// extension the server lacks), "error" one that could not complete, and CI
+// systems count errors with failures, so an incomplete run does not look
+// green. A run stopped by Ctrl-C or SIGTERM keeps its not-run scenarios
+// as <skipped>: someone chose to stop it.
 func (r *Report) WriteJUnit(w io.Writer) error {
 	out := junitSuites{Name: "lemonproxy conformance " + r.Target, Tests: len(r.Results),
-		Failures: r.Failed, Skipped: r.Skipped, Time: seconds(r.Seconds)}
+		Failures: r.Failed, Time: seconds(r.Seconds)}
 	for _, rfc := range r.reportRFCs() {
 		s := junitSuite{Name: fmt.Sprintf("RFC %d %s", rfc.Number, rfc.Title)}
 		var total float64
@@ -207,14 +230,17 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 			if res.Cleanup != "" {
 				c.SystemErr = "cleanup: " + res.Cleanup
 			}
-			switch res.Outcome {
-			case Fail:
+			switch {
+			case res.Outcome == Skip && r.DeadlinePassed && (res.notRun || res.Cut):
+				s.Errors++
+				c.Error = &junitMessage{Message: oneLine(res.Reason), Type: "deadline", Body: res.Transcript}
+			case res.Outcome == Fail:
 				s.Failures++
 				c.Failure = &junitMessage{Message: oneLine(res.Reason), Type: string(res.Level), Body: res.Transcript}
-			case Skip:
+			case res.Outcome == Skip:
 				s.Skipped++
 				c.Skipped = &junitMessage{Message: res.Reason}
-			case Pass:
+			case res.Outcome == Pass:
 				if res.Reason != "" {
 					c.SystemOut += "\n" + res.Reason
 				}
@@ -225,6 +251,8 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 			continue
 		}
 		s.Tests, s.Time = len(s.Cases), seconds(total)
+		out.Errors += s.Errors
+		out.Skipped += s.Skipped
 		out.Suites = append(out.Suites, s)
 	}
 	if _, err := io.WriteString(w, xml.Header); err != nil {

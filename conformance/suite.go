@@ -71,8 +71,12 @@ type Result struct {
 	// EventTimeout is set on a NOTIFY scenario that failed because an
 	// event did not come within EventWait.
 	EventTimeout bool `json:"event_timeout,omitempty"`
-	// notRun marks a scenario skipped because the run was stopped first.
+	// notRun marks a scenario skipped because the run was stopped first,
+	// or cut by the run's deadline.
 	notRun bool
+	// Cut is set on a scenario the run's deadline stopped while it ran:
+	// its outcome is SKIP (not run to its end), not a verdict.
+	Cut bool `json:"cut,omitempty"`
 }
 
 // Report is the outcome of a run.
@@ -96,10 +100,15 @@ type Report struct {
 	EventTimeouts      int     `json:"event_timeouts,omitempty"`
 	NeededPollInterval float64 `json:"needed_poll_interval_s,omitempty"`
 	// NotRun counts the scenarios skipped because the run was stopped
-	// (its context cancelled: Ctrl-C, SIGTERM) before they began. A report
-	// with NotRun > 0 is incomplete: no failure in it does not mean the
-	// server passed.
+	// (its context cancelled: Ctrl-C, SIGTERM; or its deadline passed)
+	// before they began, and those the deadline cut while they ran. A
+	// report with NotRun > 0 is incomplete: no failure in it does not mean
+	// the server passed.
 	NotRun int `json:"not_run,omitempty"`
+	// Deadline is the run's Config.Deadline in seconds (0: none), and
+	// DeadlinePassed tells that it passed before every scenario had run.
+	Deadline       float64 `json:"deadline_s,omitempty"`
+	DeadlinePassed bool    `json:"deadline_passed,omitempty"`
 }
 
 // Failures returns the IDs of the failed scenarios, sorted.
@@ -161,6 +170,15 @@ type Config struct {
 	ForceCaps []string
 	// Prefix starts every mailbox name the suite creates. Default "lpconf".
 	Prefix string
+	// Deadline bounds the whole run, from Run's start. Default 10 minutes
+	// (a full sequential run against Dovecot takes about 140 s); negative
+	// means none. Every scenario has its own waits (Timeout, EventWait),
+	// but a server that stops answering would cost each scenario its
+	// timeouts, scenarios × Timeout in all: at the deadline the scenarios
+	// under way are cut (their connections closed, their cleanup not
+	// tried) and those not begun are not run, each reported so with the
+	// reason, and Report.DeadlinePassed is set.
+	Deadline time.Duration
 	// Parallel is how many scenarios run at once. Default 1. Each
 	// scenario uses its own mailboxes, so they do not disturb each other,
 	// but a server may limit connections per user.
@@ -192,8 +210,19 @@ func (c Config) withDefaults() Config {
 	if c.Parallel <= 0 {
 		c.Parallel = 1
 	}
+	if c.Deadline == 0 {
+		c.Deadline = DefaultDeadline
+	}
 	return c
 }
+
+// DefaultDeadline is Config.Deadline's default.
+const DefaultDeadline = 10 * time.Minute
+
+// deadlineError is the cause of the run's deadline context.
+type deadlineError struct{ d time.Duration }
+
+func (e *deadlineError) Error() string { return fmt.Sprintf("the run's deadline of %v passed", e.d) }
 
 // Target returns a configuration for a plain-text server at addr: the
 // entry point for pointing the suite at a proxy under test.
@@ -212,7 +241,16 @@ func RunTarget(ctx context.Context, addr, user, pass string) (*Report, error) {
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg = cfg.withDefaults()
 	start := time.Now()
-	caps, err := probe(cfg)
+	// The deadline is a context of its own, not ctx's child's alone: ctx
+	// ending (Ctrl-C, SIGTERM) stops new scenarios but lets those under
+	// way finish and clean up; the deadline ending cuts them too.
+	deadline := context.WithoutCancel(ctx)
+	if cfg.Deadline > 0 {
+		var cancel context.CancelFunc
+		deadline, cancel = context.WithTimeoutCause(deadline, cfg.Deadline, &deadlineError{cfg.Deadline})
+		defer cancel()
+	}
+	caps, err := probe(deadline, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +258,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		caps[strings.ToUpper(c)] = true
 	}
 	runID := randomHex(3)
-	rep := &Report{Target: cfg.Target.Addr, Started: start, RunID: runID, EventWait: cfg.EventWait.Seconds()}
+	rep := &Report{Target: cfg.Target.Addr, Started: start, RunID: runID, EventWait: cfg.EventWait.Seconds(), Deadline: max(cfg.Deadline, 0).Seconds()}
 	for c := range caps {
 		rep.Caps = append(rep.Caps, c)
 	}
@@ -241,7 +279,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				res := runOne(ctx, cfg, caps, runID, i, todo[i])
+				res := runOne(ctx, deadline, cfg, caps, runID, i, todo[i])
 				rep.Results[i] = res
 				if cfg.Progress != nil {
 					cfg.Progress(res)
@@ -270,6 +308,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			rep.NotRun++
 		}
 	}
+	rep.DeadlinePassed = rep.NotRun > 0 && deadline.Err() != nil
 	if rep.EventTimeouts > 0 {
 		rep.NeededPollInterval = NeededPollInterval(cfg.EventWait).Seconds()
 	}
@@ -278,8 +317,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 }
 
 // probe logs in once to learn the capabilities advertised after login.
-func probe(cfg Config) (map[string]bool, error) {
-	c, err := Dial(cfg.Target, cfg.Timeout, nil, "probe")
+func probe(deadline context.Context, cfg Config) (map[string]bool, error) {
+	c, err := dial(deadline, cfg.Target, cfg.Timeout, nil, "probe")
 	if err != nil {
 		return nil, err
 	}
@@ -345,7 +384,9 @@ func skipf(format string, args ...any) error {
 // failf formats a failure reason.
 func failf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
-func runOne(ctx context.Context, cfg Config, caps map[string]bool, runID string, idx int, s *Scenario) (res Result) {
+// runOne runs scenario s. ctx ending before it begins leaves it not run;
+// deadline ending does that too, and while it runs cuts it.
+func runOne(ctx, deadline context.Context, cfg Config, caps map[string]bool, runID string, idx int, s *Scenario) (res Result) {
 	res = Result{ID: s.ID, RFC: s.RFC, Section: s.Section, Level: s.Level, Summary: s.Summary}
 	start := time.Now()
 	defer func() { res.Duration = time.Since(start).Round(time.Millisecond).Seconds() }()
@@ -355,11 +396,19 @@ func runOne(ctx context.Context, cfg Config, caps map[string]bool, runID string,
 			return res
 		}
 	}
+	if deadline.Err() != nil {
+		res.Outcome, res.Reason, res.notRun = Skip, "not run: "+context.Cause(deadline).Error(), true
+		return res
+	}
 	if err := ctx.Err(); err != nil {
 		res.Outcome, res.Reason, res.notRun = Skip, "not run: "+err.Error(), true
 		return res
 	}
-	t := &T{cfg: cfg, caps: caps, base: fmt.Sprintf("%s-%s-%d", cfg.Prefix, runID, idx), tr: &transcript{}}
+	t := &T{cfg: cfg, caps: caps, base: fmt.Sprintf("%s-%s-%d", cfg.Prefix, runID, idx), tr: &transcript{}, deadline: deadline}
+	// The deadline closes the scenario's connections, which ends whatever
+	// it waits for; it goes on being watched through cleanup.
+	stopCut := context.AfterFunc(deadline, t.cut)
+	defer stopCut()
 	err := func() (err error) {
 		defer func() {
 			if p := recover(); p != nil {
@@ -368,11 +417,19 @@ func runOne(ctx context.Context, cfg Config, caps map[string]bool, runID string,
 		}()
 		return s.Run(t)
 	}()
+	// Taken before cleanup, which may itself run into the deadline: a
+	// scenario that had failed before it keeps its failure.
+	cut := err != nil && deadline.Err() != nil
 	if cerr := t.cleanup(); cerr != nil {
 		res.Cleanup = cerr.Error()
 	}
 	var skip *skipError
 	switch {
+	case cut:
+		// Whatever the scenario saw after the cut is the cut's doing:
+		// no verdict on the server.
+		res.Outcome, res.Reason, res.notRun, res.Cut = Skip, "cut: "+context.Cause(deadline).Error()+" while it ran (it had got: "+err.Error()+")", true, true
+		res.Transcript = t.tr.String()
 	case err == nil:
 		res.Outcome, res.Reason = Pass, t.note
 	case errors.As(err, &skip):
