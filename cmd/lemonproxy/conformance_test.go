@@ -49,6 +49,7 @@ func TestConformanceUsage(t *testing.T) {
 		{"conformance", "-target", "x:1", "-user", "u", "stray"},
 		{"conformance", "-no-such-flag"},
 		{"conformance", "-target", "x:1", "-user", "u", "-only", "^no-such-scenario$"},
+		{"conformance", "-target", "x:1", "-user", "u", "-deadline", "-1s"},
 	} {
 		var stdout, stderr bytes.Buffer
 		if code := run(args, &stdout, &stderr); code != 2 {
