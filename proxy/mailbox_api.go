@@ -191,6 +191,17 @@ func (ms *MailboxService) Canonical(ctx context.Context, account string, c *upst
 	return ms.canonicalMailbox(account, name)
 }
 
+// NeedsDelimiter reports whether spelling a mailbox name of account as
+// the hub keys it waits on the account's hierarchy delimiter, not known
+// yet: a name that starts with INBOX in another case (inbox.x is INBOX.x
+// only where "." is the delimiter). Canonical with a connection asks for
+// it then. An extension that keys data by the canonical name without a
+// session (push's cursors) asks before it relies on the spelling.
+func (ms *MailboxService) NeedsDelimiter(account, name string) bool {
+	_, known := ms.delims.Load(account)
+	return !known && needsDelim(name)
+}
+
 // State returns the hub's state of a mailbox, up to date with the upstream.
 // The caller must call release when done; the hub keeps the mailbox
 // watched for its grace period after that, so asking again soon is cheap.

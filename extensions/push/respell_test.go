@@ -1,7 +1,6 @@
 package push
 
 import (
-	"context"
 	"crypto/rand"
 	"regexp"
 	"strconv"
@@ -11,23 +10,27 @@ import (
 	"github.com/lemonproxy/lemonproxy/accountdata"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 // respelt is a proxy with push in front of Dovecot (whose delimiter is
 // "."), the one mailbox that pushes configured as inbox.Lists, alice's
-// device registered, and the live watch of inbox.Lists started under that
-// spelling (the account's delimiter not known yet) and past its first
-// look: its cursor set, kept under inbox.Lists. The watch is then
-// stopped (parked), so that mail can come between its last look and the
-// first look of the watch that restarts under the canonical name,
-// INBOX.Lists, once the delimiter is known (respelt.restart).
+// device registered, and the account's cursor kept under inbox.Lists, as
+// a live watch that started under that spelling, the account's delimiter
+// not known, kept it: one of a version before the watch's start learnt
+// the delimiter, or one whose own connection the account's budget
+// refused (subscribe). The live watch (which starts as INBOX.Lists now,
+// and sets the cursor under that name, moved by the test) is stopped
+// (parked), so that mail can come between the last look under the old
+// spelling and the first look of the watch that restarts under the
+// canonical name (respelt.restart).
 type respelt struct {
 	dc      *dovecottest.Server
 	e       *Extension
 	ch      *testChannel
 	data    accountdata.Store
 	account string
-	first   cursor // of the watch under inbox.Lists
+	first   cursor // kept under inbox.Lists
 }
 
 func startRespelt(t *testing.T) *respelt {
@@ -41,41 +44,35 @@ func startRespelt(t *testing.T) *respelt {
 	rand.Read(key)
 	r := &respelt{dc: dc, ch: &testChannel{}, data: accountdata.NewMemory(), account: dc.Addr + "\x00alice"}
 	var p *imaptest.Proxy
-	p, r.e = startWith(t, dc.Addr, Config{CredentialsKey: key, Mailboxes: []string{"inbox.Lists"}}, r.ch, r.data)
+	p, r.e = startWith(t, dc.Addr, Config{CredentialsKey: key, Mailboxes: []string{"inbox.Lists"}}, r.ch, r.data,
+		imaptest.Configure(func(c *proxy.Config) { c.Hub.Grace = 10 * time.Millisecond }))
 	c := imaptest.Login(t, p.Addr, "alice", "alicepass")
 	c.MustOK("XREG")
 	c.MustOK("LOGOUT")
 	c.Close()
-	waitCursorOf(t, r.data, r.account, "inbox.Lists")
-	r.first = r.cursor(t, "inbox.Lists")
+	waitCursorOf(t, r.data, r.account, "INBOX.Lists")
+	r.first = r.cursor(t, "INBOX.Lists")
 	if r.first.UIDNext != 1 {
 		t.Fatalf("first cursor %+v; want UIDNEXT 1", r.first)
 	}
 	r.e.w.park(r.account, "the test holds the watch stopped")
 	imaptest.WaitFor(t, "the watch stopped", func() bool { return r.e.Stats().LiveAccounts == 0 })
+	// The hub's watcher of the mailbox goes too (its grace is short): a
+	// restart within the grace would subscribe to it again, and Dovecot
+	// does not tell a connection idling in a mailbox that another
+	// deleted it (TestCursorNotCarriedAcrossUIDValidity).
+	imaptest.WaitFor(t, "the hub's watcher gone", func() bool { return p.Srv.Hub().Watchers() == 0 })
+	moved := []accountdata.Record{{Key: cursorKey("inbox.Lists"), Value: encodeCursor(r.first)}}
+	if err := r.data.Write(r.account, moved, []string{cursorKey("INBOX.Lists")}); err != nil {
+		t.Fatal(err)
+	}
 	return r
 }
 
-// restart learns the account's delimiter as a poll of the account does
-// (MailboxService.Canonical on a connection logged in for it), then
-// watches the account again, as a login of its user does (unpark): the
-// live watch restarts as INBOX.Lists.
+// restart watches the account again, as a login of its user does
+// (unpark): the live watch restarts as INBOX.Lists.
 func (r *respelt) restart(t *testing.T) {
 	t.Helper()
-	a, err := r.e.loginAccount(r.account)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := a.Dial(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := r.e.mbox.Canonical(ctx, r.account, c, "inbox.Lists"); got != "INBOX.Lists" {
-		t.Fatalf("Canonical: %q", got)
-	}
-	c.Logout()
 	r.e.w.unpark(r.account)
 	imaptest.WaitFor(t, "the watch restarted", func() bool {
 		r.e.w.mu.Lock()
@@ -98,11 +95,29 @@ func (r *respelt) cursor(t *testing.T, mailbox string) cursor {
 	return c
 }
 
-// expect waits for the registration's pushes to be want, exactly.
+// expect waits for the registration's pushes to be want, exactly, and
+// for the look that queued them to be done with the store (settle).
 func (r *respelt) expect(t *testing.T, want ...Event) {
 	t.Helper()
-	imaptest.WaitFor(t, strconv.Itoa(len(want))+" pushes", func() bool { return len(r.ch.deliveries()) >= len(want) })
-	got := r.ch.deliveries()
+	expectPushes(t, r.ch, want...)
+	settle(r.e, r.account)
+}
+
+// settle waits for a look at the account under way to finish: a push
+// goes out from memory as soon as it is queued, before the look that
+// queued it has written the cursor and deleted those under other
+// spellings (observe holds the account's lock throughout).
+func settle(e *Extension, account string) {
+	unlock := e.lock(account)
+	unlock()
+}
+
+// expectPushes waits for ch's pushes to be want, exactly (the fields a
+// test can know: Mailbox, New, Messages, UIDNext), in order.
+func expectPushes(t *testing.T, ch *testChannel, want ...Event) {
+	t.Helper()
+	imaptest.WaitFor(t, strconv.Itoa(len(want))+" pushes", func() bool { return len(ch.deliveries()) >= len(want) })
+	got := ch.deliveries()
 	if len(got) != len(want) {
 		t.Fatalf("%d pushes, want %d: %+v", len(got), len(want), got)
 	}

@@ -36,7 +36,7 @@ func (x *xreg) ServeCommand(ctx context.Context, ex *proxy.Exchange, next proxy.
 	return ex.Reply("OK", "", "done")
 }
 
-func startWith(t *testing.T, addr string, cfg Config, ch *testChannel, data accountdata.Store) (*imaptest.Proxy, *Extension) {
+func startWith(t *testing.T, addr string, cfg Config, ch *testChannel, data accountdata.Store, opts ...imaptest.Option) (*imaptest.Proxy, *Extension) {
 	t.Helper()
 	cfg.Logger = imaptest.Logger()
 	e, err := New(cfg)
@@ -44,7 +44,7 @@ func startWith(t *testing.T, addr string, cfg Config, ch *testChannel, data acco
 		t.Fatal(err)
 	}
 	e.AddChannel(ch)
-	p := imaptest.StartProxy(t, addr, proxy.Config{Extensions: []proxy.Extension{&xreg{e}, e}, AccountData: data})
+	p := imaptest.StartProxy(t, addr, proxy.Config{Extensions: []proxy.Extension{&xreg{e}, e}, AccountData: data}, opts...)
 	return p, e
 }
 

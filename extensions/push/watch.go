@@ -422,6 +422,14 @@ func (w *watchers) startLive(a *acct) {
 		}
 		a.sub = sub
 		a.fails = 0
+		if c := w.e.canonical(a.name, box); c != box {
+			// The start learnt the account's delimiter (subscribe)
+			// and watches the mailbox under the hub's spelling: so
+			// does the account from now on (update restarts no
+			// watch for the new spelling).
+			a.boxes[0] = c
+			w.update(a)
+		}
 		w.mu.Unlock()
 		w.changed(a) // the first look sets the cursor, or finds what came while nobody watched
 	})
@@ -701,6 +709,21 @@ func (e *Extension) canonical(account, box string) string {
 
 // subscribe watches a mailbox of an account through the hub, logged in as
 // push logs in for it.
+//
+// A name that may be another spelling of a mailbox under INBOX
+// (inbox.Lists) is spelt with the account's delimiter before the watch
+// starts, learnt on the connection dialled for the hub's watcher (LIST ""
+// "", one round trip, no other login): the watch's first look must find
+// the cursor under the name it was kept under, the hub's spelling
+// (observe), or mail that came while nobody watched (the proxy was down)
+// is taken for the starting point and never pushed. Without the
+// delimiter, inbox.Lists may be another mailbox than INBOX.Lists, so the
+// cursor cannot be matched otherwise. The connection is handed to the
+// hub; if the hub has the mailbox watched already, it is logged out. A
+// dial the account's connection budget refuses (the hub's watcher is the
+// first thing the budget gives up) leaves the name as it is: the watch
+// starts as before, and a cursor it keeps under that spelling is carried
+// over once the delimiter is known (readCursor).
 func (e *Extension) subscribe(account, box string, notify func()) (*hub.Subscription, error) {
 	a, err := e.loginAccount(account)
 	if err != nil {
@@ -708,7 +731,43 @@ func (e *Extension) subscribe(account, box string, notify func()) (*hub.Subscrip
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
 	defer cancel()
-	return e.mbox.Subscribe(ctx, a, box, notify)
+	if !e.mbox.NeedsDelimiter(account, box) {
+		return e.mbox.Subscribe(ctx, a, box, notify)
+	}
+	c, err := a.Dial(upstream.Optional(ctx))
+	if errors.Is(err, upstream.ErrBudget) {
+		return e.mbox.Subscribe(ctx, a, box, notify)
+	}
+	if err != nil {
+		return nil, err
+	}
+	box = e.mbox.Canonical(ctx, account, c, box)
+	h := &handOver{c: c}
+	sub, err := e.mbox.Subscribe(ctx, proxy.NewAccount(account, func(ctx context.Context) (*upstream.Conn, error) {
+		if c := h.take(); c != nil {
+			return c, nil
+		}
+		return a.Dial(ctx)
+	}), box, notify)
+	if c := h.take(); c != nil {
+		c.Logout() // the hub had a watcher of the mailbox already
+	}
+	return sub, err
+}
+
+// handOver gives a connection dialled ahead to the first dial that wants
+// it (the hub's watcher's, from its goroutine).
+type handOver struct {
+	mu sync.Mutex
+	c  *upstream.Conn
+}
+
+func (h *handOver) take() *upstream.Conn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := h.c
+	h.c = nil
+	return c
 }
 
 // pollAccount logs in for account and compares each mailbox's STATUS with

@@ -174,11 +174,15 @@ func TestInboxChildSpelling(t *testing.T) {
 }
 
 // TestInboxChildSpellingLearntLater: the one mailbox that pushes is
-// configured as inbox.Lists and watched live under that spelling, the
-// account's delimiter not known yet. A session of the account then learns
-// it (its SELECT of inbox.Lists): the live watcher's changes were looked
-// up under inbox.Lists, the registrations' mailboxes spelt INBOX.Lists, and
-// no device matched: the mail was never pushed (its cursor moved on).
+// configured as inbox.Lists, and no session has taught the proxy the
+// account's delimiter when its live watch starts. The watch was started
+// under that spelling; once a session of the account learnt the
+// delimiter (its SELECT of inbox.Lists), the live watcher's changes were
+// looked up under inbox.Lists, the registrations' mailboxes spelt
+// INBOX.Lists, and no device matched: the mail was never pushed (its
+// cursor moved on). The watch's start learns the delimiter now
+// (subscribe), so its cursor is kept as INBOX.Lists from the first look,
+// and the session's SELECT changes nothing.
 func TestInboxChildSpellingLearntLater(t *testing.T) {
 	dc := startDovecot(t, dovecottest.Full)
 	g := newGateway(t, []byte("gateway secret"))
@@ -189,7 +193,7 @@ func TestInboxChildSpellingLearntLater(t *testing.T) {
 	d.MustOK("CREATE INBOX.Lists")
 	s.register(t, "alice", "alicepass", "tok-alice")
 	account := s.account("alice")
-	waitCursor(t, s.data, account, "inbox.Lists")
+	waitCursor(t, s.data, account, "INBOX.Lists")
 
 	c := imaptest.Login(t, s.p.Addr, "alice", "alicepass")
 	c.MustOK("SELECT inbox.Lists")
