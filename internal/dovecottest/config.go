@@ -45,6 +45,9 @@ type configParams struct {
 	// CourierNamespace puts the one namespace under the prefix "INBOX."
 	// (separator "."), as on servers migrated from Courier.
 	CourierNamespace bool
+	// IndexLayout stores each mailbox under its GUID (Maildir's index
+	// layout, see Options.IndexLayout).
+	IndexLayout bool
 	// AuthPenalty keeps anvil's auth-penalty socket (Options.AuthPenalty);
 	// LoginTrustedNetworks is login_trusted_networks.
 	AuthPenalty          bool
@@ -128,7 +131,10 @@ mail_max_userip_connections = {{if .MaxUserIPConnections}}{{.MaxUserIPConnection
 login_trusted_networks = {{.LoginTrustedNetworks}}
 {{- end}}
 
-{{- if .SlashSeparator}}
+{{- if .IndexLayout}}
+mail_location = maildir:~/Maildir:LAYOUT=index
+mailbox_list_index = yes
+{{- else if .SlashSeparator}}
 mail_location = maildir:~/Maildir:LAYOUT=fs
 namespace inbox {
   inbox = yes

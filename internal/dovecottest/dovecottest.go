@@ -184,6 +184,16 @@ type Options struct {
 	// CIDR prefixes): connections from there are exempt from the auth
 	// penalty, as a proxy in front of Dovecot must be.
 	LoginTrustedNetworks string
+	// IndexLayout keeps each mailbox's files in a directory named after
+	// its GUID (mail_location's LAYOUT=index) rather than its name, so
+	// that a mailbox deleted and created again under a name has files
+	// of its own. Under a name's directory, a Dovecot connection that
+	// still has the old mailbox selected and syncs it after the new one
+	// was created takes the new one's index for its own, corrupted, and
+	// marks it so: other connections then get "NO Mailbox was deleted
+	// under us" for the new mailbox, now and then (a race of Dovecot's,
+	// not of the proxy's). Not with SlashSeparator or CourierNamespace.
+	IndexLayout bool
 }
 
 // StartWith is Start with options.
@@ -207,9 +217,12 @@ func StartWith(t testing.TB, p Profile, o Options) *Server {
 	}
 	params := configParams{MaxUserIPConnections: o.MaxUserIPConnections, MasterUser: o.MasterUser, MasterPassword: o.MasterPassword,
 		HibernateSeconds: int((o.HibernateAfter + time.Second - 1) / time.Second), IMAPClientLimit: o.IMAPClientLimit, CommandEvents: o.CommandEvents,
-		SlashSeparator: o.SlashSeparator, CourierNamespace: o.CourierNamespace, AuthPenalty: o.AuthPenalty, LoginTrustedNetworks: o.LoginTrustedNetworks}
+		SlashSeparator: o.SlashSeparator, CourierNamespace: o.CourierNamespace, IndexLayout: o.IndexLayout, AuthPenalty: o.AuthPenalty, LoginTrustedNetworks: o.LoginTrustedNetworks}
 	if o.SlashSeparator && o.CourierNamespace {
 		t.Fatal("dovecottest: SlashSeparator and CourierNamespace are two different namespaces")
+	}
+	if o.IndexLayout && (o.SlashSeparator || o.CourierNamespace) {
+		t.Fatal("dovecottest: IndexLayout is with the default namespace only")
 	}
 	if strings.ContainsAny(o.MasterUser+o.MasterPassword, ":\r\n") {
 		t.Fatalf("dovecottest: master user %q: unsupported characters", o.MasterUser)
