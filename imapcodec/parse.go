@@ -1,6 +1,7 @@
 package imapcodec
 
 import (
+	"bytes"
 	"fmt"
 	"strconv"
 	"strings"
@@ -505,4 +506,17 @@ func (p *Parser) CloseList() bool {
 		return true
 	}
 	return false
+}
+
+// StatusItems splits the item list of a STATUS response, "* STATUS name
+// (items)", or of the text after the name's literal when the name came as
+// one (" (items)"): open is the index of its "(", items its names and
+// values in turn. The list ends the response and holds no parenthesis, so
+// the last "(" opens it whatever the name holds.
+func StatusItems(text []byte) (open int, items []string, ok bool) {
+	open = bytes.LastIndexByte(text, '(')
+	if open < 0 || !bytes.HasSuffix(text, []byte(")")) {
+		return 0, nil, false
+	}
+	return open, strings.Fields(string(text[open+1 : len(text)-1])), true
 }

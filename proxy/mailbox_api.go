@@ -216,6 +216,24 @@ func (ms *MailboxService) State(ctx context.Context, a Account, name string) (st
 	return sub.State(), sub.Close, nil
 }
 
+// StateAt is State for a mailbox the upstream has just given as of
+// uidValidity, where the hub's state may be of another (the mailbox was
+// deleted and created again under the name outside the proxy, unseen by
+// its watcher): the hub starts the state over (hub.Resync) until it is of
+// uidValidity, or fails when ctx ends first.
+func (ms *MailboxService) StateAt(ctx context.Context, a Account, name string, uidValidity uint32) (st *syncstate.Mailbox, release func(), err error) {
+	key := hub.Key{Account: a.Name, Mailbox: ms.canonicalMailbox(a.Name, name)}
+	if err := ms.hub.Resync(ctx, key, uidValidity); err != nil {
+		return nil, nil, err
+	}
+	st, release, err = ms.State(ctx, a, name)
+	if err == nil && st.UIDValidity() != uidValidity {
+		release()
+		err = fmt.Errorf("state of %q has UIDVALIDITY %d, the upstream %d", name, st.UIDValidity(), uidValidity)
+	}
+	return st, release, err
+}
+
 // Watch subscribes to the hub's watcher of a mailbox: notify is called
 // (from the watcher's goroutine, so it must not block) whenever the
 // mailbox's state changed. The caller must call release when done.

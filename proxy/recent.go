@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -172,21 +171,10 @@ func (m *selectedMailbox) recentKey(name string) (text string, ok bool) {
 	return "", false
 }
 
-// statusItems splits the item list of "* STATUS name (items)" (the text
-// after the name's literal, if it was sent as one): open is the index of
-// its "(", items its names and values in turn.
-func statusItems(text []byte) (open int, items []string, ok bool) {
-	open = bytes.LastIndexByte(text, '(')
-	if open < 0 || !bytes.HasSuffix(text, []byte(")")) {
-		return 0, nil, false
-	}
-	return open, strings.Fields(string(text[open+1 : len(text)-1])), true
-}
-
 // statusRecent replaces the value of the RECENT item of "* STATUS name
 // (items)" with n.
 func statusRecent(text []byte, n int) []byte {
-	open, items, ok := statusItems(text)
+	open, items, ok := imapcodec.StatusItems(text)
 	if !ok {
 		return text
 	}
@@ -207,7 +195,7 @@ func statusRecent(text []byte, n int) []byte {
 // name (items)" (0 when there is none), and the text without that item
 // when drop is set.
 func statusUIDValidity(text []byte, drop bool) (uint32, []byte) {
-	open, items, ok := statusItems(text)
+	open, items, ok := imapcodec.StatusItems(text)
 	if !ok {
 		return 0, text
 	}
@@ -252,7 +240,9 @@ func statusMailbox(segs []imapcodec.Segment) (string, bool) {
 func (s *Session) statusRecent(x *Exchange, text []byte) []byte {
 	var uidValidity uint32
 	if x != nil && x.statusSync != nil {
-		uidValidity, text = statusUIDValidity(text, x.statusSync.addedUIDValidity)
+		// Read, not taken out yet: extensions' filters read it too
+		// (filterResponse takes it out after them).
+		uidValidity, _ = statusUIDValidity(text, false)
 	}
 	if indexFold(text, "RECENT") < 0 || s.srv.hub == nil {
 		return text

@@ -858,12 +858,6 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 		// The upstream's RECENT counts what its connections saw
 		// (recent.go).
 		resp.Segments[0].Text = s.statusRecent(x, resp.Segments[0].Text)
-	case resp.Head.Name == "STATUS" && !resp.Streamed && x != nil && x.statusSync != nil && x.statusSync.addedUIDValidity:
-		// The name came as a literal (Dovecot writes one with many
-		// quoted-specials so): RECENT stays the upstream's, and the
-		// UIDVALIDITY the proxy asked for goes (statusSyncSoon).
-		last := &resp.Segments[len(resp.Segments)-1]
-		_, last.Text = statusUIDValidity(last.Text, true)
 	case resp.Head.IsStatus() && resp.Head.Code == "CAPABILITY":
 		resp.Segments = []imapcodec.Segment{{Text: imapcodec.AppendStatus(nil, "*", resp.Head.Name,
 			"CAPABILITY "+strings.Join(s.capabilities(), " "), resp.Head.Text)}}
@@ -889,6 +883,16 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 		if resp = f.FilterResponse(s, resp); resp == nil {
 			return nil
 		}
+	}
+	if resp.Head.Name == "STATUS" && !resp.Streamed && len(resp.Segments) > 0 && x != nil && x.statusSync != nil && x.statusSync.addedUIDValidity {
+		// The UIDVALIDITY the proxy asked for (statusSyncSoon) goes,
+		// after every filter: an extension's may read it as well
+		// (condstore's, to tell a mailbox created again). The list is
+		// in the last segment, also when the name came as a literal
+		// (Dovecot writes one with many quoted-specials so; RECENT
+		// then stays the upstream's).
+		last := &resp.Segments[len(resp.Segments)-1]
+		_, last.Text = statusUIDValidity(last.Text, true)
 	}
 	if collecting && !resp.Streamed {
 		*x.collect = append(*x.collect, resp)

@@ -17,6 +17,7 @@ import (
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/proxy"
 	"github.com/lemonproxy/lemonproxy/syncstate"
+	"github.com/lemonproxy/lemonproxy/upstream"
 )
 
 // In the selected state the core has already turned FETCH, STORE, SEARCH,
@@ -569,8 +570,12 @@ func (d *searchData) completeESearch(s *proxy.Session, text []byte) []byte {
 // statusData is what the STATUS rewriter tells the response filter.
 type statusData struct {
 	highest      uint64
-	known        bool // highest is known
-	dropMessages bool // MESSAGES was asked only because the list was empty
+	uidValidity  uint32 // of the state highest is from
+	known        bool   // highest is known
+	dropMessages bool   // MESSAGES was asked only because the list was empty
+	// dropUIDValidity: UIDVALIDITY was asked only to tell the mailbox
+	// the state is of from one created again under its name.
+	dropUIDValidity bool
 }
 
 // rewriteStatus answers the HIGHESTMODSEQ item of STATUS (RFC 7162 3.1.6)
@@ -597,12 +602,14 @@ func (e *Extension) rewriteStatus(x *proxy.Exchange) error {
 		return nil
 	}
 	kept := imapcodec.List{}
-	asked := false
+	asked, withUIDValidity := false, false
 	for _, it := range items {
-		if a, ok := it.(imapcodec.Atom); ok && strings.EqualFold(string(a), "HIGHESTMODSEQ") {
+		a, ok := it.(imapcodec.Atom)
+		if ok && strings.EqualFold(string(a), "HIGHESTMODSEQ") {
 			asked = true
 			continue
 		}
+		withUIDValidity = withUIDValidity || ok && strings.EqualFold(string(a), "UIDVALIDITY")
 		kept = append(kept, it)
 	}
 	if !asked {
@@ -617,8 +624,17 @@ func (e *Extension) rewriteStatus(x *proxy.Exchange) error {
 		kept = imapcodec.List{imapcodec.Atom("MESSAGES")}
 		d.dropMessages = true
 	}
-	if st, release, err := e.mailboxes.State(context.Background(), s.UpstreamAccount(), mailbox); err == nil {
-		d.highest, d.known = st.HighestModSeq(), true
+	if !withUIDValidity {
+		// The hub's state may be of a mailbox deleted and created
+		// again under the name outside the proxy, which its watcher
+		// has not seen (Dovecot tells a connection that keeps the old
+		// one selected nothing): the upstream's UIDVALIDITY tells.
+		kept = append(kept, imapcodec.Atom("UIDVALIDITY"))
+		d.dropUIDValidity = true
+	}
+	account := s.UpstreamAccount()
+	if st, release, err := e.mailboxes.State(context.Background(), account, mailbox); err == nil {
+		d.highest, d.uidValidity, d.known = st.HighestModSeq(), st.UIDValidity(), true
 		release()
 	} else {
 		s.Logger().Debug("no state for STATUS HIGHESTMODSEQ", "mailbox", mailbox, "err", err)
@@ -626,25 +642,101 @@ func (e *Extension) rewriteStatus(x *proxy.Exchange) error {
 	line := imapcodec.AppendQuoted([]byte(tag+" STATUS "), mailbox)
 	line = append(line, ' ')
 	x.Segments = []imapcodec.Segment{{Text: imapcodec.AppendValue(line, kept)}}
+	failed := false
 	x.Filter(func(resp *proxy.Response) *proxy.Response {
-		if resp.Head.Name == "STATUS" && !resp.Streamed && len(resp.Segments) == 1 {
-			resp.Segments[0].Text = d.complete(resp.Segments[0].Text)
+		if resp.Head.Name != "STATUS" || resp.Streamed || len(resp.Segments) == 0 ||
+			!e.sameMailbox(x.Context(), account, resp.Segments, mailbox) {
+			return resp
 		}
+		// The item list follows the name, which Dovecot writes as a
+		// literal when it holds many quoted-specials: the list is in
+		// the last segment either way.
+		last := &resp.Segments[len(resp.Segments)-1]
+		if v := statusUIDValidity(last.Text); d.known && v != 0 && v != d.uidValidity {
+			if err := e.resyncStatus(x.Context(), account, mailbox, v, d); err != nil {
+				// Not the old mailbox's mod-sequence, and not
+				// an answer without the item the client asked
+				// for: NO [UNAVAILABLE], as a SELECT that meets
+				// the same gets.
+				s.Logger().Warn("STATUS HIGHESTMODSEQ of a mailbox created again", "mailbox", mailbox, "err", err)
+				failed = true
+				return nil
+			}
+		}
+		last.Text = d.complete(last.Text)
 		return resp
+	})
+	x.OnTagged(func(h *imapcodec.ResponseHead) {
+		if failed && h.Name == "OK" {
+			h.Name, h.Code, h.CodeArg = "NO", "UNAVAILABLE", ""
+			h.Text = "The mailbox changed while its status was asked; try again."
+		}
 	})
 	return nil
 }
 
-// complete adds HIGHESTMODSEQ to "* STATUS name (...)".
+// sameMailbox reports whether the STATUS response segs is of mailbox:
+// only that one's answer gets its HIGHESTMODSEQ, and only its UIDVALIDITY
+// tells whether the state is of another mailbox of the name.
+func (e *Extension) sameMailbox(ctx context.Context, a proxy.Account, segs []imapcodec.Segment, mailbox string) bool {
+	p := imapcodec.NewParser(segs, imapcodec.Limits{})
+	if _, err := p.Atom(); err != nil || p.SP() != nil { // *
+		return false
+	}
+	if _, err := p.Atom(); err != nil || p.SP() != nil { // STATUS
+		return false
+	}
+	name, err := p.AString()
+	return err == nil && (name == mailbox ||
+		e.mailboxes.Canonical(ctx, a.Name, nil, name) == e.mailboxes.Canonical(ctx, a.Name, nil, mailbox))
+}
+
+// resyncStatus takes d's HIGHESTMODSEQ from the hub's state of the
+// mailbox at uidValidity, the upstream's, after the state d had was found
+// to be of another UIDVALIDITY: the mailbox was deleted and created again
+// under the name, and RFC 7162's HIGHESTMODSEQ is of one UIDVALIDITY (a
+// client caching by both would take the new mailbox for the old one).
+// The hub starts the state over (a new one continues above the old one's
+// mod-sequences, see hub.Resync).
+func (e *Extension) resyncStatus(ctx context.Context, a proxy.Account, mailbox string, uidValidity uint32, d *statusData) error {
+	ctx, cancel := context.WithTimeout(ctx, syncWait)
+	defer cancel()
+	st, release, err := e.mailboxes.StateAt(ctx, a, mailbox, uidValidity)
+	if err != nil {
+		return err
+	}
+	d.highest, d.uidValidity = st.HighestModSeq(), st.UIDValidity()
+	release()
+	return nil
+}
+
+// statusUIDValidity returns the UIDVALIDITY of the item list that ends a
+// STATUS response ("... (MESSAGES 2 UIDVALIDITY 7)"), or 0.
+func statusUIDValidity(text []byte) uint32 {
+	_, attrs, ok := imapcodec.StatusItems(text)
+	if !ok {
+		return 0
+	}
+	for i := 0; i+1 < len(attrs); i += 2 {
+		if strings.EqualFold(attrs[i], "UIDVALIDITY") {
+			return upstream.ParseUIDValidity(attrs[i+1])
+		}
+	}
+	return 0
+}
+
+// complete adds HIGHESTMODSEQ to "* STATUS name (...)" (or to the segment
+// after a literal name, " (...)") and takes out the items asked for the
+// proxy's sake.
 func (d *statusData) complete(text []byte) []byte {
-	open := strings.LastIndexByte(string(text), '(')
-	if open < 0 || !strings.HasSuffix(string(text), ")") {
+	open, attrs, ok := imapcodec.StatusItems(text)
+	if !ok {
 		return text
 	}
-	attrs := strings.Fields(string(text[open+1 : len(text)-1]))
 	var out []string
 	for i := 0; i+1 < len(attrs); i += 2 {
-		if d.dropMessages && strings.EqualFold(attrs[i], "MESSAGES") {
+		if d.dropMessages && strings.EqualFold(attrs[i], "MESSAGES") ||
+			d.dropUIDValidity && strings.EqualFold(attrs[i], "UIDVALIDITY") {
 			continue
 		}
 		out = append(out, attrs[i], attrs[i+1])

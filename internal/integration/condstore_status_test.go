@@ -1,0 +1,116 @@
+package integration
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+)
+
+// csSelectHighest returns the [HIGHESTMODSEQ n] of a SELECT or EXAMINE
+// (with CONDSTORE) through the proxy, and its [UIDVALIDITY n].
+func csSelectHighest(t *testing.T, c *imaptest.Client, cmd string) (highest uint64, uidValidity uint32) {
+	t.Helper()
+	for _, l := range c.MustOK(cmd) {
+		if _, rest, ok := strings.Cut(l, "[HIGHESTMODSEQ "); ok {
+			v, _, _ := strings.Cut(rest, "]")
+			highest, _ = strconv.ParseUint(v, 10, 64)
+		}
+		if _, rest, ok := strings.Cut(l, "[UIDVALIDITY "); ok {
+			v, _, _ := strings.Cut(rest, "]")
+			n, _ := strconv.ParseUint(v, 10, 32)
+			uidValidity = uint32(n)
+		}
+	}
+	if highest == 0 || uidValidity == 0 {
+		t.Fatalf("%s: no HIGHESTMODSEQ or UIDVALIDITY", cmd)
+	}
+	return highest, uidValidity
+}
+
+// TestStatusHighestModSeqRecreated: a mailbox the proxy keeps state for
+// (a session has it selected) is deleted and created again directly on
+// Dovecot. STATUS (HIGHESTMODSEQ) through the proxy must give the new
+// mailbox's mod-sequence, the one an EXAMINE of it then reports, never
+// the old mailbox's beside the new UIDVALIDITY (RFC 7162 3.1.2.1: a
+// HIGHESTMODSEQ belongs to its UIDVALIDITY; a client caching by both
+// would take the new mailbox for the old one). Whatever the first STATUS
+// after the change asks for: UIDVALIDITY, nothing else, or RECENT (the
+// core then asks the upstream for UIDVALIDITY on its own behalf and
+// takes it out after condstore's filter has read it).
+func TestStatusHighestModSeqRecreated(t *testing.T) {
+	for _, p := range profiles {
+		t.Run(p.String(), func(t *testing.T) {
+			// Under the default layout, Dovecot itself now and then
+			// answers the new mailbox "NO Mailbox was deleted under
+			// us" (see dovecottest.Options.IndexLayout).
+			dc := dovecottest.StartWith(t, p, dovecottest.Options{IndexLayout: true})
+			addr := csStartProxy(t, dc)
+			for _, first := range []struct{ ask, want string }{
+				{"UIDVALIDITY HIGHESTMODSEQ", "UIDVALIDITY %[1]d HIGHESTMODSEQ %[2]d"},
+				{"HIGHESTMODSEQ", "HIGHESTMODSEQ %[2]d"},
+				{"RECENT HIGHESTMODSEQ", "RECENT 2 HIGHESTMODSEQ %[2]d"},
+			} {
+				name := "box" + strconv.Itoa(len(first.ask))
+				csSeed(t, dc, name, 2)
+				a := imaptest.Login(t, addr, "alice", "alicepass")
+				oldHighest, oldUV := csSelectHighest(t, a, "SELECT "+name+" (CONDSTORE)")
+				a.MustOK(`STORE 1 +FLAGS (\Seen)`)
+
+				d := csDirect(t, dc, "")
+				d.MustOK("DELETE " + name)
+				d.MustOK("CREATE " + name)
+				csAppend(t, d, name, 2)
+				st := d.MustOK("STATUS " + name + " (UIDVALIDITY)")
+				var newUV uint32
+				if _, err := fmt.Sscanf(st[0], "* STATUS "+name+" (UIDVALIDITY %d)", &newUV); err != nil || newUV == oldUV {
+					t.Fatalf("direct STATUS: %q (old UIDVALIDITY %d)", st, oldUV)
+				}
+
+				c := imaptest.Login(t, addr, "alice", "alicepass")
+				got := c.MustOK("STATUS " + name + " (" + first.ask + ")")
+				gotAgain := c.MustOK("STATUS " + name + " (UIDVALIDITY HIGHESTMODSEQ)")
+				b := imaptest.Login(t, addr, "alice", "alicepass")
+				highest, uv := csSelectHighest(t, b, "EXAMINE "+name+" (CONDSTORE)")
+				if uv != newUV || highest == oldHighest {
+					t.Fatalf("EXAMINE of the new mailbox: UIDVALIDITY %d HIGHESTMODSEQ %d (old %d %d, new UIDVALIDITY %d)", uv, highest, oldUV, oldHighest, newUV)
+				}
+				imaptest.AssertLines(t, "first STATUS ("+first.ask+")", got,
+					[]string{"* STATUS " + name + " (" + fmt.Sprintf(first.want, newUV, highest) + ")", "*"})
+				imaptest.AssertLines(t, "STATUS (UIDVALIDITY HIGHESTMODSEQ) again", gotAgain,
+					[]string{fmt.Sprintf("* STATUS %s (UIDVALIDITY %d HIGHESTMODSEQ %d)", name, newUV, highest), "*"})
+				for _, c := range []*imaptest.Client{a, b, c, d} {
+					c.Close()
+				}
+			}
+		})
+	}
+}
+
+// TestStatusHighestModSeqLiteralName: Dovecot writes the name of a
+// mailbox with many quoted-specials as a literal in its STATUS answer;
+// the proxy's HIGHESTMODSEQ is added to that answer as to any other.
+func TestStatusHighestModSeqLiteralName(t *testing.T) {
+	dc := dovecottest.Start(t, dovecottest.Legacy)
+	addr := csStartProxy(t, dc)
+	d := csDirect(t, dc, "")
+	name := `"q\"\"\"\"\\\\x"`
+	d.MustOK("CREATE " + name)
+	direct := d.MustOK("STATUS " + name + " (MESSAGES)")
+	if !strings.HasPrefix(direct[0], "* STATUS {") || !strings.HasSuffix(direct[0], " (MESSAGES 0)") {
+		t.Fatalf("Dovecot's answer: %q", direct)
+	}
+	head := strings.TrimSuffix(direct[0], "(MESSAGES 0)")
+
+	c := imaptest.Login(t, addr, "alice", "alicepass")
+	got1 := c.MustOK("STATUS " + name + " (MESSAGES HIGHESTMODSEQ)")
+	got2 := c.MustOK("STATUS " + name + " (HIGHESTMODSEQ)")
+	highest, _ := csSelectHighest(t, c, "EXAMINE "+name+" (CONDSTORE)")
+	imaptest.AssertLines(t, "STATUS (MESSAGES HIGHESTMODSEQ)", got1,
+		[]string{fmt.Sprintf("%s(MESSAGES 0 HIGHESTMODSEQ %d)", head, highest), "*"})
+	imaptest.AssertLines(t, "STATUS (HIGHESTMODSEQ)", got2,
+		[]string{fmt.Sprintf("%s(HIGHESTMODSEQ %d)", head, highest), "*"})
+}
