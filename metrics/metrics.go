@@ -199,7 +199,7 @@ func (m *Metrics) Register(src Sources) {
 		})
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: ns, Name: "commands_ahead_total",
-		Help: "Client commands (pipelined UID FETCHes that change nothing) sent upstream before the answers to the command before them were relayed.",
+		Help: "Client commands (pipelined FETCHes and UID FETCHes that change nothing) sent upstream before the answers to the command before them were relayed.",
 	}, func() float64 { return float64(stats().CommandsAhead) }))
 	counters("catchups_total",
 		"Commands in the selected state whose pooled connection lagged behind the mailbox: caught up with a NOOP first, or sent without one because they relied on nothing that changed.",

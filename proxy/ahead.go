@@ -41,12 +41,26 @@ import (
 // untagged answer belongs to is done while commands are ahead
 // (reportsOnly).
 //
-// Which commands: UID FETCH in the selected state, whole on its line (no
-// literal), with no modifier (CHANGEDSINCE, VANISHED), none of whose items
-// sets \Seen (no BODY[] without .PEEK: the command must change nothing,
-// so that running it before its turn cannot be seen), over a watched
-// mailbox that is not passive, and only if every handler of its chain says
-// it may (PipelineSafe). Running such a command's chain before the previous
+// Which commands: UID FETCH and FETCH in the selected state, whole on its
+// line (no literal), with no modifier (CHANGEDSINCE, VANISHED), none of
+// whose items sets \Seen (no BODY[] without .PEEK: the command must change
+// nothing, so that running it before its turn cannot be seen), over a
+// watched mailbox that is not passive, and only if every handler of its
+// chain says it may (PipelineSafe).
+//
+// A FETCH by sequence numbers (issue 20: imaptest's stress and most
+// clients' header downloads use them) is translated to UIDs when it goes
+// upstream, through the client's view as it is then; the changes reported
+// at the turns of the commands before it must not renumber that view. So
+// it goes ahead only behind commands that let no EXPUNGE be reported at
+// their turn, FETCHes by sequence numbers themselves (RFC 3501 7.4.1: no
+// EXPUNGE during FETCH, STORE or SEARCH); behind a UID FETCH, which may
+// report one, it waits for its turn (seqAheadOK). And since the answers of
+// commands in flight on one connection may come in any order, each relayed
+// under whichever command's turn it is, the FETCHes of one batch agree on
+// whether the UID item is shown (a FETCH by sequence numbers that did not
+// ask for it has it taken out): otherwise a message could lose the UID its
+// command asked for, or show one it did not. Running such a command's chain before the previous
 // FETCH's answers are relayed is safe because a FETCH that changes nothing
 // changes none of what the chain looks at (the client's view, the saved
 // SEARCHRES result, the session's enabled extensions). Nothing is written
@@ -102,7 +116,7 @@ type aheadCmd struct {
 // pipelinable reports whether cmd is a command that may go upstream before
 // its turn (see above), before the chain is asked.
 func (s *Session) pipelinable(cmd *imapcodec.Command) bool {
-	if s.cfg.FetchAhead <= 0 || s.state != StateSelected || s.mbox == nil || cmd.Name != "UID FETCH" ||
+	if s.cfg.FetchAhead <= 0 || s.state != StateSelected || s.mbox == nil || cmd.Name != "UID FETCH" && cmd.Name != "FETCH" ||
 		len(cmd.Segments) != 1 || cmd.Segments[0].Literal != nil {
 		return false
 	}
@@ -112,9 +126,32 @@ func (s *Session) pipelinable(cmd *imapcodec.Command) bool {
 	if s.mbox.sub.Passive() {
 		return false // brought up to date before each command (dispatch)
 	}
-	// "tag UID FETCH set items": no modifiers.
+	// "tag UID FETCH set items" or "tag FETCH set items": no modifiers.
+	want := 5
+	if cmd.Name == "FETCH" {
+		want = 4
+	}
 	vals, err := imapcodec.NewParser(cmd.Segments, imapcodec.Limits{}).Values()
-	return err == nil && len(vals) == 5
+	return err == nil && len(vals) == want
+}
+
+// seqAheadOK reports whether x, a command that may be pipelined (and in
+// its upstream form), may go upstream behind head, the command whose turn
+// it is, and the commands already ahead (see above): a UID FETCH always; a
+// FETCH by sequence numbers only when none of them lets an EXPUNGE be
+// reported at its turn; and only as a FETCH that shows the UID item as
+// each of them does.
+func (s *Session) seqAheadOK(head, x *Exchange) bool {
+	for _, a := range slices.Concat([]aheadCmd{{x: head}}, s.ahead) {
+		t := a.x.xlate
+		if t == nil || t.stripUID != x.xlate.stripUID {
+			return false
+		}
+		if x.xlate.fromName != "" && t.allowExpunge {
+			return false
+		}
+	}
+	return true
 }
 
 // besideAhead runs fn on another upstream connection than the session's,
@@ -151,10 +188,10 @@ func (s *Session) chainPipelineSafe(x *Exchange) bool {
 }
 
 // sendAhead sends upstream, on up, the commands the client has sent behind
-// the one just sent there, as long as they may be pipelined and are whole
-// in the reader's buffer or in the socket (it never waits for the client). It is called
-// only when the command just sent may be pipelined itself.
-func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn) {
+// head, the one just sent there, as long as they may be pipelined and are
+// whole in the reader's buffer or in the socket (it never waits for the
+// client). It is called only when head may be pipelined itself.
+func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn, head *Exchange) {
 	if s.upPartial {
 		// Caught up only with what the first command needed: the
 		// next may need more (catchup.go), in its turn.
@@ -184,7 +221,7 @@ func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn) {
 		if len(s.srv.rewriters) > 0 && s.rewriteCommand(x) != nil {
 			return
 		}
-		if s.translateCommand(x) != nil || !s.chainPipelineSafe(x) {
+		if s.translateCommand(x) != nil || !s.seqAheadOK(head, x) || !s.chainPipelineSafe(x) {
 			return
 		}
 		got, lit, err := s.r.ReadLine()
@@ -264,7 +301,7 @@ func (s *Session) finishAhead() error {
 		return err
 	}
 	s.ahead = slices.Delete(s.ahead, 0, 1)
-	s.sendAhead(x.ctx, up)
+	s.sendAhead(x.ctx, up, x)
 	if _, err := s.relayResponses(x, up, a.upTag); err != nil {
 		if err := s.relayFailed(x.Tag, err); err != nil {
 			return err

@@ -367,3 +367,89 @@ func TestFetchAheadExecOnDelivery(t *testing.T) {
 		t.Fatalf("the extension's commands: %d run, for %q, errors %v; want one for b, without error", ext.runs, ext.tags, ext.errs)
 	}
 }
+
+// TestSeqFetchAhead: FETCHes by sequence numbers that change nothing go
+// upstream ahead of their turn too (their UID form), and each answer comes
+// under its own sequence number, in order.
+func TestSeqFetchAhead(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (UID BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (UID BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte("a FETCH 1 (UID BODY.PEEK[])\r\nb FETCH 2 (UID BODY.PEEK[])\r\nc FETCH 3 (UID BODY.PEEK[])\r\n"))
+	waitFired(t, hold)
+	waitFired(t, third) // sent while the answer to the first is held
+	hold.Release()
+	e.expectBodyOf("a", 1)
+	e.expectBodyOf("b", 2)
+	e.expectBodyOf("c", 3)
+	if n := e.p.Srv.Stats().CommandsAhead; n != 2 {
+		t.Errorf("Stats().CommandsAhead = %d, want 2 (b and c)", n)
+	}
+}
+
+// TestSeqFetchNotAheadOfExpunge: a FETCH by sequence numbers behind a UID
+// FETCH keeps its turn. The UID FETCH's answer may carry an EXPUNGE (RFC
+// 3501 7.4.1 allows one during a UID command), after which the client's
+// numbers mean other messages: here message 1 is expunged by another
+// session while the UID FETCH's answer is on its way, so the client, told
+// "* 1 EXPUNGE" before the UID FETCH's OK, means by "FETCH 2" the message
+// of UID 3, as Dovecot takes it. Translated ahead of its turn, it was UID 2.
+func TestSeqFetchNotAheadOfExpunge(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	ahead := e.fn.Add(faultnet.Fault{Match: []byte("(UID FLAGS)"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte(longTag + " UID FETCH 2 (BODY.PEEK[])\r\nb FETCH 2 (UID FLAGS)\r\n"))
+	waitFired(t, hold)
+
+	other := imaptest.Dial(t, e.p.Addr)
+	other.LoginTagged("alice", "secret")
+	other.Do("s", "SELECT INBOX")
+	other.Do("d", `STORE 1 +FLAGS.SILENT (\Deleted)`)
+	other.Do("x", "EXPUNGE")
+	select {
+	case <-ahead.Fired():
+		t.Fatal("a FETCH by sequence numbers went upstream behind a UID FETCH, ahead of its turn")
+	case <-time.After(100 * time.Millisecond):
+	}
+	hold.Release()
+
+	got := e.c.ReadUntilTagged(longTag)
+	if !slices.Contains(got, "* 1 EXPUNGE") {
+		t.Fatalf("answer to the UID FETCH: %q, want the expunge of message 1 before its OK", got)
+	}
+	got = e.c.ReadUntilTagged("b")
+	if len(got) != 2 || !strings.HasPrefix(got[0], "* 2 FETCH (UID 3 FLAGS (") || !strings.HasPrefix(got[1], "b OK") {
+		t.Fatalf("answer to FETCH 2 after message 1's expunge: %q, want message 2 of the client's view, UID 3", got)
+	}
+}
+
+// TestSeqFetchAheadShowsUIDAlike: FETCHes whose answers show the UID item
+// differently (a FETCH by sequence numbers that did not ask for it has it
+// taken out) are not in flight together: the upstream may send one's
+// answers under the other's turn (Dovecot runs pipelined FETCHes at
+// once), where they would lose the UID asked for, or show one not asked.
+func TestSeqFetchAheadShowsUIDAlike(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (FLAGS)"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 "), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\nb UID FETCH 2 (FLAGS)\r\n"))
+	waitFired(t, hold)
+	select {
+	case <-second.Fired():
+		t.Fatal("a UID FETCH went upstream ahead of its turn behind a FETCH whose answers lose the UID item")
+	case <-time.After(100 * time.Millisecond):
+	}
+	hold.Release()
+	if got := e.c.ReadUntilTagged(longTag); len(got) != 2 || !strings.HasPrefix(got[0], "* 1 FETCH (FLAGS (") {
+		t.Fatalf("answer to FETCH 1 (FLAGS): %q", got)
+	}
+	if got := e.c.ReadUntilTagged("b"); len(got) != 2 || !strings.HasPrefix(got[0], "* 2 FETCH (") || !strings.Contains(got[0], "UID 2") {
+		t.Fatalf("answer to UID FETCH 2 (FLAGS): %q", got)
+	}
+}

@@ -69,7 +69,7 @@ type Config struct {
 	// what invalidates it). Default 30 s; negative: every login goes
 	// upstream.
 	LoginCacheWindow time.Duration
-	// FetchAhead is how many of a client's pipelined UID FETCHes that
+	// FetchAhead is how many of a client's pipelined FETCHes and UID FETCHes that
 	// change nothing may go upstream before the answers to the ones
 	// before them are relayed (ahead.go). Default DefaultFetchAhead;
 	// negative: none, every command waits for its turn (for an upstream

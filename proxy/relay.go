@@ -356,7 +356,7 @@ func (s *Session) relayCommand(up *upstream.Conn, x *Exchange) (imapcodec.Respon
 		return imapcodec.ResponseHead{}, s.upstreamFailed(tag, err)
 	}
 	if x.pipelined {
-		s.sendAhead(x.ctx, up)
+		s.sendAhead(x.ctx, up, x)
 	}
 	head, err := s.relayResponses(x, up, upTag)
 	if err != nil {

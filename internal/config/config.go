@@ -264,7 +264,7 @@ func (s *Settings) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&s.MaxDepth, "max-depth", s.MaxDepth, "deepest parenthesis nesting in a command")
 	fs.TextVar(&s.AuthFailureDelay, "auth-failure-delay", s.AuthFailureDelay, "time from the start of a failed login to its answer, the upstream's time included")
 	fs.TextVar(&s.LoginCache, "login-cache", s.LoginCache, "how long after the upstream accepted an account's user name and password a login with exactly those is answered from a pooled connection without a new upstream login (docs/per-command.md); 0: every login goes upstream")
-	fs.IntVar(&s.FetchAhead, "fetch-ahead", s.FetchAhead, "how many of a client's pipelined UID FETCHes that change nothing go upstream before the answers to the ones before them are relayed (a download's pipelining reaches the upstream); 0: every command waits for its turn")
+	fs.IntVar(&s.FetchAhead, "fetch-ahead", s.FetchAhead, "how many of a client's pipelined FETCHes and UID FETCHes that change nothing go upstream before the answers to the ones before them are relayed (a download's pipelining reaches the upstream); 0: every command waits for its turn")
 	fs.TextVar(&s.PreAuthTimeout, "preauth-timeout", s.PreAuthTimeout, "disconnect clients that have not logged in after this long")
 	fs.TextVar(&s.IdleTimeout, "idle-timeout", s.IdleTimeout, "disconnect logged-in clients silent for this long (at least 30m per RFC 3501)")
 	fs.TextVar(&s.PollInterval, "poll-interval", s.PollInterval, "how often a mailbox watcher polls with NOOP when the upstream has no IDLE")
