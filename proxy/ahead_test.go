@@ -67,6 +67,17 @@ func (e *aheadEnv) sendHeld(t *testing.T, first, more string) (*faultnet.Handle,
 	return hold, waitFired(t, third) // sent while the answer to the first is held
 }
 
+// notFired fails t if h fires within d: a command that must keep its
+// turn went upstream while the answer before it is held.
+func notFired(t *testing.T, h *faultnet.Handle, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case <-h.Fired():
+		t.Fatal(why)
+	case <-time.After(d):
+	}
+}
+
 // longTag is the tag of the first command of a batch in some tests: the
 // proxy reads the first bytes of a command after a pause into a small
 // buffer of its own (imapcodec.Reader's first read); a first line longer
@@ -98,11 +109,7 @@ func TestFetchAhead(t *testing.T) {
 	e := startAheadEnv(t)
 	search := e.fn.Add(faultnet.Fault{Match: []byte("SEARCH UID 2"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
 	hold, _ := e.sendHeld(t, "a", "d UID SEARCH UID 2\r\n")
-	select {
-	case <-search.Fired():
-		t.Fatal("the SEARCH went upstream ahead of its turn")
-	case <-time.After(100 * time.Millisecond):
-	}
+	notFired(t, search, 100*time.Millisecond, "the SEARCH went upstream ahead of its turn")
 	hold.Release()
 	e.expectBodyOf("a", 1)
 	if n := e.p.Srv.Stats().CommandsAhead; n != 2 {
@@ -124,11 +131,7 @@ func TestFetchAheadNotWhenItChanges(t *testing.T) {
 		Dir: faultnet.ToServer, Action: faultnet.Note})
 	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY[])\r\n"))
 	waitFired(t, hold)
-	select {
-	case <-second.Fired():
-		t.Fatal("a FETCH that sets \\Seen went upstream ahead of its turn")
-	case <-time.After(200 * time.Millisecond):
-	}
+	notFired(t, second, 200*time.Millisecond, "a FETCH that sets \\Seen went upstream ahead of its turn")
 	hold.Release()
 	e.expectBodyOf(longTag, 1)
 	waitFired(t, second)
@@ -410,11 +413,7 @@ func TestSeqFetchNotAheadOfExpunge(t *testing.T) {
 	other.Do("s", "SELECT INBOX")
 	other.Do("d", `STORE 1 +FLAGS.SILENT (\Deleted)`)
 	other.Do("x", "EXPUNGE")
-	select {
-	case <-ahead.Fired():
-		t.Fatal("a FETCH by sequence numbers went upstream behind a UID FETCH, ahead of its turn")
-	case <-time.After(100 * time.Millisecond):
-	}
+	notFired(t, ahead, 100*time.Millisecond, "a FETCH by sequence numbers went upstream behind a UID FETCH, ahead of its turn")
 	hold.Release()
 
 	got := e.c.ReadUntilTagged(longTag)
@@ -440,11 +439,7 @@ func TestSeqFetchAheadShowsUIDAlike(t *testing.T) {
 		Dir: faultnet.ToServer, Action: faultnet.Note})
 	e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\nb UID FETCH 2 (FLAGS)\r\n"))
 	waitFired(t, hold)
-	select {
-	case <-second.Fired():
-		t.Fatal("a UID FETCH went upstream ahead of its turn behind a FETCH whose answers lose the UID item")
-	case <-time.After(100 * time.Millisecond):
-	}
+	notFired(t, second, 100*time.Millisecond, "a UID FETCH went upstream ahead of its turn behind a FETCH whose answers lose the UID item")
 	hold.Release()
 	if got := e.c.ReadUntilTagged(longTag); len(got) != 2 || !strings.HasPrefix(got[0], "* 1 FETCH (FLAGS (") {
 		t.Fatalf("answer to FETCH 1 (FLAGS): %q", got)

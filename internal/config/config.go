@@ -369,16 +369,26 @@ func Decode(text string, s *Settings) error {
 	return nil
 }
 
-// checkHostPort checks a HOST:PORT address to dial: a host, and a port
-// from 1 to 65535.
-func checkHostPort(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
+// splitHostPort is net.SplitHostPort with its error said for a
+// configuration file.
+func splitHostPort(addr string) (host, port string, err error) {
+	host, port, err = net.SplitHostPort(addr)
 	if err != nil {
 		var ae *net.AddrError
 		if errors.As(err, &ae) {
-			return fmt.Errorf("%s; want HOST:PORT", ae.Err)
+			return "", "", fmt.Errorf("%s; want HOST:PORT", ae.Err)
 		}
-		return fmt.Errorf("%w; want HOST:PORT", err)
+		return "", "", fmt.Errorf("%w; want HOST:PORT", err)
+	}
+	return host, port, nil
+}
+
+// checkHostPort checks a HOST:PORT address to dial: a host, and a port
+// from 1 to 65535.
+func checkHostPort(addr string) error {
+	host, port, err := splitHostPort(addr)
+	if err != nil {
+		return err
 	}
 	if host == "" {
 		return errors.New("no host; want HOST:PORT")
@@ -399,13 +409,9 @@ func checkHostPort(addr string) error {
 // may hold the address), must refuse it all the same. A host name that
 // does not resolve is left to the listen at start.
 func checkListenAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
+	host, port, err := splitHostPort(addr)
 	if err != nil {
-		var ae *net.AddrError
-		if errors.As(err, &ae) {
-			return fmt.Errorf("%s; want HOST:PORT", ae.Err)
-		}
-		return fmt.Errorf("%w; want HOST:PORT", err)
+		return err
 	}
 	if strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
 		return errors.New("the host holds a space or control character")

@@ -54,16 +54,7 @@ func TestUnselectWithoutReopening(t *testing.T) {
 			}
 			mustOK(t, d.Cmd("APPEND "+tc.mailbox+` (\Deleted) {7+}`+"\r\nSubj: x"))
 			setup = append(setup, "APPEND")
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := upstream.Dial(ctx, &upstream.Config{Addr: dc.Addr, Timeout: 5 * time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if _, err := c.Login(ctx, "u", "pw"); err != nil {
-				t.Fatal(err)
-			}
+			ctx, c := dialUpstream(t, dc.Addr)
 			if c.Caps().Has("UNSELECT") {
 				t.Fatalf("%s advertises UNSELECT: the test needs a server without", tc.p)
 			}
@@ -79,14 +70,7 @@ func TestUnselectWithoutReopening(t *testing.T) {
 			if sent := tagNumber(t, c.NextTag()) - tagNumber(t, before) - 1; sent != 2 {
 				t.Errorf("Unselect sent %d commands, want 2 (EXAMINE of a missing mailbox, the check)", sent)
 			}
-			if c.Selected != "" {
-				t.Errorf("Selected = %q after Unselect", c.Selected)
-			}
-			_, err = c.Exec(ctx, "FETCH 1 (FLAGS)", nil)
-			var se *upstream.StatusError
-			if !errors.As(err, &se) || se.Head.Name != "BAD" {
-				t.Errorf("FETCH after Unselect: %v, want Dovecot's BAD for no mailbox selected", err)
-			}
+			expectNothingSelected(ctx, t, c)
 			imaptest.AssertLines(t, "the deleted message kept", mustOK(t, d.Cmd("STATUS "+tc.mailbox+" (MESSAGES)")), []string{"* STATUS " + tc.mailbox + " (MESSAGES 1)", "*"})
 			if err := c.Select(ctx, tc.mailbox, false, nil); err != nil {
 				t.Fatalf("SELECT after Unselect: %v", err)
@@ -138,6 +122,37 @@ func sessionCommands(t *testing.T, dc *dovecottest.Server, n int) map[string][]s
 	}
 }
 
+// dialUpstream opens an upstream connection to addr logged in as u, the
+// way the proxy does, and a context for its commands; both end with t.
+func dialUpstream(t *testing.T, addr string) (context.Context, *upstream.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	c, err := upstream.Dial(ctx, &upstream.Config{Addr: addr, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Login(ctx, "u", "pw"); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, c
+}
+
+// expectNothingSelected checks, after Unselect, that c records no mailbox
+// selected and that Dovecot agrees: a FETCH is answered BAD.
+func expectNothingSelected(ctx context.Context, t *testing.T, c *upstream.Conn) {
+	t.Helper()
+	if c.Selected != "" {
+		t.Errorf("Selected = %q after Unselect", c.Selected)
+	}
+	_, err := c.Exec(ctx, "FETCH 1 (FLAGS)", nil)
+	var se *upstream.StatusError
+	if !errors.As(err, &se) || se.Head.Name != "BAD" {
+		t.Errorf("FETCH after Unselect: %v, want Dovecot's BAD for no mailbox selected", err)
+	}
+}
+
 // tagNumber reads the number of an upstream.Conn tag ("L" and base 36).
 func tagNumber(t *testing.T, tag string) int {
 	t.Helper()
@@ -163,30 +178,14 @@ func TestUnselectProbeExists(t *testing.T) {
 	for _, m := range []string{"INBOX", probe} {
 		mustOK(t, d.Cmd("APPEND "+m+` (\Deleted) {7+}`+"\r\nSubj: x"))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := upstream.Dial(ctx, &upstream.Config{Addr: dc.Addr, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Login(ctx, "u", "pw"); err != nil {
-		t.Fatal(err)
-	}
+	ctx, c := dialUpstream(t, dc.Addr)
 	if err := c.Select(ctx, "INBOX", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Unselect(ctx); err != nil {
 		t.Fatalf("Unselect: %v", err)
 	}
-	if c.Selected != "" {
-		t.Errorf("Selected = %q after Unselect", c.Selected)
-	}
-	_, err = c.Exec(ctx, "FETCH 1 (FLAGS)", nil)
-	var se *upstream.StatusError
-	if !errors.As(err, &se) || se.Head.Name != "BAD" {
-		t.Errorf("FETCH after Unselect: %v, want Dovecot's BAD for no mailbox selected", err)
-	}
+	expectNothingSelected(ctx, t, c)
 	for _, m := range []string{"INBOX", probe} {
 		imaptest.AssertLines(t, m+"'s deleted message kept", mustOK(t, d.Cmd("STATUS "+m+" (MESSAGES)")), []string{"* STATUS " + m + " (MESSAGES 1)", "*"})
 	}
