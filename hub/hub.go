@@ -411,6 +411,7 @@ type Subscription struct {
 	notify func()
 	state  *syncstate.Mailbox // the state the session started with
 	idle   bool               // guarded by hub.mu; see SetIdle
+	joined bool               // see Joined
 }
 
 // Watch subscribes to a mailbox, starting its watcher if needed, and waits
@@ -432,7 +433,7 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 	// new one keep the watcher going once the old one stops working.
 	// Every subscriber is of the same upstream account (the key).
 	b.dial = dial
-	sub := &Subscription{box: b, notify: notify}
+	sub := &Subscription{box: b, notify: notify, joined: ok}
 	b.subs[sub] = struct{}{}
 	b.touch()
 	if b.graceTimer != nil {
@@ -467,6 +468,17 @@ func (h *Hub) Watch(ctx context.Context, key Key, dial DialFunc, notify func()) 
 
 // State returns the mailbox state the subscription follows.
 func (s *Subscription) State() *syncstate.Mailbox { return s.state }
+
+// Joined reports whether Watch found the mailbox's watcher running (in
+// its grace period, or with other subscribers) rather than starting it.
+// Such a state is only as fresh as the watcher's connection: Dovecot does
+// not tell a connection that has the mailbox selected that another one
+// deleted it and created it again, so the state may be of the old
+// mailbox, as of its UIDVALIDITY, until something makes the watcher start
+// over (Resync). A session learns the UIDVALIDITY from its own SELECT; a
+// subscriber without one that must not follow the old mailbox (push)
+// asks the upstream on another connection when it joined.
+func (s *Subscription) Joined() bool { return s.joined }
 
 // ErrWatcherFailed is reported by Subscription.Err when the mailbox's
 // watcher ended on a panic: the session cannot hear of changes any more.

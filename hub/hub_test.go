@@ -216,6 +216,9 @@ func TestWatchGracePeriod(t *testing.T) {
 	if h.Watchers() != 1 || e.relay.dials.Load() != 1 {
 		t.Fatalf("two sessions: %d watchers, %d upstream connections; want 1, 1", h.Watchers(), e.relay.dials.Load())
 	}
+	if a.Joined() || !b.Joined() {
+		t.Errorf("Joined: first %v, second %v; want false, true", a.Joined(), b.Joined())
+	}
 	a.Close()
 	a.Close() // idempotent
 	time.Sleep(2 * grace)
@@ -230,6 +233,9 @@ func TestWatchGracePeriod(t *testing.T) {
 	c, err := h.Watch(context.Background(), key, dial, func() {})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !c.Joined() {
+		t.Error("a subscription to the watcher in its grace period: Joined false")
 	}
 	time.Sleep(2 * grace)
 	if h.Watchers() != 1 || e.relay.dials.Load() != 1 {
@@ -254,6 +260,9 @@ func TestWatchGracePeriod(t *testing.T) {
 	defer d.Close()
 	if h.Watchers() != 1 || e.relay.dials.Load() != 2 {
 		t.Fatalf("after restart: %d watchers, %d dials", h.Watchers(), e.relay.dials.Load())
+	}
+	if d.Joined() {
+		t.Error("the subscription that started the new watcher: Joined true")
 	}
 }
 
