@@ -84,15 +84,7 @@ func (r *respelt) restart(t *testing.T) {
 
 func (r *respelt) cursor(t *testing.T, mailbox string) cursor {
 	t.Helper()
-	v, err := r.data.Get(r.account, cursorKey(mailbox))
-	if err != nil {
-		t.Fatalf("cursor of %s: %v", mailbox, err)
-	}
-	c, err := decodeCursor(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return cursorIn(t, r.data, r.account, mailbox)
 }
 
 // expect waits for the registration's pushes to be want, exactly, and

@@ -723,7 +723,8 @@ func (e *Extension) canonical(account, box string) string {
 // dial the account's connection budget refuses (the hub's watcher is the
 // first thing the budget gives up) leaves the name as it is: the watch
 // starts as before, and a cursor it keeps under that spelling is carried
-// over once the delimiter is known (readCursor).
+// over once the delimiter is known (readCursor). A watch that joins a
+// watcher already running has its state checked first (freshen).
 func (e *Extension) subscribe(account, box string, notify func()) (*hub.Subscription, error) {
 	a, err := e.loginAccount(account)
 	if err != nil {
@@ -732,11 +733,15 @@ func (e *Extension) subscribe(account, box string, notify func()) (*hub.Subscrip
 	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
 	defer cancel()
 	if !e.mbox.NeedsDelimiter(account, box) {
-		return e.mbox.Subscribe(ctx, a, box, notify)
+		sub, err := e.mbox.Subscribe(ctx, a, box, notify)
+		if err != nil || !sub.Joined() {
+			return sub, err
+		}
+		return e.freshen(ctx, a, box, sub, notify, nil)
 	}
 	c, err := a.Dial(upstream.Optional(ctx))
 	if errors.Is(err, upstream.ErrBudget) {
-		return e.mbox.Subscribe(ctx, a, box, notify)
+		return e.mbox.Subscribe(ctx, a, box, notify) // nor a connection to freshen a joined watcher's state
 	}
 	if err != nil {
 		return nil, err
@@ -749,10 +754,73 @@ func (e *Extension) subscribe(account, box string, notify func()) (*hub.Subscrip
 		}
 		return a.Dial(ctx)
 	}), box, notify)
-	if c := h.take(); c != nil {
-		c.Logout() // the hub had a watcher of the mailbox already
+	c = h.take() // not nil: the hub had a watcher of the mailbox already
+	if err != nil || !sub.Joined() {
+		if c != nil {
+			c.Logout()
+		}
+		return sub, err
 	}
-	return sub, err
+	return e.freshen(ctx, a, box, sub, notify, c)
+}
+
+// freshen makes sure that sub, which joined a watcher already running
+// (Subscription.Joined: one in its grace period after the watch stopped
+// a moment ago, or one a session's SELECT started), follows the mailbox
+// the upstream has now, before the watch's first look takes its state.
+// The watcher's connection may still have a mailbox selected that was
+// deleted and created again under the name outside the proxy, and
+// Dovecot reports it neither in IDLE nor to a NOOP of that connection
+// (a Sync, tried: it answers from the old mailbox): the first look
+// would keep the old UIDVALIDITY and the watch hear of no mail in the new
+// mailbox until the watcher reconnects. So the UIDVALIDITY is asked on
+// another connection, c when the caller has one left over (logged out
+// here), else one dialled for it: STATUS, one login and round trip per
+// start onto a running watcher; a start that starts the watcher costs
+// nothing more, its state is fresh. When the upstream's differs, the hub
+// starts the state over (MailboxService.StateAt: Hub.Resync) and the watch
+// subscribes anew, so its first look finds the new UIDVALIDITY and starts
+// the cursor over (observe). A dial the account's connection budget
+// refuses leaves the state unchecked (logged): the watch goes on as
+// before rather than waiting for a connection sessions use.
+func (e *Extension) freshen(ctx context.Context, a proxy.Account, box string, sub *hub.Subscription, notify func(), c *upstream.Conn) (*hub.Subscription, error) {
+	if !imapcodec.CanQuote(box) {
+		return sub, nil // checkRegistration lets no such name in
+	}
+	if c == nil {
+		var err error
+		c, err = a.Dial(upstream.Optional(ctx))
+		if errors.Is(err, upstream.ErrBudget) {
+			e.log.Info("a watch joined a running watcher without checking its UIDVALIDITY: no connection to spare", "account", logName(a.Name), "mailbox", box)
+			return sub, nil
+		}
+		if err != nil {
+			sub.Close()
+			return nil, fmt.Errorf("push: checking the UIDVALIDITY of %q: %w", box, err)
+		}
+	}
+	items, err := status(ctx, c, box, "UIDVALIDITY")
+	c.Logout()
+	switch {
+	case err != nil:
+		sub.Close()
+		return nil, fmt.Errorf("push: checking the UIDVALIDITY of %q: %w", box, err)
+	case items == nil:
+		sub.Close() // the watcher's SELECT finds it gone once it reconnects
+		return nil, fmt.Errorf("push: %q: no such mailbox on the upstream", box)
+	}
+	uv := uint32(items["UIDVALIDITY"])
+	if uv == sub.State().UIDValidity() {
+		return sub, nil
+	}
+	e.log.Info("the watched mailbox was made anew: its state starts over", "account", logName(a.Name), "mailbox", box)
+	defer sub.Close() // after the new subscription: the watcher goes on
+	_, release, err := e.mbox.StateAt(ctx, a, box, uv)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return e.mbox.Subscribe(ctx, a, box, notify)
 }
 
 // handOver gives a connection dialled ahead to the first dial that wants
@@ -799,20 +867,12 @@ func (e *Extension) pollAccount(account string, boxes []string) error {
 		if !imapcodec.CanQuote(box) {
 			continue // checkRegistration lets no such name in
 		}
-		var items map[string]uint64
-		_, err := c.Exec(ctx, "STATUS "+string(imapcodec.AppendQuoted(nil, box))+" (MESSAGES UIDNEXT UIDVALIDITY)", func(r *upstream.Response) {
-			if r.Head.Name == "STATUS" {
-				if _, it, err := statusresp.Parse(r.Segments); err == nil {
-					items = it
-				}
-			}
-		})
-		var se *upstream.StatusError
-		if errors.As(err, &se) || err == nil && items == nil {
-			continue // no such mailbox (yet): nothing to announce
-		}
+		items, err := status(ctx, c, box, "MESSAGES UIDNEXT UIDVALIDITY")
 		if err != nil {
 			return err
+		}
+		if items == nil {
+			continue // no such mailbox (yet): nothing to announce
 		}
 		uidNext, messages := uint32(items["UIDNEXT"]), uint32(items["MESSAGES"])
 		e.observe(account, box, observation{
@@ -830,4 +890,23 @@ func (e *Extension) pollAccount(account string, boxes []string) error {
 		})
 	}
 	return nil
+}
+
+// status asks c for the STATUS items (space-separated) of box, which
+// must be quotable; nil items and no error when the upstream has no such
+// mailbox (NO, or no STATUS line).
+func status(ctx context.Context, c *upstream.Conn, box, names string) (map[string]uint64, error) {
+	var items map[string]uint64
+	_, err := c.Exec(ctx, "STATUS "+string(imapcodec.AppendQuoted(nil, box))+" ("+names+")", func(r *upstream.Response) {
+		if r.Head.Name == "STATUS" {
+			if _, it, err := statusresp.Parse(r.Segments); err == nil {
+				items = it
+			}
+		}
+	})
+	var se *upstream.StatusError
+	if errors.As(err, &se) {
+		return nil, nil
+	}
+	return items, err
 }
