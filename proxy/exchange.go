@@ -48,9 +48,13 @@ type Exchange struct {
 	seenFlags map[uint32]string
 	filters   []func(*Response) *Response
 	onTagged  []func(*imapcodec.ResponseHead)
-	values    map[any]any
-	status    string
-	answered  bool
+	// holdNext is what a filter asked (HoldResponse) for the response
+	// being filtered; held are the responses kept for the tagged answer.
+	holdNext func(*Response) *Response
+	held     []heldResponse
+	values   map[any]any
+	status   string
+	answered bool
 	// peekN, peek and litSizes: what the relay of a streamed command
 	// kept of its literals (PeekLiteral).
 	peekN    int
@@ -263,6 +267,44 @@ func (x *Exchange) Reply(status, code, text string) error {
 // to drop the response (see ResponseFilter for streamed responses, and
 // for how long a response's literal Data may be used).
 func (x *Exchange) Filter(f func(*Response) *Response) { x.filters = append(x.filters, f) }
+
+// HoldResponse, called by a filter of x (Filter) about the response it is
+// filtering, keeps that response from the client until the upstream's
+// tagged answer is in and the command's upstream connection given back:
+// the response goes through the rest of the filters as any other, then
+// waits (a copy: its literal Data may be used then), and just before the
+// tagged response is written, before the OnTagged hooks, finish gets it
+// and what it returns is written (nil: nothing). For a filter that must
+// wait for something that may need the connection to complete a response
+// (condstore's HIGHESTMODSEQ of a mailbox created again waits for the
+// hub's resync, which under a full connection budget needs the very
+// connection the command holds), as SELECT's wait for the hub gives its
+// connection back first (beforeTagged). A response of a command whose
+// answers are collected (SELECT's own), or streamed, is finished at once.
+// A command that fails before its tagged answer drops what was held.
+func (x *Exchange) HoldResponse(finish func(*Response) *Response) { x.holdNext = finish }
+
+// heldResponse is a response kept by HoldResponse and its finish.
+type heldResponse struct {
+	resp   *Response
+	finish func(*Response) *Response
+}
+
+// cloneResponse copies resp's segments and their literal data, which
+// relayUntagged reads into buffers it reuses once the response is written.
+func cloneResponse(resp *Response) *Response {
+	c := &Response{Head: resp.Head, Streamed: resp.Streamed, Segments: make([]imapcodec.Segment, len(resp.Segments))}
+	for i, seg := range resp.Segments {
+		seg.Text = bytes.Clone(seg.Text)
+		seg.Data = bytes.Clone(seg.Data)
+		if seg.Literal != nil {
+			lit := *seg.Literal
+			seg.Literal = &lit
+		}
+		c.Segments[i] = seg
+	}
+	return c
+}
 
 // OnTagged adds a hook that may change the tagged response just before it
 // is written, after the changes it follows have been reported to the

@@ -579,6 +579,9 @@ func (s *Session) writeTagged(x *Exchange, head imapcodec.ResponseHead) error {
 	}
 	x.answered = true
 	x.status = head.Name
+	if err := s.finishHeld(x); err != nil {
+		return err
+	}
 	if err := s.beforeTagged(x, head); err != nil {
 		return err
 	}
@@ -601,6 +604,27 @@ func (s *Session) writeTagged(x *Exchange, head imapcodec.ResponseHead) error {
 		code += " " + head.CodeArg
 	}
 	return s.WriteStatus(x.Tag, head.Name, code, head.Text)
+}
+
+// finishHeld writes the responses a filter held (HoldResponse) once
+// finished. The upstream's answer is complete: the command's connection
+// goes back to the pool first, as before SELECT's wait for the hub
+// (beforeTagged), so that what finish waits for may have it.
+func (s *Session) finishHeld(x *Exchange) error {
+	if len(x.held) == 0 {
+		return nil
+	}
+	held := x.held
+	x.held = nil
+	s.release()
+	for _, h := range held {
+		if r := h.finish(h.resp); r != nil {
+			if err := s.writeResponse(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // relayUntagged relays one untagged response whose first line has been read,
@@ -864,6 +888,9 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 		resp.Segments[0].Text = resp.Segments[0].Text[:len(resp.Segments[0].Text)-2]
 	}
 	collecting := x != nil && x.collect != nil
+	if x != nil {
+		x.holdNext = nil // asked anew for each response (HoldResponse)
+	}
 	if s.mbox != nil && !collecting {
 		if resp = s.filterSelected(x, resp); resp == nil {
 			return nil
@@ -893,6 +920,18 @@ func (s *Session) filterResponse(x *Exchange, resp *Response) *Response {
 		// then stays the upstream's).
 		last := &resp.Segments[len(resp.Segments)-1]
 		_, last.Text = statusUIDValidity(last.Text, true)
+	}
+	if x != nil && x.holdNext != nil {
+		finish := x.holdNext
+		x.holdNext = nil
+		if collecting || resp.Streamed {
+			if resp = finish(resp); resp == nil {
+				return nil
+			}
+		} else {
+			x.held = append(x.held, heldResponse{cloneResponse(resp), finish})
+			return nil
+		}
 	}
 	if collecting && !resp.Streamed {
 		*x.collect = append(*x.collect, resp)

@@ -653,15 +653,26 @@ func (e *Extension) rewriteStatus(x *proxy.Exchange) error {
 		// the last segment either way.
 		last := &resp.Segments[len(resp.Segments)-1]
 		if v := statusUIDValidity(last.Text); d.known && v != 0 && v != d.uidValidity {
-			if err := e.resyncStatus(x.Context(), account, mailbox, v, d); err != nil {
-				// Not the old mailbox's mod-sequence, and not
-				// an answer without the item the client asked
-				// for: NO [UNAVAILABLE], as a SELECT that meets
-				// the same gets.
-				s.Logger().Warn("STATUS HIGHESTMODSEQ of a mailbox created again", "mailbox", mailbox, "err", err)
-				failed = true
-				return nil
-			}
+			// The wait for the hub's resync runs once the
+			// upstream's answer is in and the command's connection
+			// is back in the pool: under a full connection budget
+			// the resync needs it (as SELECT's wait does).
+			x.HoldResponse(func(resp *proxy.Response) *proxy.Response {
+				if err := e.resyncStatus(x.Context(), account, mailbox, v, d); err != nil {
+					// Not the old mailbox's mod-sequence,
+					// and not an answer without the item
+					// the client asked for: NO
+					// [UNAVAILABLE], as a SELECT that meets
+					// the same gets.
+					s.Logger().Warn("STATUS HIGHESTMODSEQ of a mailbox created again", "mailbox", mailbox, "err", err)
+					failed = true
+					return nil
+				}
+				last := &resp.Segments[len(resp.Segments)-1]
+				last.Text = d.complete(last.Text)
+				return resp
+			})
+			return resp
 		}
 		last.Text = d.complete(last.Text)
 		return resp

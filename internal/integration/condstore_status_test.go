@@ -5,9 +5,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
 // csSelectHighest returns the [HIGHESTMODSEQ n] of a SELECT or EXAMINE
@@ -29,6 +31,30 @@ func csSelectHighest(t *testing.T, c *imaptest.Client, cmd string) (highest uint
 		t.Fatalf("%s: no HIGHESTMODSEQ or UIDVALIDITY", cmd)
 	}
 	return highest, uidValidity
+}
+
+// csRecreated makes mailbox name with two messages, has a session (a)
+// keep it selected through the proxy at addr (so the hub watches it) and
+// change a flag, then deletes and creates it again with two messages
+// directly on Dovecot (d, left logged in). It returns the old mailbox's
+// HIGHESTMODSEQ and UIDVALIDITY, as the proxy gave them, and the new
+// one's UIDVALIDITY.
+func csRecreated(t *testing.T, dc *dovecottest.Server, addr, name string) (a, d *imaptest.Client, oldHighest uint64, oldUV, newUV uint32) {
+	t.Helper()
+	csSeed(t, dc, name, 2)
+	a = imaptest.Login(t, addr, "alice", "alicepass")
+	oldHighest, oldUV = csSelectHighest(t, a, "SELECT "+name+" (CONDSTORE)")
+	a.MustOK(`STORE 1 +FLAGS (\Seen)`)
+
+	d = csDirect(t, dc, "")
+	d.MustOK("DELETE " + name)
+	d.MustOK("CREATE " + name)
+	csAppend(t, d, name, 2)
+	st := d.MustOK("STATUS " + name + " (UIDVALIDITY)")
+	if _, err := fmt.Sscanf(st[0], "* STATUS "+name+" (UIDVALIDITY %d)", &newUV); err != nil || newUV == oldUV {
+		t.Fatalf("direct STATUS: %q (old UIDVALIDITY %d)", st, oldUV)
+	}
+	return a, d, oldHighest, oldUV, newUV
 }
 
 // TestStatusHighestModSeqRecreated: a mailbox the proxy keeps state for
@@ -55,20 +81,7 @@ func TestStatusHighestModSeqRecreated(t *testing.T) {
 				{"RECENT HIGHESTMODSEQ", "RECENT 2 HIGHESTMODSEQ %[2]d"},
 			} {
 				name := "box" + strconv.Itoa(len(first.ask))
-				csSeed(t, dc, name, 2)
-				a := imaptest.Login(t, addr, "alice", "alicepass")
-				oldHighest, oldUV := csSelectHighest(t, a, "SELECT "+name+" (CONDSTORE)")
-				a.MustOK(`STORE 1 +FLAGS (\Seen)`)
-
-				d := csDirect(t, dc, "")
-				d.MustOK("DELETE " + name)
-				d.MustOK("CREATE " + name)
-				csAppend(t, d, name, 2)
-				st := d.MustOK("STATUS " + name + " (UIDVALIDITY)")
-				var newUV uint32
-				if _, err := fmt.Sscanf(st[0], "* STATUS "+name+" (UIDVALIDITY %d)", &newUV); err != nil || newUV == oldUV {
-					t.Fatalf("direct STATUS: %q (old UIDVALIDITY %d)", st, oldUV)
-				}
+				a, d, oldHighest, oldUV, newUV := csRecreated(t, dc, addr, name)
 
 				c := imaptest.Login(t, addr, "alice", "alicepass")
 				got := c.MustOK("STATUS " + name + " (" + first.ask + ")")
@@ -113,4 +126,43 @@ func TestStatusHighestModSeqLiteralName(t *testing.T) {
 		[]string{fmt.Sprintf("%s(MESSAGES 0 HIGHESTMODSEQ %d)", head, highest), "*"})
 	imaptest.AssertLines(t, "STATUS (HIGHESTMODSEQ)", got2,
 		[]string{fmt.Sprintf("%s(HIGHESTMODSEQ %d)", head, highest), "*"})
+}
+
+// TestStatusHighestModSeqRecreatedBudget: the account's connection budget
+// is one, so the mailbox a session keeps selected has at most the
+// account's one connection for its watcher, and the STATUS that finds the
+// mailbox deleted and created again outside the proxy takes it from the
+// watcher (which goes passive: it refreshes on a lent connection) and
+// holds it when the upstream answers. The hub's resync needs that
+// connection: the STATUS must give it back before it waits for the resync
+// (as SELECT does) and answer the new mailbox's HIGHESTMODSEQ at once.
+// Before, the wait kept the connection and ran out its 5 s: a NO
+// [UNAVAILABLE], or (when the resync had come through on the watcher's
+// connection before the reclaim) the right answer after 5 s of the
+// state's sync waiting for a connection; hence the time bound, far from
+// both the 5 s and a normal answer's milliseconds.
+func TestStatusHighestModSeqRecreatedBudget(t *testing.T) {
+	dc := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{IndexLayout: true})
+	addr := csStartProxy(t, dc, func(c *proxy.Config) { c.Pool.MaxConnsPerAccount = 1 })
+	a, d, oldHighest, oldUV, newUV := csRecreated(t, dc, addr, "box")
+	defer a.Close()
+	defer d.Close()
+
+	c := imaptest.Login(t, addr, "alice", "alicepass")
+	start := time.Now()
+	got := c.Cmd("STATUS box (UIDVALIDITY HIGHESTMODSEQ)")
+	took := time.Since(start)
+	b := imaptest.Login(t, addr, "alice", "alicepass")
+	highest, uv := csSelectHighest(t, b, "EXAMINE box (CONDSTORE)")
+	if uv != newUV || highest == oldHighest {
+		t.Fatalf("EXAMINE of the new mailbox: UIDVALIDITY %d HIGHESTMODSEQ %d (old %d %d, new UIDVALIDITY %d)", uv, highest, oldUV, oldHighest, newUV)
+	}
+	if tagged := imaptest.Tagged(got); !strings.HasPrefix(tagged, "OK ") {
+		t.Fatalf("STATUS (UIDVALIDITY HIGHESTMODSEQ): %q", got)
+	}
+	imaptest.AssertLines(t, "STATUS (UIDVALIDITY HIGHESTMODSEQ)", got,
+		[]string{fmt.Sprintf("* STATUS box (UIDVALIDITY %d HIGHESTMODSEQ %d)", newUV, highest), "*"})
+	if took > 3*time.Second {
+		t.Fatalf("STATUS answered after %v: it waited with the budget's only connection held", took)
+	}
 }
