@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/faultnet"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -165,4 +166,46 @@ func TestStatusHighestModSeqRecreatedBudget(t *testing.T) {
 	if took > 3*time.Second {
 		t.Fatalf("STATUS answered after %v: it waited with the budget's only connection held", took)
 	}
+}
+
+// TestStatusHighestModSeqRecreatedUnavailable: the hub's resync of a
+// mailbox created again outside the proxy does not finish (faultnet holds
+// the greeting of the watcher's new connection): the STATUS that asked
+// for its HIGHESTMODSEQ is answered NO [UNAVAILABLE] once the wait runs
+// out, and no STATUS response reaches the client (its HIGHESTMODSEQ would
+// be the old mailbox's). Once the EXAMINE's answer comes, the hub catches
+// up and STATUS gives the new mailbox's.
+func TestStatusHighestModSeqRecreatedUnavailable(t *testing.T) {
+	dc := dovecottest.StartWith(t, dovecottest.Legacy, dovecottest.Options{IndexLayout: true})
+	fn := faultnet.Start(t, dc.Addr)
+	addr := csStartProxyAt(t, fn.Addr())
+	a, d, oldHighest, oldUV, newUV := csRecreated(t, dc, addr, "box")
+	defer a.Close()
+	defer d.Close()
+
+	// The next connection the proxy opens gets no greeting until
+	// released: the watcher's reconnection, which the resync needs (the
+	// STATUS runs on the session's connection from the pool, the login
+	// is verified from the cache).
+	h := fn.Add(faultnet.Fault{Dir: faultnet.ToClient, Action: faultnet.Hold})
+	defer h.Release()
+	c := imaptest.Login(t, addr, "alice", "alicepass")
+	got := c.Cmd("STATUS box (UIDVALIDITY HIGHESTMODSEQ)")
+	select {
+	case <-h.Fired():
+	default:
+		t.Fatalf("no new connection was held (the resync did not run?); STATUS answered %q", got)
+	}
+	imaptest.AssertLines(t, "STATUS (UIDVALIDITY HIGHESTMODSEQ) while the resync is held", got,
+		[]string{"c2 NO [UNAVAILABLE] The mailbox changed while its status was asked; try again."})
+
+	h.Release()
+	again := c.MustOK("STATUS box (UIDVALIDITY HIGHESTMODSEQ)")
+	b := imaptest.Login(t, addr, "alice", "alicepass")
+	highest, uv := csSelectHighest(t, b, "EXAMINE box (CONDSTORE)")
+	if uv != newUV || highest == oldHighest {
+		t.Fatalf("EXAMINE of the new mailbox: UIDVALIDITY %d HIGHESTMODSEQ %d (old %d %d, new UIDVALIDITY %d)", uv, highest, oldUV, oldHighest, newUV)
+	}
+	imaptest.AssertLines(t, "STATUS (UIDVALIDITY HIGHESTMODSEQ) once the resync came through", again,
+		[]string{fmt.Sprintf("* STATUS box (UIDVALIDITY %d HIGHESTMODSEQ %d)", newUV, highest), "*"})
 }

@@ -37,6 +37,13 @@ import (
 // the configuration after that.
 func csStartProxy(t *testing.T, dc *dovecottest.Server, opts ...func(*proxy.Config)) string {
 	t.Helper()
+	return csStartProxyAt(t, dc.Addr, opts...)
+}
+
+// csStartProxyAt is csStartProxy in front of upstreamAddr (a faultnet
+// relay to Dovecot).
+func csStartProxyAt(t *testing.T, upstreamAddr string, opts ...func(*proxy.Config)) string {
+	t.Helper()
 	store, err := statestore.OpenBolt(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +51,7 @@ func csStartProxy(t *testing.T, dc *dovecottest.Server, opts ...func(*proxy.Conf
 	// Registered before the proxy's cleanup, so it runs after the
 	// proxy has shut down.
 	t.Cleanup(func() { store.Close() })
-	addr, _ := startProxy(t, dc.Addr, append([]func(*proxy.Config){func(c *proxy.Config) {
+	addr, _ := startProxy(t, upstreamAddr, append([]func(*proxy.Config){func(c *proxy.Config) {
 		c.Extensions = []proxy.Extension{idle.New(), condstore.New()}
 		c.Hub.Store = store
 	}}, opts...)...)
