@@ -52,7 +52,9 @@ import (
 // clients' header downloads use them) is translated to UIDs when it goes
 // upstream, through the client's view as it is then; the changes reported
 // at the turns of the commands before it must not renumber that view. So
-// it goes ahead only behind commands that let no EXPUNGE be reported at
+// it goes ahead only when its set is numbers alone, with no "*" or "$",
+// whose messages grow with the EXISTS reported before its turn
+// (fixedSeqSet), and only behind commands that let no EXPUNGE be reported at
 // their turn, FETCHes by sequence numbers themselves (RFC 3501 7.4.1: no
 // EXPUNGE during FETCH, STORE or SEARCH); behind a UID FETCH, which may
 // report one, it waits for its turn (seqAheadOK). And since the answers of
@@ -154,6 +156,23 @@ func (s *Session) seqAheadOK(head, x *Exchange) bool {
 	return true
 }
 
+// fixedSeqSet reports whether the set of a FETCH by sequence numbers
+// names the same messages whenever it is translated while no EXPUNGE is
+// reported: numbers only. "*" is the largest number in use when the
+// command runs, and "$" (RFC 5182, replaced by esearch) may name messages
+// the client has not been told of yet; the changes reported before its
+// turn ("* 4 EXISTS" before the previous command's OK) make both name
+// more, so such a FETCH is translated in its turn. cmd is the command as
+// the client sent it, before any CommandRewriter.
+func fixedSeqSet(cmd *imapcodec.Command) bool {
+	set, _, err := firstSet(cmd)
+	if err != nil {
+		return false // "$"
+	}
+	seqs, err := imapcodec.ParseNumSet(set)
+	return err == nil && !seqs.Dynamic()
+}
+
 // besideAhead runs fn on another upstream connection than the session's,
 // which carries commands sent ahead whose answers are not read yet: an
 // extension's own command (Session.Exec from a hook or a report of
@@ -212,7 +231,7 @@ func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn, head *Exchan
 		}
 		line := bytes.Clone(peeked)
 		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: line}}, s.cfg.Limits)
-		if err != nil || !s.pipelinable(cmd) {
+		if err != nil || !s.pipelinable(cmd) || cmd.Name == "FETCH" && !fixedSeqSet(cmd) {
 			return
 		}
 		// Everything that could refuse the command is done before it is

@@ -448,3 +448,61 @@ func TestSeqFetchAheadShowsUIDAlike(t *testing.T) {
 		t.Fatalf("answer to UID FETCH 2 (FLAGS): %q", got)
 	}
 }
+
+// TestSeqFetchAheadStarAfterExists: a FETCH by sequence numbers with "*"
+// in its set keeps its turn. Another session adds a message while the
+// FETCH before it is on its way; the client is told "* 4 EXISTS" before
+// that FETCH's OK, so by "1:*" in the next FETCH it means all four
+// messages, as Dovecot takes it ("*" is the largest number in use when
+// the command runs). Translated ahead of its turn, "*" was message 3 and
+// the answer left message 4 out. A FETCH of message 4 itself, unknown to
+// the client's view when it could go ahead, is translated in its turn
+// too, after the EXISTS, and answered.
+func TestSeqFetchAheadStarAfterExists(t *testing.T) {
+	for _, tt := range []struct{ set, uids string }{{"1:*", "1 2 3 4"}, {"4", "4"}, {"2:3,*", "2 3 4"}} {
+		t.Run(tt.set, func(t *testing.T) {
+			t.Parallel()
+			seqFetchAfterExists(t, tt.set, strings.Fields(tt.uids))
+		})
+	}
+}
+
+// seqFetchAfterExists sends "FETCH 1" and "FETCH set (UID FLAGS)" behind
+// it, has another session add message 4 while the first one's answer is
+// held, and checks that the second one answers the messages of uids.
+func seqFetchAfterExists(t *testing.T, set string, uids []string) {
+	e := startAheadEnv(t)
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (UID BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	e.c.WriteBytes([]byte(longTag + " FETCH 1 (UID BODY.PEEK[])\r\nb FETCH " + set + " (UID FLAGS)\r\n"))
+	waitFired(t, hold)
+
+	// other's APPEND into its selected mailbox waits for the hub's
+	// watcher: the session's next delivery has the new message.
+	other := imaptest.Dial(t, e.p.Addr)
+	other.LoginTagged("alice", "secret")
+	other.Do("s", "SELECT INBOX")
+	msg := testMessage("added meanwhile", 500)
+	other.WriteBytes(fmt.Appendf(nil, "x APPEND INBOX {%d}\r\n", len(msg)))
+	other.Expect("+ *")
+	other.WriteBytes(append(msg, "\r\n"...))
+	if got := other.ReadUntilTagged("x"); !strings.HasPrefix(got[len(got)-1], "x OK") {
+		t.Fatalf("APPEND: %q", got)
+	}
+	hold.Release()
+
+	got := e.c.ReadUntilTagged(longTag)
+	if !slices.Contains(got, "* 4 EXISTS") {
+		t.Fatalf("answer to FETCH 1: %q, want the new message's EXISTS before its OK", got)
+	}
+	got = e.c.ReadUntilTagged("b")
+	var answered []string
+	for _, l := range got {
+		if f := strings.Fields(l); len(f) > 4 && f[0] == "*" && f[2] == "FETCH" && f[3] == "(UID" && f[1] == f[4] {
+			answered = append(answered, f[4])
+		}
+	}
+	if !slices.Equal(answered, uids) || !strings.HasPrefix(got[len(got)-1], "b OK") {
+		t.Fatalf("answer to FETCH %s after \"* 4 EXISTS\": %q, want messages %v", set, got, uids)
+	}
+}
