@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
 	"github.com/lemonproxy/lemonproxy/imapcodec"
 	"github.com/lemonproxy/lemonproxy/internal/faultnet"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
@@ -504,5 +505,58 @@ func seqFetchAfterExists(t *testing.T, set string, uids []string) {
 	}
 	if !slices.Equal(answered, uids) || !strings.HasPrefix(got[len(got)-1], "b OK") {
 		t.Fatalf("answer to FETCH %s after \"* 4 EXISTS\": %q, want messages %v", set, got, uids)
+	}
+}
+
+// TestSeqFetchAheadReadOnly: in a mailbox selected with EXAMINE, a FETCH
+// by sequence numbers of a body without .PEEK changes nothing, so it goes
+// upstream ahead of its turn, in its UID form, and is answered in its
+// turn. (Whether \Seen stays unset is the upstream's part: go-imap's
+// memory server sets it even under EXAMINE, so it is not checked here.)
+func TestSeqFetchAheadReadOnly(t *testing.T) {
+	e := startAheadEnv(t)
+	e.c.Do("e", "EXAMINE INBOX")
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (UID BODY.PEEK[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 (UID BODY[])"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte(longTag + " FETCH 1 (UID BODY.PEEK[])\r\nb FETCH 2 (UID BODY[])\r\n"))
+	waitFired(t, hold)
+	waitFired(t, second) // sent while the answer to the first is held
+	hold.Release()
+	e.expectBodyOf(longTag, 1)
+	got := e.c.ReadUntilTagged("b")
+	want := string(e.msgs[1])
+	if !strings.HasPrefix(got[0], "* 2 FETCH (UID 2 BODY[] {") || !strings.Contains(got[0], want) || !strings.HasPrefix(got[len(got)-1], "b OK") {
+		t.Fatalf("answer to FETCH 2 (UID BODY[]): %.200q, want message 2's body", got)
+	}
+}
+
+// TestSeqFetchAheadCondstore: with CONDSTORE enabled (here by a FETCH of
+// MODSEQ, RFC 7162 3.1), every FETCH response carries MODSEQ. FETCHes by
+// sequence numbers of flags go ahead all the same (condstore passes them
+// on as they are), and each answer comes in its turn, under its own
+// number, as it does when served in its turn: UID and MODSEQ added
+// before FLAGS.
+func TestSeqFetchAheadCondstore(t *testing.T) {
+	e := startAheadEnv(t, condstore.New())
+	e.c.Do("en", "FETCH 1 (MODSEQ)")
+	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (FLAGS)"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (FLAGS)"), MatchDir: faultnet.ToServer,
+		Dir: faultnet.ToServer, Action: faultnet.Note})
+	e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\nb FETCH 2 (FLAGS)\r\nc FETCH 3 (FLAGS)\r\n"))
+	waitFired(t, hold)
+	waitFired(t, third) // sent while the answer to the first is held
+	hold.Release()
+	for i, tag := range []string{longTag, "b", "c"} {
+		got := e.c.ReadUntilTagged(tag)
+		want := fmt.Sprintf("* %d FETCH (UID %d MODSEQ (", i+1, i+1)
+		if len(got) != 2 || !strings.HasPrefix(got[0], want) || !strings.HasSuffix(got[0], ") FLAGS ())") || !strings.HasPrefix(got[1], tag+" OK") {
+			t.Fatalf("answer to FETCH %d (FLAGS): %q, want %q...", i+1, got, want)
+		}
+	}
+	if n := e.p.Srv.Stats().CommandsAhead; n != 2 {
+		t.Errorf("Stats().CommandsAhead = %d, want 2 (b and c)", n)
 	}
 }
