@@ -280,6 +280,7 @@ func (s *Session) writeAhead(up *upstream.Conn) Next {
 		} else {
 			s.srv.counters.ahead.Add(1)
 		}
+		x.sentAhead = true
 		s.ahead = append(s.ahead, aheadCmd{x: x, upTag: upTag})
 		return nil
 	}

@@ -560,3 +560,39 @@ func TestSeqFetchAheadCondstore(t *testing.T) {
 		t.Errorf("Stats().CommandsAhead = %d, want 2 (b and c)", n)
 	}
 }
+
+// TestFetchAheadFlagsChangedMeanwhile: another session flags a message
+// after a FETCH of its flags went upstream ahead of its turn, before the
+// answer is relayed. The client is told the change ("* 3 FETCH (FLAGS
+// (\Flagged))") before the previous command's OK, at that command's turn;
+// the FETCH's answer, which the upstream made before the change, then
+// showed no flags, the client took them for the message's, and nothing
+// told it otherwise. It answers with the flags the client was told.
+func TestFetchAheadFlagsChangedMeanwhile(t *testing.T) {
+	for _, name := range []string{"FETCH", "UID FETCH"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := startAheadEnv(t)
+			hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (UID FLAGS)"), MatchDir: faultnet.ToServer,
+				Dir: faultnet.ToClient, Action: faultnet.Hold})
+			second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (UID FLAGS)"), MatchDir: faultnet.ToServer,
+				Dir: faultnet.ToServer, Action: faultnet.Note})
+			e.c.WriteBytes([]byte(longTag + " FETCH 1 (UID FLAGS)\r\nb " + name + " 3 (UID FLAGS)\r\n"))
+			waitFired(t, hold)
+			waitFired(t, second) // ahead of its turn
+
+			other := imaptest.Dial(t, e.p.Addr)
+			other.LoginTagged("alice", "secret")
+			other.Do("s", "SELECT INBOX")
+			other.ExpectDo("f", `UID STORE 3 +FLAGS.SILENT (\Flagged)`, "f OK *")
+			hold.Release()
+
+			got := e.c.ReadUntilTagged(longTag)
+			if !slices.Contains(got, `* 3 FETCH (FLAGS (\Flagged))`) {
+				t.Fatalf("answer to FETCH 1: %q, want message 3's new flags before its OK", got)
+			}
+			e.c.Expect(`* 3 FETCH (UID 3 FLAGS (\Flagged))`, "b OK *")
+			e.c.ExpectDo("n", "NOOP", "n OK *")
+		})
+	}
+}

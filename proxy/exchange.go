@@ -36,6 +36,9 @@ type Exchange struct {
 	// pipelined: the commands the client sent behind this one may go
 	// upstream before its answers are relayed (ahead.go).
 	pipelined bool
+	// sentAhead: it went upstream before its turn (ahead.go), so the
+	// changes reported before its answers may be newer than they are.
+	sentAhead bool
 
 	// xlate translates the upstream's answers in the selected state.
 	xlate *translation

@@ -799,6 +799,9 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 			}
 		}
 	}
+	if hasFlags && x != nil && (x.sentAhead || len(s.ahead) > 0) {
+		flags, seg = s.toldOverAhead(uid, flags, seg)
+	}
 	items := s.fetchItems(uid, false)
 	if hasFlags && len(items) > 0 {
 		// A reporter adds items from the state (CONDSTORE's MODSEQ): the
@@ -871,6 +874,27 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	}
 	resp.Segments[0].Text = slices.Concat([]byte("* "), []byte(strconv.FormatUint(uint64(seq), 10)), rest[i:])
 	return resp
+}
+
+// toldOverAhead returns the flags of uid, and the FETCH response's first
+// segment seg, to relay for an answer that may come from a command sent
+// ahead of its turn (ahead.go): the state's flags where they differ from
+// the answer's and the client has been told them already (their
+// mod-sequence is not above the session's pos). The upstream ran such a
+// command before changes that were reported to the client at an earlier
+// turn ("* 3 FETCH (FLAGS (\Flagged))" before the previous command's OK):
+// relayed after them, its older flags undid them in the client's view,
+// and nothing told it again. Where the answer is the newer one (the
+// leased connection heard of a change before the watcher), the client
+// hears of it from the hub when the state has it, as with any change.
+func (s *Session) toldOverAhead(uid uint32, flags string, seg []byte) (string, []byte) {
+	m := s.mbox
+	cur, modseq, ok := m.state.Flags(uid)
+	if !ok || modseq > m.pos || slices.Equal(cur, syncstate.NormalizeFlags(strings.Fields(flags))) {
+		return flags, seg
+	}
+	flags = strings.Join(cur, " ")
+	return flags, replaceFlags(seg, flags)
 }
 
 // seenByFetch returns what the state's flags of uid become when the FETCH
