@@ -48,6 +48,18 @@ func startAheadEnv(t *testing.T, exts ...proxy.Extension) *aheadEnv {
 	return e
 }
 
+// holdAnswer holds the upstream's answer to the command whose upstream
+// form contains match, from when that command goes upstream.
+func (e *aheadEnv) holdAnswer(match string) *faultnet.Handle {
+	return e.fn.Add(faultnet.Fault{Match: []byte(match), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient, Action: faultnet.Hold})
+}
+
+// noteSent fires when a command whose upstream form contains match goes
+// upstream.
+func (e *aheadEnv) noteSent(match string) *faultnet.Handle {
+	return e.fn.Add(faultnet.Fault{Match: []byte(match), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+}
+
 // batch is the three UID FETCHes of the tests, the first with tag first.
 func batch(first string) string {
 	return first + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\nc UID FETCH 3 (BODY.PEEK[])\r\n"
@@ -59,10 +71,8 @@ func batch(first string) string {
 // upstream connection of the third FETCH.
 func (e *aheadEnv) sendHeld(t *testing.T, first, more string) (*faultnet.Handle, *faultnet.Conn) {
 	t.Helper()
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
+	hold := e.holdAnswer("UID FETCH 1 (BODY.PEEK[])")
+	third := e.noteSent("UID FETCH 3 (BODY.PEEK[])")
 	e.c.WriteBytes([]byte(batch(first) + more))
 	waitFired(t, hold)
 	return hold, waitFired(t, third) // sent while the answer to the first is held
@@ -108,7 +118,7 @@ func (e *aheadEnv) expectBodyOf(tag string, uid int) {
 // behind them is served in its turn.
 func TestFetchAhead(t *testing.T) {
 	e := startAheadEnv(t)
-	search := e.fn.Add(faultnet.Fault{Match: []byte("SEARCH UID 2"), MatchDir: faultnet.ToServer, Dir: faultnet.ToServer, Action: faultnet.Note})
+	search := e.noteSent("SEARCH UID 2")
 	hold, _ := e.sendHeld(t, "a", "d UID SEARCH UID 2\r\n")
 	notFired(t, search, 100*time.Millisecond, "the SEARCH went upstream ahead of its turn")
 	hold.Release()
@@ -126,10 +136,8 @@ func TestFetchAhead(t *testing.T) {
 // while the answer before it is held.
 func TestFetchAheadNotWhenItChanges(t *testing.T) {
 	e := startAheadEnv(t)
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 (BODY[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
+	hold := e.holdAnswer("UID FETCH 1 (BODY.PEEK[])")
+	second := e.noteSent("UID FETCH 2 (BODY[])")
 	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY[])\r\n"))
 	waitFired(t, hold)
 	notFired(t, second, 200*time.Millisecond, "a FETCH that sets \\Seen went upstream ahead of its turn")
@@ -152,8 +160,7 @@ func TestFetchAheadNotWhenItChanges(t *testing.T) {
 // [UNAVAILABLE], in order, and the session goes on with a new connection.
 func TestFetchAheadUpstreamLost(t *testing.T) {
 	e := startAheadEnv(t)
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	hold := e.holdAnswer("UID FETCH 1 (BODY.PEEK[])")
 	cut := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
 		Dir: faultnet.ToServer, Action: faultnet.Cut})
 	e.c.WriteBytes([]byte(batch(longTag)))
@@ -355,8 +362,7 @@ func TestFetchAheadExecOnDelivery(t *testing.T) {
 	other := imaptest.Dial(t, e.p.Addr)
 	other.LoginTagged("alice", "secret")
 	other.Do("s", "SELECT INBOX")
-	second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
+	second := e.noteSent("UID FETCH 2 (BODY.PEEK[])")
 	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (BODY.PEEK[])\r\nb UID FETCH 2 (BODY.PEEK[])\r\n"))
 	<-change
 	waitFired(t, second) // b went upstream ahead
@@ -377,10 +383,8 @@ func TestFetchAheadExecOnDelivery(t *testing.T) {
 // under its own sequence number, in order.
 func TestSeqFetchAhead(t *testing.T) {
 	e := startAheadEnv(t)
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (UID BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (UID BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
+	hold := e.holdAnswer("UID FETCH 1 (UID BODY.PEEK[])")
+	third := e.noteSent("UID FETCH 3 (UID BODY.PEEK[])")
 	e.c.WriteBytes([]byte("a FETCH 1 (UID BODY.PEEK[])\r\nb FETCH 2 (UID BODY.PEEK[])\r\nc FETCH 3 (UID BODY.PEEK[])\r\n"))
 	waitFired(t, hold)
 	waitFired(t, third) // sent while the answer to the first is held
@@ -402,10 +406,8 @@ func TestSeqFetchAhead(t *testing.T) {
 // of UID 3, as Dovecot takes it. Translated ahead of its turn, it was UID 2.
 func TestSeqFetchNotAheadOfExpunge(t *testing.T) {
 	e := startAheadEnv(t)
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 (BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	ahead := e.fn.Add(faultnet.Fault{Match: []byte("(UID FLAGS)"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
+	hold := e.holdAnswer("UID FETCH 2 (BODY.PEEK[])")
+	ahead := e.noteSent("(UID FLAGS)")
 	e.c.WriteBytes([]byte(longTag + " UID FETCH 2 (BODY.PEEK[])\r\nb FETCH 2 (UID FLAGS)\r\n"))
 	waitFired(t, hold)
 
@@ -434,10 +436,8 @@ func TestSeqFetchNotAheadOfExpunge(t *testing.T) {
 // once), where they would lose the UID asked for, or show one not asked.
 func TestSeqFetchAheadShowsUIDAlike(t *testing.T) {
 	e := startAheadEnv(t)
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (FLAGS)"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 "), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
+	hold := e.holdAnswer("UID FETCH 1 (FLAGS)")
+	second := e.noteSent("UID FETCH 2 ")
 	e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\nb UID FETCH 2 (FLAGS)\r\n"))
 	waitFired(t, hold)
 	notFired(t, second, 100*time.Millisecond, "a UID FETCH went upstream ahead of its turn behind a FETCH whose answers lose the UID item")
@@ -473,8 +473,7 @@ func TestSeqFetchAheadStarAfterExists(t *testing.T) {
 // held, and checks that the second one answers the messages of uids.
 func seqFetchAfterExists(t *testing.T, set string, uids []string) {
 	e := startAheadEnv(t)
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (UID BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
+	hold := e.holdAnswer("UID FETCH 1 (UID BODY.PEEK[])")
 	e.c.WriteBytes([]byte(longTag + " FETCH 1 (UID BODY.PEEK[])\r\nb FETCH " + set + " (UID FLAGS)\r\n"))
 	waitFired(t, hold)
 
@@ -516,10 +515,8 @@ func seqFetchAfterExists(t *testing.T, set string, uids []string) {
 func TestSeqFetchAheadReadOnly(t *testing.T) {
 	e := startAheadEnv(t)
 	e.c.Do("e", "EXAMINE INBOX")
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (UID BODY.PEEK[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 2 (UID BODY[])"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
+	hold := e.holdAnswer("UID FETCH 1 (UID BODY.PEEK[])")
+	second := e.noteSent("UID FETCH 2 (UID BODY[])")
 	e.c.WriteBytes([]byte(longTag + " FETCH 1 (UID BODY.PEEK[])\r\nb FETCH 2 (UID BODY[])\r\n"))
 	waitFired(t, hold)
 	waitFired(t, second) // sent while the answer to the first is held
@@ -541,10 +538,8 @@ func TestSeqFetchAheadReadOnly(t *testing.T) {
 func TestSeqFetchAheadCondstore(t *testing.T) {
 	e := startAheadEnv(t, condstore.New())
 	e.c.Do("en", "FETCH 1 (MODSEQ)")
-	hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (FLAGS)"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToClient, Action: faultnet.Hold})
-	third := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (FLAGS)"), MatchDir: faultnet.ToServer,
-		Dir: faultnet.ToServer, Action: faultnet.Note})
+	hold := e.holdAnswer("UID FETCH 1 (FLAGS)")
+	third := e.noteSent("UID FETCH 3 (FLAGS)")
 	e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\nb FETCH 2 (FLAGS)\r\nc FETCH 3 (FLAGS)\r\n"))
 	waitFired(t, hold)
 	waitFired(t, third) // sent while the answer to the first is held
@@ -573,10 +568,8 @@ func TestFetchAheadFlagsChangedMeanwhile(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			e := startAheadEnv(t)
-			hold := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 1 (UID FLAGS)"), MatchDir: faultnet.ToServer,
-				Dir: faultnet.ToClient, Action: faultnet.Hold})
-			second := e.fn.Add(faultnet.Fault{Match: []byte("UID FETCH 3 (UID FLAGS)"), MatchDir: faultnet.ToServer,
-				Dir: faultnet.ToServer, Action: faultnet.Note})
+			hold := e.holdAnswer("UID FETCH 1 (UID FLAGS)")
+			second := e.noteSent("UID FETCH 3 (UID FLAGS)")
 			e.c.WriteBytes([]byte(longTag + " FETCH 1 (UID FLAGS)\r\nb " + name + " 3 (UID FLAGS)\r\n"))
 			waitFired(t, hold)
 			waitFired(t, second) // ahead of its turn
