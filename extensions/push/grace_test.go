@@ -1,14 +1,11 @@
 package push
 
 import (
-	"crypto/rand"
-	"regexp"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
-	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
@@ -29,19 +26,10 @@ import (
 // report that another connection deleted the mailbox, so the first look
 // kept the old UIDVALIDITY and no later message was pushed.
 func TestRestartInGraceSeesMailboxMadeAnew(t *testing.T) {
-	// Each mailbox in a directory of its own: under the name's
-	// directory, Dovecot itself may refuse the new mailbox for a while
-	// (dovecottest.Options.IndexLayout).
 	// Dovecot's default layout, the mailbox's files under its name: with
 	// LAYOUT=index (dovecottest.Options.IndexLayout) the watcher's
 	// connection hears of the deletion itself.
-	dc := dovecottest.Start(t, dovecottest.Full)
-	direct := imaptest.Login(t, dc.Addr, "alice", "alicepass")
-	direct.MustOK("CREATE INBOX.Lists")
-	direct.MustOK("LOGOUT")
-	direct.Close()
-	key := make([]byte, KeySize)
-	rand.Read(key)
+	dc, key := startListsDovecot(t)
 	ch := &testChannel{}
 	data := accountdata.NewMemory()
 	account := dc.Addr + "\x00alice"
@@ -62,16 +50,7 @@ func TestRestartInGraceSeesMailboxMadeAnew(t *testing.T) {
 	if n := p.Srv.Hub().Watchers(); n != 1 {
 		t.Fatalf("%d hub watchers after the watch stopped; want 1 (in its grace)", n)
 	}
-	direct = imaptest.Login(t, dc.Addr, "alice", "alicepass")
-	direct.MustOK("DELETE INBOX.Lists")
-	direct.MustOK("CREATE INBOX.Lists")
-	st := direct.MustOK("STATUS INBOX.Lists (UIDVALIDITY)")
-	m := regexp.MustCompile(`UIDVALIDITY (\d+)`).FindStringSubmatch(st[0])
-	if m == nil || m[1] == strconv.FormatUint(uint64(old.UIDValidity), 10) {
-		t.Fatalf("STATUS after the new CREATE: %q; want another UIDVALIDITY than %d", st, old.UIDValidity)
-	}
-	direct.MustOK("LOGOUT")
-	direct.Close()
+	newValidity := recreateLists(t, dc, old.UIDValidity)
 	dc.Append(t, "alice", "alicepass", "INBOX.Lists", nil, []byte("Subject: gap\r\n\r\ny\r\n"))
 
 	e.w.unpark(account)
@@ -81,11 +60,11 @@ func TestRestartInGraceSeesMailboxMadeAnew(t *testing.T) {
 			return false
 		}
 		c, err := decodeCursor(v)
-		return err == nil && strconv.FormatUint(uint64(c.UIDValidity), 10) == m[1]
+		return err == nil && strconv.FormatUint(uint64(c.UIDValidity), 10) == newValidity
 	})
 	settle(e, account)
 	if c := cursorIn(t, data, account, "INBOX.Lists"); c.UIDNext != 2 {
-		t.Errorf("cursor %+v; want UIDVALIDITY %s UIDNEXT 2", c, m[1])
+		t.Errorf("cursor %+v; want UIDVALIDITY %s UIDNEXT 2", c, newValidity)
 	}
 	if n := p.Srv.Hub().Watchers(); n != 1 {
 		t.Errorf("%d hub watchers after the restart; want 1", n)

@@ -35,13 +35,7 @@ type respelt struct {
 
 func startRespelt(t *testing.T) *respelt {
 	t.Helper()
-	dc := dovecottest.Start(t, dovecottest.Full)
-	direct := imaptest.Login(t, dc.Addr, "alice", "alicepass")
-	direct.MustOK("CREATE INBOX.Lists")
-	direct.MustOK("LOGOUT")
-	direct.Close()
-	key := make([]byte, KeySize)
-	rand.Read(key)
+	dc, key := startListsDovecot(t)
 	r := &respelt{dc: dc, ch: &testChannel{}, data: accountdata.NewMemory(), account: dc.Addr + "\x00alice"}
 	var p *imaptest.Proxy
 	p, r.e = startWith(t, dc.Addr, Config{CredentialsKey: key, Mailboxes: []string{"inbox.Lists"}}, r.ch, r.data,
@@ -152,26 +146,49 @@ func TestCursorCarriedToCanonicalName(t *testing.T) {
 // UIDVALIDITY, and the old cursor goes. The next message pushes once.
 func TestCursorNotCarriedAcrossUIDValidity(t *testing.T) {
 	r := startRespelt(t)
-	direct := imaptest.Login(t, r.dc.Addr, "alice", "alicepass")
-	direct.MustOK("DELETE INBOX.Lists")
-	direct.MustOK("CREATE INBOX.Lists")
-	st := direct.MustOK("STATUS INBOX.Lists (UIDVALIDITY)")
-	m := regexp.MustCompile(`UIDVALIDITY (\d+)`).FindStringSubmatch(st[0])
-	if m == nil || m[1] == strconv.FormatUint(uint64(r.first.UIDValidity), 10) {
-		t.Fatalf("STATUS after the new CREATE: %q; want another UIDVALIDITY than %d", st, r.first.UIDValidity)
-	}
-	direct.MustOK("LOGOUT")
-	direct.Close()
+	newValidity := recreateLists(t, r.dc, r.first.UIDValidity)
 	r.dc.Append(t, "alice", "alicepass", "INBOX.Lists", nil, []byte("Subject: one\r\n\r\nx\r\n"))
 	r.dc.Append(t, "alice", "alicepass", "INBOX.Lists", nil, []byte("Subject: two\r\n\r\ny\r\n"))
 	r.restart(t)
 	waitCursorOf(t, r.data, r.account, "INBOX.Lists")
-	if c := r.cursor(t, "INBOX.Lists"); strconv.FormatUint(uint64(c.UIDValidity), 10) != m[1] || c.UIDNext != 3 {
-		t.Errorf("cursor under INBOX.Lists %+v; want UIDVALIDITY %s UIDNEXT 3", c, m[1])
+	if c := r.cursor(t, "INBOX.Lists"); strconv.FormatUint(uint64(c.UIDValidity), 10) != newValidity || c.UIDNext != 3 {
+		t.Errorf("cursor under INBOX.Lists %+v; want UIDVALIDITY %s UIDNEXT 3", c, newValidity)
 	}
 	if _, err := r.data.Get(r.account, cursorKey("inbox.Lists")); err != accountdata.ErrNotFound {
 		t.Errorf("cursor under inbox.Lists after the restart: %v; want it gone", err)
 	}
 	r.dc.Append(t, "alice", "alicepass", "INBOX.Lists", nil, []byte("Subject: three\r\n\r\nz\r\n"))
 	r.expect(t, Event{Mailbox: "INBOX.Lists", New: 1, Messages: 3, UIDNext: 4})
+}
+
+// startListsDovecot starts Dovecot (full profile) where alice has the
+// mailbox INBOX.Lists, and returns it with a fresh credentials key.
+func startListsDovecot(t *testing.T) (*dovecottest.Server, []byte) {
+	t.Helper()
+	dc := dovecottest.Start(t, dovecottest.Full)
+	direct := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	direct.MustOK("CREATE INBOX.Lists")
+	direct.MustOK("LOGOUT")
+	direct.Close()
+	key := make([]byte, KeySize)
+	rand.Read(key)
+	return dc, key
+}
+
+// recreateLists deletes INBOX.Lists and creates it again directly on dc,
+// checks that its UIDVALIDITY is not old any more, and returns the new one
+// as Dovecot writes it.
+func recreateLists(t *testing.T, dc *dovecottest.Server, old uint32) string {
+	t.Helper()
+	direct := imaptest.Login(t, dc.Addr, "alice", "alicepass")
+	defer direct.Close()
+	direct.MustOK("DELETE INBOX.Lists")
+	direct.MustOK("CREATE INBOX.Lists")
+	st := direct.MustOK("STATUS INBOX.Lists (UIDVALIDITY)")
+	m := regexp.MustCompile(`UIDVALIDITY (\d+)`).FindStringSubmatch(st[0])
+	if m == nil || m[1] == strconv.FormatUint(uint64(old), 10) {
+		t.Fatalf("STATUS after the new CREATE: %q; want another UIDVALIDITY than %d", st, old)
+	}
+	direct.MustOK("LOGOUT")
+	return m[1]
 }

@@ -1,11 +1,9 @@
 package push
 
 import (
-	"crypto/rand"
 	"testing"
 
 	"github.com/lemonproxy/lemonproxy/accountdata"
-	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
 	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 )
 
@@ -23,13 +21,7 @@ import (
 // another mailbox than INBOX.Lists), took the mailbox as it was for its
 // starting point, and the message of the downtime was never pushed.
 func TestRestartPushesMailOfTheDowntime(t *testing.T) {
-	dc := dovecottest.Start(t, dovecottest.Full)
-	direct := imaptest.Login(t, dc.Addr, "alice", "alicepass")
-	direct.MustOK("CREATE INBOX.Lists")
-	direct.MustOK("LOGOUT")
-	direct.Close()
-	key := make([]byte, KeySize)
-	rand.Read(key)
+	dc, key := startListsDovecot(t)
 	cfg := Config{CredentialsKey: key, Mailboxes: []string{"inbox.Lists"}}
 	account := dc.Addr + "\x00alice"
 	dir := t.TempDir()
