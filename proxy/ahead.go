@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -33,42 +34,55 @@ import (
 // 3501 5.5 lets a server run commands concurrently): with one that does
 // not, an answer with an unexpected tag fails the batch (NO
 // [UNAVAILABLE], the client retries), and fetch-ahead = 0 turns this off.
-// The untagged answers need not be in order: Dovecot runs pipelined
-// FETCHes at once and sends the second one's messages before the first
+// The untagged answers need not be in order: Dovecot runs a batch's UID
+// commands at once and sends the second one's answers before the first
 // one's tagged OK. They are relayed as they come, each FETCH response
 // renumbered by its UID, so the client gets every message whichever
-// command's turn it came in; nothing that depends on which command an
-// untagged answer belongs to is done while commands are ahead
-// (reportsOnly).
+// command's turn it came in; what depends on which command an untagged
+// answer belongs to (a STORE's claims and silence, CONDSTORE's MODSEQ, the
+// reports of others' changes that are not relayed) goes by the command in
+// flight that names its message (whoseAnswer, reportsOnly).
 //
 // Which commands: UID FETCH and FETCH in the selected state, whole on its
 // line (no literal), with no modifier (CHANGEDSINCE, VANISHED), none of
-// whose items sets \Seen (no BODY[] without .PEEK: the command must change
-// nothing, so that running it before its turn cannot be seen), over a
-// watched mailbox that is not passive, and only if every handler of its
-// chain says it may (PipelineSafe).
+// whose items sets \Seen (no BODY[] without .PEEK), and UID STORE and
+// STORE likewise (no UNCHANGEDSINCE), over a watched mailbox that is not
+// passive, and only if every handler of its chain says it may
+// (PipelineSafe).
 //
-// A FETCH by sequence numbers (issue 20: imaptest's stress and most
-// clients' header downloads use them) is translated to UIDs when it goes
-// upstream, through the client's view as it is then; the changes reported
-// at the turns of the commands before it must not renumber that view. So
-// it goes ahead only when its set is numbers alone, with no "*" or "$",
-// whose messages grow with the EXISTS reported before its turn
-// (fixedSeqSet), and only behind commands that let no EXPUNGE be reported at
-// their turn, FETCHes by sequence numbers themselves (RFC 3501 7.4.1: no
-// EXPUNGE during FETCH, STORE or SEARCH); behind a UID FETCH, which may
-// report one, it waits for its turn (seqAheadOK). And since the answers of
-// commands in flight on one connection may come in any order, each relayed
-// under whichever command's turn it is, the FETCHes of one batch agree on
-// whether the UID item is shown (a FETCH by sequence numbers that did not
-// ask for it has it taken out): otherwise a message could lose the UID its
-// command asked for, or show one it did not. Running such a command's chain before the previous
-// FETCH's answers are relayed is safe because a FETCH that changes nothing
-// changes none of what the chain looks at (the client's view, the saved
-// SEARCHRES result, the session's enabled extensions). Nothing is written
-// to the client for it until its turn: the changes reported before a
-// command (deliver) are reported when its answers are relayed. A command
-// that does not qualify stops the read-ahead and is served in its turn.
+// A FETCH or STORE by sequence numbers (issue 20: imaptest's stress and
+// most clients' header downloads use them) is translated to UIDs when it
+// goes upstream, through the client's view as it is then; the changes
+// reported at the turns of the commands before it must not renumber that
+// view. So it goes ahead only when its set is numbers alone, with no "*"
+// or "$", whose messages grow with the EXISTS reported before its turn
+// (fixedSeqSet), and only behind commands that let no EXPUNGE be reported
+// at their turn, FETCHes and STOREs by sequence numbers themselves (RFC
+// 3501 7.4.1: no EXPUNGE during FETCH, STORE or SEARCH); behind a UID
+// command, which may report one, it waits for its turn (aheadOK). A UID
+// STORE keeps "*" for its turn too: it means the client's last message as
+// the command arrives (bindStar). Since the answers of commands in flight
+// on one connection may come in any order, the commands of one batch
+// agree on whether the UID item is shown (a command by sequence numbers
+// that did not ask for it has it taken out), and a STORE goes ahead only
+// when no command in flight names a message it names, nor a FETCH when a
+// STORE in flight does: each of its answers is then known to be its own.
+//
+// Running such a command's chain before the previous command's answers
+// are relayed is safe because a FETCH that changes nothing changes none of
+// what the chain looks at (the client's view, the saved SEARCHRES result,
+// the session's enabled extensions), and a STORE changes only flags,
+// which the chain does not look at. Nothing is written to the client for
+// it until its turn, but for its answers that come early: the changes
+// reported before a command (deliver) are reported when its answers are
+// relayed, except that a flag change of a message a STORE in flight names
+// waits for that STORE's answers (selectedMailbox.owed), which tell it: the
+// watcher may see the change first, and it is the session's own. A
+// silent STORE's "before" (silentBefore) is what the client has been told
+// when it goes upstream. A command that does not qualify stops the
+// read-ahead and is served in its turn; EXPUNGE, APPEND and the rest
+// always are (an EXPUNGE's wait for the watcher gives the connection
+// back, and APPEND's literal is not read ahead).
 
 // DefaultFetchAhead is Config.FetchAhead's default: how many commands a
 // session may have sent upstream ahead of the one whose answers it relays.
@@ -118,38 +132,44 @@ type aheadCmd struct {
 // pipelinable reports whether cmd is a command that may go upstream before
 // its turn (see above), before the chain is asked.
 func (s *Session) pipelinable(cmd *imapcodec.Command) bool {
-	if s.cfg.FetchAhead <= 0 || s.state != StateSelected || s.mbox == nil || cmd.Name != "UID FETCH" && cmd.Name != "FETCH" ||
+	want, ok := aheadArgs[cmd.Name]
+	if !ok || s.cfg.FetchAhead <= 0 || s.state != StateSelected || s.mbox == nil ||
 		len(cmd.Segments) != 1 || cmd.Segments[0].Literal != nil {
 		return false
 	}
-	if !s.mbox.readOnly && fetchSetsSeen(cmd) {
+	if strings.HasSuffix(cmd.Name, "FETCH") && !s.mbox.readOnly && fetchSetsSeen(cmd) {
 		return false
 	}
 	if s.mbox.sub.Passive() {
 		return false // brought up to date before each command (dispatch)
 	}
-	// "tag UID FETCH set items" or "tag FETCH set items": no modifiers.
-	want := 5
-	if cmd.Name == "FETCH" {
-		want = 4
-	}
 	vals, err := imapcodec.NewParser(cmd.Segments, imapcodec.Limits{}).Values()
 	return err == nil && len(vals) == want
 }
 
-// seqAheadOK reports whether x, a command that may be pipelined (and in
-// its upstream form), may go upstream behind head, the command whose turn
-// it is, and the commands already ahead (see above): a UID FETCH always; a
-// FETCH by sequence numbers only when none of them lets an EXPUNGE be
-// reported at its turn; and only as a FETCH that shows the UID item as
-// each of them does.
-func (s *Session) seqAheadOK(head, x *Exchange) bool {
+// aheadArgs are the commands that may be pipelined, each with the number
+// of values on its line with no modifiers: "tag FETCH set items", "tag UID
+// STORE set item flags".
+var aheadArgs = map[string]int{"FETCH": 4, "UID FETCH": 5, "STORE": 5, "UID STORE": 6}
+
+// aheadOK reports whether x, a command that may be pipelined (and in its
+// upstream form), may go upstream behind head, the command whose turn it
+// is, and the commands already ahead (see above): a UID FETCH or UID
+// STORE always, a FETCH or STORE by sequence numbers only when none of
+// them lets an EXPUNGE be reported at its turn; only as a command that
+// shows the UID item as each of them does; and a STORE only when no
+// command among them names a message it names, nor it one that a STORE
+// among them names (whoseAnswer).
+func (s *Session) aheadOK(head, x *Exchange) bool {
 	for _, a := range slices.Concat([]aheadCmd{{x: head}}, s.ahead) {
 		t := a.x.xlate
 		if t == nil || t.stripUID != x.xlate.stripUID {
 			return false
 		}
 		if x.xlate.fromName != "" && t.allowExpunge {
+			return false
+		}
+		if (t.store != nil || x.xlate.store != nil) && t.named.overlaps(x.xlate.named) {
 			return false
 		}
 	}
@@ -231,7 +251,7 @@ func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn, head *Exchan
 		}
 		line := bytes.Clone(peeked)
 		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: line}}, s.cfg.Limits)
-		if err != nil || !s.pipelinable(cmd) || cmd.Name == "FETCH" && !fixedSeqSet(cmd) {
+		if err != nil || !s.pipelinable(cmd) || cmd.Name != "UID FETCH" && !fixedSeqSet(cmd) {
 			return
 		}
 		// Everything that could refuse the command is done before it is
@@ -240,8 +260,14 @@ func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn, head *Exchan
 		if len(s.srv.rewriters) > 0 && s.rewriteCommand(x) != nil {
 			return
 		}
-		if s.translateCommand(x) != nil || !s.seqAheadOK(head, x) || !s.chainPipelineSafe(x) {
+		if s.translateCommand(x) != nil || strings.HasSuffix(x.Name, "STORE") && x.xlate.store == nil ||
+			!s.aheadOK(head, x) || !s.chainPipelineSafe(x) {
 			return
+		}
+		if x.xlate.silent {
+			// As dispatch does after the delivery before a command:
+			// here, what the client has been told so far.
+			s.silentBefore(x.xlate)
 		}
 		got, lit, err := s.r.ReadLine()
 		if err != nil || lit != nil || !bytes.Equal(got, line) {
@@ -263,6 +289,18 @@ func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn, head *Exchan
 			return
 		}
 	}
+}
+
+// storeAheadNames reports whether a STORE sent ahead of its turn, whose
+// answers are not read yet, names uid (deliver holds back its flag
+// changes: selectedMailbox.owed).
+func (s *Session) storeAheadNames(uid uint32) bool {
+	for _, a := range s.ahead {
+		if t := a.x.xlate; a.upTag != "" && t != nil && t.store != nil && t.named.has(uid) {
+			return true
+		}
+	}
+	return false
 }
 
 // writeAhead is the end of a pipelined command's chain: the command is

@@ -43,6 +43,13 @@ type selectedMailbox struct {
 	// toldRecent how many of them the client was last told of.
 	recent     recentSet
 	toldRecent int
+	// owed is messages whose flag changes a delivery held back because a
+	// STORE sent ahead of its turn names them (storeAheadNames): its
+	// answer, not read yet, tells the client of them, and a change the
+	// watcher saw first is not told as someone else's (a silent STORE's
+	// least of all). Each is told after that STORE's answers, unless they
+	// told it.
+	owed map[uint32]bool
 }
 
 // noteFlagList records a FLAGS response the client is sent.
@@ -126,7 +133,7 @@ func (s *Session) closeMailbox() {
 // repeated. It reports whether it wrote anything.
 func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 	m := s.mbox
-	if m == nil || !m.news.Load() {
+	if m == nil || !m.news.Load() && len(m.owed) == 0 {
 		return false, nil
 	}
 	if err := m.sub.Err(); err != nil {
@@ -136,7 +143,7 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 	// changed the state, so a change the snapshot misses sets it again.
 	m.news.Store(false)
 	snap := m.state.Snapshot()
-	if snap.Highest == m.pos {
+	if snap.Highest == m.pos && len(m.owed) == 0 {
 		return false, nil
 	}
 	var expunged []uint32
@@ -215,6 +222,24 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 	m.view = snap.UIDs
 	m.pos = snap.Highest
 	var lastFlag uint64 // the highest mod-sequence of the flag changes reported
+	if len(m.owed) > 0 {
+		// Held back at an earlier turn, and their STORE answered since:
+		// their flags now, unless a change above tells them (or a later
+		// delivery does: a change above m.pos).
+		changed := map[uint32]bool{}
+		for _, f := range flagged {
+			changed[f.uid] = true
+		}
+		for uid := range m.owed {
+			if s.storeAheadNames(uid) {
+				continue
+			}
+			delete(m.owed, uid)
+			if flags, modseq, ok := m.state.Flags(uid); ok && modseq <= m.pos && !changed[uid] {
+				flagged = append(flagged, flagChange{uid, flags, modseq})
+			}
+		}
+	}
 	for _, f := range flagged {
 		seq := m.view.seqOf(f.uid)
 		if seq == 0 {
@@ -222,6 +247,13 @@ func (s *Session) deliver(x *Exchange, allowExpunge bool) (bool, error) {
 		}
 		if x.sawFlags(f.uid, strings.Join(f.flags, " ")) {
 			continue // the client just saw these in its own command's answer
+		}
+		if s.storeAheadNames(f.uid) {
+			if m.owed == nil {
+				m.owed = map[uint32]bool{}
+			}
+			m.owed[f.uid] = true
+			continue
 		}
 		items := s.fetchItems(f.uid, true)
 		if _, now, ok := m.state.Flags(f.uid); !ok || now != f.modseq {

@@ -749,6 +749,12 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	if seq == 0 || reportsOnly(x, uid, resp) {
 		return nil
 	}
+	// The response read in x's turn may answer a command sent ahead
+	// behind it (ahead.go): its claims, its silence and its MODSEQ are
+	// that command's. The client is shown it now all the same, as a
+	// server may show flags at any time (RFC 3501 7.4.2).
+	turn := x
+	x = s.whoseAnswer(x, uid)
 	var t *translation
 	if x != nil {
 		t = x.xlate
@@ -770,6 +776,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	// (silentStoreKnown), not for a report of someone else's change that
 	// the connection adds to the answer (a set with "*" names any UID).
 	told := hasFlags && (t == nil || !t.silent)
+	storeAnswer := false // the flags are those x's STORE set
 	if x != nil {
 		if hasFlags {
 			// claim is what the state's flags of uid become by this
@@ -780,6 +787,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 			case t != nil && t.store != nil && storeResult(t.store, flags):
 				told = !t.silent || silentStoreKnown(t, uid, flags)
 				claim, ok = flags, true
+				storeAnswer = true
 			case t != nil && t.setsSeen:
 				claim, ok = s.seenByFetch(uid, flags)
 			}
@@ -799,7 +807,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 			}
 		}
 	}
-	if hasFlags && x != nil && (x.sentAhead || len(s.ahead) > 0) {
+	if hasFlags && x != nil && !storeAnswer && (x.sentAhead || len(s.ahead) > 0) {
 		flags, seg = s.toldOverAhead(uid, flags, seg)
 	}
 	items := s.fetchItems(uid, false)
@@ -836,7 +844,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 		}
 	}
 	if x != nil && told {
-		x.noteFlags(uid, flags)
+		s.noteTold(turn, x, uid, flags)
 	}
 	if hasFlags && (t == nil || !t.silent) {
 		// The flags as they go out, the state's where they replaced
@@ -874,6 +882,44 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	}
 	resp.Segments[0].Text = slices.Concat([]byte("* "), []byte(strconv.FormatUint(uint64(seq), 10)), rest[i:])
 	return resp
+}
+
+// whoseAnswer returns the command whose answer a FETCH response about uid,
+// read in x's turn, is: x if it names uid, else the first command sent
+// ahead behind x that names it (ahead.go: Dovecot runs the UID commands of
+// a batch at once, and a STORE's answers may come before the tagged
+// response of the FETCH before it), else x, whose turn reports others'
+// changes. A STORE sent ahead names no message that another command in
+// flight names (aheadOK), so its answers are told apart from theirs.
+func (s *Session) whoseAnswer(x *Exchange, uid uint32) *Exchange {
+	if x == nil || len(s.ahead) == 0 || answers(x, uid) {
+		return x
+	}
+	for _, a := range s.ahead {
+		if a.upTag != "" && answers(a.x, uid) {
+			return a.x
+		}
+	}
+	return x
+}
+
+// noteTold records that the client has been told flags of uid in turn's
+// answers, by owner's answer (whoseAnswer): with every command from turn to
+// owner, so that none of their deliveries (each before its tagged
+// response) tells it again.
+func (s *Session) noteTold(turn, owner *Exchange, uid uint32, flags string) {
+	if turn != nil {
+		turn.noteFlags(uid, flags)
+	}
+	if owner == turn {
+		return
+	}
+	for _, a := range s.ahead {
+		a.x.noteFlags(uid, flags)
+		if a.x == owner {
+			return
+		}
+	}
 }
 
 // toldOverAhead returns the flags of uid, and the FETCH response's first
@@ -1026,12 +1072,26 @@ func (t *translation) restated(x *Exchange) bool {
 // responses to a FETCH or STORE about messages it does not name, and the
 // responses with nothing but flags to a FETCH that did not ask for them.
 //
-// Not while commands sent ahead share the connection (ahead.go): Dovecot
-// runs pipelined FETCHes at once and interleaves their untagged answers,
-// so the answers read before one command's tagged response may be the
-// next ones'.
+// While commands sent ahead share the connection (ahead.go), the response
+// may answer any of them (whoseAnswer: Dovecot runs a batch's UID
+// commands at once and interleaves their untagged answers): it is a
+// report only if it is one for each of them.
 func reportsOnly(x *Exchange, uid uint32, resp *Response) bool {
-	if x == nil || x.xlate == nil || x.xlate.named == nil || len(x.s.ahead) > 0 {
+	if x == nil || !reportFor(x, uid, resp) {
+		return false
+	}
+	for _, a := range x.s.ahead {
+		if a.upTag != "" && !reportFor(a.x, uid, resp) {
+			return false
+		}
+	}
+	return true
+}
+
+// reportFor tells whether resp, a FETCH response about uid, is no answer
+// of x's command (see reportsOnly).
+func reportFor(x *Exchange, uid uint32, resp *Response) bool {
+	if x.xlate == nil || x.xlate.named == nil {
 		return false
 	}
 	t := x.xlate
@@ -1132,6 +1192,24 @@ func named(set string) *namedUIDs {
 // and the command's answers, and answers about them must reach it).
 func (n *namedUIDs) has(uid uint32) bool {
 	return n.star || n.set.Contains(imap.UID(uid))
+}
+
+// overlaps reports whether n and o, the sets of two commands, may name a
+// common message: a set with "*" or one not known (nil: "$") may name any,
+// and so may two sets of too many ranges to compare cheaply (the check is
+// made for every command sent ahead).
+func (n *namedUIDs) overlaps(o *namedUIDs) bool {
+	if n == nil || o == nil || n.star || o.star || len(n.set)*len(o.set) > 1024 {
+		return true
+	}
+	for _, a := range n.set {
+		for _, b := range o.set {
+			if a.Start <= b.Stop && b.Start <= a.Stop {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // snapshotFlags returns the state's flags of uid and the reporters' items

@@ -232,13 +232,13 @@ func rewriteFetch(x *proxy.Exchange) (bool, error) {
 // others are stored upstream. The check and the store are not atomic
 // against a change by another client in between; docs/condstore.md says
 // why that is accepted.
-func rewriteStore(x *proxy.Exchange) (bool, error) {
-	s := x.Session()
-	m := s.Mailbox()
-	if m == nil || len(x.Segments) != 1 {
-		return false, nil
+// storeArgs decodes "tag UID STORE set [(mods)] item flags", a STORE in
+// the form it goes upstream in, into its parts; ok is false for one that
+// does not parse (the upstream says what is wrong).
+func storeArgs(x *proxy.Exchange) (tag string, sa *imapcodec.StoreArgs, ok bool) {
+	if len(x.Segments) != 1 {
+		return "", nil, false
 	}
-	// "tag UID STORE set [(mods)] item flags", decoded into its parts.
 	p := imapcodec.NewParser(x.Segments, imapcodec.Limits{})
 	tag, err := p.Atom()
 	for range 2 { // UID STORE
@@ -249,15 +249,26 @@ func rewriteStore(x *proxy.Exchange) (bool, error) {
 		}
 	}
 	if err != nil {
+		return "", nil, false
+	}
+	sa, err = imapcodec.ParseStoreArgs(p)
+	return tag, sa, err == nil
+}
+
+func rewriteStore(x *proxy.Exchange) (bool, error) {
+	s := x.Session()
+	m := s.Mailbox()
+	if m == nil {
 		return false, nil
 	}
-	sa, err := imapcodec.ParseStoreArgs(p)
-	if err != nil || sa.Modifiers == nil {
+	tag, sa, ok := storeArgs(x)
+	if !ok || sa.Modifiers == nil {
 		return false, nil // no modifiers, or the upstream says what is wrong
 	}
 	mods := sa.Modifiers
 	var unchangedSince uint64
 	has := false
+	var err error
 	for i := 0; i < len(mods); i++ {
 		a, _ := mods[i].(imapcodec.Atom)
 		switch strings.ToUpper(string(a)) {

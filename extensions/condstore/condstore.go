@@ -439,20 +439,26 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 }
 
 // PipelineSafe lets a FETCH that asks for no mod-sequence (no MODSEQ item,
-// no CHANGEDSINCE) go upstream before the previous command's answers are
-// relayed (proxy.PipelineSafe): condstore passes such a FETCH on as it is.
-// One with MODSEQ enables CONDSTORE for the session and one with
-// CHANGEDSINCE may be answered here, so those keep their turn.
+// no CHANGEDSINCE) and a STORE with no modifier go upstream before the
+// previous command's answers are relayed (proxy.PipelineSafe): condstore
+// passes those on as they are. A FETCH with MODSEQ enables CONDSTORE for
+// the session, one with CHANGEDSINCE may be answered here, and a STORE
+// with UNCHANGEDSINCE waits for the watcher first and may be answered
+// here (rewriteStore), so those keep their turn.
 func (e *Extension) PipelineSafe(x *proxy.Exchange) bool {
-	if strings.TrimPrefix(x.Name, "UID ") != "FETCH" {
-		return false
-	}
 	var text []byte
 	for _, seg := range x.Segments {
 		text = append(text, seg.Text...)
 	}
-	u := strings.ToUpper(string(text))
-	return !strings.Contains(u, "MODSEQ") && !strings.Contains(u, "CHANGEDSINCE")
+	switch strings.TrimPrefix(x.Name, "UID ") {
+	case "FETCH":
+		u := strings.ToUpper(string(text))
+		return !strings.Contains(u, "MODSEQ") && !strings.Contains(u, "CHANGEDSINCE")
+	case "STORE":
+		_, sa, ok := storeArgs(x)
+		return ok && sa.Modifiers == nil
+	}
+	return false
 }
 
 // taggedHighest marks an exchange whose tagged OK carries HIGHESTMODSEQ.

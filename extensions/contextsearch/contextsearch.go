@@ -81,7 +81,6 @@ package contextsearch
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync/atomic"
 
 	"github.com/lemonproxy/lemonproxy/imapcodec"
@@ -174,12 +173,12 @@ func (*Extension) Commands() []string {
 	return []string{"CANCELUPDATE", "STORE", "UID STORE", "FETCH", "UID FETCH"}
 }
 
-// PipelineSafe lets a FETCH go upstream before the previous command's
-// answers are relayed (proxy.PipelineSafe): for a FETCH, contextsearch
-// only adds the hook that refreshes the live searches after its tagged
-// answer, and passes it on.
+// PipelineSafe lets a FETCH or STORE go upstream before the previous
+// command's answers are relayed (proxy.PipelineSafe): for those,
+// contextsearch only adds the hook that refreshes the live searches after
+// its tagged answer, and passes it on.
 func (e *Extension) PipelineSafe(x *proxy.Exchange) bool {
-	return strings.TrimPrefix(x.Name, "UID ") == "FETCH"
+	return x.Name != "CANCELUPDATE"
 }
 
 // ServeCommand answers CANCELUPDATE, and after a STORE or FETCH brings

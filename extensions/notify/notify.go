@@ -98,6 +98,17 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	if x.Name == "NOTIFY" {
 		return e.notify(ctx, x)
 	}
+	if x.Name == "STORE" || x.Name == "UID STORE" {
+		// Learnt when its tagged OK is relayed, not after next returns:
+		// a STORE sent upstream before its turn returns from next at
+		// once (PipelineSafe).
+		x.OnTagged(func(h *imapcodec.ResponseHead) {
+			if h.Name == "OK" {
+				e.changed(ctx, x.Session(), x.Name, x.Command().Segments[0].Text)
+			}
+		})
+		return next(ctx, x)
+	}
 	var code string
 	if x.Name == "CREATE" {
 		x.OnTagged(func(h *imapcodec.ResponseHead) { code = h.Code })
@@ -109,6 +120,13 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 		e.changed(ctx, x.Session(), x.Name, x.Command().Segments[0].Text)
 	}
 	return nil
+}
+
+// PipelineSafe lets a STORE go upstream before the previous command's
+// answers are relayed (proxy.PipelineSafe): notify only learns of it from
+// its tagged answer (ServeCommand).
+func (*Extension) PipelineSafe(x *proxy.Exchange) bool {
+	return x.Name == "STORE" || x.Name == "UID STORE"
 }
 
 // createdAnyway reports whether a command that failed may still have made

@@ -1,0 +1,146 @@
+package integration
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/lemonproxy/lemonproxy/extensions/chain"
+	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/proxy"
+)
+
+// TestStorePipelined: a client that pipelines FETCHes and STOREs by
+// sequence numbers, as imaptest's stress does, with the proxy sending the
+// STOREs upstream ahead of their turn (proxy/ahead.go) to Dovecot, which
+// runs a batch's UID commands at once and may send a STORE's answers
+// before the tagged response of the command before it. Whichever turn
+// they come in: a STORE's answer shows the flags it set, a silent STORE's
+// shows none (with CONDSTORE, its MODSEQ alone), a FETCH shows a message's
+// flags as the STOREs before it left them, nothing the session did is
+// told back to it afterwards, and Dovecot has every change. With the
+// whole extension chain, whose STORE handlers must let them go ahead.
+func TestStorePipelined(t *testing.T) {
+	for _, p := range profiles {
+		for _, condstore := range []bool{false, true} {
+			name := p.String()
+			if condstore {
+				name += "/condstore"
+			}
+			t.Run(name, func(t *testing.T) {
+				storePipelined(t, p, condstore)
+			})
+		}
+	}
+}
+
+func storePipelined(t *testing.T, p dovecottest.Profile, condstore bool) {
+	dc, d := startDovecotUser(t, p)
+	const n = 30
+	for i := range n {
+		mustOK(t, d.Cmd(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(sampleMessage(i, "body")), sampleMessage(i, "body"))))
+	}
+	addr, srv := startProxy(t, dc.Addr, func(c *proxy.Config) { c.Extensions = chain.Extensions(chain.Config{}) })
+	c := dialRaw(t, addr)
+	mustOK(t, c.Cmd("LOGIN u pw"))
+	if condstore {
+		mustOK(t, c.Cmd("ENABLE CONDSTORE"))
+	}
+	mustOK(t, c.Cmd("SELECT INBOX"))
+
+	// Message i (1-based): i%3 == 1 fetched, 2 flagged with a keyword of
+	// its own, 0 marked \Answered silently; then each fetched again.
+	var batch strings.Builder
+	for i := 1; i <= n; i++ {
+		switch i % 3 {
+		case 1:
+			fmt.Fprintf(&batch, "t%d FETCH %d (FLAGS BODY.PEEK[HEADER.FIELDS (Subject)])\r\n", i, i)
+		case 2:
+			fmt.Fprintf(&batch, "t%d STORE %d +FLAGS (\\Flagged k%d)\r\n", i, i, i)
+		case 0:
+			fmt.Fprintf(&batch, "t%d STORE %d +FLAGS.SILENT (\\Answered)\r\n", i, i)
+		}
+	}
+	// A NOOP between the halves: no FETCH of the second is in flight in
+	// the first (it would be told of the silent STOREs' flags it asks).
+	fmt.Fprintf(&batch, "t%d NOOP\r\n", n+1)
+	for i := 2; i <= n+1; i++ {
+		fmt.Fprintf(&batch, "t%d FETCH %d (FLAGS)\r\n", n+i, i-1)
+	}
+	want := func(i int) string {
+		switch i % 3 {
+		case 2:
+			return fmt.Sprintf(`\Flagged k%d`, i)
+		case 0:
+			return `\Answered`
+		}
+		return ""
+	}
+
+	before := srv.Stats().CommandsAhead
+	c.WriteBytes([]byte(batch.String()))
+	fetchRe := regexp.MustCompile(`^\* (\d+) FETCH \((.*)\)$`)
+	flagsRe := regexp.MustCompile(`FLAGS \(([^)]*)\)`)
+	for tag := 1; tag <= 2*n+1; tag++ {
+		got := c.ReadUntilTagged(fmt.Sprintf("t%d", tag))
+		if !strings.HasPrefix(got[len(got)-1], fmt.Sprintf("t%d OK", tag)) {
+			t.Fatalf("t%d: %q", tag, got)
+		}
+		for _, l := range got {
+			m := fetchRe.FindStringSubmatch(l)
+			if m == nil {
+				continue
+			}
+			var seq int
+			fmt.Sscan(m[1], &seq)
+			f := flagsRe.FindStringSubmatch(m[2])
+			if seq%3 == 0 && tag <= n {
+				// The silent STORE's answer, in whichever turn (no
+				// FETCH of it in the first half).
+				if f != nil {
+					t.Fatalf("t%d: %q tells the flags a silent STORE set", tag, l)
+				}
+				if condstore != strings.Contains(m[2], "MODSEQ") {
+					t.Fatalf("t%d: %q, want the silent STORE's MODSEQ alone with CONDSTORE, nothing without", tag, l)
+				}
+				continue
+			}
+			if f == nil {
+				continue
+			}
+			if got := withoutRecent(f[1]); got != want(seq) {
+				t.Fatalf("t%d: %q, want message %d's flags %q", tag, l, seq, want(seq))
+			}
+		}
+	}
+	if srv.Stats().CommandsAhead-before < n/2 {
+		t.Errorf("%d commands went upstream ahead of their turn, want at least %d", srv.Stats().CommandsAhead-before, n/2)
+	}
+	// Nothing of the session's own is told back to it.
+	if got := c.Cmd("NOOP"); len(got) != 1 {
+		t.Fatalf("NOOP after the batch: %q, want its OK alone", got)
+	}
+	// Dovecot has every change.
+	mustOK(t, d.Cmd("SELECT INBOX"))
+	got := d.Cmd("FETCH 1:* (FLAGS)")
+	mustOK(t, got)
+	for _, l := range got[:len(got)-1] {
+		m := fetchRe.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		var seq int
+		fmt.Sscan(m[1], &seq)
+		f := flagsRe.FindStringSubmatch(m[2])
+		if f == nil || withoutRecent(f[1]) != want(seq) {
+			t.Fatalf("Dovecot: %q, want message %d's flags %q", l, seq, want(seq))
+		}
+	}
+}
+
+// withoutRecent is a flag list without \Recent (the proxy's is its own).
+func withoutRecent(flags string) string {
+	return strings.Join(slices.DeleteFunc(strings.Fields(flags), func(f string) bool { return f == `\Recent` }), " ")
+}

@@ -1,0 +1,228 @@
+package proxy_test
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lemonproxy/lemonproxy/extensions/condstore"
+	"github.com/lemonproxy/lemonproxy/internal/faultnet"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
+)
+
+// STOREs sent upstream ahead of their turn (ahead.go; issue 20: imaptest's
+// stress pipelines FETCH, STORE and STORE \Deleted, and Dovecot serves
+// such a batch with one sync).
+
+// TestStoreAhead: STOREs by sequence numbers behind a FETCH go upstream
+// while the FETCH's answer is held; each is answered in its turn, the
+// silent one with nothing but its OK, and the client is not told of its
+// own changes again afterwards. The hub's watcher has seen both changes
+// before the FETCH's answer comes (another session is told of them): they
+// are not told at the FETCH's turn as someone else's (deliver holds them
+// back, selectedMailbox.owed; it told "* 3 FETCH (FLAGS (\Seen))" of the
+// silent STORE). A FETCH of a message a STORE in flight names keeps its
+// turn.
+func TestStoreAhead(t *testing.T) {
+	e := startAheadEnv(t)
+	other := e.otherSession(t)
+	hold := e.holdAnswer("UID FETCH 1 (FLAGS)")
+	silent := e.noteSent(`UID STORE 3 +FLAGS (\Seen)`)
+	fetch3 := e.noteSent("UID FETCH 3 (FLAGS)")
+	e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\n" +
+		"b STORE 2 +FLAGS (\\Flagged)\r\n" +
+		"c STORE 3 +FLAGS.SILENT (\\Seen)\r\n" +
+		"d FETCH 3 (FLAGS)\r\n"))
+	waitFired(t, hold)
+	waitFired(t, silent) // sent while the answer to the first is held
+	notFired(t, fetch3, 100*time.Millisecond, "a FETCH of a message a STORE in flight names went upstream ahead of its turn")
+	waitToldOf(t, other, `* 2 FETCH (FLAGS (\Flagged))`, `* 3 FETCH (FLAGS (\Seen))`)
+	hold.Release()
+	e.c.Expect("* 1 FETCH (FLAGS ())", longTag+" OK *")
+	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "b OK *")
+	e.c.Expect("c OK *")
+	e.c.Expect(`* 3 FETCH (FLAGS (\Seen))`, "d OK *")
+	e.c.ExpectDo("n", "NOOP", "n OK *")
+	if n := e.p.Srv.Stats().CommandsAhead; n != 2 {
+		t.Errorf("Stats().CommandsAhead = %d, want 2 (b and c)", n)
+	}
+}
+
+// otherSession is another session of the same user with INBOX selected.
+func (e *aheadEnv) otherSession(t *testing.T) *client {
+	t.Helper()
+	other := imaptest.Dial(t, e.p.Addr)
+	other.LoginTagged("alice", "secret")
+	other.Do("s", "SELECT INBOX")
+	return other
+}
+
+// waitToldOf sends NOOPs on c (each waits for the hub's watcher) until it
+// has been told every one of want.
+func waitToldOf(t *testing.T, c *client, want ...string) {
+	t.Helper()
+	left := map[string]bool{}
+	for _, w := range want {
+		left[w] = true
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(left) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the other session was not told of %v", slices.Collect(maps.Keys(left)))
+		}
+		for _, l := range c.Do("n", "NOOP") {
+			delete(left, l)
+		}
+	}
+}
+
+// storeAnswersEarly holds the upstream's answer to the FETCH whose upstream
+// form contains match, and writes before it the answers (early) of STOREs
+// sent ahead behind it, as Dovecot does: it runs a batch's UID commands
+// at once, and a STORE's FETCH responses may come before the tagged
+// response of the FETCH before it.
+func (e *aheadEnv) storeAnswersEarly(match, early string) *faultnet.Handle {
+	return e.fn.Add(faultnet.Fault{Match: []byte(match), MatchDir: faultnet.ToServer, Dir: faultnet.ToClient,
+		Action: faultnet.Hold, Data: []byte(early)})
+}
+
+// TestStoreAheadAnswerInEarlierTurn: the answers of STOREs sent ahead come
+// before the tagged response of the FETCH before them. Each is the STORE's
+// (whoseAnswer): the silent STORE's is not shown, the other's shows the
+// flags it set; read as the FETCH's, the silent one's went to the client
+// and the other's was taken for an answer made before a change the client
+// had been told of, and showed the message's old flags (toldOverAhead).
+// Both are the session's own changes: nothing is told again after.
+func TestStoreAheadAnswerInEarlierTurn(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.storeAnswersEarly("UID FETCH 1 (FLAGS)",
+		"* 3 FETCH (UID 3 FLAGS (\\Seen))\r\n* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n")
+	third := e.noteSent(`UID STORE 3 +FLAGS (\Seen)`)
+	e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\n" +
+		"b STORE 2 +FLAGS (\\Flagged)\r\n" +
+		"c STORE 3 +FLAGS.SILENT (\\Seen)\r\n"))
+	waitFired(t, third)
+	waitFired(t, hold)
+	hold.Release()
+	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "* 1 FETCH (FLAGS ())", longTag+" OK *")
+	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "b OK *") // the upstream's own answer, in its turn
+	e.c.Expect("c OK *")
+	e.c.ExpectDo("n", "NOOP", "n OK *")
+	e.c.ExpectDo("f", "FETCH 1:3 (FLAGS)", "* 1 FETCH (FLAGS ())", `* 2 FETCH (FLAGS (\Flagged))`, `* 3 FETCH (FLAGS (\Seen))`, "f OK *")
+}
+
+// TestStoreAheadCondstore: with CONDSTORE, a STORE's answers read in an
+// earlier command's turn carry its MODSEQ, the silent one's nothing else
+// (RFC 7162 3.2); a STORE with UNCHANGEDSINCE keeps its turn (condstore
+// waits for the watcher first and may answer it itself).
+func TestStoreAheadCondstore(t *testing.T) {
+	t.Run("answers", func(t *testing.T) {
+		t.Parallel()
+		e := startAheadEnv(t, condstore.New())
+		e.c.Do("en", "FETCH 1 (MODSEQ)")
+		hold := e.storeAnswersEarly("UID FETCH 1 (FLAGS)",
+			"* 3 FETCH (UID 3 FLAGS (\\Seen))\r\n* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n")
+		third := e.noteSent(`UID STORE 3 +FLAGS (\Seen)`)
+		e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\n" +
+			"b STORE 2 +FLAGS (\\Flagged)\r\n" +
+			"c STORE 3 +FLAGS.SILENT (\\Seen)\r\n"))
+		waitFired(t, third)
+		waitFired(t, hold)
+		hold.Release()
+		got := e.c.ReadUntilTagged(longTag)
+		if len(got) != 4 || !strings.HasPrefix(got[0], "* 3 FETCH (UID 3 MODSEQ (") || strings.Contains(got[0], "FLAGS") ||
+			!strings.HasPrefix(got[1], "* 2 FETCH (UID 2 MODSEQ (") || !strings.HasSuffix(got[1], `FLAGS (\Flagged))`) ||
+			!strings.HasPrefix(got[2], "* 1 FETCH (UID 1 MODSEQ (") {
+			t.Fatalf("answers in the FETCH's turn: %q, want the silent STORE's MODSEQ alone, the other's MODSEQ and flags, then the FETCH's", got)
+		}
+		e.c.ReadUntilTagged("b")
+		if got := e.c.ReadUntilTagged("c"); len(got) != 2 || strings.Contains(got[0], "FLAGS") {
+			t.Fatalf("answer to the silent STORE in its turn: %q, want its MODSEQ alone", got)
+		}
+		e.c.ExpectDo("n", "NOOP", "n OK *")
+	})
+	t.Run("UNCHANGEDSINCE", func(t *testing.T) {
+		t.Parallel()
+		e := startAheadEnv(t, condstore.New())
+		hold := e.holdAnswer("UID FETCH 1 (FLAGS)")
+		store := e.noteSent("UID STORE 2 ")
+		e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\nb STORE 2 (UNCHANGEDSINCE 100) +FLAGS (\\Flagged)\r\n"))
+		waitFired(t, hold)
+		notFired(t, store, 100*time.Millisecond, "a STORE with UNCHANGEDSINCE went upstream ahead of its turn")
+		hold.Release()
+		e.c.ReadUntilTagged(longTag)
+		if got := e.c.ReadUntilTagged("b"); !strings.HasPrefix(got[len(got)-1], "b OK") {
+			t.Fatalf("answer to STORE UNCHANGEDSINCE: %q", got)
+		}
+	})
+}
+
+// TestStoreNotAhead: STOREs that keep their turn behind a FETCH whose
+// answer is held. A set with "*" names the client's last message as the
+// STORE arrives (bindStar), which the changes told before its turn may
+// move; a STORE of a message a command in flight names would have answers
+// that could be either's; a STORE by sequence numbers behind a UID FETCH,
+// whose answer may renumber the client's messages (an EXPUNGE), is
+// translated in its turn.
+func TestStoreNotAhead(t *testing.T) {
+	for _, tt := range []struct{ first, store, upstream string }{
+		{"FETCH 1 (FLAGS)", `STORE 2:* +FLAGS (\Flagged)`, "UID STORE 2"},
+		{"FETCH 1 (FLAGS)", `UID STORE 2:* +FLAGS (\Flagged)`, "UID STORE 2"},
+		{"FETCH 1:2 (FLAGS)", `STORE 2 +FLAGS (\Flagged)`, "UID STORE 2"},
+		{"FETCH 1 (FLAGS)", `STORE 3,1 +FLAGS (\Flagged)`, "UID STORE "},
+		{"UID FETCH 1 (FLAGS)", `STORE 2 +FLAGS (\Flagged)`, "UID STORE 2"},
+		{"STORE 1 +FLAGS (\\Seen)", `STORE 1 -FLAGS (\Seen)`, "UID STORE 1 -FLAGS"},
+	} {
+		t.Run(tt.first+" "+tt.store, func(t *testing.T) {
+			t.Parallel()
+			e := startAheadEnv(t)
+			upFirst := "UID " + strings.TrimPrefix(tt.first, "UID ")
+			hold := e.holdAnswer(upFirst)
+			store := e.noteSent(tt.upstream)
+			e.c.WriteBytes([]byte(longTag + " " + tt.first + "\r\nb " + tt.store + "\r\n"))
+			waitFired(t, hold)
+			notFired(t, store, 100*time.Millisecond, "the STORE went upstream ahead of its turn")
+			hold.Release()
+			e.c.ReadUntilTagged(longTag)
+			if got := e.c.ReadUntilTagged("b"); !strings.HasPrefix(got[len(got)-1], "b OK") {
+				t.Fatalf("answer to %s: %q", tt.store, got)
+			}
+		})
+	}
+}
+
+// TestUIDStoreAhead: a UID STORE behind a UID FETCH goes ahead (neither
+// depends on the client's numbering).
+func TestUIDStoreAhead(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.holdAnswer("UID FETCH 1 (FLAGS)")
+	store := e.noteSent(`UID STORE 2 +FLAGS (\Flagged)`)
+	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (FLAGS)\r\nb UID STORE 2 +FLAGS (\\Flagged)\r\n"))
+	waitFired(t, hold)
+	waitFired(t, store)
+	hold.Release()
+	e.c.Expect("* 1 FETCH (UID 1 FLAGS ())", longTag+" OK *")
+	e.c.Expect(`* 2 FETCH (UID 2 FLAGS (\Flagged))`, "b OK *")
+	e.c.ExpectDo("n", "NOOP", "n OK *")
+}
+
+// TestAheadReportNotRelayed: a FETCH response about a message no command
+// in flight names, read while a FETCH and a STORE sent ahead share the
+// connection, is the upstream's report of someone else's change (the
+// leased connection's sync), and is not relayed: the client hears of
+// changes from the hub, once (reportsOnly). It was relayed whenever
+// commands were ahead, since their answers may come in any turn.
+func TestAheadReportNotRelayed(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.storeAnswersEarly("UID FETCH 1 (FLAGS)", "* 3 FETCH (UID 3 FLAGS (\\Deleted))\r\n")
+	store := e.noteSent(`UID STORE 2 +FLAGS (\Flagged)`)
+	e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\nb STORE 2 +FLAGS.SILENT (\\Flagged)\r\n"))
+	waitFired(t, store)
+	waitFired(t, hold)
+	hold.Release()
+	e.c.Expect("* 1 FETCH (FLAGS ())", longTag+" OK *")
+	e.c.Expect("b OK *")
+	e.c.ExpectDo("f", "FETCH 3 (FLAGS)", "* 3 FETCH (FLAGS ())", "f OK *")
+}
