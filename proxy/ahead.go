@@ -62,11 +62,12 @@ import (
 // command, which may report one, it waits for its turn (aheadOK). A UID
 // STORE keeps "*" for its turn too: it means the client's last message as
 // the command arrives (bindStar). Since the answers of commands in flight
-// on one connection may come in any order, the commands of one batch
+// on one connection may come in any order, the FETCHes of one batch
 // agree on whether the UID item is shown (a command by sequence numbers
 // that did not ask for it has it taken out), and a STORE goes ahead only
 // when no command in flight names a message it names, nor a FETCH when a
-// STORE in flight does: each of its answers is then known to be its own.
+// STORE in flight does: each of its answers is then known to be its own,
+// and shown as its own.
 //
 // Running such a command's chain before the previous command's answers
 // are relayed is safe because a FETCH that changes nothing changes none of
@@ -156,15 +157,19 @@ var aheadArgs = map[string]int{"FETCH": 4, "UID FETCH": 5, "STORE": 5, "UID STOR
 // upstream form), may go upstream behind head, the command whose turn it
 // is, and the commands already ahead (see above): a UID FETCH or UID
 // STORE always, a FETCH or STORE by sequence numbers only when none of
-// them lets an EXPUNGE be reported at its turn; only as a command that
-// shows the UID item as each of them does; and a STORE only when no
-// command among them names a message it names, nor it one that a STORE
-// among them names (whoseAnswer).
+// them lets an EXPUNGE be reported at its turn; a FETCH only as one that
+// shows the UID item as each FETCH among them does; and a STORE only when
+// no command among them names a message it names, nor a FETCH one that a
+// STORE among them names: each answer about such a message is then known
+// to be the STORE's (whoseAnswer), and shown as the STORE's.
 func (s *Session) aheadOK(head, x *Exchange) bool {
 	for _, a := range slices.Concat([]aheadCmd{{x: head}}, s.ahead) {
 		t := a.x.xlate
-		if t == nil || t.stripUID != x.xlate.stripUID {
+		if t == nil {
 			return false
+		}
+		if t.store == nil && x.xlate.store == nil && t.stripUID != x.xlate.stripUID {
+			return false // two FETCHes, whose answers cannot be told apart
 		}
 		if x.xlate.fromName != "" && t.allowExpunge {
 			return false

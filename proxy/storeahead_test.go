@@ -226,3 +226,20 @@ func TestAheadReportNotRelayed(t *testing.T) {
 	e.c.Expect("b OK *")
 	e.c.ExpectDo("f", "FETCH 3 (FLAGS)", "* 3 FETCH (FLAGS ())", "f OK *")
 }
+
+// TestStoreAheadOfFetchShowingUID: a STORE by sequence numbers goes ahead
+// behind a FETCH that asked for the UID item, though their answers show
+// it differently: each answer is shown as its own command's, here the
+// STORE's, read in the FETCH's turn, without the UID it did not ask for.
+func TestStoreAheadOfFetchShowingUID(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.storeAnswersEarly("UID FETCH 1 (UID FLAGS)", "* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n")
+	store := e.noteSent(`UID STORE 2 +FLAGS (\Flagged)`)
+	e.c.WriteBytes([]byte(longTag + " FETCH 1 (UID FLAGS)\r\nb STORE 2 +FLAGS (\\Flagged)\r\n"))
+	waitFired(t, store)
+	waitFired(t, hold)
+	hold.Release()
+	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "* 1 FETCH (UID 1 FLAGS ())", longTag+" OK *")
+	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "b OK *")
+	e.c.ExpectDo("n", "NOOP", "n OK *")
+}

@@ -62,6 +62,7 @@ type stressResult struct {
 	// commands that went without one although the mailbox had changed
 	// (proxy.Stats).
 	catchUps, catchUpsSkipped int64
+	ahead                     int64 // commands sent upstream ahead of their turn (proxy/ahead.go)
 	count                     map[string]int
 	timed                     map[string]int
 	msecs                     map[string]int64
@@ -150,6 +151,7 @@ func TestStress(t *testing.T) {
 		r := runStress(t, bin, mbox, legacy, proxyAddr, fmt.Sprintf("sp-%d", i), secs)
 		st := lp.Srv.Stats()
 		r.catchUps, r.catchUpsSkipped = st.CatchUps-st0.CatchUps, st.CatchUpsSkipped-st0.CatchUpsSkipped
+		r.ahead = st.CommandsAhead - st0.CommandsAhead
 		proxied = append(proxied, r)
 	}
 	printStress(t, direct, proxied)
@@ -321,6 +323,7 @@ func printStress(t *testing.T, direct, proxied []stressResult) {
 	}
 	fmt.Fprintf(w, "catch-up NOOPs per 1,000 commands\t-\t%s\t\n", perKCount(proxied, func(r stressResult) int64 { return r.catchUps }))
 	fmt.Fprintf(w, "catch-ups skipped per 1,000 commands\t-\t%s\t\n", perKCount(proxied, func(r stressResult) int64 { return r.catchUpsSkipped }))
+	fmt.Fprintf(w, "sent ahead per 1,000 commands\t-\t%s\t\n", perKCount(proxied, func(r stressResult) int64 { return r.ahead }))
 	states := map[string]bool{}
 	for _, r := range append(slices.Clone(direct), proxied...) {
 		for s := range r.count {
