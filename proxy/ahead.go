@@ -174,11 +174,25 @@ func (s *Session) aheadOK(head, x *Exchange) bool {
 		if x.xlate.fromName != "" && t.allowExpunge {
 			return false
 		}
-		if (t.store != nil || x.xlate.store != nil) && t.named.overlaps(x.xlate.named) {
-			return false
+		switch a, b := t.store != nil, x.xlate.store != nil; {
+		case a && b, a != b && !fetchBeside(t, x.xlate):
+			if t.named.overlaps(x.xlate.named) {
+				return false
+			}
 		}
 	}
 	return true
+}
+
+// fetchBeside reports whether, of a and b, a FETCH and a STORE, the
+// FETCH's answers always hold an item besides UID, FLAGS and MODSEQ, so
+// that the two may name the same messages: the STORE's answers have
+// nothing else (whoseAnswer).
+func fetchBeside(a, b *translation) bool {
+	if a.store != nil {
+		a = b
+	}
+	return a.answersBeyondFlags()
 }
 
 // fixedSeqSet reports whether the set of a FETCH by sequence numbers

@@ -171,6 +171,8 @@ func TestStoreNotAhead(t *testing.T) {
 		{"FETCH 1 (FLAGS)", `STORE 2:* +FLAGS (\Flagged)`, "UID STORE 2"},
 		{"FETCH 1 (FLAGS)", `UID STORE 2:* +FLAGS (\Flagged)`, "UID STORE 2"},
 		{"FETCH 1:2 (FLAGS)", `STORE 2 +FLAGS (\Flagged)`, "UID STORE 2"},
+		{"FETCH 1:2 (UID FLAGS MODSEQ)", `STORE 2 +FLAGS (\Flagged)`, "UID STORE 2"},
+		{`STORE 2 +FLAGS (\Flagged)`, "FETCH 1:2 (FLAGS)", "UID FETCH 1:2"},
 		{"FETCH 1 (FLAGS)", `STORE 3,1 +FLAGS (\Flagged)`, "UID STORE "},
 		{"UID FETCH 1 (FLAGS)", `STORE 2 +FLAGS (\Flagged)`, "UID STORE 2"},
 		{"STORE 1 +FLAGS (\\Seen)", `STORE 1 -FLAGS (\Seen)`, "UID STORE 1 -FLAGS"},
@@ -242,4 +244,46 @@ func TestStoreAheadOfFetchShowingUID(t *testing.T) {
 	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "* 1 FETCH (UID 1 FLAGS ())", longTag+" OK *")
 	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "b OK *")
 	e.c.ExpectDo("n", "NOOP", "n OK *")
+}
+
+// TestStoreAheadBesideFetch: a STORE and a FETCH that name the same
+// message go upstream together when the FETCH asks for more than flags
+// (the STORE's answers are those with nothing but flags). The STORE's
+// answer comes first, in the FETCH's turn; the FETCH's answer about the
+// message, made by the upstream before the STORE ran, comes after it
+// and shows the flags the STORE set (it showed none, and the client kept
+// them). The other way round, a FETCH behind a STORE of its message is
+// answered with the STORE's flags.
+func TestStoreAheadBesideFetch(t *testing.T) {
+	t.Run("STORE behind FETCH", func(t *testing.T) {
+		t.Parallel()
+		e := startAheadEnv(t)
+		hold := e.storeAnswersEarly("UID FETCH 1:3 (FLAGS RFC822.SIZE)", "* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n")
+		store := e.noteSent(`UID STORE 2 +FLAGS (\Flagged)`)
+		e.c.WriteBytes([]byte(longTag + " FETCH 1:3 (FLAGS RFC822.SIZE)\r\nb STORE 2 +FLAGS (\\Flagged)\r\n"))
+		waitFired(t, store)
+		waitFired(t, hold)
+		hold.Release()
+		got := e.c.ReadUntilTagged(longTag)
+		if len(got) != 5 || got[0] != `* 2 FETCH (FLAGS (\Flagged))` || !strings.HasPrefix(got[2], `* 2 FETCH (FLAGS (\Flagged) RFC822.SIZE `) {
+			t.Fatalf("answers in the FETCH's turn: %q, want the STORE's, then message 2 with the flags it set", got)
+		}
+		e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "b OK *")
+		e.c.ExpectDo("n", "NOOP", "n OK *")
+	})
+	t.Run("FETCH behind STORE", func(t *testing.T) {
+		t.Parallel()
+		e := startAheadEnv(t)
+		hold := e.holdAnswer(`UID STORE 2 +FLAGS (\Flagged)`)
+		fetch := e.noteSent("UID FETCH 1:3 (FLAGS RFC822.SIZE)")
+		e.c.WriteBytes([]byte(longTag + " STORE 2 +FLAGS (\\Flagged)\r\nb FETCH 1:3 (FLAGS RFC822.SIZE)\r\n"))
+		waitFired(t, hold)
+		waitFired(t, fetch)
+		hold.Release()
+		e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, longTag+" OK *")
+		got := e.c.ReadUntilTagged("b")
+		if len(got) != 4 || !strings.HasPrefix(got[1], `* 2 FETCH (FLAGS (\Flagged) RFC822.SIZE `) {
+			t.Fatalf("answer to the FETCH: %q, want message 2 with the STORE's flags", got)
+		}
+	})
 }

@@ -50,6 +50,10 @@ type translation struct {
 	adds                          bool      // it adds messages to the selected mailbox when it succeeds (APPEND, COPY, MOVE into it)
 	expunged                      bool      // the upstream reported an expunge during the command (see needsSync)
 	ownChanges                    uint64    // mod-sequences above the connection's SyncedTo its own claims got (see ownChangesSeen)
+	// claimed: a STORE's messages whose answer has been read (their
+	// flags are the state's now), for the FETCHes in flight beside it
+	// (ahead.go: storeClaimed).
+	claimed map[uint32]bool
 }
 
 // needsSync reports whether the command may have changed the selected
@@ -754,7 +758,7 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	// that command's. The client is shown it now all the same, as a
 	// server may show flags at any time (RFC 3501 7.4.2).
 	turn := x
-	x = s.whoseAnswer(x, uid)
+	x = s.whoseAnswer(x, uid, resp)
 	var t *translation
 	if x != nil {
 		t = x.xlate
@@ -788,6 +792,12 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 				told = !t.silent || silentStoreKnown(t, uid, flags)
 				claim, ok = flags, true
 				storeAnswer = true
+				if len(s.ahead) > 0 {
+					if t.claimed == nil {
+						t.claimed = map[uint32]bool{}
+					}
+					t.claimed[uid] = true
+				}
 			case t != nil && t.setsSeen:
 				claim, ok = s.seenByFetch(uid, flags)
 			}
@@ -809,6 +819,12 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	}
 	if hasFlags && x != nil && !storeAnswer && (x.sentAhead || len(s.ahead) > 0) {
 		flags, seg = s.toldOverAhead(uid, flags, seg)
+		if s.storeClaimed(turn, uid) {
+			if cur, _, ok := m.state.Flags(uid); ok {
+				flags = strings.Join(cur, " ")
+				seg = replaceFlags(seg, flags)
+			}
+		}
 	}
 	items := s.fetchItems(uid, false)
 	if hasFlags && len(items) > 0 {
@@ -884,23 +900,61 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	return resp
 }
 
-// whoseAnswer returns the command whose answer a FETCH response about uid,
-// read in x's turn, is: x if it names uid, else the first command sent
-// ahead behind x that names it (ahead.go: Dovecot runs the UID commands of
-// a batch at once, and a STORE's answers may come before the tagged
-// response of the FETCH before it), else x, whose turn reports others'
-// changes. A STORE sent ahead names no message that another command in
-// flight names (aheadOK), so its answers are told apart from theirs.
-func (s *Session) whoseAnswer(x *Exchange, uid uint32) *Exchange {
-	if x == nil || len(s.ahead) == 0 || answers(x, uid) {
+// whoseAnswer returns the command whose answer resp, a FETCH response about
+// uid read in x's turn, is: among x and the commands sent ahead behind it
+// (ahead.go: Dovecot runs the UID commands of a batch at once, and a
+// STORE's answers may come before the tagged response of the FETCH before
+// it), the STORE that names uid if resp has nothing but flags, else the
+// first FETCH that names it; else x, whose turn reports others' changes.
+// A STORE in flight names no message that another STORE in flight names,
+// nor one that a FETCH whose answers may have nothing but flags names
+// (aheadOK), so its answers are told apart from theirs.
+func (s *Session) whoseAnswer(x *Exchange, uid uint32, resp *Response) *Exchange {
+	if x == nil || len(s.ahead) == 0 {
 		return x
 	}
-	for _, a := range s.ahead {
-		if a.upTag != "" && answers(a.x, uid) {
-			return a.x
+	var fetch, store *Exchange
+	consider := func(c *Exchange) {
+		if !answers(c, uid) {
+			return
+		}
+		if c.xlate != nil && c.xlate.store != nil {
+			if store == nil {
+				store = c
+			}
+		} else if fetch == nil {
+			fetch = c
 		}
 	}
+	consider(x)
+	for _, a := range s.ahead {
+		if a.upTag != "" {
+			consider(a.x)
+		}
+	}
+	switch {
+	case store != nil && (fetch == nil || flagsOnly(resp.Segments)):
+		return store
+	case fetch != nil:
+		return fetch
+	}
 	return x
+}
+
+// storeClaimed reports whether a STORE in flight (x, whose turn it is, or
+// one sent ahead) has read its answer about uid: a FETCH's answer about it
+// read later may have been made before the STORE ran (Dovecot runs a
+// batch's UID commands at once), and shows the state's flags instead.
+func (s *Session) storeClaimed(x *Exchange, uid uint32) bool {
+	if x != nil && x.xlate != nil && x.xlate.claimed[uid] {
+		return true
+	}
+	for _, a := range s.ahead {
+		if t := a.x.xlate; t != nil && t.claimed[uid] {
+			return true
+		}
+	}
+	return false
 }
 
 // noteTold records that the client has been told flags of uid in turn's
@@ -1122,6 +1176,40 @@ func (t *translation) keepsFlagsOnly() bool {
 		}
 	}
 	return t.asksFlags || t.onlyUID
+}
+
+// answersBeyondFlags tells whether every answer of a FETCH holds an item
+// besides UID, FLAGS and MODSEQ: a response with nothing else about one of
+// its messages is then not its own but a STORE's (whoseAnswer).
+func (t *translation) answersBeyondFlags() bool {
+	cmd := &imapcodec.Command{Name: "UID FETCH", Segments: []imapcodec.Segment{{Text: t.formText}}}
+	_, rest, err := firstSet(cmd)
+	if err != nil {
+		return false
+	}
+	p := imapcodec.NewParser([]imapcodec.Segment{{Text: rest}}, imapcodec.Limits{})
+	if p.SP() != nil {
+		return false
+	}
+	v, err := p.Value()
+	if err != nil {
+		return false
+	}
+	items := []imapcodec.Value{v}
+	if l, ok := v.(imapcodec.List); ok {
+		items = l
+	}
+	return slices.ContainsFunc(items, func(it imapcodec.Value) bool {
+		a, ok := it.(imapcodec.Atom)
+		if !ok {
+			return true
+		}
+		switch strings.ToUpper(string(a)) {
+		case "UID", "FLAGS", "MODSEQ":
+			return false
+		}
+		return true
+	})
 }
 
 func fetchAsksFlags(rest []byte) (flags, onlyUID bool) {
