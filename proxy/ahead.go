@@ -288,6 +288,7 @@ func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn, head *Exchan
 			// here, what the client has been told so far.
 			s.silentBefore(x.xlate)
 		}
+		x.xlate.sentMark = s.mbox.state.HighestModSeq() // staleStoreAnswer
 		got, lit, err := s.r.ReadLine()
 		if err != nil || lit != nil || !bytes.Equal(got, line) {
 			// The buffered line was just seen whole: cannot happen.

@@ -341,6 +341,12 @@ func (s *Session) beforeTagged(x *Exchange, head imapcodec.ResponseHead) error {
 				s.syncMailbox(context.Background(), syncTimeout)
 			}
 		}
+		if t.resync {
+			// An answer of a STORE sent ahead was older than the
+			// state (staleStoreAnswer): the watcher reports what the
+			// message's flags are now, and the delivery tells them.
+			s.syncMailbox(context.Background(), syncTimeout)
+		}
 		allowExpunge = t.allowExpunge
 		if t.ownChanges > 0 {
 			s.ownChangesSeen(t)

@@ -54,6 +54,8 @@ type translation struct {
 	// flags are the state's now), for the FETCHes in flight beside it
 	// (ahead.go: storeClaimed).
 	claimed map[uint32]bool
+	sentMark                      uint64    // a STORE sent ahead of its turn: the state's HIGHESTMODSEQ as it went upstream (staleStoreAnswer)
+	resync                        bool      // an answer of it was not claimed (staleStoreAnswer): the hub's watcher syncs before its tagged answer
 }
 
 // needsSync reports whether the command may have changed the selected
@@ -790,9 +792,9 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 			switch {
 			case t != nil && t.store != nil && storeResult(t.store, flags):
 				told = !t.silent || silentStoreKnown(t, uid, flags)
-				claim, ok = flags, true
+				claim, ok = flags, !s.staleStoreAnswer(x, uid, flags)
 				storeAnswer = true
-				if len(s.ahead) > 0 {
+				if ok && len(s.ahead) > 0 {
 					if t.claimed == nil {
 						t.claimed = map[uint32]bool{}
 					}
@@ -898,6 +900,34 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 	}
 	resp.Segments[0].Text = slices.Concat([]byte("* "), []byte(strconv.FormatUint(uint64(seq), 10)), rest[i:])
 	return resp
+}
+
+// staleStoreAnswer reports whether flags, x's answer about uid to a STORE
+// sent ahead of its turn, may be older than the hub's state, and so must
+// not be claimed: the state recorded a change of the message after the
+// STORE went upstream (above sentMark), and its flags are not the
+// answer's. The answer waits behind those of the commands before it
+// (ahead.go), and the change may have come after the upstream ran the
+// STORE: claimed, the older flags replaced the newer ones in the state,
+// every session was told of a change back that never happened, and the
+// watcher, which had reported the message already, told nothing more. Or
+// the change came before the STORE ran and the watcher has not reported
+// the STORE yet; the two look alike here. So the hub is asked: its
+// watcher syncs before the command's tagged answer (translation.resync,
+// beforeTagged), and the delivery then tells the client what the
+// message's flags are. A STORE in its turn is read at once, and its
+// catch-up (catchup.go) leaves no such window.
+func (s *Session) staleStoreAnswer(x *Exchange, uid uint32, flags string) bool {
+	t := x.xlate
+	if !x.sentAhead || t == nil {
+		return false
+	}
+	cur, modseq, ok := s.mbox.state.Flags(uid)
+	if !ok || modseq <= t.sentMark || slices.Equal(cur, syncstate.NormalizeFlags(strings.Fields(flags))) {
+		return false
+	}
+	t.resync = true
+	return true
 }
 
 // whoseAnswer returns the command whose answer resp, a FETCH response about
