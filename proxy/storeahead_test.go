@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -299,22 +300,34 @@ func TestStoreAheadBesideFetch(t *testing.T) {
 // of its watcher), and the client hears of the other session's change
 // after it, as of any change the STORE's turn held back.
 func TestStoreAheadAnswerOlderThanState(t *testing.T) {
-	e := startAheadEnv(t)
-	other := e.otherSession(t)
-	hold := e.holdAnswer("UID FETCH 1 (FLAGS)")
-	store := e.noteSent(`UID STORE 2 +FLAGS (\Flagged)`)
-	e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\nb STORE 2 +FLAGS (\\Flagged)\r\n"))
-	waitFired(t, hold)
-	waitFired(t, store)
-	waitToldOf(t, other, `* 2 FETCH (FLAGS (\Flagged))`) // the upstream ran it
-	other.Do("o", `STORE 2 +FLAGS (\Answered)`)
-	hold.Release()
-	e.c.Expect("* 1 FETCH (FLAGS ())", longTag+" OK *")
-	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, `* 2 FETCH (FLAGS (\Answered \Flagged))`, "b OK *")
-	e.c.ExpectDo("n", "NOOP", "n OK *")
-	other.ExpectDo("n", "NOOP", "n OK *")
-	// The upstream's own answer, its flags in no fixed order.
-	if got := e.c.Do("f", "FETCH 2 (FLAGS)"); len(got) != 2 || !strings.Contains(got[0], `\Answered`) || !strings.Contains(got[0], `\Flagged`) {
-		t.Fatalf("FETCH 2 (FLAGS): %q, want \\Answered and \\Flagged", got)
+	for _, silent := range []bool{false, true} {
+		t.Run(fmt.Sprint("silent=", silent), func(t *testing.T) {
+			t.Parallel()
+			e := startAheadEnv(t)
+			other := e.otherSession(t)
+			hold := e.holdAnswer("UID FETCH 1 (FLAGS)")
+			store := e.noteSent(`UID STORE 2 +FLAGS (\Flagged)`)
+			item := "+FLAGS"
+			if silent {
+				item = "+FLAGS.SILENT"
+			}
+			e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\nb STORE 2 " + item + " (\\Flagged)\r\n"))
+			waitFired(t, hold)
+			waitFired(t, store)
+			waitToldOf(t, other, `* 2 FETCH (FLAGS (\Flagged))`) // the upstream ran it
+			other.Do("o", `STORE 2 +FLAGS (\Answered)`)
+			hold.Release()
+			e.c.Expect("* 1 FETCH (FLAGS ())", longTag+" OK *")
+			if !silent {
+				e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`) // the answer, shown
+			}
+			e.c.Expect(`* 2 FETCH (FLAGS (\Answered \Flagged))`, "b OK *")
+			e.c.ExpectDo("n", "NOOP", "n OK *")
+			other.ExpectDo("n", "NOOP", "n OK *")
+			// The upstream's own answer, its flags in no fixed order.
+			if got := e.c.Do("f", "FETCH 2 (FLAGS)"); len(got) != 2 || !strings.Contains(got[0], `\Answered`) || !strings.Contains(got[0], `\Flagged`) {
+				t.Fatalf("FETCH 2 (FLAGS): %q, want \\Answered and \\Flagged", got)
+			}
+		})
 	}
 }
