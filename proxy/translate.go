@@ -50,12 +50,12 @@ type translation struct {
 	adds                          bool      // it adds messages to the selected mailbox when it succeeds (APPEND, COPY, MOVE into it)
 	expunged                      bool      // the upstream reported an expunge during the command (see needsSync)
 	ownChanges                    uint64    // mod-sequences above the connection's SyncedTo its own claims got (see ownChangesSeen)
-	// claimed: a STORE's messages whose answer has been read (their
-	// flags are the state's now), for the FETCHes in flight beside it
-	// (ahead.go: storeClaimed).
-	claimed map[uint32]bool
-	sentMark                      uint64    // a STORE sent ahead of its turn: the state's HIGHESTMODSEQ as it went upstream (staleStoreAnswer)
+	sentMark                      uint64    // a command sent ahead of its turn: the state's HIGHESTMODSEQ as it went upstream (staleStoreAnswer)
 	resync                        bool      // an answer of it was not claimed (staleStoreAnswer): the hub's watcher syncs before its tagged answer
+	// claimed: a STORE's messages whose answer has been claimed (their
+	// flags are the state's now), for the FETCHes in flight beside it
+	// (storeClaimed).
+	claimed map[uint32]bool
 }
 
 // needsSync reports whether the command may have changed the selected
@@ -915,8 +915,9 @@ func (s *Session) translateFetch(x *Exchange, resp *Response) *Response {
 // the STORE yet; the two look alike here. So the hub is asked: its
 // watcher syncs before the command's tagged answer (translation.resync,
 // beforeTagged), and the delivery then tells the client what the
-// message's flags are. A STORE in its turn is read at once, and its
-// catch-up (catchup.go) leaves no such window.
+// message's flags are. A STORE in its turn is read as soon as the
+// upstream answers it, which leaves the window no wider than before the
+// STOREs went ahead.
 func (s *Session) staleStoreAnswer(x *Exchange, uid uint32, flags string) bool {
 	t := x.xlate
 	if !x.sentAhead || t == nil {
