@@ -62,9 +62,9 @@ import (
 // command, which may report one, it waits for its turn (aheadOK). A UID
 // STORE keeps "*" for its turn too: it means the client's last message as
 // the command arrives (bindStar). Since the answers of commands in flight
-// on one connection may come in any order, the FETCHes of one batch
-// agree on whether the UID item is shown (a command by sequence numbers
-// that did not ask for it has it taken out), and a STORE goes ahead only
+// on one connection may come in any order, FETCHes in flight that name
+// the same message agree on whether the UID item is shown (a command by
+// sequence numbers that did not ask for it has it taken out), and a STORE goes ahead only
 // when no command in flight names a message it names, nor a FETCH when a
 // STORE in flight does: each of its answers is then known to be its own,
 // and shown as its own.
@@ -158,7 +158,9 @@ var aheadArgs = map[string]int{"FETCH": 4, "UID FETCH": 5, "STORE": 5, "UID STOR
 // is, and the commands already ahead (see above): a UID FETCH or UID
 // STORE always, a FETCH or STORE by sequence numbers only when none of
 // them lets an EXPUNGE be reported at its turn; a FETCH only as one that
-// shows the UID item as each FETCH among them does; and a STORE only when
+// shows the UID item as each FETCH among them that names a message it
+// names does (whoseAnswer gives an answer about a message two FETCHes
+// name to the first); and a STORE only when
 // no command among them names a message it names, nor a FETCH one that a
 // STORE among them names: each answer about such a message is then known
 // to be the STORE's (whoseAnswer), and shown as the STORE's.
@@ -168,8 +170,8 @@ func (s *Session) aheadOK(head, x *Exchange) bool {
 		if t == nil {
 			return false
 		}
-		if t.store == nil && x.xlate.store == nil && t.stripUID != x.xlate.stripUID {
-			return false // two FETCHes, whose answers cannot be told apart
+		if t.store == nil && x.xlate.store == nil && t.stripUID != x.xlate.stripUID && t.named.overlaps(x.xlate.named) {
+			return false // two FETCHes whose answers about a message cannot be told apart
 		}
 		if x.xlate.fromName != "" && t.allowExpunge {
 			return false
