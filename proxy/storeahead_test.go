@@ -331,3 +331,39 @@ func TestStoreAheadAnswerOlderThanState(t *testing.T) {
 		})
 	}
 }
+
+// TestFetchNotAheadOfSilentStore: a FETCH that asks for more than flags
+// keeps its turn behind a STORE .SILENT in flight that names one of its
+// messages, the STORE in its turn or sent ahead itself (silentAhead):
+// sent ahead, its answer may come before the STORE's (Dovecot), and the
+// client was shown the message's flags as before its own STORE and told
+// nothing after. In its turn it shows the flags the STORE set, and
+// nothing is told after.
+func TestFetchNotAheadOfSilentStore(t *testing.T) {
+	for _, tt := range []struct{ first, held string }{
+		{"", `UID STORE 2 +FLAGS (\Flagged)`},
+		{"FETCH 1 (FLAGS)\r\nb ", "UID FETCH 1 (FLAGS)"},
+	} {
+		t.Run(tt.held, func(t *testing.T) {
+			t.Parallel()
+			e := startAheadEnv(t)
+			hold := e.holdAnswer(tt.held)
+			fetch := e.noteSent("UID FETCH 1:3 (FLAGS RFC822.SIZE)")
+			e.c.WriteBytes([]byte(longTag + " " + tt.first + "STORE 2 +FLAGS.SILENT (\\Flagged)\r\nc FETCH 1:3 (FLAGS RFC822.SIZE)\r\n"))
+			waitFired(t, hold)
+			notFired(t, fetch, 100*time.Millisecond, "a FETCH went upstream ahead of its turn behind a STORE .SILENT of one of its messages")
+			hold.Release()
+			if tt.first != "" {
+				e.c.Expect("* 1 FETCH (FLAGS ())", longTag+" OK *")
+				e.c.Expect("b OK *")
+			} else {
+				e.c.Expect(longTag + " OK *")
+			}
+			got := e.c.ReadUntilTagged("c")
+			if len(got) != 4 || !strings.HasPrefix(got[1], `* 2 FETCH (FLAGS (\Flagged) RFC822.SIZE `) {
+				t.Fatalf("answer to the FETCH: %q, want message 2 with the flags the STORE set", got)
+			}
+			e.c.ExpectDo("n", "NOOP", "n OK *")
+		})
+	}
+}
