@@ -146,70 +146,83 @@ func withoutRecent(flags string) string {
 }
 
 // TestSilentStoreThenFetchPipelined: a client pipelines, for each
-// message, a STORE .SILENT and a FETCH of its flags and size. Every FETCH
-// shows the flags the STORE before it set, whichever order Dovecot runs
-// and answers them in (it runs a batch's UID commands at once), and
-// nothing is told after the batch: the FETCH keeps its turn behind the
-// STORE (proxy/ahead.go, silentAhead). Sent ahead, its answer came before
-// the STORE's, with the flags as before the STORE, and the client kept
-// them.
+// message, a STORE .SILENT and a FETCH of its flags and size. Every
+// message is last shown with the flags the STORE set, whichever order
+// Dovecot runs and answers them in (it runs a batch's UID commands at
+// once), and nothing is told after the batch: the FETCH keeps its turn
+// behind the STORE (proxy/ahead.go, silentAhead). Sent ahead, its answer
+// came before the STORE's, with the flags as before the STORE, and the
+// client kept them. A STORE that is not silent, whose FETCH goes ahead
+// beside it, and CONDSTORE alike.
 func TestSilentStoreThenFetchPipelined(t *testing.T) {
 	for _, p := range profiles {
-		t.Run(p.String(), func(t *testing.T) {
-			dc, d := startDovecotUser(t, p)
-			const n = 20
-			for i := range n {
-				mustOK(t, d.Cmd(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(sampleMessage(i, "body")), sampleMessage(i, "body"))))
+		for _, tt := range []struct {
+			item      string
+			condstore bool
+		}{{"+FLAGS.SILENT", false}, {"+FLAGS.SILENT", true}, {"+FLAGS", false}, {"+FLAGS", true}} {
+			t.Run(fmt.Sprint(p, "/", tt.item, "/condstore=", tt.condstore), func(t *testing.T) {
+				silentStoreThenFetch(t, p, tt.item, tt.condstore)
+			})
+		}
+	}
+}
+
+func silentStoreThenFetch(t *testing.T, p dovecottest.Profile, item string, condstore bool) {
+	dc, d := startDovecotUser(t, p)
+	const n = 20
+	for i := range n {
+		mustOK(t, d.Cmd(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(sampleMessage(i, "body")), sampleMessage(i, "body"))))
+	}
+	addr, srv := startProxy(t, dc.Addr, func(c *proxy.Config) { c.Extensions = chain.Extensions(chain.Config{}) })
+	c := dialRaw(t, addr)
+	mustOK(t, c.Cmd("LOGIN u pw"))
+	if condstore {
+		mustOK(t, c.Cmd("ENABLE CONDSTORE"))
+	}
+	mustOK(t, c.Cmd("SELECT INBOX"))
+	var batch strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&batch, "t%d STORE %d %s (\\Flagged)\r\n", 2*i-1, i, item)
+		fmt.Fprintf(&batch, "t%d FETCH %d (FLAGS RFC822.SIZE)\r\n", 2*i, i)
+	}
+	before := srv.Stats().CommandsAhead
+	c.WriteBytes([]byte(batch.String()))
+	fetchRe := regexp.MustCompile(`^\* (\d+) FETCH \((.*)\)$`)
+	flagsRe := regexp.MustCompile(`FLAGS \(([^)]*)\)`)
+	shown := map[int]bool{}
+	last := map[int]string{} // the flags each message was last shown with
+	for tag := 1; tag <= 2*n; tag++ {
+		got := c.ReadUntilTagged(fmt.Sprintf("t%d", tag))
+		if !strings.HasPrefix(got[len(got)-1], fmt.Sprintf("t%d OK", tag)) {
+			t.Fatalf("t%d: %q", tag, got)
+		}
+		for _, l := range got {
+			m := fetchRe.FindStringSubmatch(l)
+			if m == nil {
+				continue
 			}
-			addr, srv := startProxy(t, dc.Addr, func(c *proxy.Config) { c.Extensions = chain.Extensions(chain.Config{}) })
-			c := dialRaw(t, addr)
-			mustOK(t, c.Cmd("LOGIN u pw"))
-			mustOK(t, c.Cmd("SELECT INBOX"))
-			var batch strings.Builder
-			for i := 1; i <= n; i++ {
-				fmt.Fprintf(&batch, "t%d STORE %d +FLAGS.SILENT (\\Flagged)\r\n", 2*i-1, i)
-				fmt.Fprintf(&batch, "t%d FETCH %d (FLAGS RFC822.SIZE)\r\n", 2*i, i)
+			var seq int
+			fmt.Sscan(m[1], &seq)
+			if f := flagsRe.FindStringSubmatch(m[2]); f != nil {
+				last[seq] = withoutRecent(f[1])
 			}
-			before := srv.Stats().CommandsAhead
-			c.WriteBytes([]byte(batch.String()))
-			fetchRe := regexp.MustCompile(`^\* (\d+) FETCH \((.*)\)$`)
-			flagsRe := regexp.MustCompile(`FLAGS \(([^)]*)\)`)
-			shown := map[int]bool{}
-			last := map[int]string{} // the flags each message was last shown with
-			for tag := 1; tag <= 2*n; tag++ {
-				got := c.ReadUntilTagged(fmt.Sprintf("t%d", tag))
-				if !strings.HasPrefix(got[len(got)-1], fmt.Sprintf("t%d OK", tag)) {
-					t.Fatalf("t%d: %q", tag, got)
-				}
-				for _, l := range got {
-					m := fetchRe.FindStringSubmatch(l)
-					if m == nil {
-						continue
-					}
-					var seq int
-					fmt.Sscan(m[1], &seq)
-					if f := flagsRe.FindStringSubmatch(m[2]); f != nil {
-						last[seq] = withoutRecent(f[1])
-					}
-					if strings.Contains(m[2], "RFC822.SIZE") {
-						shown[seq] = true
-					}
-				}
+			if strings.Contains(m[2], "RFC822.SIZE") {
+				shown[seq] = true
 			}
-			if len(shown) != n {
-				t.Fatalf("the FETCHes answered %d messages, want %d", len(shown), n)
-			}
-			if got := c.Cmd("NOOP"); len(got) != 1 {
-				t.Fatalf("NOOP after the batch: %q, want its OK alone", got)
-			}
-			for i := 1; i <= n; i++ {
-				if last[i] != `\Flagged` {
-					t.Errorf("message %d was last shown with flags %q, want %q (its STORE .SILENT's)", i, last[i], `\Flagged`)
-				}
-			}
-			if srv.Stats().CommandsAhead-before < n/2 {
-				t.Errorf("%d commands went upstream ahead of their turn, want at least %d", srv.Stats().CommandsAhead-before, n/2)
-			}
-		})
+		}
+	}
+	if len(shown) != n {
+		t.Fatalf("the FETCHes answered %d messages, want %d", len(shown), n)
+	}
+	if got := c.Cmd("NOOP"); len(got) != 1 {
+		t.Fatalf("NOOP after the batch: %q, want its OK alone", got)
+	}
+	for i := 1; i <= n; i++ {
+		if last[i] != `\Flagged` {
+			t.Errorf("message %d was last shown with flags %q, want %q (its STORE's)", i, last[i], `\Flagged`)
+		}
+	}
+	if srv.Stats().CommandsAhead-before < n/2 {
+		t.Errorf("%d commands went upstream ahead of their turn, want at least %d", srv.Stats().CommandsAhead-before, n/2)
 	}
 }
