@@ -153,7 +153,7 @@ func (s *Session) pipelinable(cmd *imapcodec.Command) bool {
 // aheadArgs are the commands that may be pipelined, each with the number
 // of values on its line with no modifiers: "tag FETCH set items", "tag UID
 // STORE set item flags".
-var aheadArgs = map[string]int{"FETCH": 4, "UID FETCH": 5, "STORE": 5, "UID STORE": 6}
+var aheadArgs = map[string]int{"FETCH": 4, "UID FETCH": 5, "STORE": 5, "UID STORE": 6, "EXPUNGE": 2}
 
 // aheadOK reports whether x, a command that may be pipelined (and in its
 // upstream form), may go upstream behind head, the command whose turn it
@@ -171,8 +171,11 @@ var aheadArgs = map[string]int{"FETCH": 4, "UID FETCH": 5, "STORE": 5, "UID STOR
 func (s *Session) aheadOK(head, x *Exchange) bool {
 	for _, a := range slices.Concat([]aheadCmd{{x: head}}, s.ahead) {
 		t := a.x.xlate
-		if t == nil {
+		if t == nil || a.x.Name == "EXPUNGE" {
 			return false
+		}
+		if x.Name == "EXPUNGE" {
+			continue
 		}
 		if t.store == nil && x.xlate.store == nil && t.stripUID != x.xlate.stripUID && t.named.overlaps(x.xlate.named) {
 			return false // two FETCHes whose answers about a message cannot be told apart
@@ -274,11 +277,6 @@ func (s *Session) chainPipelineSafe(x *Exchange) bool {
 // whole in the reader's buffer or in the socket (it never waits for the
 // client). It is called only when head may be pipelined itself.
 func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn, head *Exchange) {
-	if s.upPartial {
-		// Caught up only with what the first command needed: the
-		// next may need more (catchup.go), in its turn.
-		return
-	}
 	for len(s.ahead) < s.cfg.FetchAhead && !up.Broken() {
 		peeked, ok := s.r.PeekLine()
 		if !ok && s.plainClient() && s.idle.hasInput() {
@@ -294,7 +292,7 @@ func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn, head *Exchan
 		}
 		line := bytes.Clone(peeked)
 		cmd, err := imapcodec.ParseCommand([]imapcodec.Segment{{Text: line}}, s.cfg.Limits)
-		if err != nil || !s.pipelinable(cmd) || cmd.Name != "UID FETCH" && !fixedSeqSet(cmd) {
+		if err != nil || !s.pipelinable(cmd) || cmd.Name != "UID FETCH" && cmd.Name != "EXPUNGE" && !fixedSeqSet(cmd) {
 			return
 		}
 		// Everything that could refuse the command is done before it is
@@ -306,6 +304,17 @@ func (s *Session) sendAhead(ctx context.Context, up *upstream.Conn, head *Exchan
 		if s.translateCommand(x) != nil || strings.HasSuffix(x.Name, "STORE") && x.xlate.store == nil ||
 			!s.aheadOK(head, x) || !s.chainPipelineSafe(x) {
 			return
+		}
+		if s.upPartial {
+			// The connection was caught up only with what the first
+			// command needed (catchup.go): one that needs more (or
+			// everything: an EXPUNGE) waits for its turn. The need is
+			// read from the form translated for upstream, before the
+			// chain: a PipelineSafe handler restates a FETCH's items at
+			// most (binary), never its set.
+			if need := s.needFor(x); need == nil || !s.viewHas(up, need) {
+				return
+			}
 		}
 		if x.xlate.silent {
 			// As dispatch does after the delivery before a command:

@@ -63,9 +63,9 @@ import (
 // pass").
 //
 // A connection leased for a command that needed less than everything is
-// partial (Session.upPartial): no command is sent ahead on it (ahead.go),
-// and it catches up in full before anything else runs on it while the
-// session holds it.
+// partial (Session.upPartial): a command is sent ahead on it (ahead.go)
+// only if what it needs is covered likewise, and it catches up in full
+// before anything else runs on it while the session holds it.
 
 // A viewNeed is what a command relies on in the leased connection's view
 // of the selected mailbox, when that is less than everything; nil is

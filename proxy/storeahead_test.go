@@ -367,3 +367,61 @@ func TestFetchNotAheadOfSilentStore(t *testing.T) {
 		})
 	}
 }
+
+// TestExpungeAhead: an EXPUNGE goes upstream behind the STORE \Deleted
+// before it (imaptest's stress sends the two back to back; Dovecot syncs
+// once for both), and nothing goes ahead behind it: the commands after an
+// EXPUNGE mean the client's numbers after its expunges. Its expunges are
+// told before its OK, as in its turn.
+func TestExpungeAhead(t *testing.T) {
+	e := startAheadEnv(t)
+	hold := e.holdAnswer(`UID STORE 2 +FLAGS (\Deleted)`)
+	expunge := e.noteSent(" EXPUNGE")
+	fetch := e.noteSent("UID FETCH ")
+	e.c.WriteBytes([]byte(longTag + " STORE 2 +FLAGS.SILENT (\\Deleted)\r\nb EXPUNGE\r\nc FETCH 2 (FLAGS)\r\n"))
+	waitFired(t, hold)
+	waitFired(t, expunge)
+	notFired(t, fetch, 100*time.Millisecond, "a FETCH went upstream behind an EXPUNGE ahead of its turn")
+	hold.Release()
+	e.c.Expect(longTag + " OK *")
+	e.c.Expect("* 2 EXPUNGE", "b OK *")
+	e.c.Expect("* 2 FETCH (FLAGS ())", "c OK *") // message 3, now 2
+	e.c.ExpectDo("n", "NOOP", "n OK *")
+	e.c.ExpectDo("u", "FETCH 1:* (UID)", "* 1 FETCH (UID 1)", "* 2 FETCH (UID 3)", "u OK *")
+	if n := e.p.Srv.Stats().CommandsAhead; n != 1 {
+		t.Errorf("Stats().CommandsAhead = %d, want 1 (the EXPUNGE)", n)
+	}
+}
+
+// TestAheadOnPartialLease: the connection leased for the first command of
+// a batch was caught up only with what that command needs (catchup.go: a
+// message's flags changed outside the proxy since it last synced, and the
+// command shows none). A FETCH behind it that needs no more goes ahead on
+// it (no command went ahead on such a connection before); one that shows
+// the changed message's flags keeps its turn, and is answered after a full
+// catch-up.
+func TestAheadOnPartialLease(t *testing.T) {
+	e := startAheadEnv(t)
+	e.c.Do("f0", "FETCH 1:3 (FLAGS)") // the pooled connection brought up to date (catchup.go)
+	direct := imaptest.Dial(t, e.fn.Addr())
+	direct.Do("l", "LOGIN alice secret")
+	direct.Do("s", "SELECT INBOX")
+	direct.Do("f", `STORE 3 +FLAGS.SILENT (\Flagged)`)
+	waitToldOf(t, e.c, `* 3 FETCH (FLAGS (\Flagged))`)
+
+	hold := e.holdAnswer("UID FETCH 1 (UID RFC822.SIZE)")
+	second := e.noteSent("UID FETCH 2 (UID RFC822.SIZE)")
+	third := e.noteSent("UID FETCH 3 (UID FLAGS)")
+	skipped := e.p.Srv.Stats().CatchUpsSkipped
+	e.c.WriteBytes([]byte(longTag + " FETCH 1 (UID RFC822.SIZE)\r\nb FETCH 2 (UID RFC822.SIZE)\r\nc FETCH 3 (UID FLAGS)\r\n"))
+	waitFired(t, hold)
+	if n := e.p.Srv.Stats().CatchUpsSkipped - skipped; n != 1 {
+		t.Fatalf("%d catch-ups skipped for the first FETCH, want 1 (the test needs a partial lease)", n)
+	}
+	waitFired(t, second)
+	notFired(t, third, 100*time.Millisecond, "a FETCH of flags changed since the connection synced went ahead on a partial lease")
+	hold.Release()
+	e.c.Expect("* 1 FETCH (UID 1 RFC822.SIZE *", longTag+" OK *")
+	e.c.Expect("* 2 FETCH (UID 2 RFC822.SIZE *", "b OK *")
+	e.c.Expect(`* 3 FETCH (UID 3 FLAGS (\Flagged))`, "c OK *")
+}

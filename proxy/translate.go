@@ -503,6 +503,23 @@ func (s *Session) rewriteCommand(x *Exchange) error {
 	return nil
 }
 
+// noteExpunged records that the upstream reported an expunge in the
+// answers to x (translation.needsSync), and to an EXPUNGE sent ahead of
+// its turn behind x (ahead.go), whose own may come before x's tagged
+// response on a server that runs them at once: its tagged answer then
+// waits for the hub to see the expunge (an extra round trip of the
+// watcher if the expunge was someone else's).
+func (s *Session) noteExpunged(x *Exchange) {
+	if x != nil && x.xlate != nil {
+		x.xlate.expunged = true
+	}
+	for _, a := range s.ahead {
+		if a.upTag != "" && a.x.Name == "EXPUNGE" && a.x.xlate != nil {
+			a.x.xlate.expunged = true
+		}
+	}
+}
+
 // answerEmpty answers a command that names no message (ErrNoMessages) with
 // OK, after the changes the client may be told during it (no expunges
 // during a command with sequence numbers, RFC 3501 7.4.1).
@@ -519,15 +536,13 @@ func (s *Session) filterSelected(x *Exchange, resp *Response) *Response {
 	switch h.Name {
 	case "EXISTS", "RECENT", "EXPUNGE":
 		if h.HasNum {
-			if h.Name == "EXPUNGE" && x != nil && x.xlate != nil {
-				x.xlate.expunged = true
+			if h.Name == "EXPUNGE" {
+				s.noteExpunged(x)
 			}
 			return nil
 		}
 	case "VANISHED":
-		if x != nil && x.xlate != nil {
-			x.xlate.expunged = true
-		}
+		s.noteExpunged(x)
 	case "FETCH":
 		return s.translateFetch(x, resp)
 	case "FLAGS":
@@ -1166,8 +1181,8 @@ func reportsOnly(x *Exchange, uid uint32, resp *Response) bool {
 		return false
 	}
 	for _, a := range x.s.ahead {
-		if a.upTag != "" && !reportFor(a.x, uid, resp) {
-			return false
+		if a.upTag != "" && a.x.Name != "EXPUNGE" && !reportFor(a.x, uid, resp) {
+			return false // (an EXPUNGE's answers are EXPUNGE responses)
 		}
 	}
 	return true

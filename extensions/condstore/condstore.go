@@ -441,7 +441,8 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 // PipelineSafe lets a FETCH that asks for no mod-sequence (no MODSEQ item,
 // no CHANGEDSINCE) and a STORE with no modifier go upstream before the
 // previous command's answers are relayed (proxy.PipelineSafe): condstore
-// passes those on as they are. A FETCH with MODSEQ enables CONDSTORE for
+// passes those on as they are, and an EXPUNGE, whose tagged OK it
+// completes from a hook. A FETCH with MODSEQ enables CONDSTORE for
 // the session, one with CHANGEDSINCE may be answered here, and a STORE
 // with UNCHANGEDSINCE waits for the watcher first and may be answered
 // here (rewriteStore), so those keep their turn.
@@ -457,6 +458,8 @@ func (e *Extension) PipelineSafe(x *proxy.Exchange) bool {
 	case "STORE":
 		_, sa, ok := storeArgs(x)
 		return ok && sa.Modifiers == nil
+	case "EXPUNGE":
+		return x.Name == "EXPUNGE" // its HIGHESTMODSEQ is set on the tagged OK
 	}
 	return false
 }

@@ -98,9 +98,9 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	if x.Name == "NOTIFY" {
 		return e.notify(ctx, x)
 	}
-	if x.Name == "STORE" || x.Name == "UID STORE" {
+	if x.Name == "STORE" || x.Name == "UID STORE" || x.Name == "EXPUNGE" {
 		// Learnt when its tagged OK is relayed, not after next returns:
-		// a STORE sent upstream before its turn returns from next at
+		// a command sent upstream before its turn returns from next at
 		// once (PipelineSafe).
 		x.OnTagged(func(h *imapcodec.ResponseHead) {
 			if h.Name == "OK" {
@@ -122,11 +122,11 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 	return nil
 }
 
-// PipelineSafe lets a STORE go upstream before the previous command's
-// answers are relayed (proxy.PipelineSafe): notify only learns of it from
-// its tagged answer (ServeCommand).
+// PipelineSafe lets a STORE or EXPUNGE go upstream before the previous
+// command's answers are relayed (proxy.PipelineSafe): notify only learns
+// of it from its tagged answer (ServeCommand).
 func (*Extension) PipelineSafe(x *proxy.Exchange) bool {
-	return x.Name == "STORE" || x.Name == "UID STORE"
+	return x.Name == "STORE" || x.Name == "UID STORE" || x.Name == "EXPUNGE"
 }
 
 // createdAnyway reports whether a command that failed may still have made

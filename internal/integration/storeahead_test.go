@@ -226,3 +226,57 @@ func silentStoreThenFetch(t *testing.T, p dovecottest.Profile, item string, cond
 		t.Errorf("%d commands went upstream ahead of their turn, want at least %d", srv.Stats().CommandsAhead-before, n/2)
 	}
 }
+
+// TestExpungePipelined: a client that pipelines STORE \Deleted, EXPUNGE
+// and FETCH by sequence numbers, five times over, as imaptest's stress
+// does; the proxy sends an EXPUNGE upstream behind its STORE, ahead of its
+// turn. Each EXPUNGE tells the client's message 1 expunged before its
+// OK, each FETCH 1 after it shows the next message, nothing is told back
+// afterwards, and Dovecot has the messages left.
+func TestExpungePipelined(t *testing.T) {
+	for _, p := range profiles {
+		t.Run(p.String(), func(t *testing.T) {
+			dc, d := startDovecotUser(t, p)
+			const n = 8
+			for i := range n {
+				mustOK(t, d.Cmd(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(sampleMessage(i, "body")), sampleMessage(i, "body"))))
+			}
+			addr, srv := startProxy(t, dc.Addr, func(c *proxy.Config) { c.Extensions = chain.Extensions(chain.Config{}) })
+			c := dialRaw(t, addr)
+			mustOK(t, c.Cmd("LOGIN u pw"))
+			mustOK(t, c.Cmd("SELECT INBOX"))
+			var batch strings.Builder
+			for i := 1; i <= 5; i++ {
+				fmt.Fprintf(&batch, "d%d STORE 1 +FLAGS.SILENT (\\Deleted)\r\ne%d EXPUNGE\r\nf%d FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject)])\r\n", i, i, i)
+			}
+			before := srv.Stats().CommandsAhead
+			c.WriteBytes([]byte(batch.String()))
+			for i := 1; i <= 5; i++ {
+				if got := c.ReadUntilTagged(fmt.Sprintf("d%d", i)); len(got) != 1 {
+					t.Fatalf("d%d: %q, want the silent STORE's OK alone", i, got)
+				}
+				got := slices.DeleteFunc(c.ReadUntilTagged(fmt.Sprintf("e%d", i)), func(l string) bool { return strings.HasSuffix(l, " RECENT") })
+				if len(got) != 2 || got[0] != "* 1 EXPUNGE" || !strings.HasPrefix(got[1], fmt.Sprintf("e%d OK", i)) {
+					t.Fatalf("e%d: %q, want message 1 expunged before the OK", i, got)
+				}
+				got = c.ReadUntilTagged(fmt.Sprintf("f%d", i))
+				if !strings.HasPrefix(got[len(got)-1], fmt.Sprintf("f%d OK", i)) || !strings.Contains(strings.Join(got, "\n"), fmt.Sprintf("Subject: message %d", i)) {
+					t.Fatalf("f%d: %q, want message 1 to be the one of subject %q", i, got, fmt.Sprintf("message %d", i))
+				}
+			}
+			// The first EXPUNGE goes behind its STORE; the later ones
+			// follow a FETCH served on a connection caught up only for
+			// it (catchup.go), behind which nothing goes ahead.
+			if srv.Stats().CommandsAhead == before {
+				t.Errorf("no EXPUNGE went upstream ahead of its turn")
+			}
+			if got := c.Cmd("NOOP"); len(got) != 1 {
+				t.Fatalf("NOOP after the batch: %q, want its OK alone", got)
+			}
+			mustOK(t, d.Cmd("SELECT INBOX"))
+			if got := d.Cmd("SEARCH ALL"); got[0] != "* SEARCH 1 2 3" {
+				t.Fatalf("Dovecot: %q, want the three messages left", got)
+			}
+		})
+	}
+}
