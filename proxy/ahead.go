@@ -46,9 +46,20 @@ import (
 // Which commands: UID FETCH and FETCH in the selected state, whole on its
 // line (no literal), with no modifier (CHANGEDSINCE, VANISHED), none of
 // whose items sets \Seen (no BODY[] without .PEEK), and UID STORE and
-// STORE likewise (no UNCHANGEDSINCE), over a watched mailbox that is not
-// passive, and only if every handler of its chain says it may
-// (PipelineSafe).
+// STORE likewise (no UNCHANGEDSINCE), and EXPUNGE, over a watched mailbox
+// that is not passive, and only if every handler of its chain says it may
+// (PipelineSafe). An EXPUNGE is the last of a batch: nothing goes ahead
+// behind it (the client's numbers after it count without its expunges).
+// Its tagged answer waits for the hub's watcher when an expunge was
+// reported while it was in flight (noteExpunged: a server that ran it
+// beside the commands before it may report its expunges in their turns),
+// after the connection is given back, nothing being ahead on it any more.
+//
+// The connection may have been caught up only with what the first
+// command of the batch needed (catchup.go: upPartial); a command goes
+// ahead on it only if what it needs is covered too (needFor, viewHas).
+// Under imaptest's stress a fifth of the commands start on such a lease,
+// which used to stop the read-ahead at once.
 //
 // A FETCH or STORE by sequence numbers (issue 20: imaptest's stress and
 // most clients' header downloads use them) is translated to UIDs when it
@@ -83,9 +94,8 @@ import (
 // watcher may see the change first, and it is the session's own. A
 // silent STORE's "before" (silentBefore) is what the client has been told
 // when it goes upstream. A command that does not qualify stops the
-// read-ahead and is served in its turn; EXPUNGE, APPEND and the rest
-// always are (an EXPUNGE's wait for the watcher gives the connection
-// back, and APPEND's literal is not read ahead).
+// read-ahead and is served in its turn; APPEND and the rest always are
+// (APPEND's literal is not read ahead).
 
 // DefaultFetchAhead is Config.FetchAhead's default: how many commands a
 // session may have sent upstream ahead of the one whose answers it relays.
