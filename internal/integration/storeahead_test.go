@@ -9,6 +9,7 @@ import (
 
 	"github.com/lemonproxy/lemonproxy/extensions/chain"
 	"github.com/lemonproxy/lemonproxy/internal/dovecottest"
+	"github.com/lemonproxy/lemonproxy/internal/imaptest"
 	"github.com/lemonproxy/lemonproxy/proxy"
 )
 
@@ -37,18 +38,8 @@ func TestStorePipelined(t *testing.T) {
 }
 
 func storePipelined(t *testing.T, p dovecottest.Profile, condstore bool) {
-	dc, d := startDovecotUser(t, p)
 	const n = 30
-	for i := range n {
-		mustOK(t, d.Cmd(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(sampleMessage(i, "body")), sampleMessage(i, "body"))))
-	}
-	addr, srv := startProxy(t, dc.Addr, func(c *proxy.Config) { c.Extensions = chain.Extensions(chain.Config{}) })
-	c := dialRaw(t, addr)
-	mustOK(t, c.Cmd("LOGIN u pw"))
-	if condstore {
-		mustOK(t, c.Cmd("ENABLE CONDSTORE"))
-	}
-	mustOK(t, c.Cmd("SELECT INBOX"))
+	d, c, srv := pipelineSession(t, p, n, condstore)
 
 	// Message i (1-based): i%3 == 1 fetched, 2 flagged with a keyword of
 	// its own, 0 marked \Answered silently; then each fetched again.
@@ -168,18 +159,8 @@ func TestSilentStoreThenFetchPipelined(t *testing.T) {
 }
 
 func silentStoreThenFetch(t *testing.T, p dovecottest.Profile, item string, condstore bool) {
-	dc, d := startDovecotUser(t, p)
 	const n = 20
-	for i := range n {
-		mustOK(t, d.Cmd(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(sampleMessage(i, "body")), sampleMessage(i, "body"))))
-	}
-	addr, srv := startProxy(t, dc.Addr, func(c *proxy.Config) { c.Extensions = chain.Extensions(chain.Config{}) })
-	c := dialRaw(t, addr)
-	mustOK(t, c.Cmd("LOGIN u pw"))
-	if condstore {
-		mustOK(t, c.Cmd("ENABLE CONDSTORE"))
-	}
-	mustOK(t, c.Cmd("SELECT INBOX"))
+	_, c, srv := pipelineSession(t, p, n, condstore)
 	var batch strings.Builder
 	for i := 1; i <= n; i++ {
 		fmt.Fprintf(&batch, "t%d STORE %d %s (\\Flagged)\r\n", 2*i-1, i, item)
@@ -236,15 +217,7 @@ func silentStoreThenFetch(t *testing.T, p dovecottest.Profile, item string, cond
 func TestExpungePipelined(t *testing.T) {
 	for _, p := range profiles {
 		t.Run(p.String(), func(t *testing.T) {
-			dc, d := startDovecotUser(t, p)
-			const n = 8
-			for i := range n {
-				mustOK(t, d.Cmd(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(sampleMessage(i, "body")), sampleMessage(i, "body"))))
-			}
-			addr, srv := startProxy(t, dc.Addr, func(c *proxy.Config) { c.Extensions = chain.Extensions(chain.Config{}) })
-			c := dialRaw(t, addr)
-			mustOK(t, c.Cmd("LOGIN u pw"))
-			mustOK(t, c.Cmd("SELECT INBOX"))
+			d, c, srv := pipelineSession(t, p, 8, false)
 			var batch strings.Builder
 			for i := 1; i <= 5; i++ {
 				fmt.Fprintf(&batch, "d%d STORE 1 +FLAGS.SILENT (\\Deleted)\r\ne%d EXPUNGE\r\nf%d FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject)])\r\n", i, i, i)
@@ -279,4 +252,24 @@ func TestExpungePipelined(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pipelineSession starts a Dovecot user of profile p with n sample
+// messages in INBOX, the proxy in front of it with the whole extension
+// chain, and a client of the proxy logged in, with CONDSTORE enabled if
+// asked, and INBOX selected. d is a client of Dovecot's own, logged in.
+func pipelineSession(t *testing.T, p dovecottest.Profile, n int, condstore bool) (d, c *imaptest.Client, srv *proxy.Server) {
+	t.Helper()
+	dc, d := startDovecotUser(t, p)
+	for i := range n {
+		mustOK(t, d.Cmd(fmt.Sprintf("APPEND INBOX {%d+}\r\n%s", len(sampleMessage(i, "body")), sampleMessage(i, "body"))))
+	}
+	addr, srv := startProxy(t, dc.Addr, func(c *proxy.Config) { c.Extensions = chain.Extensions(chain.Config{}) })
+	c = dialRaw(t, addr)
+	mustOK(t, c.Cmd("LOGIN u pw"))
+	if condstore {
+		mustOK(t, c.Cmd("ENABLE CONDSTORE"))
+	}
+	mustOK(t, c.Cmd("SELECT INBOX"))
+	return d, c, srv
 }
