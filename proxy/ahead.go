@@ -254,13 +254,16 @@ func fixedSeqSet(cmd *imapcodec.Command) bool {
 // extension's own command (Session.Exec from a hook or a report of
 // changes: an updating search's refresh) would read their answers as its
 // own. The session's connection and its commands are set aside meanwhile,
-// and the other connection goes back to the pool after fn.
+// and the other connection goes back to the pool after fn. Whether the
+// session's connection is caught up only partly (upPartial) is set aside
+// with it: the other one's lease and release reset it, and the commands
+// still to go ahead on the session's connection rely on it (sendAhead).
 func (s *Session) besideAhead(ctx context.Context, restore bool, fn func(*upstream.Conn) (*upstream.Response, error)) (*upstream.Response, error) {
-	busy, ahead := s.up, s.ahead
-	s.up, s.ahead = nil, nil
+	busy, ahead, partial := s.up, s.ahead, s.upPartial
+	s.up, s.ahead, s.upPartial = nil, nil, false
 	defer func() {
 		s.release()
-		s.up, s.ahead = busy, ahead
+		s.up, s.ahead, s.upPartial = busy, ahead, partial
 		s.leased.Store(busy != nil)
 	}()
 	up, err := s.lease(ctx, restore, nil)

@@ -425,3 +425,44 @@ func TestAheadOnPartialLease(t *testing.T) {
 	e.c.Expect("* 2 FETCH (UID 2 RFC822.SIZE *", "b OK *")
 	e.c.Expect(`* 3 FETCH (UID 3 FLAGS (\Flagged))`, "c OK *")
 }
+
+// TestPartialLeaseKeptBesideAhead: an extension's own command run while
+// commands are ahead on a connection caught up only partly (an updating
+// search's refresh after a tagged answer) goes to another connection
+// (besideAhead); the session's connection is still partial when it comes
+// back. A FETCH of flags changed since it synced keeps its turn after
+// that as before: it went ahead on the stale connection when besideAhead
+// forgot that the connection was partial.
+func TestPartialLeaseKeptBesideAhead(t *testing.T) {
+	ext := &execOnTagged{}
+	e := startAheadEnv(t, ext)
+	e.c.Do("f0", "FETCH 1:3 (FLAGS)") // the pooled connection brought up to date (catchup.go)
+	direct := imaptest.Dial(t, e.fn.Addr())
+	direct.Do("l", "LOGIN alice secret")
+	direct.Do("s", "SELECT INBOX")
+	direct.Do("f", `STORE 3 +FLAGS.SILENT (\Flagged)`)
+	waitToldOf(t, e.c, `* 3 FETCH (FLAGS (\Flagged))`)
+
+	hold := e.holdAnswer("UID FETCH 1 (RFC822.SIZE)")
+	second := e.noteSent("UID FETCH 2 (RFC822.SIZE)")
+	skipped := e.p.Srv.Stats().CatchUpsSkipped
+	ahead := e.p.Srv.Stats().CommandsAhead
+	e.c.WriteBytes([]byte(longTag + " UID FETCH 1 (RFC822.SIZE)\r\nb UID FETCH 2 (RFC822.SIZE)\r\nc UID FETCH 3 (FLAGS)\r\n"))
+	waitFired(t, hold)
+	if n := e.p.Srv.Stats().CatchUpsSkipped - skipped; n != 1 {
+		t.Fatalf("%d catch-ups skipped for the first FETCH, want 1 (the test needs a partial lease)", n)
+	}
+	waitFired(t, second)
+	hold.Release()
+	e.c.Expect("* 1 FETCH (UID 1 RFC822.SIZE *", longTag+" OK *")
+	e.c.Expect("* 2 FETCH (UID 2 RFC822.SIZE *", "b OK *")
+	e.c.Expect(`* 3 FETCH (UID 3 FLAGS (\Flagged))`, "c OK *")
+	if n := e.p.Srv.Stats().CommandsAhead - ahead; n != 1 {
+		t.Errorf("%d commands went ahead, want 1 (b): c shows flags changed since the partial connection synced", n)
+	}
+	ext.mu.Lock()
+	defer ext.mu.Unlock()
+	if ext.runs != 3 || len(ext.errs) > 0 {
+		t.Fatalf("the extension's commands: %d run, errors %v; want 3 without error", ext.runs, ext.errs)
+	}
+}
