@@ -57,7 +57,8 @@ import (
 //
 // The connection may have been caught up only with what the first
 // command of the batch needed (catchup.go: upPartial); a command goes
-// ahead on it only if what it needs is covered too (needFor, viewHas).
+// ahead on it only if what it needs is covered too (needFor, viewHas;
+// an EXPUNGE, which relies on every message, never is).
 // Under imaptest's stress a fifth of the commands start on such a lease,
 // which used to stop the read-ahead at once.
 //
