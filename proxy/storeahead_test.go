@@ -89,15 +89,11 @@ func (e *aheadEnv) storeAnswersEarly(match, early string) *faultnet.Handle {
 		Action: faultnet.Hold, Data: []byte(early)})
 }
 
-// TestStoreAheadAnswerInEarlierTurn: the answers of STOREs sent ahead come
-// before the tagged response of the FETCH before them. Each is the STORE's
-// (whoseAnswer): the silent STORE's is not shown, the other's shows the
-// flags it set; read as the FETCH's, the silent one's went to the client
-// and the other's was taken for an answer made before a change the client
-// had been told of, and showed the message's old flags (toldOverAhead).
-// Both are the session's own changes: nothing is told again after.
-func TestStoreAheadAnswerInEarlierTurn(t *testing.T) {
-	e := startAheadEnv(t)
+// storesAnsweredEarly sends "FETCH 1 (FLAGS)" (longTag), "b STORE 2 +FLAGS
+// (\Flagged)" and "c STORE 3 +FLAGS.SILENT (\Seen)" in one batch, and has
+// the two STOREs' answers come before the FETCH's (storeAnswersEarly).
+func (e *aheadEnv) storesAnsweredEarly(t *testing.T) {
+	t.Helper()
 	hold := e.storeAnswersEarly("UID FETCH 1 (FLAGS)",
 		"* 3 FETCH (UID 3 FLAGS (\\Seen))\r\n* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n")
 	third := e.noteSent(`UID STORE 3 +FLAGS (\Seen)`)
@@ -107,6 +103,18 @@ func TestStoreAheadAnswerInEarlierTurn(t *testing.T) {
 	waitFired(t, third)
 	waitFired(t, hold)
 	hold.Release()
+}
+
+// TestStoreAheadAnswerInEarlierTurn: the answers of STOREs sent ahead come
+// before the tagged response of the FETCH before them. Each is the STORE's
+// (whoseAnswer): the silent STORE's is not shown, the other's shows the
+// flags it set; read as the FETCH's, the silent one's went to the client
+// and the other's was taken for an answer made before a change the client
+// had been told of, and showed the message's old flags (toldOverAhead).
+// Both are the session's own changes: nothing is told again after.
+func TestStoreAheadAnswerInEarlierTurn(t *testing.T) {
+	e := startAheadEnv(t)
+	e.storesAnsweredEarly(t)
 	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "* 1 FETCH (FLAGS ())", longTag+" OK *")
 	e.c.Expect(`* 2 FETCH (FLAGS (\Flagged))`, "b OK *") // the upstream's own answer, in its turn
 	e.c.Expect("c OK *")
@@ -123,15 +131,7 @@ func TestStoreAheadCondstore(t *testing.T) {
 		t.Parallel()
 		e := startAheadEnv(t, condstore.New())
 		e.c.Do("en", "FETCH 1 (MODSEQ)")
-		hold := e.storeAnswersEarly("UID FETCH 1 (FLAGS)",
-			"* 3 FETCH (UID 3 FLAGS (\\Seen))\r\n* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n")
-		third := e.noteSent(`UID STORE 3 +FLAGS (\Seen)`)
-		e.c.WriteBytes([]byte(longTag + " FETCH 1 (FLAGS)\r\n" +
-			"b STORE 2 +FLAGS (\\Flagged)\r\n" +
-			"c STORE 3 +FLAGS.SILENT (\\Seen)\r\n"))
-		waitFired(t, third)
-		waitFired(t, hold)
-		hold.Release()
+		e.storesAnsweredEarly(t)
 		got := e.c.ReadUntilTagged(longTag)
 		if len(got) != 4 || !strings.HasPrefix(got[0], "* 3 FETCH (UID 3 MODSEQ (") || strings.Contains(got[0], "FLAGS") ||
 			!strings.HasPrefix(got[1], "* 2 FETCH (UID 2 MODSEQ (") || !strings.HasSuffix(got[1], `FLAGS (\Flagged))`) ||
