@@ -81,7 +81,7 @@ import (
 // STORE in flight does: each of its answers is then known to be its own,
 // and shown as its own; a STORE goes ahead beside a FETCH of the same
 // messages that asks for more than flags (fetchBeside), but a FETCH
-// behind a STORE .SILENT of its messages keeps its turn (silentAhead).
+// behind a STORE .SILENT of its messages keeps its turn (aheadOK).
 //
 // Running such a command's chain before the previous command's answers
 // are relayed is safe because a FETCH that changes nothing changes none of
@@ -177,8 +177,25 @@ var aheadArgs = map[string]int{"FETCH": 4, "UID FETCH": 5, "STORE": 5, "UID STOR
 // no command among them names a message it names, nor a FETCH one that a
 // STORE among them names: each answer about such a message is then known
 // to be the STORE's (whoseAnswer), and shown as the STORE's. A FETCH
-// behind a STORE .SILENT of one of its messages keeps its turn (see
-// silentAhead).
+// behind a STORE .SILENT of one of its messages keeps its turn (below).
+//
+// Why a FETCH does not go upstream behind a STORE .SILENT in flight that
+// names one of its messages, whatever items it asks:
+// The client, which sent the STORE first, is to be shown the flags the
+// STORE set, and is shown nothing of them but by the FETCH. Dovecot runs
+// the two at once and often answers the FETCH first (for half the
+// messages of TestSilentStoreThenFetchPipelined's batch). Read before
+// the STORE's answer, the FETCH's answer is either older than the STORE
+// (made before it ran) or newer than anything the state has, and then
+// toldOverAhead shows the state's older flags in its place; either way
+// the client was shown the flags as before its STORE, and the STORE's
+// answer, silent and what the client expects (silentStoreKnown), was
+// taken as told: nothing told it otherwise, and it kept the older flags.
+// Deciding in the answers instead would mean holding back a FETCH's
+// answer until the STORE's is read; keeping the FETCH in its turn costs
+// one round trip only for such a pair. A STORE that is not silent shows
+// its answer after such a FETCH's, and a FETCH before a STORE .SILENT
+// may show the flags as before it, so those go ahead together.
 func (s *Session) aheadOK(head, x *Exchange) bool {
 	for _, a := range slices.Concat([]aheadCmd{{x: head}}, s.ahead) {
 		t := a.x.xlate
@@ -203,24 +220,6 @@ func (s *Session) aheadOK(head, x *Exchange) bool {
 	}
 	return true
 }
-
-// silentAhead: why a FETCH does not go upstream behind a STORE .SILENT
-// in flight that names one of its messages, whatever items it asks.
-// The client, which sent the STORE first, is to be shown the flags the
-// STORE set, and is shown nothing of them but by the FETCH. Dovecot runs
-// the two at once and often answers the FETCH first (for half the
-// messages of TestSilentStoreThenFetchPipelined's batch). Read before
-// the STORE's answer, the FETCH's answer is either older than the STORE
-// (made before it ran) or newer than anything the state has, and then
-// toldOverAhead shows the state's older flags in its place; either way
-// the client was shown the flags as before its STORE, and the STORE's
-// answer, silent and what the client expects (silentStoreKnown), was
-// taken as told: nothing told it otherwise, and it kept the older flags.
-// Deciding in the answers instead would mean holding back a FETCH's
-// answer until the STORE's is read; keeping the FETCH in its turn costs
-// one round trip only for such a pair. A STORE that is not silent shows
-// its answer after such a FETCH's, and a FETCH before a STORE .SILENT
-// may show the flags as before it, so those go ahead together.
 
 // fetchBeside reports whether, of a and b, a FETCH and a STORE, the
 // FETCH's answers always hold an item besides UID, FLAGS and MODSEQ, so

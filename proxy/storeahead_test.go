@@ -334,7 +334,7 @@ func TestStoreAheadAnswerOlderThanState(t *testing.T) {
 
 // TestFetchNotAheadOfSilentStore: a FETCH that asks for more than flags
 // keeps its turn behind a STORE .SILENT in flight that names one of its
-// messages, the STORE in its turn or sent ahead itself (silentAhead):
+// messages, the STORE in its turn or sent ahead itself (aheadOK):
 // sent ahead, its answer may come before the STORE's (Dovecot), and the
 // client was shown the message's flags as before its own STORE and told
 // nothing after. In its turn it shows the flags the STORE set, and
@@ -393,6 +393,20 @@ func TestExpungeAhead(t *testing.T) {
 	}
 }
 
+// flagOutside brings the session's pooled connection up to date
+// (catchup.go), then flags message 3 directly on the upstream, outside
+// the proxy, and waits until the client has been told: the connection is
+// behind the state for message 3's flags, and only for them.
+func (e *aheadEnv) flagOutside(t *testing.T) {
+	t.Helper()
+	e.c.Do("f0", "FETCH 1:3 (FLAGS)")
+	direct := imaptest.Dial(t, e.fn.Addr())
+	direct.Do("l", "LOGIN alice secret")
+	direct.Do("s", "SELECT INBOX")
+	direct.Do("f", `STORE 3 +FLAGS.SILENT (\Flagged)`)
+	waitToldOf(t, e.c, `* 3 FETCH (FLAGS (\Flagged))`)
+}
+
 // TestAheadOnPartialLease: the connection leased for the first command of
 // a batch was caught up only with what that command needs (catchup.go: a
 // message's flags changed outside the proxy since it last synced, and the
@@ -402,12 +416,7 @@ func TestExpungeAhead(t *testing.T) {
 // catch-up.
 func TestAheadOnPartialLease(t *testing.T) {
 	e := startAheadEnv(t)
-	e.c.Do("f0", "FETCH 1:3 (FLAGS)") // the pooled connection brought up to date (catchup.go)
-	direct := imaptest.Dial(t, e.fn.Addr())
-	direct.Do("l", "LOGIN alice secret")
-	direct.Do("s", "SELECT INBOX")
-	direct.Do("f", `STORE 3 +FLAGS.SILENT (\Flagged)`)
-	waitToldOf(t, e.c, `* 3 FETCH (FLAGS (\Flagged))`)
+	e.flagOutside(t)
 
 	hold := e.holdAnswer("UID FETCH 1 (UID RFC822.SIZE)")
 	second := e.noteSent("UID FETCH 2 (UID RFC822.SIZE)")
@@ -436,12 +445,7 @@ func TestAheadOnPartialLease(t *testing.T) {
 func TestPartialLeaseKeptBesideAhead(t *testing.T) {
 	ext := &execOnTagged{}
 	e := startAheadEnv(t, ext)
-	e.c.Do("f0", "FETCH 1:3 (FLAGS)") // the pooled connection brought up to date (catchup.go)
-	direct := imaptest.Dial(t, e.fn.Addr())
-	direct.Do("l", "LOGIN alice secret")
-	direct.Do("s", "SELECT INBOX")
-	direct.Do("f", `STORE 3 +FLAGS.SILENT (\Flagged)`)
-	waitToldOf(t, e.c, `* 3 FETCH (FLAGS (\Flagged))`)
+	e.flagOutside(t)
 
 	hold := e.holdAnswer("UID FETCH 1 (RFC822.SIZE)")
 	second := e.noteSent("UID FETCH 2 (RFC822.SIZE)")

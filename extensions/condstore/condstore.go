@@ -447,12 +447,12 @@ func (e *Extension) ServeCommand(ctx context.Context, x *proxy.Exchange, next pr
 // with UNCHANGEDSINCE waits for the watcher first and may be answered
 // here (rewriteStore), so those keep their turn.
 func (e *Extension) PipelineSafe(x *proxy.Exchange) bool {
-	var text []byte
-	for _, seg := range x.Segments {
-		text = append(text, seg.Text...)
-	}
 	switch strings.TrimPrefix(x.Name, "UID ") {
 	case "FETCH":
+		var text []byte
+		for _, seg := range x.Segments {
+			text = append(text, seg.Text...)
+		}
 		u := strings.ToUpper(string(text))
 		return !strings.Contains(u, "MODSEQ") && !strings.Contains(u, "CHANGEDSINCE")
 	case "STORE":

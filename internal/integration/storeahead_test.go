@@ -2,8 +2,8 @@ package integration
 
 import (
 	"fmt"
-	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -72,37 +72,29 @@ func storePipelined(t *testing.T, p dovecottest.Profile, condstore bool) {
 
 	before := srv.Stats().CommandsAhead
 	c.WriteBytes([]byte(batch.String()))
-	fetchRe := regexp.MustCompile(`^\* (\d+) FETCH \((.*)\)$`)
-	flagsRe := regexp.MustCompile(`FLAGS \(([^)]*)\)`)
 	for tag := 1; tag <= 2*n+1; tag++ {
 		got := c.ReadUntilTagged(fmt.Sprintf("t%d", tag))
 		if !strings.HasPrefix(got[len(got)-1], fmt.Sprintf("t%d OK", tag)) {
 			t.Fatalf("t%d: %q", tag, got)
 		}
 		for _, l := range got {
-			m := fetchRe.FindStringSubmatch(l)
-			if m == nil {
+			f, ok := parseFetch(l)
+			if !ok {
 				continue
 			}
-			var seq int
-			fmt.Sscan(m[1], &seq)
-			f := flagsRe.FindStringSubmatch(m[2])
-			if seq%3 == 0 && tag <= n {
+			if f.seq%3 == 0 && tag <= n {
 				// The silent STORE's answer, in whichever turn (no
 				// FETCH of it in the first half).
-				if f != nil {
+				if f.hasFlags {
 					t.Fatalf("t%d: %q tells the flags a silent STORE set", tag, l)
 				}
-				if condstore != strings.Contains(m[2], "MODSEQ") {
+				if condstore != strings.Contains(f.items, "MODSEQ") {
 					t.Fatalf("t%d: %q, want the silent STORE's MODSEQ alone with CONDSTORE, nothing without", tag, l)
 				}
 				continue
 			}
-			if f == nil {
-				continue
-			}
-			if got := withoutRecent(f[1]); got != want(seq) {
-				t.Fatalf("t%d: %q, want message %d's flags %q", tag, l, seq, want(seq))
+			if f.hasFlags && f.flags != want(f.seq) {
+				t.Fatalf("t%d: %q, want message %d's flags %q", tag, l, f.seq, want(f.seq))
 			}
 		}
 	}
@@ -118,17 +110,38 @@ func storePipelined(t *testing.T, p dovecottest.Profile, condstore bool) {
 	got := d.Cmd("FETCH 1:* (FLAGS)")
 	mustOK(t, got)
 	for _, l := range got[:len(got)-1] {
-		m := fetchRe.FindStringSubmatch(l)
-		if m == nil {
+		f, ok := parseFetch(l)
+		if !ok {
 			continue
 		}
-		var seq int
-		fmt.Sscan(m[1], &seq)
-		f := flagsRe.FindStringSubmatch(m[2])
-		if f == nil || withoutRecent(f[1]) != want(seq) {
-			t.Fatalf("Dovecot: %q, want message %d's flags %q", l, seq, want(seq))
+		if !f.hasFlags || f.flags != want(f.seq) {
+			t.Fatalf("Dovecot: %q, want message %d's flags %q", l, f.seq, want(f.seq))
 		}
 	}
+}
+
+// fetchResponse is a "* n FETCH (...)" response read apart: its sequence
+// number, its items, and its flags without \Recent (hasFlags false when
+// it shows none).
+type fetchResponse struct {
+	seq          int
+	items, flags string
+	hasFlags     bool
+}
+
+// parseFetch reads l as a FETCH response (hub_test.go's fetchRe and
+// flagsRe); ok is false for any other line.
+func parseFetch(l string) (f fetchResponse, ok bool) {
+	m := fetchRe.FindStringSubmatch(l)
+	if m == nil {
+		return f, false
+	}
+	f.seq, _ = strconv.Atoi(m[1])
+	f.items = m[2]
+	if fl := flagsRe.FindStringSubmatch(m[2]); fl != nil {
+		f.flags, f.hasFlags = withoutRecent(fl[1]), true
+	}
+	return f, true
 }
 
 // withoutRecent is a flag list without \Recent (the proxy's is its own).
@@ -168,8 +181,6 @@ func silentStoreThenFetch(t *testing.T, p dovecottest.Profile, item string, cond
 	}
 	before := srv.Stats().CommandsAhead
 	c.WriteBytes([]byte(batch.String()))
-	fetchRe := regexp.MustCompile(`^\* (\d+) FETCH \((.*)\)$`)
-	flagsRe := regexp.MustCompile(`FLAGS \(([^)]*)\)`)
 	shown := map[int]bool{}
 	last := map[int]string{} // the flags each message was last shown with
 	for tag := 1; tag <= 2*n; tag++ {
@@ -178,17 +189,15 @@ func silentStoreThenFetch(t *testing.T, p dovecottest.Profile, item string, cond
 			t.Fatalf("t%d: %q", tag, got)
 		}
 		for _, l := range got {
-			m := fetchRe.FindStringSubmatch(l)
-			if m == nil {
+			f, ok := parseFetch(l)
+			if !ok {
 				continue
 			}
-			var seq int
-			fmt.Sscan(m[1], &seq)
-			if f := flagsRe.FindStringSubmatch(m[2]); f != nil {
-				last[seq] = withoutRecent(f[1])
+			if f.hasFlags {
+				last[f.seq] = f.flags
 			}
-			if strings.Contains(m[2], "RFC822.SIZE") {
-				shown[seq] = true
+			if strings.Contains(f.items, "RFC822.SIZE") {
+				shown[f.seq] = true
 			}
 		}
 	}
